@@ -1,0 +1,3 @@
+//! Egress: hub frames out to viewers' protocols.
+
+pub mod whep;

@@ -1,0 +1,135 @@
+//! WHEP (WebRTC-HTTP Egress Protocol): `POST /whep/{stream}` with an SDP offer →
+//! `201` + `Location` + answer; `DELETE`/`PATCH` on the resource; `OPTIONS`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
+use tracing::info;
+
+use crate::rtc::ViewerError;
+use crate::server::App;
+use crate::web::ApiError;
+use crate::web::error::read_body;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/whep/{stream}", post(create).options(options))
+        .route(
+            "/whep/{stream}/{id}",
+            patch(trickle).delete(delete).options(options),
+        )
+}
+
+fn content_type_is(headers: &HeaderMap, wanted: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
+}
+
+async fn create(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !content_type_is(&headers, "application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the SDP offer with Content-Type: application/sdp",
+        ));
+    }
+    let body = read_body(body, app.config.http.max_body_bytes).await?;
+    let stream = app.hub.get(&name).ok_or_else(|| ApiError::unknown_stream(&name))?;
+    if !stream.is_live() {
+        return Err(ApiError::offline(&name));
+    }
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("bad_offer", "the SDP offer is not UTF-8 text"))?;
+    let answer = app.engine.add_viewer(&stream, offer).map_err(|e| match e {
+        ViewerError::BadOffer(_) | ViewerError::NothingToReceive => {
+            ApiError::bad_request("bad_offer", e.to_string())
+        }
+        ViewerError::NoCodec { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_common_codec", e.to_string())
+        }
+        ViewerError::Negotiation(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "negotiation_failed", e.to_string())
+        }
+    })?;
+    info!(stream = %name, viewer = answer.id, "whep viewer negotiated");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_string()),
+            (header::LOCATION, format!("/whep/{name}/{}", answer.id)),
+            (header::ETAG, format!("\"{}\"", answer.id)),
+            (
+                header::HeaderName::from_static("accept-patch"),
+                "application/trickle-ice-sdpfrag".to_string(),
+            ),
+        ],
+        answer.sdp,
+    )
+        .into_response())
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::not_found(format!("no WHEP session '{id}'")))
+}
+
+/// Trickle ICE. The server is ICE-lite: it answers checks from whatever address
+/// they come, so the client's candidates need no action.
+async fn trickle(
+    State(app): State<Arc<App>>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if !app.engine.has_viewer(&name, id) {
+        return Err(ApiError::not_found(format!("no WHEP session {id} on stream '{name}'")));
+    }
+    if !content_type_is(&headers, "application/trickle-ice-sdpfrag") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
+        ));
+    }
+    // Read (and bound) the fragment even though nothing in it is needed.
+    read_body(body, app.config.http.max_body_bytes).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete(
+    State(app): State<Arc<App>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if app.engine.remove_viewer(&name, id) {
+        info!(stream = %name, viewer = id, "whep viewer ended by DELETE");
+        Ok(StatusCode::OK.into_response())
+    } else {
+        Err(ApiError::not_found(format!("no WHEP session {id} on stream '{name}'")))
+    }
+}
+
+async fn options() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::HeaderName::from_static("accept-post"), "application/sdp"),
+            (header::ALLOW, "OPTIONS, POST, PATCH, DELETE"),
+        ],
+    )
+        .into_response()
+}

@@ -1,0 +1,563 @@
+//! The hub is the only meeting point between ingest and egress.
+//!
+//! Ingest opens a [`Publisher`] on a [`Stream`] and pushes media that is already
+//! packetized for RTP (done once per stream). Egress registers a [`FrameSink`] per
+//! stream and receives every frame as an `Arc<Frame>`: the payload bytes are shared
+//! by all viewers, nothing is copied per viewer. Ingest never knows who watches and
+//! egress never knows the source protocol.
+
+mod stats;
+mod timeline;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+pub use stats::StreamStats;
+use timeline::Timeline;
+
+/// Largest number of video frames kept for a joining viewer. A publisher with a very
+/// long keyframe interval must not make the cache grow without bound.
+const GOP_CACHE_MAX_FRAMES: usize = 600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Video,
+    Audio,
+}
+
+/// One video frame or one audio packet, packetized once for every viewer.
+#[derive(Debug)]
+pub struct Frame {
+    pub kind: Kind,
+    /// Position in the stream, strictly increasing across both kinds. Lets a sink
+    /// skip frames it already got from a GOP snapshot.
+    pub index: u64,
+    /// RTP time in the track's clock (90 kHz video, 48 kHz audio) on the stream's
+    /// continuous timeline: it does not jump when a publisher takes over.
+    pub rtp_time: u32,
+    /// The wall-clock instant of `rtp_time` on one clock shared by audio and video,
+    /// so RTCP sender reports keep lip sync.
+    pub wallclock: Instant,
+    /// When the frame arrived at the server, for the transit-latency histogram.
+    pub received: Instant,
+    pub keyframe: bool,
+    /// The publisher session that produced it: a change tells a viewer to wait
+    /// for the new publisher's first keyframe.
+    pub publisher: u64,
+    /// RTP payloads in order; for video the last one carries the marker bit.
+    pub payloads: Box<[Arc<[u8]>]>,
+}
+
+impl Frame {
+    pub fn bytes(&self) -> usize {
+        self.payloads.iter().map(|p| p.len()).sum()
+    }
+}
+
+/// Egress side of the hub: something that forwards frames of one stream to viewers.
+/// `deliver` is called with the stream's fan-out lock held, so it must only enqueue.
+pub trait FrameSink: Send + Sync {
+    fn deliver(&self, stream: &Arc<Stream>, frame: &Arc<Frame>);
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct VideoInfo {
+    pub codec: &'static str,
+    /// `profile-level-id` for SDP, from the SPS.
+    #[serde(skip)]
+    pub profile_level_id: Option<u32>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct AudioInfo {
+    /// What viewers get.
+    pub codec: &'static str,
+    pub sample_rate: u32,
+    pub channels: u8,
+    /// The publisher's codec, when audio is transcoded.
+    pub source_codec: Option<&'static str>,
+}
+
+/// What the current publisher sends, as egress needs it for negotiation.
+#[derive(Debug, Clone, Default)]
+pub struct MediaInfo {
+    pub video: Option<VideoInfo>,
+    pub audio: Option<AudioInfo>,
+}
+
+/// Events for the control plane (web SSE, Matrix notices).
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    Live { stream: String },
+    Offline { stream: String },
+    Viewers { stream: String, count: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestProtocol {
+    Rtmp,
+    Rtmps,
+    Whip,
+}
+
+struct PublisherState {
+    id: u64,
+    protocol: IngestProtocol,
+    started_at: SystemTime,
+}
+
+struct StreamState {
+    title: String,
+    publisher: Option<PublisherState>,
+    media: MediaInfo,
+    stats: StreamStats,
+    timeline: Timeline,
+}
+
+struct SinkEntry {
+    id: u64,
+    sink: Arc<dyn FrameSink>,
+    refs: usize,
+}
+
+struct Fanout {
+    next_index: u64,
+    /// Video frames since the last keyframe (starting with it) and the audio between
+    /// them, so a joining viewer starts at once instead of waiting for a keyframe.
+    gop: Vec<Arc<Frame>>,
+    sinks: Vec<SinkEntry>,
+}
+
+pub struct Stream {
+    pub name: String,
+    state: Mutex<StreamState>,
+    fanout: Mutex<Fanout>,
+    viewers: AtomicUsize,
+    hub_events: broadcast::Sender<HubEvent>,
+}
+
+/// The registry of streams.
+pub struct Hub {
+    streams: RwLock<HashMap<String, Arc<Stream>>>,
+    events: broadcast::Sender<HubEvent>,
+    next_publisher_id: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Hub {
+            streams: RwLock::new(HashMap::new()),
+            events,
+            next_publisher_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Declares a stream (idempotent); its title defaults to its name.
+    pub fn ensure_stream(&self, name: &str, title: Option<&str>) -> Arc<Stream> {
+        if let Some(s) = self.streams.read().get(name) {
+            return s.clone();
+        }
+        let mut streams = self.streams.write();
+        streams
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Stream {
+                    name: name.to_string(),
+                    state: Mutex::new(StreamState {
+                        title: title.unwrap_or(name).to_string(),
+                        publisher: None,
+                        media: MediaInfo::default(),
+                        stats: StreamStats::default(),
+                        timeline: Timeline::default(),
+                    }),
+                    fanout: Mutex::new(Fanout {
+                        next_index: 0,
+                        gop: Vec::new(),
+                        sinks: Vec::new(),
+                    }),
+                    viewers: AtomicUsize::new(0),
+                    hub_events: self.events.clone(),
+                })
+            })
+            .clone()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Stream>> {
+        self.streams.read().get(name).cloned()
+    }
+
+    pub fn streams(&self) -> Vec<Arc<Stream>> {
+        let mut v: Vec<_> = self.streams.read().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn subscribe_events(&self) -> broadcast::Receiver<HubEvent> {
+        self.events.subscribe()
+    }
+
+    /// Makes `protocol` the stream's publisher. A previous publisher is taken over:
+    /// its [`Publisher`] handle stops accepting media, and viewers stay connected and
+    /// continue from the new publisher's first keyframe.
+    pub fn publish(&self, stream: &Arc<Stream>, protocol: IngestProtocol) -> Publisher {
+        let id = self.next_publisher_id.fetch_add(1, Ordering::Relaxed);
+        let took_over = {
+            let mut st = stream.state.lock();
+            let took_over = st.publisher.is_some();
+            st.publisher = Some(PublisherState {
+                id,
+                protocol,
+                started_at: SystemTime::now(),
+            });
+            st.media = MediaInfo::default();
+            st.stats = StreamStats::default();
+            st.timeline.new_publisher();
+            took_over
+        };
+        // Viewers must not get the old publisher's GOP after the switch: the next
+        // keyframe starts a fresh cache.
+        stream.fanout.lock().gop.clear();
+        if !took_over {
+            let _ = self.events.send(HubEvent::Live {
+                stream: stream.name.clone(),
+            });
+        }
+        Publisher {
+            stream: stream.clone(),
+            id,
+        }
+    }
+}
+
+/// A snapshot of a stream for the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamSnapshot {
+    pub name: String,
+    pub title: String,
+    pub live: bool,
+    pub started_at: Option<String>,
+    pub viewers: usize,
+    pub ingest: Option<IngestSnapshot>,
+    pub video: Option<VideoSnapshot>,
+    pub audio: Option<AudioSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestSnapshot {
+    pub protocol: IngestProtocol,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VideoSnapshot {
+    pub codec: &'static str,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+    pub bitrate_kbps: Option<u64>,
+    pub keyframe_interval_ms: Option<u64>,
+    pub bframes: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AudioSnapshot {
+    pub codec: &'static str,
+    pub sample_rate: u32,
+    pub channels: u8,
+    pub transcoded: bool,
+    pub bitrate_kbps: Option<u64>,
+}
+
+impl Stream {
+    pub fn is_live(&self) -> bool {
+        self.state.lock().publisher.is_some()
+    }
+
+    pub fn media_info(&self) -> MediaInfo {
+        self.state.lock().media.clone()
+    }
+
+    pub fn title(&self) -> String {
+        self.state.lock().title.clone()
+    }
+
+    pub fn set_title(&self, title: &str) {
+        self.state.lock().title = title.to_string();
+    }
+
+    pub fn viewers(&self) -> usize {
+        self.viewers.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> StreamSnapshot {
+        let st = self.state.lock();
+        let now = Instant::now();
+        let live = st.publisher.is_some();
+        let video = st.media.video.as_ref().map(|v| VideoSnapshot {
+            codec: v.codec,
+            width: v.width,
+            height: v.height,
+            fps: st.stats.video_fps(now),
+            bitrate_kbps: st.stats.video_kbps(now),
+            keyframe_interval_ms: st.stats.keyframe_interval_ms(),
+            bframes: st.stats.bframes,
+        });
+        let audio = st.media.audio.as_ref().map(|a| AudioSnapshot {
+            codec: a.codec,
+            sample_rate: a.sample_rate,
+            channels: a.channels,
+            transcoded: a.source_codec.is_some(),
+            bitrate_kbps: st.stats.audio_kbps(now),
+        });
+        StreamSnapshot {
+            name: self.name.clone(),
+            title: st.title.clone(),
+            live,
+            started_at: st.publisher.as_ref().map(|p| rfc3339(p.started_at)),
+            viewers: self.viewers(),
+            ingest: st.publisher.as_ref().map(|p| IngestSnapshot {
+                protocol: p.protocol,
+            }),
+            video: if live { video } else { None },
+            audio: if live { audio } else { None },
+        }
+    }
+
+    /// Registers a sink for this stream's frames, reference-counted per sink id so
+    /// a worker with many viewers of one stream gets each frame once.
+    pub fn attach_sink(&self, id: u64, sink: &Arc<dyn FrameSink>) {
+        let mut f = self.fanout.lock();
+        if let Some(e) = f.sinks.iter_mut().find(|e| e.id == id) {
+            e.refs += 1;
+        } else {
+            f.sinks.push(SinkEntry {
+                id,
+                sink: sink.clone(),
+                refs: 1,
+            });
+        }
+    }
+
+    pub fn detach_sink(&self, id: u64) {
+        let mut f = self.fanout.lock();
+        if let Some(pos) = f.sinks.iter().position(|e| e.id == id) {
+            f.sinks[pos].refs -= 1;
+            if f.sinks[pos].refs == 0 {
+                f.sinks.swap_remove(pos);
+            }
+        }
+    }
+
+    /// The frames from the last keyframe on. Cheap: clones `Arc`s only.
+    pub fn gop_snapshot(&self) -> Vec<Arc<Frame>> {
+        self.fanout.lock().gop.clone()
+    }
+
+    pub fn viewer_joined(&self) {
+        let n = self.viewers.fetch_add(1, Ordering::Relaxed) + 1;
+        self.notify_viewers(n);
+    }
+
+    pub fn viewer_left(&self) {
+        let n = self.viewers.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        self.notify_viewers(n);
+    }
+
+    fn notify_viewers(&self, count: usize) {
+        let _ = self.hub_events.send(HubEvent::Viewers {
+            stream: self.name.clone(),
+            count,
+        });
+    }
+
+    fn fan_out(self: &Arc<Self>, mut frame: Frame) {
+        let mut f = self.fanout.lock();
+        frame.index = f.next_index;
+        f.next_index += 1;
+        let frame = Arc::new(frame);
+        if frame.kind == Kind::Video && frame.keyframe {
+            f.gop.clear();
+        }
+        if !f.gop.is_empty() || (frame.kind == Kind::Video && frame.keyframe) {
+            if f.gop.len() >= GOP_CACHE_MAX_FRAMES {
+                f.gop.clear();
+            } else {
+                f.gop.push(frame.clone());
+            }
+        }
+        for e in &f.sinks {
+            e.sink.deliver(self, &frame);
+        }
+    }
+}
+
+/// Error returned to an ingest session whose stream was taken over.
+#[derive(Debug, thiserror::Error)]
+#[error("another publisher took over stream '{0}'")]
+pub struct TakenOver(pub String);
+
+/// An ingest session's handle on its stream. Dropping it ends the session (the
+/// stream goes offline unless another publisher took over).
+pub struct Publisher {
+    stream: Arc<Stream>,
+    id: u64,
+}
+
+impl Publisher {
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    pub fn set_media(&self, f: impl FnOnce(&mut MediaInfo)) -> Result<(), TakenOver> {
+        let mut st = self.current()?;
+        f(&mut st.media);
+        Ok(())
+    }
+
+    pub fn note_bframes(&self) -> Result<(), TakenOver> {
+        self.current()?.stats.bframes = true;
+        Ok(())
+    }
+
+    fn current(&self) -> Result<parking_lot::MutexGuard<'_, StreamState>, TakenOver> {
+        let st = self.stream.state.lock();
+        match &st.publisher {
+            Some(p) if p.id == self.id => Ok(st),
+            _ => Err(TakenOver(self.stream.name.clone())),
+        }
+    }
+
+    /// Pushes one video frame (an access unit) at presentation time `pts_ms` of the
+    /// publisher's clock. Returns the keyframe interval when this frame is a keyframe.
+    pub fn push_video(
+        &self,
+        pts_ms: i64,
+        keyframe: bool,
+        payloads: Box<[Arc<[u8]>]>,
+    ) -> Result<Option<u64>, TakenOver> {
+        let received = Instant::now();
+        let (rtp_time, wallclock, interval) = {
+            let mut st = self.current()?;
+            let bytes = payloads.iter().map(|p| p.len()).sum();
+            let (stream_ms, wallclock) = st.timeline.map(pts_ms, received);
+            let interval = st.stats.on_video(received, stream_ms, bytes, keyframe);
+            ((stream_ms * 90) as u32, wallclock, interval)
+        };
+        self.stream.fan_out(Frame {
+            kind: Kind::Video,
+            index: 0,
+            rtp_time,
+            wallclock,
+            received,
+            keyframe,
+            publisher: self.id,
+            payloads,
+        });
+        Ok(interval)
+    }
+
+    /// Pushes one audio packet. `samples_48k` is its position in the publisher's
+    /// 48 kHz sample clock (its ms value is `samples_48k / 48`).
+    pub fn push_audio(&self, samples_48k: i64, payload: Arc<[u8]>) -> Result<(), TakenOver> {
+        let received = Instant::now();
+        let (rtp_time, wallclock) = {
+            let mut st = self.current()?;
+            let pub_ms = samples_48k.div_euclid(48);
+            let (stream_ms, wallclock) = st.timeline.map(pub_ms, received);
+            st.stats.on_audio(received, payload.len());
+            let stream_samples = samples_48k + (stream_ms - pub_ms) * 48;
+            (stream_samples as u32, wallclock)
+        };
+        self.stream.fan_out(Frame {
+            kind: Kind::Audio,
+            index: 0,
+            rtp_time,
+            wallclock,
+            received,
+            keyframe: false,
+            publisher: self.id,
+            payloads: Box::new([payload]),
+        });
+        Ok(())
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let mut st = self.stream.state.lock();
+        if st.publisher.as_ref().map(|p| p.id) == Some(self.id) {
+            st.publisher = None;
+            drop(st);
+            self.stream.fanout.lock().gop.clear();
+            let _ = self.stream.hub_events.send(HubEvent::Offline {
+                stream: self.stream.name.clone(),
+            });
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let t: time::OffsetDateTime = t.into();
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Collect(Mutex<Vec<Arc<Frame>>>);
+    impl FrameSink for Collect {
+        fn deliver(&self, _s: &Arc<Stream>, f: &Arc<Frame>) {
+            self.0.lock().push(f.clone());
+        }
+    }
+
+    fn payload(n: u8) -> Box<[Arc<[u8]>]> {
+        Box::new([Arc::from(vec![n; 10])])
+    }
+
+    #[test]
+    fn gop_cache_starts_at_keyframe_and_takeover_keeps_timeline() {
+        let hub = Hub::new();
+        let s = hub.ensure_stream("a", None);
+        let sink: Arc<dyn FrameSink> = Arc::new(Collect(Mutex::new(vec![])));
+        s.attach_sink(1, &sink);
+        let p1 = hub.publish(&s, IngestProtocol::Rtmp);
+        p1.push_video(0, false, payload(0)).unwrap(); // before any keyframe: not cached
+        p1.push_video(33, true, payload(1)).unwrap();
+        p1.push_video(66, false, payload(2)).unwrap();
+        assert_eq!(s.gop_snapshot().len(), 2);
+        assert!(s.gop_snapshot()[0].keyframe);
+
+        // A second publisher takes over: the old handle is refused, the cache resets,
+        // and the new timeline continues after the old one instead of jumping back.
+        let p2 = hub.publish(&s, IngestProtocol::Rtmp);
+        assert!(p1.push_video(99, false, payload(3)).is_err());
+        assert!(s.gop_snapshot().is_empty());
+        p2.push_video(5, true, payload(4)).unwrap();
+        let frames = s.gop_snapshot();
+        let last_old = 66 * 90;
+        assert!(frames[0].rtp_time > last_old, "{} > {}", frames[0].rtp_time, last_old);
+        drop(p1); // dropping the taken-over handle must not end the stream
+        assert!(s.is_live());
+        drop(p2);
+        assert!(!s.is_live());
+    }
+}

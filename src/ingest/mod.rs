@@ -1,0 +1,4 @@
+//! Ingest: publishers' protocols in, hub media out.
+
+pub mod flv_pipeline;
+pub mod rtmp;

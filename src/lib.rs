@@ -1,0 +1,14 @@
+//! roomcast: sub-second live streaming for Matrix communities in one binary.
+//!
+//! Data flows one way: ingest → hub → egress. See README.md, "Architecture".
+
+pub mod auth;
+pub mod config;
+pub mod egress;
+pub mod hub;
+pub mod ingest;
+pub mod media;
+pub mod rtc;
+pub mod server;
+pub mod store;
+pub mod web;

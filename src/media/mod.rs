@@ -1,0 +1,8 @@
+//! Codec knowledge with no I/O: FLV tag bodies, H.264 (AVCC, SPS, NAL and slice
+//! types, B-frames), RTP packetization (RFC 6184) and AAC→Opus transcoding.
+//! Everything here takes bytes in and gives values out, and is unit-tested.
+
+pub mod flv;
+pub mod h264;
+pub mod rtp_h264;
+pub mod transcode;

@@ -1,0 +1,164 @@
+//! Start-up: config → store → hub → listeners, and the banner with what to paste
+//! into OBS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tracing::info;
+
+use crate::auth::keys::{KeyRing, generate_key, hash_key_hex};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::ingest::rtmp::RtmpIngest;
+use crate::rtc::Engine;
+use crate::store::Store;
+
+/// Shared state of a running server.
+pub struct App {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub engine: Arc<Engine>,
+    pub keys: Arc<KeyRing>,
+    pub store: Store,
+    pub public_base: String,
+}
+
+/// Name of the stream created when nothing else declares one.
+const DEMO_STREAM: &str = "demo";
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let store = Store::open(&config.storage.database_url)
+        .await
+        .context("opening storage.database_url")?;
+
+    // Streams from the config file are authoritative for their keys.
+    for s in &config.streams {
+        store
+            .upsert_stream(&s.name, s.title.as_deref(), &hash_key_hex(&s.key), "config")
+            .await?;
+    }
+    let mut new_demo_key = None;
+    if config.streams.is_empty() && config.matrix.is_none() {
+        let key = generate_key();
+        if store
+            .create_stream_if_absent(DEMO_STREAM, &hash_key_hex(&key), "demo")
+            .await?
+        {
+            new_demo_key = Some(key);
+        }
+    }
+    let hub = Arc::new(Hub::new());
+    let keys = Arc::new(KeyRing::default());
+    for row in store.streams().await? {
+        hub.ensure_stream(&row.name, row.title.as_deref());
+        keys.set(&row.name, &row.key_hash);
+    }
+
+    let (engine, rtc_bound) = Engine::start(&config.webrtc).await?;
+    log_listening("webrtc-udp", rtc_bound.udp);
+    log_listening("webrtc-tcp", rtc_bound.tcp);
+
+    let rtmp_addr = if config.rtmp.enabled {
+        let listener = tokio::net::TcpListener::bind(config.rtmp.listen)
+            .await
+            .with_context(|| format!("binding rtmp.listen {}", config.rtmp.listen))?;
+        let addr = listener.local_addr()?;
+        log_listening("rtmp", addr);
+        let ingest = Arc::new(RtmpIngest {
+            hub: hub.clone(),
+            keys: keys.clone(),
+            app: config.rtmp.app.clone(),
+        });
+        tokio::spawn(ingest.serve(listener));
+        Some(addr)
+    } else {
+        None
+    };
+
+    let http = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let http_addr = http.local_addr()?;
+    log_listening("http", http_addr);
+    let public_base = config.public_base(http_addr);
+
+    let app = Arc::new(App {
+        config,
+        hub,
+        engine,
+        keys,
+        store,
+        public_base,
+    });
+    print_banner(&app, rtmp_addr, new_demo_key.as_deref()).await?;
+    let router = crate::web::router(app.clone());
+    info!("roomcast ready");
+    axum::serve(http, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("http server")?;
+    info!("roomcast stopped");
+    Ok(())
+}
+
+fn log_listening(service: &'static str, addr: SocketAddr) {
+    info!(service, %addr, "listening");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Prints, for each stream, exactly what goes into OBS and where to watch.
+async fn print_banner(
+    app: &App,
+    rtmp: Option<SocketAddr>,
+    new_demo_key: Option<&str>,
+) -> anyhow::Result<()> {
+    let base = &app.public_base;
+    let host = base
+        .split("://")
+        .nth(1)
+        .and_then(|h| h.split(['/', ':']).next())
+        .unwrap_or("127.0.0.1");
+    let mut out = String::from("\n");
+    for row in app.store.streams().await? {
+        out.push_str(&format!("stream '{}'\n", row.name));
+        if let Some(addr) = rtmp {
+            out.push_str(&format!(
+                "  OBS → Settings → Stream → Service: Custom…\n    Server:     rtmp://{host}:{}/{}\n",
+                addr.port(),
+                app.config.rtmp.app
+            ));
+        }
+        let key_line = if row.origin == "config" {
+            "(the key set for it in the config file)".to_string()
+        } else if row.name == DEMO_STREAM
+            && let Some(k) = new_demo_key
+        {
+            format!("{k}   ← shown once; only its hash is stored")
+        } else {
+            "(shown when it was created; only its hash is stored)".to_string()
+        };
+        out.push_str(&format!("    Stream Key: {key_line}\n"));
+        out.push_str(
+            "    Output: keyframe interval 1 s, x264 option bframes=0, CBR, tune zerolatency\n",
+        );
+        out.push_str(&format!("  WHEP:  {base}/whep/{}\n", row.name));
+        out.push_str(&format!("  Watch: {base}/watch/{}\n", row.name));
+    }
+    println!("{out}");
+    Ok(())
+}
