@@ -304,6 +304,10 @@ fn apply_env(
         let Some(rest) = name.strip_prefix("ROOMCAST_") else {
             continue;
         };
+        // ROOMCAST_LOG is the log filter, not a config key.
+        if rest == "LOG" {
+            continue;
+        }
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
         if path.iter().any(|p| p.is_empty()) || path.len() > 2 {
             return Err(invalid(
@@ -372,6 +376,7 @@ mod tests {
                 ("ROOMCAST_WEBRTC__TCP_FORCE", "true"),
                 ("ROOMCAST_PUBLIC_URL", "https://live.example.org"),
                 ("UNRELATED", "x"),
+                ("ROOMCAST_LOG", "debug"),
             ],
         )
         .unwrap();
@@ -398,5 +403,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("webrtc.workers"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    /// The documented example must load as it is, with its defaults.
+    #[test]
+    fn example_config_loads() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/roomcast.example.toml");
+        let c = super::Config::load(Some(&p), Vec::new()).unwrap();
+        let d = super::Config::default();
+        assert_eq!(c.http.listen, d.http.listen);
+        assert_eq!(c.webrtc.udp, d.webrtc.udp);
+        assert_eq!(c.rtmp.app, d.rtmp.app);
     }
 }
