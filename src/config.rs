@@ -26,7 +26,7 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Base URL for links in notices, widgets and the OBS settings printed at
@@ -38,20 +38,6 @@ pub struct Config {
     pub streams: Vec<StreamConfig>,
     pub storage: StorageConfig,
     pub matrix: Option<MatrixConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            public_url: None,
-            http: HttpConfig::default(),
-            rtmp: RtmpConfig::default(),
-            webrtc: WebrtcConfig::default(),
-            streams: Vec::new(),
-            storage: StorageConfig::default(),
-            matrix: None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -163,16 +163,12 @@ impl FlvPipeline {
         let mut new_sps = false;
         for n in &nalus {
             match h264::nal_type(n) {
-                h264::NAL_SPS => {
-                    if self.sps.first() != Some(n) {
-                        self.sps = vec![n.clone()];
-                        new_sps = true;
-                    }
+                h264::NAL_SPS if self.sps.first() != Some(n) => {
+                    self.sps = vec![n.clone()];
+                    new_sps = true;
                 }
-                h264::NAL_PPS => {
-                    if self.pps.first() != Some(n) {
-                        self.pps = vec![n.clone()];
-                    }
+                h264::NAL_PPS if self.pps.first() != Some(n) => {
+                    self.pps = vec![n.clone()];
                 }
                 _ => {}
             }

@@ -328,7 +328,7 @@ mod tests {
         // Not an IDR: nothing added.
         let p_slice = Bytes::from_static(&[0x41, 0x9a, 0x00]);
         let mut out4 = Vec::new();
-        p.packetize(&[p_slice.clone()], Some((&sps, &pps)), &mut out4);
+        p.packetize(std::slice::from_ref(&p_slice), Some((&sps, &pps)), &mut out4);
         assert_eq!(out4, vec![p_slice]);
     }
 

@@ -279,10 +279,10 @@ impl Shard {
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         p.dead = true;
                     }
-                    Event::KeyframeRequest(req) => {
-                        if p.video.as_ref().is_some_and(|v| v.mid == req.mid) {
-                            p.replay_gop();
-                        }
+                    Event::KeyframeRequest(req)
+                        if p.video.as_ref().is_some_and(|v| v.mid == req.mid) =>
+                    {
+                        p.replay_gop();
                     }
                     Event::Closed => p.dead = true,
                     _ => {}

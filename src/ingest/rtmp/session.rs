@@ -53,7 +53,7 @@ pub trait RtmpConnection: Send {
 }
 
 enum State {
-    Handshaking(Handshake),
+    Handshaking(Box<Handshake>),
     Session(Box<ServerSession>),
 }
 
@@ -64,7 +64,7 @@ pub struct RmlConnection {
 impl Default for RmlConnection {
     fn default() -> Self {
         RmlConnection {
-            state: State::Handshaking(Handshake::new(PeerType::Server)),
+            state: State::Handshaking(Box::new(Handshake::new(PeerType::Server))),
         }
     }
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Server CPU spent on AAC→Opus for one stream: publish audio only (AAC-LC 44.1 kHz
+# stereo, the case that also resamples) and read the server's CPU time from
+# /proc over a measurement window. Everything the server does for that stream is
+# counted (RTMP, FLV, decode, resample, encode), so this is an upper bound.
+# Usage: bench/audio_cpu.sh [seconds]
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+SECS=${1:-30}
+build_release
+start_server
+ffmpeg -hide_banner -loglevel error -y -f lavfi -i "sine=frequency=440:sample_rate=44100" \
+  -f lavfi -i "sine=frequency=660:sample_rate=44100" -filter_complex amerge=inputs=2 -t 20 \
+  -c:a aac -b:a 128k -ar 44100 -ac 2 -f flv "$WORK/audio.flv"
+ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "$WORK/audio.flv" -c copy \
+  -f flv "rtmp://$RTMP/live/$KEY" >"$WORK/ffmpeg.log" 2>&1 &
+FFMPEG_PID=$!
+for _ in $(seq 1 100); do
+  curl -fs "http://$HTTP/api/v1/streams/$STREAM" | grep -q '"transcoded":true' && break
+  sleep 0.1
+done
+sleep 2 # let start-up work finish before the window opens
+ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+HZ=$(getconf CLK_TCK)
+t0=$(ticks); s0=$(date +%s.%N)
+sleep "$SECS"
+t1=$(ticks); s1=$(date +%s.%N)
+curl -fs "http://$HTTP/api/v1/streams/$STREAM"; echo
+awk -v t="$((t1 - t0))" -v hz="$HZ" -v s0="$s0" -v s1="$s1" 'BEGIN {
+  cpu = t / hz; wall = s1 - s0;
+  printf "{\"bench\":\"aac_to_opus\",\"wall_s\":%.1f,\"server_cpu_s\":%.3f,\"percent_of_one_core\":%.2f}\n", wall, cpu, 100 * cpu / wall }'

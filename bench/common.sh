@@ -1,0 +1,67 @@
+# Shared by the bench scripts: start a release roomcast on free ports with one
+# stream, and publish a pre-encoded H.264+AAC file to it with ffmpeg -c copy (so
+# no encoder competes with the server for the CPU being measured).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="$(mktemp -d /tmp/roomcast-bench.XXXXXX)"
+KEY="bench-key-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+STREAM=bench
+cleanup() {
+  [[ -n "${FFMPEG_PID:-}" ]] && kill "$FFMPEG_PID" 2>/dev/null || true
+  [[ -n "${SERVER_PID:-}" ]] && kill "$SERVER_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+build_release() {
+  (cd "$ROOT" && cargo build --release --quiet)
+}
+
+# start_server [extra toml]
+start_server() {
+  cat > "$WORK/config.toml" <<TOML
+[http]
+listen = "127.0.0.1:0"
+[rtmp]
+listen = "127.0.0.1:0"
+[webrtc]
+udp = "127.0.0.1:0"
+tcp = "127.0.0.1:0"
+${1:-}
+[storage]
+database_url = "sqlite://$WORK/roomcast.db"
+[[streams]]
+name = "$STREAM"
+key = "$KEY"
+TOML
+  "$ROOT/target/release/roomcast" serve --config "$WORK/config.toml" >"$WORK/stdout.log" 2>"$WORK/server.log" &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    grep -q "roomcast ready" "$WORK/server.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q "roomcast ready" "$WORK/server.log" || { cat "$WORK/server.log"; echo "server did not start" >&2; exit 1; }
+  HTTP=$(grep -oP 'service="http" addr=\K\S+' "$WORK/server.log")
+  RTMP=$(grep -oP 'service="rtmp" addr=\K\S+' "$WORK/server.log")
+}
+
+# publish VIDEO_KBPS: encodes 20 s of 720p30 (keyframe every second, no B-frames)
+# plus 128 kbps AAC once, then loops it in real time with -c copy.
+publish() {
+  local kbps=${1:-2500}
+  ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc2=size=1280x720:rate=30 \
+    -f lavfi -i sine=frequency=440:sample_rate=48000 -t 20 \
+    -c:v libx264 -preset veryfast -tune zerolatency -bf 0 -g 30 -b:v "${kbps}k" \
+    -maxrate "${kbps}k" -bufsize "${kbps}k" -pix_fmt yuv420p -c:a aac -b:a 128k -ac 2 \
+    -f flv "$WORK/source.flv"
+  ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "$WORK/source.flv" -c copy \
+    -f flv "rtmp://$RTMP/live/$KEY" >"$WORK/ffmpeg.log" 2>&1 &
+  FFMPEG_PID=$!
+  for _ in $(seq 1 100); do
+    curl -fs "http://$HTTP/api/v1/streams/$STREAM" | grep -q '"live":true' && \
+      curl -fs "http://$HTTP/api/v1/streams/$STREAM" | grep -q '"fps":' && return 0
+    sleep 0.1
+  done
+  echo "stream did not go live" >&2; cat "$WORK/ffmpeg.log" >&2; exit 1
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# roomcast's one test command (the README's, and what .ci/run calls).
+#
+# On a fresh Debian 12 machine (as root, or with sudo) it installs what the
+# tests need and is missing — Debian packages (ffmpeg, chromium, libopus-dev,
+# pkg-config, cmake), a Python venv at .venv with aiortc (tests/py/requirements.txt,
+# wheels only), playwright-core in tests/browser (npm ci; it drives Debian's
+# Chromium, no browser download) — then runs
+#     cargo clippy --all-targets -- -D warnings
+#     cargo test            (unit tests and the end-to-end tests in tests/)
+# Extra arguments go to `cargo test`, e.g. ./scripts/test.sh --test media_browser -- --nocapture
+# A second run with everything installed goes straight to clippy and the tests.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() {
+    printf '\nerror: %s\n' "$*" >&2
+    exit 1
+}
+START=$SECONDS
+elapsed() { printf '(%ss)' "$((SECONDS - START))"; }
+
+# --- 1. Debian packages ------------------------------------------------------
+has_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
+missing=()
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+has_pkg libopus-dev || missing+=(libopus-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+
+if ((${#missing[@]})); then
+    step "installing Debian packages: ${missing[*]}"
+    SUDO=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 ||
+            die "missing ${missing[*]}; run this script as root, or: apt-get install ${missing[*]}"
+        SUDO=(sudo)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -qq || die "apt-get update failed"
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
+        die "apt-get install ${missing[*]} failed"
+fi
+
+# --- 2. Python venv with aiortc (the independent WebRTC viewer) --------------
+VENV="$ROOT/.venv"
+REQ="$ROOT/tests/py/requirements.txt"
+STAMP="$VENV/.roomcast-requirements"
+if ! [[ -x "$VENV/bin/python" && -f "$STAMP" ]] || ! cmp -s "$REQ" "$STAMP" ||
+    ! "$VENV/bin/python" -c 'import aiortc, av' >/dev/null 2>&1; then
+    step "Python venv at .venv with aiortc ($(grep -m1 '^aiortc==' "$REQ")) $(elapsed)"
+    python3 -m venv --clear "$VENV" || die "python3 -m venv failed (is python3-venv installed?)"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: -r "$REQ" ||
+        die "pip install -r tests/py/requirements.txt failed"
+    cp "$REQ" "$STAMP"
+fi
+# Keep the venv out of git without touching the repository's .gitignore.
+[[ -f "$VENV/.gitignore" ]] || echo '*' >"$VENV/.gitignore"
+
+# --- 3. playwright-core for the Chromium player -------------------------------
+BROWSER_DIR="$ROOT/tests/browser"
+want_pw=$(node -p "require('$BROWSER_DIR/package.json').dependencies['playwright-core']")
+have_pw=$(node -p "try { require('$BROWSER_DIR/node_modules/playwright-core/package.json').version } catch { '' }")
+if [[ "$want_pw" != "$have_pw" ]]; then
+    step "npm ci in tests/browser (playwright-core $want_pw) $(elapsed)"
+    (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/browser failed"
+fi
+
+# --- 4. Lint and test ---------------------------------------------------------
+export ROOMCAST_TEST_PYTHON="${ROOMCAST_TEST_PYTHON:-$VENV/bin/python}"
+export ROOMCAST_TEST_NODE_DIR="${ROOMCAST_TEST_NODE_DIR:-$BROWSER_DIR}"
+
+step "cargo clippy --all-targets -- -D warnings $(elapsed)"
+cargo clippy --all-targets -- -D warnings || die "clippy found problems (see above)"
+
+step "cargo test $* $(elapsed)"
+cargo test "$@" || die "tests failed (see above; a failing end-to-end test prints the server's log tail)"
+
+step "all checks passed $(elapsed)"
