@@ -100,6 +100,18 @@ pub enum HubEvent {
     Live { stream: String },
     Offline { stream: String },
     Viewers { stream: String, count: usize },
+    Title { stream: String, title: String },
+}
+
+impl HubEvent {
+    pub fn stream(&self) -> &str {
+        match self {
+            HubEvent::Live { stream }
+            | HubEvent::Offline { stream }
+            | HubEvent::Viewers { stream, .. }
+            | HubEvent::Title { stream, .. } => stream,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -297,8 +309,19 @@ impl Stream {
         self.state.lock().title.clone()
     }
 
+    /// Changes the title (e.g. the Matrix room was renamed) and tells listeners.
     pub fn set_title(&self, title: &str) {
-        self.state.lock().title = title.to_string();
+        {
+            let mut st = self.state.lock();
+            if st.title == title {
+                return;
+            }
+            st.title = title.to_string();
+        }
+        let _ = self.hub_events.send(HubEvent::Title {
+            stream: self.name.clone(),
+            title: title.to_string(),
+        });
     }
 
     pub fn viewers(&self) -> usize {

@@ -35,8 +35,14 @@ pub enum FlvError {
     #[error("invalid NAL length size {0} (expected 1..=4; was the AVC sequence header received?)")]
     BadNalLengthSize(u8),
     /// A length-prefixed NAL unit runs past the end of the tag.
-    #[error("NAL unit length {len} at offset {offset} exceeds the {available} bytes left in the video tag")]
-    NalOverrun { len: usize, offset: usize, available: usize },
+    #[error(
+        "NAL unit length {len} at offset {offset} exceeds the {available} bytes left in the video tag"
+    )]
+    NalOverrun {
+        len: usize,
+        offset: usize,
+        available: usize,
+    },
     /// The tag is valid FLV but carries nothing this server can use.
     #[error("{0}")]
     Ignored(&'static str),
@@ -62,7 +68,10 @@ impl AvcConfig {
         const WHAT: &str = "AVC sequence header";
         let bad = |why: String| FlvError::BadConfig { what: WHAT, why };
         if rec.len() < 7 {
-            return Err(bad(format!("{} bytes is too short for a configuration record", rec.len())));
+            return Err(bad(format!(
+                "{} bytes is too short for a configuration record",
+                rec.len()
+            )));
         }
         if rec[0] != 1 {
             return Err(bad(format!("configurationVersion {} (expected 1)", rec[0])));
@@ -79,7 +88,11 @@ impl AvcConfig {
         if let Some(s) = sps.iter().find(|s| h264::nal_type(s) != h264::NAL_SPS) {
             return Err(bad(format!("SPS entry has NAL type {}", h264::nal_type(s))));
         }
-        Ok(AvcConfig { sps, pps, nal_length_size })
+        Ok(AvcConfig {
+            sps,
+            pps,
+            nal_length_size,
+        })
     }
 
     /// Serialize as an AVCDecoderConfigurationRecord (for an fMP4 `avcC` box).
@@ -89,13 +102,23 @@ impl AvcConfig {
         let mut out = vec![1, byte(1), byte(2), byte(3)];
         out.push(0xfc | (self.nal_length_size.clamp(1, 4) - 1));
         // Counts are limited by the field widths; extra sets are dropped.
-        let sps: Vec<_> = self.sps.iter().filter(|s| s.len() <= 0xffff).take(31).collect();
+        let sps: Vec<_> = self
+            .sps
+            .iter()
+            .filter(|s| s.len() <= 0xffff)
+            .take(31)
+            .collect();
         out.push(0xe0 | sps.len() as u8);
         for s in sps {
             out.extend_from_slice(&(s.len() as u16).to_be_bytes());
             out.extend_from_slice(s);
         }
-        let pps: Vec<_> = self.pps.iter().filter(|s| s.len() <= 0xffff).take(255).collect();
+        let pps: Vec<_> = self
+            .pps
+            .iter()
+            .filter(|s| s.len() <= 0xffff)
+            .take(255)
+            .collect();
         out.push(pps.len() as u8);
         for p in pps {
             out.extend_from_slice(&(p.len() as u16).to_be_bytes());
@@ -203,12 +226,20 @@ pub fn split_avcc(data: &Bytes, nal_length_size: u8) -> Result<Vec<Bytes>, FlvEr
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < data.len() {
-        let prefix = data.get(pos..pos + n).ok_or(FlvError::Truncated("NAL length prefix"))?;
-        let len = prefix.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        let prefix = data
+            .get(pos..pos + n)
+            .ok_or(FlvError::Truncated("NAL length prefix"))?;
+        let len = prefix
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
         pos += n;
         let available = data.len() - pos;
         if len > available {
-            return Err(FlvError::NalOverrun { len, offset: pos - n, available });
+            return Err(FlvError::NalOverrun {
+                len,
+                offset: pos - n,
+                available,
+            });
         }
         if len > 0 {
             out.push(data.slice(pos..pos + len));
@@ -240,7 +271,9 @@ pub fn parse_video(body: &Bytes, nal_length_size: u8) -> Result<FlvVideo, FlvErr
     let frame_type = first >> 4;
     let codec_id = first & 0x0f;
     if frame_type == 5 {
-        return Err(FlvError::Ignored("video info/command frame carries no picture"));
+        return Err(FlvError::Ignored(
+            "video info/command frame carries no picture",
+        ));
     }
     if codec_id != VIDEO_CODEC_AVC {
         return Ok(FlvVideo::Unsupported { codec_id });
@@ -269,9 +302,13 @@ fn parse_video_ex(body: &Bytes, nal_length_size: u8) -> Result<FlvVideo, FlvErro
     let frame_type = (first >> 4) & 0x07;
     let packet_type = first & 0x0f;
     if packet_type == 6 || packet_type == 7 {
-        return Err(FlvError::Ignored("Enhanced RTMP multitrack/ModEx video is not supported"));
+        return Err(FlvError::Ignored(
+            "Enhanced RTMP multitrack/ModEx video is not supported",
+        ));
     }
-    let fourcc = body.get(1..5).ok_or(FlvError::Truncated("Enhanced RTMP video header"))?;
+    let fourcc = body
+        .get(1..5)
+        .ok_or(FlvError::Truncated("Enhanced RTMP video header"))?;
     let codec_id = match fourcc {
         b"avc1" => VIDEO_CODEC_AVC,
         b"hvc1" => VIDEO_CODEC_HEVC,
@@ -283,13 +320,19 @@ fn parse_video_ex(body: &Bytes, nal_length_size: u8) -> Result<FlvVideo, FlvErro
         return Ok(FlvVideo::Unsupported { codec_id });
     }
     if frame_type == 5 {
-        return Err(FlvError::Ignored("video info/command frame carries no picture"));
+        return Err(FlvError::Ignored(
+            "video info/command frame carries no picture",
+        ));
     }
     let keyframe = frame_type == 1 || frame_type == 4;
     match packet_type {
-        0 => Ok(FlvVideo::SequenceHeader(AvcConfig::parse(&body.slice(5..))?)),
+        0 => Ok(FlvVideo::SequenceHeader(AvcConfig::parse(
+            &body.slice(5..),
+        )?)),
         1 => {
-            let cts = body.get(5..8).ok_or(FlvError::Truncated("Enhanced RTMP video header"))?;
+            let cts = body
+                .get(5..8)
+                .ok_or(FlvError::Truncated("Enhanced RTMP video header"))?;
             Ok(FlvVideo::Frame {
                 keyframe,
                 composition_time_ms: si24(cts),
@@ -303,7 +346,9 @@ fn parse_video_ex(body: &Bytes, nal_length_size: u8) -> Result<FlvVideo, FlvErro
             nalus: frame_nalus(&body.slice(5..), nal_length_size)?,
         }),
         2 => Ok(FlvVideo::EndOfSequence),
-        _ => Err(FlvError::Ignored("Enhanced RTMP video metadata packet ignored")),
+        _ => Err(FlvError::Ignored(
+            "Enhanced RTMP video metadata packet ignored",
+        )),
     }
 }
 
@@ -328,7 +373,10 @@ impl AudioSpecificConfig {
     /// Parse an AudioSpecificConfig.
     pub fn parse(raw: &Bytes) -> Result<AudioSpecificConfig, FlvError> {
         let mut r = Bits { data: raw, pos: 0 };
-        let bad = |why: String| FlvError::BadConfig { what: "AAC AudioSpecificConfig", why };
+        let bad = |why: String| FlvError::BadConfig {
+            what: "AAC AudioSpecificConfig",
+            why,
+        };
         let truncated = |_| FlvError::Truncated("AAC AudioSpecificConfig");
         let object_type = r.object_type().map_err(truncated)?;
         let mut sample_rate = r.sample_rate().map_err(truncated)?.map_err(bad)?;
@@ -371,7 +419,12 @@ impl AudioSpecificConfig {
                     }
                     r.read(1)?;
                 }
-                if !sbr && r.left() >= 16 && r.read(11)? == 0x2b7 && r.object_type()? == 5 && r.read(1)? == 1 {
+                if !sbr
+                    && r.left() >= 16
+                    && r.read(11)? == 0x2b7
+                    && r.object_type()? == 5
+                    && r.read(1)? == 1
+                {
                     sbr = true;
                     if let Ok(rate) = r.sample_rate()? {
                         sample_rate = rate;
@@ -442,7 +495,11 @@ impl Bits<'_> {
         let idx = self.read(4)?;
         if idx == 15 {
             let rate = self.read(24)?;
-            return Ok(if rate == 0 { Err("explicit sample rate 0".into()) } else { Ok(rate) });
+            return Ok(if rate == 0 {
+                Err("explicit sample rate 0".into())
+            } else {
+                Ok(rate)
+            });
         }
         Ok(RATES
             .get(idx as usize)
@@ -472,14 +529,20 @@ pub fn parse_audio(body: &Bytes) -> Result<FlvAudio, FlvError> {
     if sound_format == SOUND_FORMAT_EX_HEADER {
         // Enhanced RTMP v2: packet type in the low nibble, then a FourCC.
         let packet_type = first & 0x0f;
-        let fourcc = body.get(1..5).ok_or(FlvError::Truncated("Enhanced RTMP audio header"))?;
+        let fourcc = body
+            .get(1..5)
+            .ok_or(FlvError::Truncated("Enhanced RTMP audio header"))?;
         if fourcc != b"mp4a" {
             return Ok(FlvAudio::Unsupported { sound_format });
         }
         return match packet_type {
-            0 => Ok(FlvAudio::AacSequenceHeader(AudioSpecificConfig::parse(&body.slice(5..))?)),
+            0 => Ok(FlvAudio::AacSequenceHeader(AudioSpecificConfig::parse(
+                &body.slice(5..),
+            )?)),
             1 => Ok(FlvAudio::AacRaw(body.slice(5..))),
-            _ => Err(FlvError::Ignored("Enhanced RTMP audio packet type not supported")),
+            _ => Err(FlvError::Ignored(
+                "Enhanced RTMP audio packet type not supported",
+            )),
         };
     }
     if sound_format != SOUND_FORMAT_AAC {
@@ -487,7 +550,9 @@ pub fn parse_audio(body: &Bytes) -> Result<FlvAudio, FlvError> {
     }
     match body.get(1) {
         None => Err(FlvError::Truncated("AAC audio tag header")),
-        Some(0) => Ok(FlvAudio::AacSequenceHeader(AudioSpecificConfig::parse(&body.slice(2..))?)),
+        Some(0) => Ok(FlvAudio::AacSequenceHeader(AudioSpecificConfig::parse(
+            &body.slice(2..),
+        )?)),
         Some(1) => Ok(FlvAudio::AacRaw(body.slice(2..))),
         Some(_) => Err(FlvError::Ignored("unknown AAC packet type")),
     }
@@ -612,8 +677,10 @@ pub(crate) mod tests {
         let mut tags = Vec::new();
         while pos + 11 <= data.len() {
             let t = data[pos] & 0x1f;
-            let size = u32::from_be_bytes([0, data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
-            let ts = u32::from_be_bytes([data[pos + 7], data[pos + 4], data[pos + 5], data[pos + 6]]);
+            let size =
+                u32::from_be_bytes([0, data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
+            let ts =
+                u32::from_be_bytes([data[pos + 7], data[pos + 4], data[pos + 5], data[pos + 6]]);
             tags.push((t, ts, data.slice(pos + 11..pos + 11 + size)));
             pos += 11 + size + 4;
         }
@@ -663,7 +730,11 @@ pub(crate) mod tests {
                     assert_eq!(&c.to_record()[..], &body[5..], "byte-exact avcC");
                     cfg = Some(c);
                 }
-                FlvVideo::Frame { keyframe, composition_time_ms, nalus } => {
+                FlvVideo::Frame {
+                    keyframe,
+                    composition_time_ms,
+                    nalus,
+                } => {
                     frames += 1;
                     assert!(!nalus.is_empty());
                     // Zero-copy: every NAL points into the tag body.
@@ -707,7 +778,11 @@ pub(crate) mod tests {
     fn composition_time_is_signed_24_bit() {
         let body = Bytes::from_static(&[0x27, 1, 0xff, 0xff, 0xfe, 0, 0, 0, 2, 0x41, 0x9a]);
         match parse_video(&body, 4).unwrap() {
-            FlvVideo::Frame { keyframe, composition_time_ms, nalus } => {
+            FlvVideo::Frame {
+                keyframe,
+                composition_time_ms,
+                nalus,
+            } => {
                 assert!(!keyframe);
                 assert_eq!(composition_time_ms, -2);
                 assert_eq!(&nalus[0][..], &[0x41, 0x9a]);
@@ -716,7 +791,11 @@ pub(crate) mod tests {
         }
         let body = Bytes::from_static(&[0x17, 1, 0x00, 0x00, 0x42, 0, 2, 0x65, 0x88]);
         match parse_video(&body, 2).unwrap() {
-            FlvVideo::Frame { keyframe, composition_time_ms, nalus } => {
+            FlvVideo::Frame {
+                keyframe,
+                composition_time_ms,
+                nalus,
+            } => {
                 assert!(keyframe);
                 assert_eq!(composition_time_ms, 66);
                 assert_eq!(nalus.len(), 1);
@@ -728,33 +807,56 @@ pub(crate) mod tests {
     #[test]
     fn other_codecs_and_packet_kinds() {
         let vp6 = Bytes::from_static(&[0x14, 0, 0]);
-        assert_eq!(parse_video(&vp6, 4).unwrap(), FlvVideo::Unsupported { codec_id: 4 });
+        assert_eq!(
+            parse_video(&vp6, 4).unwrap(),
+            FlvVideo::Unsupported { codec_id: 4 }
+        );
         let eos = Bytes::from_static(&[0x17, 2, 0, 0, 0]);
         assert_eq!(parse_video(&eos, 4).unwrap(), FlvVideo::EndOfSequence);
         // Enhanced RTMP HEVC sequence start.
         let hevc = Bytes::from_static(&[0x90, b'h', b'v', b'c', b'1', 1, 2, 3]);
-        assert_eq!(parse_video(&hevc, 4).unwrap(), FlvVideo::Unsupported { codec_id: VIDEO_CODEC_HEVC });
+        assert_eq!(
+            parse_video(&hevc, 4).unwrap(),
+            FlvVideo::Unsupported {
+                codec_id: VIDEO_CODEC_HEVC
+            }
+        );
         assert_eq!(video_codec_name(VIDEO_CODEC_HEVC), "HEVC");
         // Enhanced RTMP avc1 CodedFramesX (no composition time).
         let ex = Bytes::from_static(&[0x93, b'a', b'v', b'c', b'1', 0, 0, 0, 1, 0x65]);
         assert_eq!(
             parse_video(&ex, 4).unwrap(),
-            FlvVideo::Frame { keyframe: true, composition_time_ms: 0, nalus: vec![Bytes::from_static(&[0x65])] }
+            FlvVideo::Frame {
+                keyframe: true,
+                composition_time_ms: 0,
+                nalus: vec![Bytes::from_static(&[0x65])]
+            }
         );
         let mp3 = Bytes::from_static(&[0x2f, 0xff]);
-        assert_eq!(parse_audio(&mp3).unwrap(), FlvAudio::Unsupported { sound_format: 2 });
+        assert_eq!(
+            parse_audio(&mp3).unwrap(),
+            FlvAudio::Unsupported { sound_format: 2 }
+        );
         assert_eq!(audio_codec_name(2), "MP3");
         let ex_aac = Bytes::from_static(&[0x91, b'm', b'p', b'4', b'a', 0x21, 0x10]);
-        assert_eq!(parse_audio(&ex_aac).unwrap(), FlvAudio::AacRaw(Bytes::from_static(&[0x21, 0x10])));
+        assert_eq!(
+            parse_audio(&ex_aac).unwrap(),
+            FlvAudio::AacRaw(Bytes::from_static(&[0x21, 0x10]))
+        );
         let ex_opus = Bytes::from_static(&[0x90, b'O', b'p', b'u', b's', 1]);
-        assert_eq!(parse_audio(&ex_opus).unwrap(), FlvAudio::Unsupported { sound_format: 9 });
+        assert_eq!(
+            parse_audio(&ex_opus).unwrap(),
+            FlvAudio::Unsupported { sound_format: 9 }
+        );
         let info = Bytes::from_static(&[0x57, 0]);
         assert!(matches!(parse_video(&info, 4), Err(FlvError::Ignored(_))));
     }
 
     #[test]
     fn annexb_inside_flv_is_accepted() {
-        let body = Bytes::from_static(&[0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x65, 0x88, 0x84]);
+        let body = Bytes::from_static(&[
+            0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x65, 0x88, 0x84,
+        ]);
         // AVCC parse fails (length 1 then 0x67420000 overruns), Annex B works.
         match parse_video(&body, 4).unwrap() {
             FlvVideo::Frame { nalus, .. } => {
@@ -770,13 +872,22 @@ pub(crate) mod tests {
         let asc = |b: &'static [u8]| AudioSpecificConfig::parse(&Bytes::from_static(b));
         // AAC-LC 48 kHz mono.
         let a = asc(&[0x11, 0x88]).unwrap();
-        assert_eq!((a.object_type, a.sample_rate, a.channels, a.sbr), (2, 48000, 1, false));
+        assert_eq!(
+            (a.object_type, a.sample_rate, a.channels, a.sbr),
+            (2, 48000, 1, false)
+        );
         // Explicit HE-AAC: AOT 5, core 22.05 kHz stereo, SBR 44.1 kHz, core AOT 2.
         let a = asc(&[0x2b, 0x92, 0x08, 0x00]).unwrap();
-        assert_eq!((a.object_type, a.sample_rate, a.channels, a.sbr), (5, 44100, 2, true));
+        assert_eq!(
+            (a.object_type, a.sample_rate, a.channels, a.sbr),
+            (5, 44100, 2, true)
+        );
         // Backward-compatible HE-AAC: LC 22.05 kHz stereo + sync extension 0x2b7, SBR 44.1 kHz.
         let a = asc(&[0x13, 0x90, 0x56, 0xe5, 0xa0]).unwrap();
-        assert_eq!((a.object_type, a.sample_rate, a.channels, a.sbr), (2, 44100, 2, true));
+        assert_eq!(
+            (a.object_type, a.sample_rate, a.channels, a.sbr),
+            (2, 44100, 2, true)
+        );
         // 960-sample frames.
         let a = asc(&[0x11, 0x8c]).unwrap();
         assert_eq!(a.frame_length, 960);
@@ -788,11 +899,18 @@ pub(crate) mod tests {
 
     #[test]
     fn avc_config_errors_are_clear() {
-        let e = AvcConfig::parse(&Bytes::from_static(&[1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 30, 0x67])).unwrap_err();
+        let e = AvcConfig::parse(&Bytes::from_static(&[
+            1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 30, 0x67,
+        ]))
+        .unwrap_err();
         assert_eq!(e.to_string(), "FLV AVC sequence header is truncated");
         let e = parse_video(&Bytes::from_static(&[0x17, 0]), 4).unwrap_err();
         assert_eq!(e.to_string(), "FLV AVC video tag header is truncated");
-        let e = parse_video(&Bytes::from_static(&[0x27, 1, 0, 0, 0, 0, 0, 2, 0, 0x41]), 4).unwrap_err();
+        let e = parse_video(
+            &Bytes::from_static(&[0x27, 1, 0, 0, 0, 0, 0, 2, 0, 0x41]),
+            4,
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "NAL unit length 512 at offset 0 exceeds the 1 bytes left in the video tag"
@@ -801,8 +919,15 @@ pub(crate) mod tests {
         assert_eq!(e, FlvError::BadNalLengthSize(0));
         // A real SPS with escape bytes survives the round trip through the record.
         let sps = Bytes::from(escape(&[0x67, 0x42, 0xc0, 0x1e, 0, 0, 1, 0x80]));
-        let cfg = AvcConfig { sps: vec![sps], pps: vec![Bytes::from_static(&[0x68, 0xce])], nal_length_size: 4 };
-        assert_eq!(AvcConfig::parse(&Bytes::from(cfg.to_record())).unwrap(), cfg);
+        let cfg = AvcConfig {
+            sps: vec![sps],
+            pps: vec![Bytes::from_static(&[0x68, 0xce])],
+            nal_length_size: 4,
+        };
+        assert_eq!(
+            AvcConfig::parse(&Bytes::from(cfg.to_record())).unwrap(),
+            cfg
+        );
     }
 
     #[test]
@@ -842,8 +967,14 @@ pub(crate) mod tests {
         props.insert("height".to_string(), Amf0Value::Number(1080.0));
         props.insert("framerate".to_string(), Amf0Value::Number(60.0));
         props.insert("videodatarate".to_string(), Amf0Value::Number(6000.0));
-        props.insert("audiodatarate".to_string(), Amf0Value::Utf8String("160".into()));
-        props.insert("encoder".to_string(), Amf0Value::Utf8String("obs-output module".into()));
+        props.insert(
+            "audiodatarate".to_string(),
+            Amf0Value::Utf8String("160".into()),
+        );
+        props.insert(
+            "encoder".to_string(),
+            Amf0Value::Utf8String("obs-output module".into()),
+        );
         props.insert("stereo".to_string(), Amf0Value::Boolean(true));
         let values = vec![
             Amf0Value::Utf8String("@setDataFrame".into()),
@@ -863,7 +994,10 @@ pub(crate) mod tests {
         sm.video_width = Some(1280);
         sm.video_frame_rate = Some(30.0);
         let m = Metadata::from(&sm);
-        assert_eq!((m.width, m.framerate, m.height), (Some(1280.0), Some(30.0), None));
+        assert_eq!(
+            (m.width, m.framerate, m.height),
+            (Some(1280.0), Some(30.0), None)
+        );
     }
 
     #[test]

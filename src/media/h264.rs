@@ -105,7 +105,11 @@ impl<'a> BitReader<'a> {
         self.bit += 1;
         if self.bit == 8 {
             self.bit = 0;
-            self.zeros = if byte == 0 { self.zeros.saturating_add(1) } else { 0 };
+            self.zeros = if byte == 0 {
+                self.zeros.saturating_add(1)
+            } else {
+                0
+            };
             self.pos += 1;
             self.enter_byte();
         }
@@ -706,7 +710,9 @@ pub(crate) mod tests {
 
     #[test]
     fn annexb_split_handles_3_and_4_byte_start_codes() {
-        let data = Bytes::from_static(&[0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9]);
+        let data = Bytes::from_static(&[
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9,
+        ]);
         let n = split_annexb(&data);
         assert_eq!(n.len(), 3);
         assert_eq!(&n[0][..], &[0x67, 1, 2]);
@@ -741,7 +747,11 @@ pub(crate) mod tests {
             self.bits(x as u32, len);
         }
         pub(crate) fn se(&mut self, v: i32) {
-            self.ue(if v > 0 { 2 * v as u32 - 1 } else { (-2 * v) as u32 });
+            self.ue(if v > 0 {
+                2 * v as u32 - 1
+            } else {
+                (-2 * v) as u32
+            });
         }
         pub(crate) fn finish(mut self) -> Vec<u8> {
             while self.n != 0 {

@@ -84,7 +84,12 @@ impl H264Packetizer {
             let (end, group) = self.next_group(&order, start, &nal);
             copied += match group {
                 Group::Single => 0,
-                Group::StapA => 1 + order[start..end].iter().map(|&s| 2 + nal(s).len()).sum::<usize>(),
+                Group::StapA => {
+                    1 + order[start..end]
+                        .iter()
+                        .map(|&s| 2 + nal(s).len())
+                        .sum::<usize>()
+                }
                 Group::FuA => {
                     let data = nal(order[start]).len() - 1;
                     data + 2 * data.div_ceil(self.max_payload - 2)
@@ -282,7 +287,10 @@ mod tests {
             for au in &aus {
                 let mut out = Vec::new();
                 p.packetize(au, None, &mut out);
-                assert!(out.iter().all(|x| x.len() <= RTP_MTU_PAYLOAD && !x.is_empty()));
+                assert!(
+                    out.iter()
+                        .all(|x| x.len() <= RTP_MTU_PAYLOAD && !x.is_empty())
+                );
                 saw_fu |= out.iter().any(|x| x[0] & 0x1f == NAL_FU_A);
                 let back = depacketize(&out);
                 let want: Vec<Vec<u8>> = au.iter().map(|n| n.to_vec()).collect();
@@ -297,16 +305,32 @@ mod tests {
     #[test]
     fn idr_gets_parameter_sets_in_one_stap_a() {
         let all = nals(X264_720P);
-        let sps: Vec<Bytes> = all.iter().filter(|n| h264::nal_type(n) == NAL_SPS).cloned().collect();
-        let pps: Vec<Bytes> = all.iter().filter(|n| h264::nal_type(n) == NAL_PPS).cloned().collect();
-        let idr = all.iter().find(|n| h264::nal_type(n) == NAL_IDR).unwrap().clone();
+        let sps: Vec<Bytes> = all
+            .iter()
+            .filter(|n| h264::nal_type(n) == NAL_SPS)
+            .cloned()
+            .collect();
+        let pps: Vec<Bytes> = all
+            .iter()
+            .filter(|n| h264::nal_type(n) == NAL_PPS)
+            .cloned()
+            .collect();
+        let idr = all
+            .iter()
+            .find(|n| h264::nal_type(n) == NAL_IDR)
+            .unwrap()
+            .clone();
         let aud = Bytes::from_static(&[0x09, 0xf0]);
         let mut p = H264Packetizer::default();
 
         let mut out = Vec::new();
         p.packetize(&[aud.clone(), idr.clone()], Some((&sps, &pps)), &mut out);
         assert_eq!(out[0][0] & 0x1f, NAL_STAP_A);
-        assert_eq!(out[0][0] & 0x60, 0x60, "STAP-A NRI is the highest of its NALs");
+        assert_eq!(
+            out[0][0] & 0x60,
+            0x60,
+            "STAP-A NRI is the highest of its NALs"
+        );
         let back = depacketize(&out);
         assert_eq!(back.len(), 3, "AUD dropped, SPS + PPS + IDR");
         assert_eq!(back[0], sps[0].to_vec());
@@ -315,20 +339,35 @@ mod tests {
 
         // Already carried: not duplicated.
         let mut out2 = Vec::new();
-        p.packetize(&[sps[0].clone(), pps[0].clone(), idr.clone()], Some((&sps, &pps)), &mut out2);
+        p.packetize(
+            &[sps[0].clone(), pps[0].clone(), idr.clone()],
+            Some((&sps, &pps)),
+            &mut out2,
+        );
         assert_eq!(out2, out);
 
         // Only the PPS missing: it goes right before the slice.
         let sei = Bytes::from_static(&[0x06, 0x05, 0x01, 0x00, 0x80]);
         let mut out3 = Vec::new();
-        p.packetize(&[sps[0].clone(), sei.clone(), idr.clone()], Some((&sps, &pps)), &mut out3);
-        let types: Vec<u8> = depacketize(&out3).iter().map(|n| h264::nal_type(n)).collect();
+        p.packetize(
+            &[sps[0].clone(), sei.clone(), idr.clone()],
+            Some((&sps, &pps)),
+            &mut out3,
+        );
+        let types: Vec<u8> = depacketize(&out3)
+            .iter()
+            .map(|n| h264::nal_type(n))
+            .collect();
         assert_eq!(types, vec![NAL_SPS, NAL_SEI, NAL_PPS, NAL_IDR]);
 
         // Not an IDR: nothing added.
         let p_slice = Bytes::from_static(&[0x41, 0x9a, 0x00]);
         let mut out4 = Vec::new();
-        p.packetize(std::slice::from_ref(&p_slice), Some((&sps, &pps)), &mut out4);
+        p.packetize(
+            std::slice::from_ref(&p_slice),
+            Some((&sps, &pps)),
+            &mut out4,
+        );
         assert_eq!(out4, vec![p_slice]);
     }
 
@@ -391,7 +430,10 @@ mod tests {
         let mut out = Vec::new();
         p.packetize(&aus[0], None, &mut out);
         // Copied payloads are contiguous slices of one buffer.
-        let copied: Vec<&Bytes> = out.iter().filter(|x| matches!(x[0] & 0x1f, NAL_STAP_A | NAL_FU_A)).collect();
+        let copied: Vec<&Bytes> = out
+            .iter()
+            .filter(|x| matches!(x[0] & 0x1f, NAL_STAP_A | NAL_FU_A))
+            .collect();
         assert!(copied.len() > 2);
         for w in copied.windows(2) {
             assert_eq!(w[0].as_ptr() as usize + w[0].len(), w[1].as_ptr() as usize);

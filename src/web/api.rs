@@ -17,6 +17,7 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/api/v1/streams", get(list_streams))
         .route("/api/v1/streams/{name}", get(get_stream))
+        .route("/api/v1/streams/{name}/events", get(super::events::stream_events))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
 }

@@ -2,6 +2,7 @@
 
 mod api;
 pub mod error;
+mod events;
 
 use std::sync::Arc;
 

@@ -1,0 +1,76 @@
+//! `GET /api/v1/streams/{name}/events`: Server-Sent Events for pages (live,
+//! offline, title, viewers; chat and redaction come from the Matrix relay).
+//! A new subscriber first gets the current state, so pages need no extra fetch.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::ApiError;
+use crate::hub::HubEvent;
+use crate::server::App;
+
+fn event(name: &str, data: serde_json::Value) -> Event {
+    Event::default().event(name).data(data.to_string())
+}
+
+pub async fn stream_events(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let stream = app.hub.get(&name).ok_or_else(|| ApiError::unknown_stream(&name))?;
+    // Subscribe before reading the state so nothing falls between the two.
+    let rx = app.hub.subscribe_events();
+    let snap = stream.snapshot();
+    let mut initial = vec![
+        event("title", json!({"title": snap.title})),
+        event("viewers", json!({"viewers": snap.viewers})),
+    ];
+    initial.push(if snap.live {
+        event("live", serde_json::to_value(&snap).unwrap_or_default())
+    } else {
+        event("offline", json!({"name": snap.name}))
+    });
+
+    let live = futures_util::stream::unfold((rx, stream), move |(mut rx, stream)| async move {
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                // A slow reader missed events: resend the state instead.
+                Err(RecvError::Lagged(_)) => {
+                    let snap = stream.snapshot();
+                    let e = if snap.live {
+                        event("live", serde_json::to_value(&snap).unwrap_or_default())
+                    } else {
+                        event("offline", json!({"name": snap.name}))
+                    };
+                    return Some((Ok(e), (rx, stream)));
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            if ev.stream() != stream.name {
+                continue;
+            }
+            let e = match ev {
+                HubEvent::Live { .. } => {
+                    event("live", serde_json::to_value(stream.snapshot()).unwrap_or_default())
+                }
+                HubEvent::Offline { stream: name } => event("offline", json!({"name": name})),
+                HubEvent::Viewers { count, .. } => event("viewers", json!({"viewers": count})),
+                HubEvent::Title { title, .. } => event("title", json!({"title": title})),
+            };
+            return Some((Ok(e), (rx, stream)));
+        }
+    });
+    let all = futures_util::StreamExt::chain(
+        futures_util::stream::iter(initial.into_iter().map(Ok)),
+        live,
+    );
+    Ok(Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
