@@ -397,42 +397,11 @@ impl AudioSpecificConfig {
             if r.read(1).map_err(truncated)? == 1 {
                 frame_length = 960;
             }
-            // Backward-compatible SBR signalling sits after the GA config; its
-            // absence (the usual case) is not an error, so read it leniently.
-            let ga_rest = (|| -> Result<(), ()> {
-                if r.read(1)? == 1 {
-                    r.read(14)?; // coreCoderDelay
-                }
-                let ext = r.read(1)?;
-                if channel_config == 0 {
-                    return Err(()); // program config element: stop here
-                }
-                if matches!(core_type, 6 | 20) {
-                    r.read(3)?;
-                }
-                if ext == 1 {
-                    if core_type == 22 {
-                        r.read(16)?;
-                    }
-                    if matches!(core_type, 17 | 19 | 20 | 23) {
-                        r.read(3)?;
-                    }
-                    r.read(1)?;
-                }
-                if !sbr
-                    && r.left() >= 16
-                    && r.read(11)? == 0x2b7
-                    && r.object_type()? == 5
-                    && r.read(1)? == 1
-                {
-                    sbr = true;
-                    if let Ok(rate) = r.sample_rate()? {
-                        sample_rate = rate;
-                    }
-                }
-                Ok(())
-            })();
-            let _ = ga_rest;
+            // Truncation here is normal: the SBR extension is optional.
+            if !sbr && let Ok((found, rate)) = implicit_sbr(&mut r, core_type, channel_config) {
+                sbr = found;
+                sample_rate = rate.unwrap_or(sample_rate);
+            }
         }
         let channels = match channel_config {
             0 => 0,
@@ -456,6 +425,39 @@ impl AudioSpecificConfig {
     pub fn codec_string(&self) -> String {
         format!("mp4a.40.{}", self.object_type)
     }
+}
+
+// Rest of GASpecificConfig, then backward-compatible SBR signalling (sync
+// extension 0x2b7 at the end of the config). Returns whether SBR is present
+// and its output rate.
+fn implicit_sbr(
+    r: &mut Bits<'_>,
+    core_type: u8,
+    channel_config: u8,
+) -> Result<(bool, Option<u32>), ()> {
+    if r.read(1)? == 1 {
+        r.read(14)?; // coreCoderDelay
+    }
+    let ext = r.read(1)?;
+    if channel_config == 0 {
+        return Err(()); // a program config element follows; not parsed
+    }
+    if matches!(core_type, 6 | 20) {
+        r.read(3)?; // layerNr
+    }
+    if ext == 1 {
+        if core_type == 22 {
+            r.read(16)?;
+        }
+        if matches!(core_type, 17 | 19 | 20 | 23) {
+            r.read(3)?;
+        }
+        r.read(1)?; // extensionFlag3
+    }
+    if r.left() >= 16 && r.read(11)? == 0x2b7 && r.object_type()? == 5 && r.read(1)? == 1 {
+        return Ok((true, r.sample_rate()?.ok()));
+    }
+    Ok((false, None))
 }
 
 // MSB-first bit reader for AudioSpecificConfig (no emulation prevention).
