@@ -8,6 +8,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SECS=${1:-30}
 build_release
 start_server
+ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+HZ=$(getconf CLK_TCK)
+# Baseline: the idle server over the same window, subtracted below.
+sleep 2
+i0=$(ticks); sleep "$SECS"; i1=$(ticks)
 ffmpeg -hide_banner -loglevel error -y -f lavfi -i "sine=frequency=440:sample_rate=44100" \
   -f lavfi -i "sine=frequency=660:sample_rate=44100" -filter_complex amerge=inputs=2 -t 20 \
   -c:a aac -b:a 128k -ar 44100 -ac 2 -f flv "$WORK/audio.flv"
@@ -19,12 +24,10 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 sleep 2 # let start-up work finish before the window opens
-ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
-HZ=$(getconf CLK_TCK)
 t0=$(ticks); s0=$(date +%s.%N)
 sleep "$SECS"
 t1=$(ticks); s1=$(date +%s.%N)
 curl -fs "http://$HTTP/api/v1/streams/$STREAM"; echo
-awk -v t="$((t1 - t0))" -v hz="$HZ" -v s0="$s0" -v s1="$s1" 'BEGIN {
-  cpu = t / hz; wall = s1 - s0;
-  printf "{\"bench\":\"aac_to_opus\",\"wall_s\":%.1f,\"server_cpu_s\":%.3f,\"percent_of_one_core\":%.2f}\n", wall, cpu, 100 * cpu / wall }'
+awk -v t="$((t1 - t0))" -v idle="$((i1 - i0))" -v hz="$HZ" -v s0="$s0" -v s1="$s1" 'BEGIN {
+  cpu = t / hz; wall = s1 - s0; base = idle / hz;
+  printf "{\"bench\":\"aac_to_opus\",\"window_s\":%.1f,\"server_cpu_s\":%.3f,\"idle_cpu_s\":%.3f,\"percent_of_one_core\":%.2f,\"percent_above_idle\":%.2f}\n", wall, cpu, base, 100 * cpu / wall, 100 * (cpu - base) / wall }'

@@ -37,6 +37,7 @@ pub struct Config {
     pub webrtc: WebrtcConfig,
     pub streams: Vec<StreamConfig>,
     pub storage: StorageConfig,
+    pub limits: LimitsConfig,
     pub matrix: Option<MatrixConfig>,
 }
 
@@ -111,6 +112,16 @@ pub struct StreamConfig {
     pub key: String,
     #[serde(default)]
     pub title: Option<String>,
+}
+
+/// Egress caps: a viewer over one gets 503 with Retry-After. 0 = no cap.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_viewers_per_stream: usize,
+    pub max_viewers: usize,
+    /// Total egress to viewers in Mbit/s, estimated from each stream's bitrate.
+    pub max_egress_mbps: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +246,12 @@ impl Config {
             if m.server_name.is_empty() {
                 return Err(invalid("matrix.server_name", "must not be empty"));
             }
+        }
+        if !(self.limits.max_egress_mbps >= 0.0 && self.limits.max_egress_mbps.is_finite()) {
+            return Err(invalid(
+                "limits.max_egress_mbps",
+                "must be a number of Mbit/s, 0 for no cap",
+            ));
         }
         let db = &self.storage.database_url;
         if !db.starts_with("sqlite:") {

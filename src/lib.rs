@@ -8,6 +8,7 @@ pub mod egress;
 pub mod hub;
 pub mod ingest;
 pub mod media;
+pub mod plan;
 pub mod rtc;
 pub mod server;
 pub mod store;

@@ -26,6 +26,30 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Estimate bandwidth and monthly transit for a planned use, and check it
+    /// against the configured limits (e.g. `roomcast plan --video-kbps 2000
+    /// --audio-kbps 256 --mode solo --viewers 5 --hours-per-day 4 --days-per-month 20`).
+    Plan {
+        /// Video bitrate per stream.
+        #[arg(long, default_value_t = 2500.0)]
+        video_kbps: f64,
+        /// Audio bitrate per stream.
+        #[arg(long, default_value_t = 128.0)]
+        audio_kbps: f64,
+        /// solo: one streamer, N viewers; event: N streamers to a producer; call: N users all watching each other.
+        #[arg(long, value_enum, default_value_t = roomcast::plan::Mode::Solo)]
+        mode: roomcast::plan::Mode,
+        /// Viewers (solo) or users/streamers (event, call).
+        #[arg(long, visible_alias = "users", default_value_t = 10)]
+        viewers: u32,
+        #[arg(long, default_value_t = 4.0)]
+        hours_per_day: f64,
+        #[arg(long, default_value_t = 20.0)]
+        days_per_month: f64,
+        /// Config whose [limits] to check against.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn init_logging() {
@@ -42,6 +66,44 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Plan {
+            video_kbps,
+            audio_kbps,
+            mode,
+            viewers,
+            hours_per_day,
+            days_per_month,
+            config,
+        } => {
+            let config = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            for (name, v) in [("video-kbps", video_kbps), ("audio-kbps", audio_kbps), ("hours-per-day", hours_per_day), ("days-per-month", days_per_month)] {
+                if !(v.is_finite() && v >= 0.0) {
+                    eprintln!("error: --{name} must be a non-negative number");
+                    return ExitCode::from(2);
+                }
+            }
+            let input = roomcast::plan::PlanInput {
+                video_kbps,
+                audio_kbps,
+                mode,
+                people: viewers,
+                hours_per_day,
+                days_per_month,
+            };
+            let p = roomcast::plan::plan(&input);
+            print!("{}", roomcast::plan::render(&input, &p, &config.limits));
+            if roomcast::plan::check_caps(&input, &p, &config.limits).is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }
         Command::Serve { config } => {
             let config = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(c) => c,

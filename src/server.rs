@@ -22,6 +22,19 @@ pub struct App {
     pub keys: Arc<KeyRing>,
     pub store: Store,
     pub public_base: String,
+    /// Serializes viewer admission so the egress caps hold under concurrent joins.
+    pub admission: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    /// Estimated egress to viewers now: each stream's bitrate times its viewers.
+    pub fn egress_mbps(&self) -> f64 {
+        self.hub
+            .streams()
+            .iter()
+            .map(|s| s.bitrate_kbps() as f64 * s.viewers() as f64 / 1000.0)
+            .sum()
+    }
 }
 
 /// Name of the stream created when nothing else declares one.
@@ -90,6 +103,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         keys,
         store,
         public_base,
+        admission: tokio::sync::Mutex::new(()),
     });
     print_banner(&app, rtmp_addr, new_demo_key.as_deref()).await?;
     let router = crate::web::router(app.clone());

@@ -53,6 +53,10 @@ async fn create(
     }
     let offer = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("bad_offer", "the SDP offer is not UTF-8 text"))?;
+    // Check the caps and add the viewer as one step, so concurrent joins cannot
+    // all slip under a cap.
+    let _admission = app.admission.lock().await;
+    check_caps(&app, &stream)?;
     let answer = app.engine.add_viewer(&stream, offer).map_err(|e| match e {
         ViewerError::BadOffer(_) | ViewerError::NothingToReceive => {
             ApiError::bad_request("bad_offer", e.to_string())
@@ -79,6 +83,38 @@ async fn create(
         answer.sdp,
     )
         .into_response())
+}
+
+/// Egress caps (`[limits]`): a viewer over one gets 503 with Retry-After.
+fn check_caps(app: &App, stream: &crate::hub::Stream) -> Result<(), ApiError> {
+    let limits = &app.config.limits;
+    let (total, of_stream) = app.engine.viewer_counts(&stream.name);
+    let busy = |message: String| {
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "viewer_limit", message).retry_after(30))
+    };
+    if limits.max_viewers_per_stream > 0 && of_stream >= limits.max_viewers_per_stream {
+        return busy(format!(
+            "stream '{}' has reached its limit of {} viewers; try again later",
+            stream.name, limits.max_viewers_per_stream
+        ));
+    }
+    if limits.max_viewers > 0 && total >= limits.max_viewers {
+        return busy(format!(
+            "this server has reached its limit of {} viewers; try again later",
+            limits.max_viewers
+        ));
+    }
+    if limits.max_egress_mbps > 0.0 {
+        let now = app.egress_mbps();
+        let this = stream.bitrate_kbps() as f64 / 1000.0;
+        if now + this > limits.max_egress_mbps {
+            return busy(format!(
+                "this server's egress would exceed its cap of {} Mbit/s ({now:.1} Mbit/s in use, this stream needs {this:.1}); try again later",
+                limits.max_egress_mbps
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_id(id: &str) -> Result<u64, ApiError> {

@@ -324,6 +324,16 @@ impl Stream {
         });
     }
 
+    /// Measured audio + video bitrate, 0 while unknown or offline.
+    pub fn bitrate_kbps(&self) -> u64 {
+        let st = self.state.lock();
+        if st.publisher.is_none() {
+            return 0;
+        }
+        let now = Instant::now();
+        st.stats.video_kbps(now).unwrap_or(0) + st.stats.audio_kbps(now).unwrap_or(0)
+    }
+
     pub fn viewers(&self) -> usize {
         self.viewers.load(Ordering::Relaxed)
     }

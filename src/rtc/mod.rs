@@ -1,6 +1,7 @@
 //! WebRTC engine on str0m: ICE-lite, one UDP socket and one ICE-TCP listener for
 //! every peer, viewers sharded over worker threads.
 
+pub mod metrics;
 mod net;
 pub mod sdp;
 mod shard;
@@ -60,6 +61,7 @@ pub struct Engine {
     registry: Registry,
     next_id: AtomicU64,
     next_shard: AtomicUsize,
+    pub metrics: metrics::EngineMetrics,
 }
 
 impl Engine {
@@ -112,7 +114,10 @@ impl Engine {
         });
         let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
         let mut senders = Vec::new();
+        let mut engine_metrics = metrics::EngineMetrics::default();
         for index in 0..workers {
+            let shard_metrics = Arc::new(metrics::ShardMetrics::default());
+            engine_metrics.shards.push(shard_metrics.clone());
             let (tx, rx) = crossbeam_channel::unbounded();
             let sink: Arc<dyn FrameSink> = Arc::new(ShardSink { tx: tx.clone() });
             let shard = Shard {
@@ -122,6 +127,7 @@ impl Engine {
                 net: netout.clone(),
                 demux: demux.clone(),
                 registry: registry.clone(),
+                metrics: shard_metrics,
             };
             std::thread::Builder::new()
                 .name(format!("rtc-{index}"))
@@ -154,6 +160,7 @@ impl Engine {
             registry,
             next_id: AtomicU64::new(1),
             next_shard: AtomicUsize::new(0),
+            metrics: engine_metrics,
         };
         Ok((
             Arc::new(engine),
@@ -275,6 +282,14 @@ impl Engine {
             .lock()
             .get(&id)
             .is_some_and(|(_, s)| s == stream)
+    }
+
+    /// Viewer sessions in total and of `stream` (negotiated ones included, so
+    /// admission control counts a viewer from its first moment).
+    pub fn viewer_counts(&self, stream: &str) -> (usize, usize) {
+        let reg = self.registry.lock();
+        let of_stream = reg.values().filter(|(_, s)| s == stream).count();
+        (reg.len(), of_stream)
     }
 
     pub fn uses_protocol(&self, proto: Protocol) -> bool {

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -19,6 +20,7 @@ use str0m::rtp::RtpWrite;
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
+use super::metrics::ShardMetrics;
 use super::net::{Demux, NetOut};
 use crate::hub::{Frame, FrameSink, Kind, Stream};
 
@@ -111,6 +113,7 @@ pub struct Shard {
     pub net: Arc<NetOut>,
     pub demux: Arc<Demux>,
     pub registry: Registry,
+    pub metrics: Arc<ShardMetrics>,
 }
 
 impl Shard {
@@ -250,8 +253,15 @@ impl Shard {
                 };
                 for id in ids {
                     if let Some(p) = peers.get_mut(id) {
-                        p.on_frame(&frame);
+                        let sent = p.on_frame(&frame);
                         self.drive(p);
+                        if sent > 0 {
+                            self.metrics.rtp_packets.fetch_add(sent as u64, Relaxed);
+                            self.metrics
+                                .rtp_bytes
+                                .fetch_add(frame.bytes() as u64, Relaxed);
+                            self.metrics.observe_transit(frame.received.elapsed());
+                        }
                     }
                 }
             }
@@ -269,7 +279,10 @@ impl Shard {
                     p.next_timeout = t;
                     return;
                 }
-                Ok(Output::Transmit(t)) => self.net.send(t),
+                Ok(Output::Transmit(t)) => {
+                    self.metrics.datagrams.fetch_add(1, Relaxed);
+                    self.net.send(t);
+                }
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => {
                         p.connected = true;
@@ -325,9 +338,10 @@ impl Shard {
 }
 
 impl Peer {
-    fn on_frame(&mut self, frame: &Frame) {
+    /// Writes a live frame; returns how many RTP packets that was.
+    fn on_frame(&mut self, frame: &Frame) -> usize {
         if !self.connected || self.last_index.is_some_and(|i| frame.index <= i) {
-            return;
+            return 0;
         }
         self.last_index = Some(frame.index);
         if frame.publisher != self.publisher {
@@ -335,23 +349,21 @@ impl Peer {
             self.publisher = frame.publisher;
             self.video_started = false;
         }
-        match frame.kind {
+        let (track, video) = match frame.kind {
             Kind::Video => {
                 if !self.video_started {
                     if !frame.keyframe {
-                        return;
+                        return 0;
                     }
                     self.video_started = true;
                 }
-                if let Some(t) = self.video.as_mut() {
-                    write_frame(&mut self.rtc, t, frame, frame.rtp_time, true);
-                }
+                (self.video.as_mut(), true)
             }
-            Kind::Audio => {
-                if let Some(t) = self.audio.as_mut() {
-                    write_frame(&mut self.rtc, t, frame, frame.rtp_time, false);
-                }
-            }
+            Kind::Audio => (self.audio.as_mut(), false),
+        };
+        match track {
+            Some(t) => write_frame(&mut self.rtc, t, frame, frame.rtp_time, video),
+            None => 0,
         }
     }
 
@@ -389,10 +401,16 @@ impl Peer {
     }
 }
 
-fn write_frame(rtc: &mut Rtc, track: &mut TrackOut, frame: &Frame, rtp_time: u32, video: bool) {
+fn write_frame(
+    rtc: &mut Rtc,
+    track: &mut TrackOut,
+    frame: &Frame,
+    rtp_time: u32,
+    video: bool,
+) -> usize {
     let mut api = rtc.direct_api();
     let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
-        return;
+        return 0;
     };
     let last = frame.payloads.len().saturating_sub(1);
     for (i, payload) in frame.payloads.iter().enumerate() {
@@ -408,4 +426,5 @@ fn write_frame(rtc: &mut Rtc, track: &mut TrackOut, frame: &Frame, rtp_time: u32
         tx.write_rtp(w);
         track.next_seq += 1;
     }
+    frame.payloads.len()
 }

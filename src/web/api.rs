@@ -52,5 +52,6 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     for s in &streams {
         let _ = writeln!(out, "roomcast_stream_viewers{{stream=\"{}\"}} {}", s.name, s.viewers());
     }
+    app.engine.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

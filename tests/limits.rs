@@ -1,0 +1,109 @@
+//! Egress caps and `roomcast plan` (behaviour, not timing).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{FfmpegOpts, Publisher, Server, ServerOpts, STREAM};
+use serde_json::Value;
+use str0m::Rtc;
+use str0m::media::{Direction, MediaKind};
+
+/// A real WebRTC offer (recvonly video + audio) from str0m, as a viewer sends it.
+fn viewer_offer() -> String {
+    let mut rtc = Rtc::builder().build(Instant::now());
+    let addr = "127.0.0.1:9".parse().unwrap();
+    rtc.add_local_candidate(str0m::Candidate::host(addr, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    let (offer, _pending) = api.apply().unwrap();
+    offer.to_sdp_string()
+}
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+#[test]
+fn viewer_caps_answer_503_with_retry_after() {
+    let _serial = common::serial();
+    let server = Server::start_with(ServerOpts {
+        extra_toml: "[limits]\nmax_viewers_per_stream = 2\nmax_viewers = 3\n".into(),
+        ..ServerOpts::default()
+    });
+    let _p1 = Publisher::ffmpeg(&server.rtmp_url(server.key(STREAM)), FfmpegOpts::default());
+    let _p2 = Publisher::ffmpeg(&server.rtmp_url(server.key(common::STREAM2)), FfmpegOpts::default());
+    server.wait_live(STREAM, Duration::from_secs(30));
+    server.wait_live(common::STREAM2, Duration::from_secs(30));
+
+    let whep = |stream: &str| server.post_sdp(&format!("/whep/{stream}"), viewer_offer().as_bytes());
+    let first = whep(STREAM);
+    assert_eq!(first.status, 201);
+    assert_eq!(whep(STREAM).status, 201);
+    // The third viewer of one stream is over max_viewers_per_stream.
+    let r = whep(STREAM);
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("retry-after"), Some("30"));
+    let e = json(&r.body);
+    assert_eq!(e["code"], "viewer_limit");
+    assert!(e["error"].as_str().unwrap().contains("limit of 2 viewers"), "{e}");
+    // Another stream still has room under the per-stream cap, until the total cap.
+    assert_eq!(whep(common::STREAM2).status, 201);
+    let r = whep(common::STREAM2);
+    assert_eq!(r.status, 503);
+    assert!(json(&r.body)["error"].as_str().unwrap().contains("limit of 3 viewers"));
+    // Ending a session frees its place.
+    let location = first.header("location").unwrap().to_string();
+    let r = common::http::request("DELETE", &server.url(&location), &[], None).unwrap();
+    assert_eq!(r.status, 200);
+    common::wait_until("the freed place", Duration::from_secs(10), || {
+        (whep(STREAM).status == 201).then_some(())
+    });
+}
+
+#[test]
+fn egress_cap_counts_the_streams_bitrate() {
+    let _serial = common::serial();
+    let server = Server::start_with(ServerOpts {
+        // Far below one 720p stream's bitrate: not even the first viewer fits.
+        extra_toml: "[limits]\nmax_egress_mbps = 0.5\n".into(),
+        ..ServerOpts::default()
+    });
+    let _p = Publisher::ffmpeg(&server.rtmp_url(server.key(STREAM)), FfmpegOpts::default());
+    server.wait_live(STREAM, Duration::from_secs(30));
+    common::wait_until("a measured bitrate", Duration::from_secs(20), || {
+        server.api_stream(STREAM)?["video"]["bitrate_kbps"].as_u64().filter(|k| *k > 500)
+    });
+    let r = server.post_sdp(&format!("/whep/{STREAM}"), viewer_offer().as_bytes());
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    let e = json(&r.body);
+    assert!(e["error"].as_str().unwrap().contains("cap of 0.5 Mbit/s"), "{e}");
+}
+
+#[test]
+fn plan_prints_the_guides_example_and_checks_caps() {
+    let out = Command::new(common::roomcast_bin())
+        .args(["plan", "--video-kbps", "2000", "--audio-kbps", "256", "--mode", "solo", "--viewers", "5", "--hours-per-day", "4", "--days-per-month", "20"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("out: 11.28 Mbit/s"), "{text}");
+    assert!(text.contains("406 GB out"), "{text}");
+
+    // An 8-person call against a 100 Mbit/s cap does not fit: exit status 3.
+    let dir = common::TempDir::new("plan");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[limits]\nmax_egress_mbps = 100\n").unwrap();
+    let out = Command::new(common::roomcast_bin())
+        .args(["plan", "--mode", "call", "--users", "8", "--video-kbps", "2000", "--audio-kbps", "256", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("8 stream(s) in, 64 out"), "{text}");
+    assert!(text.contains("does not fit: 144.38 Mbit/s out is over limits.max_egress_mbps = 100"), "{text}");
+}
