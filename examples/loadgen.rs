@@ -84,7 +84,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--step-secs" => a.step_secs = v()?.parse().map_err(|e| format!("--step-secs: {e}"))?,
             "--full" => a.full = v()?.parse().map_err(|e| format!("--full: {e}"))?,
-            "--server-pid" => a.server_pid = Some(v()?.parse().map_err(|e| format!("--server-pid: {e}"))?),
+            "--server-pid" => {
+                a.server_pid = Some(v()?.parse().map_err(|e| format!("--server-pid: {e}"))?)
+            }
             "--metrics" => a.metrics = Some(v()?),
             "--max-cores" => a.max_cores = v()?.parse().map_err(|e| format!("--max-cores: {e}"))?,
             "-h" | "--help" => {
@@ -108,14 +110,23 @@ fn split_url(url: &str) -> Result<(String, String), String> {
 }
 
 /// Minimal HTTP/1.1 request; returns status, Location and body.
-async fn http(method: &str, url: &str, ctype: &str, body: &str) -> Result<(u16, Option<String>, String), String> {
+async fn http(
+    method: &str,
+    url: &str,
+    ctype: &str,
+    body: &str,
+) -> Result<(u16, Option<String>, String), String> {
     let (host, path) = split_url(url)?;
-    let mut s = TcpStream::connect(&host).await.map_err(|e| format!("connect {host}: {e}"))?;
+    let mut s = TcpStream::connect(&host)
+        .await
+        .map_err(|e| format!("connect {host}: {e}"))?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&resp);
@@ -127,7 +138,10 @@ async fn http(method: &str, url: &str, ctype: &str, body: &str) -> Result<(u16, 
         .ok_or("no HTTP status")?;
     let location = head
         .lines()
-        .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
         .map(str::to_string);
     Ok((status, location, body.to_string()))
 }
@@ -167,17 +181,16 @@ impl SeqTrack {
     }
 }
 
-struct ViewerResult {
-    first_video: Option<Duration>,
-}
-
 async fn viewer(
     url: String,
     full: bool,
     totals: Arc<Totals>,
     stop: Arc<AtomicBool>,
-) -> Result<ViewerResult, String> {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    ttffs: Arc<Mutex<Vec<Duration>>>,
+) -> Result<(), String> {
+    let sock = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let local = sock.local_addr().map_err(|e| e.to_string())?;
     let mut rtc = Rtc::builder().set_rtp_mode(true).build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| e.to_string())?);
@@ -186,7 +199,8 @@ async fn viewer(
     api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
     let (offer, pending) = api.apply().ok_or("no offer")?;
     let t0 = Instant::now();
-    let (status, location, body) = http("POST", &url, "application/sdp", &offer.to_sdp_string()).await?;
+    let (status, location, body) =
+        http("POST", &url, "application/sdp", &offer.to_sdp_string()).await?;
     if status == 503 {
         totals.rejected.fetch_add(1, Relaxed);
         return Err("rejected (503)".into());
@@ -207,12 +221,21 @@ async fn viewer(
     let rtx_pts: Vec<u8> = body
         .lines()
         .filter(|l| l.contains(" apt="))
-        .filter_map(|l| l.strip_prefix("a=fmtp:")?.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            l.strip_prefix("a=fmtp:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
 
-    let mut buf = vec![0u8; 2048];
+    // GRO: the kernel hands over runs of same-sized datagrams in one buffer, as
+    // a receiving host with offloads would; the client then costs little.
+    let udp_state = quinn_udp::UdpSocketState::new((&sock).into()).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 65_536];
     let mut seqs: HashMap<u32, SeqTrack> = HashMap::new();
-    let mut first_video = None;
+    let mut first_video = false;
     let mut connected = false;
     let mut keyframe_seen = false;
     let mut last_pli = Instant::now();
@@ -257,45 +280,65 @@ async fn viewer(
         let wait = next_timeout
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(200));
-        let (n, from) = match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+        let mut meta = [quinn_udp::RecvMeta::default()];
+        let recv = async {
+            loop {
+                sock.readable().await?;
+                let r = sock.try_io(tokio::io::Interest::READABLE, || {
+                    let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
+                    udp_state.recv((&sock).into(), &mut bufs, &mut meta)
+                });
+                match r {
+                    Ok(_) => return Ok::<_, std::io::Error>(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(wait, recv).await {
             Err(_) => {
                 rtc.handle_input(Input::Timeout(Instant::now()))
                     .map_err(|e| e.to_string())?;
                 continue;
             }
             Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(r)) => r,
-        };
-        let data = &buf[..n];
-        let is_rtp = n >= 12 && data[0] >> 6 == 2 && !(200..=207).contains(&data[1]);
-        if is_rtp {
-            let pt = data[1] & 0x7f;
-            let seq = u16::from_be_bytes([data[2], data[3]]);
-            let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
-            if rtx_pts.contains(&pt) {
-                totals.retransmissions.fetch_add(1, Relaxed);
-            } else {
-                let grew = seqs.entry(ssrc).or_default().push(seq);
-                totals.expected.fetch_add(grew, Relaxed);
-                totals.rtp_packets.fetch_add(1, Relaxed);
-                totals.rtp_bytes.fetch_add(n as u64, Relaxed);
-                if first_video.is_none() && Some(pt) == video_pt {
-                    first_video = Some(t0.elapsed());
+            Ok(Ok(())) => {}
+        }
+        let from = meta[0].addr;
+        let stride = meta[0].stride.max(1);
+        for data in buf[..meta[0].len].chunks(stride) {
+            let n = data.len();
+            let is_rtp = n >= 12 && data[0] >> 6 == 2 && !(200..=207).contains(&data[1]);
+            if is_rtp {
+                let pt = data[1] & 0x7f;
+                let seq = u16::from_be_bytes([data[2], data[3]]);
+                let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+                if rtx_pts.contains(&pt) {
+                    totals.retransmissions.fetch_add(1, Relaxed);
+                } else {
+                    let grew = seqs.entry(ssrc).or_default().push(seq);
+                    totals.expected.fetch_add(grew, Relaxed);
+                    totals.rtp_packets.fetch_add(1, Relaxed);
+                    totals.rtp_bytes.fetch_add(n as u64, Relaxed);
+                    if !first_video && Some(pt) == video_pt {
+                        first_video = true;
+                        ttffs.lock().await.push(t0.elapsed());
+                    }
+                }
+                if !full {
+                    continue;
                 }
             }
-            if !full {
-                continue;
+            if let Ok(r) = Receive::new(Protocol::Udp, from, local, data) {
+                let _ = rtc.handle_input(Input::Receive(Instant::now(), r));
             }
-        }
-        if let Ok(r) = Receive::new(Protocol::Udp, from, local, data) {
-            let _ = rtc.handle_input(Input::Receive(Instant::now(), r));
         }
     }
     if let Some(loc) = location {
         let base = url.split("/whep/").next().unwrap_or("");
         let _ = http("DELETE", &format!("{base}{loc}"), "text/plain", "").await;
     }
-    Ok(ViewerResult { first_video })
+    Ok(())
 }
 
 /// Whether an H.264 RTP payload starts or contains an IDR slice.
@@ -346,7 +389,11 @@ async fn transit_histogram(url: &str) -> Vec<(f64, u64)> {
         .filter_map(|l| l.strip_prefix("roomcast_transit_seconds_bucket{le=\""))
         .filter_map(|l| {
             let (le, v) = l.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, v.trim().parse().ok()?))
         })
         .collect()
@@ -355,7 +402,12 @@ async fn transit_histogram(url: &str) -> Vec<(f64, u64)> {
 fn histogram_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
     let delta: Vec<(f64, u64)> = after
         .iter()
-        .map(|(le, v)| (*le, v - before.iter().find(|(l, _)| l == le).map_or(0, |x| x.1)))
+        .map(|(le, v)| {
+            (
+                *le,
+                v - before.iter().find(|(l, _)| l == le).map_or(0, |x| x.1),
+            )
+        })
         .collect();
     let total = delta.last()?.1;
     if total == 0 {
@@ -389,13 +441,20 @@ async fn main() {
     let mut tasks = Vec::new();
     let mut running = 0usize;
     // Call mode: each URL is watched by every other participant once per step unit.
-    let steps = if args.call { vec![args.whep.len()] } else { args.steps.clone() };
+    let steps = if args.call {
+        vec![args.whep.len()]
+    } else {
+        args.steps.clone()
+    };
     for (step_no, &target) in steps.iter().enumerate() {
         let step_ttff_from = ttffs.lock().await.len();
         let urls: Vec<String> = if args.call {
             // M publishers, each watched by the other M-1 participants.
             let m = args.whep.len();
-            (0..m).flat_map(|i| (0..m).filter(move |j| *j != i).map(move |_| i)).map(|i| args.whep[i].clone()).collect()
+            (0..m)
+                .flat_map(|i| (0..m).filter(move |j| *j != i).map(move |_| i))
+                .map(|i| args.whep[i].clone())
+                .collect()
         } else {
             std::iter::repeat_n(args.whep[0].clone(), target.saturating_sub(running)).collect()
         };
@@ -404,12 +463,8 @@ async fn main() {
             running += 1;
             let (totals, stop, ttffs) = (totals.clone(), stop.clone(), ttffs.clone());
             tasks.push(tokio::spawn(async move {
-                match viewer(url, full, totals.clone(), stop).await {
-                    Ok(r) => {
-                        if let Some(t) = r.first_video {
-                            ttffs.lock().await.push(t);
-                        }
-                    }
+                match viewer(url, full, totals.clone(), stop, ttffs).await {
+                    Ok(()) => {}
                     Err(e) => {
                         totals.failed.fetch_add(1, Relaxed);
                         eprintln!("viewer failed: {e}");
@@ -422,16 +477,29 @@ async fn main() {
         // Let the joins settle, then measure over a window.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let cpu0 = args.server_pid.and_then(proc_usage);
-        let hist0 = match &args.metrics { Some(u) => transit_histogram(u).await, None => vec![] };
-        let (p0, e0) = (totals.rtp_packets.load(Relaxed), totals.expected.load(Relaxed));
+        let hist0 = match &args.metrics {
+            Some(u) => transit_histogram(u).await,
+            None => vec![],
+        };
+        let (p0, e0) = (
+            totals.rtp_packets.load(Relaxed),
+            totals.expected.load(Relaxed),
+        );
         let w0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(args.step_secs)).await;
         let wall = w0.elapsed().as_secs_f64();
         let packets = totals.rtp_packets.load(Relaxed) - p0;
         let expected = totals.expected.load(Relaxed) - e0;
-        let loss = if expected > 0 { expected.saturating_sub(packets) as f64 * 100.0 / expected as f64 } else { 0.0 };
+        let loss = if expected > 0 {
+            expected.saturating_sub(packets) as f64 * 100.0 / expected as f64
+        } else {
+            0.0
+        };
         let cpu1 = args.server_pid.and_then(proc_usage);
-        let hist1 = match &args.metrics { Some(u) => transit_histogram(u).await, None => vec![] };
+        let hist1 = match &args.metrics {
+            Some(u) => transit_histogram(u).await,
+            None => vec![],
+        };
         let mut step_ttffs: Vec<Duration> = ttffs.lock().await[step_ttff_from..].to_vec();
         step_ttffs.sort();
         let (cpu_s, rss_kb) = match (cpu0, cpu1) {

@@ -82,7 +82,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            for (name, v) in [("video-kbps", video_kbps), ("audio-kbps", audio_kbps), ("hours-per-day", hours_per_day), ("days-per-month", days_per_month)] {
+            for (name, v) in [
+                ("video-kbps", video_kbps),
+                ("audio-kbps", audio_kbps),
+                ("hours-per-day", hours_per_day),
+                ("days-per-month", days_per_month),
+            ] {
                 if !(v.is_finite() && v >= 0.0) {
                     eprintln!("error: --{name} must be a non-negative number");
                     return ExitCode::from(2);
@@ -113,7 +118,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");

@@ -134,7 +134,11 @@ mod tests {
         let p = plan(&solo5());
         assert!((p.mbps_out - 11.28).abs() < 1e-9, "{}", p.mbps_out);
         assert!((p.mbps_in - 2.256).abs() < 1e-9);
-        assert!((p.gb_out_per_month - 406.08).abs() < 0.01, "{}", p.gb_out_per_month);
+        assert!(
+            (p.gb_out_per_month - 406.08).abs() < 0.01,
+            "{}",
+            p.gb_out_per_month
+        );
         let text = render(&solo5(), &p, &LimitsConfig::default());
         assert!(text.contains("out: 11.28 Mbit/s"), "{text}");
         assert!(text.contains("406 GB out"), "{text}");

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{FfmpegOpts, Publisher, Server, ServerOpts, STREAM};
+use common::{FfmpegOpts, Publisher, STREAM, Server, ServerOpts};
 use serde_json::Value;
 use str0m::Rtc;
 use str0m::media::{Direction, MediaKind};
@@ -23,7 +23,8 @@ fn viewer_offer() -> String {
 }
 
 fn json(body: &[u8]) -> Value {
-    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 #[test]
@@ -34,11 +35,15 @@ fn viewer_caps_answer_503_with_retry_after() {
         ..ServerOpts::default()
     });
     let _p1 = Publisher::ffmpeg(&server.rtmp_url(server.key(STREAM)), FfmpegOpts::default());
-    let _p2 = Publisher::ffmpeg(&server.rtmp_url(server.key(common::STREAM2)), FfmpegOpts::default());
+    let _p2 = Publisher::ffmpeg(
+        &server.rtmp_url(server.key(common::STREAM2)),
+        FfmpegOpts::default(),
+    );
     server.wait_live(STREAM, Duration::from_secs(30));
     server.wait_live(common::STREAM2, Duration::from_secs(30));
 
-    let whep = |stream: &str| server.post_sdp(&format!("/whep/{stream}"), viewer_offer().as_bytes());
+    let whep =
+        |stream: &str| server.post_sdp(&format!("/whep/{stream}"), viewer_offer().as_bytes());
     let first = whep(STREAM);
     assert_eq!(first.status, 201);
     assert_eq!(whep(STREAM).status, 201);
@@ -48,12 +53,20 @@ fn viewer_caps_answer_503_with_retry_after() {
     assert_eq!(r.header("retry-after"), Some("30"));
     let e = json(&r.body);
     assert_eq!(e["code"], "viewer_limit");
-    assert!(e["error"].as_str().unwrap().contains("limit of 2 viewers"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("limit of 2 viewers"),
+        "{e}"
+    );
     // Another stream still has room under the per-stream cap, until the total cap.
     assert_eq!(whep(common::STREAM2).status, 201);
     let r = whep(common::STREAM2);
     assert_eq!(r.status, 503);
-    assert!(json(&r.body)["error"].as_str().unwrap().contains("limit of 3 viewers"));
+    assert!(
+        json(&r.body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 3 viewers")
+    );
     // Ending a session frees its place.
     let location = first.header("location").unwrap().to_string();
     let r = common::http::request("DELETE", &server.url(&location), &[], None).unwrap();
@@ -74,18 +87,37 @@ fn egress_cap_counts_the_streams_bitrate() {
     let _p = Publisher::ffmpeg(&server.rtmp_url(server.key(STREAM)), FfmpegOpts::default());
     server.wait_live(STREAM, Duration::from_secs(30));
     common::wait_until("a measured bitrate", Duration::from_secs(20), || {
-        server.api_stream(STREAM)?["video"]["bitrate_kbps"].as_u64().filter(|k| *k > 500)
+        server.api_stream(STREAM)?["video"]["bitrate_kbps"]
+            .as_u64()
+            .filter(|k| *k > 500)
     });
     let r = server.post_sdp(&format!("/whep/{STREAM}"), viewer_offer().as_bytes());
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     let e = json(&r.body);
-    assert!(e["error"].as_str().unwrap().contains("cap of 0.5 Mbit/s"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("cap of 0.5 Mbit/s"),
+        "{e}"
+    );
 }
 
 #[test]
 fn plan_prints_the_guides_example_and_checks_caps() {
     let out = Command::new(common::roomcast_bin())
-        .args(["plan", "--video-kbps", "2000", "--audio-kbps", "256", "--mode", "solo", "--viewers", "5", "--hours-per-day", "4", "--days-per-month", "20"])
+        .args([
+            "plan",
+            "--video-kbps",
+            "2000",
+            "--audio-kbps",
+            "256",
+            "--mode",
+            "solo",
+            "--viewers",
+            "5",
+            "--hours-per-day",
+            "4",
+            "--days-per-month",
+            "20",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -98,12 +130,26 @@ fn plan_prints_the_guides_example_and_checks_caps() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[limits]\nmax_egress_mbps = 100\n").unwrap();
     let out = Command::new(common::roomcast_bin())
-        .args(["plan", "--mode", "call", "--users", "8", "--video-kbps", "2000", "--audio-kbps", "256", "--config"])
+        .args([
+            "plan",
+            "--mode",
+            "call",
+            "--users",
+            "8",
+            "--video-kbps",
+            "2000",
+            "--audio-kbps",
+            "256",
+            "--config",
+        ])
         .arg(&cfg)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(text.contains("8 stream(s) in, 64 out"), "{text}");
-    assert!(text.contains("does not fit: 144.38 Mbit/s out is over limits.max_egress_mbps = 100"), "{text}");
+    assert!(
+        text.contains("does not fit: 144.38 Mbit/s out is over limits.max_egress_mbps = 100"),
+        "{text}"
+    );
 }

@@ -46,12 +46,27 @@ impl EngineMetrics {
     /// Appends the Prometheus text for the engine.
     pub fn render(&self, out: &mut String) {
         let counters = [
-            ("roomcast_rtp_packets_sent_total", "RTP packets written to viewers.", self.sum(|s| &s.rtp_packets)),
-            ("roomcast_rtp_payload_bytes_sent_total", "RTP payload bytes written to viewers.", self.sum(|s| &s.rtp_bytes)),
-            ("roomcast_webrtc_datagrams_sent_total", "Datagrams (RTP, RTCP, STUN, DTLS) sent to peers.", self.sum(|s| &s.datagrams)),
+            (
+                "roomcast_rtp_packets_sent_total",
+                "RTP packets written to viewers.",
+                self.sum(|s| &s.rtp_packets),
+            ),
+            (
+                "roomcast_rtp_payload_bytes_sent_total",
+                "RTP payload bytes written to viewers.",
+                self.sum(|s| &s.rtp_bytes),
+            ),
+            (
+                "roomcast_webrtc_datagrams_sent_total",
+                "Datagrams (RTP, RTCP, STUN, DTLS) sent to peers.",
+                self.sum(|s| &s.datagrams),
+            ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         }
         let name = "roomcast_transit_seconds";
         let _ = writeln!(
@@ -61,11 +76,19 @@ impl EngineMetrics {
         let mut cumulative = 0;
         for (i, bound) in BUCKETS_US.iter().enumerate() {
             cumulative += self.sum(|s| &s.transit[i]);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *bound as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
         }
         cumulative += self.sum(|s| &s.transit[BUCKETS_US.len()]);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum(|s| &s.transit_sum_us) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum(|s| &s.transit_sum_us) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
 }
@@ -83,7 +106,10 @@ mod tests {
         let m = EngineMetrics { shards: vec![s] };
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains("roomcast_transit_seconds_bucket{le=\"0.00005\"} 1"), "{out}");
+        assert!(
+            out.contains("roomcast_transit_seconds_bucket{le=\"0.00005\"} 1"),
+            "{out}"
+        );
         assert!(out.contains("roomcast_transit_seconds_bucket{le=\"0.001\"} 2"));
         assert!(out.contains("roomcast_transit_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(out.contains("roomcast_transit_seconds_count 3"));

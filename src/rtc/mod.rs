@@ -30,14 +30,18 @@ use shard::{NewPeer, Registry, Shard, ShardMsg, ShardSink};
 pub enum ViewerError {
     #[error("malformed SDP offer: {0}")]
     BadOffer(String),
-    #[error("offer has no {wanted} codec the stream can use (offered: {offered}); stream '{stream}' sends {sends}")]
+    #[error(
+        "offer has no {wanted} codec the stream can use (offered: {offered}); stream '{stream}' sends {sends}"
+    )]
     NoCodec {
         stream: String,
         wanted: &'static str,
         offered: String,
         sends: String,
     },
-    #[error("offer asks to receive nothing this server sends (it needs a recvonly or sendrecv video or audio section)")]
+    #[error(
+        "offer asks to receive nothing this server sends (it needs a recvonly or sendrecv video or audio section)"
+    )]
     NothingToReceive,
     #[error("WebRTC negotiation failed: {0}")]
     Negotiation(String),
@@ -73,8 +77,8 @@ impl Engine {
             .generate_certificate()
             .context("generating the DTLS certificate")?;
 
-        let udp = UdpSocket::bind(cfg.udp)
-            .with_context(|| format!("binding webrtc.udp {}", cfg.udp))?;
+        let udp =
+            UdpSocket::bind(cfg.udp).with_context(|| format!("binding webrtc.udp {}", cfg.udp))?;
         let udp_addr = udp.local_addr()?;
         let udp = Arc::new(udp);
         let tcp = tokio::net::TcpListener::bind(cfg.tcp)
@@ -86,7 +90,10 @@ impl Engine {
         let mut candidates = Vec::new();
         for ip in &ips {
             if !cfg.tcp_force {
-                candidates.push(Candidate::host(SocketAddr::new(*ip, udp_addr.port()), "udp")?);
+                candidates.push(Candidate::host(
+                    SocketAddr::new(*ip, udp_addr.port()),
+                    "udp",
+                )?);
             }
             candidates.push(
                 Candidate::builder()
@@ -108,10 +115,7 @@ impl Engine {
         };
         let demux = Arc::new(Demux::default());
         let tcp_conns = Arc::new(TcpConns::default());
-        let netout = Arc::new(NetOut {
-            udp: udp.clone(),
-            tcp: tcp_conns.clone(),
-        });
+        let netout = Arc::new(NetOut::new(udp.clone(), tcp_conns.clone())?);
         let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
         let mut senders = Vec::new();
         let mut engine_metrics = metrics::EngineMetrics::default();
@@ -128,6 +132,7 @@ impl Engine {
                 demux: demux.clone(),
                 registry: registry.clone(),
                 metrics: shard_metrics,
+                batch: Default::default(),
             };
             std::thread::Builder::new()
                 .name(format!("rtc-{index}"))
@@ -149,6 +154,7 @@ impl Engine {
         ));
         info!(
             workers,
+            gso_segments = netout.max_segments(),
             candidates = %candidates.iter().map(|c| c.to_sdp_string()).collect::<Vec<_>>().join(" | "),
             "webrtc engine started"
         );
@@ -174,7 +180,8 @@ impl Engine {
     /// Negotiates a viewer for `stream` and hands it to a worker. The answer
     /// carries every candidate (ICE-lite, no trickle needed).
     pub fn add_viewer(&self, stream: &Arc<Stream>, offer: &str) -> Result<Answer, ViewerError> {
-        let summary = sdp::summarize_offer(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
+        let summary =
+            sdp::summarize_offer(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
         let parsed =
             SdpOffer::from_sdp_string(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
         let media = stream.media_info();
@@ -240,7 +247,8 @@ impl Engine {
         let video = h264
             .as_ref()
             .and_then(|h| sending(&rtc, &summary.video_mid).map(|mid| (mid, h.pt.into())));
-        let audio = opus.and_then(|pt| sending(&rtc, &summary.audio_mid).map(|mid| (mid, pt.into())));
+        let audio =
+            opus.and_then(|pt| sending(&rtc, &summary.audio_mid).map(|mid| (mid, pt.into())));
         if video.is_none() && audio.is_none() {
             return Err(ViewerError::NothingToReceive);
         }
@@ -250,7 +258,9 @@ impl Engine {
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         // Route before answering: the first STUN check may follow the answer at once.
         self.demux.add_ufrag(&ufrag, Route { shard, peer: id });
-        self.registry.lock().insert(id, (shard, stream.name.clone()));
+        self.registry
+            .lock()
+            .insert(id, (shard, stream.name.clone()));
         let _ = self.shards[shard].send(ShardMsg::Add(Box::new(NewPeer {
             id,
             rtc,

@@ -92,27 +92,115 @@ pub struct TcpConns {
     conns: RwLock<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
 }
 
+/// GSO batches stay under the 64 KiB limit of one UDP send.
+const MAX_BATCH_BYTES: usize = 60_000;
+
 /// Sends str0m's output on the right socket. Shared by every shard.
+///
+/// A video frame becomes a run of equal-sized SRTP packets to one viewer; they
+/// go out as one `sendmsg` with UDP segmentation offload (GSO) where the kernel
+/// has it, which is most of the per-packet cost saved (the syscall, routing and
+/// skb setup happen once per batch).
 pub struct NetOut {
-    pub udp: Arc<UdpSocket>,
-    pub tcp: Arc<TcpConns>,
+    udp: Arc<UdpSocket>,
+    udp_state: quinn_udp::UdpSocketState,
+    tcp: Arc<TcpConns>,
+}
+
+/// Datagrams queued for one destination, all `segment` bytes but the last.
+#[derive(Default)]
+pub struct SendBatch {
+    destination: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    /// The last datagram was shorter than `segment`: nothing may follow it.
+    closed: bool,
+    buf: Vec<u8>,
 }
 
 impl NetOut {
-    pub fn send(&self, t: Transmit) {
-        match t.proto {
-            Protocol::Udp => {
-                if let Err(e) = self.udp.send_to(&t.contents, t.destination) {
-                    debug!(error = %e, to = %t.destination, "udp send failed");
+    pub fn new(udp: Arc<UdpSocket>, tcp: Arc<TcpConns>) -> std::io::Result<NetOut> {
+        let udp_state = quinn_udp::UdpSocketState::new((&*udp).into())?;
+        // quinn-udp makes the socket non-blocking; the receiver thread blocks on
+        // it, and a full send buffer should make senders wait, not drop.
+        udp.set_nonblocking(false)?;
+        Ok(NetOut {
+            udp,
+            udp_state,
+            tcp,
+        })
+    }
+
+    /// Largest number of datagrams one send carries (1 without GSO).
+    pub fn max_segments(&self) -> usize {
+        self.udp_state.max_gso_segments()
+    }
+
+    /// Queues a datagram, sending the batch first when this one cannot join it.
+    pub fn queue(&self, batch: &mut SendBatch, t: Transmit) {
+        if t.proto != Protocol::Udp {
+            self.flush(batch);
+            self.send_tcp(t);
+            return;
+        }
+        let len = t.contents.len();
+        let joins = batch.destination == Some(t.destination)
+            && !batch.closed
+            && len <= batch.segment
+            && batch.count < self.max_segments()
+            && batch.buf.len() + len <= MAX_BATCH_BYTES;
+        if !joins {
+            self.flush(batch);
+            batch.destination = Some(t.destination);
+            batch.segment = len;
+        }
+        batch.buf.extend_from_slice(&t.contents);
+        batch.count += 1;
+        batch.closed = len < batch.segment;
+    }
+
+    /// Sends what is queued.
+    pub fn flush(&self, batch: &mut SendBatch) {
+        let Some(destination) = batch.destination.take() else {
+            return;
+        };
+        let t = quinn_udp::Transmit {
+            destination,
+            ecn: None,
+            contents: &batch.buf,
+            segment_size: (batch.count > 1).then_some(batch.segment),
+            src_ip: None,
+        };
+        if let Err(e) = self.udp_state.try_send((&*self.udp).into(), &t) {
+            if batch.count > 1 {
+                // quinn-udp turns GSO off when the kernel refuses it; send the
+                // batch again one datagram at a time.
+                for one in batch.buf.chunks(batch.segment) {
+                    let t = quinn_udp::Transmit {
+                        destination,
+                        ecn: None,
+                        contents: one,
+                        segment_size: None,
+                        src_ip: None,
+                    };
+                    if let Err(e) = self.udp_state.try_send((&*self.udp).into(), &t) {
+                        debug!(error = %e, to = %destination, "udp send failed");
+                    }
                 }
+            } else {
+                debug!(error = %e, to = %destination, "udp send failed");
             }
-            Protocol::Tcp | Protocol::SslTcp | Protocol::Tls => {
-                let conns = self.tcp.conns.read();
-                if let Some(tx) = conns.get(&t.destination) {
-                    // A full queue means the peer cannot keep up: drop like UDP would.
-                    let _ = tx.try_send(t.contents.into());
-                }
-            }
+        }
+        batch.buf.clear();
+        batch.count = 0;
+        batch.closed = false;
+    }
+
+    fn send_tcp(&self, t: Transmit) {
+        let conns = self.tcp.conns.read();
+        if let Some(tx) = conns.get(&t.destination) {
+            // A full queue means the peer cannot keep up: drop like UDP would.
+            let _ = tx.try_send(t.contents.into());
         }
     }
 }
@@ -268,11 +356,20 @@ mod tests {
         d.add_ufrag("abcd", r);
         let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         assert_eq!(d.route(Protocol::Udp, a, b"\x80\x60rtp"), None);
-        assert_eq!(d.route(Protocol::Udp, a, &binding_request("abcd:xyz")), Some((r, true)));
+        assert_eq!(
+            d.route(Protocol::Udp, a, &binding_request("abcd:xyz")),
+            Some((r, true))
+        );
         assert_eq!(d.route(Protocol::Udp, a, b"\x80\x60rtp"), Some((r, false)));
-        assert_eq!(d.route(Protocol::Udp, a, &binding_request("zzzz:xyz")), Some((r, false)));
+        assert_eq!(
+            d.route(Protocol::Udp, a, &binding_request("zzzz:xyz")),
+            Some((r, false))
+        );
         d.remove("abcd", &[(Protocol::Udp, a)]);
-        assert_eq!(d.route(Protocol::Udp, a, &binding_request("abcd:xyz")), None);
+        assert_eq!(
+            d.route(Protocol::Udp, a, &binding_request("abcd:xyz")),
+            None
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
 use super::metrics::ShardMetrics;
-use super::net::{Demux, NetOut};
+use super::net::{Demux, NetOut, SendBatch};
 use crate::hub::{Frame, FrameSink, Kind, Stream};
 
 /// A viewer that has not completed ICE and DTLS by then is dropped.
@@ -114,6 +114,8 @@ pub struct Shard {
     pub demux: Arc<Demux>,
     pub registry: Registry,
     pub metrics: Arc<ShardMetrics>,
+    /// Datagrams of the peer being driven, sent together at the end.
+    pub batch: std::cell::RefCell<SendBatch>,
 }
 
 impl Shard {
@@ -130,9 +132,7 @@ impl Shard {
             let first = if deadline <= now {
                 self.rx.try_recv().map_err(|e| match e {
                     crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    crossbeam_channel::TryRecvError::Disconnected => {
-                        RecvTimeoutError::Disconnected
-                    }
+                    crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
                 })
             } else {
                 self.rx.recv_deadline(deadline)
@@ -273,6 +273,12 @@ impl Shard {
         if p.dead {
             return;
         }
+        let mut batch = self.batch.borrow_mut();
+        self.poll_peer(p, &mut batch);
+        self.net.flush(&mut batch);
+    }
+
+    fn poll_peer(&self, p: &mut Peer, batch: &mut SendBatch) {
         loop {
             match p.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
@@ -281,7 +287,7 @@ impl Shard {
                 }
                 Ok(Output::Transmit(t)) => {
                     self.metrics.datagrams.fetch_add(1, Relaxed);
-                    self.net.send(t);
+                    self.net.queue(batch, t);
                 }
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => {
