@@ -18,6 +18,7 @@ use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::media::{Direction, Mid};
 use str0m::net::{Protocol, TcpType};
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc};
 use tracing::info;
 
@@ -133,6 +134,7 @@ impl Engine {
                 registry: registry.clone(),
                 metrics: shard_metrics,
                 batch: Default::default(),
+                earliest: std::cell::Cell::new(Instant::now()),
             };
             std::thread::Builder::new()
                 .name(format!("rtc-{index}"))
@@ -214,10 +216,16 @@ impl Engine {
             });
         }
 
+        // No transport-wide congestion control: without bandwidth estimation it
+        // only costs str0m a 1000-entry send history per viewer.
+        let mut exts = ExtensionMap::empty();
+        exts.set(2, Extension::AbsoluteSendTime);
+        exts.set(4, Extension::RtpMid);
         let mut config = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_dtls_cert(self.cert.clone())
+            .set_extension_map(exts)
             .clear_codecs();
         if let Some(h) = &h264 {
             config.codec_config().add_h264(

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
@@ -28,6 +28,12 @@ use crate::hub::{Frame, FrameSink, Kind, Stream};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connected viewer that sends nothing (no consent checks, no RTCP) for this long is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retransmission cache per viewer: half a second answers NACKs from viewers
+/// up to ~400 ms away; each entry costs str0m ~400 bytes.
+const RTX_CACHE_PACKETS: usize = 200;
+const RTX_CACHE_AGE: Duration = Duration::from_millis(500);
+/// Shortest time between two passes over every peer's timers.
+const SCAN_INTERVAL: Duration = Duration::from_millis(2);
 /// At most one GOP replay per viewer in this period, however often it asks.
 const REPLAY_MIN_INTERVAL: Duration = Duration::from_millis(1000);
 
@@ -83,6 +89,8 @@ fn stream_key(s: &Arc<Stream>) -> usize {
 struct TrackOut {
     mid: Mid,
     pt: Pt,
+    /// Looked up once: finding a stream by SSRC is cheaper than by mid.
+    ssrc: Option<Ssrc>,
     next_seq: u64,
 }
 
@@ -103,7 +111,15 @@ struct Peer {
     created: Instant,
     last_input: Instant,
     last_replay: Option<Instant>,
+    replay: Option<Replay>,
     dead: bool,
+}
+
+/// A GOP being sent to one viewer, a frame at a time.
+struct Replay {
+    frames: Vec<Arc<Frame>>,
+    next: usize,
+    newest_rtp_time: u32,
 }
 
 pub struct Shard {
@@ -116,20 +132,20 @@ pub struct Shard {
     pub metrics: Arc<ShardMetrics>,
     /// Datagrams of the peer being driven, sent together at the end.
     pub batch: std::cell::RefCell<SendBatch>,
+    /// The earliest time any peer needs its timers run (or a dead peer reaped).
+    pub earliest: std::cell::Cell<Instant>,
 }
 
 impl Shard {
     pub fn run(self) {
         let mut peers: HashMap<u64, Peer> = HashMap::new();
         let mut by_stream: HashMap<usize, Vec<u64>> = HashMap::new();
+        let mut last_scan = Instant::now();
         loop {
-            let now = Instant::now();
-            let deadline = peers
-                .values()
-                .map(|p| p.next_timeout)
-                .min()
-                .unwrap_or(now + Duration::from_secs(1));
-            let first = if deadline <= now {
+            // Timers run at most every SCAN_INTERVAL: str0m's timers tolerate
+            // that, and a busy shard does not rescan every peer per packet.
+            let deadline = self.earliest.get().max(last_scan + SCAN_INTERVAL);
+            let first = if deadline <= Instant::now() {
                 self.rx.try_recv().map_err(|e| match e {
                     crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
                     crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
@@ -150,6 +166,11 @@ impl Shard {
                 }
             }
             let now = Instant::now();
+            if now < self.earliest.get().max(last_scan + SCAN_INTERVAL) {
+                continue;
+            }
+            last_scan = now;
+            let mut earliest = now + Duration::from_secs(1);
             for p in peers.values_mut() {
                 if p.next_timeout <= now {
                     if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
@@ -165,8 +186,10 @@ impl Shard {
                     info!(stream = %p.stream.name, "viewer went silent, dropping");
                     p.dead = true;
                 }
+                earliest = earliest.min(p.next_timeout);
             }
             self.reap(&mut peers, &mut by_stream);
+            self.earliest.set(earliest);
         }
     }
 
@@ -190,19 +213,33 @@ impl Shard {
                 stream.attach_sink(self.index as u64, &self.sink);
                 stream.viewer_joined();
                 by_stream.entry(stream_key(&stream)).or_default().push(id);
-                let track = |(mid, pt): (Mid, Pt)| TrackOut {
+                let mut rtc = rtc;
+                let track = |rtc: &mut Rtc, (mid, pt): (Mid, Pt)| TrackOut {
                     mid,
                     pt,
+                    ssrc: rtc
+                        .direct_api()
+                        .stream_tx_by_mid(mid, None)
+                        .map(|s| s.ssrc()),
                     // Below 2^15 so the SRTP rollover counter starts at zero.
                     next_seq: u64::from(rand::random::<u16>() >> 1),
                 };
+                let video = video.map(|v| track(&mut rtc, v));
+                if let Some(v) = &video {
+                    let mut api = rtc.direct_api();
+                    if let Some(tx) = api.stream_tx_by_mid(v.mid, None) {
+                        // str0m's default (3 s, 2000 packets) costs ~300 KB per viewer.
+                        tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                    }
+                }
+                let audio = audio.map(|a| track(&mut rtc, a));
                 let mut peer = Peer {
                     rtc,
                     stream,
                     ufrag,
                     addrs: Vec::new(),
-                    video: video.map(track),
-                    audio: audio.map(track),
+                    video,
+                    audio,
                     connected: false,
                     video_started: false,
                     publisher: 0,
@@ -211,6 +248,7 @@ impl Shard {
                     created: now,
                     last_input: now,
                     last_replay: None,
+                    replay: None,
                     dead: false,
                 };
                 self.drive(&mut peer);
@@ -221,6 +259,7 @@ impl Shard {
                     p.rtc.disconnect();
                     self.drive(p);
                     p.dead = true;
+                    self.earliest.set(Instant::now());
                 }
             }
             ShardMsg::Net {
@@ -276,16 +315,41 @@ impl Shard {
         let mut batch = self.batch.borrow_mut();
         self.poll_peer(p, &mut batch);
         self.net.flush(&mut batch);
+        let due = if p.dead {
+            Instant::now()
+        } else {
+            p.next_timeout
+        };
+        self.earliest.set(self.earliest.get().min(due));
     }
 
     fn poll_peer(&self, p: &mut Peer, batch: &mut SendBatch) {
+        // str0m sends written RTP on its next timer input, so a due timeout is
+        // fed at once rather than at the next timer pass; bounded, in case
+        // str0m keeps asking without making progress.
+        let mut idle_feeds = 0;
         loop {
             match p.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
+                    let now = Instant::now();
+                    if t <= now && idle_feeds < 2 {
+                        idle_feeds += 1;
+                        if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                            debug!(error = %e, "rtc timeout input failed");
+                            p.dead = true;
+                            return;
+                        }
+                        continue;
+                    }
+                    if p.replay.is_some() && p.continue_replay() {
+                        idle_feeds = 0;
+                        continue;
+                    }
                     p.next_timeout = t;
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
+                    idle_feeds = 0;
                     self.metrics.datagrams.fetch_add(1, Relaxed);
                     self.net.queue(batch, t);
                 }
@@ -389,21 +453,49 @@ impl Peer {
         let Some(last) = gop.last() else {
             return;
         };
-        let newest = gop.iter().rev().find(|f| f.kind == Kind::Video);
-        let (Some(track), Some(newest)) = (self.video.as_mut(), newest) else {
+        let frames: Vec<Arc<Frame>> = gop
+            .iter()
+            .filter(|f| f.kind == Kind::Video)
+            .cloned()
+            .collect();
+        let Some(newest) = frames.last() else {
             return;
         };
-        let n = gop.iter().filter(|f| f.kind == Kind::Video).count() as u32;
-        let mut i = 0u32;
-        for f in gop.iter().filter(|f| f.kind == Kind::Video) {
-            i += 1;
-            let ts = newest.rtp_time.wrapping_sub(n - i);
-            write_frame(&mut self.rtc, track, f, ts, true);
+        if self.video.is_none() {
+            return;
         }
+        self.replay = Some(Replay {
+            newest_rtp_time: newest.rtp_time,
+            frames,
+            next: 0,
+        });
         self.publisher = last.publisher;
         self.video_started = true;
         self.last_index = Some(self.last_index.map_or(last.index, |i| i.max(last.index)));
         self.last_replay = Some(now);
+    }
+
+    /// Writes the next frame of a pending GOP replay; false when done. Called
+    /// when str0m's queue is empty, so it never holds more than one frame.
+    fn continue_replay(&mut self) -> bool {
+        let (Some(r), Some(track)) = (self.replay.as_mut(), self.video.as_mut()) else {
+            self.replay = None;
+            return false;
+        };
+        let Some(f) = r.frames.get(r.next) else {
+            self.replay = None;
+            return false;
+        };
+        let behind = (r.frames.len() - 1 - r.next) as u32;
+        write_frame(
+            &mut self.rtc,
+            track,
+            f,
+            r.newest_rtp_time.wrapping_sub(behind),
+            true,
+        );
+        r.next += 1;
+        true
     }
 }
 
@@ -415,7 +507,11 @@ fn write_frame(
     video: bool,
 ) -> usize {
     let mut api = rtc.direct_api();
-    let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
+    let tx = match &track.ssrc {
+        Some(ssrc) => api.stream_tx(ssrc),
+        None => api.stream_tx_by_mid(track.mid, None),
+    };
+    let Some(tx) = tx else {
         return 0;
     };
     let last = frame.payloads.len().saturating_sub(1);
