@@ -39,7 +39,8 @@ fn main() {
     let rx_addr = rx.local_addr().unwrap();
     let rx_state = quinn_udp::UdpSocketState::new((&rx).into()).unwrap();
     rx.set_nonblocking(false).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65_536];
         let mut meta = [quinn_udp::RecvMeta::default()];

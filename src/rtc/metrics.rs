@@ -17,6 +17,8 @@ pub struct ShardMetrics {
     pub rtp_packets: AtomicU64,
     pub rtp_bytes: AtomicU64,
     pub datagrams: AtomicU64,
+    /// Times a viewer that could not keep up was skipped ahead to a keyframe.
+    pub laggard_skips: AtomicU64,
     /// Counts per bucket, then one for everything above the last bound.
     transit: [AtomicU64; BUCKETS_US.len() + 1],
     transit_sum_us: AtomicU64,

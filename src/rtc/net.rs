@@ -137,11 +137,12 @@ impl NetOut {
     }
 
     /// Queues a datagram, sending the batch first when this one cannot join it.
-    pub fn queue(&self, batch: &mut SendBatch, t: Transmit) {
+    /// Returns false when the peer is an ICE-TCP peer whose queue is full: it
+    /// cannot keep up, and the caller should skip it ahead to a keyframe.
+    pub fn queue(&self, batch: &mut SendBatch, t: Transmit) -> bool {
         if t.proto != Protocol::Udp {
             self.flush(batch);
-            self.send_tcp(t);
-            return;
+            return self.send_tcp(t);
         }
         let len = t.contents.len();
         let joins = batch.destination == Some(t.destination)
@@ -157,6 +158,7 @@ impl NetOut {
         batch.buf.extend_from_slice(&t.contents);
         batch.count += 1;
         batch.closed = len < batch.segment;
+        true
     }
 
     /// Sends what is queued.
@@ -196,11 +198,14 @@ impl NetOut {
         batch.closed = false;
     }
 
-    fn send_tcp(&self, t: Transmit) {
+    fn send_tcp(&self, t: Transmit) -> bool {
         let conns = self.tcp.conns.read();
-        if let Some(tx) = conns.get(&t.destination) {
-            // A full queue means the peer cannot keep up: drop like UDP would.
-            let _ = tx.try_send(t.contents.into());
+        match conns.get(&t.destination) {
+            Some(tx) => !matches!(
+                tx.try_send(t.contents.into()),
+                Err(mpsc::error::TrySendError::Full(_))
+            ),
+            None => true,
         }
     }
 }

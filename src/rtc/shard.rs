@@ -95,6 +95,7 @@ struct TrackOut {
 }
 
 struct Peer {
+    id: u64,
     rtc: Rtc,
     stream: Arc<Stream>,
     ufrag: String,
@@ -122,6 +123,76 @@ struct Replay {
     newest_rtp_time: u32,
 }
 
+/// The shard's peers in slots, so the per-frame fan-out walks a list of slot
+/// numbers instead of hashing an id per viewer.
+#[derive(Default)]
+struct Peers {
+    slots: Vec<Option<Peer>>,
+    free: Vec<usize>,
+    by_id: HashMap<u64, usize>,
+    /// Stream (by address) → slots of its viewers.
+    by_stream: HashMap<usize, Vec<usize>>,
+}
+
+impl Peers {
+    fn insert(&mut self, id: u64, peer: Peer) {
+        let key = stream_key(&peer.stream);
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(peer);
+                i
+            }
+            None => {
+                self.slots.push(Some(peer));
+                self.slots.len() - 1
+            }
+        };
+        self.by_id.insert(id, slot);
+        self.by_stream.entry(key).or_default().push(slot);
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut Peer> {
+        let slot = *self.by_id.get(&id)?;
+        self.slots[slot].as_mut()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
+        self.slots.iter_mut().flatten()
+    }
+
+    fn remove_dead(&mut self) -> Vec<Peer> {
+        let dead: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(_, slot)| {
+                self.slots[**slot]
+                    .as_ref()
+                    .is_some_and(|p| p.dead || !p.rtc.is_alive())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(dead.len());
+        for id in dead {
+            let Some(slot) = self.by_id.remove(&id) else {
+                continue;
+            };
+            let Some(p) = self.slots[slot].take() else {
+                continue;
+            };
+            self.free.push(slot);
+            let key = stream_key(&p.stream);
+            if let Some(v) = self.by_stream.get_mut(&key) {
+                v.retain(|s| *s != slot);
+                if v.is_empty() {
+                    self.by_stream.remove(&key);
+                }
+            }
+            out.push(p);
+        }
+        out
+    }
+}
+
 pub struct Shard {
     pub index: usize,
     pub rx: Receiver<ShardMsg>,
@@ -138,8 +209,7 @@ pub struct Shard {
 
 impl Shard {
     pub fn run(self) {
-        let mut peers: HashMap<u64, Peer> = HashMap::new();
-        let mut by_stream: HashMap<usize, Vec<u64>> = HashMap::new();
+        let mut peers = Peers::default();
         let mut last_scan = Instant::now();
         loop {
             // Timers run at most every SCAN_INTERVAL: str0m's timers tolerate
@@ -154,14 +224,14 @@ impl Shard {
                 self.rx.recv_deadline(deadline)
             };
             match first {
-                Ok(msg) => self.handle(msg, &mut peers, &mut by_stream),
+                Ok(msg) => self.handle(msg, &mut peers),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             // Take what else is queued before running timers.
             for _ in 0..1024 {
                 match self.rx.try_recv() {
-                    Ok(msg) => self.handle(msg, &mut peers, &mut by_stream),
+                    Ok(msg) => self.handle(msg, &mut peers),
                     Err(_) => break,
                 }
             }
@@ -171,7 +241,8 @@ impl Shard {
             }
             last_scan = now;
             let mut earliest = now + Duration::from_secs(1);
-            for p in peers.values_mut() {
+            let mut any_dead = false;
+            for p in peers.iter_mut() {
                 if p.next_timeout <= now {
                     if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                         debug!(error = %e, "rtc timeout input failed");
@@ -187,18 +258,16 @@ impl Shard {
                     p.dead = true;
                 }
                 earliest = earliest.min(p.next_timeout);
+                any_dead |= p.dead || !p.rtc.is_alive();
             }
-            self.reap(&mut peers, &mut by_stream);
+            if any_dead {
+                self.reap(&mut peers);
+            }
             self.earliest.set(earliest);
         }
     }
 
-    fn handle(
-        &self,
-        msg: ShardMsg,
-        peers: &mut HashMap<u64, Peer>,
-        by_stream: &mut HashMap<usize, Vec<u64>>,
-    ) {
+    fn handle(&self, msg: ShardMsg, peers: &mut Peers) {
         match msg {
             ShardMsg::Add(np) => {
                 let NewPeer {
@@ -212,7 +281,6 @@ impl Shard {
                 let now = Instant::now();
                 stream.attach_sink(self.index as u64, &self.sink);
                 stream.viewer_joined();
-                by_stream.entry(stream_key(&stream)).or_default().push(id);
                 let mut rtc = rtc;
                 let track = |rtc: &mut Rtc, (mid, pt): (Mid, Pt)| TrackOut {
                     mid,
@@ -234,6 +302,7 @@ impl Shard {
                 }
                 let audio = audio.map(|a| track(&mut rtc, a));
                 let mut peer = Peer {
+                    id,
                     rtc,
                     stream,
                     ufrag,
@@ -255,7 +324,7 @@ impl Shard {
                 peers.insert(id, peer);
             }
             ShardMsg::Remove(id) => {
-                if let Some(p) = peers.get_mut(&id) {
+                if let Some(p) = peers.get_mut(id) {
                     p.rtc.disconnect();
                     self.drive(p);
                     p.dead = true;
@@ -271,7 +340,7 @@ impl Shard {
                 at,
                 new_addr,
             } => {
-                let Some(p) = peers.get_mut(&peer) else {
+                let Some(p) = peers.get_mut(peer) else {
                     return;
                 };
                 if new_addr {
@@ -287,20 +356,24 @@ impl Shard {
                 self.drive(p);
             }
             ShardMsg::Frame { stream, frame } => {
-                let Some(ids) = by_stream.get(&stream) else {
+                let Peers {
+                    slots, by_stream, ..
+                } = peers;
+                let Some(viewers) = by_stream.get(&stream) else {
                     return;
                 };
-                for id in ids {
-                    if let Some(p) = peers.get_mut(id) {
-                        let sent = p.on_frame(&frame);
-                        self.drive(p);
-                        if sent > 0 {
-                            self.metrics.rtp_packets.fetch_add(sent as u64, Relaxed);
-                            self.metrics
-                                .rtp_bytes
-                                .fetch_add(frame.bytes() as u64, Relaxed);
-                            self.metrics.observe_transit(frame.received.elapsed());
-                        }
+                for &slot in viewers {
+                    let Some(p) = slots[slot].as_mut() else {
+                        continue;
+                    };
+                    let sent = p.on_frame(&frame);
+                    self.drive(p);
+                    if sent > 0 {
+                        self.metrics.rtp_packets.fetch_add(sent as u64, Relaxed);
+                        self.metrics
+                            .rtp_bytes
+                            .fetch_add(frame.bytes() as u64, Relaxed);
+                        self.metrics.observe_transit(frame.received.elapsed());
                     }
                 }
             }
@@ -351,7 +424,13 @@ impl Shard {
                 Ok(Output::Transmit(t)) => {
                     idle_feeds = 0;
                     self.metrics.datagrams.fetch_add(1, Relaxed);
-                    self.net.queue(batch, t);
+                    if !self.net.queue(batch, t) && p.video_started {
+                        // A laggard: what it missed breaks its picture anyway,
+                        // so it resumes at the next keyframe instead.
+                        p.video_started = false;
+                        self.metrics.laggard_skips.fetch_add(1, Relaxed);
+                        debug!(stream = %p.stream.name, "viewer cannot keep up, skipping to the next keyframe");
+                    }
                 }
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => {
@@ -383,23 +462,10 @@ impl Shard {
         }
     }
 
-    fn reap(&self, peers: &mut HashMap<u64, Peer>, by_stream: &mut HashMap<usize, Vec<u64>>) {
-        let dead: Vec<u64> = peers
-            .iter()
-            .filter(|(_, p)| p.dead || !p.rtc.is_alive())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in dead {
-            let Some(p) = peers.remove(&id) else { continue };
+    fn reap(&self, peers: &mut Peers) {
+        for p in peers.remove_dead() {
             self.demux.remove(&p.ufrag, &p.addrs);
-            self.registry.lock().remove(&id);
-            let key = stream_key(&p.stream);
-            if let Some(ids) = by_stream.get_mut(&key) {
-                ids.retain(|x| *x != id);
-                if ids.is_empty() {
-                    by_stream.remove(&key);
-                }
-            }
+            self.registry.lock().remove(&p.id);
             p.stream.detach_sink(self.index as u64);
             p.stream.viewer_left();
             info!(stream = %p.stream.name, "viewer left");
