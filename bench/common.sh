@@ -8,6 +8,7 @@ KEY="bench-key-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 STREAM=bench
 cleanup() {
   [[ -n "${FFMPEG_PID:-}" ]] && kill "$FFMPEG_PID" 2>/dev/null || true
+  for p in ${PUBLISHER_PIDS:-}; do kill "$p" 2>/dev/null || true; done
   [[ -n "${SERVER_PID:-}" ]] && kill "$SERVER_PID" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$WORK"
@@ -35,6 +36,9 @@ database_url = "sqlite://$WORK/roomcast.db"
 name = "$STREAM"
 key = "$KEY"
 TOML
+  for i in $(seq 1 "${EXTRA_STREAMS:-0}"); do
+    printf '[[streams]]\nname = "%s%d"\nkey = "%s-%d"\n' "$STREAM" "$i" "$KEY" "$i" >> "$WORK/config.toml"
+  done
   "$ROOT/target/release/roomcast" serve --config "$WORK/config.toml" >"$WORK/stdout.log" 2>"$WORK/server.log" &
   SERVER_PID=$!
   for _ in $(seq 1 100); do
@@ -46,22 +50,31 @@ TOML
   RTMP=$(grep -oP 'service="rtmp" addr=\K\S+' "$WORK/server.log")
 }
 
-# publish VIDEO_KBPS: encodes 20 s of 720p30 (keyframe every second, no B-frames)
-# plus 128 kbps AAC once, then loops it in real time with -c copy.
-publish() {
-  local kbps=${1:-2500}
+# encode VIDEO_KBPS AUDIO_KBPS: 20 s of 720p30 (keyframe every second, no
+# B-frames) plus AAC, encoded once into $WORK/source.flv.
+encode() {
   ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc2=size=1280x720:rate=30 \
     -f lavfi -i sine=frequency=440:sample_rate=48000 -t 20 \
-    -c:v libx264 -preset veryfast -tune zerolatency -bf 0 -g 30 -b:v "${kbps}k" \
-    -maxrate "${kbps}k" -bufsize "${kbps}k" -pix_fmt yuv420p -c:a aac -b:a 128k -ac 2 \
+    -c:v libx264 -preset veryfast -tune zerolatency -bf 0 -g 30 -b:v "${1}k" \
+    -maxrate "${1}k" -bufsize "${1}k" -pix_fmt yuv420p -c:a aac -b:a "${2}k" -ac 2 \
     -f flv "$WORK/source.flv"
+}
+
+# loop_publish STREAM KEY: loops source.flv in real time with -c copy; sets LAST_PID.
+loop_publish() {
   ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "$WORK/source.flv" -c copy \
-    -f flv "rtmp://$RTMP/live/$KEY" >"$WORK/ffmpeg.log" 2>&1 &
-  FFMPEG_PID=$!
+    -f flv "rtmp://$RTMP/live/$2" >>"$WORK/ffmpeg.log" 2>&1 &
+  LAST_PID=$!
   for _ in $(seq 1 100); do
-    curl -fs "http://$HTTP/api/v1/streams/$STREAM" | grep -q '"live":true' && \
-      curl -fs "http://$HTTP/api/v1/streams/$STREAM" | grep -q '"fps":' && return 0
+    curl -fs "http://$HTTP/api/v1/streams/$1" | grep -q '"fps":' && return 0
     sleep 0.1
   done
-  echo "stream did not go live" >&2; cat "$WORK/ffmpeg.log" >&2; exit 1
+  echo "stream $1 did not go live" >&2; cat "$WORK/ffmpeg.log" >&2; exit 1
+}
+
+# publish VIDEO_KBPS: the bench stream at that bitrate plus 128 kbps audio.
+publish() {
+  encode "${1:-2500}" 128
+  loop_publish "$STREAM" "$KEY"
+  FFMPEG_PID=$LAST_PID
 }
