@@ -1,4 +1,5 @@
-//! Who may publish and watch: stream keys (and later SignedPolicy, admission
-//! webhooks, viewer access).
+//! Who may publish and watch: stream keys, OvenMediaEngine's SignedPolicy and
+//! admission webhooks (and later viewer access).
 
 pub mod keys;
+pub mod signed_policy;

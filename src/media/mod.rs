@@ -1,8 +1,10 @@
 //! Codec knowledge with no I/O: FLV tag bodies, H.264 (AVCC, SPS, NAL and slice
-//! types, B-frames), RTP packetization (RFC 6184) and AAC→Opus transcoding.
+//! types, B-frames), RTP packetization (RFC 6184), WebRTC publishers' video
+//! payloads (keyframes, frame boundaries) and AAC→Opus transcoding.
 //! Everything here takes bytes in and gives values out, and is unit-tested.
 
 pub mod flv;
 pub mod h264;
 pub mod rtp_h264;
+pub mod rtp_video;
 pub mod transcode;

@@ -1,0 +1,679 @@
+//! Video RTP payloads as WebRTC publishers send them (H.264 RFC 6184, VP8 RFC
+//! 7741, VP9 RFC 9628, AV1 RTP spec), read without depacketizing: which packet
+//! starts a frame, which frame is a keyframe, the picture size, and the H.264
+//! parameter sets. [`FrameAssembler`] groups packets into whole frames by
+//! sequence number, timestamp and marker bit, so the payloads can be forwarded
+//! to every viewer exactly as they arrived.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::h264;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VideoCodec {
+    H264,
+    Vp8,
+    Vp9,
+    Av1,
+}
+
+impl VideoCodec {
+    /// The name in SDP and in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "H264",
+            VideoCodec::Vp8 => "VP8",
+            VideoCodec::Vp9 => "VP9",
+            VideoCodec::Av1 => "AV1",
+        }
+    }
+
+    /// From an `a=rtpmap` encoding name (any case).
+    pub fn from_name(name: &str) -> Option<VideoCodec> {
+        match name.to_ascii_uppercase().as_str() {
+            "H264" => Some(VideoCodec::H264),
+            "VP8" => Some(VideoCodec::Vp8),
+            "VP9" => Some(VideoCodec::Vp9),
+            "AV1" | "AV1X" => Some(VideoCodec::Av1),
+            _ => None,
+        }
+    }
+}
+
+/// Whether this packet is the first of a frame (so a frame whose first packet
+/// was lost is never taken for whole).
+pub fn starts_frame(codec: VideoCodec, p: &[u8]) -> bool {
+    match codec {
+        VideoCodec::H264 => match p.first().map(|b| b & 0x1f) {
+            None => false,
+            // FU-A: only the fragment with the start bit.
+            Some(h264::NAL_FU_A) => p.get(1).is_some_and(|b| b & 0x80 != 0),
+            Some(_) => true,
+        },
+        // S bit and partition index 0.
+        VideoCodec::Vp8 => p.first().is_some_and(|b| b & 0x10 != 0 && b & 0x07 == 0),
+        // B bit (beginning of a frame).
+        VideoCodec::Vp9 => p.first().is_some_and(|b| b & 0x08 != 0),
+        // Z bit clear: the first OBU element does not continue an earlier packet.
+        VideoCodec::Av1 => p.first().is_some_and(|b| b & 0x80 == 0),
+    }
+}
+
+/// Whether this packet shows its frame is a keyframe. For VP8, VP9 and AV1 only
+/// the first packet of a frame says so; for H.264 any packet carrying an IDR.
+pub fn is_keyframe(codec: VideoCodec, p: &[u8]) -> bool {
+    match codec {
+        VideoCodec::H264 => h264_nal_types(p).any(|t| t == h264::NAL_IDR),
+        VideoCodec::Vp8 => vp8_payload(p).is_some_and(|(start, payload)| {
+            // P bit (bit 0 of the first payload byte) clear: a key frame.
+            start && payload.first().is_some_and(|b| b & 0x01 == 0)
+        }),
+        VideoCodec::Vp9 => {
+            let Some(&d) = p.first() else {
+                return false;
+            };
+            let (b, pred, layer) = (d & 0x08 != 0, d & 0x40 != 0, d & 0x20 != 0);
+            if !b || pred {
+                return false;
+            }
+            // With layer indices, only spatial layer 0 starts a key picture.
+            !layer || vp9_spatial_id(p).is_some_and(|sid| sid == 0)
+        }
+        // N bit: the first packet of a coded video sequence.
+        VideoCodec::Av1 => p.first().is_some_and(|b| b & 0x08 != 0),
+    }
+}
+
+/// NAL unit types in an H.264 payload: a single NAL, each NAL of a STAP-A, or
+/// the type inside an FU-A.
+pub fn h264_nal_types(p: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let first = p.first().map(|b| b & 0x1f);
+    let mut stap = match first {
+        Some(h264::NAL_STAP_A) => Some(1usize),
+        _ => None,
+    };
+    let mut single = match first {
+        Some(h264::NAL_STAP_A) | None => None,
+        Some(h264::NAL_FU_A) => p.get(1).map(|b| b & 0x1f),
+        Some(t) => Some(t),
+    };
+    std::iter::from_fn(move || {
+        if let Some(t) = single.take() {
+            return Some(t);
+        }
+        let i = stap?;
+        let len = u16::from_be_bytes([*p.get(i)?, *p.get(i + 1)?]) as usize;
+        let nal = p.get(i + 2..i + 2 + len)?;
+        stap = Some(i + 2 + len);
+        nal.first().map(|b| b & 0x1f)
+    })
+}
+
+/// SPS and PPS NAL units carried whole (single NAL or inside a STAP-A).
+pub fn h264_parameter_sets(p: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    match p.first().map(|b| b & 0x1f) {
+        Some(h264::NAL_SPS | h264::NAL_PPS) => out.push(p),
+        Some(h264::NAL_STAP_A) => {
+            let mut i = 1;
+            while let (Some(&a), Some(&b)) = (p.get(i), p.get(i + 1)) {
+                let len = u16::from_be_bytes([a, b]) as usize;
+                let Some(nal) = p.get(i + 2..i + 2 + len) else {
+                    break;
+                };
+                if matches!(
+                    nal.first().map(|b| b & 0x1f),
+                    Some(h264::NAL_SPS | h264::NAL_PPS)
+                ) {
+                    out.push(nal);
+                }
+                i += 2 + len;
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// A STAP-A payload carrying `nals` (SPS and PPS ahead of an IDR).
+pub fn h264_stap_a(nals: &[&[u8]]) -> Vec<u8> {
+    let nri = nals
+        .iter()
+        .filter_map(|n| n.first())
+        .map(|b| b & 0x60)
+        .max();
+    let mut out = vec![nri.unwrap_or(0x60) | h264::NAL_STAP_A];
+    for n in nals {
+        out.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        out.extend_from_slice(n);
+    }
+    out
+}
+
+/// The VP8 payload after the payload descriptor, and whether this packet starts
+/// partition 0 (where the payload header is).
+fn vp8_payload(p: &[u8]) -> Option<(bool, &[u8])> {
+    let d = *p.first()?;
+    let start = d & 0x10 != 0 && d & 0x07 == 0;
+    let mut i = 1;
+    if d & 0x80 != 0 {
+        let x = *p.get(1)?;
+        i = 2;
+        if x & 0x80 != 0 {
+            // PictureID: 7 or 15 bits.
+            i += if p.get(i)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1; // TL0PICIDX
+        }
+        if x & 0x30 != 0 {
+            i += 1; // TID/Y/KEYIDX
+        }
+    }
+    Some((start, p.get(i..)?))
+}
+
+fn vp9_spatial_id(p: &[u8]) -> Option<u8> {
+    let d = *p.first()?;
+    let mut i = 1;
+    if d & 0x80 != 0 {
+        i += if p.get(i)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    Some((p.get(i)? >> 1) & 0x07)
+}
+
+/// The VP9 payload after the payload descriptor.
+fn vp9_payload(p: &[u8]) -> Option<&[u8]> {
+    let d = *p.first()?;
+    let (i_bit, pred, layer, flex, ss) = (
+        d & 0x80 != 0,
+        d & 0x40 != 0,
+        d & 0x20 != 0,
+        d & 0x10 != 0,
+        d & 0x02 != 0,
+    );
+    let mut i = 1;
+    if i_bit {
+        i += if p.get(i)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    if layer {
+        i += 1;
+        if !flex {
+            i += 1; // TL0PICIDX
+        }
+    }
+    if flex && pred {
+        // Up to three P_DIFF bytes, each with N (another follows) in bit 0.
+        for _ in 0..3 {
+            let b = *p.get(i)?;
+            i += 1;
+            if b & 0x01 == 0 {
+                break;
+            }
+        }
+    }
+    if ss {
+        let v = *p.get(i)?;
+        i += 1;
+        let spatial = usize::from((v >> 5) + 1);
+        if v & 0x10 != 0 {
+            i += 4 * spatial; // WIDTH, HEIGHT per layer
+        }
+        if v & 0x08 != 0 {
+            let groups = usize::from(*p.get(i)?);
+            i += 1;
+            for _ in 0..groups {
+                let g = *p.get(i)?;
+                i += 1 + usize::from((g >> 2) & 0x03);
+            }
+        }
+    }
+    p.get(i..)
+}
+
+/// The picture size a keyframe's first packet states (VP8, VP9). H.264 sizes
+/// come from the SPS ([`h264::parse_sps`]); AV1 sizes are not read.
+pub fn keyframe_dimensions(codec: VideoCodec, p: &[u8]) -> Option<(u32, u32)> {
+    match codec {
+        VideoCodec::Vp8 => {
+            let (start, b) = vp8_payload(p)?;
+            // 3-byte frame tag, start code 9d 01 2a, then 14-bit width and height.
+            if !start || b.get(3..6)? != [0x9d, 0x01, 0x2a] {
+                return None;
+            }
+            let w = u16::from_le_bytes([*b.get(6)?, *b.get(7)?]) & 0x3fff;
+            let h = u16::from_le_bytes([*b.get(8)?, *b.get(9)?]) & 0x3fff;
+            Some((u32::from(w), u32::from(h)))
+        }
+        VideoCodec::Vp9 => vp9_frame_size(vp9_payload(p)?),
+        VideoCodec::H264 | VideoCodec::Av1 => None,
+    }
+}
+
+/// Reads frame_width/height from a VP9 key frame's uncompressed header.
+fn vp9_frame_size(b: &[u8]) -> Option<(u32, u32)> {
+    let mut r = Bits { data: b, pos: 0 };
+    if r.read(2)? != 2 {
+        return None; // frame_marker
+    }
+    let low = r.read(1)?;
+    let high = r.read(1)?;
+    let profile = (high << 1) | low;
+    if profile == 3 {
+        r.read(1)?;
+    }
+    if r.read(1)? == 1 {
+        return None; // show_existing_frame
+    }
+    if r.read(1)? != 0 {
+        return None; // not a key frame
+    }
+    r.read(2)?; // show_frame, error_resilient_mode
+    if r.read(24)? != 0x49_83_42 {
+        return None;
+    }
+    // color_config
+    if profile >= 2 {
+        r.read(1)?; // ten_or_twelve_bit
+    }
+    let color_space = r.read(3)?;
+    if color_space != 7 {
+        r.read(1)?; // color_range
+        if profile == 1 || profile == 3 {
+            r.read(3)?; // subsampling_x, subsampling_y, reserved
+        }
+    } else if profile == 1 || profile == 3 {
+        r.read(1)?;
+    }
+    let w = r.read(16)? + 1;
+    let h = r.read(16)? + 1;
+    Some((w, h))
+}
+
+struct Bits<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Bits<'_> {
+    fn read(&mut self, n: usize) -> Option<u32> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let byte = *self.data.get(self.pos / 8)?;
+            let bit = (byte >> (7 - self.pos % 8)) & 1;
+            v = (v << 1) | u32::from(bit);
+            self.pos += 1;
+        }
+        Some(v)
+    }
+}
+
+/// One whole video frame, its payloads in sequence order (the last carried the
+/// marker bit).
+#[derive(Debug)]
+pub struct AssembledFrame {
+    /// Extended RTP time (90 kHz).
+    pub rtp_time: u64,
+    pub keyframe: bool,
+    pub payloads: Vec<Arc<[u8]>>,
+}
+
+#[derive(Debug)]
+pub enum Assembled {
+    Frame(AssembledFrame),
+    /// Packets were lost for good: frames are dropped until the next keyframe,
+    /// which the publisher should be asked for.
+    NeedKeyframe,
+}
+
+/// How long a missing packet is waited for (a NACK and its retransmission)
+/// before the frame is given up.
+pub const GAP_WAIT: Duration = Duration::from_millis(250);
+/// Packets held behind a gap at most.
+const MAX_PENDING: usize = 1024;
+
+struct Pkt {
+    time: u64,
+    marker: bool,
+    payload: Arc<[u8]>,
+}
+
+struct Building {
+    time: u64,
+    clean_start: bool,
+    keyframe: bool,
+    payloads: Vec<Arc<[u8]>>,
+}
+
+/// Groups a publisher's video packets into frames. Packets are taken in
+/// sequence order; a frame is forwarded only when whole (its first packet
+/// starts a frame, no packet is missing, it ends at the marker bit). After a
+/// loss nothing is forwarded until a keyframe, so viewers never decode garbage.
+pub struct FrameAssembler {
+    codec: VideoCodec,
+    pending: BTreeMap<u64, Pkt>,
+    next_seq: Option<u64>,
+    current: Option<Building>,
+    waiting_keyframe: bool,
+    gap_since: Option<Instant>,
+}
+
+impl FrameAssembler {
+    pub fn new(codec: VideoCodec) -> Self {
+        FrameAssembler {
+            codec,
+            pending: BTreeMap::new(),
+            next_seq: None,
+            current: None,
+            // Start at a keyframe: the first packets may be mid-frame.
+            waiting_keyframe: true,
+            gap_since: None,
+        }
+    }
+
+    pub fn codec(&self) -> VideoCodec {
+        self.codec
+    }
+
+    /// Feeds one packet (extended sequence number and RTP time).
+    pub fn push(
+        &mut self,
+        seq: u64,
+        time: u64,
+        marker: bool,
+        payload: Arc<[u8]>,
+        now: Instant,
+        out: &mut Vec<Assembled>,
+    ) {
+        let next = *self.next_seq.get_or_insert(seq);
+        if seq < next {
+            return; // a late duplicate, or given up on
+        }
+        self.pending.insert(
+            seq,
+            Pkt {
+                time,
+                marker,
+                payload,
+            },
+        );
+        self.drain(out);
+        if self.pending.is_empty() {
+            self.gap_since = None;
+        } else {
+            self.gap_since.get_or_insert(now);
+            if self.pending.len() > MAX_PENDING {
+                self.skip_gap(now, out);
+            }
+        }
+    }
+
+    /// Gives up on a missing packet after [`GAP_WAIT`].
+    pub fn poll(&mut self, now: Instant, out: &mut Vec<Assembled>) {
+        if self
+            .gap_since
+            .is_some_and(|t| now.duration_since(t) >= GAP_WAIT)
+        {
+            self.skip_gap(now, out);
+        }
+    }
+
+    /// When [`FrameAssembler::poll`] wants to run next.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.gap_since.map(|t| t + GAP_WAIT)
+    }
+
+    fn skip_gap(&mut self, now: Instant, out: &mut Vec<Assembled>) {
+        let Some((&first, _)) = self.pending.iter().next() else {
+            self.gap_since = None;
+            return;
+        };
+        // The frame being built lost a packet.
+        self.current = None;
+        self.waiting_keyframe = true;
+        out.push(Assembled::NeedKeyframe);
+        self.next_seq = Some(first);
+        self.gap_since = None;
+        self.drain(out);
+        if !self.pending.is_empty() {
+            self.gap_since = Some(now);
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<Assembled>) {
+        while let Some(next) = self.next_seq {
+            let Some(p) = self.pending.remove(&next) else {
+                break;
+            };
+            self.next_seq = Some(next + 1);
+            self.process(p, out);
+        }
+    }
+
+    fn process(&mut self, p: Pkt, out: &mut Vec<Assembled>) {
+        if let Some(cur) = &self.current
+            && cur.time != p.time
+        {
+            // A new timestamp without a marker on the last packet: the previous
+            // frame ended there (some senders omit the marker).
+            let done = self.current.take();
+            self.finish(done, out);
+        }
+        let codec = self.codec;
+        let cur = self.current.get_or_insert_with(|| Building {
+            time: p.time,
+            clean_start: starts_frame(codec, &p.payload),
+            keyframe: false,
+            payloads: Vec::new(),
+        });
+        if !cur.keyframe && is_keyframe(codec, &p.payload) {
+            cur.keyframe = true;
+        }
+        cur.payloads.push(p.payload);
+        if p.marker {
+            let done = self.current.take();
+            self.finish(done, out);
+        }
+    }
+
+    fn finish(&mut self, frame: Option<Building>, out: &mut Vec<Assembled>) {
+        let Some(f) = frame else { return };
+        if !f.clean_start {
+            if !self.waiting_keyframe {
+                self.waiting_keyframe = true;
+                out.push(Assembled::NeedKeyframe);
+            }
+            return;
+        }
+        if self.waiting_keyframe {
+            if !f.keyframe {
+                return;
+            }
+            self.waiting_keyframe = false;
+        }
+        out.push(Assembled::Frame(AssembledFrame {
+            rtp_time: f.time,
+            keyframe: f.keyframe,
+            payloads: f.payloads,
+        }));
+    }
+
+    /// Whether frames are being dropped until a keyframe.
+    pub fn waiting_for_keyframe(&self) -> bool {
+        self.waiting_keyframe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(v: &[u8]) -> Arc<[u8]> {
+        Arc::from(v)
+    }
+
+    #[test]
+    fn h264_keyframes_in_single_stap_a_and_fu_a() {
+        let idr = [0x65, 0x88, 0x80];
+        let p_slice = [0x41, 0x9a];
+        let sps = [0x67, 0x42, 0xc0, 0x1f];
+        let pps = [0x68, 0xce, 0x3c, 0x80];
+        assert!(is_keyframe(VideoCodec::H264, &idr));
+        assert!(!is_keyframe(VideoCodec::H264, &p_slice));
+        let stap = h264_stap_a(&[&sps, &pps, &idr]);
+        assert_eq!(stap[0], 0x78);
+        assert!(is_keyframe(VideoCodec::H264, &stap));
+        assert_eq!(h264_parameter_sets(&stap), vec![&sps[..], &pps[..]]);
+        let stap_no_idr = h264_stap_a(&[&sps, &pps]);
+        assert!(!is_keyframe(VideoCodec::H264, &stap_no_idr));
+        // FU-A of an IDR: start, middle, end fragments.
+        let fu_start = [0x7c, 0x85, 1, 2];
+        let fu_mid = [0x7c, 0x05, 3];
+        let fu_p = [0x5c, 0x81, 3];
+        assert!(is_keyframe(VideoCodec::H264, &fu_start));
+        assert!(starts_frame(VideoCodec::H264, &fu_start));
+        assert!(!starts_frame(VideoCodec::H264, &fu_mid));
+        assert!(!is_keyframe(VideoCodec::H264, &fu_p));
+        // Truncated STAP-A: no panic, no keyframe beyond the data.
+        assert!(!is_keyframe(VideoCodec::H264, &[0x78, 0x00, 0x09, 0x65]));
+        assert!(!is_keyframe(VideoCodec::H264, &[]));
+    }
+
+    #[test]
+    fn vp8_keyframe_and_size() {
+        // Descriptor: X=1 S=1 PID=0; I=1 with a 15-bit picture id.
+        let mut key = vec![0x90, 0x80, 0x81, 0x23];
+        // Payload header: P=0 (key frame), then start code and 640x360.
+        key.extend_from_slice(&[0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+        assert!(is_keyframe(VideoCodec::Vp8, &key));
+        assert!(starts_frame(VideoCodec::Vp8, &key));
+        assert_eq!(keyframe_dimensions(VideoCodec::Vp8, &key), Some((640, 360)));
+        let mut inter = vec![0x90, 0x80, 0x01];
+        inter.extend_from_slice(&[0x31, 0x00, 0x00]);
+        assert!(!is_keyframe(VideoCodec::Vp8, &inter));
+        // A continuation packet (S=0) never says key frame.
+        assert!(!is_keyframe(VideoCodec::Vp8, &[0x00, 0x00]));
+        assert!(!starts_frame(VideoCodec::Vp8, &[0x00, 0x00]));
+        for n in 0..key.len() {
+            let _ = is_keyframe(VideoCodec::Vp8, &key[..n]);
+            let _ = keyframe_dimensions(VideoCodec::Vp8, &key[..n]);
+        }
+    }
+
+    #[test]
+    fn vp9_keyframe_and_size() {
+        // I=1 (7-bit picture id), P=0, B=1, E=1 ; then an uncompressed header:
+        // marker 2, profile 0, show_existing 0, key frame, show 1, er 0,
+        // sync code, color space 1 (BT.601), range 0, 1280x720.
+        let mut bits = Vec::new();
+        let mut push = |v: u32, n: usize| {
+            for i in (0..n).rev() {
+                bits.push(((v >> i) & 1) as u8);
+            }
+        };
+        push(2, 2);
+        push(0, 2);
+        push(0, 1);
+        push(0, 1);
+        push(1, 1);
+        push(0, 1);
+        push(0x49_83_42, 24);
+        push(1, 3);
+        push(0, 1);
+        push(1279, 16);
+        push(719, 16);
+        while bits.len() % 8 != 0 {
+            bits.push(0);
+        }
+        let header: Vec<u8> = bits
+            .chunks(8)
+            .map(|c| c.iter().fold(0u8, |acc, b| (acc << 1) | b))
+            .collect();
+        let mut key = vec![0x8c, 0x12];
+        key.extend_from_slice(&header);
+        assert!(is_keyframe(VideoCodec::Vp9, &key));
+        assert!(starts_frame(VideoCodec::Vp9, &key));
+        assert_eq!(
+            keyframe_dimensions(VideoCodec::Vp9, &key),
+            Some((1280, 720))
+        );
+        // P=1: inter frame.
+        assert!(!is_keyframe(VideoCodec::Vp9, &[0xcc, 0x13, 0x00]));
+        // Not the beginning of a frame.
+        assert!(!is_keyframe(VideoCodec::Vp9, &[0x84, 0x13, 0x00]));
+        for n in 0..key.len() {
+            let _ = keyframe_dimensions(VideoCodec::Vp9, &key[..n]);
+        }
+    }
+
+    #[test]
+    fn av1_aggregation_header() {
+        assert!(is_keyframe(VideoCodec::Av1, &[0x18, 0x0a]));
+        assert!(!is_keyframe(VideoCodec::Av1, &[0x10, 0x32]));
+        assert!(starts_frame(VideoCodec::Av1, &[0x10]));
+        assert!(!starts_frame(VideoCodec::Av1, &[0x90]));
+    }
+
+    fn frames(out: &[Assembled]) -> Vec<(u64, bool, usize)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Assembled::Frame(f) => Some((f.rtp_time, f.keyframe, f.payloads.len())),
+                Assembled::NeedKeyframe => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn assembles_reordered_frames_and_starts_at_a_keyframe() {
+        let t0 = Instant::now();
+        let mut fa = FrameAssembler::new(VideoCodec::H264);
+        let mut out = Vec::new();
+        // A P-frame first: dropped (no keyframe yet).
+        fa.push(10, 0, true, a(&[0x41, 1]), t0, &mut out);
+        // Keyframe of 3 packets, arriving out of order.
+        fa.push(11, 3000, false, a(&[0x78, 0, 2, 0x67, 0x42]), t0, &mut out);
+        fa.push(13, 3000, true, a(&[0x7c, 0x45, 9]), t0, &mut out);
+        fa.push(12, 3000, false, a(&[0x7c, 0x85, 9]), t0, &mut out);
+        fa.push(14, 6000, true, a(&[0x41, 2]), t0, &mut out);
+        assert_eq!(frames(&out), vec![(3000, true, 3), (6000, false, 1)]);
+        // Duplicates are ignored.
+        out.clear();
+        fa.push(13, 3000, true, a(&[0x7c, 0x45, 9]), t0, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_lost_packet_drops_frames_until_the_next_keyframe() {
+        let t0 = Instant::now();
+        let mut fa = FrameAssembler::new(VideoCodec::Vp8);
+        let mut out = Vec::new();
+        let key = a(&[0x10, 0x00]);
+        let inter_start = a(&[0x10, 0x01]);
+        let cont = a(&[0x00, 0xff]);
+        fa.push(1, 0, true, key.clone(), t0, &mut out);
+        fa.push(2, 10, false, inter_start.clone(), t0, &mut out);
+        // seq 3 is lost; 4 ends that frame, 5 is the next frame.
+        fa.push(4, 10, true, cont.clone(), t0, &mut out);
+        fa.push(5, 20, true, inter_start.clone(), t0, &mut out);
+        assert_eq!(frames(&out), vec![(0, true, 1)]);
+        assert_eq!(fa.deadline(), Some(t0 + GAP_WAIT));
+        out.clear();
+        fa.poll(t0 + GAP_WAIT, &mut out);
+        assert!(matches!(out[0], Assembled::NeedKeyframe));
+        assert!(
+            frames(&out).is_empty(),
+            "inter frames after a loss are dropped"
+        );
+        assert!(fa.waiting_for_keyframe());
+        out.clear();
+        fa.push(6, 30, true, key.clone(), t0, &mut out);
+        fa.push(7, 40, true, inter_start, t0, &mut out);
+        assert_eq!(frames(&out), vec![(30, true, 1), (40, false, 1)]);
+        // A late retransmission of 3 is ignored.
+        out.clear();
+        fa.push(3, 10, false, cont, t0, &mut out);
+        assert!(out.is_empty());
+    }
+}
