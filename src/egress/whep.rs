@@ -60,21 +60,10 @@ async fn create(
     // all slip under a cap.
     let _admission = app.admission.lock().await;
     check_caps(&app, &stream)?;
-    let answer = app.engine.add_viewer(&stream, offer).map_err(|e| match e {
-        ViewerError::BadOffer(_) | ViewerError::NothingToReceive => {
-            ApiError::bad_request("bad_offer", e.to_string())
-        }
-        ViewerError::NoCodec { .. } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_common_codec",
-            e.to_string(),
-        ),
-        ViewerError::Negotiation(_) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "negotiation_failed",
-            e.to_string(),
-        ),
-    })?;
+    let answer = app
+        .engine
+        .add_viewer(&stream, offer)
+        .map_err(viewer_error)?;
     info!(stream = %name, viewer = answer.id, "whep viewer negotiated");
     Ok((
         StatusCode::CREATED,
@@ -90,6 +79,26 @@ async fn create(
         answer.sdp,
     )
         .into_response())
+}
+
+/// A negotiation failure as the JSON error the client gets.
+pub fn viewer_error(e: ViewerError) -> ApiError {
+    match e {
+        ViewerError::BadOffer(_)
+        | ViewerError::NothingToReceive
+        | ViewerError::BadAnswer(_)
+        | ViewerError::NoPendingOffer(_) => ApiError::bad_request("bad_offer", e.to_string()),
+        ViewerError::NoCodec { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_common_codec",
+            e.to_string(),
+        ),
+        ViewerError::Negotiation(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "negotiation_failed",
+            e.to_string(),
+        ),
+    }
 }
 
 /// Egress caps (`[limits]`): a viewer over one gets 503 with Retry-After.

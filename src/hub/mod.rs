@@ -69,10 +69,15 @@ pub trait FrameSink: Send + Sync {
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct VideoInfo {
+    /// "H264", "VP8", "VP9" or "AV1" (the SDP encoding name).
     pub codec: &'static str,
     /// `profile-level-id` for SDP, from the SPS.
     #[serde(skip)]
     pub profile_level_id: Option<u32>,
+    /// The publisher's SDP format parameters (`a=fmtp`), e.g. `profile-id=0`
+    /// for VP9: viewers must accept the same.
+    #[serde(skip)]
+    pub fmtp: Option<String>,
     pub width: Option<u32>,
     pub height: Option<u32>,
 }
@@ -128,12 +133,20 @@ struct PublisherState {
     started_at: SystemTime,
 }
 
+/// Asks the current publisher for a keyframe (WebRTC publishers only).
+pub type KeyframeRequester = Arc<dyn Fn() + Send + Sync>;
+
+/// At most one keyframe request per stream in this period, however many viewers ask.
+const KEYFRAME_REQUEST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 struct StreamState {
     title: String,
     publisher: Option<PublisherState>,
     media: MediaInfo,
     stats: StreamStats,
     timeline: Timeline,
+    keyframe_requester: Option<KeyframeRequester>,
+    last_keyframe_request: Option<Instant>,
 }
 
 struct SinkEntry {
@@ -198,6 +211,8 @@ impl Hub {
                         media: MediaInfo::default(),
                         stats: StreamStats::default(),
                         timeline: Timeline::default(),
+                        keyframe_requester: None,
+                        last_keyframe_request: None,
                     }),
                     fanout: Mutex::new(Fanout {
                         next_index: 0,
@@ -241,6 +256,7 @@ impl Hub {
             st.media = MediaInfo::default();
             st.stats = StreamStats::default();
             st.timeline.new_publisher();
+            st.keyframe_requester = None;
             took_over
         };
         // Viewers must not get the old publisher's GOP after the switch: the next
@@ -397,6 +413,35 @@ impl Stream {
         }
     }
 
+    /// Asks the publisher for a keyframe (a viewer sent a PLI or FIR, or joined
+    /// with nothing cached). Rate-limited per stream; a no-op for publishers that
+    /// cannot be asked (RTMP: viewers get the cached GOP instead). Returns
+    /// whether a request went out.
+    pub fn request_keyframe(&self) -> bool {
+        let requester = {
+            let mut st = self.state.lock();
+            let Some(r) = st.keyframe_requester.clone() else {
+                return false;
+            };
+            let now = Instant::now();
+            if st
+                .last_keyframe_request
+                .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+            {
+                return false;
+            }
+            st.last_keyframe_request = Some(now);
+            r
+        };
+        requester();
+        true
+    }
+
+    /// Whether the GOP cache holds a keyframe a joining viewer can start from.
+    pub fn has_cached_keyframe(&self) -> bool {
+        !self.fanout.lock().gop.is_empty()
+    }
+
     /// The frames from the last keyframe on. Cheap: clones `Arc`s only.
     pub fn gop_snapshot(&self) -> Vec<Arc<Frame>> {
         self.fanout.lock().gop.clone()
@@ -466,6 +511,12 @@ impl Publisher {
         Ok(())
     }
 
+    /// Lets viewers' keyframe requests reach this publisher.
+    pub fn set_keyframe_requester(&self, r: KeyframeRequester) -> Result<(), TakenOver> {
+        self.current()?.keyframe_requester = Some(r);
+        Ok(())
+    }
+
     pub fn note_bframes(&self) -> Result<(), TakenOver> {
         self.current()?.stats.bframes = true;
         Ok(())
@@ -487,13 +538,26 @@ impl Publisher {
         keyframe: bool,
         payloads: Box<[Arc<[u8]>]>,
     ) -> Result<Option<u64>, TakenOver> {
+        self.push_video_90k(pts_ms * 90, keyframe, payloads)
+    }
+
+    /// Like [`Publisher::push_video`] with the time in the publisher's 90 kHz
+    /// RTP clock, so a WebRTC publisher's timestamps pass without rounding.
+    pub fn push_video_90k(
+        &self,
+        ticks_90k: i64,
+        keyframe: bool,
+        payloads: Box<[Arc<[u8]>]>,
+    ) -> Result<Option<u64>, TakenOver> {
         let received = Instant::now();
         let (rtp_time, wallclock, interval) = {
             let mut st = self.current()?;
             let bytes = payloads.iter().map(|p| p.len()).sum();
-            let (stream_ms, wallclock) = st.timeline.map(pts_ms, received);
+            let pub_ms = ticks_90k.div_euclid(90);
+            let (stream_ms, wallclock) = st.timeline.map(pub_ms, received);
             let interval = st.stats.on_video(received, stream_ms, bytes, keyframe);
-            ((stream_ms * 90) as u32, wallclock, interval)
+            let stream_ticks = ticks_90k + (stream_ms - pub_ms) * 90;
+            (stream_ticks as u32, wallclock, interval)
         };
         self.stream.fan_out(Frame {
             kind: Kind::Video,
@@ -539,6 +603,7 @@ impl Drop for Publisher {
         let mut st = self.stream.state.lock();
         if st.publisher.as_ref().map(|p| p.id) == Some(self.id) {
             st.publisher = None;
+            st.keyframe_requester = None;
             drop(st);
             self.stream.fanout.lock().gop.clear();
             let _ = self.stream.hub_events.send(HubEvent::Offline {
@@ -600,5 +665,35 @@ mod tests {
         assert!(s.is_live());
         drop(p2);
         assert!(!s.is_live());
+    }
+
+    #[test]
+    fn rtp_clock_times_pass_unrounded_and_keyframe_requests_are_rate_limited() {
+        let hub = Hub::new();
+        let s = hub.ensure_stream("a", None);
+        let p = hub.publish(&s, IngestProtocol::Whip);
+        // 29.97 fps: 3003 ticks apart, not a whole number of milliseconds.
+        p.push_video_90k(1_000_000, true, payload(1)).unwrap();
+        p.push_video_90k(1_003_003, false, payload(2)).unwrap();
+        let f = s.gop_snapshot();
+        assert_eq!(f[1].rtp_time.wrapping_sub(f[0].rtp_time), 3003);
+
+        // RTMP-like publishers cannot be asked.
+        assert!(!s.request_keyframe());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let a = asked.clone();
+        p.set_keyframe_requester(Arc::new(move || {
+            a.fetch_add(1, Ordering::Relaxed);
+        }))
+        .unwrap();
+        assert!(s.request_keyframe());
+        assert!(
+            !s.request_keyframe(),
+            "a second request within 500 ms is dropped"
+        );
+        assert_eq!(asked.load(Ordering::Relaxed), 1);
+        // A new publisher does not inherit the old one's requester.
+        let _p2 = hub.publish(&s, IngestProtocol::Rtmp);
+        assert!(!s.request_keyframe());
     }
 }

@@ -141,6 +141,7 @@ impl FlvPipeline {
                     m.video = Some(VideoInfo {
                         codec: "H264",
                         profile_level_id: Some(sps.profile_level_id()),
+                        fmtp: None,
                         width: Some(sps.width),
                         height: Some(sps.height),
                     });

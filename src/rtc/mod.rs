@@ -3,6 +3,7 @@
 
 pub mod metrics;
 mod net;
+mod publish;
 pub mod sdp;
 mod shard;
 
@@ -14,17 +15,21 @@ use std::time::Instant;
 
 use anyhow::Context;
 use parking_lot::Mutex;
-use str0m::change::SdpOffer;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
-use str0m::media::{Direction, Mid};
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, TcpType};
 use str0m::rtp::{Extension, ExtensionMap};
-use str0m::{Candidate, Rtc};
+use str0m::{Candidate, Rtc, RtcConfig};
 use tracing::info;
 
 use crate::config::WebrtcConfig;
-use crate::hub::{FrameSink, Stream};
+use crate::hub::{FrameSink, Hub, IngestProtocol, Stream};
+use crate::media::rtp_video::VideoCodec;
 use net::{Demux, NetOut, Route, TcpConns};
+pub use publish::NewPublisher;
+use publish::VideoTrack;
 use shard::{NewPeer, Registry, Shard, ShardMsg, ShardSink};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +41,7 @@ pub enum ViewerError {
     )]
     NoCodec {
         stream: String,
-        wanted: &'static str,
+        wanted: String,
         offered: String,
         sends: String,
     },
@@ -46,12 +51,74 @@ pub enum ViewerError {
     NothingToReceive,
     #[error("WebRTC negotiation failed: {0}")]
     Negotiation(String),
+    #[error("malformed SDP answer: {0}")]
+    BadAnswer(String),
+    #[error("no pending offer {0} (it was answered already, or timed out)")]
+    NoPendingOffer(u64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("malformed SDP offer: {0}")]
+    BadOffer(String),
+    #[error(
+        "offer has no codec roomcast can forward (offered: {offered}); send H.264 (packetization-mode=1), VP8, VP9 or AV1 video and/or Opus audio"
+    )]
+    NoCodec { offered: String },
+    #[error(
+        "offer sends nothing (a WHIP offer needs a sendonly or sendrecv audio or video section)"
+    )]
+    NothingToSend,
+    #[error("WebRTC negotiation failed: {0}")]
+    Negotiation(String),
 }
 
 pub struct Answer {
     pub id: u64,
     pub sdp: String,
 }
+
+/// Which of the server's candidates a session is offered (OME's `?transport=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Every candidate (UDP and ICE-TCP, or TCP only with `tcp_force`).
+    #[default]
+    All,
+    Udp,
+    Tcp,
+}
+
+/// Per-session settings from authorization (SignedPolicy, admission webhook).
+#[derive(Default)]
+pub struct SessionOpts {
+    pub transport: Transport,
+    /// The session ends at this time.
+    pub expires_at: Option<Instant>,
+    /// Dropped when the session ends.
+    pub guard: Option<Box<dyn Send>>,
+}
+
+/// A server-made offer waiting for the viewer's answer (OME signalling).
+pub struct ViewerOffer {
+    pub id: u64,
+    pub sdp: String,
+    /// `a=candidate` values (without `a=`), with the mid of the first section.
+    pub candidates: Vec<String>,
+    pub mid: String,
+}
+
+struct PendingViewer {
+    rtc: Rtc,
+    pending: SdpPendingOffer,
+    stream: Arc<Stream>,
+    video: Option<(Mid, Pt)>,
+    audio: Option<(Mid, Pt)>,
+    opts: SessionOpts,
+    created: Instant,
+}
+
+/// Offers not answered within this time are forgotten.
+const PENDING_OFFER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct Bound {
     pub udp: SocketAddr,
@@ -62,8 +129,11 @@ pub struct Engine {
     shards: Vec<crossbeam_channel::Sender<ShardMsg>>,
     demux: Arc<Demux>,
     candidates: Vec<Candidate>,
+    tcp_force: bool,
     cert: DtlsCert,
     registry: Registry,
+    publishers: Registry,
+    pending: Mutex<HashMap<u64, PendingViewer>>,
     next_id: AtomicU64,
     next_shard: AtomicUsize,
     pub metrics: metrics::EngineMetrics,
@@ -118,6 +188,7 @@ impl Engine {
         let tcp_conns = Arc::new(TcpConns::default());
         let netout = Arc::new(NetOut::new(udp.clone(), tcp_conns.clone())?);
         let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
+        let publishers: Registry = Arc::new(Mutex::new(HashMap::new()));
         let mut senders = Vec::new();
         let mut engine_metrics = metrics::EngineMetrics::default();
         for index in 0..workers {
@@ -128,6 +199,8 @@ impl Engine {
             let shard = Shard {
                 index,
                 rx,
+                tx: tx.clone(),
+                publishers: publishers.clone(),
                 sink,
                 net: netout.clone(),
                 demux: demux.clone(),
@@ -164,8 +237,11 @@ impl Engine {
             shards: senders,
             demux,
             candidates,
+            tcp_force: cfg.tcp_force,
             cert,
             registry,
+            publishers,
+            pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             next_shard: AtomicUsize::new(0),
             metrics: engine_metrics,
@@ -182,22 +258,41 @@ impl Engine {
     /// Negotiates a viewer for `stream` and hands it to a worker. The answer
     /// carries every candidate (ICE-lite, no trickle needed).
     pub fn add_viewer(&self, stream: &Arc<Stream>, offer: &str) -> Result<Answer, ViewerError> {
+        self.add_viewer_with(stream, offer, SessionOpts::default())
+    }
+
+    /// [`Engine::add_viewer`] with session settings (expiry, a guard).
+    pub fn add_viewer_with(
+        &self,
+        stream: &Arc<Stream>,
+        offer: &str,
+        opts: SessionOpts,
+    ) -> Result<Answer, ViewerError> {
         let summary =
             sdp::summarize_offer(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
         let parsed =
             SdpOffer::from_sdp_string(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
         let media = stream.media_info();
-        let profile = media.video.as_ref().and_then(|v| v.profile_level_id);
-        let sends = "H.264 video and Opus audio".to_string();
-        let offered = || summary.codec_names.join(", ");
+        let stream_video = stream_video(&media);
+        let sends = sends_description(&stream_video, media.audio.is_some());
+        let offered = || summary.offered();
 
-        let h264 = if summary.has_video {
-            match sdp::choose_h264(&summary, profile) {
-                Some(h) => Some(h.clone()),
+        let video = if summary.has_video {
+            let sv = stream_video.clone().unwrap_or(sdp::StreamVideo {
+                // Not known yet (no frame received): H.264, RTMP's codec.
+                codec: VideoCodec::H264,
+                profile_level_id: None,
+                fmtp: String::new(),
+            });
+            match sdp::choose_video(&summary, &sv) {
+                Some(v) => Some(v.clone()),
                 None => {
                     return Err(ViewerError::NoCodec {
                         stream: stream.name.clone(),
-                        wanted: "H.264 (packetization-mode=1)",
+                        wanted: match sv.codec {
+                            VideoCodec::H264 => "H.264 (packetization-mode=1)".into(),
+                            _ => sv.describe(),
+                        },
                         offered: offered(),
                         sends,
                     });
@@ -207,39 +302,31 @@ impl Engine {
             None
         };
         let opus = summary.opus;
-        if summary.has_audio && opus.is_none() && h264.is_none() {
+        if summary.has_audio && opus.is_none() && video.is_none() {
             return Err(ViewerError::NoCodec {
                 stream: stream.name.clone(),
-                wanted: "Opus",
+                wanted: "Opus".into(),
                 offered: offered(),
                 sends,
             });
         }
 
-        // No transport-wide congestion control: without bandwidth estimation it
-        // only costs str0m a 1000-entry send history per viewer.
-        let mut exts = ExtensionMap::empty();
-        exts.set(2, Extension::AbsoluteSendTime);
-        exts.set(4, Extension::RtpMid);
-        let mut config = Rtc::builder()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .set_dtls_cert(self.cert.clone())
-            .set_extension_map(exts)
-            .clear_codecs();
-        if let Some(h) = &h264 {
-            config.codec_config().add_h264(
-                h.pt.into(),
-                h.rtx.map(Into::into),
-                true,
-                h.profile_level_id.unwrap_or(0x42e01f),
+        let mut config = self.viewer_config();
+        if let Some(v) = &video {
+            config.codec_config().add_config(
+                v.pt.into(),
+                v.rtx.map(Into::into),
+                codec_of(v.codec),
+                Frequency::NINETY_KHZ,
+                None,
+                FormatParams::parse_line(&v.fmtp),
             );
         }
         if opus.is_some() {
             config = config.enable_opus(true, false);
         }
         let mut rtc = config.build(Instant::now());
-        for c in &self.candidates {
+        for c in self.candidates_for(opts.transport) {
             rtc.add_local_candidate(c.clone());
         }
         let answer = rtc
@@ -247,20 +334,45 @@ impl Engine {
             .accept_offer(parsed)
             .map_err(|e| ViewerError::Negotiation(e.to_string()))?;
 
-        let sending = |rtc: &Rtc, mid: &Option<String>| -> Option<Mid> {
-            let mid = Mid::from(mid.as_deref()?);
-            let m = rtc.media(mid)?;
-            matches!(m.direction(), Direction::SendOnly | Direction::SendRecv).then_some(mid)
-        };
-        let video = h264
+        let video = video
             .as_ref()
-            .and_then(|h| sending(&rtc, &summary.video_mid).map(|mid| (mid, h.pt.into())));
+            .and_then(|v| sending(&rtc, &summary.video_mid).map(|mid| (mid, v.pt.into())));
         let audio =
             opus.and_then(|pt| sending(&rtc, &summary.audio_mid).map(|mid| (mid, pt.into())));
         if video.is_none() && audio.is_none() {
             return Err(ViewerError::NothingToReceive);
         }
+        let id = self.hand_viewer(rtc, stream, video, audio, opts);
+        Ok(Answer {
+            id,
+            sdp: answer.to_sdp_string(),
+        })
+    }
 
+    fn viewer_config(&self) -> RtcConfig {
+        // No transport-wide congestion control: without bandwidth estimation it
+        // only costs str0m a 1000-entry send history per viewer.
+        let mut exts = ExtensionMap::empty();
+        exts.set(2, Extension::AbsoluteSendTime);
+        exts.set(4, Extension::RtpMid);
+        Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(self.cert.clone())
+            .set_extension_map(exts)
+            .clear_codecs()
+    }
+
+    /// Registers a negotiated viewer and hands it to a worker; returns its id.
+    fn hand_viewer(
+        &self,
+        rtc: Rtc,
+        stream: &Arc<Stream>,
+        video: Option<(Mid, Pt)>,
+        audio: Option<(Mid, Pt)>,
+        opts: SessionOpts,
+    ) -> u64 {
+        let mut rtc = rtc;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
@@ -276,11 +388,296 @@ impl Engine {
             ufrag,
             video,
             audio,
+            expires_at: opts.expires_at,
+            guard: opts.guard,
+        })));
+        id
+    }
+
+    /// Makes an offer for a viewer of `stream` (OvenPlayer's signalling has the
+    /// server offer): the stream's video codec and Opus, sendonly, with the
+    /// candidates of `opts.transport`. [`Engine::answer_viewer`] completes it.
+    pub fn offer_viewer(
+        &self,
+        stream: &Arc<Stream>,
+        opts: SessionOpts,
+    ) -> Result<ViewerOffer, ViewerError> {
+        self.expire_pending();
+        let media = stream.media_info();
+        let sv = stream_video(&media);
+        let mut config = self.viewer_config();
+        let video_pt = sv.as_ref().map(|v| {
+            let (pt, rtx) = default_pts(v);
+            let fmtp = match v.codec {
+                VideoCodec::H264 => FormatParams {
+                    level_asymmetry_allowed: Some(true),
+                    packetization_mode: Some(1),
+                    profile_level_id: Some(v.profile_level_id.unwrap_or(0x42e01f)),
+                    ..Default::default()
+                },
+                _ => FormatParams::parse_line(&v.fmtp),
+            };
+            config.codec_config().add_config(
+                pt,
+                Some(rtx),
+                codec_of(v.codec),
+                Frequency::NINETY_KHZ,
+                None,
+                fmtp,
+            );
+            pt
+        });
+        if video_pt.is_none() && media.audio.is_none() {
+            return Err(ViewerError::Negotiation(format!(
+                "stream '{}' has no media yet; try again in a moment",
+                stream.name
+            )));
+        }
+        config = config.enable_opus(true, false);
+        let mut rtc = config.build(Instant::now());
+        let mut candidates = Vec::new();
+        for c in self.candidates_for(opts.transport) {
+            candidates.push(c.to_sdp_string());
+            rtc.add_local_candidate(c.clone());
+        }
+        let mut api = rtc.sdp_api();
+        let msid = Some("roomcast".to_string());
+        let video_mid = video_pt.map(|_| {
+            api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                msid.clone(),
+                Some("video".into()),
+                None,
+            )
+        });
+        let audio_mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            msid,
+            Some("audio".into()),
+            None,
+        );
+        let Some((offer, pending)) = api.apply() else {
+            return Err(ViewerError::Negotiation("no offer was made".into()));
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mid = video_mid.unwrap_or(audio_mid).to_string();
+        let opus_pt = Pt::from(111);
+        self.pending.lock().insert(
+            id,
+            PendingViewer {
+                rtc,
+                pending,
+                stream: stream.clone(),
+                video: video_mid.zip(video_pt),
+                audio: Some((audio_mid, opus_pt)),
+                opts,
+                created: Instant::now(),
+            },
+        );
+        Ok(ViewerOffer {
+            id,
+            sdp: offer.to_sdp_string(),
+            candidates,
+            mid,
+        })
+    }
+
+    /// Applies the viewer's answer to an offer from [`Engine::offer_viewer`] and
+    /// starts the session.
+    pub fn answer_viewer(&self, id: u64, answer: &str) -> Result<(), ViewerError> {
+        let p = self
+            .pending
+            .lock()
+            .remove(&id)
+            .ok_or(ViewerError::NoPendingOffer(id))?;
+        let parsed = SdpAnswer::from_sdp_string(answer)
+            .map_err(|e| ViewerError::BadAnswer(e.to_string()))?;
+        let PendingViewer {
+            mut rtc,
+            pending,
+            stream,
+            video,
+            audio,
+            opts,
+            ..
+        } = p;
+        rtc.sdp_api()
+            .accept_answer(pending, parsed)
+            .map_err(|e| ViewerError::Negotiation(e.to_string()))?;
+        let video = video.filter(|(mid, _)| sending_mid(&rtc, *mid));
+        let audio = audio.filter(|(mid, _)| sending_mid(&rtc, *mid));
+        if video.is_none() && audio.is_none() {
+            return Err(ViewerError::NothingToReceive);
+        }
+        let stream = stream.clone();
+        self.hand_viewer(rtc, &stream, video, audio, opts);
+        // The viewer keeps the offer's id: the shard knows it by a new one.
+        Ok(())
+    }
+
+    /// Forgets an unanswered offer.
+    pub fn cancel_offer(&self, id: u64) {
+        self.pending.lock().remove(&id);
+    }
+
+    fn expire_pending(&self) {
+        let now = Instant::now();
+        self.pending
+            .lock()
+            .retain(|_, p| now.duration_since(p.created) < PENDING_OFFER_TTL);
+    }
+
+    fn candidates_for(&self, t: Transport) -> impl Iterator<Item = &Candidate> {
+        let only = match t {
+            Transport::All => None,
+            Transport::Udp => Some(Protocol::Udp),
+            Transport::Tcp => Some(Protocol::Tcp),
+        };
+        let any_of = |p: Protocol| self.candidates.iter().any(|c| c.proto() == p);
+        // A transport the server does not offer (UDP with tcp_force): all it has.
+        let only = only.filter(|p| any_of(*p));
+        self.candidates
+            .iter()
+            .filter(move |c| only.is_none_or(|p| c.proto() == p))
+    }
+
+    /// Negotiates a WHIP publisher for `stream` and hands it to a worker. The
+    /// publish starts (taking the stream over) once ICE and DTLS are up. The
+    /// answer carries the UDP host candidates only (OBS breaks on several
+    /// candidate kinds), or the TCP ones with `tcp_force`.
+    pub fn add_publisher(
+        &self,
+        hub: &Arc<Hub>,
+        stream: &Arc<Stream>,
+        protocol: IngestProtocol,
+        offer: &str,
+        opts: SessionOpts,
+    ) -> Result<Answer, PublishError> {
+        let summary =
+            sdp::summarize_offer(offer).map_err(|e| PublishError::BadOffer(e.to_string()))?;
+        let parsed =
+            SdpOffer::from_sdp_string(offer).map_err(|e| PublishError::BadOffer(e.to_string()))?;
+        let video = if summary.has_video && summary.sends(true) {
+            sdp::choose_publisher_video(&summary).cloned()
+        } else {
+            None
+        };
+        let opus = summary
+            .opus
+            .filter(|_| summary.has_audio && summary.sends(false));
+        let video_unusable = summary.has_video && summary.sends(true) && video.is_none();
+        if video_unusable || (video.is_none() && opus.is_none()) {
+            if !summary.sends(true) && !summary.sends(false) {
+                return Err(PublishError::NothingToSend);
+            }
+            return Err(PublishError::NoCodec {
+                offered: summary.offered(),
+            });
+        }
+        let mut config = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(self.cert.clone())
+            .set_extension_map(ExtensionMap::standard())
+            .clear_codecs();
+        if let Some(v) = &video {
+            config.codec_config().add_config(
+                v.pt.into(),
+                v.rtx.map(Into::into),
+                codec_of(v.codec),
+                Frequency::NINETY_KHZ,
+                None,
+                FormatParams::parse_line(&v.fmtp),
+            );
+        }
+        if let Some(pt) = opus {
+            config.codec_config().add_config(
+                pt.into(),
+                None,
+                Codec::Opus,
+                Frequency::FORTY_EIGHT_KHZ,
+                Some(2),
+                FormatParams {
+                    min_p_time: Some(10),
+                    use_inband_fec: Some(true),
+                    ..Default::default()
+                },
+            );
+        }
+        let mut rtc = config.build(Instant::now());
+        let transport = if self.tcp_force {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
+        for c in self.candidates_for(transport) {
+            rtc.add_local_candidate(c.clone());
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(parsed)
+            .map_err(|e| PublishError::Negotiation(e.to_string()))?;
+        let receiving = |rtc: &Rtc, mid: &Option<String>| -> Option<Mid> {
+            let mid = Mid::from(mid.as_deref()?);
+            let m = rtc.media(mid)?;
+            matches!(m.direction(), Direction::RecvOnly | Direction::SendRecv).then_some(mid)
+        };
+        let video = video.and_then(|v| {
+            receiving(&rtc, &summary.video_mid).map(|mid| VideoTrack {
+                mid,
+                pt: v.pt.into(),
+                codec: v.codec,
+                fmtp: v.fmtp.clone(),
+            })
+        });
+        let audio = opus.and_then(|pt| receiving(&rtc, &summary.audio_mid).map(|m| (m, pt.into())));
+        if video.is_none() && audio.is_none() {
+            return Err(PublishError::NothingToSend);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        self.demux.add_ufrag(&ufrag, Route { shard, peer: id });
+        self.publishers
+            .lock()
+            .insert(id, (shard, stream.name.clone()));
+        let _ = self.shards[shard].send(ShardMsg::AddPublisher(Box::new(NewPublisher {
+            id,
+            rtc,
+            hub: hub.clone(),
+            stream: stream.clone(),
+            protocol,
+            ufrag,
+            video,
+            audio,
+            expires_at: opts.expires_at,
+            guard: opts.guard,
         })));
         Ok(Answer {
             id,
             sdp: answer.to_sdp_string(),
         })
+    }
+
+    /// Ends a publisher's session (WHIP `DELETE`); false if it does not exist.
+    pub fn remove_publisher(&self, stream: &str, id: u64) -> bool {
+        let Some((shard, s)) = self.publishers.lock().get(&id).cloned() else {
+            return false;
+        };
+        if s != stream {
+            return false;
+        }
+        let _ = self.shards[shard].send(ShardMsg::RemovePublisher(id));
+        true
+    }
+
+    pub fn has_publisher(&self, stream: &str, id: u64) -> bool {
+        self.publishers
+            .lock()
+            .get(&id)
+            .is_some_and(|(_, s)| s == stream)
     }
 
     /// Ends a viewer's session; false if it does not exist (or is of another stream).
@@ -312,6 +709,57 @@ impl Engine {
 
     pub fn uses_protocol(&self, proto: Protocol) -> bool {
         self.candidates.iter().any(|c| c.proto() == proto)
+    }
+}
+
+fn sending(rtc: &Rtc, mid: &Option<String>) -> Option<Mid> {
+    let mid = Mid::from(mid.as_deref()?);
+    sending_mid(rtc, mid).then_some(mid)
+}
+
+fn sending_mid(rtc: &Rtc, mid: Mid) -> bool {
+    rtc.media(mid)
+        .is_some_and(|m| matches!(m.direction(), Direction::SendOnly | Direction::SendRecv))
+}
+
+fn codec_of(c: VideoCodec) -> Codec {
+    match c {
+        VideoCodec::H264 => Codec::H264,
+        VideoCodec::Vp8 => Codec::Vp8,
+        VideoCodec::Vp9 => Codec::Vp9,
+        VideoCodec::Av1 => Codec::Av1,
+    }
+}
+
+/// Payload types for server-made offers (str0m's defaults).
+fn default_pts(v: &sdp::StreamVideo) -> (Pt, Pt) {
+    let (pt, rtx) = match v.codec {
+        VideoCodec::H264 => (102, 103),
+        VideoCodec::Vp8 => (96, 97),
+        VideoCodec::Vp9 => (98, 99),
+        VideoCodec::Av1 => (45, 46),
+    };
+    (pt.into(), rtx.into())
+}
+
+/// The stream's video as negotiation needs it; None before its first frame.
+fn stream_video(media: &crate::hub::MediaInfo) -> Option<sdp::StreamVideo> {
+    let v = media.video.as_ref()?;
+    Some(sdp::StreamVideo {
+        codec: VideoCodec::from_name(v.codec)?,
+        profile_level_id: v.profile_level_id,
+        fmtp: v.fmtp.clone().unwrap_or_default(),
+    })
+}
+
+fn sends_description(video: &Option<sdp::StreamVideo>, audio: bool) -> String {
+    let v = video
+        .as_ref()
+        .map_or("H.264".to_string(), sdp::StreamVideo::describe);
+    if audio {
+        format!("{v} video and Opus audio")
+    } else {
+        format!("{v} video")
     }
 }
 

@@ -1,28 +1,103 @@
-//! What a viewer's offer can receive, read before str0m negotiates: roomcast
-//! chooses the one H.264 payload type that fits the stream (same profile as the
-//! publisher's SPS when offered) and configures str0m with exactly that, so the
+//! What an offer can send or receive, read before str0m negotiates. roomcast
+//! picks the one video payload type that fits (a viewer: the stream's codec,
+//! with the same profile when offered; a publisher: its first codec roomcast
+//! forwards) and configures str0m with exactly that entry's parameters, so the
 //! answer never promises a codec the stream cannot send.
 
-/// One `a=rtpmap:PT H264/90000` of an offer, with its fmtp parameters.
+use crate::media::rtp_video::VideoCodec;
+
+/// One `a=rtpmap:PT <codec>/90000` of a video section, with its `a=fmtp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct H264Offer {
+pub struct VideoOffer {
     pub pt: u8,
     pub rtx: Option<u8>,
-    pub profile_level_id: Option<u32>,
-    pub packetization_mode: u8,
+    pub codec: VideoCodec,
+    /// The `a=fmtp` parameters as written (`key=value;…`), empty when absent.
+    pub fmtp: String,
+}
+
+impl VideoOffer {
+    fn param(&self, name: &str) -> Option<&str> {
+        fmtp_param(&self.fmtp, name)
+    }
+
+    /// H.264 `profile-level-id` (`0xPPCCLL`).
+    pub fn profile_level_id(&self) -> Option<u32> {
+        self.param("profile-level-id")
+            .and_then(|v| u32::from_str_radix(v, 16).ok())
+    }
+
+    /// H.264 `packetization-mode` (0 when absent, RFC 6184).
+    pub fn packetization_mode(&self) -> u8 {
+        self.param("packetization-mode")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// VP9 `profile-id` or AV1 `profile` (0 when absent).
+    pub fn profile(&self) -> u32 {
+        let name = match self.codec {
+            VideoCodec::Vp9 => "profile-id",
+            VideoCodec::Av1 => "profile",
+            _ => return 0,
+        };
+        self.param(name).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    /// Whether roomcast can forward this format from a publisher.
+    pub fn forwardable(&self) -> bool {
+        match self.codec {
+            // Single-NAL mode cannot carry HD frames; every publisher offers mode 1.
+            VideoCodec::H264 => self.packetization_mode() == 1,
+            VideoCodec::Vp8 | VideoCodec::Vp9 | VideoCodec::Av1 => true,
+        }
+    }
+}
+
+/// The value of `name` in an fmtp parameter list.
+pub fn fmtp_param<'a>(fmtp: &'a str, name: &str) -> Option<&'a str> {
+    fmtp.split(';').find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k.trim().eq_ignore_ascii_case(name)).then_some(v.trim())
+    })
 }
 
 #[derive(Debug, Default)]
 pub struct OfferSummary {
-    pub h264: Vec<H264Offer>,
+    /// Video formats roomcast knows (H.264, VP8, VP9, AV1), in offer order.
+    pub video: Vec<VideoOffer>,
     pub opus: Option<u8>,
     pub has_video: bool,
     pub has_audio: bool,
     /// `a=mid` of the first video and audio sections.
     pub video_mid: Option<String>,
     pub audio_mid: Option<String>,
+    /// `a=sendonly`/`recvonly`/`sendrecv`/`inactive` of those sections.
+    pub video_dir: Option<String>,
+    pub audio_dir: Option<String>,
     /// Every codec name offered, for error messages.
     pub codec_names: Vec<String>,
+}
+
+impl OfferSummary {
+    /// Whether the offerer sends in the first section of `video`/audio.
+    pub fn sends(&self, video: bool) -> bool {
+        let dir = if video {
+            &self.video_dir
+        } else {
+            &self.audio_dir
+        };
+        // sendrecv is the SDP default.
+        matches!(dir.as_deref(), None | Some("sendonly") | Some("sendrecv"))
+    }
+
+    pub fn offered(&self) -> String {
+        if self.codec_names.is_empty() {
+            "none".into()
+        } else {
+            self.codec_names.join(", ")
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,7 +115,9 @@ pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
     }
     let mut out = OfferSummary::default();
     let mut kind: Option<&str> = None;
-    // Per video section: PT → (codec, fmtp), collected and resolved at the end.
+    // Index of the section among those of its kind: only the first counts.
+    let mut first_of_kind = false;
+    // Video PT → (codec name), PT → fmtp, collected and resolved at the end.
     let mut rtpmap: Vec<(u8, String)> = Vec::new();
     let mut fmtp: Vec<(u8, String)> = Vec::new();
     for line in sdp.lines().map(str::trim_end) {
@@ -50,22 +127,34 @@ pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
                 "audio" => "audio",
                 _ => "other",
             });
-            match kind {
-                Some("video") => out.has_video = true,
-                Some("audio") => out.has_audio = true,
-                _ => {}
-            }
+            first_of_kind = match kind {
+                Some("video") => !std::mem::replace(&mut out.has_video, true),
+                Some("audio") => !std::mem::replace(&mut out.has_audio, true),
+                _ => false,
+            };
             continue;
         }
         let Some(kind) = kind else { continue };
+        if !first_of_kind {
+            continue;
+        }
         if let Some(mid) = line.strip_prefix("a=mid:") {
             let slot = match kind {
                 "video" => &mut out.video_mid,
                 "audio" => &mut out.audio_mid,
                 _ => continue,
             };
-            if slot.is_none() {
-                *slot = Some(mid.trim().to_string());
+            *slot = Some(mid.trim().to_string());
+            continue;
+        }
+        if let Some(dir) = line
+            .strip_prefix("a=")
+            .filter(|d| matches!(*d, "sendonly" | "recvonly" | "sendrecv" | "inactive"))
+        {
+            match kind {
+                "video" => out.video_dir = Some(dir.to_string()),
+                "audio" => out.audio_dir = Some(dir.to_string()),
+                _ => {}
             }
             continue;
         }
@@ -77,9 +166,7 @@ pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
             let Ok(pt) = pt.parse::<u8>() else { continue };
             let name = enc.split('/').next().unwrap_or("").to_ascii_uppercase();
             if !out.codec_names.contains(&name)
-                && name != "RTX"
-                && name != "RED"
-                && name != "ULPFEC"
+                && !matches!(name.as_str(), "RTX" | "RED" | "ULPFEC" | "FLEXFEC-03")
             {
                 out.codec_names.push(name.clone());
             }
@@ -96,7 +183,7 @@ pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
             if let (Some(pt), Some(params)) = (it.next(), it.next())
                 && let Ok(pt) = pt.parse::<u8>()
             {
-                fmtp.push((pt, params.to_string()));
+                fmtp.push((pt, params.trim().to_string()));
             }
         }
     }
@@ -105,65 +192,107 @@ pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
     }
     let params_of = |pt: u8| fmtp.iter().find(|(p, _)| *p == pt).map(|(_, s)| s.as_str());
     for (pt, name) in &rtpmap {
-        if name != "H264" {
+        let Some(codec) = VideoCodec::from_name(name) else {
             continue;
-        }
-        let params = params_of(*pt).unwrap_or("");
-        let mut profile_level_id = None;
-        let mut packetization_mode = 0;
-        for kv in params.split(';') {
-            let mut it = kv.trim().splitn(2, '=');
-            match (it.next(), it.next()) {
-                (Some("profile-level-id"), Some(v)) => {
-                    profile_level_id = u32::from_str_radix(v, 16).ok();
-                }
-                (Some("packetization-mode"), Some(v)) => {
-                    packetization_mode = v.parse().unwrap_or(0);
-                }
-                _ => {}
-            }
-        }
+        };
         let rtx = rtpmap
             .iter()
             .filter(|(_, n)| n == "RTX")
-            .find(|(rpt, _)| params_of(*rpt).is_some_and(|p| p.trim() == format!("apt={pt}")))
+            .find(|(rpt, _)| {
+                params_of(*rpt).is_some_and(|p| fmtp_param(p, "apt") == Some(&pt.to_string()))
+            })
             .map(|(rpt, _)| *rpt);
-        out.h264.push(H264Offer {
+        out.video.push(VideoOffer {
             pt: *pt,
             rtx,
-            profile_level_id,
-            packetization_mode,
+            codec,
+            fmtp: params_of(*pt).unwrap_or("").to_string(),
         });
     }
     Ok(out)
+}
+
+/// The stream's video format as viewers must receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamVideo {
+    pub codec: VideoCodec,
+    /// H.264 profile from the SPS (`0xPPCCLL`).
+    pub profile_level_id: Option<u32>,
+    /// The publisher's fmtp (VP9 profile-id, AV1 profile).
+    pub fmtp: String,
+}
+
+impl StreamVideo {
+    fn profile(&self) -> u32 {
+        let name = match self.codec {
+            VideoCodec::Vp9 => "profile-id",
+            VideoCodec::Av1 => "profile",
+            _ => return 0,
+        };
+        fmtp_param(&self.fmtp, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// For error messages: "VP9 (profile-id 2)".
+    pub fn describe(&self) -> String {
+        match (self.codec, self.profile()) {
+            (VideoCodec::Vp9, p) if p != 0 => format!("VP9 (profile-id {p})"),
+            (VideoCodec::Av1, p) if p != 0 => format!("AV1 (profile {p})"),
+            (VideoCodec::H264, _) => "H.264".into(),
+            (c, _) => c.name().into(),
+        }
+    }
+}
+
+/// Picks the offered format a viewer receives the stream's video in.
+pub fn choose_video<'a>(offer: &'a OfferSummary, stream: &StreamVideo) -> Option<&'a VideoOffer> {
+    match stream.codec {
+        VideoCodec::H264 => choose_h264(offer, stream.profile_level_id),
+        codec => offer
+            .video
+            .iter()
+            .find(|v| v.codec == codec && v.profile() == stream.profile()),
+    }
 }
 
 /// Picks the offered H.264 format to send a stream whose SPS gives `stream_profile`
 /// (`0xPPCCLL`). Only packetization-mode 1 works for HD frames. Preference: the
 /// same profile and constraints, then the same profile, then constrained baseline
 /// (every decoder offers it, and browsers' software decoders play any profile).
-pub fn choose_h264(offer: &OfferSummary, stream_profile: Option<u32>) -> Option<&H264Offer> {
-    let usable = || offer.h264.iter().filter(|h| h.packetization_mode == 1);
+pub fn choose_h264(offer: &OfferSummary, stream_profile: Option<u32>) -> Option<&VideoOffer> {
+    let usable = || {
+        offer
+            .video
+            .iter()
+            .filter(|h| h.codec == VideoCodec::H264 && h.packetization_mode() == 1)
+    };
     let profile_of = |v: u32| v >> 16;
     let constraints_of = |v: u32| (v >> 8) & 0xff;
     if let Some(sp) = stream_profile {
         if let Some(h) = usable().find(|h| {
-            h.profile_level_id.is_some_and(|p| {
+            h.profile_level_id().is_some_and(|p| {
                 profile_of(p) == profile_of(sp) && constraints_of(p) == constraints_of(sp)
             })
         }) {
             return Some(h);
         }
         if let Some(h) = usable().find(|h| {
-            h.profile_level_id
+            h.profile_level_id()
                 .is_some_and(|p| profile_of(p) == profile_of(sp))
         }) {
             return Some(h);
         }
     }
     usable()
-        .find(|h| h.profile_level_id.is_some_and(|p| p >> 8 == 0x42e0))
+        .find(|h| h.profile_level_id().is_some_and(|p| p >> 8 == 0x42e0))
         .or_else(|| usable().next())
+}
+
+/// Picks the video format a publisher sends: its first offered format that
+/// roomcast forwards (the publisher lists its preference first).
+pub fn choose_publisher_video(offer: &OfferSummary) -> Option<&VideoOffer> {
+    offer.video.iter().find(|v| v.forwardable())
 }
 
 #[cfg(test)]
@@ -172,8 +301,9 @@ mod tests {
 
     const CHROME: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\na=mid:0\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:63 red/48000/2\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 104 105 106 107 112 113\r\na=mid:1\r\na=recvonly\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 98 99 102 103 104 105 106 107 112 113 45\r\na=mid:1\r\na=recvonly\r\n\
 a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+a=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\na=rtpmap:99 rtx/90000\r\na=fmtp:99 apt=98\r\n\
 a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
 a=rtpmap:103 rtx/90000\r\na=fmtp:103 apt=102\r\n\
 a=rtpmap:104 H264/90000\r\na=fmtp:104 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f\r\n\
@@ -181,7 +311,15 @@ a=rtpmap:105 rtx/90000\r\na=fmtp:105 apt=104\r\n\
 a=rtpmap:106 H264/90000\r\na=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
 a=rtpmap:107 rtx/90000\r\na=fmtp:107 apt=106\r\n\
 a=rtpmap:112 H264/90000\r\na=fmtp:112 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f\r\n\
-a=rtpmap:113 rtx/90000\r\na=fmtp:113 apt=112\r\n";
+a=rtpmap:113 rtx/90000\r\na=fmtp:113 apt=112\r\n\
+a=rtpmap:45 AV1/90000\r\na=fmtp:45 level-idx=5;profile=0;tier=0\r\n";
+
+    fn h264(o: &OfferSummary) -> Vec<&VideoOffer> {
+        o.video
+            .iter()
+            .filter(|v| v.codec == VideoCodec::H264)
+            .collect()
+    }
 
     #[test]
     fn reads_chrome_offer() {
@@ -189,16 +327,36 @@ a=rtpmap:113 rtx/90000\r\na=fmtp:113 apt=112\r\n";
         assert_eq!(o.opus, Some(111));
         assert_eq!(o.audio_mid.as_deref(), Some("0"));
         assert_eq!(o.video_mid.as_deref(), Some("1"));
+        assert_eq!(o.video_dir.as_deref(), Some("recvonly"));
+        assert!(!o.sends(true));
         assert!(o.has_video && o.has_audio);
-        assert_eq!(o.h264.len(), 4);
-        assert_eq!(o.h264[0].rtx, Some(103));
-        assert_eq!(o.codec_names, vec!["OPUS", "VP8", "H264"]);
+        assert_eq!(h264(&o).len(), 4);
+        assert_eq!(h264(&o)[0].rtx, Some(103));
+        assert_eq!(o.codec_names, vec!["OPUS", "VP8", "VP9", "H264", "AV1"]);
         // A High-profile stream (x264's default) picks the High entry.
         assert_eq!(choose_h264(&o, Some(0x64001f)).unwrap().pt, 112);
         assert_eq!(choose_h264(&o, Some(0x640028)).unwrap().pt, 112);
         // Main is not offered: constrained baseline.
         assert_eq!(choose_h264(&o, Some(0x4d0028)).unwrap().pt, 106);
         assert_eq!(choose_h264(&o, Some(0x42e01f)).unwrap().pt, 106);
+        // Other codecs: same codec, same profile.
+        let vp9 = |fmtp: &str| StreamVideo {
+            codec: VideoCodec::Vp9,
+            profile_level_id: None,
+            fmtp: fmtp.into(),
+        };
+        assert_eq!(choose_video(&o, &vp9("profile-id=0")).unwrap().pt, 98);
+        assert_eq!(choose_video(&o, &vp9("")).unwrap().rtx, Some(99));
+        assert!(choose_video(&o, &vp9("profile-id=2")).is_none());
+        assert_eq!(vp9("profile-id=2").describe(), "VP9 (profile-id 2)");
+        let av1 = StreamVideo {
+            codec: VideoCodec::Av1,
+            profile_level_id: None,
+            fmtp: String::new(),
+        };
+        assert_eq!(choose_video(&o, &av1).unwrap().pt, 45);
+        // A publisher offering this list sends VP8 (its first).
+        assert_eq!(choose_publisher_video(&o).unwrap().codec, VideoCodec::Vp8);
     }
 
     #[test]
@@ -208,8 +366,15 @@ a=rtpmap:113 rtx/90000\r\na=fmtp:113 apt=112\r\n";
             summarize_offer("v=0\r\ns=-\r\n").unwrap_err(),
             OfferError::NoMedia
         );
-        let only_mode0 = "v=0\nm=video 9 UDP/TLS/RTP/SAVPF 104\na=rtpmap:104 H264/90000\na=fmtp:104 packetization-mode=0;profile-level-id=42001f\n";
+        let only_mode0 = "v=0\nm=video 9 UDP/TLS/RTP/SAVPF 104\na=sendonly\na=rtpmap:104 H264/90000\na=fmtp:104 packetization-mode=0;profile-level-id=42001f\n";
         let o = summarize_offer(only_mode0).unwrap();
         assert!(choose_h264(&o, None).is_none());
+        assert!(choose_publisher_video(&o).is_none());
+        assert!(o.sends(true));
+        // HEVC only: nothing roomcast forwards, named in the list.
+        let hevc = "v=0\nm=video 9 UDP/TLS/RTP/SAVPF 49\na=rtpmap:49 H265/90000\n";
+        let o = summarize_offer(hevc).unwrap();
+        assert!(o.video.is_empty());
+        assert_eq!(o.offered(), "H265");
     }
 }

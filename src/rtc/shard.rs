@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::metrics::ShardMetrics;
 use super::net::{Demux, NetOut, SendBatch};
+use super::publish::{NewPublisher, PubPeer};
 use crate::hub::{Frame, FrameSink, Kind, Stream};
 
 /// A viewer that has not completed ICE and DTLS by then is dropped.
@@ -40,6 +41,10 @@ const REPLAY_MIN_INTERVAL: Duration = Duration::from_millis(1000);
 pub enum ShardMsg {
     Add(Box<NewPeer>),
     Remove(u64),
+    AddPublisher(Box<NewPublisher>),
+    RemovePublisher(u64),
+    /// A viewer of the publisher's stream asked for a keyframe.
+    PublisherKeyframe(u64),
     Net {
         peer: u64,
         proto: Protocol,
@@ -63,6 +68,10 @@ pub struct NewPeer {
     pub ufrag: String,
     pub video: Option<(Mid, Pt)>,
     pub audio: Option<(Mid, Pt)>,
+    /// The session ends at this time (SignedPolicy `stream_expire`, webhook `lifetime`).
+    pub expires_at: Option<Instant>,
+    /// Dropped when the session ends (sends the admission webhook's "closing").
+    pub guard: Option<Box<dyn Send>>,
 }
 
 /// Where the engine finds a peer for `DELETE`.
@@ -114,6 +123,8 @@ struct Peer {
     last_replay: Option<Instant>,
     replay: Option<Replay>,
     dead: bool,
+    expires_at: Option<Instant>,
+    _guard: Option<Box<dyn Send>>,
 }
 
 /// A GOP being sent to one viewer, a frame at a time.
@@ -196,6 +207,10 @@ impl Peers {
 pub struct Shard {
     pub index: usize,
     pub rx: Receiver<ShardMsg>,
+    /// This shard's own queue, for publishers' keyframe requesters.
+    pub tx: Sender<ShardMsg>,
+    /// Where the engine finds a publisher for `DELETE`.
+    pub publishers: Registry,
     pub sink: Arc<dyn FrameSink>,
     pub net: Arc<NetOut>,
     pub demux: Arc<Demux>,
@@ -210,6 +225,7 @@ pub struct Shard {
 impl Shard {
     pub fn run(self) {
         let mut peers = Peers::default();
+        let mut pubs: HashMap<u64, PubPeer> = HashMap::new();
         let mut last_scan = Instant::now();
         loop {
             // Timers run at most every SCAN_INTERVAL: str0m's timers tolerate
@@ -224,14 +240,14 @@ impl Shard {
                 self.rx.recv_deadline(deadline)
             };
             match first {
-                Ok(msg) => self.handle(msg, &mut peers),
+                Ok(msg) => self.handle(msg, &mut peers, &mut pubs),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             // Take what else is queued before running timers.
             for _ in 0..1024 {
                 match self.rx.try_recv() {
-                    Ok(msg) => self.handle(msg, &mut peers),
+                    Ok(msg) => self.handle(msg, &mut peers, &mut pubs),
                     Err(_) => break,
                 }
             }
@@ -256,19 +272,74 @@ impl Shard {
                 } else if p.connected && now.duration_since(p.last_input) > IDLE_TIMEOUT {
                     info!(stream = %p.stream.name, "viewer went silent, dropping");
                     p.dead = true;
+                } else if p.expires_at.is_some_and(|t| t <= now) {
+                    info!(stream = %p.stream.name, "viewer session expired (signed URL or admission lifetime)");
+                    p.rtc.disconnect();
+                    self.drive(p);
+                    p.dead = true;
                 }
                 earliest = earliest.min(p.next_timeout);
+                if let Some(t) = p.expires_at {
+                    earliest = earliest.min(t);
+                }
+                any_dead |= p.dead || !p.rtc.is_alive();
+            }
+            for p in pubs.values_mut() {
+                if p.next_timeout <= now {
+                    if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                        debug!(error = %e, "rtc timeout input failed");
+                        p.end("webrtc failure");
+                    }
+                    self.drive_pub(p);
+                }
+                if p.deadline().is_some_and(|t| t <= now) {
+                    p.poll_assembler(now);
+                    self.drive_pub(p);
+                }
+                if !p.connected && now.duration_since(p.created) > CONNECT_TIMEOUT {
+                    p.end("no ICE/DTLS connection within 30 s");
+                } else if p.connected && now.duration_since(p.last_input) > IDLE_TIMEOUT {
+                    p.end("the publisher went silent");
+                } else if p.expires_at.is_some_and(|t| t <= now) {
+                    p.rtc.disconnect();
+                    self.drive_pub(p);
+                    p.end("session expired (signed URL stream_expire or admission lifetime)");
+                }
+                earliest = earliest.min(p.next_timeout);
+                for t in [p.deadline(), p.expires_at].into_iter().flatten() {
+                    earliest = earliest.min(t);
+                }
                 any_dead |= p.dead || !p.rtc.is_alive();
             }
             if any_dead {
                 self.reap(&mut peers);
+                self.reap_publishers(&mut pubs);
             }
             self.earliest.set(earliest);
         }
     }
 
-    fn handle(&self, msg: ShardMsg, peers: &mut Peers) {
+    fn handle(&self, msg: ShardMsg, peers: &mut Peers, pubs: &mut HashMap<u64, PubPeer>) {
         match msg {
+            ShardMsg::AddPublisher(np) => {
+                let mut p = PubPeer::new(*np, Instant::now());
+                self.drive_pub(&mut p);
+                pubs.insert(p.id, p);
+            }
+            ShardMsg::RemovePublisher(id) => {
+                if let Some(p) = pubs.get_mut(&id) {
+                    p.rtc.disconnect();
+                    self.drive_pub(p);
+                    p.end("ended by DELETE");
+                    self.earliest.set(Instant::now());
+                }
+            }
+            ShardMsg::PublisherKeyframe(id) => {
+                if let Some(p) = pubs.get_mut(&id) {
+                    p.request_keyframe(Instant::now());
+                    self.drive_pub(p);
+                }
+            }
             ShardMsg::Add(np) => {
                 let NewPeer {
                     id,
@@ -277,6 +348,8 @@ impl Shard {
                     ufrag,
                     video,
                     audio,
+                    expires_at,
+                    guard,
                 } = *np;
                 let now = Instant::now();
                 stream.attach_sink(self.index as u64, &self.sink);
@@ -319,6 +392,8 @@ impl Shard {
                     last_replay: None,
                     replay: None,
                     dead: false,
+                    expires_at,
+                    _guard: guard,
                 };
                 self.drive(&mut peer);
                 peers.insert(id, peer);
@@ -341,6 +416,19 @@ impl Shard {
                 new_addr,
             } => {
                 let Some(p) = peers.get_mut(peer) else {
+                    if let Some(p) = pubs.get_mut(&peer) {
+                        if new_addr {
+                            p.addrs.push((proto, source));
+                        }
+                        let Ok(recv) = Receive::new(proto, source, destination, &data) else {
+                            return;
+                        };
+                        p.last_input = at;
+                        if let Err(e) = p.rtc.handle_input(Input::Receive(at, recv)) {
+                            debug!(error = %e, "rtc rejected input");
+                        }
+                        self.drive_pub(p);
+                    }
                     return;
                 };
                 if new_addr {
@@ -436,6 +524,11 @@ impl Shard {
                     Event::Connected => {
                         p.connected = true;
                         info!(stream = %p.stream.name, elapsed_ms = p.created.elapsed().as_millis() as u64, "viewer connected");
+                        if p.video.is_some() && !p.stream.has_cached_keyframe() {
+                            // Nothing to replay (a publisher that sends keyframes
+                            // only when asked): ask for one.
+                            p.stream.request_keyframe();
+                        }
                         p.replay_gop();
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -444,6 +537,9 @@ impl Shard {
                     Event::KeyframeRequest(req)
                         if p.video.as_ref().is_some_and(|v| v.mid == req.mid) =>
                     {
+                        // WebRTC publishers are asked too (rate-limited per
+                        // stream); the replay serves the viewer meanwhile.
+                        p.stream.request_keyframe();
                         p.replay_gop();
                     }
                     Event::Closed => p.dead = true,
@@ -458,6 +554,88 @@ impl Shard {
             if !p.rtc.is_alive() {
                 p.dead = true;
                 return;
+            }
+        }
+    }
+
+    /// Runs a publisher's state machine until it waits for time or input.
+    fn drive_pub(&self, p: &mut PubPeer) {
+        if p.dead {
+            return;
+        }
+        let mut batch = self.batch.borrow_mut();
+        let mut idle_feeds = 0;
+        loop {
+            match p.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    let now = Instant::now();
+                    if t <= now && idle_feeds < 2 {
+                        idle_feeds += 1;
+                        if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                            debug!(error = %e, "rtc timeout input failed");
+                            p.end("webrtc failure");
+                            break;
+                        }
+                        continue;
+                    }
+                    p.next_timeout = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    idle_feeds = 0;
+                    self.net.queue(&mut batch, t);
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => {
+                        let tx = self.tx.clone();
+                        let id = p.id;
+                        p.on_connected(Arc::new(move || {
+                            let _ = tx.send(ShardMsg::PublisherKeyframe(id));
+                        }));
+                    }
+                    Event::RtpPacket(pkt) => p.on_rtp(pkt),
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        p.end("ICE disconnected");
+                    }
+                    Event::Closed => p.end("DTLS closed"),
+                    _ => {}
+                },
+                Err(e) => {
+                    warn!(stream = %p.stream.name, error = %e, "whip session failed");
+                    p.end("webrtc failure");
+                    break;
+                }
+            }
+            if !p.rtc.is_alive() {
+                p.end("the publisher closed the session");
+                break;
+            }
+        }
+        self.net.flush(&mut batch);
+        let mut due = if p.dead {
+            Instant::now()
+        } else {
+            p.next_timeout
+        };
+        if let Some(t) = p.deadline() {
+            due = due.min(t);
+        }
+        self.earliest.set(self.earliest.get().min(due));
+    }
+
+    fn reap_publishers(&self, pubs: &mut HashMap<u64, PubPeer>) {
+        let dead: Vec<u64> = pubs
+            .values()
+            .filter(|p| p.dead || !p.rtc.is_alive())
+            .map(|p| p.id)
+            .collect();
+        for id in dead {
+            if let Some(mut p) = pubs.remove(&id) {
+                p.end("session closed");
+                self.demux.remove(&p.ufrag, &p.addrs);
+                self.publishers.lock().remove(&p.id);
+                debug!(stream = %p.stream.name, "whip publisher removed");
+                // Dropping it ends the publish (the hub's Publisher handle).
             }
         }
     }
