@@ -2,7 +2,7 @@
 //! overrides, then validation that names the bad key and says why.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -39,12 +39,22 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub matrix: Option<MatrixConfig>,
+    /// OvenMediaEngine compatibility: OvenPlayer signalling and WHIP on OME's URLs.
+    pub ome: OmeConfig,
+    /// Certificate and key for every `tls_listen` (HTTPS, WSS, RTMPS).
+    pub tls: Option<TlsConfig>,
+    pub signed_policy: Option<SignedPolicyConfig>,
+    pub admission: Option<AdmissionConfig>,
+    /// Outbound event webhooks (stream started/ended).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// The same service over HTTPS (needs `[tls]`).
+    pub tls_listen: Option<SocketAddr>,
     /// Largest request body accepted (SDP offers, JSON), in bytes.
     pub max_body_bytes: usize,
 }
@@ -53,6 +63,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "0.0.0.0:8080".parse().expect("valid literal"),
+            tls_listen: None,
             max_body_bytes: 64 * 1024,
         }
     }
@@ -63,7 +74,10 @@ impl Default for HttpConfig {
 pub struct RtmpConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
-    /// The RTMP application name in `rtmp://host/APP`; the stream key follows it.
+    /// RTMPS (RTMP over TLS) on its own port (needs `[tls]`).
+    pub tls_listen: Option<SocketAddr>,
+    /// The RTMP application name in `rtmp://host/APP` printed for OBS; the
+    /// stream key follows it. Any application name is accepted (OME URLs).
     pub app: String,
 }
 
@@ -72,9 +86,133 @@ impl Default for RtmpConfig {
         RtmpConfig {
             enabled: true,
             listen: "0.0.0.0:1935".parse().expect("valid literal"),
+            tls_listen: None,
             app: "live".into(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OmeConfig {
+    pub enabled: bool,
+    /// `ws://HOST:3333/{app}/{stream}` (OvenPlayer) and
+    /// `http://HOST:3333/{app}/{stream}?direction=whip`.
+    pub listen: SocketAddr,
+    /// The same over TLS (`wss://`, `https://`; OME uses 3334). Needs `[tls]`.
+    pub tls_listen: Option<SocketAddr>,
+}
+
+impl Default for OmeConfig {
+    fn default() -> Self {
+        OmeConfig {
+            enabled: true,
+            listen: "0.0.0.0:3333".parse().expect("valid literal"),
+            tls_listen: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (e.g. the one Caddy or certbot renews).
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// How often the files are checked for changes; new connections get a
+    /// renewed certificate without a restart.
+    #[serde(default = "default_reload_secs")]
+    pub reload_interval_secs: u64,
+}
+
+fn default_reload_secs() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedPolicyConfig {
+    /// OME's `<SecretKey>`: the HMAC-SHA1 key URLs are signed with.
+    pub secret_key: String,
+    #[serde(default = "default_policy_key")]
+    pub policy_query_key: String,
+    #[serde(default = "default_signature_key")]
+    pub signature_query_key: String,
+    /// A valid signed URL authorizes publishing (RTMP, WHIP) without a key.
+    #[serde(default = "yes")]
+    pub publish: bool,
+    /// Every viewer (WHEP, OvenPlayer) needs a valid signed URL.
+    #[serde(default)]
+    pub playback: bool,
+    /// Host names RTMP URLs may be signed for besides the address the
+    /// publisher connected to and `public_url`'s host (RTMP has no Host header).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+fn default_policy_key() -> String {
+    "policy".into()
+}
+fn default_signature_key() -> String {
+    "signature".into()
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// OME's `<ControlServerUrl>`: asked before each session opens, told when it closes.
+    pub control_server_url: String,
+    /// OME's `<SecretKey>`: signs each request (`X-OME-Signature`).
+    #[serde(default)]
+    pub secret_key: String,
+    /// An answer slower than this refuses the session.
+    #[serde(default = "default_admission_timeout")]
+    pub timeout_ms: u64,
+    /// Ask for publishers (OME's `<Providers>`).
+    #[serde(default = "yes")]
+    pub publish: bool,
+    /// Ask for viewers (OME's `<Publishers>webrtc`).
+    #[serde(default)]
+    pub playback: bool,
+}
+
+fn default_admission_timeout() -> u64 {
+    3000
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"event": "stream.started", "stream", "title", "url", "time"}`
+    #[default]
+    Json,
+    /// `{"content": "…"}` for a Discord channel webhook.
+    Discord,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// "started", "ended".
+    #[serde(default = "default_events")]
+    pub events: Vec<String>,
+    /// Deliveries are retried with backoff (1 s, 2 s, 4 s, …) up to this many attempts.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_events() -> Vec<String> {
+    vec!["started".into(), "ended".into()]
+}
+fn default_attempts() -> u32 {
+    5
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +397,78 @@ impl Config {
                 "limits.max_egress_mbps",
                 "must be a number of Mbit/s, 0 for no cap",
             ));
+        }
+        let tls_users = [
+            ("http.tls_listen", self.http.tls_listen.is_some()),
+            ("rtmp.tls_listen", self.rtmp.tls_listen.is_some()),
+            ("ome.tls_listen", self.ome.tls_listen.is_some()),
+        ];
+        for (key, used) in tls_users {
+            if used && self.tls.is_none() {
+                return Err(invalid(
+                    key,
+                    "needs a [tls] section with cert and key (PEM files)",
+                ));
+            }
+        }
+        if let Some(t) = &self.tls
+            && t.reload_interval_secs == 0
+        {
+            return Err(invalid("tls.reload_interval_secs", "must be at least 1"));
+        }
+        if let Some(p) = &self.signed_policy {
+            if p.secret_key.is_empty() {
+                return Err(invalid(
+                    "signed_policy.secret_key",
+                    "must not be empty (remove [signed_policy] to turn it off)",
+                ));
+            }
+            if p.policy_query_key.is_empty() || p.signature_query_key.is_empty() {
+                return Err(invalid(
+                    "signed_policy.policy_query_key",
+                    "query key names must not be empty",
+                ));
+            }
+        }
+        if let Some(a) = &self.admission {
+            if !(a.control_server_url.starts_with("http://")
+                || a.control_server_url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    "admission.control_server_url",
+                    "must start with http:// or https://",
+                ));
+            }
+            if a.timeout_ms == 0 || a.timeout_ms > 60_000 {
+                return Err(invalid(
+                    "admission.timeout_ms",
+                    "must be between 1 and 60000 milliseconds",
+                ));
+            }
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(invalid(
+                    format!("webhooks[{i}].url"),
+                    "must start with http:// or https://",
+                ));
+            }
+            if let Some(e) = w
+                .events
+                .iter()
+                .find(|e| !matches!(e.as_str(), "started" | "ended"))
+            {
+                return Err(invalid(
+                    format!("webhooks[{i}].events"),
+                    format!("unknown event '{e}' (known: started, ended)"),
+                ));
+            }
+            if w.max_attempts == 0 {
+                return Err(invalid(
+                    format!("webhooks[{i}].max_attempts"),
+                    "must be at least 1",
+                ));
+            }
         }
         let db = &self.storage.database_url;
         if !db.starts_with("sqlite:") {

@@ -12,4 +12,6 @@ pub mod plan;
 pub mod rtc;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod web;
+pub mod webhooks;

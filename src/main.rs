@@ -50,6 +50,111 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Mint an OvenMediaEngine SignedPolicy URL, for publishing (RTMP stream
+    /// key, WHIP URL) or playback (e.g. `roomcast sign --config roomcast.toml
+    /// --url rtmp://live.example.org:1935/live/slot-1 --expires-in 24h`).
+    /// Prints the signed URL; for RTMP also the OBS Server and Stream Key.
+    Sign {
+        /// The URL to sign: scheme://host[:port]/app/stream (the port is added
+        /// when missing, as OME signs with it).
+        #[arg(long)]
+        url: String,
+        /// How long the URL can start sessions (90s, 30m, 24h, 7d).
+        #[arg(long, default_value = "1h")]
+        expires_in: String,
+        /// Not usable until this long from now.
+        #[arg(long)]
+        activates_in: Option<String>,
+        /// Sessions started with it end this long from now.
+        #[arg(long)]
+        stream_expires_in: Option<String>,
+        /// Only clients from this address range (CIDR), e.g. 203.0.113.0/24.
+        #[arg(long)]
+        allow_ip: Option<String>,
+        /// The secret; default: [signed_policy] secret_key of --config.
+        #[arg(long)]
+        secret: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// "90s", "30m", "24h", "7d" or plain seconds → milliseconds.
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 90s, 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use s, m, h or d)")),
+    };
+    Ok(secs * 1000)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sign(
+    url: &str,
+    expires_in: &str,
+    activates_in: Option<&str>,
+    stream_expires_in: Option<&str>,
+    allow_ip: Option<String>,
+    secret: Option<String>,
+    config: Option<&std::path::Path>,
+) -> Result<String, String> {
+    use roomcast::auth::signed_policy::{self, Cidr, Policy, QueryNames};
+    let mut names = QueryNames::default();
+    let secret = match secret {
+        Some(s) => s,
+        None => {
+            let config = Config::load(config, std::env::vars()).map_err(|e| e.to_string())?;
+            let p = config
+                .signed_policy
+                .ok_or("no secret: pass --secret, or --config with a [signed_policy] secret_key")?;
+            names.policy = p.policy_query_key;
+            names.signature = p.signature_query_key;
+            p.secret_key
+        }
+    };
+    if let Some(ip) = &allow_ip
+        && Cidr::parse(ip).is_none()
+    {
+        return Err(format!("--allow-ip '{ip}' is not an address or CIDR range"));
+    }
+    let now = signed_policy::now_ms();
+    let policy = Policy {
+        url_expire: Some(now + parse_duration_ms(expires_in)?),
+        url_activate: activates_in
+            .map(parse_duration_ms)
+            .transpose()?
+            .map(|d| now + d),
+        stream_expire: stream_expires_in
+            .map(parse_duration_ms)
+            .transpose()?
+            .map(|d| now + d),
+        allow_ip,
+        real_ip: None,
+    };
+    let signed = signed_policy::sign_url(secret.as_bytes(), url, &policy, &names)
+        .map_err(|e| e.to_string())?;
+    let mut out = format!("{signed}\n");
+    // OBS takes RTMP as Server + Stream Key: the key is the last segment and the query.
+    if signed.starts_with("rtmp://") || signed.starts_with("rtmps://") {
+        let (base, query) = signed.split_once('?').unwrap_or((&signed, ""));
+        if let Some((server, stream)) = base.rsplit_once('/') {
+            out.push_str(&format!(
+                "OBS → Settings → Stream → Custom…\n  Server:     {server}\n  Stream Key: {stream}?{query}\n"
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn init_logging() {
@@ -109,6 +214,32 @@ fn main() -> ExitCode {
                 ExitCode::from(3)
             }
         }
+        Command::Sign {
+            url,
+            expires_in,
+            activates_in,
+            stream_expires_in,
+            allow_ip,
+            secret,
+            config,
+        } => match sign(
+            &url,
+            &expires_in,
+            activates_in.as_deref(),
+            stream_expires_in.as_deref(),
+            allow_ip,
+            secret,
+            config.as_deref(),
+        ) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve { config } => {
             let config = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(c) => c,

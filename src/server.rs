@@ -3,16 +3,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tracing::info;
 
+use crate::auth::admission::Admission;
+use crate::auth::gate::Gate;
 use crate::auth::keys::{KeyRing, generate_key, hash_key_hex};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ingest::rtmp::RtmpIngest;
 use crate::rtc::Engine;
 use crate::store::Store;
+use crate::tls::{CertStore, TlsListener};
 
 /// Shared state of a running server.
 pub struct App {
@@ -20,6 +24,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub engine: Arc<Engine>,
     pub keys: Arc<KeyRing>,
+    /// Stream keys, SignedPolicy and the admission webhook, for every protocol.
+    pub gate: Arc<Gate>,
     pub store: Store,
     pub public_base: String,
     /// Serializes viewer admission so the egress caps hold under concurrent joins.
@@ -72,21 +78,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     log_listening("webrtc-udp", rtc_bound.udp);
     log_listening("webrtc-tcp", rtc_bound.tcp);
 
-    let rtmp_addr = if config.rtmp.enabled {
-        let listener = tokio::net::TcpListener::bind(config.rtmp.listen)
-            .await
-            .with_context(|| format!("binding rtmp.listen {}", config.rtmp.listen))?;
-        let addr = listener.local_addr()?;
-        log_listening("rtmp", addr);
-        let ingest = Arc::new(RtmpIngest {
-            hub: hub.clone(),
-            keys: keys.clone(),
-            app: config.rtmp.app.clone(),
-        });
-        tokio::spawn(ingest.serve(listener));
-        Some(addr)
-    } else {
-        None
+    let certs = match &config.tls {
+        Some(t) => {
+            let store = CertStore::open(t).context("loading [tls] cert and key")?;
+            tokio::spawn(
+                store
+                    .clone()
+                    .watch(Duration::from_secs(t.reload_interval_secs)),
+            );
+            Some(store)
+        }
+        None => None,
+    };
+    // Validation makes every tls_listen come with [tls].
+    let acceptor = |alpn: &[&[u8]]| {
+        certs
+            .as_ref()
+            .map(|c| c.acceptor(alpn))
+            .context("a tls_listen needs [tls]")
     };
 
     let http = tokio::net::TcpListener::bind(config.http.listen)
@@ -96,22 +105,113 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     log_listening("http", http_addr);
     let public_base = config.public_base(http_addr);
 
+    let gate = Arc::new(Gate {
+        keys: keys.clone(),
+        policy: config.signed_policy.clone(),
+        admission: config.admission.clone().map(Admission::new),
+    });
+
+    let mut sign_hosts = config
+        .signed_policy
+        .as_ref()
+        .map(|p| p.hosts.clone())
+        .unwrap_or_default();
+    if let Some(host) = host_of(&public_base) {
+        sign_hosts.push(host.to_string());
+    }
+    let ingest = Arc::new(RtmpIngest {
+        hub: hub.clone(),
+        keys: keys.clone(),
+        gate: gate.clone(),
+        sign_hosts,
+    });
+    let rtmp_addr = if config.rtmp.enabled {
+        let listener = tokio::net::TcpListener::bind(config.rtmp.listen)
+            .await
+            .with_context(|| format!("binding rtmp.listen {}", config.rtmp.listen))?;
+        let addr = listener.local_addr()?;
+        log_listening("rtmp", addr);
+        tokio::spawn(ingest.clone().serve(listener));
+        Some(addr)
+    } else {
+        None
+    };
+    if let Some(listen) = config.rtmp.tls_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding rtmp.tls_listen {listen}"))?;
+        log_listening("rtmps", listener.local_addr()?);
+        tokio::spawn(ingest.clone().serve_tls(listener, acceptor(&[])?));
+    }
+
     let app = Arc::new(App {
         config,
         hub,
         engine,
         keys,
+        gate,
         store,
         public_base,
         admission: tokio::sync::Mutex::new(()),
     });
-    print_banner(&app, rtmp_addr, new_demo_key.as_deref()).await?;
-    let router = crate::web::router(app.clone());
+    let cfg = &app.config;
+    let http1: &[&[u8]] = &[b"http/1.1"];
+    let mut ome_addr = None;
+    if cfg.ome.enabled {
+        let listener = tokio::net::TcpListener::bind(cfg.ome.listen)
+            .await
+            .with_context(|| format!("binding ome.listen {}", cfg.ome.listen))?;
+        let addr = listener.local_addr()?;
+        log_listening("ome", addr);
+        ome_addr = Some(addr);
+        let router = crate::egress::ome::router(app.clone(), false);
+        tokio::spawn(async move {
+            let svc = router.into_make_service_with_connect_info::<crate::web::PeerAddr>();
+            if let Err(e) = axum::serve(listener, svc).await {
+                tracing::error!(error = %e, "ome listener failed");
+            }
+        });
+        if let Some(listen) = cfg.ome.tls_listen {
+            let tcp = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding ome.tls_listen {listen}"))?;
+            log_listening("ome-tls", tcp.local_addr()?);
+            let listener = TlsListener::new(tcp, acceptor(http1)?)?;
+            let router = crate::egress::ome::router(app.clone(), true);
+            tokio::spawn(async move {
+                let svc = router.into_make_service_with_connect_info::<crate::web::PeerAddr>();
+                if let Err(e) = axum::serve(listener, svc).await {
+                    tracing::error!(error = %e, "ome tls listener failed");
+                }
+            });
+        }
+    }
+    if let Some(listen) = cfg.http.tls_listen {
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding http.tls_listen {listen}"))?;
+        log_listening("https", tcp.local_addr()?);
+        let listener = TlsListener::new(tcp, acceptor(http1)?)?;
+        let router = crate::web::router(app.clone(), true);
+        tokio::spawn(async move {
+            let svc = router.into_make_service_with_connect_info::<crate::web::PeerAddr>();
+            if let Err(e) = axum::serve(listener, svc).await {
+                tracing::error!(error = %e, "https listener failed");
+            }
+        });
+    }
+    crate::webhooks::spawn(&app.hub, &app.config.webhooks, &app.public_base);
+
+    print_banner(&app, rtmp_addr, ome_addr, new_demo_key.as_deref()).await?;
+    let router = crate::web::router(app.clone(), false);
     info!("roomcast ready");
-    axum::serve(http, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("http server")?;
+    axum::serve(
+        http,
+        router.into_make_service_with_connect_info::<crate::web::PeerAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("http server")?;
     info!("roomcast stopped");
     Ok(())
 }
@@ -135,18 +235,23 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The host of a base URL (`https://live.example.org:8443` → `live.example.org`).
+fn host_of(base: &str) -> Option<&str> {
+    base.split("://")
+        .nth(1)
+        .and_then(|h| h.split(['/', ':']).next())
+        .filter(|h| !h.is_empty())
+}
+
 /// Prints, for each stream, exactly what goes into OBS and where to watch.
 async fn print_banner(
     app: &App,
     rtmp: Option<SocketAddr>,
+    ome: Option<SocketAddr>,
     new_demo_key: Option<&str>,
 ) -> anyhow::Result<()> {
     let base = &app.public_base;
-    let host = base
-        .split("://")
-        .nth(1)
-        .and_then(|h| h.split(['/', ':']).next())
-        .unwrap_or("127.0.0.1");
+    let host = host_of(base).unwrap_or("127.0.0.1");
     let mut out = String::from("\n");
     for row in app.store.streams().await? {
         out.push_str(&format!("stream '{}'\n", row.name));
@@ -170,7 +275,19 @@ async fn print_banner(
         out.push_str(
             "    Output: keyframe interval 1 s, x264 option bframes=0, CBR, tune zerolatency\n",
         );
+        out.push_str(&format!(
+            "  OBS → Service: WHIP: Server {base}/whip/{}, Bearer Token = the stream key\n",
+            row.name
+        ));
         out.push_str(&format!("  WHEP:  {base}/whep/{}\n", row.name));
+        if let Some(addr) = ome {
+            out.push_str(&format!(
+                "  OvenPlayer: ws://{host}:{}/{}/{}\n",
+                addr.port(),
+                app.config.rtmp.app,
+                row.name
+            ));
+        }
         out.push_str(&format!("  Watch: {base}/watch/{}\n", row.name));
     }
     println!("{out}");

@@ -102,7 +102,7 @@ pub fn viewer_error(e: ViewerError) -> ApiError {
 }
 
 /// Egress caps (`[limits]`): a viewer over one gets 503 with Retry-After.
-fn check_caps(app: &App, stream: &crate::hub::Stream) -> Result<(), ApiError> {
+pub fn check_caps(app: &App, stream: &crate::hub::Stream) -> Result<(), ApiError> {
     let limits = &app.config.limits;
     let (total, of_stream) = app.engine.viewer_counts(&stream.name);
     let busy = |message: String| {

@@ -2,3 +2,4 @@
 
 pub mod flv_pipeline;
 pub mod rtmp;
+pub mod whip;

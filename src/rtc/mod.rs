@@ -342,7 +342,8 @@ impl Engine {
         if video.is_none() && audio.is_none() {
             return Err(ViewerError::NothingToReceive);
         }
-        let id = self.hand_viewer(rtc, stream, video, audio, opts);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.hand_viewer(id, rtc, stream, video, audio, opts);
         Ok(Answer {
             id,
             sdp: answer.to_sdp_string(),
@@ -363,17 +364,17 @@ impl Engine {
             .clear_codecs()
     }
 
-    /// Registers a negotiated viewer and hands it to a worker; returns its id.
+    /// Registers a negotiated viewer and hands it to a worker.
     fn hand_viewer(
         &self,
+        id: u64,
         rtc: Rtc,
         stream: &Arc<Stream>,
         video: Option<(Mid, Pt)>,
         audio: Option<(Mid, Pt)>,
         opts: SessionOpts,
-    ) -> u64 {
+    ) {
         let mut rtc = rtc;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         // Route before answering: the first STUN check may follow the answer at once.
@@ -391,7 +392,6 @@ impl Engine {
             expires_at: opts.expires_at,
             guard: opts.guard,
         })));
-        id
     }
 
     /// Makes an offer for a viewer of `stream` (OvenPlayer's signalling has the
@@ -511,9 +511,8 @@ impl Engine {
         if video.is_none() && audio.is_none() {
             return Err(ViewerError::NothingToReceive);
         }
-        let stream = stream.clone();
-        self.hand_viewer(rtc, &stream, video, audio, opts);
-        // The viewer keeps the offer's id: the shard knows it by a new one.
+        // The viewer keeps the offer's id.
+        self.hand_viewer(id, rtc, &stream, video, audio, opts);
         Ok(())
     }
 
@@ -703,8 +702,10 @@ impl Engine {
     /// admission control counts a viewer from its first moment).
     pub fn viewer_counts(&self, stream: &str) -> (usize, usize) {
         let reg = self.registry.lock();
-        let of_stream = reg.values().filter(|(_, s)| s == stream).count();
-        (reg.len(), of_stream)
+        let pending = self.pending.lock();
+        let of_stream = reg.values().filter(|(_, s)| s == stream).count()
+            + pending.values().filter(|p| p.stream.name == stream).count();
+        (reg.len() + pending.len(), of_stream)
     }
 
     pub fn uses_protocol(&self, proto: Protocol) -> bool {

@@ -1,4 +1,4 @@
-//! HTTP: the axum router for the API, WHEP (and later pages, SSE, metrics).
+//! HTTP: the axum router for the API, WHIP, WHEP (and later pages, SSE, metrics).
 
 mod api;
 pub mod error;
@@ -13,8 +13,43 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::server::App;
 pub use error::ApiError;
 
-pub fn router(app: Arc<App>) -> Router {
-    let cors = CorsLayer::new()
+/// The HTTP service: API, WHIP, WHEP. `tls`: whether this listener is HTTPS.
+pub fn router(app: Arc<App>, tls: bool) -> Router {
+    Router::new()
+        .merge(api::routes())
+        .merge(crate::egress::whep::routes())
+        .merge(crate::ingest::whip::routes())
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(cors())
+        .layer(axum::Extension(crate::ingest::whip::Tls(tls)))
+        .with_state(app)
+}
+
+/// The client's address, for `ConnectInfo` on plain and TLS listeners alike.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
+/// Any origin may call the API, WHIP and WHEP (players and OBS live elsewhere).
+pub fn cors() -> CorsLayer {
+    CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([
             Method::GET,
@@ -33,11 +68,5 @@ pub fn router(app: Arc<App>) -> Router {
             header::ETAG,
             header::LINK,
             HeaderName::from_static("accept-patch"),
-        ]);
-    Router::new()
-        .merge(api::routes())
-        .merge(crate::egress::whep::routes())
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .layer(cors)
-        .with_state(app)
+        ])
 }

@@ -1,6 +1,8 @@
 //! RTMP ingest driver: owns the TCP sockets and feeds the sans-I/O RTMP core.
 //! `rtmp://HOST:1935/live` with the stream key as the key (OBS "Custom"), or
-//! `rtmp://HOST:1935/live/KEY` (ffmpeg).
+//! `rtmp://HOST:1935/live/KEY` (ffmpeg); RTMPS (`rtmps://`) on its own port.
+//! Any application name is accepted. OME-style keys `STREAM?policy=…&signature=…`
+//! (SignedPolicy) or `STREAM?…` (admission webhook) name the stream instead.
 
 mod session;
 
@@ -8,11 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::flv_pipeline::FlvPipeline;
+use crate::auth::admission::Ticket;
+use crate::auth::gate::{Attempt, Gate};
 use crate::auth::keys::KeyRing;
 use crate::hub::{Hub, IngestProtocol};
 pub use session::{RmlConnection, RtmpConnection, RtmpError, RtmpEvent};
@@ -25,7 +30,15 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct RtmpIngest {
     pub hub: Arc<Hub>,
     pub keys: Arc<KeyRing>,
-    pub app: String,
+    pub gate: Arc<Gate>,
+    /// Host names a signed RTMP URL may name besides the address connected to.
+    pub sign_hosts: Vec<String>,
+}
+
+/// A publishing session's extras from authorization.
+struct Authorized {
+    expires_at: Option<tokio::time::Instant>,
+    _ticket: Option<Ticket>,
 }
 
 impl RtmpIngest {
@@ -39,9 +52,10 @@ impl RtmpIngest {
                 }
             };
             let _ = sock.set_nodelay(true);
+            let local = sock.local_addr().ok();
             let this = self.clone();
             tokio::spawn(async move {
-                match this.connection(sock, peer).await {
+                match this.connection(sock, peer, local, false).await {
                     Ok(()) => debug!(%peer, "rtmp connection closed"),
                     Err(reason) => info!(%peer, %reason, "rtmp connection closed"),
                 }
@@ -49,19 +63,71 @@ impl RtmpIngest {
         }
     }
 
-    async fn connection(&self, mut sock: TcpStream, peer: SocketAddr) -> Result<(), String> {
+    /// RTMPS: RTMP inside TLS on its own port.
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
+        loop {
+            let (sock, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "rtmps accept failed");
+                    continue;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            let local = sock.local_addr().ok();
+            let this = self.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(SETUP_TIMEOUT, acceptor.accept(sock)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        info!(%peer, error = %e, "rtmps tls handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        info!(%peer, "rtmps tls handshake timed out");
+                        return;
+                    }
+                };
+                match this.connection(tls, peer, local, true).await {
+                    Ok(()) => debug!(%peer, "rtmps connection closed"),
+                    Err(reason) => info!(%peer, %reason, "rtmps connection closed"),
+                }
+            });
+        }
+    }
+
+    async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut sock: S,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        tls: bool,
+    ) -> Result<(), String> {
         let mut conn: Box<dyn RtmpConnection> = Box::new(RmlConnection::default());
         let mut events = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut pipeline: Option<FlvPipeline> = None;
+        let mut authorized: Option<Authorized> = None;
+        let mut app_name = String::new();
         let started = tokio::time::Instant::now();
         loop {
-            let timeout = if pipeline.is_some() {
+            let mut timeout = if pipeline.is_some() {
                 IDLE_TIMEOUT
             } else {
                 SETUP_TIMEOUT.saturating_sub(started.elapsed())
             };
+            let expires = authorized.as_ref().and_then(|a| a.expires_at);
+            if let Some(at) = expires {
+                timeout = timeout.min(at.saturating_duration_since(tokio::time::Instant::now()));
+            }
             let n = match tokio::time::timeout(timeout, sock.read(&mut buf)).await {
+                Err(_) if expires.is_some_and(|at| at <= tokio::time::Instant::now()) => {
+                    if let Some(p) = &pipeline {
+                        info!(%peer, stream = %p.stream_name(), "rtmp session expired (signed URL stream_expire or admission lifetime)");
+                    }
+                    return Err("session expired".into());
+                }
                 Err(_) if pipeline.is_some() => {
                     return Err("publisher sent nothing for 20 s".into());
                 }
@@ -90,13 +156,8 @@ impl RtmpIngest {
                             .map_err(|e| format!("write error: {e}"))?;
                     }
                     RtmpEvent::Connect { request_id, app } => {
-                        if app != self.app {
-                            warn!(%peer, app = %app, expected = %self.app, "rtmp connect to an unknown application refused");
-                            return Err(format!(
-                                "unknown application '{app}': publish to rtmp://HOST/{}",
-                                self.app
-                            ));
-                        }
+                        // Any application: OME's URLs name their own.
+                        app_name = app;
                         conn.accept(request_id, &mut more)
                             .map_err(|e| e.to_string())?;
                     }
@@ -104,21 +165,53 @@ impl RtmpIngest {
                         request_id, key, ..
                     } => {
                         // OBS may append a query (SignedPolicy); the key is what precedes it.
-                        let key = key.split('?').next().unwrap_or("");
-                        let Some(name) = self.keys.stream_for_key(key) else {
-                            warn!(%peer, "stream key rejected");
-                            conn.reject(request_id, "stream key rejected", &mut more)
-                                .map_err(|e| e.to_string())?;
-                            flush(&mut sock, &mut more).await?;
-                            return Err("stream key rejected".into());
+                        let (key, query) = key.split_once('?').unwrap_or((key.as_str(), ""));
+                        let keyed = self.keys.stream_for_key(key);
+                        let result =
+                            if keyed.is_none() && !self.gate.keyless_publish_possible(query) {
+                                Err("stream key rejected".to_string())
+                            } else {
+                                let attempt = self.attempt(
+                                    &app_name,
+                                    key,
+                                    keyed.as_deref(),
+                                    query,
+                                    peer,
+                                    local,
+                                    tls,
+                                );
+                                self.gate
+                                    .admit_publish(attempt)
+                                    .await
+                                    .map_err(|r| r.to_string())
+                            };
+                        let pass = match result {
+                            Ok(p) => p,
+                            Err(reason) => {
+                                warn!(%peer, %reason, "rtmp publish refused");
+                                conn.reject(request_id, &reason, &mut more)
+                                    .map_err(|e| e.to_string())?;
+                                flush(&mut sock, &mut more).await?;
+                                return Err(reason);
+                            }
                         };
+                        let name = pass.stream;
                         let stream = self.hub.ensure_stream(&name, None);
                         if stream.is_live() {
                             info!(%peer, stream = %name, "new publisher takes the stream over");
                         }
-                        let publisher = self.hub.publish(&stream, IngestProtocol::Rtmp);
-                        info!(%peer, stream = %name, "rtmp publish started");
+                        let protocol = if tls {
+                            IngestProtocol::Rtmps
+                        } else {
+                            IngestProtocol::Rtmp
+                        };
+                        let publisher = self.hub.publish(&stream, protocol);
+                        info!(%peer, stream = %name, tls, "rtmp publish started");
                         pipeline = Some(FlvPipeline::new(publisher));
+                        authorized = Some(Authorized {
+                            expires_at: pass.expires_at.map(tokio::time::Instant::from_std),
+                            _ticket: pass.ticket,
+                        });
                         conn.accept(request_id, &mut more)
                             .map_err(|e| e.to_string())?;
                     }
@@ -157,7 +250,62 @@ impl RtmpIngest {
     }
 }
 
-async fn flush(sock: &mut TcpStream, events: &mut Vec<RtmpEvent>) -> Result<(), String> {
+impl RtmpIngest {
+    /// The gate's view of a publish: the URL as OME would sign it
+    /// (`rtmp://host:port/app/stream?query`) for each host the publisher may
+    /// have used, and for the webhook the URL with the stream's name in place
+    /// of a key.
+    #[allow(clippy::too_many_arguments)]
+    fn attempt(
+        &self,
+        app: &str,
+        key: &str,
+        keyed: Option<&str>,
+        query: &str,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        tls: bool,
+    ) -> Attempt {
+        let scheme = if tls { "rtmps" } else { "rtmp" };
+        let port = local.map_or(1935, |l| l.port());
+        let mut hosts: Vec<String> = self.sign_hosts.clone();
+        if let Some(l) = local {
+            let ip = l.ip().to_canonical();
+            hosts.push(if ip.is_ipv6() {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            });
+        }
+        let bases = hosts
+            .iter()
+            .map(|h| format!("{scheme}://{h}:{port}/{app}/{key}"))
+            .collect();
+        let stream = keyed.unwrap_or(key).to_string();
+        let host = hosts.last().cloned().unwrap_or_else(|| "localhost".into());
+        let mut url = format!("{scheme}://{host}:{port}/{app}/{stream}");
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+        }
+        Attempt {
+            stream,
+            keyed: keyed.is_some(),
+            query: query.to_string(),
+            bases,
+            protocol: "rtmp",
+            url,
+            client: peer,
+            real_ip: None,
+            user_agent: None,
+        }
+    }
+}
+
+async fn flush<S: AsyncWrite + Unpin>(
+    sock: &mut S,
+    events: &mut Vec<RtmpEvent>,
+) -> Result<(), String> {
     for ev in events.drain(..) {
         if let RtmpEvent::Send(bytes) = ev {
             sock.write_all(&bytes)

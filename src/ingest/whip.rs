@@ -1,0 +1,291 @@
+//! WHIP ingest (WebRTC-HTTP Ingestion Protocol) for OBS and browsers:
+//! `POST /whip/{stream}` with `Authorization: Bearer KEY` and an SDP offer →
+//! `201` + `Location` (OBS fails without it) + `ETag` + the answer with the
+//! server's host candidates; `PATCH` (trickle ICE) and `DELETE` on the
+//! Location. The WebRTC session runs in the engine's shards, on the same UDP
+//! and TCP ports as viewers. OME's `POST /{app}/{stream}?direction=whip`
+//! lands in [`publish`] too.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
+use tracing::{info, warn};
+
+use crate::auth::gate::{Attempt, Refusal, real_ip};
+use crate::auth::signed_policy;
+use crate::hub::IngestProtocol;
+use crate::rtc::{PublishError, SessionOpts};
+use crate::server::App;
+use crate::web::error::read_body;
+use crate::web::{ApiError, PeerAddr};
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/whip/{stream}", post(create).options(options))
+        .route(
+            "/whip/{stream}/{id}",
+            patch(trickle).delete(delete).options(options),
+        )
+}
+
+/// Whether the request came in over TLS (set per listener), for the URL
+/// schemes a signed URL or the admission webhook sees.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tls(pub bool);
+
+fn content_type_is(headers: &HeaderMap, wanted: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
+}
+
+/// `Authorization: Bearer X` (the scheme's case does not matter).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+pub fn refusal_error(r: &Refusal) -> ApiError {
+    let (status, code) = r.status_code();
+    ApiError::new(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+        code,
+        r.to_string(),
+    )
+}
+
+/// What the gate needs to know about an HTTP request.
+pub struct HttpRequest<'a> {
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+impl HttpRequest<'_> {
+    pub fn host(&self) -> String {
+        self.headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost")
+            .to_string()
+    }
+
+    /// An attempt for `stream` with this request's URL; `schemes` are the
+    /// plain and TLS schemes (`http`/`https`, `ws`/`wss`).
+    pub fn attempt(&self, stream: &str, keyed: bool, schemes: [&str; 2]) -> Attempt {
+        let host = self.host();
+        let path = self.uri.path();
+        let query = self.uri.query().unwrap_or("").to_string();
+        // A proxy may terminate TLS: a URL signed for either scheme is fine.
+        let bases = signed_policy::bases_for(&schemes, &host, path);
+        let scheme = if self.tls { schemes[1] } else { schemes[0] };
+        let url = match self.uri.query() {
+            Some(q) => format!("{scheme}://{host}{path}?{q}"),
+            None => format!("{scheme}://{host}{path}"),
+        };
+        Attempt {
+            stream: stream.to_string(),
+            keyed,
+            query,
+            bases,
+            protocol: "webrtc",
+            url,
+            client: self.peer,
+            real_ip: real_ip(self.headers),
+            user_agent: self
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        }
+    }
+}
+
+async fn create(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    tls: Option<axum::Extension<Tls>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req = HttpRequest {
+        uri: &uri,
+        headers: &headers,
+        peer,
+        tls: tls.is_some_and(|t| t.0.0),
+    };
+    publish(&app, &name, &req, body).await
+}
+
+/// Authorizes and negotiates a WHIP publisher for `name`.
+pub async fn publish(
+    app: &Arc<App>,
+    name: &str,
+    req: &HttpRequest<'_>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !content_type_is(req.headers, "application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the SDP offer with Content-Type: application/sdp",
+        ));
+    }
+    let body = read_body(body, app.config.http.max_body_bytes).await?;
+    let keyed = match bearer(req.headers) {
+        Some(key) if app.keys.verify(name, key) => true,
+        Some(_) => {
+            warn!(peer = %req.peer, stream = %name, "whip: stream key rejected");
+            return Err(refusal_error(&Refusal::KeyRejected));
+        }
+        None => false,
+    };
+    let pass = app
+        .gate
+        .admit_publish(req.attempt(name, keyed, ["http", "https"]))
+        .await
+        .map_err(|r| {
+            info!(peer = %req.peer, stream = %name, reason = %r, "whip publish refused");
+            refusal_error(&r)
+        })?;
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("bad_offer", "the SDP offer is not UTF-8 text"))?;
+    let stream = app.hub.ensure_stream(&pass.stream, None);
+    let opts = SessionOpts {
+        expires_at: pass.expires_at,
+        guard: pass.ticket.map(|t| Box::new(t) as Box<dyn Send>),
+        ..SessionOpts::default()
+    };
+    let answer = app
+        .engine
+        .add_publisher(&app.hub, &stream, IngestProtocol::Whip, offer, opts)
+        .map_err(|e| {
+            info!(peer = %req.peer, stream = %stream.name, error = %e, "whip offer refused");
+            match e {
+                PublishError::BadOffer(_) | PublishError::NothingToSend => {
+                    ApiError::bad_request("bad_offer", e.to_string())
+                }
+                PublishError::NoCodec { .. } => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "no_usable_codec",
+                    e.to_string(),
+                ),
+                PublishError::Negotiation(_) => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "negotiation_failed",
+                    e.to_string(),
+                ),
+            }
+        })?;
+    info!(peer = %req.peer, stream = %stream.name, publisher = answer.id, "whip publisher negotiated");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_string()),
+            (
+                header::LOCATION,
+                format!("/whip/{}/{}", stream.name, answer.id),
+            ),
+            (header::ETAG, format!("\"{}\"", answer.id)),
+            (
+                header::HeaderName::from_static("accept-patch"),
+                "application/trickle-ice-sdpfrag".to_string(),
+            ),
+        ],
+        answer.sdp,
+    )
+        .into_response())
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::not_found(format!("no WHIP session '{id}'")))
+}
+
+/// Trickle ICE: the server is ICE-lite and answers checks from any address,
+/// so the fragment needs no action.
+async fn trickle(
+    State(app): State<Arc<App>>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if !app.engine.has_publisher(&name, id) {
+        return Err(ApiError::not_found(format!(
+            "no WHIP session {id} on stream '{name}'"
+        )));
+    }
+    if !content_type_is(&headers, "application/trickle-ice-sdpfrag") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
+        ));
+    }
+    read_body(body, app.config.http.max_body_bytes).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete(
+    State(app): State<Arc<App>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if app.engine.remove_publisher(&name, id) {
+        info!(stream = %name, publisher = id, "whip publisher ended by DELETE");
+        Ok(StatusCode::OK.into_response())
+    } else {
+        Err(ApiError::not_found(format!(
+            "no WHIP session {id} on stream '{name}'"
+        )))
+    }
+}
+
+pub async fn options() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::HeaderName::from_static("accept-post"),
+                "application/sdp",
+            ),
+            (header::ALLOW, "OPTIONS, POST, PATCH, DELETE"),
+        ],
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, "bearer  xyz ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("xyz"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}
