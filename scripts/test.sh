@@ -3,9 +3,9 @@
 #
 # On a fresh Debian 12 machine (as root, or with sudo) it installs what the
 # tests need and is missing — Debian packages (ffmpeg, chromium, libopus-dev,
-# pkg-config, cmake), a Python venv at .venv with aiortc (tests/py/requirements.txt,
-# wheels only), playwright-core in tests/browser (npm ci; it drives Debian's
-# Chromium, no browser download) — then runs
+# pkg-config, cmake, openssl), a Python venv at .venv with aiortc (tests/py/requirements.txt,
+# wheels only), playwright-core and ovenplayer in tests/browser (npm ci; it drives
+# Debian's Chromium, no browser download) — then runs
 #     cargo clippy --all-targets -- -D warnings
 #     cargo test            (unit tests and the end-to-end tests in tests/)
 # Extra arguments go to `cargo test`, e.g. ./scripts/test.sh --test media_browser -- --nocapture
@@ -31,6 +31,8 @@ command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 has_pkg libopus-dev || missing+=(libopus-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+# The TLS tests make certificates and read the served one with openssl.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
@@ -67,12 +69,17 @@ fi
 # Keep the venv out of git without touching the repository's .gitignore.
 [[ -f "$VENV/.gitignore" ]] || echo '*' >"$VENV/.gitignore"
 
-# --- 3. playwright-core for the Chromium player -------------------------------
+# --- 3. playwright-core (Chromium driver) and ovenplayer ----------------------
 BROWSER_DIR="$ROOT/tests/browser"
-want_pw=$(node -p "require('$BROWSER_DIR/package.json').dependencies['playwright-core']")
-have_pw=$(node -p "try { require('$BROWSER_DIR/node_modules/playwright-core/package.json').version } catch { '' }")
-if [[ "$want_pw" != "$have_pw" ]]; then
-    step "npm ci in tests/browser (playwright-core $want_pw) $(elapsed)"
+# Every dependency in package.json installed at its pinned version?
+npm_current=$(node -e "
+  const deps = require('$BROWSER_DIR/package.json').dependencies;
+  const ok = Object.entries(deps).every(([n, v]) => {
+    try { return require('$BROWSER_DIR/node_modules/' + n + '/package.json').version === v; } catch { return false; }
+  });
+  process.stdout.write(ok ? 'yes' : 'no');")
+if [[ "$npm_current" != yes ]]; then
+    step "npm ci in tests/browser (playwright-core, ovenplayer) $(elapsed)"
     (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/browser failed"
 fi
 

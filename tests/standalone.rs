@@ -27,6 +27,7 @@ impl Run {
             .env("ROOMCAST_RTMP__LISTEN", "127.0.0.1:0")
             .env("ROOMCAST_WEBRTC__UDP", "127.0.0.1:0")
             .env("ROOMCAST_WEBRTC__TCP", "127.0.0.1:0")
+            .env("ROOMCAST_OME__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -111,7 +111,7 @@ struct PendingViewer {
     rtc: Rtc,
     pending: SdpPendingOffer,
     stream: Arc<Stream>,
-    video: Option<(Mid, Pt)>,
+    video: Option<(Mid, Pt, VideoCodec)>,
     audio: Option<(Mid, Pt)>,
     opts: SessionOpts,
     created: Instant,
@@ -336,7 +336,7 @@ impl Engine {
 
         let video = video
             .as_ref()
-            .and_then(|v| sending(&rtc, &summary.video_mid).map(|mid| (mid, v.pt.into())));
+            .and_then(|v| sending(&rtc, &summary.video_mid).map(|mid| (mid, v.pt.into(), v.codec)));
         let audio =
             opus.and_then(|pt| sending(&rtc, &summary.audio_mid).map(|mid| (mid, pt.into())));
         if video.is_none() && audio.is_none() {
@@ -370,7 +370,7 @@ impl Engine {
         id: u64,
         rtc: Rtc,
         stream: &Arc<Stream>,
-        video: Option<(Mid, Pt)>,
+        video: Option<(Mid, Pt, VideoCodec)>,
         audio: Option<(Mid, Pt)>,
         opts: SessionOpts,
     ) {
@@ -387,7 +387,8 @@ impl Engine {
             rtc,
             stream: stream.clone(),
             ufrag,
-            video,
+            video: video.map(|(mid, pt, _)| (mid, pt)),
+            video_codec: video.map(|(_, _, c)| c.name()),
             audio,
             expires_at: opts.expires_at,
             guard: opts.guard,
@@ -406,6 +407,7 @@ impl Engine {
         let media = stream.media_info();
         let sv = stream_video(&media);
         let mut config = self.viewer_config();
+        let video_codec = sv.as_ref().map(|v| v.codec);
         let video_pt = sv.as_ref().map(|v| {
             let (pt, rtx) = default_pts(v);
             let fmtp = match v.codec {
@@ -470,7 +472,10 @@ impl Engine {
                 rtc,
                 pending,
                 stream: stream.clone(),
-                video: video_mid.zip(video_pt),
+                video: video_mid
+                    .zip(video_pt)
+                    .zip(video_codec)
+                    .map(|((m, p), c)| (m, p, c)),
                 audio: Some((audio_mid, opus_pt)),
                 opts,
                 created: Instant::now(),
@@ -506,7 +511,7 @@ impl Engine {
         rtc.sdp_api()
             .accept_answer(pending, parsed)
             .map_err(|e| ViewerError::Negotiation(e.to_string()))?;
-        let video = video.filter(|(mid, _)| sending_mid(&rtc, *mid));
+        let video = video.filter(|(mid, _, _)| sending_mid(&rtc, *mid));
         let audio = audio.filter(|(mid, _)| sending_mid(&rtc, *mid));
         if video.is_none() && audio.is_none() {
             return Err(ViewerError::NothingToReceive);

@@ -67,6 +67,8 @@ pub struct NewPeer {
     pub stream: Arc<Stream>,
     pub ufrag: String,
     pub video: Option<(Mid, Pt)>,
+    /// The video codec negotiated ("H264", "VP8", …).
+    pub video_codec: Option<&'static str>,
     pub audio: Option<(Mid, Pt)>,
     /// The session ends at this time (SignedPolicy `stream_expire`, webhook `lifetime`).
     pub expires_at: Option<Instant>,
@@ -110,6 +112,7 @@ struct Peer {
     ufrag: String,
     addrs: Vec<(Protocol, SocketAddr)>,
     video: Option<TrackOut>,
+    video_codec: Option<&'static str>,
     audio: Option<TrackOut>,
     connected: bool,
     /// Video is sent only from a keyframe of the current publisher on.
@@ -347,6 +350,7 @@ impl Shard {
                     stream,
                     ufrag,
                     video,
+                    video_codec,
                     audio,
                     expires_at,
                     guard,
@@ -381,6 +385,7 @@ impl Shard {
                     ufrag,
                     addrs: Vec::new(),
                     video,
+                    video_codec,
                     audio,
                     connected: false,
                     video_started: false,
@@ -632,6 +637,13 @@ impl Shard {
         for id in dead {
             if let Some(mut p) = pubs.remove(&id) {
                 p.end("session closed");
+                // Tell the publisher (DTLS close alert) rather than go silent.
+                p.rtc.disconnect();
+                let mut batch = self.batch.borrow_mut();
+                while let Ok(Output::Transmit(t)) = p.rtc.poll_output() {
+                    self.net.queue(&mut batch, t);
+                }
+                self.net.flush(&mut batch);
                 self.demux.remove(&p.ufrag, &p.addrs);
                 self.publishers.lock().remove(&p.id);
                 debug!(stream = %p.stream.name, "whip publisher removed");
@@ -662,6 +674,17 @@ impl Peer {
             // A new publisher: its P-frames mean nothing without its keyframe.
             self.publisher = frame.publisher;
             self.video_started = false;
+            let now_sends = self.stream.media_info().video.map(|v| v.codec);
+            if let (Some(had), Some(now)) = (self.video_codec, now_sends)
+                && had != now
+            {
+                // This session cannot decode the new codec: end it, so the
+                // player reconnects and negotiates the new one.
+                info!(stream = %self.stream.name, from = had, to = now, "the new publisher sends another video codec; ending the viewer's session");
+                self.rtc.disconnect();
+                self.dead = true;
+                return 0;
+            }
         }
         let (track, video) = match frame.kind {
             Kind::Video => {

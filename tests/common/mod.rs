@@ -11,8 +11,11 @@
 
 #![allow(dead_code)]
 
+pub mod control;
 pub mod http;
+pub mod publishers;
 pub mod rtmp;
+pub mod ws;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -301,6 +304,10 @@ pub struct ServerOpts {
     pub webrtc_extra: String,
     /// `(name, key)` of the `[[streams]]`; default: t1 and t2 with random keys.
     pub streams: Vec<(String, String)>,
+    /// Extra lines inside `[http]`, `[rtmp]` and `[ome]` (e.g. `tls_listen = …`).
+    pub http_extra: String,
+    pub rtmp_extra: String,
+    pub ome_extra: String,
     /// Appended at the end of the file (new tables only).
     pub extra_toml: String,
 }
@@ -314,6 +321,9 @@ impl Default for ServerOpts {
                 (STREAM.to_string(), random_hex()),
                 (STREAM2.to_string(), random_hex()),
             ],
+            http_extra: String::new(),
+            rtmp_extra: String::new(),
+            ome_extra: String::new(),
             extra_toml: String::new(),
         }
     }
@@ -327,6 +337,8 @@ pub struct Server {
     pub rtmp: SocketAddr,
     pub webrtc_udp: Option<SocketAddr>,
     pub webrtc_tcp: Option<SocketAddr>,
+    /// Every `listening service=… addr=…` line: "ome", "ome-tls", "https", "rtmps", …
+    pub listening: std::collections::HashMap<String, SocketAddr>,
     /// `(name, key)` of the configured streams.
     pub streams: Vec<(String, String)>,
     /// stderr and stdout lines (stderr is where the logs go).
@@ -370,11 +382,15 @@ impl Server {
         let db = dir.path().join("roomcast.db");
         let mut toml = format!(
             "public_url = \"http://127.0.0.1:8080\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n\
-             [rtmp]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n{}\n\
+             [rtmp]\nlisten = \"127.0.0.1:0\"\n{}\n\
+             [ome]\nlisten = \"127.0.0.1:0\"\n{}\n\
              [webrtc]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\npublic_ips = []\n\
              tcp_force = {}\n{}\n\
              [storage]\ndatabase_url = \"sqlite://{}\"\n",
+            opts.http_extra,
+            opts.rtmp_extra,
+            opts.ome_extra,
             opts.tcp_force,
             opts.webrtc_extra,
             db.display()
@@ -422,6 +438,7 @@ impl Server {
             rtmp: "0.0.0.0:0".parse().unwrap(),
             webrtc_udp: None,
             webrtc_tcp: None,
+            listening: Default::default(),
             streams: opts.streams,
             log,
         };
@@ -454,6 +471,7 @@ impl Server {
         server.rtmp = need("rtmp");
         server.webrtc_udp = seen.get("webrtc-udp").copied();
         server.webrtc_tcp = seen.get("webrtc-tcp").copied();
+        server.listening = seen;
         server
     }
 
@@ -474,6 +492,16 @@ impl Server {
     }
     pub fn whep_url(&self, stream: &str) -> String {
         self.url(&format!("/whep/{stream}"))
+    }
+    pub fn whip_url(&self, stream: &str) -> String {
+        self.url(&format!("/whip/{stream}"))
+    }
+    /// The address of a `listening service=…` line; panics naming it.
+    pub fn service(&self, name: &str) -> SocketAddr {
+        *self
+            .listening
+            .get(name)
+            .unwrap_or_else(|| panic!("no 'listening service=\"{name}\"' log line"))
     }
     pub fn rtmp_url(&self, key: &str) -> String {
         format!("rtmp://{}/live/{key}", self.rtmp)
