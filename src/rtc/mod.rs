@@ -111,7 +111,8 @@ struct PendingViewer {
     rtc: Rtc,
     pending: SdpPendingOffer,
     stream: Arc<Stream>,
-    video: Option<(Mid, Pt, VideoCodec)>,
+    /// The video section and the payload types offered for it, preferred first.
+    video: Option<(Mid, Vec<Pt>, VideoCodec)>,
     audio: Option<(Mid, Pt)>,
     opts: SessionOpts,
     created: Instant,
@@ -329,10 +330,8 @@ impl Engine {
         for c in self.candidates_for(opts.transport) {
             rtc.add_local_candidate(c.clone());
         }
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(parsed)
-            .map_err(|e| ViewerError::Negotiation(e.to_string()))?;
+        let answer =
+            no_panic(|| rtc.sdp_api().accept_offer(parsed)).map_err(ViewerError::Negotiation)?;
 
         let video = video
             .as_ref()
@@ -408,26 +407,20 @@ impl Engine {
         let sv = stream_video(&media);
         let mut config = self.viewer_config();
         let video_codec = sv.as_ref().map(|v| v.codec);
-        let video_pt = sv.as_ref().map(|v| {
-            let (pt, rtx) = default_pts(v);
-            let fmtp = match v.codec {
-                VideoCodec::H264 => FormatParams {
-                    level_asymmetry_allowed: Some(true),
-                    packetization_mode: Some(1),
-                    profile_level_id: Some(v.profile_level_id.unwrap_or(0x42e01f)),
-                    ..Default::default()
-                },
-                _ => FormatParams::parse_line(&v.fmtp),
-            };
-            config.codec_config().add_config(
-                pt,
-                Some(rtx),
-                codec_of(v.codec),
-                Frequency::NINETY_KHZ,
-                None,
-                fmtp,
-            );
-            pt
+        let video_pt: Option<Vec<Pt>> = sv.as_ref().map(|v| {
+            let mut pts = Vec::new();
+            for (pt, rtx, fmtp) in offer_formats(v) {
+                config.codec_config().add_config(
+                    pt,
+                    Some(rtx),
+                    codec_of(v.codec),
+                    Frequency::NINETY_KHZ,
+                    None,
+                    fmtp,
+                );
+                pts.push(pt);
+            }
+            pts
         });
         if video_pt.is_none() && media.audio.is_none() {
             return Err(ViewerError::Negotiation(format!(
@@ -444,7 +437,7 @@ impl Engine {
         }
         let mut api = rtc.sdp_api();
         let msid = Some("roomcast".to_string());
-        let video_mid = video_pt.map(|_| {
+        let video_mid = video_pt.as_ref().map(|_| {
             api.add_media(
                 MediaKind::Video,
                 Direction::SendOnly,
@@ -465,6 +458,7 @@ impl Engine {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mid = video_mid.unwrap_or(audio_mid).to_string();
+        let video_pt = video_pt.unwrap_or_default();
         let opus_pt = Pt::from(111);
         self.pending.lock().insert(
             id,
@@ -472,10 +466,7 @@ impl Engine {
                 rtc,
                 pending,
                 stream: stream.clone(),
-                video: video_mid
-                    .zip(video_pt)
-                    .zip(video_codec)
-                    .map(|((m, p), c)| (m, p, c)),
+                video: video_mid.zip(video_codec).map(|(m, c)| (m, video_pt, c)),
                 audio: Some((audio_mid, opus_pt)),
                 opts,
                 created: Instant::now(),
@@ -508,10 +499,17 @@ impl Engine {
             opts,
             ..
         } = p;
-        rtc.sdp_api()
-            .accept_answer(pending, parsed)
-            .map_err(|e| ViewerError::Negotiation(e.to_string()))?;
-        let video = video.filter(|(mid, _, _)| sending_mid(&rtc, *mid));
+        no_panic(|| rtc.sdp_api().accept_answer(pending, parsed))
+            .map_err(ViewerError::Negotiation)?;
+        // The first of our formats in the answer (the viewer's preference).
+        let video = video.and_then(|(mid, offered, codec)| {
+            if !sending_mid(&rtc, mid) {
+                return None;
+            }
+            let answered = rtc.media(mid)?.remote_pts();
+            let pt = answered.iter().find(|p| offered.contains(p))?;
+            Some((mid, *pt, codec))
+        });
         let audio = audio.filter(|(mid, _)| sending_mid(&rtc, *mid));
         if video.is_none() && audio.is_none() {
             return Err(ViewerError::NothingToReceive);
@@ -619,10 +617,8 @@ impl Engine {
         for c in self.candidates_for(transport) {
             rtc.add_local_candidate(c.clone());
         }
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(parsed)
-            .map_err(|e| PublishError::Negotiation(e.to_string()))?;
+        let answer =
+            no_panic(|| rtc.sdp_api().accept_offer(parsed)).map_err(PublishError::Negotiation)?;
         let receiving = |rtc: &Rtc, mid: &Option<String>| -> Option<Mid> {
             let mid = Mid::from(mid.as_deref()?);
             let m = rtc.media(mid)?;
@@ -718,6 +714,15 @@ impl Engine {
     }
 }
 
+/// Runs a str0m negotiation step, turning an assertion inside str0m (a
+/// remote SDP it did not expect) into an error instead of a crash.
+fn no_panic<T>(f: impl FnOnce() -> Result<T, str0m::RtcError>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the SDP could not be negotiated (rejected by the WebRTC library)".into()),
+    }
+}
+
 fn sending(rtc: &Rtc, mid: &Option<String>) -> Option<Mid> {
     let mid = Mid::from(mid.as_deref()?);
     sending_mid(rtc, mid).then_some(mid)
@@ -737,15 +742,54 @@ fn codec_of(c: VideoCodec) -> Codec {
     }
 }
 
-/// Payload types for server-made offers (str0m's defaults).
-fn default_pts(v: &sdp::StreamVideo) -> (Pt, Pt) {
-    let (pt, rtx) = match v.codec {
-        VideoCodec::H264 => (102, 103),
-        VideoCodec::Vp8 => (96, 97),
-        VideoCodec::Vp9 => (98, 99),
-        VideoCodec::Av1 => (45, 46),
+/// The video formats of a server-made offer: (payload type, RTX, fmtp). H.264
+/// is offered in the stream's profile and in the profiles browsers list (a
+/// browser may not list High, yet its decoder plays it): the viewer's answer
+/// picks one, and the payloads are the same whichever it is.
+fn offer_formats(v: &sdp::StreamVideo) -> Vec<(Pt, Pt, FormatParams)> {
+    let h264 = |plid: u32| FormatParams {
+        level_asymmetry_allowed: Some(true),
+        packetization_mode: Some(1),
+        profile_level_id: Some(plid),
+        ..Default::default()
     };
-    (pt.into(), rtx.into())
+    match v.codec {
+        VideoCodec::H264 => {
+            // The stream's profile first, at level 3.1 (levels are asymmetric);
+            // one entry per profile_idc, or str0m maps two to one answered PT.
+            let own = v.profile_level_id.map(|p| match p >> 16 {
+                0x42 => 0x42e01f,
+                0x4d => 0x4d001f,
+                0x64 => 0x64001f,
+                idc => (idc << 16) | 0x1f,
+            });
+            let mut profiles: Vec<u32> = own.into_iter().collect();
+            for p in [0x42e01f, 0x4d001f, 0x64001f] {
+                if !profiles.iter().any(|q| q >> 16 == p >> 16) {
+                    profiles.push(p);
+                }
+            }
+            profiles
+                .into_iter()
+                .zip([
+                    (102u8, 103u8),
+                    (104, 105),
+                    (106, 107),
+                    (108, 109),
+                    (112, 113),
+                ])
+                .map(|(p, (pt, rtx))| (pt.into(), rtx.into(), h264(p)))
+                .collect()
+        }
+        codec => {
+            let (pt, rtx) = match codec {
+                VideoCodec::Vp8 => (96, 97),
+                VideoCodec::Vp9 => (98, 99),
+                _ => (45, 46),
+            };
+            vec![(pt.into(), rtx.into(), FormatParams::parse_line(&v.fmtp))]
+        }
+    }
 }
 
 /// The stream's video as negotiation needs it; None before its first frame.
