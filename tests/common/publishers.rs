@@ -126,3 +126,26 @@ pub fn answer_candidates(whip: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A sendonly offer with the given rtpmap lines in its video and audio sections.
+pub fn whip_offer(video: &[&str], audio: &[&str]) -> String {
+    let ice = "a=ice-ufrag:Rc8x\r\na=ice-pwd:9Ja0mXb1vYbC2m5q0J6UoZ8d\r\n\
+               a=fingerprint:sha-256 D6:68:1A:13:E8:DA:23:56:A6:B7:9D:E4:09:AB:31:E3:3C:63:96:D3:ED:95:40:DE:3B:56:06:7C:B1:23:B1:50\r\n\
+               a=setup:actpass\r\n";
+    let section = |kind: &str, mid: u32, maps: &[&str]| {
+        let pts: Vec<&str> = maps.iter().map(|m| m.split(' ').next().unwrap()).collect();
+        let mut s = format!(
+            "m={kind} 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\n{ice}a=mid:{mid}\r\na=sendonly\r\na=rtcp-mux\r\n",
+            pts.join(" ")
+        );
+        for m in maps {
+            s.push_str(&format!("a=rtpmap:{m}\r\n"));
+        }
+        s
+    };
+    format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n{}{}",
+        section("video", 0, video),
+        section("audio", 1, audio)
+    )
+}
