@@ -5,16 +5,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use tracing::info;
 
-use crate::rtc::ViewerError;
+use crate::ingest::whip::{HttpRequest, Tls, refusal_error};
+use crate::rtc::{SessionOpts, ViewerError};
 use crate::server::App;
-use crate::web::ApiError;
 use crate::web::error::read_body;
+use crate::web::{ApiError, PeerAddr};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -33,9 +34,13 @@ fn content_type_is(headers: &HeaderMap, wanted: &str) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn create(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    tls: Option<axum::Extension<Tls>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -47,6 +52,19 @@ async fn create(
         ));
     }
     let body = read_body(body, app.config.http.max_body_bytes).await?;
+    // SignedPolicy and the admission webhook, when they cover playback.
+    let req = HttpRequest {
+        uri: &uri,
+        headers: &headers,
+        peer,
+        tls: tls.is_some_and(|t| t.0.0),
+    };
+    let pass = app
+        .gate
+        .admit_play(req.attempt(&name, false, ["http", "https"]))
+        .await
+        .map_err(|r| refusal_error(&r))?;
+    let name = pass.stream;
     let stream = app
         .hub
         .get(&name)
@@ -60,9 +78,14 @@ async fn create(
     // all slip under a cap.
     let _admission = app.admission.lock().await;
     check_caps(&app, &stream)?;
+    let opts = SessionOpts {
+        expires_at: pass.expires_at,
+        guard: pass.ticket.map(|t| Box::new(t) as Box<dyn Send>),
+        ..SessionOpts::default()
+    };
     let answer = app
         .engine
-        .add_viewer(&stream, offer)
+        .add_viewer_with(&stream, offer, opts)
         .map_err(viewer_error)?;
     info!(stream = %name, viewer = answer.id, "whep viewer negotiated");
     Ok((
