@@ -80,7 +80,7 @@ pub fn spawn(hub: &Arc<Hub>, hooks: &[WebhookConfig], public_base: &str) {
         .unwrap_or_default();
     let mut queues = Vec::new();
     for (i, hook) in hooks.iter().enumerate() {
-        let (tx, rx) = mpsc::channel::<Value>(QUEUE);
+        let (tx, rx) = mpsc::channel::<(Event, Value)>(QUEUE);
         tokio::spawn(deliver(i, hook.clone(), http.clone(), rx));
         queues.push((i, hook.clone(), tx));
     }
@@ -117,7 +117,7 @@ pub fn spawn(hub: &Arc<Hub>, hooks: &[WebhookConfig], public_base: &str) {
                     continue;
                 }
                 let b = body(hook.format, event, stream, &title, &url, &now);
-                if tx.try_send(b).is_err() {
+                if tx.try_send((event, b)).is_err() {
                     warn!(
                         webhook = format!("webhooks[{i}]"),
                         "webhook queue full, event dropped"
@@ -132,15 +132,11 @@ async fn deliver(
     i: usize,
     hook: WebhookConfig,
     http: reqwest::Client,
-    mut rx: mpsc::Receiver<Value>,
+    mut rx: mpsc::Receiver<(Event, Value)>,
 ) {
     let name = format!("webhooks[{i}]");
-    while let Some(body) = rx.recv().await {
-        let event = body
-            .get("event")
-            .and_then(Value::as_str)
-            .unwrap_or("message")
-            .to_string();
+    while let Some((event, body)) = rx.recv().await {
+        let event = event.name();
         let mut attempt = 1;
         loop {
             let result = http.post(&hook.url).json(&body).send().await;
