@@ -156,20 +156,82 @@ fn aiortc_publishes_h264_and_vp8_over_whip() {
                 "the error should name the stream's codec: {msg}"
             );
         }
-        let r = publisher.stop(Duration::from_secs(30));
-        assert_eq!(r["ok"], true, "{what}: {r}");
-        assert_eq!(
-            r["delete_status"], 200,
-            "{what}: DELETE on the Location: {r}"
+        if codec == "H264" {
+            let r = publisher.stop(Duration::from_secs(30));
+            assert_eq!(r["ok"], true, "{what}: {r}");
+            assert_eq!(
+                r["delete_status"], 200,
+                "{what}: DELETE on the Location: {r}"
+            );
+            wait_offline(
+                &server,
+                STREAM,
+                &format!("{what}: DELETE to end the publish"),
+            );
+            server.wait_for_log("whip publish ended", MEDIA_TIMEOUT);
+        } else {
+            // A publisher that vanishes (no DELETE, no DTLS close) ends too.
+            let from = server.log_len();
+            publisher.kill();
+            wait_offline(
+                &server,
+                STREAM,
+                &format!("{what}: a killed publisher to end the publish"),
+            );
+            server.wait_for_log_from(from, "went silent", MEDIA_TIMEOUT);
+        }
+    }
+    server.assert_no_key_logged();
+}
+
+#[test]
+fn chromium_publishes_vp9_and_av1_over_whip() {
+    let _serial = serial();
+    let server = Server::start("");
+    for codec in ["VP9", "AV1"] {
+        let mut publisher = chromium_publisher(
+            &server.base_url(),
+            STREAM,
+            Some(server.key(STREAM)),
+            Some(codec),
+            None,
         );
+        let whip = publisher.wait_for("the WHIP answer", MEDIA_TIMEOUT, |v| v["type"] == "whip");
+        assert_eq!(whip["status"], 201, "{codec}: {whip}");
+        wait_until(&format!("the API to report {codec}"), LIVE_TIMEOUT, || {
+            server
+                .api_stream(STREAM)
+                .filter(|v| v["live"] == true && v["video"]["codec"] == codec)
+        });
+        let mut viewer = chromium_player(
+            &server,
+            BrowserOpts {
+                frames: Some(60),
+                audio_packets: 20,
+                ..BrowserOpts::default()
+            },
+        );
+        let r = viewer.result(MEDIA_TIMEOUT + Duration::from_secs(30));
+        let last = &r["last_sample"];
+        println!(
+            "Chromium {codec}: first decoded {} ms, {}",
+            r["first_decoded_ms"], last["video"]
+        );
+        assert_eq!(r["ok"], true, "{codec}: {}", r["reason"]);
+        assert_eq!(
+            norm(last["video"]["codec"].as_str().unwrap_or("")),
+            norm(&format!("video/{codec}")),
+            "{last}"
+        );
+        assert_eq!(last["video"]["frameWidth"], 640, "{last}");
+        let r = publisher.stop(Duration::from_secs(30));
+        assert_eq!(r["delete_status"], 200, "{codec}: {r}");
         wait_offline(
             &server,
             STREAM,
-            &format!("{what}: DELETE to end the publish"),
+            &format!("{codec}: DELETE to end the publish"),
         );
-        server.wait_for_log("whip publish ended", MEDIA_TIMEOUT);
     }
-    server.assert_no_key_logged();
 }
 
 #[test]

@@ -29,6 +29,9 @@ use crate::hub::{Frame, FrameSink, Kind, Stream};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connected viewer that sends nothing (no consent checks, no RTCP) for this long is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A publisher sends media all the time: this much silence means it is gone
+/// (killed, network lost) and the stream goes offline.
+const PUBLISHER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retransmission cache per viewer: half a second answers NACKs from viewers
 /// up to ~400 ms away; each entry costs str0m ~400 bytes.
 const RTX_CACHE_PACKETS: usize = 200;
@@ -301,8 +304,8 @@ impl Shard {
                 }
                 if !p.connected && now.duration_since(p.created) > CONNECT_TIMEOUT {
                     p.end("no ICE/DTLS connection within 30 s");
-                } else if p.connected && now.duration_since(p.last_input) > IDLE_TIMEOUT {
-                    p.end("the publisher went silent");
+                } else if p.connected && now.duration_since(p.last_input) > PUBLISHER_IDLE_TIMEOUT {
+                    p.end("the publisher went silent for 10 s");
                 } else if p.expires_at.is_some_and(|t| t <= now) {
                     p.rtc.disconnect();
                     self.drive_pub(p);

@@ -907,6 +907,12 @@ impl JsonTool {
         wait_exit(&mut self.child, timeout)
     }
 
+    /// Kills the tool at once (no clean shutdown: a network loss to the server).
+    pub fn kill(&mut self) {
+        self.stdin = None;
+        kill_and_wait(&mut self.child, Duration::ZERO);
+    }
+
     pub fn stderr_tail(&self, n: usize) -> String {
         self.stderr.tail(n)
     }
