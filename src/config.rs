@@ -637,6 +637,68 @@ mod tests {
 }
 
 #[cfg(test)]
+mod issue6_tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("roomcast-cfg6-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let r = Config::load(Some(&p), Vec::new());
+        std::fs::remove_dir_all(&dir).ok();
+        r
+    }
+
+    #[test]
+    fn tls_ome_policy_admission_webhooks() {
+        let c = load(
+            "[http]\ntls_listen = \"0.0.0.0:8443\"\n[rtmp]\ntls_listen = \"0.0.0.0:1936\"\n\
+             [ome]\nlisten = \"0.0.0.0:3333\"\ntls_listen = \"0.0.0.0:3334\"\n\
+             [tls]\ncert = \"/c.crt\"\nkey = \"/c.key\"\n\
+             [signed_policy]\nsecret_key = \"s\"\nplayback = true\n\
+             [admission]\ncontrol_server_url = \"http://127.0.0.1:9000/a\"\n\
+             [[webhooks]]\nurl = \"https://discord.example/x\"\nformat = \"discord\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls.as_ref().unwrap().reload_interval_secs, 10);
+        assert!(c.ome.enabled);
+        let p = c.signed_policy.unwrap();
+        assert!(p.publish && p.playback);
+        assert_eq!(p.policy_query_key, "policy");
+        let a = c.admission.unwrap();
+        assert!(a.publish && !a.playback);
+        assert_eq!(a.timeout_ms, 3000);
+        assert_eq!(c.webhooks[0].format, WebhookFormat::Discord);
+        assert_eq!(c.webhooks[0].events, vec!["started", "ended"]);
+
+        let e = load("[rtmp]\ntls_listen = \"0.0.0.0:1936\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rtmp.tls_listen") && e.contains("[tls]"), "{e}");
+        let e = load("[signed_policy]\nsecret_key = \"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("signed_policy.secret_key"), "{e}");
+        let e = load("[admission]\ncontrol_server_url = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admission.control_server_url"), "{e}");
+        let e = load("[[webhooks]]\nurl = \"http://x\"\nevents = [\"paused\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("webhooks[0].events") && e.contains("paused"),
+            "{e}"
+        );
+        let e = load("[[webhooks]]\nurl = \"http://x\"\nformat = \"slack\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("slack"), "{e}");
+    }
+}
+
+#[cfg(test)]
 mod example_tests {
     /// The documented example must load as it is, with its defaults.
     #[test]
