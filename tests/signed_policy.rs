@@ -18,7 +18,7 @@ const SECRET: &str = "1kU^b6";
 
 /// `roomcast sign … --url URL` and its first output line.
 fn cli_sign(url: &str, extra: &[&str]) -> String {
-    let out = std::process::Command::new(roomcast_bin())
+    let out = roomcast_command()
         .args(["sign", "--secret", SECRET, "--url", url])
         .args(extra)
         .output()
@@ -89,7 +89,7 @@ fn the_cli_signs_like_ome() {
         ),
         "dvVdBpoxAeCPl94Kt5RoiqLI0YE"
     );
-    let rtmp = std::process::Command::new(roomcast_bin())
+    let rtmp = roomcast_command()
         .args(["sign", "--secret", SECRET, "--url", "rtmp://h/live/s1"])
         .output()
         .unwrap();

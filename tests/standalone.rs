@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ impl Run {
     /// Starts `roomcast serve` (no config) in `dir`, every port picked by the OS
     /// through ROOMCAST_ environment overrides.
     fn start(dir: &TempDir) -> Run {
-        let mut child = Command::new(common::roomcast_bin())
+        let mut child = common::roomcast_command()
             .arg("serve")
             .current_dir(dir.path())
             .env("ROOMCAST_HTTP__LISTEN", "127.0.0.1:0")
@@ -50,6 +50,11 @@ impl Run {
             seen: vec![],
         };
         run.wait_for("roomcast ready");
+        // The banner (stdout) and the log (stderr) come through two pipes: the
+        // banner's last line may arrive after "roomcast ready".
+        if !run.seen.iter().any(|l| l.contains("Watch:")) {
+            run.wait_for("Watch:");
+        }
         run
     }
 
@@ -142,7 +147,7 @@ fn config_errors_name_the_key_and_exit_2() {
     let dir = TempDir::new("badcfg");
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[[streams]]\nname = \"x\"\nkey = \"short\"\n").unwrap();
-    let out = Command::new(common::roomcast_bin())
+    let out = common::roomcast_command()
         .args(["serve", "--config"])
         .arg(&cfg)
         .output()
@@ -154,7 +159,7 @@ fn config_errors_name_the_key_and_exit_2() {
         "{err}"
     );
 
-    let out = Command::new(common::roomcast_bin())
+    let out = common::roomcast_command()
         .args(["serve"])
         .current_dir(dir.path())
         .env("ROOMCAST_HTTP__LISTEN", "not-an-address")
@@ -164,7 +169,7 @@ fn config_errors_name_the_key_and_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listen"), "{err}");
 
-    let out = Command::new(common::roomcast_bin())
+    let out = common::roomcast_command()
         .args(["serve", "--config", "/nonexistent/roomcast.toml"])
         .output()
         .unwrap();

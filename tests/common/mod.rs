@@ -349,6 +349,20 @@ pub fn roomcast_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_roomcast"))
 }
 
+/// `roomcast` with the test's own `ROOMCAST_*` variables (ROOMCAST_TEST_PYTHON,
+/// a developer's overrides) removed: the binary reads them as config keys.
+/// ROOMCAST_LOG passes, to debug a test.
+pub fn roomcast_command() -> Command {
+    let mut cmd = Command::new(roomcast_bin());
+    for (k, _) in std::env::vars_os() {
+        let k_str = k.to_string_lossy();
+        if k_str.starts_with("ROOMCAST_") && k_str != "ROOMCAST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 /// Parses `... listening service="http" addr=127.0.0.1:PORT ...`.
 pub fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     let at = line.find("listening")?;
