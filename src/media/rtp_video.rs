@@ -645,6 +645,39 @@ mod tests {
     }
 
     #[test]
+    fn garbage_never_panics() {
+        let t0 = Instant::now();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for codec in [
+            VideoCodec::H264,
+            VideoCodec::Vp8,
+            VideoCodec::Vp9,
+            VideoCodec::Av1,
+        ] {
+            let mut fa = FrameAssembler::new(codec);
+            let mut out = Vec::new();
+            for i in 0..5000u64 {
+                let len = (next() % 40) as usize;
+                let payload: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                let _ = is_keyframe(codec, &payload);
+                let _ = keyframe_dimensions(codec, &payload);
+                let _ = h264_parameter_sets(&payload);
+                let seq = i + next() % 8;
+                fa.push(seq, next() % 5, next() % 3 == 0, a(&payload), t0, &mut out);
+                if i % 100 == 0 {
+                    fa.poll(t0 + GAP_WAIT * (i as u32 / 100 + 1), &mut out);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_lost_packet_drops_frames_until_the_next_keyframe() {
         let t0 = Instant::now();
         let mut fa = FrameAssembler::new(VideoCodec::Vp8);
