@@ -198,11 +198,15 @@ fn chromium_publishes_vp9_and_av1_over_whip() {
         );
         let whip = publisher.wait_for("the WHIP answer", MEDIA_TIMEOUT, |v| v["type"] == "whip");
         assert_eq!(whip["status"], 201, "{codec}: {whip}");
-        wait_until(&format!("the API to report {codec}"), LIVE_TIMEOUT, || {
-            server
-                .api_stream(STREAM)
-                .filter(|v| v["live"] == true && v["video"]["codec"] == codec)
-        });
+        wait_until(
+            &format!("the API to report {codec} 640 wide"),
+            LIVE_TIMEOUT,
+            || {
+                server.api_stream(STREAM).filter(|v| {
+                    v["live"] == true && v["video"]["codec"] == codec && v["video"]["width"] == 640
+                })
+            },
+        );
         let mut viewer = chromium_player(
             &server,
             BrowserOpts {

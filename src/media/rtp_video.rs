@@ -233,8 +233,8 @@ fn vp9_payload(p: &[u8]) -> Option<&[u8]> {
     p.get(i..)
 }
 
-/// The picture size a keyframe's first packet states (VP8, VP9). H.264 sizes
-/// come from the SPS ([`h264::parse_sps`]); AV1 sizes are not read.
+/// The picture size a keyframe's first packet states (VP8, VP9, and AV1's
+/// sequence header). H.264 sizes come from the SPS ([`h264::parse_sps`]).
 pub fn keyframe_dimensions(codec: VideoCodec, p: &[u8]) -> Option<(u32, u32)> {
     match codec {
         VideoCodec::Vp8 => {
@@ -248,8 +248,86 @@ pub fn keyframe_dimensions(codec: VideoCodec, p: &[u8]) -> Option<(u32, u32)> {
             Some((u32::from(w), u32::from(h)))
         }
         VideoCodec::Vp9 => vp9_frame_size(vp9_payload(p)?),
-        VideoCodec::H264 | VideoCodec::Av1 => None,
+        VideoCodec::Av1 => av1_frame_size(p),
+        VideoCodec::H264 => None,
     }
+}
+
+/// The first OBU of an AV1 RTP payload, when it is a sequence header (a new
+/// coded video sequence starts with one): its max_frame_width/height.
+fn av1_frame_size(p: &[u8]) -> Option<(u32, u32)> {
+    let agg = *p.first()?;
+    if agg & 0x80 != 0 {
+        return None; // continues an OBU from an earlier packet
+    }
+    let w = (agg >> 4) & 0x03;
+    let mut i = 1;
+    // With W = 1 the only element has no length field; otherwise LEB128.
+    let len = if w == 1 {
+        p.len() - 1
+    } else {
+        let mut v = 0usize;
+        for k in 0..8 {
+            let b = *p.get(i)?;
+            i += 1;
+            v |= usize::from(b & 0x7f) << (7 * k);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        v
+    };
+    let obu = p.get(i..i + len.min(p.len().saturating_sub(i)))?;
+    let header = *obu.first()?;
+    if (header >> 3) & 0x0f != 1 {
+        return None; // not OBU_SEQUENCE_HEADER
+    }
+    let ext = header & 0x04 != 0;
+    let mut r = Bits {
+        data: obu.get(if ext { 2 } else { 1 }..)?,
+        pos: 0,
+    };
+    r.read(3)?; // seq_profile
+    r.read(1)?; // still_picture
+    if r.read(1)? == 1 {
+        r.read(5)?; // reduced_still_picture_header: seq_level_idx
+    } else {
+        if r.read(1)? == 1 {
+            // timing_info
+            r.read(32)?;
+            r.read(32)?;
+            if r.read(1)? == 1 {
+                // num_ticks_per_picture_minus_1, uvlc
+                let mut zeros = 0;
+                while r.read(1)? == 0 {
+                    zeros += 1;
+                    if zeros > 31 {
+                        return None;
+                    }
+                }
+                r.read(zeros)?;
+            }
+            if r.read(1)? == 1 {
+                return None; // decoder model info: not needed by WebRTC senders
+            }
+        }
+        let initial_display_delay = r.read(1)? == 1;
+        let points = r.read(5)? + 1;
+        for _ in 0..points {
+            r.read(12)?; // operating_point_idc
+            if r.read(5)? > 7 {
+                r.read(1)?; // seq_tier
+            }
+            if initial_display_delay && r.read(1)? == 1 {
+                r.read(4)?;
+            }
+        }
+    }
+    let wbits = r.read(4)? as usize + 1;
+    let hbits = r.read(4)? as usize + 1;
+    let width = r.read(wbits)? + 1;
+    let height = r.read(hbits)? + 1;
+    Some((width, height))
 }
 
 /// Reads frame_width/height from a VP9 key frame's uncompressed header.
@@ -584,7 +662,7 @@ mod tests {
         push(0, 1);
         push(1279, 16);
         push(719, 16);
-        while bits.len() % 8 != 0 {
+        while !bits.len().is_multiple_of(8) {
             bits.push(0);
         }
         let header: Vec<u8> = bits
@@ -614,6 +692,48 @@ mod tests {
         assert!(!is_keyframe(VideoCodec::Av1, &[0x10, 0x32]));
         assert!(starts_frame(VideoCodec::Av1, &[0x10]));
         assert!(!starts_frame(VideoCodec::Av1, &[0x90]));
+    }
+
+    #[test]
+    fn av1_sequence_header_size() {
+        // A sequence header as libaom writes it for 640x360: profile 0, one
+        // operating point at level 4.0 (seq_level_idx 8, so a tier bit), 10-bit
+        // width and 9-bit height fields.
+        let mut bits: Vec<u8> = Vec::new();
+        let mut push = |v: u32, n: usize| {
+            for i in (0..n).rev() {
+                bits.push(((v >> i) & 1) as u8);
+            }
+        };
+        push(0, 3); // seq_profile
+        push(0, 1); // still_picture
+        push(0, 1); // reduced_still_picture_header
+        push(0, 1); // timing_info_present_flag
+        push(0, 1); // initial_display_delay_present_flag
+        push(0, 5); // operating_points_cnt_minus_1
+        push(0, 12); // operating_point_idc
+        push(8, 5); // seq_level_idx
+        push(0, 1); // seq_tier
+        push(9, 4); // frame_width_bits_minus_1
+        push(8, 4); // frame_height_bits_minus_1
+        push(639, 10);
+        push(359, 9);
+        while !bits.len().is_multiple_of(8) {
+            bits.push(0);
+        }
+        let body: Vec<u8> = bits
+            .chunks(8)
+            .map(|c| c.iter().fold(0u8, |acc, b| (acc << 1) | b))
+            .collect();
+        // Aggregation header: N=1, W=2 (two OBUs, the first with a length).
+        let mut p = vec![0x28, (body.len() + 1) as u8, 0x08];
+        p.extend_from_slice(&body);
+        p.extend_from_slice(&[0x30, 0x00]); // the frame OBU that follows
+        assert!(is_keyframe(VideoCodec::Av1, &p));
+        assert_eq!(keyframe_dimensions(VideoCodec::Av1, &p), Some((640, 360)));
+        for n in 0..p.len() {
+            let _ = keyframe_dimensions(VideoCodec::Av1, &p[..n]);
+        }
     }
 
     fn frames(out: &[Assembled]) -> Vec<(u64, bool, usize)> {
