@@ -187,7 +187,10 @@ impl Config {
             return Err(invalid("rtmp.app", "must be a non-empty name without '/'"));
         }
         if self.webrtc.workers > 256 {
-            return Err(invalid("webrtc.workers", "must be at most 256 (0 = one per core)"));
+            return Err(invalid(
+                "webrtc.workers",
+                "must be at most 256 (0 = one per core)",
+            ));
         }
         for ip in &self.webrtc.public_ips {
             if ip.is_unspecified() {
@@ -217,7 +220,10 @@ impl Config {
                     ),
                 ));
             }
-            if s.key.chars().any(|c| c.is_whitespace() || c == '/' || c == '?') {
+            if s.key
+                .chars()
+                .any(|c| c.is_whitespace() || c == '/' || c == '?')
+            {
                 return Err(invalid(
                     format!("streams[{i}].key"),
                     "must not contain whitespace, '/' or '?' (it goes into RTMP URLs)",
@@ -225,7 +231,8 @@ impl Config {
             }
         }
         if let Some(m) = &self.matrix {
-            if !(m.homeserver_url.starts_with("http://") || m.homeserver_url.starts_with("https://"))
+            if !(m.homeserver_url.starts_with("http://")
+                || m.homeserver_url.starts_with("https://"))
             {
                 return Err(invalid(
                     "matrix.homeserver_url",
@@ -272,9 +279,7 @@ pub fn validate_stream_name(name: &str) -> Result<(), String> {
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
     {
-        return Err(format!(
-            "'{name}' may only contain a-z, 0-9, '-' and '_'"
-        ));
+        return Err(format!("'{name}' may only contain a-z, 0-9, '-' and '_'"));
     }
     Ok(())
 }
@@ -325,7 +330,9 @@ fn apply_env(
 fn parse_env_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match doc.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -373,17 +380,27 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = load("[http]\nlisten = \"nope\"\n", &[]).unwrap_err().to_string();
+        let e = load("[http]\nlisten = \"nope\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
-        let e = load("[http]\nlisen = \"127.0.0.1:1\"\n", &[]).unwrap_err().to_string();
+        let e = load("[http]\nlisen = \"127.0.0.1:1\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lisen"), "{e}");
         let e = load("[[streams]]\nname = \"a\"\nkey = \"short\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("streams[0].key") && e.contains("too short"), "{e}");
-        let e = load("[[streams]]\nname = \"A b\"\nkey = \"0123456789abcdef\"\n", &[])
-            .unwrap_err()
-            .to_string();
+        assert!(
+            e.contains("streams[0].key") && e.contains("too short"),
+            "{e}"
+        );
+        let e = load(
+            "[[streams]]\nname = \"A b\"\nkey = \"0123456789abcdef\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("streams[0].name"), "{e}");
         let e = load("", &[("ROOMCAST_WEBRTC__WORKERS", "1000")])
             .unwrap_err()
@@ -397,7 +414,8 @@ mod example_tests {
     /// The documented example must load as it is, with its defaults.
     #[test]
     fn example_config_loads() {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/roomcast.example.toml");
+        let p =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/roomcast.example.toml");
         let c = super::Config::load(Some(&p), Vec::new()).unwrap();
         let d = super::Config::default();
         assert_eq!(c.http.listen, d.http.listen);

@@ -47,7 +47,10 @@ async fn create(
         ));
     }
     let body = read_body(body, app.config.http.max_body_bytes).await?;
-    let stream = app.hub.get(&name).ok_or_else(|| ApiError::unknown_stream(&name))?;
+    let stream = app
+        .hub
+        .get(&name)
+        .ok_or_else(|| ApiError::unknown_stream(&name))?;
     if !stream.is_live() {
         return Err(ApiError::offline(&name));
     }
@@ -57,12 +60,16 @@ async fn create(
         ViewerError::BadOffer(_) | ViewerError::NothingToReceive => {
             ApiError::bad_request("bad_offer", e.to_string())
         }
-        ViewerError::NoCodec { .. } => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_common_codec", e.to_string())
-        }
-        ViewerError::Negotiation(_) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "negotiation_failed", e.to_string())
-        }
+        ViewerError::NoCodec { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_common_codec",
+            e.to_string(),
+        ),
+        ViewerError::Negotiation(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "negotiation_failed",
+            e.to_string(),
+        ),
     })?;
     info!(stream = %name, viewer = answer.id, "whep viewer negotiated");
     Ok((
@@ -96,7 +103,9 @@ async fn trickle(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     if !app.engine.has_viewer(&name, id) {
-        return Err(ApiError::not_found(format!("no WHEP session {id} on stream '{name}'")));
+        return Err(ApiError::not_found(format!(
+            "no WHEP session {id} on stream '{name}'"
+        )));
     }
     if !content_type_is(&headers, "application/trickle-ice-sdpfrag") {
         return Err(ApiError::new(
@@ -119,7 +128,9 @@ async fn delete(
         info!(stream = %name, viewer = id, "whep viewer ended by DELETE");
         Ok(StatusCode::OK.into_response())
     } else {
-        Err(ApiError::not_found(format!("no WHEP session {id} on stream '{name}'")))
+        Err(ApiError::not_found(format!(
+            "no WHEP session {id} on stream '{name}'"
+        )))
     }
 }
 
@@ -127,7 +138,10 @@ async fn options() -> Response {
     (
         StatusCode::NO_CONTENT,
         [
-            (header::HeaderName::from_static("accept-post"), "application/sdp"),
+            (
+                header::HeaderName::from_static("accept-post"),
+                "application/sdp",
+            ),
             (header::ALLOW, "OPTIONS, POST, PATCH, DELETE"),
         ],
     )

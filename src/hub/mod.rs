@@ -398,7 +398,10 @@ impl Stream {
     }
 
     pub fn viewer_left(&self) {
-        let n = self.viewers.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let n = self
+            .viewers
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
         self.notify_viewers(n);
     }
 
@@ -577,7 +580,12 @@ mod tests {
         p2.push_video(5, true, payload(4)).unwrap();
         let frames = s.gop_snapshot();
         let last_old = 66 * 90;
-        assert!(frames[0].rtp_time > last_old, "{} > {}", frames[0].rtp_time, last_old);
+        assert!(
+            frames[0].rtp_time > last_old,
+            "{} > {}",
+            frames[0].rtp_time,
+            last_old
+        );
         drop(p1); // dropping the taken-over handle must not end the stream
         assert!(s.is_live());
         drop(p2);

@@ -29,14 +29,18 @@ use shard::{NewPeer, Registry, Shard, ShardMsg, ShardSink};
 pub enum ViewerError {
     #[error("malformed SDP offer: {0}")]
     BadOffer(String),
-    #[error("offer has no {wanted} codec the stream can use (offered: {offered}); stream '{stream}' sends {sends}")]
+    #[error(
+        "offer has no {wanted} codec the stream can use (offered: {offered}); stream '{stream}' sends {sends}"
+    )]
     NoCodec {
         stream: String,
         wanted: &'static str,
         offered: String,
         sends: String,
     },
-    #[error("offer asks to receive nothing this server sends (it needs a recvonly or sendrecv video or audio section)")]
+    #[error(
+        "offer asks to receive nothing this server sends (it needs a recvonly or sendrecv video or audio section)"
+    )]
     NothingToReceive,
     #[error("WebRTC negotiation failed: {0}")]
     Negotiation(String),
@@ -71,8 +75,8 @@ impl Engine {
             .generate_certificate()
             .context("generating the DTLS certificate")?;
 
-        let udp = UdpSocket::bind(cfg.udp)
-            .with_context(|| format!("binding webrtc.udp {}", cfg.udp))?;
+        let udp =
+            UdpSocket::bind(cfg.udp).with_context(|| format!("binding webrtc.udp {}", cfg.udp))?;
         let udp_addr = udp.local_addr()?;
         let udp = Arc::new(udp);
         let tcp = tokio::net::TcpListener::bind(cfg.tcp)
@@ -84,7 +88,10 @@ impl Engine {
         let mut candidates = Vec::new();
         for ip in &ips {
             if !cfg.tcp_force {
-                candidates.push(Candidate::host(SocketAddr::new(*ip, udp_addr.port()), "udp")?);
+                candidates.push(Candidate::host(
+                    SocketAddr::new(*ip, udp_addr.port()),
+                    "udp",
+                )?);
             }
             candidates.push(
                 Candidate::builder()
@@ -167,7 +174,8 @@ impl Engine {
     /// Negotiates a viewer for `stream` and hands it to a worker. The answer
     /// carries every candidate (ICE-lite, no trickle needed).
     pub fn add_viewer(&self, stream: &Arc<Stream>, offer: &str) -> Result<Answer, ViewerError> {
-        let summary = sdp::summarize_offer(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
+        let summary =
+            sdp::summarize_offer(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
         let parsed =
             SdpOffer::from_sdp_string(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
         let media = stream.media_info();
@@ -233,7 +241,8 @@ impl Engine {
         let video = h264
             .as_ref()
             .and_then(|h| sending(&rtc, &summary.video_mid).map(|mid| (mid, h.pt.into())));
-        let audio = opus.and_then(|pt| sending(&rtc, &summary.audio_mid).map(|mid| (mid, pt.into())));
+        let audio =
+            opus.and_then(|pt| sending(&rtc, &summary.audio_mid).map(|mid| (mid, pt.into())));
         if video.is_none() && audio.is_none() {
             return Err(ViewerError::NothingToReceive);
         }
@@ -243,7 +252,9 @@ impl Engine {
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         // Route before answering: the first STUN check may follow the answer at once.
         self.demux.add_ufrag(&ufrag, Route { shard, peer: id });
-        self.registry.lock().insert(id, (shard, stream.name.clone()));
+        self.registry
+            .lock()
+            .insert(id, (shard, stream.name.clone()));
         let _ = self.shards[shard].send(ShardMsg::Add(Box::new(NewPeer {
             id,
             rtc,

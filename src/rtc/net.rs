@@ -268,11 +268,20 @@ mod tests {
         d.add_ufrag("abcd", r);
         let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         assert_eq!(d.route(Protocol::Udp, a, b"\x80\x60rtp"), None);
-        assert_eq!(d.route(Protocol::Udp, a, &binding_request("abcd:xyz")), Some((r, true)));
+        assert_eq!(
+            d.route(Protocol::Udp, a, &binding_request("abcd:xyz")),
+            Some((r, true))
+        );
         assert_eq!(d.route(Protocol::Udp, a, b"\x80\x60rtp"), Some((r, false)));
-        assert_eq!(d.route(Protocol::Udp, a, &binding_request("zzzz:xyz")), Some((r, false)));
+        assert_eq!(
+            d.route(Protocol::Udp, a, &binding_request("zzzz:xyz")),
+            Some((r, false))
+        );
         d.remove("abcd", &[(Protocol::Udp, a)]);
-        assert_eq!(d.route(Protocol::Udp, a, &binding_request("abcd:xyz")), None);
+        assert_eq!(
+            d.route(Protocol::Udp, a, &binding_request("abcd:xyz")),
+            None
+        );
     }
 
     #[test]

@@ -76,7 +76,10 @@ pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
             };
             let Ok(pt) = pt.parse::<u8>() else { continue };
             let name = enc.split('/').next().unwrap_or("").to_ascii_uppercase();
-            if !out.codec_names.contains(&name) && name != "RTX" && name != "RED" && name != "ULPFEC"
+            if !out.codec_names.contains(&name)
+                && name != "RTX"
+                && name != "RED"
+                && name != "ULPFEC"
             {
                 out.codec_names.push(name.clone());
             }

@@ -127,9 +127,7 @@ impl Shard {
             let first = if deadline <= now {
                 self.rx.try_recv().map_err(|e| match e {
                     crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    crossbeam_channel::TryRecvError::Disconnected => {
-                        RecvTimeoutError::Disconnected
-                    }
+                    crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
                 })
             } else {
                 self.rx.recv_deadline(deadline)

@@ -126,9 +126,19 @@ mod tests {
         let url = format!("sqlite://{}/t.db", dir.display());
         {
             let s = Store::open(&url).await.unwrap();
-            assert!(s.create_stream_if_absent("demo", "h1", "demo").await.unwrap());
-            assert!(!s.create_stream_if_absent("demo", "h2", "demo").await.unwrap());
-            s.upsert_stream("cfg", Some("T"), "h3", "config").await.unwrap();
+            assert!(
+                s.create_stream_if_absent("demo", "h1", "demo")
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !s.create_stream_if_absent("demo", "h2", "demo")
+                    .await
+                    .unwrap()
+            );
+            s.upsert_stream("cfg", Some("T"), "h3", "config")
+                .await
+                .unwrap();
         }
         let s = Store::open(&url).await.unwrap();
         let rows = s.streams().await.unwrap();

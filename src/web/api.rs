@@ -17,7 +17,10 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/api/v1/streams", get(list_streams))
         .route("/api/v1/streams/{name}", get(get_stream))
-        .route("/api/v1/streams/{name}/events", get(super::events::stream_events))
+        .route(
+            "/api/v1/streams/{name}/events",
+            get(super::events::stream_events),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
 }
@@ -31,7 +34,10 @@ async fn get_stream(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let stream = app.hub.get(&name).ok_or_else(|| ApiError::unknown_stream(&name))?;
+    let stream = app
+        .hub
+        .get(&name)
+        .ok_or_else(|| ApiError::unknown_stream(&name))?;
     Ok(Json(stream.snapshot()))
 }
 
@@ -46,11 +52,21 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let streams = app.hub.streams();
     out.push_str("# HELP roomcast_stream_live Whether the stream has a publisher.\n# TYPE roomcast_stream_live gauge\n");
     for s in &streams {
-        let _ = writeln!(out, "roomcast_stream_live{{stream=\"{}\"}} {}", s.name, u8::from(s.is_live()));
+        let _ = writeln!(
+            out,
+            "roomcast_stream_live{{stream=\"{}\"}} {}",
+            s.name,
+            u8::from(s.is_live())
+        );
     }
     out.push_str("# HELP roomcast_stream_viewers WebRTC viewers of the stream.\n# TYPE roomcast_stream_viewers gauge\n");
     for s in &streams {
-        let _ = writeln!(out, "roomcast_stream_viewers{{stream=\"{}\"}} {}", s.name, s.viewers());
+        let _ = writeln!(
+            out,
+            "roomcast_stream_viewers{{stream=\"{}\"}} {}",
+            s.name,
+            s.viewers()
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

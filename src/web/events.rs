@@ -24,7 +24,10 @@ pub async fn stream_events(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let stream = app.hub.get(&name).ok_or_else(|| ApiError::unknown_stream(&name))?;
+    let stream = app
+        .hub
+        .get(&name)
+        .ok_or_else(|| ApiError::unknown_stream(&name))?;
     // Subscribe before reading the state so nothing falls between the two.
     let rx = app.hub.subscribe_events();
     let snap = stream.snapshot();
@@ -58,9 +61,10 @@ pub async fn stream_events(
                 continue;
             }
             let e = match ev {
-                HubEvent::Live { .. } => {
-                    event("live", serde_json::to_value(stream.snapshot()).unwrap_or_default())
-                }
+                HubEvent::Live { .. } => event(
+                    "live",
+                    serde_json::to_value(stream.snapshot()).unwrap_or_default(),
+                ),
                 HubEvent::Offline { stream: name } => event("offline", json!({"name": name})),
                 HubEvent::Viewers { count, .. } => event("viewers", json!({"viewers": count})),
                 HubEvent::Title { title, .. } => event("title", json!({"title": title})),

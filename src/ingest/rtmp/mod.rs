@@ -62,7 +62,9 @@ impl RtmpIngest {
                 SETUP_TIMEOUT.saturating_sub(started.elapsed())
             };
             let n = match tokio::time::timeout(timeout, sock.read(&mut buf)).await {
-                Err(_) if pipeline.is_some() => return Err("publisher sent nothing for 20 s".into()),
+                Err(_) if pipeline.is_some() => {
+                    return Err("publisher sent nothing for 20 s".into());
+                }
                 Err(_) => return Err("no publish within 10 s of connecting".into()),
                 Ok(Err(e)) => return Err(format!("read error: {e}")),
                 Ok(Ok(0)) => {
@@ -95,9 +97,12 @@ impl RtmpIngest {
                                 self.app
                             ));
                         }
-                        conn.accept(request_id, &mut more).map_err(|e| e.to_string())?;
+                        conn.accept(request_id, &mut more)
+                            .map_err(|e| e.to_string())?;
                     }
-                    RtmpEvent::Publish { request_id, key, .. } => {
+                    RtmpEvent::Publish {
+                        request_id, key, ..
+                    } => {
                         // OBS may append a query (SignedPolicy); the key is what precedes it.
                         let key = key.split('?').next().unwrap_or("");
                         let Some(name) = self.keys.stream_for_key(key) else {
@@ -114,7 +119,8 @@ impl RtmpIngest {
                         let publisher = self.hub.publish(&stream, IngestProtocol::Rtmp);
                         info!(%peer, stream = %name, "rtmp publish started");
                         pipeline = Some(FlvPipeline::new(publisher));
-                        conn.accept(request_id, &mut more).map_err(|e| e.to_string())?;
+                        conn.accept(request_id, &mut more)
+                            .map_err(|e| e.to_string())?;
                     }
                     RtmpEvent::Unpublish => {
                         if let Some(p) = pipeline.take() {
@@ -138,7 +144,9 @@ impl RtmpIngest {
                     }
                     RtmpEvent::Unsupported(what) => {
                         if !what.is_empty() {
-                            return Err(format!("{what} is not supported; play over WebRTC or HLS"));
+                            return Err(format!(
+                                "{what} is not supported; play over WebRTC or HLS"
+                            ));
                         }
                     }
                 }

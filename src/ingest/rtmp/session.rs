@@ -22,7 +22,10 @@ pub enum RtmpEvent {
     /// Bytes to write to the socket, in order.
     Send(Vec<u8>),
     /// `connect` to an application (`rtmp://host/APP`).
-    Connect { request_id: u32, app: String },
+    Connect {
+        request_id: u32,
+        app: String,
+    },
     /// `publish` with a stream key.
     Publish {
         request_id: u32,
@@ -32,9 +35,15 @@ pub enum RtmpEvent {
     Unpublish,
     Metadata(StreamMetadata),
     /// An FLV video tag body.
-    Video { data: Bytes, timestamp: u32 },
+    Video {
+        data: Bytes,
+        timestamp: u32,
+    },
     /// An FLV audio tag body.
-    Audio { data: Bytes, timestamp: u32 },
+    Audio {
+        data: Bytes,
+        timestamp: u32,
+    },
     /// Anything this server does not serve (play requests and the like).
     Unsupported(&'static str),
 }
