@@ -1,7 +1,9 @@
 //! `GET /api/v1/streams/{name}/events`: Server-Sent Events for pages (live,
-//! offline, title, viewers; chat and redaction come from the Matrix relay).
-//! A new subscriber first gets the current state, so pages need no extra fetch.
+//! offline, title, viewers; description, chat and redaction come from the
+//! Matrix relay). A new subscriber first gets the current state, then the chat
+//! history, so pages need no extra fetch.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,38 +42,68 @@ pub async fn stream_events(
     } else {
         event("offline", json!({"name": snap.name}))
     });
+    if let Some(d) = &snap.description {
+        initial.push(event("description", json!({"description": d})));
+    }
+    // Chat history (oldest first); live messages already in it are not repeated.
+    let history = app
+        .matrix
+        .as_ref()
+        .map(|m| m.chat_history(&name))
+        .unwrap_or_default();
+    let mut seen: HashSet<String> = HashSet::new();
+    for m in &history {
+        seen.insert(m.id.clone());
+        initial.push(event(
+            "chat",
+            serde_json::to_value(&**m).unwrap_or_default(),
+        ));
+    }
 
-    let live = futures_util::stream::unfold((rx, stream), move |(mut rx, stream)| async move {
-        loop {
-            let ev = match rx.recv().await {
-                Ok(ev) => ev,
-                // A slow reader missed events: resend the state instead.
-                Err(RecvError::Lagged(_)) => {
-                    let snap = stream.snapshot();
-                    let e = if snap.live {
-                        event("live", serde_json::to_value(&snap).unwrap_or_default())
-                    } else {
-                        event("offline", json!({"name": snap.name}))
-                    };
-                    return Some((Ok(e), (rx, stream)));
+    let live = futures_util::stream::unfold(
+        (rx, stream, seen),
+        move |(mut rx, stream, mut seen)| async move {
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(ev) => ev,
+                    // A slow reader missed events: resend the state instead.
+                    Err(RecvError::Lagged(_)) => {
+                        let snap = stream.snapshot();
+                        let e = if snap.live {
+                            event("live", serde_json::to_value(&snap).unwrap_or_default())
+                        } else {
+                            event("offline", json!({"name": snap.name}))
+                        };
+                        return Some((Ok(e), (rx, stream, seen)));
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                if ev.stream() != stream.name {
+                    continue;
                 }
-                Err(RecvError::Closed) => return None,
-            };
-            if ev.stream() != stream.name {
-                continue;
+                let e = match ev {
+                    HubEvent::Live { .. } => event(
+                        "live",
+                        serde_json::to_value(stream.snapshot()).unwrap_or_default(),
+                    ),
+                    HubEvent::Offline { stream: name } => event("offline", json!({"name": name})),
+                    HubEvent::Viewers { count, .. } => event("viewers", json!({"viewers": count})),
+                    HubEvent::Title { title, .. } => event("title", json!({"title": title})),
+                    HubEvent::Description { description, .. } => {
+                        event("description", json!({"description": description}))
+                    }
+                    HubEvent::Chat { message, .. } => {
+                        if !seen.is_empty() && seen.remove(&message.id) {
+                            continue;
+                        }
+                        event("chat", serde_json::to_value(&*message).unwrap_or_default())
+                    }
+                    HubEvent::Redaction { id, .. } => event("redaction", json!({"id": id})),
+                };
+                return Some((Ok(e), (rx, stream, seen)));
             }
-            let e = match ev {
-                HubEvent::Live { .. } => event(
-                    "live",
-                    serde_json::to_value(stream.snapshot()).unwrap_or_default(),
-                ),
-                HubEvent::Offline { stream: name } => event("offline", json!({"name": name})),
-                HubEvent::Viewers { count, .. } => event("viewers", json!({"viewers": count})),
-                HubEvent::Title { title, .. } => event("title", json!({"title": title})),
-            };
-            return Some((Ok(e), (rx, stream)));
-        }
-    });
+        },
+    );
     let all = futures_util::StreamExt::chain(
         futures_util::stream::iter(initial.into_iter().map(Ok)),
         live,
