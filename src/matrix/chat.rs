@@ -238,9 +238,14 @@ impl Matrix {
             }
         }
         let n = msgs.len();
-        {
+        let new: Vec<Arc<ChatMessage>> = {
             let mut chat = self.chat.lock();
             let q = chat.entry(room.to_string()).or_default();
+            let new = msgs
+                .iter()
+                .filter(|m| !q.iter().any(|x| x.id == m.id))
+                .cloned()
+                .collect();
             // Keep live messages that arrived meanwhile.
             for m in q.drain(..) {
                 if !msgs.iter().any(|x| x.id == m.id) {
@@ -251,6 +256,16 @@ impl Matrix {
                 msgs.pop_front();
             }
             *q = msgs;
+            new
+        };
+        // Pages that subscribed before the history was loaded get it now.
+        for msg in new {
+            for m in self.streams_of_room(room) {
+                self.hub.send_event(HubEvent::Chat {
+                    stream: m.stream,
+                    message: msg.clone(),
+                });
+            }
         }
         info!(room = %room, messages = n, "matrix: chat history loaded");
         Ok(())

@@ -119,13 +119,17 @@ impl HsClient {
             .map_err(|e| HsError::Protocol(format!("building request: {e}")))?;
         let (parts, body) = http_req.into_parts();
         let url = parts.uri.to_string();
+        let has_auth = parts.headers.contains_key(http::header::AUTHORIZATION);
         let mut rb = self
             .http
             .request(parts.method, &url)
             .headers(parts.headers)
             .body(body);
-        // ruma puts the token in the header; make sure it is there.
-        rb = rb.bearer_auth(&self.as_token);
+        // ruma adds the token where the endpoint asks for one; appservices
+        // authenticate every call (identity assertion needs it).
+        if !has_auth {
+            rb = rb.bearer_auth(&self.as_token);
+        }
         let resp = rb
             .send()
             .await
