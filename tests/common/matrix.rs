@@ -405,10 +405,10 @@ impl Sse {
         for l in self.lines.snapshot() {
             if let Some(n) = l.strip_prefix("event:") {
                 name = Some(n.trim().to_string());
-            } else if let Some(d) = l.strip_prefix("data:") {
-                if let Some(n) = name.take() {
-                    out.push((n, serde_json::from_str(d.trim()).unwrap_or(Value::Null)));
-                }
+            } else if let Some(d) = l.strip_prefix("data:")
+                && let Some(n) = name.take()
+            {
+                out.push((n, serde_json::from_str(d.trim()).unwrap_or(Value::Null)));
             }
         }
         out
