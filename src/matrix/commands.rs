@@ -12,10 +12,9 @@ pub enum Command {
     New {
         name: String,
     },
-    /// Attach a stream to the room the command was said in.
-    Attach {
-        name: String,
-    },
+    /// Attach a stream to the room the command was said in, or (from a DM,
+    /// for encrypted rooms whose messages the bot cannot read) to `room`.
+    Attach { name: String, room: Option<String> },
     Detach {
         name: Option<String>,
     },
@@ -61,7 +60,7 @@ pub const PREFIX: &str = "!live";
 
 pub const HELP: &str = "roomcast commands:
 !live new <name> — (in a DM with me) create a room and a stream, and get its publishing settings
-!live attach <name> — attach a new stream to this room (room admins)
+!live attach <name> — attach a new stream to this room (room admins); for an encrypted room, DM me `!live attach <name> #room:server`
 !live detach [name] — detach the stream from this room (room admins)
 !live key [name] — get the publishing settings with a new key, by DM (room admins)
 !live rotate [name] — replace the stream key; the new one comes by DM (room admins)
@@ -125,8 +124,17 @@ pub fn parse(body: &str) -> Parsed {
             "new" if !too_many(1) => Command::New {
                 name: required_name(arg(0), "!live new <name>")?,
             },
-            "attach" if !too_many(1) => Command::Attach {
-                name: required_name(arg(0), "!live attach <name>")?,
+            "attach" if !too_many(2) => Command::Attach {
+                name: required_name(arg(0), "!live attach <name> [#room:server]")?,
+                room: match arg(1) {
+                    None => None,
+                    Some(r) if (r.starts_with('#') || r.starts_with('!')) && r.len() <= 255 => {
+                        Some(r.to_string())
+                    }
+                    Some(_) => {
+                        return Err("the room is a #alias:server or a !room_id".into());
+                    }
+                },
             },
             "detach" if !too_many(1) => Command::Detach {
                 name: name_arg(arg(0))?,
@@ -218,7 +226,7 @@ mod tests {
         );
         assert_eq!(
             cmd("!live ATTACH cam"),
-            Command::Attach { name: "cam".into() }
+            Command::Attach { name: "cam".into(), room: None }
         );
         assert_eq!(cmd("!live detach"), Command::Detach { name: None });
         assert_eq!(
@@ -297,7 +305,12 @@ mod tests {
     fn admin_commands() {
         assert!(!needs_admin(&Command::Help));
         assert!(!needs_admin(&Command::Status { name: None }));
-        assert!(needs_admin(&Command::Attach { name: "a".into() }));
+        assert!(needs_admin(&Command::Attach { name: "a".into(), room: None }));
+        assert_eq!(
+            cmd("!live attach cam #talks:example.org"),
+            Command::Attach { name: "cam".into(), room: Some("#talks:example.org".into()) }
+        );
+        assert!(err("!live attach cam talks").contains("#alias"));
         assert!(needs_admin(&Command::Key { name: None }));
     }
 }

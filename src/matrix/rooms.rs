@@ -118,6 +118,14 @@ impl Matrix {
                          invite me, and say `!live help` there.",
                     )
                     .await;
+                } else if first {
+                    self.reply(
+                        room,
+                        "This room is encrypted: I can't read its messages, so commands here don't reach me. \
+                         To stream into it, say `!live attach <name> <this room's #alias or !id>` in a direct \
+                         chat with me. The stream will work; the room's chat stays in Matrix only.",
+                    )
+                    .await;
                 }
             }
             _ => {}
@@ -270,6 +278,7 @@ impl Matrix {
                     | Command::Rotate { .. }
                     | Command::Detach { .. }
                     | Command::Link { .. }
+                    | Command::Attach { room: Some(_), .. }
             )
         {
             // Room-level admin commands: the power is checked in this room.
@@ -286,7 +295,43 @@ impl Matrix {
                 Ok(Ok(()))
             }
             Command::New { name } => self.cmd_new(room, sender, &name).await,
-            Command::Attach { name } => self.cmd_attach(room, sender, &name, None).await,
+            Command::Attach { name, room: None } => self.cmd_attach(room, sender, &name, None).await,
+            Command::Attach {
+                name,
+                room: Some(target),
+            } => {
+                let target_id = if target.starts_with('#') {
+                    let Ok(alias) = ruma::OwnedRoomAliasId::try_from(target.as_str()) else {
+                        return refuse(format!("'{target}' is not a room alias"));
+                    };
+                    let req = ruma::api::client::alias::get_alias::v3::Request::new(alias);
+                    match self.client.send(req, None).await {
+                        Ok(r) => r.room_id.to_string(),
+                        Err(e) if !e.is_transient() => {
+                            return refuse(format!("I cannot find the room {target}."));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    target.clone()
+                };
+                let bot_in = match self.state_event(&target_id, "m.room.member", self.bot.as_str()).await {
+                    Ok(ev) => ev.is_some_and(|e| e["content"]["membership"] == "join"),
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(_) => false,
+                };
+                if !bot_in {
+                    return refuse(format!("Invite me to {target} first, then say this again."));
+                }
+                if !self.is_admin(&target_id, sender).await? {
+                    return refuse(not_admin());
+                }
+                let r = self.cmd_attach(&target_id, sender, &name, None).await?;
+                if r.is_ok() && room != target_id {
+                    self.reply(room, &format!("Stream '{name}' is attached to {target}.")).await;
+                }
+                Ok(r)
+            }
             Command::Slots(Slots::Add { name }) => {
                 if self.streams_of_room(room).is_empty() {
                     return refuse("This room has no stream yet: `!live attach <name>` first.");
@@ -460,6 +505,24 @@ impl Matrix {
         }
         if self.store.stream_exists(name).await? {
             return refuse(format!("The name '{name}' is taken; pick another."));
+        }
+        // The widget and the stream state event are room state: the bot needs
+        // the power to send them.
+        let (bot_level, pl) = self.power_of(room, self.bot.as_str()).await?;
+        let needed = [WIDGET_TYPE, LAYOUT_TYPE, super::notices::STREAM_STATE_TYPE]
+            .iter()
+            .map(|t| {
+                pl["events"][*t]
+                    .as_i64()
+                    .unwrap_or_else(|| pl["state_default"].as_i64().unwrap_or(50))
+            })
+            .max()
+            .unwrap_or(50);
+        if bot_level < needed {
+            return refuse(format!(
+                "I need power level {needed} in this room to add the player widget and the stream state; \
+                 make me a moderator, then say this again."
+            ));
         }
         if self.room_row(room).is_none() {
             self.store.upsert_room(room, None, None).await?;

@@ -25,6 +25,8 @@ fn event(name: &str, data: serde_json::Value) -> Event {
 pub async fn stream_events(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let stream = app
         .hub
@@ -45,12 +47,15 @@ pub async fn stream_events(
     if let Some(d) = &snap.description {
         initial.push(event("description", json!({"description": d})));
     }
+    // A private room's chat is for viewers with access (`?access=` token).
+    let chat_ok =
+        crate::matrix::access::check_viewer(app.matrix.as_deref(), &stream, &headers, uri.query())
+            .is_ok();
     // Chat history (oldest first); live messages already in it are not repeated.
-    let history = app
-        .matrix
-        .as_ref()
-        .map(|m| m.chat_history(&name))
-        .unwrap_or_default();
+    let history = match &app.matrix {
+        Some(m) if chat_ok => m.chat_history(&name),
+        _ => Vec::new(),
+    };
     let mut seen: HashSet<String> = HashSet::new();
     for m in &history {
         seen.insert(m.id.clone());

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::synapse::{SERVER_NAME, Synapse, free_port};
+use super::synapse::{SERVER_NAME, Synapse};
 use super::{
     Lines, Server, ServerOpts, TempDir, drain, http, random_hex, roomcast_bin, wait_until,
 };
@@ -47,7 +47,9 @@ impl MatrixEnv {
     /// with it, then roomcast, and waits until roomcast pinged Synapse.
     pub fn start(matrix_extra: &str) -> MatrixEnv {
         let state = TempDir::new("roomcast-mx");
-        let http_port = free_port();
+        // Held until Synapse has its port, so the two never get the same one.
+        let hold = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let http_port = hold.local_addr().unwrap().port();
         let registration = state.path().join("registration.yaml");
         let out = Command::new(roomcast_bin())
             .args(["registration", "--url"])
@@ -62,6 +64,7 @@ impl MatrixEnv {
             String::from_utf8_lossy(&out.stderr)
         );
         let synapse = Synapse::start(&registration);
+        drop(hold);
         let mut env = MatrixEnv {
             state,
             http_port,
@@ -386,10 +389,16 @@ pub struct Sse {
 
 impl Sse {
     pub fn open(server: &Server, stream: &str) -> Sse {
+        Sse::open_query(server, stream, "")
+    }
+
+    /// With a query string (e.g. `access=<token>`).
+    pub fn open_query(server: &Server, stream: &str, query: &str) -> Sse {
         let mut s = TcpStream::connect(server.http).expect("connect for SSE");
+        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
         write!(
             s,
-            "GET /api/v1/streams/{stream}/events HTTP/1.0\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            "GET /api/v1/streams/{stream}/events{q} HTTP/1.0\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
             server.http
         )
         .unwrap();
