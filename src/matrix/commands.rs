@@ -14,7 +14,10 @@ pub enum Command {
     },
     /// Attach a stream to the room the command was said in, or (from a DM,
     /// for encrypted rooms whose messages the bot cannot read) to `room`.
-    Attach { name: String, room: Option<String> },
+    Attach {
+        name: String,
+        room: Option<String>,
+    },
     Detach {
         name: Option<String>,
     },
@@ -226,7 +229,10 @@ mod tests {
         );
         assert_eq!(
             cmd("!live ATTACH cam"),
-            Command::Attach { name: "cam".into(), room: None }
+            Command::Attach {
+                name: "cam".into(),
+                room: None
+            }
         );
         assert_eq!(cmd("!live detach"), Command::Detach { name: None });
         assert_eq!(
@@ -305,10 +311,16 @@ mod tests {
     fn admin_commands() {
         assert!(!needs_admin(&Command::Help));
         assert!(!needs_admin(&Command::Status { name: None }));
-        assert!(needs_admin(&Command::Attach { name: "a".into(), room: None }));
+        assert!(needs_admin(&Command::Attach {
+            name: "a".into(),
+            room: None
+        }));
         assert_eq!(
             cmd("!live attach cam #talks:example.org"),
-            Command::Attach { name: "cam".into(), room: Some("#talks:example.org".into()) }
+            Command::Attach {
+                name: "cam".into(),
+                room: Some("#talks:example.org".into())
+            }
         );
         assert!(err("!live attach cam talks").contains("#alias"));
         assert!(needs_admin(&Command::Key { name: None }));

@@ -176,4 +176,13 @@ mod tests {
         assert!(reg.namespaces.users[0].exclusive);
         std::fs::remove_dir_all(&dir).ok();
     }
+
+    /// The documented example at the repository root parses.
+    #[test]
+    fn example_parses() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("registration.yaml");
+        let reg = load(&p).unwrap();
+        assert_eq!(reg.sender_localpart, "roomcast");
+        assert_eq!(reg.namespaces.aliases[0].regex, "#live_.*:example\\.org");
+    }
 }

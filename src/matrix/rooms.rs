@@ -295,7 +295,9 @@ impl Matrix {
                 Ok(Ok(()))
             }
             Command::New { name } => self.cmd_new(room, sender, &name).await,
-            Command::Attach { name, room: None } => self.cmd_attach(room, sender, &name, None).await,
+            Command::Attach { name, room: None } => {
+                self.cmd_attach(room, sender, &name, None).await
+            }
             Command::Attach {
                 name,
                 room: Some(target),
@@ -315,7 +317,10 @@ impl Matrix {
                 } else {
                     target.clone()
                 };
-                let bot_in = match self.state_event(&target_id, "m.room.member", self.bot.as_str()).await {
+                let bot_in = match self
+                    .state_event(&target_id, "m.room.member", self.bot.as_str())
+                    .await
+                {
                     Ok(ev) => ev.is_some_and(|e| e["content"]["membership"] == "join"),
                     Err(e) if e.is_transient() => return Err(e),
                     Err(_) => false,
@@ -328,7 +333,8 @@ impl Matrix {
                 }
                 let r = self.cmd_attach(&target_id, sender, &name, None).await?;
                 if r.is_ok() && room != target_id {
-                    self.reply(room, &format!("Stream '{name}' is attached to {target}.")).await;
+                    self.reply(room, &format!("Stream '{name}' is attached to {target}."))
+                        .await;
                 }
                 Ok(r)
             }

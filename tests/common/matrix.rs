@@ -395,7 +395,11 @@ impl Sse {
     /// With a query string (e.g. `access=<token>`).
     pub fn open_query(server: &Server, stream: &str, query: &str) -> Sse {
         let mut s = TcpStream::connect(server.http).expect("connect for SSE");
-        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
         write!(
             s,
             "GET /api/v1/streams/{stream}/events{q} HTTP/1.0\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
