@@ -378,6 +378,29 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
     let snap = server.api_stream("crypt").unwrap();
     assert_eq!(snap["room"]["chat"], false, "{snap}");
 
+    // --- joining an unknown alias in the namespace creates the room on demand ----------------------
+    let od = eve.join("#live_ondemand:localhost");
+    let snap = server
+        .api_stream("ondemand")
+        .expect("a stream for the on-demand room");
+    assert_eq!(snap["room"]["room_id"], od.as_str(), "{snap}");
+    assert!(
+        eve.state(&od, "im.vector.modular.widgets", "roomcast_ondemand")
+            .is_some()
+    );
+    let (s, _) = eve.call(
+        "POST",
+        &format!(
+            "/_matrix/client/v3/join/{}",
+            enc("#live_Bad Name:localhost")
+        ),
+        Some(&json!({})),
+    );
+    assert_eq!(
+        s, 404,
+        "an invalid stream name in the namespace is not created"
+    );
+
     let mut s = env.server;
     s.as_mut()
         .unwrap()
