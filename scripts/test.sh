@@ -57,7 +57,7 @@ VENV="$ROOT/.venv"
 REQ="$ROOT/tests/py/requirements.txt"
 STAMP="$VENV/.roomcast-requirements"
 if ! [[ -x "$VENV/bin/python" && -f "$STAMP" ]] || ! cmp -s "$REQ" "$STAMP" ||
-    ! "$VENV/bin/python" -c 'import aiortc, av' >/dev/null 2>&1; then
+    ! "$VENV/bin/python" -c "import aiortc, av, synapse" >/dev/null 2>&1; then
     step "Python venv at .venv with aiortc ($(grep -m1 '^aiortc==' "$REQ")) $(elapsed)"
     python3 -m venv --clear "$VENV" || die "python3 -m venv failed (is python3-venv installed?)"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: -r "$REQ" ||

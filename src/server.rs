@@ -24,6 +24,8 @@ pub struct App {
     pub public_base: String,
     /// Serializes viewer admission so the egress caps hold under concurrent joins.
     pub admission: tokio::sync::Mutex<()>,
+    /// The Matrix application service (None: standalone).
+    pub matrix: Option<Arc<crate::matrix::Matrix>>,
 }
 
 impl App {
@@ -96,6 +98,34 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     log_listening("http", http_addr);
     let public_base = config.public_base(http_addr);
 
+    let matrix = match &config.matrix {
+        Some(mc) => {
+            let urls = crate::matrix::IngestUrls {
+                rtmp: rtmp_addr.map(|a| {
+                    format!(
+                        "rtmp://{}:{}/{}",
+                        public_host(&public_base),
+                        a.port(),
+                        config.rtmp.app
+                    )
+                }),
+                public_base: public_base.clone(),
+            };
+            let m = crate::matrix::Matrix::new(
+                mc,
+                None,
+                hub.clone(),
+                keys.clone(),
+                store.clone(),
+                urls,
+            )
+            .await
+            .context("matrix")?;
+            Some(Arc::new(m))
+        }
+        None => None,
+    };
+
     let app = Arc::new(App {
         config,
         hub,
@@ -104,14 +134,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         store,
         public_base,
         admission: tokio::sync::Mutex::new(()),
+        matrix,
     });
     print_banner(&app, rtmp_addr, new_demo_key.as_deref()).await?;
     let router = crate::web::router(app.clone());
+    if let Some(m) = &app.matrix {
+        // Connects in the background: media is served even while the
+        // homeserver is down.
+        m.spawn();
+    }
     info!("roomcast ready");
-    axum::serve(http, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("http server")?;
+    axum::serve(
+        http,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("http server")?;
     info!("roomcast stopped");
     Ok(())
 }
@@ -135,6 +174,14 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The host part of the public base URL (for the RTMP URL).
+fn public_host(base: &str) -> &str {
+    base.split("://")
+        .nth(1)
+        .and_then(|h| h.split(['/', ':']).next())
+        .unwrap_or("127.0.0.1")
+}
+
 /// Prints, for each stream, exactly what goes into OBS and where to watch.
 async fn print_banner(
     app: &App,
@@ -142,11 +189,7 @@ async fn print_banner(
     new_demo_key: Option<&str>,
 ) -> anyhow::Result<()> {
     let base = &app.public_base;
-    let host = base
-        .split("://")
-        .nth(1)
-        .and_then(|h| h.split(['/', ':']).next())
-        .unwrap_or("127.0.0.1");
+    let host = public_host(base);
     let mut out = String::from("\n");
     for row in app.store.streams().await? {
         out.push_str(&format!("stream '{}'\n", row.name));

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{FfmpegOpts, Publisher, STREAM, Server, ServerOpts};
@@ -102,7 +101,7 @@ fn egress_cap_counts_the_streams_bitrate() {
 
 #[test]
 fn plan_prints_the_guides_example_and_checks_caps() {
-    let out = Command::new(common::roomcast_bin())
+    let out = common::roomcast_cmd()
         .args([
             "plan",
             "--video-kbps",
@@ -129,7 +128,7 @@ fn plan_prints_the_guides_example_and_checks_caps() {
     let dir = common::TempDir::new("plan");
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[limits]\nmax_egress_mbps = 100\n").unwrap();
-    let out = Command::new(common::roomcast_bin())
+    let out = common::roomcast_cmd()
         .args([
             "plan",
             "--mode",

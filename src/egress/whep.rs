@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use tracing::info;
@@ -36,6 +36,7 @@ fn content_type_is(headers: &HeaderMap, wanted: &str) -> bool {
 async fn create(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -51,6 +52,8 @@ async fn create(
         .hub
         .get(&name)
         .ok_or_else(|| ApiError::unknown_stream(&name))?;
+    // Streams of private Matrix rooms need a viewer token.
+    crate::matrix::access::check_viewer(app.matrix.as_deref(), &stream, &headers, uri.query())?;
     if !stream.is_live() {
         return Err(ApiError::offline(&name));
     }

@@ -97,10 +97,68 @@ pub struct MediaInfo {
 /// Events for the control plane (web SSE, Matrix notices).
 #[derive(Debug, Clone)]
 pub enum HubEvent {
-    Live { stream: String },
-    Offline { stream: String },
-    Viewers { stream: String, count: usize },
-    Title { stream: String, title: String },
+    Live {
+        stream: String,
+    },
+    Offline {
+        stream: String,
+    },
+    Viewers {
+        stream: String,
+        count: usize,
+    },
+    Title {
+        stream: String,
+        title: String,
+    },
+    /// The stream's room topic changed.
+    Description {
+        stream: String,
+        description: String,
+    },
+    /// A chat message in the stream's Matrix room.
+    Chat {
+        stream: String,
+        message: Arc<ChatMessage>,
+    },
+    /// A chat message was redacted.
+    Redaction {
+        stream: String,
+        id: String,
+    },
+}
+
+/// A chat message of a stream's Matrix room, as pages show it (plain text).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMessage {
+    /// The Matrix event id.
+    pub id: String,
+    /// Display name.
+    pub sender: String,
+    pub sender_id: String,
+    pub body: String,
+    /// Origin server timestamp, ms since the Unix epoch.
+    pub ts: u64,
+    /// Posted by a guest of the watch page (a puppet user).
+    pub guest: bool,
+}
+
+/// Who may watch: anyone, or viewers with a token (Matrix room not public).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    #[default]
+    Public,
+    Private,
+}
+
+/// The Matrix room a stream belongs to.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RoomInfo {
+    pub room_id: String,
+    pub alias: Option<String>,
+    /// Whether roomcast can relay the room's chat (false in encrypted rooms).
+    pub chat: bool,
 }
 
 impl HubEvent {
@@ -109,7 +167,10 @@ impl HubEvent {
             HubEvent::Live { stream }
             | HubEvent::Offline { stream }
             | HubEvent::Viewers { stream, .. }
-            | HubEvent::Title { stream, .. } => stream,
+            | HubEvent::Title { stream, .. }
+            | HubEvent::Description { stream, .. }
+            | HubEvent::Chat { stream, .. }
+            | HubEvent::Redaction { stream, .. } => stream,
         }
     }
 }
@@ -130,6 +191,9 @@ struct PublisherState {
 
 struct StreamState {
     title: String,
+    description: Option<String>,
+    access: Access,
+    room: Option<RoomInfo>,
     publisher: Option<PublisherState>,
     media: MediaInfo,
     stats: StreamStats,
@@ -194,6 +258,9 @@ impl Hub {
                     name: name.to_string(),
                     state: Mutex::new(StreamState {
                         title: title.unwrap_or(name).to_string(),
+                        description: None,
+                        access: Access::Public,
+                        room: None,
                         publisher: None,
                         media: MediaInfo::default(),
                         stats: StreamStats::default(),
@@ -223,6 +290,11 @@ impl Hub {
 
     pub fn subscribe_events(&self) -> broadcast::Receiver<HubEvent> {
         self.events.subscribe()
+    }
+
+    /// Sends a control-plane event (chat relay) to every listener.
+    pub fn send_event(&self, event: HubEvent) {
+        let _ = self.events.send(event);
     }
 
     /// Makes `protocol` the stream's publisher. A previous publisher is taken over:
@@ -263,6 +335,9 @@ impl Hub {
 pub struct StreamSnapshot {
     pub name: String,
     pub title: String,
+    pub description: Option<String>,
+    pub access: Access,
+    pub room: Option<RoomInfo>,
     pub live: bool,
     pub started_at: Option<String>,
     pub viewers: usize,
@@ -334,6 +409,47 @@ impl Stream {
         st.stats.video_kbps(now).unwrap_or(0) + st.stats.audio_kbps(now).unwrap_or(0)
     }
 
+    /// Changes the description (the Matrix room topic) and tells listeners.
+    pub fn set_description(&self, description: Option<&str>) {
+        {
+            let mut st = self.state.lock();
+            if st.description.as_deref() == description {
+                return;
+            }
+            st.description = description.map(str::to_string);
+        }
+        let _ = self.hub_events.send(HubEvent::Description {
+            stream: self.name.clone(),
+            description: description.unwrap_or_default().to_string(),
+        });
+    }
+
+    pub fn description(&self) -> Option<String> {
+        self.state.lock().description.clone()
+    }
+
+    pub fn access(&self) -> Access {
+        self.state.lock().access
+    }
+
+    pub fn set_access(&self, access: Access) {
+        self.state.lock().access = access;
+    }
+
+    pub fn room(&self) -> Option<RoomInfo> {
+        self.state.lock().room.clone()
+    }
+
+    pub fn set_room(&self, room: Option<RoomInfo>) {
+        self.state.lock().room = room;
+    }
+
+    /// When the current publisher started (None while offline): identifies a
+    /// live session.
+    pub fn started_at(&self) -> Option<SystemTime> {
+        self.state.lock().publisher.as_ref().map(|p| p.started_at)
+    }
+
     pub fn viewers(&self) -> usize {
         self.viewers.load(Ordering::Relaxed)
     }
@@ -361,6 +477,9 @@ impl Stream {
         StreamSnapshot {
             name: self.name.clone(),
             title: st.title.clone(),
+            description: st.description.clone(),
+            access: st.access,
+            room: st.room.clone(),
             live,
             started_at: st.publisher.as_ref().map(|p| rfc3339(p.started_at)),
             viewers: self.viewers(),

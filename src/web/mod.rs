@@ -34,9 +34,14 @@ pub fn router(app: Arc<App>) -> Router {
             header::LINK,
             HeaderName::from_static("accept-patch"),
         ]);
-    Router::new()
+    let mut router = Router::new()
         .merge(api::routes())
         .merge(crate::egress::whep::routes())
+        .merge(crate::matrix::api::routes());
+    if app.matrix.is_some() {
+        router = router.merge(crate::matrix::appservice::routes());
+    }
+    router
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(cors)
         .with_state(app)

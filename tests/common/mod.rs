@@ -12,7 +12,9 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod matrix;
 pub mod rtmp;
+pub mod synapse;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -303,6 +305,12 @@ pub struct ServerOpts {
     pub streams: Vec<(String, String)>,
     /// Appended at the end of the file (new tables only).
     pub extra_toml: String,
+    /// `http.listen` (default `127.0.0.1:0`): a fixed address the homeserver
+    /// can be told about before roomcast starts.
+    pub http_listen: Option<String>,
+    /// Keep config and database here instead of a fresh temp dir, so a
+    /// restarted server finds its state (the caller owns the directory).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for ServerOpts {
@@ -315,13 +323,17 @@ impl Default for ServerOpts {
                 (STREAM2.to_string(), random_hex()),
             ],
             extra_toml: String::new(),
+            http_listen: None,
+            state_dir: None,
         }
     }
 }
 
 pub struct Server {
     child: Child,
-    dir: TempDir,
+    /// None when the caller owns the state directory.
+    _dir: Option<TempDir>,
+    pub state_dir: PathBuf,
     pub config_path: PathBuf,
     pub http: SocketAddr,
     pub rtmp: SocketAddr,
@@ -331,6 +343,19 @@ pub struct Server {
     pub streams: Vec<(String, String)>,
     /// stderr and stdout lines (stderr is where the logs go).
     log: Arc<Lines>,
+}
+
+/// `roomcast` with the test's own ROOMCAST_* variables (ROOMCAST_TEST_…) removed:
+/// the server reads every ROOMCAST_<SECTION>__<KEY> as a config override.
+pub fn roomcast_cmd() -> Command {
+    let mut cmd = Command::new(roomcast_bin());
+    for (k, _) in std::env::vars_os() {
+        let k_str = k.to_string_lossy();
+        if k_str.starts_with("ROOMCAST_") && k_str != "ROOMCAST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 pub fn roomcast_bin() -> PathBuf {
@@ -366,15 +391,23 @@ impl Server {
     }
 
     pub fn start_with(opts: ServerOpts) -> Server {
-        let dir = TempDir::new("roomcast-test");
-        let db = dir.path().join("roomcast.db");
+        let (owned_dir, state_dir) = match &opts.state_dir {
+            Some(p) => (None, p.clone()),
+            None => {
+                let d = TempDir::new("roomcast-test");
+                let p = d.path().to_path_buf();
+                (Some(d), p)
+            }
+        };
+        let db = state_dir.join("roomcast.db");
         let mut toml = format!(
             "public_url = \"http://127.0.0.1:8080\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"{}\"\n\
              [rtmp]\nlisten = \"127.0.0.1:0\"\n\
              [webrtc]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\npublic_ips = []\n\
              tcp_force = {}\n{}\n\
              [storage]\ndatabase_url = \"sqlite://{}\"\n",
+            opts.http_listen.as_deref().unwrap_or("127.0.0.1:0"),
             opts.tcp_force,
             opts.webrtc_extra,
             db.display()
@@ -386,14 +419,14 @@ impl Server {
         }
         toml.push_str(&opts.extra_toml);
         toml.push('\n');
-        let config_path = dir.path().join("roomcast.toml");
+        let config_path = state_dir.join("roomcast.toml");
         std::fs::write(&config_path, &toml).expect("write config");
 
         let mut cmd = Command::new(roomcast_bin());
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .current_dir(dir.path())
+            .current_dir(&state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -416,7 +449,8 @@ impl Server {
 
         let mut server = Server {
             child,
-            dir,
+            _dir: owned_dir,
+            state_dir,
             config_path,
             http: "0.0.0.0:0".parse().unwrap(),
             rtmp: "0.0.0.0:0".parse().unwrap(),
