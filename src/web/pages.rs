@@ -48,8 +48,10 @@ fn asset_bytes(path: &str) -> Option<(&'static str, &'static [u8])> {
         .map(|(_, ct, b)| (*ct, *b))
 }
 
-/// Content-Security-Policy of every page: nothing from other origins, no inline script.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+/// Content-Security-Policy of every page: nothing from other origins, no inline
+/// script. Inline styles are allowed: OBS injects a browser source's custom CSS
+/// as a `<style>` element.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; \
                    media-src 'self' blob:; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; \
                    base-uri 'none'; form-action 'self'";
 

@@ -90,6 +90,16 @@ export class Player extends EventTarget {
     }
     video.addEventListener('volumechange', () => this.render());
     video.addEventListener('playing', () => { this.lastFrameAt = performance.now(); this.setState('playing'); });
+    // A kept PeerConnection resumes without a new 'playing' event (the element never
+    // paused): a presented frame is what says the picture is back.
+    if ('requestVideoFrameCallback' in video) {
+      const onFrame = () => {
+        this.lastFrameAt = performance.now();
+        if ((this.state === 'connecting' || this.state === 'reconnecting') && this.live !== false) this.setState('playing');
+        video.requestVideoFrameCallback(onFrame);
+      };
+      video.requestVideoFrameCallback(onFrame);
+    }
     root.append(this.el);
   }
 
