@@ -112,8 +112,10 @@ async function shots(page, name, ready = async () => true) {
 async function hostServer() {
   const pages = new Map();
   const server = createServer((req, res) => {
-    const body = pages.get(new URL(req.url, 'http://x').pathname);
-    res.writeHead(body ? 200 : 404, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+    const path = new URL(req.url, 'http://x').pathname;
+    const body = pages.get(path);
+    const type = path.endsWith('.js') ? 'text/javascript' : 'text/html';
+    res.writeHead(body ? 200 : 404, { 'Content-Type': `${type}; charset=utf-8`, 'Cache-Control': 'no-store' });
     res.end(body || 'not found');
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
@@ -489,10 +491,12 @@ async function multiview(browser) {
 async function widget(browser) {
   const stream = opt('stream', 't1');
   const require = createRequire(import.meta.url);
-  const lib = readFileSync(require.resolve('matrix-widget-api/dist/api.min.js'), 'utf8');
+  // (dist/api.min.js of 1.19.0 exports nothing: its tinyify build drops the exports.)
+  const lib = readFileSync(require.resolve('matrix-widget-api/dist/api.js'), 'utf8');
   const snapshot = await (await fetch(`${BASE}/api/v1/streams/${stream}`)).json();
   const runs = [];
   const site = await hostServer();
+  site.set('/matrix-widget-api.js', lib);
   for (const [wait, access, theme] of [[true, 'private', 'dark'], [false, 'private', 'light'], [false, 'public', 'dark']]) {
     const ctx = await browser.newContext({ viewport: DESKTOP });
     const seen = { access: [], whepAuth: [], rooms: 0 };
@@ -509,7 +513,7 @@ async function widget(browser) {
       await route.continue();
     });
     site.set('/room', `<!doctype html><title>client</title><style>html,body{margin:0;height:100%;background:#222}iframe{border:0;width:100%;height:100%;display:block}</style>
-             <body><script>${lib}</script></body>`);
+             <body><script src="/matrix-widget-api.js"></script></body>`);
     const host = await ctx.newPage();
     watchConsole(host, `widget(wait=${wait},${access})`);
     await host.goto(`${site.origin}/room`);
@@ -540,6 +544,9 @@ async function widget(browser) {
       api.once('ready', () => { window.handshake = true; });
     }, { base: BASE, wait, theme });
     await waitFor('the widget handshake', () => host.evaluate(() => window.handshake), 15000);
+    // With waitForIframeLoad=false the client must have got content_loaded after the iframe's
+    // load event (else it arms a timer that logs "timed out waiting for contentLoaded").
+    await waitFor('no pending content_loaded timer', () => host.evaluate(() => window.clientApi.contentLoadedWaitTimer === undefined), 12000);
     const frame = await waitFor('the widget frame', async () => host.frames().find((f) => f.url().includes('/widget')));
     const themeOf = () => frame.evaluate(() => ({ attr: document.documentElement.dataset.theme, bg: getComputedStyle(document.body).backgroundColor }));
     const t1 = await waitFor(`the ${theme} theme`, async () => { const t = await themeOf(); return t.attr === theme ? t : null; }, 5000);
@@ -597,7 +604,7 @@ async function publish(browser) {
   allowedErrors.push(/status of (404|405)/);
   await page.goto(`${BASE}/publish/${stream}`);
   await shots(page, 'publish-empty');
-  await page.click('text=Start preview');
+  await page.click('button:has-text("Start preview")');
   await waitFor('the camera preview', () => page.evaluate(() => {
     const v = document.querySelector('.preview video');
     return v.srcObject && v.videoWidth > 0 && v.getVideoPlaybackQuality().totalVideoFrames > 5;
@@ -648,8 +655,54 @@ async function index(browser) {
   return { cards };
 }
 
+/** The LL-HLS fallback: in a browser without WebRTC the player loads
+ *  /hls/{stream}/index.m3u8 with hls.js. roomcast does not serve LL-HLS yet, so the
+ *  playlist and segments (made by ffmpeg, --hls-dir) are served by the browser's router;
+ *  without them (the real server's 404) the page says it cannot connect. */
+async function hls(browser) {
+  const stream = opt('stream', 't1');
+  const dir = opt('hls-dir');
+  const noWebrtc = () => { delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection; };
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  await ctx.addInitScript(noWebrtc);
+  const served = [];
+  await ctx.route(`**/hls/${stream}/*`, async (route) => {
+    const name = new URL(route.request().url()).pathname.split('/').pop();
+    served.push(name);
+    const type = name.endsWith('.m3u8') ? 'application/vnd.apple.mpegurl' : name.endsWith('.m4s') || name.endsWith('.mp4') ? 'video/mp4' : 'video/mp2t';
+    try {
+      await route.fulfill({ contentType: type, body: readFileSync(join(dir, name)) });
+    } catch {
+      await route.fulfill({ status: 404, json: { error: 'no such segment', code: 'not_found' } });
+    }
+  });
+  const page = await ctx.newPage();
+  watchConsole(page, 'hls');
+  await page.goto(`${BASE}/watch/${stream}`);
+  const st = await waitFor('hls.js playback', async () => {
+    const x = await playerStats(page);
+    return x && x.mode === 'hls' && x.presented >= 10 && x.state === 'playing' ? x : null;
+  });
+  check(served.includes('index.m3u8') && served.some((n) => !n.endsWith('.m3u8')), `served: ${served}`);
+  await ctx.close();
+
+  // No playlist (roomcast today): a plain sentence, and it keeps trying.
+  allowedErrors.push(/status of 404/);
+  const ctx2 = await browser.newContext({ viewport: DESKTOP });
+  await ctx2.addInitScript(noWebrtc);
+  const p2 = await ctx2.newPage();
+  watchConsole(p2, 'hls-missing');
+  await p2.goto(`${BASE}/watch/${stream}`);
+  const msg = await waitFor('the cannot-connect message', () => p2.evaluate(() => {
+    const el = document.querySelector('.rc-status');
+    return !el.hidden && /could not connect|no WebRTC/i.test(el.textContent) ? el.textContent : null;
+  }), 15000);
+  await ctx2.close();
+  return { hls: st, segments_served: served.length, without_playlist: msg };
+}
+
 // --- main ---------------------------------------------------------------------------
-const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index };
+const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls };
 
 async function main() {
   const result = { type: 'result', scenario, ok: false };

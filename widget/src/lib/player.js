@@ -65,7 +65,7 @@ export class Player extends EventTarget {
     this.video = video;
     this.status = h('div', { class: 'rc-status', role: 'status', 'aria-live': 'polite' });
     this.unmuteBtn = h('button', { class: 'rc-unmute', type: 'button', onclick: () => this.setMuted(false) },
-      icon('muted'), h('span', { text: 'Tap to unmute' }));
+      icon('muted'), h('span', { text: matchMedia('(hover: none)').matches ? 'Tap to unmute' : 'Click to unmute' }));
     this.playBtn = h('button', { class: 'rc-play', type: 'button', 'aria-label': 'Play', onclick: () => this.play() },
       icon('play'));
     this.muteBtn = h('button', { class: 'rc-btn', type: 'button', onclick: () => this.setMuted(!this.video.muted) });
@@ -323,7 +323,9 @@ export class Player extends EventTarget {
     if (gen !== this.gen) return;
     if (!ok) {
       this.mode = 'webrtc';
-      return this.scheduleRetry(`${why} The network may block WebRTC (UDP and TCP port of the server). Retrying…`);
+      return this.scheduleRetry(typeof RTCPeerConnection === 'undefined'
+        ? `${why} The server offers no HLS for this stream either. Retrying…`
+        : `${why} The network may block it (the server's UDP and TCP port). Retrying…`);
     }
     this.mode = 'hls';
     this.setState('connecting');
