@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let widget = root.join("widget");
     for p in ["src", "build.mjs", "package.json", "package-lock.json"] {
@@ -31,7 +32,10 @@ fn main() {
     };
     let mut files = Vec::new();
     if let Err(e) = collect(&dist, &dist, &mut files) {
-        fail(&format!("reading the built pages in {}: {e}", dist.display()));
+        fail(&format!(
+            "reading the built pages in {}: {e}",
+            dist.display()
+        ));
     }
     files.sort();
     let mut table = String::from(
@@ -73,7 +77,10 @@ fn build_widget(widget: &Path, dist: &Path) -> Result<(), String> {
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
     if major < 18 {
-        return Err(format!("Node.js {} is too old; install 18 or later", v.trim()));
+        return Err(format!(
+            "Node.js {} is too old; install 18 or later",
+            v.trim()
+        ));
     }
 
     // npm ci when the lock file changed since the last install.
@@ -81,17 +88,25 @@ fn build_widget(widget: &Path, dist: &Path) -> Result<(), String> {
     let stamp = widget.join("node_modules/.roomcast-lock");
     let lock_text = std::fs::read(&lock).map_err(|e| format!("reading {}: {e}", lock.display()))?;
     let installed = std::fs::read(&stamp).ok();
-    if installed.as_deref() != Some(lock_text.as_slice()) || !widget.join("node_modules/esbuild").exists() {
+    if installed.as_deref() != Some(lock_text.as_slice())
+        || !widget.join("node_modules/esbuild").exists()
+    {
         let npm = std::env::var("NPM").unwrap_or_else(|_| "npm".into());
         let status = Command::new(&npm)
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
             .current_dir(widget)
             .status()
-            .map_err(|e| format!("cannot run `{npm}` ({e}); install npm (Debian: apt-get install npm)"))?;
+            .map_err(|e| {
+                format!("cannot run `{npm}` ({e}); install npm (Debian: apt-get install npm)")
+            })?;
         if !status.success() {
-            return Err(format!("`npm ci` in {} failed ({status})", widget.display()));
+            return Err(format!(
+                "`npm ci` in {} failed ({status})",
+                widget.display()
+            ));
         }
-        std::fs::write(&stamp, &lock_text).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
+        std::fs::write(&stamp, &lock_text)
+            .map_err(|e| format!("writing {}: {e}", stamp.display()))?;
     }
 
     let status = Command::new(&node)

@@ -90,7 +90,10 @@ fn watch_page_starts_by_itself_plays_and_recovers() {
     wait_step(&tool, "offline_shown");
     let mut ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::default());
     let playing = wait_step(&tool, "playing");
-    println!("started by itself {} ms after the offline state", playing["after_ms"]);
+    println!(
+        "started by itself {} ms after the offline state",
+        playing["after_ms"]
+    );
     wait_step(&tool, "await_publisher_stop");
     ffmpeg.stop(Duration::from_secs(10));
     wait_step(&tool, "offline_again");
@@ -195,19 +198,36 @@ fn watch_page_falls_back_to_hls_without_webrtc() {
     let status = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
         .arg("testsrc2=size=640x360:rate=15")
-        .args(["-t", "6", "-c:v", "libx264", "-preset", "veryfast", "-g", "15", "-pix_fmt", "yuv420p"])
-        .args(["-f", "hls", "-hls_time", "1", "-hls_list_size", "0", "-hls_playlist_type", "vod"])
+        .args([
+            "-t", "6", "-c:v", "libx264", "-preset", "veryfast", "-g", "15", "-pix_fmt", "yuv420p",
+        ])
+        .args([
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+            "-hls_list_size",
+            "0",
+            "-hls_playlist_type",
+            "vod",
+        ])
         .arg(hls.path().join("index.m3u8"))
         .status()
         .expect("run ffmpeg");
-    assert!(status.success(), "ffmpeg could not write the HLS test playlist");
+    assert!(
+        status.success(),
+        "ffmpeg could not write the HLS test playlist"
+    );
     let server = Server::start("");
     let _ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), small());
     server.wait_live(STREAM, LIVE_TIMEOUT);
     let dir = hls.path().display().to_string();
     let mut tool = pages(&server, "hls", &["--stream", STREAM, "--hls-dir", &dir]);
     let r = finish(&mut tool, "HLS fallback");
-    println!("without a playlist the page says: {}", r["without_playlist"]);
+    println!(
+        "without a playlist the page says: {}",
+        r["without_playlist"]
+    );
 }
 
 #[test]
@@ -216,11 +236,7 @@ fn index_lists_live_public_streams() {
     let server = Server::start_with(with_title("Test One"));
     let _ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), small());
     server.wait_live(STREAM, LIVE_TIMEOUT);
-    let mut tool = pages(
-        &server,
-        "index",
-        &["--live", STREAM, "--offline", STREAM2],
-    );
+    let mut tool = pages(&server, "index", &["--live", STREAM, "--offline", STREAM2]);
     let r = finish(&mut tool, "index");
     assert_eq!(r["cards"][0]["title"], "Test One", "{r}");
 }

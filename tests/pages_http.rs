@@ -21,22 +21,44 @@ fn csp(server: &Server, path: &str) -> String {
 #[test]
 fn pages_and_assets_are_served_from_the_binary() {
     let server = Server::start("");
-    for path in ["/", "/watch/t1", "/embed/t1", "/widget", "/multiview", "/publish/t1"] {
+    for path in [
+        "/",
+        "/watch/t1",
+        "/embed/t1",
+        "/widget",
+        "/multiview",
+        "/publish/t1",
+    ] {
         let r = get(&server, path);
         assert_eq!(r.status, 200, "{path}: {}", r.text());
-        assert!(r.content_type().starts_with("text/html"), "{path}: {:?}", r.header("content-type"));
+        assert!(
+            r.content_type().starts_with("text/html"),
+            "{path}: {:?}",
+            r.header("content-type")
+        );
         let csp = r.header("content-security-policy").unwrap_or_default();
         assert!(csp.contains("script-src 'self'"), "{path}: CSP {csp:?}");
         let html = r.text();
-        assert!(!html.contains("cdn") && !html.contains("https://"), "{path} loads something from elsewhere");
+        assert!(
+            !html.contains("cdn") && !html.contains("https://"),
+            "{path} loads something from elsewhere"
+        );
         // Every script and stylesheet it names is served, immutable, with its type.
         for (attr, ct) in [("src=\"/assets/", "javascript"), ("href=\"/assets/", "css")] {
             for part in html.split(attr).skip(1) {
                 let name = part.split('"').next().unwrap();
                 let a = get(&server, &format!("/assets/{name}"));
                 assert_eq!(a.status, 200, "{path}: /assets/{name}");
-                assert!(a.content_type().contains(ct), "/assets/{name}: {:?}", a.header("content-type"));
-                assert!(a.header("cache-control").unwrap_or_default().contains("immutable"));
+                assert!(
+                    a.content_type().contains(ct),
+                    "/assets/{name}: {:?}",
+                    a.header("content-type")
+                );
+                assert!(
+                    a.header("cache-control")
+                        .unwrap_or_default()
+                        .contains("immutable")
+                );
             }
         }
     }
@@ -62,7 +84,10 @@ fn layouts_come_from_the_binary_and_the_config_dir() {
 
     // The page carries the layout; a bad name is a 404 JSON error naming what exists.
     let page = get(&server, "/multiview?layout=four-player").text();
-    assert!(page.contains("<script type=\"application/json\" id=\"layout\">{"), "layout not in the page");
+    assert!(
+        page.contains("<script type=\"application/json\" id=\"layout\">{"),
+        "layout not in the page"
+    );
     for bad in ["nope", "..%2Froomcast", "Four-Player"] {
         let v = assert_json_error(&get(&server, &format!("/multiview?layout={bad}")), 404, bad);
         assert_eq!(v["code"], "unknown_layout");
@@ -86,7 +111,11 @@ fn layouts_come_from_the_binary_and_the_config_dir() {
     let duo: Value = get(&server, "/api/v1/layouts/duo").json().unwrap();
     assert_eq!(duo["slots"][1]["id"], "right");
     assert_eq!(get(&server, "/multiview?layout=duo").status, 200);
-    let v = assert_json_error(&get(&server, "/multiview?layout=broken"), 500, "broken layout");
+    let v = assert_json_error(
+        &get(&server, "/multiview?layout=broken"),
+        500,
+        "broken layout",
+    );
     assert_eq!(v["code"], "invalid_layout");
     assert!(v["error"].as_str().unwrap().contains("does not fit"), "{v}");
 }

@@ -67,7 +67,9 @@ fn page(name: &str, status: StatusCode, framable: bool, replace: Option<(&str, &
         .into_response();
     };
     let body = match replace {
-        Some((marker, with)) => String::from_utf8_lossy(bytes).replacen(marker, with, 1).into_bytes(),
+        Some((marker, with)) => String::from_utf8_lossy(bytes)
+            .replacen(marker, with, 1)
+            .into_bytes(),
         None => bytes.to_vec(),
     };
     let csp = if framable {
@@ -79,7 +81,10 @@ fn page(name: &str, status: StatusCode, framable: bool, replace: Option<(&str, &
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if let Ok(v) = HeaderValue::from_str(&csp) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
@@ -136,7 +141,12 @@ async fn multiview(State(app): State<Arc<App>>, Query(q): Query<MultiviewQuery>)
         .unwrap_or_else(|_| "null".into())
         .replace('<', "\\u003c");
     let tag = format!("<script type=\"application/json\" id=\"layout\">{json}</script>");
-    page("multiview", StatusCode::OK, true, Some(("<!--layout-->", &tag)))
+    page(
+        "multiview",
+        StatusCode::OK,
+        true,
+        Some(("<!--layout-->", &tag)),
+    )
 }
 
 async fn asset(Path(file): Path<String>) -> Response {
@@ -322,12 +332,19 @@ mod tests {
             let (ct, html) = asset_bytes(&format!("{p}.html")).expect(p);
             assert!(ct.starts_with("text/html"));
             let html = String::from_utf8_lossy(html);
-            assert!(html.contains("<script type=\"module\" src=\"/assets/"), "{p}: {html}");
-            assert!(!html.contains("http://") || html.contains("www.w3.org"), "{p} links elsewhere");
+            assert!(
+                html.contains("<script type=\"module\" src=\"/assets/"),
+                "{p}: {html}"
+            );
+            assert!(
+                !html.contains("http://") || html.contains("www.w3.org"),
+                "{p} links elsewhere"
+            );
         }
-        assert!(asset_bytes("multiview.html").is_some_and(|(_, b)| {
-            String::from_utf8_lossy(b).contains("<!--layout-->")
-        }));
+        assert!(
+            asset_bytes("multiview.html")
+                .is_some_and(|(_, b)| { String::from_utf8_lossy(b).contains("<!--layout-->") })
+        );
     }
 
     #[test]
