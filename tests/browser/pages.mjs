@@ -357,9 +357,15 @@ async function chat(browser) {
 async function embed(browser) {
   const stream = opt('stream', 't1');
   const ctx = await browser.newContext({ viewport: { width: 1920, height: 1080 } });
+  // A private stream's link carries ?access=TOKEN: the player hands it to WHEP as Bearer.
+  const whepAuth = [];
+  await ctx.route(`**/whep/${stream}`, async (route) => {
+    if (route.request().method() === 'POST') whepAuth.push(route.request().headers().authorization || null);
+    await route.continue();
+  });
   const page = await ctx.newPage();
   watchConsole(page, 'embed-obs');
-  await page.goto(`${BASE}/embed/${stream}?muted=0&controls=0`);
+  await page.goto(`${BASE}/embed/${stream}?muted=0&controls=0&access=link-token`);
   // What OBS injects into every browser source by default.
   await page.addStyleTag({ content: 'body { background-color: rgba(0, 0, 0, 0); margin: 0px auto; overflow: hidden; }' });
   const s = await waitFor('the OBS-sized embed to play (60 frames)', async () => {
@@ -384,6 +390,7 @@ async function embed(browser) {
   check(geo.controls === 0 && geo.status, `controls=0 shows no controls: ${JSON.stringify(geo)}`);
   check(!s.muted, 'muted=0 should play with sound (OBS allows autoplay with sound)');
   check(geo.scroll[0] === 1920 && geo.scroll[1] === 1080, `no scrollbars: ${geo.scroll}`);
+  check(whepAuth.length >= 1 && whepAuth.every((a) => a === 'Bearer link-token'), `WHEP Authorization: ${JSON.stringify(whepAuth)}`);
   await shot(page, 'embed-obs', { omitBackground: true });
   await ctx.close();
 
