@@ -72,6 +72,7 @@ async function waitFor(what, fn, timeoutMs = TIMEOUT) {
       last = await fn();
       if (last) return last;
     } catch (e) {
+      if (e && e.fatal) throw e;
       last = `error: ${e.message || e}`;
     }
     if (Date.now() > deadline) {
@@ -627,7 +628,11 @@ async function publish(browser) {
     await ctx.close();
     return { message: s.text };
   }
-  const s = await waitFor('going live over WHIP', async () => { const x = await status(); return /You are live/.test(x.text) ? x : null; }, 30000);
+  const s = await waitFor('going live over WHIP', async () => {
+    const x = await status();
+    if (x.error) throw Object.assign(new Error(`the publish page says: ${x.text}`), { fatal: true });
+    return /You are live/.test(x.text) ? x : null;
+  }, 30000);
   await shots(page, 'publish-live');
   const watcher = await ctx.newPage();
   watchConsole(watcher, 'publish-watch');
