@@ -4,8 +4,8 @@
 # On a fresh Debian 12 machine (as root, or with sudo) it installs what the
 # tests need and is missing — Debian packages (ffmpeg, chromium, libopus-dev,
 # pkg-config, cmake), a Python venv at .venv with aiortc (tests/py/requirements.txt,
-# wheels only), playwright-core in tests/browser (npm ci; it drives Debian's
-# Chromium, no browser download) — then runs
+# wheels only), playwright-core and matrix-widget-api in tests/browser (npm ci; it
+# drives Debian's Chromium, no browser download) — then runs
 #     cargo clippy --all-targets -- -D warnings
 #     cargo test            (unit tests and the end-to-end tests in tests/)
 # Extra arguments go to `cargo test`, e.g. ./scripts/test.sh --test media_browser -- --nocapture
@@ -67,13 +67,13 @@ fi
 # Keep the venv out of git without touching the repository's .gitignore.
 [[ -f "$VENV/.gitignore" ]] || echo '*' >"$VENV/.gitignore"
 
-# --- 3. playwright-core for the Chromium player -------------------------------
+# --- 3. playwright-core and matrix-widget-api for the browser tests ----------
+# (widget/'s own npm packages are installed by build.rs when cargo builds.)
 BROWSER_DIR="$ROOT/tests/browser"
-want_pw=$(node -p "require('$BROWSER_DIR/package.json').dependencies['playwright-core']")
-have_pw=$(node -p "try { require('$BROWSER_DIR/node_modules/playwright-core/package.json').version } catch { '' }")
-if [[ "$want_pw" != "$have_pw" ]]; then
-    step "npm ci in tests/browser (playwright-core $want_pw) $(elapsed)"
+if ! cmp -s "$BROWSER_DIR/package-lock.json" "$BROWSER_DIR/node_modules/.roomcast-lock" 2>/dev/null; then
+    step "npm ci in tests/browser (playwright-core, matrix-widget-api) $(elapsed)"
     (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/browser failed"
+    cp "$BROWSER_DIR/package-lock.json" "$BROWSER_DIR/node_modules/.roomcast-lock"
 fi
 
 # --- 4. Lint and test ---------------------------------------------------------

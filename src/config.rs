@@ -39,6 +39,10 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub matrix: Option<MatrixConfig>,
+    /// The directory of the config file (`None` without one); the pages read
+    /// producers' multi-view layouts from its `layouts/` folder.
+    #[serde(skip)]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,8 +200,12 @@ impl Config {
         apply_env(&mut table, env)?;
         // Round-trip through text so serde's errors point at the offending key.
         let merged = toml::to_string(&table).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let config: Config =
+        let mut config: Config =
             toml::from_str(&merged).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.dir = path.map(|p| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        });
         config.validate()?;
         Ok(config)
     }

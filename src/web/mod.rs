@@ -1,8 +1,9 @@
-//! HTTP: the axum router for the API, WHEP (and later pages, SSE, metrics).
+//! HTTP: the axum router for the API, SSE, metrics, WHEP and the web pages.
 
 mod api;
 pub mod error;
 mod events;
+mod pages;
 
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ pub fn router(app: Arc<App>) -> Router {
         ]);
     let mut router = Router::new()
         .merge(api::routes())
+        .merge(pages::routes())
         .merge(crate::egress::whep::routes())
         .merge(crate::matrix::api::routes());
     if app.matrix.is_some() {

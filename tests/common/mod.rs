@@ -358,8 +358,12 @@ pub fn roomcast_cmd() -> Command {
     cmd
 }
 
+/// The binary under test: `$ROOMCAST_TEST_BIN`, else the one cargo built for this
+/// test (a copy in the environment keeps a shared target dir's rebuilds out of a run).
 pub fn roomcast_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_roomcast"))
+    std::env::var_os("ROOMCAST_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_roomcast")))
 }
 
 /// Parses `... listening service="http" addr=127.0.0.1:PORT ...`.
