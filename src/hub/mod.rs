@@ -62,7 +62,7 @@ impl Frame {
 }
 
 /// Egress side of the hub: something that forwards frames of one stream to viewers.
-/// `deliver` is called with the stream's fan-out lock held, so it must only enqueue.
+/// `deliver` runs on the publisher's task, so it must only enqueue.
 pub trait FrameSink: Send + Sync {
     fn deliver(&self, stream: &Arc<Stream>, frame: &Arc<Frame>);
 }
@@ -200,6 +200,7 @@ struct StreamState {
     timeline: Timeline,
 }
 
+#[derive(Clone)]
 struct SinkEntry {
     id: u64,
     sink: Arc<dyn FrameSink>,
@@ -211,7 +212,9 @@ struct Fanout {
     /// Video frames since the last keyframe (starting with it) and the audio between
     /// them, so a joining viewer starts at once instead of waiting for a keyframe.
     gop: Vec<Arc<Frame>>,
-    sinks: Vec<SinkEntry>,
+    /// Copied on write: a fan-out clones the `Arc` under the lock and delivers
+    /// after releasing it.
+    sinks: Arc<Vec<SinkEntry>>,
 }
 
 pub struct Stream {
@@ -269,7 +272,7 @@ impl Hub {
                     fanout: Mutex::new(Fanout {
                         next_index: 0,
                         gop: Vec::new(),
-                        sinks: Vec::new(),
+                        sinks: Arc::new(Vec::new()),
                     }),
                     viewers: AtomicUsize::new(0),
                     hub_events: self.events.clone(),
@@ -495,10 +498,11 @@ impl Stream {
     /// a worker with many viewers of one stream gets each frame once.
     pub fn attach_sink(&self, id: u64, sink: &Arc<dyn FrameSink>) {
         let mut f = self.fanout.lock();
-        if let Some(e) = f.sinks.iter_mut().find(|e| e.id == id) {
+        let sinks = Arc::make_mut(&mut f.sinks);
+        if let Some(e) = sinks.iter_mut().find(|e| e.id == id) {
             e.refs += 1;
         } else {
-            f.sinks.push(SinkEntry {
+            sinks.push(SinkEntry {
                 id,
                 sink: sink.clone(),
                 refs: 1,
@@ -508,10 +512,11 @@ impl Stream {
 
     pub fn detach_sink(&self, id: u64) {
         let mut f = self.fanout.lock();
-        if let Some(pos) = f.sinks.iter().position(|e| e.id == id) {
-            f.sinks[pos].refs -= 1;
-            if f.sinks[pos].refs == 0 {
-                f.sinks.swap_remove(pos);
+        let sinks = Arc::make_mut(&mut f.sinks);
+        if let Some(pos) = sinks.iter().position(|e| e.id == id) {
+            sinks[pos].refs -= 1;
+            if sinks[pos].refs == 0 {
+                sinks.swap_remove(pos);
             }
         }
     }
@@ -556,7 +561,11 @@ impl Stream {
                 f.gop.push(frame.clone());
             }
         }
-        for e in &f.sinks {
+        let sinks = f.sinks.clone();
+        drop(f);
+        // A shard that attaches meanwhile misses this frame only if its viewers
+        // are not yet connected; it starts them from the GOP, which has it.
+        for e in sinks.iter() {
             e.sink.deliver(self, &frame);
         }
     }
