@@ -3,7 +3,8 @@
 //
 //   node pages.mjs SCENARIO --base http://127.0.0.1:PORT [--artifacts DIR] [options]
 //
-// Scenarios: watch, chat, embed, multiview, widget, publish, index (see each function).
+// Scenarios: watch, chat, embed, multiview, widget, publish, index, hls (see each function),
+// and mx-watch, mx-widget against a real Synapse room (tests/matrix_pages.rs).
 // Every stdout line is one JSON object with a "type": step lines the Rust test
 // reacts to (e.g. {"type":"offline_shown"} → it starts the publisher), "shot"
 // lines naming saved screenshots, "console" lines, and last a "result"
@@ -713,8 +714,306 @@ async function hls(browser) {
   return { hls: st, segments_served: served.length, without_playlist: msg };
 }
 
+// --- with a real Matrix room (tests/matrix_pages.rs: real Synapse, real roomcast, ffmpeg) ---
+
+/** JSON of a `--NAME` argument. */
+const jsonOpt = (name, dflt = null) => {
+  const v = opt(name);
+  return v === null ? dflt : JSON.parse(v);
+};
+
+/** /watch/{stream} of a `!live new` room: the Rust test renames the room, sends messages and
+ *  redacts them in Synapse between the steps announced here; the page's guest posts for real. */
+async function mxWatch(browser) {
+  const stream = opt('stream');
+  const title = opt('title');
+  const renamed = opt('renamed');
+  const htmlBody = opt('html-body');
+  const sender = opt('sender');
+  const guestName = opt('guest-name', 'Carol');
+  const guestBody = opt('guest-body', 'hello from the page');
+  const historyBody = opt('history-body');
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  // When each title text first appears (Date.now(), compared with the rename time by the test).
+  await ctx.addInitScript(() => {
+    window.__titles = {};
+    const note = () => {
+      const t = document.getElementById('title')?.textContent;
+      if (t && !(t in window.__titles)) window.__titles[t] = Date.now();
+    };
+    new MutationObserver(note).observe(document, { subtree: true, childList: true, characterData: true });
+  });
+  const page = await ctx.newPage();
+  watchConsole(page, 'mx-watch');
+  await page.goto(`${BASE}/watch/${stream}`);
+  const ui = () => page.evaluate(() => ({
+    title: document.getElementById('title').textContent,
+    docTitle: document.title,
+    badge: document.getElementById('state').textContent,
+    chatShown: !document.querySelector('.chat').hidden,
+    messages: [...document.querySelectorAll('.chat-msg')].map((li) => ({
+      id: li.dataset.id,
+      sender: li.querySelector('.chat-sender').textContent,
+      sender_id: li.querySelector('.chat-sender').getAttribute('title'),
+      body: li.querySelector('.chat-body').textContent,
+      guest: li.classList.contains('is-guest'),
+      elements: li.querySelector('.chat-body').children.length,
+    })),
+  }));
+  const st = await waitFor('the watch page to play the stream (30 frames)', async () => {
+    const x = await playerStats(page);
+    return x && x.framesDecoded >= 30 && x.state === 'playing' ? x : null;
+  });
+  const u0 = await waitFor('the room name as title, LIVE and the chat panel with the earlier message', async () => {
+    const x = await ui();
+    const earlier = !historyBody || x.messages.some((m) => m.body === historyBody && m.sender === sender);
+    return x.title === title && x.badge === 'LIVE' && x.chatShown && earlier ? x : null;
+  }, 20000);
+  emit({ type: 'ready', stats: st, ui: u0 });
+
+  // The test renames the room in Synapse now.
+  const seenAt = await waitFor(`the title to become ${JSON.stringify(renamed)}`,
+    () => page.evaluate((t) => window.__titles[t] || null, renamed), 15000);
+  check((await ui()).docTitle.startsWith(renamed), `document title: ${(await ui()).docTitle}`);
+  emit({ type: 'renamed', seen_at: seenAt });
+
+  // The test sends a message with HTML in it from Matrix now.
+  const mx = await waitFor('the Matrix message in the chat panel', async () => (await ui()).messages.find((m) => m.body === htmlBody), 20000);
+  check(mx.elements === 0, `the message's HTML was parsed: ${JSON.stringify(mx)}`);
+  check(mx.sender === sender && !mx.guest, `sender: ${JSON.stringify(mx)}`);
+  emit({ type: 'matrix_message_shown', message: mx });
+
+  // A guest picks a name and posts.
+  await page.fill('.chat-form input[name="name"]', guestName);
+  await page.keyboard.press('Enter');
+  await waitFor('the message box', () => page.evaluate(() => !!document.querySelector('.chat-form input[name="body"]')), 15000);
+  const chattingAs = await page.evaluate(() => document.querySelector('.chat-note strong')?.textContent);
+  check(chattingAs === `${guestName} (guest)`, `chatting as ${chattingAs}`);
+  await page.fill('.chat-form input[name="body"]', guestBody);
+  await page.keyboard.press('Enter');
+  const own = await waitFor('the guest message to show', async () => (await ui()).messages.find((m) => m.body === guestBody && m.id.startsWith('$')), 20000);
+  emit({ type: 'guest_posted', message: own, display_name: chattingAs });
+  // The server's echo on the feed (it carries sender_id) replaces the page's own copy.
+  const echo = await waitFor('the feed to echo the guest message', async () => {
+    const x = await ui();
+    const same = x.messages.filter((m) => m.id === own.id);
+    return same.length === 1 && same[0].sender_id ? same[0] : null;
+  }, 20000);
+  check(echo.guest && echo.sender === `${guestName} (guest)` && (await ui()).messages.filter((m) => m.body === guestBody).length === 1,
+    `echo: ${JSON.stringify(echo)}`);
+  const errorText = await page.evaluate(() => { const e = document.querySelector('.chat-error'); return e.hidden ? '' : e.textContent; });
+  check(!errorText, `chat error shown: ${errorText}`);
+  await shots(page, 'mx-watch', async () => (await playerStats(page))?.state === 'playing');
+
+  // The test redacts both messages in Matrix now.
+  emit({ type: 'await_redactions', ids: [mx.id, own.id] });
+  await waitFor('the redacted messages to leave the chat panel', async () => {
+    const x = await ui();
+    return !x.messages.some((m) => m.id === mx.id || m.id === own.id);
+  }, 20000);
+  const left = (await ui()).messages;
+  emit({ type: 'redacted', left });
+  await ctx.close();
+  return { rename_seen_at: seenAt, matrix_message: mx, guest_message: echo, left };
+}
+
+/** The Matrix client around the widget: a room view with the app drawer on top, as Element lays out a
+ *  widget pinned with `io.element.widgets.layout` (container top, height in % of the room view). */
+const CLIENT_HTML = (heightPct) => `<!doctype html><title>Matrix client</title>
+<style>
+  html, body { margin: 0; height: 100%; font: 14px system-ui, sans-serif; background: #15191e; color: #e6e9ee; }
+  body { display: flex; }
+  nav { width: 240px; background: #21262c; padding: 12px; box-sizing: border-box; flex: none; }
+  main { flex: 1; display: flex; flex-direction: column; min-width: 0; }
+  header { height: 56px; display: flex; align-items: center; padding: 0 16px; border-bottom: 1px solid #2f353c; font-weight: 600; flex: none; }
+  .apps { height: ${heightPct}%; padding: 8px; box-sizing: border-box; flex: none; border-bottom: 1px solid #2f353c; }
+  .apps iframe { border: 0; width: 100%; height: 100%; display: block; border-radius: 8px; }
+  .timeline { flex: 1; padding: 16px; color: #8d97a5; }
+  dialog { background: #21262c; color: inherit; border: 1px solid #394049; border-radius: 8px; }
+  body.light { background: #fff; color: #17191c; } body.light nav { background: #f4f6fa; } body.light header, body.light .apps { border-color: #e3e8f0; }
+  @media (max-width: 600px) { nav { display: none; } }
+</style>
+<body><nav>Rooms</nav><main><header id="room-name"></header><div class="apps" id="apps"></div>
+<div class="timeline">Timeline</div></main>
+<dialog id="consent"><p>This widget wants to verify your identity.</p><button id="allow">Continue</button> <button id="deny">Cancel</button></dialog>
+<script src="/matrix-widget-api.js"></script></body>`;
+
+/** The widget the bot wrote into the room (`im.vector.modular.widgets`, read from Synapse by the
+ *  test), templated and framed the way Element Web does it, talking to a ClientWidgetApi. Each run is
+ *  one user: its OpenID token comes from Synapse when the widget asks (with a consent step, or
+ *  remembered). `expect: "play"` → frames decoded; `"refused"` → the page says why. */
+async function mxWidget(browser) {
+  const widget = jsonOpt('widget');
+  const layout = jsonOpt('layout', {});
+  const roomId = opt('room');
+  const roomName = opt('room-name', '');
+  const hs = opt('hs');
+  const runs = jsonOpt('runs');
+  const label = opt('name', 'mx-widget');
+  const require = createRequire(import.meta.url);
+  const lib = readFileSync(require.resolve('matrix-widget-api/dist/api.js'), 'utf8');
+  const site = await hostServer();
+  site.set('/matrix-widget-api.js', lib);
+  const heightPct = layout?.widgets?.[widget.id]?.container === 'top' ? (layout.widgets[widget.id].height || 40) : 100;
+  site.set('/room', CLIENT_HTML(heightPct));
+  const results = [];
+  for (const run of runs) {
+    if (run.expect === 'refused') allowedErrors.push(/status of 403/);
+    const ctx = await browser.newContext({ viewport: run.viewport === 'phone' ? PHONE : DESKTOP });
+    const host = await ctx.newPage();
+    const name = `${label}-${run.label}`;
+    watchConsole(host, name);
+    const seen = { whepAuth: [], access: [] };
+    host.on('request', (r) => {
+      const p = new URL(r.url()).pathname;
+      if (r.method() === 'POST' && p.startsWith('/whep/')) seen.whepAuth.push(r.headers().authorization || null);
+    });
+    host.on('response', (r) => {
+      const p = new URL(r.url()).pathname;
+      if (r.request().method() === 'POST' && /^\/api\/v1\/streams\/[^/]+\/access$/.test(p)) seen.access.push(r.status());
+    });
+    await host.goto(`${site.origin}/room`);
+    const src = await host.evaluate(({ widget, roomId, roomName, hs, run }) => {
+      const { ClientWidgetApi, Widget, WidgetDriver, OpenIDRequestState } = window.mxwidgets;
+      if (run.theme === 'light') document.body.classList.add('light');
+      document.getElementById('room-name').textContent = roomName;
+      window.openidAsked = 0;
+      const getToken = async () => {
+        const r = await fetch(`${hs}/_matrix/client/v3/user/${encodeURIComponent(run.user_id)}/openid/request_token`, {
+          method: 'POST', headers: { Authorization: `Bearer ${run.access_token}`, 'Content-Type': 'application/json' }, body: '{}',
+        });
+        if (!r.ok) throw new Error(`openid/request_token: ${r.status}`);
+        return r.json();
+      };
+      // What Element's StopGapWidgetDriver does: ask the user once (a dialog), or use the remembered answer.
+      class Driver extends WidgetDriver {
+        async validateCapabilities(requested) { return requested; }
+        async askOpenID(observer) {
+          window.openidAsked++;
+          if (!run.consent) return observer.update({ state: OpenIDRequestState.Allowed, token: await getToken() });
+          observer.update({ state: OpenIDRequestState.PendingUserConfirmation });
+          const dialog = document.getElementById('consent');
+          dialog.showModal();
+          document.getElementById('allow').onclick = async () => {
+            dialog.close();
+            observer.update({ state: OpenIDRequestState.Allowed, token: await getToken() });
+          };
+          document.getElementById('deny').onclick = () => {
+            dialog.close();
+            observer.update({ state: OpenIDRequestState.Blocked });
+          };
+        }
+      }
+      const w = new Widget({ ...widget, creatorUserId: widget.creatorUserId });
+      // Element Web's StopGapWidget.runUrlTemplate.
+      const templated = w.getCompleteUrl({
+        widgetRoomId: roomId, currentUserId: run.user_id, userDisplayName: run.display_name, userHttpAvatarUrl: undefined,
+        clientId: 'io.element.web', clientTheme: run.theme, clientLanguage: 'en', deviceId: 'TESTDEVICE', baseUrl: hs,
+      });
+      const parsed = new URL(templated);
+      parsed.searchParams.set('widgetId', w.id);
+      parsed.searchParams.set('parentUrl', window.location.href.split('#', 2)[0]);
+      const url = parsed.toString().replace(/%24/g, '$');
+      // Element's AppTile iframe.
+      const iframe = document.createElement('iframe');
+      iframe.allow = 'microphone; camera; encrypted-media; autoplay; display-capture; clipboard-write; clipboard-read;';
+      iframe.allowFullscreen = true;
+      iframe.sandbox = 'allow-forms allow-popups allow-popups-to-escape-sandbox allow-same-origin allow-scripts allow-presentation allow-downloads';
+      iframe.title = widget.name;
+      iframe.src = url;
+      document.getElementById('apps').append(iframe);
+      const api = new ClientWidgetApi(w, iframe, new Driver());
+      window.clientApi = api;
+      window.handshake = false;
+      api.once('ready', () => { window.handshake = true; });
+      return url;
+    }, { widget, roomId, roomName, hs, run });
+    await waitFor('the widget handshake', () => host.evaluate(() => window.handshake), 20000);
+    const frame = await waitFor('the widget frame', async () => host.frames().find((f) => f.url().includes('/widget')));
+    const got = await frame.evaluate(() => Object.fromEntries(new URLSearchParams(location.search)));
+    check(got.roomId === roomId && got.widgetId === widget.id && got.theme === run.theme && !/\$/.test(JSON.stringify(got)),
+      `the widget's parameters after templating: ${JSON.stringify(got)} (iframe src ${src})`);
+    const status = () => frame.evaluate(() => {
+      const s = document.querySelector('.rc-status');
+      const m = document.getElementById('message');
+      return {
+        player: document.querySelector('.rc-player')?.dataset.state || null,
+        status: s && !s.hidden ? s.textContent : '',
+        message: m && !m.hidden ? m.textContent : '',
+        retry: !!document.querySelector('.rc-retry') && !document.querySelector('.rc-retry').hidden,
+        title: document.querySelector('.w-title')?.textContent || '',
+        theme: document.documentElement.dataset.theme,
+      };
+    });
+    if (run.consent) {
+      await waitFor('the client to ask for consent', () => host.evaluate(() => document.getElementById('consent').open), 20000);
+      // Meanwhile the widget says what it waits for (not just "Connecting…").
+      const pending = await waitFor('the widget to say it waits for the client', async () => {
+        const x = await status();
+        return /Matrix client/.test(x.status) ? x : null;
+      }, 5000);
+      emit({ type: 'consent_asked', run: run.label, widget: pending });
+      if (run.consent === 'allow') await shots(host, `${name}-consent`);
+      await host.click(run.consent === 'allow' ? '#allow' : '#deny');
+    }
+    const out = { label: run.label, expect: run.expect, src, params: got };
+    if (run.expect === 'play') {
+      out.stats = await waitFor('the widget to play (30 frames)', async () => {
+        const x = await playerStats(frame);
+        return x && x.framesDecoded >= 30 && x.state === 'playing' ? x : null;
+      });
+      out.ui = await status();
+      check(!roomName || out.ui.title === roomName, `widget title ${JSON.stringify(out.ui.title)}, room ${JSON.stringify(roomName)}`);
+      check(out.ui.theme === (run.theme === 'dark' ? 'dark' : 'light'), `theme ${out.ui.theme}`);
+    } else {
+      out.ui = await waitFor('the refusal on the page', async () => {
+        const x = await status();
+        return x.player === 'error' && x.status ? x : null;
+      }, 30000);
+      if (run.says) check(new RegExp(run.says).test(out.ui.status), `the refusal says ${JSON.stringify(out.ui.status)}, expected /${run.says}/`);
+      check(out.ui.retry, `no "Try again" with ${JSON.stringify(out.ui.status)}`);
+      const frames = (await playerStats(frame))?.framesDecoded || 0;
+      check(frames === 0, `a refused viewer decoded ${frames} frames`);
+      await shots(host, name);
+    }
+    if (run.retry_allow) {
+      // The viewer changes their mind: "Try again", and this time confirms in the client.
+      await frame.click('.rc-retry');
+      await waitFor('the client to ask again', () => host.evaluate(() => document.getElementById('consent').open), 20000);
+      await host.click('#allow');
+      out.stats = await waitFor('the widget to play after trying again', async () => {
+        const x = await playerStats(frame);
+        return x && x.framesDecoded >= 30 && x.state === 'playing' ? x : null;
+      });
+      out.ui_after_retry = await status();
+    }
+    out.openid_asked = await host.evaluate(() => window.openidAsked);
+    out.whep_auth = seen.whepAuth.map((a) => (a ? a.replace(/^(Bearer v1\.\d+)\..*/, '$1.…') : a));
+    out.access_status = seen.access;
+    if (run.openid) {
+      const wantAccess = run.retry_allow ? [200] : run.consent === 'deny' ? [] : [run.expect === 'play' ? 200 : 403];
+      check(out.openid_asked === (run.retry_allow ? 2 : 1), `OpenID asked ${out.openid_asked} times`);
+      check(JSON.stringify(seen.access) === JSON.stringify(wantAccess), `access answers ${seen.access}, expected ${wantAccess}`);
+    } else {
+      check(out.openid_asked === 0 && seen.access.length === 0, `OpenID asked for a public stream: ${out.openid_asked}`);
+    }
+    if (run.expect === 'play' || run.retry_allow) {
+      check(seen.whepAuth.length >= 1 && seen.whepAuth.every((a) => (run.openid ? /^Bearer v1\./.test(a || '') : a === null)),
+        `WHEP Authorization: ${JSON.stringify(out.whep_auth)}`);
+    } else {
+      check(seen.whepAuth.length === 0, `a refused viewer still offered WHEP: ${JSON.stringify(out.whep_auth)}`);
+    }
+    emit({ type: 'widget_run', ...out });
+    if (run.expect === 'play') await shots(host, name, async () => (await playerStats(frame))?.state === 'playing');
+    results.push(out);
+    await ctx.close();
+  }
+  await site.close();
+  return { runs: results };
+}
+
 // --- main ---------------------------------------------------------------------------
-const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls };
+const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'mx-watch': mxWatch, 'mx-widget': mxWidget };
 
 async function main() {
   const result = { type: 'result', scenario, ok: false };

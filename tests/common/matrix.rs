@@ -40,12 +40,25 @@ pub struct MatrixEnv {
     pub server: Option<Server>,
     /// Extra `[matrix]` lines.
     pub matrix_extra: String,
+    /// roomcast's `public_url` is its real address (see [`MatrixEnv::start_browsable`]).
+    pub browsable: bool,
 }
 
 impl MatrixEnv {
     /// Writes the registration with `roomcast registration`, starts Synapse
     /// with it, then roomcast, and waits until roomcast pinged Synapse.
     pub fn start(matrix_extra: &str) -> MatrixEnv {
+        MatrixEnv::start_inner(matrix_extra, false)
+    }
+
+    /// Like [`MatrixEnv::start`], with roomcast's `public_url` set to its real
+    /// address, so the widget URL and links the bot writes into rooms open in a
+    /// browser.
+    pub fn start_browsable(matrix_extra: &str) -> MatrixEnv {
+        MatrixEnv::start_inner(matrix_extra, true)
+    }
+
+    fn start_inner(matrix_extra: &str, browsable: bool) -> MatrixEnv {
         let state = TempDir::new("roomcast-mx");
         // Held until Synapse has its port, so the two never get the same one.
         let hold = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -72,6 +85,7 @@ impl MatrixEnv {
             synapse,
             server: None,
             matrix_extra: matrix_extra.to_string(),
+            browsable,
         };
         env.start_roomcast();
         env
@@ -85,6 +99,9 @@ impl MatrixEnv {
             streams: vec![],
             http_listen: Some(format!("127.0.0.1:{}", self.http_port)),
             state_dir: Some(self.state.path().to_path_buf()),
+            public_url: self
+                .browsable
+                .then(|| format!("http://127.0.0.1:{}", self.http_port)),
             extra_toml: format!(
                 "[matrix]\nhomeserver_url = \"{}\"\nserver_name = \"{SERVER_NAME}\"\nregistration = \"{}\"\n{}\n",
                 self.synapse.base_url(),
@@ -204,6 +221,18 @@ impl MxUser {
         let (status, v) = self.call(method, path, body);
         assert_eq!(status, 200, "{} {method} {path}: {v}", self.user_id);
         v
+    }
+
+    /// Sets the global display name (rooms joined afterwards show it).
+    pub fn set_display_name(&self, name: &str) {
+        self.ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                enc(&self.user_id)
+            ),
+            Some(&json!({ "displayname": name })),
+        );
     }
 
     pub fn create_room(&self, body: Value) -> String {

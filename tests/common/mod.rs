@@ -311,6 +311,10 @@ pub struct ServerOpts {
     /// Keep config and database here instead of a fresh temp dir, so a
     /// restarted server finds its state (the caller owns the directory).
     pub state_dir: Option<PathBuf>,
+    /// `public_url` (default `http://127.0.0.1:8080`, which nothing listens on):
+    /// set it to the server's real address when a browser must open the links
+    /// roomcast writes (the widget URL in a room, go-live links).
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerOpts {
@@ -325,6 +329,7 @@ impl Default for ServerOpts {
             extra_toml: String::new(),
             http_listen: None,
             state_dir: None,
+            public_url: None,
         }
     }
 }
@@ -405,12 +410,15 @@ impl Server {
         };
         let db = state_dir.join("roomcast.db");
         let mut toml = format!(
-            "public_url = \"http://127.0.0.1:8080\"\n\
+            "public_url = \"{}\"\n\
              [http]\nlisten = \"{}\"\n\
              [rtmp]\nlisten = \"127.0.0.1:0\"\n\
              [webrtc]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\npublic_ips = []\n\
              tcp_force = {}\n{}\n\
              [storage]\ndatabase_url = \"sqlite://{}\"\n",
+            opts.public_url
+                .as_deref()
+                .unwrap_or("http://127.0.0.1:8080"),
             opts.http_listen.as_deref().unwrap_or("127.0.0.1:0"),
             opts.tcp_force,
             opts.webrtc_extra,

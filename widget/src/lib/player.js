@@ -64,6 +64,8 @@ export class Player extends EventTarget {
     video.disablePictureInPicture = false;
     this.video = video;
     this.status = h('div', { class: 'rc-status', role: 'status', 'aria-live': 'polite' });
+    // For errors the viewer can act on (e.g. a declined identity check): ask again.
+    this.retryBtn = h('button', { class: 'rc-retry', type: 'button', text: 'Try again', onclick: () => this.retry() });
     this.unmuteBtn = h('button', { class: 'rc-unmute', type: 'button', onclick: () => this.setMuted(false) },
       icon('muted'), h('span', { text: matchMedia('(hover: none)').matches ? 'Tap to unmute' : 'Click to unmute' }));
     this.playBtn = h('button', { class: 'rc-play', type: 'button', 'aria-label': 'Play', onclick: () => this.play() },
@@ -82,7 +84,8 @@ export class Player extends EventTarget {
       tabindex: this.o.controls ? '0' : null,
       'aria-label': this.o.controls ? 'Video player. M mutes, F toggles full screen.' : null,
       'data-state': 'idle',
-    }, video, this.status, this.o.controls ? [this.unmuteBtn, this.playBtn, bar] : []);
+    }, video, h('div', { class: 'rc-center' }, this.status, this.retryBtn),
+    this.o.controls ? [this.unmuteBtn, this.playBtn, bar] : []);
     if (this.o.controls) {
       this.el.addEventListener('keydown', (ev) => this.onKey(ev));
       this.el.addEventListener('dblclick', (ev) => { if (ev.target === video) this.toggleFullscreen(); });
@@ -158,6 +161,16 @@ export class Player extends EventTarget {
 
   // --- connection ---------------------------------------------------------
 
+  /** The "Try again" button of a retryable error. */
+  retry() {
+    this.retryable = false;
+    this.refreshedToken = false;
+    this.wanted = true;
+    this.backoff = 1000;
+    if (this.live) this.connect();
+    else this.setState(this.live === false ? 'offline' : 'idle');
+  }
+
   retryNow() {
     if (this.live && this.wanted && this.state !== 'playing') {
       this.backoff = 1000;
@@ -190,7 +203,7 @@ export class Player extends EventTarget {
     try {
       token = await this.getToken({ refresh: false });
     } catch (e) {
-      if (gen === this.gen) this.fail(e.message || String(e), e.code);
+      if (gen === this.gen) this.fail(e.message || String(e), e.code, { retry: Boolean(e.retry) });
       return;
     }
     if (gen !== this.gen) return;
@@ -260,7 +273,7 @@ export class Player extends EventTarget {
           this.refreshedToken = true;
           return this.getToken({ refresh: true }).then(
             () => { if (gen === this.gen) this.connect(); },
-            (e) => this.fail(e.message || String(e), e.code),
+            (e) => this.fail(e.message || String(e), e.code, { retry: Boolean(e.retry) }),
           );
         }
         return this.fail('Your access to this private stream has expired or is not valid. Ask for a new link.', err.code);
@@ -414,7 +427,9 @@ export class Player extends EventTarget {
     }
   }
 
-  fail(message, code = null) {
+  /** Stops with a message; `retry`: the viewer can fix the cause (offer "Try again"). */
+  fail(message, code = null, { retry = false } = {}) {
+    this.retryable = retry;
     this.teardown();
     this.setState('error', message);
     this.dispatchEvent(new CustomEvent('error', { detail: { message, code } }));
@@ -434,13 +449,14 @@ export class Player extends EventTarget {
     this.el.dataset.state = st;
     let text = '';
     if (st === 'offline') text = MESSAGES.offline;
-    else if (st === 'connecting') text = MESSAGES.connecting;
+    else if (st === 'connecting') text = this.message || MESSAGES.connecting;
     else if (st === 'reconnecting') text = this.message || MESSAGES.reconnecting;
     else if (st === 'error') text = this.message || 'Something went wrong.';
     else if (st === 'idle' && !this.wanted) text = this.live === false ? MESSAGES.offline : '';
     if (!this.o.overlayText && st !== 'error') text = '';
     this.status.textContent = text;
     this.status.hidden = !text;
+    this.retryBtn.hidden = !(st === 'error' && this.retryable);
     if (!this.o.controls) return;
     const muted = this.video.muted || this.video.volume === 0;
     this.unmuteBtn.hidden = !(muted && st === 'playing');

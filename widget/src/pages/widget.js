@@ -65,7 +65,7 @@ function say(text) {
 
 // --- viewer access for private streams ------------------------------------
 const grants = new Map(); // stream → {token, expires}
-async function viewerToken(stream, { refresh = false } = {}) {
+async function viewerToken(stream, { refresh = false, status = () => {} } = {}) {
   const g = grants.get(stream);
   if (g && !refresh && g.expires > Date.now() + 30000) return g.token;
   if (!widget) {
@@ -75,11 +75,16 @@ async function viewerToken(stream, { refresh = false } = {}) {
   }
   await ready;
   let cred;
+  // The client may ask its user first (Element shows a dialog the first time): say so
+  // instead of "Connecting…" while that dialog waits.
+  status('Waiting for your Matrix client to confirm who you are…');
   try {
     cred = await widget.requestOpenIDConnectToken();
+    status(null);
   } catch (err) {
     const e = new Error('This stream is private. Allow the widget to verify your Matrix identity to watch it.');
     e.code = 'openid_declined';
+    e.retry = true;
     throw e;
   }
   let r;
@@ -90,9 +95,10 @@ async function viewerToken(stream, { refresh = false } = {}) {
     });
   } catch (err) {
     const e = new Error(err.code === 'not_a_member'
-      ? 'Only members of this room can watch this stream.'
+      ? 'Only members of this room can watch this stream. Join the room, then try again.'
       : `Could not get access to the stream: ${err.message}`);
     e.code = err.code;
+    e.retry = true;
     throw e;
   }
   grants.set(stream, { token: r.access_token, expires: Date.now() + 1000 * (Number(r.expires_in) || 3600) });
@@ -116,7 +122,9 @@ function show(snap, all) {
   const priv = snap.access === 'private';
   const player = new Player(playerBox, {
     stream: snap.name, muted: true, controls: true, autoplay: true,
-    getToken: priv ? (o) => viewerToken(snap.name, o) : async () => null,
+    getToken: priv
+      ? (o) => viewerToken(snap.name, { ...o, status: (text) => player.setState('connecting', text) })
+      : async () => null,
   });
   const setLive = (live) => {
     badge.textContent = live ? 'LIVE' : 'OFFLINE';
