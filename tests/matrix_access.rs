@@ -344,7 +344,7 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
     );
     assert_eq!(
         assert_json_error(&r, 403, "guest in an invite-only room")["code"],
-        "guest_banned"
+        "members_only"
     );
 
     // --- an encrypted room: attached from a DM, the bot says chat can't be read ------------------------

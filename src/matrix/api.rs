@@ -95,6 +95,12 @@ fn guest_error(e: GuestError, stream: Option<&str>) -> Response {
             "you were removed from this chat by a moderator",
         )
         .into_response(),
+        GuestError::MembersOnly => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "members_only",
+            "this chat is for members of the Matrix room; guests cannot post here",
+        )
+        .into_response(),
         GuestError::RateLimited(wait) => {
             let secs = wait.as_secs().max(1);
             (

@@ -102,6 +102,8 @@ pub enum GuestError {
     BadToken,
     NoChat,
     Banned,
+    /// The room is not public: its puppet cannot join, nothing to do with bans.
+    MembersOnly,
     RateLimited(Duration),
     Unavailable(String),
 }
@@ -367,6 +369,9 @@ impl Matrix {
                         .store
                         .set_guest_room_state(&guest.user_id, &m.room_id, false)
                         .await;
+                }
+                Err(e) if forbidden(&e) && room.join_rule != "public" => {
+                    return Err(GuestError::MembersOnly);
                 }
                 Err(e) if forbidden(&e) => {
                     let _ = self

@@ -184,6 +184,9 @@ export class Chat {
         this.banned = true;
         this.renderComposer();
         return this.showError('');
+      case 'members_only':
+        reenable();
+        return this.showError('Only members of the Matrix room can chat here. Join the room from a Matrix client to take part.');
       case 'rate_limited': {
         const s = Math.ceil(e.retryAfter || 5);
         this.showError(`You are sending messages too fast. Wait ${s} s.`);
