@@ -189,6 +189,15 @@ fn stream_room_lifecycle() {
     assert_eq!(chat["sender_id"], alice.user_id.as_str());
     assert_eq!(chat["guest"], false);
     assert!(chat["ts"].as_u64().unwrap() > 1_600_000_000_000);
+    // An edit in Matrix replaces the message's text under its id.
+    alice.edit_text(&room, &hello, "hello from matrix, edited");
+    let edited = sse.wait("chat", MX_TIMEOUT, |d| {
+        d["id"] == hello.as_str() && d["body"] == "hello from matrix, edited"
+    });
+    assert_eq!(
+        edited["ts"], chat["ts"],
+        "an edit keeps the message's place"
+    );
 
     // --- guest → room through a puppet ---------------------------------------------------
     let r = post_json(server, "/api/v1/guests", None, &json!({"name": "  Bob  "}));

@@ -164,9 +164,41 @@ impl Matrix {
         })
     }
 
+    /// An edit (`m.replace`) of a message in the history, by its own sender:
+    /// the message with its new text, under the original id (pages replace it).
+    fn edited(&self, room: &str, ev: &Ev) -> Option<Arc<ChatMessage>> {
+        let rel = &ev.content["m.relates_to"];
+        if rel["rel_type"].as_str() != Some("m.replace") {
+            return None;
+        }
+        let target = rel["event_id"].as_str()?;
+        let body = ev.content["m.new_content"]["body"].as_str()?;
+        if body.trim().is_empty() {
+            return None;
+        }
+        let mut chat = self.chat.lock();
+        let q = chat.get_mut(room)?;
+        let slot = q
+            .iter_mut()
+            .find(|m| m.id == target && m.sender_id == ev.sender)?;
+        let mut msg = (**slot).clone();
+        msg.body = body.chars().take(MAX_RELAY_CHARS).collect();
+        *slot = Arc::new(msg);
+        Some(slot.clone())
+    }
+
     /// A message from a transaction: into the history and onto the SSE feeds.
     pub(super) async fn relay_message(&self, room: &str, ev: &Ev) {
         if self.room_row(room).is_some_and(|r| r.encrypted) {
+            return;
+        }
+        if let Some(msg) = self.edited(room, ev) {
+            for m in self.streams_of_room(room) {
+                self.hub.send_event(HubEvent::Chat {
+                    stream: m.stream,
+                    message: msg.clone(),
+                });
+            }
             return;
         }
         let Some(msg) = self.to_chat(room, ev).await else {

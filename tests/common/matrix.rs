@@ -278,6 +278,25 @@ impl MxUser {
             .to_string()
     }
 
+    /// Edits one of this user's messages (`m.replace`, as Element sends it).
+    pub fn edit_text(&self, room: &str, event_id: &str, body: &str) -> String {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+            enc(room),
+            random_hex()
+        );
+        let content = json!({
+            "msgtype": "m.text",
+            "body": format!("* {body}"),
+            "m.new_content": {"msgtype": "m.text", "body": body},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
+        });
+        self.ok("PUT", &path, Some(&content))["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn set_state(&self, room: &str, kind: &str, key: &str, content: Value) {
         let path = format!(
             "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
