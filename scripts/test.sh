@@ -4,8 +4,8 @@
 # On a fresh Debian 12 machine (as root, or with sudo) it installs what the
 # tests need and is missing — Debian packages (ffmpeg, chromium, libopus-dev,
 # pkg-config, cmake, openssl), a Python venv at .venv with aiortc (tests/py/requirements.txt,
-# wheels only), playwright-core and ovenplayer in tests/browser (npm ci; it drives
-# Debian's Chromium, no browser download) — then runs
+# wheels only), playwright-core, matrix-widget-api and ovenplayer in tests/browser
+# (npm ci; it drives Debian's Chromium, no browser download) — then runs
 #     cargo clippy --all-targets -- -D warnings
 #     cargo test            (unit tests and the end-to-end tests in tests/)
 # Extra arguments go to `cargo test`, e.g. ./scripts/test.sh --test media_browser -- --nocapture
@@ -59,7 +59,7 @@ VENV="$ROOT/.venv"
 REQ="$ROOT/tests/py/requirements.txt"
 STAMP="$VENV/.roomcast-requirements"
 if ! [[ -x "$VENV/bin/python" && -f "$STAMP" ]] || ! cmp -s "$REQ" "$STAMP" ||
-    ! "$VENV/bin/python" -c 'import aiortc, av' >/dev/null 2>&1; then
+    ! "$VENV/bin/python" -c "import aiortc, av, synapse" >/dev/null 2>&1; then
     step "Python venv at .venv with aiortc ($(grep -m1 '^aiortc==' "$REQ")) $(elapsed)"
     python3 -m venv --clear "$VENV" || die "python3 -m venv failed (is python3-venv installed?)"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: -r "$REQ" ||
@@ -69,18 +69,13 @@ fi
 # Keep the venv out of git without touching the repository's .gitignore.
 [[ -f "$VENV/.gitignore" ]] || echo '*' >"$VENV/.gitignore"
 
-# --- 3. playwright-core (Chromium driver) and ovenplayer ----------------------
+# --- 3. playwright-core, matrix-widget-api and ovenplayer for the browser tests
+# (widget/'s own npm packages are installed by build.rs when cargo builds.)
 BROWSER_DIR="$ROOT/tests/browser"
-# Every dependency in package.json installed at its pinned version?
-npm_current=$(node -e "
-  const deps = require('$BROWSER_DIR/package.json').dependencies;
-  const ok = Object.entries(deps).every(([n, v]) => {
-    try { return require('$BROWSER_DIR/node_modules/' + n + '/package.json').version === v; } catch { return false; }
-  });
-  process.stdout.write(ok ? 'yes' : 'no');")
-if [[ "$npm_current" != yes ]]; then
-    step "npm ci in tests/browser (playwright-core, ovenplayer) $(elapsed)"
+if ! cmp -s "$BROWSER_DIR/package-lock.json" "$BROWSER_DIR/node_modules/.roomcast-lock" 2>/dev/null; then
+    step "npm ci in tests/browser (playwright-core, matrix-widget-api, ovenplayer) $(elapsed)"
     (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/browser failed"
+    cp "$BROWSER_DIR/package-lock.json" "$BROWSER_DIR/node_modules/.roomcast-lock"
 fi
 
 # --- 4. Lint and test ---------------------------------------------------------

@@ -47,6 +47,10 @@ pub struct Config {
     pub admission: Option<AdmissionConfig>,
     /// Outbound event webhooks (stream started/ended).
     pub webhooks: Vec<WebhookConfig>,
+    /// The directory of the config file (`None` without one); the pages read
+    /// producers' multi-view layouts from its `layouts/` folder.
+    #[serde(skip)]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,10 +287,33 @@ pub struct MatrixConfig {
     pub server_name: String,
     #[serde(default = "default_registration")]
     pub registration: String,
+    /// Rooms of streams get the alias `#<alias_prefix><stream>:<server_name>`;
+    /// must match the registration's alias namespace.
+    #[serde(default = "default_alias_prefix")]
+    pub alias_prefix: String,
+    /// The bot's display name.
+    #[serde(default = "default_bot_name")]
+    pub bot_display_name: String,
+    /// How long a stream must stay live before the go-live notice (and stay
+    /// offline before it counts as ended), so a flapping connection does not spam.
+    #[serde(default = "default_golive_delay_ms")]
+    pub golive_delay_ms: u64,
 }
 
 fn default_registration() -> String {
     "registration.yaml".into()
+}
+
+fn default_alias_prefix() -> String {
+    "live_".into()
+}
+
+fn default_bot_name() -> String {
+    "roomcast".into()
+}
+
+fn default_golive_delay_ms() -> u64 {
+    5000
 }
 
 /// Smallest stream key accepted from the config file: shorter keys can be guessed.
@@ -311,8 +338,12 @@ impl Config {
         apply_env(&mut table, env)?;
         // Round-trip through text so serde's errors point at the offending key.
         let merged = toml::to_string(&table).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let config: Config =
+        let mut config: Config =
             toml::from_str(&merged).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.dir = path.map(|p| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        });
         config.validate()?;
         Ok(config)
     }
@@ -388,8 +419,28 @@ impl Config {
                     "must start with http:// or https://",
                 ));
             }
-            if m.server_name.is_empty() {
-                return Err(invalid("matrix.server_name", "must not be empty"));
+            if m.server_name.is_empty() || m.server_name.contains(['/', ' ', '@', '#']) {
+                return Err(invalid(
+                    "matrix.server_name",
+                    "must be the homeserver's server name, e.g. example.org",
+                ));
+            }
+            if m.alias_prefix.is_empty()
+                || !m
+                    .alias_prefix
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            {
+                return Err(invalid(
+                    "matrix.alias_prefix",
+                    "must be non-empty: a-z, 0-9, '_' and '-'",
+                ));
+            }
+            if m.golive_delay_ms > 600_000 {
+                return Err(invalid(
+                    "matrix.golive_delay_ms",
+                    "must be at most 600000 (10 minutes)",
+                ));
             }
         }
         if !(self.limits.max_egress_mbps >= 0.0 && self.limits.max_egress_mbps.is_finite()) {

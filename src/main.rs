@@ -50,6 +50,33 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Write the Matrix appservice registration (registration.yaml) for the
+    /// homeserver: random as_token and hs_token, the bot, and roomcast's user
+    /// and alias namespaces. Add the file to the homeserver's
+    /// app_service_config_files (Synapse) and restart it.
+    Registration {
+        /// URL at which the homeserver reaches roomcast's http.listen.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The homeserver's server name (default: matrix.server_name of --config).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Where to write it (default: matrix.registration of --config, else registration.yaml).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Config file to take server_name, registration path and alias prefix from.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The appservice id (unique on the homeserver, never changed).
+        #[arg(long, default_value = "roomcast")]
+        id: String,
+        /// The bot's localpart (@<localpart>:<server_name>).
+        #[arg(long, default_value = "roomcast")]
+        bot: String,
+        /// Replace an existing file (new tokens: restart the homeserver after).
+        #[arg(long)]
+        force: bool,
+    },
     /// Mint an OvenMediaEngine SignedPolicy URL, for publishing (RTMP stream
     /// key, WHIP URL) or playback (e.g. `roomcast sign --config roomcast.toml
     /// --url rtmp://live.example.org:1935/live/slot-1 --expires-in 24h`).
@@ -168,6 +195,45 @@ fn init_logging() {
         .init();
 }
 
+#[allow(clippy::too_many_arguments)]
+fn write_registration(
+    url: String,
+    server_name: Option<String>,
+    output: Option<PathBuf>,
+    config: Option<PathBuf>,
+    id: String,
+    bot: String,
+    force: bool,
+) -> Result<PathBuf, String> {
+    let config = match &config {
+        Some(p) => Some(Config::load(Some(p), std::env::vars()).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let matrix = config.as_ref().and_then(|c| c.matrix.clone());
+    let server_name = server_name
+        .or_else(|| matrix.as_ref().map(|m| m.server_name.clone()))
+        .ok_or("give --server-name (the homeserver's server_name) or a --config with a [matrix] section")?;
+    let output = output
+        .or_else(|| matrix.as_ref().map(|m| PathBuf::from(&m.registration)))
+        .unwrap_or_else(|| PathBuf::from("registration.yaml"));
+    let alias_prefix = matrix
+        .as_ref()
+        .map(|m| m.alias_prefix.clone())
+        .unwrap_or_else(|| "live_".to_string());
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("--url '{url}' must start with http:// or https://"));
+    }
+    let n = roomcast::matrix::registration::NewRegistration {
+        id: &id,
+        url: &url,
+        server_name: &server_name,
+        sender_localpart: &bot,
+        alias_prefix: &alias_prefix,
+    };
+    roomcast::matrix::registration::write(&output, &n, force).map_err(|e| e.to_string())?;
+    Ok(output)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -233,6 +299,28 @@ fn main() -> ExitCode {
         ) {
             Ok(out) => {
                 print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Registration {
+            url,
+            server_name,
+            output,
+            config,
+            id,
+            bot,
+            force,
+        } => match write_registration(url, server_name, output, config, id, bot, force) {
+            Ok(path) => {
+                println!(
+                    "wrote {}
+add it to the homeserver's app_service_config_files (Synapse) and restart the homeserver",
+                    path.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

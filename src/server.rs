@@ -30,6 +30,8 @@ pub struct App {
     pub public_base: String,
     /// Serializes viewer admission so the egress caps hold under concurrent joins.
     pub admission: tokio::sync::Mutex<()>,
+    /// The Matrix application service (None: standalone).
+    pub matrix: Option<Arc<crate::matrix::Matrix>>,
 }
 
 impl App {
@@ -143,6 +145,33 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         log_listening("rtmps", listener.local_addr()?);
         tokio::spawn(ingest.clone().serve_tls(listener, acceptor(&[])?));
     }
+    let matrix = match &config.matrix {
+        Some(mc) => {
+            let urls = crate::matrix::IngestUrls {
+                rtmp: rtmp_addr.map(|a| {
+                    format!(
+                        "rtmp://{}:{}/{}",
+                        public_host(&public_base),
+                        a.port(),
+                        config.rtmp.app
+                    )
+                }),
+                public_base: public_base.clone(),
+            };
+            let m = crate::matrix::Matrix::new(
+                mc,
+                None,
+                hub.clone(),
+                keys.clone(),
+                store.clone(),
+                urls,
+            )
+            .await
+            .context("matrix")?;
+            Some(Arc::new(m))
+        }
+        None => None,
+    };
 
     let app = Arc::new(App {
         config,
@@ -153,6 +182,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         store,
         public_base,
         admission: tokio::sync::Mutex::new(()),
+        matrix,
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];
@@ -204,6 +234,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     print_banner(&app, rtmp_addr, ome_addr, new_demo_key.as_deref()).await?;
     let router = crate::web::router(app.clone(), false);
+    if let Some(m) = &app.matrix {
+        // Connects in the background: media is served even while the
+        // homeserver is down.
+        m.spawn();
+    }
     info!("roomcast ready");
     axum::serve(
         http,
@@ -243,6 +278,11 @@ fn host_of(base: &str) -> Option<&str> {
         .filter(|h| !h.is_empty())
 }
 
+/// The host part of the public base URL (for the RTMP URL).
+fn public_host(base: &str) -> &str {
+    host_of(base).unwrap_or("127.0.0.1")
+}
+
 /// Prints, for each stream, exactly what goes into OBS and where to watch.
 async fn print_banner(
     app: &App,
@@ -251,7 +291,7 @@ async fn print_banner(
     new_demo_key: Option<&str>,
 ) -> anyhow::Result<()> {
     let base = &app.public_base;
-    let host = host_of(base).unwrap_or("127.0.0.1");
+    let host = public_host(base);
     let mut out = String::from("\n");
     for row in app.store.streams().await? {
         out.push_str(&format!("stream '{}'\n", row.name));

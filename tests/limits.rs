@@ -101,7 +101,7 @@ fn egress_cap_counts_the_streams_bitrate() {
 
 #[test]
 fn plan_prints_the_guides_example_and_checks_caps() {
-    let out = common::roomcast_command()
+    let out = common::roomcast_cmd()
         .args([
             "plan",
             "--video-kbps",
@@ -128,7 +128,7 @@ fn plan_prints_the_guides_example_and_checks_caps() {
     let dir = common::TempDir::new("plan");
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[limits]\nmax_egress_mbps = 100\n").unwrap();
-    let out = common::roomcast_command()
+    let out = common::roomcast_cmd()
         .args([
             "plan",
             "--mode",

@@ -18,7 +18,7 @@ const SECRET: &str = "1kU^b6";
 
 /// `roomcast sign … --url URL` and its first output line.
 fn cli_sign(url: &str, extra: &[&str]) -> String {
-    let out = roomcast_command()
+    let out = roomcast_cmd()
         .args(["sign", "--secret", SECRET, "--url", url])
         .args(extra)
         .output()
@@ -89,7 +89,7 @@ fn the_cli_signs_like_ome() {
         ),
         "dvVdBpoxAeCPl94Kt5RoiqLI0YE"
     );
-    let rtmp = roomcast_command()
+    let rtmp = roomcast_cmd()
         .args(["sign", "--secret", SECRET, "--url", "rtmp://h/live/s1"])
         .output()
         .unwrap();

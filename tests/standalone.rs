@@ -20,7 +20,7 @@ impl Run {
     /// Starts `roomcast serve` (no config) in `dir`, every port picked by the OS
     /// through ROOMCAST_ environment overrides.
     fn start(dir: &TempDir) -> Run {
-        let mut child = common::roomcast_command()
+        let mut child = common::roomcast_cmd()
             .arg("serve")
             .current_dir(dir.path())
             .env("ROOMCAST_HTTP__LISTEN", "127.0.0.1:0")
@@ -50,8 +50,7 @@ impl Run {
             seen: vec![],
         };
         run.wait_for("roomcast ready");
-        // The banner (stdout) and the log (stderr) come through two pipes: the
-        // banner's last line may arrive after "roomcast ready".
+        // The banner goes to stdout, the log to stderr: either may come first.
         if !run.seen.iter().any(|l| l.contains("Watch:")) {
             run.wait_for("Watch:");
         }
@@ -147,7 +146,7 @@ fn config_errors_name_the_key_and_exit_2() {
     let dir = TempDir::new("badcfg");
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[[streams]]\nname = \"x\"\nkey = \"short\"\n").unwrap();
-    let out = common::roomcast_command()
+    let out = common::roomcast_cmd()
         .args(["serve", "--config"])
         .arg(&cfg)
         .output()
@@ -159,7 +158,7 @@ fn config_errors_name_the_key_and_exit_2() {
         "{err}"
     );
 
-    let out = common::roomcast_command()
+    let out = common::roomcast_cmd()
         .args(["serve"])
         .current_dir(dir.path())
         .env("ROOMCAST_HTTP__LISTEN", "not-an-address")
@@ -169,7 +168,7 @@ fn config_errors_name_the_key_and_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listen"), "{err}");
 
-    let out = common::roomcast_command()
+    let out = common::roomcast_cmd()
         .args(["serve", "--config", "/nonexistent/roomcast.toml"])
         .output()
         .unwrap();

@@ -69,6 +69,8 @@ async fn create(
         .hub
         .get(&name)
         .ok_or_else(|| ApiError::unknown_stream(&name))?;
+    // Streams of private Matrix rooms need a viewer token.
+    crate::matrix::access::check_viewer(app.matrix.as_deref(), &stream, &headers, uri.query())?;
     if !stream.is_live() {
         return Err(ApiError::offline(&name));
     }

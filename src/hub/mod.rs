@@ -62,7 +62,7 @@ impl Frame {
 }
 
 /// Egress side of the hub: something that forwards frames of one stream to viewers.
-/// `deliver` is called with the stream's fan-out lock held, so it must only enqueue.
+/// `deliver` runs on the publisher's task, so it must only enqueue.
 pub trait FrameSink: Send + Sync {
     fn deliver(&self, stream: &Arc<Stream>, frame: &Arc<Frame>);
 }
@@ -102,10 +102,68 @@ pub struct MediaInfo {
 /// Events for the control plane (web SSE, Matrix notices).
 #[derive(Debug, Clone)]
 pub enum HubEvent {
-    Live { stream: String },
-    Offline { stream: String },
-    Viewers { stream: String, count: usize },
-    Title { stream: String, title: String },
+    Live {
+        stream: String,
+    },
+    Offline {
+        stream: String,
+    },
+    Viewers {
+        stream: String,
+        count: usize,
+    },
+    Title {
+        stream: String,
+        title: String,
+    },
+    /// The stream's room topic changed.
+    Description {
+        stream: String,
+        description: String,
+    },
+    /// A chat message in the stream's Matrix room.
+    Chat {
+        stream: String,
+        message: Arc<ChatMessage>,
+    },
+    /// A chat message was redacted.
+    Redaction {
+        stream: String,
+        id: String,
+    },
+}
+
+/// A chat message of a stream's Matrix room, as pages show it (plain text).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMessage {
+    /// The Matrix event id.
+    pub id: String,
+    /// Display name.
+    pub sender: String,
+    pub sender_id: String,
+    pub body: String,
+    /// Origin server timestamp, ms since the Unix epoch.
+    pub ts: u64,
+    /// Posted by a guest of the watch page (a puppet user).
+    pub guest: bool,
+}
+
+/// Who may watch: anyone, or viewers with a token (Matrix room not public).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    #[default]
+    Public,
+    Private,
+}
+
+/// The Matrix room a stream belongs to.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RoomInfo {
+    pub room_id: String,
+    pub alias: Option<String>,
+    /// Whether roomcast can relay the room's chat (false in encrypted rooms).
+    pub chat: bool,
 }
 
 impl HubEvent {
@@ -114,7 +172,10 @@ impl HubEvent {
             HubEvent::Live { stream }
             | HubEvent::Offline { stream }
             | HubEvent::Viewers { stream, .. }
-            | HubEvent::Title { stream, .. } => stream,
+            | HubEvent::Title { stream, .. }
+            | HubEvent::Description { stream, .. }
+            | HubEvent::Chat { stream, .. }
+            | HubEvent::Redaction { stream, .. } => stream,
         }
     }
 }
@@ -141,6 +202,9 @@ const KEYFRAME_REQUEST_INTERVAL: std::time::Duration = std::time::Duration::from
 
 struct StreamState {
     title: String,
+    description: Option<String>,
+    access: Access,
+    room: Option<RoomInfo>,
     publisher: Option<PublisherState>,
     media: MediaInfo,
     stats: StreamStats,
@@ -149,6 +213,7 @@ struct StreamState {
     last_keyframe_request: Option<Instant>,
 }
 
+#[derive(Clone)]
 struct SinkEntry {
     id: u64,
     sink: Arc<dyn FrameSink>,
@@ -160,7 +225,9 @@ struct Fanout {
     /// Video frames since the last keyframe (starting with it) and the audio between
     /// them, so a joining viewer starts at once instead of waiting for a keyframe.
     gop: Vec<Arc<Frame>>,
-    sinks: Vec<SinkEntry>,
+    /// Copied on write: a fan-out clones the `Arc` under the lock and delivers
+    /// after releasing it.
+    sinks: Arc<Vec<SinkEntry>>,
 }
 
 pub struct Stream {
@@ -207,6 +274,9 @@ impl Hub {
                     name: name.to_string(),
                     state: Mutex::new(StreamState {
                         title: title.unwrap_or(name).to_string(),
+                        description: None,
+                        access: Access::Public,
+                        room: None,
                         publisher: None,
                         media: MediaInfo::default(),
                         stats: StreamStats::default(),
@@ -217,7 +287,7 @@ impl Hub {
                     fanout: Mutex::new(Fanout {
                         next_index: 0,
                         gop: Vec::new(),
-                        sinks: Vec::new(),
+                        sinks: Arc::new(Vec::new()),
                     }),
                     viewers: AtomicUsize::new(0),
                     hub_events: self.events.clone(),
@@ -238,6 +308,11 @@ impl Hub {
 
     pub fn subscribe_events(&self) -> broadcast::Receiver<HubEvent> {
         self.events.subscribe()
+    }
+
+    /// Sends a control-plane event (chat relay) to every listener.
+    pub fn send_event(&self, event: HubEvent) {
+        let _ = self.events.send(event);
     }
 
     /// Makes `protocol` the stream's publisher. A previous publisher is taken over:
@@ -279,6 +354,9 @@ impl Hub {
 pub struct StreamSnapshot {
     pub name: String,
     pub title: String,
+    pub description: Option<String>,
+    pub access: Access,
+    pub room: Option<RoomInfo>,
     pub live: bool,
     pub started_at: Option<String>,
     pub viewers: usize,
@@ -350,6 +428,47 @@ impl Stream {
         st.stats.video_kbps(now).unwrap_or(0) + st.stats.audio_kbps(now).unwrap_or(0)
     }
 
+    /// Changes the description (the Matrix room topic) and tells listeners.
+    pub fn set_description(&self, description: Option<&str>) {
+        {
+            let mut st = self.state.lock();
+            if st.description.as_deref() == description {
+                return;
+            }
+            st.description = description.map(str::to_string);
+        }
+        let _ = self.hub_events.send(HubEvent::Description {
+            stream: self.name.clone(),
+            description: description.unwrap_or_default().to_string(),
+        });
+    }
+
+    pub fn description(&self) -> Option<String> {
+        self.state.lock().description.clone()
+    }
+
+    pub fn access(&self) -> Access {
+        self.state.lock().access
+    }
+
+    pub fn set_access(&self, access: Access) {
+        self.state.lock().access = access;
+    }
+
+    pub fn room(&self) -> Option<RoomInfo> {
+        self.state.lock().room.clone()
+    }
+
+    pub fn set_room(&self, room: Option<RoomInfo>) {
+        self.state.lock().room = room;
+    }
+
+    /// When the current publisher started (None while offline): identifies a
+    /// live session.
+    pub fn started_at(&self) -> Option<SystemTime> {
+        self.state.lock().publisher.as_ref().map(|p| p.started_at)
+    }
+
     pub fn viewers(&self) -> usize {
         self.viewers.load(Ordering::Relaxed)
     }
@@ -377,6 +496,9 @@ impl Stream {
         StreamSnapshot {
             name: self.name.clone(),
             title: st.title.clone(),
+            description: st.description.clone(),
+            access: st.access,
+            room: st.room.clone(),
             live,
             started_at: st.publisher.as_ref().map(|p| rfc3339(p.started_at)),
             viewers: self.viewers(),
@@ -392,10 +514,11 @@ impl Stream {
     /// a worker with many viewers of one stream gets each frame once.
     pub fn attach_sink(&self, id: u64, sink: &Arc<dyn FrameSink>) {
         let mut f = self.fanout.lock();
-        if let Some(e) = f.sinks.iter_mut().find(|e| e.id == id) {
+        let sinks = Arc::make_mut(&mut f.sinks);
+        if let Some(e) = sinks.iter_mut().find(|e| e.id == id) {
             e.refs += 1;
         } else {
-            f.sinks.push(SinkEntry {
+            sinks.push(SinkEntry {
                 id,
                 sink: sink.clone(),
                 refs: 1,
@@ -405,10 +528,11 @@ impl Stream {
 
     pub fn detach_sink(&self, id: u64) {
         let mut f = self.fanout.lock();
-        if let Some(pos) = f.sinks.iter().position(|e| e.id == id) {
-            f.sinks[pos].refs -= 1;
-            if f.sinks[pos].refs == 0 {
-                f.sinks.swap_remove(pos);
+        let sinks = Arc::make_mut(&mut f.sinks);
+        if let Some(pos) = sinks.iter().position(|e| e.id == id) {
+            sinks[pos].refs -= 1;
+            if sinks[pos].refs == 0 {
+                sinks.swap_remove(pos);
             }
         }
     }
@@ -482,7 +606,11 @@ impl Stream {
                 f.gop.push(frame.clone());
             }
         }
-        for e in &f.sinks {
+        let sinks = f.sinks.clone();
+        drop(f);
+        // A shard that attaches meanwhile misses this frame only if its viewers
+        // are not yet connected; it starts them from the GOP, which has it.
+        for e in sinks.iter() {
             e.sink.deliver(self, &frame);
         }
     }

@@ -32,9 +32,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A publisher sends media all the time: this much silence means it is gone
 /// (killed, network lost) and the stream goes offline.
 const PUBLISHER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Retransmission cache per viewer: half a second answers NACKs from viewers
-/// up to ~400 ms away; each entry costs str0m ~400 bytes.
-const RTX_CACHE_PACKETS: usize = 200;
+/// Retransmission cache per viewer: 128 packets are half a second of a
+/// 2.5 Mbit/s stream, enough for NACKs from viewers up to ~300 ms away; each
+/// entry costs str0m ~430 bytes, so this is most of a viewer's memory.
+const RTX_CACHE_PACKETS: usize = 128;
 const RTX_CACHE_AGE: Duration = Duration::from_millis(500);
 /// Shortest time between two passes over every peer's timers.
 const SCAN_INTERVAL: Duration = Duration::from_millis(2);

@@ -1,5 +1,7 @@
 //! Persistence: SQLite through sqlx, schema managed by embedded migrations.
 
+pub mod matrix;
+
 use std::str::FromStr;
 
 use sqlx::Row;

@@ -1,8 +1,9 @@
-//! HTTP: the axum router for the API, WHIP, WHEP (and later pages, SSE, metrics).
+//! HTTP: the axum router for the API, SSE, metrics, WHIP, WHEP and the web pages.
 
 mod api;
 pub mod error;
 mod events;
+mod pages;
 
 use std::sync::Arc;
 
@@ -13,16 +14,38 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::server::App;
 pub use error::ApiError;
 
-/// The HTTP service: API, WHIP, WHEP. `tls`: whether this listener is HTTPS.
+/// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
+/// whether this listener is HTTPS.
 pub fn router(app: Arc<App>, tls: bool) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .merge(api::routes())
+        .merge(pages::routes())
         .merge(crate::egress::whep::routes())
         .merge(crate::ingest::whip::routes())
+        .merge(crate::matrix::api::routes());
+    if app.matrix.is_some() {
+        router = router.merge(crate::matrix::appservice::routes());
+    }
+    router
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(cors())
+        .layer(axum::middleware::from_fn(socket_addr_info))
         .layer(axum::Extension(crate::ingest::whip::Tls(tls)))
         .with_state(app)
+}
+
+/// Also offers the peer address as `ConnectInfo<SocketAddr>`, which handlers
+/// written for a plain `TcpListener` read.
+pub async fn socket_addr_info(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::extract::ConnectInfo;
+    if let Some(ConnectInfo(PeerAddr(a))) = req.extensions().get::<ConnectInfo<PeerAddr>>().copied()
+    {
+        req.extensions_mut().insert(ConnectInfo(a));
+    }
+    next.run(req).await
 }
 
 /// The client's address, for `ConnectInfo` on plain and TLS listeners alike.

@@ -13,8 +13,10 @@
 
 pub mod control;
 pub mod http;
+pub mod matrix;
 pub mod publishers;
 pub mod rtmp;
+pub mod synapse;
 pub mod ws;
 
 use std::collections::hash_map::RandomState;
@@ -310,6 +312,16 @@ pub struct ServerOpts {
     pub ome_extra: String,
     /// Appended at the end of the file (new tables only).
     pub extra_toml: String,
+    /// `http.listen` (default `127.0.0.1:0`): a fixed address the homeserver
+    /// can be told about before roomcast starts.
+    pub http_listen: Option<String>,
+    /// Keep config and database here instead of a fresh temp dir, so a
+    /// restarted server finds its state (the caller owns the directory).
+    pub state_dir: Option<PathBuf>,
+    /// `public_url` (default `http://127.0.0.1:8080`, which nothing listens on):
+    /// set it to the server's real address when a browser must open the links
+    /// roomcast writes (the widget URL in a room, go-live links).
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerOpts {
@@ -325,13 +337,18 @@ impl Default for ServerOpts {
             rtmp_extra: String::new(),
             ome_extra: String::new(),
             extra_toml: String::new(),
+            http_listen: None,
+            state_dir: None,
+            public_url: None,
         }
     }
 }
 
 pub struct Server {
     child: Child,
-    dir: TempDir,
+    /// None when the caller owns the state directory.
+    _dir: Option<TempDir>,
+    pub state_dir: PathBuf,
     pub config_path: PathBuf,
     pub http: SocketAddr,
     pub rtmp: SocketAddr,
@@ -345,14 +362,9 @@ pub struct Server {
     log: Arc<Lines>,
 }
 
-pub fn roomcast_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_roomcast"))
-}
-
-/// `roomcast` with the test's own `ROOMCAST_*` variables (ROOMCAST_TEST_PYTHON,
-/// a developer's overrides) removed: the binary reads them as config keys.
-/// ROOMCAST_LOG passes, to debug a test.
-pub fn roomcast_command() -> Command {
+/// `roomcast` with the test's own ROOMCAST_* variables (ROOMCAST_TEST_…) removed:
+/// the server reads every ROOMCAST_<SECTION>__<KEY> as a config override.
+pub fn roomcast_cmd() -> Command {
     let mut cmd = Command::new(roomcast_bin());
     for (k, _) in std::env::vars_os() {
         let k_str = k.to_string_lossy();
@@ -361,6 +373,14 @@ pub fn roomcast_command() -> Command {
         }
     }
     cmd
+}
+
+/// The binary under test: `$ROOMCAST_TEST_BIN`, else the one cargo built for this
+/// test (a copy in the environment keeps a shared target dir's rebuilds out of a run).
+pub fn roomcast_bin() -> PathBuf {
+    std::env::var_os("ROOMCAST_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_roomcast")))
 }
 
 /// Parses `... listening service="http" addr=127.0.0.1:PORT ...`.
@@ -392,16 +412,27 @@ impl Server {
     }
 
     pub fn start_with(opts: ServerOpts) -> Server {
-        let dir = TempDir::new("roomcast-test");
-        let db = dir.path().join("roomcast.db");
+        let (owned_dir, state_dir) = match &opts.state_dir {
+            Some(p) => (None, p.clone()),
+            None => {
+                let d = TempDir::new("roomcast-test");
+                let p = d.path().to_path_buf();
+                (Some(d), p)
+            }
+        };
+        let db = state_dir.join("roomcast.db");
         let mut toml = format!(
-            "public_url = \"http://127.0.0.1:8080\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n{}\n\
+            "public_url = \"{}\"\n\
+             [http]\nlisten = \"{}\"\n{}\n\
              [rtmp]\nlisten = \"127.0.0.1:0\"\n{}\n\
              [ome]\nlisten = \"127.0.0.1:0\"\n{}\n\
              [webrtc]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\npublic_ips = []\n\
              tcp_force = {}\n{}\n\
              [storage]\ndatabase_url = \"sqlite://{}\"\n",
+            opts.public_url
+                .as_deref()
+                .unwrap_or("http://127.0.0.1:8080"),
+            opts.http_listen.as_deref().unwrap_or("127.0.0.1:0"),
             opts.http_extra,
             opts.rtmp_extra,
             opts.ome_extra,
@@ -416,14 +447,14 @@ impl Server {
         }
         toml.push_str(&opts.extra_toml);
         toml.push('\n');
-        let config_path = dir.path().join("roomcast.toml");
+        let config_path = state_dir.join("roomcast.toml");
         std::fs::write(&config_path, &toml).expect("write config");
 
         let mut cmd = Command::new(roomcast_bin());
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .current_dir(dir.path())
+            .current_dir(&state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -446,7 +477,8 @@ impl Server {
 
         let mut server = Server {
             child,
-            dir,
+            _dir: owned_dir,
+            state_dir,
             config_path,
             http: "0.0.0.0:0".parse().unwrap(),
             rtmp: "0.0.0.0:0".parse().unwrap(),

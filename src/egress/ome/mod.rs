@@ -295,6 +295,14 @@ impl Ctx {
                 format!("there is no stream '{}'", pass.stream),
             ));
         };
+        // Streams of private Matrix rooms need a viewer token (`?access=`).
+        crate::matrix::access::check_viewer(
+            self.app.matrix.as_deref(),
+            &stream,
+            &self.headers,
+            self.uri.query(),
+        )
+        .map_err(|e| ProtocolError::new(e.status.as_u16(), e.message))?;
         if !stream.is_live() {
             return Err(ProtocolError::new(
                 404,

@@ -1,0 +1,218 @@
+//! Viewer access to streams of rooms whose join rule is not public: a signed,
+//! expiring token, obtained either from the widget's Matrix OpenID token
+//! (checked with the homeserver; the user must be joined to the room) or from a
+//! link the bot hands out (`!live link 24h`). The check is one function, so
+//! WHEP, HLS and the watch page enforce the same rule.
+
+use axum::http::{HeaderMap, StatusCode, header};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tracing::info;
+
+use super::{HsError, Matrix, MatrixError};
+use crate::hub::{Access, Stream};
+use crate::web::ApiError;
+
+/// How long an access token from an OpenID exchange lasts.
+pub const ACCESS_TTL_SECS: u64 = 3600;
+
+pub struct ViewerTokens {
+    secret: Vec<u8>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenError {
+    Malformed,
+    Expired,
+    BadSignature,
+}
+
+impl ViewerTokens {
+    pub fn new(secret: &str) -> ViewerTokens {
+        ViewerTokens {
+            secret: secret.as_bytes().to_vec(),
+        }
+    }
+
+    fn mac(&self, stream: &str, exp: u64) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(b"roomcast-viewer-v1\0");
+        mac.update(stream.as_bytes());
+        mac.update(b"\0");
+        mac.update(exp.to_string().as_bytes());
+        mac
+    }
+
+    /// `v1.<expiry unix seconds>.<hex HMAC-SHA256 over stream and expiry>`.
+    pub fn sign(&self, stream: &str, exp: u64) -> String {
+        let sig = self.mac(stream, exp).finalize().into_bytes();
+        format!("v1.{exp}.{}", hex::encode(sig))
+    }
+
+    pub fn verify(&self, stream: &str, token: &str, now: u64) -> Result<(), TokenError> {
+        let mut parts = token.split('.');
+        let (Some("v1"), Some(exp), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let exp: u64 = exp.parse().map_err(|_| TokenError::Malformed)?;
+        let sig = hex::decode(sig).map_err(|_| TokenError::Malformed)?;
+        // Constant-time comparison inside verify_slice.
+        self.mac(stream, exp)
+            .verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        if exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
+    }
+}
+
+/// The viewer's token: `Authorization: Bearer …` or `?access=…`.
+fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(t) = v.strip_prefix("Bearer ")
+    {
+        return Some(t.trim().to_string());
+    }
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "access").then(|| v.to_string())
+    })
+}
+
+/// May this request watch `stream`? Public streams: yes. Private ones need a
+/// valid token (401 `access_required` without, 403 `access_denied` when bad
+/// or expired). WHEP calls it; the watch page and HLS are to call it too.
+pub fn check_viewer(
+    matrix: Option<&Matrix>,
+    stream: &Stream,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(), ApiError> {
+    if stream.access() == Access::Public {
+        return Ok(());
+    }
+    let Some(m) = matrix else {
+        return Ok(());
+    };
+    let Some(token) = token_from(headers, query) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "access_required",
+            format!(
+                "stream '{}' belongs to a private room: open it from the room's widget or a viewer link",
+                stream.name
+            ),
+        ));
+    };
+    m.tokens
+        .verify(&stream.name, &token, super::unix_now())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                match e {
+                    TokenError::Expired => {
+                        "this viewer link or token has expired; ask for a new one".to_string()
+                    }
+                    _ => format!(
+                        "this token does not give access to stream '{}'",
+                        stream.name
+                    ),
+                },
+            )
+        })
+}
+
+/// Why an OpenID exchange was refused.
+#[derive(Debug)]
+pub enum OpenIdError {
+    ForeignServer,
+    BadToken,
+    NotAMember,
+    NoRoom,
+    Unavailable(String),
+}
+
+impl Matrix {
+    /// Checks a widget's OpenID token with the homeserver and the user's
+    /// membership in the stream's room; returns a viewer token.
+    pub async fn exchange_openid(
+        &self,
+        stream: &str,
+        openid_token: &str,
+        server_name: &str,
+    ) -> Result<String, OpenIdError> {
+        let Some((m, _)) = self.room_of_stream(stream) else {
+            return Err(OpenIdError::NoRoom);
+        };
+        // One homeserver: tokens of other servers cannot be checked here.
+        if server_name != self.cfg.server_name {
+            return Err(OpenIdError::ForeignServer);
+        }
+        let info = self
+            .client
+            .get_json(
+                "/_matrix/federation/v1/openid/userinfo",
+                &[("access_token", openid_token)],
+            )
+            .await
+            .map_err(|e| match e {
+                HsError::Api { status, .. } if status == 401 || status == 403 => {
+                    OpenIdError::BadToken
+                }
+                other => OpenIdError::Unavailable(other.to_string()),
+            })?;
+        let sub = info["sub"].as_str().ok_or(OpenIdError::BadToken)?;
+        // The spec requires the user id to be of the server asked.
+        if sub.rsplit_once(':').map(|(_, s)| s) != Some(self.cfg.server_name.as_str()) {
+            return Err(OpenIdError::BadToken);
+        }
+        let member = self
+            .state_event(&m.room_id, "m.room.member", sub)
+            .await
+            .map_err(|e: MatrixError| OpenIdError::Unavailable(e.to_string()))?;
+        let joined = member.is_some_and(|ev| ev["content"]["membership"].as_str() == Some("join"));
+        if !joined {
+            return Err(OpenIdError::NotAMember);
+        }
+        info!(stream = %stream, user = %sub, "matrix: viewer admitted by OpenID");
+        Ok(self
+            .tokens
+            .sign(stream, super::unix_now() + ACCESS_TTL_SECS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_bind_stream_and_expiry() {
+        let t = ViewerTokens::new("secret");
+        let tok = t.sign("a", 1000);
+        assert_eq!(t.verify("a", &tok, 999), Ok(()));
+        assert_eq!(t.verify("a", &tok, 1000), Err(TokenError::Expired));
+        assert_eq!(t.verify("b", &tok, 0), Err(TokenError::BadSignature));
+        let forged = tok.replace("v1.1000.", "v1.9999.");
+        assert_eq!(t.verify("a", &forged, 0), Err(TokenError::BadSignature));
+        assert_eq!(t.verify("a", "garbage", 0), Err(TokenError::Malformed));
+        assert_eq!(t.verify("a", "v1.x.00", 0), Err(TokenError::Malformed));
+        let other = ViewerTokens::new("other");
+        assert_eq!(other.verify("a", &tok, 0), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn token_from_header_or_query() {
+        let mut h = HeaderMap::new();
+        assert_eq!(token_from(&h, Some("x=1&access=abc")), Some("abc".into()));
+        h.insert(header::AUTHORIZATION, "Bearer t1".parse().unwrap());
+        assert_eq!(token_from(&h, Some("access=abc")), Some("t1".into()));
+        assert_eq!(token_from(&HeaderMap::new(), None), None);
+    }
+}

@@ -1,0 +1,328 @@
+//! The bot's commands (`!live …`), parsed without any I/O.
+
+use crate::config::validate_stream_name;
+
+/// Longest viewer link the bot hands out.
+pub const MAX_LINK_SECS: u64 = 30 * 86_400;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    /// Create a room and a stream (by DM).
+    New {
+        name: String,
+    },
+    /// Attach a stream to the room the command was said in, or (from a DM,
+    /// for encrypted rooms whose messages the bot cannot read) to `room`.
+    Attach {
+        name: String,
+        room: Option<String>,
+    },
+    Detach {
+        name: Option<String>,
+    },
+    /// DM the publishing settings with a fresh key.
+    Key {
+        name: Option<String>,
+    },
+    /// Replace the key (the old one stops working) and DM the new one.
+    Rotate {
+        name: Option<String>,
+    },
+    Status {
+        name: Option<String>,
+    },
+    Notify {
+        on: bool,
+    },
+    Slots(Slots),
+    /// A signed viewer link valid for `secs`.
+    Link {
+        secs: u64,
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slots {
+    List,
+    Add { name: String },
+    Remove { name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not addressed to the bot: ignore silently.
+    NotACommand,
+    Command(Command),
+    /// Addressed to the bot but wrong: answer with this message.
+    Error(String),
+}
+
+pub const PREFIX: &str = "!live";
+
+pub const HELP: &str = "roomcast commands:
+!live new <name> — (in a DM with me) create a room and a stream, and get its publishing settings
+!live attach <name> — attach a new stream to this room (room admins); for an encrypted room, DM me `!live attach <name> #room:server`
+!live detach [name] — detach the stream from this room (room admins)
+!live key [name] — get the publishing settings with a new key, by DM (room admins)
+!live rotate [name] — replace the stream key; the new one comes by DM (room admins)
+!live status [name] — live or offline, viewers, links
+!live notify on|off — mention @room in go-live notices (room admins)
+!live slots | slots add <name> | slots remove <name> — extra streams in this room (room admins)
+!live link <24h|7d|30m> [name] — a viewer link for a private room (room admins)";
+
+fn name_arg(arg: Option<&str>) -> Result<Option<String>, String> {
+    match arg {
+        None => Ok(None),
+        Some(n) => validate_stream_name(n)
+            .map(|_| Some(n.to_string()))
+            .map_err(|e| format!("bad stream name: {e}")),
+    }
+}
+
+fn required_name(arg: Option<&str>, usage: &str) -> Result<String, String> {
+    name_arg(arg)?.ok_or_else(|| format!("usage: {usage}"))
+}
+
+/// Parses "24h", "7d", "30m", "90s" into seconds (1 s to 30 days).
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let bad = || format!("'{s}' is not a duration like 24h, 7d or 30m");
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(mult).ok_or_else(bad)?;
+    if secs == 0 || secs > MAX_LINK_SECS {
+        return Err(format!("a link lasts between 1 s and 30 days, not {s}"));
+    }
+    Ok(secs)
+}
+
+/// Parses a message body. Only bodies starting with `!live` are commands.
+pub fn parse(body: &str) -> Parsed {
+    let body = body.trim();
+    let Some(rest) = body.strip_prefix(PREFIX) else {
+        return Parsed::NotACommand;
+    };
+    // "!lively" is not for us.
+    if rest.chars().next().is_some_and(|c| !c.is_whitespace()) {
+        return Parsed::NotACommand;
+    }
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let Some((&cmd, args)) = words.split_first() else {
+        return Parsed::Command(Command::Help);
+    };
+    let arg = |i: usize| args.get(i).copied();
+    let too_many = |n: usize| args.len() > n;
+    let result: Result<Command, String> = (|| {
+        let cmd_lc = cmd.to_ascii_lowercase();
+        let c = match cmd_lc.as_str() {
+            "help" => Command::Help,
+            "new" if !too_many(1) => Command::New {
+                name: required_name(arg(0), "!live new <name>")?,
+            },
+            "attach" if !too_many(2) => Command::Attach {
+                name: required_name(arg(0), "!live attach <name> [#room:server]")?,
+                room: match arg(1) {
+                    None => None,
+                    Some(r) if (r.starts_with('#') || r.starts_with('!')) && r.len() <= 255 => {
+                        Some(r.to_string())
+                    }
+                    Some(_) => {
+                        return Err("the room is a #alias:server or a !room_id".into());
+                    }
+                },
+            },
+            "detach" if !too_many(1) => Command::Detach {
+                name: name_arg(arg(0))?,
+            },
+            "key" if !too_many(1) => Command::Key {
+                name: name_arg(arg(0))?,
+            },
+            "rotate" if !too_many(1) => Command::Rotate {
+                name: name_arg(arg(0))?,
+            },
+            "status" if !too_many(1) => Command::Status {
+                name: name_arg(arg(0))?,
+            },
+            "notify" if !too_many(1) => match arg(0).map(str::to_ascii_lowercase).as_deref() {
+                Some("on") => Command::Notify { on: true },
+                Some("off") => Command::Notify { on: false },
+                _ => return Err("usage: !live notify on|off".into()),
+            },
+            "slots" | "slot" if !too_many(2) => {
+                match arg(0).map(str::to_ascii_lowercase).as_deref() {
+                    None | Some("list") => Command::Slots(Slots::List),
+                    Some("add") => Command::Slots(Slots::Add {
+                        name: required_name(arg(1), "!live slots add <name>")?,
+                    }),
+                    Some("remove") | Some("rm") => Command::Slots(Slots::Remove {
+                        name: required_name(arg(1), "!live slots remove <name>")?,
+                    }),
+                    Some(other) => {
+                        return Err(format!("unknown slots action '{other}'; use add or remove"));
+                    }
+                }
+            }
+            "link" if !too_many(2) => Command::Link {
+                secs: parse_duration(arg(0).ok_or("usage: !live link <24h|7d|30m> [name]")?)?,
+                name: name_arg(arg(1))?,
+            },
+            "new" | "attach" | "detach" | "key" | "rotate" | "status" | "notify" | "slots"
+            | "slot" | "link" => {
+                return Err(format!("too many arguments for '{cmd_lc}'; try !live help"));
+            }
+            _ => {
+                let shown: String = cmd.chars().take(32).collect();
+                return Err(format!("unknown command '{shown}'; try !live help"));
+            }
+        };
+        Ok(c)
+    })();
+    match result {
+        Ok(c) => Parsed::Command(c),
+        Err(e) => Parsed::Error(e),
+    }
+}
+
+/// Commands that change the room or reveal keys need power in the room.
+pub fn needs_admin(c: &Command) -> bool {
+    !matches!(
+        c,
+        Command::Help | Command::New { .. } | Command::Status { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(s: &str) -> Command {
+        match parse(s) {
+            Parsed::Command(c) => c,
+            other => panic!("{s:?}: {other:?}"),
+        }
+    }
+
+    fn err(s: &str) -> String {
+        match parse(s) {
+            Parsed::Error(e) => e,
+            other => panic!("{s:?}: expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(cmd("!live"), Command::Help);
+        assert_eq!(cmd("  !live help "), Command::Help);
+        assert_eq!(
+            cmd("!live new show-1"),
+            Command::New {
+                name: "show-1".into()
+            }
+        );
+        assert_eq!(
+            cmd("!live ATTACH cam"),
+            Command::Attach {
+                name: "cam".into(),
+                room: None
+            }
+        );
+        assert_eq!(cmd("!live detach"), Command::Detach { name: None });
+        assert_eq!(
+            cmd("!live key x"),
+            Command::Key {
+                name: Some("x".into())
+            }
+        );
+        assert_eq!(cmd("!live rotate"), Command::Rotate { name: None });
+        assert_eq!(cmd("!live status"), Command::Status { name: None });
+        assert_eq!(cmd("!live notify on"), Command::Notify { on: true });
+        assert_eq!(cmd("!live notify OFF"), Command::Notify { on: false });
+        assert_eq!(cmd("!live slots"), Command::Slots(Slots::List));
+        assert_eq!(
+            cmd("!live slots add cam2"),
+            Command::Slots(Slots::Add {
+                name: "cam2".into()
+            })
+        );
+        assert_eq!(
+            cmd("!live slots remove cam2"),
+            Command::Slots(Slots::Remove {
+                name: "cam2".into()
+            })
+        );
+        assert_eq!(
+            cmd("!live link 24h"),
+            Command::Link {
+                secs: 86_400,
+                name: None
+            }
+        );
+        assert_eq!(
+            cmd("!live link 30m show"),
+            Command::Link {
+                secs: 1800,
+                name: Some("show".into())
+            }
+        );
+    }
+
+    #[test]
+    fn not_for_us() {
+        assert_eq!(parse("hello"), Parsed::NotACommand);
+        assert_eq!(parse("!lively"), Parsed::NotACommand);
+        assert_eq!(parse(""), Parsed::NotACommand);
+        assert_eq!(parse("say !live help"), Parsed::NotACommand);
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        assert!(err("!live frobnicate").contains("unknown command 'frobnicate'"));
+        assert!(err("!live new").contains("usage"));
+        assert!(err("!live new Bad Name").contains("too many"));
+        assert!(err("!live new Bad").contains("bad stream name"));
+        assert!(err("!live notify maybe").contains("on|off"));
+        assert!(err("!live link forever").contains("not a duration"));
+        assert!(err("!live link 90d").contains("30 days"));
+        assert!(err("!live link 0h").contains("between"));
+        assert!(err("!live slots juggle x").contains("unknown slots action"));
+        // A huge word is not echoed whole.
+        let long = format!("!live {}", "x".repeat(10_000));
+        assert!(err(&long).len() < 200);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("7d"), Ok(7 * 86_400));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration("1y").is_err());
+    }
+
+    #[test]
+    fn admin_commands() {
+        assert!(!needs_admin(&Command::Help));
+        assert!(!needs_admin(&Command::Status { name: None }));
+        assert!(needs_admin(&Command::Attach {
+            name: "a".into(),
+            room: None
+        }));
+        assert_eq!(
+            cmd("!live attach cam #talks:example.org"),
+            Command::Attach {
+                name: "cam".into(),
+                room: Some("#talks:example.org".into())
+            }
+        );
+        assert!(err("!live attach cam talks").contains("#alias"));
+        assert!(needs_admin(&Command::Key { name: None }));
+    }
+}

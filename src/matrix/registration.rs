@@ -1,0 +1,188 @@
+//! registration.yaml: what the homeserver needs to know about roomcast, written
+//! by `roomcast registration` and read at start-up.
+
+use std::path::Path;
+
+use rand::Rng;
+use ruma::api::appservice::Registration;
+
+/// Localpart prefix of puppet users (guests of the watch page).
+pub const PUPPET_PREFIX: &str = "_roomcast_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    #[error(
+        "cannot read the appservice registration {path}: {source}. Create it with \
+         `roomcast registration --url <URL the homeserver reaches roomcast at> --server-name <server_name>` \
+         and add its path to the homeserver's app_service_config_files"
+    )]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the appservice registration {path} is not valid: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error(
+        "{path} exists; pass --force to replace it (the homeserver must then load the new tokens)"
+    )]
+    Exists { path: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn random_token() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..48)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Escapes regex metacharacters of a server name ("example.org" → "example\.org").
+fn regex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub struct NewRegistration<'a> {
+    pub id: &'a str,
+    pub url: &'a str,
+    pub server_name: &'a str,
+    pub sender_localpart: &'a str,
+    pub alias_prefix: &'a str,
+}
+
+/// The registration file text, with comments explaining each field.
+pub fn render(n: &NewRegistration<'_>) -> String {
+    let server = regex_escape(n.server_name);
+    format!(
+        "# roomcast's application service registration. Add this file's path to the
+# homeserver's configuration (Synapse: app_service_config_files) and restart it.
+# Keep it secret: the tokens let anyone act as roomcast.
+
+# Unique, never-changing id of this appservice (used in /appservice/{{id}}/ping).
+id: \"{id}\"
+# Where the homeserver reaches roomcast's HTTP listener (http.listen).
+url: \"{url}\"
+# roomcast → homeserver secret (roomcast sends it as its access token).
+as_token: \"{as_token}\"
+# homeserver → roomcast secret (checked on every transaction).
+hs_token: \"{hs_token}\"
+# The bot users talk to: @{bot}:{server_name}. DM it `!live help`.
+sender_localpart: \"{bot}\"
+# roomcast's users and aliases, reserved for it (exclusive):
+#  - guests of the watch page post as puppets @{puppet}…
+#  - stream rooms have aliases #{alias_prefix}<stream>; joining an unknown one
+#    creates the room on demand.
+namespaces:
+  users:
+    - exclusive: true
+      regex: '@{puppet_re}.*:{server}'
+  aliases:
+    - exclusive: true
+      regex: '#{alias_re}.*:{server}'
+  rooms: []
+# roomcast sends chat for guests itself, with its own per-guest and per-IP
+# limits; the homeserver's limits would only delay go-live notices.
+rate_limited: false
+# No typing notifications or receipts needed.
+receive_ephemeral: false
+",
+        id = n.id,
+        url = n.url,
+        as_token = random_token(),
+        hs_token = random_token(),
+        bot = n.sender_localpart,
+        server_name = n.server_name,
+        puppet = PUPPET_PREFIX,
+        puppet_re = regex_escape(PUPPET_PREFIX),
+        alias_prefix = n.alias_prefix,
+        alias_re = regex_escape(n.alias_prefix),
+    )
+}
+
+/// Writes a new registration file; refuses to replace one unless `force`.
+pub fn write(path: &Path, n: &NewRegistration<'_>, force: bool) -> Result<(), RegistrationError> {
+    let p = path.display().to_string();
+    if path.exists() && !force {
+        return Err(RegistrationError::Exists { path: p });
+    }
+    std::fs::write(path, render(n)).map_err(|source| RegistrationError::Write { path: p, source })
+}
+
+pub fn load(path: &Path) -> Result<Registration, RegistrationError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| RegistrationError::Read {
+        path: p.clone(),
+        source,
+    })?;
+    let reg: Registration =
+        serde_yaml_ng::from_str(&text).map_err(|e| RegistrationError::Invalid {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+    let invalid = |reason: &str| RegistrationError::Invalid {
+        path: p.clone(),
+        reason: reason.to_string(),
+    };
+    if reg.as_token.len() < 16 || reg.hs_token.len() < 16 {
+        return Err(invalid(
+            "as_token and hs_token must be at least 16 random characters",
+        ));
+    }
+    if reg.id.is_empty() || reg.sender_localpart.is_empty() {
+        return Err(invalid("id and sender_localpart must not be empty"));
+    }
+    Ok(reg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_file_loads_with_the_namespaces() {
+        let dir = std::env::temp_dir().join(format!("roomcast-reg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("registration.yaml");
+        let n = NewRegistration {
+            id: "roomcast",
+            url: "http://127.0.0.1:8080",
+            server_name: "example.org",
+            sender_localpart: "roomcast",
+            alias_prefix: "live_",
+        };
+        write(&path, &n, false).unwrap();
+        assert!(matches!(
+            write(&path, &n, false),
+            Err(RegistrationError::Exists { .. })
+        ));
+        let reg = load(&path).unwrap();
+        assert_eq!(reg.id, "roomcast");
+        assert_eq!(reg.url.as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(reg.rate_limited, Some(false));
+        assert_ne!(reg.as_token, reg.hs_token);
+        assert_eq!(reg.namespaces.users[0].regex, "@_roomcast_.*:example\\.org");
+        assert_eq!(reg.namespaces.aliases[0].regex, "#live_.*:example\\.org");
+        assert!(reg.namespaces.users[0].exclusive);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The documented example at the repository root parses.
+    #[test]
+    fn example_parses() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("registration.yaml");
+        let reg = load(&p).unwrap();
+        assert_eq!(reg.sender_localpart, "roomcast");
+        assert_eq!(reg.namespaces.aliases[0].regex, "#live_.*:example\\.org");
+    }
+}

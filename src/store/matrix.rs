@@ -1,0 +1,501 @@
+//! Tables of the Matrix application service (migrations/0002_matrix.sql).
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct RoomRow {
+    pub room_id: String,
+    pub alias: Option<String>,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub join_rule: String,
+    pub encrypted: bool,
+    pub notify: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct MappingRow {
+    pub stream: String,
+    pub room_id: String,
+    pub slot: Option<String>,
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GuestRow {
+    pub user_id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub kind: String,
+    pub room_id: String,
+    pub stream: String,
+    pub session: String,
+    pub payload: String,
+    pub txn_id: String,
+    pub attempts: i64,
+}
+
+fn room_from(r: sqlx::sqlite::SqliteRow) -> Result<RoomRow, sqlx::Error> {
+    Ok(RoomRow {
+        room_id: r.try_get("room_id")?,
+        alias: r.try_get("alias")?,
+        name: r.try_get("name")?,
+        topic: r.try_get("topic")?,
+        join_rule: r.try_get("join_rule")?,
+        encrypted: r.try_get::<i64, _>("encrypted")? != 0,
+        notify: r.try_get::<i64, _>("notify")? != 0,
+    })
+}
+
+fn mapping_from(r: sqlx::sqlite::SqliteRow) -> Result<MappingRow, sqlx::Error> {
+    Ok(MappingRow {
+        stream: r.try_get("stream")?,
+        room_id: r.try_get("room_id")?,
+        slot: r.try_get("slot")?,
+        owner: r.try_get("owner")?,
+    })
+}
+
+impl Store {
+    // --- rooms -------------------------------------------------------------
+
+    /// Records a room (idempotent; keeps what is known about an existing one
+    /// unless a new value is given).
+    pub async fn upsert_room(
+        &self,
+        room_id: &str,
+        alias: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO matrix_rooms (room_id, alias, name, created_at)
+             VALUES (?1, ?2, ?3, unixepoch())
+             ON CONFLICT(room_id) DO UPDATE SET
+                 alias = COALESCE(excluded.alias, alias),
+                 name = COALESCE(excluded.name, name)",
+        )
+        .bind(room_id)
+        .bind(alias)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn room(&self, room_id: &str) -> Result<Option<RoomRow>, StoreError> {
+        let r = sqlx::query("SELECT * FROM matrix_rooms WHERE room_id = ?1")
+            .bind(room_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(room_from).transpose()?)
+    }
+
+    pub async fn room_by_alias(&self, alias: &str) -> Result<Option<RoomRow>, StoreError> {
+        let r = sqlx::query("SELECT * FROM matrix_rooms WHERE alias = ?1")
+            .bind(alias)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(room_from).transpose()?)
+    }
+
+    pub async fn rooms(&self) -> Result<Vec<RoomRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM matrix_rooms ORDER BY room_id")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(room_from).collect::<Result<_, _>>()?)
+    }
+
+    /// Sets one of the room's text columns (`name`, `topic`, `join_rule`).
+    pub async fn set_room_text(
+        &self,
+        room_id: &str,
+        column: RoomText,
+        value: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let sql = match column {
+            RoomText::Name => "UPDATE matrix_rooms SET name = ?2 WHERE room_id = ?1",
+            RoomText::Topic => "UPDATE matrix_rooms SET topic = ?2 WHERE room_id = ?1",
+            RoomText::JoinRule => {
+                "UPDATE matrix_rooms SET join_rule = COALESCE(?2, 'public') WHERE room_id = ?1"
+            }
+        };
+        sqlx::query(sql)
+            .bind(room_id)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_room_flag(
+        &self,
+        room_id: &str,
+        flag: RoomFlag,
+        value: bool,
+    ) -> Result<(), StoreError> {
+        let sql = match flag {
+            RoomFlag::Encrypted => "UPDATE matrix_rooms SET encrypted = ?2 WHERE room_id = ?1",
+            RoomFlag::Notify => "UPDATE matrix_rooms SET notify = ?2 WHERE room_id = ?1",
+        };
+        sqlx::query(sql)
+            .bind(room_id)
+            .bind(i64::from(value))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // --- room ↔ stream -------------------------------------------------------
+
+    pub async fn map_stream(
+        &self,
+        stream: &str,
+        room_id: &str,
+        slot: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO matrix_streams (stream, room_id, slot, owner, created_at)
+             VALUES (?1, ?2, ?3, ?4, unixepoch())
+             ON CONFLICT(stream) DO UPDATE SET room_id = excluded.room_id,
+                 slot = excluded.slot, owner = COALESCE(excluded.owner, owner)",
+        )
+        .bind(stream)
+        .bind(room_id)
+        .bind(slot)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn unmap_stream(&self, stream: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM matrix_streams WHERE stream = ?1")
+            .bind(stream)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn mappings(&self) -> Result<Vec<MappingRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM matrix_streams ORDER BY room_id, slot, stream")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(mapping_from)
+            .collect::<Result<_, _>>()?)
+    }
+
+    pub async fn mapping(&self, stream: &str) -> Result<Option<MappingRow>, StoreError> {
+        let r = sqlx::query("SELECT * FROM matrix_streams WHERE stream = ?1")
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(mapping_from).transpose()?)
+    }
+
+    pub async fn stream_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("SELECT 1 FROM streams WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.is_some())
+    }
+
+    pub async fn set_stream_title(&self, name: &str, title: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE streams SET title = ?2 WHERE name = ?1")
+            .bind(name)
+            .bind(title)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // --- transactions --------------------------------------------------------
+
+    pub async fn txn_done(&self, txn_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("SELECT 1 FROM matrix_txns WHERE txn_id = ?1")
+            .bind(txn_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.is_some())
+    }
+
+    pub async fn mark_txn_done(&self, txn_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO matrix_txns (txn_id, done_at) VALUES (?1, unixepoch())
+             ON CONFLICT(txn_id) DO NOTHING",
+        )
+        .bind(txn_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn event_done(&self, event_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("SELECT 1 FROM matrix_events_done WHERE event_id = ?1")
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.is_some())
+    }
+
+    pub async fn mark_event_done(&self, event_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO matrix_events_done (event_id, done_at) VALUES (?1, unixepoch())
+             ON CONFLICT(event_id) DO NOTHING",
+        )
+        .bind(event_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets transaction and event ids older than `days` (the homeserver
+    /// retries for minutes, not weeks).
+    pub async fn prune_processed(&self, days: i64) -> Result<(), StoreError> {
+        let cutoff = days * 86_400;
+        sqlx::query("DELETE FROM matrix_txns WHERE done_at < unixepoch() - ?1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM matrix_events_done WHERE done_at < unixepoch() - ?1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // --- direct messages -------------------------------------------------------
+
+    pub async fn dm_room(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        let r = sqlx::query("SELECT room_id FROM matrix_dms WHERE user_id = ?1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|r| r.try_get("room_id")).transpose()?)
+    }
+
+    pub async fn set_dm_room(&self, user_id: &str, room_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO matrix_dms (user_id, room_id) VALUES (?1, ?2)
+             ON CONFLICT(user_id) DO UPDATE SET room_id = excluded.room_id",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn is_dm_room(&self, room_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("SELECT 1 FROM matrix_dms WHERE room_id = ?1")
+            .bind(room_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.is_some())
+    }
+
+    // --- guests ----------------------------------------------------------------
+
+    pub async fn create_guest(
+        &self,
+        token_hash: &str,
+        user_id: &str,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO matrix_guests (token_hash, user_id, name, created_at)
+             VALUES (?1, ?2, ?3, unixepoch())",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn guest_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<GuestRow>, StoreError> {
+        let r = sqlx::query("SELECT user_id, name FROM matrix_guests WHERE token_hash = ?1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|r| -> Result<GuestRow, sqlx::Error> {
+            Ok(GuestRow {
+                user_id: r.try_get("user_id")?,
+                name: r.try_get("name")?,
+            })
+        })
+        .transpose()?)
+    }
+
+    /// `None`: the puppet never joined; `Some(true)`: a moderator removed it.
+    pub async fn guest_room_state(
+        &self,
+        user_id: &str,
+        room_id: &str,
+    ) -> Result<Option<bool>, StoreError> {
+        let r = sqlx::query(
+            "SELECT removed FROM matrix_guest_rooms WHERE user_id = ?1 AND room_id = ?2",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.map(|r| r.try_get::<i64, _>("removed").map(|v| v != 0))
+            .transpose()?)
+    }
+
+    pub async fn set_guest_room_state(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        removed: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO matrix_guest_rooms (user_id, room_id, removed) VALUES (?1, ?2, ?3)
+             ON CONFLICT(user_id, room_id) DO UPDATE SET removed = excluded.removed",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .bind(i64::from(removed))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // --- outbox ------------------------------------------------------------------
+
+    pub async fn enqueue_outbox(
+        &self,
+        kind: &str,
+        room_id: &str,
+        stream: &str,
+        session: &str,
+        payload: &str,
+        txn_id: &str,
+    ) -> Result<i64, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO matrix_outbox (kind, room_id, stream, session, payload, txn_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, unixepoch())",
+        )
+        .bind(kind)
+        .bind(room_id)
+        .bind(stream)
+        .bind(session)
+        .bind(payload)
+        .bind(txn_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.last_insert_rowid())
+    }
+
+    pub async fn pending_outbox(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, room_id, stream, session, payload, txn_id, attempts
+             FROM matrix_outbox WHERE done_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(OutboxRow {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    room_id: r.try_get("room_id")?,
+                    stream: r.try_get("stream")?,
+                    session: r.try_get("session")?,
+                    payload: r.try_get("payload")?,
+                    txn_id: r.try_get("txn_id")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn outbox_done(&self, id: i64, event_id: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE matrix_outbox SET done_at = unixepoch(), event_id = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(event_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn outbox_attempted(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE matrix_outbox SET attempts = attempts + 1 WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The event id of the delivered item `kind` of a stream's live session.
+    pub async fn outbox_event(
+        &self,
+        stream: &str,
+        session: &str,
+        kind: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let r = sqlx::query(
+            "SELECT event_id FROM matrix_outbox
+             WHERE stream = ?1 AND session = ?2 AND kind = ?3 AND event_id IS NOT NULL",
+        )
+        .bind(stream)
+        .bind(session)
+        .bind(kind)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.map(|r| r.try_get("event_id")).transpose()?)
+    }
+
+    // --- settings ------------------------------------------------------------------
+
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let r = sqlx::query("SELECT value FROM settings WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    /// Sets `key` unless it is set; returns the value in force.
+    pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .setting(key)
+            .await?
+            .unwrap_or_else(|| value.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum RoomText {
+    Name,
+    Topic,
+    JoinRule,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum RoomFlag {
+    Encrypted,
+    Notify,
+}

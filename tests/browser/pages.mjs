@@ -1,0 +1,1044 @@
+#!/usr/bin/env node
+// Headless Chromium tests of roomcast's web pages (tests/pages_browser.rs drives them).
+//
+//   node pages.mjs SCENARIO --base http://127.0.0.1:PORT [--artifacts DIR] [options]
+//
+// Scenarios: watch, chat, embed, multiview, widget, publish, index, hls (see each function),
+// and mx-watch, mx-widget against a real Synapse room (tests/matrix_pages.rs).
+// Every stdout line is one JSON object with a "type": step lines the Rust test
+// reacts to (e.g. {"type":"offline_shown"} → it starts the publisher), "shot"
+// lines naming saved screenshots, "console" lines, and last a "result"
+// {ok, reason, console_errors, ...}. The page's console errors fail a scenario.
+// Waits are conditions with deadlines, never sleeps.
+
+import { chromium } from 'playwright-core';
+import { createServer } from 'node:http';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--autoplay-policy=no-user-gesture-required',
+  '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
+];
+
+// --- arguments and output -------------------------------------------------------
+const argv = process.argv.slice(2);
+const scenario = argv[0];
+const opt = (name, dflt = null) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : dflt;
+};
+const has = (name) => argv.includes(`--${name}`);
+const BASE = (opt('base') || '').replace(/\/+$/, '');
+const ARTIFACTS = opt('artifacts', join(here, '..', 'artifacts', 'pages'));
+const TIMEOUT = Number(opt('timeout', '60')) * 1000;
+
+function emit(o) {
+  process.stdout.write(`${JSON.stringify(o)}\n`);
+}
+
+const consoleErrors = [];
+/** Console errors that a scenario expects (e.g. the 404 of an API that is not built yet). */
+const allowedErrors = [];
+
+function watchConsole(page, label) {
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error' && msg.type() !== 'warning') return;
+    const text = msg.text();
+    const url = msg.location()?.url || '';
+    emit({ type: 'console', page: label, level: msg.type(), text, url });
+    if (msg.type() !== 'error') return;
+    if (/favicon/i.test(text + url)) return;
+    if (allowedErrors.some((re) => re.test(`${text} ${url}`))) return;
+    consoleErrors.push(`${label}: ${text} (${url})`);
+  });
+  page.on('pageerror', (err) => {
+    emit({ type: 'console', page: label, level: 'pageerror', text: String(err) });
+    consoleErrors.push(`${label}: ${err}`);
+  });
+}
+
+async function waitFor(what, fn, timeoutMs = TIMEOUT) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      if (e && e.fatal) throw e;
+      last = `error: ${e.message || e}`;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what} (last: ${JSON.stringify(last)})`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function check(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+async function shot(page, name, opts = {}) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const vp = page.viewportSize();
+  const path = join(ARTIFACTS, `${name}-${vp.width}x${vp.height}.png`);
+  await page.screenshot({ path, ...opts });
+  emit({ type: 'shot', name, path });
+  return path;
+}
+
+/** Desktop and phone screenshots of the page as it is now (restores the viewport). */
+async function shots(page, name, ready = async () => true) {
+  const vp = page.viewportSize();
+  for (const size of [DESKTOP, PHONE]) {
+    await page.setViewportSize(size);
+    await waitFor(`${name} to settle at ${size.width}px`, ready, 10000);
+    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+    await shot(page, name);
+  }
+  await page.setViewportSize(vp);
+}
+
+/** A host page server on loopback (another origin than roomcast's): the "other site"
+ *  that frames the embed or runs the Matrix client. It has to be a real local server:
+ *  Chromium does not let a public origin frame a loopback one. */
+async function hostServer() {
+  const pages = new Map();
+  const server = createServer((req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    const body = pages.get(path);
+    const type = path.endsWith('.js') ? 'text/javascript' : 'text/html';
+    res.writeHead(body ? 200 : 404, { 'Content-Type': `${type}; charset=utf-8`, 'Cache-Control': 'no-store' });
+    res.end(body || 'not found');
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const origin = `http://localhost:${server.address().port}`;
+  return { origin, set: (path, html) => pages.set(path, html), close: () => new Promise((r) => server.close(r)) };
+}
+
+/** Captures every EventSource the page opens, so a test can dispatch contract events on it. */
+const CAPTURE_SSE = () => {
+  const Orig = window.EventSource;
+  window.__es = [];
+  window.EventSource = class extends Orig {
+    constructor(...a) {
+      super(...a);
+      window.__es.push(this);
+    }
+  };
+};
+
+async function sseEvent(page, name, data, urlPart = '') {
+  await page.evaluate(({ name, data, urlPart }) => {
+    for (const es of window.__es) {
+      if (es.url.includes(urlPart)) es.dispatchEvent(new MessageEvent(name, { data: JSON.stringify(data) }));
+    }
+  }, { name, data, urlPart });
+}
+
+/** WebRTC/HLS figures of one Player in the page (`path` picks it, e.g. "roomcast.slots.1.player"). */
+function playerStats(frame, path = 'roomcast.player') {
+  return frame.evaluate(async (path) => {
+    // (The pages' CSP forbids eval, so walk the path.)
+    const p = path.split('.').reduce((o, k) => (o == null ? o : o[k]), window);
+    if (!p) return null;
+    let v = null;
+    let a = null;
+    if (p.pc) {
+      (await p.pc.getStats()).forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') v = s;
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') a = s;
+      });
+    }
+    const so = p.video.srcObject;
+    const q = p.video.getVideoPlaybackQuality();
+    return {
+      state: p.state,
+      mode: p.mode,
+      connectionState: p.pc ? p.pc.connectionState : null,
+      framesDecoded: v ? v.framesDecoded || 0 : 0,
+      audioPackets: a ? a.packetsReceived || 0 : 0,
+      audioTracks: so ? so.getAudioTracks().length : 0,
+      videoTracks: so ? so.getVideoTracks().length : 0,
+      presented: q.totalVideoFrames,
+      muted: p.video.muted,
+      volume: p.video.volume,
+      width: p.video.videoWidth,
+      height: p.video.videoHeight,
+      paused: p.video.paused,
+    };
+  }, path);
+}
+
+// --- scenarios ----------------------------------------------------------------------
+
+/** /watch/{stream}: offline first; starts by itself when live; title, viewers, unmute by
+ *  keyboard, fullscreen, SSE title event; offline again and back when the publisher restarts. */
+async function watch(browser) {
+  const stream = opt('stream', 't1');
+  const title = opt('title', stream);
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  await ctx.addInitScript(CAPTURE_SSE);
+  const page = await ctx.newPage();
+  watchConsole(page, 'watch');
+  await page.goto(`${BASE}/watch/${stream}`);
+  const ui = () => page.evaluate(() => ({
+    state: document.querySelector('.rc-player')?.dataset.state,
+    badge: document.getElementById('state').textContent,
+    title: document.getElementById('title').textContent,
+    docTitle: document.title,
+    viewers: document.getElementById('viewers').hidden ? null : document.getElementById('viewers').textContent,
+    status: document.querySelector('.rc-status').hidden ? null : document.querySelector('.rc-status').textContent,
+    chatHidden: document.querySelector('.chat').hidden,
+    unmuteVisible: !document.querySelector('.rc-unmute').hidden,
+  }));
+  const off = await waitFor('the offline state with the title', async () => {
+    const u = await ui();
+    return u.state === 'offline' && u.badge === 'OFFLINE' && u.title === title ? u : null;
+  });
+  check(off.status && /offline/i.test(off.status), `offline message: ${JSON.stringify(off)}`);
+  check(off.chatHidden, 'the chat panel shows in standalone mode');
+  await shots(page, 'watch-offline');
+  emit({ type: 'offline_shown', ui: off });
+  const t0 = Date.now();
+
+  const live = await waitFor('the page to start playing by itself (60 frames, audio)', async () => {
+    const s = await playerStats(page);
+    return s && s.framesDecoded >= 60 && s.audioPackets >= 25 && s.audioTracks === 1 && s.state === 'playing' ? s : null;
+  });
+  emit({ type: 'playing', after_ms: Date.now() - t0, stats: live });
+  const u = await waitFor('LIVE badge and viewer count', async () => {
+    const x = await ui();
+    return x.badge === 'LIVE' && x.viewers && /[1-9]\d* viewers?/.test(x.viewers) ? x : null;
+  });
+  check(u.title === title && u.docTitle.startsWith(title), `title: ${JSON.stringify(u)}`);
+  check(live.muted && u.unmuteVisible, `starts muted with an unmute control: ${JSON.stringify({ live, u })}`);
+  check(live.width === Number(opt('width', live.width)), `video width ${live.width}`);
+
+  // Keyboard: Tab to the unmute button, Enter.
+  let focused = '';
+  for (let i = 0; i < 10 && !focused.includes('rc-unmute'); i++) {
+    await page.keyboard.press('Tab');
+    focused = await page.evaluate(() => document.activeElement?.className || '');
+  }
+  check(focused.includes('rc-unmute'), `Tab never reached the unmute button (last focus: ${focused})`);
+  await page.keyboard.press('Enter');
+  await waitFor('unmuted by keyboard', async () => {
+    const s = await playerStats(page);
+    return !s.muted && !(await ui()).unmuteVisible;
+  }, 5000);
+  // Fullscreen with F on the focused player, and back.
+  await page.focus('.rc-player');
+  await page.keyboard.press('f');
+  await waitFor('fullscreen', () => page.evaluate(() => document.fullscreenElement?.classList.contains('rc-player')), 5000);
+  await page.keyboard.press('f');
+  await waitFor('fullscreen to end', () => page.evaluate(() => document.fullscreenElement === null), 5000);
+  emit({ type: 'keyboard_ok' });
+
+  // The SSE `title` event (a Matrix room rename) changes the title, as plain text.
+  const renamed = 'Renamed <b>not bold</b> & live';
+  await sseEvent(page, 'title', { title: renamed });
+  await waitFor('the title to follow the SSE title event', async () => {
+    const x = await ui();
+    return x.title === renamed && x.docTitle.startsWith(renamed);
+  }, 5000);
+  check(await page.evaluate(() => !document.querySelector('#title b')), 'the title was parsed as HTML');
+  await sseEvent(page, 'title', { title });
+  await waitFor('title back', async () => (await ui()).title === title, 5000);
+  await shots(page, 'watch-live', async () => (await playerStats(page)).state === 'playing');
+
+  // Publisher leaves (SSE offline) and comes back: the page plays again by itself.
+  const pc0 = await page.evaluate(() => { window.__pc0 = window.roomcast.player.pc; return true; });
+  check(pc0, 'no PeerConnection');
+  emit({ type: 'await_publisher_stop' });
+  await waitFor('the offline state after the publisher left', async () => (await ui()).state === 'offline');
+  const before = (await playerStats(page)).framesDecoded;
+  emit({ type: 'offline_again', frames: before });
+  const back = await waitFor('playback to resume after the publisher came back', async () => {
+    const s = await playerStats(page);
+    return s.state === 'playing' && s.framesDecoded >= before + 30 ? s : null;
+  });
+  const samePc = await page.evaluate(() => window.__pc0 === window.roomcast.player.pc);
+  emit({ type: 'resumed', stats: back, same_peer_connection: samePc });
+  await ctx.close();
+  return { same_peer_connection: samePc };
+}
+
+/** The chat panel against the contract, with the Matrix side mocked in the browser: a
+ *  snapshot with a room, `chat`/`redaction` events, guest name and posting, error codes. */
+async function chat(browser) {
+  const stream = opt('stream', 't1');
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  await ctx.addInitScript(CAPTURE_SSE);
+  const posted = [];
+  // The snapshot as the Matrix application service will send it.
+  await ctx.route(`**/api/v1/streams/${stream}`, async (route) => {
+    const r = await route.fetch();
+    const snap = await r.json();
+    snap.room = { room_id: '!room:localhost', alias: `#_streams_${stream}:localhost`, chat: true };
+    snap.access = 'public';
+    snap.description = 'Weekly community show.\nBring questions!';
+    await route.fulfill({ response: r, json: snap });
+  });
+  await ctx.route('**/api/v1/guests', async (route) => {
+    const body = route.request().postDataJSON();
+    if (!body.name || body.name.length > 32) {
+      return route.fulfill({ status: 400, json: { error: 'names are 1 to 32 characters', code: 'bad_name' } });
+    }
+    return route.fulfill({ status: 201, json: { guest_token: 'guest-secret', display_name: `${body.name} (guest)` } });
+  });
+  const chatAnswers = [
+    { status: 429, headers: { 'Retry-After': '1' }, json: { error: 'slow down', code: 'rate_limited' } },
+    { status: 201, json: { id: '$sent1' } },
+    { status: 403, json: { error: 'you were removed from this chat by a moderator', code: 'guest_banned' } },
+  ];
+  await ctx.route(`**/api/v1/streams/${stream}/chat`, async (route) => {
+    posted.push({ auth: route.request().headers().authorization, body: route.request().postDataJSON() });
+    const a = chatAnswers.shift() || { status: 503, json: { error: 'homeserver down', code: 'homeserver_unavailable' } };
+    return route.fulfill({ status: a.status, headers: a.headers, contentType: 'application/json', body: JSON.stringify(a.json) });
+  });
+  // The mocked 429 and 403 are the contract's answers: the browser logs them as failed loads.
+  allowedErrors.push(/status of (429|403)/);
+  const page = await ctx.newPage();
+  watchConsole(page, 'chat');
+  await page.goto(`${BASE}/watch/${stream}`);
+  await waitFor('the chat panel', () => page.evaluate(() => !document.querySelector('.chat').hidden));
+  await waitFor('the description', () => page.evaluate(() => document.getElementById('description').textContent.includes('Bring questions')));
+  const evil = '<img src=x onerror="window.__pwned=1">hi & <b>bye</b>';
+  const now = Date.now();
+  await sseEvent(page, 'chat', { id: '$a', sender: 'Alice', sender_id: '@alice:localhost', body: 'First!', ts: now - 60000, guest: false });
+  await sseEvent(page, 'chat', { id: '$b', sender: 'Mallory (guest)', sender_id: '@_streams_guest_1:localhost', body: evil, ts: now - 30000, guest: true });
+  await sseEvent(page, 'chat', { id: '$c', sender: 'Bob', sender_id: '@bob:localhost', body: 'to be removed', ts: now - 20000, guest: false });
+  await sseEvent(page, 'chat', { id: '$a', sender: 'Alice', sender_id: '@alice:localhost', body: 'First!', ts: now - 60000, guest: false });
+  await sseEvent(page, 'redaction', { id: '$c' });
+  const msgs = await waitFor('three events → two messages after the redaction', async () => {
+    const m = await page.evaluate(() => [...document.querySelectorAll('.chat-msg')].map((li) => ({
+      id: li.dataset.id, sender: li.querySelector('.chat-sender').textContent, body: li.querySelector('.chat-body').textContent,
+    })));
+    return m.length === 2 ? m : null;
+  }, 5000);
+  check(msgs[0].id === '$a' && msgs[1].id === '$b', `order/dedupe: ${JSON.stringify(msgs)}`);
+  check(msgs[1].body === evil, `the body must be shown as plain text: ${JSON.stringify(msgs[1])}`);
+  check(await page.evaluate(() => !document.querySelector('.chat img, .chat b') && !window.__pwned), 'chat HTML was parsed');
+
+  // Guest: a name, then messages; one answer per contract error.
+  await page.fill('.chat-form input[name="name"]', 'Alice');
+  await page.keyboard.press('Enter');
+  await waitFor('the message box', () => page.evaluate(() => !!document.querySelector('.chat-form input[name="body"]')), 5000);
+  check(await page.evaluate(() => document.querySelector('.chat-note strong')?.textContent === 'Alice (guest)'), 'guest name shown');
+  const errorText = () => page.evaluate(() => { const e = document.querySelector('.chat-error'); return e.hidden ? '' : e.textContent; });
+  await page.fill('.chat-form input[name="body"]', 'hello');
+  await page.keyboard.press('Enter');
+  const rl = await waitFor('the rate-limit message', async () => { const t = await errorText(); return /too fast.*1 s/.test(t) ? t : null; }, 5000);
+  await waitFor('send to be possible again after Retry-After', () => page.evaluate(() => !document.querySelector('.chat-form button').disabled), 5000);
+  await page.keyboard.press('Enter');
+  await waitFor('the sent message to show', () => page.evaluate(() => !!document.querySelector('.chat-msg[data-id="$sent1"]')), 5000);
+  // The server echoes the message on the feed: it must not show twice.
+  await sseEvent(page, 'chat', { id: '$sent1', sender: 'Alice (guest)', sender_id: '@_streams_guest_2:localhost', body: 'hello', ts: Date.now(), guest: true });
+  check(await page.evaluate(() => document.querySelectorAll('.chat-msg[data-id="$sent1"]').length === 1), 'own message shown twice');
+  await shots(page, 'watch-chat');
+  await page.fill('.chat-form input[name="body"]', 'still here?');
+  await page.keyboard.press('Enter');
+  await waitFor('the banned state', () => page.evaluate(() => /removed from this chat/.test(document.querySelector('.chat-composer').textContent) && !document.querySelector('.chat-form')), 5000);
+  check(posted.length === 3 && posted.every((p) => p.auth === 'Bearer guest-secret'), `posts: ${JSON.stringify(posted)}`);
+  check(posted[1].body.body === 'hello', `posted body: ${JSON.stringify(posted[1])}`);
+  await ctx.close();
+  return { messages: msgs, rate_limit_message: rl };
+}
+
+/** /embed/{stream} as an OBS browser source (1920×1080, OBS's default CSS) and in an iframe. */
+async function embed(browser) {
+  const stream = opt('stream', 't1');
+  const ctx = await browser.newContext({ viewport: { width: 1920, height: 1080 } });
+  // A private stream's link carries ?access=TOKEN: the player hands it to WHEP as Bearer.
+  const whepAuth = [];
+  await ctx.route(`**/whep/${stream}`, async (route) => {
+    if (route.request().method() === 'POST') whepAuth.push(route.request().headers().authorization || null);
+    await route.continue();
+  });
+  const page = await ctx.newPage();
+  watchConsole(page, 'embed-obs');
+  await page.goto(`${BASE}/embed/${stream}?muted=0&controls=0&access=link-token`);
+  // What OBS injects into every browser source by default.
+  await page.addStyleTag({ content: 'body { background-color: rgba(0, 0, 0, 0); margin: 0px auto; overflow: hidden; }' });
+  const s = await waitFor('the OBS-sized embed to play (60 frames)', async () => {
+    const x = await playerStats(page);
+    return x && x.framesDecoded >= 60 && x.state === 'playing' ? x : null;
+  });
+  const geo = await page.evaluate(() => {
+    const r = document.querySelector('video').getBoundingClientRect();
+    return {
+      video: [r.x, r.y, r.width, r.height],
+      html: getComputedStyle(document.documentElement).backgroundColor,
+      body: getComputedStyle(document.body).backgroundColor,
+      player: getComputedStyle(document.querySelector('.rc-player')).backgroundColor,
+      controls: document.querySelectorAll('.rc-bar, .rc-unmute, .rc-play').length,
+      status: document.querySelector('.rc-status').hidden,
+      scroll: [document.documentElement.scrollWidth, document.documentElement.scrollHeight],
+    };
+  });
+  check(JSON.stringify(geo.video) === JSON.stringify([0, 0, 1920, 1080]), `video rect ${geo.video}`);
+  const clear = (c) => c === 'rgba(0, 0, 0, 0)' || c === 'transparent';
+  check(clear(geo.html) && clear(geo.body) && clear(geo.player), `backgrounds must be transparent: ${JSON.stringify(geo)}`);
+  check(geo.controls === 0 && geo.status, `controls=0 shows no controls: ${JSON.stringify(geo)}`);
+  check(!s.muted, 'muted=0 should play with sound (OBS allows autoplay with sound)');
+  check(geo.scroll[0] === 1920 && geo.scroll[1] === 1080, `no scrollbars: ${geo.scroll}`);
+  check(whepAuth.length >= 1 && whepAuth.every((a) => a === 'Bearer link-token'), `WHEP Authorization: ${JSON.stringify(whepAuth)}`);
+  await shot(page, 'embed-obs', { omitBackground: true });
+  await ctx.close();
+
+  // In an iframe of another site (a loopback origin: Chromium keeps public sites from framing local ones), with the defaults (muted, controls, autoplay).
+  const ctx2 = await browser.newContext({ viewport: DESKTOP });
+  const site = await hostServer();
+  site.set('/post.html', `<!doctype html><title>host</title><body style="background:#eee;margin:0;padding:40px">
+      <p>A blog post with a live stream:</p>
+      <iframe src="${BASE}/embed/${stream}" width="640" height="360" style="border:0" allow="autoplay; fullscreen"></iframe></body>`);
+  const host = await ctx2.newPage();
+  watchConsole(host, 'embed-iframe');
+  await host.goto(`${site.origin}/post.html`);
+  const frame = await waitFor('the iframe', async () => host.frames().find((f) => f.url().includes('/embed/')));
+  const fs = await waitFor('the iframe embed to play', async () => {
+    const x = await playerStats(frame);
+    return x && x.framesDecoded >= 30 && x.state === 'playing' ? x : null;
+  });
+  check(fs.muted, 'the default embed starts muted');
+  check(await frame.evaluate(() => !document.querySelector('.rc-unmute').hidden), 'the muted embed offers to unmute');
+  await shots(host, 'embed-iframe');
+  await ctx2.close();
+  await site.close();
+  // The embed alone at desktop and phone width.
+  const ctx3 = await browser.newContext({ viewport: DESKTOP });
+  const p3 = await ctx3.newPage();
+  watchConsole(p3, 'embed');
+  await p3.goto(`${BASE}/embed/${stream}`);
+  await shots(p3, 'embed', async () => (await playerStats(p3))?.state === 'playing');
+  await ctx3.close();
+  return { obs: geo };
+}
+
+/** /multiview with a layout file at 1920×1080: every slot starts by itself, decodes, sits at its
+ *  rectangle, has its volume; one slot recovers when its publisher restarts. Then the grid. */
+async function multiview(browser) {
+  const name = opt('layout', 'four-player');
+  const volumes = opt('volumes', '1,0.5,0.25,0');
+  const layout = await (await fetch(`${BASE}/api/v1/layouts/${name}`)).json();
+  const ctx = await browser.newContext({ viewport: { width: layout.width, height: layout.height } });
+  const page = await ctx.newPage();
+  watchConsole(page, 'multiview');
+  await page.goto(`${BASE}/multiview?layout=${name}&volume=${volumes}`);
+  await waitFor('the slots', () => page.evaluate((n) => window.roomcast?.slots?.length === n, layout.slots.length));
+  emit({ type: 'slots_ready', slots: layout.slots.length });
+  const slotStats = (i) => playerStats(page, `roomcast.slots.${i}.player`);
+  const all = await waitFor('every slot to play (30 frames each)', async () => {
+    const st = [];
+    for (let i = 0; i < layout.slots.length; i++) st.push(await slotStats(i));
+    return st.every((x) => x && x.framesDecoded >= 30 && x.state === 'playing') ? st : null;
+  }, 90000);
+  const rects = await page.evaluate(() => window.roomcast.slots.map((s) => {
+    const r = s.player.video.getBoundingClientRect();
+    return { stream: s.stream, rect: [r.x, r.y, r.width, r.height] };
+  }));
+  layout.slots.forEach((sl, i) => {
+    const want = [sl.x, sl.y, sl.width, sl.height];
+    check(JSON.stringify(rects[i].rect) === JSON.stringify(want), `slot ${sl.id}: on screen ${rects[i].rect}, layout ${want}`);
+    check(rects[i].stream === sl.stream, `slot ${sl.id} shows ${rects[i].stream}`);
+  });
+  const vols = volumes.split(',').map(Number);
+  all.forEach((x, i) => check(Math.abs(x.volume - vols[i]) < 1e-6 && x.muted === (vols[i] === 0), `slot ${i} volume ${x.volume} muted ${x.muted}`));
+  const bg = await page.evaluate(() => [getComputedStyle(document.documentElement).backgroundColor, getComputedStyle(document.body).backgroundColor]);
+  check(bg.every((c) => c === 'rgba(0, 0, 0, 0)'), `background ${bg}`);
+  await shot(page, 'multiview-layout', { omitBackground: true });
+  emit({ type: 'all_playing', stats: all, rects });
+
+  // Slot 2's publisher leaves and comes back.
+  await waitFor('slot 2 offline', () => page.evaluate(() => window.roomcast.slots[1].el.dataset.live === 'false'));
+  const before = (await slotStats(1)).framesDecoded;
+  emit({ type: 'slot_offline', frames: before });
+  const back = await waitFor('slot 2 to play again', async () => {
+    const x = await slotStats(1);
+    return x.state === 'playing' && x.framesDecoded >= before + 30 ? x : null;
+  });
+  emit({ type: 'slot_recovered', stats: back });
+  await ctx.close();
+
+  // The automatic grid of a streams= list, desktop and phone.
+  const streams = layout.slots.map((s) => s.stream).join(',');
+  const ctx2 = await browser.newContext({ viewport: DESKTOP });
+  const grid = await ctx2.newPage();
+  watchConsole(grid, 'multiview-grid');
+  await grid.goto(`${BASE}/multiview?streams=${streams}&volume=0`);
+  const playingAll = async () => {
+    for (let i = 0; i < layout.slots.length; i++) {
+      const x = await playerStats(grid, `roomcast.slots.${i}.player`);
+      if (!x || x.state !== 'playing' || x.framesDecoded < 10) return false;
+    }
+    return true;
+  };
+  await waitFor('every grid slot to play', playingAll, 90000);
+  const cells = await grid.evaluate(() => window.roomcast.slots.map((s) => {
+    const r = s.el.getBoundingClientRect();
+    return [Math.round(r.x), Math.round(r.y), Math.round(r.width), Math.round(r.height)];
+  }));
+  check(new Set(cells.map((c) => `${c[0]},${c[1]}`)).size === cells.length, `grid cells overlap: ${JSON.stringify(cells)}`);
+  await shots(grid, 'multiview-grid', playingAll);
+  await ctx2.close();
+  return { rects, grid: cells };
+}
+
+/** /widget in a host page that runs matrix-widget-api's ClientWidgetApi. The Matrix side of the
+ *  API (rooms' streams, viewer access) is mocked in the browser until the Matrix issue lands;
+ *  WHEP goes to the real server, which gets the viewer token as Bearer. */
+async function widget(browser) {
+  const stream = opt('stream', 't1');
+  const require = createRequire(import.meta.url);
+  // (dist/api.min.js of 1.19.0 exports nothing: its tinyify build drops the exports.)
+  const lib = readFileSync(require.resolve('matrix-widget-api/dist/api.js'), 'utf8');
+  const snapshot = await (await fetch(`${BASE}/api/v1/streams/${stream}`)).json();
+  const runs = [];
+  const site = await hostServer();
+  site.set('/matrix-widget-api.js', lib);
+  for (const [wait, access, theme] of [[true, 'private', 'dark'], [false, 'private', 'light'], [false, 'public', 'dark']]) {
+    const ctx = await browser.newContext({ viewport: DESKTOP });
+    const seen = { access: [], whepAuth: [], rooms: 0 };
+    await ctx.route('**/api/v1/rooms/*/streams', async (route) => {
+      seen.rooms++;
+      await route.fulfill({ json: [{ ...snapshot, access, room: { room_id: '!room:localhost', alias: null, chat: false } }] });
+    });
+    await ctx.route(`**/api/v1/streams/${stream}/access`, async (route) => {
+      seen.access.push(route.request().postDataJSON());
+      await route.fulfill({ json: { access_token: 'viewer-token', expires_in: 3600 } });
+    });
+    await ctx.route(`**/whep/${stream}`, async (route) => {
+      if (route.request().method() === 'POST') seen.whepAuth.push(route.request().headers().authorization || null);
+      await route.continue();
+    });
+    site.set('/room', `<!doctype html><title>client</title><style>html,body{margin:0;height:100%;background:#222}iframe{border:0;width:100%;height:100%;display:block}</style>
+             <body><script src="/matrix-widget-api.js"></script></body>`);
+    const host = await ctx.newPage();
+    watchConsole(host, `widget(wait=${wait},${access})`);
+    await host.goto(`${site.origin}/room`);
+    await host.evaluate(({ base, wait, theme }) => {
+      const { ClientWidgetApi, Widget, WidgetDriver, OpenIDRequestState } = window.mxwidgets;
+      window.openidAsked = 0;
+      class Driver extends WidgetDriver {
+        async validateCapabilities(requested) { return requested; }
+        askOpenID(observer) {
+          window.openidAsked++;
+          observer.update({ state: OpenIDRequestState.Allowed, token: {
+            access_token: 'openid-token', token_type: 'Bearer', matrix_server_name: 'localhost', expires_in: 3600 } });
+        }
+      }
+      const w = new Widget({
+        id: 'roomcast_stream', creatorUserId: '@_streams_bot:localhost', type: 'm.custom', name: 'Live stream',
+        url: `${base}/widget?widgetId=$matrix_widget_id&roomId=$matrix_room_id&theme=$org.matrix.msc2873.client_theme&stream=demo`,
+        waitForIframeLoad: wait,
+      });
+      const url = w.getCompleteUrl({ widgetRoomId: '!room:localhost', currentUserId: '@alice:localhost', clientTheme: theme, clientId: 'test.client' });
+      const iframe = document.createElement('iframe');
+      iframe.src = `${url}&parentUrl=${encodeURIComponent(location.href)}`;
+      iframe.allow = 'autoplay; fullscreen';
+      document.body.append(iframe);
+      const api = new ClientWidgetApi(w, iframe, new Driver());
+      window.clientApi = api;
+      window.handshake = false;
+      api.once('ready', () => { window.handshake = true; });
+    }, { base: BASE, wait, theme });
+    await waitFor('the widget handshake', () => host.evaluate(() => window.handshake), 15000);
+    // With waitForIframeLoad=false the client must have got content_loaded after the iframe's
+    // load event (else it arms a timer that logs "timed out waiting for contentLoaded").
+    await waitFor('no pending content_loaded timer', () => host.evaluate(() => window.clientApi.contentLoadedWaitTimer === undefined), 12000);
+    const frame = await waitFor('the widget frame', async () => host.frames().find((f) => f.url().includes('/widget')));
+    const themeOf = () => frame.evaluate(() => ({ attr: document.documentElement.dataset.theme, bg: getComputedStyle(document.body).backgroundColor }));
+    const t1 = await waitFor(`the ${theme} theme`, async () => { const t = await themeOf(); return t.attr === theme ? t : null; }, 5000);
+    const st = await waitFor('the widget to play', async () => {
+      const x = await playerStats(frame);
+      return x && x.framesDecoded >= 30 && x.state === 'playing' ? x : null;
+    });
+    // The client switches theme while the widget runs.
+    const other = theme === 'dark' ? 'light' : 'dark';
+    await shots(host, `widget-${theme}`, async () => (await playerStats(frame))?.state === 'playing');
+    await host.evaluate((name) => window.clientApi.transport.send('theme_change', { name }), other);
+    const t2 = await waitFor(`the ${other} theme after theme_change`, async () => { const t = await themeOf(); return t.attr === other ? t : null; }, 5000);
+    check(t1.bg !== t2.bg, `the background did not change with the theme: ${t1.bg}`);
+    const asked = await host.evaluate(() => window.openidAsked);
+    const run = { wait, access, theme, openid_asked: asked, access_posts: seen.access, whep_auth: seen.whepAuth, rooms_requests: seen.rooms, theme_bg: [t1.bg, t2.bg], stats: st };
+    emit({ type: 'widget_run', ...run });
+    if (access === 'private') {
+      check(asked === 1, `OpenID asked ${asked} times for a private stream`);
+      check(seen.access.length === 1 && seen.access[0].openid_token === 'openid-token' && seen.access[0].matrix_server_name === 'localhost',
+        `access POST: ${JSON.stringify(seen.access)}`);
+      check(seen.whepAuth.length >= 1 && seen.whepAuth.every((a) => a === 'Bearer viewer-token'), `WHEP Authorization: ${JSON.stringify(seen.whepAuth)}`);
+    } else {
+      check(asked === 0 && seen.access.length === 0, `OpenID asked for a public stream: ${asked}`);
+      check(seen.whepAuth.every((a) => a === null), `WHEP Authorization for a public stream: ${JSON.stringify(seen.whepAuth)}`);
+    }
+    runs.push(run);
+    await ctx.close();
+  }
+  await site.close();
+
+  // Without the mocks: this server has no Matrix rooms (the API answers 404), and the page
+  // opened on its own (not in a client) says what it is for.
+  allowedErrors.push(/status of 404/);
+  const ctx = await browser.newContext({ viewport: PHONE });
+  const page = await ctx.newPage();
+  watchConsole(page, 'widget-standalone');
+  await page.goto(`${BASE}/widget`);
+  const msg = await waitFor('the standalone message', () => page.evaluate(() => { const m = document.getElementById('message'); return m.hidden ? null : m.textContent; }), 5000);
+  check(/inside a Matrix client/.test(msg), msg);
+  await page.goto(`${BASE}/widget?room=!nowhere:localhost`);
+  const msg2 = await waitFor('the no-room message', () => page.evaluate(() => { const m = document.getElementById('message'); return m.hidden ? null : m.textContent; }), 5000);
+  emit({ type: 'widget_real_rooms_api', message: msg2 });
+  await ctx.close();
+  return { runs, standalone: msg, real_rooms_api: msg2 };
+}
+
+/** /publish/{stream} with Chromium's fake camera. Without WHIP on the server: a clear error.
+ *  With --expect-whip: it goes live and a watch page plays it. */
+async function publish(browser) {
+  const stream = opt('stream', 't1');
+  const key = opt('key', 'wrong-key-0123456789');
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  const page = await ctx.newPage();
+  watchConsole(page, 'publish');
+  allowedErrors.push(/status of (404|405)/);
+  await page.goto(`${BASE}/publish/${stream}`);
+  await shots(page, 'publish-empty');
+  await page.click('button:has-text("Start preview")');
+  await waitFor('the camera preview', () => page.evaluate(() => {
+    const v = document.querySelector('.preview video');
+    return v.srcObject && v.videoWidth > 0 && v.getVideoPlaybackQuality().totalVideoFrames > 5;
+  }), 15000);
+  await page.fill('input[name="key"]', key);
+  await page.selectOption('select[name="codec"]', opt('codec', 'H264'));
+  await page.click('button:has-text("Go live")');
+  const status = () => page.evaluate(() => ({ text: document.querySelector('.pub-status').textContent, error: document.querySelector('.pub-status').classList.contains('error') }));
+  if (!has('expect-whip')) {
+    const s = await waitFor('the no-WHIP message', async () => { const x = await status(); return x.error ? x : null; }, 15000);
+    check(/does not accept publishing from the browser \(WHIP\)/.test(s.text), `message: ${s.text}`);
+    await shots(page, 'publish-preview');
+    await ctx.close();
+    return { message: s.text };
+  }
+  const s = await waitFor('going live over WHIP', async () => {
+    const x = await status();
+    if (x.error) throw Object.assign(new Error(`the publish page says: ${x.text}`), { fatal: true });
+    return /You are live/.test(x.text) ? x : null;
+  }, 30000);
+  await shots(page, 'publish-live');
+  const watcher = await ctx.newPage();
+  watchConsole(watcher, 'publish-watch');
+  await watcher.goto(`${BASE}/watch/${stream}`);
+  const w = await waitFor('the watch page to play the browser publisher', async () => {
+    const x = await playerStats(watcher);
+    return x && x.framesDecoded >= 30 && x.audioPackets > 0 ? x : null;
+  });
+  await ctx.close();
+  return { message: s.text, watch: w };
+}
+
+/** /: the live public streams with title and viewers. */
+async function index(browser) {
+  const live = (opt('live') || '').split(',').filter(Boolean);
+  const offline = (opt('offline') || '').split(',').filter(Boolean);
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  const page = await ctx.newPage();
+  watchConsole(page, 'index');
+  await page.goto(`${BASE}/`);
+  const cards = await waitFor('the stream cards', async () => {
+    const c = await page.evaluate(() => [...document.querySelectorAll('.card')].map((a) => ({
+      stream: a.dataset.stream, href: a.getAttribute('href'), title: a.querySelector('.card-title').textContent,
+      viewers: a.querySelector('.viewers').textContent,
+    })));
+    return c.length === live.length ? c : null;
+  }, 10000);
+  for (const s of live) check(cards.some((c) => c.stream === s && c.href === `/watch/${s}`), `no card for ${s}: ${JSON.stringify(cards)}`);
+  for (const s of offline) check(!cards.some((c) => c.stream === s), `offline ${s} listed`);
+  await shots(page, 'index');
+  await ctx.close();
+  return { cards };
+}
+
+/** The LL-HLS fallback: in a browser without WebRTC the player loads
+ *  /hls/{stream}/index.m3u8 with hls.js. roomcast does not serve LL-HLS yet, so the
+ *  playlist and segments (made by ffmpeg, --hls-dir) are served by the browser's router;
+ *  without them (the real server's 404) the page says it cannot connect. */
+async function hls(browser) {
+  const stream = opt('stream', 't1');
+  const dir = opt('hls-dir');
+  const noWebrtc = () => { delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection; };
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  await ctx.addInitScript(noWebrtc);
+  const served = [];
+  await ctx.route(`**/hls/${stream}/*`, async (route) => {
+    const name = new URL(route.request().url()).pathname.split('/').pop();
+    served.push(name);
+    const type = name.endsWith('.m3u8') ? 'application/vnd.apple.mpegurl' : name.endsWith('.m4s') || name.endsWith('.mp4') ? 'video/mp4' : 'video/mp2t';
+    try {
+      await route.fulfill({ contentType: type, body: readFileSync(join(dir, name)) });
+    } catch {
+      await route.fulfill({ status: 404, json: { error: 'no such segment', code: 'not_found' } });
+    }
+  });
+  const page = await ctx.newPage();
+  watchConsole(page, 'hls');
+  await page.goto(`${BASE}/watch/${stream}`);
+  const st = await waitFor('hls.js playback', async () => {
+    const x = await playerStats(page);
+    return x && x.mode === 'hls' && x.presented >= 10 && x.state === 'playing' ? x : null;
+  });
+  check(served.includes('index.m3u8') && served.some((n) => !n.endsWith('.m3u8')), `served: ${served}`);
+  await ctx.close();
+
+  // No playlist (roomcast today): a plain sentence, and it keeps trying.
+  allowedErrors.push(/status of 404/);
+  const ctx2 = await browser.newContext({ viewport: DESKTOP });
+  await ctx2.addInitScript(noWebrtc);
+  const p2 = await ctx2.newPage();
+  watchConsole(p2, 'hls-missing');
+  await p2.goto(`${BASE}/watch/${stream}`);
+  const msg = await waitFor('the cannot-connect message', () => p2.evaluate(() => {
+    const el = document.querySelector('.rc-status');
+    return !el.hidden && /could not connect|no WebRTC/i.test(el.textContent) ? el.textContent : null;
+  }), 15000);
+  await ctx2.close();
+  return { hls: st, segments_served: served.length, without_playlist: msg };
+}
+
+// --- with a real Matrix room (tests/matrix_pages.rs: real Synapse, real roomcast, ffmpeg) ---
+
+/** JSON of a `--NAME` argument. */
+const jsonOpt = (name, dflt = null) => {
+  const v = opt(name);
+  return v === null ? dflt : JSON.parse(v);
+};
+
+/** /watch/{stream} of a `!live new` room: the Rust test renames the room, sends messages and
+ *  redacts them in Synapse between the steps announced here; the page's guest posts for real. */
+async function mxWatch(browser) {
+  const stream = opt('stream');
+  const title = opt('title');
+  const renamed = opt('renamed');
+  const htmlBody = opt('html-body');
+  const sender = opt('sender');
+  const guestName = opt('guest-name', 'Carol');
+  const guestBody = opt('guest-body', 'hello from the page');
+  const historyBody = opt('history-body');
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  // When each title text first appears (Date.now(), compared with the rename time by the test).
+  await ctx.addInitScript(() => {
+    window.__titles = {};
+    const note = () => {
+      const t = document.getElementById('title')?.textContent;
+      if (t && !(t in window.__titles)) window.__titles[t] = Date.now();
+    };
+    new MutationObserver(note).observe(document, { subtree: true, childList: true, characterData: true });
+  });
+  const page = await ctx.newPage();
+  watchConsole(page, 'mx-watch');
+  await page.goto(`${BASE}/watch/${stream}`);
+  const ui = () => page.evaluate(() => ({
+    title: document.getElementById('title').textContent,
+    docTitle: document.title,
+    badge: document.getElementById('state').textContent,
+    chatShown: !document.querySelector('.chat').hidden,
+    messages: [...document.querySelectorAll('.chat-msg')].map((li) => ({
+      id: li.dataset.id,
+      sender: li.querySelector('.chat-sender').textContent,
+      sender_id: li.querySelector('.chat-sender').getAttribute('title'),
+      body: li.querySelector('.chat-body').textContent,
+      guest: li.classList.contains('is-guest'),
+      elements: li.querySelector('.chat-body').children.length,
+    })),
+  }));
+  const st = await waitFor('the watch page to play the stream (30 frames)', async () => {
+    const x = await playerStats(page);
+    return x && x.framesDecoded >= 30 && x.state === 'playing' ? x : null;
+  });
+  const u0 = await waitFor('the room name as title, LIVE and the chat panel with the earlier message', async () => {
+    const x = await ui();
+    const earlier = !historyBody || x.messages.some((m) => m.body === historyBody && m.sender === sender);
+    return x.title === title && x.badge === 'LIVE' && x.chatShown && earlier ? x : null;
+  }, 20000);
+  emit({ type: 'ready', stats: st, ui: u0 });
+
+  // The test renames the room in Synapse now.
+  const seenAt = await waitFor(`the title to become ${JSON.stringify(renamed)}`,
+    () => page.evaluate((t) => window.__titles[t] || null, renamed), 15000);
+  check((await ui()).docTitle.startsWith(renamed), `document title: ${(await ui()).docTitle}`);
+  emit({ type: 'renamed', seen_at: seenAt });
+
+  // The test sends a message with HTML in it from Matrix now.
+  const mx = await waitFor('the Matrix message in the chat panel', async () => (await ui()).messages.find((m) => m.body === htmlBody), 20000);
+  check(mx.elements === 0, `the message's HTML was parsed: ${JSON.stringify(mx)}`);
+  check(mx.sender === sender && !mx.guest, `sender: ${JSON.stringify(mx)}`);
+  emit({ type: 'matrix_message_shown', message: mx });
+
+  // A guest picks a name and posts.
+  await page.fill('.chat-form input[name="name"]', guestName);
+  await page.keyboard.press('Enter');
+  await waitFor('the message box', () => page.evaluate(() => !!document.querySelector('.chat-form input[name="body"]')), 15000);
+  const chattingAs = await page.evaluate(() => document.querySelector('.chat-note strong')?.textContent);
+  check(chattingAs === `${guestName} (guest)`, `chatting as ${chattingAs}`);
+  await page.fill('.chat-form input[name="body"]', guestBody);
+  await page.keyboard.press('Enter');
+  const own = await waitFor('the guest message to show', async () => (await ui()).messages.find((m) => m.body === guestBody && m.id.startsWith('$')), 20000);
+  emit({ type: 'guest_posted', message: own, display_name: chattingAs });
+  // The server's echo on the feed (it carries sender_id) replaces the page's own copy.
+  const echo = await waitFor('the feed to echo the guest message', async () => {
+    const x = await ui();
+    const same = x.messages.filter((m) => m.id === own.id);
+    return same.length === 1 && same[0].sender_id ? same[0] : null;
+  }, 20000);
+  check(echo.guest && echo.sender === `${guestName} (guest)` && (await ui()).messages.filter((m) => m.body === guestBody).length === 1,
+    `echo: ${JSON.stringify(echo)}`);
+  const errorText = await page.evaluate(() => { const e = document.querySelector('.chat-error'); return e.hidden ? '' : e.textContent; });
+  check(!errorText, `chat error shown: ${errorText}`);
+  await shots(page, 'mx-watch', async () => (await playerStats(page))?.state === 'playing');
+
+  // The test redacts both messages in Matrix now.
+  emit({ type: 'await_redactions', ids: [mx.id, own.id] });
+  await waitFor('the redacted messages to leave the chat panel', async () => {
+    const x = await ui();
+    return !x.messages.some((m) => m.id === mx.id || m.id === own.id);
+  }, 20000);
+  const left = (await ui()).messages;
+  emit({ type: 'redacted', left });
+  await ctx.close();
+  return { rename_seen_at: seenAt, matrix_message: mx, guest_message: echo, left };
+}
+
+/** The Matrix client around the widget: a room view with the app drawer on top, as Element lays out a
+ *  widget pinned with `io.element.widgets.layout` (container top, height in % of the room view). */
+const CLIENT_HTML = (heightPct) => `<!doctype html><title>Matrix client</title>
+<style>
+  html, body { margin: 0; height: 100%; font: 14px system-ui, sans-serif; background: #15191e; color: #e6e9ee; }
+  body { display: flex; }
+  nav { width: 240px; background: #21262c; padding: 12px; box-sizing: border-box; flex: none; }
+  main { flex: 1; display: flex; flex-direction: column; min-width: 0; }
+  header { height: 56px; display: flex; align-items: center; padding: 0 16px; border-bottom: 1px solid #2f353c; font-weight: 600; flex: none; }
+  .apps { height: ${heightPct}%; padding: 8px; box-sizing: border-box; flex: none; border-bottom: 1px solid #2f353c; }
+  .apps iframe { border: 0; width: 100%; height: 100%; display: block; border-radius: 8px; }
+  .timeline { flex: 1; padding: 16px; color: #8d97a5; }
+  dialog { background: #21262c; color: inherit; border: 1px solid #394049; border-radius: 8px; }
+  body.light { background: #fff; color: #17191c; } body.light nav { background: #f4f6fa; } body.light header, body.light .apps { border-color: #e3e8f0; }
+  @media (max-width: 600px) { nav { display: none; } }
+</style>
+<body><nav>Rooms</nav><main><header id="room-name"></header><div class="apps" id="apps"></div>
+<div class="timeline">Timeline</div></main>
+<dialog id="consent"><p>This widget wants to verify your identity.</p><button id="allow">Continue</button> <button id="deny">Cancel</button></dialog>
+<script src="/matrix-widget-api.js"></script></body>`;
+
+/** The widget the bot wrote into the room (`im.vector.modular.widgets`, read from Synapse by the
+ *  test), templated and framed the way Element Web does it, talking to a ClientWidgetApi. Each run is
+ *  one user: its OpenID token comes from Synapse when the widget asks (with a consent step, or
+ *  remembered). `expect: "play"` → frames decoded; `"refused"` → the page says why. */
+async function mxWidget(browser) {
+  const widget = jsonOpt('widget');
+  const layout = jsonOpt('layout', {});
+  const roomId = opt('room');
+  const roomName = opt('room-name', '');
+  const hs = opt('hs');
+  const runs = jsonOpt('runs');
+  const label = opt('name', 'mx-widget');
+  const require = createRequire(import.meta.url);
+  const lib = readFileSync(require.resolve('matrix-widget-api/dist/api.js'), 'utf8');
+  const site = await hostServer();
+  site.set('/matrix-widget-api.js', lib);
+  const heightPct = layout?.widgets?.[widget.id]?.container === 'top' ? (layout.widgets[widget.id].height || 40) : 100;
+  site.set('/room', CLIENT_HTML(heightPct));
+  const results = [];
+  for (const run of runs) {
+    if (run.expect === 'refused') allowedErrors.push(/status of 403/);
+    const ctx = await browser.newContext({ viewport: run.viewport === 'phone' ? PHONE : DESKTOP });
+    const host = await ctx.newPage();
+    const name = `${label}-${run.label}`;
+    watchConsole(host, name);
+    const seen = { whepAuth: [], access: [] };
+    host.on('request', (r) => {
+      const p = new URL(r.url()).pathname;
+      if (r.method() === 'POST' && p.startsWith('/whep/')) seen.whepAuth.push(r.headers().authorization || null);
+    });
+    host.on('response', (r) => {
+      const p = new URL(r.url()).pathname;
+      if (r.request().method() === 'POST' && /^\/api\/v1\/streams\/[^/]+\/access$/.test(p)) seen.access.push(r.status());
+    });
+    await host.goto(`${site.origin}/room`);
+    const src = await host.evaluate(({ widget, roomId, roomName, hs, run }) => {
+      const { ClientWidgetApi, Widget, WidgetDriver, OpenIDRequestState } = window.mxwidgets;
+      if (run.theme === 'light') document.body.classList.add('light');
+      document.getElementById('room-name').textContent = roomName;
+      window.openidAsked = 0;
+      const getToken = async () => {
+        const r = await fetch(`${hs}/_matrix/client/v3/user/${encodeURIComponent(run.user_id)}/openid/request_token`, {
+          method: 'POST', headers: { Authorization: `Bearer ${run.access_token}`, 'Content-Type': 'application/json' }, body: '{}',
+        });
+        if (!r.ok) throw new Error(`openid/request_token: ${r.status}`);
+        return r.json();
+      };
+      // What Element's StopGapWidgetDriver does: ask the user once (a dialog), or use the remembered answer.
+      class Driver extends WidgetDriver {
+        async validateCapabilities(requested) { return requested; }
+        async askOpenID(observer) {
+          window.openidAsked++;
+          if (!run.consent) return observer.update({ state: OpenIDRequestState.Allowed, token: await getToken() });
+          observer.update({ state: OpenIDRequestState.PendingUserConfirmation });
+          const dialog = document.getElementById('consent');
+          dialog.showModal();
+          document.getElementById('allow').onclick = async () => {
+            dialog.close();
+            observer.update({ state: OpenIDRequestState.Allowed, token: await getToken() });
+          };
+          document.getElementById('deny').onclick = () => {
+            dialog.close();
+            observer.update({ state: OpenIDRequestState.Blocked });
+          };
+        }
+      }
+      const w = new Widget({ ...widget, creatorUserId: widget.creatorUserId });
+      // Element Web's StopGapWidget.runUrlTemplate.
+      const templated = w.getCompleteUrl({
+        widgetRoomId: roomId, currentUserId: run.user_id, userDisplayName: run.display_name, userHttpAvatarUrl: undefined,
+        clientId: 'io.element.web', clientTheme: run.theme, clientLanguage: 'en', deviceId: 'TESTDEVICE', baseUrl: hs,
+      });
+      const parsed = new URL(templated);
+      parsed.searchParams.set('widgetId', w.id);
+      parsed.searchParams.set('parentUrl', window.location.href.split('#', 2)[0]);
+      const url = parsed.toString().replace(/%24/g, '$');
+      // Element's AppTile iframe.
+      const iframe = document.createElement('iframe');
+      iframe.allow = 'microphone; camera; encrypted-media; autoplay; display-capture; clipboard-write; clipboard-read;';
+      iframe.allowFullscreen = true;
+      iframe.sandbox = 'allow-forms allow-popups allow-popups-to-escape-sandbox allow-same-origin allow-scripts allow-presentation allow-downloads';
+      iframe.title = widget.name;
+      iframe.src = url;
+      document.getElementById('apps').append(iframe);
+      const api = new ClientWidgetApi(w, iframe, new Driver());
+      window.clientApi = api;
+      window.handshake = false;
+      api.once('ready', () => { window.handshake = true; });
+      return url;
+    }, { widget, roomId, roomName, hs, run });
+    await waitFor('the widget handshake', () => host.evaluate(() => window.handshake), 20000);
+    const frame = await waitFor('the widget frame', async () => host.frames().find((f) => f.url().includes('/widget')));
+    const got = await frame.evaluate(() => Object.fromEntries(new URLSearchParams(location.search)));
+    check(got.roomId === roomId && got.widgetId === widget.id && got.theme === run.theme && !/\$/.test(JSON.stringify(got)),
+      `the widget's parameters after templating: ${JSON.stringify(got)} (iframe src ${src})`);
+    const status = () => frame.evaluate(() => {
+      const s = document.querySelector('.rc-status');
+      const m = document.getElementById('message');
+      return {
+        player: document.querySelector('.rc-player')?.dataset.state || null,
+        status: s && !s.hidden ? s.textContent : '',
+        message: m && !m.hidden ? m.textContent : '',
+        retry: !!document.querySelector('.rc-retry') && !document.querySelector('.rc-retry').hidden,
+        title: document.querySelector('.w-title')?.textContent || '',
+        theme: document.documentElement.dataset.theme,
+      };
+    });
+    if (run.consent) {
+      await waitFor('the client to ask for consent', () => host.evaluate(() => document.getElementById('consent').open), 20000);
+      // Meanwhile the widget says what it waits for (not just "Connecting…").
+      const pending = await waitFor('the widget to say it waits for the client', async () => {
+        const x = await status();
+        return /Matrix client/.test(x.status) ? x : null;
+      }, 5000);
+      emit({ type: 'consent_asked', run: run.label, widget: pending });
+      if (run.consent === 'allow') await shots(host, `${name}-consent`);
+      await host.click(run.consent === 'allow' ? '#allow' : '#deny');
+    }
+    const out = { label: run.label, expect: run.expect, src, params: got };
+    if (run.expect === 'play') {
+      out.stats = await waitFor('the widget to play (30 frames)', async () => {
+        const x = await playerStats(frame);
+        return x && x.framesDecoded >= 30 && x.state === 'playing' ? x : null;
+      });
+      out.ui = await status();
+      check(!roomName || out.ui.title === roomName, `widget title ${JSON.stringify(out.ui.title)}, room ${JSON.stringify(roomName)}`);
+      check(out.ui.theme === (run.theme === 'dark' ? 'dark' : 'light'), `theme ${out.ui.theme}`);
+    } else {
+      out.ui = await waitFor('the refusal on the page', async () => {
+        const x = await status();
+        return x.player === 'error' && x.status ? x : null;
+      }, 30000);
+      if (run.says) check(new RegExp(run.says).test(out.ui.status), `the refusal says ${JSON.stringify(out.ui.status)}, expected /${run.says}/`);
+      check(out.ui.retry, `no "Try again" with ${JSON.stringify(out.ui.status)}`);
+      const frames = (await playerStats(frame))?.framesDecoded || 0;
+      check(frames === 0, `a refused viewer decoded ${frames} frames`);
+      await shots(host, name);
+    }
+    if (run.retry_allow) {
+      // The viewer changes their mind: "Try again", and this time confirms in the client.
+      await frame.click('.rc-retry');
+      await waitFor('the client to ask again', () => host.evaluate(() => document.getElementById('consent').open), 20000);
+      await host.click('#allow');
+      out.stats = await waitFor('the widget to play after trying again', async () => {
+        const x = await playerStats(frame);
+        return x && x.framesDecoded >= 30 && x.state === 'playing' ? x : null;
+      });
+      out.ui_after_retry = await status();
+    }
+    out.openid_asked = await host.evaluate(() => window.openidAsked);
+    out.whep_auth = seen.whepAuth.map((a) => (a ? a.replace(/^(Bearer v1\.\d+)\..*/, '$1.…') : a));
+    out.access_status = seen.access;
+    if (run.openid) {
+      const wantAccess = run.retry_allow ? [200] : run.consent === 'deny' ? [] : [run.expect === 'play' ? 200 : 403];
+      check(out.openid_asked === (run.retry_allow ? 2 : 1), `OpenID asked ${out.openid_asked} times`);
+      check(JSON.stringify(seen.access) === JSON.stringify(wantAccess), `access answers ${seen.access}, expected ${wantAccess}`);
+    } else {
+      check(out.openid_asked === 0 && seen.access.length === 0, `OpenID asked for a public stream: ${out.openid_asked}`);
+    }
+    if (run.expect === 'play' || run.retry_allow) {
+      check(seen.whepAuth.length >= 1 && seen.whepAuth.every((a) => (run.openid ? /^Bearer v1\./.test(a || '') : a === null)),
+        `WHEP Authorization: ${JSON.stringify(out.whep_auth)}`);
+    } else {
+      check(seen.whepAuth.length === 0, `a refused viewer still offered WHEP: ${JSON.stringify(out.whep_auth)}`);
+    }
+    emit({ type: 'widget_run', ...out });
+    if (run.expect === 'play') await shots(host, name, async () => (await playerStats(frame))?.state === 'playing');
+    results.push(out);
+    await ctx.close();
+  }
+  await site.close();
+  return { runs: results };
+}
+
+// --- main ---------------------------------------------------------------------------
+const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'mx-watch': mxWatch, 'mx-widget': mxWidget };
+
+async function main() {
+  const result = { type: 'result', scenario, ok: false };
+  let browser = null;
+  const started = Date.now();
+  try {
+    if (!SCENARIOS[scenario] || !BASE) throw new Error(`usage: node pages.mjs {${Object.keys(SCENARIOS).join('|')}} --base URL`);
+    const args = [...CHROMIUM_ARGS];
+    if (scenario === 'publish') args.push('--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream');
+    browser = await chromium.launch({
+      executablePath: process.env.ROOMCAST_TEST_CHROMIUM || '/usr/bin/chromium', headless: true, args, timeout: 60000,
+    });
+    emit({ type: 'start', scenario, browser_version: browser.version() });
+    Object.assign(result, await SCENARIOS[scenario](browser));
+    result.ok = consoleErrors.length === 0;
+    if (!result.ok) result.reason = `console errors: ${consoleErrors.join(' | ')}`;
+  } catch (e) {
+    result.reason = String(e && e.stack ? e.stack : e);
+  } finally {
+    result.console_errors = consoleErrors;
+    result.elapsed_ms = Date.now() - started;
+    emit(result);
+    if (browser) await browser.close().catch(() => {});
+    process.exit(result.ok ? 0 : 1);
+  }
+}
+
+main();

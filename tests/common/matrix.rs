@@ -1,0 +1,498 @@
+//! Matrix side of the tests: a roomcast + Synapse pair ([`MatrixEnv`]), a
+//! small blocking client-server API client for test users ([`MxUser`]), and
+//! an SSE reader for the pages' event feed ([`Sse`]).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::synapse::{SERVER_NAME, Synapse};
+use super::{
+    Lines, Server, ServerOpts, TempDir, drain, http, random_hex, roomcast_bin, wait_until,
+};
+
+pub const MX_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Percent-encodes a path segment (room ids, aliases, user ids, event ids).
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// roomcast with a `[matrix]` section, and the Synapse it is registered with.
+pub struct MatrixEnv {
+    pub state: TempDir,
+    pub http_port: u16,
+    pub registration: PathBuf,
+    pub synapse: Synapse,
+    pub server: Option<Server>,
+    /// Extra `[matrix]` lines.
+    pub matrix_extra: String,
+    /// roomcast's `public_url` is its real address (see [`MatrixEnv::start_browsable`]).
+    pub browsable: bool,
+}
+
+impl MatrixEnv {
+    /// Writes the registration with `roomcast registration`, starts Synapse
+    /// with it, then roomcast, and waits until roomcast pinged Synapse.
+    pub fn start(matrix_extra: &str) -> MatrixEnv {
+        MatrixEnv::start_inner(matrix_extra, false)
+    }
+
+    /// Like [`MatrixEnv::start`], with roomcast's `public_url` set to its real
+    /// address, so the widget URL and links the bot writes into rooms open in a
+    /// browser.
+    pub fn start_browsable(matrix_extra: &str) -> MatrixEnv {
+        MatrixEnv::start_inner(matrix_extra, true)
+    }
+
+    fn start_inner(matrix_extra: &str, browsable: bool) -> MatrixEnv {
+        let state = TempDir::new("roomcast-mx");
+        // Held until Synapse has its port, so the two never get the same one.
+        let hold = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let http_port = hold.local_addr().unwrap().port();
+        let registration = state.path().join("registration.yaml");
+        let out = Command::new(roomcast_bin())
+            .args(["registration", "--url"])
+            .arg(format!("http://127.0.0.1:{http_port}"))
+            .args(["--server-name", SERVER_NAME, "--output"])
+            .arg(&registration)
+            .output()
+            .expect("run roomcast registration");
+        assert!(
+            out.status.success(),
+            "roomcast registration failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let synapse = Synapse::start(&registration);
+        drop(hold);
+        let mut env = MatrixEnv {
+            state,
+            http_port,
+            registration,
+            synapse,
+            server: None,
+            matrix_extra: matrix_extra.to_string(),
+            browsable,
+        };
+        env.start_roomcast();
+        env
+    }
+
+    /// Starts roomcast (again) on the same port and state directory, and waits
+    /// for its "connected to the homeserver" line.
+    pub fn start_roomcast(&mut self) {
+        assert!(self.server.is_none());
+        let server = Server::start_with(ServerOpts {
+            streams: vec![],
+            http_listen: Some(format!("127.0.0.1:{}", self.http_port)),
+            state_dir: Some(self.state.path().to_path_buf()),
+            public_url: self
+                .browsable
+                .then(|| format!("http://127.0.0.1:{}", self.http_port)),
+            extra_toml: format!(
+                "[matrix]\nhomeserver_url = \"{}\"\nserver_name = \"{SERVER_NAME}\"\nregistration = \"{}\"\n{}\n",
+                self.synapse.base_url(),
+                self.registration.display(),
+                self.matrix_extra
+            ),
+            ..ServerOpts::default()
+        });
+        server.wait_for_log("matrix: connected to the homeserver", MX_TIMEOUT);
+        self.server = Some(server);
+    }
+
+    pub fn stop_roomcast(&mut self) {
+        self.server = None;
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("roomcast is running")
+    }
+
+    pub fn server_mut(&mut self) -> &mut Server {
+        self.server.as_mut().expect("roomcast is running")
+    }
+
+    fn reg_value(&self, key: &str) -> String {
+        let text = std::fs::read_to_string(&self.registration).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .unwrap_or_else(|| panic!("no {key} in registration.yaml"))
+    }
+
+    pub fn hs_token(&self) -> String {
+        self.reg_value("hs_token")
+    }
+
+    pub fn bot_id(&self) -> String {
+        format!("@{}:{SERVER_NAME}", self.reg_value("sender_localpart"))
+    }
+
+    /// Registers a user with a random suffix on Synapse.
+    pub fn user(&self, name: &str) -> MxUser {
+        MxUser::register(
+            &self.synapse.base_url(),
+            &format!("{name}{}", &random_hex()[..6]),
+        )
+    }
+
+    /// PUTs a transaction to roomcast as the homeserver would.
+    pub fn put_transaction(&self, txn_id: &str, token: &str, body: &[u8]) -> http::HttpResponse {
+        http::request(
+            "PUT",
+            &self
+                .server()
+                .url(&format!("/_matrix/app/v1/transactions/{}", enc(txn_id))),
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Content-Type", "application/json"),
+            ],
+            Some(body),
+        )
+        .expect("PUT transaction")
+    }
+}
+
+/// A test user on Synapse.
+#[derive(Clone)]
+pub struct MxUser {
+    pub user_id: String,
+    pub token: String,
+    base: String,
+}
+
+impl MxUser {
+    pub fn register(base: &str, username: &str) -> MxUser {
+        let body = json!({
+            "username": username,
+            "password": "test-password-1",
+            "auth": {"type": "m.login.dummy"},
+            "inhibit_login": false,
+        });
+        let r = http::request(
+            "POST",
+            &format!("{base}/_matrix/client/v3/register"),
+            &[("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        )
+        .expect("register");
+        assert_eq!(r.status, 200, "register {username}: {}", r.text());
+        let v = r.json().unwrap();
+        MxUser {
+            user_id: v["user_id"].as_str().unwrap().to_string(),
+            token: v["access_token"].as_str().unwrap().to_string(),
+            base: base.to_string(),
+        }
+    }
+
+    /// A request as this user: (status, JSON body).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let auth = format!("Bearer {}", self.token);
+        let b = body.map(|b| b.to_string());
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if b.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        let r = http::request(
+            method,
+            &format!("{}{path}", self.base),
+            &headers,
+            b.as_deref().map(str::as_bytes),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (r.status, r.json().unwrap_or(Value::Null))
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, v) = self.call(method, path, body);
+        assert_eq!(status, 200, "{} {method} {path}: {v}", self.user_id);
+        v
+    }
+
+    /// Sets the global display name (rooms joined afterwards show it).
+    pub fn set_display_name(&self, name: &str) {
+        self.ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                enc(&self.user_id)
+            ),
+            Some(&json!({ "displayname": name })),
+        );
+    }
+
+    pub fn create_room(&self, body: Value) -> String {
+        self.ok("POST", "/_matrix/client/v3/createRoom", Some(&body))["room_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn join(&self, room_or_alias: &str) -> String {
+        self.ok(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", enc(room_or_alias)),
+            Some(&json!({})),
+        )["room_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn resolve_alias(&self, alias: &str) -> Option<String> {
+        let (s, v) = self.call(
+            "GET",
+            &format!("/_matrix/client/v3/directory/room/{}", enc(alias)),
+            None,
+        );
+        (s == 200).then(|| v["room_id"].as_str().unwrap().to_string())
+    }
+
+    pub fn send_text(&self, room: &str, body: &str) -> String {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+            enc(room),
+            random_hex()
+        );
+        self.ok(
+            "PUT",
+            &path,
+            Some(&json!({"msgtype": "m.text", "body": body})),
+        )["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Edits one of this user's messages (`m.replace`, as Element sends it).
+    pub fn edit_text(&self, room: &str, event_id: &str, body: &str) -> String {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+            enc(room),
+            random_hex()
+        );
+        let content = json!({
+            "msgtype": "m.text",
+            "body": format!("* {body}"),
+            "m.new_content": {"msgtype": "m.text", "body": body},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
+        });
+        self.ok("PUT", &path, Some(&content))["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn set_state(&self, room: &str, kind: &str, key: &str, content: Value) {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+            enc(room),
+            enc(key)
+        );
+        self.ok("PUT", &path, Some(&content));
+    }
+
+    pub fn state(&self, room: &str, kind: &str, key: &str) -> Option<Value> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+            enc(room),
+            enc(key)
+        );
+        let (s, v) = self.call("GET", &path, None);
+        (s == 200).then_some(v)
+    }
+
+    pub fn redact(&self, room: &str, event_id: &str) {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/redact/{}/{}",
+            enc(room),
+            enc(event_id),
+            random_hex()
+        );
+        self.ok("PUT", &path, Some(&json!({"reason": "test"})));
+    }
+
+    pub fn ban(&self, room: &str, user: &str) {
+        let path = format!("/_matrix/client/v3/rooms/{}/ban", enc(room));
+        self.ok(
+            "POST",
+            &path,
+            Some(&json!({"user_id": user, "reason": "test"})),
+        );
+    }
+
+    pub fn invite(&self, room: &str, user: &str) {
+        let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(room));
+        self.ok("POST", &path, Some(&json!({"user_id": user})));
+    }
+
+    /// The room's last `limit` events, oldest first.
+    pub fn messages(&self, room: &str, limit: u32) -> Vec<Value> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}",
+            enc(room)
+        );
+        let v = self.ok("GET", &path, None);
+        let mut chunk: Vec<Value> = v["chunk"].as_array().cloned().unwrap_or_default();
+        chunk.reverse();
+        chunk
+    }
+
+    /// Messages (`m.room.message`) sent by `sender`, oldest first.
+    pub fn messages_from(&self, room: &str, sender: &str) -> Vec<Value> {
+        self.messages(room, 100)
+            .into_iter()
+            .filter(|e| e["type"] == "m.room.message" && e["sender"] == sender)
+            .collect()
+    }
+
+    /// Waits for a message from `sender` whose body contains `needle`.
+    pub fn wait_message(&self, room: &str, sender: &str, needle: &str) -> Value {
+        wait_until(
+            &format!("a message from {sender} containing {needle:?} in {room}"),
+            MX_TIMEOUT,
+            || {
+                self.messages_from(room, sender).into_iter().find(|e| {
+                    e["content"]["body"]
+                        .as_str()
+                        .is_some_and(|b| b.contains(needle))
+                })
+            },
+        )
+    }
+
+    /// Rooms this user is invited to (from a /sync).
+    pub fn invites(&self) -> Vec<String> {
+        let v = self.ok("GET", "/_matrix/client/v3/sync?timeout=0", None);
+        v["rooms"]["invite"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `user` is joined to `room`.
+    pub fn wait_joined(&self, room: &str, user: &str) {
+        wait_until(&format!("{user} to join {room}"), MX_TIMEOUT, || {
+            self.state(room, "m.room.member", user)
+                .filter(|c| c["membership"] == "join")
+        });
+    }
+
+    /// A DM room with the bot, once the bot has joined it.
+    pub fn dm_bot(&self, bot: &str) -> String {
+        let room = self.create_room(json!({
+            "is_direct": true,
+            "invite": [bot],
+            "preset": "trusted_private_chat",
+        }));
+        self.wait_joined(&room, bot);
+        room
+    }
+
+    /// An OpenID token as the widget gets it: (access_token, matrix_server_name).
+    pub fn openid_token(&self) -> (String, String) {
+        let v = self.ok(
+            "POST",
+            &format!(
+                "/_matrix/client/v3/user/{}/openid/request_token",
+                enc(&self.user_id)
+            ),
+            Some(&json!({})),
+        );
+        (
+            v["access_token"].as_str().unwrap().to_string(),
+            v["matrix_server_name"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
+/// Extracts `Stream Key: <key>` from the bot's settings message.
+pub fn key_from_settings(body: &str) -> String {
+    body.lines()
+        .find_map(|l| l.trim().strip_prefix("Stream Key: "))
+        .map(|k| k.trim().to_string())
+        .unwrap_or_else(|| panic!("no 'Stream Key:' line in {body:?}"))
+}
+
+/// A Server-Sent Events reader (`GET /api/v1/streams/{name}/events`) over
+/// HTTP/1.0, so the body is plain lines until the server closes.
+pub struct Sse {
+    lines: Arc<Lines>,
+    stream: TcpStream,
+}
+
+impl Sse {
+    pub fn open(server: &Server, stream: &str) -> Sse {
+        Sse::open_query(server, stream, "")
+    }
+
+    /// With a query string (e.g. `access=<token>`).
+    pub fn open_query(server: &Server, stream: &str, query: &str) -> Sse {
+        let mut s = TcpStream::connect(server.http).expect("connect for SSE");
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        write!(
+            s,
+            "GET /api/v1/streams/{stream}/events{q} HTTP/1.0\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            server.http
+        )
+        .unwrap();
+        let lines = Arc::new(Lines::default());
+        drain(s.try_clone().unwrap(), lines.clone());
+        Sse { lines, stream: s }
+    }
+
+    /// All `(event, data)` pairs so far.
+    pub fn events(&self) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        let mut name = None;
+        for l in self.lines.snapshot() {
+            if let Some(n) = l.strip_prefix("event:") {
+                name = Some(n.trim().to_string());
+            } else if let Some(d) = l.strip_prefix("data:")
+                && let Some(n) = name.take()
+            {
+                out.push((n, serde_json::from_str(d.trim()).unwrap_or(Value::Null)));
+            }
+        }
+        out
+    }
+
+    /// Waits for an event named `name` whose data satisfies `pred`.
+    pub fn wait(
+        &self,
+        name: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        wait_until(&format!("SSE event {name}"), timeout, || {
+            self.events()
+                .into_iter()
+                .find(|(n, d)| n == name && pred(d))
+                .map(|(_, d)| d)
+        })
+    }
+}
+
+impl Drop for Sse {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}

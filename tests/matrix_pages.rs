@@ -1,0 +1,327 @@
+//! The pages and the Matrix application service together: real Synapse, real
+//! roomcast, real ffmpeg and real Chromium (tests/browser/pages.mjs `mx-watch`,
+//! `mx-widget`). The watch page of a `!live new` room follows a rename within
+//! 2 s, shows the room's messages as plain text, posts a guest's message into
+//! the room through the puppet and drops redacted messages; the widget the bot
+//! pinned in a private room trades a real OpenID token for a viewer token and
+//! plays (a non-member is refused with a sentence); the widget URL of a public
+//! room's state event, templated as Element does, plays. Screenshots at 1280×800
+//! and 390×844 go to tests/artifacts/matrix-pages/.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::matrix::*;
+use common::*;
+use serde_json::{Value, json};
+
+const PAGE_TIMEOUT: Duration = Duration::from_secs(120);
+const RENAME_DEADLINE_MS: u64 = 2000;
+
+fn artifacts() -> PathBuf {
+    manifest_dir().join("tests/artifacts/matrix-pages")
+}
+
+/// `node pages.mjs SCENARIO --base … --artifacts … ARGS`.
+fn pages(server: &Server, scenario: &str, args: &[&str]) -> JsonTool {
+    let dir = node_dir();
+    let mut cmd =
+        Command::new(std::env::var_os("ROOMCAST_TEST_NODE").unwrap_or_else(|| "node".into()));
+    cmd.current_dir(&dir)
+        .arg(dir.join("pages.mjs"))
+        .arg(scenario)
+        .arg("--base")
+        .arg(server.base_url())
+        .arg("--artifacts")
+        .arg(artifacts())
+        .args(args);
+    JsonTool::spawn(&format!("pages.mjs {scenario}"), cmd)
+}
+
+/// Waits for the result line and asserts it is ok; returns it.
+fn finish(tool: &mut JsonTool, what: &str) -> Value {
+    let r = tool.result(PAGE_TIMEOUT);
+    println!("{what}: {r}");
+    for shot in tool.events_of("shot") {
+        println!("{what}: screenshot {}", shot["path"]);
+    }
+    assert_eq!(r["ok"], true, "{what} failed: {}", r["reason"]);
+    r
+}
+
+fn step(tool: &JsonTool, name: &str) -> Value {
+    tool.wait_for(name, PAGE_TIMEOUT, |v| v["type"] == name)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn small() -> FfmpegOpts {
+    FfmpegOpts {
+        width: 640,
+        height: 360,
+        fps: 25,
+        gop: 25,
+        ..FfmpegOpts::default()
+    }
+}
+
+/// `!live new <name>` by DM: the key from the settings DM, and the new room, joined.
+fn live_new(env: &MatrixEnv, user: &MxUser, name: &str) -> (String, String) {
+    let bot = env.bot_id();
+    let dm = user.dm_bot(&bot);
+    user.send_text(&dm, &format!("!live new {name}"));
+    let settings = user.wait_message(&dm, &bot, "Stream Key: ");
+    let key = key_from_settings(settings["content"]["body"].as_str().unwrap());
+    let room = wait_until("the stream room's alias", MX_TIMEOUT, || {
+        user.resolve_alias(&format!("#live_{name}:localhost"))
+    });
+    user.join(&room);
+    (room, key)
+}
+
+/// The widget state event the bot wrote for `stream` and the room's layout event.
+fn widget_events(user: &MxUser, room: &str, stream: &str, server: &Server) -> (Value, Value) {
+    let widget = user
+        .state(
+            room,
+            "im.vector.modular.widgets",
+            &format!("roomcast_{stream}"),
+        )
+        .expect("the widget state event");
+    let url = widget["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{}/widget?", server.base_url())),
+        "the widget URL is roomcast's public_url: {url}"
+    );
+    let layout = user
+        .state(room, "io.element.widgets.layout", "")
+        .expect("the layout state event");
+    (widget, layout)
+}
+
+#[test]
+fn watch_page_follows_the_matrix_room() {
+    let _serial = serial();
+    let env = MatrixEnv::start_browsable("golive_delay_ms = 1000");
+    let server = env.server();
+    let alice = env.user("alice");
+    alice.set_display_name("Alice");
+    let (room, key) = live_new(&env, &alice, "show");
+    // Said before the page opens: the page gets it with the feed's history.
+    let earlier = "Doors open in five minutes";
+    let earlier_id = alice.send_text(&room, earlier);
+    let _ffmpeg = Publisher::ffmpeg(&server.rtmp_url(&key), small());
+    server.wait_live("show", LIVE_TIMEOUT);
+
+    let renamed = "Friday <i>Night</i> Show";
+    let html = "<b>html</b> & friends";
+    let guest_body = "Hi from the page <i>not italic</i>";
+    let mut tool = pages(
+        server,
+        "mx-watch",
+        &[
+            "--stream",
+            "show",
+            "--title",
+            "show",
+            "--renamed",
+            renamed,
+            "--html-body",
+            html,
+            "--sender",
+            "Alice",
+            "--guest-name",
+            "Carol",
+            "--guest-body",
+            guest_body,
+            "--history-body",
+            earlier,
+        ],
+    );
+    step(&tool, "ready");
+
+    // Rename as the user who created the stream (power 100 in the room).
+    let t0 = now_ms();
+    alice.set_state(&room, "m.room.name", "", json!({ "name": renamed }));
+    let seen = step(&tool, "renamed")["seen_at"].as_u64().unwrap();
+    let took = seen.saturating_sub(t0);
+    println!("rename → page title in {took} ms");
+    assert!(
+        took <= RENAME_DEADLINE_MS,
+        "the page showed the new title {took} ms after the rename (deadline {RENAME_DEADLINE_MS} ms)"
+    );
+
+    let html_id = alice.send_text(&room, html);
+    let shown = step(&tool, "matrix_message_shown");
+    assert_eq!(shown["message"]["id"], html_id.as_str(), "{shown}");
+
+    let posted = step(&tool, "guest_posted");
+    let gid = posted["message"]["id"].as_str().unwrap().to_string();
+    let ev = wait_until(
+        "the guest's message in the Synapse room",
+        MX_TIMEOUT,
+        || {
+            alice
+                .messages(&room, 50)
+                .into_iter()
+                .find(|e| e["event_id"] == gid.as_str())
+        },
+    );
+    let puppet = ev["sender"].as_str().unwrap();
+    assert!(puppet.starts_with("@_roomcast_"), "sent by {puppet}");
+    assert_eq!(ev["content"]["body"], guest_body, "{ev}");
+    assert!(
+        ev["content"]["format"].is_null() && ev["content"]["formatted_body"].is_null(),
+        "a guest's message is plain text in Matrix: {ev}"
+    );
+    let member = alice.state(&room, "m.room.member", puppet).unwrap();
+    assert_eq!(member["displayname"], "Carol (guest)");
+
+    step(&tool, "await_redactions");
+    alice.redact(&room, &html_id);
+    alice.redact(&room, &gid);
+    let left = step(&tool, "redacted")["left"].clone();
+    assert_eq!(
+        left.as_array()
+            .map(|l| l.iter().map(|m| m["id"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!(earlier_id)]),
+        "only the earlier message is left: {left}"
+    );
+    finish(&mut tool, "watch page with a Matrix room");
+}
+
+#[test]
+fn widget_trades_a_real_openid_token_for_a_private_stream() {
+    let _serial = serial();
+    let env = MatrixEnv::start_browsable("golive_delay_ms = 1000");
+    let server = env.server();
+    let bot = env.bot_id();
+    let alice = env.user("alice");
+    alice.set_display_name("Alice");
+    let eve = env.user("eve");
+
+    // An invite-only room; alice makes the bot a moderator and attaches a stream.
+    let room = alice.create_room(json!({
+        "preset": "private_chat", "name": "Members only", "invite": [bot],
+        "power_level_content_override": {"users": {bot.clone(): 50}},
+    }));
+    alice.wait_joined(&room, &bot);
+    alice.send_text(&room, "!live attach members");
+    alice.wait_message(&room, &bot, "Stream 'members' is attached");
+    let dm = wait_until("the bot's DM invite", MX_TIMEOUT, || {
+        alice.invites().into_iter().next()
+    });
+    alice.join(&dm);
+    let key = key_from_settings(
+        alice.wait_message(&dm, &bot, "Stream Key: ")["content"]["body"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(server.api_stream("members").unwrap()["access"], "private");
+    let _ffmpeg = Publisher::ffmpeg(&server.rtmp_url(&key), small());
+    server.wait_live("members", LIVE_TIMEOUT);
+    let (widget, layout) = widget_events(&alice, &room, "members", server);
+
+    // alice confirms in the client's dialog; eve's client answers at once (remembered)
+    // with a real token of a user who is not in the room; alice declines the dialog,
+    // then tries again and confirms.
+    let runs = json!([
+        {"label": "member", "user_id": alice.user_id, "access_token": alice.token, "display_name": "Alice",
+         "theme": "dark", "consent": "allow", "openid": true, "expect": "play"},
+        {"label": "non-member", "user_id": eve.user_id, "access_token": eve.token, "display_name": "eve",
+         "theme": "light", "consent": false, "openid": true, "expect": "refused", "says": "Only members of this room"},
+        {"label": "declined", "user_id": alice.user_id, "access_token": alice.token, "display_name": "Alice",
+         "theme": "light", "consent": "deny", "openid": true, "expect": "refused", "says": "verify your Matrix identity",
+         "retry_allow": true},
+    ]);
+    let mut tool = pages(
+        server,
+        "mx-widget",
+        &[
+            "--name",
+            "mx-widget-private",
+            "--widget",
+            &widget.to_string(),
+            "--layout",
+            &layout.to_string(),
+            "--room",
+            &room,
+            "--room-name",
+            "Members only",
+            "--hs",
+            &env.synapse.base_url(),
+            "--runs",
+            &runs.to_string(),
+        ],
+    );
+    let r = finish(&mut tool, "private widget");
+    let refused = &r["runs"][1]["ui"]["status"];
+    println!("the non-member's widget says: {refused}");
+    assert!(
+        server.log_lines().iter().any(|l| {
+            l.contains("matrix: viewer admitted by OpenID") && l.contains(&alice.user_id)
+        }),
+        "roomcast admitted alice by her OpenID token"
+    );
+    assert!(
+        !server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("viewer admitted") && l.contains(&eve.user_id)),
+        "eve was admitted"
+    );
+}
+
+#[test]
+fn widget_url_from_the_state_event_plays_in_the_client() {
+    let _serial = serial();
+    let env = MatrixEnv::start_browsable("golive_delay_ms = 1000");
+    let server = env.server();
+    let alice = env.user("alice");
+    alice.set_display_name("Alice");
+    let (room, key) = live_new(&env, &alice, "stage");
+    alice.set_state(&room, "m.room.name", "", json!({"name": "Main stage"}));
+    let _ffmpeg = Publisher::ffmpeg(&server.rtmp_url(&key), small());
+    server.wait_live("stage", LIVE_TIMEOUT);
+    wait_until("the new title", MX_TIMEOUT, || {
+        (server.api_stream("stage")?["title"] == "Main stage").then_some(())
+    });
+    let (widget, layout) = widget_events(&alice, &room, "stage", server);
+
+    let runs = json!([
+        {"label": "light", "user_id": alice.user_id, "access_token": alice.token, "display_name": "Alice",
+         "theme": "light", "consent": false, "openid": false, "expect": "play"},
+        {"label": "dark", "user_id": alice.user_id, "access_token": alice.token, "display_name": "Alice",
+         "theme": "dark", "consent": false, "openid": false, "expect": "play"},
+    ]);
+    let mut tool = pages(
+        server,
+        "mx-widget",
+        &[
+            "--name",
+            "mx-widget-public",
+            "--widget",
+            &widget.to_string(),
+            "--layout",
+            &layout.to_string(),
+            "--room",
+            &room,
+            "--room-name",
+            "Main stage",
+            "--hs",
+            &env.synapse.base_url(),
+            "--runs",
+            &runs.to_string(),
+        ],
+    );
+    let r = finish(&mut tool, "public widget from the state event");
+    println!("iframe src: {}", r["runs"][0]["src"]);
+}

@@ -1,0 +1,53 @@
+// The stream's Server-Sent Events (docs/api.md): title, viewers, live, offline,
+// chat, redaction, description. The browser reconnects by itself after a drop;
+// when it gives up (the server answered an error), we reconnect with backoff.
+import { streamPath, withQuery } from './api.js';
+
+const EVENTS = ['title', 'viewers', 'live', 'offline', 'chat', 'redaction', 'description'];
+
+export class StreamEvents {
+  /** handlers: {title(d), viewers(d), live(snapshot), offline(d), chat(m), redaction(d), description(d), connection(bool)} */
+  constructor(name, handlers, { access = null } = {}) {
+    this.url = withQuery(`${streamPath(name)}/events`, { access });
+    this.handlers = handlers;
+    this.backoff = 1000;
+    this.timer = null;
+    this.closed = false;
+    this.open();
+  }
+
+  open() {
+    const es = new EventSource(this.url);
+    this.es = es;
+    for (const name of EVENTS) {
+      es.addEventListener(name, (ev) => {
+        let data;
+        try {
+          data = JSON.parse(ev.data);
+        } catch {
+          return;
+        }
+        const f = this.handlers[name];
+        if (f) f(data);
+      });
+    }
+    es.onopen = () => {
+      this.backoff = 1000;
+      this.handlers.connection?.(true);
+    };
+    es.onerror = () => {
+      this.handlers.connection?.(false);
+      if (es.readyState === EventSource.CLOSED && !this.closed) {
+        clearTimeout(this.timer);
+        this.timer = setTimeout(() => this.open(), this.backoff);
+        this.backoff = Math.min(this.backoff * 2, 30000);
+      }
+    };
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.es?.close();
+  }
+}

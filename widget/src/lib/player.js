@@ -1,0 +1,496 @@
+// The roomcast player: WebRTC over WHEP (POST /whep/{stream}), with LL-HLS through
+// hls.js as the fallback when WebRTC cannot connect and /hls/{stream}/index.m3u8
+// exists. The page tells it when the stream is live (from the SSE feed); it
+// never polls. It re-negotiates with backoff after ICE failure or a network
+// loss, and keeps its PeerConnection across a publisher reconnect (the server
+// keeps it too).
+import { errorFrom, withQuery } from './api.js';
+import { h, icon } from './dom.js';
+
+const CONNECT_TIMEOUT_MS = 10000; // answer applied → ICE connected
+const DISCONNECT_GRACE_MS = 4000; // 'disconnected' this long → re-negotiate
+const OFFLINE_CLOSE_MS = 30000; // offline this long → close the PeerConnection
+const STALL_MS = 10000; // live and connected but no new frame this long → re-negotiate
+const WEBRTC_FAILURES_BEFORE_HLS = 2;
+
+const MESSAGES = {
+  offline: 'The stream is offline. This page starts playing by itself when it goes live.',
+  connecting: 'Connecting…',
+  reconnecting: 'Connection lost. Reconnecting…',
+};
+
+export class Player extends EventTarget {
+  /**
+   * @param {HTMLElement} root
+   * @param {object} o
+   * @param {string} o.stream
+   * @param {() => Promise<string|null>} [o.getToken] Bearer token for WHEP/HLS (private streams);
+   *        called with {refresh: true} after a 403.
+   * @param {boolean} [o.muted=true]  start muted (browsers allow muted autoplay)
+   * @param {boolean} [o.controls=true]
+   * @param {boolean} [o.autoplay=true] false: wait for a click on the play button
+   * @param {number} [o.volume=1]
+   * @param {boolean} [o.overlayText=true] show status sentences over the video
+   */
+  constructor(root, o) {
+    super();
+    this.o = { muted: true, controls: true, autoplay: true, volume: 1, overlayText: true, ...o };
+    this.stream = o.stream;
+    this.getToken = o.getToken || (async () => null);
+    this.live = null; // unknown until the page says
+    this.wanted = this.o.autoplay;
+    this.state = 'idle';
+    this.pc = null;
+    this.resource = null;
+    this.hls = null;
+    this.mode = 'webrtc';
+    this.failures = 0;
+    this.backoff = 1000;
+    this.timers = {};
+    this.gen = 0; // bumps on every (re)connect, so stale callbacks do nothing
+    this.lastFrames = 0;
+    this.lastFrameAt = 0;
+    this.build(root);
+    window.addEventListener('online', () => this.retryNow());
+    window.addEventListener('pagehide', () => this.teardown(true));
+    this.timers.stall = setInterval(() => this.checkStall(), 2000);
+    this.render();
+  }
+
+  build(root) {
+    const video = h('video', { playsinline: true, autoplay: true, 'aria-label': 'Live video' });
+    video.muted = this.o.muted;
+    video.volume = clamp01(this.o.volume);
+    video.disablePictureInPicture = false;
+    this.video = video;
+    this.status = h('div', { class: 'rc-status', role: 'status', 'aria-live': 'polite' });
+    // For errors the viewer can act on (e.g. a declined identity check): ask again.
+    this.retryBtn = h('button', { class: 'rc-retry', type: 'button', text: 'Try again', onclick: () => this.retry() });
+    this.unmuteBtn = h('button', { class: 'rc-unmute', type: 'button', onclick: () => this.setMuted(false) },
+      icon('muted'), h('span', { text: matchMedia('(hover: none)').matches ? 'Tap to unmute' : 'Click to unmute' }));
+    this.playBtn = h('button', { class: 'rc-play', type: 'button', 'aria-label': 'Play', onclick: () => this.play() },
+      icon('play'));
+    this.muteBtn = h('button', { class: 'rc-btn', type: 'button', onclick: () => this.setMuted(!this.video.muted) });
+    this.volume = h('input', {
+      class: 'rc-volume', type: 'range', min: '0', max: '1', step: '0.05', 'aria-label': 'Volume',
+      oninput: () => { this.video.volume = Number(this.volume.value); if (this.video.muted) this.setMuted(false); },
+    });
+    this.volume.value = String(this.video.volume);
+    this.liveTag = h('span', { class: 'rc-live', text: 'LIVE' });
+    this.fsBtn = h('button', { class: 'rc-btn', type: 'button', onclick: () => this.toggleFullscreen() });
+    const bar = h('div', { class: 'rc-bar' }, this.muteBtn, this.volume, this.liveTag, h('span', { class: 'rc-grow' }), this.fsBtn);
+    this.el = h('div', {
+      class: `rc-player${this.o.controls ? ' rc-has-controls' : ''}`,
+      tabindex: this.o.controls ? '0' : null,
+      'aria-label': this.o.controls ? 'Video player. M mutes, F toggles full screen.' : null,
+      'data-state': 'idle',
+    }, video, h('div', { class: 'rc-center' }, this.status, this.retryBtn),
+    this.o.controls ? [this.unmuteBtn, this.playBtn, bar] : []);
+    if (this.o.controls) {
+      this.el.addEventListener('keydown', (ev) => this.onKey(ev));
+      this.el.addEventListener('dblclick', (ev) => { if (ev.target === video) this.toggleFullscreen(); });
+      document.addEventListener('fullscreenchange', () => this.render());
+    }
+    video.addEventListener('volumechange', () => this.render());
+    video.addEventListener('playing', () => { this.lastFrameAt = performance.now(); this.setState('playing'); });
+    // A kept PeerConnection resumes without a new 'playing' event (the element never
+    // paused): a presented frame is what says the picture is back.
+    if ('requestVideoFrameCallback' in video) {
+      const onFrame = () => {
+        this.lastFrameAt = performance.now();
+        if ((this.state === 'connecting' || this.state === 'reconnecting') && this.live !== false) this.setState('playing');
+        video.requestVideoFrameCallback(onFrame);
+      };
+      video.requestVideoFrameCallback(onFrame);
+    }
+    root.append(this.el);
+  }
+
+  // --- public API ---------------------------------------------------------
+
+  /** From the SSE feed: the stream went live (true) or offline (false). */
+  setLive(live) {
+    const was = this.live;
+    this.live = live;
+    if (live) {
+      clearTimeout(this.timers.offlineClose);
+      if (!this.wanted) return this.setState('idle');
+      if (this.mode === 'hls' && this.hls) return;
+      if (this.pc && ['connected', 'connecting', 'new'].includes(this.pc.connectionState)) {
+        // The server kept our PeerConnection across the publisher's reconnect.
+        if (this.state === 'offline') this.setState('connecting');
+        return;
+      }
+      if (was !== true || !this.pc) {
+        this.backoff = 1000;
+        this.connect();
+      }
+    } else {
+      this.setState('offline');
+      clearTimeout(this.timers.retry);
+      clearTimeout(this.timers.offlineClose);
+      this.timers.offlineClose = setTimeout(() => this.teardown(), OFFLINE_CLOSE_MS);
+    }
+  }
+
+  play() {
+    this.wanted = true;
+    if (this.live) this.connect();
+    else this.render();
+  }
+
+  setMuted(muted) {
+    this.video.muted = muted;
+    if (!muted) {
+      if (this.video.volume === 0) this.video.volume = 1;
+      this.video.play().catch(() => {});
+    }
+    this.render();
+  }
+
+  setVolume(v) {
+    this.video.volume = clamp01(v);
+    this.render();
+  }
+
+  destroy() {
+    for (const t of Object.values(this.timers)) { clearTimeout(t); clearInterval(t); }
+    this.teardown(true);
+    this.el.remove();
+  }
+
+  // --- connection ---------------------------------------------------------
+
+  /** The "Try again" button of a retryable error. */
+  retry() {
+    this.retryable = false;
+    this.refreshedToken = false;
+    this.wanted = true;
+    this.backoff = 1000;
+    if (this.live) this.connect();
+    else this.setState(this.live === false ? 'offline' : 'idle');
+  }
+
+  retryNow() {
+    if (this.live && this.wanted && this.state !== 'playing') {
+      this.backoff = 1000;
+      this.connect();
+    }
+  }
+
+  scheduleRetry(message) {
+    clearTimeout(this.timers.retry);
+    const wait = this.backoff * (0.8 + Math.random() * 0.4);
+    this.backoff = Math.min(this.backoff * 2, 15000);
+    if (message) this.setState('reconnecting', message);
+    this.timers.retry = setTimeout(() => {
+      if (this.live && this.wanted) this.connect();
+    }, wait);
+  }
+
+  async connect() {
+    clearTimeout(this.timers.retry);
+    this.teardown();
+    const gen = this.gen;
+    if (typeof RTCPeerConnection === 'undefined') {
+      this.mode = 'hls';
+      return this.tryHls(gen, 'This browser has no WebRTC.');
+    }
+    if (this.mode === 'hls') this.mode = 'webrtc';
+    this.setState(this.state === 'playing' || this.state === 'reconnecting' ? 'reconnecting' : 'connecting');
+
+    let token;
+    try {
+      token = await this.getToken({ refresh: false });
+    } catch (e) {
+      if (gen === this.gen) this.fail(e.message || String(e), e.code, { retry: Boolean(e.retry) });
+      return;
+    }
+    if (gen !== this.gen) return;
+
+    const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle' });
+    this.pc = pc;
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    const ms = new MediaStream();
+    pc.ontrack = (ev) => {
+      if (gen !== this.gen) return;
+      ms.addTrack(ev.track);
+      if (this.video.srcObject !== ms) this.video.srcObject = ms;
+      this.startPlayback();
+    };
+    pc.onconnectionstatechange = () => this.onPcState(pc, gen);
+
+    let resp;
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      const headers = { 'Content-Type': 'application/sdp' };
+      if (token) headers.Authorization = `Bearer ${token}`;
+      resp = await fetch(`/whep/${encodeURIComponent(this.stream)}`, {
+        method: 'POST', headers, body: pc.localDescription.sdp,
+      });
+    } catch (e) {
+      if (gen !== this.gen) return;
+      this.teardown();
+      return this.scheduleRetry('Could not reach the server. Retrying…');
+    }
+    if (gen !== this.gen) return;
+    if (resp.status !== 201) {
+      const err = await errorFrom(resp);
+      if (gen !== this.gen) return;
+      this.teardown();
+      return this.onWhepError(err, this.gen);
+    }
+    const loc = resp.headers.get('Location');
+    this.resource = loc ? new URL(loc, location.href).href : null;
+    this.resourceToken = token;
+    const answer = await resp.text();
+    try {
+      await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+    } catch (e) {
+      if (gen !== this.gen) return;
+      this.teardown();
+      return this.fail(`The server's answer was not usable: ${e.message || e}`);
+    }
+    clearTimeout(this.timers.connect);
+    this.timers.connect = setTimeout(() => {
+      if (gen === this.gen && pc.connectionState !== 'connected') this.webrtcFailed();
+    }, CONNECT_TIMEOUT_MS);
+  }
+
+  onWhepError(err, gen) {
+    switch (err.code) {
+      case 'stream_offline':
+        // The feed said live; the publisher may be between two connections.
+        if (this.live) return this.scheduleRetry(null);
+        return this.setState('offline');
+      case 'unknown_stream':
+        return this.fail(`There is no stream called “${this.stream}”.`, err.code);
+      case 'access_required':
+        return this.fail('This stream is private. Open it from the link you were given, or from its Matrix room.', err.code);
+      case 'access_denied':
+        if (!this.refreshedToken) {
+          this.refreshedToken = true;
+          return this.getToken({ refresh: true }).then(
+            () => { if (gen === this.gen) this.connect(); },
+            (e) => this.fail(e.message || String(e), e.code, { retry: Boolean(e.retry) }),
+          );
+        }
+        return this.fail('Your access to this private stream has expired or is not valid. Ask for a new link.', err.code);
+      default:
+        if (err.status >= 500 || err.status === 429 || err.status === 0) return this.scheduleRetry(`${err.message}. Retrying…`);
+        return this.fail(err.message, err.code);
+    }
+  }
+
+  onPcState(pc, gen) {
+    if (gen !== this.gen) return;
+    const s = pc.connectionState;
+    this.dispatchEvent(new CustomEvent('connectionstate', { detail: s }));
+    clearTimeout(this.timers.disconnected);
+    if (s === 'connected') {
+      clearTimeout(this.timers.connect);
+      this.failures = 0;
+      this.backoff = 1000;
+      this.refreshedToken = false;
+      if (this.state !== 'playing' && this.live !== false) this.setState('connecting');
+      this.startPlayback();
+    } else if (s === 'disconnected') {
+      this.timers.disconnected = setTimeout(() => {
+        if (gen === this.gen && pc.connectionState === 'disconnected') this.renegotiate(gen);
+      }, DISCONNECT_GRACE_MS);
+    } else if (s === 'failed') {
+      this.renegotiate(gen);
+    }
+  }
+
+  renegotiate(gen) {
+    if (gen !== this.gen) return;
+    const everConnected = this.state === 'playing' || this.state === 'reconnecting';
+    this.teardown();
+    if (!this.live) return this.setState('offline');
+    if (!everConnected) return this.webrtcFailed();
+    this.scheduleRetry(MESSAGES.reconnecting);
+  }
+
+  /** ICE never connected: after a few tries, use LL-HLS if the server has it. */
+  webrtcFailed() {
+    this.teardown();
+    this.failures++;
+    if (this.failures >= WEBRTC_FAILURES_BEFORE_HLS && this.live) {
+      return this.tryHls(this.gen, 'WebRTC could not connect.');
+    }
+    this.scheduleRetry('Could not connect. Retrying…');
+  }
+
+  async tryHls(gen, why) {
+    const token = await this.getToken({ refresh: false }).catch(() => null);
+    const url = withQuery(`/hls/${encodeURIComponent(this.stream)}/index.m3u8`, { access: token });
+    let ok = false;
+    try {
+      const r = await fetch(url, { method: 'GET', cache: 'no-store' });
+      ok = r.ok;
+    } catch {
+      ok = false;
+    }
+    if (gen !== this.gen) return;
+    if (!ok) {
+      this.mode = 'webrtc';
+      return this.scheduleRetry(typeof RTCPeerConnection === 'undefined'
+        ? `${why} The server offers no HLS for this stream either. Retrying…`
+        : `${why} The network may block it (the server's UDP and TCP port). Retrying…`);
+    }
+    this.mode = 'hls';
+    this.setState('connecting');
+    let Hls = null;
+    try {
+      Hls = (await import('hls.js/light')).default;
+    } catch {
+      Hls = null;
+    }
+    if (gen !== this.gen) return;
+    if (Hls && Hls.isSupported()) {
+      const hls = new Hls({ lowLatencyMode: true, backBufferLength: 30 });
+      this.hls = hls;
+      hls.on(Hls.Events.ERROR, (_ev, data) => {
+        if (!data.fatal || gen !== this.gen) return;
+        this.teardown();
+        this.mode = 'webrtc';
+        this.failures = 0;
+        if (this.live) this.scheduleRetry('Playback stopped. Reconnecting…');
+      });
+      hls.loadSource(url);
+      hls.attachMedia(this.video);
+    } else if (this.video.canPlayType('application/vnd.apple.mpegurl')) {
+      this.video.src = url;
+    } else {
+      return this.fail('This browser can play neither WebRTC nor HLS.');
+    }
+    this.dispatchEvent(new CustomEvent('mode', { detail: 'hls' }));
+    this.startPlayback();
+  }
+
+  startPlayback() {
+    const v = this.video;
+    const p = v.play();
+    if (!p) return;
+    p.catch((e) => {
+      if (e && e.name === 'NotAllowedError' && !v.muted) {
+        // Autoplay with sound is blocked: play muted and offer to unmute.
+        v.muted = true;
+        this.render();
+        v.play().catch(() => this.render());
+      } else if (e && e.name === 'NotAllowedError') {
+        this.render();
+      }
+    });
+  }
+
+  checkStall() {
+    if (this.state !== 'playing' || !this.live || this.mode !== 'webrtc' || !this.pc) return;
+    const q = this.video.getVideoPlaybackQuality ? this.video.getVideoPlaybackQuality() : null;
+    const frames = q ? q.totalVideoFrames : 0;
+    const now = performance.now();
+    if (frames !== this.lastFrames) {
+      this.lastFrames = frames;
+      this.lastFrameAt = now;
+    } else if (now - this.lastFrameAt > STALL_MS && this.pc.connectionState === 'connected') {
+      this.lastFrameAt = now;
+      this.renegotiate(this.gen);
+    }
+  }
+
+  /** Closes the PeerConnection (telling the server with DELETE) and HLS. */
+  teardown(unloading = false) {
+    this.gen++;
+    clearTimeout(this.timers.connect);
+    clearTimeout(this.timers.disconnected);
+    if (this.pc) {
+      this.pc.ontrack = null;
+      this.pc.onconnectionstatechange = null;
+      this.pc.close();
+      this.pc = null;
+    }
+    if (this.resource) {
+      const headers = this.resourceToken ? { Authorization: `Bearer ${this.resourceToken}` } : {};
+      fetch(this.resource, { method: 'DELETE', headers, keepalive: unloading }).catch(() => {});
+      this.resource = null;
+    }
+    if (this.hls) {
+      this.hls.destroy();
+      this.hls = null;
+    }
+    if (this.video.srcObject) this.video.srcObject = null;
+    if (this.video.getAttribute('src')) {
+      this.video.removeAttribute('src');
+      this.video.load();
+    }
+  }
+
+  /** Stops with a message; `retry`: the viewer can fix the cause (offer "Try again"). */
+  fail(message, code = null, { retry = false } = {}) {
+    this.retryable = retry;
+    this.teardown();
+    this.setState('error', message);
+    this.dispatchEvent(new CustomEvent('error', { detail: { message, code } }));
+  }
+
+  // --- UI -----------------------------------------------------------------
+
+  setState(state, message = null) {
+    this.state = state;
+    this.message = message;
+    this.dispatchEvent(new CustomEvent('state', { detail: { state, message } }));
+    this.render();
+  }
+
+  render() {
+    const st = this.state;
+    this.el.dataset.state = st;
+    let text = '';
+    if (st === 'offline') text = MESSAGES.offline;
+    else if (st === 'connecting') text = this.message || MESSAGES.connecting;
+    else if (st === 'reconnecting') text = this.message || MESSAGES.reconnecting;
+    else if (st === 'error') text = this.message || 'Something went wrong.';
+    else if (st === 'idle' && !this.wanted) text = this.live === false ? MESSAGES.offline : '';
+    if (!this.o.overlayText && st !== 'error') text = '';
+    this.status.textContent = text;
+    this.status.hidden = !text;
+    this.retryBtn.hidden = !(st === 'error' && this.retryable);
+    if (!this.o.controls) return;
+    const muted = this.video.muted || this.video.volume === 0;
+    this.unmuteBtn.hidden = !(muted && st === 'playing');
+    this.playBtn.hidden = this.wanted || st === 'error';
+    this.muteBtn.replaceChildren(icon(muted ? 'muted' : 'sound'));
+    this.muteBtn.setAttribute('aria-label', muted ? 'Unmute' : 'Mute');
+    this.volume.value = String(this.video.muted ? 0 : this.video.volume);
+    const fs = document.fullscreenElement === this.el;
+    this.fsBtn.replaceChildren(icon(fs ? 'exitFullscreen' : 'fullscreen'));
+    this.fsBtn.setAttribute('aria-label', fs ? 'Exit full screen' : 'Full screen');
+    this.fsBtn.hidden = !(document.fullscreenEnabled || this.video.webkitEnterFullscreen);
+    this.liveTag.hidden = st !== 'playing';
+  }
+
+  toggleFullscreen() {
+    if (document.fullscreenElement) {
+      document.exitFullscreen().catch(() => {});
+    } else if (this.el.requestFullscreen) {
+      this.el.requestFullscreen().catch(() => {});
+    } else if (this.video.webkitEnterFullscreen) {
+      this.video.webkitEnterFullscreen(); // iOS Safari
+    }
+  }
+
+  onKey(ev) {
+    if (ev.target !== this.el || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const k = ev.key.toLowerCase();
+    if (k === 'm') { this.setMuted(!this.video.muted); ev.preventDefault(); }
+    else if (k === 'f') { this.toggleFullscreen(); ev.preventDefault(); }
+    else if ((k === ' ' || k === 'enter') && !this.wanted) { this.play(); ev.preventDefault(); }
+  }
+}
+
+function clamp01(v) {
+  const n = Number(v);
+  return Number.isFinite(n) ? Math.min(1, Math.max(0, n)) : 1;
+}
