@@ -164,20 +164,9 @@ fn widget_handshake_theme_and_openid_for_private_streams() {
     }
 }
 
+/// The page publishes the fake camera over WHIP (`POST /whip/{stream}`) and a
+/// watch page plays it.
 #[test]
-fn publish_page_previews_the_camera_and_explains_missing_whip() {
-    let _serial = serial();
-    let server = Server::start("");
-    let key = server.key(STREAM).to_string();
-    let mut tool = pages(&server, "publish", &["--stream", STREAM, "--key", &key]);
-    let r = finish(&mut tool, "publish page");
-    println!("publish page says: {}", r["message"]);
-}
-
-/// Needs WHIP ingest (`POST /whip/{stream}`, issue 6): the page publishes the fake
-/// camera and a watch page plays it. Run with `cargo test -- --ignored` once WHIP exists.
-#[test]
-#[ignore = "needs WHIP ingest on the server (issue 6)"]
 fn publish_page_goes_live_over_whip_and_a_watch_page_plays_it() {
     let _serial = serial();
     let server = Server::start("");
