@@ -30,6 +30,8 @@ listen = "127.0.0.1:0"
 udp = "127.0.0.1:0"
 tcp = "127.0.0.1:0"
 ${1:-}
+[ome]
+listen = "127.0.0.1:0"
 [storage]
 database_url = "sqlite://$WORK/roomcast.db"
 [[streams]]
