@@ -15,6 +15,7 @@ use crate::ingest::whip::{HttpRequest, Tls, refusal_error};
 use crate::rtc::{SessionOpts, ViewerError};
 use crate::server::App;
 use crate::web::error::read_body;
+use crate::web::session::{self, content_type_is};
 use crate::web::{ApiError, PeerAddr};
 
 pub fn routes() -> Router<Arc<App>> {
@@ -24,14 +25,6 @@ pub fn routes() -> Router<Arc<App>> {
             "/whep/{stream}/{id}",
             patch(trickle).delete(delete).options(options),
         )
-}
-
-fn content_type_is(headers: &HeaderMap, wanted: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -158,50 +151,31 @@ pub fn check_caps(app: &App, stream: &crate::hub::Stream) -> Result<(), ApiError
     Ok(())
 }
 
-fn parse_id(id: &str) -> Result<u64, ApiError> {
-    id.parse()
-        .map_err(|_| ApiError::not_found(format!("no WHEP session '{id}'")))
-}
-
-/// Trickle ICE. The server is ICE-lite: it answers checks from whatever address
-/// they come, so the client's candidates need no action.
+/// Trickle ICE fragments need no action (see `web::session::trickle`).
 async fn trickle(
     State(app): State<Arc<App>>,
     Path((name, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    if !app.engine.has_viewer(&name, id) {
-        return Err(ApiError::not_found(format!(
-            "no WHEP session {id} on stream '{name}'"
-        )));
-    }
-    if !content_type_is(&headers, "application/trickle-ice-sdpfrag") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
-        ));
-    }
-    // Read (and bound) the fragment even though nothing in it is needed.
-    read_body(body, app.config.http.max_body_bytes).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let exists = |n| app.engine.has_viewer(&name, n);
+    session::trickle(
+        "WHEP",
+        &name,
+        &id,
+        exists,
+        &headers,
+        body,
+        app.config.http.max_body_bytes,
+    )
+    .await
 }
 
 async fn delete(
     State(app): State<Arc<App>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    if app.engine.remove_viewer(&name, id) {
-        info!(stream = %name, viewer = id, "whep viewer ended by DELETE");
-        Ok(StatusCode::OK.into_response())
-    } else {
-        Err(ApiError::not_found(format!(
-            "no WHEP session {id} on stream '{name}'"
-        )))
-    }
+    session::delete("WHEP", &name, &id, |n| app.engine.remove_viewer(&name, n))
 }
 
 async fn options() -> Response {

@@ -23,6 +23,7 @@ use crate::hub::IngestProtocol;
 use crate::rtc::{PublishError, SessionOpts};
 use crate::server::App;
 use crate::web::error::read_body;
+use crate::web::session::{self, content_type_is};
 use crate::web::{ApiError, PeerAddr};
 
 pub fn routes() -> Router<Arc<App>> {
@@ -38,14 +39,6 @@ pub fn routes() -> Router<Arc<App>> {
 /// schemes a signed URL or the admission webhook sees.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tls(pub bool);
-
-fn content_type_is(headers: &HeaderMap, wanted: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
-}
 
 /// `Authorization: Bearer X` (the scheme's case does not matter).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -212,49 +205,33 @@ pub async fn publish(
         .into_response())
 }
 
-fn parse_id(id: &str) -> Result<u64, ApiError> {
-    id.parse()
-        .map_err(|_| ApiError::not_found(format!("no WHIP session '{id}'")))
-}
-
-/// Trickle ICE: the server is ICE-lite and answers checks from any address,
-/// so the fragment needs no action.
+/// Trickle ICE fragments need no action (see `web::session::trickle`).
 async fn trickle(
     State(app): State<Arc<App>>,
     Path((name, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    if !app.engine.has_publisher(&name, id) {
-        return Err(ApiError::not_found(format!(
-            "no WHIP session {id} on stream '{name}'"
-        )));
-    }
-    if !content_type_is(&headers, "application/trickle-ice-sdpfrag") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
-        ));
-    }
-    read_body(body, app.config.http.max_body_bytes).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let exists = |n| app.engine.has_publisher(&name, n);
+    session::trickle(
+        "WHIP",
+        &name,
+        &id,
+        exists,
+        &headers,
+        body,
+        app.config.http.max_body_bytes,
+    )
+    .await
 }
 
 async fn delete(
     State(app): State<Arc<App>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    if app.engine.remove_publisher(&name, id) {
-        info!(stream = %name, publisher = id, "whip publisher ended by DELETE");
-        Ok(StatusCode::OK.into_response())
-    } else {
-        Err(ApiError::not_found(format!(
-            "no WHIP session {id} on stream '{name}'"
-        )))
-    }
+    session::delete("WHIP", &name, &id, |n| {
+        app.engine.remove_publisher(&name, n)
+    })
 }
 
 pub async fn options() -> Response {

@@ -196,9 +196,12 @@ impl AacToOpus {
             .unwrap_or_default();
 
         let enc_err = |e: opus::Error| TranscodeError::Encode(e.to_string());
-        let mut encoder =
-            opus::Encoder::new(OPUS_RATE, opus::Channels::Stereo, opus::Application::LowDelay)
-                .map_err(enc_err)?;
+        let mut encoder = opus::Encoder::new(
+            OPUS_RATE,
+            opus::Channels::Stereo,
+            opus::Application::LowDelay,
+        )
+        .map_err(enc_err)?;
         encoder
             .set_bitrate(opus::Bitrate::Bits(bitrate_bps))
             .map_err(enc_err)?;

@@ -4,6 +4,7 @@ mod api;
 pub mod error;
 mod events;
 mod pages;
+pub mod session;
 
 use std::sync::Arc;
 
