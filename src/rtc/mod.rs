@@ -663,40 +663,28 @@ impl Engine {
 
     /// Ends a publisher's session (WHIP `DELETE`); false if it does not exist.
     pub fn remove_publisher(&self, stream: &str, id: u64) -> bool {
-        let Some((shard, s)) = self.publishers.lock().get(&id).cloned() else {
+        let Some(shard) = shard_of(&self.publishers, stream, id) else {
             return false;
         };
-        if s != stream {
-            return false;
-        }
         let _ = self.shards[shard].send(ShardMsg::RemovePublisher(id));
         true
     }
 
     pub fn has_publisher(&self, stream: &str, id: u64) -> bool {
-        self.publishers
-            .lock()
-            .get(&id)
-            .is_some_and(|(_, s)| s == stream)
+        shard_of(&self.publishers, stream, id).is_some()
     }
 
     /// Ends a viewer's session; false if it does not exist (or is of another stream).
     pub fn remove_viewer(&self, stream: &str, id: u64) -> bool {
-        let Some((shard, s)) = self.registry.lock().get(&id).cloned() else {
+        let Some(shard) = shard_of(&self.registry, stream, id) else {
             return false;
         };
-        if s != stream {
-            return false;
-        }
         let _ = self.shards[shard].send(ShardMsg::Remove(id));
         true
     }
 
     pub fn has_viewer(&self, stream: &str, id: u64) -> bool {
-        self.registry
-            .lock()
-            .get(&id)
-            .is_some_and(|(_, s)| s == stream)
+        shard_of(&self.registry, stream, id).is_some()
     }
 
     /// Viewer sessions in total and of `stream` (negotiated ones included, so
@@ -811,6 +799,15 @@ fn sends_description(video: &Option<sdp::StreamVideo>, audio: bool) -> String {
     } else {
         format!("{v} video")
     }
+}
+
+/// The shard running session `id`, if the session belongs to `stream`.
+fn shard_of(registry: &Registry, stream: &str, id: u64) -> Option<usize> {
+    registry
+        .lock()
+        .get(&id)
+        .filter(|(_, s)| s == stream)
+        .map(|(shard, _)| *shard)
 }
 
 /// Addresses to put in candidates: configured public IPs, else the listen address,
