@@ -374,13 +374,7 @@ impl Engine {
         opts: SessionOpts,
     ) {
         let mut rtc = rtc;
-        let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-        // Route before answering: the first STUN check may follow the answer at once.
-        self.demux.add_ufrag(&ufrag, Route { shard, peer: id });
-        self.registry
-            .lock()
-            .insert(id, (shard, stream.name.clone()));
+        let (shard, ufrag) = self.place(&mut rtc, &self.registry, stream, id);
         let _ = self.shards[shard].send(ShardMsg::Add(Box::new(NewPeer {
             id,
             rtc,
@@ -637,12 +631,7 @@ impl Engine {
             return Err(PublishError::NothingToSend);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-        self.demux.add_ufrag(&ufrag, Route { shard, peer: id });
-        self.publishers
-            .lock()
-            .insert(id, (shard, stream.name.clone()));
+        let (shard, ufrag) = self.place(&mut rtc, &self.publishers, stream, id);
         let _ = self.shards[shard].send(ShardMsg::AddPublisher(Box::new(NewPublisher {
             id,
             rtc,
@@ -798,6 +787,24 @@ fn sends_description(video: &Option<sdp::StreamVideo>, audio: bool) -> String {
         format!("{v} video and Opus audio")
     } else {
         format!("{v} video")
+    }
+}
+
+impl Engine {
+    /// Picks a shard for a new session and routes its ICE username there. Done
+    /// before answering: the first STUN check may follow the answer at once.
+    fn place(
+        &self,
+        rtc: &mut Rtc,
+        registry: &Registry,
+        stream: &Stream,
+        id: u64,
+    ) -> (usize, String) {
+        let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        self.demux.add_ufrag(&ufrag, Route { shard, peer: id });
+        registry.lock().insert(id, (shard, stream.name.clone()));
+        (shard, ufrag)
     }
 }
 

@@ -64,6 +64,38 @@ pub enum ShardMsg {
     },
 }
 
+/// A datagram for a viewer or a publisher of this shard.
+struct NetInput<'a> {
+    proto: Protocol,
+    source: SocketAddr,
+    destination: SocketAddr,
+    data: &'a [u8],
+    at: Instant,
+    new_addr: bool,
+}
+
+impl NetInput<'_> {
+    /// Hands the datagram to the session, remembering a new source address
+    /// (for the demux to forget when the session ends).
+    fn feed(
+        &self,
+        rtc: &mut Rtc,
+        addrs: &mut Vec<(Protocol, SocketAddr)>,
+        last_input: &mut Instant,
+    ) {
+        if self.new_addr {
+            addrs.push((self.proto, self.source));
+        }
+        let Ok(recv) = Receive::new(self.proto, self.source, self.destination, self.data) else {
+            return;
+        };
+        *last_input = self.at;
+        if let Err(e) = rtc.handle_input(Input::Receive(self.at, recv)) {
+            debug!(error = %e, "rtc rejected input");
+        }
+    }
+}
+
 /// A negotiated viewer, handed to its shard.
 pub struct NewPeer {
     pub id: u64,
@@ -424,33 +456,21 @@ impl Shard {
                 at,
                 new_addr,
             } => {
-                let Some(p) = peers.get_mut(peer) else {
-                    if let Some(p) = pubs.get_mut(&peer) {
-                        if new_addr {
-                            p.addrs.push((proto, source));
-                        }
-                        let Ok(recv) = Receive::new(proto, source, destination, &data) else {
-                            return;
-                        };
-                        p.last_input = at;
-                        if let Err(e) = p.rtc.handle_input(Input::Receive(at, recv)) {
-                            debug!(error = %e, "rtc rejected input");
-                        }
-                        self.drive_pub(p);
-                    }
-                    return;
+                let input = NetInput {
+                    proto,
+                    source,
+                    destination,
+                    data: &data,
+                    at,
+                    new_addr,
                 };
-                if new_addr {
-                    p.addrs.push((proto, source));
+                if let Some(p) = peers.get_mut(peer) {
+                    input.feed(&mut p.rtc, &mut p.addrs, &mut p.last_input);
+                    self.drive(p);
+                } else if let Some(p) = pubs.get_mut(&peer) {
+                    input.feed(&mut p.rtc, &mut p.addrs, &mut p.last_input);
+                    self.drive_pub(p);
                 }
-                let Ok(recv) = Receive::new(proto, source, destination, &data) else {
-                    return;
-                };
-                p.last_input = at;
-                if let Err(e) = p.rtc.handle_input(Input::Receive(at, recv)) {
-                    debug!(error = %e, "rtc rejected input");
-                }
-                self.drive(p);
             }
             ShardMsg::Frame { stream, frame } => {
                 let Peers {
