@@ -1,6 +1,7 @@
 //! Builds the web pages in `widget/` (npm + esbuild) into `$OUT_DIR/web` and writes
 //! `$OUT_DIR/web_assets.rs`, the table `src/web/pages.rs` embeds with
-//! `include_bytes!`. Runs again only when something under `widget/` changes.
+//! `include_bytes!`. Runs again only when something under `widget/` (or
+//! `migrations/`, which `sqlx::migrate!` embeds) changes.
 //!
 //! Needs Node.js (18 or later) and npm; `npm ci` runs when `widget/package-lock.json`
 //! differs from what was installed last. `ROOMCAST_WIDGET_DIST=DIR` uses an
@@ -19,6 +20,8 @@ fn main() {
         println!("cargo:rerun-if-changed=widget/{p}");
     }
     println!("cargo:rerun-if-env-changed=ROOMCAST_WIDGET_DIST");
+    // `sqlx::migrate!` embeds these; a new migration must rebuild the binary.
+    println!("cargo:rerun-if-changed=migrations");
 
     let dist = match std::env::var_os("ROOMCAST_WIDGET_DIST") {
         Some(d) => PathBuf::from(d),

@@ -522,10 +522,13 @@ impl Config {
             }
         }
         let db = &self.storage.database_url;
-        if !db.starts_with("sqlite:") {
+        if crate::store::Backend::of(db).is_none() {
             return Err(invalid(
                 "storage.database_url",
-                format!("'{db}' is not supported; use sqlite://PATH"),
+                format!(
+                    "'{}' is not supported; use sqlite://PATH or postgres://USER:PASSWORD@HOST/DB",
+                    crate::store::redact_url(db)
+                ),
             ));
         }
         Ok(())

@@ -3,6 +3,8 @@
 //! notice, widget, layout and stream state events; rename → title in the API
 //! and on SSE within 2 s; chat both ways, redaction, banned guest; replayed and
 //! malformed transactions, wrong hs_token; stream end; roomcast restart.
+//! The whole flow runs twice: on SQLite (the default) and on a real PostgreSQL,
+//! which also loses its connection for a while and comes back.
 
 mod common;
 
@@ -56,7 +58,20 @@ fn name_event(room: &str, event_id: &str, name: &str, sender: &str) -> Value {
 #[test]
 fn stream_room_lifecycle() {
     let _serial = serial();
-    let mut env = MatrixEnv::start("golive_delay_ms = 1500");
+    let env = MatrixEnv::start("golive_delay_ms = 1500");
+    let end = lifecycle(env);
+    end.env.server().assert_no_key_logged();
+}
+
+/// What [`lifecycle`] leaves behind for backend-specific checks.
+struct Lifecycle {
+    env: MatrixEnv,
+    room: String,
+    key: String,
+    _ffmpeg: Publisher,
+}
+
+fn lifecycle(mut env: MatrixEnv) -> Lifecycle {
     let bot = env.bot_id();
     let alice = env.user("alice");
 
@@ -389,7 +404,7 @@ fn stream_room_lifecycle() {
     assert_eq!(snap["description"], "Live coding");
     let history = Sse::open(server, "show");
     history.wait("chat", MX_TIMEOUT, |d| d["id"] == hello.as_str());
-    let _ffmpeg2 = Publisher::ffmpeg(
+    let ffmpeg2 = Publisher::ffmpeg(
         &server.rtmp_url(&key),
         FfmpegOpts {
             width: 640,
@@ -411,4 +426,109 @@ fn stream_room_lifecycle() {
             .all(|l| !l.contains(&key) && !l.contains(&hs)),
         "a secret was logged"
     );
+    Lifecycle {
+        env,
+        room,
+        key,
+        _ffmpeg: ffmpeg2,
+    }
+}
+
+/// The same flow with `database_url = "postgres://…"` against a real
+/// PostgreSQL; then the database goes away for a while: roomcast keeps serving,
+/// the homeserver's transactions are refused (so it retries) and applied once
+/// the database is back.
+#[test]
+fn stream_room_lifecycle_on_postgres() {
+    let _serial = serial();
+    let mut pg = postgres::Postgres::start();
+    let url = pg.create_database("roomcast");
+    let env = MatrixEnv::start_with_database("golive_delay_ms = 1500", Some(url));
+    let Lifecycle {
+        env,
+        room,
+        key,
+        _ffmpeg,
+    } = lifecycle(env);
+    let server = env.server();
+
+    // It really was PostgreSQL: the rows are there, SQLite was never touched.
+    assert!(
+        !env.state.path().join("roomcast.db").exists(),
+        "an SQLite file was created although database_url names PostgreSQL"
+    );
+    let key_hash = pg.psql(
+        "roomcast",
+        "SELECT key_hash FROM streams WHERE name = 'show'",
+    );
+    assert_eq!(key_hash.len(), 64, "{key_hash}");
+    assert!(!key_hash.contains(&key), "the key itself was stored");
+    assert_eq!(
+        pg.psql(
+            "roomcast",
+            &format!("SELECT stream FROM matrix_streams WHERE room_id = '{room}'")
+        ),
+        "show"
+    );
+    assert_eq!(
+        pg.psql(
+            "roomcast",
+            "SELECT count(*) FROM _sqlx_migrations WHERE success"
+        ),
+        "2"
+    );
+    assert_eq!(
+        pg.psql(
+            "roomcast",
+            "SELECT count(*) FROM matrix_outbox WHERE done_at IS NULL"
+        ),
+        "0",
+        "undelivered notices"
+    );
+    server.wait_for_log("storage: database ready backend=postgres", MX_TIMEOUT);
+    assert!(
+        server
+            .log_lines()
+            .iter()
+            .all(|l| !l.contains(pg.password())),
+        "the database password was logged"
+    );
+
+    // --- the database goes away ----------------------------------------------------------------
+    pg.stop();
+    let alice = env.user("alice");
+    let from = server.log_lines().len();
+    alice.set_state(
+        &room,
+        "m.room.name",
+        "",
+        json!({"name": "Back On Postgres"}),
+    );
+    server.wait_for_log_from(
+        from,
+        "matrix: transaction not applied, the homeserver will retry",
+        MX_TIMEOUT,
+    );
+    // Everyone else is still served: the page API, health, the live stream.
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(api(server, "/api/v1/streams/show")["live"], true);
+    assert_eq!(
+        api(server, "/api/v1/streams/show")["title"],
+        "Friday Night Show"
+    );
+
+    // --- and comes back: the homeserver's retry is applied, once --------------------------------
+    let titles = Sse::open(server, "show");
+    pg.start_again();
+    wait_until(
+        "the rename after the database came back",
+        MX_TIMEOUT,
+        || (api(server, "/api/v1/streams/show")["title"] == "Back On Postgres").then_some(()),
+    );
+    titles.wait("title", MX_TIMEOUT, |d| d["title"] == "Back On Postgres");
+    assert_eq!(
+        pg.psql("roomcast", "SELECT title FROM streams WHERE name = 'show'"),
+        "Back On Postgres"
+    );
+    server.assert_no_key_logged();
 }

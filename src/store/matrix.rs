@@ -1,8 +1,9 @@
-//! Tables of the Matrix application service (migrations/0002_matrix.sql).
+//! Tables of the Matrix application service (migrations/*/0002_matrix.sql).
 
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, unix_now};
 
 #[derive(Debug, Clone)]
 pub struct RoomRow {
@@ -41,7 +42,7 @@ pub struct OutboxRow {
     pub attempts: i64,
 }
 
-fn room_from(r: sqlx::sqlite::SqliteRow) -> Result<RoomRow, sqlx::Error> {
+fn room_from(r: AnyRow) -> Result<RoomRow, sqlx::Error> {
     Ok(RoomRow {
         room_id: r.try_get("room_id")?,
         alias: r.try_get("alias")?,
@@ -53,7 +54,7 @@ fn room_from(r: sqlx::sqlite::SqliteRow) -> Result<RoomRow, sqlx::Error> {
     })
 }
 
-fn mapping_from(r: sqlx::sqlite::SqliteRow) -> Result<MappingRow, sqlx::Error> {
+fn mapping_from(r: AnyRow) -> Result<MappingRow, sqlx::Error> {
     Ok(MappingRow {
         stream: r.try_get("stream")?,
         room_id: r.try_get("room_id")?,
@@ -75,21 +76,22 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO matrix_rooms (room_id, alias, name, created_at)
-             VALUES (?1, ?2, ?3, unixepoch())
+             VALUES ($1, $2, $3, $4)
              ON CONFLICT(room_id) DO UPDATE SET
-                 alias = COALESCE(excluded.alias, alias),
-                 name = COALESCE(excluded.name, name)",
+                 alias = COALESCE(excluded.alias, matrix_rooms.alias),
+                 name = COALESCE(excluded.name, matrix_rooms.name)",
         )
         .bind(room_id)
         .bind(alias)
         .bind(name)
+        .bind(unix_now())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     pub async fn room(&self, room_id: &str) -> Result<Option<RoomRow>, StoreError> {
-        let r = sqlx::query("SELECT * FROM matrix_rooms WHERE room_id = ?1")
+        let r = sqlx::query("SELECT * FROM matrix_rooms WHERE room_id = $1")
             .bind(room_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -97,7 +99,7 @@ impl Store {
     }
 
     pub async fn room_by_alias(&self, alias: &str) -> Result<Option<RoomRow>, StoreError> {
-        let r = sqlx::query("SELECT * FROM matrix_rooms WHERE alias = ?1")
+        let r = sqlx::query("SELECT * FROM matrix_rooms WHERE alias = $1")
             .bind(alias)
             .fetch_optional(&self.pool)
             .await?;
@@ -119,10 +121,10 @@ impl Store {
         value: Option<&str>,
     ) -> Result<(), StoreError> {
         let sql = match column {
-            RoomText::Name => "UPDATE matrix_rooms SET name = ?2 WHERE room_id = ?1",
-            RoomText::Topic => "UPDATE matrix_rooms SET topic = ?2 WHERE room_id = ?1",
+            RoomText::Name => "UPDATE matrix_rooms SET name = $2 WHERE room_id = $1",
+            RoomText::Topic => "UPDATE matrix_rooms SET topic = $2 WHERE room_id = $1",
             RoomText::JoinRule => {
-                "UPDATE matrix_rooms SET join_rule = COALESCE(?2, 'public') WHERE room_id = ?1"
+                "UPDATE matrix_rooms SET join_rule = COALESCE($2, 'public') WHERE room_id = $1"
             }
         };
         sqlx::query(sql)
@@ -140,8 +142,8 @@ impl Store {
         value: bool,
     ) -> Result<(), StoreError> {
         let sql = match flag {
-            RoomFlag::Encrypted => "UPDATE matrix_rooms SET encrypted = ?2 WHERE room_id = ?1",
-            RoomFlag::Notify => "UPDATE matrix_rooms SET notify = ?2 WHERE room_id = ?1",
+            RoomFlag::Encrypted => "UPDATE matrix_rooms SET encrypted = $2 WHERE room_id = $1",
+            RoomFlag::Notify => "UPDATE matrix_rooms SET notify = $2 WHERE room_id = $1",
         };
         sqlx::query(sql)
             .bind(room_id)
@@ -162,21 +164,22 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO matrix_streams (stream, room_id, slot, owner, created_at)
-             VALUES (?1, ?2, ?3, ?4, unixepoch())
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT(stream) DO UPDATE SET room_id = excluded.room_id,
-                 slot = excluded.slot, owner = COALESCE(excluded.owner, owner)",
+                 slot = excluded.slot, owner = COALESCE(excluded.owner, matrix_streams.owner)",
         )
         .bind(stream)
         .bind(room_id)
         .bind(slot)
         .bind(owner)
+        .bind(unix_now())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     pub async fn unmap_stream(&self, stream: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM matrix_streams WHERE stream = ?1")
+        let r = sqlx::query("DELETE FROM matrix_streams WHERE stream = $1")
             .bind(stream)
             .execute(&self.pool)
             .await?;
@@ -184,9 +187,12 @@ impl Store {
     }
 
     pub async fn mappings(&self) -> Result<Vec<MappingRow>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM matrix_streams ORDER BY room_id, slot, stream")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM matrix_streams
+             ORDER BY room_id, slot IS NOT NULL, slot, stream",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
             .map(mapping_from)
@@ -194,7 +200,7 @@ impl Store {
     }
 
     pub async fn mapping(&self, stream: &str) -> Result<Option<MappingRow>, StoreError> {
-        let r = sqlx::query("SELECT * FROM matrix_streams WHERE stream = ?1")
+        let r = sqlx::query("SELECT * FROM matrix_streams WHERE stream = $1")
             .bind(stream)
             .fetch_optional(&self.pool)
             .await?;
@@ -202,7 +208,7 @@ impl Store {
     }
 
     pub async fn stream_exists(&self, name: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("SELECT 1 FROM streams WHERE name = ?1")
+        let r = sqlx::query("SELECT 1 FROM streams WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -210,7 +216,7 @@ impl Store {
     }
 
     pub async fn set_stream_title(&self, name: &str, title: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE streams SET title = ?2 WHERE name = ?1")
+        sqlx::query("UPDATE streams SET title = $2 WHERE name = $1")
             .bind(name)
             .bind(title)
             .execute(&self.pool)
@@ -221,7 +227,7 @@ impl Store {
     // --- transactions --------------------------------------------------------
 
     pub async fn txn_done(&self, txn_id: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("SELECT 1 FROM matrix_txns WHERE txn_id = ?1")
+        let r = sqlx::query("SELECT 1 FROM matrix_txns WHERE txn_id = $1")
             .bind(txn_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -230,17 +236,18 @@ impl Store {
 
     pub async fn mark_txn_done(&self, txn_id: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO matrix_txns (txn_id, done_at) VALUES (?1, unixepoch())
+            "INSERT INTO matrix_txns (txn_id, done_at) VALUES ($1, $2)
              ON CONFLICT(txn_id) DO NOTHING",
         )
         .bind(txn_id)
+        .bind(unix_now())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     pub async fn event_done(&self, event_id: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("SELECT 1 FROM matrix_events_done WHERE event_id = ?1")
+        let r = sqlx::query("SELECT 1 FROM matrix_events_done WHERE event_id = $1")
             .bind(event_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -249,10 +256,11 @@ impl Store {
 
     pub async fn mark_event_done(&self, event_id: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO matrix_events_done (event_id, done_at) VALUES (?1, unixepoch())
+            "INSERT INTO matrix_events_done (event_id, done_at) VALUES ($1, $2)
              ON CONFLICT(event_id) DO NOTHING",
         )
         .bind(event_id)
+        .bind(unix_now())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -261,12 +269,12 @@ impl Store {
     /// Forgets transaction and event ids older than `days` (the homeserver
     /// retries for minutes, not weeks).
     pub async fn prune_processed(&self, days: i64) -> Result<(), StoreError> {
-        let cutoff = days * 86_400;
-        sqlx::query("DELETE FROM matrix_txns WHERE done_at < unixepoch() - ?1")
+        let cutoff = unix_now() - days * 86_400;
+        sqlx::query("DELETE FROM matrix_txns WHERE done_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
             .await?;
-        sqlx::query("DELETE FROM matrix_events_done WHERE done_at < unixepoch() - ?1")
+        sqlx::query("DELETE FROM matrix_events_done WHERE done_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
             .await?;
@@ -276,7 +284,7 @@ impl Store {
     // --- direct messages -------------------------------------------------------
 
     pub async fn dm_room(&self, user_id: &str) -> Result<Option<String>, StoreError> {
-        let r = sqlx::query("SELECT room_id FROM matrix_dms WHERE user_id = ?1")
+        let r = sqlx::query("SELECT room_id FROM matrix_dms WHERE user_id = $1")
             .bind(user_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -285,7 +293,7 @@ impl Store {
 
     pub async fn set_dm_room(&self, user_id: &str, room_id: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO matrix_dms (user_id, room_id) VALUES (?1, ?2)
+            "INSERT INTO matrix_dms (user_id, room_id) VALUES ($1, $2)
              ON CONFLICT(user_id) DO UPDATE SET room_id = excluded.room_id",
         )
         .bind(user_id)
@@ -296,7 +304,7 @@ impl Store {
     }
 
     pub async fn is_dm_room(&self, room_id: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("SELECT 1 FROM matrix_dms WHERE room_id = ?1")
+        let r = sqlx::query("SELECT 1 FROM matrix_dms WHERE room_id = $1")
             .bind(room_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -313,11 +321,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO matrix_guests (token_hash, user_id, name, created_at)
-             VALUES (?1, ?2, ?3, unixepoch())",
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(token_hash)
         .bind(user_id)
         .bind(name)
+        .bind(unix_now())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -327,7 +336,7 @@ impl Store {
         &self,
         token_hash: &str,
     ) -> Result<Option<GuestRow>, StoreError> {
-        let r = sqlx::query("SELECT user_id, name FROM matrix_guests WHERE token_hash = ?1")
+        let r = sqlx::query("SELECT user_id, name FROM matrix_guests WHERE token_hash = $1")
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?;
@@ -347,7 +356,7 @@ impl Store {
         room_id: &str,
     ) -> Result<Option<bool>, StoreError> {
         let r = sqlx::query(
-            "SELECT removed FROM matrix_guest_rooms WHERE user_id = ?1 AND room_id = ?2",
+            "SELECT removed FROM matrix_guest_rooms WHERE user_id = $1 AND room_id = $2",
         )
         .bind(user_id)
         .bind(room_id)
@@ -364,7 +373,7 @@ impl Store {
         removed: bool,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO matrix_guest_rooms (user_id, room_id, removed) VALUES (?1, ?2, ?3)
+            "INSERT INTO matrix_guest_rooms (user_id, room_id, removed) VALUES ($1, $2, $3)
              ON CONFLICT(user_id, room_id) DO UPDATE SET removed = excluded.removed",
         )
         .bind(user_id)
@@ -388,7 +397,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let r = sqlx::query(
             "INSERT INTO matrix_outbox (kind, room_id, stream, session, payload, txn_id, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, unixepoch())",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(kind)
         .bind(room_id)
@@ -396,9 +405,10 @@ impl Store {
         .bind(session)
         .bind(payload)
         .bind(txn_id)
-        .execute(&self.pool)
+        .bind(unix_now())
+        .fetch_one(&self.pool)
         .await?;
-        Ok(r.last_insert_rowid())
+        Ok(r.try_get("id")?)
     }
 
     pub async fn pending_outbox(&self) -> Result<Vec<OutboxRow>, StoreError> {
@@ -426,16 +436,17 @@ impl Store {
     }
 
     pub async fn outbox_done(&self, id: i64, event_id: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE matrix_outbox SET done_at = unixepoch(), event_id = ?2 WHERE id = ?1")
+        sqlx::query("UPDATE matrix_outbox SET done_at = $3, event_id = $2 WHERE id = $1")
             .bind(id)
             .bind(event_id)
+            .bind(unix_now())
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
     pub async fn outbox_attempted(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE matrix_outbox SET attempts = attempts + 1 WHERE id = ?1")
+        sqlx::query("UPDATE matrix_outbox SET attempts = attempts + 1 WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -451,7 +462,7 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         let r = sqlx::query(
             "SELECT event_id FROM matrix_outbox
-             WHERE stream = ?1 AND session = ?2 AND kind = ?3 AND event_id IS NOT NULL",
+             WHERE stream = $1 AND session = $2 AND kind = $3 AND event_id IS NOT NULL",
         )
         .bind(stream)
         .bind(session)
@@ -464,7 +475,7 @@ impl Store {
     // --- settings ------------------------------------------------------------------
 
     pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let r = sqlx::query("SELECT value FROM settings WHERE key = ?1")
+        let r = sqlx::query("SELECT value FROM settings WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
@@ -474,7 +485,7 @@ impl Store {
     /// Sets `key` unless it is set; returns the value in force.
     pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String, StoreError> {
         sqlx::query(
-            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT(key) DO NOTHING",
         )
         .bind(key)
         .bind(value)

@@ -1,20 +1,77 @@
-//! Persistence: SQLite through sqlx, schema managed by embedded migrations.
+//! Persistence through sqlx: SQLite by default, PostgreSQL when `database_url`
+//! says `postgres://`. One query text serves both (`$N` placeholders, times
+//! bound from Rust rather than `unixepoch()`/`now()`, integers as i64), so the
+//! backends cannot drift apart; each has its own migrations directory because
+//! their DDL differs (`migrations/sqlite`, `migrations/postgres`).
 
 pub mod matrix;
 
-use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+use tracing::info;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {url}: {source}")]
+    #[error("storage.database_url '{0}': use sqlite://PATH or postgres://USER:PASSWORD@HOST/DB")]
+    Unsupported(String),
+    #[error("cannot open the database {url}: {source}")]
     Open { url: String, source: sqlx::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: {0}")]
     Query(#[from] sqlx::Error),
+}
+
+/// Which database engine a `database_url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The URL with its password replaced, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Seconds since the Unix epoch: every `*_at` column.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone)]
@@ -27,26 +84,67 @@ pub struct StreamRow {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
+    /// Opens (creating an SQLite file if needed) and migrates the database.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let backend = Backend::of(url).ok_or_else(|| StoreError::Unsupported(redact_url(url)))?;
+        sqlx::any::install_default_drivers();
+        let connect_url = match backend {
+            // sqlx opens SQLite read-write without creating the file; a first
+            // start on a fresh machine should just work.
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
         let open_err = |source| StoreError::Open {
-            url: url.to_string(),
+            url: redact_url(url),
             source,
         };
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(open_err)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
+        // One direct connection first: it fails fast with the real cause
+        // (refused, password, no such database) where the pool would retry
+        // for its whole acquire timeout and then only say that it timed out.
+        let first = AnyConnection::connect(&connect_url)
             .await
             .map_err(open_err)?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        first.close().await.ok();
+        let pool = AnyPoolOptions::new()
+            // While the database is away, a request fails within this (the
+            // homeserver retries its transaction) instead of hanging.
+            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(match backend {
+                // One writer at a time anyway; a few readers beside it (WAL).
+                Backend::Sqlite => 4,
+                Backend::Postgres => 8,
+            })
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Readers do not block the writer (the outbox and the
+                        // appservice write while pages read).
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect_url)
+            .await
+            .map_err(open_err)?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        info!(backend = backend.name(), url = %redact_url(url), "storage: database ready");
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Inserts or updates a stream declared in the config file.
@@ -59,7 +157,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO streams (name, title, key_hash, origin, created_at)
-             VALUES (?1, ?2, ?3, ?4, unixepoch())
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT(name) DO UPDATE SET title = excluded.title,
                  key_hash = excluded.key_hash, origin = excluded.origin",
         )
@@ -67,6 +165,7 @@ impl Store {
         .bind(title)
         .bind(key_hash)
         .bind(origin)
+        .bind(unix_now())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -81,18 +180,19 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "INSERT INTO streams (name, title, key_hash, origin, created_at)
-             VALUES (?1, NULL, ?2, ?3, unixepoch()) ON CONFLICT(name) DO NOTHING",
+             VALUES ($1, NULL, $2, $3, $4) ON CONFLICT(name) DO NOTHING",
         )
         .bind(name)
         .bind(key_hash)
         .bind(origin)
+        .bind(unix_now())
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
     }
 
     pub async fn set_key_hash(&self, name: &str, key_hash: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE streams SET key_hash = ?2 WHERE name = ?1")
+        let r = sqlx::query("UPDATE streams SET key_hash = $2 WHERE name = $1")
             .bind(name)
             .bind(key_hash)
             .execute(&self.pool)
@@ -104,8 +204,8 @@ impl Store {
         let rows = sqlx::query("SELECT name, title, key_hash, origin FROM streams ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter()
-            .map(|r| {
+        rows.iter()
+            .map(|r: &AnyRow| {
                 Ok(StreamRow {
                     name: r.try_get("name")?,
                     title: r.try_get("title")?,
@@ -121,33 +221,39 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[test]
+    fn backends_by_url() {
+        assert_eq!(Backend::of("sqlite://roomcast.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("sqlite::memory:"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("postgres://u:p@h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("mysql://h/db"), None);
+        assert_eq!(Backend::of("roomcast.db"), None);
+    }
+
+    #[test]
+    fn passwords_never_shown() {
+        assert_eq!(
+            redact_url("postgres://rc:s3cret@db.example:5432/roomcast?sslmode=require"),
+            "postgres://rc:***@db.example:5432/roomcast?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://rc@db/roomcast"),
+            "postgres://rc@db/roomcast"
+        );
+        assert_eq!(redact_url("postgres://db/x@y"), "postgres://db/x@y");
+        assert_eq!(redact_url("sqlite://roomcast.db"), "sqlite://roomcast.db");
+        assert_eq!(redact_url("postgres://a:b:c@h/db"), "postgres://a:***@h/db");
+    }
+
     #[tokio::test]
-    async fn streams_survive_reopen() {
-        let dir = std::env::temp_dir().join(format!("roomcast-store-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}/t.db", dir.display());
-        {
-            let s = Store::open(&url).await.unwrap();
-            assert!(
-                s.create_stream_if_absent("demo", "h1", "demo")
-                    .await
-                    .unwrap()
-            );
-            assert!(
-                !s.create_stream_if_absent("demo", "h2", "demo")
-                    .await
-                    .unwrap()
-            );
-            s.upsert_stream("cfg", Some("T"), "h3", "config")
-                .await
-                .unwrap();
-        }
-        let s = Store::open(&url).await.unwrap();
-        let rows = s.streams().await.unwrap();
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[1].name, "demo");
-        assert_eq!(rows[1].key_hash, "h1");
-        assert_eq!(rows[0].title.as_deref(), Some("T"));
-        std::fs::remove_dir_all(&dir).ok();
+    async fn unsupported_url_is_refused_by_name() {
+        let e = Store::open("mysql://root:pw@localhost/rc")
+            .await
+            .err()
+            .unwrap();
+        let text = e.to_string();
+        assert!(text.contains("mysql://root:***@localhost/rc"), "{text}");
+        assert!(!text.contains("pw@"), "{text}");
     }
 }

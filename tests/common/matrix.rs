@@ -42,23 +42,30 @@ pub struct MatrixEnv {
     pub matrix_extra: String,
     /// roomcast's `public_url` is its real address (see [`MatrixEnv::start_browsable`]).
     pub browsable: bool,
+    /// `storage.database_url` (default: SQLite in `state`).
+    pub database_url: Option<String>,
 }
 
 impl MatrixEnv {
     /// Writes the registration with `roomcast registration`, starts Synapse
     /// with it, then roomcast, and waits until roomcast pinged Synapse.
     pub fn start(matrix_extra: &str) -> MatrixEnv {
-        MatrixEnv::start_inner(matrix_extra, false)
+        MatrixEnv::start_inner(matrix_extra, false, None)
+    }
+
+    /// Like [`MatrixEnv::start`], with roomcast's state in this database.
+    pub fn start_with_database(matrix_extra: &str, database_url: Option<String>) -> MatrixEnv {
+        MatrixEnv::start_inner(matrix_extra, false, database_url)
     }
 
     /// Like [`MatrixEnv::start`], with roomcast's `public_url` set to its real
     /// address, so the widget URL and links the bot writes into rooms open in a
     /// browser.
     pub fn start_browsable(matrix_extra: &str) -> MatrixEnv {
-        MatrixEnv::start_inner(matrix_extra, true)
+        MatrixEnv::start_inner(matrix_extra, true, None)
     }
 
-    fn start_inner(matrix_extra: &str, browsable: bool) -> MatrixEnv {
+    fn start_inner(matrix_extra: &str, browsable: bool, database_url: Option<String>) -> MatrixEnv {
         let state = TempDir::new("roomcast-mx");
         // Held until Synapse has its port, so the two never get the same one.
         let hold = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -86,6 +93,7 @@ impl MatrixEnv {
             server: None,
             matrix_extra: matrix_extra.to_string(),
             browsable,
+            database_url,
         };
         env.start_roomcast();
         env
@@ -102,6 +110,7 @@ impl MatrixEnv {
             public_url: self
                 .browsable
                 .then(|| format!("http://127.0.0.1:{}", self.http_port)),
+            database_url: self.database_url.clone(),
             extra_toml: format!(
                 "[matrix]\nhomeserver_url = \"{}\"\nserver_name = \"{SERVER_NAME}\"\nregistration = \"{}\"\n{}\n",
                 self.synapse.base_url(),

@@ -14,6 +14,7 @@
 pub mod control;
 pub mod http;
 pub mod matrix;
+pub mod postgres;
 pub mod publishers;
 pub mod rtmp;
 pub mod synapse;
@@ -322,6 +323,8 @@ pub struct ServerOpts {
     /// set it to the server's real address when a browser must open the links
     /// roomcast writes (the widget URL in a room, go-live links).
     pub public_url: Option<String>,
+    /// `storage.database_url` (default: SQLite in the state directory).
+    pub database_url: Option<String>,
 }
 
 impl Default for ServerOpts {
@@ -340,6 +343,7 @@ impl Default for ServerOpts {
             http_listen: None,
             state_dir: None,
             public_url: None,
+            database_url: None,
         }
     }
 }
@@ -420,7 +424,10 @@ impl Server {
                 (Some(d), p)
             }
         };
-        let db = state_dir.join("roomcast.db");
+        let db = opts
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", state_dir.join("roomcast.db").display()));
         let mut toml = format!(
             "public_url = \"{}\"\n\
              [http]\nlisten = \"{}\"\n{}\n\
@@ -428,7 +435,7 @@ impl Server {
              [ome]\nlisten = \"127.0.0.1:0\"\n{}\n\
              [webrtc]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\npublic_ips = []\n\
              tcp_force = {}\n{}\n\
-             [storage]\ndatabase_url = \"sqlite://{}\"\n",
+             [storage]\ndatabase_url = \"{}\"\n",
             opts.public_url
                 .as_deref()
                 .unwrap_or("http://127.0.0.1:8080"),
@@ -438,7 +445,7 @@ impl Server {
             opts.ome_extra,
             opts.tcp_force,
             opts.webrtc_extra,
-            db.display()
+            db
         );
         for (name, key) in &opts.streams {
             toml.push_str(&format!(
