@@ -33,6 +33,8 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 # The TLS tests make certificates and read the served one with openssl.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The storage tests run a private PostgreSQL cluster (initdb + postgres).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)

@@ -61,6 +61,9 @@ pub struct HttpConfig {
     pub tls_listen: Option<SocketAddr>,
     /// Largest request body accepted (SDP offers, JSON), in bytes.
     pub max_body_bytes: usize,
+    /// Reverse proxies whose `X-Forwarded-For` / `X-Real-IP` name the client
+    /// (for per-address limits). Default: this host only.
+    pub trusted_proxies: Vec<crate::web::IpNet>,
 }
 
 impl Default for HttpConfig {
@@ -69,6 +72,10 @@ impl Default for HttpConfig {
             listen: "0.0.0.0:8080".parse().expect("valid literal"),
             tls_listen: None,
             max_body_bytes: 64 * 1024,
+            trusted_proxies: ["127.0.0.1", "::1"]
+                .iter()
+                .map(|s| s.parse().expect("valid literal"))
+                .collect(),
         }
     }
 }
@@ -687,6 +694,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("webrtc.workers"), "{e}");
+        let e = load("[http]\ntrusted_proxies = [\"10.0.0.0/40\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("trusted_proxies") && e.contains("prefix length"),
+            "{e}"
+        );
+        let e = load("[storage]\ndatabase_url = \"mysql://u:pw@h/db\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("storage.database_url") && e.contains("u:***@h") && !e.contains("pw"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_from_the_environment() {
+        let c = load(
+            "",
+            &[(
+                "ROOMCAST_HTTP__TRUSTED_PROXIES",
+                "[\"10.0.0.0/8\", \"fd00::/8\"]",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.http.trusted_proxies.len(), 2);
+        assert!(c.http.trusted_proxies[0].contains("10.9.8.7".parse().unwrap()));
+        let d = Config::load(None, Vec::new()).unwrap();
+        assert!(d.http.trusted_proxies[0].contains("127.0.0.1".parse().unwrap()));
     }
 }
 

@@ -401,6 +401,38 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
         "an invalid stream name in the namespace is not created"
     );
 
+    // --- per-address guest limits behind a reverse proxy -------------------------------------------
+    // 127.0.0.1 is a trusted proxy by default, so the client is the last
+    // X-Forwarded-For hop (the first ones are whatever the client claimed):
+    // distinct clients get their own allowance (10 new guests at once), and
+    // one client does not get more than its own.
+    let server = env.server();
+    let new_guest = |forwarded_for: &str| {
+        post(
+            server,
+            "/api/v1/guests",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Forwarded-For", forwarded_for),
+            ],
+            br#"{"name": "Dee"}"#,
+        )
+    };
+    for i in 0..12 {
+        let r = new_guest(&format!("6.6.6.6, 198.51.100.{i}"));
+        assert_eq!(r.status, 201, "forwarded client {i}: {}", r.text());
+    }
+    for i in 0..10 {
+        let r = new_guest("203.0.113.5");
+        assert_eq!(r.status, 201, "guest {i} of one client: {}", r.text());
+    }
+    let r = new_guest("1.1.1.1, 203.0.113.5");
+    assert_eq!(
+        assert_json_error(&r, 429, "an 11th guest from one address")["code"],
+        "rate_limited"
+    );
+    assert!(r.header("retry-after").is_some(), "429 without Retry-After");
+
     let mut s = env.server;
     s.as_mut()
         .unwrap()

@@ -38,6 +38,18 @@ fn post_json(server: &Server, path: &str, token: Option<&str>, body: &Value) -> 
 }
 
 /// Go-live notices of the room (not their edits).
+/// ffmpeg publishing 640×360 to the stream of `key` over RTMP.
+fn publish(server: &Server, key: &str) -> Publisher {
+    Publisher::ffmpeg(
+        &server.rtmp_url(key),
+        FfmpegOpts {
+            width: 640,
+            height: 360,
+            ..FfmpegOpts::default()
+        },
+    )
+}
+
 fn golive_notices(user: &MxUser, room: &str, bot: &str) -> Vec<Value> {
     user.messages_from(room, bot)
         .into_iter()
@@ -66,6 +78,8 @@ fn stream_room_lifecycle() {
 /// What [`lifecycle`] leaves behind for backend-specific checks.
 struct Lifecycle {
     env: MatrixEnv,
+    /// The room's creator (an admin of the room).
+    alice: MxUser,
     room: String,
     key: String,
     _ffmpeg: Publisher,
@@ -142,14 +156,7 @@ fn lifecycle(mut env: MatrixEnv) -> Lifecycle {
     );
 
     // --- publish with the DM'd key: exactly one notice + state event ---------------
-    let mut ffmpeg = Publisher::ffmpeg(
-        &server.rtmp_url(&key),
-        FfmpegOpts {
-            width: 640,
-            height: 360,
-            ..FfmpegOpts::default()
-        },
-    );
+    let mut ffmpeg = publish(server, &key);
     server.wait_live("show", LIVE_TIMEOUT);
     let notice = alice.wait_message(&room, &bot, "is live");
     assert_eq!(notice["content"]["msgtype"], "m.notice");
@@ -404,14 +411,7 @@ fn lifecycle(mut env: MatrixEnv) -> Lifecycle {
     assert_eq!(snap["description"], "Live coding");
     let history = Sse::open(server, "show");
     history.wait("chat", MX_TIMEOUT, |d| d["id"] == hello.as_str());
-    let ffmpeg2 = Publisher::ffmpeg(
-        &server.rtmp_url(&key),
-        FfmpegOpts {
-            width: 640,
-            height: 360,
-            ..FfmpegOpts::default()
-        },
-    );
+    let ffmpeg2 = publish(server, &key);
     server.wait_live("show", LIVE_TIMEOUT);
     wait_until(
         "a second go-live notice after the restart",
@@ -428,6 +428,7 @@ fn lifecycle(mut env: MatrixEnv) -> Lifecycle {
     );
     Lifecycle {
         env,
+        alice,
         room,
         key,
         _ffmpeg: ffmpeg2,
@@ -437,7 +438,8 @@ fn lifecycle(mut env: MatrixEnv) -> Lifecycle {
 /// The same flow with `database_url = "postgres://…"` against a real
 /// PostgreSQL; then the database goes away for a while: roomcast keeps serving,
 /// the homeserver's transactions are refused (so it retries) and applied once
-/// the database is back.
+/// the database is back, and a stream that went live meanwhile gets exactly one
+/// go-live notice.
 #[test]
 fn stream_room_lifecycle_on_postgres() {
     let _serial = serial();
@@ -446,11 +448,13 @@ fn stream_room_lifecycle_on_postgres() {
     let env = MatrixEnv::start_with_database("golive_delay_ms = 1500", Some(url));
     let Lifecycle {
         env,
+        alice,
         room,
         key,
-        _ffmpeg,
+        _ffmpeg: ffmpeg,
     } = lifecycle(env);
     let server = env.server();
+    let bot = env.bot_id();
 
     // It really was PostgreSQL: the rows are there, SQLite was never touched.
     assert!(
@@ -494,9 +498,17 @@ fn stream_room_lifecycle_on_postgres() {
         "the database password was logged"
     );
 
+    // The stream ends while the database is still there.
+    drop(ffmpeg);
+    wait_until("the stream state event to say offline", MX_TIMEOUT, || {
+        alice
+            .state(&room, "io.roomcast.stream", "show")
+            .filter(|s| s["state"] == "offline")
+    });
+    assert_eq!(golive_notices(&alice, &room, &bot).len(), 2);
+
     // --- the database goes away ----------------------------------------------------------------
     pg.stop();
-    let alice = env.user("alice");
     let from = server.log_lines().len();
     alice.set_state(
         &room,
@@ -511,11 +523,14 @@ fn stream_room_lifecycle_on_postgres() {
     );
     // Everyone else is still served: the page API, health, the live stream.
     assert_eq!(server.get("/healthz").status, 200);
-    assert_eq!(api(server, "/api/v1/streams/show")["live"], true);
     assert_eq!(
         api(server, "/api/v1/streams/show")["title"],
         "Friday Night Show"
     );
+    // Publishing does not need the database; the go-live notice waits for it.
+    let _ffmpeg3 = publish(server, &key);
+    server.wait_live("show", LIVE_TIMEOUT);
+    server.wait_for_log_from(from, "cannot queue the go-live notice yet", MX_TIMEOUT);
 
     // --- and comes back: the homeserver's retry is applied, once --------------------------------
     let titles = Sse::open(server, "show");
@@ -529,6 +544,23 @@ fn stream_room_lifecycle_on_postgres() {
     assert_eq!(
         pg.psql("roomcast", "SELECT title FROM streams WHERE name = 'show'"),
         "Back On Postgres"
+    );
+    server.wait_for_log_from(
+        from,
+        "go-live notice queued after the database came back",
+        MX_TIMEOUT,
+    );
+    wait_until("the outbox to drain", MX_TIMEOUT, || {
+        (pg.psql(
+            "roomcast",
+            "SELECT count(*) FROM matrix_outbox WHERE done_at IS NULL",
+        ) == "0")
+            .then_some(())
+    });
+    assert_eq!(
+        golive_notices(&alice, &room, &bot).len(),
+        3,
+        "exactly one go-live notice for the stream that started during the outage"
     );
     server.assert_no_key_logged();
 }

@@ -8,7 +8,7 @@ mod common;
 
 use common::TempDir;
 use common::postgres::Postgres;
-use roomcast::store::matrix::{RoomFlag, RoomText};
+use roomcast::store::matrix::{NewOutbox, RoomFlag, RoomText};
 use roomcast::store::{Backend, Store};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -247,14 +247,24 @@ async fn exercise(store: &Store) {
     );
 
     // --- outbox --------------------------------------------------------------------------
-    let n1 = store
-        .enqueue_outbox("notice", "!a:hs", "demo", "s1", "{\"a\":1}", "txn-1")
+    let item = |kind, payload: &str, txn: &str| NewOutbox {
+        kind,
+        room_id: "!a:hs",
+        stream: "demo",
+        session: "s1",
+        payload: payload.to_string(),
+        txn_id: txn.to_string(),
+    };
+    let ids = store
+        .enqueue_outbox(&[
+            item("notice", "{\"a\":1}", "txn-1"),
+            item("state", "{}", "txn-2"),
+        ])
         .await
         .unwrap();
-    let n2 = store
-        .enqueue_outbox("state", "!a:hs", "demo", "s1", "{}", "txn-2")
-        .await
-        .unwrap();
+    let [n1, n2] = ids[..] else {
+        panic!("two ids for two items: {ids:?}")
+    };
     assert!(n2 > n1, "outbox ids increase: {n1} then {n2}");
     store.outbox_attempted(n1).await.unwrap();
     store.outbox_attempted(n1).await.unwrap();

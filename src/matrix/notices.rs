@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::{HsError, Matrix, MatrixError};
 use crate::hub::HubEvent;
-use crate::store::matrix::OutboxRow;
+use crate::store::matrix::{NewOutbox, OutboxRow};
 
 /// State event type of a stream (state_key = stream name).
 pub const STREAM_STATE_TYPE: &str = "io.roomcast.stream";
@@ -141,9 +141,10 @@ impl Matrix {
                     _ => return,
                 }
             };
-            if let Err(e) = me.enqueue_live(&stream, &id, started).await {
-                warn!(stream = %stream, "matrix: cannot queue the go-live notice: {e}");
-            }
+            queue_durably("go-live notice", &stream, || {
+                me.enqueue_live(&stream, &id, started)
+            })
+            .await;
         });
     }
 
@@ -178,9 +179,10 @@ impl Matrix {
                 .offline_since
                 .unwrap_or_else(Instant::now)
                 .saturating_duration_since(s.started_at);
-            if let Err(e) = me.enqueue_ended(&stream, &s.id, ran, s.peak).await {
-                warn!(stream = %stream, "matrix: cannot queue the stream-ended notice: {e}");
-            }
+            queue_durably("stream-ended notice", &stream, || {
+                me.enqueue_ended(&stream, &s.id, ran, s.peak)
+            })
+            .await;
         });
     }
 
@@ -206,14 +208,7 @@ impl Matrix {
         let session = format!("state-{}", ms_since_epoch(SystemTime::now()));
         let payload = self.stream_state(stream, live, None).to_string();
         self.store
-            .enqueue_outbox(
-                "state",
-                &m.room_id,
-                stream,
-                &session,
-                &payload,
-                &new_txn_id(),
-            )
+            .enqueue_outbox(&[outbox_item("state", &m.room_id, stream, &session, payload)])
             .await?;
         self.notices.wake();
         Ok(())
@@ -238,19 +233,12 @@ impl Matrix {
             "watch_url": self.watch_url(stream),
             "mention": room.notify,
         });
-        self.store
-            .enqueue_outbox(
-                "notice",
-                &m.room_id,
-                stream,
-                session,
-                &notice.to_string(),
-                &new_txn_id(),
-            )
-            .await?;
         let state = self.stream_state(stream, true, Some(started)).to_string();
         self.store
-            .enqueue_outbox("state", &m.room_id, stream, session, &state, &new_txn_id())
+            .enqueue_outbox(&[
+                outbox_item("notice", &m.room_id, stream, session, notice.to_string()),
+                outbox_item("state", &m.room_id, stream, session, state),
+            ])
             .await?;
         info!(stream = %stream, room = %m.room_id, "matrix: go-live notice queued");
         self.notices.wake();
@@ -278,19 +266,12 @@ impl Matrix {
             "peak": peak,
             "watch_url": self.watch_url(stream),
         });
-        self.store
-            .enqueue_outbox(
-                "ended",
-                &m.room_id,
-                stream,
-                session,
-                &ended.to_string(),
-                &new_txn_id(),
-            )
-            .await?;
         let state = self.stream_state(stream, false, None).to_string();
         self.store
-            .enqueue_outbox("state", &m.room_id, stream, session, &state, &new_txn_id())
+            .enqueue_outbox(&[
+                outbox_item("ended", &m.room_id, stream, session, ended.to_string()),
+                outbox_item("state", &m.room_id, stream, session, state),
+            ])
             .await?;
         info!(stream = %stream, duration_s = ran.as_secs(), peak, "matrix: stream-ended notice queued");
         self.notices.wake();
@@ -472,6 +453,55 @@ impl Matrix {
 
 fn json_err(e: serde_json::Error) -> MatrixError {
     MatrixError::Hs(HsError::Protocol(e.to_string()))
+}
+
+fn outbox_item<'a>(
+    kind: &'a str,
+    room_id: &'a str,
+    stream: &'a str,
+    session: &'a str,
+    payload: String,
+) -> NewOutbox<'a> {
+    NewOutbox {
+        kind,
+        room_id,
+        stream,
+        session,
+        payload,
+        txn_id: new_txn_id(),
+    }
+}
+
+/// After this long a go-live notice is stale: stop trying to queue it.
+const QUEUE_GIVE_UP: Duration = Duration::from_secs(3600);
+
+/// Runs `queue` until it succeeds: a notice must not be lost because the
+/// database was away (a PostgreSQL restart) when the stream went live. Each
+/// call queues atomically, so a retry never queues anything twice.
+async fn queue_durably<F, Fut>(what: &str, stream: &str, mut queue: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), MatrixError>>,
+{
+    let first = Instant::now();
+    let mut delay = Duration::from_secs(1);
+    let mut failed = false;
+    loop {
+        let Err(e) = queue().await else {
+            if failed {
+                info!(stream = %stream, "matrix: {what} queued after the database came back");
+            }
+            return;
+        };
+        failed = true;
+        if first.elapsed() >= QUEUE_GIVE_UP {
+            warn!(stream = %stream, "matrix: giving up on the {what}: {e}");
+            return;
+        }
+        warn!(stream = %stream, retry_in_s = delay.as_secs(), "matrix: cannot queue the {what} yet: {e}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
 }
 
 pub fn new_txn_id() -> String {

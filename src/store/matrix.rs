@@ -30,6 +30,17 @@ pub struct GuestRow {
     pub name: String,
 }
 
+/// One thing to tell the homeserver, as queued.
+#[derive(Debug, Clone)]
+pub struct NewOutbox<'a> {
+    pub kind: &'a str,
+    pub room_id: &'a str,
+    pub stream: &'a str,
+    pub session: &'a str,
+    pub payload: String,
+    pub txn_id: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
     pub id: i64,
@@ -386,29 +397,31 @@ impl Store {
 
     // --- outbox ------------------------------------------------------------------
 
-    pub async fn enqueue_outbox(
-        &self,
-        kind: &str,
-        room_id: &str,
-        stream: &str,
-        session: &str,
-        payload: &str,
-        txn_id: &str,
-    ) -> Result<i64, StoreError> {
-        let r = sqlx::query(
-            "INSERT INTO matrix_outbox (kind, room_id, stream, session, payload, txn_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(kind)
-        .bind(room_id)
-        .bind(stream)
-        .bind(session)
-        .bind(payload)
-        .bind(txn_id)
-        .bind(unix_now())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(r.try_get("id")?)
+    /// Queues items in one transaction: a notice and its state event are
+    /// queued together or not at all, so retrying a failed call cannot queue
+    /// a notice twice. Returns their ids, in order.
+    pub async fn enqueue_outbox(&self, items: &[NewOutbox<'_>]) -> Result<Vec<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut ids = Vec::with_capacity(items.len());
+        for item in items {
+            let r = sqlx::query(
+                "INSERT INTO matrix_outbox
+                     (kind, room_id, stream, session, payload, txn_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            )
+            .bind(item.kind)
+            .bind(item.room_id)
+            .bind(item.stream)
+            .bind(item.session)
+            .bind(item.payload.as_str())
+            .bind(item.txn_id.as_str())
+            .bind(unix_now())
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push(r.try_get("id")?);
+        }
+        tx.commit().await?;
+        Ok(ids)
     }
 
     pub async fn pending_outbox(&self) -> Result<Vec<OutboxRow>, StoreError> {

@@ -139,7 +139,7 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        info!(backend = backend.name(), url = %redact_url(url), "storage: database ready");
+        info!(backend = %backend.name(), url = %redact_url(url), "storage: database ready");
         Ok(Store { pool, backend })
     }
 

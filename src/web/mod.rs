@@ -1,6 +1,7 @@
 //! HTTP: the axum router for the API, SSE, metrics, WHIP, WHEP and the web pages.
 
 mod api;
+mod client_addr;
 pub mod error;
 mod events;
 mod pages;
@@ -13,6 +14,7 @@ use axum::http::{HeaderName, Method, header};
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::server::App;
+pub use client_addr::{IpNet, client_addr};
 pub use error::ApiError;
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:

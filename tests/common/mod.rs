@@ -202,7 +202,10 @@ impl Lines {
         self.len() == 0
     }
     fn open_writer(&self) {
-        self.inner.lock().unwrap().open += 1;
+        let mut g = self.inner.lock().unwrap();
+        g.open += 1;
+        // A restarted process writes into the same buffer again.
+        g.closed = false;
     }
     fn close(&self) {
         let mut g = self.inner.lock().unwrap();

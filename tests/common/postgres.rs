@@ -154,32 +154,39 @@ impl Postgres {
         });
         assert!(
             ready.is_some(),
-            "postgres did not start within {PG_START_TIMEOUT:?}; log:\n{}",
+            "postgres exited or was not ready within {PG_START_TIMEOUT:?}; log:\n{}",
             self.log.tail(40)
         );
         eprintln!("[harness] postgres up on port {}", self.port);
     }
 
-    /// Creates a database and returns roomcast's `database_url` for it.
-    pub fn create_database(&self, name: &str) -> String {
-        let out = Command::new(self.bin.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                PG_USER,
-                name,
-            ])
-            .env("PGPASSWORD", &self.password)
+    /// A client tool (createdb, psql) pointed at this server as [`PG_USER`].
+    fn client(&self, tool: &str) -> Command {
+        let mut c = Command::new(self.bin.join(tool));
+        c.args(["-h", "127.0.0.1", "-U", PG_USER, "-p"])
+            .arg(self.port.to_string())
+            .env("PGPASSWORD", &self.password);
+        c
+    }
+
+    /// Runs a client tool and returns its output, failing the test if it fails.
+    fn run_client(&self, tool: &str, args: &[&str]) -> String {
+        let out = self
+            .client(tool)
+            .args(args)
             .output()
-            .expect("run createdb");
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
         assert!(
             out.status.success(),
-            "createdb {name} failed: {}",
+            "{tool} {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Creates a database and returns roomcast's `database_url` for it.
+    pub fn create_database(&self, name: &str) -> String {
+        self.run_client("createdb", &[name]);
         self.url(name)
     }
 
@@ -196,35 +203,18 @@ impl Postgres {
 
     /// Runs one SQL statement with psql and returns its unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                PG_USER,
-            ])
-            .args([
-                "-d",
-                db,
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .env("PGPASSWORD", &self.password)
-            .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "psql {sql:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let args = [
+            "-d",
+            db,
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ];
+        self.run_client("psql", &args)
     }
 
     /// Fast shutdown (SIGINT: clients are disconnected, nothing committed is lost).
