@@ -269,7 +269,7 @@ impl Default for HlsConfig {
     fn default() -> Self {
         HlsConfig {
             enabled: true,
-            part_target_ms: 250,
+            part_target_ms: 200,
             segment_target_ms: 1000,
             window_segments: 6,
             idle_timeout_secs: 30,

@@ -484,3 +484,288 @@ impl Segmenter {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::hls::fmp4::tests::sps_pps;
+    use crate::egress::hls::playlist::Wait;
+    use crate::media::rtp_h264::H264Packetizer;
+    use mp4_atom::{Any, Decode, Moof};
+    use std::time::Duration;
+
+    fn params() -> Params {
+        Params {
+            part_target: 0.2,
+            segment_target: 1.0,
+            window: 3,
+        }
+    }
+
+    /// A 30 fps publisher with a keyframe every `gop` frames and 20 ms Opus.
+    struct Source {
+        packetizer: H264Packetizer,
+        sps: Bytes,
+        pps: Bytes,
+        frame: u64,
+        gop: u64,
+        /// RTP time offset (the hub's timeline continues across publishers).
+        base: u64,
+        audio: u64,
+        t0: SystemTime,
+    }
+
+    impl Source {
+        fn new(gop: u64, base: u64) -> Source {
+            let (sps, pps) = sps_pps();
+            Source {
+                packetizer: H264Packetizer::new(1200),
+                sps: Bytes::from(sps),
+                pps: Bytes::from(pps),
+                frame: 0,
+                gop,
+                base,
+                audio: 0,
+                t0: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            }
+        }
+
+        /// Pushes one video frame and the audio up to its time.
+        fn step(&mut self, s: &mut Segmenter, publisher: u64) -> bool {
+            let key = self.frame % self.gop == 0;
+            let t = self.base + self.frame * 3000;
+            let nal = if key {
+                Bytes::from([&[0x65u8][..], &vec![0xaa; 3000][..]].concat())
+            } else {
+                Bytes::from([&[0x41u8][..], &vec![0xbb; 700][..]].concat())
+            };
+            let mut out = Vec::new();
+            let (sps, pps) = ([self.sps.clone()], [self.pps.clone()]);
+            self.packetizer
+                .packetize(&[nal], key.then_some((&sps[..], &pps[..])), &mut out);
+            let wall = self.t0 + Duration::from_micros(t * 100 / 9);
+            let mut changed = s.push_video(
+                publisher,
+                t as u32,
+                key,
+                out.iter().map(|b| &b[..]),
+                wall,
+                true,
+            );
+            // Audio on the same timeline: 48 kHz = 90 kHz × 8/15.
+            while self.base * 8 / 15 + self.audio * 960 <= t * 8 / 15 {
+                let at = self.base * 8 / 15 + self.audio * 960;
+                changed |= s.push_audio(publisher, at as u32, &[0xfc, 1, 2, 3], wall, true);
+                self.audio += 1;
+            }
+            self.frame += 1;
+            changed
+        }
+    }
+
+    fn moof(part: &Bytes) -> Moof {
+        match Any::decode(&mut std::io::Cursor::new(&part[..])).unwrap() {
+            Any::Moof(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn segments_at_keyframes_parts_within_target_times_continuous() {
+        let mut s = Segmenter::new(params());
+        let mut src = Source::new(30, 900_000);
+        for _ in 0..(30 * 6 + 1) {
+            src.step(&mut s, 1);
+        }
+        let p = &s.playlist;
+        // 6 s of 1 s GOPs: segments 0..=5 complete, 6 open; window keeps 3.
+        assert_eq!(p.last_msn(), Some(6));
+        assert!(p.is_gone(2) && !p.is_gone(3));
+        let mut next_vtime = None;
+        let mut next_atime = None;
+        for msn in 3..=5 {
+            let seg = p.complete_segment(msn).expect("complete");
+            assert!((seg.duration() - 1.0).abs() < 1e-9, "{}", seg.duration());
+            // 1 s of 30 fps in 200 ms parts of 6 frames.
+            assert_eq!(seg.parts.len(), 5, "{:?}", seg.parts.iter().map(|p| p.duration).collect::<Vec<_>>());
+            for (i, part) in seg.parts.iter().enumerate() {
+                assert!(part.duration <= 0.2 + 1e-9 && part.duration >= 0.85 * 0.2 - 1e-9, "{}", part.duration);
+                assert_eq!(part.independent, i == 0);
+                let m = moof(&part.data);
+                let v = &m.traf[0];
+                assert_eq!(v.tfhd.track_id, VIDEO_TRACK);
+                let vt = v.tfdt.as_ref().unwrap().base_media_decode_time;
+                if let Some(n) = next_vtime {
+                    assert_eq!(vt, n, "video tfdt continues the previous part");
+                }
+                let entries: Vec<_> = v.trun[0].samples.iter().collect();
+                assert!(entries.iter().all(|e| e.duration == Some(3000)));
+                assert_eq!(entries[0].flags == Some(fmp4::FLAGS_SYNC), i == 0);
+                let dur: u64 = entries.iter().map(|e| u64::from(e.duration.unwrap())).sum();
+                assert!((dur as f64 / 90_000.0 - part.duration).abs() < 1e-9);
+                next_vtime = Some(vt + dur);
+                let a = &m.traf[1];
+                assert_eq!(a.tfhd.track_id, AUDIO_TRACK);
+                let at = a.tfdt.as_ref().unwrap().base_media_decode_time;
+                if let Some(n) = next_atime {
+                    assert_eq!(at, n, "audio tfdt continues the previous part");
+                }
+                let adur: u64 = a.trun[0].samples.iter().map(|e| u64::from(e.duration.unwrap())).sum();
+                next_atime = Some(at + adur);
+                // Audio and video start together (same timeline, 1 s = 90000 = 48000).
+                assert!((at as f64 / 48_000.0 - vt as f64 / 90_000.0).abs() < 0.021);
+            }
+        }
+        assert_eq!(s.stats.frames_dropped, 0);
+    }
+
+    #[test]
+    fn long_gop_makes_longer_segments_and_target_duration_grows() {
+        let mut s = Segmenter::new(params());
+        let mut src = Source::new(60, 0);
+        for _ in 0..(60 * 3 + 1) {
+            src.step(&mut s, 1);
+        }
+        let seg = s.playlist.complete_segment(1).unwrap();
+        assert!((seg.duration() - 2.0).abs() < 1e-9);
+        assert_eq!(s.playlist.target_duration(), 2);
+        let text = s.playlist.render(5, "");
+        assert!(text.contains("#EXT-X-TARGETDURATION:2\n"), "{text}");
+    }
+
+    #[test]
+    fn takeover_waits_for_keyframe_and_marks_a_discontinuity() {
+        let mut s = Segmenter::new(params());
+        let mut a = Source::new(30, 0);
+        for _ in 0..45 {
+            a.step(&mut s, 1);
+        }
+        assert_eq!(s.playlist.last_msn(), Some(1));
+        // A second publisher starts mid-GOP: its frames wait for its keyframe.
+        let mut b = Source::new(30, 45 * 3000 + 90_000);
+        b.frame = 20;
+        for _ in 0..10 {
+            b.step(&mut s, 2);
+        }
+        assert!(!s.playlist.is_segment_open(), "nothing before B's keyframe");
+        assert!(s.stats.frames_dropped >= 10);
+        for _ in 0..40 {
+            b.step(&mut s, 2);
+        }
+        let text = s.playlist.render(5, "?access=tok");
+        let disc = text.find("#EXT-X-DISCONTINUITY\n").expect(&text);
+        // Same codec parameters: same init, no second EXT-X-MAP.
+        assert_eq!(text.matches("#EXT-X-MAP").count(), 1, "{text}");
+        assert!(text[disc..].contains("INDEPENDENT=YES"));
+        assert!(text.contains("URI=\"init-5-0.mp4?access=tok\""));
+        assert!(text.contains("seg-5-0.m4s?access=tok\n"));
+    }
+
+    #[test]
+    fn new_parameter_sets_make_a_new_init() {
+        let mut s = Segmenter::new(params());
+        let mut a = Source::new(30, 0);
+        for _ in 0..31 {
+            a.step(&mut s, 1);
+        }
+        // The same publisher switches resolution: another SPS at a keyframe.
+        let mut sps = a.sps.to_vec();
+        let last = sps.len() - 2;
+        sps[last] ^= 0x10;
+        if crate::media::h264::parse_sps(&sps).is_err() {
+            // Tweak the level instead (byte 3) if that broke the SPS.
+            sps = a.sps.to_vec();
+            sps[3] = 0x20;
+        }
+        a.sps = Bytes::from(sps);
+        for _ in 0..31 {
+            a.step(&mut s, 1);
+        }
+        let text = s.playlist.render(1, "");
+        assert!(text.contains("#EXT-X-MAP:URI=\"init-1-1.mp4\""), "{text}");
+        assert!(text.contains("#EXT-X-DISCONTINUITY\n"), "{text}");
+        assert!(s.playlist.init(0).is_some() && s.playlist.init(1).is_some());
+    }
+
+    #[test]
+    fn blocking_reload_rules_and_rendered_tags() {
+        let mut s = Segmenter::new(params());
+        assert_eq!(s.playlist.wait_for(0, Some(0)), Wait::Pending);
+        assert_eq!(s.playlist.wait_for(9, None), Wait::TooFar);
+        let mut src = Source::new(30, 0);
+        for _ in 0..40 {
+            src.step(&mut s, 1);
+        }
+        // Segment 0 complete (5 parts), segment 1 open with one part (frames 30..35).
+        let p = &s.playlist;
+        assert_eq!(p.last_msn(), Some(1));
+        assert_eq!(p.wait_for(0, None), Wait::Ready);
+        assert_eq!(p.wait_for(1, None), Wait::Pending);
+        assert_eq!(p.wait_for(1, Some(0)), Wait::Ready);
+        assert_eq!(p.wait_for(1, Some(1)), Wait::Pending);
+        assert_eq!(p.wait_for(0, Some(7)), Wait::Ready, "segment 0 ended: 1.0 is later");
+        assert_eq!(p.wait_for(3, Some(0)), Wait::Pending);
+        assert_eq!(p.wait_for(4, None), Wait::TooFar, "more than two segments ahead");
+        assert_eq!(p.wait_for(1, Some(40)), Wait::TooFar, "beyond the advance part limit");
+        let text = p.render(9, "");
+        for tag in [
+            "#EXTM3U\n",
+            "#EXT-X-TARGETDURATION:1\n",
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.600\n",
+            "#EXT-X-PART-INF:PART-TARGET=0.200\n",
+            "#EXT-X-MEDIA-SEQUENCE:0\n",
+            "#EXT-X-MAP:URI=\"init-9-0.mp4\"\n",
+            "#EXT-X-PROGRAM-DATE-TIME:2027-01-15T08:00:00.000Z\n",
+            "#EXT-X-PART:DURATION=0.20000,URI=\"part-9-0-0.m4s\",INDEPENDENT=YES\n",
+            "#EXTINF:1.00000,\nseg-9-0.m4s\n",
+            "#EXT-X-PART:DURATION=0.20000,URI=\"part-9-1-0.m4s\",INDEPENDENT=YES\n",
+            "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-9-1-1.m4s\"\n",
+        ] {
+            assert!(text.contains(tag), "missing {tag:?} in\n{text}");
+        }
+        // Feeding on makes the hinted part appear: the pending request is ready.
+        for _ in 0..8 {
+            src.step(&mut s, 1);
+        }
+        assert_eq!(s.playlist.wait_for(1, Some(1)), Wait::Ready);
+        assert!(s.playlist.part(1, 1).is_some());
+    }
+
+    #[test]
+    fn offline_flush_closes_the_segment_and_audio_only_streams_work() {
+        let mut s = Segmenter::new(params());
+        let mut src = Source::new(30, 0);
+        for _ in 0..20 {
+            src.step(&mut s, 1);
+        }
+        assert!(s.playlist.is_segment_open());
+        assert!(s.flush());
+        assert!(!s.playlist.is_segment_open());
+        let seg = s.playlist.complete_segment(0).unwrap();
+        assert!((seg.duration() - 20.0 / 30.0).abs() < 1e-9, "{}", seg.duration());
+
+        let mut a = Segmenter::new(params());
+        let t0 = SystemTime::UNIX_EPOCH;
+        for i in 0..150u32 {
+            a.push_audio(7, i * 960, &[0xfc, 0], t0, false);
+        }
+        // 3 s of audio: 1 s segments of 20 ms packets, 200 ms parts.
+        let seg = a.playlist.complete_segment(1).unwrap();
+        assert!((seg.duration() - 1.0).abs() < 0.021, "{}", seg.duration());
+        assert!(seg.parts.iter().all(|p| p.duration <= 0.2 + 1e-9 && p.independent));
+        assert_eq!(a.codecs().as_deref(), Some("opus"));
+    }
+
+    #[test]
+    fn rtp_times_unwrap_across_the_32_bit_wrap_on_one_timeline() {
+        let mut u = Unwrap::default();
+        assert_eq!(u.unwrap(u32::MAX - 10, None), u64::from(u32::MAX) - 10);
+        assert_eq!(u.unwrap(5, None), (1 << 32) + 5);
+        assert_eq!(u.unwrap(u32::MAX - 1, None), u64::from(u32::MAX) - 1);
+        // A track starting after the other wrapped picks the same wrap count.
+        let mut v = Unwrap::default();
+        assert_eq!(v.unwrap(100, Some((1 << 32) + 50)), (1 << 32) + 100);
+        let mut w = Unwrap::default();
+        assert_eq!(w.unwrap(u32::MAX - 5, Some((1 << 32) + 50)), u64::from(u32::MAX) - 5);
+    }
+}
