@@ -46,6 +46,8 @@ const QUEUE: usize = 1024;
 const SINK_ID_BASE: u64 = 1 << 40;
 /// A first playlist request waits this long at least for the first part.
 const MIN_HOLD: Duration = Duration::from_secs(3);
+/// `PART-TARGET` = `hls.part_target_ms` × this.
+const PART_TARGET_SLACK: f64 = 1.05;
 
 pub const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 const MEDIA_TYPE: &str = "video/mp4";
@@ -115,7 +117,10 @@ impl Hls {
         Arc::new(Hls {
             enabled: cfg.enabled,
             params: Params {
-                part_target: cfg.part_target_ms as f64 / 1000.0,
+                // Advertised 5 % above the configured duration, so parts of
+                // whole frames at 24-60 fps (and millisecond-rounded RTMP
+                // times) fit under PART-TARGET and above 85 % of it.
+                part_target: cfg.part_target_ms as f64 * PART_TARGET_SLACK / 1000.0,
                 segment_target: cfg.segment_target_ms as f64 / 1000.0,
                 window: cfg.window_segments,
             },
@@ -291,14 +296,22 @@ async fn run(
             }
         }
         match f.kind {
-            Kind::Video => seg.push_video(
-                f.publisher,
-                f.rtp_time,
-                f.keyframe,
-                f.payloads.iter().map(|p| &p[..]),
-                date(f.wallclock),
-                expect.1,
-            ),
+            Kind::Video => {
+                let changed = seg.push_video(
+                    f.publisher,
+                    f.rtp_time,
+                    f.keyframe,
+                    f.payloads.iter().map(|p| &p[..]),
+                    date(f.wallclock),
+                    expect.1,
+                );
+                // WebRTC publishers send keyframes when asked (rate-limited by
+                // the hub); segments end at the first one after the target.
+                if seg.wants_keyframe() {
+                    hs.stream.request_keyframe();
+                }
+                changed
+            }
             Kind::Audio => seg.push_audio(
                 f.publisher,
                 f.rtp_time,
@@ -315,6 +328,10 @@ async fn run(
         for f in &seed {
             changed |= process(f, &mut seg);
             last_seeded = Some(f.index);
+        }
+        if seed.is_empty() {
+            // Nothing cached to start from: ask a WebRTC publisher for a keyframe.
+            hs.stream.request_keyframe();
         }
         drop(seg);
         if changed {

@@ -147,6 +147,19 @@ impl Segmenter {
         }
     }
 
+    /// Whether a keyframe is due: nothing can be added before one, or the
+    /// segment reached its target. WebRTC publishers send keyframes when
+    /// asked (the driver asks the hub); RTMP ones on their own interval.
+    pub fn wants_keyframe(&self) -> bool {
+        let video = self.tracks.as_ref().is_none_or(|t| t.video.is_some());
+        video
+            && (self.waiting_keyframe
+                || self
+                    .segment_start
+                    .zip(self.last_vdts)
+                    .is_some_and(|(s, t)| t.saturating_sub(s) + self.frame_ticks >= self.segment_target))
+    }
+
     /// The codec of the current init, e.g. `avc1.64001f,opus`.
     pub fn codecs(&self) -> Option<String> {
         self.tracks.as_ref().map(Tracks::codecs)
