@@ -820,14 +820,20 @@ mod example_tests {
     fn hls_section_and_env() {
         let c = super::Config::load(
             None,
-            vec![("ROOMCAST_HLS__PART_TARGET_MS".to_string(), "200".to_string())],
+            vec![(
+                "ROOMCAST_HLS__PART_TARGET_MS".to_string(),
+                "200".to_string(),
+            )],
         )
         .unwrap();
         assert_eq!(c.hls.part_target_ms, 200);
         assert!(c.hls.enabled);
         let e = super::Config::load(
             None,
-            vec![("ROOMCAST_HLS__SEGMENT_TARGET_MS".to_string(), "300".to_string())],
+            vec![(
+                "ROOMCAST_HLS__SEGMENT_TARGET_MS".to_string(),
+                "300".to_string(),
+            )],
         )
         .unwrap_err()
         .to_string();

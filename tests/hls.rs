@@ -215,7 +215,10 @@ fn ll_hls_playlist_blocking_reload_media_and_errors_while_whep_plays() {
     let t0 = Instant::now();
     let want = first.media_sequence + 3;
     let p = block_for_segment(&server, STREAM, want);
-    println!("blocking reloads for segment {want} took {:?}", t0.elapsed());
+    println!(
+        "blocking reloads for segment {want} took {:?}",
+        t0.elapsed()
+    );
     assert!(p.segments.iter().any(|s| s.0 == want), "{}", p.text);
     println!("playlist:\n{}", p.text);
 
@@ -237,7 +240,11 @@ fn ll_hls_playlist_blocking_reload_media_and_errors_while_whep_plays() {
     }
     for (msn, idx, dur, independent, uri) in &p.parts {
         assert!(*dur <= p.part_target + 1e-3, "{uri}: {dur} > PART-TARGET");
-        assert_eq!(*independent, *idx == 0, "{uri} INDEPENDENT (segments start with a keyframe)");
+        assert_eq!(
+            *independent,
+            *idx == 0,
+            "{uri} INDEPENDENT (segments start with a keyframe)"
+        );
         let pos = part_position(uri);
         assert_eq!(pos, (*msn, *idx), "{uri}");
     }
@@ -245,7 +252,10 @@ fn ll_hls_playlist_blocking_reload_media_and_errors_while_whep_plays() {
     for (msn, dur, _) in &p.segments {
         let parts: f64 = p.parts.iter().filter(|x| x.0 == *msn).map(|x| x.2).sum();
         if parts > 0.0 {
-            assert!((parts - dur).abs() < 0.01, "segment {msn}: parts {parts} vs {dur}");
+            assert!(
+                (parts - dur).abs() < 0.01,
+                "segment {msn}: parts {parts} vs {dur}"
+            );
         }
     }
 
@@ -289,7 +299,11 @@ fn ll_hls_playlist_blocking_reload_media_and_errors_while_whep_plays() {
     // The part asked for, or (if the segment ended at a keyframe) part 0 of the next one.
     let has = q.parts.iter().any(|x| (x.0, x.1) == (msn, part))
         || q.parts.iter().any(|x| (x.0, x.1) == (msn + 1, 0));
-    assert!(has, "blocking reload for {msn}.{part} lacks it:\n{}", q.text);
+    assert!(
+        has,
+        "blocking reload for {msn}.{part} lacks it:\n{}",
+        q.text
+    );
     println!("blocking reload one part ahead answered in {waited:?}");
     assert!(
         waited < Duration::from_secs(2),
@@ -344,7 +358,10 @@ fn ll_hls_playlist_blocking_reload_media_and_errors_while_whep_plays() {
     let video = streams.iter().find(|s| s["codec_type"] == "video").unwrap();
     let audio = streams.iter().find(|s| s["codec_type"] == "audio").unwrap();
     assert_eq!(video["codec_name"], "h264", "{probe}");
-    assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(1280), Some(720)));
+    assert_eq!(
+        (video["width"].as_u64(), video["height"].as_u64()),
+        (Some(1280), Some(720))
+    );
     assert_eq!(audio["codec_name"], "opus", "{probe}");
     assert_eq!(audio["sample_rate"], "48000");
 
@@ -363,7 +380,10 @@ fn ll_hls_playlist_blocking_reload_media_and_errors_while_whep_plays() {
     assert_eq!(value("roomcast_hls_streams"), 1);
 
     // The WHEP viewer played throughout.
-    let before = whep.last_of("sample").map(|v| frames_decoded(&v)).unwrap_or(0);
+    let before = whep
+        .last_of("sample")
+        .map(|v| frames_decoded(&v))
+        .unwrap_or(0);
     let cursor = whep.cursor();
     whep.wait_for_from(cursor, "WHEP frames still rising", MEDIA_TIMEOUT, |v| {
         v["type"] == "sample" && frames_decoded(v) >= before + 30
@@ -390,7 +410,11 @@ fn hls_js_plays_in_chromium_across_takeover_and_restart() {
             && v["frames"].as_u64().unwrap_or(0) >= 150
             && v["currentTime"].as_f64().unwrap_or(0.0) > 4.0
     });
-    assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(640), Some(360)), "{s}");
+    assert_eq!(
+        (s["width"].as_u64(), s["height"].as_u64()),
+        (Some(640), Some(360)),
+        "{s}"
+    );
     println!(
         "hls.js playing: latency to the live edge {} s, wall clock - PROGRAM-DATE-TIME {} s",
         s["latency"], s["pdt_latency"]
@@ -429,7 +453,10 @@ fn hls_js_plays_in_chromium_across_takeover_and_restart() {
     println!("hls.js result: {r}");
     println!(
         "LL-HLS latency in Chromium (hls.js {}): live edge - playback p50 {} s; wall clock - PROGRAM-DATE-TIME p50 {} s (max {} s)",
-        player.last_of("start").map(|v| v["hlsjs_version"].to_string()).unwrap_or_default(),
+        player
+            .last_of("start")
+            .map(|v| v["hlsjs_version"].to_string())
+            .unwrap_or_default(),
         r["latency_p50"],
         r["pdt_latency_p50"],
         r["pdt_latency_max"]
@@ -446,7 +473,8 @@ fn whip_h264_plays_over_hls_and_vp8_is_refused_with_its_codec() {
     let server = Server::start("");
     let key = server.key(STREAM).to_string();
     let base = server.base_url();
-    let mut vp8 = common::publishers::chromium_publisher(&base, STREAM, Some(&key), Some("VP8"), None);
+    let mut vp8 =
+        common::publishers::chromium_publisher(&base, STREAM, Some(&key), Some("VP8"), None);
     vp8.wait_for("VP8 frames", MEDIA_TIMEOUT, |v| {
         v["type"] == "sample" && v["video"]["framesEncoded"].as_u64().unwrap_or(0) > 10
     });

@@ -5,8 +5,8 @@
 
 use mp4_atom::{
     Audio, Avc1, Avcc, AvccExt, Dinf, Dops, Dref, Encode, FourCC, Ftyp, Hdlr, Mdhd, Mdia, Mfhd,
-    Minf, Moof, Moov, Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trak,
-    Trex, Trun, TrunEntry, Url, Visual, Vmhd,
+    Minf, Moof, Moov, Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex,
+    Trun, TrunEntry, Url, Visual, Vmhd,
 };
 
 pub const VIDEO_TRACK: u32 = 1;
@@ -309,7 +309,8 @@ pub fn fragment(sequence: u32, runs: &[Run<'_>]) -> Result<Vec<u8>, Mp4Error> {
         traf: runs.iter().map(|r| traf(r, 0)).collect(),
     };
     // The offsets do not change the moof's size: measure it, then fill them in.
-    let mut probe = Vec::with_capacity(256 + 16 * runs.iter().map(|r| r.samples.len()).sum::<usize>());
+    let mut probe =
+        Vec::with_capacity(256 + 16 * runs.iter().map(|r| r.samples.len()).sum::<usize>());
     moof.encode(&mut probe)?;
     let moof_len = probe.len();
     let data_len: usize = runs.iter().map(|r| r.data.len()).sum();
@@ -391,10 +392,7 @@ pub(crate) mod tests {
             other => panic!("audio sample entry {other:?}"),
         }
         let trex = &moov.mvex.as_ref().unwrap().trex;
-        assert_eq!(
-            trex.iter().map(|t| t.track_id).collect::<Vec<_>>(),
-            [1, 2]
-        );
+        assert_eq!(trex.iter().map(|t| t.track_id).collect::<Vec<_>>(), [1, 2]);
     }
 
     #[test]

@@ -224,7 +224,10 @@ impl Hls {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         }
         let name = "roomcast_hls_streams";
         let _ = writeln!(
@@ -364,7 +367,11 @@ async fn run(
 impl HlsStream {
     /// Waits (until `deadline`) for `f` to give a value; it is asked again
     /// each time the playlist changes.
-    async fn wait<T>(&self, deadline: Instant, mut f: impl FnMut(&Segmenter) -> Option<T>) -> Option<T> {
+    async fn wait<T>(
+        &self,
+        deadline: Instant,
+        mut f: impl FnMut(&Segmenter) -> Option<T>,
+    ) -> Option<T> {
         let mut rx = self.version.subscribe();
         loop {
             if let Some(v) = f(&self.seg.lock()) {
@@ -440,9 +447,19 @@ fn parse_query(query: Option<&str>) -> Result<HlsQuery, ApiError> {
 #[derive(Debug, PartialEq)]
 enum File {
     Playlist,
-    Init { session: u32, id: u32 },
-    Segment { session: u32, msn: u64 },
-    Part { session: u32, msn: u64, index: usize },
+    Init {
+        session: u32,
+        id: u32,
+    },
+    Segment {
+        session: u32,
+        msn: u64,
+    },
+    Part {
+        session: u32,
+        msn: u64,
+        index: usize,
+    },
 }
 
 fn parse_file(name: &str) -> Option<File> {
@@ -523,7 +540,11 @@ async fn serve_inner(
         .ok_or_else(|| ApiError::unknown_stream(name))?;
     // Segment URLs cannot carry a signed URL's signature: with signed or
     // webhook-admitted playback, HLS would bypass the check, so it is off.
-    let gated = app.config.signed_policy.as_ref().is_some_and(|p| p.playback)
+    let gated = app
+        .config
+        .signed_policy
+        .as_ref()
+        .is_some_and(|p| p.playback)
         || app.config.admission.as_ref().is_some_and(|a| a.playback);
     if gated {
         return Err(ApiError::new(
@@ -598,7 +619,9 @@ async fn playlist(
                     "hls_request_too_far",
                     format!(
                         "_HLS_msn={msn}{} is too far ahead of the playlist",
-                        q.part.map(|p| format!(", _HLS_part={p}")).unwrap_or_default()
+                        q.part
+                            .map(|p| format!(", _HLS_part={p}"))
+                            .unwrap_or_default()
                     ),
                 ));
             }
@@ -607,7 +630,10 @@ async fn playlist(
             })
             .await
         }
-        None => hs.wait(deadline, |s| s.playlist.has_parts().then_some(())).await,
+        None => {
+            hs.wait(deadline, |s| s.playlist.has_parts().then_some(()))
+                .await
+        }
     };
     if ready.is_none() {
         if !stream.is_live() {
@@ -631,7 +657,10 @@ async fn playlist(
     Ok((
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static(PLAYLIST_TYPE)),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(PLAYLIST_TYPE),
+            ),
             (
                 header::CACHE_CONTROL,
                 HeaderValue::from_static(if blocking { "max-age=6" } else { "no-cache" }),
@@ -758,7 +787,10 @@ mod tests {
         );
         assert_eq!(
             parse_file("seg-7-12.m4s"),
-            Some(File::Segment { session: 7, msn: 12 })
+            Some(File::Segment {
+                session: 7,
+                msn: 12
+            })
         );
         assert_eq!(
             parse_file("part-7-12.3.m4s"),
@@ -773,7 +805,14 @@ mod tests {
                 index: 3
             })
         );
-        for bad in ["seg-7-x.m4s", "seg-7-1.mp4", "part-7-1.m4s", "x", "../etc", "seg-7-1-2-3.m4s"] {
+        for bad in [
+            "seg-7-x.m4s",
+            "seg-7-1.mp4",
+            "part-7-1.m4s",
+            "x",
+            "../etc",
+            "seg-7-1-2-3.m4s",
+        ] {
             assert_eq!(parse_file(bad), None, "{bad}");
         }
     }

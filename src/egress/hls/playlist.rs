@@ -183,7 +183,8 @@ impl Playlist {
 
     fn segment(&self, msn: u64) -> Option<&Segment> {
         let first = self.segments.front()?.msn;
-        self.segments.get(usize::try_from(msn.checked_sub(first)?).ok()?)
+        self.segments
+            .get(usize::try_from(msn.checked_sub(first)?).ok()?)
     }
 
     pub fn part(&self, msn: u64, index: usize) -> Option<&Part> {
@@ -234,11 +235,7 @@ impl Playlist {
                     return Wait::Ready;
                 }
                 let limit = self.params.advance_part_limit();
-                let ahead = if msn == last.msn {
-                    p + 1 - have
-                } else {
-                    p + 1
-                };
+                let ahead = if msn == last.msn { p + 1 - have } else { p + 1 };
                 if ahead > limit {
                     Wait::TooFar
                 } else {
@@ -290,7 +287,11 @@ impl Playlist {
                 out.push_str("#EXT-X-DISCONTINUITY\n");
             }
             if map != Some(s.init) {
-                let _ = writeln!(out, "#EXT-X-MAP:URI=\"init-{session}-{}.mp4{query}\"", s.init);
+                let _ = writeln!(
+                    out,
+                    "#EXT-X-MAP:URI=\"init-{session}-{}.mp4{query}\"",
+                    s.init
+                );
                 map = Some(s.init);
             }
             let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339_ms(s.pdt));
@@ -310,7 +311,12 @@ impl Playlist {
                 }
             }
             if s.complete {
-                let _ = writeln!(out, "#EXTINF:{:.5},\nseg-{session}-{}.m4s{query}", s.duration(), s.msn);
+                let _ = writeln!(
+                    out,
+                    "#EXTINF:{:.5},\nseg-{session}-{}.m4s{query}",
+                    s.duration(),
+                    s.msn
+                );
             }
         }
         if let Some((msn, j)) = self.next_part() {

@@ -157,7 +157,9 @@ impl Segmenter {
                 || self
                     .segment_start
                     .zip(self.last_vdts)
-                    .is_some_and(|(s, t)| t.saturating_sub(s) + self.frame_ticks >= self.segment_target))
+                    .is_some_and(|(s, t)| {
+                        t.saturating_sub(s) + self.frame_ticks >= self.segment_target
+                    }))
     }
 
     /// The codec of the current init, e.g. `avc1.64001f,opus`.
@@ -267,9 +269,7 @@ impl Segmenter {
             };
             changed |= self.use_tracks(tracks);
             self.waiting_keyframe = false;
-        } else if self.waiting_keyframe
-            || self.tracks.as_ref().is_none_or(|t| t.video.is_none())
-        {
+        } else if self.waiting_keyframe || self.tracks.as_ref().is_none_or(|t| t.video.is_none()) {
             self.stats.frames_dropped += 1;
             return changed;
         }
@@ -367,7 +367,10 @@ impl Segmenter {
             }
         } else if self.waiting_keyframe
             || self.segment_start.is_none()
-            || self.tracks.as_ref().is_none_or(|t| t.audio_channels.is_none())
+            || self
+                .tracks
+                .as_ref()
+                .is_none_or(|t| t.audio_channels.is_none())
             || self.part.audio.len() >= MAX_AUDIO_PER_PART
         {
             // Before the first keyframe, or audio the init has no track for
@@ -469,9 +472,17 @@ impl Segmenter {
             });
         }
         let duration = if part.video.is_empty() {
-            part.audio.iter().map(|s| u64::from(s.duration)).sum::<u64>() as f64 / 48_000.0
+            part.audio
+                .iter()
+                .map(|s| u64::from(s.duration))
+                .sum::<u64>() as f64
+                / 48_000.0
         } else {
-            part.video.iter().map(|s| u64::from(s.duration)).sum::<u64>() as f64 / 90_000.0
+            part.video
+                .iter()
+                .map(|s| u64::from(s.duration))
+                .sum::<u64>() as f64
+                / 90_000.0
         };
         self.sequence = self.sequence.wrapping_add(1);
         let data = match fmp4::fragment(self.sequence, &runs) {
@@ -545,7 +556,7 @@ mod tests {
 
         /// Pushes one video frame and the audio up to its time.
         fn step(&mut self, s: &mut Segmenter, publisher: u64) -> bool {
-            let key = self.frame % self.gop == 0;
+            let key = self.frame.is_multiple_of(self.gop);
             let t = self.base + self.frame * 3000;
             let nal = if key {
                 Bytes::from([&[0x65u8][..], &vec![0xaa; 3000][..]].concat())
@@ -600,9 +611,18 @@ mod tests {
             let seg = p.complete_segment(msn).expect("complete");
             assert!((seg.duration() - 1.0).abs() < 1e-9, "{}", seg.duration());
             // 1 s of 30 fps in 200 ms parts of 6 frames.
-            assert_eq!(seg.parts.len(), 5, "{:?}", seg.parts.iter().map(|p| p.duration).collect::<Vec<_>>());
+            assert_eq!(
+                seg.parts.len(),
+                5,
+                "{:?}",
+                seg.parts.iter().map(|p| p.duration).collect::<Vec<_>>()
+            );
             for (i, part) in seg.parts.iter().enumerate() {
-                assert!(part.duration <= 0.2 + 1e-9 && part.duration >= 0.85 * 0.2 - 1e-9, "{}", part.duration);
+                assert!(
+                    part.duration <= 0.2 + 1e-9 && part.duration >= 0.85 * 0.2 - 1e-9,
+                    "{}",
+                    part.duration
+                );
                 assert_eq!(part.independent, i == 0);
                 let m = moof(&part.data);
                 let v = &m.traf[0];
@@ -623,7 +643,11 @@ mod tests {
                 if let Some(n) = next_atime {
                     assert_eq!(at, n, "audio tfdt continues the previous part");
                 }
-                let adur: u64 = a.trun[0].samples.iter().map(|e| u64::from(e.duration.unwrap())).sum();
+                let adur: u64 = a.trun[0]
+                    .samples
+                    .iter()
+                    .map(|e| u64::from(e.duration.unwrap()))
+                    .sum();
                 next_atime = Some(at + adur);
                 // Audio and video start together (same timeline, 1 s = 90000 = 48000).
                 assert!((at as f64 / 48_000.0 - vt as f64 / 90_000.0).abs() < 0.021);
@@ -716,10 +740,22 @@ mod tests {
         assert_eq!(p.wait_for(1, None), Wait::Pending);
         assert_eq!(p.wait_for(1, Some(0)), Wait::Ready);
         assert_eq!(p.wait_for(1, Some(1)), Wait::Pending);
-        assert_eq!(p.wait_for(0, Some(7)), Wait::Ready, "segment 0 ended: 1.0 is later");
+        assert_eq!(
+            p.wait_for(0, Some(7)),
+            Wait::Ready,
+            "segment 0 ended: 1.0 is later"
+        );
         assert_eq!(p.wait_for(3, Some(0)), Wait::Pending);
-        assert_eq!(p.wait_for(4, None), Wait::TooFar, "more than two segments ahead");
-        assert_eq!(p.wait_for(1, Some(40)), Wait::TooFar, "beyond the advance part limit");
+        assert_eq!(
+            p.wait_for(4, None),
+            Wait::TooFar,
+            "more than two segments ahead"
+        );
+        assert_eq!(
+            p.wait_for(1, Some(40)),
+            Wait::TooFar,
+            "beyond the advance part limit"
+        );
         let text = p.render(9, "");
         for tag in [
             "#EXTM3U\n",
@@ -755,7 +791,11 @@ mod tests {
         assert!(s.flush());
         assert!(!s.playlist.is_segment_open());
         let seg = s.playlist.complete_segment(0).unwrap();
-        assert!((seg.duration() - 20.0 / 30.0).abs() < 1e-9, "{}", seg.duration());
+        assert!(
+            (seg.duration() - 20.0 / 30.0).abs() < 1e-9,
+            "{}",
+            seg.duration()
+        );
 
         let mut a = Segmenter::new(params());
         let t0 = SystemTime::UNIX_EPOCH;
@@ -765,7 +805,11 @@ mod tests {
         // 3 s of audio: 1 s segments of 20 ms packets, 200 ms parts.
         let seg = a.playlist.complete_segment(1).unwrap();
         assert!((seg.duration() - 1.0).abs() < 0.021, "{}", seg.duration());
-        assert!(seg.parts.iter().all(|p| p.duration <= 0.2 + 1e-9 && p.independent));
+        assert!(
+            seg.parts
+                .iter()
+                .all(|p| p.duration <= 0.2 + 1e-9 && p.independent)
+        );
         assert_eq!(a.codecs().as_deref(), Some("opus"));
     }
 
@@ -779,6 +823,9 @@ mod tests {
         let mut v = Unwrap::default();
         assert_eq!(v.unwrap(100, Some((1 << 32) + 50)), (1 << 32) + 100);
         let mut w = Unwrap::default();
-        assert_eq!(w.unwrap(u32::MAX - 5, Some((1 << 32) + 50)), u64::from(u32::MAX) - 5);
+        assert_eq!(
+            w.unwrap(u32::MAX - 5, Some((1 << 32) + 50)),
+            u64::from(u32::MAX) - 5
+        );
     }
 }
