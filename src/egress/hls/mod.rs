@@ -287,6 +287,7 @@ async fn run(
         None => clock.1 - clock.0.duration_since(at),
     };
     let mut expect = (true, true); // (video, audio) the publisher announced
+    let mut h264 = true;
     let mut publisher = None;
     let mut process = |f: &Frame, seg: &mut Segmenter| -> bool {
         if publisher != Some(f.publisher) || f.keyframe {
@@ -294,9 +295,10 @@ async fn run(
             let m = hs.stream.media_info();
             expect = (m.video.is_some(), m.audio.is_some());
             // Only H.264 goes into HLS (the playlist request says so otherwise).
-            if m.video.as_ref().is_some_and(|v| v.codec != "H264") {
-                return false;
-            }
+            h264 = m.video.as_ref().is_none_or(|v| v.codec == "H264");
+        }
+        if f.kind == Kind::Video && !h264 {
+            return false;
         }
         match f.kind {
             Kind::Video => {
