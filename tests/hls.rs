@@ -19,7 +19,7 @@ fn playlist_path(stream: &str) -> String {
 }
 
 /// Asserts a JSON error `{error, code}` with `status` and `code`.
-fn assert_json_error(r: &HttpResponse, status: u16, code: &str) -> String {
+fn assert_error_code(r: &HttpResponse, status: u16, code: &str) -> String {
     assert_eq!(r.status, status, "{}", r.text());
     assert!(r.content_type().starts_with("application/json"), "{r:?}");
     let v = r.json().expect("JSON error body");
@@ -171,22 +171,22 @@ fn ll_hls_playlist_blocking_reload_media_and_errors_while_whep_plays() {
 
     // Offline and unknown streams, garbage queries: JSON errors.
     let r = server.get(&playlist_path(STREAM));
-    let msg = assert_json_error(&r, 404, "stream_offline");
+    let msg = assert_error_code(&r, 404, "stream_offline");
     assert!(msg.contains("offline"), "{msg}");
-    assert_json_error(&server.get(&playlist_path("nope")), 404, "unknown_stream");
-    let msg = assert_json_error(
+    assert_error_code(&server.get(&playlist_path("nope")), 404, "unknown_stream");
+    let msg = assert_error_code(
         &server.get(&format!("{}?_HLS_msn=abc", playlist_path(STREAM))),
         400,
         "bad_query",
     );
     assert!(msg.contains("_HLS_msn") && msg.contains("abc"), "{msg}");
-    assert_json_error(
+    assert_error_code(
         &server.get(&format!("{}?_HLS_part=1", playlist_path(STREAM))),
         400,
         "bad_query",
     );
-    assert_json_error(&server.get("/hls/t1/../../etc/passwd"), 404, "not_found");
-    assert_json_error(&server.get("/hls/t1/seg-1-x.m4s"), 404, "not_found");
+    assert_error_code(&server.get("/hls/t1/../../etc/passwd"), 404, "not_found");
+    assert_error_code(&server.get("/hls/t1/seg-1-x.m4s"), 404, "not_found");
 
     let _ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), ffmpeg_720p());
     server.wait_live(STREAM, LIVE_TIMEOUT);
@@ -319,13 +319,13 @@ fn ll_hls_playlist_blocking_reload_media_and_errors_while_whep_plays() {
     // Far-future requests are refused at once.
     let last = q.parts.last().unwrap().0;
     let t0 = Instant::now();
-    let msg = assert_json_error(
+    let msg = assert_error_code(
         &server.get(&format!("{}?_HLS_msn={}", playlist_path(STREAM), last + 10)),
         400,
         "hls_request_too_far",
     );
     assert!(t0.elapsed() < Duration::from_secs(1), "{msg}");
-    assert_json_error(
+    assert_error_code(
         &server.get(&format!(
             "{}?_HLS_msn={last}&_HLS_part=500",
             playlist_path(STREAM)
@@ -334,7 +334,7 @@ fn ll_hls_playlist_blocking_reload_media_and_errors_while_whep_plays() {
         "hls_request_too_far",
     );
     // Gone segments and another session's names are 404s.
-    assert_json_error(
+    assert_error_code(
         &server.get(&format!("/hls/{STREAM}/seg-1-0.m4s")),
         404,
         "not_found",
@@ -479,7 +479,7 @@ fn whip_h264_plays_over_hls_and_vp8_is_refused_with_its_codec() {
         v["type"] == "sample" && v["video"]["framesEncoded"].as_u64().unwrap_or(0) > 10
     });
     server.wait_live(STREAM, LIVE_TIMEOUT);
-    let msg = assert_json_error(
+    let msg = assert_error_code(
         &server.get(&playlist_path(STREAM)),
         422,
         "hls_unsupported_codec",
