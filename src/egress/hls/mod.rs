@@ -557,9 +557,15 @@ async fn serve_inner(
     }
     // Streams of private Matrix rooms need a viewer token, for every file.
     crate::matrix::access::check_viewer(app.matrix.as_deref(), &stream, headers, uri.query())?;
+    // Passed on as it came (still URL-encoded), and only when it cannot break
+    // out of a playlist line or attribute.
     let suffix = query
         .access
         .as_deref()
+        .filter(|a| {
+            a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._~%-+".contains(&b))
+        })
         .map(|a| format!("?access={a}"))
         .unwrap_or_default();
     match file {
