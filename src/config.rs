@@ -47,6 +47,8 @@ pub struct Config {
     pub admission: Option<AdmissionConfig>,
     /// Outbound event webhooks (stream started/ended).
     pub webhooks: Vec<WebhookConfig>,
+    /// LL-HLS egress (`/hls/{stream}/index.m3u8`).
+    pub hls: HlsConfig,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -254,6 +256,34 @@ impl Default for WebrtcConfig {
     }
 }
 
+/// LL-HLS: segment and part durations, the window, when an unwatched stream stops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HlsConfig {
+    pub enabled: bool,
+    /// Partial segment duration (`PART-TARGET`); players stay about three
+    /// parts behind the live edge.
+    pub part_target_ms: u64,
+    /// Segments end at the first keyframe at or after this.
+    pub segment_target_ms: u64,
+    /// Complete segments kept and listed (the sliding window).
+    pub window_segments: usize,
+    /// A stream nobody requested HLS of for this long stops being muxed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        HlsConfig {
+            enabled: true,
+            part_target_ms: 200,
+            segment_target_ms: 1000,
+            window_segments: 6,
+            idle_timeout_secs: 30,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
@@ -455,6 +485,25 @@ impl Config {
                 "limits.max_egress_mbps",
                 "must be a number of Mbit/s, 0 for no cap",
             ));
+        }
+        let h = &self.hls;
+        if !(100..=2000).contains(&h.part_target_ms) {
+            return Err(invalid(
+                "hls.part_target_ms",
+                "must be between 100 and 2000 (LL-HLS parts are 200-500 ms)",
+            ));
+        }
+        if h.segment_target_ms < 2 * h.part_target_ms || h.segment_target_ms > 20_000 {
+            return Err(invalid(
+                "hls.segment_target_ms",
+                "must be at least two parts (2 × hls.part_target_ms) and at most 20000",
+            ));
+        }
+        if !(2..=60).contains(&h.window_segments) {
+            return Err(invalid("hls.window_segments", "must be between 2 and 60"));
+        }
+        if h.idle_timeout_secs == 0 {
+            return Err(invalid("hls.idle_timeout_secs", "must be at least 1"));
         }
         let tls_users = [
             ("http.tls_listen", self.http.tls_listen.is_some()),
@@ -801,5 +850,33 @@ mod example_tests {
         assert_eq!(c.http.listen, d.http.listen);
         assert_eq!(c.webrtc.udp, d.webrtc.udp);
         assert_eq!(c.rtmp.app, d.rtmp.app);
+        assert_eq!(c.hls.part_target_ms, d.hls.part_target_ms);
+        assert_eq!(c.hls.segment_target_ms, d.hls.segment_target_ms);
+        assert_eq!(c.hls.window_segments, d.hls.window_segments);
+        assert_eq!(c.hls.idle_timeout_secs, d.hls.idle_timeout_secs);
+    }
+
+    #[test]
+    fn hls_section_and_env() {
+        let c = super::Config::load(
+            None,
+            vec![(
+                "ROOMCAST_HLS__PART_TARGET_MS".to_string(),
+                "200".to_string(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.hls.part_target_ms, 200);
+        assert!(c.hls.enabled);
+        let e = super::Config::load(
+            None,
+            vec![(
+                "ROOMCAST_HLS__SEGMENT_TARGET_MS".to_string(),
+                "300".to_string(),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("hls.segment_target_ms"), "{e}");
     }
 }

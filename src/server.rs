@@ -32,6 +32,8 @@ pub struct App {
     pub admission: tokio::sync::Mutex<()>,
     /// The Matrix application service (None: standalone).
     pub matrix: Option<Arc<crate::matrix::Matrix>>,
+    /// LL-HLS egress.
+    pub hls: Arc<crate::egress::hls::Hls>,
 }
 
 impl App {
@@ -173,6 +175,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
+    let hls = crate::egress::hls::Hls::new(&config.hls, hub.clone());
+    hls.spawn();
     let app = Arc::new(App {
         config,
         hub,
@@ -183,6 +187,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         public_base,
         admission: tokio::sync::Mutex::new(()),
         matrix,
+        hls,
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];
@@ -320,6 +325,9 @@ async fn print_banner(
             row.name
         ));
         out.push_str(&format!("  WHEP:  {base}/whep/{}\n", row.name));
+        if app.config.hls.enabled {
+            out.push_str(&format!("  LL-HLS: {base}/hls/{}/index.m3u8\n", row.name));
+        }
         if let Some(addr) = ome {
             out.push_str(&format!(
                 "  OvenPlayer: ws://{host}:{}/{}/{}\n",

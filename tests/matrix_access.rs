@@ -145,6 +145,17 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
         assert_json_error(&r, 403, "WHEP with a garbage link")["code"],
         "access_denied"
     );
+    // LL-HLS asks the same question for every request.
+    let r = server.get("/hls/members/index.m3u8");
+    assert_eq!(
+        assert_json_error(&r, 401, "HLS without a token")["code"],
+        "access_required"
+    );
+    let r = server.get("/hls/members/index.m3u8?access=garbage");
+    assert_eq!(
+        assert_json_error(&r, 403, "HLS with a garbage link")["code"],
+        "access_denied"
+    );
 
     // --- OpenID token of a joined user: admitted --------------------------------------------------
     let (openid, hs_name) = alice.openid_token();
@@ -167,6 +178,29 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
     );
     let r = whep(server, &format!("/whep/members?access={token}"), None);
     assert_eq!(r.status, 201, "WHEP with ?access=: {}", r.text());
+    // The HLS playlist passes the token on to every URI it lists.
+    let r = server.get(&format!("/hls/members/index.m3u8?access={token}"));
+    assert_eq!(r.status, 200, "HLS with ?access=: {}", r.text());
+    let playlist = r.text();
+    let uris: Vec<&str> = playlist
+        .lines()
+        .filter_map(|l| l.split("URI=\"").nth(1).and_then(|u| u.split('"').next()))
+        .collect();
+    assert!(!uris.is_empty(), "{playlist}");
+    let suffix = format!("?access={token}");
+    assert!(uris.iter().all(|u| u.ends_with(&suffix)), "{playlist}");
+    let init = uris
+        .iter()
+        .find(|u| u.starts_with("init-"))
+        .expect("EXT-X-MAP");
+    let r = server.get(&format!("/hls/members/{init}"));
+    assert_eq!(r.status, 200, "init with the token: {}", r.text());
+    let bare = init.split('?').next().unwrap();
+    let r = server.get(&format!("/hls/members/{bare}"));
+    assert_eq!(
+        assert_json_error(&r, 401, "HLS init without a token")["code"],
+        "access_required"
+    );
     // The token is for this stream only.
     let r = whep(server, "/whep/nope", Some(&token));
     assert_eq!(r.status, 404);

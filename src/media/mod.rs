@@ -5,6 +5,7 @@
 
 pub mod flv;
 pub mod h264;
+pub mod opus;
 pub mod rtp_h264;
 pub mod rtp_video;
 pub mod transcode;

@@ -218,6 +218,85 @@ fn build_order(nalus: &[Bytes], param_sets: Option<(&[Bytes], &[Bytes])>, order:
     }
 }
 
+/// Why a run of RTP payloads is not one decodable access unit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DepacketizeError {
+    #[error("empty RTP payload")]
+    Empty,
+    #[error("truncated STAP-A")]
+    TruncatedStapA,
+    #[error("FU-A fragment without its start")]
+    FuWithoutStart,
+    #[error("FU-A unit not finished at the end of the frame")]
+    UnfinishedFu,
+    #[error("NAL unit type {0} is not allowed in packetization-mode 1")]
+    Unsupported(u8),
+}
+
+/// Reassembles one access unit from its RFC 6184 payloads (single NAL unit,
+/// STAP-A, FU-A) and hands each NAL unit (with its header byte) to `nal`,
+/// in order. The receiver side of [`H264Packetizer`]; FU-A units are joined in
+/// `scratch`, so steady-state reassembly does not allocate.
+pub fn depacketize<'a>(
+    payloads: impl IntoIterator<Item = &'a [u8]>,
+    scratch: &mut Vec<u8>,
+    mut nal: impl FnMut(&[u8]),
+) -> Result<(), DepacketizeError> {
+    let mut in_fu = false;
+    for p in payloads {
+        let Some(&first) = p.first() else {
+            return Err(DepacketizeError::Empty);
+        };
+        let t = first & 0x1f;
+        if in_fu && t != NAL_FU_A {
+            return Err(DepacketizeError::UnfinishedFu);
+        }
+        match t {
+            1..=23 => nal(p),
+            NAL_STAP_A => {
+                let mut rest = &p[1..];
+                while !rest.is_empty() {
+                    if rest.len() < 2 {
+                        return Err(DepacketizeError::TruncatedStapA);
+                    }
+                    let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                    if len == 0 || rest.len() < 2 + len {
+                        return Err(DepacketizeError::TruncatedStapA);
+                    }
+                    nal(&rest[2..2 + len]);
+                    rest = &rest[2 + len..];
+                }
+            }
+            NAL_FU_A => {
+                if p.len() < 3 {
+                    return Err(DepacketizeError::Empty);
+                }
+                let (start, end) = (p[1] & 0x80 != 0, p[1] & 0x40 != 0);
+                if start {
+                    if in_fu {
+                        return Err(DepacketizeError::UnfinishedFu);
+                    }
+                    scratch.clear();
+                    scratch.push((first & 0xe0) | (p[1] & 0x1f));
+                    in_fu = true;
+                } else if !in_fu {
+                    return Err(DepacketizeError::FuWithoutStart);
+                }
+                scratch.extend_from_slice(&p[2..]);
+                if end {
+                    nal(scratch);
+                    in_fu = false;
+                }
+            }
+            other => return Err(DepacketizeError::Unsupported(other)),
+        }
+    }
+    if in_fu {
+        return Err(DepacketizeError::UnfinishedFu);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,5 +517,52 @@ mod tests {
         for w in copied.windows(2) {
             assert_eq!(w[0].as_ptr() as usize + w[0].len(), w[1].as_ptr() as usize);
         }
+    }
+
+    #[test]
+    fn depacketize_round_trips_single_stap_a_and_fu_a() {
+        let mut p = H264Packetizer::new(100);
+        let big = Bytes::from([&[0x65u8][..], &[7u8; 450][..]].concat());
+        let small_a = Bytes::from_static(&[0x06, 1, 2, 3]);
+        let small_b = Bytes::from_static(&[0x06, 4, 5]);
+        let sps = [Bytes::from_static(&[0x67, 0x42, 0, 0x1f])];
+        let pps = [Bytes::from_static(&[0x68, 0xce, 0x38])];
+        let mut out = Vec::new();
+        p.packetize(
+            &[small_a.clone(), small_b.clone(), big.clone()],
+            Some((&sps, &pps)),
+            &mut out,
+        );
+        assert!(out.iter().any(|x| x[0] & 0x1f == NAL_STAP_A));
+        assert!(out.iter().any(|x| x[0] & 0x1f == NAL_FU_A));
+        let mut got = Vec::new();
+        let mut scratch = Vec::new();
+        super::depacketize(out.iter().map(|b| &b[..]), &mut scratch, |n| {
+            got.push(n.to_vec())
+        })
+        .unwrap();
+        let want: Vec<Vec<u8>> = [&sps[0], &pps[0], &small_a, &small_b, &big]
+            .iter()
+            .map(|b| b.to_vec())
+            .collect();
+        assert_eq!(got, want);
+        // A frame cut off inside a fragmented unit is refused, not half-used.
+        let fu: Vec<&[u8]> = out
+            .iter()
+            .filter(|x| x[0] & 0x1f == NAL_FU_A)
+            .map(|b| &b[..])
+            .collect();
+        assert_eq!(
+            super::depacketize(fu[..fu.len() - 1].iter().copied(), &mut scratch, |_| {}),
+            Err(DepacketizeError::UnfinishedFu)
+        );
+        assert_eq!(
+            super::depacketize(fu[1..].iter().copied(), &mut scratch, |_| {}),
+            Err(DepacketizeError::FuWithoutStart)
+        );
+        assert_eq!(
+            super::depacketize([&[0x19u8, 0][..]], &mut scratch, |_| {}),
+            Err(DepacketizeError::Unsupported(25))
+        );
     }
 }

@@ -24,6 +24,7 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(api::routes())
         .merge(pages::routes())
         .merge(crate::egress::whep::routes())
+        .merge(crate::egress::hls::routes())
         .merge(crate::ingest::whip::routes())
         .merge(crate::matrix::api::routes());
     if app.matrix.is_some() {

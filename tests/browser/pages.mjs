@@ -668,41 +668,46 @@ async function index(browser) {
   return { cards };
 }
 
-/** The LL-HLS fallback: in a browser without WebRTC the player loads
- *  /hls/{stream}/index.m3u8 with hls.js. roomcast does not serve LL-HLS yet, so the
- *  playlist and segments (made by ffmpeg, --hls-dir) are served by the browser's router;
- *  without them (the real server's 404) the page says it cannot connect. */
+/** The LL-HLS fallback: in a browser without WebRTC the player loads roomcast's
+ *  /hls/{stream}/index.m3u8 with hls.js and plays the live stream (playlist, init and
+ *  parts from the real server); when the server answers 404 for HLS (turned off) the
+ *  page says it cannot connect and keeps trying. */
 async function hls(browser) {
   const stream = opt('stream', 't1');
-  const dir = opt('hls-dir');
   const noWebrtc = () => { delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection; };
   const ctx = await browser.newContext({ viewport: DESKTOP });
   await ctx.addInitScript(noWebrtc);
   const served = [];
-  await ctx.route(`**/hls/${stream}/*`, async (route) => {
-    const name = new URL(route.request().url()).pathname.split('/').pop();
-    served.push(name);
-    const type = name.endsWith('.m3u8') ? 'application/vnd.apple.mpegurl' : name.endsWith('.m4s') || name.endsWith('.mp4') ? 'video/mp4' : 'video/mp2t';
-    try {
-      await route.fulfill({ contentType: type, body: readFileSync(join(dir, name)) });
-    } catch {
-      await route.fulfill({ status: 404, json: { error: 'no such segment', code: 'not_found' } });
-    }
+  ctx.on('response', (r) => {
+    const u = new URL(r.url());
+    if (u.pathname.startsWith(`/hls/${stream}/`)) served.push({ name: u.pathname.split('/').pop(), status: r.status(), type: r.headers()['content-type'] });
   });
   const page = await ctx.newPage();
   watchConsole(page, 'hls');
   await page.goto(`${BASE}/watch/${stream}`);
   const st = await waitFor('hls.js playback', async () => {
     const x = await playerStats(page);
-    return x && x.mode === 'hls' && x.presented >= 10 && x.state === 'playing' ? x : null;
+    return x && x.mode === 'hls' && x.presented >= 30 && x.state === 'playing' ? x : null;
   });
-  check(served.includes('index.m3u8') && served.some((n) => !n.endsWith('.m3u8')), `served: ${served}`);
+  const t0 = await page.evaluate(() => window.roomcast.player.video.currentTime);
+  await waitFor('playback to advance', async () => (await page.evaluate(() => window.roomcast.player.video.currentTime)) > t0 + 1);
+  const latency = await page.evaluate(() => {
+    const h = window.roomcast.player.hls;
+    const d = h && h.playingDate;
+    return { live_edge: h ? h.latency : null, pdt: d ? (Date.now() - d.getTime()) / 1000 : null };
+  });
+  const ok = (n) => served.some((s) => s.status === 200 && n(s));
+  check(ok((s) => s.name === 'index.m3u8' && /mpegurl/.test(s.type)), `playlist: ${JSON.stringify(served)}`);
+  check(ok((s) => /^init-.*\.mp4$/.test(s.name) && s.type === 'video/mp4'), `init: ${JSON.stringify(served)}`);
+  check(ok((s) => /^(part|seg)-.*\.m4s$/.test(s.name)), `media: ${JSON.stringify(served)}`);
+  await shots(page, 'watch-hls', async () => (await playerStats(page))?.state === 'playing');
   await ctx.close();
 
-  // No playlist (roomcast today): a plain sentence, and it keeps trying.
+  // A server without HLS (404): a plain sentence, and it keeps trying.
   allowedErrors.push(/status of 404/);
   const ctx2 = await browser.newContext({ viewport: DESKTOP });
   await ctx2.addInitScript(noWebrtc);
+  await ctx2.route(`**/hls/${stream}/*`, (route) => route.fulfill({ status: 404, json: { error: 'HLS is turned off', code: 'not_found' } }));
   const p2 = await ctx2.newPage();
   watchConsole(p2, 'hls-missing');
   await p2.goto(`${BASE}/watch/${stream}`);
@@ -711,7 +716,7 @@ async function hls(browser) {
     return !el.hidden && /could not connect|no WebRTC/i.test(el.textContent) ? el.textContent : null;
   }), 15000);
   await ctx2.close();
-  return { hls: st, segments_served: served.length, without_playlist: msg };
+  return { hls: st, latency, requests: served.length, without_playlist: msg };
 }
 
 // --- with a real Matrix room (tests/matrix_pages.rs: real Synapse, real roomcast, ffmpeg) ---

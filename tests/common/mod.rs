@@ -965,8 +965,10 @@ impl JsonTool {
 
     /// Kills the tool at once (no clean shutdown: a network loss to the server).
     pub fn kill(&mut self) {
-        self.stdin = None;
+        // SIGKILL before closing stdin: EOF on stdin asks the tool to stop
+        // cleanly (a WHIP DELETE), which would race the kill.
         kill_and_wait(&mut self.child, Duration::ZERO);
+        self.stdin = None;
     }
 
     pub fn stderr_tail(&self, n: usize) -> String {

@@ -350,7 +350,8 @@ export class Player extends EventTarget {
     }
     if (gen !== this.gen) return;
     if (Hls && Hls.isSupported()) {
-      const hls = new Hls({ lowLatencyMode: true, backBufferLength: 30 });
+      // Up to 1.5× speed to catch up with the live edge after a join or a stall.
+      const hls = new Hls({ lowLatencyMode: true, backBufferLength: 30, maxLiveSyncPlaybackRate: 1.5 });
       this.hls = hls;
       hls.on(Hls.Events.ERROR, (_ev, data) => {
         if (!data.fatal || gen !== this.gen) return;
