@@ -37,13 +37,16 @@ pub struct App {
 }
 
 impl App {
-    /// Estimated egress to viewers now: each stream's bitrate times its viewers.
+    /// Estimated egress to viewers now: each stream's bitrate times its
+    /// WebRTC viewers, plus what LL-HLS sent over the last seconds.
     pub fn egress_mbps(&self) -> f64 {
-        self.hub
+        let webrtc: f64 = self
+            .hub
             .streams()
             .iter()
             .map(|s| s.bitrate_kbps() as f64 * s.viewers() as f64 / 1000.0)
-            .sum()
+            .sum();
+        webrtc + self.hls.egress_mbps()
     }
 }
 

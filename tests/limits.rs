@@ -97,6 +97,80 @@ fn egress_cap_counts_the_streams_bitrate() {
         e["error"].as_str().unwrap().contains("cap of 0.5 Mbit/s"),
         "{e}"
     );
+    // A new LL-HLS player is refused the same way (its first playlist request).
+    let r = server.get(&format!("/hls/{STREAM}/index.m3u8"));
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("retry-after"), Some("30"));
+    let e = json(&r.body);
+    assert_eq!(e["code"], "viewer_limit", "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("cap of 0.5 Mbit/s"),
+        "{e}"
+    );
+}
+
+/// What LL-HLS sends counts toward `max_egress_mbps`: once HLS clients pull
+/// more than the cap leaves for one more viewer, a WebRTC viewer is refused
+/// although there are no WebRTC viewers at all.
+#[test]
+fn egress_cap_counts_hls() {
+    let _serial = common::serial();
+    let server = Server::start_with(ServerOpts {
+        extra_toml: "[limits]\nmax_egress_mbps = 40\n".into(),
+        ..ServerOpts::default()
+    });
+    let _p = Publisher::ffmpeg(&server.rtmp_url(server.key(STREAM)), FfmpegOpts::default());
+    server.wait_live(STREAM, Duration::from_secs(30));
+    let playlist = common::wait_until("an HLS segment", Duration::from_secs(60), || {
+        let r = server.get(&format!("/hls/{STREAM}/index.m3u8"));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        text.lines()
+            .any(|l| !l.is_empty() && !l.starts_with('#'))
+            .then_some(text)
+    });
+    let segments: Vec<String> = playlist
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| format!("/hls/{STREAM}/{}", l.split('?').next().unwrap()))
+        .collect();
+    let whep = || server.post_sdp(&format!("/whep/{STREAM}"), viewer_offer().as_bytes());
+    let r = whep();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let location = r.header("location").unwrap().to_string();
+    let r = common::http::request("DELETE", &server.url(&location), &[], None).unwrap();
+    assert_eq!(r.status, 200);
+    // Many HLS players at once: the same segments over and over, as fast as loopback goes.
+    let refused = common::wait_until(
+        "HLS egress to fill the cap",
+        Duration::from_secs(60),
+        || {
+            for _ in 0..10 {
+                for seg in &segments {
+                    assert_eq!(server.get(seg).status, 200, "{seg}");
+                }
+            }
+            let r = whep();
+            if r.status == 201 {
+                let location = r.header("location").unwrap().to_string();
+                common::http::request("DELETE", &server.url(&location), &[], None).unwrap();
+                return None;
+            }
+            Some(r)
+        },
+    );
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    let e = json(&refused.body);
+    assert_eq!(e["code"], "viewer_limit", "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("cap of 40 Mbit/s"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -138,14 +138,25 @@ pub fn check_caps(app: &App, stream: &crate::hub::Stream) -> Result<(), ApiError
             limits.max_viewers
         ));
     }
-    if limits.max_egress_mbps > 0.0 {
+    check_egress_cap(app, stream)
+}
+
+/// `[limits] max_egress_mbps`: would one more viewer of `stream` (WebRTC or
+/// HLS) take the server's egress over the cap?
+pub fn check_egress_cap(app: &App, stream: &crate::hub::Stream) -> Result<(), ApiError> {
+    let cap = app.config.limits.max_egress_mbps;
+    if cap > 0.0 {
         let now = app.egress_mbps();
         let this = stream.bitrate_kbps() as f64 / 1000.0;
-        if now + this > limits.max_egress_mbps {
-            return busy(format!(
-                "this server's egress would exceed its cap of {} Mbit/s ({now:.1} Mbit/s in use, this stream needs {this:.1}); try again later",
-                limits.max_egress_mbps
-            ));
+        if now + this > cap {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "viewer_limit",
+                format!(
+                    "this server's egress would exceed its cap of {cap} Mbit/s ({now:.1} Mbit/s in use, this stream needs {this:.1}); try again later"
+                ),
+            )
+            .retry_after(30));
         }
     }
     Ok(())

@@ -62,6 +62,9 @@ pub struct HlsMetrics {
     pub parts: AtomicU64,
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
+    /// Recent egress in bits per second (an f64's bits), from `bytes`, so
+    /// `[limits] max_egress_mbps` counts HLS beside WebRTC.
+    bits_per_sec: AtomicU64,
 }
 
 enum Msg {
@@ -163,6 +166,27 @@ impl Hls {
                 me.stop_idle();
             }
         });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let (mut last_at, mut last_bytes) = (Instant::now(), 0u64);
+            loop {
+                tick.tick().await;
+                let (now, bytes) = (Instant::now(), me.metrics.bytes.load(Relaxed));
+                let secs = now.duration_since(last_at).as_secs_f64().max(1e-3);
+                let rate = bytes.saturating_sub(last_bytes) as f64 * 8.0 / secs;
+                // Smoothed over a few seconds: parts come in bursts.
+                let prev = f64::from_bits(me.metrics.bits_per_sec.load(Relaxed));
+                let smoothed = prev + (rate - prev) * 0.5;
+                me.metrics.bits_per_sec.store(smoothed.to_bits(), Relaxed);
+                (last_at, last_bytes) = (now, bytes);
+            }
+        });
+    }
+
+    /// HLS egress now, in Mbit/s (measured, smoothed over a few seconds).
+    pub fn egress_mbps(&self) -> f64 {
+        f64::from_bits(self.metrics.bits_per_sec.load(Relaxed)) / 1e6
     }
 
     fn now_ms(&self) -> u64 {
@@ -606,6 +630,11 @@ async fn playlist(
         hls.metrics.blocking_playlists.fetch_add(1, Relaxed);
     } else {
         hls.metrics.playlists.fetch_add(1, Relaxed);
+        // A player's first request (it reloads with _HLS_msn from then on):
+        // where a new HLS viewer is admitted or not, as WHEP does per session.
+        if live {
+            crate::egress::whep::check_egress_cap(app, stream)?;
+        }
     }
     // Offline: 404, except that a blocking reload of a running HLS waits for
     // the publisher to come back (a restart keeps players going).
