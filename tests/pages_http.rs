@@ -1,9 +1,13 @@
 //! The pages over plain HTTP: every page is served with its embedded assets and
 //! headers, unknown streams get 404, and multi-view layouts come from the
-//! binary or the config directory, with JSON errors for bad ones.
+//! binary or the config directory, with JSON errors for bad ones; the
+//! all-streams event feed the multi-view uses.
 
 mod common;
 
+use std::time::Duration;
+
+use common::matrix::Sse;
 use common::*;
 use serde_json::Value;
 
@@ -118,4 +122,45 @@ fn layouts_come_from_the_binary_and_the_config_dir() {
     );
     assert_eq!(v["code"], "invalid_layout");
     assert!(v["error"].as_str().unwrap().contains("does not fit"), "{v}");
+}
+
+/// `GET /api/v1/events?streams=…`: the state of the named streams on one
+/// connection, each event naming its stream; streams not asked for stay out.
+#[test]
+fn all_streams_feed() {
+    let _serial = serial();
+    let server = Server::start("");
+    let feed = Sse::open_path(&server, &format!("/api/v1/events?streams={STREAM},later"));
+    let everything = Sse::open_path(&server, "/api/v1/events");
+    feed.wait("title", Duration::from_secs(10), |d| d["name"] == STREAM);
+    feed.wait("offline", Duration::from_secs(10), |d| d["name"] == STREAM);
+    everything.wait("offline", Duration::from_secs(10), |d| d["name"] == STREAM2);
+
+    let mut p1 = Publisher::ffmpeg(&server.rtmp_url(server.key(STREAM)), FfmpegOpts::default());
+    let _p2 = Publisher::ffmpeg(&server.rtmp_url(server.key(STREAM2)), FfmpegOpts::default());
+    let live = feed.wait("live", LIVE_TIMEOUT, |d| d["name"] == STREAM);
+    assert_eq!(live["live"], true, "{live}");
+    assert_eq!(live["ingest"]["protocol"], "rtmp", "{live}");
+    everything.wait("live", LIVE_TIMEOUT, |d| d["name"] == STREAM2);
+    p1.kill();
+    feed.wait("offline", LIVE_TIMEOUT, |d| d["name"] == STREAM);
+    // The second stream went live too, but this feed did not ask for it.
+    assert!(
+        feed.events().iter().all(|(_, d)| d["name"] == STREAM),
+        "{:?}",
+        feed.events()
+    );
+
+    // Bad input: clear 400s, and the server goes on.
+    let r = get(&server, "/api/v1/events?streams=ok,Not%20A%20Name");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json().unwrap()["code"], "bad_stream_name");
+    let many: Vec<String> = (0..300).map(|i| format!("s{i}")).collect();
+    let r = get(
+        &server,
+        &format!("/api/v1/events?streams={}", many.join(",")),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json().unwrap()["code"], "too_many_streams");
+    assert_eq!(get(&server, "/healthz").status, 200);
 }

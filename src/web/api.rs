@@ -21,6 +21,7 @@ pub fn routes() -> Router<Arc<App>> {
             "/api/v1/streams/{name}/events",
             get(super::events::stream_events),
         )
+        .route("/api/v1/events", get(super::events::all_events))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
 }

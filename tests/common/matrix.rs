@@ -451,15 +451,20 @@ impl Sse {
 
     /// With a query string (e.g. `access=<token>`).
     pub fn open_query(server: &Server, stream: &str, query: &str) -> Sse {
-        let mut s = TcpStream::connect(server.http).expect("connect for SSE");
         let q = if query.is_empty() {
             String::new()
         } else {
             format!("?{query}")
         };
+        Sse::open_path(server, &format!("/api/v1/streams/{stream}/events{q}"))
+    }
+
+    /// Any SSE endpoint (e.g. `/api/v1/events?streams=a,b`).
+    pub fn open_path(server: &Server, path: &str) -> Sse {
+        let mut s = TcpStream::connect(server.http).expect("connect for SSE");
         write!(
             s,
-            "GET /api/v1/streams/{stream}/events{q} HTTP/1.0\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
             server.http
         )
         .unwrap();

@@ -1,14 +1,14 @@
-// The stream's Server-Sent Events (docs/api.md): title, viewers, live, offline,
-// chat, redaction, description. The browser reconnects by itself after a drop;
-// when it gives up (the server answered an error), we reconnect with backoff.
+// Server-Sent Events (docs/api.md). The browser reconnects by itself after a
+// drop; when it gives up (the server answered an error), we reconnect with
+// backoff.
 import { streamPath, withQuery } from './api.js';
 
 const EVENTS = ['title', 'viewers', 'live', 'offline', 'chat', 'redaction', 'description'];
 
-export class StreamEvents {
-  /** handlers: {title(d), viewers(d), live(snapshot), offline(d), chat(m), redaction(d), description(d), connection(bool)} */
-  constructor(name, handlers, { access = null } = {}) {
-    this.url = withQuery(`${streamPath(name)}/events`, { access });
+/** One EventSource: handlers[eventName](parsed data), connection(bool). */
+export class EventFeed {
+  constructor(url, handlers) {
+    this.url = url;
     this.handlers = handlers;
     this.backoff = 1000;
     this.timer = null;
@@ -49,5 +49,13 @@ export class StreamEvents {
     this.closed = true;
     clearTimeout(this.timer);
     this.es?.close();
+  }
+}
+
+/** One stream's feed: title, viewers, live, offline, chat, redaction, description. */
+export class StreamEvents extends EventFeed {
+  /** handlers: {title(d), viewers(d), live(snapshot), offline(d), chat(m), redaction(d), description(d), connection(bool)} */
+  constructor(name, handlers, { access = null } = {}) {
+    super(withQuery(`${streamPath(name)}/events`, { access }), handlers);
   }
 }

@@ -1,41 +1,20 @@
-// Live state of several streams. Up to MAX_SSE streams get their own SSE feed;
-// beyond that one GET /api/v1/streams every POLL_MS, because browsers open at
-// most six HTTP/1.1 connections per server and each feed holds one.
-import { api } from './api.js';
-import { StreamEvents } from './events.js';
-
-export const MAX_SSE = 4;
-const POLL_MS = 3000;
+// Live state of several streams on one SSE connection (GET /api/v1/events):
+// browsers open at most six HTTP/1.1 connections per server, so one feed per
+// stream would leave none for the players' WHEP requests.
+import { withQuery } from './api.js';
+import { EventFeed } from './events.js';
 
 export class LiveWatcher {
   /** on(name, {live?, title?, snapshot?}) */
-  constructor(names, on, { access = null } = {}) {
-    this.feeds = [];
-    if (names.length <= MAX_SSE) {
-      for (const name of names) {
-        this.feeds.push(new StreamEvents(name, {
-          live: (snap) => on(name, { live: true, snapshot: snap, title: snap.title }),
-          offline: () => on(name, { live: false }),
-          title: (d) => on(name, { title: d.title }),
-        }, { access }));
-      }
-    } else {
-      const want = new Set(names);
-      const poll = async () => {
-        try {
-          const all = await api('/api/v1/streams');
-          for (const s of all) if (want.has(s.name)) on(s.name, { live: s.live, title: s.title, snapshot: s });
-        } catch {
-          // Try again at the next tick.
-        }
-        this.timer = setTimeout(poll, POLL_MS);
-      };
-      poll();
-    }
+  constructor(names, on) {
+    this.feed = new EventFeed(withQuery('/api/v1/events', { streams: names.join(',') }), {
+      live: (snap) => on(snap.name, { live: true, snapshot: snap, title: snap.title }),
+      offline: (d) => on(d.name, { live: false }),
+      title: (d) => on(d.name, { title: d.title }),
+    });
   }
 
   close() {
-    for (const f of this.feeds) f.close();
-    clearTimeout(this.timer);
+    this.feed.close();
   }
 }
