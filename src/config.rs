@@ -65,7 +65,7 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Reverse proxies whose `X-Forwarded-For` / `X-Real-IP` name the client
     /// (for per-address limits). Default: this host only.
-    pub trusted_proxies: Vec<crate::web::IpNet>,
+    pub trusted_proxies: Vec<crate::auth::Cidr>,
 }
 
 impl Default for HttpConfig {

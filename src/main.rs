@@ -136,7 +136,8 @@ fn sign(
     secret: Option<String>,
     config: Option<&std::path::Path>,
 ) -> Result<String, String> {
-    use roomcast::auth::signed_policy::{self, Cidr, Policy, QueryNames};
+    use roomcast::auth::Cidr;
+    use roomcast::auth::signed_policy::{self, Policy, QueryNames};
     let mut names = QueryNames::default();
     let secret = match secret {
         Some(s) => s,

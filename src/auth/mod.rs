@@ -2,6 +2,9 @@
 //! admission webhooks (and later viewer access).
 
 pub mod admission;
+mod cidr;
 pub mod gate;
 pub mod keys;
 pub mod signed_policy;
+
+pub use cidr::Cidr;

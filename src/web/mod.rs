@@ -14,7 +14,7 @@ use axum::http::{HeaderName, Method, header};
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::server::App;
-pub use client_addr::{IpNet, client_addr};
+pub use client_addr::client_addr;
 pub use error::ApiError;
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
