@@ -114,8 +114,11 @@ fn part_position(uri: &str) -> (u64, usize) {
     (f[2].parse().unwrap(), f[3].parse().unwrap())
 }
 
-/// Blocking reloads (`_HLS_msn`, at most two segments ahead each) until
-/// segment `msn` is complete; returns that playlist.
+/// Blocking reloads (`_HLS_msn`, one segment ahead each, as a player at the
+/// live edge asks) until segment `msn` is complete; returns that playlist.
+/// (Two ahead is allowed too, but a WebRTC publisher whose encoder answers
+/// keyframe requests late makes segments longer than the target duration the
+/// hold was computed from.)
 fn block_for_segment(server: &Server, stream: &str, msn: u64) -> Playlist {
     loop {
         let r = server.get(&playlist_path(stream));
@@ -124,7 +127,7 @@ fn block_for_segment(server: &Server, stream: &str, msn: u64) -> Playlist {
             .segments
             .last()
             .map_or(0, |s| s.0 + 1);
-        let ask = msn.min(last + 2);
+        let ask = msn.min(last + 1);
         let r = http::request_timeout(
             "GET",
             &server.url(&format!("{}?_HLS_msn={ask}", playlist_path(stream))),
