@@ -214,6 +214,38 @@ impl Matrix {
         Ok(())
     }
 
+    /// The stream's title, or its name when it has none.
+    fn title_of(&self, stream: &str) -> String {
+        self.hub
+            .get(stream)
+            .map(|s| s.title())
+            .unwrap_or_else(|| stream.to_string())
+    }
+
+    /// Queues a notice of `kind` and, after it, the stream state event, in one
+    /// transaction (a retry cannot queue the notice twice).
+    async fn enqueue_notice(
+        &self,
+        room_id: &str,
+        stream: &str,
+        session: &str,
+        kind: &str,
+        notice: Value,
+        started: Option<SystemTime>,
+    ) -> Result<(), MatrixError> {
+        let state = self
+            .stream_state(stream, started.is_some(), started)
+            .to_string();
+        self.store
+            .enqueue_outbox(&[
+                outbox_item(kind, room_id, stream, session, notice.to_string()),
+                outbox_item("state", room_id, stream, session, state),
+            ])
+            .await?;
+        self.notices.wake();
+        Ok(())
+    }
+
     async fn enqueue_live(
         &self,
         stream: &str,
@@ -223,25 +255,14 @@ impl Matrix {
         let Some((m, room)) = self.room_of_stream(stream) else {
             return Ok(());
         };
-        let title = self
-            .hub
-            .get(stream)
-            .map(|s| s.title())
-            .unwrap_or_else(|| stream.to_string());
         let notice = json!({
-            "title": title,
+            "title": self.title_of(stream),
             "watch_url": self.watch_url(stream),
             "mention": room.notify,
         });
-        let state = self.stream_state(stream, true, Some(started)).to_string();
-        self.store
-            .enqueue_outbox(&[
-                outbox_item("notice", &m.room_id, stream, session, notice.to_string()),
-                outbox_item("state", &m.room_id, stream, session, state),
-            ])
+        self.enqueue_notice(&m.room_id, stream, session, "notice", notice, Some(started))
             .await?;
         info!(stream = %stream, room = %m.room_id, "matrix: go-live notice queued");
-        self.notices.wake();
         Ok(())
     }
 
@@ -255,26 +276,15 @@ impl Matrix {
         let Some((m, _)) = self.room_of_stream(stream) else {
             return Ok(());
         };
-        let title = self
-            .hub
-            .get(stream)
-            .map(|s| s.title())
-            .unwrap_or_else(|| stream.to_string());
         let ended = json!({
-            "title": title,
+            "title": self.title_of(stream),
             "duration_s": ran.as_secs(),
             "peak": peak,
             "watch_url": self.watch_url(stream),
         });
-        let state = self.stream_state(stream, false, None).to_string();
-        self.store
-            .enqueue_outbox(&[
-                outbox_item("ended", &m.room_id, stream, session, ended.to_string()),
-                outbox_item("state", &m.room_id, stream, session, state),
-            ])
+        self.enqueue_notice(&m.room_id, stream, session, "ended", ended, None)
             .await?;
         info!(stream = %stream, duration_s = ran.as_secs(), peak, "matrix: stream-ended notice queued");
-        self.notices.wake();
         Ok(())
     }
 
