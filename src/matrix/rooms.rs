@@ -150,14 +150,17 @@ impl Matrix {
     }
 
     async fn set_room_name(&self, room: &str, name: &str) -> Result<(), MatrixError> {
+        // Every row first, then what pages see: if a write fails, the
+        // homeserver retries the transaction, and the API never shows a title
+        // the database does not have.
         self.store
             .set_room_text(room, RoomText::Name, Some(name))
             .await?;
-        self.update_room(room, |r| r.name = Some(name.to_string()));
         for m in self.streams_of_room(room) {
             let title = stream_title(name, m.slot.as_deref());
             self.store.set_stream_title(&m.stream, &title).await?;
         }
+        self.update_room(room, |r| r.name = Some(name.to_string()));
         info!(room = %room, "matrix: room renamed; stream title updated");
         Ok(())
     }
