@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::matrix::*;
@@ -21,35 +19,13 @@ use serde_json::{Value, json};
 const PAGE_TIMEOUT: Duration = Duration::from_secs(120);
 const RENAME_DEADLINE_MS: u64 = 2000;
 
-fn artifacts() -> PathBuf {
-    manifest_dir().join("tests/artifacts/matrix-pages")
-}
-
-/// `node pages.mjs SCENARIO --base … --artifacts … ARGS`.
+/// One scenario of tests/browser/pages.mjs, screenshots in tests/artifacts/matrix-pages.
 fn pages(server: &Server, scenario: &str, args: &[&str]) -> JsonTool {
-    let dir = node_dir();
-    let mut cmd =
-        Command::new(std::env::var_os("ROOMCAST_TEST_NODE").unwrap_or_else(|| "node".into()));
-    cmd.current_dir(&dir)
-        .arg(dir.join("pages.mjs"))
-        .arg(scenario)
-        .arg("--base")
-        .arg(server.base_url())
-        .arg("--artifacts")
-        .arg(artifacts())
-        .args(args);
-    JsonTool::spawn(&format!("pages.mjs {scenario}"), cmd)
+    pages_scenario(server, "matrix-pages", scenario, args)
 }
 
-/// Waits for the result line and asserts it is ok; returns it.
 fn finish(tool: &mut JsonTool, what: &str) -> Value {
-    let r = tool.result(PAGE_TIMEOUT);
-    println!("{what}: {r}");
-    for shot in tool.events_of("shot") {
-        println!("{what}: screenshot {}", shot["path"]);
-    }
-    assert_eq!(r["ok"], true, "{what} failed: {}", r["reason"]);
-    r
+    finish_scenario(tool, what, PAGE_TIMEOUT)
 }
 
 fn step(tool: &JsonTool, name: &str) -> Value {

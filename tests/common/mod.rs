@@ -1006,6 +1006,34 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// `node pages.mjs SCENARIO --base … --artifacts tests/artifacts/ARTIFACTS ARGS`:
+/// one page scenario of tests/browser/pages.mjs, screenshots under ARTIFACTS.
+pub fn pages_scenario(server: &Server, artifacts: &str, scenario: &str, args: &[&str]) -> JsonTool {
+    let dir = node_dir();
+    let mut cmd =
+        Command::new(std::env::var_os("ROOMCAST_TEST_NODE").unwrap_or_else(|| "node".into()));
+    cmd.current_dir(&dir)
+        .arg(dir.join("pages.mjs"))
+        .arg(scenario)
+        .arg("--base")
+        .arg(server.base_url())
+        .arg("--artifacts")
+        .arg(manifest_dir().join("tests/artifacts").join(artifacts))
+        .args(args);
+    JsonTool::spawn(&format!("pages.mjs {scenario}"), cmd)
+}
+
+/// Waits for a page scenario's result line and asserts it is ok; returns it.
+pub fn finish_scenario(tool: &mut JsonTool, what: &str, timeout: Duration) -> Value {
+    let r = tool.result(timeout);
+    println!("{what}: {r}");
+    for shot in tool.events_of("shot") {
+        println!("{what}: screenshot {}", shot["path"]);
+    }
+    assert_eq!(r["ok"], true, "{what} failed: {}", r["reason"]);
+    r
+}
+
 /// The directory with play.mjs and node_modules: `$ROOMCAST_TEST_NODE_DIR`, else tests/browser.
 pub fn node_dir() -> PathBuf {
     let d = std::env::var_os("ROOMCAST_TEST_NODE_DIR")
