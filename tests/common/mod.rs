@@ -16,6 +16,8 @@ pub mod http;
 pub mod matrix;
 pub mod postgres;
 pub mod publishers;
+pub mod raw_rtmp;
+pub mod rtc_client;
 pub mod rtmp;
 pub mod synapse;
 pub mod ws;
@@ -590,6 +592,11 @@ impl Server {
                     self.log.tail(60)
                 )
             })
+    }
+
+    /// The server's process id (for /proc: RSS, CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn is_running(&mut self) -> bool {

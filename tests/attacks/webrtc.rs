@@ -1,0 +1,285 @@
+//! WHIP/WHEP attacks: a publisher whose frame never ends, offers with tens of
+//! thousands of lines, and DELETE/PATCH on sessions without their secret.
+
+use std::time::{Duration, Instant};
+
+use crate::common::rtc_client::{self, Outgoing};
+use crate::common::*;
+use crate::fixture::*;
+
+const TRICKLE: &str = "application/trickle-ice-sdpfrag";
+
+/// PATCH with a harmless fragment: 204 while the session exists (with proof).
+fn patch(url: &str, bearer: Option<&str>) -> HttpResponse {
+    let auth = bearer.map(|k| format!("Bearer {k}"));
+    let mut h = vec![("Content-Type", TRICKLE)];
+    if let Some(a) = &auth {
+        h.push(("Authorization", a.as_str()));
+    }
+    http::request("PATCH", url, &h, Some(b"a=end-of-candidates\r\n"))
+        .unwrap_or_else(|e| panic!("PATCH {url}: {e}"))
+}
+
+fn delete(url: &str, bearer: Option<&str>) -> HttpResponse {
+    let auth = bearer.map(|k| format!("Bearer {k}"));
+    let mut h = vec![];
+    if let Some(a) = &auth {
+        h.push(("Authorization", a.as_str()));
+    }
+    http::request("DELETE", url, &h, None).unwrap_or_else(|e| panic!("DELETE {url}: {e}"))
+}
+
+/// A refusal: 4xx with a JSON `{error, code}`.
+fn assert_refused(r: &HttpResponse, what: &str) {
+    assert!(
+        (400..500).contains(&r.status),
+        "{what}: expected a 4xx refusal, got {} {:?}",
+        r.status,
+        truncate(&r.text(), 300)
+    );
+    assert_json_error(r, r.status, what);
+}
+
+/// A WHIP publisher (str0m) on t2 sends one H.264 IDR frame that never ends
+/// (FU-A fragments, one timestamp, no marker) at 6 MB/s: the server drops it
+/// (frame byte cap) well before it sent 150 MB, and its memory comes back.
+#[test]
+#[ignore = "waiting for rtc fix: max_frame_bytes"]
+fn whip_frame_that_never_ends_is_dropped() {
+    let mut f = Fixture::start();
+    let attack = "WHIP: one H.264 frame without a marker bit, forever";
+    let m = f.mark(attack);
+    let key = f.server.key(STREAM2).to_string();
+    let max_bytes = 60_000_000;
+    let mut s = rtc_client::start(
+        &f.server.whip_url(STREAM2),
+        Some(&key),
+        true,
+        Outgoing::EndlessFrame {
+            packet: 1100,
+            bytes_per_sec: 2_000_000,
+            max_bytes,
+        },
+    )
+    .unwrap_or_else(|r| panic!("[{attack}] WHIP POST answered {}: {}", r.status, r.text()));
+    wait_until(
+        &format!("[{attack}] the publisher to connect"),
+        Duration::from_secs(20),
+        || s.connected().then_some(()),
+    );
+    // Dropped: the session is gone (PATCH with the key says 404) or the
+    // server stopped answering (str0m's ICE gives up).
+    let t0 = Instant::now();
+    let dropped = poll_until(Duration::from_secs(30), || {
+        s.ended() || patch(&s.location, Some(&key)).status == 404
+    });
+    let sent = s.sent_bytes();
+    println!(
+        "[{attack}] {} MB written, {} MB on the wire; t2: {:?}",
+        sent / 1_000_000,
+        s.transmitted() / 1_000_000,
+        f.server.api_stream(STREAM2)
+    );
+    let peak = m.rss.peak_kib();
+    let why = s.stop();
+    println!(
+        "[{attack}] dropped={dropped} after {:.1?}, {} MB sent, client: {why}, peak RSS {peak} KiB (baseline {})",
+        t0.elapsed(),
+        sent / 1_000_000,
+        f.baseline_kib
+    );
+    assert!(
+        why != "panicked" && sent > 1_000_000,
+        "[{attack}] the attacker did not run: {why}, {sent} bytes sent"
+    );
+    assert!(
+        dropped && sent < max_bytes,
+        "[{attack}] the server kept the publisher: {} MB sent, peak RSS {peak} KiB (baseline {} KiB)",
+        sent / 1_000_000,
+        f.baseline_kib
+    );
+    drop(s);
+    f.after(m, 10);
+}
+
+/// 5 000 payload types on the m-line, 2 500 H.264 and 2 500 RTX rtpmaps,
+/// 5 000 fmtp lines that match none of them, 35 000 other a= lines: ~50 000
+/// lines in ~450 KB (under the test's 1 MiB body limit).
+fn monster_offer() -> String {
+    let base = offer_sdp(&["H264"]);
+    let mut extra = String::with_capacity(600 * 1024);
+    for _ in 0..2_500 {
+        extra.push_str("a=rtpmap:100 H264/90000\r\n");
+        extra.push_str("a=rtpmap:101 rtx/90000\r\n");
+    }
+    for _ in 0..5_000 {
+        extra.push_str("a=fmtp:102 x=1\r\n");
+    }
+    for i in 0..35_000 {
+        extra.push_str(&format!("a=x{}\r\n", i % 10));
+    }
+    let pts: Vec<String> = (0..5_000).map(|i| (96 + i % 32).to_string()).collect();
+    let mut out = String::new();
+    for line in base.split_inclusive("\r\n") {
+        if let Some(rest) = line.strip_prefix("m=video 9 UDP/TLS/RTP/SAVPF ") {
+            out.push_str("m=video 9 UDP/TLS/RTP/SAVPF ");
+            out.push_str(rest.trim_end());
+            out.push(' ');
+            out.push_str(&pts.join(" "));
+            out.push_str("\r\n");
+        } else if line.starts_with("a=mid:0") {
+            out.push_str(line);
+            out.push_str(&extra);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "waiting for rtc fix: linear, capped SDP parsing"]
+fn offers_with_tens_of_thousands_of_lines_are_refused_fast() {
+    let mut f = Fixture::start_with(hardened_opts());
+    let offer = monster_offer();
+    let lines = offer.lines().count();
+    let key = f.server.key(STREAM2).to_string();
+    for (attack, url, bearer) in [
+        (
+            format!("WHEP: an offer of {lines} lines, {} bytes", offer.len()),
+            f.server.whep_url(STREAM),
+            None,
+        ),
+        (
+            format!("WHIP: an offer of {lines} lines with the key"),
+            f.server.whip_url(STREAM2),
+            Some(format!("Bearer {key}")),
+        ),
+    ] {
+        let m = f.mark(&attack);
+        let mut h = vec![("Content-Type", "application/sdp")];
+        if let Some(b) = &bearer {
+            h.push(("Authorization", b.as_str()));
+        }
+        let cpu0 = cpu_time(f.pid());
+        let t0 = Instant::now();
+        let r = http::request_timeout(
+            "POST",
+            &url,
+            &h,
+            Some(offer.as_bytes()),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("[{attack}] no answer within 10 s: {e}"));
+        let took = t0.elapsed();
+        let cpu = cpu_time(f.pid()).saturating_sub(cpu0);
+        println!("[{attack}] {} in {took:?}, {cpu:?} server CPU", r.status);
+        assert_refused(&r, &attack);
+        assert!(
+            took < Duration::from_secs(1) && cpu < Duration::from_millis(500),
+            "[{attack}] refused only after {took:?} and {cpu:?} of server CPU"
+        );
+        f.after(m, 5);
+    }
+}
+
+/// Without their secret, nobody ends or patches a session: counter-like ids
+/// 1..=100 on WHEP and WHIP, a near miss of a real WHEP id, and the real WHIP
+/// session without (or with a wrong) key. The watching viewer, a second
+/// WHEP viewer and a WHIP publisher all carry on.
+#[test]
+#[ignore = "waiting for http fix: session ownership"]
+fn sessions_cannot_be_ended_or_patched_without_their_secret() {
+    let mut f = Fixture::start();
+    let key2 = f.server.key(STREAM2).to_string();
+    let whep = rtc_client::start(&f.server.whep_url(STREAM), None, false, Outgoing::Nothing)
+        .unwrap_or_else(|r| panic!("WHEP POST answered {}: {}", r.status, r.text()));
+    let whip = rtc_client::start(
+        &f.server.whip_url(STREAM2),
+        Some(&key2),
+        true,
+        Outgoing::Nothing,
+    )
+    .unwrap_or_else(|r| panic!("WHIP POST answered {}: {}", r.status, r.text()));
+    wait_until(
+        "the str0m viewer and publisher to connect",
+        Duration::from_secs(20),
+        || (whep.connected() && whip.connected()).then_some(()),
+    );
+    println!(
+        "WHEP session {}, WHIP session {}",
+        whep.location, whip.location
+    );
+
+    let attack = "sessions: DELETE and PATCH on ids 1..=100 without a secret";
+    let m = f.mark(attack);
+    for n in 1..=100 {
+        for (proto, stream) in [("whep", STREAM), ("whip", STREAM2), ("whip", STREAM)] {
+            let url = f.server.url(&format!("/{proto}/{stream}/{n}"));
+            assert_refused(&delete(&url, None), &format!("[{attack}] DELETE {url}"));
+            assert_refused(&patch(&url, None), &format!("[{attack}] PATCH {url}"));
+        }
+    }
+    f.after(m, 10);
+
+    let attack = "sessions: the real sessions without their proof";
+    let m = f.mark(attack);
+    // WHIP: the real Location, without the key and with another stream's key.
+    let key1 = f.server.key(STREAM).to_string();
+    for bearer in [None, Some(key1.as_str()), Some("not-a-key")] {
+        let what = format!("[{attack}] WHIP {} with {bearer:?}", whip.location);
+        assert_refused(&delete(&whip.location, bearer), &format!("DELETE {what}"));
+        assert_refused(&patch(&whip.location, bearer), &format!("PATCH {what}"));
+    }
+    // WHEP: the Location is the secret; near misses and other streams fail.
+    let id = whep.location.rsplit('/').next().unwrap().to_string();
+    let mut near = id.clone();
+    let last = near.pop().unwrap();
+    near.push(if last == '0' { '1' } else { '0' });
+    let mut guesses = vec![
+        f.server.url(&format!("/whep/{STREAM}/{near}")),
+        f.server.url(&format!("/whep/{STREAM2}/{id}")),
+        f.server.url(&format!("/whip/{STREAM}/{id}")),
+    ];
+    if let Some((path, _)) = whep.location.split_once('?') {
+        guesses.push(path.to_string());
+    }
+    if let Ok(n) = id.parse::<u64>() {
+        for k in n.saturating_sub(3)..n + 3 {
+            if k != n {
+                guesses.push(f.server.url(&format!("/whep/{STREAM}/{k}")));
+            }
+        }
+    }
+    for g in &guesses {
+        assert_refused(&delete(g, None), &format!("[{attack}] DELETE {g}"));
+        assert_refused(&patch(g, None), &format!("[{attack}] PATCH {g}"));
+    }
+    f.after(m, 10);
+
+    // Both sessions are still there for their owners, who can end them.
+    assert!(
+        !whep.ended() && !whip.ended(),
+        "a session ended under the attack"
+    );
+    assert_eq!(
+        patch(&whip.location, Some(&key2)).status,
+        204,
+        "WHIP owner's PATCH"
+    );
+    assert_eq!(
+        patch(&whep.location, None).status,
+        204,
+        "WHEP owner's PATCH"
+    );
+    assert_eq!(
+        delete(&whip.location, Some(&key2)).status,
+        200,
+        "WHIP owner's DELETE"
+    );
+    assert_eq!(
+        delete(&whep.location, None).status,
+        200,
+        "WHEP owner's DELETE"
+    );
+}
