@@ -222,26 +222,8 @@ impl Fixture {
             Duration::from_secs(30),
             |v| v["type"] == "progress" && video_frames(v) >= need,
         );
-        // 4. RSS back within 20 % of the baseline.
         let pid = self.pid();
-        let limit = (self.baseline_kib as f64 * (1.0 + RSS_SLACK)) as u64;
-        let peak = m.rss.peak_kib();
-        let t = Instant::now();
-        let back = poll_until(RSS_SETTLE, || rss_kib(pid) <= limit);
-        let now = rss_kib(pid);
-        println!(
-            "[{attack}] RSS baseline {} KiB, peak {peak} KiB, after {now} KiB (limit {limit} KiB, waited {:.1?})",
-            self.baseline_kib,
-            t.elapsed()
-        );
-        assert!(
-            back,
-            "[{attack}] RSS not back within {:.0} % of the baseline after {RSS_SETTLE:?}: \
-             baseline {} KiB, peak {peak} KiB, now {now} KiB",
-            RSS_SLACK * 100.0,
-            self.baseline_kib
-        );
-        // 5. Logged at most once per interval; never a panic.
+        // 4. Logged at most once per interval; never a panic.
         let lines = self.log_since(&m);
         for l in &lines {
             assert!(
@@ -260,6 +242,24 @@ impl Fixture {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join("\n")
+        );
+        // 5. RSS back within 20 % of the baseline.
+        let limit = (self.baseline_kib as f64 * (1.0 + RSS_SLACK)) as u64;
+        let peak = m.rss.peak_kib();
+        let t = Instant::now();
+        let back = poll_until(RSS_SETTLE, || rss_kib(pid) <= limit);
+        let now = rss_kib(pid);
+        println!(
+            "[{attack}] RSS baseline {} KiB, peak {peak} KiB, after {now} KiB (limit {limit} KiB, waited {:.1?})",
+            self.baseline_kib,
+            t.elapsed()
+        );
+        assert!(
+            back,
+            "[{attack}] RSS not back within {:.0} % of the baseline after {RSS_SETTLE:?}: \
+             baseline {} KiB, peak {peak} KiB, now {now} KiB",
+            RSS_SLACK * 100.0,
+            self.baseline_kib
         );
         for l in lines.iter().take(5) {
             println!("[{attack}] log: {}", truncate(l, 300));

@@ -73,6 +73,10 @@ fn rtmp_commands_with_fewer_than_three_values_are_refused() {
             refused(&mut c, REFUSE),
             "[RTMP: a command with {what}] neither closed nor answered _error"
         );
+        println!(
+            "[RTMP: a command with {what}] refused; RSS {} KiB",
+            rss_kib(f.pid())
+        );
     }
     f.after(m, 10);
 }

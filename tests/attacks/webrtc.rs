@@ -184,9 +184,9 @@ fn offers_with_tens_of_thousands_of_lines_are_refused_fast() {
 }
 
 /// Without their secret, nobody ends or patches a session: counter-like ids
-/// 1..=100 on WHEP and WHIP, a near miss of a real WHEP id, and the real WHIP
-/// session without (or with a wrong) key. The watching viewer, a second
-/// WHEP viewer and a WHIP publisher all carry on.
+/// 1..=100 on WHEP and WHIP, near misses of the real ids and the real ids on
+/// another stream or protocol. The watching viewer, a second WHEP viewer and
+/// a WHIP publisher all carry on, and their owners can still end them.
 #[test]
 #[ignore = "waiting for http fix: session ownership"]
 fn sessions_cannot_be_ended_or_patched_without_their_secret() {
@@ -224,30 +224,35 @@ fn sessions_cannot_be_ended_or_patched_without_their_secret() {
 
     let attack = "sessions: the real sessions without their proof";
     let m = f.mark(attack);
-    // WHIP: the real Location, without the key and with another stream's key.
-    let key1 = f.server.key(STREAM).to_string();
-    for bearer in [None, Some(key1.as_str()), Some("not-a-key")] {
-        let what = format!("[{attack}] WHIP {} with {bearer:?}", whip.location);
-        assert_refused(&delete(&whip.location, bearer), &format!("DELETE {what}"));
-        assert_refused(&patch(&whip.location, bearer), &format!("PATCH {what}"));
-    }
-    // WHEP: the Location is the secret; near misses and other streams fail.
-    let id = whep.location.rsplit('/').next().unwrap().to_string();
-    let mut near = id.clone();
-    let last = near.pop().unwrap();
-    near.push(if last == '0' { '1' } else { '0' });
-    let mut guesses = vec![
-        f.server.url(&format!("/whep/{STREAM}/{near}")),
-        f.server.url(&format!("/whep/{STREAM2}/{id}")),
-        f.server.url(&format!("/whip/{STREAM}/{id}")),
-    ];
-    if let Some((path, _)) = whep.location.split_once('?') {
-        guesses.push(path.to_string());
-    }
-    if let Ok(n) = id.parse::<u64>() {
-        for k in n.saturating_sub(3)..n + 3 {
-            if k != n {
-                guesses.push(f.server.url(&format!("/whep/{STREAM}/{k}")));
+    // The proof may be the unguessable Location itself (or, for a publisher,
+    // the key): near misses of both real ids, the ids on another stream or
+    // protocol, and the neighbours of a numeric id are all refused.
+    let mut guesses = Vec::new();
+    for (proto, stream, location) in [
+        ("whep", STREAM, &whep.location),
+        ("whip", STREAM2, &whip.location),
+    ] {
+        let location = location
+            .split_once('?')
+            .map_or(location.as_str(), |(p, _)| p);
+        let id = location.rsplit('/').next().unwrap().to_string();
+        let mut near = id.clone();
+        let last = near.pop().unwrap();
+        near.push(if last == '0' { '1' } else { '0' });
+        let other = if stream == STREAM { STREAM2 } else { STREAM };
+        let other_proto = if proto == "whep" { "whip" } else { "whep" };
+        guesses.push(f.server.url(&format!("/{proto}/{stream}/{near}")));
+        guesses.push(
+            f.server
+                .url(&format!("/{proto}/{stream}/{}", &id[..id.len() - 1])),
+        );
+        guesses.push(f.server.url(&format!("/{proto}/{other}/{id}")));
+        guesses.push(f.server.url(&format!("/{other_proto}/{stream}/{id}")));
+        if let Ok(n) = id.parse::<u64>() {
+            for k in n.saturating_sub(3)..n + 3 {
+                if k != n {
+                    guesses.push(f.server.url(&format!("/{proto}/{stream}/{k}")));
+                }
             }
         }
     }
