@@ -225,7 +225,8 @@ async fn get(addr: SocketAddr, src: SocketAddr, path: String, deadline: Instant)
 
 /// 1 000 concurrent blocking playlist reloads (the next part, a segment
 /// ahead, far ahead, and u64::MAX) from 100 addresses: each is answered
-/// (200), refused (4xx/5xx JSON) or closed, within 15 s.
+/// (200), refused (4xx/5xx JSON) or closed, within 15 s; far-future ones
+/// are refused.
 #[test]
 #[ignore = "waiting for http fix: LL-HLS _HLS_part overflow"]
 fn thousand_blocking_ll_hls_reloads_are_served_or_refused() {
@@ -280,7 +281,8 @@ fn thousand_blocking_ll_hls_reloads_are_served_or_refused() {
             let ok = match r {
                 Err(()) => false,
                 Ok(None) => true,
-                Ok(Some((200, _))) => k < 3,
+                // A part of a segment that completed meanwhile is there: 200.
+                Ok(Some((200, _))) => k != 3 && k != 4,
                 Ok(Some((s, json))) => *s >= 400 && *json,
             };
             if !ok {
