@@ -291,17 +291,23 @@ fn settled_rss(pid: u32) -> u64 {
     }
 }
 
-/// `[connections]` first-bytes/header timeout in [`hardened_opts`].
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
-/// `[connections]` idle timeout in [`hardened_opts`].
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[connections]` timeouts in [`hardened_opts`]: nothing sent, an HTTP
+/// head not complete, and no byte either way (the server's minimum is 30 s).
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(2);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The server with short connection timeouts (so the connection attacks end
 /// quickly) and a 1 MiB body limit (so a 450 KB offer is within it).
 pub fn hardened_opts() -> ServerOpts {
     ServerOpts {
         http_extra: "max_body_bytes = 1048576".into(),
-        extra_toml: String::new(),
+        extra_toml: format!(
+            "[connections]\nfirst_bytes_timeout_secs = {}\nhttp_header_timeout_secs = {}\nidle_timeout_secs = {}\n",
+            FIRST_BYTES_TIMEOUT.as_secs(),
+            HEADER_TIMEOUT.as_secs(),
+            IDLE_TIMEOUT.as_secs()
+        ),
         ..ServerOpts::default()
     }
 }

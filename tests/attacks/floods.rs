@@ -69,7 +69,9 @@ async fn hold(
 
 /// 4 500 connections: 1 125 per listener (HTTP, RTMP, ICE-TCP, OME
 /// WebSocket), half silent and half stopping mid-header. All must be closed
-/// by the server within its first-bytes/header timeout.
+/// by the server: silent ones within the first-bytes timeout, HTTP heads
+/// within the header timeout, a half RTMP handshake or ICE-TCP frame within
+/// the idle timeout at most (8 s of slack each, for 4 500 sockets on 2 cores).
 #[test]
 #[ignore = "waiting for listener fix: [connections] timeouts"]
 fn idle_and_half_header_connections_are_closed_on_every_listener() {
@@ -107,8 +109,18 @@ fn idle_and_half_header_connections_are_closed_on_every_listener() {
     let attack = "listeners: 4 500 idle and half-header connections";
     let m = f.mark(attack);
     let rt = runtime();
-    let close_within = HEADER_TIMEOUT + Duration::from_secs(15);
-    let deadline = Instant::now() + close_within + Duration::from_secs(10);
+    let slack = Duration::from_secs(8);
+    let close_within = |name: &str, idle: bool| {
+        slack
+            + if idle {
+                FIRST_BYTES_TIMEOUT
+            } else if name == "http" || name == "ome" {
+                HEADER_TIMEOUT
+            } else {
+                IDLE_TIMEOUT
+            }
+    };
+    let deadline = Instant::now() + IDLE_TIMEOUT + slack + Duration::from_secs(5);
     let mut tasks = Vec::new();
     for i in 0..4_500usize {
         let (name, addr, half) = listeners[i % 4];
@@ -140,7 +152,7 @@ fn idle_and_half_header_connections_are_closed_on_every_listener() {
             let open = of.iter().filter(|o| **o == Outcome::Open).count();
             let late = of
                 .iter()
-                .filter(|o| matches!(o, Outcome::Closed(d) if *d > close_within))
+                .filter(|o| matches!(o, Outcome::Closed(d) if *d > close_within(name, idle)))
                 .count();
             let not_accepted = of.iter().filter(|o| **o == Outcome::NotAccepted).count();
             let slowest = of
@@ -152,10 +164,11 @@ fn idle_and_half_header_connections_are_closed_on_every_listener() {
                 .max()
                 .unwrap_or_default();
             report.push_str(&format!(
-                "  {name} {}: {} connections, {open} still open, {late} closed late, \
+                "  {name} {}: {} connections, {open} still open, {late} closed after {:?}, \
                  {not_accepted} not accepted, slowest close {slowest:.1?}\n",
                 if idle { "idle" } else { "half-header" },
-                of.len()
+                of.len(),
+                close_within(name, idle)
             ));
             failed |= open > 0 || late > 0;
         }
@@ -163,7 +176,7 @@ fn idle_and_half_header_connections_are_closed_on_every_listener() {
     println!("[{attack}]\n{report}");
     assert!(
         !failed,
-        "[{attack}] connections outlived the header timeout ({HEADER_TIMEOUT:?} + 15 s):\n{report}"
+        "[{attack}] connections outlived the server's timeouts:\n{report}"
     );
     // Every listener still serves.
     for (name, addr, _) in listeners {
