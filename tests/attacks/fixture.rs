@@ -254,13 +254,24 @@ impl Fixture {
             self.baseline_kib,
             t.elapsed()
         );
-        assert!(
-            back,
-            "[{attack}] RSS not back within {:.0} % of the baseline after {RSS_SETTLE:?}: \
-             baseline {} KiB, peak {peak} KiB, now {now} KiB",
-            RSS_SLACK * 100.0,
-            self.baseline_kib
-        );
+        if !back {
+            let trimmed = rss_after_malloc_trim(pid);
+            panic!(
+                "[{attack}] RSS not back within {:.0} % of the baseline after {RSS_SETTLE:?}: \
+                 baseline {} KiB, peak {peak} KiB, now {now} KiB; {}",
+                RSS_SLACK * 100.0,
+                self.baseline_kib,
+                match trimmed {
+                    Some(t) if t <= limit => format!(
+                        "after malloc_trim(0) in the server {t} KiB: glibc keeps the freed \
+                         memory, the server should give it back (malloc_trim or another allocator)"
+                    ),
+                    Some(t) =>
+                        format!("after malloc_trim(0) in the server still {t} KiB: held, not freed"),
+                    None => "(no gdb to try malloc_trim)".to_string(),
+                }
+            );
+        }
         for l in lines.iter().take(5) {
             println!("[{attack}] log: {}", truncate(l, 300));
         }
@@ -271,6 +282,24 @@ impl Fixture {
             m.at.elapsed()
         );
     }
+}
+
+/// Diagnosis only, when RSS did not come back: makes the server call glibc's
+/// `malloc_trim(0)` (through gdb, if installed) and returns its RSS after.
+/// If that brings RSS back, the memory was freed but kept by the allocator.
+fn rss_after_malloc_trim(pid: u32) -> Option<u64> {
+    let out = std::process::Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "call (int)malloc_trim(0)",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status.success().then(|| rss_kib(pid))
 }
 
 /// RSS once it stops moving: two samples a second apart within 2 % (10 s at most).
