@@ -121,7 +121,7 @@ fn rtmp_zero_and_huge_chunk_sizes_are_survived() {
 /// of it in one chunk and stop: each is closed (a message cap, or the idle
 /// timeout), and the buffers are given back.
 #[test]
-#[ignore = "waiting for listener fix: [connections] timeouts, one log line per closed connection"]
+#[ignore = "waiting for rtmp and listener fixes: [connections] config, one log line per closed connection"]
 fn rtmp_messages_near_16_mib_never_completed_are_closed() {
     let mut f = Fixture::start_with(hardened_opts());
     let attack = "RTMP: 10 messages of 16 MiB - 1 announced, 2 MiB sent, never completed";
@@ -220,7 +220,7 @@ fn rtmp_thousands_of_create_stream_are_capped() {
 }
 
 #[test]
-#[ignore = "waiting for listener/rtmp fix: one log line per refused connection"]
+#[ignore = "waiting for rtmp fix: one log line per refused connection"]
 fn rtmp_random_bytes_before_the_handshake_are_closed() {
     let mut f = Fixture::start();
     let attack = "RTMP: 50 connections sending random bytes instead of C0/C1";

@@ -138,7 +138,7 @@ fn monster_offer() -> String {
 }
 
 #[test]
-#[ignore = "waiting for rtc fix: linear, capped SDP parsing"]
+#[ignore = "waiting for rtc and listener fixes: linear, capped SDP parsing; [connections] config"]
 fn offers_with_tens_of_thousands_of_lines_are_refused_fast() {
     let mut f = Fixture::start_with(hardened_opts());
     let offer = monster_offer();
