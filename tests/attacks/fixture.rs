@@ -326,11 +326,17 @@ pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(2);
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The server with short connection timeouts (so the connection attacks end
-/// quickly) and a 1 MiB body limit (so a 450 KB offer is within it).
-pub fn hardened_opts() -> ServerOpts {
+/// A 1 MiB body limit, so a 450 KB offer is within it.
+pub fn big_body_opts() -> ServerOpts {
     ServerOpts {
         http_extra: "max_body_bytes = 1048576".into(),
+        ..ServerOpts::default()
+    }
+}
+
+/// The server with short connection timeouts, so the connection floods end quickly.
+pub fn hardened_opts() -> ServerOpts {
+    ServerOpts {
         extra_toml: format!(
             "[connections]\nfirst_bytes_timeout_secs = {}\nhttp_header_timeout_secs = {}\nidle_timeout_secs = {}\n",
             FIRST_BYTES_TIMEOUT.as_secs(),
