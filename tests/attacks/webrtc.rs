@@ -108,23 +108,23 @@ fn whip_frame_that_never_ends_is_dropped() {
     f.after(m, 10);
 }
 
-/// 5 000 payload types on the m-line, 2 500 H.264 and 2 500 RTX rtpmaps,
-/// 5 000 fmtp lines that match none of them, 35 000 other a= lines: ~50 000
-/// lines in ~450 KB (under the test's 1 MiB body limit).
-fn monster_offer() -> String {
+/// An H.264 offer with `pts` payload types on the video m-line, `maps` H.264
+/// and as many RTX rtpmaps, `fmtps` fmtp lines that match none of them
+/// (what made the old summary rtpmap × rtx × fmtp) and `filler` other lines.
+fn monster_offer(pts: usize, maps: usize, fmtps: usize, filler: usize) -> String {
     let base = offer_sdp(&["H264"]);
-    let mut extra = String::with_capacity(600 * 1024);
-    for _ in 0..2_500 {
+    let mut extra = String::with_capacity(maps * 50 + fmtps * 16 + filler * 6);
+    for _ in 0..maps {
         extra.push_str("a=rtpmap:100 H264/90000\r\n");
         extra.push_str("a=rtpmap:101 rtx/90000\r\n");
     }
-    for _ in 0..5_000 {
+    for _ in 0..fmtps {
         extra.push_str("a=fmtp:102 x=1\r\n");
     }
-    for i in 0..35_000 {
+    for i in 0..filler {
         extra.push_str(&format!("a=x{}\r\n", i % 10));
     }
-    let pts: Vec<String> = (0..5_000).map(|i| (96 + i % 32).to_string()).collect();
+    let pts: Vec<String> = (0..pts).map(|i| (96 + i % 4).to_string()).collect();
     let mut out = String::new();
     for line in base.split_inclusive("\r\n") {
         if let Some(rest) = line.strip_prefix("m=video 9 UDP/TLS/RTP/SAVPF ") {
@@ -143,49 +143,67 @@ fn monster_offer() -> String {
     out
 }
 
+/// Two offers: ~45 000 lines and 5 000 payload types in ~430 KB (within
+/// the test's 1 MiB body limit) must be refused; ~2 600 lines and 500
+/// payload types in under 64 KiB (within the SDP byte and line-length caps)
+/// may be refused or answered. Either way within 1 s and 0.5 s of server CPU, for WHEP and for
+/// WHIP with the key.
 #[test]
 #[ignore = "waiting for rtc fix: linear, capped SDP parsing"]
-fn offers_with_tens_of_thousands_of_lines_are_refused_fast() {
+fn offers_with_tens_of_thousands_of_lines_are_answered_fast() {
     let mut f = Fixture::start_with(big_body_opts());
-    let offer = monster_offer();
-    let lines = offer.lines().count();
     let key = f.server.key(STREAM2).to_string();
-    for (attack, url, bearer) in [
-        (
-            format!("WHEP: an offer of {lines} lines, {} bytes", offer.len()),
-            f.server.whep_url(STREAM),
-            None,
-        ),
-        (
-            format!("WHIP: an offer of {lines} lines with the key"),
-            f.server.whip_url(STREAM2),
-            Some(format!("Bearer {key}")),
-        ),
+    for (size, offer) in [
+        ("big", monster_offer(5_000, 2_500, 5_000, 35_000)),
+        ("compact", monster_offer(500, 700, 1_200, 0)),
     ] {
-        let m = f.mark(&attack);
-        let mut h = vec![("Content-Type", "application/sdp")];
-        if let Some(b) = &bearer {
-            h.push(("Authorization", b.as_str()));
+        let lines = offer.lines().count();
+        for (attack, url, bearer) in [
+            (
+                format!(
+                    "WHEP: a {size} offer of {lines} lines, {} bytes",
+                    offer.len()
+                ),
+                f.server.whep_url(STREAM),
+                None,
+            ),
+            (
+                format!("WHIP: a {size} offer of {lines} lines with the key"),
+                f.server.whip_url(STREAM2),
+                Some(format!("Bearer {key}")),
+            ),
+        ] {
+            let m = f.mark(&attack);
+            let mut h = vec![("Content-Type", "application/sdp")];
+            if let Some(b) = &bearer {
+                h.push(("Authorization", b.as_str()));
+            }
+            let cpu0 = cpu_time(f.pid());
+            let t0 = Instant::now();
+            let r = http::request_timeout(
+                "POST",
+                &url,
+                &h,
+                Some(offer.as_bytes()),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| panic!("[{attack}] no answer within 10 s: {e}"));
+            let took = t0.elapsed();
+            let cpu = cpu_time(f.pid()).saturating_sub(cpu0);
+            println!("[{attack}] {} in {took:?}, {cpu:?} server CPU", r.status);
+            if size == "big" || r.status != 201 {
+                assert_refused(&r, &attack);
+            }
+            assert!(
+                took < Duration::from_secs(1) && cpu < Duration::from_millis(500),
+                "[{attack}] answered only after {took:?} and {cpu:?} of server CPU"
+            );
+            if let Some(loc) = r.header("location") {
+                // An answered offer: end that session again.
+                let _ = http::request("DELETE", &f.server.url(loc), &[], None);
+            }
+            f.after(m, 5);
         }
-        let cpu0 = cpu_time(f.pid());
-        let t0 = Instant::now();
-        let r = http::request_timeout(
-            "POST",
-            &url,
-            &h,
-            Some(offer.as_bytes()),
-            Duration::from_secs(10),
-        )
-        .unwrap_or_else(|e| panic!("[{attack}] no answer within 10 s: {e}"));
-        let took = t0.elapsed();
-        let cpu = cpu_time(f.pid()).saturating_sub(cpu0);
-        println!("[{attack}] {} in {took:?}, {cpu:?} server CPU", r.status);
-        assert_refused(&r, &attack);
-        assert!(
-            took < Duration::from_secs(1) && cpu < Duration::from_millis(500),
-            "[{attack}] refused only after {took:?} and {cpu:?} of server CPU"
-        );
-        f.after(m, 5);
     }
 }
 
