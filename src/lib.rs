@@ -9,6 +9,7 @@ pub mod hub;
 pub mod ingest;
 pub mod matrix;
 pub mod media;
+pub mod memory;
 pub mod plan;
 pub mod rtc;
 pub mod server;
