@@ -73,7 +73,7 @@ async fn hold(
 /// within the header timeout, a half RTMP handshake or ICE-TCP frame within
 /// the idle timeout at most (8 s of slack each, for 4 500 sockets on 2 cores).
 #[test]
-#[ignore = "waiting for listener fix: [connections] timeouts"]
+#[ignore = "waiting for listener fix ([connections] timeouts) and rtmp fix (one log line per closed connection)"]
 fn idle_and_half_header_connections_are_closed_on_every_listener() {
     let nofile = raise_nofile();
     assert!(
