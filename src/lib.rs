@@ -9,7 +9,6 @@ pub mod hub;
 pub mod ingest;
 pub mod matrix;
 pub mod media;
-pub mod memory;
 pub mod plan;
 pub mod rtc;
 pub mod server;

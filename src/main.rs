@@ -338,7 +338,6 @@ add it to the homeserver's app_service_config_files (Synapse) and restart the ho
                 }
             };
             init_logging();
-            roomcast::memory::spawn_trimmer();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
