@@ -294,13 +294,41 @@ pub struct StreamConfig {
 }
 
 /// Egress caps: a viewer over one gets 503 with Retry-After. 0 = no cap.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Rate limits: a client over one gets 429 with Retry-After. 0 = no limit.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_viewers_per_stream: usize,
     pub max_viewers: usize,
     /// Total egress to viewers in Mbit/s, estimated from each stream's bitrate.
     pub max_egress_mbps: f64,
+    /// WebRTC viewer offers (WHEP, OME) per client address (IPv6: per /64)
+    /// and minute, and how many may come at once.
+    pub offers_per_minute: u32,
+    pub offers_burst: u32,
+    /// `POST /api/v1/streams/{name}/access` per client address and minute.
+    pub access_per_minute: u32,
+    pub access_burst: u32,
+    /// LL-HLS blocking playlist reloads waiting at once, in all and per
+    /// client address (a reload over either gets 429).
+    pub hls_max_blocking: usize,
+    pub hls_max_blocking_per_address: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_viewers_per_stream: 0,
+            max_viewers: 0,
+            max_egress_mbps: 0.0,
+            offers_per_minute: 60,
+            offers_burst: 20,
+            access_per_minute: 20,
+            access_burst: 10,
+            hls_max_blocking: 4096,
+            hls_max_blocking_per_address: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: ingest → hub → egress. See README.md, "Architecture".
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod egress;

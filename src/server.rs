@@ -28,26 +28,25 @@ pub struct App {
     pub gate: Arc<Gate>,
     pub store: Store,
     pub public_base: String,
-    /// Serializes viewer admission so the egress caps hold under concurrent joins.
-    pub admission: tokio::sync::Mutex<()>,
+    /// Who may watch: one sequence for every surface (and the viewer caps).
+    pub admission: Arc<crate::admission::Admission>,
     /// The Matrix application service (None: standalone).
     pub matrix: Option<Arc<crate::matrix::Matrix>>,
     /// LL-HLS egress.
     pub hls: Arc<crate::egress::hls::Hls>,
+    /// WHIP/WHEP resource secrets (the `Location` ids) → engine sessions.
+    pub resources: crate::web::resources::Resources,
 }
 
-impl App {
-    /// Estimated egress to viewers now: each stream's bitrate times its
-    /// WebRTC viewers, plus what LL-HLS sent over the last seconds.
-    pub fn egress_mbps(&self) -> f64 {
-        let webrtc: f64 = self
-            .hub
-            .streams()
-            .iter()
-            .map(|s| s.bitrate_kbps() as f64 * s.viewers() as f64 / 1000.0)
-            .sum();
-        webrtc + self.hls.egress_mbps()
-    }
+/// Estimated egress to viewers now: each stream's bitrate times its WebRTC
+/// viewers, plus what LL-HLS sent over the last seconds.
+fn egress_mbps(hub: &Hub, hls: &crate::egress::hls::Hls) -> f64 {
+    let webrtc: f64 = hub
+        .streams()
+        .iter()
+        .map(|s| s.bitrate_kbps() as f64 * s.viewers() as f64 / 1000.0)
+        .sum();
+    webrtc + hls.egress_mbps()
 }
 
 /// Name of the stream created when nothing else declares one.
@@ -180,17 +179,33 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let hls = crate::egress::hls::Hls::new(&config.hls, hub.clone());
     hls.spawn();
+    let admission = {
+        let (hub2, hls2) = (hub.clone(), hls.clone());
+        let tokens = matrix
+            .clone()
+            .map(|m| m as Arc<dyn crate::admission::AccessTokens>);
+        crate::admission::Admission::new(
+            gate.clone(),
+            hub.clone(),
+            engine.clone(),
+            tokens,
+            config.limits.clone(),
+            Box::new(move || egress_mbps(&hub2, &hls2)),
+        )
+    };
+    admission.spawn_sweeper();
     let app = Arc::new(App {
         config,
         hub,
-        engine,
+        engine: engine.clone(),
         keys,
         gate,
         store,
         public_base,
-        admission: tokio::sync::Mutex::new(()),
+        admission,
         matrix,
         hls,
+        resources: crate::web::resources::Resources::new(engine.clone()),
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];

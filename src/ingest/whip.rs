@@ -6,7 +6,7 @@
 //! and TCP ports as viewers. OME's `POST /{app}/{stream}?direction=whip`
 //! lands in [`publish`] too.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -17,12 +17,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use tracing::{info, warn};
 
-use crate::auth::gate::{Attempt, Refusal, real_ip};
+use crate::auth::Cidr;
+use crate::auth::gate::{Attempt, Refusal};
 use crate::auth::signed_policy;
 use crate::hub::IngestProtocol;
 use crate::rtc::{PublishError, SessionOpts};
 use crate::server::App;
 use crate::web::error::read_body;
+use crate::web::resources::Kind;
 use crate::web::session::{self, content_type_is};
 use crate::web::{ApiError, PeerAddr};
 
@@ -51,12 +53,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 pub fn refusal_error(r: &Refusal) -> ApiError {
-    let (status, code) = r.status_code();
-    ApiError::new(
-        StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
-        code,
-        r.to_string(),
-    )
+    ApiError::from(r)
 }
 
 /// What the gate needs to know about an HTTP request.
@@ -65,9 +62,24 @@ pub struct HttpRequest<'a> {
     pub headers: &'a HeaderMap,
     pub peer: SocketAddr,
     pub tls: bool,
+    /// `http.trusted_proxies`: whose `X-Forwarded-For` is believed.
+    pub trusted: &'a [Cidr],
 }
 
 impl HttpRequest<'_> {
+    /// The client's address, through `http.trusted_proxies`.
+    pub fn client(&self) -> IpAddr {
+        crate::web::client_addr(self.peer.ip(), self.headers, self.trusted)
+    }
+
+    /// The forwarded client address, when a trusted proxy forwarded one
+    /// (SignedPolicy's and the webhook's `real_ip`); never a header from
+    /// anyone else.
+    pub fn real_ip(&self) -> Option<IpAddr> {
+        let c = self.client();
+        (c != self.peer.ip().to_canonical()).then_some(c)
+    }
+
     pub fn host(&self) -> String {
         self.headers
             .get(header::HOST)
@@ -97,7 +109,7 @@ impl HttpRequest<'_> {
             protocol: "webrtc",
             url,
             client: self.peer,
-            real_ip: real_ip(self.headers),
+            real_ip: self.real_ip(),
             user_agent: self
                 .headers
                 .get(header::USER_AGENT)
@@ -121,6 +133,7 @@ async fn create(
         headers: &headers,
         peer,
         tls: tls.is_some_and(|t| t.0.0),
+        trusted: &app.config.http.trusted_proxies,
     };
     publish(&app, &name, &req, body).await
 }
@@ -149,12 +162,12 @@ pub async fn publish(
         None => false,
     };
     let pass = app
-        .gate
-        .admit_publish(req.attempt(name, keyed, ["http", "https"]))
+        .admission
+        .admit_publisher(req.attempt(name, keyed, ["http", "https"]))
         .await
         .map_err(|r| {
             info!(peer = %req.peer, stream = %name, reason = %r, "whip publish refused");
-            refusal_error(&r)
+            ApiError::from(r)
         })?;
     let offer = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("bad_offer", "the SDP offer is not UTF-8 text"))?;
@@ -185,39 +198,23 @@ pub async fn publish(
                 ),
             }
         })?;
+    let secret = app.resources.add(Kind::Publisher, &stream.name, answer.id);
     info!(peer = %req.peer, stream = %stream.name, publisher = answer.id, "whip publisher negotiated");
-    Ok((
-        StatusCode::CREATED,
-        [
-            (header::CONTENT_TYPE, "application/sdp".to_string()),
-            (
-                header::LOCATION,
-                format!("/whip/{}/{}", stream.name, answer.id),
-            ),
-            (header::ETAG, format!("\"{}\"", answer.id)),
-            (
-                header::HeaderName::from_static("accept-patch"),
-                "application/trickle-ice-sdpfrag".to_string(),
-            ),
-        ],
-        answer.sdp,
-    )
-        .into_response())
+    Ok(session::created("whip", &stream.name, &secret, answer.sdp))
 }
 
 /// Trickle ICE fragments need no action (see `web::session::trickle`).
 async fn trickle(
     State(app): State<Arc<App>>,
-    Path((name, id)): Path<(String, String)>,
+    Path((name, secret)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let exists = |n| app.engine.has_publisher(&name, n);
+    let found = app.resources.find(Kind::Publisher, &name, &secret);
     session::trickle(
         "WHIP",
         &name,
-        &id,
-        exists,
+        found,
         &headers,
         body,
         app.config.http.max_body_bytes,
@@ -225,11 +222,14 @@ async fn trickle(
     .await
 }
 
+/// The secret Location is the publisher's proof (OBS and the publish page
+/// also send the key; the secret alone is enough, as for WHEP).
 async fn delete(
     State(app): State<Arc<App>>,
-    Path((name, id)): Path<(String, String)>,
+    Path((name, secret)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    session::delete("WHIP", &name, &id, |n| {
+    let found = app.resources.take(Kind::Publisher, &name, &secret);
+    session::delete("WHIP", &name, found, |n| {
         app.engine.remove_publisher(&name, n)
     })
 }

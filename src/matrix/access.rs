@@ -4,14 +4,12 @@
 //! link the bot hands out (`!live link 24h`). The check is one function, so
 //! WHEP, HLS and the watch page enforce the same rule.
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tracing::info;
 
 use super::{HsError, Matrix, MatrixError};
-use crate::hub::{Access, Stream};
-use crate::web::ApiError;
 
 /// How long an access token from an OpenID exchange lasts.
 pub const ACCESS_TTL_SECS: u64 = 3600;
@@ -50,7 +48,8 @@ impl ViewerTokens {
         format!("v1.{exp}.{}", hex::encode(sig))
     }
 
-    pub fn verify(&self, stream: &str, token: &str, now: u64) -> Result<(), TokenError> {
+    /// The token's expiry when it is good for `stream` at `now`.
+    pub fn verify(&self, stream: &str, token: &str, now: u64) -> Result<u64, TokenError> {
         let mut parts = token.split('.');
         let (Some("v1"), Some(exp), Some(sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -66,12 +65,26 @@ impl ViewerTokens {
         if exp <= now {
             return Err(TokenError::Expired);
         }
-        Ok(())
+        Ok(exp)
+    }
+}
+
+/// The admission service checks viewer tokens with the bridge's secret.
+impl crate::admission::AccessTokens for Matrix {
+    fn verify(&self, stream: &str, token: &str) -> Result<u64, crate::admission::TokenError> {
+        use crate::admission::TokenError as T;
+        self.tokens
+            .verify(stream, token, super::unix_now())
+            .map_err(|e| match e {
+                TokenError::Malformed => T::Malformed,
+                TokenError::Expired => T::Expired,
+                TokenError::BadSignature => T::BadSignature,
+            })
     }
 }
 
 /// The viewer's token: `Authorization: Bearer …` or `?access=…`.
-fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+pub fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -83,50 +96,6 @@ fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         let (k, v) = kv.split_once('=')?;
         (k == "access").then(|| v.to_string())
     })
-}
-
-/// May this request watch `stream`? Public streams: yes. Private ones need a
-/// valid token (401 `access_required` without, 403 `access_denied` when bad
-/// or expired). WHEP calls it; the watch page and HLS are to call it too.
-pub fn check_viewer(
-    matrix: Option<&Matrix>,
-    stream: &Stream,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<(), ApiError> {
-    if stream.access() == Access::Public {
-        return Ok(());
-    }
-    let Some(m) = matrix else {
-        return Ok(());
-    };
-    let Some(token) = token_from(headers, query) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "access_required",
-            format!(
-                "stream '{}' belongs to a private room: open it from the room's widget or a viewer link",
-                stream.name
-            ),
-        ));
-    };
-    m.tokens
-        .verify(&stream.name, &token, super::unix_now())
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                match e {
-                    TokenError::Expired => {
-                        "this viewer link or token has expired; ask for a new one".to_string()
-                    }
-                    _ => format!(
-                        "this token does not give access to stream '{}'",
-                        stream.name
-                    ),
-                },
-            )
-        })
 }
 
 /// Why an OpenID exchange was refused.
@@ -196,7 +165,7 @@ mod tests {
     fn tokens_bind_stream_and_expiry() {
         let t = ViewerTokens::new("secret");
         let tok = t.sign("a", 1000);
-        assert_eq!(t.verify("a", &tok, 999), Ok(()));
+        assert_eq!(t.verify("a", &tok, 999), Ok(1000));
         assert_eq!(t.verify("a", &tok, 1000), Err(TokenError::Expired));
         assert_eq!(t.verify("b", &tok, 0), Err(TokenError::BadSignature));
         let forged = tok.replace("v1.1000.", "v1.9999.");

@@ -229,7 +229,16 @@ struct AccessReq {
     matrix_server_name: String,
 }
 
-async fn access(State(app): State<Arc<App>>, Path(name): Path<String>, body: Body) -> Response {
+async fn access(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    ClientIp(ip): ClientIp,
+    body: Body,
+) -> Response {
+    // Each exchange costs a homeserver round trip or two.
+    if let Err(r) = app.admission.check_access_rate(ip) {
+        return ApiError::from(r).into_response();
+    }
     if app.hub.get(&name).is_none() {
         return ApiError::unknown_stream(&name).into_response();
     }
@@ -271,13 +280,27 @@ async fn access(State(app): State<Arc<App>>, Path(name): Path<String>, body: Bod
     }
 }
 
-async fn room_streams(State(app): State<Arc<App>>, Path(room_id): Path<String>) -> Response {
+/// A private stream without access is listed by name only, so the room's
+/// widget knows to ask for access (OpenID) before it shows anything else.
+async fn room_streams(
+    State(app): State<Arc<App>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let token = super::access::token_from(&headers, uri.query());
     let streams: Vec<_> = app
         .hub
         .streams()
         .iter()
         .filter(|s| s.room().is_some_and(|r| r.room_id == room_id))
-        .map(|s| s.snapshot())
+        .map(|s| {
+            if app.admission.may_see(s, token.as_deref()) {
+                serde_json::to_value(s.snapshot()).unwrap_or_default()
+            } else {
+                json!({"name": s.name, "access": "private"})
+            }
+        })
         .collect();
     Json(streams).into_response()
 }

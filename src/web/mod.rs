@@ -5,6 +5,7 @@ mod client_addr;
 pub mod error;
 mod events;
 mod pages;
+pub mod resources;
 pub mod session;
 
 use std::sync::Arc;

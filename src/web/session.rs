@@ -20,29 +20,27 @@ pub fn content_type_is(headers: &HeaderMap, wanted: &str) -> bool {
 /// "WHIP" or "WHEP", for messages.
 pub type Protocol = &'static str;
 
-pub fn no_session(protocol: Protocol, stream: &str, id: &str) -> ApiError {
-    ApiError::not_found(format!("no {protocol} session {id} on stream '{stream}'"))
-}
-
-pub fn parse_id(protocol: Protocol, stream: &str, id: &str) -> Result<u64, ApiError> {
-    id.parse().map_err(|_| no_session(protocol, stream, id))
+/// Wrong or missing proof looks the same as no session: 404, which says
+/// nothing about whether the session exists.
+pub fn no_session(protocol: Protocol, stream: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no such {protocol} session on stream '{stream}' (use the Location URL the POST returned)"
+    ))
 }
 
 /// Trickle ICE. The server is ICE-lite: it answers checks from whatever
 /// address they come, so the client's candidates need no action; the fragment
-/// is still read, and bounded.
+/// is still read, and bounded. `found`: the session the URL's secret names.
 pub async fn trickle(
     protocol: Protocol,
     stream: &str,
-    id: &str,
-    exists: impl FnOnce(u64) -> bool,
+    found: Option<u64>,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
 ) -> Result<Response, ApiError> {
-    let n = parse_id(protocol, stream, id)?;
-    if !exists(n) {
-        return Err(no_session(protocol, stream, id));
+    if found.is_none() {
+        return Err(no_session(protocol, stream));
     }
     if !content_type_is(headers, "application/trickle-ice-sdpfrag") {
         return Err(ApiError::new(
@@ -55,18 +53,42 @@ pub async fn trickle(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `DELETE` on a session: `end` ends it and says whether it existed.
+/// `DELETE` on a session: `found` is the session the URL's secret names,
+/// `end` ends it and says whether it still existed.
 pub fn delete(
     protocol: Protocol,
     stream: &str,
-    id: &str,
+    found: Option<u64>,
     end: impl FnOnce(u64) -> bool,
 ) -> Result<Response, ApiError> {
-    let n = parse_id(protocol, stream, id)?;
-    if end(n) {
-        tracing::info!(stream, session = n, "{protocol} session ended by DELETE");
-        Ok(StatusCode::OK.into_response())
-    } else {
-        Err(no_session(protocol, stream, id))
+    match found {
+        Some(n) if end(n) => {
+            tracing::info!(stream, session = n, "{protocol} session ended by DELETE");
+            Ok(StatusCode::OK.into_response())
+        }
+        _ => Err(no_session(protocol, stream)),
     }
+}
+
+/// The headers of a `201 Created` session resource.
+pub fn created(protocol_path: &str, stream: &str, secret: &str, sdp: String) -> Response {
+    // The ETag names this negotiation without repeating the secret.
+    let etag = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes())[..8]);
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_string()),
+            (
+                header::LOCATION,
+                format!("/{protocol_path}/{stream}/{secret}"),
+            ),
+            (header::ETAG, format!("\"{etag}\"")),
+            (
+                header::HeaderName::from_static("accept-patch"),
+                "application/trickle-ice-sdpfrag".to_string(),
+            ),
+        ],
+        sdp,
+    )
+        .into_response()
 }

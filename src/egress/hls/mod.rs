@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -32,10 +32,12 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
+use crate::admission::{Purpose, ViewerFacts};
 use crate::config::HlsConfig;
-use crate::hub::{Frame, FrameSink, Hub, HubEvent, Kind, Stream};
+use crate::hub::{Access, Frame, FrameSink, Hub, HubEvent, Kind, Stream};
+use crate::matrix::access::token_from;
 use crate::server::App;
-use crate::web::ApiError;
+use crate::web::{ApiError, PeerAddr};
 use playlist::{Params, Wait};
 use segmenter::Segmenter;
 
@@ -530,11 +532,13 @@ fn gone(what: &str) -> ApiError {
 async fn serve(
     State(app): State<Arc<App>>,
     Path((name, file)): Path<(String, String)>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let hls = &app.hls;
-    let r = serve_inner(&app, &name, &file, &uri, &headers).await;
+    let client = crate::web::client_addr(peer.ip(), &headers, &app.config.http.trusted_proxies);
+    let r = serve_inner(&app, &name, &file, client, &uri, &headers).await;
     if r.is_err() {
         hls.metrics.errors.fetch_add(1, Relaxed);
     }
@@ -545,6 +549,7 @@ async fn serve_inner(
     app: &App,
     name: &str,
     file: &str,
+    client: std::net::IpAddr,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -560,10 +565,6 @@ async fn serve_inner(
         ))
     })?;
     let query = parse_query(uri.query())?;
-    let stream = app
-        .hub
-        .get(name)
-        .ok_or_else(|| ApiError::unknown_stream(name))?;
     // Segment URLs cannot carry a signed URL's signature: with signed or
     // webhook-admitted playback, HLS would bypass the check, so it is off.
     let gated = app
@@ -580,7 +581,16 @@ async fn serve_inner(
         ));
     }
     // Streams of private Matrix rooms need a viewer token, for every file.
-    crate::matrix::access::check_viewer(app.matrix.as_deref(), &stream, headers, uri.query())?;
+    let facts = ViewerFacts {
+        stream: name.to_string(),
+        client,
+        token: token_from(headers, uri.query()),
+        attempt: None,
+    };
+    let pass = app.admission.admit_viewer(facts, Purpose::Hls).await?;
+    let stream = pass.stream;
+    // Files of a private stream must not sit in shared caches.
+    let private = stream.access() != Access::Public;
     // Passed on as it came (still URL-encoded), and only when it cannot break
     // out of a playlist line or attribute.
     let suffix = query
@@ -593,8 +603,8 @@ async fn serve_inner(
         .map(|a| format!("?access={a}"))
         .unwrap_or_default();
     match file {
-        File::Playlist => playlist(app, &stream, &query, &suffix).await,
-        file => media(app, &stream, file).await,
+        File::Playlist => playlist(app, &stream, &query, &suffix, client, private).await,
+        file => media(app, &stream, file, private).await,
     }
 }
 
@@ -619,6 +629,8 @@ async fn playlist(
     stream: &Arc<Stream>,
     q: &HlsQuery,
     suffix: &str,
+    client: std::net::IpAddr,
+    private: bool,
 ) -> Result<Response, ApiError> {
     let hls = &app.hls;
     let live = stream.is_live();
@@ -633,7 +645,7 @@ async fn playlist(
         // A player's first request (it reloads with _HLS_msn from then on):
         // where a new HLS viewer is admitted or not, as WHEP does per session.
         if live {
-            crate::egress::whep::check_egress_cap(app, stream)?;
+            app.admission.check_egress(stream)?;
         }
     }
     // Offline: 404, except that a blocking reload of a running HLS waits for
@@ -648,6 +660,11 @@ async fn playlist(
         Duration::from_secs_f64(3.0 * target).max(MIN_HOLD)
     };
     let deadline = Instant::now() + hold;
+    // Waiting reloads are capped, in all and per address.
+    let _slot = match q.msn {
+        Some(_) => Some(app.admission.hls_blocking_slot(client)?),
+        None => None,
+    };
     let ready = match q.msn {
         Some(msn) => {
             let w = hs.seg.lock().playlist.wait_for(msn, q.part);
@@ -700,7 +717,12 @@ async fn playlist(
             ),
             (
                 header::CACHE_CONTROL,
-                HeaderValue::from_static(if blocking { "max-age=6" } else { "no-cache" }),
+                HeaderValue::from_static(match (private, blocking) {
+                    (false, true) => "max-age=6",
+                    (false, false) => "no-cache",
+                    (true, true) => "private, max-age=6",
+                    (true, false) => "private, no-cache",
+                }),
             ),
         ],
         body,
@@ -708,7 +730,12 @@ async fn playlist(
         .into_response())
 }
 
-async fn media(app: &App, stream: &Arc<Stream>, file: File) -> Result<Response, ApiError> {
+async fn media(
+    app: &App,
+    stream: &Arc<Stream>,
+    file: File,
+    private: bool,
+) -> Result<Response, ApiError> {
     let hls = &app.hls;
     let session = match file {
         File::Init { session, .. } | File::Segment { session, .. } | File::Part { session, .. } => {
@@ -792,10 +819,15 @@ async fn media(app: &App, stream: &Arc<Stream>, file: File) -> Result<Response, 
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    // Names are never reused (the session is in them).
+    // Names are never reused (the session is in them); a private stream's
+    // files are for the viewer's own cache only.
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=86400, immutable"),
+        HeaderValue::from_static(if private {
+            "private, max-age=86400"
+        } else {
+            "max-age=86400, immutable"
+        }),
     );
     Ok(r)
 }

@@ -235,7 +235,12 @@ impl Playlist {
                     return Wait::Ready;
                 }
                 let limit = self.params.advance_part_limit();
-                let ahead = if msn == last.msn { p + 1 - have } else { p + 1 };
+                // `p` comes from the query: u64::MAX must not overflow.
+                let ahead = if msn == last.msn {
+                    (p - have).saturating_add(1)
+                } else {
+                    p.saturating_add(1)
+                };
                 if ahead > limit {
                     Wait::TooFar
                 } else {

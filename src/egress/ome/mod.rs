@@ -23,8 +23,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tracing::{debug, info};
 
-use crate::auth::gate::Refusal;
+use crate::admission::{Purpose, ViewerFacts, ViewerPass};
 use crate::ingest::whip::{self, HttpRequest, Tls};
+use crate::matrix::access::token_from;
 use crate::rtc::{SessionOpts, Transport, ViewerError};
 use crate::server::App;
 use crate::web::{ApiError, PeerAddr};
@@ -92,6 +93,7 @@ async fn whip_post(
         headers: &headers,
         peer,
         tls: tls.is_some_and(|t| t.0.0),
+        trusted: &app.config.http.trusted_proxies,
     };
     whip::publish(&app, &stream, &req, body).await
 }
@@ -163,6 +165,9 @@ struct Session {
     id: u64,
     stream: String,
     answered: bool,
+    /// Until the answer: holds the viewer's place under the caps; then
+    /// tracked, so the session ends when its grounds go away.
+    pass: Option<ViewerPass>,
 }
 
 impl Ctx {
@@ -209,6 +214,9 @@ impl Ctx {
                                     sig.playing();
                                     if let Some(s) = session.as_mut() {
                                         s.answered = true;
+                                        if let Some(pass) = s.pass.take() {
+                                            self.app.admission.track(s.id, &pass);
+                                        }
                                         info!(peer = %self.peer, stream = %s.stream, viewer = s.id, "ome viewer negotiated");
                                     }
                                 }
@@ -279,49 +287,36 @@ impl Ctx {
             headers: &self.headers,
             peer: self.peer,
             tls: self.tls,
+            trusted: &self.app.config.http.trusted_proxies,
         };
-        let pass = self
+        let facts = ViewerFacts {
+            stream: self.stream.clone(),
+            client: req.client(),
+            token: token_from(&self.headers, self.uri.query()),
+            attempt: Some(req.attempt(&self.stream, false, ["ws", "wss"])),
+        };
+        let mut pass = self
             .app
-            .gate
-            .admit_play(req.attempt(&self.stream, false, ["ws", "wss"]))
+            .admission
+            .admit_viewer(facts, Purpose::WebRtc)
             .await
-            .map_err(|r: Refusal| {
-                let (code, _) = r.status_code();
-                ProtocolError::new(code, r.to_string())
+            .map_err(|r| {
+                let e = ApiError::from(r);
+                ProtocolError::new(e.status.as_u16(), e.message)
             })?;
-        let Some(stream) = self.app.hub.get(&pass.stream) else {
-            return Err(ProtocolError::new(
-                404,
-                format!("there is no stream '{}'", pass.stream),
-            ));
-        };
-        // Streams of private Matrix rooms need a viewer token (`?access=`).
-        crate::matrix::access::check_viewer(
-            self.app.matrix.as_deref(),
-            &stream,
-            &self.headers,
-            self.uri.query(),
-        )
-        .map_err(|e| ProtocolError::new(e.status.as_u16(), e.message))?;
-        if !stream.is_live() {
-            return Err(ProtocolError::new(
-                404,
-                format!("stream '{}' is offline", stream.name),
-            ));
-        }
-        let _admission = self.app.admission.lock().await;
-        crate::egress::whep::check_caps(&self.app, &stream)
-            .map_err(|e| ProtocolError::new(e.status.as_u16(), e.message))?;
+        let stream = pass.stream.clone();
         let opts = SessionOpts {
             transport: transport_of(&self.uri),
             expires_at: pass.expires_at,
-            guard: pass.ticket.map(|t| Box::new(t) as Box<dyn Send>),
+            guard: pass.ticket.take().map(|t| Box::new(t) as Box<dyn Send>),
         };
         let offer = self
             .app
             .engine
             .offer_viewer(&stream, opts)
             .map_err(|e: ViewerError| ProtocolError::new(422, e.to_string()))?;
+        // The engine counts the pending offer from here on.
+        pass.reservation = None;
         let msg =
             protocol::offer_message(offer.id as i64, &offer.sdp, &offer.candidates, &offer.mid);
         Ok((
@@ -329,6 +324,7 @@ impl Ctx {
                 id: offer.id,
                 stream: stream.name.clone(),
                 answered: false,
+                pass: Some(pass),
             },
             msg,
         ))

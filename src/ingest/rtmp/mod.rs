@@ -167,24 +167,29 @@ impl RtmpIngest {
                         // OBS may append a query (SignedPolicy); the key is what precedes it.
                         let (key, query) = key.split_once('?').unwrap_or((key.as_str(), ""));
                         let keyed = self.keys.stream_for_key(key);
-                        let result =
-                            if keyed.is_none() && !self.gate.keyless_publish_possible(query) {
-                                Err("stream key rejected".to_string())
-                            } else {
-                                let attempt = self.attempt(
-                                    &app_name,
-                                    key,
-                                    keyed.as_deref(),
-                                    query,
-                                    peer,
-                                    local,
-                                    tls,
-                                );
-                                self.gate
-                                    .admit_publish(attempt)
-                                    .await
-                                    .map_err(|r| r.to_string())
-                            };
+                        // Without a key, the key field is taken as a stream name only
+                        // when it names a known stream or a signed URL covers it: a
+                        // mistyped key is never sent to the webhook or logged.
+                        let a_name = self.hub.get(key).is_some() || self.gate.has_policy(query);
+                        let result = if keyed.is_none()
+                            && !(a_name && self.gate.keyless_publish_possible(query))
+                        {
+                            Err("stream key rejected".to_string())
+                        } else {
+                            let attempt = self.attempt(
+                                &app_name,
+                                key,
+                                keyed.as_deref(),
+                                query,
+                                peer,
+                                local,
+                                tls,
+                            );
+                            self.gate
+                                .admit_publish(attempt)
+                                .await
+                                .map_err(|r| r.to_string())
+                        };
                         let pass = match result {
                             Ok(p) => p,
                             Err(reason) => {
