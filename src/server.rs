@@ -18,25 +18,7 @@ use crate::rtc::Engine;
 use crate::store::Store;
 use crate::tls::{CertStore, TlsListener};
 
-/// Shared state of a running server.
-pub struct App {
-    pub config: Config,
-    pub hub: Arc<Hub>,
-    pub engine: Arc<Engine>,
-    pub keys: Arc<KeyRing>,
-    /// Stream keys, SignedPolicy and the admission webhook, for every protocol.
-    pub gate: Arc<Gate>,
-    pub store: Store,
-    pub public_base: String,
-    /// Who may watch: one sequence for every surface (and the viewer caps).
-    pub admission: Arc<crate::admission::Admission>,
-    /// The Matrix application service (None: standalone).
-    pub matrix: Option<Arc<crate::matrix::Matrix>>,
-    /// LL-HLS egress.
-    pub hls: Arc<crate::egress::hls::Hls>,
-    /// WHIP/WHEP resource secrets (the `Location` ids) → engine sessions.
-    pub resources: crate::web::resources::Resources,
-}
+pub use crate::http::App;
 
 /// Estimated egress to viewers now: each stream's bitrate times its WebRTC
 /// viewers, plus what LL-HLS sent over the last seconds.
@@ -205,7 +187,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         admission,
         matrix,
         hls,
-        resources: crate::web::resources::Resources::new(engine.clone()),
+        resources: crate::http::webrtc::resources::Resources::new(engine.clone()),
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];
@@ -217,9 +199,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         log_listening("ome", addr);
         ome_addr = Some(addr);
-        let router = crate::egress::ome::router(app.clone(), false);
+        let router = crate::http::ome::router(app.clone(), false);
         tokio::spawn(async move {
-            let svc = router.into_make_service_with_connect_info::<crate::web::PeerAddr>();
+            let svc = router.into_make_service_with_connect_info::<crate::http::PeerAddr>();
             if let Err(e) = axum::serve(listener, svc).await {
                 tracing::error!(error = %e, "ome listener failed");
             }
@@ -230,9 +212,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("binding ome.tls_listen {listen}"))?;
             log_listening("ome-tls", tcp.local_addr()?);
             let listener = TlsListener::new(tcp, acceptor(http1)?)?;
-            let router = crate::egress::ome::router(app.clone(), true);
+            let router = crate::http::ome::router(app.clone(), true);
             tokio::spawn(async move {
-                let svc = router.into_make_service_with_connect_info::<crate::web::PeerAddr>();
+                let svc = router.into_make_service_with_connect_info::<crate::http::PeerAddr>();
                 if let Err(e) = axum::serve(listener, svc).await {
                     tracing::error!(error = %e, "ome tls listener failed");
                 }
@@ -245,9 +227,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding http.tls_listen {listen}"))?;
         log_listening("https", tcp.local_addr()?);
         let listener = TlsListener::new(tcp, acceptor(http1)?)?;
-        let router = crate::web::router(app.clone(), true);
+        let router = crate::http::router(app.clone(), true);
         tokio::spawn(async move {
-            let svc = router.into_make_service_with_connect_info::<crate::web::PeerAddr>();
+            let svc = router.into_make_service_with_connect_info::<crate::http::PeerAddr>();
             if let Err(e) = axum::serve(listener, svc).await {
                 tracing::error!(error = %e, "https listener failed");
             }
@@ -256,7 +238,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::webhooks::spawn(&app.hub, &app.config.webhooks, &app.public_base);
 
     print_banner(&app, rtmp_addr, ome_addr, new_demo_key.as_deref()).await?;
-    let router = crate::web::router(app.clone(), false);
+    let router = crate::http::router(app.clone(), false);
     if let Some(m) = &app.matrix {
         // Connects in the background: media is served even while the
         // homeserver is down.
@@ -265,7 +247,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!("roomcast ready");
     axum::serve(
         http,
-        router.into_make_service_with_connect_info::<crate::web::PeerAddr>(),
+        router.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await

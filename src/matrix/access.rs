@@ -4,7 +4,6 @@
 //! link the bot hands out (`!live link 24h`). The check is one function, so
 //! WHEP, HLS and the watch page enforce the same rule.
 
-use axum::http::{HeaderMap, header};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tracing::info;
@@ -83,21 +82,6 @@ impl crate::admission::AccessTokens for Matrix {
     }
 }
 
-/// The viewer's token: `Authorization: Bearer …` or `?access=…`.
-pub fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        && let Some(t) = v.strip_prefix("Bearer ")
-    {
-        return Some(t.trim().to_string());
-    }
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == "access").then(|| v.to_string())
-    })
-}
-
 /// Why an OpenID exchange was refused.
 #[derive(Debug)]
 pub enum OpenIdError {
@@ -174,14 +158,5 @@ mod tests {
         assert_eq!(t.verify("a", "v1.x.00", 0), Err(TokenError::Malformed));
         let other = ViewerTokens::new("other");
         assert_eq!(other.verify("a", &tok, 0), Err(TokenError::BadSignature));
-    }
-
-    #[test]
-    fn token_from_header_or_query() {
-        let mut h = HeaderMap::new();
-        assert_eq!(token_from(&h, Some("x=1&access=abc")), Some("abc".into()));
-        h.insert(header::AUTHORIZATION, "Bearer t1".parse().unwrap());
-        assert_eq!(token_from(&h, Some("access=abc")), Some("t1".into()));
-        assert_eq!(token_from(&HeaderMap::new(), None), None);
     }
 }

@@ -11,14 +11,13 @@
 //! - `api` — the HTTP API the pages use (guests, chat, access, rooms)
 
 pub mod access;
-pub mod api;
-pub mod appservice;
-mod chat;
+pub mod chat;
 pub mod client;
 pub mod commands;
 mod notices;
 pub mod registration;
 mod rooms;
+mod transactions;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{ApiError, PeerAddr};
 use crate::admission::{Purpose, ViewerFacts};
-use crate::server::App;
+use crate::http::App;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -29,7 +29,7 @@ pub fn routes() -> Router<Arc<App>> {
 
 /// The viewer token a request carries (`Authorization: Bearer` or `?access=`).
 fn token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
-    crate::matrix::access::token_from(headers, uri.query())
+    crate::http::extract::token_from(headers, uri.query())
 }
 
 /// Private streams are listed only to requests with access to them.

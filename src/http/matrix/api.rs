@@ -14,12 +14,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Matrix;
-use super::access::{ACCESS_TTL_SECS, OpenIdError};
-use super::chat::{GuestError, MAX_GUEST_CHARS};
-use crate::server::App;
-use crate::web::ApiError;
-use crate::web::error::read_body;
+use crate::http::ApiError;
+use crate::http::App;
+use crate::http::error::read_body;
+use crate::matrix::Matrix;
+use crate::matrix::access::{ACCESS_TTL_SECS, OpenIdError};
+use crate::matrix::chat::{GuestError, MAX_GUEST_CHARS};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -44,7 +44,7 @@ impl FromRequestParts<Arc<App>> for ClientIp {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        Ok(ClientIp(crate::web::client_addr(
+        Ok(ClientIp(crate::http::client_addr(
             peer,
             &parts.headers,
             &app.config.http.trusted_proxies,
@@ -288,7 +288,7 @@ async fn room_streams(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    let token = super::access::token_from(&headers, uri.query());
+    let token = crate::http::extract::token_from(&headers, uri.query());
     let streams: Vec<_> = app
         .hub
         .streams()

@@ -12,14 +12,15 @@ use axum::routing::{patch, post};
 use tracing::info;
 
 use crate::admission::{Purpose, ViewerFacts};
-use crate::ingest::whip::{HttpRequest, Tls};
-use crate::matrix::access::token_from;
+use crate::http::App;
+use crate::http::error::read_body;
+use crate::http::extract::content_type_is;
+use crate::http::extract::token_from;
+use crate::http::extract::{HttpRequest, Tls};
+use crate::http::webrtc as session;
+use crate::http::webrtc::resources::Kind;
+use crate::http::{ApiError, PeerAddr};
 use crate::rtc::{SessionOpts, ViewerError};
-use crate::server::App;
-use crate::web::error::read_body;
-use crate::web::resources::Kind;
-use crate::web::session::{self, content_type_is};
-use crate::web::{ApiError, PeerAddr};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()

@@ -1,5 +1,11 @@
-//! What WHIP and WHEP share for their session resources (`/whip|whep/{stream}/{id}`):
-//! content-type checks, id parsing, trickle `PATCH` and `DELETE`.
+//! WHIP and WHEP, together: publishing and playing over WebRTC with one SDP
+//! offer each. What they share: the session resources
+//! (`/whip|whep/{stream}/{secret}`, see `resources`), trickle `PATCH` and
+//! `DELETE`.
+
+pub mod resources;
+pub mod whep;
+pub mod whip;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -7,15 +13,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
 use super::error::read_body;
-
-/// Whether the request's Content-Type (parameters ignored) is `wanted`.
-pub fn content_type_is(headers: &HeaderMap, wanted: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
-}
+use super::extract::content_type_is;
 
 /// "WHIP" or "WHEP", for messages.
 pub type Protocol = &'static str;

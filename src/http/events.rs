@@ -19,8 +19,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{ApiError, PeerAddr};
 use crate::admission::{Purpose, ViewerFacts, ViewerPass};
+use crate::http::App;
 use crate::hub::HubEvent;
-use crate::server::App;
 use axum::extract::ConnectInfo;
 
 fn event(name: &str, data: serde_json::Value) -> Event {
@@ -88,7 +88,7 @@ pub async fn stream_events(
     let facts = ViewerFacts {
         stream: name.clone(),
         client: super::client_addr(peer.ip(), &headers, &app.config.http.trusted_proxies),
-        token: crate::matrix::access::token_from(&headers, uri.query()),
+        token: crate::http::extract::token_from(&headers, uri.query()),
         attempt: None,
     };
     let pass = app.admission.admit_viewer(facts, Purpose::Look).await?;

@@ -6,7 +6,6 @@
 //! and TCP ports as viewers. OME's `POST /{app}/{stream}?direction=whip`
 //! lands in [`publish`] too.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -17,16 +16,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use tracing::{info, warn};
 
-use crate::auth::Cidr;
-use crate::auth::gate::{Attempt, Refusal};
-use crate::auth::signed_policy;
+use crate::auth::gate::Refusal;
+use crate::http::App;
+use crate::http::error::read_body;
+use crate::http::extract::content_type_is;
+use crate::http::extract::{HttpRequest, Tls, bearer, refusal_error};
+use crate::http::webrtc as session;
+use crate::http::webrtc::resources::Kind;
+use crate::http::{ApiError, PeerAddr};
 use crate::hub::IngestProtocol;
 use crate::rtc::{PublishError, SessionOpts};
-use crate::server::App;
-use crate::web::error::read_body;
-use crate::web::resources::Kind;
-use crate::web::session::{self, content_type_is};
-use crate::web::{ApiError, PeerAddr};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -35,88 +34,6 @@ pub fn routes() -> Router<Arc<App>> {
             "/whip/{stream}/{id}",
             patch(trickle).delete(delete).options(options),
         )
-}
-
-/// Whether the request came in over TLS (set per listener), for the URL
-/// schemes a signed URL or the admission webhook sees.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Tls(pub bool);
-
-/// `Authorization: Bearer X` (the scheme's case does not matter).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-pub fn refusal_error(r: &Refusal) -> ApiError {
-    ApiError::from(r)
-}
-
-/// What the gate needs to know about an HTTP request.
-pub struct HttpRequest<'a> {
-    pub uri: &'a Uri,
-    pub headers: &'a HeaderMap,
-    pub peer: SocketAddr,
-    pub tls: bool,
-    /// `http.trusted_proxies`: whose `X-Forwarded-For` is believed.
-    pub trusted: &'a [Cidr],
-}
-
-impl HttpRequest<'_> {
-    /// The client's address, through `http.trusted_proxies`.
-    pub fn client(&self) -> IpAddr {
-        crate::web::client_addr(self.peer.ip(), self.headers, self.trusted)
-    }
-
-    /// The forwarded client address, when a trusted proxy forwarded one
-    /// (SignedPolicy's and the webhook's `real_ip`); never a header from
-    /// anyone else.
-    pub fn real_ip(&self) -> Option<IpAddr> {
-        let c = self.client();
-        (c != self.peer.ip().to_canonical()).then_some(c)
-    }
-
-    pub fn host(&self) -> String {
-        self.headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost")
-            .to_string()
-    }
-
-    /// An attempt for `stream` with this request's URL; `schemes` are the
-    /// plain and TLS schemes (`http`/`https`, `ws`/`wss`).
-    pub fn attempt(&self, stream: &str, keyed: bool, schemes: [&str; 2]) -> Attempt {
-        let host = self.host();
-        let path = self.uri.path();
-        let query = self.uri.query().unwrap_or("").to_string();
-        // A proxy may terminate TLS: a URL signed for either scheme is fine.
-        let bases = signed_policy::bases_for(&schemes, &host, path);
-        let scheme = if self.tls { schemes[1] } else { schemes[0] };
-        let url = match self.uri.query() {
-            Some(q) => format!("{scheme}://{host}{path}?{q}"),
-            None => format!("{scheme}://{host}{path}"),
-        };
-        Attempt {
-            stream: stream.to_string(),
-            keyed,
-            query,
-            bases,
-            protocol: "webrtc",
-            url,
-            client: self.peer,
-            real_ip: self.real_ip(),
-            user_agent: self
-                .headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-        }
-    }
 }
 
 async fn create(
@@ -246,23 +163,4 @@ pub async fn options() -> Response {
         ],
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_tokens() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, "bearer  xyz ".parse().unwrap());
-        assert_eq!(bearer(&h), Some("xyz"));
-        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, "Bearer".parse().unwrap());
-        assert_eq!(bearer(&h), None);
-    }
 }
