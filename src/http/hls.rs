@@ -270,7 +270,11 @@ async fn playlist(
                     ),
                 ));
             }
-            hs.wait(deadline, |s| {
+            let target = match q.part {
+                Some(p) => (msn, p.saturating_add(1)),
+                None => (msn.saturating_add(1), 0),
+            };
+            hs.wait_at(deadline, target, |s| {
                 (s.playlist.wait_for(msn, q.part) == Wait::Ready).then_some(())
             })
             .await
@@ -362,7 +366,7 @@ async fn media(
                     return Err(gone(&format!("segment {msn}")));
                 }
             }
-            hs.wait(deadline, |s| {
+            hs.wait_at(deadline, (msn.saturating_add(1), 0), |s| {
                 s.playlist.complete_segment(msn).map(|seg| seg.chunks())
             })
             .await
@@ -379,7 +383,7 @@ async fn media(
             }
             // A preload-hinted part is answered as soon as it is complete.
             let part = hs
-                .wait(deadline, |s| {
+                .wait_at(deadline, (msn, index as u64 + 1), |s| {
                     if let Some(p) = s.playlist.part(msn, index) {
                         return Some(Some(p.data.clone()));
                     }

@@ -15,14 +15,14 @@ pub mod fmp4;
 pub mod playlist;
 pub mod segmenter;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, info};
 
 use crate::config::HlsConfig;
@@ -91,6 +91,23 @@ pub struct HlsStream {
     last_request: AtomicU64,
     /// The playlist as rendered for requests without a token, per version.
     cached: Mutex<Option<(u64, Bytes)>>,
+    /// Blocking requests by the position they wait for (see [`position`]):
+    /// a new part wakes only those it satisfies, not every waiter.
+    targets: Mutex<BTreeMap<(u64, u64), Arc<Notify>>>,
+    /// The last position woken up to.
+    reached: Mutex<(u64, u64)>,
+}
+
+/// How far the playlist is: `(msn, parts)` of its last segment, or
+/// `(msn + 1, 0)` once that segment is complete. A request for part `p` of
+/// segment `msn` waits for `(msn, p + 1)`; one for the whole segment `msn`,
+/// for `(msn + 1, 0)`.
+pub(crate) fn position(p: &playlist::Playlist) -> (u64, u64) {
+    match p.last_segment() {
+        Some(s) if s.complete => (s.msn.saturating_add(1), 0),
+        Some(s) => (s.msn, s.parts.len() as u64),
+        None => (0, 0),
+    }
 }
 
 pub struct Hls {
@@ -273,6 +290,8 @@ impl Hls {
             sink_id: self.next_sink.fetch_add(1, Relaxed),
             last_request: AtomicU64::new(self.now_ms()),
             cached: Mutex::new(None),
+            targets: Mutex::new(BTreeMap::new()),
+            reached: Mutex::new((0, 0)),
         });
         let sink: Arc<dyn FrameSink> = Arc::new(Sink {
             tx,
@@ -355,7 +374,7 @@ async fn run(
         }
         drop(seg);
         if changed {
-            hs.version.send_modify(|v| *v += 1);
+            hs.changed();
         }
     }
     while let Some(msg) = rx.recv().await {
@@ -376,12 +395,79 @@ async fn run(
             Msg::Stop => break,
         };
         if changed {
-            hs.version.send_modify(|v| *v += 1);
+            hs.changed();
         }
     }
+    // Nothing more comes: every waiter looks again (and gives up).
+    hs.wake_all();
 }
 
 impl HlsStream {
+    /// After the segmenter changed: bump the version, and wake the blocking
+    /// requests whose position was reached (all of them if the playlist went
+    /// back, as after a restart).
+    fn changed(&self) {
+        self.version.send_modify(|v| *v += 1);
+        let pos = position(&self.seg.lock().playlist);
+        let mut reached = self.reached.lock();
+        let back = pos < *reached;
+        *reached = pos;
+        drop(reached);
+        if back {
+            self.wake_all();
+        } else {
+            self.wake_to(pos);
+        }
+    }
+
+    fn wake_to(&self, pos: (u64, u64)) {
+        let ready = {
+            let mut t = self.targets.lock();
+            let later = t.split_off(&(pos.0, pos.1.saturating_add(1)));
+            std::mem::replace(&mut *t, later)
+        };
+        for n in ready.values() {
+            n.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        let all = std::mem::take(&mut *self.targets.lock());
+        for n in all.values() {
+            n.notify_waiters();
+        }
+    }
+
+    /// Like [`HlsStream::wait`] for a request that can only be answered once
+    /// the playlist reaches `target` ([`position`]); `f` is asked when it
+    /// does (or the playlist goes back or ends), not at every change.
+    pub(crate) async fn wait_at<T>(
+        &self,
+        deadline: Instant,
+        target: (u64, u64),
+        mut f: impl FnMut(&Segmenter) -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            let n = self
+                .targets
+                .lock()
+                .entry(target)
+                .or_insert_with(|| Arc::new(Notify::new()))
+                .clone();
+            let notified = n.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a wake-up in between is not lost.
+            notified.as_mut().enable();
+            if let Some(v) = f(&self.seg.lock()) {
+                return Some(v);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline.into()) => return f(&self.seg.lock()),
+            }
+        }
+    }
+
     /// Waits (until `deadline`) for `f` to give a value; it is asked again
     /// each time the playlist changes.
     pub(crate) async fn wait<T>(

@@ -173,6 +173,10 @@ impl Playlist {
     }
 
     /// The msn of the newest segment (open or complete).
+    pub fn last_segment(&self) -> Option<&Segment> {
+        self.segments.back()
+    }
+
     pub fn last_msn(&self) -> Option<u64> {
         self.segments.back().map(|s| s.msn)
     }
