@@ -7,6 +7,7 @@ pub mod config;
 pub mod egress;
 pub mod hub;
 pub mod ingest;
+pub mod listener;
 pub mod matrix;
 pub mod media;
 pub mod plan;

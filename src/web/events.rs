@@ -68,6 +68,7 @@ pub async fn stream_events(
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let stop = app.shutdown.wait_owned();
     let stream = app
         .hub
         .get(&name)
@@ -136,6 +137,8 @@ pub async fn stream_events(
         futures_util::stream::iter(initial.into_iter().map(Ok)),
         live,
     );
+    // Ends with the server, so a stop does not wait out the grace.
+    let all = futures_util::StreamExt::take_until(all, stop);
     Ok(Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -156,6 +159,7 @@ pub async fn all_events(
     State(app): State<Arc<App>>,
     axum::extract::Query(q): axum::extract::Query<AllEventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let stop = app.shutdown.wait_owned();
     let watched: Option<HashSet<String>> = match &q.streams {
         None => None,
         Some(list) => {
@@ -224,5 +228,7 @@ pub async fn all_events(
         futures_util::stream::iter(initial.into_iter().map(Ok)),
         live,
     );
+    // Ends with the server, so a stop does not wait out the grace.
+    let all = futures_util::StreamExt::take_until(all, stop);
     Ok(Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

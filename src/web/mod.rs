@@ -65,15 +65,6 @@ impl
     }
 }
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
-    for PeerAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        PeerAddr(*s.remote_addr())
-    }
-}
-
 /// Any origin may call the API, WHIP and WHEP (players and OBS live elsewhere).
 pub fn cors() -> CorsLayer {
     CorsLayer::new()
