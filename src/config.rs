@@ -49,6 +49,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// LL-HLS egress (`/hls/{stream}/index.m3u8`).
     pub hls: HlsConfig,
+    /// Caps and timeouts of every TCP listener (HTTP(S), RTMP(S), OME, ICE-TCP).
+    pub connections: ConnectionsConfig,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -284,6 +286,38 @@ impl Default for HlsConfig {
     }
 }
 
+/// Caps and timeouts applied by every TCP listener, each on its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Open connections per listener; one more is closed at once.
+    pub max_per_listener: usize,
+    /// Open connections per client address (an IPv6 /64 counts as one), per listener.
+    pub max_per_address: usize,
+    /// A connection that sent nothing for this long after it was accepted is closed.
+    pub first_bytes_timeout_secs: u64,
+    /// A connection with no byte in either direction for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// HTTP: a request head not complete within this is answered with a closed connection.
+    pub http_header_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, in-flight requests and sessions get this long to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        // Sized for a 1-vCPU, 1 GB VPS: 4096 idle sockets cost about 20 MB.
+        ConnectionsConfig {
+            max_per_listener: 4096,
+            max_per_address: 64,
+            first_bytes_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            http_header_timeout_secs: 10,
+            shutdown_grace_secs: 3,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
@@ -426,6 +460,44 @@ impl Config {
             return Err(invalid(
                 "http.max_body_bytes",
                 "must be at least 4096: browsers' SDP offers are several KB",
+            ));
+        }
+        let c = &self.connections;
+        for (key, v) in [
+            ("connections.max_per_listener", c.max_per_listener as u64),
+            ("connections.max_per_address", c.max_per_address as u64),
+            (
+                "connections.first_bytes_timeout_secs",
+                c.first_bytes_timeout_secs,
+            ),
+            ("connections.idle_timeout_secs", c.idle_timeout_secs),
+            (
+                "connections.http_header_timeout_secs",
+                c.http_header_timeout_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if c.max_per_listener > 1_000_000 {
+            return Err(invalid(
+                "connections.max_per_listener",
+                "must be at most 1000000",
+            ));
+        }
+        // SSE keepalives (15 s) and OME WebSocket pings (20 s) must keep a quiet
+        // but live connection open.
+        if c.idle_timeout_secs < 30 {
+            return Err(invalid(
+                "connections.idle_timeout_secs",
+                "must be at least 30: live connections send keepalives every 20 s",
+            ));
+        }
+        if c.shutdown_grace_secs > 4 {
+            return Err(invalid(
+                "connections.shutdown_grace_secs",
+                "must be at most 4: a stop must finish within 5 s",
             ));
         }
         if self.rtmp.app.is_empty() || self.rtmp.app.contains('/') {

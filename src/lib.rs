@@ -9,6 +9,7 @@ pub mod egress;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod listener;
 pub mod matrix;
 pub mod media;
 pub mod plan;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tracing::info;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
 
 use crate::auth::admission::Admission;
 use crate::auth::gate::Gate;
@@ -14,9 +16,10 @@ use crate::auth::keys::{KeyRing, generate_key, hash_key_hex};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ingest::rtmp::RtmpIngest;
+use crate::listener::{Conn, Limits, Shutdown};
 use crate::rtc::Engine;
 use crate::store::Store;
-use crate::tls::{CertStore, TlsListener};
+use crate::tls::CertStore;
 
 pub use crate::http::App;
 
@@ -35,6 +38,11 @@ fn egress_mbps(hub: &Hub, hls: &crate::egress::hls::Hls) -> f64 {
 const DEMO_STREAM: &str = "demo";
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = Shutdown::default();
+    // From here on SIGTERM/SIGINT stop the server cleanly (a second one at once).
+    watch_signals(shutdown.clone())?;
+    let limits = Limits::from_config(&config.connections);
+    let mut listeners: Vec<JoinHandle<()>> = Vec::new();
     let store = Store::open(&config.storage.database_url)
         .await
         .context("opening storage.database_url")?;
@@ -62,7 +70,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         keys.set(&row.name, &row.key_hash);
     }
 
-    let (engine, rtc_bound) = Engine::start(&config.webrtc).await?;
+    let (engine, rtc_bound) = Engine::start(&config.webrtc, limits, shutdown.clone()).await?;
+    listeners.push(rtc_bound.tcp_task);
     log_listening("webrtc-udp", rtc_bound.udp);
     log_listening("webrtc-tcp", rtc_bound.tcp);
 
@@ -119,7 +128,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding rtmp.listen {}", config.rtmp.listen))?;
         let addr = listener.local_addr()?;
         log_listening("rtmp", addr);
-        tokio::spawn(ingest.clone().serve(listener));
+        listeners.push(tokio::spawn(ingest.clone().serve(
+            listener,
+            limits,
+            shutdown.clone(),
+        )));
         Some(addr)
     } else {
         None
@@ -129,7 +142,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding rtmp.tls_listen {listen}"))?;
         log_listening("rtmps", listener.local_addr()?);
-        tokio::spawn(ingest.clone().serve_tls(listener, acceptor(&[])?));
+        listeners.push(tokio::spawn(ingest.clone().serve_tls(
+            listener,
+            acceptor(&[])?,
+            limits,
+            shutdown.clone(),
+        )));
     }
     let matrix = match &config.matrix {
         Some(mc) => {
@@ -188,91 +206,236 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         matrix,
         hls,
         resources: crate::http::webrtc::resources::Resources::new(engine.clone()),
+        shutdown: shutdown.clone(),
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];
+    let header_timeout = Duration::from_secs(cfg.connections.http_header_timeout_secs);
+    let http_on = |listener, name, router, tls| {
+        serve_http(
+            listener,
+            name,
+            router,
+            tls,
+            limits,
+            header_timeout,
+            shutdown.clone(),
+        )
+    };
     let mut ome_addr = None;
     if cfg.ome.enabled {
-        let listener = tokio::net::TcpListener::bind(cfg.ome.listen)
-            .await
-            .with_context(|| format!("binding ome.listen {}", cfg.ome.listen))?;
-        let addr = listener.local_addr()?;
-        log_listening("ome", addr);
-        ome_addr = Some(addr);
+        let listener = bind(cfg.ome.listen, "ome.listen", "ome").await?;
+        ome_addr = Some(listener.local_addr()?);
         let router = crate::http::ome::router(app.clone(), false);
-        tokio::spawn(async move {
-            let svc = router.into_make_service_with_connect_info::<crate::http::PeerAddr>();
-            if let Err(e) = axum::serve(listener, svc).await {
-                tracing::error!(error = %e, "ome listener failed");
-            }
-        });
+        listeners.push(http_on(listener, "ome", router, None));
         if let Some(listen) = cfg.ome.tls_listen {
-            let tcp = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding ome.tls_listen {listen}"))?;
-            log_listening("ome-tls", tcp.local_addr()?);
-            let listener = TlsListener::new(tcp, acceptor(http1)?)?;
+            let listener = bind(listen, "ome.tls_listen", "ome-tls").await?;
             let router = crate::http::ome::router(app.clone(), true);
-            tokio::spawn(async move {
-                let svc = router.into_make_service_with_connect_info::<crate::http::PeerAddr>();
-                if let Err(e) = axum::serve(listener, svc).await {
-                    tracing::error!(error = %e, "ome tls listener failed");
-                }
-            });
+            listeners.push(http_on(listener, "ome-tls", router, Some(acceptor(http1)?)));
         }
     }
     if let Some(listen) = cfg.http.tls_listen {
-        let tcp = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding http.tls_listen {listen}"))?;
-        log_listening("https", tcp.local_addr()?);
-        let listener = TlsListener::new(tcp, acceptor(http1)?)?;
+        let listener = bind(listen, "http.tls_listen", "https").await?;
         let router = crate::http::router(app.clone(), true);
-        tokio::spawn(async move {
-            let svc = router.into_make_service_with_connect_info::<crate::http::PeerAddr>();
-            if let Err(e) = axum::serve(listener, svc).await {
-                tracing::error!(error = %e, "https listener failed");
-            }
-        });
+        listeners.push(http_on(listener, "https", router, Some(acceptor(http1)?)));
     }
     crate::webhooks::spawn(&app.hub, &app.config.webhooks, &app.public_base);
 
     print_banner(&app, rtmp_addr, ome_addr, new_demo_key.as_deref()).await?;
     let router = crate::http::router(app.clone(), false);
+    listeners.push(http_on(http, "http", router, None));
     if let Some(m) = &app.matrix {
         // Connects in the background: media is served even while the
         // homeserver is down.
         m.spawn();
     }
     info!("roomcast ready");
-    axum::serve(
-        http,
-        router.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("http server")?;
+    shutdown.wait().await;
+    let grace = Duration::from_secs(app.config.connections.shutdown_grace_secs);
+    if tokio::time::timeout(STOP_BUDGET, stop(&app, listeners, grace))
+        .await
+        .is_err()
+    {
+        warn!("shutdown took too long; stopping anyway");
+    }
     info!("roomcast stopped");
+    Ok(())
+}
+
+/// Everything after the signal must fit in this (systemd and Docker kill at 10 s;
+/// we promise 5).
+const STOP_BUDGET: Duration = Duration::from_millis(4500);
+
+/// After the signal: every listener has stopped accepting (they watch the
+/// same [`Shutdown`]). End the sessions, let in-flight requests and the
+/// Matrix outbox finish within the grace, then close the database.
+async fn stop(app: &App, listeners: Vec<JoinHandle<()>>, grace: Duration) {
+    // WebRTC sessions are disconnected by their shards (DTLS close_notify).
+    let sessions = app.engine.close_all();
+    info!(sessions, "shutting down: listeners closed, sessions ending");
+    let drain_listeners = async {
+        for l in listeners {
+            let _ = l.await;
+        }
+    };
+    // Notices already queued (stream ended…) get the grace to reach the homeserver;
+    // what is left stays in the outbox for the next start.
+    let drain_outbox = async {
+        if app.matrix.is_none() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            match app.store.pending_outbox().await {
+                Ok(p) if p.is_empty() => return,
+                Err(_) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        warn!("matrix: notices still queued at shutdown; sent after the next start");
+    };
+    let sessions_gone = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while app.engine.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::join!(drain_listeners, drain_outbox, sessions_gone);
+    app.store.close().await;
+}
+
+async fn bind(
+    addr: SocketAddr,
+    key: &'static str,
+    service: &'static str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {key} {addr}"))?;
+    log_listening(service, listener.local_addr()?);
+    Ok(listener)
+}
+
+/// The axum glue (moves to the HTTP shell): serves `router` on `listener`
+/// through the listener core, each connection with hyper's HTTP/1.1 (a timer
+/// for the header timeout, WebSocket upgrades), TLS first when `tls` is given,
+/// and the peer address as `ConnectInfo<PeerAddr>` for the handlers.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    name: &'static str,
+    router: axum::Router,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    header_timeout: Duration,
+    shutdown: Shutdown,
+) -> JoinHandle<()> {
+    use axum::extract::ConnectInfo;
+    use tower_layer::Layer;
+    let on_conn = move |c: Conn| {
+        let svc = hyper_util::service::TowerToHyperService::new(
+            axum::Extension(ConnectInfo(crate::http::PeerAddr(c.peer))).layer(router.clone()),
+        );
+        let tls = tls.clone();
+        async move {
+            let Conn {
+                stream,
+                peer,
+                shutdown,
+                ..
+            } = c;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let result = match tls {
+                None => {
+                    let conn = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .with_upgrades();
+                    drive_http(conn, &shutdown).await
+                }
+                Some(acceptor) => {
+                    let Some(stream) = crate::tls::handshake(&acceptor, stream, peer).await else {
+                        return;
+                    };
+                    let conn = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .with_upgrades();
+                    drive_http(conn, &shutdown).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(listener = name, %peer, error = %e, "http connection ended");
+            }
+        }
+    };
+    tokio::spawn(crate::listener::serve(
+        listener, name, limits, shutdown, on_conn,
+    ))
+}
+
+/// Runs one HTTP connection; on shutdown lets the request in flight finish and
+/// closes (the listener core cuts it after the grace).
+async fn drive_http<C>(conn: C, shutdown: &Shutdown) -> Result<(), hyper::Error>
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + GracefulConn,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.wait() => {
+            conn.as_mut().graceful();
+            conn.await
+        }
+    }
+}
+
+/// hyper's `graceful_shutdown`, which each connection type has on its own.
+trait GracefulConn {
+    fn graceful(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConn for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// SIGTERM or SIGINT: stop cleanly; a second one: exit at once.
+fn watch_signals(shutdown: Shutdown) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if first {
+                info!(
+                    signal = name,
+                    "shutting down (a second signal stops at once)"
+                );
+                shutdown.trigger();
+                first = false;
+            } else {
+                warn!(signal = name, "second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
     Ok(())
 }
 
 fn log_listening(service: &'static str, addr: SocketAddr) {
     info!(service, %addr, "listening");
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// The host of a base URL (`https://live.example.org:8443` → `live.example.org`).

@@ -83,6 +83,7 @@ pub async fn stream_events(
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let stop = app.shutdown.wait_owned();
     // A private room's stream (state and chat) is for viewers with access
     // (`?access=` token): the same admission as for its video.
     let facts = ViewerFacts {
@@ -162,6 +163,8 @@ pub async fn stream_events(
         futures_util::stream::iter(initial.into_iter().map(Ok)),
         live,
     );
+    // Ends with the server, so a stop does not wait out the grace.
+    let all = futures_util::StreamExt::take_until(all, stop);
     Ok(Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -184,6 +187,7 @@ pub async fn all_events(
     State(app): State<Arc<App>>,
     axum::extract::Query(q): axum::extract::Query<AllEventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let stop = app.shutdown.wait_owned();
     // Private streams appear only with a token for them (`?access=`), and
     // only while it holds.
     let token = q.access.clone();
@@ -267,5 +271,7 @@ pub async fn all_events(
         futures_util::stream::iter(initial.into_iter().map(Ok)),
         live,
     );
+    // Ends with the server, so a stop does not wait out the grace.
+    let all = futures_util::StreamExt::take_until(all, stop);
     Ok(Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -49,6 +49,8 @@ pub struct App {
     pub hls: Arc<crate::egress::hls::Hls>,
     /// WHIP/WHEP resource secrets (the `Location` ids) → engine sessions.
     pub resources: webrtc::resources::Resources,
+    /// Triggered on SIGTERM/SIGINT: long-lived responses (SSE) end on it.
+    pub shutdown: crate::listener::Shutdown,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -95,15 +97,6 @@ impl
     for PeerAddr
 {
     fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*s.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
-    for PeerAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
         PeerAddr(*s.remote_addr())
     }
 }

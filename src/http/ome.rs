@@ -36,6 +36,9 @@ const SIGNALLING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames above this are a protocol error (the socket closes without a word);
 /// between `http.max_body_bytes` and this, the client gets a 413 message.
 const MAX_WS_MESSAGE: usize = 1 << 20;
+/// A playing viewer's socket is otherwise quiet: ping it well within the
+/// listeners' idle timeout (at least 30 s).
+const WS_PING_INTERVAL: Duration = Duration::from_secs(20);
 
 pub fn router(app: Arc<App>, tls: bool) -> Router {
     Router::new()
@@ -176,6 +179,7 @@ impl Ctx {
         let mut session: Option<Session> = None;
         let mut deadline = tokio::time::Instant::now() + SIGNALLING_TIMEOUT;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_ping = tokio::time::Instant::now();
         debug!(peer = %self.peer, stream = %self.stream, "ome signalling connected");
         let reason = loop {
             tokio::select! {
@@ -237,7 +241,14 @@ impl Ctx {
                         Action::Fail(e) => break self.fail(&mut socket, e).await,
                     }
                 }
+                _ = self.app.shutdown.wait() => break "the server is shutting down".into(),
                 _ = tick.tick() => {
+                    if last_ping.elapsed() >= WS_PING_INTERVAL {
+                        last_ping = tokio::time::Instant::now();
+                        if socket.send(Message::Ping(Default::default())).await.is_err() {
+                            break "send failed".into();
+                        }
+                    }
                     match &session {
                         Some(s) if s.answered && !self.app.engine.has_viewer(&s.stream, s.id) => {
                             session = None;

@@ -124,6 +124,8 @@ const PENDING_OFFER_TTL: std::time::Duration = std::time::Duration::from_secs(60
 pub struct Bound {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    /// The ICE-TCP listener; ends after shutdown once its connections are gone.
+    pub tcp_task: tokio::task::JoinHandle<()>,
 }
 
 pub struct Engine {
@@ -142,7 +144,12 @@ pub struct Engine {
 
 impl Engine {
     /// Binds the sockets and starts the worker threads.
-    pub async fn start(cfg: &WebrtcConfig) -> anyhow::Result<(Arc<Engine>, Bound)> {
+    /// ICE-TCP is served through the shared listener core with `limits` until `shutdown`.
+    pub async fn start(
+        cfg: &WebrtcConfig,
+        limits: crate::listener::Limits,
+        shutdown: crate::listener::Shutdown,
+    ) -> anyhow::Result<(Arc<Engine>, Bound)> {
         str0m::crypto::from_feature_flags().install_process_default();
         let cert = str0m::crypto::from_feature_flags()
             .dtls_provider
@@ -221,12 +228,14 @@ impl Engine {
                 .name("rtc-udp-rx".into())
                 .spawn(move || net::run_udp_receiver(udp, udp_local, demux, senders))?;
         }
-        tokio::spawn(net::run_tcp_listener(
+        let tcp_task = tokio::spawn(net::run_tcp_listener(
             tcp,
             tcp_local,
             demux.clone(),
             tcp_conns,
             senders.clone(),
+            limits,
+            shutdown,
         ));
         info!(
             workers,
@@ -252,6 +261,7 @@ impl Engine {
             Bound {
                 udp: udp_addr,
                 tcp: tcp_addr,
+                tcp_task,
             },
         ))
     }
@@ -684,6 +694,35 @@ impl Engine {
         let of_stream = reg.values().filter(|(_, s)| s == stream).count()
             + pending.values().filter(|p| p.stream.name == stream).count();
         (reg.len() + pending.len(), of_stream)
+    }
+
+    /// Ends every viewer and publisher session (shutdown); their shards
+    /// disconnect them. Returns how many there were.
+    pub fn close_all(&self) -> usize {
+        let mut n = 0;
+        for (reg, viewers) in [(&self.registry, true), (&self.publishers, false)] {
+            let sessions: Vec<(u64, usize)> = reg
+                .lock()
+                .iter()
+                .map(|(id, (shard, _))| (*id, *shard))
+                .collect();
+            n += sessions.len();
+            for (id, shard) in sessions {
+                let msg = if viewers {
+                    ShardMsg::Remove(id)
+                } else {
+                    ShardMsg::RemovePublisher(id)
+                };
+                let _ = self.shards[shard].send(msg);
+            }
+        }
+        self.pending.lock().clear();
+        n
+    }
+
+    /// Viewer and publisher sessions still registered.
+    pub fn session_count(&self) -> usize {
+        self.registry.lock().len() + self.publishers.lock().len()
     }
 
     pub fn uses_protocol(&self, proto: Protocol) -> bool {

@@ -13,11 +13,12 @@ use std::time::Instant;
 use parking_lot::RwLock;
 use str0m::net::{Protocol, Transmit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::shard::ShardMsg;
+use crate::listener::{Conn, GuardedStream, Limits, Shutdown};
 
 /// Packets queued for one TCP peer before new ones are dropped (as UDP would).
 const TCP_QUEUE: usize = 1024;
@@ -244,37 +245,41 @@ pub fn run_udp_receiver(
     }
 }
 
-/// Accepts ICE-TCP connections and reads RFC 4571 frames from each.
+/// Accepts ICE-TCP connections (through the shared listener core) and reads
+/// RFC 4571 frames from each, until `shutdown`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_tcp_listener(
     listener: TcpListener,
     local: SocketAddr,
     demux: Arc<Demux>,
     conns: Arc<TcpConns>,
     shards: Vec<crossbeam_channel::Sender<ShardMsg>>,
+    limits: Limits,
+    shutdown: Shutdown,
 ) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "ice-tcp accept failed");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    crate::listener::serve(listener, "ice-tcp", limits, shutdown, move |c: Conn| {
         let demux = demux.clone();
         let conns = conns.clone();
         let shards = shards.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve_tcp_peer(stream, peer, local, &demux, &conns, &shards).await {
-                debug!(%peer, error = %e, "ice-tcp connection closed");
+        async move {
+            let peer = c.peer;
+            // On shutdown the sessions are closed by the engine; the socket goes with them.
+            tokio::select! {
+                r = serve_tcp_peer(c.stream, peer, local, &demux, &conns, &shards) => {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "ice-tcp connection closed");
+                    }
+                }
+                _ = c.shutdown.wait() => {}
             }
             conns.conns.write().remove(&peer);
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn serve_tcp_peer(
-    stream: TcpStream,
+    stream: GuardedStream,
     peer: SocketAddr,
     local: SocketAddr,
     demux: &Demux,

@@ -17,6 +17,7 @@ pub mod matrix;
 pub mod postgres;
 pub mod publishers;
 pub mod rtmp;
+pub mod stop;
 pub mod synapse;
 pub mod ws;
 

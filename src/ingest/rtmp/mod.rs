@@ -20,6 +20,7 @@ use crate::auth::admission::Ticket;
 use crate::auth::gate::{Attempt, Gate};
 use crate::auth::keys::KeyRing;
 use crate::hub::{Hub, IngestProtocol};
+use crate::listener::{Conn, Limits, Shutdown};
 pub use session::{RmlConnection, RtmpConnection, RtmpError, RtmpEvent};
 
 /// The handshake and `publish` must happen within this time.
@@ -42,59 +43,59 @@ struct Authorized {
 }
 
 impl RtmpIngest {
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (sock, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "rtmp accept failed");
-                    continue;
-                }
-            };
-            let _ = sock.set_nodelay(true);
-            let local = sock.local_addr().ok();
-            let this = self.clone();
-            tokio::spawn(async move {
-                match this.connection(sock, peer, local, false).await {
-                    Ok(()) => debug!(%peer, "rtmp connection closed"),
-                    Err(reason) => info!(%peer, %reason, "rtmp connection closed"),
-                }
-            });
-        }
+    /// RTMP on `listener` (through the shared listener core) until `shutdown`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, limits: Limits, shutdown: Shutdown) {
+        self.serve_on(listener, "rtmp", None, limits, shutdown)
+            .await
     }
 
     /// RTMPS: RTMP inside TLS on its own port.
-    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
-        loop {
-            let (sock, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "rtmps accept failed");
-                    continue;
-                }
-            };
-            let _ = sock.set_nodelay(true);
-            let local = sock.local_addr().ok();
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        limits: Limits,
+        shutdown: Shutdown,
+    ) {
+        self.serve_on(listener, "rtmps", Some(acceptor), limits, shutdown)
+            .await
+    }
+
+    async fn serve_on(
+        self: Arc<Self>,
+        listener: TcpListener,
+        name: &'static str,
+        acceptor: Option<TlsAcceptor>,
+        limits: Limits,
+        shutdown: Shutdown,
+    ) {
+        crate::listener::serve(listener, name, limits, shutdown, move |c: Conn| {
             let this = self.clone();
             let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let tls = match tokio::time::timeout(SETUP_TIMEOUT, acceptor.accept(sock)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        info!(%peer, error = %e, "rtmps tls handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        info!(%peer, "rtmps tls handshake timed out");
-                        return;
+            async move {
+                let (peer, local, stop) = (c.peer, Some(c.local), c.shutdown);
+                let session = async {
+                    match &acceptor {
+                        None => this.connection(c.stream, peer, local, false).await,
+                        Some(a) => match crate::tls::handshake(a, c.stream, peer).await {
+                            Some(tls) => this.connection(tls, peer, local, true).await,
+                            None => Ok(()),
+                        },
                     }
                 };
-                match this.connection(tls, peer, local, true).await {
-                    Ok(()) => debug!(%peer, "rtmps connection closed"),
-                    Err(reason) => info!(%peer, %reason, "rtmps connection closed"),
+                // On shutdown the session ends at once: the publisher sees the
+                // connection close and may reconnect to the restarted server.
+                let result = tokio::select! {
+                    r = session => r,
+                    _ = stop.wait() => Err("server shutting down".to_string()),
+                };
+                match result {
+                    Ok(()) => debug!(%peer, listener = name, "rtmp connection closed"),
+                    Err(reason) => info!(%peer, listener = name, %reason, "rtmp connection closed"),
                 }
-            });
-        }
+            }
+        })
+        .await
     }
 
     async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
