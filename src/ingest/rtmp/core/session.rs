@@ -128,6 +128,9 @@ pub struct ServerCore {
     acked: u64,
     /// Replies not yet handed out as a `Send` event.
     out: Vec<u8>,
+    /// The metadata last passed on: GStreamer's flvmux repeats it about
+    /// twice a second, and only a change is news.
+    metadata: Option<Metadata>,
 }
 
 impl ServerCore {
@@ -147,6 +150,7 @@ impl ServerCore {
             ack_window: None,
             acked: 0,
             out: Vec::new(),
+            metadata: None,
         }
     }
 
@@ -358,7 +362,9 @@ impl ServerCore {
                 })?;
                 if self.publishing.is_some()
                     && let Some(meta) = metadata(&values)
+                    && self.metadata.as_ref() != Some(&meta)
                 {
+                    self.metadata = Some(meta.clone());
                     events.push(RtmpEvent::Metadata(meta));
                 }
             }
@@ -644,8 +650,11 @@ mod tests {
             md.video_width = Some(1280);
             md.video_height = Some(720);
             md.encoder = Some("test encoder".into());
-            let r = self.client.publish_metadata(&md).unwrap();
-            self.send(vec![r]);
+            // Repeated metadata is passed on once.
+            for _ in 0..3 {
+                let r = self.client.publish_metadata(&md).unwrap();
+                self.send(vec![r]);
+            }
             for i in 0..5u32 {
                 let body = vec![0x17u8; 300 + i as usize];
                 let r = self
@@ -673,7 +682,7 @@ mod tests {
         s.media();
         let mut connect = None;
         let mut publish = None;
-        let (mut video, mut audio, mut meta) = (0, 0, None);
+        let (mut video, mut audio, mut meta) = (0, 0, Vec::new());
         for e in &s.events {
             match e {
                 RtmpEvent::Connect { app, .. } => connect = Some(app.clone()),
@@ -684,14 +693,15 @@ mod tests {
                     video += 1;
                 }
                 RtmpEvent::Audio { .. } => audio += 1,
-                RtmpEvent::Metadata(m) => meta = Some(m.clone()),
+                RtmpEvent::Metadata(m) => meta.push(m.clone()),
                 other => panic!("unexpected {other:?}"),
             }
         }
         assert_eq!(connect.as_deref(), Some("live"));
         assert_eq!(publish, Some(("live".into(), "the-key".into())));
         assert_eq!((video, audio), (5, 5));
-        let meta = meta.unwrap();
+        assert_eq!(meta.len(), 1, "{meta:?}");
+        let meta = &meta[0];
         assert_eq!((meta.width, meta.height), (Some(1280.0), Some(720.0)));
         assert_eq!(meta.encoder.as_deref(), Some("test encoder"));
     }
