@@ -75,7 +75,9 @@ fn gstreamer_rtmp2sink_publishes() {
         "metadata logged {meta} times, expected once per change"
     );
     assert!(
-        lines.iter().any(|l| l.contains("rtmp publisher unpublished")),
+        lines
+            .iter()
+            .any(|l| l.contains("rtmp publisher unpublished")),
         "EOS should end the publish with FCUnpublish/deleteStream"
     );
     server.assert_no_key_logged();

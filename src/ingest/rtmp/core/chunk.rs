@@ -312,7 +312,10 @@ impl ChunkReader {
                 };
                 if fmt == 0 {
                     s.timestamp = ts;
-                    s.delta = 0;
+                    // A type-3 chunk after a type-0 one repeats its
+                    // timestamp as the delta (RTMP spec 5.3.1.2.4; ffmpeg
+                    // writes and reads it so).
+                    s.delta = ts;
                     s.stream_id = u32::from_le_bytes([h[7], h[8], h[9], h[10]]);
                 } else {
                     s.delta = ts;
@@ -470,6 +473,20 @@ mod tests {
         );
         assert_eq!(&got[1].payload[..128], &[1; 128][..]);
         assert_eq!(&got[1].payload[128..], &[2; 72][..]);
+    }
+
+    #[test]
+    fn type_3_after_type_0_repeats_the_timestamp_as_delta() {
+        let mut r = reader();
+        let got = read_all(
+            &mut r,
+            &[
+                4, 0, 0, 40, 0, 0, 1, 8, 1, 0, 0, 0, 0xaa, 0xc4, 0xbb, 0xc4, 0xcc,
+            ],
+        )
+        .unwrap();
+        let ts: Vec<u32> = got.iter().map(|m| m.timestamp).collect();
+        assert_eq!(ts, vec![40, 80, 120]);
     }
 
     #[test]
