@@ -415,6 +415,8 @@ impl ServerCore {
                     .unwrap_or_default()
                     .to_string();
                 let request_id = self.request(Request::Connect { txid })?;
+                // Replies so far go out before whatever the driver answers.
+                self.flush(events);
                 events.push(RtmpEvent::Connect {
                     request_id,
                     app: self.app.clone(),
@@ -449,6 +451,7 @@ impl ServerCore {
                 self.publish_asked = true;
                 self.publishing = Some(stream_id);
                 let request_id = self.request(Request::Publish { stream_id })?;
+                self.flush(events);
                 events.push(RtmpEvent::Publish {
                     request_id,
                     app: self.app.clone(),
