@@ -419,3 +419,16 @@ async fn flush<S: AsyncWrite + Unpin>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_is_logged_once_per_interval() {
+        assert!(log_allowed("test kind a"));
+        assert!(!log_allowed("test kind a"));
+        assert!(log_allowed("test kind b"));
+        assert!(!log_allowed("test kind a"));
+    }
+}
