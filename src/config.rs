@@ -94,6 +94,10 @@ pub struct RtmpConfig {
     /// The RTMP application name in `rtmp://host/APP` printed for OBS; the
     /// stream key follows it. Any application name is accepted (OME URLs).
     pub app: String,
+    /// The longest audio/video message a publisher may send (a keyframe);
+    /// a longer declared length closes the connection before anything is
+    /// buffered.
+    pub max_message_bytes: u32,
 }
 
 impl Default for RtmpConfig {
@@ -103,6 +107,8 @@ impl Default for RtmpConfig {
             listen: "0.0.0.0:1935".parse().expect("valid literal"),
             tls_listen: None,
             app: "live".into(),
+            // A 1080p60 keyframe at 20 Mbit/s is well under 2 MiB.
+            max_message_bytes: 8 << 20,
         }
     }
 }
@@ -502,6 +508,12 @@ impl Config {
         }
         if self.rtmp.app.is_empty() || self.rtmp.app.contains('/') {
             return Err(invalid("rtmp.app", "must be a non-empty name without '/'"));
+        }
+        if !(64 * 1024..=0xFF_FFFF).contains(&self.rtmp.max_message_bytes) {
+            return Err(invalid(
+                "rtmp.max_message_bytes",
+                "must be between 65536 and 16777215 (RTMP's 24-bit message length)",
+            ));
         }
         if self.webrtc.workers > 256 {
             return Err(invalid(

@@ -121,6 +121,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         keys: keys.clone(),
         gate: gate.clone(),
         sign_hosts,
+        max_message_bytes: config.rtmp.max_message_bytes,
     });
     let rtmp_addr = if config.rtmp.enabled {
         let listener = tokio::net::TcpListener::bind(config.rtmp.listen)

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rml_rtmp::sessions::StreamMetadata;
 use tracing::{debug, info, warn};
 
 use crate::hub::{AudioInfo, Publisher, TakenOver, VideoInfo};
@@ -73,14 +72,14 @@ impl FlvPipeline {
         }
     }
 
-    pub fn on_metadata(&mut self, m: &StreamMetadata) {
+    pub fn on_metadata(&mut self, m: &flv::Metadata) {
         info!(
             stream = %self.stream_name(),
-            width = ?m.video_width,
-            height = ?m.video_height,
-            fps = ?m.video_frame_rate,
-            video_kbps = ?m.video_bitrate_kbps,
-            audio_kbps = ?m.audio_bitrate_kbps,
+            width = ?m.width,
+            height = ?m.height,
+            fps = ?m.framerate,
+            video_kbps = ?m.videodatarate,
+            audio_kbps = ?m.audiodatarate,
             encoder = ?m.encoder,
             "publisher metadata"
         );
