@@ -978,7 +978,10 @@ mod matrix_tests {
         let e = load("[matrix.permissions]\n\"*\" = 3\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("\"*\" = 3") && e.contains("expected a string"), "{e}");
+        assert!(
+            e.contains("\"*\" = 3") && e.contains("expected a string"),
+            "{e}"
+        );
         let e = load("max_streams_per_user = 100000\n")
             .unwrap_err()
             .to_string();

@@ -67,6 +67,10 @@ fn permissions_quota_aliases_and_redactions() {
 
     // By default mallory (a local user) is a `user`: the bot joins her DM.
     let mallory_dm = mallory.dm_bot(&bot);
+    // Synapse sends one transaction at a time: an answer to a later message
+    // means the invite's transaction was applied before roomcast stops.
+    mallory.send_text(&mallory_dm, "!live help");
+    mallory.wait_message(&mallory_dm, &bot, "roomcast commands");
     // An alias lookup creates nothing.
     let (s, v) = join_status(&bob, "#live_probe:localhost");
     assert_eq!(s, 404, "alias lookup without rooms_on_demand: {v}");
@@ -102,10 +106,7 @@ fn permissions_quota_aliases_and_redactions() {
             .all(|s| s["name"] != "sneaky"),
         "{listed}"
     );
-    assert!(
-        mallory.resolve_alias("#live_sneaky:localhost").is_none(),
-        "no room was made"
-    );
+    // (Its alias is not looked up: with rooms_on_demand that would make it.)
 
     // Her invite is declined: the bot leaves the invited room.
     let invited = mallory.create_room(json!({

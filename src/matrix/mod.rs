@@ -208,6 +208,13 @@ impl Matrix {
         };
         m.load_mapping().await?;
         m.store.prune_processed(7).await?;
+        let gone = m.store.prune_idle_guests(7).await?;
+        if gone > 0 {
+            info!(
+                guests = gone,
+                "matrix: forgot guests that never posted in a week"
+            );
+        }
         Ok(m)
     }
 
