@@ -184,10 +184,10 @@ impl Matrix {
                     .as_deref()
                     .or_else(|| ev.content["redacts"].as_str());
                 if let Some(t) = target {
-                    // Pages drop a message only for its sender or a moderator:
-                    // anyone else's redaction is refused by the homeserver's
-                    // auth rules for the room, but not necessarily before it
-                    // reaches us (remote events are accepted, then soft-failed).
+                    // From room version 3 on, a redaction enters the room
+                    // whoever sends it (a remote server's is not refused);
+                    // homeservers apply it only for the message's sender or
+                    // a user with the `redact` power, and so do the pages.
                     if self.may_redact(room, &ev.sender, t).await? {
                         self.relay_redaction(room, t);
                     } else {
