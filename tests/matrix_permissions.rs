@@ -81,8 +81,11 @@ fn permissions_quota_aliases_and_redactions() {
     env.matrix_extra = format!(
         "golive_delay_ms = 1000\nrooms_on_demand = true\nmax_streams_per_user = 1\n\
          [matrix.permissions]\n\"*\" = \"none\"\n\"{SERVER_NAME}\" = \"user\"\n\
-         \"{}\" = \"none\"\n\"{}\" = \"admin\"\n",
-        mallory.user_id, boss.user_id
+         \"{}\" = \"none\"\n\"{}\" = \"admin\"\n\
+         [[streams]]\nname = \"cfgstream\"\nkey = \"{}\"\n",
+        mallory.user_id,
+        boss.user_id,
+        random_hex()
     );
     env.start_roomcast();
     let server = env.server();
@@ -145,6 +148,12 @@ fn permissions_quota_aliases_and_redactions() {
     assert_eq!(snap["room"]["room_id"], od.as_str(), "{snap}");
     let pl = bob.state(&od, "m.room.power_levels", "").unwrap();
     assert_eq!(pl["users"][&boss.user_id], 100, "{pl}");
+    // A stream of the config file is never attached to a room this way
+    // (its viewers would follow a public room nobody chose).
+    let (s, v) = join_status(&bob, "#live_cfgstream:localhost");
+    assert_eq!(s, 404, "alias lookup of a config stream: {v}");
+    let snap = server.api_stream("cfgstream").expect("the config stream");
+    assert!(snap["room"].is_null(), "{snap}");
 
     // --- redactions: only the sender's own or a moderator's reach the pages ---------------------
     bob.join(&room);
