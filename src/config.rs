@@ -403,6 +403,31 @@ pub struct MatrixConfig {
     /// offline before it counts as ended), so a flapping connection does not spam.
     #[serde(default = "default_golive_delay_ms")]
     pub golive_delay_ms: u64,
+    /// Who may use the bot (`[matrix.permissions]`): `"*"`, a server name or a
+    /// full user ID → `"none"`, `"user"` or `"admin"`; the most specific key
+    /// wins. Absent: users of `server_name` are `user`, everyone else `none`.
+    #[serde(default)]
+    pub permissions: Option<std::collections::BTreeMap<String, String>>,
+    /// Create a room and a stream when someone looks up an unknown alias
+    /// `#<alias_prefix><name>:<server_name>` (rate-limited). Off by default:
+    /// anyone on the federation could otherwise make rooms and streams.
+    #[serde(default)]
+    pub rooms_on_demand: bool,
+    /// Streams a `user` may own (admins: no limit).
+    #[serde(default = "default_max_streams_per_user")]
+    pub max_streams_per_user: usize,
+}
+
+fn default_max_streams_per_user() -> usize {
+    3
+}
+
+impl MatrixConfig {
+    /// The validated `[matrix.permissions]` table.
+    pub fn permissions(&self) -> Result<crate::matrix::permissions::Permissions, ConfigError> {
+        crate::matrix::permissions::Permissions::parse(self.permissions.as_ref(), &self.server_name)
+            .map_err(|(key, reason)| invalid(format!("matrix.permissions.\"{key}\""), reason))
+    }
 }
 
 fn default_registration() -> String {
@@ -589,6 +614,13 @@ impl Config {
                 return Err(invalid(
                     "matrix.golive_delay_ms",
                     "must be at most 600000 (10 minutes)",
+                ));
+            }
+            m.permissions()?;
+            if m.max_streams_per_user > 10_000 {
+                return Err(invalid(
+                    "matrix.max_streams_per_user",
+                    "must be at most 10000 (admins have no limit)",
                 ));
             }
         }
@@ -990,5 +1022,81 @@ mod example_tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("hls.segment_target_ms"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod matrix_tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("roomcast-cfgmx-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let r = Config::load(Some(&p), Vec::new());
+        std::fs::remove_dir_all(&dir).ok();
+        r
+    }
+
+    #[test]
+    fn matrix_permissions_and_limits() {
+        use crate::matrix::permissions::Level;
+        let base =
+            "[matrix]\nhomeserver_url = \"http://127.0.0.1:8008\"\nserver_name = \"example.org\"\n";
+        let load = |extra: &str| load_text(&format!("{base}{extra}"));
+        // Defaults: own server's users may create streams, 3 each, no rooms on demand.
+        let m = load("").unwrap().matrix.unwrap();
+        assert_eq!(m.max_streams_per_user, 3);
+        assert!(!m.rooms_on_demand);
+        let p = m.permissions().unwrap();
+        assert_eq!(p.level_of("@a:example.org"), Level::User);
+        assert_eq!(p.level_of("@a:elsewhere.net"), Level::None);
+
+        let m = load(
+            "rooms_on_demand = true\nmax_streams_per_user = 1\n\
+             [matrix.permissions]\n\"*\" = \"user\"\n\"evil.example\" = \"none\"\n\"@boss:example.org\" = \"admin\"\n",
+        )
+        .unwrap()
+        .matrix
+        .unwrap();
+        assert!(m.rooms_on_demand);
+        assert_eq!(m.max_streams_per_user, 1);
+        let p = m.permissions().unwrap();
+        assert_eq!(p.level_of("@boss:example.org"), Level::Admin);
+        assert_eq!(p.level_of("@x:evil.example"), Level::None);
+        assert_eq!(p.level_of("@x:elsewhere.net"), Level::User);
+
+        let e = load("[matrix.permissions]\n\"example.org\" = \"superuser\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("matrix.permissions.\"example.org\"")
+                && e.contains("'superuser' is not a permission")
+                && e.contains("\"none\", \"user\" or \"admin\""),
+            "{e}"
+        );
+        let e = load("[matrix.permissions]\n\"@alice\" = \"user\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"@alice\"") && e.contains("@alice:example.org"),
+            "{e}"
+        );
+        let e = load("[matrix.permissions]\n\"#room:example.org\" = \"user\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server name"), "{e}");
+        let e = load("[matrix.permissions]\n\"*\" = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"*\" = 3") && e.contains("expected a string"),
+            "{e}"
+        );
+        let e = load("max_streams_per_user = 100000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("matrix.max_streams_per_user"), "{e}");
     }
 }

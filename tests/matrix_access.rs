@@ -60,7 +60,8 @@ fn wait_private_live(server: &Server, n: usize) {
 #[test]
 fn private_and_encrypted_rooms_power_and_bad_input() {
     let _serial = serial();
-    let env = MatrixEnv::start("golive_delay_ms = 1000");
+    // Rooms on alias lookups are off by default; this test joins one.
+    let env = MatrixEnv::start("golive_delay_ms = 1000\nrooms_on_demand = true");
     let server = env.server();
     let bot = env.bot_id();
     let alice = env.user("alice");
