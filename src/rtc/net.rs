@@ -148,6 +148,18 @@ pub struct TcpConns {
     conns: RwLock<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
 }
 
+impl TcpConns {
+    fn close(&self, addrs: &[(Protocol, SocketAddr)]) {
+        if !addrs.iter().any(|(p, _)| *p == Protocol::Tcp) {
+            return;
+        }
+        let mut conns = self.conns.write();
+        for (_, a) in addrs.iter().filter(|(p, _)| *p == Protocol::Tcp) {
+            conns.remove(a);
+        }
+    }
+}
+
 /// GSO batches stay under the 64 KiB limit of one UDP send.
 const MAX_BATCH_BYTES: usize = 60_000;
 
@@ -257,13 +269,7 @@ impl NetOut {
     /// Closes the ICE-TCP connections among a finished session's addresses:
     /// dropping the sender ends the writer, which ends the connection.
     pub fn close_tcp(&self, addrs: &[(Protocol, SocketAddr)]) {
-        if !addrs.iter().any(|(p, _)| *p == Protocol::Tcp) {
-            return;
-        }
-        let mut conns = self.tcp.conns.write();
-        for (_, a) in addrs.iter().filter(|(p, _)| *p == Protocol::Tcp) {
-            conns.remove(a);
-        }
+        self.tcp.close(addrs);
     }
 
     fn send_tcp(&self, t: Transmit) -> bool {
@@ -521,5 +527,86 @@ mod tests {
                 let _ = c.signed_by(&good[..n], "p");
             }
         }
+    }
+
+    /// Frames a packet as RFC 4571 does.
+    fn framed(data: &[u8]) -> Vec<u8> {
+        let mut v = (data.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(data);
+        v
+    }
+
+    /// Whether the server closed the connection (EOF or reset) within 5 s.
+    async fn closed(c: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn ice_tcp_allocates_nothing_before_a_signed_check_and_closes_with_its_session() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let demux = Arc::new(Demux::default());
+        demux.add_ufrag("abcd", "secretpassword", Route { shard: 0, peer: 7 });
+        let metrics = Arc::new(super::super::metrics::ShardMetrics::default());
+        let (tx, rx) = super::super::shard::shard_queues(metrics, 16);
+        let ice = Arc::new(IceTcp {
+            local: addr,
+            demux: demux.clone(),
+            conns: Arc::new(TcpConns::default()),
+            shards: vec![tx],
+        });
+        tokio::spawn(run_tcp_listener(listener, ice.clone()));
+        let conns = || ice.conns.conns.read().len();
+
+        // Not STUN, a forged check, a frame longer than a datagram: closed,
+        // with no sender or writer made and nothing queued to the shard.
+        for first in [
+            framed(b"GET / HTTP/1.1"),
+            framed(&binding_request("abcd:x", "guessed")),
+            (4000u16.to_be_bytes()).to_vec(),
+        ] {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(&first).await.unwrap();
+            assert!(closed(&mut c).await);
+            assert_eq!(conns(), 0);
+        }
+        assert!(rx.data_is_empty());
+
+        // A signed check: the connection is the session's, until it ends.
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let me = c.local_addr().unwrap();
+        c.write_all(&framed(&binding_request("abcd:x", "secretpassword")))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conns() == 0 {
+            assert!(Instant::now() < deadline, "no connection entry");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!rx.data_is_empty());
+        assert!(!closed_now(&mut c).await, "open while the session runs");
+        ice.conns.close(&[(Protocol::Tcp, me)]);
+        assert!(closed(&mut c).await, "closed with its session");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conns() != 0 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether the connection is closed already (no waiting for data).
+    async fn closed_now(c: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(200), c.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
     }
 }

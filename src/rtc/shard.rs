@@ -173,6 +173,13 @@ pub fn shard_queues(metrics: Arc<ShardMetrics>, capacity: usize) -> (ShardTx, Sh
     )
 }
 
+#[cfg(test)]
+impl ShardRx {
+    pub fn data_is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
 impl ShardTx {
     pub fn is_alive(&self) -> bool {
         self.alive.load(Relaxed)
