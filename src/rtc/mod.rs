@@ -76,6 +76,18 @@ pub enum PublishError {
     Negotiation(String),
 }
 
+impl From<sdp::OfferError> for ViewerError {
+    fn from(e: sdp::OfferError) -> Self {
+        ViewerError::BadOffer(e.to_string())
+    }
+}
+
+impl From<sdp::OfferError> for PublishError {
+    fn from(e: sdp::OfferError) -> Self {
+        PublishError::BadOffer(e.to_string())
+    }
+}
+
 pub struct Answer {
     pub id: u64,
     pub sdp: String,

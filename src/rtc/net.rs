@@ -56,6 +56,14 @@ impl Demux {
     /// Forgets a peer: its ufrag and every address it used.
     pub fn remove(&self, ufrag: &str, addrs: &[(Protocol, SocketAddr)]) {
         self.by_ufrag.write().remove(ufrag);
+        self.forget(addrs);
+    }
+
+    /// Forgets addresses (a session's, or one over its cap).
+    pub fn forget(&self, addrs: &[(Protocol, SocketAddr)]) {
+        if addrs.is_empty() {
+            return;
+        }
         let mut by_addr = self.by_addr.write();
         for a in addrs {
             by_addr.remove(a);
@@ -72,14 +80,14 @@ impl Demux {
             return Some((*r, false));
         }
         let check = stun_check(data)?;
-        let (route, pwd) = {
+        let route = {
             let by_ufrag = self.by_ufrag.read();
             let (route, pwd) = by_ufrag.get(check.ufrag)?;
-            (*route, pwd.clone())
+            if !check.signed_by(data, pwd) {
+                return None;
+            }
+            *route
         };
-        if !check.signed_by(data, &pwd) {
-            return None;
-        }
         self.by_addr.write().insert((proto, source), route);
         Some((route, true))
     }

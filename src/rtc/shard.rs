@@ -36,6 +36,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// When full the oldest is dropped: viewers resume at the next keyframe, lost
 /// datagrams are what UDP does anyway. Nothing waits for room.
 pub const DATA_QUEUE: usize = 4096;
+/// Source addresses one session may use (ICE candidates it checks from,
+/// and their changes over its life).
+const MAX_ADDRS_PER_SESSION: usize = 32;
 /// Panics in a shard's loop (outside any one session) tolerated per minute;
 /// beyond that the shard is marked dead and gets no new sessions.
 const MAX_RESTARTS_PER_MINUTE: usize = 5;
@@ -96,11 +99,21 @@ impl NetInput<'_> {
     /// (for the demux to forget when the session ends).
     fn feed(
         &self,
+        demux: &Demux,
+        net: &NetOut,
         rtc: &mut Rtc,
         addrs: &mut Vec<(Protocol, SocketAddr)>,
         last_input: &mut Instant,
     ) {
         if self.new_addr {
+            if addrs.len() >= MAX_ADDRS_PER_SESSION {
+                // The peer knows its ICE password and could sign checks from
+                // any number of addresses: routes per session are capped.
+                let addr = [(self.proto, self.source)];
+                demux.forget(&addr);
+                net.close_tcp(&addr);
+                return;
+            }
             addrs.push((self.proto, self.source));
         }
         let Ok(recv) = Receive::new(self.proto, self.source, self.destination, self.data) else {
@@ -837,7 +850,13 @@ impl Shard {
                     if let Err(msg) = isolate(|| {
                         #[cfg(test)]
                         fault::check_input(p.id);
-                        input.feed(&mut p.rtc, &mut p.addrs, &mut p.last_input);
+                        input.feed(
+                            &self.demux,
+                            &self.net,
+                            &mut p.rtc,
+                            &mut p.addrs,
+                            &mut p.last_input,
+                        );
                         self.drive(p);
                     }) {
                         self.session_panicked(&p.stream.name, p.id, "network input", &msg);
@@ -851,7 +870,13 @@ impl Shard {
                     if let Err(msg) = isolate(|| {
                         #[cfg(test)]
                         fault::check_input(p.id);
-                        input.feed(&mut p.rtc, &mut p.addrs, &mut p.last_input);
+                        input.feed(
+                            &self.demux,
+                            &self.net,
+                            &mut p.rtc,
+                            &mut p.addrs,
+                            &mut p.last_input,
+                        );
                         self.drive_pub(p);
                     }) {
                         self.session_panicked(&p.stream.name, p.id, "network input", &msg);
