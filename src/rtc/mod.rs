@@ -136,8 +136,10 @@ struct PendingViewer {
 /// Every worker is dead (they panicked over and over): nothing can be placed.
 const NO_WORKER: &str = "no WebRTC worker is available; try again later";
 
-/// Offers not answered within this time are forgotten.
-const PENDING_OFFER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Offers not answered within this time are forgotten. A player answers
+/// at once (OvenPlayer: within a second); an unanswered offer holds an `Rtc`
+/// and a place under the viewer caps.
+const PENDING_OFFER_TTL: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub struct Bound {
     pub udp: SocketAddr,
@@ -739,6 +741,7 @@ impl Engine {
     /// Viewer sessions in total and of `stream` (negotiated ones included, so
     /// admission control counts a viewer from its first moment).
     pub fn viewer_counts(&self, stream: &str) -> (usize, usize) {
+        self.expire_pending();
         let reg = self.registry.lock();
         let pending = self.pending.lock();
         let of_stream = reg.values().filter(|(_, s)| s == stream).count()
