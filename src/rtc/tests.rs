@@ -248,3 +248,107 @@ fn unconnected_offers_are_not_counted_as_viewers() {
     }
     assert_eq!(stream.viewers(), 0);
 }
+
+/// A WHIP publisher that never ends a frame (no marker bit, one timestamp)
+/// is dropped at `limits.max_frame_bytes`, and the stream goes offline.
+#[test]
+fn a_whip_frame_that_never_ends_drops_the_publisher() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = WebrtcConfig {
+        udp: "127.0.0.1:0".parse().unwrap(),
+        tcp: "127.0.0.1:0".parse().unwrap(),
+        public_ips: Vec::new(),
+        tcp_force: false,
+        workers: 1,
+    };
+    let (engine, _bound) = rt.block_on(Engine::start(&cfg)).unwrap();
+    let hub = Arc::new(Hub::with_limits(crate::hub::HubLimits {
+        max_frame_bytes: 64 * 1024,
+        max_gop_cache_bytes: 1 << 20,
+    }));
+    let stream = hub.ensure_stream("s", None);
+
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = sock.local_addr().unwrap();
+    let mut rtc = Rtc::builder().set_rtp_mode(true).build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let answer = engine
+        .add_publisher(
+            &hub,
+            &stream,
+            IngestProtocol::Whip,
+            &offer.to_sdp_string(),
+            SessionOpts::default(),
+        )
+        .unwrap();
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer.sdp).unwrap())
+        .unwrap();
+    let pt = rtc.media(mid).unwrap().remote_pts()[0];
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut connected, mut was_live, mut sent) = (false, false, 0u64);
+    // When the frame went over the cap (66 packets of 1000 bytes).
+    let mut over_cap_at = None;
+    let mut buf = vec![0u8; 2048];
+    // Drives the client until the server ends the publish.
+    while engine.has_publisher("s", answer.id) {
+        assert!(
+            Instant::now() < deadline,
+            "the publisher was not dropped (sent {sent} packets)"
+        );
+        was_live |= stream.is_live();
+        if connected && was_live && sent < 1000 {
+            let mut api = rtc.direct_api();
+            let tx = api.stream_tx_by_mid(mid, None).unwrap();
+            let mut payload = vec![0u8; 1000];
+            payload[0] = 0x10;
+            tx.write_rtp(
+                str0m::rtp::RtpWrite::new(pt, (sent + 1).into(), 9000, Instant::now(), payload)
+                    .marker(false),
+            );
+            sent += 1;
+            if sent == 66 {
+                over_cap_at = Some(Instant::now());
+            }
+        }
+        match rtc.poll_output().unwrap() {
+            Output::Transmit(t) => {
+                let _ = sock.send_to(&t.contents, t.destination);
+            }
+            Output::Event(Event::Connected) => connected = true,
+            Output::Event(_) => {}
+            Output::Timeout(t) => {
+                let wait = t
+                    .saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(1), Duration::from_millis(5));
+                sock.set_read_timeout(Some(wait)).unwrap();
+                let input = match sock.recv_from(&mut buf) {
+                    Ok((n, source)) => {
+                        match Receive::new(Protocol::Udp, source, local, &buf[..n]) {
+                            Ok(r) => Input::Receive(Instant::now(), r),
+                            Err(_) => continue,
+                        }
+                    }
+                    Err(_) => Input::Timeout(Instant::now()),
+                };
+                let _ = rtc.handle_input(input);
+            }
+        }
+    }
+    assert!(was_live, "the publish started");
+    // Dropped for the frame, not by a timeout (those take 10 s).
+    let over_cap_at = over_cap_at.expect("the frame went over the cap");
+    assert!(over_cap_at.elapsed() < Duration::from_secs(5));
+    assert!(
+        !stream.is_live(),
+        "the stream went offline with its publisher"
+    );
+}
