@@ -667,6 +667,14 @@ a=rtpmap:45 AV1/90000\r\na=fmtp:45 level-idx=5;profile=0;tier=0\r\n";
     }
 
     #[test]
+    fn a_parsed_offer_can_cross_threads() {
+        // Callers parse in one place (a blocking task, before any lock) and
+        // negotiate in another.
+        fn send<T: Send + 'static>(_: &T) {}
+        send(&parse_offer(AIORTC).unwrap());
+    }
+
+    #[test]
     fn work_is_linear_at_the_caps() {
         // The most an accepted offer can ask: 128 formats, half of them RTX.
         let mut s = String::from("v=0\nm=video 9 UDP/TLS/RTP/SAVPF 0\n");
