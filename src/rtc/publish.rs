@@ -23,6 +23,7 @@ use crate::media::rtp_video::{self, Assembled, FrameAssembler, VideoCodec};
 const OWN_PLI_INTERVAL: Duration = Duration::from_millis(500);
 /// Publishers over the frame cap are logged at most this often (they reconnect).
 static TOO_LARGE_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static NEVER_CONNECTED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// A negotiated publisher, handed to its shard.
 pub struct NewPublisher {
@@ -352,7 +353,9 @@ impl PubPeer {
             if self.connected {
                 info!(stream = %self.stream.name, %reason, "whip publish ended");
             } else {
-                warn!(stream = %self.stream.name, %reason, "whip publisher never connected");
+                if let Some(suppressed) = NEVER_CONNECTED_LOG.allow() {
+                    warn!(stream = %self.stream.name, %reason, suppressed, "whip publisher never connected");
+                }
             }
         }
         self.dead = true;

@@ -45,6 +45,7 @@ const MAX_RESTARTS_PER_MINUTE: usize = 5;
 /// Session panics and queue overflows are logged at most this often.
 static PANIC_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 static DROP_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static NEVER_CONNECTED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 /// A connected viewer that sends nothing (no consent checks, no RTCP) for this long is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A publisher sends media all the time: this much silence means it is gone
@@ -446,38 +447,49 @@ impl Drop for Sessions<'_> {
 
 /// Test-only fault injection: makes chosen sessions' input, or a shard's
 /// loop, panic. Not compiled into non-test builds.
+/// Test-only fault injection: makes chosen sessions' input, or a shard's
+/// loop, panic. Keyed by the shard (its metrics) so engines of tests
+/// running in parallel do not take each other's faults. Not compiled into
+/// non-test builds.
 #[cfg(test)]
 pub mod fault {
     use parking_lot::Mutex;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
-    static PANIC_ON_INPUT: Mutex<Vec<u64>> = Mutex::new(Vec::new());
-    static PANIC_LOOP_ONCE: AtomicBool = AtomicBool::new(false);
+    use super::ShardMetrics;
 
-    /// The next network input of session `id` panics.
-    pub fn panic_on_input(id: u64) {
-        PANIC_ON_INPUT.lock().push(id);
+    static PANIC_ON_INPUT: Mutex<Vec<(usize, u64)>> = Mutex::new(Vec::new());
+    static PANIC_LOOP_ONCE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+    fn key(shard: &Arc<ShardMetrics>) -> usize {
+        Arc::as_ptr(shard) as usize
     }
 
-    /// The next pass of a shard's loop panics (outside any session).
-    pub fn panic_loop_once() {
-        PANIC_LOOP_ONCE.store(true, Ordering::SeqCst);
+    /// The next network input of session `id` on `shard` panics.
+    pub fn panic_on_input(shard: &Arc<ShardMetrics>, id: u64) {
+        PANIC_ON_INPUT.lock().push((key(shard), id));
     }
 
-    pub(super) fn check_input(id: u64) {
-        let hit = {
-            let mut v = PANIC_ON_INPUT.lock();
-            let hit = v.contains(&id);
-            v.retain(|x| *x != id);
-            hit
-        };
-        if hit {
+    /// The next pass of `shard`'s loop panics (outside any session).
+    pub fn panic_loop_once(shard: &Arc<ShardMetrics>) {
+        PANIC_LOOP_ONCE.lock().push(key(shard));
+    }
+
+    fn take<T: PartialEq>(v: &Mutex<Vec<T>>, x: T) -> bool {
+        let mut v = v.lock();
+        let hit = v.contains(&x);
+        v.retain(|y| *y != x);
+        hit
+    }
+
+    pub(super) fn check_input(shard: &Arc<ShardMetrics>, id: u64) {
+        if take(&PANIC_ON_INPUT, (key(shard), id)) {
             panic!("injected fault in session {id}");
         }
     }
 
-    pub(super) fn check_loop() {
-        if PANIC_LOOP_ONCE.swap(false, Ordering::SeqCst) {
+    pub(super) fn check_loop(shard: &Arc<ShardMetrics>) {
+        if take(&PANIC_LOOP_ONCE, key(shard)) {
             panic!("injected fault in a shard loop");
         }
     }
@@ -581,7 +593,7 @@ impl Shard {
                 }
             }
             #[cfg(test)]
-            fault::check_loop();
+            fault::check_loop(&self.metrics);
             let now = Instant::now();
             if now < self.earliest.get().max(last_scan + SCAN_INTERVAL) {
                 continue;
@@ -634,7 +646,10 @@ impl Shard {
             self.drive(p);
         }
         if !p.connected && now.duration_since(p.created) > CONNECT_TIMEOUT {
-            info!(stream = %p.stream.name, "viewer never connected (ICE/DTLS), dropping");
+            // Anyone can make offers that never connect: logged once per interval.
+            if let Some(suppressed) = NEVER_CONNECTED_LOG.allow() {
+                info!(stream = %p.stream.name, suppressed, "viewer never connected (ICE/DTLS), dropping");
+            }
             p.dead = true;
         } else if p.connected && now.duration_since(p.last_input) > IDLE_TIMEOUT {
             info!(stream = %p.stream.name, "viewer went silent, dropping");
@@ -849,7 +864,7 @@ impl Shard {
                     }
                     if let Err(msg) = isolate(|| {
                         #[cfg(test)]
-                        fault::check_input(p.id);
+                        fault::check_input(&self.metrics, p.id);
                         input.feed(
                             &self.demux,
                             &self.net,
@@ -869,7 +884,7 @@ impl Shard {
                     }
                     if let Err(msg) = isolate(|| {
                         #[cfg(test)]
-                        fault::check_input(p.id);
+                        fault::check_input(&self.metrics, p.id);
                         input.feed(
                             &self.demux,
                             &self.net,

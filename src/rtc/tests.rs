@@ -174,14 +174,14 @@ fn a_panicking_session_ends_alone_and_a_panicking_worker_restarts() {
     wait_until("two viewers counted", || stream.viewers() == 2);
 
     // A's next network input panics inside the shard.
-    fault::panic_on_input(a.id);
+    let shard = &engine.metrics.shards[0];
+    fault::panic_on_input(shard, a.id);
     wait_until("the panicking session is removed", || {
         !engine.has_viewer("s", a.id)
     });
     wait_until("its viewer count is taken back", || stream.viewers() == 1);
     assert!(engine.has_viewer("s", b.id));
     receives(&b, "the other session keeps receiving");
-    let shard = &engine.metrics.shards[0];
     assert_eq!(shard.session_panics.load(Ordering::Relaxed), 1);
     let c = client(&engine, &stream);
     wait_until("a new session connects", || {
@@ -192,7 +192,7 @@ fn a_panicking_session_ends_alone_and_a_panicking_worker_restarts() {
 
     // Now the worker's loop itself panics: its sessions are lost (and
     // unregistered), the worker restarts, and takes new sessions.
-    fault::panic_loop_once();
+    fault::panic_loop_once(shard);
     wait_until("the worker's sessions are unregistered", || {
         !engine.has_viewer("s", b.id) && !engine.has_viewer("s", c.id)
     });
