@@ -352,3 +352,47 @@ fn a_whip_frame_that_never_ends_drops_the_publisher() {
         "the stream went offline with its publisher"
     );
 }
+
+/// Placement skips dead workers, and with none alive an offer is refused
+/// (not handed to a queue nobody reads).
+#[test]
+fn dead_workers_get_no_sessions() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = WebrtcConfig {
+        udp: "127.0.0.1:0".parse().unwrap(),
+        tcp: "127.0.0.1:0".parse().unwrap(),
+        public_ips: Vec::new(),
+        tcp_force: false,
+        workers: 2,
+    };
+    let (engine, _bound) = rt.block_on(Engine::start(&cfg)).unwrap();
+    let hub = Arc::new(Hub::new());
+    let stream = hub.ensure_stream("s", None);
+    let offer = || {
+        let mut rtc = Rtc::builder().build(Instant::now());
+        rtc.add_local_candidate(Candidate::host("127.0.0.1:9".parse().unwrap(), "udp").unwrap());
+        let mut api = rtc.sdp_api();
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        api.apply().unwrap().0.to_sdp_string()
+    };
+    engine.shards[0].alive.store(false, Ordering::Relaxed);
+    assert_eq!(engine.live_workers(), 1);
+    for _ in 0..3 {
+        let id = engine.add_viewer(&stream, &offer()).unwrap().id;
+        assert_eq!(shard_of(&engine.registry, "s", id), Some(1));
+    }
+    engine.shards[1].alive.store(false, Ordering::Relaxed);
+    match engine.add_viewer(&stream, &offer()) {
+        Err(ViewerError::Negotiation(m)) => assert_eq!(m, NO_WORKER),
+        other => panic!("expected a refusal, got {:?}", other.map(|a| a.id)),
+    }
+    assert_eq!(
+        engine.viewer_counts("s"),
+        (3, 3),
+        "the refused offer left nothing behind"
+    );
+}
