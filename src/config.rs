@@ -353,6 +353,13 @@ pub struct LimitsConfig {
     /// client address (a reload over either gets 429).
     pub hls_max_blocking: usize,
     pub hls_max_blocking_per_address: usize,
+    /// Largest video frame (bytes) any publisher may send; a publisher over it
+    /// is dropped. Absent: [`DEFAULT_MAX_FRAME_BYTES`].
+    pub max_frame_bytes: Option<usize>,
+    /// Largest GOP (bytes) cached for joining viewers; a longer GOP is not
+    /// cached (viewers then start at the next keyframe). Absent:
+    /// [`DEFAULT_MAX_GOP_CACHE_BYTES`].
+    pub max_gop_cache_bytes: Option<usize>,
 }
 
 impl Default for LimitsConfig {
@@ -367,7 +374,25 @@ impl Default for LimitsConfig {
             access_burst: 10,
             hls_max_blocking: 4096,
             hls_max_blocking_per_address: 64,
+            max_frame_bytes: None,
+            max_gop_cache_bytes: None,
         }
+    }
+}
+
+/// 8 MiB: several times a 4K keyframe at a high bitrate.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 << 20;
+/// 32 MiB: a 4 s GOP at 60 Mbit/s.
+pub const DEFAULT_MAX_GOP_CACHE_BYTES: usize = 32 << 20;
+
+impl LimitsConfig {
+    pub fn frame_bytes(&self) -> usize {
+        self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES)
+    }
+
+    pub fn gop_cache_bytes(&self) -> usize {
+        self.max_gop_cache_bytes
+            .unwrap_or(DEFAULT_MAX_GOP_CACHE_BYTES)
     }
 }
 
@@ -628,6 +653,18 @@ impl Config {
             return Err(invalid(
                 "limits.max_egress_mbps",
                 "must be a number of Mbit/s, 0 for no cap",
+            ));
+        }
+        if self.limits.frame_bytes() < 64 << 10 {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                "must be at least 65536 (64 KiB); keyframes are larger than that",
+            ));
+        }
+        if self.limits.gop_cache_bytes() < self.limits.frame_bytes() {
+            return Err(invalid(
+                "limits.max_gop_cache_bytes",
+                "must be at least limits.max_frame_bytes",
             ));
         }
         let h = &self.hls;

@@ -63,7 +63,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             new_demo_key = Some(key);
         }
     }
-    let hub = Arc::new(Hub::new());
+    let hub = Arc::new(Hub::with_limits((&config.limits).into()));
     let keys = Arc::new(KeyRing::default());
     for row in store.streams().await? {
         hub.ensure_stream(&row.name, row.title.as_deref());

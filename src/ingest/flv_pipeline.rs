@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use crate::hub::{AudioInfo, Publisher, TakenOver, VideoInfo};
+use crate::hub::{AudioInfo, Publisher, PushError, VideoInfo};
 use crate::media::flv::{self, AvcConfig, FlvAudio, FlvVideo, TimestampUnwrapper};
 use crate::media::h264;
 use crate::media::rtp_h264::{H264Packetizer, RTP_MTU_PAYLOAD};
@@ -85,7 +85,7 @@ impl FlvPipeline {
         );
     }
 
-    pub fn on_video(&mut self, body: Bytes, timestamp: u32) -> Result<(), TakenOver> {
+    pub fn on_video(&mut self, body: Bytes, timestamp: u32) -> Result<(), PushError> {
         let dts = self.clock.unwrap(timestamp);
         let nal_len = self.avc.as_ref().map_or(4, |c| c.nal_length_size);
         let parsed = match flv::parse_video(&body, nal_len) {
@@ -124,7 +124,7 @@ impl FlvPipeline {
         Ok(())
     }
 
-    fn update_sps(&mut self) -> Result<(), TakenOver> {
+    fn update_sps(&mut self) -> Result<(), PushError> {
         let Some(sps_nal) = self.sps.first() else {
             return Ok(());
         };
@@ -145,7 +145,8 @@ impl FlvPipeline {
                         width: Some(sps.width),
                         height: Some(sps.height),
                     });
-                })
+                })?;
+                Ok(())
             }
             Err(e) => {
                 self.bad_tag("SPS", &e);
@@ -159,7 +160,7 @@ impl FlvPipeline {
         pts_ms: i64,
         keyframe: bool,
         nalus: Vec<Bytes>,
-    ) -> Result<(), TakenOver> {
+    ) -> Result<(), PushError> {
         // In-band parameter sets replace the sequence header's.
         let mut new_sps = false;
         for n in &nalus {
@@ -212,7 +213,7 @@ impl FlvPipeline {
         Ok(())
     }
 
-    pub fn on_audio(&mut self, body: Bytes, timestamp: u32) -> Result<(), TakenOver> {
+    pub fn on_audio(&mut self, body: Bytes, timestamp: u32) -> Result<(), PushError> {
         if self.audio_failed {
             return Ok(());
         }
