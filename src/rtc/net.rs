@@ -263,6 +263,9 @@ pub async fn run_tcp_listener(
         let shards = shards.clone();
         async move {
             let peer = c.peer;
+            // Also when the listener drops this future (timeout, shutdown):
+            // the writer task ends once its sender is gone from the map.
+            let _forget = Forget(&conns, peer);
             // On shutdown the sessions are closed by the engine; the socket goes with them.
             tokio::select! {
                 r = serve_tcp_peer(c.stream, peer, local, &demux, &conns, &shards) => {
@@ -272,10 +275,18 @@ pub async fn run_tcp_listener(
                 }
                 _ = c.shutdown.wait() => {}
             }
-            conns.conns.write().remove(&peer);
         }
     })
     .await
+}
+
+/// Removes a TCP peer's sender from the map when dropped.
+struct Forget<'a>(&'a TcpConns, SocketAddr);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.conns.write().remove(&self.1);
+    }
 }
 
 async fn serve_tcp_peer(
