@@ -151,6 +151,8 @@ pub struct ListenerStats {
     pub timed_out: AtomicU64,
     pub panicked: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Most connections open at once since the last memory release.
+    peak: AtomicU64,
 }
 
 static REGISTRY: Mutex<Vec<(&'static str, Arc<ListenerStats>)>> = Mutex::new(Vec::new());
@@ -340,8 +342,40 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        let open = self
+            .stats
+            .open
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        let peak = self.stats.peak.load(Ordering::Relaxed);
+        // A burst (a flood of connections) has drained: its buffers are free.
+        if peak >= RELEASE_AFTER_PEAK
+            && open <= peak / 8
+            && self
+                .stats
+                .peak
+                .compare_exchange(peak, open, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            release_free_memory();
+        }
         self.gone.notify_one();
+    }
+}
+
+/// Bursts of at least this many connections give their memory back after.
+const RELEASE_AFTER_PEAK: u64 = 256;
+
+/// Hands freed heap back to the OS: glibc keeps what thousands of
+/// connections freed in its per-thread arenas, so RSS would stay at the
+/// flood's peak. Runs on a blocking thread (it walks the heap).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn_blocking(|| {
+            // SAFETY: malloc_trim only returns free pages; no pointer is touched.
+            unsafe { libc::malloc_trim(0) };
+        });
     }
 }
 
@@ -600,7 +634,8 @@ pub async fn serve<A, H, F>(
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        stats.open.fetch_add(1, Ordering::Relaxed);
+        let open = stats.open.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.peak.fetch_max(open, Ordering::Relaxed);
         let gone = Arc::new(Notify::new());
         let state = Arc::new(ConnState {
             epoch: Instant::now(),
