@@ -871,6 +871,37 @@ mod tests {
     }
 
     #[test]
+    fn connections_defaults_and_bad_values() {
+        let c = load("", &[]).unwrap().connections;
+        assert_eq!((c.max_per_listener, c.max_per_address), (4096, 64));
+        assert_eq!((c.first_bytes_timeout_secs, c.idle_timeout_secs), (10, 60));
+        assert_eq!((c.http_header_timeout_secs, c.shutdown_grace_secs), (10, 3));
+        let c = load("", &[("ROOMCAST_CONNECTIONS__MAX_PER_ADDRESS", "8")]).unwrap();
+        assert_eq!(c.connections.max_per_address, 8);
+        for (toml, key) in [
+            (
+                "[connections]\nmax_per_address = 0",
+                "connections.max_per_address",
+            ),
+            (
+                "[connections]\nidle_timeout_secs = 20",
+                "connections.idle_timeout_secs",
+            ),
+            (
+                "[connections]\nshutdown_grace_secs = 10",
+                "connections.shutdown_grace_secs",
+            ),
+            (
+                "[connections]\nfirst_bytes_timeout_secs = 0",
+                "connections.first_bytes_timeout_secs",
+            ),
+        ] {
+            let e = load(toml, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn defaults_without_file() {
         let c = Config::load(None, Vec::new()).unwrap();
         assert_eq!(c.http.listen.port(), 8080);

@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::auth::Cidr;
 use crate::config::ConnectionsConfig;
 
 /// Caps and timeouts of one listener.
@@ -44,6 +45,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// After shutdown, how long a handler may take before its stream is closed.
     pub grace: Duration,
+    /// Addresses the per-address cap does not apply to (a reverse proxy
+    /// carries many clients); the global cap still does.
+    pub exempt: &'static [Cidr],
 }
 
 impl Limits {
@@ -54,7 +58,12 @@ impl Limits {
             first_bytes_timeout: Duration::from_secs(c.first_bytes_timeout_secs),
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
             grace: Duration::from_secs(c.shutdown_grace_secs),
+            exempt: &[],
         }
+    }
+
+    pub fn with_exempt(self, exempt: &'static [Cidr]) -> Limits {
+        Limits { exempt, ..self }
     }
 }
 
@@ -142,6 +151,8 @@ pub struct ListenerStats {
     pub timed_out: AtomicU64,
     pub panicked: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Most connections open at once since the last memory release.
+    peak: AtomicU64,
 }
 
 static REGISTRY: Mutex<Vec<(&'static str, Arc<ListenerStats>)>> = Mutex::new(Vec::new());
@@ -149,6 +160,56 @@ static REGISTRY: Mutex<Vec<(&'static str, Arc<ListenerStats>)>> = Mutex::new(Vec
 /// Every listener's counters, by name (for `/metrics`).
 pub fn stats() -> Vec<(&'static str, Arc<ListenerStats>)> {
     REGISTRY.lock().clone()
+}
+
+/// Prometheus text for every listener's counters.
+pub fn render_metrics(out: &mut String) {
+    use std::fmt::Write;
+    let all = stats();
+    type Counter = fn(&ListenerStats) -> &AtomicU64;
+    let metrics: [(&str, &str, &str, Counter); 6] = [
+        ("open", "gauge", "Open connections.", |s| &s.open),
+        ("accepted_total", "counter", "Connections accepted.", |s| {
+            &s.accepted
+        }),
+        (
+            "refused_total",
+            "counter",
+            "Connections closed at once: over a cap.",
+            |s| &s.refused,
+        ),
+        (
+            "timed_out_total",
+            "counter",
+            "Connections closed by the first-bytes or idle timeout.",
+            |s| &s.timed_out,
+        ),
+        (
+            "panics_total",
+            "counter",
+            "Connection handlers that panicked.",
+            |s| &s.panicked,
+        ),
+        (
+            "accept_errors_total",
+            "counter",
+            "Accept errors (EMFILE…), each followed by a back-off.",
+            |s| &s.accept_errors,
+        ),
+    ];
+    for (name, kind, help, get) in metrics {
+        let _ = writeln!(
+            out,
+            "# HELP roomcast_listener_{name} {help}\n# TYPE roomcast_listener_{name} {kind}"
+        );
+        for (listener, s) in &all {
+            let _ = writeln!(
+                out,
+                "roomcast_listener_{name}{{listener=\"{listener}\"}} {}",
+                get(s).load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 /// What a handler gets for each accepted connection.
@@ -281,8 +342,40 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        let open = self
+            .stats
+            .open
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        let peak = self.stats.peak.load(Ordering::Relaxed);
+        // A burst (a flood of connections) has drained: its buffers are free.
+        if peak >= RELEASE_AFTER_PEAK
+            && open <= peak / 8
+            && self
+                .stats
+                .peak
+                .compare_exchange(peak, open, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            release_free_memory();
+        }
         self.gone.notify_one();
+    }
+}
+
+/// Bursts of at least this many connections give their memory back after.
+const RELEASE_AFTER_PEAK: u64 = 256;
+
+/// Hands freed heap back to the OS: glibc keeps what thousands of
+/// connections freed in its per-thread arenas, so RSS would stay at the
+/// flood's peak. Runs on a blocking thread (it walks the heap).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn_blocking(|| {
+            // SAFETY: malloc_trim only returns free pages; no pointer is touched.
+            unsafe { libc::malloc_trim(0) };
+        });
     }
 }
 
@@ -479,6 +572,7 @@ pub async fn serve<A, H, F>(
     let error_log = LogEvery::new(LOG_INTERVAL);
     let logs = Arc::new(ConnLogs {
         panic: LogEvery::new(LOG_INTERVAL),
+        timeout: LogEvery::new(LOG_INTERVAL),
     });
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -518,7 +612,13 @@ pub async fn serve<A, H, F>(
             );
             continue;
         };
-        let Some(address) = addresses.try_take(peer.ip(), limits.max_per_address) else {
+        let ip = peer.ip().to_canonical();
+        let per_address = if limits.exempt.iter().any(|c| c.contains(ip)) {
+            usize::MAX
+        } else {
+            limits.max_per_address
+        };
+        let Some(address) = addresses.try_take(ip, per_address) else {
             refuse(
                 name,
                 &stats,
@@ -534,7 +634,8 @@ pub async fn serve<A, H, F>(
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        stats.open.fetch_add(1, Ordering::Relaxed);
+        let open = stats.open.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.peak.fetch_max(open, Ordering::Relaxed);
         let gone = Arc::new(Notify::new());
         let state = Arc::new(ConnState {
             epoch: Instant::now(),
@@ -560,9 +661,9 @@ pub async fn serve<A, H, F>(
             local,
             shutdown: shutdown.clone(),
         };
-        let fut = handler(conn);
         tokio::spawn(run_connection(
-            fut,
+            conn,
+            handler.clone(),
             state,
             gone,
             limits,
@@ -598,6 +699,17 @@ pub async fn serve<A, H, F>(
 
 struct ConnLogs {
     panic: LogEvery,
+    timeout: LogEvery,
+}
+
+impl ConnLogs {
+    fn timed_out(&self, stats: &ListenerStats, name: &'static str, peer: SocketAddr, what: &str) {
+        stats.timed_out.fetch_add(1, Ordering::Relaxed);
+        match self.timeout.check() {
+            Some(skipped) => info!(listener = name, %peer, skipped, "{what}; connection closed"),
+            None => debug!(listener = name, %peer, "{what}; connection closed"),
+        }
+    }
 }
 
 fn refuse(
@@ -615,11 +727,43 @@ fn refuse(
     // Dropping the socket closes it.
 }
 
+fn log_panic(
+    stats: &ListenerStats,
+    logs: &ConnLogs,
+    name: &'static str,
+    peer: SocketAddr,
+    panic: Box<dyn std::any::Any + Send>,
+) {
+    stats.panicked.fetch_add(1, Ordering::Relaxed);
+    if let Some(skipped) = logs.panic.check() {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        error!(listener = name, %peer, panic = %msg, skipped, "connection handler panicked; connection closed");
+    }
+}
+
+/// Binds a listening socket with a backlog for bursts of connects (the
+/// kernel caps it at net.core.somaxconn).
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Runs one connection's handler beside its watchdog until both the handler
 /// and the stream are done, a timeout runs out, or shutdown's grace ends.
 #[allow(clippy::too_many_arguments)]
-async fn run_connection<F: Future<Output = ()> + Send + 'static>(
-    fut: F,
+async fn run_connection<H, F>(
+    conn: Conn,
+    handler: Arc<H>,
     state: Arc<ConnState>,
     gone: Arc<Notify>,
     limits: Limits,
@@ -628,9 +772,39 @@ async fn run_connection<F: Future<Output = ()> + Send + 'static>(
     logs: Arc<ConnLogs>,
     name: &'static str,
     peer: SocketAddr,
-) {
-    let fut = std::panic::AssertUnwindSafe(fut).catch_unwind();
-    tokio::pin!(fut);
+) where
+    H: Fn(Conn) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    // The handler starts on the first bytes: until then an idle connection
+    // costs this small task and its socket, not the protocol's buffers.
+    // (A peek, not `readable()`: a fresh socket reports itself readable.)
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        r = conn.stream.io.peek(&mut probe) => {
+            if !matches!(r, Ok(1..)) {
+                // Closed by the client before a byte, or an error.
+                return;
+            }
+        }
+        what = state.expired(&limits) => {
+            logs.timed_out(&stats, name, peer, what);
+            return;
+        }
+        _ = shutdown.wait() => return,
+    }
+    // In a block: nothing of the unboxed future stays in this task's state.
+    let mut fut = {
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(conn)));
+        drop(handler);
+        match started {
+            Ok(f) => Box::pin(std::panic::AssertUnwindSafe(f).catch_unwind()),
+            Err(panic) => {
+                log_panic(&stats, &logs, name, peer, panic);
+                return;
+            }
+        }
+    };
     let mut handler_done = false;
     let mut stream_gone = false;
     let mut stop_at: Option<tokio::time::Instant> = None;
@@ -642,22 +816,13 @@ async fn run_connection<F: Future<Output = ()> + Send + 'static>(
             r = &mut fut, if !handler_done => {
                 handler_done = true;
                 if let Err(panic) = r {
-                    stats.panicked.fetch_add(1, Ordering::Relaxed);
-                    if let Some(skipped) = logs.panic.check() {
-                        let msg = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        error!(listener = name, %peer, panic = %msg, skipped, "connection handler panicked; connection closed");
-                    }
+                    log_panic(&stats, &logs, name, peer, panic);
                     state.kill();
                 }
             }
             _ = gone.notified(), if !stream_gone => stream_gone = true,
             what = state.expired(&limits) => {
-                stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                debug!(listener = name, %peer, "{what}; connection closed");
+                logs.timed_out(&stats, name, peer, what);
                 break;
             }
             _ = shutdown.wait(), if stop_at.is_none() => {

@@ -95,7 +95,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .context("a tls_listen needs [tls]")
     };
 
-    let http = tokio::net::TcpListener::bind(config.http.listen)
+    let http = crate::listener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
     let http_addr = http.local_addr()?;
@@ -124,7 +124,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_message_bytes: config.rtmp.max_message_bytes,
     });
     let rtmp_addr = if config.rtmp.enabled {
-        let listener = tokio::net::TcpListener::bind(config.rtmp.listen)
+        let listener = crate::listener::bind(config.rtmp.listen)
             .await
             .with_context(|| format!("binding rtmp.listen {}", config.rtmp.listen))?;
         let addr = listener.local_addr()?;
@@ -139,7 +139,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None
     };
     if let Some(listen) = config.rtmp.tls_listen {
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = crate::listener::bind(listen)
             .await
             .with_context(|| format!("binding rtmp.tls_listen {listen}"))?;
         log_listening("rtmps", listener.local_addr()?);
@@ -212,13 +212,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];
     let header_timeout = Duration::from_secs(cfg.connections.http_header_timeout_secs);
+    // A reverse proxy carries many clients on one address: only the global
+    // cap applies to it. (Leaked once: the listeners live as long as the process.)
+    let proxies: &'static [crate::auth::Cidr] =
+        Box::leak(cfg.http.trusted_proxies.clone().into_boxed_slice());
+    let http_limits = limits.with_exempt(proxies);
     let http_on = |listener, name, router, tls| {
         serve_http(
             listener,
             name,
             router,
             tls,
-            limits,
+            http_limits,
             header_timeout,
             shutdown.clone(),
         )
@@ -310,7 +315,7 @@ async fn bind(
     key: &'static str,
     service: &'static str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = crate::listener::bind(addr)
         .await
         .with_context(|| format!("binding {key} {addr}"))?;
     log_listening(service, listener.local_addr()?);

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -218,4 +218,106 @@ fn a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(130), "{status}");
     server.wait_for_log_from(from, "second signal", Duration::from_secs(1));
     drop(pending);
+}
+
+/// Connects from `ip` (every 127.x address is loopback on Linux): other
+/// addresses than the test's own 127.0.0.1 for the per-address caps.
+fn connect_from(rt: &tokio::runtime::Runtime, ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::from((ip, 0))).unwrap();
+        let s = s.connect(to).await.unwrap().into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
+}
+
+/// Whether the server has closed `s` (EOF or reset) by `deadline`.
+fn closed_by(s: &mut TcpStream, deadline: Instant) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn every_listener_closes_idle_and_over_cap_connections() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut server = Server::start(
+        "[connections]\nfirst_bytes_timeout_secs = 2\nhttp_header_timeout_secs = 2\nmax_per_address = 8\n",
+    );
+    let listeners = [
+        ("http", server.http),
+        ("rtmp", server.rtmp),
+        ("ome", server.service("ome")),
+        ("ice-tcp", server.webrtc_tcp.expect("webrtc-tcp listening")),
+    ];
+    // Per listener: 8 idle connections from one address (its cap), a 9th
+    // from the same address (closed at once), and on HTTP half a request head.
+    let started = Instant::now();
+    let mut idle = Vec::new();
+    let mut over = Vec::new();
+    for (i, (name, addr)) in listeners.iter().enumerate() {
+        let ip = [127, 0, 1, 2 + i as u8];
+        for _ in 0..8 {
+            idle.push((*name, connect_from(&rt, ip, *addr)));
+        }
+        over.push((*name, connect_from(&rt, ip, *addr)));
+    }
+    let mut half = connect_from(&rt, [127, 0, 1, 20], server.http);
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    for (name, s) in &mut over {
+        assert!(
+            closed_by(s, Instant::now() + Duration::from_secs(1)),
+            "{name}: the connection over the per-address cap is closed at once"
+        );
+    }
+    // Still open just before the first-bytes timeout…
+    let (name, s) = &mut idle[0];
+    assert!(
+        !closed_by(s, started + Duration::from_millis(1500)),
+        "{name}: closed too early"
+    );
+    // …and every one closed soon after it.
+    let deadline = started + Duration::from_secs(5);
+    for (name, s) in &mut idle {
+        assert!(
+            closed_by(s, deadline),
+            "{name}: an idle connection is still open after 5 s"
+        );
+    }
+    assert!(
+        closed_by(&mut half, deadline),
+        "http: half a request head is still open after 5 s"
+    );
+    server.assert_healthy("after the idle connections");
+    let metrics = server.get("/metrics").text();
+    for (name, _) in listeners {
+        let line = format!("roomcast_listener_refused_total{{listener=\"{name}\"}} 1");
+        assert!(
+            metrics.contains(&line),
+            "no '{line}' in /metrics:\n{metrics}"
+        );
+    }
 }

@@ -15,6 +15,7 @@ fn limits() -> Limits {
         first_bytes_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),
         grace: Duration::from_millis(300),
+        exempt: &[],
     }
 }
 
@@ -132,6 +133,24 @@ async fn per_address_cap_counts_each_address() {
     // Another address has its own count.
     let mut other = connect_from([127, 0, 0, 2], r.addr).await;
     assert!(served(&mut other).await);
+
+    // A trusted proxy is not capped per address.
+    let proxies: &'static [Cidr] = Box::leak(Box::new([Cidr::parse("127.0.0.3").unwrap()]));
+    let r = start(
+        Limits {
+            max_per_address: 1,
+            ..limits()
+        }
+        .with_exempt(proxies),
+        echo,
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from([127, 0, 0, 3], r.addr).await;
+        assert!(served(&mut s).await);
+        held.push(s);
+    }
 }
 
 #[test]
@@ -262,6 +281,7 @@ async fn a_panicking_handler_closes_only_its_connection() {
     })
     .await;
     let mut a = TcpStream::connect(r.addr).await.unwrap();
+    a.write_all(b"x").await.unwrap();
     assert!(closed_within(&mut a, Duration::from_secs(2)).await);
     let mut b = TcpStream::connect(r.addr).await.unwrap();
     assert!(served(&mut b).await, "the listener goes on");
@@ -316,7 +336,10 @@ async fn accept_errors_back_off_instead_of_spinning() {
         calls.len()
     );
     let gaps: Vec<Duration> = calls[..8].windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "growing: {gaps:?}");
+    // Each wait at least the doubled back-off (sleeps never end early).
+    for (i, g) in gaps.iter().enumerate() {
+        assert!(*g >= BACKOFF_MIN * (1 << i), "growing: {gaps:?}");
+    }
     shutdown.trigger();
 }
 
@@ -367,4 +390,66 @@ fn log_every_lets_one_line_through_per_interval() {
     let l = LogEvery::new(Duration::ZERO);
     assert_eq!(l.check(), Some(0));
     assert!(l.check().is_some());
+}
+
+/// An idle connection's task holds no handler state: its size does not
+/// grow with the handler's (a flood of idle sockets stays cheap).
+#[tokio::test]
+async fn an_idle_connection_task_is_small_whatever_the_handler() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let _c = TcpStream::connect(a).await.unwrap();
+    let (sock, peer) = l.accept().await.unwrap();
+    let state = Arc::new(ConnState {
+        epoch: Instant::now(),
+        last_io_ms: AtomicU64::new(0),
+        received: AtomicBool::new(false),
+        killed: AtomicBool::new(false),
+        read_waker: AtomicWaker::new(),
+        write_waker: AtomicWaker::new(),
+    });
+    let gone = Arc::new(Notify::new());
+    let permits = Arc::new(Semaphore::new(1));
+    let counts = Arc::new(AddressCounts::default());
+    let stats = Arc::new(ListenerStats::default());
+    let slot = Arc::new(Slot {
+        _permit: permits.try_acquire_owned().unwrap(),
+        _address: counts.try_take(peer.ip(), 5).unwrap(),
+        stats: stats.clone(),
+        gone: gone.clone(),
+    });
+    let conn = Conn {
+        stream: Guarded {
+            io: sock,
+            state: state.clone(),
+            _slot: slot,
+        },
+        peer,
+        local: a,
+        shutdown: Shutdown::default(),
+    };
+    let logs = Arc::new(ConnLogs {
+        panic: LogEvery::new(LOG_INTERVAL),
+        timeout: LogEvery::new(LOG_INTERVAL),
+    });
+    let big = |c: Conn| async move {
+        let buf = [0u8; 20000];
+        tokio::task::yield_now().await;
+        drop(c);
+        std::hint::black_box(buf);
+    };
+    let f = run_connection(
+        conn,
+        Arc::new(big),
+        state,
+        gone,
+        limits(),
+        Shutdown::default(),
+        stats,
+        logs,
+        "x",
+        peer,
+    );
+    let size = std::mem::size_of_val(&f);
+    assert!(size < 4096, "run_connection future: {size} bytes");
 }

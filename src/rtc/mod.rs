@@ -182,7 +182,7 @@ impl Engine {
             UdpSocket::bind(cfg.udp).with_context(|| format!("binding webrtc.udp {}", cfg.udp))?;
         let udp_addr = udp.local_addr()?;
         let udp = Arc::new(udp);
-        let tcp = tokio::net::TcpListener::bind(cfg.tcp)
+        let tcp = crate::listener::bind(cfg.tcp)
             .await
             .with_context(|| format!("binding webrtc.tcp {}", cfg.tcp))?;
         let tcp_addr = tcp.local_addr()?;

@@ -26,6 +26,10 @@ use crate::listener::{Conn, Limits, Shutdown};
 /// ICE-TCP connections refused (no valid first check) logged at most this often.
 static TCP_REFUSED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 
+/// An ICE-TCP connection must deliver its first complete frame (a signed STUN
+/// check) within this time.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Packets queued for one TCP peer before new ones are dropped (as UDP would).
 const TCP_QUEUE: usize = 1024;
 /// Largest datagram accepted; WebRTC packets stay under the path MTU.
@@ -355,7 +359,12 @@ impl IceTcp {
     {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut len_buf = [0u8; 2];
-        let mut data = read_frame(&mut rd, &mut len_buf).await?;
+        // A connection that starts a frame and stalls holds nothing for long.
+        let mut data = tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame(&mut rd, &mut len_buf))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no complete first frame")
+            })??;
         let Some((route, new)) = data
             .as_deref()
             .and_then(|d| self.demux.route(Protocol::Tcp, peer, d))
@@ -369,6 +378,11 @@ impl IceTcp {
         // Weak: closing the session (dropping the map's sender) must end the writer.
         let ours = tx.downgrade();
         self.conns.conns.write().insert(peer, tx);
+        let _forget = Forget {
+            conns: &self.conns,
+            peer,
+            ours,
+        };
         let mut writer = tokio::spawn(async move {
             let mut out = Vec::with_capacity(MAX_DATAGRAM + 2);
             // Ends when the session ends (its sender is dropped) or on error.
@@ -414,16 +428,28 @@ impl IceTcp {
             route = self.demux.route(Protocol::Tcp, peer, d);
         };
         writer.abort();
-        // Forget this connection's sender, unless the address was reused by
-        // a newer connection meanwhile.
+        result
+    }
+}
+
+/// Forgets a connection's sender when its handler ends or is dropped (timeout,
+/// shutdown), unless the address was reused by a newer connection meanwhile;
+/// the writer task ends once its sender is gone.
+struct Forget<'a> {
+    conns: &'a TcpConns,
+    peer: SocketAddr,
+    ours: mpsc::WeakSender<Vec<u8>>,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
         let mut conns = self.conns.conns.write();
         if conns
-            .get(&peer)
-            .is_some_and(|t| ours.upgrade().is_some_and(|o| o.same_channel(t)))
+            .get(&self.peer)
+            .is_some_and(|t| self.ours.upgrade().is_some_and(|o| o.same_channel(t)))
         {
-            conns.remove(&peer);
+            conns.remove(&self.peer);
         }
-        result
     }
 }
 
