@@ -195,6 +195,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
     };
     admission.spawn_sweeper();
+    if let Some(m) = &matrix {
+        // Leaving a stream's room ends what the member's token admitted.
+        let a = Arc::downgrade(&admission);
+        m.tokens
+            .on_membership(Box::new(move |stream, user, joined| {
+                if let Some(a) = a.upgrade() {
+                    a.membership_changed(stream, user, joined);
+                }
+            }));
+    }
     let app = Arc::new(App {
         config,
         hub,

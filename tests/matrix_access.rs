@@ -543,6 +543,16 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
         "rate_limited"
     );
     assert!(r.header("retry-after").is_some(), "429 without Retry-After");
+    // An IPv6 client is one client for its whole /64.
+    for i in 1..=10 {
+        let r = new_guest(&format!("2001:db8:5:5::{i:x}"));
+        assert_eq!(r.status, 201, "guest {i} of one /64: {}", r.text());
+    }
+    let r = new_guest("2001:db8:5:5:ffff::1");
+    assert_eq!(
+        assert_json_error(&r, 429, "an 11th guest from one IPv6 /64")["code"],
+        "rate_limited"
+    );
 
     let mut s = env.server;
     s.as_mut()
@@ -758,6 +768,47 @@ fn access_ends_with_its_grant_and_private_stays_private() {
         "chat reached an expired link's feed"
     );
     viewer.kill();
+
+    // --- a member who leaves the room loses what their token admitted -----------------------
+    let carol = env.user("carol");
+    alice.invite(&room, &carol.user_id);
+    carol.join(&room);
+    let ctoken = openid_access(server, &carol, "secret");
+    let cfeed = Sse::open_query(server, "secret", &format!("access={ctoken}"));
+    cfeed.wait("live", MX_TIMEOUT, |_| true);
+    let mut cview = aiortc_viewer(
+        &format!("{}?access={ctoken}", server.whep_url("secret")),
+        ViewerOpts {
+            duration_s: Some(90.0),
+            timeout_s: 120.0,
+            ..ViewerOpts::default()
+        },
+    );
+    decoding(&mut cview, "the member's viewer decoding");
+    let from = server.log_len();
+    let (s, _) = carol.call(
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        Some(&json!({})),
+    );
+    assert_eq!(s, 200, "carol leaves");
+    server.wait_for_log_from(
+        from,
+        "their membership of the room ended",
+        Duration::from_secs(30),
+    );
+    wait_until("the member's feed to end", Duration::from_secs(10), || {
+        cfeed.is_closed().then_some(())
+    });
+    let r = http::request(
+        "GET",
+        &server.url("/api/v1/streams/secret"),
+        &[("Authorization", &format!("Bearer {ctoken}"))],
+        None,
+    )
+    .unwrap();
+    assert_json_error(&r, 403, "the token of a member who left");
+    cview.kill();
 
     // --- a public room turned private ends its anonymous viewers and feeds ---------------------
     let mut anon = aiortc_viewer(

@@ -15,7 +15,8 @@ pub mod rate;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -28,9 +29,21 @@ use rate::{Concurrency, RateLimiter, Slot};
 
 /// Checks a viewer token for a stream (the Matrix bridge signs them).
 pub trait AccessTokens: Send + Sync {
-    /// The token's expiry (Unix seconds) when it is good for `stream`.
-    fn verify(&self, stream: &str, token: &str) -> Result<u64, TokenError>;
+    fn verify(&self, stream: &str, token: &str) -> Result<Grant, TokenError>;
 }
+
+/// What a good viewer token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Unix seconds.
+    pub expires: u64,
+    /// The room member it was issued to (from OpenID); `None` for a link.
+    pub user: Option<String>,
+}
+
+/// How long a member who left stays refused for tokens issued before (the
+/// longest a member's token lasts, with room to spare).
+const LEFT_MEMORY: Duration = Duration::from_secs(2 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
@@ -80,12 +93,19 @@ pub struct ViewerPass {
     pub ticket: Option<crate::auth::admission::Ticket>,
     /// Holds a place under the viewer caps until the session is registered.
     pub reservation: Option<Reservation>,
+    /// The room member whose token admitted this.
+    pub member: Option<String>,
+    /// Set when that member leaves the room.
+    revoked: Option<Arc<AtomicBool>>,
 }
 
 impl ViewerPass {
     /// Whether the pass still holds now (expiry, and a public stream's grounds).
     pub fn holds(&self) -> bool {
         if self.expires_at.is_some_and(|t| Instant::now() >= t) {
+            return false;
+        }
+        if self.revoked.as_ref().is_some_and(|r| r.load(Relaxed)) {
             return false;
         }
         !(self.grounds == Grounds::Public && self.stream.access() != Access::Public)
@@ -130,11 +150,19 @@ pub struct Admission {
     offers: RateLimiter,
     access: RateLimiter,
     hls_blocking: Concurrency,
+    /// Members who left a stream's room, and when: their tokens are refused.
+    left: Mutex<HashMap<(String, String), Instant>>,
+    /// Passes of members, to revoke when they leave.
+    member_passes: Mutex<HashMap<(String, String), RevokeFlags>>,
 }
+
+/// The revocation flags of one member's passes.
+type RevokeFlags = Vec<Weak<AtomicBool>>;
 
 struct Tracked {
     stream: Arc<Stream>,
     grounds: Grounds,
+    member: Option<String>,
 }
 
 /// A place under the caps, given back when dropped.
@@ -186,6 +214,8 @@ impl Admission {
             egress_mbps,
             in_flight: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
+            left: Mutex::new(HashMap::new()),
+            member_passes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -220,7 +250,17 @@ impl Admission {
             .hub
             .get(&name)
             .ok_or_else(|| Refusal::UnknownStream(name.clone()))?;
-        let (grounds, token_expiry) = self.access_of(&stream, facts.token.as_deref())?;
+        let (grounds, token_expiry, member) = self.access_of(&stream, facts.token.as_deref())?;
+        let revoked = member.as_ref().map(|user| {
+            let flag = Arc::new(AtomicBool::new(false));
+            let mut passes = self.member_passes.lock();
+            let list = passes
+                .entry((stream.name.clone(), user.clone()))
+                .or_default();
+            list.retain(|w| w.strong_count() > 0);
+            list.push(Arc::downgrade(&flag));
+            flag
+        });
         if let Some(t) = token_expiry {
             expires_at = Some(expires_at.map_or(t, |e| e.min(t)));
         }
@@ -237,6 +277,8 @@ impl Admission {
             expires_at,
             ticket,
             reservation,
+            member,
+            revoked,
         })
     }
 
@@ -245,26 +287,33 @@ impl Admission {
         self.access_of(stream, token).is_ok()
     }
 
+    #[allow(clippy::type_complexity)]
     fn access_of(
         &self,
         stream: &Stream,
         token: Option<&str>,
-    ) -> Result<(Grounds, Option<Instant>), Refusal> {
+    ) -> Result<(Grounds, Option<Instant>, Option<String>), Refusal> {
         if stream.access() == Access::Public {
-            return Ok((Grounds::Public, None));
+            return Ok((Grounds::Public, None, None));
         }
         let Some(tokens) = &self.tokens else {
             // Private streams exist only with the Matrix bridge.
-            return Ok((Grounds::Public, None));
+            return Ok((Grounds::Public, None, None));
         };
         let name = &stream.name;
         let token = token.ok_or_else(|| Refusal::AccessRequired(name.clone()))?;
         match tokens.verify(name, token) {
-            Ok(exp) => {
-                let left = exp.saturating_sub(unix_now());
+            Ok(grant) => {
+                if let Some(user) = &grant.user
+                    && self.left.lock().contains_key(&(name.clone(), user.clone()))
+                {
+                    return Err(Refusal::AccessDenied(name.clone()));
+                }
+                let left = grant.expires.saturating_sub(unix_now());
                 Ok((
                     Grounds::Token,
                     Some(Instant::now() + Duration::from_secs(left)),
+                    grant.user,
                 ))
             }
             Err(TokenError::Expired) => Err(Refusal::AccessExpired(name.clone())),
@@ -339,8 +388,47 @@ impl Admission {
             Tracked {
                 stream: pass.stream.clone(),
                 grounds: pass.grounds,
+                member: pass.member.clone(),
             },
         );
+    }
+
+    /// A user joined or left a stream's room (from the Matrix bridge). On
+    /// leaving, what their token admitted ends: WebRTC sessions at once,
+    /// feeds at their next check, and the token is refused from now on.
+    pub fn membership_changed(&self, stream: &str, user: &str, joined: bool) {
+        let key = (stream.to_string(), user.to_string());
+        if joined {
+            self.left.lock().remove(&key);
+            return;
+        }
+        {
+            let now = Instant::now();
+            let mut left = self.left.lock();
+            left.retain(|_, t| now.duration_since(*t) < LEFT_MEMORY);
+            left.insert(key.clone(), now);
+        }
+        if let Some(flags) = self.member_passes.lock().remove(&key) {
+            for f in flags.iter().filter_map(Weak::upgrade) {
+                f.store(true, Relaxed);
+            }
+        }
+        let mut ended = 0;
+        self.sessions.lock().retain(|id, t| {
+            if t.stream.name == stream && t.member.as_deref() == Some(user) {
+                self.engine.remove_viewer(stream, *id);
+                ended += 1;
+                return false;
+            }
+            true
+        });
+        if ended > 0 {
+            tracing::info!(
+                stream,
+                ended,
+                "viewers ended: their membership of the room ended"
+            );
+        }
     }
 
     /// Ends WebRTC viewers whose grounds are gone (a public room turned

@@ -165,7 +165,10 @@ struct Ctx {
 
 /// The viewer session a socket started.
 struct Session {
+    /// The engine's session id (never sent).
     id: u64,
+    /// The id the player sees: random, so it says nothing about other sessions.
+    wire: i64,
     stream: String,
     answered: bool,
     /// Until the answer: holds the viewer's place under the caps; then
@@ -202,7 +205,7 @@ impl Ctx {
                             }
                             match self.make_offer().await {
                                 Ok((s, msg)) => {
-                                    sig.offered(s.id as i64);
+                                    sig.offered(s.wire);
                                     session = Some(s);
                                     deadline = tokio::time::Instant::now() + SIGNALLING_TIMEOUT;
                                     if socket.send(Message::Text(msg.into())).await.is_err() {
@@ -212,8 +215,12 @@ impl Ctx {
                                 Err(e) => break self.fail(&mut socket, e).await,
                             }
                         }
-                        Action::ApplyAnswer { id, sdp } => {
-                            match self.app.engine.answer_viewer(id as u64, &sdp) {
+                        // The protocol checked that `id` is this socket's offer.
+                        Action::ApplyAnswer { id: _, sdp } => {
+                            let Some(engine_id) = session.as_ref().map(|s| s.id) else {
+                                continue;
+                            };
+                            match self.app.engine.answer_viewer(engine_id, &sdp) {
                                 Ok(()) => {
                                     sig.playing();
                                     if let Some(s) = session.as_mut() {
@@ -328,11 +335,12 @@ impl Ctx {
             .map_err(|e: ViewerError| ProtocolError::new(422, e.to_string()))?;
         // The engine counts the pending offer from here on.
         pass.reservation = None;
-        let msg =
-            protocol::offer_message(offer.id as i64, &offer.sdp, &offer.candidates, &offer.mid);
+        let wire = i64::from(rand::random::<u32>() >> 1) + 1;
+        let msg = protocol::offer_message(wire, &offer.sdp, &offer.candidates, &offer.mid);
         Ok((
             Session {
                 id: offer.id,
+                wire,
                 stream: stream.name.clone(),
                 answered: false,
                 pass: Some(pass),

@@ -275,6 +275,10 @@ impl Matrix {
             }
             return Ok(());
         }
+        // Ends (or allows again) what the user's viewer token admitted.
+        if matches!(membership, "join" | "leave" | "ban") {
+            self.membership_changed(room, target, membership == "join");
+        }
         if self.is_puppet(target) && ev.sender != target {
             match membership {
                 "leave" | "ban" => {

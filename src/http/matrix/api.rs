@@ -154,7 +154,12 @@ async fn create_guest(State(app): State<Arc<App>>, ClientIp(ip): ClientIp, body:
         Ok(n) => n,
         Err(e) => return e.into_response(),
     };
-    match m.create_guest(name, ip).await {
+    // Guests are limited per address, and an IPv6 client per /64 (it can
+    // rotate through its whole prefix).
+    match m
+        .create_guest(name, crate::admission::rate::network_of(ip))
+        .await
+    {
         Ok((token, display)) => (
             StatusCode::CREATED,
             Json(json!({"guest_token": token, "display_name": display})),

@@ -146,7 +146,11 @@ function show(snap, all) {
     live: () => setLive(true),
     offline: () => setLive(false),
   };
-  if (!priv) events.open(null);
+  // Without the feed, a private stream's player is told to try at once: its
+  // first connect asks for the token (and shows why, if refused), then the
+  // feed opens with it and says whether the stream is really live.
+  if (priv) player.setLive(true);
+  else events.open(null);
   current = { player, events, head };
   window.roomcast.player = player;
   if (all.length > 1) tabs.hidden = false;
