@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::auth::admission::Admission;
@@ -16,7 +15,7 @@ use crate::auth::keys::{KeyRing, generate_key, hash_key_hex};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ingest::rtmp::RtmpIngest;
-use crate::listener::{Conn, Limits, Shutdown};
+use crate::listener::{Limits, Shutdown};
 use crate::rtc::Engine;
 use crate::store::Store;
 use crate::tls::CertStore;
@@ -228,7 +227,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Box::leak(cfg.http.trusted_proxies.clone().into_boxed_slice());
     let http_limits = limits.with_exempt(proxies);
     let http_on = |listener, name, router, tls| {
-        serve_http(
+        crate::http::serve::serve_http(
             listener,
             name,
             router,
@@ -330,96 +329,6 @@ async fn bind(
         .with_context(|| format!("binding {key} {addr}"))?;
     log_listening(service, listener.local_addr()?);
     Ok(listener)
-}
-
-/// The axum glue (moves to the HTTP shell): serves `router` on `listener`
-/// through the listener core, each connection with hyper's HTTP/1.1 (a timer
-/// for the header timeout, WebSocket upgrades), TLS first when `tls` is given,
-/// and the peer address as `ConnectInfo<PeerAddr>` for the handlers.
-fn serve_http(
-    listener: tokio::net::TcpListener,
-    name: &'static str,
-    router: axum::Router,
-    tls: Option<TlsAcceptor>,
-    limits: Limits,
-    header_timeout: Duration,
-    shutdown: Shutdown,
-) -> JoinHandle<()> {
-    use axum::extract::ConnectInfo;
-    use tower_layer::Layer;
-    let on_conn = move |c: Conn| {
-        let svc = hyper_util::service::TowerToHyperService::new(
-            axum::Extension(ConnectInfo(crate::http::PeerAddr(c.peer))).layer(router.clone()),
-        );
-        let tls = tls.clone();
-        async move {
-            let Conn {
-                stream,
-                peer,
-                shutdown,
-                ..
-            } = c;
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            let result = match tls {
-                None => {
-                    let conn = http
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .with_upgrades();
-                    drive_http(conn, &shutdown).await
-                }
-                Some(acceptor) => {
-                    let Some(stream) = crate::tls::handshake(&acceptor, stream, peer).await else {
-                        return;
-                    };
-                    let conn = http
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .with_upgrades();
-                    drive_http(conn, &shutdown).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(listener = name, %peer, error = %e, "http connection ended");
-            }
-        }
-    };
-    tokio::spawn(crate::listener::serve(
-        listener, name, limits, shutdown, on_conn,
-    ))
-}
-
-/// Runs one HTTP connection; on shutdown lets the request in flight finish and
-/// closes (the listener core cuts it after the grace).
-async fn drive_http<C>(conn: C, shutdown: &Shutdown) -> Result<(), hyper::Error>
-where
-    C: std::future::Future<Output = Result<(), hyper::Error>> + GracefulConn,
-{
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.wait() => {
-            conn.as_mut().graceful();
-            conn.await
-        }
-    }
-}
-
-/// hyper's `graceful_shutdown`, which each connection type has on its own.
-trait GracefulConn {
-    fn graceful(self: std::pin::Pin<&mut Self>);
-}
-
-impl<I, S> GracefulConn for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    S::ResBody: 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
 }
 
 /// SIGTERM or SIGINT: stop cleanly; a second one: exit at once.

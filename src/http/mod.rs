@@ -14,6 +14,7 @@ mod hls;
 pub mod matrix;
 pub mod ome;
 mod pages;
+pub mod serve;
 pub mod webrtc;
 
 use std::sync::Arc;
