@@ -112,5 +112,6 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     }
     app.engine.metrics.render(&mut out);
     app.hls.render_metrics(&mut out);
+    crate::listener::render_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
