@@ -49,6 +49,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// LL-HLS egress (`/hls/{stream}/index.m3u8`).
     pub hls: HlsConfig,
+    /// Caps and timeouts of every TCP listener (HTTP(S), RTMP(S), OME, ICE-TCP).
+    pub connections: ConnectionsConfig,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -92,6 +94,10 @@ pub struct RtmpConfig {
     /// The RTMP application name in `rtmp://host/APP` printed for OBS; the
     /// stream key follows it. Any application name is accepted (OME URLs).
     pub app: String,
+    /// The longest audio/video message a publisher may send (a keyframe);
+    /// a longer declared length closes the connection before anything is
+    /// buffered.
+    pub max_message_bytes: u32,
 }
 
 impl Default for RtmpConfig {
@@ -101,6 +107,8 @@ impl Default for RtmpConfig {
             listen: "0.0.0.0:1935".parse().expect("valid literal"),
             tls_listen: None,
             app: "live".into(),
+            // A 1080p60 keyframe at 20 Mbit/s is well under 2 MiB.
+            max_message_bytes: 8 << 20,
         }
     }
 }
@@ -284,6 +292,38 @@ impl Default for HlsConfig {
     }
 }
 
+/// Caps and timeouts applied by every TCP listener, each on its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Open connections per listener; one more is closed at once.
+    pub max_per_listener: usize,
+    /// Open connections per client address (an IPv6 /64 counts as one), per listener.
+    pub max_per_address: usize,
+    /// A connection that sent nothing for this long after it was accepted is closed.
+    pub first_bytes_timeout_secs: u64,
+    /// A connection with no byte in either direction for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// HTTP: a request head not complete within this is answered with a closed connection.
+    pub http_header_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, in-flight requests and sessions get this long to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        // Sized for a 1-vCPU, 1 GB VPS: 4096 idle sockets cost about 20 MB.
+        ConnectionsConfig {
+            max_per_listener: 4096,
+            max_per_address: 64,
+            first_bytes_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            http_header_timeout_secs: 10,
+            shutdown_grace_secs: 3,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
@@ -294,13 +334,66 @@ pub struct StreamConfig {
 }
 
 /// Egress caps: a viewer over one gets 503 with Retry-After. 0 = no cap.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Rate limits: a client over one gets 429 with Retry-After. 0 = no limit.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_viewers_per_stream: usize,
     pub max_viewers: usize,
     /// Total egress to viewers in Mbit/s, estimated from each stream's bitrate.
     pub max_egress_mbps: f64,
+    /// WebRTC viewer offers (WHEP, OME) per client address (IPv6: per /64)
+    /// and minute, and how many may come at once.
+    pub offers_per_minute: u32,
+    pub offers_burst: u32,
+    /// `POST /api/v1/streams/{name}/access` per client address and minute.
+    pub access_per_minute: u32,
+    pub access_burst: u32,
+    /// LL-HLS blocking playlist reloads waiting at once, in all and per
+    /// client address (a reload over either gets 429).
+    pub hls_max_blocking: usize,
+    pub hls_max_blocking_per_address: usize,
+    /// Largest video frame (bytes) any publisher may send; a publisher over it
+    /// is dropped. Absent: [`DEFAULT_MAX_FRAME_BYTES`].
+    pub max_frame_bytes: Option<usize>,
+    /// Largest GOP (bytes) cached for joining viewers; a longer GOP is not
+    /// cached (viewers then start at the next keyframe). Absent:
+    /// [`DEFAULT_MAX_GOP_CACHE_BYTES`].
+    pub max_gop_cache_bytes: Option<usize>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_viewers_per_stream: 0,
+            max_viewers: 0,
+            max_egress_mbps: 0.0,
+            offers_per_minute: 60,
+            offers_burst: 20,
+            access_per_minute: 20,
+            access_burst: 10,
+            hls_max_blocking: 4096,
+            hls_max_blocking_per_address: 64,
+            max_frame_bytes: None,
+            max_gop_cache_bytes: None,
+        }
+    }
+}
+
+/// 8 MiB: several times a 4K keyframe at a high bitrate.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 << 20;
+/// 32 MiB: a 4 s GOP at 60 Mbit/s.
+pub const DEFAULT_MAX_GOP_CACHE_BYTES: usize = 32 << 20;
+
+impl LimitsConfig {
+    pub fn frame_bytes(&self) -> usize {
+        self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES)
+    }
+
+    pub fn gop_cache_bytes(&self) -> usize {
+        self.max_gop_cache_bytes
+            .unwrap_or(DEFAULT_MAX_GOP_CACHE_BYTES)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +428,31 @@ pub struct MatrixConfig {
     /// offline before it counts as ended), so a flapping connection does not spam.
     #[serde(default = "default_golive_delay_ms")]
     pub golive_delay_ms: u64,
+    /// Who may use the bot (`[matrix.permissions]`): `"*"`, a server name or a
+    /// full user ID → `"none"`, `"user"` or `"admin"`; the most specific key
+    /// wins. Absent: users of `server_name` are `user`, everyone else `none`.
+    #[serde(default)]
+    pub permissions: Option<std::collections::BTreeMap<String, String>>,
+    /// Create a room and a stream when someone looks up an unknown alias
+    /// `#<alias_prefix><name>:<server_name>` (rate-limited). Off by default:
+    /// anyone on the federation could otherwise make rooms and streams.
+    #[serde(default)]
+    pub rooms_on_demand: bool,
+    /// Streams a `user` may own (admins: no limit).
+    #[serde(default = "default_max_streams_per_user")]
+    pub max_streams_per_user: usize,
+}
+
+fn default_max_streams_per_user() -> usize {
+    3
+}
+
+impl MatrixConfig {
+    /// The validated `[matrix.permissions]` table.
+    pub fn permissions(&self) -> Result<crate::matrix::permissions::Permissions, ConfigError> {
+        crate::matrix::permissions::Permissions::parse(self.permissions.as_ref(), &self.server_name)
+            .map_err(|(key, reason)| invalid(format!("matrix.permissions.\"{key}\""), reason))
+    }
 }
 
 fn default_registration() -> String {
@@ -400,8 +518,52 @@ impl Config {
                 "must be at least 4096: browsers' SDP offers are several KB",
             ));
         }
+        let c = &self.connections;
+        for (key, v) in [
+            ("connections.max_per_listener", c.max_per_listener as u64),
+            ("connections.max_per_address", c.max_per_address as u64),
+            (
+                "connections.first_bytes_timeout_secs",
+                c.first_bytes_timeout_secs,
+            ),
+            ("connections.idle_timeout_secs", c.idle_timeout_secs),
+            (
+                "connections.http_header_timeout_secs",
+                c.http_header_timeout_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if c.max_per_listener > 1_000_000 {
+            return Err(invalid(
+                "connections.max_per_listener",
+                "must be at most 1000000",
+            ));
+        }
+        // SSE keepalives (15 s) and OME WebSocket pings (20 s) must keep a quiet
+        // but live connection open.
+        if c.idle_timeout_secs < 30 {
+            return Err(invalid(
+                "connections.idle_timeout_secs",
+                "must be at least 30: live connections send keepalives every 20 s",
+            ));
+        }
+        if c.shutdown_grace_secs > 4 {
+            return Err(invalid(
+                "connections.shutdown_grace_secs",
+                "must be at most 4: a stop must finish within 5 s",
+            ));
+        }
         if self.rtmp.app.is_empty() || self.rtmp.app.contains('/') {
             return Err(invalid("rtmp.app", "must be a non-empty name without '/'"));
+        }
+        if !(64 * 1024..=0xFF_FFFF).contains(&self.rtmp.max_message_bytes) {
+            return Err(invalid(
+                "rtmp.max_message_bytes",
+                "must be between 65536 and 16777215 (RTMP's 24-bit message length)",
+            ));
         }
         if self.webrtc.workers > 256 {
             return Err(invalid(
@@ -479,11 +641,30 @@ impl Config {
                     "must be at most 600000 (10 minutes)",
                 ));
             }
+            m.permissions()?;
+            if m.max_streams_per_user > 10_000 {
+                return Err(invalid(
+                    "matrix.max_streams_per_user",
+                    "must be at most 10000 (admins have no limit)",
+                ));
+            }
         }
         if !(self.limits.max_egress_mbps >= 0.0 && self.limits.max_egress_mbps.is_finite()) {
             return Err(invalid(
                 "limits.max_egress_mbps",
                 "must be a number of Mbit/s, 0 for no cap",
+            ));
+        }
+        if self.limits.frame_bytes() < 64 << 10 {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                "must be at least 65536 (64 KiB); keyframes are larger than that",
+            ));
+        }
+        if self.limits.gop_cache_bytes() < self.limits.frame_bytes() {
+            return Err(invalid(
+                "limits.max_gop_cache_bytes",
+                "must be at least limits.max_frame_bytes",
             ));
         }
         let h = &self.hls;
@@ -690,6 +871,37 @@ mod tests {
     }
 
     #[test]
+    fn connections_defaults_and_bad_values() {
+        let c = load("", &[]).unwrap().connections;
+        assert_eq!((c.max_per_listener, c.max_per_address), (4096, 64));
+        assert_eq!((c.first_bytes_timeout_secs, c.idle_timeout_secs), (10, 60));
+        assert_eq!((c.http_header_timeout_secs, c.shutdown_grace_secs), (10, 3));
+        let c = load("", &[("ROOMCAST_CONNECTIONS__MAX_PER_ADDRESS", "8")]).unwrap();
+        assert_eq!(c.connections.max_per_address, 8);
+        for (toml, key) in [
+            (
+                "[connections]\nmax_per_address = 0",
+                "connections.max_per_address",
+            ),
+            (
+                "[connections]\nidle_timeout_secs = 20",
+                "connections.idle_timeout_secs",
+            ),
+            (
+                "[connections]\nshutdown_grace_secs = 10",
+                "connections.shutdown_grace_secs",
+            ),
+            (
+                "[connections]\nfirst_bytes_timeout_secs = 0",
+                "connections.first_bytes_timeout_secs",
+            ),
+        ] {
+            let e = load(toml, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn defaults_without_file() {
         let c = Config::load(None, Vec::new()).unwrap();
         assert_eq!(c.http.listen.port(), 8080);
@@ -878,5 +1090,81 @@ mod example_tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("hls.segment_target_ms"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod matrix_tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("roomcast-cfgmx-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let r = Config::load(Some(&p), Vec::new());
+        std::fs::remove_dir_all(&dir).ok();
+        r
+    }
+
+    #[test]
+    fn matrix_permissions_and_limits() {
+        use crate::matrix::permissions::Level;
+        let base =
+            "[matrix]\nhomeserver_url = \"http://127.0.0.1:8008\"\nserver_name = \"example.org\"\n";
+        let load = |extra: &str| load_text(&format!("{base}{extra}"));
+        // Defaults: own server's users may create streams, 3 each, no rooms on demand.
+        let m = load("").unwrap().matrix.unwrap();
+        assert_eq!(m.max_streams_per_user, 3);
+        assert!(!m.rooms_on_demand);
+        let p = m.permissions().unwrap();
+        assert_eq!(p.level_of("@a:example.org"), Level::User);
+        assert_eq!(p.level_of("@a:elsewhere.net"), Level::None);
+
+        let m = load(
+            "rooms_on_demand = true\nmax_streams_per_user = 1\n\
+             [matrix.permissions]\n\"*\" = \"user\"\n\"evil.example\" = \"none\"\n\"@boss:example.org\" = \"admin\"\n",
+        )
+        .unwrap()
+        .matrix
+        .unwrap();
+        assert!(m.rooms_on_demand);
+        assert_eq!(m.max_streams_per_user, 1);
+        let p = m.permissions().unwrap();
+        assert_eq!(p.level_of("@boss:example.org"), Level::Admin);
+        assert_eq!(p.level_of("@x:evil.example"), Level::None);
+        assert_eq!(p.level_of("@x:elsewhere.net"), Level::User);
+
+        let e = load("[matrix.permissions]\n\"example.org\" = \"superuser\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("matrix.permissions.\"example.org\"")
+                && e.contains("'superuser' is not a permission")
+                && e.contains("\"none\", \"user\" or \"admin\""),
+            "{e}"
+        );
+        let e = load("[matrix.permissions]\n\"@alice\" = \"user\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"@alice\"") && e.contains("@alice:example.org"),
+            "{e}"
+        );
+        let e = load("[matrix.permissions]\n\"#room:example.org\" = \"user\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server name"), "{e}");
+        let e = load("[matrix.permissions]\n\"*\" = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"*\" = 3") && e.contains("expected a string"),
+            "{e}"
+        );
+        let e = load("max_streams_per_user = 100000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("matrix.max_streams_per_user"), "{e}");
     }
 }

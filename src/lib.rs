@@ -2,11 +2,14 @@
 //!
 //! Data flows one way: ingest → hub → egress. See README.md, "Architecture".
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod egress;
+pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod listener;
 pub mod matrix;
 pub mod media;
 pub mod plan;
@@ -14,5 +17,4 @@ pub mod rtc;
 pub mod server;
 pub mod store;
 pub mod tls;
-pub mod web;
 pub mod webhooks;

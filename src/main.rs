@@ -348,7 +348,11 @@ add it to the homeserver's app_service_config_files (Synapse) and restart the ho
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(roomcast::server::serve(config)) {
+            let result = rt.block_on(roomcast::server::serve(config));
+            // Worker threads blocked in I/O are not waited for: the stop is
+            // already complete (sessions ended, database closed).
+            rt.shutdown_timeout(std::time::Duration::from_millis(200));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

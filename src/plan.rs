@@ -158,6 +158,7 @@ mod tests {
             max_egress_mbps: 100.0,
             max_viewers: 50,
             max_viewers_per_stream: 4,
+            ..LimitsConfig::default()
         };
         let over = check_caps(&i, &p, &limits);
         assert_eq!(over.len(), 3, "{over:?}");

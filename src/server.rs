@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tracing::info;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
 
 use crate::auth::admission::Admission;
 use crate::auth::gate::Gate;
@@ -14,46 +15,33 @@ use crate::auth::keys::{KeyRing, generate_key, hash_key_hex};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ingest::rtmp::RtmpIngest;
+use crate::listener::{Limits, Shutdown};
 use crate::rtc::Engine;
 use crate::store::Store;
-use crate::tls::{CertStore, TlsListener};
+use crate::tls::CertStore;
 
-/// Shared state of a running server.
-pub struct App {
-    pub config: Config,
-    pub hub: Arc<Hub>,
-    pub engine: Arc<Engine>,
-    pub keys: Arc<KeyRing>,
-    /// Stream keys, SignedPolicy and the admission webhook, for every protocol.
-    pub gate: Arc<Gate>,
-    pub store: Store,
-    pub public_base: String,
-    /// Serializes viewer admission so the egress caps hold under concurrent joins.
-    pub admission: tokio::sync::Mutex<()>,
-    /// The Matrix application service (None: standalone).
-    pub matrix: Option<Arc<crate::matrix::Matrix>>,
-    /// LL-HLS egress.
-    pub hls: Arc<crate::egress::hls::Hls>,
-}
+pub use crate::http::App;
 
-impl App {
-    /// Estimated egress to viewers now: each stream's bitrate times its
-    /// WebRTC viewers, plus what LL-HLS sent over the last seconds.
-    pub fn egress_mbps(&self) -> f64 {
-        let webrtc: f64 = self
-            .hub
-            .streams()
-            .iter()
-            .map(|s| s.bitrate_kbps() as f64 * s.viewers() as f64 / 1000.0)
-            .sum();
-        webrtc + self.hls.egress_mbps()
-    }
+/// Estimated egress to viewers now: each stream's bitrate times its WebRTC
+/// viewers, plus what LL-HLS sent over the last seconds.
+fn egress_mbps(hub: &Hub, hls: &crate::egress::hls::Hls) -> f64 {
+    let webrtc: f64 = hub
+        .streams()
+        .iter()
+        .map(|s| s.bitrate_kbps() as f64 * s.viewers() as f64 / 1000.0)
+        .sum();
+    webrtc + hls.egress_mbps()
 }
 
 /// Name of the stream created when nothing else declares one.
 const DEMO_STREAM: &str = "demo";
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = Shutdown::default();
+    // From here on SIGTERM/SIGINT stop the server cleanly (a second one at once).
+    watch_signals(shutdown.clone())?;
+    let limits = Limits::from_config(&config.connections);
+    let mut listeners: Vec<JoinHandle<()>> = Vec::new();
     let store = Store::open(&config.storage.database_url)
         .await
         .context("opening storage.database_url")?;
@@ -74,14 +62,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             new_demo_key = Some(key);
         }
     }
-    let hub = Arc::new(Hub::new());
+    let hub = Arc::new(Hub::with_limits((&config.limits).into()));
     let keys = Arc::new(KeyRing::default());
     for row in store.streams().await? {
         hub.ensure_stream(&row.name, row.title.as_deref());
         keys.set(&row.name, &row.key_hash);
     }
 
-    let (engine, rtc_bound) = Engine::start(&config.webrtc).await?;
+    let (engine, rtc_bound) = Engine::start(&config.webrtc, limits, shutdown.clone()).await?;
+    listeners.push(rtc_bound.tcp_task);
     log_listening("webrtc-udp", rtc_bound.udp);
     log_listening("webrtc-tcp", rtc_bound.tcp);
 
@@ -105,7 +94,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .context("a tls_listen needs [tls]")
     };
 
-    let http = tokio::net::TcpListener::bind(config.http.listen)
+    let http = crate::listener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
     let http_addr = http.local_addr()?;
@@ -131,24 +120,34 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         keys: keys.clone(),
         gate: gate.clone(),
         sign_hosts,
+        max_message_bytes: config.rtmp.max_message_bytes,
     });
     let rtmp_addr = if config.rtmp.enabled {
-        let listener = tokio::net::TcpListener::bind(config.rtmp.listen)
+        let listener = crate::listener::bind(config.rtmp.listen)
             .await
             .with_context(|| format!("binding rtmp.listen {}", config.rtmp.listen))?;
         let addr = listener.local_addr()?;
         log_listening("rtmp", addr);
-        tokio::spawn(ingest.clone().serve(listener));
+        listeners.push(tokio::spawn(ingest.clone().serve(
+            listener,
+            limits,
+            shutdown.clone(),
+        )));
         Some(addr)
     } else {
         None
     };
     if let Some(listen) = config.rtmp.tls_listen {
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = crate::listener::bind(listen)
             .await
             .with_context(|| format!("binding rtmp.tls_listen {listen}"))?;
         log_listening("rtmps", listener.local_addr()?);
-        tokio::spawn(ingest.clone().serve_tls(listener, acceptor(&[])?));
+        listeners.push(tokio::spawn(ingest.clone().serve_tls(
+            listener,
+            acceptor(&[])?,
+            limits,
+            shutdown.clone(),
+        )));
     }
     let matrix = match &config.matrix {
         Some(mc) => {
@@ -180,102 +179,188 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let hls = crate::egress::hls::Hls::new(&config.hls, hub.clone());
     hls.spawn();
+    let admission = {
+        let (hub2, hls2) = (hub.clone(), hls.clone());
+        let tokens = matrix
+            .clone()
+            .map(|m| m as Arc<dyn crate::admission::AccessTokens>);
+        crate::admission::Admission::new(
+            gate.clone(),
+            hub.clone(),
+            engine.clone(),
+            tokens,
+            config.limits.clone(),
+            Box::new(move || egress_mbps(&hub2, &hls2)),
+        )
+    };
+    admission.spawn_sweeper();
+    if let Some(m) = &matrix {
+        // Leaving a stream's room ends what the member's token admitted.
+        let a = Arc::downgrade(&admission);
+        m.tokens
+            .on_membership(Box::new(move |stream, user, joined| {
+                if let Some(a) = a.upgrade() {
+                    a.membership_changed(stream, user, joined);
+                }
+            }));
+    }
     let app = Arc::new(App {
         config,
         hub,
-        engine,
+        engine: engine.clone(),
         keys,
         gate,
         store,
         public_base,
-        admission: tokio::sync::Mutex::new(()),
+        admission,
         matrix,
         hls,
+        resources: crate::http::webrtc::resources::Resources::new(engine.clone()),
+        shutdown: shutdown.clone(),
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];
+    let header_timeout = Duration::from_secs(cfg.connections.http_header_timeout_secs);
+    // A reverse proxy carries many clients on one address: only the global
+    // cap applies to it. (Leaked once: the listeners live as long as the process.)
+    let proxies: &'static [crate::auth::Cidr] =
+        Box::leak(cfg.http.trusted_proxies.clone().into_boxed_slice());
+    let http_limits = limits.with_exempt(proxies);
+    let http_on = |listener, name, router, tls| {
+        crate::http::serve::serve_http(
+            listener,
+            name,
+            router,
+            tls,
+            http_limits,
+            header_timeout,
+            shutdown.clone(),
+        )
+    };
     let mut ome_addr = None;
     if cfg.ome.enabled {
-        let listener = tokio::net::TcpListener::bind(cfg.ome.listen)
-            .await
-            .with_context(|| format!("binding ome.listen {}", cfg.ome.listen))?;
-        let addr = listener.local_addr()?;
-        log_listening("ome", addr);
-        ome_addr = Some(addr);
-        let router = crate::egress::ome::router(app.clone(), false);
-        tokio::spawn(async move {
-            let svc = router.into_make_service_with_connect_info::<crate::web::PeerAddr>();
-            if let Err(e) = axum::serve(listener, svc).await {
-                tracing::error!(error = %e, "ome listener failed");
-            }
-        });
+        let listener = bind(cfg.ome.listen, "ome.listen", "ome").await?;
+        ome_addr = Some(listener.local_addr()?);
+        let router = crate::http::ome::router(app.clone(), false);
+        listeners.push(http_on(listener, "ome", router, None));
         if let Some(listen) = cfg.ome.tls_listen {
-            let tcp = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding ome.tls_listen {listen}"))?;
-            log_listening("ome-tls", tcp.local_addr()?);
-            let listener = TlsListener::new(tcp, acceptor(http1)?)?;
-            let router = crate::egress::ome::router(app.clone(), true);
-            tokio::spawn(async move {
-                let svc = router.into_make_service_with_connect_info::<crate::web::PeerAddr>();
-                if let Err(e) = axum::serve(listener, svc).await {
-                    tracing::error!(error = %e, "ome tls listener failed");
-                }
-            });
+            let listener = bind(listen, "ome.tls_listen", "ome-tls").await?;
+            let router = crate::http::ome::router(app.clone(), true);
+            listeners.push(http_on(listener, "ome-tls", router, Some(acceptor(http1)?)));
         }
     }
     if let Some(listen) = cfg.http.tls_listen {
-        let tcp = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding http.tls_listen {listen}"))?;
-        log_listening("https", tcp.local_addr()?);
-        let listener = TlsListener::new(tcp, acceptor(http1)?)?;
-        let router = crate::web::router(app.clone(), true);
-        tokio::spawn(async move {
-            let svc = router.into_make_service_with_connect_info::<crate::web::PeerAddr>();
-            if let Err(e) = axum::serve(listener, svc).await {
-                tracing::error!(error = %e, "https listener failed");
-            }
-        });
+        let listener = bind(listen, "http.tls_listen", "https").await?;
+        let router = crate::http::router(app.clone(), true);
+        listeners.push(http_on(listener, "https", router, Some(acceptor(http1)?)));
     }
     crate::webhooks::spawn(&app.hub, &app.config.webhooks, &app.public_base);
 
     print_banner(&app, rtmp_addr, ome_addr, new_demo_key.as_deref()).await?;
-    let router = crate::web::router(app.clone(), false);
+    let router = crate::http::router(app.clone(), false);
+    listeners.push(http_on(http, "http", router, None));
     if let Some(m) = &app.matrix {
         // Connects in the background: media is served even while the
         // homeserver is down.
         m.spawn();
     }
     info!("roomcast ready");
-    axum::serve(
-        http,
-        router.into_make_service_with_connect_info::<crate::web::PeerAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("http server")?;
+    shutdown.wait().await;
+    let grace = Duration::from_secs(app.config.connections.shutdown_grace_secs);
+    if tokio::time::timeout(STOP_BUDGET, stop(&app, listeners, grace))
+        .await
+        .is_err()
+    {
+        warn!("shutdown took too long; stopping anyway");
+    }
     info!("roomcast stopped");
+    Ok(())
+}
+
+/// Everything after the signal must fit in this (systemd and Docker kill at 10 s;
+/// we promise 5).
+const STOP_BUDGET: Duration = Duration::from_millis(4500);
+
+/// After the signal: every listener has stopped accepting (they watch the
+/// same [`Shutdown`]). End the sessions, let in-flight requests and the
+/// Matrix outbox finish within the grace, then close the database.
+async fn stop(app: &App, listeners: Vec<JoinHandle<()>>, grace: Duration) {
+    // WebRTC sessions are disconnected by their shards (DTLS close_notify).
+    let sessions = app.engine.close_all();
+    info!(sessions, "shutting down: listeners closed, sessions ending");
+    let drain_listeners = async {
+        for l in listeners {
+            let _ = l.await;
+        }
+    };
+    // Notices already queued (stream ended…) get the grace to reach the homeserver;
+    // what is left stays in the outbox for the next start.
+    let drain_outbox = async {
+        if app.matrix.is_none() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            match app.store.pending_outbox().await {
+                Ok(p) if p.is_empty() => return,
+                Err(_) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        warn!("matrix: notices still queued at shutdown; sent after the next start");
+    };
+    let sessions_gone = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while app.engine.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::join!(drain_listeners, drain_outbox, sessions_gone);
+    app.store.close().await;
+}
+
+async fn bind(
+    addr: SocketAddr,
+    key: &'static str,
+    service: &'static str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = crate::listener::bind(addr)
+        .await
+        .with_context(|| format!("binding {key} {addr}"))?;
+    log_listening(service, listener.local_addr()?);
+    Ok(listener)
+}
+
+/// SIGTERM or SIGINT: stop cleanly; a second one: exit at once.
+fn watch_signals(shutdown: Shutdown) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if first {
+                info!(
+                    signal = name,
+                    "shutting down (a second signal stops at once)"
+                );
+                shutdown.trigger();
+                first = false;
+            } else {
+                warn!(signal = name, "second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
     Ok(())
 }
 
 fn log_listening(service: &'static str, addr: SocketAddr) {
     info!(service, %addr, "listening");
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// The host of a base URL (`https://live.example.org:8443` → `live.example.org`).

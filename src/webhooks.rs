@@ -105,6 +105,14 @@ pub fn spawn(hub: &Arc<Hub>, hooks: &[WebhookConfig], public_base: &str) {
                 HubEvent::Offline { stream } => (Event::Ended, stream),
                 _ => continue,
             };
+            // Webhooks post to public places (a Discord channel): a
+            // private room's stream is not announced there.
+            if hub
+                .get(stream)
+                .is_some_and(|s| s.access() != crate::hub::Access::Public)
+            {
+                continue;
+            }
             let title = hub
                 .get(stream)
                 .map_or_else(|| stream.clone(), |s| s.title());

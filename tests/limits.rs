@@ -75,6 +75,109 @@ fn viewer_caps_answer_503_with_retry_after() {
     });
 }
 
+/// WebRTC offers and blocking LL-HLS reloads are limited per client
+/// address: 429 with Retry-After, while another address is still served.
+#[test]
+fn offers_and_blocking_reloads_are_rate_limited_per_address() {
+    let _serial = common::serial();
+    let mut server = Server::start_with(ServerOpts {
+        extra_toml:
+            "[limits]\noffers_per_minute = 6\noffers_burst = 3\nhls_max_blocking_per_address = 2\n"
+                .into(),
+        ..ServerOpts::default()
+    });
+    let _p = Publisher::ffmpeg(&server.rtmp_url(server.key(STREAM)), FfmpegOpts::default());
+    server.wait_live(STREAM, Duration::from_secs(30));
+    // 127.0.0.1 is a trusted proxy by default: X-Forwarded-For names the client.
+    let offer = |client: &str| {
+        common::http::request(
+            "POST",
+            &server.url(&format!("/whep/{STREAM}")),
+            &[
+                ("Content-Type", "application/sdp"),
+                ("X-Forwarded-For", client),
+            ],
+            Some(viewer_offer().as_bytes()),
+        )
+        .unwrap()
+    };
+    for i in 0..3 {
+        let r = offer("198.51.100.1");
+        assert_eq!(
+            r.status,
+            201,
+            "offer {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let r = offer("198.51.100.1");
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(json(&r.body)["code"], "rate_limited");
+    assert!(r.header("retry-after").is_some(), "429 without Retry-After");
+    // An IPv6 client is limited per /64: another address of it is no new client.
+    for i in 0..3 {
+        let r = offer(&format!("2001:db8:7:7::{i}"));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(offer("2001:db8:7:7::99").status, 429);
+    assert_eq!(offer("198.51.100.2").status, 201, "another client");
+
+    // Blocking reloads of the next segment wait; of three at once from one
+    // client, one is over its cap of two.
+    let playlist = || {
+        common::wait_until("an HLS playlist", Duration::from_secs(60), || {
+            let r = server.get(&format!("/hls/{STREAM}/index.m3u8"));
+            (r.status == 200).then(|| String::from_utf8_lossy(&r.body).to_string())
+        })
+    };
+    let next_msn = |text: &str| {
+        let first: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("EXT-X-MEDIA-SEQUENCE");
+        first + text.lines().filter(|l| l.starts_with("#EXTINF")).count() as u64 + 1
+    };
+    let (statuses, refused) = common::wait_until(
+        "a blocking reload over the per-address cap to be refused",
+        Duration::from_secs(60),
+        || {
+            let url = server.url(&format!(
+                "/hls/{STREAM}/index.m3u8?_HLS_msn={}",
+                next_msn(&playlist())
+            ));
+            let threads: Vec<_> = (0..3)
+                .map(|_| {
+                    let url = url.clone();
+                    std::thread::spawn(move || {
+                        common::http::request(
+                            "GET",
+                            &url,
+                            &[("X-Forwarded-For", "198.51.100.9")],
+                            None,
+                        )
+                        .unwrap()
+                    })
+                })
+                .collect();
+            let rs: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let statuses: Vec<u16> = rs.iter().map(|r| r.status).collect();
+            let refused = rs.into_iter().find(|r| r.status == 429)?;
+            Some((statuses, refused))
+        },
+    );
+    println!("three blocking reloads at once: {statuses:?}");
+    assert_eq!(json(&refused.body)["code"], "rate_limited");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    let msn = next_msn(&playlist()) - 1;
+    // The largest _HLS_part is a clear refusal, not an overflow.
+    let r = server.get(&format!(
+        "/hls/{STREAM}/index.m3u8?_HLS_msn={msn}&_HLS_part=18446744073709551615"
+    ));
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    server.assert_healthy("after the rate limits");
+}
+
 #[test]
 fn egress_cap_counts_the_streams_bitrate() {
     let _serial = common::serial();
@@ -116,7 +219,8 @@ fn egress_cap_counts_the_streams_bitrate() {
 fn egress_cap_counts_hls() {
     let _serial = common::serial();
     let server = Server::start_with(ServerOpts {
-        extra_toml: "[limits]\nmax_egress_mbps = 40\n".into(),
+        // Offers are polled below: no offer rate limit here.
+        extra_toml: "[limits]\nmax_egress_mbps = 40\noffers_per_minute = 0\n".into(),
         ..ServerOpts::default()
     });
     let _p = Publisher::ffmpeg(&server.rtmp_url(server.key(STREAM)), FfmpegOpts::default());

@@ -10,6 +10,7 @@ mod common;
 use common::matrix::*;
 use common::*;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 fn post(server: &Server, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
     http::request("POST", &server.url(path), headers, Some(body))
@@ -34,10 +35,33 @@ fn whep(server: &Server, path: &str, token: Option<&str>) -> HttpResponse {
     post(server, path, &headers, offer_sdp(&["H264"]).as_bytes())
 }
 
+/// A GET with a viewer token; the JSON answer (200 required).
+fn api_with(server: &Server, path: &str, token: &str) -> Value {
+    let r = http::request(
+        "GET",
+        &server.url(path),
+        &[("Authorization", &format!("Bearer {token}"))],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "GET {path} with a token: {}", r.text());
+    r.json().unwrap()
+}
+
+/// Waits until `/metrics` counts `n` live private streams (their state is
+/// not in the API without a token).
+fn wait_private_live(server: &Server, n: usize) {
+    let want = format!("roomcast_private_streams_live {n}\n");
+    wait_until("a private stream to be live", LIVE_TIMEOUT, || {
+        server.get("/metrics").text().contains(&want).then_some(())
+    });
+}
+
 #[test]
 fn private_and_encrypted_rooms_power_and_bad_input() {
     let _serial = serial();
-    let env = MatrixEnv::start("golive_delay_ms = 1000");
+    // Rooms on alias lookups are off by default; this test joins one.
+    let env = MatrixEnv::start("golive_delay_ms = 1000\nrooms_on_demand = true");
     let server = env.server();
     let bot = env.bot_id();
     let alice = env.user("alice");
@@ -101,9 +125,19 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
             .all(|e| !e.to_string().contains(&key)),
         "the key is never posted in the shared room"
     );
-    let snap = server.api_stream("members").unwrap();
-    assert_eq!(snap["access"], "private", "{snap}");
-    assert_eq!(snap["title"], "Members only");
+    // Without access, the stream is not in the API: only its name, in the
+    // room's listing (so the widget knows to ask for access).
+    let r = server.get("/api/v1/streams/members");
+    assert_eq!(
+        assert_json_error(&r, 401, "a private stream's state without a token")["code"],
+        "access_required"
+    );
+    let listed = server.get(&format!("/api/v1/rooms/{}/streams", enc(&room)));
+    assert_eq!(
+        listed.json().unwrap(),
+        json!([{"name": "members", "access": "private"}]),
+        "the room's listing without access"
+    );
     // mallory may not get a key either.
     mallory.send_text(&room, "!live key");
     wait_until("a third refusal", MX_TIMEOUT, || {
@@ -127,7 +161,7 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
             ..FfmpegOpts::default()
         },
     );
-    server.wait_live("members", LIVE_TIMEOUT);
+    wait_private_live(server, 1);
 
     // --- without a token or link: refused ------------------------------------------------------
     let r = whep(server, "/whep/members", None);
@@ -169,6 +203,10 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
     let v = r.json().unwrap();
     assert_eq!(v["expires_in"], 3600);
     let token = v["access_token"].as_str().unwrap().to_string();
+    let snap = api_with(server, "/api/v1/streams/members", &token);
+    assert_eq!(snap["access"], "private", "{snap}");
+    assert_eq!(snap["title"], "Members only");
+    assert_eq!(snap["live"], true);
     let r = whep(server, "/whep/members", Some(&token));
     assert_eq!(
         r.status,
@@ -273,16 +311,43 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
         (n >= 4).then_some(())
     });
 
-    // The private room's chat is not on the public SSE feed, but is with a token.
-    let hello = alice.send_text(&room, "members-only chat");
-    let with = Sse::open_query(server, "members", &format!("access={token}"));
-    with.wait("chat", MX_TIMEOUT, |d| d["id"] == hello.as_str());
+    // The private room's feed (state and chat) is refused without a token;
+    // with one, a message sent after subscribing arrives.
     let without = Sse::open(server, "members");
-    without.wait("live", MX_TIMEOUT, |_| true);
-    assert!(
-        without.events().iter().all(|(n, _)| n != "chat"),
-        "private chat leaked"
+    let with = Sse::open_query(server, "members", &format!("access={token}"));
+    with.wait("live", MX_TIMEOUT, |_| true);
+    let hello = alice.send_text(&room, "members-only chat");
+    with.wait("chat", MX_TIMEOUT, |d| d["id"] == hello.as_str());
+    wait_until("the feed without a token to be refused", MX_TIMEOUT, || {
+        without.is_closed().then_some(())
+    });
+    assert_eq!(without.status(), Some(401), "{:?}", without.events());
+    assert!(without.events().is_empty(), "private feed leaked");
+
+    // POST …/access is rate-limited per client address.
+    let mut limited = None;
+    for _ in 0..30 {
+        let r = post(
+            server,
+            "/api/v1/streams/members/access",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Forwarded-For", "198.51.100.77"),
+            ],
+            b"{not json",
+        );
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 400, "{}", r.text());
+    }
+    let r = limited.expect("30 access requests from one address were all served");
+    assert_eq!(
+        assert_json_error(&r, 429, "access flood")["code"],
+        "rate_limited"
     );
+    assert!(r.header("retry-after").is_some(), "429 without Retry-After");
 
     // --- guests' bad input ------------------------------------------------------------------------
     let r = post_json(server, "/api/v1/guests", None, &json!({"name": "   "}));
@@ -409,7 +474,19 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
         "{said}"
     );
     alice.wait_message(&dm, &bot, "Stream 'crypt' is attached to");
-    let snap = server.api_stream("crypt").unwrap();
+    let (openid, hs_name) = alice.openid_token();
+    let r = post_json(
+        server,
+        "/api/v1/streams/crypt/access",
+        None,
+        &json!({"openid_token": openid, "matrix_server_name": hs_name}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let crypt_token = r.json().unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let snap = api_with(server, "/api/v1/streams/crypt", &crypt_token);
     assert_eq!(snap["room"]["chat"], false, "{snap}");
 
     // --- joining an unknown alias in the namespace creates the room on demand ----------------------
@@ -466,6 +543,16 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
         "rate_limited"
     );
     assert!(r.header("retry-after").is_some(), "429 without Retry-After");
+    // An IPv6 client is one client for its whole /64.
+    for i in 1..=10 {
+        let r = new_guest(&format!("2001:db8:5:5::{i:x}"));
+        assert_eq!(r.status, 201, "guest {i} of one /64: {}", r.text());
+    }
+    let r = new_guest("2001:db8:5:5:ffff::1");
+    assert_eq!(
+        assert_json_error(&r, 429, "an 11th guest from one IPv6 /64")["code"],
+        "rate_limited"
+    );
 
     let mut s = env.server;
     s.as_mut()
@@ -479,4 +566,298 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
             .iter()
             .all(|l| !l.contains(&key) && !l.contains(&token) && !l.contains(&gtoken))
     );
+}
+
+/// The expiry (Unix seconds) inside a viewer token `v1.<exp>.<sig>`.
+fn token_expiry(token: &str) -> u64 {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|e| e.parse().ok())
+        .expect("v1.<exp>.<sig>")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn openid_access(server: &Server, user: &MxUser, stream: &str) -> String {
+    let (openid, hs_name) = user.openid_token();
+    let r = post_json(
+        server,
+        &format!("/api/v1/streams/{stream}/access"),
+        None,
+        &json!({"openid_token": openid, "matrix_server_name": hs_name}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A stream of `user`'s new room (`preset`), attached by the bot; its key.
+fn attach(user: &MxUser, bot: &str, preset: &str, title: &str, stream: &str) -> (String, String) {
+    let room = user.create_room(json!({
+        "preset": preset, "name": title, "invite": [bot],
+        "power_level_content_override": {"users": {bot: 50}},
+    }));
+    user.wait_joined(&room, bot);
+    user.send_text(&room, &format!("!live attach {stream}"));
+    user.wait_message(&room, bot, &format!("Stream '{stream}' is attached"));
+    let dm = wait_until("the bot's DM invite", MX_TIMEOUT, || {
+        user.invites().into_iter().next()
+    });
+    user.join(&dm);
+    let key = key_from_settings(
+        user.wait_message(&dm, bot, "Stream Key: ")["content"]["body"]
+            .as_str()
+            .unwrap(),
+    );
+    (room, key)
+}
+
+fn decoding(viewer: &mut JsonTool, what: &str) {
+    viewer.wait_for(what, MEDIA_TIMEOUT, |v| {
+        v["type"] == "progress" && v["video_frames"].as_u64().unwrap_or(0) > 0
+    });
+}
+
+/// Access is checked for the whole session, not only at its start, and a
+/// private stream shows nothing to requests without access: API, feeds,
+/// metrics, event webhooks, HLS caching.
+#[test]
+fn access_ends_with_its_grant_and_private_stays_private() {
+    let _serial = serial();
+    let hook = common::control::ControlServer::start(|_| (200, "{}".to_string()));
+    let env = MatrixEnv::start(&format!(
+        "golive_delay_ms = 1000\n[[webhooks]]\nurl = \"{}\"\nformat = \"json\"\n",
+        hook.url("/hook")
+    ));
+    let server = env.server();
+    let bot = env.bot_id();
+    let alice = env.user("alice");
+    let bob = env.user("bob");
+    let small = || FfmpegOpts {
+        width: 640,
+        height: 360,
+        ..FfmpegOpts::default()
+    };
+
+    // A private room's stream and a public room's stream, both live.
+    let (room, key) = attach(&alice, &bot, "private_chat", "Secret show", "secret");
+    let _p1 = Publisher::ffmpeg(&server.rtmp_url(&key), small());
+    wait_private_live(server, 1);
+    let (open, bkey) = attach(&bob, &bot, "public_chat", "Open house", "openhouse");
+    let _p2 = Publisher::ffmpeg(&server.rtmp_url(&bkey), small());
+    server.wait_live("openhouse", LIVE_TIMEOUT);
+
+    // --- without access, the private stream is nowhere ----------------------------------
+    let leaks = |text: &str| text.contains("secret") || text.contains("Secret show");
+    let list = server.get("/api/v1/streams").text();
+    assert!(list.contains("openhouse") && !leaks(&list), "{list}");
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("stream=\"openhouse\""), "{metrics}");
+    assert!(!leaks(&metrics), "{metrics}");
+    let all = Sse::open_path(server, "/api/v1/events");
+    let some = Sse::open_path(server, "/api/v1/events?streams=secret,openhouse");
+    for feed in [&all, &some] {
+        feed.wait("live", MX_TIMEOUT, |d| d["name"] == "openhouse");
+        let seen = format!("{:?}", feed.events());
+        assert!(!leaks(&seen), "{seen}");
+    }
+    let started = hook.wait_for("openhouse's started webhook", MX_TIMEOUT, |r| {
+        r.body.contains("openhouse")
+    });
+    println!("webhook: {}", started.body);
+    for r in hook.requests() {
+        assert!(!leaks(&r.body), "a private stream in a webhook: {}", r.body);
+    }
+    // With access: the API and the feed show it; HLS is for private caches only.
+    let token = openid_access(server, &alice, "secret");
+    let snap = api_with(server, "/api/v1/streams/secret", &token);
+    assert_eq!(snap["title"], "Secret show", "{snap}");
+    let list = http::request(
+        "GET",
+        &server.url(&format!("/api/v1/streams?access={token}")),
+        &[],
+        None,
+    )
+    .unwrap()
+    .text();
+    assert!(list.contains("secret"), "{list}");
+    let r = server.get(&format!("/hls/secret/index.m3u8?access={token}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cc = r.header("cache-control").unwrap_or("").to_string();
+    assert!(cc.contains("private"), "playlist Cache-Control: {cc}");
+    let playlist = r.text();
+    let init = playlist
+        .lines()
+        .find_map(|l| l.split("URI=\"").nth(1).and_then(|u| u.split('"').next()))
+        .expect("EXT-X-MAP")
+        .to_string();
+    let r = server.get(&format!("/hls/secret/{init}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cc = r.header("cache-control").unwrap_or("").to_string();
+    assert!(
+        cc.contains("private") && !cc.contains("immutable"),
+        "private init Cache-Control: {cc}"
+    );
+    let r = server.get("/hls/openhouse/index.m3u8");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let init = r
+        .text()
+        .lines()
+        .find_map(|l| l.split("URI=\"").nth(1).and_then(|u| u.split('"').next()))
+        .expect("EXT-X-MAP")
+        .to_string();
+    let r = server.get(&format!("/hls/openhouse/{init}"));
+    let cc = r.header("cache-control").unwrap_or("").to_string();
+    assert!(
+        !cc.contains("private") && cc.contains("immutable"),
+        "public init Cache-Control: {cc}"
+    );
+
+    // --- an expiring viewer link ends its WebRTC session and its feed -------------------------
+    alice.send_text(&room, "!live link 20s");
+    let link = alice.wait_message(&room, &bot, "?access=");
+    let short = link["content"]["body"]
+        .as_str()
+        .unwrap()
+        .split("?access=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let expiry = token_expiry(&short);
+    let long = Sse::open_query(server, "secret", &format!("access={token}"));
+    let brief = Sse::open_query(server, "secret", &format!("access={short}"));
+    brief.wait("live", MX_TIMEOUT, |_| true);
+    let from = server.log_len();
+    let mut viewer = aiortc_viewer(
+        &format!("{}?access={short}", server.whep_url("secret")),
+        ViewerOpts {
+            duration_s: Some(90.0),
+            timeout_s: 120.0,
+            ..ViewerOpts::default()
+        },
+    );
+    decoding(&mut viewer, "the link's viewer decoding");
+    assert!(unix_now() < expiry, "the viewer took longer than the link");
+    server.wait_for_log_from(from, "viewer session expired", Duration::from_secs(40));
+    let late = unix_now().saturating_sub(expiry);
+    println!("the expired link's session ended {late} s after its expiry");
+    assert!(late <= 3, "ended {late} s after the link expired");
+    wait_until(
+        "the expired link's feed to end",
+        Duration::from_secs(10),
+        || brief.is_closed().then_some(()),
+    );
+    let after = alice.send_text(&room, "said after the link expired");
+    long.wait("chat", MX_TIMEOUT, |d| d["id"] == after.as_str());
+    assert!(
+        brief
+            .events()
+            .iter()
+            .all(|(_, d)| d["id"] != after.as_str()),
+        "chat reached an expired link's feed"
+    );
+    viewer.kill();
+
+    // --- a member who leaves the room loses what their token admitted -----------------------
+    let carol = env.user("carol");
+    alice.invite(&room, &carol.user_id);
+    carol.join(&room);
+    let ctoken = openid_access(server, &carol, "secret");
+    let cfeed = Sse::open_query(server, "secret", &format!("access={ctoken}"));
+    cfeed.wait("live", MX_TIMEOUT, |_| true);
+    let mut cview = aiortc_viewer(
+        &format!("{}?access={ctoken}", server.whep_url("secret")),
+        ViewerOpts {
+            duration_s: Some(90.0),
+            timeout_s: 120.0,
+            ..ViewerOpts::default()
+        },
+    );
+    decoding(&mut cview, "the member's viewer decoding");
+    let from = server.log_len();
+    let (s, _) = carol.call(
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        Some(&json!({})),
+    );
+    assert_eq!(s, 200, "carol leaves");
+    server.wait_for_log_from(
+        from,
+        "their membership of the room ended",
+        Duration::from_secs(30),
+    );
+    wait_until("the member's feed to end", Duration::from_secs(10), || {
+        cfeed.is_closed().then_some(())
+    });
+    let r = http::request(
+        "GET",
+        &server.url("/api/v1/streams/secret"),
+        &[("Authorization", &format!("Bearer {ctoken}"))],
+        None,
+    )
+    .unwrap();
+    assert_json_error(&r, 403, "the token of a member who left");
+    cview.kill();
+
+    // --- a public room turned private ends its anonymous viewers and feeds ---------------------
+    let mut anon = aiortc_viewer(
+        &server.whep_url("openhouse"),
+        ViewerOpts {
+            duration_s: Some(90.0),
+            timeout_s: 120.0,
+            ..ViewerOpts::default()
+        },
+    );
+    decoding(&mut anon, "the anonymous viewer decoding");
+    let feed = Sse::open(server, "openhouse");
+    feed.wait("live", MX_TIMEOUT, |_| true);
+    let from = server.log_len();
+    all.wait("viewers", MX_TIMEOUT, |d| {
+        d["name"] == "openhouse" && d["viewers"] == 1
+    });
+    let seen_before = all.events().len();
+    bob.set_state(
+        &open,
+        "m.room.join_rules",
+        "",
+        json!({"join_rule": "invite"}),
+    );
+    server.wait_for_log_from(from, "no longer public", Duration::from_secs(30));
+    wait_until("the anonymous feed to end", Duration::from_secs(10), || {
+        feed.is_closed().then_some(())
+    });
+    let r = server.get("/api/v1/streams/openhouse");
+    assert_json_error(&r, 401, "openhouse, now private, without a token");
+    let btoken = openid_access(server, &bob, "openhouse");
+    let member = Sse::open_query(server, "openhouse", &format!("access={btoken}"));
+    member.wait("live", MX_TIMEOUT, |_| true);
+    let after = bob.send_text(&open, "said after the room went private");
+    member.wait("chat", MX_TIMEOUT, |d| d["id"] == after.as_str());
+    assert!(
+        feed.events().iter().all(|(_, d)| d["id"] != after.as_str()),
+        "chat reached an anonymous feed of a now private room"
+    );
+    // The anonymous viewer's end (viewers 0) is news of a private stream now.
+    for (name, d) in all.events().into_iter().skip(seen_before) {
+        assert!(
+            d["name"] != "openhouse",
+            "the all-streams feed reported a now private stream: {name} {d}"
+        );
+    }
+    let metrics = server.get("/metrics").text();
+    assert!(!metrics.contains("openhouse"), "{metrics}");
+    anon.kill();
+    let mut env = env;
+    env.server_mut().assert_healthy("after the access changes");
 }

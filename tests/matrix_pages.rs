@@ -201,9 +201,21 @@ fn widget_trades_a_real_openid_token_for_a_private_stream() {
             .as_str()
             .unwrap(),
     );
-    assert_eq!(server.api_stream("members").unwrap()["access"], "private");
+    // A private stream's state is for viewers with access: the room's listing
+    // names it, and /metrics counts it, unnamed.
+    let listed = server.get(&format!("/api/v1/rooms/{}/streams", enc(&room)));
+    assert_eq!(
+        listed.json().unwrap(),
+        json!([{"name": "members", "access": "private"}])
+    );
     let _ffmpeg = Publisher::ffmpeg(&server.rtmp_url(&key), small());
-    server.wait_live("members", LIVE_TIMEOUT);
+    wait_until("the private stream to be live", LIVE_TIMEOUT, || {
+        server
+            .get("/metrics")
+            .text()
+            .contains("roomcast_private_streams_live 1\n")
+            .then_some(())
+    });
     let (widget, layout) = widget_events(&alice, &room, "members", server);
 
     // alice confirms in the client's dialog; eve's client answers at once (remembered)

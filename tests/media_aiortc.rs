@@ -41,6 +41,37 @@ fn aiortc_viewer_decodes_h264_video_and_opus_audio() {
     );
     assert_eq!(api["viewers"], 1, "one viewer watches: {api}");
 
+    // Someone else's DELETE and PATCH, on counter-like ids and on a random
+    // one, end nothing: 404 whatever the id, and the viewer keeps decoding.
+    let mut guesses: Vec<String> = (0..=5).map(|n| n.to_string()).collect();
+    guesses.push(random_hex());
+    for g in &guesses {
+        let path = server.url(&format!("/whep/{STREAM}/{g}"));
+        let r = common::http::request("DELETE", &path, &[], None).unwrap();
+        assert_json_error(
+            &r,
+            404,
+            &format!("DELETE /whep/{STREAM}/{g} without its secret"),
+        );
+        let r = common::http::request(
+            "PATCH",
+            &path,
+            &[("Content-Type", "application/trickle-ice-sdpfrag")],
+            Some(b"a=end-of-candidates"),
+        )
+        .unwrap();
+        assert_json_error(
+            &r,
+            404,
+            &format!("PATCH /whep/{STREAM}/{g} without its secret"),
+        );
+    }
+    let api = server.api_stream(STREAM).expect("stream JSON");
+    assert_eq!(
+        api["viewers"], 1,
+        "the guessed DELETEs ended nothing: {api}"
+    );
+
     let r = viewer.result(MEDIA_TIMEOUT + Duration::from_secs(30));
     println!("aiortc viewer result: {r}");
     assert_eq!(
@@ -55,6 +86,11 @@ fn aiortc_viewer_decodes_h264_video_and_opus_audio() {
         location.starts_with(&format!("/whep/{STREAM}/"))
             || location.contains(&format!("/whep/{STREAM}/")),
         "Location should name the session under /whep/{STREAM}/, got {location:?}"
+    );
+    let secret = location.rsplit('/').next().unwrap_or("");
+    assert!(
+        secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the resource id should be 128 random bits, got {secret:?}"
     );
     assert!(
         r["etag"].as_str().is_some_and(|s| !s.is_empty()),
@@ -111,6 +147,8 @@ fn aiortc_viewer_decodes_h264_video_and_opus_audio() {
         Duration::from_secs(20),
         || server.api_stream(STREAM).filter(|v| v["viewers"] == 0),
     );
+    let again = common::http::request("DELETE", &server.url(location), &[], None).unwrap();
+    assert_json_error(&again, 404, "a second DELETE on the Location");
 
     assert!(
         ffmpeg.try_status().is_none(),

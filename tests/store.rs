@@ -245,6 +245,15 @@ async fn exercise(store: &Store) {
             .unwrap(),
         Some(true)
     );
+    // Pruning forgets old guests that never joined a room, and only them.
+    store
+        .create_guest("th2", "@guest_2:hs", "Cy")
+        .await
+        .unwrap();
+    assert_eq!(store.prune_idle_guests(7).await.unwrap(), 0);
+    assert_eq!(store.prune_idle_guests(-1).await.unwrap(), 1);
+    assert!(store.guest_by_token_hash("th2").await.unwrap().is_none());
+    assert!(store.guest_by_token_hash("th1").await.unwrap().is_some());
 
     // --- outbox --------------------------------------------------------------------------
     let item = |kind, payload: &str, txn: &str| NewOutbox {

@@ -157,6 +157,38 @@ fn aiortc_publishes_h264_and_vp8_over_whip() {
             );
         }
         if codec == "H264" {
+            // DELETE and PATCH without the secret Location, even with the
+            // stream key, end nothing.
+            let loc = whip["location"].as_str().unwrap_or("").to_string();
+            let mut forged = loc.clone();
+            let last = forged.pop().unwrap_or('0');
+            forged.push(if last == '0' { '1' } else { '0' });
+            let key = format!("Bearer {}", server.key(STREAM));
+            let mut paths: Vec<String> = (0..=4).map(|n| format!("/whip/{STREAM}/{n}")).collect();
+            paths.push(forged);
+            for p in &paths {
+                for auth in [None, Some(key.as_str())] {
+                    let mut h = vec![("Content-Type", "application/trickle-ice-sdpfrag")];
+                    if let Some(a) = auth {
+                        h.push(("Authorization", a));
+                    }
+                    let r = common::http::request("DELETE", &server.url(p), &h, None).unwrap();
+                    assert_json_error(&r, 404, &format!("{what}: DELETE {p} without the secret"));
+                    let r = common::http::request(
+                        "PATCH",
+                        &server.url(p),
+                        &h,
+                        Some(b"a=end-of-candidates"),
+                    )
+                    .unwrap();
+                    assert_json_error(&r, 404, &format!("{what}: PATCH {p} without the secret"));
+                }
+            }
+            let api = server.api_stream(STREAM).expect("stream JSON");
+            assert_eq!(
+                api["live"], true,
+                "{what}: guessed DELETEs ended the publish: {api}"
+            );
             let r = publisher.stop(Duration::from_secs(30));
             assert_eq!(r["ok"], true, "{what}: {r}");
             assert_eq!(

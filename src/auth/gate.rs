@@ -117,6 +117,13 @@ impl Gate {
         Ok(Some(grant.stream_expire_ms))
     }
 
+    /// Whether `query` carries a SignedPolicy (verified later).
+    pub fn has_policy(&self, query: &str) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|p| signed_policy::has_policy(query, &Self::names(p)))
+    }
+
     /// Whether an unkeyed publish could still be authorized (a policy or a webhook).
     pub fn keyless_publish_possible(&self, query: &str) -> bool {
         let policy = self
@@ -196,16 +203,4 @@ impl Gate {
             ticket,
         })
     }
-}
-
-/// X-Real-IP, else the first X-Forwarded-For, as OME reads them.
-pub fn real_ip(headers: &axum::http::HeaderMap) -> Option<IpAddr> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    get("x-real-ip")
-        .and_then(|v| v.trim().parse().ok())
-        .or_else(|| {
-            get("x-forwarded-for")
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.trim().parse().ok())
-        })
 }

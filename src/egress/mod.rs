@@ -1,5 +1,4 @@
-//! Egress: hub frames out to viewers' protocols.
+//! Egress: hub frames out to viewers' protocols (the HTTP side is in `http`).
 
 pub mod hls;
 pub mod ome;
-pub mod whep;

@@ -7,23 +7,59 @@
 //! egress never knows the source protocol.
 
 mod stats;
+pub mod throttle;
 mod timeline;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 pub use stats::StreamStats;
+use throttle::Throttle;
 use timeline::Timeline;
+use tracing::warn;
 
 /// Largest number of video frames kept for a joining viewer. A publisher with a very
 /// long keyframe interval must not make the cache grow without bound.
 const GOP_CACHE_MAX_FRAMES: usize = 600;
+
+/// Byte caps on what one publisher can make the server hold (`[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubLimits {
+    /// A frame larger than this is refused ([`PushError::FrameTooLarge`]).
+    pub max_frame_bytes: usize,
+    /// A GOP larger than this is not cached (joining viewers wait for the
+    /// next keyframe instead of getting a replay).
+    pub max_gop_cache_bytes: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        HubLimits {
+            max_frame_bytes: crate::config::DEFAULT_MAX_FRAME_BYTES,
+            max_gop_cache_bytes: crate::config::DEFAULT_MAX_GOP_CACHE_BYTES,
+        }
+    }
+}
+
+impl From<&crate::config::LimitsConfig> for HubLimits {
+    fn from(l: &crate::config::LimitsConfig) -> Self {
+        HubLimits {
+            max_frame_bytes: l.frame_bytes(),
+            max_gop_cache_bytes: l.gop_cache_bytes(),
+        }
+    }
+}
+
+/// Over-limit publishers are logged at most this often (they reconnect).
+const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+static FRAME_TOO_LARGE_LOG: Throttle = Throttle::new(LIMIT_LOG_INTERVAL);
+static GOP_TOO_LARGE_LOG: Throttle = Throttle::new(LIMIT_LOG_INTERVAL);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -225,9 +261,18 @@ struct Fanout {
     /// Video frames since the last keyframe (starting with it) and the audio between
     /// them, so a joining viewer starts at once instead of waiting for a keyframe.
     gop: Vec<Arc<Frame>>,
+    /// Bytes of the payloads in `gop`.
+    gop_bytes: usize,
     /// Copied on write: a fan-out clones the `Arc` under the lock and delivers
     /// after releasing it.
     sinks: Arc<Vec<SinkEntry>>,
+}
+
+impl Fanout {
+    fn clear_gop(&mut self) {
+        self.gop.clear();
+        self.gop_bytes = 0;
+    }
 }
 
 pub struct Stream {
@@ -236,6 +281,7 @@ pub struct Stream {
     fanout: Mutex<Fanout>,
     viewers: AtomicUsize,
     hub_events: broadcast::Sender<HubEvent>,
+    limits: HubLimits,
 }
 
 /// The registry of streams.
@@ -243,6 +289,7 @@ pub struct Hub {
     streams: RwLock<HashMap<String, Arc<Stream>>>,
     events: broadcast::Sender<HubEvent>,
     next_publisher_id: AtomicU64,
+    limits: HubLimits,
 }
 
 impl Default for Hub {
@@ -253,12 +300,22 @@ impl Default for Hub {
 
 impl Hub {
     pub fn new() -> Self {
+        Self::with_limits(HubLimits::default())
+    }
+
+    /// A hub whose streams enforce `limits` (from `[limits]`).
+    pub fn with_limits(limits: HubLimits) -> Self {
         let (events, _) = broadcast::channel(1024);
         Hub {
             streams: RwLock::new(HashMap::new()),
             events,
             next_publisher_id: AtomicU64::new(1),
+            limits,
         }
+    }
+
+    pub fn limits(&self) -> HubLimits {
+        self.limits
     }
 
     /// Declares a stream (idempotent); its title defaults to its name.
@@ -287,10 +344,12 @@ impl Hub {
                     fanout: Mutex::new(Fanout {
                         next_index: 0,
                         gop: Vec::new(),
+                        gop_bytes: 0,
                         sinks: Arc::new(Vec::new()),
                     }),
                     viewers: AtomicUsize::new(0),
                     hub_events: self.events.clone(),
+                    limits: self.limits,
                 })
             })
             .clone()
@@ -336,7 +395,7 @@ impl Hub {
         };
         // Viewers must not get the old publisher's GOP after the switch: the next
         // keyframe starts a fresh cache.
-        stream.fanout.lock().gop.clear();
+        stream.fanout.lock().clear_gop();
         if !took_over {
             let _ = self.events.send(HubEvent::Live {
                 stream: stream.name.clone(),
@@ -597,12 +656,31 @@ impl Stream {
         f.next_index += 1;
         let frame = Arc::new(frame);
         if frame.kind == Kind::Video && frame.keyframe {
-            f.gop.clear();
+            f.clear_gop();
         }
         if !f.gop.is_empty() || (frame.kind == Kind::Video && frame.keyframe) {
-            if f.gop.len() >= GOP_CACHE_MAX_FRAMES {
-                f.gop.clear();
+            let bytes = frame.bytes();
+            if f.gop.len() >= GOP_CACHE_MAX_FRAMES
+                || f.gop_bytes + bytes > self.limits.max_gop_cache_bytes
+            {
+                // A partial GOP would replay frames that reference ones
+                // missing from it: nothing is cached until the next keyframe,
+                // and joining viewers wait for that keyframe instead. The
+                // publisher is not dropped: a long GOP is legitimate.
+                let cached = f.gop_bytes;
+                f.clear_gop();
+                if let Some(suppressed) = GOP_TOO_LARGE_LOG.allow() {
+                    warn!(
+                        stream = %self.name,
+                        cached_bytes = cached + bytes,
+                        max_gop_cache_bytes = self.limits.max_gop_cache_bytes,
+                        max_frames = GOP_CACHE_MAX_FRAMES,
+                        suppressed,
+                        "GOP too long to cache (keyframe interval too long for limits.max_gop_cache_bytes); joining viewers wait for the next keyframe"
+                    );
+                }
             } else {
+                f.gop_bytes += bytes;
                 f.gop.push(frame.clone());
             }
         }
@@ -620,6 +698,23 @@ impl Stream {
 #[derive(Debug, thiserror::Error)]
 #[error("another publisher took over stream '{0}'")]
 pub struct TakenOver(pub String);
+
+/// Why the hub refused a frame; either way the ingest session should end.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    TakenOver(#[from] TakenOver),
+    /// The frame is over `limits.max_frame_bytes`: the publisher is broken or
+    /// hostile, and is dropped.
+    #[error(
+        "a {bytes}-byte frame on stream '{stream}' is over limits.max_frame_bytes ({max} bytes); the publisher is dropped"
+    )]
+    FrameTooLarge {
+        stream: String,
+        bytes: usize,
+        max: usize,
+    },
+}
 
 /// An ingest session's handle on its stream. Dropping it ends the session (the
 /// stream goes offline unless another publisher took over).
@@ -665,8 +760,24 @@ impl Publisher {
         pts_ms: i64,
         keyframe: bool,
         payloads: Box<[Arc<[u8]>]>,
-    ) -> Result<Option<u64>, TakenOver> {
+    ) -> Result<Option<u64>, PushError> {
         self.push_video_90k(pts_ms * 90, keyframe, payloads)
+    }
+
+    /// Refuses a frame over `limits.max_frame_bytes` (every ingest passes here).
+    fn check_size(&self, bytes: usize) -> Result<(), PushError> {
+        let max = self.stream.limits.max_frame_bytes;
+        if bytes <= max {
+            return Ok(());
+        }
+        if let Some(suppressed) = FRAME_TOO_LARGE_LOG.allow() {
+            warn!(stream = %self.stream.name, bytes, max_frame_bytes = max, suppressed, "frame over limits.max_frame_bytes refused; dropping the publisher");
+        }
+        Err(PushError::FrameTooLarge {
+            stream: self.stream.name.clone(),
+            bytes,
+            max,
+        })
     }
 
     /// Like [`Publisher::push_video`] with the time in the publisher's 90 kHz
@@ -676,11 +787,12 @@ impl Publisher {
         ticks_90k: i64,
         keyframe: bool,
         payloads: Box<[Arc<[u8]>]>,
-    ) -> Result<Option<u64>, TakenOver> {
+    ) -> Result<Option<u64>, PushError> {
         let received = Instant::now();
+        let bytes = payloads.iter().map(|p| p.len()).sum();
+        self.check_size(bytes)?;
         let (rtp_time, wallclock, interval) = {
             let mut st = self.current()?;
-            let bytes = payloads.iter().map(|p| p.len()).sum();
             let pub_ms = ticks_90k.div_euclid(90);
             let (stream_ms, wallclock) = st.timeline.map(pub_ms, received);
             let interval = st.stats.on_video(received, stream_ms, bytes, keyframe);
@@ -702,8 +814,9 @@ impl Publisher {
 
     /// Pushes one audio packet. `samples_48k` is its position in the publisher's
     /// 48 kHz sample clock (its ms value is `samples_48k / 48`).
-    pub fn push_audio(&self, samples_48k: i64, payload: Arc<[u8]>) -> Result<(), TakenOver> {
+    pub fn push_audio(&self, samples_48k: i64, payload: Arc<[u8]>) -> Result<(), PushError> {
         let received = Instant::now();
+        self.check_size(payload.len())?;
         let (rtp_time, wallclock) = {
             let mut st = self.current()?;
             let pub_ms = samples_48k.div_euclid(48);
@@ -733,7 +846,7 @@ impl Drop for Publisher {
             st.publisher = None;
             st.keyframe_requester = None;
             drop(st);
-            self.stream.fanout.lock().gop.clear();
+            self.stream.fanout.lock().clear_gop();
             let _ = self.stream.hub_events.send(HubEvent::Offline {
                 stream: self.stream.name.clone(),
             });
@@ -823,5 +936,60 @@ mod tests {
         // A new publisher does not inherit the old one's requester.
         let _p2 = hub.publish(&s, IngestProtocol::Rtmp);
         assert!(!s.request_keyframe());
+    }
+
+    #[test]
+    fn frames_over_the_byte_cap_are_refused_with_a_typed_error() {
+        let hub = Hub::with_limits(HubLimits {
+            max_frame_bytes: 100,
+            max_gop_cache_bytes: 1000,
+        });
+        let s = hub.ensure_stream("a", None);
+        let p = hub.publish(&s, IngestProtocol::Whip);
+        p.push_video(0, true, Box::new([Arc::from(vec![0u8; 100])]))
+            .unwrap();
+        let two: Box<[Arc<[u8]>]> = Box::new([Arc::from(vec![0u8; 60]), Arc::from(vec![0u8; 41])]);
+        match p.push_video(33, false, two) {
+            Err(PushError::FrameTooLarge { bytes, max, .. }) => {
+                assert_eq!((bytes, max), (101, 100))
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert!(matches!(
+            p.push_audio(0, Arc::from(vec![0u8; 101])),
+            Err(PushError::FrameTooLarge { .. })
+        ));
+        // The refused frame reached nobody: the cache holds the keyframe only.
+        assert_eq!(s.gop_snapshot().len(), 1);
+    }
+
+    #[test]
+    fn a_gop_over_the_byte_cap_is_not_cached_until_the_next_keyframe() {
+        let hub = Hub::with_limits(HubLimits {
+            max_frame_bytes: 1000,
+            max_gop_cache_bytes: 35,
+        });
+        let s = hub.ensure_stream("a", None);
+        let sink = Arc::new(Collect(Mutex::new(vec![])));
+        let dyn_sink: Arc<dyn FrameSink> = sink.clone();
+        s.attach_sink(1, &dyn_sink);
+        let p = hub.publish(&s, IngestProtocol::Rtmp);
+        p.push_video(0, true, payload(1)).unwrap(); // 10 bytes each
+        p.push_video(33, false, payload(2)).unwrap();
+        p.push_audio(0, Arc::from(vec![0u8; 10])).unwrap();
+        assert_eq!(s.fanout.lock().gop_bytes, 30);
+        assert!(s.has_cached_keyframe());
+        // 40 > 35: the cache empties (a partial GOP would not decode) and
+        // stays empty until the next keyframe, but live viewers get everything.
+        p.push_video(66, false, payload(3)).unwrap();
+        assert!(!s.has_cached_keyframe());
+        p.push_video(99, false, payload(4)).unwrap();
+        assert!(s.gop_snapshot().is_empty());
+        assert_eq!(s.fanout.lock().gop_bytes, 0);
+        p.push_video(133, true, payload(5)).unwrap();
+        assert_eq!(s.gop_snapshot().len(), 1);
+        assert_eq!(s.fanout.lock().gop_bytes, 10);
+        assert_eq!(sink.0.lock().len(), 6);
+        assert!(s.is_live(), "a long GOP does not drop the publisher");
     }
 }

@@ -7,10 +7,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rml_rtmp::sessions::StreamMetadata;
 use tracing::{debug, info, warn};
 
-use crate::hub::{AudioInfo, Publisher, TakenOver, VideoInfo};
+use crate::hub::{AudioInfo, Publisher, PushError, VideoInfo};
 use crate::media::flv::{self, AvcConfig, FlvAudio, FlvVideo, TimestampUnwrapper};
 use crate::media::h264;
 use crate::media::rtp_h264::{H264Packetizer, RTP_MTU_PAYLOAD};
@@ -73,20 +72,20 @@ impl FlvPipeline {
         }
     }
 
-    pub fn on_metadata(&mut self, m: &StreamMetadata) {
+    pub fn on_metadata(&mut self, m: &flv::Metadata) {
         info!(
             stream = %self.stream_name(),
-            width = ?m.video_width,
-            height = ?m.video_height,
-            fps = ?m.video_frame_rate,
-            video_kbps = ?m.video_bitrate_kbps,
-            audio_kbps = ?m.audio_bitrate_kbps,
+            width = ?m.width,
+            height = ?m.height,
+            fps = ?m.framerate,
+            video_kbps = ?m.videodatarate,
+            audio_kbps = ?m.audiodatarate,
             encoder = ?m.encoder,
             "publisher metadata"
         );
     }
 
-    pub fn on_video(&mut self, body: Bytes, timestamp: u32) -> Result<(), TakenOver> {
+    pub fn on_video(&mut self, body: Bytes, timestamp: u32) -> Result<(), PushError> {
         let dts = self.clock.unwrap(timestamp);
         let nal_len = self.avc.as_ref().map_or(4, |c| c.nal_length_size);
         let parsed = match flv::parse_video(&body, nal_len) {
@@ -125,7 +124,7 @@ impl FlvPipeline {
         Ok(())
     }
 
-    fn update_sps(&mut self) -> Result<(), TakenOver> {
+    fn update_sps(&mut self) -> Result<(), PushError> {
         let Some(sps_nal) = self.sps.first() else {
             return Ok(());
         };
@@ -146,7 +145,8 @@ impl FlvPipeline {
                         width: Some(sps.width),
                         height: Some(sps.height),
                     });
-                })
+                })?;
+                Ok(())
             }
             Err(e) => {
                 self.bad_tag("SPS", &e);
@@ -160,7 +160,7 @@ impl FlvPipeline {
         pts_ms: i64,
         keyframe: bool,
         nalus: Vec<Bytes>,
-    ) -> Result<(), TakenOver> {
+    ) -> Result<(), PushError> {
         // In-band parameter sets replace the sequence header's.
         let mut new_sps = false;
         for n in &nalus {
@@ -213,7 +213,7 @@ impl FlvPipeline {
         Ok(())
     }
 
-    pub fn on_audio(&mut self, body: Bytes, timestamp: u32) -> Result<(), TakenOver> {
+    pub fn on_audio(&mut self, body: Bytes, timestamp: u32) -> Result<(), PushError> {
         if self.audio_failed {
             return Ok(());
         }

@@ -1,23 +1,26 @@
 //! Viewer access to streams of rooms whose join rule is not public: a signed,
 //! expiring token, obtained either from the widget's Matrix OpenID token
 //! (checked with the homeserver; the user must be joined to the room) or from a
-//! link the bot hands out (`!live link 24h`). The check is one function, so
-//! WHEP, HLS and the watch page enforce the same rule.
+//! link the bot hands out (`!live link 24h`). The admission service checks
+//! them for every surface. A token from OpenID names its user, so that
+//! leaving the room ends what it admitted (`membership_changed`).
 
-use axum::http::{HeaderMap, StatusCode, header};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tracing::info;
 
 use super::{HsError, Matrix, MatrixError};
-use crate::hub::{Access, Stream};
-use crate::web::ApiError;
 
 /// How long an access token from an OpenID exchange lasts.
 pub const ACCESS_TTL_SECS: u64 = 3600;
 
+/// Told when a user's membership of a stream's room changes:
+/// `(stream, user, joined)`.
+pub type MembershipHook = Box<dyn Fn(&str, &str, bool) + Send + Sync>;
+
 pub struct ViewerTokens {
     secret: Vec<u8>,
+    on_membership: std::sync::OnceLock<MembershipHook>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -31,102 +34,93 @@ impl ViewerTokens {
     pub fn new(secret: &str) -> ViewerTokens {
         ViewerTokens {
             secret: secret.as_bytes().to_vec(),
+            on_membership: std::sync::OnceLock::new(),
         }
     }
 
-    fn mac(&self, stream: &str, exp: u64) -> Hmac<Sha256> {
+    /// Who is told of membership changes (set once, at start-up).
+    pub fn on_membership(&self, hook: MembershipHook) {
+        let _ = self.on_membership.set(hook);
+    }
+
+    fn mac(&self, stream: &str, exp: u64, user: Option<&str>) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
-        mac.update(b"roomcast-viewer-v1\0");
+        mac.update(match user {
+            None => b"roomcast-viewer-v1\0",
+            Some(_) => b"roomcast-viewer-v2\0",
+        });
         mac.update(stream.as_bytes());
         mac.update(b"\0");
         mac.update(exp.to_string().as_bytes());
+        if let Some(u) = user {
+            mac.update(b"\0");
+            mac.update(u.as_bytes());
+        }
         mac
     }
 
     /// `v1.<expiry unix seconds>.<hex HMAC-SHA256 over stream and expiry>`.
     pub fn sign(&self, stream: &str, exp: u64) -> String {
-        let sig = self.mac(stream, exp).finalize().into_bytes();
+        let sig = self.mac(stream, exp, None).finalize().into_bytes();
         format!("v1.{exp}.{}", hex::encode(sig))
     }
 
-    pub fn verify(&self, stream: &str, token: &str, now: u64) -> Result<(), TokenError> {
-        let mut parts = token.split('.');
-        let (Some("v1"), Some(exp), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed);
+    /// A member's token: `v2.<expiry>.<hex user id>.<hex HMAC over stream,
+    /// expiry and user>`.
+    pub fn sign_for(&self, stream: &str, exp: u64, user: &str) -> String {
+        let sig = self.mac(stream, exp, Some(user)).finalize().into_bytes();
+        format!("v2.{exp}.{}.{}", hex::encode(user), hex::encode(sig))
+    }
+
+    /// The token's expiry (and user, for a member's token) when it is good
+    /// for `stream` at `now`.
+    pub fn verify(
+        &self,
+        stream: &str,
+        token: &str,
+        now: u64,
+    ) -> Result<(u64, Option<String>), TokenError> {
+        let parts: Vec<&str> = token.splitn(5, '.').collect();
+        let (exp, user, sig) = match parts.as_slice() {
+            ["v1", exp, sig] => (exp, None, sig),
+            ["v2", exp, user, sig] => {
+                let user = hex::decode(user).map_err(|_| TokenError::Malformed)?;
+                let user = String::from_utf8(user).map_err(|_| TokenError::Malformed)?;
+                (exp, Some(user), sig)
+            }
+            _ => return Err(TokenError::Malformed),
         };
         let exp: u64 = exp.parse().map_err(|_| TokenError::Malformed)?;
         let sig = hex::decode(sig).map_err(|_| TokenError::Malformed)?;
         // Constant-time comparison inside verify_slice.
-        self.mac(stream, exp)
+        self.mac(stream, exp, user.as_deref())
             .verify_slice(&sig)
             .map_err(|_| TokenError::BadSignature)?;
         if exp <= now {
             return Err(TokenError::Expired);
         }
-        Ok(())
+        Ok((exp, user))
     }
 }
 
-/// The viewer's token: `Authorization: Bearer …` or `?access=…`.
-fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        && let Some(t) = v.strip_prefix("Bearer ")
-    {
-        return Some(t.trim().to_string());
+/// The admission service checks viewer tokens with the bridge's secret.
+impl crate::admission::AccessTokens for Matrix {
+    fn verify(
+        &self,
+        stream: &str,
+        token: &str,
+    ) -> Result<crate::admission::Grant, crate::admission::TokenError> {
+        use crate::admission::TokenError as T;
+        self.tokens
+            .verify(stream, token, super::unix_now())
+            .map(|(expires, user)| crate::admission::Grant { expires, user })
+            .map_err(|e| match e {
+                TokenError::Malformed => T::Malformed,
+                TokenError::Expired => T::Expired,
+                TokenError::BadSignature => T::BadSignature,
+            })
     }
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == "access").then(|| v.to_string())
-    })
-}
-
-/// May this request watch `stream`? Public streams: yes. Private ones need a
-/// valid token (401 `access_required` without, 403 `access_denied` when bad
-/// or expired). WHEP calls it; the watch page and HLS are to call it too.
-pub fn check_viewer(
-    matrix: Option<&Matrix>,
-    stream: &Stream,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<(), ApiError> {
-    if stream.access() == Access::Public {
-        return Ok(());
-    }
-    let Some(m) = matrix else {
-        return Ok(());
-    };
-    let Some(token) = token_from(headers, query) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "access_required",
-            format!(
-                "stream '{}' belongs to a private room: open it from the room's widget or a viewer link",
-                stream.name
-            ),
-        ));
-    };
-    m.tokens
-        .verify(&stream.name, &token, super::unix_now())
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "access_denied",
-                match e {
-                    TokenError::Expired => {
-                        "this viewer link or token has expired; ask for a new one".to_string()
-                    }
-                    _ => format!(
-                        "this token does not give access to stream '{}'",
-                        stream.name
-                    ),
-                },
-            )
-        })
 }
 
 /// Why an OpenID exchange was refused.
@@ -140,6 +134,17 @@ pub enum OpenIdError {
 }
 
 impl Matrix {
+    /// A user joined or left (or was kicked or banned from) `room`: the
+    /// streams of the room are told, so what the user's token admitted ends.
+    pub(super) fn membership_changed(&self, room: &str, user: &str, joined: bool) {
+        let Some(hook) = self.tokens.on_membership.get() else {
+            return;
+        };
+        for m in self.streams_of_room(room) {
+            hook(&m.stream, user, joined);
+        }
+    }
+
     /// Checks a widget's OpenID token with the homeserver and the user's
     /// membership in the stream's room; returns a viewer token.
     pub async fn exchange_openid(
@@ -184,7 +189,7 @@ impl Matrix {
         info!(stream = %stream, user = %sub, "matrix: viewer admitted by OpenID");
         Ok(self
             .tokens
-            .sign(stream, super::unix_now() + ACCESS_TTL_SECS))
+            .sign_for(stream, super::unix_now() + ACCESS_TTL_SECS, sub))
     }
 }
 
@@ -196,7 +201,14 @@ mod tests {
     fn tokens_bind_stream_and_expiry() {
         let t = ViewerTokens::new("secret");
         let tok = t.sign("a", 1000);
-        assert_eq!(t.verify("a", &tok, 999), Ok(()));
+        assert_eq!(t.verify("a", &tok, 999), Ok((1000, None)));
+        let member = t.sign_for("a", 1000, "@u:hs");
+        assert_eq!(
+            t.verify("a", &member, 999),
+            Ok((1000, Some("@u:hs".to_string())))
+        );
+        let other = member.replace(&hex::encode("@u:hs"), &hex::encode("@v:hs"));
+        assert_eq!(t.verify("a", &other, 0), Err(TokenError::BadSignature));
         assert_eq!(t.verify("a", &tok, 1000), Err(TokenError::Expired));
         assert_eq!(t.verify("b", &tok, 0), Err(TokenError::BadSignature));
         let forged = tok.replace("v1.1000.", "v1.9999.");
@@ -205,14 +217,5 @@ mod tests {
         assert_eq!(t.verify("a", "v1.x.00", 0), Err(TokenError::Malformed));
         let other = ViewerTokens::new("other");
         assert_eq!(other.verify("a", &tok, 0), Err(TokenError::BadSignature));
-    }
-
-    #[test]
-    fn token_from_header_or_query() {
-        let mut h = HeaderMap::new();
-        assert_eq!(token_from(&h, Some("x=1&access=abc")), Some("abc".into()));
-        h.insert(header::AUTHORIZATION, "Bearer t1".parse().unwrap());
-        assert_eq!(token_from(&h, Some("access=abc")), Some("t1".into()));
-        assert_eq!(token_from(&HeaderMap::new(), None), None);
     }
 }

@@ -28,6 +28,10 @@ const HISTORY: usize = 100;
 pub const MAX_GUEST_CHARS: usize = 1000;
 /// Longest relayed message body, in characters (Matrix allows ~64 KB events).
 const MAX_RELAY_CHARS: usize = 4000;
+/// Display names cached (room, user); a join in any room adds one.
+const MAX_NAMES: usize = 20_000;
+/// Longest display name kept, in characters.
+const MAX_NAME_CHARS: usize = 128;
 
 /// A token bucket: `burst` tokens, refilled at `per_sec`.
 #[derive(Clone, Copy)]
@@ -36,14 +40,14 @@ struct Bucket {
     at: Instant,
 }
 
-struct Limiter {
+pub(super) struct Limiter {
     burst: f64,
     per_sec: f64,
     buckets: HashMap<String, Bucket>,
 }
 
 impl Limiter {
-    fn new(burst: f64, per_sec: f64) -> Self {
+    pub(super) fn new(burst: f64, per_sec: f64) -> Self {
         Limiter {
             burst,
             per_sec,
@@ -52,7 +56,7 @@ impl Limiter {
     }
 
     /// Takes a token, or says how long until one is there.
-    fn take(&mut self, key: &str) -> Result<(), Duration> {
+    pub(super) fn take(&mut self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
         if self.buckets.len() > 10_000 {
             // Forget full buckets so the map stays bounded.
@@ -125,10 +129,20 @@ impl Matrix {
             _ => None,
         }
         .unwrap_or_else(|| localpart(user).to_string());
-        self.names
-            .lock()
-            .insert((room.to_string(), user.to_string()), name.clone());
+        self.remember_name(room, user, &name);
         name
+    }
+
+    /// Caches a member's display name. The cache is bounded: past
+    /// [`MAX_NAMES`] it starts again (names are fetched again when needed),
+    /// and a name is kept to [`MAX_NAME_CHARS`].
+    pub(super) fn remember_name(&self, room: &str, user: &str, name: &str) {
+        let name: String = name.chars().take(MAX_NAME_CHARS).collect();
+        let mut names = self.names.lock();
+        if names.len() >= MAX_NAMES {
+            names.clear();
+        }
+        names.insert((room.to_string(), user.to_string()), name);
     }
 
     /// A chat message for the pages, or None for what is not chat (commands,
@@ -255,9 +269,7 @@ impl Matrix {
                 && let (Some(user), Some(name)) =
                     (ev.state_key.as_deref(), ev.content["displayname"].as_str())
             {
-                self.names
-                    .lock()
-                    .insert((room.to_string(), user.to_string()), name.to_string());
+                self.remember_name(room, user, name);
             }
         }
         let mut msgs = VecDeque::new();
@@ -314,7 +326,7 @@ impl Matrix {
         name: &str,
         ip: IpAddr,
     ) -> Result<(String, String), GuestError> {
-        if let Err(wait) = self.limits.ip_guests.lock().take(&ip.to_string()) {
+        if let Err(wait) = self.limits.ip_guests.lock().take(&ip_key(ip)) {
             return Err(GuestError::RateLimited(wait));
         }
         let localpart = format!("{PUPPET_PREFIX}g{}", hex::encode(rand::random::<[u8; 8]>()));
@@ -382,7 +394,7 @@ impl Matrix {
         if let Err(wait) = self.limits.guest_msgs.lock().take(&guest.user_id) {
             return Err(GuestError::RateLimited(wait));
         }
-        if let Err(wait) = self.limits.ip_msgs.lock().take(&ip.to_string()) {
+        if let Err(wait) = self.limits.ip_msgs.lock().take(&ip_key(ip)) {
             return Err(GuestError::RateLimited(wait));
         }
         let user = OwnedUserId::try_from(guest.user_id.as_str())
@@ -439,6 +451,21 @@ impl Matrix {
     }
 }
 
+/// The key of an address's limits: IPv4 addresses one by one, IPv6 by /64
+/// (one subscriber gets a whole /64 and can rotate through it freely).
+fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 fn localpart(user: &str) -> &str {
     user.strip_prefix('@')
         .and_then(|u| u.split(':').next())
@@ -457,6 +484,29 @@ mod tests {
         let wait = l.take("a").unwrap_err();
         assert!(wait <= Duration::from_millis(100));
         assert!(l.take("b").is_ok(), "buckets are per key");
+    }
+
+    #[test]
+    fn ipv6_limits_are_per_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:fffe".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        assert_eq!(ip_key("::ffff:192.0.2.7".parse().unwrap()), "192.0.2.7");
+        assert_ne!(
+            ip_key("192.0.2.7".parse().unwrap()),
+            ip_key("192.0.2.8".parse().unwrap())
+        );
+        // A guest rotating addresses inside its /64 shares one allowance.
+        let mut l = Limiter::new(2.0, 0.001);
+        assert!(l.take(&ip_key(a)).is_ok());
+        assert!(l.take(&ip_key(b)).is_ok());
+        assert!(
+            l.take(&ip_key("2001:db8:1:2::99".parse().unwrap()))
+                .is_err()
+        );
+        assert!(l.take(&ip_key(c)).is_ok());
     }
 
     #[test]

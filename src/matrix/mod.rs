@@ -11,14 +11,14 @@
 //! - `api` — the HTTP API the pages use (guests, chat, access, rooms)
 
 pub mod access;
-pub mod api;
-pub mod appservice;
-mod chat;
+pub mod chat;
 pub mod client;
 pub mod commands;
 mod notices;
+pub mod permissions;
 pub mod registration;
 mod rooms;
+mod transactions;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -128,6 +128,15 @@ pub struct Matrix {
     notices: notices::Notices,
     pub tokens: access::ViewerTokens,
     limits: chat::Limits,
+    /// `[matrix.permissions]`, resolved.
+    perms: permissions::Permissions,
+    /// Power levels and creators of rooms, kept from the state events the
+    /// appservice sees (fetched when missing).
+    power: Mutex<HashMap<String, rooms::RoomPower>>,
+    /// Rooms made on alias lookups: a few a minute for the whole server.
+    on_demand: Mutex<chat::Limiter>,
+    /// When an alias lookup was last refused for the rate (logged once a minute).
+    on_demand_warned: Mutex<Option<std::time::Instant>>,
 }
 
 impl Matrix {
@@ -190,9 +199,21 @@ impl Matrix {
             notices: notices::Notices::default(),
             tokens: access::ViewerTokens::new(&secret),
             limits: chat::Limits::default(),
+            perms: cfg.permissions()?,
+            power: Mutex::new(HashMap::new()),
+            // 3 at once, then one every 20 s.
+            on_demand: Mutex::new(chat::Limiter::new(3.0, 1.0 / 20.0)),
+            on_demand_warned: Mutex::new(None),
         };
         m.load_mapping().await?;
         m.store.prune_processed(7).await?;
+        let gone = m.store.prune_idle_guests(7).await?;
+        if gone > 0 {
+            info!(
+                guests = gone,
+                "matrix: forgot guests that never posted in a week"
+            );
+        }
         Ok(m)
     }
 

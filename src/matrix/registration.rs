@@ -110,13 +110,65 @@ receive_ephemeral: false
     )
 }
 
-/// Writes a new registration file; refuses to replace one unless `force`.
+/// Writes a new registration file, readable by its owner only (it holds the
+/// tokens); refuses to replace one unless `force`.
 pub fn write(path: &Path, n: &NewRegistration<'_>, force: bool) -> Result<(), RegistrationError> {
+    use std::io::Write;
     let p = path.display().to_string();
     if path.exists() && !force {
         return Err(RegistrationError::Exists { path: p });
     }
-    std::fs::write(path, render(n)).map_err(|source| RegistrationError::Write { path: p, source })
+    let werr = |source| RegistrationError::Write {
+        path: p.clone(),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(werr)?;
+    // `mode` applies to a new file only: a replaced one may have been wider.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(werr)?;
+    }
+    f.write_all(render(n).as_bytes()).map_err(werr)?;
+    f.sync_all().map_err(werr)
+}
+
+/// Shortest token accepted: `roomcast registration` writes 48 characters.
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// Why a token cannot be a secret (None when it looks random enough).
+fn weak_token(token: &str) -> Option<&'static str> {
+    let lower = token.to_ascii_lowercase();
+    if [
+        "replace",
+        "changeme",
+        "change-me",
+        "placeholder",
+        "example",
+        "secret",
+        "token",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+    {
+        return Some("is a placeholder (like the example registration's)");
+    }
+    if token.chars().count() < MIN_TOKEN_LEN {
+        return Some("is too short");
+    }
+    let distinct: std::collections::HashSet<char> = token.chars().collect();
+    if distinct.len() < 12 {
+        return Some("repeats too few characters to be random");
+    }
+    None
 }
 
 pub fn load(path: &Path) -> Result<Registration, RegistrationError> {
@@ -134,9 +186,18 @@ pub fn load(path: &Path) -> Result<Registration, RegistrationError> {
         path: p.clone(),
         reason: reason.to_string(),
     };
-    if reg.as_token.len() < 16 || reg.hs_token.len() < 16 {
+    for (field, token) in [("as_token", &reg.as_token), ("hs_token", &reg.hs_token)] {
+        if let Some(why) = weak_token(token) {
+            return Err(invalid(&format!(
+                "{field} {why}. Generate real tokens with `roomcast registration --url <URL the \
+                 homeserver reaches roomcast at> --server-name <server_name> --output {p} --force` \
+                 (or `--config <roomcast.toml>`), then restart the homeserver so it loads them"
+            )));
+        }
+    }
+    if reg.as_token == reg.hs_token {
         return Err(invalid(
-            "as_token and hs_token must be at least 16 random characters",
+            "as_token and hs_token must differ; generate new ones with `roomcast registration --force`",
         ));
     }
     if reg.id.is_empty() || reg.sender_localpart.is_empty() {
@@ -162,6 +223,17 @@ mod tests {
             alias_prefix: "live_",
         };
         write(&path, &n, false).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+            // A replaced file that was world-readable is narrowed too.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            write(&path, &n, true).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
         assert!(matches!(
             write(&path, &n, false),
             Err(RegistrationError::Exists { .. })
@@ -177,12 +249,31 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
-    /// The documented example at the repository root parses.
+    /// The documented example at the repository root parses, and its
+    /// placeholder tokens are refused with the way to make real ones.
     #[test]
-    fn example_parses() {
+    fn example_is_refused_for_its_placeholders() {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("registration.yaml");
-        let reg = load(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let reg: Registration = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(reg.sender_localpart, "roomcast");
         assert_eq!(reg.namespaces.aliases[0].regex, "#live_.*:example\\.org");
+        let e = load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("as_token is a placeholder") && e.contains("roomcast registration"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn weak_tokens() {
+        let good = "q8Vd0XcL2mRt7YbN4kWs9HjP1eFz6AuG3oIy5TvB0nMx";
+        assert_eq!(weak_token(good), None);
+        assert!(
+            weak_token("REPLACE-with-48-random-characters-from-roomcast-registration").is_some()
+        );
+        assert!(weak_token("as_secret_token_as_secret_token_as_secret").is_some());
+        assert_eq!(weak_token("abcdefghij0123456789"), Some("is too short"));
+        assert!(weak_token(&"ab".repeat(30)).unwrap().contains("too few"));
     }
 }

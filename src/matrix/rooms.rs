@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use ruma::api::client::membership::join_room_by_id;
-use ruma::api::client::room::create_room;
+use ruma::api::client::membership::{join_room_by_id, leave_room};
+use ruma::api::client::room::{create_room, get_room_event};
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use ruma::events::StateEventType;
 use ruma::serde::Raw;
@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::commands::{self, Command, Parsed, Slots};
 use super::notices::{html_escape, new_txn_id};
+use super::permissions::Level;
 use super::{Ev, HsError, Matrix, MatrixError, stream_title};
 use crate::auth::keys::{generate_key, hash_key_hex};
 use crate::hub::Access;
@@ -42,6 +43,75 @@ fn raw<T>(v: &Value) -> Result<Raw<T>, MatrixError> {
     Ok(Raw::from_json(r))
 }
 
+/// What decides power in a room: its power levels and its creators (who
+/// have unlimited power from room version 12 on).
+#[derive(Debug, Clone, Default)]
+pub(super) struct RoomPower {
+    /// `m.room.power_levels` content (`{}` when the room has none).
+    pl: Option<Value>,
+    /// From `m.room.create`: the room version and the creators.
+    create: Option<(String, Vec<String>)>,
+}
+
+/// Rooms whose power is remembered; past this the cache starts again.
+const MAX_POWER_CACHE: usize = 10_000;
+
+/// A power level: an integer, or a string of one (old rooms).
+fn pl_int(v: &Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+fn create_info(sender: &str, content: &Value) -> (String, Vec<String>) {
+    let version = content["room_version"].as_str().unwrap_or("1").to_string();
+    let mut creators = vec![sender.to_string()];
+    if let Some(more) = content["additional_creators"].as_array() {
+        creators.extend(more.iter().filter_map(|u| u.as_str().map(str::to_string)));
+    }
+    (version, creators)
+}
+
+impl RoomPower {
+    fn complete(&self) -> bool {
+        self.pl.is_some() && self.create.is_some()
+    }
+
+    fn pl(&self) -> Value {
+        self.pl.clone().unwrap_or_else(|| json!({}))
+    }
+
+    /// The power `key` of the power levels asks for (e.g. `redact`), or `default`.
+    fn needed(&self, key: &str, default: i64) -> i64 {
+        self.pl
+            .as_ref()
+            .and_then(|pl| pl_int(&pl[key]))
+            .unwrap_or(default)
+    }
+
+    fn level(&self, user: &str) -> i64 {
+        let (version, creators) = match &self.create {
+            Some((v, c)) => (v.as_str(), c.as_slice()),
+            None => ("1", &[][..]),
+        };
+        let creator = creators.iter().any(|c| c == user);
+        if creator && creators_privileged(version) {
+            return i64::MAX;
+        }
+        let pl = self
+            .pl
+            .as_ref()
+            .filter(|p| p.as_object().is_some_and(|o| !o.is_empty()));
+        match pl {
+            Some(pl) => pl_int(&pl["users"][user])
+                .or_else(|| pl_int(&pl["users_default"]))
+                .unwrap_or(0),
+            // No power levels: the creator has 100, everyone else 0.
+            None if creator => 100,
+            None => 0,
+        }
+    }
+}
+
 /// A command refused or failed in a way the user should read.
 struct Refusal(String);
 
@@ -63,6 +133,14 @@ impl Matrix {
         };
         let mapped = self.room_row(room).is_some();
         match (ev.kind.as_str(), ev.state_key.as_deref()) {
+            ("m.room.power_levels", Some("")) => {
+                self.note_power(room, mapped, |p| p.pl = Some(ev.content.clone()));
+            }
+            ("m.room.create", Some("")) => {
+                self.note_power(room, mapped, |p| {
+                    p.create = Some(create_info(&ev.sender, &ev.content));
+                });
+            }
             ("m.room.member", Some(target)) => self.on_member(room, ev, target).await?,
             ("m.room.name", Some("")) if mapped => {
                 let name = ev.content["name"].as_str().unwrap_or("");
@@ -106,7 +184,15 @@ impl Matrix {
                     .as_deref()
                     .or_else(|| ev.content["redacts"].as_str());
                 if let Some(t) = target {
-                    self.relay_redaction(room, t);
+                    // From room version 3 on, a redaction enters the room
+                    // whoever sends it (a remote server's is not refused);
+                    // homeservers apply it only for the message's sender or
+                    // a user with the `redact` power, and so do the pages.
+                    if self.may_redact(room, &ev.sender, t).await? {
+                        self.relay_redaction(room, t);
+                    } else {
+                        tracing::debug!(room = %room, by = %ev.sender, "matrix: a redaction without the power to redact is not applied to the pages");
+                    }
                 }
             }
             ("m.room.encrypted", None) if !mapped && ev.sender != self.bot.as_str() => {
@@ -175,18 +261,23 @@ impl Matrix {
         if membership == "join"
             && let Some(name) = ev.content["displayname"].as_str()
         {
-            self.names
-                .lock()
-                .insert((room.to_string(), target.to_string()), name.to_string());
+            self.remember_name(room, target, name);
         }
         if target == self.bot.as_str() {
             if membership == "invite" {
+                if self.perms.level_of(&ev.sender) == Level::None {
+                    return self.decline_invite(room, ev).await;
+                }
                 return self.accept_invite(room, ev).await;
             }
             if matches!(membership, "leave" | "ban") && ev.sender != self.bot.as_str() {
                 warn!(room = %room, by = %ev.sender, "matrix: the bot was removed from a room");
             }
             return Ok(());
+        }
+        // Ends (or allows again) what the user's viewer token admitted.
+        if matches!(membership, "join" | "leave" | "ban") {
+            self.membership_changed(room, target, membership == "join");
         }
         if self.is_puppet(target) && ev.sender != target {
             match membership {
@@ -199,6 +290,24 @@ impl Matrix {
             }
         }
         Ok(())
+    }
+
+    /// Rejects the invite of a user without permission (leaving an invited
+    /// room rejects the invite); nothing of the room is kept.
+    async fn decline_invite(&self, room: &str, ev: &Ev) -> Result<(), MatrixError> {
+        let mut req = leave_room::v3::Request::new(room_id(room)?);
+        req.reason = Some(NO_PERMISSION.to_string());
+        match self.client.send(req, None).await {
+            Ok(_) => {
+                info!(room = %room, inviter = %ev.sender, "matrix: declined the invite of a user without permission");
+                Ok(())
+            }
+            Err(e) if !e.is_transient() => {
+                warn!(room = %room, "matrix: cannot decline an invite: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn accept_invite(&self, room: &str, ev: &Ev) -> Result<(), MatrixError> {
@@ -252,6 +361,18 @@ impl Matrix {
         };
         let in_dm = self.store.is_dm_room(room).await?;
         info!(room = %room, sender = %ev.sender, command = ?command_name(&cmd), "matrix: command");
+        // Help and status read what a room member sees anyway; the rest acts
+        // for the sender and needs at least `user`.
+        if self.perms.level_of(&ev.sender) == Level::None
+            && !matches!(cmd, Command::Help | Command::Status { .. })
+        {
+            let msg = match cmd {
+                Command::New { .. } => "Sorry, you can't create streams on this server.",
+                _ => NO_PERMISSION,
+            };
+            self.reply(room, msg).await;
+            return Ok(());
+        }
         match self.run_command(room, &ev.sender, in_dm, cmd).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(Refusal(msg))) => {
@@ -375,7 +496,7 @@ impl Matrix {
             Command::Key { name } | Command::Rotate { name } => {
                 self.cmd_key(room, sender, in_dm, name).await
             }
-            Command::Status { name } => self.cmd_status(room, in_dm, name).await,
+            Command::Status { name } => self.cmd_status(room, sender, in_dm, name).await,
             Command::Notify { on } => {
                 if self.room_row(room).is_none() {
                     return refuse("This room has no stream: `!live attach <name>` first.");
@@ -443,6 +564,32 @@ impl Matrix {
         }
     }
 
+    /// The refusal for a user who owns as many streams as allowed (admins: no limit).
+    fn over_quota(&self, user: &str) -> Option<String> {
+        if self.perms.level_of(user) == Level::Admin {
+            return None;
+        }
+        let max = self.cfg.max_streams_per_user;
+        let owned = self
+            .map
+            .lock()
+            .streams
+            .values()
+            .filter(|m| m.owner.as_deref() == Some(user))
+            .count();
+        if owned < max {
+            return None;
+        }
+        Some(if max == 0 {
+            "Sorry, you can't create streams on this server.".to_string()
+        } else {
+            format!(
+                "Sorry, the limit is {max} stream(s) per user and you already own {owned}; \
+                 `!live detach <name>` one first."
+            )
+        })
+    }
+
     /// Owners of a stream and admins of its room may manage it.
     async fn may_manage(&self, m: &MappingRow, sender: &str) -> Result<bool, MatrixError> {
         if m.owner.as_deref() == Some(sender) {
@@ -452,6 +599,9 @@ impl Matrix {
     }
 
     async fn cmd_new(self: &Arc<Self>, room: &str, sender: &str, name: &str) -> CmdResult {
+        if let Some(msg) = self.over_quota(sender) {
+            return refuse(msg);
+        }
         if self.store.stream_exists(name).await? {
             return refuse(format!("The name '{name}' is taken; pick another."));
         }
@@ -506,6 +656,9 @@ impl Matrix {
         name: &str,
         slot: Option<String>,
     ) -> CmdResult {
+        if let Some(msg) = self.over_quota(sender) {
+            return refuse(msg);
+        }
         if slot.is_none() && !self.streams_of_room(room).is_empty() {
             let main = self.streams_of_room(room)[0].stream.clone();
             return refuse(format!(
@@ -635,7 +788,13 @@ impl Matrix {
         Ok(Ok(()))
     }
 
-    async fn cmd_status(&self, room: &str, in_dm: bool, name: Option<String>) -> CmdResult {
+    async fn cmd_status(
+        &self,
+        room: &str,
+        sender: &str,
+        in_dm: bool,
+        name: Option<String>,
+    ) -> CmdResult {
         let m = match self.resolve_stream(room, in_dm, name) {
             Ok(m) => m,
             Err(r) => return Ok(Err(r)),
@@ -644,6 +803,14 @@ impl Matrix {
             return refuse(format!("Stream '{}' is not loaded.", m.stream));
         };
         let snap = s.snapshot();
+        // In a DM any stream can be named: a private one only by who manages it
+        // (and answered as if it did not exist).
+        if in_dm && snap.access == Access::Private && !self.may_manage(&m, sender).await? {
+            return refuse(format!(
+                "There is no stream '{}' in a Matrix room.",
+                m.stream
+            ));
+        }
         let state = if snap.live {
             format!("🔴 live, {} viewer(s)", snap.viewers)
         } else {
@@ -751,9 +918,7 @@ impl Matrix {
                 }
                 ("m.room.member", Some(user)) => {
                     if let Some(n) = c["displayname"].as_str() {
-                        self.names
-                            .lock()
-                            .insert((room.to_string(), user.to_string()), n.to_string());
+                        self.remember_name(room, user, n);
                     }
                 }
                 _ => {}
@@ -821,11 +986,18 @@ impl Matrix {
 
     // --- alias queries: rooms on demand ----------------------------------------------------
 
-    /// `GET /_matrix/app/v1/rooms/{alias}`: creates the room of an alias in
-    /// roomcast's namespace on demand (as Cactus does). True when it exists now.
+    /// `GET /_matrix/app/v1/rooms/{alias}`: true when the alias is one of
+    /// roomcast's rooms. With `matrix.rooms_on_demand`, an unknown alias in
+    /// the namespace gets a new room and a new stream (as Cactus does), a few
+    /// a minute for the whole server; the bot's admins get power in it. A
+    /// name that is already a stream (e.g. from the config file) is never
+    /// attached this way: that would publish it in a public room.
     pub async fn query_alias(self: &Arc<Self>, alias: &str) -> Result<bool, MatrixError> {
         if self.store.room_by_alias(alias).await?.is_some() {
             return Ok(true);
+        }
+        if !self.cfg.rooms_on_demand {
+            return Ok(false);
         }
         let Some(name) = alias
             .strip_prefix('#')
@@ -837,13 +1009,32 @@ impl Matrix {
         if crate::config::validate_stream_name(name).is_err() {
             return Ok(false);
         }
-        if self.store.mapping(name).await?.is_some() {
+        if self.store.mapping(name).await?.is_some() || self.store.stream_exists(name).await? {
             return Ok(false);
+        }
+        if self.on_demand.lock().take("").is_err() {
+            let mut last = self.on_demand_warned.lock();
+            if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                *last = Some(std::time::Instant::now());
+                warn!(alias = %alias, "matrix: too many rooms on demand; alias lookups are refused for now (logged once a minute)");
+            }
+            return Ok(false);
+        }
+        let version = self.room_version.lock().clone().unwrap_or_default();
+        let mut users = serde_json::Map::new();
+        for admin in self.perms.admins() {
+            users.insert(admin, json!(100));
+        }
+        if !creators_privileged(&version) {
+            users.insert(self.bot.to_string(), json!(100));
         }
         let mut req = create_room::v3::Request::new();
         req.preset = Some(create_room::v3::RoomPreset::PublicChat);
         req.name = Some(name.to_string());
         req.room_alias_name = Some(format!("{}{name}", self.cfg.alias_prefix));
+        if !users.is_empty() {
+            req.power_level_content_override = Some(raw(&json!({ "users": users }))?);
+        }
         let new_room = match self.client.send(req, None).await {
             Ok(r) => r.room_id.to_string(),
             Err(e) if e.errcode() == Some("M_ROOM_IN_USE") => return Ok(true),
@@ -852,22 +1043,7 @@ impl Matrix {
         self.store
             .upsert_room(&new_room, Some(alias), Some(name))
             .await?;
-        if self.store.stream_exists(name).await? {
-            // An existing stream (e.g. from the config file) keeps its key.
-            self.store.map_stream(name, &new_room, None, None).await?;
-            let row = self.store.room(&new_room).await?;
-            let mapping = self.store.mapping(name).await?;
-            if let (Some(r), Some(m)) = (row, mapping) {
-                {
-                    let mut map = self.map.lock();
-                    map.rooms.insert(new_room.clone(), r.clone());
-                    map.streams.insert(name.to_string(), m.clone());
-                }
-                self.apply_room_to_stream(&r, &m);
-            }
-        } else {
-            self.create_stream(&new_room, name, None, None).await?;
-        }
+        self.create_stream(&new_room, name, None, None).await?;
         self.put_widgets(&new_room).await?;
         self.enqueue_state(name, false).await?;
         info!(room = %new_room, alias = %alias, "matrix: room created on demand for an alias");
@@ -897,36 +1073,105 @@ impl Matrix {
     }
 
     /// A user's power level in a room (creators of v12 rooms: unlimited) and
-    /// the power levels content.
+    /// the power levels content, read from the homeserver now (commands
+    /// decide on the current state; the answer refreshes the cache).
     pub(super) async fn power_of(
         &self,
         room: &str,
         user: &str,
     ) -> Result<(i64, Value), MatrixError> {
+        let p = self.fetch_power(room).await?;
+        Ok((p.level(user), p.pl()))
+    }
+
+    async fn fetch_power(&self, room: &str) -> Result<RoomPower, MatrixError> {
         let pl = self
             .state_event(room, "m.room.power_levels", "")
             .await?
             .map(|e| e["content"].clone())
             .unwrap_or_else(|| json!({}));
-        if let Some(create) = self.state_event(room, "m.room.create", "").await? {
-            let version = create["content"]["room_version"].as_str().unwrap_or("1");
-            let creator = create["sender"].as_str() == Some(user)
-                || create["content"]["additional_creators"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user)));
-            if creators_privileged(version) && creator {
-                return Ok((i64::MAX, pl));
-            }
+        let create = self
+            .state_event(room, "m.room.create", "")
+            .await?
+            .map(|e| create_info(e["sender"].as_str().unwrap_or(""), &e["content"]))
+            .unwrap_or_else(|| ("1".to_string(), Vec::new()));
+        let p = RoomPower {
+            pl: Some(pl),
+            create: Some(create),
+        };
+        let mut cache = self.power.lock();
+        if cache.len() >= MAX_POWER_CACHE {
+            cache.clear();
         }
-        let level = pl["users"][user]
-            .as_i64()
-            .or_else(|| pl["users_default"].as_i64())
-            .unwrap_or(0);
-        Ok((level, pl))
+        cache.insert(room.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// The room's power from the cache, fetched when not (fully) known.
+    async fn power_cached(&self, room: &str) -> Result<RoomPower, MatrixError> {
+        if let Some(p) = self.power.lock().get(room).filter(|p| p.complete()) {
+            return Ok(p.clone());
+        }
+        self.fetch_power(room).await
+    }
+
+    /// A power levels or create event from a transaction: kept for rooms
+    /// with streams and rooms already cached (others are fetched when needed).
+    fn note_power(&self, room: &str, mapped: bool, f: impl FnOnce(&mut RoomPower)) {
+        let mut cache = self.power.lock();
+        if let Some(p) = cache.get_mut(room) {
+            f(p);
+        } else if mapped {
+            if cache.len() >= MAX_POWER_CACHE {
+                cache.clear();
+            }
+            f(cache.entry(room.to_string()).or_default());
+        }
+    }
+
+    /// A redaction applies to the pages when its sender sent the message or
+    /// has the room's `redact` power (50 unless the power levels say otherwise).
+    async fn may_redact(
+        &self,
+        room: &str,
+        sender: &str,
+        target: &str,
+    ) -> Result<bool, MatrixError> {
+        let known = self.chat.lock().get(room).and_then(|q| {
+            q.iter()
+                .find(|m| m.id == target)
+                .map(|m| m.sender_id.clone())
+        });
+        let original = match known {
+            Some(s) => Some(s),
+            None => self.event_sender(room, target).await?,
+        };
+        if original.as_deref() == Some(sender) {
+            return Ok(true);
+        }
+        let p = self.power_cached(room).await?;
+        Ok(p.level(sender) >= p.needed("redact", 50))
+    }
+
+    /// The sender of an event (None when the homeserver does not show it).
+    async fn event_sender(&self, room: &str, event: &str) -> Result<Option<String>, MatrixError> {
+        let Ok(eid) = ruma::OwnedEventId::try_from(event) else {
+            return Ok(None);
+        };
+        let req = get_room_event::v3::Request::new(room_id(room)?, eid);
+        match self.client.send(req, None).await {
+            Ok(r) => Ok(r.event.get_field::<String>("sender").ok().flatten()),
+            Err(e) if e.is_transient() => Err(e.into()),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Admins may change room state: at least `state_default` (50 by default).
+    /// The bot's admins (`[matrix.permissions]`) are admins of every room.
     async fn is_admin(&self, room: &str, user: &str) -> Result<bool, MatrixError> {
+        if self.perms.level_of(user) == Level::Admin {
+            return Ok(true);
+        }
         let (level, pl) = self.power_of(room, user).await?;
         let needed = pl["state_default"].as_i64().unwrap_or(50).max(50);
         Ok(level >= needed)
@@ -1014,6 +1259,9 @@ impl Matrix {
 pub fn widget_id(stream: &str) -> String {
     format!("roomcast_{stream}")
 }
+
+/// The refusal for users `[matrix.permissions]` gives `none`.
+const NO_PERMISSION: &str = "Sorry, you can't use this bot on this server.";
 
 fn not_admin() -> &'static str {
     "Only room admins (power level 50 or more) can do that."

@@ -2,10 +2,7 @@
 //! timestamp unwrapping. Legacy FLV and Enhanced RTMP (`avc1`/`mp4a` FourCC)
 //! headers are understood; other codecs are reported, not parsed.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
-use rml_rtmp::rml_amf0::Amf0Value;
 use thiserror::Error;
 
 use super::h264;
@@ -560,7 +557,7 @@ pub fn parse_audio(body: &Bytes) -> Result<FlvAudio, FlvError> {
     }
 }
 
-/// Stream properties from `onMetaData` / `@setDataFrame`.
+/// Stream properties from `onMetaData` / `@setDataFrame` (read by the RTMP core).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Metadata {
     /// Video width in pixels.
@@ -575,59 +572,6 @@ pub struct Metadata {
     pub audiodatarate: Option<f64>,
     /// Encoder name, e.g. "obs-output module (libobs version 30.0.0)".
     pub encoder: Option<String>,
-}
-
-fn number(v: &Amf0Value) -> Option<f64> {
-    match v {
-        Amf0Value::Number(n) if n.is_finite() => Some(*n),
-        // Some encoders write numbers as strings.
-        Amf0Value::Utf8String(s) => s.trim().parse::<f64>().ok().filter(|n| n.is_finite()),
-        _ => None,
-    }
-}
-
-fn apply(meta: &mut Metadata, props: &HashMap<String, Amf0Value>) {
-    for (key, value) in props {
-        match key.as_str() {
-            "width" => meta.width = number(value).or(meta.width),
-            "height" => meta.height = number(value).or(meta.height),
-            "framerate" | "fps" => meta.framerate = number(value).or(meta.framerate),
-            "videodatarate" => meta.videodatarate = number(value).or(meta.videodatarate),
-            "audiodatarate" => meta.audiodatarate = number(value).or(meta.audiodatarate),
-            "encoder" => {
-                if let Amf0Value::Utf8String(s) = value {
-                    meta.encoder = Some(s.clone());
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Extract metadata from a script data payload (`["@setDataFrame", "onMetaData",
-/// {…}]` or `["onMetaData", {…}]`); objects and ECMA arrays are both read.
-pub fn parse_metadata(values: &[Amf0Value]) -> Metadata {
-    let mut meta = Metadata::default();
-    for v in values {
-        if let Amf0Value::Object(props) = v {
-            apply(&mut meta, props);
-        }
-    }
-    meta
-}
-
-impl From<&rml_rtmp::sessions::StreamMetadata> for Metadata {
-    /// Convert rml_rtmp's already-parsed metadata (`StreamMetadataChanged`).
-    fn from(m: &rml_rtmp::sessions::StreamMetadata) -> Self {
-        Metadata {
-            width: m.video_width.map(f64::from),
-            height: m.video_height.map(f64::from),
-            framerate: m.video_frame_rate.map(f64::from),
-            videodatarate: m.video_bitrate_kbps.map(f64::from),
-            audiodatarate: m.audio_bitrate_kbps.map(f64::from),
-            encoder: m.encoder.clone(),
-        }
-    }
 }
 
 /// Extends 32-bit RTMP millisecond timestamps (which wrap after ~49.7 days)
@@ -960,46 +904,6 @@ pub(crate) mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn metadata_from_set_data_frame() {
-        let mut props = HashMap::new();
-        props.insert("width".to_string(), Amf0Value::Number(1920.0));
-        props.insert("height".to_string(), Amf0Value::Number(1080.0));
-        props.insert("framerate".to_string(), Amf0Value::Number(60.0));
-        props.insert("videodatarate".to_string(), Amf0Value::Number(6000.0));
-        props.insert(
-            "audiodatarate".to_string(),
-            Amf0Value::Utf8String("160".into()),
-        );
-        props.insert(
-            "encoder".to_string(),
-            Amf0Value::Utf8String("obs-output module".into()),
-        );
-        props.insert("stereo".to_string(), Amf0Value::Boolean(true));
-        let values = vec![
-            Amf0Value::Utf8String("@setDataFrame".into()),
-            Amf0Value::Utf8String("onMetaData".into()),
-            Amf0Value::Object(props),
-        ];
-        let m = parse_metadata(&values);
-        assert_eq!(m.width, Some(1920.0));
-        assert_eq!(m.height, Some(1080.0));
-        assert_eq!(m.framerate, Some(60.0));
-        assert_eq!(m.videodatarate, Some(6000.0));
-        assert_eq!(m.audiodatarate, Some(160.0));
-        assert_eq!(m.encoder.as_deref(), Some("obs-output module"));
-        assert_eq!(parse_metadata(&[Amf0Value::Null]), Metadata::default());
-
-        let mut sm = rml_rtmp::sessions::StreamMetadata::new();
-        sm.video_width = Some(1280);
-        sm.video_frame_rate = Some(30.0);
-        let m = Metadata::from(&sm);
-        assert_eq!(
-            (m.width, m.framerate, m.height),
-            (Some(1280.0), Some(30.0), None)
-        );
     }
 
     #[test]

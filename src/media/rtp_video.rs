@@ -404,6 +404,13 @@ pub enum Assembled {
     /// Packets were lost for good: frames are dropped until the next keyframe,
     /// which the publisher should be asked for.
     NeedKeyframe,
+    /// The frame being assembled grew past the byte cap (a publisher that
+    /// never sets the marker bit, or a hostile one): it was dropped, and the
+    /// publisher should be too.
+    TooLarge {
+        bytes: usize,
+        max: usize,
+    },
 }
 
 /// How long a missing packet is waited for (a NACK and its retransmission)
@@ -422,6 +429,7 @@ struct Building {
     time: u64,
     clean_start: bool,
     keyframe: bool,
+    bytes: usize,
     payloads: Vec<Arc<[u8]>>,
 }
 
@@ -436,11 +444,21 @@ pub struct FrameAssembler {
     current: Option<Building>,
     waiting_keyframe: bool,
     gap_since: Option<Instant>,
+    /// A frame may not grow past this many payload bytes.
+    max_frame_bytes: usize,
 }
 
 impl FrameAssembler {
+    /// An assembler with the default frame cap (`limits.max_frame_bytes`).
     pub fn new(codec: VideoCodec) -> Self {
+        Self::with_max_frame_bytes(codec, crate::config::DEFAULT_MAX_FRAME_BYTES)
+    }
+
+    /// An assembler that gives up on a frame larger than `max_frame_bytes`
+    /// ([`Assembled::TooLarge`]).
+    pub fn with_max_frame_bytes(codec: VideoCodec, max_frame_bytes: usize) -> Self {
         FrameAssembler {
+            max_frame_bytes,
             codec,
             pending: BTreeMap::new(),
             next_seq: None,
@@ -544,10 +562,22 @@ impl FrameAssembler {
             time: p.time,
             clean_start: starts_frame(codec, &p.payload),
             keyframe: false,
+            bytes: 0,
             payloads: Vec::new(),
         });
         if !cur.keyframe && is_keyframe(codec, &p.payload) {
             cur.keyframe = true;
+        }
+        cur.bytes += p.payload.len();
+        if cur.bytes > self.max_frame_bytes {
+            let bytes = cur.bytes;
+            self.current = None;
+            self.waiting_keyframe = true;
+            out.push(Assembled::TooLarge {
+                bytes,
+                max: self.max_frame_bytes,
+            });
+            return;
         }
         cur.payloads.push(p.payload);
         if p.marker {
@@ -740,7 +770,7 @@ mod tests {
         out.iter()
             .filter_map(|o| match o {
                 Assembled::Frame(f) => Some((f.rtp_time, f.keyframe, f.payloads.len())),
-                Assembled::NeedKeyframe => None,
+                Assembled::NeedKeyframe | Assembled::TooLarge { .. } => None,
             })
             .collect()
     }
@@ -828,5 +858,42 @@ mod tests {
         out.clear();
         fa.push(3, 10, false, cont, t0, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_frame_that_never_ends_is_capped() {
+        // A publisher that never sets the marker bit nor changes the timestamp.
+        let mut fa = FrameAssembler::with_max_frame_bytes(VideoCodec::Vp8, 10_000);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let key = a(&[0x10, 0x00, 0, 0, 0x9d, 0x01, 0x2a, 0, 0, 0, 0]);
+        fa.push(1, 0, false, key, now, &mut out);
+        let chunk = a(&[0u8; 1000]);
+        let mut seq = 2;
+        while out.is_empty() {
+            fa.push(seq, 0, false, chunk.clone(), now, &mut out);
+            seq += 1;
+            assert!(seq < 20, "the cap must trip after ~10 packets");
+        }
+        assert!(matches!(
+            out[..],
+            [Assembled::TooLarge {
+                bytes: 10_011,
+                max: 10_000
+            }]
+        ));
+        // Nothing is held any more, and what follows waits for a keyframe.
+        assert!(fa.current.is_none());
+        assert!(fa.waiting_for_keyframe());
+        out.clear();
+        fa.push(seq, 0, true, chunk.clone(), now, &mut out);
+        assert!(out.is_empty());
+        // A frame under the cap still passes.
+        let key = a(&[0x10, 0x00, 0, 0, 0x9d, 0x01, 0x2a, 0, 0, 0, 0]);
+        fa.push(seq + 1, 9000, false, key, now, &mut out);
+        fa.push(seq + 2, 9000, true, chunk, now, &mut out);
+        assert!(
+            matches!(out[..], [Assembled::Frame(ref f)] if f.keyframe && f.payloads.len() == 2)
+        );
     }
 }

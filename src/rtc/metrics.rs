@@ -19,6 +19,12 @@ pub struct ShardMetrics {
     pub datagrams: AtomicU64,
     /// Times a viewer that could not keep up was skipped ahead to a keyframe.
     pub laggard_skips: AtomicU64,
+    /// Media or network input dropped because the shard's queue was full.
+    pub queue_drops: AtomicU64,
+    /// Sessions ended by a panic while handling their input.
+    pub session_panics: AtomicU64,
+    /// Times the worker's loop panicked and was restarted.
+    pub restarts: AtomicU64,
     /// Counts per bucket, then one for everything above the last bound.
     transit: [AtomicU64; BUCKETS_US.len() + 1],
     transit_sum_us: AtomicU64,
@@ -62,6 +68,21 @@ impl EngineMetrics {
                 "roomcast_webrtc_datagrams_sent_total",
                 "Datagrams (RTP, RTCP, STUN, DTLS) sent to peers.",
                 self.sum(|s| &s.datagrams),
+            ),
+            (
+                "roomcast_webrtc_queue_drops_total",
+                "Frames or datagrams dropped because a worker's queue was full.",
+                self.sum(|s| &s.queue_drops),
+            ),
+            (
+                "roomcast_webrtc_session_panics_total",
+                "WebRTC sessions ended by a panic while handling their input.",
+                self.sum(|s| &s.session_panics),
+            ),
+            (
+                "roomcast_webrtc_worker_restarts_total",
+                "Times a WebRTC worker's loop panicked and was restarted.",
+                self.sum(|s| &s.restarts),
             ),
         ];
         for (name, help, v) in counters {

@@ -6,6 +6,8 @@ mod net;
 mod publish;
 pub mod sdp;
 mod shard;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -15,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use parking_lot::Mutex;
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
@@ -27,10 +29,11 @@ use tracing::info;
 use crate::config::WebrtcConfig;
 use crate::hub::{FrameSink, Hub, IngestProtocol, Stream};
 use crate::media::rtp_video::VideoCodec;
+pub use net::IceTcp;
 use net::{Demux, NetOut, Route, TcpConns};
 pub use publish::NewPublisher;
 use publish::VideoTrack;
-use shard::{NewPeer, Registry, Shard, ShardMsg, ShardSink};
+use shard::{NewPeer, Registry, Shard, ShardMsg, ShardSink, ShardTx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewerError {
@@ -71,6 +74,18 @@ pub enum PublishError {
     NothingToSend,
     #[error("WebRTC negotiation failed: {0}")]
     Negotiation(String),
+}
+
+impl From<sdp::OfferError> for ViewerError {
+    fn from(e: sdp::OfferError) -> Self {
+        ViewerError::BadOffer(e.to_string())
+    }
+}
+
+impl From<sdp::OfferError> for PublishError {
+    fn from(e: sdp::OfferError) -> Self {
+        PublishError::BadOffer(e.to_string())
+    }
 }
 
 pub struct Answer {
@@ -118,16 +133,23 @@ struct PendingViewer {
     created: Instant,
 }
 
-/// Offers not answered within this time are forgotten.
-const PENDING_OFFER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Every worker is dead (they panicked over and over): nothing can be placed.
+const NO_WORKER: &str = "no WebRTC worker is available; try again later";
+
+/// Offers not answered within this time are forgotten. A player answers
+/// at once (OvenPlayer: within a second); an unanswered offer holds an `Rtc`
+/// and a place under the viewer caps.
+const PENDING_OFFER_TTL: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub struct Bound {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    /// The ICE-TCP listener; ends after shutdown once its connections are gone.
+    pub tcp_task: tokio::task::JoinHandle<()>,
 }
 
 pub struct Engine {
-    shards: Vec<crossbeam_channel::Sender<ShardMsg>>,
+    shards: Vec<ShardTx>,
     demux: Arc<Demux>,
     candidates: Vec<Candidate>,
     tcp_force: bool,
@@ -138,12 +160,19 @@ pub struct Engine {
     next_id: AtomicU64,
     next_shard: AtomicUsize,
     pub metrics: metrics::EngineMetrics,
+    ice_tcp: Arc<IceTcp>,
 }
 
 impl Engine {
     /// Binds the sockets and starts the worker threads.
-    pub async fn start(cfg: &WebrtcConfig) -> anyhow::Result<(Arc<Engine>, Bound)> {
+    /// ICE-TCP is served through the shared listener core with `limits` until `shutdown`.
+    pub async fn start(
+        cfg: &WebrtcConfig,
+        limits: crate::listener::Limits,
+        shutdown: crate::listener::Shutdown,
+    ) -> anyhow::Result<(Arc<Engine>, Bound)> {
         str0m::crypto::from_feature_flags().install_process_default();
+        shard::throttle_worker_panic_output();
         let cert = str0m::crypto::from_feature_flags()
             .dtls_provider
             .generate_certificate()
@@ -153,7 +182,7 @@ impl Engine {
             UdpSocket::bind(cfg.udp).with_context(|| format!("binding webrtc.udp {}", cfg.udp))?;
         let udp_addr = udp.local_addr()?;
         let udp = Arc::new(udp);
-        let tcp = tokio::net::TcpListener::bind(cfg.tcp)
+        let tcp = crate::listener::bind(cfg.tcp)
             .await
             .with_context(|| format!("binding webrtc.tcp {}", cfg.tcp))?;
         let tcp_addr = tcp.local_addr()?;
@@ -195,7 +224,7 @@ impl Engine {
         for index in 0..workers {
             let shard_metrics = Arc::new(metrics::ShardMetrics::default());
             engine_metrics.shards.push(shard_metrics.clone());
-            let (tx, rx) = crossbeam_channel::unbounded();
+            let (tx, rx) = shard::shard_queues(shard_metrics.clone(), shard::DATA_QUEUE);
             let sink: Arc<dyn FrameSink> = Arc::new(ShardSink { tx: tx.clone() });
             let shard = Shard {
                 index,
@@ -221,12 +250,17 @@ impl Engine {
                 .name("rtc-udp-rx".into())
                 .spawn(move || net::run_udp_receiver(udp, udp_local, demux, senders))?;
         }
-        tokio::spawn(net::run_tcp_listener(
+        let ice_tcp = Arc::new(IceTcp {
+            local: tcp_local,
+            demux: demux.clone(),
+            conns: tcp_conns,
+            shards: senders.clone(),
+        });
+        let tcp_task = tokio::spawn(net::run_tcp_listener(
             tcp,
-            tcp_local,
-            demux.clone(),
-            tcp_conns,
-            senders.clone(),
+            ice_tcp.clone(),
+            limits,
+            shutdown,
         ));
         info!(
             workers,
@@ -246,12 +280,14 @@ impl Engine {
             next_id: AtomicU64::new(1),
             next_shard: AtomicUsize::new(0),
             metrics: engine_metrics,
+            ice_tcp,
         };
         Ok((
             Arc::new(engine),
             Bound {
                 udp: udp_addr,
                 tcp: tcp_addr,
+                tcp_task,
             },
         ))
     }
@@ -269,10 +305,22 @@ impl Engine {
         offer: &str,
         opts: SessionOpts,
     ) -> Result<Answer, ViewerError> {
-        let summary =
-            sdp::summarize_offer(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
-        let parsed =
-            SdpOffer::from_sdp_string(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
+        let offer = sdp::parse_offer(offer).map_err(|e| ViewerError::BadOffer(e.to_string()))?;
+        self.add_viewer_parsed(stream, offer, opts)
+    }
+
+    /// [`Engine::add_viewer_with`] for an offer parsed beforehand with
+    /// [`sdp::parse_offer`] (outside any shared lock: parsing is the costly part).
+    pub fn add_viewer_parsed(
+        &self,
+        stream: &Arc<Stream>,
+        offer: sdp::ParsedOffer,
+        opts: SessionOpts,
+    ) -> Result<Answer, ViewerError> {
+        let sdp::ParsedOffer {
+            summary,
+            sdp: parsed,
+        } = offer;
         let media = stream.media_info();
         let stream_video = stream_video(&media);
         let sends = sends_description(&stream_video, media.audio.is_some());
@@ -342,7 +390,7 @@ impl Engine {
             return Err(ViewerError::NothingToReceive);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.hand_viewer(id, rtc, stream, video, audio, opts);
+        self.hand_viewer(id, rtc, stream, video, audio, opts)?;
         Ok(Answer {
             id,
             sdp: answer.to_sdp_string(),
@@ -372,20 +420,28 @@ impl Engine {
         video: Option<(Mid, Pt, VideoCodec)>,
         audio: Option<(Mid, Pt)>,
         opts: SessionOpts,
-    ) {
+    ) -> Result<(), ViewerError> {
         let mut rtc = rtc;
-        let (shard, ufrag) = self.place(&mut rtc, &self.registry, stream, id);
-        let _ = self.shards[shard].send(ShardMsg::Add(Box::new(NewPeer {
+        let (shard, ufrag) = self
+            .place(&mut rtc, &self.registry, stream, id)
+            .ok_or(ViewerError::Negotiation(NO_WORKER.into()))?;
+        let sent = self.shards[shard].control(ShardMsg::Add(Box::new(NewPeer {
             id,
             rtc,
             stream: stream.clone(),
-            ufrag,
+            ufrag: ufrag.clone(),
             video: video.map(|(mid, pt, _)| (mid, pt)),
             video_codec: video.map(|(_, _, c)| c.name()),
             audio,
             expires_at: opts.expires_at,
             guard: opts.guard,
         })));
+        if !sent {
+            // The worker died between placement and now.
+            self.unplace(&self.registry, &ufrag, id);
+            return Err(ViewerError::Negotiation(NO_WORKER.into()));
+        }
+        Ok(())
     }
 
     /// Makes an offer for a viewer of `stream` (OvenPlayer's signalling has the
@@ -482,6 +538,8 @@ impl Engine {
             .lock()
             .remove(&id)
             .ok_or(ViewerError::NoPendingOffer(id))?;
+        // The same caps as an offer, before str0m reads it.
+        sdp::summarize_offer(answer).map_err(|e| ViewerError::BadAnswer(e.to_string()))?;
         let parsed = SdpAnswer::from_sdp_string(answer)
             .map_err(|e| ViewerError::BadAnswer(e.to_string()))?;
         let PendingViewer {
@@ -509,8 +567,7 @@ impl Engine {
             return Err(ViewerError::NothingToReceive);
         }
         // The viewer keeps the offer's id.
-        self.hand_viewer(id, rtc, &stream, video, audio, opts);
-        Ok(())
+        self.hand_viewer(id, rtc, &stream, video, audio, opts)
     }
 
     /// Forgets an unanswered offer.
@@ -551,10 +608,24 @@ impl Engine {
         offer: &str,
         opts: SessionOpts,
     ) -> Result<Answer, PublishError> {
-        let summary =
-            sdp::summarize_offer(offer).map_err(|e| PublishError::BadOffer(e.to_string()))?;
-        let parsed =
-            SdpOffer::from_sdp_string(offer).map_err(|e| PublishError::BadOffer(e.to_string()))?;
+        let offer = sdp::parse_offer(offer).map_err(|e| PublishError::BadOffer(e.to_string()))?;
+        self.add_publisher_parsed(hub, stream, protocol, offer, opts)
+    }
+
+    /// [`Engine::add_publisher`] for an offer parsed beforehand with
+    /// [`sdp::parse_offer`].
+    pub fn add_publisher_parsed(
+        &self,
+        hub: &Arc<Hub>,
+        stream: &Arc<Stream>,
+        protocol: IngestProtocol,
+        offer: sdp::ParsedOffer,
+        opts: SessionOpts,
+    ) -> Result<Answer, PublishError> {
+        let sdp::ParsedOffer {
+            summary,
+            sdp: parsed,
+        } = offer;
         let video = if summary.has_video && summary.sends(true) {
             sdp::choose_publisher_video(&summary).cloned()
         } else {
@@ -631,19 +702,25 @@ impl Engine {
             return Err(PublishError::NothingToSend);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (shard, ufrag) = self.place(&mut rtc, &self.publishers, stream, id);
-        let _ = self.shards[shard].send(ShardMsg::AddPublisher(Box::new(NewPublisher {
+        let (shard, ufrag) = self
+            .place(&mut rtc, &self.publishers, stream, id)
+            .ok_or(PublishError::Negotiation(NO_WORKER.into()))?;
+        let sent = self.shards[shard].control(ShardMsg::AddPublisher(Box::new(NewPublisher {
             id,
             rtc,
             hub: hub.clone(),
             stream: stream.clone(),
             protocol,
-            ufrag,
+            ufrag: ufrag.clone(),
             video,
             audio,
             expires_at: opts.expires_at,
             guard: opts.guard,
         })));
+        if !sent {
+            self.unplace(&self.publishers, &ufrag, id);
+            return Err(PublishError::Negotiation(NO_WORKER.into()));
+        }
         Ok(Answer {
             id,
             sdp: answer.to_sdp_string(),
@@ -655,8 +732,7 @@ impl Engine {
         let Some(shard) = shard_of(&self.publishers, stream, id) else {
             return false;
         };
-        let _ = self.shards[shard].send(ShardMsg::RemovePublisher(id));
-        true
+        self.shards[shard].control(ShardMsg::RemovePublisher(id))
     }
 
     pub fn has_publisher(&self, stream: &str, id: u64) -> bool {
@@ -668,8 +744,7 @@ impl Engine {
         let Some(shard) = shard_of(&self.registry, stream, id) else {
             return false;
         };
-        let _ = self.shards[shard].send(ShardMsg::Remove(id));
-        true
+        self.shards[shard].control(ShardMsg::Remove(id))
     }
 
     pub fn has_viewer(&self, stream: &str, id: u64) -> bool {
@@ -679,6 +754,7 @@ impl Engine {
     /// Viewer sessions in total and of `stream` (negotiated ones included, so
     /// admission control counts a viewer from its first moment).
     pub fn viewer_counts(&self, stream: &str) -> (usize, usize) {
+        self.expire_pending();
         let reg = self.registry.lock();
         let pending = self.pending.lock();
         let of_stream = reg.values().filter(|(_, s)| s == stream).count()
@@ -686,8 +762,48 @@ impl Engine {
         (reg.len() + pending.len(), of_stream)
     }
 
+    /// Ends every viewer and publisher session (shutdown); their shards
+    /// disconnect them. Returns how many there were.
+    pub fn close_all(&self) -> usize {
+        let mut n = 0;
+        for (reg, viewers) in [(&self.registry, true), (&self.publishers, false)] {
+            let sessions: Vec<(u64, usize)> = reg
+                .lock()
+                .iter()
+                .map(|(id, (shard, _))| (*id, *shard))
+                .collect();
+            n += sessions.len();
+            for (id, shard) in sessions {
+                let msg = if viewers {
+                    ShardMsg::Remove(id)
+                } else {
+                    ShardMsg::RemovePublisher(id)
+                };
+                self.shards[shard].control(msg);
+            }
+        }
+        self.pending.lock().clear();
+        n
+    }
+
+    /// Viewer and publisher sessions still registered.
+    pub fn session_count(&self) -> usize {
+        self.registry.lock().len() + self.publishers.lock().len()
+    }
+
     pub fn uses_protocol(&self, proto: Protocol) -> bool {
         self.candidates.iter().any(|c| c.proto() == proto)
+    }
+
+    /// The ICE-TCP connection handler, for an accept loop to call with
+    /// each accepted `(TcpStream, peer)`.
+    pub fn ice_tcp(&self) -> Arc<IceTcp> {
+        self.ice_tcp.clone()
+    }
+
+    /// Workers able to take sessions.
+    pub fn live_workers(&self) -> usize {
+        self.shards.iter().filter(|s| s.is_alive()).count()
     }
 }
 
@@ -791,20 +907,32 @@ fn sends_description(video: &Option<sdp::StreamVideo>, audio: bool) -> String {
 }
 
 impl Engine {
-    /// Picks a shard for a new session and routes its ICE username there. Done
-    /// before answering: the first STUN check may follow the answer at once.
+    /// Picks a live shard for a new session (round robin, skipping dead
+    /// ones) and routes its ICE username there. Done before answering: the
+    /// first STUN check may follow the answer at once. None if every
+    /// worker is dead.
     fn place(
         &self,
         rtc: &mut Rtc,
         registry: &Registry,
         stream: &Stream,
         id: u64,
-    ) -> (usize, String) {
-        let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-        self.demux.add_ufrag(&ufrag, Route { shard, peer: id });
+    ) -> Option<(usize, String)> {
+        let n = self.shards.len();
+        let start = self.next_shard.fetch_add(1, Ordering::Relaxed);
+        let shard = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.shards[i].is_alive())?;
+        let creds = rtc.direct_api().local_ice_credentials();
+        self.demux
+            .add_ufrag(&creds.ufrag, &creds.pass, Route { shard, peer: id });
         registry.lock().insert(id, (shard, stream.name.clone()));
-        (shard, ufrag)
+        Some((shard, creds.ufrag))
+    }
+
+    fn unplace(&self, registry: &Registry, ufrag: &str, id: u64) {
+        self.demux.remove(ufrag, &[]);
+        registry.lock().remove(&id);
     }
 }
 

@@ -8,16 +8,27 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use aws_lc_rs::hmac;
 use parking_lot::RwLock;
 use str0m::net::{Protocol, Transmit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::shard::ShardMsg;
+use super::shard::{ShardMsg, ShardTx};
+use crate::hub::throttle::Throttle;
+use crate::listener::{Conn, Limits, Shutdown};
+
+/// ICE-TCP connections refused (no valid first check) logged at most this often.
+static TCP_REFUSED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+
+/// An ICE-TCP connection must deliver its first complete frame (a signed STUN
+/// check) within this time.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Packets queued for one TCP peer before new ones are dropped (as UDP would).
 const TCP_QUEUE: usize = 1024;
@@ -34,52 +45,110 @@ pub struct Route {
 #[derive(Default)]
 pub struct Demux {
     by_addr: RwLock<HashMap<(Protocol, SocketAddr), Route>>,
-    by_ufrag: RwLock<HashMap<String, Route>>,
+    /// Our ICE ufrag → the session, and our ICE password (the STUN key).
+    by_ufrag: RwLock<HashMap<String, (Route, String)>>,
 }
 
 impl Demux {
-    pub fn add_ufrag(&self, ufrag: &str, route: Route) {
-        self.by_ufrag.write().insert(ufrag.to_string(), route);
+    /// Routes STUN checks for `ufrag` to `route`; `pwd` is the session's
+    /// local ICE password, which signs the checks the peer sends.
+    pub fn add_ufrag(&self, ufrag: &str, pwd: &str, route: Route) {
+        self.by_ufrag
+            .write()
+            .insert(ufrag.to_string(), (route, pwd.to_string()));
     }
 
     /// Forgets a peer: its ufrag and every address it used.
     pub fn remove(&self, ufrag: &str, addrs: &[(Protocol, SocketAddr)]) {
         self.by_ufrag.write().remove(ufrag);
+        self.forget(addrs);
+    }
+
+    /// Forgets addresses (a session's, or one over its cap).
+    pub fn forget(&self, addrs: &[(Protocol, SocketAddr)]) {
+        if addrs.is_empty() {
+            return;
+        }
         let mut by_addr = self.by_addr.write();
         for a in addrs {
             by_addr.remove(a);
         }
     }
 
-    /// Finds the peer a packet belongs to, learning new addresses from STUN.
-    /// Returns whether the address was new, so the shard can remember it.
+    /// Finds the peer a packet belongs to. A new address is learned only
+    /// from a STUN check that names a session's ufrag *and* carries a valid
+    /// MESSAGE-INTEGRITY for its password: a forged check cannot steer a
+    /// session's packets. Returns whether the address was new, so the
+    /// shard can remember it.
     pub fn route(&self, proto: Protocol, source: SocketAddr, data: &[u8]) -> Option<(Route, bool)> {
         if let Some(r) = self.by_addr.read().get(&(proto, source)) {
             return Some((*r, false));
         }
-        let ufrag = stun_local_ufrag(data)?;
-        let route = *self.by_ufrag.read().get(ufrag)?;
+        let check = stun_check(data)?;
+        let route = {
+            let by_ufrag = self.by_ufrag.read();
+            let (route, pwd) = by_ufrag.get(check.ufrag)?;
+            if !check.signed_by(data, pwd) {
+                return None;
+            }
+            *route
+        };
         self.by_addr.write().insert((proto, source), route);
         Some((route, true))
     }
 }
 
-/// The local part of the USERNAME attribute of a STUN binding request.
-fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
+/// A STUN message's local ufrag and where its MESSAGE-INTEGRITY is.
+struct StunCheck<'a> {
+    ufrag: &'a str,
+    /// Offset of the MESSAGE-INTEGRITY attribute's header in the message.
+    integrity_at: usize,
+    integrity: &'a [u8],
+}
+
+impl StunCheck<'_> {
+    /// RFC 5389 §15.4: HMAC-SHA1 keyed with the password over the message up
+    /// to the attribute, the header's length covering the attribute.
+    fn signed_by(&self, data: &[u8], pwd: &str) -> bool {
+        let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, pwd.as_bytes());
+        let mut ctx = hmac::Context::with_key(&key);
+        let len = (self.integrity_at + 24 - 20) as u16;
+        ctx.update(&data[..2]);
+        ctx.update(&len.to_be_bytes());
+        ctx.update(&data[4..self.integrity_at]);
+        let tag = ctx.sign();
+        bool::from(tag.as_ref().ct_eq(self.integrity))
+    }
+}
+
+/// Reads a STUN message's USERNAME (the local part: `<ours>:<theirs>`) and
+/// MESSAGE-INTEGRITY; None if it is not STUN or lacks either.
+fn stun_check(data: &[u8]) -> Option<StunCheck<'_>> {
     // STUN: first two bits zero, magic cookie at 4..8 (RFC 5389 §6).
     if data.len() < 20 || data[0] & 0xc0 != 0 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
         return None;
     }
     let len = u16::from_be_bytes([data[2], data[3]]) as usize;
     let body = data.get(20..20 + len)?;
+    let mut ufrag = None;
     let mut i = 0;
     while i + 4 <= body.len() {
         let typ = u16::from_be_bytes([body[i], body[i + 1]]);
         let alen = u16::from_be_bytes([body[i + 2], body[i + 3]]) as usize;
         let value = body.get(i + 4..i + 4 + alen)?;
-        if typ == 0x0006 {
-            let username = std::str::from_utf8(value).ok()?;
-            return username.split(':').next();
+        match typ {
+            0x0006 => {
+                let username = std::str::from_utf8(value).ok()?;
+                ufrag = username.split(':').next();
+            }
+            0x0008 if alen == 20 => {
+                return Some(StunCheck {
+                    ufrag: ufrag?,
+                    integrity_at: 20 + i,
+                    integrity: value,
+                });
+            }
+            _ => {}
         }
         i += 4 + alen.div_ceil(4) * 4;
     }
@@ -90,6 +159,18 @@ fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
 #[derive(Default)]
 pub struct TcpConns {
     conns: RwLock<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+}
+
+impl TcpConns {
+    fn close(&self, addrs: &[(Protocol, SocketAddr)]) {
+        if !addrs.iter().any(|(p, _)| *p == Protocol::Tcp) {
+            return;
+        }
+        let mut conns = self.conns.write();
+        for (_, a) in addrs.iter().filter(|(p, _)| *p == Protocol::Tcp) {
+            conns.remove(a);
+        }
+    }
 }
 
 /// GSO batches stay under the 64 KiB limit of one UDP send.
@@ -198,6 +279,12 @@ impl NetOut {
         batch.closed = false;
     }
 
+    /// Closes the ICE-TCP connections among a finished session's addresses:
+    /// dropping the sender ends the writer, which ends the connection.
+    pub fn close_tcp(&self, addrs: &[(Protocol, SocketAddr)]) {
+        self.tcp.close(addrs);
+    }
+
     fn send_tcp(&self, t: Transmit) -> bool {
         let conns = self.tcp.conns.read();
         match conns.get(&t.destination) {
@@ -215,7 +302,7 @@ pub fn run_udp_receiver(
     socket: Arc<UdpSocket>,
     local: SocketAddr,
     demux: Arc<Demux>,
-    shards: Vec<crossbeam_channel::Sender<ShardMsg>>,
+    shards: Vec<ShardTx>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -240,152 +327,339 @@ pub fn run_udp_receiver(
             at: Instant::now(),
             new_addr: new,
         };
-        let _ = shards[route.shard].send(msg);
+        shards[route.shard].data(msg);
     }
 }
 
-/// Accepts ICE-TCP connections and reads RFC 4571 frames from each.
+/// Serves ICE-TCP connections (RFC 4571 framing), one call per connection.
+/// The accept loop (with its caps and timeouts) is the caller's.
+pub struct IceTcp {
+    pub(super) local: SocketAddr,
+    pub(super) demux: Arc<Demux>,
+    pub(super) conns: Arc<TcpConns>,
+    pub(super) shards: Vec<ShardTx>,
+}
+
+impl IceTcp {
+    /// Serves one accepted connection until it or its session ends. The
+    /// first frame must be a STUN check signed for a live session, or the
+    /// connection is closed before anything is allocated for it.
+    pub async fn serve<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        if let Err(e) = self.serve_inner(stream, peer).await {
+            debug!(%peer, error = %e, "ice-tcp connection closed");
+        }
+    }
+
+    async fn serve_inner<S>(&self, stream: S, peer: SocketAddr) -> std::io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut len_buf = [0u8; 2];
+        // A connection that starts a frame and stalls holds nothing for long.
+        let mut data = tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame(&mut rd, &mut len_buf))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no complete first frame")
+            })??;
+        let Some((route, new)) = data
+            .as_deref()
+            .and_then(|d| self.demux.route(Protocol::Tcp, peer, d))
+        else {
+            if let Some(suppressed) = TCP_REFUSED_LOG.allow() {
+                info!(%peer, suppressed, "ice-tcp connection without a valid STUN check for a known session, closing");
+            }
+            return Ok(());
+        };
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+        // Weak: closing the session (dropping the map's sender) must end the writer.
+        let ours = tx.downgrade();
+        self.conns.conns.write().insert(peer, tx);
+        let _forget = Forget {
+            conns: &self.conns,
+            peer,
+            ours,
+        };
+        let mut writer = tokio::spawn(async move {
+            let mut out = Vec::with_capacity(MAX_DATAGRAM + 2);
+            // Ends when the session ends (its sender is dropped) or on error.
+            while let Some(pkt) = rx.recv().await {
+                let Ok(len) = u16::try_from(pkt.len()) else {
+                    continue;
+                };
+                out.clear();
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&pkt);
+                if wr.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let mut route = Some((route, new));
+        let result = loop {
+            if let (Some((r, new)), Some(d)) = (route, data.take()) {
+                self.shards[r.shard].data(ShardMsg::Net {
+                    peer: r.peer,
+                    proto: Protocol::Tcp,
+                    source: peer,
+                    destination: self.local,
+                    data: d,
+                    at: Instant::now(),
+                    new_addr: new,
+                });
+            }
+            let frame = tokio::select! {
+                f = read_frame(&mut rd, &mut len_buf) => f,
+                // The session ended: the connection goes with it.
+                _ = &mut writer => break Ok(()),
+            };
+            data = match frame {
+                Ok(d) => d,
+                Err(e) => break Err(e),
+            };
+            let Some(d) = data.as_deref() else {
+                break Ok(()); // not WebRTC
+            };
+            // Unroutable frames (the session is gone) are dropped.
+            route = self.demux.route(Protocol::Tcp, peer, d);
+        };
+        writer.abort();
+        result
+    }
+}
+
+/// Forgets a connection's sender when its handler ends or is dropped (timeout,
+/// shutdown), unless the address was reused by a newer connection meanwhile;
+/// the writer task ends once its sender is gone.
+struct Forget<'a> {
+    conns: &'a TcpConns,
+    peer: SocketAddr,
+    ours: mpsc::WeakSender<Vec<u8>>,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        let mut conns = self.conns.conns.write();
+        if conns
+            .get(&self.peer)
+            .is_some_and(|t| self.ours.upgrade().is_some_and(|o| o.same_channel(t)))
+        {
+            conns.remove(&self.peer);
+        }
+    }
+}
+
+/// Reads one RFC 4571 frame; `Ok(None)` for one longer than a datagram.
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    len_buf: &mut [u8; 2],
+) -> std::io::Result<Option<Vec<u8>>> {
+    rd.read_exact(len_buf).await?;
+    let len = u16::from_be_bytes(*len_buf) as usize;
+    if len > MAX_DATAGRAM {
+        return Ok(None);
+    }
+    let mut data = vec![0u8; len];
+    rd.read_exact(&mut data).await?;
+    Ok(Some(data))
+}
+
+/// Accepts ICE-TCP connections through the shared listener core (caps,
+/// timeouts) and serves each with [`IceTcp::serve`], until `shutdown`.
 pub async fn run_tcp_listener(
     listener: TcpListener,
-    local: SocketAddr,
-    demux: Arc<Demux>,
-    conns: Arc<TcpConns>,
-    shards: Vec<crossbeam_channel::Sender<ShardMsg>>,
+    ice: Arc<IceTcp>,
+    limits: Limits,
+    shutdown: Shutdown,
 ) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "ice-tcp accept failed");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let demux = demux.clone();
-        let conns = conns.clone();
-        let shards = shards.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve_tcp_peer(stream, peer, local, &demux, &conns, &shards).await {
-                debug!(%peer, error = %e, "ice-tcp connection closed");
-            }
-            conns.conns.write().remove(&peer);
-        });
-    }
-}
-
-async fn serve_tcp_peer(
-    stream: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
-    demux: &Demux,
-    conns: &TcpConns,
-    shards: &[crossbeam_channel::Sender<ShardMsg>],
-) -> std::io::Result<()> {
-    let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
-    conns.conns.write().insert(peer, tx);
-    let writer = tokio::spawn(async move {
-        let mut out = Vec::with_capacity(MAX_DATAGRAM + 2);
-        while let Some(pkt) = rx.recv().await {
-            let Ok(len) = u16::try_from(pkt.len()) else {
-                continue;
-            };
-            out.clear();
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(&pkt);
-            if wr.write_all(&out).await.is_err() {
-                break;
+    crate::listener::serve(listener, "ice-tcp", limits, shutdown, move |c: Conn| {
+        let ice = ice.clone();
+        async move {
+            let _ = c.stream.get_ref().set_nodelay(true);
+            // On shutdown the sessions are closed by the engine; the socket goes with them.
+            tokio::select! {
+                () = ice.serve(c.stream, c.peer) => {}
+                _ = c.shutdown.wait() => {}
             }
         }
-    });
-    let mut len_buf = [0u8; 2];
-    let mut first = true;
-    let result = loop {
-        if let Err(e) = rd.read_exact(&mut len_buf).await {
-            break Err(e);
-        }
-        let len = u16::from_be_bytes(len_buf) as usize;
-        let mut data = vec![0u8; len];
-        if let Err(e) = rd.read_exact(&mut data).await {
-            break Err(e);
-        }
-        let Some((route, new)) = demux.route(Protocol::Tcp, peer, &data) else {
-            if first {
-                // The first frame must be a STUN check for a peer we know.
-                info!(%peer, "ice-tcp connection without a known ICE username, closing");
-                break Ok(());
-            }
-            continue;
-        };
-        first = false;
-        let msg = ShardMsg::Net {
-            peer: route.peer,
-            proto: Protocol::Tcp,
-            source: peer,
-            destination: local,
-            data,
-            at: Instant::now(),
-            new_addr: new,
-        };
-        if shards[route.shard].send(msg).is_err() {
-            break Ok(());
-        }
-    };
-    writer.abort();
-    result
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
-    fn binding_request(username: &str) -> Vec<u8> {
-        let mut attr = vec![0x00, 0x06];
-        attr.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        attr.extend_from_slice(username.as_bytes());
-        while attr.len() % 4 != 0 {
-            attr.push(0);
+    /// A binding request as an ICE agent sends it, signed with `pwd`
+    /// (USERNAME, MESSAGE-INTEGRITY, FINGERPRINT-like trailer).
+    fn binding_request(username: &str, pwd: &str) -> Vec<u8> {
+        let mut attrs = vec![0x00, 0x06];
+        attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(username.as_bytes());
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
         }
-        let mut m = vec![0x00, 0x01];
-        m.extend_from_slice(&(attr.len() as u16).to_be_bytes());
-        m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
         m.extend_from_slice(&[7; 12]);
-        m.extend_from_slice(&attr);
+        m.extend_from_slice(&attrs);
+        // Length up to the end of MESSAGE-INTEGRITY, then sign.
+        let len = (m.len() - 20 + 24) as u16;
+        m[2..4].copy_from_slice(&len.to_be_bytes());
+        let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, pwd.as_bytes());
+        let tag = hmac::sign(&key, &m);
+        m.extend_from_slice(&[0x00, 0x08, 0x00, 20]);
+        m.extend_from_slice(tag.as_ref());
+        // FINGERPRINT follows and is not covered.
+        m.extend_from_slice(&[0x80, 0x28, 0x00, 0x04, 1, 2, 3, 4]);
+        let len = (m.len() - 20) as u16;
+        m[2..4].copy_from_slice(&len.to_be_bytes());
         m
     }
 
     #[test]
-    fn routes_by_ufrag_then_by_address() {
+    fn routes_by_signed_ufrag_then_by_address() {
         let d = Demux::default();
         let r = Route { shard: 1, peer: 9 };
-        d.add_ufrag("abcd", r);
+        d.add_ufrag("abcd", "secretpassword", r);
         let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         assert_eq!(d.route(Protocol::Udp, a, b"\x80\x60rtp"), None);
+        // A known ufrag with the wrong key, or without integrity: not learned.
+        let forged = binding_request("abcd:xyz", "guessed");
+        assert_eq!(d.route(Protocol::Udp, a, &forged), None);
+        assert_eq!(d.route(Protocol::Udp, a, b"\x80\x60rtp"), None);
+        let mut tampered = binding_request("abcd:xyz", "secretpassword");
+        tampered[10] ^= 1; // the transaction id is covered
+        assert_eq!(d.route(Protocol::Udp, a, &tampered), None);
         assert_eq!(
-            d.route(Protocol::Udp, a, &binding_request("abcd:xyz")),
+            d.route(
+                Protocol::Udp,
+                a,
+                &binding_request("abcd:xyz", "secretpassword")
+            ),
             Some((r, true))
         );
         assert_eq!(d.route(Protocol::Udp, a, b"\x80\x60rtp"), Some((r, false)));
         assert_eq!(
-            d.route(Protocol::Udp, a, &binding_request("zzzz:xyz")),
+            d.route(Protocol::Udp, a, &binding_request("zzzz:xyz", "x")),
             Some((r, false))
         );
+        // The same address over TCP is another route, learned on its own.
+        assert_eq!(d.route(Protocol::Tcp, a, b"\x80\x60rtp"), None);
         d.remove("abcd", &[(Protocol::Udp, a)]);
         assert_eq!(
-            d.route(Protocol::Udp, a, &binding_request("abcd:xyz")),
+            d.route(
+                Protocol::Udp,
+                a,
+                &binding_request("abcd:xyz", "secretpassword")
+            ),
             None
         );
     }
 
     #[test]
     fn stun_parser_survives_garbage() {
-        assert_eq!(stun_local_ufrag(&[]), None);
-        assert_eq!(stun_local_ufrag(&[0u8; 19]), None);
-        let mut m = binding_request("u:v");
+        assert!(stun_check(&[]).is_none());
+        assert!(stun_check(&[0u8; 19]).is_none());
+        let good = binding_request("u:v", "p");
+        assert!(stun_check(&good).is_some_and(|c| c.ufrag == "u" && c.signed_by(&good, "p")));
+        let mut m = good.clone();
         m[3] = 200; // length past the end
-        assert_eq!(stun_local_ufrag(&m), None);
-        for n in 0..m.len() {
-            let _ = stun_local_ufrag(&m[..n]);
+        assert!(stun_check(&m).is_none());
+        for n in 0..good.len() {
+            if let Some(c) = stun_check(&good[..n]) {
+                let _ = c.signed_by(&good[..n], "p");
+            }
         }
+    }
+
+    /// Frames a packet as RFC 4571 does.
+    fn framed(data: &[u8]) -> Vec<u8> {
+        let mut v = (data.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(data);
+        v
+    }
+
+    /// Whether the server closed the connection (EOF or reset) within 5 s.
+    async fn closed(c: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn ice_tcp_allocates_nothing_before_a_signed_check_and_closes_with_its_session() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let demux = Arc::new(Demux::default());
+        demux.add_ufrag("abcd", "secretpassword", Route { shard: 0, peer: 7 });
+        let metrics = Arc::new(super::super::metrics::ShardMetrics::default());
+        let (tx, rx) = super::super::shard::shard_queues(metrics, 16);
+        let ice = Arc::new(IceTcp {
+            local: addr,
+            demux: demux.clone(),
+            conns: Arc::new(TcpConns::default()),
+            shards: vec![tx],
+        });
+        tokio::spawn(run_tcp_listener(
+            listener,
+            ice.clone(),
+            crate::listener::Limits::from_config(&Default::default()),
+            crate::listener::Shutdown::default(),
+        ));
+        let conns = || ice.conns.conns.read().len();
+
+        // Not STUN, a forged check, a frame longer than a datagram: closed,
+        // with no sender or writer made and nothing queued to the shard.
+        for first in [
+            framed(b"GET / HTTP/1.1"),
+            framed(&binding_request("abcd:x", "guessed")),
+            (4000u16.to_be_bytes()).to_vec(),
+        ] {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(&first).await.unwrap();
+            assert!(closed(&mut c).await);
+            assert_eq!(conns(), 0);
+        }
+        assert!(rx.data_is_empty());
+
+        // A signed check: the connection is the session's, until it ends.
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let me = c.local_addr().unwrap();
+        c.write_all(&framed(&binding_request("abcd:x", "secretpassword")))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conns() == 0 {
+            assert!(Instant::now() < deadline, "no connection entry");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!rx.data_is_empty());
+        assert!(!closed_now(&mut c).await, "open while the session runs");
+        ice.conns.close(&[(Protocol::Tcp, me)]);
+        assert!(closed(&mut c).await, "closed with its session");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conns() != 0 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether the connection is closed already (no waiting for data).
+    async fn closed_now(c: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(200), c.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
     }
 }

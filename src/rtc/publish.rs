@@ -14,12 +14,16 @@ use str0m::net::Protocol;
 use str0m::rtp::RtpPacket;
 use tracing::{debug, info, warn};
 
-use crate::hub::{AudioInfo, Hub, IngestProtocol, Publisher, Stream, VideoInfo};
+use crate::hub::throttle::Throttle;
+use crate::hub::{AudioInfo, Hub, IngestProtocol, Publisher, PushError, Stream, VideoInfo};
 use crate::media::h264;
 use crate::media::rtp_video::{self, Assembled, FrameAssembler, VideoCodec};
 
 /// Our own keyframe requests (after a loss) at most this often.
 const OWN_PLI_INTERVAL: Duration = Duration::from_millis(500);
+/// Publishers over the frame cap are logged at most this often (they reconnect).
+static TOO_LARGE_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static NEVER_CONNECTED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// A negotiated publisher, handed to its shard.
 pub struct NewPublisher {
@@ -78,6 +82,8 @@ pub struct PubPeer {
     pub next_timeout: Instant,
     pub expires_at: Option<Instant>,
     pub dead: bool,
+    /// A panic happened inside this session: its `Rtc` is not touched again.
+    pub poisoned: bool,
     /// Arrival of the session's first RTP packet: time zero of the publisher clock.
     epoch: Option<Instant>,
     last_own_pli: Option<Instant>,
@@ -88,6 +94,7 @@ pub struct PubPeer {
 
 impl PubPeer {
     pub fn new(np: NewPublisher, now: Instant) -> PubPeer {
+        let max_frame_bytes = np.hub.limits().max_frame_bytes;
         PubPeer {
             id: np.id,
             rtc: np.rtc,
@@ -97,7 +104,7 @@ impl PubPeer {
             ufrag: np.ufrag,
             addrs: Vec::new(),
             video: np.video.map(|track| VideoIn {
-                asm: FrameAssembler::new(track.codec),
+                asm: FrameAssembler::with_max_frame_bytes(track.codec, max_frame_bytes),
                 track,
                 offset: None,
                 sps: None,
@@ -117,6 +124,7 @@ impl PubPeer {
             next_timeout: now,
             expires_at: np.expires_at,
             dead: false,
+            poisoned: false,
             epoch: None,
             last_own_pli: None,
             taken_over_logged: false,
@@ -218,10 +226,14 @@ impl PubPeer {
                 let since = pkt.timestamp.saturating_duration_since(epoch);
                 since.as_micros() as i64 * 48 / 1000 - ticks
             });
-            if let Some(p) = &self.publisher
-                && p.push_audio(ticks + offset, pkt.payload).is_err()
-            {
-                self.taken_over();
+            if let Some(p) = &self.publisher {
+                match p.push_audio(ticks + offset, pkt.payload) {
+                    Ok(()) => {}
+                    Err(PushError::TakenOver(_)) => self.taken_over(),
+                    Err(PushError::FrameTooLarge { .. }) => {
+                        self.end("an audio packet over limits.max_frame_bytes")
+                    }
+                }
             }
         }
     }
@@ -233,7 +245,17 @@ impl PubPeer {
             match a {
                 Assembled::NeedKeyframe => need_keyframe = true,
                 Assembled::Frame(f) => self.push_frame(f),
+                Assembled::TooLarge { bytes, max } => {
+                    if let Some(suppressed) = TOO_LARGE_LOG.allow() {
+                        warn!(stream = %self.stream.name, bytes, max_frame_bytes = max, suppressed, "whip video frame over limits.max_frame_bytes (no RTP marker bit?); dropping the publisher");
+                    }
+                    self.end("a video frame over limits.max_frame_bytes");
+                }
             }
+        }
+        if self.dead {
+            self.assembled = out;
+            return;
         }
         self.assembled = out;
         if need_keyframe
@@ -307,11 +329,13 @@ impl PubPeer {
             });
         }
         let ticks = f.rtp_time as i64 + v.offset.unwrap_or(0);
-        if publisher
-            .push_video_90k(ticks, f.keyframe, payloads.into_boxed_slice())
-            .is_err()
-        {
-            self.taken_over();
+        match publisher.push_video_90k(ticks, f.keyframe, payloads.into_boxed_slice()) {
+            Ok(_) => {}
+            Err(PushError::TakenOver(_)) => self.taken_over(),
+            // The hub logged it (rate-limited).
+            Err(PushError::FrameTooLarge { .. }) => {
+                self.end("a video frame over limits.max_frame_bytes")
+            }
         }
     }
 
@@ -329,7 +353,9 @@ impl PubPeer {
             if self.connected {
                 info!(stream = %self.stream.name, %reason, "whip publish ended");
             } else {
-                warn!(stream = %self.stream.name, %reason, "whip publisher never connected");
+                if let Some(suppressed) = NEVER_CONNECTED_LOG.allow() {
+                    warn!(stream = %self.stream.name, %reason, suppressed, "whip publisher never connected");
+                }
             }
         }
         self.dead = true;

@@ -62,7 +62,7 @@ pub fn fmtp_param<'a>(fmtp: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct OfferSummary {
     /// Video formats roomcast knows (H.264, VP8, VP9, AV1), in offer order.
     pub video: Vec<VideoOffer>,
@@ -100,28 +100,113 @@ impl OfferSummary {
     }
 }
 
+/// An offer larger than this is refused (the HTTP body cap's default).
+pub const MAX_OFFER_BYTES: usize = 64 * 1024;
+/// Real offers have a few hundred lines (Chromium's audio + video: ~150).
+pub const MAX_OFFER_LINES: usize = 2_000;
+/// The longest line accepted (real ones stay under 200 bytes).
+pub const MAX_LINE_BYTES: usize = 2_048;
+/// `a=rtpmap` lines in one media section (RTP has 128 payload types).
+pub const MAX_PAYLOAD_TYPES: usize = 128;
+/// Media sections in one offer.
+pub const MAX_SECTIONS: usize = 64;
+/// Codec names kept for error messages.
+const MAX_CODEC_NAMES: usize = 32;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OfferError {
     #[error("the body is not an SDP offer (it must start with \"v=0\")")]
     NotSdp,
     #[error("the offer has no audio or video media section")]
     NoMedia,
+    #[error("the offer is {0} bytes; at most {MAX_OFFER_BYTES} are accepted")]
+    TooLarge(usize),
+    #[error("the offer has more than {MAX_OFFER_LINES} lines")]
+    TooManyLines,
+    #[error("line {0} of the offer is longer than {MAX_LINE_BYTES} bytes")]
+    LineTooLong(usize),
+    #[error("a media section of the offer has more than {MAX_PAYLOAD_TYPES} payload types")]
+    TooManyPayloadTypes,
+    #[error("the offer has more than {MAX_SECTIONS} media sections")]
+    TooManySections,
+    /// The WebRTC library could not read it.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// An offer read and checked, ready for negotiation. Parsing is pure and
+/// bounded: callers run it before taking any shared lock and hand the result
+/// to [`super::Engine::add_viewer_parsed`] or [`super::Engine::add_publisher_parsed`].
+pub struct ParsedOffer {
+    pub summary: OfferSummary,
+    pub(super) sdp: str0m::change::SdpOffer,
+}
+
+impl std::fmt::Debug for ParsedOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedOffer")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks the caps, summarizes the offer, and parses it for str0m.
+pub fn parse_offer(sdp: &str) -> Result<ParsedOffer, OfferError> {
+    let summary = summarize_offer(sdp)?;
+    // Within the caps, str0m's parser gets a bounded input.
+    let sdp = str0m::change::SdpOffer::from_sdp_string(sdp)
+        .map_err(|e| OfferError::Malformed(e.to_string()))?;
+    Ok(ParsedOffer { summary, sdp })
 }
 
 /// Reads the media sections of an offer. Tolerant of CRLF and LF line endings.
+/// One pass over the lines, with caps on size, lines and payload types.
 pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
+    summarize_counted(sdp, &mut 0)
+}
+
+/// Per video payload type of the first video section.
+#[derive(Clone, Copy, Default)]
+struct PtInfo<'a> {
+    seen: bool,
+    rtx: bool,
+    fmtp: Option<&'a str>,
+}
+
+/// [`summarize_offer`], adding the steps taken to `work` (lines read plus
+/// payload types resolved), so tests can check the cost is linear.
+fn summarize_counted(sdp: &str, work: &mut usize) -> Result<OfferSummary, OfferError> {
+    if sdp.len() > MAX_OFFER_BYTES {
+        return Err(OfferError::TooLarge(sdp.len()));
+    }
     if !sdp.trim_start().starts_with("v=0") {
         return Err(OfferError::NotSdp);
     }
     let mut out = OfferSummary::default();
     let mut kind: Option<&str> = None;
-    // Index of the section among those of its kind: only the first counts.
+    // Only the first section of each kind counts.
     let mut first_of_kind = false;
-    // Video PT → (codec name), PT → fmtp, collected and resolved at the end.
-    let mut rtpmap: Vec<(u8, String)> = Vec::new();
-    let mut fmtp: Vec<(u8, String)> = Vec::new();
-    for line in sdp.lines().map(str::trim_end) {
+    let mut sections = 0;
+    let mut section_pts = 0;
+    // The first video section's payload types, by number, and their order.
+    let mut pts = [PtInfo::default(); 256];
+    let mut video_order: Vec<(u8, VideoCodec)> = Vec::new();
+    let mut rtx_order: Vec<u8> = Vec::new();
+    for (n, line) in sdp.lines().enumerate() {
+        *work += 1;
+        if n >= MAX_OFFER_LINES {
+            return Err(OfferError::TooManyLines);
+        }
+        if line.len() > MAX_LINE_BYTES {
+            return Err(OfferError::LineTooLong(n + 1));
+        }
+        let line = line.trim_end();
         if let Some(m) = line.strip_prefix("m=") {
+            sections += 1;
+            if sections > MAX_SECTIONS {
+                return Err(OfferError::TooManySections);
+            }
+            section_pts = 0;
             kind = m.split_whitespace().next().map(|k| match k {
                 "video" => "video",
                 "audio" => "audio",
@@ -135,6 +220,47 @@ pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
             continue;
         }
         let Some(kind) = kind else { continue };
+        if let Some(rest) = line.strip_prefix("a=rtpmap:") {
+            // Counted in every section: str0m reads them all.
+            section_pts += 1;
+            if section_pts > MAX_PAYLOAD_TYPES {
+                return Err(OfferError::TooManyPayloadTypes);
+            }
+            if !first_of_kind {
+                continue;
+            }
+            let mut it = rest.splitn(2, ' ');
+            let (Some(pt), Some(enc)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let Ok(pt) = pt.parse::<u8>() else { continue };
+            let name = enc.split('/').next().unwrap_or("");
+            let upper = |n: &str| n.to_ascii_uppercase();
+            if out.codec_names.len() < MAX_CODEC_NAMES
+                && !["RTX", "RED", "ULPFEC", "FLEXFEC-03"]
+                    .iter()
+                    .any(|x| x.eq_ignore_ascii_case(name))
+                && !out.codec_names.iter().any(|c| c.eq_ignore_ascii_case(name))
+            {
+                out.codec_names.push(upper(name));
+            }
+            if kind == "audio" && name.eq_ignore_ascii_case("opus") && out.opus.is_none() {
+                out.opus = Some(pt);
+            }
+            if kind == "video" {
+                let info = &mut pts[pt as usize];
+                if std::mem::replace(&mut info.seen, true) {
+                    continue; // a second rtpmap for one payload type
+                }
+                if name.eq_ignore_ascii_case("rtx") {
+                    info.rtx = true;
+                    rtx_order.push(pt);
+                } else if let Some(codec) = VideoCodec::from_name(name) {
+                    video_order.push((pt, codec));
+                }
+            }
+            continue;
+        }
         if !first_of_kind {
             continue;
         }
@@ -158,55 +284,40 @@ pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
             }
             continue;
         }
-        if let Some(rest) = line.strip_prefix("a=rtpmap:") {
-            let mut it = rest.splitn(2, ' ');
-            let (Some(pt), Some(enc)) = (it.next(), it.next()) else {
-                continue;
-            };
-            let Ok(pt) = pt.parse::<u8>() else { continue };
-            let name = enc.split('/').next().unwrap_or("").to_ascii_uppercase();
-            if !out.codec_names.contains(&name)
-                && !matches!(name.as_str(), "RTX" | "RED" | "ULPFEC" | "FLEXFEC-03")
-            {
-                out.codec_names.push(name.clone());
-            }
-            if kind == "audio" && name == "OPUS" && out.opus.is_none() {
-                out.opus = Some(pt);
-            }
-            if kind == "video" {
-                rtpmap.push((pt, name));
-            }
-        } else if let Some(rest) = line.strip_prefix("a=fmtp:")
+        if let Some(rest) = line.strip_prefix("a=fmtp:")
             && kind == "video"
         {
             let mut it = rest.splitn(2, ' ');
             if let (Some(pt), Some(params)) = (it.next(), it.next())
                 && let Ok(pt) = pt.parse::<u8>()
             {
-                fmtp.push((pt, params.trim().to_string()));
+                // The first fmtp of a payload type counts.
+                pts[pt as usize].fmtp.get_or_insert(params.trim());
             }
         }
     }
     if !out.has_video && !out.has_audio {
         return Err(OfferError::NoMedia);
     }
-    let params_of = |pt: u8| fmtp.iter().find(|(p, _)| *p == pt).map(|(_, s)| s.as_str());
-    for (pt, name) in &rtpmap {
-        let Some(codec) = VideoCodec::from_name(name) else {
-            continue;
-        };
-        let rtx = rtpmap
-            .iter()
-            .filter(|(_, n)| n == "RTX")
-            .find(|(rpt, _)| {
-                params_of(*rpt).is_some_and(|p| fmtp_param(p, "apt") == Some(&pt.to_string()))
-            })
-            .map(|(rpt, _)| *rpt);
+    // Each RTX format names its codec (apt); the first one listed wins.
+    let mut rtx_of = [None::<u8>; 256];
+    for &rpt in &rtx_order {
+        *work += 1;
+        let apt = pts[rpt as usize]
+            .fmtp
+            .and_then(|p| fmtp_param(p, "apt"))
+            .and_then(|a| a.parse::<u8>().ok());
+        if let Some(apt) = apt {
+            rtx_of[apt as usize].get_or_insert(rpt);
+        }
+    }
+    for (pt, codec) in video_order {
+        *work += 1;
         out.video.push(VideoOffer {
-            pt: *pt,
-            rtx,
+            pt,
+            rtx: rtx_of[pt as usize],
             codec,
-            fmtp: params_of(*pt).unwrap_or("").to_string(),
+            fmtp: pts[pt as usize].fmtp.unwrap_or("").to_string(),
         });
     }
     Ok(out)
@@ -376,5 +487,207 @@ a=rtpmap:45 AV1/90000\r\na=fmtp:45 level-idx=5;profile=0;tier=0\r\n";
         let o = summarize_offer(hevc).unwrap();
         assert!(o.video.is_empty());
         assert_eq!(o.offered(), "H265");
+    }
+
+    /// The summarizer before it was made linear, to check real offers read the same.
+    fn reference(sdp: &str) -> OfferSummary {
+        let mut out = OfferSummary::default();
+        let mut kind: Option<&str> = None;
+        let mut first_of_kind = false;
+        let mut rtpmap: Vec<(u8, String)> = Vec::new();
+        let mut fmtp: Vec<(u8, String)> = Vec::new();
+        for line in sdp.lines().map(str::trim_end) {
+            if let Some(m) = line.strip_prefix("m=") {
+                kind = m.split_whitespace().next().map(|k| match k {
+                    "video" => "video",
+                    "audio" => "audio",
+                    _ => "other",
+                });
+                first_of_kind = match kind {
+                    Some("video") => !std::mem::replace(&mut out.has_video, true),
+                    Some("audio") => !std::mem::replace(&mut out.has_audio, true),
+                    _ => false,
+                };
+                continue;
+            }
+            let Some(kind) = kind else { continue };
+            if !first_of_kind {
+                continue;
+            }
+            if let Some(mid) = line.strip_prefix("a=mid:") {
+                match kind {
+                    "video" => out.video_mid = Some(mid.trim().to_string()),
+                    "audio" => out.audio_mid = Some(mid.trim().to_string()),
+                    _ => {}
+                }
+                continue;
+            }
+            if let Some(dir) = line
+                .strip_prefix("a=")
+                .filter(|d| matches!(*d, "sendonly" | "recvonly" | "sendrecv" | "inactive"))
+            {
+                match kind {
+                    "video" => out.video_dir = Some(dir.to_string()),
+                    "audio" => out.audio_dir = Some(dir.to_string()),
+                    _ => {}
+                }
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("a=rtpmap:") {
+                let mut it = rest.splitn(2, ' ');
+                let (Some(pt), Some(enc)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                let Ok(pt) = pt.parse::<u8>() else { continue };
+                let name = enc.split('/').next().unwrap_or("").to_ascii_uppercase();
+                if !out.codec_names.contains(&name)
+                    && !matches!(name.as_str(), "RTX" | "RED" | "ULPFEC" | "FLEXFEC-03")
+                {
+                    out.codec_names.push(name.clone());
+                }
+                if kind == "audio" && name == "OPUS" && out.opus.is_none() {
+                    out.opus = Some(pt);
+                }
+                if kind == "video" {
+                    rtpmap.push((pt, name));
+                }
+            } else if let Some(rest) = line.strip_prefix("a=fmtp:")
+                && kind == "video"
+            {
+                let mut it = rest.splitn(2, ' ');
+                if let (Some(pt), Some(params)) = (it.next(), it.next())
+                    && let Ok(pt) = pt.parse::<u8>()
+                {
+                    fmtp.push((pt, params.trim().to_string()));
+                }
+            }
+        }
+        let params_of = |pt: u8| fmtp.iter().find(|(p, _)| *p == pt).map(|(_, s)| s.as_str());
+        for (pt, name) in &rtpmap {
+            let Some(codec) = VideoCodec::from_name(name) else {
+                continue;
+            };
+            let rtx = rtpmap
+                .iter()
+                .filter(|(_, n)| n == "RTX")
+                .find(|(rpt, _)| {
+                    params_of(*rpt).is_some_and(|p| fmtp_param(p, "apt") == Some(&pt.to_string()))
+                })
+                .map(|(rpt, _)| *rpt);
+            out.video.push(VideoOffer {
+                pt: *pt,
+                rtx,
+                codec,
+                fmtp: params_of(*pt).unwrap_or("").to_string(),
+            });
+        }
+        out
+    }
+
+    const FIREFOX: &str = include_str!("testdata/firefox_offer.sdp");
+    const AIORTC: &str = include_str!("testdata/aiortc_offer.sdp");
+
+    #[test]
+    fn real_offers_read_as_before() {
+        for (name, sdp) in [
+            ("chromium", CHROME),
+            ("firefox", FIREFOX),
+            ("aiortc", AIORTC),
+        ] {
+            let o = summarize_offer(sdp).unwrap();
+            assert_eq!(o, reference(sdp), "{name}");
+            assert!(!o.video.is_empty(), "{name}");
+            assert!(o.opus.is_some(), "{name}");
+            // str0m reads them too.
+            parse_offer(sdp).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let ff = summarize_offer(FIREFOX).unwrap();
+        assert_eq!(ff.opus, Some(109));
+        let h264: Vec<_> = h264(&ff).iter().map(|v| (v.pt, v.rtx)).collect();
+        assert_eq!(h264, vec![(126, Some(127)), (97, Some(98))]);
+        assert_eq!(choose_h264(&ff, Some(0x64001f)).unwrap().pt, 126);
+        let ai = summarize_offer(AIORTC).unwrap();
+        assert_eq!(ai.video_mid.as_deref(), Some("0"));
+        assert_eq!(choose_h264(&ai, None).unwrap().pt, 101);
+    }
+
+    /// A video section with `n` formats, each with an RTX and fmtp lines.
+    fn many_formats(n: usize) -> String {
+        let mut s = String::from("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n");
+        for i in 0..n {
+            let pt = (i % 128) as u8;
+            s += &format!(
+                "a=rtpmap:{pt} H264/90000\r\na=fmtp:{pt} packetization-mode=1;profile-level-id=42e01f\r\n"
+            );
+            s += &format!("a=rtpmap:{pt} rtx/90000\r\na=fmtp:{pt} apt={pt}\r\n");
+        }
+        s
+    }
+
+    #[test]
+    fn oversized_offers_are_refused_after_bounded_work() {
+        // 100 000 lines: refused on its size, before reading a line.
+        let huge = "v=0\r\n".to_string() + &"a=x\r\n".repeat(100_000);
+        let mut work = 0;
+        assert_eq!(
+            summarize_counted(&huge, &mut work),
+            Err(OfferError::TooLarge(huge.len()))
+        );
+        assert_eq!(work, 0);
+        // 10 000 payload types, with RTX and fmtp each: the same.
+        let pts = many_formats(10_000);
+        let mut work = 0;
+        assert!(matches!(
+            summarize_counted(&pts, &mut work),
+            Err(OfferError::TooLarge(_))
+        ));
+        assert_eq!(work, 0);
+        // Under the size cap, too many lines: stops at the cap.
+        let lines = "v=0\n".to_string() + &"a\n".repeat(10_000);
+        let mut work = 0;
+        assert_eq!(
+            summarize_counted(&lines, &mut work),
+            Err(OfferError::TooManyLines)
+        );
+        assert_eq!(work, MAX_OFFER_LINES + 1);
+        // Too many payload types in one section: stops at the 129th.
+        let pts = many_formats(65);
+        let mut work = 0;
+        assert_eq!(
+            summarize_counted(&pts, &mut work),
+            Err(OfferError::TooManyPayloadTypes)
+        );
+        assert!(work < 4 * 65 + 4, "{work}");
+        // A long line.
+        let long = format!("v=0\nm=video 9 RTP/AVP 96\na={}\n", "x".repeat(5000));
+        assert_eq!(summarize_offer(&long), Err(OfferError::LineTooLong(3)));
+        let sections = "v=0\n".to_string() + &"m=audio 9 RTP/AVP 0\n".repeat(65);
+        assert_eq!(summarize_offer(&sections), Err(OfferError::TooManySections));
+        assert!(matches!(parse_offer(&huge), Err(OfferError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_parsed_offer_can_cross_threads() {
+        // Callers parse in one place (a blocking task, before any lock) and
+        // negotiate in another.
+        fn send<T: Send + 'static>(_: &T) {}
+        send(&parse_offer(AIORTC).unwrap());
+    }
+
+    #[test]
+    fn work_is_linear_at_the_caps() {
+        // The most an accepted offer can ask: 128 formats, half of them RTX.
+        let mut s = String::from("v=0\nm=video 9 UDP/TLS/RTP/SAVPF 0\n");
+        for pt in 0..64u8 {
+            s += &format!("a=rtpmap:{pt} VP8/90000\na=fmtp:{pt} x=1\n");
+            let r = pt + 64;
+            s += &format!("a=rtpmap:{r} rtx/90000\na=fmtp:{r} apt={pt}\n");
+        }
+        let lines = s.lines().count();
+        let mut work = 0;
+        let o = summarize_counted(&s, &mut work).unwrap();
+        assert_eq!(o.video.len(), 64);
+        assert!(o.video.iter().all(|v| v.rtx == Some(v.pt + 64)));
+        assert!(work <= lines + 128, "{work} steps for {lines} lines");
     }
 }

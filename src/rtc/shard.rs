@@ -8,25 +8,44 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use parking_lot::Mutex;
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::metrics::ShardMetrics;
 use super::net::{Demux, NetOut, SendBatch};
 use super::publish::{NewPublisher, PubPeer};
+use crate::hub::throttle::Throttle;
 use crate::hub::{Frame, FrameSink, Kind, Stream};
 
-/// A viewer that has not completed ICE and DTLS by then is dropped.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A session that has not completed ICE and DTLS by then is dropped. Real
+/// clients connect within a second or two (ICE-lite: no gathering on our
+/// side); an offer that never connects costs a session only this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Media and network input queued for one shard at most (~6 MB of datagrams).
+/// When full the oldest is dropped: viewers resume at the next keyframe, lost
+/// datagrams are what UDP does anyway. Nothing waits for room.
+pub const DATA_QUEUE: usize = 4096;
+/// Source addresses one session may use (ICE candidates it checks from,
+/// and their changes over its life).
+const MAX_ADDRS_PER_SESSION: usize = 32;
+/// Panics in a shard's loop (outside any one session) tolerated per minute;
+/// beyond that the shard is marked dead and gets no new sessions.
+const MAX_RESTARTS_PER_MINUTE: usize = 5;
+/// Session panics and queue overflows are logged at most this often.
+static PANIC_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static DROP_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static NEVER_CONNECTED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 /// A connected viewer that sends nothing (no consent checks, no RTCP) for this long is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A publisher sends media all the time: this much silence means it is gone
@@ -42,6 +61,8 @@ const SCAN_INTERVAL: Duration = Duration::from_millis(2);
 /// At most one GOP replay per viewer in this period, however often it asks.
 const REPLAY_MIN_INTERVAL: Duration = Duration::from_millis(1000);
 
+/// What a shard is sent. `Add`/`Remove`/publisher messages are control
+/// messages (their own queue, never dropped); `Net` and `Frame` are data.
 pub enum ShardMsg {
     Add(Box<NewPeer>),
     Remove(u64),
@@ -79,11 +100,21 @@ impl NetInput<'_> {
     /// (for the demux to forget when the session ends).
     fn feed(
         &self,
+        demux: &Demux,
+        net: &NetOut,
         rtc: &mut Rtc,
         addrs: &mut Vec<(Protocol, SocketAddr)>,
         last_input: &mut Instant,
     ) {
         if self.new_addr {
+            if addrs.len() >= MAX_ADDRS_PER_SESSION {
+                // The peer knows its ICE password and could sign checks from
+                // any number of addresses: routes per session are capped.
+                let addr = [(self.proto, self.source)];
+                demux.forget(&addr);
+                net.close_tcp(&addr);
+                return;
+            }
             addrs.push((self.proto, self.source));
         }
         let Ok(recv) = Receive::new(self.proto, self.source, self.destination, self.data) else {
@@ -115,17 +146,146 @@ pub struct NewPeer {
 /// Where the engine finds a peer for `DELETE`.
 pub type Registry = Arc<Mutex<HashMap<u64, (usize, String)>>>;
 
+/// The way into a shard. Control messages have their own unbounded queue:
+/// they are never lost, and their number is bounded by the sessions admitted
+/// (and, for keyframe requests, by the hub's per-stream rate limit). Media
+/// and network input share a bounded queue that drops its oldest entry when
+/// full, so neither a publisher nor the UDP receiver ever waits.
+#[derive(Clone)]
+pub struct ShardTx {
+    ctl: Sender<ShardMsg>,
+    data: Sender<ShardMsg>,
+    /// The data queue's receiving end, to drop its oldest entry.
+    data_rx: Receiver<ShardMsg>,
+    /// False once the shard's thread is gone: it gets no new sessions.
+    pub alive: Arc<AtomicBool>,
+    metrics: Arc<ShardMetrics>,
+}
+
+/// The shard's ends of its queues.
+pub struct ShardRx {
+    ctl: Receiver<ShardMsg>,
+    data: Receiver<ShardMsg>,
+}
+
+pub fn shard_queues(metrics: Arc<ShardMetrics>, capacity: usize) -> (ShardTx, ShardRx) {
+    let (ctl, ctl_rx) = crossbeam_channel::unbounded();
+    let (data, data_rx) = crossbeam_channel::bounded(capacity);
+    let tx = ShardTx {
+        ctl,
+        data,
+        data_rx: data_rx.clone(),
+        alive: Arc::new(AtomicBool::new(true)),
+        metrics,
+    };
+    (
+        tx,
+        ShardRx {
+            ctl: ctl_rx,
+            data: data_rx,
+        },
+    )
+}
+
+#[cfg(test)]
+impl ShardRx {
+    pub fn data_is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+impl ShardTx {
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Relaxed)
+    }
+
+    /// Queues a control message; false if the shard is dead (the caller
+    /// must undo what it registered for the session).
+    pub fn control(&self, msg: ShardMsg) -> bool {
+        self.is_alive() && self.ctl.send(msg).is_ok()
+    }
+
+    /// Queues media or network input, dropping the oldest entry when full.
+    pub fn data(&self, msg: ShardMsg) {
+        match self.data.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(msg)) => {
+                let _ = self.data_rx.try_recv();
+                self.metrics.queue_drops.fetch_add(1, Relaxed);
+                if let Some(suppressed) = DROP_LOG.allow() {
+                    warn!(
+                        capacity = DATA_QUEUE,
+                        suppressed,
+                        "webrtc worker queue full, dropping its oldest input (viewers resume at the next keyframe)"
+                    );
+                }
+                // Another producer may have taken the slot: then this one is dropped.
+                let _ = self.data.try_send(msg);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
 /// The hub's view of a shard: a queue.
 pub struct ShardSink {
-    pub tx: Sender<ShardMsg>,
+    pub tx: ShardTx,
 }
 
 impl FrameSink for ShardSink {
     fn deliver(&self, stream: &Arc<Stream>, frame: &Arc<Frame>) {
-        let _ = self.tx.send(ShardMsg::Frame {
+        self.tx.data(ShardMsg::Frame {
             stream: stream_key(stream),
             frame: frame.clone(),
         });
+    }
+}
+
+/// Which of a stream's frames a viewer gets: each once, in order; video from
+/// a keyframe of the current publisher on, and again from a keyframe after a
+/// gap (frames dropped from a full queue: what follows would not decode).
+#[derive(Debug, Default)]
+struct FrameGate {
+    /// Frames up to this index were sent (or skipped) already.
+    last_index: Option<u64>,
+    publisher: u64,
+    /// Video is sent only from a keyframe on.
+    video_started: bool,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Admit {
+    send: bool,
+    new_publisher: bool,
+    gap: bool,
+}
+
+impl FrameGate {
+    fn admit(&mut self, frame: &Frame) -> Admit {
+        let mut a = Admit::default();
+        if self.last_index.is_some_and(|i| frame.index <= i) {
+            return a;
+        }
+        a.gap = self.last_index.is_some_and(|i| frame.index > i + 1);
+        self.last_index = Some(frame.index);
+        if frame.publisher != self.publisher {
+            // A new publisher: its P-frames mean nothing without its keyframe.
+            self.publisher = frame.publisher;
+            self.video_started = false;
+            a.new_publisher = true;
+        }
+        if a.gap {
+            self.video_started = false;
+        }
+        a.send = match frame.kind {
+            Kind::Audio => true,
+            Kind::Video if self.video_started => true,
+            Kind::Video => {
+                self.video_started = frame.keyframe;
+                frame.keyframe
+            }
+        };
+        a
     }
 }
 
@@ -151,11 +311,11 @@ struct Peer {
     video_codec: Option<&'static str>,
     audio: Option<TrackOut>,
     connected: bool,
-    /// Video is sent only from a keyframe of the current publisher on.
-    video_started: bool,
-    publisher: u64,
-    /// Frames up to this index were sent (or skipped) already.
-    last_index: Option<u64>,
+    /// Counted in the stream's viewers (from ICE/DTLS connected on).
+    counted: bool,
+    /// A panic happened inside this session: its `Rtc` is not touched again.
+    poisoned: bool,
+    gate: FrameGate,
     next_timeout: Instant,
     created: Instant,
     last_input: Instant,
@@ -217,7 +377,7 @@ impl Peers {
             .filter(|(_, slot)| {
                 self.slots[**slot]
                     .as_ref()
-                    .is_some_and(|p| p.dead || !p.rtc.is_alive())
+                    .is_some_and(|p| p.dead || p.poisoned || !p.rtc.is_alive())
             })
             .map(|(id, _)| *id)
             .collect();
@@ -245,9 +405,9 @@ impl Peers {
 
 pub struct Shard {
     pub index: usize,
-    pub rx: Receiver<ShardMsg>,
-    /// This shard's own queue, for publishers' keyframe requesters.
-    pub tx: Sender<ShardMsg>,
+    pub rx: ShardRx,
+    /// This shard's own queues, for publishers' keyframe requesters.
+    pub tx: ShardTx,
     /// Where the engine finds a publisher for `DELETE`.
     pub publishers: Registry,
     pub sink: Arc<dyn FrameSink>,
@@ -261,35 +421,179 @@ pub struct Shard {
     pub earliest: std::cell::Cell<Instant>,
 }
 
+/// A shard's sessions. Dropped when the loop ends, normally or by a panic:
+/// whatever is left is unregistered (routes, DELETE registry, stream sinks,
+/// viewer counts) so nothing points at sessions that no longer run.
+struct Sessions<'a> {
+    shard: &'a Shard,
+    peers: Peers,
+    pubs: HashMap<u64, PubPeer>,
+}
+
+impl Drop for Sessions<'_> {
+    fn drop(&mut self) {
+        for p in self.peers.slots.iter_mut().flatten() {
+            p.dead = true;
+            p.poisoned = true;
+        }
+        for p in self.pubs.values_mut() {
+            p.dead = true;
+            p.poisoned = true;
+        }
+        self.shard.reap(&mut self.peers);
+        self.shard.reap_publishers(&mut self.pubs);
+    }
+}
+
+/// Test-only fault injection: makes chosen sessions' input, or a shard's
+/// loop, panic. Not compiled into non-test builds.
+/// Test-only fault injection: makes chosen sessions' input, or a shard's
+/// loop, panic. Keyed by the shard (its metrics) so engines of tests
+/// running in parallel do not take each other's faults. Not compiled into
+/// non-test builds.
+#[cfg(test)]
+pub mod fault {
+    use parking_lot::Mutex;
+    use std::sync::Arc;
+
+    use super::ShardMetrics;
+
+    static PANIC_ON_INPUT: Mutex<Vec<(usize, u64)>> = Mutex::new(Vec::new());
+    static PANIC_LOOP_ONCE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+    fn key(shard: &Arc<ShardMetrics>) -> usize {
+        Arc::as_ptr(shard) as usize
+    }
+
+    /// The next network input of session `id` on `shard` panics.
+    pub fn panic_on_input(shard: &Arc<ShardMetrics>, id: u64) {
+        PANIC_ON_INPUT.lock().push((key(shard), id));
+    }
+
+    /// The next pass of `shard`'s loop panics (outside any session).
+    pub fn panic_loop_once(shard: &Arc<ShardMetrics>) {
+        PANIC_LOOP_ONCE.lock().push(key(shard));
+    }
+
+    fn take<T: PartialEq>(v: &Mutex<Vec<T>>, x: T) -> bool {
+        let mut v = v.lock();
+        let hit = v.contains(&x);
+        v.retain(|y| *y != x);
+        hit
+    }
+
+    pub(super) fn check_input(shard: &Arc<ShardMetrics>, id: u64) {
+        if take(&PANIC_ON_INPUT, (key(shard), id)) {
+            panic!("injected fault in session {id}");
+        }
+    }
+
+    pub(super) fn check_loop(shard: &Arc<ShardMetrics>) {
+        if take(&PANIC_LOOP_ONCE, key(shard)) {
+            panic!("injected fault in a shard loop");
+        }
+    }
+}
+
+/// The default panic hook prints every panic to stderr: for a panic that
+/// network input can cause in a worker (caught per session), that would be
+/// an unthrottled log. Worker threads' panics print at most once per
+/// interval (the shard's own error line says which session it ended).
+pub fn throttle_worker_panic_output() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    static HOOK_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let worker = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("rtc-"));
+            if !worker || HOOK_LOG.allow().is_some() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f`, turning a panic into `Err` with its message.
+fn isolate(f: impl FnOnce()) -> Result<(), String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|e| {
+        e.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into())
+    })
+}
+
 impl Shard {
+    /// Runs the loop; a panic outside any one session (those are caught
+    /// per session) restarts it with the shard's queues, its sessions lost
+    /// and unregistered. A shard panicking over and over is marked dead.
     pub fn run(self) {
-        let mut peers = Peers::default();
-        let mut pubs: HashMap<u64, PubPeer> = HashMap::new();
+        let alive = self.tx.alive.clone();
+        // Marks the shard dead however the thread ends.
+        struct Dead(Arc<AtomicBool>);
+        impl Drop for Dead {
+            fn drop(&mut self) {
+                self.0.store(false, Relaxed);
+            }
+        }
+        let _dead = Dead(alive);
+        let mut restarts: Vec<Instant> = Vec::new();
+        loop {
+            match isolate(|| self.run_loop()) {
+                Ok(()) => return,
+                Err(msg) => {
+                    self.metrics.restarts.fetch_add(1, Relaxed);
+                    *self.batch.borrow_mut() = SendBatch::default();
+                    let now = Instant::now();
+                    restarts.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+                    restarts.push(now);
+                    if restarts.len() > MAX_RESTARTS_PER_MINUTE {
+                        error!(shard = self.index, panic = %msg, "webrtc worker keeps panicking; it gets no new sessions");
+                        return;
+                    }
+                    error!(shard = self.index, panic = %msg, "webrtc worker panicked; its sessions ended, restarting it");
+                }
+            }
+        }
+    }
+
+    fn run_loop(&self) {
+        let mut s = Sessions {
+            shard: self,
+            peers: Peers::default(),
+            pubs: HashMap::new(),
+        };
+        let (peers, pubs) = (&mut s.peers, &mut s.pubs);
+        let mut sel = Select::new();
+        sel.recv(&self.rx.ctl);
+        sel.recv(&self.rx.data);
         let mut last_scan = Instant::now();
+        self.earliest.set(last_scan);
         loop {
             // Timers run at most every SCAN_INTERVAL: str0m's timers tolerate
             // that, and a busy shard does not rescan every peer per packet.
             let deadline = self.earliest.get().max(last_scan + SCAN_INTERVAL);
-            let first = if deadline <= Instant::now() {
-                self.rx.try_recv().map_err(|e| match e {
-                    crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                })
-            } else {
-                self.rx.recv_deadline(deadline)
-            };
-            match first {
-                Ok(msg) => self.handle(msg, &mut peers, &mut pubs),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            if deadline > Instant::now() {
+                let _ = sel.ready_deadline(deadline);
             }
-            // Take what else is queued before running timers.
+            // Control first: a session is added before its first packet.
+            loop {
+                match self.rx.ctl.try_recv() {
+                    Ok(msg) => self.handle(msg, peers, pubs),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
             for _ in 0..1024 {
-                match self.rx.try_recv() {
-                    Ok(msg) => self.handle(msg, &mut peers, &mut pubs),
+                match self.rx.data.try_recv() {
+                    Ok(msg) => self.handle(msg, peers, pubs),
                     Err(_) => break,
                 }
             }
+            #[cfg(test)]
+            fault::check_loop(&self.metrics);
             let now = Instant::now();
             if now < self.earliest.get().max(last_scan + SCAN_INTERVAL) {
                 continue;
@@ -298,151 +602,241 @@ impl Shard {
             let mut earliest = now + Duration::from_secs(1);
             let mut any_dead = false;
             for p in peers.iter_mut() {
-                if p.next_timeout <= now {
-                    if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
-                        debug!(error = %e, "rtc timeout input failed");
-                        p.dead = true;
-                    }
-                    self.drive(p);
-                }
-                if !p.connected && now.duration_since(p.created) > CONNECT_TIMEOUT {
-                    info!(stream = %p.stream.name, "viewer never connected (ICE/DTLS), dropping");
+                if !p.dead
+                    && let Err(msg) = isolate(|| self.viewer_timers(p, now))
+                {
+                    self.session_panicked(&p.stream.name, p.id, "timers", &msg);
                     p.dead = true;
-                } else if p.connected && now.duration_since(p.last_input) > IDLE_TIMEOUT {
-                    info!(stream = %p.stream.name, "viewer went silent, dropping");
-                    p.dead = true;
-                } else if p.expires_at.is_some_and(|t| t <= now) {
-                    info!(stream = %p.stream.name, "viewer session expired (signed URL or admission lifetime)");
-                    p.rtc.disconnect();
-                    self.drive(p);
-                    p.dead = true;
+                    p.poisoned = true;
                 }
                 earliest = earliest.min(p.next_timeout);
                 if let Some(t) = p.expires_at {
                     earliest = earliest.min(t);
                 }
-                any_dead |= p.dead || !p.rtc.is_alive();
+                any_dead |= p.dead || p.poisoned || !p.rtc.is_alive();
             }
             for p in pubs.values_mut() {
-                if p.next_timeout <= now {
-                    if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
-                        debug!(error = %e, "rtc timeout input failed");
-                        p.end("webrtc failure");
-                    }
-                    self.drive_pub(p);
-                }
-                if p.deadline().is_some_and(|t| t <= now) {
-                    p.poll_assembler(now);
-                    self.drive_pub(p);
-                }
-                if !p.connected && now.duration_since(p.created) > CONNECT_TIMEOUT {
-                    p.end("no ICE/DTLS connection within 30 s");
-                } else if p.connected && now.duration_since(p.last_input) > PUBLISHER_IDLE_TIMEOUT {
-                    p.end("the publisher went silent for 10 s");
-                } else if p.expires_at.is_some_and(|t| t <= now) {
-                    p.rtc.disconnect();
-                    self.drive_pub(p);
-                    p.end("session expired (signed URL stream_expire or admission lifetime)");
+                if !p.dead
+                    && let Err(msg) = isolate(|| self.publisher_timers(p, now))
+                {
+                    self.session_panicked(&p.stream.name, p.id, "timers", &msg);
+                    p.dead = true;
+                    p.poisoned = true;
                 }
                 earliest = earliest.min(p.next_timeout);
                 for t in [p.deadline(), p.expires_at].into_iter().flatten() {
                     earliest = earliest.min(t);
                 }
-                any_dead |= p.dead || !p.rtc.is_alive();
+                any_dead |= p.dead || p.poisoned || !p.rtc.is_alive();
             }
             if any_dead {
-                self.reap(&mut peers);
-                self.reap_publishers(&mut pubs);
+                self.reap(peers);
+                self.reap_publishers(pubs);
             }
             self.earliest.set(earliest);
+        }
+    }
+
+    fn viewer_timers(&self, p: &mut Peer, now: Instant) {
+        if p.next_timeout <= now {
+            if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                debug!(error = %e, "rtc timeout input failed");
+                p.dead = true;
+            }
+            self.drive(p);
+        }
+        if !p.connected && now.duration_since(p.created) > CONNECT_TIMEOUT {
+            // Anyone can make offers that never connect: logged once per interval.
+            if let Some(suppressed) = NEVER_CONNECTED_LOG.allow() {
+                info!(stream = %p.stream.name, suppressed, "viewer never connected (ICE/DTLS), dropping");
+            }
+            p.dead = true;
+        } else if p.connected && now.duration_since(p.last_input) > IDLE_TIMEOUT {
+            info!(stream = %p.stream.name, "viewer went silent, dropping");
+            p.dead = true;
+        } else if p.expires_at.is_some_and(|t| t <= now) {
+            info!(stream = %p.stream.name, "viewer session expired (signed URL or admission lifetime)");
+            p.rtc.disconnect();
+            self.drive(p);
+            p.dead = true;
+        }
+    }
+
+    fn publisher_timers(&self, p: &mut PubPeer, now: Instant) {
+        if p.next_timeout <= now {
+            if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                debug!(error = %e, "rtc timeout input failed");
+                p.end("webrtc failure");
+            }
+            self.drive_pub(p);
+        }
+        if p.deadline().is_some_and(|t| t <= now) {
+            p.poll_assembler(now);
+            self.drive_pub(p);
+        }
+        if !p.connected && now.duration_since(p.created) > CONNECT_TIMEOUT {
+            p.end("no ICE/DTLS connection within 10 s");
+        } else if p.connected && now.duration_since(p.last_input) > PUBLISHER_IDLE_TIMEOUT {
+            p.end("the publisher went silent for 10 s");
+        } else if p.expires_at.is_some_and(|t| t <= now) {
+            p.rtc.disconnect();
+            self.drive_pub(p);
+            p.end("session expired (signed URL stream_expire or admission lifetime)");
+        }
+    }
+
+    /// A session's input panicked: it ends (the caller marks it), the others
+    /// go on. Logged at most once per interval.
+    fn session_panicked(&self, stream: &str, id: u64, during: &str, msg: &str) {
+        self.metrics.session_panics.fetch_add(1, Relaxed);
+        // A panic may leave a half-built batch behind.
+        *self.batch.borrow_mut() = SendBatch::default();
+        self.earliest.set(Instant::now());
+        if let Some(suppressed) = PANIC_LOG.allow() {
+            error!(%stream, session = id, during, panic = %msg, suppressed, "webrtc session panicked; ending that session only");
+        }
+    }
+
+    /// Makes a viewer from a negotiated session (its tracks and first output).
+    fn new_viewer(&self, np: NewPeer, now: Instant) -> Peer {
+        let NewPeer {
+            id,
+            rtc,
+            stream,
+            ufrag,
+            video,
+            video_codec,
+            audio,
+            expires_at,
+            guard,
+        } = np;
+        let mut rtc = rtc;
+        let track = |rtc: &mut Rtc, (mid, pt): (Mid, Pt)| TrackOut {
+            mid,
+            pt,
+            ssrc: rtc
+                .direct_api()
+                .stream_tx_by_mid(mid, None)
+                .map(|s| s.ssrc()),
+            // Below 2^15 so the SRTP rollover counter starts at zero.
+            next_seq: u64::from(rand::random::<u16>() >> 1),
+        };
+        let video = video.map(|v| track(&mut rtc, v));
+        if let Some(v) = &video {
+            let mut api = rtc.direct_api();
+            if let Some(tx) = api.stream_tx_by_mid(v.mid, None) {
+                // str0m's default (3 s, 2000 packets) costs ~300 KB per viewer.
+                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+            }
+        }
+        let audio = audio.map(|a| track(&mut rtc, a));
+        Peer {
+            id,
+            rtc,
+            stream,
+            ufrag,
+            addrs: Vec::new(),
+            video,
+            video_codec,
+            audio,
+            connected: false,
+            counted: false,
+            poisoned: false,
+            gate: FrameGate::default(),
+            next_timeout: now,
+            created: now,
+            last_input: now,
+            last_replay: None,
+            replay: None,
+            dead: false,
+            expires_at,
+            _guard: guard,
         }
     }
 
     fn handle(&self, msg: ShardMsg, peers: &mut Peers, pubs: &mut HashMap<u64, PubPeer>) {
         match msg {
             ShardMsg::AddPublisher(np) => {
-                let mut p = PubPeer::new(*np, Instant::now());
-                self.drive_pub(&mut p);
-                pubs.insert(p.id, p);
+                let (id, ufrag, stream) = (np.id, np.ufrag.clone(), np.stream.name.clone());
+                let mut made = None;
+                let r = isolate(|| {
+                    let mut p = PubPeer::new(*np, Instant::now());
+                    self.drive_pub(&mut p);
+                    made = Some(p);
+                });
+                match (r, made) {
+                    (Ok(()), Some(p)) => {
+                        pubs.insert(p.id, p);
+                    }
+                    (r, _) => {
+                        let msg = r.err().unwrap_or_default();
+                        self.session_panicked(&stream, id, "setup", &msg);
+                        self.demux.remove(&ufrag, &[]);
+                        self.publishers.lock().remove(&id);
+                    }
+                }
             }
             ShardMsg::RemovePublisher(id) => {
                 if let Some(p) = pubs.get_mut(&id) {
-                    p.rtc.disconnect();
-                    self.drive_pub(p);
+                    if !p.poisoned
+                        && let Err(msg) = isolate(|| {
+                            p.rtc.disconnect();
+                            self.drive_pub(p);
+                        })
+                    {
+                        self.session_panicked(&p.stream.name, id, "DELETE", &msg);
+                        p.poisoned = true;
+                    }
                     p.end("ended by DELETE");
                     self.earliest.set(Instant::now());
                 }
             }
             ShardMsg::PublisherKeyframe(id) => {
-                if let Some(p) = pubs.get_mut(&id) {
-                    p.request_keyframe(Instant::now());
-                    self.drive_pub(p);
+                if let Some(p) = pubs.get_mut(&id).filter(|p| !p.dead)
+                    && let Err(msg) = isolate(|| {
+                        p.request_keyframe(Instant::now());
+                        self.drive_pub(p);
+                    })
+                {
+                    self.session_panicked(&p.stream.name, id, "keyframe request", &msg);
+                    p.poisoned = true;
+                    p.end("internal error");
                 }
             }
             ShardMsg::Add(np) => {
-                let NewPeer {
-                    id,
-                    rtc,
-                    stream,
-                    ufrag,
-                    video,
-                    video_codec,
-                    audio,
-                    expires_at,
-                    guard,
-                } = *np;
-                let now = Instant::now();
-                stream.attach_sink(self.index as u64, &self.sink);
-                stream.viewer_joined();
-                let mut rtc = rtc;
-                let track = |rtc: &mut Rtc, (mid, pt): (Mid, Pt)| TrackOut {
-                    mid,
-                    pt,
-                    ssrc: rtc
-                        .direct_api()
-                        .stream_tx_by_mid(mid, None)
-                        .map(|s| s.ssrc()),
-                    // Below 2^15 so the SRTP rollover counter starts at zero.
-                    next_seq: u64::from(rand::random::<u16>() >> 1),
-                };
-                let video = video.map(|v| track(&mut rtc, v));
-                if let Some(v) = &video {
-                    let mut api = rtc.direct_api();
-                    if let Some(tx) = api.stream_tx_by_mid(v.mid, None) {
-                        // str0m's default (3 s, 2000 packets) costs ~300 KB per viewer.
-                        tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                let (id, ufrag, stream) = (np.id, np.ufrag.clone(), np.stream.clone());
+                let mut made = None;
+                let r = isolate(|| {
+                    let mut peer = self.new_viewer(*np, Instant::now());
+                    self.drive(&mut peer);
+                    made = Some(peer);
+                });
+                match (r, made) {
+                    (Ok(()), Some(peer)) => {
+                        // Counted in the stream's viewers once connected.
+                        stream.attach_sink(self.index as u64, &self.sink);
+                        peers.insert(id, peer);
+                    }
+                    (r, _) => {
+                        let msg = r.err().unwrap_or_default();
+                        self.session_panicked(&stream.name, id, "setup", &msg);
+                        self.demux.remove(&ufrag, &[]);
+                        self.registry.lock().remove(&id);
                     }
                 }
-                let audio = audio.map(|a| track(&mut rtc, a));
-                let mut peer = Peer {
-                    id,
-                    rtc,
-                    stream,
-                    ufrag,
-                    addrs: Vec::new(),
-                    video,
-                    video_codec,
-                    audio,
-                    connected: false,
-                    video_started: false,
-                    publisher: 0,
-                    last_index: None,
-                    next_timeout: now,
-                    created: now,
-                    last_input: now,
-                    last_replay: None,
-                    replay: None,
-                    dead: false,
-                    expires_at,
-                    _guard: guard,
-                };
-                self.drive(&mut peer);
-                peers.insert(id, peer);
             }
             ShardMsg::Remove(id) => {
                 if let Some(p) = peers.get_mut(id) {
-                    p.rtc.disconnect();
-                    self.drive(p);
+                    if !p.poisoned
+                        && !p.dead
+                        && let Err(msg) = isolate(|| {
+                            p.rtc.disconnect();
+                            self.drive(p);
+                        })
+                    {
+                        self.session_panicked(&p.stream.name, id, "DELETE", &msg);
+                        p.poisoned = true;
+                    }
                     p.dead = true;
                     self.earliest.set(Instant::now());
                 }
@@ -465,11 +859,45 @@ impl Shard {
                     new_addr,
                 };
                 if let Some(p) = peers.get_mut(peer) {
-                    input.feed(&mut p.rtc, &mut p.addrs, &mut p.last_input);
-                    self.drive(p);
+                    if p.dead {
+                        return;
+                    }
+                    if let Err(msg) = isolate(|| {
+                        #[cfg(test)]
+                        fault::check_input(&self.metrics, p.id);
+                        input.feed(
+                            &self.demux,
+                            &self.net,
+                            &mut p.rtc,
+                            &mut p.addrs,
+                            &mut p.last_input,
+                        );
+                        self.drive(p);
+                    }) {
+                        self.session_panicked(&p.stream.name, p.id, "network input", &msg);
+                        p.dead = true;
+                        p.poisoned = true;
+                    }
                 } else if let Some(p) = pubs.get_mut(&peer) {
-                    input.feed(&mut p.rtc, &mut p.addrs, &mut p.last_input);
-                    self.drive_pub(p);
+                    if p.dead {
+                        return;
+                    }
+                    if let Err(msg) = isolate(|| {
+                        #[cfg(test)]
+                        fault::check_input(&self.metrics, p.id);
+                        input.feed(
+                            &self.demux,
+                            &self.net,
+                            &mut p.rtc,
+                            &mut p.addrs,
+                            &mut p.last_input,
+                        );
+                        self.drive_pub(p);
+                    }) {
+                        self.session_panicked(&p.stream.name, p.id, "network input", &msg);
+                        p.poisoned = true;
+                        p.end("internal error");
+                    }
                 }
             }
             ShardMsg::Frame { stream, frame } => {
@@ -483,8 +911,19 @@ impl Shard {
                     let Some(p) = slots[slot].as_mut() else {
                         continue;
                     };
-                    let sent = p.on_frame(&frame);
-                    self.drive(p);
+                    if p.dead {
+                        continue;
+                    }
+                    let mut sent = 0;
+                    if let Err(msg) = isolate(|| {
+                        sent = p.on_frame(&frame);
+                        self.drive(p);
+                    }) {
+                        self.session_panicked(&p.stream.name, p.id, "media write", &msg);
+                        p.dead = true;
+                        p.poisoned = true;
+                        continue;
+                    }
                     if sent > 0 {
                         self.metrics.rtp_packets.fetch_add(sent as u64, Relaxed);
                         self.metrics
@@ -541,10 +980,10 @@ impl Shard {
                 Ok(Output::Transmit(t)) => {
                     idle_feeds = 0;
                     self.metrics.datagrams.fetch_add(1, Relaxed);
-                    if !self.net.queue(batch, t) && p.video_started {
+                    if !self.net.queue(batch, t) && p.gate.video_started {
                         // A laggard: what it missed breaks its picture anyway,
                         // so it resumes at the next keyframe instead.
-                        p.video_started = false;
+                        p.gate.video_started = false;
                         self.metrics.laggard_skips.fetch_add(1, Relaxed);
                         debug!(stream = %p.stream.name, "viewer cannot keep up, skipping to the next keyframe");
                     }
@@ -552,6 +991,11 @@ impl Shard {
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => {
                         p.connected = true;
+                        if !p.counted {
+                            // Offers that never connect are not viewers.
+                            p.counted = true;
+                            p.stream.viewer_joined();
+                        }
                         info!(stream = %p.stream.name, elapsed_ms = p.created.elapsed().as_millis() as u64, "viewer connected");
                         if p.video.is_some() && !p.stream.has_cached_keyframe() {
                             // Nothing to replay (a publisher that sends keyframes
@@ -619,7 +1063,7 @@ impl Shard {
                         let tx = self.tx.clone();
                         let id = p.id;
                         p.on_connected(Arc::new(move || {
-                            let _ = tx.send(ShardMsg::PublisherKeyframe(id));
+                            tx.control(ShardMsg::PublisherKeyframe(id));
                         }));
                     }
                     Event::RtpPacket(pkt) => p.on_rtp(pkt),
@@ -655,20 +1099,28 @@ impl Shard {
     fn reap_publishers(&self, pubs: &mut HashMap<u64, PubPeer>) {
         let dead: Vec<u64> = pubs
             .values()
-            .filter(|p| p.dead || !p.rtc.is_alive())
+            .filter(|p| p.dead || p.poisoned || !p.rtc.is_alive())
             .map(|p| p.id)
             .collect();
         for id in dead {
             if let Some(mut p) = pubs.remove(&id) {
                 p.end("session closed");
-                // Tell the publisher (DTLS close alert) rather than go silent.
-                p.rtc.disconnect();
-                let mut batch = self.batch.borrow_mut();
-                while let Ok(Output::Transmit(t)) = p.rtc.poll_output() {
-                    self.net.queue(&mut batch, t);
+                // Tell the publisher (DTLS close alert) rather than go silent;
+                // not a session that panicked (its state is suspect).
+                if !p.poisoned
+                    && let Err(msg) = isolate(|| {
+                        p.rtc.disconnect();
+                        let mut batch = self.batch.borrow_mut();
+                        while let Ok(Output::Transmit(t)) = p.rtc.poll_output() {
+                            self.net.queue(&mut batch, t);
+                        }
+                        self.net.flush(&mut batch);
+                    })
+                {
+                    self.session_panicked(&p.stream.name, id, "close", &msg);
                 }
-                self.net.flush(&mut batch);
                 self.demux.remove(&p.ufrag, &p.addrs);
+                self.net.close_tcp(&p.addrs);
                 self.publishers.lock().remove(&p.id);
                 debug!(stream = %p.stream.name, "whip publisher removed");
                 // Dropping it ends the publish (the hub's Publisher handle).
@@ -679,10 +1131,15 @@ impl Shard {
     fn reap(&self, peers: &mut Peers) {
         for p in peers.remove_dead() {
             self.demux.remove(&p.ufrag, &p.addrs);
+            self.net.close_tcp(&p.addrs);
             self.registry.lock().remove(&p.id);
             p.stream.detach_sink(self.index as u64);
-            p.stream.viewer_left();
-            info!(stream = %p.stream.name, "viewer left");
+            if p.counted {
+                p.stream.viewer_left();
+                info!(stream = %p.stream.name, "viewer left");
+            } else {
+                debug!(stream = %p.stream.name, "unconnected viewer session removed");
+            }
         }
     }
 }
@@ -690,14 +1147,11 @@ impl Shard {
 impl Peer {
     /// Writes a live frame; returns how many RTP packets that was.
     fn on_frame(&mut self, frame: &Frame) -> usize {
-        if !self.connected || self.last_index.is_some_and(|i| frame.index <= i) {
+        if !self.connected {
             return 0;
         }
-        self.last_index = Some(frame.index);
-        if frame.publisher != self.publisher {
-            // A new publisher: its P-frames mean nothing without its keyframe.
-            self.publisher = frame.publisher;
-            self.video_started = false;
+        let admit = self.gate.admit(frame);
+        if admit.new_publisher {
             let now_sends = self.stream.media_info().video.map(|v| v.codec);
             if let (Some(had), Some(now)) = (self.video_codec, now_sends)
                 && had != now
@@ -710,16 +1164,16 @@ impl Peer {
                 return 0;
             }
         }
+        if admit.gap && self.video.is_some() {
+            // Frames were dropped (a full queue): video resumes at the next
+            // keyframe; a WebRTC publisher is asked for one (rate-limited).
+            self.stream.request_keyframe();
+        }
+        if !admit.send {
+            return 0;
+        }
         let (track, video) = match frame.kind {
-            Kind::Video => {
-                if !self.video_started {
-                    if !frame.keyframe {
-                        return 0;
-                    }
-                    self.video_started = true;
-                }
-                (self.video.as_mut(), true)
-            }
+            Kind::Video => (self.video.as_mut(), true),
             Kind::Audio => (self.audio.as_mut(), false),
         };
         match track {
@@ -760,9 +1214,13 @@ impl Peer {
             frames,
             next: 0,
         });
-        self.publisher = last.publisher;
-        self.video_started = true;
-        self.last_index = Some(self.last_index.map_or(last.index, |i| i.max(last.index)));
+        self.gate.publisher = last.publisher;
+        self.gate.video_started = true;
+        self.gate.last_index = Some(
+            self.gate
+                .last_index
+                .map_or(last.index, |i| i.max(last.index)),
+        );
         self.last_replay = Some(now);
     }
 
@@ -820,4 +1278,86 @@ fn write_frame(
         track.next_seq += 1;
     }
     frame.payloads.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(index: u64, kind: Kind, keyframe: bool) -> Arc<Frame> {
+        frame_of(index, kind, keyframe, 1)
+    }
+
+    fn frame_of(index: u64, kind: Kind, keyframe: bool, publisher: u64) -> Arc<Frame> {
+        let now = Instant::now();
+        Arc::new(Frame {
+            kind,
+            index,
+            rtp_time: index as u32,
+            wallclock: now,
+            received: now,
+            keyframe,
+            publisher,
+            payloads: Box::new([Arc::from(vec![0u8; 4])]),
+        })
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_viewers_resume_at_a_keyframe() {
+        let metrics = Arc::new(ShardMetrics::default());
+        let (tx, rx) = shard_queues(metrics.clone(), 8);
+        let send = |f: Arc<Frame>| {
+            tx.data(ShardMsg::Frame {
+                stream: 1,
+                frame: f,
+            })
+        };
+        let mut gate = FrameGate::default();
+        let mut sent = Vec::new();
+        let drain = |gate: &mut FrameGate, sent: &mut Vec<u64>| {
+            while let Ok(ShardMsg::Frame { frame, .. }) = rx.data.try_recv() {
+                if gate.admit(&frame).send && frame.kind == Kind::Video {
+                    sent.push(frame.index);
+                }
+            }
+        };
+        send(frame(0, Kind::Video, true));
+        send(frame(1, Kind::Video, false));
+        drain(&mut gate, &mut sent);
+        // A shard that stalls while 18 frames arrive: the producer never
+        // blocks, the queue holds the newest 8, and the rest are counted.
+        for i in 2..20 {
+            send(frame(i, Kind::Video, i == 15));
+        }
+        assert_eq!(rx.data.len(), 8);
+        assert_eq!(metrics.queue_drops.load(Relaxed), 10);
+        // Control messages have their own queue: none is lost.
+        for id in 0..100 {
+            assert!(tx.control(ShardMsg::Remove(id)));
+        }
+        assert_eq!(rx.ctl.len(), 100);
+        drain(&mut gate, &mut sent);
+        // 12, 13, 14 follow a gap and would not decode: skipped until 15.
+        assert_eq!(sent, vec![0, 1, 15, 16, 17, 18, 19]);
+        // A dead shard refuses new sessions.
+        tx.alive.store(false, Relaxed);
+        assert!(!tx.control(ShardMsg::Remove(1)));
+    }
+
+    #[test]
+    fn the_gate_sends_each_frame_once_and_restarts_video_for_a_new_publisher() {
+        let mut g = FrameGate::default();
+        assert!(!g.admit(&frame(0, Kind::Video, false)).send);
+        assert!(g.admit(&frame(1, Kind::Audio, false)).send);
+        assert!(g.admit(&frame(2, Kind::Video, true)).send);
+        assert!(!g.admit(&frame(2, Kind::Video, true)).send, "a duplicate");
+        assert!(g.admit(&frame(3, Kind::Video, false)).send);
+        let a = g.admit(&frame_of(4, Kind::Video, false, 2));
+        assert!(a.new_publisher && !a.send && !a.gap);
+        // Audio after a gap still passes; video waits for a keyframe.
+        let a = g.admit(&frame_of(9, Kind::Audio, false, 2));
+        assert!(a.gap && a.send);
+        assert!(!g.admit(&frame_of(10, Kind::Video, false, 2)).send);
+        assert!(g.admit(&frame_of(11, Kind::Video, true, 2)).send);
+    }
 }

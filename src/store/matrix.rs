@@ -343,6 +343,21 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets guests older than `days` that never joined a room (their token
+    /// stops working; the page asks for a name again). Guests that posted
+    /// stay: their room rows remember bans.
+    pub async fn prune_idle_guests(&self, days: i64) -> Result<u64, StoreError> {
+        let cutoff = unix_now() - days * 86_400;
+        let r = sqlx::query(
+            "DELETE FROM matrix_guests WHERE created_at < $1
+             AND user_id NOT IN (SELECT user_id FROM matrix_guest_rooms)",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     pub async fn guest_by_token_hash(
         &self,
         token_hash: &str,

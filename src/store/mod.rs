@@ -143,6 +143,19 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// At shutdown: SQLite folds its WAL into the database file (a copy of
+    /// the .db alone is then complete), then every connection is closed.
+    pub async fn close(&self) {
+        if self.backend == Backend::Sqlite
+            && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await
+        {
+            tracing::warn!("storage: WAL checkpoint at shutdown failed: {e}");
+        }
+        self.pool.close().await;
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

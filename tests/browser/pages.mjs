@@ -993,7 +993,7 @@ async function mxWidget(browser) {
       out.ui_after_retry = await status();
     }
     out.openid_asked = await host.evaluate(() => window.openidAsked);
-    out.whep_auth = seen.whepAuth.map((a) => (a ? a.replace(/^(Bearer v1\.\d+)\..*/, '$1.…') : a));
+    out.whep_auth = seen.whepAuth.map((a) => (a ? a.replace(/^(Bearer v[12]\.\d+)\..*/, '$1.…') : a));
     out.access_status = seen.access;
     if (run.openid) {
       const wantAccess = run.retry_allow ? [200] : run.consent === 'deny' ? [] : [run.expect === 'play' ? 200 : 403];
@@ -1003,7 +1003,7 @@ async function mxWidget(browser) {
       check(out.openid_asked === 0 && seen.access.length === 0, `OpenID asked for a public stream: ${out.openid_asked}`);
     }
     if (run.expect === 'play' || run.retry_allow) {
-      check(seen.whepAuth.length >= 1 && seen.whepAuth.every((a) => (run.openid ? /^Bearer v1\./.test(a || '') : a === null)),
+      check(seen.whepAuth.length >= 1 && seen.whepAuth.every((a) => (run.openid ? /^Bearer v[12]\./.test(a || '') : a === null)),
         `WHEP Authorization: ${JSON.stringify(out.whep_auth)}`);
     } else {
       check(seen.whepAuth.length === 0, `a refused viewer still offered WHEP: ${JSON.stringify(out.whep_auth)}`);

@@ -473,6 +473,22 @@ impl Sse {
         Sse { lines, stream: s }
     }
 
+    /// True once the server ended the response.
+    pub fn is_closed(&self) -> bool {
+        self.lines.is_closed()
+    }
+
+    /// The response's HTTP status.
+    pub fn status(&self) -> Option<u16> {
+        self.lines
+            .snapshot()
+            .first()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
     /// All `(event, data)` pairs so far.
     pub fn events(&self) -> Vec<(String, Value)> {
         let mut out = Vec::new();

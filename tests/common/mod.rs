@@ -19,6 +19,7 @@ pub mod publishers;
 pub mod raw_rtmp;
 pub mod rtc_client;
 pub mod rtmp;
+pub mod stop;
 pub mod synapse;
 pub mod ws;
 

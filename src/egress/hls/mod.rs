@@ -5,7 +5,7 @@
 //! segments, [`fmp4`]) and [`playlist::Playlist`] (window, rendering, blocking
 //! reload rules). This file is the thin async driver: a [`FrameSink`] per
 //! stream that only enqueues, one task per stream that feeds the segmenter,
-//! and the HTTP handlers, which hold blocking requests on a `watch` channel.
+//! and what the HTTP handlers (`http::hls`) wait on: a `watch` channel per stream.
 //!
 //! A stream's HLS starts on its first HLS request, seeded with the hub's GOP
 //! cache so the first playlist has parts at once, and stops after
@@ -15,28 +15,19 @@ pub mod fmp4;
 pub mod playlist;
 pub mod segmenter;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, info};
 
 use crate::config::HlsConfig;
 use crate::hub::{Frame, FrameSink, Hub, HubEvent, Kind, Stream};
-use crate::server::App;
-use crate::web::ApiError;
-use playlist::{Params, Wait};
+use playlist::Params;
 use segmenter::Segmenter;
 
 /// Frames queued between the publisher's task and the segmenter; a full queue
@@ -45,12 +36,12 @@ const QUEUE: usize = 1024;
 /// Sink ids of HLS streams start here, far from the WebRTC shards' ids.
 const SINK_ID_BASE: u64 = 1 << 40;
 /// A first playlist request waits this long at least for the first part.
-const MIN_HOLD: Duration = Duration::from_secs(3);
+pub(crate) const MIN_HOLD: Duration = Duration::from_secs(3);
 /// `PART-TARGET` = `hls.part_target_ms` × this.
 const PART_TARGET_SLACK: f64 = 1.05;
 
 pub const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
-const MEDIA_TYPE: &str = "video/mp4";
+pub const MEDIA_TYPE: &str = "video/mp4";
 
 /// Request and byte counters for `/metrics`.
 #[derive(Default)]
@@ -91,8 +82,8 @@ pub struct HlsStream {
     stream: Arc<Stream>,
     /// Names every URI, so names never repeat across HLS sessions of a stream
     /// (segments are cached as immutable).
-    session: u32,
-    seg: Mutex<Segmenter>,
+    pub(crate) session: u32,
+    pub(crate) seg: Mutex<Segmenter>,
     version: watch::Sender<u64>,
     tx: mpsc::Sender<Msg>,
     sink_id: u64,
@@ -100,6 +91,23 @@ pub struct HlsStream {
     last_request: AtomicU64,
     /// The playlist as rendered for requests without a token, per version.
     cached: Mutex<Option<(u64, Bytes)>>,
+    /// Blocking requests by the position they wait for (see [`position`]):
+    /// a new part wakes only those it satisfies, not every waiter.
+    targets: Mutex<BTreeMap<(u64, u64), Arc<Notify>>>,
+    /// The last position woken up to.
+    reached: Mutex<(u64, u64)>,
+}
+
+/// How far the playlist is: `(msn, parts)` of its last segment, or
+/// `(msn + 1, 0)` once that segment is complete. A request for part `p` of
+/// segment `msn` waits for `(msn, p + 1)`; one for the whole segment `msn`,
+/// for `(msn + 1, 0)`.
+pub(crate) fn position(p: &playlist::Playlist) -> (u64, u64) {
+    match p.last_segment() {
+        Some(s) if s.complete => (s.msn.saturating_add(1), 0),
+        Some(s) => (s.msn, s.parts.len() as u64),
+        None => (0, 0),
+    }
 }
 
 pub struct Hls {
@@ -262,7 +270,7 @@ impl Hls {
     }
 
     /// The stream's HLS state, started if needed (`start`).
-    fn get(&self, stream: &Arc<Stream>, start: bool) -> Option<Arc<HlsStream>> {
+    pub(crate) fn get(&self, stream: &Arc<Stream>, start: bool) -> Option<Arc<HlsStream>> {
         let mut streams = self.streams.lock();
         if let Some(hs) = streams.get(&stream.name) {
             hs.last_request.store(self.now_ms(), Relaxed);
@@ -282,6 +290,8 @@ impl Hls {
             sink_id: self.next_sink.fetch_add(1, Relaxed),
             last_request: AtomicU64::new(self.now_ms()),
             cached: Mutex::new(None),
+            targets: Mutex::new(BTreeMap::new()),
+            reached: Mutex::new((0, 0)),
         });
         let sink: Arc<dyn FrameSink> = Arc::new(Sink {
             tx,
@@ -364,7 +374,7 @@ async fn run(
         }
         drop(seg);
         if changed {
-            hs.version.send_modify(|v| *v += 1);
+            hs.changed();
         }
     }
     while let Some(msg) = rx.recv().await {
@@ -385,15 +395,82 @@ async fn run(
             Msg::Stop => break,
         };
         if changed {
-            hs.version.send_modify(|v| *v += 1);
+            hs.changed();
         }
     }
+    // Nothing more comes: every waiter looks again (and gives up).
+    hs.wake_all();
 }
 
 impl HlsStream {
+    /// After the segmenter changed: bump the version, and wake the blocking
+    /// requests whose position was reached (all of them if the playlist went
+    /// back, as after a restart).
+    fn changed(&self) {
+        self.version.send_modify(|v| *v += 1);
+        let pos = position(&self.seg.lock().playlist);
+        let mut reached = self.reached.lock();
+        let back = pos < *reached;
+        *reached = pos;
+        drop(reached);
+        if back {
+            self.wake_all();
+        } else {
+            self.wake_to(pos);
+        }
+    }
+
+    fn wake_to(&self, pos: (u64, u64)) {
+        let ready = {
+            let mut t = self.targets.lock();
+            let later = t.split_off(&(pos.0, pos.1.saturating_add(1)));
+            std::mem::replace(&mut *t, later)
+        };
+        for n in ready.values() {
+            n.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        let all = std::mem::take(&mut *self.targets.lock());
+        for n in all.values() {
+            n.notify_waiters();
+        }
+    }
+
+    /// Like [`HlsStream::wait`] for a request that can only be answered once
+    /// the playlist reaches `target` ([`position`]); `f` is asked when it
+    /// does (or the playlist goes back or ends), not at every change.
+    pub(crate) async fn wait_at<T>(
+        &self,
+        deadline: Instant,
+        target: (u64, u64),
+        mut f: impl FnMut(&Segmenter) -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            let n = self
+                .targets
+                .lock()
+                .entry(target)
+                .or_insert_with(|| Arc::new(Notify::new()))
+                .clone();
+            let notified = n.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a wake-up in between is not lost.
+            notified.as_mut().enable();
+            if let Some(v) = f(&self.seg.lock()) {
+                return Some(v);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline.into()) => return f(&self.seg.lock()),
+            }
+        }
+    }
+
     /// Waits (until `deadline`) for `f` to give a value; it is asked again
     /// each time the playlist changes.
-    async fn wait<T>(
+    pub(crate) async fn wait<T>(
         &self,
         deadline: Instant,
         mut f: impl FnMut(&Segmenter) -> Option<T>,
@@ -412,7 +489,7 @@ impl HlsStream {
 
     /// The playlist text for `query` (`""` or `?access=…`); shared between
     /// requests without a token.
-    fn render(&self, seg: &Segmenter, query: &str) -> Bytes {
+    pub(crate) fn render(&self, seg: &Segmenter, query: &str) -> Bytes {
         if !query.is_empty() {
             return Bytes::from(seg.playlist.render(self.session, query));
         }
@@ -426,431 +503,5 @@ impl HlsStream {
         let b = Bytes::from(seg.playlist.render(self.session, ""));
         *cached = Some((version, b.clone()));
         b
-    }
-}
-
-pub fn routes() -> Router<Arc<App>> {
-    Router::new().route("/hls/{stream}/{file}", get(serve))
-}
-
-/// `_HLS_msn`, `_HLS_part` and `access` of a request.
-#[derive(Debug, Default, PartialEq)]
-struct HlsQuery {
-    msn: Option<u64>,
-    part: Option<u64>,
-    access: Option<String>,
-}
-
-fn parse_query(query: Option<&str>) -> Result<HlsQuery, ApiError> {
-    let mut q = HlsQuery::default();
-    let num = |k: &str, v: &str| {
-        v.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "bad_query",
-                format!("{k} must be a whole number ≥ 0, not '{v}'"),
-            )
-        })
-    };
-    for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        match k {
-            "_HLS_msn" => q.msn = Some(num(k, v)?),
-            "_HLS_part" => q.part = Some(num(k, v)?),
-            "access" => q.access = Some(v.to_string()),
-            _ => {}
-        }
-    }
-    if q.part.is_some() && q.msn.is_none() {
-        return Err(ApiError::bad_request(
-            "bad_query",
-            "_HLS_part needs _HLS_msn",
-        ));
-    }
-    Ok(q)
-}
-
-/// A request for one of the files of a stream's HLS.
-#[derive(Debug, PartialEq)]
-enum File {
-    Playlist,
-    Init {
-        session: u32,
-        id: u32,
-    },
-    Segment {
-        session: u32,
-        msn: u64,
-    },
-    Part {
-        session: u32,
-        msn: u64,
-        index: usize,
-    },
-}
-
-fn parse_file(name: &str) -> Option<File> {
-    if name == "index.m3u8" {
-        return Some(File::Playlist);
-    }
-    let (stem, ext) = name.rsplit_once('.')?;
-    let mut it = stem.split('-');
-    let kind = it.next()?;
-    let session = it.next()?.parse().ok()?;
-    let a = it.next()?;
-    let b = it.next();
-    if it.next().is_some() {
-        return None;
-    }
-    match (kind, ext, b) {
-        ("init", "mp4", None) => Some(File::Init {
-            session,
-            id: a.parse().ok()?,
-        }),
-        ("seg", "m4s", None) => Some(File::Segment {
-            session,
-            msn: a.parse().ok()?,
-        }),
-        ("part", "m4s", Some(b)) => Some(File::Part {
-            session,
-            msn: a.parse().ok()?,
-            index: b.parse().ok()?,
-        }),
-        _ => None,
-    }
-}
-
-fn gone(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("{what} is not (or no longer) available; reload the playlist"),
-    )
-}
-
-async fn serve(
-    State(app): State<Arc<App>>,
-    Path((name, file)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let hls = &app.hls;
-    let r = serve_inner(&app, &name, &file, &uri, &headers).await;
-    if r.is_err() {
-        hls.metrics.errors.fetch_add(1, Relaxed);
-    }
-    r
-}
-
-async fn serve_inner(
-    app: &App,
-    name: &str,
-    file: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    let hls = &app.hls;
-    if !hls.enabled {
-        return Err(ApiError::not_found(
-            "HLS is turned off on this server (hls.enabled = false); watch over WebRTC",
-        ));
-    }
-    let file = parse_file(file).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no such HLS file '{file}': the playlist is /hls/{name}/index.m3u8"
-        ))
-    })?;
-    let query = parse_query(uri.query())?;
-    let stream = app
-        .hub
-        .get(name)
-        .ok_or_else(|| ApiError::unknown_stream(name))?;
-    // Segment URLs cannot carry a signed URL's signature: with signed or
-    // webhook-admitted playback, HLS would bypass the check, so it is off.
-    let gated = app
-        .config
-        .signed_policy
-        .as_ref()
-        .is_some_and(|p| p.playback)
-        || app.config.admission.as_ref().is_some_and(|a| a.playback);
-    if gated {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "hls_unavailable",
-            "this server admits viewers by signed URL or webhook, which HLS cannot check per segment; watch over WebRTC",
-        ));
-    }
-    // Streams of private Matrix rooms need a viewer token, for every file.
-    crate::matrix::access::check_viewer(app.matrix.as_deref(), &stream, headers, uri.query())?;
-    // Passed on as it came (still URL-encoded), and only when it cannot break
-    // out of a playlist line or attribute.
-    let suffix = query
-        .access
-        .as_deref()
-        .filter(|a| {
-            a.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._~%-+".contains(&b))
-        })
-        .map(|a| format!("?access={a}"))
-        .unwrap_or_default();
-    match file {
-        File::Playlist => playlist(app, &stream, &query, &suffix).await,
-        file => media(app, &stream, file).await,
-    }
-}
-
-fn codec_check(stream: &Stream) -> Result<(), ApiError> {
-    if let Some(v) = stream.media_info().video
-        && v.codec != "H264"
-    {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "hls_unsupported_codec",
-            format!(
-                "stream '{}' sends {} video, which roomcast's HLS cannot carry (H.264 only); watch it over WebRTC",
-                stream.name, v.codec
-            ),
-        ));
-    }
-    Ok(())
-}
-
-async fn playlist(
-    app: &App,
-    stream: &Arc<Stream>,
-    q: &HlsQuery,
-    suffix: &str,
-) -> Result<Response, ApiError> {
-    let hls = &app.hls;
-    let live = stream.is_live();
-    if live {
-        codec_check(stream)?;
-    }
-    let blocking = q.msn.is_some();
-    if blocking {
-        hls.metrics.blocking_playlists.fetch_add(1, Relaxed);
-    } else {
-        hls.metrics.playlists.fetch_add(1, Relaxed);
-        // A player's first request (it reloads with _HLS_msn from then on):
-        // where a new HLS viewer is admitted or not, as WHEP does per session.
-        if live {
-            crate::egress::whep::check_egress_cap(app, stream)?;
-        }
-    }
-    // Offline: 404, except that a blocking reload of a running HLS waits for
-    // the publisher to come back (a restart keeps players going).
-    let hs = match hls.get(stream, live) {
-        Some(hs) if live || blocking => hs,
-        _ => return Err(ApiError::offline(&stream.name)),
-    };
-    let hold = {
-        let seg = hs.seg.lock();
-        let target = seg.playlist.target_duration() as f64;
-        Duration::from_secs_f64(3.0 * target).max(MIN_HOLD)
-    };
-    let deadline = Instant::now() + hold;
-    let ready = match q.msn {
-        Some(msn) => {
-            let w = hs.seg.lock().playlist.wait_for(msn, q.part);
-            if w == Wait::TooFar {
-                return Err(ApiError::bad_request(
-                    "hls_request_too_far",
-                    format!(
-                        "_HLS_msn={msn}{} is too far ahead of the playlist",
-                        q.part
-                            .map(|p| format!(", _HLS_part={p}"))
-                            .unwrap_or_default()
-                    ),
-                ));
-            }
-            hs.wait(deadline, |s| {
-                (s.playlist.wait_for(msn, q.part) == Wait::Ready).then_some(())
-            })
-            .await
-        }
-        None => {
-            hs.wait(deadline, |s| s.playlist.has_parts().then_some(()))
-                .await
-        }
-    };
-    if ready.is_none() {
-        if !stream.is_live() {
-            return Err(ApiError::offline(&stream.name));
-        }
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "hls_not_ready",
-            format!(
-                "stream '{}' has no HLS part for this request yet; waiting for a keyframe",
-                stream.name
-            ),
-        )
-        .retry_after(1));
-    }
-    let body = {
-        let seg = hs.seg.lock();
-        hs.render(&seg, suffix)
-    };
-    hls.metrics.bytes.fetch_add(body.len() as u64, Relaxed);
-    Ok((
-        StatusCode::OK,
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(PLAYLIST_TYPE),
-            ),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(if blocking { "max-age=6" } else { "no-cache" }),
-            ),
-        ],
-        body,
-    )
-        .into_response())
-}
-
-async fn media(app: &App, stream: &Arc<Stream>, file: File) -> Result<Response, ApiError> {
-    let hls = &app.hls;
-    let session = match file {
-        File::Init { session, .. } | File::Segment { session, .. } | File::Part { session, .. } => {
-            session
-        }
-        File::Playlist => unreachable!("playlists are served by playlist()"),
-    };
-    let hs = hls
-        .get(stream, false)
-        .filter(|hs| hs.session == session)
-        .ok_or_else(|| gone("this HLS session"))?;
-    let hold = Duration::from_secs_f64(3.0 * hs.seg.lock().playlist.target_duration() as f64)
-        .max(MIN_HOLD);
-    let deadline = Instant::now() + hold;
-    let chunks: Vec<Bytes> = match file {
-        File::Init { id, .. } => {
-            hls.metrics.inits.fetch_add(1, Relaxed);
-            vec![
-                hs.seg
-                    .lock()
-                    .playlist
-                    .init(id)
-                    .ok_or_else(|| gone("this init segment"))?,
-            ]
-        }
-        File::Segment { msn, .. } => {
-            hls.metrics.segments.fetch_add(1, Relaxed);
-            // The segment being made (or the next two) are waited for.
-            {
-                let seg = hs.seg.lock();
-                let p = &seg.playlist;
-                if p.is_gone(msn) || p.last_msn().is_none_or(|l| msn > l + 2) {
-                    return Err(gone(&format!("segment {msn}")));
-                }
-            }
-            hs.wait(deadline, |s| {
-                s.playlist.complete_segment(msn).map(|seg| seg.chunks())
-            })
-            .await
-            .ok_or_else(|| gone(&format!("segment {msn}")))?
-        }
-        File::Part { msn, index, .. } => {
-            hls.metrics.parts.fetch_add(1, Relaxed);
-            {
-                let seg = hs.seg.lock();
-                let p = &seg.playlist;
-                if p.is_gone(msn) || p.wait_for(msn, Some(index as u64)) == Wait::TooFar {
-                    return Err(gone(&format!("part {msn}.{index}")));
-                }
-            }
-            // A preload-hinted part is answered as soon as it is complete.
-            let part = hs
-                .wait(deadline, |s| {
-                    if let Some(p) = s.playlist.part(msn, index) {
-                        return Some(Some(p.data.clone()));
-                    }
-                    // The segment ended with fewer parts: it never comes.
-                    s.playlist
-                        .complete_segment(msn)
-                        .map(|_| None)
-                        .or_else(|| s.playlist.is_gone(msn).then_some(None))
-                })
-                .await
-                .flatten()
-                .ok_or_else(|| gone(&format!("part {msn}.{index}")))?;
-            vec![part]
-        }
-        File::Playlist => unreachable!(),
-    };
-    let len: usize = chunks.iter().map(Bytes::len).sum();
-    hls.metrics.bytes.fetch_add(len as u64, Relaxed);
-    // The parts' bytes are shared with every other viewer: no copy here.
-    let body = if chunks.len() == 1 {
-        Body::from(chunks.into_iter().next().expect("one"))
-    } else {
-        Body::from_stream(futures_util::stream::iter(
-            chunks.into_iter().map(Ok::<_, Infallible>),
-        ))
-    };
-    let mut r = Response::new(body);
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    // Names are never reused (the session is in them).
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=86400, immutable"),
-    );
-    Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_and_file_names() {
-        assert_eq!(parse_query(None).unwrap(), HlsQuery::default());
-        let q = parse_query(Some("_HLS_msn=12&_HLS_part=3&access=v1.9.ab&x=1")).unwrap();
-        assert_eq!(q.msn, Some(12));
-        assert_eq!(q.part, Some(3));
-        assert_eq!(q.access.as_deref(), Some("v1.9.ab"));
-        let e = parse_query(Some("_HLS_msn=abc")).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_query"));
-        assert!(e.message.contains("abc"), "{}", e.message);
-        assert!(parse_query(Some("_HLS_msn=-1")).is_err());
-        assert!(parse_query(Some("_HLS_part=1")).is_err());
-
-        assert_eq!(parse_file("index.m3u8"), Some(File::Playlist));
-        assert_eq!(
-            parse_file("init-7-0.mp4"),
-            Some(File::Init { session: 7, id: 0 })
-        );
-        assert_eq!(
-            parse_file("seg-7-12.m4s"),
-            Some(File::Segment {
-                session: 7,
-                msn: 12
-            })
-        );
-        assert_eq!(
-            parse_file("part-7-12.3.m4s"),
-            None,
-            "parts are part-S-MSN-INDEX"
-        );
-        assert_eq!(
-            parse_file("part-7-12-3.m4s"),
-            Some(File::Part {
-                session: 7,
-                msn: 12,
-                index: 3
-            })
-        );
-        for bad in [
-            "seg-7-x.m4s",
-            "seg-7-1.mp4",
-            "part-7-1.m4s",
-            "x",
-            "../etc",
-            "seg-7-1-2-3.m4s",
-        ] {
-            assert_eq!(parse_file(bad), None, "{bad}");
-        }
     }
 }

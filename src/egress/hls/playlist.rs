@@ -173,6 +173,10 @@ impl Playlist {
     }
 
     /// The msn of the newest segment (open or complete).
+    pub fn last_segment(&self) -> Option<&Segment> {
+        self.segments.back()
+    }
+
     pub fn last_msn(&self) -> Option<u64> {
         self.segments.back().map(|s| s.msn)
     }
@@ -235,7 +239,12 @@ impl Playlist {
                     return Wait::Ready;
                 }
                 let limit = self.params.advance_part_limit();
-                let ahead = if msn == last.msn { p + 1 - have } else { p + 1 };
+                // `p` comes from the query: u64::MAX must not overflow.
+                let ahead = if msn == last.msn {
+                    (p - have).saturating_add(1)
+                } else {
+                    p.saturating_add(1)
+                };
                 if ahead > limit {
                     Wait::TooFar
                 } else {

@@ -756,6 +756,10 @@ mod tests {
             Wait::TooFar,
             "beyond the advance part limit"
         );
+        // Query values are u64: the largest must not overflow.
+        assert_eq!(p.wait_for(1, Some(u64::MAX)), Wait::TooFar);
+        assert_eq!(p.wait_for(2, Some(u64::MAX)), Wait::TooFar);
+        assert_eq!(p.wait_for(u64::MAX, Some(u64::MAX)), Wait::TooFar);
         let text = p.render(9, "");
         for tag in [
             "#EXTM3U\n",

@@ -4,23 +4,25 @@
 //! Any application name is accepted. OME-style keys `STREAM?policy=…&signature=…`
 //! (SignedPolicy) or `STREAM?…` (admission webhook) name the stream instead.
 
-mod session;
+pub mod core;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+pub use self::core::{RtmpError, RtmpEvent, ServerCore};
 use super::flv_pipeline::FlvPipeline;
 use crate::auth::admission::Ticket;
 use crate::auth::gate::{Attempt, Gate};
 use crate::auth::keys::KeyRing;
 use crate::hub::{Hub, IngestProtocol};
-pub use session::{RmlConnection, RtmpConnection, RtmpError, RtmpEvent};
+use crate::listener::{Conn, Limits, Shutdown};
 
 /// The handshake and `publish` must happen within this time.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +35,8 @@ pub struct RtmpIngest {
     pub gate: Arc<Gate>,
     /// Host names a signed RTMP URL may name besides the address connected to.
     pub sign_hosts: Vec<String>,
+    /// `[rtmp] max_message_bytes`: the longest audio/video message accepted.
+    pub max_message_bytes: u32,
 }
 
 /// A publishing session's extras from authorization.
@@ -42,58 +46,86 @@ struct Authorized {
 }
 
 impl RtmpIngest {
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (sock, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "rtmp accept failed");
-                    continue;
-                }
-            };
-            let _ = sock.set_nodelay(true);
-            let local = sock.local_addr().ok();
-            let this = self.clone();
-            tokio::spawn(async move {
-                match this.connection(sock, peer, local, false).await {
-                    Ok(()) => debug!(%peer, "rtmp connection closed"),
-                    Err(reason) => info!(%peer, %reason, "rtmp connection closed"),
-                }
-            });
-        }
+    /// RTMP on `listener` (through the shared listener core) until `shutdown`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, limits: Limits, shutdown: Shutdown) {
+        self.serve_on(listener, "rtmp", None, limits, shutdown)
+            .await
     }
 
     /// RTMPS: RTMP inside TLS on its own port.
-    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
-        loop {
-            let (sock, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "rtmps accept failed");
-                    continue;
-                }
-            };
-            let _ = sock.set_nodelay(true);
-            let local = sock.local_addr().ok();
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        limits: Limits,
+        shutdown: Shutdown,
+    ) {
+        self.serve_on(listener, "rtmps", Some(acceptor), limits, shutdown)
+            .await
+    }
+
+    async fn serve_on(
+        self: Arc<Self>,
+        listener: TcpListener,
+        name: &'static str,
+        acceptor: Option<TlsAcceptor>,
+        limits: Limits,
+        shutdown: Shutdown,
+    ) {
+        crate::listener::serve(listener, name, limits, shutdown, move |c: Conn| {
             let this = self.clone();
             let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let tls = match tokio::time::timeout(SETUP_TIMEOUT, acceptor.accept(sock)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        info!(%peer, error = %e, "rtmps tls handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        info!(%peer, "rtmps tls handshake timed out");
-                        return;
+            async move {
+                let (peer, local, stop) = (c.peer, Some(c.local), c.shutdown);
+                let session = async {
+                    match &acceptor {
+                        None => this.handle(c.stream, peer, local, false).await,
+                        Some(a) => {
+                            if let Some(tls) = crate::tls::handshake(a, c.stream, peer).await {
+                                this.handle(tls, peer, local, true).await
+                            }
+                        }
                     }
                 };
-                match this.connection(tls, peer, local, true).await {
-                    Ok(()) => debug!(%peer, "rtmps connection closed"),
-                    Err(reason) => info!(%peer, %reason, "rtmps connection closed"),
+                // On shutdown the session ends at once: the publisher sees the
+                // connection close and may reconnect to the restarted server.
+                tokio::select! {
+                    () = session => {}
+                    _ = stop.wait() => debug!(%peer, listener = name, "rtmp connection closed: server shutting down"),
                 }
-            });
+            }
+        })
+        .await
+    }
+
+    /// One RTMP(S) connection from `peer`, from its first byte to its close,
+    /// for any accept loop: logs why it ended, each kind of failure at most
+    /// once per [`LOG_INTERVAL`] (the rest at debug), never a stream key.
+    pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        sock: S,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        tls: bool,
+    ) {
+        match self.connection(sock, peer, local, tls).await {
+            Ok(()) => debug!(%peer, tls, "rtmp connection closed"),
+            Err(c) => {
+                if log_allowed(c.kind) {
+                    let note = format!(
+                        "further \"{}\" closes are logged at debug for {} s",
+                        c.kind,
+                        LOG_INTERVAL.as_secs()
+                    );
+                    if c.violation {
+                        warn!(%peer, tls, reason = %c.detail, note, "rtmp connection closed");
+                    } else {
+                        info!(%peer, tls, reason = %c.detail, note, "rtmp connection closed");
+                    }
+                } else {
+                    debug!(%peer, tls, reason = %c.detail, "rtmp connection closed");
+                }
+            }
         }
     }
 
@@ -103,10 +135,12 @@ impl RtmpIngest {
         peer: SocketAddr,
         local: Option<SocketAddr>,
         tls: bool,
-    ) -> Result<(), String> {
-        let mut conn: Box<dyn RtmpConnection> = Box::new(RmlConnection::default());
+    ) -> Result<(), Close> {
+        let mut conn = ServerCore::new(self.max_message_bytes);
         let mut events = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
+        // Small until a publish is accepted: idle and refused connections
+        // should cost little.
+        let mut buf = vec![0u8; 4096];
         let mut pipeline: Option<FlvPipeline> = None;
         let mut authorized: Option<Authorized> = None;
         let mut app_name = String::new();
@@ -126,13 +160,18 @@ impl RtmpIngest {
                     if let Some(p) = &pipeline {
                         info!(%peer, stream = %p.stream_name(), "rtmp session expired (signed URL stream_expire or admission lifetime)");
                     }
-                    return Err("session expired".into());
+                    return Err(Close::new("session expired", "session expired"));
                 }
                 Err(_) if pipeline.is_some() => {
-                    return Err("publisher sent nothing for 20 s".into());
+                    return Err(Close::new("idle", "publisher sent nothing for 20 s"));
                 }
-                Err(_) => return Err("no publish within 10 s of connecting".into()),
-                Ok(Err(e)) => return Err(format!("read error: {e}")),
+                Err(_) => {
+                    return Err(Close::new(
+                        "no publish in time",
+                        "no publish within 10 s of connecting",
+                    ));
+                }
+                Ok(Err(e)) => return Err(Close::new("read error", format!("read error: {e}"))),
                 Ok(Ok(0)) => {
                     if let Some(p) = &pipeline {
                         info!(%peer, stream = %p.stream_name(), "rtmp publisher disconnected");
@@ -142,7 +181,7 @@ impl RtmpIngest {
                 Ok(Ok(n)) => n,
             };
             conn.receive(&buf[..n], &mut events)
-                .map_err(|e| e.to_string())?;
+                .map_err(Close::violation)?;
             // Handling an event may produce more (accept → responses).
             let mut i = 0;
             while i < events.len() {
@@ -153,13 +192,13 @@ impl RtmpIngest {
                     RtmpEvent::Send(bytes) => {
                         sock.write_all(&bytes)
                             .await
-                            .map_err(|e| format!("write error: {e}"))?;
+                            .map_err(|e| Close::new("write error", format!("write error: {e}")))?;
                     }
                     RtmpEvent::Connect { request_id, app } => {
                         // Any application: OME's URLs name their own.
                         app_name = app;
                         conn.accept(request_id, &mut more)
-                            .map_err(|e| e.to_string())?;
+                            .map_err(Close::violation)?;
                     }
                     RtmpEvent::Publish {
                         request_id, key, ..
@@ -167,32 +206,55 @@ impl RtmpIngest {
                         // OBS may append a query (SignedPolicy); the key is what precedes it.
                         let (key, query) = key.split_once('?').unwrap_or((key.as_str(), ""));
                         let keyed = self.keys.stream_for_key(key);
-                        let result =
-                            if keyed.is_none() && !self.gate.keyless_publish_possible(query) {
-                                Err("stream key rejected".to_string())
-                            } else {
-                                let attempt = self.attempt(
-                                    &app_name,
-                                    key,
-                                    keyed.as_deref(),
-                                    query,
-                                    peer,
-                                    local,
-                                    tls,
-                                );
-                                self.gate
-                                    .admit_publish(attempt)
-                                    .await
-                                    .map_err(|r| r.to_string())
-                            };
+                        // Without a key, the key field is taken as a stream name only
+                        // when it names a known stream or a signed URL covers it: a
+                        // mistyped key is never sent to the webhook or logged.
+                        let a_name = self.hub.get(key).is_some() || self.gate.has_policy(query);
+                        let result = if keyed.is_none()
+                            && !(a_name && self.gate.keyless_publish_possible(query))
+                        {
+                            let reason = "stream key rejected".to_string();
+                            Err((reason.clone(), reason))
+                        } else {
+                            let attempt = self.attempt(
+                                &app_name,
+                                key,
+                                keyed.as_deref(),
+                                query,
+                                peer,
+                                local,
+                                tls,
+                            );
+                            self.gate.admit_publish(attempt).await.map_err(|r| {
+                                // Without a matching key the "name" may be a
+                                // mistyped key: log only the refusal's code.
+                                let code = r.status_code().1;
+                                let log = match &keyed {
+                                    Some(stream) => format!("{stream}: {r}"),
+                                    None if matches!(
+                                        code,
+                                        "stream_key_required" | "bad_stream_name"
+                                    ) =>
+                                    {
+                                        code.to_string()
+                                    }
+                                    None => r.to_string(),
+                                };
+                                (r.to_string(), log)
+                            })
+                        };
                         let pass = match result {
                             Ok(p) => p,
-                            Err(reason) => {
-                                warn!(%peer, %reason, "rtmp publish refused");
+                            Err((reason, log)) => {
                                 conn.reject(request_id, &reason, &mut more)
-                                    .map_err(|e| e.to_string())?;
+                                    .map_err(Close::violation)?;
+                                if log_allowed("publish refused") {
+                                    warn!(%peer, reason = %log, note = "further refusals are logged at debug for 10 s", "rtmp publish refused");
+                                } else {
+                                    debug!(%peer, reason = %log, "rtmp publish refused");
+                                }
                                 flush(&mut sock, &mut more).await?;
-                                return Err(reason);
+                                return Ok(());
                             }
                         };
                         let name = pass.stream;
@@ -212,8 +274,9 @@ impl RtmpIngest {
                             expires_at: pass.expires_at.map(tokio::time::Instant::from_std),
                             _ticket: pass.ticket,
                         });
+                        buf.resize(64 * 1024, 0);
                         conn.accept(request_id, &mut more)
-                            .map_err(|e| e.to_string())?;
+                            .map_err(Close::violation)?;
                     }
                     RtmpEvent::Unpublish => {
                         if let Some(p) = pipeline.take() {
@@ -227,18 +290,21 @@ impl RtmpIngest {
                     }
                     RtmpEvent::Video { data, timestamp } => {
                         if let Some(p) = pipeline.as_mut() {
-                            p.on_video(data, timestamp).map_err(|e| e.to_string())?;
+                            p.on_video(data, timestamp)
+                                .map_err(|e| Close::new("taken over", e.to_string()))?;
                         }
                     }
                     RtmpEvent::Audio { data, timestamp } => {
                         if let Some(p) = pipeline.as_mut() {
-                            p.on_audio(data, timestamp).map_err(|e| e.to_string())?;
+                            p.on_audio(data, timestamp)
+                                .map_err(|e| Close::new("taken over", e.to_string()))?;
                         }
                     }
                     RtmpEvent::Unsupported(what) => {
                         if !what.is_empty() {
-                            return Err(format!(
-                                "{what} is not supported; play over WebRTC or HLS"
+                            return Err(Close::new(
+                                what,
+                                format!("{what} is not supported; play over WebRTC or HLS"),
                             ));
                         }
                     }
@@ -246,6 +312,55 @@ impl RtmpIngest {
                 events.extend(more);
             }
             events.clear();
+        }
+    }
+}
+
+/// Why a connection ended: a fixed kind for rate limiting, and the details.
+struct Close {
+    kind: &'static str,
+    detail: String,
+    /// The client broke the protocol or was refused (logged as a warning).
+    violation: bool,
+}
+
+impl Close {
+    fn new(kind: &'static str, detail: impl Into<String>) -> Self {
+        Close {
+            kind,
+            detail: detail.into(),
+            violation: false,
+        }
+    }
+
+    fn violation(e: RtmpError) -> Self {
+        Close {
+            kind: e.kind(),
+            detail: e.to_string(),
+            violation: true,
+        }
+    }
+}
+
+/// Each kind of connection failure is logged at most once per interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When each kind was last logged. Kinds are a fixed set of literals, so this
+/// stays a few entries long.
+static LOGGED: Mutex<Vec<(&'static str, Instant)>> = Mutex::new(Vec::new());
+
+fn log_allowed(kind: &'static str) -> bool {
+    let now = Instant::now();
+    let mut logged = LOGGED.lock();
+    match logged.iter_mut().find(|(k, _)| *k == kind) {
+        Some((_, at)) if now.duration_since(*at) < LOG_INTERVAL => false,
+        Some((_, at)) => {
+            *at = now;
+            true
+        }
+        None => {
+            logged.push((kind, now));
+            true
         }
     }
 }
@@ -305,13 +420,26 @@ impl RtmpIngest {
 async fn flush<S: AsyncWrite + Unpin>(
     sock: &mut S,
     events: &mut Vec<RtmpEvent>,
-) -> Result<(), String> {
+) -> Result<(), Close> {
     for ev in events.drain(..) {
         if let RtmpEvent::Send(bytes) = ev {
             sock.write_all(&bytes)
                 .await
-                .map_err(|e| format!("write error: {e}"))?;
+                .map_err(|e| Close::new("write error", format!("write error: {e}")))?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_is_logged_once_per_interval() {
+        assert!(log_allowed("test kind a"));
+        assert!(!log_allowed("test kind a"));
+        assert!(log_allowed("test kind b"));
+        assert!(!log_allowed("test kind a"));
+    }
 }

@@ -6,8 +6,8 @@ import { EventFeed } from './events.js';
 
 export class LiveWatcher {
   /** on(name, {live?, title?, snapshot?}) */
-  constructor(names, on) {
-    this.feed = new EventFeed(withQuery('/api/v1/events', { streams: names.join(',') }), {
+  constructor(names, on, { access = null } = {}) {
+    this.feed = new EventFeed(withQuery('/api/v1/events', { streams: names.join(','), access }), {
       live: (snap) => on(snap.name, { live: true, snapshot: snap, title: snap.title }),
       offline: (d) => on(d.name, { live: false }),
       title: (d) => on(d.name, { title: d.title }),

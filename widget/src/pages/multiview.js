@@ -131,7 +131,7 @@ async function main() {
   for (const s of slots) byName.set(s.stream, [...(byName.get(s.stream) || []), s]);
   new LiveWatcher([...byName.keys()], (name, ev) => {
     for (const s of byName.get(name) || []) update(s, ev);
-  });
+  }, { access });
 }
 
 main();

@@ -120,10 +120,19 @@ function show(snap, all) {
   const head = h('div', { class: 'w-head' }, title, viewers, badge);
   playerBox.before(head);
   const priv = snap.access === 'private';
+  // A private stream's feed needs the viewer token too: it opens once the
+  // player has one (one OpenID request for both).
+  const events = {
+    feed: null,
+    closed: false,
+    open(access) { if (!this.feed && !this.closed) this.feed = new StreamEvents(snap.name, handlers, { access }); },
+    close() { this.closed = true; this.feed?.close(); },
+  };
   const player = new Player(playerBox, {
     stream: snap.name, muted: true, controls: true, autoplay: true,
     getToken: priv
       ? (o) => viewerToken(snap.name, { ...o, status: (text) => player.setState('connecting', text) })
+        .then((t) => { events.open(t); return t; })
       : async () => null,
   });
   const setLive = (live) => {
@@ -131,12 +140,17 @@ function show(snap, all) {
     badge.className = `badge ${live ? 'live' : 'offline'}`;
     player.setLive(live);
   };
-  const events = new StreamEvents(snap.name, {
+  const handlers = {
     title: (d) => { title.textContent = d.title; },
     viewers: (d) => { viewers.replaceChildren(icon('eye'), plural(d.viewers, 'viewer', 'viewers')); viewers.hidden = false; },
     live: () => setLive(true),
     offline: () => setLive(false),
-  });
+  };
+  // Without the feed, a private stream's player is told to try at once: its
+  // first connect asks for the token (and shows why, if refused), then the
+  // feed opens with it and says whether the stream is really live.
+  if (priv) player.setLive(true);
+  else events.open(null);
   current = { player, events, head };
   window.roomcast.player = player;
   if (all.length > 1) tabs.hidden = false;

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
-use crate::server::App;
+use crate::http::App;
 
 include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 

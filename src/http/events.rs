@@ -17,9 +17,11 @@ use futures_util::Stream;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::ApiError;
+use super::{ApiError, PeerAddr};
+use crate::admission::{Purpose, ViewerFacts, ViewerPass};
+use crate::http::App;
 use crate::hub::HubEvent;
-use crate::server::App;
+use axum::extract::ConnectInfo;
 
 fn event(name: &str, data: serde_json::Value) -> Event {
     Event::default().event(name).data(data.to_string())
@@ -62,30 +64,46 @@ fn state_change(app: &App, ev: &HubEvent) -> Option<Event> {
     })
 }
 
+/// Resolves when `pass` stops holding: at its expiry, or (checked each
+/// second) when its stream's room stops being public.
+async fn revoked(pass: &ViewerPass) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if !pass.holds() {
+            return;
+        }
+    }
+}
+
 pub async fn stream_events(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let stream = app
-        .hub
-        .get(&name)
-        .ok_or_else(|| ApiError::unknown_stream(&name))?;
+    let stop = app.shutdown.wait_owned();
+    // A private room's stream (state and chat) is for viewers with access
+    // (`?access=` token): the same admission as for its video.
+    let facts = ViewerFacts {
+        stream: name.clone(),
+        client: super::client_addr(peer.ip(), &headers, &app.config.http.trusted_proxies),
+        token: crate::http::extract::token_from(&headers, uri.query()),
+        attempt: None,
+    };
+    let pass = app.admission.admit_viewer(facts, Purpose::Look).await?;
+    let stream = pass.stream.clone();
     // Subscribe before reading the state so nothing falls between the two.
     let rx = app.hub.subscribe_events();
     let mut initial = Vec::from(state_events(&stream));
     if let Some(d) = stream.description() {
         initial.push(event("description", json!({"description": d})));
     }
-    // A private room's chat is for viewers with access (`?access=` token).
-    let chat_ok =
-        crate::matrix::access::check_viewer(app.matrix.as_deref(), &stream, &headers, uri.query())
-            .is_ok();
     // Chat history (oldest first); live messages already in it are not repeated.
     let history = match &app.matrix {
-        Some(m) if chat_ok => m.chat_history(&name),
-        _ => Vec::new(),
+        Some(m) => m.chat_history(&name),
+        None => Vec::new(),
     };
     let mut seen: HashSet<String> = HashSet::new();
     for m in &history {
@@ -97,15 +115,24 @@ pub async fn stream_events(
     }
 
     let live = futures_util::stream::unfold(
-        (rx, stream, seen, app),
-        move |(mut rx, stream, mut seen, app)| async move {
+        (rx, stream, seen, app, pass),
+        move |(mut rx, stream, mut seen, app, pass)| async move {
             loop {
-                let ev = match rx.recv().await {
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    // The grant expired or the room turned private: the feed
+                    // ends (a reconnect is admitted again, or refused).
+                    _ = revoked(&pass) => return None,
+                };
+                if !pass.holds() {
+                    return None;
+                }
+                let ev = match ev {
                     Ok(ev) => ev,
                     // A slow reader missed events: resend the state instead.
                     Err(RecvError::Lagged(_)) => {
                         let e = live_or_offline(&stream);
-                        return Some((Ok(e), (rx, stream, seen, app)));
+                        return Some((Ok(e), (rx, stream, seen, app, pass)));
                     }
                     Err(RecvError::Closed) => return None,
                 };
@@ -113,7 +140,7 @@ pub async fn stream_events(
                     continue;
                 }
                 if let Some(e) = state_change(&app, &ev) {
-                    return Some((Ok(e), (rx, stream, seen, app)));
+                    return Some((Ok(e), (rx, stream, seen, app, pass)));
                 }
                 let e = match ev {
                     HubEvent::Description { description, .. } => {
@@ -128,7 +155,7 @@ pub async fn stream_events(
                     HubEvent::Redaction { id, .. } => event("redaction", json!({"id": id})),
                     _ => continue,
                 };
-                return Some((Ok(e), (rx, stream, seen, app)));
+                return Some((Ok(e), (rx, stream, seen, app, pass)));
             }
         },
     );
@@ -136,6 +163,8 @@ pub async fn stream_events(
         futures_util::stream::iter(initial.into_iter().map(Ok)),
         live,
     );
+    // Ends with the server, so a stop does not wait out the grace.
+    let all = futures_util::StreamExt::take_until(all, stop);
     Ok(Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -146,6 +175,8 @@ const MAX_WATCHED: usize = 256;
 pub struct AllEventsQuery {
     /// Comma-separated stream names; absent: every stream.
     streams: Option<String>,
+    /// A viewer token, for a private stream among them.
+    access: Option<String>,
 }
 
 /// `GET /api/v1/events[?streams=a,b]`: `title`, `viewers`, `live` and
@@ -156,6 +187,10 @@ pub async fn all_events(
     State(app): State<Arc<App>>,
     axum::extract::Query(q): axum::extract::Query<AllEventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let stop = app.shutdown.wait_owned();
+    // Private streams appear only with a token for them (`?access=`), and
+    // only while it holds.
+    let token = q.access.clone();
     let watched: Option<HashSet<String>> = match &q.streams {
         None => None,
         Some(list) => {
@@ -183,7 +218,14 @@ pub async fn all_events(
             Some(names)
         }
     };
-    let wanted = move |name: &str| watched.as_ref().is_none_or(|w| w.contains(name));
+    let admission = app.admission.clone();
+    let hub = app.hub.clone();
+    let wanted = move |name: &str| {
+        watched.as_ref().is_none_or(|w| w.contains(name))
+            && hub
+                .get(name)
+                .is_some_and(|s| admission.may_see(&s, token.as_deref()))
+    };
     let rx = app.hub.subscribe_events();
     let initial: Vec<Event> = app
         .hub
@@ -201,7 +243,12 @@ pub async fn all_events(
                 }
                 match rx.recv().await {
                     Ok(ev) => {
-                        if wanted(ev.stream())
+                        if !matches!(
+                            ev,
+                            HubEvent::Chat { .. }
+                                | HubEvent::Redaction { .. }
+                                | HubEvent::Description { .. }
+                        ) && wanted(ev.stream())
                             && let Some(e) = state_change(&app, &ev)
                         {
                             return Some((Ok(e), (rx, app, wanted, pending)));
@@ -224,5 +271,7 @@ pub async fn all_events(
         futures_util::stream::iter(initial.into_iter().map(Ok)),
         live,
     );
+    // Ends with the server, so a stop does not wait out the grace.
+    let all = futures_util::StreamExt::take_until(all, stop);
     Ok(Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -14,12 +14,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Matrix;
-use super::access::{ACCESS_TTL_SECS, OpenIdError};
-use super::chat::{GuestError, MAX_GUEST_CHARS};
-use crate::server::App;
-use crate::web::ApiError;
-use crate::web::error::read_body;
+use crate::http::ApiError;
+use crate::http::App;
+use crate::http::error::read_body;
+use crate::matrix::Matrix;
+use crate::matrix::access::{ACCESS_TTL_SECS, OpenIdError};
+use crate::matrix::chat::{GuestError, MAX_GUEST_CHARS};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -44,7 +44,7 @@ impl FromRequestParts<Arc<App>> for ClientIp {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        Ok(ClientIp(crate::web::client_addr(
+        Ok(ClientIp(crate::http::client_addr(
             peer,
             &parts.headers,
             &app.config.http.trusted_proxies,
@@ -154,7 +154,12 @@ async fn create_guest(State(app): State<Arc<App>>, ClientIp(ip): ClientIp, body:
         Ok(n) => n,
         Err(e) => return e.into_response(),
     };
-    match m.create_guest(name, ip).await {
+    // Guests are limited per address, and an IPv6 client per /64 (it can
+    // rotate through its whole prefix).
+    match m
+        .create_guest(name, crate::admission::rate::network_of(ip))
+        .await
+    {
         Ok((token, display)) => (
             StatusCode::CREATED,
             Json(json!({"guest_token": token, "display_name": display})),
@@ -229,7 +234,16 @@ struct AccessReq {
     matrix_server_name: String,
 }
 
-async fn access(State(app): State<Arc<App>>, Path(name): Path<String>, body: Body) -> Response {
+async fn access(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    ClientIp(ip): ClientIp,
+    body: Body,
+) -> Response {
+    // Each exchange costs a homeserver round trip or two.
+    if let Err(r) = app.admission.check_access_rate(ip) {
+        return ApiError::from(r).into_response();
+    }
     if app.hub.get(&name).is_none() {
         return ApiError::unknown_stream(&name).into_response();
     }
@@ -271,13 +285,27 @@ async fn access(State(app): State<Arc<App>>, Path(name): Path<String>, body: Bod
     }
 }
 
-async fn room_streams(State(app): State<Arc<App>>, Path(room_id): Path<String>) -> Response {
+/// A private stream without access is listed by name only, so the room's
+/// widget knows to ask for access (OpenID) before it shows anything else.
+async fn room_streams(
+    State(app): State<Arc<App>>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let token = crate::http::extract::token_from(&headers, uri.query());
     let streams: Vec<_> = app
         .hub
         .streams()
         .iter()
         .filter(|s| s.room().is_some_and(|r| r.room_id == room_id))
-        .map(|s| s.snapshot())
+        .map(|s| {
+            if app.admission.may_see(s, token.as_deref()) {
+                serde_json::to_value(s.snapshot()).unwrap_or_default()
+            } else {
+                json!({"name": s.name, "access": "private"})
+            }
+        })
         .collect();
     Json(streams).into_response()
 }

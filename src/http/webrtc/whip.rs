@@ -6,7 +6,6 @@
 //! and TCP ports as viewers. OME's `POST /{app}/{stream}?direction=whip`
 //! lands in [`publish`] too.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -17,14 +16,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use tracing::{info, warn};
 
-use crate::auth::gate::{Attempt, Refusal, real_ip};
-use crate::auth::signed_policy;
+use crate::auth::gate::Refusal;
+use crate::http::App;
+use crate::http::error::read_body;
+use crate::http::extract::content_type_is;
+use crate::http::extract::{HttpRequest, Tls, bearer, refusal_error};
+use crate::http::webrtc as session;
+use crate::http::webrtc::resources::Kind;
+use crate::http::{ApiError, PeerAddr};
 use crate::hub::IngestProtocol;
 use crate::rtc::{PublishError, SessionOpts};
-use crate::server::App;
-use crate::web::error::read_body;
-use crate::web::session::{self, content_type_is};
-use crate::web::{ApiError, PeerAddr};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -33,78 +34,6 @@ pub fn routes() -> Router<Arc<App>> {
             "/whip/{stream}/{id}",
             patch(trickle).delete(delete).options(options),
         )
-}
-
-/// Whether the request came in over TLS (set per listener), for the URL
-/// schemes a signed URL or the admission webhook sees.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Tls(pub bool);
-
-/// `Authorization: Bearer X` (the scheme's case does not matter).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-pub fn refusal_error(r: &Refusal) -> ApiError {
-    let (status, code) = r.status_code();
-    ApiError::new(
-        StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
-        code,
-        r.to_string(),
-    )
-}
-
-/// What the gate needs to know about an HTTP request.
-pub struct HttpRequest<'a> {
-    pub uri: &'a Uri,
-    pub headers: &'a HeaderMap,
-    pub peer: SocketAddr,
-    pub tls: bool,
-}
-
-impl HttpRequest<'_> {
-    pub fn host(&self) -> String {
-        self.headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost")
-            .to_string()
-    }
-
-    /// An attempt for `stream` with this request's URL; `schemes` are the
-    /// plain and TLS schemes (`http`/`https`, `ws`/`wss`).
-    pub fn attempt(&self, stream: &str, keyed: bool, schemes: [&str; 2]) -> Attempt {
-        let host = self.host();
-        let path = self.uri.path();
-        let query = self.uri.query().unwrap_or("").to_string();
-        // A proxy may terminate TLS: a URL signed for either scheme is fine.
-        let bases = signed_policy::bases_for(&schemes, &host, path);
-        let scheme = if self.tls { schemes[1] } else { schemes[0] };
-        let url = match self.uri.query() {
-            Some(q) => format!("{scheme}://{host}{path}?{q}"),
-            None => format!("{scheme}://{host}{path}"),
-        };
-        Attempt {
-            stream: stream.to_string(),
-            keyed,
-            query,
-            bases,
-            protocol: "webrtc",
-            url,
-            client: self.peer,
-            real_ip: real_ip(self.headers),
-            user_agent: self
-                .headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-        }
-    }
 }
 
 async fn create(
@@ -121,6 +50,7 @@ async fn create(
         headers: &headers,
         peer,
         tls: tls.is_some_and(|t| t.0.0),
+        trusted: &app.config.http.trusted_proxies,
     };
     publish(&app, &name, &req, body).await
 }
@@ -149,12 +79,12 @@ pub async fn publish(
         None => false,
     };
     let pass = app
-        .gate
-        .admit_publish(req.attempt(name, keyed, ["http", "https"]))
+        .admission
+        .admit_publisher(req.attempt(name, keyed, ["http", "https"]))
         .await
         .map_err(|r| {
             info!(peer = %req.peer, stream = %name, reason = %r, "whip publish refused");
-            refusal_error(&r)
+            ApiError::from(r)
         })?;
     let offer = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("bad_offer", "the SDP offer is not UTF-8 text"))?;
@@ -185,39 +115,23 @@ pub async fn publish(
                 ),
             }
         })?;
+    let secret = app.resources.add(Kind::Publisher, &stream.name, answer.id);
     info!(peer = %req.peer, stream = %stream.name, publisher = answer.id, "whip publisher negotiated");
-    Ok((
-        StatusCode::CREATED,
-        [
-            (header::CONTENT_TYPE, "application/sdp".to_string()),
-            (
-                header::LOCATION,
-                format!("/whip/{}/{}", stream.name, answer.id),
-            ),
-            (header::ETAG, format!("\"{}\"", answer.id)),
-            (
-                header::HeaderName::from_static("accept-patch"),
-                "application/trickle-ice-sdpfrag".to_string(),
-            ),
-        ],
-        answer.sdp,
-    )
-        .into_response())
+    Ok(session::created("whip", &stream.name, &secret, answer.sdp))
 }
 
 /// Trickle ICE fragments need no action (see `web::session::trickle`).
 async fn trickle(
     State(app): State<Arc<App>>,
-    Path((name, id)): Path<(String, String)>,
+    Path((name, secret)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let exists = |n| app.engine.has_publisher(&name, n);
+    let found = app.resources.find(Kind::Publisher, &name, &secret);
     session::trickle(
         "WHIP",
         &name,
-        &id,
-        exists,
+        found,
         &headers,
         body,
         app.config.http.max_body_bytes,
@@ -225,11 +139,14 @@ async fn trickle(
     .await
 }
 
+/// The secret Location is the publisher's proof (OBS and the publish page
+/// also send the key; the secret alone is enough, as for WHEP).
 async fn delete(
     State(app): State<Arc<App>>,
-    Path((name, id)): Path<(String, String)>,
+    Path((name, secret)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    session::delete("WHIP", &name, &id, |n| {
+    let found = app.resources.take(Kind::Publisher, &name, &secret);
+    session::delete("WHIP", &name, found, |n| {
         app.engine.remove_publisher(&name, n)
     })
 }
@@ -246,23 +163,4 @@ pub async fn options() -> Response {
         ],
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_tokens() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, "bearer  xyz ".parse().unwrap());
-        assert_eq!(bearer(&h), Some("xyz"));
-        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, "Bearer".parse().unwrap());
-        assert_eq!(bearer(&h), None);
-    }
 }

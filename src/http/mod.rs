@@ -1,11 +1,21 @@
-//! HTTP: the axum router for the API, SSE, metrics, WHIP, WHEP and the web pages.
+//! The HTTP shell: the only code that speaks HTTP (axum). Request
+//! extractors (`extract`), one error type (`ApiError`, with a `From` for
+//! every domain refusal), and the handlers per protocol: WHIP and WHEP
+//! (`webrtc`), OvenPlayer's WebSocket signalling (`ome`), LL-HLS (`hls`), the
+//! API and its event feeds (`api`, `events`), the pages (`pages`) and the
+//! Matrix endpoints (`matrix`). Handlers turn requests into facts, ask the
+//! services (admission, engine, hub, Matrix), and turn answers into responses.
 
 mod api;
-mod client_addr;
 pub mod error;
 mod events;
+pub mod extract;
+mod hls;
+pub mod matrix;
+pub mod ome;
 mod pages;
-pub mod session;
+pub mod serve;
+pub mod webrtc;
 
 use std::sync::Arc;
 
@@ -13,9 +23,36 @@ use axum::Router;
 use axum::http::{HeaderName, Method, header};
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::server::App;
-pub use client_addr::client_addr;
+use crate::auth::gate::Gate;
+use crate::auth::keys::KeyRing;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::rtc::Engine;
+use crate::store::Store;
 pub use error::ApiError;
+pub use extract::client_addr;
+
+/// What the HTTP handlers use: the services, the config, the base URL.
+pub struct App {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub engine: Arc<Engine>,
+    pub keys: Arc<KeyRing>,
+    /// Stream keys, SignedPolicy and the admission webhook, for every protocol.
+    pub gate: Arc<Gate>,
+    pub store: Store,
+    pub public_base: String,
+    /// Who may watch: one sequence for every surface (and the viewer caps).
+    pub admission: Arc<crate::admission::Admission>,
+    /// The Matrix application service (None: standalone).
+    pub matrix: Option<Arc<crate::matrix::Matrix>>,
+    /// LL-HLS egress.
+    pub hls: Arc<crate::egress::hls::Hls>,
+    /// WHIP/WHEP resource secrets (the `Location` ids) → engine sessions.
+    pub resources: webrtc::resources::Resources,
+    /// Triggered on SIGTERM/SIGINT: long-lived responses (SSE) end on it.
+    pub shutdown: crate::listener::Shutdown,
+}
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
 /// whether this listener is HTTPS.
@@ -23,18 +60,18 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
     let mut router = Router::new()
         .merge(api::routes())
         .merge(pages::routes())
-        .merge(crate::egress::whep::routes())
-        .merge(crate::egress::hls::routes())
-        .merge(crate::ingest::whip::routes())
-        .merge(crate::matrix::api::routes());
+        .merge(webrtc::whep::routes())
+        .merge(hls::routes())
+        .merge(webrtc::whip::routes())
+        .merge(matrix::api::routes());
     if app.matrix.is_some() {
-        router = router.merge(crate::matrix::appservice::routes());
+        router = router.merge(matrix::appservice::routes());
     }
     router
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(cors())
         .layer(axum::middleware::from_fn(socket_addr_info))
-        .layer(axum::Extension(crate::ingest::whip::Tls(tls)))
+        .layer(axum::Extension(extract::Tls(tls)))
         .with_state(app)
 }
 
@@ -61,15 +98,6 @@ impl
     for PeerAddr
 {
     fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*s.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
-    for PeerAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
         PeerAddr(*s.remote_addr())
     }
 }

@@ -14,10 +14,10 @@ use ruma::api::IncomingRequestExt;
 use ruma::api::appservice::event::push_events;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::{Ev, Matrix, MatrixError};
-use crate::server::App;
+use crate::http::App;
+use crate::matrix::{Ev, Matrix};
 
 /// Largest transaction body: 100 events of at most 64 KiB each, and then some.
 const MAX_TXN_BYTES: usize = 16 * 1024 * 1024;
@@ -146,36 +146,6 @@ async fn transaction(
                 "cannot apply the transaction now; retry",
             )
         }
-    }
-}
-
-impl Matrix {
-    /// Applies a transaction exactly once: a processed id is a no-op; events of
-    /// a transaction that failed half-way are skipped on its retry.
-    pub async fn apply_transaction(
-        self: &Arc<Self>,
-        txn_id: &str,
-        events: &[Ev],
-    ) -> Result<(), MatrixError> {
-        let _one_at_a_time = self.txn_lock.lock().await;
-        if self.store.txn_done(txn_id).await? {
-            info!(txn = %txn_id, "matrix: transaction replayed; already applied");
-            return Ok(());
-        }
-        for ev in events {
-            if let Some(id) = &ev.event_id
-                && self.store.event_done(id).await?
-            {
-                continue;
-            }
-            self.handle_event(ev).await?;
-            if let Some(id) = &ev.event_id {
-                self.store.mark_event_done(id).await?;
-            }
-        }
-        self.store.mark_txn_done(txn_id).await?;
-        tracing::debug!(txn = %txn_id, events = events.len(), "matrix: transaction applied");
-        Ok(())
     }
 }
 

@@ -79,3 +79,38 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::By
         )
     })
 }
+
+impl From<&crate::auth::gate::Refusal> for ApiError {
+    fn from(r: &crate::auth::gate::Refusal) -> Self {
+        let (status, code) = r.status_code();
+        ApiError::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+            code,
+            r.to_string(),
+        )
+    }
+}
+
+impl From<crate::admission::Refusal> for ApiError {
+    fn from(r: crate::admission::Refusal) -> Self {
+        use crate::admission::Refusal as R;
+        let message = r.to_string();
+        match r {
+            R::Gate(g) => ApiError::from(&g),
+            R::UnknownStream(name) => ApiError::unknown_stream(&name),
+            R::Offline(name) => ApiError::offline(&name),
+            R::AccessRequired(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "access_required", message)
+            }
+            R::AccessExpired(_) | R::AccessDenied(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "access_denied", message)
+            }
+            R::Busy(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "viewer_limit", message)
+                .retry_after(30),
+            R::RateLimited(secs) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                    .retry_after(secs)
+            }
+        }
+    }
+}

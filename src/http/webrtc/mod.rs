@@ -1,0 +1,92 @@
+//! WHIP and WHEP, together: publishing and playing over WebRTC with one SDP
+//! offer each. What they share: the session resources
+//! (`/whip|whep/{stream}/{secret}`, see `resources`), trickle `PATCH` and
+//! `DELETE`.
+
+pub mod resources;
+pub mod whep;
+pub mod whip;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+use super::error::read_body;
+use super::extract::content_type_is;
+
+/// "WHIP" or "WHEP", for messages.
+pub type Protocol = &'static str;
+
+/// Wrong or missing proof looks the same as no session: 404, which says
+/// nothing about whether the session exists.
+pub fn no_session(protocol: Protocol, stream: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no such {protocol} session on stream '{stream}' (use the Location URL the POST returned)"
+    ))
+}
+
+/// Trickle ICE. The server is ICE-lite: it answers checks from whatever
+/// address they come, so the client's candidates need no action; the fragment
+/// is still read, and bounded. `found`: the session the URL's secret names.
+pub async fn trickle(
+    protocol: Protocol,
+    stream: &str,
+    found: Option<u64>,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Response, ApiError> {
+    if found.is_none() {
+        return Err(no_session(protocol, stream));
+    }
+    if !content_type_is(headers, "application/trickle-ice-sdpfrag") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
+        ));
+    }
+    read_body(body, limit).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE` on a session: `found` is the session the URL's secret names,
+/// `end` ends it and says whether it still existed.
+pub fn delete(
+    protocol: Protocol,
+    stream: &str,
+    found: Option<u64>,
+    end: impl FnOnce(u64) -> bool,
+) -> Result<Response, ApiError> {
+    match found {
+        Some(n) if end(n) => {
+            tracing::info!(stream, session = n, "{protocol} session ended by DELETE");
+            Ok(StatusCode::OK.into_response())
+        }
+        _ => Err(no_session(protocol, stream)),
+    }
+}
+
+/// The headers of a `201 Created` session resource.
+pub fn created(protocol_path: &str, stream: &str, secret: &str, sdp: String) -> Response {
+    // The ETag names this negotiation without repeating the secret.
+    let etag = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes())[..8]);
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_string()),
+            (
+                header::LOCATION,
+                format!("/{protocol_path}/{stream}/{secret}"),
+            ),
+            (header::ETAG, format!("\"{etag}\"")),
+            (
+                header::HeaderName::from_static("accept-patch"),
+                "application/trickle-ice-sdpfrag".to_string(),
+            ),
+        ],
+        sdp,
+    )
+        .into_response()
+}

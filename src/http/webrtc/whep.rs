@@ -1,0 +1,148 @@
+//! WHEP (WebRTC-HTTP Egress Protocol): `POST /whep/{stream}` with an SDP offer →
+//! `201` + `Location` + answer; `DELETE`/`PATCH` on the resource; `OPTIONS`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
+use tracing::info;
+
+use crate::admission::{Purpose, ViewerFacts};
+use crate::http::App;
+use crate::http::error::read_body;
+use crate::http::extract::content_type_is;
+use crate::http::extract::token_from;
+use crate::http::extract::{HttpRequest, Tls};
+use crate::http::webrtc as session;
+use crate::http::webrtc::resources::Kind;
+use crate::http::{ApiError, PeerAddr};
+use crate::rtc::{SessionOpts, ViewerError};
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/whep/{stream}", post(create).options(options))
+        .route(
+            "/whep/{stream}/{id}",
+            patch(trickle).delete(delete).options(options),
+        )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    tls: Option<axum::Extension<Tls>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !content_type_is(&headers, "application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the SDP offer with Content-Type: application/sdp",
+        ));
+    }
+    let body = read_body(body, app.config.http.max_body_bytes).await?;
+    // The offer is checked before anything shared is touched.
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("bad_offer", "the SDP offer is not UTF-8 text"))?;
+    let req = HttpRequest {
+        uri: &uri,
+        headers: &headers,
+        peer,
+        tls: tls.is_some_and(|t| t.0.0),
+        trusted: &app.config.http.trusted_proxies,
+    };
+    let facts = ViewerFacts {
+        stream: name.clone(),
+        client: req.client(),
+        token: token_from(&headers, uri.query()),
+        attempt: Some(req.attempt(&name, false, ["http", "https"])),
+    };
+    let mut pass = app.admission.admit_viewer(facts, Purpose::WebRtc).await?;
+    let name = pass.stream.name.clone();
+    let opts = SessionOpts {
+        expires_at: pass.expires_at,
+        guard: pass.ticket.take().map(|t| Box::new(t) as Box<dyn Send>),
+        ..SessionOpts::default()
+    };
+    // Negotiation holds only this viewer's place under the caps (the
+    // pass's reservation), no lock.
+    let answer = app
+        .engine
+        .add_viewer_with(&pass.stream, offer, opts)
+        .map_err(viewer_error)?;
+    app.admission.track(answer.id, &pass);
+    drop(pass);
+    let secret = app.resources.add(Kind::Viewer, &name, answer.id);
+    info!(stream = %name, viewer = answer.id, "whep viewer negotiated");
+    Ok(session::created("whep", &name, &secret, answer.sdp))
+}
+
+/// A negotiation failure as the JSON error the client gets.
+pub fn viewer_error(e: ViewerError) -> ApiError {
+    match e {
+        ViewerError::BadOffer(_)
+        | ViewerError::NothingToReceive
+        | ViewerError::BadAnswer(_)
+        | ViewerError::NoPendingOffer(_) => ApiError::bad_request("bad_offer", e.to_string()),
+        ViewerError::NoCodec { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_common_codec",
+            e.to_string(),
+        ),
+        ViewerError::Negotiation(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "negotiation_failed",
+            e.to_string(),
+        ),
+    }
+}
+
+/// Trickle ICE fragments need no action (see `web::session::trickle`).
+async fn trickle(
+    State(app): State<Arc<App>>,
+    Path((name, secret)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let found = app.resources.find(Kind::Viewer, &name, &secret);
+    session::trickle(
+        "WHEP",
+        &name,
+        found,
+        &headers,
+        body,
+        app.config.http.max_body_bytes,
+    )
+    .await
+}
+
+/// The secret in the URL is the viewer's proof of ownership.
+async fn delete(
+    State(app): State<Arc<App>>,
+    Path((name, secret)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let found = app.resources.take(Kind::Viewer, &name, &secret);
+    session::delete("WHEP", &name, found, |n| app.engine.remove_viewer(&name, n))
+}
+
+async fn options() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::HeaderName::from_static("accept-post"),
+                "application/sdp",
+            ),
+            (header::ALLOW, "OPTIONS, POST, PATCH, DELETE"),
+        ],
+    )
+        .into_response()
+}
