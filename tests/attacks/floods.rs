@@ -73,7 +73,6 @@ async fn hold(
 /// within the header timeout, a half RTMP handshake or ICE-TCP frame within
 /// the idle timeout at most (8 s of slack each, for 4 500 sockets on 2 cores).
 #[test]
-#[ignore = "waiting for listener fix ([connections] timeouts) and rtmp fix (one log line per closed connection)"]
 fn idle_and_half_header_connections_are_closed_on_every_listener() {
     let nofile = raise_nofile();
     assert!(
@@ -241,7 +240,6 @@ async fn get(addr: SocketAddr, src: SocketAddr, path: String, deadline: Instant)
 /// (200), refused (4xx/5xx JSON) or closed, within 15 s; far-future ones
 /// are refused.
 #[test]
-#[ignore = "waiting for http fix: LL-HLS _HLS_part overflow"]
 fn thousand_blocking_ll_hls_reloads_are_served_or_refused() {
     raise_nofile();
     let mut f = Fixture::start();

@@ -25,7 +25,6 @@ fn refused(c: &mut RawRtmp, within: Duration) -> bool {
 }
 
 #[test]
-#[ignore = "waiting for rtmp fix: nested AMF0 aborts the process"]
 fn rtmp_deeply_nested_amf0_is_refused() {
     let mut f = Fixture::start();
     for depth in [20_000usize, 200_000] {
@@ -49,7 +48,6 @@ fn rtmp_deeply_nested_amf0_is_refused() {
 }
 
 #[test]
-#[ignore = "waiting for rtmp fix: short commands panic (drain(..3))"]
 fn rtmp_commands_with_fewer_than_three_values_are_refused() {
     let mut f = Fixture::start();
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -122,7 +120,6 @@ fn rtmp_zero_and_huge_chunk_sizes_are_survived() {
 /// session's own timer, or the listener's idle timeout), and the buffers are
 /// given back.
 #[test]
-#[ignore = "waiting for rtmp fix: one log line per closed connection"]
 fn rtmp_messages_near_16_mib_never_completed_are_closed() {
     let mut f = Fixture::start();
     let attack = "RTMP: 10 messages of 16 MiB - 1 announced, 2 MiB sent, never completed";
@@ -185,7 +182,6 @@ fn rtmp_thousands_of_interleaved_chunk_streams_are_refused() {
 }
 
 #[test]
-#[ignore = "waiting for rtmp fix: createStream is not capped"]
 fn rtmp_thousands_of_create_stream_are_capped() {
     let mut f = Fixture::start();
     let attack = "RTMP: 5 000 createStream on one connection";
@@ -221,7 +217,6 @@ fn rtmp_thousands_of_create_stream_are_capped() {
 }
 
 #[test]
-#[ignore = "waiting for rtmp fix: one log line per refused connection"]
 fn rtmp_random_bytes_before_the_handshake_are_closed() {
     let mut f = Fixture::start();
     let attack = "RTMP: 50 connections sending random bytes instead of C0/C1";

@@ -46,7 +46,6 @@ fn assert_refused(r: &HttpResponse, what: &str) {
 /// (`limits.max_frame_bytes`) well before it sent 60 MB, and its memory
 /// comes back.
 #[test]
-#[ignore = "waiting for rtc fix: max_frame_bytes"]
 fn whip_frame_that_never_ends_is_dropped() {
     // A 2 MiB frame cap (default 8 MiB) drops the attacker within a second.
     let mut f = Fixture::start_with(ServerOpts {
@@ -149,7 +148,6 @@ fn monster_offer(pts: usize, maps: usize, fmtps: usize, filler: usize) -> String
 /// may be refused or answered. Either way within 1 s and 0.5 s of server CPU, for WHEP and for
 /// WHIP with the key.
 #[test]
-#[ignore = "waiting for rtc fix: linear, capped SDP parsing"]
 fn offers_with_tens_of_thousands_of_lines_are_answered_fast() {
     let mut f = Fixture::start_with(big_body_opts());
     let key = f.server.key(STREAM2).to_string();
@@ -212,7 +210,6 @@ fn offers_with_tens_of_thousands_of_lines_are_answered_fast() {
 /// another stream or protocol. The watching viewer, a second WHEP viewer and
 /// a WHIP publisher all carry on, and their owners can still end them.
 #[test]
-#[ignore = "waiting for http fix: session ownership"]
 fn sessions_cannot_be_ended_or_patched_without_their_secret() {
     let mut f = Fixture::start();
     let key2 = f.server.key(STREAM2).to_string();
