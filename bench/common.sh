@@ -32,6 +32,10 @@ tcp = "127.0.0.1:0"
 ${1:-}
 [ome]
 listen = "127.0.0.1:0"
+[limits]
+# Every simulated viewer comes from 127.0.0.1: lift the per-address limits.
+offers_per_minute = 0
+hls_max_blocking_per_address = 0
 [storage]
 database_url = "sqlite://$WORK/roomcast.db"
 [[streams]]
