@@ -256,6 +256,31 @@ fn admission_webhook_allows_denies_times_out_and_never_blocks_others() {
             r.body
         );
     }
+
+    // RTMP without a key, as the OME guide does it: the Stream Key field is a
+    // new stream's name with a password for the control server, which decides;
+    // the stream is made on demand.
+    let _guest = Publisher::ffmpeg(
+        &server.rtmp_url("rtmp-guest-1?password=letmein"),
+        FfmpegOpts {
+            width: 320,
+            height: 180,
+            ..FfmpegOpts::default()
+        },
+    );
+    server.wait_live("rtmp-guest-1", LIVE_TIMEOUT);
+    let guest = control.wait_for(
+        "the keyless RTMP publish's opening",
+        Duration::from_secs(10),
+        |r| opening_for(r, "/rtmp-guest-1"),
+    );
+    assert!(
+        guest.json()["request"]["url"]
+            .as_str()
+            .is_some_and(|u| u.contains("password=letmein")),
+        "the control server sees the password: {}",
+        guest.body
+    );
     server.assert_healthy("after the admission webhooks");
     server.assert_no_key_logged();
 }

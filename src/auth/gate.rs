@@ -124,17 +124,21 @@ impl Gate {
             .is_some_and(|p| signed_policy::has_policy(query, &Self::names(p)))
     }
 
+    /// Whether the admission webhook decides publishing (and so may create
+    /// streams on demand, as OME's does).
+    pub fn webhook_decides_publish(&self) -> bool {
+        self.admission
+            .as_ref()
+            .is_some_and(|a| a.applies_to(Direction::Incoming))
+    }
+
     /// Whether an unkeyed publish could still be authorized (a policy or a webhook).
     pub fn keyless_publish_possible(&self, query: &str) -> bool {
         let policy = self
             .policy
             .as_ref()
             .is_some_and(|p| p.publish && signed_policy::has_policy(query, &Self::names(p)));
-        let webhook = self
-            .admission
-            .as_ref()
-            .is_some_and(|a| a.applies_to(Direction::Incoming));
-        policy || webhook
+        policy || self.webhook_decides_publish()
     }
 
     pub async fn admit_publish(&self, a: Attempt) -> Result<Pass, Refusal> {

@@ -206,10 +206,15 @@ impl RtmpIngest {
                         // OBS may append a query (SignedPolicy); the key is what precedes it.
                         let (key, query) = key.split_once('?').unwrap_or((key.as_str(), ""));
                         let keyed = self.keys.stream_for_key(key);
-                        // Without a key, the key field is taken as a stream name only
-                        // when it names a known stream or a signed URL covers it: a
-                        // mistyped key is never sent to the webhook or logged.
-                        let a_name = self.hub.get(key).is_some() || self.gate.has_policy(query);
+                        // Without a key, the key field is the stream name, as in OME:
+                        // for a known stream, under a signed URL, or when the admission
+                        // webhook decides publishing (the operator's own control server
+                        // creates streams on demand, e.g. the guide's
+                        // `slot-1?password=…`). Such a name is never logged: it may be
+                        // a mistyped key.
+                        let a_name = self.hub.get(key).is_some()
+                            || self.gate.has_policy(query)
+                            || self.gate.webhook_decides_publish();
                         let result = if keyed.is_none()
                             && !(a_name && self.gate.keyless_publish_possible(query))
                         {
