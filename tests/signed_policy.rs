@@ -58,6 +58,14 @@ fn whip_post(url: &str) -> HttpResponse {
     .unwrap()
 }
 
+/// [`whip_post`] with extra request headers.
+fn whip_post_with(url: &str, extra: &[(&str, &str)]) -> HttpResponse {
+    let offer = whip_offer(&["96 VP8/90000"], &["111 opus/48000/2"]);
+    let mut headers = vec![("Content-Type", "application/sdp")];
+    headers.extend_from_slice(extra);
+    common::http::request("POST", url, &headers, Some(offer.as_bytes())).unwrap()
+}
+
 fn refused(r: &HttpResponse, needle: &str, what: &str) {
     let e = assert_json_error(r, 403, what);
     assert_eq!(e["code"], "signed_url_refused", "{what}: {e}");
@@ -243,4 +251,45 @@ fn signed_urls_publish_and_bad_ones_are_refused() {
     // Signatures and policies are not secrets, but keys are.
     server.assert_no_key_logged();
     let _ = publisher.stop(Duration::from_secs(20));
+}
+
+/// A policy's `real_ip` is checked against the address a trusted proxy
+/// forwarded, never against a header from anyone else.
+#[test]
+fn real_ip_is_believed_only_from_trusted_proxies() {
+    let _serial = serial();
+    let policy = Policy {
+        real_ip: Some("10.0.0.0/8".into()),
+        ..expiring_in(600_000)
+    };
+    // Loopback is a trusted proxy by default: its X-Forwarded-For is the client.
+    let server = Server::start(&format!("[signed_policy]\nsecret_key = \"{SECRET}\"\n"));
+    let url = lib_sign(&format!("{}/whip/real-1", server.base_url()), &policy);
+    let r = whip_post_with(&url, &[("X-Forwarded-For", "10.1.2.3")]);
+    assert_eq!(
+        r.status,
+        201,
+        "a forwarded client inside real_ip: {}",
+        r.text()
+    );
+    let r = whip_post_with(&url, &[("X-Forwarded-For", "192.0.2.7")]);
+    refused(&r, "it is 192.0.2.7", "a forwarded client outside real_ip");
+    drop(server);
+
+    // The same header from a peer that is not a trusted proxy is ignored.
+    let server = Server::start_with(ServerOpts {
+        http_extra: "trusted_proxies = []".into(),
+        extra_toml: format!("[signed_policy]\nsecret_key = \"{SECRET}\"\n"),
+        ..ServerOpts::default()
+    });
+    let url = lib_sign(&format!("{}/whip/real-1", server.base_url()), &policy);
+    let r = whip_post_with(
+        &url,
+        &[("X-Forwarded-For", "10.1.2.3"), ("X-Real-IP", "10.1.2.3")],
+    );
+    refused(
+        &r,
+        "the request has neither",
+        "X-Forwarded-For from a peer that is not a trusted proxy",
+    );
 }
