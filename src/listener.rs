@@ -35,6 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::auth::Cidr;
 use crate::config::ConnectionsConfig;
+use crate::log_every::LogEvery;
 
 /// Caps and timeouts of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -101,42 +102,6 @@ impl Shutdown {
     pub fn wait_owned(&self) -> impl Future<Output = ()> + Send + use<> {
         let me = self.clone();
         async move { me.wait().await }
-    }
-}
-
-/// Logs at most once per interval, counting what it left out.
-pub struct LogEvery {
-    interval_ms: u64,
-    epoch: Instant,
-    /// ms since epoch of the last line, +1 (0: never).
-    last: AtomicU64,
-    skipped: AtomicU64,
-}
-
-impl LogEvery {
-    pub fn new(interval: Duration) -> LogEvery {
-        LogEvery {
-            interval_ms: interval.as_millis() as u64,
-            epoch: Instant::now(),
-            last: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(n)`: log now, `n` events were left out since the last line.
-    pub fn check(&self) -> Option<u64> {
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.last.load(Ordering::Relaxed);
-        if last != 0 && now < last + self.interval_ms
-            || self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(self.skipped.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -590,7 +555,7 @@ pub async fn serve<A, H, F>(
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS…: the socket stays readable, so wait.
                 stats.accept_errors.fetch_add(1, Ordering::Relaxed);
-                if let Some(skipped) = error_log.check() {
+                if let Some(skipped) = error_log.allow() {
                     warn!(listener = name, error = %e, retry_in_ms = backoff.as_millis() as u64, skipped, "accept failed; backing off");
                 }
                 tokio::select! {
@@ -705,7 +670,7 @@ struct ConnLogs {
 impl ConnLogs {
     fn timed_out(&self, stats: &ListenerStats, name: &'static str, peer: SocketAddr, what: &str) {
         stats.timed_out.fetch_add(1, Ordering::Relaxed);
-        match self.timeout.check() {
+        match self.timeout.allow() {
             Some(skipped) => info!(listener = name, %peer, skipped, "{what}; connection closed"),
             None => debug!(listener = name, %peer, "{what}; connection closed"),
         }
@@ -721,7 +686,7 @@ fn refuse(
     cap: usize,
 ) {
     stats.refused.fetch_add(1, Ordering::Relaxed);
-    if let Some(skipped) = log.check() {
+    if let Some(skipped) = log.allow() {
         warn!(listener = name, %peer, cap, skipped, "{why}; connection closed");
     }
     // Dropping the socket closes it.
@@ -735,7 +700,7 @@ fn log_panic(
     panic: Box<dyn std::any::Any + Send>,
 ) {
     stats.panicked.fetch_add(1, Ordering::Relaxed);
-    if let Some(skipped) = logs.panic.check() {
+    if let Some(skipped) = logs.panic.allow() {
         let msg = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())

@@ -381,17 +381,6 @@ async fn shutdown_stops_accepting_and_ends_connections_within_the_grace() {
     );
 }
 
-#[test]
-fn log_every_lets_one_line_through_per_interval() {
-    let l = LogEvery::new(Duration::from_secs(3600));
-    assert_eq!(l.check(), Some(0));
-    assert_eq!(l.check(), None);
-    assert_eq!(l.check(), None);
-    let l = LogEvery::new(Duration::ZERO);
-    assert_eq!(l.check(), Some(0));
-    assert!(l.check().is_some());
-}
-
 /// An idle connection's task holds no handler state: its size does not
 /// grow with the handler's (a flood of idle sockets stays cheap).
 #[tokio::test]

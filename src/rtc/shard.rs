@@ -25,8 +25,8 @@ use tracing::{debug, error, info, warn};
 use super::metrics::ShardMetrics;
 use super::net::{Demux, NetOut, SendBatch};
 use super::publish::{NewPublisher, PubPeer};
-use crate::hub::throttle::Throttle;
 use crate::hub::{Frame, FrameSink, Kind, Stream};
+use crate::log_every::LogEvery;
 
 /// A session that has not completed ICE and DTLS by then is dropped. Real
 /// clients connect within a second or two (ICE-lite: no gathering on our
@@ -43,9 +43,9 @@ const MAX_ADDRS_PER_SESSION: usize = 32;
 /// beyond that the shard is marked dead and gets no new sessions.
 const MAX_RESTARTS_PER_MINUTE: usize = 5;
 /// Session panics and queue overflows are logged at most this often.
-static PANIC_LOG: Throttle = Throttle::new(Duration::from_secs(10));
-static DROP_LOG: Throttle = Throttle::new(Duration::from_secs(10));
-static NEVER_CONNECTED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static PANIC_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+static DROP_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+static NEVER_CONNECTED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 /// A connected viewer that sends nothing (no consent checks, no RTCP) for this long is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A publisher sends media all the time: this much silence means it is gone
@@ -501,7 +501,7 @@ pub mod fault {
 /// interval (the shard's own error line says which session it ended).
 pub fn throttle_worker_panic_output() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    static HOOK_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+    static HOOK_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
