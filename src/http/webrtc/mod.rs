@@ -1,7 +1,7 @@
 //! WHIP and WHEP, together: publishing and playing over WebRTC with one SDP
 //! offer each. What they share: the session resources
-//! (`/whip|whep/{stream}/{secret}`, see `resources`), trickle `PATCH` and
-//! `DELETE`.
+//! (`/whip|whep/{stream}/{secret}`, see `resources`), reading the offer,
+//! trickle `PATCH`, `DELETE` and `OPTIONS`.
 
 pub mod resources;
 pub mod whep;
@@ -66,6 +66,44 @@ pub fn delete(
         }
         _ => Err(no_session(protocol, stream)),
     }
+}
+
+/// The body of a `POST` that carries an SDP offer: it must say
+/// `Content-Type: application/sdp` and hold at most `limit` bytes.
+pub async fn read_offer(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    if !content_type_is(headers, "application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the SDP offer with Content-Type: application/sdp",
+        ));
+    }
+    read_body(body, limit).await
+}
+
+/// The offer [`read_offer`] read, as text.
+pub fn offer_text(body: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("bad_offer", "the SDP offer is not UTF-8 text"))
+}
+
+/// `OPTIONS` on a WHIP or WHEP endpoint or session.
+pub async fn options() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::HeaderName::from_static("accept-post"),
+                "application/sdp",
+            ),
+            (header::ALLOW, "OPTIONS, POST, PATCH, DELETE"),
+        ],
+    )
+        .into_response()
 }
 
 /// The headers of a `201 Created` session resource.
