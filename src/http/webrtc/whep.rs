@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use axum::routing::{patch, post};
+use axum::routing::post;
 use tracing::info;
 
 use crate::admission::{Purpose, ViewerFacts};
@@ -23,10 +23,7 @@ use crate::rtc::{SessionOpts, ViewerError};
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/whep/{stream}", post(create).options(session::options))
-        .route(
-            "/whep/{stream}/{id}",
-            patch(trickle).delete(delete).options(session::options),
-        )
+        .route("/whep/{stream}/{id}", session::resource(Kind::Viewer))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -87,32 +84,4 @@ pub fn viewer_error(e: ViewerError) -> ApiError {
             e.to_string(),
         ),
     }
-}
-
-/// Trickle ICE fragments need no action (see `web::session::trickle`).
-async fn trickle(
-    State(app): State<Arc<App>>,
-    Path((name, secret)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let found = app.resources.find(Kind::Viewer, &name, &secret);
-    session::trickle(
-        "WHEP",
-        &name,
-        found,
-        &headers,
-        body,
-        app.config.http.max_body_bytes,
-    )
-    .await
-}
-
-/// The secret in the URL is the viewer's proof of ownership.
-async fn delete(
-    State(app): State<Arc<App>>,
-    Path((name, secret)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let found = app.resources.take(Kind::Viewer, &name, &secret);
-    session::delete("WHEP", &name, found, |n| app.engine.remove_viewer(&name, n))
 }

@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use axum::routing::{patch, post};
+use axum::routing::post;
 use tracing::{info, warn};
 
 use crate::auth::gate::Refusal;
@@ -28,10 +28,7 @@ use crate::rtc::{PublishError, SessionOpts};
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/whip/{stream}", post(create).options(session::options))
-        .route(
-            "/whip/{stream}/{id}",
-            patch(trickle).delete(delete).options(session::options),
-        )
+        .route("/whip/{stream}/{id}", session::resource(Kind::Publisher))
 }
 
 async fn create(
@@ -102,35 +99,4 @@ pub async fn publish(
     let secret = app.resources.add(Kind::Publisher, &stream.name, answer.id);
     info!(peer = %req.peer, stream = %stream.name, publisher = answer.id, "whip publisher negotiated");
     Ok(session::created("whip", &stream.name, &secret, answer.sdp))
-}
-
-/// Trickle ICE fragments need no action (see `web::session::trickle`).
-async fn trickle(
-    State(app): State<Arc<App>>,
-    Path((name, secret)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let found = app.resources.find(Kind::Publisher, &name, &secret);
-    session::trickle(
-        "WHIP",
-        &name,
-        found,
-        &headers,
-        body,
-        app.config.http.max_body_bytes,
-    )
-    .await
-}
-
-/// The secret Location is the publisher's proof (OBS and the publish page
-/// also send the key; the secret alone is enough, as for WHEP).
-async fn delete(
-    State(app): State<Arc<App>>,
-    Path((name, secret)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let found = app.resources.take(Kind::Publisher, &name, &secret);
-    session::delete("WHIP", &name, found, |n| {
-        app.engine.remove_publisher(&name, n)
-    })
 }
