@@ -187,6 +187,40 @@ pub struct Conn {
     pub shutdown: Shutdown,
 }
 
+impl Conn {
+    /// An accepted socket holding its place (`slot`) under the caps, watched
+    /// through the returned state; the `Notify` fires when the slot is given
+    /// back.
+    fn new(
+        sock: TcpStream,
+        slot: Slot,
+        peer: SocketAddr,
+        local: SocketAddr,
+        shutdown: Shutdown,
+    ) -> (Conn, Arc<ConnState>, Arc<Notify>) {
+        let state = Arc::new(ConnState {
+            epoch: Instant::now(),
+            last_io_ms: AtomicU64::new(0),
+            received: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            read_waker: AtomicWaker::new(),
+            write_waker: AtomicWaker::new(),
+        });
+        let gone = slot.gone.clone();
+        let conn = Conn {
+            stream: Guarded {
+                io: sock,
+                state: state.clone(),
+                _slot: Arc::new(slot),
+            },
+            peer,
+            local,
+            shutdown,
+        };
+        (conn, state, gone)
+    }
+}
+
 /// The address a per-address cap counts: IPv4 as is, IPv6 by its /64.
 fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
@@ -535,10 +569,7 @@ pub async fn serve<A, H, F>(
     let addresses = Arc::new(AddressCounts::default());
     let refused_log = LogEvery::new(LOG_INTERVAL);
     let error_log = LogEvery::new(LOG_INTERVAL);
-    let logs = Arc::new(ConnLogs {
-        panic: LogEvery::new(LOG_INTERVAL),
-        timeout: LogEvery::new(LOG_INTERVAL),
-    });
+    let logs = Arc::new(ConnLogs::new());
     let mut backoff = BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -601,31 +632,13 @@ pub async fn serve<A, H, F>(
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let open = stats.open.fetch_add(1, Ordering::Relaxed) + 1;
         stats.peak.fetch_max(open, Ordering::Relaxed);
-        let gone = Arc::new(Notify::new());
-        let state = Arc::new(ConnState {
-            epoch: Instant::now(),
-            last_io_ms: AtomicU64::new(0),
-            received: AtomicBool::new(false),
-            killed: AtomicBool::new(false),
-            read_waker: AtomicWaker::new(),
-            write_waker: AtomicWaker::new(),
-        });
-        let slot = Arc::new(Slot {
+        let slot = Slot {
             _permit: permit,
             _address: address,
             stats: stats.clone(),
-            gone: gone.clone(),
-        });
-        let conn = Conn {
-            stream: Guarded {
-                io: sock,
-                state: state.clone(),
-                _slot: slot,
-            },
-            peer,
-            local,
-            shutdown: shutdown.clone(),
+            gone: Arc::new(Notify::new()),
         };
+        let (conn, state, gone) = Conn::new(sock, slot, peer, local, shutdown.clone());
         tokio::spawn(run_connection(
             conn,
             handler.clone(),
@@ -668,6 +681,13 @@ struct ConnLogs {
 }
 
 impl ConnLogs {
+    fn new() -> ConnLogs {
+        ConnLogs {
+            panic: LogEvery::new(LOG_INTERVAL),
+            timeout: LogEvery::new(LOG_INTERVAL),
+        }
+    }
+
     fn timed_out(&self, stats: &ListenerStats, name: &'static str, peer: SocketAddr, what: &str) {
         stats.timed_out.fetch_add(1, Ordering::Relaxed);
         match self.timeout.allow() {
