@@ -48,7 +48,7 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
             "/{app}/{stream}",
             get(signalling).post(whip_post).options(webrtc::options),
         )
-        .route("/{app}/{stream}/{file}", get(signalling_file))
+        .route("/{app}/{stream}/{file}", get(signalling))
         .fallback(|| async { ApiError::not_found("no such endpoint (OME-compatible listener)") })
         .layer(crate::http::cors())
         .layer(axum::Extension(Tls(tls)))
@@ -95,30 +95,15 @@ async fn whip_post(
     whip::publish(&app, &stream, &req, body).await
 }
 
-async fn signalling_file(
-    State(app): State<Arc<App>>,
-    Path((app_name, stream, _file)): Path<(String, String, String)>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
-    tls: Option<axum::Extension<Tls>>,
-    uri: Uri,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
-    signalling(
-        State(app),
-        Path((app_name, stream)),
-        ConnectInfo(PeerAddr(peer)),
-        tls,
-        uri,
-        headers,
-        ws,
-    )
-    .await
+/// The stream of `/{app}/{stream}[/{file}]` (the other segments are ignored).
+#[derive(serde::Deserialize)]
+struct StreamPath {
+    stream: String,
 }
 
 async fn signalling(
     State(app): State<Arc<App>>,
-    Path((_app_name, stream)): Path<(String, String)>,
+    Path(StreamPath { stream }): Path<StreamPath>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     tls: Option<axum::Extension<Tls>>,
     uri: Uri,
