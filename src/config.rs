@@ -26,6 +26,19 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
+/// `key` must be an http(s) URL.
+fn http_url(key: impl Into<String>, url: &str) -> Result<(), ConfigError> {
+    if is_http_url(url) {
+        Ok(())
+    } else {
+        Err(invalid(key, "must start with http:// or https://"))
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -505,7 +518,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.public_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+            && !is_http_url(url)
         {
             return Err(invalid(
                 "public_url",
@@ -610,14 +623,7 @@ impl Config {
             }
         }
         if let Some(m) = &self.matrix {
-            if !(m.homeserver_url.starts_with("http://")
-                || m.homeserver_url.starts_with("https://"))
-            {
-                return Err(invalid(
-                    "matrix.homeserver_url",
-                    "must start with http:// or https://",
-                ));
-            }
+            http_url("matrix.homeserver_url", &m.homeserver_url)?;
             if m.server_name.is_empty() || m.server_name.contains(['/', ' ', '@', '#']) {
                 return Err(invalid(
                     "matrix.server_name",
@@ -719,14 +725,7 @@ impl Config {
             }
         }
         if let Some(a) = &self.admission {
-            if !(a.control_server_url.starts_with("http://")
-                || a.control_server_url.starts_with("https://"))
-            {
-                return Err(invalid(
-                    "admission.control_server_url",
-                    "must start with http:// or https://",
-                ));
-            }
+            http_url("admission.control_server_url", &a.control_server_url)?;
             if a.timeout_ms == 0 || a.timeout_ms > 60_000 {
                 return Err(invalid(
                     "admission.timeout_ms",
@@ -735,12 +734,7 @@ impl Config {
             }
         }
         for (i, w) in self.webhooks.iter().enumerate() {
-            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                return Err(invalid(
-                    format!("webhooks[{i}].url"),
-                    "must start with http:// or https://",
-                ));
-            }
+            http_url(format!("webhooks[{i}].url"), &w.url)?;
             if let Some(e) = w
                 .events
                 .iter()
@@ -855,19 +849,25 @@ fn parse_env_value(raw: &str) -> toml::Value {
     }
 }
 
+/// Loads `text` as a config file, with `env` as the environment.
+#[cfg(test)]
+fn load_for_test(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("roomcast-cfg-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("c.toml");
+    std::fs::write(&p, text).unwrap();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let r = Config::load(Some(&p), env);
+    std::fs::remove_dir_all(&dir).ok();
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("roomcast-cfg-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("c.toml");
-        std::fs::write(&p, text).unwrap();
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        let r = Config::load(Some(&p), env);
-        std::fs::remove_dir_all(&dir).ok();
-        r
+        load_for_test(text, env)
     }
 
     #[test]
@@ -993,13 +993,7 @@ mod issue6_tests {
     use super::*;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("roomcast-cfg6-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("c.toml");
-        std::fs::write(&p, text).unwrap();
-        let r = Config::load(Some(&p), Vec::new());
-        std::fs::remove_dir_all(&dir).ok();
-        r
+        load_for_test(text, &[])
     }
 
     #[test]
@@ -1098,13 +1092,7 @@ mod matrix_tests {
     use super::*;
 
     fn load_text(text: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("roomcast-cfgmx-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("c.toml");
-        std::fs::write(&p, text).unwrap();
-        let r = Config::load(Some(&p), Vec::new());
-        std::fs::remove_dir_all(&dir).ok();
-        r
+        load_for_test(text, &[])
     }
 
     #[test]

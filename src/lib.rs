@@ -10,6 +10,7 @@ pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod listener;
+pub mod log_every;
 pub mod matrix;
 pub mod media;
 pub mod plan;

@@ -35,6 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::auth::Cidr;
 use crate::config::ConnectionsConfig;
+use crate::log_every::LogEvery;
 
 /// Caps and timeouts of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -101,42 +102,6 @@ impl Shutdown {
     pub fn wait_owned(&self) -> impl Future<Output = ()> + Send + use<> {
         let me = self.clone();
         async move { me.wait().await }
-    }
-}
-
-/// Logs at most once per interval, counting what it left out.
-pub struct LogEvery {
-    interval_ms: u64,
-    epoch: Instant,
-    /// ms since epoch of the last line, +1 (0: never).
-    last: AtomicU64,
-    skipped: AtomicU64,
-}
-
-impl LogEvery {
-    pub fn new(interval: Duration) -> LogEvery {
-        LogEvery {
-            interval_ms: interval.as_millis() as u64,
-            epoch: Instant::now(),
-            last: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(n)`: log now, `n` events were left out since the last line.
-    pub fn check(&self) -> Option<u64> {
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.last.load(Ordering::Relaxed);
-        if last != 0 && now < last + self.interval_ms
-            || self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(self.skipped.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -220,6 +185,40 @@ pub struct Conn {
     /// Triggered when the process stops: finish up (the stream is closed
     /// anyway after the grace).
     pub shutdown: Shutdown,
+}
+
+impl Conn {
+    /// An accepted socket holding its place (`slot`) under the caps, watched
+    /// through the returned state; the `Notify` fires when the slot is given
+    /// back.
+    fn new(
+        sock: TcpStream,
+        slot: Slot,
+        peer: SocketAddr,
+        local: SocketAddr,
+        shutdown: Shutdown,
+    ) -> (Conn, Arc<ConnState>, Arc<Notify>) {
+        let state = Arc::new(ConnState {
+            epoch: Instant::now(),
+            last_io_ms: AtomicU64::new(0),
+            received: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            read_waker: AtomicWaker::new(),
+            write_waker: AtomicWaker::new(),
+        });
+        let gone = slot.gone.clone();
+        let conn = Conn {
+            stream: Guarded {
+                io: sock,
+                state: state.clone(),
+                _slot: Arc::new(slot),
+            },
+            peer,
+            local,
+            shutdown,
+        };
+        (conn, state, gone)
+    }
 }
 
 /// The address a per-address cap counts: IPv4 as is, IPv6 by its /64.
@@ -570,10 +569,7 @@ pub async fn serve<A, H, F>(
     let addresses = Arc::new(AddressCounts::default());
     let refused_log = LogEvery::new(LOG_INTERVAL);
     let error_log = LogEvery::new(LOG_INTERVAL);
-    let logs = Arc::new(ConnLogs {
-        panic: LogEvery::new(LOG_INTERVAL),
-        timeout: LogEvery::new(LOG_INTERVAL),
-    });
+    let logs = Arc::new(ConnLogs::new());
     let mut backoff = BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -590,7 +586,7 @@ pub async fn serve<A, H, F>(
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS…: the socket stays readable, so wait.
                 stats.accept_errors.fetch_add(1, Ordering::Relaxed);
-                if let Some(skipped) = error_log.check() {
+                if let Some(skipped) = error_log.allow() {
                     warn!(listener = name, error = %e, retry_in_ms = backoff.as_millis() as u64, skipped, "accept failed; backing off");
                 }
                 tokio::select! {
@@ -636,31 +632,13 @@ pub async fn serve<A, H, F>(
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let open = stats.open.fetch_add(1, Ordering::Relaxed) + 1;
         stats.peak.fetch_max(open, Ordering::Relaxed);
-        let gone = Arc::new(Notify::new());
-        let state = Arc::new(ConnState {
-            epoch: Instant::now(),
-            last_io_ms: AtomicU64::new(0),
-            received: AtomicBool::new(false),
-            killed: AtomicBool::new(false),
-            read_waker: AtomicWaker::new(),
-            write_waker: AtomicWaker::new(),
-        });
-        let slot = Arc::new(Slot {
+        let slot = Slot {
             _permit: permit,
             _address: address,
             stats: stats.clone(),
-            gone: gone.clone(),
-        });
-        let conn = Conn {
-            stream: Guarded {
-                io: sock,
-                state: state.clone(),
-                _slot: slot,
-            },
-            peer,
-            local,
-            shutdown: shutdown.clone(),
+            gone: Arc::new(Notify::new()),
         };
+        let (conn, state, gone) = Conn::new(sock, slot, peer, local, shutdown.clone());
         tokio::spawn(run_connection(
             conn,
             handler.clone(),
@@ -703,9 +681,16 @@ struct ConnLogs {
 }
 
 impl ConnLogs {
+    fn new() -> ConnLogs {
+        ConnLogs {
+            panic: LogEvery::new(LOG_INTERVAL),
+            timeout: LogEvery::new(LOG_INTERVAL),
+        }
+    }
+
     fn timed_out(&self, stats: &ListenerStats, name: &'static str, peer: SocketAddr, what: &str) {
         stats.timed_out.fetch_add(1, Ordering::Relaxed);
-        match self.timeout.check() {
+        match self.timeout.allow() {
             Some(skipped) => info!(listener = name, %peer, skipped, "{what}; connection closed"),
             None => debug!(listener = name, %peer, "{what}; connection closed"),
         }
@@ -721,7 +706,7 @@ fn refuse(
     cap: usize,
 ) {
     stats.refused.fetch_add(1, Ordering::Relaxed);
-    if let Some(skipped) = log.check() {
+    if let Some(skipped) = log.allow() {
         warn!(listener = name, %peer, cap, skipped, "{why}; connection closed");
     }
     // Dropping the socket closes it.
@@ -735,7 +720,7 @@ fn log_panic(
     panic: Box<dyn std::any::Any + Send>,
 ) {
     stats.panicked.fetch_add(1, Ordering::Relaxed);
-    if let Some(skipped) = logs.panic.check() {
+    if let Some(skipped) = logs.panic.allow() {
         let msg = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())

@@ -155,6 +155,10 @@ fn signalling_bad_input_gets_code_and_error() {
     let mut s = ws("/app/nosuchstream");
     s.send(r#"{"command":"request_offer"}"#);
     s.expect_error(404, "no stream", "an unknown stream");
+    // `/{app}/{stream}/{file}` is the same stream's signalling.
+    let mut s = ws(&format!("{path}/playlist"));
+    s.send(r#"{"command":"request_offer"}"#);
+    s.expect_error(404, "offline", "request_offer with a file segment");
     let mut s = ws(&path);
     s.send(r#"{"command":"answer","id":5,"peer_id":0,"sdp":{"type":"answer","sdp":"v=0"}}"#);
     s.expect_error(400, "request_offer first", "an answer before any offer");

@@ -103,7 +103,24 @@ pub struct HttpRequest<'a> {
     pub trusted: &'a [Cidr],
 }
 
-impl HttpRequest<'_> {
+impl<'a> HttpRequest<'a> {
+    /// A request to `app`'s HTTP shell, from `peer`, `tls` if it came in over TLS.
+    pub fn new(
+        app: &'a super::App,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Self {
+        HttpRequest {
+            uri,
+            headers,
+            peer,
+            tls,
+            trusted: &app.config.http.trusted_proxies,
+        }
+    }
+
     /// The client's address, through `http.trusted_proxies`.
     pub fn client(&self) -> IpAddr {
         crate::http::client_addr(self.peer.ip(), self.headers, self.trusted)

@@ -26,7 +26,7 @@ use crate::egress::ome::protocol;
 use crate::http::App;
 use crate::http::extract::token_from;
 use crate::http::extract::{HttpRequest, Tls};
-use crate::http::webrtc::whip;
+use crate::http::webrtc::{self, whip};
 use crate::http::{ApiError, PeerAddr};
 use crate::rtc::{SessionOpts, Transport, ViewerError};
 use protocol::{Action, ProtocolError, Signalling};
@@ -46,9 +46,9 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/{app}/{stream}",
-            get(signalling).post(whip_post).options(whip::options),
+            get(signalling).post(whip_post).options(webrtc::options),
         )
-        .route("/{app}/{stream}/{file}", get(signalling_file))
+        .route("/{app}/{stream}/{file}", get(signalling))
         .fallback(|| async { ApiError::not_found("no such endpoint (OME-compatible listener)") })
         .layer(crate::http::cors())
         .layer(axum::Extension(Tls(tls)))
@@ -91,40 +91,19 @@ async fn whip_post(
             "POST here is WHIP: add ?direction=whip to the URL",
         ));
     }
-    let req = HttpRequest {
-        uri: &uri,
-        headers: &headers,
-        peer,
-        tls: tls.is_some_and(|t| t.0.0),
-        trusted: &app.config.http.trusted_proxies,
-    };
+    let req = HttpRequest::new(&app, &uri, &headers, peer, tls.is_some_and(|t| t.0.0));
     whip::publish(&app, &stream, &req, body).await
 }
 
-async fn signalling_file(
-    State(app): State<Arc<App>>,
-    Path((app_name, stream, _file)): Path<(String, String, String)>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
-    tls: Option<axum::Extension<Tls>>,
-    uri: Uri,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
-    signalling(
-        State(app),
-        Path((app_name, stream)),
-        ConnectInfo(PeerAddr(peer)),
-        tls,
-        uri,
-        headers,
-        ws,
-    )
-    .await
+/// The stream of `/{app}/{stream}[/{file}]` (the other segments are ignored).
+#[derive(serde::Deserialize)]
+struct StreamPath {
+    stream: String,
 }
 
 async fn signalling(
     State(app): State<Arc<App>>,
-    Path((_app_name, stream)): Path<(String, String)>,
+    Path(StreamPath { stream }): Path<StreamPath>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     tls: Option<axum::Extension<Tls>>,
     uri: Uri,
@@ -300,13 +279,7 @@ impl Ctx {
                 "publishing over WebSocket signalling is not supported; publish with WHIP: POST to this URL with ?direction=whip",
             ));
         }
-        let req = HttpRequest {
-            uri: &self.uri,
-            headers: &self.headers,
-            peer: self.peer,
-            tls: self.tls,
-            trusted: &self.app.config.http.trusted_proxies,
-        };
+        let req = HttpRequest::new(&self.app, &self.uri, &self.headers, self.peer, self.tls);
         let facts = ViewerFacts {
             stream: self.stream.clone(),
             client: req.client(),

@@ -7,7 +7,6 @@
 //! egress never knows the source protocol.
 
 mod stats;
-pub mod throttle;
 mod timeline;
 
 use std::collections::HashMap;
@@ -19,8 +18,8 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::log_every::LogEvery;
 pub use stats::StreamStats;
-use throttle::Throttle;
 use timeline::Timeline;
 use tracing::warn;
 
@@ -58,8 +57,8 @@ impl From<&crate::config::LimitsConfig> for HubLimits {
 
 /// Over-limit publishers are logged at most this often (they reconnect).
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
-static FRAME_TOO_LARGE_LOG: Throttle = Throttle::new(LIMIT_LOG_INTERVAL);
-static GOP_TOO_LARGE_LOG: Throttle = Throttle::new(LIMIT_LOG_INTERVAL);
+static FRAME_TOO_LARGE_LOG: LogEvery = LogEvery::new(LIMIT_LOG_INTERVAL);
+static GOP_TOO_LARGE_LOG: LogEvery = LogEvery::new(LIMIT_LOG_INTERVAL);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

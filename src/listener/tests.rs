@@ -381,17 +381,6 @@ async fn shutdown_stops_accepting_and_ends_connections_within_the_grace() {
     );
 }
 
-#[test]
-fn log_every_lets_one_line_through_per_interval() {
-    let l = LogEvery::new(Duration::from_secs(3600));
-    assert_eq!(l.check(), Some(0));
-    assert_eq!(l.check(), None);
-    assert_eq!(l.check(), None);
-    let l = LogEvery::new(Duration::ZERO);
-    assert_eq!(l.check(), Some(0));
-    assert!(l.check().is_some());
-}
-
 /// An idle connection's task holds no handler state: its size does not
 /// grow with the handler's (a flood of idle sockets stays cheap).
 #[tokio::test]
@@ -400,38 +389,17 @@ async fn an_idle_connection_task_is_small_whatever_the_handler() {
     let a = l.local_addr().unwrap();
     let _c = TcpStream::connect(a).await.unwrap();
     let (sock, peer) = l.accept().await.unwrap();
-    let state = Arc::new(ConnState {
-        epoch: Instant::now(),
-        last_io_ms: AtomicU64::new(0),
-        received: AtomicBool::new(false),
-        killed: AtomicBool::new(false),
-        read_waker: AtomicWaker::new(),
-        write_waker: AtomicWaker::new(),
-    });
-    let gone = Arc::new(Notify::new());
     let permits = Arc::new(Semaphore::new(1));
     let counts = Arc::new(AddressCounts::default());
     let stats = Arc::new(ListenerStats::default());
-    let slot = Arc::new(Slot {
+    let slot = Slot {
         _permit: permits.try_acquire_owned().unwrap(),
         _address: counts.try_take(peer.ip(), 5).unwrap(),
         stats: stats.clone(),
-        gone: gone.clone(),
-    });
-    let conn = Conn {
-        stream: Guarded {
-            io: sock,
-            state: state.clone(),
-            _slot: slot,
-        },
-        peer,
-        local: a,
-        shutdown: Shutdown::default(),
+        gone: Arc::new(Notify::new()),
     };
-    let logs = Arc::new(ConnLogs {
-        panic: LogEvery::new(LOG_INTERVAL),
-        timeout: LogEvery::new(LOG_INTERVAL),
-    });
+    let (conn, state, gone) = Conn::new(sock, slot, peer, a, Shutdown::default());
+    let logs = Arc::new(ConnLogs::new());
     let big = |c: Conn| async move {
         let buf = [0u8; 20000];
         tokio::task::yield_now().await;

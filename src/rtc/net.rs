@@ -20,11 +20,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::shard::{ShardMsg, ShardTx};
-use crate::hub::throttle::Throttle;
 use crate::listener::{Conn, Limits, Shutdown};
+use crate::log_every::LogEvery;
 
 /// ICE-TCP connections refused (no valid first check) logged at most this often.
-static TCP_REFUSED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static TCP_REFUSED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 
 /// An ICE-TCP connection must deliver its first complete frame (a signed STUN
 /// check) within this time.

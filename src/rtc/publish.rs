@@ -14,16 +14,16 @@ use str0m::net::Protocol;
 use str0m::rtp::RtpPacket;
 use tracing::{debug, info, warn};
 
-use crate::hub::throttle::Throttle;
 use crate::hub::{AudioInfo, Hub, IngestProtocol, Publisher, PushError, Stream, VideoInfo};
+use crate::log_every::LogEvery;
 use crate::media::h264;
 use crate::media::rtp_video::{self, Assembled, FrameAssembler, VideoCodec};
 
 /// Our own keyframe requests (after a loss) at most this often.
 const OWN_PLI_INTERVAL: Duration = Duration::from_millis(500);
 /// Publishers over the frame cap are logged at most this often (they reconnect).
-static TOO_LARGE_LOG: Throttle = Throttle::new(Duration::from_secs(10));
-static NEVER_CONNECTED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static TOO_LARGE_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+static NEVER_CONNECTED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 
 /// A negotiated publisher, handed to its shard.
 pub struct NewPublisher {

@@ -25,8 +25,8 @@ use tracing::{debug, error, info, warn};
 use super::metrics::ShardMetrics;
 use super::net::{Demux, NetOut, SendBatch};
 use super::publish::{NewPublisher, PubPeer};
-use crate::hub::throttle::Throttle;
 use crate::hub::{Frame, FrameSink, Kind, Stream};
+use crate::log_every::LogEvery;
 
 /// A session that has not completed ICE and DTLS by then is dropped. Real
 /// clients connect within a second or two (ICE-lite: no gathering on our
@@ -43,9 +43,9 @@ const MAX_ADDRS_PER_SESSION: usize = 32;
 /// beyond that the shard is marked dead and gets no new sessions.
 const MAX_RESTARTS_PER_MINUTE: usize = 5;
 /// Session panics and queue overflows are logged at most this often.
-static PANIC_LOG: Throttle = Throttle::new(Duration::from_secs(10));
-static DROP_LOG: Throttle = Throttle::new(Duration::from_secs(10));
-static NEVER_CONNECTED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static PANIC_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+static DROP_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+static NEVER_CONNECTED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 /// A connected viewer that sends nothing (no consent checks, no RTCP) for this long is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A publisher sends media all the time: this much silence means it is gone
@@ -94,6 +94,30 @@ struct NetInput<'a> {
     at: Instant,
     new_addr: bool,
 }
+
+/// What feeding network input needs of a session, viewer or publisher.
+trait NetSession {
+    /// For fault injection in tests.
+    #[cfg(test)]
+    fn id(&self) -> u64;
+    fn net_parts(&mut self) -> (&mut Rtc, &mut Vec<(Protocol, SocketAddr)>, &mut Instant);
+}
+
+/// Both session types keep these under the same field names.
+macro_rules! impl_net_session {
+    ($($t:ty),*) => {$(
+        impl NetSession for $t {
+            #[cfg(test)]
+            fn id(&self) -> u64 {
+                self.id
+            }
+            fn net_parts(&mut self) -> (&mut Rtc, &mut Vec<(Protocol, SocketAddr)>, &mut Instant) {
+                (&mut self.rtc, &mut self.addrs, &mut self.last_input)
+            }
+        }
+    )*};
+}
+impl_net_session!(Peer, PubPeer);
 
 impl NetInput<'_> {
     /// Hands the datagram to the session, remembering a new source address
@@ -501,7 +525,7 @@ pub mod fault {
 /// interval (the shard's own error line says which session it ended).
 pub fn throttle_worker_panic_output() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    static HOOK_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+    static HOOK_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
@@ -687,6 +711,23 @@ impl Shard {
 
     /// A session's input panicked: it ends (the caller marks it), the others
     /// go on. Logged at most once per interval.
+    /// Feeds `input` to session `p` and drives it, a panic in either caught
+    /// (`Err` carries its message).
+    fn feed_isolated<P: NetSession>(
+        &self,
+        p: &mut P,
+        input: &NetInput,
+        drive: impl FnOnce(&Self, &mut P),
+    ) -> Result<(), String> {
+        isolate(|| {
+            #[cfg(test)]
+            fault::check_input(&self.metrics, p.id());
+            let (rtc, addrs, last_input) = p.net_parts();
+            input.feed(&self.demux, &self.net, rtc, addrs, last_input);
+            drive(self, p);
+        })
+    }
+
     fn session_panicked(&self, stream: &str, id: u64, during: &str, msg: &str) {
         self.metrics.session_panics.fetch_add(1, Relaxed);
         // A panic may leave a half-built batch behind.
@@ -862,18 +903,7 @@ impl Shard {
                     if p.dead {
                         return;
                     }
-                    if let Err(msg) = isolate(|| {
-                        #[cfg(test)]
-                        fault::check_input(&self.metrics, p.id);
-                        input.feed(
-                            &self.demux,
-                            &self.net,
-                            &mut p.rtc,
-                            &mut p.addrs,
-                            &mut p.last_input,
-                        );
-                        self.drive(p);
-                    }) {
+                    if let Err(msg) = self.feed_isolated(p, &input, Shard::drive) {
                         self.session_panicked(&p.stream.name, p.id, "network input", &msg);
                         p.dead = true;
                         p.poisoned = true;
@@ -882,18 +912,7 @@ impl Shard {
                     if p.dead {
                         return;
                     }
-                    if let Err(msg) = isolate(|| {
-                        #[cfg(test)]
-                        fault::check_input(&self.metrics, p.id);
-                        input.feed(
-                            &self.demux,
-                            &self.net,
-                            &mut p.rtc,
-                            &mut p.addrs,
-                            &mut p.last_input,
-                        );
-                        self.drive_pub(p);
-                    }) {
+                    if let Err(msg) = self.feed_isolated(p, &input, Shard::drive_pub) {
                         self.session_panicked(&p.stream.name, p.id, "network input", &msg);
                         p.poisoned = true;
                         p.end("internal error");

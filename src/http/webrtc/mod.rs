@@ -1,19 +1,24 @@
 //! WHIP and WHEP, together: publishing and playing over WebRTC with one SDP
 //! offer each. What they share: the session resources
-//! (`/whip|whep/{stream}/{secret}`, see `resources`), trickle `PATCH` and
-//! `DELETE`.
+//! (`/whip|whep/{stream}/{secret}`, see `resources`), reading the offer,
+//! trickle `PATCH`, `DELETE` and `OPTIONS`.
 
 pub mod resources;
 pub mod whep;
 pub mod whip;
 
+use std::sync::Arc;
+
 use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, patch};
 
-use super::ApiError;
 use super::error::read_body;
 use super::extract::content_type_is;
+use super::{ApiError, App};
+use resources::Kind;
 
 /// "WHIP" or "WHEP", for messages.
 pub type Protocol = &'static str;
@@ -26,19 +31,47 @@ pub fn no_session(protocol: Protocol, stream: &str) -> ApiError {
     ))
 }
 
+/// `PATCH`, `DELETE` and `OPTIONS` on `/whip|whep/{stream}/{secret}`, a
+/// session resource of `kind`. The secret in the URL is the proof of
+/// ownership (OBS and the publish page also send the key on WHIP; the secret
+/// alone is enough, as for WHEP).
+pub fn resource(kind: Kind) -> MethodRouter<Arc<App>> {
+    patch(
+        move |State(app): State<Arc<App>>,
+              Path((name, secret)): Path<(String, String)>,
+              headers: HeaderMap,
+              body: Body| async move {
+            trickle(&app, kind, &name, &secret, &headers, body).await
+        },
+    )
+    .delete(
+        move |State(app): State<Arc<App>>, Path((name, secret)): Path<(String, String)>| async move {
+            delete(&app, kind, &name, &secret)
+        },
+    )
+    .options(options)
+}
+
+fn protocol(kind: Kind) -> Protocol {
+    match kind {
+        Kind::Viewer => "WHEP",
+        Kind::Publisher => "WHIP",
+    }
+}
+
 /// Trickle ICE. The server is ICE-lite: it answers checks from whatever
 /// address they come, so the client's candidates need no action; the fragment
-/// is still read, and bounded. `found`: the session the URL's secret names.
-pub async fn trickle(
-    protocol: Protocol,
+/// is still read, and bounded.
+async fn trickle(
+    app: &App,
+    kind: Kind,
     stream: &str,
-    found: Option<u64>,
+    secret: &str,
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
 ) -> Result<Response, ApiError> {
-    if found.is_none() {
-        return Err(no_session(protocol, stream));
+    if app.resources.find(kind, stream, secret).is_none() {
+        return Err(no_session(protocol(kind), stream));
     }
     if !content_type_is(headers, "application/trickle-ice-sdpfrag") {
         return Err(ApiError::new(
@@ -47,25 +80,67 @@ pub async fn trickle(
             "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
         ));
     }
-    read_body(body, limit).await?;
+    read_body(body, app.config.http.max_body_bytes).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `DELETE` on a session: `found` is the session the URL's secret names,
-/// `end` ends it and says whether it still existed.
-pub fn delete(
-    protocol: Protocol,
-    stream: &str,
-    found: Option<u64>,
-    end: impl FnOnce(u64) -> bool,
-) -> Result<Response, ApiError> {
+/// `DELETE` on a session: ends the session the URL's secret names.
+fn delete(app: &App, kind: Kind, stream: &str, secret: &str) -> Result<Response, ApiError> {
+    let found = app.resources.take(kind, stream, secret);
+    let ended = found.is_some_and(|n| match kind {
+        Kind::Viewer => app.engine.remove_viewer(stream, n),
+        Kind::Publisher => app.engine.remove_publisher(stream, n),
+    });
     match found {
-        Some(n) if end(n) => {
-            tracing::info!(stream, session = n, "{protocol} session ended by DELETE");
+        Some(n) if ended => {
+            tracing::info!(
+                stream,
+                session = n,
+                "{} session ended by DELETE",
+                protocol(kind)
+            );
             Ok(StatusCode::OK.into_response())
         }
-        _ => Err(no_session(protocol, stream)),
+        _ => Err(no_session(protocol(kind), stream)),
     }
+}
+
+/// The body of a `POST` that carries an SDP offer: it must say
+/// `Content-Type: application/sdp` and hold at most `limit` bytes.
+pub async fn read_offer(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    if !content_type_is(headers, "application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the SDP offer with Content-Type: application/sdp",
+        ));
+    }
+    read_body(body, limit).await
+}
+
+/// The offer [`read_offer`] read, as text.
+pub fn offer_text(body: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("bad_offer", "the SDP offer is not UTF-8 text"))
+}
+
+/// `OPTIONS` on a WHIP or WHEP endpoint or session.
+pub async fn options() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::HeaderName::from_static("accept-post"),
+                "application/sdp",
+            ),
+            (header::ALLOW, "OPTIONS, POST, PATCH, DELETE"),
+        ],
+    )
+        .into_response()
 }
 
 /// The headers of a `201 Created` session resource.

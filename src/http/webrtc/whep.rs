@@ -6,15 +6,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{patch, post};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use axum::routing::post;
 use tracing::info;
 
 use crate::admission::{Purpose, ViewerFacts};
 use crate::http::App;
-use crate::http::error::read_body;
-use crate::http::extract::content_type_is;
 use crate::http::extract::token_from;
 use crate::http::extract::{HttpRequest, Tls};
 use crate::http::webrtc as session;
@@ -24,11 +22,8 @@ use crate::rtc::{SessionOpts, ViewerError};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/whep/{stream}", post(create).options(options))
-        .route(
-            "/whep/{stream}/{id}",
-            patch(trickle).delete(delete).options(options),
-        )
+        .route("/whep/{stream}", post(create).options(session::options))
+        .route("/whep/{stream}/{id}", session::resource(Kind::Viewer))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -41,24 +36,10 @@ async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if !content_type_is(&headers, "application/sdp") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the SDP offer with Content-Type: application/sdp",
-        ));
-    }
-    let body = read_body(body, app.config.http.max_body_bytes).await?;
+    let body = session::read_offer(&headers, body, app.config.http.max_body_bytes).await?;
     // The offer is checked before anything shared is touched.
-    let offer = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::bad_request("bad_offer", "the SDP offer is not UTF-8 text"))?;
-    let req = HttpRequest {
-        uri: &uri,
-        headers: &headers,
-        peer,
-        tls: tls.is_some_and(|t| t.0.0),
-        trusted: &app.config.http.trusted_proxies,
-    };
+    let offer = session::offer_text(&body)?;
+    let req = HttpRequest::new(&app, &uri, &headers, peer, tls.is_some_and(|t| t.0.0));
     let facts = ViewerFacts {
         stream: name.clone(),
         client: req.client(),
@@ -103,46 +84,4 @@ pub fn viewer_error(e: ViewerError) -> ApiError {
             e.to_string(),
         ),
     }
-}
-
-/// Trickle ICE fragments need no action (see `web::session::trickle`).
-async fn trickle(
-    State(app): State<Arc<App>>,
-    Path((name, secret)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let found = app.resources.find(Kind::Viewer, &name, &secret);
-    session::trickle(
-        "WHEP",
-        &name,
-        found,
-        &headers,
-        body,
-        app.config.http.max_body_bytes,
-    )
-    .await
-}
-
-/// The secret in the URL is the viewer's proof of ownership.
-async fn delete(
-    State(app): State<Arc<App>>,
-    Path((name, secret)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let found = app.resources.take(Kind::Viewer, &name, &secret);
-    session::delete("WHEP", &name, found, |n| app.engine.remove_viewer(&name, n))
-}
-
-async fn options() -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [
-            (
-                header::HeaderName::from_static("accept-post"),
-                "application/sdp",
-            ),
-            (header::ALLOW, "OPTIONS, POST, PATCH, DELETE"),
-        ],
-    )
-        .into_response()
 }

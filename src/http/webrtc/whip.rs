@@ -11,15 +11,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{patch, post};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use axum::routing::post;
 use tracing::{info, warn};
 
 use crate::auth::gate::Refusal;
 use crate::http::App;
-use crate::http::error::read_body;
-use crate::http::extract::content_type_is;
 use crate::http::extract::{HttpRequest, Tls, bearer, refusal_error};
 use crate::http::webrtc as session;
 use crate::http::webrtc::resources::Kind;
@@ -29,11 +27,8 @@ use crate::rtc::{PublishError, SessionOpts};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/whip/{stream}", post(create).options(options))
-        .route(
-            "/whip/{stream}/{id}",
-            patch(trickle).delete(delete).options(options),
-        )
+        .route("/whip/{stream}", post(create).options(session::options))
+        .route("/whip/{stream}/{id}", session::resource(Kind::Publisher))
 }
 
 async fn create(
@@ -45,13 +40,7 @@ async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req = HttpRequest {
-        uri: &uri,
-        headers: &headers,
-        peer,
-        tls: tls.is_some_and(|t| t.0.0),
-        trusted: &app.config.http.trusted_proxies,
-    };
+    let req = HttpRequest::new(&app, &uri, &headers, peer, tls.is_some_and(|t| t.0.0));
     publish(&app, &name, &req, body).await
 }
 
@@ -62,14 +51,7 @@ pub async fn publish(
     req: &HttpRequest<'_>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if !content_type_is(req.headers, "application/sdp") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the SDP offer with Content-Type: application/sdp",
-        ));
-    }
-    let body = read_body(body, app.config.http.max_body_bytes).await?;
+    let body = session::read_offer(req.headers, body, app.config.http.max_body_bytes).await?;
     let keyed = match bearer(req.headers) {
         Some(key) if app.keys.verify(name, key) => true,
         Some(_) => {
@@ -86,8 +68,7 @@ pub async fn publish(
             info!(peer = %req.peer, stream = %name, reason = %r, "whip publish refused");
             ApiError::from(r)
         })?;
-    let offer = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::bad_request("bad_offer", "the SDP offer is not UTF-8 text"))?;
+    let offer = session::offer_text(&body)?;
     let stream = app.hub.ensure_stream(&pass.stream, None);
     let opts = SessionOpts {
         expires_at: pass.expires_at,
@@ -118,49 +99,4 @@ pub async fn publish(
     let secret = app.resources.add(Kind::Publisher, &stream.name, answer.id);
     info!(peer = %req.peer, stream = %stream.name, publisher = answer.id, "whip publisher negotiated");
     Ok(session::created("whip", &stream.name, &secret, answer.sdp))
-}
-
-/// Trickle ICE fragments need no action (see `web::session::trickle`).
-async fn trickle(
-    State(app): State<Arc<App>>,
-    Path((name, secret)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let found = app.resources.find(Kind::Publisher, &name, &secret);
-    session::trickle(
-        "WHIP",
-        &name,
-        found,
-        &headers,
-        body,
-        app.config.http.max_body_bytes,
-    )
-    .await
-}
-
-/// The secret Location is the publisher's proof (OBS and the publish page
-/// also send the key; the secret alone is enough, as for WHEP).
-async fn delete(
-    State(app): State<Arc<App>>,
-    Path((name, secret)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let found = app.resources.take(Kind::Publisher, &name, &secret);
-    session::delete("WHIP", &name, found, |n| {
-        app.engine.remove_publisher(&name, n)
-    })
-}
-
-pub async fn options() -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [
-            (
-                header::HeaderName::from_static("accept-post"),
-                "application/sdp",
-            ),
-            (header::ALLOW, "OPTIONS, POST, PATCH, DELETE"),
-        ],
-    )
-        .into_response()
 }

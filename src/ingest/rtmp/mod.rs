@@ -8,9 +8,8 @@ pub mod core;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -23,6 +22,7 @@ use crate::auth::gate::{Attempt, Gate};
 use crate::auth::keys::KeyRing;
 use crate::hub::{Hub, IngestProtocol};
 use crate::listener::{Conn, Limits, Shutdown};
+use crate::log_every::LogEveryKind;
 
 /// The handshake and `publish` must happen within this time.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -350,24 +350,11 @@ impl Close {
 /// Each kind of connection failure is logged at most once per interval.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// When each kind was last logged. Kinds are a fixed set of literals, so this
-/// stays a few entries long.
-static LOGGED: Mutex<Vec<(&'static str, Instant)>> = Mutex::new(Vec::new());
+/// When each kind was last logged.
+static LOGGED: LogEveryKind = LogEveryKind::new(LOG_INTERVAL);
 
 fn log_allowed(kind: &'static str) -> bool {
-    let now = Instant::now();
-    let mut logged = LOGGED.lock();
-    match logged.iter_mut().find(|(k, _)| *k == kind) {
-        Some((_, at)) if now.duration_since(*at) < LOG_INTERVAL => false,
-        Some((_, at)) => {
-            *at = now;
-            true
-        }
-        None => {
-            logged.push((kind, now));
-            true
-        }
-    }
+    LOGGED.allow(kind).is_some()
 }
 
 impl RtmpIngest {
