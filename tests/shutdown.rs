@@ -24,7 +24,7 @@ fn chromium_viewers(server: &Server, count: usize) -> JsonTool {
     let mut cmd =
         Command::new(std::env::var_os("ROOMCAST_TEST_NODE").unwrap_or_else(|| "node".into()));
     cmd.current_dir(node_dir())
-        .arg(manifest_dir().join("tests/browser/viewers.mjs"))
+        .arg(node_dir().join("viewers.mjs"))
         .arg("--base")
         .arg(server.base_url())
         .arg("--stream")
