@@ -263,6 +263,10 @@ pub struct WebrtcConfig {
     pub tcp_force: bool,
     /// Worker threads that run viewers' WebRTC sessions; 0 = one per core.
     pub workers: usize,
+    /// Refuse (422) viewers whose offer lists no H.264 profile containing the
+    /// stream's (e.g. only Constrained Baseline for a High stream). Off: they
+    /// get it in the closest offered profile, which their decoders play.
+    pub strict_h264_profile: bool,
 }
 
 impl Default for WebrtcConfig {
@@ -273,6 +277,7 @@ impl Default for WebrtcConfig {
             public_ips: Vec::new(),
             tcp_force: false,
             workers: 0,
+            strict_h264_profile: false,
         }
     }
 }

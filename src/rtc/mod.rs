@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use parking_lot::Mutex;
@@ -28,6 +28,7 @@ use tracing::info;
 
 use crate::config::WebrtcConfig;
 use crate::hub::{FrameSink, Hub, IngestProtocol, Stream};
+use crate::log_every::LogEvery;
 use crate::media::rtp_video::VideoCodec;
 pub use net::IceTcp;
 use net::{Demux, NetOut, Route, TcpConns};
@@ -52,6 +53,14 @@ pub enum ViewerError {
         "offer asks to receive nothing this server sends (it needs a recvonly or sendrecv video or audio section)"
     )]
     NothingToReceive,
+    #[error(
+        "this browser offers only H.264 {offered}; stream '{stream}' is H.264 {profile}, which it may not play"
+    )]
+    H264Profile {
+        stream: String,
+        offered: String,
+        profile: String,
+    },
     #[error("WebRTC negotiation failed: {0}")]
     Negotiation(String),
     #[error("malformed SDP answer: {0}")]
@@ -87,6 +96,9 @@ impl From<sdp::OfferError> for PublishError {
         PublishError::BadOffer(e.to_string())
     }
 }
+
+/// Viewers sent H.264 in a profile their offer did not list.
+static H264_MISMATCH_LOG: LogEvery = LogEvery::new(Duration::from_secs(60));
 
 pub struct Answer {
     pub id: u64,
@@ -153,6 +165,8 @@ pub struct Engine {
     demux: Arc<Demux>,
     candidates: Vec<Candidate>,
     tcp_force: bool,
+    /// Refuse viewers whose offer lacks the stream's H.264 profile.
+    strict_h264_profile: bool,
     cert: DtlsCert,
     registry: Registry,
     publishers: Registry,
@@ -273,6 +287,7 @@ impl Engine {
             demux,
             candidates,
             tcp_force: cfg.tcp_force,
+            strict_h264_profile: cfg.strict_h264_profile,
             cert,
             registry,
             publishers,
@@ -334,7 +349,12 @@ impl Engine {
                 fmtp: String::new(),
             });
             match sdp::choose_video(&summary, &sv) {
-                Some(v) => Some(v.clone()),
+                Some(pick) => {
+                    if pick.fit == sdp::H264Fit::Mismatch {
+                        self.h264_mismatch(stream, &summary, sv.profile_level_id)?;
+                    }
+                    Some((pick.offer.clone(), pick.answer_fmtp))
+                }
                 None => {
                     return Err(ViewerError::NoCodec {
                         stream: stream.name.clone(),
@@ -361,7 +381,7 @@ impl Engine {
         }
 
         let mut config = self.viewer_config();
-        if let Some(v) = &video {
+        if let Some((v, _)) = &video {
             config.codec_config().add_config(
                 v.pt.into(),
                 v.rtx.map(Into::into),
@@ -381,9 +401,13 @@ impl Engine {
         let answer =
             no_panic(|| rtc.sdp_api().accept_offer(parsed)).map_err(ViewerError::Negotiation)?;
 
-        let video = video
-            .as_ref()
-            .and_then(|v| sending(&rtc, &summary.video_mid).map(|mid| (mid, v.pt.into(), v.codec)));
+        let mut answer = answer.to_sdp_string();
+        if let Some((v, Some(fmtp))) = &video {
+            answer = sdp::set_answer_fmtp(&answer, v.pt, fmtp);
+        }
+        let video = video.as_ref().and_then(|(v, _)| {
+            sending(&rtc, &summary.video_mid).map(|mid| (mid, v.pt.into(), v.codec))
+        });
         let audio =
             opus.and_then(|pt| sending(&rtc, &summary.audio_mid).map(|mid| (mid, pt.into())));
         if video.is_none() && audio.is_none() {
@@ -391,10 +415,39 @@ impl Engine {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.hand_viewer(id, rtc, stream, video, audio, opts)?;
-        Ok(Answer {
-            id,
-            sdp: answer.to_sdp_string(),
-        })
+        Ok(Answer { id, sdp: answer })
+    }
+
+    /// An offer whose H.264 profiles do not include the stream's: refused with
+    /// `strict_h264_profile`, else sent the closest offered profile (logged),
+    /// since the offerers that list only Constrained Baseline in practice
+    /// (Firefox, aiortc/libavcodec, Safari's Constrained High) decode more.
+    fn h264_mismatch(
+        &self,
+        stream: &Stream,
+        offer: &sdp::OfferSummary,
+        stream_plid: Option<u32>,
+    ) -> Result<(), ViewerError> {
+        let plid = stream_plid.unwrap_or_default();
+        let offered = sdp::offered_h264_profiles(offer);
+        let profile = sdp::h264_profile_name(plid);
+        if self.strict_h264_profile {
+            return Err(ViewerError::H264Profile {
+                stream: stream.name.clone(),
+                offered,
+                profile,
+            });
+        }
+        if let Some(suppressed) = H264_MISMATCH_LOG.allow() {
+            info!(
+                stream = %stream.name,
+                stream_profile = %format!("{profile} ({plid:06x})"),
+                offered = %offered,
+                suppressed,
+                "viewer offers no H.264 profile containing the stream's; sending it in the closest offered one"
+            );
+        }
+        Ok(())
     }
 
     fn viewer_config(&self) -> RtcConfig {
@@ -848,13 +901,16 @@ fn offer_formats(v: &sdp::StreamVideo) -> Vec<(Pt, Pt, FormatParams)> {
     };
     match v.codec {
         VideoCodec::H264 => {
-            // The stream's profile first, at level 3.1 (levels are asymmetric);
-            // one entry per profile_idc, or str0m maps two to one answered PT.
-            let own = v.profile_level_id.map(|p| match p >> 16 {
-                0x42 => 0x42e01f,
-                0x4d => 0x4d001f,
-                0x64 => 0x64001f,
-                idc => (idc << 16) | 0x1f,
+            // The stream's profile first, as its SPS says when browsers can
+            // read it, else its profile_idc at level 3.1 (levels are
+            // asymmetric); one entry per profile_idc, or str0m maps two to one
+            // answered PT.
+            let own = v.profile_level_id.map(|p| {
+                if sdp::H264Profile::of(p).is_some() {
+                    p
+                } else {
+                    (p & 0xff_0000) | 0x1f
+                }
             });
             let mut profiles: Vec<u32> = own.into_iter().collect();
             for p in [0x42e01f, 0x4d001f, 0x64001f] {

@@ -356,48 +356,234 @@ impl StreamVideo {
     }
 }
 
-/// Picks the offered format a viewer receives the stream's video in.
-pub fn choose_video<'a>(offer: &'a OfferSummary, stream: &StreamVideo) -> Option<&'a VideoOffer> {
+/// Picks the offered format a viewer receives the stream's video in, with the
+/// fmtp to answer it with (H.264: the stream's own profile when it fits).
+pub fn choose_video<'a>(offer: &'a OfferSummary, stream: &StreamVideo) -> Option<VideoPick<'a>> {
     match stream.codec {
         VideoCodec::H264 => choose_h264(offer, stream.profile_level_id),
         codec => offer
             .video
             .iter()
-            .find(|v| v.codec == codec && v.profile() == stream.profile()),
+            .find(|v| v.codec == codec && v.profile() == stream.profile())
+            .map(|offer| VideoPick {
+                offer,
+                fit: H264Fit::Exact,
+                answer_fmtp: None,
+            }),
     }
 }
 
-/// Picks the offered H.264 format to send a stream whose SPS gives `stream_profile`
-/// (`0xPPCCLL`). Only packetization-mode 1 works for HD frames. Preference: the
-/// same profile and constraints, then the same profile, then constrained baseline
-/// (every decoder offers it, and browsers' software decoders play any profile).
-pub fn choose_h264(offer: &OfferSummary, stream_profile: Option<u32>) -> Option<&VideoOffer> {
+/// H.264 profiles as RFC 6184 (table 5) and browsers tell them apart: by
+/// profile_idc and the constraint flags, which say that a stream also
+/// conforms to a smaller profile (x264's baseline is `42c0`: Constrained
+/// Baseline; its main `4d40`, its high `6400`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H264Profile {
+    ConstrainedBaseline,
+    Baseline,
+    Main,
+    Extended,
+    High,
+    ConstrainedHigh,
+}
+
+impl H264Profile {
+    /// The profile of a `profile-level-id` (`0xPPCCLL`); None for the
+    /// profiles browsers do not negotiate (High 10, 4:2:2, 4:4:4…) and for
+    /// flag combinations the table does not list (a browser would reject them).
+    pub fn of(plid: u32) -> Option<H264Profile> {
+        use H264Profile::*;
+        let idc = (plid >> 16) as u8;
+        let flags = (plid >> 8) as u8;
+        let (set0, set1, set2) = (flags & 0x80 != 0, flags & 0x40 != 0, flags & 0x20 != 0);
+        // constraint_set4/5 and the reserved bits: only Constrained High uses them.
+        let low = flags & 0x0f;
+        match idc {
+            0x42 if low == 0 => Some(if set1 { ConstrainedBaseline } else { Baseline }),
+            0x4d if low == 0 && set0 => Some(ConstrainedBaseline),
+            0x4d if low == 0 && !set2 => Some(Main),
+            0x58 if low == 0 => Some(match (set0, set1) {
+                (true, true) => ConstrainedBaseline,
+                (true, false) => Baseline,
+                _ => Extended,
+            }),
+            0x64 if flags == 0 => Some(High),
+            0x64 if flags == 0x0c => Some(ConstrainedHigh),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            H264Profile::ConstrainedBaseline => "Constrained Baseline",
+            H264Profile::Baseline => "Baseline",
+            H264Profile::Main => "Main",
+            H264Profile::Extended => "Extended",
+            H264Profile::High => "High",
+            H264Profile::ConstrainedHigh => "Constrained High",
+        }
+    }
+
+    /// Whether every stream of this profile is also a stream of `decoder`'s
+    /// profile (a decoder of the larger profile plays it, per the standard).
+    pub fn within(self, decoder: H264Profile) -> bool {
+        use H264Profile::*;
+        self == decoder
+            || match self {
+                ConstrainedBaseline => true,
+                Baseline => decoder == Extended,
+                Main | ConstrainedHigh => decoder == High,
+                Extended | High => false,
+            }
+    }
+}
+
+/// "High", or the profile_idc's name when browsers do not negotiate it.
+pub fn h264_profile_name(plid: u32) -> String {
+    if let Some(p) = H264Profile::of(plid) {
+        return p.name().into();
+    }
+    match plid >> 16 {
+        0x42 => "Baseline".into(),
+        0x4d => "Main".into(),
+        0x58 => "Extended".into(),
+        0x64 => "High".into(),
+        0x6e => "High 10".into(),
+        0x7a => "High 4:2:2".into(),
+        0xf4 => "High 4:4:4 Predictive".into(),
+        idc => format!("profile_idc {idc}"),
+    }
+}
+
+/// How the chosen format fits the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H264Fit {
+    /// The stream's profile is offered (or the codec has no H.264 profile).
+    Exact,
+    /// The offered profile contains the stream's (Main to a High decoder).
+    Within,
+    /// No offered profile is known to play the stream; the closest one.
+    Mismatch,
+    /// The stream's profile is not known yet (no SPS): today's default.
+    Unknown,
+}
+
+/// The offered video format chosen for a viewer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoPick<'a> {
+    pub offer: &'a VideoOffer,
+    pub fit: H264Fit,
+    /// The fmtp the answer must carry instead of the offered one: the
+    /// stream's `profile-level-id` when its profile is offered.
+    pub answer_fmtp: Option<String>,
+}
+
+/// Picks the offered H.264 format to send a stream whose SPS gives
+/// `stream_profile` (`0xPPCCLL`). Only packetization-mode 1 works for HD
+/// frames. Preference: an entry of the stream's own profile (answered with the
+/// stream's profile-level-id), then one whose profile contains the stream's
+/// (answered as offered: the stream conforms to it); failing both, the closest
+/// (the same profile_idc, then constrained baseline, then any), which browsers'
+/// and libavcodec's decoders play although the offer did not list it.
+pub fn choose_h264(offer: &OfferSummary, stream_profile: Option<u32>) -> Option<VideoPick<'_>> {
     let usable = || {
         offer
             .video
             .iter()
             .filter(|h| h.codec == VideoCodec::H264 && h.packetization_mode() == 1)
     };
-    let profile_of = |v: u32| v >> 16;
-    let constraints_of = |v: u32| (v >> 8) & 0xff;
-    if let Some(sp) = stream_profile {
-        if let Some(h) = usable().find(|h| {
-            h.profile_level_id().is_some_and(|p| {
-                profile_of(p) == profile_of(sp) && constraints_of(p) == constraints_of(sp)
-            })
-        }) {
-            return Some(h);
+    let class = |h: &VideoOffer| h.profile_level_id().and_then(H264Profile::of);
+    let pick = |offer, fit, answer_fmtp| {
+        Some(VideoPick {
+            offer,
+            fit,
+            answer_fmtp,
+        })
+    };
+    let known = stream_profile.and_then(|p| H264Profile::of(p).map(|c| (p, c)));
+    if let Some((plid, sc)) = known {
+        if let Some(h) = usable().find(|h| class(h) == Some(sc)) {
+            return pick(h, H264Fit::Exact, Some(answer_h264_fmtp(h, plid)));
         }
-        if let Some(h) = usable().find(|h| {
-            h.profile_level_id()
-                .is_some_and(|p| profile_of(p) == profile_of(sp))
-        }) {
-            return Some(h);
+        if let Some(h) = usable().find(|h| class(h).is_some_and(|o| sc.within(o))) {
+            return pick(h, H264Fit::Within, None);
         }
     }
-    usable()
-        .find(|h| h.profile_level_id().is_some_and(|p| p >> 8 == 0x42e0))
-        .or_else(|| usable().next())
+    let fit = if stream_profile.is_some() {
+        H264Fit::Mismatch
+    } else {
+        H264Fit::Unknown
+    };
+    let same_idc = stream_profile.and_then(|sp| {
+        usable().find(|h| h.profile_level_id().is_some_and(|p| p >> 16 == sp >> 16))
+    });
+    let h = same_idc
+        .or_else(|| usable().find(|h| class(h) == Some(H264Profile::ConstrainedBaseline)))
+        .or_else(|| usable().next())?;
+    pick(h, fit, None)
+}
+
+/// The answer's fmtp for a stream of `stream_plid` sent in offered format `h`
+/// of the same profile: the stream's profile and constraint flags; its level
+/// when the offer allows level asymmetry (RFC 6184 §8.2.2), else at most the
+/// offered level.
+fn answer_h264_fmtp(h: &VideoOffer, stream_plid: u32) -> String {
+    let asymmetric = h.param("level-asymmetry-allowed") == Some("1");
+    let offered_level = h.profile_level_id().map_or(0x1f, |p| p & 0xff);
+    let level = if asymmetric {
+        stream_plid & 0xff
+    } else {
+        (stream_plid & 0xff).min(offered_level)
+    };
+    let plid = (stream_plid & 0xff_ff00) | level;
+    if asymmetric {
+        format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={plid:06x}")
+    } else {
+        format!("packetization-mode=1;profile-level-id={plid:06x}")
+    }
+}
+
+/// The H.264 profiles an offer accepts (packetization-mode 1), for messages:
+/// "Constrained Baseline and Baseline".
+pub fn offered_h264_profiles(offer: &OfferSummary) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for h in offer
+        .video
+        .iter()
+        .filter(|h| h.codec == VideoCodec::H264 && h.packetization_mode() == 1)
+    {
+        let n = h
+            .profile_level_id()
+            .map_or_else(|| "Baseline".to_string(), h264_profile_name);
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names.join(" and ")
+}
+
+/// `answer` with the video section's `a=fmtp:<pt>` line set to `fmtp`. str0m
+/// echoes the fmtp it was configured with, and maps a configured format to the
+/// offered one whose level is closest: configuring the offered entry and
+/// correcting its one line keeps the chosen payload type.
+pub fn set_answer_fmtp(answer: &str, pt: u8, fmtp: &str) -> String {
+    let prefix = format!("a=fmtp:{pt} ");
+    let mut out = String::with_capacity(answer.len() + fmtp.len());
+    let mut in_video = false;
+    for line in answer.split_inclusive('\n') {
+        if line.starts_with("m=") {
+            in_video = line.starts_with("m=video");
+        }
+        if in_video && line.starts_with(&prefix) {
+            let eol = &line[line.trim_end_matches(['\r', '\n']).len()..];
+            out.push_str(&prefix);
+            out.push_str(fmtp);
+            out.push_str(eol);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// Picks the video format a publisher sends: its first offered format that
@@ -445,19 +631,21 @@ a=rtpmap:45 AV1/90000\r\na=fmtp:45 level-idx=5;profile=0;tier=0\r\n";
         assert_eq!(h264(&o)[0].rtx, Some(103));
         assert_eq!(o.codec_names, vec!["OPUS", "VP8", "VP9", "H264", "AV1"]);
         // A High-profile stream (x264's default) picks the High entry.
-        assert_eq!(choose_h264(&o, Some(0x64001f)).unwrap().pt, 112);
-        assert_eq!(choose_h264(&o, Some(0x640028)).unwrap().pt, 112);
-        // Main is not offered: constrained baseline.
-        assert_eq!(choose_h264(&o, Some(0x4d0028)).unwrap().pt, 106);
-        assert_eq!(choose_h264(&o, Some(0x42e01f)).unwrap().pt, 106);
+        assert_eq!(choose_h264(&o, Some(0x64001f)).unwrap().offer.pt, 112);
+        assert_eq!(choose_h264(&o, Some(0x640028)).unwrap().offer.pt, 112);
+        // Main is not offered: the High entry plays it (High contains Main).
+        let main = choose_h264(&o, Some(0x4d4028)).unwrap();
+        assert_eq!((main.offer.pt, main.fit), (112, H264Fit::Within));
+        assert_eq!(main.answer_fmtp, None);
+        assert_eq!(choose_h264(&o, Some(0x42e01f)).unwrap().offer.pt, 106);
         // Other codecs: same codec, same profile.
         let vp9 = |fmtp: &str| StreamVideo {
             codec: VideoCodec::Vp9,
             profile_level_id: None,
             fmtp: fmtp.into(),
         };
-        assert_eq!(choose_video(&o, &vp9("profile-id=0")).unwrap().pt, 98);
-        assert_eq!(choose_video(&o, &vp9("")).unwrap().rtx, Some(99));
+        assert_eq!(choose_video(&o, &vp9("profile-id=0")).unwrap().offer.pt, 98);
+        assert_eq!(choose_video(&o, &vp9("")).unwrap().offer.rtx, Some(99));
         assert!(choose_video(&o, &vp9("profile-id=2")).is_none());
         assert_eq!(vp9("profile-id=2").describe(), "VP9 (profile-id 2)");
         let av1 = StreamVideo {
@@ -465,7 +653,7 @@ a=rtpmap:45 AV1/90000\r\na=fmtp:45 level-idx=5;profile=0;tier=0\r\n";
             profile_level_id: None,
             fmtp: String::new(),
         };
-        assert_eq!(choose_video(&o, &av1).unwrap().pt, 45);
+        assert_eq!(choose_video(&o, &av1).unwrap().offer.pt, 45);
         // A publisher offering this list sends VP8 (its first).
         assert_eq!(choose_publisher_video(&o).unwrap().codec, VideoCodec::Vp8);
     }
@@ -605,10 +793,158 @@ a=rtpmap:45 AV1/90000\r\na=fmtp:45 level-idx=5;profile=0;tier=0\r\n";
         assert_eq!(ff.opus, Some(109));
         let h264: Vec<_> = h264(&ff).iter().map(|v| (v.pt, v.rtx)).collect();
         assert_eq!(h264, vec![(126, Some(127)), (97, Some(98))]);
-        assert_eq!(choose_h264(&ff, Some(0x64001f)).unwrap().pt, 126);
+        assert_eq!(choose_h264(&ff, Some(0x64001f)).unwrap().offer.pt, 126);
         let ai = summarize_offer(AIORTC).unwrap();
         assert_eq!(ai.video_mid.as_deref(), Some("0"));
-        assert_eq!(choose_h264(&ai, None).unwrap().pt, 101);
+        assert_eq!(choose_h264(&ai, None).unwrap().offer.pt, 101);
+    }
+
+    /// Chromium's H.264 list (Linux, software codecs): every profile in both
+    /// packetization modes.
+    const CHROMIUM_H264: &str = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 103 104 105 106 107 108 109 127 125 39 40 112 113\r\n\
+a=mid:0\r\na=recvonly\r\n\
+a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+a=rtpmap:103 rtx/90000\r\na=fmtp:103 apt=102\r\n\
+a=rtpmap:104 H264/90000\r\na=fmtp:104 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f\r\n\
+a=rtpmap:105 rtx/90000\r\na=fmtp:105 apt=104\r\n\
+a=rtpmap:106 H264/90000\r\na=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+a=rtpmap:107 rtx/90000\r\na=fmtp:107 apt=106\r\n\
+a=rtpmap:108 H264/90000\r\na=fmtp:108 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f\r\n\
+a=rtpmap:109 rtx/90000\r\na=fmtp:109 apt=108\r\n\
+a=rtpmap:127 H264/90000\r\na=fmtp:127 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f\r\n\
+a=rtpmap:125 rtx/90000\r\na=fmtp:125 apt=127\r\n\
+a=rtpmap:39 H264/90000\r\na=fmtp:39 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=f4001f\r\n\
+a=rtpmap:40 rtx/90000\r\na=fmtp:40 apt=39\r\n\
+a=rtpmap:112 H264/90000\r\na=fmtp:112 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f\r\n\
+a=rtpmap:113 rtx/90000\r\na=fmtp:113 apt=112\r\n";
+
+    /// Safari: Constrained High and Constrained Baseline.
+    const SAFARI_H264: &str = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 98\r\na=mid:0\r\na=recvonly\r\n\
+a=rtpmap:96 H264/90000\r\na=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640c1f\r\n\
+a=rtpmap:98 H264/90000\r\na=fmtp:98 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
+
+    #[test]
+    fn h264_profiles_follow_rfc_6184_table_5() {
+        use H264Profile::*;
+        // x264's baseline, main and high SPS.
+        assert_eq!(H264Profile::of(0x42c01f), Some(ConstrainedBaseline));
+        assert_eq!(H264Profile::of(0x4d401f), Some(Main));
+        assert_eq!(H264Profile::of(0x640028), Some(High));
+        // What browsers offer.
+        assert_eq!(H264Profile::of(0x42001f), Some(Baseline));
+        assert_eq!(H264Profile::of(0x42e01f), Some(ConstrainedBaseline));
+        assert_eq!(H264Profile::of(0x4d001f), Some(Main));
+        assert_eq!(H264Profile::of(0x640c1f), Some(ConstrainedHigh));
+        // Main with constraint_set0: also Constrained Baseline.
+        assert_eq!(H264Profile::of(0x4d801f), Some(ConstrainedBaseline));
+        assert_eq!(H264Profile::of(0x58c01f), Some(ConstrainedBaseline));
+        assert_eq!(H264Profile::of(0x58001f), Some(Extended));
+        // Not negotiated by browsers, or flags outside the table.
+        assert_eq!(H264Profile::of(0xf4001f), None);
+        assert_eq!(H264Profile::of(0x6e001f), None);
+        assert_eq!(H264Profile::of(0x64081f), None);
+        assert_eq!(h264_profile_name(0x6e001f), "High 10");
+        assert!(ConstrainedBaseline.within(High) && Main.within(High));
+        assert!(ConstrainedHigh.within(High) && !High.within(ConstrainedHigh));
+        assert!(!Main.within(ConstrainedBaseline) && !Baseline.within(Main));
+    }
+
+    #[test]
+    fn h264_answer_follows_the_sps() {
+        let chromium = summarize_offer(CHROMIUM_H264).unwrap();
+        let ai = summarize_offer(AIORTC).unwrap();
+        let ff = summarize_offer(FIREFOX).unwrap();
+        let safari = summarize_offer(SAFARI_H264).unwrap();
+        let fit = |o: &OfferSummary, sps: Option<u32>| {
+            let p = choose_h264(o, sps).unwrap();
+            (p.offer.pt, p.fit, p.answer_fmtp)
+        };
+        let answer = |plid: &str| {
+            Some(format!(
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={plid}"
+            ))
+        };
+        // Chromium: each of x264's profiles has its entry, answered with the
+        // SPS's constraint flags and level.
+        assert_eq!(
+            fit(&chromium, Some(0x42c01e)),
+            (106, H264Fit::Exact, answer("42c01e"))
+        );
+        assert_eq!(
+            fit(&chromium, Some(0x4d401f)),
+            (127, H264Fit::Exact, answer("4d401f"))
+        );
+        assert_eq!(
+            fit(&chromium, Some(0x640028)),
+            (112, H264Fit::Exact, answer("640028"))
+        );
+        // Not-constrained Baseline has its own entry too.
+        assert_eq!(
+            fit(&chromium, Some(0x42001e)),
+            (102, H264Fit::Exact, answer("42001e"))
+        );
+        // No SPS yet: constrained baseline as offered, as before.
+        assert_eq!(fit(&chromium, None), (106, H264Fit::Unknown, None));
+
+        // aiortc offers Baseline and Constrained Baseline only.
+        assert_eq!(
+            fit(&ai, Some(0x42c01f)),
+            (101, H264Fit::Exact, answer("42c01f"))
+        );
+        assert_eq!(fit(&ai, Some(0x640028)), (101, H264Fit::Mismatch, None));
+        assert_eq!(fit(&ai, Some(0x4d401f)), (101, H264Fit::Mismatch, None));
+        assert_eq!(fit(&ai, None), (101, H264Fit::Unknown, None));
+        assert_eq!(
+            offered_h264_profiles(&ai),
+            "Baseline and Constrained Baseline"
+        );
+        // Firefox (OpenH264): Constrained Baseline only.
+        assert_eq!(fit(&ff, Some(0x640028)), (126, H264Fit::Mismatch, None));
+        assert_eq!(offered_h264_profiles(&ff), "Constrained Baseline");
+        // Safari: a Constrained High stream fits; High gets the Constrained
+        // High entry (same profile_idc), Main the Constrained Baseline one.
+        assert_eq!(
+            fit(&safari, Some(0x640c28)),
+            (96, H264Fit::Exact, answer("640c28"))
+        );
+        assert_eq!(fit(&safari, Some(0x640028)), (96, H264Fit::Mismatch, None));
+        assert_eq!(fit(&safari, Some(0x4d401f)), (98, H264Fit::Mismatch, None));
+        // A Constrained Baseline stream plays everywhere.
+        assert_eq!(fit(&safari, Some(0x42c01f)).1, H264Fit::Exact);
+        // A profile browsers cannot name: the closest, never an exact claim.
+        assert_eq!(
+            fit(&chromium, Some(0x6e0028)),
+            (106, H264Fit::Mismatch, None)
+        );
+
+        // Without level asymmetry the answer's level stays within the offer's.
+        let sym = "v=0\nm=video 9 UDP/TLS/RTP/SAVPF 96\na=rtpmap:96 H264/90000\na=fmtp:96 packetization-mode=1;profile-level-id=64001f\n";
+        let sym = summarize_offer(sym).unwrap();
+        assert_eq!(
+            fit(&sym, Some(0x640028)).2.as_deref(),
+            Some("packetization-mode=1;profile-level-id=64001f")
+        );
+        assert_eq!(
+            fit(&sym, Some(0x64001e)).2.as_deref(),
+            Some("packetization-mode=1;profile-level-id=64001e")
+        );
+    }
+
+    #[test]
+    fn the_answer_fmtp_is_replaced_in_the_video_section_only() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 112\r\na=fmtp:112 minptime=10\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 112 113\r\na=rtpmap:112 H264/90000\r\n\
+a=fmtp:112 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f\r\n\
+a=fmtp:113 apt=112\r\n";
+        let out = set_answer_fmtp(answer, 112, "packetization-mode=1;profile-level-id=640028");
+        assert_eq!(
+            out,
+            answer.replace(
+                "a=fmtp:112 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f",
+                "a=fmtp:112 packetization-mode=1;profile-level-id=640028"
+            )
+        );
+        assert!(out.contains("a=fmtp:112 minptime=10\r\n"));
     }
 
     /// A video section with `n` formats, each with an RTX and fmtp lines.

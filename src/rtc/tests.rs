@@ -103,6 +103,7 @@ fn start_engine(workers: usize) -> (tokio::runtime::Runtime, Arc<Engine>, Bound)
         public_ips: Vec::new(),
         tcp_force: false,
         workers,
+        strict_h264_profile: false,
     };
     let (engine, bound) = rt
         .block_on(Engine::start(

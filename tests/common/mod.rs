@@ -727,6 +727,8 @@ pub struct FfmpegOpts {
     pub audio: bool,
     /// `-t`: stop after this many seconds.
     pub duration_s: Option<f64>,
+    /// `-profile:v` (baseline, main, high); None: x264's choice (high).
+    pub profile: Option<&'static str>,
 }
 
 impl Default for FfmpegOpts {
@@ -740,6 +742,7 @@ impl Default for FfmpegOpts {
             sample_rate: 44100,
             audio: true,
             duration_s: None,
+            profile: None,
         }
     }
 }
@@ -774,6 +777,9 @@ impl Publisher {
         }
         cmd.arg("-bf").arg(o.bframes.to_string());
         cmd.arg("-g").arg(o.gop.to_string());
+        if let Some(p) = o.profile {
+            cmd.args(["-profile:v", p]);
+        }
         cmd.args(["-pix_fmt", "yuv420p"]);
         if o.audio {
             cmd.args(["-c:a", "aac", "-b:a", "128k", "-ar"])
@@ -1174,6 +1180,13 @@ pub fn norm(s: &str) -> String {
 /// with the given video codecs: "H264" (packetization-mode 1, baseline and high),
 /// "VP8", "VP9", "AV1".
 pub fn offer_sdp(video_codecs: &[&str]) -> String {
+    offer_sdp_h264(video_codecs, &["42e01f", "640c1f"])
+}
+
+/// [`offer_sdp`] with these H.264 `profile-level-id`s (packetization-mode 1,
+/// payload types 102, 104, …), e.g. Chromium's 42001f, 42e01f, 4d001f,
+/// 64001f, or aiortc's 42001f, 42e01f.
+pub fn offer_sdp_h264(video_codecs: &[&str], h264_profiles: &[&str]) -> String {
     let mut pts = Vec::new();
     let mut lines = Vec::new();
     let fb = |pt: u32, lines: &mut Vec<String>| {
@@ -1184,7 +1197,18 @@ pub fn offer_sdp(video_codecs: &[&str]) -> String {
     for codec in video_codecs {
         match *codec {
             "H264" => {
-                for (pt, rtx, plid) in [(102u32, 103u32, "42e01f"), (108, 109, "640c1f")] {
+                let pts_h264 = [
+                    (102u32, 103u32),
+                    (108, 109),
+                    (104, 105),
+                    (106, 107),
+                    (112, 113),
+                ];
+                assert!(
+                    h264_profiles.len() <= pts_h264.len(),
+                    "offer_sdp_h264: too many"
+                );
+                for (&(pt, rtx), plid) in pts_h264.iter().zip(h264_profiles) {
                     pts.extend([pt, rtx]);
                     lines.push(format!("a=rtpmap:{pt} H264/90000"));
                     fb(pt, &mut lines);

@@ -73,7 +73,7 @@ pub fn viewer_error(e: ViewerError) -> ApiError {
         | ViewerError::NothingToReceive
         | ViewerError::BadAnswer(_)
         | ViewerError::NoPendingOffer(_) => ApiError::bad_request("bad_offer", e.to_string()),
-        ViewerError::NoCodec { .. } => ApiError::new(
+        ViewerError::NoCodec { .. } | ViewerError::H264Profile { .. } => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "no_common_codec",
             e.to_string(),
