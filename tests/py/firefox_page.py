@@ -8,7 +8,10 @@ player plays. tests/firefox.rs drives it.
 Each ``--visit`` is a JSON object: ``path`` (e.g. /watch/t1), ``mode`` the player
 must play in ("hls" or "webrtc"), ``within_s`` from opening the page to playing,
 ``label`` (a regular expression the .rc-path label must match), optional
-``width``/``height`` of the video. Visits run one after the other in the same
+``width``/``height`` of the video and ``prefs`` set before the visit. A visit with
+``status`` (a regular expression) expects no picture: that sentence within
+``within_s``, then for ``hold_s`` no ``never_status`` sentence, no playback and an
+unchanged viewer count. Visits run one after the other in the same
 Firefox. Every stdout line is a JSON object: ``start`` (browser version), one
 ``visit`` per visit, and last ``result`` {ok, reason, console_errors, visits}.
 Console errors of the pages (script errors and console.error) fail the run.
@@ -78,6 +81,7 @@ const out = {
   paused: p.video.paused, muted: p.video.muted,
   label: tag && !tag.hidden ? tag.textContent : null,
   status: st && !st.hidden ? st.textContent : null,
+  viewers: (() => { const e = document.getElementById('viewers'); return e && !e.hidden ? e.textContent : null; })(),
 };
 if (!p.pc) return done(out);
 p.pc.getStats().then((r) => {
@@ -164,15 +168,76 @@ def stats(m: Marionette) -> dict:
     return s
 
 
+SET_PREFS_JS = """
+const [prefs] = arguments;
+for (const [k, v] of Object.entries(prefs)) {
+  if (typeof v === 'boolean') Services.prefs.setBoolPref(k, v);
+  else if (typeof v === 'number') Services.prefs.setIntPref(k, v);
+  else Services.prefs.setStringPref(k, v);
+}
+return true;
+"""
+
+
+def no_picture(m: Marionette, v: dict, t0: float) -> dict:
+    """A visit where no picture is possible: the status must match v["status"]
+    within v["within_s"], then for v["hold_s"] never match v["never_status"] nor
+    play, and the viewer count must not change."""
+    within = float(v.get("within_s", 12))
+
+    def shown():
+        s = stats(m)
+        if s and not s.get("missing") and re.search(v["status"], s["status"] or ""):
+            return s
+        raise RuntimeError(f"not yet: {s}")
+
+    s = wait_for(f"the status {v['status']!r}", shown, within + 20)
+    after = time.monotonic() - t0
+    problems = [] if after <= within else [f"status after {after:.1f} s (limit {within} s)"]
+    seen_status, seen_viewers = [s["status"]], [s["viewers"]]
+    end = time.monotonic() + float(v.get("hold_s", 10))
+    while time.monotonic() < end:
+        x = stats(m)
+        if x["status"] != seen_status[-1]:
+            seen_status.append(x["status"])
+        if x["viewers"] != seen_viewers[-1]:
+            seen_viewers.append(x["viewers"])
+        if x["state"] == "playing":
+            problems.append(f"plays: {x}")
+            break
+        time.sleep(0.2)
+    bad = [t for t in seen_status if t and v.get("never_status") and re.search(v["never_status"], t)]
+    if bad:
+        problems.append(f"status said {bad[0]!r}")
+    if len(seen_viewers) > 1:
+        problems.append(f"the viewer count changed: {seen_viewers}")
+    out = {"type": "visit", "name": v.get("name", v["path"]), "after_ms": round(after * 1000),
+           "statuses": seen_status, "viewers": seen_viewers, "ok": not problems, "problems": problems}
+    emit(out)
+    m.navigate("about:blank")
+    return out
+
+
 def visit(m: Marionette, base: str, v: dict) -> dict:
     url = base + v["path"]
     within = float(v.get("within_s", 5))
+    if v.get("prefs"):
+        m.set_context(m.CONTEXT_CHROME)
+        m.execute_script(SET_PREFS_JS, script_args=[v["prefs"]])
     m.set_context(m.CONTEXT_CONTENT)
     t0 = time.monotonic()
     m.navigate(url)
+    if v.get("status"):
+        return no_picture(m, v, t0)
+
+    trace = []  # (ms, state, mode, status) each time one changes: why a visit was slow
 
     def playing():
         s = stats(m)
+        if s and not s.get("missing"):
+            key = [s["state"], s["mode"], s["status"]]
+            if not trace or trace[-1][1:] != key:
+                trace.append([round((time.monotonic() - t0) * 1000), *key])
         if s and s.get("missing"):
             raise RuntimeError(f"no player on the page: {s}")
         if s and s["state"] == "playing" and s["mode"] == v["mode"] and s["frames"] >= 5:
@@ -194,7 +259,7 @@ def visit(m: Marionette, base: str, v: dict) -> dict:
     if s2["mode"] != v["mode"] or s2["state"] != "playing":
         problems.append(f"not playing over {v['mode']} any more: {s2}")
     out = {"type": "visit", "name": v.get("name", v["path"]), "after_ms": round(after * 1000),
-           "stats": s2, "ok": not problems, "problems": problems}
+           "stats": s2, "trace": trace, "ok": not problems, "problems": problems}
     emit(out)
     # Leave the page (closing its session) before the next visit.
     m.navigate("about:blank")

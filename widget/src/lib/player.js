@@ -228,7 +228,9 @@ export class Player extends EventTarget {
     const gen = this.gen;
     if (typeof RTCPeerConnection === 'undefined') return this.tryHls(gen, 'noWebrtc');
     if (this.mode === 'hls') this.mode = 'webrtc';
-    this.setState(this.state === 'playing' || this.state === 'reconnecting' ? 'reconnecting' : 'connecting');
+    // A retry keeps saying why it retries ("Connection lost" only if it played).
+    const retrying = this.state === 'reconnecting' || this.state === 'connecting';
+    this.setState(this.played ? 'reconnecting' : 'connecting', retrying ? this.message : null);
 
     let token;
     try {
