@@ -385,13 +385,14 @@ async function embed(browser) {
       player: getComputedStyle(document.querySelector('.rc-player')).backgroundColor,
       controls: document.querySelectorAll('.rc-bar, .rc-unmute, .rc-play').length,
       status: document.querySelector('.rc-status').hidden,
+      pathLabel: document.querySelector('.rc-path').hidden,
       scroll: [document.documentElement.scrollWidth, document.documentElement.scrollHeight],
     };
   });
   check(JSON.stringify(geo.video) === JSON.stringify([0, 0, 1920, 1080]), `video rect ${geo.video}`);
   const clear = (c) => c === 'rgba(0, 0, 0, 0)' || c === 'transparent';
   check(clear(geo.html) && clear(geo.body) && clear(geo.player), `backgrounds must be transparent: ${JSON.stringify(geo)}`);
-  check(geo.controls === 0 && geo.status, `controls=0 shows no controls: ${JSON.stringify(geo)}`);
+  check(geo.controls === 0 && geo.status && geo.pathLabel, `controls=0 shows no controls nor labels: ${JSON.stringify(geo)}`);
   check(!s.muted, 'muted=0 should play with sound (OBS allows autoplay with sound)');
   check(geo.scroll[0] === 1920 && geo.scroll[1] === 1080, `no scrollbars: ${geo.scroll}`);
   check(whepAuth.length >= 1 && whepAuth.every((a) => a === 'Bearer link-token'), `WHEP Authorization: ${JSON.stringify(whepAuth)}`);

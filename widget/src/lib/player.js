@@ -516,7 +516,9 @@ export class Player extends EventTarget {
   }
 
   renderPath() {
-    const text = this.state !== 'playing' ? '' : this.mode === 'hls' ? `LL-HLS: ${this.why || 'fallback'}` : 'WebRTC';
+    // Not over the picture of an embed without controls (an OBS source broadcasts it).
+    const text = this.state !== 'playing' || !this.o.overlayText ? ''
+      : this.mode === 'hls' ? `LL-HLS: ${this.why || 'fallback'}` : 'WebRTC';
     if (this.pathTag.textContent !== text) this.pathTag.textContent = text;
     this.pathTag.hidden = !text;
   }
