@@ -2,8 +2,8 @@
 # roomcast's one test command (the README's, and what .ci/run calls).
 #
 # On a fresh Debian 12 machine (as root, or with sudo) it installs what the
-# tests need and is missing — Debian packages (ffmpeg, chromium, libopus-dev,
-# pkg-config, cmake, openssl), a Python venv at .venv with aiortc (tests/py/requirements.txt,
+# tests need and is missing — Debian packages (ffmpeg, chromium, firefox-esr, libopus-dev,
+# pkg-config, cmake, openssl), a Python venv at .venv with aiortc and marionette-driver (tests/py/requirements.txt,
 # wheels only), playwright-core, matrix-widget-api and ovenplayer in tests/browser
 # (npm ci; it drives Debian's Chromium, no browser download) — then runs
 #     cargo clippy --all-targets -- -D warnings
@@ -28,6 +28,8 @@ has_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installe
 missing=()
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+# tests/firefox.rs: Debian's stock Firefox (no OpenH264), driven over Marionette.
+command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
 has_pkg libopus-dev || missing+=(libopus-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -66,10 +68,10 @@ VENV="$ROOT/.venv"
 REQ="$ROOT/tests/py/requirements.txt"
 STAMP="$VENV/.roomcast-requirements"
 if ! [[ -x "$VENV/bin/python" && -f "$STAMP" ]] || ! cmp -s "$REQ" "$STAMP" ||
-    ! "$VENV/bin/python" -c "import aiortc, av, synapse" >/dev/null 2>&1; then
+    ! "$VENV/bin/python" -c "import aiortc, av, synapse, marionette_driver" >/dev/null 2>&1; then
     step "Python venv at .venv with aiortc ($(grep -m1 '^aiortc==' "$REQ")) $(elapsed)"
     python3 -m venv --clear "$VENV" || die "python3 -m venv failed (is python3-venv installed?)"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: -r "$REQ" ||
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: --no-binary=mozprofile -r "$REQ" ||
         die "pip install -r tests/py/requirements.txt failed"
     cp "$REQ" "$STAMP"
 fi

@@ -180,3 +180,24 @@ fn index_lists_live_public_streams() {
     let r = finish(&mut tool, "index");
     assert_eq!(r["cards"][0]["title"], "Test One", "{r}");
 }
+
+/// ICE that cannot succeed: the server advertises only a TEST-NET address
+/// (192.0.2.1, RFC 5737) for UDP and TCP, so no candidate pair ever works. The
+/// watch page gives up on WebRTC before its first frame and plays LL-HLS within
+/// 12 s of opening, says why, and the viewer count does not flap.
+#[test]
+fn watch_page_falls_back_to_hls_when_ice_cannot_succeed() {
+    let _serial = serial();
+    let server = Server::start_with(ServerOpts {
+        webrtc_extra: "public_ips = [\"192.0.2.1\"]\n".to_string(),
+        ..ServerOpts::default()
+    });
+    let _ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), small());
+    server.wait_live(STREAM, LIVE_TIMEOUT);
+    let mut tool = pages(&server, "ice-fail", &["--stream", STREAM, "--within", "12"]);
+    let r = finish(&mut tool, "ICE failure fallback");
+    println!(
+        "LL-HLS after {} ms, label {}, viewer counts shown {}",
+        r["hls_after_ms"], r["label"], r["viewers"]
+    );
+}

@@ -223,6 +223,8 @@ async function watch(browser) {
   check(u.title === title && u.docTitle.startsWith(title), `title: ${JSON.stringify(u)}`);
   check(live.muted && u.unmuteVisible, `starts muted with an unmute control: ${JSON.stringify({ live, u })}`);
   check(live.width === Number(opt('width', live.width)), `video width ${live.width}`);
+  const path = await page.evaluate(() => document.querySelector('.rc-path').textContent);
+  check(path === 'WebRTC', `path label: ${path}`);
 
   // Keyboard: Tab to the unmute button, Enter.
   let focused = '';
@@ -383,13 +385,14 @@ async function embed(browser) {
       player: getComputedStyle(document.querySelector('.rc-player')).backgroundColor,
       controls: document.querySelectorAll('.rc-bar, .rc-unmute, .rc-play').length,
       status: document.querySelector('.rc-status').hidden,
+      pathLabel: document.querySelector('.rc-path').hidden,
       scroll: [document.documentElement.scrollWidth, document.documentElement.scrollHeight],
     };
   });
   check(JSON.stringify(geo.video) === JSON.stringify([0, 0, 1920, 1080]), `video rect ${geo.video}`);
   const clear = (c) => c === 'rgba(0, 0, 0, 0)' || c === 'transparent';
   check(clear(geo.html) && clear(geo.body) && clear(geo.player), `backgrounds must be transparent: ${JSON.stringify(geo)}`);
-  check(geo.controls === 0 && geo.status, `controls=0 shows no controls: ${JSON.stringify(geo)}`);
+  check(geo.controls === 0 && geo.status && geo.pathLabel, `controls=0 shows no controls nor labels: ${JSON.stringify(geo)}`);
   check(!s.muted, 'muted=0 should play with sound (OBS allows autoplay with sound)');
   check(geo.scroll[0] === 1920 && geo.scroll[1] === 1080, `no scrollbars: ${geo.scroll}`);
   check(whepAuth.length >= 1 && whepAuth.every((a) => a === 'Bearer link-token'), `WHEP Authorization: ${JSON.stringify(whepAuth)}`);
@@ -691,6 +694,8 @@ async function hls(browser) {
   });
   const t0 = await page.evaluate(() => window.roomcast.player.video.currentTime);
   await waitFor('playback to advance', async () => (await page.evaluate(() => window.roomcast.player.video.currentTime)) > t0 + 1);
+  const label = await page.evaluate(() => document.querySelector('.rc-path').textContent);
+  check(label === 'LL-HLS: this browser has no WebRTC', `path label: ${label}`);
   const latency = await page.evaluate(() => {
     const h = window.roomcast.player.hls;
     const d = h && h.playingDate;
@@ -703,7 +708,7 @@ async function hls(browser) {
   await shots(page, 'watch-hls', async () => (await playerStats(page))?.state === 'playing');
   await ctx.close();
 
-  // A server without HLS (404): a plain sentence, and it keeps trying.
+  // A server without HLS (404): a plain sentence without protocol names.
   allowedErrors.push(/status of 404/);
   const ctx2 = await browser.newContext({ viewport: DESKTOP });
   await ctx2.addInitScript(noWebrtc);
@@ -713,10 +718,51 @@ async function hls(browser) {
   await p2.goto(`${BASE}/watch/${stream}`);
   const msg = await waitFor('the cannot-connect message', () => p2.evaluate(() => {
     const el = document.querySelector('.rc-status');
-    return !el.hidden && /could not connect|no WebRTC/i.test(el.textContent) ? el.textContent : null;
+    return !el.hidden && /cannot play live video/i.test(el.textContent) ? el.textContent : null;
   }), 15000);
+  check(!/WebRTC|HLS|codec/i.test(msg), `jargon in: ${msg}`);
   await ctx2.close();
-  return { hls: st, latency, requests: served.length, without_playlist: msg };
+  return { hls: st, latency, label, requests: served.length, without_playlist: msg };
+}
+
+/** /watch/{stream} of a live H.264 stream on a server whose ICE candidates nobody can
+ *  reach (tests/pages_browser.rs sets webrtc.public_ips to a TEST-NET address): the
+ *  page gives up on WebRTC before its first frame and plays LL-HLS within --within
+ *  seconds, with a label saying why, and the viewer count never changes. */
+async function iceFail(browser) {
+  const stream = opt('stream', 't1');
+  const within = Number(opt('within', '12')) * 1000;
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  await ctx.addInitScript(() => {
+    // Every viewer count the page shows, from the first.
+    window.__viewers = [];
+    new MutationObserver(() => {
+      const el = document.getElementById('viewers');
+      const t = el && !el.hidden ? el.textContent : null;
+      if (t !== null && window.__viewers[window.__viewers.length - 1] !== t) window.__viewers.push(t);
+    }).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+  });
+  const page = await ctx.newPage();
+  watchConsole(page, 'ice-fail');
+  const t0 = Date.now();
+  await page.goto(`${BASE}/watch/${stream}`);
+  const st = await waitFor('LL-HLS playback after ICE failed', async () => {
+    const x = await playerStats(page);
+    return x && x.mode === 'hls' && x.state === 'playing' && x.presented >= 10 ? x : null;
+  }, within + 5000);
+  const after = Date.now() - t0;
+  check(after <= within, `LL-HLS played after ${after} ms (limit ${within} ms)`);
+  const label = await page.evaluate(() => document.querySelector('.rc-path').textContent);
+  check(label === 'LL-HLS: WebRTC could not connect on this network', `path label: ${label}`);
+  const v0 = await page.evaluate(() => window.roomcast.player.video.currentTime);
+  await waitFor('playback to advance', async () => (await page.evaluate(() => window.roomcast.player.video.currentTime)) > v0 + 3, 15000);
+  const viewers = await page.evaluate(() => window.__viewers);
+  check(viewers.length <= 1, `the viewer count changed: ${JSON.stringify(viewers)}`);
+  const stillHls = await playerStats(page);
+  check(stillHls.mode === 'hls' && stillHls.state === 'playing', `after: ${JSON.stringify(stillHls)}`);
+  await shots(page, 'watch-ice-fail', async () => (await playerStats(page))?.state === 'playing');
+  await ctx.close();
+  return { hls_after_ms: after, label, viewers, stats: st };
 }
 
 // --- with a real Matrix room (tests/matrix_pages.rs: real Synapse, real roomcast, ffmpeg) ---
@@ -1018,7 +1064,7 @@ async function mxWidget(browser) {
 }
 
 // --- main ---------------------------------------------------------------------------
-const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'mx-watch': mxWatch, 'mx-widget': mxWidget };
+const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget };
 
 async function main() {
   const result = { type: 'result', scenario, ok: false };

@@ -439,7 +439,7 @@ impl Server {
              [http]\nlisten = \"{}\"\n{}\n\
              [rtmp]\nlisten = \"127.0.0.1:0\"\n{}\n\
              [ome]\nlisten = \"127.0.0.1:0\"\n{}\n\
-             [webrtc]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\npublic_ips = []\n\
+             [webrtc]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n{}\
              tcp_force = {}\n{}\n\
              [storage]\ndatabase_url = \"{}\"\n",
             opts.public_url
@@ -449,6 +449,12 @@ impl Server {
             opts.http_extra,
             opts.rtmp_extra,
             opts.ome_extra,
+            // webrtc_extra may set its own (e.g. an unreachable address).
+            if opts.webrtc_extra.contains("public_ips") {
+                ""
+            } else {
+                "public_ips = []\n"
+            },
             opts.tcp_force,
             opts.webrtc_extra,
             db

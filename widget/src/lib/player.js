@@ -1,17 +1,39 @@
 // The roomcast player: WebRTC over WHEP (POST /whep/{stream}), with LL-HLS through
-// hls.js as the fallback when WebRTC cannot connect and /hls/{stream}/index.m3u8
-// exists. The page tells it when the stream is live (from the SSE feed); it
-// never polls. It re-negotiates with backoff after ICE failure or a network
-// loss, and keeps its PeerConnection across a publisher reconnect (the server
-// keeps it too).
+// hls.js as the fallback when /hls/{stream}/index.m3u8 exists. The page tells it
+// when the stream is live (from the SSE feed); it never polls.
+// Fallback rules:
+// - no RTCPeerConnection, a 422 no_common_codec, or ICE/DTLS failing before the
+//   first WebRTC frame → LL-HLS at once (retrying WebRTC would fail the same way);
+// - after WebRTC played, a loss re-negotiates with backoff, and after
+//   WEBRTC_LOSSES_BEFORE_HLS failed attempts in a row it switches to LL-HLS;
+// - without HLS, it says in plain words why there is no picture.
+// A small label (.rc-path) names the path that plays and why. It keeps its
+// PeerConnection across a publisher reconnect (the server keeps it too).
 import { errorFrom, withQuery } from './api.js';
 import { h, icon } from './dom.js';
 
-const CONNECT_TIMEOUT_MS = 10000; // answer applied → ICE connected
+// Answer applied → ICE connected. On a working path ICE connects in well under a
+// second; failing here means LL-HLS (see renegotiate), so keep it short.
+const CONNECT_TIMEOUT_MS = 8000;
 const DISCONNECT_GRACE_MS = 4000; // 'disconnected' this long → re-negotiate
 const OFFLINE_CLOSE_MS = 30000; // offline this long → close the PeerConnection
 const STALL_MS = 10000; // live and connected but no new frame this long → re-negotiate
-const WEBRTC_FAILURES_BEFORE_HLS = 2;
+const WEBRTC_LOSSES_BEFORE_HLS = 3;
+
+// Why LL-HLS plays instead of WebRTC: the label's text.
+const WHY = {
+  noWebrtc: 'this browser has no WebRTC',
+  codec: (c) => `this browser can't play ${c} over WebRTC`,
+  ice: 'WebRTC could not connect on this network',
+  lost: 'the WebRTC connection kept dropping',
+};
+// Without HLS as well: what the viewer is told, without protocol names.
+const NO_PICTURE = {
+  noWebrtc: 'This browser cannot play live video from this site. Try a recent Firefox, Chrome, Edge or Safari.',
+  codec: 'This browser cannot play this stream\'s video format. Try another browser, such as Chrome or Edge.',
+  ice: 'Your network seems to block live video from this site. Retrying…',
+  lost: 'The connection keeps dropping. Retrying…',
+};
 
 const MESSAGES = {
   offline: 'The stream is offline. This page starts playing by itself when it goes live.',
@@ -44,7 +66,9 @@ export class Player extends EventTarget {
     this.resource = null;
     this.hls = null;
     this.mode = 'webrtc';
-    this.failures = 0;
+    this.failures = 0; // failed WebRTC attempts in a row since the last frame
+    this.played = false; // a WebRTC frame was presented (ever): losses re-negotiate
+    this.why = null; // key of WHY while LL-HLS plays
     this.backoff = 1000;
     this.timers = {};
     this.gen = 0; // bumps on every (re)connect, so stale callbacks do nothing
@@ -77,6 +101,8 @@ export class Player extends EventTarget {
     });
     this.volume.value = String(this.video.volume);
     this.liveTag = h('span', { class: 'rc-live', text: 'LIVE' });
+    // Which path plays, and why when it is not WebRTC.
+    this.pathTag = h('div', { class: 'rc-path', 'aria-live': 'polite' });
     this.fsBtn = h('button', { class: 'rc-btn', type: 'button', onclick: () => this.toggleFullscreen() });
     const bar = h('div', { class: 'rc-bar' }, this.muteBtn, this.volume, this.liveTag, h('span', { class: 'rc-grow' }), this.fsBtn);
     this.el = h('div', {
@@ -84,7 +110,7 @@ export class Player extends EventTarget {
       tabindex: this.o.controls ? '0' : null,
       'aria-label': this.o.controls ? 'Video player. M mutes, F toggles full screen.' : null,
       'data-state': 'idle',
-    }, video, h('div', { class: 'rc-center' }, this.status, this.retryBtn),
+    }, video, this.pathTag, h('div', { class: 'rc-center' }, this.status, this.retryBtn),
     this.o.controls ? [this.unmuteBtn, this.playBtn, bar] : []);
     if (this.o.controls) {
       this.el.addEventListener('keydown', (ev) => this.onKey(ev));
@@ -92,18 +118,26 @@ export class Player extends EventTarget {
       document.addEventListener('fullscreenchange', () => this.render());
     }
     video.addEventListener('volumechange', () => this.render());
-    video.addEventListener('playing', () => { this.lastFrameAt = performance.now(); this.setState('playing'); });
+    video.addEventListener('playing', () => { this.lastFrameAt = performance.now(); this.setState('playing'); this.onPicture(); });
     // A kept PeerConnection resumes without a new 'playing' event (the element never
     // paused): a presented frame is what says the picture is back.
     if ('requestVideoFrameCallback' in video) {
       const onFrame = () => {
         this.lastFrameAt = performance.now();
         if ((this.state === 'connecting' || this.state === 'reconnecting') && this.live !== false) this.setState('playing');
+        this.onPicture();
         video.requestVideoFrameCallback(onFrame);
       };
       video.requestVideoFrameCallback(onFrame);
     }
     root.append(this.el);
+  }
+
+  /** A frame is on screen: over WebRTC, later losses re-negotiate before any fallback. */
+  onPicture() {
+    if (this.mode !== 'webrtc' || !this.pc || this.pc.connectionState !== 'connected') return;
+    this.played = true;
+    this.failures = 0;
   }
 
   // --- public API ---------------------------------------------------------
@@ -192,12 +226,11 @@ export class Player extends EventTarget {
     clearTimeout(this.timers.retry);
     this.teardown();
     const gen = this.gen;
-    if (typeof RTCPeerConnection === 'undefined') {
-      this.mode = 'hls';
-      return this.tryHls(gen, 'This browser has no WebRTC.');
-    }
+    if (typeof RTCPeerConnection === 'undefined') return this.tryHls(gen, 'noWebrtc');
     if (this.mode === 'hls') this.mode = 'webrtc';
-    this.setState(this.state === 'playing' || this.state === 'reconnecting' ? 'reconnecting' : 'connecting');
+    // A retry keeps saying why it retries ("Connection lost" only if it played).
+    const retrying = this.state === 'reconnecting' || this.state === 'connecting';
+    this.setState(this.played ? 'reconnecting' : 'connecting', retrying ? this.message : null);
 
     let token;
     try {
@@ -268,6 +301,10 @@ export class Player extends EventTarget {
         return this.fail(`There is no stream called “${this.stream}”.`, err.code);
       case 'access_required':
         return this.fail('This stream is private. Open it from the link you were given, or from its Matrix room.', err.code);
+      case 'no_common_codec':
+        // This browser cannot decode the stream's codec over WebRTC (e.g. Firefox
+        // without OpenH264 and an H.264 stream): HLS at once, when there is HLS.
+        return this.tryHls(gen, 'codec', codecIn(err.message));
       case 'access_denied':
         if (!this.refreshedToken) {
           this.refreshedToken = true;
@@ -304,26 +341,26 @@ export class Player extends EventTarget {
     }
   }
 
+  /** The connection failed, timed out, dropped or stalled. What counts is whether
+   *  WebRTC ever showed a frame (this.played), not the page's state: ICE may fail
+   *  before or after the connect timer. */
   renegotiate(gen) {
     if (gen !== this.gen) return;
-    const everConnected = this.state === 'playing' || this.state === 'reconnecting';
     this.teardown();
     if (!this.live) return this.setState('offline');
-    if (!everConnected) return this.webrtcFailed();
+    this.failures++;
+    if (!this.played) return this.tryHls(this.gen, 'ice');
+    if (this.failures >= WEBRTC_LOSSES_BEFORE_HLS) return this.tryHls(this.gen, 'lost');
     this.scheduleRetry(MESSAGES.reconnecting);
   }
 
-  /** ICE never connected: after a few tries, use LL-HLS if the server has it. */
+  /** The connect timer ran out before ICE connected. */
   webrtcFailed() {
-    this.teardown();
-    this.failures++;
-    if (this.failures >= WEBRTC_FAILURES_BEFORE_HLS && this.live) {
-      return this.tryHls(this.gen, 'WebRTC could not connect.');
-    }
-    this.scheduleRetry('Could not connect. Retrying…');
+    this.renegotiate(this.gen);
   }
 
-  async tryHls(gen, why) {
+  /** LL-HLS instead of WebRTC, for the reason `why` (a key of WHY), if the stream has it. */
+  async tryHls(gen, why, codec = 'this video') {
     const token = await this.getToken({ refresh: false }).catch(() => null);
     const url = withQuery(`/hls/${encodeURIComponent(this.stream)}/index.m3u8`, { access: token });
     let ok = false;
@@ -336,11 +373,14 @@ export class Player extends EventTarget {
     if (gen !== this.gen) return;
     if (!ok) {
       this.mode = 'webrtc';
-      return this.scheduleRetry(typeof RTCPeerConnection === 'undefined'
-        ? `${why} The server offers no HLS for this stream either. Retrying…`
-        : `${why} The network may block it (the server's UDP and TCP port). Retrying…`);
+      this.why = null;
+      // Nothing else to try for a browser that cannot decode or has no WebRTC;
+      // a network problem may pass, so keep trying (with backoff).
+      if (why === 'noWebrtc' || why === 'codec') return this.fail(NO_PICTURE[why], `no_picture_${why}`);
+      return this.scheduleRetry(NO_PICTURE[why]);
     }
     this.mode = 'hls';
+    this.why = typeof WHY[why] === 'function' ? WHY[why](codec) : WHY[why];
     this.setState('connecting');
     let Hls = null;
     try {
@@ -357,7 +397,9 @@ export class Player extends EventTarget {
         if (!data.fatal || gen !== this.gen) return;
         this.teardown();
         this.mode = 'webrtc';
+        this.why = null;
         this.failures = 0;
+        this.played = false;
         if (this.live) this.scheduleRetry('Playback stopped. Reconnecting…');
       });
       hls.loadSource(url);
@@ -365,7 +407,7 @@ export class Player extends EventTarget {
     } else if (this.video.canPlayType('application/vnd.apple.mpegurl')) {
       this.video.src = url;
     } else {
-      return this.fail('This browser can play neither WebRTC nor HLS.');
+      return this.fail(NO_PICTURE.noWebrtc, 'no_picture_noWebrtc');
     }
     this.dispatchEvent(new CustomEvent('mode', { detail: 'hls' }));
     this.startPlayback();
@@ -448,6 +490,7 @@ export class Player extends EventTarget {
   render() {
     const st = this.state;
     this.el.dataset.state = st;
+    this.renderPath();
     let text = '';
     if (st === 'offline') text = MESSAGES.offline;
     else if (st === 'connecting') text = this.message || MESSAGES.connecting;
@@ -472,6 +515,14 @@ export class Player extends EventTarget {
     this.liveTag.hidden = st !== 'playing';
   }
 
+  renderPath() {
+    // Not over the picture of an embed without controls (an OBS source broadcasts it).
+    const text = this.state !== 'playing' || !this.o.overlayText ? ''
+      : this.mode === 'hls' ? `LL-HLS: ${this.why || 'fallback'}` : 'WebRTC';
+    if (this.pathTag.textContent !== text) this.pathTag.textContent = text;
+    this.pathTag.hidden = !text;
+  }
+
   toggleFullscreen() {
     if (document.fullscreenElement) {
       document.exitFullscreen().catch(() => {});
@@ -489,6 +540,12 @@ export class Player extends EventTarget {
     else if (k === 'f') { this.toggleFullscreen(); ev.preventDefault(); }
     else if ((k === ' ' || k === 'enter') && !this.wanted) { this.play(); ev.preventDefault(); }
   }
+}
+
+/** The codec named by the server's no_common_codec message ("offer has no H.264 …"). */
+function codecIn(message) {
+  const m = /\b(H\.264|H\.265|VP8|VP9|AV1)\b/.exec(message || '');
+  return m ? m[1] : 'this video';
 }
 
 function clamp01(v) {

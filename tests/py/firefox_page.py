@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""Debian's stock firefox-esr, headless, driven over Marionette (marionette-driver
+from PyPI; no geckodriver is packaged): opens roomcast pages and checks that the
+player plays. tests/firefox.rs drives it.
+
+    firefox_page.py --base http://127.0.0.1:PORT --visit '{"name": "h264", ...}' ...
+
+Each ``--visit`` is a JSON object: ``path`` (e.g. /watch/t1), ``mode`` the player
+must play in ("hls" or "webrtc"), ``within_s`` from opening the page to playing,
+``label`` (a regular expression the .rc-path label must match), optional
+``width``/``height`` of the video and ``prefs`` set before the visit. A visit with
+``status`` (a regular expression) expects no picture: that sentence within
+``within_s``, then for ``hold_s`` no ``never_status`` sentence, no playback and an
+unchanged viewer count. Visits run one after the other in the same
+Firefox. Every stdout line is a JSON object: ``start`` (browser version), one
+``visit`` per visit, and last ``result`` {ok, reason, console_errors, visits}.
+Console errors of the pages (script errors and console.error) fail the run.
+
+Firefox quirks handled here:
+- a fresh profile per run (a temporary directory, removed at exit);
+- ``media.peerconnection.ice.loopback`` lets ICE use 127.0.0.1, and host
+  candidates are only exposed to an origin with camera/microphone permission,
+  granted through ``Services.perms`` from chrome context (which needs
+  ``-remote-allow-system-access``);
+- ``devtools.jsonview.enabled=false``: the JSON viewer would break fetch() of JSON;
+- Firefox runs in its own process group, killed as a whole at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from urllib.parse import urlsplit
+
+from marionette_driver.marionette import Marionette
+
+PREFS = {
+    "media.peerconnection.ice.loopback": True,
+    "media.peerconnection.ice.obfuscate_host_addresses": False,
+    "media.autoplay.default": 0,  # allowed
+    "media.autoplay.blocking_policy": 0,
+    "devtools.jsonview.enabled": False,
+    "browser.shell.checkDefaultBrowser": False,
+    "browser.startup.homepage_override.mstone": "ignore",
+    "browser.aboutwelcome.enabled": False,
+    "datareporting.policy.dataSubmissionEnabled": False,
+    "toolkit.telemetry.reportingpolicy.firstRun": False,
+    "app.update.disabledForTesting": True,
+    "network.captive-portal-service.enabled": False,
+    "network.connectivity-service.enabled": False,
+    "browser.safebrowsing.update.enabled": False,
+    "extensions.update.enabled": False,
+    "media.gmp-manager.updateEnabled": False,  # stock: no OpenH264 download
+}
+
+# Page state, read in content (through wrappedJSObject: the page's own objects).
+# Firefox counts no presented frames (getVideoPlaybackQuality) for a MediaStream:
+# over WebRTC the decoded frames come from getStats().
+STATS_JS = """
+const done = arguments[arguments.length - 1];
+const w = window.wrappedJSObject;
+const p = w.roomcast && w.roomcast.player;
+if (!p) return done({ missing: true, href: location.href, ready: document.readyState });
+const q = p.video.getVideoPlaybackQuality();
+const tag = document.querySelector('.rc-path');
+const st = document.querySelector('.rc-status');
+const out = {
+  state: p.state, mode: p.mode,
+  connectionState: p.pc ? p.pc.connectionState : null,
+  presented: q.totalVideoFrames, framesDecoded: 0, time: p.video.currentTime,
+  width: p.video.videoWidth, height: p.video.videoHeight,
+  paused: p.video.paused, muted: p.video.muted,
+  label: tag && !tag.hidden ? tag.textContent : null,
+  status: st && !st.hidden ? st.textContent : null,
+  viewers: (() => { const e = document.getElementById('viewers'); return e && !e.hidden ? e.textContent : null; })(),
+};
+if (!p.pc) return done(out);
+p.pc.getStats().then((r) => {
+  r.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') out.framesDecoded = s.framesDecoded || 0; });
+  done(out);
+}, () => done(out));
+"""
+
+GRANT_JS = """
+const [origin] = arguments;
+const principal = Services.scriptSecurityManager.createContentPrincipal(
+  Services.io.newURI(origin), {});
+for (const type of ['camera', 'microphone']) {
+  Services.perms.addFromPrincipal(principal, type, Services.perms.ALLOW_ACTION);
+}
+return true;
+"""
+
+# Errors of content pages from origin: script errors (nsIConsoleService) and
+# console.error calls (the console API storage).
+ERRORS_JS = """
+const [origin] = arguments;
+const out = [];
+for (const m of Services.console.getMessageArray() || []) {
+  if (!(m instanceof Ci.nsIScriptError)) continue;
+  if (m.flags & (Ci.nsIScriptError.warningFlag | Ci.nsIScriptError.infoFlag)) continue;
+  if (!m.innerWindowID && !(m.sourceName || '').startsWith(origin)) continue;
+  if (/favicon/i.test(m.errorMessage + m.sourceName)) continue;
+  out.push(`${m.category}: ${m.errorMessage} (${m.sourceName}:${m.lineNumber})`);
+}
+const storage = Cc['@mozilla.org/consoleAPI-storage;1'].getService(Ci.nsIConsoleAPIStorage);
+for (const e of storage.getEvents()) {
+  if (e.level !== 'error' || !(e.filename || '').startsWith(origin)) continue;
+  const args = (e.arguments || []).map((a) => { try { return String(a); } catch { return '?'; } });
+  out.push(`console.error: ${args.join(' ')} (${e.filename}:${e.lineNumber})`);
+}
+return out;
+"""
+
+
+def emit(o: dict) -> None:
+    sys.stdout.write(json.dumps(o) + "\n")
+    sys.stdout.flush()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, fn, timeout: float):
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 (reported on timeout)
+            last = f"error: {e}"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last: {json.dumps(last, default=str)})")
+        time.sleep(0.1)
+
+
+def start_firefox(binary: str, profile: str, port: int) -> subprocess.Popen:
+    with open(os.path.join(profile, "user.js"), "w") as f:
+        for k, v in {**PREFS, "marionette.port": port}.items():
+            f.write(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n")
+    env = {**os.environ, "MOZ_HEADLESS": "1", "MOZ_CRASHREPORTER_DISABLE": "1"}
+    return subprocess.Popen(
+        [binary, "--headless", "--marionette", "-remote-allow-system-access",
+         "--no-remote", "--profile", profile, "about:blank"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=sys.stderr,
+        env=env, start_new_session=True,  # its own process group, killed as one
+    )
+
+
+def stats(m: Marionette) -> dict:
+    s = m.execute_async_script(STATS_JS, new_sandbox=False, script_timeout=10000)
+    if s and not s.get("missing"):
+        s["frames"] = max(s["presented"], s["framesDecoded"])
+    return s
+
+
+SET_PREFS_JS = """
+const [prefs] = arguments;
+for (const [k, v] of Object.entries(prefs)) {
+  if (typeof v === 'boolean') Services.prefs.setBoolPref(k, v);
+  else if (typeof v === 'number') Services.prefs.setIntPref(k, v);
+  else Services.prefs.setStringPref(k, v);
+}
+return true;
+"""
+
+
+def no_picture(m: Marionette, v: dict, t0: float) -> dict:
+    """A visit where no picture is possible: the status must match v["status"]
+    within v["within_s"], then for v["hold_s"] never match v["never_status"] nor
+    play, and the viewer count must not change."""
+    within = float(v.get("within_s", 12))
+
+    def shown():
+        s = stats(m)
+        if s and not s.get("missing") and re.search(v["status"], s["status"] or ""):
+            return s
+        raise RuntimeError(f"not yet: {s}")
+
+    s = wait_for(f"the status {v['status']!r}", shown, within + 20)
+    after = time.monotonic() - t0
+    problems = [] if after <= within else [f"status after {after:.1f} s (limit {within} s)"]
+    seen_status, seen_viewers = [s["status"]], [s["viewers"]]
+    end = time.monotonic() + float(v.get("hold_s", 10))
+    while time.monotonic() < end:
+        x = stats(m)
+        if x["status"] != seen_status[-1]:
+            seen_status.append(x["status"])
+        if x["viewers"] != seen_viewers[-1]:
+            seen_viewers.append(x["viewers"])
+        if x["state"] == "playing":
+            problems.append(f"plays: {x}")
+            break
+        time.sleep(0.2)
+    bad = [t for t in seen_status if t and v.get("never_status") and re.search(v["never_status"], t)]
+    if bad:
+        problems.append(f"status said {bad[0]!r}")
+    if len(seen_viewers) > 1:
+        problems.append(f"the viewer count changed: {seen_viewers}")
+    out = {"type": "visit", "name": v.get("name", v["path"]), "after_ms": round(after * 1000),
+           "statuses": seen_status, "viewers": seen_viewers, "ok": not problems, "problems": problems}
+    emit(out)
+    m.navigate("about:blank")
+    return out
+
+
+def visit(m: Marionette, base: str, v: dict) -> dict:
+    url = base + v["path"]
+    within = float(v.get("within_s", 5))
+    if v.get("prefs"):
+        m.set_context(m.CONTEXT_CHROME)
+        m.execute_script(SET_PREFS_JS, script_args=[v["prefs"]])
+    m.set_context(m.CONTEXT_CONTENT)
+    t0 = time.monotonic()
+    m.navigate(url)
+    if v.get("status"):
+        return no_picture(m, v, t0)
+
+    trace = []  # (ms, state, mode, status) each time one changes: why a visit was slow
+
+    def playing():
+        s = stats(m)
+        if s and not s.get("missing"):
+            key = [s["state"], s["mode"], s["status"]]
+            if not trace or trace[-1][1:] != key:
+                trace.append([round((time.monotonic() - t0) * 1000), *key])
+        if s and s.get("missing"):
+            raise RuntimeError(f"no player on the page: {s}")
+        if s and s["state"] == "playing" and s["mode"] == v["mode"] and s["frames"] >= 5:
+            return s
+        raise RuntimeError(f"not yet: {s}")  # shown on timeout
+
+    s = wait_for(f"{v['path']} to play over {v['mode']}", playing, within + 20)
+    after = time.monotonic() - t0
+    t1 = s["time"]
+    s2 = wait_for("the video to advance", lambda: (lambda x: x if x["time"] > t1 + 1 and x["frames"] >= s["frames"] + 10 else None)(
+        stats(m)), 15)
+    problems = []
+    if after > within:
+        problems.append(f"played after {after:.1f} s (limit {within} s)")
+    if v.get("width") and (s2["width"], s2["height"]) != (v["width"], v["height"]):
+        problems.append(f"video {s2['width']}x{s2['height']}, expected {v['width']}x{v['height']}")
+    if v.get("label") and not re.search(v["label"], s2["label"] or ""):
+        problems.append(f"label {s2['label']!r} does not match {v['label']!r}")
+    if s2["mode"] != v["mode"] or s2["state"] != "playing":
+        problems.append(f"not playing over {v['mode']} any more: {s2}")
+    out = {"type": "visit", "name": v.get("name", v["path"]), "after_ms": round(after * 1000),
+           "stats": s2, "trace": trace, "ok": not problems, "problems": problems}
+    emit(out)
+    # Leave the page (closing its session) before the next visit.
+    m.navigate("about:blank")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--visit", action="append", default=[], type=json.loads)
+    ap.add_argument("--firefox", default=os.environ.get("ROOMCAST_TEST_FIREFOX", "firefox-esr"))
+    a = ap.parse_args()
+    base = a.base.rstrip("/")
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
+    binary = shutil.which(a.firefox) or a.firefox
+    profile = tempfile.mkdtemp(prefix="roomcast-firefox-")
+    port = free_port()
+    proc = None
+    result = {"type": "result", "ok": False, "reason": None, "console_errors": [], "visits": []}
+    m = None
+    try:
+        proc = start_firefox(binary, profile, port)
+        m = Marionette(host="127.0.0.1", port=port, socket_timeout=60)
+        m.start_session(timeout=60)  # waits for the port
+        emit({"type": "start", "browser_version": m.session_capabilities.get("browserVersion")})
+        m.set_context(m.CONTEXT_CHROME)
+        m.execute_script(GRANT_JS, script_args=[origin])
+        for v in a.visit:
+            result["visits"].append(visit(m, base, v))
+        m.set_context(m.CONTEXT_CHROME)
+        result["console_errors"] = m.execute_script(ERRORS_JS, script_args=[origin])
+        bad = [f"{x['name']}: {'; '.join(x['problems'])}" for x in result["visits"] if not x["ok"]]
+        if result["console_errors"]:
+            bad.append(f"console errors: {result['console_errors']}")
+        result["ok"] = not bad
+        result["reason"] = "; ".join(bad) or None
+    except Exception as e:  # noqa: BLE001 (the result line says what failed)
+        result["reason"] = f"{type(e).__name__}: {e}"
+        try:
+            if m is not None and m.session:
+                m.set_context(m.CONTEXT_CHROME)
+                result["console_errors"] = m.execute_script(ERRORS_JS, script_args=[origin])
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        if m is not None:
+            try:
+                m.delete_session()
+            except Exception:  # noqa: BLE001
+                pass
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+    emit(result)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
