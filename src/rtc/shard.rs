@@ -583,6 +583,17 @@ impl Shard {
         }
     }
 
+    /// Handles every queued control message; false when the engine is gone.
+    fn drain_control(&self, peers: &mut Peers, pubs: &mut HashMap<u64, PubPeer>) -> bool {
+        loop {
+            match self.rx.ctl.try_recv() {
+                Ok(msg) => self.handle(msg, peers, pubs),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
     fn run_loop(&self) {
         let mut s = Sessions {
             shard: self,
@@ -603,16 +614,24 @@ impl Shard {
                 let _ = sel.ready_deadline(deadline);
             }
             // Control first: a session is added before its first packet.
-            loop {
-                match self.rx.ctl.try_recv() {
-                    Ok(msg) => self.handle(msg, peers, pubs),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
-                }
+            if !self.drain_control(peers, pubs) {
+                return;
             }
             for _ in 0..1024 {
                 match self.rx.data.try_recv() {
-                    Ok(msg) => self.handle(msg, peers, pubs),
+                    Ok(msg) => {
+                        // A packet from a new address is a new session's first
+                        // STUN check, sent as soon as its answer was. Its Add
+                        // may have come in while this loop ran: take it first,
+                        // or the check is dropped and the client retries only
+                        // 250 ms later (that was every join's TTFF under load).
+                        if matches!(msg, ShardMsg::Net { new_addr: true, .. })
+                            && !self.drain_control(peers, pubs)
+                        {
+                            return;
+                        }
+                        self.handle(msg, peers, pubs)
+                    }
                     Err(_) => break,
                 }
             }
