@@ -728,8 +728,6 @@ impl Shard {
         }
     }
 
-    /// A session's input panicked: it ends (the caller marks it), the others
-    /// go on. Logged at most once per interval.
     /// Feeds `input` to session `p` and drives it, a panic in either caught
     /// (`Err` carries its message).
     fn feed_isolated<P: NetSession>(
@@ -747,6 +745,8 @@ impl Shard {
         })
     }
 
+    /// A session's input panicked: it ends (the caller marks it), the others
+    /// go on. Logged at most once per interval.
     fn session_panicked(&self, stream: &str, id: u64, during: &str, msg: &str) {
         self.metrics.session_panics.fetch_add(1, Relaxed);
         // A panic may leave a half-built batch behind.
