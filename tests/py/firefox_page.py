@@ -84,8 +84,11 @@ const out = {
   viewers: (() => { const e = document.getElementById('viewers'); return e && !e.hidden ? e.textContent : null; })(),
 };
 if (!p.pc) return done(out);
-p.pc.getStats().then((r) => {
-  r.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') out.framesDecoded = s.framesDecoded || 0; });
+// getStats() of a PeerConnection the page closes meanwhile (the WebRTC attempt
+// before the LL-HLS fallback) may never settle: give it 1 s, not the script timeout.
+const late = new Promise((resolve) => setTimeout(() => resolve(null), 1000));
+Promise.race([p.pc.getStats(), late]).then((r) => {
+  if (r) r.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') out.framesDecoded = s.framesDecoded || 0; });
   done(out);
 }, () => done(out));
 """
@@ -162,7 +165,7 @@ def start_firefox(binary: str, profile: str, port: int) -> subprocess.Popen:
 
 
 def stats(m: Marionette) -> dict:
-    s = m.execute_async_script(STATS_JS, new_sandbox=False, script_timeout=10000)
+    s = m.execute_async_script(STATS_JS, new_sandbox=False, script_timeout=5000)
     if s and not s.get("missing"):
         s["frames"] = max(s["presented"], s["framesDecoded"])
     return s
@@ -233,7 +236,11 @@ def visit(m: Marionette, base: str, v: dict) -> dict:
     trace = []  # (ms, state, mode, status) each time one changes: why a visit was slow
 
     def playing():
-        s = stats(m)
+        try:
+            s = stats(m)
+        except Exception as e:  # noqa: BLE001 (kept in the trace: why a visit was slow)
+            trace.append([round((time.monotonic() - t0) * 1000), "error", type(e).__name__, str(e)[:200]])
+            raise
         if s and not s.get("missing"):
             key = [s["state"], s["mode"], s["status"]]
             if not trace or trace[-1][1:] != key:

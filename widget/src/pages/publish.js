@@ -182,7 +182,11 @@ function startStats() {
   clearInterval(statsTimer);
   statsTimer = setInterval(async () => {
     if (!pc) return;
-    const r = await pc.getStats();
+    // Firefox never settles getStats() of a PeerConnection closed meanwhile, and
+    // a late answer must not show figures after stop().
+    const mine = pc;
+    const r = await mine.getStats();
+    if (pc !== mine) return;
     r.forEach((s) => {
       if (s.type !== 'outbound-rtp' || s.kind !== 'video') return;
       if (last) {
