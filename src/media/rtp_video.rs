@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::h264;
+use super::{av1, bits, h264};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VideoCodec {
@@ -388,6 +388,105 @@ impl Bits<'_> {
     }
 }
 
+/// A VP8, VP9 or AV1 frame's bitstream from its RTP payloads (a whole frame,
+/// as [`FrameAssembler`] gives them), appended to `out`, as MP4 samples and
+/// decoders take it: VP8 and VP9 with the payload descriptors removed (VP9:
+/// spatial layer 0 only, a picture every decoder can use); AV1 as
+/// low-overhead OBUs, each with `obu_has_size_field` set, OBUs split across
+/// packets joined (in `scratch`), and temporal delimiters, tile lists,
+/// padding and redundant frame headers left out (AV1 in MP4 omits them).
+/// On an error `out` holds a part of the frame, to be thrown away.
+pub fn depacketize<'a>(
+    codec: VideoCodec,
+    payloads: impl IntoIterator<Item = &'a [u8]>,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), &'static str> {
+    match codec {
+        VideoCodec::H264 => return Err("H.264 is depacketized by rtp_h264"),
+        VideoCodec::Vp8 => {
+            for p in payloads {
+                let (_, data) = vp8_payload(p).ok_or("truncated VP8 payload descriptor")?;
+                out.extend_from_slice(data);
+            }
+        }
+        VideoCodec::Vp9 => {
+            for p in payloads {
+                let layered = p.first().is_some_and(|d| d & 0x20 != 0);
+                if layered && vp9_spatial_id(p).ok_or("truncated VP9 layer indices")? > 0 {
+                    continue;
+                }
+                out.extend_from_slice(vp9_payload(p).ok_or("truncated VP9 payload descriptor")?);
+            }
+        }
+        VideoCodec::Av1 => {
+            scratch.clear();
+            let mut open = false; // scratch holds an OBU that continues
+            for p in payloads {
+                let (&agg, mut rest) = p.split_first().ok_or("empty AV1 payload")?;
+                let (z, y, w) = (agg & 0x80 != 0, agg & 0x40 != 0, (agg >> 4) & 0x03);
+                if z != open {
+                    return Err(if z {
+                        "AV1 packet continues an OBU that did not start"
+                    } else {
+                        "AV1 OBU cut short by the next packet"
+                    });
+                }
+                let mut element = 0u8;
+                while !rest.is_empty() {
+                    // With W > 0 the W-th element has no length field.
+                    let data;
+                    if w != 0 && element + 1 == w {
+                        (data, rest) = (rest, &[][..]);
+                    } else {
+                        let (len, n) = bits::leb128(rest).ok_or("bad AV1 OBU element length")?;
+                        data = rest
+                            .get(n..n.saturating_add(len))
+                            .ok_or("AV1 OBU element runs past its packet")?;
+                        rest = &rest[n + len..];
+                    }
+                    if !open {
+                        scratch.clear();
+                    }
+                    scratch.extend_from_slice(data);
+                    open = rest.is_empty() && y;
+                    if !open {
+                        write_obu(scratch, out)?;
+                    }
+                    element = element.saturating_add(1);
+                }
+            }
+            if open {
+                return Err("AV1 frame ends inside an OBU");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One OBU as RTP carries it (usually without a size field) → `out` with one.
+fn write_obu(obu: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
+    if obu.is_empty() {
+        return Ok(()); // an empty element: nothing to write
+    }
+    let (o, _) = av1::split_obu(obu)?;
+    if matches!(
+        o.obu_type,
+        av1::OBU_TEMPORAL_DELIMITER
+            | av1::OBU_TILE_LIST
+            | av1::OBU_PADDING
+            | av1::OBU_REDUNDANT_FRAME_HEADER
+    ) {
+        return Ok(());
+    }
+    let header_len = if obu[0] & 0x04 != 0 { 2 } else { 1 };
+    out.push(obu[0] | 0x02);
+    out.extend_from_slice(&obu[1..header_len]);
+    bits::write_leb128(out, o.payload.len());
+    out.extend_from_slice(o.payload);
+    Ok(())
+}
+
 /// One whole video frame, its payloads in sequence order (the last carried the
 /// marker bit).
 #[derive(Debug)]
@@ -615,11 +714,193 @@ impl FrameAssembler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn a(v: &[u8]) -> Arc<[u8]> {
         Arc::from(v)
+    }
+
+    /// VP9 payloads of `frame`: non-flexible mode with layer indices (spatial
+    /// layer `sid`), 15-bit picture ids, `mtu` bytes of data each.
+    pub(crate) fn vp9_packets(frame: &[u8], sid: u8, mtu: usize) -> Vec<Vec<u8>> {
+        let chunks: Vec<&[u8]> = frame.chunks(mtu).collect();
+        let n = chunks.len();
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let b = if i == 0 { 0x08 } else { 0 };
+                let e = if i + 1 == n { 0x04 } else { 0 };
+                let mut p = vec![0x80 | 0x20 | b | e, 0x81, 0x23, sid << 1, 7];
+                p.extend_from_slice(c);
+                p
+            })
+            .collect()
+    }
+
+    /// AV1 payloads of a temporal unit (low-overhead OBUs, as libaom writes
+    /// it): temporal delimiters left out and size fields removed, as WebRTC
+    /// senders do; every element with a length (W = 0), split at `mtu`.
+    pub(crate) fn av1_packets(tu: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+        let mut packets = Vec::new();
+        let mut cur = vec![0u8];
+        for o in av1::obus(tu).map(Result::unwrap) {
+            if o.obu_type == av1::OBU_TEMPORAL_DELIMITER {
+                continue;
+            }
+            let hl = if o.bytes[0] & 0x04 != 0 { 2 } else { 1 };
+            let mut e = vec![o.bytes[0] & !0x02];
+            e.extend_from_slice(&o.bytes[1..hl]);
+            e.extend_from_slice(o.payload);
+            let mut rest = &e[..];
+            loop {
+                let take = rest.len().min(mtu.saturating_sub(cur.len() + 2).max(1));
+                bits::write_leb128(&mut cur, take);
+                cur.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if rest.is_empty() {
+                    break;
+                }
+                cur[0] |= 0x40; // Y: continues in the next packet
+                packets.push(std::mem::replace(&mut cur, vec![0x80])); // Z
+            }
+            if cur.len() + 16 > mtu {
+                packets.push(std::mem::replace(&mut cur, vec![0]));
+            }
+        }
+        if cur.len() > 1 {
+            packets.push(cur);
+        }
+        packets
+    }
+
+    #[test]
+    fn vp9_frames_depacketize_to_the_encoded_frame_base_layer_only() {
+        let frames = crate::media::vp9::tests::ivf_frames(crate::media::vp9::tests::VP9_320X180);
+        let key = frames[0];
+        let mut packets = vp9_packets(key, 0, 500);
+        assert!(packets.len() > 2);
+        // A spatial layer 1 packet of the same picture is left out.
+        packets.extend(vp9_packets(frames[1], 1, 500));
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        depacketize(
+            VideoCodec::Vp9,
+            packets.iter().map(|p| &p[..]),
+            &mut out,
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(out, key);
+        let k = crate::media::vp9::parse_keyframe(&out).unwrap();
+        assert_eq!((k.width, k.height), (320, 180));
+        assert_eq!(
+            keyframe_dimensions(VideoCodec::Vp9, &packets[0]),
+            Some((320, 180))
+        );
+    }
+
+    #[test]
+    fn av1_frames_depacketize_to_low_overhead_obus_with_sizes() {
+        let frames = crate::media::vp9::tests::ivf_frames(crate::media::av1::tests::AV1_320X180);
+        for (tu, mtu) in [(frames[0], 300), (frames[1], 64), (frames[0], 5000)] {
+            let packets = av1_packets(tu, mtu);
+            let (mut out, mut scratch) = (Vec::new(), Vec::new());
+            depacketize(
+                VideoCodec::Av1,
+                packets.iter().map(|p| &p[..]),
+                &mut out,
+                &mut scratch,
+            )
+            .unwrap();
+            // The same OBUs, each with a size field, without the temporal delimiter.
+            let want: Vec<(u8, &[u8])> = av1::obus(tu)
+                .map(Result::unwrap)
+                .filter(|o| o.obu_type != av1::OBU_TEMPORAL_DELIMITER)
+                .map(|o| (o.bytes[0] | 0x02, o.payload))
+                .collect();
+            let got: Vec<(u8, &[u8])> = av1::obus(&out)
+                .map(Result::unwrap)
+                .map(|o| (o.bytes[0], o.payload))
+                .collect();
+            assert_eq!(got, want, "mtu {mtu}");
+        }
+        let (_, sh) = av1::find_sequence_header(&{
+            let mut out = Vec::new();
+            let p = av1_packets(frames[0], 1200);
+            depacketize(
+                VideoCodec::Av1,
+                p.iter().map(|p| &p[..]),
+                &mut out,
+                &mut Vec::new(),
+            )
+            .unwrap();
+            out
+        })
+        .unwrap();
+        assert_eq!((sh.max_width, sh.max_height), (320, 180));
+
+        // W = 2: the second element runs to the end without a length.
+        let sh_obu = [0x08u8, 0x00, 0x00];
+        let frame_obu = [0x30u8, 0xaa, 0xbb, 0xcc];
+        let mut p = vec![0x20, 3];
+        p.extend_from_slice(&sh_obu);
+        p.extend_from_slice(&frame_obu);
+        let mut out = Vec::new();
+        depacketize(VideoCodec::Av1, [&p[..]], &mut out, &mut Vec::new()).unwrap();
+        assert_eq!(out, [0x0a, 2, 0, 0, 0x32, 3, 0xaa, 0xbb, 0xcc]);
+
+        // A packet continuing an OBU that did not start, or a frame ending
+        // inside one, is an error (a lost packet in between is the assembler's
+        // to see, by sequence number: OBUs in RTP carry no size).
+        let packets = av1_packets(frames[0], 300);
+        let mut lost = packets.clone();
+        lost.remove(0);
+        let r = depacketize(
+            VideoCodec::Av1,
+            lost.iter().map(|p| &p[..]),
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        assert!(r.is_err(), "{r:?}");
+        let r = depacketize(
+            VideoCodec::Av1,
+            packets[..1].iter().map(|p| &p[..]),
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        assert!(r.is_err(), "ends inside an OBU: {r:?}");
+    }
+
+    #[test]
+    fn depacketize_never_panics_on_random_payloads() {
+        let mut x = 0x2545_f491u32;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        for _ in 0..3000 {
+            let packets: Vec<Vec<u8>> = (0..rnd() % 4)
+                .map(|_| (0..rnd() % 40).map(|_| rnd() as u8).collect())
+                .collect();
+            for codec in [
+                VideoCodec::Vp8,
+                VideoCodec::Vp9,
+                VideoCodec::Av1,
+                VideoCodec::H264,
+            ] {
+                out.clear();
+                let _ = depacketize(
+                    codec,
+                    packets.iter().map(|p| &p[..]),
+                    &mut out,
+                    &mut scratch,
+                );
+            }
+        }
     }
 
     #[test]
