@@ -76,6 +76,7 @@ fn main() {
         let wall = t0 + Duration::from_micros(t * 100 / 9);
         let changed = seg.push_video(
             1,
+            roomcast::media::rtp_video::VideoCodec::H264,
             t as u32,
             keyframe,
             payloads.iter().map(|p| &p[..]),

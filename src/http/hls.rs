@@ -19,8 +19,9 @@ use super::extract::token_from;
 use super::{ApiError, App, PeerAddr};
 use crate::admission::{Purpose, ViewerFacts};
 use crate::egress::hls::playlist::Wait;
-use crate::egress::hls::{MEDIA_TYPE, MIN_HOLD, PLAYLIST_TYPE};
+use crate::egress::hls::{self, MEDIA_TYPE, MIN_HOLD, PLAYLIST_TYPE};
 use crate::hub::{Access, Stream};
+use crate::media::rtp_video::VideoCodec;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/hls/{stream}/{file}", get(serve))
@@ -201,14 +202,14 @@ async fn serve_inner(
 
 fn codec_check(stream: &Stream) -> Result<(), ApiError> {
     if let Some(v) = stream.media_info().video
-        && v.codec != "H264"
+        && !VideoCodec::from_name(v.codec).is_some_and(hls::carries)
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "hls_unsupported_codec",
             format!(
-                "stream '{}' sends {} video, which roomcast's HLS cannot carry (H.264 only); watch it over WebRTC",
-                stream.name, v.codec
+                "stream '{}' sends {} video, which roomcast's HLS does not carry (H.264, VP9 and AV1 only: browsers cannot play {} from MP4); watch it over WebRTC",
+                stream.name, v.codec, v.codec
             ),
         ));
     }

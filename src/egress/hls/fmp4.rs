@@ -2,12 +2,18 @@
 //! with `mvex`) and media fragments (`moof` + `mdat`), one fragment per
 //! partial segment, audio and video muxed in one fragment (one `traf` each).
 //! Boxes are encoded with mp4-atom; sample data is written once per stream.
+//! Codec-neutral: video is H.264 (`avc1`), VP8 (`vp08`), VP9 (`vp09`) or AV1
+//! (`av01`), described by a [`VideoTrack`] made from the stream's key frame;
+//! samples are what each codec's MP4 binding wants (the caller's job).
 
 use mp4_atom::{
-    Audio, Avc1, Avcc, AvccExt, Dinf, Dops, Dref, Encode, FourCC, Ftyp, Hdlr, Mdhd, Mdia, Mfhd,
-    Minf, Moof, Moov, Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex,
-    Trun, TrunEntry, Url, Visual, Vmhd,
+    Audio, Av01, Av1c, Avc1, Avcc, AvccExt, Codec, Dinf, Dops, Dref, Encode, FourCC, Ftyp, Hdlr,
+    Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd,
+    Traf, Trak, Trex, Trun, TrunEntry, Url, Visual, Vmhd, Vp08, Vp09, VpcC,
 };
+
+use crate::media::av1::SequenceHeader;
+use crate::media::vp9::{self, Vp9KeyFrame};
 
 pub const VIDEO_TRACK: u32 = 1;
 pub const AUDIO_TRACK: u32 = 2;
@@ -63,17 +69,233 @@ impl H264Track {
     }
 }
 
+/// VP8 as the `vp08` sample entry describes it (its `vpcC` says 8-bit 4:2:0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vp8Track {
+    pub width: u16,
+    pub height: u16,
+}
+
+/// VP9 as the `vp09` sample entry and its `vpcC` describe it, from a key
+/// frame's uncompressed header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vp9Track {
+    pub key: Vp9KeyFrame,
+    pub width: u16,
+    pub height: u16,
+    /// VP9 level × 10, from the picture size at 30 fps (the frame rate is not
+    /// known at the first key frame; a fixed guess keeps the init stable).
+    pub level: u8,
+}
+
+impl Vp9Track {
+    pub fn new(key: Vp9KeyFrame) -> Option<Vp9Track> {
+        Some(Vp9Track {
+            width: u16::try_from(key.width).ok()?,
+            height: u16::try_from(key.height).ok()?,
+            level: vp9::level(key.width, key.height, 30),
+            key,
+        })
+    }
+}
+
+/// AV1 as the `av01` sample entry and its `av1C` describe it: the sequence
+/// header OBU (with its size field), which `av1C` carries as its config OBU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Av1Track {
+    pub seq: SequenceHeader,
+    pub sequence_header_obu: Vec<u8>,
+    pub width: u16,
+    pub height: u16,
+}
+
+impl Av1Track {
+    pub fn new(sequence_header_obu: &[u8], seq: SequenceHeader) -> Option<Av1Track> {
+        Some(Av1Track {
+            width: u16::try_from(seq.max_width).ok()?,
+            height: u16::try_from(seq.max_height).ok()?,
+            seq,
+            sequence_header_obu: sequence_header_obu.to_vec(),
+        })
+    }
+}
+
+/// The video track of an init segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VideoTrack {
+    H264(H264Track),
+    Vp8(Vp8Track),
+    Vp9(Vp9Track),
+    Av1(Av1Track),
+}
+
+impl VideoTrack {
+    pub fn size(&self) -> (u16, u16) {
+        match self {
+            VideoTrack::H264(t) => (t.width, t.height),
+            VideoTrack::Vp8(t) => (t.width, t.height),
+            VideoTrack::Vp9(t) => (t.width, t.height),
+            VideoTrack::Av1(t) => (t.width, t.height),
+        }
+    }
+
+    /// RFC 6381 codec string, as MSE and hls.js take it: `avc1.64001f`,
+    /// `vp08.00.21.08`, `vp09.00.31.08`, `av01.0.08M.08`.
+    pub fn codec(&self) -> String {
+        match self {
+            VideoTrack::H264(t) => t.codec(),
+            VideoTrack::Vp8(t) => format!(
+                "vp08.00.{:02}.08",
+                vp9::level(t.width.into(), t.height.into(), 30)
+            ),
+            VideoTrack::Vp9(t) => format!(
+                "vp09.{:02}.{:02}.{:02}",
+                t.key.profile, t.level, t.key.bit_depth
+            ),
+            VideoTrack::Av1(t) => format!(
+                "av01.{}.{:02}{}.{:02}",
+                t.seq.seq_profile,
+                t.seq.seq_level_idx_0,
+                if t.seq.seq_tier_0 { 'H' } else { 'M' },
+                t.seq.bit_depth()
+            ),
+        }
+    }
+
+    /// The `stsd` sample entry.
+    fn sample_entry(&self) -> Codec {
+        let (width, height) = self.size();
+        let visual = Visual {
+            data_reference_index: 1,
+            width,
+            height,
+            horizresolution: 72.into(),
+            vertresolution: 72.into(),
+            frame_count: 1,
+            compressor: "".into(),
+            depth: 24,
+        };
+        match self {
+            VideoTrack::H264(v) => Avc1 {
+                visual,
+                avcc: Avcc {
+                    configuration_version: 1,
+                    avc_profile_indication: v.sps[1],
+                    profile_compatibility: v.sps[2],
+                    avc_level_indication: v.sps[3],
+                    length_size: 4,
+                    sequence_parameter_sets: vec![v.sps.clone()],
+                    picture_parameter_sets: vec![v.pps.clone()],
+                    ext: v.chroma.map(|(c, l, ch)| AvccExt {
+                        chroma_format: c,
+                        bit_depth_luma: l,
+                        bit_depth_chroma: ch,
+                        sequence_parameter_sets_ext: vec![],
+                    }),
+                },
+                btrt: None,
+                colr: None,
+                pasp: None,
+                taic: None,
+                fiel: None,
+                spatial: None,
+            }
+            .into(),
+            VideoTrack::Vp8(t) => Vp08 {
+                visual,
+                vpcc: VpcC {
+                    level: vp9::level(t.width.into(), t.height.into(), 30),
+                    ..vpcc_unspecified(false)
+                },
+                btrt: None,
+                colr: None,
+                pasp: None,
+                spatial: None,
+            }
+            .into(),
+            VideoTrack::Vp9(t) => {
+                // VP9's color_space → ISO/IEC 23091-2 matrix coefficients.
+                let matrix = match t.key.color_space {
+                    1 | 3 => 6, // BT.601, SMPTE 170
+                    2 => 1,     // BT.709
+                    4 => 7,     // SMPTE 240
+                    5 => 9,     // BT.2020 (non-constant luminance)
+                    7 => 0,     // sRGB (identity)
+                    _ => 2,     // unknown, reserved: unspecified
+                };
+                Vp09 {
+                    visual,
+                    vpcc: VpcC {
+                        profile: t.key.profile,
+                        level: t.level,
+                        bit_depth: t.key.bit_depth,
+                        chroma_subsampling: t.key.chroma_subsampling,
+                        matrix_coefficients: matrix,
+                        ..vpcc_unspecified(t.key.full_range)
+                    },
+                    btrt: None,
+                    colr: None,
+                    pasp: None,
+                    spatial: None,
+                }
+                .into()
+            }
+            VideoTrack::Av1(t) => {
+                let s = &t.seq;
+                Av01 {
+                    visual,
+                    av1c: Av1c {
+                        seq_profile: s.seq_profile,
+                        seq_level_idx_0: s.seq_level_idx_0,
+                        seq_tier_0: s.seq_tier_0,
+                        high_bitdepth: s.high_bitdepth,
+                        twelve_bit: s.twelve_bit,
+                        monochrome: s.monochrome,
+                        chroma_subsampling_x: s.chroma_subsampling_x,
+                        chroma_subsampling_y: s.chroma_subsampling_y,
+                        chroma_sample_position: s.chroma_sample_position,
+                        initial_presentation_delay: None,
+                        config_obus: t.sequence_header_obu.clone(),
+                    },
+                    btrt: None,
+                    ccst: None,
+                    colr: None,
+                    pasp: None,
+                    taic: None,
+                    spatial: None,
+                }
+                .into()
+            }
+        }
+    }
+}
+
+/// `vpcC` of 8-bit 4:2:0 with unspecified colour (2: the stream does not say).
+fn vpcc_unspecified(full_range: bool) -> VpcC {
+    VpcC {
+        profile: 0,
+        level: 10,
+        bit_depth: 8,
+        chroma_subsampling: 0,
+        video_full_range_flag: full_range,
+        color_primaries: 2,
+        transfer_characteristics: 2,
+        matrix_coefficients: 2,
+        codec_initialization_data: vec![],
+    }
+}
+
 /// The tracks of one init segment. A change of any of it starts a new init
 /// (and an `#EXT-X-DISCONTINUITY`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tracks {
-    pub video: Option<H264Track>,
+    pub video: Option<VideoTrack>,
     /// Opus, 48 kHz; the channel count the decoder outputs.
     pub audio_channels: Option<u8>,
 }
 
 impl Tracks {
-    /// RFC 6381 codecs, e.g. `avc1.64001f,opus`.
+    /// RFC 6381 codecs, e.g. `avc1.64001f,opus` or `vp09.00.31.08,opus`.
     pub fn codecs(&self) -> String {
         let mut c: Vec<String> = Vec::new();
         if let Some(v) = &self.video {
@@ -127,54 +349,22 @@ pub fn init_segment(tracks: &Tracks) -> Result<Vec<u8>, Mp4Error> {
     let mut traks = Vec::new();
     let mut trex = Vec::new();
     if let Some(v) = &tracks.video {
-        let avc1 = Avc1 {
-            visual: Visual {
-                data_reference_index: 1,
-                width: v.width,
-                height: v.height,
-                horizresolution: 72.into(),
-                vertresolution: 72.into(),
-                frame_count: 1,
-                compressor: "".into(),
-                depth: 24,
-            },
-            avcc: Avcc {
-                configuration_version: 1,
-                avc_profile_indication: v.sps[1],
-                profile_compatibility: v.sps[2],
-                avc_level_indication: v.sps[3],
-                length_size: 4,
-                sequence_parameter_sets: vec![v.sps.clone()],
-                picture_parameter_sets: vec![v.pps.clone()],
-                ext: v.chroma.map(|(c, l, ch)| AvccExt {
-                    chroma_format: c,
-                    bit_depth_luma: l,
-                    bit_depth_chroma: ch,
-                    sequence_parameter_sets_ext: vec![],
-                }),
-            },
-            btrt: None,
-            colr: None,
-            pasp: None,
-            taic: None,
-            fiel: None,
-            spatial: None,
-        };
         let minf = Minf {
             vmhd: Some(Vmhd::default()),
             dinf: dinf(),
             stbl: Stbl {
                 stsd: Stsd {
-                    codecs: vec![avc1.into()],
+                    codecs: vec![v.sample_entry()],
                 },
                 stco: Some(Stco::default()),
                 ..Default::default()
             },
             ..Default::default()
         };
+        let (width, height) = v.size();
         let tkhd = Tkhd {
-            width: v.width.into(),
-            height: v.height.into(),
+            width: width.into(),
+            height: height.into(),
             ..Default::default()
         };
         traks.push(trak(VIDEO_TRACK, VIDEO_TIMESCALE, b"vide", minf, tkhd));
@@ -357,7 +547,7 @@ pub(crate) mod tests {
         assert_eq!((v.width, v.height), (1280, 720));
         assert!(v.codec().starts_with("avc1.64"), "{}", v.codec());
         let tracks = Tracks {
-            video: Some(v),
+            video: Some(VideoTrack::H264(v)),
             audio_channels: Some(2),
         };
         assert!(tracks.codecs().ends_with(",opus"));

@@ -27,6 +27,7 @@ use tracing::{debug, info};
 
 use crate::config::HlsConfig;
 use crate::hub::{Frame, FrameSink, Hub, HubEvent, Kind, Stream};
+use crate::media::rtp_video::VideoCodec;
 use playlist::Params;
 use segmenter::Segmenter;
 
@@ -39,6 +40,15 @@ const SINK_ID_BASE: u64 = 1 << 40;
 pub(crate) const MIN_HOLD: Duration = Duration::from_secs(3);
 /// `PART-TARGET` = `hls.part_target_ms` × this.
 const PART_TARGET_SLACK: f64 = 1.05;
+
+/// Whether LL-HLS carries `codec`: H.264, VP9 and AV1 in fMP4. VP8 in MP4 is
+/// refused by the MSE of Chromium 156 and Firefox 153 alike
+/// (`MediaSource.isTypeSupported('video/mp4; codecs="vp08.00.10.08"')` is
+/// false in both), so no HLS player could play it; every WebRTC browser
+/// decodes VP8, so it keeps WebRTC only.
+pub fn carries(codec: VideoCodec) -> bool {
+    codec != VideoCodec::Vp8
+}
 
 pub const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 pub const MEDIA_TYPE: &str = "video/mp4";
@@ -321,23 +331,27 @@ async fn run(
         None => clock.1 - clock.0.duration_since(at),
     };
     let mut expect = (true, true); // (video, audio) the publisher announced
-    let mut h264 = true;
+    let mut codec = Some(VideoCodec::H264);
     let mut publisher = None;
     let mut process = |f: &Frame, seg: &mut Segmenter| -> bool {
         if publisher != Some(f.publisher) || f.keyframe {
             publisher = Some(f.publisher);
             let m = hs.stream.media_info();
             expect = (m.video.is_some(), m.audio.is_some());
-            // Only H.264 goes into HLS (the playlist request says so otherwise).
-            h264 = m.video.as_ref().is_none_or(|v| v.codec == "H264");
-        }
-        if f.kind == Kind::Video && !h264 {
-            return false;
+            // Video HLS cannot carry is left out (the playlist request says so).
+            codec = m
+                .video
+                .and_then(|v| VideoCodec::from_name(v.codec))
+                .filter(|&c| carries(c));
         }
         match f.kind {
             Kind::Video => {
+                let Some(codec) = codec else {
+                    return false;
+                };
                 let changed = seg.push_video(
                     f.publisher,
+                    codec,
                     f.rtp_time,
                     f.keyframe,
                     f.payloads.iter().map(|p| &p[..]),

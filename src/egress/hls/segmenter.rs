@@ -1,8 +1,11 @@
 //! Hub frames → LL-HLS parts and segments, once per stream, without I/O.
 //!
-//! Video arrives as RFC 6184 payloads (H.264 from RTMP and WHIP publishers
-//! alike) and is reassembled into AVCC samples; audio arrives as Opus packets
-//! and is used as it is. Times are the hub's RTP times on the stream's
+//! Video arrives as RTP payloads: H.264 (RFC 6184, from RTMP and WHIP
+//! publishers alike) is reassembled into AVCC samples, VP8 and VP9 lose their
+//! payload descriptors, AV1 becomes low-overhead OBUs with size fields
+//! ([`rtp_video::depacketize`]); the track description comes from the key
+//! frame (SPS/PPS, VP9 uncompressed header, AV1 sequence header). Audio
+//! arrives as Opus packets and is used as it is. Times are the hub's RTP times on the stream's
 //! continuous timeline (90 kHz video, 48 kHz audio), unwrapped to 64 bits.
 //!
 //! Cutting rules:
@@ -20,9 +23,13 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tracing::{debug, warn};
 
-use super::fmp4::{self, AUDIO_TRACK, H264Track, Run, Sample, Tracks, VIDEO_TRACK};
+use super::fmp4::{
+    self, AUDIO_TRACK, Av1Track, H264Track, Run, Sample, Tracks, VIDEO_TRACK, VideoTrack, Vp8Track,
+    Vp9Track,
+};
 use super::playlist::{Params, Part, Playlist};
-use crate::media::{h264, opus, rtp_h264};
+use crate::media::rtp_video::{self, VideoCodec};
+use crate::media::{av1, h264, opus, rtp_h264, vp8, vp9};
 
 /// Video frame interval assumed until two frames were seen (30 fps).
 const DEFAULT_FRAME_TICKS: u64 = 3000;
@@ -203,15 +210,16 @@ impl Segmenter {
         changed
     }
 
-    /// Adds one video frame. `audio_expected`: the publisher announced audio
-    /// (so the init made at a keyframe has an audio track before the first
-    /// audio packet). Returns whether the playlist changed.
+    /// Adds one video frame of `codec`. `audio_expected`: the publisher
+    /// announced audio (so the init made at a keyframe has an audio track
+    /// before the first audio packet). Returns whether the playlist changed.
     #[allow(clippy::too_many_arguments)]
     pub fn push_video<'a>(
         &mut self,
         publisher: u64,
+        codec: VideoCodec,
         rtp_time: u32,
-        keyframe: bool,
+        mut keyframe: bool,
         payloads: impl IntoIterator<Item = &'a [u8]>,
         wallclock: SystemTime,
         audio_expected: bool,
@@ -223,53 +231,42 @@ impl Segmenter {
             self.stats.frames_dropped += 1;
             return changed;
         }
-        // Reassemble the access unit as AVCC, parameter sets kept aside.
         self.frame.clear();
-        let (mut sps, mut pps) = (None, None);
-        let frame = &mut self.frame;
-        let res = rtp_h264::depacketize(payloads, &mut self.scratch, |nal| {
-            match h264::nal_type(nal) {
-                h264::NAL_SPS => sps = Some(nal.to_vec()),
-                h264::NAL_PPS => pps = Some(nal.to_vec()),
-                h264::NAL_AUD | h264::NAL_FILLER => {}
-                _ => {
-                    frame.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-                    frame.extend_from_slice(nal);
-                }
-            }
-        });
+        let res = if codec == VideoCodec::H264 {
+            self.depacketize_h264(payloads).map_err(|e| e.to_string())
+        } else {
+            rtp_video::depacketize(codec, payloads, &mut self.frame, &mut self.scratch)
+                .map_err(str::to_string)
+        };
         if let Err(e) = res {
-            debug!(error = %e, "hls: undecodable video frame, waiting for a keyframe");
+            debug!(error = %e, codec = codec.name(), "hls: undecodable video frame, waiting for a keyframe");
             self.stats.frames_dropped += 1;
             return changed | self.resync();
-        }
-        if sps.is_some() {
-            self.sps = sps;
-        }
-        if pps.is_some() {
-            self.pps = pps;
         }
         if self.frame.is_empty() {
             return changed;
         }
         if keyframe {
-            let video = match (&self.sps, &self.pps) {
-                (Some(s), Some(p)) => H264Track::new(s, p),
-                _ => None,
-            };
-            let Some(video) = video else {
-                // Nothing can decode it without parameter sets.
-                self.stats.frames_dropped += 1;
-                self.waiting_keyframe = true;
-                return changed;
-            };
-            let tracks = Tracks {
-                video: Some(video),
-                audio_channels: (audio_expected || self.audio_seen).then_some(2),
-            };
-            changed |= self.use_tracks(tracks);
-            self.waiting_keyframe = false;
-        } else if self.waiting_keyframe || self.tracks.as_ref().is_none_or(|t| t.video.is_none()) {
+            match self.video_track(codec) {
+                Some(video) => {
+                    let tracks = Tracks {
+                        video: Some(video),
+                        audio_channels: (audio_expected || self.audio_seen).then_some(2),
+                    };
+                    changed |= self.use_tracks(tracks);
+                    self.waiting_keyframe = false;
+                }
+                // Flagged as a keyframe by its RTP payload, but its header says
+                // otherwise (e.g. a VP9 intra-only frame): an ordinary frame.
+                None if !self.waiting_keyframe => keyframe = false,
+                None => {
+                    // Nothing can decode it without parameter sets.
+                    self.stats.frames_dropped += 1;
+                    return changed;
+                }
+            }
+        }
+        if self.waiting_keyframe || self.tracks.as_ref().is_none_or(|t| t.video.is_none()) {
             self.stats.frames_dropped += 1;
             return changed;
         }
@@ -316,6 +313,57 @@ impl Segmenter {
         self.part.video_data.extend_from_slice(&self.frame);
         self.last_vdts = Some(t);
         changed
+    }
+
+    /// Reassembles an H.264 access unit as AVCC into `self.frame`, parameter
+    /// sets kept aside (in `self.sps`, `self.pps`).
+    fn depacketize_h264<'a>(
+        &mut self,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), rtp_h264::DepacketizeError> {
+        let (mut sps, mut pps) = (None, None);
+        let frame = &mut self.frame;
+        rtp_h264::depacketize(payloads, &mut self.scratch, |nal| {
+            match h264::nal_type(nal) {
+                h264::NAL_SPS => sps = Some(nal.to_vec()),
+                h264::NAL_PPS => pps = Some(nal.to_vec()),
+                h264::NAL_AUD | h264::NAL_FILLER => {}
+                _ => {
+                    frame.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                    frame.extend_from_slice(nal);
+                }
+            }
+        })?;
+        if sps.is_some() {
+            self.sps = sps;
+        }
+        if pps.is_some() {
+            self.pps = pps;
+        }
+        Ok(())
+    }
+
+    /// The video track a keyframe (in `self.frame`) describes, if it does.
+    fn video_track(&self, codec: VideoCodec) -> Option<VideoTrack> {
+        match codec {
+            VideoCodec::H264 => {
+                H264Track::new(self.sps.as_deref()?, self.pps.as_deref()?).map(VideoTrack::H264)
+            }
+            VideoCodec::Vp8 => {
+                let k = vp8::parse_keyframe(&self.frame)?;
+                Some(VideoTrack::Vp8(Vp8Track {
+                    width: u16::try_from(k.width).ok()?,
+                    height: u16::try_from(k.height).ok()?,
+                }))
+            }
+            VideoCodec::Vp9 => {
+                Vp9Track::new(vp9::parse_keyframe(&self.frame)?).map(VideoTrack::Vp9)
+            }
+            VideoCodec::Av1 => {
+                let (obu, seq) = av1::find_sequence_header(&self.frame)?;
+                Av1Track::new(obu, seq).map(VideoTrack::Av1)
+            }
+        }
     }
 
     /// Adds one Opus packet. `video_expected`: the publisher announced video
@@ -570,6 +618,7 @@ mod tests {
             let wall = self.t0 + Duration::from_micros(t * 100 / 9);
             let mut changed = s.push_video(
                 publisher,
+                VideoCodec::H264,
                 t as u32,
                 key,
                 out.iter().map(|b| &b[..]),
@@ -592,6 +641,154 @@ mod tests {
             Any::Moof(m) => m,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// 2 s of a 30 fps `codec` stream made of real encoder frames (`key`
+    /// every 30 frames, `inter` between), packetized as a WebRTC sender does,
+    /// with 20 ms Opus; returns the segmenter.
+    fn feed_webrtc(codec: VideoCodec, key: &[u8], inter: &[u8]) -> Segmenter {
+        use crate::media::rtp_video::tests::{av1_packets, vp9_packets};
+        let mut s = Segmenter::new(params());
+        let t0 = SystemTime::UNIX_EPOCH;
+        let mut audio = 0u64;
+        for i in 0..61u64 {
+            let is_key = i % 30 == 0;
+            let frame = if is_key { key } else { inter };
+            let packets = match codec {
+                VideoCodec::Vp9 => vp9_packets(frame, 0, 1000),
+                _ => av1_packets(frame, 1000),
+            };
+            let t = i * 3000;
+            s.push_video(
+                1,
+                codec,
+                t as u32,
+                is_key,
+                packets.iter().map(|p| &p[..]),
+                t0,
+                true,
+            );
+            while audio * 960 <= t * 8 / 15 {
+                s.push_audio(1, (audio * 960) as u32, &[0xfc, 1, 2, 3], t0, true);
+                audio += 1;
+            }
+        }
+        assert_eq!(s.stats.frames_dropped, 0);
+        s
+    }
+
+    /// The init segment's video sample entry, and the video samples of the
+    /// first part of segment 1 (which starts at a key frame).
+    fn init_and_first_samples(s: &Segmenter) -> (mp4_atom::Codec, Vec<Vec<u8>>) {
+        let init = s.playlist.init(0).expect("init");
+        let buf = &mut std::io::Cursor::new(&init[..]);
+        mp4_atom::Ftyp::decode(buf).unwrap();
+        let moov = mp4_atom::Moov::decode(buf).unwrap();
+        let entry = moov.trak[0].mdia.minf.stbl.stsd.codecs[0].clone();
+        assert_eq!(
+            moov.trak[1].mdia.hdlr.handler,
+            mp4_atom::FourCC::new(b"soun")
+        );
+        let part = &s.playlist.complete_segment(1).unwrap().parts[0].data;
+        let m = moof(part);
+        let run = &m.traf[0].trun[0];
+        let mut at = run.data_offset.unwrap() as usize;
+        let mut samples = Vec::new();
+        for e in run.samples.iter() {
+            let n = e.size.unwrap() as usize;
+            samples.push(part[at..at + n].to_vec());
+            at += n;
+        }
+        assert_eq!(
+            run.samples.iter().next().unwrap().flags,
+            Some(fmp4::FLAGS_SYNC)
+        );
+        (entry, samples)
+    }
+
+    #[test]
+    fn vp9_from_webrtc_makes_a_vp09_init_and_descriptor_free_samples() {
+        let frames = crate::media::vp9::tests::ivf_frames(crate::media::vp9::tests::VP9_320X180);
+        let s = feed_webrtc(VideoCodec::Vp9, frames[0], frames[1]);
+        assert_eq!(s.codecs().as_deref(), Some("vp09.00.11.08,opus"));
+        let (entry, samples) = init_and_first_samples(&s);
+        match entry {
+            mp4_atom::Codec::Vp09(v) => {
+                assert_eq!((v.visual.width, v.visual.height), (320, 180));
+                assert_eq!((v.vpcc.profile, v.vpcc.level, v.vpcc.bit_depth), (0, 11, 8));
+                assert_eq!(v.vpcc.chroma_subsampling, 0);
+            }
+            other => panic!("video sample entry {other:?}"),
+        }
+        assert_eq!(samples[0], frames[0], "the key frame as libvpx wrote it");
+        assert_eq!(samples[1], frames[1]);
+    }
+
+    #[test]
+    fn av1_from_webrtc_makes_an_av01_init_and_low_overhead_samples() {
+        let frames = crate::media::vp9::tests::ivf_frames(crate::media::av1::tests::AV1_320X180);
+        let s = feed_webrtc(VideoCodec::Av1, frames[0], frames[1]);
+        let (seq_obu, seq) = crate::media::av1::find_sequence_header(frames[0]).unwrap();
+        assert_eq!(
+            s.codecs().unwrap(),
+            format!("av01.0.{:02}M.08,opus", seq.seq_level_idx_0)
+        );
+        let (entry, samples) = init_and_first_samples(&s);
+        match entry {
+            mp4_atom::Codec::Av01(v) => {
+                assert_eq!((v.visual.width, v.visual.height), (320, 180));
+                assert_eq!(v.av1c.seq_profile, 0);
+                assert_eq!(v.av1c.seq_level_idx_0, seq.seq_level_idx_0);
+                assert!(!v.av1c.high_bitdepth);
+                assert!(v.av1c.chroma_subsampling_x && v.av1c.chroma_subsampling_y);
+                // configOBUs: the sequence header OBU, with its size field.
+                let (o, rest) = crate::media::av1::split_obu(&v.av1c.config_obus).unwrap();
+                assert!(rest.is_empty() && o.bytes[0] & 0x02 != 0);
+                assert_eq!(
+                    o.payload,
+                    crate::media::av1::split_obu(seq_obu).unwrap().0.payload
+                );
+            }
+            other => panic!("video sample entry {other:?}"),
+        }
+        // Samples: the temporal unit without its temporal delimiter, every OBU
+        // with a size field; the key frame's starts with the sequence header.
+        for (sample, tu) in samples.iter().zip([frames[0], frames[1]]) {
+            let types = |d: &[u8]| -> Vec<(u8, Vec<u8>)> {
+                crate::media::av1::obus(d)
+                    .map(Result::unwrap)
+                    .filter(|o| o.obu_type != crate::media::av1::OBU_TEMPORAL_DELIMITER)
+                    .map(|o| (o.obu_type, o.payload.to_vec()))
+                    .collect()
+            };
+            assert!(crate::media::av1::obus(sample).all(|o| o.unwrap().bytes[0] & 0x02 != 0));
+            assert_eq!(types(sample), types(tu));
+        }
+        assert_eq!(
+            samples[0][0] >> 3 & 0x0f,
+            crate::media::av1::OBU_SEQUENCE_HEADER
+        );
+    }
+
+    #[test]
+    fn a_keyframe_flag_on_a_frame_that_is_not_one_waits_or_counts_as_inter() {
+        let frames = crate::media::vp9::tests::ivf_frames(crate::media::vp9::tests::VP9_320X180);
+        let packets = crate::media::rtp_video::tests::vp9_packets(frames[1], 0, 1000);
+        let mut s = Segmenter::new(params());
+        let t0 = SystemTime::UNIX_EPOCH;
+        // Flagged as a keyframe (e.g. intra-only), but no key frame header:
+        // nothing to describe the track with yet.
+        assert!(!s.push_video(
+            1,
+            VideoCodec::Vp9,
+            0,
+            true,
+            packets.iter().map(|p| &p[..]),
+            t0,
+            false
+        ));
+        assert_eq!(s.stats.frames_dropped, 1);
+        assert!(s.codecs().is_none());
     }
 
     #[test]
