@@ -3,7 +3,7 @@
 //
 //   node pages.mjs SCENARIO --base http://127.0.0.1:PORT [--artifacts DIR] [options]
 //
-// Scenarios: watch, chat, embed, multiview, widget, publish, index, hls (see each function),
+// Scenarios: watch, chat, embed, multiview, widget, publish, index, hls, hls-codec, ice-fail (see each function),
 // and mx-watch, mx-widget against a real Synapse room (tests/matrix_pages.rs).
 // Every stdout line is one JSON object with a "type": step lines the Rust test
 // reacts to (e.g. {"type":"offline_shown"} → it starts the publisher), "shot"
@@ -673,8 +673,9 @@ async function index(browser) {
 
 /** The LL-HLS fallback: in a browser without WebRTC the player loads roomcast's
  *  /hls/{stream}/index.m3u8 with hls.js and plays the live stream (playlist, init and
- *  parts from the real server); when the server answers 404 for HLS (turned off) the
- *  page says it cannot connect and keeps trying. */
+ *  parts from the real server; --size WxH: at that size); then, unless --only-play,
+ *  when the server answers 404 for HLS (turned off) the page says it cannot connect
+ *  and keeps trying. */
 async function hls(browser) {
   const stream = opt('stream', 't1');
   const noWebrtc = () => { delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection; };
@@ -696,6 +697,9 @@ async function hls(browser) {
   await waitFor('playback to advance', async () => (await page.evaluate(() => window.roomcast.player.video.currentTime)) > t0 + 1);
   const label = await page.evaluate(() => document.querySelector('.rc-path').textContent);
   check(label === 'LL-HLS: this browser has no WebRTC', `path label: ${label}`);
+  // --size WxH: the picture size the publisher sends.
+  const size = opt('size');
+  if (size) check(`${st.width}x${st.height}` === size, `video ${st.width}x${st.height}, expected ${size}`);
   const latency = await page.evaluate(() => {
     const h = window.roomcast.player.hls;
     const d = h && h.playingDate;
@@ -705,8 +709,9 @@ async function hls(browser) {
   check(ok((s) => s.name === 'index.m3u8' && /mpegurl/.test(s.type)), `playlist: ${JSON.stringify(served)}`);
   check(ok((s) => /^init-.*\.mp4$/.test(s.name) && s.type === 'video/mp4'), `init: ${JSON.stringify(served)}`);
   check(ok((s) => /^(part|seg)-.*\.m4s$/.test(s.name)), `media: ${JSON.stringify(served)}`);
-  await shots(page, 'watch-hls', async () => (await playerStats(page))?.state === 'playing');
+  await shots(page, `watch-hls${size ? `-${stream}` : ''}`, async () => (await playerStats(page))?.state === 'playing');
   await ctx.close();
+  if (has('only-play')) return { hls: st, latency, label, requests: served.length };
 
   // A server without HLS (404): a plain sentence without protocol names.
   allowedErrors.push(/status of 404/);
@@ -723,6 +728,52 @@ async function hls(browser) {
   check(!/WebRTC|HLS|codec/i.test(msg), `jargon in: ${msg}`);
   await ctx2.close();
   return { hls: st, latency, label, requests: served.length, without_playlist: msg };
+}
+
+/** /watch/{stream} in a browser without WebRTC whose MSE refuses the stream's codec
+ *  (--refuse CODEC, e.g. vp09: isTypeSupported says no and addSourceBuffer throws, as in a
+ *  browser without that decoder): the page says in plain words that this browser cannot
+ *  play the stream's video format, and keeps saying it (no retry loop). */
+async function hlsCodec(browser) {
+  const stream = opt('stream', 't1');
+  const refuse = opt('refuse', 'vp09');
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  await ctx.addInitScript((refuse) => {
+    delete window.RTCPeerConnection;
+    delete window.webkitRTCPeerConnection;
+    const supported = MediaSource.isTypeSupported.bind(MediaSource);
+    MediaSource.isTypeSupported = (t) => !t.includes(refuse) && supported(t);
+    const add = MediaSource.prototype.addSourceBuffer;
+    MediaSource.prototype.addSourceBuffer = function (t) {
+      if (t.includes(refuse)) throw new DOMException(`${t} is not supported`, 'NotSupportedError');
+      return add.call(this, t);
+    };
+  }, refuse);
+  const page = await ctx.newPage();
+  watchConsole(page, 'hls-codec');
+  await page.goto(`${BASE}/watch/${stream}`);
+  const status = () => page.evaluate(() => {
+    const el = document.querySelector('.rc-status');
+    const p = window.roomcast && window.roomcast.player;
+    return { text: el && !el.hidden ? el.textContent : null, state: p ? p.state : null, mode: p ? p.mode : null };
+  });
+  const first = await waitFor('the cannot-play-this-format sentence', async () => {
+    const x = await status();
+    return x.text && /cannot play this stream's video format/i.test(x.text) ? x : null;
+  }, 20000);
+  check(!/WebRTC|HLS|codec|MSE/i.test(first.text), `jargon in: ${first.text}`);
+  // It stays: no retry loop through "Reconnecting…".
+  const seen = new Set([first.text]);
+  const until = Date.now() + 5000;
+  while (Date.now() < until) {
+    const x = await status();
+    if (x.text) seen.add(x.text);
+    check(x.state !== 'playing', `plays although ${refuse} is refused`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  check(seen.size === 1, `the sentence changed: ${JSON.stringify([...seen])}`);
+  await ctx.close();
+  return { status: first.text, state: first.state };
 }
 
 /** /watch/{stream} of a live H.264 stream on a server whose ICE candidates nobody can
@@ -1064,7 +1115,7 @@ async function mxWidget(browser) {
 }
 
 // --- main ---------------------------------------------------------------------------
-const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget };
+const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget };
 
 async function main() {
   const result = { type: 'result', scenario, ok: false };

@@ -6,7 +6,8 @@
 //   first WebRTC frame → LL-HLS at once (retrying WebRTC would fail the same way);
 // - after WebRTC played, a loss re-negotiates with backoff, and after
 //   WEBRTC_LOSSES_BEFORE_HLS failed attempts in a row it switches to LL-HLS;
-// - without HLS, it says in plain words why there is no picture.
+// - without HLS (or when this browser's MSE cannot decode the stream's codec
+//   either), it says in plain words why there is no picture.
 // A small label (.rc-path) names the path that plays and why. It keeps its
 // PeerConnection across a publisher reconnect (the server keeps it too).
 import { errorFrom, withQuery } from './api.js';
@@ -303,7 +304,8 @@ export class Player extends EventTarget {
         return this.fail('This stream is private. Open it from the link you were given, or from its Matrix room.', err.code);
       case 'no_common_codec':
         // This browser cannot decode the stream's codec over WebRTC (e.g. Firefox
-        // without OpenH264 and an H.264 stream): HLS at once, when there is HLS.
+        // without OpenH264 and an H.264 stream): HLS at once, when there is HLS
+        // (H.264, VP9 and AV1 streams; the playlist answers 422 for VP8).
         return this.tryHls(gen, 'codec', codecIn(err.message));
       case 'access_denied':
         if (!this.refreshedToken) {
@@ -393,8 +395,16 @@ export class Player extends EventTarget {
       // Up to 1.5× speed to catch up with the live edge after a join or a stall.
       const hls = new Hls({ lowLatencyMode: true, backBufferLength: 30, maxLiveSyncPlaybackRate: 1.5 });
       this.hls = hls;
+      // This browser's MSE cannot decode the stream's codec (e.g. AV1 where no
+      // decoder is built in): no picture either way, so say so, not retry.
+      const codecErrors = [Hls.ErrorDetails.BUFFER_ADD_CODEC_ERROR,
+        Hls.ErrorDetails.BUFFER_INCOMPATIBLE_CODECS_ERROR, Hls.ErrorDetails.MANIFEST_INCOMPATIBLE_CODECS_ERROR];
       hls.on(Hls.Events.ERROR, (_ev, data) => {
-        if (!data.fatal || gen !== this.gen) return;
+        if (gen !== this.gen) return;
+        if (codecErrors.includes(data.details) && this.state !== 'playing') {
+          return this.fail(NO_PICTURE.codec, 'no_picture_codec');
+        }
+        if (!data.fatal) return;
         this.teardown();
         this.mode = 'webrtc';
         this.why = null;
