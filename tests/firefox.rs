@@ -1,8 +1,10 @@
 //! Debian's stock firefox-esr (no OpenH264: no H.264 over WebRTC), headless,
 //! driven over Marionette by tests/py/firefox_page.py, against the real binary:
 //! the watch page of an H.264 RTMP stream plays through LL-HLS within 5 s and says
-//! why; a WHIP VP8 stream plays in the same Firefox over WebRTC; and an ICE
-//! failure before the first frame is counted as such.
+//! why; a WHIP VP8 stream plays in the same Firefox over WebRTC; ICE that
+//! cannot succeed on VP9 and AV1 WHIP streams falls back to LL-HLS (vp09/av01);
+//! and on a VP8 stream (no LL-HLS: no browser's MSE takes VP8 in MP4) the page
+//! says in plain words why there is no picture.
 //! Needs `firefox-esr` (scripts/test.sh installs it) and marionette-driver in the
 //! test Python (tests/py/requirements.txt).
 
@@ -73,10 +75,12 @@ fn stock_firefox_plays_h264_over_ll_hls_and_vp8_over_webrtc() {
 /// ICE that cannot succeed in Firefox: with `media.peerconnection.ice.loopback`
 /// off, Firefox drops every candidate of the loopback server (UDP and TCP), so
 /// ICE fails before the first frame (Firefox gives up after ~5 s, before the
-/// page's connect timer). Stock Firefox decodes only VP8/VP9/AV1 over WebRTC,
-/// which roomcast's LL-HLS does not carry, so the page cannot fall back: it must
-/// say the network seems to block live video, never "Connection lost.
-/// Reconnecting…" (the old endless loop), and the viewer count must not flap.
+/// page's connect timer). Stock Firefox decodes only VP8/VP9/AV1 over WebRTC;
+/// VP9 and AV1 have LL-HLS (`firefox_ice_failure_falls_back_to_ll_hls_on_vp9_and_av1`),
+/// VP8 has none (no browser's MSE takes VP8 in MP4), so here the page cannot
+/// fall back: it must say the network seems to block live video, never
+/// "Connection lost. Reconnecting…" (the old endless loop), and the viewer
+/// count must not flap.
 #[test]
 fn firefox_ice_failure_is_counted_before_the_first_frame() {
     let _serial = serial();
@@ -104,4 +108,60 @@ fn firefox_ice_failure_is_counted_before_the_first_frame() {
     );
     let r = finish_scenario(&mut tool, "Firefox, ICE cannot succeed", FIREFOX_TIMEOUT);
     println!("{}", r["visits"]);
+}
+
+/// ICE that cannot succeed in Firefox (as above: loopback candidates dropped,
+/// UDP and TCP) on the watch pages of VP9 and AV1 WHIP streams, which stock
+/// Firefox would play over WebRTC: each page gives up on WebRTC before its
+/// first frame and plays LL-HLS (vp09 / av01 in fMP4) within 12 s of opening,
+/// at the publisher's 640x360, says why, keeps playing for 8 s with a viewer
+/// count that never changed, and logs no console error.
+///
+/// The publishers are Chromium's own WHIP client with its fake camera
+/// (`tests/browser/publish.mjs`, codec chosen by setCodecPreferences): a real
+/// browser encoder and RTP packetizer (VP9 payload descriptors, AV1
+/// aggregation headers and OBU fragments), which aiortc (VP8/H.264 only)
+/// cannot provide.
+#[test]
+fn firefox_ice_failure_falls_back_to_ll_hls_on_vp9_and_av1() {
+    let _serial = serial();
+    let server = Server::start("");
+    let base = server.base_url();
+    let mut publishers = Vec::new();
+    let mut visits = Vec::new();
+    for (codec, stream) in [("VP9", STREAM), ("AV1", STREAM2)] {
+        let key = server.key(stream).to_string();
+        let p = chromium_publisher(&base, stream, Some(&key), Some(codec), None);
+        let sample = p.wait_for(&format!("{codec} frames"), MEDIA_TIMEOUT, |v| {
+            v["type"] == "sample" && v["video"]["framesEncoded"].as_u64().unwrap_or(0) > 10
+        });
+        assert_eq!(
+            sample["video"]["codec"],
+            format!("video/{codec}"),
+            "{sample}"
+        );
+        server.wait_live(stream, LIVE_TIMEOUT);
+        publishers.push(p);
+        visits.push(json!({
+            "name": format!("{codec}, ICE cannot succeed"), "path": format!("/watch/{stream}"),
+            "prefs": {"media.peerconnection.ice.loopback": false},
+            "mode": "hls", "within_s": 12, "width": 640, "height": 360, "hold_s": 8,
+            "label": "^LL-HLS: WebRTC could not connect on this network$",
+        }));
+    }
+    let mut tool = firefox(&server, &visits);
+    let r = finish_scenario(
+        &mut tool,
+        "Firefox, ICE cannot succeed, VP9/AV1",
+        FIREFOX_TIMEOUT,
+    );
+    for v in r["visits"].as_array().unwrap() {
+        println!(
+            "{}: LL-HLS playing after {} ms, viewers shown {}: {}",
+            v["name"], v["after_ms"], v["viewers"], v["stats"]
+        );
+    }
+    for mut p in publishers {
+        p.stop(MEDIA_TIMEOUT);
+    }
 }

@@ -510,3 +510,110 @@ fn whip_h264_plays_over_hls_and_vp8_is_refused_with_its_codec() {
     assert!(has(b"avc1") && has(b"avcC") && has(b"Opus") && has(b"dOps"));
     h264.stop(MEDIA_TIMEOUT);
 }
+
+/// VP9 and AV1 from Chromium's WHIP publisher (its fake camera at 640x360,
+/// the codec chosen with setCodecPreferences) are muxed as `vp09` + `vpcC`
+/// and `av01` + `av1C`: the init segment parses back with mp4-atom, and
+/// ffprobe reads an init segment + part concatenation as the right codec and
+/// size (what a player's demuxer sees first).
+#[test]
+fn whip_vp9_and_av1_are_muxed_as_vp09_and_av01_and_ffprobe_reads_them() {
+    use mp4_atom::{Codec, Decode, Ftyp, Moov};
+    let _serial = serial();
+    let server = Server::start("");
+    let base = server.base_url();
+    for (codec, stream, probe_name) in [("VP9", STREAM, "vp9"), ("AV1", STREAM2, "av1")] {
+        let key = server.key(stream).to_string();
+        let mut publisher =
+            common::publishers::chromium_publisher(&base, stream, Some(&key), Some(codec), None);
+        let sample = publisher.wait_for(&format!("{codec} frames"), MEDIA_TIMEOUT, |v| {
+            v["type"] == "sample" && v["video"]["framesEncoded"].as_u64().unwrap_or(0) > 10
+        });
+        let sent = sample["video"]["codec"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            sent.to_uppercase().contains(codec),
+            "sent {sent}, wanted {codec}"
+        );
+        server.wait_live(stream, LIVE_TIMEOUT);
+        let r = server.get(&playlist_path(stream));
+        assert_eq!(r.status, 200, "{codec}: {}", r.text());
+        let first = parse_playlist(&r.text());
+        let p = block_for_segment(&server, stream, first.media_sequence + 1);
+        let init = server.get(&format!("/hls/{stream}/{}", p.map.as_ref().unwrap()));
+        assert_eq!(init.status, 200);
+        assert_eq!(init.content_type(), "video/mp4");
+        let buf = &mut std::io::Cursor::new(&init.body[..]);
+        Ftyp::decode(buf).unwrap();
+        let moov = Moov::decode(buf).unwrap();
+        let video = moov
+            .trak
+            .iter()
+            .find(|t| t.mdia.hdlr.handler == mp4_atom::FourCC::new(b"vide"))
+            .expect("a video track");
+        match (&video.mdia.minf.stbl.stsd.codecs[0], codec) {
+            (Codec::Vp09(v), "VP9") => {
+                assert_eq!((v.visual.width, v.visual.height), (640, 360));
+                assert_eq!((v.vpcc.profile, v.vpcc.bit_depth), (0, 8), "{v:?}");
+                assert_eq!(v.vpcc.level, 21, "640x360 at 30 fps");
+            }
+            (Codec::Av01(v), "AV1") => {
+                assert_eq!((v.visual.width, v.visual.height), (640, 360));
+                assert_eq!(v.av1c.seq_profile, 0, "{v:?}");
+                assert!(!v.av1c.config_obus.is_empty(), "the sequence header OBU");
+            }
+            (other, _) => panic!("{codec}: video sample entry {other:?}"),
+        }
+        // The first part of the complete segment starts at a key frame.
+        let msn = p.segments.last().unwrap().0;
+        let (_, _, _, independent, uri) = p
+            .parts
+            .iter()
+            .find(|x| x.0 == msn && x.1 == 0)
+            .expect("parts of the last complete segment")
+            .clone();
+        assert!(independent);
+        let part = server.get(&format!("/hls/{stream}/{uri}"));
+        assert_eq!(part.status, 200);
+        let file = std::env::temp_dir().join(format!(
+            "roomcast-hls-{}-{probe_name}-init-part.mp4",
+            std::process::id()
+        ));
+        std::fs::write(&file, [&init.body[..], &part.body[..]].concat()).unwrap();
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-count_frames", "-show_entries"])
+            .arg("stream=codec_name,codec_type,width,height,nb_read_frames")
+            .args(["-of", "json"])
+            .arg(&file)
+            .output()
+            .expect("run ffprobe");
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "ffprobe: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let streams = probe["streams"].as_array().unwrap();
+        let v = streams.iter().find(|s| s["codec_type"] == "video").unwrap();
+        // Decoded without a complaint (-v error prints any decoding error).
+        assert!(
+            out.stderr.is_empty(),
+            "ffprobe: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let decoded: u64 = v["nb_read_frames"].as_str().unwrap_or("0").parse().unwrap();
+        assert!(decoded >= 2, "{probe}");
+        assert_eq!(v["codec_name"], probe_name, "{probe}");
+        assert_eq!(
+            (v["width"].as_u64(), v["height"].as_u64()),
+            (Some(640), Some(360)),
+            "{probe}"
+        );
+        assert!(streams.iter().any(|s| s["codec_name"] == "opus"), "{probe}");
+        println!("{codec}: {} via {sent}; ffprobe {probe}", p.map.unwrap());
+        publisher.stop(MEDIA_TIMEOUT);
+    }
+}

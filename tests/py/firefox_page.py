@@ -8,7 +8,9 @@ player plays. tests/firefox.rs drives it.
 Each ``--visit`` is a JSON object: ``path`` (e.g. /watch/t1), ``mode`` the player
 must play in ("hls" or "webrtc"), ``within_s`` from opening the page to playing,
 ``label`` (a regular expression the .rc-path label must match), optional
-``width``/``height`` of the video and ``prefs`` set before the visit. A visit with
+``width``/``height`` of the video, ``prefs`` set before the visit, and
+``hold_s``: after playing, it must keep playing in ``mode`` that long, with a
+viewer count that never changed from the first one shown. A visit with
 ``status`` (a regular expression) expects no picture: that sentence within
 ``within_s``, then for ``hold_s`` no ``never_status`` sentence, no playback and an
 unchanged viewer count. Visits run one after the other in the same
@@ -234,10 +236,16 @@ def visit(m: Marionette, base: str, v: dict) -> dict:
         return no_picture(m, v, t0)
 
     trace = []  # (ms, state, mode, status) each time one changes: why a visit was slow
+    viewers = []  # every viewer count shown, in order, from the first
+
+    def seen(x):
+        if x and not x.get("missing") and x["viewers"] is not None and (not viewers or viewers[-1] != x["viewers"]):
+            viewers.append(x["viewers"])
+        return x
 
     def playing():
         try:
-            s = stats(m)
+            s = seen(stats(m))
         except Exception as e:  # noqa: BLE001 (kept in the trace: why a visit was slow)
             trace.append([round((time.monotonic() - t0) * 1000), "error", type(e).__name__, str(e)[:200]])
             raise
@@ -255,8 +263,21 @@ def visit(m: Marionette, base: str, v: dict) -> dict:
     after = time.monotonic() - t0
     t1 = s["time"]
     s2 = wait_for("the video to advance", lambda: (lambda x: x if x["time"] > t1 + 1 and x["frames"] >= s["frames"] + 10 else None)(
-        stats(m)), 15)
+        seen(stats(m))), 15)
     problems = []
+    end = time.monotonic() + float(v.get("hold_s", 0))
+    while time.monotonic() < end:
+        x = seen(stats(m))
+        if x["mode"] != v["mode"] or x["state"] != "playing":
+            problems.append(f"stopped playing over {v['mode']}: {x}")
+            break
+        time.sleep(0.2)
+    if v.get("hold_s"):
+        last = seen(stats(m))
+        if last["time"] < s2["time"] + float(v["hold_s"]) / 2:
+            problems.append(f"the video stalled: {s2['time']:.1f} s → {last['time']:.1f} s in {v['hold_s']} s")
+        if len(viewers) > 1:
+            problems.append(f"the viewer count changed: {viewers}")
     if after > within:
         problems.append(f"played after {after:.1f} s (limit {within} s)")
     if v.get("width") and (s2["width"], s2["height"]) != (v["width"], v["height"]):
@@ -266,7 +287,7 @@ def visit(m: Marionette, base: str, v: dict) -> dict:
     if s2["mode"] != v["mode"] or s2["state"] != "playing":
         problems.append(f"not playing over {v['mode']} any more: {s2}")
     out = {"type": "visit", "name": v.get("name", v["path"]), "after_ms": round(after * 1000),
-           "stats": s2, "trace": trace, "ok": not problems, "problems": problems}
+           "stats": s2, "trace": trace, "viewers": viewers, "ok": not problems, "problems": problems}
     emit(out)
     # Leave the page (closing its session) before the next visit.
     m.navigate("about:blank")
