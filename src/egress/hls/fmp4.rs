@@ -586,6 +586,71 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn ten_bit_vp9_and_av1_tracks_encode_and_name_their_codec() {
+        use crate::media::{av1, vp9};
+        let frames = |ivf| crate::media::vp9::tests::ivf_frames(ivf);
+        // libvpx-vp9 -profile:v 2 -pix_fmt yuv420p10le, 160x90.
+        let key = vp9::parse_keyframe(
+            frames(include_bytes!(
+                "../../media/testdata/vp9_p2_10bit_160x90.ivf"
+            ))[0],
+        )
+        .unwrap();
+        let v = VideoTrack::Vp9(Vp9Track::new(key).unwrap());
+        assert_eq!(v.codec(), "vp09.02.10.10");
+        // libaom-av1 -pix_fmt yuv420p10le, 160x90: Main profile, 10 bits.
+        let tu = frames(include_bytes!("../../media/testdata/av1_10bit_160x90.ivf"))[0];
+        let (obu, seq) = av1::find_sequence_header(tu).unwrap();
+        let a = VideoTrack::Av1(Av1Track::new(obu, seq).unwrap());
+        assert_eq!(a.codec(), format!("av01.0.{:02}M.10", seq.seq_level_idx_0));
+        for video in [v, a] {
+            let bytes = init_segment(&Tracks {
+                video: Some(video.clone()),
+                audio_channels: None,
+            })
+            .unwrap();
+            let buf = &mut std::io::Cursor::new(&bytes);
+            Ftyp::decode(buf).unwrap();
+            let moov = Moov::decode(buf).unwrap();
+            match (&moov.trak[0].mdia.minf.stbl.stsd.codecs[0], &video) {
+                (Codec::Vp09(e), VideoTrack::Vp9(t)) => {
+                    assert_eq!((e.vpcc.profile, e.vpcc.bit_depth), (2, 10));
+                    assert_eq!(e.vpcc.level, t.level);
+                    assert_eq!((e.visual.width, e.visual.height), (160, 90));
+                }
+                (Codec::Av01(e), VideoTrack::Av1(_)) => {
+                    assert!(e.av1c.high_bitdepth && !e.av1c.twelve_bit);
+                    assert_eq!(e.av1c.config_obus, obu);
+                    assert_eq!((e.visual.width, e.visual.height), (160, 90));
+                }
+                (other, _) => panic!("{other:?}"),
+            }
+        }
+        // VP8 (not served over HLS, but muxable): vp08 + vpcC.
+        let vp8 = VideoTrack::Vp8(Vp8Track {
+            width: 640,
+            height: 360,
+        });
+        assert_eq!(vp8.codec(), "vp08.00.21.08");
+        let bytes = init_segment(&Tracks {
+            video: Some(vp8),
+            audio_channels: Some(2),
+        })
+        .unwrap();
+        let buf = &mut std::io::Cursor::new(&bytes);
+        Ftyp::decode(buf).unwrap();
+        assert!(matches!(
+            Moov::decode(buf).unwrap().trak[0]
+                .mdia
+                .minf
+                .stbl
+                .stsd
+                .codecs[0],
+            Codec::Vp08(_)
+        ));
+    }
+
+    #[test]
     fn fragment_offsets_sizes_and_times() {
         let video = [
             Sample {
