@@ -114,8 +114,11 @@ fn firefox_ice_failure_is_counted_before_the_first_frame() {
 /// UDP and TCP) on the watch pages of VP9 and AV1 WHIP streams, which stock
 /// Firefox would play over WebRTC: each page gives up on WebRTC before its
 /// first frame and plays LL-HLS (vp09 / av01 in fMP4) within 12 s of opening,
-/// at the publisher's 640x360, says why, keeps playing for 8 s with a viewer
-/// count that never changed, and logs no console error.
+/// at the publisher's 640x360, says why, keeps playing with a viewer count
+/// that never changed (AV1: for 22 s, through a background WebRTC try that
+/// fails unseen), and logs no console error. Then, for VP9, the network heals
+/// (the pref back on): the player's background WebRTC try connects and the
+/// page plays over WebRTC again.
 ///
 /// The publishers are Chromium's own WHIP client with its fake camera
 /// (`tests/browser/publish.mjs`, codec chosen by setCodecPreferences): a real
@@ -142,12 +145,25 @@ fn firefox_ice_failure_falls_back_to_ll_hls_on_vp9_and_av1() {
         );
         server.wait_live(stream, LIVE_TIMEOUT);
         publishers.push(p);
-        visits.push(json!({
+        let mut visit = json!({
             "name": format!("{codec}, ICE cannot succeed"), "path": format!("/watch/{stream}"),
             "prefs": {"media.peerconnection.ice.loopback": false},
-            "mode": "hls", "within_s": 12, "width": 640, "height": 360, "hold_s": 8,
+            "mode": "hls", "within_s": 12, "width": 640, "height": 360,
             "label": "^LL-HLS: WebRTC could not connect on this network$",
-        }));
+        });
+        if codec == "VP9" {
+            // The network heals: the player's background WebRTC try (15 s
+            // after LL-HLS started) connects and WebRTC takes over.
+            visit["hold_s"] = json!(8);
+            visit["then"] = json!({
+                "prefs": {"media.peerconnection.ice.loopback": true},
+                "mode": "webrtc", "within_s": 40, "label": "^WebRTC$",
+            });
+        } else {
+            // Long enough for a background WebRTC try to fail unseen.
+            visit["hold_s"] = json!(22);
+        }
+        visits.push(visit);
     }
     let mut tool = firefox(&server, &visits);
     let r = finish_scenario(
@@ -157,8 +173,8 @@ fn firefox_ice_failure_falls_back_to_ll_hls_on_vp9_and_av1() {
     );
     for v in r["visits"].as_array().unwrap() {
         println!(
-            "{}: LL-HLS playing after {} ms, viewers shown {}: {}",
-            v["name"], v["after_ms"], v["viewers"], v["stats"]
+            "{}: LL-HLS playing after {} ms, viewers shown {}: {}; switched back {}",
+            v["name"], v["after_ms"], v["viewers"], v["stats"], v["switched"]
         );
     }
     for mut p in publishers {

@@ -10,7 +10,10 @@ must play in ("hls" or "webrtc"), ``within_s`` from opening the page to playing,
 ``label`` (a regular expression the .rc-path label must match), optional
 ``width``/``height`` of the video, ``prefs`` set before the visit, and
 ``hold_s``: after playing, it must keep playing in ``mode`` that long, with a
-viewer count that never changed from the first one shown. A visit with
+viewer count that never changed from the first one shown; ``then``: after
+that, ``then.prefs`` are set and the player must switch to ``then.mode``
+within ``then.within_s`` and play there (frames rising), its label matching
+``then.label``. A visit with
 ``status`` (a regular expression) expects no picture: that sentence within
 ``within_s``, then for ``hold_s`` no ``never_status`` sentence, no playback and an
 unchanged viewer count. Visits run one after the other in the same
@@ -286,8 +289,33 @@ def visit(m: Marionette, base: str, v: dict) -> dict:
         problems.append(f"label {s2['label']!r} does not match {v['label']!r}")
     if s2["mode"] != v["mode"] or s2["state"] != "playing":
         problems.append(f"not playing over {v['mode']} any more: {s2}")
+    then = v.get("then")
+    switched = None
+    if then and not problems:
+        m.set_context(m.CONTEXT_CHROME)
+        m.execute_script(SET_PREFS_JS, script_args=[then.get("prefs", {})])
+        m.set_context(m.CONTEXT_CONTENT)
+        t1 = time.monotonic()
+
+        def moved():
+            x = seen(stats(m))
+            if x["mode"] == then["mode"] and x["state"] == "playing" and x["frames"] >= 5:
+                return x
+            raise RuntimeError(f"not yet: {x}")
+
+        try:
+            x = wait_for(f"a switch to {then['mode']}", moved, float(then.get("within_s", 60)))
+            took = time.monotonic() - t1
+            x2 = wait_for("frames to rise after the switch",
+                          lambda: (lambda y: y if y["frames"] >= x["frames"] + 10 else None)(seen(stats(m))), 15)
+            switched = {"after_ms": round(took * 1000), "stats": x2}
+            if then.get("label") and not re.search(then["label"], x2["label"] or ""):
+                problems.append(f"label after the switch {x2['label']!r} does not match {then['label']!r}")
+        except TimeoutError as e:
+            problems.append(str(e))
     out = {"type": "visit", "name": v.get("name", v["path"]), "after_ms": round(after * 1000),
-           "stats": s2, "trace": trace, "viewers": viewers, "ok": not problems, "problems": problems}
+           "stats": s2, "trace": trace, "viewers": viewers, "switched": switched,
+           "ok": not problems, "problems": problems}
     emit(out)
     # Leave the page (closing its session) before the next visit.
     m.navigate("about:blank")

@@ -6,6 +6,9 @@
 //   first WebRTC frame → LL-HLS at once (retrying WebRTC would fail the same way);
 // - after WebRTC played, a loss re-negotiates with backoff, and after
 //   WEBRTC_LOSSES_BEFORE_HLS failed attempts in a row it switches to LL-HLS;
+// - while LL-HLS plays because of the network (ICE failed, or losses), it tries
+//   WebRTC again in the background (WEBRTC_PROBE_MS apart), and switches back
+//   once a probe connects and delivers the video track;
 // - without HLS (or when this browser's MSE cannot decode the stream's codec
 //   either), it says in plain words why there is no picture.
 // A small label (.rc-path) names the path that plays and why. It keeps its
@@ -20,6 +23,10 @@ const DISCONNECT_GRACE_MS = 4000; // 'disconnected' this long → re-negotiate
 const OFFLINE_CLOSE_MS = 30000; // offline this long → close the PeerConnection
 const STALL_MS = 10000; // live and connected but no new frame this long → re-negotiate
 const WEBRTC_LOSSES_BEFORE_HLS = 3;
+// Background WebRTC tries while LL-HLS plays for a network reason: the n-th waits
+// the n-th value (the last one repeats). A probe that never connects is never
+// counted as a viewer, so the viewer count does not flap.
+const WEBRTC_PROBE_MS = [15000, 30000, 60000, 120000, 300000];
 
 // Why LL-HLS plays instead of WebRTC: the label's text.
 const WHY = {
@@ -70,6 +77,8 @@ export class Player extends EventTarget {
     this.failures = 0; // failed WebRTC attempts in a row since the last frame
     this.played = false; // a WebRTC frame was presented (ever): losses re-negotiate
     this.why = null; // key of WHY while LL-HLS plays
+    this.probe = null; // a background WebRTC try while LL-HLS plays
+    this.probes = 0; // background tries since WebRTC last played
     this.backoff = 1000;
     this.timers = {};
     this.gen = 0; // bumps on every (re)connect, so stale callbacks do nothing
@@ -139,6 +148,7 @@ export class Player extends EventTarget {
     if (this.mode !== 'webrtc' || !this.pc || this.pc.connectionState !== 'connected') return;
     this.played = true;
     this.failures = 0;
+    this.probes = 0;
   }
 
   // --- public API ---------------------------------------------------------
@@ -421,6 +431,86 @@ export class Player extends EventTarget {
     }
     this.dispatchEvent(new CustomEvent('mode', { detail: 'hls' }));
     this.startPlayback();
+    // A network problem may pass (a codec or a missing WebRTC will not).
+    if (why === 'ice' || why === 'lost') this.scheduleProbe(this.gen);
+  }
+
+  scheduleProbe(gen) {
+    clearTimeout(this.timers.probe);
+    const wait = WEBRTC_PROBE_MS[Math.min(this.probes, WEBRTC_PROBE_MS.length - 1)];
+    this.probes++;
+    this.timers.probe = setTimeout(() => this.probeWebrtc(gen), wait);
+  }
+
+  /** While LL-HLS plays: negotiate a second PeerConnection; when it connects and
+   *  has the video track, WebRTC takes over (HLS is closed); otherwise it is
+   *  closed quietly and tried again later. */
+  async probeWebrtc(gen) {
+    if (gen !== this.gen || this.mode !== 'hls' || this.probe) return;
+    if (!this.live) return this.scheduleProbe(gen);
+    const token = await this.getToken({ refresh: false }).catch(() => null);
+    if (gen !== this.gen) return;
+    const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle' });
+    const probe = { pc, ms: new MediaStream(), resource: null, token, video: false, timer: null };
+    this.probe = probe;
+    const done = (ok) => {
+      if (this.probe !== probe) return;
+      clearTimeout(probe.timer);
+      this.probe = null;
+      if (ok && gen === this.gen && this.mode === 'hls') return this.adoptProbe(probe);
+      closeProbe(probe);
+      if (gen === this.gen && this.mode === 'hls') this.scheduleProbe(gen);
+    };
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    pc.ontrack = (ev) => {
+      probe.ms.addTrack(ev.track);
+      if (ev.track.kind === 'video') probe.video = true;
+      if (probe.video && pc.connectionState === 'connected') done(true);
+    };
+    pc.onconnectionstatechange = () => {
+      const st = pc.connectionState;
+      if (st === 'connected' && probe.video) done(true);
+      else if (st === 'failed' || st === 'closed') done(false);
+    };
+    probe.timer = setTimeout(() => done(false), CONNECT_TIMEOUT_MS);
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      const headers = { 'Content-Type': 'application/sdp' };
+      if (token) headers.Authorization = `Bearer ${token}`;
+      const resp = await fetch(`/whep/${encodeURIComponent(this.stream)}`, {
+        method: 'POST', headers, body: pc.localDescription.sdp,
+      });
+      if (resp.status !== 201) return done(false);
+      const loc = resp.headers.get('Location');
+      probe.resource = loc ? new URL(loc, location.href).href : null;
+      // Given up meanwhile (timer, teardown): end the session just made.
+      if (this.probe !== probe) return closeProbe(probe);
+      await pc.setRemoteDescription({ type: 'answer', sdp: await resp.text() });
+    } catch {
+      done(false);
+    }
+  }
+
+  /** A background probe connected: it becomes the player's PeerConnection. */
+  adoptProbe(probe) {
+    this.teardown(); // closes HLS
+    const gen = this.gen;
+    this.mode = 'webrtc';
+    this.why = null;
+    this.failures = 0;
+    this.played = false; // a failure before its first frame falls back again at once
+    this.pc = probe.pc;
+    this.resource = probe.resource;
+    this.resourceToken = probe.token;
+    probe.pc.ontrack = (ev) => {
+      if (gen === this.gen) probe.ms.addTrack(ev.track);
+    };
+    probe.pc.onconnectionstatechange = () => this.onPcState(probe.pc, gen);
+    this.video.srcObject = probe.ms;
+    this.setState('connecting');
+    this.dispatchEvent(new CustomEvent('mode', { detail: 'webrtc' }));
+    this.startPlayback();
   }
 
   startPlayback() {
@@ -458,6 +548,12 @@ export class Player extends EventTarget {
     this.gen++;
     clearTimeout(this.timers.connect);
     clearTimeout(this.timers.disconnected);
+    clearTimeout(this.timers.probe);
+    if (this.probe) {
+      clearTimeout(this.probe.timer);
+      closeProbe(this.probe, unloading);
+      this.probe = null;
+    }
     if (this.pc) {
       this.pc.ontrack = null;
       this.pc.onconnectionstatechange = null;
@@ -549,6 +645,17 @@ export class Player extends EventTarget {
     if (k === 'm') { this.setMuted(!this.video.muted); ev.preventDefault(); }
     else if (k === 'f') { this.toggleFullscreen(); ev.preventDefault(); }
     else if ((k === ' ' || k === 'enter') && !this.wanted) { this.play(); ev.preventDefault(); }
+  }
+}
+
+/** Closes a background probe's PeerConnection and its WHEP session. */
+function closeProbe(probe, unloading = false) {
+  probe.pc.ontrack = null;
+  probe.pc.onconnectionstatechange = null;
+  probe.pc.close();
+  if (probe.resource) {
+    const headers = probe.token ? { Authorization: `Bearer ${probe.token}` } : {};
+    fetch(probe.resource, { method: 'DELETE', headers, keepalive: unloading }).catch(() => {});
   }
 }
 
