@@ -5,8 +5,9 @@
 //! payload descriptors, AV1 becomes low-overhead OBUs with size fields
 //! ([`rtp_video::depacketize`]); the track description comes from the key
 //! frame (SPS/PPS, VP9 uncompressed header, AV1 sequence header). Audio
-//! arrives as Opus packets and is used as it is. Times are the hub's RTP times on the stream's
-//! continuous timeline (90 kHz video, 48 kHz audio), unwrapped to 64 bits.
+//! arrives as Opus packets and is used as it is. Times are the hub's RTP
+//! times on the stream's continuous timeline (90 kHz video, 48 kHz audio),
+//! unwrapped to 64 bits.
 //!
 //! Cutting rules:
 //! * a segment starts at a keyframe and ends at the first keyframe at or after
