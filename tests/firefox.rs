@@ -177,6 +177,17 @@ fn firefox_ice_failure_falls_back_to_ll_hls_on_vp9_and_av1() {
             v["name"], v["after_ms"], v["viewers"], v["stats"], v["switched"]
         );
     }
+    // The AV1 page's WHEP offers: the first attempt and at least one
+    // background try while it held LL-HLS (both failed, unseen).
+    let offers = server
+        .log_lines()
+        .iter()
+        .filter(|l| {
+            l.contains("whep viewer negotiated") && l.contains(&format!("stream={STREAM2}"))
+        })
+        .count();
+    assert!(offers >= 2, "AV1 page WHEP offers: {offers}");
+    println!("AV1 page: {offers} WHEP offers (first attempt + background tries)");
     for mut p in publishers {
         p.stop(MEDIA_TIMEOUT);
     }
