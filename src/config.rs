@@ -282,7 +282,7 @@ impl Default for WebrtcConfig {
             tcp_force: false,
             workers: 0,
             strict_h264_profile: false,
-            replay_pace_mbps: 64,
+            replay_pace_mbps: 32,
         }
     }
 }
