@@ -1322,8 +1322,9 @@ impl Peer {
     }
 
     /// Writes what the pace allows of a pending replay, at most the rest of one
-    /// frame; false when it is done or waits for credit (see `replay_due`). Called when str0m's queue is empty, so str0m never
-    /// holds more than one frame of it.
+    /// frame; false when it is done or waits for credit (see `replay_due`).
+    /// Called when str0m's queue is empty, so str0m never holds more than one
+    /// frame of it.
     fn continue_replay(&mut self, now: Instant, pace: ReplayPace) -> bool {
         let (Some(r), Some(track)) = (self.replay.as_mut(), self.video.as_mut()) else {
             self.replay = None;
@@ -1333,13 +1334,15 @@ impl Peer {
             self.replay = None;
             return false;
         };
-        let mut budget = if pace.bytes_per_ms == 0 || r.unpaced {
-            i64::MAX
-        } else {
+        let paced = pace.bytes_per_ms > 0 && !r.unpaced;
+        let mut budget = if paced {
             let elapsed_us = now.saturating_duration_since(r.refilled).as_micros() as i64;
-            r.credit = (r.credit + elapsed_us * pace.bytes_per_ms / 1000).min(REPLAY_BURST_BYTES);
+            let earned = elapsed_us.saturating_mul(pace.bytes_per_ms) / 1000;
+            r.credit = r.credit.saturating_add(earned).min(REPLAY_BURST_BYTES);
             r.refilled = now;
             r.credit
+        } else {
+            i64::MAX
         };
         if budget <= 0 {
             return false;
@@ -1358,7 +1361,7 @@ impl Peer {
             rtp_time,
             true,
         );
-        if budget != i64::MAX {
+        if paced {
             r.credit = budget;
         }
         r.packet += written;
