@@ -45,7 +45,9 @@ TOML
   for i in $(seq 1 "${EXTRA_STREAMS:-0}"); do
     printf '[[streams]]\nname = "%s%d"\nkey = "%s-%d"\n' "$STREAM" "$i" "$KEY" "$i" >> "$WORK/config.toml"
   done
-  "${CARGO_TARGET_DIR:-$ROOT/target}/release/roomcast" serve --config "$WORK/config.toml" >"$WORK/stdout.log" 2>"$WORK/server.log" &
+  # The server reads ROOMCAST_* variables as config overrides: not the test tools' ones.
+  env $(compgen -e | grep '^ROOMCAST_' | sed 's/^/-u /') \
+    "${BENCH_SERVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/roomcast}" serve --config "$WORK/config.toml" >"$WORK/stdout.log" 2>"$WORK/server.log" &
   SERVER_PID=$!
   for _ in $(seq 1 100); do
     grep -q "roomcast ready" "$WORK/server.log" 2>/dev/null && break

@@ -7,7 +7,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 STEPS=${1:-50,100,200,400,600,800,1000,1200,1400,1600}
 SECS=${2:-10}
-build_release
+[[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
 (cd "$ROOT" && cargo build --release --quiet --example loadgen)
 start_server $'workers = 1'
 taskset -pc 0 "$SERVER_PID" >/dev/null
@@ -15,6 +15,6 @@ for tid in /proc/"$SERVER_PID"/task/*; do taskset -pc 0 "${tid##*/}" >/dev/null;
 publish 2500
 taskset -pc 1 "$FFMPEG_PID" >/dev/null
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)" >&2
-taskset -c 1 "$ROOT/target/release/examples/loadgen" --whep "http://$HTTP/whep/$STREAM" \
+taskset -c 1 "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/loadgen" --whep "http://$HTTP/whep/$STREAM" \
   --steps "$STEPS" --step-secs "$SECS" --full 10 --server-pid "$SERVER_PID" \
   --metrics "http://$HTTP/metrics" --max-cores 1

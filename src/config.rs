@@ -267,6 +267,10 @@ pub struct WebrtcConfig {
     /// stream's (e.g. only Constrained Baseline for a High stream). Off: they
     /// get it in the closest offered profile, which their decoders play.
     pub strict_h264_profile: bool,
+    /// The cached GOP a viewer gets at join (and on PLI) is sent at most this
+    /// fast, after a 32 KB start, so a default 208 KB receive buffer does not
+    /// overflow; 0 = all at once.
+    pub replay_pace_mbps: u64,
 }
 
 impl Default for WebrtcConfig {
@@ -278,6 +282,7 @@ impl Default for WebrtcConfig {
             tcp_force: false,
             workers: 0,
             strict_h264_profile: false,
+            replay_pace_mbps: 32,
         }
     }
 }

@@ -252,6 +252,7 @@ impl Engine {
                 metrics: shard_metrics,
                 batch: Default::default(),
                 earliest: std::cell::Cell::new(Instant::now()),
+                replay_pace: shard::ReplayPace::from_mbps(cfg.replay_pace_mbps),
             };
             std::thread::Builder::new()
                 .name(format!("rtc-{index}"))

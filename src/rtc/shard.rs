@@ -60,6 +60,36 @@ const RTX_CACHE_AGE: Duration = Duration::from_millis(500);
 const SCAN_INTERVAL: Duration = Duration::from_millis(2);
 /// At most one GOP replay per viewer in this period, however often it asks.
 const REPLAY_MIN_INTERVAL: Duration = Duration::from_millis(1000);
+/// A paced replay starts with this much at once (about 27 packets, an eighth
+/// of a default 208 KB receive buffer, which holds ~92 datagrams whatever
+/// their size) and then goes at the configured rate.
+const REPLAY_BURST_BYTES: i64 = 32 * 1024;
+/// What a packet costs a paced replay besides its payload (RTP, SRTP, UDP, IP).
+const PACKET_OVERHEAD_BYTES: i64 = 60;
+/// A replay out of credit waits until it has this much (a full packet).
+const REPLAY_RESUME_BYTES: i64 = 1200 + PACKET_OVERHEAD_BYTES;
+/// Live video frames that may queue behind a paced replay; beyond that (a
+/// stream faster than the pace) the rest of the replay goes out at once.
+const REPLAY_MAX_LIVE_FRAMES: usize = 120;
+
+/// How fast a GOP replay is sent to one viewer: a token bucket refilled at
+/// this rate. The replay otherwise leaves at the speed of the CPU (str0m
+/// paces nothing without bandwidth estimation): a 2 s GOP at 4 Mbit/s is
+/// ~800 datagrams within a few milliseconds, and a receiver whose socket
+/// holds ~92 loses the rest.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayPace {
+    /// 0: not paced.
+    bytes_per_ms: i64,
+}
+
+impl ReplayPace {
+    pub fn from_mbps(mbps: u64) -> ReplayPace {
+        ReplayPace {
+            bytes_per_ms: (mbps.min(1_000_000) * 1000 / 8) as i64,
+        }
+    }
+}
 
 /// What a shard is sent. `Add`/`Remove`/publisher messages are control
 /// messages (their own queue, never dropped); `Net` and `Frame` are data.
@@ -350,11 +380,22 @@ struct Peer {
     _guard: Option<Box<dyn Send>>,
 }
 
-/// A GOP being sent to one viewer, a frame at a time.
+/// A GOP being sent to one viewer, paced, followed by the live video frames
+/// that arrived meanwhile (they must not overtake it).
 struct Replay {
     frames: Vec<Arc<Frame>>,
+    /// The first `gop` frames are the cached GOP, sent with RTP times just
+    /// behind `newest_rtp_time`; the rest keep their live times.
+    gop: usize,
     next: usize,
+    /// The next packet of `frames[next]`.
+    packet: usize,
     newest_rtp_time: u32,
+    /// Bytes that may be sent now (may go one packet below zero).
+    credit: i64,
+    refilled: Instant,
+    /// More live frames queued than allowed: the rest goes out at once.
+    unpaced: bool,
 }
 
 /// The shard's peers in slots, so the per-frame fan-out walks a list of slot
@@ -443,6 +484,7 @@ pub struct Shard {
     pub batch: std::cell::RefCell<SendBatch>,
     /// The earliest time any peer needs its timers run (or a dead peer reaped).
     pub earliest: std::cell::Cell<Instant>,
+    pub replay_pace: ReplayPace,
 }
 
 /// A shard's sessions. Dropped when the loop ends, normally or by a panic:
@@ -1008,11 +1050,13 @@ impl Shard {
                         }
                         continue;
                     }
-                    if p.replay.is_some() && p.continue_replay() {
+                    if p.replay.is_some() && p.continue_replay(now, self.replay_pace) {
                         idle_feeds = 0;
                         continue;
                     }
-                    p.next_timeout = t;
+                    // A paced replay waits for credit on the shard's timer
+                    // pass, like str0m's own timers (at most every 2 ms).
+                    p.next_timeout = p.replay_due(self.replay_pace).map_or(t, |d| d.min(t));
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
@@ -1184,7 +1228,7 @@ impl Shard {
 
 impl Peer {
     /// Writes a live frame; returns how many RTP packets that was.
-    fn on_frame(&mut self, frame: &Frame) -> usize {
+    fn on_frame(&mut self, frame: &Arc<Frame>) -> usize {
         if !self.connected {
             return 0;
         }
@@ -1210,6 +1254,15 @@ impl Peer {
         if !admit.send {
             return 0;
         }
+        if frame.kind == Kind::Video
+            && let Some(r) = self.replay.as_mut()
+        {
+            if r.frames.len() == r.frames.capacity() {
+                r.unpaced = true;
+            }
+            r.frames.push(Arc::clone(frame));
+            return frame.payloads.len();
+        }
         let (track, video) = match frame.kind {
             Kind::Video => (self.video.as_mut(), true),
             Kind::Audio => (self.audio.as_mut(), false),
@@ -1220,27 +1273,28 @@ impl Peer {
         }
     }
 
-    /// Sends the stream's cached GOP at once so the viewer can decode now instead
-    /// of at the next keyframe. The frames get RTP times just before the newest
-    /// one: they are decoded (later frames reference them) but the jitter buffer
-    /// sees them as due now, so playback starts at the live edge, not a GOP behind.
+    /// Sends the stream's cached GOP so the viewer can decode now instead of at
+    /// the next keyframe, paced (`continue_replay`). The frames get RTP times
+    /// just before the newest one: they are decoded (later frames reference
+    /// them) but the jitter buffer sees them as due now, so playback starts at
+    /// the live edge, not a GOP behind.
     fn replay_gop(&mut self) {
         let now = Instant::now();
-        if self
-            .last_replay
-            .is_some_and(|t| now.duration_since(t) < REPLAY_MIN_INTERVAL)
+        if self.replay.is_some()
+            || self
+                .last_replay
+                .is_some_and(|t| now.duration_since(t) < REPLAY_MIN_INTERVAL)
         {
+            // A replay under way brings a keyframe already.
             return;
         }
         let gop = self.stream.gop_snapshot();
         let Some(last) = gop.last() else {
             return;
         };
-        let frames: Vec<Arc<Frame>> = gop
-            .iter()
-            .filter(|f| f.kind == Kind::Video)
-            .cloned()
-            .collect();
+        let video = gop.iter().filter(|f| f.kind == Kind::Video);
+        let mut frames = Vec::with_capacity(video.clone().count() + REPLAY_MAX_LIVE_FRAMES);
+        frames.extend(video.cloned());
         let Some(newest) = frames.last() else {
             return;
         };
@@ -1249,8 +1303,13 @@ impl Peer {
         }
         self.replay = Some(Replay {
             newest_rtp_time: newest.rtp_time,
+            gop: frames.len(),
             frames,
             next: 0,
+            packet: 0,
+            credit: REPLAY_BURST_BYTES,
+            refilled: now,
+            unpaced: false,
         });
         self.gate.publisher = last.publisher;
         self.gate.video_started = true;
@@ -1262,9 +1321,11 @@ impl Peer {
         self.last_replay = Some(now);
     }
 
-    /// Writes the next frame of a pending GOP replay; false when done. Called
-    /// when str0m's queue is empty, so it never holds more than one frame.
-    fn continue_replay(&mut self) -> bool {
+    /// Writes what the pace allows of a pending replay, at most the rest of one
+    /// frame; false when it is done or waits for credit (see `replay_due`).
+    /// Called when str0m's queue is empty, so str0m never holds more than one
+    /// frame of it.
+    fn continue_replay(&mut self, now: Instant, pace: ReplayPace) -> bool {
         let (Some(r), Some(track)) = (self.replay.as_mut(), self.video.as_mut()) else {
             self.replay = None;
             return false;
@@ -1273,16 +1334,60 @@ impl Peer {
             self.replay = None;
             return false;
         };
-        let behind = (r.frames.len() - 1 - r.next) as u32;
-        write_frame(
+        let paced = pace.bytes_per_ms > 0 && !r.unpaced;
+        let mut budget = if paced {
+            let elapsed_us = now.saturating_duration_since(r.refilled).as_micros() as i64;
+            let earned = elapsed_us.saturating_mul(pace.bytes_per_ms) / 1000;
+            r.credit = r.credit.saturating_add(earned).min(REPLAY_BURST_BYTES);
+            r.refilled = now;
+            r.credit
+        } else {
+            i64::MAX
+        };
+        if budget <= 0 {
+            return false;
+        }
+        let rtp_time = if r.next < r.gop {
+            r.newest_rtp_time.wrapping_sub((r.gop - 1 - r.next) as u32)
+        } else {
+            f.rtp_time
+        };
+        let written = write_packets(
             &mut self.rtc,
             track,
             f,
-            r.newest_rtp_time.wrapping_sub(behind),
+            r.packet,
+            &mut budget,
+            rtp_time,
             true,
         );
-        r.next += 1;
+        if paced {
+            r.credit = budget;
+        }
+        r.packet += written;
+        if r.packet >= f.payloads.len() {
+            r.next += 1;
+            r.packet = 0;
+        } else if written == 0 {
+            // Credit but nothing written: the track is gone.
+            self.replay = None;
+            return false;
+        }
+        if r.next >= r.frames.len() {
+            self.replay = None;
+        }
         true
+    }
+
+    /// When a replay waiting for credit can send its next packet.
+    fn replay_due(&self, pace: ReplayPace) -> Option<Instant> {
+        let r = self.replay.as_ref()?;
+        let missing = REPLAY_RESUME_BYTES - r.credit;
+        if pace.bytes_per_ms == 0 || missing <= 0 {
+            return Some(r.refilled);
+        }
+        let us = (missing * 1000 + pace.bytes_per_ms - 1) / pace.bytes_per_ms;
+        Some(r.refilled + Duration::from_micros(us as u64))
     }
 }
 
@@ -1290,6 +1395,21 @@ fn write_frame(
     rtc: &mut Rtc,
     track: &mut TrackOut,
     frame: &Frame,
+    rtp_time: u32,
+    video: bool,
+) -> usize {
+    let mut unlimited = i64::MAX;
+    write_packets(rtc, track, frame, 0, &mut unlimited, rtp_time, video)
+}
+
+/// Writes the frame's packets from `first` on while `budget` (bytes) is
+/// positive, taking each packet's size from it; returns how many it wrote.
+fn write_packets(
+    rtc: &mut Rtc,
+    track: &mut TrackOut,
+    frame: &Frame,
+    first: usize,
+    budget: &mut i64,
     rtp_time: u32,
     video: bool,
 ) -> usize {
@@ -1302,7 +1422,12 @@ fn write_frame(
         return 0;
     };
     let last = frame.payloads.len().saturating_sub(1);
-    for (i, payload) in frame.payloads.iter().enumerate() {
+    let mut written = 0;
+    for (i, payload) in frame.payloads.iter().enumerate().skip(first) {
+        if *budget <= 0 {
+            break;
+        }
+        *budget = budget.saturating_sub(payload.len() as i64 + PACKET_OVERHEAD_BYTES);
         let w = RtpWrite::new(
             track.pt,
             track.next_seq.into(),
@@ -1314,8 +1439,9 @@ fn write_frame(
         .nackable(video);
         tx.write_rtp(w);
         track.next_seq += 1;
+        written += 1;
     }
-    frame.payloads.len()
+    written
 }
 
 #[cfg(test)]

@@ -104,6 +104,7 @@ fn start_engine(workers: usize) -> (tokio::runtime::Runtime, Arc<Engine>, Bound)
         tcp_force: false,
         workers,
         strict_h264_profile: false,
+        ..Default::default()
     };
     let (engine, bound) = rt
         .block_on(Engine::start(
