@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod faults;
 pub mod http;
 pub mod matrix;
 pub mod postgres;
