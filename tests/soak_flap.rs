@@ -86,7 +86,8 @@ fn publisher_flap_keeps_viewers_and_resources() {
     let cycles = env_count("SOAK_FLAP_CYCLES", 10).max(4);
     let viewer_count = env_count("SOAK_FLAP_VIEWERS", 5);
     let t0 = Instant::now();
-    let mut server = Server::start("");
+    // Every viewer comes from 127.0.0.1: lift the per-address offer limit.
+    let mut server = Server::start("[limits]\noffers_per_minute = 0\n");
     let pid = server.pid();
 
     // The first publisher brings the stream up; the viewers join it.
