@@ -14,6 +14,7 @@
 pub mod control;
 pub mod faults;
 pub mod http;
+pub mod impair;
 pub mod matrix;
 pub mod postgres;
 pub mod publishers;
