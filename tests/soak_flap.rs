@@ -24,7 +24,7 @@ enum Pub {
 }
 
 fn start_publisher(server: &Server, cycle: usize) -> Pub {
-    if cycle % 2 == 0 {
+    if cycle.is_multiple_of(2) {
         Pub::Rtmp(Publisher::ffmpeg(
             &server.rtmp_url(server.key(STREAM)),
             FfmpegOpts {
@@ -129,7 +129,11 @@ fn publisher_flap_keeps_viewers_and_resources() {
         server.assert_healthy(&format!("after cycle {cycle}"));
         println!(
             "cycle {cycle} ({}): all {viewer_count} viewers had video after {to_video:.1?}, rss {} KiB, fds {}",
-            if cycle % 2 == 0 { "RTMP" } else { "WHIP" },
+            if cycle.is_multiple_of(2) {
+                "RTMP"
+            } else {
+                "WHIP"
+            },
             rss_kib(pid),
             fd_count(pid)
         );
