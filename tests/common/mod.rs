@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod clock;
 pub mod control;
 pub mod faults;
 pub mod http;
@@ -333,6 +334,8 @@ pub struct ServerOpts {
     pub public_url: Option<String>,
     /// `storage.database_url` (default: SQLite in the state directory).
     pub database_url: Option<String>,
+    /// Extra environment for the server process (e.g. `LD_PRELOAD`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOpts {
@@ -352,6 +355,7 @@ impl Default for ServerOpts {
             state_dir: None,
             public_url: None,
             database_url: None,
+            env: Vec::new(),
         }
     }
 }
@@ -488,6 +492,9 @@ impl Server {
             if k_str.starts_with("ROOMCAST_") && k_str != "ROOMCAST_LOG" {
                 cmd.env_remove(k);
             }
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
         }
         let mut child = cmd
             .spawn()
