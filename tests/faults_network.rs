@@ -4,7 +4,7 @@
 //! viewer reaches the server through a lossy UDP relay in the test
 //! (`common::impair`): the server advertises the relay's address
 //! (`webrtc.public_ips = ["127.0.0.2"]`, the relay on 127.0.0.2 and the
-//! server's port). Five joins each show a first frame within 3 s (the 1 s target
+//! server's port). Five joins each show a first frame within 5 s (the 1 s target
 //! is the ignored test below: it does not hold yet), and a 20 s
 //! watch decodes at least 25 frames per second on average (each 5 s window
 //! is printed), with NACKs sent and retransmissions (RTX) on the way back.
@@ -51,7 +51,7 @@ fn play(server: &Server, args: &[&str]) -> JsonTool {
 
 /// What every join must meet in the CI test: the target is 1 s
 /// (`impaired_first_frame_within_one_second`, ignored until it holds).
-const JOIN_BOUND_MS: f64 = 3000.0;
+const JOIN_BOUND_MS: f64 = 5000.0;
 
 /// WHEP POST → first decoded frame of `n` joins one after the other, in ms.
 fn joins_ttff_ms(server: &Server, n: usize) -> Vec<f64> {
