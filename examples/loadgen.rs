@@ -9,7 +9,8 @@
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --whep http://127.0.0.1:8080/whep/demo \
-//!     --steps 50,100,200,400 --step-secs 10 [--full 10] [--server-pid PID] [--metrics URL]
+//!     --steps 50,100,200,400 --step-secs 10 [--full 10] [--server-pid PID] [--metrics URL] \
+//!     [--max-cores 1] [--max-loss 1]
 //! cargo run --release --example loadgen -- --call http://127.0.0.1:8080/whep/s1,...,s8 --step-secs 20
 //! ```
 //! Prints one JSON line per step: viewers, server CPU and RSS (from /proc when
@@ -54,6 +55,8 @@ struct Args {
     call: bool,
     /// Cores the server may use (its workers); the ramp stops near this.
     max_cores: f64,
+    /// Loss (percent) that ends the ramp; a soak sets it to 100 to keep going.
+    max_loss: f64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -66,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
         metrics: None,
         call: false,
         max_cores: 1.0,
+        max_loss: 1.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -89,6 +93,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--metrics" => a.metrics = Some(v()?),
             "--max-cores" => a.max_cores = v()?.parse().map_err(|e| format!("--max-cores: {e}"))?,
+            "--max-loss" => a.max_loss = v()?.parse().map_err(|e| format!("--max-loss: {e}"))?,
             "-h" | "--help" => {
                 println!("see the comment at the top of examples/loadgen.rs");
                 std::process::exit(0);
@@ -529,7 +534,7 @@ async fn main() {
         println!("{line}");
         // The ramp ends when viewers lose packets or the server runs out of CPU.
         let saturated = cores.is_some_and(|c| c >= args.max_cores * 0.95);
-        if loss > 1.0 || saturated {
+        if loss > args.max_loss || saturated {
             break;
         }
     }

@@ -177,6 +177,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
+    {
+        // A full disk or a database that is away is reported, not fatal.
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                store.probe_health().await;
+                tokio::time::sleep(crate::store::health::PROBE_INTERVAL).await;
+            }
+        });
+    }
     let hls = crate::egress::hls::Hls::new(&config.hls, hub.clone());
     hls.spawn();
     let admission = {

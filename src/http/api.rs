@@ -70,7 +70,20 @@ async fn get_stream(
 async fn healthz(State(app): State<Arc<App>>) -> impl IntoResponse {
     let streams = app.hub.streams();
     let live = streams.iter().filter(|s| s.is_live()).count();
-    Json(json!({"status": "ok", "streams": streams.len(), "live": live}))
+    // Still 200 when storage fails: the process serves its streams, and a
+    // liveness check must not restart it for a full disk.
+    let storage = app.store.health();
+    let (status, storage_state) = match storage.is_ok() {
+        true => ("ok", "ok"),
+        false => ("degraded", "failing"),
+    };
+    Json(json!({
+        "status": status,
+        "streams": streams.len(),
+        "live": live,
+        "storage": storage_state,
+        "storage_error": storage.reason(),
+    }))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -110,6 +123,12 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             s.viewers()
         );
     }
+    out.push_str("# HELP roomcast_storage_ok Whether the database took the last probe write (0: disk full, read-only or away).\n# TYPE roomcast_storage_ok gauge\n");
+    let _ = writeln!(
+        out,
+        "roomcast_storage_ok {}",
+        u8::from(app.store.health().is_ok())
+    );
     app.engine.metrics.render(&mut out);
     app.hls.render_metrics(&mut out);
     crate::listener::render_metrics(&mut out);

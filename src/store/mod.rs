@@ -4,8 +4,11 @@
 //! backends cannot drift apart; each has its own migrations directory because
 //! their DDL differs (`migrations/sqlite`, `migrations/postgres`).
 
+pub mod health;
 pub mod matrix;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -86,6 +89,9 @@ pub struct StreamRow {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    health: Arc<health::StorageHealth>,
+    /// The SQLite file, whose filesystem the health probe watches.
+    sqlite_file: Option<PathBuf>,
 }
 
 impl Store {
@@ -140,7 +146,12 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         info!(backend = %backend.name(), url = %redact_url(url), "storage: database ready");
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            health: Arc::default(),
+            sqlite_file: health::sqlite_path(url),
+        })
     }
 
     /// At shutdown: SQLite folds its WAL into the database file (a copy of
@@ -158,6 +169,31 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether the database takes writes, as the last probe found.
+    pub fn health(&self) -> &health::StorageHealth {
+        &self.health
+    }
+
+    /// One health probe: a settings row written, and for SQLite the free
+    /// space of its filesystem. Run every [`health::PROBE_INTERVAL`].
+    pub async fn probe_health(&self) {
+        if self.pool.is_closed() {
+            return;
+        }
+        let write = sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ('storage_probe', $1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(unix_now().to_string())
+        .execute(&self.pool)
+        .await;
+        let outcome = match write {
+            Err(e) => Err(format!("a write failed: {e}")),
+            Ok(_) => health::full_disk(self.sqlite_file.as_deref().and_then(health::free_bytes)),
+        };
+        self.health.record(outcome);
     }
 
     /// Inserts or updates a stream declared in the config file.

@@ -11,8 +11,11 @@
 
 #![allow(dead_code)]
 
+pub mod clock;
 pub mod control;
+pub mod faults;
 pub mod http;
+pub mod impair;
 pub mod matrix;
 pub mod postgres;
 pub mod publishers;
@@ -331,6 +334,8 @@ pub struct ServerOpts {
     pub public_url: Option<String>,
     /// `storage.database_url` (default: SQLite in the state directory).
     pub database_url: Option<String>,
+    /// Extra environment for the server process (e.g. `LD_PRELOAD`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOpts {
@@ -350,6 +355,7 @@ impl Default for ServerOpts {
             state_dir: None,
             public_url: None,
             database_url: None,
+            env: Vec::new(),
         }
     }
 }
@@ -486,6 +492,9 @@ impl Server {
             if k_str.starts_with("ROOMCAST_") && k_str != "ROOMCAST_LOG" {
                 cmd.env_remove(k);
             }
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
         }
         let mut child = cmd
             .spawn()

@@ -38,6 +38,10 @@ pub struct Progress {
     pub sent_bytes: AtomicU64,
     /// Bytes str0m handed to the socket (all packets, encrypted).
     pub transmitted: AtomicU64,
+    /// Video RTP packets received (a WHEP viewer), and how many of them start
+    /// an H.264 IDR frame.
+    pub video_packets: AtomicU64,
+    pub keyframes: AtomicU64,
     pub stop: AtomicBool,
 }
 
@@ -61,6 +65,12 @@ impl RtcSession {
     }
     pub fn transmitted(&self) -> u64 {
         self.progress.transmitted.load(Ordering::SeqCst)
+    }
+    pub fn video_packets(&self) -> u64 {
+        self.progress.video_packets.load(Ordering::SeqCst)
+    }
+    pub fn keyframes(&self) -> u64 {
+        self.progress.keyframes.load(Ordering::SeqCst)
     }
     /// Stops the loop; returns why it ended.
     pub fn stop(&mut self) -> String {
@@ -219,6 +229,17 @@ fn run(mut rtc: Rtc, socket: UdpSocket, video: Mid, send: Outgoing, p: &Progress
             Ok(Output::Event(e)) => {
                 match e {
                     Event::Connected => p.connected.store(true, Ordering::SeqCst),
+                    Event::RtpPacket(pkt) => {
+                        let is_video = rtc
+                            .media(video)
+                            .is_some_and(|m| m.remote_pts().contains(&pkt.header.payload_type));
+                        if is_video {
+                            p.video_packets.fetch_add(1, Ordering::SeqCst);
+                            if starts_idr(&pkt.payload) {
+                                p.keyframes.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         break "ICE disconnected".to_string();
                     }
@@ -255,4 +276,26 @@ fn run(mut rtc: Rtc, socket: UdpSocket, video: Mid, send: Outgoing, p: &Progress
     };
     p.ended.store(true, Ordering::SeqCst);
     why
+}
+
+/// Whether an H.264 RTP payload starts an IDR frame: a single IDR NAL unit, a
+/// STAP-A holding one, or the first FU-A fragment of one.
+fn starts_idr(p: &[u8]) -> bool {
+    let Some(&b0) = p.first() else { return false };
+    match b0 & 0x1f {
+        5 => true,
+        24 => {
+            let mut i = 1;
+            while i + 2 < p.len() {
+                let len = u16::from_be_bytes([p[i], p[i + 1]]) as usize;
+                if p[i + 2] & 0x1f == 5 {
+                    return true;
+                }
+                i += 2 + len;
+            }
+            false
+        }
+        28 => p.get(1).is_some_and(|h| h & 0x80 != 0 && h & 0x1f == 5),
+        _ => false,
+    }
 }
