@@ -8,6 +8,7 @@
 # (npm ci; it drives Debian's Chromium, no browser download) — then runs
 #     cargo clippy --all-targets -- -D warnings
 #     cargo test            (unit tests and the end-to-end tests in tests/)
+#     scripts/fuzz.sh ci    (every fuzz target for a fixed time; whole runs only)
 # Extra arguments go to `cargo test`, e.g. ./scripts/test.sh --test media_browser -- --nocapture
 # A second run with everything installed goes straight to clippy and the tests.
 set -euo pipefail
@@ -33,6 +34,8 @@ command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
 has_pkg libopus-dev || missing+=(libopus-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+# libFuzzer (fuzz/, through libfuzzer-sys) is C++.
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
 # The TLS tests make certificates and read the served one with openssl.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The storage tests run a private PostgreSQL cluster (initdb + postgres).
@@ -96,5 +99,16 @@ cargo clippy --all-targets -- -D warnings || die "clippy found problems (see abo
 
 step "cargo test $* $(elapsed)"
 cargo test "$@" || die "tests failed (see above; a failing end-to-end test prints the server's log tail)"
+
+# --- 5. Fuzz targets -----------------------------------------------------------
+# Every parser's fuzz target (fuzz/), each for a fixed time on its seed corpus;
+# a crash, timeout or OOM fails the run. Only on a whole run (no arguments);
+# ROOMCAST_FUZZ_SECONDS sets the time per target (0 skips).
+FUZZ_SECONDS="${ROOMCAST_FUZZ_SECONDS:-24}"
+if [[ $# -eq 0 && $FUZZ_SECONDS != 0 ]]; then
+    step "fuzz targets, ${FUZZ_SECONDS}s each (scripts/fuzz.sh ci) $(elapsed)"
+    ./scripts/fuzz.sh ci "$FUZZ_SECONDS" ||
+        die "a fuzz target failed (see above; the input is in fuzz/artifacts/, see fuzz/README.md)"
+fi
 
 step "all checks passed $(elapsed)"

@@ -510,6 +510,16 @@ impl Config {
             })?,
             None => String::new(),
         };
+        Config::parse(&text, path, env)
+    }
+
+    /// [`Config::load`] on the file's text: `path` only names the config
+    /// directory. No I/O (the fuzz target's entry too).
+    pub fn parse(
+        text: &str,
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;

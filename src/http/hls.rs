@@ -29,13 +29,13 @@ pub fn routes() -> Router<Arc<App>> {
 
 /// `_HLS_msn`, `_HLS_part` and `access` of a request.
 #[derive(Debug, Default, PartialEq)]
-struct HlsQuery {
-    msn: Option<u64>,
-    part: Option<u64>,
-    access: Option<String>,
+pub struct HlsQuery {
+    pub msn: Option<u64>,
+    pub part: Option<u64>,
+    pub access: Option<String>,
 }
 
-fn parse_query(query: Option<&str>) -> Result<HlsQuery, ApiError> {
+pub fn parse_query(query: Option<&str>) -> Result<HlsQuery, ApiError> {
     let mut q = HlsQuery::default();
     let num = |k: &str, v: &str| {
         v.parse::<u64>().map_err(|_| {
@@ -65,7 +65,7 @@ fn parse_query(query: Option<&str>) -> Result<HlsQuery, ApiError> {
 
 /// A request for one of the files of a stream's HLS.
 #[derive(Debug, PartialEq)]
-enum File {
+pub enum File {
     Playlist,
     Init {
         session: u32,
@@ -82,7 +82,7 @@ enum File {
     },
 }
 
-fn parse_file(name: &str) -> Option<File> {
+pub fn parse_file(name: &str) -> Option<File> {
     if name == "index.m3u8" {
         return Some(File::Playlist);
     }
@@ -183,9 +183,18 @@ async fn serve_inner(
     let stream = pass.stream;
     // Files of a private stream must not sit in shared caches.
     let private = stream.access() != Access::Public;
-    // Passed on as it came (still URL-encoded), and only when it cannot break
-    // out of a playlist line or attribute.
-    let suffix = query
+    let suffix = uri_suffix(&query);
+    match file {
+        File::Playlist => playlist(app, &stream, &query, &suffix, client, private).await,
+        file => media(app, &stream, file, private).await,
+    }
+}
+
+/// What the playlist appends to its URIs: the viewer token, passed on as it
+/// came (still URL-encoded), and only when it cannot break out of a playlist
+/// line or attribute.
+pub fn uri_suffix(query: &HlsQuery) -> String {
+    query
         .access
         .as_deref()
         .filter(|a| {
@@ -193,11 +202,7 @@ async fn serve_inner(
                 .all(|b| b.is_ascii_alphanumeric() || b"._~%-+".contains(&b))
         })
         .map(|a| format!("?access={a}"))
-        .unwrap_or_default();
-    match file {
-        File::Playlist => playlist(app, &stream, &query, &suffix, client, private).await,
-        file => media(app, &stream, file, private).await,
-    }
+        .unwrap_or_default()
 }
 
 fn codec_check(stream: &Stream) -> Result<(), ApiError> {

@@ -10,10 +10,14 @@ mod api;
 pub mod error;
 mod events;
 pub mod extract;
-mod hls;
+// Public for the fuzz targets (fuzz/): the query parser.
+#[doc(hidden)]
+pub mod hls;
 pub mod matrix;
 pub mod ome;
-mod pages;
+// Public for the fuzz targets (fuzz/): `Layout::parse`.
+#[doc(hidden)]
+pub mod pages;
 pub mod serve;
 pub mod webrtc;
 

@@ -2,8 +2,12 @@
 //! every peer, viewers sharded over worker threads.
 
 pub mod metrics;
-mod net;
-mod publish;
+// Public for the fuzz targets (fuzz/): the ICE-TCP framing, the demux and
+// the WHIP frame path.
+#[doc(hidden)]
+pub mod net;
+#[doc(hidden)]
+pub mod publish;
 pub mod sdp;
 mod shard;
 #[cfg(test)]

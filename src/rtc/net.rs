@@ -454,7 +454,8 @@ impl Drop for Forget<'_> {
 }
 
 /// Reads one RFC 4571 frame; `Ok(None)` for one longer than a datagram.
-async fn read_frame<R: AsyncRead + Unpin>(
+#[doc(hidden)]
+pub async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
     len_buf: &mut [u8; 2],
 ) -> std::io::Result<Option<Vec<u8>>> {

@@ -195,39 +195,54 @@ impl PubPeer {
     }
 
     pub fn on_rtp(&mut self, pkt: RtpPacket) {
+        self.on_rtp_parts(
+            pkt.header.payload_type,
+            *pkt.seq_no,
+            pkt.time.numer(),
+            pkt.header.marker,
+            pkt.timestamp,
+            pkt.payload,
+        );
+    }
+
+    /// [`PubPeer::on_rtp`] on the packet's fields (the fuzz target's entry:
+    /// str0m's `RtpPacket` cannot be built outside str0m). `seq` is the
+    /// extended sequence number, `time` the extended RTP time, `arrival`
+    /// the packet's receive time.
+    #[doc(hidden)]
+    pub fn on_rtp_parts(
+        &mut self,
+        pt: Pt,
+        seq: u64,
+        time: u64,
+        marker: bool,
+        arrival: Instant,
+        payload: Arc<[u8]>,
+    ) {
         let now = Instant::now();
-        let epoch = *self.epoch.get_or_insert(pkt.timestamp);
-        let pt = pkt.header.payload_type;
+        let epoch = *self.epoch.get_or_insert(arrival);
         if let Some(v) = self.video.as_mut().filter(|v| v.track.pt == pt) {
-            let ticks = pkt.time.numer() as i64;
+            let ticks = time as i64;
             v.offset.get_or_insert_with(|| {
-                let since = pkt.timestamp.saturating_duration_since(epoch);
+                let since = arrival.saturating_duration_since(epoch);
                 since.as_micros() as i64 * 90 / 1000 - ticks
             });
             let mut out = std::mem::take(&mut self.assembled);
-            v.asm.push(
-                *pkt.seq_no,
-                pkt.time.numer(),
-                pkt.header.marker,
-                pkt.payload,
-                now,
-                &mut out,
-            );
+            v.asm.push(seq, time, marker, payload, now, &mut out);
             self.assembled = out;
             self.flush_assembled(now);
         } else if let Some(a) = self.audio.as_mut().filter(|a| a.pt == pt) {
-            let seq = *pkt.seq_no;
             if a.last_seq.is_some_and(|l| seq <= l) {
                 return; // late: the viewers' clock has moved past it
             }
             a.last_seq = Some(seq);
-            let ticks = pkt.time.numer() as i64;
+            let ticks = time as i64;
             let offset = *a.offset.get_or_insert_with(|| {
-                let since = pkt.timestamp.saturating_duration_since(epoch);
+                let since = arrival.saturating_duration_since(epoch);
                 since.as_micros() as i64 * 48 / 1000 - ticks
             });
             if let Some(p) = &self.publisher {
-                match p.push_audio(ticks + offset, pkt.payload) {
+                match p.push_audio(ticks + offset, payload) {
                     Ok(()) => {}
                     Err(PushError::TakenOver(_)) => self.taken_over(),
                     Err(PushError::FrameTooLarge { .. }) => {

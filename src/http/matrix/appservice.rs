@@ -119,9 +119,8 @@ async fn transaction(
     };
     let http_req = Request::from_parts(parts, bytes.as_ref());
     // Parse the whole transaction before applying anything.
-    let parsed = match push_events::v1::Request::try_from_http_request(http_req, &[txn_id.as_str()])
-    {
-        Ok(p) => p,
+    let events = match parse_transaction(http_req, &txn_id) {
+        Ok(events) => events,
         Err(e) => {
             warn!(txn = %txn_id, "matrix: malformed transaction refused: {e}");
             return mx_error(
@@ -131,11 +130,6 @@ async fn transaction(
             );
         }
     };
-    let events: Vec<Ev> = parsed
-        .events
-        .iter()
-        .filter_map(|raw| raw.deserialize_as_unchecked::<Ev>().ok())
-        .collect();
     match m.apply_transaction(&txn_id, &events).await {
         Ok(()) => ok_empty(),
         Err(e) => {
@@ -147,6 +141,21 @@ async fn transaction(
             )
         }
     }
+}
+
+/// A transaction request's events as roomcast reads them (events of another
+/// shape are skipped); an error for a malformed request. No I/O (the fuzz
+/// target's entry too).
+pub fn parse_transaction(
+    req: Request<&[u8]>,
+    txn_id: &str,
+) -> Result<Vec<Ev>, ruma::api::error::FromHttpRequestError> {
+    let parsed = push_events::v1::Request::try_from_http_request(req, &[txn_id])?;
+    Ok(parsed
+        .events
+        .iter()
+        .filter_map(|raw| raw.deserialize_as_unchecked::<Ev>().ok())
+        .collect())
 }
 
 async fn query_user(
