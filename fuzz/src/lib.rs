@@ -32,6 +32,7 @@ pub fn shared() -> &'static Shared {
             tcp_force: false,
             workers: 1,
             strict_h264_profile: false,
+            ..WebrtcConfig::default()
         };
         let (engine, _bound) = rt
             .block_on(Engine::start(
