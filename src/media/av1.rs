@@ -279,14 +279,7 @@ pub(crate) mod tests {
         }
         let mut x = 0x9e37_79b9u32;
         for len in 0..300 {
-            let data: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    x as u8
-                })
-                .collect();
+            let data = crate::media::vp9::tests::noise(&mut x, len);
             let _ = parse_sequence_header(&data);
             let _ = obus(&data).count();
             let _ = find_sequence_header(&data);

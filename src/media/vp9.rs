@@ -137,6 +137,18 @@ pub(crate) mod tests {
         out
     }
 
+    /// `len` pseudo-random bytes (xorshift32 from `seed`), for never-panics tests.
+    pub(crate) fn noise(seed: &mut u32, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 17;
+                *seed ^= *seed << 5;
+                *seed as u8
+            })
+            .collect()
+    }
+
     pub(crate) const VP9_320X180: &[u8] = include_bytes!("testdata/vp9_320x180.ivf");
     const VP9_P2_160X90: &[u8] = include_bytes!("testdata/vp9_p2_10bit_160x90.ivf");
 
@@ -185,14 +197,7 @@ pub(crate) mod tests {
         assert!(parse_keyframe(&key[..9]).is_some());
         let mut x = 0x1234_5678u32;
         for len in 0..200 {
-            let data: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    x as u8
-                })
-                .collect();
+            let data = noise(&mut x, len);
             let _ = parse_keyframe(&data);
         }
     }
