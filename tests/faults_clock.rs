@@ -118,14 +118,7 @@ fn wall_clock_steps_change_nothing_that_runs() {
         env: clock.env(),
         ..ServerOpts::default()
     });
-    let _ffmpeg = Publisher::ffmpeg(
-        &server.publish_url(STREAM),
-        FfmpegOpts {
-            width: 640,
-            height: 360,
-            ..FfmpegOpts::default()
-        },
-    );
+    let _ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::small());
     server.wait_live(STREAM, LIVE_TIMEOUT);
     let viewer = rtc_client::start(&server.whep_url(STREAM), None, false, Outgoing::Nothing)
         .unwrap_or_else(|r| panic!("WHEP: {} {}", r.status, r.text()));

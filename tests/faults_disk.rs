@@ -43,14 +43,7 @@ fn disk_full_is_reported_and_streams_go_on() {
         state_dir: Some(fs.dir.clone()),
         ..ServerOpts::default()
     });
-    let _ffmpeg = Publisher::ffmpeg(
-        &server.publish_url(STREAM),
-        FfmpegOpts {
-            width: 640,
-            height: 360,
-            ..FfmpegOpts::default()
-        },
-    );
+    let _ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::small());
     server.wait_live(STREAM, LIVE_TIMEOUT);
     let viewer = rtc_client::start(&server.whep_url(STREAM), None, false, Outgoing::Nothing)
         .unwrap_or_else(|r| panic!("WHEP: {} {}", r.status, r.text()));

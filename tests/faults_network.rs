@@ -84,14 +84,7 @@ fn impaired_setup() -> (Server, ImpairedRelay, Publisher) {
     );
     // 640×360: the figures should be the network's, not a 2-core machine's
     // software decoder's.
-    let ffmpeg = Publisher::ffmpeg(
-        &server.publish_url(STREAM),
-        FfmpegOpts {
-            width: 640,
-            height: 360,
-            ..FfmpegOpts::default()
-        },
-    );
+    let ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::small());
     server.wait_live(STREAM, LIVE_TIMEOUT);
     (server, relay, ffmpeg)
 }

@@ -31,11 +31,9 @@ fn firefox(server: &Server, visits: &[Value]) -> JsonTool {
     JsonTool::spawn("firefox_page.py", cmd)
 }
 
-#[test]
-fn stock_firefox_plays_h264_over_ll_hls_and_vp8_over_webrtc() {
-    let _serial = serial();
-    let server = Server::start("");
-    let _rtmp = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::default());
+/// aiortc publishing VP8 (what stock Firefox decodes over WebRTC) to STREAM2
+/// over WHIP, connected.
+fn vp8_publisher(server: &Server) -> JsonTool {
     let whip = aiortc_publisher(
         &server.whip_url(STREAM2),
         WhipOpts {
@@ -47,6 +45,15 @@ fn stock_firefox_plays_h264_over_ll_hls_and_vp8_over_webrtc() {
     whip.wait_for("the VP8 publisher connected", MEDIA_TIMEOUT, |v| {
         v["type"] == "event" && v["state"] == "connected"
     });
+    whip
+}
+
+#[test]
+fn stock_firefox_plays_h264_over_ll_hls_and_vp8_over_webrtc() {
+    let _serial = serial();
+    let server = Server::start("");
+    let _rtmp = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::default());
+    let _whip = vp8_publisher(&server);
     server.wait_live(STREAM, LIVE_TIMEOUT);
     server.wait_live(STREAM2, LIVE_TIMEOUT);
     let mut tool = firefox(
@@ -85,17 +92,7 @@ fn stock_firefox_plays_h264_over_ll_hls_and_vp8_over_webrtc() {
 fn firefox_ice_failure_is_counted_before_the_first_frame() {
     let _serial = serial();
     let server = Server::start("");
-    let whip = aiortc_publisher(
-        &server.whip_url(STREAM2),
-        WhipOpts {
-            codec: "VP8",
-            key: Some(server.key(STREAM2).to_string()),
-            ..WhipOpts::default()
-        },
-    );
-    whip.wait_for("the VP8 publisher connected", MEDIA_TIMEOUT, |v| {
-        v["type"] == "event" && v["state"] == "connected"
-    });
+    let _whip = vp8_publisher(&server);
     server.wait_live(STREAM2, LIVE_TIMEOUT);
     let mut tool = firefox(
         &server,

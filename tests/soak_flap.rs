@@ -27,11 +27,7 @@ fn start_publisher(server: &Server, cycle: usize) -> Pub {
     if cycle.is_multiple_of(2) {
         Pub::Rtmp(Publisher::ffmpeg(
             &server.rtmp_url(server.key(STREAM)),
-            FfmpegOpts {
-                width: 640,
-                height: 360,
-                ..FfmpegOpts::default()
-            },
+            FfmpegOpts::small(),
         ))
     } else {
         Pub::Whip(aiortc_publisher(

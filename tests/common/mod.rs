@@ -762,6 +762,18 @@ impl Default for FfmpegOpts {
     }
 }
 
+impl FfmpegOpts {
+    /// 640×360: for tests whose figures should be the server's or the
+    /// network's, not a 2-core machine's encoder's and software decoder's.
+    pub fn small() -> Self {
+        FfmpegOpts {
+            width: 640,
+            height: 360,
+            ..FfmpegOpts::default()
+        }
+    }
+}
+
 pub struct Publisher {
     child: Child,
     stdin: Option<ChildStdin>,
