@@ -82,7 +82,10 @@ async fn healthz(State(app): State<Arc<App>>) -> impl IntoResponse {
         "streams": streams.len(),
         "live": live,
         "storage": storage_state,
-        "storage_error": storage.reason(),
+        // /healthz is public: the database's own error text (paths, hosts)
+        // stays in the server log; callers learn only that writes fail.
+        "storage_error": (!storage.is_ok())
+            .then_some("the database cannot take writes (the server log says why)"),
     }))
 }
 

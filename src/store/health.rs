@@ -40,8 +40,9 @@ impl StorageHealth {
         self.ok.load(Relaxed)
     }
 
-    /// Why writes fail (None while they work).
-    pub fn reason(&self) -> Option<String> {
+    /// Why writes fail (None while they work); the log says it to operators.
+    #[cfg(test)]
+    fn reason(&self) -> Option<String> {
         self.reason.lock().clone()
     }
 
