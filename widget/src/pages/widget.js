@@ -3,6 +3,8 @@
 // or for our content_loaded), finds the room's streams from ?room=$matrix_room_id,
 // follows the client's theme (?theme=… and live `theme_change`), and asks for an
 // OpenID token only when a stream is private, to trade it for a viewer token.
+// In a client it also asks to read the room (lib/room_chat.js): granted, the
+// room's chat shows beside the player; refused, the player stays alone.
 //
 // Widget URL: /widget?room=$matrix_room_id&theme=$org.matrix.msc2873.client_theme&widgetId=$matrix_widget_id
 import '../css/base.css';
@@ -13,6 +15,7 @@ import { api, streamPath } from '../lib/api.js';
 import { h, icon, params, plural } from '../lib/dom.js';
 import { StreamEvents } from '../lib/events.js';
 import { Player } from '../lib/player.js';
+import { RoomChat } from '../lib/room_chat.js';
 
 // The bot writes `roomId` (and the stream the widget was added for, `stream`);
 // the other spellings are for widgets added by hand.
@@ -21,6 +24,7 @@ const preferredStream = params.get('stream') || '';
 const widgetId = params.get('widgetId') || params.get('widget_id') || '';
 const inClient = window.parent !== window && widgetId !== '';
 const tabs = document.getElementById('tabs');
+const stage = document.getElementById('stage');
 const playerBox = document.getElementById('player');
 const message = document.getElementById('message');
 
@@ -34,6 +38,7 @@ applyTheme(params.get('theme') || params.get('client_theme'));
 
 // --- widget API ------------------------------------------------------------
 let widget = null;
+let chat = null;
 let ready = Promise.resolve(false);
 if (inClient) {
   let parentOrigin;
@@ -43,7 +48,9 @@ if (inClient) {
     parentOrigin = undefined;
   }
   widget = new WidgetApi(widgetId, parentOrigin);
-  // No capabilities: a player needs none, and OpenID is asked for separately.
+  // The player needs no capabilities (OpenID is asked for separately); the chat asks
+  // to read the room's messages and reactions, and to react.
+  if (roomId) chat = new RoomChat(stage, { widget, roomId, userId: params.get('userId') || '' });
   widget.on(`action:${WidgetApiToWidgetAction.ThemeChange}`, (ev) => {
     ev.preventDefault();
     applyTheme(ev.detail.data && ev.detail.data.name);
@@ -118,7 +125,8 @@ function show(snap, all) {
   const badge = h('span', { class: 'badge offline', text: '…' });
   const viewers = h('span', { class: 'viewers', hidden: true });
   const head = h('div', { class: 'w-head' }, title, viewers, badge);
-  playerBox.before(head);
+  stage.before(head);
+  if (chat) head.append(chat.toggle);
   const priv = snap.access === 'private';
   // A private stream's feed needs the viewer token too: it opens once the
   // player has one (one OpenID request for both).
@@ -181,5 +189,5 @@ async function main() {
   show(streams[0], streams);
 }
 
-window.roomcast = { widget, ready, player: null };
+window.roomcast = { widget, ready, player: null, chat };
 main();
