@@ -6,7 +6,10 @@
 //! pinned in a private room trades a real OpenID token for a viewer token and
 //! plays (a non-member is refused with a sentence); the widget URL of a public
 //! room's state event, templated as Element does, plays. Screenshots at 1280×800
-//! and 390×844 go to tests/artifacts/matrix-pages/.
+//! and 390×844 go to tests/artifacts/matrix-pages/. The widget granted the room's
+//! events by its client (`mx-widget-chat`, the client backed by Synapse) shows the
+//! history and new messages beside the player and sends a reaction that Synapse
+//! stores; refused, it just plays.
 
 mod common;
 
@@ -312,4 +315,93 @@ fn widget_url_from_the_state_event_plays_in_the_client() {
     );
     let r = finish(&mut tool, "public widget from the state event");
     println!("iframe src: {}", r["runs"][0]["src"]);
+}
+
+#[test]
+fn widget_chat_shows_the_room_and_sends_reactions() {
+    let _serial = serial();
+    let env = MatrixEnv::start_browsable("golive_delay_ms = 1000");
+    let server = env.server();
+    let alice = env.user("alice");
+    alice.set_display_name("Alice");
+    let (room, key) = live_new(&env, &alice, "chatty");
+    // Said before the widget opens: it reads them through the client (read_events).
+    let earlier = "Doors open at eight";
+    let earlier_id = alice.send_text(&room, earlier);
+    let html = "<img src=x onerror=\"window.__xss=true\"> <b>not bold</b>";
+    alice.send_text(&room, html);
+    let (status, _) = alice.call(
+        "PUT",
+        &format!(
+            "/_matrix/client/v3/rooms/{}/send/m.reaction/history-tada",
+            enc(&room)
+        ),
+        Some(&json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": earlier_id, "key": "🎉"}})),
+    );
+    assert_eq!(status, 200, "the earlier reaction");
+    let _ffmpeg = Publisher::ffmpeg(&server.rtmp_url(&key), small());
+    server.wait_live("chatty", LIVE_TIMEOUT);
+    let (widget, layout) = widget_events(&alice, &room, "chatty", server);
+
+    let live_body = "Live from the room: hello widget";
+    let user =
+        json!({"user_id": alice.user_id, "access_token": alice.token, "display_name": "Alice"});
+    let mut tool = pages(
+        server,
+        "mx-widget-chat",
+        &[
+            "--widget",
+            &widget.to_string(),
+            "--layout",
+            &layout.to_string(),
+            "--room",
+            &room,
+            "--room-name",
+            "chatty",
+            "--hs",
+            &env.synapse.base_url(),
+            "--user",
+            &user.to_string(),
+            "--history",
+            &json!([earlier, html]).to_string(),
+            "--sender",
+            "Alice",
+            "--history-reaction",
+            "🎉",
+            "--live-body",
+            live_body,
+        ],
+    );
+    step(&tool, "live_wanted");
+    let t0 = now_ms();
+    let live_id = alice.send_text(&room, live_body);
+    let shown = step(&tool, "live_shown");
+    assert_eq!(shown["message"]["id"], live_id.as_str(), "{shown}");
+    println!(
+        "message sent → shown in the widget in {} ms",
+        shown["seen_at"].as_u64().unwrap().saturating_sub(t0)
+    );
+
+    // The widget's 👍, read back from Synapse.
+    let reacted = step(&tool, "reacted");
+    let reaction_id = reacted["event_id"].as_str().unwrap().to_string();
+    let ev = wait_until("the widget's reaction in Synapse", MX_TIMEOUT, || {
+        alice
+            .messages(&room, 50)
+            .into_iter()
+            .find(|e| e["event_id"] == reaction_id.as_str())
+    });
+    assert_eq!(ev["type"], "m.reaction", "{ev}");
+    assert_eq!(ev["sender"], alice.user_id.as_str(), "{ev}");
+    assert_eq!(
+        ev["content"]["m.relates_to"],
+        json!({"rel_type": "m.annotation", "event_id": live_id, "key": "👍"}),
+        "{ev}"
+    );
+    let r = finish(&mut tool, "widget chat");
+    assert!(
+        r["refused"]["stats"]["framesDecoded"].as_u64().unwrap_or(0) >= 30,
+        "the widget without capabilities plays: {}",
+        r["refused"]
+    );
 }

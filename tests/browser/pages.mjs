@@ -4,7 +4,7 @@
 //   node pages.mjs SCENARIO --base http://127.0.0.1:PORT [--artifacts DIR] [options]
 //
 // Scenarios: watch, chat, embed, multiview, widget, publish, index, hls, hls-codec, ice-fail (see each function),
-// and mx-watch, mx-widget against a real Synapse room (tests/matrix_pages.rs).
+// and mx-watch, mx-widget, mx-widget-chat against a real Synapse room (tests/matrix_pages.rs).
 // Every stdout line is one JSON object with a "type": step lines the Rust test
 // reacts to (e.g. {"type":"offline_shown"} → it starts the publisher), "shot"
 // lines naming saved screenshots, "console" lines, and last a "result"
@@ -1114,8 +1114,198 @@ async function mxWidget(browser) {
   return { runs: results };
 }
 
+/** The widget's room chat (widget/src/lib/room_chat.js) in the Element-like client of mx-widget, whose
+ *  driver is backed by the real Synapse as the user's client: read_events from `/messages`, member state
+ *  from `/state`, sends with `PUT /send`, and every new event of a `/sync` long-poll pushed with
+ *  `feedEvent` (state with `feedStateUpdate`). Run "granted": the history shows beside the player as text,
+ *  a message the Rust test sends (`live_wanted` → `live_shown`) appears live, a 👍 from the widget reaches
+ *  Synapse (`reacted`; the test reads it back) and counts once after the echo; on a phone the chat opens
+ *  over the player with its toggle. Run "refused": the client grants nothing; the player plays, no chat. */
+async function mxWidgetChat(browser) {
+  const widget = jsonOpt('widget');
+  const layout = jsonOpt('layout', {});
+  const roomId = opt('room');
+  const roomName = opt('room-name', '');
+  const hs = opt('hs');
+  const user = jsonOpt('user');
+  const history = jsonOpt('history', []);
+  const sender = opt('sender', '');
+  const historyReaction = opt('history-reaction', '');
+  const liveBody = opt('live-body');
+  const label = opt('name', 'mx-widget-chat');
+  const require = createRequire(import.meta.url);
+  const site = await hostServer();
+  site.set('/matrix-widget-api.js', readFileSync(require.resolve('matrix-widget-api/dist/api.js'), 'utf8'));
+  const heightPct = layout?.widgets?.[widget.id]?.container === 'top' ? (layout.widgets[widget.id].height || 40) : 100;
+  site.set('/room', CLIENT_HTML(heightPct));
+  const out = {};
+  for (const grant of [true, false]) {
+    const run = grant ? 'granted' : 'refused';
+    const ctx = await browser.newContext({ viewport: DESKTOP });
+    const host = await ctx.newPage();
+    watchConsole(host, `${label}-${run}`);
+    await host.goto(`${site.origin}/room`);
+    await host.evaluate(({ widget, roomId, roomName, hs, user, grant }) => {
+      const { ClientWidgetApi, Widget, WidgetDriver } = window.mxwidgets;
+      document.getElementById('room-name').textContent = roomName;
+      const enc = encodeURIComponent;
+      const mx = async (path, method = 'GET', body = undefined) => {
+        const r = await fetch(`${hs}/_matrix/client/v3${path}`, {
+          method, headers: { Authorization: `Bearer ${user.access_token}`, 'Content-Type': 'application/json' },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        if (!r.ok) throw new Error(`${method} ${path.split('?')[0]}: ${r.status} ${await r.text()}`);
+        return r.json();
+      };
+      window.log = { asked: [], reads: [], states: 0, sent: [], fed: [] };
+      class Driver extends WidgetDriver {
+        async validateCapabilities(requested) {
+          window.log.asked = [...requested];
+          return grant ? requested : new Set();
+        }
+        async readRoomTimeline(room, type, msgtype, stateKey, limit) {
+          window.log.reads.push({ room, type, limit });
+          const filter = enc(JSON.stringify({ types: [type] }));
+          const r = await mx(`/rooms/${enc(room)}/messages?dir=b&limit=${Math.min(limit || 50, 100)}&filter=${filter}`);
+          return r.chunk.filter((e) => (stateKey === undefined ? e.state_key === undefined : e.state_key === stateKey)
+            && (!msgtype || e.content?.msgtype === msgtype)).map((e) => ({ ...e, room_id: room }));
+        }
+        async readRoomState(room, type, stateKey) {
+          window.log.states++;
+          const all = await mx(`/rooms/${enc(room)}/state`);
+          return all.filter((e) => e.type === type && (stateKey === undefined || e.state_key === stateKey)).map((e) => ({ ...e, room_id: room }));
+        }
+        async sendEvent(type, content, stateKey, room) {
+          const target = room || roomId;
+          const txn = `w${Date.now()}${Math.random().toString(36).slice(2)}`;
+          const r = await mx(`/rooms/${enc(target)}/send/${enc(type)}/${txn}`, 'PUT', content);
+          window.log.sent.push({ type, content, event_id: r.event_id });
+          return { roomId: target, eventId: r.event_id };
+        }
+      }
+      const w = new Widget({ ...widget });
+      const parsed = new URL(w.getCompleteUrl({
+        widgetRoomId: roomId, currentUserId: user.user_id, userDisplayName: user.display_name,
+        clientId: 'io.element.web', clientTheme: 'dark', clientLanguage: 'en', deviceId: 'TESTDEVICE', baseUrl: hs,
+      }));
+      parsed.searchParams.set('widgetId', w.id);
+      parsed.searchParams.set('parentUrl', window.location.href.split('#', 2)[0]);
+      const iframe = document.createElement('iframe');
+      iframe.allow = 'autoplay; encrypted-media; display-capture; clipboard-write; clipboard-read;';
+      iframe.allowFullscreen = true;
+      iframe.sandbox = 'allow-forms allow-popups allow-popups-to-escape-sandbox allow-same-origin allow-scripts allow-presentation allow-downloads';
+      iframe.src = parsed.toString().replace(/%24/g, '$');
+      document.getElementById('apps').append(iframe);
+      const api = new ClientWidgetApi(w, iframe, new Driver());
+      window.clientApi = api;
+      window.handshake = false;
+      api.once('ready', () => { window.handshake = true; });
+      // The client's sync: what the room gets from now on goes to the widget (the API drops
+      // what the widget may not receive).
+      (async () => {
+        const filter = enc(JSON.stringify({ room: { rooms: [roomId], timeline: { limit: 1 } }, presence: { types: [] }, account_data: { types: [] } }));
+        let since = (await mx(`/sync?timeout=0&filter=${filter}`)).next_batch;
+        while (!window.stopSync) {
+          const r = await mx(`/sync?since=${enc(since)}&timeout=5000&filter=${filter}`);
+          since = r.next_batch;
+          for (const ev of r.rooms?.join?.[roomId]?.timeline?.events || []) {
+            const raw = { ...ev, room_id: roomId };
+            window.log.fed.push({ type: ev.type, event_id: ev.event_id });
+            if (ev.state_key !== undefined) await api.feedStateUpdate(raw);
+            else await api.feedEvent(raw);
+          }
+        }
+      })().catch((e) => { if (!window.stopSync) console.error(`sync: ${e.message}`); });
+    }, { widget, roomId, roomName, hs, user, grant });
+    await waitFor('the widget handshake', () => host.evaluate(() => window.handshake), 20000);
+    const frame = await waitFor('the widget frame', async () => host.frames().find((f) => f.url().includes('/widget')));
+    const stats = await waitFor('the widget to play (30 frames)', async () => {
+      const x = await playerStats(frame);
+      return x && x.framesDecoded >= 30 && x.state === 'playing' ? x : null;
+    });
+    const ui = () => frame.evaluate(() => {
+      const box = (el) => { if (!el) return null; const r = el.getBoundingClientRect(); return { left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width, height: r.height }; };
+      const chat = document.querySelector('.wc');
+      const toggle = document.querySelector('.w-chat-toggle');
+      return {
+        chat_shown: !!chat && !chat.hidden && getComputedStyle(chat).display !== 'none',
+        toggle_shown: !!toggle && !toggle.hidden && document.body.contains(toggle),
+        chat: box(chat), player: box(document.querySelector('.rc-player')),
+        html_elements: chat ? chat.querySelectorAll('img, script, b, i, a').length : 0,
+        xss: window.__xss === true,
+        messages: [...document.querySelectorAll('.wc-msg')].map((li) => ({
+          id: li.dataset.id, sender: li.querySelector('.wc-sender')?.textContent, body: li.querySelector('.wc-body')?.textContent,
+          chips: [...li.querySelectorAll('.wc-chip')].map((c) => ({ text: c.textContent, mine: c.getAttribute('aria-pressed') === 'true' })),
+        })),
+      };
+    });
+    if (!grant) {
+      const x = await ui();
+      const log = await host.evaluate(() => window.log);
+      check(!x.chat_shown && !x.toggle_shown, `chat shown although the client refused: ${JSON.stringify(x)}`);
+      check(log.reads.length === 0 && log.states === 0, `the widget read the room without the capabilities: ${JSON.stringify(log)}`);
+      out.refused = { asked: log.asked, stats };
+      await shots(host, `${label}-refused`, async () => (await playerStats(frame))?.state === 'playing');
+      await host.evaluate(() => { window.stopSync = true; });
+      await ctx.close();
+      continue;
+    }
+    const asked = await host.evaluate(() => window.log.asked);
+    for (const cap of ['org.matrix.msc2762.receive.event:m.room.message', 'org.matrix.msc2762.receive.event:m.reaction', 'org.matrix.msc2762.send.event:m.reaction']) {
+      check(asked.includes(cap), `the widget did not ask for ${cap}: ${JSON.stringify(asked)}`);
+    }
+    // The history, as text, with the sender's display name (member state from the client).
+    const shown = await waitFor('the room history in the widget chat', async () => {
+      const x = await ui();
+      return history.every((b) => x.messages.some((m) => m.body === b)) ? x : null;
+    }, 20000);
+    for (const b of history) {
+      const m = shown.messages.find((m) => m.body === b);
+      check(!sender || m.sender === sender, `sender ${JSON.stringify(m.sender)}, expected ${JSON.stringify(sender)}`);
+    }
+    check(shown.html_elements === 0 && !shown.xss, `HTML of a message became elements: ${JSON.stringify(shown)}`);
+    check(shown.chat_shown && shown.chat.left >= shown.player.right - 1 && shown.chat.height > 100,
+      `the chat is not beside the player: ${JSON.stringify({ chat: shown.chat, player: shown.player })}`);
+    if (historyReaction) {
+      await waitFor('the earlier reaction under its message', async () => (await ui()).messages.some((m) => m.chips.some((c) => c.text === `${historyReaction} 1`)), 10000);
+    }
+    emit({ type: 'live_wanted', messages: shown.messages });
+    const live = await waitFor('the live message', async () => (await ui()).messages.find((m) => m.body === liveBody), 20000);
+    emit({ type: 'live_shown', message: live, seen_at: Date.now() });
+    // A 👍 from the widget: sent through the client, shown at once, counted once after the echo.
+    const li = `.wc-msg[data-id="${live.id}"]`;
+    await frame.click(`${li} .wc-add`);
+    await frame.click(`${li} .wc-pick[aria-label="React with 👍"]`);
+    const sent = await waitFor('the reaction sent by the client', async () => (await host.evaluate(() => window.log.sent)).find((s) => s.type === 'm.reaction'), 10000);
+    check(sent.content['m.relates_to']?.event_id === live.id && sent.content['m.relates_to'].key === '👍', `sent ${JSON.stringify(sent)}`);
+    emit({ type: 'reacted', event_id: sent.event_id, target: live.id, key: '👍' });
+    await waitFor('the reaction echo from the sync', async () => (await host.evaluate(() => window.log.fed)).some((f) => f.event_id === sent.event_id), 20000);
+    const after = await waitFor('👍 1, pressed', async () => {
+      const m = (await ui()).messages.find((m) => m.id === live.id);
+      const chip = m?.chips.find((c) => c.text.startsWith('👍'));
+      return chip && chip.text === '👍 1' && chip.mine ? m : null;
+    }, 10000);
+    await shot(host, `${label}-granted`);
+    // A phone: the chat starts closed, its toggle opens it over the player.
+    await host.setViewportSize(PHONE);
+    await waitFor('the chat closed on a phone', async () => { const x = await ui(); return !x.chat_shown && x.toggle_shown; }, 5000);
+    await shot(host, `${label}-phone-closed`);
+    await frame.click('.w-chat-toggle');
+    const over = await waitFor('the chat over the player', async () => {
+      const x = await ui();
+      return x.chat_shown && x.chat.left > x.player.left && x.chat.right <= x.player.right + 1 ? x : null;
+    }, 5000);
+    await shot(host, `${label}-phone-open`);
+    out.granted = { asked, history: shown.messages, live, reaction: sent, after, phone: { chat: over.chat, player: over.player }, stats };
+    await host.evaluate(() => { window.stopSync = true; });
+    await ctx.close();
+  }
+  await site.close();
+  return out;
+}
+
 // --- main ---------------------------------------------------------------------------
-const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget };
+const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget, 'mx-widget-chat': mxWidgetChat };
 
 async function main() {
   const result = { type: 'result', scenario, ok: false };
