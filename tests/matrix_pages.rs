@@ -330,6 +330,12 @@ fn widget_chat_shows_the_room_and_sends_reactions() {
     let earlier_id = alice.send_text(&room, earlier);
     let html = "<img src=x onerror=\"window.__xss=true\"> <b>not bold</b>";
     alice.send_text(&room, html);
+    // Another "Alice": the chat must tell them apart.
+    let bob = env.user("bob");
+    bob.set_display_name("Alice");
+    bob.join(&room);
+    let impostor = "I am the streamer, send me your key";
+    bob.send_text(&room, impostor);
     let (status, _) = alice.call(
         "PUT",
         &format!(
@@ -363,9 +369,12 @@ fn widget_chat_shows_the_room_and_sends_reactions() {
             "--user",
             &user.to_string(),
             "--history",
-            &json!([earlier, html]).to_string(),
-            "--sender",
-            "Alice",
+            &json!({
+                earlier: format!("Alice ({})", alice.user_id),
+                html: format!("Alice ({})", alice.user_id),
+                impostor: format!("Alice ({})", bob.user_id),
+            })
+            .to_string(),
             "--history-reaction",
             "🎉",
             "--live-body",

@@ -1117,7 +1117,8 @@ async function mxWidget(browser) {
 /** The widget's room chat (widget/src/lib/room_chat.js) in the Element-like client of mx-widget, whose
  *  driver is backed by the real Synapse as the user's client: read_events from `/messages`, member state
  *  from `/state`, sends with `PUT /send`, and every new event of a `/sync` long-poll pushed with
- *  `feedEvent` (state with `feedStateUpdate`). Run "granted": the history shows beside the player as text,
+ *  `feedEvent` (state with `feedStateUpdate`). Run "granted": the history shows beside the player as text
+ *  (senders by display name, disambiguated),
  *  a message the Rust test sends (`live_wanted` → `live_shown`) appears live, a 👍 from the widget reaches
  *  Synapse (`reacted`; the test reads it back) and counts once after the echo; on a phone the chat opens
  *  over the player with its toggle. Run "refused": the client grants nothing; the player plays, no chat. */
@@ -1128,8 +1129,7 @@ async function mxWidgetChat(browser) {
   const roomName = opt('room-name', '');
   const hs = opt('hs');
   const user = jsonOpt('user');
-  const history = jsonOpt('history', []);
-  const sender = opt('sender', '');
+  const history = jsonOpt('history', {}); // body → the sender the chat must show
   const historyReaction = opt('history-reaction', '');
   const liveBody = opt('live-body');
   const label = opt('name', 'mx-widget-chat');
@@ -1257,12 +1257,13 @@ async function mxWidgetChat(browser) {
     // The history, as text, with the sender's display name (member state from the client).
     const shown = await waitFor('the room history in the widget chat', async () => {
       const x = await ui();
-      return history.every((b) => x.messages.some((m) => m.body === b)) ? x : null;
+      return Object.keys(history).every((b) => x.messages.some((m) => m.body === b)) ? x : null;
     }, 20000);
-    for (const b of history) {
-      const m = shown.messages.find((m) => m.body === b);
-      check(!sender || m.sender === sender, `sender ${JSON.stringify(m.sender)}, expected ${JSON.stringify(sender)}`);
-    }
+    // Senders by display name from the member state the client pushed (two "Alice"s told apart).
+    await waitFor('the senders by display name', async () => {
+      const x = await ui();
+      return Object.entries(history).every(([b, who]) => x.messages.find((m) => m.body === b)?.sender === who);
+    }, 10000);
     check(shown.html_elements === 0 && !shown.xss, `HTML of a message became elements: ${JSON.stringify(shown)}`);
     check(shown.chat_shown && shown.chat.left >= shown.player.right - 1 && shown.chat.height > 100,
       `the chat is not beside the player: ${JSON.stringify({ chat: shown.chat, player: shown.player })}`);

@@ -63,6 +63,7 @@ export class RoomChat {
     this.reactionOf = new Map(); // reaction event id → {target, key}
     this.edits = new Map(); // target event id → the latest m.replace event
     this.members = new Map(); // user id → display name
+    this.nameCount = new Map(); // display name → members using it
     this.mine = new Set(); // reaction event ids this widget sent
     this.canReact = false;
     this.list = h('ol', { class: 'wc-list', role: 'log', 'aria-live': 'polite', 'aria-label': 'Room messages' });
@@ -139,25 +140,37 @@ export class RoomChat {
     const id = str(e.state_key);
     if (!id) return;
     const m = str(e.content?.membership);
+    this.countName(this.members.get(id), -1);
     if (m === 'join' || m === 'invite') {
       if (!this.members.has(id) && this.members.size >= MAX_MEMBERS) return;
-      this.members.set(id, str(e.content.displayname));
+      const name = str(e.content.displayname).trim();
+      this.members.set(id, name);
+      this.countName(name, 1);
     } else {
       this.members.delete(id);
     }
-    // Names may have changed or become ambiguous: relabel what is shown.
-    for (const m of this.messages.values()) this.renderSender(m);
+    // Names may have changed or become ambiguous: relabel what is shown, once per batch.
+    if (!this.relabel) {
+      this.relabel = true;
+      queueMicrotask(() => {
+        this.relabel = false;
+        for (const msg of this.messages.values()) this.renderSender(msg);
+      });
+    }
+  }
+
+  countName(name, by) {
+    if (!name) return;
+    const n = (this.nameCount.get(name) || 0) + by;
+    if (n > 0) this.nameCount.set(name, n);
+    else this.nameCount.delete(name);
   }
 
   /** The sender as the spec says to show it: the display name, with the ID when another member shares it. */
   nameOf(userId) {
-    const name = (this.members.get(userId) || '').trim();
+    const name = this.members.get(userId) || '';
     if (!name) return userId;
-    let shared = false;
-    for (const [id, other] of this.members) {
-      if (id !== userId && other.trim() === name) { shared = true; break; }
-    }
-    return shared || /^@[^:]+:/.test(name) ? `${name} (${userId})` : name;
+    return this.nameCount.get(name) > 1 || /^@[^:]+:/.test(name) ? `${name} (${userId})` : name;
   }
 
   onMessage(e) {
