@@ -12,8 +12,10 @@
 
 pub mod access;
 pub mod chat;
+pub mod chat_view;
 pub mod client;
 pub mod commands;
+pub mod media_proxy;
 mod notices;
 pub mod permissions;
 pub mod registration;
@@ -122,7 +124,12 @@ pub struct Matrix {
     /// Transactions are applied one at a time, in order.
     txn_lock: tokio::sync::Mutex<()>,
     chat: Mutex<HashMap<String, VecDeque<Arc<ChatMessage>>>>,
-    names: Mutex<HashMap<(String, String), String>>,
+    /// Members' display names and avatars, for the chat.
+    members: Mutex<chat::Members>,
+    /// Reactions counted in the chat.
+    reactions: Mutex<chat::Reactions>,
+    /// The chat's images from the homeserver's authenticated media.
+    media: media_proxy::MediaProxy,
     /// DM rooms already told that encrypted messages cannot be read.
     told_encrypted: Mutex<HashSet<String>>,
     notices: notices::Notices,
@@ -173,6 +180,7 @@ impl Matrix {
             );
         }
         let client = HsClient::new(&cfg.homeserver_url, &reg.as_token)?;
+        let media = media_proxy::MediaProxy::new(&cfg.homeserver_url, &reg.as_token);
         let secret = store
             .setting_or_insert(
                 "viewer_link_secret",
@@ -194,7 +202,9 @@ impl Matrix {
             room_version: Mutex::new(None),
             txn_lock: tokio::sync::Mutex::new(()),
             chat: Mutex::new(HashMap::new()),
-            names: Mutex::new(HashMap::new()),
+            members: Mutex::new(chat::Members::default()),
+            reactions: Mutex::new(chat::Reactions::default()),
+            media,
             told_encrypted: Mutex::new(HashSet::new()),
             notices: notices::Notices::default(),
             tokens: access::ViewerTokens::new(&secret),
