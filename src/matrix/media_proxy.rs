@@ -33,7 +33,7 @@ pub enum Size {
     Full,
     /// A thumbnail that fits 800×600 (pictures).
     Thumb,
-    /// A 64×64 crop (avatars).
+    /// A 96×96 crop (avatars, sharp on dense screens).
     Avatar,
 }
 
@@ -171,7 +171,7 @@ impl MediaProxy {
                 self.base
             ),
             Size::Avatar => format!(
-                "{}/_matrix/client/v1/media/thumbnail/{path}?width=64&height=64&method=crop",
+                "{}/_matrix/client/v1/media/thumbnail/{path}?width=96&height=96&method=crop",
                 self.base
             ),
         };

@@ -919,6 +919,64 @@ async function mxWatch(browser) {
   return { rename_seen_at: seenAt, matrix_message: mx, guest_message: echo, left };
 }
 
+/** mx-chat: the watch page's chat of a room where the test posted formatted, reply, thread, edited,
+ *  emote, image and sticker messages, a reaction and an avatar before roomcast restarted (so all of it
+ *  comes from the backfill). Reports what the panel shows; the test asserts. Then a reaction made
+ *  live must count, and its redaction uncount. */
+async function mxChat(browser) {
+  const stream = opt('stream');
+  const expect = Number(opt('messages'));
+  const reactTo = opt('react-to');
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  const page = await ctx.newPage();
+  watchConsole(page, 'mx-chat');
+  await page.goto(`${BASE}/watch/${stream}`);
+  const ui = () => page.evaluate(() => {
+    const img = (el) => el && { src: el.getAttribute('src'), loaded: el.complete && el.naturalWidth > 0, w: el.naturalWidth };
+    return {
+      xss: window.__xss ?? null,
+      scripts_in_chat: document.querySelectorAll('.chat script, .chat [onerror], .chat img:not(.chat-avatar):not(.chat-media)').length,
+      messages: [...document.querySelectorAll('.chat-list > .chat-msg')].map((li) => {
+        const body = li.querySelector('.chat-body');
+        return {
+          id: li.dataset.id,
+          classes: li.className,
+          sender: li.querySelector('.chat-sender').textContent,
+          body: body.textContent,
+          tags: [...body.querySelectorAll('*')].map((e) => e.localName),
+          links: [...body.querySelectorAll('a')].map((a) => ({ href: a.getAttribute('href'), rel: a.rel, target: a.target })),
+          reply: li.querySelector('.chat-reply') && {
+            sender: li.querySelector('.chat-reply-sender')?.textContent ?? null,
+            body: li.querySelector('.chat-reply-body').textContent,
+          },
+          reactions: [...li.querySelectorAll('.chat-reaction')].map((r) => ({
+            key: r.querySelector('.chat-reaction-key').textContent, count: Number(r.querySelector('.chat-reaction-count').textContent),
+          })),
+          media: img(li.querySelector('.chat-media')),
+          avatar: img(li.querySelector('img.chat-avatar')),
+          edited: !!li.querySelector('.chat-edited'),
+        };
+      }),
+    };
+  });
+  const shown = await waitFor(`${expect} messages in the chat panel, their images loaded`, async () => {
+    const x = await ui();
+    const imgs = x.messages.flatMap((m) => [m.media, m.avatar]).filter(Boolean);
+    return x.messages.length >= expect && imgs.every((i) => i.loaded) ? x : null;
+  }, 30000);
+  await shots(page, 'mx-chat');
+  emit({ type: 'shown', ui: shown });
+  const count = (x, key) => x.messages.find((m) => m.id === reactTo)?.reactions.find((r) => r.key === key)?.count ?? 0;
+  // The test reacts again now, from a second user.
+  await waitFor('the live reaction to count 2', async () => count(await ui(), '👍') === 2, 20000);
+  emit({ type: 'reaction_counted' });
+  // The test redacts that reaction now.
+  await waitFor('the redacted reaction to uncount', async () => count(await ui(), '👍') === 1, 20000);
+  emit({ type: 'reaction_uncounted' });
+  await ctx.close();
+  return {};
+}
+
 /** The Matrix client around the widget: a room view with the app drawer on top, as Element lays out a
  *  widget pinned with `io.element.widgets.layout` (container top, height in % of the room view). */
 const CLIENT_HTML = (heightPct) => `<!doctype html><title>Matrix client</title>
@@ -1115,7 +1173,7 @@ async function mxWidget(browser) {
 }
 
 // --- main ---------------------------------------------------------------------------
-const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget };
+const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget, 'mx-chat': mxChat };
 
 async function main() {
   const result = { type: 'result', scenario, ok: false };

@@ -526,3 +526,48 @@ impl Drop for Sse {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
+
+/// Rich chat content: raw events, media and avatars (tests/matrix_pages.rs).
+impl MxUser {
+    /// Sends any message-like event; its event id.
+    pub fn send_event(&self, room: &str, kind: &str, content: Value) -> String {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/{kind}/{}",
+            enc(room),
+            random_hex()
+        );
+        self.ok("PUT", &path, Some(&content))["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Uploads a file to the media repository; its `mxc://` URI.
+    pub fn upload(&self, bytes: &[u8], content_type: &str) -> String {
+        let auth = format!("Bearer {}", self.token);
+        let r = http::request(
+            "POST",
+            &format!("{}/_matrix/media/v3/upload", self.base),
+            &[("Authorization", &auth), ("Content-Type", content_type)],
+            Some(bytes),
+        )
+        .expect("upload");
+        assert_eq!(r.status, 200, "upload: {}", r.text());
+        r.json().unwrap()["content_uri"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Sets the global avatar (rooms get a new member event).
+    pub fn set_avatar(&self, mxc: &str) {
+        self.ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/profile/{}/avatar_url",
+                enc(&self.user_id)
+            ),
+            Some(&json!({ "avatar_url": mxc })),
+        );
+    }
+}
