@@ -139,10 +139,10 @@ impl MediaProxy {
         if let Some(img) = self.cache.lock().get(&key) {
             return Ok(img);
         }
-        let _turn = self
-            .fetches
-            .acquire()
+        // A viewer waits for a turn no longer than a fetch may take.
+        let _turn = tokio::time::timeout(FETCH_TIMEOUT, self.fetches.acquire())
             .await
+            .map_err(|_| MediaError::Upstream("too many fetches at once".into()))?
             .map_err(|_| MediaError::Upstream("shutting down".into()))?;
         // Another request may have fetched it while this one waited.
         if let Some(img) = self.cache.lock().get(&key) {
