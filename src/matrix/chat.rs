@@ -23,7 +23,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::chat_view::{self, Relation, ReplyTo};
-use super::media_proxy::{Image, MediaError, Size};
+use super::media_proxy::{Image, MediaError, MediaProxy, Size};
 use super::registration::PUPPET_PREFIX;
 use super::{Ev, HsError, Matrix, MatrixError};
 use crate::hub::{ChatMessage, HubEvent};
@@ -82,6 +82,51 @@ impl Limiter {
     }
 }
 
+/// The pages' chat of the mapped rooms: each room's recent messages as the
+/// pages get them, the members' names and avatars, the reactions counted, the
+/// media proxy for its images, and the guests' limits. The relay, backfill
+/// and guest entry points are `Matrix` methods below (they need the client
+/// and the hub).
+pub struct Chat {
+    /// Recent messages per room, oldest first ([`HISTORY`] at most).
+    history: Mutex<HashMap<String, VecDeque<Arc<ChatMessage>>>>,
+    members: Mutex<Members>,
+    reactions: Mutex<Reactions>,
+    media: MediaProxy,
+    limits: Limits,
+}
+
+impl Chat {
+    pub fn new(homeserver_url: &str, as_token: &str) -> Chat {
+        Chat {
+            history: Mutex::new(HashMap::new()),
+            members: Mutex::new(Members::default()),
+            reactions: Mutex::new(Reactions::default()),
+            media: MediaProxy::new(homeserver_url, as_token),
+            limits: Limits::default(),
+        }
+    }
+
+    /// A room's chat history, oldest first.
+    pub fn history_of(&self, room: &str) -> Vec<Arc<ChatMessage>> {
+        self.history
+            .lock()
+            .get(room)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Who sent a message of the history (None when it is not there).
+    pub fn sender_of(&self, room: &str, id: &str) -> Option<String> {
+        self.history
+            .lock()
+            .get(room)?
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.sender_id.clone())
+    }
+}
+
 /// Per-guest and per-IP limits of the watch page's chat and guest creation.
 pub struct Limits {
     guest_msgs: Mutex<Limiter>,
@@ -131,7 +176,7 @@ struct Member {
 /// The members of the mapped rooms: display names (told apart when two are
 /// the same) and avatars.
 #[derive(Default)]
-pub(super) struct Members {
+struct Members {
     rooms: HashMap<String, HashMap<String, Member>>,
     count: usize,
 }
@@ -184,7 +229,7 @@ impl Members {
 /// Reactions counted under messages, by the reaction's event id: a
 /// redelivered reaction counts once, a redacted one is taken off again.
 #[derive(Default)]
-pub(super) struct Reactions {
+struct Reactions {
     by_id: HashMap<String, (String, String)>,
 }
 
@@ -216,14 +261,14 @@ impl Matrix {
     /// The name the chat shows for `user` in `room` (the member event is
     /// fetched the first time).
     async fn display_name(&self, room: &str, user: &str) -> String {
-        if self.members.lock().get(room, user).is_none() {
+        if self.chat.members.lock().get(room, user).is_none() {
             let member = match self.state_event(room, "m.room.member", user).await {
                 Ok(Some(ev)) => member_of(&ev["content"]),
                 _ => Member::default(),
             };
-            self.members.lock().set(room, user, member);
+            self.chat.members.lock().set(room, user, member);
         }
-        self.members.lock().shown(room, user)
+        self.chat.members.lock().shown(room, user)
     }
 
     /// Caches a member's display name (kept to [`MAX_NAME_CHARS`]). The
@@ -231,7 +276,7 @@ impl Matrix {
     /// this stays for callers that know only the name.
     #[allow(dead_code)]
     pub(super) fn remember_name(&self, room: &str, user: &str, name: &str) {
-        let mut members = self.members.lock();
+        let mut members = self.chat.members.lock();
         let avatar = members.get(room, user).and_then(|m| m.avatar.clone());
         let name = Some(name.chars().take(MAX_NAME_CHARS).collect());
         members.set(room, user, Member { name, avatar });
@@ -240,7 +285,7 @@ impl Matrix {
     /// A member event's content (`m.room.member`): a joined member's name
     /// and avatar are kept, one who left or was banned is forgotten.
     pub(super) fn remember_member(&self, room: &str, user: &str, content: &serde_json::Value) {
-        let mut members = self.members.lock();
+        let mut members = self.chat.members.lock();
         match content["membership"].as_str() {
             Some("join") => members.set(room, user, member_of(content)),
             Some("leave" | "ban") => members.remove(room, user),
@@ -277,6 +322,7 @@ impl Matrix {
         }
         let sender = self.display_name(room, &ev.sender).await;
         rich.avatar = self
+            .chat
             .members
             .lock()
             .get(room, &ev.sender)
@@ -302,6 +348,7 @@ impl Matrix {
     ) -> ReplyTo {
         let known = earlier.iter().find(|m| m.id == to).cloned().or_else(|| {
             self.chat
+                .history
                 .lock()
                 .get(room)
                 .and_then(|q| q.iter().find(|m| m.id == to).cloned())
@@ -363,7 +410,7 @@ impl Matrix {
             Relation::Annotation { target, key } if ev.kind == "m.reaction" => {
                 let id = ev.event_id.as_deref()?;
                 if !history.iter().any(|m| m.id == target)
-                    || !self.reactions.lock().add(id, &target, &key)
+                    || !self.chat.reactions.lock().add(id, &target, &key)
                 {
                     return None;
                 }
@@ -384,7 +431,7 @@ impl Matrix {
             Relation::Replace(_) | Relation::Annotation { .. }
         ) {
             let changed = {
-                let mut chat = self.chat.lock();
+                let mut chat = self.chat.history.lock();
                 chat.get_mut(room).and_then(|q| self.apply_relation(q, ev))
             };
             if let Some(msg) = changed {
@@ -397,7 +444,7 @@ impl Matrix {
         };
         let msg = Arc::new(msg);
         {
-            let mut chat = self.chat.lock();
+            let mut chat = self.chat.history.lock();
             let q = chat.entry(room.to_string()).or_default();
             if q.iter().any(|m| m.id == msg.id) {
                 return;
@@ -412,10 +459,10 @@ impl Matrix {
 
     pub(super) fn relay_redaction(&self, room: &str, target: &str) {
         // A redacted reaction is taken off its message's count.
-        let reaction = self.reactions.lock().by_id.remove(target);
+        let reaction = self.chat.reactions.lock().by_id.remove(target);
         if let Some((message, key)) = reaction {
             let changed = {
-                let mut chat = self.chat.lock();
+                let mut chat = self.chat.history.lock();
                 chat.get_mut(room)
                     .and_then(|q| chat_view::apply_reaction(q, &message, &key, -1))
             };
@@ -425,7 +472,7 @@ impl Matrix {
             return;
         }
         let removed = {
-            let mut chat = self.chat.lock();
+            let mut chat = self.chat.history.lock();
             chat.get_mut(room).is_some_and(|q| {
                 let before = q.len();
                 q.retain(|m| m.id != target);
@@ -451,7 +498,7 @@ impl Matrix {
             .send(joined_members::v3::Request::new(rid.clone()), None)
             .await?;
         {
-            let mut known = self.members.lock();
+            let mut known = self.chat.members.lock();
             for (user, m) in &members.joined {
                 let member = Member {
                     name: m
@@ -489,7 +536,7 @@ impl Matrix {
         }
         let n = msgs.len();
         let new: Vec<Arc<ChatMessage>> = {
-            let mut chat = self.chat.lock();
+            let mut chat = self.chat.history.lock();
             let q = chat.entry(room.to_string()).or_default();
             let new = msgs
                 .iter()
@@ -537,16 +584,16 @@ impl Matrix {
         if room.encrypted {
             return Err(MediaError::NotReferenced);
         }
-        let shown = self.chat.lock().get(&m.room_id).is_some_and(|q| {
+        let shown = self.chat.history.lock().get(&m.room_id).is_some_and(|q| {
             q.iter().any(|msg| {
                 msg.rich.media.as_ref().is_some_and(|x| x.path == path)
                     || msg.rich.avatar.as_deref() == Some(&path)
             })
-        }) || self.members.lock().has_avatar(&m.room_id, &path);
+        }) || self.chat.members.lock().has_avatar(&m.room_id, &path);
         if !shown {
             return Err(MediaError::NotReferenced);
         }
-        self.media.get(&path, size).await
+        self.chat.media.get(&path, size).await
     }
 
     // --- guests ----------------------------------------------------------------------
@@ -558,7 +605,7 @@ impl Matrix {
         name: &str,
         ip: IpAddr,
     ) -> Result<(String, String), GuestError> {
-        if let Err(wait) = self.limits.ip_guests.lock().take(&ip_key(ip)) {
+        if let Err(wait) = self.chat.limits.ip_guests.lock().take(&ip_key(ip)) {
             return Err(GuestError::RateLimited(wait));
         }
         let localpart = format!("{PUPPET_PREFIX}g{}", hex::encode(rand::random::<[u8; 8]>()));
@@ -623,10 +670,10 @@ impl Matrix {
         if state == Some(true) {
             return Err(GuestError::Banned);
         }
-        if let Err(wait) = self.limits.guest_msgs.lock().take(&guest.user_id) {
+        if let Err(wait) = self.chat.limits.guest_msgs.lock().take(&guest.user_id) {
             return Err(GuestError::RateLimited(wait));
         }
-        if let Err(wait) = self.limits.ip_msgs.lock().take(&ip_key(ip)) {
+        if let Err(wait) = self.chat.limits.ip_msgs.lock().take(&ip_key(ip)) {
             return Err(GuestError::RateLimited(wait));
         }
         let user = OwnedUserId::try_from(guest.user_id.as_str())

@@ -9,7 +9,7 @@
 //! first bytes (never SVG or HTML, whatever the homeserver says).
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -25,6 +25,11 @@ const CACHE_BYTES: usize = 48 * 1024 * 1024;
 const CONCURRENT_FETCHES: usize = 4;
 /// One whole fetch, from connect to the last byte.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A media the homeserver does not have, or that is no image the chat
+/// shows, is not asked for again for this long (pages retry each load).
+const REFUSAL_TTL: Duration = Duration::from_secs(60);
+/// Refusals remembered at most.
+const MAX_REFUSALS: usize = 1000;
 
 /// Which rendition of a media the page asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,7 +61,7 @@ pub struct Image {
     pub content_type: &'static str,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MediaError {
     #[error("the chat shows no such media")]
     NotReferenced,
@@ -108,6 +113,8 @@ pub struct MediaProxy {
     base: String,
     token: String,
     cache: Mutex<Cache>,
+    /// Answers that will not change soon (not found, too large, not an image).
+    refused: Mutex<HashMap<(String, Size), (Instant, MediaError)>>,
     fetches: tokio::sync::Semaphore,
 }
 
@@ -128,6 +135,7 @@ impl MediaProxy {
             base: homeserver.trim_end_matches('/').to_string(),
             token: as_token.to_string(),
             cache: Mutex::new(Cache::default()),
+            refused: Mutex::new(HashMap::new()),
             fetches: tokio::sync::Semaphore::new(CONCURRENT_FETCHES),
         }
     }
@@ -138,6 +146,11 @@ impl MediaProxy {
         let key = (path.to_string(), size);
         if let Some(img) = self.cache.lock().get(&key) {
             return Ok(img);
+        }
+        if let Some((at, e)) = self.refused.lock().get(&key)
+            && at.elapsed() < REFUSAL_TTL
+        {
+            return Err(e.clone());
         }
         // A viewer waits for a turn no longer than a fetch may take.
         let _turn = tokio::time::timeout(FETCH_TIMEOUT, self.fetches.acquire())
@@ -151,10 +164,19 @@ impl MediaProxy {
         let img = match self.fetch(path, size).await {
             Ok(img) => img,
             Err(e) => {
-                if matches!(e, MediaError::Upstream(_))
-                    && let Some(n) = UPSTREAM_ERRORS.allow()
-                {
-                    warn!(media = %path, suppressed = n, "matrix: media proxy: {e}");
+                if matches!(e, MediaError::Upstream(_)) {
+                    if let Some(n) = UPSTREAM_ERRORS.allow() {
+                        warn!(media = %path, suppressed = n, "matrix: media proxy: {e}");
+                    }
+                } else {
+                    let mut refused = self.refused.lock();
+                    if refused.len() >= MAX_REFUSALS {
+                        refused.retain(|_, (at, _)| at.elapsed() < REFUSAL_TTL);
+                        if refused.len() >= MAX_REFUSALS {
+                            refused.clear();
+                        }
+                    }
+                    refused.insert(key, (Instant::now(), e.clone()));
                 }
                 return Err(e);
             }

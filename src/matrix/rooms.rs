@@ -1130,11 +1130,7 @@ impl Matrix {
         sender: &str,
         target: &str,
     ) -> Result<bool, MatrixError> {
-        let known = self.chat.lock().get(room).and_then(|q| {
-            q.iter()
-                .find(|m| m.id == target)
-                .map(|m| m.sender_id.clone())
-        });
+        let known = self.chat.sender_of(room, target);
         let original = match known {
             Some(s) => Some(s),
             None => self.event_sender(room, target).await?,
