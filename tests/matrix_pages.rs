@@ -314,26 +314,6 @@ fn widget_url_from_the_state_event_plays_in_the_client() {
     println!("iframe src: {}", r["runs"][0]["src"]);
 }
 
-/// A PNG made by ffmpeg (a solid colour), to upload to Synapse's media repository.
-fn png(width: u32, height: u32, colour: &str) -> Vec<u8> {
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .arg(format!("color=c={colour}:s={width}x{height}"))
-        .args([
-            "-frames:v",
-            "1",
-            "-c:v",
-            "png",
-            "-f",
-            "image2pipe",
-            "pipe:1",
-        ])
-        .output()
-        .expect("run ffmpeg");
-    assert!(out.status.success() && out.stdout.starts_with(b"\x89PNG"));
-    out.stdout
-}
-
 /// GET of the chat's media proxy: (status, content type, nosniff).
 fn proxy_get(server: &Server, stream: &str, mxc: &str, size: &str) -> (u16, String, bool) {
     let path = mxc.strip_prefix("mxc://").unwrap();

@@ -571,3 +571,23 @@ impl MxUser {
         );
     }
 }
+
+/// A PNG made by ffmpeg (a solid colour), to upload to Synapse's media repository.
+pub fn png(width: u32, height: u32, colour: &str) -> Vec<u8> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
+        .arg(format!("color=c={colour}:s={width}x{height}"))
+        .args([
+            "-frames:v",
+            "1",
+            "-c:v",
+            "png",
+            "-f",
+            "image2pipe",
+            "pipe:1",
+        ])
+        .output()
+        .expect("run ffmpeg");
+    assert!(out.status.success() && out.stdout.starts_with(b"\x89PNG"));
+    out.stdout
+}

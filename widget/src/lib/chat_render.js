@@ -153,6 +153,7 @@ export function renderMessage(m, opts = {}) {
   const body = h('span', { class: 'chat-body' });
   const pic = media(m, opts);
   if (typeof m.html === 'string' && m.html) {
+    body.classList.add('is-html');
     body.append(safeHtml(m.html));
   } else if (!pic) {
     const label = LABELS[type];
