@@ -332,6 +332,42 @@ async function chat(browser) {
   check(msgs[1].body === evil, `the body must be shown as plain text: ${JSON.stringify(msgs[1])}`);
   check(await page.evaluate(() => !document.querySelector('.chat img, .chat b') && !window.__pwned), 'chat HTML was parsed');
 
+  // The rich fields (README "Chat messages"). `html` arrives here unsanitized (as if the server's
+  // allow-list failed): the page's own allow-list must still keep it inert. Chromium reports the
+  // handler attributes of the inert DOMParser document as CSP violations (the third layer: nothing
+  // runs, and they are not copied); the server's allow-list never lets them reach a page.
+  allowedErrors.push(/inline event handler violates the following Content Security Policy/);
+  const hostile = '<img src=x onerror="window.__pwned=2"><script>window.__pwned=3</script>'
+    + '<a href="javascript:window.__pwned=4">js</a> <a href="https://example.org/">ok</a>'
+    + '<iframe src="/"></iframe><b onclick="window.__pwned=5" style="color:red">bold</b>'
+    + '<svg><a href="javascript:1">svg</a></svg><span data-mx-color="#00ff00" data-mx-spoiler>sp</span>';
+  await sseEvent(page, 'chat', { id: '$h', sender: 'Eve', sender_id: '@eve:localhost', body: 'fallback', html: hostile, msgtype: 'm.notice', ts: now - 10000, guest: false,
+    reply_to: { id: '$a', sender: 'Alice', body: 'First!' } });
+  await sseEvent(page, 'chat', { id: '$h', sender: 'Eve', sender_id: '@eve:localhost', body: 'fallback', html: hostile, msgtype: 'm.notice', ts: now - 10000, guest: false,
+    reply_to: { id: '$a', sender: 'Alice', body: 'First!' }, reactions: [{ key: '🎉', count: 3 }], edited: true });
+  const rich = await waitFor('the formatted message with its reactions', () => page.evaluate(() => {
+    const li = document.querySelector('.chat-msg[data-id="$h"]');
+    if (!li || !li.querySelector('.chat-reaction')) return null;
+    const body = li.querySelector('.chat-body');
+    return {
+      tags: [...body.querySelectorAll('*')].map((e) => e.localName),
+      attrs: [...body.querySelectorAll('*')].flatMap((e) => [...e.attributes].map((a) => `${e.localName}.${a.name}=${a.value}`)),
+      text: body.textContent,
+      notice: li.classList.contains('is-notice'),
+      reply: li.querySelector('.chat-reply')?.textContent,
+      reaction: li.querySelector('.chat-reaction')?.textContent,
+      edited: !!li.querySelector('.chat-edited'),
+      count: document.querySelectorAll('.chat-msg[data-id="$h"]').length,
+      pwned: window.__pwned ?? null,
+    };
+  }), 5000);
+  check(rich.pwned === null && !rich.tags.some((t) => ['img', 'script', 'iframe', 'svg'].includes(t)), `hostile HTML ran or stayed: ${JSON.stringify(rich)}`);
+  check(JSON.stringify(rich.tags) === '["a","a","b","span"]', `tags: ${JSON.stringify(rich)}`);
+  check(!rich.attrs.some((a) => /onclick|onerror|javascript|^b\.style/.test(a)), `attributes: ${JSON.stringify(rich.attrs)}`);
+  check(rich.attrs.includes('a.href=https://example.org/') && rich.attrs.includes('a.rel=noopener noreferrer'), `link: ${JSON.stringify(rich.attrs)}`);
+  check(rich.notice && rich.reply === 'AliceFirst!' && rich.reaction === '🎉3' && rich.edited && rich.count === 1, `rich parts: ${JSON.stringify(rich)}`);
+  await sseEvent(page, 'redaction', { id: '$h' });
+
   // Guest: a name, then messages; one answer per contract error.
   await page.fill('.chat-form input[name="name"]', 'Alice');
   await page.keyboard.press('Enter');
