@@ -532,6 +532,15 @@ impl Matrix {
             }
             if let Some(m) = self.to_chat(room, &ev, &msgs).await {
                 msgs.push_back(Arc::new(m));
+                // An edit older than the page of events read comes bundled
+                // with its message (`unsigned.m.relations.m.replace`).
+                if let Ok(full) = raw.deserialize_as_unchecked::<serde_json::Value>()
+                    && let Ok(edit) = serde_json::from_value::<Ev>(
+                        full["unsigned"]["m.relations"]["m.replace"].clone(),
+                    )
+                {
+                    self.apply_relation(&mut msgs, &edit);
+                }
             }
         }
         let n = msgs.len();
