@@ -168,7 +168,7 @@ pub enum HubEvent {
     },
 }
 
-/// A chat message of a stream's Matrix room, as pages show it (plain text).
+/// A chat message of a stream's Matrix room, as pages show it (`rich`: see `matrix::chat_view`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessage {
     /// The Matrix event id.
