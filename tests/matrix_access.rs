@@ -861,3 +861,40 @@ fn access_ends_with_its_grant_and_private_stays_private() {
     let mut env = env;
     env.server_mut().assert_healthy("after the access changes");
 }
+
+/// The chat's media proxy keeps a private room's images private: no token,
+/// 401; a member's viewer token, the image; media no message uses, 404.
+#[test]
+fn private_chat_media_needs_access() {
+    let _serial = serial();
+    let env = MatrixEnv::start("");
+    let server = env.server();
+    let alice = env.user("alice");
+    let (room, _key) = attach(&alice, &env.bot_id(), "private_chat", "Secret", "secret");
+    let mxc = alice.upload(&png(64, 64, "red"), "image/png");
+    alice.send_event(
+        &room,
+        "m.room.message",
+        json!({"msgtype": "m.image", "body": "red.png", "url": mxc}),
+    );
+    let path = format!(
+        "/api/v1/streams/secret/media/{}?size=full",
+        mxc.strip_prefix("mxc://").unwrap()
+    );
+    let get = |p: &str| http::request("GET", &server.url(p), &[], None).unwrap();
+    let r = get(&path);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let token = openid_access(server, &alice, "secret");
+    let with = format!("{path}&access={token}");
+    let r = wait_until("the image through the proxy", MX_TIMEOUT, || {
+        Some(get(&with)).filter(|r| r.status == 200)
+    });
+    assert_eq!(r.content_type(), "image/png");
+    assert!(r.body.starts_with(b"\x89PNG"));
+    let other = alice.upload(&png(8, 8, "blue"), "image/png");
+    let r = get(&format!(
+        "/api/v1/streams/secret/media/{}?access={token}",
+        other.strip_prefix("mxc://").unwrap()
+    ));
+    assert_eq!(r.status, 404, "{}", r.text());
+}

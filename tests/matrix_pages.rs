@@ -414,3 +414,173 @@ fn widget_chat_shows_the_room_and_sends_reactions() {
         r["refused"]
     );
 }
+
+/// GET of the chat's media proxy: (status, content type, nosniff).
+fn proxy_get(server: &Server, stream: &str, mxc: &str, size: &str) -> (u16, String, bool) {
+    let path = mxc.strip_prefix("mxc://").unwrap();
+    let r = http::request(
+        "GET",
+        &format!(
+            "{}/api/v1/streams/{stream}/media/{path}?size={size}",
+            server.base_url()
+        ),
+        &[],
+        None,
+    )
+    .unwrap();
+    let nosniff = r.header("x-content-type-options") == Some("nosniff");
+    (r.status, r.content_type(), nosniff)
+}
+
+/// The chat panel shows what Element shows: everything is said before
+/// roomcast restarts, so the page gets it from the backfill (edits and
+/// reactions applied there too), then a reaction arrives live.
+#[test]
+fn watch_page_shows_a_faithful_chat() {
+    let _serial = serial();
+    let mut env = MatrixEnv::start_browsable("");
+    let alice = env.user("alice");
+    alice.set_display_name("Alice");
+    let (room, _key) = live_new(&env, &alice, "rich");
+    // Bob takes Alice's display name: the chat must tell them apart.
+    let bob = env.user("bob");
+    bob.set_display_name("Alice");
+    bob.join(&room);
+    let picture = png(320, 240, "red");
+    alice.set_avatar(&alice.upload(&png(96, 96, "blue"), "image/png"));
+
+    let html = json!({
+        "msgtype": "m.text",
+        "body": "**bold** and a link",
+        "format": "org.matrix.custom.html",
+        "formatted_body": "<b>bold</b> and <a href=\"https://example.org/x\">a link</a>\
+            <img src=x onerror=\"window.__xss=1\"><script>window.__xss=2</script>\
+            <a href=\"javascript:window.__xss=3\">js</a>",
+    });
+    let html_id = alice.send_event(&room, "m.room.message", html);
+    let reply_id = bob.send_event(
+        &room,
+        "m.room.message",
+        json!({
+            "msgtype": "m.text",
+            "body": "> <@alice:localhost> **bold** and a link\n\nnice one",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<mx-reply><blockquote>fallback</blockquote></mx-reply>nice one",
+            "m.relates_to": {"m.in_reply_to": {"event_id": html_id}},
+        }),
+    );
+    bob.send_event(
+        &room,
+        "m.room.message",
+        json!({"msgtype": "m.text", "body": "in a thread",
+               "m.relates_to": {"rel_type": "m.thread", "event_id": html_id}}),
+    );
+    let typo_id = alice.send_text(&room, "teh show starts at nine");
+    alice.edit_text(&room, &typo_id, "the show starts at nine");
+    let emote_id = alice.send_event(
+        &room,
+        "m.room.message",
+        json!({"msgtype": "m.emote", "body": "waves"}),
+    );
+    let pic_mxc = alice.upload(&picture, "image/png");
+    let image_id = alice.send_event(
+        &room,
+        "m.room.message",
+        json!({"msgtype": "m.image", "body": "red.png", "url": pic_mxc,
+               "info": {"w": 320, "h": 240, "mimetype": "image/png"}}),
+    );
+    let sticker_mxc = bob.upload(&png(64, 64, "green"), "image/png");
+    let sticker_id = bob.send_event(
+        &room,
+        "m.sticker",
+        json!({"body": "a green sticker", "url": sticker_mxc,
+               "info": {"w": 64, "h": 64, "mimetype": "image/png"}}),
+    );
+    bob.send_event(
+        &room,
+        "m.reaction",
+        json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": html_id, "key": "👍"}}),
+    );
+    // Never sent in a message: the proxy must not serve it.
+    let unrelated = alice.upload(&picture, "image/png");
+
+    env.stop_roomcast();
+    env.start_roomcast();
+    let server = env.server();
+    server.wait_for_log("matrix: chat history loaded", MX_TIMEOUT);
+    assert_eq!(proxy_get(server, "rich", &unrelated, "full").0, 404);
+    let (status, ctype, nosniff) = proxy_get(server, "rich", &pic_mxc, "thumb");
+    assert_eq!((status, nosniff), (200, true), "{ctype}");
+    assert!(ctype == "image/png" || ctype == "image/jpeg", "{ctype}");
+
+    let mut tool = pages(
+        server,
+        "mx-chat",
+        &[
+            "--stream",
+            "rich",
+            "--messages",
+            "6",
+            "--react-to",
+            &html_id,
+        ],
+    );
+    let ui = step(&tool, "shown")["ui"].clone();
+    let msgs = ui["messages"].as_array().unwrap();
+    let by_id = |id: &str| {
+        msgs.iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in the chat: {ui}"))
+    };
+    assert_eq!(ui["xss"], Value::Null, "a payload ran: {ui}");
+    assert_eq!(ui["scripts_in_chat"], 0, "{ui}");
+    assert!(
+        !msgs.iter().any(|m| m["body"] == "in a thread"),
+        "thread replies stay out of the main chat: {ui}"
+    );
+    let h = by_id(&html_id);
+    assert_eq!(h["body"], "bold and a linkjs", "{h}");
+    assert_eq!(h["tags"], json!(["b", "a", "a"]), "{h}");
+    assert_eq!(
+        h["links"][0],
+        json!({"href": "https://example.org/x", "rel": "noopener noreferrer", "target": "_blank"})
+    );
+    assert_eq!(h["links"][1]["href"], Value::Null, "{h}");
+    assert_eq!(h["reactions"], json!([{"key": "👍", "count": 1}]), "{h}");
+    // Alice and Bob are both "Alice": each shows with its user id.
+    assert_eq!(h["sender"], format!("Alice ({})", alice.user_id));
+    assert_eq!(h["avatar"]["loaded"], true, "{h}");
+    let r = by_id(&reply_id);
+    assert_eq!(r["sender"], format!("Alice ({})", bob.user_id));
+    assert_eq!(r["body"], "nice one", "the fallback is stripped: {r}");
+    assert_eq!(
+        r["reply"],
+        json!({"sender": format!("Alice ({})", alice.user_id), "body": "**bold** and a link"})
+    );
+    let e = by_id(&typo_id);
+    assert_eq!(
+        (&e["body"], &e["edited"]),
+        (&json!("the show starts at nine"), &json!(true))
+    );
+    assert!(
+        by_id(&emote_id)["classes"]
+            .as_str()
+            .unwrap()
+            .contains("is-emote")
+    );
+    for id in [&image_id, &sticker_id] {
+        let m = by_id(id);
+        assert_eq!(m["media"]["loaded"], true, "{m}");
+    }
+
+    // Bob has reacted 👍 already (Synapse refuses a second one): Alice does.
+    let live = alice.send_event(
+        &room,
+        "m.reaction",
+        json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": html_id, "key": "👍"}}),
+    );
+    step(&tool, "reaction_counted");
+    alice.redact(&room, &live);
+    step(&tool, "reaction_uncounted");
+    finish(&mut tool, "the faithful chat");
+}

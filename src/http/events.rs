@@ -6,7 +6,7 @@
 //! opens at most six HTTP/1.1 connections to a server, one feed per stream
 //! would use them up).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{ApiError, PeerAddr};
 use crate::admission::{Purpose, ViewerFacts, ViewerPass};
 use crate::http::App;
-use crate::hub::HubEvent;
+use crate::hub::{ChatMessage, HubEvent};
 use axum::extract::ConnectInfo;
 
 fn event(name: &str, data: serde_json::Value) -> Event {
@@ -105,9 +105,10 @@ pub async fn stream_events(
         Some(m) => m.chat_history(&name),
         None => Vec::new(),
     };
-    let mut seen: HashSet<String> = HashSet::new();
+    // By id, the message as sent: a later copy (edited, new reactions) is a new Arc.
+    let mut seen: HashMap<String, Arc<ChatMessage>> = HashMap::new();
     for m in &history {
-        seen.insert(m.id.clone());
+        seen.insert(m.id.clone(), m.clone());
         initial.push(event(
             "chat",
             serde_json::to_value(&**m).unwrap_or_default(),
@@ -147,7 +148,9 @@ pub async fn stream_events(
                         event("description", json!({"description": description}))
                     }
                     HubEvent::Chat { message, .. } => {
-                        if !seen.is_empty() && seen.remove(&message.id) {
+                        if let Some(sent) = seen.remove(&message.id)
+                            && Arc::ptr_eq(&sent, &message)
+                        {
                             continue;
                         }
                         event("chat", serde_json::to_value(&*message).unwrap_or_default())

@@ -168,7 +168,7 @@ pub enum HubEvent {
     },
 }
 
-/// A chat message of a stream's Matrix room, as pages show it (plain text).
+/// A chat message of a stream's Matrix room, as pages show it (`rich`: see `matrix::chat_view`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessage {
     /// The Matrix event id.
@@ -181,6 +181,9 @@ pub struct ChatMessage {
     pub ts: u64,
     /// Posted by a guest of the watch page (a puppet user).
     pub guest: bool,
+    /// What the chat shows beyond the plain text (HTML, reply, media, reactions…).
+    #[serde(flatten)]
+    pub rich: crate::matrix::chat_view::Rich,
 }
 
 /// Who may watch: anyone, or viewers with a token (Matrix room not public).

@@ -1,6 +1,9 @@
 //! Chat relay: the room timeline becomes the pages' chat (SSE `chat` and
-//! `redaction` events, with a backfill of recent history), and guests of the
-//! watch page post through puppet users named "<name> (guest)".
+//! `redaction` events, with a backfill of recent history): formatted messages
+//! through an allow-list, replies with their context, edits, reactions,
+//! stickers and images (through the media proxy), avatars, display names told
+//! apart. Guests of the watch page post plain text through puppet users named
+//! "<name> (guest)". What a message looks like is `chat_view` (sans-I/O).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -9,15 +12,18 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ruma::api::client::account::register;
-use ruma::api::client::membership::join_room_by_id;
+use ruma::api::client::membership::{join_room_by_id, joined_members};
 use ruma::api::client::message::get_message_events;
 use ruma::api::client::message::send_message_event;
+use ruma::api::client::room::get_room_event;
 use ruma::events::MessageLikeEventType;
 use ruma::serde::Raw;
 use ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::chat_view::{self, Relation, ReplyTo};
+use super::media_proxy::{Image, MediaError, MediaProxy, Size};
 use super::registration::PUPPET_PREFIX;
 use super::{Ev, HsError, Matrix, MatrixError};
 use crate::hub::{ChatMessage, HubEvent};
@@ -26,10 +32,6 @@ use crate::hub::{ChatMessage, HubEvent};
 const HISTORY: usize = 100;
 /// Longest guest message, in characters.
 pub const MAX_GUEST_CHARS: usize = 1000;
-/// Longest relayed message body, in characters (Matrix allows ~64 KB events).
-const MAX_RELAY_CHARS: usize = 4000;
-/// Display names cached (room, user); a join in any room adds one.
-const MAX_NAMES: usize = 20_000;
 /// Longest display name kept, in characters.
 const MAX_NAME_CHARS: usize = 128;
 
@@ -80,6 +82,51 @@ impl Limiter {
     }
 }
 
+/// The pages' chat of the mapped rooms: each room's recent messages as the
+/// pages get them, the members' names and avatars, the reactions counted, the
+/// media proxy for its images, and the guests' limits. The relay, backfill
+/// and guest entry points are `Matrix` methods below (they need the client
+/// and the hub).
+pub struct Chat {
+    /// Recent messages per room, oldest first ([`HISTORY`] at most).
+    history: Mutex<HashMap<String, VecDeque<Arc<ChatMessage>>>>,
+    members: Mutex<Members>,
+    reactions: Mutex<Reactions>,
+    media: MediaProxy,
+    limits: Limits,
+}
+
+impl Chat {
+    pub fn new(homeserver_url: &str, as_token: &str) -> Chat {
+        Chat {
+            history: Mutex::new(HashMap::new()),
+            members: Mutex::new(Members::default()),
+            reactions: Mutex::new(Reactions::default()),
+            media: MediaProxy::new(homeserver_url, as_token),
+            limits: Limits::default(),
+        }
+    }
+
+    /// A room's chat history, oldest first.
+    pub fn history_of(&self, room: &str) -> Vec<Arc<ChatMessage>> {
+        self.history
+            .lock()
+            .get(room)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Who sent a message of the history (None when it is not there).
+    pub fn sender_of(&self, room: &str, id: &str) -> Option<String> {
+        self.history
+            .lock()
+            .get(room)?
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.sender_id.clone())
+    }
+}
+
 /// Per-guest and per-IP limits of the watch page's chat and guest creation.
 pub struct Limits {
     guest_msgs: Mutex<Limiter>,
@@ -112,62 +159,174 @@ pub enum GuestError {
     Unavailable(String),
 }
 
+/// Display names cached (room, user) in all rooms; past this the cache starts
+/// again (names are fetched again when needed).
+const MAX_MEMBERS: usize = 20_000;
+/// Reactions remembered (so their redaction uncounts them).
+const MAX_REACTIONS: usize = 20_000;
+
+/// A room member as the chat shows it.
+#[derive(Debug, Clone, Default)]
+struct Member {
+    name: Option<String>,
+    /// `server/media_id` of the avatar on the media proxy.
+    avatar: Option<String>,
+}
+
+/// The members of the mapped rooms: display names (told apart when two are
+/// the same) and avatars.
+#[derive(Default)]
+struct Members {
+    rooms: HashMap<String, HashMap<String, Member>>,
+    count: usize,
+}
+
+impl Members {
+    fn set(&mut self, room: &str, user: &str, member: Member) {
+        if self.count >= MAX_MEMBERS {
+            self.rooms.clear();
+            self.count = 0;
+        }
+        let old = self
+            .rooms
+            .entry(room.to_string())
+            .or_default()
+            .insert(user.to_string(), member);
+        if old.is_none() {
+            self.count += 1;
+        }
+    }
+
+    fn remove(&mut self, room: &str, user: &str) {
+        if let Some(r) = self.rooms.get_mut(room)
+            && r.remove(user).is_some()
+        {
+            self.count -= 1;
+        }
+    }
+
+    fn get(&self, room: &str, user: &str) -> Option<&Member> {
+        self.rooms.get(room)?.get(user)
+    }
+
+    /// The name the chat shows for `user` (see [`chat_view::shown_name`]).
+    fn shown(&self, room: &str, user: &str) -> String {
+        let name = self.get(room, user).and_then(|m| m.name.as_deref());
+        let others = self.rooms.get(room).into_iter().flat_map(|r| {
+            r.iter()
+                .filter_map(|(u, m)| Some((u.as_str(), m.name.as_deref()?)))
+        });
+        chat_view::shown_name(user, name, others)
+    }
+
+    fn has_avatar(&self, room: &str, path: &str) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.values().any(|m| m.avatar.as_deref() == Some(path)))
+    }
+}
+
+/// Reactions counted under messages, by the reaction's event id: a
+/// redelivered reaction counts once, a redacted one is taken off again.
+#[derive(Default)]
+struct Reactions {
+    by_id: HashMap<String, (String, String)>,
+}
+
+impl Reactions {
+    /// Remembers a reaction; false when it was already counted.
+    fn add(&mut self, id: &str, target: &str, key: &str) -> bool {
+        if self.by_id.contains_key(id) {
+            return false;
+        }
+        if self.by_id.len() >= MAX_REACTIONS {
+            self.by_id.clear();
+        }
+        self.by_id
+            .insert(id.to_string(), (target.to_string(), key.to_string()));
+        true
+    }
+}
+
+fn member_of(content: &serde_json::Value) -> Member {
+    Member {
+        name: content["displayname"]
+            .as_str()
+            .map(|n| n.chars().take(MAX_NAME_CHARS).collect()),
+        avatar: content["avatar_url"].as_str().and_then(chat_view::mxc_path),
+    }
+}
+
 impl Matrix {
-    fn display_name_cached(&self, room: &str, user: &str) -> Option<String> {
-        self.names
-            .lock()
-            .get(&(room.to_string(), user.to_string()))
-            .cloned()
-    }
-
+    /// The name the chat shows for `user` in `room` (the member event is
+    /// fetched the first time).
     async fn display_name(&self, room: &str, user: &str) -> String {
-        if let Some(n) = self.display_name_cached(room, user) {
-            return n;
+        if self.chat.members.lock().get(room, user).is_none() {
+            let member = match self.state_event(room, "m.room.member", user).await {
+                Ok(Some(ev)) => member_of(&ev["content"]),
+                _ => Member::default(),
+            };
+            self.chat.members.lock().set(room, user, member);
         }
-        let name = match self.state_event(room, "m.room.member", user).await {
-            Ok(Some(ev)) => ev["content"]["displayname"].as_str().map(str::to_string),
-            _ => None,
-        }
-        .unwrap_or_else(|| localpart(user).to_string());
-        self.remember_name(room, user, &name);
-        name
+        self.chat.members.lock().shown(room, user)
     }
 
-    /// Caches a member's display name. The cache is bounded: past
-    /// [`MAX_NAMES`] it starts again (names are fetched again when needed),
-    /// and a name is kept to [`MAX_NAME_CHARS`].
+    /// Caches a member's display name (kept to [`MAX_NAME_CHARS`]). The
+    /// room code now hands over whole member events ([`Self::remember_member`]);
+    /// this stays for callers that know only the name.
+    #[allow(dead_code)]
     pub(super) fn remember_name(&self, room: &str, user: &str, name: &str) {
-        let name: String = name.chars().take(MAX_NAME_CHARS).collect();
-        let mut names = self.names.lock();
-        if names.len() >= MAX_NAMES {
-            names.clear();
+        let mut members = self.chat.members.lock();
+        let avatar = members.get(room, user).and_then(|m| m.avatar.clone());
+        let name = Some(name.chars().take(MAX_NAME_CHARS).collect());
+        members.set(room, user, Member { name, avatar });
+    }
+
+    /// A member event's content (`m.room.member`): a joined member's name
+    /// and avatar are kept, one who left or was banned is forgotten.
+    pub(super) fn remember_member(&self, room: &str, user: &str, content: &serde_json::Value) {
+        let mut members = self.chat.members.lock();
+        match content["membership"].as_str() {
+            Some("join") => members.set(room, user, member_of(content)),
+            Some("leave" | "ban") => members.remove(room, user),
+            _ => {}
         }
-        names.insert((room.to_string(), user.to_string()), name);
     }
 
     /// A chat message for the pages, or None for what is not chat (commands,
-    /// the bot's own notices, edits, empty bodies).
-    async fn to_chat(&self, room: &str, ev: &Ev) -> Option<ChatMessage> {
+    /// the bot's own notices, edits, reactions, thread replies, empty bodies).
+    /// A reply's quoted context is looked up in `earlier`, the history, or
+    /// the homeserver.
+    async fn to_chat(
+        &self,
+        room: &str,
+        ev: &Ev,
+        earlier: &VecDeque<Arc<ChatMessage>>,
+    ) -> Option<ChatMessage> {
         let id = ev.event_id.clone()?;
         if ev.sender == self.bot.as_str() {
             return None;
         }
-        if ev.content["m.relates_to"]["rel_type"].as_str() == Some("m.replace") {
-            return None;
-        }
-        let msgtype = ev.content["msgtype"].as_str().unwrap_or("");
-        let body = ev.content["body"].as_str()?;
-        if body.trim().is_empty() || body.trim_start().starts_with(super::commands::PREFIX) {
-            return None;
-        }
-        let body = match msgtype {
-            "m.text" | "m.notice" => body.to_string(),
-            "m.emote" => format!("* {body}"),
-            "m.image" | "m.video" | "m.audio" | "m.file" => format!("[{}] {body}", &msgtype[2..]),
-            _ => return None,
+        let reply = match chat_view::relation(&ev.content) {
+            Relation::None => None,
+            Relation::Reply(to) => Some(to),
+            Relation::Thread | Relation::Replace(_) | Relation::Annotation { .. } => return None,
         };
-        let body: String = body.chars().take(MAX_RELAY_CHARS).collect();
+        let raw = ev.content["body"].as_str().unwrap_or("");
+        if ev.kind == "m.room.message" && raw.trim_start().starts_with(super::commands::PREFIX) {
+            return None;
+        }
+        let (body, mut rich) = chat_view::render(&ev.kind, &ev.content)?;
+        if let Some(to) = reply {
+            rich.reply_to = Some(self.reply_context(room, &to, earlier).await);
+        }
         let sender = self.display_name(room, &ev.sender).await;
+        rich.avatar = self
+            .chat
+            .members
+            .lock()
+            .get(room, &ev.sender)
+            .and_then(|m| m.avatar.clone());
         Some(ChatMessage {
             id,
             sender,
@@ -175,52 +334,117 @@ impl Matrix {
             body,
             ts: ev.origin_server_ts,
             guest: self.is_puppet(&ev.sender),
+            rich,
         })
     }
 
-    /// An edit (`m.replace`) of a message in the history, by its own sender:
-    /// the message with its new text, under the original id (pages replace it).
-    fn edited(&self, room: &str, ev: &Ev) -> Option<Arc<ChatMessage>> {
-        let rel = &ev.content["m.relates_to"];
-        if rel["rel_type"].as_str() != Some("m.replace") {
-            return None;
+    /// What a reply quotes: the original from `earlier`, the history, or the
+    /// homeserver; only its id when none has it (too old, redacted).
+    async fn reply_context(
+        &self,
+        room: &str,
+        to: &str,
+        earlier: &VecDeque<Arc<ChatMessage>>,
+    ) -> ReplyTo {
+        let known = earlier.iter().find(|m| m.id == to).cloned().or_else(|| {
+            self.chat
+                .history
+                .lock()
+                .get(room)
+                .and_then(|q| q.iter().find(|m| m.id == to).cloned())
+        });
+        if let Some(m) = known {
+            return chat_view::quote(&m);
         }
-        let target = rel["event_id"].as_str()?;
-        let body = ev.content["m.new_content"]["body"].as_str()?;
-        if body.trim().is_empty() {
-            return None;
+        let unknown = ReplyTo {
+            id: to.to_string(),
+            ..ReplyTo::default()
+        };
+        let (Ok(rid), Ok(eid)) = (
+            OwnedRoomId::try_from(room),
+            ruma::OwnedEventId::try_from(to),
+        ) else {
+            return unknown;
+        };
+        let req = get_room_event::v3::Request::new(rid, eid);
+        let Ok(r) = self.client.send(req, None).await else {
+            return unknown;
+        };
+        let Ok(ev) = r.event.deserialize_as_unchecked::<Ev>() else {
+            return unknown;
+        };
+        match chat_view::render(&ev.kind, &ev.content) {
+            Some((body, _)) => ReplyTo {
+                id: to.to_string(),
+                sender: Some(self.display_name(room, &ev.sender).await),
+                body: Some(body.chars().take(200).collect()),
+            },
+            None => unknown,
         }
-        let mut chat = self.chat.lock();
-        let q = chat.get_mut(room)?;
-        let slot = q
-            .iter_mut()
-            .find(|m| m.id == target && m.sender_id == ev.sender)?;
-        let mut msg = (**slot).clone();
-        msg.body = body.chars().take(MAX_RELAY_CHARS).collect();
-        *slot = Arc::new(msg);
-        Some(slot.clone())
     }
 
-    /// A message from a transaction: into the history and onto the SSE feeds.
+    /// Sends a new or changed message to the pages of the room's streams.
+    fn publish(&self, room: &str, msg: &Arc<ChatMessage>) {
+        for m in self.streams_of_room(room) {
+            self.hub.send_event(HubEvent::Chat {
+                stream: m.stream,
+                message: msg.clone(),
+            });
+        }
+    }
+
+    /// An edit or a reaction applied to `history`: the changed message.
+    fn apply_relation(
+        &self,
+        history: &mut VecDeque<Arc<ChatMessage>>,
+        ev: &Ev,
+    ) -> Option<Arc<ChatMessage>> {
+        match chat_view::relation(&ev.content) {
+            Relation::Replace(target) if ev.kind == "m.room.message" => chat_view::apply_edit(
+                history,
+                &ev.sender,
+                &target,
+                &ev.kind,
+                &ev.content["m.new_content"],
+            ),
+            Relation::Annotation { target, key } if ev.kind == "m.reaction" => {
+                let id = ev.event_id.as_deref()?;
+                if !history.iter().any(|m| m.id == target)
+                    || !self.chat.reactions.lock().add(id, &target, &key)
+                {
+                    return None;
+                }
+                chat_view::apply_reaction(history, &target, &key, 1)
+            }
+            _ => None,
+        }
+    }
+
+    /// A message, sticker, edit or reaction from a transaction: into the
+    /// history and onto the SSE feeds.
     pub(super) async fn relay_message(&self, room: &str, ev: &Ev) {
         if self.room_row(room).is_some_and(|r| r.encrypted) {
             return;
         }
-        if let Some(msg) = self.edited(room, ev) {
-            for m in self.streams_of_room(room) {
-                self.hub.send_event(HubEvent::Chat {
-                    stream: m.stream,
-                    message: msg.clone(),
-                });
+        if matches!(
+            chat_view::relation(&ev.content),
+            Relation::Replace(_) | Relation::Annotation { .. }
+        ) {
+            let changed = {
+                let mut chat = self.chat.history.lock();
+                chat.get_mut(room).and_then(|q| self.apply_relation(q, ev))
+            };
+            if let Some(msg) = changed {
+                self.publish(room, &msg);
             }
             return;
         }
-        let Some(msg) = self.to_chat(room, ev).await else {
+        let Some(msg) = self.to_chat(room, ev, &VecDeque::new()).await else {
             return;
         };
         let msg = Arc::new(msg);
         {
-            let mut chat = self.chat.lock();
+            let mut chat = self.chat.history.lock();
             let q = chat.entry(room.to_string()).or_default();
             if q.iter().any(|m| m.id == msg.id) {
                 return;
@@ -230,17 +454,25 @@ impl Matrix {
                 q.pop_front();
             }
         }
-        for m in self.streams_of_room(room) {
-            self.hub.send_event(HubEvent::Chat {
-                stream: m.stream,
-                message: msg.clone(),
-            });
-        }
+        self.publish(room, &msg);
     }
 
     pub(super) fn relay_redaction(&self, room: &str, target: &str) {
+        // A redacted reaction is taken off its message's count.
+        let reaction = self.chat.reactions.lock().by_id.remove(target);
+        if let Some((message, key)) = reaction {
+            let changed = {
+                let mut chat = self.chat.history.lock();
+                chat.get_mut(room)
+                    .and_then(|q| chat_view::apply_reaction(q, &message, &key, -1))
+            };
+            if let Some(msg) = changed {
+                self.publish(room, &msg);
+            }
+            return;
+        }
         let removed = {
-            let mut chat = self.chat.lock();
+            let mut chat = self.chat.history.lock();
             chat.get_mut(room).is_some_and(|q| {
                 let before = q.len();
                 q.retain(|m| m.id != target);
@@ -257,35 +489,63 @@ impl Matrix {
         info!(room = %room, removed, "matrix: chat message redacted");
     }
 
-    /// Loads the room's recent messages (newest 50) as the chat history.
+    /// Loads the room's members (names and avatars) and recent events (newest
+    /// 50) as the chat history, with their edits and reactions applied.
     pub(super) async fn backfill(&self, room: &str) -> Result<(), MatrixError> {
         let rid = OwnedRoomId::try_from(room).map_err(|e| HsError::Protocol(e.to_string()))?;
+        let members = self
+            .client
+            .send(joined_members::v3::Request::new(rid.clone()), None)
+            .await?;
+        {
+            let mut known = self.chat.members.lock();
+            for (user, m) in &members.joined {
+                let member = Member {
+                    name: m
+                        .display_name
+                        .as_deref()
+                        .map(|n| n.chars().take(MAX_NAME_CHARS).collect()),
+                    avatar: m
+                        .avatar_url
+                        .as_ref()
+                        .and_then(|u| chat_view::mxc_path(u.as_str())),
+                };
+                known.set(room, user.as_str(), member);
+            }
+        }
         let mut req = get_message_events::v3::Request::new(rid, ruma::api::Direction::Backward);
         req.limit = 50u32.into();
         let r = self.client.send(req, None).await?;
-        for raw in &r.state {
-            if let Ok(ev) = raw.deserialize_as_unchecked::<Ev>()
-                && ev.kind == "m.room.member"
-                && let (Some(user), Some(name)) =
-                    (ev.state_key.as_deref(), ev.content["displayname"].as_str())
-            {
-                self.remember_name(room, user, name);
-            }
-        }
         let mut msgs = VecDeque::new();
         for raw in r.chunk.iter().rev() {
             let Ok(ev) = raw.deserialize_as_unchecked::<Ev>() else {
                 continue;
             };
-            if ev.kind == "m.room.message"
-                && let Some(m) = self.to_chat(room, &ev).await
-            {
+            if !matches!(
+                ev.kind.as_str(),
+                "m.room.message" | "m.sticker" | "m.reaction"
+            ) {
+                continue;
+            }
+            if self.apply_relation(&mut msgs, &ev).is_some() {
+                continue;
+            }
+            if let Some(m) = self.to_chat(room, &ev, &msgs).await {
                 msgs.push_back(Arc::new(m));
+                // An edit older than the page of events read comes bundled
+                // with its message (`unsigned.m.relations.m.replace`).
+                if let Ok(full) = raw.deserialize_as_unchecked::<serde_json::Value>()
+                    && let Ok(edit) = serde_json::from_value::<Ev>(
+                        full["unsigned"]["m.relations"]["m.replace"].clone(),
+                    )
+                {
+                    self.apply_relation(&mut msgs, &edit);
+                }
             }
         }
         let n = msgs.len();
         let new: Vec<Arc<ChatMessage>> = {
-            let mut chat = self.chat.lock();
+            let mut chat = self.chat.history.lock();
             let q = chat.entry(room.to_string()).or_default();
             let new = msgs
                 .iter()
@@ -306,15 +566,43 @@ impl Matrix {
         };
         // Pages that subscribed before the history was loaded get it now.
         for msg in new {
-            for m in self.streams_of_room(room) {
-                self.hub.send_event(HubEvent::Chat {
-                    stream: m.stream,
-                    message: msg.clone(),
-                });
-            }
+            self.publish(room, &msg);
         }
         info!(room = %room, messages = n, "matrix: chat history loaded");
         Ok(())
+    }
+
+    /// An image of a stream's chat (a picture, sticker, video thumbnail or
+    /// avatar of its room's messages or members) through the media proxy.
+    /// The caller has admitted the viewer to the stream; only media the chat
+    /// shows are fetched, so the proxy cannot be used to read any other.
+    pub async fn chat_media(
+        &self,
+        stream: &str,
+        server: &str,
+        media_id: &str,
+        size: Size,
+    ) -> Result<Image, MediaError> {
+        if !chat_view::valid_media_ref(server, media_id) {
+            return Err(MediaError::NotReferenced);
+        }
+        let path = format!("{server}/{media_id}");
+        let Some((m, room)) = self.room_of_stream(stream) else {
+            return Err(MediaError::NotReferenced);
+        };
+        if room.encrypted {
+            return Err(MediaError::NotReferenced);
+        }
+        let shown = self.chat.history.lock().get(&m.room_id).is_some_and(|q| {
+            q.iter().any(|msg| {
+                msg.rich.media.as_ref().is_some_and(|x| x.path == path)
+                    || msg.rich.avatar.as_deref() == Some(&path)
+            })
+        }) || self.chat.members.lock().has_avatar(&m.room_id, &path);
+        if !shown {
+            return Err(MediaError::NotReferenced);
+        }
+        self.chat.media.get(&path, size).await
     }
 
     // --- guests ----------------------------------------------------------------------
@@ -326,7 +614,7 @@ impl Matrix {
         name: &str,
         ip: IpAddr,
     ) -> Result<(String, String), GuestError> {
-        if let Err(wait) = self.limits.ip_guests.lock().take(&ip_key(ip)) {
+        if let Err(wait) = self.chat.limits.ip_guests.lock().take(&ip_key(ip)) {
             return Err(GuestError::RateLimited(wait));
         }
         let localpart = format!("{PUPPET_PREFIX}g{}", hex::encode(rand::random::<[u8; 8]>()));
@@ -391,10 +679,10 @@ impl Matrix {
         if state == Some(true) {
             return Err(GuestError::Banned);
         }
-        if let Err(wait) = self.limits.guest_msgs.lock().take(&guest.user_id) {
+        if let Err(wait) = self.chat.limits.guest_msgs.lock().take(&guest.user_id) {
             return Err(GuestError::RateLimited(wait));
         }
-        if let Err(wait) = self.limits.ip_msgs.lock().take(&ip_key(ip)) {
+        if let Err(wait) = self.chat.limits.ip_msgs.lock().take(&ip_key(ip)) {
             return Err(GuestError::RateLimited(wait));
         }
         let user = OwnedUserId::try_from(guest.user_id.as_str())
@@ -466,12 +754,6 @@ fn ip_key(ip: IpAddr) -> String {
     }
 }
 
-fn localpart(user: &str) -> &str {
-    user.strip_prefix('@')
-        .and_then(|u| u.split(':').next())
-        .unwrap_or(user)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,11 +789,5 @@ mod tests {
                 .is_err()
         );
         assert!(l.take(&ip_key(c)).is_ok());
-    }
-
-    #[test]
-    fn localparts() {
-        assert_eq!(localpart("@alice:example.org"), "alice");
-        assert_eq!(localpart("weird"), "weird");
     }
 }

@@ -12,15 +12,17 @@
 
 pub mod access;
 pub mod chat;
+pub mod chat_view;
 pub mod client;
 pub mod commands;
+pub mod media_proxy;
 mod notices;
 pub mod permissions;
 pub mod registration;
 mod rooms;
 mod transactions;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,13 +123,13 @@ pub struct Matrix {
     room_version: Mutex<Option<String>>,
     /// Transactions are applied one at a time, in order.
     txn_lock: tokio::sync::Mutex<()>,
-    chat: Mutex<HashMap<String, VecDeque<Arc<ChatMessage>>>>,
-    names: Mutex<HashMap<(String, String), String>>,
+    /// The pages' chat: history, members' names and avatars, reactions,
+    /// media, guest limits.
+    chat: chat::Chat,
     /// DM rooms already told that encrypted messages cannot be read.
     told_encrypted: Mutex<HashSet<String>>,
     notices: notices::Notices,
     pub tokens: access::ViewerTokens,
-    limits: chat::Limits,
     /// `[matrix.permissions]`, resolved.
     perms: permissions::Permissions,
     /// Power levels and creators of rooms, kept from the state events the
@@ -173,6 +175,7 @@ impl Matrix {
             );
         }
         let client = HsClient::new(&cfg.homeserver_url, &reg.as_token)?;
+        let chat = chat::Chat::new(&cfg.homeserver_url, &reg.as_token);
         let secret = store
             .setting_or_insert(
                 "viewer_link_secret",
@@ -193,12 +196,10 @@ impl Matrix {
             connected: AtomicBool::new(false),
             room_version: Mutex::new(None),
             txn_lock: tokio::sync::Mutex::new(()),
-            chat: Mutex::new(HashMap::new()),
-            names: Mutex::new(HashMap::new()),
+            chat,
             told_encrypted: Mutex::new(HashSet::new()),
             notices: notices::Notices::default(),
             tokens: access::ViewerTokens::new(&secret),
-            limits: chat::Limits::default(),
             perms: cfg.permissions()?,
             power: Mutex::new(HashMap::new()),
             // 3 at once, then one every 20 s.
@@ -433,11 +434,7 @@ impl Matrix {
         let Some((m, _)) = self.room_of_stream(stream) else {
             return Vec::new();
         };
-        self.chat
-            .lock()
-            .get(&m.room_id)
-            .map(|q| q.iter().cloned().collect())
-            .unwrap_or_default()
+        self.chat.history_of(&m.room_id)
     }
 }
 

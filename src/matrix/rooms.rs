@@ -178,6 +178,7 @@ impl Matrix {
                 }
                 self.maybe_command(room, ev).await?;
             }
+            ("m.sticker" | "m.reaction", None) if mapped => self.relay_message(room, ev).await,
             ("m.room.redaction", _) if mapped => {
                 let target = ev
                     .redacts
@@ -258,11 +259,7 @@ impl Matrix {
         target: &str,
     ) -> Result<(), MatrixError> {
         let membership = ev.content["membership"].as_str().unwrap_or("");
-        if membership == "join"
-            && let Some(name) = ev.content["displayname"].as_str()
-        {
-            self.remember_name(room, target, name);
-        }
+        self.remember_member(room, target, &ev.content);
         if target == self.bot.as_str() {
             if membership == "invite" {
                 if self.perms.level_of(&ev.sender) == Level::None {
@@ -916,11 +913,7 @@ impl Matrix {
                         self.store.upsert_room(room, Some(a), None).await?;
                     }
                 }
-                ("m.room.member", Some(user)) => {
-                    if let Some(n) = c["displayname"].as_str() {
-                        self.remember_name(room, user, n);
-                    }
-                }
+                ("m.room.member", Some(user)) => self.remember_member(room, user, c),
                 _ => {}
             }
         }
@@ -1137,11 +1130,7 @@ impl Matrix {
         sender: &str,
         target: &str,
     ) -> Result<bool, MatrixError> {
-        let known = self.chat.lock().get(room).and_then(|q| {
-            q.iter()
-                .find(|m| m.id == target)
-                .map(|m| m.sender_id.clone())
-        });
+        let known = self.chat.sender_of(room, target);
         let original = match known {
             Some(s) => Some(s),
             None => self.event_sender(room, target).await?,

@@ -332,6 +332,42 @@ async function chat(browser) {
   check(msgs[1].body === evil, `the body must be shown as plain text: ${JSON.stringify(msgs[1])}`);
   check(await page.evaluate(() => !document.querySelector('.chat img, .chat b') && !window.__pwned), 'chat HTML was parsed');
 
+  // The rich fields (README "Chat messages"). `html` arrives here unsanitized (as if the server's
+  // allow-list failed): the page's own allow-list must still keep it inert. Chromium reports the
+  // handler attributes of the inert DOMParser document as CSP violations (the third layer: nothing
+  // runs, and they are not copied); the server's allow-list never lets them reach a page.
+  allowedErrors.push(/inline event handler violates the following Content Security Policy/);
+  const hostile = '<img src=x onerror="window.__pwned=2"><script>window.__pwned=3</script>'
+    + '<a href="javascript:window.__pwned=4">js</a> <a href="https://example.org/">ok</a>'
+    + '<iframe src="/"></iframe><b onclick="window.__pwned=5" style="color:red">bold</b>'
+    + '<svg><a href="javascript:1">svg</a></svg><span data-mx-color="#00ff00" data-mx-spoiler>sp</span>';
+  await sseEvent(page, 'chat', { id: '$h', sender: 'Eve', sender_id: '@eve:localhost', body: 'fallback', html: hostile, msgtype: 'm.notice', ts: now - 10000, guest: false,
+    reply_to: { id: '$a', sender: 'Alice', body: 'First!' } });
+  await sseEvent(page, 'chat', { id: '$h', sender: 'Eve', sender_id: '@eve:localhost', body: 'fallback', html: hostile, msgtype: 'm.notice', ts: now - 10000, guest: false,
+    reply_to: { id: '$a', sender: 'Alice', body: 'First!' }, reactions: [{ key: '🎉', count: 3 }], edited: true });
+  const rich = await waitFor('the formatted message with its reactions', () => page.evaluate(() => {
+    const li = document.querySelector('.chat-msg[data-id="$h"]');
+    if (!li || !li.querySelector('.chat-reaction')) return null;
+    const body = li.querySelector('.chat-body');
+    return {
+      tags: [...body.querySelectorAll('*')].map((e) => e.localName),
+      attrs: [...body.querySelectorAll('*')].flatMap((e) => [...e.attributes].map((a) => `${e.localName}.${a.name}=${a.value}`)),
+      text: body.textContent,
+      notice: li.classList.contains('is-notice'),
+      reply: li.querySelector('.chat-reply')?.textContent,
+      reaction: li.querySelector('.chat-reaction')?.textContent,
+      edited: !!li.querySelector('.chat-edited'),
+      count: document.querySelectorAll('.chat-msg[data-id="$h"]').length,
+      pwned: window.__pwned ?? null,
+    };
+  }), 5000);
+  check(rich.pwned === null && !rich.tags.some((t) => ['img', 'script', 'iframe', 'svg'].includes(t)), `hostile HTML ran or stayed: ${JSON.stringify(rich)}`);
+  check(JSON.stringify(rich.tags) === '["a","a","b","span"]', `tags: ${JSON.stringify(rich)}`);
+  check(!rich.attrs.some((a) => /onclick|onerror|javascript|^b\.style/.test(a)), `attributes: ${JSON.stringify(rich.attrs)}`);
+  check(rich.attrs.includes('a.href=https://example.org/') && rich.attrs.includes('a.rel=noopener noreferrer'), `link: ${JSON.stringify(rich.attrs)}`);
+  check(rich.notice && rich.reply === 'AliceFirst!' && rich.reaction === '🎉3' && rich.edited && rich.count === 1, `rich parts: ${JSON.stringify(rich)}`);
+  await sseEvent(page, 'redaction', { id: '$h' });
+
   // Guest: a name, then messages; one answer per contract error.
   await page.fill('.chat-form input[name="name"]', 'Alice');
   await page.keyboard.press('Enter');
@@ -919,6 +955,64 @@ async function mxWatch(browser) {
   return { rename_seen_at: seenAt, matrix_message: mx, guest_message: echo, left };
 }
 
+/** mx-chat: the watch page's chat of a room where the test posted formatted, reply, thread, edited,
+ *  emote, image and sticker messages, a reaction and an avatar before roomcast restarted (so all of it
+ *  comes from the backfill). Reports what the panel shows; the test asserts. Then a reaction made
+ *  live must count, and its redaction uncount. */
+async function mxChat(browser) {
+  const stream = opt('stream');
+  const expect = Number(opt('messages'));
+  const reactTo = opt('react-to');
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  const page = await ctx.newPage();
+  watchConsole(page, 'mx-chat');
+  await page.goto(`${BASE}/watch/${stream}`);
+  const ui = () => page.evaluate(() => {
+    const img = (el) => el && { src: el.getAttribute('src'), loaded: el.complete && el.naturalWidth > 0, w: el.naturalWidth };
+    return {
+      xss: window.__xss ?? null,
+      scripts_in_chat: document.querySelectorAll('.chat script, .chat [onerror], .chat img:not(.chat-avatar):not(.chat-media)').length,
+      messages: [...document.querySelectorAll('.chat-list > .chat-msg')].map((li) => {
+        const body = li.querySelector('.chat-body');
+        return {
+          id: li.dataset.id,
+          classes: li.className,
+          sender: li.querySelector('.chat-sender').textContent,
+          body: body.textContent,
+          tags: [...body.querySelectorAll('*')].map((e) => e.localName),
+          links: [...body.querySelectorAll('a')].map((a) => ({ href: a.getAttribute('href'), rel: a.rel, target: a.target })),
+          reply: li.querySelector('.chat-reply') && {
+            sender: li.querySelector('.chat-reply-sender')?.textContent ?? null,
+            body: li.querySelector('.chat-reply-body').textContent,
+          },
+          reactions: [...li.querySelectorAll('.chat-reaction')].map((r) => ({
+            key: r.querySelector('.chat-reaction-key').textContent, count: Number(r.querySelector('.chat-reaction-count').textContent),
+          })),
+          media: img(li.querySelector('.chat-media')),
+          avatar: img(li.querySelector('img.chat-avatar')),
+          edited: !!li.querySelector('.chat-edited'),
+        };
+      }),
+    };
+  });
+  const shown = await waitFor(`${expect} messages in the chat panel, their images loaded`, async () => {
+    const x = await ui();
+    const imgs = x.messages.flatMap((m) => [m.media, m.avatar]).filter(Boolean);
+    return x.messages.length >= expect && imgs.every((i) => i.loaded) ? x : null;
+  }, 30000);
+  await shots(page, 'mx-chat');
+  emit({ type: 'shown', ui: shown });
+  const count = (x, key) => x.messages.find((m) => m.id === reactTo)?.reactions.find((r) => r.key === key)?.count ?? 0;
+  // The test reacts again now, from a second user.
+  await waitFor('the live reaction to count 2', async () => count(await ui(), '👍') === 2, 20000);
+  emit({ type: 'reaction_counted' });
+  // The test redacts that reaction now.
+  await waitFor('the redacted reaction to uncount', async () => count(await ui(), '👍') === 1, 20000);
+  emit({ type: 'reaction_uncounted' });
+  await ctx.close();
+  return {};
+}
+
 /** The Matrix client around the widget: a room view with the app drawer on top, as Element lays out a
  *  widget pinned with `io.element.widgets.layout` (container top, height in % of the room view). */
 const CLIENT_HTML = (heightPct) => `<!doctype html><title>Matrix client</title>
@@ -1306,7 +1400,7 @@ async function mxWidgetChat(browser) {
 }
 
 // --- main ---------------------------------------------------------------------------
-const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget, 'mx-widget-chat': mxWidgetChat };
+const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget, 'mx-widget-chat': mxWidgetChat, 'mx-chat': mxChat };
 
 async function main() {
   const result = { type: 'result', scenario, ok: false };

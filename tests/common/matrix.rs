@@ -526,3 +526,68 @@ impl Drop for Sse {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
+
+/// Rich chat content: raw events, media and avatars (tests/matrix_pages.rs).
+impl MxUser {
+    /// Sends any message-like event; its event id.
+    pub fn send_event(&self, room: &str, kind: &str, content: Value) -> String {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/{kind}/{}",
+            enc(room),
+            random_hex()
+        );
+        self.ok("PUT", &path, Some(&content))["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Uploads a file to the media repository; its `mxc://` URI.
+    pub fn upload(&self, bytes: &[u8], content_type: &str) -> String {
+        let auth = format!("Bearer {}", self.token);
+        let r = http::request(
+            "POST",
+            &format!("{}/_matrix/media/v3/upload", self.base),
+            &[("Authorization", &auth), ("Content-Type", content_type)],
+            Some(bytes),
+        )
+        .expect("upload");
+        assert_eq!(r.status, 200, "upload: {}", r.text());
+        r.json().unwrap()["content_uri"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Sets the global avatar (rooms get a new member event).
+    pub fn set_avatar(&self, mxc: &str) {
+        self.ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/profile/{}/avatar_url",
+                enc(&self.user_id)
+            ),
+            Some(&json!({ "avatar_url": mxc })),
+        );
+    }
+}
+
+/// A PNG made by ffmpeg (a solid colour), to upload to Synapse's media repository.
+pub fn png(width: u32, height: u32, colour: &str) -> Vec<u8> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
+        .arg(format!("color=c={colour}:s={width}x{height}"))
+        .args([
+            "-frames:v",
+            "1",
+            "-c:v",
+            "png",
+            "-f",
+            "image2pipe",
+            "pipe:1",
+        ])
+        .output()
+        .expect("run ffmpeg");
+    assert!(out.status.success() && out.stdout.starts_with(b"\x89PNG"));
+    out.stdout
+}

@@ -26,6 +26,10 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/guests", post(create_guest))
         .route("/api/v1/streams/{name}/chat", post(post_chat))
         .route("/api/v1/streams/{name}/access", post(access))
+        .route(
+            "/api/v1/streams/{name}/media/{server}/{media_id}",
+            get(super::media::chat_media),
+        )
         .route("/api/v1/rooms/{room_id}/streams", get(room_streams))
 }
 

@@ -1,8 +1,13 @@
 // The watch page's chat panel: messages of the stream's Matrix room from the SSE
-// feed (`chat`, `redaction`), plain text only; guests post through the guest API
-// (docs/api.md, "Guest chat").
+// feed (`chat`, `redaction`; a message comes again, same id, when it is edited
+// or its reactions change), drawn by renderMessage (chat_render.js: formatted
+// HTML through an allow-list, replies, media, reactions); guests post plain
+// text through the guest API (README, "Guest chat").
 import { ApiError, api, streamPath } from './api.js';
 import { h } from './dom.js';
+import { renderMessage } from './chat_render.js';
+
+export { renderMessage, safeHtml, mediaUrl } from './chat_render.js';
 
 const MAX_MESSAGES = 500;
 const MAX_BODY = 1000;
@@ -26,14 +31,10 @@ function saveGuest(g) {
   }
 }
 
-function timeOf(ts) {
-  const d = new Date(ts);
-  return Number.isFinite(d.getTime()) ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : '';
-}
-
 export class Chat {
-  constructor(root, { stream }) {
+  constructor(root, { stream, access = null }) {
     this.stream = stream;
+    this.access = access;
     this.guest = loadGuest();
     this.byId = new Map();
     this.banned = false;
@@ -56,15 +57,11 @@ export class Chat {
     document.body.classList.toggle('has-chat', on);
   }
 
-  /** A `chat` event: {id, sender, sender_id, body, ts, guest}. History first, then live. */
+  /** A `chat` event (README, "Chat events"). History first, then live; the same id again replaces it. */
   add(m) {
     if (!m || typeof m.id !== 'string') return;
     const atBottom = this.scroller.scrollHeight - this.scroller.scrollTop - this.scroller.clientHeight < 40;
-    const li = h('li', { class: `chat-msg${m.guest ? ' is-guest' : ''}`, 'data-id': m.id },
-      h('span', { class: 'chat-meta' },
-        h('span', { class: 'chat-sender', text: String(m.sender || m.sender_id || 'someone'), title: m.sender_id || null }),
-        h('time', { class: 'chat-time', text: timeOf(m.ts), datetime: Number.isFinite(m.ts) ? new Date(m.ts).toISOString() : null })),
-      h('span', { class: 'chat-body', text: String(m.body ?? '') }));
+    const li = renderMessage(m, { stream: this.stream, access: this.access });
     const old = this.byId.get(m.id);
     if (old) {
       old.replaceWith(li);

@@ -19,7 +19,7 @@ const descEl = document.getElementById('description');
 const player = new Player(document.getElementById('player'), {
   stream, muted: true, controls: true, autoplay: true, getToken: async () => access,
 });
-const chat = new Chat(document.getElementById('chat'), { stream });
+const chat = new Chat(document.getElementById('chat'), { stream, access });
 
 function setTitle(t) {
   const title = t || stream;
