@@ -14,6 +14,7 @@ pub mod access;
 pub mod chat;
 pub mod client;
 pub mod commands;
+pub mod federation;
 mod notices;
 pub mod permissions;
 pub mod registration;
