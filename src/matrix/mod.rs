@@ -11,6 +11,7 @@
 //! - `api` — the HTTP API the pages use (guests, chat, access, rooms)
 
 pub mod access;
+mod bridge_info;
 pub mod chat;
 pub mod client;
 pub mod commands;
