@@ -40,6 +40,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+/// Federated checks running at once (each up to ~40 s against a slow peer).
+pub const MAX_IN_FLIGHT: usize = 32;
 
 /// The host part of a server name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +198,50 @@ pub fn after_srv(hostname: &str, record: Option<(String, u16)>) -> Endpoint {
         tls_name: hostname.to_string(),
         host_header: hostname.to_string(),
     }
+}
+
+const WELL_KNOWN_PATH: &str = "/.well-known/matrix/server";
+/// Redirects followed when fetching a well-known.
+const MAX_REDIRECTS: usize = 3;
+
+/// Where a redirect of a request to `e` for `path` leads: an https URL only
+/// (absolute or relative to the current one), as an endpoint and a path.
+pub fn redirect_target(e: &Endpoint, path: &str, location: &str) -> Option<(Endpoint, String)> {
+    let current = reqwest::Url::parse(&format!("https://{}:{}{path}", e.tls_name, e.port)).ok()?;
+    let next = current.join(location).ok()?;
+    if next.scheme() != "https" || !next.username().is_empty() || next.password().is_some() {
+        return None;
+    }
+    let host = ServerName::parse(next.host_str()?)?.host;
+    let port = next.port().unwrap_or(443);
+    let name = host_text(&host);
+    let host_header = if port == 443 {
+        name.clone()
+    } else {
+        format!("{name}:{port}")
+    };
+    let mut p = next.path().to_string();
+    if let Some(q) = next.query() {
+        p.push('?');
+        p.push_str(q);
+    }
+    Some((
+        Endpoint {
+            connect: host,
+            port,
+            tls_name: name,
+            host_header,
+        },
+        p,
+    ))
+}
+
+/// What a GET brought back.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    cache_control: Option<String>,
+    location: Option<String>,
 }
 
 /// `m.server` of a well-known answer, when it is a valid server name.
@@ -362,6 +408,8 @@ pub struct Federation {
     cache: Mutex<Cache>,
     allow_private: bool,
     extra_roots: Vec<reqwest::Certificate>,
+    /// Checks in flight at once: a slow peer holds one for up to the timeouts.
+    in_flight: tokio::sync::Semaphore,
 }
 
 static FED_WARN: LogEvery = LogEvery::new(Duration::from_secs(60));
@@ -396,6 +444,7 @@ impl Federation {
             cache: Mutex::new(Cache::new(CACHE_ENTRIES)),
             allow_private,
             extra_roots,
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })
     }
 
@@ -412,6 +461,11 @@ impl Federation {
                 until.saturating_duration_since(now).as_secs() + 1
             )));
         }
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(FedError::Unavailable(
+                "too many checks with other homeservers at once; try again".to_string(),
+            ));
+        };
         let result = self.userinfo_inner(&name, server_name, token).await;
         let mut cache = self.cache.lock();
         match &result {
@@ -491,22 +545,40 @@ impl Federation {
 
     /// The well-known delegation of `hostname` and how long the outcome holds.
     async fn well_known(&self, hostname: &str) -> (Option<(ServerName, String)>, Duration) {
-        let e = Endpoint {
+        let mut e = Endpoint {
             connect: Host::Dns(hostname.to_string()),
             port: 443,
             tls_name: hostname.to_string(),
             host_header: hostname.to_string(),
         };
-        match self
-            .get_with_headers(&e, "/.well-known/matrix/server", None)
-            .await
-        {
-            Ok((200, body, cc)) => match parse_well_known(&body) {
-                Some(d) => (Some(d), well_known_ttl(cc.as_deref())),
-                None => (None, WELL_KNOWN_ERROR_TTL),
-            },
-            _ => (None, WELL_KNOWN_ERROR_TTL),
+        let mut path = WELL_KNOWN_PATH.to_string();
+        // The spec: follow redirects, but not in loops (a few hops at most).
+        for _ in 0..=MAX_REDIRECTS {
+            let a = match self.get_with_headers(&e, &path, None).await {
+                Ok(a) => a,
+                Err(_) => break,
+            };
+            if (300..400).contains(&a.status) {
+                match a
+                    .location
+                    .as_deref()
+                    .and_then(|l| redirect_target(&e, &path, l))
+                {
+                    Some((next, p)) => {
+                        (e, path) = (next, p);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            if a.status == 200
+                && let Some(d) = parse_well_known(&a.body)
+            {
+                return (Some(d), well_known_ttl(a.cache_control.as_deref()));
+            }
+            break;
         }
+        (None, WELL_KNOWN_ERROR_TTL)
     }
 
     /// The best SRV record (lowest priority, then highest weight), if any.
@@ -569,18 +641,18 @@ impl Federation {
     ) -> Result<(u16, Vec<u8>), FedError> {
         self.get_with_headers(e, path, query)
             .await
-            .map(|(s, b, _)| (s, b))
+            .map(|a| (a.status, a.body))
     }
 
     /// A GET on a resolved endpoint: pinned to the checked addresses, no
-    /// redirects, no proxy, at most [`MAX_BODY_BYTES`] read. Also returns the
-    /// answer's Cache-Control.
+    /// redirects (the caller follows them, checking each address), no proxy,
+    /// at most [`MAX_BODY_BYTES`] read.
     async fn get_with_headers(
         &self,
         e: &Endpoint,
         path: &str,
         query: Option<(&str, &str)>,
-    ) -> Result<(u16, Vec<u8>, Option<String>), FedError> {
+    ) -> Result<Answer, FedError> {
         let addrs = self.addresses(e).await?;
         let mut b = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -608,15 +680,18 @@ impl Federation {
                 e.tls_name,
                 e.port,
                 e.host_header,
-                error_chain(&err)
+                error_chain(&err.without_url())
             ))
         })?;
         let status = resp.status().as_u16();
-        let cc = resp
-            .headers()
-            .get(reqwest::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let cache_control = header(reqwest::header::CACHE_CONTROL);
+        let location = header(reqwest::header::LOCATION);
         let mut body = Vec::new();
         loop {
             match resp.chunk().await {
@@ -634,16 +709,22 @@ impl Federation {
                     return Err(FedError::Unavailable(format!(
                         "reading from {}: {}",
                         e.host_header,
-                        error_chain(&err)
+                        error_chain(&err.without_url())
                     )));
                 }
             }
         }
-        Ok((status, body, cc))
+        Ok(Answer {
+            status,
+            body,
+            cache_control,
+            location,
+        })
     }
 }
 
 /// An error with its causes (reqwest hides the TLS reason in its sources).
+/// Callers strip reqwest's URL first: it holds the OpenID token.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -762,6 +843,44 @@ mod tests {
         let e = after_srv("example.org", None);
         assert_eq!(e.connect, Host::Dns("example.org".into()));
         assert_eq!(e.port, 8448);
+    }
+
+    #[test]
+    fn well_known_redirects() {
+        let start = Endpoint {
+            connect: Host::Dns("example.org".into()),
+            port: 443,
+            tls_name: "example.org".into(),
+            host_header: "example.org".into(),
+        };
+        let (e, p) = redirect_target(
+            &start,
+            WELL_KNOWN_PATH,
+            "https://www.example.org/.well-known/matrix/server",
+        )
+        .unwrap();
+        assert_eq!(e.connect, Host::Dns("www.example.org".into()));
+        assert_eq!((e.port, e.host_header.as_str()), (443, "www.example.org"));
+        assert_eq!(p, WELL_KNOWN_PATH);
+        let (e, p) = redirect_target(&start, WELL_KNOWN_PATH, "/other?x=1").unwrap();
+        assert_eq!(
+            (e.tls_name.as_str(), p.as_str()),
+            ("example.org", "/other?x=1")
+        );
+        let (e, _) = redirect_target(&start, WELL_KNOWN_PATH, "https://10.0.0.1:8443/wk").unwrap();
+        assert_eq!(e.connect, Host::Ip("10.0.0.1".parse().unwrap()));
+        assert_eq!(e.host_header, "10.0.0.1:8443");
+        // Never to plain HTTP or with credentials.
+        for bad in [
+            "http://example.org/x",
+            "https://u:p@example.org/x",
+            "ftp://x/y",
+        ] {
+            assert!(
+                redirect_target(&start, WELL_KNOWN_PATH, bad).is_none(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
