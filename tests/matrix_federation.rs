@@ -1,15 +1,17 @@
 //! Federated viewers against two real Synapses federating on loopback
 //! (`common::federation`): a member of a private room who lives on the second
-//! homeserver joins over federation and watches with their OpenID token
-//! (roomcast finds the second server's federation endpoint and asks its
-//! `openid/userinfo` over verified TLS); a non-member of the second server is
-//! refused. Also: `roomcast registration --config` takes its URL from
+//! homeserver joins over federation and watches with their OpenID token; a
+//! non-member of the second server is refused. The second server is
+//! `localhost`, delegated by `https://localhost/.well-known/matrix/server`
+//! (a stub on 127.0.0.1:443: needs root) to `127.0.0.1:<port>`, so roomcast
+//! and the first Synapse both find it by the spec's resolution; roomcast then
+//! asks its `openid/userinfo` over verified TLS. Also: `roomcast registration --config` takes its URL from
 //! `http.listen`, the bot's `m.bridge` state is in the room, and a private
 //! room's go-live notice carries a link that admits.
 
 mod common;
 
-use common::federation::{FedSynapse, TestCa};
+use common::federation::{FedSynapse, TestCa, WellKnown};
 use common::matrix::*;
 use common::*;
 use serde_json::{Value, json};
@@ -93,7 +95,10 @@ fn federated_member_watches_a_private_room() {
     );
 
     let hs1 = FedSynapse::start_on(&ca, Some(&registration), fed1_port);
-    let hs2 = FedSynapse::start(&ca, None);
+    // The second server, `localhost`, delegated to its federation port.
+    let fed2_port = common::synapse::free_port();
+    let well_known = WellKnown::start(&ca, &format!("127.0.0.1:{fed2_port}"));
+    let hs2 = FedSynapse::start_named(&ca, None, fed2_port, "localhost");
     drop(hold);
     let mut server = Server::start_with(ServerOpts {
         streams: vec![],
@@ -165,7 +170,7 @@ fn federated_member_watches_a_private_room() {
 
     // --- bob watches with his own server's OpenID token ------------------------------------
     let (openid, bob_server) = bob.openid_token();
-    assert_eq!(bob_server, hs2.server_name);
+    assert_eq!(bob_server, "localhost");
     let r = access(&server, "fedshow", &openid, &bob_server);
     assert_eq!(r.status, 200, "bob's federated OpenID: {}", r.text());
     let token = r.json().unwrap()["access_token"]
@@ -192,6 +197,23 @@ fn federated_member_watches_a_private_room() {
     assert_eq!(
         assert_json_error(&r, 403, "bob's token claimed for the first server")["code"],
         "access_denied"
+    );
+    println!("well-known requests: {:?}", well_known.requests());
+    // roomcast asked the well-known once (its answer is cached) with its
+    // own User-Agent; the first Synapse asked it too.
+    let asked: Vec<String> = well_known
+        .requests()
+        .into_iter()
+        .filter(|l| l.contains("roomcast/"))
+        .collect();
+    assert_eq!(
+        asked,
+        [format!(
+            "GET /.well-known/matrix/server roomcast/{}",
+            env!("CARGO_PKG_VERSION")
+        )],
+        "all: {:?}",
+        well_known.requests()
     );
 
     // --- the go-live notice of the private room carries a link that admits ----------------

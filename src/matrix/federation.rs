@@ -657,6 +657,7 @@ impl Federation {
         let mut b = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("roomcast/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .tls_certs_merge(self.extra_roots.iter().cloned());

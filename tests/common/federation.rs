@@ -1,17 +1,20 @@
-//! Two Synapses federating on loopback. Each has an IP-literal server name
-//! with an explicit port (`127.0.0.1:<port>`), so the spec's resolution goes
-//! straight to that port, and a TLS listener there with a certificate from a
-//! test CA made with `openssl` (SAN `IP:127.0.0.1`). The Synapses do not
+//! Synapses federating on loopback. Each has a TLS federation listener with
+//! a certificate from a test CA made with `openssl` (SAN `IP:127.0.0.1`,
+//! `DNS:localhost`), and a server name the spec's resolution finds: an IP
+//! literal with the port (`127.0.0.1:<port>`, straight there), or `localhost`
+//! delegated by a [`WellKnown`] on 127.0.0.1:443. The Synapses do not
 //! verify each other's certificates (`federation_verify_certificates: false`:
 //! Synapse's checker does not match IP SANs) and may call loopback
 //! (`ip_range_whitelist`); roomcast trusts the test CA
 //! (`matrix.federation_ca_file`) and verifies.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::TempDir;
 use super::synapse::{Synapse, SynapseOpts, free_port};
+use super::{Lines, TempDir, drain, python, wait_until};
 
 /// A CA and one server certificate it signed, for 127.0.0.1 and localhost.
 pub struct TestCa {
@@ -103,11 +106,11 @@ impl TestCa {
         self.dir.path().join("ca.pem")
     }
 
-    fn cert(&self) -> PathBuf {
+    pub fn cert(&self) -> PathBuf {
         self.dir.path().join("server.pem")
     }
 
-    fn key(&self) -> PathBuf {
+    pub fn key(&self) -> PathBuf {
         self.dir.path().join("server.key")
     }
 }
@@ -136,6 +139,18 @@ impl FedSynapse {
     /// names the server, so it is written before Synapse starts).
     pub fn start_on(ca: &TestCa, registration: Option<&Path>, federation_port: u16) -> FedSynapse {
         let server_name = format!("127.0.0.1:{federation_port}");
+        FedSynapse::start_named(ca, registration, federation_port, &server_name)
+    }
+
+    /// Named `server_name` (e.g. `localhost`, delegated by a [`WellKnown`]),
+    /// its federation listener on `federation_port`.
+    pub fn start_named(
+        ca: &TestCa,
+        registration: Option<&Path>,
+        federation_port: u16,
+        server_name: &str,
+    ) -> FedSynapse {
+        let server_name = server_name.to_string();
         let synapse = Synapse::start_with(SynapseOpts {
             server_name: server_name.clone(),
             registration,
@@ -158,5 +173,92 @@ impl FedSynapse {
             server_name,
             federation_port,
         }
+    }
+}
+
+/// Python's HTTPS server on 127.0.0.1:443 answering
+/// `/.well-known/matrix/server` with a delegation, as a homeserver's web
+/// server would (port 443 is the spec's; binding it needs root, as CI is).
+/// Each request's path and User-Agent are kept.
+pub struct WellKnown {
+    child: Child,
+    log: Arc<Lines>,
+}
+
+const WELL_KNOWN_PY: &str = r#"
+import http.server, ssl, sys
+body = sys.argv[3].encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print("GET", self.path, self.headers.get("User-Agent", "-"), flush=True)
+        if self.path == "/.well-known/matrix/server":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "max-age=600")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+impl WellKnown {
+    /// Delegates to `m_server` (`{"m.server": m_server}`, max-age 600).
+    pub fn start(ca: &TestCa, m_server: &str) -> WellKnown {
+        let body = serde_json::json!({ "m.server": m_server }).to_string();
+        let mut child = Command::new(python())
+            .args(["-c", WELL_KNOWN_PY])
+            .arg(ca.cert())
+            .arg(ca.key())
+            .arg(body)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the well-known server");
+        let log = Arc::new(Lines::default());
+        drain(child.stdout.take().unwrap(), log.clone());
+        drain(child.stderr.take().unwrap(), log.clone());
+        let mut w = WellKnown { child, log };
+        wait_until(
+            "the well-known server on 127.0.0.1:443",
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(st)) = w.child.try_wait() {
+                    panic!(
+                        "the well-known server exited ({st}); it binds port 443 and needs root: {}",
+                        w.log.snapshot().join("\n")
+                    );
+                }
+                w.log.snapshot().iter().any(|l| l == "ready").then_some(())
+            },
+        );
+        w
+    }
+
+    /// Requests so far: `GET <path> <User-Agent>` lines.
+    pub fn requests(&self) -> Vec<String> {
+        self.log
+            .snapshot()
+            .into_iter()
+            .filter(|l| l.starts_with("GET "))
+            .collect()
+    }
+}
+
+impl Drop for WellKnown {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
