@@ -470,6 +470,9 @@ impl Federation {
         let mut cache = self.cache.lock();
         match &result {
             Ok(_) | Err(FedError::BadToken) => cache.succeeded(server_name),
+            // No address (or only private ones): refused again at once, with
+            // the same answer, rather than "try later".
+            Err(FedError::Unreachable(_)) => {}
             Err(e) => {
                 cache.failed(server_name, Instant::now());
                 if let Some(n) = FED_WARN.allow() {
