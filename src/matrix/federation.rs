@@ -40,8 +40,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DNS_TIMEOUT: Duration = Duration::from_secs(3);
-/// Federated checks running at once (each up to ~40 s against a slow peer).
+/// Federated checks running at once (each up to [`CHECK_TIMEOUT`]).
 pub const MAX_IN_FLIGHT: usize = 32;
+/// A whole check: resolution (well-known hops, SRV) and userinfo.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The host part of a server name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -466,7 +468,18 @@ impl Federation {
                 "too many checks with other homeservers at once; try again".to_string(),
             ));
         };
-        let result = self.userinfo_inner(&name, server_name, token).await;
+        let result = match tokio::time::timeout(
+            CHECK_TIMEOUT,
+            self.userinfo_inner(&name, server_name, token),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(FedError::Unavailable(format!(
+                "checking with {server_name} took more than {} s",
+                CHECK_TIMEOUT.as_secs()
+            ))),
+        };
         let mut cache = self.cache.lock();
         match &result {
             Ok(_) | Err(FedError::BadToken) => cache.succeeded(server_name),
