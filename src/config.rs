@@ -464,6 +464,16 @@ pub struct MatrixConfig {
     /// Streams a `user` may own (admins: no limit).
     #[serde(default = "default_max_streams_per_user")]
     pub max_streams_per_user: usize,
+    /// Let OpenID checks of other homeservers connect to private, loopback
+    /// and link-local addresses. Off: a token's server name is chosen by
+    /// whoever posts it, so this would let anyone make roomcast call into its
+    /// own network (SSRF). On only for tests or a closed federation.
+    #[serde(default)]
+    pub federation_allow_private: bool,
+    /// An extra CA (PEM file) trusted for other homeservers' federation
+    /// certificates, besides the system's (a test or private federation).
+    #[serde(default)]
+    pub federation_ca_file: Option<String>,
 }
 
 fn default_max_streams_per_user() -> usize {

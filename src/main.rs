@@ -55,9 +55,10 @@ enum Command {
     /// and alias namespaces. Add the file to the homeserver's
     /// app_service_config_files (Synapse) and restart it.
     Registration {
-        /// URL at which the homeserver reaches roomcast's http.listen.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// URL at which the homeserver reaches roomcast's http.listen
+        /// (default: public_url of --config, else its http.listen).
+        #[arg(long)]
+        url: Option<String>,
         /// The homeserver's server name (default: matrix.server_name of --config).
         #[arg(long)]
         server_name: Option<String>,
@@ -198,17 +199,25 @@ fn init_logging() {
 
 #[allow(clippy::too_many_arguments)]
 fn write_registration(
-    url: String,
+    url: Option<String>,
     server_name: Option<String>,
     output: Option<PathBuf>,
     config: Option<PathBuf>,
     id: String,
     bot: String,
     force: bool,
-) -> Result<PathBuf, String> {
+) -> Result<(PathBuf, String), String> {
     let config = match &config {
         Some(p) => Some(Config::load(Some(p), std::env::vars()).map_err(|e| e.to_string())?),
         None => None,
+    };
+    let (url, url_source) = match url {
+        Some(u) => (u.clone(), format!("url {u} from --url")),
+        None => {
+            let defaults = Config::default();
+            let c = config.as_ref().unwrap_or(&defaults);
+            roomcast::matrix::registration::url_from_config(c.public_url.as_deref(), c.http.listen)
+        }
     };
     let matrix = config.as_ref().and_then(|c| c.matrix.clone());
     let server_name = server_name
@@ -232,7 +241,7 @@ fn write_registration(
         alias_prefix: &alias_prefix,
     };
     roomcast::matrix::registration::write(&output, &n, force).map_err(|e| e.to_string())?;
-    Ok(output)
+    Ok((output, url_source))
 }
 
 fn main() -> ExitCode {
@@ -316,9 +325,9 @@ fn main() -> ExitCode {
             bot,
             force,
         } => match write_registration(url, server_name, output, config, id, bot, force) {
-            Ok(path) => {
+            Ok((path, url_source)) => {
                 println!(
-                    "wrote {}
+                    "wrote {} ({url_source})
 add it to the homeserver's app_service_config_files (Synapse) and restart the homeserver",
                     path.display()
                 );

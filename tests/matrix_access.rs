@@ -285,7 +285,7 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
 
     // --- a signed link from the bot: admitted ------------------------------------------------------
     alice.send_text(&room, "!live link 1h");
-    let link = alice.wait_message(&room, &bot, "?access=");
+    let link = alice.wait_message(&room, &bot, "Viewer link for ");
     let body = link["content"]["body"].as_str().unwrap();
     let access = body
         .split("?access=")
@@ -723,7 +723,7 @@ fn access_ends_with_its_grant_and_private_stays_private() {
 
     // --- an expiring viewer link ends its WebRTC session and its feed -------------------------
     alice.send_text(&room, "!live link 20s");
-    let link = alice.wait_message(&room, &bot, "?access=");
+    let link = alice.wait_message(&room, &bot, "Viewer link for ");
     let short = link["content"]["body"]
         .as_str()
         .unwrap()

@@ -297,6 +297,51 @@ fn registration_file_and_bad_settings_refused() {
         assert_eq!(mode, 0o600, "registration.yaml mode {mode:o}");
     }
 
+    // From a config without --url: a wildcard http.listen becomes the
+    // loopback (and says so); public_url wins when set.
+    for (top, want, why) in [
+        (
+            "",
+            "http://127.0.0.1:18089",
+            "from http.listen 0.0.0.0:18089: 0.0.0.0 listens on every address",
+        ),
+        (
+            "public_url = \"https://live.example.org/\"\n",
+            "https://live.example.org",
+            "from public_url",
+        ),
+    ] {
+        let config = dir.path().join("from-config.toml");
+        let out_reg = dir.path().join("from-config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "{top}[http]\nlisten = \"0.0.0.0:18089\"\n[matrix]\n\
+                 homeserver_url = \"http://127.0.0.1:1\"\nserver_name = \"example.org\"\n\
+                 registration = \"{}\"\n",
+                out_reg.display()
+            ),
+        )
+        .unwrap();
+        let out = roomcast_cmd()
+            .args(["registration", "--force", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("url {want} {why}")),
+            "says which URL: {stdout}"
+        );
+        let text = std::fs::read_to_string(&out_reg).unwrap();
+        assert!(text.contains(&format!("url: \"{want}\"")), "{text}");
+    }
+
     // The example registration's placeholder tokens stop start-up with the way out.
     let example = manifest_dir().join("registration.yaml");
     let (code, log) = refused_start(&dir, &format!("registration = \"{}\"", example.display()));

@@ -1,6 +1,7 @@
 //! Viewer access to streams of rooms whose join rule is not public: a signed,
 //! expiring token, obtained either from the widget's Matrix OpenID token
-//! (checked with the homeserver; the user must be joined to the room) or from a
+//! (checked with the user's homeserver, ours or another over federation; the
+//! user must be joined to the room) or from a
 //! link the bot hands out (`!live link 24h`). The admission service checks
 //! them for every surface. A token from OpenID names its user, so that
 //! leaving the room ends what it admitted (`membership_changed`).
@@ -9,6 +10,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tracing::info;
 
+use super::federation::{FedError, Federation};
 use super::{HsError, Matrix, MatrixError};
 
 /// How long an access token from an OpenID exchange lasts.
@@ -21,6 +23,8 @@ pub type MembershipHook = Box<dyn Fn(&str, &str, bool) + Send + Sync>;
 pub struct ViewerTokens {
     secret: Vec<u8>,
     on_membership: std::sync::OnceLock<MembershipHook>,
+    /// Checks OpenID tokens of other homeservers (made on first use).
+    federation: std::sync::OnceLock<Result<Federation, String>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +39,7 @@ impl ViewerTokens {
         ViewerTokens {
             secret: secret.as_bytes().to_vec(),
             on_membership: std::sync::OnceLock::new(),
+            federation: std::sync::OnceLock::new(),
         }
     }
 
@@ -126,7 +131,8 @@ impl crate::admission::AccessTokens for Matrix {
 /// Why an OpenID exchange was refused.
 #[derive(Debug)]
 pub enum OpenIdError {
-    ForeignServer,
+    /// The token's server cannot be asked (why).
+    ForeignServer(String),
     BadToken,
     NotAMember,
     NoRoom,
@@ -145,21 +151,9 @@ impl Matrix {
         }
     }
 
-    /// Checks a widget's OpenID token with the homeserver and the user's
-    /// membership in the stream's room; returns a viewer token.
-    pub async fn exchange_openid(
-        &self,
-        stream: &str,
-        openid_token: &str,
-        server_name: &str,
-    ) -> Result<String, OpenIdError> {
-        let Some((m, _)) = self.room_of_stream(stream) else {
-            return Err(OpenIdError::NoRoom);
-        };
-        // One homeserver: tokens of other servers cannot be checked here.
-        if server_name != self.cfg.server_name {
-            return Err(OpenIdError::ForeignServer);
-        }
+    /// The local homeserver's answer for an OpenID token (through
+    /// `homeserver_url`: no federation listener needed).
+    async fn local_userinfo(&self, openid_token: &str) -> Result<String, OpenIdError> {
         let info = self
             .client
             .get_json(
@@ -175,11 +169,54 @@ impl Matrix {
             })?;
         let sub = info["sub"].as_str().ok_or(OpenIdError::BadToken)?;
         // The spec requires the user id to be of the server asked.
-        if sub.rsplit_once(':').map(|(_, s)| s) != Some(self.cfg.server_name.as_str()) {
+        if !super::federation::sub_is_of(sub, &self.cfg.server_name) {
             return Err(OpenIdError::BadToken);
         }
+        Ok(sub.to_string())
+    }
+
+    /// Another homeserver's answer, found over federation.
+    async fn federated_userinfo(
+        &self,
+        server_name: &str,
+        openid_token: &str,
+    ) -> Result<String, OpenIdError> {
+        let fed = self.tokens.federation.get_or_init(|| {
+            Federation::new(
+                self.cfg.federation_allow_private,
+                self.cfg.federation_ca_file.as_deref(),
+            )
+        });
+        let fed = fed
+            .as_ref()
+            .map_err(|e| OpenIdError::Unavailable(format!("federation: {e}")))?;
+        fed.userinfo(server_name, openid_token)
+            .await
+            .map_err(|e| match e {
+                FedError::BadToken => OpenIdError::BadToken,
+                FedError::Unreachable(why) => OpenIdError::ForeignServer(why),
+                FedError::Unavailable(why) => OpenIdError::Unavailable(why),
+            })
+    }
+
+    /// Checks a widget's OpenID token with the homeserver and the user's
+    /// membership in the stream's room; returns a viewer token.
+    pub async fn exchange_openid(
+        &self,
+        stream: &str,
+        openid_token: &str,
+        server_name: &str,
+    ) -> Result<String, OpenIdError> {
+        let Some((m, _)) = self.room_of_stream(stream) else {
+            return Err(OpenIdError::NoRoom);
+        };
+        let sub = if server_name == self.cfg.server_name {
+            self.local_userinfo(openid_token).await?
+        } else {
+            self.federated_userinfo(server_name, openid_token).await?
+        };
         let member = self
-            .state_event(&m.room_id, "m.room.member", sub)
+            .state_event(&m.room_id, "m.room.member", &sub)
             .await
             .map_err(|e: MatrixError| OpenIdError::Unavailable(e.to_string()))?;
         let joined = member.is_some_and(|ev| ev["content"]["membership"].as_str() == Some("join"));
@@ -189,7 +226,7 @@ impl Matrix {
         info!(stream = %stream, user = %sub, "matrix: viewer admitted by OpenID");
         Ok(self
             .tokens
-            .sign_for(stream, super::unix_now() + ACCESS_TTL_SECS, sub))
+            .sign_for(stream, super::unix_now() + ACCESS_TTL_SECS, &sub))
     }
 }
 

@@ -11,10 +11,12 @@
 //! - `api` — the HTTP API the pages use (guests, chat, access, rooms)
 
 pub mod access;
+mod bridge_info;
 pub mod chat;
 pub mod chat_view;
 pub mod client;
 pub mod commands;
+pub mod federation;
 pub mod media_proxy;
 mod notices;
 pub mod permissions;

@@ -257,7 +257,7 @@ impl Matrix {
         };
         let notice = json!({
             "title": self.title_of(stream),
-            "watch_url": self.watch_url(stream),
+            "watch_url": self.golive_watch_url(stream),
             "mention": room.notify,
         });
         self.enqueue_notice(&m.room_id, stream, session, "notice", notice, Some(started))

@@ -13,8 +13,8 @@ pub const PUPPET_PREFIX: &str = "_roomcast_";
 pub enum RegistrationError {
     #[error(
         "cannot read the appservice registration {path}: {source}. Create it with \
-         `roomcast registration --url <URL the homeserver reaches roomcast at> --server-name <server_name>` \
-         and add its path to the homeserver's app_service_config_files"
+         `roomcast registration --config <roomcast.toml>` (or `--url <URL the homeserver reaches roomcast at> \
+         --server-name <server_name>`) and add its path to the homeserver's app_service_config_files"
     )]
     Read {
         path: String,
@@ -51,6 +51,35 @@ fn regex_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// The URL the homeserver reaches roomcast at, from the config when `--url`
+/// is not given: `public_url` first (a reverse proxy in front of roomcast),
+/// else `http.listen`. Returns the URL and a sentence saying where it came from.
+pub fn url_from_config(public_url: Option<&str>, listen: std::net::SocketAddr) -> (String, String) {
+    if let Some(u) = public_url {
+        let u = u.trim_end_matches('/').to_string();
+        return (u.clone(), format!("url {u} from public_url"));
+    }
+    let ip = listen.ip();
+    if ip.is_unspecified() {
+        // A wildcard is no address to connect to; the loopback of the same
+        // family reaches it when the homeserver runs on this machine.
+        let lo: std::net::IpAddr = if ip.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        let url = format!("http://{}", std::net::SocketAddr::new(lo, listen.port()));
+        let why = format!(
+            "url {url} from http.listen {listen}: {ip} listens on every address, so the \
+             homeserver on this machine reaches it on the loopback; if the homeserver runs \
+             elsewhere, pass --url or set public_url"
+        );
+        return (url, why);
+    }
+    let url = format!("http://{listen}");
+    (url.clone(), format!("url {url} from http.listen"))
 }
 
 pub struct NewRegistration<'a> {
@@ -263,6 +292,27 @@ mod tests {
             e.contains("as_token is a placeholder") && e.contains("roomcast registration"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn url_from_the_config() {
+        let l = |s: &str| s.parse().unwrap();
+        let (u, why) = url_from_config(Some("https://live.example.org/"), l("0.0.0.0:8080"));
+        assert_eq!(u, "https://live.example.org");
+        assert!(why.contains("public_url"), "{why}");
+        let (u, why) = url_from_config(None, l("10.0.0.5:9000"));
+        assert_eq!(u, "http://10.0.0.5:9000");
+        assert!(why.contains("http.listen"), "{why}");
+        let (u, why) = url_from_config(None, l("0.0.0.0:8080"));
+        assert_eq!(u, "http://127.0.0.1:8080");
+        assert!(
+            why.contains("every address") && why.contains("--url"),
+            "{why}"
+        );
+        let (u, _) = url_from_config(None, l("[::]:8081"));
+        assert_eq!(u, "http://[::1]:8081");
+        let (u, _) = url_from_config(None, l("[2001:db8::2]:80"));
+        assert_eq!(u, "http://[2001:db8::2]:80");
     }
 
     #[test]

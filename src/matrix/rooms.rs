@@ -955,6 +955,7 @@ impl Matrix {
             );
             self.client.send(req, None).await?;
         }
+        self.put_bridge_info(room).await;
         self.put_layout(room).await
     }
 

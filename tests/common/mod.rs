@@ -14,6 +14,7 @@
 pub mod clock;
 pub mod control;
 pub mod faults;
+pub mod federation;
 pub mod http;
 pub mod impair;
 pub mod matrix;

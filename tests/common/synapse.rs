@@ -47,10 +47,32 @@ pub struct Synapse {
     log: Arc<Lines>,
 }
 
+/// How a [`Synapse`] differs from the single test homeserver.
+pub struct SynapseOpts<'a> {
+    pub server_name: String,
+    /// The appservice registration to load, if any.
+    pub registration: Option<&'a Path>,
+    /// More `listeners:` items (YAML flow mappings, one per line).
+    pub extra_listeners: Vec<String>,
+    /// More top-level YAML lines.
+    pub extra_yaml: String,
+}
+
 impl Synapse {
     /// Writes a config registering the appservice at `registration` and starts
     /// Synapse; returns once `/_matrix/client/versions` answers.
     pub fn start(registration: &Path) -> Synapse {
+        Synapse::start_with(SynapseOpts {
+            server_name: SERVER_NAME.to_string(),
+            registration: Some(registration),
+            extra_listeners: vec![],
+            extra_yaml: String::new(),
+        })
+    }
+
+    /// [`Synapse::start`] with another server name, listeners and settings
+    /// (two federating homeservers: `common::federation`).
+    pub fn start_with(o: SynapseOpts<'_>) -> Synapse {
         let dir = TempDir::new("roomcast-synapse");
         let port = free_port();
         let d = dir.path().display().to_string();
@@ -62,13 +84,22 @@ impl Synapse {
         )
         .unwrap();
         let rc = "{per_second: 9999, burst_count: 9999}";
+        let extra_listeners: String = o
+            .extra_listeners
+            .iter()
+            .map(|l| format!("  - {l}\n"))
+            .collect();
+        let app_services = o
+            .registration
+            .map(|r| format!("app_service_config_files: [\"{}\"]", r.display()))
+            .unwrap_or_default();
         let config = format!(
-            r#"server_name: "{SERVER_NAME}"
+            r#"server_name: "{server_name}"
 pid_file: {d}/homeserver.pid
 listeners:
   - {{port: {port}, bind_addresses: ['127.0.0.1'], type: http, tls: false, x_forwarded: false,
      resources: [{{names: [client, openid], compress: false}}]}}
-database: {{name: sqlite3, args: {{database: {d}/homeserver.db}}}}
+{extra_listeners}database: {{name: sqlite3, args: {{database: {d}/homeserver.db}}}}
 media_store_path: {d}/media_store
 signing_key_path: "{d}/signing.key"
 registration_shared_secret: "test-shared-secret"
@@ -80,7 +111,7 @@ suppress_key_server_warning: true
 enable_registration: true
 enable_registration_without_verification: true
 bcrypt_rounds: 4
-app_service_config_files: ["{reg}"]
+{app_services}
 presence: {{enabled: false}}
 rc_message: {rc}
 rc_registration: {rc}
@@ -90,8 +121,10 @@ rc_joins_per_room: {rc}
 rc_room_creation: {rc}
 rc_invites: {{per_room: {rc}, per_user: {rc}, per_issuer: {rc}}}
 rc_admin_redaction: {rc}
+{extra_yaml}
 "#,
-            reg = registration.display(),
+            server_name = o.server_name,
+            extra_yaml = o.extra_yaml,
         );
         std::fs::write(dir.path().join("homeserver.yaml"), config).unwrap();
         let mut s = Synapse {

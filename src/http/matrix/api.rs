@@ -267,10 +267,10 @@ async fn access(
             Json(json!({"access_token": token, "expires_in": ACCESS_TTL_SECS})).into_response()
         }
         Err(OpenIdError::NoRoom) => no_chat(Some(&name)).into_response(),
-        Err(OpenIdError::ForeignServer) => ApiError::new(
+        Err(OpenIdError::ForeignServer(why)) => ApiError::new(
             StatusCode::FORBIDDEN,
             "access_denied",
-            format!("only accounts of {} can be checked here", m.server_name()),
+            format!("the OpenID token's homeserver cannot be asked: {why}"),
         )
         .into_response(),
         Err(OpenIdError::BadToken) => ApiError::new(
