@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod net;
 #[doc(hidden)]
 pub mod publish;
+mod replay_policy;
 pub mod sdp;
 mod shard;
 #[cfg(test)]
