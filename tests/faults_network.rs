@@ -57,7 +57,16 @@ const JOIN_BOUND_MS: f64 = 5000.0;
 fn joins_ttff_ms(server: &Server, n: usize) -> Vec<f64> {
     let mut joins = play(server, &["--joins", &n.to_string(), "--timeout", "60"]);
     let r = joins.result(Duration::from_secs(90));
-    println!("joins through the relay: {}", r["first_decoded"]);
+    println!(
+        "joins through the relay: first decoded {}; ICE connected {}; DTLS connected {}",
+        r["first_decoded"], r["ice"], r["connected"]
+    );
+    for j in r["joins"].as_array().into_iter().flatten() {
+        println!(
+            "join {}: ice {} dtls {} first decoded {} ms",
+            j["i"], j["ice_ms"], j["connected_ms"], j["first_decoded_ms"]
+        );
+    }
     assert_eq!(r["ok"], true, "joins: {r}");
     let ttff: Vec<f64> = r["joins"]
         .as_array()
