@@ -10,6 +10,12 @@
 //! keyframe is still retransmittable is left to NACK/RTX; a PLI after that
 //! (the keyframe failed) gets another replay from a small per-viewer token
 //! bucket, so a PLI flood costs at most one GOP a second.
+//!
+//! The join's replay is the exception: it leaves right after our last DTLS
+//! flight, and packets that overtake that flight (reordering) reach a browser
+//! that has no SRTP keys yet, which drops them unseen: it cannot NACK a
+//! keyframe start it never saw. A PLI after the join's replay is served from
+//! the bucket at once.
 
 use std::time::{Duration, Instant};
 
@@ -123,9 +129,10 @@ impl ReplayPolicy {
         }
     }
 
-    /// A replay starts: its first packet gets `first_seq`.
-    pub fn replayed(&mut self, now: Instant, first_seq: u64) {
-        self.keyframe = Some((first_seq, now));
+    /// A replay starts: its first packet gets `first_seq`. `nackable`: the
+    /// viewer can NACK all of it (false for the join's, see the module doc).
+    pub fn replayed(&mut self, now: Instant, first_seq: u64, nackable: bool) {
+        self.keyframe = nackable.then_some((first_seq, now));
     }
 
     /// When a request refused for credit is due.
@@ -154,24 +161,25 @@ mod tests {
         let t0 = Instant::now();
         let mut p = ReplayPolicy::new(t0);
         assert_eq!(p.request(t0, 100, 1000), Verdict::Replay);
-        p.replayed(t0, 100);
-        // The keyframe is still retransmittable: NACKs repair it.
+        p.replayed(t0, 100, false);
+        // The join's keyframe may have reached the browser before its keys.
+        let t = t0 + Duration::from_millis(100);
+        assert_eq!(p.request(t, 600, 1000), Verdict::Replay);
+        p.replayed(t, 600, true);
+        // This one is retransmittable: NACKs repair it.
         let t = t0 + Duration::from_millis(200);
-        assert_eq!(p.request(t, 600, 1000), Verdict::Repair);
-        // Evicted from the cache (more packets since than it holds): replay now.
-        assert_eq!(p.request(t, 1200, 1000), Verdict::Replay);
-        p.replayed(t, 1200);
-        // A flood after the repair window: one credit back after a second.
-        let t = t0 + Duration::from_millis(900);
+        assert_eq!(p.request(t, 900, 1000), Verdict::Repair);
+        // Evicted from the cache (more packets since than it holds): no
+        // credit left, served when the next comes back.
         assert_eq!(
-            p.request(t, 1300, 1000),
+            p.request(t, 1700, 1000),
             Verdict::Later(t0 + Duration::from_secs(1))
         );
         assert_eq!(p.due(), Some(t0 + Duration::from_secs(1)));
         let t = t0 + Duration::from_secs(1);
-        assert_eq!(p.request(t, 1400, 1000), Verdict::Replay);
+        assert_eq!(p.request(t, 1800, 1000), Verdict::Replay);
         assert_eq!(p.due(), None);
-        p.replayed(t, 1400);
+        p.replayed(t, 1800, true);
         let t = t + NACK_REPAIR_WINDOW;
         assert!(matches!(p.request(t, 1500, 1000), Verdict::Later(_)));
         p.keyframe_sent();
@@ -187,7 +195,7 @@ mod tests {
             let now = t0 + Duration::from_millis(ms);
             if p.request(now, ms * 1000, 10) == Verdict::Replay {
                 replays += 1;
-                p.replayed(now, ms * 1000);
+                p.replayed(now, ms * 1000, true);
             }
         }
         assert!(replays <= BURST + 10, "{replays}");

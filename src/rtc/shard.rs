@@ -1063,7 +1063,7 @@ impl Shard {
                     }
                     if p.replay_policy.due().is_some_and(|d| d <= now) {
                         // A keyframe request that waited for replay credit.
-                        p.replay_gop(self.replay_pace);
+                        p.replay_gop(self.replay_pace, false);
                         if p.replay.is_some() {
                             idle_feeds = 0;
                             continue;
@@ -1102,7 +1102,7 @@ impl Shard {
                             // only when asked): ask for one.
                             p.stream.request_keyframe();
                         }
-                        p.replay_gop(self.replay_pace);
+                        p.replay_gop(self.replay_pace, true);
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         p.dead = true;
@@ -1113,7 +1113,7 @@ impl Shard {
                         // WebRTC publishers are asked too (rate-limited per
                         // stream); the replay serves the viewer meanwhile.
                         p.stream.request_keyframe();
-                        p.replay_gop(self.replay_pace);
+                        p.replay_gop(self.replay_pace, false);
                     }
                     Event::Closed => p.dead = true,
                     _ => {}
@@ -1304,7 +1304,8 @@ impl Peer {
     /// just before the newest one: they are decoded (later frames reference
     /// them) but the jitter buffer sees them as due now, so playback starts at
     /// the live edge, not a GOP behind.
-    fn replay_gop(&mut self, pace: ReplayPace) {
+    /// `join`: the replay right after DTLS (see `replay_policy`).
+    fn replay_gop(&mut self, pace: ReplayPace, join: bool) {
         if self.replay.is_some() {
             // A replay under way brings a keyframe already.
             return;
@@ -1361,7 +1362,7 @@ impl Peer {
                 .last_index
                 .map_or(last.index, |i| i.max(last.index)),
         );
-        self.replay_policy.replayed(now, next_seq);
+        self.replay_policy.replayed(now, next_seq, !join);
     }
 
     /// Replaces the video track's RTX cache (str0m starts it empty).
