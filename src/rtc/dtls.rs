@@ -125,11 +125,11 @@ impl DtlsInstance for Dtls {
         }
         self.dtls.handle_packet(packet)?;
         if !early {
-            // What was held may be readable now (dimpl drops it again if not).
-            // It was given to dimpl once already: a second time is a
-            // duplicate at worst, and its error is not this datagram's.
-            for held in std::mem::take(&mut self.held) {
-                let _ = self.dtls.handle_packet(&held);
+            // What was held may be readable now (dimpl drops it again if not,
+            // so it stays held until we connect; a duplicate is discarded,
+            // never an error).
+            for held in &self.held {
+                self.dtls.handle_packet(held)?;
             }
         }
         Ok(())
@@ -170,5 +170,87 @@ impl DtlsInstance for Dtls {
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
         self.dtls.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drains `dtls`'s output: its datagrams, and whether it connected.
+    fn drain(
+        dtls: &mut dyn FnMut(&mut [u8]) -> Option<Result<Vec<u8>, bool>>,
+    ) -> (Vec<Vec<u8>>, bool) {
+        let mut buf = vec![0u8; 4096];
+        let (mut out, mut connected) = (Vec::new(), false);
+        while let Some(o) = dtls(&mut buf) {
+            match o {
+                Ok(d) => out.push(d),
+                Err(c) => connected |= c,
+            }
+        }
+        (out, connected)
+    }
+
+    fn client_output(c: &mut dimpl::Dtls) -> (Vec<Vec<u8>>, bool) {
+        drain(&mut |buf| match c.poll_output(buf) {
+            DtlsOutput::Packet(p) => Some(Ok(p.to_vec())),
+            DtlsOutput::Timeout(_) => None,
+            DtlsOutput::Connected => Some(Err(true)),
+            _ => Some(Err(false)),
+        })
+    }
+
+    fn server_output(s: &mut dyn DtlsInstance) -> (Vec<Vec<u8>>, bool) {
+        drain(&mut |buf| match s.poll_output(buf) {
+            DtlsOutput::Packet(p) => Some(Ok(p.to_vec())),
+            DtlsOutput::Timeout(_) => None,
+            DtlsOutput::Connected => Some(Err(true)),
+            _ => Some(Err(false)),
+        })
+    }
+
+    /// The client's flight 5 split over datagrams and delivered last first:
+    /// the server connects without waiting for any retransmission.
+    #[test]
+    fn a_finished_that_overtakes_its_flight_is_not_lost() {
+        let now = Instant::now();
+        let provider = crypto_provider();
+        let cert = provider.dtls_provider.generate_certificate().unwrap();
+        let mut server = provider
+            .dtls_provider
+            .new_dtls(&cert, now, DtlsVersion::Dtls12, None)
+            .unwrap();
+        server.set_active(false);
+        server.handle_timeout(now).unwrap();
+        // A small MTU puts the client's Finished in a datagram of its own.
+        let config = Arc::new(dimpl::Config::builder().mtu(300).build().unwrap());
+        let mut client = dimpl::Dtls::new_12(config, cert.clone(), now);
+        client.set_active(true);
+        client.handle_timeout(now).unwrap();
+
+        let mut connected = false;
+        for flight in 0..4 {
+            let (mut datagrams, _) = client_output(&mut client);
+            if flight == 1 {
+                assert!(
+                    datagrams.iter().any(|d| first_epoch(d) == Some(1)),
+                    "flight 5 has a datagram in epoch 1"
+                );
+                datagrams.reverse();
+            }
+            for d in datagrams {
+                server.handle_packet(&d).unwrap();
+            }
+            let (back, c) = server_output(server.as_mut());
+            connected |= c;
+            for d in back {
+                client.handle_packet(&d).unwrap();
+            }
+        }
+        assert!(
+            connected,
+            "the server did not connect without a retransmission"
+        );
     }
 }
