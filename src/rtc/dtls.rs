@@ -177,37 +177,30 @@ impl DtlsInstance for Dtls {
 mod tests {
     use super::*;
 
-    /// Drains `dtls`'s output: its datagrams, and whether it connected.
-    fn drain(
-        dtls: &mut dyn FnMut(&mut [u8]) -> Option<Result<Vec<u8>, bool>>,
-    ) -> (Vec<Vec<u8>>, bool) {
-        let mut buf = vec![0u8; 4096];
-        let (mut out, mut connected) = (Vec::new(), false);
-        while let Some(o) = dtls(&mut buf) {
-            match o {
-                Ok(d) => out.push(d),
-                Err(c) => connected |= c,
+    /// The datagrams a poll loop yields until its timeout, and whether it
+    /// connected meanwhile.
+    macro_rules! drain {
+        ($poll:expr) => {{
+            let mut buf = vec![0u8; 4096];
+            let (mut out, mut connected) = (Vec::new(), false);
+            loop {
+                match $poll(&mut buf) {
+                    DtlsOutput::Packet(p) => out.push(p.to_vec()),
+                    DtlsOutput::Timeout(_) => break,
+                    DtlsOutput::Connected => connected = true,
+                    _ => {}
+                }
             }
-        }
-        (out, connected)
+            (out, connected)
+        }};
     }
 
     fn client_output(c: &mut dimpl::Dtls) -> (Vec<Vec<u8>>, bool) {
-        drain(&mut |buf| match c.poll_output(buf) {
-            DtlsOutput::Packet(p) => Some(Ok(p.to_vec())),
-            DtlsOutput::Timeout(_) => None,
-            DtlsOutput::Connected => Some(Err(true)),
-            _ => Some(Err(false)),
-        })
+        drain!(|b| c.poll_output(b))
     }
 
     fn server_output(s: &mut dyn DtlsInstance) -> (Vec<Vec<u8>>, bool) {
-        drain(&mut |buf| match s.poll_output(buf) {
-            DtlsOutput::Packet(p) => Some(Ok(p.to_vec())),
-            DtlsOutput::Timeout(_) => None,
-            DtlsOutput::Connected => Some(Err(true)),
-            _ => Some(Err(false)),
-        })
+        drain!(|b| s.poll_output(b))
     }
 
     /// The client's flight 5 split over datagrams and delivered last first:
