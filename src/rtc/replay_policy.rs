@@ -140,8 +140,9 @@ impl ReplayPolicy {
         self.pending.then(|| self.refilled + REFILL)
     }
 
-    /// A keyframe reached the viewer another way (the live stream's): a
-    /// pending request is answered.
+    /// A keyframe reached the viewer another way (the live stream's, a
+    /// replay under way), or there is none to replay: a pending request is
+    /// answered (it must not keep the viewer's timer due).
     pub fn keyframe_sent(&mut self) {
         self.pending = false;
     }

@@ -1306,21 +1306,19 @@ impl Peer {
     /// the live edge, not a GOP behind.
     /// `join`: the replay right after DTLS (see `replay_policy`).
     fn replay_gop(&mut self, pace: ReplayPace, join: bool) {
-        if self.replay.is_some() {
-            // A replay under way brings a keyframe already.
-            return;
-        }
-        let Some(next_seq) = self.video.as_ref().map(|v| v.next_seq) else {
-            return;
-        };
         let gop = self.stream.gop_snapshot();
-        let Some(last) = gop.last() else {
-            return;
-        };
         let video = gop.iter().filter(|f| f.kind == Kind::Video);
         let mut frames = Vec::with_capacity(video.clone().count() + REPLAY_MAX_LIVE_FRAMES);
         frames.extend(video.cloned());
-        let Some(newest) = frames.last() else {
+        let (Some(last), Some(newest), Some(next_seq), None) = (
+            gop.last(),
+            frames.last(),
+            self.video.as_ref().map(|v| v.next_seq),
+            self.replay.as_ref(),
+        ) else {
+            // Nothing to replay (no GOP, no video track), or a replay under
+            // way brings a keyframe already: a waiting request is answered.
+            self.replay_policy.keyframe_sent();
             return;
         };
         let now = Instant::now();
