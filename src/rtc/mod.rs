@@ -1,6 +1,7 @@
 //! WebRTC engine on str0m: ICE-lite, one UDP socket and one ICE-TCP listener for
 //! every peer, viewers sharded over worker threads.
 
+mod dtls;
 pub mod metrics;
 // Public for the fuzz targets (fuzz/): the ICE-TCP framing, the demux and
 // the WHIP frame path.
@@ -8,6 +9,7 @@ pub mod metrics;
 pub mod net;
 #[doc(hidden)]
 pub mod publish;
+mod replay_policy;
 pub mod sdp;
 mod shard;
 #[cfg(test)]
@@ -189,9 +191,9 @@ impl Engine {
         limits: crate::listener::Limits,
         shutdown: crate::listener::Shutdown,
     ) -> anyhow::Result<(Arc<Engine>, Bound)> {
-        str0m::crypto::from_feature_flags().install_process_default();
+        dtls::crypto_provider().install_process_default();
         shard::throttle_worker_panic_output();
-        let cert = str0m::crypto::from_feature_flags()
+        let cert = dtls::crypto_provider()
             .dtls_provider
             .generate_certificate()
             .context("generating the DTLS certificate")?;

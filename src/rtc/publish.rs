@@ -195,6 +195,17 @@ impl PubPeer {
     }
 
     pub fn on_rtp(&mut self, pkt: RtpPacket) {
+        // The fuzz seeds' capture (fuzz/capture/whip_rtp_seed.py) reads a
+        // browser's RTP after SRTP from this line; off unless asked for with
+        // ROOMCAST_LOG=rtp_capture=trace.
+        tracing::trace!(
+            target: "rtp_capture",
+            pt = *pkt.header.payload_type,
+            seq = *pkt.seq_no,
+            time = pkt.header.timestamp,
+            marker = pkt.header.marker,
+            payload = %Hex(&pkt.payload),
+        );
         self.on_rtp_parts(
             pkt.header.payload_type,
             *pkt.seq_no,
@@ -374,5 +385,14 @@ impl PubPeer {
             }
         }
         self.dead = true;
+    }
+}
+
+/// Bytes as lowercase hex, formatted only when the log line is written.
+struct Hex<'a>(&'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }

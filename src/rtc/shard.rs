@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 use super::metrics::ShardMetrics;
 use super::net::{Demux, NetOut, SendBatch};
 use super::publish::{NewPublisher, PubPeer};
+use super::replay_policy::{ReplayPolicy, RtxCacheSize, Verdict};
 use crate::hub::{Frame, FrameSink, Kind, Stream};
 use crate::log_every::LogEvery;
 
@@ -54,12 +55,14 @@ const PUBLISHER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retransmission cache per viewer: 128 packets are half a second of a
 /// 2.5 Mbit/s stream, enough for NACKs from viewers up to ~300 ms away; each
 /// entry costs str0m ~430 bytes, so this is most of a viewer's memory.
-const RTX_CACHE_PACKETS: usize = 128;
-const RTX_CACHE_AGE: Duration = Duration::from_millis(500);
+/// A GOP replay gets a larger one while it is retransmittable
+/// (`replay_policy::RtxCacheSize::for_replay`).
+const RTX_CACHE: RtxCacheSize = RtxCacheSize {
+    max_packets: 128,
+    max_age: Duration::from_millis(500),
+};
 /// Shortest time between two passes over every peer's timers.
 const SCAN_INTERVAL: Duration = Duration::from_millis(2);
-/// At most one GOP replay per viewer in this period, however often it asks.
-const REPLAY_MIN_INTERVAL: Duration = Duration::from_millis(1000);
 /// A paced replay starts with this much at once (about 27 packets, an eighth
 /// of a default 208 KB receive buffer, which holds ~92 datagrams whatever
 /// their size) and then goes at the configured rate.
@@ -373,7 +376,10 @@ struct Peer {
     next_timeout: Instant,
     created: Instant,
     last_input: Instant,
-    last_replay: Option<Instant>,
+    /// Whether this viewer gets a GOP replay for a keyframe request.
+    replay_policy: ReplayPolicy,
+    /// The RTX cache now: a replay's until the next live keyframe.
+    rtx_cache: RtxCacheSize,
     replay: Option<Replay>,
     dead: bool,
     expires_at: Option<Instant>,
@@ -828,7 +834,7 @@ impl Shard {
             let mut api = rtc.direct_api();
             if let Some(tx) = api.stream_tx_by_mid(v.mid, None) {
                 // str0m's default (3 s, 2000 packets) costs ~300 KB per viewer.
-                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                tx.set_rtx_cache(RTX_CACHE.max_packets, RTX_CACHE.max_age, None);
             }
         }
         let audio = audio.map(|a| track(&mut rtc, a));
@@ -848,7 +854,8 @@ impl Shard {
             next_timeout: now,
             created: now,
             last_input: now,
-            last_replay: None,
+            replay_policy: ReplayPolicy::new(now),
+            rtx_cache: RTX_CACHE,
             replay: None,
             dead: false,
             expires_at,
@@ -1054,9 +1061,20 @@ impl Shard {
                         idle_feeds = 0;
                         continue;
                     }
+                    if p.replay_policy.due().is_some_and(|d| d <= now) {
+                        // A keyframe request that waited for replay credit.
+                        p.replay_gop(self.replay_pace, false);
+                        if p.replay.is_some() {
+                            idle_feeds = 0;
+                            continue;
+                        }
+                    }
                     // A paced replay waits for credit on the shard's timer
                     // pass, like str0m's own timers (at most every 2 ms).
-                    p.next_timeout = p.replay_due(self.replay_pace).map_or(t, |d| d.min(t));
+                    p.next_timeout = [p.replay_due(self.replay_pace), p.replay_policy.due()]
+                        .into_iter()
+                        .flatten()
+                        .fold(t, Instant::min);
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
@@ -1084,7 +1102,7 @@ impl Shard {
                             // only when asked): ask for one.
                             p.stream.request_keyframe();
                         }
-                        p.replay_gop();
+                        p.replay_gop(self.replay_pace, true);
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         p.dead = true;
@@ -1095,7 +1113,7 @@ impl Shard {
                         // WebRTC publishers are asked too (rate-limited per
                         // stream); the replay serves the viewer meanwhile.
                         p.stream.request_keyframe();
-                        p.replay_gop();
+                        p.replay_gop(self.replay_pace, false);
                     }
                     Event::Closed => p.dead = true,
                     _ => {}
@@ -1263,6 +1281,14 @@ impl Peer {
             r.frames.push(Arc::clone(frame));
             return frame.payloads.len();
         }
+        if frame.kind == Kind::Video && frame.keyframe {
+            // A live keyframe: what came before it needs no retransmission,
+            // so a replay's large RTX cache goes back to the live one.
+            self.replay_policy.keyframe_sent();
+            if self.rtx_cache != RTX_CACHE {
+                self.set_rtx_cache(RTX_CACHE);
+            }
+        }
         let (track, video) = match frame.kind {
             Kind::Video => (self.video.as_mut(), true),
             Kind::Audio => (self.audio.as_mut(), false),
@@ -1278,29 +1304,45 @@ impl Peer {
     /// just before the newest one: they are decoded (later frames reference
     /// them) but the jitter buffer sees them as due now, so playback starts at
     /// the live edge, not a GOP behind.
-    fn replay_gop(&mut self) {
-        let now = Instant::now();
-        if self.replay.is_some()
-            || self
-                .last_replay
-                .is_some_and(|t| now.duration_since(t) < REPLAY_MIN_INTERVAL)
-        {
-            // A replay under way brings a keyframe already.
-            return;
-        }
+    /// `join`: the replay right after DTLS (see `replay_policy`).
+    fn replay_gop(&mut self, pace: ReplayPace, join: bool) {
         let gop = self.stream.gop_snapshot();
-        let Some(last) = gop.last() else {
-            return;
-        };
         let video = gop.iter().filter(|f| f.kind == Kind::Video);
         let mut frames = Vec::with_capacity(video.clone().count() + REPLAY_MAX_LIVE_FRAMES);
         frames.extend(video.cloned());
-        let Some(newest) = frames.last() else {
+        let (Some(last), Some(newest), Some(next_seq), None) = (
+            gop.last(),
+            frames.last(),
+            self.video.as_ref().map(|v| v.next_seq),
+            self.replay.as_ref(),
+        ) else {
+            // Nothing to replay (no GOP, no video track), or a replay under
+            // way brings a keyframe already: a waiting request is answered.
+            self.replay_policy.keyframe_sent();
             return;
         };
-        if self.video.is_none() {
-            return;
+        let now = Instant::now();
+        match self
+            .replay_policy
+            .request(now, next_seq, self.rtx_cache.max_packets)
+        {
+            Verdict::Replay => {}
+            Verdict::Repair | Verdict::Later(_) => return,
         }
+        // The replay's packets stay retransmittable for its duration and a
+        // second of round trips (until the next live keyframe makes them moot).
+        let packets = frames.iter().map(|f| f.payloads.len()).sum();
+        let bytes = frames
+            .iter()
+            .flat_map(|f| f.payloads.iter())
+            .map(|p| p.len())
+            .sum();
+        self.set_rtx_cache(RtxCacheSize::for_replay(
+            packets,
+            bytes,
+            pace.bytes_per_ms as u64,
+            RTX_CACHE,
+        ));
         self.replay = Some(Replay {
             newest_rtp_time: newest.rtp_time,
             gop: frames.len(),
@@ -1318,7 +1360,23 @@ impl Peer {
                 .last_index
                 .map_or(last.index, |i| i.max(last.index)),
         );
-        self.last_replay = Some(now);
+        self.replay_policy.replayed(now, next_seq, !join);
+    }
+
+    /// Replaces the video track's RTX cache (str0m starts it empty).
+    fn set_rtx_cache(&mut self, size: RtxCacheSize) {
+        let Some(v) = &self.video else {
+            return;
+        };
+        let mut api = self.rtc.direct_api();
+        let tx = match &v.ssrc {
+            Some(ssrc) => api.stream_tx(ssrc),
+            None => api.stream_tx_by_mid(v.mid, None),
+        };
+        if let Some(tx) = tx {
+            tx.set_rtx_cache(size.max_packets, size.max_age, None);
+            self.rtx_cache = size;
+        }
     }
 
     /// Writes what the pace allows of a pending replay, at most the rest of one

@@ -137,10 +137,12 @@ async function pageStart({ stream, intervalMs, waitIceMs }) {
     video.play().catch((e) => emit({ type: 'event', name: 'play_error', message: String(e), t_ms: since() }));
     emit({ type: 'event', name: 'track', kind: ev.track.kind, t_ms: since() });
   };
+  // post_ms: since the WHEP POST (a join's ICE and DTLS times).
+  const sincePost = () => (window.__tPost === undefined ? null : Math.round((performance.now() - window.__tPost) * 10) / 10);
   pc.onconnectionstatechange = () =>
-    emit({ type: 'event', name: 'connectionstatechange', state: pc.connectionState, t_ms: since() });
+    emit({ type: 'event', name: 'connectionstatechange', state: pc.connectionState, t_ms: since(), post_ms: sincePost() });
   pc.oniceconnectionstatechange = () =>
-    emit({ type: 'event', name: 'iceconnectionstatechange', state: pc.iceConnectionState, t_ms: since() });
+    emit({ type: 'event', name: 'iceconnectionstatechange', state: pc.iceConnectionState, t_ms: since(), post_ms: sincePost() });
 
   await pc.setLocalDescription(await pc.createOffer());
   if (waitIceMs > 0 && pc.iceGatheringState !== 'complete') {
@@ -290,6 +292,8 @@ async function measureJoins(page, opts, state, result) {
   for (let i = 1; i <= opts.joins && !state.stopRequested && Date.now() < deadline; i++) {
     state.firstDecodedMs = null;
     state.firstFrameMs = null;
+    state.iceMs = null;
+    state.connectedMs = null;
     const started = await page.evaluate(pageStart, {
       stream: opts.stream, intervalMs: 1000, waitIceMs: opts.waitIceMs,
     });
@@ -307,8 +311,9 @@ async function measureJoins(page, opts, state, result) {
     while (state.firstDecodedMs !== null && state.firstFrameMs === null && Date.now() < presentDeadline) {
       await new Promise((r) => setTimeout(r, 20));
     }
+    // ice_ms: ICE connected; connected_ms: DTLS done (connectionState), from the POST.
     const join = { type: 'join', i, first_decoded_ms: state.firstDecodedMs, first_frame_ms: state.firstFrameMs,
-      post_ms: whep.post_ms };
+      post_ms: whep.post_ms, ice_ms: state.iceMs, connected_ms: state.connectedMs };
     emit(join);
     joins.push(join);
     await page.evaluate(pageStop).catch(() => {});
@@ -321,7 +326,8 @@ async function measureJoins(page, opts, state, result) {
     const v = joins.map((j) => j[key]).filter((x) => x !== null).sort((a, b) => a - b);
     return { n: v.length, p50: percentile(v, 50), p95: percentile(v, 95), max: v.length ? v[v.length - 1] : null };
   };
-  Object.assign(result, { joins, first_decoded: stat('first_decoded_ms'), first_frame: stat('first_frame_ms') });
+  Object.assign(result, { joins, first_decoded: stat('first_decoded_ms'), first_frame: stat('first_frame_ms'),
+    ice: stat('ice_ms'), connected: stat('connected_ms') });
   result.ok = joins.length === opts.joins && joins.every((j) => j.first_decoded_ms !== null);
   if (!result.ok && !result.reason) result.reason = `only ${joins.length} of ${opts.joins} joins ran`;
 }
@@ -355,6 +361,9 @@ async function main() {
       state.firstDecodedMs = obj.ms;
     } else if (obj.type === 'event' && obj.name === 'connectionstatechange') {
       state.connectionStates.push(obj.state);
+      if (obj.state === 'connected' && state.connectedMs == null) state.connectedMs = obj.post_ms;
+    } else if (obj.type === 'event' && obj.name === 'iceconnectionstatechange') {
+      if (obj.state === 'connected' && state.iceMs == null) state.iceMs = obj.post_ms;
     } else if (obj.type === 'error') {
       state.errors.push(obj.message);
     }

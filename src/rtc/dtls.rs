@@ -1,0 +1,249 @@
+//! str0m's DTLS (dimpl, set up as str0m's AWS-LC provider does) with two
+//! changes for lossy, reordering networks:
+//!
+//! - a datagram of the peer's next epoch that arrives before the
+//!   ChangeCipherSpec it depends on is held and fed again after the next
+//!   datagram, instead of being lost;
+//! - our flight is retransmitted after [`FLIGHT_START_RTO`] (doubling), not
+//!   dimpl's 1 s, with as much patience in all ([`FLIGHT_RETRIES`]).
+//!
+//! dimpl drops such records and waits for the peer to retransmit its flight.
+//! Chromium's flight 5 (Certificate, ClientKeyExchange, CertificateVerify,
+//! ChangeCipherSpec, then Finished in epoch 1) spans datagrams; when the one
+//! with Finished overtakes the others (reordering), the handshake waited for
+//! Chromium's retransmission timer: ~1.1 s more to DTLS connected in 3-5 of
+//! 10 joins through the impaired relay (tests/faults_network.rs).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use str0m::crypto::dtls::{
+    DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
+};
+use str0m::crypto::{CryptoError, CryptoProvider};
+
+/// Early datagrams held per session (a flight has a handful).
+const HELD_DATAGRAMS: usize = 4;
+/// A lost datagram of our flight (ServerHello … ServerHelloDone) costs this
+/// instead of a second; a late answer costs a duplicate flight.
+const FLIGHT_START_RTO: Duration = Duration::from_millis(250);
+/// 250 ms doubling 6 times spans ~32 s, as dimpl's 1 s doubling 4 times does.
+const FLIGHT_RETRIES: usize = 6;
+
+/// str0m's crypto with our DTLS provider.
+pub fn crypto_provider() -> CryptoProvider {
+    static DTLS: ReorderTolerantDtls = ReorderTolerantDtls;
+    let mut p = str0m::crypto::from_feature_flags();
+    STR0M_DTLS.get_or_init(|| p.dtls_provider);
+    p.dtls_provider = &DTLS;
+    p
+}
+
+/// str0m's own provider: it makes the certificate.
+static STR0M_DTLS: OnceLock<&'static dyn DtlsProvider> = OnceLock::new();
+
+#[derive(Debug)]
+struct ReorderTolerantDtls;
+
+impl DtlsProvider for ReorderTolerantDtls {
+    fn generate_certificate(&self) -> Option<DtlsCert> {
+        STR0M_DTLS.get()?.generate_certificate()
+    }
+
+    fn new_dtls(
+        &self,
+        cert: &DtlsCert,
+        now: Instant,
+        version: DtlsVersion,
+        mtu: Option<usize>,
+    ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+        // No server cookie: ICE has checked the return path (as str0m does).
+        let mut builder = dimpl::Config::builder()
+            .use_server_cookie(false)
+            .flight_start_rto(FLIGHT_START_RTO)
+            .flight_retries(FLIGHT_RETRIES);
+        if let Some(mtu) = mtu {
+            builder = builder.mtu(mtu);
+        }
+        let config = Arc::new(
+            builder
+                .build()
+                .map_err(|e| CryptoError::Other(format!("DTLS config: {e}")))?,
+        );
+        let cert = cert.clone();
+        let dtls = match version {
+            DtlsVersion::Dtls12 => dimpl::Dtls::new_12(config, cert, now),
+            DtlsVersion::Dtls13 => dimpl::Dtls::new_13(config, cert, now),
+            DtlsVersion::Auto => dimpl::Dtls::new_auto(config, cert, now),
+            v => {
+                return Err(CryptoError::Other(format!(
+                    "DTLS version {v} not supported"
+                )));
+            }
+        };
+        Ok(Box::new(Dtls {
+            dtls,
+            held: VecDeque::new(),
+            connected: false,
+        }))
+    }
+}
+
+struct Dtls {
+    dtls: dimpl::Dtls,
+    /// Handshake-time datagrams whose first record is past epoch 0.
+    held: VecDeque<Vec<u8>>,
+    connected: bool,
+}
+
+/// The epoch of a datagram's first DTLS record (bytes 3..5 of its header).
+fn first_epoch(datagram: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*datagram.get(3)?, *datagram.get(4)?]))
+}
+
+impl std::fmt::Debug for Dtls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dtls")
+            .field("held", &self.held.len())
+            .finish()
+    }
+}
+
+impl DtlsInstance for Dtls {
+    fn set_active(&mut self, active: bool) {
+        self.dtls.set_active(active)
+    }
+
+    fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        let early = !self.connected && first_epoch(packet).is_some_and(|e| e > 0);
+        if early {
+            if self.held.len() == HELD_DATAGRAMS {
+                self.held.pop_front();
+            }
+            self.held.push_back(packet.to_vec());
+        }
+        self.dtls.handle_packet(packet)?;
+        if !early {
+            // What was held may be readable now (dimpl drops it again if not,
+            // so it stays held until we connect; a duplicate is discarded,
+            // never an error).
+            for held in &self.held {
+                self.dtls.handle_packet(held)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
+        let out = self.dtls.poll_output(buf);
+        if matches!(out, DtlsOutput::Connected) {
+            self.connected = true;
+            self.held.clear();
+        }
+        out
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
+        self.dtls.handle_timeout(now)
+    }
+
+    fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
+        self.dtls.send_application_data(data)
+    }
+
+    fn is_active(&self) -> bool {
+        self.dtls.is_active()
+    }
+
+    fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.dtls.protocol_version()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.dtls.is_closing()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.dtls.is_closed()
+    }
+
+    fn close(&mut self) -> Result<(), DtlsImplError> {
+        self.dtls.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The datagrams a poll loop yields until its timeout, and whether it
+    /// connected meanwhile.
+    macro_rules! drain {
+        ($poll:expr) => {{
+            let mut buf = vec![0u8; 4096];
+            let (mut out, mut connected) = (Vec::new(), false);
+            loop {
+                match $poll(&mut buf) {
+                    DtlsOutput::Packet(p) => out.push(p.to_vec()),
+                    DtlsOutput::Timeout(_) => break,
+                    DtlsOutput::Connected => connected = true,
+                    _ => {}
+                }
+            }
+            (out, connected)
+        }};
+    }
+
+    fn client_output(c: &mut dimpl::Dtls) -> (Vec<Vec<u8>>, bool) {
+        drain!(|b| c.poll_output(b))
+    }
+
+    fn server_output(s: &mut dyn DtlsInstance) -> (Vec<Vec<u8>>, bool) {
+        drain!(|b| s.poll_output(b))
+    }
+
+    /// The client's flight 5 split over datagrams and delivered last first:
+    /// the server connects without waiting for any retransmission.
+    #[test]
+    fn a_finished_that_overtakes_its_flight_is_not_lost() {
+        let now = Instant::now();
+        let provider = crypto_provider();
+        let cert = provider.dtls_provider.generate_certificate().unwrap();
+        let mut server = provider
+            .dtls_provider
+            .new_dtls(&cert, now, DtlsVersion::Dtls12, None)
+            .unwrap();
+        server.set_active(false);
+        server.handle_timeout(now).unwrap();
+        // A small MTU puts the client's Finished in a datagram of its own.
+        let config = Arc::new(dimpl::Config::builder().mtu(300).build().unwrap());
+        let mut client = dimpl::Dtls::new_12(config, cert.clone(), now);
+        client.set_active(true);
+        client.handle_timeout(now).unwrap();
+
+        let mut connected = false;
+        for flight in 0..4 {
+            let (mut datagrams, _) = client_output(&mut client);
+            if flight == 1 {
+                assert!(
+                    datagrams.iter().any(|d| first_epoch(d) == Some(1)),
+                    "flight 5 has a datagram in epoch 1"
+                );
+                datagrams.reverse();
+            }
+            for d in datagrams {
+                server.handle_packet(&d).unwrap();
+            }
+            let (back, c) = server_output(server.as_mut());
+            connected |= c;
+            for d in back {
+                client.handle_packet(&d).unwrap();
+            }
+        }
+        assert!(
+            connected,
+            "the server did not connect without a retransmission"
+        );
+    }
+}

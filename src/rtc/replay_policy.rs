@@ -1,0 +1,217 @@
+//! When a viewer gets a GOP replay, and how long what it was sent stays
+//! retransmittable (sans-I/O; the shard applies the verdicts to str0m).
+//!
+//! A replayed GOP is hundreds of packets sent within a few hundred ms. Under
+//! loss its keyframe usually misses a packet or two, and the browser NACKs
+//! them and, ~200 ms into waiting, also sends a PLI. The NACKs can only be
+//! answered if the RTX cache still holds the keyframe once the rest of the
+//! GOP has gone out, so a replay gets a cache sized from its GOP (bounded in
+//! bytes) for its duration plus a second of round trips. A PLI while that
+//! keyframe is still retransmittable is left to NACK/RTX; a PLI after that
+//! (the keyframe failed) gets another replay from a small per-viewer token
+//! bucket, so a PLI flood costs at most one GOP a second.
+//!
+//! The join's replay is the exception: it leaves right after our last DTLS
+//! flight, and packets that overtake that flight (reordering) reach a browser
+//! that has no SRTP keys yet, which drops them unseen: it cannot NACK a
+//! keyframe start it never saw. A PLI after the join's replay is served from
+//! the bucket at once.
+
+use std::time::{Duration, Instant};
+
+/// Replays a viewer can have back to back: the join's, and one more for a
+/// keyframe that did not arrive whole.
+const BURST: u32 = 2;
+/// One replay credit comes back per this period.
+const REFILL: Duration = Duration::from_secs(1);
+/// After a replay's keyframe went out, a keyframe request is left to NACK/RTX
+/// for this long (several round trips; Chromium re-sends a NACK every RTT).
+pub const NACK_REPAIR_WINDOW: Duration = Duration::from_millis(600);
+/// How long a replay's packets stay in the RTX cache after the replay.
+const REPLAY_RTX_MARGIN: Duration = Duration::from_millis(1000);
+/// What one RTX cache entry costs str0m besides its payload (its slot).
+const RTX_ENTRY_OVERHEAD_BYTES: usize = 430;
+/// The most a replay's RTX cache may hold, slots and payloads, per viewer.
+pub const REPLAY_RTX_CACHE_MAX_BYTES: usize = 2 * 1024 * 1024;
+
+/// What to do about a keyframe request (or a join).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the cached GOP.
+    Replay,
+    /// The last replay's keyframe can still be retransmitted: NACKs repair it.
+    Repair,
+    /// Out of credit: the request is kept and served at this time.
+    Later(Instant),
+}
+
+/// The RTX cache a replay needs: str0m's `set_rtx_cache(max_packets, max_age)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtxCacheSize {
+    pub max_packets: usize,
+    pub max_age: Duration,
+}
+
+impl RtxCacheSize {
+    /// For a replay of `gop_packets` packets (`gop_bytes` of payload) sent at
+    /// `pace_bytes_per_ms` (0: unpaced), on top of the live cache `live`:
+    /// the GOP, the live packets of its duration plus the margin (at most as
+    /// many again, for a GOP of a second or more), within the byte bound.
+    pub fn for_replay(
+        gop_packets: usize,
+        gop_bytes: usize,
+        pace_bytes_per_ms: u64,
+        live: RtxCacheSize,
+    ) -> RtxCacheSize {
+        let duration = match pace_bytes_per_ms {
+            0 => Duration::ZERO,
+            p => Duration::from_millis(gop_bytes as u64 / p + 1),
+        };
+        let mean = gop_bytes.checked_div(gop_packets).unwrap_or(1200);
+        let bound = REPLAY_RTX_CACHE_MAX_BYTES / (mean + RTX_ENTRY_OVERHEAD_BYTES);
+        RtxCacheSize {
+            max_packets: (2 * gop_packets + live.max_packets)
+                .min(bound)
+                .max(live.max_packets),
+            max_age: (duration + REPLAY_RTX_MARGIN).max(live.max_age),
+        }
+    }
+}
+
+/// One viewer's replay credit and its last replayed keyframe.
+#[derive(Debug)]
+pub struct ReplayPolicy {
+    credits: u32,
+    refilled: Instant,
+    /// The sequence number of the last replay's first packet, and when.
+    keyframe: Option<(u64, Instant)>,
+    /// A request refused for credit, to be served at `refilled + REFILL`.
+    pending: bool,
+}
+
+impl ReplayPolicy {
+    pub fn new(now: Instant) -> ReplayPolicy {
+        ReplayPolicy {
+            credits: BURST,
+            refilled: now,
+            keyframe: None,
+            pending: false,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        while self.credits < BURST && now.saturating_duration_since(self.refilled) >= REFILL {
+            self.credits += 1;
+            self.refilled += REFILL;
+        }
+        if self.credits == BURST {
+            self.refilled = now;
+        }
+    }
+
+    /// A keyframe request. `next_seq` is the sequence number the next video
+    /// packet gets, `cache_packets` how many the RTX cache holds now.
+    pub fn request(&mut self, now: Instant, next_seq: u64, cache_packets: usize) -> Verdict {
+        if let Some((seq, at)) = self.keyframe
+            && now.saturating_duration_since(at) < NACK_REPAIR_WINDOW
+            && next_seq.saturating_sub(seq) < cache_packets as u64
+        {
+            return Verdict::Repair;
+        }
+        self.refill(now);
+        if self.credits > 0 {
+            self.credits -= 1;
+            self.pending = false;
+            Verdict::Replay
+        } else {
+            self.pending = true;
+            Verdict::Later(self.refilled + REFILL)
+        }
+    }
+
+    /// A replay starts: its first packet gets `first_seq`. `nackable`: the
+    /// viewer can NACK all of it (false for the join's, see the module doc).
+    pub fn replayed(&mut self, now: Instant, first_seq: u64, nackable: bool) {
+        self.keyframe = nackable.then_some((first_seq, now));
+    }
+
+    /// When a request refused for credit is due.
+    pub fn due(&self) -> Option<Instant> {
+        self.pending.then(|| self.refilled + REFILL)
+    }
+
+    /// A keyframe reached the viewer another way (the live stream's, a
+    /// replay under way), or there is none to replay: a pending request is
+    /// answered (it must not keep the viewer's timer due).
+    pub fn keyframe_sent(&mut self) {
+        self.pending = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIVE: RtxCacheSize = RtxCacheSize {
+        max_packets: 128,
+        max_age: Duration::from_millis(500),
+    };
+
+    #[test]
+    fn the_join_and_one_failed_keyframe_are_replayed_at_once_then_one_a_second() {
+        let t0 = Instant::now();
+        let mut p = ReplayPolicy::new(t0);
+        assert_eq!(p.request(t0, 100, 1000), Verdict::Replay);
+        p.replayed(t0, 100, false);
+        // The join's keyframe may have reached the browser before its keys.
+        let t = t0 + Duration::from_millis(100);
+        assert_eq!(p.request(t, 600, 1000), Verdict::Replay);
+        p.replayed(t, 600, true);
+        // This one is retransmittable: NACKs repair it.
+        let t = t0 + Duration::from_millis(200);
+        assert_eq!(p.request(t, 900, 1000), Verdict::Repair);
+        // Evicted from the cache (more packets since than it holds): no
+        // credit left, served when the next comes back.
+        assert_eq!(
+            p.request(t, 1700, 1000),
+            Verdict::Later(t0 + Duration::from_secs(1))
+        );
+        assert_eq!(p.due(), Some(t0 + Duration::from_secs(1)));
+        let t = t0 + Duration::from_secs(1);
+        assert_eq!(p.request(t, 1800, 1000), Verdict::Replay);
+        assert_eq!(p.due(), None);
+        p.replayed(t, 1800, true);
+        let t = t + NACK_REPAIR_WINDOW;
+        assert!(matches!(p.request(t, 1500, 1000), Verdict::Later(_)));
+        p.keyframe_sent();
+        assert_eq!(p.due(), None);
+    }
+
+    #[test]
+    fn a_flood_gets_at_most_one_replay_a_second() {
+        let t0 = Instant::now();
+        let mut p = ReplayPolicy::new(t0);
+        let mut replays = 0;
+        for ms in 0..10_000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            if p.request(now, ms * 1000, 10) == Verdict::Replay {
+                replays += 1;
+                p.replayed(now, ms * 1000, true);
+            }
+        }
+        assert!(replays <= BURST + 10, "{replays}");
+    }
+
+    #[test]
+    fn a_replay_cache_holds_the_gop_within_its_byte_bound() {
+        // 480 packets of ~1000 bytes at 32 Mbit/s (4000 bytes/ms): 121 ms.
+        let c = RtxCacheSize::for_replay(480, 480_000, 4000, LIVE);
+        assert_eq!(c.max_packets, 2 * 480 + 128);
+        assert_eq!(c.max_age, Duration::from_millis(121 + 1000));
+        // A huge GOP is cut to the byte bound, never below the live cache.
+        let c = RtxCacheSize::for_replay(10_000, 12_000_000, 4000, LIVE);
+        assert_eq!(c.max_packets, REPLAY_RTX_CACHE_MAX_BYTES / (1200 + 430));
+        let c = RtxCacheSize::for_replay(0, 0, 0, LIVE);
+        assert!(c.max_packets >= 128 && c.max_age >= LIVE.max_age);
+    }
+}
