@@ -14,6 +14,7 @@ pub mod access;
 pub mod chat;
 pub mod client;
 pub mod commands;
+mod keys;
 mod notices;
 pub mod permissions;
 pub mod registration;
@@ -29,7 +30,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use ruma::api::appservice::Registration;
 use ruma::{OwnedUserId, UserId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::auth::keys::KeyRing;
@@ -67,7 +68,7 @@ pub struct IngestUrls {
 }
 
 /// A client-server event as it arrives in a transaction or from /messages.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Ev {
     pub event_id: Option<String>,
     pub room_id: Option<String>,
@@ -119,8 +120,8 @@ pub struct Matrix {
     connected: AtomicBool,
     /// Default room version of the homeserver ("12" makes creators special).
     room_version: Mutex<Option<String>>,
-    /// Transactions are applied one at a time, in order.
-    txn_lock: tokio::sync::Mutex<()>,
+    /// The durable inbox and the per-room workers.
+    txns: transactions::Transactions,
     chat: Mutex<HashMap<String, VecDeque<Arc<ChatMessage>>>>,
     names: Mutex<HashMap<(String, String), String>>,
     /// DM rooms already told that encrypted messages cannot be read.
@@ -192,7 +193,7 @@ impl Matrix {
             map: Mutex::new(Mapping::default()),
             connected: AtomicBool::new(false),
             room_version: Mutex::new(None),
-            txn_lock: tokio::sync::Mutex::new(()),
+            txns: transactions::Transactions::default(),
             chat: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             told_encrypted: Mutex::new(HashSet::new()),
@@ -207,6 +208,7 @@ impl Matrix {
         };
         m.load_mapping().await?;
         m.store.prune_processed(7).await?;
+        m.store.prune_command_steps(7).await?;
         let gone = m.store.prune_idle_guests(7).await?;
         if gone > 0 {
             info!(
@@ -317,6 +319,8 @@ impl Matrix {
         tokio::spawn(async move { me.watch_hub().await });
         let me = self.clone();
         tokio::spawn(async move { me.outbox_loop().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.resume_inbox().await });
     }
 
     async fn connect_loop(self: Arc<Self>) {

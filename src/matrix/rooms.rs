@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::commands::{self, Command, Parsed, Slots};
-use super::notices::{html_escape, new_txn_id};
+use super::notices::new_txn_id;
 use super::permissions::Level;
 use super::{Ev, HsError, Matrix, MatrixError, stream_title};
 use crate::auth::keys::{generate_key, hash_key_hex};
@@ -30,11 +30,11 @@ pub fn creators_privileged(version: &str) -> bool {
     version.parse::<u32>().is_ok_and(|v| v >= 12) || version.starts_with("org.matrix.hydra")
 }
 
-fn room_id(s: &str) -> Result<OwnedRoomId, MatrixError> {
+pub(super) fn room_id(s: &str) -> Result<OwnedRoomId, MatrixError> {
     OwnedRoomId::try_from(s).map_err(|e| HsError::Protocol(format!("bad room id {s}: {e}")).into())
 }
 
-fn user_id(s: &str) -> Result<OwnedUserId, MatrixError> {
+pub(super) fn user_id(s: &str) -> Result<OwnedUserId, MatrixError> {
     OwnedUserId::try_from(s).map_err(|e| HsError::Protocol(format!("bad user id {s}: {e}")).into())
 }
 
@@ -373,7 +373,8 @@ impl Matrix {
             self.reply(room, msg).await;
             return Ok(());
         }
-        match self.run_command(room, &ev.sender, in_dm, cmd).await {
+        let event = ev.event_id.as_deref();
+        match self.run_command(room, &ev.sender, in_dm, cmd, event).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(Refusal(msg))) => {
                 self.reply(room, &msg).await;
@@ -394,6 +395,7 @@ impl Matrix {
         sender: &str,
         in_dm: bool,
         cmd: Command,
+        event: Option<&str>,
     ) -> CmdResult {
         if commands::needs_admin(&cmd)
             && !matches!(
@@ -418,9 +420,9 @@ impl Matrix {
                 self.reply(room, commands::HELP).await;
                 Ok(Ok(()))
             }
-            Command::New { name } => self.cmd_new(room, sender, &name).await,
+            Command::New { name } => self.cmd_new(room, sender, &name, event).await,
             Command::Attach { name, room: None } => {
-                self.cmd_attach(room, sender, &name, None).await
+                self.cmd_attach(room, sender, &name, None, event).await
             }
             Command::Attach {
                 name,
@@ -455,7 +457,9 @@ impl Matrix {
                 if !self.is_admin(&target_id, sender).await? {
                     return refuse(not_admin());
                 }
-                let r = self.cmd_attach(&target_id, sender, &name, None).await?;
+                let r = self
+                    .cmd_attach(&target_id, sender, &name, None, event)
+                    .await?;
                 if r.is_ok() && room != target_id {
                     self.reply(room, &format!("Stream '{name}' is attached to {target}."))
                         .await;
@@ -466,7 +470,7 @@ impl Matrix {
                 if self.streams_of_room(room).is_empty() {
                     return refuse("This room has no stream yet: `!live attach <name>` first.");
                 }
-                self.cmd_attach(room, sender, &name, Some(name.clone()))
+                self.cmd_attach(room, sender, &name, Some(name.clone()), event)
                     .await
             }
             Command::Slots(Slots::Remove { name }) => {
@@ -494,7 +498,7 @@ impl Matrix {
             }
             Command::Detach { name } => self.cmd_detach(room, sender, in_dm, name).await,
             Command::Key { name } | Command::Rotate { name } => {
-                self.cmd_key(room, sender, in_dm, name).await
+                self.cmd_key(room, sender, in_dm, name, event).await
             }
             Command::Status { name } => self.cmd_status(room, sender, in_dm, name).await,
             Command::Notify { on } => {
@@ -598,14 +602,66 @@ impl Matrix {
         self.is_admin(&m.room_id, sender).await
     }
 
-    async fn cmd_new(self: &Arc<Self>, room: &str, sender: &str, name: &str) -> CmdResult {
+    /// `!live new`: a room, its stream and widget, the key by DM. Each part
+    /// is done once per command event: processed again (after a crash or a
+    /// failed homeserver call), it finishes the room made the first time.
+    async fn cmd_new(
+        self: &Arc<Self>,
+        room: &str,
+        sender: &str,
+        name: &str,
+        event: Option<&str>,
+    ) -> CmdResult {
+        let new_room = match self.step_done(event, "new:room").await? {
+            Some(r) => r,
+            None => match self.create_stream_room(sender, name).await? {
+                Ok(r) => {
+                    self.record_step(event, "new:room", &r).await?;
+                    r
+                }
+                Err(refusal) => return Ok(Err(refusal)),
+            },
+        };
+        let alias = self.alias_for(name);
+        self.store
+            .upsert_room(&new_room, Some(&alias), Some(name))
+            .await?;
+        self.create_stream(&new_room, name, None, Some(sender))
+            .await?;
+        self.put_widgets(&new_room).await?;
+        if self.step_done(event, "new:state").await?.is_none() {
+            self.enqueue_state(name, false).await?;
+            self.record_step(event, "new:state", "").await?;
+        }
+        self.deliver_key(sender, name, event, "new:key").await?;
+        info!(room = %new_room, stream = %name, owner = %sender, "matrix: stream room created");
+        if room != new_room {
+            self.reply_once(
+                room,
+                &format!("Created {alias} for stream '{name}' and invited you. I sent the publishing settings by direct message."),
+                event,
+                "new:reply",
+            )
+            .await?;
+        }
+        Ok(Ok(()))
+    }
+
+    /// The room of a new stream (the checks first: quota, name, alias).
+    async fn create_stream_room(
+        &self,
+        sender: &str,
+        name: &str,
+    ) -> Result<Result<String, Refusal>, MatrixError> {
         if let Some(msg) = self.over_quota(sender) {
-            return refuse(msg);
+            return Ok(Err(Refusal(msg)));
         }
         if self.store.stream_exists(name).await? {
-            return refuse(format!("The name '{name}' is taken; pick another."));
+            return Ok(Err(Refusal(format!(
+                "The name '{name}' is taken; pick another."
+            ))));
         }
-        let version = self.room_version.lock().clone().unwrap_or_default();
+        let version = self.default_room_version().await?;
         let mut users = serde_json::Map::new();
         users.insert(sender.to_string(), json!(100));
         if !creators_privileged(&version) {
@@ -617,35 +673,14 @@ impl Matrix {
         req.room_alias_name = Some(format!("{}{name}", self.cfg.alias_prefix));
         req.invite = vec![user_id(sender)?];
         req.power_level_content_override = Some(raw(&json!({ "users": users }))?);
-        let new_room = match self.client.send(req, None).await {
-            Ok(r) => r.room_id.to_string(),
-            Err(e) if e.errcode() == Some("M_ROOM_IN_USE") => {
-                return refuse(format!(
-                    "The alias {} is taken; pick another name.",
-                    self.alias_for(name)
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let alias = self.alias_for(name);
-        self.store
-            .upsert_room(&new_room, Some(&alias), Some(name))
-            .await?;
-        let key = self
-            .create_stream(&new_room, name, None, Some(sender))
-            .await?;
-        self.put_widgets(&new_room).await?;
-        self.enqueue_state(name, false).await?;
-        self.send_settings(sender, name, &key).await?;
-        info!(room = %new_room, stream = %name, owner = %sender, "matrix: stream room created");
-        if room != new_room {
-            self.reply(
-                room,
-                &format!("Created {alias} for stream '{name}' and invited you. I sent the publishing settings by direct message."),
-            )
-            .await;
+        match self.client.send(req, None).await {
+            Ok(r) => Ok(Ok(r.room_id.to_string())),
+            Err(e) if e.errcode() == Some("M_ROOM_IN_USE") => Ok(Err(Refusal(format!(
+                "The alias {} is taken; pick another name.",
+                self.alias_for(name)
+            )))),
+            Err(e) => Err(e.into()),
         }
-        Ok(Ok(()))
     }
 
     /// Attaches a new stream to an existing room (main stream, or a slot).
@@ -655,7 +690,59 @@ impl Matrix {
         sender: &str,
         name: &str,
         slot: Option<String>,
+        event: Option<&str>,
     ) -> CmdResult {
+        // Processed again after a failure: the checks passed the first time
+        // (and would now refuse the stream made then).
+        let again = self.step_done(event, "attach:stream").await?.is_some();
+        if !again {
+            if let Some(refusal) = self
+                .attach_refusal(room, name, slot.as_deref(), sender)
+                .await?
+            {
+                return Ok(Err(refusal));
+            }
+            if self.room_row(room).is_none() {
+                self.store.upsert_room(room, None, None).await?;
+                self.load_room_state(room).await?;
+            }
+        }
+        self.create_stream(room, name, slot.as_deref(), Some(sender))
+            .await?;
+        self.record_step(event, "attach:stream", "").await?;
+        self.put_widgets(room).await?;
+        if self.step_done(event, "attach:state").await?.is_none() {
+            self.enqueue_state(name, false).await?;
+            self.record_step(event, "attach:state", "").await?;
+        }
+        if let Err(e) = self.backfill(room).await {
+            warn!(room = %room, "matrix: chat backfill failed: {e}");
+        }
+        self.deliver_key(sender, name, event, "attach:key").await?;
+        let mut msg = format!(
+            "Stream '{name}' is attached to this room. Watch: {}. I sent the publishing settings to {sender} by direct message.",
+            self.watch_url(name)
+        );
+        if self.room_row(room).is_some_and(|r| r.encrypted) {
+            msg.push_str(
+                " This room is encrypted: roomcast cannot read its messages, so the watch page shows no chat \
+                 and guests cannot post. The stream itself works.",
+            );
+        }
+        self.reply_once(room, &msg, event, "attach:reply").await?;
+        info!(room = %room, stream = %name, slot = ?slot, "matrix: stream attached");
+        Ok(Ok(()))
+    }
+
+    /// Why a stream cannot be attached to `room` (None: it can).
+    async fn attach_refusal(
+        &self,
+        room: &str,
+        name: &str,
+        slot: Option<&str>,
+        sender: &str,
+    ) -> Result<Option<Refusal>, MatrixError> {
+        let refuse = |msg: String| Ok(Some(Refusal(msg)));
         if let Some(msg) = self.over_quota(sender) {
             return refuse(msg);
         }
@@ -686,32 +773,7 @@ impl Matrix {
                  make me a moderator, then say this again."
             ));
         }
-        if self.room_row(room).is_none() {
-            self.store.upsert_room(room, None, None).await?;
-            self.load_room_state(room).await?;
-        }
-        let key = self
-            .create_stream(room, name, slot.as_deref(), Some(sender))
-            .await?;
-        self.put_widgets(room).await?;
-        self.enqueue_state(name, false).await?;
-        if let Err(e) = self.backfill(room).await {
-            warn!(room = %room, "matrix: chat backfill failed: {e}");
-        }
-        self.send_settings(sender, name, &key).await?;
-        let mut msg = format!(
-            "Stream '{name}' is attached to this room. Watch: {}. I sent the publishing settings to {sender} by direct message.",
-            self.watch_url(name)
-        );
-        if self.room_row(room).is_some_and(|r| r.encrypted) {
-            msg.push_str(
-                " This room is encrypted: roomcast cannot read its messages, so the watch page shows no chat \
-                 and guests cannot post. The stream itself works.",
-            );
-        }
-        self.reply(room, &msg).await;
-        info!(room = %room, stream = %name, slot = ?slot, "matrix: stream attached");
-        Ok(Ok(()))
+        Ok(None)
     }
 
     async fn cmd_detach(
@@ -762,6 +824,7 @@ impl Matrix {
         sender: &str,
         in_dm: bool,
         name: Option<String>,
+        event: Option<&str>,
     ) -> CmdResult {
         let m = match self.resolve_stream(room, in_dm, name) {
             Ok(m) => m,
@@ -770,20 +833,18 @@ impl Matrix {
         if !self.may_manage(&m, sender).await? {
             return refuse(not_admin());
         }
-        // Only hashes are kept, so the settings always come with a new key.
-        let key = generate_key();
-        self.store
-            .set_key_hash(&m.stream, &hash_key_hex(&key))
-            .await?;
-        self.keys.set(&m.stream, &hash_key_hex(&key));
-        self.send_settings(sender, &m.stream, &key).await?;
+        // Only hashes are kept, so the settings always come with a new key
+        // (once per command event: a retry does not rotate it again).
+        self.deliver_key(sender, &m.stream, event, "key").await?;
         info!(stream = %m.stream, by = %sender, "matrix: stream key replaced");
         if !in_dm {
-            self.reply(
+            self.reply_once(
                 room,
                 &format!("I sent {sender} a new key for '{}' by direct message; the old key no longer works.", m.stream),
+                event,
+                "key:reply",
             )
-            .await;
+            .await?;
         }
         Ok(Ok(()))
     }
@@ -835,23 +896,25 @@ impl Matrix {
 
     // --- rooms, streams, widgets -----------------------------------------------------
 
-    /// Creates a stream with a fresh key in the store, the key ring and the hub,
-    /// and maps it to `room`. Returns the key (only its hash is kept).
+    /// Creates a stream in the store, the key ring and the hub, and maps it
+    /// to `room` (idempotent: an existing stream keeps its key). A new
+    /// stream's key is one nobody knows; `deliver_key` sends the real one.
     async fn create_stream(
         &self,
         room: &str,
         name: &str,
         slot: Option<&str>,
         owner: Option<&str>,
-    ) -> Result<String, MatrixError> {
-        let key = generate_key();
-        let hash = hash_key_hex(&key);
-        self.store
+    ) -> Result<(), MatrixError> {
+        let hash = hash_key_hex(&generate_key());
+        if self
+            .store
             .create_stream_if_absent(name, &hash, "matrix")
-            .await?;
-        self.store.set_key_hash(name, &hash).await?;
+            .await?
+        {
+            self.keys.set(name, &hash);
+        }
         self.store.map_stream(name, room, slot, owner).await?;
-        self.keys.set(name, &hash);
         let row = self.store.room(room).await?;
         let mapping = MappingRow {
             stream: name.to_string(),
@@ -876,7 +939,7 @@ impl Matrix {
         if let Some(r) = &row {
             self.apply_room_to_stream(r, &mapping);
         }
-        Ok(key)
+        Ok(())
     }
 
     /// Reads a room's current state (name, topic, join rule, encryption, alias).
@@ -1020,7 +1083,7 @@ impl Matrix {
             }
             return Ok(false);
         }
-        let version = self.room_version.lock().clone().unwrap_or_default();
+        let version = self.default_room_version().await?;
         let mut users = serde_json::Map::new();
         for admin in self.perms.admins() {
             users.insert(admin, json!(100));
@@ -1188,71 +1251,29 @@ impl Matrix {
         }
     }
 
-    async fn notice_to(&self, room: &str, content: &Value) -> Result<String, MatrixError> {
+    pub(super) async fn notice_to(
+        &self,
+        room: &str,
+        content: &Value,
+    ) -> Result<String, MatrixError> {
         self.send_message(room_id(room)?, new_txn_id().as_str().into(), content)
             .await
     }
 
-    /// The bot's direct chat with `user` (created when there is none).
-    async fn dm_room(&self, user: &str) -> Result<String, MatrixError> {
-        if let Some(r) = self.store.dm_room(user).await? {
-            return Ok(r);
+    /// A reply of the command carried by `event`, posted once: a command
+    /// processed again after a failure does not answer twice.
+    pub(super) async fn reply_once(
+        &self,
+        room: &str,
+        text: &str,
+        event: Option<&str>,
+        step: &str,
+    ) -> Result<(), MatrixError> {
+        if self.step_done(event, step).await?.is_some() {
+            return Ok(());
         }
-        let mut req = create_room::v3::Request::new();
-        req.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
-        req.is_direct = true;
-        req.invite = vec![user_id(user)?];
-        let room = self.client.send(req, None).await?.room_id.to_string();
-        self.store.set_dm_room(user, &room).await?;
-        Ok(room)
-    }
-
-    /// DMs the publishing settings with the key. The key exists only in this message.
-    async fn send_settings(&self, user: &str, stream: &str, key: &str) -> Result<(), MatrixError> {
-        let base = &self.urls.public_base;
-        let rtmp = self
-            .urls
-            .rtmp
-            .as_deref()
-            .map(|u| format!("RTMP (OBS → Settings → Stream → Service: Custom…)\n  Server: {u}\n  Stream Key: {key}\n"))
-            .unwrap_or_default();
-        let text = format!(
-            "Stream '{stream}' — publishing settings\n{rtmp}\
-             WHIP (OBS → Service: WHIP)\n  Server: {base}/whip/{stream}\n  Bearer Token: {key}\n\
-             OBS → Settings → Output (Advanced): Keyframe Interval 1 s, x264 options bframes=0, Rate Control CBR, Tune zerolatency.\n\
-             Watch: {base}/watch/{stream}\n\
-             roomcast keeps only a hash of the key: this message is its only copy. `!live rotate {stream}` replaces it."
-        );
-        let html = format!(
-            "<p>Stream <b>{s}</b> — publishing settings</p>{rtmp_html}\
-             <p>WHIP (OBS → Service: WHIP)<br>Server: <code>{b}/whip/{s}</code><br>Bearer Token: <code>{k}</code></p>\
-             <p>OBS → Settings → Output (Advanced): Keyframe Interval <b>1 s</b>, x264 options <b>bframes=0</b>, Rate Control <b>CBR</b>, Tune <b>zerolatency</b>.</p>\
-             <p>Watch: <a href=\"{b}/watch/{s}\">{b}/watch/{s}</a></p>\
-             <p>roomcast keeps only a hash of the key: this message is its only copy. <code>!live rotate {s}</code> replaces it.</p>",
-            s = html_escape(stream),
-            b = html_escape(base),
-            k = html_escape(key),
-            rtmp_html = self
-                .urls
-                .rtmp
-                .as_deref()
-                .map(|u| format!(
-                    "<p>RTMP (OBS → Settings → Stream → Service: Custom…)<br>Server: <code>{}</code><br>Stream Key: <code>{}</code></p>",
-                    html_escape(u),
-                    html_escape(key)
-                ))
-                .unwrap_or_default(),
-        );
-        let room = self.dm_room(user).await?;
-        let content = json!({
-            "msgtype": "m.notice",
-            "body": text,
-            "format": "org.matrix.custom.html",
-            "formatted_body": html,
-            "m.mentions": {},
-        });
-        self.notice_to(&room, &content).await?;
-        Ok(())
+        self.reply(room, text).await;
+        self.record_step(event, step, "").await
     }
 }
 
