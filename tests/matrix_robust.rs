@@ -139,7 +139,7 @@ fn a_command_processed_again_duplicates_nothing() {
 
     // --- `!live new`, roomcast killed right after it created the room -------------------
     env.stop_roomcast();
-    env.server_env = vec![("RCTEST_MATRIX_CRASH_AFTER".into(), "new:room".into())];
+    env.server_env = vec![("RCTEST_MATRIX_CRASH_AFTER".into(), "0:create_room".into())];
     env.start_roomcast();
     let new_ev = alice.send_text(&dm, "!live new retried");
     let room = wait_until("the room alias", MX_TIMEOUT, || {

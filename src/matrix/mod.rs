@@ -14,9 +14,12 @@ pub mod access;
 pub mod chat;
 pub mod client;
 pub mod commands;
+mod decisions;
+mod executor;
 mod keys;
 mod notices;
 pub mod permissions;
+mod power;
 pub mod registration;
 mod rooms;
 mod transactions;
@@ -133,7 +136,7 @@ pub struct Matrix {
     perms: permissions::Permissions,
     /// Power levels and creators of rooms, kept from the state events the
     /// appservice sees (fetched when missing).
-    power: Mutex<HashMap<String, rooms::RoomPower>>,
+    power: Mutex<HashMap<String, power::RoomPower>>,
     /// Rooms made on alias lookups: a few a minute for the whole server.
     on_demand: Mutex<chat::Limiter>,
     /// When an alias lookup was last refused for the rate (logged once a minute).
