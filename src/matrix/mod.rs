@@ -21,6 +21,7 @@ mod notices;
 pub mod permissions;
 mod power;
 pub mod registration;
+mod resync;
 mod rooms;
 mod transactions;
 
@@ -355,7 +356,9 @@ impl Matrix {
             }
         }
         self.notices.wake();
-        // Recent chat of every room, for the pages' history.
+        // What changed in the rooms while roomcast was away, then the
+        // recent chat of every room, for the pages' history.
+        self.resync_rooms().await;
         let rooms: Vec<String> = self.map.lock().rooms.keys().cloned().collect();
         for room in rooms {
             if let Err(e) = self.backfill(&room).await {
