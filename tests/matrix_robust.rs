@@ -271,3 +271,65 @@ fn a_key_goes_to_a_new_direct_chat_when_the_user_left() {
     let _publisher = Publisher::ffmpeg(&env.server().rtmp_url(&key), FfmpegOpts::small());
     env.server().wait_live("leaver", LIVE_TIMEOUT);
 }
+
+#[test]
+fn an_upgraded_room_keeps_its_stream() {
+    let _serial = serial();
+    let env = MatrixEnv::start("golive_delay_ms = 500");
+    let bot = env.bot_id();
+    let alice = env.user("alice");
+    let dm = alice.dm_bot(&bot);
+    // A community's own room (alice created it: only creators may upgrade a
+    // version 12 room), the bot invited with the power for widgets.
+    let old = alice.create_room(json!({
+        "preset": "public_chat", "name": "Community", "invite": [bot],
+        "power_level_content_override": {"users": {bot.as_str(): 50}},
+    }));
+    alice.wait_joined(&old, &bot);
+    alice.send_text(&old, "!live attach upgraded");
+    alice.wait_message(&old, &bot, "is attached to this room");
+    let settings = alice.wait_message(&dm, &bot, "/whip/upgraded");
+    let key = key_from_settings(settings["content"]["body"].as_str().unwrap());
+
+    let (status, v) = alice.call(
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&old)),
+        Some(&json!({"new_version": "12"})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let new = v["replacement_room"].as_str().unwrap().to_string();
+    let server = env.server();
+    wait_until("the stream in the new room", MX_TIMEOUT, || {
+        server
+            .api_stream("upgraded")
+            .filter(|s| s["room"]["room_id"] == new.as_str())
+    });
+    wait_until("the widget in the new room", MX_TIMEOUT, || {
+        alice
+            .state(&new, "im.vector.modular.widgets", "roomcast_upgraded")
+            .filter(|w| w["type"] == "m.custom")
+    });
+    wait_until("the stream state in the new room", MX_TIMEOUT, || {
+        alice.state(&new, "io.roomcast.stream", "upgraded")
+    });
+    assert!(
+        alice.state(&new, "io.element.widgets.layout", "").is_some(),
+        "the layout in the new room"
+    );
+
+    // Titles follow the new room's name.
+    alice.set_state(
+        &new,
+        "m.room.name",
+        "",
+        json!({"name": "After the upgrade"}),
+    );
+    wait_until("the new room's rename", Duration::from_secs(5), || {
+        (title(server, "upgraded") == "After the upgrade").then_some(())
+    });
+
+    // The next go-live notice goes to the new room.
+    let _publisher = Publisher::ffmpeg(&server.rtmp_url(&key), FfmpegOpts::small());
+    server.wait_live("upgraded", LIVE_TIMEOUT);
+    alice.wait_message(&new, &bot, "is live");
+}

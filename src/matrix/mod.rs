@@ -24,6 +24,7 @@ pub mod registration;
 mod resync;
 mod rooms;
 mod transactions;
+mod upgrades;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;

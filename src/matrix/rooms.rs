@@ -75,6 +75,7 @@ impl Matrix {
                     .await?;
                 self.update_room(room, |r| r.join_rule = rule.to_string());
             }
+            ("m.room.tombstone", Some("")) if mapped => self.on_tombstone(room, ev).await?,
             ("m.room.encryption", Some("")) if mapped => {
                 self.store
                     .set_room_flag(room, RoomFlag::Encrypted, true)
@@ -150,7 +151,7 @@ impl Matrix {
         }
     }
 
-    async fn set_room_name(&self, room: &str, name: &str) -> Result<(), MatrixError> {
+    pub(super) async fn set_room_name(&self, room: &str, name: &str) -> Result<(), MatrixError> {
         // Every row first, then what pages see: if a write fails, the
         // homeserver retries the transaction, and the API never shows a title
         // the database does not have.

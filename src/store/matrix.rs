@@ -785,3 +785,33 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// A room upgrade: the streams of `old` move to `new` (which gets the
+    /// old room's row: alias, notify), and the old row goes, in one
+    /// transaction. Idempotent: done again, it finds nothing left to move.
+    pub async fn move_room(&self, old: &str, new: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO matrix_rooms (room_id, alias, name, topic, join_rule, encrypted, notify, created_at)
+             SELECT $2, alias, name, topic, join_rule, encrypted, notify, created_at
+             FROM matrix_rooms WHERE room_id = $1
+             ON CONFLICT(room_id) DO NOTHING",
+        )
+        .bind(old)
+        .bind(new)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE matrix_streams SET room_id = $2 WHERE room_id = $1")
+            .bind(old)
+            .bind(new)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM matrix_rooms WHERE room_id = $1")
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
