@@ -326,6 +326,8 @@ impl Matrix {
         tokio::spawn(async move { me.outbox_loop().await });
         let me = self.clone();
         tokio::spawn(async move { me.resume_inbox().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.watch_outages().await });
     }
 
     async fn connect_loop(self: Arc<Self>) {

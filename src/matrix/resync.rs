@@ -1,8 +1,10 @@
-//! Room state re-read from the homeserver at start-up: renames, topics,
-//! join rules and power changes made while roomcast was down reach the
-//! pages at once, without waiting for the homeserver's retries.
+//! Room state re-read from the homeserver at start-up and after the
+//! homeserver was unreachable: renames, topics, join rules and power changes
+//! made meanwhile reach the pages at once, without waiting for the
+//! homeserver's retries.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ruma::api::client::state::get_state_events;
 use tracing::{info, warn};
@@ -28,7 +30,37 @@ fn differs(row: &RoomRow, ev: &Ev) -> bool {
     }
 }
 
+/// How often the homeserver is asked whether it answers (after start-up).
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
 impl Matrix {
+    /// Notices when the homeserver stops answering and, when it answers
+    /// again, re-reads the rooms' state.
+    pub(super) async fn watch_outages(self: Arc<Self>) {
+        let mut down = false;
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            if !self.is_connected() {
+                continue;
+            }
+            match self.client.get_json("/_matrix/client/versions", &[]).await {
+                Ok(_) if down => {
+                    down = false;
+                    info!("matrix: the homeserver answers again; re-reading the rooms' state");
+                    self.resync_rooms().await;
+                }
+                Ok(_) => {}
+                Err(e) if e.is_transient() => {
+                    if !down {
+                        warn!("matrix: the homeserver does not answer: {e}");
+                    }
+                    down = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Re-reads the state of every room with a stream and applies what
     /// changed, as the events themselves would have been applied.
     pub(super) async fn resync_rooms(self: &Arc<Self>) {
