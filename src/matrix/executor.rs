@@ -483,7 +483,7 @@ impl Matrix {
     /// Unmaps a stream, removes its widget and re-pins the others.
     async fn detach(&self, stream: &str, room: &str) -> Result<(), MatrixError> {
         self.store.unmap_stream(stream).await?;
-        self.map.lock().streams.remove(stream);
+        self.rooms.remove_stream(stream);
         if let Some(s) = self.hub.get(stream) {
             s.set_room(None);
             s.set_access(Access::Public);
@@ -504,19 +504,12 @@ impl Matrix {
 
     /// The stream a command is about: named, or this room's main stream.
     fn resolve(&self, room: &str, in_dm: bool, name: Option<String>) -> Result<MappingRow, String> {
-        let map = self.map.lock();
-        let named = name.as_deref().and_then(|n| map.streams.get(n));
-        decisions::resolve_stream(room, in_dm, name.as_deref(), named, &map.streams_of(room))
+        self.rooms.resolve(room, in_dm, name.as_deref())
     }
 
     /// Streams `user` owns.
     fn owned_by(&self, user: &str) -> usize {
-        self.map
-            .lock()
-            .streams
-            .values()
-            .filter(|m| m.owner.as_deref() == Some(user))
-            .count()
+        self.rooms.owned_by(user)
     }
 
     /// Owners of a stream and admins of its room may manage it.

@@ -40,7 +40,7 @@ impl Matrix {
     /// The homeserver's default room version (known after connecting; asked
     /// for when a command runs before that, e.g. one left by a crash).
     pub(super) async fn default_room_version(&self) -> Result<String, MatrixError> {
-        if let Some(v) = self.room_version.lock().clone() {
+        if let Some(v) = self.rooms.version() {
             return Ok(v);
         }
         let caps = self
@@ -51,7 +51,7 @@ impl Matrix {
             )
             .await?;
         let v = caps.capabilities.room_versions.default.to_string();
-        *self.room_version.lock() = Some(v.clone());
+        self.rooms.set_version(v.clone());
         Ok(v)
     }
 

@@ -27,9 +27,6 @@ pub(super) struct RoomPower {
     pub(super) create: Option<(String, Vec<String>)>,
 }
 
-/// Rooms whose power is remembered; past this the cache starts again.
-const MAX_POWER_CACHE: usize = 10_000;
-
 /// A power level: an integer, or a string of one (old rooms).
 fn pl_int(v: &Value) -> Option<i64> {
     v.as_i64()
@@ -46,7 +43,7 @@ pub(super) fn create_info(sender: &str, content: &Value) -> (String, Vec<String>
 }
 
 impl RoomPower {
-    fn complete(&self) -> bool {
+    pub(super) fn complete(&self) -> bool {
         self.pl.is_some() && self.create.is_some()
     }
 
@@ -136,34 +133,16 @@ impl Matrix {
             pl: Some(pl),
             create: Some(create),
         };
-        let mut cache = self.power.lock();
-        if cache.len() >= MAX_POWER_CACHE {
-            cache.clear();
-        }
-        cache.insert(room.to_string(), p.clone());
+        self.rooms.cache_power(room, p.clone());
         Ok(p)
     }
 
     /// The room's power from the cache, fetched when not (fully) known.
     pub(super) async fn power_cached(&self, room: &str) -> Result<RoomPower, MatrixError> {
-        if let Some(p) = self.power.lock().get(room).filter(|p| p.complete()) {
-            return Ok(p.clone());
+        if let Some(p) = self.rooms.power(room) {
+            return Ok(p);
         }
         self.fetch_power(room).await
-    }
-
-    /// A power levels or create event from a transaction: kept for rooms
-    /// with streams and rooms already cached (others are fetched when needed).
-    pub(super) fn note_power(&self, room: &str, mapped: bool, f: impl FnOnce(&mut RoomPower)) {
-        let mut cache = self.power.lock();
-        if let Some(p) = cache.get_mut(room) {
-            f(p);
-        } else if mapped {
-            if cache.len() >= MAX_POWER_CACHE {
-                cache.clear();
-            }
-            f(cache.entry(room.to_string()).or_default());
-        }
     }
 
     /// A redaction applies to the pages when its sender sent the message or

@@ -64,7 +64,7 @@ impl Matrix {
     /// Re-reads the state of every room with a stream and applies what
     /// changed, as the events themselves would have been applied.
     pub(super) async fn resync_rooms(self: &Arc<Self>) {
-        let rooms: Vec<String> = self.map.lock().rooms.keys().cloned().collect();
+        let rooms = self.rooms.room_ids();
         let mut changed = 0;
         for room in &rooms {
             match self.resync_room(room).await {

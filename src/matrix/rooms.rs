@@ -49,10 +49,11 @@ impl Matrix {
         let mapped = self.room_row(room).is_some();
         match (ev.kind.as_str(), ev.state_key.as_deref()) {
             ("m.room.power_levels", Some("")) => {
-                self.note_power(room, mapped, |p| p.pl = Some(ev.content.clone()));
+                self.rooms
+                    .note_power(room, mapped, |p| p.pl = Some(ev.content.clone()));
             }
             ("m.room.create", Some("")) => {
-                self.note_power(room, mapped, |p| {
+                self.rooms.note_power(room, mapped, |p| {
                     p.create = Some(create_info(&ev.sender, &ev.content));
                 });
             }
@@ -137,14 +138,8 @@ impl Matrix {
 
     /// Changes a cached room row and pushes it to its streams in the hub.
     pub(super) fn update_room(&self, room: &str, f: impl FnOnce(&mut RoomRow)) {
-        let (row, maps) = {
-            let mut map = self.map.lock();
-            let Some(r) = map.rooms.get_mut(room) else {
-                return;
-            };
-            f(r);
-            let row = r.clone();
-            (row, map.streams_of(room))
+        let Some((row, maps)) = self.rooms.update(room, f) else {
+            return;
         };
         for m in maps {
             self.apply_room_to_stream(&row, &m);
@@ -290,13 +285,10 @@ impl Matrix {
             .unwrap_or_else(|| name.to_string());
         self.store.set_stream_title(name, &title).await?;
         self.hub.ensure_stream(name, Some(&title));
-        {
-            let mut map = self.map.lock();
-            if let Some(r) = &row {
-                map.rooms.insert(room.to_string(), r.clone());
-            }
-            map.streams.insert(name.to_string(), mapping.clone());
+        if let Some(r) = &row {
+            self.rooms.put_room(r.clone());
         }
+        self.rooms.put_stream(mapping.clone());
         if let Some(r) = &row {
             self.apply_room_to_stream(r, &mapping);
         }
@@ -349,7 +341,7 @@ impl Matrix {
             }
         }
         if let Some(row) = self.store.room(room).await? {
-            self.map.lock().rooms.insert(room.to_string(), row);
+            self.rooms.put_room(row);
         }
         Ok(())
     }

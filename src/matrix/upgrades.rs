@@ -47,18 +47,7 @@ impl Matrix {
         }
         self.store.move_room(old, new).await?;
         self.load_room_state(new).await?;
-        let moved = {
-            let mut map = self.map.lock();
-            map.rooms.remove(old);
-            let mut moved = Vec::new();
-            for m in map.streams.values_mut() {
-                if m.room_id == old {
-                    m.room_id = new.to_string();
-                    moved.push(m.clone());
-                }
-            }
-            moved
-        };
+        let moved = self.rooms.move_room(old, new);
         // Titles from the new room's name, room info and access for the pages.
         if let Some(name) = self.room_row(new).and_then(|r| r.name) {
             self.set_room_name(new, &name).await?;
