@@ -285,7 +285,11 @@ fn lifecycle(mut env: MatrixEnv) -> Lifecycle {
             .as_bytes(),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(api(server, "/api/v1/streams/show")["title"], "Replayed A");
+    // 200 means written down; it is applied just after.
+    wait_until("the pushed rename", MX_TIMEOUT, || {
+        (api(server, "/api/v1/streams/show")["title"] == "Replayed A").then_some(())
+    });
+    let from = server.log_len();
     // The homeserver's retry carries the same events (a reused id with new
     // events is a new transaction: faults_matrix.rs).
     let r = env.put_transaction(
@@ -296,6 +300,8 @@ fn lifecycle(mut env: MatrixEnv) -> Lifecycle {
             .as_bytes(),
     );
     assert_eq!(r.status, 200, "a replay is answered 200: {}", r.text());
+    // Nothing was queued (logged before the answer), so nothing changes later.
+    server.wait_for_log_from(from, "transaction replayed; already applied", MX_TIMEOUT);
     assert_eq!(
         api(server, "/api/v1/streams/show")["title"],
         "Replayed A",
@@ -333,7 +339,9 @@ fn lifecycle(mut env: MatrixEnv) -> Lifecycle {
             .as_bytes(),
     );
     assert_eq!(r.status, 200);
-    assert_eq!(api(server, "/api/v1/streams/show")["title"], "After bad");
+    wait_until("the rename after the refused ones", MX_TIMEOUT, || {
+        (api(server, "/api/v1/streams/show")["title"] == "After bad").then_some(())
+    });
 
     let r = env.put_transaction(
         "test-forbidden",
@@ -481,7 +489,11 @@ fn stream_room_lifecycle_on_postgres() {
             "roomcast",
             "SELECT count(*) FROM _sqlx_migrations WHERE success"
         ),
-        "2"
+        std::fs::read_dir(manifest_dir().join("migrations/postgres"))
+            .unwrap()
+            .count()
+            .to_string(),
+        "every migration applied"
     );
     assert_eq!(
         pg.psql(

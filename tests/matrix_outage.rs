@@ -60,6 +60,9 @@ fn golive_notice_survives_a_homeserver_outage() {
     );
 
     env.synapse.start_again();
+    // roomcast noticed the outage and re-reads its rooms' state after it.
+    env.server()
+        .wait_for_log_from(from, "room state re-read from the homeserver", MX_TIMEOUT);
     let notice = alice.wait_message(&room, &bot, "is live");
     assert!(notice["content"]["io.roomcast.golive"].is_object());
     wait_until("the stream state event", MX_TIMEOUT, || {

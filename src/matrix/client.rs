@@ -26,6 +26,8 @@ pub enum HsError {
         status: u16,
         errcode: String,
         message: String,
+        /// `retry_after_ms` of a 429 (`M_LIMIT_EXCEEDED`), or the `Retry-After` header.
+        retry_after_ms: Option<u64>,
     },
     /// The request could not be built or the answer not understood.
     #[error("homeserver exchange failed: {0}")]
@@ -39,6 +41,17 @@ impl HsError {
             HsError::Unreachable(_) => true,
             HsError::Api { status, .. } => *status >= 500 || *status == 429,
             HsError::Protocol(_) => false,
+        }
+    }
+
+    /// How long to wait before trying again, when the homeserver said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HsError::Api {
+                retry_after_ms: Some(ms),
+                ..
+            } => Some(Duration::from_millis(*ms)),
+            _ => None,
         }
     }
 
@@ -95,7 +108,39 @@ impl HsClient {
     }
 
     /// Sends `req` as the bot (`as_user` None) or as a user of the namespace.
+    /// A 429 is tried again after the `retry_after_ms` it names, and a
+    /// transient failure (unreachable, 5xx) after a short backoff, up to
+    /// `TRIES` in all; what still fails is the caller's to handle (the
+    /// inbox retries the event later, the outbox its notice).
     pub async fn send<R>(
+        &self,
+        req: R,
+        as_user: Option<&UserId>,
+    ) -> Result<R::IncomingResponse, HsError>
+    where
+        R: OutgoingRequest + Clone,
+        R::PathBuilder: PathInput,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match self.send_once(req.clone(), as_user).await {
+                Err(e) if attempt < TRIES && e.is_transient() => {
+                    let wait = retry_wait(&e, attempt);
+                    tracing::debug!(
+                        attempt,
+                        wait_ms = wait.as_millis() as u64,
+                        "matrix: homeserver call retried: {e}"
+                    );
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_once<R>(
         &self,
         req: R,
         as_user: Option<&UserId>,
@@ -141,7 +186,18 @@ impl HsClient {
             .await
             .map_err(|e| HsError::Unreachable(describe_reqwest(&e)))?;
         if status.as_u16() >= 400 {
-            return Err(api_error(status.as_u16(), &bytes));
+            let mut e = api_error(status.as_u16(), &bytes);
+            // Retry-After (seconds), when the body did not say.
+            if let HsError::Api { retry_after_ms, .. } = &mut e
+                && retry_after_ms.is_none()
+            {
+                *retry_after_ms = headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|s| s.saturating_mul(1000));
+            }
+            return Err(e);
         }
         let mut builder = http::Response::builder().status(status);
         for (k, v) in headers.iter() {
@@ -180,9 +236,25 @@ impl HsClient {
     }
 }
 
+/// Tries of one homeserver call (the first included).
+const TRIES: u32 = 3;
+/// Longest wait a 429 may ask for inside one call; a longer one is waited
+/// out by the caller's own retry (the inbox or the outbox).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// How long to wait before try `attempt + 1`: what a 429 asks for (bounded),
+/// else 250 ms, 1 s.
+fn retry_wait(e: &HsError, attempt: u32) -> Duration {
+    match e.retry_after() {
+        Some(d) => d.min(MAX_RETRY_AFTER),
+        None => Duration::from_millis(250) * 4u32.pow(attempt - 1),
+    }
+}
+
 fn api_error(status: u16, body: &[u8]) -> HsError {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     HsError::Api {
+        retry_after_ms: v["retry_after_ms"].as_u64(),
         status,
         errcode: v["errcode"].as_str().unwrap_or("M_UNKNOWN").to_string(),
         message: v["error"]
@@ -214,5 +286,34 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
         kind.to_string()
     } else {
         format!("{kind}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_waits_as_told() {
+        let e = api_error(
+            429,
+            br#"{"errcode":"M_LIMIT_EXCEEDED","error":"slow down","retry_after_ms":1200}"#,
+        );
+        assert!(e.is_transient());
+        assert_eq!(retry_wait(&e, 1), Duration::from_millis(1200));
+        let long = api_error(
+            429,
+            br#"{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":600000}"#,
+        );
+        assert_eq!(retry_wait(&long, 1), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn transient_errors_back_off() {
+        let e = HsError::Unreachable("refused".into());
+        assert_eq!(retry_wait(&e, 1), Duration::from_millis(250));
+        assert_eq!(retry_wait(&e, 2), Duration::from_secs(1));
+        let refused = api_error(403, br#"{"errcode":"M_FORBIDDEN"}"#);
+        assert!(!refused.is_transient());
     }
 }

@@ -2,9 +2,19 @@
 //! the timeline is the chat, the bot announces go-lives and hands out keys.
 //!
 //! - `appservice` — the endpoints the homeserver calls (transactions, queries, ping)
-//! - `client` — calls to the homeserver (ruma request types over reqwest)
+//! - `transactions` — `Transactions`: the durable inbox, exactly once, one
+//!   worker per room with waiting events
+//! - `client` — calls to the homeserver (ruma request types over reqwest; 429s
+//!   and transient failures retried)
 //! - `commands` — the `!live …` parser (sans-I/O)
-//! - `rooms` — room ↔ stream mapping, commands, widgets, room state → hub
+//! - `decisions` — what a command does: a refusal or a list of effects (sans-I/O)
+//! - `executor` — runs commands: facts → decision → effects, each once per event
+//! - `room_map` — `Rooms`: the room ↔ stream mapping, power, room version (sans-I/O)
+//! - `rooms` — room events → state and hub, invites, widgets, rooms on demand
+//! - `power` — power levels and creators; redaction and admin checks
+//! - `keys` — keys by DM (checked DM room, hash committed after sending)
+//! - `resync` — room state re-read at start-up and after an outage
+//! - `upgrades` — room upgrades: streams follow the tombstone
 //! - `notices` — go-live notices and stream state events through a durable outbox
 //! - `chat` — chat relay to the SSE feed and guests posting through puppets
 //! - `access` — viewer access to streams of private rooms (OpenID, signed links)
@@ -16,15 +26,22 @@ pub mod chat;
 pub mod chat_view;
 pub mod client;
 pub mod commands;
+mod decisions;
+mod executor;
 pub mod federation;
+mod keys;
 pub mod media_proxy;
 mod notices;
 pub mod permissions;
+mod power;
 pub mod registration;
+mod resync;
+mod room_map;
 mod rooms;
 mod transactions;
+mod upgrades;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +50,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use ruma::api::appservice::Registration;
 use ruma::{OwnedUserId, UserId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::auth::keys::KeyRing;
@@ -71,7 +88,7 @@ pub struct IngestUrls {
 }
 
 /// A client-server event as it arrives in a transaction or from /messages.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Ev {
     pub event_id: Option<String>,
     pub room_id: Option<String>,
@@ -87,27 +104,6 @@ pub struct Ev {
     pub redacts: Option<String>,
 }
 
-/// The room ↔ stream mapping, mirrored from the store for quick lookups.
-#[derive(Default)]
-struct Mapping {
-    rooms: HashMap<String, RoomRow>,
-    streams: HashMap<String, MappingRow>,
-}
-
-impl Mapping {
-    fn streams_of(&self, room_id: &str) -> Vec<MappingRow> {
-        let mut v: Vec<_> = self
-            .streams
-            .values()
-            .filter(|m| m.room_id == room_id)
-            .cloned()
-            .collect();
-        // The main stream (no slot) first.
-        v.sort_by(|a, b| (a.slot.is_some(), &a.stream).cmp(&(b.slot.is_some(), &b.stream)));
-        v
-    }
-}
-
 pub struct Matrix {
     cfg: MatrixConfig,
     reg: Registration,
@@ -118,13 +114,12 @@ pub struct Matrix {
     keys: Arc<KeyRing>,
     store: Store,
     urls: IngestUrls,
-    map: Mutex<Mapping>,
+    /// The room ↔ stream mapping, power in rooms, the default room version.
+    rooms: room_map::Rooms,
     /// The homeserver answered the start-up ping.
     connected: AtomicBool,
-    /// Default room version of the homeserver ("12" makes creators special).
-    room_version: Mutex<Option<String>>,
-    /// Transactions are applied one at a time, in order.
-    txn_lock: tokio::sync::Mutex<()>,
+    /// The durable inbox and the per-room workers.
+    txns: transactions::Transactions,
     /// The pages' chat: history, members' names and avatars, reactions,
     /// media, guest limits.
     chat: chat::Chat,
@@ -134,9 +129,6 @@ pub struct Matrix {
     pub tokens: access::ViewerTokens,
     /// `[matrix.permissions]`, resolved.
     perms: permissions::Permissions,
-    /// Power levels and creators of rooms, kept from the state events the
-    /// appservice sees (fetched when missing).
-    power: Mutex<HashMap<String, rooms::RoomPower>>,
     /// Rooms made on alias lookups: a few a minute for the whole server.
     on_demand: Mutex<chat::Limiter>,
     /// When an alias lookup was last refused for the rate (logged once a minute).
@@ -194,22 +186,21 @@ impl Matrix {
             keys,
             store,
             urls,
-            map: Mutex::new(Mapping::default()),
+            rooms: room_map::Rooms::default(),
             connected: AtomicBool::new(false),
-            room_version: Mutex::new(None),
-            txn_lock: tokio::sync::Mutex::new(()),
+            txns: transactions::Transactions::default(),
             chat,
             told_encrypted: Mutex::new(HashSet::new()),
             notices: notices::Notices::default(),
             tokens: access::ViewerTokens::new(&secret),
             perms: cfg.permissions()?,
-            power: Mutex::new(HashMap::new()),
             // 3 at once, then one every 20 s.
             on_demand: Mutex::new(chat::Limiter::new(3.0, 1.0 / 20.0)),
             on_demand_warned: Mutex::new(None),
         };
         m.load_mapping().await?;
         m.store.prune_processed(7).await?;
+        m.store.prune_command_steps(7).await?;
         let gone = m.store.prune_idle_guests(7).await?;
         if gone > 0 {
             info!(
@@ -223,18 +214,8 @@ impl Matrix {
     async fn load_mapping(&self) -> Result<(), StoreError> {
         let rooms = self.store.rooms().await?;
         let maps = self.store.mappings().await?;
-        let mut map = self.map.lock();
-        for r in rooms {
-            map.rooms.insert(r.room_id.clone(), r);
-        }
-        for m in maps {
-            map.streams.insert(m.stream.clone(), m);
-        }
-        let streams: Vec<MappingRow> = map.streams.values().cloned().collect();
-        for m in streams {
-            if let Some(room) = map.rooms.get(&m.room_id) {
-                self.apply_room_to_stream(room, &m);
-            }
+        for (room, m) in self.rooms.load(rooms, maps) {
+            self.apply_room_to_stream(&room, &m);
         }
         Ok(())
     }
@@ -276,18 +257,15 @@ impl Matrix {
 
     /// The room a stream belongs to.
     pub fn room_of_stream(&self, stream: &str) -> Option<(MappingRow, RoomRow)> {
-        let map = self.map.lock();
-        let m = map.streams.get(stream)?.clone();
-        let r = map.rooms.get(&m.room_id)?.clone();
-        Some((m, r))
+        self.rooms.of_stream(stream)
     }
 
     fn streams_of_room(&self, room_id: &str) -> Vec<MappingRow> {
-        self.map.lock().streams_of(room_id)
+        self.rooms.streams_of(room_id)
     }
 
     fn room_row(&self, room_id: &str) -> Option<RoomRow> {
-        self.map.lock().rooms.get(room_id).cloned()
+        self.rooms.row(room_id)
     }
 
     fn alias_for(&self, name: &str) -> String {
@@ -320,6 +298,10 @@ impl Matrix {
         tokio::spawn(async move { me.watch_hub().await });
         let me = self.clone();
         tokio::spawn(async move { me.outbox_loop().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.resume_inbox().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.watch_outages().await });
     }
 
     async fn connect_loop(self: Arc<Self>) {
@@ -351,8 +333,10 @@ impl Matrix {
             }
         }
         self.notices.wake();
-        // Recent chat of every room, for the pages' history.
-        let rooms: Vec<String> = self.map.lock().rooms.keys().cloned().collect();
+        // What changed in the rooms while roomcast was away, then the
+        // recent chat of every room, for the pages' history.
+        self.resync_rooms().await;
+        let rooms = self.rooms.room_ids();
         for room in rooms {
             if let Err(e) = self.backfill(&room).await {
                 warn!(room = %room, "matrix: chat backfill failed: {e}");
@@ -385,7 +369,8 @@ impl Matrix {
                 None,
             )
             .await?;
-        *self.room_version.lock() = Some(caps.capabilities.room_versions.default.to_string());
+        self.rooms
+            .set_version(caps.capabilities.room_versions.default.to_string());
         let mut ping =
             ruma::api::client::appservice::request_ping::v1::Request::new(self.reg.id.clone());
         ping.transaction_id = Some(notices::new_txn_id().as_str().into());

@@ -538,3 +538,280 @@ pub enum RoomFlag {
     Encrypted,
     Notify,
 }
+
+/// One event of a transaction, as the inbox keeps it.
+#[derive(Debug, Clone)]
+pub struct InboxEvent {
+    pub event_id: String,
+    pub room_id: String,
+    /// The event as JSON.
+    pub json: String,
+}
+
+/// What accepting a transaction did.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// The transaction id was known already.
+    pub replayed: bool,
+    /// Events newly queued (not processed or queued before).
+    pub queued: usize,
+    /// Rooms with newly queued events, in order of first appearance.
+    pub rooms: Vec<String>,
+    /// Rooms whose events were dropped: their queue is full.
+    pub full: Vec<String>,
+}
+
+/// Pending events one room may have in the inbox; more are dropped (a room
+/// flooding roomcast while its processing is stuck must not fill the disk).
+pub const INBOX_ROOM_MAX_EVENTS: i64 = 2_000;
+/// The same bound in bytes of JSON.
+pub const INBOX_ROOM_MAX_BYTES: i64 = 16 * 1024 * 1024;
+
+impl Store {
+    // --- inbox (migrations/*/0003_matrix_inbox.sql) ---------------------------------
+
+    /// Writes a transaction's new events to the inbox and marks the
+    /// transaction seen, in one database transaction: once this returns Ok,
+    /// the homeserver may forget it. Events processed or queued before (by
+    /// any transaction id) are skipped, so a replay queues nothing.
+    pub async fn accept_transaction(
+        &self,
+        txn_id: &str,
+        events: &[InboxEvent],
+    ) -> Result<Accepted, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A write first: SQLite then takes the write lock at once (a read
+        // first would have to upgrade, and fails "database is locked" when
+        // another writer got in between).
+        let seen = sqlx::query(
+            "INSERT INTO matrix_txns (txn_id, done_at) VALUES ($1, $2)
+             ON CONFLICT(txn_id) DO NOTHING",
+        )
+        .bind(txn_id)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?;
+        let mut out = Accepted {
+            replayed: seen.rows_affected() == 0,
+            ..Accepted::default()
+        };
+        // Pending (events, bytes) per room, read once per room of the transaction.
+        let mut pending: std::collections::HashMap<&str, (i64, i64)> =
+            std::collections::HashMap::new();
+        for ev in events {
+            let done = sqlx::query("SELECT 1 FROM matrix_events_done WHERE event_id = $1")
+                .bind(ev.event_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            if !pending.contains_key(ev.room_id.as_str()) {
+                let r = sqlx::query(
+                    "SELECT count(*) AS n, coalesce(sum(length(event)), 0) AS bytes
+                     FROM matrix_inbox WHERE room_id = $1",
+                )
+                .bind(ev.room_id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                pending.insert(&ev.room_id, (r.try_get("n")?, r.try_get("bytes")?));
+            }
+            let p = pending
+                .get_mut(ev.room_id.as_str())
+                .expect("inserted above");
+            if p.0 >= INBOX_ROOM_MAX_EVENTS || p.1 + ev.json.len() as i64 > INBOX_ROOM_MAX_BYTES {
+                if !out.full.contains(&ev.room_id) {
+                    out.full.push(ev.room_id.clone());
+                }
+                continue;
+            }
+            let r = sqlx::query(
+                "INSERT INTO matrix_inbox (event_id, room_id, event, received_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT(event_id) DO NOTHING",
+            )
+            .bind(ev.event_id.as_str())
+            .bind(ev.room_id.as_str())
+            .bind(ev.json.as_str())
+            .bind(unix_now())
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() == 1 {
+                p.0 += 1;
+                p.1 += ev.json.len() as i64;
+                out.queued += 1;
+                if !out.rooms.contains(&ev.room_id) {
+                    out.rooms.push(ev.room_id.clone());
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Rooms with events waiting in the inbox (at start-up: what a crash left).
+    pub async fn inbox_rooms(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT room_id, min(seq) AS first FROM matrix_inbox GROUP BY room_id ORDER BY first",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("room_id"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// The oldest `limit` waiting events of a room: (seq, event JSON).
+    pub async fn inbox_batch(
+        &self,
+        room_id: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, event FROM matrix_inbox WHERE room_id = $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(room_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("seq")?, r.try_get("event")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// An inbox event is processed: it leaves the inbox and is remembered as
+    /// done (a later transaction bringing it again queues nothing).
+    pub async fn inbox_done(&self, seq: i64, event_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO matrix_events_done (event_id, done_at) VALUES ($1, $2)
+             ON CONFLICT(event_id) DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM matrix_inbox WHERE seq = $1")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What a command step recorded (None: not done yet).
+    pub async fn command_step(
+        &self,
+        event_id: &str,
+        step: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let r =
+            sqlx::query("SELECT value FROM matrix_command_steps WHERE event_id = $1 AND step = $2")
+                .bind(event_id)
+                .bind(step)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(r.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    pub async fn set_command_step(
+        &self,
+        event_id: &str,
+        step: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO matrix_command_steps (event_id, step, value, done_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT(event_id, step) DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(step)
+        .bind(value)
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A stream's new key hash and the command step that delivered it, in
+    /// one transaction: the key was sent, so it becomes the valid one, and a
+    /// retry of the command does not send another.
+    pub async fn commit_key_step(
+        &self,
+        stream: &str,
+        key_hash: &str,
+        event_id: Option<&str>,
+        step: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE streams SET key_hash = $2 WHERE name = $1")
+            .bind(stream)
+            .bind(key_hash)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(id) = event_id {
+            sqlx::query(
+                "INSERT INTO matrix_command_steps (event_id, step, value, done_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT(event_id, step) DO NOTHING",
+            )
+            .bind(id)
+            .bind(step)
+            .bind(stream)
+            .bind(unix_now())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets command steps older than `days` (with the processed events).
+    pub async fn prune_command_steps(&self, days: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM matrix_command_steps WHERE done_at < $1")
+            .bind(unix_now() - days * 86_400)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a user's DM room (the user left it; a new one is made).
+    pub async fn forget_dm_room(&self, user_id: &str, room_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM matrix_dms WHERE user_id = $1 AND room_id = $2")
+            .bind(user_id)
+            .bind(room_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// A room upgrade: the streams of `old` move to `new` (which gets the
+    /// old room's row: alias, notify), and the old row goes, in one
+    /// transaction. Idempotent: done again, it finds nothing left to move.
+    pub async fn move_room(&self, old: &str, new: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO matrix_rooms (room_id, alias, name, topic, join_rule, encrypted, notify, created_at)
+             SELECT $2, alias, name, topic, join_rule, encrypted, notify, created_at
+             FROM matrix_rooms WHERE room_id = $1
+             ON CONFLICT(room_id) DO NOTHING",
+        )
+        .bind(old)
+        .bind(new)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE matrix_streams SET room_id = $2 WHERE room_id = $1")
+            .bind(old)
+            .bind(new)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM matrix_rooms WHERE room_id = $1")
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

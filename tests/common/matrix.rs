@@ -44,6 +44,8 @@ pub struct MatrixEnv {
     pub browsable: bool,
     /// `storage.database_url` (default: SQLite in `state`).
     pub database_url: Option<String>,
+    /// Extra environment for roomcast (test hooks), from the next start.
+    pub server_env: Vec<(String, String)>,
 }
 
 impl MatrixEnv {
@@ -94,6 +96,7 @@ impl MatrixEnv {
             matrix_extra: matrix_extra.to_string(),
             browsable,
             database_url,
+            server_env: Vec::new(),
         };
         env.start_roomcast();
         env
@@ -111,6 +114,7 @@ impl MatrixEnv {
                 .browsable
                 .then(|| format!("http://127.0.0.1:{}", self.http_port)),
             database_url: self.database_url.clone(),
+            env: self.server_env.clone(),
             extra_toml: format!(
                 "[matrix]\nhomeserver_url = \"{}\"\nserver_name = \"{SERVER_NAME}\"\nregistration = \"{}\"\n{}\n",
                 self.synapse.base_url(),

@@ -130,7 +130,9 @@ async fn transaction(
             );
         }
     };
-    match m.apply_transaction(&txn_id, &events).await {
+    // Written to the inbox, then answered: processing happens per room,
+    // after the answer, so a slow room never holds up the homeserver.
+    match m.accept_transaction(&txn_id, &events).await {
         Ok(()) => ok_empty(),
         Err(e) => {
             warn!(txn = %txn_id, "matrix: transaction not applied, the homeserver will retry: {e}");
