@@ -14,9 +14,11 @@ pub mod access;
 pub mod chat;
 pub mod client;
 pub mod commands;
+mod follow;
 mod notices;
 pub mod permissions;
 pub mod registration;
+mod room_lost;
 mod rooms;
 mod transactions;
 

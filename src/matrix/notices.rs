@@ -224,6 +224,9 @@ impl Matrix {
         let mut control = self.hub.control_feed();
         let mut rx = self.hub.subscribe_events();
         tokio::spawn(self.clone().persist_loop());
+        if let Err(e) = self.restore_lost_rooms().await {
+            warn!("matrix: cannot read the lost rooms: {e}");
+        }
         self.restore_sessions().await;
         self.control_changed(self.hub.streams());
         loop {
@@ -441,10 +444,18 @@ impl Matrix {
         let state = self
             .stream_state(stream, started.is_some(), started)
             .to_string();
-        let mut items = vec![
-            outbox_item(kind, room_id, stream, session, notice.to_string()),
-            outbox_item("state", room_id, stream, session, state),
-        ];
+        let mut items = Vec::new();
+        // A lost room is told nothing; its followers still are.
+        if !self.room_is_lost(stream) {
+            items.push(outbox_item(
+                kind,
+                room_id,
+                stream,
+                session,
+                notice.to_string(),
+            ));
+            items.push(outbox_item("state", room_id, stream, session, state));
+        }
         // A follower is told without an @room mention: that is its room's choice.
         let mut quiet = notice.clone();
         quiet["mention"] = json!(false);
@@ -573,6 +584,9 @@ impl Matrix {
     }
 
     async fn deliver(&self, item: &OutboxRow) -> Result<Option<String>, MatrixError> {
+        if item.kind == "dm" {
+            return self.deliver_dm(item).await.map(Some);
+        }
         let room_id = OwnedRoomId::try_from(item.room_id.as_str())
             .map_err(|e| HsError::Protocol(format!("bad room id: {e}")))?;
         let p: Value = serde_json::from_str(&item.payload).unwrap_or_default();
@@ -657,6 +671,23 @@ impl Matrix {
             }
             other => Err(HsError::Protocol(format!("unknown outbox item '{other}'")).into()),
         }
+    }
+
+    /// A DM queued for a user (`room_id` holds the user id): sent in the
+    /// bot's direct chat with them, with the item's transaction id.
+    async fn deliver_dm(&self, item: &OutboxRow) -> Result<String, MatrixError> {
+        let p: Value = serde_json::from_str(&item.payload).unwrap_or_default();
+        let user = p["user"].as_str().unwrap_or(&item.room_id);
+        let room = self.dm_room(user).await?;
+        let room_id = OwnedRoomId::try_from(room.as_str())
+            .map_err(|e| HsError::Protocol(format!("bad room id: {e}")))?;
+        let content = json!({
+            "msgtype": "m.notice",
+            "body": p["body"].as_str().unwrap_or_default(),
+            "m.mentions": {},
+        });
+        self.send_message(room_id, item.txn_id.as_str().into(), &content)
+            .await
     }
 
     pub(super) async fn send_message(

@@ -264,6 +264,7 @@ impl Matrix {
             self.remember_name(room, target, name);
         }
         if target == self.bot.as_str() {
+            self.bot_membership(room, ev, membership).await?;
             if membership == "invite" {
                 if self.perms.level_of(&ev.sender) == Level::None {
                     return self.decline_invite(room, ev).await;
@@ -414,6 +415,9 @@ impl Matrix {
             }
         }
         match cmd {
+            c @ (Command::Follow { .. } | Command::Unfollow { .. }) => {
+                self.follow_command(room, sender, in_dm, c).await.map(Ok)
+            }
             Command::Help => {
                 self.reply(room, commands::HELP).await;
                 Ok(Ok(()))
@@ -1194,7 +1198,7 @@ impl Matrix {
     }
 
     /// The bot's direct chat with `user` (created when there is none).
-    async fn dm_room(&self, user: &str) -> Result<String, MatrixError> {
+    pub(super) async fn dm_room(&self, user: &str) -> Result<String, MatrixError> {
         if let Some(r) = self.store.dm_room(user).await? {
             return Ok(r);
         }
@@ -1279,6 +1283,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::Notify { .. } => "notify",
         Command::Slots(_) => "slots",
         Command::Link { .. } => "link",
+        Command::Follow { .. } => "follow",
+        Command::Unfollow { .. } => "unfollow",
     }
 }
 
