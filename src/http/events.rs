@@ -1,7 +1,9 @@
 //! Server-Sent Events for pages. `GET /api/v1/streams/{name}/events`: one
-//! stream (live, offline, title, viewers; description, chat and redaction come
-//! from the Matrix relay); a new subscriber first gets the current state, then
-//! the chat history, so pages need no extra fetch. `GET /api/v1/events`: the
+//! stream (live, offline, title, viewers; description, room, chat and
+//! redaction come from the Matrix relay); a new subscriber first gets the
+//! current state, then the chat history, so pages need no extra fetch.
+//! Control events come from the hub's lossless control path (hub/control.rs);
+//! chat and viewers from its bounded channel, resynced from state on a lag. `GET /api/v1/events`: the
 //! state events of many streams on one connection (the multi-view: a browser
 //! opens at most six HTTP/1.1 connections to a server, one feed per stream
 //! would use them up).
