@@ -107,11 +107,14 @@ fn note_lag(missed: u64) {
     }
 }
 
-/// The chat ids a feed sent last (as many as a room's history can hold, and
-/// some), so a resync sends only the history messages the page lacks.
+/// The chat messages a feed sent last (as many as a room's history holds,
+/// and some), by id with a hash of what was sent: a message sent already is
+/// not repeated (the history and the live channel overlap), an edit (same
+/// id, new text) is sent, and a resync sends only what the page lacks.
 struct SentChat {
     order: VecDeque<String>,
-    ids: HashSet<String>,
+    /// id → (hash of the event sent, the message's timestamp)
+    sent: HashMap<String, (u64, u64)>,
 }
 
 const SENT_CHAT_KEPT: usize = 256;
@@ -120,23 +123,49 @@ impl SentChat {
     fn new() -> SentChat {
         SentChat {
             order: VecDeque::new(),
-            ids: HashSet::new(),
+            sent: HashMap::new(),
         }
     }
 
-    /// Records `id`; false when it was sent already.
-    fn insert(&mut self, id: &str) -> bool {
-        if self.ids.contains(id) {
-            return false;
+    /// The `chat` event for `m`, unless the page has it as it is.
+    fn event_for(&mut self, m: &crate::hub::ChatMessage) -> Option<Event> {
+        let data = serde_json::to_value(m).unwrap_or_default();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&data.to_string(), &mut h);
+        let hash = std::hash::Hasher::finish(&h);
+        match self.sent.insert(m.id.clone(), (hash, m.ts)) {
+            Some((old, _)) if old == hash => return None,
+            Some(_) => {}
+            None => {
+                self.order.push_back(m.id.clone());
+                if self.order.len() > SENT_CHAT_KEPT
+                    && let Some(old) = self.order.pop_front()
+                {
+                    self.sent.remove(&old);
+                }
+            }
         }
-        if self.order.len() >= SENT_CHAT_KEPT
-            && let Some(old) = self.order.pop_front()
-        {
-            self.ids.remove(&old);
+        Some(event("chat", data))
+    }
+
+    /// Brings the page to `history` after missed events: messages it lacks
+    /// or has in an older text, and a `redaction` for each it has that is
+    /// gone from the history although not older than its oldest message.
+    fn resync(&mut self, history: &[Arc<crate::hub::ChatMessage>], out: &mut VecDeque<Event>) {
+        let oldest = history.first().map_or(u64::MAX, |m| m.ts);
+        let present: HashSet<&str> = history.iter().map(|m| m.id.as_str()).collect();
+        let redacted: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|(id, (_, ts))| *ts >= oldest && !present.contains(id.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in redacted {
+            self.sent.remove(&id);
+            self.order.retain(|o| *o != id);
+            out.push_back(event("redaction", json!({"id": id})));
         }
-        self.order.push_back(id.to_string());
-        self.ids.insert(id.to_string());
-        true
+        out.extend(history.iter().filter_map(|m| self.event_for(m)));
     }
 }
 
@@ -187,13 +216,7 @@ pub async fn stream_events(
         None => Vec::new(),
     };
     let mut sent_chat = SentChat::new();
-    for m in &history {
-        sent_chat.insert(&m.id);
-        initial.push(event(
-            "chat",
-            serde_json::to_value(&**m).unwrap_or_default(),
-        ));
-    }
+    initial.extend(history.iter().filter_map(|m| sent_chat.event_for(m)));
 
     let feed = StreamFeed {
         rx,
@@ -274,12 +297,10 @@ impl StreamFeed {
             HubEvent::Viewers { stream, count } => {
                 event("viewers", json!({"name": stream, "viewers": count}))
             }
-            HubEvent::Chat { message, .. } => {
-                if !self.sent_chat.insert(&message.id) {
-                    return;
-                }
-                event("chat", serde_json::to_value(&*message).unwrap_or_default())
-            }
+            HubEvent::Chat { message, .. } => match self.sent_chat.event_for(&message) {
+                Some(e) => e,
+                None => return,
+            },
             HubEvent::Redaction { id, .. } => event("redaction", json!({"id": id})),
             // Live, offline, title, description: from the control path.
             _ => return,
@@ -292,14 +313,8 @@ impl StreamFeed {
     fn resync(&mut self) {
         self.pending.push_back(viewers_event(&self.stream));
         if let Some(m) = &self.app.matrix {
-            for msg in m.chat_history(&self.stream.name) {
-                if self.sent_chat.insert(&msg.id) {
-                    self.pending.push_back(event(
-                        "chat",
-                        serde_json::to_value(&*msg).unwrap_or_default(),
-                    ));
-                }
-            }
+            let history = m.chat_history(&self.stream.name);
+            self.sent_chat.resync(&history, &mut self.pending);
         }
     }
 }
@@ -447,5 +462,40 @@ impl<W: Fn(&str) -> bool> AllFeed<W> {
             None => self.pending.extend(state_events(s)),
         }
         self.sent.insert(s.name.clone(), now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::ChatMessage;
+
+    fn msg(id: &str, body: &str, ts: u64) -> Arc<ChatMessage> {
+        Arc::new(ChatMessage {
+            id: id.into(),
+            sender: "a".into(),
+            sender_id: "@a:hs".into(),
+            body: body.into(),
+            ts,
+            guest: false,
+        })
+    }
+
+    #[test]
+    fn chat_is_sent_once_edits_again_and_a_resync_fills_the_gaps() {
+        let mut sent = SentChat::new();
+        assert!(sent.event_for(&msg("$1", "hi", 10)).is_some());
+        assert!(sent.event_for(&msg("$1", "hi", 10)).is_none(), "a repeat");
+        assert!(sent.event_for(&msg("$1", "hi!", 10)).is_some(), "an edit");
+        assert!(sent.event_for(&msg("$2", "two", 20)).is_some());
+        // Missed: $2 redacted, $3 posted.
+        let mut out = VecDeque::new();
+        sent.resync(&[msg("$1", "hi!", 10), msg("$3", "three", 30)], &mut out);
+        assert_eq!(out.len(), 2, "a redaction of $2 and the new $3");
+        // Far more messages than kept: the memory stays bounded.
+        for i in 0..10_000 {
+            sent.event_for(&msg(&format!("$x{i}"), "x", 40 + i));
+        }
+        assert!(sent.sent.len() <= SENT_CHAT_KEPT && sent.order.len() <= SENT_CHAT_KEPT);
     }
 }

@@ -94,12 +94,14 @@ struct Session {
 struct Sessions(HashMap<String, Session>);
 
 impl Sessions {
-    /// The stream went live. `Some(id)`: a new session, to announce after
-    /// the delay; `None`: a session goes on (back within the delay).
+    /// The stream went live. `Some(id)`: a session to announce after the
+    /// delay (a new one, or one going on that was never announced, e.g. a
+    /// restart cut its delay short; announcing is idempotent); `None`: an
+    /// announced session goes on (back within the delay).
     fn went_live(&mut self, stream: &str, now_ms: u64) -> Option<String> {
         if let Some(s) = self.0.get_mut(stream) {
             s.offline_since_ms = None;
-            return None;
+            return (!s.announced).then(|| s.id.clone());
         }
         let id = format!("{now_ms}");
         self.0.insert(
@@ -803,7 +805,7 @@ mod tests {
         let id = s.went_live("a", 1_000).expect("new session");
         // Back within the delay: the same session, and one announcement.
         let (_, since) = s.went_offline("a", 2_000).expect("session");
-        assert_eq!(s.went_live("a", 2_500), None);
+        assert_eq!(s.went_live("a", 2_500), Some(id.clone()), "same session");
         assert_eq!(s.end_due("a", &id, since), None, "came back: no end");
         assert_eq!(s.announce_due("a", &id), Some(1_000));
         assert_eq!(s.announce_due("a", &id), None);
