@@ -251,6 +251,12 @@ fn a_kicked_bot_shows_the_room_lost_and_tells_the_owner() {
         !sse.events().iter().any(|(name, _)| name == "chat"),
         "the chat history was not cleared"
     );
+
+    // Invited back: the room is the stream's again.
+    alice.invite(&room, &bot);
+    alice.wait_joined(&room, &bot);
+    sse.wait("room", MX_TIMEOUT, |d| d["room_lost"].is_null());
+    assert!(env.server().api_stream("kicked").unwrap()["room_lost"].is_null());
 }
 
 #[test]

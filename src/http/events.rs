@@ -210,10 +210,11 @@ pub async fn stream_events(
     if sent_state.room_lost.is_some() {
         initial.push(room_event(&stream, &sent_state.room_lost));
     }
-    // Chat history (oldest first); live messages already in it are not repeated.
+    // Chat history (oldest first); live messages already in it are not
+    // repeated. None while the room is lost: its chat is not the stream's.
     let history = match &app.matrix {
-        Some(m) => m.chat_history(&name),
-        None => Vec::new(),
+        Some(m) if sent_state.room_lost.is_none() => m.chat_history(&name),
+        _ => Vec::new(),
     };
     let mut sent_chat = SentChat::new();
     initial.extend(history.iter().filter_map(|m| sent_chat.event_for(m)));
@@ -274,7 +275,12 @@ impl StreamFeed {
                     }
                     let now = self.stream.control_state();
                     control_diff(&self.stream, &self.sent_state, &now, true, &mut self.pending);
+                    let found = self.sent_state.room_lost.is_some() && now.room_lost.is_none();
                     self.sent_state = now;
+                    if found {
+                        // The room is back: its chat as it is now.
+                        self.resync();
+                    }
                 }
                 ev = self.rx.recv() => match ev {
                     Ok(ev) if ev.stream() == self.stream.name => self.on_event(ev),
@@ -293,7 +299,9 @@ impl StreamFeed {
     }
 
     fn on_event(&mut self, ev: HubEvent) {
+        let lost = self.sent_state.room_lost.is_some();
         let e = match ev {
+            HubEvent::Chat { .. } | HubEvent::Redaction { .. } if lost => return,
             HubEvent::Viewers { stream, count } => {
                 event("viewers", json!({"name": stream, "viewers": count}))
             }
@@ -312,7 +320,9 @@ impl StreamFeed {
     /// history messages the page has not had.
     fn resync(&mut self) {
         self.pending.push_back(viewers_event(&self.stream));
-        if let Some(m) = &self.app.matrix {
+        if let Some(m) = &self.app.matrix
+            && self.sent_state.room_lost.is_none()
+        {
             let history = m.chat_history(&self.stream.name);
             self.sent_chat.resync(&history, &mut self.pending);
         }
