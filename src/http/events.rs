@@ -1,12 +1,14 @@
 //! Server-Sent Events for pages. `GET /api/v1/streams/{name}/events`: one
-//! stream (live, offline, title, viewers; description, chat and redaction come
-//! from the Matrix relay); a new subscriber first gets the current state, then
-//! the chat history, so pages need no extra fetch. `GET /api/v1/events`: the
+//! stream (live, offline, title, viewers; description, room, chat and
+//! redaction come from the Matrix relay); a new subscriber first gets the
+//! current state, then the chat history, so pages need no extra fetch.
+//! Control events come from the hub's lossless control path (hub/control.rs);
+//! chat and viewers from its bounded channel, resynced from state on a lag. `GET /api/v1/events`: the
 //! state events of many streams on one connection (the multi-view: a browser
 //! opens at most six HTTP/1.1 connections to a server, one feed per stream
 //! would use them up).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +17,15 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde_json::json;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
+use tracing::info;
 
 use super::{ApiError, PeerAddr};
 use crate::admission::{Purpose, ViewerFacts, ViewerPass};
 use crate::http::App;
-use crate::hub::{ChatMessage, HubEvent};
+use crate::hub::{ControlFeed, ControlState, HubEvent, RoomLost};
+use crate::log_every::LogEvery;
 use axum::extract::ConnectInfo;
 
 fn event(name: &str, data: serde_json::Value) -> Event {
@@ -36,32 +41,132 @@ fn live_or_offline(stream: &crate::hub::Stream) -> Event {
     }
 }
 
+fn viewers_event(stream: &crate::hub::Stream) -> Event {
+    event(
+        "viewers",
+        json!({"name": stream.name, "viewers": stream.viewers()}),
+    )
+}
+
+fn room_event(stream: &crate::hub::Stream, lost: &Option<RoomLost>) -> Event {
+    event("room", json!({"name": stream.name, "room_lost": lost}))
+}
+
 /// A stream's state as a new subscriber gets it: title, viewers, live/offline.
 fn state_events(stream: &crate::hub::Stream) -> [Event; 3] {
     let name = &stream.name;
     [
         event("title", json!({"name": name, "title": stream.title()})),
-        event(
-            "viewers",
-            json!({"name": name, "viewers": stream.viewers()}),
-        ),
+        viewers_event(stream),
         live_or_offline(stream),
     ]
 }
 
-/// The event for a change of a stream's state; `None` for the other kinds.
-fn state_change(app: &App, ev: &HubEvent) -> Option<Event> {
-    Some(match ev {
-        HubEvent::Live { stream } => live_or_offline(&*app.hub.get(stream)?),
-        HubEvent::Offline { stream } => event("offline", json!({"name": stream})),
-        HubEvent::Viewers { stream, count } => {
-            event("viewers", json!({"name": stream, "viewers": count}))
+/// The events that take a page from control state `sent` to `now`.
+/// `full`: also the description and the room (the one-stream feed).
+fn control_diff(
+    stream: &crate::hub::Stream,
+    sent: &ControlState,
+    now: &ControlState,
+    full: bool,
+    out: &mut VecDeque<Event>,
+) {
+    if sent.title != now.title {
+        out.push_back(event(
+            "title",
+            json!({"name": stream.name, "title": now.title}),
+        ));
+    }
+    if full && sent.description != now.description {
+        out.push_back(event(
+            "description",
+            json!({"description": now.description.clone().unwrap_or_default()}),
+        ));
+    }
+    if full && sent.room_lost != now.room_lost {
+        out.push_back(room_event(stream, &now.room_lost));
+    }
+    if sent.live != now.live || sent.live_sessions != now.live_sessions {
+        if sent.live && now.live {
+            // Offline and live again in between: say both.
+            out.push_back(event("offline", json!({"name": stream.name})));
         }
-        HubEvent::Title { stream, title } => {
-            event("title", json!({"name": stream, "title": title}))
+        out.push_back(live_or_offline(stream));
+    }
+}
+
+/// Page feeds that fell behind the chat and viewer channel (and resynced).
+static FEED_LAGGED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+
+fn note_lag(missed: u64) {
+    if let Some(suppressed) = FEED_LAGGED_LOG.allow() {
+        info!(
+            missed,
+            suppressed, "page feed fell behind the chat and viewer events; resynced from state"
+        );
+    }
+}
+
+/// The chat messages a feed sent last (as many as a room's history holds,
+/// and some), by id with a hash of what was sent: a message sent already is
+/// not repeated (the history and the live channel overlap), an edit (same
+/// id, new text) is sent, and a resync sends only what the page lacks.
+struct SentChat {
+    order: VecDeque<String>,
+    /// id → (hash of the event sent, the message's timestamp)
+    sent: HashMap<String, (u64, u64)>,
+}
+
+const SENT_CHAT_KEPT: usize = 256;
+
+impl SentChat {
+    fn new() -> SentChat {
+        SentChat {
+            order: VecDeque::new(),
+            sent: HashMap::new(),
         }
-        _ => return None,
-    })
+    }
+
+    /// The `chat` event for `m`, unless the page has it as it is.
+    fn event_for(&mut self, m: &crate::hub::ChatMessage) -> Option<Event> {
+        let data = serde_json::to_value(m).unwrap_or_default();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&data.to_string(), &mut h);
+        let hash = std::hash::Hasher::finish(&h);
+        match self.sent.insert(m.id.clone(), (hash, m.ts)) {
+            Some((old, _)) if old == hash => return None,
+            Some(_) => {}
+            None => {
+                self.order.push_back(m.id.clone());
+                if self.order.len() > SENT_CHAT_KEPT
+                    && let Some(old) = self.order.pop_front()
+                {
+                    self.sent.remove(&old);
+                }
+            }
+        }
+        Some(event("chat", data))
+    }
+
+    /// Brings the page to `history` after missed events: messages it lacks
+    /// or has in an older text, and a `redaction` for each it has that is
+    /// gone from the history although not older than its oldest message.
+    fn resync(&mut self, history: &[Arc<crate::hub::ChatMessage>], out: &mut VecDeque<Event>) {
+        let oldest = history.first().map_or(u64::MAX, |m| m.ts);
+        let present: HashSet<&str> = history.iter().map(|m| m.id.as_str()).collect();
+        let redacted: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|(id, (_, ts))| *ts >= oldest && !present.contains(id.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in redacted {
+            self.sent.remove(&id);
+            self.order.retain(|o| *o != id);
+            out.push_back(event("redaction", json!({"id": id})));
+        }
+        out.extend(history.iter().filter_map(|m| self.event_for(m)));
+    }
 }
 
 /// Resolves when `pass` stops holding: at its expiry, or (checked each
@@ -96,72 +201,38 @@ pub async fn stream_events(
     let stream = pass.stream.clone();
     // Subscribe before reading the state so nothing falls between the two.
     let rx = app.hub.subscribe_events();
+    let control = app.hub.control_feed();
+    let sent_state = stream.control_state();
     let mut initial = Vec::from(state_events(&stream));
-    if let Some(d) = stream.description() {
+    if let Some(d) = &sent_state.description {
         initial.push(event("description", json!({"description": d})));
     }
-    // Chat history (oldest first); live messages already in it are not repeated.
-    let history = match &app.matrix {
-        Some(m) => m.chat_history(&name),
-        None => Vec::new(),
-    };
-    // By id, the message as sent: a later copy (edited, new reactions) is a new Arc.
-    let mut seen: HashMap<String, Arc<ChatMessage>> = HashMap::new();
-    for m in &history {
-        seen.insert(m.id.clone(), m.clone());
-        initial.push(event(
-            "chat",
-            serde_json::to_value(&**m).unwrap_or_default(),
-        ));
+    if sent_state.room_lost.is_some() {
+        initial.push(room_event(&stream, &sent_state.room_lost));
     }
+    // Chat history (oldest first); live messages already in it are not
+    // repeated. None while the room is lost: its chat is not the stream's.
+    let history = match &app.matrix {
+        Some(m) if sent_state.room_lost.is_none() => m.chat_history(&name),
+        _ => Vec::new(),
+    };
+    let mut sent_chat = SentChat::new();
+    initial.extend(history.iter().filter_map(|m| sent_chat.event_for(m)));
 
-    let live = futures_util::stream::unfold(
-        (rx, stream, seen, app, pass),
-        move |(mut rx, stream, mut seen, app, pass)| async move {
-            loop {
-                let ev = tokio::select! {
-                    ev = rx.recv() => ev,
-                    // The grant expired or the room turned private: the feed
-                    // ends (a reconnect is admitted again, or refused).
-                    _ = revoked(&pass) => return None,
-                };
-                if !pass.holds() {
-                    return None;
-                }
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    // A slow reader missed events: resend the state instead.
-                    Err(RecvError::Lagged(_)) => {
-                        let e = live_or_offline(&stream);
-                        return Some((Ok(e), (rx, stream, seen, app, pass)));
-                    }
-                    Err(RecvError::Closed) => return None,
-                };
-                if ev.stream() != stream.name {
-                    continue;
-                }
-                if let Some(e) = state_change(&app, &ev) {
-                    return Some((Ok(e), (rx, stream, seen, app, pass)));
-                }
-                let e = match ev {
-                    HubEvent::Description { description, .. } => {
-                        event("description", json!({"description": description}))
-                    }
-                    HubEvent::Chat { message, .. } => {
-                        if let Some(sent) = seen.remove(&message.id)
-                            && Arc::ptr_eq(&sent, &message)
-                        {
-                            continue;
-                        }
-                        event("chat", serde_json::to_value(&*message).unwrap_or_default())
-                    }
-                    HubEvent::Redaction { id, .. } => event("redaction", json!({"id": id})),
-                    _ => continue,
-                };
-                return Some((Ok(e), (rx, stream, seen, app, pass)));
-            }
-        },
-    );
+    let feed = StreamFeed {
+        rx,
+        control,
+        sent_state,
+        sent_chat,
+        pending: VecDeque::new(),
+        stream,
+        app,
+        pass,
+    };
+    let live = futures_util::stream::unfold(feed, |mut feed| async move {
+        let e = feed.next().await?;
+        Some((Ok(e), feed))
+    });
     let all = futures_util::StreamExt::chain(
         futures_util::stream::iter(initial.into_iter().map(Ok)),
         live,
@@ -169,6 +240,93 @@ pub async fn stream_events(
     // Ends with the server, so a stop does not wait out the grace.
     let all = futures_util::StreamExt::take_until(all, stop);
     Ok(Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// One stream's feed after its first events: control changes from the
+/// lossless control path, chat and viewers from the hub's channel (resynced
+/// from state when the feed falls behind it).
+struct StreamFeed {
+    rx: broadcast::Receiver<HubEvent>,
+    control: ControlFeed,
+    sent_state: ControlState,
+    sent_chat: SentChat,
+    pending: VecDeque<Event>,
+    stream: Arc<crate::hub::Stream>,
+    app: Arc<App>,
+    pass: ViewerPass,
+}
+
+impl StreamFeed {
+    /// The next event for the page; `None` ends the feed.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            tokio::select! {
+                // Control first: a busy chat cannot hold a title back.
+                biased;
+                // The grant expired or the room turned private: the feed
+                // ends (a reconnect is admitted again, or refused).
+                _ = revoked(&self.pass) => return None,
+                alive = self.control.stream_changed(&self.stream) => {
+                    if !alive {
+                        return None;
+                    }
+                    let now = self.stream.control_state();
+                    control_diff(&self.stream, &self.sent_state, &now, true, &mut self.pending);
+                    let found = self.sent_state.room_lost.is_some() && now.room_lost.is_none();
+                    self.sent_state = now;
+                    if found {
+                        // The room is back: its chat as it is now.
+                        self.resync();
+                    }
+                }
+                ev = self.rx.recv() => match ev {
+                    Ok(ev) if ev.stream() == self.stream.name => self.on_event(ev),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        note_lag(missed);
+                        self.resync();
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            }
+            if !self.pass.holds() {
+                return None;
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: HubEvent) {
+        let lost = self.sent_state.room_lost.is_some();
+        let e = match ev {
+            HubEvent::Chat { .. } | HubEvent::Redaction { .. } if lost => return,
+            HubEvent::Viewers { stream, count } => {
+                event("viewers", json!({"name": stream, "viewers": count}))
+            }
+            HubEvent::Chat { message, .. } => match self.sent_chat.event_for(&message) {
+                Some(e) => e,
+                None => return,
+            },
+            HubEvent::Redaction { id, .. } => event("redaction", json!({"id": id})),
+            // Live, offline, title, description: from the control path.
+            _ => return,
+        };
+        self.pending.push_back(e);
+    }
+
+    /// After missed chat and viewer events: the viewer count, and the
+    /// history messages the page has not had.
+    fn resync(&mut self) {
+        self.pending.push_back(viewers_event(&self.stream));
+        if let Some(m) = &self.app.matrix
+            && self.sent_state.room_lost.is_none()
+        {
+            let history = m.chat_history(&self.stream.name);
+            self.sent_chat.resync(&history, &mut self.pending);
+        }
+    }
 }
 
 /// Most names one `GET /api/v1/events?streams=` may list.
@@ -230,46 +388,25 @@ pub async fn all_events(
                 .is_some_and(|s| admission.may_see(&s, token.as_deref()))
     };
     let rx = app.hub.subscribe_events();
-    let initial: Vec<Event> = app
-        .hub
-        .streams()
-        .iter()
-        .filter(|s| wanted(&s.name))
-        .flat_map(|s| state_events(s))
-        .collect();
-    let live = futures_util::stream::unfold(
-        (rx, app, wanted, std::collections::VecDeque::new()),
-        |(mut rx, app, wanted, mut pending)| async move {
-            loop {
-                if let Some(e) = pending.pop_front() {
-                    return Some((Ok(e), (rx, app, wanted, pending)));
-                }
-                match rx.recv().await {
-                    Ok(ev) => {
-                        if !matches!(
-                            ev,
-                            HubEvent::Chat { .. }
-                                | HubEvent::Redaction { .. }
-                                | HubEvent::Description { .. }
-                        ) && wanted(ev.stream())
-                            && let Some(e) = state_change(&app, &ev)
-                        {
-                            return Some((Ok(e), (rx, app, wanted, pending)));
-                        }
-                    }
-                    // Missed events: resend whether each stream is live.
-                    Err(RecvError::Lagged(_)) => pending.extend(
-                        app.hub
-                            .streams()
-                            .iter()
-                            .filter(|s| wanted(&s.name))
-                            .map(|s| live_or_offline(s)),
-                    ),
-                    Err(RecvError::Closed) => return None,
-                }
-            }
-        },
-    );
+    let control = app.hub.control_feed();
+    let mut sent: HashMap<String, ControlState> = HashMap::new();
+    let mut initial: Vec<Event> = Vec::new();
+    for s in app.hub.streams().iter().filter(|s| wanted(&s.name)) {
+        sent.insert(s.name.clone(), s.control_state());
+        initial.extend(state_events(s));
+    }
+    let feed = AllFeed {
+        rx,
+        control,
+        sent,
+        pending: VecDeque::new(),
+        app,
+        wanted,
+    };
+    let live = futures_util::stream::unfold(feed, |mut feed| async move {
+        let e = feed.next().await?;
+        Some((Ok(e), feed))
+    });
     let all = futures_util::StreamExt::chain(
         futures_util::stream::iter(initial.into_iter().map(Ok)),
         live,
@@ -277,4 +414,99 @@ pub async fn all_events(
     // Ends with the server, so a stop does not wait out the grace.
     let all = futures_util::StreamExt::take_until(all, stop);
     Ok(Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The many-stream feed after its first events. `sent` holds the control
+/// state last sent of each stream shown (bounded by the streams there are).
+struct AllFeed<W> {
+    rx: broadcast::Receiver<HubEvent>,
+    control: ControlFeed,
+    sent: HashMap<String, ControlState>,
+    pending: VecDeque<Event>,
+    app: Arc<App>,
+    wanted: W,
+}
+
+impl<W: Fn(&str) -> bool> AllFeed<W> {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            tokio::select! {
+                biased;
+                changed = self.control.changed(&self.app.hub) => {
+                    for s in changed? {
+                        self.control_changed(&s);
+                    }
+                }
+                ev = self.rx.recv() => match ev {
+                    Ok(HubEvent::Viewers { stream, count }) if (self.wanted)(&stream) => {
+                        return Some(event("viewers", json!({"name": stream, "viewers": count})));
+                    }
+                    Ok(_) => {}
+                    // Missed viewer counts: resend them.
+                    Err(RecvError::Lagged(missed)) => {
+                        note_lag(missed);
+                        for s in self.app.hub.streams() {
+                            if self.sent.contains_key(&s.name) && (self.wanted)(&s.name) {
+                                self.pending.push_back(viewers_event(&s));
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
+
+    fn control_changed(&mut self, s: &crate::hub::Stream) {
+        if !(self.wanted)(&s.name) {
+            // Hidden (e.g. turned private): shown in full if it comes back.
+            self.sent.remove(&s.name);
+            return;
+        }
+        let now = s.control_state();
+        match self.sent.get(&s.name) {
+            Some(sent) => control_diff(s, sent, &now, false, &mut self.pending),
+            None => self.pending.extend(state_events(s)),
+        }
+        self.sent.insert(s.name.clone(), now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::ChatMessage;
+
+    fn msg(id: &str, body: &str, ts: u64) -> Arc<ChatMessage> {
+        Arc::new(ChatMessage {
+            id: id.into(),
+            sender: "a".into(),
+            sender_id: "@a:hs".into(),
+            body: body.into(),
+            ts,
+            guest: false,
+            rich: Default::default(),
+        })
+    }
+
+    #[test]
+    fn chat_is_sent_once_edits_again_and_a_resync_fills_the_gaps() {
+        let mut sent = SentChat::new();
+        assert!(sent.event_for(&msg("$1", "hi", 10)).is_some());
+        assert!(sent.event_for(&msg("$1", "hi", 10)).is_none(), "a repeat");
+        assert!(sent.event_for(&msg("$1", "hi!", 10)).is_some(), "an edit");
+        assert!(sent.event_for(&msg("$2", "two", 20)).is_some());
+        // Missed: $2 redacted, $3 posted.
+        let mut out = VecDeque::new();
+        sent.resync(&[msg("$1", "hi!", 10), msg("$3", "three", 30)], &mut out);
+        assert_eq!(out.len(), 2, "a redaction of $2 and the new $3");
+        // Far more messages than kept: the memory stays bounded.
+        for i in 0..10_000 {
+            sent.event_for(&msg(&format!("$x{i}"), "x", 40 + i));
+        }
+        assert!(sent.sent.len() <= SENT_CHAT_KEPT && sent.order.len() <= SENT_CHAT_KEPT);
+    }
 }

@@ -6,6 +6,7 @@
 //! by all viewers, nothing is copied per viewer. Ingest never knows who watches and
 //! egress never knows the source protocol.
 
+mod control;
 mod stats;
 mod timeline;
 
@@ -19,6 +20,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::log_every::LogEvery;
+use control::ControlClock;
+pub use control::{ControlFeed, ControlState, RoomLost};
 pub use stats::StreamStats;
 use timeline::Timeline;
 use tracing::warn;
@@ -134,7 +137,10 @@ pub struct MediaInfo {
     pub audio: Option<AudioInfo>,
 }
 
-/// Events for the control plane (web SSE, Matrix notices).
+/// Events for the control plane (web SSE, Matrix notices). Live, offline
+/// and title are sent here too (webhooks, HLS), but this channel is bounded
+/// and a slow listener may miss events: whoever must not miss a control
+/// change reads it from [`Hub::control_feed`] instead.
 #[derive(Debug, Clone)]
 pub enum HubEvent {
     Live {
@@ -249,6 +255,9 @@ struct StreamState {
     timeline: Timeline,
     keyframe_requester: Option<KeyframeRequester>,
     last_keyframe_request: Option<Instant>,
+    /// Times the stream went live (see [`ControlState::live_sessions`]).
+    live_sessions: u64,
+    room_lost: Option<RoomLost>,
 }
 
 #[derive(Clone)]
@@ -283,6 +292,9 @@ pub struct Stream {
     fanout: Mutex<Fanout>,
     viewers: AtomicUsize,
     hub_events: broadcast::Sender<HubEvent>,
+    control: Arc<ControlClock>,
+    /// The control generation of this stream's last control change.
+    control_stamp: AtomicU64,
     limits: HubLimits,
 }
 
@@ -290,6 +302,7 @@ pub struct Stream {
 pub struct Hub {
     streams: RwLock<HashMap<String, Arc<Stream>>>,
     events: broadcast::Sender<HubEvent>,
+    control: Arc<ControlClock>,
     next_publisher_id: AtomicU64,
     limits: HubLimits,
 }
@@ -311,6 +324,7 @@ impl Hub {
         Hub {
             streams: RwLock::new(HashMap::new()),
             events,
+            control: ControlClock::new(),
             next_publisher_id: AtomicU64::new(1),
             limits,
         }
@@ -342,6 +356,8 @@ impl Hub {
                         timeline: Timeline::default(),
                         keyframe_requester: None,
                         last_keyframe_request: None,
+                        live_sessions: 0,
+                        room_lost: None,
                     }),
                     fanout: Mutex::new(Fanout {
                         next_index: 0,
@@ -351,6 +367,8 @@ impl Hub {
                     }),
                     viewers: AtomicUsize::new(0),
                     hub_events: self.events.clone(),
+                    control: self.control.clone(),
+                    control_stamp: AtomicU64::new(0),
                     limits: self.limits,
                 })
             })
@@ -393,12 +411,16 @@ impl Hub {
             st.stats = StreamStats::default();
             st.timeline.new_publisher();
             st.keyframe_requester = None;
+            if !took_over {
+                st.live_sessions += 1;
+            }
             took_over
         };
         // Viewers must not get the old publisher's GOP after the switch: the next
         // keyframe starts a fresh cache.
         stream.fanout.lock().clear_gop();
         if !took_over {
+            stream.control_changed();
             let _ = self.events.send(HubEvent::Live {
                 stream: stream.name.clone(),
             });
@@ -418,6 +440,8 @@ pub struct StreamSnapshot {
     pub description: Option<String>,
     pub access: Access,
     pub room: Option<RoomInfo>,
+    /// Set when the bot lost the stream's room (kicked, banned, room gone).
+    pub room_lost: Option<RoomLost>,
     pub live: bool,
     pub started_at: Option<String>,
     pub viewers: usize,
@@ -473,6 +497,7 @@ impl Stream {
             }
             st.title = title.to_string();
         }
+        self.control_changed();
         let _ = self.hub_events.send(HubEvent::Title {
             stream: self.name.clone(),
             title: title.to_string(),
@@ -498,6 +523,7 @@ impl Stream {
             }
             st.description = description.map(str::to_string);
         }
+        self.control_changed();
         let _ = self.hub_events.send(HubEvent::Description {
             stream: self.name.clone(),
             description: description.unwrap_or_default().to_string(),
@@ -513,7 +539,49 @@ impl Stream {
     }
 
     pub fn set_access(&self, access: Access) {
-        self.state.lock().access = access;
+        {
+            let mut st = self.state.lock();
+            if st.access == access {
+                return;
+            }
+            st.access = access;
+        }
+        self.control_changed();
+    }
+
+    /// Marks the stream's Matrix room lost (the bot was kicked or banned,
+    /// or the room is gone), or found again (`None`).
+    pub fn set_room_lost(&self, lost: Option<RoomLost>) {
+        {
+            let mut st = self.state.lock();
+            if st.room_lost == lost {
+                return;
+            }
+            st.room_lost = lost;
+        }
+        self.control_changed();
+    }
+
+    pub fn room_lost(&self) -> Option<RoomLost> {
+        self.state.lock().room_lost.clone()
+    }
+
+    /// What the control path carries, as it is now.
+    pub fn control_state(&self) -> ControlState {
+        let st = self.state.lock();
+        ControlState {
+            live: st.publisher.is_some(),
+            live_sessions: st.live_sessions,
+            title: st.title.clone(),
+            description: st.description.clone(),
+            access: st.access,
+            room_lost: st.room_lost.clone(),
+        }
+    }
+
+    /// Tells control listeners; call after the change is in the state.
+    fn control_changed(&self) {
+        self.control.bump(&self.control_stamp);
     }
 
     pub fn room(&self) -> Option<RoomInfo> {
@@ -521,7 +589,14 @@ impl Stream {
     }
 
     pub fn set_room(&self, room: Option<RoomInfo>) {
-        self.state.lock().room = room;
+        {
+            let mut st = self.state.lock();
+            if st.room == room {
+                return;
+            }
+            st.room = room;
+        }
+        self.control_changed();
     }
 
     /// When the current publisher started (None while offline): identifies a
@@ -560,6 +635,7 @@ impl Stream {
             description: st.description.clone(),
             access: st.access,
             room: st.room.clone(),
+            room_lost: st.room_lost.clone(),
             live,
             started_at: st.publisher.as_ref().map(|p| rfc3339(p.started_at)),
             viewers: self.viewers(),
@@ -849,6 +925,7 @@ impl Drop for Publisher {
             st.keyframe_requester = None;
             drop(st);
             self.stream.fanout.lock().clear_gop();
+            self.stream.control_changed();
             let _ = self.stream.hub_events.send(HubEvent::Offline {
                 stream: self.stream.name.clone(),
             });

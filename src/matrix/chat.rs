@@ -116,6 +116,11 @@ impl Chat {
             .unwrap_or_default()
     }
 
+    /// Forgets a room's history (the bot lost the room).
+    pub fn clear_room(&self, room: &str) {
+        self.history.lock().remove(room);
+    }
+
     /// Who sent a message of the history (None when it is not there).
     pub fn sender_of(&self, room: &str, id: &str) -> Option<String> {
         self.history
@@ -668,7 +673,8 @@ impl Matrix {
         let Some((m, room)) = self.room_of_stream(stream) else {
             return Err(GuestError::NoChat);
         };
-        if room.encrypted {
+        // Encrypted rooms cannot be read; a lost room has no chat to post to.
+        if room.encrypted || self.hub.get(stream).is_some_and(|s| s.room_lost().is_some()) {
             return Err(GuestError::NoChat);
         }
         let state = self

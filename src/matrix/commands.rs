@@ -41,6 +41,15 @@ pub enum Command {
         secs: u64,
         name: Option<String>,
     },
+    /// This room gets `target`'s go-live and ended notices (a stream name or
+    /// a room's #alias; follow.rs).
+    Follow {
+        target: String,
+    },
+    /// Stop following `target` (every stream when `None`).
+    Unfollow {
+        target: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +79,9 @@ pub const HELP: &str = "roomcast commands:
 !live status [name] — live or offline, viewers, links
 !live notify on|off — mention @room in go-live notices (room admins)
 !live slots | slots add <name> | slots remove <name> — extra streams in this room (room admins)
-!live link <24h|7d|30m> [name] — a viewer link for a private room (room admins)";
+!live link <24h|7d|30m> [name] — a viewer link for a private room (room admins)
+!live follow <name|#alias> — this room gets that stream's go-live and ended notices (room admins)
+!live unfollow [name|#alias] — stop following it (or every stream)";
 
 fn name_arg(arg: Option<&str>) -> Result<Option<String>, String> {
     match arg {
@@ -83,6 +94,20 @@ fn name_arg(arg: Option<&str>) -> Result<Option<String>, String> {
 
 fn required_name(arg: Option<&str>, usage: &str) -> Result<String, String> {
     name_arg(arg)?.ok_or_else(|| format!("usage: {usage}"))
+}
+
+/// A stream name or a room #alias.
+fn follow_target(arg: Option<&str>) -> Result<Option<String>, String> {
+    match arg {
+        Some(a) if a.starts_with('#') => {
+            if a.len() <= 255 && a.contains(':') {
+                Ok(Some(a.to_string()))
+            } else {
+                Err("a room alias looks like #room:server".into())
+            }
+        }
+        other => name_arg(other),
+    }
 }
 
 /// Parses "24h", "7d", "30m", "90s" into seconds (1 s to 30 days).
@@ -174,8 +199,14 @@ pub fn parse(body: &str) -> Parsed {
                 secs: parse_duration(arg(0).ok_or("usage: !live link <24h|7d|30m> [name]")?)?,
                 name: name_arg(arg(1))?,
             },
+            "follow" if !too_many(1) => Command::Follow {
+                target: follow_target(arg(0))?.ok_or("usage: !live follow <name|#alias>")?,
+            },
+            "unfollow" if !too_many(1) => Command::Unfollow {
+                target: follow_target(arg(0))?,
+            },
             "new" | "attach" | "detach" | "key" | "rotate" | "status" | "notify" | "slots"
-            | "slot" | "link" => {
+            | "slot" | "link" | "follow" | "unfollow" => {
                 return Err(format!("too many arguments for '{cmd_lc}'; try !live help"));
             }
             _ => {
@@ -192,10 +223,15 @@ pub fn parse(body: &str) -> Parsed {
 }
 
 /// Commands that change the room or reveal keys need power in the room.
+/// (`follow`/`unfollow` check their own rule: follow.rs.)
 pub fn needs_admin(c: &Command) -> bool {
     !matches!(
         c,
-        Command::Help | Command::New { .. } | Command::Status { .. }
+        Command::Help
+            | Command::New { .. }
+            | Command::Status { .. }
+            | Command::Follow { .. }
+            | Command::Unfollow { .. }
     )
 }
 
@@ -296,6 +332,34 @@ mod tests {
         // A huge word is not echoed whole.
         let long = format!("!live {}", "x".repeat(10_000));
         assert!(err(&long).len() < 200);
+    }
+
+    #[test]
+    fn follow_and_unfollow() {
+        assert_eq!(
+            cmd("!live follow show"),
+            Command::Follow {
+                target: "show".into()
+            }
+        );
+        assert_eq!(
+            cmd("!live FOLLOW #talks:example.org"),
+            Command::Follow {
+                target: "#talks:example.org".into()
+            }
+        );
+        assert_eq!(cmd("!live unfollow"), Command::Unfollow { target: None });
+        assert_eq!(
+            cmd("!live unfollow show"),
+            Command::Unfollow {
+                target: Some("show".into())
+            }
+        );
+        assert!(err("!live follow").contains("usage"));
+        assert!(err("!live follow #nohost").contains("#room:server"));
+        assert!(err("!live follow Bad").contains("bad stream name"));
+        assert!(err("!live follow a b").contains("too many"));
+        assert!(!needs_admin(&Command::Follow { target: "a".into() }));
     }
 
     #[test]

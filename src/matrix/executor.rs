@@ -229,6 +229,9 @@ impl Matrix {
             }
         }
         match cmd {
+            c @ (Command::Follow { .. } | Command::Unfollow { .. }) => {
+                self.follow_command(room, sender, in_dm, c).await.map(Ok)
+            }
             Command::Help => {
                 self.reply(room, commands::HELP).await;
                 Ok(Ok(()))
@@ -563,5 +566,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Notify { .. } => "notify",
         Command::Slots(_) => "slots",
         Command::Link { .. } => "link",
+        Command::Follow { .. } => "follow",
+        Command::Unfollow { .. } => "unfollow",
     }
 }

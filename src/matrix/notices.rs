@@ -1,12 +1,19 @@
 //! Go-live notices. A stream that stays live for `golive_delay_ms` gets one
-//! notice in its room (a flapping connection gets none, and a reconnect within
-//! the delay continues the same session); when it ends for longer than the
-//! delay, the notice is edited to say for how long it ran and its peak viewers.
-//! Both, and the stream state event, go through a durable outbox that retries
-//! with backoff until the homeserver takes them, so each is delivered exactly
-//! once even when the homeserver is down as the stream starts.
+//! notice in its room and in each room following it (`!live follow`; a
+//! flapping connection gets none, and a reconnect within the delay continues
+//! the same session); when it ends for longer than the delay, each notice is
+//! edited to say for how long it ran and its peak viewers. Both, and the
+//! stream state event, go through a durable outbox that retries with backoff
+//! until the homeserver takes them, so each is delivered exactly once even
+//! when the homeserver is down as the stream starts.
+//!
+//! [`Notices`] owns the go-live sessions (a sans-I/O state machine, persisted
+//! by one writer task so a restart mid-stream continues the session: no
+//! second notice, and the "ended" edit lands on the first) and wakes the
+//! outbox. Live and offline come from the hub's lossless control path, so a
+//! busy chat cannot make the watcher miss a go-live or an end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,30 +30,165 @@ use tracing::{info, warn};
 
 use super::{HsError, Matrix, MatrixError};
 use crate::hub::HubEvent;
-use crate::store::matrix::{NewOutbox, OutboxRow};
+use crate::store::matrix::{GoliveRow, NewOutbox, OutboxRow};
 
 /// State event type of a stream (state_key = stream name).
 pub const STREAM_STATE_TYPE: &str = "io.roomcast.stream";
 
+/// How long a session found at start-up waits for its publisher to come back
+/// (roomcast restarted under a live stream: OBS reconnects within seconds)
+/// before it ends, when `golive_delay_ms` is shorter.
+const RESTART_GRACE: Duration = Duration::from_secs(60);
+
+/// The outbox and the go-live sessions.
 #[derive(Default)]
 pub struct Notices {
-    sessions: Mutex<HashMap<String, Session>>,
+    sessions: Mutex<Sessions>,
+    /// Live and live-session count of each stream as last seen on the
+    /// control path (one entry per stream).
+    seen_live: Mutex<HashMap<String, (bool, u64)>>,
     wake: Notify,
-}
-
-struct Session {
-    id: String,
-    started: SystemTime,
-    started_at: Instant,
-    peak: usize,
-    announced: bool,
-    /// Set while the publisher is gone; the session ends if it stays gone.
-    offline_since: Option<Instant>,
+    /// Streams whose session changed since it was last written.
+    dirty: Mutex<HashSet<String>>,
+    persist_wake: Notify,
 }
 
 impl Notices {
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    fn changed(&self, stream: &str) {
+        self.dirty.lock().insert(stream.to_string());
+        self.persist_wake.notify_one();
+    }
+
+    /// What the control path says now about `stream`: `Some(true)` it went
+    /// live, `Some(false)` offline; a new live session with no offline seen
+    /// in between is reported as offline then live by the caller.
+    fn note_control(&self, stream: &str, live: bool, sessions: u64) -> (bool, bool) {
+        let mut seen = self.seen_live.lock();
+        let prev = seen.insert(stream.to_string(), (live, sessions));
+        let (was_live, was_sessions) = prev.unwrap_or((false, sessions));
+        let went_offline = was_live && (!live || sessions != was_sessions);
+        let went_live = live && (!was_live || sessions != was_sessions);
+        (went_offline, went_live)
+    }
+}
+
+/// One stream's go-live session. Times are ms since the Unix epoch, so a
+/// session survives a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Session {
+    id: String,
+    started_ms: u64,
+    peak: u64,
+    announced: bool,
+    /// Set while the publisher is gone; the session ends if it stays gone.
+    offline_since_ms: Option<u64>,
+}
+
+/// The go-live sessions of every stream, without I/O: the driver feeds it
+/// live/offline and timer expiries, and performs what it answers.
+#[derive(Default)]
+struct Sessions(HashMap<String, Session>);
+
+impl Sessions {
+    /// The stream went live. `Some(id)`: a session to announce after the
+    /// delay (a new one, or one going on that was never announced, e.g. a
+    /// restart cut its delay short; announcing is idempotent); `None`: an
+    /// announced session goes on (back within the delay).
+    fn went_live(&mut self, stream: &str, now_ms: u64) -> Option<String> {
+        if let Some(s) = self.0.get_mut(stream) {
+            s.offline_since_ms = None;
+            return (!s.announced).then(|| s.id.clone());
+        }
+        let id = format!("{now_ms}");
+        self.0.insert(
+            stream.to_string(),
+            Session {
+                id: id.clone(),
+                started_ms: now_ms,
+                peak: 0,
+                announced: false,
+                offline_since_ms: None,
+            },
+        );
+        Some(id)
+    }
+
+    /// The announce timer of session `id` fired: `Some(started_ms)` when it
+    /// is to be announced now (still live, not yet announced).
+    fn announce_due(&mut self, stream: &str, id: &str) -> Option<u64> {
+        match self.0.get_mut(stream) {
+            Some(s) if s.id == id && s.offline_since_ms.is_none() && !s.announced => {
+                s.announced = true;
+                Some(s.started_ms)
+            }
+            _ => None,
+        }
+    }
+
+    /// The stream went offline: `Some((id, since))` for the end timer.
+    fn went_offline(&mut self, stream: &str, now_ms: u64) -> Option<(String, u64)> {
+        let s = self.0.get_mut(stream)?;
+        let since = *s.offline_since_ms.get_or_insert(now_ms);
+        Some((s.id.clone(), since))
+    }
+
+    /// The end timer set at `since` fired: the session ends if the stream
+    /// stayed offline since then. Returns it when it had been announced.
+    fn end_due(&mut self, stream: &str, id: &str, since: u64) -> Option<Session> {
+        match self.0.get(stream) {
+            Some(s) if s.id == id && s.offline_since_ms == Some(since) => {
+                let s = self.0.remove(stream)?;
+                s.announced.then_some(s)
+            }
+            _ => None,
+        }
+    }
+
+    fn note_viewers(&mut self, stream: &str, count: u64) -> bool {
+        match self.0.get_mut(stream) {
+            Some(s) if count > s.peak => {
+                s.peak = count;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sessions read at start-up: their publishers are gone (roomcast was
+    /// not running), so each is offline from `now_ms` unless it was already.
+    /// Returns the end timers to set.
+    fn restore(&mut self, rows: Vec<GoliveRow>, now_ms: u64) -> Vec<(String, String, u64)> {
+        let mut timers = Vec::new();
+        for r in rows {
+            let since = r.offline_since_ms.map_or(now_ms, |t| t as u64);
+            timers.push((r.stream.clone(), r.session.clone(), since));
+            self.0.insert(
+                r.stream,
+                Session {
+                    id: r.session,
+                    started_ms: r.started_ms as u64,
+                    peak: r.peak as u64,
+                    announced: r.announced,
+                    offline_since_ms: Some(since),
+                },
+            );
+        }
+        timers
+    }
+
+    fn row(&self, stream: &str) -> Option<GoliveRow> {
+        self.0.get(stream).map(|s| GoliveRow {
+            stream: stream.to_string(),
+            session: s.id.clone(),
+            started_ms: s.started_ms as i64,
+            peak: s.peak as i64,
+            announced: s.announced,
+            offline_since_ms: s.offline_since_ms.map(|t| t as i64),
+        })
     }
 }
 
@@ -68,34 +210,135 @@ fn ms_since_epoch(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+fn now_ms() -> u64 {
+    ms_since_epoch(SystemTime::now())
+}
+
 impl Matrix {
     fn golive_delay(&self) -> Duration {
         Duration::from_millis(self.cfg.golive_delay_ms)
     }
 
+    /// Follows live and offline on the hub's control path (lossless) and
+    /// viewer counts on its event channel (for the peak; a missed count is
+    /// made up from the current one).
     pub(super) async fn watch_hub(self: Arc<Self>) {
+        let mut control = self.hub.control_feed();
         let mut rx = self.hub.subscribe_events();
+        tokio::spawn(self.clone().persist_loop());
+        if let Err(e) = self.restore_lost_rooms().await {
+            warn!("matrix: cannot read the lost rooms: {e}");
+        }
+        self.restore_sessions().await;
+        self.control_changed(self.hub.streams());
         loop {
-            let ev = match rx.recv().await {
-                Ok(ev) => ev,
-                Err(RecvError::Lagged(n)) => {
-                    warn!(
-                        missed = n,
-                        "matrix: go-live watcher fell behind the hub's events"
-                    );
-                    continue;
-                }
-                Err(RecvError::Closed) => return,
-            };
-            match ev {
-                HubEvent::Live { stream } => self.on_live(&stream),
-                HubEvent::Offline { stream } => self.on_offline(&stream),
-                HubEvent::Viewers { stream, count } => {
-                    if let Some(s) = self.notices.sessions.lock().get_mut(&stream) {
-                        s.peak = s.peak.max(count);
+            tokio::select! {
+                biased;
+                changed = control.changed(&self.hub) => match changed {
+                    Some(streams) => self.control_changed(streams),
+                    None => return,
+                },
+                ev = rx.recv() => match ev {
+                    Ok(HubEvent::Viewers { stream, count }) => self.note_viewers(&stream, count),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        for s in self.hub.streams() {
+                            self.note_viewers(&s.name, s.viewers());
+                        }
                     }
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    fn control_changed(self: &Arc<Self>, streams: Vec<Arc<crate::hub::Stream>>) {
+        for s in streams {
+            let c = s.control_state();
+            let (went_offline, went_live) =
+                self.notices.note_control(&s.name, c.live, c.live_sessions);
+            if went_offline {
+                self.on_offline(&s.name);
+            }
+            if went_live {
+                self.on_live(&s.name);
+            }
+        }
+    }
+
+    fn note_viewers(&self, stream: &str, count: usize) {
+        if self
+            .notices
+            .sessions
+            .lock()
+            .note_viewers(stream, count as u64)
+        {
+            self.notices.changed(stream);
+        }
+    }
+
+    /// Continues the sessions persisted before a restart: each ends unless
+    /// its publisher comes back within the grace.
+    async fn restore_sessions(self: &Arc<Self>) {
+        let mut delay = Duration::from_secs(1);
+        let rows = loop {
+            match self.store.golive_sessions().await {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    warn!(
+                        retry_in_s = delay.as_secs(),
+                        "matrix: cannot read the go-live sessions yet: {e}"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
-                _ => {}
+            }
+        };
+        if rows.is_empty() {
+            return;
+        }
+        info!(
+            sessions = rows.len(),
+            "matrix: go-live sessions from before the restart continue"
+        );
+        let timers = self.notices.sessions.lock().restore(rows, now_ms());
+        let grace = self.golive_delay().max(RESTART_GRACE);
+        for (stream, id, since) in timers {
+            self.notices.changed(&stream);
+            self.end_after(stream, id, since, grace);
+        }
+    }
+
+    /// Writes changed sessions, one writer so the last state read is the last
+    /// written; a failed write is retried with backoff.
+    async fn persist_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let dirty: Vec<String> = self.notices.dirty.lock().drain().collect();
+            if dirty.is_empty() {
+                self.notices.persist_wake.notified().await;
+                continue;
+            }
+            let mut failed = false;
+            for stream in dirty {
+                let row = self.notices.sessions.lock().row(&stream);
+                let r = match &row {
+                    Some(row) => self.store.save_golive_session(row).await,
+                    None => self.store.delete_golive_session(&stream).await,
+                };
+                if let Err(e) = r {
+                    if !failed {
+                        warn!(stream = %stream, retry_in_s = backoff.as_secs(), "matrix: cannot save the go-live session yet: {e}");
+                    }
+                    failed = true;
+                    self.notices.dirty.lock().insert(stream);
+                }
+            }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            } else {
+                backoff = Duration::from_secs(1);
             }
         }
     }
@@ -104,43 +347,20 @@ impl Matrix {
         if self.room_of_stream(stream).is_none() {
             return;
         }
-        let id = {
-            let mut sessions = self.notices.sessions.lock();
-            if let Some(s) = sessions.get_mut(stream)
-                && s.offline_since.is_some()
-            {
-                // Back within the delay: the same session goes on.
-                s.offline_since = None;
-                return;
-            }
-            let id = format!("{}", ms_since_epoch(SystemTime::now()));
-            sessions.insert(
-                stream.to_string(),
-                Session {
-                    id: id.clone(),
-                    started: SystemTime::now(),
-                    started_at: Instant::now(),
-                    peak: 0,
-                    announced: false,
-                    offline_since: None,
-                },
-            );
-            id
+        let id = self.notices.sessions.lock().went_live(stream, now_ms());
+        self.notices.changed(stream);
+        let Some(id) = id else {
+            return;
         };
         let me = self.clone();
         let stream = stream.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(me.golive_delay()).await;
-            let started = {
-                let mut sessions = me.notices.sessions.lock();
-                match sessions.get_mut(&stream) {
-                    Some(s) if s.id == id && s.offline_since.is_none() && !s.announced => {
-                        s.announced = true;
-                        s.started
-                    }
-                    _ => return,
-                }
+            let Some(started_ms) = me.notices.sessions.lock().announce_due(&stream, &id) else {
+                return;
             };
+            me.notices.changed(&stream);
+            let started = UNIX_EPOCH + Duration::from_millis(started_ms);
             queue_durably("go-live notice", &stream, || {
                 me.enqueue_live(&stream, &id, started)
             })
@@ -149,38 +369,24 @@ impl Matrix {
     }
 
     fn on_offline(self: &Arc<Self>, stream: &str) {
-        let id = {
-            let mut sessions = self.notices.sessions.lock();
-            let Some(s) = sessions.get_mut(stream) else {
-                return;
-            };
-            s.offline_since = Some(Instant::now());
-            s.id.clone()
+        let Some((id, since)) = self.notices.sessions.lock().went_offline(stream, now_ms()) else {
+            return;
         };
+        self.notices.changed(stream);
+        self.end_after(stream.to_string(), id, since, self.golive_delay());
+    }
+
+    /// Ends session `id` after `wait` unless its stream came back meanwhile.
+    fn end_after(self: &Arc<Self>, stream: String, id: String, since: u64, wait: Duration) {
         let me = self.clone();
-        let stream = stream.to_string();
         tokio::spawn(async move {
-            tokio::time::sleep(me.golive_delay()).await;
-            let ended = {
-                let mut sessions = me.notices.sessions.lock();
-                match sessions.get(&stream) {
-                    Some(s) if s.id == id && s.offline_since.is_some() => {
-                        let s = sessions.remove(&stream).expect("present");
-                        Some(s)
-                    }
-                    _ => None,
-                }
-            };
+            tokio::time::sleep(wait).await;
+            let ended = me.notices.sessions.lock().end_due(&stream, &id, since);
+            me.notices.changed(&stream);
             let Some(s) = ended else { return };
-            if !s.announced {
-                return;
-            }
-            let ran = s
-                .offline_since
-                .unwrap_or_else(Instant::now)
-                .saturating_duration_since(s.started_at);
+            let ran = Duration::from_millis(since.saturating_sub(s.started_ms));
             queue_durably("stream-ended notice", &stream, || {
-                me.enqueue_ended(&stream, &s.id, ran, s.peak)
+                me.enqueue_ended(&stream, &s.id, ran, s.peak as usize)
             })
             .await;
         });
@@ -222,11 +428,15 @@ impl Matrix {
             .unwrap_or_else(|| stream.to_string())
     }
 
-    /// Queues a notice of `kind` and, after it, the stream state event, in one
-    /// transaction (a retry cannot queue the notice twice).
+    /// Queues a notice of `kind` in the stream's room and, after it, the
+    /// stream state event, and the same notice in each of `others` (rooms
+    /// following the stream), in one transaction (a retry cannot queue a
+    /// notice twice).
+    #[allow(clippy::too_many_arguments)]
     async fn enqueue_notice(
         &self,
         room_id: &str,
+        others: &[String],
         stream: &str,
         session: &str,
         kind: &str,
@@ -236,12 +446,26 @@ impl Matrix {
         let state = self
             .stream_state(stream, started.is_some(), started)
             .to_string();
-        self.store
-            .enqueue_outbox(&[
-                outbox_item(kind, room_id, stream, session, notice.to_string()),
-                outbox_item("state", room_id, stream, session, state),
-            ])
-            .await?;
+        let mut items = Vec::new();
+        // A lost room is told nothing; its followers still are.
+        if !self.room_is_lost(stream) {
+            items.push(outbox_item(
+                kind,
+                room_id,
+                stream,
+                session,
+                notice.to_string(),
+            ));
+            items.push(outbox_item("state", room_id, stream, session, state));
+        }
+        // A follower is told without an @room mention: that is its room's choice.
+        let mut quiet = notice.clone();
+        quiet["mention"] = json!(false);
+        let quiet = quiet.to_string();
+        for other in others.iter().filter(|r| *r != room_id) {
+            items.push(outbox_item(kind, other, stream, session, quiet.clone()));
+        }
+        self.store.enqueue_outbox(&items).await?;
         self.notices.wake();
         Ok(())
     }
@@ -255,14 +479,23 @@ impl Matrix {
         let Some((m, room)) = self.room_of_stream(stream) else {
             return Ok(());
         };
+        let followers = self.store.followers(stream).await?;
         let notice = json!({
             "title": self.title_of(stream),
             "watch_url": self.golive_watch_url(stream),
             "mention": room.notify,
         });
-        self.enqueue_notice(&m.room_id, stream, session, "notice", notice, Some(started))
-            .await?;
-        info!(stream = %stream, room = %m.room_id, "matrix: go-live notice queued");
+        self.enqueue_notice(
+            &m.room_id,
+            &followers,
+            stream,
+            session,
+            "notice",
+            notice,
+            Some(started),
+        )
+        .await?;
+        info!(stream = %stream, room = %m.room_id, followers = followers.len(), "matrix: go-live notice queued");
         Ok(())
     }
 
@@ -276,13 +509,15 @@ impl Matrix {
         let Some((m, _)) = self.room_of_stream(stream) else {
             return Ok(());
         };
+        // The rooms that got this session's go-live notice get its end.
+        let told = self.store.outbox_rooms(stream, session, "notice").await?;
         let ended = json!({
             "title": self.title_of(stream),
             "duration_s": ran.as_secs(),
             "peak": peak,
             "watch_url": self.watch_url(stream),
         });
-        self.enqueue_notice(&m.room_id, stream, session, "ended", ended, None)
+        self.enqueue_notice(&m.room_id, &told, stream, session, "ended", ended, None)
             .await?;
         info!(stream = %stream, duration_s = ran.as_secs(), peak, "matrix: stream-ended notice queued");
         Ok(())
@@ -351,6 +586,9 @@ impl Matrix {
     }
 
     async fn deliver(&self, item: &OutboxRow) -> Result<Option<String>, MatrixError> {
+        if item.kind == "dm" {
+            return self.deliver_dm(item).await.map(Some);
+        }
         let room_id = OwnedRoomId::try_from(item.room_id.as_str())
             .map_err(|e| HsError::Protocol(format!("bad room id: {e}")))?;
         let p: Value = serde_json::from_str(&item.payload).unwrap_or_default();
@@ -416,7 +654,7 @@ impl Matrix {
                 });
                 let notice = self
                     .store
-                    .outbox_event(&item.stream, &item.session, "notice")
+                    .outbox_event_in(&item.stream, &item.session, "notice", &item.room_id)
                     .await?;
                 let content = match notice {
                     // Edit the go-live notice, so the room keeps one message per session.
@@ -435,6 +673,23 @@ impl Matrix {
             }
             other => Err(HsError::Protocol(format!("unknown outbox item '{other}'")).into()),
         }
+    }
+
+    /// A DM queued for a user (`room_id` holds the user id): sent in the
+    /// bot's direct chat with them, with the item's transaction id.
+    async fn deliver_dm(&self, item: &OutboxRow) -> Result<String, MatrixError> {
+        let p: Value = serde_json::from_str(&item.payload).unwrap_or_default();
+        let user = p["user"].as_str().unwrap_or(&item.room_id);
+        let room = self.dm_room(user).await?;
+        let room_id = OwnedRoomId::try_from(room.as_str())
+            .map_err(|e| HsError::Protocol(format!("bad room id: {e}")))?;
+        let content = json!({
+            "msgtype": "m.notice",
+            "body": p["body"].as_str().unwrap_or_default(),
+            "m.mentions": {},
+        });
+        self.send_message(room_id, item.txn_id.as_str().into(), &content)
+            .await
     }
 
     pub(super) async fn send_message(
@@ -542,6 +797,64 @@ mod tests {
         assert_eq!(format_duration(3720), "1 h 02 min");
         assert_eq!(format_duration(180), "3 min");
         assert_eq!(format_duration(45), "45 s");
+    }
+
+    #[test]
+    fn a_session_is_announced_once_and_ends_after_staying_offline() {
+        let mut s = Sessions::default();
+        let id = s.went_live("a", 1_000).expect("new session");
+        // Back within the delay: the same session, and one announcement.
+        let (_, since) = s.went_offline("a", 2_000).expect("session");
+        assert_eq!(s.went_live("a", 2_500), Some(id.clone()), "same session");
+        assert_eq!(s.end_due("a", &id, since), None, "came back: no end");
+        assert_eq!(s.announce_due("a", &id), Some(1_000));
+        assert_eq!(s.announce_due("a", &id), None);
+        assert!(s.note_viewers("a", 7));
+        assert!(!s.note_viewers("a", 3));
+        let (_, since) = s.went_offline("a", 9_000).expect("session");
+        let ended = s.end_due("a", &id, since).expect("announced, so told");
+        assert_eq!((ended.started_ms, ended.peak), (1_000, 7));
+        assert!(s.row("a").is_none());
+    }
+
+    #[test]
+    fn a_flap_gets_no_notice() {
+        let mut s = Sessions::default();
+        let id = s.went_live("a", 1_000).expect("new session");
+        let (_, since) = s.went_offline("a", 1_200).expect("session");
+        assert_eq!(s.announce_due("a", &id), None);
+        assert_eq!(s.end_due("a", &id, since), None, "never announced");
+        assert!(s.row("a").is_none());
+    }
+
+    #[test]
+    fn a_restored_session_continues_or_ends() {
+        let mut s = Sessions::default();
+        let id = s.went_live("a", 1_000).expect("new session");
+        s.announce_due("a", &id);
+        let row = s.row("a").expect("row");
+        // Restarted: the publisher comes back within the grace.
+        let mut after = Sessions::default();
+        let timers = after.restore(vec![row.clone()], 50_000);
+        assert_eq!(timers, [("a".to_string(), id.clone(), 50_000)]);
+        assert_eq!(after.went_live("a", 52_000), None, "same session");
+        assert_eq!(after.end_due("a", &id, 50_000), None);
+        assert_eq!(after.announce_due("a", &id), None, "announced before");
+        // Restarted and the publisher never comes back: it ends.
+        let mut gone = Sessions::default();
+        gone.restore(vec![row], 50_000);
+        let ended = gone.end_due("a", &id, 50_000).expect("ended");
+        assert_eq!(ended.id, id);
+    }
+
+    #[test]
+    fn the_control_path_is_read_as_transitions() {
+        let n = Notices::default();
+        assert_eq!(n.note_control("a", true, 1), (false, true));
+        assert_eq!(n.note_control("a", true, 1), (false, false));
+        // Offline and live again between two reads.
+        assert_eq!(n.note_control("a", true, 2), (true, true));
+        assert_eq!(n.note_control("a", false, 2), (true, false));
     }
 
     #[test]

@@ -103,10 +103,13 @@ impl Matrix {
             ev.room_id = Some(room.to_string());
             match (ev.kind.as_str(), ev.state_key.as_deref()) {
                 ("m.room.member", Some(user)) if user == self.bot.as_str() => {
-                    let membership = ev.content["membership"].as_str().unwrap_or("");
+                    // Kicked, banned or back while roomcast was away: the
+                    // stream shows it as the live event would have.
+                    let membership = ev.content["membership"].as_str().unwrap_or("").to_string();
                     if membership != "join" {
                         warn!(room = %room, membership, "matrix: the bot is no longer joined to a room with a stream");
                     }
+                    self.bot_membership(room, &ev, &membership).await?;
                 }
                 ("m.room.member", Some(user)) => self.remember_member(room, user, &ev.content),
                 (_, Some("")) if differs(&before, &ev) => {

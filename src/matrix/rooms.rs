@@ -172,6 +172,7 @@ impl Matrix {
         let membership = ev.content["membership"].as_str().unwrap_or("");
         self.remember_member(room, target, &ev.content);
         if target == self.bot.as_str() {
+            self.bot_membership(room, ev, membership).await?;
             if membership == "invite" {
                 if self.perms.level_of(&ev.sender) == Level::None {
                     return self.decline_invite(room, ev).await;

@@ -815,3 +815,256 @@ impl Store {
         Ok(())
     }
 }
+
+// --- go-live sessions, lost rooms, follows (migrations/*/0004_matrix_state.sql) ---
+
+/// A stream's open go-live session, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoliveRow {
+    pub stream: String,
+    pub session: String,
+    pub started_ms: i64,
+    pub peak: i64,
+    pub announced: bool,
+    pub offline_since_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LostRoomRow {
+    pub room_id: String,
+    pub reason: String,
+    pub by_user: Option<String>,
+    pub at: i64,
+}
+
+/// What `!live follow` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Followed {
+    Now,
+    Already,
+    /// The room follows `max` streams already.
+    Full,
+}
+
+impl Store {
+    pub async fn golive_sessions(&self) -> Result<Vec<GoliveRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM matrix_golive_sessions")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(GoliveRow {
+                    stream: r.try_get("stream")?,
+                    session: r.try_get("session")?,
+                    started_ms: r.try_get("started_ms")?,
+                    peak: r.try_get("peak")?,
+                    announced: r.try_get::<i64, _>("announced")? != 0,
+                    offline_since_ms: r.try_get("offline_since_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn save_golive_session(&self, s: &GoliveRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO matrix_golive_sessions
+                 (stream, session, started_ms, peak, announced, offline_since_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT(stream) DO UPDATE SET
+                 session = excluded.session, started_ms = excluded.started_ms,
+                 peak = excluded.peak, announced = excluded.announced,
+                 offline_since_ms = excluded.offline_since_ms",
+        )
+        .bind(s.stream.as_str())
+        .bind(s.session.as_str())
+        .bind(s.started_ms)
+        .bind(s.peak)
+        .bind(i64::from(s.announced))
+        .bind(s.offline_since_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_golive_session(&self, stream: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM matrix_golive_sessions WHERE stream = $1")
+            .bind(stream)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The rooms of the notices queued for a live session (its own room and
+    /// the rooms following it), for its "ended" edits.
+    pub async fn outbox_rooms(
+        &self,
+        stream: &str,
+        session: &str,
+        kind: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT room_id FROM matrix_outbox
+             WHERE stream = $1 AND session = $2 AND kind = $3",
+        )
+        .bind(stream)
+        .bind(session)
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| r.try_get("room_id"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The event id of the delivered item `kind` of a live session in `room_id`.
+    pub async fn outbox_event_in(
+        &self,
+        stream: &str,
+        session: &str,
+        kind: &str,
+        room_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let r = sqlx::query(
+            "SELECT event_id FROM matrix_outbox
+             WHERE stream = $1 AND session = $2 AND kind = $3 AND room_id = $4
+               AND event_id IS NOT NULL",
+        )
+        .bind(stream)
+        .bind(session)
+        .bind(kind)
+        .bind(room_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.map(|r| r.try_get("event_id")).transpose()?)
+    }
+
+    /// Marks a room lost (`Some((reason, by))`) or found again (`None`).
+    pub async fn set_room_lost(
+        &self,
+        room_id: &str,
+        lost: Option<(&str, Option<&str>)>,
+    ) -> Result<(), StoreError> {
+        match lost {
+            Some((reason, by)) => {
+                sqlx::query(
+                    "INSERT INTO matrix_rooms_lost (room_id, reason, by_user, at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT(room_id) DO UPDATE SET
+                         reason = excluded.reason, by_user = excluded.by_user, at = excluded.at",
+                )
+                .bind(room_id)
+                .bind(reason)
+                .bind(by)
+                .bind(unix_now())
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM matrix_rooms_lost WHERE room_id = $1")
+                    .bind(room_id)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn rooms_lost(&self) -> Result<Vec<LostRoomRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM matrix_rooms_lost")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(LostRoomRow {
+                    room_id: r.try_get("room_id")?,
+                    reason: r.try_get("reason")?,
+                    by_user: r.try_get("by_user")?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// `room_id` follows `stream`, unless it follows `max` streams already.
+    pub async fn follow(
+        &self,
+        room_id: &str,
+        stream: &str,
+        by: &str,
+        max: usize,
+    ) -> Result<Followed, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query("SELECT stream FROM matrix_follows WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut followed = Vec::with_capacity(rows.len());
+        for r in rows {
+            followed.push(r.try_get::<String, _>("stream")?);
+        }
+        if followed.iter().any(|s| s == stream) {
+            return Ok(Followed::Already);
+        }
+        if followed.len() >= max {
+            return Ok(Followed::Full);
+        }
+        sqlx::query(
+            "INSERT INTO matrix_follows (room_id, stream, by_user, created_at)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(room_id)
+        .bind(stream)
+        .bind(by)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Followed::Now)
+    }
+
+    /// Stops `room_id` following `stream` (every stream when `None`);
+    /// returns the streams it no longer follows.
+    pub async fn unfollow(
+        &self,
+        room_id: &str,
+        stream: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query("SELECT stream FROM matrix_follows WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut gone = Vec::new();
+        for r in rows {
+            let s: String = r.try_get("stream")?;
+            if stream.is_none_or(|x| x == s) {
+                gone.push(s);
+            }
+        }
+        for s in &gone {
+            sqlx::query("DELETE FROM matrix_follows WHERE room_id = $1 AND stream = $2")
+                .bind(room_id)
+                .bind(s.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    /// The rooms following `stream`.
+    pub async fn followers(&self, stream: &str) -> Result<Vec<String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT room_id FROM matrix_follows WHERE stream = $1 ORDER BY room_id")
+                .bind(stream)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|r| r.try_get("room_id"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}

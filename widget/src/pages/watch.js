@@ -15,6 +15,7 @@ const titleEl = document.getElementById('title');
 const stateEl = document.getElementById('state');
 const viewersEl = document.getElementById('viewers');
 const descEl = document.getElementById('description');
+const roomLostEl = document.getElementById('room-lost');
 
 const player = new Player(document.getElementById('player'), {
   stream, muted: true, controls: true, autoplay: true, getToken: async () => access,
@@ -45,11 +46,19 @@ function setDescription(d) {
   descEl.hidden = !d;
 }
 
+/** The bot lost the stream's Matrix room: no chat, and say so. */
+function setRoomLost(lost) {
+  roomLostEl.hidden = !lost;
+  roomLostEl.textContent = lost ? 'This stream lost its Matrix room: chat is off until the room is back.' : '';
+  if (lost) chat.setAvailable(false);
+}
+
 /** The snapshot tells what the feed's first events do not: room (chat) and description. */
 function applySnapshot(s) {
   if (!s) return;
   if (typeof s.description === 'string') setDescription(s.description);
-  chat.setAvailable(Boolean(s.room && s.room.chat));
+  chat.setAvailable(Boolean(s.room && s.room.chat) && !s.room_lost);
+  setRoomLost(s.room_lost);
 }
 
 if (!stream) {
@@ -63,6 +72,7 @@ if (!stream) {
     live: (snap) => { applySnapshot(snap); setLive(true); },
     offline: () => setLive(false),
     description: (d) => setDescription(d.description),
+    room: (d) => { setRoomLost(d.room_lost); if (!d.room_lost) api(withQuery(streamPath(stream), { access })).then(applySnapshot, () => {}); },
     chat: (m) => chat.add(m),
     redaction: (d) => chat.redact(d.id),
   }, { access });
