@@ -147,6 +147,10 @@ fn a_chat_flood_cannot_drop_a_title_or_a_go_live_on_the_page_feed() {
     let hs = env.hs_token();
     let body = "x".repeat(3900);
     let mut n = 0;
+    // A feed that reads: each batch is relayed before the next is pushed,
+    // so the room's inbox (2 000 pending events at most, chat dropped first
+    // beyond) takes all of it and the hub gets every message.
+    let reader = Sse::open(env.server(), "busy");
     let mut flood = |batches: usize, extra: Option<Value>| {
         for _ in 0..batches {
             let mut events: Vec<Value> = (0..200)
@@ -168,6 +172,10 @@ fn a_chat_flood_cannot_drop_a_title_or_a_go_live_on_the_page_feed() {
                 json!({"events": events}).to_string().as_bytes(),
             );
             assert_eq!(r.status, 200, "{}", r.text());
+            let last = format!("\"$flood-{n}\"");
+            wait_until("the batch relayed", MX_TIMEOUT, || {
+                reader.saw(&last).then_some(())
+            });
         }
     };
     // 6 000 messages of 4 KB: the socket buffers (up to 4 MB sent, and the

@@ -135,6 +135,7 @@ impl Matrix {
                     event_id: ev.event_id.clone()?,
                     room_id: ev.room_id.clone()?,
                     json: serde_json::to_string(ev).ok()?,
+                    chat: is_chat(ev),
                 })
             })
             .collect();
@@ -324,6 +325,17 @@ impl Matrix {
     }
 }
 
+/// A message, sticker or reaction that is not a `!live` command: what a
+/// full inbox drops first.
+fn is_chat(ev: &Ev) -> bool {
+    ev.state_key.is_none()
+        && matches!(
+            ev.kind.as_str(),
+            "m.room.message" | "m.sticker" | "m.reaction"
+        )
+        && !is_command(ev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +368,14 @@ mod tests {
         assert!(is_command(&ev("m.room.message", " !live new x")));
         assert!(!is_command(&ev("m.room.message", "hello")));
         assert!(!is_command(&ev("m.room.name", "!live")));
+        assert!(is_chat(&ev("m.room.message", "hello")));
+        assert!(is_chat(&ev("m.reaction", "")));
+        assert!(
+            !is_chat(&ev("m.room.message", "!live key")),
+            "a command is kept"
+        );
+        let mut rename = ev("m.room.name", "");
+        rename.state_key = Some(String::new());
+        assert!(!is_chat(&rename), "state is kept");
     }
 }

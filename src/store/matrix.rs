@@ -546,6 +546,10 @@ pub struct InboxEvent {
     pub room_id: String,
     /// The event as JSON.
     pub json: String,
+    /// Chat (a message, sticker or reaction that is not a command): dropped
+    /// first when the room's inbox is full, so a flood of chat cannot push
+    /// out a rename, a membership change or a command.
+    pub chat: bool,
 }
 
 /// What accepting a transaction did.
@@ -561,11 +565,16 @@ pub struct Accepted {
     pub full: Vec<String>,
 }
 
-/// Pending events one room may have in the inbox; more are dropped (a room
-/// flooding roomcast while its processing is stuck must not fill the disk).
+/// Pending events one room may have in the inbox before its new chat is
+/// dropped (a room flooding roomcast while its processing is stuck must not
+/// fill the disk).
 pub const INBOX_ROOM_MAX_EVENTS: i64 = 2_000;
 /// The same bound in bytes of JSON.
 pub const INBOX_ROOM_MAX_BYTES: i64 = 16 * 1024 * 1024;
+/// Other events (state, memberships, redactions, commands) are still taken
+/// up to this many times those bounds: they need power or are rare, and
+/// losing one leaves the stream wrong.
+const INBOX_ROOM_CONTROL_FACTOR: i64 = 4;
 
 impl Store {
     // --- inbox (migrations/*/0003_matrix_inbox.sql) ---------------------------------
@@ -619,7 +628,14 @@ impl Store {
             let p = pending
                 .get_mut(ev.room_id.as_str())
                 .expect("inserted above");
-            if p.0 >= INBOX_ROOM_MAX_EVENTS || p.1 + ev.json.len() as i64 > INBOX_ROOM_MAX_BYTES {
+            let factor = if ev.chat {
+                1
+            } else {
+                INBOX_ROOM_CONTROL_FACTOR
+            };
+            if p.0 >= factor * INBOX_ROOM_MAX_EVENTS
+                || p.1 + ev.json.len() as i64 > factor * INBOX_ROOM_MAX_BYTES
+            {
                 if !out.full.contains(&ev.room_id) {
                     out.full.push(ev.room_id.clone());
                 }

@@ -509,6 +509,15 @@ impl Sse {
         out
     }
 
+    /// True once any line so far contains `needle` (cheap: no JSON parsing).
+    pub fn saw(&self, needle: &str) -> bool {
+        self.lines
+            .snapshot()
+            .iter()
+            .rev()
+            .any(|l| l.contains(needle))
+    }
+
     /// Waits for an event named `name` whose data satisfies `pred`.
     pub fn wait(
         &self,
