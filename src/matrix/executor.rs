@@ -65,19 +65,8 @@ impl Matrix {
                 .map_err(|e| HsError::Protocol(format!("a recorded plan: {e}")))?;
             return self.finish(room, event, &plan).await;
         }
-        match self.run_command(room, &ev.sender, in_dm, cmd, event).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => {
-                self.reply(room, &msg).await;
-                Ok(())
-            }
-            Err(e) if e.is_transient() => Err(e),
-            Err(e) => {
-                warn!(room = %room, "matrix: command failed: {e}");
-                self.reply(room, &format!("That did not work: {e}")).await;
-                Ok(())
-            }
-        }
+        let outcome = self.run_command(room, &ev.sender, in_dm, cmd, event).await;
+        self.answer(room, outcome).await
     }
 
     /// Performs a plan; a refusal met on the way (the alias was taken after
@@ -88,7 +77,15 @@ impl Matrix {
         event: Option<&str>,
         plan: &[Effect],
     ) -> Result<(), MatrixError> {
-        match self.perform(event, plan).await {
+        let outcome = self.perform(event, plan).await;
+        self.answer(room, outcome).await
+    }
+
+    /// A command's outcome told in the room: a refusal as it is, a lasting
+    /// failure in a sentence; a transient failure goes back to the room's
+    /// worker, which retries the event.
+    async fn answer(&self, room: &str, outcome: Outcome) -> Result<(), MatrixError> {
+        match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => {
                 self.reply(room, &msg).await;

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::notices::html_escape;
 use super::rooms::{room_id, user_id};
-use super::{Matrix, MatrixError};
+use super::{HsError, Matrix, MatrixError};
 use crate::auth::keys::{generate_key, hash_key_hex};
 
 impl Matrix {
@@ -43,6 +43,11 @@ impl Matrix {
         if let Some(v) = self.rooms.version() {
             return Ok(v);
         }
+        Ok(self.refresh_room_version().await?)
+    }
+
+    /// Asks the homeserver for its default room version, and keeps it.
+    pub(super) async fn refresh_room_version(&self) -> Result<String, HsError> {
         let caps = self
             .client
             .send(

@@ -364,15 +364,7 @@ impl Matrix {
             Some(self.cfg.bot_display_name.clone()),
         );
         self.client.send(req, Some(&self.bot)).await?;
-        let caps = self
-            .client
-            .send(
-                ruma::api::client::discovery::get_capabilities::v3::Request::new(),
-                None,
-            )
-            .await?;
-        self.rooms
-            .set_version(caps.capabilities.room_versions.default.to_string());
+        self.refresh_room_version().await?;
         let mut ping =
             ruma::api::client::appservice::request_ping::v1::Request::new(self.reg.id.clone());
         ping.transaction_id = Some(notices::new_txn_id().as_str().into());
