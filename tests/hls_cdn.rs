@@ -131,8 +131,17 @@ fn nginx_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
 }
 
-/// `(msn, index)` of the parts a playlist lists, and of its preload hint.
-fn parts_and_hint(text: &str) -> (Vec<(u64, u64)>, Option<(u64, u64)>, Option<String>) {
+/// `(msn, index)` of a part.
+type Position = (u64, u64);
+
+/// The parts a playlist lists, its preload hint and the session in its names.
+struct Listing {
+    parts: Vec<Position>,
+    hint: Option<Position>,
+    session: Option<String>,
+}
+
+fn parts_and_hint(text: &str) -> Listing {
     let pos = |line: &str| -> Option<(u64, u64)> {
         let uri = line.split("URI=\"").nth(1)?.split('"').next()?;
         let stem = uri.split('?').next()?.strip_suffix(".m4s")?;
@@ -157,7 +166,11 @@ fn parts_and_hint(text: &str) -> (Vec<(u64, u64)>, Option<(u64, u64)>, Option<St
                 .map(str::to_string);
         }
     }
-    (parts, hint, session)
+    Listing {
+        parts,
+        hint,
+        session,
+    }
 }
 
 /// What the clients did while the window was open.
@@ -200,7 +213,8 @@ fn edge_client(
     };
     let r = get("/index.m3u8").expect("first playlist");
     assert_eq!(r.status, 200, "{}", r.text());
-    let (_, mut hint, session) = parts_and_hint(&r.text());
+    let first = parts_and_hint(&r.text());
+    let (mut hint, session) = (first.hint, first.session);
     let session = session.expect("a preload hint");
     let mut last: Option<(u64, u64)> = None;
     while !stop.load(Relaxed) {
@@ -227,7 +241,9 @@ fn edge_client(
                 continue;
             }
         };
-        let (parts, next, _) = parts_and_hint(&r.text());
+        let Listing {
+            parts, hint: next, ..
+        } = parts_and_hint(&r.text());
         hint = next;
         // Parts listed after the last one fetched (a new segment's first).
         let newer: Vec<(u64, u64)> = parts
@@ -296,7 +312,7 @@ fn fifty_ll_hls_clients_through_nginx_cost_the_origin_one_request_per_part() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(cache_control(&r), "public, max-age=0, s-maxage=1");
     assert_eq!(r.header("vary"), None, "a Vary splits a CDN's cache");
-    let (_, hint, _) = parts_and_hint(&r.text());
+    let hint = parts_and_hint(&r.text()).hint;
     let (msn, idx) = hint.expect("preload hint");
     let r = server.get(&format!(
         "/hls/{STREAM}/index.m3u8?_HLS_msn={msn}&_HLS_part={idx}"
