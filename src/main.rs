@@ -46,6 +46,12 @@ enum Command {
         hours_per_day: f64,
         #[arg(long, default_value_t = 20.0)]
         days_per_month: f64,
+        /// Also size a cluster: nodes with this NIC, in Mbit/s (default 1000 with --cores).
+        #[arg(long)]
+        nic_mbps: Option<f64>,
+        /// Also size a cluster: cores per node (default 2 with --nic-mbps).
+        #[arg(long)]
+        cores: Option<f64>,
         /// Config whose [limits] to check against.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -254,6 +260,8 @@ fn main() -> ExitCode {
             viewers,
             hours_per_day,
             days_per_month,
+            nic_mbps,
+            cores,
             config,
         } => {
             let config = match Config::load(config.as_deref(), std::env::vars()) {
@@ -284,7 +292,25 @@ fn main() -> ExitCode {
             };
             let p = roomcast::plan::plan(&input);
             print!("{}", roomcast::plan::render(&input, &p, &config.limits));
-            if roomcast::plan::check_caps(&input, &p, &config.limits).is_empty() {
+            let mut fits = roomcast::plan::check_caps(&input, &p, &config.limits).is_empty();
+            if nic_mbps.is_some() || cores.is_some() {
+                use roomcast::plan::cluster;
+                let node = cluster::NodeSize {
+                    nic_mbps: nic_mbps.unwrap_or(1000.0),
+                    cores: cores.unwrap_or(2.0),
+                };
+                for (name, v) in [("nic-mbps", node.nic_mbps), ("cores", node.cores)] {
+                    if !(v.is_finite() && v > 0.0) {
+                        eprintln!("error: --{name} must be a positive number");
+                        return ExitCode::from(2);
+                    }
+                }
+                let c = cluster::cluster(&input, &p, node, &config.limits);
+                print!("{}", cluster::render(node, &c));
+                // Caps are per node: the cluster answer already counts them.
+                fits = c.nodes.is_some();
+            }
+            if fits {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)

@@ -2,6 +2,8 @@
 //! arithmetic of the guide roomcast was designed from, checked against the
 //! configured egress caps so a host with a transit limit is never surprised.
 
+pub mod cluster;
+
 use std::fmt::Write;
 
 use crate::config::LimitsConfig;

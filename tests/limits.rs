@@ -330,3 +330,54 @@ fn plan_prints_the_guides_example_and_checks_caps() {
         "{text}"
     );
 }
+
+#[test]
+fn plan_sizes_a_cluster_from_nic_cores_and_per_node_caps() {
+    let plan = |extra: &[&str], config: Option<&std::path::Path>| {
+        let mut cmd = common::roomcast_cmd();
+        cmd.args([
+            "plan",
+            "--video-kbps",
+            "2000",
+            "--audio-kbps",
+            "256",
+            "--viewers",
+            "1000",
+        ])
+        .args(extra);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // 1 Gbit/s, 2 cores: the NIC binds at 354 viewers; three nodes, two relays.
+    let (code, text) = plan(&["--nic-mbps", "1000", "--cores", "2"], None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("cluster of nodes with 1000 Mbit/s, 2 core(s): 3 node(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("354 viewer session(s), bound by the NIC"),
+        "{text}"
+    );
+    assert!(text.contains("2 session(s) in all"), "{text}");
+    // 10 Gbit/s: the CPU binds.
+    let (_, text) = plan(&["--nic-mbps", "10000", "--cores", "2"], None);
+    assert!(text.contains("bound by the CPU"), "{text}");
+    // Caps are per node: max_viewers = 200 makes it six.
+    let dir = common::TempDir::new("plan-cluster");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[limits]\nmax_viewers = 200\n").unwrap();
+    let (code, text) = plan(&["--nic-mbps", "1000"], Some(&cfg));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(": 6 node(s)"), "{text}");
+    assert!(text.contains("bound by [limits]"), "{text}");
+    // Nonsense sizes are refused.
+    let (code, _) = plan(&["--cores", "0"], None);
+    assert_eq!(code, Some(2));
+}

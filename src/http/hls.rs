@@ -18,7 +18,8 @@ use bytes::Bytes;
 use super::extract::token_from;
 use super::{ApiError, App, PeerAddr};
 use crate::admission::{Purpose, ViewerFacts};
-use crate::egress::hls::playlist::Wait;
+use crate::egress::hls::caching::{self, Answer, Timing};
+use crate::egress::hls::playlist::{Playlist, Wait};
 use crate::egress::hls::{self, MEDIA_TYPE, MIN_HOLD, PLAYLIST_TYPE};
 use crate::hub::{Access, Stream};
 use crate::media::rtp_video::VideoCodec;
@@ -127,14 +128,35 @@ async fn serve(
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Response {
     let hls = &app.hls;
     let client = crate::http::client_addr(peer.ip(), &headers, &app.config.http.trusted_proxies);
-    let r = serve_inner(&app, &name, &file, client, &uri, &headers).await;
-    if r.is_err() {
-        hls.metrics.errors.fetch_add(1, Relaxed);
+    let mut public = false;
+    match serve_inner(&app, &name, &file, client, &uri, &headers, &mut public).await {
+        Ok(r) => r,
+        Err(e) => {
+            hls.metrics.errors.fetch_add(1, Relaxed);
+            // Errors say themselves whether a cache in front may keep them.
+            let cc = caching::error_cache_control(e.status.as_u16(), e.code, public);
+            let mut r = e.into_response();
+            if let Ok(v) = HeaderValue::from_str(&cc) {
+                r.headers_mut().insert(header::CACHE_CONTROL, v);
+            }
+            r
+        }
     }
-    r
+}
+
+fn timing(p: &Playlist) -> Timing {
+    Timing {
+        target_duration: p.target_duration(),
+        part_target: p.params.part_target,
+    }
+}
+
+fn cache_header(answer: Answer, private: bool, t: Timing) -> HeaderValue {
+    HeaderValue::from_str(&caching::cache_control(answer, private, t))
+        .expect("Cache-Control values are ASCII")
 }
 
 async fn serve_inner(
@@ -144,6 +166,7 @@ async fn serve_inner(
     client: std::net::IpAddr,
     uri: &Uri,
     headers: &HeaderMap,
+    public: &mut bool,
 ) -> Result<Response, ApiError> {
     let hls = &app.hls;
     if !hls.enabled {
@@ -183,6 +206,7 @@ async fn serve_inner(
     let stream = pass.stream;
     // Files of a private stream must not sit in shared caches.
     let private = stream.access() != Access::Public;
+    *public = !private;
     let suffix = uri_suffix(&query);
     match file {
         File::Playlist => playlist(app, &stream, &query, &suffix, client, private).await,
@@ -304,9 +328,14 @@ async fn playlist(
         )
         .retry_after(1));
     }
-    let body = {
+    let (body, timing) = {
         let seg = hs.seg.lock();
-        hs.render(&seg, suffix)
+        (hs.render(&seg, suffix), timing(&seg.playlist))
+    };
+    let answer = if blocking {
+        Answer::BlockingPlaylist
+    } else {
+        Answer::Playlist
     };
     hls.metrics.bytes.fetch_add(body.len() as u64, Relaxed);
     Ok((
@@ -316,15 +345,7 @@ async fn playlist(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(PLAYLIST_TYPE),
             ),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(match (private, blocking) {
-                    (false, true) => "max-age=6",
-                    (false, false) => "no-cache",
-                    (true, true) => "private, max-age=6",
-                    (true, false) => "private, no-cache",
-                }),
-            ),
+            (header::CACHE_CONTROL, cache_header(answer, private, timing)),
         ],
         body,
     )
@@ -348,8 +369,8 @@ async fn media(
         .get(stream, false)
         .filter(|hs| hs.session == session)
         .ok_or_else(|| gone("this HLS session"))?;
-    let hold = Duration::from_secs_f64(3.0 * hs.seg.lock().playlist.target_duration() as f64)
-        .max(MIN_HOLD);
+    let timing = timing(&hs.seg.lock().playlist);
+    let hold = Duration::from_secs_f64(3.0 * timing.target_duration as f64).max(MIN_HOLD);
     let deadline = Instant::now() + hold;
     let chunks: Vec<Bytes> = match file {
         File::Init { id, .. } => {
@@ -424,11 +445,7 @@ async fn media(
     // files are for the viewer's own cache only.
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static(if private {
-            "private, max-age=86400"
-        } else {
-            "max-age=86400, immutable"
-        }),
+        cache_header(Answer::Media, private, timing),
     );
     Ok(r)
 }

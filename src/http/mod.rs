@@ -128,4 +128,8 @@ pub fn cors() -> CorsLayer {
             header::LINK,
             HeaderName::from_static("accept-patch"),
         ])
+        // Every answer is the same for every origin (`*`, fixed lists), so
+        // none varies with the request's CORS headers: a `Vary: origin`
+        // would split a CDN's cache of LL-HLS between browsers and others.
+        .vary(Vec::<HeaderName>::new())
 }

@@ -11,6 +11,7 @@
 //! cache so the first playlist has parts at once, and stops after
 //! `hls.idle_timeout_secs` without requests: idle servers mux nothing.
 
+pub mod caching;
 pub mod fmp4;
 pub mod playlist;
 pub mod segmenter;
