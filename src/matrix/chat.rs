@@ -674,7 +674,12 @@ impl Matrix {
             return Err(GuestError::NoChat);
         };
         // Encrypted rooms cannot be read; a lost room has no chat to post to.
-        if room.encrypted || self.hub.get(stream).is_some_and(|s| s.room_lost().is_some()) {
+        if room.encrypted
+            || self
+                .hub
+                .get(stream)
+                .is_some_and(|s| s.room_lost().is_some())
+        {
             return Err(GuestError::NoChat);
         }
         let state = self

@@ -39,6 +39,13 @@ async fn create(
     let body = session::read_offer(&headers, body, app.config.http.max_body_bytes).await?;
     // The offer is checked before anything shared is touched.
     let offer = session::offer_text(&body)?;
+    // Another node's relay pull is never relayed further (no loops); a
+    // viewer at a node without the publisher makes the node pull the stream.
+    if !crate::http::cluster_relay::is_relay_request(&app, &uri, &headers)?
+        && let Some(cluster) = &app.cluster
+    {
+        cluster.prepare_viewer(&name).await;
+    }
     let req = HttpRequest::new(&app, &uri, &headers, peer, tls.is_some_and(|t| t.0.0));
     let facts = ViewerFacts {
         stream: name.clone(),
