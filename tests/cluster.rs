@@ -163,6 +163,58 @@ fn forged_pull(server: &Server, offer: &str) -> HttpResponse {
     .unwrap()
 }
 
+/// Failover: the origin is SIGKILLed, the publisher comes back on another
+/// node, and the edge's viewer keeps its PeerConnection and decodes the new
+/// publisher's frames (the edge re-pulls from the new origin).
+#[test]
+fn an_edge_re_pulls_when_the_origin_dies_and_the_publisher_moves() {
+    let _serial = serial();
+    let pg = Postgres::start();
+    let spec = ClusterSpec::new(pg.create_database("cluster_failover"));
+    let a = spec.start_node("a");
+    let b = spec.start_node("b");
+    let c = spec.start_node("c");
+    wait_alive_nodes(&c, &["a", "b", "c"], CLUSTER_TIMEOUT);
+    let mut ffmpeg = Publisher::ffmpeg(&a.publish_url(STREAM), FfmpegOpts::default());
+    a.wait_live(STREAM, LIVE_TIMEOUT);
+    wait_origin(&c, STREAM, "a", CLUSTER_TIMEOUT);
+    let mut viewer = aiortc_viewer(
+        &c.whep_url(STREAM),
+        ViewerOpts {
+            duration_s: Some(120.0),
+            ..ViewerOpts::default()
+        },
+    );
+    let frames = |v: &serde_json::Value| v["video_frames"].as_u64().unwrap_or(0);
+    viewer.wait_for("frames from A on C", MEDIA_TIMEOUT, |v| {
+        v["type"] == "progress" && frames(v) >= 30
+    });
+
+    a.signal("KILL");
+    let killed = std::time::Instant::now();
+    ffmpeg.kill();
+    let before = viewer.last_of("progress").map_or(0, |v| frames(&v));
+    let _ffmpeg_b = Publisher::ffmpeg(&b.publish_url(STREAM), FfmpegOpts::default());
+    b.wait_live(STREAM, LIVE_TIMEOUT);
+    wait_origin(&c, STREAM, "b", CLUSTER_TIMEOUT);
+    let from = viewer.cursor();
+    viewer.wait_for_from(from, "frames from B's publisher on C", MEDIA_TIMEOUT, |v| {
+        v["type"] == "progress" && frames(v) >= before + 30
+    });
+    println!(
+        "origin SIGKILLed → the new publisher's frames decoded on the edge after {:.1} s (ffmpeg restart included)",
+        killed.elapsed().as_secs_f64()
+    );
+    let r = viewer.stop(MEDIA_TIMEOUT);
+    println!("aiortc viewer on C: {r}");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        r["connection_states"],
+        serde_json::json!(["connecting", "connected", "closed"]),
+        "the viewer's PeerConnection stayed connected until it left: {r}"
+    );
+}
+
 /// Not a test: the latency a relay hop adds (bench/cluster_relay.sh runs
 /// it). One process watches the stream on A (the origin) and on B (through
 /// B's pull) at once and matches video RTP payloads by their bytes.
