@@ -31,6 +31,8 @@ use super::auth::{self, NodeAuth};
 
 /// The origin must answer the WHEP POST within this.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest WHEP answer read from an origin (answers are a few KB).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// ICE + DTLS with the origin within this, or the pull is given up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Nothing from the origin for this long: it is gone.
@@ -313,10 +315,22 @@ impl Pull {
             .get("location")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp
-            .text()
+        // The answer is read with a byte cap, like every body from the network.
+        let mut resp = resp;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| PullError::Http(e.to_string()))?;
+            .map_err(|e| PullError::Http(e.to_string()))?
+        {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(PullError::Http(format!(
+                    "answer over {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let body = String::from_utf8_lossy(&bytes).into_owned();
         if status != 201 {
             return Err(PullError::Refused {
                 status,
