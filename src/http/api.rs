@@ -62,6 +62,7 @@ async fn get_stream(
         client: super::client_addr(peer.ip(), &headers, &app.config.http.trusted_proxies),
         token: token(&headers, &uri),
         attempt: None,
+        relay: false,
     };
     let pass = app.admission.admit_viewer(facts, Purpose::Look).await?;
     Ok(Json(pass.stream.snapshot()))

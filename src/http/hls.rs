@@ -183,6 +183,7 @@ async fn serve_inner(
         client,
         token: token_from(headers, uri.query()),
         attempt: None,
+        relay: false,
     };
     let pass = app.admission.admit_viewer(facts, Purpose::Hls).await?;
     let stream = pass.stream;

@@ -289,6 +289,7 @@ impl Ctx {
             client: req.client(),
             token: token_from(&self.headers, self.uri.query()),
             attempt: Some(req.attempt(&self.stream, false, ["ws", "wss"])),
+            relay: false,
         };
         let mut pass = self
             .app
