@@ -64,6 +64,9 @@ pub struct Config {
     pub hls: HlsConfig,
     /// Caps and timeouts of every TCP listener (HTTP(S), RTMP(S), OME, ICE-TCP).
     pub connections: ConnectionsConfig,
+    /// Cluster mode (PostgreSQL only): several nodes share one database and
+    /// relay streams to each other over WHEP. Absent: one process, as before.
+    pub cluster: Option<ClusterConfig>,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -792,6 +795,9 @@ impl Config {
                 ),
             ));
         }
+        if let Some(c) = &self.cluster {
+            c.validate(db)?;
+        }
         Ok(())
     }
 
@@ -1184,5 +1190,49 @@ mod matrix_tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("matrix.max_streams_per_user"), "{e}");
+    }
+}
+
+/// Shortest `cluster.secret` accepted: it signs node-to-node requests.
+pub const MIN_CLUSTER_SECRET_LEN: usize = 32;
+
+/// `[cluster]`: this node's place in a cluster of roomcast nodes sharing one
+/// PostgreSQL database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster (a-z, 0-9, '-', '_').
+    pub node_id: String,
+    /// Where the other nodes reach this node's HTTP listener
+    /// (e.g. `http://10.0.0.5:8080`): edges pull streams from it over WHEP.
+    pub internal_url: String,
+    /// Shared by every node: signs node-to-node requests (HMAC-SHA256).
+    pub secret: String,
+}
+
+impl ClusterConfig {
+    fn validate(&self, database_url: &str) -> Result<(), ConfigError> {
+        if crate::store::Backend::of(database_url) != Some(crate::store::Backend::Postgres) {
+            return Err(invalid(
+                "cluster",
+                format!(
+                    "cluster mode needs PostgreSQL, and storage.database_url is '{}': every node must use the same postgres://USER:PASSWORD@HOST/DB (SQLite is one process only)",
+                    crate::store::redact_url(database_url)
+                ),
+            ));
+        }
+        if let Err(reason) = validate_stream_name(&self.node_id) {
+            return Err(invalid("cluster.node_id", reason));
+        }
+        http_url("cluster.internal_url", &self.internal_url)?;
+        if self.secret.chars().count() < MIN_CLUSTER_SECRET_LEN {
+            return Err(invalid(
+                "cluster.secret",
+                format!(
+                    "too short; use at least {MIN_CLUSTER_SECRET_LEN} random characters, the same on every node"
+                ),
+            ));
+        }
+        Ok(())
     }
 }

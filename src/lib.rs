@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod egress;
 pub mod http;

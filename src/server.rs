@@ -69,6 +69,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         keys.set(&row.name, &row.key_hash);
     }
 
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let cluster = crate::cluster::Cluster::new(c, store.clone(), hub.clone());
+            cluster.join().await.context("joining the cluster")?;
+            Some(cluster)
+        }
+        None => None,
+    };
+
     let (engine, rtc_bound) = Engine::start(&config.webrtc, limits, shutdown.clone()).await?;
     listeners.push(rtc_bound.tcp_task);
     log_listening("webrtc-udp", rtc_bound.udp);
@@ -189,6 +198,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let hls = crate::egress::hls::Hls::new(&config.hls, hub.clone());
     hls.spawn();
+    if let Some(c) = &cluster {
+        // LL-HLS requests keep an edge's pull as WebRTC viewers do.
+        let hls = hls.clone();
+        c.set_demand(Box::new(move |stream| hls.is_muxing(stream)));
+    }
     let admission = {
         let (hub2, hls2) = (hub.clone(), hls.clone());
         let tokens = matrix
@@ -227,6 +241,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         hls,
         resources: crate::http::webrtc::resources::Resources::new(engine.clone()),
         shutdown: shutdown.clone(),
+        cluster,
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];
@@ -325,7 +340,12 @@ async fn stop(app: &App, listeners: Vec<JoinHandle<()>>, grace: Duration) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    tokio::join!(drain_listeners, drain_outbox, sessions_gone);
+    let leave_cluster = async {
+        if let Some(c) = &app.cluster {
+            c.leave().await;
+        }
+    };
+    tokio::join!(drain_listeners, drain_outbox, sessions_gone, leave_cluster);
     app.store.close().await;
 }
 

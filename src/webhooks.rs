@@ -113,6 +113,10 @@ pub fn spawn(hub: &Arc<Hub>, hooks: &[WebhookConfig], public_base: &str) {
             {
                 continue;
             }
+            // A cluster relay: the origin node announces the stream.
+            if hub.get(stream).is_some_and(|s| s.is_relayed()) {
+                continue;
+            }
             let title = hub
                 .get(stream)
                 .map_or_else(|| stream.clone(), |s| s.title());

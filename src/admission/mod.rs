@@ -70,6 +70,9 @@ pub enum Grounds {
     Public,
     /// A viewer token for the stream, valid until its expiry.
     Token,
+    /// Another cluster node's relay pull (its `cluster.secret` token was
+    /// verified by the HTTP layer): that node admits its own viewers.
+    Cluster,
 }
 
 /// The facts of a request, as the HTTP layer read them.
@@ -81,6 +84,9 @@ pub struct ViewerFacts {
     pub token: Option<String>,
     /// For the gate (media only).
     pub attempt: Option<Attempt>,
+    /// An authenticated relay pull of another cluster node (set only after
+    /// the cluster token verified).
+    pub relay: bool,
 }
 
 /// An admitted viewer.
@@ -239,8 +245,9 @@ impl Admission {
                 .check(facts.client, Instant::now())
                 .map_err(Refusal::RateLimited)?;
         }
+        let relay = facts.relay;
         let (name, mut expires_at, ticket) = match facts.attempt {
-            Some(a) if purpose == Purpose::WebRtc => {
+            Some(a) if purpose == Purpose::WebRtc && !relay => {
                 let p = self.gate.admit_play(a).await?;
                 (p.stream, p.expires_at, p.ticket)
             }
@@ -250,7 +257,11 @@ impl Admission {
             .hub
             .get(&name)
             .ok_or_else(|| Refusal::UnknownStream(name.clone()))?;
-        let (grounds, token_expiry, member) = self.access_of(&stream, facts.token.as_deref())?;
+        let (grounds, token_expiry, member) = if relay {
+            (Grounds::Cluster, None, None)
+        } else {
+            self.access_of(&stream, facts.token.as_deref())?
+        };
         let revoked = member.as_ref().map(|user| {
             let flag = Arc::new(AtomicBool::new(false));
             let mut passes = self.member_passes.lock();

@@ -62,6 +62,7 @@ async fn get_stream(
         client: super::client_addr(peer.ip(), &headers, &app.config.http.trusted_proxies),
         token: token(&headers, &uri),
         attempt: None,
+        relay: false,
     };
     let pass = app.admission.admit_viewer(facts, Purpose::Look).await?;
     Ok(Json(pass.stream.snapshot()))
@@ -133,6 +134,9 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         u8::from(app.store.health().is_ok())
     );
     app.engine.metrics.render(&mut out);
+    if let Some(c) = &app.cluster {
+        c.render_metrics(&mut out);
+    }
     app.hls.render_metrics(&mut out);
     crate::listener::render_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

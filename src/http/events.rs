@@ -196,6 +196,7 @@ pub async fn stream_events(
         client: super::client_addr(peer.ip(), &headers, &app.config.http.trusted_proxies),
         token: crate::http::extract::token_from(&headers, uri.query()),
         attempt: None,
+        relay: false,
     };
     let pass = app.admission.admit_viewer(facts, Purpose::Look).await?;
     let stream = pass.stream.clone();

@@ -195,12 +195,18 @@ async fn serve_inner(
             "this server admits viewers by signed URL or webhook, which HLS cannot check per segment; watch over WebRTC",
         ));
     }
+    // At a cluster node without the publisher: pull the stream first (the
+    // pull stays while HLS is requested, see Cluster::set_demand).
+    if let Some(cluster) = &app.cluster {
+        cluster.prepare_viewer(name).await;
+    }
     // Streams of private Matrix rooms need a viewer token, for every file.
     let facts = ViewerFacts {
         stream: name.to_string(),
         client,
         token: token_from(headers, uri.query()),
         attempt: None,
+        relay: false,
     };
     let pass = app.admission.admit_viewer(facts, Purpose::Hls).await?;
     let stream = pass.stream;

@@ -7,6 +7,8 @@
 //! services (admission, engine, hub, Matrix), and turn answers into responses.
 
 mod api;
+mod cluster;
+pub mod cluster_relay;
 pub mod error;
 mod events;
 pub mod extract;
@@ -56,6 +58,8 @@ pub struct App {
     pub resources: webrtc::resources::Resources,
     /// Triggered on SIGTERM/SIGINT: long-lived responses (SSE) end on it.
     pub shutdown: crate::listener::Shutdown,
+    /// Cluster mode (`[cluster]`): node registry, origins, edge relays.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -67,7 +71,8 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(webrtc::whep::routes())
         .merge(hls::routes())
         .merge(webrtc::whip::routes())
-        .merge(matrix::api::routes());
+        .merge(matrix::api::routes())
+        .merge(cluster::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());
     }

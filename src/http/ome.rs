@@ -279,12 +279,17 @@ impl Ctx {
                 "publishing over WebSocket signalling is not supported; publish with WHIP: POST to this URL with ?direction=whip",
             ));
         }
+        // At a cluster node without the publisher: pull the stream first.
+        if let Some(cluster) = &self.app.cluster {
+            cluster.prepare_viewer(&self.stream).await;
+        }
         let req = HttpRequest::new(&self.app, &self.uri, &self.headers, self.peer, self.tls);
         let facts = ViewerFacts {
             stream: self.stream.clone(),
             client: req.client(),
             token: token_from(&self.headers, self.uri.query()),
             attempt: Some(req.attempt(&self.stream, false, ["ws", "wss"])),
+            relay: false,
         };
         let mut pass = self
             .app

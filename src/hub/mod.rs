@@ -230,6 +230,8 @@ pub enum IngestProtocol {
     Rtmp,
     Rtmps,
     Whip,
+    /// Pulled from the stream's origin on another cluster node (src/cluster).
+    Relay,
 }
 
 struct PublisherState {
@@ -258,6 +260,8 @@ struct StreamState {
     /// Times the stream went live (see [`ControlState::live_sessions`]).
     live_sessions: u64,
     room_lost: Option<RoomLost>,
+    /// The protocol of the current or, while offline, the last publisher.
+    last_protocol: Option<IngestProtocol>,
 }
 
 #[derive(Clone)]
@@ -358,6 +362,7 @@ impl Hub {
                         last_keyframe_request: None,
                         live_sessions: 0,
                         room_lost: None,
+                        last_protocol: None,
                     }),
                     fanout: Mutex::new(Fanout {
                         next_index: 0,
@@ -411,6 +416,7 @@ impl Hub {
             st.stats = StreamStats::default();
             st.timeline.new_publisher();
             st.keyframe_requester = None;
+            st.last_protocol = Some(protocol);
             if !took_over {
                 st.live_sessions += 1;
             }
@@ -695,6 +701,31 @@ impl Stream {
             r
         };
         requester();
+        true
+    }
+
+    /// Whether the current (or, offline, the last) publisher is a cluster
+    /// relay pull: the stream is published on another node, which announces
+    /// it (webhooks, notices); this node only serves its viewers.
+    pub fn is_relayed(&self) -> bool {
+        self.state.lock().last_protocol == Some(IngestProtocol::Relay)
+    }
+
+    /// Ends the current publisher, as a takeover does (a publisher on another
+    /// cluster node took the stream): its handle is refused from now on and
+    /// the stream goes offline. Returns whether there was one.
+    pub fn end_publisher(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.publisher.take().is_none() {
+            return false;
+        }
+        st.keyframe_requester = None;
+        drop(st);
+        self.fanout.lock().clear_gop();
+        self.control_changed();
+        let _ = self.hub_events.send(HubEvent::Offline {
+            stream: self.name.clone(),
+        });
         true
     }
 

@@ -344,7 +344,7 @@ impl Matrix {
     }
 
     fn on_live(self: &Arc<Self>, stream: &str) {
-        if self.room_of_stream(stream).is_none() {
+        if self.room_of_stream(stream).is_none() || self.relayed_here(stream) {
             return;
         }
         let id = self.notices.sessions.lock().went_live(stream, now_ms());
@@ -369,11 +369,20 @@ impl Matrix {
     }
 
     fn on_offline(self: &Arc<Self>, stream: &str) {
+        if self.relayed_here(stream) {
+            return;
+        }
         let Some((id, since)) = self.notices.sessions.lock().went_offline(stream, now_ms()) else {
             return;
         };
         self.notices.changed(stream);
         self.end_after(stream.to_string(), id, since, self.golive_delay());
+    }
+
+    /// A cluster edge's pull of a stream published on another node: that
+    /// node's go-live session announces and ends it, not this one.
+    fn relayed_here(&self, stream: &str) -> bool {
+        self.hub.get(stream).is_some_and(|s| s.is_relayed())
     }
 
     /// Ends session `id` after `wait` unless its stream came back meanwhile.

@@ -4,6 +4,7 @@
 //! backends cannot drift apart; each has its own migrations directory because
 //! their DDL differs (`migrations/sqlite`, `migrations/postgres`).
 
+pub mod cluster;
 pub mod health;
 pub mod matrix;
 

@@ -231,6 +231,11 @@ impl Hls {
         }
     }
 
+    /// Whether `stream` is muxed now (requested within `idle_timeout_secs`).
+    pub fn is_muxing(&self, stream: &str) -> bool {
+        self.streams.lock().contains_key(stream)
+    }
+
     /// Number of streams muxed now.
     pub fn active(&self) -> usize {
         self.streams.lock().len()

@@ -38,6 +38,7 @@ pub async fn chat_media(
         client: crate::http::client_addr(peer.ip(), &headers, &app.config.http.trusted_proxies),
         token: crate::http::extract::token_from(&headers, uri.query()),
         attempt: None,
+        relay: false,
     };
     app.admission.admit_viewer(facts, Purpose::Look).await?;
     let img = matrix

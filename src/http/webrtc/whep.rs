@@ -39,12 +39,19 @@ async fn create(
     let body = session::read_offer(&headers, body, app.config.http.max_body_bytes).await?;
     // The offer is checked before anything shared is touched.
     let offer = session::offer_text(&body)?;
+    // Another node's relay pull is never relayed further (no loops); a
+    // viewer at a node without the publisher makes the node pull the stream.
+    let relay = crate::http::cluster_relay::is_relay_request(&app, &uri, &headers)?;
+    if !relay && let Some(cluster) = &app.cluster {
+        cluster.prepare_viewer(&name).await;
+    }
     let req = HttpRequest::new(&app, &uri, &headers, peer, tls.is_some_and(|t| t.0.0));
     let facts = ViewerFacts {
         stream: name.clone(),
         client: req.client(),
         token: token_from(&headers, uri.query()),
         attempt: Some(req.attempt(&name, false, ["http", "https"])),
+        relay,
     };
     let mut pass = app.admission.admit_viewer(facts, Purpose::WebRtc).await?;
     let name = pass.stream.name.clone();
