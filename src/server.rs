@@ -326,6 +326,9 @@ async fn stop(app: &App, listeners: Vec<JoinHandle<()>>, grace: Duration) {
         }
     };
     tokio::join!(drain_listeners, drain_outbox, sessions_gone);
+    if let Some(m) = &app.matrix {
+        m.release_claims().await;
+    }
     app.store.close().await;
 }
 

@@ -6,6 +6,7 @@
 
 pub mod health;
 pub mod matrix;
+pub mod matrix_leases;
 
 use std::path::PathBuf;
 use std::sync::Arc;
