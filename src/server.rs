@@ -171,7 +171,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 urls,
             )
             .await
-            .context("matrix")?;
+            .context("matrix")?
+            .with_http_listen(config.http.listen);
             Some(Arc::new(m))
         }
         None => None,

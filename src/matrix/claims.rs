@@ -75,6 +75,21 @@ impl Claims {
         }
     }
 
+    /// The node's name: its host and HTTP listen address when the port is
+    /// fixed, so a process restarted after a crash is the same node and
+    /// takes its own leases back at once instead of waiting for them to
+    /// lapse (two processes cannot listen on one address of one host).
+    /// With port 0 the random name stays.
+    fn named_after(&mut self, listen: std::net::SocketAddr) {
+        if listen.port() == 0 {
+            return;
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        self.node = format!("{host}@{listen}");
+    }
+
     /// Other processes may share the database: claim before acting.
     pub fn shared(&self) -> bool {
         self.shared
@@ -90,6 +105,13 @@ fn room_key(room: &str) -> String {
 }
 
 impl Matrix {
+    /// Names this node after its host and HTTP listen address (see
+    /// [`Claims::named_after`]); before [`Matrix::spawn`].
+    pub fn with_http_listen(mut self, listen: std::net::SocketAddr) -> Self {
+        self.claims.named_after(listen);
+        self
+    }
+
     /// Takes (or keeps) the right to process `room`'s inbox. On SQLite always.
     pub(super) async fn claim_room(&self, room: &str) -> Result<bool, StoreError> {
         if !self.claims.shared() {
@@ -196,6 +218,24 @@ impl Matrix {
     pub(super) async fn orphan_sessions(&self) -> Result<Vec<GoliveRow>, StoreError> {
         let long_ago = now_ms() - 2 * ttl_ms();
         let mut mine = Vec::new();
+        self.orphans_into(&mut mine, long_ago).await?;
+        Ok(mine)
+    }
+
+    /// At start-up: this node's own sessions (it was restarted under the
+    /// same name) and those of nodes that stopped.
+    pub(super) async fn sessions_at_start(&self) -> Result<Vec<GoliveRow>, StoreError> {
+        let mut mine = self.store.node_golive_sessions(self.claims.node()).await?;
+        self.orphans_into(&mut mine, now_ms() - 2 * ttl_ms())
+            .await?;
+        Ok(mine)
+    }
+
+    async fn orphans_into(
+        &self,
+        mine: &mut Vec<GoliveRow>,
+        long_ago: i64,
+    ) -> Result<(), StoreError> {
         for (row, owner_lapsed) in self
             .store
             .orphan_golive_sessions(self.claims.node())
@@ -211,7 +251,7 @@ impl Matrix {
                 mine.push(row);
             }
         }
-        Ok(mine)
+        Ok(())
     }
 
     /// Continues the sessions of nodes that stopped (see [`Self::orphan_sessions`]).

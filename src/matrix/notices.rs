@@ -336,7 +336,7 @@ impl Matrix {
         let mut delay = Duration::from_secs(1);
         let rows = loop {
             let rows = if self.claims.shared() {
-                self.orphan_sessions().await
+                self.sessions_at_start().await
             } else {
                 self.store.golive_sessions().await
             };

@@ -188,6 +188,23 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// The go-live sessions `node` owns (it restarted under the same name).
+    pub async fn node_golive_sessions(&self, node: &str) -> Result<Vec<GoliveRow>, StoreError> {
+        let all = self.golive_sessions().await?;
+        let rows = sqlx::query("SELECT stream FROM matrix_golive_sessions WHERE node = $1")
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut streams = Vec::with_capacity(rows.len());
+        for r in rows {
+            streams.push(r.try_get::<String, _>("stream")?);
+        }
+        Ok(all
+            .into_iter()
+            .filter(|s| streams.contains(&s.stream))
+            .collect())
+    }
+
     /// Forgets leases that lapsed long ago (each process has its own node id).
     pub async fn prune_leases(&self, older_than_ms: i64) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM matrix_leases WHERE expires_ms < $1")
