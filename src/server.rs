@@ -180,7 +180,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 urls,
             )
             .await
-            .context("matrix")?;
+            .context("matrix")?
+            .with_node_name(
+                config.cluster.as_ref().map(|c| c.node_id.as_str()),
+                config.http.listen,
+            );
             Some(Arc::new(m))
         }
         None => None,
@@ -346,6 +350,9 @@ async fn stop(app: &App, listeners: Vec<JoinHandle<()>>, grace: Duration) {
         }
     };
     tokio::join!(drain_listeners, drain_outbox, sessions_gone, leave_cluster);
+    if let Some(m) = &app.matrix {
+        m.release_claims().await;
+    }
     app.store.close().await;
 }
 

@@ -16,6 +16,8 @@
 //! - `resync` — room state re-read at start-up and after an outage
 //! - `upgrades` — room upgrades: streams follow the tombstone
 //! - `notices` — go-live notices and stream state events through a durable outbox
+//! - `claims` — several processes on one PostgreSQL database: room, outbox
+//!   and node leases, go-live sessions owned by the publisher's node
 //! - `chat` — chat relay to the SSE feed and guests posting through puppets
 //! - `access` — viewer access to streams of private rooms (OpenID, signed links)
 //! - `api` — the HTTP API the pages use (guests, chat, access, rooms)
@@ -24,6 +26,7 @@ pub mod access;
 mod bridge_info;
 pub mod chat;
 pub mod chat_view;
+mod claims;
 pub mod client;
 pub mod commands;
 mod decisions;
@@ -128,6 +131,8 @@ pub struct Matrix {
     /// DM rooms already told that encrypted messages cannot be read.
     told_encrypted: Mutex<HashSet<String>>,
     notices: notices::Notices,
+    /// Leases when other processes share the database (claims.rs).
+    claims: claims::Claims,
     pub tokens: access::ViewerTokens,
     /// `[matrix.permissions]`, resolved.
     perms: permissions::Permissions,
@@ -178,6 +183,7 @@ impl Matrix {
                 &hex::encode(rand::random::<[u8; 32]>()),
             )
             .await?;
+        let backend = store.backend();
         let m = Matrix {
             cfg: cfg.clone(),
             registration_path: reg_path.display().to_string(),
@@ -194,6 +200,7 @@ impl Matrix {
             chat,
             told_encrypted: Mutex::new(HashSet::new()),
             notices: notices::Notices::default(),
+            claims: claims::Claims::new(backend),
             tokens: access::ViewerTokens::new(&secret),
             perms: cfg.permissions()?,
             // 3 at once, then one every 20 s.
@@ -304,6 +311,8 @@ impl Matrix {
         tokio::spawn(async move { me.resume_inbox().await });
         let me = self.clone();
         tokio::spawn(async move { me.watch_outages().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.keep_claims().await });
     }
 
     async fn connect_loop(self: Arc<Self>) {

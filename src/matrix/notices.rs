@@ -180,6 +180,17 @@ impl Sessions {
         timers
     }
 
+    /// Session `id` belongs to another node (the one with the publisher):
+    /// this one forgets it. True when it was here.
+    fn forget(&mut self, stream: &str, id: &str) -> bool {
+        if self.0.get(stream).is_some_and(|s| s.id == id) {
+            self.0.remove(stream);
+            true
+        } else {
+            false
+        }
+    }
+
     fn row(&self, stream: &str) -> Option<GoliveRow> {
         self.0.get(stream).map(|s| GoliveRow {
             stream: stream.to_string(),
@@ -215,6 +226,48 @@ fn now_ms() -> u64 {
 }
 
 impl Matrix {
+    /// Session `id` of `stream` is another node's: not announced or ended here.
+    pub(super) fn session_elsewhere(&self, stream: &str, id: &str) {
+        if self.notices.sessions.lock().forget(stream, id) {
+            info!(stream = %stream, "matrix: the stream's go-live session belongs to another node");
+        }
+    }
+
+    /// Before announcing: on a shared database the session must be this
+    /// node's (claimed in the database), else it is forgotten here.
+    async fn own_session(&self, stream: &str, id: &str) -> bool {
+        if !self.claims.shared() {
+            return true;
+        }
+        let Some(row) = self.notices.sessions.lock().row(stream) else {
+            return false;
+        };
+        if row.session != id {
+            return false;
+        }
+        match self
+            .store
+            .claim_golive_session(&row, self.claims.node())
+            .await
+        {
+            Ok(true) => true,
+            Ok(false) => {
+                self.session_elsewhere(stream, id);
+                false
+            }
+            // Queuing the notice needs the database too, and retries.
+            Err(e) => {
+                warn!(stream = %stream, "matrix: claiming the go-live session failed: {e}");
+                true
+            }
+        }
+    }
+
+    /// Whether the hub has `stream` live on this node.
+    pub(super) fn live_here(&self, stream: &str) -> bool {
+        self.hub.get(stream).is_some_and(|s| s.control_state().live)
+    }
+
     fn golive_delay(&self) -> Duration {
         Duration::from_millis(self.cfg.golive_delay_ms)
     }
@@ -282,7 +335,12 @@ impl Matrix {
     async fn restore_sessions(self: &Arc<Self>) {
         let mut delay = Duration::from_secs(1);
         let rows = loop {
-            match self.store.golive_sessions().await {
+            let rows = if self.claims.shared() {
+                self.sessions_at_start().await
+            } else {
+                self.store.golive_sessions().await
+            };
+            match rows {
                 Ok(rows) => break rows,
                 Err(e) => {
                     warn!(
@@ -301,6 +359,12 @@ impl Matrix {
             sessions = rows.len(),
             "matrix: go-live sessions from before the restart continue"
         );
+        self.continue_sessions(rows);
+    }
+
+    /// Takes over sessions whose node stopped: each ends unless its
+    /// publisher comes back (here) within the grace.
+    pub(super) fn continue_sessions(self: &Arc<Self>, rows: Vec<GoliveRow>) {
         let timers = self.notices.sessions.lock().restore(rows, now_ms());
         let grace = self.golive_delay().max(RESTART_GRACE);
         for (stream, id, since) in timers {
@@ -323,7 +387,21 @@ impl Matrix {
             for stream in dirty {
                 let row = self.notices.sessions.lock().row(&stream);
                 let r = match &row {
+                    Some(row) if self.claims.shared() => self
+                        .store
+                        .claim_golive_session(row, self.claims.node())
+                        .await
+                        .map(|mine| {
+                            if !mine {
+                                self.session_elsewhere(&stream, &row.session);
+                            }
+                        }),
                     Some(row) => self.store.save_golive_session(row).await,
+                    None if self.claims.shared() => {
+                        self.store
+                            .delete_own_golive_session(&stream, self.claims.node())
+                            .await
+                    }
                     None => self.store.delete_golive_session(&stream).await,
                 };
                 if let Err(e) = r {
@@ -343,8 +421,21 @@ impl Matrix {
         }
     }
 
-    fn on_live(self: &Arc<Self>, stream: &str) {
-        if self.room_of_stream(stream).is_none() || self.relayed_here(stream) {
+    pub(super) fn on_live(self: &Arc<Self>, stream: &str) {
+        if self.relayed_here(stream) {
+            return;
+        }
+        if self.room_of_stream(stream).is_none() {
+            if self.claims.shared() {
+                // Mapped by another node since this one started?
+                let me = self.clone();
+                let stream = stream.to_string();
+                tokio::spawn(async move {
+                    if me.reload_stream(&stream).await && me.room_of_stream(&stream).is_some() {
+                        me.on_live(&stream);
+                    }
+                });
+            }
             return;
         }
         let id = self.notices.sessions.lock().went_live(stream, now_ms());
@@ -356,6 +447,9 @@ impl Matrix {
         let stream = stream.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(me.golive_delay()).await;
+            if !me.own_session(&stream, &id).await {
+                return;
+            }
             let Some(started_ms) = me.notices.sessions.lock().announce_due(&stream, &id) else {
                 return;
             };
@@ -534,7 +628,18 @@ impl Matrix {
 
     pub(super) async fn outbox_loop(self: Arc<Self>) {
         let mut backoff = Duration::from_secs(1);
+        // Other nodes queue too, and do not wake this one: poll.
+        let idle_poll = if self.claims.shared() {
+            super::claims::OUTBOX_POLL
+        } else {
+            Duration::from_secs(30)
+        };
         loop {
+            if !self.claim_outbox().await {
+                // Another node delivers the outbox.
+                tokio::time::sleep(super::claims::OUTBOX_POLL).await;
+                continue;
+            }
             let pending = match self.store.pending_outbox().await {
                 Ok(p) => p,
                 Err(e) => {
@@ -545,12 +650,14 @@ impl Matrix {
             };
             if pending.is_empty() {
                 // Woken by new items (or poll now and then, to be safe).
-                let _ = tokio::time::timeout(Duration::from_secs(30), self.notices.wake.notified())
-                    .await;
+                let _ = tokio::time::timeout(idle_poll, self.notices.wake.notified()).await;
                 continue;
             }
             let mut failed = false;
             for item in pending {
+                if !self.claim_outbox().await {
+                    break;
+                }
                 match self.deliver(&item).await {
                     Ok(event_id) => {
                         backoff = Duration::from_secs(1);
@@ -854,6 +961,16 @@ mod tests {
         gone.restore(vec![row], 50_000);
         let ended = gone.end_due("a", &id, 50_000).expect("ended");
         assert_eq!(ended.id, id);
+    }
+
+    #[test]
+    fn a_session_of_another_node_is_forgotten() {
+        let mut s = Sessions::default();
+        let id = s.went_live("a", 1_000).expect("new session");
+        assert!(!s.forget("a", "other"), "another session: kept");
+        assert!(s.forget("a", &id));
+        assert!(s.row("a").is_none());
+        assert_eq!(s.announce_due("a", &id), None, "not announced here");
     }
 
     #[test]

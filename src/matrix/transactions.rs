@@ -186,18 +186,47 @@ impl Matrix {
         }
     }
 
-    fn start_worker(self: &Arc<Self>, room: String) {
+    pub(super) fn start_worker(self: &Arc<Self>, room: String) {
         if self.txns.wake(&room) {
             let me = self.clone();
             tokio::spawn(async move { me.room_worker(room).await });
         }
     }
 
-    /// Processes a room's inbox in order until it is empty.
+    /// Processes a room's inbox in order until it is empty. With other
+    /// processes on the database (claims.rs) it first takes the room's
+    /// lease, checks it before each event, and gives it back when done; a
+    /// room another node holds is left to that node.
     async fn room_worker(self: Arc<Self>, room: String) {
         let mut delay = FIRST_RETRY;
+        let mut held = false;
         loop {
             let seen = self.txns.wakes(&room);
+            if !held {
+                match self.claim_room(&room).await {
+                    Ok(true) => {
+                        held = true;
+                        if let Err(e) = self.reload_room(&room).await {
+                            warn!(room = %room, "matrix: reading the room failed: {e}");
+                        }
+                    }
+                    // Another node processes the room: it looks at the
+                    // inbox again after giving the room back, so what was
+                    // queued here is not left behind.
+                    Ok(false) => {
+                        if self.txns.idle(&room, seen) {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(room = %room, "matrix: claiming the room failed: {e}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_RETRY);
+                        continue;
+                    }
+                }
+            }
             let batch = match self.store.inbox_batch(&room, BATCH).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -209,12 +238,25 @@ impl Matrix {
             };
             delay = FIRST_RETRY;
             if batch.is_empty() {
+                self.release_room(&room).await;
+                held = false;
                 if self.txns.idle(&room, seen) {
+                    // Another node may have queued events for the room while
+                    // this one held it, and left them to this one.
+                    if self.room_has_events(&room).await && self.txns.wake(&room) {
+                        continue;
+                    }
                     return;
                 }
                 continue;
             }
             for (seq, json) in batch {
+                // The lease may have lapsed (the database was away longer
+                // than its expiry) and another node taken the room over.
+                if self.txns_lost_room(&room).await {
+                    held = false;
+                    break;
+                }
                 let ev = serde_json::from_str::<Ev>(&json);
                 let id = ev
                     .as_ref()
@@ -231,6 +273,13 @@ impl Matrix {
                 self.mark_processed(seq, &id).await;
             }
         }
+    }
+
+    /// Whether this node no longer holds `room` (renewing it on the way).
+    /// A database error counts as still held: processing waits on the
+    /// database anyway, and the heartbeat says whether the lease lapsed.
+    async fn txns_lost_room(&self, room: &str) -> bool {
+        matches!(self.claim_room(room).await, Ok(false))
     }
 
     /// Applies one event, retrying transient failures: the database's until

@@ -582,7 +582,9 @@ impl Store {
     /// Writes a transaction's new events to the inbox and marks the
     /// transaction seen, in one database transaction: once this returns Ok,
     /// the homeserver may forget it. Events processed or queued before (by
-    /// any transaction id) are skipped, so a replay queues nothing.
+    /// any transaction id, in any process on this database) are skipped, so
+    /// a replay queues nothing: on PostgreSQL `matrix_events_done` holds
+    /// every event accepted, queued or processed.
     pub async fn accept_transaction(
         &self,
         txn_id: &str,
@@ -640,6 +642,26 @@ impl Store {
                     out.full.push(ev.room_id.clone());
                 }
                 continue;
+            }
+            // On PostgreSQL the event is marked seen as it is queued: the
+            // unique insert is the claim. Another process accepting the
+            // same event at once (a retry through a load balancer to
+            // another node) waits on this row and then inserts nothing, so
+            // it queues nothing. SQLite has one process, whose accepts its
+            // write lock serialises: the read above is enough, and a
+            // second write per event would slow the room's worker down.
+            if self.backend == super::Backend::Postgres {
+                let claimed = sqlx::query(
+                    "INSERT INTO matrix_events_done (event_id, done_at) VALUES ($1, $2)
+                     ON CONFLICT(event_id) DO NOTHING",
+                )
+                .bind(ev.event_id.as_str())
+                .bind(unix_now())
+                .execute(&mut *tx)
+                .await?;
+                if claimed.rows_affected() == 0 {
+                    continue;
+                }
             }
             let r = sqlx::query(
                 "INSERT INTO matrix_inbox (event_id, room_id, event, received_at)

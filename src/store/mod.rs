@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod health;
 pub mod matrix;
+pub mod matrix_leases;
 
 use std::path::PathBuf;
 use std::sync::Arc;
