@@ -65,7 +65,7 @@ fn room_from(r: AnyRow) -> Result<RoomRow, sqlx::Error> {
     })
 }
 
-fn mapping_from(r: AnyRow) -> Result<MappingRow, sqlx::Error> {
+pub(super) fn mapping_from(r: AnyRow) -> Result<MappingRow, sqlx::Error> {
     Ok(MappingRow {
         stream: r.try_get("stream")?,
         room_id: r.try_get("room_id")?,

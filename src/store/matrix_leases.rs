@@ -89,14 +89,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter()
-            .map(|r| {
-                Ok(MappingRow {
-                    stream: r.try_get("stream")?,
-                    room_id: r.try_get("room_id")?,
-                    slot: r.try_get("slot")?,
-                    owner: r.try_get("owner")?,
-                })
-            })
+            .map(super::matrix::mapping_from)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
