@@ -23,6 +23,8 @@ import tempfile
 import threading
 import time
 
+from capture_server import write_config
+
 KEY = "capture-key-0123456789abcdef"
 
 
@@ -104,24 +106,9 @@ def run_obs(url, log, recorded):
 
 def main(binary, client, out):
     d = tempfile.mkdtemp(prefix="roomcast-rtmp-capture-")
-    with open(f"{d}/config.toml", "w") as f:
-        f.write(f"""[http]
-listen = "127.0.0.1:0"
-[rtmp]
-listen = "127.0.0.1:0"
-[webrtc]
-udp = "127.0.0.1:0"
-tcp = "127.0.0.1:0"
-[ome]
-enabled = false
-[storage]
-database_url = "sqlite://{d}/roomcast.db"
-[[streams]]
-name = "capture"
-key = "{KEY}"
-""")
+    config = write_config(d, KEY)
     log = open(f"{d}/server.log", "w+")
-    server = subprocess.Popen([binary, "serve", "--config", f"{d}/config.toml"],
+    server = subprocess.Popen([binary, "serve", "--config", config],
                               stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.time() + 30

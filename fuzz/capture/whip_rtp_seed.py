@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from capture_server import write_config
+
 KEY = "capture-key-0123456789abcdef"
 INDEX = {"H264": 0, "VP8": 1, "VP9": 2, "AV1": 3}
 AUDIO_PT = 111  # Chromium's Opus
@@ -30,25 +32,10 @@ LINE = re.compile(r"rtp_capture: pt=(\d+) seq=(\d+) time=(\d+) marker=(true|fals
 
 def main(binary, node_dir, out, codec="AV1"):
     d = tempfile.mkdtemp(prefix="roomcast-whip-capture-")
-    with open(f"{d}/config.toml", "w") as f:
-        f.write(f"""[http]
-listen = "127.0.0.1:0"
-[rtmp]
-listen = "127.0.0.1:0"
-[webrtc]
-udp = "127.0.0.1:0"
-tcp = "127.0.0.1:0"
-[ome]
-enabled = false
-[storage]
-database_url = "sqlite://{d}/roomcast.db"
-[[streams]]
-name = "capture"
-key = "{KEY}"
-""")
+    config = write_config(d, KEY)
     log = open(f"{d}/server.log", "w+")
     env = dict(os.environ, ROOMCAST_LOG="info,str0m=warn,rtp_capture=trace", NO_COLOR="1")
-    server = subprocess.Popen([binary, "serve", "--config", f"{d}/config.toml"],
+    server = subprocess.Popen([binary, "serve", "--config", config],
                               stdout=log, stderr=log, env=env)
     try:
         deadline = time.time() + 30
