@@ -3,7 +3,7 @@
 #
 # On a fresh Debian 12 machine (as root, or with sudo) it installs what the
 # tests need and is missing — Debian packages (ffmpeg, chromium, firefox-esr, libopus-dev,
-# pkg-config, cmake, openssl), a Python venv at .venv with aiortc and marionette-driver (tests/py/requirements.txt,
+# pkg-config, cmake, openssl, nginx), a Python venv at .venv with aiortc and marionette-driver (tests/py/requirements.txt,
 # wheels only), playwright-core, matrix-widget-api and ovenplayer in tests/browser
 # (npm ci; it drives Debian's Chromium, no browser download) — then runs
 #     cargo clippy --all-targets -- -D warnings
@@ -38,6 +38,8 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 # The TLS tests make certificates and read the served one with openssl.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# tests/hls_cdn.rs runs the documented nginx proxy_cache config (its own process).
+[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 # The storage tests run a private PostgreSQL cluster (initdb + postgres).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
