@@ -293,6 +293,18 @@ impl Admission {
         })
     }
 
+    /// Whether `token` may watch `name`, checked before anything costly is
+    /// done for the request: a cluster node without the publisher pulls the
+    /// stream from its origin for a viewer, and a private stream's viewer
+    /// without a valid token must not make it pull. An unknown stream passes
+    /// here; [`Admission::admit_viewer`] refuses it.
+    pub fn check_access(&self, name: &str, token: Option<&str>) -> Result<(), Refusal> {
+        match self.hub.get(name) {
+            Some(stream) => self.access_of(&stream, token).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// May a request with `token` see `stream` at all (listings, pages)?
     pub fn may_see(&self, stream: &Stream, token: Option<&str>) -> bool {
         self.access_of(stream, token).is_ok()

@@ -198,6 +198,9 @@ async fn serve_inner(
     // At a cluster node without the publisher: pull the stream first (the
     // pull stays while HLS is requested, see Cluster::set_demand).
     if let Some(cluster) = &app.cluster {
+        // A player without access makes no pull.
+        let token = token_from(headers, uri.query());
+        app.admission.check_access(name, token.as_deref())?;
         cluster.prepare_viewer(name).await;
     }
     // Streams of private Matrix rooms need a viewer token, for every file.

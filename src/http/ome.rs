@@ -281,6 +281,15 @@ impl Ctx {
         }
         // At a cluster node without the publisher: pull the stream first.
         if let Some(cluster) = &self.app.cluster {
+            // A viewer without access makes no pull.
+            let token = token_from(&self.headers, self.uri.query());
+            self.app
+                .admission
+                .check_access(&self.stream, token.as_deref())
+                .map_err(|r| {
+                    let e = ApiError::from(r);
+                    ProtocolError::new(e.status.as_u16(), e.message)
+                })?;
             cluster.prepare_viewer(&self.stream).await;
         }
         let req = HttpRequest::new(&self.app, &self.uri, &self.headers, self.peer, self.tls);

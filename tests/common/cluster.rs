@@ -28,18 +28,22 @@ impl ClusterSpec {
     /// Starts node `id` on a free port (its internal URL must be known
     /// before it starts, so the port is picked here).
     pub fn start_node(&self, id: &str) -> Server {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("127.0.0.1:{}", free_port());
         Server::start_with(ServerOpts {
             http_listen: Some(listen.clone()),
             database_url: Some(self.database_url.clone()),
             streams: self.streams.clone(),
-            extra_toml: format!(
-                "[cluster]\nnode_id = \"{id}\"\ninternal_url = \"http://{listen}\"\nsecret = \"{}\"\n",
-                self.secret
-            ),
+            extra_toml: self.section(id, &listen),
             ..ServerOpts::default()
         })
+    }
+
+    /// The `[cluster]` section of node `id` listening on `listen` (host:port).
+    pub fn section(&self, id: &str, listen: &str) -> String {
+        format!(
+            "[cluster]\nnode_id = \"{id}\"\ninternal_url = \"http://{listen}\"\nsecret = \"{}\"\n",
+            self.secret
+        )
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::cluster::ClusterSpec;
 use super::synapse::{SERVER_NAME, Synapse};
 use super::{
     Lines, Server, ServerOpts, TempDir, drain, http, random_hex, roomcast_bin, wait_until,
@@ -46,28 +47,46 @@ pub struct MatrixEnv {
     pub database_url: Option<String>,
     /// Extra environment for roomcast (test hooks), from the next start.
     pub server_env: Vec<(String, String)>,
+    /// Sections after `[matrix]` (a `[cluster]`), from the next start.
+    pub extra_toml: String,
 }
 
 impl MatrixEnv {
     /// Writes the registration with `roomcast registration`, starts Synapse
     /// with it, then roomcast, and waits until roomcast pinged Synapse.
     pub fn start(matrix_extra: &str) -> MatrixEnv {
-        MatrixEnv::start_inner(matrix_extra, false, None)
+        MatrixEnv::start_inner(matrix_extra, false, None, None)
     }
 
     /// Like [`MatrixEnv::start`], with roomcast's state in this database.
     pub fn start_with_database(matrix_extra: &str, database_url: Option<String>) -> MatrixEnv {
-        MatrixEnv::start_inner(matrix_extra, false, database_url)
+        MatrixEnv::start_inner(matrix_extra, false, database_url, None)
+    }
+
+    /// Like [`MatrixEnv::start`], roomcast being cluster node `node_id` of
+    /// `spec` (its database, its secret).
+    pub fn start_clustered(matrix_extra: &str, spec: &ClusterSpec, node_id: &str) -> MatrixEnv {
+        MatrixEnv::start_inner(
+            matrix_extra,
+            false,
+            Some(spec.database_url.clone()),
+            Some((spec, node_id)),
+        )
     }
 
     /// Like [`MatrixEnv::start`], with roomcast's `public_url` set to its real
     /// address, so the widget URL and links the bot writes into rooms open in a
     /// browser.
     pub fn start_browsable(matrix_extra: &str) -> MatrixEnv {
-        MatrixEnv::start_inner(matrix_extra, true, None)
+        MatrixEnv::start_inner(matrix_extra, true, None, None)
     }
 
-    fn start_inner(matrix_extra: &str, browsable: bool, database_url: Option<String>) -> MatrixEnv {
+    fn start_inner(
+        matrix_extra: &str,
+        browsable: bool,
+        database_url: Option<String>,
+        cluster: Option<(&ClusterSpec, &str)>,
+    ) -> MatrixEnv {
         let state = TempDir::new("roomcast-mx");
         // Held until Synapse has its port, so the two never get the same one.
         let hold = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -97,6 +116,9 @@ impl MatrixEnv {
             browsable,
             database_url,
             server_env: Vec::new(),
+            extra_toml: cluster
+                .map(|(spec, id)| spec.section(id, &format!("127.0.0.1:{http_port}")))
+                .unwrap_or_default(),
         };
         env.start_roomcast();
         env
@@ -115,16 +137,43 @@ impl MatrixEnv {
                 .then(|| format!("http://127.0.0.1:{}", self.http_port)),
             database_url: self.database_url.clone(),
             env: self.server_env.clone(),
-            extra_toml: format!(
-                "[matrix]\nhomeserver_url = \"{}\"\nserver_name = \"{SERVER_NAME}\"\nregistration = \"{}\"\n{}\n",
-                self.synapse.base_url(),
-                self.registration.display(),
-                self.matrix_extra
-            ),
+            extra_toml: self.matrix_section() + &self.extra_toml,
             ..ServerOpts::default()
         });
         server.wait_for_log("matrix: connected to the homeserver", MX_TIMEOUT);
         self.server = Some(server);
+    }
+
+    /// The `[matrix]` section every roomcast of this environment has.
+    fn matrix_section(&self) -> String {
+        format!(
+            "[matrix]\nhomeserver_url = \"{}\"\nserver_name = \"{SERVER_NAME}\"\nregistration = \"{}\"\n{}\n",
+            self.synapse.base_url(),
+            self.registration.display(),
+            self.matrix_extra
+        )
+    }
+
+    /// Another roomcast on the same database and registration (a second
+    /// node behind a load balancer), on `http_listen` if given, with
+    /// `extra_toml` (a `[cluster]`) after its `[matrix]` section. Synapse's
+    /// registration still points at this environment's roomcast.
+    pub fn start_other_node(
+        &self,
+        http_listen: Option<String>,
+        extra_toml: &str,
+    ) -> (TempDir, Server) {
+        let state = TempDir::new("roomcast-mx-node");
+        let server = Server::start_with(ServerOpts {
+            streams: vec![],
+            http_listen,
+            state_dir: Some(state.path().to_path_buf()),
+            database_url: self.database_url.clone(),
+            extra_toml: self.matrix_section() + extra_toml,
+            ..ServerOpts::default()
+        });
+        server.wait_for_log("matrix: connected to the homeserver", MX_TIMEOUT);
+        (state, server)
     }
 
     pub fn stop_roomcast(&mut self) {
@@ -163,20 +212,17 @@ impl MatrixEnv {
         )
     }
 
+    /// Stream `name` made with `!live new` in a new DM of `user` with the
+    /// bot, its room joined: (key, room id).
+    pub fn new_stream_by_dm(&self, user: &MxUser, name: &str) -> (String, String) {
+        let bot = self.bot_id();
+        let dm = user.dm_bot(&bot);
+        new_stream(user, &dm, &bot, name)
+    }
+
     /// PUTs a transaction to roomcast as the homeserver would.
     pub fn put_transaction(&self, txn_id: &str, token: &str, body: &[u8]) -> http::HttpResponse {
-        http::request(
-            "PUT",
-            &self
-                .server()
-                .url(&format!("/_matrix/app/v1/transactions/{}", enc(txn_id))),
-            &[
-                ("Authorization", &format!("Bearer {token}")),
-                ("Content-Type", "application/json"),
-            ],
-            Some(body),
-        )
-        .expect("PUT transaction")
+        put_transaction_to(self.server(), txn_id, token, body)
     }
 }
 
@@ -603,4 +649,90 @@ pub fn png(width: u32, height: u32, colour: &str) -> Vec<u8> {
         .expect("run ffmpeg");
     assert!(out.status.success() && out.stdout.starts_with(b"\x89PNG"));
     out.stdout
+}
+
+/// PUTs a transaction to `node` as the homeserver (or a load balancer
+/// retrying on another node) would.
+pub fn put_transaction_to(
+    node: &Server,
+    txn_id: &str,
+    token: &str,
+    body: &[u8],
+) -> http::HttpResponse {
+    http::request(
+        "PUT",
+        &node.url(&format!("/_matrix/app/v1/transactions/{}", enc(txn_id))),
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/json"),
+        ],
+        Some(body),
+    )
+    .expect("PUT transaction")
+}
+
+/// Stream `name` made with `!live new` from `dm` (the user's DM with the
+/// bot), its room joined: (key, room id).
+pub fn new_stream(user: &MxUser, dm: &str, bot: &str, name: &str) -> (String, String) {
+    user.send_text(dm, &format!("!live new {name}"));
+    let settings = user.wait_message(dm, bot, &format!("/whip/{name}"));
+    let key = key_from_settings(settings["content"]["body"].as_str().unwrap_or_default());
+    let room = wait_until("the room alias", MX_TIMEOUT, || {
+        user.resolve_alias(&format!("#live_{name}:{SERVER_NAME}"))
+    });
+    user.join(&room);
+    (key, room)
+}
+
+/// What the bot posted in rooms, as a user reads it back from Synapse.
+impl MxUser {
+    /// The event as the homeserver has it, in a transaction body of its own
+    /// (to push it again, as a retry or another node would get it).
+    pub fn event_as_transaction(&self, room: &str, event_id: &str) -> Vec<u8> {
+        let (status, mut ev) = self.call(
+            "GET",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(room),
+                enc(event_id)
+            ),
+            None,
+        );
+        assert_eq!(status, 200, "{ev}");
+        ev["room_id"] = json!(room);
+        json!({ "events": [ev] }).to_string().into_bytes()
+    }
+
+    /// Messages of `sender` in `room` whose body contains `needle`.
+    pub fn count_bodies_with(&self, room: &str, sender: &str, needle: &str) -> usize {
+        self.messages_from(room, sender)
+            .iter()
+            .filter(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(needle))
+            })
+            .count()
+    }
+
+    /// The go-live notices the bot posted in `room`.
+    pub fn golive_notices(&self, room: &str, bot: &str) -> Vec<Value> {
+        self.messages_from(room, bot)
+            .into_iter()
+            .filter(|e| e["content"]["io.roomcast.golive"].is_object())
+            .collect()
+    }
+
+    /// The bot's "ended" edits of its go-live notices in `room`.
+    pub fn ended_edits(&self, room: &str, bot: &str) -> Vec<Value> {
+        self.messages_from(room, bot)
+            .into_iter()
+            .filter(|e| {
+                e["content"]["m.relates_to"]["rel_type"] == "m.replace"
+                    && e["content"]["m.new_content"]["body"]
+                        .as_str()
+                        .is_some_and(|b| b.contains("ended after"))
+            })
+            .collect()
+    }
 }

@@ -43,6 +43,9 @@ async fn create(
     // viewer at a node without the publisher makes the node pull the stream.
     let relay = crate::http::cluster_relay::is_relay_request(&app, &uri, &headers)?;
     if !relay && let Some(cluster) = &app.cluster {
+        // A viewer without access makes no pull.
+        let token = token_from(&headers, uri.query());
+        app.admission.check_access(&name, token.as_deref())?;
         cluster.prepare_viewer(&name).await;
     }
     let req = HttpRequest::new(&app, &uri, &headers, peer, tls.is_some_and(|t| t.0.0));
@@ -67,9 +70,10 @@ async fn create(
         .add_viewer_with(&pass.stream, offer, opts)
         .map_err(viewer_error)?;
     app.admission.track(answer.id, &pass);
+    let grounds = pass.grounds;
     drop(pass);
     let secret = app.resources.add(Kind::Viewer, &name, answer.id);
-    info!(stream = %name, viewer = answer.id, "whep viewer negotiated");
+    info!(stream = %name, viewer = answer.id, ?grounds, "whep viewer negotiated");
     Ok(session::created("whep", &name, &secret, answer.sdp))
 }
 
