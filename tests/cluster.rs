@@ -1,7 +1,8 @@
 //! Cluster mode: roomcast nodes (the real binary, distinct loopback ports)
 //! sharing one real PostgreSQL. ffmpeg publishes to node A; viewers on node
 //! B get the stream through B's WHEP relay pull from A, and ten of them cost
-//! A one WHEP session.
+//! A one WHEP session; Chromium plays on an edge; an edge re-pulls when the
+//! origin dies and the publisher moves.
 
 mod common;
 
@@ -189,6 +190,27 @@ fn an_edge_re_pulls_when_the_origin_dies_and_the_publisher_moves() {
     viewer.wait_for("frames from A on C", MEDIA_TIMEOUT, |v| {
         v["type"] == "progress" && frames(v) >= 30
     });
+    // A browser on the edge plays too (the same pull: A still serves one).
+    let mut chromium = chromium_player(&c, BrowserOpts::default());
+    let whep = chromium.wait_for("the WHEP answer on C", MEDIA_TIMEOUT, |v| {
+        v["type"] == "whep"
+    });
+    assert_eq!(whep["status"], 201, "{whep}");
+    wait_until("two viewers on C, one on A", MEDIA_TIMEOUT, || {
+        (viewers(&c, STREAM) == 2 && viewers(&a, STREAM) == 1).then_some(())
+    });
+    let r = chromium.result(MEDIA_TIMEOUT + Duration::from_secs(30));
+    println!("Chromium on C: {r}");
+    assert_eq!(r["ok"], true, "Chromium on C did not play: {}", r["reason"]);
+    let last = &r["last_sample"];
+    assert!(
+        frames_decoded(last) >= 90 && audio_packets(last) >= 50,
+        "Chromium on C decodes video and gets audio: {last}"
+    );
+    assert_eq!(
+        norm(last["video"]["codec"].as_str().unwrap_or("")),
+        "videoh264"
+    );
 
     a.signal("KILL");
     let killed = std::time::Instant::now();
