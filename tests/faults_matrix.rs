@@ -16,7 +16,6 @@ use common::matrix::*;
 use common::postgres::Postgres;
 use common::rtc_client::{self, Outgoing, RtcSession};
 use common::*;
-use serde_json::Value;
 
 const OUTAGE: Duration = Duration::from_secs(10);
 
@@ -47,27 +46,6 @@ fn chat_count(sse: &Sse, id: &str) -> usize {
         .iter()
         .filter(|(n, d)| n == "chat" && d["id"] == id)
         .count()
-}
-
-fn golive_notices(alice: &MxUser, room: &str, bot: &str) -> Vec<Value> {
-    alice
-        .messages_from(room, bot)
-        .into_iter()
-        .filter(|e| e["content"]["io.roomcast.golive"].is_object())
-        .collect()
-}
-
-fn ended_edits(alice: &MxUser, room: &str, bot: &str) -> Vec<Value> {
-    alice
-        .messages_from(room, bot)
-        .into_iter()
-        .filter(|e| {
-            e["content"]["m.relates_to"]["rel_type"] == "m.replace"
-                && e["content"]["m.new_content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.contains("ended after"))
-        })
-        .collect()
 }
 
 #[test]
@@ -167,7 +145,7 @@ fn synapse_killed_and_postgres_restarted_mid_stream() {
     // --- after both: everything arrives, once ----------------------------------------------
     sse.wait("chat", MX_TIMEOUT, |d| d["id"] == during_pg.as_str());
     wait_until("the ended edit", MX_TIMEOUT, || {
-        (!ended_edits(&alice, &room, &bot).is_empty()).then_some(())
+        (!alice.ended_edits(&room, &bot).is_empty()).then_some(())
     });
     wait_until("the outbox to drain", MX_TIMEOUT, || {
         (pg.psql(
@@ -180,11 +158,11 @@ fn synapse_killed_and_postgres_restarted_mid_stream() {
     let last = alice.send_text(&room, "last");
     sse.wait("chat", MX_TIMEOUT, |d| d["id"] == last.as_str());
     assert_eq!(
-        golive_notices(&alice, &room, &bot).len(),
+        alice.golive_notices(&room, &bot).len(),
         1,
         "go-live notices"
     );
-    assert_eq!(ended_edits(&alice, &room, &bot).len(), 1, "ended edits");
+    assert_eq!(alice.ended_edits(&room, &bot).len(), 1, "ended edits");
     for id in [&after_synapse, &during_pg, &last] {
         assert_eq!(chat_count(&sse, id), 1, "chat {id} on the SSE feed");
     }

@@ -14,58 +14,13 @@ use std::time::Duration;
 use common::matrix::*;
 use common::postgres::Postgres;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const DB: &str = "roomcast";
 
-/// A second roomcast on the same database and registration as `env`'s.
-fn start_node_b(env: &MatrixEnv, url: &str) -> (TempDir, Server) {
-    let state = TempDir::new("roomcast-mx-b");
-    let server = Server::start_with(ServerOpts {
-        streams: vec![],
-        state_dir: Some(state.path().to_path_buf()),
-        database_url: Some(url.to_string()),
-        extra_toml: format!(
-            "[matrix]\nhomeserver_url = \"{}\"\nserver_name = \"{}\"\nregistration = \"{}\"\n{}\n",
-            env.synapse.base_url(),
-            common::synapse::SERVER_NAME,
-            env.registration.display(),
-            env.matrix_extra
-        ),
-        ..ServerOpts::default()
-    });
-    server.wait_for_log("matrix: connected to the homeserver", MX_TIMEOUT);
-    (state, server)
-}
-
-/// The event as the homeserver has it, in a transaction body of its own.
-fn as_transaction(alice: &MxUser, room: &str, event_id: &str) -> Vec<u8> {
-    let (status, mut ev) = alice.call(
-        "GET",
-        &format!(
-            "/_matrix/client/v3/rooms/{}/event/{}",
-            enc(room),
-            enc(event_id)
-        ),
-        None,
-    );
-    assert_eq!(status, 200, "{ev}");
-    ev["room_id"] = json!(room);
-    json!({ "events": [ev] }).to_string().into_bytes()
-}
-
 /// PUTs a transaction to `node`, as a load balancer retrying there would.
 fn push(node: &Server, txn_id: &str, hs_token: &str, body: &[u8]) {
-    let r = http::request(
-        "PUT",
-        &node.url(&format!("/_matrix/app/v1/transactions/{}", enc(txn_id))),
-        &[
-            ("Authorization", &format!("Bearer {hs_token}")),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body),
-    )
-    .expect("PUT transaction");
+    let r = put_transaction_to(node, txn_id, hs_token, body);
     assert_eq!(
         r.status,
         200,
@@ -84,39 +39,6 @@ fn wait_inbox_empty(pg: &Postgres) {
     });
 }
 
-fn bot_bodies_with(alice: &MxUser, room: &str, bot: &str, needle: &str) -> usize {
-    alice
-        .messages_from(room, bot)
-        .iter()
-        .filter(|e| {
-            e["content"]["body"]
-                .as_str()
-                .is_some_and(|b| b.contains(needle))
-        })
-        .count()
-}
-
-fn golive_notices(alice: &MxUser, room: &str, bot: &str) -> Vec<Value> {
-    alice
-        .messages_from(room, bot)
-        .into_iter()
-        .filter(|e| e["content"]["io.roomcast.golive"].is_object())
-        .collect()
-}
-
-fn ended_edits(alice: &MxUser, room: &str, bot: &str) -> Vec<Value> {
-    alice
-        .messages_from(room, bot)
-        .into_iter()
-        .filter(|e| {
-            e["content"]["m.relates_to"]["rel_type"] == "m.replace"
-                && e["content"]["m.new_content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.contains("ended after"))
-        })
-        .collect()
-}
-
 /// Lines of a node's log containing `needle`.
 fn log_count(node: &Server, needle: &str) -> usize {
     node.log_lines()
@@ -131,7 +53,7 @@ fn two_nodes_apply_each_transaction_once_in_order_and_notify_once() {
     let pg = Postgres::start();
     let url = pg.create_database(DB);
     let env = MatrixEnv::start_with_database("golive_delay_ms = 1000", Some(url.clone()));
-    let (_b_state, b) = start_node_b(&env, &url);
+    let (_b_state, b) = env.start_other_node(None, "");
     let a = env.server();
     a.wait_for_log("matrix: sharing the database", MX_TIMEOUT);
     b.wait_for_log("matrix: sharing the database", MX_TIMEOUT);
@@ -142,7 +64,7 @@ fn two_nodes_apply_each_transaction_once_in_order_and_notify_once() {
 
     // --- `!live new`, sent to A by Synapse and at once to B: one room, one key ---------
     let new_ev = alice.send_text(&dm, "!live new duo");
-    push(&b, "lb-new", &hs, &as_transaction(&alice, &dm, &new_ev));
+    push(&b, "lb-new", &hs, &alice.event_as_transaction(&dm, &new_ev));
     let key = key_from_settings(
         alice.wait_message(&dm, &bot, "Stream Key: ")["content"]["body"]
             .as_str()
@@ -155,7 +77,7 @@ fn two_nodes_apply_each_transaction_once_in_order_and_notify_once() {
     wait_inbox_empty(&pg);
     // The key is the command's last step: one reply means one run.
     assert_eq!(
-        bot_bodies_with(&alice, &dm, &bot, "Stream Key: "),
+        alice.count_bodies_with(&dm, &bot, "Stream Key: "),
         1,
         "keys sent"
     );
@@ -201,7 +123,7 @@ fn two_nodes_apply_each_transaction_once_in_order_and_notify_once() {
             &b,
             &format!("lb-rename-{i}"),
             &hs,
-            &as_transaction(&alice, &room, ev),
+            &alice.event_as_transaction(&room, ev),
         );
     }
     let last = names.last().unwrap();
@@ -245,7 +167,7 @@ fn two_nodes_apply_each_transaction_once_in_order_and_notify_once() {
     alice.wait_message(&room, &bot, "is live");
     ffmpeg.stop(Duration::from_secs(10));
     wait_until("the ended edit", MX_TIMEOUT, || {
-        (!ended_edits(&alice, &room, &bot).is_empty()).then_some(())
+        (!alice.ended_edits(&room, &bot).is_empty()).then_some(())
     });
     wait_until("the outbox to drain", MX_TIMEOUT, || {
         (count(
@@ -255,11 +177,11 @@ fn two_nodes_apply_each_transaction_once_in_order_and_notify_once() {
             .then_some(())
     });
     assert_eq!(
-        golive_notices(&alice, &room, &bot).len(),
+        alice.golive_notices(&room, &bot).len(),
         1,
         "go-live notices"
     );
-    assert_eq!(ended_edits(&alice, &room, &bot).len(), 1, "ended edits");
+    assert_eq!(alice.ended_edits(&room, &bot).len(), 1, "ended edits");
     let sent = count(
         &pg,
         "SELECT count(*) FROM matrix_outbox WHERE event_id IS NOT NULL",

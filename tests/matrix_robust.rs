@@ -21,45 +21,6 @@ fn title(server: &Server, stream: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A stream room made with `!live new` from `dm`; its room id.
-fn new_stream(alice: &MxUser, dm: &str, bot: &str, name: &str) -> String {
-    alice.send_text(dm, &format!("!live new {name}"));
-    alice.wait_message(dm, bot, &format!("/whip/{name}"));
-    let room = wait_until("the room alias", MX_TIMEOUT, || {
-        alice.resolve_alias(&format!("#live_{name}:localhost"))
-    });
-    alice.join(&room);
-    room
-}
-
-/// The event as the homeserver has it, in a transaction body of its own.
-fn as_transaction(alice: &MxUser, room: &str, event_id: &str) -> Vec<u8> {
-    let (status, mut ev) = alice.call(
-        "GET",
-        &format!(
-            "/_matrix/client/v3/rooms/{}/event/{}",
-            enc(room),
-            enc(event_id)
-        ),
-        None,
-    );
-    assert_eq!(status, 200, "{ev}");
-    ev["room_id"] = json!(room);
-    json!({ "events": [ev] }).to_string().into_bytes()
-}
-
-fn bodies_with(alice: &MxUser, room: &str, bot: &str, needle: &str) -> usize {
-    alice
-        .messages_from(room, bot)
-        .iter()
-        .filter(|e| {
-            e["content"]["body"]
-                .as_str()
-                .is_some_and(|b| b.contains(needle))
-        })
-        .count()
-}
-
 #[test]
 fn a_stalled_room_does_not_hold_up_another_and_state_is_reread_at_start() {
     let _serial = serial();
@@ -67,8 +28,8 @@ fn a_stalled_room_does_not_hold_up_another_and_state_is_reread_at_start() {
     let bot = env.bot_id();
     let alice = env.user("alice");
     let dm = alice.dm_bot(&bot);
-    let slow = new_stream(&alice, &dm, &bot, "slowroom");
-    let fast = new_stream(&alice, &dm, &bot, "fastroom");
+    let slow = new_stream(&alice, &dm, &bot, "slowroom").1;
+    let fast = new_stream(&alice, &dm, &bot, "fastroom").1;
 
     // Every event of `slow` now waits 8 s before it is processed. A rename
     // made while roomcast is down is on the API within 5 s of its start
@@ -184,24 +145,24 @@ fn a_command_processed_again_duplicates_nothing() {
     let r = env.put_transaction(
         "robust-new-again",
         &hs,
-        &as_transaction(&alice, &dm, &new_ev),
+        &alice.event_as_transaction(&dm, &new_ev),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     // A later command in the same room is answered after it (rooms are in order).
     alice.send_text(&dm, "!live status retried");
     alice.wait_message(&dm, &bot, "'retried' —");
     assert_eq!(
-        bodies_with(&alice, &dm, &bot, "/whip/retried"),
+        alice.count_bodies_with(&dm, &bot, "/whip/retried"),
         1,
         "settings DMs"
     );
     assert_eq!(
-        bodies_with(&alice, &dm, &bot, "Created #live_retried"),
+        alice.count_bodies_with(&dm, &bot, "Created #live_retried"),
         1,
         "replies"
     );
     assert_eq!(
-        bodies_with(&alice, &dm, &bot, "is taken"),
+        alice.count_bodies_with(&dm, &bot, "is taken"),
         0,
         "a 'taken' reply"
     );
@@ -212,18 +173,18 @@ fn a_command_processed_again_duplicates_nothing() {
     let r = env.put_transaction(
         "robust-key-again",
         &hs,
-        &as_transaction(&alice, &room, &key_ev),
+        &alice.event_as_transaction(&room, &key_ev),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     alice.send_text(&room, "!live status");
     alice.wait_message(&room, &bot, "'retried' —");
     assert_eq!(
-        bodies_with(&alice, &dm, &bot, "/whip/retried"),
+        alice.count_bodies_with(&dm, &bot, "/whip/retried"),
         2,
         "settings DMs"
     );
     assert_eq!(
-        bodies_with(&alice, &room, &bot, "a new key for 'retried'"),
+        alice.count_bodies_with(&room, &bot, "a new key for 'retried'"),
         1,
         "key replies"
     );
@@ -249,7 +210,7 @@ fn a_key_goes_to_a_new_direct_chat_when_the_user_left() {
     let bot = env.bot_id();
     let alice = env.user("alice");
     let dm = alice.dm_bot(&bot);
-    let room = new_stream(&alice, &dm, &bot, "leaver");
+    let room = new_stream(&alice, &dm, &bot, "leaver").1;
     let (status, v) = alice.call(
         "POST",
         &format!("/_matrix/client/v3/rooms/{}/leave", enc(&dm)),

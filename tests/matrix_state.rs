@@ -14,39 +14,6 @@ use common::matrix::*;
 use common::*;
 use serde_json::{Value, json};
 
-/// Creates stream `name` by DM; returns (key, room id, DM room).
-fn new_stream(env: &MatrixEnv, alice: &MxUser, name: &str) -> (String, String, String) {
-    let bot = env.bot_id();
-    let dm = alice.dm_bot(&bot);
-    alice.send_text(&dm, &format!("!live new {name}"));
-    let settings = alice.wait_message(&dm, &bot, &format!("Stream '{name}'"));
-    let key = key_from_settings(settings["content"]["body"].as_str().unwrap());
-    let room = wait_until("the room alias", MX_TIMEOUT, || {
-        alice.resolve_alias(&format!("#live_{name}:localhost"))
-    });
-    alice.join(&room);
-    (key, room, dm)
-}
-
-fn golive_notices(user: &MxUser, room: &str, bot: &str) -> Vec<Value> {
-    user.messages_from(room, bot)
-        .into_iter()
-        .filter(|e| e["content"]["io.roomcast.golive"].is_object())
-        .collect()
-}
-
-fn ended_edits(user: &MxUser, room: &str, bot: &str) -> Vec<Value> {
-    user.messages_from(room, bot)
-        .into_iter()
-        .filter(|e| {
-            e["content"]["m.relates_to"]["rel_type"] == "m.replace"
-                && e["content"]["m.new_content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.contains("ended after"))
-        })
-        .collect()
-}
-
 fn publish(server: &Server, key: &str) -> Publisher {
     Publisher::ffmpeg(&server.rtmp_url(key), FfmpegOpts::small())
 }
@@ -57,7 +24,7 @@ fn restart_mid_stream_continues_the_go_live_session() {
     let mut env = MatrixEnv::start("golive_delay_ms = 1000");
     let bot = env.bot_id();
     let alice = env.user("alice");
-    let (key, room, _) = new_stream(&env, &alice, "resume");
+    let (key, room) = env.new_stream_by_dm(&alice, "resume");
     let ffmpeg = publish(env.server(), &key);
     env.server().wait_live("resume", LIVE_TIMEOUT);
     alice.wait_message(&room, &bot, "is live");
@@ -78,15 +45,15 @@ fn restart_mid_stream_continues_the_go_live_session() {
     // The outbox delivers in order: a second go-live notice would come
     // before the ended edit.
     let edit = wait_until("the ended edit", MX_TIMEOUT, || {
-        ended_edits(&alice, &room, &bot).into_iter().next()
+        alice.ended_edits(&room, &bot).into_iter().next()
     });
-    let notices = golive_notices(&alice, &room, &bot);
+    let notices = alice.golive_notices(&room, &bot);
     assert_eq!(notices.len(), 1, "go-live notices: {notices:#?}");
     assert_eq!(
         edit["content"]["m.relates_to"]["event_id"], notices[0]["event_id"],
         "the ended edit lands on the first notice"
     );
-    assert_eq!(ended_edits(&alice, &room, &bot).len(), 1);
+    assert_eq!(alice.ended_edits(&room, &bot).len(), 1);
 }
 
 /// A page feed that does not read while the hub's event channel overflows.
@@ -137,7 +104,7 @@ fn a_chat_flood_cannot_drop_a_title_or_a_go_live_on_the_page_feed() {
     let _serial = serial();
     let env = MatrixEnv::start("");
     let alice = env.user("alice");
-    let (key, room, _) = new_stream(&env, &alice, "busy");
+    let (key, room) = env.new_stream_by_dm(&alice, "busy");
     let mut feed = StalledFeed::open(env.server(), "busy");
     feed.read_until("the feed's first events", |t| t.contains("event: offline"));
 
@@ -273,7 +240,7 @@ fn a_following_room_gets_each_go_live_once_until_it_unfollows() {
     let env = MatrixEnv::start("golive_delay_ms = 1000");
     let bot = env.bot_id();
     let alice = env.user("alice");
-    let (key, room, _) = new_stream(&env, &alice, "followed");
+    let (key, room) = env.new_stream_by_dm(&alice, "followed");
     let fans = alice.create_room(json!({"name": "Fans", "preset": "public_chat"}));
     alice.invite(&fans, &bot);
     alice.wait_joined(&fans, &bot);
@@ -285,13 +252,13 @@ fn a_following_room_gets_each_go_live_once_until_it_unfollows() {
     let notice = alice.wait_message(&fans, &bot, "is live");
     ffmpeg.stop(Duration::from_secs(10));
     let edit = wait_until("the ended edit in the following room", MX_TIMEOUT, || {
-        ended_edits(&alice, &fans, &bot).into_iter().next()
+        alice.ended_edits(&fans, &bot).into_iter().next()
     });
     assert_eq!(
         edit["content"]["m.relates_to"]["event_id"],
         notice["event_id"]
     );
-    assert_eq!(golive_notices(&alice, &fans, &bot).len(), 1);
+    assert_eq!(alice.golive_notices(&fans, &bot).len(), 1);
 
     alice.send_text(&fans, "!live unfollow");
     alice.wait_message(&fans, &bot, "no longer follows 'followed'");
@@ -299,7 +266,7 @@ fn a_following_room_gets_each_go_live_once_until_it_unfollows() {
     wait_until(
         "the second go-live notice in the stream's room",
         MX_TIMEOUT,
-        || (golive_notices(&alice, &room, &bot).len() == 2).then_some(()),
+        || (alice.golive_notices(&room, &bot).len() == 2).then_some(()),
     );
     ffmpeg.stop(Duration::from_secs(10));
     // The stream's own room gets its second session's end; a notice to the
@@ -307,11 +274,11 @@ fn a_following_room_gets_each_go_live_once_until_it_unfollows() {
     wait_until(
         "the second ended edit in the stream's room",
         MX_TIMEOUT,
-        || (ended_edits(&alice, &room, &bot).len() == 2).then_some(()),
+        || (alice.ended_edits(&room, &bot).len() == 2).then_some(()),
     );
-    assert_eq!(golive_notices(&alice, &room, &bot).len(), 2);
+    assert_eq!(alice.golive_notices(&room, &bot).len(), 2);
     assert_eq!(
-        golive_notices(&alice, &fans, &bot).len(),
+        alice.golive_notices(&fans, &bot).len(),
         1,
         "a notice after unfollow"
     );
