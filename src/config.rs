@@ -1208,6 +1208,10 @@ pub struct ClusterConfig {
     pub internal_url: String,
     /// Shared by every node: signs node-to-node requests (HMAC-SHA256).
     pub secret: String,
+    /// Pull streams from this node (its `node_id`) instead of their origin:
+    /// a two-level tree (see `cluster::tree`). The origin while it is dead.
+    #[serde(default)]
+    pub upstream: Option<String>,
 }
 
 impl ClusterConfig {
@@ -1225,6 +1229,17 @@ impl ClusterConfig {
             return Err(invalid("cluster.node_id", reason));
         }
         http_url("cluster.internal_url", &self.internal_url)?;
+        if let Some(up) = &self.upstream {
+            if let Err(reason) = validate_stream_name(up) {
+                return Err(invalid("cluster.upstream", reason));
+            }
+            if *up == self.node_id {
+                return Err(invalid(
+                    "cluster.upstream",
+                    "names this node itself; name another node, or leave it out",
+                ));
+            }
+        }
         if self.secret.chars().count() < MIN_CLUSTER_SECRET_LEN {
             return Err(invalid(
                 "cluster.secret",

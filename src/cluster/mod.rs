@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod relay;
+pub mod tree;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,8 +96,8 @@ pub struct LocalStream {
     /// The session of a publisher connected to this node (not a relay).
     pub own_session: Option<String>,
     pub viewers: usize,
-    /// The origin session a running pull reads from.
-    pub relay: Option<String>,
+    /// Where a running pull reads from (node and origin session).
+    pub relay: Option<OriginTarget>,
 }
 
 /// What to do after a look at the cluster.
@@ -115,9 +116,10 @@ pub struct Plan {
 }
 
 /// The pure decision of one cluster step. `claimed` is what this node wrote
-/// as origin sessions (stream → session).
+/// as origin sessions (stream → session); `upstream` is `cluster.upstream`.
 pub fn plan(
     me: &str,
+    upstream: Option<&str>,
     view: &View,
     local: &[LocalStream],
     claimed: &HashMap<String, String>,
@@ -141,9 +143,10 @@ pub fn plan(
                 }
             }
             None => {
-                let origin = view.origin_of(&s.name, me);
-                match (&s.relay, origin) {
-                    (Some(current), Some(o)) if *current != o.session => {
+                let source = tree::source_of(view, &s.name, me, upstream);
+                match (&s.relay, source) {
+                    // A new publish session, or another node to pull from.
+                    (Some(current), Some(o)) if *current != o => {
                         out.pull.push((s.name.clone(), o));
                     }
                     (Some(_), None) => out.unpull.push(s.name.clone()),
@@ -165,6 +168,8 @@ pub fn plan(
 pub struct Cluster {
     pub node_id: String,
     internal_url: String,
+    /// `cluster.upstream`: pull from this node instead of the origin.
+    upstream: Option<String>,
     pub auth: Arc<NodeAuth>,
     store: Store,
     hub: Arc<Hub>,
@@ -209,6 +214,7 @@ impl Cluster {
         Arc::new(Cluster {
             node_id: cfg.node_id.clone(),
             internal_url: cfg.internal_url.trim_end_matches('/').to_string(),
+            upstream: cfg.upstream.clone(),
             relays: Relays::new(hub.clone(), auth.clone()),
             auth,
             store,
@@ -310,7 +316,7 @@ impl Cluster {
             .map(|s| LocalStream {
                 own_session: own_session(&self.node_id, &s),
                 viewers: s.viewers() + usize::from(relay::wanted(&s, &self.relays.demand)),
-                relay: self.relays.origin_of(&s.name).map(|o| o.session),
+                relay: self.relays.origin_of(&s.name),
                 name: s.name.clone(),
             })
             .collect()
@@ -327,7 +333,13 @@ impl Cluster {
         let p = {
             let view = self.view.lock();
             let claimed = self.claimed.lock();
-            plan(&self.node_id, &view, &local, &claimed)
+            plan(
+                &self.node_id,
+                self.upstream.as_deref(),
+                &view,
+                &local,
+                &claimed,
+            )
         };
         for (stream, session) in &p.release {
             self.store.cluster_release_origin(stream, session).await?;
@@ -374,9 +386,13 @@ impl Cluster {
         if stream.is_live() {
             return;
         }
+        let upstream = self.upstream.as_deref();
         let (mut origin, read_ms) = {
             let view = self.view.lock();
-            (view.origin_of(name, &self.node_id), view.read_ms)
+            (
+                tree::source_of(&view, name, &self.node_id, upstream),
+                view.read_ms,
+            )
         };
         // The publisher may have started since the last heartbeat: read
         // again, but not for every request (offline streams are asked for
@@ -385,7 +401,7 @@ impl Cluster {
             if self.refresh().await.is_err() {
                 return;
             }
-            origin = self.view.lock().origin_of(name, &self.node_id);
+            origin = tree::source_of(&self.view.lock(), name, &self.node_id, upstream);
         }
         let Some(origin) = origin else { return };
         self.relays.ensure(&stream, &origin);
@@ -408,6 +424,16 @@ impl Cluster {
                 return;
             }
         }
+    }
+
+    /// Whether this node answers another node's pull of `name` (see
+    /// [`tree`]: a node with an upstream serves only what it publishes).
+    pub fn serves_relays_of(&self, name: &str) -> bool {
+        let publishes_it = self
+            .hub
+            .get(name)
+            .is_some_and(|s| own_session(&self.node_id, &s).is_some());
+        tree::serves_relays(self.upstream.as_deref(), publishes_it)
     }
 
     /// Prometheus lines: the pulls running here and the nodes seen alive.
@@ -488,12 +514,20 @@ mod tests {
         }
     }
 
+    /// `relay`: the origin session pulled (`node:time`), from that node.
     fn local(name: &str, own: Option<&str>, viewers: usize, relay: Option<&str>) -> LocalStream {
         LocalStream {
             name: name.into(),
             own_session: own.map(Into::into),
             viewers,
-            relay: relay.map(Into::into),
+            relay: relay.map(|session| {
+                let node = session.split(':').next().unwrap_or_default();
+                OriginTarget {
+                    node_id: node.into(),
+                    internal_url: format!("http://{node}"),
+                    session: session.into(),
+                }
+            }),
         }
     }
 
@@ -505,7 +539,13 @@ mod tests {
             read_ms: 10_000,
         };
         let mut claimed = HashMap::new();
-        let p = plan("a", &view, &[local("t1", Some("a:1"), 0, None)], &claimed);
+        let p = plan(
+            "a",
+            None,
+            &view,
+            &[local("t1", Some("a:1"), 0, None)],
+            &claimed,
+        );
         assert_eq!(p.claim, vec![("t1".into(), "a:1".into())]);
         claimed.insert("t1".to_string(), "a:1".to_string());
         let view = View {
@@ -513,10 +553,16 @@ mod tests {
             ..view
         };
         assert_eq!(
-            plan("a", &view, &[local("t1", Some("a:1"), 0, None)], &claimed),
+            plan(
+                "a",
+                None,
+                &view,
+                &[local("t1", Some("a:1"), 0, None)],
+                &claimed
+            ),
             Plan::default()
         );
-        let p = plan("a", &view, &[local("t1", None, 0, None)], &claimed);
+        let p = plan("a", None, &view, &[local("t1", None, 0, None)], &claimed);
         assert_eq!(p.release, vec![("t1".into(), "a:1".into())]);
     }
 
@@ -530,33 +576,78 @@ mod tests {
         let none = HashMap::new();
         // No viewer: no pull.
         assert_eq!(
-            plan("b", &view, &[local("t1", None, 0, None)], &none),
+            plan("b", None, &view, &[local("t1", None, 0, None)], &none),
             Plan::default()
         );
-        let p = plan("b", &view, &[local("t1", None, 3, None)], &none);
+        let p = plan("b", None, &view, &[local("t1", None, 3, None)], &none);
         assert_eq!(p.pull.len(), 1);
         assert_eq!(p.pull[0].1.internal_url, "http://a");
         // A running pull of the same session stays; a new session moves it.
         assert_eq!(
-            plan("b", &view, &[local("t1", None, 3, Some("a:1"))], &none),
+            plan(
+                "b",
+                None,
+                &view,
+                &[local("t1", None, 3, Some("a:1"))],
+                &none
+            ),
             Plan::default()
         );
         view.origins = vec![origin("t1", "c", "c:9")];
         view.nodes.push(node("c", 10_400));
-        let p = plan("b", &view, &[local("t1", None, 3, Some("a:1"))], &none);
+        let p = plan(
+            "b",
+            None,
+            &view,
+            &[local("t1", None, 3, Some("a:1"))],
+            &none,
+        );
         assert_eq!(p.pull[0].1.session, "c:9");
         // The origin's node is dead (silent > 4 s): the pull ends.
         view.read_ms = 20_000;
-        let p = plan("b", &view, &[local("t1", None, 3, Some("c:9"))], &none);
+        let p = plan(
+            "b",
+            None,
+            &view,
+            &[local("t1", None, 3, Some("c:9"))],
+            &none,
+        );
         assert_eq!(p.unpull, vec!["t1".to_string()]);
         // A stream's origin on this very node is never pulled.
         view.nodes = vec![node("b", 20_000)];
         view.origins = vec![origin("t1", "b", "b:1")];
         assert!(
-            plan("b", &view, &[local("t1", None, 3, None)], &none)
+            plan("b", None, &view, &[local("t1", None, 3, None)], &none)
                 .pull
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn an_edge_with_an_upstream_pulls_through_it_and_falls_back_to_the_origin() {
+        let mut view = View {
+            nodes: vec![node("a", 10_000), node("b", 10_000), node("c", 10_000)],
+            origins: vec![origin("t1", "a", "a:1")],
+            read_ms: 10_500,
+        };
+        let none = HashMap::new();
+        let p = plan("c", Some("b"), &view, &[local("t1", None, 2, None)], &none);
+        let via_b = p.pull[0].1.clone();
+        assert_eq!(
+            (via_b.node_id.as_str(), via_b.session.as_str()),
+            ("b", "a:1")
+        );
+        let mut pulling = local("t1", None, 2, None);
+        pulling.relay = Some(via_b);
+        assert_eq!(
+            plan("c", Some("b"), &view, &[pulling.clone()], &none),
+            Plan::default()
+        );
+        // The upstream dies: the pull moves to the origin.
+        view.nodes[1].heartbeat_ms = 1_000;
+        let p = plan("c", Some("b"), &view, &[pulling], &none);
+        assert_eq!(p.pull[0].1.node_id, "a");
+        assert_eq!(p.pull[0].1.session, "a:1");
     }
 
     #[test]
@@ -568,12 +659,19 @@ mod tests {
         };
         let mut claimed = HashMap::new();
         claimed.insert("t1".to_string(), "a:1".to_string());
-        let p = plan("a", &view, &[local("t1", Some("a:1"), 5, None)], &claimed);
+        let p = plan(
+            "a",
+            None,
+            &view,
+            &[local("t1", Some("a:1"), 5, None)],
+            &claimed,
+        );
         assert_eq!(p.taken_over, vec!["t1".to_string()]);
         assert!(p.claim.is_empty());
         // Not yet written by us: we claim (the later write wins).
         let p = plan(
             "a",
+            None,
             &view,
             &[local("t1", Some("a:1"), 5, None)],
             &HashMap::new(),

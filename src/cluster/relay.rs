@@ -29,8 +29,12 @@ use crate::rtc::sdp;
 
 use super::auth::{self, NodeAuth};
 
-/// The origin must answer the WHEP POST within this.
+/// Connecting to the origin, and its DELETE, within this.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The node pulled from must answer the WHEP POST within this: an upstream
+/// (`cluster.upstream`) may first pull the stream itself, waiting up to 5 s
+/// for its keyframe.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(12);
 /// Largest WHEP answer read from an origin (answers are a few KB).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// ICE + DTLS with the origin within this, or the pull is given up.
@@ -303,6 +307,7 @@ impl Pull {
         let resp = self
             .http
             .post(url.clone())
+            .timeout(ANSWER_TIMEOUT)
             .header("content-type", "application/sdp")
             .header(auth::HEADER, token)
             .body(offer.to_sdp_string())

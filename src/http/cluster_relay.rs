@@ -39,3 +39,21 @@ pub fn is_relay_request(app: &Arc<App>, uri: &Uri, headers: &HeaderMap) -> Resul
         .map_err(|e| refuse(e.to_string()))?;
     Ok(true)
 }
+
+/// Refuses another node's pull at a node with `cluster.upstream` that does
+/// not publish the stream (see `cluster::tree`).
+pub fn check_serves(cluster: &crate::cluster::Cluster, stream: &str) -> Result<(), ApiError> {
+    if cluster.serves_relays_of(stream) {
+        return Ok(());
+    }
+    if let Some(suppressed) = LEAF_PULL_LOG.allow() {
+        tracing::warn!(%stream, suppressed, "cluster: another node's pull refused: this node has an upstream (is a node's cluster.upstream set to a node that has one itself?)");
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "cluster_leaf",
+        "this node pulls its streams from another node (cluster.upstream) and serves no other node's pull",
+    ))
+}
+
+static LEAF_PULL_LOG: LogEvery = LogEvery::new(std::time::Duration::from_secs(10));

@@ -42,10 +42,16 @@ async fn create(
     // Another node's relay pull is never relayed further (no loops); a
     // viewer at a node without the publisher makes the node pull the stream.
     let relay = crate::http::cluster_relay::is_relay_request(&app, &uri, &headers)?;
-    if !relay && let Some(cluster) = &app.cluster {
-        // A viewer without access makes no pull.
-        let token = token_from(&headers, uri.query());
-        app.admission.check_access(&name, token.as_deref())?;
+    if let Some(cluster) = &app.cluster {
+        if relay {
+            // Another node's pull: served by a node that pulls from the
+            // origin itself (trees of two levels at most, no loops).
+            crate::http::cluster_relay::check_serves(cluster, &name)?;
+        } else {
+            // A viewer without access makes no pull.
+            let token = token_from(&headers, uri.query());
+            app.admission.check_access(&name, token.as_deref())?;
+        }
         cluster.prepare_viewer(&name).await;
     }
     let req = HttpRequest::new(&app, &uri, &headers, peer, tls.is_some_and(|t| t.0.0));
