@@ -212,21 +212,64 @@ fn an_edge_re_pulls_when_the_origin_dies_and_the_publisher_moves() {
         "videoh264"
     );
 
+    // A str0m viewer on C times the gap to the packet (the aiortc viewer
+    // reports once a second).
+    let mut probe = rtc_client::start(&c.whep_url(STREAM), None, false, Outgoing::Nothing)
+        .unwrap_or_else(|r| panic!("probe on C refused: {} {}", r.status, r.text()));
+    wait_until("the probe receiving video on C", MEDIA_TIMEOUT, || {
+        (probe.video_packets() > 0).then_some(())
+    });
+
     a.signal("KILL");
     let killed = std::time::Instant::now();
     ffmpeg.kill();
+    let mut a = a;
+    assert!(a.wait_exit(Duration::from_secs(5)).is_some(), "A died");
     let before = viewer.last_of("progress").map_or(0, |v| frames(&v));
     let _ffmpeg_b = Publisher::ffmpeg(&b.publish_url(STREAM), FfmpegOpts::default());
-    b.wait_live(STREAM, LIVE_TIMEOUT);
+    // Nothing comes from A any more, but the probe may still be counting
+    // what A sent: the baseline is its count once it has stood still for
+    // 300 ms (C needs longer than that to pull from B).
+    let mut last = (probe.video_packets(), std::time::Instant::now());
+    let packets_at_death = wait_until("the probe to go quiet", MEDIA_TIMEOUT, || {
+        let n = probe.video_packets();
+        if n != last.0 {
+            last = (n, std::time::Instant::now());
+            None
+        } else {
+            (last.1.elapsed() >= Duration::from_millis(300)).then_some(n)
+        }
+    });
+    let quiet = killed.elapsed();
+    let mut b_live = None;
+    let flowing = wait_until(
+        "video packets from B's publisher on C",
+        MEDIA_TIMEOUT,
+        || {
+            if b_live.is_none() && b.api_stream(STREAM).is_some_and(|s| s["live"] == true) {
+                b_live = Some(killed.elapsed());
+            }
+            (probe.video_packets() > packets_at_death).then(|| killed.elapsed())
+        },
+    );
+    let b_live = b_live.unwrap_or(flowing);
+    assert!(
+        flowing > quiet,
+        "packets flowed again before the probe went quiet"
+    );
     wait_origin(&c, STREAM, "b", CLUSTER_TIMEOUT);
     let from = viewer.cursor();
     viewer.wait_for_from(from, "frames from B's publisher on C", MEDIA_TIMEOUT, |v| {
         v["type"] == "progress" && frames(v) >= before + 30
     });
     println!(
-        "origin SIGKILLed → the new publisher's frames decoded on the edge after {:.1} s (ffmpeg restart included)",
+        "origin SIGKILLed → video packets flowing again on the edge after {:.2} s (B live, with ffmpeg's restart, after {:.2} s; {:.2} s from B live to packets on C); 30 more frames decoded by aiortc after {:.1} s",
+        flowing.as_secs_f64(),
+        b_live.as_secs_f64(),
+        (flowing - b_live).as_secs_f64(),
         killed.elapsed().as_secs_f64()
     );
+    probe.stop();
     let r = viewer.stop(MEDIA_TIMEOUT);
     println!("aiortc viewer on C: {r}");
     assert_eq!(r["ok"], true, "{r}");
@@ -235,6 +278,69 @@ fn an_edge_re_pulls_when_the_origin_dies_and_the_publisher_moves() {
         serde_json::json!(["connecting", "connected", "closed"]),
         "the viewer's PeerConnection stayed connected until it left: {r}"
     );
+}
+
+/// A two-level tree: node C has `cluster.upstream = "b"`, so its viewers'
+/// stream comes origin A → B → C, and A serves one pull (B's) whatever
+/// number of such edges; when B dies, C pulls from A itself and its viewer
+/// keeps its PeerConnection.
+#[test]
+fn an_edge_pulls_through_its_upstream_and_from_the_origin_when_it_dies() {
+    let _serial = serial();
+    let pg = Postgres::start();
+    let spec = ClusterSpec::new(pg.create_database("cluster_tree"));
+    let a = spec.start_node("a");
+    let mut b = spec.start_node("b");
+    let c = spec.start_node_with("c", "upstream = \"b\"\n");
+    wait_alive_nodes(&c, &["a", "b", "c"], CLUSTER_TIMEOUT);
+    let _ffmpeg = Publisher::ffmpeg(&a.publish_url(STREAM), FfmpegOpts::small());
+    a.wait_live(STREAM, LIVE_TIMEOUT);
+    wait_origin(&c, STREAM, "a", CLUSTER_TIMEOUT);
+
+    let mut viewer = rtc_client::start(&c.whep_url(STREAM), None, false, Outgoing::Nothing)
+        .unwrap_or_else(|r| panic!("viewer on C refused: {} {}", r.status, r.text()));
+    wait_until("video on C through B", MEDIA_TIMEOUT, || {
+        (viewer.video_packets() > 0).then_some(())
+    });
+    c.wait_for_log(
+        "cluster relay connected stream=t1 origin=b",
+        Duration::from_secs(1),
+    );
+    // A serves B's pull only; B serves C's.
+    assert_eq!(viewers(&a, STREAM), 1, "A's viewers");
+    assert_eq!(viewers(&b, STREAM), 1, "B's viewers: C's pull");
+    assert_eq!(metric(&b, "roomcast_cluster_relays "), Some(1.0));
+    assert_eq!(metric(&c, "roomcast_cluster_relays "), Some(1.0));
+    assert_eq!(
+        b.api_stream(STREAM).expect("stream JSON")["ingest"]["protocol"],
+        "relay"
+    );
+
+    // B dies: C pulls from A, and its viewer carries on.
+    b.signal("KILL");
+    assert!(b.wait_exit(Duration::from_secs(5)).is_some(), "B died");
+    let killed = std::time::Instant::now();
+    let at_death = viewer.video_packets();
+    wait_until("video on C from A after B's death", CLUSTER_TIMEOUT, || {
+        (viewer.video_packets() > at_death + 50).then_some(())
+    });
+    println!(
+        "upstream SIGKILLed → video flowing again on the leaf after {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    c.wait_for_log(
+        "cluster relay connected stream=t1 origin=a",
+        Duration::from_secs(1),
+    );
+    assert!(
+        viewer.connected() && !viewer.ended(),
+        "C's viewer kept its session"
+    );
+    wait_until("A serving C's pull", CLUSTER_TIMEOUT, || {
+        (viewers(&a, STREAM) == 1 && metric(&c, "roomcast_cluster_relays ") == Some(1.0))
+            .then_some(())
+    });
+    viewer.stop();
 }
 
 /// Not a test: the latency a relay hop adds (bench/cluster_relay.sh runs
@@ -285,5 +391,145 @@ fn bench_relay_hop_latency() {
         q(0.95),
         q(0.99),
         q(1.0)
+    );
+}
+
+/// User + system CPU seconds of process `pid` so far (/proc/PID/stat).
+fn cpu_seconds(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces).
+    let rest = &s[s.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / hz
+}
+
+/// CPU (cores) of each node over the same `window`.
+fn cores_over(nodes: &[&Server], window: Duration) -> Vec<f64> {
+    let t0 = std::time::Instant::now();
+    let c0: Vec<f64> = nodes.iter().map(|n| cpu_seconds(n.pid())).collect();
+    std::thread::sleep(window); // a measurement window, not a synchronisation
+    let wall = t0.elapsed().as_secs_f64();
+    nodes
+        .iter()
+        .zip(c0)
+        .map(|(n, c)| (cpu_seconds(n.pid()) - c) / wall)
+        .collect()
+}
+
+/// `examples/loadgen` (built by bench/cluster_cpu.sh) watching `whep_url`
+/// with `viewers` light str0m viewers for one step of `secs`.
+fn loadgen(whep_url: &str, viewers: usize, secs: u64) -> std::process::Child {
+    let bin = std::env::var_os("CLUSTER_CPU_LOADGEN").map_or_else(
+        || {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| manifest_dir().join("target"), std::path::PathBuf::from);
+            target.join("debug/examples/loadgen")
+        },
+        std::path::PathBuf::from,
+    );
+    std::process::Command::new(&bin)
+        .args(["--whep", whep_url, "--full", "0", "--max-loss", "100"])
+        .args([
+            "--steps",
+            &viewers.to_string(),
+            "--step-secs",
+            &secs.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build --example loadgen)", bin.display()))
+}
+
+fn loadgen_line(child: std::process::Child) -> String {
+    let out = child.wait_with_output().expect("loadgen output");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains("\"step\""))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Not a test: the origin's CPU with N viewers on two edges (N/2 each)
+/// against N viewers on the origin itself (bench/cluster_cpu.sh runs it).
+/// Three nodes, ffmpeg publishing 640×360 to A; the viewers are loadgen's
+/// light str0m viewers (ICE, DTLS, RTCP; RTP counted, not decrypted).
+#[test]
+#[ignore]
+fn bench_origin_cpu() {
+    let _serial = serial();
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("CLUSTER_CPU_VIEWERS", 100) as usize;
+    let secs = env("CLUSTER_CPU_SECS", 20);
+    let pg = Postgres::start();
+    let mut spec = ClusterSpec::new(pg.create_database("cluster_cpu"));
+    // Every simulated viewer comes from 127.0.0.1.
+    spec.extra_toml = "[limits]\noffers_per_minute = 0\n".into();
+    let a = spec.start_node("a");
+    let b = spec.start_node("b");
+    let c = spec.start_node("c");
+    wait_alive_nodes(&a, &["a", "b", "c"], CLUSTER_TIMEOUT);
+    let _ffmpeg = Publisher::ffmpeg(&a.publish_url(STREAM), FfmpegOpts::small());
+    a.wait_live(STREAM, LIVE_TIMEOUT);
+    wait_origin(&b, STREAM, "a", CLUSTER_TIMEOUT);
+    wait_origin(&c, STREAM, "a", CLUSTER_TIMEOUT);
+    let nodes = [&a, &b, &c];
+    let idle = cores_over(&nodes, Duration::from_secs(secs.min(10)));
+    // The loadgen step outlasts the window (joins, then 2 s of settling).
+    let step = secs + 10;
+
+    // N viewers on the origin.
+    let lg = loadgen(&a.whep_url(STREAM), n, step);
+    wait_until("N viewers on A", CLUSTER_TIMEOUT, || {
+        (viewers(&a, STREAM) == n as u64).then_some(())
+    });
+    let one_node = cores_over(&nodes, Duration::from_secs(secs));
+    let one_node_lg = loadgen_line(lg);
+    wait_until("A's viewers gone", CLUSTER_TIMEOUT, || {
+        (viewers(&a, STREAM) == 0).then_some(())
+    });
+
+    // N/2 on each edge: A serves the two pulls.
+    let (lg_b, lg_c) = (
+        loadgen(&b.whep_url(STREAM), n / 2, step),
+        loadgen(&c.whep_url(STREAM), n - n / 2, step),
+    );
+    wait_until(
+        "N/2 viewers on B and on C, two on A",
+        CLUSTER_TIMEOUT,
+        || {
+            (viewers(&b, STREAM) == (n / 2) as u64
+                && viewers(&c, STREAM) == (n - n / 2) as u64
+                && viewers(&a, STREAM) == 2)
+                .then_some(())
+        },
+    );
+    let edges = cores_over(&nodes, Duration::from_secs(secs));
+    let (edge_b_lg, edge_c_lg) = (loadgen_line(lg_b), loadgen_line(lg_c));
+
+    let fmt = |v: &[f64]| format!("A {:.3}, B {:.3}, C {:.3}", v[0], v[1], v[2]);
+    println!(
+        "cluster CPU (cores over {secs} s, debug build; publisher only: {})",
+        fmt(&idle)
+    );
+    println!("  {n} viewers on A: {}", fmt(&one_node));
+    println!("    loadgen: {one_node_lg}");
+    println!("  {} on B + {} on C: {}", n / 2, n - n / 2, fmt(&edges));
+    println!("    loadgen B: {edge_b_lg}\n    loadgen C: {edge_c_lg}");
+    println!(
+        "origin CPU: {:.3} cores with {n} viewers on it, {:.3} with them on two edges ({:.1} % of it; {:.3} with no viewer)",
+        one_node[0],
+        edges[0],
+        edges[0] * 100.0 / one_node[0].max(1e-9),
+        idle[0]
     );
 }

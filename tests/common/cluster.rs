@@ -14,6 +14,8 @@ pub struct ClusterSpec {
     pub database_url: String,
     pub secret: String,
     pub streams: Vec<(String, String)>,
+    /// More config for every node (e.g. `[limits]`).
+    pub extra_toml: String,
 }
 
 impl ClusterSpec {
@@ -22,18 +24,28 @@ impl ClusterSpec {
             database_url,
             secret: format!("{}{}", random_hex(), random_hex()),
             streams: ServerOpts::default().streams,
+            extra_toml: String::new(),
         }
     }
 
     /// Starts node `id` on a free port (its internal URL must be known
     /// before it starts, so the port is picked here).
     pub fn start_node(&self, id: &str) -> Server {
+        self.start_node_with(id, "")
+    }
+
+    /// Like [`ClusterSpec::start_node`], with more `[cluster]` lines.
+    pub fn start_node_with(&self, id: &str, cluster_lines: &str) -> Server {
         let listen = format!("127.0.0.1:{}", free_port());
         Server::start_with(ServerOpts {
             http_listen: Some(listen.clone()),
             database_url: Some(self.database_url.clone()),
             streams: self.streams.clone(),
-            extra_toml: self.section(id, &listen),
+            extra_toml: format!(
+                "{}\n{}{cluster_lines}\n",
+                self.extra_toml,
+                self.section(id, &listen)
+            ),
             ..ServerOpts::default()
         })
     }
