@@ -218,6 +218,20 @@ fn a_private_rooms_stream_is_relayed_to_members_only() {
         on_b.len() == 2 && on_b.iter().all(|l| l.contains("grounds=Token")),
         "B admits its viewers by their tokens: {on_b:#?}"
     );
+    // LL-HLS on B with a member's token: served, and never to shared caches.
+    let r = wait_until("B's LL-HLS playlist", MEDIA_TIMEOUT, || {
+        let r = b.get(&format!("/hls/{NAME}/index.m3u8?access={alice_token}"));
+        (r.status == 200).then_some(r)
+    });
+    let cache = r.header("cache-control").unwrap_or_default().to_string();
+    assert!(cache.starts_with("private"), "Cache-Control {cache:?}");
+    assert!(
+        r.text().contains(&format!("?access={alice_token}")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(stream_with(a, &bob_token)["viewers"], 1, "still one pull");
+
     let r = alice_viewer.stop(MEDIA_TIMEOUT);
     println!("alice's aiortc viewer on B: {r}");
     assert_eq!(r["ok"], true, "{r}");
