@@ -319,8 +319,15 @@ fn an_edge_pulls_through_its_upstream_and_from_the_origin_when_it_dies() {
     // pull (no third level, no loop), and D's viewer is refused.
     let d = spec.start_node_with("d", "upstream = \"c\"\n");
     wait_alive_nodes(&d, &["a", "b", "c", "d"], CLUSTER_TIMEOUT);
+    let asked = std::time::Instant::now();
     let r = d.post_sdp(&format!("/whep/{STREAM}"), offer_sdp(&["H264"]).as_bytes());
     assert!(r.status >= 400, "a viewer on D: {} {}", r.status, r.text());
+    println!(
+        "a viewer on D refused after {:?} (C refused D's pull): {} {}",
+        asked.elapsed(),
+        r.status,
+        r.text()
+    );
     c.wait_for_log("another node's pull refused", Duration::from_secs(1));
     assert_eq!(viewers(&c, STREAM), 1, "C serves its own viewer only");
     drop(d);

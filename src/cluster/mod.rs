@@ -415,8 +415,11 @@ impl Cluster {
                     _ = tokio::time::sleep_until(deadline) => return,
                 }
             } else {
+                // Woken by the stream going live, or to see whether the
+                // pull failed (refused, unreachable): no point waiting on.
                 tokio::select! {
                     _ = feed.stream_changed(&stream) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = tokio::time::sleep_until(deadline) => return,
                 }
             }
