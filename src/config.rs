@@ -1208,6 +1208,20 @@ pub struct ClusterConfig {
     pub internal_url: String,
     /// Shared by every node: signs node-to-node requests (HMAC-SHA256).
     pub secret: String,
+    /// Where viewers reach this node directly (a WHEP redirect's target);
+    /// absent: `internal_url`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// A WHEP POST answers 307 to a node with more headroom (RFC 9725).
+    #[serde(default)]
+    pub redirect_viewers: bool,
+    /// WebRTC viewers over the whole cluster (0: no cap; per node:
+    /// `[limits]`).
+    #[serde(default)]
+    pub max_viewers: usize,
+    /// WebRTC viewers of one stream over the whole cluster (0: no cap).
+    #[serde(default)]
+    pub max_viewers_per_stream: usize,
 }
 
 impl ClusterConfig {
@@ -1225,6 +1239,9 @@ impl ClusterConfig {
             return Err(invalid("cluster.node_id", reason));
         }
         http_url("cluster.internal_url", &self.internal_url)?;
+        if let Some(u) = &self.public_url {
+            http_url("cluster.public_url", u)?;
+        }
         if self.secret.chars().count() < MIN_CLUSTER_SECRET_LEN {
             return Err(invalid(
                 "cluster.secret",

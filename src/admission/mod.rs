@@ -11,6 +11,7 @@
 //! expiry and its grounds; WebRTC sessions admitted by it are tracked, and a
 //! sweep ends them when their grounds go away (the room turned private).
 
+pub mod cluster_caps;
 pub mod rate;
 
 use std::collections::HashMap;
@@ -160,6 +161,8 @@ pub struct Admission {
     left: Mutex<HashMap<(String, String), Instant>>,
     /// Passes of members, to revoke when they leave.
     member_passes: Mutex<HashMap<(String, String), RevokeFlags>>,
+    /// Cluster mode: caps over all nodes (cluster_caps.rs).
+    cluster_caps: std::sync::OnceLock<cluster_caps::ClusterCaps>,
 }
 
 /// The revocation flags of one member's passes.
@@ -222,6 +225,7 @@ impl Admission {
             sessions: Mutex::new(HashMap::new()),
             left: Mutex::new(HashMap::new()),
             member_passes: Mutex::new(HashMap::new()),
+            cluster_caps: std::sync::OnceLock::new(),
         })
     }
 
@@ -279,6 +283,10 @@ impl Admission {
         if purpose == Purpose::WebRtc {
             if !stream.is_live() {
                 return Err(Refusal::Offline(name));
+            }
+            // Another node's pull is not a person: only viewers count.
+            if !relay {
+                self.check_cluster_caps(&stream)?;
             }
             reservation = Some(self.reserve(&stream)?);
         }

@@ -43,6 +43,12 @@ async fn create(
     // viewer at a node without the publisher makes the node pull the stream.
     let relay = crate::http::cluster_relay::is_relay_request(&app, &uri, &headers)?;
     if !relay && let Some(cluster) = &app.cluster {
+        // `cluster.redirect_viewers`: a roomier node takes this viewer.
+        if let Some(stream) = app.hub.get(&name)
+            && let Some(to) = cluster.redirect_for(&stream, uri.path(), uri.query())
+        {
+            return Ok(session::redirected(&to));
+        }
         cluster.prepare_viewer(&name).await;
     }
     let req = HttpRequest::new(&app, &uri, &headers, peer, tls.is_some_and(|t| t.0.0));
