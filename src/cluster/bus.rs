@@ -7,6 +7,7 @@
 //!   the database rather than trust a copy: whatever order messages arrive
 //!   in, every node ends where the database is. A hash of the sender's state
 //!   lets a receiver that reaches the same state stay quiet (no echo).
+//! - `key`: a stream's key changed (`!live key`); receivers re-read its row.
 //! - `origins`: a publish started or ended here; receivers re-read the
 //!   origins at once instead of at their next heartbeat (live/offline).
 //! - `viewers`: the sender's viewers per stream and whether it pulls it;
@@ -83,6 +84,10 @@ pub enum BusMessage {
         sig: u64,
     },
     Origins,
+    /// A stream's key changed (`!live key`): receivers re-read its row.
+    Key {
+        stream: String,
+    },
     Viewers {
         /// (stream, viewers on the sender, whether the sender pulls it).
         counts: Vec<(String, u32, bool)>,
@@ -601,6 +606,11 @@ impl Bus {
                 self.to_inbox(Inbound::Reload(stream));
             }
             BusMessage::Origins => self.cluster_wake.notify_one(),
+            BusMessage::Key { stream } => {
+                if crate::config::validate_stream_name(&stream).is_ok() {
+                    self.reload_stream_row(&stream).await;
+                }
+            }
             BusMessage::Viewers { counts } => {
                 let before = self.tally.lock().streams();
                 if !self.tally.lock().apply(from, &counts) {

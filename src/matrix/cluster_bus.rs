@@ -89,6 +89,15 @@ impl Matrix {
         }
     }
 
+    /// The other nodes re-read the stream's key from the database.
+    pub(super) fn key_to_cluster(&self, stream: &str) {
+        if let Some(bus) = self.bus.get() {
+            bus.send(BusMessage::Key {
+                stream: stream.to_string(),
+            });
+        }
+    }
+
     pub(super) fn redaction_to_cluster(&self, room: &str, id: &str) {
         if let Some(bus) = self.bus.get() {
             bus.send(BusMessage::Redaction {
