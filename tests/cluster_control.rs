@@ -178,6 +178,7 @@ fn a_rename_through_a_balanced_appservice_reaches_every_node_and_the_notice_goes
     }
 
     // --- a rename in the room: on every node's feed within 2 s ---------------------
+    let marks: Vec<usize> = nodes.iter().map(|n| n.log_lines().len()).collect();
     for (i, name) in ["Duo on the balancer", "Duo, renamed again"]
         .iter()
         .enumerate()
@@ -204,8 +205,9 @@ fn a_rename_through_a_balanced_appservice_reaches_every_node_and_the_notice_goes
     }
     let applied_by: Vec<usize> = nodes
         .iter()
-        .map(|n| {
-            n.log_lines()
+        .zip(&marks)
+        .map(|(n, mark)| {
+            n.log_lines()[*mark..]
                 .iter()
                 .filter(|l| l.contains("matrix: room renamed"))
                 .count()
@@ -217,6 +219,69 @@ fn a_rename_through_a_balanced_appservice_reaches_every_node_and_the_notice_goes
         2,
         "each rename applied once"
     );
+
+    // --- C's LISTEN connection goes silent (its backend SIGSTOPped): a rename
+    // meanwhile misses C; C replaces the connection and resyncs from the
+    // database, and its feed gets the title all the same -----------------------------
+    let pid = pg
+        .psql(
+            db,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'roomcast-bus-c'",
+        )
+        .trim()
+        .to_string();
+    assert!(!pid.is_empty(), "C's LISTEN connection in pg_stat_activity");
+    let signal_backend = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    };
+    let c_log_mark = nodes[2].log_lines().len();
+    let renamed_by_c = || {
+        nodes[2].log_lines()[c_log_mark..]
+            .iter()
+            .filter(|l| l.contains("matrix: room renamed"))
+            .count()
+    };
+    signal_backend("-STOP");
+    // Until a node other than C applies one (nginx may hand C the
+    // transaction, and C then knows the name by itself).
+    let mut silent = String::new();
+    for i in 0..4 {
+        silent = format!("Duo while C was not listening ({i})");
+        let (status, r) = alice.call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            Some(&json!({ "name": silent })),
+        );
+        assert_eq!(status, 200, "{r}");
+        feeds[0].wait("title", CLUSTER_TIMEOUT, |d| d["title"] == silent.as_str());
+        feeds[1].wait("title", CLUSTER_TIMEOUT, |d| d["title"] == silent.as_str());
+        if renamed_by_c() == i {
+            break;
+        }
+    }
+    assert!(
+        !nodes[2].log_lines()[c_log_mark..]
+            .iter()
+            .any(|l| l.contains("listening again")),
+        "C reconnected before the rename it missed"
+    );
+    let t0 = Instant::now();
+    nodes[2].wait_for_log_from(c_log_mark, "listening again; resyncing", CLUSTER_TIMEOUT);
+    feeds[2].wait("title", CLUSTER_TIMEOUT, |d| d["title"] == silent.as_str());
+    println!(
+        "C's LISTEN backend stopped: C resynced and its feed had the missed rename {:?} after A's and B's",
+        t0.elapsed()
+    );
+    assert_eq!(
+        metric(&nodes[2], "roomcast_cluster_bus_resyncs_total "),
+        Some(1.0)
+    );
+    // The stopped backend's client is gone: it ends once it runs again.
+    signal_backend("-CONT");
 
     // --- a chat message: on every node's feed ---------------------------------------
     alice.send_text(&room, "hello from the balanced room");
@@ -405,6 +470,30 @@ fn a_full_node_redirects_a_whep_viewer_to_a_node_with_room() {
         (first.video_packets() > 0 && second.video_packets() > 0).then_some(())
     });
     assert_eq!(metric(&b, "roomcast_cluster_relays "), Some(1.0));
+    // A browser's fetch follows the 307 by itself (the same offer, CORS on
+    // B) and plays from B: Chromium on A's origin. (play.mjs resolves the
+    // resource against its page, so its DELETE goes to A and is 404: why
+    // the pages' player resolves it against `resp.url`.)
+    let mut chromium = chromium_player(
+        &a,
+        BrowserOpts {
+            frames: Some(30),
+            audio_packets: 10,
+            ..BrowserOpts::default()
+        },
+    );
+    let result = chromium.result(MEDIA_TIMEOUT);
+    println!("Chromium on A, redirected to B: {result}");
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(
+        chromium.last_of("whep").map(|w| w["status"].clone()),
+        Some(json!(201))
+    );
+    assert_eq!(
+        stream_viewers_metric(&a, STREAM),
+        Some(2.0),
+        "A: its one viewer and B's pull, not Chromium"
+    );
     // A redirected request is never redirected again: B (uncapped, one
     // viewer more than A would be) answers it itself.
     let again = common::http::request(

@@ -169,6 +169,16 @@ pub fn decode_body(body: &str) -> Result<Envelope, BusError> {
     serde_json::from_str(body).map_err(|e| BusError::Bad(e.to_string()))
 }
 
+/// The LISTEN connection's URL: named `roomcast-bus-<node>` in
+/// `pg_stat_activity`, so an operator (or a test) can find it.
+pub fn listener_url(database_url: &str, node: &str) -> String {
+    if database_url.contains("application_name=") {
+        return database_url.to_string();
+    }
+    let sep = if database_url.contains('?') { '&' } else { '?' };
+    format!("{database_url}{sep}application_name=roomcast-bus-{node}")
+}
+
 /// A hash of what `control` messages carry about a stream (title,
 /// description, access, room): equal on two nodes means they agree.
 pub fn control_sig(s: &Stream) -> u64 {
@@ -216,10 +226,6 @@ impl Tally {
         let before = self.by_node.len();
         self.by_node.retain(|n, _| alive(n));
         before != self.by_node.len()
-    }
-
-    pub fn forget_all(&mut self) {
-        self.by_node.clear();
     }
 
     /// The other nodes' viewers of `stream`, their pulls taken off (each is
@@ -492,7 +498,7 @@ impl Bus {
     async fn listen_once(&self, first: bool) -> Result<(), anyhow::Error> {
         let mut listener = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            sqlx::postgres::PgListener::connect(&self.database_url),
+            sqlx::postgres::PgListener::connect(&listener_url(&self.database_url, &self.node)),
         )
         .await
         .map_err(|_| anyhow::anyhow!("connecting timed out"))??;
@@ -544,7 +550,8 @@ impl Bus {
     /// After (re)connecting: ask for everyone's viewers, re-read the
     /// origins, and (`full`) let the Matrix bridge re-read rooms and chat.
     fn resync(&self, full: bool) {
-        self.tally.lock().forget_all();
+        // The other nodes' figures are replaced as their answers come (a
+        // dead node's are dropped by the cluster step).
         self.send(BusMessage::Sync);
         self.resend_viewers.notify_one();
         self.cluster_wake.notify_one();
@@ -602,7 +609,10 @@ impl Bus {
                 if self.hub.get(&stream).is_none() || sig != self.sig_of(&stream) {
                     self.reload_stream_row(&stream).await;
                 }
-                self.known.lock().insert(stream.clone(), sig);
+                // Only streams this node has (the map stays bounded).
+                if self.hub.get(&stream).is_some() {
+                    self.known.lock().insert(stream.clone(), sig);
+                }
                 self.to_inbox(Inbound::Reload(stream));
             }
             BusMessage::Origins => self.cluster_wake.notify_one(),
@@ -765,6 +775,18 @@ mod tests {
         assert!(decode("@x").is_err());
         assert!(decode("{\"n\":1}").is_err());
         assert!(decode("not json").is_err());
+    }
+
+    #[test]
+    fn the_listener_names_itself() {
+        assert_eq!(
+            listener_url("postgres://u:p@h/db", "c"),
+            "postgres://u:p@h/db?application_name=roomcast-bus-c"
+        );
+        assert_eq!(
+            listener_url("postgres://h/db?sslmode=disable", "c"),
+            "postgres://h/db?sslmode=disable&application_name=roomcast-bus-c"
+        );
     }
 
     #[test]
