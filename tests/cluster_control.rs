@@ -291,6 +291,20 @@ fn a_rename_through_a_balanced_appservice_reaches_every_node_and_the_notice_goes
         });
     }
 
+    // A message too big for one NOTIFY (10 KB of JSON): through the
+    // payload table, to every feed all the same.
+    let long = "🎥".repeat(2500);
+    alice.send_text(&room, &long);
+    for f in &feeds {
+        f.wait("chat", MX_TIMEOUT, |d| d["body"] == long.as_str());
+    }
+    let kept: u64 = pg
+        .psql(db, "SELECT count(*) FROM cluster_bus_payloads")
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(kept >= 1, "the long message went through cluster_bus_payloads");
+
     // --- go-live on node C (the key travelled on the bus): one notice ---------------
     let c = &nodes[2];
     let mut ffmpeg = Publisher::ffmpeg(&c.rtmp_url(&key), FfmpegOpts::small());
