@@ -303,7 +303,10 @@ fn a_rename_through_a_balanced_appservice_reaches_every_node_and_the_notice_goes
         .trim()
         .parse()
         .expect("a count");
-    assert!(kept >= 1, "the long message went through cluster_bus_payloads");
+    assert!(
+        kept >= 1,
+        "the long message went through cluster_bus_payloads"
+    );
 
     // --- go-live on node C (the key travelled on the bus): one notice ---------------
     let c = &nodes[2];

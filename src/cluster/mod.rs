@@ -203,6 +203,9 @@ pub struct NodeSnapshot {
     pub heartbeat_age_ms: i64,
     pub viewers: i64,
     pub relays: i64,
+    /// Where viewers reach it (redirect target) and its own viewer cap.
+    pub public_url: Option<String>,
+    pub max_viewers: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -430,6 +433,7 @@ impl Cluster {
         if !self.redirect_viewers
             || placement::was_redirected(query)
             || stream.access() != crate::hub::Access::Public
+            || !stream.control_state().shown_live()
         {
             return None;
         }
@@ -536,6 +540,8 @@ impl Cluster {
                     heartbeat_age_ms: (view.read_ms - n.heartbeat_ms).max(0),
                     viewers: n.viewers,
                     relays: n.relays,
+                    public_url: n.public_url.clone(),
+                    max_viewers: n.max_viewers,
                 })
                 .collect(),
             streams: view
