@@ -487,29 +487,35 @@ fn a_full_node_redirects_a_whep_viewer_to_a_node_with_room() {
         (first.video_packets() > 0 && second.video_packets() > 0).then_some(())
     });
     assert_eq!(metric(&b, "roomcast_cluster_relays "), Some(1.0));
-    // A browser's fetch follows the 307 by itself (the same offer, CORS on
-    // B) and plays from B: Chromium on A's origin. (play.mjs resolves the
-    // resource against its page, so its DELETE goes to A and is 404: why
-    // the pages' player resolves it against `resp.url`.)
-    let mut chromium = chromium_player(
+    // The watch page on A: the player's fetch follows the 307 (the same
+    // offer, CORS on B, B's origin in the page's connect-src), plays from B,
+    // and its session's resource (PATCH/DELETE) is B's.
+    let mut page = pages_scenario(
         &a,
-        BrowserOpts {
-            frames: Some(30),
-            audio_packets: 10,
-            ..BrowserOpts::default()
-        },
+        "cluster",
+        "watch-redirect",
+        &["--stream", STREAM, "--expect-resource", &b.url("/whep/")],
     );
-    let result = chromium.result(MEDIA_TIMEOUT);
-    println!("Chromium on A, redirected to B: {result}");
-    assert_eq!(result["ok"], true, "{result}");
+    let playing = page.wait_for("the watch page playing", MEDIA_TIMEOUT, |v| {
+        v["type"] == "playing"
+    });
+    println!("watch page on A, redirected: {playing}");
     assert_eq!(
-        chromium.last_of("whep").map(|w| w["status"].clone()),
-        Some(json!(201))
+        stream_viewers_metric(&b, STREAM),
+        Some(2.0),
+        "B serves the page"
+    );
+    let result = page.result(MEDIA_TIMEOUT);
+    assert_eq!(result["ok"], true, "{result}");
+    wait_until(
+        "the page's session on B to end with the page",
+        CLUSTER_TIMEOUT,
+        || (stream_viewers_metric(&b, STREAM)? == 1.0).then_some(()),
     );
     assert_eq!(
         stream_viewers_metric(&a, STREAM),
         Some(2.0),
-        "A: its one viewer and B's pull, not Chromium"
+        "A: its one viewer and B's pull, not the page"
     );
     // A redirected request is never redirected again: B (uncapped, one
     // viewer more than A would be) answers it itself.

@@ -465,6 +465,24 @@ impl Cluster {
         ))
     }
 
+    /// With `redirect_viewers`: the origins of the other nodes viewers may
+    /// be sent to, for the pages' `connect-src`.
+    pub fn redirect_origins(&self) -> Vec<String> {
+        if !self.redirect_viewers {
+            return Vec::new();
+        }
+        let view = self.view.lock();
+        let mut v: Vec<String> = view
+            .nodes
+            .iter()
+            .filter(|n| n.node_id != self.node_id)
+            .filter_map(|n| placement::origin_of_url(n.public_url.as_deref()?))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Before a viewer of `name` is admitted: if the stream is not live here
     /// but published on another node, pull it and wait (bounded) for its
     /// first keyframe. Returns at once otherwise.

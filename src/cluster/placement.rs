@@ -79,6 +79,22 @@ pub fn was_redirected(query: Option<&str>) -> bool {
     })
 }
 
+/// The origin (`scheme://host[:port]`) of a node's public URL, for a page's
+/// `connect-src`; None unless it is plainly one (the URL comes from another
+/// node's row: nothing that could end a CSP directive gets through).
+pub fn origin_of_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split('/').next()?;
+    let plain = !authority.is_empty()
+        && authority
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    plain.then(|| format!("{scheme}://{authority}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +133,22 @@ mod tests {
         assert!(redirect_target(&node("a", 2, 0), &[node("b", 0, 0)]).is_some());
         assert!(redirect_target(&node("a", 100, 0), &[node("b", 80, 0)]).is_none());
         assert!(redirect_target(&node("a", 100, 0), &[node("b", 75, 0)]).is_some());
+    }
+
+    #[test]
+    fn only_plain_origins_go_into_a_policy() {
+        assert_eq!(
+            origin_of_url("https://node-6.example.org:8443/x").as_deref(),
+            Some("https://node-6.example.org:8443")
+        );
+        assert_eq!(
+            origin_of_url("http://[::1]:80").as_deref(),
+            Some("http://[::1]:80")
+        );
+        assert_eq!(origin_of_url("http://a; script-src *"), None);
+        assert_eq!(origin_of_url("javascript://x"), None);
+        assert_eq!(origin_of_url("http://"), None);
+        assert_eq!(origin_of_url("http://a b"), None);
     }
 
     #[test]
