@@ -10,6 +10,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::Matrix;
+
+/// Fewest seconds between two resyncs after the bus was away.
+const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 use super::chat::HISTORY;
 use crate::cluster::bus::{Bus, BusMessage, Inbound};
 use crate::hub::ChatMessage;
@@ -28,7 +31,32 @@ impl Matrix {
     }
 
     async fn follow_bus(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>) {
-        while let Some(m) = rx.recv().await {
+        // A resync reads every room and asks the homeserver for each room's
+        // chat: at most one per RESYNC_EVERY, however often the bus asks
+        // (the one asked meanwhile runs when the time is up).
+        let mut last_resync: Option<tokio::time::Instant> = None;
+        let mut owed: Option<tokio::time::Instant> = None;
+        loop {
+            let m = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => return,
+                },
+                _ = async { tokio::time::sleep_until(owed.unwrap_or_else(tokio::time::Instant::now)).await }, if owed.is_some() => {
+                    owed = None;
+                    Inbound::Resync
+                }
+            };
+            if let Inbound::Resync = m {
+                let now = tokio::time::Instant::now();
+                if let Some(at) = last_resync
+                    && now < at + RESYNC_EVERY
+                {
+                    owed = Some(at + RESYNC_EVERY);
+                    continue;
+                }
+                last_resync = Some(now);
+            }
             match m {
                 Inbound::Reload(stream) => {
                     self.reload_stream(&stream).await;
