@@ -284,11 +284,16 @@ fn a_rename_through_a_balanced_appservice_reaches_every_node_and_the_notice_goes
     signal_backend("-CONT");
 
     // --- a chat message: on every node's feed ---------------------------------------
-    alice.send_text(&room, "hello from the balanced room");
+    let hello = alice.send_text(&room, "hello from the balanced room");
     for f in &feeds {
         f.wait("chat", MX_TIMEOUT, |d| {
             d["body"] == "hello from the balanced room"
         });
+    }
+    // Its redaction too (the node that processes it may be another).
+    alice.redact(&room, &hello);
+    for f in &feeds {
+        f.wait("redaction", MX_TIMEOUT, |d| d["id"] == hello.as_str());
     }
 
     // A message too big for one NOTIFY (10 KB of JSON): through the
