@@ -221,11 +221,14 @@ impl Tally {
         true
     }
 
-    /// Keeps only the nodes `alive` says are (a dead node's viewers are gone).
-    pub fn retain(&mut self, alive: impl Fn(&str) -> bool) -> bool {
-        let before = self.by_node.len();
-        self.by_node.retain(|n, _| alive(n));
-        before != self.by_node.len()
+    /// Keeps only the nodes `alive` says are (a dead node's viewers are
+    /// gone); returns the nodes dropped.
+    pub fn retain(&mut self, alive: impl Fn(&str) -> bool) -> Vec<String> {
+        let gone: Vec<String> = self.by_node.keys().filter(|n| !alive(n)).cloned().collect();
+        for n in &gone {
+            self.by_node.remove(n);
+        }
+        gone
     }
 
     /// The other nodes' viewers of `stream`, their pulls taken off (each is
@@ -288,6 +291,10 @@ pub struct Bus {
     out: mpsc::Sender<BusMessage>,
     out_rx: Mutex<Option<mpsc::Receiver<BusMessage>>>,
     tally: Mutex<Tally>,
+    /// Nodes whose figures were dropped when they looked dead: when one
+    /// looks alive again (e.g. every heartbeat was late while PostgreSQL
+    /// restarted), everyone is asked for their figures again.
+    forgotten: Mutex<std::collections::HashSet<String>>,
     /// The control state the cluster last agreed on, per stream.
     known: Mutex<HashMap<String, u64>>,
     inbox: OnceLock<mpsc::Sender<Inbound>>,
@@ -328,6 +335,7 @@ impl Bus {
             out_rx: Mutex::new(Some(out_rx)),
             tally: Mutex::default(),
             known: Mutex::default(),
+            forgotten: Mutex::default(),
             inbox: OnceLock::new(),
             inbox_overflowed: AtomicBool::new(false),
             cluster_wake,
@@ -441,6 +449,9 @@ impl Bus {
         let mut events = self.hub.subscribe_events();
         let mut last: Option<Vec<(String, u32, bool)>> = None;
         let mut last_at = Instant::now();
+        // An interval, not a sleep in the select: other hub events (chat)
+        // must not keep putting the refresh off.
+        let mut refresh = tokio::time::interval(VIEWERS_REFRESH);
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -450,7 +461,7 @@ impl Bus {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
                 _ = self.resend_viewers.notified() => last = None,
-                _ = tokio::time::sleep(VIEWERS_REFRESH) => last = None,
+                _ = refresh.tick() => last = None,
             }
             tokio::time::sleep(VIEWERS_MIN_INTERVAL).await;
             let counts = self.local_counts();
@@ -672,11 +683,28 @@ impl Bus {
         }
     }
 
-    /// From the cluster step: nodes no longer alive lose their viewers.
-    pub fn forget_dead(&self, alive: impl Fn(&str) -> bool) {
+    /// From the cluster step (`alive`: the nodes alive now): nodes no
+    /// longer alive lose their viewers; one seen alive again is asked for
+    /// its figures (a `sync`).
+    pub fn forget_dead(&self, alive: &[String]) {
+        let is_alive = |n: &str| alive.iter().any(|a| a == n);
         let names = self.tally.lock().streams();
-        if self.tally.lock().retain(alive) {
+        let gone = self.tally.lock().retain(is_alive);
+        if !gone.is_empty() {
             self.apply_tally(&names);
+        }
+        let back = {
+            let mut forgotten = self.forgotten.lock();
+            forgotten.extend(gone);
+            let before = forgotten.len();
+            forgotten.retain(|n| !is_alive(n));
+            if forgotten.len() > MAX_NODES {
+                forgotten.clear();
+            }
+            before != forgotten.len()
+        };
+        if back {
+            self.send(BusMessage::Sync);
         }
     }
 
@@ -803,7 +831,7 @@ mod tests {
         assert_eq!(t.elsewhere("t"), 0);
         assert_eq!(t.elsewhere("s"), 9);
         // A dead node's viewers are gone.
-        assert!(t.retain(|n| n != "b"));
+        assert_eq!(t.retain(|n| n != "b"), ["b"]);
         assert_eq!(t.elsewhere("s"), 0);
         // Bounded.
         for i in 0..(MAX_NODES + 5) {

@@ -418,11 +418,13 @@ impl Cluster {
             let elsewhere = view.origin_of(&s.name, &self.node_id).map(|o| o.session);
             s.set_live_elsewhere(elsewhere.as_deref());
         }
-        self.bus.forget_dead(|node| {
-            view.nodes
-                .iter()
-                .any(|n| n.node_id == node && view.is_alive(n))
-        });
+        let alive: Vec<String> = view
+            .nodes
+            .iter()
+            .filter(|n| view.is_alive(n))
+            .map(|n| n.node_id.clone())
+            .collect();
+        self.bus.forget_dead(&alive);
     }
 
     /// `cluster.redirect_viewers`: where a WHEP POST for `stream` (at
