@@ -309,6 +309,8 @@ pub struct Bus {
     ping_seen: AtomicU64,
     /// The LISTEN connection is up (for /metrics).
     listening: AtomicBool,
+    /// The node left the cluster: nothing more is sent.
+    stopped: AtomicBool,
     /// Counters for /metrics.
     sent: AtomicU64,
     received: AtomicU64,
@@ -343,6 +345,7 @@ impl Bus {
             ping_sent: AtomicU64::new(0),
             ping_seen: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
@@ -359,6 +362,9 @@ impl Bus {
     /// Queues a message for the other nodes (never waits; a full queue
     /// drops it, logged, and the receivers heal at their next resync).
     pub fn send(&self, m: BusMessage) {
+        if self.stopped.load(Ordering::Relaxed) {
+            return;
+        }
         if self.out.try_send(m).is_err()
             && let Some(suppressed) = QUEUE_FULL_LOG.allow()
         {
@@ -367,6 +373,12 @@ impl Bus {
                 "cluster bus: the outgoing queue is full (database slow?); a message was dropped"
             );
         }
+    }
+
+    /// At a clean leave: nothing more goes out (the others drop this node's
+    /// viewers when its row is gone).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
     }
 
     /// Starts the sender, the listener and the watchers of local changes.

@@ -307,6 +307,7 @@ impl Cluster {
     pub async fn leave(&self) {
         let mut left = self.stepping.lock().await;
         *left = true;
+        self.bus.stop();
         self.relays.stop_all();
         match self.store.cluster_leave(&self.node_id).await {
             Ok(()) => info!(node = %self.node_id, "cluster: left"),
