@@ -1212,6 +1212,20 @@ pub struct ClusterConfig {
     /// a two-level tree (see `cluster::tree`). The origin while it is dead.
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Where viewers reach this node directly (a WHEP redirect's target);
+    /// absent: `internal_url`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// A WHEP POST answers 307 to a node with more headroom (RFC 9725).
+    #[serde(default)]
+    pub redirect_viewers: bool,
+    /// WebRTC viewers over the whole cluster (0: no cap; per node:
+    /// `[limits]`).
+    #[serde(default)]
+    pub max_viewers: usize,
+    /// WebRTC viewers of one stream over the whole cluster (0: no cap).
+    #[serde(default)]
+    pub max_viewers_per_stream: usize,
 }
 
 impl ClusterConfig {
@@ -1239,6 +1253,9 @@ impl ClusterConfig {
                     "names this node itself; name another node, or leave it out",
                 ));
             }
+        }
+        if let Some(u) = &self.public_url {
+            http_url("cluster.public_url", u)?;
         }
         if self.secret.chars().count() < MIN_CLUSTER_SECRET_LEN {
             return Err(invalid(

@@ -71,7 +71,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let cluster = match &config.cluster {
         Some(c) => {
-            let cluster = crate::cluster::Cluster::new(c, store.clone(), hub.clone());
+            let cluster = crate::cluster::Cluster::new(
+                c,
+                &config.storage.database_url,
+                store.clone(),
+                hub.clone(),
+                keys.clone(),
+                config.limits.max_viewers,
+            );
             cluster.join().await.context("joining the cluster")?;
             Some(cluster)
         }
@@ -207,6 +214,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let hls = hls.clone();
         c.set_demand(Box::new(move |stream| hls.is_muxing(stream)));
     }
+    if let (Some(c), Some(m)) = (&cluster, &matrix) {
+        // Chat and room changes to and from the other nodes.
+        m.join_bus(&c.bus);
+    }
     let admission = {
         let (hub2, hls2) = (hub.clone(), hls.clone());
         let tokens = matrix
@@ -222,6 +233,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
     };
     admission.spawn_sweeper();
+    if let (Some(c), Some(cc)) = (&cluster, &config.cluster) {
+        let bus = c.bus.clone();
+        admission.set_cluster_caps(crate::admission::cluster_caps::ClusterCaps {
+            max_viewers: cc.max_viewers,
+            max_viewers_per_stream: cc.max_viewers_per_stream,
+            total: Arc::new(move || bus.cluster_total()),
+        });
+    }
     if let Some(m) = &matrix {
         // Leaving a stream's room ends what the member's token admitted.
         let a = Arc::downgrade(&admission);

@@ -11,6 +11,7 @@
 //! expiry and its grounds; WebRTC sessions admitted by it are tracked, and a
 //! sweep ends them when their grounds go away (the room turned private).
 
+pub mod cluster_caps;
 pub mod rate;
 
 use std::collections::HashMap;
@@ -160,6 +161,8 @@ pub struct Admission {
     left: Mutex<HashMap<(String, String), Instant>>,
     /// Passes of members, to revoke when they leave.
     member_passes: Mutex<HashMap<(String, String), RevokeFlags>>,
+    /// Cluster mode: caps over all nodes (cluster_caps.rs).
+    cluster_caps: std::sync::OnceLock<cluster_caps::ClusterCaps>,
 }
 
 /// The revocation flags of one member's passes.
@@ -222,6 +225,7 @@ impl Admission {
             sessions: Mutex::new(HashMap::new()),
             left: Mutex::new(HashMap::new()),
             member_passes: Mutex::new(HashMap::new()),
+            cluster_caps: std::sync::OnceLock::new(),
         })
     }
 
@@ -280,7 +284,11 @@ impl Admission {
             if !stream.is_live() {
                 return Err(Refusal::Offline(name));
             }
-            reservation = Some(self.reserve(&stream)?);
+            // Another node's pull is not a person: only viewers count.
+            if !relay {
+                self.check_cluster_caps(&stream)?;
+            }
+            reservation = Some(self.reserve(&stream, relay)?);
         }
         Ok(ViewerPass {
             stream,
@@ -359,13 +367,18 @@ impl Admission {
     }
 
     /// A place under `[limits]` for one more WebRTC viewer of `stream`.
-    fn reserve(&self, stream: &Stream) -> Result<Reservation, Refusal> {
+    /// Another node's relay pull (`relay`) is not held to the viewer caps:
+    /// it is one session per node and stream that feeds that node's viewers,
+    /// and a full origin must still feed the nodes its viewers are sent to
+    /// (`cluster.redirect_viewers`). The egress cap still applies.
+    fn reserve(&self, stream: &Stream, relay: bool) -> Result<Reservation, Refusal> {
         let limits = &self.limits;
         let mut in_flight = self.in_flight.lock();
         let (total, of_stream) = self.engine.viewer_counts(&stream.name);
         let pending_total: usize = in_flight.values().sum();
         let pending_here = in_flight.get(&stream.name).copied().unwrap_or(0);
-        if limits.max_viewers_per_stream > 0
+        if !relay
+            && limits.max_viewers_per_stream > 0
             && of_stream + pending_here >= limits.max_viewers_per_stream
         {
             return Err(Refusal::Busy(format!(
@@ -373,7 +386,7 @@ impl Admission {
                 stream.name, limits.max_viewers_per_stream
             )));
         }
-        if limits.max_viewers > 0 && total + pending_total >= limits.max_viewers {
+        if !relay && limits.max_viewers > 0 && total + pending_total >= limits.max_viewers {
             return Err(Refusal::Busy(format!(
                 "this server has reached its limit of {} viewers; try again later",
                 limits.max_viewers

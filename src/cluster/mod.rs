@@ -12,6 +12,8 @@
 //! a local control change.
 
 pub mod auth;
+pub mod bus;
+pub mod placement;
 pub mod relay;
 pub mod tree;
 
@@ -28,7 +30,7 @@ use crate::config::ClusterConfig;
 use crate::hub::{Hub, IngestProtocol, Stream};
 use crate::log_every::LogEvery;
 use crate::store::Store;
-use crate::store::cluster::{NodeRow, OriginRow};
+use crate::store::cluster::{NodeLoadRow, NodeRow, OriginRow};
 use auth::NodeAuth;
 use relay::{OriginTarget, Relays};
 
@@ -43,7 +45,7 @@ const PULL_WAIT: Duration = Duration::from_secs(5);
 
 static DB_FAILED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -170,6 +172,12 @@ pub struct Cluster {
     internal_url: String,
     /// `cluster.upstream`: pull from this node instead of the origin.
     upstream: Option<String>,
+    /// Where viewers reach this node (redirect targets).
+    public_url: String,
+    /// Answer WHEP POSTs with 307 to roomier nodes.
+    redirect_viewers: bool,
+    /// This node's `[limits] max_viewers` (0: none), for placement.
+    node_max_viewers: i64,
     pub auth: Arc<NodeAuth>,
     store: Store,
     hub: Arc<Hub>,
@@ -177,7 +185,9 @@ pub struct Cluster {
     started_ms: i64,
     view: Mutex<View>,
     claimed: Mutex<HashMap<String, String>>,
-    wake: Notify,
+    wake: Arc<Notify>,
+    /// Control events to and from the other nodes (LISTEN/NOTIFY).
+    pub bus: Arc<bus::Bus>,
     /// Held by a step and by the leave, so no heartbeat follows the leave.
     stepping: tokio::sync::Mutex<bool>,
 }
@@ -198,6 +208,9 @@ pub struct NodeSnapshot {
     pub heartbeat_age_ms: i64,
     pub viewers: i64,
     pub relays: i64,
+    /// Where viewers reach it (redirect target) and its own viewer cap.
+    pub public_url: Option<String>,
+    pub max_viewers: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -209,12 +222,36 @@ pub struct StreamPlacement {
 }
 
 impl Cluster {
-    pub fn new(cfg: &ClusterConfig, store: Store, hub: Arc<Hub>) -> Arc<Cluster> {
+    pub fn new(
+        cfg: &ClusterConfig,
+        database_url: &str,
+        store: Store,
+        hub: Arc<Hub>,
+        keys: Arc<crate::auth::keys::KeyRing>,
+        node_max_viewers: usize,
+    ) -> Arc<Cluster> {
         let auth = Arc::new(NodeAuth::new(&cfg.secret, &cfg.node_id));
+        let wake = Arc::new(Notify::new());
+        let bus = bus::Bus::new(
+            &cfg.node_id,
+            database_url,
+            store.clone(),
+            hub.clone(),
+            keys,
+            wake.clone(),
+        );
         Arc::new(Cluster {
             node_id: cfg.node_id.clone(),
             internal_url: cfg.internal_url.trim_end_matches('/').to_string(),
             upstream: cfg.upstream.clone(),
+            public_url: cfg
+                .public_url
+                .as_deref()
+                .unwrap_or(&cfg.internal_url)
+                .trim_end_matches('/')
+                .to_string(),
+            redirect_viewers: cfg.redirect_viewers,
+            node_max_viewers: node_max_viewers as i64,
             relays: Relays::new(hub.clone(), auth.clone()),
             auth,
             store,
@@ -222,7 +259,8 @@ impl Cluster {
             started_ms: now_ms(),
             view: Mutex::default(),
             claimed: Mutex::default(),
-            wake: Notify::new(),
+            wake,
+            bus,
             stepping: tokio::sync::Mutex::new(false),
         })
     }
@@ -238,6 +276,7 @@ impl Cluster {
             .map(|n| n.node_id.clone())
             .collect();
         info!(node = %self.node_id, internal_url = %self.internal_url, nodes = %live.join(","), "cluster: joined");
+        self.bus.start();
         let me = self.clone();
         tokio::spawn(async move {
             let mut feed = me.hub.control_feed();
@@ -274,6 +313,7 @@ impl Cluster {
     pub async fn leave(&self) {
         let mut left = self.stepping.lock().await;
         *left = true;
+        self.bus.stop();
         self.relays.stop_all();
         match self.store.cluster_leave(&self.node_id).await {
             Ok(()) => info!(node = %self.node_id, "cluster: left"),
@@ -291,8 +331,12 @@ impl Cluster {
                 &self.internal_url,
                 self.started_ms,
                 now_ms(),
-                viewers as i64,
-                self.relays.len() as i64,
+                NodeLoadRow {
+                    viewers: viewers as i64,
+                    relays: self.relays.len() as i64,
+                    public_url: &self.public_url,
+                    max_viewers: self.node_max_viewers,
+                },
             )
             .await?;
         self.refresh().await
@@ -372,8 +416,86 @@ impl Cluster {
         }
         if !(p.claim.is_empty() && p.release.is_empty()) {
             self.refresh().await?;
+            // The others re-read the origins now (live/offline on their pages).
+            self.bus.send(bus::BusMessage::Origins);
         }
+        self.share_view();
         Ok(())
+    }
+
+    /// Puts what the view says about other nodes into the hub: which
+    /// streams are live elsewhere, and that dead nodes have no viewers.
+    fn share_view(&self) {
+        let view = self.view.lock().clone();
+        for s in self.hub.streams() {
+            let elsewhere = view.origin_of(&s.name, &self.node_id).map(|o| o.session);
+            s.set_live_elsewhere(elsewhere.as_deref());
+        }
+        let alive: Vec<String> = view
+            .nodes
+            .iter()
+            .filter(|n| view.is_alive(n))
+            .map(|n| n.node_id.clone())
+            .collect();
+        self.bus.forget_dead(&alive);
+    }
+
+    /// `cluster.redirect_viewers`: where a WHEP POST for `stream` (at
+    /// `path` with `query`) should go instead of this node, if anywhere.
+    /// Public streams only: a browser drops `Authorization` when it follows
+    /// a redirect to another origin.
+    pub fn redirect_for(&self, stream: &Stream, path: &str, query: Option<&str>) -> Option<String> {
+        if !self.redirect_viewers
+            || placement::was_redirected(query)
+            || stream.access() != crate::hub::Access::Public
+            || !stream.control_state().shown_live()
+        {
+            return None;
+        }
+        let me = placement::NodeLoad {
+            node_id: self.node_id.clone(),
+            public_url: Some(self.public_url.clone()),
+            viewers: self.hub.streams().iter().map(|s| s.viewers() as i64).sum(),
+            max_viewers: self.node_max_viewers,
+        };
+        let others: Vec<placement::NodeLoad> = {
+            let view = self.view.lock();
+            view.nodes
+                .iter()
+                .filter(|n| n.node_id != self.node_id && view.is_alive(n))
+                .map(|n| placement::NodeLoad {
+                    node_id: n.node_id.clone(),
+                    public_url: n.public_url.clone(),
+                    viewers: n.viewers,
+                    max_viewers: n.max_viewers,
+                })
+                .collect()
+        };
+        let target = placement::redirect_target(&me, &others)?;
+        info!(stream = %stream.name, to = %target.node_id, "cluster: viewer redirected to a node with more room");
+        Some(placement::redirect_location(
+            target.public_url.as_deref()?,
+            path,
+            query,
+        ))
+    }
+
+    /// With `redirect_viewers`: the origins of the other nodes viewers may
+    /// be sent to, for the pages' `connect-src`.
+    pub fn redirect_origins(&self) -> Vec<String> {
+        if !self.redirect_viewers {
+            return Vec::new();
+        }
+        let view = self.view.lock();
+        let mut v: Vec<String> = view
+            .nodes
+            .iter()
+            .filter(|n| n.node_id != self.node_id)
+            .filter_map(|n| placement::origin_of_url(n.public_url.as_deref()?))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Before a viewer of `name` is admitted: if the stream is not live here
@@ -450,6 +572,7 @@ impl Cluster {
         let _ = writeln!(out, "roomcast_cluster_relays {}", self.relays.len());
         out.push_str("# HELP roomcast_cluster_nodes_alive Cluster nodes with a recent heartbeat, this one included.\n# TYPE roomcast_cluster_nodes_alive gauge\n");
         let _ = writeln!(out, "roomcast_cluster_nodes_alive {alive}");
+        self.bus.render_metrics(out);
     }
 
     pub fn snapshot(&self) -> ClusterSnapshot {
@@ -467,6 +590,8 @@ impl Cluster {
                     heartbeat_age_ms: (view.read_ms - n.heartbeat_ms).max(0),
                     viewers: n.viewers,
                     relays: n.relays,
+                    public_url: n.public_url.clone(),
+                    max_viewers: n.max_viewers,
                 })
                 .collect(),
             streams: view
@@ -505,6 +630,8 @@ mod tests {
             heartbeat_ms: hb,
             viewers: 0,
             relays: 0,
+            public_url: None,
+            max_viewers: 0,
         }
     }
 

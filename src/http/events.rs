@@ -44,7 +44,7 @@ fn live_or_offline(stream: &crate::hub::Stream) -> Event {
 fn viewers_event(stream: &crate::hub::Stream) -> Event {
     event(
         "viewers",
-        json!({"name": stream.name, "viewers": stream.viewers()}),
+        json!({"name": stream.name, "viewers": stream.cluster_viewers()}),
     )
 }
 
@@ -86,8 +86,9 @@ fn control_diff(
     if full && sent.room_lost != now.room_lost {
         out.push_back(room_event(stream, &now.room_lost));
     }
-    if sent.live != now.live || sent.live_sessions != now.live_sessions {
-        if sent.live && now.live {
+    // Live anywhere in the cluster (on one node: here).
+    if sent.shown_live() != now.shown_live() || sent.restarted(now) {
+        if sent.restarted(now) {
             // Offline and live again in between: say both.
             out.push_back(event("offline", json!({"name": stream.name})));
         }

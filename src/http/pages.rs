@@ -58,6 +58,34 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
 /// Serves one of the built HTML pages. `framable`: may be shown in other sites'
 /// iframes (the embed, widget and multi-view are made for that).
 fn page(name: &str, status: StatusCode, framable: bool, replace: Option<(&str, &str)>) -> Response {
+    page_connecting(name, status, framable, replace, &[])
+}
+
+/// A page that plays WebRTC: with `cluster.redirect_viewers`, its WHEP POST
+/// may be redirected to another node, which `connect-src` must allow.
+fn player_page(
+    app: &App,
+    name: &str,
+    status: StatusCode,
+    replace: Option<(&str, &str)>,
+) -> Response {
+    let nodes = app
+        .cluster
+        .as_ref()
+        .map(|c| c.redirect_origins())
+        .unwrap_or_default();
+    page_connecting(name, status, true, replace, &nodes)
+}
+
+/// [`page`], whose scripts may also connect to `origins` (checked
+/// `scheme://host:port` strings).
+fn page_connecting(
+    name: &str,
+    status: StatusCode,
+    framable: bool,
+    replace: Option<(&str, &str)>,
+    origins: &[String],
+) -> Response {
     let Some((ct, bytes)) = asset_bytes(&format!("{name}.html")) else {
         return ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,11 +100,16 @@ fn page(name: &str, status: StatusCode, framable: bool, replace: Option<(&str, &
             .into_bytes(),
         None => bytes.to_vec(),
     };
-    let csp = if framable {
-        CSP.to_string()
-    } else {
-        format!("{CSP}; frame-ancestors 'self'")
-    };
+    let mut csp = CSP.to_string();
+    if !origins.is_empty() {
+        csp = csp.replace(
+            "connect-src 'self'",
+            &format!("connect-src 'self' {}", origins.join(" ")),
+        );
+    }
+    if !framable {
+        csp.push_str("; frame-ancestors 'self'");
+    }
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
@@ -105,11 +138,11 @@ async fn index() -> Response {
 }
 
 async fn watch(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Response {
-    page("watch", stream_status(&app, &stream), true, None)
+    player_page(&app, "watch", stream_status(&app, &stream), None)
 }
 
 async fn embed(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Response {
-    page("embed", stream_status(&app, &stream), true, None)
+    player_page(&app, "embed", stream_status(&app, &stream), None)
 }
 
 async fn publish(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Response {
@@ -117,8 +150,8 @@ async fn publish(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Res
     page("publish", stream_status(&app, &stream), false, None)
 }
 
-async fn widget() -> Response {
-    page("widget", StatusCode::OK, true, None)
+async fn widget(State(app): State<Arc<App>>) -> Response {
+    player_page(&app, "widget", StatusCode::OK, None)
 }
 
 #[derive(Deserialize)]
@@ -130,7 +163,7 @@ struct MultiviewQuery {
 /// JSON) and handed to the page inside it.
 async fn multiview(State(app): State<Arc<App>>, Query(q): Query<MultiviewQuery>) -> Response {
     let Some(name) = q.layout.filter(|n| !n.is_empty()) else {
-        return page("multiview", StatusCode::OK, true, None);
+        return player_page(&app, "multiview", StatusCode::OK, None);
     };
     let layout = match load_layout(&app, &name) {
         Ok(l) => l,
@@ -141,10 +174,10 @@ async fn multiview(State(app): State<Arc<App>>, Query(q): Query<MultiviewQuery>)
         .unwrap_or_else(|_| "null".into())
         .replace('<', "\\u003c");
     let tag = format!("<script type=\"application/json\" id=\"layout\">{json}</script>");
-    page(
+    player_page(
+        &app,
         "multiview",
         StatusCode::OK,
-        true,
         Some(("<!--layout-->", &tag)),
     )
 }

@@ -76,6 +76,32 @@ pub struct ControlState {
     pub description: Option<String>,
     pub access: Access,
     pub room_lost: Option<RoomLost>,
+    /// Cluster mode: live on another node (its origin's publish session).
+    /// `live` stays this node's own publisher or relay pull.
+    pub elsewhere: Option<String>,
+}
+
+impl ControlState {
+    /// What pages show: live here or on another node of the cluster.
+    pub fn shown_live(&self) -> bool {
+        self.live || self.elsewhere.is_some()
+    }
+
+    /// Whether the stream went offline and live again between `self` and
+    /// `now` although both show it live. In a cluster the origin's session
+    /// tells (an edge's relay pull starting or ending is not a new
+    /// broadcast); on one node the count of times it went live.
+    pub fn restarted(&self, now: &ControlState) -> bool {
+        if !(self.shown_live() && now.shown_live()) {
+            return false;
+        }
+        match (&self.elsewhere, &now.elsewhere) {
+            (Some(a), Some(b)) => a != b,
+            (None, None) => self.live_sessions != now.live_sessions,
+            // Moved between this node and another: a new session.
+            _ => true,
+        }
+    }
 }
 
 /// One listener's position on the control path.
@@ -159,6 +185,32 @@ mod tests {
         let changed = feed.changed(&hub).await.expect("hub");
         assert_eq!(changed.len(), 1);
         assert_eq!(b.control_state().live_sessions, before + 1);
+    }
+
+    #[test]
+    fn an_edge_pull_starting_is_not_a_new_broadcast_a_new_origin_session_is() {
+        let hub = Hub::new();
+        let s = hub.ensure_stream("s", None);
+        let offline = s.control_state();
+        s.set_live_elsewhere(Some("a:1"));
+        let elsewhere = s.control_state();
+        assert!(!offline.shown_live() && elsewhere.shown_live());
+        assert!(!offline.restarted(&elsewhere));
+        // This node starts pulling: the same broadcast.
+        let pull = hub.publish(&s, IngestProtocol::Relay);
+        let pulled = s.control_state();
+        assert!(!elsewhere.restarted(&pulled));
+        // The publisher reconnected on another node: a new session.
+        s.set_live_elsewhere(Some("b:2"));
+        assert!(pulled.restarted(&s.control_state()));
+        drop(pull);
+        // On one node, offline and live again in between.
+        let one = hub.ensure_stream("one", None);
+        let p = hub.publish(&one, IngestProtocol::Whip);
+        let before = one.control_state();
+        drop(p);
+        let _p = hub.publish(&one, IngestProtocol::Whip);
+        assert!(before.restarted(&one.control_state()));
     }
 
     #[tokio::test]

@@ -7,12 +7,13 @@
 //! egress never knows the source protocol.
 
 mod control;
+mod shared;
 mod stats;
 mod timeline;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
@@ -174,8 +175,9 @@ pub enum HubEvent {
     },
 }
 
-/// A chat message of a stream's Matrix room, as pages show it (`rich`: see `matrix::chat_view`).
-#[derive(Debug, Clone, Serialize)]
+/// A chat message of a stream's Matrix room, as pages show it (`rich`: see
+/// `matrix::chat_view`). Deserialized from the cluster bus (`cluster/bus.rs`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ChatMessage {
     /// The Matrix event id.
     pub id: String,
@@ -262,6 +264,9 @@ struct StreamState {
     room_lost: Option<RoomLost>,
     /// The protocol of the current or, while offline, the last publisher.
     last_protocol: Option<IngestProtocol>,
+    /// Cluster mode: the publish session of the stream's origin when that
+    /// is another node (see `hub/shared.rs`).
+    elsewhere: Option<String>,
 }
 
 #[derive(Clone)]
@@ -295,6 +300,9 @@ pub struct Stream {
     state: Mutex<StreamState>,
     fanout: Mutex<Fanout>,
     viewers: AtomicUsize,
+    /// Cluster mode: the other nodes' viewers of this stream, their relay
+    /// pulls taken off (see `hub/shared.rs`).
+    viewers_elsewhere: AtomicI64,
     hub_events: broadcast::Sender<HubEvent>,
     control: Arc<ControlClock>,
     /// The control generation of this stream's last control change.
@@ -363,6 +371,7 @@ impl Hub {
                         live_sessions: 0,
                         room_lost: None,
                         last_protocol: None,
+                        elsewhere: None,
                     }),
                     fanout: Mutex::new(Fanout {
                         next_index: 0,
@@ -371,6 +380,7 @@ impl Hub {
                         sinks: Arc::new(Vec::new()),
                     }),
                     viewers: AtomicUsize::new(0),
+                    viewers_elsewhere: AtomicI64::new(0),
                     hub_events: self.events.clone(),
                     control: self.control.clone(),
                     control_stamp: AtomicU64::new(0),
@@ -582,6 +592,7 @@ impl Stream {
             description: st.description.clone(),
             access: st.access,
             room_lost: st.room_lost.clone(),
+            elsewhere: st.elsewhere.clone(),
         }
     }
 
@@ -619,6 +630,7 @@ impl Stream {
         let st = self.state.lock();
         let now = Instant::now();
         let live = st.publisher.is_some();
+        let live_in_cluster = live || st.elsewhere.is_some();
         let video = st.media.video.as_ref().map(|v| VideoSnapshot {
             codec: v.codec,
             width: v.width,
@@ -642,9 +654,11 @@ impl Stream {
             access: st.access,
             room: st.room.clone(),
             room_lost: st.room_lost.clone(),
-            live,
+            // Cluster mode: live on any node, viewers summed over the nodes
+            // (per-node figures are in /metrics and GET /api/v1/cluster).
+            live: live_in_cluster,
             started_at: st.publisher.as_ref().map(|p| rfc3339(p.started_at)),
-            viewers: self.viewers(),
+            viewers: self.cluster_viewers_locked(&st),
             ingest: st.publisher.as_ref().map(|p| IngestSnapshot {
                 protocol: p.protocol,
             }),
@@ -752,10 +766,10 @@ impl Stream {
         self.notify_viewers(n);
     }
 
-    fn notify_viewers(&self, count: usize) {
+    fn notify_viewers(&self, _local: usize) {
         let _ = self.hub_events.send(HubEvent::Viewers {
             stream: self.name.clone(),
-            count,
+            count: self.cluster_viewers(),
         });
     }
 

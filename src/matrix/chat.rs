@@ -29,7 +29,7 @@ use super::{Ev, HsError, Matrix, MatrixError};
 use crate::hub::{ChatMessage, HubEvent};
 
 /// Messages kept per room for the pages' history.
-const HISTORY: usize = 100;
+pub(super) const HISTORY: usize = 100;
 /// Longest guest message, in characters.
 pub const MAX_GUEST_CHARS: usize = 1000;
 /// Longest display name kept, in characters.
@@ -89,7 +89,7 @@ impl Limiter {
 /// and the hub).
 pub struct Chat {
     /// Recent messages per room, oldest first ([`HISTORY`] at most).
-    history: Mutex<HashMap<String, VecDeque<Arc<ChatMessage>>>>,
+    pub(super) history: Mutex<HashMap<String, VecDeque<Arc<ChatMessage>>>>,
     members: Mutex<Members>,
     reactions: Mutex<Reactions>,
     media: MediaProxy,
@@ -390,6 +390,12 @@ impl Matrix {
 
     /// Sends a new or changed message to the pages of the room's streams.
     fn publish(&self, room: &str, msg: &Arc<ChatMessage>) {
+        self.chat_to_cluster(room, msg);
+        self.publish_here(room, msg);
+    }
+
+    /// Sends a message to this node's pages of the room's streams.
+    pub(super) fn publish_here(&self, room: &str, msg: &Arc<ChatMessage>) {
         for m in self.streams_of_room(room) {
             self.hub.send_event(HubEvent::Chat {
                 stream: m.stream,
@@ -484,6 +490,13 @@ impl Matrix {
                 q.len() != before
             })
         };
+        self.redaction_to_cluster(room, target);
+        self.redaction_here(room, target);
+        info!(room = %room, removed, "matrix: chat message redacted");
+    }
+
+    /// Tells this node's pages of the room's streams that `target` is gone.
+    pub(super) fn redaction_here(&self, room: &str, target: &str) {
         // Tell pages even when the message is older than the kept history.
         for m in self.streams_of_room(room) {
             self.hub.send_event(HubEvent::Redaction {
@@ -491,7 +504,6 @@ impl Matrix {
                 id: target.to_string(),
             });
         }
-        info!(room = %room, removed, "matrix: chat message redacted");
     }
 
     /// Loads the room's members (names and avatars) and recent events (newest

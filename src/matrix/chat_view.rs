@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, LazyLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::hub::ChatMessage;
@@ -25,7 +25,8 @@ const MAX_REACTION_KEY_CHARS: usize = 32;
 const MAX_REACTION_KEYS: usize = 20;
 
 /// The chat message beyond its plain text (serialized flat into `chat` events).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Rich {
     /// `m.text`, `m.emote`, `m.notice`, `m.image`, `m.video`, `m.audio`,
     /// `m.file`, or `m.sticker` (the event type of a sticker).
@@ -48,7 +49,8 @@ pub struct Rich {
 }
 
 /// The message a reply answers, as the chat quotes it.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct ReplyTo {
     pub id: String,
     /// Absent when the message is not known (too old, or redacted).
@@ -59,7 +61,8 @@ pub struct ReplyTo {
 }
 
 /// An image, sticker or video thumbnail, served by the media proxy.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Media {
     /// `{server}/{media_id}`: `GET /api/v1/streams/{stream}/media/{path}`.
     pub path: String,
@@ -71,7 +74,7 @@ pub struct Media {
     pub h: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Reaction {
     pub key: String,
     pub count: u32,

@@ -34,6 +34,7 @@ impl Matrix {
             .commit_key_step(stream, &hash, event, step)
             .await?;
         self.keys.set(stream, &hash);
+        self.key_to_cluster(stream);
         Ok(())
     }
 

@@ -28,6 +28,7 @@ pub mod chat;
 pub mod chat_view;
 mod claims;
 pub mod client;
+mod cluster_bus;
 pub mod commands;
 mod decisions;
 mod executor;
@@ -140,6 +141,8 @@ pub struct Matrix {
     on_demand: Mutex<chat::Limiter>,
     /// When an alias lookup was last refused for the rate (logged once a minute).
     on_demand_warned: Mutex<Option<std::time::Instant>>,
+    /// Cluster mode: the bus to the other nodes (chat they cannot read).
+    bus: std::sync::OnceLock<Arc<crate::cluster::bus::Bus>>,
 }
 
 impl Matrix {
@@ -206,6 +209,7 @@ impl Matrix {
             // 3 at once, then one every 20 s.
             on_demand: Mutex::new(chat::Limiter::new(3.0, 1.0 / 20.0)),
             on_demand_warned: Mutex::new(None),
+            bus: std::sync::OnceLock::new(),
         };
         m.load_mapping().await?;
         m.store.prune_processed(7).await?;

@@ -296,7 +296,7 @@ impl Matrix {
                     Ok(_) => {}
                     Err(RecvError::Lagged(_)) => {
                         for s in self.hub.streams() {
-                            self.note_viewers(&s.name, s.viewers());
+                            self.note_viewers(&s.name, s.cluster_viewers());
                         }
                     }
                     Err(RecvError::Closed) => return,

@@ -14,6 +14,19 @@ pub struct NodeRow {
     pub heartbeat_ms: i64,
     pub viewers: i64,
     pub relays: i64,
+    /// Where viewers reach it (`cluster.public_url`, else its internal URL).
+    pub public_url: Option<String>,
+    /// Its `[limits] max_viewers` (0: none).
+    pub max_viewers: i64,
+}
+
+/// What a heartbeat writes besides the time.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeLoadRow<'a> {
+    pub viewers: i64,
+    pub relays: i64,
+    pub public_url: &'a str,
+    pub max_viewers: i64,
 }
 
 /// Where a stream is published.
@@ -33,22 +46,24 @@ impl Store {
         internal_url: &str,
         started_ms: i64,
         now_ms: i64,
-        viewers: i64,
-        relays: i64,
+        load: NodeLoadRow<'_>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO cluster_nodes (node_id, internal_url, started_ms, heartbeat_ms, viewers, relays)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO cluster_nodes (node_id, internal_url, started_ms, heartbeat_ms, viewers, relays, public_url, max_viewers)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (node_id) DO UPDATE SET internal_url = excluded.internal_url,
                started_ms = excluded.started_ms, heartbeat_ms = excluded.heartbeat_ms,
-               viewers = excluded.viewers, relays = excluded.relays",
+               viewers = excluded.viewers, relays = excluded.relays,
+               public_url = excluded.public_url, max_viewers = excluded.max_viewers",
         )
         .bind(node)
         .bind(internal_url)
         .bind(started_ms)
         .bind(now_ms)
-        .bind(viewers)
-        .bind(relays)
+        .bind(load.viewers)
+        .bind(load.relays)
+        .bind(load.public_url)
+        .bind(load.max_viewers)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -70,7 +85,7 @@ impl Store {
     /// Every registered node, live or not (the caller judges heartbeats).
     pub async fn cluster_nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT node_id, internal_url, started_ms, heartbeat_ms, viewers, relays
+            "SELECT node_id, internal_url, started_ms, heartbeat_ms, viewers, relays, public_url, max_viewers
              FROM cluster_nodes ORDER BY node_id",
         )
         .fetch_all(&self.pool)
@@ -84,6 +99,8 @@ impl Store {
                     heartbeat_ms: r.try_get("heartbeat_ms")?,
                     viewers: r.try_get("viewers")?,
                     relays: r.try_get("relays")?,
+                    public_url: r.try_get("public_url")?,
+                    max_viewers: r.try_get("max_viewers")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

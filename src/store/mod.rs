@@ -5,6 +5,7 @@
 //! their DDL differs (`migrations/sqlite`, `migrations/postgres`).
 
 pub mod cluster;
+pub mod cluster_bus;
 pub mod health;
 pub mod matrix;
 pub mod matrix_leases;

@@ -1400,7 +1400,31 @@ async function mxWidgetChat(browser) {
 }
 
 // --- main ---------------------------------------------------------------------------
-const SCENARIOS = { watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget, 'mx-widget-chat': mxWidgetChat, 'mx-chat': mxChat };
+/** The watch page of a full cluster node (cluster.redirect_viewers): its WHEP POST is
+ *  answered 307 to another node, which the player follows; it plays from there, and its
+ *  session's resource (PATCH/DELETE) is on that node. --expect-resource PREFIX: the
+ *  resource URL must start with it. Then the page is closed. */
+async function watchRedirect(browser) {
+  const stream = opt('stream', 't1');
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  const page = await ctx.newPage();
+  watchConsole(page, 'watch-redirect');
+  await page.goto(`${BASE}/watch/${stream}`);
+  const stats = await waitFor('the page to play (30 frames)', async () => {
+    const s = await playerStats(page);
+    return s && s.framesDecoded >= 30 && s.state === 'playing' ? s : null;
+  });
+  const resource = await page.evaluate(() => window.roomcast.player.resource);
+  const prefix = opt('expect-resource', '');
+  check(resource && resource.startsWith(prefix), `the session's resource ${resource} is not under ${prefix}`);
+  emit({ type: 'playing', resource, stats });
+  // Closing the page ends the session (the player's pagehide DELETE, or the
+  // PeerConnection's close, whichever B sees first).
+  await ctx.close();
+  return { resource };
+}
+
+const SCENARIOS = { 'watch-redirect': watchRedirect, watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget, 'mx-widget-chat': mxWidgetChat, 'mx-chat': mxChat };
 
 async function main() {
   const result = { type: 'result', scenario, ok: false };

@@ -19,6 +19,7 @@ pub mod federation;
 pub mod http;
 pub mod impair;
 pub mod matrix;
+pub mod nginx;
 pub mod postgres;
 pub mod publishers;
 pub mod raw_rtmp;

@@ -144,6 +144,16 @@ pub async fn options() -> Response {
 }
 
 /// The headers of a `201 Created` session resource.
+/// `307 Temporary Redirect` to another node (RFC 9725 §4.1: the client
+/// sends the same offer there).
+pub fn redirected(location: &str) -> Response {
+    (
+        StatusCode::TEMPORARY_REDIRECT,
+        [(header::LOCATION, location.to_string())],
+    )
+        .into_response()
+}
+
 pub fn created(protocol_path: &str, stream: &str, secret: &str, sdp: String) -> Response {
     // The ETag names this negotiation without repeating the secret.
     let etag = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes())[..8]);

@@ -51,6 +51,12 @@ async fn create(
             // A viewer without access makes no pull.
             let token = token_from(&headers, uri.query());
             app.admission.check_access(&name, token.as_deref())?;
+            // `cluster.redirect_viewers`: a roomier node takes this viewer.
+            if let Some(stream) = app.hub.get(&name)
+                && let Some(to) = cluster.redirect_for(&stream, uri.path(), uri.query())
+            {
+                return Ok(session::redirected(&to));
+            }
         }
         cluster.prepare_viewer(&name).await;
     }

@@ -286,7 +286,9 @@ export class Player extends EventTarget {
       return this.onWhepError(err, this.gen);
     }
     const loc = resp.headers.get('Location');
-    this.resource = loc ? new URL(loc, location.href).href : null;
+    // After a 307 to another node (cluster.redirect_viewers), the resource
+    // lives there: resolve against the URL that answered.
+    this.resource = loc ? new URL(loc, resp.url || location.href).href : null;
     this.resourceToken = token;
     const answer = await resp.text();
     try {
@@ -483,7 +485,7 @@ export class Player extends EventTarget {
       });
       if (resp.status !== 201) return done(false);
       const loc = resp.headers.get('Location');
-      probe.resource = loc ? new URL(loc, location.href).href : null;
+      probe.resource = loc ? new URL(loc, resp.url || location.href).href : null;
       // Given up meanwhile (timer, teardown): end the session just made.
       if (this.probe !== probe) return closeProbe(probe);
       await pc.setRemoteDescription({ type: 'answer', sdp: await resp.text() });

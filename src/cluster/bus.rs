@@ -1,0 +1,869 @@
+//! The control-event bus between cluster nodes: PostgreSQL LISTEN/NOTIFY on
+//! one channel. What travels:
+//!
+//! - `control`: a stream's title, description, access or room changed on
+//!   the sending node. The database already has it (the Matrix bridge writes
+//!   rows before it changes the hub), so receivers re-read the stream from
+//!   the database rather than trust a copy: whatever order messages arrive
+//!   in, every node ends where the database is. A hash of the sender's state
+//!   lets a receiver that reaches the same state stay quiet (no echo).
+//! - `key`: a stream's key changed (`!live key`); receivers re-read its row.
+//! - `origins`: a publish started or ended here; receivers re-read the
+//!   origins at once instead of at their next heartbeat (live/offline).
+//! - `viewers`: the sender's viewers per stream and whether it pulls it;
+//!   receivers sum the other nodes' figures into their pages and API.
+//! - `chat` and `redaction`: the room's chat as the node that processed the
+//!   room's events rendered it (only that node reads the transaction).
+//! - `sync`: a node (re)started listening and asks for everyone's viewers.
+//! - `ping`: a node's own heartbeat through its LISTEN connection, which
+//!   proves the connection alive (a dropped one is replaced, then resynced).
+//!
+//! NOTIFY takes at most 8000 bytes: a bigger message (a long chat message,
+//! many streams' counts) is written to `cluster_bus_payloads` and the
+//! notification carries its row id (`@123`); rows are pruned after a minute.
+//!
+//! The encoding, the decoding and the viewer tally are pure; [`Bus`] is the
+//! thin driver.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+use tracing::{info, warn};
+
+use crate::auth::keys::KeyRing;
+use crate::hub::{ChatMessage, Hub, Stream};
+use crate::log_every::LogEvery;
+use crate::store::Store;
+
+/// The one LISTEN/NOTIFY channel of a cluster's database.
+pub const CHANNEL: &str = "roomcast_bus";
+/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; keep a margin.
+pub const NOTIFY_MAX_BYTES: usize = 7900;
+/// The largest message the bus carries at all (through the payload table).
+pub const PAYLOAD_MAX_BYTES: usize = 256 * 1024;
+/// How long a big payload's row is kept for the receivers to read.
+const PAYLOAD_KEEP: Duration = Duration::from_secs(60);
+/// The LISTEN connection pings itself this often…
+const PING_EVERY: Duration = Duration::from_secs(2);
+/// …and is replaced when its own ping has not come back within this.
+const PING_DEAD_AFTER: Duration = Duration::from_secs(6);
+/// A (re)connection of the LISTEN connection gives up after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Viewer counts go out at most this often (changes coalesce)…
+const VIEWERS_MIN_INTERVAL: Duration = Duration::from_millis(200);
+/// …and at least this often, so a missed message heals.
+const VIEWERS_REFRESH: Duration = Duration::from_secs(10);
+/// Outgoing messages waiting for the database (each is small).
+const OUT_QUEUE: usize = 1024;
+/// Incoming messages waiting for the Matrix bridge.
+const INBOX_QUEUE: usize = 512;
+/// Streams in one node's viewer message that a receiver keeps.
+const MAX_STREAMS_PER_NODE: usize = 4096;
+/// Nodes whose viewer counts a receiver keeps.
+const MAX_NODES: usize = 256;
+
+static SEND_FAILED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+static BAD_MESSAGE_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+static LISTEN_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+static QUEUE_FULL_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+
+/// One message between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum BusMessage {
+    Control {
+        stream: String,
+        /// [`control_sig`] of the sender's state after the change.
+        sig: u64,
+    },
+    Origins,
+    /// A stream's key changed (`!live key`): receivers re-read its row.
+    Key {
+        stream: String,
+    },
+    Viewers {
+        /// (stream, viewers on the sender, whether the sender pulls it).
+        counts: Vec<(String, u32, bool)>,
+    },
+    Chat {
+        room: String,
+        message: Box<ChatMessage>,
+    },
+    Redaction {
+        room: String,
+        id: String,
+    },
+    Sync,
+    Ping {
+        nonce: u64,
+    },
+}
+
+/// A message with its sender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sending node's `node_id`.
+    pub n: String,
+    pub m: BusMessage,
+}
+
+/// A message ready for NOTIFY.
+#[derive(Debug, PartialEq)]
+pub enum Encoded {
+    /// Fits a notification.
+    Inline(String),
+    /// Goes to the payload table; the notification names its row.
+    Table(String),
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum BusError {
+    #[error("message of {0} bytes is over the bus's {PAYLOAD_MAX_BYTES}")]
+    TooBig(usize),
+    #[error("not a bus message: {0}")]
+    Bad(String),
+}
+
+pub fn encode(env: &Envelope) -> Result<Encoded, BusError> {
+    let json = serde_json::to_string(env).map_err(|e| BusError::Bad(e.to_string()))?;
+    if json.len() > PAYLOAD_MAX_BYTES {
+        return Err(BusError::TooBig(json.len()));
+    }
+    // A JSON object never starts with '@': the two forms cannot be confused.
+    Ok(if json.len() <= NOTIFY_MAX_BYTES {
+        Encoded::Inline(json)
+    } else {
+        Encoded::Table(json)
+    })
+}
+
+/// A notification as received.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    Message(Envelope),
+    /// Read row `id` of the payload table, then [`decode_body`] it.
+    Table(i64),
+}
+
+pub fn decode(payload: &str) -> Result<Received, BusError> {
+    if let Some(id) = payload.strip_prefix('@') {
+        return id
+            .parse()
+            .map(Received::Table)
+            .map_err(|_| BusError::Bad(format!("bad payload reference '{id}'")));
+    }
+    decode_body(payload).map(Received::Message)
+}
+
+pub fn decode_body(body: &str) -> Result<Envelope, BusError> {
+    if body.len() > PAYLOAD_MAX_BYTES {
+        return Err(BusError::TooBig(body.len()));
+    }
+    serde_json::from_str(body).map_err(|e| BusError::Bad(e.to_string()))
+}
+
+/// The LISTEN connection's URL: named `roomcast-bus-<node>` in
+/// `pg_stat_activity`, so an operator (or a test) can find it.
+pub fn listener_url(database_url: &str, node: &str) -> String {
+    if database_url.contains("application_name=") {
+        return database_url.to_string();
+    }
+    let sep = if database_url.contains('?') { '&' } else { '?' };
+    format!("{database_url}{sep}application_name=roomcast-bus-{node}")
+}
+
+/// A hash of what `control` messages carry about a stream (title,
+/// description, access, room): equal on two nodes means they agree.
+pub fn control_sig(s: &Stream) -> u64 {
+    let snap = s.snapshot();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    snap.title.hash(&mut h);
+    snap.description.hash(&mut h);
+    (snap.access == crate::hub::Access::Public).hash(&mut h);
+    snap.room
+        .as_ref()
+        .map(|r| (&r.room_id, &r.alias, r.chat))
+        .hash(&mut h);
+    snap.room_lost
+        .as_ref()
+        .map(|l| (&l.reason, &l.by, l.at))
+        .hash(&mut h);
+    h.finish()
+}
+
+/// The other nodes' viewer figures (bounded: [`MAX_NODES`] ×
+/// [`MAX_STREAMS_PER_NODE`]).
+#[derive(Debug, Default)]
+pub struct Tally {
+    by_node: HashMap<String, HashMap<String, (u32, bool)>>,
+}
+
+impl Tally {
+    /// Node `node`'s full figures replace what it said before. False when
+    /// refused (too many nodes).
+    pub fn apply(&mut self, node: &str, counts: &[(String, u32, bool)]) -> bool {
+        if !self.by_node.contains_key(node) && self.by_node.len() >= MAX_NODES {
+            return false;
+        }
+        let map = counts
+            .iter()
+            .take(MAX_STREAMS_PER_NODE)
+            .map(|(s, v, p)| (s.clone(), (*v, *p)))
+            .collect();
+        self.by_node.insert(node.to_string(), map);
+        true
+    }
+
+    /// Keeps only the nodes `alive` says are (a dead node's viewers are
+    /// gone); returns the nodes dropped.
+    pub fn retain(&mut self, alive: impl Fn(&str) -> bool) -> Vec<String> {
+        let gone: Vec<String> = self.by_node.keys().filter(|n| !alive(n)).cloned().collect();
+        for n in &gone {
+            self.by_node.remove(n);
+        }
+        gone
+    }
+
+    /// The other nodes' viewers of `stream`, their pulls taken off (each is
+    /// one viewer on the origin, not a person).
+    pub fn elsewhere(&self, stream: &str) -> i64 {
+        self.by_node
+            .values()
+            .filter_map(|m| m.get(stream))
+            .map(|(v, pull)| i64::from(*v) - i64::from(*pull))
+            .sum()
+    }
+
+    /// Every stream some node reported.
+    pub fn streams(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .by_node
+            .values()
+            .flat_map(|m| m.keys().cloned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Viewers on all the other nodes (their pulls taken off).
+    pub fn total(&self) -> i64 {
+        self.by_node
+            .values()
+            .flat_map(|m| m.values())
+            .map(|(v, pull)| i64::from(*v) - i64::from(*pull))
+            .sum()
+    }
+}
+
+/// What the bus hands the Matrix bridge (it owns the rooms and the chat).
+#[derive(Debug)]
+pub enum Inbound {
+    /// Re-read this stream's room from the database.
+    Reload(String),
+    Chat {
+        room: String,
+        message: Arc<ChatMessage>,
+    },
+    Redaction {
+        room: String,
+        id: String,
+    },
+    /// The bus was away (or a message was dropped): re-read every room and
+    /// the chat histories.
+    Resync,
+}
+
+/// This node's end of the bus.
+pub struct Bus {
+    node: String,
+    database_url: String,
+    store: Store,
+    hub: Arc<Hub>,
+    keys: Arc<KeyRing>,
+    out: mpsc::Sender<BusMessage>,
+    out_rx: Mutex<Option<mpsc::Receiver<BusMessage>>>,
+    tally: Mutex<Tally>,
+    /// Nodes whose figures were dropped when they looked dead: when one
+    /// looks alive again (e.g. every heartbeat was late while PostgreSQL
+    /// restarted), everyone is asked for their figures again.
+    forgotten: Mutex<std::collections::HashSet<String>>,
+    /// The control state the cluster last agreed on, per stream.
+    known: Mutex<HashMap<String, u64>>,
+    inbox: OnceLock<mpsc::Sender<Inbound>>,
+    /// The inbox was full: a resync is owed to the Matrix bridge.
+    inbox_overflowed: AtomicBool,
+    /// Wakes the cluster step (origins changed, or a resync).
+    cluster_wake: Arc<Notify>,
+    /// Wakes the viewer sender (a `sync` asked for everyone's figures).
+    resend_viewers: Notify,
+    /// The last ping sent and the last of ours that came back.
+    ping_sent: AtomicU64,
+    ping_seen: AtomicU64,
+    /// The LISTEN connection is up (for /metrics).
+    listening: AtomicBool,
+    /// The node left the cluster: nothing more is sent.
+    stopped: AtomicBool,
+    /// Counters for /metrics.
+    sent: AtomicU64,
+    received: AtomicU64,
+    resyncs: AtomicU64,
+}
+
+impl Bus {
+    pub fn new(
+        node: &str,
+        database_url: &str,
+        store: Store,
+        hub: Arc<Hub>,
+        keys: Arc<KeyRing>,
+        cluster_wake: Arc<Notify>,
+    ) -> Arc<Bus> {
+        let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+        Arc::new(Bus {
+            node: node.to_string(),
+            database_url: database_url.to_string(),
+            store,
+            hub,
+            keys,
+            out,
+            out_rx: Mutex::new(Some(out_rx)),
+            tally: Mutex::default(),
+            known: Mutex::default(),
+            forgotten: Mutex::default(),
+            inbox: OnceLock::new(),
+            inbox_overflowed: AtomicBool::new(false),
+            cluster_wake,
+            resend_viewers: Notify::new(),
+            ping_sent: AtomicU64::new(0),
+            ping_seen: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+        })
+    }
+
+    /// The Matrix bridge's inbox (call once, before [`Bus::start`]).
+    pub fn inbox(&self) -> Option<mpsc::Receiver<Inbound>> {
+        let (tx, rx) = mpsc::channel(INBOX_QUEUE);
+        self.inbox.set(tx).ok()?;
+        Some(rx)
+    }
+
+    /// Queues a message for the other nodes (never waits; a full queue
+    /// drops it, logged, and the receivers heal at their next resync).
+    pub fn send(&self, m: BusMessage) {
+        if self.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.out.try_send(m).is_err()
+            && let Some(suppressed) = QUEUE_FULL_LOG.allow()
+        {
+            warn!(
+                suppressed,
+                "cluster bus: the outgoing queue is full (database slow?); a message was dropped"
+            );
+        }
+    }
+
+    /// At a clean leave: nothing more goes out (the others drop this node's
+    /// viewers when its row is gone).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Starts the sender, the listener and the watchers of local changes.
+    pub fn start(self: &Arc<Self>) {
+        let Some(rx) = self.out_rx.lock().take() else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move { me.sender(rx).await });
+        let me = self.clone();
+        tokio::spawn(async move { me.listener().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.watch_control().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.watch_viewers().await });
+    }
+
+    // --- out -----------------------------------------------------------------------
+
+    async fn sender(self: Arc<Self>, mut rx: mpsc::Receiver<BusMessage>) {
+        let mut last_prune = Instant::now();
+        while let Some(m) = rx.recv().await {
+            let env = Envelope {
+                n: self.node.clone(),
+                m,
+            };
+            if let Err(e) = self.notify(&env).await
+                && let Some(suppressed) = SEND_FAILED_LOG.allow()
+            {
+                warn!(error = %e, suppressed, "cluster bus: a NOTIFY failed; the others resync when they see it");
+            }
+            if last_prune.elapsed() > PAYLOAD_KEEP / 2 {
+                last_prune = Instant::now();
+                let before = crate::cluster::now_ms() - PAYLOAD_KEEP.as_millis() as i64;
+                let _ = self.store.bus_prune_payloads(before).await;
+            }
+        }
+    }
+
+    async fn notify(&self, env: &Envelope) -> Result<(), anyhow::Error> {
+        let payload = match encode(env)? {
+            Encoded::Inline(p) => p,
+            Encoded::Table(body) => {
+                let id = self
+                    .store
+                    .bus_put_payload(&body, crate::cluster::now_ms())
+                    .await?;
+                format!("@{id}")
+            }
+        };
+        self.store.bus_notify(CHANNEL, &payload).await?;
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Local control changes go out; those that match what the cluster
+    /// already agreed on (a reload after another node's message) do not.
+    async fn watch_control(self: Arc<Self>) {
+        let mut feed = self.hub.control_feed();
+        for s in self.hub.streams() {
+            self.known.lock().insert(s.name.clone(), control_sig(&s));
+        }
+        while let Some(changed) = feed.changed(&self.hub).await {
+            for s in changed {
+                let sig = control_sig(&s);
+                let new = self.known.lock().insert(s.name.clone(), sig) != Some(sig);
+                if new {
+                    self.send(BusMessage::Control {
+                        stream: s.name.clone(),
+                        sig,
+                    });
+                }
+            }
+        }
+    }
+
+    /// This node's viewer figures, on change (coalesced), on a `sync`, and
+    /// every [`VIEWERS_REFRESH`].
+    async fn watch_viewers(self: Arc<Self>) {
+        let mut events = self.hub.subscribe_events();
+        let mut last: Option<Vec<(String, u32, bool)>> = None;
+        let mut last_at = Instant::now();
+        // An interval, not a sleep in the select: other hub events (chat)
+        // must not keep putting the refresh off.
+        let mut refresh = tokio::time::interval(VIEWERS_REFRESH);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(crate::hub::HubEvent::Viewers { .. }) => {}
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = self.resend_viewers.notified() => last = None,
+                _ = refresh.tick() => last = None,
+            }
+            tokio::time::sleep(VIEWERS_MIN_INTERVAL).await;
+            let counts = self.local_counts();
+            if last.as_ref() != Some(&counts) || last_at.elapsed() > VIEWERS_REFRESH {
+                self.send(BusMessage::Viewers {
+                    counts: counts.clone(),
+                });
+                last = Some(counts);
+                last_at = Instant::now();
+            }
+        }
+    }
+
+    fn local_counts(&self) -> Vec<(String, u32, bool)> {
+        self.hub
+            .streams()
+            .iter()
+            .filter_map(|s| {
+                let (viewers, pull) = s.local_load();
+                (viewers > 0 || pull).then(|| (s.name.clone(), viewers as u32, pull))
+            })
+            .collect()
+    }
+
+    // --- in ------------------------------------------------------------------------
+
+    async fn listener(self: Arc<Self>) {
+        let mut first = true;
+        loop {
+            match self.listen_once(first).await {
+                Ok(()) => {}
+                Err(e) => {
+                    if let Some(suppressed) = LISTEN_LOG.allow() {
+                        warn!(error = %e, suppressed, "cluster bus: the LISTEN connection is down; reconnecting, then resyncing");
+                    }
+                }
+            }
+            first = false;
+            self.listening.store(false, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// One LISTEN connection's life: returns when it is lost or silent.
+    async fn listen_once(&self, first: bool) -> Result<(), anyhow::Error> {
+        let mut listener = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            sqlx::postgres::PgListener::connect(&listener_url(&self.database_url, &self.node)),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting timed out"))??;
+        tokio::time::timeout(CONNECT_TIMEOUT, listener.listen(CHANNEL))
+            .await
+            .map_err(|_| anyhow::anyhow!("LISTEN timed out"))??;
+        self.listening.store(true, Ordering::Relaxed);
+        // What happened while nobody listened is read again (at start-up
+        // the state was just read; the viewers are still asked for).
+        if first {
+            info!(node = %self.node, "cluster bus: listening");
+        } else {
+            info!(node = %self.node, "cluster bus: listening again; resyncing");
+        }
+        self.resync(!first);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut nonce = self.ping_sent.load(Ordering::Relaxed);
+        let mut pinged_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                n = listener.try_recv() => {
+                    let Some(n) = n? else {
+                        anyhow::bail!("the connection was closed");
+                    };
+                    self.received.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.on_payload(n.payload()).await
+                        && let Some(suppressed) = BAD_MESSAGE_LOG.allow()
+                    {
+                        warn!(error = %e, suppressed, "cluster bus: a message was refused");
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Some(at) = pinged_at
+                        && self.ping_seen.load(Ordering::Relaxed) < nonce
+                        && at.elapsed() > PING_DEAD_AFTER
+                    {
+                        anyhow::bail!("its own ping did not come back in {PING_DEAD_AFTER:?}");
+                    }
+                    if self.ping_seen.load(Ordering::Relaxed) >= nonce || pinged_at.is_none() {
+                        nonce = self.ping_sent.fetch_add(1, Ordering::Relaxed) + 1;
+                        pinged_at = Some(Instant::now());
+                        self.send(BusMessage::Ping { nonce });
+                    }
+                }
+            }
+        }
+    }
+
+    /// After (re)connecting: ask for everyone's viewers, re-read the
+    /// origins, and (`full`) let the Matrix bridge re-read rooms and chat.
+    fn resync(&self, full: bool) {
+        // The other nodes' figures are replaced as their answers come (a
+        // dead node's are dropped by the cluster step).
+        self.send(BusMessage::Sync);
+        self.resend_viewers.notify_one();
+        self.cluster_wake.notify_one();
+        if full {
+            self.resyncs.fetch_add(1, Ordering::Relaxed);
+            self.to_inbox(Inbound::Resync);
+        }
+    }
+
+    fn to_inbox(&self, m: Inbound) {
+        let Some(tx) = self.inbox.get() else {
+            return;
+        };
+        if self.inbox_overflowed.load(Ordering::Relaxed) && tx.try_send(Inbound::Resync).is_ok() {
+            self.inbox_overflowed.store(false, Ordering::Relaxed);
+        }
+        if tx.try_send(m).is_err() {
+            self.inbox_overflowed.store(true, Ordering::Relaxed);
+            if let Some(suppressed) = QUEUE_FULL_LOG.allow() {
+                warn!(
+                    suppressed,
+                    "cluster bus: the Matrix bridge is behind; it resyncs"
+                );
+            }
+        }
+    }
+
+    async fn on_payload(&self, payload: &str) -> Result<(), anyhow::Error> {
+        let env = match decode(payload)? {
+            Received::Message(env) => env,
+            Received::Table(id) => {
+                let Some(body) = self.store.bus_payload(id, PAYLOAD_MAX_BYTES as i64).await? else {
+                    anyhow::bail!("payload {id} is gone (pruned, or over the size)");
+                };
+                decode_body(&body)?
+            }
+        };
+        if env.n == self.node {
+            if let BusMessage::Ping { nonce } = env.m {
+                self.ping_seen.fetch_max(nonce, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        self.apply(&env.n, env.m).await;
+        Ok(())
+    }
+
+    async fn apply(&self, from: &str, m: BusMessage) {
+        match m {
+            BusMessage::Control { stream, sig } => {
+                if crate::config::validate_stream_name(&stream).is_err() {
+                    return;
+                }
+                // A stream made on another node: its key and row first.
+                if self.hub.get(&stream).is_none() || sig != self.sig_of(&stream) {
+                    self.reload_stream_row(&stream).await;
+                }
+                // Only streams this node has (the map stays bounded).
+                if self.hub.get(&stream).is_some() {
+                    self.known.lock().insert(stream.clone(), sig);
+                }
+                self.to_inbox(Inbound::Reload(stream));
+            }
+            BusMessage::Origins => self.cluster_wake.notify_one(),
+            BusMessage::Key { stream } => {
+                if crate::config::validate_stream_name(&stream).is_ok() {
+                    self.reload_stream_row(&stream).await;
+                }
+            }
+            BusMessage::Viewers { counts } => {
+                let before = self.tally.lock().streams();
+                if !self.tally.lock().apply(from, &counts) {
+                    return;
+                }
+                let mut names = self.tally.lock().streams();
+                names.extend(before);
+                self.apply_tally(&names);
+            }
+            BusMessage::Chat { room, message } => self.to_inbox(Inbound::Chat {
+                room,
+                message: Arc::from(message),
+            }),
+            BusMessage::Redaction { room, id } => self.to_inbox(Inbound::Redaction { room, id }),
+            BusMessage::Sync => self.resend_viewers.notify_one(),
+            BusMessage::Ping { .. } => {}
+        }
+    }
+
+    fn sig_of(&self, stream: &str) -> u64 {
+        self.hub.get(stream).map_or(0, |s| control_sig(&s))
+    }
+
+    /// The stream's row (its key: a stream made by `!live new` on another
+    /// node can be published here too).
+    async fn reload_stream_row(&self, stream: &str) {
+        match self.store.streams().await {
+            Ok(rows) => {
+                if let Some(row) = rows.iter().find(|r| r.name == stream) {
+                    self.hub.ensure_stream(&row.name, row.title.as_deref());
+                    self.keys.set(&row.name, &row.key_hash);
+                }
+            }
+            Err(e) => {
+                if let Some(suppressed) = SEND_FAILED_LOG.allow() {
+                    warn!(error = %e, suppressed, "cluster bus: reading a stream row failed");
+                }
+            }
+        }
+    }
+
+    /// Puts the other nodes' viewers of `names` into the hub.
+    fn apply_tally(&self, names: &[String]) {
+        let tally = self.tally.lock();
+        for name in names {
+            if let Some(s) = self.hub.get(name) {
+                s.set_viewers_elsewhere(tally.elsewhere(name));
+            }
+        }
+    }
+
+    /// From the cluster step (`alive`: the nodes alive now): nodes no
+    /// longer alive lose their viewers; one seen alive again is asked for
+    /// its figures (a `sync`).
+    pub fn forget_dead(&self, alive: &[String]) {
+        let is_alive = |n: &str| alive.iter().any(|a| a == n);
+        let names = self.tally.lock().streams();
+        let gone = self.tally.lock().retain(is_alive);
+        if !gone.is_empty() {
+            self.apply_tally(&names);
+        }
+        let back = {
+            let mut forgotten = self.forgotten.lock();
+            forgotten.extend(gone);
+            let before = forgotten.len();
+            forgotten.retain(|n| !is_alive(n));
+            if forgotten.len() > MAX_NODES {
+                forgotten.clear();
+            }
+            before != forgotten.len()
+        };
+        if back {
+            self.send(BusMessage::Sync);
+        }
+    }
+
+    /// Viewers on the whole cluster: the other nodes' plus this one's.
+    pub fn cluster_total(&self) -> i64 {
+        let here: i64 = self
+            .hub
+            .streams()
+            .iter()
+            .map(|s| {
+                let (v, pull) = s.local_load();
+                v as i64 - i64::from(pull)
+            })
+            .sum();
+        (self.tally.lock().total() + here).max(0)
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str("# HELP roomcast_cluster_bus_listening Whether this node's LISTEN connection to the cluster bus is up.\n# TYPE roomcast_cluster_bus_listening gauge\n");
+        let _ = writeln!(
+            out,
+            "roomcast_cluster_bus_listening {}",
+            u8::from(self.listening.load(Ordering::Relaxed))
+        );
+        out.push_str("# HELP roomcast_cluster_bus_messages_total Messages this node sent to and received from the cluster bus.\n# TYPE roomcast_cluster_bus_messages_total counter\n");
+        let _ = writeln!(
+            out,
+            "roomcast_cluster_bus_messages_total{{direction=\"sent\"}} {}",
+            self.sent.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "roomcast_cluster_bus_messages_total{{direction=\"received\"}} {}",
+            self.received.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP roomcast_cluster_bus_resyncs_total Times the LISTEN connection came back and this node re-read the cluster's state.\n# TYPE roomcast_cluster_bus_resyncs_total counter\n");
+        let _ = writeln!(
+            out,
+            "roomcast_cluster_bus_resyncs_total {}",
+            self.resyncs.load(Ordering::Relaxed)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> ChatMessage {
+        ChatMessage {
+            id: "$e".into(),
+            sender: "Alice".into(),
+            sender_id: "@alice:hs".into(),
+            body: body.into(),
+            ts: 1,
+            guest: false,
+            rich: Default::default(),
+        }
+    }
+
+    #[test]
+    fn small_messages_go_inline_big_ones_through_the_table() {
+        let env = Envelope {
+            n: "a".into(),
+            m: BusMessage::Chat {
+                room: "!r:hs".into(),
+                message: Box::new(chat("hi")),
+            },
+        };
+        let Encoded::Inline(p) = encode(&env).unwrap() else {
+            panic!("inline")
+        };
+        assert_eq!(decode(&p).unwrap(), Received::Message(env));
+        let big = Envelope {
+            n: "a".into(),
+            m: BusMessage::Chat {
+                room: "!r:hs".into(),
+                message: Box::new(chat(&"é".repeat(20_000))),
+            },
+        };
+        let Encoded::Table(body) = encode(&big).unwrap() else {
+            panic!("table")
+        };
+        assert!(body.len() > 8000);
+        assert_eq!(decode_body(&body).unwrap(), big);
+        assert_eq!(decode("@42").unwrap(), Received::Table(42));
+        let huge = Envelope {
+            n: "a".into(),
+            m: BusMessage::Chat {
+                room: "!r:hs".into(),
+                message: Box::new(chat(&"x".repeat(PAYLOAD_MAX_BYTES))),
+            },
+        };
+        assert!(matches!(encode(&huge), Err(BusError::TooBig(_))));
+        assert!(decode("@x").is_err());
+        assert!(decode("{\"n\":1}").is_err());
+        assert!(decode("not json").is_err());
+    }
+
+    #[test]
+    fn the_listener_names_itself() {
+        assert_eq!(
+            listener_url("postgres://u:p@h/db", "c"),
+            "postgres://u:p@h/db?application_name=roomcast-bus-c"
+        );
+        assert_eq!(
+            listener_url("postgres://h/db?sslmode=disable", "c"),
+            "postgres://h/db?sslmode=disable&application_name=roomcast-bus-c"
+        );
+    }
+
+    #[test]
+    fn the_tally_sums_other_nodes_and_takes_their_pulls_off() {
+        let mut t = Tally::default();
+        // B pulls s from A and has 10 viewers; C pulls it and has 3.
+        t.apply("b", &[("s".into(), 10, true)]);
+        t.apply("c", &[("s".into(), 3, true), ("t".into(), 2, false)]);
+        assert_eq!(t.elsewhere("s"), 9 + 2);
+        assert_eq!(t.elsewhere("t"), 2);
+        assert_eq!(t.total(), 13);
+        // A node's message replaces its figures.
+        t.apply("c", &[]);
+        assert_eq!(t.elsewhere("t"), 0);
+        assert_eq!(t.elsewhere("s"), 9);
+        // A dead node's viewers are gone.
+        assert_eq!(t.retain(|n| n != "b"), ["b"]);
+        assert_eq!(t.elsewhere("s"), 0);
+        // Bounded.
+        for i in 0..(MAX_NODES + 5) {
+            t.apply(&format!("n{i}"), &[]);
+        }
+        assert_eq!(t.by_node.len(), MAX_NODES);
+    }
+
+    #[test]
+    fn equal_states_have_equal_signatures() {
+        let hub = Hub::new();
+        let a = hub.ensure_stream("a", None);
+        let other = Hub::new();
+        let b = other.ensure_stream("a", None);
+        assert_eq!(control_sig(&a), control_sig(&b));
+        b.set_title("Renamed");
+        assert_ne!(control_sig(&a), control_sig(&b));
+        // Viewers and live are not part of it.
+        a.set_title("Renamed");
+        a.viewer_joined();
+        assert_eq!(control_sig(&a), control_sig(&b));
+    }
+}
