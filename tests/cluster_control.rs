@@ -151,6 +151,7 @@ fn a_rename_through_a_balanced_appservice_reaches_every_node_and_the_notice_goes
         browsable: false,
         database_url: Some(spec.database_url.clone()),
         server_env: Vec::new(),
+        extra_toml: String::new(),
     };
     let bot = env.bot_id();
     let alice = env.user("alice");

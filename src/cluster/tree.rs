@@ -63,6 +63,8 @@ mod tests {
             heartbeat_ms: hb,
             viewers: 0,
             relays: 0,
+            public_url: None,
+            max_viewers: 0,
         }
     }
 
