@@ -241,15 +241,33 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             total: Arc::new(move || bus.cluster_total()),
         });
     }
+    let bus = cluster.as_ref().map(|c| c.bus.clone());
     if let Some(m) = &matrix {
-        // Leaving a stream's room ends what the member's token admitted.
+        // Leaving a stream's room ends what the member's token admitted, on
+        // this node and (through the bus) on the others.
         let a = Arc::downgrade(&admission);
+        let to_cluster = bus.clone();
         m.tokens
             .on_membership(Box::new(move |stream, user, joined| {
                 if let Some(a) = a.upgrade() {
                     a.membership_changed(stream, user, joined);
                 }
+                if let Some(bus) = &to_cluster {
+                    bus.send(crate::cluster::bus::BusMessage::Membership {
+                        stream: stream.to_string(),
+                        user: user.to_string(),
+                        joined,
+                    });
+                }
             }));
+    }
+    if let Some(bus) = &bus {
+        let a = Arc::downgrade(&admission);
+        bus.on_membership(Box::new(move |stream, user, joined| {
+            if let Some(a) = a.upgrade() {
+                a.membership_changed(stream, user, joined);
+            }
+        }));
     }
     let app = Arc::new(App {
         config,

@@ -240,5 +240,22 @@ fn a_private_rooms_stream_is_relayed_to_members_only() {
             && r["audio_frames"].as_u64().unwrap_or(0) >= 25,
         "alice decodes video and audio on B: {r}"
     );
+
+    // --- a member who leaves is ended on B too (the membership travels on the bus) --------
+    let from = b.log_len();
+    let (s, _) = bob.call(
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        Some(&json!({})),
+    );
+    assert_eq!(s, 200, "bob leaves");
+    // Logged only when B ended a session of his.
+    b.wait_for_log_from(
+        from,
+        "their membership of the room ended",
+        Duration::from_secs(30),
+    );
+    let r = whep(&b, Some(&bob_token));
+    assert_json_error(&r, 403, "WHEP on B with the token of a member who left");
     bob_viewer.stop();
 }

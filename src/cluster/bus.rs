@@ -66,6 +66,8 @@ const OUT_QUEUE: usize = 1024;
 const INBOX_QUEUE: usize = 512;
 /// Streams in one node's viewer message that a receiver keeps.
 const MAX_STREAMS_PER_NODE: usize = 4096;
+/// A Matrix user ID's limit (the spec's 255 bytes).
+const MAX_USER_ID_BYTES: usize = 255;
 /// Nodes whose viewer counts a receiver keeps.
 const MAX_NODES: usize = 256;
 
@@ -73,6 +75,9 @@ static SEND_FAILED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 static BAD_MESSAGE_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 static LISTEN_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 static QUEUE_FULL_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+
+/// Called with (stream, user, joined).
+pub type MembershipHook = Box<dyn Fn(&str, &str, bool) + Send + Sync>;
 
 /// One message between nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,10 +105,26 @@ pub enum BusMessage {
         room: String,
         id: String,
     },
+    /// A member joined or left a stream's room (processed by the sender):
+    /// receivers end (or allow again) what the member's token admitted.
+    Membership {
+        stream: String,
+        user: String,
+        joined: bool,
+    },
     Sync,
     Ping {
         nonce: u64,
     },
+}
+
+/// Aborts a task when its owner goes (the LISTEN reader with its connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A message with its sender.
@@ -298,6 +319,8 @@ pub struct Bus {
     /// The control state the cluster last agreed on, per stream.
     known: Mutex<HashMap<String, u64>>,
     inbox: OnceLock<mpsc::Sender<Inbound>>,
+    /// Admission's end of a membership change on another node.
+    on_membership: OnceLock<MembershipHook>,
     /// The inbox was full: a resync is owed to the Matrix bridge.
     inbox_overflowed: AtomicBool,
     /// Wakes the cluster step (origins changed, or a resync).
@@ -339,6 +362,7 @@ impl Bus {
             known: Mutex::default(),
             forgotten: Mutex::default(),
             inbox: OnceLock::new(),
+            on_membership: OnceLock::new(),
             inbox_overflowed: AtomicBool::new(false),
             cluster_wake,
             resend_viewers: Notify::new(),
@@ -361,6 +385,11 @@ impl Bus {
 
     /// Queues a message for the other nodes (never waits; a full queue
     /// drops it, logged, and the receivers heal at their next resync).
+    /// Where a membership change made on another node goes (admission).
+    pub fn on_membership(&self, hook: MembershipHook) {
+        let _ = self.on_membership.set(hook);
+    }
+
     pub fn send(&self, m: BusMessage) {
         if self.stopped.load(Ordering::Relaxed) {
             return;
@@ -537,17 +566,39 @@ impl Bus {
             info!(node = %self.node, "cluster bus: listening again; resyncing");
         }
         self.resync(!first);
+        // The connection is read by a task of its own: `try_recv` is not
+        // cancel-safe, and a cancelled call that saw the connection close
+        // makes the next one reconnect silently (no resync). The channel is
+        // bounded; a reader blocked on it holds the socket, so NOTIFYs wait
+        // in PostgreSQL's queue, not here.
+        let (tx, mut notifications) = mpsc::channel::<Result<String, String>>(INBOX_QUEUE);
+        let reader = tokio::spawn(async move {
+            loop {
+                let item = match listener.try_recv().await {
+                    Ok(Some(n)) => Ok(n.payload().to_string()),
+                    Ok(None) => Err("the connection was closed".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        let _reader = AbortOnDrop(reader);
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut nonce = self.ping_sent.load(Ordering::Relaxed);
         let mut pinged_at: Option<Instant> = None;
         loop {
             tokio::select! {
-                n = listener.try_recv() => {
-                    let Some(n) = n? else {
-                        anyhow::bail!("the connection was closed");
+                n = notifications.recv() => {
+                    let payload = match n {
+                        Some(Ok(payload)) => payload,
+                        Some(Err(e)) => anyhow::bail!("{e}"),
+                        None => anyhow::bail!("the connection was closed"),
                     };
                     self.received.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = self.on_payload(n.payload()).await
+                    if let Err(e) = self.on_payload(&payload).await
                         && let Some(suppressed) = BAD_MESSAGE_LOG.allow()
                     {
                         warn!(error = %e, suppressed, "cluster bus: a message was refused");
@@ -658,6 +709,18 @@ impl Bus {
                 message: Arc::from(message),
             }),
             BusMessage::Redaction { room, id } => self.to_inbox(Inbound::Redaction { room, id }),
+            BusMessage::Membership {
+                stream,
+                user,
+                joined,
+            } => {
+                if crate::config::validate_stream_name(&stream).is_ok()
+                    && user.len() <= MAX_USER_ID_BYTES
+                    && let Some(hook) = self.on_membership.get()
+                {
+                    hook(&stream, &user, joined);
+                }
+            }
             BusMessage::Sync => self.resend_viewers.notify_one(),
             BusMessage::Ping { .. } => {}
         }

@@ -107,6 +107,18 @@ pub fn viewers(node: &Server, stream: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The WebRTC sessions `node` itself serves for `stream`, other nodes'
+/// pulls included (`roomcast_stream_viewers`); the API's `viewers` is the
+/// cluster's sum.
+pub fn sessions(node: &Server, stream: &str) -> u64 {
+    let line = format!("roomcast_stream_viewers{{stream=\"{stream}\"}} ");
+    node.get("/metrics")
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&line)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Watches `whep_url` with a str0m viewer for `watch` and returns when each
 /// video RTP payload arrived, keyed by a hash of its bytes: the same payload
 /// seen through two nodes gives the relay hop's delay (one process, one clock).
