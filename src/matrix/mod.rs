@@ -39,6 +39,7 @@ mod notices;
 pub mod permissions;
 mod power;
 pub mod registration;
+pub mod replay_chat;
 mod resync;
 mod room_lost;
 mod room_map;
@@ -128,6 +129,8 @@ pub struct Matrix {
     /// The pages' chat: history, members' names and avatars, reactions,
     /// media, guest limits.
     chat: chat::Chat,
+    /// Recordings' replays: their sessions' chat read from the timeline.
+    replay_chats: replay_chat::ReplayChats,
     /// DM rooms already told that encrypted messages cannot be read.
     told_encrypted: Mutex<HashSet<String>>,
     notices: notices::Notices,
@@ -198,6 +201,7 @@ impl Matrix {
             connected: AtomicBool::new(false),
             txns: transactions::Transactions::default(),
             chat,
+            replay_chats: replay_chat::ReplayChats::default(),
             told_encrypted: Mutex::new(HashSet::new()),
             notices: notices::Notices::default(),
             claims: claims::Claims::new(backend),
