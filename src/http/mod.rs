@@ -21,6 +21,7 @@ pub mod ome;
 #[doc(hidden)]
 pub mod pages;
 mod recordings;
+mod replay;
 pub mod serve;
 pub mod webrtc;
 
@@ -76,7 +77,8 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(webrtc::whip::routes())
         .merge(matrix::api::routes())
         .merge(cluster::routes())
-        .merge(recordings::routes());
+        .merge(recordings::routes())
+        .merge(replay::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());
     }

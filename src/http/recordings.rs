@@ -110,7 +110,7 @@ fn db_error(e: crate::store::StoreError) -> ApiError {
 }
 
 /// A recording by id, after the request was admitted to its stream.
-async fn admitted(
+pub(super) async fn admitted(
     app: &App,
     id: &str,
     peer: std::net::SocketAddr,
