@@ -7,8 +7,8 @@
 // server, no Range: seekable within what has arrived).
 // The browser's own controls do play, pause and seeking.
 // For the chat beside it, `wallClock()` says which moment of the broadcast is
-// on screen: the playlist's EXT-X-PROGRAM-DATE-TIME when it has one, else
-// the recording's start plus the playback position.
+// on screen: the EXT-X-PROGRAM-DATE-TIME of the playlist segment holding the
+// position, else the recording's start plus the position.
 import { withQuery } from './api.js';
 import { h } from './dom.js';
 
@@ -116,9 +116,21 @@ export class ReplayPlayer extends EventTarget {
 
   /** The moment of the broadcast on screen, ms since the Unix epoch. */
   wallClock() {
-    const d = this.hls && this.hls.playingDate;
-    if (d && Number.isFinite(d.getTime())) return d.getTime();
-    return (Number(this.rec.started_ms) || 0) + this.video.currentTime * 1000;
+    // From the playlist's segments (hls.js's playingDate lags behind a seek
+    // made while paused): the one holding the position, and its PDT.
+    const t = this.video.currentTime;
+    const h = this.hls;
+    const level = h && h.levels && h.levels[Math.max(0, h.currentLevel)];
+    const frags = level && level.details ? level.details.fragments : null;
+    if (frags && frags.length) {
+      let f = frags[0];
+      for (const x of frags) {
+        if (x.start <= t) f = x;
+        else break;
+      }
+      if (Number.isFinite(f.programDateTime)) return f.programDateTime + (t - f.start) * 1000;
+    }
+    return (Number(this.rec.started_ms) || 0) + t * 1000;
   }
 
   seek(seconds) {
