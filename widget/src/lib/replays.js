@@ -9,6 +9,8 @@ import { ReplayChat } from './replay_chat.js';
 import { ReplayPlayer } from './replay_player.js';
 
 const MAX_LISTED = 20;
+const RECHECK_MS = 5000;
+const RECHECKS = 12;
 
 /** "1:02:03" or "2:03". */
 export function duration(seconds) {
@@ -48,6 +50,7 @@ export class Replays {
 
   /** Lists the recordings (while the stream is offline) or hides the list. */
   async show(on) {
+    if (on && !this.wanted) this.tries = 0;
     this.wanted = on;
     if (!on) {
       this.el.hidden = true;
@@ -62,6 +65,12 @@ export class Replays {
     }
     if (!this.wanted) return;
     this.render(recs.filter((x) => x && typeof x.id === 'string' && x.state !== 'recording').slice(0, MAX_LISTED));
+    // A broadcast that just ended is finished a few seconds later (the go-live
+    // debounce): look again then, a few times at most.
+    clearTimeout(this.again);
+    if (recs.some((x) => x && x.state === 'recording') && (this.tries = (this.tries || 0) + 1) <= RECHECKS) {
+      this.again = setTimeout(() => { if (this.wanted) this.show(true); }, RECHECK_MS);
+    }
   }
 
   render(recs) {
