@@ -204,6 +204,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     hls.spawn();
     let recorder = crate::recording::Recorder::new(&config, hub.clone(), store.clone());
     recorder.spawn();
+    if let Some(m) = &matrix {
+        m.set_recorder(recorder.clone());
+    }
     if let Some(c) = &cluster {
         // LL-HLS requests keep an edge's pull as WebRTC viewers do.
         let hls = hls.clone();

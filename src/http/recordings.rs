@@ -81,6 +81,21 @@ async fn admit(
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<Arc<Stream>, ApiError> {
+    // As for LL-HLS: a signed URL or the admission webhook cannot be
+    // checked for every file a player fetches, so recordings are not served.
+    let gated = app
+        .config
+        .signed_policy
+        .as_ref()
+        .is_some_and(|p| p.playback)
+        || app.config.admission.as_ref().is_some_and(|a| a.playback);
+    if gated {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "recordings_unavailable",
+            "this server admits viewers by signed URL or webhook, which recordings cannot check per file",
+        ));
+    }
     let facts = ViewerFacts {
         stream: stream.to_string(),
         client: super::client_addr(peer.ip(), headers, &app.config.http.trusted_proxies),

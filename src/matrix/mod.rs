@@ -38,6 +38,7 @@ pub mod media_proxy;
 mod notices;
 pub mod permissions;
 mod power;
+mod recordings;
 pub mod registration;
 pub mod replay_chat;
 mod resync;
@@ -143,6 +144,8 @@ pub struct Matrix {
     on_demand: Mutex<chat::Limiter>,
     /// When an alias lookup was last refused for the rate (logged once a minute).
     on_demand_warned: Mutex<Option<std::time::Instant>>,
+    /// Recording (`[recording]`): commands and the "ended" replay link.
+    recorder: std::sync::OnceLock<Arc<crate::recording::Recorder>>,
 }
 
 impl Matrix {
@@ -210,6 +213,7 @@ impl Matrix {
             // 3 at once, then one every 20 s.
             on_demand: Mutex::new(chat::Limiter::new(3.0, 1.0 / 20.0)),
             on_demand_warned: Mutex::new(None),
+            recorder: std::sync::OnceLock::new(),
         };
         m.load_mapping().await?;
         m.store.prune_processed(7).await?;

@@ -46,6 +46,8 @@ const QUEUE: usize = 1024;
 const SINK_ID_BASE: u64 = 1 << 41;
 /// Retention runs at least this often.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// A recording and a go-live session that began this close belong together.
+const SESSION_SLACK_MS: i64 = 2_000;
 /// The index row of a growing recording is updated at most this often.
 const ROW_UPDATE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -509,19 +511,20 @@ impl Recorder {
         }
     }
 
-    /// The recording of `stream` that covers `at_ms` or began after it
-    /// (the replay link of a go-live session that started then).
+    /// The recording of the go-live session of `stream` that started at
+    /// `started_ms` (the replay link of its "ended" notice): the newest one
+    /// that began with it (both start at the same hub change, a few ms
+    /// apart) or was going on when it began.
     pub async fn recording_of_session(
         &self,
         stream: &str,
         started_ms: u64,
     ) -> Option<RecordingRow> {
+        let s = started_ms as i64;
         let rows = self.store.recordings_of(stream, 5).await.ok()?;
-        rows.into_iter().rev().find(|r| {
-            r.ended_ms.is_none_or(|e| e + 10_000 >= started_ms as i64)
-                && r.started_ms + 10_000 >= started_ms as i64
-                || (r.started_ms <= started_ms as i64
-                    && r.ended_ms.is_none_or(|e| e >= started_ms as i64))
+        rows.into_iter().find(|r| {
+            r.started_ms + SESSION_SLACK_MS >= s
+                || (r.started_ms <= s && r.ended_ms.is_none_or(|e| e >= s))
         })
     }
 }
@@ -634,7 +637,9 @@ impl Recording {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Frame(f)) => {
-                        if last_seeded.is_some_and(|i| f.index <= i) {
+                        // Not to be recorded now (`!live record off` while
+                        // live), or already in the seed.
+                        if offline_since.is_some() || last_seeded.is_some_and(|i| f.index <= i) {
                             continue;
                         }
                         if overflow.swap(false, Relaxed) {
@@ -652,7 +657,10 @@ impl Recording {
                     }
                     let is_live = *live.borrow_and_update();
                     if is_live {
-                        offline_since = None;
+                        if offline_since.take().is_some() {
+                            // Back after a gap: the next segment says so.
+                            self.gap = true;
+                        }
                     } else if offline_since.is_none() {
                         // The last segment is whole now: write it.
                         self.seg.flush();
