@@ -2,9 +2,9 @@
 //! against the real binary with `[recording]` on: an ffmpeg H.264 broadcast is
 //! listed on the offline watch page, plays through hls.js from its VOD playlist
 //! and seeks to the middle; a WHIP VP8 broadcast (Chromium's fake camera)
-//! plays; with Synapse, the replay shows the session's chat (read by the
-//! server from the room's timeline) in order and in time with the video, and
-//! nothing said before or after the session. Screenshots go to
+//! plays; with Synapse, the replay opened from the bot's "ended" notice link
+//! shows the session's chat (read by the server from the room's timeline) in
+//! order and in time with the video, and nothing said before or after it. Screenshots go to
 //! tests/artifacts/replay/.
 
 mod common;
@@ -269,12 +269,36 @@ fn replay_shows_the_sessions_chat_in_order() {
     let unknown = server.get("/api/v1/recordings/AAAAAAAAAAAAAAAAAAAAAA/chat");
     assert_eq!(unknown.status, 404, "{}", unknown.text());
 
+    // The page opens from the replay link of the bot's "ended" notice.
+    let edit = wait_until("the ended edit with a replay link", MX_TIMEOUT, || {
+        alice.messages_from(&room, &bot).into_iter().find(|e| {
+            e["content"]["m.new_content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("replay: "))
+        })
+    });
+    let body = edit["content"]["m.new_content"]["body"].as_str().unwrap();
+    let link = body
+        .split("replay: ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(
+        link.contains(&format!("/watch/show?recording={id}")),
+        "{link}"
+    );
+    let path = &link[link.find("/watch/").unwrap()..];
+
     let mut tool = replay(
         server,
         "chat",
         &[
             "--stream",
             "show",
+            "--path",
+            path,
             "--id",
             &id,
             "--bodies",

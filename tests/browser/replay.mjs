@@ -7,7 +7,7 @@
 //   play  the offline watch page lists the stream's past broadcasts; clicking the newest
 //         plays it (--expect-mode hls|mp4|any), at --size WxH, about --duration seconds
 //         long; seeking to the middle plays on from there (not with --no-seek).
-//   chat  /watch/NAME?replay=ID: the session's chat beside the player shows, in order,
+//   chat  /watch/NAME?recording=ID (or --path, the bot's replay link): the session's chat beside the player shows, in order,
 //         the messages sent up to the moment on screen (--bodies: JSON array, in the
 //         order they were sent), and seeking moves that moment both ways.
 // Every stdout line is one JSON object (see pages.mjs); the last is the "result".
@@ -129,7 +129,7 @@ async function play(browser) {
   });
   check(st.id === want && st.badge === 'REPLAY' && st.liveHidden === true, `replay state: ${JSON.stringify(st)}`);
   const url = await page.evaluate(() => location.search);
-  check(url.includes(`replay=${want}`), `address: ${url}`);
+  check(url.includes(`recording=${want}`), `address: ${url}`);
   const expectMode = opt('expect-mode', 'any');
   check(expectMode === 'any' || st.mode === expectMode, `played through ${st.mode}, expected ${expectMode}`);
   const size = opt('size');
@@ -180,7 +180,7 @@ const chatUi = (page) => page.evaluate(() => {
   };
 });
 
-/** chat: ?replay=ID with the session's chat, in order and in time with the video. */
+/** chat: ?recording=ID with the session's chat, in order and in time with the video. */
 async function chat(browser) {
   const stream = opt('stream', 't1');
   const id = opt('id');
@@ -188,7 +188,7 @@ async function chat(browser) {
   const ctx = await browser.newContext({ viewport: DESKTOP });
   const page = await ctx.newPage();
   watchConsole(page, 'replay-chat');
-  await page.goto(`${BASE}/watch/${stream}?replay=${encodeURIComponent(id)}`);
+  await page.goto(`${BASE}${opt('path', `/watch/${stream}?recording=${encodeURIComponent(id)}`)}`);
   const loaded = await waitFor('the replay to play and its chat to load', async () => {
     const x = await chatUi(page);
     return x && x.loaded && !x.hidden && x.state === 'playing' && Number.isFinite(x.duration) ? x : null;

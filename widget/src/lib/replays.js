@@ -1,6 +1,7 @@
 // The watch page's past broadcasts: the list of a stream's recordings while it
 // is offline (GET /api/v1/streams/{name}/recordings, newest first), and the
-// replay of one (?replay=ID in the address, so it can be shared): the
+// replay of one (?recording=ID in the address, as the bot's "ended" notice
+// links it; ?replay=ID too): the
 // ReplayPlayer in the player's place and, when the stream has a Matrix room,
 // the session's chat beside it (ReplayChat), kept in time with the video.
 import { api, streamPath, withQuery } from './api.js';
@@ -91,14 +92,16 @@ export class Replays {
 
   address(id) {
     const u = new URL(location.href);
-    if (id) u.searchParams.set('replay', id);
-    else u.searchParams.delete('replay');
+    u.searchParams.delete('replay');
+    if (id) u.searchParams.set('recording', id);
+    else u.searchParams.delete('recording');
     return u.pathname + u.search;
   }
 
   /** The page's address names a replay: open it (or close the one open). */
   followAddress() {
-    const id = new URLSearchParams(location.search).get('replay');
+    const q = new URLSearchParams(location.search);
+    const id = q.get('recording') || q.get('replay');
     if (id && (!this.current || this.current.rec.id !== id)) this.open(id, false);
     else if (!id && this.current) this.close(false);
   }

@@ -1,6 +1,6 @@
 // /watch/{stream}: the player, title and live state from the SSE feed, viewer
 // count, and the chat panel when the stream has a Matrix room. While the stream
-// is offline, its past broadcasts are listed, and one plays (?replay=ID) with its
+// is offline, its past broadcasts are listed, and one plays (?recording=ID) with its
 // chat in time with the video (lib/replays.js).
 import '../css/base.css';
 import '../css/player.css';
