@@ -161,15 +161,7 @@ fn whip_vp8_replay_plays_on_the_watch_page() {
     let mut tool = replay(
         &server,
         "play",
-        &[
-            "--stream",
-            STREAM,
-            "--id",
-            id,
-            "--expect-mode",
-            "webm",
-            "--no-seek",
-        ],
+        &["--stream", STREAM, "--id", id, "--expect-mode", "webm"],
     );
     let r = finish_scenario(&mut tool, "VP8 replay", PAGE_TIMEOUT);
     println!("VP8 replay through {}: {r}", r["mode"]);

@@ -37,6 +37,8 @@ const MAX_MESSAGES: usize = 1000;
 const MAX_SESSION_BYTES: usize = 1 << 20;
 /// Time spent reading one session; what was read by then is answered.
 const READ_BUDGET: Duration = Duration::from_secs(20);
+/// Past the budget, a read still waiting on the homeserver is given up.
+const HARD_STOP: Duration = Duration::from_secs(10);
 /// Sessions read from the homeserver at once; more wait for a turn.
 const READS_AT_ONCE: usize = 2;
 /// Longest wait for a turn before answering "busy".
@@ -230,7 +232,17 @@ impl Matrix {
             return Ok(hit);
         }
         let started = Instant::now();
-        let chat = Arc::new(self.read_session(room, window).await?);
+        // One homeserver call may take its own timeouts and retries; the
+        // whole read may not take much longer than its budget.
+        let read = tokio::time::timeout(READ_BUDGET + HARD_STOP, self.read_session(room, window))
+            .await
+            .map_err(|_| {
+                ReplayChatError::Unavailable(format!(
+                    "reading the timeline took more than {} s",
+                    (READ_BUDGET + HARD_STOP).as_secs()
+                ))
+            })?;
+        let chat = Arc::new(read?);
         info!(
             room = %room,
             messages = chat.messages.len(),
