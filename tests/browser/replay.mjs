@@ -6,7 +6,8 @@
 // Scenarios:
 //   play  the offline watch page lists the stream's past broadcasts; clicking the newest
 //         plays it (--expect-mode hls|mp4|any), at --size WxH, about --duration seconds
-//         long; seeking to the middle plays on from there (not with --no-seek).
+//         long; seeking to the middle plays on from there (not with --no-seek);
+//         "Back to the live page" brings the offline live player back.
 //   chat  /watch/NAME?recording=ID (or --path, the bot's replay link): the session's chat beside the player shows, in order,
 //         the messages sent up to the moment on screen (--bodies: JSON array, in the
 //         order they were sent), and seeking moves that moment both ways.
@@ -156,6 +157,15 @@ async function play(browser) {
   });
   emit({ type: 'seeked', to: mid, stats: after });
   await shots(page, `replay-${stream}`);
+  // Back to the live page: the replay goes, the live player and OFFLINE come back.
+  await page.click('#back-live');
+  const back = await waitFor('the live page again', () => page.evaluate(() => {
+    const live = document.querySelector('.rc-player:not(.rc-replay)');
+    return !document.querySelector('.rc-replay') && live && !live.hidden && live.dataset.state === 'offline'
+      && document.getElementById('state').textContent === 'OFFLINE' && !location.search.includes('recording=')
+      ? { state: live.dataset.state, search: location.search } : null;
+  }), 10000);
+  emit({ type: 'back_to_live', back });
   check(served.some((s) => s.status === 200 || s.status === 206), `nothing served from /recordings: ${JSON.stringify(served)}`);
   await ctx.close();
   return { mode: st.mode, duration: st.duration, size: `${st.width}x${st.height}`, seek: { to: mid, time: after.time }, requests: served.length };
