@@ -165,6 +165,8 @@ fn whip_vp8_replay_plays_on_the_watch_page() {
     );
     let r = finish_scenario(&mut tool, "VP8 replay", PAGE_TIMEOUT);
     println!("VP8 replay through {}: {r}", r["mode"]);
+    // Through MSE, segment by segment (?part=N), not as one progressive file.
+    assert!(r["mse_parts"].as_u64().unwrap_or(0) >= 2, "{r}");
 }
 
 #[test]

@@ -5,7 +5,10 @@
 //!   read from the stream's Matrix room timeline (`matrix::replay_chat`);
 //! - `GET /recordings/{id}/replay.webm`: a VP8 or VP9 recording as WebM, made
 //!   from its fMP4 without re-encoding (`egress::webm`), for browsers that do
-//!   not play those codecs in MP4 (Chromium plays VP8 only in WebM).
+//!   not play those codecs in MP4 (Chromium plays VP8 only in WebM); in parts
+//!   for Media Source Extensions, so a long recording seeks anywhere:
+//!   `?part=index` (JSON: the segments' durations and the MIME type),
+//!   `?part=init` (the header), `?part=N` (segment N's Clusters).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -126,6 +129,19 @@ async fn webm_file(
     let segments: Vec<Segment> = main_segments(&index, main);
     let duration_ms = segments.iter().map(|s| s.duration_us).sum::<u64>() as f64 / 1000.0;
     let head = webm::header(&tracks, duration_ms);
+    let cache = match (stream.access() == Access::Public, row.state != "recording") {
+        (false, _) => "private, no-store",
+        (true, true) => "public, max-age=3600",
+        (true, false) => "no-cache",
+    };
+    let part = uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("part="))
+            .map(str::to_string)
+    });
+    if let Some(part) = part {
+        return webm_part(&part, &id, path, &tracks, &segments, head, cache).await;
+    }
     let state = (path, segments.into_iter(), 0u64, tracks, id.clone());
     let body = futures_util::stream::unfold(
         state,
@@ -160,16 +176,71 @@ async fn webm_file(
         futures_util::stream::once(async move { Ok(bytes::Bytes::from(head)) }),
         body,
     );
-    let cache = match (stream.access() == Access::Public, row.state != "recording") {
-        (false, _) => "private, no-store",
-        (true, true) => "public, max-age=3600",
-        (true, false) => "no-cache",
-    };
     Response::builder()
         .header(header::CONTENT_TYPE, "video/webm")
         .header(header::CACHE_CONTROL, cache)
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .body(Body::from_stream(body))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// One part of the WebM for Media Source Extensions (see the module docs).
+async fn webm_part(
+    part: &str,
+    id: &str,
+    path: PathBuf,
+    tracks: &[webm::Track],
+    segments: &[Segment],
+    head: Vec<u8>,
+    cache: &'static str,
+) -> Result<Response, ApiError> {
+    let body = match part {
+        "index" => {
+            let has_audio = tracks
+                .iter()
+                .any(|t| matches!(t.kind, webm::Kind::Opus { .. }));
+            let video = tracks.iter().find_map(|t| match t.kind {
+                webm::Kind::Video { codec_id, .. } => {
+                    Some(if codec_id == "V_VP9" { "vp9" } else { "vp8" })
+                }
+                _ => None,
+            });
+            let codecs: Vec<&str> = video
+                .into_iter()
+                .chain(has_audio.then_some("opus"))
+                .collect();
+            let index = serde_json::json!({
+                "mime": format!("video/webm; codecs=\"{}\"", codecs.join(", ")),
+                "segments_ms": segments.iter().map(|s| s.duration_us as f64 / 1000.0).collect::<Vec<_>>(),
+            });
+            let mut r = Json(index).into_response();
+            if let Ok(v) = HeaderValue::from_str(cache) {
+                r.headers_mut().insert(header::CACHE_CONTROL, v);
+            }
+            return Ok(r);
+        }
+        "init" => head,
+        n => {
+            let n: usize = n.parse().map_err(|_| {
+                ApiError::bad_request("bad_part", "part is index, init or a segment number")
+            })?;
+            let seg = segments.get(n).ok_or_else(|| {
+                ApiError::not_found(format!("recording '{id}' has no segment {n}"))
+            })?;
+            let start_us: u64 = segments[..n].iter().map(|s| s.duration_us).sum();
+            let data = read_range(path, seg.offset, seg.len)
+                .await
+                .map_err(|e| unreadable(id, &e.to_string()))?;
+            let samples =
+                webm::samples_of(&data, tracks).map_err(|e| unreadable(id, &e.to_string()))?;
+            webm::clusters(start_us / 1000, &samples, &data)
+        }
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "video/webm")
+        .header(header::CACHE_CONTROL, cache)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(Body::from(body))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 

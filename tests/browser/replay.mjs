@@ -96,6 +96,7 @@ const replayStats = (page) => page.evaluate(() => {
   return {
     id: cur.rec.id, mode: cur.player.mode, state: cur.player.state, time: v.currentTime, duration: v.duration,
     paused: v.paused, presented: q.totalVideoFrames, width: v.videoWidth, height: v.videoHeight,
+    mse_parts: cur.player.parts ? cur.player.parts.loaded.size : null,
     error: v.error ? v.error.message || String(v.error.code) : null,
     badge: document.getElementById('state').textContent,
     liveHidden: document.querySelector('.rc-player:not(.rc-replay)')?.hidden ?? null,
@@ -168,7 +169,10 @@ async function play(browser) {
   emit({ type: 'back_to_live', back });
   check(served.some((s) => s.status === 200 || s.status === 206), `nothing served from /recordings: ${JSON.stringify(served)}`);
   await ctx.close();
-  return { mode: st.mode, duration: st.duration, size: `${st.width}x${st.height}`, seek: { to: mid, time: after.time }, requests: served.length };
+  return {
+    mode: st.mode, duration: st.duration, size: `${st.width}x${st.height}`, seek: { to: mid, time: after.time },
+    requests: served.length, mse_parts: after.mse_parts,
+  };
 }
 
 /** The replay chat's messages as shown: [{id, body, shown}] in page order. */

@@ -4,7 +4,8 @@
 // (/recordings/{id}.mp4, served with Range so the browser can seek in it).
 // VP8 has no MP4 mapping browsers read (Chromium: neither MSE nor <video src>):
 // a VP8 recording plays as WebM (/recordings/{id}/replay.webm, remuxed by the
-// server, no Range: seekable within what has arrived).
+// server), fed to MSE segment by segment so it seeks anywhere (WebmParts), or
+// as one file where MSE cannot take it (seekable within what has arrived).
 // The browser's own controls do play, pause and seeking.
 // For the chat beside it, `wallClock()` says which moment of the broadcast is
 // on screen: the EXT-X-PROGRAM-DATE-TIME of the playlist segment holding the
@@ -51,7 +52,7 @@ export class ReplayPlayer extends EventTarget {
 
   async start() {
     const webm = webmOf(this.rec, this.video);
-    if (webm) return this.playFile(webm, 'webm');
+    if (webm) return this.playWebm(webm);
     const progressive = this.video.canPlayType('video/mp4') !== '';
     let Hls = null;
     try {
@@ -90,6 +91,27 @@ export class ReplayPlayer extends EventTarget {
     hls.loadSource(this.url(this.rec.playlist));
     hls.attachMedia(this.video);
     this.autoplay();
+  }
+
+  /** The WebM remux in parts through MSE (seeks anywhere), else as one file. */
+  async playWebm(path) {
+    let index = null;
+    try {
+      const r = await fetch(this.url(`${path}?part=index`), { headers: this.authHeaders() });
+      index = r.ok ? await r.json() : null;
+    } catch {
+      index = null;
+    }
+    if (this.destroyed) return;
+    const segs = index && Array.isArray(index.segments_ms) ? index.segments_ms.map(Number) : [];
+    if (!window.MediaSource || !segs.length || !MediaSource.isTypeSupported(index.mime)) return this.playFile(path, 'webm');
+    this.mode = 'webm';
+    this.parts = new WebmParts(this, path, index.mime, segs);
+    this.autoplay();
+  }
+
+  authHeaders() {
+    return this.access ? { Authorization: `Bearer ${this.access}` } : {};
   }
 
   playMp4() {
@@ -151,10 +173,119 @@ export class ReplayPlayer extends EventTarget {
 
   destroy() {
     this.destroyed = true;
+    this.parts?.close();
     if (this.hls) this.hls.destroy();
     this.hls = null;
     this.video.removeAttribute('src');
     this.video.load();
     this.el.remove();
+  }
+}
+
+// Seconds buffered ahead of the position; what lies further behind is dropped.
+const AHEAD_S = 30;
+const BEHIND_S = 30;
+
+/** A VP8 recording's WebM fed to MSE segment by segment (?part=init, ?part=N):
+ *  the segments around the position are fetched, and a seek fetches from the
+ *  segment it lands in. */
+class WebmParts {
+  constructor(player, path, mime, segs) {
+    Object.assign(this, { player, path, mime, segs });
+    this.starts = [];
+    let t = 0;
+    for (const d of segs) { this.starts.push(t / 1000); t += d; }
+    this.total = t / 1000;
+    this.loaded = new Set();
+    this.busy = false;
+    this.ms = new MediaSource();
+    this.objectUrl = URL.createObjectURL(this.ms);
+    const v = player.video;
+    v.src = this.objectUrl;
+    this.ms.addEventListener('sourceopen', () => this.open(), { once: true });
+    this.pump = () => this.fill();
+    v.addEventListener('timeupdate', this.pump);
+    v.addEventListener('seeking', this.pump);
+  }
+
+  async open() {
+    try {
+      this.ms.duration = this.total;
+      this.sb = this.ms.addSourceBuffer(this.mime);
+      await this.append(await this.fetch('init'));
+      this.fill();
+    } catch (e) {
+      if (!this.player.destroyed) this.player.fail('This recording could not be played.');
+    }
+  }
+
+  async fetch(part) {
+    const r = await fetch(this.player.url(`${this.path}?part=${part}`), { headers: this.player.authHeaders() });
+    if (!r.ok) throw new Error(`part ${part}: ${r.status}`);
+    return r.arrayBuffer();
+  }
+
+  append(buf) {
+    return new Promise((resolve, reject) => {
+      const done = () => { this.sb.removeEventListener('error', fail); resolve(); };
+      const fail = () => { this.sb.removeEventListener('updateend', done); reject(new Error('append failed')); };
+      this.sb.addEventListener('updateend', done, { once: true });
+      this.sb.addEventListener('error', fail, { once: true });
+      this.sb.appendBuffer(buf);
+    });
+  }
+
+  remove(from, to) {
+    return new Promise((resolve) => {
+      this.sb.addEventListener('updateend', () => resolve(), { once: true });
+      this.sb.remove(from, to);
+    });
+  }
+
+  /** The segment holding `t` seconds. */
+  at(t) {
+    let i = 0;
+    while (i + 1 < this.starts.length && this.starts[i + 1] <= t) i++;
+    return i;
+  }
+
+  /** Fetches the next missing segment from the position up to AHEAD_S ahead, one at a time. */
+  async fill() {
+    if (this.busy || !this.sb || this.closed) return;
+    const t = this.player.video.currentTime;
+    let n = this.at(t);
+    while (n < this.segs.length && this.loaded.has(n)) n++;
+    if (n >= this.segs.length) {
+      // The last segment is in: the end is the end (an append after a seek back reopens it).
+      if (this.loaded.has(this.segs.length - 1) && this.ms.readyState === 'open' && !this.sb.updating) this.ms.endOfStream();
+      return;
+    }
+    if (this.starts[n] > t + AHEAD_S) return;
+    this.busy = true;
+    try {
+      const buf = await this.fetch(n);
+      if (this.closed) return;
+      if (t > BEHIND_S) {
+        // Keep memory flat on long recordings: drop what is far behind.
+        await this.remove(0, t - BEHIND_S);
+        for (const k of [...this.loaded]) if (this.starts[k] + this.segs[k] / 1000 < t - BEHIND_S) this.loaded.delete(k);
+      }
+      await this.append(buf);
+      this.loaded.add(n);
+    } catch (e) {
+      if (!this.closed) this.player.fail('This recording could not be played.');
+      return;
+    } finally {
+      this.busy = false;
+    }
+    this.fill();
+  }
+
+  close() {
+    this.closed = true;
+    const v = this.player.video;
+    v.removeEventListener('timeupdate', this.pump);
+    v.removeEventListener('seeking', this.pump);
+    URL.revokeObjectURL(this.objectUrl);
   }
 }
