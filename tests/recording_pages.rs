@@ -173,7 +173,7 @@ fn whip_vp8_replay_plays_on_the_watch_page() {
 fn replay_shows_the_sessions_chat_in_order() {
     let _serial = serial();
     let rec_dir = TempDir::new("roomcast-replay");
-    let env = MatrixEnv::start_browsable(&format!(
+    let mut env = MatrixEnv::start_browsable(&format!(
         "golive_delay_ms = 1000\n{}",
         recording_toml(rec_dir.path())
     ));
@@ -301,4 +301,13 @@ fn replay_shows_the_sessions_chat_in_order() {
     );
     let r = finish_scenario(&mut tool, "replay chat", PAGE_TIMEOUT);
     println!("replay chat: {}", r["shown"]);
+
+    // The homeserver goes away: a replay opened meanwhile still gets the
+    // chat read a moment ago (cached), without waiting on Synapse.
+    env.synapse.stop();
+    let t = std::time::Instant::now();
+    let r = env.server().get(&format!("/api/v1/recordings/{id}/chat"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["messages"], chat["messages"]);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
