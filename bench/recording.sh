@@ -13,13 +13,17 @@ SECS=${1:-30}
 N=${2:-2}
 export EXTRA_STREAMS=$((N - 1))
 BENCH_SERVER_BIN=${BENCH_SERVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/roomcast}
-[[ -x "$BENCH_SERVER_BIN" ]] || (cd "$ROOT" && cargo build --quiet --bin roomcast)
+[[ -x "$BENCH_SERVER_BIN" ]] || { echo "no $BENCH_SERVER_BIN: cargo build --bin roomcast first (or set BENCH_SERVER_BIN)" >&2; exit 1; }
 encode 2500 128
-ticks() { cat /proc/"$SERVER_PID"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'; }
+# Process CPU time in ns (utime + stime, threads that exited included: the
+# recorder's writes run on blocking threads that come and go).
+ticks() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) * 1e9 / hz}' /proc/"$SERVER_PID"/stat; }
 written() { curl -fs "http://$HTTP/metrics" | awk '/^roomcast_recording_bytes_written_total /{print $2}'; }
 
 # run LABEL EXTRA_TOML: prints server cores used and bytes written.
 run() {
+  # A fresh log: start_server waits for its "roomcast ready".
+  rm -f "$WORK/server.log" "$WORK/stdout.log"
   start_server "$2"
   taskset -a -p -c 0 "$SERVER_PID" >/dev/null
   PUBLISHER_PIDS=""
@@ -48,7 +52,7 @@ run() {
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); server: $BENCH_SERVER_BIN" >&2
 run off ""
 OFF=$CORES
-run on $'[recording]\nenabled = true\ndir = "'"$WORK"'/recordings"\nmin_free_gb = 0'
+run on "$(printf '[recording]\nenabled = true\ndir = "%s/recordings"\nmin_free_gb = 0' "$WORK")"
 ON=$CORES
 echo "{\"bench\":\"recorder_per_stream\",\"cpu_cores\":$(awk -v a="$ON" -v b="$OFF" -v n="$N" 'BEGIN { printf "%.4f", (a - b) / n }'),\"bytes_per_min\":$BYTES_PER_MIN,\"mb_per_hour\":$(awk -v b="$BYTES_PER_MIN" 'BEGIN { printf "%.0f", b * 60 / 1e6 }')}"
 du -sh "$WORK/recordings" >&2

@@ -435,3 +435,71 @@ fn retention_deletes_the_oldest_recording_over_max_total_gb() {
         404
     );
 }
+
+#[test]
+fn a_publisher_back_within_the_debounce_continues_the_same_recording() {
+    let _g = serial();
+    let dir = TempDir::new("roomcast-rec-reconnect");
+    let server = Server::start(
+        &recording_toml(dir.path(), "")
+            .replace("continue_within_ms = 1500", "continue_within_ms = 6000"),
+    );
+    let short = || FfmpegOpts {
+        duration_s: Some(3.0),
+        ..FfmpegOpts::small()
+    };
+    let mut first = Publisher::ffmpeg(&server.publish_url(STREAM), short());
+    let rec = wait_recording(&server, STREAM, "recording", REC_TIMEOUT);
+    assert!(first.wait_exit(Duration::from_secs(20)).is_some());
+    wait_live_state(&server, STREAM, false, Duration::from_secs(10));
+    // The publisher reconnects (OBS after a network blip).
+    let mut second = Publisher::ffmpeg(&server.publish_url(STREAM), short());
+    wait_live_state(&server, STREAM, true, LIVE_TIMEOUT);
+    assert!(second.wait_exit(Duration::from_secs(20)).is_some());
+    let done = wait_recording(&server, STREAM, "complete", REC_TIMEOUT);
+    assert_eq!(done["id"], rec["id"], "one recording for both");
+    assert_eq!(recordings(&server, STREAM).len(), 1);
+    let d = done["duration_s"].as_f64().unwrap();
+    assert!((d - 6.0).abs() <= 1.0, "both publishes recorded: {done}");
+    let playlist = server
+        .get(&format!(
+            "/recordings/{}/index.m3u8",
+            done["id"].as_str().unwrap()
+        ))
+        .text();
+    assert!(playlist.contains("#EXT-X-DISCONTINUITY"), "{playlist}");
+}
+
+#[test]
+fn a_whip_vp8_publish_is_recorded_as_received() {
+    let _g = serial();
+    let dir = TempDir::new("roomcast-rec-vp8");
+    let server = Server::start(&recording_toml(dir.path(), ""));
+    let mut publisher = common::publishers::aiortc_publisher(
+        &server.whip_url(STREAM),
+        common::publishers::WhipOpts {
+            codec: "VP8",
+            key: Some(server.key(STREAM).to_string()),
+            duration_s: Some(6.0),
+            ..Default::default()
+        },
+    );
+    let rec = wait_recording(&server, STREAM, "recording", LIVE_TIMEOUT);
+    assert!(publisher.exit_status(Duration::from_secs(30)).is_some());
+    let done = wait_recording(&server, STREAM, "complete", REC_TIMEOUT);
+    assert_eq!(done["id"], rec["id"]);
+    println!("{done}");
+    assert!(
+        done["video_codec"].as_str().unwrap().starts_with("vp08"),
+        "{done}"
+    );
+    let d = done["duration_s"].as_f64().unwrap();
+    assert!(d >= 3.0, "{done}");
+    let download = server.get(&format!("/recordings/{}.mp4", rec["id"].as_str().unwrap()));
+    let file = dir.path().join("vp8.mp4");
+    std::fs::write(&file, &download.body).unwrap();
+    let probe = ffprobe(file.to_str().unwrap());
+    assert_eq!(stream_of(&probe, "video")["codec_name"], "vp8", "{probe}");
+    assert_eq!(stream_of(&probe, "audio")["codec_name"], "opus", "{probe}");
+    assert!((duration_of(&probe) - d).abs() <= 0.5, "{probe}");
+}

@@ -412,32 +412,35 @@ async fn serve_range(
 }
 
 /// `count` bytes of `path` from `start`, read in chunks in blocking threads
-/// (a recording can be gigabytes: never in memory at once).
+/// from one open file (a recording can be gigabytes: never in memory at once).
 fn file_body(path: PathBuf, start: u64, count: u64) -> Body {
-    let state = (path, start, count);
-    let stream = futures_util::stream::unfold(state, |(path, pos, left)| async move {
+    type Open = Option<Arc<std::fs::File>>;
+    let state: (Open, PathBuf, u64, u64) = (None, path, start, count);
+    let stream = futures_util::stream::unfold(state, |(file, path, pos, left)| async move {
         if left == 0 {
             return None;
         }
         let want = left.min(CHUNK as u64) as usize;
         let p = path.clone();
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut f = std::fs::File::open(&p)?;
-            f.seek(SeekFrom::Start(pos))?;
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Open, Vec<u8>)> {
+            use std::os::unix::fs::FileExt;
+            let f = match file {
+                Some(f) => f,
+                None => Arc::new(std::fs::File::open(&p)?),
+            };
             let mut buf = vec![0; want];
-            f.read_exact(&mut buf)?;
-            Ok(buf)
+            f.read_exact_at(&mut buf, pos)?;
+            Ok((Some(f), buf))
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         match read {
-            Ok(buf) => Some((
+            Ok((file, buf)) => Some((
                 Ok::<_, std::io::Error>(bytes::Bytes::from(buf)),
-                (path, pos + want as u64, left - want as u64),
+                (file, path, pos + want as u64, left - want as u64),
             )),
             // The connection ends short: the client sees a truncated body.
-            Err(e) => Some((Err(e), (path, pos, 0))),
+            Err(e) => Some((Err(e), (None, path, pos, 0))),
         }
     });
     Body::from_stream(stream)

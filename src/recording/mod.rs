@@ -95,7 +95,12 @@ impl FrameSink for Sink {
 /// A recording being written.
 struct Active {
     id: String,
+    /// Live and wanted: false starts the end of the recording.
     live: watch::Sender<bool>,
+    /// Whether the stream is to be recorded (`!live record off` clears it),
+    /// read per frame: a new publisher's frames can come before the control
+    /// change that says it is live.
+    wanted: AtomicBool,
     status: Mutex<WriteStatus>,
 }
 
@@ -321,7 +326,9 @@ impl Recorder {
         let active = self.active.lock().get(&stream.name).cloned();
         match active {
             Some(a) => {
-                let keep = live && self.wants(&stream.name);
+                let wanted = self.wants(&stream.name);
+                a.wanted.store(wanted, Relaxed);
+                let keep = live && wanted;
                 a.live
                     .send_if_modified(|l| std::mem::replace(l, keep) != keep);
             }
@@ -338,6 +345,7 @@ impl Recorder {
         let active = Arc::new(Active {
             id: id.clone(),
             live,
+            wanted: AtomicBool::new(true),
             status: Mutex::new(WriteStatus::Ok),
         });
         self.active
@@ -639,7 +647,9 @@ impl Recording {
                     Some(Msg::Frame(f)) => {
                         // Not to be recorded now (`!live record off` while
                         // live), or already in the seed.
-                        if offline_since.is_some() || last_seeded.is_some_and(|i| f.index <= i) {
+                        if !self.active.wanted.load(Relaxed)
+                            || last_seeded.is_some_and(|i| f.index <= i)
+                        {
                             continue;
                         }
                         if overflow.swap(false, Relaxed) {
@@ -843,7 +853,8 @@ impl Recording {
             Err(e) => {
                 self.gap = true;
                 self.rec.metrics.failures.fetch_add(1, Relaxed);
-                self.set_status(WriteStatus::Failing(e.to_string()));
+                let dir = self.rec.dir_of(&self.row.id);
+                self.set_status(WriteStatus::Failing(format!("{}: {e}", dir.display())));
             }
         }
     }
