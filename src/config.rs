@@ -67,6 +67,8 @@ pub struct Config {
     /// Cluster mode (PostgreSQL only): several nodes share one database and
     /// relay streams to each other over WHEP. Absent: one process, as before.
     pub cluster: Option<ClusterConfig>,
+    /// Recording of broadcasts (`src/recording`).
+    pub recording: crate::recording::config::RecordingConfig,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -357,6 +359,9 @@ pub struct StreamConfig {
     pub key: String,
     #[serde(default)]
     pub title: Option<String>,
+    /// Record this stream (`[recording]`); absent: `recording.record_by_default`.
+    #[serde(default)]
+    pub record: Option<bool>,
 }
 
 /// Egress caps: a viewer over one gets 503 with Retry-After. 0 = no cap.
@@ -655,6 +660,9 @@ impl Config {
                 ));
             }
         }
+        self.recording
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
         if let Some(m) = &self.matrix {
             http_url("matrix.homeserver_url", &m.homeserver_url)?;
             if m.server_name.is_empty() || m.server_name.contains(['/', ' ', '@', '#']) {

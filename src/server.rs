@@ -209,6 +209,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let hls = crate::egress::hls::Hls::new(&config.hls, hub.clone());
     hls.spawn();
+    let recorder = crate::recording::Recorder::new(&config, hub.clone(), store.clone());
+    recorder.spawn();
+    if let Some(m) = &matrix {
+        m.set_recorder(recorder.clone());
+    }
     if let Some(c) = &cluster {
         // LL-HLS requests keep an edge's pull as WebRTC viewers do.
         let hls = hls.clone();
@@ -283,6 +288,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         resources: crate::http::webrtc::resources::Resources::new(engine.clone()),
         shutdown: shutdown.clone(),
         cluster,
+        recorder,
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];

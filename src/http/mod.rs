@@ -20,6 +20,8 @@ pub mod ome;
 // Public for the fuzz targets (fuzz/): `Layout::parse`.
 #[doc(hidden)]
 pub mod pages;
+mod recordings;
+mod replay;
 pub mod serve;
 pub mod webrtc;
 
@@ -60,6 +62,8 @@ pub struct App {
     pub shutdown: crate::listener::Shutdown,
     /// Cluster mode (`[cluster]`): node registry, origins, edge relays.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Recording (`[recording]`): the index, the files, the recorder.
+    pub recorder: Arc<crate::recording::Recorder>,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -72,7 +76,9 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(hls::routes())
         .merge(webrtc::whip::routes())
         .merge(matrix::api::routes())
-        .merge(cluster::routes());
+        .merge(cluster::routes())
+        .merge(recordings::routes())
+        .merge(replay::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());
     }

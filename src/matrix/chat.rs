@@ -302,7 +302,7 @@ impl Matrix {
     /// the bot's own notices, edits, reactions, thread replies, empty bodies).
     /// A reply's quoted context is looked up in `earlier`, the history, or
     /// the homeserver.
-    async fn to_chat(
+    pub(super) async fn to_chat(
         &self,
         room: &str,
         ev: &Ev,

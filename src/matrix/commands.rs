@@ -50,6 +50,19 @@ pub enum Command {
     Unfollow {
         target: Option<String>,
     },
+    /// Record the stream or not (recordings.rs).
+    Record {
+        on: bool,
+        name: Option<String>,
+    },
+    /// List the stream's latest recordings with links.
+    Recordings {
+        name: Option<String>,
+    },
+    /// Delete a recording (its stream's owner or admins).
+    DeleteRecording {
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +94,10 @@ pub const HELP: &str = "roomcast commands:
 !live slots | slots add <name> | slots remove <name> — extra streams in this room (room admins)
 !live link <24h|7d|30m> [name] — a viewer link for a private room (room admins)
 !live follow <name|#alias> — this room gets that stream's go-live and ended notices (room admins)
-!live unfollow [name|#alias] — stop following it (or every stream)";
+!live unfollow [name|#alias] — stop following it (or every stream)
+!live record on|off [name] — record the stream's broadcasts or not (room admins)
+!live recordings [name] — the latest recordings, with replay links
+!live delete-recording <id> — delete a recording (its owner or room admins)";
 
 fn name_arg(arg: Option<&str>) -> Result<Option<String>, String> {
     match arg {
@@ -205,8 +221,28 @@ pub fn parse(body: &str) -> Parsed {
             "unfollow" if !too_many(1) => Command::Unfollow {
                 target: follow_target(arg(0))?,
             },
+            "record" if !too_many(2) => Command::Record {
+                on: match arg(0).map(str::to_ascii_lowercase).as_deref() {
+                    Some("on") => true,
+                    Some("off") => false,
+                    _ => return Err("usage: !live record on|off [name]".into()),
+                },
+                name: name_arg(arg(1))?,
+            },
+            "recordings" if !too_many(1) => Command::Recordings {
+                name: name_arg(arg(0))?,
+            },
+            "delete-recording" if !too_many(1) => Command::DeleteRecording {
+                id: match arg(0) {
+                    Some(id) if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                        id.to_string()
+                    }
+                    _ => return Err("usage: !live delete-recording <id>".into()),
+                },
+            },
             "new" | "attach" | "detach" | "key" | "rotate" | "status" | "notify" | "slots"
-            | "slot" | "link" | "follow" | "unfollow" => {
+            | "slot" | "link" | "follow" | "unfollow" | "record" | "recordings"
+            | "delete-recording" => {
                 return Err(format!("too many arguments for '{cmd_lc}'; try !live help"));
             }
             _ => {
@@ -232,6 +268,8 @@ pub fn needs_admin(c: &Command) -> bool {
             | Command::Status { .. }
             | Command::Follow { .. }
             | Command::Unfollow { .. }
+            | Command::Recordings { .. }
+            | Command::DeleteRecording { .. }
     )
 }
 

@@ -214,6 +214,7 @@ impl Matrix {
                     | Command::Rotate { .. }
                     | Command::Detach { .. }
                     | Command::Link { .. }
+                    | Command::Record { .. }
                     | Command::Attach { room: Some(_), .. }
             )
         {
@@ -228,6 +229,11 @@ impl Matrix {
         match cmd {
             c @ (Command::Follow { .. } | Command::Unfollow { .. }) => {
                 self.follow_command(room, sender, in_dm, c).await.map(Ok)
+            }
+            c @ (Command::Record { .. }
+            | Command::Recordings { .. }
+            | Command::DeleteRecording { .. }) => {
+                self.recording_command(room, sender, in_dm, c).await
             }
             Command::Help => {
                 self.reply(room, commands::HELP).await;
@@ -503,7 +509,12 @@ impl Matrix {
     }
 
     /// The stream a command is about: named, or this room's main stream.
-    fn resolve(&self, room: &str, in_dm: bool, name: Option<String>) -> Result<MappingRow, String> {
+    pub(super) fn resolve(
+        &self,
+        room: &str,
+        in_dm: bool,
+        name: Option<String>,
+    ) -> Result<MappingRow, String> {
         self.rooms.resolve(room, in_dm, name.as_deref())
     }
 
@@ -513,7 +524,11 @@ impl Matrix {
     }
 
     /// Owners of a stream and admins of its room may manage it.
-    async fn may_manage(&self, m: &MappingRow, sender: &str) -> Result<bool, MatrixError> {
+    pub(super) async fn may_manage(
+        &self,
+        m: &MappingRow,
+        sender: &str,
+    ) -> Result<bool, MatrixError> {
         if m.owner.as_deref() == Some(sender) {
             return Ok(true);
         }
@@ -565,5 +580,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::Link { .. } => "link",
         Command::Follow { .. } => "follow",
         Command::Unfollow { .. } => "unfollow",
+        Command::Record { .. } => "record",
+        Command::Recordings { .. } => "recordings",
+        Command::DeleteRecording { .. } => "delete-recording",
     }
 }

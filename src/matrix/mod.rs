@@ -39,7 +39,9 @@ pub mod media_proxy;
 mod notices;
 pub mod permissions;
 mod power;
+mod recordings;
 pub mod registration;
+pub mod replay_chat;
 mod resync;
 mod room_lost;
 mod room_map;
@@ -129,6 +131,8 @@ pub struct Matrix {
     /// The pages' chat: history, members' names and avatars, reactions,
     /// media, guest limits.
     chat: chat::Chat,
+    /// Recordings' replays: their sessions' chat read from the timeline.
+    replay_chats: replay_chat::ReplayChats,
     /// DM rooms already told that encrypted messages cannot be read.
     told_encrypted: Mutex<HashSet<String>>,
     notices: notices::Notices,
@@ -143,6 +147,8 @@ pub struct Matrix {
     on_demand_warned: Mutex<Option<std::time::Instant>>,
     /// Cluster mode: the bus to the other nodes (chat they cannot read).
     bus: std::sync::OnceLock<Arc<crate::cluster::bus::Bus>>,
+    /// Recording (`[recording]`): commands and the "ended" replay link.
+    recorder: std::sync::OnceLock<Arc<crate::recording::Recorder>>,
 }
 
 impl Matrix {
@@ -201,6 +207,7 @@ impl Matrix {
             connected: AtomicBool::new(false),
             txns: transactions::Transactions::default(),
             chat,
+            replay_chats: replay_chat::ReplayChats::default(),
             told_encrypted: Mutex::new(HashSet::new()),
             notices: notices::Notices::default(),
             claims: claims::Claims::new(backend),
@@ -210,6 +217,7 @@ impl Matrix {
             on_demand: Mutex::new(chat::Limiter::new(3.0, 1.0 / 20.0)),
             on_demand_warned: Mutex::new(None),
             bus: std::sync::OnceLock::new(),
+            recorder: std::sync::OnceLock::new(),
         };
         m.load_mapping().await?;
         m.store.prune_processed(7).await?;

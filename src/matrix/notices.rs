@@ -489,7 +489,7 @@ impl Matrix {
             let Some(s) = ended else { return };
             let ran = Duration::from_millis(since.saturating_sub(s.started_ms));
             queue_durably("stream-ended notice", &stream, || {
-                me.enqueue_ended(&stream, &s.id, ran, s.peak as usize)
+                me.enqueue_ended(&stream, &s.id, s.started_ms, ran, s.peak as usize)
             })
             .await;
         });
@@ -606,6 +606,7 @@ impl Matrix {
         &self,
         stream: &str,
         session: &str,
+        started_ms: u64,
         ran: Duration,
         peak: usize,
     ) -> Result<(), MatrixError> {
@@ -614,12 +615,16 @@ impl Matrix {
         };
         // The rooms that got this session's go-live notice get its end.
         let told = self.store.outbox_rooms(stream, session, "notice").await?;
-        let ended = json!({
+        let mut ended = json!({
             "title": self.title_of(stream),
             "duration_s": ran.as_secs(),
             "peak": peak,
             "watch_url": self.watch_url(stream),
         });
+        // A recorded session's end links its replay (recordings.rs).
+        if let Some(url) = self.session_replay_url(stream, started_ms).await {
+            ended["replay_url"] = json!(url);
+        }
         self.enqueue_notice(&m.room_id, &told, stream, session, "ended", ended, None)
             .await?;
         info!(stream = %stream, duration_s = ran.as_secs(), peak, "matrix: stream-ended notice queued");
@@ -752,15 +757,19 @@ impl Matrix {
                 let secs = p["duration_s"].as_u64().unwrap_or(0);
                 let peak = p["peak"].as_u64().unwrap_or(0);
                 let viewers = if peak == 1 { "viewer" } else { "viewers" };
-                let text = format!(
+                let mut text = format!(
                     "⚫ {title} ended after {}, peak {peak} {viewers}",
                     format_duration(secs)
                 );
-                let html = format!(
+                let mut html = format!(
                     "⚫ <b>{}</b> ended after {}, peak {peak} {viewers}",
                     html_escape(title),
                     format_duration(secs)
                 );
+                if let Some(url) = p["replay_url"].as_str() {
+                    text.push_str(&format!(" — replay: {url}"));
+                    html.push_str(&format!(" — <a href=\"{}\">replay</a>", html_escape(url)));
+                }
                 let new_content = json!({
                     "msgtype": "m.notice",
                     "body": text,

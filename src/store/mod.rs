@@ -9,6 +9,7 @@ pub mod cluster_bus;
 pub mod health;
 pub mod matrix;
 pub mod matrix_leases;
+pub mod recordings;
 
 use std::path::PathBuf;
 use std::sync::Arc;

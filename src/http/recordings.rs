@@ -1,0 +1,466 @@
+//! Recordings over HTTP: the index API (`/api/v1/streams/{name}/recordings`,
+//! `/api/v1/recordings/{id}`, `DELETE` with `recording.admin_token`) and the
+//! files (`/recordings/{id}/index.m3u8`, the byte ranges it names, and the
+//! progressive download `/recordings/{id}.mp4`, with `Range`). A private
+//! stream's recordings admit exactly as its live stream does (the same
+//! token, `Authorization: Bearer` or `?access=`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::extract::token_from;
+use super::{ApiError, App, PeerAddr};
+use crate::admission::{Purpose, ViewerFacts};
+use crate::hub::{Access, Stream};
+use crate::recording::{self, Recorder, WriteStatus};
+use crate::store::recordings::RecordingRow;
+
+/// Recordings listed per stream (newest first).
+const LIST_LIMIT: i64 = 100;
+/// Bytes read from disk per body chunk.
+const CHUNK: usize = 256 * 1024;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/api/v1/streams/{name}/recordings", get(list))
+        .route("/api/v1/recordings/{id}", get(one).delete(delete))
+        .route("/recordings/{file}", get(download))
+        .route("/recordings/{id}/{file}", get(file))
+}
+
+/// The API's view of a recording (the contract the pages rely on).
+pub fn recording_json(r: &RecordingRow, status: Option<WriteStatus>) -> Value {
+    let mut v = json!({
+        "id": r.id,
+        "stream": r.stream,
+        "session": r.session,
+        "started_ms": r.started_ms,
+        "ended_ms": r.ended_ms,
+        "duration_s": r.duration_ms as f64 / 1000.0,
+        "bytes": r.bytes,
+        "video_codec": r.video_codec,
+        "audio_codec": r.audio_codec,
+        "peak_viewers": r.peak_viewers,
+        "title_start": r.title_start,
+        "title_end": r.title_end,
+        "room_id": r.room_id,
+        "state": r.state,
+        "playlist": format!("/recordings/{}/index.m3u8", r.id),
+        "download": format!("/recordings/{}.mp4", r.id),
+    });
+    // While it is being made: how writing goes ("ok", "paused", "failing").
+    if let Some(s) = status {
+        let (name, reason) = match s {
+            WriteStatus::Ok => ("ok", None),
+            WriteStatus::Paused(r) => ("paused", Some(r)),
+            WriteStatus::Failing(r) => ("failing", Some(r)),
+        };
+        v["recording"] = json!({"status": name, "reason": reason});
+    }
+    v
+}
+
+fn json_of(rec: &Recorder, r: &RecordingRow) -> Value {
+    recording_json(r, rec.status(&r.id))
+}
+
+/// The stream, if the request may see it (as its live stream).
+async fn admit(
+    app: &App,
+    stream: &str,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Arc<Stream>, ApiError> {
+    // As for LL-HLS: a signed URL or the admission webhook cannot be
+    // checked for every file a player fetches, so recordings are not served.
+    let gated = app
+        .config
+        .signed_policy
+        .as_ref()
+        .is_some_and(|p| p.playback)
+        || app.config.admission.as_ref().is_some_and(|a| a.playback);
+    if gated {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "recordings_unavailable",
+            "this server admits viewers by signed URL or webhook, which recordings cannot check per file",
+        ));
+    }
+    let facts = ViewerFacts {
+        stream: stream.to_string(),
+        client: super::client_addr(peer.ip(), headers, &app.config.http.trusted_proxies),
+        token: token_from(headers, uri.query()),
+        attempt: None,
+        relay: false,
+    };
+    Ok(app
+        .admission
+        .admit_viewer(facts, Purpose::Hls)
+        .await?
+        .stream)
+}
+
+fn no_recording(id: &str) -> ApiError {
+    ApiError::not_found(format!("no recording '{id}'"))
+}
+
+fn db_error(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!("recordings: the index cannot be read: {e}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "the recordings index cannot be read now; try again",
+    )
+    .retry_after(5)
+}
+
+/// A recording by id, after the request was admitted to its stream.
+pub(super) async fn admitted(
+    app: &App,
+    id: &str,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(RecordingRow, Arc<Stream>), ApiError> {
+    if !recording::valid_id(id) {
+        return Err(no_recording(id));
+    }
+    let row = app
+        .recorder
+        .store()
+        .recording(id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| no_recording(id))?;
+    let stream = admit(app, &row.stream, peer, headers, uri).await?;
+    Ok((row, stream))
+}
+
+async fn list(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let stream = admit(&app, &name, peer, &headers, &uri).await?;
+    let rows = app
+        .recorder
+        .store()
+        .recordings_of(&stream.name, LIST_LIMIT)
+        .await
+        .map_err(db_error)?;
+    let list: Vec<Value> = rows.iter().map(|r| json_of(&app.recorder, r)).collect();
+    Ok(no_store(
+        Json(json!({ "recordings": list })).into_response(),
+    ))
+}
+
+async fn one(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (row, _) = admitted(&app, &id, peer, &headers, &uri).await?;
+    Ok(no_store(Json(json_of(&app.recorder, &row)).into_response()))
+}
+
+async fn delete(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(admin) = app.recorder.cfg.admin_token.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_admin_token",
+            "deleting over the API needs recording.admin_token in the config; a stream's owner can use `!live delete-recording <id>` in its room",
+        ));
+    };
+    let given = super::extract::bearer(&headers).unwrap_or_default();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.as_bytes(),
+        admin.as_bytes(),
+    )) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_admin_token",
+            "DELETE needs Authorization: Bearer <recording.admin_token>",
+        ));
+    }
+    match app.recorder.delete(&id).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(no_recording(&id)),
+        Err(e @ recording::DeleteError::Active) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "recording_active",
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "delete_failed",
+            e.to_string(),
+        )),
+    }
+}
+
+fn no_store(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `/recordings/{id}.mp4`: the progressive download.
+async fn download(
+    State(app): State<Arc<App>>,
+    Path(file): Path<String>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let Some(id) = file.strip_suffix(".mp4") else {
+        return Err(ApiError::not_found(format!(
+            "no such recording file '{file}': the download is /recordings/{{id}}.mp4"
+        )));
+    };
+    let (row, stream) = admitted(&app, id, peer, &headers, &uri).await?;
+    let dir = app.recorder.dir_of(&row.id);
+    let index = read(&dir).await?;
+    let main = index
+        .main_file()
+        .ok_or_else(|| ApiError::not_found("the recording has no media yet"))?;
+    let len = index.file_end(main).unwrap_or(0);
+    let name = format!("{}-{}.mp4", row.stream, row.id);
+    let mut r = serve_range(
+        crate::recording::files::media_path(&dir, main),
+        len,
+        &headers,
+        cache(&row, &stream),
+    )
+    .await?;
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
+}
+
+/// `/recordings/{id}/index.m3u8` and the files it names (`0.mp4`…).
+async fn file(
+    State(app): State<Arc<App>>,
+    Path((id, file)): Path<(String, String)>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let number = match file.as_str() {
+        "index.m3u8" => None,
+        f => Some(
+            f.strip_suffix(".mp4")
+                .and_then(|n| n.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "no such recording file '{f}': the playlist is /recordings/{id}/index.m3u8"
+                    ))
+                })?,
+        ),
+    };
+    let (row, stream) = admitted(&app, &id, peer, &headers, &uri).await?;
+    let dir = app.recorder.dir_of(&row.id);
+    let index = read(&dir).await?;
+    match number {
+        None => {
+            let query = super::hls::parse_query(uri.query())?;
+            let suffix = super::hls::uri_suffix(&query);
+            let finished = row.state != "recording";
+            let text = index.render_playlist(finished, &suffix);
+            let cc = if finished {
+                cache(&row, &stream)
+            } else {
+                "no-cache"
+            };
+            Ok((
+                [
+                    (header::CONTENT_TYPE, crate::egress::hls::PLAYLIST_TYPE),
+                    (header::CACHE_CONTROL, cc),
+                ],
+                text,
+            )
+                .into_response())
+        }
+        Some(n) => {
+            let len = index.file_end(n).ok_or_else(|| {
+                ApiError::not_found(format!("recording '{id}' has no file {n}.mp4"))
+            })?;
+            serve_range(
+                crate::recording::files::media_path(&dir, n),
+                len,
+                &headers,
+                cache(&row, &stream),
+            )
+            .await
+        }
+    }
+}
+
+/// Media bytes never change once indexed; a private stream's stay out of
+/// shared caches.
+fn cache(row: &RecordingRow, stream: &Stream) -> &'static str {
+    match (stream.access() == Access::Public, row.state != "recording") {
+        (false, _) => "private, no-store",
+        (true, true) => "public, max-age=86400",
+        (true, false) => "public, max-age=60",
+    }
+}
+
+async fn read(dir: &std::path::Path) -> Result<crate::recording::index::Index, ApiError> {
+    match recording::read_index(dir).await {
+        Ok(Some(i)) => Ok(i),
+        Ok(None) => Err(ApiError::not_found("the recording has no media yet")),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "recordings: cannot read a recording's index: {e}");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "recording_unreadable",
+                "the recording's files cannot be read (the server log says why)",
+            ))
+        }
+    }
+}
+
+/// `Range: bytes=…` of a file of `len` bytes: `Ok(None)` for the whole
+/// file (no header, or several ranges: answered whole, as RFC 9110
+/// allows), `Err(())` when it cannot be satisfied.
+pub fn parse_range(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(v) = value else { return Ok(None) };
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        (len.saturating_sub(n), len.saturating_sub(1))
+    } else {
+        let start: u64 = a.parse().map_err(|_| ())?;
+        let end = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            b.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
+        };
+        (start, end)
+    };
+    if len == 0 || start >= len || end < start {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn serve_range(
+    path: PathBuf,
+    len: u64,
+    headers: &HeaderMap,
+    cache_control: &'static str,
+) -> Result<Response, ApiError> {
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, end) = match parse_range(range, len) {
+        Ok(None) => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Ok(Some((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e),
+        Err(()) => {
+            let mut r = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "bad_range",
+                format!("the range is outside the file ({len} bytes)"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+    };
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    let body = file_body(path, start, count);
+    let mut r = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, crate::egress::hls::MEDIA_TYPE)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, cache_control)
+        .header(header::CONTENT_LENGTH, count);
+    if status == StatusCode::PARTIAL_CONTENT {
+        r = r.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+    }
+    r.body(body)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// `count` bytes of `path` from `start`, read in chunks in blocking threads
+/// from one open file (a recording can be gigabytes: never in memory at once).
+fn file_body(path: PathBuf, start: u64, count: u64) -> Body {
+    type Open = Option<Arc<std::fs::File>>;
+    let state: (Open, PathBuf, u64, u64) = (None, path, start, count);
+    let stream = futures_util::stream::unfold(state, |(file, path, pos, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let want = left.min(CHUNK as u64) as usize;
+        let p = path.clone();
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Open, Vec<u8>)> {
+            use std::os::unix::fs::FileExt;
+            let f = match file {
+                Some(f) => f,
+                None => Arc::new(std::fs::File::open(&p)?),
+            };
+            let mut buf = vec![0; want];
+            f.read_exact_at(&mut buf, pos)?;
+            Ok((Some(f), buf))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match read {
+            Ok((file, buf)) => Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::from(buf)),
+                (file, path, pos + want as u64, left - want as u64),
+            )),
+            // The connection ends short: the client sees a truncated body.
+            Err(e) => Some((Err(e), (None, path, pos, 0))),
+        }
+    });
+    Body::from_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Ok(Some((0, 9))));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), Ok(Some((90, 99))));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
+        assert_eq!(parse_range(Some("bytes=50-500"), 100), Ok(Some((50, 99))));
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(parse_range(Some("bytes=9-3"), 100), Err(()));
+        assert_eq!(parse_range(Some("bytes=x-3"), 100), Err(()));
+        assert_eq!(parse_range(Some("bytes=-0"), 100), Err(()));
+    }
+}

@@ -1,0 +1,289 @@
+//! What the watch page's replay needs beyond the recordings API
+//! (`recordings.rs`), admitted exactly as the recording itself (and so as
+//! its live stream):
+//! - `GET /api/v1/recordings/{id}/chat`: the chat of the recording's session,
+//!   read from the stream's Matrix room timeline (`matrix::replay_chat`);
+//! - `GET /recordings/{id}/replay.webm`: a VP8 or VP9 recording as WebM, made
+//!   from its fMP4 without re-encoding (`egress::webm`), for browsers that do
+//!   not play those codecs in MP4 (Chromium plays VP8 only in WebM); in parts
+//!   for Media Source Extensions, so a long recording seeks anywhere:
+//!   `?part=index` (JSON: the segments' durations and the MIME type),
+//!   `?part=init` (the header), `?part=N` (segment N's Clusters).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::{ApiError, App, PeerAddr};
+use crate::egress::webm::{self, WebmError};
+use crate::hub::Access;
+use crate::log_every::LogEvery;
+use crate::matrix::replay_chat::{ReplayChatError, Window};
+use crate::recording::index::{Index, Segment};
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/api/v1/recordings/{id}/chat", get(chat))
+        .route("/recordings/{id}/replay.webm", get(webm_file))
+}
+
+fn no_chat(why: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_chat", why.to_string())
+}
+
+/// Homeserver trouble is logged at most once a minute (many viewers may hit it).
+static HS_TROUBLE: LogEvery = LogEvery::new(Duration::from_secs(60));
+/// Recording files that cannot be read as WebM: once a minute.
+static WEBM_TROUBLE: LogEvery = LogEvery::new(Duration::from_secs(60));
+
+async fn chat(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (row, _) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
+    let Some(matrix) = app.matrix.as_ref() else {
+        return Err(no_chat("this server has no Matrix chat"));
+    };
+    let Some(room) = row.room_id.as_deref() else {
+        return Err(no_chat("this recording's stream had no Matrix room"));
+    };
+    let window = Window {
+        start_ms: row.started_ms.max(0) as u64,
+        end_ms: row.ended_ms.map(|e| e.max(0) as u64),
+    };
+    let chat = matrix
+        .session_chat(room, window)
+        .await
+        .map_err(|e| match e {
+            ReplayChatError::NoChat(_) => no_chat(&e.to_string()),
+            ReplayChatError::Busy => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+                    .retry_after(5)
+            }
+            ReplayChatError::Unavailable(_) => {
+                if let Some(suppressed) = HS_TROUBLE.allow() {
+                    tracing::warn!(recording = %id, suppressed, "recordings: the replay chat cannot be read: {e}");
+                }
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "homeserver_unavailable",
+                    e.to_string(),
+                )
+                .retry_after(10)
+            }
+        })?;
+    let mut resp = Json(&*chat).into_response();
+    // A private stream's chat must not land in shared caches.
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    Ok(resp)
+}
+
+/// `/recordings/{id}/replay.webm`: the main file's segments (the one the
+/// `.mp4` download serves), each read, turned into Clusters and sent, one at
+/// a time (a recording can be gigabytes). No `Range`: the browser plays it
+/// as it comes and seeks within what it has.
+async fn webm_file(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (row, stream) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
+    let dir = app.recorder.dir_of(&row.id);
+    let index = match crate::recording::read_index(&dir).await {
+        Ok(Some(i)) => i,
+        Ok(None) => return Err(ApiError::not_found("the recording has no media yet")),
+        Err(e) => return Err(unreadable(&id, &e.to_string())),
+    };
+    let Some(main) = index.main_file() else {
+        return Err(ApiError::not_found("the recording has no media yet"));
+    };
+    let init_len = index.inits.get(&main).copied().unwrap_or(0);
+    let path = crate::recording::files::media_path(&dir, main);
+    let init = read_range(path.clone(), 0, init_len)
+        .await
+        .map_err(|e| unreadable(&id, &e.to_string()))?;
+    let tracks = webm::tracks_of_init(&init).map_err(|e| match e {
+        WebmError::Codec(_) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_webm",
+            format!("{e}: /recordings/{id}/index.m3u8"),
+        ),
+        WebmError::Mp4(m) => unreadable(&id, &m),
+    })?;
+    let segments: Vec<Segment> = main_segments(&index, main);
+    let duration_ms = segments.iter().map(|s| s.duration_us).sum::<u64>() as f64 / 1000.0;
+    let head = webm::header(&tracks, duration_ms);
+    let cache = match (stream.access() == Access::Public, row.state != "recording") {
+        (false, _) => "private, no-store",
+        (true, true) => "public, max-age=3600",
+        (true, false) => "no-cache",
+    };
+    let part = uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("part="))
+            .map(str::to_string)
+    });
+    if let Some(part) = part {
+        return webm_part(&part, &id, path, &tracks, &segments, head, cache).await;
+    }
+    let state = (path, segments.into_iter(), 0u64, tracks, id.clone());
+    let body = futures_util::stream::unfold(
+        state,
+        |(path, mut segs, start_us, tracks, id)| async move {
+            let seg = segs.next()?;
+            let chunk = read_range(path.clone(), seg.offset, seg.len)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|data| {
+                    let samples = webm::samples_of(&data, &tracks).map_err(|e| e.to_string())?;
+                    Ok(webm::clusters(start_us / 1000, &samples, &data))
+                });
+            match chunk {
+                Ok(c) => Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(c)),
+                    (path, segs, start_us + seg.duration_us, tracks, id),
+                )),
+                Err(e) => {
+                    if let Some(suppressed) = WEBM_TROUBLE.allow() {
+                        tracing::warn!(recording = %id, suppressed, "recordings: a segment cannot be sent as WebM: {e}");
+                    }
+                    // The connection ends short: the player has what came before.
+                    Some((
+                        Err(std::io::Error::other(e)),
+                        (path, Vec::new().into_iter(), start_us, tracks, id),
+                    ))
+                }
+            }
+        },
+    );
+    let body = futures_util::StreamExt::chain(
+        futures_util::stream::once(async move { Ok(bytes::Bytes::from(head)) }),
+        body,
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "video/webm")
+        .header(header::CACHE_CONTROL, cache)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// One part of the WebM for Media Source Extensions (see the module docs).
+async fn webm_part(
+    part: &str,
+    id: &str,
+    path: PathBuf,
+    tracks: &[webm::Track],
+    segments: &[Segment],
+    head: Vec<u8>,
+    cache: &'static str,
+) -> Result<Response, ApiError> {
+    let body = match part {
+        "index" => {
+            let has_audio = tracks
+                .iter()
+                .any(|t| matches!(t.kind, webm::Kind::Opus { .. }));
+            let video = tracks.iter().find_map(|t| match t.kind {
+                webm::Kind::Video { codec_id, .. } => {
+                    Some(if codec_id == "V_VP9" { "vp9" } else { "vp8" })
+                }
+                _ => None,
+            });
+            let codecs: Vec<&str> = video
+                .into_iter()
+                .chain(has_audio.then_some("opus"))
+                .collect();
+            let index = serde_json::json!({
+                "mime": format!("video/webm; codecs=\"{}\"", codecs.join(", ")),
+                "segments_ms": segments.iter().map(|s| s.duration_us as f64 / 1000.0).collect::<Vec<_>>(),
+            });
+            let mut r = Json(index).into_response();
+            if let Ok(v) = HeaderValue::from_str(cache) {
+                r.headers_mut().insert(header::CACHE_CONTROL, v);
+            }
+            return Ok(r);
+        }
+        "init" => head,
+        n => {
+            let n: usize = n.parse().map_err(|_| {
+                ApiError::bad_request("bad_part", "part is index, init or a segment number")
+            })?;
+            let seg = segments.get(n).ok_or_else(|| {
+                ApiError::not_found(format!("recording '{id}' has no segment {n}"))
+            })?;
+            let start_us: u64 = segments[..n].iter().map(|s| s.duration_us).sum();
+            let data = read_range(path, seg.offset, seg.len)
+                .await
+                .map_err(|e| unreadable(id, &e.to_string()))?;
+            let samples =
+                webm::samples_of(&data, tracks).map_err(|e| unreadable(id, &e.to_string()))?;
+            webm::clusters(start_us / 1000, &samples, &data)
+        }
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "video/webm")
+        .header(header::CACHE_CONTROL, cache)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(Body::from(body))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// The segments of `file`, in order (other files hold another codec).
+fn main_segments(index: &Index, file: u32) -> Vec<Segment> {
+    index
+        .segments
+        .iter()
+        .filter(|s| s.file == file)
+        .copied()
+        .collect()
+}
+
+fn unreadable(id: &str, why: &str) -> ApiError {
+    if let Some(suppressed) = WEBM_TROUBLE.allow() {
+        tracing::warn!(recording = %id, suppressed, "recordings: the recording cannot be read as WebM: {why}");
+    }
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "recording_unreadable",
+        "the recording's files cannot be read (the server log says why)",
+    )
+}
+
+/// Longest segment read into memory (a segment is seconds of media; more
+/// means a damaged index).
+const MAX_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// `len` bytes of `path` from `offset` (one segment: seconds of media).
+async fn read_range(path: PathBuf, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    if len > MAX_SEGMENT_BYTES {
+        return Err(std::io::Error::other(format!(
+            "a segment of {len} bytes is larger than {MAX_SEGMENT_BYTES}"
+        )));
+    }
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?
+}

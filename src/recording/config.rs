@@ -1,0 +1,94 @@
+//! `[recording]`: where and what to record, and how much to keep.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Off by default: recordings fill disks.
+    pub enabled: bool,
+    /// Where recordings are written (one directory per recording).
+    pub dir: String,
+    /// Whether a stream with no choice of its own is recorded: `[[streams]]
+    /// record = …` and a room's `!live record on|off` override it.
+    pub record_by_default: bool,
+    /// Recordings older than this are deleted; 0 keeps them.
+    pub retention_days: u64,
+    /// The oldest finished recordings are deleted while all together take
+    /// more than this (GB = 10^9 bytes); 0 = no cap.
+    pub max_total_gb: f64,
+    /// Recording pauses while the directory's filesystem has less free
+    /// space than this, and resumes when it has it again.
+    pub min_free_gb: f64,
+    /// `Authorization: Bearer <admin_token>` may `DELETE
+    /// /api/v1/recordings/{id}` (owners delete through the bot).
+    pub admin_token: Option<String>,
+    /// Segments end at the first keyframe at or after this (and are
+    /// fsynced as they end: a crash loses at most the segment in progress).
+    pub segment_secs: f64,
+    /// A publisher back within this continues the same recording (with a
+    /// discontinuity). Absent: `matrix.golive_delay_ms`, or 5000 without Matrix.
+    pub continue_within_ms: Option<u64>,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            enabled: false,
+            dir: "recordings".into(),
+            record_by_default: true,
+            retention_days: 0,
+            max_total_gb: 0.0,
+            min_free_gb: 1.0,
+            admin_token: None,
+            segment_secs: 4.0,
+            continue_within_ms: None,
+        }
+    }
+}
+
+impl RecordingConfig {
+    /// `(key, reason)` of the first bad value.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.enabled && self.dir.trim().is_empty() {
+            return Err(("recording.dir", "must name a directory".into()));
+        }
+        for (key, v) in [
+            ("recording.max_total_gb", self.max_total_gb),
+            ("recording.min_free_gb", self.min_free_gb),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err((key, "must be a number of GB ≥ 0".into()));
+            }
+        }
+        if !(1.0..=30.0).contains(&self.segment_secs) {
+            return Err((
+                "recording.segment_secs",
+                "must be between 1 and 30 seconds".into(),
+            ));
+        }
+        if let Some(t) = &self.admin_token
+            && t.chars().count() < 16
+        {
+            return Err((
+                "recording.admin_token",
+                "too short; use at least 16 random characters".into(),
+            ));
+        }
+        if self.continue_within_ms.is_some_and(|ms| ms > 600_000) {
+            return Err((
+                "recording.continue_within_ms",
+                "must be at most 600000 (10 minutes)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn max_total_bytes(&self) -> Option<u64> {
+        (self.max_total_gb > 0.0).then_some((self.max_total_gb * 1e9) as u64)
+    }
+
+    pub fn min_free_bytes(&self) -> u64 {
+        (self.min_free_gb * 1e9) as u64
+    }
+}

@@ -1,0 +1,912 @@
+//! Recording: every publish session of a recorded stream kept as
+//! fragmented MP4, indexed in the database, served as an HLS VOD playlist
+//! and a progressive download (`http::recordings`).
+//!
+//! The recorder is a hub sink per recorded stream that only enqueues
+//! (bounded: a full queue drops frames and resumes at the next keyframe,
+//! with a discontinuity; viewers are never slowed). One task per recording
+//! feeds the LL-HLS segmenter (`egress::hls::segmenter`, the same fMP4 the
+//! live HLS serves) with segments of `segment_secs`, and writes each
+//! complete segment, fsynced, through `files` in a blocking thread. A
+//! publisher that comes back (reconnect, takeover) within
+//! `continue_within_ms` continues the same recording; the segmenter marks the
+//! change with a discontinuity. Disk trouble (low space, a full disk, a
+//! directory that is not writable, deleted files) pauses recording with a
+//! log line and a status in the API and `/metrics`; the next segment is the
+//! retry. At start-up, recordings a crash left open are cut to their last
+//! whole segment and indexed as `interrupted`.
+
+pub mod config;
+pub mod files;
+pub mod index;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::egress::hls::playlist::Params;
+use crate::egress::hls::segmenter::Segmenter;
+use crate::hub::{Frame, FrameSink, Hub, Kind, Stream};
+use crate::media::rtp_video::VideoCodec;
+use crate::store::Store;
+use crate::store::recordings::RecordingRow;
+use config::RecordingConfig;
+use files::{RecordingFiles, SegmentData};
+
+/// Frames queued between the publisher's task and the recorder.
+const QUEUE: usize = 1024;
+/// Sink ids of recordings start here, far from WebRTC's and HLS's.
+const SINK_ID_BASE: u64 = 1 << 41;
+/// Retention runs at least this often.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// A recording and a go-live session that began this close belong together.
+const SESSION_SLACK_MS: i64 = 2_000;
+/// The index row of a growing recording is updated at most this often.
+const ROW_UPDATE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How a recording's writing goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "reason")]
+pub enum WriteStatus {
+    Ok,
+    /// Below `min_free_gb`: segments are skipped until space returns.
+    Paused(String),
+    /// A write failed (disk full, not writable, files deleted); the next
+    /// segment retries.
+    Failing(String),
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct RecorderMetrics {
+    pub bytes_written: AtomicU64,
+    pub segments_written: AtomicU64,
+    pub recordings_started: AtomicU64,
+    pub pauses: AtomicU64,
+    pub failures: AtomicU64,
+    pub deleted: AtomicU64,
+    pub frames_dropped: AtomicU64,
+}
+
+enum Msg {
+    Frame(Arc<Frame>),
+}
+
+struct Sink {
+    tx: mpsc::Sender<Msg>,
+    overflow: Arc<AtomicBool>,
+}
+
+impl FrameSink for Sink {
+    fn deliver(&self, _stream: &Arc<Stream>, frame: &Arc<Frame>) {
+        if self.tx.try_send(Msg::Frame(frame.clone())).is_err() {
+            self.overflow.store(true, Relaxed);
+        }
+    }
+}
+
+/// A recording being written.
+struct Active {
+    id: String,
+    /// Live and wanted: false starts the end of the recording.
+    live: watch::Sender<bool>,
+    /// Whether the stream is to be recorded (`!live record off` clears it),
+    /// read per frame: a new publisher's frames can come before the control
+    /// change that says it is live.
+    wanted: AtomicBool,
+    status: Mutex<WriteStatus>,
+}
+
+pub struct Recorder {
+    pub cfg: RecordingConfig,
+    dir: PathBuf,
+    hub: Arc<Hub>,
+    store: Store,
+    node: String,
+    continue_within: Duration,
+    active: Mutex<HashMap<String, Arc<Active>>>,
+    /// `[[streams]] record = …`
+    config_choices: HashMap<String, bool>,
+    /// `!live record on|off`, read at start and kept up to date.
+    choices: RwLock<HashMap<String, bool>>,
+    next_sink: AtomicU64,
+    retention_wake: Notify,
+    pub metrics: RecorderMetrics,
+    clock: (Instant, SystemTime),
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// 128 random bits, hex: unguessable and URL-safe.
+pub fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Whether `id` can be a recording id (before it goes near a path).
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+impl Recorder {
+    pub fn new(cfg: &crate::config::Config, hub: Arc<Hub>, store: Store) -> Arc<Recorder> {
+        let rc = cfg.recording.clone();
+        let continue_ms = rc
+            .continue_within_ms
+            .unwrap_or_else(|| cfg.matrix.as_ref().map_or(5000, |m| m.golive_delay_ms));
+        Arc::new(Recorder {
+            dir: PathBuf::from(&rc.dir),
+            cfg: rc,
+            hub,
+            store,
+            node: cfg
+                .cluster
+                .as_ref()
+                .map(|c| c.node_id.clone())
+                .unwrap_or_default(),
+            continue_within: Duration::from_millis(continue_ms),
+            active: Mutex::new(HashMap::new()),
+            config_choices: cfg
+                .streams
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), s.record?)))
+                .collect(),
+            choices: RwLock::new(HashMap::new()),
+            next_sink: AtomicU64::new(SINK_ID_BASE),
+            retention_wake: Notify::new(),
+            metrics: RecorderMetrics::default(),
+            clock: (Instant::now(), SystemTime::now()),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The directory of recording `id` (a valid id).
+    pub fn dir_of(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// Whether `stream` is to be recorded: its room's choice, else the
+    /// config's, else `record_by_default`.
+    pub fn wants(&self, stream: &str) -> bool {
+        self.choices
+            .read()
+            .get(stream)
+            .or(self.config_choices.get(stream))
+            .copied()
+            .unwrap_or(self.cfg.record_by_default)
+    }
+
+    /// `!live record on|off`: stored, and applied from the next publish on
+    /// (`on` while live starts at once; `off` ends the recording).
+    pub async fn set_choice(
+        self: &Arc<Self>,
+        stream: &str,
+        record: bool,
+        by: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        self.store.set_recording_choice(stream, record, by).await?;
+        self.choices.write().insert(stream.to_string(), record);
+        if let Some(s) = self.hub.get(stream) {
+            self.control_changed(&s);
+        }
+        Ok(())
+    }
+
+    /// The write status of a recording being made.
+    pub fn status(&self, id: &str) -> Option<WriteStatus> {
+        self.active
+            .lock()
+            .values()
+            .find(|a| a.id == id)
+            .map(|a| a.status.lock().clone())
+    }
+
+    pub fn is_active(&self, id: &str) -> bool {
+        self.active.lock().values().any(|a| a.id == id)
+    }
+
+    /// Closes what a crash left open, then follows the hub: records streams
+    /// as they go live, and applies retention.
+    pub fn spawn(self: &Arc<Self>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = std::fs::create_dir_all(&me.dir) {
+                warn!(dir = %me.dir.display(), "recording: cannot create recording.dir: {e}; recordings will fail until it can be written");
+            }
+            me.load_choices().await;
+            me.recover().await;
+            let mut feed = me.hub.control_feed();
+            for s in me.hub.streams() {
+                me.control_changed(&s);
+            }
+            while let Some(streams) = feed.changed(&me.hub).await {
+                for s in streams {
+                    me.control_changed(&s);
+                }
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.apply_retention().await;
+                let _ =
+                    tokio::time::timeout(RETENTION_INTERVAL, me.retention_wake.notified()).await;
+                // Bursts of segments make one pass.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    async fn load_choices(&self) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.store.recording_choices().await {
+                Ok(c) => {
+                    *self.choices.write() = c.into_iter().collect();
+                    return;
+                }
+                Err(e) => {
+                    warn!(
+                        retry_in_s = delay.as_secs(),
+                        "recording: cannot read the streams' recording choices yet: {e}"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Recordings of this node left `recording` by a crash: cut to their
+    /// last whole segment and indexed as `interrupted`.
+    async fn recover(&self) {
+        let rows = match self.store.all_recordings().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("recording: cannot read the recordings index for crash recovery: {e}");
+                return;
+            }
+        };
+        for mut row in rows
+            .into_iter()
+            .filter(|r| r.state == "recording" && r.node == self.node)
+        {
+            let dir = self.dir_of(&row.id);
+            let index = tokio::task::spawn_blocking(move || files::recover(&dir))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            match index {
+                Ok(index) => {
+                    row.duration_ms = (index.duration_us() / 1000) as i64;
+                    row.bytes = index.bytes() as i64;
+                }
+                Err(e) => {
+                    warn!(id = %row.id, "recording: the files of an interrupted recording cannot be read: {e}")
+                }
+            }
+            row.ended_ms = Some(row.started_ms + row.duration_ms);
+            row.state = "interrupted".into();
+            match self.store.update_recording(&row).await {
+                Ok(()) => {
+                    info!(id = %row.id, stream = %row.stream, duration_ms = row.duration_ms, bytes = row.bytes, "recording: closed a recording interrupted by a crash")
+                }
+                Err(e) => {
+                    warn!(id = %row.id, "recording: cannot index an interrupted recording: {e}")
+                }
+            }
+        }
+    }
+
+    /// A stream's live state or choice changed: start, continue or let end.
+    fn control_changed(self: &Arc<Self>, stream: &Arc<Stream>) {
+        let live = stream.is_live();
+        let active = self.active.lock().get(&stream.name).cloned();
+        match active {
+            Some(a) => {
+                let wanted = self.wants(&stream.name);
+                a.wanted.store(wanted, Relaxed);
+                let keep = live && wanted;
+                a.live
+                    .send_if_modified(|l| std::mem::replace(l, keep) != keep);
+            }
+            None if live && self.wants(&stream.name) && !stream.is_relayed() => {
+                self.start(stream);
+            }
+            None => {}
+        }
+    }
+
+    fn start(self: &Arc<Self>, stream: &Arc<Stream>) {
+        let id = new_id();
+        let (live, live_rx) = watch::channel(true);
+        let active = Arc::new(Active {
+            id: id.clone(),
+            live,
+            wanted: AtomicBool::new(true),
+            status: Mutex::new(WriteStatus::Ok),
+        });
+        self.active
+            .lock()
+            .insert(stream.name.clone(), active.clone());
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let sink: Arc<dyn FrameSink> = Arc::new(Sink {
+            tx,
+            overflow: overflow.clone(),
+        });
+        let sink_id = self.next_sink.fetch_add(1, Relaxed);
+        // Attach first, then snapshot: a frame in both is skipped by index.
+        stream.attach_sink(sink_id, &sink);
+        let seed = stream.gop_snapshot();
+        self.metrics.recordings_started.fetch_add(1, Relaxed);
+        let me = self.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            let task = Recording::new(me.clone(), stream.clone(), active.clone());
+            let _ = tokio::spawn(task.run(rx, live_rx, seed, overflow)).await;
+            stream.detach_sink(sink_id);
+            let mut map = me.active.lock();
+            if map
+                .get(&stream.name)
+                .is_some_and(|a| Arc::ptr_eq(a, &active))
+            {
+                map.remove(&stream.name);
+            }
+            drop(map);
+            // Live again meanwhile (or the task failed): look again.
+            me.control_changed(&stream);
+            me.retention_wake.notify_one();
+        });
+    }
+
+    /// Deletes a recording's files and row. A recording being made cannot
+    /// be deleted (stop it with `!live record off` first).
+    pub async fn delete(&self, id: &str) -> Result<bool, DeleteError> {
+        if !valid_id(id) {
+            return Ok(false);
+        }
+        if self.is_active(id) {
+            return Err(DeleteError::Active);
+        }
+        let dir = self.dir_of(id);
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| DeleteError::Io(e.to_string()))?;
+        removed.map_err(|e| DeleteError::Io(e.to_string()))?;
+        let gone = self
+            .store
+            .delete_recording(id)
+            .await
+            .map_err(|e| DeleteError::Io(e.to_string()))?;
+        if gone {
+            self.metrics.deleted.fetch_add(1, Relaxed);
+        }
+        Ok(gone)
+    }
+
+    /// Deletes finished recordings older than `retention_days`, then the
+    /// oldest while all take more than `max_total_gb`.
+    async fn apply_retention(&self) {
+        let days = self.cfg.retention_days;
+        let cap = self.cfg.max_total_bytes();
+        if days == 0 && cap.is_none() {
+            return;
+        }
+        let rows = match self.store.all_recordings().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("recording: retention cannot read the index: {e}");
+                return;
+            }
+        };
+        let now = ms(SystemTime::now()) as i64;
+        let mut total: i64 = rows.iter().map(|r| r.bytes).sum();
+        for r in rows
+            .iter()
+            .filter(|r| r.state != "recording" && r.node == self.node)
+        {
+            let old =
+                days > 0 && r.ended_ms.unwrap_or(r.started_ms) < now - days as i64 * 86_400_000;
+            let over = cap.is_some_and(|c| total > c as i64);
+            if !old && !over {
+                continue;
+            }
+            match self.delete(&r.id).await {
+                Ok(_) => {
+                    total -= r.bytes;
+                    info!(id = %r.id, stream = %r.stream, bytes = r.bytes, reason = if old { "retention_days" } else { "max_total_gb" }, "recording: deleted by retention");
+                }
+                Err(e) => warn!(id = %r.id, "recording: retention cannot delete: {e}"),
+            }
+        }
+    }
+
+    /// Appends the Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let m = &self.metrics;
+        for (name, help, v) in [
+            (
+                "roomcast_recording_bytes_written_total",
+                "Bytes of recordings written (fsynced).",
+                &m.bytes_written,
+            ),
+            (
+                "roomcast_recording_segments_written_total",
+                "Recording segments written.",
+                &m.segments_written,
+            ),
+            (
+                "roomcast_recordings_started_total",
+                "Recordings started.",
+                &m.recordings_started,
+            ),
+            (
+                "roomcast_recording_pauses_total",
+                "Times a recording paused for lack of free space (recording.min_free_gb).",
+                &m.pauses,
+            ),
+            (
+                "roomcast_recording_failures_total",
+                "Recording segment writes that failed (disk full, not writable, files deleted).",
+                &m.failures,
+            ),
+            (
+                "roomcast_recordings_deleted_total",
+                "Recordings deleted (API, bot, retention).",
+                &m.deleted,
+            ),
+            (
+                "roomcast_recording_frames_dropped_total",
+                "Frames the recorder's queue dropped (it resumes at the next keyframe).",
+                &m.frames_dropped,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let (mut ok, mut paused, mut failing) = (0, 0, 0);
+        for a in self.active.lock().values() {
+            match *a.status.lock() {
+                WriteStatus::Ok => ok += 1,
+                WriteStatus::Paused(_) => paused += 1,
+                WriteStatus::Failing(_) => failing += 1,
+            }
+        }
+        let name = "roomcast_recordings_active";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Recordings being made, by write status.\n# TYPE {name} gauge"
+        );
+        for (status, n) in [("ok", ok), ("paused", paused), ("failing", failing)] {
+            let _ = writeln!(out, "{name}{{status=\"{status}\"}} {n}");
+        }
+    }
+
+    fn date(&self, at: Instant) -> SystemTime {
+        match at.checked_duration_since(self.clock.0) {
+            Some(d) => self.clock.1 + d,
+            None => self.clock.1 - self.clock.0.duration_since(at),
+        }
+    }
+
+    /// The recording of the go-live session of `stream` that started at
+    /// `started_ms` (the replay link of its "ended" notice): the newest one
+    /// that began with it (both start at the same hub change, a few ms
+    /// apart) or was going on when it began.
+    pub async fn recording_of_session(
+        &self,
+        stream: &str,
+        started_ms: u64,
+    ) -> Option<RecordingRow> {
+        let s = started_ms as i64;
+        let rows = self.store.recordings_of(stream, 5).await.ok()?;
+        rows.into_iter().find(|r| {
+            r.started_ms + SESSION_SLACK_MS >= s
+                || (r.started_ms <= s && r.ended_ms.is_none_or(|e| e >= s))
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("the recording is being made; stop it first (`!live record off`)")]
+    Active,
+    #[error("cannot delete the recording: {0}")]
+    Io(String),
+}
+
+/// One recording's task state.
+struct Recording {
+    rec: Arc<Recorder>,
+    stream: Arc<Stream>,
+    active: Arc<Active>,
+    seg: Segmenter,
+    /// The msn of the next complete segment to write.
+    next_msn: u64,
+    files: Option<RecordingFiles>,
+    row: RecordingRow,
+    row_written: bool,
+    row_updated: Instant,
+    /// A segment was skipped: the next one written follows a gap.
+    gap: bool,
+    codec: Option<VideoCodec>,
+    expect: (bool, bool),
+    publisher: Option<u64>,
+    /// The recording's time zero (its first frame), and what each track's
+    /// RTP time was then: a recording starts at 0 (the hub's stream clock
+    /// does not, and continues across sessions), audio and video aligned.
+    zero: Option<Instant>,
+    video_base: Option<u32>,
+    audio_base: Option<u32>,
+}
+
+impl Recording {
+    fn new(rec: Arc<Recorder>, stream: Arc<Stream>, active: Arc<Active>) -> Recording {
+        let segment = rec.cfg.segment_secs;
+        let params = Params {
+            // One fragment per segment: parts are for live latency only.
+            part_target: 60.0,
+            segment_target: segment,
+            window: 4,
+        };
+        let now = ms(SystemTime::now()) as i64;
+        let row = RecordingRow {
+            id: active.id.clone(),
+            stream: stream.name.clone(),
+            session: now.to_string(),
+            node: rec.node.clone(),
+            started_ms: now,
+            ended_ms: None,
+            duration_ms: 0,
+            bytes: 0,
+            video_codec: None,
+            audio_codec: None,
+            peak_viewers: stream.viewers() as i64,
+            title_start: stream.title(),
+            title_end: stream.title(),
+            room_id: stream.room().map(|r| r.room_id),
+            state: "recording".into(),
+        };
+        Recording {
+            rec,
+            stream,
+            active,
+            seg: Segmenter::new(params),
+            next_msn: 0,
+            files: None,
+            row,
+            row_written: false,
+            row_updated: Instant::now(),
+            gap: false,
+            codec: None,
+            expect: (true, true),
+            publisher: None,
+            zero: None,
+            video_base: None,
+            audio_base: None,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut live: watch::Receiver<bool>,
+        seed: Vec<Arc<Frame>>,
+        overflow: Arc<AtomicBool>,
+    ) {
+        info!(stream = %self.stream.name, id = %self.row.id, "recording: started");
+        if let Err(e) = self.rec.store.insert_recording(&self.row).await {
+            warn!(id = %self.row.id, "recording: cannot index the recording yet (retried): {e}");
+        } else {
+            self.row_written = true;
+        }
+        let mut last_seeded = None;
+        for f in &seed {
+            self.process(f);
+            last_seeded = Some(f.index);
+        }
+        if seed.is_empty() {
+            self.stream.request_keyframe();
+        }
+        self.write_complete().await;
+        let mut offline_since: Option<tokio::time::Instant> = None;
+        loop {
+            let end_at = offline_since.map(|t| t + self.rec.continue_within);
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Frame(f)) => {
+                        // Not to be recorded now (`!live record off` while
+                        // live), or already in the seed.
+                        if !self.active.wanted.load(Relaxed)
+                            || last_seeded.is_some_and(|i| f.index <= i)
+                        {
+                            continue;
+                        }
+                        if overflow.swap(false, Relaxed) {
+                            self.rec.metrics.frames_dropped.fetch_add(1, Relaxed);
+                            self.seg.resync();
+                        }
+                        self.process(&f);
+                        self.write_complete().await;
+                    }
+                    None => break,
+                },
+                changed = live.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let is_live = *live.borrow_and_update();
+                    if is_live {
+                        if offline_since.take().is_some() {
+                            // Back after a gap: the next segment says so.
+                            self.gap = true;
+                        }
+                    } else if offline_since.is_none() {
+                        // The last segment is whole now: write it.
+                        self.seg.flush();
+                        self.write_complete().await;
+                        offline_since = Some(tokio::time::Instant::now());
+                    }
+                }
+                _ = tokio::time::sleep_until(end_at.unwrap_or_else(tokio::time::Instant::now)), if end_at.is_some() => break,
+            }
+        }
+        self.seg.flush();
+        self.write_complete().await;
+        self.finish().await;
+    }
+
+    fn process(&mut self, f: &Frame) {
+        if self.publisher != Some(f.publisher) || f.keyframe {
+            self.publisher = Some(f.publisher);
+            let m = self.stream.media_info();
+            self.expect = (m.video.is_some(), m.audio.is_some());
+            self.codec = m.video.and_then(|v| VideoCodec::from_name(v.codec));
+        }
+        // Time zero is the first keyframe (or audio packet, without video):
+        // the segmenter drops whatever comes before it anyway.
+        let starts = match f.kind {
+            Kind::Video => f.keyframe,
+            Kind::Audio => !self.expect.0,
+        };
+        if self.zero.is_none() && !starts {
+            return;
+        }
+        let wall = self.rec.date(f.wallclock);
+        let zero = *self.zero.get_or_insert(f.wallclock);
+        let since_zero = f.wallclock.saturating_duration_since(zero).as_micros() as u64;
+        let (base, rate) = match f.kind {
+            Kind::Video => (&mut self.video_base, 90_000),
+            Kind::Audio => (&mut self.audio_base, 48_000),
+        };
+        let base = *base.get_or_insert_with(|| {
+            f.rtp_time
+                .wrapping_sub((since_zero * rate / 1_000_000) as u32)
+        });
+        let rtp_time = f.rtp_time.wrapping_sub(base);
+        match f.kind {
+            Kind::Video => {
+                let Some(codec) = self.codec else { return };
+                self.seg.push_video(
+                    f.publisher,
+                    codec,
+                    rtp_time,
+                    f.keyframe,
+                    f.payloads.iter().map(|p| &p[..]),
+                    wall,
+                    self.expect.1,
+                );
+                if self.seg.wants_keyframe() {
+                    self.stream.request_keyframe();
+                }
+            }
+            Kind::Audio => {
+                self.seg
+                    .push_audio(f.publisher, rtp_time, &f.payloads[0], wall, self.expect.0);
+            }
+        }
+    }
+
+    /// Writes the segments the segmenter completed since the last call.
+    async fn write_complete(&mut self) {
+        loop {
+            let Some(seg) = self.seg.playlist.complete_segment(self.next_msn) else {
+                // Skipped past (window) or not there yet.
+                match self.seg.playlist.last_segment() {
+                    Some(s) if s.complete && s.msn >= self.next_msn => {
+                        self.next_msn = s.msn;
+                        continue;
+                    }
+                    _ => return,
+                }
+            };
+            self.next_msn = seg.msn + 1;
+            let Some(init) = self.seg.playlist.init(seg.init) else {
+                continue;
+            };
+            let data = SegmentData {
+                init_id: seg.init,
+                init,
+                chunks: seg.chunks(),
+                duration_us: (seg.duration() * 1e6).round() as u64,
+                discontinuity: seg.discontinuity,
+                pdt_ms: ms(seg.pdt),
+            };
+            if self.row.video_codec.is_none() && self.row.audio_codec.is_none() {
+                self.note_codecs();
+            }
+            self.write(data).await;
+        }
+    }
+
+    fn note_codecs(&mut self) {
+        if let Some(codecs) = self.seg.codecs() {
+            for c in codecs.split(',') {
+                if c == "opus" {
+                    self.row.audio_codec = Some("opus".into());
+                } else {
+                    self.row.video_codec = Some(c.to_string());
+                }
+            }
+        }
+    }
+
+    fn set_status(&self, status: WriteStatus) {
+        let mut s = self.active.status.lock();
+        if *s == status {
+            return;
+        }
+        match &status {
+            WriteStatus::Ok => {
+                info!(stream = %self.stream.name, id = %self.row.id, "recording: writing again")
+            }
+            WriteStatus::Paused(why) => {
+                self.rec.metrics.pauses.fetch_add(1, Relaxed);
+                warn!(stream = %self.stream.name, id = %self.row.id, "recording: paused: {why}; the live stream is not affected");
+            }
+            WriteStatus::Failing(why) => {
+                warn!(stream = %self.stream.name, id = %self.row.id, "recording: cannot write: {why}; retrying with the next segment; the live stream is not affected")
+            }
+        }
+        *s = status;
+    }
+
+    async fn write(&mut self, mut data: SegmentData) {
+        let dir = self.rec.dir_of(&self.row.id);
+        let min_free = self.rec.cfg.min_free_bytes();
+        let probe = self.rec.dir.join("probe");
+        let needed =
+            data.chunks.iter().map(|c| c.len() as u64).sum::<u64>() + data.init.len() as u64;
+        if min_free > 0 {
+            let free = crate::store::health::free_bytes(&probe);
+            if let Some(free) = free.filter(|&f| f < min_free + needed) {
+                self.gap = true;
+                self.set_status(WriteStatus::Paused(format!(
+                    "{free} bytes free in {}, under recording.min_free_gb ({})",
+                    self.rec.dir.display(),
+                    self.rec.cfg.min_free_gb
+                )));
+                return;
+            }
+        }
+        data.discontinuity |= std::mem::take(&mut self.gap);
+        let files = self.files.take();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut files = match files {
+                Some(f) => f,
+                None => match RecordingFiles::create(dir) {
+                    Ok(f) => f,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let r = files.write(&data);
+            (Some(files), r)
+        })
+        .await;
+        let (files, r) = match result {
+            Ok(v) => v,
+            Err(e) => (None, Err(std::io::Error::other(e.to_string()))),
+        };
+        self.files = files;
+        match r {
+            Ok(n) => {
+                self.set_status(WriteStatus::Ok);
+                self.rec.metrics.bytes_written.fetch_add(n, Relaxed);
+                self.rec.metrics.segments_written.fetch_add(1, Relaxed);
+                if self.row_updated.elapsed() >= ROW_UPDATE_INTERVAL || !self.row_written {
+                    self.save_row().await;
+                }
+                if self.rec.cfg.max_total_bytes().is_some() {
+                    self.rec.retention_wake.notify_one();
+                }
+            }
+            Err(e) => {
+                self.gap = true;
+                self.rec.metrics.failures.fetch_add(1, Relaxed);
+                let dir = self.rec.dir_of(&self.row.id);
+                self.set_status(WriteStatus::Failing(format!("{}: {e}", dir.display())));
+            }
+        }
+    }
+
+    fn refresh_row(&mut self) {
+        if let Some(f) = &self.files {
+            self.row.duration_ms = (f.index.duration_us() / 1000) as i64;
+            self.row.bytes = f.index.bytes() as i64;
+        }
+        self.row.peak_viewers = self.row.peak_viewers.max(self.stream.viewers() as i64);
+        self.row.title_end = self.stream.title();
+        if self.row.room_id.is_none() {
+            self.row.room_id = self.stream.room().map(|r| r.room_id);
+        }
+    }
+
+    async fn save_row(&mut self) {
+        self.refresh_row();
+        self.row_updated = Instant::now();
+        let r = if self.row_written {
+            self.rec.store.update_recording(&self.row).await
+        } else {
+            self.rec.store.insert_recording(&self.row).await
+        };
+        match r {
+            Ok(()) => self.row_written = true,
+            Err(e) => {
+                warn!(id = %self.row.id, "recording: cannot update the index yet (retried): {e}")
+            }
+        }
+    }
+
+    async fn finish(mut self) {
+        self.row.ended_ms = Some(ms(SystemTime::now()) as i64);
+        self.row.state = "complete".into();
+        let mut delay = Duration::from_millis(500);
+        for _ in 0..6 {
+            self.save_row().await;
+            if self.row_written {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        info!(stream = %self.stream.name, id = %self.row.id, duration_ms = self.row.duration_ms, bytes = self.row.bytes, "recording: complete");
+    }
+}
+
+/// Reads a recording's index from disk (for the HTTP files).
+pub async fn read_index(dir: &Path) -> std::io::Result<Option<index::Index>> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || files::read_index(&dir))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+}
