@@ -173,6 +173,14 @@ fn a_broadcast_with_a_takeover_is_one_recording_served_as_mp4_and_hls() {
         (d - indexed).abs() <= 0.5,
         "the .mp4 lasts {d} s, indexed {indexed} s"
     );
+    // Both tracks start at 0 (the hub's stream clock does not).
+    for kind in ["video", "audio"] {
+        let start: f64 = stream_of(&probe, kind)["start_time"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        assert!(start.abs() < 0.05, "{kind} starts at {start} s");
+    }
 
     // The HLS VOD playlist: byte ranges, a discontinuity at the takeover,
     // and ffprobe reads the whole of it.

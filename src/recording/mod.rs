@@ -46,6 +46,12 @@ const QUEUE: usize = 1024;
 const SINK_ID_BASE: u64 = 1 << 41;
 /// Retention runs at least this often.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Bytes of media a segment in progress may hold (it is in memory until it
+/// ends at a keyframe, at most 10 s): a publisher over it gets its segment
+/// cut here, and the next one starts at a keyframe.
+const MAX_SEGMENT_BYTES: usize = 64 << 20;
+static SEGMENT_CUT_LOG: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(Duration::from_secs(10));
 /// A recording and a go-live session that began this close belong together.
 const SESSION_SLACK_MS: i64 = 2_000;
 /// The index row of a growing recording is updated at most this often.
@@ -178,6 +184,12 @@ impl Recorder {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// This node's id in cluster mode ('' standalone): the recordings whose
+    /// files are here.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The directory of recording `id` (a valid id).
@@ -568,6 +580,8 @@ struct Recording {
     zero: Option<Instant>,
     video_base: Option<u32>,
     audio_base: Option<u32>,
+    /// Media bytes given to the segmenter since the last segment was written.
+    pending_bytes: usize,
 }
 
 impl Recording {
@@ -614,6 +628,7 @@ impl Recording {
             zero: None,
             video_base: None,
             audio_base: None,
+            pending_bytes: 0,
         }
     }
 
@@ -687,6 +702,14 @@ impl Recording {
     }
 
     fn process(&mut self, f: &Frame) {
+        self.pending_bytes += f.bytes();
+        if self.pending_bytes > MAX_SEGMENT_BYTES {
+            if let Some(suppressed) = SEGMENT_CUT_LOG.allow() {
+                warn!(stream = %self.stream.name, max_bytes = MAX_SEGMENT_BYTES, suppressed, "recording: a segment grew past its byte cap (keyframes too rare for the bitrate); cut, the next one starts at a keyframe");
+            }
+            self.seg.resync();
+            self.pending_bytes = f.bytes();
+        }
         if self.publisher != Some(f.publisher) || f.keyframe {
             self.publisher = Some(f.publisher);
             let m = self.stream.media_info();
@@ -751,6 +774,7 @@ impl Recording {
                 }
             };
             self.next_msn = seg.msn + 1;
+            self.pending_bytes = 0;
             let Some(init) = self.seg.playlist.init(seg.init) else {
                 continue;
             };
