@@ -219,6 +219,11 @@ async fn delete(
             "recording_active",
             e.to_string(),
         )),
+        Err(e @ recording::DeleteError::OtherNode(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "recording_on_other_node",
+            e.to_string(),
+        )),
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "delete_failed",

@@ -203,7 +203,9 @@ impl Matrix {
                             .await;
                         Ok(Ok(()))
                     }
-                    Err(e @ DeleteError::Active) => Ok(Err(format!("{e}."))),
+                    Err(e @ (DeleteError::Active | DeleteError::OtherNode(_))) => {
+                        Ok(Err(format!("{e}.")))
+                    }
                     Err(e) => Ok(Err(format!("That did not work: {e}"))),
                 }
             }

@@ -403,6 +403,13 @@ impl Recorder {
         if self.is_active(id) {
             return Err(DeleteError::Active);
         }
+        // The files are on the node that recorded (cluster mode): only it
+        // deletes, or they would stay there unindexed.
+        match self.store.recording(id).await {
+            Ok(Some(r)) if r.node != self.node => return Err(DeleteError::OtherNode(r.node)),
+            Ok(_) => {}
+            Err(e) => return Err(DeleteError::Io(e.to_string())),
+        }
         let dir = self.dir_of(id);
         let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -553,6 +560,8 @@ impl Recorder {
 pub enum DeleteError {
     #[error("the recording is being made; stop it first (`!live record off`)")]
     Active,
+    #[error("the recording is stored on cluster node '{0}'; delete it there")]
+    OtherNode(String),
     #[error("cannot delete the recording: {0}")]
     Io(String),
 }
