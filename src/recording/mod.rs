@@ -126,6 +126,8 @@ pub struct Recorder {
     retention_wake: Notify,
     pub metrics: RecorderMetrics,
     clock: (Instant, SystemTime),
+    /// Set at shutdown: recordings write their last segment and end.
+    stopping: watch::Sender<bool>,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -175,6 +177,7 @@ impl Recorder {
             retention_wake: Notify::new(),
             metrics: RecorderMetrics::default(),
             clock: (Instant::now(), SystemTime::now()),
+            stopping: watch::channel(false).0,
         })
     }
 
@@ -235,6 +238,16 @@ impl Recorder {
 
     pub fn is_active(&self, id: &str) -> bool {
         self.active.lock().values().any(|a| a.id == id)
+    }
+
+    /// At shutdown: every recording writes what it has and is indexed as
+    /// complete, within `grace` (what is left is closed at the next start).
+    pub async fn stop(&self, grace: Duration) {
+        self.stopping.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.active.lock().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Closes what a crash left open, then follows the hub: records streams
@@ -344,7 +357,11 @@ impl Recorder {
                 a.live
                     .send_if_modified(|l| std::mem::replace(l, keep) != keep);
             }
-            None if live && self.wants(&stream.name) && !stream.is_relayed() => {
+            None if live
+                && self.wants(&stream.name)
+                && !stream.is_relayed()
+                && !*self.stopping.borrow() =>
+            {
                 self.start(stream);
             }
             None => {}
@@ -664,7 +681,11 @@ impl Recording {
         }
         self.write_complete().await;
         let mut offline_since: Option<tokio::time::Instant> = None;
+        let mut stopping = self.rec.stopping.subscribe();
         loop {
+            if *stopping.borrow_and_update() {
+                break;
+            }
             let end_at = offline_since.map(|t| t + self.rec.continue_within);
             tokio::select! {
                 msg = rx.recv() => match msg {
@@ -703,6 +724,7 @@ impl Recording {
                     }
                 }
                 _ = tokio::time::sleep_until(end_at.unwrap_or_else(tokio::time::Instant::now)), if end_at.is_some() => break,
+                _ = stopping.changed() => break,
             }
         }
         self.seg.flush();
