@@ -239,6 +239,44 @@ mod tests {
     }
 
     #[test]
+    fn the_commands_parse() {
+        use super::super::commands::{Parsed, parse};
+        let c = |s: &str| match parse(s) {
+            Parsed::Command(c) => c,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(
+            c("!live record on"),
+            Command::Record {
+                on: true,
+                name: None
+            }
+        );
+        assert_eq!(
+            c("!live record OFF show"),
+            Command::Record {
+                on: false,
+                name: Some("show".into())
+            }
+        );
+        assert_eq!(c("!live recordings"), Command::Recordings { name: None });
+        assert_eq!(
+            c("!live delete-recording 0123abcd"),
+            Command::DeleteRecording {
+                id: "0123abcd".into()
+            }
+        );
+        for bad in [
+            "!live record",
+            "!live record maybe",
+            "!live delete-recording",
+            "!live delete-recording ../x",
+        ] {
+            assert!(matches!(parse(bad), Parsed::Error(_)), "{bad}");
+        }
+    }
+
+    #[test]
     fn record_needs_the_feature_and_the_right() {
         assert_eq!(
             decide_record("s", true, false, true, false),
