@@ -392,7 +392,14 @@ async fn stop(app: &App, listeners: Vec<JoinHandle<()>>, grace: Duration) {
             c.leave().await;
         }
     };
-    tokio::join!(drain_listeners, drain_outbox, sessions_gone, leave_cluster);
+    let end_recordings = app.recorder.stop(grace);
+    tokio::join!(
+        drain_listeners,
+        drain_outbox,
+        sessions_gone,
+        leave_cluster,
+        end_recordings
+    );
     if let Some(m) = &app.matrix {
         m.release_claims().await;
     }

@@ -173,6 +173,14 @@ fn a_broadcast_with_a_takeover_is_one_recording_served_as_mp4_and_hls() {
         (d - indexed).abs() <= 0.5,
         "the .mp4 lasts {d} s, indexed {indexed} s"
     );
+    // Both tracks start at 0 (the hub's stream clock does not).
+    for kind in ["video", "audio"] {
+        let start: f64 = stream_of(&probe, kind)["start_time"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        assert!(start.abs() < 0.05, "{kind} starts at {start} s");
+    }
 
     // The HLS VOD playlist: byte ranges, a discontinuity at the takeover,
     // and ffprobe reads the whole of it.
@@ -309,6 +317,31 @@ fn a_recording_cut_by_sigkill_is_indexed_and_plays_after_a_restart() {
         "ffmpeg decode: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // SIGTERM instead: the recording writes what it has and is complete.
+    drop(_ffmpeg);
+    let mut server = server;
+    let _ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::small());
+    let rec = wait_until("a second recording", REC_TIMEOUT, || {
+        recordings(&server, STREAM)
+            .into_iter()
+            .next()
+            .filter(|r| r["id"] != id.as_str() && r["state"] == "recording")
+    });
+    let second = rec["id"].as_str().unwrap().to_string();
+    wait_until("a segment of it on disk", REC_TIMEOUT, || {
+        (segment_lines(&rec_dir.join(&second)) >= 1).then_some(())
+    });
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    drop(server);
+    let server = Server::start_with(opts());
+    let rec: Value = server
+        .get(&format!("/api/v1/recordings/{second}"))
+        .json()
+        .unwrap();
+    assert_eq!(rec["state"], "complete", "ended at SIGTERM: {rec}");
+    assert!(rec["duration_s"].as_f64().unwrap() >= 2.0, "{rec}");
 }
 
 #[test]

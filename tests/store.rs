@@ -317,6 +317,67 @@ async fn exercise(store: &Store) {
         store.setting("secret").await.unwrap().as_deref(),
         Some("one")
     );
+    // --- recordings (migration 0008) ------------------------------------------------
+    let mut rec = roomcast::store::recordings::RecordingRow {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        stream: "demo".into(),
+        session: "1800000000000".into(),
+        node: String::new(),
+        started_ms: 1_800_000_000_000,
+        ended_ms: None,
+        duration_ms: 0,
+        bytes: 0,
+        video_codec: None,
+        audio_codec: None,
+        peak_viewers: 0,
+        title_start: "Demo title".into(),
+        title_end: "Demo title".into(),
+        room_id: None,
+        state: "recording".into(),
+    };
+    store.insert_recording(&rec).await.unwrap();
+    let mut older = rec.clone();
+    older.id = "fedcba9876543210fedcba9876543210".into();
+    older.started_ms -= 60_000;
+    older.state = "complete".into();
+    store.insert_recording(&older).await.unwrap();
+    rec.ended_ms = Some(1_800_000_020_000);
+    rec.duration_ms = 20_001;
+    rec.bytes = 12_000_000_000; // over 2^32: BIGINT
+    rec.video_codec = Some("avc1.64001f".into());
+    rec.audio_codec = Some("opus".into());
+    rec.peak_viewers = 7;
+    rec.title_end = "Renamed".into();
+    rec.room_id = Some("!a:hs".into());
+    rec.state = "complete".into();
+    store.update_recording(&rec).await.unwrap();
+    assert_eq!(store.recording(&rec.id).await.unwrap().as_ref(), Some(&rec));
+    assert_eq!(store.recording("nope").await.unwrap(), None);
+    let listed = store.recordings_of("demo", 10).await.unwrap();
+    assert_eq!(listed, vec![rec.clone(), older.clone()], "newest first");
+    assert_eq!(store.recordings_of("demo", 1).await.unwrap().len(), 1);
+    let all = store.all_recordings().await.unwrap();
+    assert_eq!(all[0].id, older.id, "oldest first");
+    assert!(store.delete_recording(&older.id).await.unwrap());
+    assert!(!store.delete_recording(&older.id).await.unwrap());
+    store
+        .set_recording_choice("demo", false, "@alice:hs")
+        .await
+        .unwrap();
+    store
+        .set_recording_choice("cfg", true, "@bob:hs")
+        .await
+        .unwrap();
+    store
+        .set_recording_choice("demo", true, "@alice:hs")
+        .await
+        .unwrap();
+    let mut choices = store.recording_choices().await.unwrap();
+    choices.sort();
+    assert_eq!(
+        choices,
+        vec![("cfg".to_string(), true), ("demo".to_string(), true)]
+    );
 }
 
 /// What must survive closing and reopening the database.

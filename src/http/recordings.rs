@@ -146,6 +146,17 @@ pub(super) async fn admitted(
     Ok((row, stream))
 }
 
+/// A recording's files are on the node that made it (cluster mode).
+fn files_here(app: &App, row: &RecordingRow) -> Result<(), ApiError> {
+    if row.node == app.recorder.node() {
+        return Ok(());
+    }
+    Err(ApiError::not_found(format!(
+        "recording '{}' is stored on cluster node '{}'; its files are served there",
+        row.id, row.node
+    )))
+}
+
 async fn list(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -208,6 +219,11 @@ async fn delete(
             "recording_active",
             e.to_string(),
         )),
+        Err(e @ recording::DeleteError::OtherNode(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "recording_on_other_node",
+            e.to_string(),
+        )),
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "delete_failed",
@@ -236,6 +252,7 @@ async fn download(
         )));
     };
     let (row, stream) = admitted(&app, id, peer, &headers, &uri).await?;
+    files_here(&app, &row)?;
     let dir = app.recorder.dir_of(&row.id);
     let index = read(&dir).await?;
     let main = index
@@ -277,6 +294,7 @@ async fn file(
         ),
     };
     let (row, stream) = admitted(&app, &id, peer, &headers, &uri).await?;
+    files_here(&app, &row)?;
     let dir = app.recorder.dir_of(&row.id);
     let index = read(&dir).await?;
     match number {

@@ -203,7 +203,9 @@ impl Matrix {
                             .await;
                         Ok(Ok(()))
                     }
-                    Err(e @ DeleteError::Active) => Ok(Err(format!("{e}."))),
+                    Err(e @ (DeleteError::Active | DeleteError::OtherNode(_))) => {
+                        Ok(Err(format!("{e}.")))
+                    }
                     Err(e) => Ok(Err(format!("That did not work: {e}"))),
                 }
             }
@@ -233,6 +235,44 @@ mod tests {
             title_end: "Show".into(),
             room_id: None,
             state: state.into(),
+        }
+    }
+
+    #[test]
+    fn the_commands_parse() {
+        use super::super::commands::{Parsed, parse};
+        let c = |s: &str| match parse(s) {
+            Parsed::Command(c) => c,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(
+            c("!live record on"),
+            Command::Record {
+                on: true,
+                name: None
+            }
+        );
+        assert_eq!(
+            c("!live record OFF show"),
+            Command::Record {
+                on: false,
+                name: Some("show".into())
+            }
+        );
+        assert_eq!(c("!live recordings"), Command::Recordings { name: None });
+        assert_eq!(
+            c("!live delete-recording 0123abcd"),
+            Command::DeleteRecording {
+                id: "0123abcd".into()
+            }
+        );
+        for bad in [
+            "!live record",
+            "!live record maybe",
+            "!live delete-recording",
+            "!live delete-recording ../x",
+        ] {
+            assert!(matches!(parse(bad), Parsed::Error(_)), "{bad}");
         }
     }
 

@@ -46,6 +46,12 @@ const QUEUE: usize = 1024;
 const SINK_ID_BASE: u64 = 1 << 41;
 /// Retention runs at least this often.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Bytes of media a segment in progress may hold (it is in memory until it
+/// ends at a keyframe, at most 10 s): a publisher over it gets its segment
+/// cut here, and the next one starts at a keyframe.
+const MAX_SEGMENT_BYTES: usize = 64 << 20;
+static SEGMENT_CUT_LOG: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(Duration::from_secs(10));
 /// A recording and a go-live session that began this close belong together.
 const SESSION_SLACK_MS: i64 = 2_000;
 /// The index row of a growing recording is updated at most this often.
@@ -120,6 +126,8 @@ pub struct Recorder {
     retention_wake: Notify,
     pub metrics: RecorderMetrics,
     clock: (Instant, SystemTime),
+    /// Set at shutdown: recordings write their last segment and end.
+    stopping: watch::Sender<bool>,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -169,6 +177,7 @@ impl Recorder {
             retention_wake: Notify::new(),
             metrics: RecorderMetrics::default(),
             clock: (Instant::now(), SystemTime::now()),
+            stopping: watch::channel(false).0,
         })
     }
 
@@ -178,6 +187,12 @@ impl Recorder {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// This node's id in cluster mode ('' standalone): the recordings whose
+    /// files are here.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The directory of recording `id` (a valid id).
@@ -223,6 +238,16 @@ impl Recorder {
 
     pub fn is_active(&self, id: &str) -> bool {
         self.active.lock().values().any(|a| a.id == id)
+    }
+
+    /// At shutdown: every recording writes what it has and is indexed as
+    /// complete, within `grace` (what is left is closed at the next start).
+    pub async fn stop(&self, grace: Duration) {
+        self.stopping.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.active.lock().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Closes what a crash left open, then follows the hub: records streams
@@ -332,7 +357,11 @@ impl Recorder {
                 a.live
                     .send_if_modified(|l| std::mem::replace(l, keep) != keep);
             }
-            None if live && self.wants(&stream.name) && !stream.is_relayed() => {
+            None if live
+                && self.wants(&stream.name)
+                && !stream.is_relayed()
+                && !*self.stopping.borrow() =>
+            {
                 self.start(stream);
             }
             None => {}
@@ -390,6 +419,13 @@ impl Recorder {
         }
         if self.is_active(id) {
             return Err(DeleteError::Active);
+        }
+        // The files are on the node that recorded (cluster mode): only it
+        // deletes, or they would stay there unindexed.
+        match self.store.recording(id).await {
+            Ok(Some(r)) if r.node != self.node => return Err(DeleteError::OtherNode(r.node)),
+            Ok(_) => {}
+            Err(e) => return Err(DeleteError::Io(e.to_string())),
         }
         let dir = self.dir_of(id);
         let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
@@ -541,6 +577,8 @@ impl Recorder {
 pub enum DeleteError {
     #[error("the recording is being made; stop it first (`!live record off`)")]
     Active,
+    #[error("the recording is stored on cluster node '{0}'; delete it there")]
+    OtherNode(String),
     #[error("cannot delete the recording: {0}")]
     Io(String),
 }
@@ -568,6 +606,8 @@ struct Recording {
     zero: Option<Instant>,
     video_base: Option<u32>,
     audio_base: Option<u32>,
+    /// Media bytes given to the segmenter since the last segment was written.
+    pending_bytes: usize,
 }
 
 impl Recording {
@@ -614,6 +654,7 @@ impl Recording {
             zero: None,
             video_base: None,
             audio_base: None,
+            pending_bytes: 0,
         }
     }
 
@@ -640,7 +681,11 @@ impl Recording {
         }
         self.write_complete().await;
         let mut offline_since: Option<tokio::time::Instant> = None;
+        let mut stopping = self.rec.stopping.subscribe();
         loop {
+            if *stopping.borrow_and_update() {
+                break;
+            }
             let end_at = offline_since.map(|t| t + self.rec.continue_within);
             tokio::select! {
                 msg = rx.recv() => match msg {
@@ -679,6 +724,7 @@ impl Recording {
                     }
                 }
                 _ = tokio::time::sleep_until(end_at.unwrap_or_else(tokio::time::Instant::now)), if end_at.is_some() => break,
+                _ = stopping.changed() => break,
             }
         }
         self.seg.flush();
@@ -687,6 +733,14 @@ impl Recording {
     }
 
     fn process(&mut self, f: &Frame) {
+        self.pending_bytes += f.bytes();
+        if self.pending_bytes > MAX_SEGMENT_BYTES {
+            if let Some(suppressed) = SEGMENT_CUT_LOG.allow() {
+                warn!(stream = %self.stream.name, max_bytes = MAX_SEGMENT_BYTES, suppressed, "recording: a segment grew past its byte cap (keyframes too rare for the bitrate); cut, the next one starts at a keyframe");
+            }
+            self.seg.resync();
+            self.pending_bytes = f.bytes();
+        }
         if self.publisher != Some(f.publisher) || f.keyframe {
             self.publisher = Some(f.publisher);
             let m = self.stream.media_info();
@@ -751,6 +805,7 @@ impl Recording {
                 }
             };
             self.next_msn = seg.msn + 1;
+            self.pending_bytes = 0;
             let Some(init) = self.seg.playlist.init(seg.init) else {
                 continue;
             };
