@@ -11,7 +11,7 @@ RATE=${2:-44100}
 build_release
 start_server
 # CPU time of every thread of the server in ns (schedstat: finer than ticks).
-ticks() { cat /proc/"$SERVER_PID"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'; }
+ticks() { cat /proc/"$SERVER_PID"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }
 HZ=1000000000
 # Baseline: the idle server over the same window, subtracted below.
 sleep 2

@@ -20,7 +20,7 @@ start_server
 taskset -a -p -c 0 "$SERVER_PID" >/dev/null
 publish 2500
 taskset -a -p -c 1 "$FFMPEG_PID" >/dev/null
-ticks() { cat /proc/"$SERVER_PID"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'; }
+ticks() { cat /proc/"$SERVER_PID"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }
 sleep 2
 t0=$(ticks); s0=$(date +%s.%N); sleep "$SECS"; t1=$(ticks); s1=$(date +%s.%N)
 BASE=$(awk -v t="$((t1 - t0))" -v s0="$s0" -v s1="$s1" 'BEGIN { printf "%.4f", t / 1e9 / (s1 - s0) }')
