@@ -18,5 +18,6 @@ pub mod plan;
 pub mod rtc;
 pub mod server;
 pub mod store;
+pub mod thumbnail;
 pub mod tls;
 pub mod webhooks;

@@ -17,10 +17,12 @@ pub mod extract;
 pub mod hls;
 pub mod matrix;
 pub mod ome;
+mod open_graph;
 // Public for the fuzz targets (fuzz/): `Layout::parse`.
 #[doc(hidden)]
 pub mod pages;
 pub mod serve;
+mod thumbnail;
 pub mod webrtc;
 
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub struct App {
     pub shutdown: crate::listener::Shutdown,
     /// Cluster mode (`[cluster]`): node registry, origins, edge relays.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Each live stream's latest thumbnail (API, pages, go-live notice).
+    pub thumbnails: Arc<crate::thumbnail::Thumbnails>,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -72,7 +76,8 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(hls::routes())
         .merge(webrtc::whip::routes())
         .merge(matrix::api::routes())
-        .merge(cluster::routes());
+        .merge(cluster::routes())
+        .merge(thumbnail::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());
     }

@@ -105,7 +105,19 @@ async fn index() -> Response {
 }
 
 async fn watch(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Response {
-    page("watch", stream_status(&app, &stream), true, None)
+    let s = app.hub.get(&stream);
+    let og = super::open_graph::watch_tags(
+        &app.public_base,
+        &stream,
+        s.as_deref(),
+        app.thumbnails.enabled(),
+    );
+    page(
+        "watch",
+        stream_status(&app, &stream),
+        true,
+        Some(("<!--og-->", &og)),
+    )
 }
 
 async fn embed(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Response {
