@@ -133,6 +133,7 @@ fn the_go_live_notice_shows_the_viewer_count_and_a_thumbnail() {
         )
         .collect();
     all.sort_unstable();
+    println!("notice and live edits at (server ms): {all:?}");
     assert!(all.len() >= 2);
     for w in all.windows(2) {
         assert!(

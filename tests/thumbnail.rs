@@ -3,7 +3,8 @@
 //! `GET /api/v1/streams/{name}/thumbnail.jpg` (decoded here by ffmpeg: the
 //! stream's picture, not a blank frame), renewed every interval; the watch
 //! page's Open Graph tags point at it; the index page's cards show it in
-//! Chromium; a VP8 stream gets a clear "no thumbnail" answer.
+//! Chromium; a WHIP H.264 stream gets one too, a VP8 stream a clear "no
+//! thumbnail" answer.
 
 mod common;
 
@@ -147,7 +148,7 @@ fn the_index_cards_show_thumbnails_in_chromium() {
 }
 
 #[test]
-fn a_vp8_stream_says_why_it_has_no_thumbnail() {
+fn whip_h264_gets_a_thumbnail_and_vp8_says_why_not() {
     let _serial = serial();
     let server = Server::start_with(ServerOpts {
         extra_toml: THUMBS.to_string(),
@@ -175,5 +176,24 @@ fn a_vp8_stream_says_why_it_has_no_thumbnail() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.text().contains("codec_unsupported"), "{}", r.text());
     assert!(r.text().contains("VP8"), "{}", r.text());
+
+    // A WebRTC H.264 publisher (aiortc: parameter sets in-band or put in
+    // front of each keyframe by ingest) gets one.
+    let mut h264 = aiortc_publisher(
+        &server.whip_url(STREAM2),
+        WhipOpts {
+            key: Some(server.key(STREAM2).to_string()),
+            ..WhipOpts::default()
+        },
+    );
+    server.wait_live(STREAM2, LIVE_TIMEOUT);
+    let r = wait_until("the WHIP stream's thumbnail", Duration::from_secs(30), || {
+        let r = thumbnail(&server, STREAM2);
+        (r.status == 200).then_some(r)
+    });
+    let pic = decode_jpeg(&r.body);
+    assert_eq!((pic.width, pic.height), (320, 180));
+    assert!(pic.luma_stddev > 10.0, "a blank picture: {pic:?}");
+    h264.stop(Duration::from_secs(10));
     publisher.stop(Duration::from_secs(10));
 }
