@@ -13,7 +13,7 @@ SECS=${2:-20}
 export EXTRA_STREAMS=$((N - 1))
 encode 2500 128
 
-run() { # run "enabled = true|false": prints "thumbnails cpu_s_per_thumb server_cpu_pct"
+run() { # run "enabled = true|false": sets RESULT="thumbnails ms_per_thumb server_cpu_pct"
   start_server "[thumbnails]
 $1
 interval_secs = 1"
@@ -35,9 +35,9 @@ interval_secs = 1"
   local server_pct
   server_pct=$(awk -v t="$tick" -v d=$(( (u1 + s1) - (u0 + s0) )) -v s="$SECS" 'BEGIN{printf "%.1f", 100*d/t/s}')
   if (( made > 0 )); then
-    echo "$made $(awk -v c="$cpu" -v n="$made" 'BEGIN{printf "%.2f", 1000*c/n}') $server_pct"
+    RESULT="$made $(awk -v c="$cpu" -v n="$made" 'BEGIN{printf "%.2f", 1000*c/n}') $server_pct"
   else
-    echo "0 - $server_pct"
+    RESULT="0 - $server_pct"
   fi
   for p in $PUBLISHER_PIDS; do kill "$p" 2>/dev/null || true; done
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
@@ -46,8 +46,8 @@ interval_secs = 1"
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $N streams 720p30 2.5 Mbit/s, ${SECS} s" >&2
-read -r made ms on_pct < <(run "enabled = true")
-read -r _ _ off_pct < <(run "enabled = false")
-echo "thumbnails made: $made (one per stream per second)"
+run "enabled = true"; read -r made ms on_pct <<<"$RESULT"
+run "enabled = false"; read -r _ _ off_pct <<<"$RESULT"
+echo "thumbnails made: $made in ${SECS} s ($N streams, interval 1 s, a keyframe every second)"
 echo "CPU per thumbnail (1280x720 keyframe -> 320x180 JPEG): ${ms} ms"
 echo "server CPU: ${on_pct}% with thumbnails every second, ${off_pct}% without"

@@ -187,10 +187,14 @@ fn whip_h264_gets_a_thumbnail_and_vp8_says_why_not() {
         },
     );
     server.wait_live(STREAM2, LIVE_TIMEOUT);
-    let r = wait_until("the WHIP stream's thumbnail", Duration::from_secs(30), || {
-        let r = thumbnail(&server, STREAM2);
-        (r.status == 200).then_some(r)
-    });
+    let r = wait_until(
+        "the WHIP stream's thumbnail",
+        Duration::from_secs(30),
+        || {
+            let r = thumbnail(&server, STREAM2);
+            (r.status == 200).then_some(r)
+        },
+    );
     let pic = decode_jpeg(&r.body);
     assert_eq!((pic.width, pic.height), (320, 180));
     assert!(pic.luma_stddev > 10.0, "a blank picture: {pic:?}");

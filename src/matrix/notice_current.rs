@@ -57,6 +57,13 @@ pub(super) struct Due {
     pub upload: bool,
 }
 
+/// How often a notice may change: any edit, and a new thumbnail.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cadence {
+    pub every: Duration,
+    pub thumb_every: Duration,
+}
+
 /// The notices' current content, per stream.
 #[derive(Default)]
 pub(super) struct Current {
@@ -74,9 +81,9 @@ impl Current {
         viewers: u64,
         thumb_seq: Option<u64>,
         now: Instant,
-        every: Duration,
-        thumb_every: Duration,
+        cadence: Cadence,
     ) -> Option<Due> {
+        let Cadence { every, thumb_every } = cadence;
         let mut shown = self.shown.lock();
         let s = shown.entry(stream.to_string()).or_insert_with(|| Shown {
             session: session.to_string(),
@@ -264,8 +271,10 @@ impl Matrix {
             viewers,
             thumb.as_ref().map(|t| t.seq),
             now,
-            Duration::from_secs(self.cfg.notice_update_secs),
-            Duration::from_secs(self.cfg.notice_thumbnail_secs),
+            Cadence {
+                every: Duration::from_secs(self.cfg.notice_update_secs),
+                thumb_every: Duration::from_secs(self.cfg.notice_thumbnail_secs),
+            },
         ) else {
             return Ok(());
         };
@@ -354,6 +363,10 @@ mod tests {
 
     const EVERY: Duration = Duration::from_secs(60);
     const THUMB_EVERY: Duration = Duration::from_secs(300);
+    const CADENCE: Cadence = Cadence {
+        every: EVERY,
+        thumb_every: THUMB_EVERY,
+    };
 
     fn uploaded(seq: u64, at: Instant) -> Uploaded {
         Uploaded {
@@ -370,7 +383,7 @@ mod tests {
         let c = Current::default();
         let t0 = Instant::now();
         c.sent("a", "s1", None, Some(uploaded(1, t0)), t0);
-        let due = |v, seq, after| c.due("a", "s1", v, seq, t0 + after, EVERY, THUMB_EVERY);
+        let due = |v, seq, after| c.due("a", "s1", v, seq, t0 + after, CADENCE);
         assert_eq!(due(3, Some(1), Duration::from_secs(10)), None, "too soon");
         assert_eq!(
             due(3, Some(1), EVERY),
@@ -398,13 +411,10 @@ mod tests {
         let c = Current::default();
         let t0 = Instant::now();
         c.sent("a", "s1", Some(2), Some(uploaded(1, t0)), t0);
-        assert_eq!(
-            c.due("a", "s2", 2, Some(1), t0 + EVERY, EVERY, THUMB_EVERY),
-            None
-        );
+        assert_eq!(c.due("a", "s2", 2, Some(1), t0 + EVERY, CADENCE), None);
         assert_eq!(c.uploaded("a", "s2"), None);
         assert_eq!(
-            c.due("a", "s2", 2, Some(1), t0 + EVERY * 2, EVERY, THUMB_EVERY),
+            c.due("a", "s2", 2, Some(1), t0 + EVERY * 2, CADENCE),
             Some(Due { upload: true })
         );
     }

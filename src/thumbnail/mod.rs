@@ -221,7 +221,16 @@ impl Thumbnails {
                 if e.busy || e.tried_at.is_some_and(|t| now < t + interval) {
                     continue;
                 }
-                if s.media_info().video.is_none_or(|v| v.codec != "H264") {
+                // The SPS's size is checked before the decoder sees the frame
+                // (and again after: in-band parameter sets may differ).
+                let fits = |v: &crate::hub::VideoInfo| {
+                    let px = u64::from(v.width.unwrap_or(0)) * u64::from(v.height.unwrap_or(0));
+                    px <= self.cfg.max_pixels as u64
+                };
+                if s.media_info()
+                    .video
+                    .is_none_or(|v| v.codec != "H264" || !fits(&v))
+                {
                     continue;
                 }
                 let Some(key) = s.gop_snapshot().into_iter().next().filter(|f| f.keyframe) else {
@@ -341,4 +350,27 @@ fn thread_cpu() -> Duration {
         return Duration::ZERO;
     }
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn the_config_is_checked_and_names_the_key() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert!(c.thumbnails.enabled);
+        assert_eq!(c.thumbnails.interval_secs, 10);
+        let env = |k: &str, v: &str| vec![(format!("ROOMCAST_THUMBNAILS__{k}"), v.to_string())];
+        let e = Config::load(None, env("WIDTH", "8"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("thumbnails.width"), "{e}");
+        let e = Config::load(None, env("INTERVAL_SECS", "0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("thumbnails.interval_secs"), "{e}");
+        let c = Config::load(None, env("ENABLED", "false")).unwrap();
+        assert!(!c.thumbnails.enabled);
+    }
 }
