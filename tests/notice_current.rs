@@ -2,7 +2,8 @@
 //! Synapse: the notice carries the stream's thumbnail (uploaded to Synapse's
 //! media repository; downloaded here and decoded by ffmpeg), is edited in
 //! place (`m.replace`, no mentions) with the viewer count when aiortc viewers
-//! join, no more often than `notice_update_secs`, and ends with the peak.
+//! join and leave (in the stream's room and a room following it), no more
+//! often than `notice_update_secs`, and ends with the peak.
 
 mod common;
 
@@ -68,11 +69,19 @@ fn the_go_live_notice_shows_the_viewer_count_and_a_thumbnail() {
         alice.resolve_alias("#live_current:localhost")
     });
     alice.join(&room);
+    // A room following the stream gets the same notice and edits.
+    let fans = alice.create_room(serde_json::json!({"name": "Fans", "preset": "public_chat"}));
+    alice.invite(&fans, &bot);
+    alice.wait_joined(&fans, &bot);
+    alice.send_text(&fans, "!live follow current");
+    alice.wait_message(&fans, &bot, "now gets a notice when 'current' goes live");
 
     let mut ffmpeg = Publisher::ffmpeg(&env.server().rtmp_url(&key), FfmpegOpts::small());
     env.server().wait_live("current", LIVE_TIMEOUT);
     let notice = alice.wait_message(&room, &bot, "is live");
     let notice_id = notice["event_id"].as_str().unwrap().to_string();
+    let fans_notice = alice.wait_message(&fans, &bot, "is live");
+    let fans_notice_id = fans_notice["event_id"].as_str().unwrap().to_string();
 
     // The thumbnail: in the notice itself, or in an edit soon after.
     let html = wait_until("a thumbnail in the notice", MX_TIMEOUT, || {
@@ -123,6 +132,28 @@ fn the_go_live_notice_shows_the_viewer_count_and_a_thumbnail() {
         "the edit keeps the thumbnail: {new}"
     );
 
+    wait_until("the following room's edit", MX_TIMEOUT, || {
+        live_edits(&alice, &fans, &bot, &fans_notice_id)
+            .into_iter()
+            .find(|e| e["content"]["m.new_content"]["io.roomcast.golive"]["viewers"] == 2)
+    });
+
+    // The viewers leave: the count follows.
+    for mut v in viewers {
+        v.stop(Duration::from_secs(10));
+    }
+    let zero = wait_until("an edit showing 0 viewers", Duration::from_secs(70), || {
+        live_edits(&alice, &room, &bot, &notice_id)
+            .into_iter()
+            .find(|e| e["content"]["m.new_content"]["io.roomcast.golive"]["viewers"] == 0)
+    });
+    assert!(
+        zero["content"]["m.new_content"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("0 watching")
+    );
+
     // Never more often than notice_update_secs (server timestamps).
     let edits = live_edits(&alice, &room, &bot, &notice_id);
     let mut all: Vec<u64> = std::iter::once(notice["origin_server_ts"].as_u64().unwrap())
@@ -134,7 +165,7 @@ fn the_go_live_notice_shows_the_viewer_count_and_a_thumbnail() {
         .collect();
     all.sort_unstable();
     println!("notice and live edits at (server ms): {all:?}");
-    assert!(all.len() >= 2);
+    assert!(all.len() >= 3, "{all:?}");
     for w in all.windows(2) {
         assert!(
             w[1] - w[0] >= 2_900,
@@ -143,9 +174,6 @@ fn the_go_live_notice_shows_the_viewer_count_and_a_thumbnail() {
         );
     }
 
-    for mut v in viewers {
-        v.stop(Duration::from_secs(10));
-    }
     ffmpeg.stop(Duration::from_secs(10));
     let ended = alice.wait_message(&room, &bot, "ended after");
     let body = ended["content"]["m.new_content"]["body"].as_str().unwrap();
