@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::notices::{html_escape, new_txn_id};
-use super::{HsError, Matrix, MatrixError};
+use super::{Matrix, MatrixError};
 use crate::hub::Access;
 use crate::log_every::LogEvery;
 use crate::thumbnail::{Thumbnail, Thumbnails};
@@ -289,12 +289,13 @@ impl Matrix {
             _ => self.notices.current.uploaded(stream, session),
         };
         // The stream may have ended meanwhile: its "ended" edit must stay the last.
-        if !self
-            .notices
-            .announced_live()
-            .iter()
-            .any(|(st, se)| st == stream && se == session)
-        {
+        let still_live = || {
+            self.notices
+                .announced_live()
+                .iter()
+                .any(|(st, se)| st == stream && se == session)
+        };
+        if !still_live() {
             return Ok(());
         }
         let (text, html) = live_text(
@@ -304,7 +305,11 @@ impl Matrix {
             uploaded.as_ref(),
         );
         let mut edited = 0;
+        let mut failed = None;
         for room in self.store.outbox_rooms(stream, session, "notice").await? {
+            if !still_live() {
+                break;
+            }
             let Some(event_id) = self
                 .store
                 .outbox_event_in(stream, session, "notice", &room)
@@ -312,18 +317,29 @@ impl Matrix {
             else {
                 continue;
             };
-            let room_id = OwnedRoomId::try_from(room.as_str())
-                .map_err(|e| HsError::Protocol(format!("bad room id: {e}")))?;
+            let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
+                continue;
+            };
             let content = edit_content(&event_id, &text, &html, stream, session, viewers);
-            self.send_message(room_id, new_txn_id().as_str().into(), &content)
-                .await?;
-            edited += 1;
+            // One room refusing (the bot was removed) must not stop the
+            // others, nor make them be edited again at once.
+            match self
+                .send_message(room_id, new_txn_id().as_str().into(), &content)
+                .await
+            {
+                Ok(_) => edited += 1,
+                Err(e) => failed = Some(e),
+            }
         }
+        // Recorded even after a failure: the next try waits for the interval.
         self.notices
             .current
             .sent(stream, session, Some(viewers), uploaded, now);
         if edited > 0 {
             info!(stream = %stream, viewers, rooms = edited, "matrix: go-live notice edited");
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         Ok(())
     }
