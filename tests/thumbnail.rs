@@ -3,15 +3,15 @@
 //! `GET /api/v1/streams/{name}/thumbnail.jpg` (decoded here by ffmpeg: the
 //! stream's picture, not a blank frame), renewed every interval; the watch
 //! page's Open Graph tags point at it; the index page's cards show it in
-//! Chromium; a WHIP H.264 stream gets one too, a VP8 stream a clear "no
-//! thumbnail" answer.
+//! Chromium; WHIP H.264 and VP8 streams get one too, a VP9 stream a clear
+//! "no thumbnail" answer.
 
 mod common;
 
 use std::time::Duration;
 
 use common::images::decode_jpeg;
-use common::publishers::{WhipOpts, aiortc_publisher};
+use common::publishers::{WhipOpts, aiortc_publisher, chromium_publisher};
 use common::*;
 
 const THUMBS: &str = "[thumbnails]\ninterval_secs = 1\n";
@@ -148,56 +148,59 @@ fn the_index_cards_show_thumbnails_in_chromium() {
 }
 
 #[test]
-fn whip_h264_gets_a_thumbnail_and_vp8_says_why_not() {
+fn whip_h264_and_vp8_get_thumbnails_vp9_says_why_not() {
     let _serial = serial();
     let server = Server::start_with(ServerOpts {
         extra_toml: THUMBS.to_string(),
         ..ServerOpts::default()
     });
-    let mut publisher = aiortc_publisher(
-        &server.whip_url(STREAM),
-        WhipOpts {
-            codec: "VP8",
-            key: Some(server.key(STREAM).to_string()),
-            ..WhipOpts::default()
-        },
-    );
-    server.wait_live(STREAM, LIVE_TIMEOUT);
-    // Give the thumbnailer the chance to (wrongly) make one.
-    wait_until(
-        "the VP8 stream's video info",
-        Duration::from_secs(20),
-        || {
-            let v = server.api_stream(STREAM)?;
-            (v["video"]["codec"] == "VP8").then_some(())
-        },
-    );
+    // aiortc over WHIP: VP8 (image-webp's decoder) on t1, H.264 (OpenH264;
+    // parameter sets in-band or put in front of each keyframe by ingest) on t2.
+    let mut publishers = Vec::new();
+    for (stream, codec) in [(STREAM, "VP8"), (STREAM2, "H264")] {
+        publishers.push(aiortc_publisher(
+            &server.whip_url(stream),
+            WhipOpts {
+                codec,
+                key: Some(server.key(stream).to_string()),
+                ..WhipOpts::default()
+            },
+        ));
+        server.wait_live(stream, LIVE_TIMEOUT);
+        let r = wait_until(
+            &format!("the {codec} stream's thumbnail"),
+            Duration::from_secs(30),
+            || {
+                let r = thumbnail(&server, stream);
+                (r.status == 200).then_some(r)
+            },
+        );
+        let pic = decode_jpeg(&r.body);
+        println!(
+            "{codec} over WHIP: thumbnail {} bytes, {pic:?}",
+            r.body.len()
+        );
+        assert_eq!((pic.width, pic.height), (320, 180), "{codec}");
+        assert!(pic.luma_stddev > 10.0, "{codec}: a blank picture: {pic:?}");
+    }
+    for mut p in publishers {
+        p.stop(Duration::from_secs(10));
+    }
+
+    // VP9 (Chromium's fake camera over WHIP): no decoder here, and the API says so.
+    wait_until("t1 offline", Duration::from_secs(20), || {
+        (server.api_stream(STREAM)?["live"] == false).then_some(())
+    });
+    let base = server.base_url();
+    let key = server.key(STREAM).to_string();
+    let mut vp9 = chromium_publisher(&base, STREAM, Some(&key), Some("VP9"), None);
+    wait_until("the VP9 stream", Duration::from_secs(60), || {
+        let v = server.api_stream(STREAM)?;
+        (v["live"] == true && v["video"]["codec"] == "VP9").then_some(())
+    });
     let r = thumbnail(&server, STREAM);
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.text().contains("codec_unsupported"), "{}", r.text());
-    assert!(r.text().contains("VP8"), "{}", r.text());
-
-    // A WebRTC H.264 publisher (aiortc: parameter sets in-band or put in
-    // front of each keyframe by ingest) gets one.
-    let mut h264 = aiortc_publisher(
-        &server.whip_url(STREAM2),
-        WhipOpts {
-            key: Some(server.key(STREAM2).to_string()),
-            ..WhipOpts::default()
-        },
-    );
-    server.wait_live(STREAM2, LIVE_TIMEOUT);
-    let r = wait_until(
-        "the WHIP stream's thumbnail",
-        Duration::from_secs(30),
-        || {
-            let r = thumbnail(&server, STREAM2);
-            (r.status == 200).then_some(r)
-        },
-    );
-    let pic = decode_jpeg(&r.body);
-    assert_eq!((pic.width, pic.height), (320, 180));
-    assert!(pic.luma_stddev > 10.0, "a blank picture: {pic:?}");
-    h264.stop(Duration::from_secs(10));
-    publisher.stop(Duration::from_secs(10));
+    assert!(r.text().contains("VP9"), "{}", r.text());
+    vp9.stop(Duration::from_secs(10));
 }

@@ -59,7 +59,7 @@ async fn thumbnail(
             Missing::Offline => ("offline", format!("'{name}' is not live")),
             Missing::Codec(c) => (
                 "codec_unsupported",
-                format!("{c} streams get no thumbnail (H.264 only)"),
+                format!("{c} streams get no thumbnail (H.264 and VP8 only)"),
             ),
             Missing::NotYet => (
                 "not_yet",

@@ -1,4 +1,4 @@
-//! Stream thumbnails: every `interval_secs` each live stream's cached keyframe
+//! Stream thumbnails: every `interval_secs` each live H.264 or VP8 stream's cached keyframe
 //! (the hub's GOP cache, so nothing is added to the per-packet path) is
 //! decoded to a small JPEG on a bounded blocking pool: one decode per stream
 //! per interval whatever the number of viewers, at most `max_parallel` at a
@@ -183,8 +183,8 @@ impl Thumbnails {
             return Ok(t);
         }
         match s.media_info().video.map(|v| v.codec) {
-            Some("H264") | None => Err(Missing::NotYet),
-            Some(other) => Err(Missing::Codec(other)),
+            Some(c) if !picture::decodable(c) => Err(Missing::Codec(c)),
+            _ => Err(Missing::NotYet),
         }
     }
 
@@ -227,10 +227,10 @@ impl Thumbnails {
                     let px = u64::from(v.width.unwrap_or(0)) * u64::from(v.height.unwrap_or(0));
                     px <= self.cfg.max_pixels as u64
                 };
-                if s.media_info()
-                    .video
-                    .is_none_or(|v| v.codec != "H264" || !fits(&v))
-                {
+                let Some(video) = s.media_info().video else {
+                    continue;
+                };
+                if !picture::decodable(video.codec) || !fits(&video) {
                     continue;
                 }
                 let Some(key) = s.gop_snapshot().into_iter().next().filter(|f| f.keyframe) else {
@@ -239,10 +239,10 @@ impl Thumbnails {
                 if e.tried_index == Some(key.index) {
                     continue;
                 }
-                due.push((s.name.clone(), key));
+                due.push((s.name.clone(), video.codec, key));
             }
         }
-        for (name, key) in due {
+        for (name, codec, key) in due {
             // A full pool: this stream waits for a later round.
             let Ok(permit) = self.pool.clone().try_acquire_owned() else {
                 break;
@@ -257,7 +257,7 @@ impl Thumbnails {
             tokio::spawn(async move {
                 let made = tokio::task::spawn_blocking(move || {
                     let cpu = thread_cpu();
-                    let r = picture::h264_thumbnail(&key.payloads, shape);
+                    let r = picture::thumbnail(codec, &key.payloads, shape);
                     (r, thread_cpu().saturating_sub(cpu))
                 })
                 .await;

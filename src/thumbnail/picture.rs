@@ -1,13 +1,16 @@
 //! One keyframe, as the hub holds it (RTP payloads), to a small JPEG. No
 //! I/O: the driver (`super`) picks the frame and runs this on a blocking
-//! thread. H.264 only: OpenH264 is the decoder a Rust build can carry
-//! without a system library (VP8/VP9 would need libvpx, AV1 dav1d).
+//! thread. H.264 is decoded by OpenH264 (built from source into the binary);
+//! VP8 by image-webp's VP8 decoder (pure Rust: a WebP lossy image is one VP8
+//! keyframe, so the keyframe is wrapped in a WebP header). VP9 and AV1 would
+//! need libvpx or dav1d as system libraries: not decoded.
 
 use std::sync::Arc;
 
 use openh264::decoder::Decoder;
 use openh264::formats::YUVSource;
 
+use crate::media::rtp_video::{self, VideoCodec};
 use crate::media::{h264, rtp_h264};
 
 /// A thumbnail: a baseline JPEG and its size.
@@ -26,6 +29,8 @@ pub enum PictureError {
     Incomplete,
     #[error("the decoder refused the keyframe: {0}")]
     Decode(String),
+    #[error("the keyframe's RTP payloads are malformed: {0}")]
+    Payload(&'static str),
     #[error("the decoder gave no picture for the keyframe")]
     NoPicture,
     #[error("the picture is {0}×{1}, over the {2} pixel limit")]
@@ -71,15 +76,122 @@ pub fn h264_thumbnail(payloads: &[Arc<[u8]>], shape: Shape) -> Result<Jpeg, Pict
         height: h,
     };
     let (ycbcr, tw, th) = scale_to_ycbcr(&planes, shape.width as usize);
-    let bytes = encode_jpeg(&ycbcr, tw, th, shape.quality)?;
+    finish(&ycbcr, jpeg_encoder::ColorType::Ycbcr, tw, th, shape)
+}
+
+/// Decodes the VP8 keyframe in `payloads` (RFC 7741) and encodes it scaled to `shape`.
+pub fn vp8_thumbnail(payloads: &[Arc<[u8]>], shape: Shape) -> Result<Jpeg, PictureError> {
+    let (mut frame, mut scratch) = (Vec::new(), Vec::new());
+    rtp_video::depacketize(
+        VideoCodec::Vp8,
+        payloads.iter().map(|p| &p[..]),
+        &mut frame,
+        &mut scratch,
+    )
+    .map_err(PictureError::Payload)?;
+    // A keyframe: frame tag bit 0 clear, then the start code and the size.
+    if frame.len() < 10 || frame[0] & 1 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return Err(PictureError::Incomplete);
+    }
+    let w = usize::from(u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff);
+    let h = usize::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff);
+    if w.saturating_mul(h) > shape.max_pixels || w < 2 || h < 2 {
+        return Err(PictureError::TooLarge(w, h, shape.max_pixels));
+    }
+    let webp = webp_of_vp8(&frame);
+    let mut decoder = image_webp::WebPDecoder::new(std::io::Cursor::new(&webp[..]))
+        .map_err(|e| PictureError::Decode(e.to_string()))?;
+    let size = decoder
+        .output_buffer_size()
+        .ok_or(PictureError::NoPicture)?;
+    if decoder.has_alpha() || size != w * h * 3 {
+        return Err(PictureError::Decode("unexpected picture layout".into()));
+    }
+    let mut rgb = vec![0u8; size];
+    decoder
+        .read_image(&mut rgb)
+        .map_err(|e| PictureError::Decode(e.to_string()))?;
+    let (scaled, tw, th) = scale_rgb(&rgb, w, h, shape.width as usize);
+    finish(&scaled, jpeg_encoder::ColorType::Rgb, tw, th, shape)
+}
+
+/// A VP8 keyframe as a WebP file (RIFF, `WEBP`, one `VP8 ` chunk).
+fn webp_of_vp8(frame: &[u8]) -> Vec<u8> {
+    let pad = frame.len() % 2;
+    let riff_len = (4 + 8 + frame.len() + pad) as u32;
+    let mut out = Vec::with_capacity(frame.len() + 21);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&riff_len.to_le_bytes());
+    out.extend_from_slice(b"WEBPVP8 ");
+    out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    out.extend_from_slice(frame);
+    out.resize(out.len() + pad, 0);
+    out
+}
+
+/// Which keyframes can be made into thumbnails here.
+pub fn decodable(codec: &str) -> bool {
+    matches!(codec, "H264" | "VP8")
+}
+
+/// The thumbnail of `codec`'s keyframe.
+pub fn thumbnail(codec: &str, payloads: &[Arc<[u8]>], shape: Shape) -> Result<Jpeg, PictureError> {
+    match codec {
+        "H264" => h264_thumbnail(payloads, shape),
+        "VP8" => vp8_thumbnail(payloads, shape),
+        other => Err(PictureError::Decode(format!("{other} is not decoded here"))),
+    }
+}
+
+fn finish(
+    pixels: &[u8],
+    color: jpeg_encoder::ColorType,
+    w: usize,
+    h: usize,
+    shape: Shape,
+) -> Result<Jpeg, PictureError> {
+    let bytes = encode_jpeg(pixels, color, w, h, shape.quality)?;
     if bytes.len() > shape.max_bytes {
         return Err(PictureError::JpegTooLarge(bytes.len(), shape.max_bytes));
     }
     Ok(Jpeg {
         bytes,
-        width: tw as u32,
-        height: th as u32,
+        width: w as u32,
+        height: h as u32,
     })
+}
+
+/// The output size for `target_width` (never up; even; aspect kept).
+fn target_size(w: usize, h: usize, target_width: usize) -> (usize, usize) {
+    let tw = (target_width.min(w).max(2)) & !1;
+    let th = ((h * tw / w).max(2)) & !1;
+    (tw, th)
+}
+
+/// Scales interleaved RGB down to `target_width`, each output pixel the
+/// average of its box.
+pub fn scale_rgb(rgb: &[u8], w: usize, h: usize, target_width: usize) -> (Vec<u8>, usize, usize) {
+    let (tw, th) = target_size(w, h, target_width);
+    let mut out = Vec::with_capacity(tw * th * 3);
+    for oy in 0..th {
+        let y0 = oy * h / th;
+        let y1 = ((oy + 1) * h / th).max(y0 + 1);
+        for ox in 0..tw {
+            let x0 = ox * w / tw;
+            let x1 = ((ox + 1) * w / tw).max(x0 + 1);
+            let mut sum = [0u32; 3];
+            for row in y0..y1 {
+                for px in rgb[(row * w + x0) * 3..(row * w + x1) * 3].chunks_exact(3) {
+                    sum[0] += u32::from(px[0]);
+                    sum[1] += u32::from(px[1]);
+                    sum[2] += u32::from(px[2]);
+                }
+            }
+            let n = ((y1 - y0) * (x1 - x0)) as u32;
+            out.extend(sum.iter().map(|&c| (c / n) as u8));
+        }
+    }
+    (out, tw, th)
 }
 
 /// The access unit as Annex B (start codes), AUD and filler left out.
@@ -119,8 +231,7 @@ pub struct Planes<'a> {
 /// interleaved Y, Cb, Cr bytes: luma is averaged over each output pixel's
 /// box (no aliasing stripes from a 1080p frame), chroma sampled at its centre.
 pub fn scale_to_ycbcr(p: &Planes, target_width: usize) -> (Vec<u8>, usize, usize) {
-    let tw = (target_width.min(p.width).max(2)) & !1;
-    let th = ((p.height * tw / p.width).max(2)) & !1;
+    let (tw, th) = target_size(p.width, p.height, target_width);
     let mut out = Vec::with_capacity(tw * th * 3);
     let (ys, us, vs) = p.strides;
     let (cw, ch) = (p.width.div_ceil(2), p.height.div_ceil(2));
@@ -145,8 +256,14 @@ pub fn scale_to_ycbcr(p: &Planes, target_width: usize) -> (Vec<u8>, usize, usize
     (out, tw, th)
 }
 
-/// Encodes interleaved Y, Cb, Cr bytes as a 4:2:0 baseline JPEG.
-pub fn encode_jpeg(ycbcr: &[u8], w: usize, h: usize, quality: u8) -> Result<Vec<u8>, PictureError> {
+/// Encodes interleaved pixels (Y, Cb, Cr or R, G, B) as a 4:2:0 baseline JPEG.
+pub fn encode_jpeg(
+    pixels: &[u8],
+    color: jpeg_encoder::ColorType,
+    w: usize,
+    h: usize,
+    quality: u8,
+) -> Result<Vec<u8>, PictureError> {
     let mut bytes = Vec::new();
     let mut enc = jpeg_encoder::Encoder::new(&mut bytes, quality.clamp(1, 100));
     enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
@@ -154,7 +271,7 @@ pub fn encode_jpeg(ycbcr: &[u8], w: usize, h: usize, quality: u8) -> Result<Vec<
         u16::try_from(w).map_err(|_| PictureError::Encode("too wide".into()))?,
         u16::try_from(h).map_err(|_| PictureError::Encode("too tall".into()))?,
     );
-    enc.encode(ycbcr, w16, h16, jpeg_encoder::ColorType::Ycbcr)
+    enc.encode(pixels, w16, h16, color)
         .map_err(|e| PictureError::Encode(e.to_string()))?;
     Ok(bytes)
 }
@@ -223,6 +340,59 @@ mod tests {
         assert!(h264_thumbnail(&idr_only, SHAPE).is_err());
         let garbage: Vec<Arc<[u8]>> = vec![Arc::from(&[0x7cu8, 0x85, 1, 2, 3][..])];
         assert!(h264_thumbnail(&garbage, SHAPE).is_err());
+    }
+
+    /// The first (key)frame of the VP8 fixture as one RTP payload.
+    fn vp8_keyframe_payloads() -> Vec<Arc<[u8]>> {
+        let ivf: &[u8] = include_bytes!("../media/testdata/vp8_320x180.ivf");
+        let header = usize::from(u16::from_le_bytes([ivf[6], ivf[7]]));
+        let len = u32::from_le_bytes(ivf[header..header + 4].try_into().unwrap()) as usize;
+        let frame = &ivf[header + 12..header + 12 + len];
+        let mut p = vec![0x10u8]; // payload descriptor: start of partition 0
+        p.extend_from_slice(frame);
+        vec![Arc::from(&p[..])]
+    }
+
+    #[test]
+    fn a_vp8_keyframe_becomes_a_small_jpeg() {
+        let payloads = vp8_keyframe_payloads();
+        let shape = Shape {
+            width: 160,
+            ..SHAPE
+        };
+        let jpeg = thumbnail("VP8", &payloads, shape).expect("thumbnail");
+        assert_eq!((jpeg.width, jpeg.height), (160, 90));
+        assert_eq!(&jpeg.bytes[..2], &[0xff, 0xd8], "SOI");
+        let small = Shape {
+            max_pixels: 100 * 100,
+            ..SHAPE
+        };
+        assert!(matches!(
+            vp8_thumbnail(&payloads, small),
+            Err(PictureError::TooLarge(320, 180, _))
+        ));
+        // Truncated: an error, never a panic.
+        let cut: Vec<Arc<[u8]>> = vec![Arc::from(&payloads[0][..payloads[0].len() / 3])];
+        assert!(vp8_thumbnail(&cut, SHAPE).is_err());
+        assert!(thumbnail("VP9", &payloads, SHAPE).is_err());
+        assert!(decodable("VP8") && decodable("H264") && !decodable("AV1"));
+    }
+
+    #[test]
+    fn rgb_scaling_averages_each_channel() {
+        let (w, h) = (8, 4);
+        let rgb: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                if i % 2 == 0 {
+                    [0, 100, 200]
+                } else {
+                    [200, 100, 0]
+                }
+            })
+            .collect();
+        let (out, tw, th) = scale_rgb(&rgb, w, h, 4);
+        assert_eq!((tw, th), (4, 2));
+        assert!(out.chunks(3).all(|px| px == [100, 100, 100]), "{out:?}");
     }
 
     #[test]
