@@ -69,6 +69,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// Recording of broadcasts (`src/recording`).
     pub recording: crate::recording::config::RecordingConfig,
+    /// Stream thumbnails: one keyframe decoded to a small JPEG per interval.
+    pub thumbnails: crate::thumbnail::ThumbnailConfig,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -482,6 +484,21 @@ pub struct MatrixConfig {
     /// certificates, besides the system's (a test or private federation).
     #[serde(default)]
     pub federation_ca_file: Option<String>,
+    /// The go-live notice is edited with the viewer count (and a fresh
+    /// thumbnail) at most this often while the stream is live.
+    #[serde(default = "default_notice_update_secs")]
+    pub notice_update_secs: u64,
+    /// A new thumbnail is uploaded to the homeserver at most this often.
+    #[serde(default = "default_notice_thumbnail_secs")]
+    pub notice_thumbnail_secs: u64,
+}
+
+fn default_notice_update_secs() -> u64 {
+    60
+}
+
+fn default_notice_thumbnail_secs() -> u64 {
+    300
 }
 
 fn default_max_streams_per_user() -> usize {
@@ -663,6 +680,9 @@ impl Config {
         self.recording
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
+        self.thumbnails
+            .validate()
+            .map_err(|(key, reason)| invalid(format!("thumbnails.{key}"), reason))?;
         if let Some(m) = &self.matrix {
             http_url("matrix.homeserver_url", &m.homeserver_url)?;
             if m.server_name.is_empty() || m.server_name.contains(['/', ' ', '@', '#']) {
@@ -687,6 +707,14 @@ impl Config {
                     "matrix.golive_delay_ms",
                     "must be at most 600000 (10 minutes)",
                 ));
+            }
+            for (key, v) in [
+                ("matrix.notice_update_secs", m.notice_update_secs),
+                ("matrix.notice_thumbnail_secs", m.notice_thumbnail_secs),
+            ] {
+                if v == 0 {
+                    return Err(invalid(key, "must be at least 1 second"));
+                }
             }
             m.permissions()?;
             if m.max_streams_per_user > 10_000 {

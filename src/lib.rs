@@ -19,5 +19,6 @@ pub mod recording;
 pub mod rtc;
 pub mod server;
 pub mod store;
+pub mod thumbnail;
 pub mod tls;
 pub mod webhooks;

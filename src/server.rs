@@ -274,6 +274,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }));
     }
+    let thumbnails = crate::thumbnail::Thumbnails::new(config.thumbnails.clone(), hub.clone());
+    thumbnails.spawn();
+    if let Some(m) = &matrix {
+        m.set_thumbnails(thumbnails.clone());
+    }
     let app = Arc::new(App {
         config,
         hub,
@@ -289,6 +294,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         cluster,
         recorder,
+        thumbnails,
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];

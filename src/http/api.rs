@@ -44,7 +44,7 @@ async fn list_streams(
         .streams()
         .iter()
         .filter(|s| app.admission.may_see(s, token.as_deref()))
-        .map(|s| s.snapshot())
+        .map(|s| super::thumbnail::with_thumbnail(&app, s))
         .collect();
     Json(streams)
 }
@@ -65,7 +65,7 @@ async fn get_stream(
         relay: false,
     };
     let pass = app.admission.admit_viewer(facts, Purpose::Look).await?;
-    Ok(Json(pass.stream.snapshot()))
+    Ok(Json(super::thumbnail::with_thumbnail(&app, &pass.stream)))
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -139,6 +139,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     }
     app.hls.render_metrics(&mut out);
     app.recorder.render_metrics(&mut out);
+    out.push_str(&app.thumbnails.metrics());
     crate::listener::render_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

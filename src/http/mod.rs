@@ -17,12 +17,14 @@ pub mod extract;
 pub mod hls;
 pub mod matrix;
 pub mod ome;
+mod open_graph;
 // Public for the fuzz targets (fuzz/): `Layout::parse`.
 #[doc(hidden)]
 pub mod pages;
 mod recordings;
 mod replay;
 pub mod serve;
+mod thumbnail;
 pub mod webrtc;
 
 use std::sync::Arc;
@@ -64,6 +66,8 @@ pub struct App {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Recording (`[recording]`): the index, the files, the recorder.
     pub recorder: Arc<crate::recording::Recorder>,
+    /// Each live stream's latest thumbnail (API, pages, go-live notice).
+    pub thumbnails: Arc<crate::thumbnail::Thumbnails>,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -78,7 +82,8 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(matrix::api::routes())
         .merge(cluster::routes())
         .merge(recordings::routes())
-        .merge(replay::routes());
+        .merge(replay::routes())
+        .merge(thumbnail::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());
     }

@@ -138,7 +138,19 @@ async fn index() -> Response {
 }
 
 async fn watch(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Response {
-    player_page(&app, "watch", stream_status(&app, &stream), None)
+    let s = app.hub.get(&stream);
+    let og = super::open_graph::watch_tags(
+        &app.public_base,
+        &stream,
+        s.as_deref(),
+        app.thumbnails.enabled(),
+    );
+    player_page(
+        &app,
+        "watch",
+        stream_status(&app, &stream),
+        Some(("<!--og-->", &og)),
+    )
 }
 
 async fn embed(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Response {

@@ -36,6 +36,7 @@ pub mod federation;
 mod follow;
 mod keys;
 pub mod media_proxy;
+mod notice_current;
 mod notices;
 pub mod permissions;
 mod power;
@@ -67,6 +68,7 @@ use crate::hub::{Access, ChatMessage, Hub, RoomInfo};
 use crate::store::matrix::{MappingRow, RoomRow};
 use crate::store::{Store, StoreError};
 pub use client::{HsClient, HsError};
+pub use notices::html_escape;
 
 /// Why applying something failed.
 #[derive(Debug, thiserror::Error)]

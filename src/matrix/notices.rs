@@ -51,11 +51,18 @@ pub struct Notices {
     /// Streams whose session changed since it was last written.
     dirty: Mutex<HashSet<String>>,
     persist_wake: Notify,
+    /// What the live notices show now (viewer count, thumbnail).
+    pub(super) current: super::notice_current::Current,
 }
 
 impl Notices {
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// (stream, session) of each announced session whose stream is live.
+    pub(super) fn announced_live(&self) -> Vec<(String, String)> {
+        self.sessions.lock().announced_live()
     }
 
     fn changed(&self, stream: &str) {
@@ -146,6 +153,14 @@ impl Sessions {
             }
             _ => None,
         }
+    }
+
+    fn announced_live(&self) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .filter(|(_, s)| s.announced && s.offline_since_ms.is_none())
+            .map(|(stream, s)| (stream.clone(), s.id.clone()))
+            .collect()
     }
 
     fn note_viewers(&mut self, stream: &str, count: u64) -> bool {
@@ -279,6 +294,7 @@ impl Matrix {
         let mut control = self.hub.control_feed();
         let mut rx = self.hub.subscribe_events();
         tokio::spawn(self.clone().persist_loop());
+        tokio::spawn(self.clone().notice_update_loop());
         if let Err(e) = self.restore_lost_rooms().await {
             warn!("matrix: cannot read the lost rooms: {e}");
         }
@@ -524,7 +540,7 @@ impl Matrix {
     }
 
     /// The stream's title, or its name when it has none.
-    fn title_of(&self, stream: &str) -> String {
+    pub(super) fn title_of(&self, stream: &str) -> String {
         self.hub
             .get(stream)
             .map(|s| s.title())
@@ -735,22 +751,23 @@ impl Matrix {
                         .await
                         .unwrap_or(false);
                 let at = if mention { "@room " } else { "" };
+                let thumb = self.golive_thumbnail(&item.stream, &item.session).await;
+                let (text, html) =
+                    super::notice_current::live_text(title, url, None, thumb.as_ref());
                 let mut content = json!({
                     "msgtype": "m.notice",
-                    "body": format!("{at}🔴 {title} is live: {url}"),
+                    "body": format!("{at}{text}"),
                     "format": "org.matrix.custom.html",
-                    "formatted_body": format!(
-                        "{at}🔴 <b>{}</b> is live — <a href=\"{}\">watch</a>",
-                        html_escape(title),
-                        html_escape(url)
-                    ),
+                    "formatted_body": format!("{at}{html}"),
                     "m.mentions": {},
                     "io.roomcast.golive": {"stream": item.stream, "session": item.session},
                 });
                 if mention {
                     content["m.mentions"] = json!({"room": true});
                 }
-                self.send_message(room_id, txn, &content).await.map(Some)
+                let sent = self.send_message(room_id, txn, &content).await?;
+                self.golive_sent(&item.stream, &item.session);
+                Ok(Some(sent))
             }
             "ended" => {
                 let title = p["title"].as_str().unwrap_or(&item.stream);

@@ -685,7 +685,8 @@ async function publish(browser) {
   return { message: s.text, watch: w };
 }
 
-/** /: the live public streams with title and viewers. */
+/** /: the live public streams with title and viewers; with --thumbnails, each card shows
+ *  its stream's thumbnail (loaded, not blank). */
 async function index(browser) {
   const live = (opt('live') || '').split(',').filter(Boolean);
   const offline = (opt('offline') || '').split(',').filter(Boolean);
@@ -702,9 +703,32 @@ async function index(browser) {
   }, 10000);
   for (const s of live) check(cards.some((c) => c.stream === s && c.href === `/watch/${s}`), `no card for ${s}: ${JSON.stringify(cards)}`);
   for (const s of offline) check(!cards.some((c) => c.stream === s), `offline ${s} listed`);
+  let thumbnails = null;
+  if (has('thumbnails')) {
+    // Each live card shows its stream's thumbnail: loaded, and a picture (its
+    // luma varies: not a blank or placeholder frame), read back from a canvas.
+    thumbnails = await waitFor('every card to show a thumbnail', async () => {
+      const t = await page.evaluate(() => [...document.querySelectorAll('.card')].map((a) => {
+        const img = a.querySelector('.card-thumb');
+        if (!img || !img.complete || !img.naturalWidth) return null;
+        const c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const g = c.getContext('2d');
+        g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data;
+        let sum = 0; let sq = 0; const n = d.length / 4;
+        for (let i = 0; i < d.length; i += 4) { const y = 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]; sum += y; sq += y * y; }
+        const mean = sum / n;
+        const box = img.getBoundingClientRect();
+        return { stream: a.dataset.stream, width: img.naturalWidth, height: img.naturalHeight, stddev: Math.sqrt(sq / n - mean * mean), shown: [Math.round(box.width), Math.round(box.height)] };
+      }));
+      return t.length === live.length && t.every(Boolean) ? t : null;
+    }, 20000);
+    for (const t of thumbnails) check(t.stddev > 10 && t.shown[0] > 100, `thumbnail of ${t.stream} looks blank or hidden: ${JSON.stringify(t)}`);
+  }
   await shots(page, 'index');
   await ctx.close();
-  return { cards };
+  return { cards, thumbnails };
 }
 
 /** The LL-HLS fallback: in a browser without WebRTC the player loads roomcast's

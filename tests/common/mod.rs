@@ -17,6 +17,7 @@ pub mod control;
 pub mod faults;
 pub mod federation;
 pub mod http;
+pub mod images;
 pub mod impair;
 pub mod matrix;
 pub mod nginx;

@@ -1,5 +1,5 @@
-// /: the live public streams with their titles and viewer counts (refreshed
-// every 10 s while the page is visible).
+// /: the live public streams with their thumbnails, titles and viewer counts
+// (refreshed every 10 s while the page is visible).
 import '../css/base.css';
 import '../css/index.css';
 import { api } from '../lib/api.js';
@@ -9,10 +9,25 @@ const list = document.getElementById('streams');
 const status = document.getElementById('status');
 const REFRESH_MS = 10000;
 
+// A card's picture: the stream's latest thumbnail (renewed by the server every
+// few seconds; the query string changes with each refresh so it is fetched again).
+let round = 0;
+function preview(s) {
+  if (!s.thumbnail) return h('div', { class: 'card-preview no-thumb' });
+  const img = h('img', {
+    class: 'card-thumb',
+    alt: '',
+    src: `${s.thumbnail}?r=${round}`,
+    onerror: (e) => e.target.closest('.card-preview')?.classList.add('no-thumb'),
+  });
+  return h('div', { class: 'card-preview' }, img);
+}
+
 function card(s) {
   const since = s.started_at ? new Date(s.started_at) : null;
   return h('li', {},
     h('a', { class: 'card', href: `/watch/${encodeURIComponent(s.name)}`, 'data-stream': s.name },
+      preview(s),
       h('div', { class: 'card-meta' },
         h('span', { class: 'badge live', text: 'LIVE' }),
         h('span', { class: 'viewers' }, icon('eye'), plural(s.viewers ?? 0, 'viewer', 'viewers'))),
@@ -25,6 +40,7 @@ function card(s) {
 async function refresh() {
   try {
     const all = await api('/api/v1/streams');
+    round += 1;
     const live = all.filter((s) => s.live && s.access !== 'private')
       .sort((a, b) => (b.viewers ?? 0) - (a.viewers ?? 0) || a.name.localeCompare(b.name));
     list.replaceChildren(...live.map(card));

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Thumbnail cost: N streams of 720p30 H.264 at 2.5 Mbit/s (ffmpeg -c copy over
+# RTMP), thumbnails renewed every second (the default is every 10 s), for S
+# seconds. Prints the CPU time of one thumbnail (OpenH264 decode of a keyframe,
+# scale, JPEG encode; thread CPU time, from /metrics) and the server's whole
+# CPU use with thumbnails on and off. Usage: bench/thumbnail.sh [streams] [seconds]
+# BENCH_SERVER_BIN=target/debug/roomcast runs a debug build (OpenH264's C is
+# built with the same opt-level as the profile: say which in the figures).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+N=${1:-4}
+SECS=${2:-20}
+[[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
+export EXTRA_STREAMS=$((N - 1))
+encode 2500 128
+
+run() { # run "enabled = true|false": sets RESULT="thumbnails ms_per_thumb server_cpu_pct"
+  start_server "[thumbnails]
+$1
+interval_secs = 1"
+  PUBLISHER_PIDS=""
+  loop_publish "$STREAM" "$KEY"; PUBLISHER_PIDS="$LAST_PID"
+  for i in $(seq 1 $((N - 1))); do
+    loop_publish "$STREAM$i" "$KEY-$i"; PUBLISHER_PIDS="$PUBLISHER_PIDS $LAST_PID"
+  done
+  local tick; tick=$(getconf CLK_TCK)
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$SERVER_PID/stat")
+  local m0; m0=$(curl -fs "http://$HTTP/metrics")
+  sleep "$SECS"
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$SERVER_PID/stat")
+  local m1; m1=$(curl -fs "http://$HTTP/metrics")
+  local made cpu
+  made=$(( $(grep -oP '^roomcast_thumbnails_made_total \K\d+' <<<"$m1") - $(grep -oP '^roomcast_thumbnails_made_total \K\d+' <<<"$m0") ))
+  cpu=$(awk -v a="$(grep -oP '^roomcast_thumbnail_cpu_seconds_total \K\S+' <<<"$m0")" \
+            -v b="$(grep -oP '^roomcast_thumbnail_cpu_seconds_total \K\S+' <<<"$m1")" 'BEGIN{print b-a}')
+  local server_pct
+  server_pct=$(awk -v t="$tick" -v d=$(( (u1 + s1) - (u0 + s0) )) -v s="$SECS" 'BEGIN{printf "%.1f", 100*d/t/s}')
+  if (( made > 0 )); then
+    RESULT="$made $(awk -v c="$cpu" -v n="$made" 'BEGIN{printf "%.2f", 1000*c/n}') $server_pct"
+  else
+    RESULT="0 - $server_pct"
+  fi
+  for p in $PUBLISHER_PIDS; do kill "$p" 2>/dev/null || true; done
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+  PUBLISHER_PIDS=""
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $N streams 720p30 2.5 Mbit/s, ${SECS} s" >&2
+run "enabled = true"; read -r made ms on_pct <<<"$RESULT"
+run "enabled = false"; read -r _ _ off_pct <<<"$RESULT"
+echo "thumbnails made: $made in ${SECS} s ($N streams, interval 1 s, a keyframe every second)"
+echo "CPU per thumbnail (1280x720 keyframe -> 320x180 JPEG): ${ms} ms"
+echo "server CPU: ${on_pct}% with thumbnails every second, ${off_pct}% without"

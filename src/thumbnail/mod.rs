@@ -1,0 +1,376 @@
+//! Stream thumbnails: every `interval_secs` each live H.264 or VP8 stream's cached keyframe
+//! (the hub's GOP cache, so nothing is added to the per-packet path) is
+//! decoded to a small JPEG on a bounded blocking pool: one decode per stream
+//! per interval whatever the number of viewers, at most `max_parallel` at a
+//! time. The latest JPEG of each live stream is kept (bounded bytes: one per
+//! stream, each at most `max_bytes`) for the API, the pages' cards and
+//! Open Graph tags, and the Matrix go-live notice.
+
+pub mod picture;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::hub::Hub;
+use crate::log_every::LogEvery;
+
+/// `[thumbnails]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThumbnailConfig {
+    pub enabled: bool,
+    /// A stream's thumbnail is renewed at most this often (from a newer keyframe).
+    pub interval_secs: u64,
+    /// Width of the JPEG in pixels (height follows the aspect ratio).
+    pub width: u32,
+    /// JPEG quality, 1–100.
+    pub quality: u8,
+    /// Largest JPEG kept; a bigger one is dropped (and logged).
+    pub max_bytes: usize,
+    /// Decodes running at once, server-wide (blocking threads).
+    pub max_parallel: usize,
+    /// Pictures with more pixels than this are not decoded.
+    pub max_pixels: usize,
+}
+
+impl Default for ThumbnailConfig {
+    fn default() -> Self {
+        ThumbnailConfig {
+            enabled: true,
+            interval_secs: 10,
+            width: 320,
+            quality: 75,
+            max_bytes: 128 * 1024,
+            max_parallel: 1,
+            max_pixels: 3840 * 2160,
+        }
+    }
+}
+
+impl ThumbnailConfig {
+    /// `Err((key, reason))` for a value that cannot work.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.interval_secs == 0 {
+            return Err(("interval_secs", "must be at least 1".into()));
+        }
+        if !(16..=1920).contains(&self.width) {
+            return Err(("width", "must be 16 to 1920 pixels".into()));
+        }
+        if !(1..=100).contains(&self.quality) {
+            return Err(("quality", "must be 1 to 100".into()));
+        }
+        if !(1024..=8 * 1024 * 1024).contains(&self.max_bytes) {
+            return Err(("max_bytes", "must be 1024 to 8388608".into()));
+        }
+        if !(1..=64).contains(&self.max_parallel) {
+            return Err(("max_parallel", "must be 1 to 64".into()));
+        }
+        if self.max_pixels < 16 * 16 {
+            return Err(("max_pixels", "must be at least 256".into()));
+        }
+        Ok(())
+    }
+
+    fn shape(&self) -> picture::Shape {
+        picture::Shape {
+            width: self.width,
+            quality: self.quality,
+            max_pixels: self.max_pixels,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// The latest thumbnail of a stream.
+#[derive(Debug)]
+pub struct Thumbnail {
+    pub jpeg: Bytes,
+    pub width: u32,
+    pub height: u32,
+    pub taken: SystemTime,
+    /// Grows with each new thumbnail of any stream: tells "changed" cheaply.
+    pub seq: u64,
+}
+
+/// Why a stream has no thumbnail (for the API's error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    Disabled,
+    Offline,
+    /// The codec is not decoded here.
+    Codec(&'static str),
+    /// Live, but none made yet (no keyframe yet, or decoding failed).
+    NotYet,
+}
+
+#[derive(Default)]
+struct Entry {
+    latest: Option<Arc<Thumbnail>>,
+    /// Index of the last keyframe tried, so one keyframe is decoded once.
+    tried_index: Option<u64>,
+    tried_at: Option<Instant>,
+    busy: bool,
+}
+
+/// Decode counters for `/metrics` (and the bench).
+#[derive(Default)]
+pub struct ThumbnailStats {
+    pub made: AtomicU64,
+    pub failed: AtomicU64,
+    /// CPU time of the decodes and encodes, µs (thread CPU time).
+    pub cpu_us: AtomicU64,
+}
+
+pub struct Thumbnails {
+    cfg: ThumbnailConfig,
+    hub: Arc<Hub>,
+    entries: Mutex<HashMap<String, Entry>>,
+    pool: Arc<Semaphore>,
+    seq: AtomicU64,
+    pub stats: ThumbnailStats,
+}
+
+static DECODE_FAILED_LOG: LogEvery = LogEvery::new(Duration::from_secs(60));
+
+/// How often the driver looks for due streams: a stream that just went live
+/// gets its first thumbnail about this soon after its first keyframe.
+const TICK: Duration = Duration::from_secs(1);
+
+impl Thumbnails {
+    pub fn new(cfg: ThumbnailConfig, hub: Arc<Hub>) -> Arc<Thumbnails> {
+        let pool = Arc::new(Semaphore::new(cfg.max_parallel));
+        Arc::new(Thumbnails {
+            cfg,
+            hub,
+            entries: Mutex::new(HashMap::new()),
+            pool,
+            seq: AtomicU64::new(0),
+            stats: ThumbnailStats::default(),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.cfg.interval_secs)
+    }
+
+    /// The latest thumbnail of a live stream.
+    pub fn get(&self, stream: &str) -> Result<Arc<Thumbnail>, Missing> {
+        if !self.cfg.enabled {
+            return Err(Missing::Disabled);
+        }
+        let s = self.hub.get(stream).filter(|s| s.is_live());
+        let Some(s) = s else {
+            return Err(Missing::Offline);
+        };
+        if let Some(t) = self
+            .entries
+            .lock()
+            .get(stream)
+            .and_then(|e| e.latest.clone())
+        {
+            return Ok(t);
+        }
+        match s.media_info().video.map(|v| v.codec) {
+            Some(c) if !picture::decodable(c) => Err(Missing::Codec(c)),
+            _ => Err(Missing::NotYet),
+        }
+    }
+
+    pub fn spawn(self: &Arc<Self>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.round(Instant::now());
+            }
+        });
+    }
+
+    /// Starts the decodes that are due, forgets streams that are not live.
+    fn round(self: &Arc<Self>, now: Instant) {
+        let live: Vec<_> = self
+            .hub
+            .streams()
+            .into_iter()
+            .filter(|s| s.is_live())
+            .collect();
+        let interval = self.interval();
+        let mut due = Vec::new();
+        {
+            let mut entries = self.entries.lock();
+            entries.retain(|name, _| live.iter().any(|s| &s.name == name));
+            for s in &live {
+                let e = entries.entry(s.name.clone()).or_default();
+                if e.busy || e.tried_at.is_some_and(|t| now < t + interval) {
+                    continue;
+                }
+                // The SPS's size is checked before the decoder sees the frame
+                // (and again after: in-band parameter sets may differ).
+                let fits = |v: &crate::hub::VideoInfo| {
+                    let px = u64::from(v.width.unwrap_or(0)) * u64::from(v.height.unwrap_or(0));
+                    px <= self.cfg.max_pixels as u64
+                };
+                let Some(video) = s.media_info().video else {
+                    continue;
+                };
+                if !picture::decodable(video.codec) || !fits(&video) {
+                    continue;
+                }
+                let Some(key) = s.gop_snapshot().into_iter().next().filter(|f| f.keyframe) else {
+                    continue;
+                };
+                if e.tried_index == Some(key.index) {
+                    continue;
+                }
+                due.push((s.name.clone(), video.codec, key));
+            }
+        }
+        for (name, codec, key) in due {
+            // A full pool: this stream waits for a later round.
+            let Ok(permit) = self.pool.clone().try_acquire_owned() else {
+                break;
+            };
+            if let Some(e) = self.entries.lock().get_mut(&name) {
+                e.busy = true;
+                e.tried_index = Some(key.index);
+                e.tried_at = Some(now);
+            }
+            let me = self.clone();
+            let shape = self.cfg.shape();
+            tokio::spawn(async move {
+                let made = tokio::task::spawn_blocking(move || {
+                    let cpu = thread_cpu();
+                    let r = picture::thumbnail(codec, &key.payloads, shape);
+                    (r, thread_cpu().saturating_sub(cpu))
+                })
+                .await;
+                drop(permit);
+                me.finish(&name, made);
+            });
+        }
+    }
+
+    fn finish(
+        &self,
+        name: &str,
+        made: Result<
+            (Result<picture::Jpeg, picture::PictureError>, Duration),
+            tokio::task::JoinError,
+        >,
+    ) {
+        let result = match made {
+            Ok((r, cpu)) => {
+                self.stats
+                    .cpu_us
+                    .fetch_add(cpu.as_micros() as u64, Ordering::Relaxed);
+                r.map_err(|e| e.to_string())
+            }
+            // A panic in the decoder ends this decode only.
+            Err(e) => Err(format!("the decode task failed: {e}")),
+        };
+        let mut entries = self.entries.lock();
+        let Some(e) = entries.get_mut(name) else {
+            return;
+        };
+        e.busy = false;
+        match result {
+            Ok(jpeg) => {
+                self.stats.made.fetch_add(1, Ordering::Relaxed);
+                debug!(stream = %name, bytes = jpeg.bytes.len(), "thumbnail made");
+                e.latest = Some(Arc::new(Thumbnail {
+                    jpeg: Bytes::from(jpeg.bytes),
+                    width: jpeg.width,
+                    height: jpeg.height,
+                    taken: SystemTime::now(),
+                    seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+                }));
+            }
+            Err(reason) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = DECODE_FAILED_LOG.allow() {
+                    warn!(stream = %name, suppressed, "thumbnail: {reason}");
+                }
+            }
+        }
+    }
+
+    /// Lines for `/metrics`.
+    pub fn metrics(&self) -> String {
+        let live = self
+            .entries
+            .lock()
+            .values()
+            .filter(|e| e.latest.is_some())
+            .count();
+        format!(
+            "# HELP roomcast_thumbnails_made_total Thumbnails decoded and encoded.\n\
+             # TYPE roomcast_thumbnails_made_total counter\n\
+             roomcast_thumbnails_made_total {}\n\
+             # HELP roomcast_thumbnails_failed_total Keyframes that gave no thumbnail.\n\
+             # TYPE roomcast_thumbnails_failed_total counter\n\
+             roomcast_thumbnails_failed_total {}\n\
+             # HELP roomcast_thumbnail_cpu_seconds_total CPU time spent making thumbnails.\n\
+             # TYPE roomcast_thumbnail_cpu_seconds_total counter\n\
+             roomcast_thumbnail_cpu_seconds_total {:.6}\n\
+             # HELP roomcast_thumbnails_current Live streams with a thumbnail.\n\
+             # TYPE roomcast_thumbnails_current gauge\n\
+             roomcast_thumbnails_current {live}\n",
+            self.stats.made.load(Ordering::Relaxed),
+            self.stats.failed.load(Ordering::Relaxed),
+            self.stats.cpu_us.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// CPU time of the calling thread (what one decode costs, whatever else runs).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn the_config_is_checked_and_names_the_key() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert!(c.thumbnails.enabled);
+        assert_eq!(c.thumbnails.interval_secs, 10);
+        let env = |k: &str, v: &str| vec![(format!("ROOMCAST_THUMBNAILS__{k}"), v.to_string())];
+        let e = Config::load(None, env("WIDTH", "8"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("thumbnails.width"), "{e}");
+        let e = Config::load(None, env("INTERVAL_SECS", "0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("thumbnails.interval_secs"), "{e}");
+        let c = Config::load(None, env("ENABLED", "false")).unwrap();
+        assert!(!c.thumbnails.enabled);
+    }
+}
