@@ -67,6 +67,8 @@ pub struct Config {
     /// Cluster mode (PostgreSQL only): several nodes share one database and
     /// relay streams to each other over WHEP. Absent: one process, as before.
     pub cluster: Option<ClusterConfig>,
+    /// Restreaming to RTMP(S) destinations (`[[streams.restream]]`, `!live restream`).
+    pub restream: RestreamConfig,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -357,6 +359,38 @@ pub struct StreamConfig {
     pub key: String,
     #[serde(default)]
     pub title: Option<String>,
+    /// Where to push the stream while it is live (`[[streams.restream]]`).
+    #[serde(default)]
+    pub restream: Vec<RestreamDestinationConfig>,
+}
+
+/// One restream destination of a config stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestreamDestinationConfig {
+    pub label: String,
+    /// `rtmp://` or `rtmps://` server URL with the application path.
+    pub url: String,
+    /// The destination's stream key (a secret: never logged or shown).
+    pub key: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// `[restream]`: how pushes behave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestreamConfig {
+    /// Bytes a push may fall behind before it skips to the next keyframe.
+    pub queue_bytes: usize,
+}
+
+impl Default for RestreamConfig {
+    fn default() -> Self {
+        RestreamConfig {
+            queue_bytes: crate::restream::DEFAULT_QUEUE_BYTES,
+        }
+    }
 }
 
 /// Egress caps: a viewer over one gets 503 with Retry-After. 0 = no cap.
@@ -654,6 +688,28 @@ impl Config {
                     "must not contain whitespace, '/' or '?' (it goes into RTMP URLs)",
                 ));
             }
+            let mut labels = std::collections::HashSet::new();
+            for (j, d) in s.restream.iter().enumerate() {
+                let key = |k: &str| format!("streams[{i}].restream[{j}].{k}");
+                if !crate::restream::dest::valid_label(&d.label) || !labels.insert(&d.label) {
+                    return Err(invalid(
+                        key("label"),
+                        "must be unique per stream, 1-32 of a-z, A-Z, 0-9, '-', '_'",
+                    ));
+                }
+                if let Err(e) = crate::restream::dest::Target::parse(&d.url) {
+                    return Err(invalid(key("url"), e.to_string()));
+                }
+                if d.key.is_empty() {
+                    return Err(invalid(key("key"), "must not be empty"));
+                }
+            }
+        }
+        if self.restream.queue_bytes < 64 * 1024 {
+            return Err(invalid(
+                "restream.queue_bytes",
+                "must be at least 65536 (a keyframe must fit)",
+            ));
         }
         if let Some(m) = &self.matrix {
             http_url("matrix.homeserver_url", &m.homeserver_url)?;

@@ -15,6 +15,7 @@ pub mod log_every;
 pub mod matrix;
 pub mod media;
 pub mod plan;
+pub mod restream;
 pub mod rtc;
 pub mod server;
 pub mod store;

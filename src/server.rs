@@ -232,7 +232,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 }
             }));
     }
+    let restream = crate::restream::Restreamer::new(hub.clone(), config.restream.queue_bytes);
+    for s in &config.streams {
+        restream.set_destinations(&s.name, crate::restream::from_config(&s.restream));
+    }
+    restream.spawn();
     let app = Arc::new(App {
+        restream,
         config,
         hub,
         engine: engine.clone(),
@@ -314,6 +320,7 @@ const STOP_BUDGET: Duration = Duration::from_millis(4500);
 /// same [`Shutdown`]). End the sessions, let in-flight requests and the
 /// Matrix outbox finish within the grace, then close the database.
 async fn stop(app: &App, listeners: Vec<JoinHandle<()>>, grace: Duration) {
+    app.restream.stop_all();
     // WebRTC sessions are disconnected by their shards (DTLS close_notify).
     let sessions = app.engine.close_all();
     info!(sessions, "shutting down: listeners closed, sessions ending");

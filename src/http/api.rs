@@ -138,6 +138,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         c.render_metrics(&mut out);
     }
     app.hls.render_metrics(&mut out);
+    app.restream.render_metrics(&mut out);
     crate::listener::render_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

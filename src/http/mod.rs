@@ -20,6 +20,7 @@ pub mod ome;
 // Public for the fuzz targets (fuzz/): `Layout::parse`.
 #[doc(hidden)]
 pub mod pages;
+mod restream;
 pub mod serve;
 pub mod webrtc;
 
@@ -60,6 +61,8 @@ pub struct App {
     pub shutdown: crate::listener::Shutdown,
     /// Cluster mode (`[cluster]`): node registry, origins, edge relays.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Pushes to RTMP(S) destinations (`src/restream`).
+    pub restream: Arc<crate::restream::Restreamer>,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -72,7 +75,8 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(hls::routes())
         .merge(webrtc::whip::routes())
         .merge(matrix::api::routes())
-        .merge(cluster::routes());
+        .merge(cluster::routes())
+        .merge(restream::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());
     }

@@ -7,6 +7,7 @@
 //! egress never knows the source protocol.
 
 mod control;
+mod side;
 mod stats;
 mod timeline;
 
@@ -22,6 +23,7 @@ use tokio::sync::broadcast;
 use crate::log_every::LogEvery;
 use control::ControlClock;
 pub use control::{ControlFeed, ControlState, RoomLost};
+pub use side::{SideSink, SourceAac};
 pub use stats::StreamStats;
 use timeline::Timeline;
 use tracing::warn;
@@ -300,6 +302,8 @@ pub struct Stream {
     /// The control generation of this stream's last control change.
     control_stamp: AtomicU64,
     limits: HubLimits,
+    /// The publisher's original media for restreams (see `side`).
+    side: side::SideTracks,
 }
 
 /// The registry of streams.
@@ -375,6 +379,7 @@ impl Hub {
                     control: self.control.clone(),
                     control_stamp: AtomicU64::new(0),
                     limits: self.limits,
+                    side: side::SideTracks::default(),
                 })
             })
             .clone()

@@ -1,0 +1,81 @@
+//! Side tracks: what a publisher sent, as it sent it, for consumers that
+//! must not get the viewers' re-encoded form (a restream sends the RTMP
+//! publisher's own AAC, not the Opus viewers get).
+//!
+//! Kept apart from the viewer fan-out on purpose: no GOP cache, no frame
+//! index, its own sink list, so viewers pay nothing when nobody listens
+//! (one uncontended lock and an empty `Vec` per packet).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::{Publisher, PushError, Stream};
+
+/// One AAC access unit as the publisher sent it (no ADTS header).
+#[derive(Debug)]
+pub struct SourceAac {
+    /// The AudioSpecificConfig in force (shared, changes only with a new
+    /// sequence header).
+    pub config: Bytes,
+    pub payload: Bytes,
+    /// On the stream's 90 kHz video clock (the hub's `Frame::rtp_time` for
+    /// video), so a consumer muxes audio and video on one timeline.
+    pub rtp_time_90k: u32,
+    pub publisher: u64,
+}
+
+/// Receives a stream's side-track packets. Runs on the publisher's task:
+/// it must only enqueue.
+pub trait SideSink: Send + Sync {
+    fn deliver_aac(&self, stream: &Arc<Stream>, aac: &Arc<SourceAac>);
+}
+
+#[derive(Default)]
+pub(super) struct SideTracks {
+    sinks: Mutex<Arc<Vec<(u64, Arc<dyn SideSink>)>>>,
+}
+
+impl Stream {
+    pub fn attach_side_sink(&self, id: u64, sink: Arc<dyn SideSink>) {
+        let mut s = self.side.sinks.lock();
+        Arc::make_mut(&mut s).push((id, sink));
+    }
+
+    pub fn detach_side_sink(&self, id: u64) {
+        let mut s = self.side.sinks.lock();
+        Arc::make_mut(&mut s).retain(|(i, _)| *i != id);
+    }
+}
+
+impl Publisher {
+    /// Hands the publisher's original AAC to side sinks; `pub_ms` is on the
+    /// publisher's clock, as for [`Publisher::push_video`].
+    pub fn push_source_aac(
+        &self,
+        pub_ms: i64,
+        config: &Bytes,
+        payload: &Bytes,
+    ) -> Result<(), PushError> {
+        let sinks = self.stream.side.sinks.lock().clone();
+        if sinks.is_empty() {
+            return Ok(());
+        }
+        self.check_size(payload.len())?;
+        let stream_ms = {
+            let mut st = self.current()?;
+            st.timeline.map(pub_ms, std::time::Instant::now()).0
+        };
+        let aac = Arc::new(SourceAac {
+            config: config.clone(),
+            payload: payload.clone(),
+            rtp_time_90k: (stream_ms * 90) as u32,
+            publisher: self.id,
+        });
+        for (_, s) in sinks.iter() {
+            s.deliver_aac(&self.stream, &aac);
+        }
+        Ok(())
+    }
+}
