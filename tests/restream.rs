@@ -1,0 +1,429 @@
+//! Restreaming to two real RTMP servers on loopback standing in for the
+//! platforms: Debian's nginx with its RTMP module (recording what it gets)
+//! and ffmpeg in listen mode (writing what it gets to an FLV file).
+//! ffmpeg publishes H.264 + AAC 44.1 kHz over RTMP; both destinations get
+//! H.264 + AAC (ffprobe on their recordings, with the duration); nginx is
+//! stopped and started again and the push reconnects and resumes; a WHIP
+//! VP8 publisher is refused per destination with the reason; a WHIP H.264
+//! publisher is restreamed; the destination keys appear in no log line and
+//! no API answer.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::publishers::{WhipOpts, aiortc_publisher};
+use common::synapse::free_port;
+use common::*;
+use serde_json::Value;
+
+const NGINX_KEY: &str = "nginx-dest-key-5f1c9a7e3b";
+const LISTEN_KEY: &str = "listen-dest-key-9d2e4b6a8c";
+
+fn nginx_bin() -> PathBuf {
+    std::env::var_os("ROOMCAST_TEST_NGINX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
+}
+
+const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+
+/// nginx with the RTMP module, recording every publish to `rec/` (a new
+/// file per publish); stopped on drop.
+struct NginxRtmp {
+    child: Option<Child>,
+    dir: TempDir,
+    port: u16,
+}
+
+impl NginxRtmp {
+    fn start() -> NginxRtmp {
+        assert!(
+            Path::new(RTMP_MODULE).exists(),
+            "{RTMP_MODULE} not found: apt-get install -y libnginx-mod-rtmp"
+        );
+        let dir = TempDir::new("nginx-rtmp");
+        let port = free_port();
+        let d = dir.path().display().to_string();
+        std::fs::create_dir_all(dir.path().join("rec")).unwrap();
+        // nginx's workers drop to another user (nobody) when run as root.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(dir.path(), 0o755).unwrap();
+        mode(&dir.path().join("rec"), 0o777).unwrap();
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            format!(
+                "load_module {RTMP_MODULE};\nworker_processes 1;\npid {d}/nginx.pid;\n\
+                 error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
+                 rtmp {{\n  server {{\n    listen 127.0.0.1:{port};\n    \
+                 application live {{\n      live on;\n      record all;\n      \
+                 record_path {d}/rec;\n      record_unique on;\n    }}\n  }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let mut n = NginxRtmp {
+            child: None,
+            dir,
+            port,
+        };
+        n.run();
+        n
+    }
+
+    fn run(&mut self) {
+        let p = self.dir.path();
+        let child = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(p)
+            .arg("-e")
+            .arg(p.join("error.log"))
+            .arg("-c")
+            .arg(p.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run nginx (apt-get install -y nginx libnginx-mod-rtmp)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("nginx-rtmp listening", Duration::from_secs(20), || {
+            if let Some(Ok(Some(s))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("nginx exited ({s}): {}", self.error_log());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+    }
+
+    /// SIGTERM (a graceful SIGQUIT would wait for the RTMP sessions to end).
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        if !poll_until(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("rtmp://127.0.0.1:{}/live", self.port)
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    fn recordings(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("rec"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for NginxRtmp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `ffmpeg -listen 1`: an RTMP server for one publish, copied to an FLV file.
+struct FfmpegListen {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+    log: std::sync::Arc<Lines>,
+    _dir: TempDir,
+}
+
+impl FfmpegListen {
+    fn start() -> FfmpegListen {
+        let dir = TempDir::new("ffmpeg-listen");
+        let port = free_port();
+        let out = dir.path().join("got.flv");
+        let mut child = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-nostats",
+                "-loglevel",
+                "info",
+                "-listen",
+                "1",
+            ])
+            .arg("-i")
+            .arg(format!("rtmp://127.0.0.1:{port}/app/{LISTEN_KEY}"))
+            .args(["-c", "copy", "-f", "flv", "-y"])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ffmpeg");
+        let log = std::sync::Arc::new(Lines::default());
+        drain(child.stderr.take().unwrap(), log.clone());
+        // Not by connecting: ffmpeg takes one connection only.
+        wait_until("ffmpeg listening", Duration::from_secs(20), || {
+            is_listening(port).then_some(())
+        });
+        FfmpegListen {
+            child,
+            port,
+            out,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("rtmp://127.0.0.1:{}/app", self.port)
+    }
+}
+
+/// Whether a TCP socket listens on 127.0.0.1:`port` (from /proc/net/tcp).
+fn is_listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+}
+
+impl Drop for FfmpegListen {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ffprobe's view of a recording: codec names and the duration in seconds.
+fn probe(file: &Path) -> (Vec<String>, f64, Value) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries"])
+        .arg("stream=codec_type,codec_name,sample_rate,profile:format=duration")
+        .args(["-of", "json"])
+        .arg(file)
+        .output()
+        .expect("run ffprobe");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let codecs = v["streams"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["codec_name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let duration = v["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    (codecs, duration, v)
+}
+
+fn status(server: &Server) -> Value {
+    let r = server.get(&format!("/api/v1/streams/{STREAM}/restream"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    for key in [NGINX_KEY, LISTEN_KEY] {
+        assert!(!text.contains(key), "a destination key in the API: {text}");
+    }
+    r.json().unwrap()
+}
+
+fn dest<'a>(status: &'a Value, label: &str) -> &'a Value {
+    status["destinations"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["label"] == label))
+        .unwrap_or_else(|| panic!("no destination {label} in {status}"))
+}
+
+fn wait_state(server: &Server, label: &str, state: &str, timeout: Duration) -> Value {
+    wait_until(&format!("{label} {state}"), timeout, || {
+        let s = status(server);
+        (dest(&s, label)["state"] == state).then(|| dest(&s, label).clone())
+    })
+}
+
+fn server_with_destinations(nginx: &str, listen: &str) -> Server {
+    Server::start_with(ServerOpts {
+        streams: vec![(STREAM.to_string(), random_hex())],
+        extra_toml: format!(
+            "[[streams.restream]]\nlabel = \"nginx\"\nurl = \"{nginx}\"\nkey = \"{NGINX_KEY}\"\n\
+             [[streams.restream]]\nlabel = \"listen\"\nurl = \"{listen}\"\nkey = \"{LISTEN_KEY}\"\n"
+        ),
+        ..ServerOpts::default()
+    })
+}
+
+fn assert_no_destination_key_logged(server: &Server) {
+    for line in server.log_lines() {
+        for key in [NGINX_KEY, LISTEN_KEY] {
+            assert!(!line.contains(key), "a destination key in the log: {line}");
+        }
+    }
+}
+
+#[test]
+fn rtmp_publish_is_pushed_to_nginx_and_ffmpeg_with_aac_and_survives_a_destination_restart() {
+    let _g = serial();
+    let mut nginx = NginxRtmp::start();
+    let mut listen = FfmpegListen::start();
+    let server = server_with_destinations(&nginx.url(), &listen.url());
+    let s = status(&server);
+    assert_eq!(dest(&s, "nginx")["state"], "idle", "{s}");
+    assert_eq!(dest(&s, "nginx")["key"], "••••••••3b", "{s}");
+
+    let mut publisher = Publisher::ffmpeg(
+        &server.publish_url(STREAM),
+        FfmpegOpts {
+            sample_rate: 44_100,
+            ..FfmpegOpts::small()
+        },
+    );
+    server.wait_live(STREAM, Duration::from_secs(20));
+    wait_state(&server, "nginx", "live", Duration::from_secs(20));
+    wait_state(&server, "listen", "live", Duration::from_secs(20));
+
+    // nginx stops and comes back: the push reconnects and resumes (a second
+    // recording), and reports the outage in between.
+    wait_until("nginx recording 3 s", Duration::from_secs(30), || {
+        let r = nginx.recordings();
+        (r.len() == 1 && probe(&r[0]).1 >= 3.0).then_some(())
+    });
+    nginx.stop();
+    let d = wait_state(&server, "nginx", "reconnecting", Duration::from_secs(15));
+    assert!(d["attempt"].as_u64().unwrap() >= 1, "{d}");
+    assert!(d["error"].as_str().is_some(), "{d}");
+    assert_eq!(
+        dest(&status(&server), "listen")["state"],
+        "live",
+        "one destination's outage leaves the other alone"
+    );
+    nginx.run();
+    wait_state(&server, "nginx", "live", Duration::from_secs(30));
+    wait_until(
+        "nginx's second recording 3 s",
+        Duration::from_secs(30),
+        || {
+            let r = nginx.recordings();
+            (r.len() == 2 && probe(&r[1]).1 >= 3.0).then_some(())
+        },
+    );
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains(&format!(
+            "roomcast_restream_up{{stream=\"{STREAM}\",destination=\"nginx\",state=\"live\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let s = status(&server);
+    assert!(
+        dest(&s, "listen")["bitrate_kbps"].as_u64().unwrap() > 50,
+        "{s}"
+    );
+
+    publisher.stop(Duration::from_secs(10));
+    wait_state(&server, "nginx", "idle", Duration::from_secs(15));
+    // The push ended: ffmpeg's input closed and it finishes its file.
+    assert!(
+        poll_until(Duration::from_secs(15), || matches!(
+            listen.child.try_wait(),
+            Ok(Some(_))
+        )),
+        "ffmpeg listen did not finish: {}",
+        listen.log.tail(20)
+    );
+    nginx.stop();
+
+    for file in nginx.recordings().iter().chain([&listen.out]) {
+        let (codecs, duration, v) = probe(file);
+        assert!(
+            codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
+            "{}: {v}",
+            file.display()
+        );
+        assert!(duration >= 3.0, "{}: {duration} s: {v}", file.display());
+        let aac = v["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["codec_name"] == "aac")
+            .unwrap();
+        assert_eq!(aac["sample_rate"], "44100", "the publisher's own AAC: {v}");
+    }
+    let (_, listen_duration, _) = probe(&listen.out);
+    assert!(
+        listen_duration >= 8.0,
+        "ffmpeg listen got {listen_duration} s"
+    );
+    assert_no_destination_key_logged(&server);
+    server.assert_no_key_logged();
+}
+
+#[test]
+fn whip_vp8_is_refused_per_destination_and_whip_h264_is_pushed() {
+    let _g = serial();
+    let nginx = NginxRtmp::start();
+    let server = server_with_destinations(&nginx.url(), "rtmp://127.0.0.1:9/unused");
+
+    let mut vp8 = aiortc_publisher(
+        &server.whip_url(STREAM),
+        WhipOpts {
+            codec: "VP8",
+            key: Some(server.key(STREAM).to_string()),
+            ..WhipOpts::default()
+        },
+    );
+    server.wait_live(STREAM, Duration::from_secs(30));
+    let d = wait_state(&server, "nginx", "failed", Duration::from_secs(20));
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("nginx needs H.264") && reason.contains("VP8"),
+        "{reason}"
+    );
+    let d = wait_state(&server, "listen", "failed", Duration::from_secs(20));
+    assert!(
+        d["reason"].as_str().unwrap().contains("listen needs H.264"),
+        "{d}"
+    );
+    assert!(nginx.recordings().is_empty(), "nothing was sent to nginx");
+    vp8.stop(Duration::from_secs(10));
+    wait_state(&server, "nginx", "idle", Duration::from_secs(15));
+
+    let mut h264 = aiortc_publisher(
+        &server.whip_url(STREAM),
+        WhipOpts {
+            codec: "H264",
+            key: Some(server.key(STREAM).to_string()),
+            ..WhipOpts::default()
+        },
+    );
+    wait_state(&server, "nginx", "live", Duration::from_secs(30));
+    wait_until(
+        "nginx recording 3 s of WHIP",
+        Duration::from_secs(30),
+        || {
+            let r = nginx.recordings();
+            (r.len() == 1 && probe(&r[0]).1 >= 3.0).then_some(())
+        },
+    );
+    h264.stop(Duration::from_secs(10));
+    wait_state(&server, "nginx", "idle", Duration::from_secs(15));
+    let (codecs, duration, v) = probe(&nginx.recordings()[0]);
+    assert!(codecs.contains(&"h264".to_string()), "{v}");
+    assert!(duration >= 3.0, "{v}");
+    assert_no_destination_key_logged(&server);
+}
