@@ -383,12 +383,17 @@ pub struct RestreamDestinationConfig {
 pub struct RestreamConfig {
     /// Bytes a push may fall behind before it skips to the next keyframe.
     pub queue_bytes: usize,
+    /// The secret that seals destination keys in the database (64 hex
+    /// characters, mode 0600; created on first use). Relative paths are
+    /// from the config file's directory. Default: `restream.secret`.
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RestreamConfig {
     fn default() -> Self {
         RestreamConfig {
             queue_bytes: crate::restream::DEFAULT_QUEUE_BYTES,
+            secret_file: None,
         }
     }
 }

@@ -234,9 +234,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let restream = crate::restream::Restreamer::new(hub.clone(), config.restream.queue_bytes);
     for s in &config.streams {
-        restream.set_destinations(&s.name, crate::restream::from_config(&s.restream));
+        restream.set_config_destinations(&s.name, crate::restream::from_config(&s.restream));
     }
+    let secret_file = {
+        let f = (config.restream.secret_file.clone())
+            .unwrap_or_else(|| std::path::PathBuf::from("restream.secret"));
+        match &config.dir {
+            Some(d) if f.is_relative() => d.join(f),
+            _ => f,
+        }
+    };
+    restream
+        .load_stored(store.clone(), secret_file)
+        .await
+        .context("loading restream destinations")?;
     restream.spawn();
+    if let Some(m) = &matrix {
+        m.set_restreamer(restream.clone());
+    }
     let app = Arc::new(App {
         restream,
         config,

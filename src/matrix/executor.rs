@@ -215,6 +215,7 @@ impl Matrix {
                     | Command::Detach { .. }
                     | Command::Link { .. }
                     | Command::Attach { room: Some(_), .. }
+                    | Command::Restream { .. }
             )
         {
             // Room-level admin commands: the power is checked in this room.
@@ -226,6 +227,10 @@ impl Matrix {
             }
         }
         match cmd {
+            Command::Restream { action, name } => {
+                self.restream_command(room, sender, in_dm, action, name, event)
+                    .await
+            }
             c @ (Command::Follow { .. } | Command::Unfollow { .. }) => {
                 self.follow_command(room, sender, in_dm, c).await.map(Ok)
             }
@@ -565,5 +570,6 @@ fn command_name(c: &Command) -> &'static str {
         Command::Link { .. } => "link",
         Command::Follow { .. } => "follow",
         Command::Unfollow { .. } => "unfollow",
+        Command::Restream { .. } => "restream",
     }
 }

@@ -39,6 +39,7 @@ mod notices;
 pub mod permissions;
 mod power;
 pub mod registration;
+mod restream_cmd;
 mod resync;
 mod room_lost;
 mod room_map;
@@ -140,6 +141,8 @@ pub struct Matrix {
     on_demand: Mutex<chat::Limiter>,
     /// When an alias lookup was last refused for the rate (logged once a minute).
     on_demand_warned: Mutex<Option<std::time::Instant>>,
+    /// Restream destinations and health (`!live restream`), set at start-up.
+    restream: std::sync::OnceLock<Arc<crate::restream::Restreamer>>,
 }
 
 impl Matrix {
@@ -206,6 +209,7 @@ impl Matrix {
             // 3 at once, then one every 20 s.
             on_demand: Mutex::new(chat::Limiter::new(3.0, 1.0 / 20.0)),
             on_demand_warned: Mutex::new(None),
+            restream: std::sync::OnceLock::new(),
         };
         m.load_mapping().await?;
         m.store.prune_processed(7).await?;
@@ -313,6 +317,7 @@ impl Matrix {
         tokio::spawn(async move { me.watch_outages().await });
         let me = self.clone();
         tokio::spawn(async move { me.keep_claims().await });
+        tokio::spawn(self.clone().watch_restream());
     }
 
     async fn connect_loop(self: Arc<Self>) {

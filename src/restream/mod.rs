@@ -10,6 +10,8 @@ pub mod flv_mux;
 pub mod health;
 pub mod push;
 pub mod queue;
+pub mod secret;
+pub mod stored;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -70,6 +72,9 @@ pub struct Restreamer {
     health: Mutex<HashMap<(String, String), Arc<Health>>>,
     next_sink: AtomicU64,
     queue_bytes: usize,
+    /// Streams of the config file: their destinations are the file's.
+    config_streams: Mutex<std::collections::HashSet<String>>,
+    persist: std::sync::OnceLock<stored::Persist>,
 }
 
 impl Restreamer {
@@ -81,6 +86,8 @@ impl Restreamer {
             health: Mutex::new(HashMap::new()),
             next_sink: AtomicU64::new(SINK_ID_BASE),
             queue_bytes,
+            config_streams: Mutex::new(Default::default()),
+            persist: std::sync::OnceLock::new(),
         })
     }
 
@@ -91,6 +98,12 @@ impl Restreamer {
         if let Some(s) = self.hub.get(stream) {
             self.reconcile(&s);
         }
+    }
+
+    /// A config-file stream's destinations (only the file changes them).
+    pub fn set_config_destinations(&self, stream: &str, dests: Vec<Destination>) {
+        self.config_streams.lock().insert(stream.to_string());
+        self.set_destinations(stream, dests);
     }
 
     pub fn destinations(&self, stream: &str) -> Vec<Destination> {

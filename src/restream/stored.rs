@@ -1,0 +1,201 @@
+//! Destinations kept in the database (set by `!live restream` or the API),
+//! their keys sealed; those of config-file streams come from the file and
+//! cannot be changed from outside it.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use tracing::{info, warn};
+
+use super::Restreamer;
+use super::dest::{Destination, SecretKey, Target, valid_label};
+use super::secret::Sealer;
+use crate::store::Store;
+use crate::store::restream::DestinationRow;
+
+/// Most destinations a stream may have (each is a connection and a queue).
+pub const MAX_DESTINATIONS: usize = 8;
+
+pub(super) struct Persist {
+    pub store: Store,
+    pub secret_file: PathBuf,
+    pub sealer: OnceLock<Sealer>,
+}
+
+impl Persist {
+    fn sealer(&self) -> Result<&Sealer, String> {
+        if let Some(s) = self.sealer.get() {
+            return Ok(s);
+        }
+        let s = Sealer::from_file(&self.secret_file).map_err(|e| {
+            warn!("restream: {e}");
+            "The restream secret file cannot be used (the server log says why).".to_string()
+        })?;
+        Ok(self.sealer.get_or_init(|| s))
+    }
+}
+
+/// Why a change was refused, in words for the user.
+pub type Refusal = String;
+
+impl Restreamer {
+    /// Loads the stored destinations (config-file streams keep the file's).
+    pub async fn load_stored(&self, store: Store, secret_file: PathBuf) -> anyhow::Result<()> {
+        let rows = store.restream_destinations().await?;
+        let persist = Persist {
+            store,
+            secret_file,
+            sealer: OnceLock::new(),
+        };
+        let mut by_stream: std::collections::HashMap<String, Vec<Destination>> = Default::default();
+        for r in rows {
+            if self.config_streams.lock().contains(&r.stream) {
+                continue;
+            }
+            // Logged by sealer(); the streams go on without these pushes.
+            let Ok(sealer) = persist.sealer() else { break };
+            match sealer.open(&r.stream, &r.label, &r.key_sealed) {
+                Ok(key) => by_stream
+                    .entry(r.stream.clone())
+                    .or_default()
+                    .push(Destination {
+                        label: r.label,
+                        url: r.url,
+                        key: SecretKey::new(key),
+                        enabled: r.enabled,
+                    }),
+                Err(e) => {
+                    warn!(stream = %r.stream, destination = %r.label, "restream: {e}; destination skipped")
+                }
+            }
+        }
+        let _ = self.persist.set(persist);
+        for (stream, dests) in by_stream {
+            info!(stream = %stream, destinations = dests.len(), "restream: destinations loaded");
+            self.set_destinations(&stream, dests);
+        }
+        Ok(())
+    }
+
+    fn persist(&self, stream: &str) -> Result<&Persist, Refusal> {
+        if self.config_streams.lock().contains(stream) {
+            return Err(format!(
+                "Stream '{stream}' is declared in the config file: its destinations are set there ([[streams.restream]])."
+            ));
+        }
+        self.persist
+            .get()
+            .ok_or_else(|| "Restream destinations cannot be stored here.".to_string())
+    }
+
+    /// Adds or replaces a destination. The key is sealed before it is stored.
+    pub async fn add(
+        &self,
+        stream: &str,
+        label: &str,
+        url: &str,
+        key: &str,
+        by: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let p = self.persist(stream)?;
+        if !valid_label(label) {
+            return Err("The label is 1–32 letters, digits, '-' or '_'.".into());
+        }
+        Target::parse(url).map_err(|e| format!("That URL won't do: {e}."))?;
+        if key.is_empty() || key.len() > 512 || key.chars().any(char::is_whitespace) {
+            return Err("The key is missing or not a single word.".into());
+        }
+        let mut dests = self.destinations(stream);
+        if !dests.iter().any(|d| d.label == label) && dests.len() >= MAX_DESTINATIONS {
+            return Err(format!(
+                "A stream has at most {MAX_DESTINATIONS} destinations; remove one first."
+            ));
+        }
+        let sealed = p.sealer()?.seal(stream, label, key);
+        p.store
+            .upsert_restream_destination(
+                &DestinationRow {
+                    stream: stream.to_string(),
+                    label: label.to_string(),
+                    url: url.to_string(),
+                    key_sealed: sealed,
+                    enabled: true,
+                },
+                by,
+            )
+            .await
+            .map_err(|e| {
+                warn!(
+                    stream,
+                    destination = label,
+                    "restream: storing a destination failed: {e}"
+                );
+                "The destination could not be stored; try again.".to_string()
+            })?;
+        dests.retain(|d| d.label != label);
+        dests.push(Destination {
+            label: label.to_string(),
+            url: url.to_string(),
+            key: SecretKey::new(key),
+            enabled: true,
+        });
+        dests.sort_by(|a, b| a.label.cmp(&b.label));
+        info!(
+            stream,
+            destination = label,
+            url,
+            "restream: destination set"
+        );
+        self.set_destinations(stream, dests);
+        Ok(())
+    }
+
+    pub async fn remove(&self, stream: &str, label: &str) -> Result<(), Refusal> {
+        let p = self.persist(stream)?;
+        let found = p
+            .store
+            .remove_restream_destination(stream, label)
+            .await
+            .map_err(|e| {
+                warn!(
+                    stream,
+                    destination = label,
+                    "restream: removing a destination failed: {e}"
+                );
+                "The destination could not be removed; try again.".to_string()
+            })?;
+        if !found {
+            return Err(format!("Stream '{stream}' has no destination '{label}'."));
+        }
+        let mut dests = self.destinations(stream);
+        dests.retain(|d| d.label != label);
+        info!(stream, destination = label, "restream: destination removed");
+        self.set_destinations(stream, dests);
+        Ok(())
+    }
+
+    pub async fn set_enabled(&self, stream: &str, label: &str, on: bool) -> Result<(), Refusal> {
+        let p = self.persist(stream)?;
+        let found = p
+            .store
+            .set_restream_enabled(stream, label, on)
+            .await
+            .map_err(|e| {
+                warn!(
+                    stream,
+                    destination = label,
+                    "restream: updating a destination failed: {e}"
+                );
+                "The destination could not be changed; try again.".to_string()
+            })?;
+        if !found {
+            return Err(format!("Stream '{stream}' has no destination '{label}'."));
+        }
+        let mut dests = self.destinations(stream);
+        for d in dests.iter_mut().filter(|d| d.label == label) {
+            d.enabled = on;
+        }
+        self.set_destinations(stream, dests);
+        Ok(())
+    }
+}
