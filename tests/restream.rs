@@ -10,228 +10,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::publishers::{WhipOpts, aiortc_publisher};
-use common::synapse::free_port;
+use common::restream::*;
 use common::*;
 use serde_json::Value;
 
 const NGINX_KEY: &str = "nginx-dest-key-5f1c9a7e3b";
 const LISTEN_KEY: &str = "listen-dest-key-9d2e4b6a8c";
-
-fn nginx_bin() -> PathBuf {
-    std::env::var_os("ROOMCAST_TEST_NGINX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
-}
-
-const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
-
-/// nginx with the RTMP module, recording every publish to `rec/` (a new
-/// file per publish); stopped on drop.
-struct NginxRtmp {
-    child: Option<Child>,
-    dir: TempDir,
-    port: u16,
-}
-
-impl NginxRtmp {
-    fn start() -> NginxRtmp {
-        assert!(
-            Path::new(RTMP_MODULE).exists(),
-            "{RTMP_MODULE} not found: apt-get install -y libnginx-mod-rtmp"
-        );
-        let dir = TempDir::new("nginx-rtmp");
-        let port = free_port();
-        let d = dir.path().display().to_string();
-        std::fs::create_dir_all(dir.path().join("rec")).unwrap();
-        // nginx's workers drop to another user (nobody) when run as root.
-        use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
-        mode(dir.path(), 0o755).unwrap();
-        mode(&dir.path().join("rec"), 0o777).unwrap();
-        std::fs::write(
-            dir.path().join("nginx.conf"),
-            format!(
-                "load_module {RTMP_MODULE};\nworker_processes 1;\npid {d}/nginx.pid;\n\
-                 error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
-                 rtmp {{\n  server {{\n    listen 127.0.0.1:{port};\n    \
-                 application live {{\n      live on;\n      record all;\n      \
-                 record_path {d}/rec;\n      record_unique on;\n    }}\n  }}\n}}\n"
-            ),
-        )
-        .unwrap();
-        let mut n = NginxRtmp {
-            child: None,
-            dir,
-            port,
-        };
-        n.run();
-        n
-    }
-
-    fn run(&mut self) {
-        let p = self.dir.path();
-        let child = Command::new(nginx_bin())
-            .arg("-p")
-            .arg(p)
-            .arg("-e")
-            .arg(p.join("error.log"))
-            .arg("-c")
-            .arg(p.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run nginx (apt-get install -y nginx libnginx-mod-rtmp)");
-        self.child = Some(child);
-        let port = self.port;
-        wait_until("nginx-rtmp listening", Duration::from_secs(20), || {
-            if let Some(Ok(Some(s))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("nginx exited ({s}): {}", self.error_log());
-            }
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        });
-    }
-
-    /// SIGTERM (a graceful SIGQUIT would wait for the RTMP sessions to end).
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        if !poll_until(Duration::from_secs(10), || {
-            matches!(child.try_wait(), Ok(Some(_)))
-        }) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("rtmp://127.0.0.1:{}/live", self.port)
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-
-    fn recordings(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("rec"))
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for NginxRtmp {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `ffmpeg -listen 1`: an RTMP server for one publish, copied to an FLV file.
-struct FfmpegListen {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-    log: std::sync::Arc<Lines>,
-    _dir: TempDir,
-}
-
-impl FfmpegListen {
-    fn start() -> FfmpegListen {
-        let dir = TempDir::new("ffmpeg-listen");
-        let port = free_port();
-        let out = dir.path().join("got.flv");
-        let mut child = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-nostats",
-                "-loglevel",
-                "info",
-                "-listen",
-                "1",
-            ])
-            .arg("-i")
-            .arg(format!("rtmp://127.0.0.1:{port}/app/{LISTEN_KEY}"))
-            .args(["-c", "copy", "-f", "flv", "-y"])
-            .arg(&out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ffmpeg");
-        let log = std::sync::Arc::new(Lines::default());
-        drain(child.stderr.take().unwrap(), log.clone());
-        // Not by connecting: ffmpeg takes one connection only.
-        wait_until("ffmpeg listening", Duration::from_secs(20), || {
-            is_listening(port).then_some(())
-        });
-        FfmpegListen {
-            child,
-            port,
-            out,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("rtmp://127.0.0.1:{}/app", self.port)
-    }
-}
-
-/// Whether a TCP socket listens on 127.0.0.1:`port` (from /proc/net/tcp).
-fn is_listening(port: u16) -> bool {
-    let want = format!("0100007F:{port:04X}");
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1] == want && f[3] == "0A"
-        })
-}
-
-impl Drop for FfmpegListen {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// ffprobe's view of a recording: codec names and the duration in seconds.
-fn probe(file: &Path) -> (Vec<String>, f64, Value) {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries"])
-        .arg("stream=codec_type,codec_name,sample_rate,profile:format=duration")
-        .args(["-of", "json"])
-        .arg(file)
-        .output()
-        .expect("run ffprobe");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let codecs = v["streams"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["codec_name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let duration = v["format"]["duration"]
-        .as_str()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0.0);
-    (codecs, duration, v)
-}
 
 fn status(server: &Server) -> Value {
     let r = server.get(&format!("/api/v1/streams/{STREAM}/restream"));
@@ -280,7 +67,7 @@ fn assert_no_destination_key_logged(server: &Server) {
 fn rtmp_publish_is_pushed_to_nginx_and_ffmpeg_with_aac_and_survives_a_destination_restart() {
     let _g = serial();
     let mut nginx = NginxRtmp::start();
-    let mut listen = FfmpegListen::start();
+    let mut listen = FfmpegListen::start(LISTEN_KEY);
     let server = server_with_destinations(&nginx.url(), &listen.url());
     let s = status(&server);
     assert_eq!(dest(&s, "nginx")["state"], "idle", "{s}");

@@ -86,27 +86,45 @@ impl Matrix {
                         "Stream '{stream}' is not restreamed. DM me `!live restream add <label> <rtmp(s)://server/app> <key> {stream}`."
                     )
                 } else {
-                    let lines: Vec<String> = list.iter().map(|d| format!("• {}", describe(d))).collect();
+                    let lines: Vec<String> =
+                        list.iter().map(|d| format!("• {}", describe(d))).collect();
                     format!("Restreams of '{stream}':\n{}", lines.join("\n"))
                 };
                 self.reply(room, &text).await;
                 return Ok(Ok(()));
             }
-            Restream::Add { label, url, key } => restreamer
-                .add(stream, &label, &url, key.expose(), Some(sender))
-                .await
-                .map(|_| format!(
+            Restream::Add { label, url, key } => {
+                let Some(clear) = restreamer.open_in_transit(&label, key.expose()) else {
+                    return Ok(Err(
+                        "That key could not be read back; send the command again.".into(),
+                    ));
+                };
+                let r = restreamer
+                    .add(stream, &label, &url, &clear, Some(sender))
+                    .await;
+                // Stored sealed: the clear key need not stay in the chat's history.
+                if r.is_ok()
+                    && let Some(ev) = event
+                {
+                    self.redact_quietly(room, ev).await;
+                }
+                r.map(|_| format!(
                     "'{stream}' will be pushed to {label} ({url}, key {}) while it is live. `!live restream {stream}` shows how it goes.",
-                    key.masked()
-                )),
+                    crate::restream::dest::SecretKey::new(clear).masked()
+                ))
+            }
             Restream::Remove { label } => restreamer
                 .remove(stream, &label)
                 .await
                 .map(|_| format!("'{stream}' is no longer pushed to {label}.")),
-            Restream::Enable { label, on } => restreamer
-                .set_enabled(stream, &label, on)
-                .await
-                .map(|_| format!("Restream of '{stream}' to {label} is {}.", if on { "on" } else { "off" })),
+            Restream::Enable { label, on } => {
+                restreamer.set_enabled(stream, &label, on).await.map(|_| {
+                    format!(
+                        "Restream of '{stream}' to {label} is {}.",
+                        if on { "on" } else { "off" }
+                    )
+                })
+            }
         };
         match done {
             Ok(text) => {
@@ -116,6 +134,43 @@ impl Matrix {
             }
             Err(refusal) => Ok(Err(refusal)),
         }
+    }
+
+    /// A `!live restream add` event with its key sealed (and no HTML body,
+    /// which would repeat it), so neither the inbox nor the pages' chat
+    /// store the key in clear. Other events are returned as they are.
+    pub(super) fn seal_command_key(&self, ev: &super::Ev) -> Option<super::Ev> {
+        let body = ev.content["body"].as_str()?;
+        let super::commands::Parsed::Command(super::commands::Command::Restream {
+            action: Restream::Add { label, key, .. },
+            ..
+        }) = super::commands::parse(body)
+        else {
+            return None;
+        };
+        let replacement = self
+            .restream
+            .get()
+            .and_then(|r| r.seal_in_transit(&label, key.expose()))
+            .unwrap_or_else(|| "(key withheld)".to_string());
+        let words: Vec<&str> = body.split_whitespace().collect();
+        let sealed_body: Vec<&str> = words
+            .iter()
+            .map(|w| {
+                if *w == key.expose() {
+                    replacement.as_str()
+                } else {
+                    w
+                }
+            })
+            .collect();
+        let mut ev = ev.clone();
+        ev.content["body"] = serde_json::Value::String(sealed_body.join(" "));
+        if let Some(o) = ev.content.as_object_mut() {
+            o.remove("formatted_body");
+            o.remove("format");
+        }
+        Some(ev)
     }
 
     async fn redact_quietly(&self, room: &str, event: &str) {

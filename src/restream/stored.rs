@@ -199,3 +199,29 @@ impl Restreamer {
         Ok(())
     }
 }
+
+/// What stands for a key sealed in transit (see [`Restreamer::seal_in_transit`]).
+pub const SEALED_PREFIX: &str = "sealed:";
+/// The row a key sealed in transit is bound to: no real stream has this name.
+const IN_TRANSIT: &str = "\0in-transit";
+
+impl Restreamer {
+    /// Seals a key that arrived in a command, before the command is stored
+    /// (the appservice's inbox keeps events until they are processed), so
+    /// the database never holds it in clear. `None`: no usable secret.
+    pub fn seal_in_transit(&self, label: &str, key: &str) -> Option<String> {
+        let p = self.persist.get()?;
+        let sealed = p.sealer().ok()?.seal(IN_TRANSIT, label, key);
+        Some(format!("{SEALED_PREFIX}{sealed}"))
+    }
+
+    /// The key of a command whose key was sealed in transit; a key that was
+    /// not sealed passes as it is.
+    pub fn open_in_transit(&self, label: &str, key: &str) -> Option<String> {
+        let Some(sealed) = key.strip_prefix(SEALED_PREFIX) else {
+            return Some(key.to_string());
+        };
+        let p = self.persist.get()?;
+        p.sealer().ok()?.open(IN_TRANSIT, label, sealed).ok()
+    }
+}

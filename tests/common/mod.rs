@@ -22,6 +22,7 @@ pub mod matrix;
 pub mod postgres;
 pub mod publishers;
 pub mod raw_rtmp;
+pub mod restream;
 pub mod rtc_client;
 pub mod rtmp;
 pub mod stop;
