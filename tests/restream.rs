@@ -5,7 +5,7 @@
 //! H.264 + AAC (ffprobe on their recordings, with the duration); nginx is
 //! stopped and started again and the push reconnects and resumes; a WHIP
 //! VP8 publisher is refused per destination with the reason; a WHIP H.264
-//! publisher is restreamed; the destination keys appear in no log line and
+//! + Opus publisher is restreamed with AAC audio (Opus→AAC); the destination keys appear in no log line and
 //! no API answer.
 
 mod common;
@@ -210,7 +210,10 @@ fn whip_vp8_is_refused_per_destination_and_whip_h264_is_pushed() {
     h264.stop(Duration::from_secs(10));
     wait_state(&server, "nginx", "idle", Duration::from_secs(15));
     let (codecs, duration, v) = probe(&nginx.recordings()[0]);
-    assert!(codecs.contains(&"h264".to_string()), "{v}");
+    assert!(
+        codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
+        "H.264 passed through and the Opus transcoded to AAC: {v}"
+    );
     assert!(duration >= 3.0, "{v}");
     assert_no_destination_key_logged(&server);
 }

@@ -43,6 +43,15 @@ impl Stream {
         Arc::make_mut(&mut s).push((id, sink));
     }
 
+    /// Hands side-track AAC made from this stream's own media (a WHIP
+    /// publisher's Opus, transcoded once per stream) to the side sinks.
+    pub fn deliver_side_aac(self: &Arc<Self>, aac: &Arc<SourceAac>) {
+        let sinks = self.side.sinks.lock().clone();
+        for (_, s) in sinks.iter() {
+            s.deliver_aac(self, aac);
+        }
+    }
+
     pub fn detach_side_sink(&self, id: u64) {
         let mut s = self.side.sinks.lock();
         Arc::make_mut(&mut s).retain(|(i, _)| *i != id);

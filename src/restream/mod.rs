@@ -8,6 +8,7 @@
 pub mod dest;
 pub mod flv_mux;
 pub mod health;
+pub mod opus_aac;
 pub mod push;
 pub mod queue;
 pub mod secret;
@@ -72,6 +73,8 @@ pub struct Restreamer {
     health: Mutex<HashMap<(String, String), Arc<Health>>>,
     next_sink: AtomicU64,
     queue_bytes: usize,
+    /// Opus→AAC per stream with pushes (used when its publisher is WHIP).
+    transcoders: Mutex<HashMap<String, (JoinHandle<()>, u64, Arc<Stream>)>>,
     /// Streams of the config file: their destinations are the file's.
     config_streams: Mutex<std::collections::HashSet<String>>,
     persist: std::sync::OnceLock<stored::Persist>,
@@ -86,6 +89,7 @@ impl Restreamer {
             health: Mutex::new(HashMap::new()),
             next_sink: AtomicU64::new(SINK_ID_BASE),
             queue_bytes,
+            transcoders: Mutex::new(HashMap::new()),
             config_streams: Mutex::new(Default::default()),
             persist: std::sync::OnceLock::new(),
         })
@@ -162,6 +166,21 @@ impl Restreamer {
                 h.set(PushState::Off);
             } else if !live {
                 h.set(PushState::Idle);
+            }
+        }
+        {
+            // One Opus→AAC per stream while it has pushes; it idles for RTMP
+            // publishers, whose own AAC rides the side track.
+            let mut t = self.transcoders.lock();
+            if wanted.is_empty() {
+                if let Some((task, sink_id, s)) = t.remove(&stream.name) {
+                    task.abort();
+                    s.detach_sink(sink_id);
+                }
+            } else if !t.contains_key(&stream.name) {
+                let sink_id = self.next_sink.fetch_add(1, Ordering::Relaxed);
+                let task = opus_aac::spawn(stream, sink_id);
+                t.insert(stream.name.clone(), (task, sink_id, stream.clone()));
             }
         }
         for d in wanted {
@@ -287,6 +306,10 @@ impl Restreamer {
     pub fn stop_all(&self) {
         for (_, r) in self.running.lock().drain() {
             r.stop();
+        }
+        for (_, (task, sink_id, s)) in self.transcoders.lock().drain() {
+            task.abort();
+            s.detach_sink(sink_id);
         }
     }
 }
