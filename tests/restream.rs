@@ -3,10 +3,12 @@
 //! and ffmpeg in listen mode (writing what it gets to an FLV file).
 //! ffmpeg publishes H.264 + AAC 44.1 kHz over RTMP; both destinations get
 //! H.264 + AAC (ffprobe on their recordings, with the duration); nginx is
-//! stopped and started again and the push reconnects and resumes; a WHIP
-//! VP8 publisher is refused per destination with the reason; a WHIP H.264
-//! + Opus publisher is restreamed with AAC audio (Opus→AAC); the destination keys appear in no log line and
-//! no API answer.
+//! stopped and started again and the push reconnects and resumes; a
+//! publisher takeover continues the pushes on their connections; a WHIP
+//! VP8 publisher is refused per destination with the reason; a WHIP
+//! H.264 and Opus publisher is restreamed with AAC audio (Opus→AAC); a
+//! config stream's destinations cannot be changed through the API; the
+//! destination keys appear in no log line and no API answer.
 
 mod common;
 
@@ -88,7 +90,7 @@ fn rtmp_publish_is_pushed_to_nginx_and_ffmpeg_with_aac_and_survives_a_destinatio
     // recording), and reports the outage in between.
     wait_until("nginx recording 3 s", Duration::from_secs(30), || {
         let r = nginx.recordings();
-        (r.len() == 1 && probe(&r[0]).1 >= 3.0).then_some(())
+        (r.len() == 1 && probe(&r[0]).1 >= 4.0).then_some(())
     });
     nginx.stop();
     let d = wait_state(&server, "nginx", "reconnecting", Duration::from_secs(15));
@@ -106,9 +108,21 @@ fn rtmp_publish_is_pushed_to_nginx_and_ffmpeg_with_aac_and_survives_a_destinatio
         Duration::from_secs(30),
         || {
             let r = nginx.recordings();
-            (r.len() == 2 && probe(&r[1]).1 >= 3.0).then_some(())
+            (r.len() == 2 && probe(&r[1]).1 >= 4.0).then_some(())
         },
     );
+    // A config-file stream's destinations are the file's: the API refuses.
+    let r = http::request(
+        "DELETE",
+        &server.url(&format!("/api/v1/streams/{STREAM}/restream/nginx")),
+        &[(
+            "Authorization",
+            format!("Bearer {}", server.key(STREAM)).as_str(),
+        )],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
     let metrics = server.get("/metrics").text();
     assert!(
         metrics.contains(&format!(
@@ -122,7 +136,40 @@ fn rtmp_publish_is_pushed_to_nginx_and_ffmpeg_with_aac_and_survives_a_destinatio
         "{s}"
     );
 
+    // A second publisher takes the stream over: the pushes go on over the
+    // same connections (no new push started), and bytes keep flowing.
+    let starts = |server: &Server| {
+        server
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("restream push starting"))
+            .count()
+    };
+    let starts_before = starts(&server);
+    let sent = |server: &Server| {
+        dest(&status(server), "listen")["bytes_sent"]
+            .as_u64()
+            .unwrap()
+    };
+    let sent_before = sent(&server);
+    let mut takeover = Publisher::ffmpeg(
+        &server.publish_url(STREAM),
+        FfmpegOpts {
+            sample_rate: 44_100,
+            ..FfmpegOpts::small()
+        },
+    );
+    server.wait_for_log(
+        "new publisher takes the stream over",
+        Duration::from_secs(20),
+    );
+    wait_until("bytes after the takeover", Duration::from_secs(20), || {
+        (sent(&server) > sent_before + 200_000).then_some(())
+    });
+    assert_eq!(dest(&status(&server), "listen")["state"], "live");
+    assert_eq!(starts(&server), starts_before, "the pushes continued");
     publisher.stop(Duration::from_secs(10));
+    takeover.stop(Duration::from_secs(10));
     wait_state(&server, "nginx", "idle", Duration::from_secs(15));
     // The push ended: ffmpeg's input closed and it finishes its file.
     assert!(
@@ -204,7 +251,7 @@ fn whip_vp8_is_refused_per_destination_and_whip_h264_is_pushed() {
         Duration::from_secs(30),
         || {
             let r = nginx.recordings();
-            (r.len() == 1 && probe(&r[0]).1 >= 3.0).then_some(())
+            (r.len() == 1 && probe(&r[0]).1 >= 4.0).then_some(())
         },
     );
     h264.stop(Duration::from_secs(10));

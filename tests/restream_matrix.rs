@@ -20,6 +20,7 @@ use serde_json::Value;
 
 const NGINX_KEY: &str = "mx-nginx-key-71c3e0a9f5d2";
 const LISTEN_KEY: &str = "mx-listen-key-4b8d2f6a1e9c";
+const API_KEY: &str = "mx-api-key-0c5e7a9b3d1f";
 const STATE_TYPE: &str = "io.roomcast.restream";
 
 fn restream_state(user: &MxUser, room: &str) -> Option<Value> {
@@ -125,7 +126,7 @@ fn restream_set_from_a_dm_pushes_to_both_destinations_and_the_room_sees_health_c
     // nginx goes away for several retries, then comes back.
     wait_until("nginx recording 2 s", Duration::from_secs(30), || {
         let r = nginx.recordings();
-        (r.len() == 1 && probe(&r[0]).1 >= 2.0).then_some(())
+        (r.len() == 1 && probe(&r[0]).1 >= 3.0).then_some(())
     });
     nginx.stop();
     wait_until("3 retries", Duration::from_secs(30), || {
@@ -170,7 +171,7 @@ fn restream_set_from_a_dm_pushes_to_both_destinations_and_the_room_sees_health_c
         Duration::from_secs(30),
         || {
             let r = nginx.recordings();
-            (r.len() == 2 && probe(&r[1]).1 >= 2.0).then_some(())
+            (r.len() == 2 && probe(&r[1]).1 >= 3.0).then_some(())
         },
     );
     publisher.stop(Duration::from_secs(10));
@@ -193,10 +194,55 @@ fn restream_set_from_a_dm_pushes_to_both_destinations_and_the_room_sees_health_c
         assert!(duration >= 2.0, "{}: {v}", file.display());
     }
 
+    // The API: the stream key manages destinations, a wrong one is refused.
+    let put = |bearer: &str| {
+        http::request(
+            "PUT",
+            &server.url("/api/v1/streams/show/restream/api-dest"),
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", format!("Bearer {bearer}").as_str()),
+            ],
+            Some(
+                format!(r#"{{"url":"rtmp://127.0.0.1:9/live","key":"{API_KEY}","enabled":false}}"#)
+                    .as_bytes(),
+            ),
+        )
+        .unwrap()
+    };
+    assert_eq!(put("not-the-stream-key-000000").status, 401);
+    let r = put(&key);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains(API_KEY), "{}", r.text());
+    let s = api_status(server);
+    let d = s["destinations"].as_array().unwrap();
+    assert_eq!(d.len(), 3, "{s}");
+    assert!(
+        d.iter()
+            .any(|d| d["label"] == "api-dest" && d["state"] == "off"),
+        "{s}"
+    );
+    let del = |bearer: &str| {
+        http::request(
+            "DELETE",
+            &server.url("/api/v1/streams/show/restream/api-dest"),
+            &[("Authorization", format!("Bearer {bearer}").as_str())],
+            None,
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(del("not-the-stream-key-000000"), 401);
+    assert_eq!(del(&key), 204);
+    assert_eq!(
+        api_status(server)["destinations"].as_array().unwrap().len(),
+        2
+    );
+
     // The keys: in no log line, no bot message, not in the database file.
     for line in server.log_lines() {
         assert!(
-            !line.contains(NGINX_KEY) && !line.contains(LISTEN_KEY),
+            !line.contains(NGINX_KEY) && !line.contains(LISTEN_KEY) && !line.contains(API_KEY),
             "key logged: {line}"
         );
     }
@@ -213,7 +259,7 @@ fn restream_set_from_a_dm_pushes_to_both_destinations_and_the_room_sees_health_c
         let bytes = std::fs::read(env.state.path().join(f)).unwrap_or_default();
         let hay = String::from_utf8_lossy(&bytes);
         assert!(
-            !hay.contains(NGINX_KEY) && !hay.contains(LISTEN_KEY),
+            !hay.contains(NGINX_KEY) && !hay.contains(LISTEN_KEY) && !hay.contains(API_KEY),
             "a key in clear in {f}"
         );
     }

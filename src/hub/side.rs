@@ -32,9 +32,12 @@ pub trait SideSink: Send + Sync {
     fn deliver_aac(&self, stream: &Arc<Stream>, aac: &Arc<SourceAac>);
 }
 
+/// Copied on write, as the viewers' sink list is.
+type SideSinks = Arc<Vec<(u64, Arc<dyn SideSink>)>>;
+
 #[derive(Default)]
 pub(super) struct SideTracks {
-    sinks: Mutex<Arc<Vec<(u64, Arc<dyn SideSink>)>>>,
+    sinks: Mutex<SideSinks>,
 }
 
 impl Stream {

@@ -50,6 +50,9 @@ impl Running {
     }
 }
 
+/// A stream's Opus→AAC task, its hub sink id and the stream.
+type Transcoder = (JoinHandle<()>, u64, Arc<Stream>);
+
 /// One destination as the API and `!live restream` show it: never the key.
 #[derive(Debug, Clone, Serialize)]
 pub struct DestinationStatus {
@@ -74,7 +77,7 @@ pub struct Restreamer {
     next_sink: AtomicU64,
     queue_bytes: usize,
     /// Opus→AAC per stream with pushes (used when its publisher is WHIP).
-    transcoders: Mutex<HashMap<String, (JoinHandle<()>, u64, Arc<Stream>)>>,
+    transcoders: Mutex<HashMap<String, Transcoder>>,
     /// Streams of the config file: their destinations are the file's.
     config_streams: Mutex<std::collections::HashSet<String>>,
     persist: std::sync::OnceLock<stored::Persist>,
@@ -108,6 +111,10 @@ impl Restreamer {
     pub fn set_config_destinations(&self, stream: &str, dests: Vec<Destination>) {
         self.config_streams.lock().insert(stream.to_string());
         self.set_destinations(stream, dests);
+    }
+
+    pub fn is_config_stream(&self, stream: &str) -> bool {
+        self.config_streams.lock().contains(stream)
     }
 
     pub fn destinations(&self, stream: &str) -> Vec<Destination> {

@@ -213,7 +213,11 @@ mod tests {
         let start = 480_000u32; // 10 s
         for i in 0..100u32 {
             let pcm: Vec<f32> = (0..960 * 2)
-                .map(|k| ((i * 960 + k as u32 / 2) as f32 * 440.0 * 6.283 / 48_000.0).sin() * 0.5)
+                .map(|k| {
+                    ((i * 960 + k as u32 / 2) as f32 * 440.0 * std::f32::consts::TAU / 48_000.0)
+                        .sin()
+                        * 0.5
+                })
                 .collect();
             let pkt = enc.encode_vec_float(&pcm, 4000).unwrap();
             t.push(start + i * 960, &pkt, |p, ts| out.push((p, ts)))

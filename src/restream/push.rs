@@ -225,9 +225,10 @@ impl Push {
                         session.publish_audio_data(body, RtmpTimestamp::new(ts_ms), false)
                     }
                 };
-                match r.map_err(|e| PushError::Protocol(format!("{e:?}")))? {
-                    ClientSessionResult::OutboundResponse(p) => out.extend_from_slice(&p.bytes),
-                    _ => {}
+                if let ClientSessionResult::OutboundResponse(p) =
+                    r.map_err(|e| PushError::Protocol(format!("{e:?}")))?
+                {
+                    out.extend_from_slice(&p.bytes);
                 }
             }
             if !out.is_empty() {
