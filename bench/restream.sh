@@ -4,11 +4,15 @@
 # destination, then with N destinations on a local nginx-rtmp (Debian's
 # libnginx-mod-rtmp, `live on`, nothing recorded); the difference in the
 # server's CPU time over the window, divided by N, is one push's cost.
-# Usage: bench/restream.sh [seconds] [pushes]
+# With `whip`, the publisher is aiortc over WHIP (H.264 + Opus, 640x360):
+# the difference then holds the stream's one Opus→AAC transcoder too.
+# Usage: bench/restream.sh [seconds] [pushes] [rtmp|whip]
 # BENCH_SERVER_BIN picks the binary (e.g. a debug build: say so with the figure).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SECS=${1:-20}
 N=${2:-4}
+MODE=${3:-rtmp}
+PY=${ROOMCAST_TEST_PYTHON:-$ROOT/.venv/bin/python}
 [[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
 ticks() { cat /proc/"$SERVER_PID"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'; }
 NGINX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -28,9 +32,20 @@ encode 2500 128
 
 # measure LABEL: publish, wait for the pushes, then one window of CPU time.
 measure() {
+  rm -f "$WORK/server.log" # start_server must not read the previous run's log
   start_server
-  loop_publish "$STREAM" "$KEY"
-  FFMPEG_PID=$LAST_PID
+  if [[ $MODE == whip ]]; then
+    "$PY" "$ROOT/tests/py/whip_publisher.py" "http://$HTTP/whip/$STREAM" --key "$KEY" \
+      --video-codec H264 >"$WORK/whip.log" 2>&1 &
+    FFMPEG_PID=$!
+    for _ in $(seq 1 200); do
+      curl -fs "http://$HTTP/api/v1/streams/$STREAM" | grep -q '"fps":' && break
+      sleep 0.1
+    done
+  else
+    loop_publish "$STREAM" "$KEY"
+    FFMPEG_PID=$LAST_PID
+  fi
   if [[ -n "${STREAM_EXTRA:-}" ]]; then
     for _ in $(seq 1 100); do
       [[ $(curl -fs "http://$HTTP/api/v1/streams/$STREAM/restream" | grep -o '"state":"live"' | wc -l) -ge $N ]] && break
@@ -50,4 +65,4 @@ STREAM_EXTRA=$(for i in $(seq 1 "$N"); do
 done)
 measure pushed
 awk -v b="$(cat "$WORK/base")" -v p="$(cat "$WORK/pushed")" -v n="$N" 'BEGIN {
-  printf "{\"bench\":\"restream_h264_passthrough\",\"pushes\":%d,\"window_s\":'"$SECS"',\"cores_without_pushes\":%.4f,\"cores_with_pushes\":%.4f,\"percent_of_one_core_per_push\":%.2f}\n", n, b, p, 100 * (p - b) / n }'
+  printf "{\"bench\":\"restream_'"$MODE"'\",\"pushes\":%d,\"window_s\":'"$SECS"',\"cores_without_pushes\":%.4f,\"cores_with_pushes\":%.4f,\"percent_of_one_core_per_push\":%.2f}\n", n, b, p, 100 * (p - b) / n }'
