@@ -387,6 +387,9 @@ pub struct RestreamConfig {
     /// characters, mode 0600; created on first use). Relative paths are
     /// from the config file's directory. Default: `restream.secret`.
     pub secret_file: Option<std::path::PathBuf>,
+    /// Extra trust roots (PEM) for RTMPS destinations with a private CA;
+    /// the system's roots are always trusted.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RestreamConfig {
@@ -394,6 +397,7 @@ impl Default for RestreamConfig {
         RestreamConfig {
             queue_bytes: crate::restream::DEFAULT_QUEUE_BYTES,
             secret_file: None,
+            ca_file: None,
         }
     }
 }

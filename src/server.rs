@@ -232,7 +232,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 }
             }));
     }
-    let restream = crate::restream::Restreamer::new(hub.clone(), config.restream.queue_bytes);
+    let restream = crate::restream::Restreamer::new(
+        hub.clone(),
+        config.restream.queue_bytes,
+        config.restream.ca_file.clone(),
+    );
     for s in &config.streams {
         restream.set_config_destinations(&s.name, crate::restream::from_config(&s.restream));
     }

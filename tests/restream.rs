@@ -264,3 +264,63 @@ fn whip_vp8_is_refused_per_destination_and_whip_h264_is_pushed() {
     assert!(duration >= 3.0, "{v}");
     assert_no_destination_key_logged(&server);
 }
+
+/// RTMPS through rustls: roomcast A pushes to roomcast B's RTMPS listener,
+/// whose self-signed certificate A trusts through `restream.ca_file`; B's
+/// stream goes live with A's H.264 and AAC (B transcodes it for its viewers).
+/// Without the CA the push fails on the certificate and says so.
+#[test]
+fn rtmps_push_to_another_roomcast_verifies_its_certificate() {
+    let _g = serial();
+    let certs = TempDir::new("restream-certs");
+    make_cert(certs.path(), "b");
+    let crt = certs.path().join("b.crt");
+    let b = Server::start_with(ServerOpts {
+        rtmp_extra: "tls_listen = \"127.0.0.1:0\"".into(),
+        extra_toml: format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            crt.display(),
+            certs.path().join("b.key").display()
+        ),
+        ..ServerOpts::default()
+    });
+    let url = format!("rtmps://{}/live", b.service("rtmps"));
+    let dest = |label: &str| {
+        format!(
+            "[[streams.restream]]\nlabel = \"{label}\"\nurl = \"{url}\"\nkey = \"{}\"\n",
+            b.key(STREAM)
+        )
+    };
+    let a = Server::start_with(ServerOpts {
+        streams: vec![(STREAM.to_string(), random_hex())],
+        extra_toml: format!("{}[restream]\nca_file = \"{}\"\n", dest("b"), crt.display()),
+        ..ServerOpts::default()
+    });
+    let untrusting = Server::start_with(ServerOpts {
+        streams: vec![(STREAM.to_string(), random_hex())],
+        extra_toml: dest("b"),
+        ..ServerOpts::default()
+    });
+    let mut publisher = Publisher::ffmpeg(&a.publish_url(STREAM), FfmpegOpts::small());
+    let mut other = Publisher::ffmpeg(&untrusting.publish_url(STREAM), FfmpegOpts::small());
+    let live = b.wait_live(STREAM, Duration::from_secs(30));
+    wait_until(
+        "B's stream with A's H.264 and AAC",
+        Duration::from_secs(20),
+        || {
+            let s = b.api_stream(STREAM)?;
+            (s["video"]["codec"] == "H264" && s["audio"]["transcoded"] == true).then_some(())
+        },
+    );
+    assert_eq!(live["ingest"]["protocol"], "rtmps", "{live}");
+    let d = wait_state(&untrusting, "b", "reconnecting", Duration::from_secs(20));
+    let err = d["error"].as_str().unwrap();
+    assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
+    publisher.stop(Duration::from_secs(10));
+    other.stop(Duration::from_secs(10));
+    for s in [&a, &untrusting] {
+        for line in s.log_lines() {
+            assert!(!line.contains(b.key(STREAM)), "B's key in a log: {line}");
+        }
+    }
+}

@@ -81,10 +81,16 @@ pub struct Restreamer {
     /// Streams of the config file: their destinations are the file's.
     config_streams: Mutex<std::collections::HashSet<String>>,
     persist: std::sync::OnceLock<stored::Persist>,
+    tls: Arc<push::TlsRoots>,
 }
 
 impl Restreamer {
-    pub fn new(hub: Arc<Hub>, queue_bytes: usize) -> Arc<Self> {
+    /// `ca_file`: extra trust roots for RTMPS destinations (`restream.ca_file`).
+    pub fn new(
+        hub: Arc<Hub>,
+        queue_bytes: usize,
+        ca_file: Option<std::path::PathBuf>,
+    ) -> Arc<Self> {
         Arc::new(Restreamer {
             hub,
             destinations: Mutex::new(HashMap::new()),
@@ -95,6 +101,7 @@ impl Restreamer {
             transcoders: Mutex::new(HashMap::new()),
             config_streams: Mutex::new(Default::default()),
             persist: std::sync::OnceLock::new(),
+            tls: Arc::new(push::TlsRoots::new(ca_file)),
         })
     }
 
@@ -218,6 +225,7 @@ impl Restreamer {
                 key: d.key.clone(),
                 queue: queue.clone(),
                 health: h,
+                tls: self.tls.clone(),
             };
             info!(stream = %stream.name, destination = %d.label, url = %d.url, "restream push starting");
             running.insert(

@@ -41,6 +41,8 @@ pub struct Push {
     pub key: SecretKey,
     pub queue: Arc<PushQueue>,
     pub health: Arc<Health>,
+    /// Where RTMPS pushes find their trust roots.
+    pub tls: Arc<TlsRoots>,
 }
 
 /// Why a connection ended.
@@ -152,7 +154,10 @@ impl Push {
         if !self.target.tls {
             return Ok(Box::new(tcp));
         }
-        let config = tls_config().map_err(|e| PushError::Io(format!("TLS setup: {e}")))?;
+        let config = self
+            .tls
+            .client_config()
+            .map_err(|e| PushError::Io(format!("TLS setup: {e}")))?;
         let name = rustls::pki_types::ServerName::try_from(self.target.host.clone())
             .map_err(|e| PushError::Io(format!("TLS server name: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(config)
@@ -373,18 +378,45 @@ async fn read(io: &mut Box<dyn Io>, buf: &mut [u8]) -> Result<usize, PushError> 
     }
 }
 
-/// One TLS client configuration for every RTMPS push: the platform's roots
-/// (platforms' ingest servers have public certificates).
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
-    if let Some(c) = CONFIG.get() {
-        return Ok(c.clone());
+/// The TLS client configuration of every RTMPS push, made on first use:
+/// the system's roots (platforms' ingest servers have public certificates)
+/// plus `restream.ca_file`'s, for a destination with a private CA.
+pub struct TlsRoots {
+    ca_file: Option<std::path::PathBuf>,
+    config: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+}
+
+impl TlsRoots {
+    pub fn new(ca_file: Option<std::path::PathBuf>) -> Self {
+        TlsRoots {
+            ca_file,
+            config: std::sync::OnceLock::new(),
+        }
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let c = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_platform_verifier()?
-        .with_no_client_auth();
-    Ok(CONFIG.get_or_init(|| Arc::new(c)).clone())
+
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.config.get_or_init(|| self.build()).clone()
+    }
+
+    fn build(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let extra: Vec<CertificateDer<'static>> = match &self.ca_file {
+            None => Vec::new(),
+            Some(f) => CertificateDer::pem_file_iter(f)
+                .and_then(|i| i.collect::<Result<_, _>>())
+                .map_err(|e| format!("restream.ca_file {}: {e}", f.display()))?,
+        };
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+                .map_err(|e| e.to_string())?;
+        let c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(Arc::new(c))
+    }
 }
