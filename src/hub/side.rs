@@ -91,3 +91,61 @@ impl Publisher {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{FrameSink, Hub, IngestProtocol};
+
+    struct Collect(Mutex<Vec<Arc<SourceAac>>>);
+    impl SideSink for Collect {
+        fn deliver_aac(&self, _s: &Arc<Stream>, a: &Arc<SourceAac>) {
+            self.0.lock().push(a.clone());
+        }
+    }
+    struct Frames(Mutex<Vec<u32>>);
+    impl FrameSink for Frames {
+        fn deliver(&self, _s: &Arc<Stream>, f: &Arc<crate::hub::Frame>) {
+            self.0.lock().push(f.rtp_time);
+        }
+    }
+
+    #[test]
+    fn source_aac_shares_the_video_clock_and_skips_viewers() {
+        let hub = Hub::new();
+        let s = hub.ensure_stream("a", None);
+        let side = Arc::new(Collect(Mutex::new(vec![])));
+        let frames = Arc::new(Frames(Mutex::new(vec![])));
+        let fs: Arc<dyn FrameSink> = frames.clone();
+        s.attach_sink(1, &fs);
+        let p = hub.publish(&s, IngestProtocol::Rtmp);
+        let cfg = Bytes::from_static(&[0x12, 0x10]);
+        // Nobody listens: nothing is done (not even the timeline).
+        p.push_source_aac(0, &cfg, &Bytes::from_static(&[1]))
+            .unwrap();
+        s.attach_side_sink(7, side.clone());
+        p.push_video(1000, true, Box::new([Arc::from(vec![0x65u8; 4])]))
+            .unwrap();
+        p.push_source_aac(1000, &cfg, &Bytes::from_static(&[2, 3]))
+            .unwrap();
+        let got = side.0.lock().clone();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].rtp_time_90k,
+            frames.0.lock()[0],
+            "same clock as video"
+        );
+        assert_eq!(frames.0.lock().len(), 1, "viewers got no AAC");
+        s.detach_side_sink(7);
+        p.push_source_aac(1020, &cfg, &Bytes::from_static(&[4]))
+            .unwrap();
+        assert_eq!(side.0.lock().len(), 1);
+        // A taken-over publisher's AAC is refused like its frames.
+        let _p2 = hub.publish(&s, IngestProtocol::Rtmp);
+        s.attach_side_sink(7, side.clone());
+        assert!(
+            p.push_source_aac(1040, &cfg, &Bytes::from_static(&[5]))
+                .is_err()
+        );
+    }
+}

@@ -340,3 +340,44 @@ pub fn from_config(c: &[crate::config::RestreamDestinationConfig]) -> Vec<Destin
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const STREAM: &str = "[[streams]]\nname = \"a\"\nkey = \"0123456789abcdef0123\"\n";
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(&format!("{STREAM}{extra}"), None, Vec::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_destinations_are_validated_without_echoing_keys() {
+        let c = parse(
+            "[[streams.restream]]\nlabel = \"tw\"\nurl = \"rtmps://live.twitch.tv/app\"\nkey = \"live_secret_1\"\n",
+        )
+        .unwrap();
+        let d = super::from_config(&c.streams[0].restream);
+        assert_eq!((d[0].label.as_str(), d[0].enabled), ("tw", true));
+        for (extra, key) in [
+            (
+                "label = \"a b\"\nurl = \"rtmp://x/app\"\nkey = \"k\"",
+                "label",
+            ),
+            ("label = \"x\"\nurl = \"http://x/app\"\nkey = \"k\"", "url"),
+            ("label = \"x\"\nurl = \"rtmp://x/app\"\nkey = \"\"", "key"),
+        ] {
+            let e = parse(&format!("[[streams.restream]]\n{extra}\n")).unwrap_err();
+            assert!(e.contains(&format!("streams[0].restream[0].{key}")), "{e}");
+        }
+        let dup =
+            "[[streams.restream]]\nlabel = \"x\"\nurl = \"rtmp://x/app\"\nkey = \"secret-one\"\n";
+        let e = parse(&format!("{dup}{dup}")).unwrap_err();
+        assert!(
+            e.contains("restream[1].label") && !e.contains("secret-one"),
+            "{e}"
+        );
+        let e = parse("[restream]\nqueue_bytes = 10\n").unwrap_err();
+        assert!(e.contains("restream.queue_bytes"), "{e}");
+    }
+}
