@@ -143,10 +143,18 @@ impl Restreamer {
             self.reconcile(&s);
         }
         tokio::spawn(async move {
+            let mut sessions: HashMap<String, u64> = HashMap::new();
             while let Some(changed) = feed.changed(&hub).await {
                 let Some(me) = me.upgrade() else { return };
                 for s in changed {
                     me.reconcile(&s);
+                    // Going live: re-read the stored destinations, which
+                    // another cluster node may have changed meanwhile.
+                    let n = s.control_state().live_sessions;
+                    if s.is_live() && sessions.insert(s.name.clone(), n) != Some(n) {
+                        let me = me.clone();
+                        tokio::spawn(async move { me.refresh_stored(&s.name).await });
+                    }
                 }
             }
         });

@@ -77,6 +77,48 @@ impl Restreamer {
         Ok(())
     }
 
+    /// Re-reads one stream's stored destinations and applies them if they
+    /// changed (set on another cluster node). A database error keeps what
+    /// is known.
+    pub(super) async fn refresh_stored(&self, stream: &str) {
+        let Some(p) = self.persist.get() else { return };
+        if self.config_streams.lock().contains(stream) {
+            return;
+        }
+        let rows = match p.store.restream_destinations().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(stream, "restream: re-reading destinations failed: {e}");
+                return;
+            }
+        };
+        let Ok(sealer) = p.sealer() else { return };
+        let mut fresh: Vec<Destination> = rows
+            .into_iter()
+            .filter(|r| r.stream == stream)
+            .filter_map(|r| {
+                let key = sealer.open(&r.stream, &r.label, &r.key_sealed).ok()?;
+                Some(Destination {
+                    label: r.label,
+                    url: r.url,
+                    key: SecretKey::new(key),
+                    enabled: r.enabled,
+                })
+            })
+            .collect();
+        fresh.sort_by(|a, b| a.label.cmp(&b.label));
+        let mut known = self.destinations(stream);
+        known.sort_by(|a, b| a.label.cmp(&b.label));
+        if fresh != known {
+            info!(
+                stream,
+                destinations = fresh.len(),
+                "restream: destinations changed elsewhere; applied"
+            );
+            self.set_destinations(stream, fresh);
+        }
+    }
+
     fn persist(&self, stream: &str) -> Result<&Persist, Refusal> {
         if self.config_streams.lock().contains(stream) {
             return Err(format!(
