@@ -261,6 +261,11 @@ fn whip_vp8_is_refused_per_destination_and_whip_h264_is_pushed() {
         codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
         "H.264 passed through and the Opus transcoded to AAC: {v}"
     );
+    let errors = audio_decode_errors(&nginx.recordings()[0]);
+    assert!(
+        errors.trim().is_empty(),
+        "the AAC made from Opus decodes: {errors}"
+    );
     assert!(duration >= 3.0, "{v}");
     assert_no_destination_key_logged(&server);
 }

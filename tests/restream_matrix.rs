@@ -7,13 +7,15 @@
 //! however many retries; `!live restream` answers with the health; the
 //! destination keys appear in no log line, no API answer, no room message
 //! (the command carrying one is redacted once stored) and not in the
-//! database file.
+//! database file. On PostgreSQL, a stored destination (key sealed, checked
+//! with psql) survives a restart and is pushed to.
 
 mod common;
 
 use std::time::Duration;
 
 use common::matrix::*;
+use common::postgres;
 use common::restream::*;
 use common::*;
 use serde_json::Value;
@@ -264,4 +266,69 @@ fn restream_set_from_a_dm_pushes_to_both_destinations_and_the_room_sees_health_c
         );
     }
     server.assert_no_key_logged();
+}
+
+/// On PostgreSQL: a destination set by DM is stored with its key sealed
+/// (checked with psql), survives a restart of roomcast (opened again with
+/// the same secret file) and is pushed to when the stream goes live.
+#[test]
+fn destinations_survive_a_restart_on_postgres_with_keys_sealed() {
+    let _serial = serial();
+    let pg = postgres::Postgres::start();
+    let url = pg.create_database("roomcast");
+    let nginx = NginxRtmp::start();
+    let mut env = MatrixEnv::start_with_database("golive_delay_ms = 1000", Some(url));
+    let bot = env.bot_id();
+    let alice = env.user("alice");
+    let dm = alice.dm_bot(&bot);
+    alice.send_text(&dm, "!live new show");
+    let settings = alice.wait_message(&dm, &bot, "Stream Key: ");
+    let key = key_from_settings(settings["content"]["body"].as_str().unwrap());
+    alice.send_text(
+        &dm,
+        &format!("!live restream add nginx {} {NGINX_KEY} show", nginx.url()),
+    );
+    alice.wait_message(&dm, &bot, "pushed to nginx");
+    let rows = pg.psql(
+        "roomcast",
+        "SELECT label, url, key_sealed, enabled FROM restream_destinations",
+    );
+    assert!(
+        rows.contains("nginx") && rows.contains(&nginx.url()),
+        "{rows}"
+    );
+    assert!(
+        !rows.contains(NGINX_KEY),
+        "the key in clear in the database: {rows}"
+    );
+    let secret = env.state.path().join("restream.secret");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    env.stop_roomcast();
+    env.start_roomcast();
+    let server = env.server();
+    let s = api_status(server);
+    assert_eq!(s["destinations"][0]["label"], "nginx", "{s}");
+    assert_eq!(s["destinations"][0]["key"], "••••••••d2", "{s}");
+    let mut publisher = Publisher::ffmpeg(&server.rtmp_url(&key), FfmpegOpts::small());
+    wait_until(
+        "the stored destination pushed to",
+        Duration::from_secs(30),
+        || {
+            let s = api_status(server);
+            (s["destinations"][0]["state"] == "live").then_some(())
+        },
+    );
+    wait_until("nginx recording", Duration::from_secs(30), || {
+        let r = nginx.recordings();
+        (r.len() == 1 && probe(&r[0]).1 >= 1.0).then_some(())
+    });
+    publisher.stop(Duration::from_secs(10));
+    for line in server.log_lines() {
+        assert!(!line.contains(NGINX_KEY), "key logged: {line}");
+    }
 }

@@ -7,7 +7,7 @@ CREATE TABLE restream_destinations (
     label       TEXT NOT NULL,
     url         TEXT NOT NULL,
     key_sealed  TEXT NOT NULL,
-    enabled     INTEGER NOT NULL DEFAULT 1,
+    enabled     BIGINT NOT NULL DEFAULT 1,
     added_by    TEXT,
     PRIMARY KEY (stream, label)
 );
