@@ -387,9 +387,23 @@ pub struct RestreamConfig {
     /// characters, mode 0600; created on first use). Relative paths are
     /// from the config file's directory. Default: `restream.secret`.
     pub secret_file: Option<std::path::PathBuf>,
+    /// The sealing secret itself (64 hex characters), instead of the file:
+    /// for deployments that pass secrets in the environment
+    /// (`ROOMCAST_RESTREAM__SECRET`). Never logged.
+    pub secret: Option<String>,
     /// Extra trust roots (PEM) for RTMPS destinations with a private CA;
     /// the system's roots are always trusted.
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl RestreamConfig {
+    /// `secret` as bytes; `None` when absent (validation refused a bad one).
+    pub fn secret_bytes(&self) -> Option<[u8; 32]> {
+        hex::decode(self.secret.as_deref()?.trim())
+            .ok()?
+            .try_into()
+            .ok()
+    }
 }
 
 impl Default for RestreamConfig {
@@ -397,6 +411,7 @@ impl Default for RestreamConfig {
         RestreamConfig {
             queue_bytes: crate::restream::DEFAULT_QUEUE_BYTES,
             secret_file: None,
+            secret: None,
             ca_file: None,
         }
     }
@@ -713,6 +728,12 @@ impl Config {
                     return Err(invalid(key("key"), "must not be empty"));
                 }
             }
+        }
+        if self.restream.secret.is_some() && self.restream.secret_bytes().is_none() {
+            return Err(invalid(
+                "restream.secret",
+                "must be 64 hex characters (32 random bytes, e.g. `openssl rand -hex 32`)",
+            ));
         }
         if self.restream.queue_bytes < 64 * 1024 {
             return Err(invalid(

@@ -240,16 +240,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for s in &config.streams {
         restream.set_config_destinations(&s.name, crate::restream::from_config(&s.restream));
     }
-    let secret_file = {
-        let f = (config.restream.secret_file.clone())
-            .unwrap_or_else(|| std::path::PathBuf::from("restream.secret"));
-        match &config.dir {
-            Some(d) if f.is_relative() => d.join(f),
-            _ => f,
+    let secret = match config.restream.secret_bytes() {
+        Some(bytes) => crate::restream::stored::SecretSource::Inline(bytes),
+        None => {
+            let f = (config.restream.secret_file.clone())
+                .unwrap_or_else(|| std::path::PathBuf::from("restream.secret"));
+            crate::restream::stored::SecretSource::File(match &config.dir {
+                Some(d) if f.is_relative() => d.join(f),
+                _ => f,
+            })
         }
     };
     restream
-        .load_stored(store.clone(), secret_file)
+        .load_stored(store.clone(), secret)
         .await
         .context("loading restream destinations")?;
     restream.spawn();

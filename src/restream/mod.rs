@@ -387,5 +387,12 @@ mod tests {
         );
         let e = parse("[restream]\nqueue_bytes = 10\n").unwrap_err();
         assert!(e.contains("restream.queue_bytes"), "{e}");
+        let e = parse("[restream]\nsecret = \"not-hex-secret\"\n").unwrap_err();
+        assert!(
+            e.contains("restream.secret") && !e.contains("not-hex-secret"),
+            "{e}"
+        );
+        let c = parse(&format!("[restream]\nsecret = \"{}\"\n", "ab".repeat(32))).unwrap();
+        assert_eq!(c.restream.secret_bytes(), Some([0xab; 32]));
     }
 }

@@ -16,9 +16,16 @@ use crate::store::restream::DestinationRow;
 /// Most destinations a stream may have (each is a connection and a queue).
 pub const MAX_DESTINATIONS: usize = 8;
 
+/// Where the sealing secret comes from: `restream.secret` (64 hex
+/// characters, e.g. from the environment) or else `restream.secret_file`.
+pub enum SecretSource {
+    Inline([u8; 32]),
+    File(PathBuf),
+}
+
 pub(super) struct Persist {
     pub store: Store,
-    pub secret_file: PathBuf,
+    pub secret: SecretSource,
     pub sealer: OnceLock<Sealer>,
 }
 
@@ -27,10 +34,13 @@ impl Persist {
         if let Some(s) = self.sealer.get() {
             return Ok(s);
         }
-        let s = Sealer::from_file(&self.secret_file).map_err(|e| {
-            warn!("restream: {e}");
-            "The restream secret file cannot be used (the server log says why).".to_string()
-        })?;
+        let s = match &self.secret {
+            SecretSource::Inline(bytes) => Sealer::from_bytes(bytes),
+            SecretSource::File(path) => Sealer::from_file(path).map_err(|e| {
+                warn!("restream: {e}");
+                "The restream secret file cannot be used (the server log says why).".to_string()
+            })?,
+        };
         Ok(self.sealer.get_or_init(|| s))
     }
 }
@@ -40,11 +50,11 @@ pub type Refusal = String;
 
 impl Restreamer {
     /// Loads the stored destinations (config-file streams keep the file's).
-    pub async fn load_stored(&self, store: Store, secret_file: PathBuf) -> anyhow::Result<()> {
+    pub async fn load_stored(&self, store: Store, secret: SecretSource) -> anyhow::Result<()> {
         let rows = store.restream_destinations().await?;
         let persist = Persist {
             store,
-            secret_file,
+            secret,
             sealer: OnceLock::new(),
         };
         let mut by_stream: std::collections::HashMap<String, Vec<Destination>> = Default::default();
