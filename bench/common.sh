@@ -41,6 +41,7 @@ database_url = "sqlite://$WORK/roomcast.db"
 [[streams]]
 name = "$STREAM"
 key = "$KEY"
+${STREAM_EXTRA:-}
 TOML
   for i in $(seq 1 "${EXTRA_STREAMS:-0}"); do
     printf '[[streams]]\nname = "%s%d"\nkey = "%s-%d"\n' "$STREAM" "$i" "$KEY" "$i" >> "$WORK/config.toml"

@@ -40,6 +40,8 @@ command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # tests/hls_cdn.rs runs the documented nginx proxy_cache config (its own process).
 [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+# tests/restream*.rs push to nginx's RTMP module as a stand-in platform.
+has_pkg libnginx-mod-rtmp || missing+=(libnginx-mod-rtmp)
 # The storage tests run a private PostgreSQL cluster (initdb + postgres).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

@@ -71,6 +71,8 @@ pub struct Config {
     pub recording: crate::recording::config::RecordingConfig,
     /// Stream thumbnails: one keyframe decoded to a small JPEG per interval.
     pub thumbnails: crate::thumbnail::ThumbnailConfig,
+    /// Restreaming to RTMP(S) destinations (`[[streams.restream]]`, `!live restream`).
+    pub restream: RestreamConfig,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -364,6 +366,62 @@ pub struct StreamConfig {
     /// Record this stream (`[recording]`); absent: `recording.record_by_default`.
     #[serde(default)]
     pub record: Option<bool>,
+    /// Where to push the stream while it is live (`[[streams.restream]]`).
+    #[serde(default)]
+    pub restream: Vec<RestreamDestinationConfig>,
+}
+
+/// One restream destination of a config stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestreamDestinationConfig {
+    pub label: String,
+    /// `rtmp://` or `rtmps://` server URL with the application path.
+    pub url: String,
+    /// The destination's stream key (a secret: never logged or shown).
+    pub key: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// `[restream]`: how pushes behave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestreamConfig {
+    /// Bytes a push may fall behind before it skips to the next keyframe.
+    pub queue_bytes: usize,
+    /// The secret that seals destination keys in the database (64 hex
+    /// characters, mode 0600; created on first use). Relative paths are
+    /// from the config file's directory. Default: `restream.secret`.
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The sealing secret itself (64 hex characters), instead of the file:
+    /// for deployments that pass secrets in the environment
+    /// (`ROOMCAST_RESTREAM__SECRET`). Never logged.
+    pub secret: Option<String>,
+    /// Extra trust roots (PEM) for RTMPS destinations with a private CA;
+    /// the system's roots are always trusted.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl RestreamConfig {
+    /// `secret` as bytes; `None` when absent (validation refused a bad one).
+    pub fn secret_bytes(&self) -> Option<[u8; 32]> {
+        hex::decode(self.secret.as_deref()?.trim())
+            .ok()?
+            .try_into()
+            .ok()
+    }
+}
+
+impl Default for RestreamConfig {
+    fn default() -> Self {
+        RestreamConfig {
+            queue_bytes: crate::restream::DEFAULT_QUEUE_BYTES,
+            secret_file: None,
+            secret: None,
+            ca_file: None,
+        }
+    }
 }
 
 /// Egress caps: a viewer over one gets 503 with Retry-After. 0 = no cap.
@@ -676,6 +734,34 @@ impl Config {
                     "must not contain whitespace, '/' or '?' (it goes into RTMP URLs)",
                 ));
             }
+            let mut labels = std::collections::HashSet::new();
+            for (j, d) in s.restream.iter().enumerate() {
+                let key = |k: &str| format!("streams[{i}].restream[{j}].{k}");
+                if !crate::restream::dest::valid_label(&d.label) || !labels.insert(&d.label) {
+                    return Err(invalid(
+                        key("label"),
+                        "must be unique per stream, 1-32 of a-z, A-Z, 0-9, '-', '_'",
+                    ));
+                }
+                if let Err(e) = crate::restream::dest::Target::parse(&d.url) {
+                    return Err(invalid(key("url"), e.to_string()));
+                }
+                if d.key.is_empty() {
+                    return Err(invalid(key("key"), "must not be empty"));
+                }
+            }
+        }
+        if self.restream.secret.is_some() && self.restream.secret_bytes().is_none() {
+            return Err(invalid(
+                "restream.secret",
+                "must be 64 hex characters (32 random bytes, e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        if self.restream.queue_bytes < 64 * 1024 {
+            return Err(invalid(
+                "restream.queue_bytes",
+                "must be at least 65536 (a keyframe must fit)",
+            ));
         }
         self.recording
             .check()

@@ -16,6 +16,7 @@ pub mod matrix;
 pub mod media;
 pub mod plan;
 pub mod recording;
+pub mod restream;
 pub mod rtc;
 pub mod server;
 pub mod store;

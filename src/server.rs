@@ -279,7 +279,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(m) = &matrix {
         m.set_thumbnails(thumbnails.clone());
     }
+    let restream = crate::restream::Restreamer::new(
+        hub.clone(),
+        config.restream.queue_bytes,
+        config.restream.ca_file.clone(),
+    );
+    for s in &config.streams {
+        restream.set_config_destinations(&s.name, crate::restream::from_config(&s.restream));
+    }
+    let secret = match config.restream.secret_bytes() {
+        Some(bytes) => crate::restream::stored::SecretSource::Inline(bytes),
+        None => {
+            let f = (config.restream.secret_file.clone())
+                .unwrap_or_else(|| std::path::PathBuf::from("restream.secret"));
+            crate::restream::stored::SecretSource::File(match &config.dir {
+                Some(d) if f.is_relative() => d.join(f),
+                _ => f,
+            })
+        }
+    };
+    restream
+        .load_stored(store.clone(), secret)
+        .await
+        .context("loading restream destinations")?;
+    restream.spawn();
+    if let Some(m) = &matrix {
+        m.set_restreamer(restream.clone());
+    }
     let app = Arc::new(App {
+        restream,
         config,
         hub,
         engine: engine.clone(),
@@ -363,6 +391,7 @@ const STOP_BUDGET: Duration = Duration::from_millis(4500);
 /// same [`Shutdown`]). End the sessions, let in-flight requests and the
 /// Matrix outbox finish within the grace, then close the database.
 async fn stop(app: &App, listeners: Vec<JoinHandle<()>>, grace: Duration) {
+    app.restream.stop_all();
     // WebRTC sessions are disconnected by their shards (DTLS close_notify).
     let sessions = app.engine.close_all();
     info!(sessions, "shutting down: listeners closed, sessions ending");

@@ -140,6 +140,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     app.hls.render_metrics(&mut out);
     app.recorder.render_metrics(&mut out);
     out.push_str(&app.thumbnails.metrics());
+    app.restream.render_metrics(&mut out);
     crate::listener::render_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

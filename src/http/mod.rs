@@ -23,6 +23,7 @@ mod open_graph;
 pub mod pages;
 mod recordings;
 mod replay;
+mod restream;
 pub mod serve;
 mod thumbnail;
 pub mod webrtc;
@@ -68,6 +69,8 @@ pub struct App {
     pub recorder: Arc<crate::recording::Recorder>,
     /// Each live stream's latest thumbnail (API, pages, go-live notice).
     pub thumbnails: Arc<crate::thumbnail::Thumbnails>,
+    /// Pushes to RTMP(S) destinations (`src/restream`).
+    pub restream: Arc<crate::restream::Restreamer>,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -83,7 +86,8 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(cluster::routes())
         .merge(recordings::routes())
         .merge(replay::routes())
-        .merge(thumbnail::routes());
+        .merge(thumbnail::routes())
+        .merge(restream::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());
     }

@@ -8,6 +8,7 @@
 
 mod control;
 mod shared;
+mod side;
 mod stats;
 mod timeline;
 
@@ -23,6 +24,7 @@ use tokio::sync::broadcast;
 use crate::log_every::LogEvery;
 use control::ControlClock;
 pub use control::{ControlFeed, ControlState, RoomLost};
+pub use side::{SideSink, SourceAac};
 pub use stats::StreamStats;
 use timeline::Timeline;
 use tracing::warn;
@@ -308,6 +310,8 @@ pub struct Stream {
     /// The control generation of this stream's last control change.
     control_stamp: AtomicU64,
     limits: HubLimits,
+    /// The publisher's original media for restreams (see `side`).
+    side: side::SideTracks,
 }
 
 /// The registry of streams.
@@ -385,6 +389,7 @@ impl Hub {
                     control: self.control.clone(),
                     control_stamp: AtomicU64::new(0),
                     limits: self.limits,
+                    side: side::SideTracks::default(),
                 })
             })
             .clone()

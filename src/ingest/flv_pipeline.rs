@@ -30,13 +30,14 @@ pub struct FlvPipeline {
     packetizer: H264Packetizer,
     payloads: Vec<Bytes>,
     transcoder: Option<AacToOpus>,
+    /// The AudioSpecificConfig, for the original-AAC side track (restreams).
+    aac_config: Option<Bytes>,
     opus_out: Vec<OpusPacket>,
     bframes_seen: bool,
     keyint_warned: bool,
     /// Logged once per kind so a broken publisher cannot flood the log.
     bad_tag_logged: bool,
     unsupported_logged: bool,
-    audio_failed: bool,
 }
 
 impl FlvPipeline {
@@ -50,12 +51,12 @@ impl FlvPipeline {
             packetizer: H264Packetizer::new(RTP_MTU_PAYLOAD),
             payloads: Vec::new(),
             transcoder: None,
+            aac_config: None,
             opus_out: Vec::new(),
             bframes_seen: false,
             keyint_warned: false,
             bad_tag_logged: false,
             unsupported_logged: false,
-            audio_failed: false,
         }
     }
 
@@ -214,9 +215,6 @@ impl FlvPipeline {
     }
 
     pub fn on_audio(&mut self, body: Bytes, timestamp: u32) -> Result<(), PushError> {
-        if self.audio_failed {
-            return Ok(());
-        }
         let ms = self.clock.unwrap(timestamp);
         let parsed = match flv::parse_audio(&body) {
             Ok(a) => a,
@@ -226,25 +224,14 @@ impl FlvPipeline {
             }
         };
         match parsed {
-            FlvAudio::AacSequenceHeader(asc) => match AacToOpus::new(&asc, OPUS_BITRATE) {
-                Ok(t) => {
-                    info!(stream = %self.stream_name(), sample_rate = asc.sample_rate, channels = asc.channels, "audio: AAC, transcoded to Opus 48 kHz stereo");
-                    self.transcoder = Some(t);
-                    self.publisher.set_media(|m| {
-                        m.audio = Some(AudioInfo {
-                            codec: "opus",
-                            sample_rate: 48_000,
-                            channels: 2,
-                            source_codec: Some("aac"),
-                        });
-                    })?;
-                }
-                Err(e) => {
-                    warn!(stream = %self.stream_name(), error = %e, "audio cannot be transcoded; viewers get video only. Fix: AAC-LC at 44.1 or 48 kHz");
-                    self.audio_failed = true;
-                }
-            },
+            FlvAudio::AacSequenceHeader(asc) => {
+                self.aac_config = Some(asc.raw.clone());
+                self.on_aac_config(&asc)?;
+            }
             FlvAudio::AacRaw(frame) => {
+                if let Some(config) = &self.aac_config {
+                    self.publisher.push_source_aac(ms, config, &frame)?;
+                }
                 let Some(t) = self.transcoder.as_mut() else {
                     return Ok(());
                 };
@@ -263,6 +250,28 @@ impl FlvPipeline {
                     warn!(stream = %self.stream_name(), codec = flv::audio_codec_name(sound_format), "audio codec not supported; send AAC");
                     self.unsupported_logged = true;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_aac_config(&mut self, asc: &flv::AudioSpecificConfig) -> Result<(), PushError> {
+        match AacToOpus::new(asc, OPUS_BITRATE) {
+            Ok(t) => {
+                info!(stream = %self.stream_name(), sample_rate = asc.sample_rate, channels = asc.channels, "audio: AAC, transcoded to Opus 48 kHz stereo");
+                self.transcoder = Some(t);
+                self.publisher.set_media(|m| {
+                    m.audio = Some(AudioInfo {
+                        codec: "opus",
+                        sample_rate: 48_000,
+                        channels: 2,
+                        source_codec: Some("aac"),
+                    });
+                })?;
+            }
+            Err(e) => {
+                warn!(stream = %self.stream_name(), error = %e, "audio cannot be transcoded; viewers get video only. Fix: AAC-LC at 44.1 or 48 kHz");
+                self.transcoder = None;
             }
         }
         Ok(())

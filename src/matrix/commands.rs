@@ -63,6 +63,30 @@ pub enum Command {
     DeleteRecording {
         id: String,
     },
+    /// Restream destinations of a stream (src/restream).
+    Restream {
+        action: Restream,
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restream {
+    /// The destinations and their health.
+    Show,
+    /// `key` is a secret: never echoed, never logged (Debug is masked).
+    Add {
+        label: String,
+        url: String,
+        key: crate::restream::dest::SecretKey,
+    },
+    Remove {
+        label: String,
+    },
+    Enable {
+        label: String,
+        on: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +121,10 @@ pub const HELP: &str = "roomcast commands:
 !live unfollow [name|#alias] — stop following it (or every stream)
 !live record on|off [name] — record the stream's broadcasts or not (room admins)
 !live recordings [name] — the latest recordings, with replay links
-!live delete-recording <id> — delete a recording (its owner or room admins)";
+!live delete-recording <id> — delete a recording (its owner or room admins)
+!live restream [name] — where the stream is pushed (Twitch, YouTube, any RTMP server) and how each push is doing (owner or room admins)
+!live restream add <label> <rtmp(s)://server/app> <key> <name> — (in a DM with me) push the stream there while it is live
+!live restream remove|on|off <label> [name] — drop a destination, or switch it on or off";
 
 fn name_arg(arg: Option<&str>) -> Result<Option<String>, String> {
     match arg {
@@ -240,6 +267,7 @@ pub fn parse(body: &str) -> Parsed {
                     _ => return Err("usage: !live delete-recording <id>".into()),
                 },
             },
+            "restream" => parse_restream(args)?,
             "new" | "attach" | "detach" | "key" | "rotate" | "status" | "notify" | "slots"
             | "slot" | "link" | "follow" | "unfollow" | "record" | "recordings"
             | "delete-recording" => {
@@ -256,6 +284,57 @@ pub fn parse(body: &str) -> Parsed {
         Ok(c) => Parsed::Command(c),
         Err(e) => Parsed::Error(e),
     }
+}
+
+/// `restream [name]`, `restream add <label> <url> <key> [name]`,
+/// `restream remove|on|off <label> [name]`. A key never appears in an error.
+fn parse_restream(args: &[&str]) -> Result<Command, String> {
+    const USAGE: &str = "usage: !live restream [name] | restream add <label> <rtmp(s)://server/app> <key> [name] | restream remove|on|off <label> [name]";
+    let sub = args.first().map(|a| a.to_ascii_lowercase());
+    let label = |i: usize| -> Result<String, String> {
+        let l = args.get(i).ok_or(USAGE)?;
+        if crate::restream::dest::valid_label(l) {
+            Ok(l.to_string())
+        } else {
+            Err("a destination label is 1-32 letters, digits, '-' or '_'".into())
+        }
+    };
+    let (action, name) = match sub.as_deref() {
+        None => (Restream::Show, None),
+        Some("list") | Some("status") if args.len() <= 2 => {
+            (Restream::Show, name_arg(args.get(1).copied())?)
+        }
+        Some("add") if (4..=5).contains(&args.len()) => {
+            let url = args[2];
+            if let Err(e) = crate::restream::dest::Target::parse(url) {
+                return Err(format!("bad destination URL: {e}"));
+            }
+            (
+                Restream::Add {
+                    label: label(1)?,
+                    url: url.to_string(),
+                    key: crate::restream::dest::SecretKey::new(args[3]),
+                },
+                name_arg(args.get(4).copied())?,
+            )
+        }
+        Some("remove") | Some("rm") if (2..=3).contains(&args.len()) => (
+            Restream::Remove { label: label(1)? },
+            name_arg(args.get(2).copied())?,
+        ),
+        Some(w @ ("on" | "off")) if (2..=3).contains(&args.len()) => (
+            Restream::Enable {
+                label: label(1)?,
+                on: w == "on",
+            },
+            name_arg(args.get(2).copied())?,
+        ),
+        Some(_) if args.len() == 1 && validate_stream_name(args[0]).is_ok() => {
+            (Restream::Show, Some(args[0].to_string()))
+        }
+        _ => return Err(USAGE.into()),
+    };
+    Ok(Command::Restream { action, name })
 }
 
 /// Commands that change the room or reveal keys need power in the room.
@@ -426,5 +505,59 @@ mod tests {
         );
         assert!(err("!live attach cam talks").contains("#alias"));
         assert!(needs_admin(&Command::Key { name: None }));
+    }
+
+    #[test]
+    fn restream_commands_keep_the_key_out_of_errors_and_debug() {
+        use crate::restream::dest::SecretKey;
+        assert_eq!(
+            cmd("!live restream"),
+            Command::Restream {
+                action: Restream::Show,
+                name: None
+            }
+        );
+        assert_eq!(
+            cmd("!live restream t1"),
+            Command::Restream {
+                action: Restream::Show,
+                name: Some("t1".into())
+            }
+        );
+        let c = cmd("!live restream add twitch rtmps://live.twitch.tv/app live_abcdef123456 t1");
+        assert_eq!(
+            c,
+            Command::Restream {
+                action: Restream::Add {
+                    label: "twitch".into(),
+                    url: "rtmps://live.twitch.tv/app".into(),
+                    key: SecretKey::new("live_abcdef123456"),
+                },
+                name: Some("t1".into()),
+            }
+        );
+        assert!(!format!("{c:?}").contains("abcdef"), "{c:?}");
+        assert_eq!(
+            cmd("!live restream off twitch"),
+            Command::Restream {
+                action: Restream::Enable {
+                    label: "twitch".into(),
+                    on: false
+                },
+                name: None
+            }
+        );
+        assert_eq!(
+            cmd("!live restream remove twitch t1"),
+            Command::Restream {
+                action: Restream::Remove {
+                    label: "twitch".into()
+                },
+                name: Some("t1".into())
+            }
+        );
+        let e = err("!live restream add twitch http://x/app live_abcdef123456 t1");
+        assert!(e.contains("URL") && !e.contains("abcdef"), "{e}");
+        assert!(err("!live restream add x").starts_with("usage"));
     }
 }

@@ -216,6 +216,7 @@ impl Matrix {
                     | Command::Link { .. }
                     | Command::Record { .. }
                     | Command::Attach { room: Some(_), .. }
+                    | Command::Restream { .. }
             )
         {
             // Room-level admin commands: the power is checked in this room.
@@ -227,6 +228,10 @@ impl Matrix {
             }
         }
         match cmd {
+            Command::Restream { action, name } => {
+                self.restream_command(room, sender, in_dm, action, name, event)
+                    .await
+            }
             c @ (Command::Follow { .. } | Command::Unfollow { .. }) => {
                 self.follow_command(room, sender, in_dm, c).await.map(Ok)
             }
@@ -583,5 +588,6 @@ fn command_name(c: &Command) -> &'static str {
         Command::Record { .. } => "record",
         Command::Recordings { .. } => "recordings",
         Command::DeleteRecording { .. } => "delete-recording",
+        Command::Restream { .. } => "restream",
     }
 }

@@ -43,6 +43,7 @@ mod power;
 mod recordings;
 pub mod registration;
 pub mod replay_chat;
+mod restream_cmd;
 mod resync;
 mod room_lost;
 mod room_map;
@@ -151,6 +152,8 @@ pub struct Matrix {
     bus: std::sync::OnceLock<Arc<crate::cluster::bus::Bus>>,
     /// Recording (`[recording]`): commands and the "ended" replay link.
     recorder: std::sync::OnceLock<Arc<crate::recording::Recorder>>,
+    /// Restream destinations and health (`!live restream`), set at start-up.
+    restream: std::sync::OnceLock<Arc<crate::restream::Restreamer>>,
 }
 
 impl Matrix {
@@ -220,6 +223,7 @@ impl Matrix {
             on_demand_warned: Mutex::new(None),
             bus: std::sync::OnceLock::new(),
             recorder: std::sync::OnceLock::new(),
+            restream: std::sync::OnceLock::new(),
         };
         m.load_mapping().await?;
         m.store.prune_processed(7).await?;
@@ -327,6 +331,7 @@ impl Matrix {
         tokio::spawn(async move { me.watch_outages().await });
         let me = self.clone();
         tokio::spawn(async move { me.keep_claims().await });
+        tokio::spawn(self.clone().watch_restream());
     }
 
     async fn connect_loop(self: Arc<Self>) {

@@ -131,6 +131,9 @@ impl Matrix {
         let rows: Vec<InboxEvent> = events
             .iter()
             .filter_map(|ev| {
+                // A restream key is sealed before the event is stored.
+                let sealed = is_command(ev).then(|| self.seal_command_key(ev)).flatten();
+                let ev = sealed.as_ref().unwrap_or(ev);
                 Some(InboxEvent {
                     event_id: ev.event_id.clone()?,
                     room_id: ev.room_id.clone()?,

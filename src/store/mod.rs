@@ -10,6 +10,7 @@ pub mod health;
 pub mod matrix;
 pub mod matrix_leases;
 pub mod recordings;
+pub mod restream;
 
 use std::path::PathBuf;
 use std::sync::Arc;

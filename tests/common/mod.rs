@@ -24,6 +24,7 @@ pub mod nginx;
 pub mod postgres;
 pub mod publishers;
 pub mod raw_rtmp;
+pub mod restream;
 pub mod rtc_client;
 pub mod rtmp;
 pub mod stop;

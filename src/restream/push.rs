@@ -1,0 +1,422 @@
+//! One push: a destination's RTMP(S) connection, fed from its [`PushQueue`].
+//!
+//! The RTMP client protocol is rml_rtmp's `ClientSession` (handshake,
+//! connect, createStream, publish); the socket, TLS (rustls with the
+//! platform's roots), timeouts and reconnects are ours.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+use tracing::{info, warn};
+
+use super::dest::{SecretKey, Target};
+use super::flv_mux::{FlvMux, Tag};
+use super::health::{Health, PushState};
+use super::queue::{Item, PushQueue};
+use crate::hub::Stream;
+
+/// Connecting, the handshake and `publish` must finish within this.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write that does not finish in this means the destination is stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+pub struct Push {
+    pub stream: Arc<Stream>,
+    pub label: String,
+    pub target: Target,
+    pub key: SecretKey,
+    pub queue: Arc<PushQueue>,
+    pub health: Arc<Health>,
+    /// Where RTMPS pushes find their trust roots.
+    pub tls: Arc<TlsRoots>,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    #[error("{0}")]
+    Io(String),
+    #[error("the destination refused: {0}")]
+    Refused(String),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("RTMP: {0}")]
+    Protocol(String),
+    /// Not retried: the stream's codec cannot go over RTMP.
+    #[error("{0}")]
+    Codec(String),
+}
+
+impl Push {
+    /// Runs until the task is aborted (the stream went offline or the
+    /// destination was removed or switched off).
+    pub async fn run(self) {
+        let mut mux = FlvMux::new();
+        let mut attempt: u32 = 0;
+        let mut backoff = BACKOFF_FIRST;
+        self.health.set(PushState::Connecting);
+        loop {
+            if let Err(reason) = self.wait_for_pushable_codec().await {
+                self.health.set(PushState::Failed { reason });
+                // Another publisher (a takeover) may send H.264: keep watching.
+                self.wait_for_new_publisher().await;
+                continue;
+            }
+            let started = Instant::now();
+            match self.session(&mut mux).await {
+                Err(PushError::Codec(reason)) => {
+                    self.health.set(PushState::Failed { reason });
+                    self.wait_for_new_publisher().await;
+                    continue;
+                }
+                Err(e) => {
+                    // A connection that lasted resets the backoff.
+                    if started.elapsed() > BACKOFF_MAX {
+                        attempt = 0;
+                        backoff = BACKOFF_FIRST;
+                    }
+                    attempt += 1;
+                    // The error text never holds the key: it is only in
+                    // the publish command, which no error quotes.
+                    warn!(stream = %self.stream.name, destination = %self.label, attempt, error = %e, "restream push failed; retrying");
+                    self.health.set(PushState::Reconnecting {
+                        attempt,
+                        error: e.to_string(),
+                    });
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Ok(()) => return,
+            }
+        }
+    }
+
+    /// The current publisher's video must be H.264 (FLV's AVC); waits for
+    /// the codec to be known.
+    async fn wait_for_pushable_codec(&self) -> Result<(), String> {
+        loop {
+            if let Some(v) = self.stream.media_info().video {
+                if v.codec == "H264" {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "{} needs H.264 and this stream is {}: publish H.264 (RTMP, or WHIP with H.264)",
+                    self.label, v.codec
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn wait_for_new_publisher(&self) {
+        let first = self.stream.started_at();
+        let mut items = Vec::new();
+        loop {
+            items.clear();
+            self.queue.take(&mut items).await;
+            let changed = items
+                .iter()
+                .any(|i| matches!(i, Item::Video(f) if f.keyframe))
+                && self
+                    .stream
+                    .media_info()
+                    .video
+                    .is_some_and(|v| v.codec == "H264");
+            if changed || self.stream.started_at() != first {
+                return;
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Io>, PushError> {
+        let addr = (self.target.host.as_str(), self.target.port);
+        let tcp = TcpStream::connect(addr).await.map_err(|e| {
+            PushError::Io(format!(
+                "connecting to {}:{}: {e}",
+                self.target.host, self.target.port
+            ))
+        })?;
+        let _ = tcp.set_nodelay(true);
+        if !self.target.tls {
+            return Ok(Box::new(tcp));
+        }
+        let config = self
+            .tls
+            .client_config()
+            .map_err(|e| PushError::Io(format!("TLS setup: {e}")))?;
+        let name = rustls::pki_types::ServerName::try_from(self.target.host.clone())
+            .map_err(|e| PushError::Io(format!("TLS server name: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| PushError::Io(format!("TLS: {e}")))?;
+        Ok(Box::new(tls))
+    }
+
+    /// One connection: set up, then send until it fails.
+    async fn session(&self, mux: &mut FlvMux) -> Result<(), PushError> {
+        let (mut io, mut session, mut buf) = timeout(SETUP_TIMEOUT, self.setup())
+            .await
+            .map_err(|_| PushError::Timeout("setting up the RTMP publish"))??;
+        info!(stream = %self.stream.name, destination = %self.label, url = %self.target.tc_url, "restream push live");
+        self.health.set(PushState::Live);
+        mux.reconnected();
+        self.queue.clear();
+        let mut items = Vec::new();
+        let mut tags = Vec::new();
+        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+        loop {
+            items.clear();
+            tokio::select! {
+                gap = self.queue.take(&mut items) => {
+                    if gap {
+                        mux.resync();
+                    }
+                }
+                n = io.read(&mut buf) => {
+                    let n = n.map_err(|e| PushError::Io(format!("reading: {e}")))?;
+                    if n == 0 {
+                        return Err(PushError::Io("the destination closed the connection".into()));
+                    }
+                    let results = session.handle_input(&buf[..n]).map_err(|e| PushError::Protocol(format!("{e:?}")))?;
+                    out.clear();
+                    collect(results, &mut out)?;
+                    write(&mut io, &out).await?;
+                    continue;
+                }
+            }
+            tags.clear();
+            for item in &items {
+                match item {
+                    Item::Video(f) => {
+                        if let Err(e) = mux.video(f, &mut tags) {
+                            tracing::debug!(stream = %self.stream.name, error = %e, "restream: undecodable frame skipped");
+                        }
+                    }
+                    Item::Aac(a) => mux.audio(a, &mut tags),
+                }
+            }
+            if let Some(Item::Video(f)) = items.iter().find(|i| matches!(i, Item::Video(_)))
+                && let Some(v) = self.stream.media_info().video
+                && v.codec != "H264"
+                && f.publisher != 0
+            {
+                return Err(PushError::Codec(format!(
+                    "{} needs H.264 and this stream is now {}: publish H.264 (RTMP, or WHIP with H.264)",
+                    self.label, v.codec
+                )));
+            }
+            out.clear();
+            for tag in tags.drain(..) {
+                let r = match tag {
+                    Tag::Video { ts_ms, body } => {
+                        session.publish_video_data(body, RtmpTimestamp::new(ts_ms), false)
+                    }
+                    Tag::Audio { ts_ms, body } => {
+                        session.publish_audio_data(body, RtmpTimestamp::new(ts_ms), false)
+                    }
+                };
+                if let ClientSessionResult::OutboundResponse(p) =
+                    r.map_err(|e| PushError::Protocol(format!("{e:?}")))?
+                {
+                    out.extend_from_slice(&p.bytes);
+                }
+            }
+            if !out.is_empty() {
+                write(&mut io, &out).await?;
+                self.health
+                    .bytes_sent
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn setup(&self) -> Result<(Box<dyn Io>, ClientSession, Vec<u8>), PushError> {
+        let mut io = self.connect().await?;
+        let mut hs = Handshake::new(PeerType::Client);
+        let p0p1 = hs
+            .generate_outbound_p0_and_p1()
+            .map_err(|e| PushError::Protocol(format!("handshake: {e:?}")))?;
+        write(&mut io, &p0p1).await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let remaining = loop {
+            let n = read(&mut io, &mut buf).await?;
+            match hs
+                .process_bytes(&buf[..n])
+                .map_err(|e| PushError::Protocol(format!("handshake: {e:?}")))?
+            {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    write(&mut io, &response_bytes).await?;
+                }
+                HandshakeProcessResult::Completed {
+                    response_bytes,
+                    remaining_bytes,
+                } => {
+                    write(&mut io, &response_bytes).await?;
+                    break remaining_bytes;
+                }
+            }
+        };
+        let mut config = ClientSessionConfig::new();
+        config.tc_url = Some(self.target.tc_url.clone());
+        config.flash_version = "FMLE/3.0 (compatible; roomcast)".into();
+        let (mut session, _) =
+            ClientSession::new(config).map_err(|e| PushError::Protocol(format!("{e:?}")))?;
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let r = session
+            .request_connection(self.target.app.clone())
+            .map_err(|e| PushError::Protocol(format!("{e:?}")))?;
+        collect_events(vec![r], &mut out, &mut events);
+        let results = session
+            .handle_input(&remaining)
+            .map_err(|e| PushError::Protocol(format!("{e:?}")))?;
+        collect_events(results, &mut out, &mut events);
+        let mut connected = false;
+        loop {
+            write(&mut io, &out).await?;
+            out.clear();
+            for ev in events.drain(..) {
+                match ev {
+                    ClientSessionEvent::ConnectionRequestAccepted if !connected => {
+                        connected = true;
+                        let r = session
+                            .request_publishing(
+                                self.key.expose().to_string(),
+                                PublishRequestType::Live,
+                            )
+                            .map_err(|e| PushError::Protocol(format!("{e:?}")))?;
+                        collect_events(vec![r], &mut out, &mut Vec::new());
+                    }
+                    ClientSessionEvent::ConnectionRequestRejected { description } => {
+                        return Err(PushError::Refused(description));
+                    }
+                    ClientSessionEvent::PublishRequestAccepted => {
+                        write(&mut io, &out).await?;
+                        return Ok((io, session, buf));
+                    }
+                    ClientSessionEvent::UnhandleableOnStatusCode { code } => {
+                        // e.g. NetStream.Publish.BadName: the key was refused.
+                        return Err(PushError::Refused(code));
+                    }
+                    _ => {}
+                }
+            }
+            if !out.is_empty() {
+                continue;
+            }
+            let n = read(&mut io, &mut buf).await?;
+            let results = session
+                .handle_input(&buf[..n])
+                .map_err(|e| PushError::Protocol(format!("{e:?}")))?;
+            collect_events(results, &mut out, &mut events);
+        }
+    }
+}
+
+fn collect(results: Vec<ClientSessionResult>, out: &mut Vec<u8>) -> Result<(), PushError> {
+    for r in results {
+        match r {
+            ClientSessionResult::OutboundResponse(p) => out.extend_from_slice(&p.bytes),
+            ClientSessionResult::RaisedEvent(ClientSessionEvent::UnhandleableOnStatusCode {
+                code,
+            }) if code.contains("Error") || code.contains("Failed") || code.contains("BadName") => {
+                return Err(PushError::Refused(code));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn collect_events(
+    results: Vec<ClientSessionResult>,
+    out: &mut Vec<u8>,
+    events: &mut Vec<ClientSessionEvent>,
+) {
+    for r in results {
+        match r {
+            ClientSessionResult::OutboundResponse(p) => out.extend_from_slice(&p.bytes),
+            ClientSessionResult::RaisedEvent(e) => events.push(e),
+            ClientSessionResult::UnhandleableMessageReceived(_) => {}
+        }
+    }
+}
+
+async fn write(io: &mut Box<dyn Io>, bytes: &[u8]) -> Result<(), PushError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    match timeout(WRITE_TIMEOUT, io.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(PushError::Io(format!("writing: {e}"))),
+        Err(_) => Err(PushError::Timeout("writing to the destination")),
+    }
+}
+
+async fn read(io: &mut Box<dyn Io>, buf: &mut [u8]) -> Result<usize, PushError> {
+    match io.read(buf).await {
+        Ok(0) => Err(PushError::Io(
+            "the destination closed the connection".into(),
+        )),
+        Ok(n) => Ok(n),
+        Err(e) => Err(PushError::Io(format!("reading: {e}"))),
+    }
+}
+
+/// The TLS client configuration of every RTMPS push, made on first use:
+/// the system's roots (platforms' ingest servers have public certificates)
+/// plus `restream.ca_file`'s, for a destination with a private CA.
+pub struct TlsRoots {
+    ca_file: Option<std::path::PathBuf>,
+    config: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+}
+
+impl TlsRoots {
+    pub fn new(ca_file: Option<std::path::PathBuf>) -> Self {
+        TlsRoots {
+            ca_file,
+            config: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.config.get_or_init(|| self.build()).clone()
+    }
+
+    fn build(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let extra: Vec<CertificateDer<'static>> = match &self.ca_file {
+            None => Vec::new(),
+            Some(f) => CertificateDer::pem_file_iter(f)
+                .and_then(|i| i.collect::<Result<_, _>>())
+                .map_err(|e| format!("restream.ca_file {}: {e}", f.display()))?,
+        };
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+                .map_err(|e| e.to_string())?;
+        let c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(Arc::new(c))
+    }
+}

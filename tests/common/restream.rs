@@ -1,0 +1,258 @@
+//! Stand-ins for restream destinations (tests/restream*.rs): Debian's nginx
+//! with its RTMP module, recording what it gets, and ffmpeg in listen mode
+//! writing what it gets to an FLV file; ffprobe on what they recorded.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::synapse::free_port;
+use super::*;
+
+pub fn nginx_bin() -> PathBuf {
+    std::env::var_os("ROOMCAST_TEST_NGINX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
+}
+
+const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+
+/// nginx with the RTMP module, recording every publish to `rec/` (a new
+/// file per publish); stopped on drop.
+pub struct NginxRtmp {
+    child: Option<Child>,
+    dir: TempDir,
+    port: u16,
+}
+
+impl NginxRtmp {
+    pub fn start() -> NginxRtmp {
+        assert!(
+            Path::new(RTMP_MODULE).exists(),
+            "{RTMP_MODULE} not found: apt-get install -y libnginx-mod-rtmp"
+        );
+        let dir = TempDir::new("nginx-rtmp");
+        let port = free_port();
+        let d = dir.path().display().to_string();
+        std::fs::create_dir_all(dir.path().join("rec")).unwrap();
+        // nginx's workers drop to another user (nobody) when run as root.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(dir.path(), 0o755).unwrap();
+        mode(&dir.path().join("rec"), 0o777).unwrap();
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            format!(
+                "load_module {RTMP_MODULE};\nworker_processes 1;\npid {d}/nginx.pid;\n\
+                 error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
+                 rtmp {{\n  server {{\n    listen 127.0.0.1:{port};\n    \
+                 application live {{\n      live on;\n      record all;\n      \
+                 record_path {d}/rec;\n      record_unique on;\n    }}\n  }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let mut n = NginxRtmp {
+            child: None,
+            dir,
+            port,
+        };
+        n.run();
+        n
+    }
+
+    pub fn run(&mut self) {
+        let p = self.dir.path();
+        let child = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(p)
+            .arg("-e")
+            .arg(p.join("error.log"))
+            .arg("-c")
+            .arg(p.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run nginx (apt-get install -y nginx libnginx-mod-rtmp)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("nginx-rtmp listening", Duration::from_secs(20), || {
+            if let Some(Ok(Some(s))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("nginx exited ({s}): {}", self.error_log());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+    }
+
+    /// SIGTERM (a graceful SIGQUIT would wait for the RTMP sessions to end).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        if !poll_until(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("rtmp://127.0.0.1:{}/live", self.port)
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    pub fn recordings(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("rec"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for NginxRtmp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `ffmpeg -listen 1`: an RTMP server for one publish, copied to an FLV file.
+pub struct FfmpegListen {
+    pub child: Child,
+    port: u16,
+    pub out: PathBuf,
+    pub log: std::sync::Arc<Lines>,
+    _dir: TempDir,
+}
+
+impl FfmpegListen {
+    pub fn start(key: &str) -> FfmpegListen {
+        let dir = TempDir::new("ffmpeg-listen");
+        let port = free_port();
+        let out = dir.path().join("got.flv");
+        let mut child = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-nostats",
+                "-loglevel",
+                "info",
+                "-listen",
+                "1",
+            ])
+            .arg("-i")
+            .arg(format!("rtmp://127.0.0.1:{port}/app/{key}"))
+            .args(["-c", "copy", "-f", "flv", "-y"])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ffmpeg");
+        let log = std::sync::Arc::new(Lines::default());
+        drain(child.stderr.take().unwrap(), log.clone());
+        // Not by connecting: ffmpeg takes one connection only.
+        wait_until("ffmpeg listening", Duration::from_secs(20), || {
+            is_listening(port).then_some(())
+        });
+        FfmpegListen {
+            child,
+            port,
+            out,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("rtmp://127.0.0.1:{}/app", self.port)
+    }
+}
+
+/// Whether a TCP socket listens on 127.0.0.1:`port` (from /proc/net/tcp).
+pub fn is_listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+}
+
+impl Drop for FfmpegListen {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ffprobe's view of a recording: codec names and the duration in seconds.
+pub fn probe(file: &Path) -> (Vec<String>, f64, Value) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries"])
+        .arg("stream=codec_type,codec_name,sample_rate,profile:format=duration")
+        .args(["-of", "json"])
+        .arg(file)
+        .output()
+        .expect("run ffprobe");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let codecs = v["streams"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["codec_name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let duration = v["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    (codecs, duration, v)
+}
+
+/// A self-signed certificate for 127.0.0.1 (`{name}.crt`, `{name}.key`), as
+/// tests/tls.rs makes them: an end-entity certificate a client can take as
+/// its own trust root.
+pub fn make_cert(dir: &Path, name: &str) {
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=roomcast-restream-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.crt")))
+        .stdout(Stdio::null())
+        .output()
+        .expect("openssl req (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// ffmpeg's complaints while decoding a recording's audio (empty: it decodes).
+pub fn audio_decode_errors(file: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-i"])
+        .arg(file)
+        .args(["-map", "0:a", "-f", "null", "-"])
+        .output()
+        .expect("run ffmpeg");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
