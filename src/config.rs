@@ -67,6 +67,8 @@ pub struct Config {
     /// Cluster mode (PostgreSQL only): several nodes share one database and
     /// relay streams to each other over WHEP. Absent: one process, as before.
     pub cluster: Option<ClusterConfig>,
+    /// The OBS profiles roomcast hands out (`!live obs`, `/obs-profile`).
+    pub obs_profile: ObsProfileConfig,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -346,6 +348,39 @@ impl Default for ConnectionsConfig {
             idle_timeout_secs: 60,
             http_header_timeout_secs: 10,
             shutdown_grace_secs: 3,
+        }
+    }
+}
+
+/// The settings written into OBS profiles (src/obs_profile).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObsProfileConfig {
+    /// x264 CBR video bitrate, kbit/s.
+    pub video_kbps: u32,
+    /// AAC (or Opus, for WHIP) audio bitrate, kbit/s.
+    pub audio_kbps: u32,
+    /// 720 (1280×720) or 1080 (1920×1080), at 30 fps.
+    pub height: u32,
+}
+
+impl Default for ObsProfileConfig {
+    fn default() -> Self {
+        ObsProfileConfig {
+            video_kbps: 2500,
+            audio_kbps: 160,
+            height: 720,
+        }
+    }
+}
+
+impl ObsProfileConfig {
+    /// Width and height (720 unless 1080 is asked for).
+    pub fn size(&self) -> (u32, u32) {
+        if self.height == 1080 {
+            (1920, 1080)
+        } else {
+            (1280, 720)
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod extract;
 #[doc(hidden)]
 pub mod hls;
 pub mod matrix;
+mod obs_profile;
 pub mod ome;
 // Public for the fuzz targets (fuzz/): `Layout::parse`.
 #[doc(hidden)]
@@ -60,6 +61,8 @@ pub struct App {
     pub shutdown: crate::listener::Shutdown,
     /// Cluster mode (`[cluster]`): node registry, origins, edge relays.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `rtmp://host:port/app` for OBS profiles (None when RTMP is off).
+    pub rtmp_url: Option<String>,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -72,7 +75,8 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(hls::routes())
         .merge(webrtc::whip::routes())
         .merge(matrix::api::routes())
-        .merge(cluster::routes());
+        .merge(cluster::routes())
+        .merge(obs_profile::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());
     }
