@@ -8,7 +8,8 @@
 //! Opus, and an aiortc viewer decodes. The API's refusals (no key, wrong
 //! key, unknown stream). With Synapse: `!live obs` by DM sends a one-time
 //! link whose profile's key publishes; the link is used up by its first
-//! download, and a `!live rotate` makes a fresh link 404.
+//! download, and a `!live rotate` makes a fresh link 404; `!live slots obs`
+//! in the room sends one link per stream of the room.
 
 mod common;
 
@@ -348,6 +349,30 @@ fn obs_links_by_dm_are_one_time_and_die_with_the_key() {
     // Malformed and unknown links are 404 too.
     assert_eq!(server.get("/obs/nope").status, 404);
     assert_eq!(server.get(&format!("/obs/{}", "A".repeat(43))).status, 404);
+
+    // `!live slots obs` in the room: one link per stream of the room.
+    let room = wait_until("the room alias", MX_TIMEOUT, || {
+        alice.resolve_alias("#live_show:localhost")
+    });
+    alice.join(&room);
+    alice.send_text(&room, "!live slots add cam2");
+    alice.wait_message(&room, &bot, "Stream 'cam2' is attached");
+    alice.send_text(&room, "!live slots obs");
+    alice.wait_message(&room, &bot, "OBS profile links for show, cam2");
+    let cam2 = wait_until("cam2's OBS link", MX_TIMEOUT, || {
+        alice
+            .messages_from(&dm, &bot)
+            .into_iter()
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_string))
+            .find(|b| b.contains("OBS profile for 'cam2'"))
+    });
+    let at = cam2.find("/obs/").unwrap();
+    let r = server.get(cam2[at..].split_whitespace().next().unwrap());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dir = TempDir::new("roomcast-obs-slot");
+    unzip(&r.body, dir.path());
+    assert!(dir.path().join("roomcast-cam2/service.json").is_file());
+
     server.assert_no_key_logged();
     assert!(
         !server.log_lines().iter().any(|l| l.contains(&first[5..])),
