@@ -375,7 +375,7 @@ impl Default for ObsProfileConfig {
 }
 
 impl ObsProfileConfig {
-    /// Width and height (720 unless 1080 is asked for).
+    /// Width and height (`height` is 720 or 1080: checked at start-up).
     pub fn size(&self) -> (u32, u32) {
         if self.height == 1080 {
             (1920, 1080)
@@ -629,6 +629,22 @@ impl Config {
             return Err(invalid(
                 "connections.idle_timeout_secs",
                 "must be at least 30: live connections send keepalives every 20 s",
+            ));
+        }
+        let obs = &self.obs_profile;
+        if !matches!(obs.height, 720 | 1080) {
+            return Err(invalid("obs_profile.height", "must be 720 or 1080"));
+        }
+        if !(100..=100_000).contains(&obs.video_kbps) {
+            return Err(invalid(
+                "obs_profile.video_kbps",
+                "must be between 100 and 100000",
+            ));
+        }
+        if !(32..=512).contains(&obs.audio_kbps) {
+            return Err(invalid(
+                "obs_profile.audio_kbps",
+                "must be between 32 and 512",
             ));
         }
         if c.shutdown_grace_secs > 4 {

@@ -107,8 +107,8 @@ fn zip_response(app: &App, stream: &str, key: &str) -> impl IntoResponse + use<>
         key: key.to_string(),
         rtmp_server: app.rtmp_url.clone(),
         whip_url: format!("{}/whip/{stream}", app.public_base),
-        video_kbps: cfg.video_kbps.clamp(100, 100_000),
-        audio_kbps: cfg.audio_kbps.clamp(32, 512),
+        video_kbps: cfg.video_kbps,
+        audio_kbps: cfg.audio_kbps,
         width,
         height,
     };

@@ -211,6 +211,29 @@ mod tests {
     }
 
     #[test]
+    fn the_config_section() {
+        use crate::config::Config;
+        let parse = |t: &str| Config::parse(t, None, Vec::new());
+        let c = parse("").unwrap();
+        assert_eq!(c.obs_profile.size(), (1280, 720));
+        assert_eq!(c.obs_profile.video_kbps, 2500);
+        let c = parse("[obs_profile]\nheight = 1080\nvideo_kbps = 6000\n").unwrap();
+        assert_eq!(c.obs_profile.size(), (1920, 1080));
+        for (toml, key) in [
+            ("[obs_profile]\nheight = 900\n", "obs_profile.height"),
+            ("[obs_profile]\nvideo_kbps = 0\n", "obs_profile.video_kbps"),
+            (
+                "[obs_profile]\naudio_kbps = 9000\n",
+                "obs_profile.audio_kbps",
+            ),
+            ("[obs_profile]\nfps = 60\n", "fps"),
+        ] {
+            let e = parse(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn without_rtmp_only_the_whip_folder() {
         let e = entries(&build_zip(&profile(false)));
         assert!(e.iter().all(|(n, _)| !n.starts_with("roomcast-show/")));
