@@ -7,9 +7,10 @@
 //! 1280×720 without B-frames, a keyframe every second, AAC transcoded to
 //! Opus, and an aiortc viewer decodes. The API's refusals (no key, wrong
 //! key, unknown stream). With Synapse: `!live obs` by DM sends a one-time
-//! link whose profile's key publishes; the link is used up by its first
-//! download, and a `!live rotate` makes a fresh link 404; `!live slots obs`
-//! in the room sends one link per stream of the room.
+//! link (a page whose button POSTs) whose profile's key publishes; the link
+//! is used up by its first download, not by opening the page, and a
+//! `!live rotate` makes a fresh link 404; `!live slots obs` in the room
+//! sends one link per stream of the room.
 
 mod common;
 
@@ -181,6 +182,10 @@ fn get_profile(server: &Server, stream: &str, key: Option<&str>) -> HttpResponse
     .unwrap()
 }
 
+fn post(server: &Server, path: &str) -> HttpResponse {
+    http::request("POST", &server.url(path), &[], None).unwrap()
+}
+
 #[test]
 fn obs_29_publishes_with_the_api_profile() {
     let _serial = serial();
@@ -311,7 +316,17 @@ fn obs_links_by_dm_are_one_time_and_die_with_the_key() {
 
     alice.send_text(&dm, "!live obs show");
     let first = link_path(None);
-    let r = server.get(&first);
+    // Opening the link (or a homeserver's URL preview) spends nothing.
+    for _ in 0..2 {
+        let page = server.get(&first);
+        assert_eq!(page.status, 200, "{}", page.text());
+        assert!(
+            page.text().contains("<form method=\"post\">"),
+            "{}",
+            page.text()
+        );
+    }
+    let r = post(server, &first);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.content_type(), "application/zip");
     let dir = TempDir::new("roomcast-obs-link");
@@ -322,6 +337,7 @@ fn obs_links_by_dm_are_one_time_and_die_with_the_key() {
     .unwrap();
     let key = service["settings"]["key"].as_str().unwrap().to_string();
     // Used up.
+    assert_eq!(post(server, &first).status, 404);
     assert_eq!(server.get(&first).status, 404);
     // The profile's key publishes.
     let mut ffmpeg = Publisher::ffmpeg(&server.rtmp_url(&key), FfmpegOpts::small());
@@ -346,9 +362,13 @@ fn obs_links_by_dm_are_one_time_and_die_with_the_key() {
             .then_some(())
     });
     assert_eq!(server.get(&second).status, 404);
+    assert_eq!(post(server, &second).status, 404);
     // Malformed and unknown links are 404 too.
-    assert_eq!(server.get("/obs/nope").status, 404);
-    assert_eq!(server.get(&format!("/obs/{}", "A".repeat(43))).status, 404);
+    assert_eq!(post(server, "/obs/nope").status, 404);
+    assert_eq!(
+        post(server, &format!("/obs/{}", "A".repeat(43))).status,
+        404
+    );
 
     // `!live slots obs` in the room: one link per stream of the room.
     let room = wait_until("the room alias", MX_TIMEOUT, || {
@@ -367,7 +387,7 @@ fn obs_links_by_dm_are_one_time_and_die_with_the_key() {
             .find(|b| b.contains("OBS profile for 'cam2'"))
     });
     let at = cam2.find("/obs/").unwrap();
-    let r = server.get(cam2[at..].split_whitespace().next().unwrap());
+    let r = post(server, cam2[at..].split_whitespace().next().unwrap());
     assert_eq!(r.status, 200, "{}", r.text());
     let dir = TempDir::new("roomcast-obs-slot");
     unzip(&r.body, dir.path());

@@ -1,13 +1,17 @@
 //! OBS profile downloads (src/obs_profile): `GET
 //! /api/v1/streams/{name}/obs-profile` with the stream key as Bearer token,
-//! and the bot's one-time links `GET /obs/{secret}` (24 h, used up by the
-//! first download, dead once the key is rotated).
+//! and the bot's one-time links `/obs/{secret}` (24 h, used up by the first
+//! download, dead once the key is rotated). A `GET` on a link only shows a
+//! page with a download button; the `POST` it sends is the download that
+//! uses the link up. Homeservers fetch links posted in rooms for their URL
+//! previews, and such a fetch must not spend the link.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Html;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use subtle::ConstantTimeEq;
@@ -21,7 +25,7 @@ use crate::obs_profile::{self, Profile, link};
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/api/v1/streams/{name}/obs-profile", get(by_key))
-        .route("/obs/{secret}", get(by_link))
+        .route("/obs/{secret}", get(link_page).post(by_link))
 }
 
 static STORE_FAILED: LogEvery = LogEvery::new(std::time::Duration::from_secs(60));
@@ -64,14 +68,13 @@ async fn by_key(
     Ok(zip_response(&app, &name, key))
 }
 
-/// A one-time link: 404 for anything but an unused, unexpired link whose
-/// key is still the stream's.
-async fn by_link(
-    State(app): State<Arc<App>>,
-    Path(secret): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    let gone = || ApiError::not_found("this profile link is unknown, used, expired or revoked");
-    let secret = secret.strip_suffix(".zip").unwrap_or(&secret);
+fn gone() -> ApiError {
+    ApiError::not_found("this profile link is unknown, used, expired or revoked")
+}
+
+/// The stream and key of a live link (unused, unexpired, its key still the
+/// stream's), or 404.
+async fn live_link(app: &App, secret: &str) -> Result<(String, String, String), ApiError> {
     if !link::well_formed(secret) {
         return Err(gone());
     }
@@ -87,11 +90,52 @@ async fn by_link(
                 .ct_eq(crate::auth::keys::hash_key_hex(&key).as_bytes()),
         )
     });
+    // A key rotated since (or a link whose DM's commit has not landed yet):
+    // refused, and left alone: a link is spent only by its download.
     if !matches || app.hub.get(&stream).is_none() {
-        // Rotated since: the link can never work again.
-        let _ = app.store.consume_obs_link(&id).await;
         return Err(gone());
     }
+    Ok((id, stream, key))
+}
+
+/// The link's page: what it is, and a button that downloads (POST).
+async fn link_page(
+    State(app): State<Arc<App>>,
+    Path(secret): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (_, stream, _) = live_link(&app, &secret).await?;
+    let page = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\">\
+         <title>OBS profile for {s}</title></head><body>\
+         <h1>OBS profile for {s}</h1>\
+         <p>This link downloads once, then stops working.</p>\
+         <form method=\"post\"><button type=\"submit\">Download the profile</button></form>\
+         <p>Unzip it, then in OBS: Profile → Import, pick the <code>{f}</code> folder \
+         (<code>{f}-whip</code> for WHIP, OBS 30+), and switch to that profile.</p>\
+         </body></html>",
+        s = stream,
+        f = obs_profile::folder(&stream),
+    );
+    Ok((
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; form-action 'self'",
+            ),
+        ],
+        Html(page),
+    ))
+}
+
+/// The download: uses the link up (one caller wins a race).
+async fn by_link(
+    State(app): State<Arc<App>>,
+    Path(secret): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (id, stream, key) = live_link(&app, &secret).await?;
     if !app.store.consume_obs_link(&id).await.map_err(storage)? {
         return Err(gone());
     }

@@ -31,13 +31,13 @@ impl Matrix {
         let url = format!("{}/obs/{secret}", self.urls.public_base);
         let text = format!(
             "OBS profile for '{stream}' (one download, valid 24 h): {url}\n\
-             Unzip it, then OBS → Profile → Import and pick the roomcast-{stream} folder \
+             Open it and press Download. Unzip the file, then OBS → Profile → Import and pick the roomcast-{stream} folder \
              (roomcast-{stream}-whip for WHIP, OBS 30+). It carries a new stream key: the old one \
              no longer works, and `!live rotate {stream}` makes this link stop working."
         );
         let html = format!(
             "<p>OBS profile for <b>{s}</b> (one download, valid 24 h): <a href=\"{u}\">{u}</a></p>\
-             <p>Unzip it, then OBS → Profile → Import and pick the <code>roomcast-{s}</code> folder \
+             <p>Open it and press Download. Unzip the file, then OBS → Profile → Import and pick the <code>roomcast-{s}</code> folder \
              (<code>roomcast-{s}-whip</code> for WHIP, OBS 30+). It carries a new stream key: the old one \
              no longer works, and <code>!live rotate {s}</code> makes this link stop working.</p>",
             s = html_escape(stream),
