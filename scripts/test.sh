@@ -53,6 +53,10 @@ command -v gst-launch-1.0 >/dev/null 2>&1 || missing+=(gstreamer1.0-tools)
 for p in gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly; do
     has_pkg "$p" || missing+=("$p")
 done
+# tests/obs_profile.rs runs OBS Studio 29 headless (Xvfb) and unpacks its zip with unzip.
+command -v obs >/dev/null 2>&1 || missing+=(obs-studio)
+command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
+command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 

@@ -73,6 +73,8 @@ pub struct Config {
     pub thumbnails: crate::thumbnail::ThumbnailConfig,
     /// Restreaming to RTMP(S) destinations (`[[streams.restream]]`, `!live restream`).
     pub restream: RestreamConfig,
+    /// The OBS profiles roomcast hands out (`!live obs`, `/obs-profile`).
+    pub obs_profile: ObsProfileConfig,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -352,6 +354,39 @@ impl Default for ConnectionsConfig {
             idle_timeout_secs: 60,
             http_header_timeout_secs: 10,
             shutdown_grace_secs: 3,
+        }
+    }
+}
+
+/// The settings written into OBS profiles (src/obs_profile).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObsProfileConfig {
+    /// x264 CBR video bitrate, kbit/s.
+    pub video_kbps: u32,
+    /// AAC (or Opus, for WHIP) audio bitrate, kbit/s.
+    pub audio_kbps: u32,
+    /// 720 (1280×720) or 1080 (1920×1080), at 30 fps.
+    pub height: u32,
+}
+
+impl Default for ObsProfileConfig {
+    fn default() -> Self {
+        ObsProfileConfig {
+            video_kbps: 2500,
+            audio_kbps: 160,
+            height: 720,
+        }
+    }
+}
+
+impl ObsProfileConfig {
+    /// Width and height (`height` is 720 or 1080: checked at start-up).
+    pub fn size(&self) -> (u32, u32) {
+        if self.height == 1080 {
+            (1920, 1080)
+        } else {
+            (1280, 720)
         }
     }
 }
@@ -674,6 +709,22 @@ impl Config {
             return Err(invalid(
                 "connections.idle_timeout_secs",
                 "must be at least 30: live connections send keepalives every 20 s",
+            ));
+        }
+        let obs = &self.obs_profile;
+        if !matches!(obs.height, 720 | 1080) {
+            return Err(invalid("obs_profile.height", "must be 720 or 1080"));
+        }
+        if !(100..=100_000).contains(&obs.video_kbps) {
+            return Err(invalid(
+                "obs_profile.video_kbps",
+                "must be between 100 and 100000",
+            ));
+        }
+        if !(32..=512).contains(&obs.audio_kbps) {
+            return Err(invalid(
+                "obs_profile.audio_kbps",
+                "must be between 32 and 512",
             ));
         }
         if c.shutdown_grace_secs > 4 {

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod log_every;
 pub mod matrix;
 pub mod media;
+pub mod obs_profile;
 pub mod plan;
 pub mod recording;
 pub mod restream;

@@ -165,17 +165,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             shutdown.clone(),
         )));
     }
+    let rtmp_url = rtmp_addr.map(|a| {
+        format!(
+            "rtmp://{}:{}/{}",
+            public_host(&public_base),
+            a.port(),
+            config.rtmp.app
+        )
+    });
     let matrix = match &config.matrix {
         Some(mc) => {
             let urls = crate::matrix::IngestUrls {
-                rtmp: rtmp_addr.map(|a| {
-                    format!(
-                        "rtmp://{}:{}/{}",
-                        public_host(&public_base),
-                        a.port(),
-                        config.rtmp.app
-                    )
-                }),
+                rtmp: rtmp_url.clone(),
                 public_base: public_base.clone(),
             };
             let m = crate::matrix::Matrix::new(
@@ -323,6 +324,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         cluster,
         recorder,
         thumbnails,
+        rtmp_url,
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];

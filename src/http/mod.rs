@@ -16,6 +16,7 @@ pub mod extract;
 #[doc(hidden)]
 pub mod hls;
 pub mod matrix;
+mod obs_profile;
 pub mod ome;
 mod open_graph;
 // Public for the fuzz targets (fuzz/): `Layout::parse`.
@@ -71,6 +72,8 @@ pub struct App {
     pub thumbnails: Arc<crate::thumbnail::Thumbnails>,
     /// Pushes to RTMP(S) destinations (`src/restream`).
     pub restream: Arc<crate::restream::Restreamer>,
+    /// `rtmp://host:port/app` for OBS profiles (None when RTMP is off).
+    pub rtmp_url: Option<String>,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -87,7 +90,8 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(recordings::routes())
         .merge(replay::routes())
         .merge(thumbnail::routes())
-        .merge(restream::routes());
+        .merge(restream::routes())
+        .merge(obs_profile::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());
     }

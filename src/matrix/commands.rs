@@ -29,6 +29,10 @@ pub enum Command {
     Rotate {
         name: Option<String>,
     },
+    /// DM a one-time link (24 h) to an OBS profile carrying a new key.
+    Obs {
+        name: Option<String>,
+    },
     Status {
         name: Option<String>,
     },
@@ -92,8 +96,14 @@ pub enum Restream {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Slots {
     List,
-    Add { name: String },
-    Remove { name: String },
+    Add {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+    /// One OBS profile link per stream of the room, by DM.
+    Obs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,9 +123,10 @@ pub const HELP: &str = "roomcast commands:
 !live detach [name] — detach the stream from this room (room admins)
 !live key [name] — get the publishing settings with a new key, by DM (room admins)
 !live rotate [name] — replace the stream key; the new one comes by DM (room admins)
+!live obs [name] — a one-time link (24 h) to a ready OBS profile with a new key, by DM (owner or room admins)
 !live status [name] — live or offline, viewers, links
 !live notify on|off — mention @room in go-live notices (room admins)
-!live slots | slots add <name> | slots remove <name> — extra streams in this room (room admins)
+!live slots | slots add <name> | slots remove <name> | slots obs — extra streams (slots obs: one OBS profile link per stream, by DM) in this room (room admins)
 !live link <24h|7d|30m> [name] — a viewer link for a private room (room admins)
 !live follow <name|#alias> — this room gets that stream's go-live and ended notices (room admins)
 !live unfollow [name|#alias] — stop following it (or every stream)
@@ -216,6 +227,9 @@ pub fn parse(body: &str) -> Parsed {
             "rotate" if !too_many(1) => Command::Rotate {
                 name: name_arg(arg(0))?,
             },
+            "obs" if !too_many(1) => Command::Obs {
+                name: name_arg(arg(0))?,
+            },
             "status" if !too_many(1) => Command::Status {
                 name: name_arg(arg(0))?,
             },
@@ -233,8 +247,11 @@ pub fn parse(body: &str) -> Parsed {
                     Some("remove") | Some("rm") => Command::Slots(Slots::Remove {
                         name: required_name(arg(1), "!live slots remove <name>")?,
                     }),
+                    Some("obs") if arg(1).is_none() => Command::Slots(Slots::Obs),
                     Some(other) => {
-                        return Err(format!("unknown slots action '{other}'; use add or remove"));
+                        return Err(format!(
+                            "unknown slots action '{other}'; use add, remove or obs"
+                        ));
                     }
                 }
             }
@@ -268,7 +285,7 @@ pub fn parse(body: &str) -> Parsed {
                 },
             },
             "restream" => parse_restream(args)?,
-            "new" | "attach" | "detach" | "key" | "rotate" | "status" | "notify" | "slots"
+            "new" | "attach" | "detach" | "key" | "rotate" | "obs" | "status" | "notify" | "slots"
             | "slot" | "link" | "follow" | "unfollow" | "record" | "recordings"
             | "delete-recording" => {
                 return Err(format!("too many arguments for '{cmd_lc}'; try !live help"));
@@ -395,6 +412,15 @@ mod tests {
             }
         );
         assert_eq!(cmd("!live rotate"), Command::Rotate { name: None });
+        assert_eq!(
+            cmd("!live obs show"),
+            Command::Obs {
+                name: Some("show".into())
+            }
+        );
+        assert_eq!(cmd("!live slots obs"), Command::Slots(Slots::Obs));
+        assert!(err("!live obs a b").contains("too many"));
+        assert!(needs_admin(&Command::Obs { name: None }));
         assert_eq!(cmd("!live status"), Command::Status { name: None });
         assert_eq!(cmd("!live notify on"), Command::Notify { on: true });
         assert_eq!(cmd("!live notify OFF"), Command::Notify { on: false });

@@ -36,6 +36,9 @@ pub enum Effect {
     Backfill { room: Target },
     /// Sends `user` a new key for `stream` by DM, then makes it the valid one.
     DeliverKey { user: String, stream: String },
+    /// DMs `user` a one-time link to an OBS profile for `stream`, whose new
+    /// key then becomes the valid one (src/matrix/obs.rs).
+    ObsLink { user: String, stream: String },
     /// Unmaps the stream, removes its widget, re-pins the others.
     Detach { stream: String, room: String },
     /// A notice from the bot.
@@ -289,6 +292,42 @@ pub fn decide_key(
     Ok(effects)
 }
 
+/// `!live obs` (one stream) and `!live slots obs` (every stream of the
+/// room): a profile link per stream, by DM, to the owner or a room admin.
+pub fn decide_obs(
+    streams: &[MappingRow],
+    sender: &str,
+    said_in: &str,
+    in_dm: bool,
+    may_manage: bool,
+) -> Result<Vec<Effect>, String> {
+    if !may_manage {
+        return Err(NOT_ADMIN.into());
+    }
+    if streams.is_empty() {
+        return Err("This room has no stream: `!live attach <name>`.".into());
+    }
+    let mut effects: Vec<Effect> = streams
+        .iter()
+        .map(|m| Effect::ObsLink {
+            user: sender.to_string(),
+            stream: m.stream.clone(),
+        })
+        .collect();
+    if !in_dm {
+        let names: Vec<&str> = streams.iter().map(|m| m.stream.as_str()).collect();
+        effects.push(Effect::Reply {
+            room: said_in.to_string(),
+            text: format!(
+                "I sent {sender} OBS profile links for {} by direct message; each carries a new key, \
+                 so the old keys no longer work.",
+                names.join(", ")
+            ),
+        });
+    }
+    Ok(effects)
+}
+
 /// What `!live status` shows.
 pub struct StatusFacts<'a> {
     pub stream: &'a str,
@@ -335,6 +374,7 @@ pub fn step_name(index: usize, effect: &Effect) -> String {
         Effect::QueueStreamState { .. } => "stream_state",
         Effect::Backfill { .. } => "backfill",
         Effect::DeliverKey { .. } => "key",
+        Effect::ObsLink { .. } => "obs_link",
         Effect::Detach { .. } => "detach",
         Effect::Reply { .. } => "reply",
     };
@@ -514,6 +554,36 @@ mod tests {
             decide_key(&m, "@alice:x", "!dm", true, true).unwrap().len(),
             1
         );
+    }
+
+    #[test]
+    fn obs_links_one_per_stream_to_who_manages_them() {
+        let here = [
+            mapping("show", "!room", "@alice:x"),
+            mapping("cam2", "!room", "@alice:x"),
+        ];
+        assert_eq!(
+            decide_obs(&here, "@mallory:x", "!room", false, false).unwrap_err(),
+            NOT_ADMIN
+        );
+        let e = decide_obs(&here, "@alice:x", "!room", false, true).unwrap();
+        assert_eq!(
+            e[1],
+            Effect::ObsLink {
+                user: "@alice:x".into(),
+                stream: "cam2".into()
+            }
+        );
+        assert!(matches!(&e[2], Effect::Reply { text, .. } if text.contains("show, cam2")));
+        assert_eq!(
+            decide_obs(&here[..1], "@alice:x", "!dm", true, true)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(decide_obs(&[], "@alice:x", "!room", false, true).is_err());
+        let names: Vec<String> = e.iter().enumerate().map(|(i, x)| step_name(i, x)).collect();
+        assert_eq!(names[..2], ["0:obs_link", "1:obs_link"]);
     }
 
     #[test]

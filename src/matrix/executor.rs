@@ -130,7 +130,7 @@ impl Matrix {
                 created = Some(value.clone());
             }
             // A key records its step with its hash, in one transaction.
-            if !matches!(effect, Effect::DeliverKey { .. }) {
+            if !matches!(effect, Effect::DeliverKey { .. } | Effect::ObsLink { .. }) {
                 self.record_step(event, &step, &value).await?;
             }
         }
@@ -193,6 +193,10 @@ impl Matrix {
                 self.deliver_key(user, stream, event, step).await?;
                 info!(stream = %stream, to = %user, "matrix: stream key sent");
             }
+            Effect::ObsLink { user, stream } => {
+                self.deliver_obs_link(user, stream, event, step).await?;
+                info!(stream = %stream, to = %user, "matrix: OBS profile link sent");
+            }
             Effect::Detach { stream, room } => self.detach(stream, room).await?,
             Effect::Reply { room, text } => self.reply(room, text).await,
         }
@@ -212,6 +216,7 @@ impl Matrix {
                 cmd,
                 Command::Key { .. }
                     | Command::Rotate { .. }
+                    | Command::Obs { .. }
                     | Command::Detach { .. }
                     | Command::Link { .. }
                     | Command::Record { .. }
@@ -333,6 +338,25 @@ impl Matrix {
                 self.reply(room, &format!("Streams of this room: {}", list.join(", ")))
                     .await;
                 Ok(Ok(()))
+            }
+            Command::Slots(Slots::Obs) => {
+                // Room admins only (checked above).
+                let here = self.streams_of_room(room);
+                match decisions::decide_obs(&here, sender, room, in_dm, true) {
+                    Ok(plan) => self.plan(event, plan).await,
+                    Err(refusal) => refuse(refusal),
+                }
+            }
+            Command::Obs { name } => {
+                let m = match self.resolve(room, in_dm, name) {
+                    Ok(m) => m,
+                    Err(r) => return refuse(r),
+                };
+                let may = self.may_manage(&m, sender).await?;
+                match decisions::decide_obs(&[m], sender, room, in_dm, may) {
+                    Ok(plan) => self.plan(event, plan).await,
+                    Err(refusal) => refuse(refusal),
+                }
             }
             Command::Detach { name } => self.cmd_detach(room, sender, in_dm, name, event).await,
             Command::Key { name } | Command::Rotate { name } => {
@@ -579,6 +603,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Detach { .. } => "detach",
         Command::Key { .. } => "key",
         Command::Rotate { .. } => "rotate",
+        Command::Obs { .. } => "obs",
         Command::Status { .. } => "status",
         Command::Notify { .. } => "notify",
         Command::Slots(_) => "slots",

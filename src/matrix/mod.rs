@@ -38,6 +38,7 @@ mod keys;
 pub mod media_proxy;
 mod notice_current;
 mod notices;
+mod obs;
 pub mod permissions;
 mod power;
 mod recordings;

@@ -11,6 +11,7 @@ pub mod matrix;
 pub mod matrix_leases;
 pub mod recordings;
 pub mod restream;
+pub mod obs_links;
 
 use std::path::PathBuf;
 use std::sync::Arc;
