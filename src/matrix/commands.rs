@@ -285,8 +285,8 @@ pub fn parse(body: &str) -> Parsed {
                 },
             },
             "restream" => parse_restream(args)?,
-            "new" | "attach" | "detach" | "key" | "rotate" | "obs" | "status" | "notify" | "slots"
-            | "slot" | "link" | "follow" | "unfollow" | "record" | "recordings"
+            "new" | "attach" | "detach" | "key" | "rotate" | "obs" | "status" | "notify"
+            | "slots" | "slot" | "link" | "follow" | "unfollow" | "record" | "recordings"
             | "delete-recording" => {
                 return Err(format!("too many arguments for '{cmd_lc}'; try !live help"));
             }

@@ -9,9 +9,9 @@ pub mod cluster_bus;
 pub mod health;
 pub mod matrix;
 pub mod matrix_leases;
+pub mod obs_links;
 pub mod recordings;
 pub mod restream;
-pub mod obs_links;
 
 use std::path::PathBuf;
 use std::sync::Arc;
