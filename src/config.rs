@@ -477,6 +477,17 @@ pub struct MatrixConfig {
     /// certificates, besides the system's (a test or private federation).
     #[serde(default)]
     pub federation_ca_file: Option<String>,
+    /// Screen-share parties (`!live party on`): the power level a member
+    /// needs for the widget's Share screen button (0: any joined member).
+    #[serde(default)]
+    pub party_power_level: i64,
+    /// The bitrate cap (kbit/s) the widget asks a sharer's browser to keep.
+    #[serde(default = "default_party_max_kbps")]
+    pub party_max_kbps: u32,
+}
+
+fn default_party_max_kbps() -> u32 {
+    2500
 }
 
 fn default_max_streams_per_user() -> usize {

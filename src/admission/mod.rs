@@ -11,7 +11,10 @@
 //! expiry and its grounds; WebRTC sessions admitted by it are tracked, and a
 //! sweep ends them when their grounds go away (the room turned private).
 
+pub mod publish_grant;
 pub mod rate;
+
+pub use publish_grant::publish_scope;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -160,6 +163,8 @@ pub struct Admission {
     left: Mutex<HashMap<(String, String), Instant>>,
     /// Passes of members, to revoke when they leave.
     member_passes: Mutex<HashMap<(String, String), RevokeFlags>>,
+    /// WHIP sessions admitted by a member's publish grant (publish_grant.rs).
+    granted_publishers: Mutex<HashMap<(String, String), u64>>,
 }
 
 /// The revocation flags of one member's passes.
@@ -222,6 +227,7 @@ impl Admission {
             sessions: Mutex::new(HashMap::new()),
             left: Mutex::new(HashMap::new()),
             member_passes: Mutex::new(HashMap::new()),
+            granted_publishers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -419,6 +425,7 @@ impl Admission {
             left.retain(|_, t| now.duration_since(*t) < LEFT_MEMORY);
             left.insert(key.clone(), now);
         }
+        self.end_granted_publisher(stream, user);
         if let Some(flags) = self.member_passes.lock().remove(&key) {
             for f in flags.iter().filter_map(Weak::upgrade) {
                 f.store(true, Relaxed);

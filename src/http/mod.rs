@@ -72,6 +72,7 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(hls::routes())
         .merge(webrtc::whip::routes())
         .merge(matrix::api::routes())
+        .merge(matrix::party::routes())
         .merge(cluster::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());

@@ -50,6 +50,12 @@ pub enum Command {
     Unfollow {
         target: Option<String>,
     },
+    /// Screen-share parties in this room (party.rs): off, on with a compact
+    /// notice per share, or on quietly (state events only).
+    Party {
+        on: bool,
+        notices: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +84,7 @@ pub const HELP: &str = "roomcast commands:
 !live rotate [name] — replace the stream key; the new one comes by DM (room admins)
 !live status [name] — live or offline, viewers, links
 !live notify on|off — mention @room in go-live notices (room admins)
+!live party on|quiet|off — the widget's Share screen button for members (room admins; quiet: no notices)
 !live slots | slots add <name> | slots remove <name> — extra streams in this room (room admins)
 !live link <24h|7d|30m> [name] — a viewer link for a private room (room admins)
 !live follow <name|#alias> — this room gets that stream's go-live and ended notices (room admins)
@@ -181,6 +188,21 @@ pub fn parse(body: &str) -> Parsed {
                 Some("off") => Command::Notify { on: false },
                 _ => return Err("usage: !live notify on|off".into()),
             },
+            "party" if !too_many(1) => match arg(0).map(str::to_ascii_lowercase).as_deref() {
+                Some("on") => Command::Party {
+                    on: true,
+                    notices: true,
+                },
+                Some("quiet") => Command::Party {
+                    on: true,
+                    notices: false,
+                },
+                Some("off") => Command::Party {
+                    on: false,
+                    notices: false,
+                },
+                _ => return Err("usage: !live party on|quiet|off".into()),
+            },
             "slots" | "slot" if !too_many(2) => {
                 match arg(0).map(str::to_ascii_lowercase).as_deref() {
                     None | Some("list") => Command::Slots(Slots::List),
@@ -206,7 +228,7 @@ pub fn parse(body: &str) -> Parsed {
                 target: follow_target(arg(0))?,
             },
             "new" | "attach" | "detach" | "key" | "rotate" | "status" | "notify" | "slots"
-            | "slot" | "link" | "follow" | "unfollow" => {
+            | "slot" | "link" | "follow" | "unfollow" | "party" => {
                 return Err(format!("too many arguments for '{cmd_lc}'; try !live help"));
             }
             _ => {
@@ -281,6 +303,22 @@ mod tests {
         assert_eq!(cmd("!live status"), Command::Status { name: None });
         assert_eq!(cmd("!live notify on"), Command::Notify { on: true });
         assert_eq!(cmd("!live notify OFF"), Command::Notify { on: false });
+        assert_eq!(
+            cmd("!live party on"),
+            Command::Party {
+                on: true,
+                notices: true
+            }
+        );
+        assert_eq!(
+            cmd("!live party quiet"),
+            Command::Party {
+                on: true,
+                notices: false
+            }
+        );
+        assert!(err("!live party maybe").contains("usage: !live party"));
+        assert!(needs_admin(&cmd("!live party off")));
         assert_eq!(cmd("!live slots"), Command::Slots(Slots::List));
         assert_eq!(
             cmd("!live slots add cam2"),

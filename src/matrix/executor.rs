@@ -385,6 +385,7 @@ impl Matrix {
                 .await;
                 Ok(Ok(()))
             }
+            Command::Party { on, notices } => self.cmd_party(room, on, notices).await,
             Command::Link { secs, name } => {
                 let m = match self.resolve(room, in_dm, name) {
                     Ok(m) => m,
@@ -565,5 +566,6 @@ fn command_name(c: &Command) -> &'static str {
         Command::Link { .. } => "link",
         Command::Follow { .. } => "follow",
         Command::Unfollow { .. } => "unfollow",
+        Command::Party { .. } => "party",
     }
 }

@@ -36,6 +36,7 @@ mod follow;
 mod keys;
 pub mod media_proxy;
 mod notices;
+pub mod party;
 pub mod permissions;
 mod power;
 pub mod registration;

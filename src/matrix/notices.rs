@@ -582,12 +582,23 @@ impl Matrix {
         let Some((m, room)) = self.room_of_stream(stream) else {
             return Ok(());
         };
-        let followers = self.store.followers(stream).await?;
-        let notice = json!({
+        // A party share: a compact notice in its room only, or just the state.
+        let party = self.party_notices(stream).await?;
+        if party == Some(false) {
+            return self.enqueue_state(stream, true).await;
+        }
+        let followers = match party {
+            Some(_) => Vec::new(),
+            None => self.store.followers(stream).await?,
+        };
+        let mut notice = json!({
             "title": self.title_of(stream),
             "watch_url": self.golive_watch_url(stream),
-            "mention": room.notify,
+            "mention": room.notify && party.is_none(),
         });
+        if party.is_some() {
+            notice["party"] = json!(self.title_of(stream));
+        }
         self.enqueue_notice(
             &m.room_id,
             &followers,
@@ -612,14 +623,21 @@ impl Matrix {
         let Some((m, _)) = self.room_of_stream(stream) else {
             return Ok(());
         };
+        let party = self.party_notices(stream).await?;
+        if party == Some(false) {
+            return self.enqueue_state(stream, false).await;
+        }
         // The rooms that got this session's go-live notice get its end.
         let told = self.store.outbox_rooms(stream, session, "notice").await?;
-        let ended = json!({
+        let mut ended = json!({
             "title": self.title_of(stream),
             "duration_s": ran.as_secs(),
             "peak": peak,
             "watch_url": self.watch_url(stream),
         });
+        if party.is_some() {
+            ended["party"] = json!(self.title_of(stream));
+        }
         self.enqueue_notice(&m.room_id, &told, stream, session, "ended", ended, None)
             .await?;
         info!(stream = %stream, duration_s = ran.as_secs(), peak, "matrix: stream-ended notice queued");
@@ -730,15 +748,22 @@ impl Matrix {
                         .await
                         .unwrap_or(false);
                 let at = if mention { "@room " } else { "" };
+                let (body, html) = match p["party"].as_str() {
+                    Some(who) => super::party::share_notice(who),
+                    None => (
+                        format!("{at}🔴 {title} is live: {url}"),
+                        format!(
+                            "{at}🔴 <b>{}</b> is live — <a href=\"{}\">watch</a>",
+                            html_escape(title),
+                            html_escape(url)
+                        ),
+                    ),
+                };
                 let mut content = json!({
                     "msgtype": "m.notice",
-                    "body": format!("{at}🔴 {title} is live: {url}"),
+                    "body": body,
                     "format": "org.matrix.custom.html",
-                    "formatted_body": format!(
-                        "{at}🔴 <b>{}</b> is live — <a href=\"{}\">watch</a>",
-                        html_escape(title),
-                        html_escape(url)
-                    ),
+                    "formatted_body": html,
                     "m.mentions": {},
                     "io.roomcast.golive": {"stream": item.stream, "session": item.session},
                 });
@@ -761,6 +786,10 @@ impl Matrix {
                     html_escape(title),
                     format_duration(secs)
                 );
+                let (text, html) = match p["party"].as_str() {
+                    Some(who) => super::party::share_ended_notice(who, secs),
+                    None => (text, html),
+                };
                 let new_content = json!({
                     "msgtype": "m.notice",
                     "body": text,

@@ -51,6 +51,9 @@ impl Matrix {
             ("m.room.power_levels", Some("")) => {
                 self.rooms
                     .note_power(room, mapped, |p| p.pl = Some(ev.content.clone()));
+                if mapped {
+                    self.party_power_changed(room).await?;
+                }
             }
             ("m.room.create", Some("")) => {
                 self.rooms.note_power(room, mapped, |p| {

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod health;
 pub mod matrix;
 pub mod matrix_leases;
+pub mod party;
 
 use std::path::PathBuf;
 use std::sync::Arc;
