@@ -14,6 +14,7 @@ import { WidgetApi, WidgetApiToWidgetAction } from 'matrix-widget-api';
 import { api, streamPath } from '../lib/api.js';
 import { h, icon, params, plural } from '../lib/dom.js';
 import { StreamEvents } from '../lib/events.js';
+import { Party } from '../lib/party.js';
 import { Player } from '../lib/player.js';
 import { RoomChat } from '../lib/room_chat.js';
 
@@ -178,6 +179,13 @@ async function main() {
       ? 'This roomcast server has no Matrix integration, so no stream belongs to this room.'
       : `Could not load this room’s streams: ${e.message}`);
   }
+  // Members' screen shares (`party`) show in the party grid, not as tabs.
+  if (Array.isArray(streams)) streams = streams.filter((s) => !s.party);
+  if (inClient) {
+    party = new Party(stage, { widget, ready, roomId });
+    window.roomcast.party = party;
+    party.init();
+  }
   if (!Array.isArray(streams) || !streams.length) return say('No stream is attached to this room yet.');
   // Live streams first, the widget's own stream first among equals; the first one plays.
   streams.sort((a, b) => Number(b.live) - Number(a.live)
@@ -189,5 +197,6 @@ async function main() {
   show(streams[0], streams);
 }
 
-window.roomcast = { widget, ready, player: null, chat };
+let party = null;
+window.roomcast = { widget, ready, player: null, chat, party };
 main();
