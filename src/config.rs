@@ -67,6 +67,8 @@ pub struct Config {
     /// Cluster mode (PostgreSQL only): several nodes share one database and
     /// relay streams to each other over WHEP. Absent: one process, as before.
     pub cluster: Option<ClusterConfig>,
+    /// Standalone screen-share parties: `/party/{name}` with a party key.
+    pub parties: Vec<PartyConfig>,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -490,6 +492,26 @@ fn default_party_max_kbps() -> u32 {
     2500
 }
 
+/// `[[parties]]`: a screen-share party without Matrix (src/party).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartyConfig {
+    /// The page is `/party/{name}`; shares are streams `<name>-<12 hex>`.
+    pub name: String,
+    /// What participants type to join (at least 16 characters).
+    pub key: String,
+    /// The bitrate cap (kbit/s) the page asks a sharer's browser to keep.
+    #[serde(default = "default_party_max_kbps")]
+    pub max_kbps: u32,
+    /// Participants at once (each share is watched by every other: N² out).
+    #[serde(default = "default_party_participants")]
+    pub max_participants: usize,
+}
+
+fn default_party_participants() -> usize {
+    16
+}
+
 fn default_max_streams_per_user() -> usize {
     3
 }
@@ -568,6 +590,21 @@ impl Config {
                 "public_url",
                 format!("'{url}' must start with http:// or https://"),
             ));
+        }
+        for (i, p) in self.parties.iter().enumerate() {
+            if p.name.len() > 40 {
+                return Err(invalid(
+                    format!("parties[{i}].name"),
+                    "at most 40 characters",
+                ));
+            }
+            validate_stream_name(&p.name).map_err(|e| invalid(format!("parties[{i}].name"), e))?;
+            if p.key.len() < MIN_KEY_LEN {
+                return Err(invalid(
+                    format!("parties[{i}].key"),
+                    format!("at least {MIN_KEY_LEN} characters"),
+                ));
+            }
         }
         if self.http.max_body_bytes < 4096 {
             return Err(invalid(

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod log_every;
 pub mod matrix;
 pub mod media;
+pub mod party;
 pub mod plan;
 pub mod rtc;
 pub mod server;

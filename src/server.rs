@@ -232,7 +232,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 }
             }));
     }
+    let parties = Arc::new(crate::party::Parties::new(&config.parties));
+    admission.set_party_grants(parties.clone());
     let app = Arc::new(App {
+        parties,
         config,
         hub,
         engine: engine.clone(),

@@ -223,3 +223,78 @@ fn members_share_screens_in_the_room_widget() {
         "a share got the long go-live notice"
     );
 }
+
+#[test]
+fn standalone_party_page_with_a_party_key() {
+    let _serial = serial();
+    let key = "friends-party-key-0123456789";
+    let server = Server::start(&format!(
+        "[[parties]]\nname = \"friends\"\nkey = \"{key}\"\nmax_kbps = 1500\n"
+    ));
+    // The API refuses a wrong key, an unknown party and a missing token.
+    let party = "/api/v1/parties/friends";
+    let (status, r) = post_json(
+        &server,
+        &format!("{party}/join"),
+        None,
+        &json!({"key": "wrong-key-wrong-key-00", "display_name": "Eve"}),
+    );
+    assert_eq!(
+        (status, r["code"].as_str()),
+        (403, Some("party_key_rejected"))
+    );
+    let (status, _) = post_json(
+        &server,
+        "/api/v1/parties/nope/join",
+        None,
+        &json!({"key": key, "display_name": "Eve"}),
+    );
+    assert_eq!(status, 404);
+    assert_eq!(server.get(party).status, 401);
+    assert_eq!(server.get("/party/nope").status, 404);
+    let (status, joined) = post_json(
+        &server,
+        &format!("{party}/join"),
+        None,
+        &json!({"key": key, "display_name": "Dan"}),
+    );
+    assert_eq!(status, 201, "{joined}");
+    assert_eq!(joined["max_kbps"], 1500);
+
+    let users = json!([
+        {"label": "ann", "display_name": "Ann", "share": true},
+        {"label": "bo", "display_name": "Bo", "share": true},
+        {"label": "cy", "display_name": "Cy", "share": false},
+    ]);
+    let dir = node_dir();
+    let mut cmd =
+        Command::new(std::env::var_os("ROOMCAST_TEST_NODE").unwrap_or_else(|| "node".into()));
+    cmd.current_dir(&dir)
+        .arg(dir.join("party.mjs"))
+        .arg("--base")
+        .arg(server.base_url())
+        .arg("--artifacts")
+        .arg(manifest_dir().join("tests/artifacts/party"))
+        .args(["--standalone", "friends", "--key", key])
+        .args(["--users", &users.to_string()]);
+    let mut tool = JsonTool::spawn("party.mjs --standalone", cmd);
+    let sharing = tool.wait_for("sharing", PARTY_TIMEOUT, |v| v["type"] == "sharing");
+    // A forged publish to a sharer's stream: a made-up Bearer, or Dan's party token.
+    let stream = sharing["streams"]["cy"][0]["stream"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for bearer in [
+        "not-a-grant-0123456789",
+        joined["party_token"].as_str().unwrap(),
+    ] {
+        assert_eq!(
+            forged_whip(&server, &stream, bearer),
+            401,
+            "forged WHIP with {bearer}"
+        );
+    }
+    let r = tool.result(PARTY_TIMEOUT);
+    println!("standalone party: {r}");
+    assert_eq!(r["ok"], true, "party.mjs failed: {}", r["reason"]);
+}

@@ -165,6 +165,8 @@ pub struct Admission {
     member_passes: Mutex<HashMap<(String, String), RevokeFlags>>,
     /// WHIP sessions admitted by a member's publish grant (publish_grant.rs).
     granted_publishers: Mutex<HashMap<(String, String), u64>>,
+    /// Standalone parties' publish grants (src/party), set at start-up.
+    party_grants: std::sync::OnceLock<Arc<dyn AccessTokens>>,
 }
 
 /// The revocation flags of one member's passes.
@@ -228,6 +230,7 @@ impl Admission {
             left: Mutex::new(HashMap::new()),
             member_passes: Mutex::new(HashMap::new()),
             granted_publishers: Mutex::new(HashMap::new()),
+            party_grants: std::sync::OnceLock::new(),
         })
     }
 

@@ -4,6 +4,8 @@
 //! [`Admission::publish_grant`]; the session it admits is remembered, so that
 //! the member leaving the room (or losing the power to share) ends it.
 
+use std::sync::Arc;
+
 use super::Admission;
 
 /// What a publish grant for `stream` is signed for: never a stream name
@@ -16,8 +18,11 @@ impl Admission {
     /// The member a good publish grant for `stream` was issued to (and who has
     /// not left the room since).
     pub fn publish_grant(&self, stream: &str, token: &str) -> Option<String> {
-        let tokens = self.tokens.as_ref()?;
-        let grant = tokens.verify(&publish_scope(stream), token).ok()?;
+        let scope = publish_scope(stream);
+        let grant = [self.tokens.as_ref(), self.party_grants.get()]
+            .into_iter()
+            .flatten()
+            .find_map(|t| t.verify(&scope, token).ok())?;
         let user = grant.user?;
         if grant.expires <= super::unix_now()
             || self
@@ -28,6 +33,11 @@ impl Admission {
             return None;
         }
         Some(user)
+    }
+
+    /// Who signs standalone parties' grants (src/party); set once at start-up.
+    pub fn set_party_grants(&self, grants: Arc<dyn super::AccessTokens>) {
+        let _ = self.party_grants.set(grants);
     }
 
     /// Remembers the WHIP publisher session `id` a grant of `user` admitted.

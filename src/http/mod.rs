@@ -20,6 +20,7 @@ pub mod ome;
 // Public for the fuzz targets (fuzz/): `Layout::parse`.
 #[doc(hidden)]
 pub mod pages;
+mod party;
 pub mod serve;
 pub mod webrtc;
 
@@ -60,6 +61,8 @@ pub struct App {
     pub shutdown: crate::listener::Shutdown,
     /// Cluster mode (`[cluster]`): node registry, origins, edge relays.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Standalone screen-share parties (`[[parties]]`).
+    pub parties: Arc<crate::party::Parties>,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -73,6 +76,7 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(webrtc::whip::routes())
         .merge(matrix::api::routes())
         .merge(matrix::party::routes())
+        .merge(party::routes())
         .merge(cluster::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());

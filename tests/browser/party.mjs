@@ -7,6 +7,7 @@
 // Then each sharer presses Stop and the tile goes from every other widget within 2 s.
 //
 //   node party.mjs --base URL --hs URL --room ID --widget JSON --users JSON [--artifacts DIR]
+//   node party.mjs --base URL --standalone NAME --key KEY --users JSON   (the /party/{name} page)
 // users: [{label, user_id, access_token, display_name, share: bool}]
 // Prints JSON lines; the last is {"type":"result","ok":…}.
 import { chromium } from 'playwright-core';
@@ -100,9 +101,30 @@ async function main() {
   });
   emit({ type: 'start', browser_version: browser.version() });
   const clients = [];
+  const standalone = opt('standalone');
   for (const u of users) {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     const host = await ctx.newPage();
+    if (standalone) {
+      // /party/{name}: a wrong key is refused on the page, then the right one joins.
+      host.on('console', (m) => {
+        if (m.type() !== 'error') return;
+        const url = m.location()?.url || '';
+        emit({ type: 'console', user: u.label, text: m.text(), url });
+        if (!/favicon|status of 403/i.test(`${m.text()} ${url}`)) errors.push(`${u.label}: ${m.text()} (${url})`);
+      });
+      host.on('pageerror', (e) => errors.push(`${u.label}: ${e}`));
+      await host.goto(`${BASE}/party/${standalone}`);
+      await host.fill('input[name=display_name]', u.display_name);
+      await host.fill('input[name=key]', 'not-the-party-key-000');
+      await host.click('form.party-join button[type=submit]');
+      const refused = await waitFor(`${u.label}'s wrong key refused`, () => host.evaluate(() => document.querySelector('.pub-status.error')?.textContent), 10000);
+      check(/not right/.test(refused), `wrong key: ${refused}`);
+      await host.fill('input[name=key]', opt('key'));
+      await host.click('form.party-join button[type=submit]');
+      clients.push({ ...u, host, frame: host.mainFrame() });
+      continue;
+    }
     host.on('console', (m) => {
       if (m.type() !== 'error') return;
       const url = m.location()?.url || '';
@@ -139,8 +161,10 @@ async function main() {
   // Every widget joins the party; only those with the power get the button.
   for (const c of clients) {
     const s = await waitFor(`${c.label}'s party session`, async () => { const x = await partyState(c.frame); return x.session ? x : null; }, 30000);
-    emit({ type: 'joined', user: c.label, state: s });
-    check(s.button === c.share, `${c.label}: Share screen button shown=${s.button}, expected ${c.share}`);
+    c.user_id = await c.frame.evaluate(() => window.roomcast.party.me.user_id);
+    emit({ type: 'joined', user: c.label, user_id: c.user_id, state: s });
+    const want = standalone ? true : c.share;
+    check(s.button === want, `${c.label}: Share screen button shown=${s.button}, expected ${want}`);
   }
   const sharers = clients.filter((c) => c.share);
   for (const c of sharers) {
@@ -162,7 +186,7 @@ async function main() {
     decoded[c.label] = s.tiles;
     emit({ type: 'grid', user: c.label, tiles: s.tiles });
     mkdirSync(ARTIFACTS, { recursive: true });
-    await c.host.screenshot({ path: join(ARTIFACTS, `party-${c.label}.png`) });
+    await c.host.screenshot({ path: join(ARTIFACTS, `party-${standalone ? 'page-' : ''}${c.label}.png`) });
   }
   // Focus a tile by clicking it.
   const watcher = clients.find((c) => !c.share) || clients[0];

@@ -14,16 +14,21 @@ import { whipPublish } from './whip.js';
 const POLL_MS = 1000;
 
 export class Party {
-  constructor(root, { widget, ready, roomId }) {
-    this.widget = widget;
-    this.ready = ready;
-    this.roomId = roomId;
-    this.base = `/api/v1/rooms/${encodeURIComponent(roomId)}/party`;
+  /**
+   * @param {HTMLElement} root the party shows before it
+   * @param {object} o
+   * @param {string} o.base the party's API (`/api/v1/rooms/{room}/party` or `/api/v1/parties/{name}`)
+   * @param {(say: (text: string) => void) => Promise<object>} o.join gets the party session
+   *        ({party_token, user_id, may_share, max_kbps}); throws an Error whose message is shown
+   */
+  constructor(root, { base, join }) {
+    this.base = base;
+    this.join = join;
     this.me = null;
     this.token = null;
     this.players = {}; // stream → Player (others' shares)
     this.tiles = new Map(); // stream → tile element
-    this.share = null; // {pc, resource, media, grant, since}
+    this.share = null; // {pc, resource, media, grant, connected}
     this.shareBtn = h('button', { type: 'button', class: 'btn w-share', text: 'Share screen', hidden: true, onclick: () => this.start() });
     this.stopBtn = h('button', { type: 'button', class: 'btn secondary w-share-stop', text: 'Stop', hidden: true, onclick: () => this.stop('You stopped sharing.') });
     this.mic = h('input', { type: 'checkbox', name: 'mic' });
@@ -38,32 +43,14 @@ export class Party {
 
   say(text) { this.status.textContent = text || ''; }
 
-  /** Shows the party if the room has one. */
+  /** Joins the party and starts showing its sharers. */
   async init() {
-    let info;
-    try {
-      info = await api(this.base);
-    } catch {
-      return false;
-    }
-    if (!info || !info.enabled || !this.widget) return false;
     this.el.hidden = false;
-    await this.ready;
-    this.say('Waiting for your Matrix client to confirm who you are…');
-    let cred;
     try {
-      cred = await this.widget.requestOpenIDConnectToken();
-    } catch {
-      this.say('Allow the widget to verify your Matrix identity to join the screen-share party.');
-      return true;
-    }
-    try {
-      this.me = await api(`${this.base}/session`, {
-        method: 'POST', body: { openid_token: cred.access_token, matrix_server_name: cred.matrix_server_name },
-      });
+      this.me = await this.join((text) => this.say(text));
     } catch (e) {
-      this.say(e.code === 'not_a_member' ? 'Join the room to take part in its screen-share party.' : `Could not join the party: ${e.message}`);
-      return true;
+      this.say(e.message);
+      return false;
     }
     this.token = this.me.party_token;
     this.shareBtn.hidden = !this.me.may_share;
