@@ -5,9 +5,10 @@
 //! client hosts, OpenID tokens from Synapse, Chromium's fake screen capture);
 //! every widget, carol's too, shows the others' tiles decoding and never its
 //! own share played back; carol (level 0) gets no button and the API refuses
-//! her; a forged WHIP publish is refused; Stop removes a tile from every
-//! widget within 2 s, and the room got exactly one compact notice per share,
-//! edited when it ended.
+//! her; a forged WHIP publish is refused; alice's Stop removes her tile from
+//! every widget within 2 s; bob losing his power level ends his share on the
+//! server (his tile goes everywhere, his widget says so); and the room got
+//! exactly one compact notice per share, edited when it ended.
 
 mod common;
 
@@ -136,7 +137,7 @@ fn members_share_screens_in_the_room_widget() {
         .expect("the widget state event");
     let users = json!([
         {"label": "alice", "user_id": alice.user_id, "access_token": alice.token, "display_name": "Alice", "share": true},
-        {"label": "bob", "user_id": bob.user_id, "access_token": bob.token, "display_name": "Bob", "share": true},
+        {"label": "bob", "user_id": bob.user_id, "access_token": bob.token, "display_name": "Bob", "share": true, "ended_by_server": true},
         {"label": "carol", "user_id": carol.user_id, "access_token": carol.token, "display_name": "Carol", "share": false},
     ]);
     let dir = node_dir();
@@ -175,6 +176,13 @@ fn members_share_screens_in_the_room_widget() {
             "forged WHIP with {bearer}"
         );
     }
+    // bob loses the power to share while sharing: the server ends his share.
+    let mut pl = alice
+        .state(&room, "m.room.power_levels", "")
+        .expect("power levels");
+    pl["users"][bob.user_id.as_str()] = json!(0);
+    alice.set_state(&room, "m.room.power_levels", "", pl);
+    server.wait_for_log("the member lost the power to share", MX_TIMEOUT);
     let r = tool.result(PARTY_TIMEOUT);
     println!("party: {r}");
     assert_eq!(r["ok"], true, "party.mjs failed: {}", r["reason"]);

@@ -8,7 +8,8 @@
 //
 //   node party.mjs --base URL --hs URL --room ID --widget JSON --users JSON [--artifacts DIR]
 //   node party.mjs --base URL --standalone NAME --key KEY --users JSON   (the /party/{name} page)
-// users: [{label, user_id, access_token, display_name, share: bool}]
+// users: [{label, user_id, access_token, display_name, share: bool, ended_by_server: bool}]
+// (ended_by_server: instead of pressing Stop, wait for the server to end the share.)
 // Prints JSON lines; the last is {"type":"result","ok":…}.
 import { chromium } from 'playwright-core';
 import { createServer } from 'node:http';
@@ -198,6 +199,20 @@ async function main() {
   const stopped = [];
   for (const c of sharers) {
     const stream = decoded[c.label].find((t) => t.user === c.user_id).stream;
+    if (c.ended_by_server) {
+      // The test takes this member's power away: the server ends the share, every other
+      // widget drops the tile, and the sharer's widget says why.
+      for (const o of clients.filter((x) => x !== c)) {
+        await waitFor(`${c.label}'s tile to leave ${o.label}'s grid`, async () => !(await partyState(o.frame)).tiles.some((t) => t.stream === stream), 30000);
+      }
+      const st = await waitFor(`${c.label}'s widget to say the share ended`, async () => {
+        const x = await partyState(c.frame);
+        return /ended by the server/.test(x.status) && !x.stop ? x : null;
+      }, 30000);
+      stopped.push({ user: c.label, stream, ended_by_server: true, status: st.status });
+      emit({ type: 'stopped', user: c.label, stream, ended_by_server: true, status: st.status });
+      continue;
+    }
     const t0 = Date.now();
     await c.frame.click('.w-share-stop');
     for (const o of clients.filter((x) => x !== c)) {

@@ -122,7 +122,7 @@ export class Party {
     // The server ended our share (we left the room, lost the power, the party is off).
     if (this.share && this.share.connected && !live.some((s) => s.stream === this.share.grant.stream)
         && Date.now() - this.share.connected > 3000) {
-      this.stop('Your share was ended by the server.');
+      this.stop('Your share was ended by the server.', { ended: true });
     }
     if (!view.enabled) {
       this.shareBtn.hidden = true;
@@ -172,19 +172,20 @@ export class Party {
   }
 
   /** Ends our share on the server (keepalive: also while the page unloads). */
-  release(unloading = false) {
+  release(unloading = false, ended = false) {
     const s = this.share;
     if (!s) return;
     this.share = null;
-    if (s.resource) fetch(s.resource, { method: 'DELETE', keepalive: unloading }).catch(() => {});
+    // (`ended`: the server already ended the session; a DELETE would 404.)
+    if (s.resource && !ended) fetch(s.resource, { method: 'DELETE', keepalive: unloading }).catch(() => {});
     s.pc.onconnectionstatechange = null;
     s.pc.close();
     for (const t of s.media.getTracks()) t.stop();
   }
 
-  stop(message) {
+  stop(message, { ended = false } = {}) {
     const stream = this.share?.grant.stream;
-    this.release();
+    this.release(false, ended);
     const tile = stream && this.tiles.get(stream);
     if (tile) { tile.remove(); this.tiles.delete(stream); }
     this.stopBtn.hidden = true;
