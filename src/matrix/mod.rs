@@ -243,7 +243,10 @@ impl Matrix {
         } else {
             Access::Private
         });
-        if let Some(name) = &room.name {
+        // A member's screen share keeps their name as its title.
+        if let Some(name) = &room.name
+            && m.slot.as_deref() != Some(party::PARTY_SLOT)
+        {
             stream.set_title(&stream_title(name, m.slot.as_deref()));
         }
         stream.set_description(room.topic.as_deref());

@@ -158,6 +158,9 @@ impl Matrix {
             .set_room_text(room, RoomText::Name, Some(name))
             .await?;
         for m in self.streams_of_room(room) {
+            if m.slot.as_deref() == Some(super::party::PARTY_SLOT) {
+                continue; // a member's screen share keeps their name
+            }
             let title = stream_title(name, m.slot.as_deref());
             self.store.set_stream_title(&m.stream, &title).await?;
         }

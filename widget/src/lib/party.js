@@ -171,16 +171,21 @@ export class Party {
     }
   }
 
-  /** Ends our share on the server (keepalive: also while the page unloads). */
+  /** Ends our share on the server (keepalive: also while the page unloads). The DELETE goes
+   *  before the PeerConnection closes: closing first ends the session by DTLS, and the
+   *  DELETE would then 404. */
   release(unloading = false, ended = false) {
     const s = this.share;
     if (!s) return;
     this.share = null;
-    // (`ended`: the server already ended the session; a DELETE would 404.)
-    if (s.resource && !ended) fetch(s.resource, { method: 'DELETE', keepalive: unloading }).catch(() => {});
-    s.pc.onconnectionstatechange = null;
-    s.pc.close();
     for (const t of s.media.getTracks()) t.stop();
+    s.pc.onconnectionstatechange = null;
+    // (`ended`: the server already ended the session.)
+    const gone = s.resource && !ended
+      ? fetch(s.resource, { method: 'DELETE', keepalive: unloading }).catch(() => {})
+      : Promise.resolve();
+    if (unloading) s.pc.close();
+    else gone.finally(() => s.pc.close());
   }
 
   stop(message, { ended = false } = {}) {
