@@ -131,6 +131,8 @@ pub struct Matrix {
     chat: chat::Chat,
     /// DM rooms already told that encrypted messages cannot be read.
     told_encrypted: Mutex<HashSet<String>>,
+    /// Party settings of mapped rooms, read at most every few seconds (party.rs).
+    party_cache: party::PartyCache,
     notices: notices::Notices,
     /// Leases when other processes share the database (claims.rs).
     claims: claims::Claims,
@@ -200,6 +202,7 @@ impl Matrix {
             txns: transactions::Transactions::default(),
             chat,
             told_encrypted: Mutex::new(HashSet::new()),
+            party_cache: party::PartyCache::default(),
             notices: notices::Notices::default(),
             claims: claims::Claims::new(backend),
             tokens: access::ViewerTokens::new(&secret),

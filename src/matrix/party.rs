@@ -9,6 +9,10 @@
 //! share there. Go-live notices of party streams are the compact form
 //! (notices.rs), or only the state event when the room is quiet.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::info;
@@ -105,6 +109,28 @@ pub struct ShareGrant {
     pub max_kbps: u32,
 }
 
+/// How long a room's party setting is trusted without asking the database.
+const PARTY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Party settings of mapped rooms (bounded by them: only a mapped room is
+/// looked up), with their read time.
+#[derive(Default)]
+pub(super) struct PartyCache(Mutex<HashMap<String, (Instant, Option<PartyRoom>)>>);
+
+impl PartyCache {
+    fn get(&self, room: &str) -> Option<Option<PartyRoom>> {
+        let m = self.0.lock();
+        let (at, party) = m.get(room)?;
+        (at.elapsed() < PARTY_CACHE_TTL).then_some(*party)
+    }
+
+    fn put(&self, room: &str, party: Option<PartyRoom>) {
+        self.0
+            .lock()
+            .insert(room.to_string(), (Instant::now(), party));
+    }
+}
+
 /// The compact go-live notice of a share: (plain, HTML).
 pub(super) fn share_notice(who: &str) -> (String, String) {
     (
@@ -145,9 +171,9 @@ impl Matrix {
                 "This room has no stream: `!live attach <name>` first.".into()
             ));
         }
-        self.store
-            .set_party_room(room, on.then_some(PartyRoom { notices }))
-            .await?;
+        let party = on.then_some(PartyRoom { notices });
+        self.store.set_party_room(room, party).await?;
+        self.party_cache.put(room, party);
         if !on {
             for m in self.streams_of_room(room).iter().filter(|m| is_party(m)) {
                 self.end_share(&m.stream, m.owner.as_deref().unwrap_or_default());
@@ -199,11 +225,18 @@ impl Matrix {
         if self.room_row(room).is_none() {
             return Err(PartyError::NoRoom);
         }
-        self.store
+        // Every widget polls: the database is asked at most every few seconds
+        // per room (another node's `!live party` shows within that).
+        if let Some(known) = self.party_cache.get(room) {
+            return known.ok_or(PartyError::Off);
+        }
+        let party = self
+            .store
             .party_room(room)
             .await
-            .map_err(|e| PartyError::Unavailable(e.to_string()))?
-            .ok_or(PartyError::Off)
+            .map_err(|e| PartyError::Unavailable(e.to_string()))?;
+        self.party_cache.put(room, party);
+        party.ok_or(PartyError::Off)
     }
 
     /// The widget's OpenID token → a party token for `room`.
