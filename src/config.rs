@@ -75,6 +75,8 @@ pub struct Config {
     pub restream: RestreamConfig,
     /// The OBS profiles roomcast hands out (`!live obs`, `/obs-profile`).
     pub obs_profile: ObsProfileConfig,
+    /// Standalone screen-share parties: `/party/{name}` with a party key.
+    pub parties: Vec<PartyConfig>,
     /// The directory of the config file (`None` without one); the pages read
     /// producers' multi-view layouts from its `layouts/` folder.
     #[serde(skip)]
@@ -584,6 +586,13 @@ pub struct MatrixConfig {
     /// A new thumbnail is uploaded to the homeserver at most this often.
     #[serde(default = "default_notice_thumbnail_secs")]
     pub notice_thumbnail_secs: u64,
+    /// Screen-share parties (`!live party on`): the power level a member
+    /// needs for the widget's Share screen button (0: any joined member).
+    #[serde(default)]
+    pub party_power_level: i64,
+    /// The bitrate cap (kbit/s) the widget asks a sharer's browser to keep.
+    #[serde(default = "default_party_max_kbps")]
+    pub party_max_kbps: u32,
 }
 
 fn default_notice_update_secs() -> u64 {
@@ -592,6 +601,30 @@ fn default_notice_update_secs() -> u64 {
 
 fn default_notice_thumbnail_secs() -> u64 {
     300
+}
+
+fn default_party_max_kbps() -> u32 {
+    2500
+}
+
+/// `[[parties]]`: a screen-share party without Matrix (src/party).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartyConfig {
+    /// The page is `/party/{name}`; shares are streams `<name>-<12 hex>`.
+    pub name: String,
+    /// What participants type to join (at least 16 characters).
+    pub key: String,
+    /// The bitrate cap (kbit/s) the page asks a sharer's browser to keep.
+    #[serde(default = "default_party_max_kbps")]
+    pub max_kbps: u32,
+    /// Participants at once (each share is watched by every other: N² out).
+    #[serde(default = "default_party_participants")]
+    pub max_participants: usize,
+}
+
+fn default_party_participants() -> usize {
+    16
 }
 
 fn default_max_streams_per_user() -> usize {
@@ -672,6 +705,21 @@ impl Config {
                 "public_url",
                 format!("'{url}' must start with http:// or https://"),
             ));
+        }
+        for (i, p) in self.parties.iter().enumerate() {
+            if p.name.len() > 40 {
+                return Err(invalid(
+                    format!("parties[{i}].name"),
+                    "at most 40 characters",
+                ));
+            }
+            validate_stream_name(&p.name).map_err(|e| invalid(format!("parties[{i}].name"), e))?;
+            if p.key.len() < MIN_KEY_LEN {
+                return Err(invalid(
+                    format!("parties[{i}].key"),
+                    format!("at least {MIN_KEY_LEN} characters"),
+                ));
+            }
         }
         if self.http.max_body_bytes < 4096 {
             return Err(invalid(

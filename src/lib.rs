@@ -15,6 +15,7 @@ pub mod log_every;
 pub mod matrix;
 pub mod media;
 pub mod obs_profile;
+pub mod party;
 pub mod plan;
 pub mod recording;
 pub mod restream;

@@ -307,8 +307,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(m) = &matrix {
         m.set_restreamer(restream.clone());
     }
+    let parties = Arc::new(crate::party::Parties::new(&config.parties));
+    admission.set_party_grants(parties.clone());
     let app = Arc::new(App {
         restream,
+        parties,
         config,
         hub,
         engine: engine.clone(),

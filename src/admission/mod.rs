@@ -12,7 +12,10 @@
 //! sweep ends them when their grounds go away (the room turned private).
 
 pub mod cluster_caps;
+pub mod publish_grant;
 pub mod rate;
+
+pub use publish_grant::publish_scope;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -163,6 +166,10 @@ pub struct Admission {
     member_passes: Mutex<HashMap<(String, String), RevokeFlags>>,
     /// Cluster mode: caps over all nodes (cluster_caps.rs).
     cluster_caps: std::sync::OnceLock<cluster_caps::ClusterCaps>,
+    /// WHIP sessions admitted by a member's publish grant (publish_grant.rs).
+    granted_publishers: Mutex<HashMap<(String, String), u64>>,
+    /// Standalone parties' publish grants (src/party), set at start-up.
+    party_grants: std::sync::OnceLock<Arc<dyn AccessTokens>>,
 }
 
 /// The revocation flags of one member's passes.
@@ -226,6 +233,8 @@ impl Admission {
             left: Mutex::new(HashMap::new()),
             member_passes: Mutex::new(HashMap::new()),
             cluster_caps: std::sync::OnceLock::new(),
+            granted_publishers: Mutex::new(HashMap::new()),
+            party_grants: std::sync::OnceLock::new(),
         })
     }
 
@@ -444,6 +453,7 @@ impl Admission {
             left.retain(|_, t| now.duration_since(*t) < LEFT_MEMORY);
             left.insert(key.clone(), now);
         }
+        self.end_granted_publisher(stream, user);
         if let Some(flags) = self.member_passes.lock().remove(&key) {
             for f in flags.iter().filter_map(Weak::upgrade) {
                 f.store(true, Relaxed);

@@ -22,6 +22,7 @@ mod open_graph;
 // Public for the fuzz targets (fuzz/): `Layout::parse`.
 #[doc(hidden)]
 pub mod pages;
+mod party;
 mod recordings;
 mod replay;
 mod restream;
@@ -74,6 +75,8 @@ pub struct App {
     pub restream: Arc<crate::restream::Restreamer>,
     /// `rtmp://host:port/app` for OBS profiles (None when RTMP is off).
     pub rtmp_url: Option<String>,
+    /// Standalone screen-share parties (`[[parties]]`).
+    pub parties: Arc<crate::party::Parties>,
 }
 
 /// The HTTP service: API, pages, WHIP, WHEP, the Matrix appservice. `tls`:
@@ -91,7 +94,9 @@ pub fn router(app: Arc<App>, tls: bool) -> Router {
         .merge(replay::routes())
         .merge(thumbnail::routes())
         .merge(restream::routes())
-        .merge(obs_profile::routes());
+        .merge(obs_profile::routes())
+        .merge(matrix::party::routes())
+        .merge(party::routes());
     if app.matrix.is_some() {
         router = router.merge(matrix::appservice::routes());
     }

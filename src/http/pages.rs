@@ -35,6 +35,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/embed/{stream}", get(embed))
         .route("/publish/{stream}", get(publish))
         .route("/widget", get(widget))
+        .route("/party/{name}", get(party))
         .route("/multiview", get(multiview))
         .route("/assets/{file}", get(asset))
         .route("/api/v1/layouts", get(list_layouts))
@@ -160,6 +161,16 @@ async fn embed(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Respo
 async fn publish(State(app): State<Arc<App>>, Path(stream): Path<String>) -> Response {
     // Not framable: it takes the stream key.
     page("publish", stream_status(&app, &stream), false, None)
+}
+
+async fn party(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    // Not framable: it takes the party key.
+    let status = if app.parties.exists(&name) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    page("party", status, false, None)
 }
 
 async fn widget(State(app): State<Arc<App>>) -> Response {
@@ -373,7 +384,15 @@ mod tests {
 
     #[test]
     fn every_page_is_built() {
-        for p in ["index", "watch", "embed", "widget", "multiview", "publish"] {
+        for p in [
+            "index",
+            "watch",
+            "embed",
+            "widget",
+            "multiview",
+            "publish",
+            "party",
+        ] {
             let (ct, html) = asset_bytes(&format!("{p}.html")).expect(p);
             assert!(ct.starts_with("text/html"));
             let html = String::from_utf8_lossy(html);

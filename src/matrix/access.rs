@@ -48,6 +48,11 @@ impl ViewerTokens {
         let _ = self.on_membership.set(hook);
     }
 
+    /// The membership hook, for party.rs to end a share.
+    pub(super) fn membership_hook(&self) -> Option<&MembershipHook> {
+        self.on_membership.get()
+    }
+
     fn mac(&self, stream: &str, exp: u64, user: Option<&str>) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
@@ -199,6 +204,19 @@ impl Matrix {
             })
     }
 
+    /// The user an OpenID token of `server_name` belongs to (its homeserver says).
+    pub(super) async fn openid_user(
+        &self,
+        openid_token: &str,
+        server_name: &str,
+    ) -> Result<String, OpenIdError> {
+        if server_name == self.cfg.server_name {
+            self.local_userinfo(openid_token).await
+        } else {
+            self.federated_userinfo(server_name, openid_token).await
+        }
+    }
+
     /// Checks a widget's OpenID token with the homeserver and the user's
     /// membership in the stream's room; returns a viewer token.
     pub async fn exchange_openid(
@@ -210,11 +228,7 @@ impl Matrix {
         let Some((m, _)) = self.room_of_stream(stream) else {
             return Err(OpenIdError::NoRoom);
         };
-        let sub = if server_name == self.cfg.server_name {
-            self.local_userinfo(openid_token).await?
-        } else {
-            self.federated_userinfo(server_name, openid_token).await?
-        };
+        let sub = self.openid_user(openid_token, server_name).await?;
         let member = self
             .state_event(&m.room_id, "m.room.member", &sub)
             .await

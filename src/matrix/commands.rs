@@ -72,6 +72,12 @@ pub enum Command {
         action: Restream,
         name: Option<String>,
     },
+    /// Screen-share parties in this room (party.rs): off, on with a compact
+    /// notice per share, or on quietly (state events only).
+    Party {
+        on: bool,
+        notices: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +132,7 @@ pub const HELP: &str = "roomcast commands:
 !live obs [name] — a one-time link (24 h) to a ready OBS profile with a new key, by DM (owner or room admins)
 !live status [name] — live or offline, viewers, links
 !live notify on|off — mention @room in go-live notices (room admins)
+!live party on|quiet|off — the widget's Share screen button for members (room admins; quiet: no notices)
 !live slots | slots add <name> | slots remove <name> | slots obs — extra streams (slots obs: one OBS profile link per stream, by DM) in this room (room admins)
 !live link <24h|7d|30m> [name] — a viewer link for a private room (room admins)
 !live follow <name|#alias> — this room gets that stream's go-live and ended notices (room admins)
@@ -238,6 +245,21 @@ pub fn parse(body: &str) -> Parsed {
                 Some("off") => Command::Notify { on: false },
                 _ => return Err("usage: !live notify on|off".into()),
             },
+            "party" if !too_many(1) => match arg(0).map(str::to_ascii_lowercase).as_deref() {
+                Some("on") => Command::Party {
+                    on: true,
+                    notices: true,
+                },
+                Some("quiet") => Command::Party {
+                    on: true,
+                    notices: false,
+                },
+                Some("off") => Command::Party {
+                    on: false,
+                    notices: false,
+                },
+                _ => return Err("usage: !live party on|quiet|off".into()),
+            },
             "slots" | "slot" if !too_many(2) => {
                 match arg(0).map(str::to_ascii_lowercase).as_deref() {
                     None | Some("list") => Command::Slots(Slots::List),
@@ -287,7 +309,7 @@ pub fn parse(body: &str) -> Parsed {
             "restream" => parse_restream(args)?,
             "new" | "attach" | "detach" | "key" | "rotate" | "obs" | "status" | "notify"
             | "slots" | "slot" | "link" | "follow" | "unfollow" | "record" | "recordings"
-            | "delete-recording" => {
+            | "delete-recording" | "party" => {
                 return Err(format!("too many arguments for '{cmd_lc}'; try !live help"));
             }
             _ => {
@@ -424,6 +446,22 @@ mod tests {
         assert_eq!(cmd("!live status"), Command::Status { name: None });
         assert_eq!(cmd("!live notify on"), Command::Notify { on: true });
         assert_eq!(cmd("!live notify OFF"), Command::Notify { on: false });
+        assert_eq!(
+            cmd("!live party on"),
+            Command::Party {
+                on: true,
+                notices: true
+            }
+        );
+        assert_eq!(
+            cmd("!live party quiet"),
+            Command::Party {
+                on: true,
+                notices: false
+            }
+        );
+        assert!(err("!live party maybe").contains("usage: !live party"));
+        assert!(needs_admin(&cmd("!live party off")));
         assert_eq!(cmd("!live slots"), Command::Slots(Slots::List));
         assert_eq!(
             cmd("!live slots add cam2"),

@@ -420,6 +420,7 @@ impl Matrix {
                 .await;
                 Ok(Ok(()))
             }
+            Command::Party { on, notices } => self.cmd_party(room, on, notices).await,
             Command::Link { secs, name } => {
                 let m = match self.resolve(room, in_dm, name) {
                     Ok(m) => m,
@@ -614,5 +615,6 @@ fn command_name(c: &Command) -> &'static str {
         Command::Recordings { .. } => "recordings",
         Command::DeleteRecording { .. } => "delete-recording",
         Command::Restream { .. } => "restream",
+        Command::Party { .. } => "party",
     }
 }

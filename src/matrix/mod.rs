@@ -39,6 +39,7 @@ pub mod media_proxy;
 mod notice_current;
 mod notices;
 mod obs;
+pub mod party;
 pub mod permissions;
 mod power;
 mod recordings;
@@ -139,6 +140,8 @@ pub struct Matrix {
     replay_chats: replay_chat::ReplayChats,
     /// DM rooms already told that encrypted messages cannot be read.
     told_encrypted: Mutex<HashSet<String>>,
+    /// Party settings of mapped rooms, read at most every few seconds (party.rs).
+    party_cache: party::PartyCache,
     notices: notices::Notices,
     /// Leases when other processes share the database (claims.rs).
     claims: claims::Claims,
@@ -215,6 +218,7 @@ impl Matrix {
             chat,
             replay_chats: replay_chat::ReplayChats::default(),
             told_encrypted: Mutex::new(HashSet::new()),
+            party_cache: party::PartyCache::default(),
             notices: notices::Notices::default(),
             claims: claims::Claims::new(backend),
             tokens: access::ViewerTokens::new(&secret),
@@ -261,7 +265,10 @@ impl Matrix {
         } else {
             Access::Private
         });
-        if let Some(name) = &room.name {
+        // A member's screen share keeps their name as its title.
+        if let Some(name) = &room.name
+            && m.slot.as_deref() != Some(party::PARTY_SLOT)
+        {
             stream.set_title(&stream_title(name, m.slot.as_deref()));
         }
         stream.set_description(room.topic.as_deref());

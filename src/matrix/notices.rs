@@ -598,12 +598,23 @@ impl Matrix {
         let Some((m, room)) = self.room_of_stream(stream) else {
             return Ok(());
         };
-        let followers = self.store.followers(stream).await?;
-        let notice = json!({
+        // A party share: a compact notice in its room only, or just the state.
+        let party = self.party_notices(stream).await?;
+        if party == Some(false) {
+            return self.enqueue_state(stream, true).await;
+        }
+        let followers = match party {
+            Some(_) => Vec::new(),
+            None => self.store.followers(stream).await?,
+        };
+        let mut notice = json!({
             "title": self.title_of(stream),
             "watch_url": self.golive_watch_url(stream),
-            "mention": room.notify,
+            "mention": room.notify && party.is_none(),
         });
+        if party.is_some() {
+            notice["party"] = json!(self.title_of(stream));
+        }
         self.enqueue_notice(
             &m.room_id,
             &followers,
@@ -629,6 +640,10 @@ impl Matrix {
         let Some((m, _)) = self.room_of_stream(stream) else {
             return Ok(());
         };
+        let party = self.party_notices(stream).await?;
+        if party == Some(false) {
+            return self.enqueue_state(stream, false).await;
+        }
         // The rooms that got this session's go-live notice get its end.
         let told = self.store.outbox_rooms(stream, session, "notice").await?;
         let mut ended = json!({
@@ -640,6 +655,9 @@ impl Matrix {
         // A recorded session's end links its replay (recordings.rs).
         if let Some(url) = self.session_replay_url(stream, started_ms).await {
             ended["replay_url"] = json!(url);
+        }
+        if party.is_some() {
+            ended["party"] = json!(self.title_of(stream));
         }
         self.enqueue_notice(&m.room_id, &told, stream, session, "ended", ended, None)
             .await?;
@@ -751,14 +769,20 @@ impl Matrix {
                         .await
                         .unwrap_or(false);
                 let at = if mention { "@room " } else { "" };
-                let thumb = self.golive_thumbnail(&item.stream, &item.session).await;
-                let (text, html) =
-                    super::notice_current::live_text(title, url, None, thumb.as_ref());
+                let (body, html) = match p["party"].as_str() {
+                    Some(who) => super::party::share_notice(who),
+                    None => {
+                        let thumb = self.golive_thumbnail(&item.stream, &item.session).await;
+                        let (text, html) =
+                            super::notice_current::live_text(title, url, None, thumb.as_ref());
+                        (format!("{at}{text}"), format!("{at}{html}"))
+                    }
+                };
                 let mut content = json!({
                     "msgtype": "m.notice",
-                    "body": format!("{at}{text}"),
+                    "body": body,
                     "format": "org.matrix.custom.html",
-                    "formatted_body": format!("{at}{html}"),
+                    "formatted_body": html,
                     "m.mentions": {},
                     "io.roomcast.golive": {"stream": item.stream, "session": item.session},
                 });
@@ -787,6 +811,10 @@ impl Matrix {
                     text.push_str(&format!(" — replay: {url}"));
                     html.push_str(&format!(" — <a href=\"{}\">replay</a>", html_escape(url)));
                 }
+                let (text, html) = match p["party"].as_str() {
+                    Some(who) => super::party::share_ended_notice(who, secs),
+                    None => (text, html),
+                };
                 let new_content = json!({
                     "msgtype": "m.notice",
                     "body": text,

@@ -51,6 +51,9 @@ impl Matrix {
             ("m.room.power_levels", Some("")) => {
                 self.rooms
                     .note_power(room, mapped, |p| p.pl = Some(ev.content.clone()));
+                if mapped {
+                    self.party_power_changed(room).await?;
+                }
             }
             ("m.room.create", Some("")) => {
                 self.rooms.note_power(room, mapped, |p| {
@@ -155,6 +158,9 @@ impl Matrix {
             .set_room_text(room, RoomText::Name, Some(name))
             .await?;
         for m in self.streams_of_room(room) {
+            if m.slot.as_deref() == Some(super::party::PARTY_SLOT) {
+                continue; // a member's screen share keeps their name
+            }
             let title = stream_title(name, m.slot.as_deref());
             self.store.set_stream_title(&m.stream, &title).await?;
         }

@@ -10,6 +10,7 @@ pub mod health;
 pub mod matrix;
 pub mod matrix_leases;
 pub mod obs_links;
+pub mod party;
 pub mod recordings;
 pub mod restream;
 

@@ -304,11 +304,20 @@ async fn room_streams(
         .iter()
         .filter(|s| s.room().is_some_and(|r| r.room_id == room_id))
         .map(|s| {
-            if app.admission.may_see(s, token.as_deref()) {
+            let mut v = if app.admission.may_see(s, token.as_deref()) {
                 serde_json::to_value(s.snapshot()).unwrap_or_default()
             } else {
                 json!({"name": s.name, "access": "private"})
+            };
+            // A member's screen share: the widget shows it in the party grid.
+            if app
+                .matrix
+                .as_ref()
+                .is_some_and(|m| m.is_party_stream(&s.name))
+            {
+                v["party"] = json!(true);
             }
+            v
         })
         .collect();
     Json(streams).into_response()

@@ -4,3 +4,4 @@
 pub mod api;
 pub mod appservice;
 pub mod media;
+pub mod party;

@@ -52,8 +52,14 @@ pub async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = session::read_offer(req.headers, body, app.config.http.max_body_bytes).await?;
-    let keyed = match bearer(req.headers) {
-        Some(key) if app.keys.verify(name, key) => true,
+    // A party member's publish grant stands for the key (admission/publish_grant.rs).
+    let key = bearer(req.headers);
+    let key_ok = key.is_some_and(|k| app.keys.verify(name, k));
+    let granted_to = key
+        .filter(|_| !key_ok)
+        .and_then(|g| app.admission.publish_grant(name, g));
+    let keyed = match key {
+        Some(_) if key_ok || granted_to.is_some() => true,
         Some(_) => {
             warn!(peer = %req.peer, stream = %name, "whip: stream key rejected");
             return Err(refusal_error(&Refusal::KeyRejected));
@@ -96,6 +102,9 @@ pub async fn publish(
                 ),
             }
         })?;
+    if let Some(user) = &granted_to {
+        app.admission.track_publisher(&stream.name, user, answer.id);
+    }
     let secret = app.resources.add(Kind::Publisher, &stream.name, answer.id);
     info!(peer = %req.peer, stream = %stream.name, publisher = answer.id, "whip publisher negotiated");
     Ok(session::created("whip", &stream.name, &secret, answer.sdp))

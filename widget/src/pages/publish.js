@@ -6,6 +6,7 @@ import '../css/base.css';
 import '../css/publish.css';
 import { errorFrom } from '../lib/api.js';
 import { h, pathParam } from '../lib/dom.js';
+import { gathered, preferCodec } from '../lib/whip.js';
 
 const stream = pathParam('/publish/');
 const app = document.getElementById('app');
@@ -90,16 +91,6 @@ async function startPreview() {
   }
 }
 
-function preferCodec(transceiver, mime) {
-  if (!window.RTCRtpSender || !RTCRtpSender.getCapabilities || !transceiver.setCodecPreferences) return;
-  const caps = RTCRtpSender.getCapabilities('video');
-  if (!caps) return;
-  const want = caps.codecs.filter((c) => c.mimeType.toLowerCase() === `video/${mime.toLowerCase()}`
-    && (mime !== 'H264' || /packetization-mode=1/.test(c.sdpFmtpLine || '')));
-  const rest = caps.codecs.filter((c) => /rtx|red|ulpfec|flexfec/i.test(c.mimeType));
-  if (want.length) transceiver.setCodecPreferences([...want, ...rest]);
-}
-
 function whipError(err) {
   if (err.status === 401 || err.status === 403) return err.code === 'http_401' || err.code === 'http_403'
     ? 'The stream key was rejected. Check it and try again.' : `The stream key was rejected: ${err.message}`;
@@ -165,16 +156,6 @@ async function goLive() {
   stopBtn.hidden = false;
   liveBtn.hidden = true;
   startStats();
-}
-
-function gathered(pc, ms) {
-  if (pc.iceGatheringState === 'complete') return Promise.resolve();
-  return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    pc.addEventListener('icegatheringstatechange', () => {
-      if (pc.iceGatheringState === 'complete') { clearTimeout(t); resolve(); }
-    });
-  });
 }
 
 function startStats() {

@@ -14,6 +14,7 @@ import { WidgetApi, WidgetApiToWidgetAction } from 'matrix-widget-api';
 import { api, streamPath } from '../lib/api.js';
 import { h, icon, params, plural } from '../lib/dom.js';
 import { StreamEvents } from '../lib/events.js';
+import { Party } from '../lib/party.js';
 import { Player } from '../lib/player.js';
 import { RoomChat } from '../lib/room_chat.js';
 
@@ -164,6 +165,36 @@ function show(snap, all) {
   if (all.length > 1) tabs.hidden = false;
 }
 
+// --- screen-share party (lib/party.js) ---------------------------------------
+async function startParty() {
+  const base = `/api/v1/rooms/${encodeURIComponent(roomId)}/party`;
+  // Only a room with a party is worth an OpenID request.
+  const info = await api(base).catch(() => null);
+  if (!info || !info.enabled) return;
+  party = new Party(stage, {
+    base,
+    join: async (status) => {
+      await ready;
+      status('Waiting for your Matrix client to confirm who you are…');
+      let cred;
+      try {
+        cred = await widget.requestOpenIDConnectToken();
+      } catch {
+        throw new Error('Allow the widget to verify your Matrix identity to join the screen-share party.');
+      }
+      try {
+        return await api(`${base}/session`, {
+          method: 'POST', body: { openid_token: cred.access_token, matrix_server_name: cred.matrix_server_name },
+        });
+      } catch (e) {
+        throw new Error(e.code === 'not_a_member' ? 'Join the room to take part in its screen-share party.' : `Could not join the party: ${e.message}`);
+      }
+    },
+  });
+  window.roomcast.party = party;
+  party.init();
+}
+
 async function main() {
   if (!roomId) {
     return say(inClient
@@ -178,6 +209,9 @@ async function main() {
       ? 'This roomcast server has no Matrix integration, so no stream belongs to this room.'
       : `Could not load this room’s streams: ${e.message}`);
   }
+  // Members' screen shares (`party`) show in the party grid, not as tabs.
+  if (Array.isArray(streams)) streams = streams.filter((s) => !s.party);
+  if (inClient) startParty();
   if (!Array.isArray(streams) || !streams.length) return say('No stream is attached to this room yet.');
   // Live streams first, the widget's own stream first among equals; the first one plays.
   streams.sort((a, b) => Number(b.live) - Number(a.live)
@@ -189,5 +223,6 @@ async function main() {
   show(streams[0], streams);
 }
 
-window.roomcast = { widget, ready, player: null, chat };
+let party = null;
+window.roomcast = { widget, ready, player: null, chat, party };
 main();

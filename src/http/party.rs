@@ -1,0 +1,150 @@
+//! Standalone screen-share parties (src/party): `POST /api/v1/parties/{name}/join`
+//! with the party key and a display name → a party token; with it as Bearer,
+//! `GET /api/v1/parties/{name}` lists the sharers and `POST …/share` hands the
+//! participant's stream and a publish grant for WHIP. The page is /party/{name}.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::http::error::read_body;
+use crate::http::extract::bearer;
+use crate::http::matrix::api::ClientIp;
+use crate::http::{ApiError, App};
+use crate::party::PartyError;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/api/v1/parties/{name}", get(view))
+        .route("/api/v1/parties/{name}/join", post(join))
+        .route("/api/v1/parties/{name}/share", post(share))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn party_error(e: PartyError) -> Response {
+    let (status, code, msg) = match e {
+        PartyError::UnknownParty => (
+            StatusCode::NOT_FOUND,
+            "unknown_party",
+            "there is no such party on this server",
+        ),
+        PartyError::KeyRejected => (
+            StatusCode::FORBIDDEN,
+            "party_key_rejected",
+            "the party key was rejected",
+        ),
+        PartyError::BadName => (
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            "a name has 1 to 32 characters and no control characters",
+        ),
+        PartyError::Full => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "party_full",
+            "this party is full; try again later",
+        ),
+        PartyError::BadToken => (
+            StatusCode::UNAUTHORIZED,
+            "party_token_required",
+            "join the party first (POST …/join) and send its party_token as Authorization: Bearer",
+        ),
+    };
+    ApiError::new(status, code, msg).into_response()
+}
+
+#[derive(Deserialize)]
+struct JoinReq {
+    key: String,
+    display_name: String,
+}
+
+async fn join(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    ClientIp(ip): ClientIp,
+    body: Body,
+) -> Response {
+    // Key guesses are limited per address, like OpenID exchanges.
+    if let Err(r) = app.admission.check_access_rate(ip) {
+        return ApiError::from(r).into_response();
+    }
+    let bytes = match read_body(body, app.config.http.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let req: JoinReq = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::bad_request(
+                "bad_json",
+                format!("expected {{key, display_name}}: {e}"),
+            )
+            .into_response();
+        }
+    };
+    match app.parties.join(&name, &req.key, &req.display_name, now()) {
+        Ok(j) => {
+            tracing::info!(party = %name, participant = %j.user_id, "party: participant joined");
+            (StatusCode::CREATED, Json(j)).into_response()
+        }
+        Err(e) => {
+            if e == PartyError::KeyRejected {
+                tracing::info!(party = %name, client = %ip, "party: key rejected");
+            }
+            party_error(e)
+        }
+    }
+}
+
+async fn view(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return party_error(if app.parties.exists(&name) {
+            PartyError::BadToken
+        } else {
+            PartyError::UnknownParty
+        });
+    };
+    let hub = app.hub.clone();
+    match app
+        .parties
+        .view(&name, token, now(), |s| hub.get(s).map(|s| s.is_live()))
+    {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => party_error(e),
+    }
+}
+
+async fn share(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return party_error(PartyError::BadToken);
+    };
+    match app.parties.share(&name, token, now()) {
+        Ok(g) => {
+            // The stream exists (titled with the name) before the WHIP POST.
+            app.hub.ensure_stream(&g.stream, Some(&g.display_name));
+            tracing::info!(party = %name, stream = %g.stream, "party: share granted");
+            (StatusCode::CREATED, Json(g)).into_response()
+        }
+        Err(e) => party_error(e),
+    }
+}

@@ -1,0 +1,354 @@
+//! Standalone screen-share parties (`[[parties]]`, issue 16 item 3): the
+//! Matrix widget's party without Matrix. A participant proves the party key
+//! once and picks a display name; they get a participant id and a signed
+//! party token. Sharing makes their stream `<party>-<id>` in the hub and a
+//! short-lived publish grant, signed for that stream and participant, that
+//! WHIP checks through the admission service (this type is its grant
+//! verifier for standalone parties). No I/O here: the HTTP layer drives it.
+//!
+//! Bounded: at most `max_participants` per party; participants neither
+//! sharing nor seen (a poll of the party) for [`IDLE`] are forgotten.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::admission::{AccessTokens, Grant, TokenError, publish_scope};
+use crate::config::PartyConfig;
+
+/// How long a party token lasts.
+pub const TOKEN_TTL_SECS: u64 = 12 * 3600;
+/// A publish grant only has to last until the WHIP POST.
+pub const GRANT_TTL_SECS: u64 = 300;
+/// A participant not seen for this long (and not live) is forgotten.
+pub const IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PartyError {
+    UnknownParty,
+    KeyRejected,
+    BadName,
+    Full,
+    BadToken,
+}
+
+struct Participant {
+    name: String,
+    seen: Instant,
+}
+
+struct Party {
+    key_digest: [u8; 32],
+    max_kbps: u32,
+    max_participants: usize,
+    members: Mutex<HashMap<String, Participant>>,
+}
+
+/// A joined participant's session.
+#[derive(Serialize, Debug)]
+pub struct Joined {
+    pub party_token: String,
+    pub expires_in: u64,
+    pub user_id: String,
+    pub display_name: String,
+    pub may_share: bool,
+    pub max_kbps: u32,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Sharer {
+    pub stream: String,
+    pub user_id: String,
+    pub display_name: String,
+    pub live: bool,
+    /// Standalone party streams are public (their names are unguessable).
+    pub access_token: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct View {
+    pub enabled: bool,
+    pub sharers: Vec<Sharer>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ShareGrant {
+    pub stream: String,
+    pub whip_url: String,
+    pub publish_token: String,
+    pub max_kbps: u32,
+    pub display_name: String,
+}
+
+pub struct Parties {
+    secret: [u8; 32],
+    parties: HashMap<String, Party>,
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+/// 1–32 characters after trimming, no control characters.
+fn display_name(name: &str) -> Result<String, PartyError> {
+    let n = name.trim();
+    let count = n.chars().count();
+    if count == 0 || count > 32 || n.chars().any(char::is_control) {
+        return Err(PartyError::BadName);
+    }
+    Ok(n.to_string())
+}
+
+impl Parties {
+    pub fn new(configs: &[PartyConfig]) -> Parties {
+        Parties {
+            secret: rand::random(),
+            parties: configs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        Party {
+                            key_digest: digest(&c.key),
+                            max_kbps: c.max_kbps,
+                            max_participants: c.max_participants,
+                            members: Mutex::new(HashMap::new()),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parties.is_empty()
+    }
+
+    pub fn exists(&self, party: &str) -> bool {
+        self.parties.contains_key(party)
+    }
+
+    fn mac(&self, scope: &str, exp: u64, subject: &str) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(b"roomcast-party-v1\0");
+        mac.update(scope.as_bytes());
+        mac.update(b"\0");
+        mac.update(exp.to_string().as_bytes());
+        mac.update(b"\0");
+        mac.update(subject.as_bytes());
+        mac
+    }
+
+    /// `s1.<exp>.<hex subject>.<hex HMAC over scope, exp and subject>`.
+    fn sign(&self, scope: &str, exp: u64, subject: &str) -> String {
+        let sig = self.mac(scope, exp, subject).finalize().into_bytes();
+        format!("s1.{exp}.{}.{}", hex::encode(subject), hex::encode(sig))
+    }
+
+    fn check(&self, scope: &str, token: &str, now: u64) -> Result<(u64, String), TokenError> {
+        let parts: Vec<&str> = token.splitn(5, '.').collect();
+        let ["s1", exp, subject, sig] = parts.as_slice() else {
+            return Err(TokenError::Malformed);
+        };
+        let exp: u64 = exp.parse().map_err(|_| TokenError::Malformed)?;
+        let subject = hex::decode(subject)
+            .ok()
+            .and_then(|s| String::from_utf8(s).ok())
+            .ok_or(TokenError::Malformed)?;
+        let sig = hex::decode(sig).map_err(|_| TokenError::Malformed)?;
+        self.mac(scope, exp, &subject)
+            .verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        if exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok((exp, subject))
+    }
+
+    /// A participant proves the key and picks a name.
+    pub fn join(&self, party: &str, key: &str, name: &str, now: u64) -> Result<Joined, PartyError> {
+        let p = self.parties.get(party).ok_or(PartyError::UnknownParty)?;
+        // Digests compared: no early exit on the key's bytes.
+        if digest(key) != p.key_digest {
+            return Err(PartyError::KeyRejected);
+        }
+        let name = display_name(name)?;
+        let mut members = p.members.lock();
+        let t = Instant::now();
+        members.retain(|_, m| t.duration_since(m.seen) < IDLE);
+        if members.len() >= p.max_participants {
+            return Err(PartyError::Full);
+        }
+        let id = hex::encode(rand::random::<[u8; 6]>());
+        members.insert(
+            id.clone(),
+            Participant {
+                name: name.clone(),
+                seen: t,
+            },
+        );
+        Ok(Joined {
+            party_token: self.sign(party, now + TOKEN_TTL_SECS, &id),
+            expires_in: TOKEN_TTL_SECS,
+            user_id: id,
+            display_name: name,
+            may_share: true,
+            max_kbps: p.max_kbps,
+        })
+    }
+
+    /// The participant a party token names, marked as seen.
+    fn member(&self, party: &str, token: &str, now: u64) -> Result<(&Party, String), PartyError> {
+        let p = self.parties.get(party).ok_or(PartyError::UnknownParty)?;
+        let (_, id) = self
+            .check(party, token, now)
+            .map_err(|_| PartyError::BadToken)?;
+        let mut members = p.members.lock();
+        let m = members.get_mut(&id).ok_or(PartyError::BadToken)?;
+        m.seen = Instant::now();
+        Ok((p, id))
+    }
+
+    pub fn stream_of(party: &str, id: &str) -> String {
+        format!("{party}-{id}")
+    }
+
+    /// The participants with a stream, and whether it is live (`live_of`).
+    pub fn view(
+        &self,
+        party: &str,
+        token: &str,
+        now: u64,
+        live_of: impl Fn(&str) -> Option<bool>,
+    ) -> Result<View, PartyError> {
+        let (p, _) = self.member(party, token, now)?;
+        let members = p.members.lock();
+        let mut sharers: Vec<Sharer> = members
+            .iter()
+            .filter_map(|(id, m)| {
+                let stream = Self::stream_of(party, id);
+                let live = live_of(&stream)?;
+                Some(Sharer {
+                    stream,
+                    user_id: id.clone(),
+                    display_name: m.name.clone(),
+                    live,
+                    access_token: None,
+                })
+            })
+            .collect();
+        sharers.sort_by(|a, b| a.stream.cmp(&b.stream));
+        Ok(View {
+            enabled: true,
+            sharers,
+        })
+    }
+
+    /// Share screen: the participant's stream name and a publish grant.
+    pub fn share(&self, party: &str, token: &str, now: u64) -> Result<ShareGrant, PartyError> {
+        let (p, id) = self.member(party, token, now)?;
+        let name = p
+            .members
+            .lock()
+            .get(&id)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let stream = Self::stream_of(party, &id);
+        Ok(ShareGrant {
+            whip_url: format!("/whip/{stream}"),
+            publish_token: self.sign(&publish_scope(&stream), now + GRANT_TTL_SECS, &id),
+            stream,
+            max_kbps: p.max_kbps,
+            display_name: name,
+        })
+    }
+}
+
+/// The admission service checks standalone parties' publish grants here.
+impl AccessTokens for Parties {
+    fn verify(&self, scope: &str, token: &str) -> Result<Grant, TokenError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let (expires, id) = self.check(scope, token, now)?;
+        Ok(Grant {
+            expires,
+            user: Some(id),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parties() -> Parties {
+        Parties::new(&[PartyConfig {
+            name: "friends".into(),
+            key: "a-long-party-key-1234".into(),
+            max_kbps: 2000,
+            max_participants: 2,
+        }])
+    }
+
+    #[test]
+    fn join_share_and_grants() {
+        let p = parties();
+        assert_eq!(
+            p.join("friends", "wrong", "Ann", 0).unwrap_err(),
+            PartyError::KeyRejected
+        );
+        assert_eq!(
+            p.join("nope", "a-long-party-key-1234", "Ann", 0)
+                .unwrap_err(),
+            PartyError::UnknownParty
+        );
+        assert_eq!(
+            p.join("friends", "a-long-party-key-1234", " \n", 0)
+                .unwrap_err(),
+            PartyError::BadName
+        );
+        let ann = p
+            .join("friends", "a-long-party-key-1234", " Ann ", 0)
+            .unwrap();
+        assert_eq!(ann.display_name, "Ann");
+        let grant = p.share("friends", &ann.party_token, 0).unwrap();
+        assert_eq!(grant.stream, format!("friends-{}", ann.user_id));
+        assert!(crate::config::validate_stream_name(&grant.stream).is_ok());
+        // The grant is for that stream only, and a party token is no grant.
+        let scope = publish_scope(&grant.stream);
+        assert_eq!(
+            p.check(&scope, &grant.publish_token, 0).unwrap().1,
+            ann.user_id
+        );
+        assert!(
+            p.check(&publish_scope("friends-other"), &grant.publish_token, 0)
+                .is_err()
+        );
+        assert!(p.check(&scope, &ann.party_token, 0).is_err());
+        assert_eq!(
+            p.check(&scope, &grant.publish_token, GRANT_TTL_SECS + 1),
+            Err(TokenError::Expired)
+        );
+        // Another server's secret signs nothing here.
+        assert!(parties().check(&scope, &grant.publish_token, 0).is_err());
+        let view = p
+            .view("friends", &ann.party_token, 0, |_| Some(true))
+            .unwrap();
+        assert_eq!(view.sharers.len(), 1);
+        assert_eq!(view.sharers[0].display_name, "Ann");
+        // Bounded: two participants at most.
+        p.join("friends", "a-long-party-key-1234", "Bo", 0).unwrap();
+        assert_eq!(
+            p.join("friends", "a-long-party-key-1234", "Cy", 0)
+                .unwrap_err(),
+            PartyError::Full
+        );
+    }
+}

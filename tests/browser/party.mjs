@@ -1,0 +1,242 @@
+#!/usr/bin/env node
+// Screen-share party in the room widget (tests/party.rs): one headless Chromium with fake
+// screen capture, one browser context per Matrix user, each a Matrix client host page running
+// matrix-widget-api's ClientWidgetApi around the widget the bot wrote into the room (templated as
+// Element does; OpenID tokens from Synapse). `sharers` press Share screen; every widget must show
+// the others' tiles decoding (never its own share played back); `watchers` must get no button.
+// Then each sharer presses Stop and the tile goes from every other widget within 2 s.
+//
+//   node party.mjs --base URL --hs URL --room ID --widget JSON --users JSON [--artifacts DIR]
+//   node party.mjs --base URL --standalone NAME --key KEY --users JSON   (the /party/{name} page)
+// users: [{label, user_id, access_token, display_name, share: bool, ended_by_server: bool}]
+// (ended_by_server: instead of pressing Stop, wait for the server to end the share.)
+// Prints JSON lines; the last is {"type":"result","ok":…}.
+import { chromium } from 'playwright-core';
+import { createServer } from 'node:http';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const argv = process.argv.slice(2);
+const opt = (name, dflt = null) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : dflt;
+};
+const BASE = (opt('base') || '').replace(/\/+$/, '');
+const ARTIFACTS = opt('artifacts', join(here, '..', 'artifacts', 'party'));
+const emit = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
+const check = (cond, message) => { if (!cond) throw new Error(message); };
+const errors = [];
+
+async function waitFor(what, fn, timeoutMs = 60000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      last = `error: ${e.message || e}`;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what} (last: ${JSON.stringify(last)})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function hostServer() {
+  const pages = new Map();
+  const server = createServer((req, res) => {
+    const body = pages.get(new URL(req.url, 'http://x').pathname);
+    res.writeHead(body ? 200 : 404, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+    res.end(body || 'not found');
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { origin: `http://localhost:${server.address().port}`, set: (p, b) => pages.set(p, b), close: () => new Promise((r) => server.close(r)) };
+}
+
+/** What a party widget shows: the button, its status, and each tile with its decoded frames. */
+function partyState(frame) {
+  return frame.evaluate(async () => {
+    const party = window.roomcast && window.roomcast.party;
+    const q = (s) => document.querySelector(s);
+    const tiles = [];
+    for (const t of document.querySelectorAll('.w-grid .pt')) {
+      const p = party && party.players[t.dataset.stream];
+      let frames = 0;
+      if (p && p.pc) (await p.pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') frames = s.framesDecoded || 0; });
+      tiles.push({ stream: t.dataset.stream, user: t.dataset.user, name: t.querySelector('.pt-name')?.textContent, played: !!p, frames,
+        local: !!t.querySelector('video[aria-label="Your shared screen"]'), volume: !!t.querySelector('.pt-volume') });
+    }
+    return {
+      shown: !!q('.w-party') && !q('.w-party').hidden,
+      session: !!(party && party.me),
+      may_share: party && party.me ? party.me.may_share : null,
+      button: !!q('.w-share') && !q('.w-share').hidden,
+      stop: !!q('.w-share-stop') && !q('.w-share-stop').hidden,
+      status: q('.w-party-status')?.textContent || '',
+      tiles,
+    };
+  });
+}
+
+async function main() {
+  const widget = JSON.parse(opt('widget'));
+  const users = JSON.parse(opt('users'));
+  const roomId = opt('room');
+  const hs = opt('hs');
+  const require = createRequire(import.meta.url);
+  const lib = readFileSync(require.resolve('matrix-widget-api/dist/api.js'), 'utf8');
+  const site = await hostServer();
+  site.set('/matrix-widget-api.js', lib);
+  site.set('/room', `<!doctype html><title>client</title><style>html,body{margin:0;height:100%;background:#15191e}iframe{border:0;width:100%;height:100%;display:block}</style>
+<body><script src="/matrix-widget-api.js"></script></body>`);
+  const browser = await chromium.launch({
+    executablePath: process.env.ROOMCAST_TEST_CHROMIUM || '/usr/bin/chromium', headless: true, timeout: 60000,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--autoplay-policy=no-user-gesture-required', '--allow-loopback-in-peer-connection',
+      '--disable-features=WebRtcHideLocalIpsWithMdns',
+      // Fake screen capture: getDisplayMedia answers at once with a generated picture.
+      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream', '--auto-select-desktop-capture-source=Entire screen'],
+  });
+  emit({ type: 'start', browser_version: browser.version() });
+  const clients = [];
+  const standalone = opt('standalone');
+  for (const u of users) {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const host = await ctx.newPage();
+    if (standalone) {
+      // /party/{name}: a wrong key is refused on the page, then the right one joins.
+      host.on('console', (m) => {
+        if (m.type() !== 'error') return;
+        const url = m.location()?.url || '';
+        emit({ type: 'console', user: u.label, text: m.text(), url });
+        if (!/favicon|status of 403/i.test(`${m.text()} ${url}`)) errors.push(`${u.label}: ${m.text()} (${url})`);
+      });
+      host.on('pageerror', (e) => errors.push(`${u.label}: ${e}`));
+      await host.goto(`${BASE}/party/${standalone}`);
+      await host.fill('input[name=display_name]', u.display_name);
+      await host.fill('input[name=key]', 'not-the-party-key-000');
+      await host.click('form.party-join button[type=submit]');
+      const refused = await waitFor(`${u.label}'s wrong key refused`, () => host.evaluate(() => document.querySelector('.pub-status.error')?.textContent), 10000);
+      check(/not right/.test(refused), `wrong key: ${refused}`);
+      await host.fill('input[name=key]', opt('key'));
+      await host.click('form.party-join button[type=submit]');
+      clients.push({ ...u, host, frame: host.mainFrame() });
+      continue;
+    }
+    host.on('console', (m) => {
+      if (m.type() !== 'error') return;
+      const url = m.location()?.url || '';
+      emit({ type: 'console', user: u.label, text: m.text(), url });
+      // (The host page's origin has no favicon.)
+      if (!/favicon/i.test(`${m.text()} ${url}`)) errors.push(`${u.label}: ${m.text()} (${url})`);
+    });
+    host.on('pageerror', (e) => errors.push(`${u.label}: ${e}`));
+    await host.goto(`${site.origin}/room`);
+    await host.evaluate(({ widget, roomId, hs, u }) => {
+      const { ClientWidgetApi, Widget, WidgetDriver, OpenIDRequestState } = window.mxwidgets;
+      class Driver extends WidgetDriver {
+        async validateCapabilities(requested) { return requested; }
+        async askOpenID(observer) {
+          const r = await fetch(`${hs}/_matrix/client/v3/user/${encodeURIComponent(u.user_id)}/openid/request_token`, {
+            method: 'POST', headers: { Authorization: `Bearer ${u.access_token}`, 'Content-Type': 'application/json' }, body: '{}' });
+          observer.update({ state: OpenIDRequestState.Allowed, token: await r.json() });
+        }
+      }
+      const w = new Widget(widget);
+      const url = new URL(w.getCompleteUrl({ widgetRoomId: roomId, currentUserId: u.user_id, userDisplayName: u.display_name,
+        clientId: 'io.element.web', clientTheme: 'dark', clientLanguage: 'en', deviceId: 'TEST', baseUrl: hs }));
+      url.searchParams.set('widgetId', w.id);
+      url.searchParams.set('parentUrl', location.href);
+      const iframe = document.createElement('iframe');
+      iframe.allow = 'microphone; camera; autoplay; display-capture';
+      iframe.src = url.toString().replace(/%24/g, '$');
+      document.body.append(iframe);
+      window.clientApi = new ClientWidgetApi(w, iframe, new Driver());
+    }, { widget, roomId, hs, u });
+    const frame = await waitFor(`${u.label}'s widget frame`, async () => host.frames().find((f) => f.url().includes('/widget')), 20000);
+    clients.push({ ...u, host, frame });
+  }
+  // Every widget joins the party; only those with the power get the button.
+  for (const c of clients) {
+    const s = await waitFor(`${c.label}'s party session`, async () => { const x = await partyState(c.frame); return x.session ? x : null; }, 30000);
+    c.user_id = await c.frame.evaluate(() => window.roomcast.party.me.user_id);
+    emit({ type: 'joined', user: c.label, user_id: c.user_id, state: s });
+    const want = standalone ? true : c.share;
+    check(s.button === want, `${c.label}: Share screen button shown=${s.button}, expected ${want}`);
+  }
+  const sharers = clients.filter((c) => c.share);
+  for (const c of sharers) {
+    await c.frame.click('.w-share');
+    await waitFor(`${c.label} sharing`, async () => { const x = await partyState(c.frame); return x.stop && /sharing/.test(x.status) ? x : null; }, 30000);
+  }
+  // Each widget shows every sharer: the others' tiles decode, its own is the local preview.
+  const decoded = {};
+  for (const c of clients) {
+    const s = await waitFor(`${c.label}'s grid to decode every sharer`, async () => {
+      const x = await partyState(c.frame);
+      if (x.tiles.length !== sharers.length) return null;
+      for (const t of x.tiles) {
+        const mine = t.user === c.user_id;
+        if (mine ? !(t.local && !t.played) : !(t.played && t.frames >= 30 && t.volume)) return null;
+      }
+      return x;
+    }, 60000);
+    decoded[c.label] = s.tiles;
+    emit({ type: 'grid', user: c.label, tiles: s.tiles });
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await c.host.screenshot({ path: join(ARTIFACTS, `party-${standalone ? 'page-' : ''}${c.label}.png`) });
+  }
+  // Focus a tile by clicking it.
+  const watcher = clients.find((c) => !c.share) || clients[0];
+  await watcher.frame.click('.w-grid .pt');
+  const focused = await watcher.frame.evaluate(() => document.querySelectorAll('.w-grid .pt.focused').length);
+  check(focused === 1, `clicking a tile focused ${focused} tiles`);
+  emit({ type: 'sharing', streams: decoded });
+  // Stop: the tile leaves every other widget within 2 s.
+  const stopped = [];
+  for (const c of sharers) {
+    const stream = decoded[c.label].find((t) => t.user === c.user_id).stream;
+    if (c.ended_by_server) {
+      // The test takes this member's power away: the server ends the share, every other
+      // widget drops the tile, and the sharer's widget says why.
+      for (const o of clients.filter((x) => x !== c)) {
+        await waitFor(`${c.label}'s tile to leave ${o.label}'s grid`, async () => !(await partyState(o.frame)).tiles.some((t) => t.stream === stream), 30000);
+      }
+      const st = await waitFor(`${c.label}'s widget to say the share ended`, async () => {
+        const x = await partyState(c.frame);
+        return /ended by the server/.test(x.status) && !x.stop ? x : null;
+      }, 30000);
+      stopped.push({ user: c.label, stream, ended_by_server: true, status: st.status });
+      emit({ type: 'stopped', user: c.label, stream, ended_by_server: true, status: st.status });
+      continue;
+    }
+    const t0 = Date.now();
+    await c.frame.click('.w-share-stop');
+    for (const o of clients.filter((x) => x !== c)) {
+      await waitFor(`${c.label}'s tile to leave ${o.label}'s grid`, async () => !(await partyState(o.frame)).tiles.some((t) => t.stream === stream), 10000);
+    }
+    const ms = Date.now() - t0;
+    stopped.push({ user: c.label, stream, tile_gone_ms: ms });
+    check(ms <= 2000, `${c.label}'s tile took ${ms} ms to go`);
+    emit({ type: 'stopped', user: c.label, stream, tile_gone_ms: ms });
+  }
+  await browser.close();
+  await site.close();
+  return { decoded, stopped };
+}
+
+const result = { type: 'result', ok: false };
+main().then((r) => {
+  Object.assign(result, r);
+  result.ok = errors.length === 0;
+  if (!result.ok) result.reason = `console errors: ${errors.join(' | ')}`;
+}).catch((e) => {
+  result.reason = String(e && e.stack ? e.stack : e);
+}).finally(() => {
+  result.console_errors = errors;
+  emit(result);
+  process.exit(result.ok ? 0 : 1);
+});
