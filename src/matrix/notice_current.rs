@@ -262,6 +262,13 @@ impl Matrix {
         let Some(s) = self.hub.get(stream) else {
             return Ok(());
         };
+        // A screen share's compact notice is not a go-live notice.
+        if self
+            .room_of_stream(stream)
+            .is_some_and(|(m, _)| m.slot.as_deref() == Some(super::party::PARTY_SLOT))
+        {
+            return Ok(());
+        }
         let viewers = s.cluster_viewers() as u64;
         let thumb = self.notice_thumbnail(stream);
         let now = Instant::now();

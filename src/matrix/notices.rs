@@ -790,7 +790,11 @@ impl Matrix {
                     content["m.mentions"] = json!({"room": true});
                 }
                 let sent = self.send_message(room_id, txn, &content).await?;
-                self.golive_sent(&item.stream, &item.session);
+                // A screen share's compact notice is not kept current (it
+                // would be rewritten as a go-live notice).
+                if p["party"].is_null() {
+                    self.golive_sent(&item.stream, &item.session);
+                }
                 Ok(Some(sent))
             }
             "ended" => {
