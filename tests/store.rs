@@ -334,6 +334,7 @@ async fn exercise(store: &Store) {
         title_end: "Demo title".into(),
         room_id: None,
         state: "recording".into(),
+        private: true,
     };
     store.insert_recording(&rec).await.unwrap();
     let mut older = rec.clone();

@@ -143,7 +143,23 @@ pub(super) async fn admitted(
         .map_err(db_error)?
         .ok_or_else(|| no_recording(id))?;
     let stream = admit(app, &row.stream, peer, headers, uri).await?;
+    if !servable(&row, &stream) {
+        // As if unknown: the stream's current credentials say nothing
+        // about who may see what it recorded while private elsewhere.
+        return Err(no_recording(id));
+    }
     Ok((row, stream))
+}
+
+/// `recording::access::servable` for this row and the stream as it is now.
+fn servable(row: &RecordingRow, stream: &Stream) -> bool {
+    let room = stream.room();
+    recording::access::servable(
+        row.private,
+        row.room_id.as_deref(),
+        stream.access(),
+        room.as_ref().map(|r| r.room_id.as_str()),
+    )
 }
 
 /// A recording's files are on the node that made it (cluster mode).
@@ -171,7 +187,11 @@ async fn list(
         .recordings_of(&stream.name, LIST_LIMIT)
         .await
         .map_err(db_error)?;
-    let list: Vec<Value> = rows.iter().map(|r| json_of(&app.recorder, r)).collect();
+    let list: Vec<Value> = rows
+        .iter()
+        .filter(|r| servable(r, &stream))
+        .map(|r| json_of(&app.recorder, r))
+        .collect();
     Ok(no_store(
         Json(json!({ "recordings": list })).into_response(),
     ))
@@ -332,10 +352,11 @@ async fn file(
     }
 }
 
-/// Media bytes never change once indexed; a private stream's stay out of
-/// shared caches.
-fn cache(row: &RecordingRow, stream: &Stream) -> &'static str {
-    match (stream.access() == Access::Public, row.state != "recording") {
+/// Media bytes never change once indexed; a private stream's (or one
+/// recorded while private) stay out of shared caches.
+pub(super) fn cache(row: &RecordingRow, stream: &Stream) -> &'static str {
+    let public = stream.access() == Access::Public && !row.private;
+    match (public, row.state != "recording") {
         (false, _) => "private, no-store",
         (true, true) => "public, max-age=86400",
         (true, false) => "public, max-age=60",

@@ -51,13 +51,22 @@ async fn chat(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let (row, _) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
+    let (row, stream) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
     let Some(matrix) = app.matrix.as_ref() else {
         return Err(no_chat("this server has no Matrix chat"));
     };
     let Some(room) = row.room_id.as_deref() else {
         return Err(no_chat("this recording's stream had no Matrix room"));
     };
+    let current = stream.room();
+    if !crate::recording::access::chat_readable(
+        Some(room),
+        current.as_ref().map(|r| r.room_id.as_str()),
+    ) {
+        return Err(no_chat(
+            "the stream no longer belongs to the room this recording's chat was in",
+        ));
+    }
     let window = Window {
         start_ms: row.started_ms.max(0) as u64,
         end_ms: row.ended_ms.map(|e| e.max(0) as u64),
@@ -129,7 +138,8 @@ async fn webm_file(
     let segments: Vec<Segment> = main_segments(&index, main);
     let duration_ms = segments.iter().map(|s| s.duration_us).sum::<u64>() as f64 / 1000.0;
     let head = webm::header(&tracks, duration_ms);
-    let cache = match (stream.access() == Access::Public, row.state != "recording") {
+    let public = stream.access() == Access::Public && !row.private;
+    let cache = match (public, row.state != "recording") {
         (false, _) => "private, no-store",
         (true, true) => "public, max-age=3600",
         (true, false) => "no-cache",

@@ -235,6 +235,7 @@ mod tests {
             title_end: "Show".into(),
             room_id: None,
             state: state.into(),
+            private: false,
         }
     }
 

@@ -16,6 +16,7 @@
 //! retry. At start-up, recordings a crash left open are cut to their last
 //! whole segment and indexed as `interrupted`.
 
+pub mod access;
 pub mod config;
 pub mod files;
 pub mod index;
@@ -636,6 +637,7 @@ impl Recording {
             title_end: stream.title(),
             room_id: stream.room().map(|r| r.room_id),
             state: "recording".into(),
+            private: stream.access() == crate::hub::Access::Private,
         };
         Recording {
             rec,
@@ -924,6 +926,8 @@ impl Recording {
         if self.row.room_id.is_none() {
             self.row.room_id = self.stream.room().map(|r| r.room_id);
         }
+        // Private once, private for good (`access::servable`).
+        self.row.private |= self.stream.access() == crate::hub::Access::Private;
     }
 
     async fn save_row(&mut self) {
