@@ -22,6 +22,10 @@
 //! many streams' counts) is written to `cluster_bus_payloads` and the
 //! notification carries its row id (`@123`); rows are pruned after a minute.
 //!
+//! Every message is sealed with a key derived from `cluster.secret`
+//! (`bus_seal`): a database role without the secret can neither read the
+//! chat and membership that travel here nor forge or replay a message.
+//!
 //! The encoding, the decoding and the viewer tally are pure; [`Bus`] is the
 //! thin driver.
 
@@ -37,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
+use super::bus_seal::{SealError, Sealer, Seen};
 use crate::auth::keys::KeyRing;
 use crate::hub::{ChatMessage, Hub, Stream};
 use crate::log_every::LogEvery;
@@ -48,6 +53,8 @@ pub const CHANNEL: &str = "roomcast_bus";
 pub const NOTIFY_MAX_BYTES: usize = 7900;
 /// The largest message the bus carries at all (through the payload table).
 pub const PAYLOAD_MAX_BYTES: usize = 256 * 1024;
+/// The largest sealed payload (base64 of a sealed [`PAYLOAD_MAX_BYTES`]).
+pub const SEALED_MAX_BYTES: usize = PAYLOAD_MAX_BYTES * 4 / 3 + 64;
 /// How long a big payload's row is kept for the receivers to read.
 const PAYLOAD_KEEP: Duration = Duration::from_secs(60);
 /// The LISTEN connection pings itself this often…
@@ -150,18 +157,22 @@ pub enum BusError {
     TooBig(usize),
     #[error("not a bus message: {0}")]
     Bad(String),
+    #[error("{0}")]
+    Seal(#[from] SealError),
 }
 
-pub fn encode(env: &Envelope) -> Result<Encoded, BusError> {
+/// `env` sealed at `now_ms`, inline or for the payload table.
+pub fn encode(env: &Envelope, sealer: &Sealer, now_ms: u64) -> Result<Encoded, BusError> {
     let json = serde_json::to_string(env).map_err(|e| BusError::Bad(e.to_string()))?;
     if json.len() > PAYLOAD_MAX_BYTES {
         return Err(BusError::TooBig(json.len()));
     }
-    // A JSON object never starts with '@': the two forms cannot be confused.
-    Ok(if json.len() <= NOTIFY_MAX_BYTES {
-        Encoded::Inline(json)
+    // A sealed payload never starts with '@': the two forms cannot be confused.
+    let sealed = sealer.seal(json.as_bytes(), now_ms);
+    Ok(if sealed.len() <= NOTIFY_MAX_BYTES {
+        Encoded::Inline(sealed)
     } else {
-        Encoded::Table(json)
+        Encoded::Table(sealed)
     })
 }
 
@@ -173,21 +184,40 @@ pub enum Received {
     Table(i64),
 }
 
-pub fn decode(payload: &str) -> Result<Received, BusError> {
+/// A notification: a table row's id, or a message that must open with
+/// `sealer` (fresh at `now_ms`, not in `seen`).
+pub fn decode(
+    payload: &str,
+    sealer: &Sealer,
+    now_ms: u64,
+    seen: &mut Seen,
+) -> Result<Received, BusError> {
     if let Some(id) = payload.strip_prefix('@') {
+        // Only a pointer: the row's body is sealed and checked in turn.
         return id
             .parse()
             .map(Received::Table)
             .map_err(|_| BusError::Bad(format!("bad payload reference '{id}'")));
     }
-    decode_body(payload).map(Received::Message)
+    decode_body(payload, sealer, now_ms, seen).map(Received::Message)
 }
 
-pub fn decode_body(body: &str) -> Result<Envelope, BusError> {
-    if body.len() > PAYLOAD_MAX_BYTES {
+pub fn decode_body(
+    body: &str,
+    sealer: &Sealer,
+    now_ms: u64,
+    seen: &mut Seen,
+) -> Result<Envelope, BusError> {
+    if body.len() > SEALED_MAX_BYTES {
         return Err(BusError::TooBig(body.len()));
     }
-    serde_json::from_str(body).map_err(|e| BusError::Bad(e.to_string()))
+    let plain = sealer.open(body, now_ms, seen)?;
+    serde_json::from_slice(&plain).map_err(|e| BusError::Bad(e.to_string()))
+}
+
+/// The wall clock in ms (a sealed message's time).
+fn now_unix_ms() -> u64 {
+    crate::cluster::now_ms().max(0) as u64
 }
 
 /// The LISTEN connection's URL: named `roomcast-bus-<node>` in
@@ -309,6 +339,9 @@ pub struct Bus {
     store: Store,
     hub: Arc<Hub>,
     keys: Arc<KeyRing>,
+    sealer: Sealer,
+    /// Nonces of the messages opened lately (replays are dropped).
+    seen: Mutex<Seen>,
     out: mpsc::Sender<BusMessage>,
     out_rx: Mutex<Option<mpsc::Receiver<BusMessage>>>,
     tally: Mutex<Tally>,
@@ -347,6 +380,7 @@ impl Bus {
         store: Store,
         hub: Arc<Hub>,
         keys: Arc<KeyRing>,
+        secret: &str,
         cluster_wake: Arc<Notify>,
     ) -> Arc<Bus> {
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
@@ -356,6 +390,8 @@ impl Bus {
             store,
             hub,
             keys,
+            sealer: Sealer::new(secret),
+            seen: Mutex::default(),
             out,
             out_rx: Mutex::new(Some(out_rx)),
             tally: Mutex::default(),
@@ -448,7 +484,7 @@ impl Bus {
     }
 
     async fn notify(&self, env: &Envelope) -> Result<(), anyhow::Error> {
-        let payload = match encode(env)? {
+        let payload = match encode(env, &self.sealer, now_unix_ms())? {
             Encoded::Inline(p) => p,
             Encoded::Table(body) => {
                 let id = self
@@ -654,13 +690,14 @@ impl Bus {
     }
 
     async fn on_payload(&self, payload: &str) -> Result<(), anyhow::Error> {
-        let env = match decode(payload)? {
+        let decoded = decode(payload, &self.sealer, now_unix_ms(), &mut self.seen.lock())?;
+        let env = match decoded {
             Received::Message(env) => env,
             Received::Table(id) => {
-                let Some(body) = self.store.bus_payload(id, PAYLOAD_MAX_BYTES as i64).await? else {
+                let Some(body) = self.store.bus_payload(id, SEALED_MAX_BYTES as i64).await? else {
                     anyhow::bail!("payload {id} is gone (pruned, or over the size)");
                 };
-                decode_body(&body)?
+                decode_body(&body, &self.sealer, now_unix_ms(), &mut self.seen.lock())?
             }
         };
         if env.n == self.node {
@@ -841,8 +878,12 @@ mod tests {
         }
     }
 
+    const NOW: u64 = 1_800_000_000_000;
+
     #[test]
     fn small_messages_go_inline_big_ones_through_the_table() {
+        let sealer = Sealer::new("a cluster secret of enough length");
+        let seen = &mut Seen::default();
         let env = Envelope {
             n: "a".into(),
             m: BusMessage::Chat {
@@ -850,10 +891,13 @@ mod tests {
                 message: Box::new(chat("hi")),
             },
         };
-        let Encoded::Inline(p) = encode(&env).unwrap() else {
+        let Encoded::Inline(p) = encode(&env, &sealer, NOW).unwrap() else {
             panic!("inline")
         };
-        assert_eq!(decode(&p).unwrap(), Received::Message(env));
+        assert_eq!(
+            decode(&p, &sealer, NOW, seen).unwrap(),
+            Received::Message(env)
+        );
         let big = Envelope {
             n: "a".into(),
             m: BusMessage::Chat {
@@ -861,12 +905,15 @@ mod tests {
                 message: Box::new(chat(&"é".repeat(20_000))),
             },
         };
-        let Encoded::Table(body) = encode(&big).unwrap() else {
+        let Encoded::Table(body) = encode(&big, &sealer, NOW).unwrap() else {
             panic!("table")
         };
         assert!(body.len() > 8000);
-        assert_eq!(decode_body(&body).unwrap(), big);
-        assert_eq!(decode("@42").unwrap(), Received::Table(42));
+        assert_eq!(decode_body(&body, &sealer, NOW, seen).unwrap(), big);
+        assert_eq!(
+            decode("@42", &sealer, NOW, seen).unwrap(),
+            Received::Table(42)
+        );
         let huge = Envelope {
             n: "a".into(),
             m: BusMessage::Chat {
@@ -874,10 +921,57 @@ mod tests {
                 message: Box::new(chat(&"x".repeat(PAYLOAD_MAX_BYTES))),
             },
         };
-        assert!(matches!(encode(&huge), Err(BusError::TooBig(_))));
-        assert!(decode("@x").is_err());
-        assert!(decode("{\"n\":1}").is_err());
-        assert!(decode("not json").is_err());
+        assert!(matches!(
+            encode(&huge, &sealer, NOW),
+            Err(BusError::TooBig(_))
+        ));
+        assert!(decode("@x", &sealer, NOW, seen).is_err());
+        assert!(decode("{\"n\":1}", &sealer, NOW, seen).is_err());
+        assert!(decode("not json", &sealer, NOW, seen).is_err());
+    }
+
+    #[test]
+    fn forged_or_unsigned_messages_are_dropped() {
+        let sealer = Sealer::new("a cluster secret of enough length");
+        let seen = &mut Seen::default();
+        // What a database role without the secret could NOTIFY: a node's
+        // viewers that would make every cap refuse, a member let back in.
+        for m in [
+            BusMessage::Viewers {
+                counts: vec![("s".into(), u32::MAX, false)],
+            },
+            BusMessage::Membership {
+                stream: "s".into(),
+                user: "@eve:hs".into(),
+                joined: true,
+            },
+        ] {
+            let env = Envelope { n: "b".into(), m };
+            let plain = serde_json::to_string(&env).unwrap();
+            assert!(
+                matches!(
+                    decode(&plain, &sealer, NOW, seen),
+                    Err(BusError::Seal(SealError::Unsealed))
+                ),
+                "{plain}"
+            );
+            let forged = Sealer::new("not the cluster's secret, guessed");
+            let Encoded::Inline(p) = encode(&env, &forged, NOW).unwrap() else {
+                panic!("inline")
+            };
+            assert!(decode(&p, &sealer, NOW, seen).is_err(), "another key");
+            // A table row written by hand is checked the same way.
+            assert!(decode_body(&plain, &sealer, NOW, seen).is_err());
+            // A genuine message, replayed, is dropped the second time.
+            let Encoded::Inline(p) = encode(&env, &sealer, NOW).unwrap() else {
+                panic!("inline")
+            };
+            assert!(decode(&p, &sealer, NOW, seen).is_ok());
+            assert!(matches!(
+                decode(&p, &sealer, NOW + 1, seen),
+                Err(BusError::Seal(SealError::Replayed))
+            ));
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod bus_seal;
 pub mod placement;
 pub mod relay;
 pub mod tree;
@@ -238,6 +239,7 @@ impl Cluster {
             store.clone(),
             hub.clone(),
             keys,
+            &cfg.secret,
             wake.clone(),
         );
         Arc::new(Cluster {
