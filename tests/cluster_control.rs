@@ -578,3 +578,65 @@ fn a_full_node_redirects_a_whep_viewer_to_a_node_with_room() {
         again.text()
     );
 }
+
+/// A key changed while a node could not hear it (its `key` message lost:
+/// a full queue or a failed NOTIFY, here no message at all) must not stay
+/// valid there: the node re-reads every stream's key when its LISTEN
+/// connection comes back.
+#[test]
+fn a_key_changed_while_a_node_was_not_listening_stops_working_there() {
+    let _serial = serial();
+    let mut pg = Postgres::start();
+    let db = "cluster_keys";
+    let spec = ClusterSpec::new(pg.create_database(db));
+    let a = start_node(&spec, "a", "", "");
+    let b = start_node(&spec, "b", "", "");
+    wait_alive_nodes(&a, &["a", "b"], CLUSTER_TIMEOUT);
+    let old_key = a.key(STREAM).to_string();
+    // Whether `key` passes B's key check (an empty offer then fails as an
+    // offer, not as a key).
+    let key_accepted = |key: &str| {
+        let r = http::request(
+            "POST",
+            &b.whip_url(STREAM),
+            &[
+                ("Authorization", &format!("Bearer {key}")),
+                ("Content-Type", "application/sdp"),
+            ],
+            Some(b"v=0\r\n"),
+        )
+        .unwrap();
+        !(r.status == 401 || r.status == 403)
+    };
+    assert!(key_accepted(&old_key), "the configured key on B");
+    let new_key = format!("{}{}", random_hex(), random_hex());
+    assert!(!key_accepted(&new_key));
+
+    // The key is changed in the database and nobody tells B.
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(new_key.as_bytes()))
+    };
+    pg.psql(
+        db,
+        &format!("UPDATE streams SET key_hash = '{hash}' WHERE name = '{STREAM}'"),
+    );
+    assert!(key_accepted(&old_key), "B cannot know yet");
+
+    // B's LISTEN connection drops; B reconnects and re-reads the keys.
+    let from = b.log_lines().len();
+    let pid = pg
+        .psql(
+            db,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'roomcast-bus-b'",
+        )
+        .trim()
+        .to_string();
+    assert!(!pid.is_empty(), "B's LISTEN connection in pg_stat_activity");
+    pg.psql(db, &format!("SELECT pg_terminate_backend({pid})"));
+    b.wait_for_log_from(from, "listening again; resyncing", CLUSTER_TIMEOUT);
+    wait_until("B refusing the old key", CLUSTER_TIMEOUT, || {
+        (!key_accepted(&old_key)).then_some(())
+    });
+    assert!(key_accepted(&new_key), "the new key on B");
+}

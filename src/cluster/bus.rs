@@ -15,6 +15,11 @@
 //! - `chat` and `redaction`: the room's chat as the node that processed the
 //!   room's events rendered it (only that node reads the transaction).
 //! - `sync`: a node (re)started listening and asks for everyone's viewers.
+//! - `resync`: a message of the sender's was lost (its queue was full, or a
+//!   NOTIFY failed): every node re-reads what the bus would have told it
+//!   (every stream row and key, the rooms and chat), as after its own
+//!   LISTEN connection came back. A lost `key` message must not leave an
+//!   old stream key valid on another node.
 //! - `ping`: a node's own heartbeat through its LISTEN connection, which
 //!   proves the connection alive (a dropped one is replaced, then resynced).
 //!
@@ -120,6 +125,8 @@ pub enum BusMessage {
         joined: bool,
     },
     Sync,
+    /// The sender lost a message: everyone re-reads the shared state.
+    Resync,
     Ping {
         nonce: u64,
     },
@@ -356,6 +363,9 @@ pub struct Bus {
     on_membership: OnceLock<MembershipHook>,
     /// The inbox was full: a resync is owed to the Matrix bridge.
     inbox_overflowed: AtomicBool,
+    /// A message of ours was lost: the next NOTIFY that works is a
+    /// `resync` first.
+    owe_resync: AtomicBool,
     /// Wakes the cluster step (origins changed, or a resync).
     cluster_wake: Arc<Notify>,
     /// Wakes the viewer sender (a `sync` asked for everyone's figures).
@@ -400,6 +410,7 @@ impl Bus {
             inbox: OnceLock::new(),
             on_membership: OnceLock::new(),
             inbox_overflowed: AtomicBool::new(false),
+            owe_resync: AtomicBool::new(false),
             cluster_wake,
             resend_viewers: Notify::new(),
             ping_sent: AtomicU64::new(0),
@@ -430,13 +441,14 @@ impl Bus {
         if self.stopped.load(Ordering::Relaxed) {
             return;
         }
-        if self.out.try_send(m).is_err()
-            && let Some(suppressed) = QUEUE_FULL_LOG.allow()
-        {
-            warn!(
-                suppressed,
-                "cluster bus: the outgoing queue is full (database slow?); a message was dropped"
-            );
+        if self.out.try_send(m).is_err() {
+            self.owe_resync.store(true, Ordering::Relaxed);
+            if let Some(suppressed) = QUEUE_FULL_LOG.allow() {
+                warn!(
+                    suppressed,
+                    "cluster bus: the outgoing queue is full (database slow?); a message was dropped, the others resync"
+                );
+            }
         }
     }
 
@@ -466,14 +478,27 @@ impl Bus {
     async fn sender(self: Arc<Self>, mut rx: mpsc::Receiver<BusMessage>) {
         let mut last_prune = Instant::now();
         while let Some(m) = rx.recv().await {
+            // Something was lost since the last NOTIFY that worked: the
+            // others re-read everything before this message (pings keep
+            // this loop turning while the database is away).
+            if self.owe_resync.swap(false, Ordering::Relaxed) {
+                let resync = Envelope {
+                    n: self.node.clone(),
+                    m: BusMessage::Resync,
+                };
+                if self.notify(&resync).await.is_err() {
+                    self.owe_resync.store(true, Ordering::Relaxed);
+                }
+            }
             let env = Envelope {
                 n: self.node.clone(),
                 m,
             };
-            if let Err(e) = self.notify(&env).await
-                && let Some(suppressed) = SEND_FAILED_LOG.allow()
-            {
-                warn!(error = %e, suppressed, "cluster bus: a NOTIFY failed; the others resync when they see it");
+            if let Err(e) = self.notify(&env).await {
+                self.owe_resync.store(true, Ordering::Relaxed);
+                if let Some(suppressed) = SEND_FAILED_LOG.allow() {
+                    warn!(error = %e, suppressed, "cluster bus: a NOTIFY failed; the others resync once one works again");
+                }
             }
             if last_prune.elapsed() > PAYLOAD_KEEP / 2 {
                 last_prune = Instant::now();
@@ -602,6 +627,10 @@ impl Bus {
             info!(node = %self.node, "cluster bus: listening again; resyncing");
         }
         self.resync(!first);
+        if !first {
+            // A key changed meanwhile must not stay valid here.
+            self.reload_all_rows().await;
+        }
         // The connection is read by a task of its own: `try_recv` is not
         // cancel-safe, and a cancelled call that saw the connection close
         // makes the next one reconnect silently (no resync). The channel is
@@ -759,6 +788,11 @@ impl Bus {
                 }
             }
             BusMessage::Sync => self.resend_viewers.notify_one(),
+            BusMessage::Resync => {
+                info!(from = %from, "cluster bus: a node lost a message; resyncing");
+                self.reload_all_rows().await;
+                self.resync(true);
+            }
             BusMessage::Ping { .. } => {}
         }
     }
@@ -780,6 +814,24 @@ impl Bus {
             Err(e) => {
                 if let Some(suppressed) = SEND_FAILED_LOG.allow() {
                     warn!(error = %e, suppressed, "cluster bus: reading a stream row failed");
+                }
+            }
+        }
+    }
+
+    /// Every stream row and its key, as at start-up (after the bus was away
+    /// or a message was lost).
+    async fn reload_all_rows(&self) {
+        match self.store.streams().await {
+            Ok(rows) => {
+                for row in rows {
+                    self.hub.ensure_stream(&row.name, row.title.as_deref());
+                    self.keys.set(&row.name, &row.key_hash);
+                }
+            }
+            Err(e) => {
+                if let Some(suppressed) = SEND_FAILED_LOG.allow() {
+                    warn!(error = %e, suppressed, "cluster bus: re-reading the stream rows failed (the keys are re-read at the next resync)");
                 }
             }
         }
