@@ -3,8 +3,9 @@
 //! and a progressive download (`http::recordings`).
 //!
 //! The recorder is a hub sink per recorded stream that only enqueues
-//! (bounded: a full queue drops frames and resumes at the next keyframe,
-//! with a discontinuity; viewers are never slowed). One task per recording
+//! (bounded in frames and in bytes, `budget`: a full queue drops frames and
+//! resumes at the next keyframe, with a discontinuity; viewers are never
+//! slowed). One task per recording
 //! feeds the LL-HLS segmenter (`egress::hls::segmenter`, the same fMP4 the
 //! live HLS serves) with segments of `segment_secs`, and writes each
 //! complete segment, fsynced, through `files` in a blocking thread. A
@@ -17,6 +18,7 @@
 //! whole segment and indexed as `interrupted`.
 
 pub mod access;
+pub mod budget;
 pub mod config;
 pub mod files;
 pub mod index;
@@ -38,6 +40,7 @@ use crate::hub::{Frame, FrameSink, Hub, Kind, Stream};
 use crate::media::rtp_video::VideoCodec;
 use crate::store::Store;
 use crate::store::recordings::RecordingRow;
+use budget::ByteBudget;
 use config::RecordingConfig;
 use files::{RecordingFiles, SegmentData};
 
@@ -89,11 +92,19 @@ enum Msg {
 struct Sink {
     tx: mpsc::Sender<Msg>,
     overflow: Arc<AtomicBool>,
+    /// Bytes queued (released by the recording as it takes each frame).
+    queued: Arc<ByteBudget>,
 }
 
 impl FrameSink for Sink {
     fn deliver(&self, _stream: &Arc<Stream>, frame: &Arc<Frame>) {
+        let n = frame.bytes();
+        if !self.queued.reserve(n) {
+            self.overflow.store(true, Relaxed);
+            return;
+        }
         if self.tx.try_send(Msg::Frame(frame.clone())).is_err() {
+            self.queued.release(n);
             self.overflow.store(true, Relaxed);
         }
     }
@@ -383,9 +394,11 @@ impl Recorder {
             .insert(stream.name.clone(), active.clone());
         let (tx, rx) = mpsc::channel(QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(ByteBudget::new(budget::QUEUE_MAX_BYTES));
         let sink: Arc<dyn FrameSink> = Arc::new(Sink {
             tx,
             overflow: overflow.clone(),
+            queued: queued.clone(),
         });
         let sink_id = self.next_sink.fetch_add(1, Relaxed);
         // Attach first, then snapshot: a frame in both is skipped by index.
@@ -396,7 +409,7 @@ impl Recorder {
         let stream = stream.clone();
         tokio::spawn(async move {
             let task = Recording::new(me.clone(), stream.clone(), active.clone());
-            let _ = tokio::spawn(task.run(rx, live_rx, seed, overflow)).await;
+            let _ = tokio::spawn(task.run(rx, live_rx, seed, overflow, queued)).await;
             stream.detach_sink(sink_id);
             let mut map = me.active.lock();
             if map
@@ -618,7 +631,10 @@ impl Recording {
             // One fragment per segment: parts are for live latency only.
             part_target: 60.0,
             segment_target: segment,
-            window: 4,
+            // Each complete segment is written before the next completes
+            // (`write_complete` after every frame): keeping more would only
+            // hold up to 64 MiB each in memory.
+            window: 1,
         };
         let now = ms(SystemTime::now()) as i64;
         let row = RecordingRow {
@@ -666,6 +682,7 @@ impl Recording {
         mut live: watch::Receiver<bool>,
         seed: Vec<Arc<Frame>>,
         overflow: Arc<AtomicBool>,
+        queued: Arc<ByteBudget>,
     ) {
         info!(stream = %self.stream.name, id = %self.row.id, "recording: started");
         if let Err(e) = self.rec.store.insert_recording(&self.row).await {
@@ -692,6 +709,7 @@ impl Recording {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Frame(f)) => {
+                        queued.release(f.bytes());
                         // Not to be recorded now (`!live record off` while
                         // live), or already in the seed.
                         if !self.active.wanted.load(Relaxed)
