@@ -586,7 +586,7 @@ fn a_full_node_redirects_a_whep_viewer_to_a_node_with_room() {
 #[test]
 fn a_key_changed_while_a_node_was_not_listening_stops_working_there() {
     let _serial = serial();
-    let mut pg = Postgres::start();
+    let pg = Postgres::start();
     let db = "cluster_keys";
     let spec = ClusterSpec::new(pg.create_database(db));
     let a = start_node(&spec, "a", "", "");

@@ -274,7 +274,7 @@ async fn download(
     let (row, stream) = admitted(&app, id, peer, &headers, &uri).await?;
     files_here(&app, &row)?;
     let dir = app.recorder.dir_of(&row.id);
-    let index = read(&dir).await?;
+    let index = read(&app, &row).await?;
     let main = index
         .main_file()
         .ok_or_else(|| ApiError::not_found("the recording has no media yet"))?;
@@ -316,7 +316,7 @@ async fn file(
     let (row, stream) = admitted(&app, &id, peer, &headers, &uri).await?;
     files_here(&app, &row)?;
     let dir = app.recorder.dir_of(&row.id);
-    let index = read(&dir).await?;
+    let index = read(&app, &row).await?;
     match number {
         None => {
             let query = super::hls::parse_query(uri.query())?;
@@ -363,12 +363,20 @@ pub(super) fn cache(row: &RecordingRow, stream: &Stream) -> &'static str {
     }
 }
 
-async fn read(dir: &std::path::Path) -> Result<crate::recording::index::Index, ApiError> {
-    match recording::read_index(dir).await {
+/// The recording's index (parsed once, `Recorder::index_of`).
+pub(super) async fn read(
+    app: &App,
+    row: &RecordingRow,
+) -> Result<Arc<crate::recording::index::Index>, ApiError> {
+    match app
+        .recorder
+        .index_of(&row.id, row.state != "recording")
+        .await
+    {
         Ok(Some(i)) => Ok(i),
         Ok(None) => Err(ApiError::not_found("the recording has no media yet")),
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), "recordings: cannot read a recording's index: {e}");
+            tracing::warn!(recording = %row.id, "recordings: cannot read a recording's index: {e}");
             Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "recording_unreadable",

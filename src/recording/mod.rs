@@ -22,6 +22,7 @@ pub mod budget;
 pub mod config;
 pub mod files;
 pub mod index;
+pub mod index_cache;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -140,7 +141,16 @@ pub struct Recorder {
     clock: (Instant, SystemTime),
     /// Set at shutdown: recordings write their last segment and end.
     stopping: watch::Sender<bool>,
+    /// Parsed indexes for the HTTP paths (bounded in bytes).
+    indexes: index_cache::IndexCache,
+    /// Memory for segments read whole for HTTP (WebM), in KiB.
+    read_budget: Arc<tokio::sync::Semaphore>,
 }
+
+/// Segments read whole into memory for HTTP at once, over all clients.
+const READ_BUDGET_KIB: usize = 128 << 10;
+/// How long a request waits for that memory before `503`.
+const READ_BUDGET_WAIT: Duration = Duration::from_secs(10);
 
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -190,7 +200,38 @@ impl Recorder {
             metrics: RecorderMetrics::default(),
             clock: (Instant::now(), SystemTime::now()),
             stopping: watch::channel(false).0,
+            indexes: index_cache::IndexCache::new(index_cache::MAX_BYTES),
+            read_budget: Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_KIB)),
         })
+    }
+
+    /// Recording `id`'s index, parsed once (`finished`: its row says it
+    /// ended; a growing one's is re-read at most once a second).
+    pub async fn index_of(
+        &self,
+        id: &str,
+        finished: bool,
+    ) -> std::io::Result<Option<Arc<index::Index>>> {
+        let now = Instant::now();
+        if let Some(i) = self.indexes.get(id, finished, now) {
+            return Ok(Some(i));
+        }
+        Ok(read_index(&self.dir_of(id))
+            .await?
+            .map(|i| self.indexes.put(id, i, finished, now)))
+    }
+
+    /// Room to read `len` bytes into memory for a client (held until
+    /// dropped); `None` when the server's budget stays taken.
+    pub async fn read_permit(&self, len: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = u32::try_from(len.div_ceil(1024).clamp(1, READ_BUDGET_KIB as u64)).ok()?;
+        tokio::time::timeout(
+            READ_BUDGET_WAIT,
+            self.read_budget.clone().acquire_many_owned(kib),
+        )
+        .await
+        .ok()?
+        .ok()
     }
 
     pub fn enabled(&self) -> bool {
@@ -441,6 +482,7 @@ impl Recorder {
             Ok(_) => {}
             Err(e) => return Err(DeleteError::Io(e.to_string())),
         }
+        self.indexes.forget(id);
         let dir = self.dir_of(id);
         let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
