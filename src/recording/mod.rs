@@ -23,6 +23,7 @@ pub mod config;
 pub mod files;
 pub mod index;
 pub mod index_cache;
+pub mod retention;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -518,21 +519,10 @@ impl Recorder {
             }
         };
         let now = ms(SystemTime::now()) as i64;
-        let mut total: i64 = rows.iter().map(|r| r.bytes).sum();
-        for r in rows
-            .iter()
-            .filter(|r| r.state != "recording" && r.node == self.node)
-        {
-            let old =
-                days > 0 && r.ended_ms.unwrap_or(r.started_ms) < now - days as i64 * 86_400_000;
-            let over = cap.is_some_and(|c| total > c as i64);
-            if !old && !over {
-                continue;
-            }
+        for (r, why) in retention::to_delete(&rows, &self.node, now, days, cap) {
             match self.delete(&r.id).await {
                 Ok(_) => {
-                    total -= r.bytes;
-                    info!(id = %r.id, stream = %r.stream, bytes = r.bytes, reason = if old { "retention_days" } else { "max_total_gb" }, "recording: deleted by retention");
+                    info!(id = %r.id, stream = %r.stream, bytes = r.bytes, reason = why.as_str(), "recording: deleted by retention");
                 }
                 Err(e) => warn!(id = %r.id, "recording: retention cannot delete: {e}"),
             }
