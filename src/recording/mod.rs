@@ -402,9 +402,13 @@ impl Recorder {
     /// A stream's live state or choice changed: start, continue or let end.
     fn control_changed(self: &Arc<Self>, stream: &Arc<Stream>) {
         let live = stream.is_live();
-        let active = self.active.lock().get(&stream.name).cloned();
-        match active {
+        // Looked up and (for a new recording) claimed under one lock: two
+        // callers at once (the control feed, a recording's end) must not
+        // both start one.
+        let mut map = self.active.lock();
+        match map.get(&stream.name).cloned() {
             Some(a) => {
+                drop(map);
                 let wanted = self.wants(&stream.name);
                 a.wanted.store(wanted, Relaxed);
                 let keep = live && wanted;
@@ -416,24 +420,28 @@ impl Recorder {
                 && !stream.is_relayed()
                 && !*self.stopping.borrow() =>
             {
-                self.start(stream);
+                let (live, live_rx) = watch::channel(true);
+                let active = Arc::new(Active {
+                    id: new_id(),
+                    live,
+                    wanted: AtomicBool::new(true),
+                    status: Mutex::new(WriteStatus::Ok),
+                });
+                map.insert(stream.name.clone(), active.clone());
+                drop(map);
+                self.start(stream, active, live_rx);
             }
             None => {}
         }
     }
 
-    fn start(self: &Arc<Self>, stream: &Arc<Stream>) {
-        let id = new_id();
-        let (live, live_rx) = watch::channel(true);
-        let active = Arc::new(Active {
-            id: id.clone(),
-            live,
-            wanted: AtomicBool::new(true),
-            status: Mutex::new(WriteStatus::Ok),
-        });
-        self.active
-            .lock()
-            .insert(stream.name.clone(), active.clone());
+    /// Runs the recording `active` (already in `self.active`).
+    fn start(
+        self: &Arc<Self>,
+        stream: &Arc<Stream>,
+        active: Arc<Active>,
+        live_rx: watch::Receiver<bool>,
+    ) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(ByteBudget::new(budget::QUEUE_MAX_BYTES));
