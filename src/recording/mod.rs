@@ -24,6 +24,7 @@ pub mod files;
 pub mod index;
 pub mod index_cache;
 pub mod retention;
+pub mod session;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -58,8 +59,6 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_SEGMENT_BYTES: usize = 64 << 20;
 static SEGMENT_CUT_LOG: crate::log_every::LogEvery =
     crate::log_every::LogEvery::new(Duration::from_secs(10));
-/// A recording and a go-live session that began this close belong together.
-const SESSION_SLACK_MS: i64 = 2_000;
 /// The index row of a growing recording is updated at most this often.
 const ROW_UPDATE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -620,10 +619,8 @@ impl Recorder {
     ) -> Option<RecordingRow> {
         let s = started_ms as i64;
         let rows = self.store.recordings_of(stream, 5).await.ok()?;
-        rows.into_iter().find(|r| {
-            r.started_ms + SESSION_SLACK_MS >= s
-                || (r.started_ms <= s && r.ended_ms.is_none_or(|e| e >= s))
-        })
+        rows.into_iter()
+            .find(|r| session::belongs(r.started_ms, r.ended_ms, s))
     }
 }
 
