@@ -45,6 +45,9 @@ const FRESH_VIEW: Duration = Duration::from_millis(250);
 const PULL_WAIT: Duration = Duration::from_secs(5);
 
 static DB_FAILED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+/// Redirects happen per WHEP request, before any rate limit: a line at most
+/// every 10 s (the count is in `suppressed`).
+static REDIRECT_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -474,7 +477,9 @@ impl Cluster {
                 .collect()
         };
         let target = placement::redirect_target(&me, &others)?;
-        info!(stream = %stream.name, to = %target.node_id, "cluster: viewer redirected to a node with more room");
+        if let Some(suppressed) = REDIRECT_LOG.allow() {
+            info!(stream = %stream.name, to = %target.node_id, suppressed, "cluster: viewer redirected to a node with more room");
+        }
         Some(placement::redirect_location(
             target.public_url.as_deref()?,
             path,
