@@ -60,7 +60,29 @@ fn a_private_rooms_recording_is_linked_listed_guarded_and_deleted() {
             ..FfmpegOpts::small()
         },
     );
-    alice.wait_message(&room, &bot, "is live");
+    let notice = alice.wait_message(&room, &bot, "is live");
+    // While it grows, a private recording's playlist stays out of shared
+    // caches too (the go-live link's token admits).
+    let live_token = notice["content"]["body"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .find_map(|w| query_value(w.trim_end_matches(['.', ')', ',']), "access"))
+        .expect("the go-live link carries a token");
+    let growing = wait_until("the growing recording's playlist", MX_TIMEOUT, || {
+        let r = server.get(&format!(
+            "/api/v1/streams/secret/recordings?access={live_token}"
+        ));
+        let v: Value = r.json().ok()?;
+        let id = v["recordings"].get(0)?["id"].as_str()?.to_string();
+        let p = server.get(&format!("/recordings/{id}/index.m3u8?access={live_token}"));
+        (p.status == 200 && !p.text().contains("#EXT-X-ENDLIST")).then_some(p)
+    });
+    assert_eq!(
+        growing.header("cache-control"),
+        Some("private, no-store"),
+        "a private stream's growing playlist"
+    );
     assert!(ffmpeg.wait_exit(Duration::from_secs(30)).is_some());
     let edit = wait_until("the ended edit with a replay link", MX_TIMEOUT, || {
         alice.messages_from(&room, &bot).into_iter().find(|e| {

@@ -323,10 +323,11 @@ async fn file(
             let suffix = super::hls::uri_suffix(&query);
             let finished = row.state != "recording";
             let text = index.render_playlist(finished, &suffix);
-            let cc = if finished {
-                cache(&row, &stream)
-            } else {
-                "no-cache"
+            let cc = match cache(&row, &stream) {
+                // A growing playlist changes: revalidated, if it may be
+                // cached at all (a private one never).
+                c if !finished && c.starts_with("public") => "no-cache",
+                c => c,
             };
             Ok((
                 [
