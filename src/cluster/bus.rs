@@ -804,13 +804,12 @@ impl Bus {
     /// The stream's row (its key: a stream made by `!live new` on another
     /// node can be published here too).
     async fn reload_stream_row(&self, stream: &str) {
-        match self.store.streams().await {
-            Ok(rows) => {
-                if let Some(row) = rows.iter().find(|r| r.name == stream) {
-                    self.hub.ensure_stream(&row.name, row.title.as_deref());
-                    self.keys.set(&row.name, &row.key_hash);
-                }
+        match self.store.stream(stream).await {
+            Ok(Some(row)) => {
+                self.hub.ensure_stream(&row.name, row.title.as_deref());
+                self.keys.set(&row.name, &row.key_hash);
             }
+            Ok(None) => {}
             Err(e) => {
                 if let Some(suppressed) = SEND_FAILED_LOG.allow() {
                     warn!(error = %e, suppressed, "cluster bus: reading a stream row failed");
