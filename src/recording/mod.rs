@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::egress::hls::playlist::Params;
@@ -51,7 +51,7 @@ use files::{RecordingFiles, SegmentData};
 const QUEUE: usize = 1024;
 /// Sink ids of recordings start here, far from WebRTC's and HLS's.
 const SINK_ID_BASE: u64 = 1 << 41;
-/// Retention runs at least this often.
+/// Retention runs this often (and no more).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Bytes of media a segment in progress may hold (it is in memory until it
 /// ends at a keyframe, at most 10 s): a publisher over it gets its segment
@@ -136,7 +136,6 @@ pub struct Recorder {
     /// `!live record on|off`, read at start and kept up to date.
     choices: RwLock<HashMap<String, bool>>,
     next_sink: AtomicU64,
-    retention_wake: Notify,
     pub metrics: RecorderMetrics,
     clock: (Instant, SystemTime),
     /// Set at shutdown: recordings write their last segment and end.
@@ -196,7 +195,6 @@ impl Recorder {
                 .collect(),
             choices: RwLock::new(HashMap::new()),
             next_sink: AtomicU64::new(SINK_ID_BASE),
-            retention_wake: Notify::new(),
             metrics: RecorderMetrics::default(),
             clock: (Instant::now(), SystemTime::now()),
             stopping: watch::channel(false).0,
@@ -329,11 +327,11 @@ impl Recorder {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
+                // Once a minute, never per segment: a pass reads every
+                // recording's row (min_free_gb guards the disk meanwhile).
+                let pass = tokio::time::Instant::now();
                 me.apply_retention().await;
-                let _ =
-                    tokio::time::timeout(RETENTION_INTERVAL, me.retention_wake.notified()).await;
-                // Bursts of segments make one pass.
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep_until(pass + RETENTION_INTERVAL).await;
             }
         });
     }
@@ -470,7 +468,6 @@ impl Recorder {
             drop(map);
             // Live again meanwhile (or the task failed): look again.
             me.control_changed(&stream);
-            me.retention_wake.notify_one();
         });
     }
 
@@ -957,9 +954,6 @@ impl Recording {
                 self.rec.metrics.segments_written.fetch_add(1, Relaxed);
                 if self.row_updated.elapsed() >= ROW_UPDATE_INTERVAL || !self.row_written {
                     self.save_row().await;
-                }
-                if self.rec.cfg.max_total_bytes().is_some() {
-                    self.rec.retention_wake.notify_one();
                 }
             }
             Err(e) => {
