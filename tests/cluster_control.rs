@@ -640,3 +640,49 @@ fn a_key_changed_while_a_node_was_not_listening_stops_working_there() {
     });
     assert!(key_accepted(&new_key), "the new key on B");
 }
+
+/// A recording's files are on the node that made it: another node (the
+/// index is shared) answers their URLs with a 307 there.
+#[test]
+fn another_nodes_recording_files_are_a_redirect_to_it() {
+    let _serial = serial();
+    let pg = Postgres::start();
+    let spec = ClusterSpec::new(pg.create_database("cluster_recordings"));
+    let rec =
+        "[recording]\nenabled = true\ndir = \"recordings\"\nsegment_secs = 2\nmin_free_gb = 0\n";
+    let a = start_node(&spec, "a", "", rec);
+    let b = start_node(&spec, "b", "", rec);
+    wait_alive_nodes(&a, &["a", "b"], CLUSTER_TIMEOUT);
+    let mut ffmpeg = Publisher::ffmpeg(
+        &a.publish_url(STREAM),
+        FfmpegOpts {
+            duration_s: Some(3.0),
+            ..FfmpegOpts::small()
+        },
+    );
+    a.wait_live(STREAM, LIVE_TIMEOUT);
+    assert!(ffmpeg.wait_exit(Duration::from_secs(30)).is_some());
+    let id: String = wait_until(
+        "A's recording complete, listed by B",
+        CLUSTER_TIMEOUT,
+        || {
+            let v: Value = b
+                .get(&format!("/api/v1/streams/{STREAM}/recordings"))
+                .json()
+                .ok()?;
+            let r = v["recordings"].get(0)?;
+            (r["state"] == "complete").then(|| r["id"].as_str().unwrap().to_string())
+        },
+    );
+    for path in [
+        format!("/recordings/{id}/index.m3u8"),
+        format!("/recordings/{id}/0.mp4"),
+        format!("/recordings/{id}.mp4"),
+    ] {
+        let r = b.get(&path);
+        assert_eq!(r.status, 307, "{path} on B: {}", r.text());
+        let to = a.url(&path);
+        assert_eq!(r.header("location"), Some(to.as_str()), "{path}");
+        assert_eq!(a.get(&path).status, 200, "{path} on A");
+    }
+}

@@ -487,6 +487,19 @@ impl Cluster {
         ))
     }
 
+    /// The public URL of live node `node_id` (a recording's files are
+    /// served by the node that made it); only a plain http(s) URL (it
+    /// comes from that node's row and goes into a `Location`).
+    pub fn public_url_of(&self, node_id: &str) -> Option<String> {
+        let view = self.view.lock();
+        view.nodes
+            .iter()
+            .find(|n| n.node_id == node_id && view.is_alive(n))
+            .and_then(|n| n.public_url.clone())
+            .filter(|u| placement::origin_of_url(u).is_some())
+            .map(|u| u.trim_end_matches('/').to_string())
+    }
+
     /// With `redirect_viewers`: the origins of the other nodes viewers may
     /// be sent to, for the pages' `connect-src`.
     pub fn redirect_origins(&self) -> Vec<String> {

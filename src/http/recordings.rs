@@ -162,15 +162,37 @@ fn servable(row: &RecordingRow, stream: &Stream) -> bool {
     )
 }
 
-/// A recording's files are on the node that made it (cluster mode).
-fn files_here(app: &App, row: &RecordingRow) -> Result<(), ApiError> {
+/// A recording's files are on the node that made it (cluster mode):
+/// `Ok(None)` here; `Ok(Some(307))` to that node's public URL, same path
+/// and query (a private stream's `?access=` goes along); 404 when that
+/// node is not alive or has no usable URL.
+pub(super) fn files_here(
+    app: &App,
+    row: &RecordingRow,
+    uri: &Uri,
+) -> Result<Option<Response>, ApiError> {
     if row.node == app.recorder.node() {
-        return Ok(());
+        return Ok(None);
     }
-    Err(ApiError::not_found(format!(
-        "recording '{}' is stored on cluster node '{}'; its files are served there",
-        row.id, row.node
-    )))
+    let base = app
+        .cluster
+        .as_ref()
+        .and_then(|c| c.public_url_of(&row.node));
+    let location = base.and_then(|b| {
+        let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        HeaderValue::from_str(&format!("{b}{pq}")).ok()
+    });
+    match location {
+        Some(to) => {
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            r.headers_mut().insert(header::LOCATION, to);
+            Ok(Some(no_store(r)))
+        }
+        None => Err(ApiError::not_found(format!(
+            "recording '{}' is stored on cluster node '{}', which is not reachable now",
+            row.id, row.node
+        ))),
+    }
 }
 
 async fn list(
@@ -272,7 +294,9 @@ async fn download(
         )));
     };
     let (row, stream) = admitted(&app, id, peer, &headers, &uri).await?;
-    files_here(&app, &row)?;
+    if let Some(there) = files_here(&app, &row, &uri)? {
+        return Ok(there);
+    }
     let dir = app.recorder.dir_of(&row.id);
     let index = read(&app, &row).await?;
     let main = index
@@ -314,7 +338,9 @@ async fn file(
         ),
     };
     let (row, stream) = admitted(&app, &id, peer, &headers, &uri).await?;
-    files_here(&app, &row)?;
+    if let Some(there) = files_here(&app, &row, &uri)? {
+        return Ok(there);
+    }
     let dir = app.recorder.dir_of(&row.id);
     let index = read(&app, &row).await?;
     match number {

@@ -113,6 +113,10 @@ async fn webm_file(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let (row, stream) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
+    // The files are on the node that made it.
+    if let Some(there) = super::recordings::files_here(&app, &row, &uri)? {
+        return Ok(there);
+    }
     let dir = app.recorder.dir_of(&row.id);
     let index = super::recordings::read(&app, &row).await?;
     let Some(main) = index.main_file() else {
