@@ -479,8 +479,8 @@ impl Bus {
         let mut last_prune = Instant::now();
         while let Some(m) = rx.recv().await {
             // Something was lost since the last NOTIFY that worked: the
-            // others re-read everything before this message (pings keep
-            // this loop turning while the database is away).
+            // others re-read everything before this message (viewer counts
+            // go out at least every 10 s, so the debt is paid soon).
             if self.owe_resync.swap(false, Ordering::Relaxed) {
                 let resync = Envelope {
                     n: self.node.clone(),
@@ -679,7 +679,18 @@ impl Bus {
                     if self.ping_seen.load(Ordering::Relaxed) >= nonce || pinged_at.is_none() {
                         nonce = self.ping_sent.fetch_add(1, Ordering::Relaxed) + 1;
                         pinged_at = Some(Instant::now());
-                        self.send(BusMessage::Ping { nonce });
+                        // Not through the outgoing queue: a full queue
+                        // would lose the ping, and the connection would be
+                        // replaced and everything resynced for nothing. A
+                        // ping that fails here (database away) is what
+                        // should replace it.
+                        let ping = Envelope {
+                            n: self.node.clone(),
+                            m: BusMessage::Ping { nonce },
+                        };
+                        if !self.stopped.load(Ordering::Relaxed) {
+                            let _ = tokio::time::timeout(PING_EVERY, self.notify(&ping)).await;
+                        }
                     }
                 }
             }
