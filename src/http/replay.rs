@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::{ApiError, App, PeerAddr};
+use crate::admission::rate::RateLimiter;
 use crate::egress::webm::{self, WebmError};
 use crate::hub::Access;
 use crate::log_every::LogEvery;
@@ -43,6 +44,10 @@ fn no_chat(why: &str) -> ApiError {
 static HS_TROUBLE: LogEvery = LogEvery::new(Duration::from_secs(60));
 /// Recording files that cannot be read as WebM: once a minute.
 static WEBM_TROUBLE: LogEvery = LogEvery::new(Duration::from_secs(60));
+/// A replay chat can cost homeserver reads: per client address (IPv6 per
+/// /64), 30 a minute after a burst of 10 (a page asks once per replay).
+static CHAT_RATE: std::sync::LazyLock<RateLimiter> =
+    std::sync::LazyLock::new(|| RateLimiter::new(30, 10));
 
 async fn chat(
     State(app): State<Arc<App>>,
@@ -51,6 +56,15 @@ async fn chat(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
+    let client = super::client_addr(peer.0.ip(), &headers, &app.config.http.trusted_proxies);
+    if let Err(wait) = CHAT_RATE.check(client, std::time::Instant::now()) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many replay chat requests from this address; try again later",
+        )
+        .retry_after(wait));
+    }
     let (row, stream) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
     let Some(matrix) = app.matrix.as_ref() else {
         return Err(no_chat("this server has no Matrix chat"));
