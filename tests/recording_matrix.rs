@@ -5,7 +5,7 @@
 //! refused to someone else and done for the owner; `!live record off` stops
 //! recording the stream's next broadcast; once the stream is detached from
 //! its private room (and so public), its private recording and the room's
-//! chat stay refused.
+//! chat stay refused; the replay chat is rate-limited per address.
 
 mod common;
 
@@ -269,5 +269,18 @@ fn a_private_rooms_recording_is_linked_listed_guarded_and_deleted() {
         !list.text().contains(&id),
         "the private recording listed after the detach: {}",
         list.text()
+    );
+
+    // The replay chat can cost homeserver reads: one address gets a burst,
+    // then 429 with Retry-After (checked before anything else).
+    let limited = (0..30).find_map(|_| {
+        let r = server.get(&format!("/api/v1/recordings/{id}/chat"));
+        (r.status == 429).then_some(r)
+    });
+    let limited = limited.expect("no 429 after 30 replay chat requests from one address");
+    assert!(
+        limited.header("retry-after").is_some(),
+        "{}",
+        limited.text()
     );
 }
