@@ -25,6 +25,7 @@ pub mod index;
 pub mod index_cache;
 pub mod retention;
 pub mod session;
+pub mod sweep;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -366,6 +367,7 @@ impl Recorder {
                 return;
             }
         };
+        self.sweep_orphans(&rows).await;
         for mut row in rows
             .into_iter()
             .filter(|r| r.state == "recording" && r.node == self.node)
@@ -391,6 +393,39 @@ impl Recorder {
                 }
                 Err(e) => {
                     warn!(id = %row.id, "recording: cannot index an interrupted recording: {e}")
+                }
+            }
+        }
+    }
+
+    /// Removes recording directories the index does not know
+    /// (`sweep::orphans`), once at start-up.
+    async fn sweep_orphans(&self, rows: &[RecordingRow]) {
+        let dir = self.dir.clone();
+        let entries = tokio::task::spawn_blocking(move || -> Vec<(String, Duration)> {
+            let Ok(read) = std::fs::read_dir(&dir) else {
+                return Vec::new();
+            };
+            read.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| {
+                    let age = e.metadata().ok()?.modified().ok()?.elapsed().ok()?;
+                    Some((e.file_name().into_string().ok()?, age))
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        let known: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        for name in sweep::orphans(&entries, &known) {
+            let path = self.dir_of(name);
+            let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&path))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            match removed {
+                Ok(()) => info!(id = %name, "recording: removed files that no index row names"),
+                Err(e) => {
+                    warn!(id = %name, "recording: cannot remove files no index row names: {e}")
                 }
             }
         }
