@@ -642,14 +642,14 @@ fn a_key_changed_while_a_node_was_not_listening_stops_working_there() {
 }
 
 /// A recording's files are on the node that made it: another node (the
-/// index is shared) answers their URLs with a 307 there.
+/// index is shared) answers their URLs with a 307 there, and a DELETE it
+/// cannot do is done by that node (the bus).
 #[test]
 fn another_nodes_recording_files_are_a_redirect_to_it() {
     let _serial = serial();
     let pg = Postgres::start();
     let spec = ClusterSpec::new(pg.create_database("cluster_recordings"));
-    let rec =
-        "[recording]\nenabled = true\ndir = \"recordings\"\nsegment_secs = 2\nmin_free_gb = 0\n";
+    let rec = "[recording]\nenabled = true\ndir = \"recordings\"\nsegment_secs = 2\nmin_free_gb = 0\nadmin_token = \"delete-token-0123456789\"\n";
     let a = start_node(&spec, "a", "", rec);
     let b = start_node(&spec, "b", "", rec);
     wait_alive_nodes(&a, &["a", "b"], CLUSTER_TIMEOUT);
@@ -685,4 +685,18 @@ fn another_nodes_recording_files_are_a_redirect_to_it() {
         assert_eq!(r.header("location"), Some(to.as_str()), "{path}");
         assert_eq!(a.get(&path).status, 200, "{path} on A");
     }
+
+    // Deleted through B: B cannot (the files are on A), so A does it when
+    // the bus tells it.
+    let r = common::http::request(
+        "DELETE",
+        &b.url(&format!("/api/v1/recordings/{id}")),
+        &[("Authorization", "Bearer delete-token-0123456789")],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    a.wait_for_log("deleted as another cluster node asked", CLUSTER_TIMEOUT);
+    assert_eq!(a.get(&format!("/api/v1/recordings/{id}")).status, 404);
+    assert_eq!(b.get(&format!("/recordings/{id}.mp4")).status, 404);
 }

@@ -14,6 +14,10 @@
 //!   receivers sum the other nodes' figures into their pages and API.
 //! - `chat` and `redaction`: the room's chat as the node that processed the
 //!   room's events rendered it (only that node reads the transaction).
+//! - `record_choice` and `delete_recording`: `!live record on|off` (every
+//!   node re-reads the choices: the stream may be live on another) and a
+//!   deletion asked on a node that does not hold the files (only the node
+//!   that made the recording acts).
 //! - `sync`: a node (re)started listening and asks for everyone's viewers.
 //! - `resync`: a message of the sender's was lost (its queue was full, or a
 //!   NOTIFY failed): every node re-reads what the bus would have told it
@@ -91,6 +95,18 @@ static QUEUE_FULL_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 /// Called with (stream, user, joined).
 pub type MembershipHook = Box<dyn Fn(&str, &str, bool) + Send + Sync>;
 
+/// What the bus hands the recorder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordingEvent {
+    /// A stream's recording choice changed on another node.
+    Choice(String),
+    /// Delete this recording if this node made it.
+    Delete(String),
+    /// The bus was away or lost a message: re-read every choice.
+    Resync,
+}
+pub type RecordingHook = Box<dyn Fn(RecordingEvent) + Send + Sync>;
+
 /// One message between nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
@@ -123,6 +139,14 @@ pub enum BusMessage {
         stream: String,
         user: String,
         joined: bool,
+    },
+    /// `!live record on|off` for `stream` was stored by the sender.
+    RecordChoice {
+        stream: String,
+    },
+    /// Recording `id` is to be deleted by the node that made it.
+    DeleteRecording {
+        id: String,
     },
     Sync,
     /// The sender lost a message: everyone re-reads the shared state.
@@ -361,6 +385,8 @@ pub struct Bus {
     inbox: OnceLock<mpsc::Sender<Inbound>>,
     /// Admission's end of a membership change on another node.
     on_membership: OnceLock<MembershipHook>,
+    /// The recorder's end of recording choices and deletions.
+    on_recording: OnceLock<RecordingHook>,
     /// The inbox was full: a resync is owed to the Matrix bridge.
     inbox_overflowed: AtomicBool,
     /// A message of ours was lost: the next NOTIFY that works is a
@@ -409,6 +435,7 @@ impl Bus {
             forgotten: Mutex::default(),
             inbox: OnceLock::new(),
             on_membership: OnceLock::new(),
+            on_recording: OnceLock::new(),
             inbox_overflowed: AtomicBool::new(false),
             owe_resync: AtomicBool::new(false),
             cluster_wake,
@@ -435,6 +462,17 @@ impl Bus {
     /// Where a membership change made on another node goes (admission).
     pub fn on_membership(&self, hook: MembershipHook) {
         let _ = self.on_membership.set(hook);
+    }
+
+    /// Where recording choices and deletions from other nodes go.
+    pub fn on_recording(&self, hook: RecordingHook) {
+        let _ = self.on_recording.set(hook);
+    }
+
+    fn to_recorder(&self, ev: RecordingEvent) {
+        if let Some(hook) = self.on_recording.get() {
+            hook(ev);
+        }
     }
 
     pub fn send(&self, m: BusMessage) {
@@ -708,6 +746,7 @@ impl Bus {
         if full {
             self.resyncs.fetch_add(1, Ordering::Relaxed);
             self.to_inbox(Inbound::Resync);
+            self.to_recorder(RecordingEvent::Resync);
         }
     }
 
@@ -796,6 +835,16 @@ impl Bus {
                     && let Some(hook) = self.on_membership.get()
                 {
                     hook(&stream, &user, joined);
+                }
+            }
+            BusMessage::RecordChoice { stream } => {
+                if crate::config::validate_stream_name(&stream).is_ok() {
+                    self.to_recorder(RecordingEvent::Choice(stream));
+                }
+            }
+            BusMessage::DeleteRecording { id } => {
+                if crate::recording::valid_id(&id) {
+                    self.to_recorder(RecordingEvent::Delete(id));
                 }
             }
             BusMessage::Sync => self.resend_viewers.notify_one(),

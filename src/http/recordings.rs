@@ -261,6 +261,8 @@ async fn delete(
             "recording_active",
             e.to_string(),
         )),
+        // Its node deletes it (the cluster bus).
+        Err(recording::DeleteError::Forwarded(_)) => Ok(StatusCode::ACCEPTED.into_response()),
         Err(e @ recording::DeleteError::OtherNode(_)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "recording_on_other_node",

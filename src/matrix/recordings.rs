@@ -222,6 +222,10 @@ impl Matrix {
                             .await;
                         Ok(Ok(()))
                     }
+                    Err(e @ DeleteError::Forwarded(_)) => {
+                        self.reply(room, &format!("Recording {id}: {e}.")).await;
+                        Ok(Ok(()))
+                    }
                     Err(e @ (DeleteError::Active | DeleteError::OtherNode(_))) => {
                         Ok(Err(format!("{e}.")))
                     }

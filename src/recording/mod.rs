@@ -145,6 +145,8 @@ pub struct Recorder {
     indexes: index_cache::IndexCache,
     /// Memory for segments read whole for HTTP (WebM), in KiB.
     read_budget: Arc<tokio::sync::Semaphore>,
+    /// The cluster bus: choices and deletions reach the other nodes.
+    bus: std::sync::OnceLock<Arc<crate::cluster::bus::Bus>>,
 }
 
 /// Segments read whole into memory for HTTP at once, over all clients.
@@ -201,7 +203,52 @@ impl Recorder {
             stopping: watch::channel(false).0,
             indexes: index_cache::IndexCache::new(index_cache::MAX_BYTES),
             read_budget: Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_KIB)),
+            bus: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Cluster mode: `!live record` and deletions made on one node reach
+    /// the others (a stream may be live, a recording stored, elsewhere).
+    pub fn join_bus(self: &Arc<Self>, bus: &Arc<crate::cluster::bus::Bus>) {
+        let _ = self.bus.set(bus.clone());
+        let me = Arc::downgrade(self);
+        bus.on_recording(Box::new(move |ev| {
+            if let Some(me) = me.upgrade() {
+                tokio::spawn(async move { me.from_cluster(ev).await });
+            }
+        }));
+    }
+
+    async fn from_cluster(self: Arc<Self>, ev: crate::cluster::bus::RecordingEvent) {
+        use crate::cluster::bus::RecordingEvent;
+        match ev {
+            RecordingEvent::Choice(stream) => {
+                self.reload_choices().await;
+                if let Some(s) = self.hub.get(&stream) {
+                    self.control_changed(&s);
+                }
+            }
+            RecordingEvent::Resync => {
+                self.reload_choices().await;
+                for s in self.hub.streams() {
+                    self.control_changed(&s);
+                }
+            }
+            RecordingEvent::Delete(id) => match self.delete(&id).await {
+                Ok(true) => info!(id = %id, "recording: deleted as another cluster node asked"),
+                // Not ours, or gone already.
+                Ok(false) | Err(DeleteError::OtherNode(_) | DeleteError::Forwarded(_)) => {}
+                Err(e) => warn!(id = %id, "recording: cannot delete as another node asked: {e}"),
+            },
+        }
+    }
+
+    /// The choices as stored (another node changed one).
+    async fn reload_choices(&self) {
+        match self.store.recording_choices().await {
+            Ok(c) => *self.choices.write() = c.into_iter().collect(),
+            Err(e) => warn!("recording: cannot re-read the streams' recording choices: {e}"),
+        }
     }
 
     /// Recording `id`'s index, parsed once (`finished`: its row says it
@@ -273,6 +320,11 @@ impl Recorder {
     ) -> Result<(), crate::store::StoreError> {
         self.store.set_recording_choice(stream, record, by).await?;
         self.choices.write().insert(stream.to_string(), record);
+        if let Some(bus) = self.bus.get() {
+            bus.send(crate::cluster::bus::BusMessage::RecordChoice {
+                stream: stream.to_string(),
+            });
+        }
         if let Some(s) = self.hub.get(stream) {
             self.control_changed(&s);
         }
@@ -518,7 +570,16 @@ impl Recorder {
         // The files are on the node that recorded (cluster mode): only it
         // deletes, or they would stay there unindexed.
         match self.store.recording(id).await {
-            Ok(Some(r)) if r.node != self.node => return Err(DeleteError::OtherNode(r.node)),
+            Ok(Some(r)) if r.node != self.node => {
+                // Its node deletes it (files and row) when it hears this.
+                if let Some(bus) = self.bus.get() {
+                    bus.send(crate::cluster::bus::BusMessage::DeleteRecording {
+                        id: id.to_string(),
+                    });
+                    return Err(DeleteError::Forwarded(r.node));
+                }
+                return Err(DeleteError::OtherNode(r.node));
+            }
             Ok(_) => {}
             Err(e) => return Err(DeleteError::Io(e.to_string())),
         }
@@ -662,6 +723,9 @@ pub enum DeleteError {
     Active,
     #[error("the recording is stored on cluster node '{0}'; delete it there")]
     OtherNode(String),
+    /// Asked of the node that holds it, over the cluster bus.
+    #[error("the recording is stored on cluster node '{0}', which deletes it now")]
+    Forwarded(String),
     #[error("cannot delete the recording: {0}")]
     Io(String),
 }
