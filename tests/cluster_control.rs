@@ -545,11 +545,11 @@ fn a_full_node_redirects_a_whep_viewer_to_a_node_with_room() {
         v["type"] == "playing"
     });
     println!("watch page on A, redirected: {playing}");
-    assert_eq!(
-        stream_viewers_metric(&b, STREAM),
-        Some(2.0),
-        "B serves the page"
-    );
+    // B serves the page (its session may be counted a moment after the
+    // page reports playing: waited for, not read once).
+    wait_until("B serving the page", CLUSTER_TIMEOUT, || {
+        (stream_viewers_metric(&b, STREAM)? == 2.0).then_some(())
+    });
     let result = page.result(MEDIA_TIMEOUT);
     assert_eq!(result["ok"], true, "{result}");
     wait_until(
