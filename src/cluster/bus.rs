@@ -76,6 +76,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const VIEWERS_MIN_INTERVAL: Duration = Duration::from_millis(200);
 /// …and at least this often, so a missed message heals.
 const VIEWERS_REFRESH: Duration = Duration::from_secs(10);
+/// A node sends `resync` at most this often: while its queue overflows,
+/// every other message would otherwise make every node re-read everything.
+const RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Outgoing messages waiting for the database (each is small).
 const OUT_QUEUE: usize = 1024;
 /// Incoming messages waiting for the Matrix bridge.
@@ -515,16 +518,21 @@ impl Bus {
 
     async fn sender(self: Arc<Self>, mut rx: mpsc::Receiver<BusMessage>) {
         let mut last_prune = Instant::now();
+        let mut last_resync: Option<Instant> = None;
         while let Some(m) = rx.recv().await {
             // Something was lost since the last NOTIFY that worked: the
             // others re-read everything before this message (viewer counts
-            // go out at least every 10 s, so the debt is paid soon).
-            if self.owe_resync.swap(false, Ordering::Relaxed) {
+            // go out at least every 10 s, so the debt is paid soon), at
+            // most every RESYNC_MIN_INTERVAL (the debt waits meanwhile).
+            let may = last_resync.is_none_or(|t| t.elapsed() >= RESYNC_MIN_INTERVAL);
+            if may && self.owe_resync.swap(false, Ordering::Relaxed) {
                 let resync = Envelope {
                     n: self.node.clone(),
                     m: BusMessage::Resync,
                 };
-                if self.notify(&resync).await.is_err() {
+                if self.notify(&resync).await.is_ok() {
+                    last_resync = Some(Instant::now());
+                } else {
                     self.owe_resync.store(true, Ordering::Relaxed);
                 }
             }
