@@ -224,6 +224,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // Chat and room changes to and from the other nodes.
         m.join_bus(&c.bus);
     }
+    if let Some(c) = &cluster {
+        // Recording choices and deletions to and from the other nodes.
+        recorder.join_bus(&c.bus);
+    }
     let admission = {
         let (hub2, hls2) = (hub.clone(), hls.clone());
         let tokens = matrix

@@ -535,6 +535,7 @@ fn a_full_node_redirects_a_whep_viewer_to_a_node_with_room() {
     // The watch page on A: the player's fetch follows the 307 (the same
     // offer, CORS on B, B's origin in the page's connect-src), plays from B,
     // and its session's resource (PATCH/DELETE) is B's.
+    let b_mark = b.log_len();
     let mut page = pages_scenario(
         &a,
         "cluster",
@@ -545,11 +546,10 @@ fn a_full_node_redirects_a_whep_viewer_to_a_node_with_room() {
         v["type"] == "playing"
     });
     println!("watch page on A, redirected: {playing}");
-    assert_eq!(
-        stream_viewers_metric(&b, STREAM),
-        Some(2.0),
-        "B serves the page"
-    );
+    // B serves the page: its session was negotiated there (read from B's
+    // log: the scenario may close the page, and end its session, right
+    // after it reports playing, so a viewer count read now races that).
+    b.wait_for_log_from(b_mark, "whep viewer negotiated", CLUSTER_TIMEOUT);
     let result = page.result(MEDIA_TIMEOUT);
     assert_eq!(result["ok"], true, "{result}");
     wait_until(
@@ -577,4 +577,126 @@ fn a_full_node_redirects_a_whep_viewer_to_a_node_with_room() {
         "A is full and may not redirect twice: {}",
         again.text()
     );
+}
+
+/// A key changed while a node could not hear it (its `key` message lost:
+/// a full queue or a failed NOTIFY, here no message at all) must not stay
+/// valid there: the node re-reads every stream's key when its LISTEN
+/// connection comes back.
+#[test]
+fn a_key_changed_while_a_node_was_not_listening_stops_working_there() {
+    let _serial = serial();
+    let pg = Postgres::start();
+    let db = "cluster_keys";
+    let spec = ClusterSpec::new(pg.create_database(db));
+    let a = start_node(&spec, "a", "", "");
+    let b = start_node(&spec, "b", "", "");
+    wait_alive_nodes(&a, &["a", "b"], CLUSTER_TIMEOUT);
+    let old_key = a.key(STREAM).to_string();
+    // Whether `key` passes B's key check (an empty offer then fails as an
+    // offer, not as a key).
+    let key_accepted = |key: &str| {
+        let r = http::request(
+            "POST",
+            &b.whip_url(STREAM),
+            &[
+                ("Authorization", &format!("Bearer {key}")),
+                ("Content-Type", "application/sdp"),
+            ],
+            Some(b"v=0\r\n"),
+        )
+        .unwrap();
+        !(r.status == 401 || r.status == 403)
+    };
+    assert!(key_accepted(&old_key), "the configured key on B");
+    let new_key = format!("{}{}", random_hex(), random_hex());
+    assert!(!key_accepted(&new_key));
+
+    // The key is changed in the database and nobody tells B.
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(new_key.as_bytes()))
+    };
+    pg.psql(
+        db,
+        &format!("UPDATE streams SET key_hash = '{hash}' WHERE name = '{STREAM}'"),
+    );
+    assert!(key_accepted(&old_key), "B cannot know yet");
+
+    // B's LISTEN connection drops; B reconnects and re-reads the keys.
+    let from = b.log_lines().len();
+    let pid = pg
+        .psql(
+            db,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'roomcast-bus-b'",
+        )
+        .trim()
+        .to_string();
+    assert!(!pid.is_empty(), "B's LISTEN connection in pg_stat_activity");
+    pg.psql(db, &format!("SELECT pg_terminate_backend({pid})"));
+    b.wait_for_log_from(from, "listening again; resyncing", CLUSTER_TIMEOUT);
+    wait_until("B refusing the old key", CLUSTER_TIMEOUT, || {
+        (!key_accepted(&old_key)).then_some(())
+    });
+    assert!(key_accepted(&new_key), "the new key on B");
+}
+
+/// A recording's files are on the node that made it: another node (the
+/// index is shared) answers their URLs with a 307 there, and a DELETE it
+/// cannot do is done by that node (the bus).
+#[test]
+fn another_nodes_recording_files_are_a_redirect_to_it() {
+    let _serial = serial();
+    let pg = Postgres::start();
+    let spec = ClusterSpec::new(pg.create_database("cluster_recordings"));
+    let rec = "[recording]\nenabled = true\ndir = \"recordings\"\nsegment_secs = 2\nmin_free_gb = 0\nadmin_token = \"delete-token-0123456789\"\n";
+    let a = start_node(&spec, "a", "", rec);
+    let b = start_node(&spec, "b", "", rec);
+    wait_alive_nodes(&a, &["a", "b"], CLUSTER_TIMEOUT);
+    let mut ffmpeg = Publisher::ffmpeg(
+        &a.publish_url(STREAM),
+        FfmpegOpts {
+            duration_s: Some(3.0),
+            ..FfmpegOpts::small()
+        },
+    );
+    a.wait_live(STREAM, LIVE_TIMEOUT);
+    assert!(ffmpeg.wait_exit(Duration::from_secs(30)).is_some());
+    let id: String = wait_until(
+        "A's recording complete, listed by B",
+        CLUSTER_TIMEOUT,
+        || {
+            let v: Value = b
+                .get(&format!("/api/v1/streams/{STREAM}/recordings"))
+                .json()
+                .ok()?;
+            let r = v["recordings"].get(0)?;
+            (r["state"] == "complete").then(|| r["id"].as_str().unwrap().to_string())
+        },
+    );
+    for path in [
+        format!("/recordings/{id}/index.m3u8"),
+        format!("/recordings/{id}/0.mp4"),
+        format!("/recordings/{id}.mp4"),
+    ] {
+        let r = b.get(&path);
+        assert_eq!(r.status, 307, "{path} on B: {}", r.text());
+        let to = a.url(&path);
+        assert_eq!(r.header("location"), Some(to.as_str()), "{path}");
+        assert_eq!(a.get(&path).status, 200, "{path} on A");
+    }
+
+    // Deleted through B: B cannot (the files are on A), so A does it when
+    // the bus tells it.
+    let r = common::http::request(
+        "DELETE",
+        &b.url(&format!("/api/v1/recordings/{id}")),
+        &[("Authorization", "Bearer delete-token-0123456789")],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    a.wait_for_log("deleted as another cluster node asked", CLUSTER_TIMEOUT);
+    assert_eq!(a.get(&format!("/api/v1/recordings/{id}")).status, 404);
+    assert_eq!(b.get(&format!("/recordings/{id}.mp4")).status, 404);
 }

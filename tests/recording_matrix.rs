@@ -3,7 +3,9 @@
 //! that works (with the link's token) while the recording refuses a viewer
 //! without access; `!live recordings` lists it; `!live delete-recording` is
 //! refused to someone else and done for the owner; `!live record off` stops
-//! recording the stream's next broadcast.
+//! recording the stream's next broadcast; once the stream is detached from
+//! its private room (and so public), its private recording and the room's
+//! chat stay refused; the replay chat is rate-limited per address.
 
 mod common;
 
@@ -58,7 +60,29 @@ fn a_private_rooms_recording_is_linked_listed_guarded_and_deleted() {
             ..FfmpegOpts::small()
         },
     );
-    alice.wait_message(&room, &bot, "is live");
+    let notice = alice.wait_message(&room, &bot, "is live");
+    // While it grows, a private recording's playlist stays out of shared
+    // caches too (the go-live link's token admits).
+    let live_token = notice["content"]["body"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .find_map(|w| query_value(w.trim_end_matches(['.', ')', ',']), "access"))
+        .expect("the go-live link carries a token");
+    let growing = wait_until("the growing recording's playlist", MX_TIMEOUT, || {
+        let r = server.get(&format!(
+            "/api/v1/streams/secret/recordings?access={live_token}"
+        ));
+        let v: Value = r.json().ok()?;
+        let id = v["recordings"].get(0)?["id"].as_str()?.to_string();
+        let p = server.get(&format!("/recordings/{id}/index.m3u8?access={live_token}"));
+        (p.status == 200 && !p.text().contains("#EXT-X-ENDLIST")).then_some(p)
+    });
+    assert_eq!(
+        growing.header("cache-control"),
+        Some("private, no-store"),
+        "a private stream's growing playlist"
+    );
     assert!(ffmpeg.wait_exit(Duration::from_secs(30)).is_some());
     let edit = wait_until("the ended edit with a replay link", MX_TIMEOUT, || {
         alice.messages_from(&room, &bot).into_iter().find(|e| {
@@ -197,4 +221,66 @@ fn a_private_rooms_recording_is_linked_listed_guarded_and_deleted() {
         404
     );
     assert!(!env.state.path().join("recordings").join(&id).exists());
+
+    // Detaching makes the stream public; what it recorded while private
+    // (and its old room's chat) must not become public with it.
+    alice.send_text(&room, "!live record on");
+    alice.wait_message(&room, &bot, "'secret' will be recorded");
+    let mut ffmpeg = Publisher::ffmpeg(
+        &server.rtmp_url(&key),
+        FfmpegOpts {
+            duration_s: Some(3.0),
+            ..FfmpegOpts::small()
+        },
+    );
+    assert!(ffmpeg.wait_exit(Duration::from_secs(30)).is_some());
+    let id: String = wait_until("the second recording complete", MX_TIMEOUT, || {
+        let r = server.get(&format!("/api/v1/streams/secret/recordings?access={token}"));
+        let v: Value = r.json().ok()?;
+        let first = v["recordings"].get(0)?;
+        (first["state"] == "complete").then(|| first["id"].as_str().unwrap().to_string())
+    });
+    let chat = server.get(&format!("/api/v1/recordings/{id}/chat?access={token}"));
+    assert_eq!(chat.status, 200, "the chat with access: {}", chat.text());
+    alice.send_text(&room, "!live detach");
+    alice.wait_message(&room, &bot, "Stream 'secret' is detached");
+    wait_until("the stream public", MX_TIMEOUT, || {
+        (server.get("/api/v1/streams/secret").status == 200).then_some(())
+    });
+    for path in [
+        format!("/api/v1/recordings/{id}"),
+        format!("/api/v1/recordings/{id}/chat"),
+        format!("/api/v1/recordings/{id}/chat?access={token}"),
+        format!("/recordings/{id}/index.m3u8"),
+        format!("/recordings/{id}/0.mp4"),
+        format!("/recordings/{id}.mp4"),
+        format!("/recordings/{id}/replay.webm"),
+    ] {
+        let r = server.get(&path);
+        assert!(
+            matches!(r.status, 401 | 403 | 404),
+            "{path} after the detach: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    let list = server.get("/api/v1/streams/secret/recordings");
+    assert!(
+        !list.text().contains(&id),
+        "the private recording listed after the detach: {}",
+        list.text()
+    );
+
+    // The replay chat can cost homeserver reads: one address gets a burst,
+    // then 429 with Retry-After (checked before anything else).
+    let limited = (0..30).find_map(|_| {
+        let r = server.get(&format!("/api/v1/recordings/{id}/chat"));
+        (r.status == 429).then_some(r)
+    });
+    let limited = limited.expect("no 429 after 30 replay chat requests from one address");
+    assert!(
+        limited.header("retry-after").is_some(),
+        "{}",
+        limited.text()
+    );
 }

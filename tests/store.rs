@@ -54,6 +54,11 @@ async fn exercise(store: &Store) {
     assert_eq!(rows[1].title.as_deref(), Some("Demo title"));
     assert_eq!(rows[1].key_hash, "h5");
     assert_eq!(rows[1].origin, "demo");
+    // One row by name (the cluster bus's re-read).
+    let demo = store.stream("demo").await.unwrap().unwrap();
+    assert_eq!(demo.key_hash, "h5");
+    assert_eq!(demo.title.as_deref(), Some("Demo title"));
+    assert!(store.stream("nope").await.unwrap().is_none());
     // A key hash is unique: two streams cannot share a key.
     assert!(
         store
@@ -334,6 +339,7 @@ async fn exercise(store: &Store) {
         title_end: "Demo title".into(),
         room_id: None,
         state: "recording".into(),
+        private: true,
     };
     store.insert_recording(&rec).await.unwrap();
     let mut older = rec.clone();

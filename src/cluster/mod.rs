@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod bus_seal;
 pub mod placement;
 pub mod relay;
 pub mod tree;
@@ -44,6 +45,9 @@ const FRESH_VIEW: Duration = Duration::from_millis(250);
 const PULL_WAIT: Duration = Duration::from_secs(5);
 
 static DB_FAILED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+/// Redirects happen per WHEP request, before any rate limit: a line at most
+/// every 10 s (the count is in `suppressed`).
+static REDIRECT_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -238,6 +242,7 @@ impl Cluster {
             store.clone(),
             hub.clone(),
             keys,
+            &cfg.secret,
             wake.clone(),
         );
         Arc::new(Cluster {
@@ -472,12 +477,27 @@ impl Cluster {
                 .collect()
         };
         let target = placement::redirect_target(&me, &others)?;
-        info!(stream = %stream.name, to = %target.node_id, "cluster: viewer redirected to a node with more room");
+        if let Some(suppressed) = REDIRECT_LOG.allow() {
+            info!(stream = %stream.name, to = %target.node_id, suppressed, "cluster: viewer redirected to a node with more room");
+        }
         Some(placement::redirect_location(
             target.public_url.as_deref()?,
             path,
             query,
         ))
+    }
+
+    /// The public URL of live node `node_id` (a recording's files are
+    /// served by the node that made it); only a plain http(s) URL (it
+    /// comes from that node's row and goes into a `Location`).
+    pub fn public_url_of(&self, node_id: &str) -> Option<String> {
+        let view = self.view.lock();
+        view.nodes
+            .iter()
+            .find(|n| n.node_id == node_id && view.is_alive(n))
+            .and_then(|n| n.public_url.clone())
+            .filter(|u| placement::origin_of_url(u).is_some())
+            .map(|u| u.trim_end_matches('/').to_string())
     }
 
     /// With `redirect_viewers`: the origins of the other nodes viewers may

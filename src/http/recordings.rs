@@ -143,18 +143,56 @@ pub(super) async fn admitted(
         .map_err(db_error)?
         .ok_or_else(|| no_recording(id))?;
     let stream = admit(app, &row.stream, peer, headers, uri).await?;
+    if !servable(&row, &stream) {
+        // As if unknown: the stream's current credentials say nothing
+        // about who may see what it recorded while private elsewhere.
+        return Err(no_recording(id));
+    }
     Ok((row, stream))
 }
 
-/// A recording's files are on the node that made it (cluster mode).
-fn files_here(app: &App, row: &RecordingRow) -> Result<(), ApiError> {
+/// `recording::access::servable` for this row and the stream as it is now.
+fn servable(row: &RecordingRow, stream: &Stream) -> bool {
+    let room = stream.room();
+    recording::access::servable(
+        row.private,
+        row.room_id.as_deref(),
+        stream.access(),
+        room.as_ref().map(|r| r.room_id.as_str()),
+    )
+}
+
+/// A recording's files are on the node that made it (cluster mode):
+/// `Ok(None)` here; `Ok(Some(307))` to that node's public URL, same path
+/// and query (a private stream's `?access=` goes along); 404 when that
+/// node is not alive or has no usable URL.
+pub(super) fn files_here(
+    app: &App,
+    row: &RecordingRow,
+    uri: &Uri,
+) -> Result<Option<Response>, ApiError> {
     if row.node == app.recorder.node() {
-        return Ok(());
+        return Ok(None);
     }
-    Err(ApiError::not_found(format!(
-        "recording '{}' is stored on cluster node '{}'; its files are served there",
-        row.id, row.node
-    )))
+    let base = app
+        .cluster
+        .as_ref()
+        .and_then(|c| c.public_url_of(&row.node));
+    let location = base.and_then(|b| {
+        let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        HeaderValue::from_str(&format!("{b}{pq}")).ok()
+    });
+    match location {
+        Some(to) => {
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            r.headers_mut().insert(header::LOCATION, to);
+            Ok(Some(no_store(r)))
+        }
+        None => Err(ApiError::not_found(format!(
+            "recording '{}' is stored on cluster node '{}', which is not reachable now",
+            row.id, row.node
+        ))),
+    }
 }
 
 async fn list(
@@ -171,7 +209,11 @@ async fn list(
         .recordings_of(&stream.name, LIST_LIMIT)
         .await
         .map_err(db_error)?;
-    let list: Vec<Value> = rows.iter().map(|r| json_of(&app.recorder, r)).collect();
+    let list: Vec<Value> = rows
+        .iter()
+        .filter(|r| servable(r, &stream))
+        .map(|r| json_of(&app.recorder, r))
+        .collect();
     Ok(no_store(
         Json(json!({ "recordings": list })).into_response(),
     ))
@@ -219,6 +261,8 @@ async fn delete(
             "recording_active",
             e.to_string(),
         )),
+        // Its node deletes it (the cluster bus).
+        Err(recording::DeleteError::Forwarded(_)) => Ok(StatusCode::ACCEPTED.into_response()),
         Err(e @ recording::DeleteError::OtherNode(_)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "recording_on_other_node",
@@ -252,9 +296,11 @@ async fn download(
         )));
     };
     let (row, stream) = admitted(&app, id, peer, &headers, &uri).await?;
-    files_here(&app, &row)?;
+    if let Some(there) = files_here(&app, &row, &uri)? {
+        return Ok(there);
+    }
     let dir = app.recorder.dir_of(&row.id);
-    let index = read(&dir).await?;
+    let index = read(&app, &row).await?;
     let main = index
         .main_file()
         .ok_or_else(|| ApiError::not_found("the recording has no media yet"))?;
@@ -294,19 +340,22 @@ async fn file(
         ),
     };
     let (row, stream) = admitted(&app, &id, peer, &headers, &uri).await?;
-    files_here(&app, &row)?;
+    if let Some(there) = files_here(&app, &row, &uri)? {
+        return Ok(there);
+    }
     let dir = app.recorder.dir_of(&row.id);
-    let index = read(&dir).await?;
+    let index = read(&app, &row).await?;
     match number {
         None => {
             let query = super::hls::parse_query(uri.query())?;
             let suffix = super::hls::uri_suffix(&query);
             let finished = row.state != "recording";
             let text = index.render_playlist(finished, &suffix);
-            let cc = if finished {
-                cache(&row, &stream)
-            } else {
-                "no-cache"
+            let cc = match cache(&row, &stream) {
+                // A growing playlist changes: revalidated, if it may be
+                // cached at all (a private one never).
+                c if !finished && c.starts_with("public") => "no-cache",
+                c => c,
             };
             Ok((
                 [
@@ -332,22 +381,31 @@ async fn file(
     }
 }
 
-/// Media bytes never change once indexed; a private stream's stay out of
-/// shared caches.
-fn cache(row: &RecordingRow, stream: &Stream) -> &'static str {
-    match (stream.access() == Access::Public, row.state != "recording") {
+/// Media bytes never change once indexed; a private stream's (or one
+/// recorded while private) stay out of shared caches.
+pub(super) fn cache(row: &RecordingRow, stream: &Stream) -> &'static str {
+    let public = stream.access() == Access::Public && !row.private;
+    match (public, row.state != "recording") {
         (false, _) => "private, no-store",
         (true, true) => "public, max-age=86400",
         (true, false) => "public, max-age=60",
     }
 }
 
-async fn read(dir: &std::path::Path) -> Result<crate::recording::index::Index, ApiError> {
-    match recording::read_index(dir).await {
+/// The recording's index (parsed once, `Recorder::index_of`).
+pub(super) async fn read(
+    app: &App,
+    row: &RecordingRow,
+) -> Result<Arc<crate::recording::index::Index>, ApiError> {
+    match app
+        .recorder
+        .index_of(&row.id, row.state != "recording")
+        .await
+    {
         Ok(Some(i)) => Ok(i),
         Ok(None) => Err(ApiError::not_found("the recording has no media yet")),
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), "recordings: cannot read a recording's index: {e}");
+            tracing::warn!(recording = %row.id, "recordings: cannot read a recording's index: {e}");
             Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "recording_unreadable",

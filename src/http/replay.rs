@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::{ApiError, App, PeerAddr};
+use crate::admission::rate::RateLimiter;
 use crate::egress::webm::{self, WebmError};
 use crate::hub::Access;
 use crate::log_every::LogEvery;
@@ -43,6 +44,10 @@ fn no_chat(why: &str) -> ApiError {
 static HS_TROUBLE: LogEvery = LogEvery::new(Duration::from_secs(60));
 /// Recording files that cannot be read as WebM: once a minute.
 static WEBM_TROUBLE: LogEvery = LogEvery::new(Duration::from_secs(60));
+/// A replay chat can cost homeserver reads: per client address (IPv6 per
+/// /64), 30 a minute after a burst of 10 (a page asks once per replay).
+static CHAT_RATE: std::sync::LazyLock<RateLimiter> =
+    std::sync::LazyLock::new(|| RateLimiter::new(30, 10));
 
 async fn chat(
     State(app): State<Arc<App>>,
@@ -51,13 +56,31 @@ async fn chat(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let (row, _) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
+    let client = super::client_addr(peer.0.ip(), &headers, &app.config.http.trusted_proxies);
+    if let Err(wait) = CHAT_RATE.check(client, std::time::Instant::now()) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many replay chat requests from this address; try again later",
+        )
+        .retry_after(wait));
+    }
+    let (row, stream) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
     let Some(matrix) = app.matrix.as_ref() else {
         return Err(no_chat("this server has no Matrix chat"));
     };
     let Some(room) = row.room_id.as_deref() else {
         return Err(no_chat("this recording's stream had no Matrix room"));
     };
+    let current = stream.room();
+    if !crate::recording::access::chat_readable(
+        Some(room),
+        current.as_ref().map(|r| r.room_id.as_str()),
+    ) {
+        return Err(no_chat(
+            "the stream no longer belongs to the room this recording's chat was in",
+        ));
+    }
     let window = Window {
         start_ms: row.started_ms.max(0) as u64,
         end_ms: row.ended_ms.map(|e| e.max(0) as u64),
@@ -104,20 +127,20 @@ async fn webm_file(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let (row, stream) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
+    // The files are on the node that made it.
+    if let Some(there) = super::recordings::files_here(&app, &row, &uri)? {
+        return Ok(there);
+    }
     let dir = app.recorder.dir_of(&row.id);
-    let index = match crate::recording::read_index(&dir).await {
-        Ok(Some(i)) => i,
-        Ok(None) => return Err(ApiError::not_found("the recording has no media yet")),
-        Err(e) => return Err(unreadable(&id, &e.to_string())),
-    };
+    let index = super::recordings::read(&app, &row).await?;
     let Some(main) = index.main_file() else {
         return Err(ApiError::not_found("the recording has no media yet"));
     };
     let init_len = index.inits.get(&main).copied().unwrap_or(0);
     let path = crate::recording::files::media_path(&dir, main);
-    let init = read_range(path.clone(), 0, init_len)
+    let (init, _permit) = read_range(&app, path.clone(), 0, init_len)
         .await
-        .map_err(|e| unreadable(&id, &e.to_string()))?;
+        .map_err(|e| read_error(&id, e))?;
     let tracks = webm::tracks_of_init(&init).map_err(|e| match e {
         WebmError::Codec(_) => ApiError::new(
             StatusCode::NOT_FOUND,
@@ -129,7 +152,8 @@ async fn webm_file(
     let segments: Vec<Segment> = main_segments(&index, main);
     let duration_ms = segments.iter().map(|s| s.duration_us).sum::<u64>() as f64 / 1000.0;
     let head = webm::header(&tracks, duration_ms);
-    let cache = match (stream.access() == Access::Public, row.state != "recording") {
+    let public = stream.access() == Access::Public && !row.private;
+    let cache = match (public, row.state != "recording") {
         (false, _) => "private, no-store",
         (true, true) => "public, max-age=3600",
         (true, false) => "no-cache",
@@ -140,24 +164,31 @@ async fn webm_file(
             .map(str::to_string)
     });
     if let Some(part) = part {
-        return webm_part(&part, &id, path, &tracks, &segments, head, cache).await;
+        return webm_part(&app, &part, &id, path, &tracks, &segments, head, cache).await;
     }
-    let state = (path, segments.into_iter(), 0u64, tracks, id.clone());
+    let state = (
+        app.clone(),
+        path,
+        segments.into_iter(),
+        0u64,
+        tracks,
+        id.clone(),
+    );
     let body = futures_util::stream::unfold(
         state,
-        |(path, mut segs, start_us, tracks, id)| async move {
+        |(app, path, mut segs, start_us, tracks, id)| async move {
             let seg = segs.next()?;
-            let chunk = read_range(path.clone(), seg.offset, seg.len)
+            let chunk = read_range(&app, path.clone(), seg.offset, seg.len)
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|data| {
+                .and_then(|(data, _permit)| {
                     let samples = webm::samples_of(&data, &tracks).map_err(|e| e.to_string())?;
                     Ok(webm::clusters(start_us / 1000, &samples, &data))
                 });
             match chunk {
                 Ok(c) => Some((
                     Ok::<_, std::io::Error>(bytes::Bytes::from(c)),
-                    (path, segs, start_us + seg.duration_us, tracks, id),
+                    (app, path, segs, start_us + seg.duration_us, tracks, id),
                 )),
                 Err(e) => {
                     if let Some(suppressed) = WEBM_TROUBLE.allow() {
@@ -166,7 +197,7 @@ async fn webm_file(
                     // The connection ends short: the player has what came before.
                     Some((
                         Err(std::io::Error::other(e)),
-                        (path, Vec::new().into_iter(), start_us, tracks, id),
+                        (app, path, Vec::new().into_iter(), start_us, tracks, id),
                     ))
                 }
             }
@@ -185,7 +216,9 @@ async fn webm_file(
 }
 
 /// One part of the WebM for Media Source Extensions (see the module docs).
+#[allow(clippy::too_many_arguments)]
 async fn webm_part(
+    app: &App,
     part: &str,
     id: &str,
     path: PathBuf,
@@ -228,9 +261,9 @@ async fn webm_part(
                 ApiError::not_found(format!("recording '{id}' has no segment {n}"))
             })?;
             let start_us: u64 = segments[..n].iter().map(|s| s.duration_us).sum();
-            let data = read_range(path, seg.offset, seg.len)
+            let (data, _permit) = read_range(app, path, seg.offset, seg.len)
                 .await
-                .map_err(|e| unreadable(id, &e.to_string()))?;
+                .map_err(|e| read_error(id, e))?;
             let samples =
                 webm::samples_of(&data, tracks).map_err(|e| unreadable(id, &e.to_string()))?;
             webm::clusters(start_us / 1000, &samples, &data)
@@ -269,21 +302,48 @@ fn unreadable(id: &str, why: &str) -> ApiError {
 /// means a damaged index).
 const MAX_SEGMENT_BYTES: u64 = 64 << 20;
 
-/// `len` bytes of `path` from `offset` (one segment: seconds of media).
-async fn read_range(path: PathBuf, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+/// A segment could not be read, or the server's memory for reads stayed
+/// taken (many WebM replays at once).
+fn read_error(id: &str, e: std::io::Error) -> ApiError {
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many replays are being read now; try again",
+        )
+        .retry_after(2);
+    }
+    unreadable(id, &e.to_string())
+}
+
+/// `len` bytes of `path` from `offset` (one segment: seconds of media),
+/// within the recorder's memory budget for reads (the segment and the
+/// WebM made from it are in memory until sent). The permit goes with the
+/// bytes: held until they are turned into what is sent.
+async fn read_range(
+    app: &App,
+    path: PathBuf,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
     if len > MAX_SEGMENT_BYTES {
         return Err(std::io::Error::other(format!(
             "a segment of {len} bytes is larger than {MAX_SEGMENT_BYTES}"
         )));
     }
-    tokio::task::spawn_blocking(move || {
+    // Twice the segment: its bytes and the Clusters made from them.
+    let Some(permit) = app.recorder.read_permit(len.saturating_mul(2)).await else {
+        return Err(std::io::Error::from(std::io::ErrorKind::WouldBlock));
+    };
+    let data = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = std::fs::File::open(&path)?;
         f.seek(SeekFrom::Start(offset))?;
         let mut buf = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
         f.read_exact(&mut buf)?;
-        Ok(buf)
+        Ok::<_, std::io::Error>(buf)
     })
     .await
-    .map_err(|e| std::io::Error::other(e.to_string()))?
+    .map_err(|e| std::io::Error::other(e.to_string()))??;
+    Ok((data, permit))
 }

@@ -52,6 +52,13 @@ pub fn decide_delete(found: bool, may_manage: bool, id: &str) -> Result<(), Stri
     Ok(())
 }
 
+/// Whether `!live recordings` must come from who manages the stream: in a
+/// DM, for a private stream, or one this node's hub does not have (unknown
+/// is not public).
+pub fn list_needs_manager(in_dm: bool, access: Option<Access>) -> bool {
+    in_dm && access.is_none_or(|a| a == Access::Private)
+}
+
 /// "1 h 02 min" of a recording.
 fn length(r: &RecordingRow) -> String {
     super::notices::format_duration((r.duration_ms / 1000) as u64)
@@ -159,21 +166,33 @@ impl Matrix {
                     Err(r) => return Ok(Err(r)),
                 };
                 // A private stream's recordings, asked for in a DM: only
-                // for who manages it (as `!live status`).
-                let private = self
-                    .hub
-                    .get(&m.stream)
-                    .is_some_and(|s| s.access() == Access::Private);
-                if in_dm && private && !self.may_manage(&m, sender).await? {
+                // for who manages it (as `!live status`). A stream this
+                // node's hub does not have counts as private: unknown is
+                // not public.
+                let stream = self.hub.get(&m.stream);
+                if list_needs_manager(in_dm, stream.as_ref().map(|s| s.access()))
+                    && !self.may_manage(&m, sender).await?
+                {
                     return Ok(Err(format!(
                         "There is no stream '{}' in a Matrix room.",
                         m.stream
                     )));
                 }
-                let rows = match rec.store().recordings_of(&m.stream, LIST_LIMIT).await {
+                let mut rows = match rec.store().recordings_of(&m.stream, LIST_LIMIT).await {
                     Ok(r) => r,
                     Err(e) => return Ok(Err(format!("The recordings cannot be read now: {e}"))),
                 };
+                // Those made private in another room are not this room's
+                // to see (the API refuses them the same way).
+                let room_now = stream.as_ref().and_then(|s| s.room());
+                rows.retain(|r| {
+                    crate::recording::access::servable(
+                        r.private,
+                        r.room_id.as_deref(),
+                        stream.as_ref().map_or(Access::Private, |s| s.access()),
+                        room_now.as_ref().map(|x| x.room_id.as_str()),
+                    )
+                });
                 let text = list_text(&m.stream, &rows, |id| self.replay_url(&m.stream, id));
                 self.reply(room, &text).await;
                 Ok(Ok(()))
@@ -201,6 +220,10 @@ impl Matrix {
                     Ok(_) => {
                         self.reply(room, &format!("Recording {id} is deleted."))
                             .await;
+                        Ok(Ok(()))
+                    }
+                    Err(e @ DeleteError::Forwarded(_)) => {
+                        self.reply(room, &format!("Recording {id}: {e}.")).await;
                         Ok(Ok(()))
                     }
                     Err(e @ (DeleteError::Active | DeleteError::OtherNode(_))) => {
@@ -235,7 +258,18 @@ mod tests {
             title_end: "Show".into(),
             room_id: None,
             state: state.into(),
+            private: false,
         }
+    }
+
+    #[test]
+    fn a_stream_unknown_here_is_listed_in_a_dm_only_to_its_manager() {
+        assert!(list_needs_manager(true, None), "not in this node's hub");
+        assert!(list_needs_manager(true, Some(Access::Private)));
+        assert!(!list_needs_manager(true, Some(Access::Public)));
+        // In the stream's room, its members see the list.
+        assert!(!list_needs_manager(false, None));
+        assert!(!list_needs_manager(false, Some(Access::Private)));
     }
 
     #[test]

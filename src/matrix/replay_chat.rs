@@ -167,9 +167,16 @@ impl Cache {
 }
 
 /// The replays' chat reader: the cache and the turns at the homeserver.
+/// A chat being read, waited on by the others who want it.
+type InFlight = Arc<tokio::sync::Mutex<()>>;
+
 pub struct ReplayChats {
     cache: Mutex<Cache>,
     turns: Semaphore,
+    /// One read per (room, window) at a time: viewers of the same replay
+    /// who ask together wait for the first read, then take it from the
+    /// cache (bounded by the requests in progress).
+    reading: Mutex<HashMap<(String, Window), InFlight>>,
 }
 
 impl Default for ReplayChats {
@@ -177,6 +184,23 @@ impl Default for ReplayChats {
         ReplayChats {
             cache: Mutex::new(Cache::default()),
             turns: Semaphore::new(READS_AT_ONCE),
+            reading: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ReplayChats {
+    /// The lock of `key`'s read (made if none is in progress).
+    fn in_flight(&self, key: &(String, Window)) -> InFlight {
+        self.reading.lock().entry(key.clone()).or_default().clone()
+    }
+
+    /// `key`'s read is over: its lock goes unless others wait on it.
+    fn done(&self, key: &(String, Window), lock: InFlight) {
+        let mut map = self.reading.lock();
+        // The map's and this one: nobody else holds it.
+        if Arc::strong_count(&lock) <= 2 {
+            map.remove(key);
         }
     }
 }
@@ -223,14 +247,31 @@ impl Matrix {
         if let Some(hit) = self.replay_chats.cache.lock().get(&key, Instant::now()) {
             return Ok(hit);
         }
+        let lock = self.replay_chats.in_flight(&key);
+        let read = self.read_once(room, window, &key, &lock).await;
+        self.replay_chats.done(&key, lock);
+        read
+    }
+
+    /// Reads `key` unless the viewer who read it meanwhile put it in the
+    /// cache (holding `lock`, `key`'s single flight, while it does).
+    async fn read_once(
+        &self,
+        room: &str,
+        window: Window,
+        key: &(String, Window),
+        lock: &InFlight,
+    ) -> Result<Arc<SessionChat>, ReplayChatError> {
+        let _flight = tokio::time::timeout(TURN_WAIT, lock.lock())
+            .await
+            .map_err(|_| ReplayChatError::Busy)?;
+        if let Some(hit) = self.replay_chats.cache.lock().get(key, Instant::now()) {
+            return Ok(hit);
+        }
         let _turn = tokio::time::timeout(TURN_WAIT, self.replay_chats.turns.acquire())
             .await
             .map_err(|_| ReplayChatError::Busy)?
             .map_err(|_| ReplayChatError::Busy)?;
-        // Another viewer may have read it while this one waited.
-        if let Some(hit) = self.replay_chats.cache.lock().get(&key, Instant::now()) {
-            return Ok(hit);
-        }
         let started = Instant::now();
         // One homeserver call may take its own timeouts and retries; the
         // whole read may not take much longer than its budget.
@@ -253,7 +294,7 @@ impl Matrix {
         self.replay_chats
             .cache
             .lock()
-            .put(key, chat.clone(), Instant::now());
+            .put(key.clone(), chat.clone(), Instant::now());
         Ok(chat)
     }
 

@@ -3,8 +3,9 @@
 //! and a progressive download (`http::recordings`).
 //!
 //! The recorder is a hub sink per recorded stream that only enqueues
-//! (bounded: a full queue drops frames and resumes at the next keyframe,
-//! with a discontinuity; viewers are never slowed). One task per recording
+//! (bounded in frames and in bytes, `budget`: a full queue drops frames and
+//! resumes at the next keyframe, with a discontinuity; viewers are never
+//! slowed). One task per recording
 //! feeds the LL-HLS segmenter (`egress::hls::segmenter`, the same fMP4 the
 //! live HLS serves) with segments of `segment_secs`, and writes each
 //! complete segment, fsynced, through `files` in a blocking thread. A
@@ -16,9 +17,15 @@
 //! retry. At start-up, recordings a crash left open are cut to their last
 //! whole segment and indexed as `interrupted`.
 
+pub mod access;
+pub mod budget;
 pub mod config;
 pub mod files;
 pub mod index;
+pub mod index_cache;
+pub mod retention;
+pub mod session;
+pub mod sweep;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::egress::hls::playlist::Params;
@@ -37,6 +44,7 @@ use crate::hub::{Frame, FrameSink, Hub, Kind, Stream};
 use crate::media::rtp_video::VideoCodec;
 use crate::store::Store;
 use crate::store::recordings::RecordingRow;
+use budget::ByteBudget;
 use config::RecordingConfig;
 use files::{RecordingFiles, SegmentData};
 
@@ -44,7 +52,7 @@ use files::{RecordingFiles, SegmentData};
 const QUEUE: usize = 1024;
 /// Sink ids of recordings start here, far from WebRTC's and HLS's.
 const SINK_ID_BASE: u64 = 1 << 41;
-/// Retention runs at least this often.
+/// Retention runs this often (and no more).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Bytes of media a segment in progress may hold (it is in memory until it
 /// ends at a keyframe, at most 10 s): a publisher over it gets its segment
@@ -52,8 +60,6 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_SEGMENT_BYTES: usize = 64 << 20;
 static SEGMENT_CUT_LOG: crate::log_every::LogEvery =
     crate::log_every::LogEvery::new(Duration::from_secs(10));
-/// A recording and a go-live session that began this close belong together.
-const SESSION_SLACK_MS: i64 = 2_000;
 /// The index row of a growing recording is updated at most this often.
 const ROW_UPDATE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -88,11 +94,19 @@ enum Msg {
 struct Sink {
     tx: mpsc::Sender<Msg>,
     overflow: Arc<AtomicBool>,
+    /// Bytes queued (released by the recording as it takes each frame).
+    queued: Arc<ByteBudget>,
 }
 
 impl FrameSink for Sink {
     fn deliver(&self, _stream: &Arc<Stream>, frame: &Arc<Frame>) {
+        let n = frame.bytes();
+        if !self.queued.reserve(n) {
+            self.overflow.store(true, Relaxed);
+            return;
+        }
         if self.tx.try_send(Msg::Frame(frame.clone())).is_err() {
+            self.queued.release(n);
             self.overflow.store(true, Relaxed);
         }
     }
@@ -123,12 +137,22 @@ pub struct Recorder {
     /// `!live record on|off`, read at start and kept up to date.
     choices: RwLock<HashMap<String, bool>>,
     next_sink: AtomicU64,
-    retention_wake: Notify,
     pub metrics: RecorderMetrics,
     clock: (Instant, SystemTime),
     /// Set at shutdown: recordings write their last segment and end.
     stopping: watch::Sender<bool>,
+    /// Parsed indexes for the HTTP paths (bounded in bytes).
+    indexes: index_cache::IndexCache,
+    /// Memory for segments read whole for HTTP (WebM), in KiB.
+    read_budget: Arc<tokio::sync::Semaphore>,
+    /// The cluster bus: choices and deletions reach the other nodes.
+    bus: std::sync::OnceLock<Arc<crate::cluster::bus::Bus>>,
 }
+
+/// Segments read whole into memory for HTTP at once, over all clients.
+const READ_BUDGET_KIB: usize = 128 << 10;
+/// How long a request waits for that memory before `503`.
+const READ_BUDGET_WAIT: Duration = Duration::from_secs(10);
 
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -174,11 +198,86 @@ impl Recorder {
                 .collect(),
             choices: RwLock::new(HashMap::new()),
             next_sink: AtomicU64::new(SINK_ID_BASE),
-            retention_wake: Notify::new(),
             metrics: RecorderMetrics::default(),
             clock: (Instant::now(), SystemTime::now()),
             stopping: watch::channel(false).0,
+            indexes: index_cache::IndexCache::new(index_cache::MAX_BYTES),
+            read_budget: Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_KIB)),
+            bus: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Cluster mode: `!live record` and deletions made on one node reach
+    /// the others (a stream may be live, a recording stored, elsewhere).
+    pub fn join_bus(self: &Arc<Self>, bus: &Arc<crate::cluster::bus::Bus>) {
+        let _ = self.bus.set(bus.clone());
+        let me = Arc::downgrade(self);
+        bus.on_recording(Box::new(move |ev| {
+            if let Some(me) = me.upgrade() {
+                tokio::spawn(async move { me.from_cluster(ev).await });
+            }
+        }));
+    }
+
+    async fn from_cluster(self: Arc<Self>, ev: crate::cluster::bus::RecordingEvent) {
+        use crate::cluster::bus::RecordingEvent;
+        match ev {
+            RecordingEvent::Choice(stream) => {
+                self.reload_choices().await;
+                if let Some(s) = self.hub.get(&stream) {
+                    self.control_changed(&s);
+                }
+            }
+            RecordingEvent::Resync => {
+                self.reload_choices().await;
+                for s in self.hub.streams() {
+                    self.control_changed(&s);
+                }
+            }
+            RecordingEvent::Delete(id) => match self.delete(&id).await {
+                Ok(true) => info!(id = %id, "recording: deleted as another cluster node asked"),
+                // Not ours, or gone already.
+                Ok(false) | Err(DeleteError::OtherNode(_) | DeleteError::Forwarded(_)) => {}
+                Err(e) => warn!(id = %id, "recording: cannot delete as another node asked: {e}"),
+            },
+        }
+    }
+
+    /// The choices as stored (another node changed one).
+    async fn reload_choices(&self) {
+        match self.store.recording_choices().await {
+            Ok(c) => *self.choices.write() = c.into_iter().collect(),
+            Err(e) => warn!("recording: cannot re-read the streams' recording choices: {e}"),
+        }
+    }
+
+    /// Recording `id`'s index, parsed once (`finished`: its row says it
+    /// ended; a growing one's is re-read at most once a second).
+    pub async fn index_of(
+        &self,
+        id: &str,
+        finished: bool,
+    ) -> std::io::Result<Option<Arc<index::Index>>> {
+        let now = Instant::now();
+        if let Some(i) = self.indexes.get(id, finished, now) {
+            return Ok(Some(i));
+        }
+        Ok(read_index(&self.dir_of(id))
+            .await?
+            .map(|i| self.indexes.put(id, i, finished, now)))
+    }
+
+    /// Room to read `len` bytes into memory for a client (held until
+    /// dropped); `None` when the server's budget stays taken.
+    pub async fn read_permit(&self, len: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = u32::try_from(len.div_ceil(1024).clamp(1, READ_BUDGET_KIB as u64)).ok()?;
+        tokio::time::timeout(
+            READ_BUDGET_WAIT,
+            self.read_budget.clone().acquire_many_owned(kib),
+        )
+        .await
+        .ok()?
+        .ok()
     }
 
     pub fn enabled(&self) -> bool {
@@ -221,6 +320,11 @@ impl Recorder {
     ) -> Result<(), crate::store::StoreError> {
         self.store.set_recording_choice(stream, record, by).await?;
         self.choices.write().insert(stream.to_string(), record);
+        if let Some(bus) = self.bus.get() {
+            bus.send(crate::cluster::bus::BusMessage::RecordChoice {
+                stream: stream.to_string(),
+            });
+        }
         if let Some(s) = self.hub.get(stream) {
             self.control_changed(&s);
         }
@@ -276,11 +380,11 @@ impl Recorder {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
+                // Once a minute, never per segment: a pass reads every
+                // recording's row (min_free_gb guards the disk meanwhile).
+                let pass = tokio::time::Instant::now();
                 me.apply_retention().await;
-                let _ =
-                    tokio::time::timeout(RETENTION_INTERVAL, me.retention_wake.notified()).await;
-                // Bursts of segments make one pass.
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep_until(pass + RETENTION_INTERVAL).await;
             }
         });
     }
@@ -315,6 +419,7 @@ impl Recorder {
                 return;
             }
         };
+        self.sweep_orphans(&rows).await;
         for mut row in rows
             .into_iter()
             .filter(|r| r.state == "recording" && r.node == self.node)
@@ -345,12 +450,49 @@ impl Recorder {
         }
     }
 
+    /// Removes recording directories the index does not know
+    /// (`sweep::orphans`), once at start-up.
+    async fn sweep_orphans(&self, rows: &[RecordingRow]) {
+        let dir = self.dir.clone();
+        let entries = tokio::task::spawn_blocking(move || -> Vec<(String, Duration)> {
+            let Ok(read) = std::fs::read_dir(&dir) else {
+                return Vec::new();
+            };
+            read.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| {
+                    let age = e.metadata().ok()?.modified().ok()?.elapsed().ok()?;
+                    Some((e.file_name().into_string().ok()?, age))
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        let known: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        for name in sweep::orphans(&entries, &known) {
+            let path = self.dir_of(name);
+            let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&path))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            match removed {
+                Ok(()) => info!(id = %name, "recording: removed files that no index row names"),
+                Err(e) => {
+                    warn!(id = %name, "recording: cannot remove files no index row names: {e}")
+                }
+            }
+        }
+    }
+
     /// A stream's live state or choice changed: start, continue or let end.
     fn control_changed(self: &Arc<Self>, stream: &Arc<Stream>) {
         let live = stream.is_live();
-        let active = self.active.lock().get(&stream.name).cloned();
-        match active {
+        // Looked up and (for a new recording) claimed under one lock: two
+        // callers at once (the control feed, a recording's end) must not
+        // both start one.
+        let mut map = self.active.lock();
+        match map.get(&stream.name).cloned() {
             Some(a) => {
+                drop(map);
                 let wanted = self.wants(&stream.name);
                 a.wanted.store(wanted, Relaxed);
                 let keep = live && wanted;
@@ -362,29 +504,35 @@ impl Recorder {
                 && !stream.is_relayed()
                 && !*self.stopping.borrow() =>
             {
-                self.start(stream);
+                let (live, live_rx) = watch::channel(true);
+                let active = Arc::new(Active {
+                    id: new_id(),
+                    live,
+                    wanted: AtomicBool::new(true),
+                    status: Mutex::new(WriteStatus::Ok),
+                });
+                map.insert(stream.name.clone(), active.clone());
+                drop(map);
+                self.start(stream, active, live_rx);
             }
             None => {}
         }
     }
 
-    fn start(self: &Arc<Self>, stream: &Arc<Stream>) {
-        let id = new_id();
-        let (live, live_rx) = watch::channel(true);
-        let active = Arc::new(Active {
-            id: id.clone(),
-            live,
-            wanted: AtomicBool::new(true),
-            status: Mutex::new(WriteStatus::Ok),
-        });
-        self.active
-            .lock()
-            .insert(stream.name.clone(), active.clone());
+    /// Runs the recording `active` (already in `self.active`).
+    fn start(
+        self: &Arc<Self>,
+        stream: &Arc<Stream>,
+        active: Arc<Active>,
+        live_rx: watch::Receiver<bool>,
+    ) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(ByteBudget::new(budget::QUEUE_MAX_BYTES));
         let sink: Arc<dyn FrameSink> = Arc::new(Sink {
             tx,
             overflow: overflow.clone(),
+            queued: queued.clone(),
         });
         let sink_id = self.next_sink.fetch_add(1, Relaxed);
         // Attach first, then snapshot: a frame in both is skipped by index.
@@ -395,7 +543,7 @@ impl Recorder {
         let stream = stream.clone();
         tokio::spawn(async move {
             let task = Recording::new(me.clone(), stream.clone(), active.clone());
-            let _ = tokio::spawn(task.run(rx, live_rx, seed, overflow)).await;
+            let _ = tokio::spawn(task.run(rx, live_rx, seed, overflow, queued)).await;
             stream.detach_sink(sink_id);
             let mut map = me.active.lock();
             if map
@@ -407,7 +555,6 @@ impl Recorder {
             drop(map);
             // Live again meanwhile (or the task failed): look again.
             me.control_changed(&stream);
-            me.retention_wake.notify_one();
         });
     }
 
@@ -423,10 +570,20 @@ impl Recorder {
         // The files are on the node that recorded (cluster mode): only it
         // deletes, or they would stay there unindexed.
         match self.store.recording(id).await {
-            Ok(Some(r)) if r.node != self.node => return Err(DeleteError::OtherNode(r.node)),
+            Ok(Some(r)) if r.node != self.node => {
+                // Its node deletes it (files and row) when it hears this.
+                if let Some(bus) = self.bus.get() {
+                    bus.send(crate::cluster::bus::BusMessage::DeleteRecording {
+                        id: id.to_string(),
+                    });
+                    return Err(DeleteError::Forwarded(r.node));
+                }
+                return Err(DeleteError::OtherNode(r.node));
+            }
             Ok(_) => {}
             Err(e) => return Err(DeleteError::Io(e.to_string())),
         }
+        self.indexes.forget(id);
         let dir = self.dir_of(id);
         let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -462,21 +619,10 @@ impl Recorder {
             }
         };
         let now = ms(SystemTime::now()) as i64;
-        let mut total: i64 = rows.iter().map(|r| r.bytes).sum();
-        for r in rows
-            .iter()
-            .filter(|r| r.state != "recording" && r.node == self.node)
-        {
-            let old =
-                days > 0 && r.ended_ms.unwrap_or(r.started_ms) < now - days as i64 * 86_400_000;
-            let over = cap.is_some_and(|c| total > c as i64);
-            if !old && !over {
-                continue;
-            }
+        for (r, why) in retention::to_delete(&rows, &self.node, now, days, cap) {
             match self.delete(&r.id).await {
                 Ok(_) => {
-                    total -= r.bytes;
-                    info!(id = %r.id, stream = %r.stream, bytes = r.bytes, reason = if old { "retention_days" } else { "max_total_gb" }, "recording: deleted by retention");
+                    info!(id = %r.id, stream = %r.stream, bytes = r.bytes, reason = why.as_str(), "recording: deleted by retention");
                 }
                 Err(e) => warn!(id = %r.id, "recording: retention cannot delete: {e}"),
             }
@@ -566,10 +712,8 @@ impl Recorder {
     ) -> Option<RecordingRow> {
         let s = started_ms as i64;
         let rows = self.store.recordings_of(stream, 5).await.ok()?;
-        rows.into_iter().find(|r| {
-            r.started_ms + SESSION_SLACK_MS >= s
-                || (r.started_ms <= s && r.ended_ms.is_none_or(|e| e >= s))
-        })
+        rows.into_iter()
+            .find(|r| session::belongs(r.started_ms, r.ended_ms, s))
     }
 }
 
@@ -579,6 +723,9 @@ pub enum DeleteError {
     Active,
     #[error("the recording is stored on cluster node '{0}'; delete it there")]
     OtherNode(String),
+    /// Asked of the node that holds it, over the cluster bus.
+    #[error("the recording is stored on cluster node '{0}', which deletes it now")]
+    Forwarded(String),
     #[error("cannot delete the recording: {0}")]
     Io(String),
 }
@@ -617,7 +764,10 @@ impl Recording {
             // One fragment per segment: parts are for live latency only.
             part_target: 60.0,
             segment_target: segment,
-            window: 4,
+            // Each complete segment is written before the next completes
+            // (`write_complete` after every frame): keeping more would only
+            // hold up to 64 MiB each in memory.
+            window: 1,
         };
         let now = ms(SystemTime::now()) as i64;
         let row = RecordingRow {
@@ -636,6 +786,7 @@ impl Recording {
             title_end: stream.title(),
             room_id: stream.room().map(|r| r.room_id),
             state: "recording".into(),
+            private: stream.access() == crate::hub::Access::Private,
         };
         Recording {
             rec,
@@ -664,6 +815,7 @@ impl Recording {
         mut live: watch::Receiver<bool>,
         seed: Vec<Arc<Frame>>,
         overflow: Arc<AtomicBool>,
+        queued: Arc<ByteBudget>,
     ) {
         info!(stream = %self.stream.name, id = %self.row.id, "recording: started");
         if let Err(e) = self.rec.store.insert_recording(&self.row).await {
@@ -690,6 +842,7 @@ impl Recording {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Frame(f)) => {
+                        queued.release(f.bytes());
                         // Not to be recorded now (`!live record off` while
                         // live), or already in the seed.
                         if !self.active.wanted.load(Relaxed)
@@ -901,9 +1054,6 @@ impl Recording {
                 if self.row_updated.elapsed() >= ROW_UPDATE_INTERVAL || !self.row_written {
                     self.save_row().await;
                 }
-                if self.rec.cfg.max_total_bytes().is_some() {
-                    self.rec.retention_wake.notify_one();
-                }
             }
             Err(e) => {
                 self.gap = true;
@@ -924,6 +1074,8 @@ impl Recording {
         if self.row.room_id.is_none() {
             self.row.room_id = self.stream.room().map(|r| r.room_id);
         }
+        // Private once, private for good (`access::servable`).
+        self.row.private |= self.stream.access() == crate::hub::Access::Private;
     }
 
     async fn save_row(&mut self) {

@@ -260,17 +260,26 @@ impl Store {
         let rows = sqlx::query("SELECT name, title, key_hash, origin FROM streams ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r: &AnyRow| {
-                Ok(StreamRow {
-                    name: r.try_get("name")?,
-                    title: r.try_get("title")?,
-                    key_hash: r.try_get("key_hash")?,
-                    origin: r.try_get("origin")?,
-                })
-            })
-            .collect()
+        rows.iter().map(stream_row).collect()
     }
+
+    /// One stream's row (the cluster bus re-reads one per message).
+    pub async fn stream(&self, name: &str) -> Result<Option<StreamRow>, StoreError> {
+        let row = sqlx::query("SELECT name, title, key_hash, origin FROM streams WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(stream_row).transpose()
+    }
+}
+
+fn stream_row(r: &AnyRow) -> Result<StreamRow, StoreError> {
+    Ok(StreamRow {
+        name: r.try_get("name")?,
+        title: r.try_get("title")?,
+        key_hash: r.try_get("key_hash")?,
+        origin: r.try_get("origin")?,
+    })
 }
 
 #[cfg(test)]

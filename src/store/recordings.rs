@@ -24,13 +24,15 @@ pub struct RecordingRow {
     pub title_end: String,
     pub room_id: Option<String>,
     pub state: String,
+    /// The stream was private at some time while recorded (migration 0012).
+    pub private: bool,
 }
 
 /// The columns every read selects (a macro: sqlx takes only static SQL).
 macro_rules! columns {
     () => {
         "id, stream, session, node, started_ms, ended_ms, duration_ms, bytes, \
-         video_codec, audio_codec, peak_viewers, title_start, title_end, room_id, state"
+         video_codec, audio_codec, peak_viewers, title_start, title_end, room_id, state, private"
     };
 }
 
@@ -51,6 +53,7 @@ fn row(r: &AnyRow) -> Result<RecordingRow, sqlx::Error> {
         title_end: r.try_get("title_end")?,
         room_id: r.try_get("room_id")?,
         state: r.try_get("state")?,
+        private: r.try_get::<i64, _>("private")? != 0,
     })
 }
 
@@ -58,8 +61,8 @@ impl Store {
     pub async fn insert_recording(&self, r: &RecordingRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO recordings (id, stream, session, node, started_ms, ended_ms, duration_ms,
-                 bytes, video_codec, audio_codec, peak_viewers, title_start, title_end, room_id, state)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                 bytes, video_codec, audio_codec, peak_viewers, title_start, title_end, room_id, state, private)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&r.id)
         .bind(&r.stream)
@@ -76,6 +79,7 @@ impl Store {
         .bind(&r.title_end)
         .bind(&r.room_id)
         .bind(&r.state)
+        .bind(i64::from(r.private))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -85,7 +89,8 @@ impl Store {
     pub async fn update_recording(&self, r: &RecordingRow) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE recordings SET ended_ms = $2, duration_ms = $3, bytes = $4, video_codec = $5,
-                 audio_codec = $6, peak_viewers = $7, title_end = $8, room_id = $9, state = $10
+                 audio_codec = $6, peak_viewers = $7, title_end = $8, room_id = $9, state = $10,
+                 private = $11
              WHERE id = $1",
         )
         .bind(&r.id)
@@ -98,6 +103,7 @@ impl Store {
         .bind(&r.title_end)
         .bind(&r.room_id)
         .bind(&r.state)
+        .bind(i64::from(r.private))
         .execute(&self.pool)
         .await?;
         Ok(())
