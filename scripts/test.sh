@@ -112,7 +112,7 @@ cargo test "$@" || die "tests failed (see above; a failing end-to-end test print
 # Every parser's fuzz target (fuzz/), each for a fixed time on its seed corpus;
 # a crash, timeout or OOM fails the run. Only on a whole run (no arguments);
 # ROOMCAST_FUZZ_SECONDS sets the time per target (0 skips).
-FUZZ_SECONDS="${ROOMCAST_FUZZ_SECONDS:-24}"
+FUZZ_SECONDS="${ROOMCAST_FUZZ_SECONDS:-12}"
 if [[ $# -eq 0 && $FUZZ_SECONDS != 0 ]]; then
     step "fuzz targets, ${FUZZ_SECONDS}s each (scripts/fuzz.sh ci) $(elapsed)"
     ./scripts/fuzz.sh ci "$FUZZ_SECONDS" ||
