@@ -15,5 +15,7 @@ mod fixture;
 mod floods;
 #[path = "attacks/rtmp.rs"]
 mod rtmp;
+#[path = "attacks/surfaces.rs"]
+mod surfaces;
 #[path = "attacks/webrtc.rs"]
 mod webrtc;

@@ -1,0 +1,132 @@
+//! The surfaces added with recording, thumbnails, restreaming, OBS profiles
+//! and parties (session 6): hostile ids, ranges, bearers and bodies get a
+//! 4xx and cost the live stream nothing.
+
+use crate::common::*;
+use crate::fixture::*;
+
+fn refused(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>, what: &str) {
+    let r = http::request(method, url, headers, body)
+        .unwrap_or_else(|e| panic!("{what}: {method} {url}: {e}"));
+    assert!(
+        (400..500).contains(&r.status),
+        "{what}: {method} {url}: expected a 4xx refusal, got {} {:?}",
+        r.status,
+        truncate(&r.text(), 300)
+    );
+}
+
+#[test]
+fn new_surfaces_refuse_hostile_requests() {
+    let mut f = Fixture::start();
+    let attack = "recordings, thumbnails, restream, OBS profiles, parties: hostile requests";
+    let m = f.mark(attack);
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let long = "a".repeat(5000);
+    let url = |p: &str| f.server.url(p);
+    for _ in 0..20 {
+        // Recordings: traversal, unknown and oversized ids, broken ranges.
+        for path in [
+            "/recordings/..%2F..%2Fetc%2Fpasswd/index.m3u8".to_string(),
+            "/recordings/..%2F..%2Fetc%2Fpasswd.mp4".to_string(),
+            format!("/recordings/{unknown}.mp4"),
+            format!("/recordings/{unknown}/index.m3u8"),
+            format!("/recordings/{unknown}/0.mp4"),
+            format!("/recordings/{unknown}/replay.webm?part=999999999999"),
+            format!("/recordings/{long}/index.m3u8"),
+            format!("/api/v1/recordings/{unknown}"),
+            format!("/api/v1/recordings/{unknown}/chat"),
+            format!("/api/v1/streams/{long}/recordings"),
+        ] {
+            refused("GET", &url(&path), &[], None, attack);
+        }
+        for range in [
+            "bytes=99999999999999999999-",
+            "bytes=-0",
+            "bytes=5-1",
+            "bytes=a-b",
+        ] {
+            refused(
+                "GET",
+                &url(&format!("/recordings/{unknown}.mp4")),
+                &[("Range", range)],
+                None,
+                attack,
+            );
+        }
+        refused(
+            "DELETE",
+            &url(&format!("/api/v1/recordings/{unknown}")),
+            &[],
+            None,
+            attack,
+        );
+        refused(
+            "DELETE",
+            &url(&format!("/api/v1/recordings/{unknown}")),
+            &[("Authorization", "Bearer not-the-admin-token")],
+            None,
+            attack,
+        );
+        // Thumbnails of streams that are not there.
+        refused(
+            "GET",
+            &url("/api/v1/streams/nosuch/thumbnail.jpg"),
+            &[],
+            None,
+            attack,
+        );
+        refused(
+            "GET",
+            &url(&format!("/api/v1/streams/{long}/thumbnail.jpg")),
+            &[],
+            None,
+            attack,
+        );
+        // OBS profiles: no key, a wrong key, made-up one-time links.
+        let obs = format!("/api/v1/streams/{STREAM}/obs-profile");
+        refused("GET", &url(&obs), &[], None, attack);
+        refused(
+            "GET",
+            &url(&obs),
+            &[("Authorization", "Bearer wrong")],
+            None,
+            attack,
+        );
+        refused("POST", &url(&format!("/obs/{unknown}")), &[], None, attack);
+        refused("POST", &url(&format!("/obs/{long}")), &[], None, attack);
+        // Restream destinations: no key, a wrong key, a body of 1 MiB.
+        let dest = format!("/api/v1/streams/{STREAM}/restream/twitch");
+        let body = format!(
+            r#"{{"url":"rtmp://127.0.0.1:1/app","key":"{}"}}"#,
+            "k".repeat(1 << 20)
+        );
+        refused(
+            "PUT",
+            &url(&dest),
+            &[("Content-Type", "application/json")],
+            Some(b"{}"),
+            attack,
+        );
+        refused(
+            "PUT",
+            &url(&dest),
+            &[
+                ("Authorization", "Bearer wrong"),
+                ("Content-Type", "application/json"),
+            ],
+            Some(body.as_bytes()),
+            attack,
+        );
+        refused("DELETE", &url(&dest), &[], None, attack);
+        // Parties that do not exist, with a made-up key.
+        refused(
+            "POST",
+            &url("/api/v1/parties/nosuch/join"),
+            &[("Content-Type", "application/json")],
+            Some(br#"{"key":"guess","name":"x"}"#),
+            attack,
+        );
+    }
+    f.after(m, 20);
+}
