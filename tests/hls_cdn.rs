@@ -8,8 +8,8 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,19 +65,7 @@ impl Nginx {
             ),
         )
         .unwrap();
-        let child = Command::new(nginx_bin())
-            .arg("-p")
-            .arg(p)
-            .arg("-e")
-            .arg(p.join("error.log"))
-            .arg("-c")
-            .arg(p.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run nginx (apt-get install -y nginx)");
+        let child = common::nginx::spawn(p, "run nginx (apt-get install -y nginx)");
         let mut n = Nginx { child, dir, port };
         wait_until("nginx listening", Duration::from_secs(20), || {
             if let Ok(Some(s)) = n.child.try_wait() {
@@ -123,12 +111,6 @@ impl Drop for Nginx {
             let _ = self.child.wait();
         }
     }
-}
-
-fn nginx_bin() -> PathBuf {
-    std::env::var_os("ROOMCAST_TEST_NGINX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
 }
 
 /// `(msn, index)` of a part.
@@ -297,9 +279,9 @@ fn cache_control(r: &HttpResponse) -> &str {
 fn fifty_ll_hls_clients_through_nginx_cost_the_origin_one_request_per_part() {
     let _serial = serial();
     assert!(
-        Path::new(&nginx_bin()).exists(),
+        Path::new(&common::nginx::nginx_bin()).exists(),
         "{} not found: apt-get install -y nginx (or set ROOMCAST_TEST_NGINX)",
-        nginx_bin().display()
+        common::nginx::nginx_bin().display()
     );
     let server = Server::start("");
     let _publisher = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::small());

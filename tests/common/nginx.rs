@@ -2,7 +2,7 @@
 //! a load balancer in front of several roomcast nodes. `ROOMCAST_TEST_NGINX`
 //! points at another binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -18,6 +18,24 @@ pub fn nginx_bin() -> PathBuf {
     std::env::var_os("ROOMCAST_TEST_NGINX")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
+}
+
+/// Runs nginx in the foreground on `prefix/nginx.conf` (its logs there too);
+/// `hint` says what to install when it cannot start.
+pub fn spawn(prefix: &Path, hint: &str) -> Child {
+    Command::new(nginx_bin())
+        .arg("-p")
+        .arg(prefix)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .arg("-c")
+        .arg(prefix.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(hint)
 }
 
 impl Nginx {
@@ -47,19 +65,7 @@ impl Nginx {
             ),
         )
         .unwrap();
-        let child = Command::new(nginx_bin())
-            .arg("-p")
-            .arg(p)
-            .arg("-e")
-            .arg(p.join("error.log"))
-            .arg("-c")
-            .arg(p.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run nginx (apt-get install -y nginx)");
+        let child = spawn(p, "run nginx (apt-get install -y nginx)");
         let mut n = Nginx { child, dir, port };
         wait_until("nginx listening", Duration::from_secs(20), || {
             if let Ok(Some(s)) = n.child.try_wait() {

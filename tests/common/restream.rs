@@ -11,12 +11,6 @@ use serde_json::Value;
 use super::synapse::free_port;
 use super::*;
 
-pub fn nginx_bin() -> PathBuf {
-    std::env::var_os("ROOMCAST_TEST_NGINX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
-}
-
 const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
 
 /// nginx with the RTMP module, recording every publish to `rec/` (a new
@@ -64,19 +58,8 @@ impl NginxRtmp {
 
     pub fn run(&mut self) {
         let p = self.dir.path();
-        let child = Command::new(nginx_bin())
-            .arg("-p")
-            .arg(p)
-            .arg("-e")
-            .arg(p.join("error.log"))
-            .arg("-c")
-            .arg(p.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run nginx (apt-get install -y nginx libnginx-mod-rtmp)");
+        let child =
+            super::nginx::spawn(p, "run nginx (apt-get install -y nginx libnginx-mod-rtmp)");
         self.child = Some(child);
         let port = self.port;
         wait_until("nginx-rtmp listening", Duration::from_secs(20), || {
