@@ -56,16 +56,7 @@ mod tests {
     use crate::store::cluster::{NodeRow, OriginRow};
 
     fn node(id: &str, hb: i64) -> NodeRow {
-        NodeRow {
-            node_id: id.into(),
-            internal_url: format!("http://{id}"),
-            started_ms: 0,
-            heartbeat_ms: hb,
-            viewers: 0,
-            relays: 0,
-            public_url: None,
-            max_viewers: 0,
-        }
+        NodeRow::for_test(id, hb)
     }
 
     fn view(nodes: Vec<NodeRow>) -> View {

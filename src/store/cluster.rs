@@ -20,6 +20,24 @@ pub struct NodeRow {
     pub max_viewers: i64,
 }
 
+#[cfg(test)]
+impl NodeRow {
+    /// A node row for the cluster's unit tests: `id` at `http://{id}`,
+    /// last heard of at `heartbeat_ms`, no load.
+    pub fn for_test(id: &str, heartbeat_ms: i64) -> NodeRow {
+        NodeRow {
+            node_id: id.into(),
+            internal_url: format!("http://{id}"),
+            started_ms: 0,
+            heartbeat_ms,
+            viewers: 0,
+            relays: 0,
+            public_url: None,
+            max_viewers: 0,
+        }
+    }
+}
+
 /// What a heartbeat writes besides the time.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeLoadRow<'a> {
