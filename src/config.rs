@@ -659,6 +659,14 @@ fn default_golive_delay_ms() -> u64 {
 pub const MIN_KEY_LEN: usize = 16;
 
 impl Config {
+    /// Viewers are admitted by a signed URL or the admission webhook, which
+    /// a player's per-file fetches (LL-HLS segments, recording files) cannot
+    /// carry: those surfaces are off.
+    pub fn playback_checked_per_request(&self) -> bool {
+        self.signed_policy.as_ref().is_some_and(|p| p.playback)
+            || self.admission.as_ref().is_some_and(|a| a.playback)
+    }
+
     /// Loads the file (if any), applies `ROOMCAST_…` overrides from `env`, validates.
     pub fn load(
         path: Option<&Path>,

@@ -182,13 +182,7 @@ async fn serve_inner(
     let query = parse_query(uri.query())?;
     // Segment URLs cannot carry a signed URL's signature: with signed or
     // webhook-admitted playback, HLS would bypass the check, so it is off.
-    let gated = app
-        .config
-        .signed_policy
-        .as_ref()
-        .is_some_and(|p| p.playback)
-        || app.config.admission.as_ref().is_some_and(|a| a.playback);
-    if gated {
+    if app.config.playback_checked_per_request() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "hls_unavailable",

@@ -83,13 +83,7 @@ async fn admit(
 ) -> Result<Arc<Stream>, ApiError> {
     // As for LL-HLS: a signed URL or the admission webhook cannot be
     // checked for every file a player fetches, so recordings are not served.
-    let gated = app
-        .config
-        .signed_policy
-        .as_ref()
-        .is_some_and(|p| p.playback)
-        || app.config.admission.as_ref().is_some_and(|a| a.playback);
-    if gated {
+    if app.config.playback_checked_per_request() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "recordings_unavailable",
