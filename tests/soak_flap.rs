@@ -2,7 +2,10 @@
 //! again, RTMP (ffmpeg) and WHIP (aiortc) alternating, while str0m WHEP viewers
 //! watch. No viewer's PeerConnection may end, every viewer gets each new
 //! publisher's keyframe and video, and the server's RSS and open fds come back
-//! to where they were (±10 %). The short version runs 10 cycles with 5 viewers;
+//! to where they were (±10 %). Each cycle also waits for the stream's
+//! thumbnail, so the server-lifetime decoder threads have decoded both
+//! ingest paths' keyframes before the baseline is taken (their first decode
+//! grows RSS once, by design). The short version runs 10 cycles with 5 viewers;
 //! `bench/soak/flap.sh` runs 100 cycles with 50 (SOAK_FLAP_CYCLES,
 //! SOAK_FLAP_VIEWERS).
 
@@ -118,8 +121,14 @@ fn publisher_flap_keeps_viewers_and_resources() {
                     .then_some(())
             },
         );
-        assert_viewers_alive(&viewers, &format!("in cycle {cycle}"));
         let to_video = started.elapsed();
+        // This publisher's keyframe is decoded to a thumbnail too.
+        wait_until(
+            &format!("cycle {cycle}: the stream has a thumbnail"),
+            CYCLE_TIMEOUT,
+            || server.api_stream(STREAM)?.get("thumbnail").map(|_| ()),
+        );
+        assert_viewers_alive(&viewers, &format!("in cycle {cycle}"));
         stop_publisher(publisher.take().unwrap(), cycle);
         wait_offline(&server, cycle);
         server.assert_healthy(&format!("after cycle {cycle}"));

@@ -1,8 +1,10 @@
 //! Stream thumbnails: every `interval_secs` each live H.264 or VP8 stream's cached keyframe
 //! (the hub's GOP cache, so nothing is added to the per-packet path) is
-//! decoded to a small JPEG on a bounded blocking pool: one decode per stream
-//! per interval whatever the number of viewers, at most `max_parallel` at a
-//! time. The latest JPEG of each live stream is kept (bounded bytes: one per
+//! decoded to a small JPEG on `max_parallel` long-lived decoder threads: one
+//! decode per stream per interval whatever the number of viewers. The threads
+//! live as long as the server, so the decoders' working memory stays in the
+//! same allocator arenas instead of coming and going with tokio's blocking
+//! threads (which made RSS step by ~8 MB whenever a fresh thread decoded). The latest JPEG of each live stream is kept (bounded bytes: one per
 //! stream, each at most `max_bytes`) for the API, the pages' cards and
 //! Open Graph tags, and the Matrix go-live notice.
 
@@ -35,7 +37,7 @@ pub struct ThumbnailConfig {
     pub quality: u8,
     /// Largest JPEG kept; a bigger one is dropped (and logged).
     pub max_bytes: usize,
-    /// Decodes running at once, server-wide (blocking threads).
+    /// Decodes running at once, server-wide (one decoder thread each).
     pub max_parallel: usize,
     /// Pictures with more pixels than this are not decoded.
     pub max_pixels: usize,
@@ -129,11 +131,25 @@ pub struct ThumbnailStats {
     pub cpu_us: AtomicU64,
 }
 
+/// What a decoder thread answers: the picture (or why not) and its CPU time.
+type Made = (Result<picture::Jpeg, picture::PictureError>, Duration);
+
+/// One keyframe for a decoder thread.
+struct DecodeJob {
+    codec: &'static str,
+    keyframe: Arc<crate::hub::Frame>,
+    shape: picture::Shape,
+    reply: tokio::sync::oneshot::Sender<Result<Made, String>>,
+}
+
 pub struct Thumbnails {
     cfg: ThumbnailConfig,
     hub: Arc<Hub>,
     entries: Mutex<HashMap<String, Entry>>,
+    /// A permit per decoder thread: a job is queued only with one, so the
+    /// channel never holds more than `max_parallel` keyframes.
     pool: Arc<Semaphore>,
+    decoders: std::sync::OnceLock<std::sync::mpsc::SyncSender<DecodeJob>>,
     seq: AtomicU64,
     pub stats: ThumbnailStats,
 }
@@ -152,6 +168,7 @@ impl Thumbnails {
             hub,
             entries: Mutex::new(HashMap::new()),
             pool,
+            decoders: std::sync::OnceLock::new(),
             seq: AtomicU64::new(0),
             stats: ThumbnailStats::default(),
         })
@@ -192,6 +209,10 @@ impl Thumbnails {
         if !self.cfg.enabled {
             return;
         }
+        if let Err(e) = self.start_decoders() {
+            warn!("thumbnails off: cannot start a decoder thread: {e}");
+            return;
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
@@ -201,6 +222,20 @@ impl Thumbnails {
                 me.round(Instant::now());
             }
         });
+    }
+
+    /// `max_parallel` decoder threads sharing one job queue.
+    fn start_decoders(&self) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<DecodeJob>(self.cfg.max_parallel);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..self.cfg.max_parallel {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("thumbnail-{i}"))
+                .spawn(move || decoder_thread(&rx))?;
+        }
+        let _ = self.decoders.set(tx);
+        Ok(())
     }
 
     /// Starts the decodes that are due, forgets streams that are not live.
@@ -252,29 +287,35 @@ impl Thumbnails {
                 e.tried_index = Some(key.index);
                 e.tried_at = Some(now);
             }
+            let (reply, made) = tokio::sync::oneshot::channel();
+            let job = DecodeJob {
+                codec,
+                keyframe: key,
+                shape: self.cfg.shape(),
+                reply,
+            };
+            // The permit guarantees room in the queue; a closed queue (no
+            // decoder thread left) fails this decode like a decoder error.
+            let queued = self
+                .decoders
+                .get()
+                .ok_or_else(|| "no decoder thread".to_string())
+                .and_then(|q| q.try_send(job).map_err(|e| e.to_string()));
             let me = self.clone();
-            let shape = self.cfg.shape();
             tokio::spawn(async move {
-                let made = tokio::task::spawn_blocking(move || {
-                    let cpu = thread_cpu();
-                    let r = picture::thumbnail(codec, &key.payloads, shape);
-                    (r, thread_cpu().saturating_sub(cpu))
-                })
-                .await;
+                let made = match queued {
+                    Ok(()) => made
+                        .await
+                        .unwrap_or_else(|_| Err("the decoder thread is gone".into())),
+                    Err(e) => Err(format!("the decode was not queued: {e}")),
+                };
                 drop(permit);
                 me.finish(&name, made);
             });
         }
     }
 
-    fn finish(
-        &self,
-        name: &str,
-        made: Result<
-            (Result<picture::Jpeg, picture::PictureError>, Duration),
-            tokio::task::JoinError,
-        >,
-    ) {
+    fn finish(&self, name: &str, made: Result<Made, String>) {
         let result = match made {
             Ok((r, cpu)) => {
                 self.stats
@@ -282,8 +323,7 @@ impl Thumbnails {
                     .fetch_add(cpu.as_micros() as u64, Ordering::Relaxed);
                 r.map_err(|e| e.to_string())
             }
-            // A panic in the decoder ends this decode only.
-            Err(e) => Err(format!("the decode task failed: {e}")),
+            Err(e) => Err(e),
         };
         let mut entries = self.entries.lock();
         let Some(e) = entries.get_mut(name) else {
@@ -336,6 +376,42 @@ impl Thumbnails {
             self.stats.failed.load(Ordering::Relaxed),
             self.stats.cpu_us.load(Ordering::Relaxed) as f64 / 1e6,
         )
+    }
+}
+
+/// A decoder thread: takes jobs until the queue closes. A panic in a decode
+/// ends that decode only; the thread goes on with the next.
+fn decoder_thread(jobs: &std::sync::Mutex<std::sync::mpsc::Receiver<DecodeJob>>) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        let Ok(job) = job else {
+            return;
+        };
+        let cpu = thread_cpu();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            picture::thumbnail(job.codec, &job.keyframe.payloads, job.shape)
+        }));
+        let made = r
+            .map(|r| (r, thread_cpu().saturating_sub(cpu)))
+            .map_err(|_| "the decoder panicked".to_string());
+        let _ = job.reply.send(made);
+        release_freed_memory();
+    }
+}
+
+/// A decode allocates a few MB (the decoder's reference pictures, the scaled
+/// image) and frees them; glibc keeps such freed memory in the thread's arena
+/// where fragmentation can pin it, so RSS stepped up by ~6 MB at some go-live
+/// and stayed. One trim per decode (at most one per stream per interval)
+/// hands it back.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
