@@ -419,6 +419,11 @@ pub struct RestreamDestinationConfig {
     pub key: String,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Video codecs the destination takes (`["h264", "av1"]`): AV1 goes
+    /// over Enhanced RTMP. Unset: the service's defaults (YouTube takes
+    /// AV1) plus what the destination's connect reply advertises.
+    #[serde(default)]
+    pub codecs: Option<Vec<String>>,
 }
 
 /// `[restream]`: how pushes behave.
@@ -855,6 +860,11 @@ impl Config {
                 }
                 if d.key.is_empty() {
                     return Err(invalid(key("key"), "must not be empty"));
+                }
+                if let Some(c) = &d.codecs
+                    && let Err(e) = crate::restream::codecs::PushCodecs::parse_setting(c)
+                {
+                    return Err(invalid(key("codecs"), e));
                 }
             }
         }

@@ -126,6 +126,9 @@ pub struct Destination {
     pub url: String,
     pub key: SecretKey,
     pub enabled: bool,
+    /// The `codecs` setting of a config-file destination; `None`: the
+    /// service's defaults plus what its connect reply advertises.
+    pub codecs: Option<super::codecs::PushCodecs>,
 }
 
 /// Labels are short words so commands and metrics stay readable.

@@ -5,6 +5,11 @@
 //! lengths; SPS/PPS go out as the AVC sequence header before the first
 //! keyframe and again whenever they change (a takeover by another encoder).
 //! The hub drops B-frames, so composition time is always 0.
+//! AV1 goes as Enhanced RTMP (`av01`, see [`super::flv_ex`]): the RTP
+//! payloads become low-overhead OBUs as MP4 samples carry them, and the
+//! sequence header OBU goes out as the `av1C` SequenceStart before the first
+//! keyframe and whenever it changes. Only destinations that accept AV1 get
+//! here (the push checks).
 //! Audio is the RTMP publisher's original AAC from the hub's side track.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -12,7 +17,22 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::hub::{Frame, Kind, SourceAac};
 use crate::media::flv::AvcConfig;
 use crate::media::h264;
+use crate::media::av1;
 use crate::media::rtp_h264::{DepacketizeError, depacketize};
+use crate::media::rtp_video::{self, VideoCodec};
+
+use super::flv_ex;
+
+/// A hub frame the mux could not read (it waits for the next keyframe).
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    #[error("H.264: {0}")]
+    H264(#[from] DepacketizeError),
+    #[error("AV1: {0}")]
+    Av1(&'static str),
+    #[error("{0} cannot go over RTMP")]
+    Codec(&'static str),
+}
 
 /// One FLV tag: its RTMP message kind, timestamp (ms from the push's first
 /// keyframe) and body.
@@ -38,7 +58,13 @@ pub struct FlvMux {
     pps: Option<Vec<u8>>,
     sent_params: Option<(Vec<u8>, Vec<u8>)>,
     sent_aac_config: Option<Bytes>,
+    /// The AV1 sequence header OBU last sent as SequenceStart.
+    sent_av1_config: Option<Vec<u8>>,
+    /// The codec of the last frame: a change needs new sequence headers.
+    codec: Option<VideoCodec>,
     fu_scratch: Vec<u8>,
+    /// A frame's OBUs (AV1), reused.
+    obus: Vec<u8>,
     body: BytesMut,
 }
 
@@ -61,16 +87,31 @@ impl FlvMux {
         (d >= 0).then_some(d as u32 / 90)
     }
 
-    /// An H.264 hub frame; pushes 0, 1 or 2 tags (sequence header + frame).
-    pub fn video(&mut self, frame: &Frame, out: &mut Vec<Tag>) -> Result<(), DepacketizeError> {
+    /// A video hub frame of `codec`; pushes 0, 1 or 2 tags (sequence
+    /// header + frame).
+    pub fn video(
+        &mut self,
+        frame: &Frame,
+        codec: VideoCodec,
+        out: &mut Vec<Tag>,
+    ) -> Result<(), MuxError> {
         debug_assert_eq!(frame.kind, Kind::Video);
-        if self.publisher != Some(frame.publisher) {
+        if self.publisher != Some(frame.publisher) || self.codec != Some(codec) {
             self.publisher = Some(frame.publisher);
+            self.codec = Some(codec);
             self.waiting_keyframe = true;
         }
         if self.waiting_keyframe && !frame.keyframe {
             return Ok(());
         }
+        match codec {
+            VideoCodec::H264 => Ok(self.video_h264(frame, out)?),
+            VideoCodec::Av1 => self.video_av1(frame, out).map_err(MuxError::Av1),
+            VideoCodec::Vp8 | VideoCodec::Vp9 => Err(MuxError::Codec(codec.name())),
+        }
+    }
+
+    fn video_h264(&mut self, frame: &Frame, out: &mut Vec<Tag>) -> Result<(), DepacketizeError> {
         let header = if frame.keyframe {
             AVC_KEYFRAME
         } else {
@@ -146,6 +187,56 @@ impl FlvMux {
         Ok(())
     }
 
+    /// AV1 as Enhanced RTMP: a CodedFrames tag of the frame's OBUs (no
+    /// composition time for AV1), after the `av1C` SequenceStart at a
+    /// keyframe whose sequence header is new.
+    fn video_av1(&mut self, frame: &Frame, out: &mut Vec<Tag>) -> Result<(), &'static str> {
+        self.obus.clear();
+        if let Err(e) = rtp_video::depacketize(
+            VideoCodec::Av1,
+            frame.payloads.iter().map(|p| &p[..]),
+            &mut self.obus,
+            &mut self.fu_scratch,
+        ) {
+            self.waiting_keyframe = true;
+            return Err(e);
+        }
+        if frame.keyframe {
+            // Nothing can decode a keyframe without its sequence header.
+            let Some((obu, sh)) = av1::find_sequence_header(&self.obus) else {
+                return Ok(());
+            };
+            self.base.get_or_insert(frame.rtp_time);
+            if self.sent_av1_config.as_deref() != Some(obu) {
+                let mut h = BytesMut::with_capacity(9 + obu.len());
+                flv_ex::ex_header(true, flv_ex::PACKET_SEQUENCE_START, flv_ex::FOURCC_AV1, &mut h);
+                flv_ex::av1_config_record(&sh, obu, &mut h);
+                out.push(Tag::Video {
+                    ts_ms: self.ts(frame.rtp_time).unwrap_or(0),
+                    body: h.freeze(),
+                });
+                self.sent_av1_config = Some(obu.to_vec());
+            }
+            self.waiting_keyframe = false;
+        }
+        let Some(ts_ms) = self.ts(frame.rtp_time) else {
+            return Ok(());
+        };
+        if self.obus.is_empty() {
+            return Ok(());
+        }
+        let mut body = std::mem::take(&mut self.body);
+        body.clear();
+        flv_ex::ex_header(frame.keyframe, flv_ex::PACKET_CODED_FRAMES, flv_ex::FOURCC_AV1, &mut body);
+        body.put_slice(&self.obus);
+        out.push(Tag::Video {
+            ts_ms,
+            body: body.split().freeze(),
+        });
+        self.body = body;
+        Ok(())
+    }
+
     /// The publisher's AAC; dropped until the first keyframe went out, so
     /// the destination's timeline starts with a picture.
     pub fn audio(&mut self, aac: &SourceAac, out: &mut Vec<Tag>) {
@@ -179,6 +270,7 @@ impl FlvMux {
     pub fn reconnected(&mut self) {
         self.sent_params = None;
         self.sent_aac_config = None;
+        self.sent_av1_config = None;
         self.waiting_keyframe = true;
     }
 }
@@ -186,6 +278,7 @@ impl FlvMux {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::rtp_video::VideoCodec::H264;
     use crate::media::rtp_h264::H264Packetizer;
     use std::sync::Arc;
     use std::time::Instant;
@@ -234,11 +327,12 @@ mod tests {
         m.audio(&aac(900_000), &mut out);
         m.video(
             &frame(900_000, false, 1, &[Bytes::from_static(&[0x41, 9])]),
+            H264,
             &mut out,
         )
         .unwrap();
         assert!(out.is_empty(), "nothing before the first keyframe");
-        m.video(&frame(903_000, true, 1, &[idr()]), &mut out)
+        m.video(&frame(903_000, true, 1, &[idr()]), H264, &mut out)
             .unwrap();
         let Tag::Video { ts_ms: 0, body } = &out[0] else {
             panic!("{out:?}")
@@ -275,6 +369,7 @@ mod tests {
         out.clear();
         m.video(
             &frame(903_000 + 3000, false, 1, &[Bytes::from_static(&[0x41, 7])]),
+            H264,
             &mut out,
         )
         .unwrap();
@@ -290,17 +385,18 @@ mod tests {
         out.clear();
         m.video(
             &frame(903_000 + 9000, false, 2, &[Bytes::from_static(&[0x41, 7])]),
+            H264,
             &mut out,
         )
         .unwrap();
         assert!(out.is_empty());
-        m.video(&frame(903_000 + 12000, true, 2, &[idr()]), &mut out)
+        m.video(&frame(903_000 + 12000, true, 2, &[idr()]), H264, &mut out)
             .unwrap();
         assert_eq!(out.len(), 1);
         // A reconnect sends the headers again.
         m.reconnected();
         out.clear();
-        m.video(&frame(903_000 + 15000, true, 2, &[idr()]), &mut out)
+        m.video(&frame(903_000 + 15000, true, 2, &[idr()]), H264, &mut out)
             .unwrap();
         assert_eq!(out.len(), 2);
     }

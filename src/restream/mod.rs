@@ -5,12 +5,15 @@
 //! [`push::Push`] (the RTMP client task). The manager only starts and stops
 //! pushes from the hub's lossless control path; it never touches media.
 
+pub mod codecs;
 pub mod dest;
+pub mod flv_ex;
 pub mod flv_mux;
 pub mod health;
 pub mod opus_aac;
 pub mod push;
 pub mod queue;
+pub mod rtmp_client;
 pub mod secret;
 pub mod stored;
 
@@ -234,6 +237,7 @@ impl Restreamer {
                 queue: queue.clone(),
                 health: h,
                 tls: self.tls.clone(),
+                codecs: d.codecs,
             };
             info!(stream = %stream.name, destination = %d.label, url = %d.url, "restream push starting");
             running.insert(
@@ -345,6 +349,11 @@ pub fn from_config(c: &[crate::config::RestreamDestinationConfig]) -> Vec<Destin
             url: d.url.clone(),
             key: dest::SecretKey::new(d.key.clone()),
             enabled: d.enabled,
+            // Validated with the config.
+            codecs: d
+                .codecs
+                .as_deref()
+                .and_then(|c| codecs::PushCodecs::parse_setting(c).ok()),
         })
         .collect()
 }
@@ -385,6 +394,17 @@ mod tests {
             e.contains("restream[1].label") && !e.contains("secret-one"),
             "{e}"
         );
+        let c = parse(
+            "[[streams.restream]]\nlabel = \"yt\"\nurl = \"rtmp://x/app\"\nkey = \"k\"\ncodecs = [\"h264\", \"av1\"]\n",
+        )
+        .unwrap();
+        let d = super::from_config(&c.streams[0].restream);
+        assert!(d[0].codecs.unwrap().accepts("AV1"));
+        let e = parse(
+            "[[streams.restream]]\nlabel = \"yt\"\nurl = \"rtmp://x/app\"\nkey = \"k\"\ncodecs = [\"hevc\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("restream[0].codecs") && e.contains("HEVC never reaches"), "{e}");
         let e = parse("[restream]\nqueue_bytes = 10\n").unwrap_err();
         assert!(e.contains("restream.queue_bytes"), "{e}");
         let e = parse("[restream]\nsecret = \"not-hex-secret\"\n").unwrap_err();

@@ -1,28 +1,29 @@
 //! One push: a destination's RTMP(S) connection, fed from its [`PushQueue`].
 //!
-//! The RTMP client protocol is rml_rtmp's `ClientSession` (handshake,
-//! connect, createStream, publish); the socket, TLS (rustls with the
-//! platform's roots), timeouts and reconnects are ours.
+//! The handshake is rml_rtmp's; connect, createStream and publish are
+//! [`PublishClient`]'s (sans I/O); the socket, TLS (rustls with the
+//! platform's roots), timeouts and reconnects are here. Which codecs may go
+//! is [`PushCodecs`]': H.264 always, AV1 over Enhanced RTMP only where the
+//! destination's setting, its service or its connect reply says so.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
-};
-use rml_rtmp::time::RtmpTimestamp;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::{info, warn};
 
+use super::codecs::{OFFERED_FOURCCS, PushCodecs, refusal};
 use super::dest::{SecretKey, Target};
 use super::flv_mux::{FlvMux, Tag};
 use super::health::{Health, PushState};
 use super::queue::{Item, PushQueue};
+use super::rtmp_client::{ClientError, ClientEvent, PublishClient};
 use crate::hub::Stream;
+use crate::media::rtp_video::VideoCodec;
 
 /// Connecting, the handshake and `publish` must finish within this.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +44,9 @@ pub struct Push {
     pub health: Arc<Health>,
     /// Where RTMPS pushes find their trust roots.
     pub tls: Arc<TlsRoots>,
+    /// The destination's `codecs` setting (`None`: its service's defaults
+    /// plus what its connect reply advertises).
+    pub codecs: Option<PushCodecs>,
 }
 
 /// Why a connection ended.
@@ -105,18 +109,28 @@ impl Push {
         }
     }
 
-    /// The current publisher's video must be H.264 (FLV's AVC); waits for
-    /// the codec to be known.
+    /// What this destination takes without asking it: its setting, or its
+    /// service's defaults.
+    fn known_codecs(&self) -> PushCodecs {
+        self.codecs
+            .unwrap_or_else(|| PushCodecs::known_service(&self.target.host))
+    }
+
+    /// Whether a codec may go once connected: known to be accepted, or AV1
+    /// to a destination without a setting, whose connect reply decides.
+    fn may_accept(&self, codec: &str) -> bool {
+        self.known_codecs().accepts(codec) || (codec == "AV1" && self.codecs.is_none())
+    }
+
+    /// Waits for the current publisher's video codec to be known; refuses
+    /// one this destination cannot take.
     async fn wait_for_pushable_codec(&self) -> Result<(), String> {
         loop {
             if let Some(v) = self.stream.media_info().video {
-                if v.codec == "H264" {
+                if self.may_accept(&v.codec) {
                     return Ok(());
                 }
-                return Err(format!(
-                    "{} needs H.264 and this stream is {}: publish H.264 (RTMP, or WHIP with H.264)",
-                    self.label, v.codec
-                ));
+                return Err(refusal(&self.label, self.known_codecs(), &v.codec, false));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -135,7 +149,7 @@ impl Push {
                     .stream
                     .media_info()
                     .video
-                    .is_some_and(|v| v.codec == "H264");
+                    .is_some_and(|v| self.may_accept(&v.codec));
             if changed || self.stream.started_at() != first {
                 return;
             }
@@ -169,15 +183,29 @@ impl Push {
 
     /// One connection: set up, then send until it fails.
     async fn session(&self, mux: &mut FlvMux) -> Result<(), PushError> {
-        let (mut io, mut session, mut buf) = timeout(SETUP_TIMEOUT, self.setup())
-            .await
-            .map_err(|_| PushError::Timeout("setting up the RTMP publish"))??;
-        info!(stream = %self.stream.name, destination = %self.label, url = %self.target.tc_url, "restream push live");
+        // Enhanced RTMP is offered only when the stream needs it: an H.264
+        // push connects exactly as a legacy client does.
+        let enhanced = self
+            .stream
+            .media_info()
+            .video
+            .is_some_and(|v| v.codec != "H264");
+        let (mut io, mut client, mut buf, advertised) =
+            timeout(SETUP_TIMEOUT, self.setup(enhanced))
+                .await
+                .map_err(|_| PushError::Timeout("setting up the RTMP publish"))??;
+        let accepted = match self.codecs {
+            Some(c) => c,
+            None => self.known_codecs().union(advertised.unwrap_or_default()),
+        };
+        info!(stream = %self.stream.name, destination = %self.label, url = %self.target.tc_url, codecs = %accepted.describe(), "restream push live");
         self.health.set(PushState::Live);
         mux.reconnected();
         self.queue.clear();
+        let key = self.key.expose();
         let mut items = Vec::new();
         let mut tags = Vec::new();
+        let mut events = Vec::new();
         let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
             items.clear();
@@ -192,48 +220,43 @@ impl Push {
                     if n == 0 {
                         return Err(PushError::Io("the destination closed the connection".into()));
                     }
-                    let results = session.handle_input(&buf[..n]).map_err(|e| PushError::Protocol(format!("{e:?}")))?;
                     out.clear();
-                    collect(results, &mut out)?;
+                    client.receive(&buf[..n], key, &mut out, &mut events).map_err(client_error)?;
+                    events.clear();
                     write(&mut io, &out).await?;
                     continue;
                 }
+            }
+            let mut codec = VideoCodec::H264;
+            if let Some(Item::Video(f)) = items.iter().find(|i| matches!(i, Item::Video(_)))
+                && let Some(v) = self.stream.media_info().video
+            {
+                if !accepted.accepts(&v.codec) && f.publisher != 0 {
+                    return Err(PushError::Codec(refusal(
+                        &self.label,
+                        accepted,
+                        &v.codec,
+                        self.codecs.is_none() && enhanced,
+                    )));
+                }
+                codec = VideoCodec::from_name(&v.codec).unwrap_or(VideoCodec::H264);
             }
             tags.clear();
             for item in &items {
                 match item {
                     Item::Video(f) => {
-                        if let Err(e) = mux.video(f, &mut tags) {
+                        if let Err(e) = mux.video(f, codec, &mut tags) {
                             tracing::debug!(stream = %self.stream.name, error = %e, "restream: undecodable frame skipped");
                         }
                     }
                     Item::Aac(a) => mux.audio(a, &mut tags),
                 }
             }
-            if let Some(Item::Video(f)) = items.iter().find(|i| matches!(i, Item::Video(_)))
-                && let Some(v) = self.stream.media_info().video
-                && v.codec != "H264"
-                && f.publisher != 0
-            {
-                return Err(PushError::Codec(format!(
-                    "{} needs H.264 and this stream is now {}: publish H.264 (RTMP, or WHIP with H.264)",
-                    self.label, v.codec
-                )));
-            }
             out.clear();
             for tag in tags.drain(..) {
-                let r = match tag {
-                    Tag::Video { ts_ms, body } => {
-                        session.publish_video_data(body, RtmpTimestamp::new(ts_ms), false)
-                    }
-                    Tag::Audio { ts_ms, body } => {
-                        session.publish_audio_data(body, RtmpTimestamp::new(ts_ms), false)
-                    }
-                };
-                if let ClientSessionResult::OutboundResponse(p) =
-                    r.map_err(|e| PushError::Protocol(format!("{e:?}")))?
-                {
-                    out.extend_from_slice(&p.bytes);
+                match tag {
+                    Tag::Video { ts_ms, body } => client.video(ts_ms, &body, &mut out),
+                    Tag::Audio { ts_ms, body } => client.audio(ts_ms, &body, &mut out),
                 }
             }
             if !out.is_empty() {
@@ -245,7 +268,12 @@ impl Push {
         }
     }
 
-    async fn setup(&self) -> Result<(Box<dyn Io>, ClientSession, Vec<u8>), PushError> {
+    /// Handshake, connect (with `fourCcList` when `enhanced`), createStream
+    /// and publish; returns what the connect reply advertised.
+    async fn setup(
+        &self,
+        enhanced: bool,
+    ) -> Result<(Box<dyn Io>, PublishClient, Vec<u8>, Option<PushCodecs>), PushError> {
         let mut io = self.connect().await?;
         let mut hs = Handshake::new(PeerType::Client);
         let p0p1 = hs
@@ -271,89 +299,38 @@ impl Push {
                 }
             }
         };
-        let mut config = ClientSessionConfig::new();
-        config.tc_url = Some(self.target.tc_url.clone());
-        config.flash_version = "FMLE/3.0 (compatible; roomcast)".into();
-        let (mut session, _) =
-            ClientSession::new(config).map_err(|e| PushError::Protocol(format!("{e:?}")))?;
+        let mut client = PublishClient::new();
         let mut out = Vec::new();
+        let offer: &[&str] = if enhanced { OFFERED_FOURCCS } else { &[] };
+        client.connect(&self.target.app, &self.target.tc_url, offer, &mut out);
+        let key = self.key.expose();
         let mut events = Vec::new();
-        let r = session
-            .request_connection(self.target.app.clone())
-            .map_err(|e| PushError::Protocol(format!("{e:?}")))?;
-        collect_events(vec![r], &mut out, &mut events);
-        let results = session
-            .handle_input(&remaining)
-            .map_err(|e| PushError::Protocol(format!("{e:?}")))?;
-        collect_events(results, &mut out, &mut events);
-        let mut connected = false;
+        let mut advertised = None;
+        client
+            .receive(&remaining, key, &mut out, &mut events)
+            .map_err(client_error)?;
         loop {
             write(&mut io, &out).await?;
             out.clear();
             for ev in events.drain(..) {
                 match ev {
-                    ClientSessionEvent::ConnectionRequestAccepted if !connected => {
-                        connected = true;
-                        let r = session
-                            .request_publishing(
-                                self.key.expose().to_string(),
-                                PublishRequestType::Live,
-                            )
-                            .map_err(|e| PushError::Protocol(format!("{e:?}")))?;
-                        collect_events(vec![r], &mut out, &mut Vec::new());
-                    }
-                    ClientSessionEvent::ConnectionRequestRejected { description } => {
-                        return Err(PushError::Refused(description));
-                    }
-                    ClientSessionEvent::PublishRequestAccepted => {
-                        write(&mut io, &out).await?;
-                        return Ok((io, session, buf));
-                    }
-                    ClientSessionEvent::UnhandleableOnStatusCode { code } => {
-                        // e.g. NetStream.Publish.BadName: the key was refused.
-                        return Err(PushError::Refused(code));
-                    }
-                    _ => {}
+                    ClientEvent::Connected(a) => advertised = a,
+                    ClientEvent::Publishing => return Ok((io, client, buf, advertised)),
                 }
             }
-            if !out.is_empty() {
-                continue;
-            }
             let n = read(&mut io, &mut buf).await?;
-            let results = session
-                .handle_input(&buf[..n])
-                .map_err(|e| PushError::Protocol(format!("{e:?}")))?;
-            collect_events(results, &mut out, &mut events);
+            client
+                .receive(&buf[..n], key, &mut out, &mut events)
+                .map_err(client_error)?;
         }
     }
 }
 
-fn collect(results: Vec<ClientSessionResult>, out: &mut Vec<u8>) -> Result<(), PushError> {
-    for r in results {
-        match r {
-            ClientSessionResult::OutboundResponse(p) => out.extend_from_slice(&p.bytes),
-            ClientSessionResult::RaisedEvent(ClientSessionEvent::UnhandleableOnStatusCode {
-                code,
-            }) if code.contains("Error") || code.contains("Failed") || code.contains("BadName") => {
-                return Err(PushError::Refused(code));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn collect_events(
-    results: Vec<ClientSessionResult>,
-    out: &mut Vec<u8>,
-    events: &mut Vec<ClientSessionEvent>,
-) {
-    for r in results {
-        match r {
-            ClientSessionResult::OutboundResponse(p) => out.extend_from_slice(&p.bytes),
-            ClientSessionResult::RaisedEvent(e) => events.push(e),
-            ClientSessionResult::UnhandleableMessageReceived(_) => {}
-        }
+/// The destination's refusal (a bad key, a wrong app) or broken RTMP.
+fn client_error(e: ClientError) -> PushError {
+    match e {
+        ClientError::Refused(why) => PushError::Refused(why),
+        ClientError::Protocol(why) => PushError::Protocol(why),
     }
 }
 

@@ -73,6 +73,7 @@ impl Restreamer {
                         url: r.url,
                         key: SecretKey::new(key),
                         enabled: r.enabled,
+                        codecs: None,
                     }),
                 Err(e) => {
                     warn!(stream = %r.stream, destination = %r.label, "restream: {e}; destination skipped")
@@ -113,6 +114,7 @@ impl Restreamer {
                     url: r.url,
                     key: SecretKey::new(key),
                     enabled: r.enabled,
+                    codecs: None,
                 })
             })
             .collect();
@@ -190,6 +192,7 @@ impl Restreamer {
             url: url.to_string(),
             key: SecretKey::new(key),
             enabled: true,
+            codecs: None,
         });
         dests.sort_by(|a, b| a.label.cmp(&b.label));
         info!(
