@@ -195,10 +195,16 @@ mod tests {
         assert_eq!(reply(odd), None);
 
         let r = refusal("twitch", PushCodecs::H264_ONLY, "VP8", false);
-        assert!(r.starts_with("twitch needs H.264 and this stream is VP8"), "{r}");
+        assert!(
+            r.starts_with("twitch needs H.264 and this stream is VP8"),
+            "{r}"
+        );
         let r = refusal("listen", PushCodecs::H264_ONLY, "AV1", true);
         assert!(r.contains("lists no av01"), "{r}");
         let r = refusal("yt", PushCodecs::H264_ONLY.with_av1(), "VP9", false);
-        assert!(r.starts_with("yt needs H.264 or AV1 and this stream is VP9"), "{r}");
+        assert!(
+            r.starts_with("yt needs H.264 or AV1 and this stream is VP9"),
+            "{r}"
+        );
     }
 }

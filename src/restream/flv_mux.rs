@@ -15,9 +15,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::hub::{Frame, Kind, SourceAac};
+use crate::media::av1;
 use crate::media::flv::AvcConfig;
 use crate::media::h264;
-use crate::media::av1;
 use crate::media::rtp_h264::{DepacketizeError, depacketize};
 use crate::media::rtp_video::{self, VideoCodec};
 
@@ -80,6 +80,11 @@ impl FlvMux {
     /// next keyframe, which references nothing before it.
     pub fn resync(&mut self) {
         self.waiting_keyframe = true;
+    }
+
+    /// Nothing goes out until a keyframe: the push asks the publisher.
+    pub fn waiting_for_keyframe(&self) -> bool {
+        self.waiting_keyframe
     }
 
     fn ts(&self, rtp_90k: u32) -> Option<u32> {
@@ -176,8 +181,8 @@ impl FlvMux {
             return Ok(());
         };
         if body.len() > 5 {
-            // The push owns the tag (rml_rtmp takes `Bytes`): split keeps
-            // the spare capacity for the next frame.
+            // The tag owns its body until the push has chunked it; split
+            // keeps the spare capacity, reclaimed once the tag is dropped.
             out.push(Tag::Video {
                 ts_ms,
                 body: body.split().freeze(),
@@ -209,7 +214,12 @@ impl FlvMux {
             self.base.get_or_insert(frame.rtp_time);
             if self.sent_av1_config.as_deref() != Some(obu) {
                 let mut h = BytesMut::with_capacity(9 + obu.len());
-                flv_ex::ex_header(true, flv_ex::PACKET_SEQUENCE_START, flv_ex::FOURCC_AV1, &mut h);
+                flv_ex::ex_header(
+                    true,
+                    flv_ex::PACKET_SEQUENCE_START,
+                    flv_ex::FOURCC_AV1,
+                    &mut h,
+                );
                 flv_ex::av1_config_record(&sh, obu, &mut h);
                 out.push(Tag::Video {
                     ts_ms: self.ts(frame.rtp_time).unwrap_or(0),
@@ -227,7 +237,12 @@ impl FlvMux {
         }
         let mut body = std::mem::take(&mut self.body);
         body.clear();
-        flv_ex::ex_header(frame.keyframe, flv_ex::PACKET_CODED_FRAMES, flv_ex::FOURCC_AV1, &mut body);
+        flv_ex::ex_header(
+            frame.keyframe,
+            flv_ex::PACKET_CODED_FRAMES,
+            flv_ex::FOURCC_AV1,
+            &mut body,
+        );
         body.put_slice(&self.obus);
         out.push(Tag::Video {
             ts_ms,
@@ -278,8 +293,8 @@ impl FlvMux {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::rtp_video::VideoCodec::H264;
     use crate::media::rtp_h264::H264Packetizer;
+    use crate::media::rtp_video::VideoCodec::H264;
     use std::sync::Arc;
     use std::time::Instant;
 

@@ -404,7 +404,10 @@ mod tests {
             "[[streams.restream]]\nlabel = \"yt\"\nurl = \"rtmp://x/app\"\nkey = \"k\"\ncodecs = [\"hevc\"]\n",
         )
         .unwrap_err();
-        assert!(e.contains("restream[0].codecs") && e.contains("HEVC never reaches"), "{e}");
+        assert!(
+            e.contains("restream[0].codecs") && e.contains("HEVC never reaches"),
+            "{e}"
+        );
         let e = parse("[restream]\nqueue_bytes = 10\n").unwrap_err();
         assert!(e.contains("restream.queue_bytes"), "{e}");
         let e = parse("[restream]\nsecret = \"not-hex-secret\"\n").unwrap_err();

@@ -29,6 +29,9 @@ use crate::media::rtp_video::VideoCodec;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A write that does not finish in this means the destination is stuck.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a push waiting for a keyframe asks the publisher again (the
+/// hub rate-limits requests per stream too).
+const KEYFRAME_ASK_INTERVAL: Duration = Duration::from_millis(500);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -207,7 +210,16 @@ impl Push {
         let mut tags = Vec::new();
         let mut events = Vec::new();
         let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+        // A WHIP publisher (Chromium) sends keyframes only when asked: the
+        // push asks, as a joining viewer does, while it waits for one.
+        let mut asked_keyframe: Option<Instant> = None;
         loop {
+            if mux.waiting_for_keyframe()
+                && asked_keyframe.is_none_or(|t| t.elapsed() >= KEYFRAME_ASK_INTERVAL)
+            {
+                asked_keyframe = Some(Instant::now());
+                self.stream.request_keyframe();
+            }
             items.clear();
             tokio::select! {
                 gap = self.queue.take(&mut items) => {

@@ -238,7 +238,9 @@ impl PublishClient {
                 }
             }
             ("close", _) => {
-                return Err(ClientError::Refused("the destination closed the connection".into()));
+                return Err(ClientError::Refused(
+                    "the destination closed the connection".into(),
+                ));
             }
             _ => {}
         }
@@ -372,7 +374,10 @@ mod tests {
         assert!(client.is_live(), "{events:?}");
         assert_eq!(published_key.as_deref(), Some(key));
         // roomcast's server says nothing about Enhanced RTMP in its reply.
-        assert_eq!(events, vec![ClientEvent::Connected(None), ClientEvent::Publishing]);
+        assert_eq!(
+            events,
+            vec![ClientEvent::Connected(None), ClientEvent::Publishing]
+        );
         // A video tag bigger than a chunk arrives whole.
         let body: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         client.video(40, &body, &mut wire);
