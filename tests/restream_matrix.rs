@@ -187,13 +187,7 @@ fn restream_set_from_a_dm_pushes_to_both_destinations_and_the_room_sees_health_c
     );
     nginx.stop();
     for file in nginx.recordings().iter().chain([&listen.out]) {
-        let (codecs, duration, v) = probe(file);
-        assert!(
-            codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
-            "{}: {v}",
-            file.display()
-        );
-        assert!(duration >= 2.0, "{}: {v}", file.display());
+        assert_h264_aac(file, 2.0);
     }
 
     // The API: the stream key manages destinations, a wrong one is refused.

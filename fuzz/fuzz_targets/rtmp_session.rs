@@ -11,6 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use roomcast::hub::{Hub, IngestProtocol};
 use roomcast::ingest::flv_pipeline::FlvPipeline;
 use roomcast::ingest::rtmp::{RtmpEvent, ServerCore};
+use roomcast::restream::rtmp_client::PublishClient;
 
 /// `rtmp.max_message_bytes`' default.
 const MAX_MESSAGE_BYTES: u32 = 8 << 20;
@@ -20,6 +21,20 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let refuse_publish = seed % 8 == 7;
+    // The restream push's client reads a destination's bytes with the same
+    // chunk and AMF0 readers, and parses the connect reply's fourCcList: the
+    // same input, as a destination's bytes after the handshake.
+    let mut client = PublishClient::new();
+    let (mut client_out, mut client_events) = (Vec::new(), Vec::new());
+    for part in wire.chunks(1 + usize::from(seed) * 16) {
+        if client
+            .receive(part, "fuzz-key", &mut client_out, &mut client_events)
+            .is_err()
+        {
+            break;
+        }
+        client_out.clear();
+    }
     let hub = Hub::new();
     let mut core = ServerCore::new(MAX_MESSAGE_BYTES);
     let mut pipeline: Option<FlvPipeline> = None;

@@ -120,10 +120,15 @@ pub struct FfmpegListen {
 
 impl FfmpegListen {
     pub fn start(key: &str) -> FfmpegListen {
+        Self::start_with(Path::new("ffmpeg"), key)
+    }
+
+    /// With another ffmpeg binary (ffmpeg 9 reads Enhanced RTMP).
+    pub fn start_with(ffmpeg: &Path, key: &str) -> FfmpegListen {
         let dir = TempDir::new("ffmpeg-listen");
         let port = free_port();
         let out = dir.path().join("got.flv");
-        let mut child = Command::new("ffmpeg")
+        let mut child = Command::new(ffmpeg)
             .args([
                 "-hide_banner",
                 "-nostats",
@@ -203,6 +208,74 @@ pub fn probe(file: &Path) -> (Vec<String>, f64, Value) {
         .and_then(|d| d.parse().ok())
         .unwrap_or(0.0);
     (codecs, duration, v)
+}
+
+/// ffprobe on a destination's recording: H.264 and AAC, at least
+/// `min_seconds` long; ffprobe's JSON for more checks.
+pub fn assert_h264_aac(file: &Path, min_seconds: f64) -> Value {
+    let (codecs, duration, v) = probe(file);
+    assert!(
+        codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
+        "{}: {v}",
+        file.display()
+    );
+    assert!(
+        duration >= min_seconds,
+        "{}: {duration} s: {v}",
+        file.display()
+    );
+    v
+}
+
+/// An ffmpeg that reads Enhanced RTMP (AV1 in FLV): `ROOMCAST_TEST_FFMPEG9`,
+/// else the static ffmpeg 9 of the test venv's `imageio-ffmpeg`
+/// (tests/py/requirements.txt). Debian's ffmpeg 5.1 does not read it.
+pub fn ffmpeg9() -> PathBuf {
+    if let Some(p) = std::env::var_os("ROOMCAST_TEST_FFMPEG9") {
+        return PathBuf::from(p);
+    }
+    let python = std::env::var_os("ROOMCAST_TEST_PYTHON").unwrap_or_else(|| "python3".into());
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())",
+        ])
+        .output()
+        .expect("run the test python");
+    assert!(
+        out.status.success(),
+        "no ffmpeg 9: install imageio-ffmpeg (tests/py/requirements.txt) or set ROOMCAST_TEST_FFMPEG9: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// `ffmpeg` decodes a recording's first video stream: its codec name as
+/// ffmpeg reports it and the frames decoded, or ffmpeg's errors.
+pub fn decode_video(ffmpeg: &Path, file: &Path) -> Result<(String, u64), String> {
+    let out = Command::new(ffmpeg)
+        .args(["-hide_banner", "-nostats", "-i"])
+        .arg(file)
+        .args(["-map", "0:v:0", "-f", "null", "-progress", "pipe:1", "-"])
+        .output()
+        .expect("run ffmpeg");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(log);
+    }
+    let codec = log
+        .lines()
+        .find_map(|l| l.split_once("Video: ").map(|(_, r)| r))
+        .and_then(|r| r.split([' ', ',', '(']).next())
+        .unwrap_or_default()
+        .to_string();
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("frame="))
+        .filter_map(|n| n.trim().parse().ok())
+        .last()
+        .unwrap_or(0);
+    Ok((codec, frames))
 }
 
 /// A self-signed certificate for 127.0.0.1 (`{name}.crt`, `{name}.key`), as
