@@ -80,6 +80,9 @@ fn whip_av1_goes_over_enhanced_rtmp_where_accepted_and_is_refused_elsewhere() {
         dest(&server, "ertmp"),
         ertmp.log.tail(30)
     );
+    // Refused for this publisher: not asked again, not retried.
+    let d = dest(&server, "legacy");
+    assert_eq!(d["state"], "failed", "{d}");
     publisher.stop(Duration::from_secs(10));
     wait_state(&server, "ertmp", "idle", Duration::from_secs(15));
     let mut ertmp = ertmp;

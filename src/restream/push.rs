@@ -139,15 +139,26 @@ impl Push {
         }
     }
 
+    /// After a refusal: returns when another publisher sends a keyframe of
+    /// a codec this destination may take (a takeover), or the stream
+    /// restarts. Frames of the refused publisher never end the wait, so a
+    /// destination that refused AV1 in its connect reply is not asked again
+    /// for the same publisher.
     async fn wait_for_new_publisher(&self) {
         let first = self.stream.started_at();
+        let mut refused: Option<u64> = None;
         let mut items = Vec::new();
         loop {
             items.clear();
             self.queue.take(&mut items).await;
-            let changed = items
-                .iter()
-                .any(|i| matches!(i, Item::Video(f) if f.keyframe))
+            let mut changed = false;
+            for i in &items {
+                if let Item::Video(f) = i {
+                    let refused = *refused.get_or_insert(f.publisher);
+                    changed |= f.keyframe && f.publisher != refused;
+                }
+            }
+            let changed = changed
                 && self
                     .stream
                     .media_info()
