@@ -3,6 +3,8 @@
 //! as `ingest::rtmp`'s connection loop drives them: every connect and publish
 //! accepted (or, for some inputs, the publish refused), media events into
 //! the pipeline, an error or an unsupported request ends the connection.
+//! The same bytes also go, as a restream destination's replies after the
+//! handshake, to the push's `PublishClient` (reads of 1 + 16 × seed bytes).
 //!
 //! Input: one byte that picks the socket read sizes, then the client's bytes.
 #![no_main]

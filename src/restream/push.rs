@@ -130,10 +130,10 @@ impl Push {
     async fn wait_for_pushable_codec(&self) -> Result<(), String> {
         loop {
             if let Some(v) = self.stream.media_info().video {
-                if self.may_accept(&v.codec) {
+                if self.may_accept(v.codec) {
                     return Ok(());
                 }
-                return Err(refusal(&self.label, self.known_codecs(), &v.codec, false));
+                return Err(refusal(&self.label, self.known_codecs(), v.codec, false));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -163,7 +163,7 @@ impl Push {
                     .stream
                     .media_info()
                     .video
-                    .is_some_and(|v| self.may_accept(&v.codec));
+                    .is_some_and(|v| self.may_accept(v.codec));
             if changed || self.stream.started_at() != first {
                 return;
             }
@@ -254,15 +254,15 @@ impl Push {
             if let Some(Item::Video(f)) = items.iter().find(|i| matches!(i, Item::Video(_)))
                 && let Some(v) = self.stream.media_info().video
             {
-                if !accepted.accepts(&v.codec) && f.publisher != 0 {
+                if !accepted.accepts(v.codec) && f.publisher != 0 {
                     return Err(PushError::Codec(refusal(
                         &self.label,
                         accepted,
-                        &v.codec,
+                        v.codec,
                         self.codecs.is_none() && enhanced,
                     )));
                 }
-                codec = VideoCodec::from_name(&v.codec).unwrap_or(VideoCodec::H264);
+                codec = VideoCodec::from_name(v.codec).unwrap_or(VideoCodec::H264);
             }
             tags.clear();
             for item in &items {

@@ -271,9 +271,9 @@ pub fn decode_video(ffmpeg: &Path, file: &Path) -> Result<(String, u64), String>
         .to_string();
     let frames = String::from_utf8_lossy(&out.stdout)
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("frame="))
-        .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .find_map(|n| n.trim().parse().ok())
         .unwrap_or(0);
     Ok((codec, frames))
 }
