@@ -172,14 +172,7 @@ fn rtmp_publish_is_pushed_to_nginx_and_ffmpeg_with_aac_and_survives_a_destinatio
     takeover.stop(Duration::from_secs(10));
     wait_state(&server, "nginx", "idle", Duration::from_secs(15));
     // The push ended: ffmpeg's input closed and it finishes its file.
-    assert!(
-        poll_until(Duration::from_secs(15), || matches!(
-            listen.child.try_wait(),
-            Ok(Some(_))
-        )),
-        "ffmpeg listen did not finish: {}",
-        listen.log.tail(20)
-    );
+    listen.wait_finished(Duration::from_secs(15));
     nginx.stop();
 
     for file in nginx.recordings().iter().chain([&listen.out]) {

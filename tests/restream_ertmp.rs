@@ -40,7 +40,7 @@ fn wait_state(server: &Server, label: &str, state: &str, timeout: Duration) -> V
 fn whip_av1_goes_over_enhanced_rtmp_where_accepted_and_is_refused_elsewhere() {
     let _g = serial();
     let ffmpeg9 = ffmpeg9();
-    let ertmp = FfmpegListen::start_with(&ffmpeg9, ERTMP_KEY);
+    let mut ertmp = FfmpegListen::start_with(&ffmpeg9, ERTMP_KEY);
     let legacy = FfmpegListen::start(LEGACY_KEY);
     let server = Server::start_with(ServerOpts {
         streams: vec![(STREAM.to_string(), random_hex())],
@@ -85,15 +85,7 @@ fn whip_av1_goes_over_enhanced_rtmp_where_accepted_and_is_refused_elsewhere() {
     assert_eq!(d["state"], "failed", "{d}");
     publisher.stop(Duration::from_secs(10));
     wait_state(&server, "ertmp", "idle", Duration::from_secs(15));
-    let mut ertmp = ertmp;
-    assert!(
-        poll_until(Duration::from_secs(15), || matches!(
-            ertmp.child.try_wait(),
-            Ok(Some(_))
-        )),
-        "ffmpeg 9 listen did not finish: {}",
-        ertmp.log.tail(20)
-    );
+    ertmp.wait_finished(Duration::from_secs(15));
     let (codec, frames) = decode_video(&ffmpeg9, &ertmp.out).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(codec, "av1", "{}", ertmp.log.tail(20));
     assert!(frames >= 60, "{frames} frames decoded");

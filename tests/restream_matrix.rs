@@ -177,14 +177,7 @@ fn restream_set_from_a_dm_pushes_to_both_destinations_and_the_room_sees_health_c
         },
     );
     publisher.stop(Duration::from_secs(10));
-    assert!(
-        poll_until(Duration::from_secs(20), || matches!(
-            listen.child.try_wait(),
-            Ok(Some(_))
-        )),
-        "ffmpeg listen did not finish: {}",
-        listen.log.tail(20)
-    );
+    listen.wait_finished(Duration::from_secs(20));
     nginx.stop();
     for file in nginx.recordings().iter().chain([&listen.out]) {
         assert_h264_aac(file, 2.0);

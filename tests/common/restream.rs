@@ -164,6 +164,16 @@ impl FfmpegListen {
     pub fn url(&self) -> String {
         format!("rtmp://127.0.0.1:{}/app", self.port)
     }
+
+    /// Waits for ffmpeg to finish its file once the push ended (its input
+    /// closed); fails with its log.
+    pub fn wait_finished(&mut self, timeout: Duration) {
+        assert!(
+            poll_until(timeout, || matches!(self.child.try_wait(), Ok(Some(_)))),
+            "ffmpeg listen did not finish: {}",
+            self.log.tail(20)
+        );
+    }
 }
 
 /// Whether a TCP socket listens on 127.0.0.1:`port` (from /proc/net/tcp).
