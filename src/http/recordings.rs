@@ -1,9 +1,10 @@
 //! Recordings over HTTP: the index API (`/api/v1/streams/{name}/recordings`,
 //! `/api/v1/recordings/{id}`, `DELETE` with `recording.admin_token`) and the
 //! files (`/recordings/{id}/index.m3u8`, the byte ranges it names, and the
-//! progressive download `/recordings/{id}.mp4`, with `Range`). A private
-//! stream's recordings admit exactly as its live stream does (the same
-//! token, `Authorization: Bearer` or `?access=`).
+//! progressive download `/recordings/{id}.mp4`, with `Range`). Who may see
+//! them is `Admission::admit_recording`'s: a private stream's recordings
+//! admit as its live stream does (the same token, `Authorization: Bearer`
+//! or `?access=`), and one recorded while private stays so.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use serde_json::{Value, json};
 
 use super::extract::token_from;
 use super::{ApiError, App, PeerAddr};
-use crate::admission::{Purpose, ViewerFacts};
-use crate::hub::{Access, Stream};
+use crate::admission::ViewerFacts;
+use crate::admission::recording::RecordingPass;
 use crate::recording::{self, Recorder, WriteStatus};
 use crate::store::recordings::RecordingRow;
 
@@ -73,35 +74,21 @@ fn json_of(rec: &Recorder, r: &RecordingRow) -> Value {
     recording_json(r, rec.status(&r.id))
 }
 
-/// The stream, if the request may see it (as its live stream).
-async fn admit(
+/// The request's facts for `stream`'s admission.
+fn facts(
     app: &App,
     stream: &str,
     peer: std::net::SocketAddr,
     headers: &HeaderMap,
     uri: &Uri,
-) -> Result<Arc<Stream>, ApiError> {
-    // As for LL-HLS: a signed URL or the admission webhook cannot be
-    // checked for every file a player fetches, so recordings are not served.
-    if app.config.playback_checked_per_request() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "recordings_unavailable",
-            "this server admits viewers by signed URL or webhook, which recordings cannot check per file",
-        ));
-    }
-    let facts = ViewerFacts {
+) -> ViewerFacts {
+    ViewerFacts {
         stream: stream.to_string(),
         client: super::client_addr(peer.ip(), headers, &app.config.http.trusted_proxies),
         token: token_from(headers, uri.query()),
         attempt: None,
         relay: false,
-    };
-    Ok(app
-        .admission
-        .admit_viewer(facts, Purpose::Hls)
-        .await?
-        .stream)
+    }
 }
 
 fn no_recording(id: &str) -> ApiError {
@@ -118,14 +105,15 @@ fn db_error(e: crate::store::StoreError) -> ApiError {
     .retry_after(5)
 }
 
-/// A recording by id, after the request was admitted to its stream.
+/// A recording by id, with what `Admission::admit_recording` let the
+/// request have of it.
 pub(super) async fn admitted(
     app: &App,
     id: &str,
     peer: std::net::SocketAddr,
     headers: &HeaderMap,
     uri: &Uri,
-) -> Result<(RecordingRow, Arc<Stream>), ApiError> {
+) -> Result<(RecordingRow, RecordingPass), ApiError> {
     if !recording::valid_id(id) {
         return Err(no_recording(id));
     }
@@ -136,24 +124,11 @@ pub(super) async fn admitted(
         .await
         .map_err(db_error)?
         .ok_or_else(|| no_recording(id))?;
-    let stream = admit(app, &row.stream, peer, headers, uri).await?;
-    if !servable(&row, &stream) {
-        // As if unknown: the stream's current credentials say nothing
-        // about who may see what it recorded while private elsewhere.
-        return Err(no_recording(id));
-    }
-    Ok((row, stream))
-}
-
-/// `recording::access::servable` for this row and the stream as it is now.
-fn servable(row: &RecordingRow, stream: &Stream) -> bool {
-    let room = stream.room();
-    recording::access::servable(
-        row.private,
-        row.room_id.as_deref(),
-        stream.access(),
-        room.as_ref().map(|r| r.room_id.as_str()),
-    )
+    let pass = app
+        .admission
+        .admit_recording(facts(app, &row.stream, peer, headers, uri), (&row).into())
+        .await?;
+    Ok((row, pass))
 }
 
 /// A recording's files are on the node that made it (cluster mode):
@@ -196,16 +171,19 @@ async fn list(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let stream = admit(&app, &name, peer, &headers, &uri).await?;
+    let pass = app
+        .admission
+        .admit_recordings_of(facts(&app, &name, peer, &headers, &uri))
+        .await?;
     let rows = app
         .recorder
         .store()
-        .recordings_of(&stream.name, LIST_LIMIT)
+        .recordings_of(&pass.stream.name, LIST_LIMIT)
         .await
         .map_err(db_error)?;
     let list: Vec<Value> = rows
         .iter()
-        .filter(|r| servable(r, &stream))
+        .filter(|r| pass.shows((*r).into()))
         .map(|r| json_of(&app.recorder, r))
         .collect();
     Ok(no_store(
@@ -289,7 +267,7 @@ async fn download(
             "no such recording file '{file}': the download is /recordings/{{id}}.mp4"
         )));
     };
-    let (row, stream) = admitted(&app, id, peer, &headers, &uri).await?;
+    let (row, pass) = admitted(&app, id, peer, &headers, &uri).await?;
     if let Some(there) = files_here(&app, &row, &uri)? {
         return Ok(there);
     }
@@ -304,7 +282,7 @@ async fn download(
         crate::recording::files::media_path(&dir, main),
         len,
         &headers,
-        cache(&row, &stream),
+        cache(&row, &pass),
     )
     .await?;
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
@@ -333,7 +311,7 @@ async fn file(
                 })?,
         ),
     };
-    let (row, stream) = admitted(&app, &id, peer, &headers, &uri).await?;
+    let (row, pass) = admitted(&app, &id, peer, &headers, &uri).await?;
     if let Some(there) = files_here(&app, &row, &uri)? {
         return Ok(there);
     }
@@ -345,7 +323,7 @@ async fn file(
             let suffix = super::hls::uri_suffix(&query);
             let finished = row.state != "recording";
             let text = index.render_playlist(finished, &suffix);
-            let cc = match cache(&row, &stream) {
+            let cc = match cache(&row, &pass) {
                 // A growing playlist changes: revalidated, if it may be
                 // cached at all (a private one never).
                 c if !finished && c.starts_with("public") => "no-cache",
@@ -368,7 +346,7 @@ async fn file(
                 crate::recording::files::media_path(&dir, n),
                 len,
                 &headers,
-                cache(&row, &stream),
+                cache(&row, &pass),
             )
             .await
         }
@@ -377,9 +355,8 @@ async fn file(
 
 /// Media bytes never change once indexed; a private stream's (or one
 /// recorded while private) stay out of shared caches.
-pub(super) fn cache(row: &RecordingRow, stream: &Stream) -> &'static str {
-    let public = stream.access() == Access::Public && !row.private;
-    match (public, row.state != "recording") {
+pub(super) fn cache(row: &RecordingRow, pass: &RecordingPass) -> &'static str {
+    match (pass.shared_cache, row.state != "recording") {
         (false, _) => "private, no-store",
         (true, true) => "public, max-age=86400",
         (true, false) => "public, max-age=60",

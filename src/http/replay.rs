@@ -25,7 +25,6 @@ use axum::routing::get;
 use super::{ApiError, App, PeerAddr};
 use crate::admission::rate::RateLimiter;
 use crate::egress::webm::{self, WebmError};
-use crate::hub::Access;
 use crate::log_every::LogEvery;
 use crate::matrix::replay_chat::{ReplayChatError, Window};
 use crate::recording::index::{Index, Segment};
@@ -65,18 +64,14 @@ async fn chat(
         )
         .retry_after(wait));
     }
-    let (row, stream) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
+    let (row, pass) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
     let Some(matrix) = app.matrix.as_ref() else {
         return Err(no_chat("this server has no Matrix chat"));
     };
     let Some(room) = row.room_id.as_deref() else {
         return Err(no_chat("this recording's stream had no Matrix room"));
     };
-    let current = stream.room();
-    if !crate::recording::access::chat_readable(
-        Some(room),
-        current.as_ref().map(|r| r.room_id.as_str()),
-    ) {
+    if !pass.chat {
         return Err(no_chat(
             "the stream no longer belongs to the room this recording's chat was in",
         ));
@@ -126,7 +121,7 @@ async fn webm_file(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let (row, stream) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
+    let (row, pass) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
     // The files are on the node that made it.
     if let Some(there) = super::recordings::files_here(&app, &row, &uri)? {
         return Ok(there);
@@ -152,8 +147,7 @@ async fn webm_file(
     let segments: Vec<Segment> = main_segments(&index, main);
     let duration_ms = segments.iter().map(|s| s.duration_us).sum::<u64>() as f64 / 1000.0;
     let head = webm::header(&tracks, duration_ms);
-    let public = stream.access() == Access::Public && !row.private;
-    let cache = match (public, row.state != "recording") {
+    let cache = match (pass.shared_cache, row.state != "recording") {
         (false, _) => "private, no-store",
         (true, true) => "public, max-age=3600",
         (true, false) => "no-cache",

@@ -17,7 +17,6 @@
 //! retry. At start-up, recordings a crash left open are cut to their last
 //! whole segment and indexed as `interrupted`.
 
-pub mod access;
 pub mod budget;
 pub mod config;
 pub mod files;
@@ -1074,7 +1073,7 @@ impl Recording {
         if self.row.room_id.is_none() {
             self.row.room_id = self.stream.room().map(|r| r.room_id);
         }
-        // Private once, private for good (`access::servable`).
+        // Private once, private for good (`admission::recording::servable`).
         self.row.private |= self.stream.access() == crate::hub::Access::Private;
     }
 
