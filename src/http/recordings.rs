@@ -22,6 +22,8 @@ use super::extract::token_from;
 use super::{ApiError, App, PeerAddr};
 use crate::admission::ViewerFacts;
 use crate::admission::recording::RecordingPass;
+use crate::recording::files::media_path;
+use crate::recording::serve::{self, RecordingFile, Served};
 use crate::recording::{self, Recorder, WriteStatus};
 use crate::store::recordings::RecordingRow;
 
@@ -271,21 +273,17 @@ async fn download(
     if let Some(there) = files_here(&app, &row, &uri)? {
         return Ok(there);
     }
-    let dir = app.recorder.dir_of(&row.id);
     let index = read(&app, &row).await?;
-    let main = index
-        .main_file()
+    let d = serve::download(&index, &row.stream, &row.id)
         .ok_or_else(|| ApiError::not_found("the recording has no media yet"))?;
-    let len = index.file_end(main).unwrap_or(0);
-    let name = format!("{}-{}.mp4", row.stream, row.id);
     let mut r = serve_range(
-        crate::recording::files::media_path(&dir, main),
-        len,
+        media_path(&app.recorder.dir_of(&row.id), d.file),
+        d.len,
         &headers,
-        cache(&row, &pass),
+        cache(&row, &pass, Served::Media),
     )
     .await?;
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", d.name)) {
         r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(r)
@@ -299,68 +297,53 @@ async fn file(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let number = match file.as_str() {
-        "index.m3u8" => None,
-        f => Some(
-            f.strip_suffix(".mp4")
-                .and_then(|n| n.parse::<u32>().ok())
-                .ok_or_else(|| {
-                    ApiError::not_found(format!(
-                        "no such recording file '{f}': the playlist is /recordings/{id}/index.m3u8"
-                    ))
-                })?,
-        ),
-    };
+    let file = serve::parse_file(&file).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no such recording file '{file}': the playlist is /recordings/{id}/index.m3u8"
+        ))
+    })?;
     let (row, pass) = admitted(&app, &id, peer, &headers, &uri).await?;
     if let Some(there) = files_here(&app, &row, &uri)? {
         return Ok(there);
     }
-    let dir = app.recorder.dir_of(&row.id);
     let index = read(&app, &row).await?;
-    match number {
-        None => {
+    match file {
+        RecordingFile::Playlist => {
             let query = super::hls::parse_query(uri.query())?;
             let suffix = super::hls::uri_suffix(&query);
-            let finished = row.state != "recording";
-            let text = index.render_playlist(finished, &suffix);
-            let cc = match cache(&row, &pass) {
-                // A growing playlist changes: revalidated, if it may be
-                // cached at all (a private one never).
-                c if !finished && c.starts_with("public") => "no-cache",
-                c => c,
-            };
+            let text = index.render_playlist(finished(&row), &suffix);
             Ok((
                 [
                     (header::CONTENT_TYPE, crate::egress::hls::PLAYLIST_TYPE),
-                    (header::CACHE_CONTROL, cc),
+                    (header::CACHE_CONTROL, cache(&row, &pass, Served::Playlist)),
                 ],
                 text,
             )
                 .into_response())
         }
-        Some(n) => {
+        RecordingFile::Media(n) => {
             let len = index.file_end(n).ok_or_else(|| {
                 ApiError::not_found(format!("recording '{id}' has no file {n}.mp4"))
             })?;
             serve_range(
-                crate::recording::files::media_path(&dir, n),
+                media_path(&app.recorder.dir_of(&row.id), n),
                 len,
                 &headers,
-                cache(&row, &pass),
+                cache(&row, &pass, Served::Media),
             )
             .await
         }
     }
 }
 
-/// Media bytes never change once indexed; a private stream's (or one
-/// recorded while private) stay out of shared caches.
-pub(super) fn cache(row: &RecordingRow, pass: &RecordingPass) -> &'static str {
-    match (pass.shared_cache, row.state != "recording") {
-        (false, _) => "private, no-store",
-        (true, true) => "public, max-age=86400",
-        (true, false) => "public, max-age=60",
-    }
+/// Whether the recording's row says it ended (its files no longer grow).
+pub(super) fn finished(row: &RecordingRow) -> bool {
+    row.state != "recording"
+}
+
+/// `serve::cache_control` of what is served of `row`.
+pub(super) fn cache(row: &RecordingRow, pass: &RecordingPass, served: Served) -> &'static str {
+    serve::cache_control(served, pass.shared_cache, finished(row))
 }
 
 /// The recording's index (parsed once, `Recorder::index_of`).
@@ -368,11 +351,7 @@ pub(super) async fn read(
     app: &App,
     row: &RecordingRow,
 ) -> Result<Arc<crate::recording::index::Index>, ApiError> {
-    match app
-        .recorder
-        .index_of(&row.id, row.state != "recording")
-        .await
-    {
+    match app.recorder.index_of(&row.id, finished(row)).await {
         Ok(Some(i)) => Ok(i),
         Ok(None) => Err(ApiError::not_found("the recording has no media yet")),
         Err(e) => {
@@ -386,40 +365,6 @@ pub(super) async fn read(
     }
 }
 
-/// `Range: bytes=…` of a file of `len` bytes: `Ok(None)` for the whole
-/// file (no header, or several ranges: answered whole, as RFC 9110
-/// allows), `Err(())` when it cannot be satisfied.
-pub fn parse_range(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = value else { return Ok(None) };
-    let Some(spec) = v.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (a, b) = (a.trim(), b.trim());
-    let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
-        if n == 0 {
-            return Err(());
-        }
-        (len.saturating_sub(n), len.saturating_sub(1))
-    } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
-        let end = if b.is_empty() {
-            len.saturating_sub(1)
-        } else {
-            b.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
-        };
-        (start, end)
-    };
-    if len == 0 || start >= len || end < start {
-        return Err(());
-    }
-    Ok(Some((start, end)))
-}
-
 async fn serve_range(
     path: PathBuf,
     len: u64,
@@ -427,10 +372,10 @@ async fn serve_range(
     cache_control: &'static str,
 ) -> Result<Response, ApiError> {
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, start, end) = match parse_range(range, len) {
+    let (status, start, end) = match serve::parse_range(range, len) {
         Ok(None) => (StatusCode::OK, 0, len.saturating_sub(1)),
         Ok(Some((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e),
-        Err(()) => {
+        Err(serve::Unsatisfiable) => {
             let mut r = ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "bad_range",
@@ -491,23 +436,4 @@ fn file_body(path: PathBuf, start: u64, count: u64) -> Body {
         }
     });
     Body::from_stream(stream)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range(None, 100), Ok(None));
-        assert_eq!(parse_range(Some("bytes=0-9"), 100), Ok(Some((0, 9))));
-        assert_eq!(parse_range(Some("bytes=90-"), 100), Ok(Some((90, 99))));
-        assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
-        assert_eq!(parse_range(Some("bytes=50-500"), 100), Ok(Some((50, 99))));
-        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
-        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
-        assert_eq!(parse_range(Some("bytes=9-3"), 100), Err(()));
-        assert_eq!(parse_range(Some("bytes=x-3"), 100), Err(()));
-        assert_eq!(parse_range(Some("bytes=-0"), 100), Err(()));
-    }
 }

@@ -27,7 +27,8 @@ use crate::admission::rate::RateLimiter;
 use crate::egress::webm::{self, WebmError};
 use crate::log_every::LogEvery;
 use crate::matrix::replay_chat::{ReplayChatError, Window};
-use crate::recording::index::{Index, Segment};
+use crate::recording::files::media_path;
+use crate::recording::serve::{self, Served, WebmPart, WebmReplay};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -126,14 +127,12 @@ async fn webm_file(
     if let Some(there) = super::recordings::files_here(&app, &row, &uri)? {
         return Ok(there);
     }
-    let dir = app.recorder.dir_of(&row.id);
     let index = super::recordings::read(&app, &row).await?;
-    let Some(main) = index.main_file() else {
+    let Some(replay) = WebmReplay::of(&index) else {
         return Err(ApiError::not_found("the recording has no media yet"));
     };
-    let init_len = index.inits.get(&main).copied().unwrap_or(0);
-    let path = crate::recording::files::media_path(&dir, main);
-    let (init, _permit) = read_range(&app, path.clone(), 0, init_len)
+    let path = media_path(&app.recorder.dir_of(&row.id), replay.file);
+    let (init, _permit) = read_range(&app, path.clone(), 0, replay.init_len)
         .await
         .map_err(|e| read_error(&id, e))?;
     let tracks = webm::tracks_of_init(&init).map_err(|e| match e {
@@ -144,45 +143,30 @@ async fn webm_file(
         ),
         WebmError::Mp4(m) => unreadable(&id, &m),
     })?;
-    let segments: Vec<Segment> = main_segments(&index, main);
-    let duration_ms = segments.iter().map(|s| s.duration_us).sum::<u64>() as f64 / 1000.0;
-    let head = webm::header(&tracks, duration_ms);
-    let cache = match (pass.shared_cache, row.state != "recording") {
-        (false, _) => "private, no-store",
-        (true, true) => "public, max-age=3600",
-        (true, false) => "no-cache",
-    };
-    let part = uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("part="))
-            .map(str::to_string)
-    });
-    if let Some(part) = part {
-        return webm_part(&app, &part, &id, path, &tracks, &segments, head, cache).await;
+    let head = webm::header(&tracks, replay.duration_ms());
+    let cache = super::recordings::cache(&row, &pass, Served::Webm);
+    if let Some(part) = serve::webm_part(uri.query()) {
+        let part = part.map_err(|()| {
+            ApiError::bad_request("bad_part", "part is index, init or a segment number")
+        })?;
+        return webm_part(&app, part, &id, path, &tracks, &replay, head, cache).await;
     }
-    let state = (
-        app.clone(),
-        path,
-        segments.into_iter(),
-        0u64,
-        tracks,
-        id.clone(),
-    );
+    let state = (app.clone(), path, replay, 0, tracks, id.clone());
     let body = futures_util::stream::unfold(
         state,
-        |(app, path, mut segs, start_us, tracks, id)| async move {
-            let seg = segs.next()?;
+        |(app, path, replay, n, tracks, id)| async move {
+            let (seg, start_ms) = replay.segment(n)?;
             let chunk = read_range(&app, path.clone(), seg.offset, seg.len)
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|(data, _permit)| {
                     let samples = webm::samples_of(&data, &tracks).map_err(|e| e.to_string())?;
-                    Ok(webm::clusters(start_us / 1000, &samples, &data))
+                    Ok(webm::clusters(start_ms, &samples, &data))
                 });
             match chunk {
                 Ok(c) => Some((
                     Ok::<_, std::io::Error>(bytes::Bytes::from(c)),
-                    (app, path, segs, start_us + seg.duration_us, tracks, id),
+                    (app, path, replay, n + 1, tracks, id),
                 )),
                 Err(e) => {
                     if let Some(suppressed) = WEBM_TROUBLE.allow() {
@@ -191,7 +175,7 @@ async fn webm_file(
                     // The connection ends short: the player has what came before.
                     Some((
                         Err(std::io::Error::other(e)),
-                        (app, path, Vec::new().into_iter(), start_us, tracks, id),
+                        (app, path, replay, usize::MAX, tracks, id),
                     ))
                 }
             }
@@ -213,54 +197,32 @@ async fn webm_file(
 #[allow(clippy::too_many_arguments)]
 async fn webm_part(
     app: &App,
-    part: &str,
+    part: WebmPart,
     id: &str,
     path: PathBuf,
     tracks: &[webm::Track],
-    segments: &[Segment],
+    replay: &WebmReplay,
     head: Vec<u8>,
     cache: &'static str,
 ) -> Result<Response, ApiError> {
     let body = match part {
-        "index" => {
-            let has_audio = tracks
-                .iter()
-                .any(|t| matches!(t.kind, webm::Kind::Opus { .. }));
-            let video = tracks.iter().find_map(|t| match t.kind {
-                webm::Kind::Video { codec_id, .. } => {
-                    Some(if codec_id == "V_VP9" { "vp9" } else { "vp8" })
-                }
-                _ => None,
-            });
-            let codecs: Vec<&str> = video
-                .into_iter()
-                .chain(has_audio.then_some("opus"))
-                .collect();
-            let index = serde_json::json!({
-                "mime": format!("video/webm; codecs=\"{}\"", codecs.join(", ")),
-                "segments_ms": segments.iter().map(|s| s.duration_us as f64 / 1000.0).collect::<Vec<_>>(),
-            });
-            let mut r = Json(index).into_response();
-            if let Ok(v) = HeaderValue::from_str(cache) {
-                r.headers_mut().insert(header::CACHE_CONTROL, v);
-            }
+        WebmPart::Index => {
+            let mut r = Json(replay.parts_index(tracks.iter().map(|t| &t.kind))).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
             return Ok(r);
         }
-        "init" => head,
-        n => {
-            let n: usize = n.parse().map_err(|_| {
-                ApiError::bad_request("bad_part", "part is index, init or a segment number")
-            })?;
-            let seg = segments.get(n).ok_or_else(|| {
+        WebmPart::Init => head,
+        WebmPart::Segment(n) => {
+            let (seg, start_ms) = replay.segment(n).ok_or_else(|| {
                 ApiError::not_found(format!("recording '{id}' has no segment {n}"))
             })?;
-            let start_us: u64 = segments[..n].iter().map(|s| s.duration_us).sum();
             let (data, _permit) = read_range(app, path, seg.offset, seg.len)
                 .await
                 .map_err(|e| read_error(id, e))?;
             let samples =
                 webm::samples_of(&data, tracks).map_err(|e| unreadable(id, &e.to_string()))?;
-            webm::clusters(start_us / 1000, &samples, &data)
+            webm::clusters(start_ms, &samples, &data)
         }
     };
     Response::builder()
@@ -269,16 +231,6 @@ async fn webm_part(
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .body(Body::from(body))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
-}
-
-/// The segments of `file`, in order (other files hold another codec).
-fn main_segments(index: &Index, file: u32) -> Vec<Segment> {
-    index
-        .segments
-        .iter()
-        .filter(|s| s.file == file)
-        .copied()
-        .collect()
 }
 
 fn unreadable(id: &str, why: &str) -> ApiError {

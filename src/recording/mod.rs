@@ -23,6 +23,7 @@ pub mod files;
 pub mod index;
 pub mod index_cache;
 pub mod retention;
+pub mod serve;
 pub mod session;
 pub mod sweep;
 
