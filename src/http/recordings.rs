@@ -29,8 +29,6 @@ use crate::store::recordings::RecordingRow;
 
 /// Recordings listed per stream (newest first).
 const LIST_LIMIT: i64 = 100;
-/// Bytes read from disk per body chunk.
-const CHUNK: usize = 256 * 1024;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -250,10 +248,8 @@ async fn delete(
     }
 }
 
-fn no_store(mut r: Response) -> Response {
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+fn no_store(r: Response) -> Response {
+    super::with_cache_control(r, "no-store")
 }
 
 /// `/recordings/{id}.mp4`: the progressive download.
@@ -389,7 +385,7 @@ async fn serve_range(
         }
     };
     let count = if len == 0 { 0 } else { end - start + 1 };
-    let body = file_body(path, start, count);
+    let body = Body::from_stream(recording::reads::chunks(path, start, count));
     let mut r = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, crate::egress::hls::MEDIA_TYPE)
@@ -401,39 +397,4 @@ async fn serve_range(
     }
     r.body(body)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
-}
-
-/// `count` bytes of `path` from `start`, read in chunks in blocking threads
-/// from one open file (a recording can be gigabytes: never in memory at once).
-fn file_body(path: PathBuf, start: u64, count: u64) -> Body {
-    type Open = Option<Arc<std::fs::File>>;
-    let state: (Open, PathBuf, u64, u64) = (None, path, start, count);
-    let stream = futures_util::stream::unfold(state, |(file, path, pos, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let want = left.min(CHUNK as u64) as usize;
-        let p = path.clone();
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Open, Vec<u8>)> {
-            use std::os::unix::fs::FileExt;
-            let f = match file {
-                Some(f) => f,
-                None => Arc::new(std::fs::File::open(&p)?),
-            };
-            let mut buf = vec![0; want];
-            f.read_exact_at(&mut buf, pos)?;
-            Ok((Some(f), buf))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        match read {
-            Ok((file, buf)) => Some((
-                Ok::<_, std::io::Error>(bytes::Bytes::from(buf)),
-                (file, path, pos + want as u64, left - want as u64),
-            )),
-            // The connection ends short: the client sees a truncated body.
-            Err(e) => Some((Err(e), (None, path, pos, 0))),
-        }
-    });
-    Body::from_stream(stream)
 }

@@ -18,7 +18,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -102,13 +102,11 @@ async fn chat(
                 .retry_after(10)
             }
         })?;
-    let mut resp = Json(&*chat).into_response();
     // A private stream's chat must not land in shared caches.
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-store"),
-    );
-    Ok(resp)
+    Ok(super::with_cache_control(
+        Json(&*chat).into_response(),
+        "private, no-store",
+    ))
 }
 
 /// `/recordings/{id}/replay.webm`: the main file's segments (the one the
@@ -132,7 +130,9 @@ async fn webm_file(
         return Err(ApiError::not_found("the recording has no media yet"));
     };
     let path = media_path(&app.recorder.dir_of(&row.id), replay.file);
-    let (init, _permit) = read_range(&app, path.clone(), 0, replay.init_len)
+    let (init, _permit) = app
+        .recorder
+        .read_segment(path.clone(), 0, replay.init_len)
         .await
         .map_err(|e| read_error(&id, e))?;
     let tracks = webm::tracks_of_init(&init).map_err(|e| match e {
@@ -156,7 +156,9 @@ async fn webm_file(
         state,
         |(app, path, replay, n, tracks, id)| async move {
             let (seg, start_ms) = replay.segment(n)?;
-            let chunk = read_range(&app, path.clone(), seg.offset, seg.len)
+            let chunk = app
+                .recorder
+                .read_segment(path.clone(), seg.offset, seg.len)
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|(data, _permit)| {
@@ -185,12 +187,7 @@ async fn webm_file(
         futures_util::stream::once(async move { Ok(bytes::Bytes::from(head)) }),
         body,
     );
-    Response::builder()
-        .header(header::CONTENT_TYPE, "video/webm")
-        .header(header::CACHE_CONTROL, cache)
-        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .body(Body::from_stream(body))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    webm_response(Body::from_stream(body), cache)
 }
 
 /// One part of the WebM for Media Source Extensions (see the module docs).
@@ -207,17 +204,20 @@ async fn webm_part(
 ) -> Result<Response, ApiError> {
     let body = match part {
         WebmPart::Index => {
-            let mut r = Json(replay.parts_index(tracks.iter().map(|t| &t.kind))).into_response();
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-            return Ok(r);
+            let index = replay.parts_index(tracks.iter().map(|t| &t.kind));
+            return Ok(super::with_cache_control(
+                Json(index).into_response(),
+                cache,
+            ));
         }
         WebmPart::Init => head,
         WebmPart::Segment(n) => {
             let (seg, start_ms) = replay.segment(n).ok_or_else(|| {
                 ApiError::not_found(format!("recording '{id}' has no segment {n}"))
             })?;
-            let (data, _permit) = read_range(app, path, seg.offset, seg.len)
+            let (data, _permit) = app
+                .recorder
+                .read_segment(path, seg.offset, seg.len)
                 .await
                 .map_err(|e| read_error(id, e))?;
             let samples =
@@ -225,11 +225,15 @@ async fn webm_part(
             webm::clusters(start_ms, &samples, &data)
         }
     };
+    webm_response(Body::from(body), cache)
+}
+
+fn webm_response(body: Body, cache: &'static str) -> Result<Response, ApiError> {
     Response::builder()
         .header(header::CONTENT_TYPE, "video/webm")
         .header(header::CACHE_CONTROL, cache)
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .body(Body::from(body))
+        .body(body)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
@@ -244,10 +248,6 @@ fn unreadable(id: &str, why: &str) -> ApiError {
     )
 }
 
-/// Longest segment read into memory (a segment is seconds of media; more
-/// means a damaged index).
-const MAX_SEGMENT_BYTES: u64 = 64 << 20;
-
 /// A segment could not be read, or the server's memory for reads stayed
 /// taken (many WebM replays at once).
 fn read_error(id: &str, e: std::io::Error) -> ApiError {
@@ -260,36 +260,4 @@ fn read_error(id: &str, e: std::io::Error) -> ApiError {
         .retry_after(2);
     }
     unreadable(id, &e.to_string())
-}
-
-/// `len` bytes of `path` from `offset` (one segment: seconds of media),
-/// within the recorder's memory budget for reads (the segment and the
-/// WebM made from it are in memory until sent). The permit goes with the
-/// bytes: held until they are turned into what is sent.
-async fn read_range(
-    app: &App,
-    path: PathBuf,
-    offset: u64,
-    len: u64,
-) -> std::io::Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
-    if len > MAX_SEGMENT_BYTES {
-        return Err(std::io::Error::other(format!(
-            "a segment of {len} bytes is larger than {MAX_SEGMENT_BYTES}"
-        )));
-    }
-    // Twice the segment: its bytes and the Clusters made from them.
-    let Some(permit) = app.recorder.read_permit(len.saturating_mul(2)).await else {
-        return Err(std::io::Error::from(std::io::ErrorKind::WouldBlock));
-    };
-    let data = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(&path)?;
-        f.seek(SeekFrom::Start(offset))?;
-        let mut buf = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
-        f.read_exact(&mut buf)?;
-        Ok::<_, std::io::Error>(buf)
-    })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))??;
-    Ok((data, permit))
 }

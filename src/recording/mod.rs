@@ -22,6 +22,7 @@ pub mod config;
 pub mod files;
 pub mod index;
 pub mod index_cache;
+pub mod reads;
 pub mod retention;
 pub mod serve;
 pub mod session;
@@ -56,7 +57,8 @@ const SINK_ID_BASE: u64 = 1 << 41;
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Bytes of media a segment in progress may hold (it is in memory until it
 /// ends at a keyframe, at most 10 s): a publisher over it gets its segment
-/// cut here, and the next one starts at a keyframe.
+/// cut here, and the next one starts at a keyframe. Readers (`reads`) refuse
+/// a segment much larger as damaged.
 const MAX_SEGMENT_BYTES: usize = 64 << 20;
 static SEGMENT_CUT_LOG: crate::log_every::LogEvery =
     crate::log_every::LogEvery::new(Duration::from_secs(10));
@@ -143,16 +145,11 @@ pub struct Recorder {
     stopping: watch::Sender<bool>,
     /// Parsed indexes for the HTTP paths (bounded in bytes).
     indexes: index_cache::IndexCache,
-    /// Memory for segments read whole for HTTP (WebM), in KiB.
+    /// Memory for segments read whole for clients (WebM), in KiB (`reads`).
     read_budget: Arc<tokio::sync::Semaphore>,
     /// The cluster bus: choices and deletions reach the other nodes.
     bus: std::sync::OnceLock<Arc<crate::cluster::bus::Bus>>,
 }
-
-/// Segments read whole into memory for HTTP at once, over all clients.
-const READ_BUDGET_KIB: usize = 128 << 10;
-/// How long a request waits for that memory before `503`.
-const READ_BUDGET_WAIT: Duration = Duration::from_secs(10);
 
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -202,7 +199,7 @@ impl Recorder {
             clock: (Instant::now(), SystemTime::now()),
             stopping: watch::channel(false).0,
             indexes: index_cache::IndexCache::new(index_cache::MAX_BYTES),
-            read_budget: Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_KIB)),
+            read_budget: Arc::new(tokio::sync::Semaphore::new(reads::READ_BUDGET_KIB)),
             bus: std::sync::OnceLock::new(),
         })
     }
@@ -265,19 +262,6 @@ impl Recorder {
         Ok(read_index(&self.dir_of(id))
             .await?
             .map(|i| self.indexes.put(id, i, finished, now)))
-    }
-
-    /// Room to read `len` bytes into memory for a client (held until
-    /// dropped); `None` when the server's budget stays taken.
-    pub async fn read_permit(&self, len: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let kib = u32::try_from(len.div_ceil(1024).clamp(1, READ_BUDGET_KIB as u64)).ok()?;
-        tokio::time::timeout(
-            READ_BUDGET_WAIT,
-            self.read_budget.clone().acquire_many_owned(kib),
-        )
-        .await
-        .ok()?
-        .ok()
     }
 
     pub fn enabled(&self) -> bool {
