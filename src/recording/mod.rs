@@ -15,7 +15,8 @@
 //! directory that is not writable, deleted files) pauses recording with a
 //! log line and a status in the API and `/metrics`; the next segment is the
 //! retry. At start-up, recordings a crash left open are cut to their last
-//! whole segment and indexed as `interrupted`.
+//! whole segment and indexed as `interrupted`. A recording that reaches
+//! `max_recording_hours` hands over to a new one at a keyframe (`rollover`).
 
 pub mod budget;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod index;
 pub mod index_cache;
 pub mod reads;
 pub mod retention;
+pub mod rollover;
 pub mod serve;
 pub mod session;
 pub mod sweep;
@@ -542,6 +544,22 @@ impl Recorder {
         });
     }
 
+    /// `active` reached its age limit: it leaves `active`, and a new
+    /// recording of `stream` begins now (if the stream is still live and
+    /// wanted), while the old one writes its last segment and ends.
+    fn hand_over(self: &Arc<Self>, stream: &Arc<Stream>, active: &Arc<Active>) {
+        {
+            let mut map = self.active.lock();
+            if map
+                .get(&stream.name)
+                .is_some_and(|a| Arc::ptr_eq(a, active))
+            {
+                map.remove(&stream.name);
+            }
+        }
+        self.control_changed(stream);
+    }
+
     /// Deletes a recording's files and row. A recording being made cannot
     /// be deleted (stop it with `!live record off` first).
     pub async fn delete(&self, id: &str) -> Result<bool, DeleteError> {
@@ -739,6 +757,9 @@ struct Recording {
     audio_base: Option<u32>,
     /// Media bytes given to the segmenter since the last segment was written.
     pending_bytes: usize,
+    /// When it began, and when it hands over to the next (`rollover`).
+    started: Instant,
+    rollover: rollover::Rollover,
 }
 
 impl Recording {
@@ -753,6 +774,7 @@ impl Recording {
             // hold up to 64 MiB each in memory.
             window: 1,
         };
+        let rollover = rollover::Rollover::new(rec.cfg.max_recording_hours);
         let now = ms(SystemTime::now()) as i64;
         let row = RecordingRow {
             id: active.id.clone(),
@@ -790,6 +812,8 @@ impl Recording {
             video_base: None,
             audio_base: None,
             pending_bytes: 0,
+            started: Instant::now(),
+            rollover,
         }
     }
 
@@ -818,6 +842,7 @@ impl Recording {
         self.write_complete().await;
         let mut offline_since: Option<tokio::time::Instant> = None;
         let mut stopping = self.rec.stopping.subscribe();
+        let mut rolled_over = false;
         loop {
             if *stopping.borrow_and_update() {
                 break;
@@ -833,6 +858,16 @@ impl Recording {
                             || last_seeded.is_some_and(|i| f.index <= i)
                         {
                             continue;
+                        }
+                        let can_begin = match f.kind {
+                            Kind::Video => f.keyframe,
+                            Kind::Audio => !self.expect.0,
+                        };
+                        if self.rollover.due(self.started, f.wallclock, can_begin) {
+                            // The next recording begins with this frame
+                            // (the GOP it seeds from starts here).
+                            rolled_over = true;
+                            break;
                         }
                         if overflow.swap(false, Relaxed) {
                             self.rec.metrics.frames_dropped.fetch_add(1, Relaxed);
@@ -863,6 +898,13 @@ impl Recording {
                 _ = tokio::time::sleep_until(end_at.unwrap_or_else(tokio::time::Instant::now)), if end_at.is_some() => break,
                 _ = stopping.changed() => break,
             }
+        }
+        if rolled_over {
+            info!(stream = %self.stream.name, id = %self.row.id, max_hours = self.rec.cfg.max_recording_hours, "recording: reached recording.max_recording_hours; the next recording begins");
+            // Frames are the next recording's now: none queue here while
+            // this one ends (its sink is detached when it has).
+            rx.close();
+            self.rec.hand_over(&self.stream, &self.active);
         }
         self.seg.flush();
         self.write_complete().await;
