@@ -109,15 +109,7 @@ fn private_and_encrypted_rooms_power_and_bad_input() {
     alice.set_state(&room, "m.room.power_levels", "", pl);
     alice.send_text(&room, "!live attach members");
     alice.wait_message(&room, &bot, "Stream 'members' is attached");
-    let dm = wait_until("the bot's DM invite", MX_TIMEOUT, || {
-        alice.invites().into_iter().next()
-    });
-    alice.join(&dm);
-    let key = key_from_settings(
-        alice.wait_message(&dm, &bot, "Stream Key: ")["content"]["body"]
-            .as_str()
-            .unwrap(),
-    );
+    let (dm, key) = alice.key_from_bot_dm(&bot);
     assert!(
         alice
             .messages_from(&room, &bot)
@@ -599,27 +591,6 @@ fn openid_access(server: &Server, user: &MxUser, stream: &str) -> String {
         .to_string()
 }
 
-/// A stream of `user`'s new room (`preset`), attached by the bot; its key.
-fn attach(user: &MxUser, bot: &str, preset: &str, title: &str, stream: &str) -> (String, String) {
-    let room = user.create_room(json!({
-        "preset": preset, "name": title, "invite": [bot],
-        "power_level_content_override": {"users": {bot: 50}},
-    }));
-    user.wait_joined(&room, bot);
-    user.send_text(&room, &format!("!live attach {stream}"));
-    user.wait_message(&room, bot, &format!("Stream '{stream}' is attached"));
-    let dm = wait_until("the bot's DM invite", MX_TIMEOUT, || {
-        user.invites().into_iter().next()
-    });
-    user.join(&dm);
-    let key = key_from_settings(
-        user.wait_message(&dm, bot, "Stream Key: ")["content"]["body"]
-            .as_str()
-            .unwrap(),
-    );
-    (room, key)
-}
-
 fn decoding(viewer: &mut JsonTool, what: &str) {
     viewer.wait_for(what, MEDIA_TIMEOUT, |v| {
         v["type"] == "progress" && v["video_frames"].as_u64().unwrap_or(0) > 0
@@ -648,10 +619,10 @@ fn access_ends_with_its_grant_and_private_stays_private() {
     };
 
     // A private room's stream and a public room's stream, both live.
-    let (room, key) = attach(&alice, &bot, "private_chat", "Secret show", "secret");
+    let (room, key) = alice.attach_stream(&bot, "private_chat", "Secret show", "secret");
     let _p1 = Publisher::ffmpeg(&server.rtmp_url(&key), small());
     wait_private_live(server, 1);
-    let (open, bkey) = attach(&bob, &bot, "public_chat", "Open house", "openhouse");
+    let (open, bkey) = bob.attach_stream(&bot, "public_chat", "Open house", "openhouse");
     let _p2 = Publisher::ffmpeg(&server.rtmp_url(&bkey), small());
     server.wait_live("openhouse", LIVE_TIMEOUT);
 
@@ -870,7 +841,7 @@ fn private_chat_media_needs_access() {
     let env = MatrixEnv::start("");
     let server = env.server();
     let alice = env.user("alice");
-    let (room, _key) = attach(&alice, &env.bot_id(), "private_chat", "Secret", "secret");
+    let (room, _key) = alice.attach_stream(&env.bot_id(), "private_chat", "Secret", "secret");
     let mxc = alice.upload(&png(64, 64, "red"), "image/png");
     alice.send_event(
         &room,

@@ -153,15 +153,7 @@ fn federated_member_watches_a_private_room() {
         );
     }
 
-    let dm = wait_until("the bot's DM invite", MX_TIMEOUT, || {
-        alice.invites().into_iter().next()
-    });
-    alice.join(&dm);
-    let key = key_from_settings(
-        alice.wait_message(&dm, &bot, "Stream Key: ")["content"]["body"]
-            .as_str()
-            .unwrap(),
-    );
+    let (_, key) = alice.key_from_bot_dm(&bot);
     let _ffmpeg = Publisher::ffmpeg(&server.rtmp_url(&key), FfmpegOpts::small());
     let want = "roomcast_private_streams_live 1\n";
     wait_until("the private stream to be live", LIVE_TIMEOUT, || {

@@ -188,22 +188,7 @@ fn widget_trades_a_real_openid_token_for_a_private_stream() {
     let eve = env.user("eve");
 
     // An invite-only room; alice makes the bot a moderator and attaches a stream.
-    let room = alice.create_room(json!({
-        "preset": "private_chat", "name": "Members only", "invite": [bot],
-        "power_level_content_override": {"users": {bot.clone(): 50}},
-    }));
-    alice.wait_joined(&room, &bot);
-    alice.send_text(&room, "!live attach members");
-    alice.wait_message(&room, &bot, "Stream 'members' is attached");
-    let dm = wait_until("the bot's DM invite", MX_TIMEOUT, || {
-        alice.invites().into_iter().next()
-    });
-    alice.join(&dm);
-    let key = key_from_settings(
-        alice.wait_message(&dm, &bot, "Stream Key: ")["content"]["body"]
-            .as_str()
-            .unwrap(),
-    );
+    let (room, key) = alice.attach_stream(&bot, "private_chat", "Members only", "members");
     // A private stream's state is for viewers with access: the room's listing
     // names it, and /metrics counts it, unnamed.
     let listed = server.get(&format!("/api/v1/rooms/{}/streams", enc(&room)));

@@ -1,7 +1,8 @@
 //! Recording (issue 14, the server side), against the real binary: ffmpeg
 //! publishes, ffprobe reads what roomcast wrote, the process is SIGKILLed
 //! mid-recording, the recording directory fills up on a small tmpfs while
-//! an aiortc viewer watches, and retention deletes the oldest recording.
+//! an aiortc viewer watches, retention deletes the oldest recording, and a
+//! broadcast longer than `max_recording_hours` rolls over.
 
 mod common;
 
@@ -535,4 +536,69 @@ fn a_whip_vp8_publish_is_recorded_as_received() {
     assert_eq!(stream_of(&probe, "video")["codec_name"], "vp8", "{probe}");
     assert_eq!(stream_of(&probe, "audio")["codec_name"], "opus", "{probe}");
     assert!((duration_of(&probe) - d).abs() <= 0.5, "{probe}");
+}
+
+#[test]
+fn a_broadcast_longer_than_max_recording_hours_rolls_over_without_a_gap() {
+    let _g = serial();
+    let dir = TempDir::new("roomcast-rec-rollover");
+    // 0.0025 h = 9 s, with 2 s segments and a keyframe a second.
+    let server = Server::start(&recording_toml(dir.path(), "max_recording_hours = 0.0025"));
+    let mut p = Publisher::ffmpeg(
+        &server.publish_url(STREAM),
+        FfmpegOpts {
+            duration_s: Some(22.0),
+            ..FfmpegOpts::small()
+        },
+    );
+    let live_at = wait_live_state(&server, STREAM, true, LIVE_TIMEOUT);
+    assert!(
+        p.wait_exit(Duration::from_secs(40)).is_some(),
+        "ffmpeg ends"
+    );
+    let offline_at = wait_live_state(&server, STREAM, false, Duration::from_secs(15));
+    let broadcast = offline_at.duration_since(live_at).as_secs_f64();
+    let mut recs = wait_until("every recording complete", REC_TIMEOUT, || {
+        let list = recordings(&server, STREAM);
+        (list.len() >= 2 && list.iter().all(|r| r["state"] == "complete")).then_some(list)
+    });
+    recs.reverse();
+    let durations: Vec<f64> = recs
+        .iter()
+        .map(|r| r["duration_s"].as_f64().unwrap())
+        .collect();
+    println!("broadcast {broadcast:.2} s; recordings {durations:?}");
+    assert!(
+        server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("reached recording.max_recording_hours")),
+        "the rollover is logged"
+    );
+    // 22 s cut at 9 s (at the next keyframe): three recordings.
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    for d in &durations[..2] {
+        assert!((8.0..=11.0).contains(d), "a full recording lasts {d} s");
+    }
+    // Nothing lost between them, nothing in both.
+    let total: f64 = durations.iter().sum();
+    assert!(
+        (total - broadcast).abs() <= 1.5,
+        "{total} s recorded of a {broadcast:.2} s broadcast"
+    );
+    for w in recs.windows(2) {
+        let gap = w[1]["started_ms"].as_i64().unwrap() - w[0]["ended_ms"].as_i64().unwrap();
+        assert!(gap.abs() <= 1500, "{gap} ms between {} and {}", w[0], w[1]);
+    }
+    // Each plays on its own, from 0.
+    for (r, d) in recs.iter().zip(&durations) {
+        let id = r["id"].as_str().unwrap();
+        let probe = ffprobe(&server.url(&format!("/recordings/{id}/index.m3u8")));
+        assert_eq!(stream_of(&probe, "video")["codec_name"], "h264");
+        let played = duration_of(&probe);
+        assert!(
+            (played - d).abs() <= 1.0,
+            "{id} plays {played} s, indexed {d} s"
+        );
+    }
 }

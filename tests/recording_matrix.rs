@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::matrix::*;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 fn query_value(url: &str, key: &str) -> Option<String> {
     let q = url.split_once('?')?.1;
@@ -35,22 +35,7 @@ fn a_private_rooms_recording_is_linked_listed_guarded_and_deleted() {
     let bob = env.user("bob");
 
     // A private (invite-only) room with a stream attached by its admin.
-    let room = alice.create_room(json!({
-        "preset": "private_chat", "name": "Members only", "invite": [bot],
-        "power_level_content_override": {"users": {bot.clone(): 50}},
-    }));
-    alice.wait_joined(&room, &bot);
-    alice.send_text(&room, "!live attach secret");
-    alice.wait_message(&room, &bot, "Stream 'secret' is attached");
-    let dm = wait_until("the bot's DM invite", MX_TIMEOUT, || {
-        alice.invites().into_iter().next()
-    });
-    alice.join(&dm);
-    let key = key_from_settings(
-        alice.wait_message(&dm, &bot, "Stream Key: ")["content"]["body"]
-            .as_str()
-            .unwrap(),
-    );
+    let (room, key) = alice.attach_stream(&bot, "private_chat", "Members only", "secret");
 
     // A 6 s broadcast.
     let mut ffmpeg = Publisher::ffmpeg(

@@ -13,39 +13,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::tls::make_cert;
 use common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-
-/// A self-signed certificate for 127.0.0.1 with common name `cn`.
-fn make_cert(dir: &Path, name: &str, cn: &str) {
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj"])
-        .arg(format!("/CN={cn}"))
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        // An end-entity certificate (webpki refuses a CA as a server's).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(dir.join(format!("{name}.key")))
-        .arg("-out")
-        .arg(dir.join(format!("{name}.crt")))
-        .stdout(Stdio::null())
-        .output()
-        .expect("openssl req (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The subject of the certificate a TLS port serves, read by `openssl s_client`.
 fn served_subject(addr: SocketAddr) -> String {

@@ -1,7 +1,8 @@
 //! Who may watch a stream, decided once for every surface: WHEP, OME
 //! signalling, LL-HLS, the event feeds (chat included), the API listing, the
-//! index page and the multi-view all ask [`Admission::admit_viewer`]; WHIP and
-//! RTMP ask the [`Gate`] through [`Admission::admit_publisher`]. No HTTP here:
+//! index page, the multi-view and the recordings (`recording.rs`) all ask
+//! [`Admission::admit_viewer`]; WHIP and RTMP ask the [`Gate`] through
+//! [`Admission::admit_publisher`]. No HTTP here:
 //! the HTTP layer turns a [`Refusal`] into its status and JSON.
 //!
 //! The sequence: gate (SignedPolicy, admission webhook; media only) → hub
@@ -14,6 +15,7 @@
 pub mod cluster_caps;
 pub mod publish_grant;
 pub mod rate;
+pub mod recording;
 
 pub use publish_grant::publish_scope;
 
@@ -65,6 +67,8 @@ pub enum Purpose {
     Hls,
     /// The stream's metadata and chat (feeds, listings, pages).
     Look,
+    /// Its recordings (`recording.rs`): access only, as LL-HLS.
+    Recording,
 }
 
 /// Why a viewer may watch.
@@ -143,6 +147,12 @@ pub enum Refusal {
     Busy(String),
     #[error("too many requests from this address; try again in {0} s")]
     RateLimited(u32),
+    #[error("no recording '{0}'")]
+    UnknownRecording(String),
+    #[error(
+        "this server admits viewers by signed URL or webhook, which recordings cannot check per file"
+    )]
+    RecordingsUnavailable,
 }
 
 pub struct Admission {

@@ -132,6 +132,18 @@ impl Gate {
             .is_some_and(|a| a.applies_to(Direction::Incoming))
     }
 
+    /// Whether playback is admitted by a signed URL or the admission
+    /// webhook (`Config::playback_checked_per_request`, as this gate holds
+    /// it): surfaces that serve many files per viewer (LL-HLS, recordings)
+    /// cannot check that per file.
+    pub fn playback_checked_per_request(&self) -> bool {
+        self.policy.as_ref().is_some_and(|p| p.playback)
+            || self
+                .admission
+                .as_ref()
+                .is_some_and(|a| a.applies_to(Direction::Outgoing))
+    }
+
     /// Whether an unkeyed publish could still be authorized (a policy or a webhook).
     pub fn keyless_publish_possible(&self, query: &str) -> bool {
         let policy = self

@@ -111,6 +111,10 @@ impl From<crate::admission::Refusal> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
                     .retry_after(secs)
             }
+            R::UnknownRecording(_) => ApiError::not_found(message),
+            R::RecordingsUnavailable => {
+                ApiError::new(StatusCode::FORBIDDEN, "recordings_unavailable", message)
+            }
         }
     }
 }

@@ -162,3 +162,15 @@ pub fn cors() -> CorsLayer {
         // would split a CDN's cache of LL-HLS between browsers and others.
         .vary(Vec::<HeaderName>::new())
 }
+
+/// `r` with `Cache-Control: value` (replacing any).
+pub fn with_cache_control(
+    mut r: axum::response::Response,
+    value: &'static str,
+) -> axum::response::Response {
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static(value),
+    );
+    r
+}

@@ -1,9 +1,10 @@
 //! Recordings over HTTP: the index API (`/api/v1/streams/{name}/recordings`,
 //! `/api/v1/recordings/{id}`, `DELETE` with `recording.admin_token`) and the
 //! files (`/recordings/{id}/index.m3u8`, the byte ranges it names, and the
-//! progressive download `/recordings/{id}.mp4`, with `Range`). A private
-//! stream's recordings admit exactly as its live stream does (the same
-//! token, `Authorization: Bearer` or `?access=`).
+//! progressive download `/recordings/{id}.mp4`, with `Range`). Who may see
+//! them is `Admission::admit_recording`'s: a private stream's recordings
+//! admit as its live stream does (the same token, `Authorization: Bearer`
+//! or `?access=`), and one recorded while private stays so.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,15 +20,15 @@ use serde_json::{Value, json};
 
 use super::extract::token_from;
 use super::{ApiError, App, PeerAddr};
-use crate::admission::{Purpose, ViewerFacts};
-use crate::hub::{Access, Stream};
+use crate::admission::ViewerFacts;
+use crate::admission::recording::RecordingPass;
+use crate::recording::files::media_path;
+use crate::recording::serve::{self, RecordingFile, Served};
 use crate::recording::{self, Recorder, WriteStatus};
 use crate::store::recordings::RecordingRow;
 
 /// Recordings listed per stream (newest first).
 const LIST_LIMIT: i64 = 100;
-/// Bytes read from disk per body chunk.
-const CHUNK: usize = 256 * 1024;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -73,35 +74,21 @@ fn json_of(rec: &Recorder, r: &RecordingRow) -> Value {
     recording_json(r, rec.status(&r.id))
 }
 
-/// The stream, if the request may see it (as its live stream).
-async fn admit(
+/// The request's facts for `stream`'s admission.
+fn facts(
     app: &App,
     stream: &str,
     peer: std::net::SocketAddr,
     headers: &HeaderMap,
     uri: &Uri,
-) -> Result<Arc<Stream>, ApiError> {
-    // As for LL-HLS: a signed URL or the admission webhook cannot be
-    // checked for every file a player fetches, so recordings are not served.
-    if app.config.playback_checked_per_request() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "recordings_unavailable",
-            "this server admits viewers by signed URL or webhook, which recordings cannot check per file",
-        ));
-    }
-    let facts = ViewerFacts {
+) -> ViewerFacts {
+    ViewerFacts {
         stream: stream.to_string(),
         client: super::client_addr(peer.ip(), headers, &app.config.http.trusted_proxies),
         token: token_from(headers, uri.query()),
         attempt: None,
         relay: false,
-    };
-    Ok(app
-        .admission
-        .admit_viewer(facts, Purpose::Hls)
-        .await?
-        .stream)
+    }
 }
 
 fn no_recording(id: &str) -> ApiError {
@@ -118,14 +105,15 @@ fn db_error(e: crate::store::StoreError) -> ApiError {
     .retry_after(5)
 }
 
-/// A recording by id, after the request was admitted to its stream.
+/// A recording by id, with what `Admission::admit_recording` let the
+/// request have of it.
 pub(super) async fn admitted(
     app: &App,
     id: &str,
     peer: std::net::SocketAddr,
     headers: &HeaderMap,
     uri: &Uri,
-) -> Result<(RecordingRow, Arc<Stream>), ApiError> {
+) -> Result<(RecordingRow, RecordingPass), ApiError> {
     if !recording::valid_id(id) {
         return Err(no_recording(id));
     }
@@ -136,24 +124,11 @@ pub(super) async fn admitted(
         .await
         .map_err(db_error)?
         .ok_or_else(|| no_recording(id))?;
-    let stream = admit(app, &row.stream, peer, headers, uri).await?;
-    if !servable(&row, &stream) {
-        // As if unknown: the stream's current credentials say nothing
-        // about who may see what it recorded while private elsewhere.
-        return Err(no_recording(id));
-    }
-    Ok((row, stream))
-}
-
-/// `recording::access::servable` for this row and the stream as it is now.
-fn servable(row: &RecordingRow, stream: &Stream) -> bool {
-    let room = stream.room();
-    recording::access::servable(
-        row.private,
-        row.room_id.as_deref(),
-        stream.access(),
-        room.as_ref().map(|r| r.room_id.as_str()),
-    )
+    let pass = app
+        .admission
+        .admit_recording(facts(app, &row.stream, peer, headers, uri), (&row).into())
+        .await?;
+    Ok((row, pass))
 }
 
 /// A recording's files are on the node that made it (cluster mode):
@@ -196,16 +171,19 @@ async fn list(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let stream = admit(&app, &name, peer, &headers, &uri).await?;
+    let pass = app
+        .admission
+        .admit_recordings_of(facts(&app, &name, peer, &headers, &uri))
+        .await?;
     let rows = app
         .recorder
         .store()
-        .recordings_of(&stream.name, LIST_LIMIT)
+        .recordings_of(&pass.stream.name, LIST_LIMIT)
         .await
         .map_err(db_error)?;
     let list: Vec<Value> = rows
         .iter()
-        .filter(|r| servable(r, &stream))
+        .filter(|r| pass.shows((*r).into()))
         .map(|r| json_of(&app.recorder, r))
         .collect();
     Ok(no_store(
@@ -270,10 +248,8 @@ async fn delete(
     }
 }
 
-fn no_store(mut r: Response) -> Response {
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+fn no_store(r: Response) -> Response {
+    super::with_cache_control(r, "no-store")
 }
 
 /// `/recordings/{id}.mp4`: the progressive download.
@@ -289,25 +265,21 @@ async fn download(
             "no such recording file '{file}': the download is /recordings/{{id}}.mp4"
         )));
     };
-    let (row, stream) = admitted(&app, id, peer, &headers, &uri).await?;
+    let (row, pass) = admitted(&app, id, peer, &headers, &uri).await?;
     if let Some(there) = files_here(&app, &row, &uri)? {
         return Ok(there);
     }
-    let dir = app.recorder.dir_of(&row.id);
     let index = read(&app, &row).await?;
-    let main = index
-        .main_file()
+    let d = serve::download(&index, &row.stream, &row.id)
         .ok_or_else(|| ApiError::not_found("the recording has no media yet"))?;
-    let len = index.file_end(main).unwrap_or(0);
-    let name = format!("{}-{}.mp4", row.stream, row.id);
     let mut r = serve_range(
-        crate::recording::files::media_path(&dir, main),
-        len,
+        media_path(&app.recorder.dir_of(&row.id), d.file),
+        d.len,
         &headers,
-        cache(&row, &stream),
+        cache(&row, &pass, Served::Media),
     )
     .await?;
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", d.name)) {
         r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(r)
@@ -321,69 +293,53 @@ async fn file(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let number = match file.as_str() {
-        "index.m3u8" => None,
-        f => Some(
-            f.strip_suffix(".mp4")
-                .and_then(|n| n.parse::<u32>().ok())
-                .ok_or_else(|| {
-                    ApiError::not_found(format!(
-                        "no such recording file '{f}': the playlist is /recordings/{id}/index.m3u8"
-                    ))
-                })?,
-        ),
-    };
-    let (row, stream) = admitted(&app, &id, peer, &headers, &uri).await?;
+    let file = serve::parse_file(&file).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no such recording file '{file}': the playlist is /recordings/{id}/index.m3u8"
+        ))
+    })?;
+    let (row, pass) = admitted(&app, &id, peer, &headers, &uri).await?;
     if let Some(there) = files_here(&app, &row, &uri)? {
         return Ok(there);
     }
-    let dir = app.recorder.dir_of(&row.id);
     let index = read(&app, &row).await?;
-    match number {
-        None => {
+    match file {
+        RecordingFile::Playlist => {
             let query = super::hls::parse_query(uri.query())?;
             let suffix = super::hls::uri_suffix(&query);
-            let finished = row.state != "recording";
-            let text = index.render_playlist(finished, &suffix);
-            let cc = match cache(&row, &stream) {
-                // A growing playlist changes: revalidated, if it may be
-                // cached at all (a private one never).
-                c if !finished && c.starts_with("public") => "no-cache",
-                c => c,
-            };
+            let text = index.render_playlist(finished(&row), &suffix);
             Ok((
                 [
                     (header::CONTENT_TYPE, crate::egress::hls::PLAYLIST_TYPE),
-                    (header::CACHE_CONTROL, cc),
+                    (header::CACHE_CONTROL, cache(&row, &pass, Served::Playlist)),
                 ],
                 text,
             )
                 .into_response())
         }
-        Some(n) => {
+        RecordingFile::Media(n) => {
             let len = index.file_end(n).ok_or_else(|| {
                 ApiError::not_found(format!("recording '{id}' has no file {n}.mp4"))
             })?;
             serve_range(
-                crate::recording::files::media_path(&dir, n),
+                media_path(&app.recorder.dir_of(&row.id), n),
                 len,
                 &headers,
-                cache(&row, &stream),
+                cache(&row, &pass, Served::Media),
             )
             .await
         }
     }
 }
 
-/// Media bytes never change once indexed; a private stream's (or one
-/// recorded while private) stay out of shared caches.
-pub(super) fn cache(row: &RecordingRow, stream: &Stream) -> &'static str {
-    let public = stream.access() == Access::Public && !row.private;
-    match (public, row.state != "recording") {
-        (false, _) => "private, no-store",
-        (true, true) => "public, max-age=86400",
-        (true, false) => "public, max-age=60",
-    }
+/// Whether the recording's row says it ended (its files no longer grow).
+pub(super) fn finished(row: &RecordingRow) -> bool {
+    row.state != "recording"
+}
+
+/// `serve::cache_control` of what is served of `row`.
+pub(super) fn cache(row: &RecordingRow, pass: &RecordingPass, served: Served) -> &'static str {
+    serve::cache_control(served, pass.shared_cache, finished(row))
 }
 
 /// The recording's index (parsed once, `Recorder::index_of`).
@@ -391,11 +347,7 @@ pub(super) async fn read(
     app: &App,
     row: &RecordingRow,
 ) -> Result<Arc<crate::recording::index::Index>, ApiError> {
-    match app
-        .recorder
-        .index_of(&row.id, row.state != "recording")
-        .await
-    {
+    match app.recorder.index_of(&row.id, finished(row)).await {
         Ok(Some(i)) => Ok(i),
         Ok(None) => Err(ApiError::not_found("the recording has no media yet")),
         Err(e) => {
@@ -409,40 +361,6 @@ pub(super) async fn read(
     }
 }
 
-/// `Range: bytes=…` of a file of `len` bytes: `Ok(None)` for the whole
-/// file (no header, or several ranges: answered whole, as RFC 9110
-/// allows), `Err(())` when it cannot be satisfied.
-pub fn parse_range(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = value else { return Ok(None) };
-    let Some(spec) = v.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (a, b) = (a.trim(), b.trim());
-    let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
-        if n == 0 {
-            return Err(());
-        }
-        (len.saturating_sub(n), len.saturating_sub(1))
-    } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
-        let end = if b.is_empty() {
-            len.saturating_sub(1)
-        } else {
-            b.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
-        };
-        (start, end)
-    };
-    if len == 0 || start >= len || end < start {
-        return Err(());
-    }
-    Ok(Some((start, end)))
-}
-
 async fn serve_range(
     path: PathBuf,
     len: u64,
@@ -450,10 +368,10 @@ async fn serve_range(
     cache_control: &'static str,
 ) -> Result<Response, ApiError> {
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, start, end) = match parse_range(range, len) {
+    let (status, start, end) = match serve::parse_range(range, len) {
         Ok(None) => (StatusCode::OK, 0, len.saturating_sub(1)),
         Ok(Some((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e),
-        Err(()) => {
+        Err(serve::Unsatisfiable) => {
             let mut r = ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "bad_range",
@@ -467,7 +385,7 @@ async fn serve_range(
         }
     };
     let count = if len == 0 { 0 } else { end - start + 1 };
-    let body = file_body(path, start, count);
+    let body = Body::from_stream(recording::reads::chunks(path, start, count));
     let mut r = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, crate::egress::hls::MEDIA_TYPE)
@@ -479,58 +397,4 @@ async fn serve_range(
     }
     r.body(body)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
-}
-
-/// `count` bytes of `path` from `start`, read in chunks in blocking threads
-/// from one open file (a recording can be gigabytes: never in memory at once).
-fn file_body(path: PathBuf, start: u64, count: u64) -> Body {
-    type Open = Option<Arc<std::fs::File>>;
-    let state: (Open, PathBuf, u64, u64) = (None, path, start, count);
-    let stream = futures_util::stream::unfold(state, |(file, path, pos, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let want = left.min(CHUNK as u64) as usize;
-        let p = path.clone();
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Open, Vec<u8>)> {
-            use std::os::unix::fs::FileExt;
-            let f = match file {
-                Some(f) => f,
-                None => Arc::new(std::fs::File::open(&p)?),
-            };
-            let mut buf = vec![0; want];
-            f.read_exact_at(&mut buf, pos)?;
-            Ok((Some(f), buf))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        match read {
-            Ok((file, buf)) => Some((
-                Ok::<_, std::io::Error>(bytes::Bytes::from(buf)),
-                (file, path, pos + want as u64, left - want as u64),
-            )),
-            // The connection ends short: the client sees a truncated body.
-            Err(e) => Some((Err(e), (None, path, pos, 0))),
-        }
-    });
-    Body::from_stream(stream)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range(None, 100), Ok(None));
-        assert_eq!(parse_range(Some("bytes=0-9"), 100), Ok(Some((0, 9))));
-        assert_eq!(parse_range(Some("bytes=90-"), 100), Ok(Some((90, 99))));
-        assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
-        assert_eq!(parse_range(Some("bytes=50-500"), 100), Ok(Some((50, 99))));
-        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
-        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
-        assert_eq!(parse_range(Some("bytes=9-3"), 100), Err(()));
-        assert_eq!(parse_range(Some("bytes=x-3"), 100), Err(()));
-        assert_eq!(parse_range(Some("bytes=-0"), 100), Err(()));
-    }
 }

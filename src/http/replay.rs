@@ -18,17 +18,17 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::{ApiError, App, PeerAddr};
 use crate::admission::rate::RateLimiter;
 use crate::egress::webm::{self, WebmError};
-use crate::hub::Access;
 use crate::log_every::LogEvery;
 use crate::matrix::replay_chat::{ReplayChatError, Window};
-use crate::recording::index::{Index, Segment};
+use crate::recording::files::media_path;
+use crate::recording::serve::{self, Served, WebmPart, WebmReplay};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -65,18 +65,14 @@ async fn chat(
         )
         .retry_after(wait));
     }
-    let (row, stream) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
+    let (row, pass) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
     let Some(matrix) = app.matrix.as_ref() else {
         return Err(no_chat("this server has no Matrix chat"));
     };
     let Some(room) = row.room_id.as_deref() else {
         return Err(no_chat("this recording's stream had no Matrix room"));
     };
-    let current = stream.room();
-    if !crate::recording::access::chat_readable(
-        Some(room),
-        current.as_ref().map(|r| r.room_id.as_str()),
-    ) {
+    if !pass.chat {
         return Err(no_chat(
             "the stream no longer belongs to the room this recording's chat was in",
         ));
@@ -106,13 +102,11 @@ async fn chat(
                 .retry_after(10)
             }
         })?;
-    let mut resp = Json(&*chat).into_response();
     // A private stream's chat must not land in shared caches.
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-store"),
-    );
-    Ok(resp)
+    Ok(super::with_cache_control(
+        Json(&*chat).into_response(),
+        "private, no-store",
+    ))
 }
 
 /// `/recordings/{id}/replay.webm`: the main file's segments (the one the
@@ -126,19 +120,19 @@ async fn webm_file(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let (row, stream) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
+    let (row, pass) = super::recordings::admitted(&app, &id, peer.0, &headers, &uri).await?;
     // The files are on the node that made it.
     if let Some(there) = super::recordings::files_here(&app, &row, &uri)? {
         return Ok(there);
     }
-    let dir = app.recorder.dir_of(&row.id);
     let index = super::recordings::read(&app, &row).await?;
-    let Some(main) = index.main_file() else {
+    let Some(replay) = WebmReplay::of(&index) else {
         return Err(ApiError::not_found("the recording has no media yet"));
     };
-    let init_len = index.inits.get(&main).copied().unwrap_or(0);
-    let path = crate::recording::files::media_path(&dir, main);
-    let (init, _permit) = read_range(&app, path.clone(), 0, init_len)
+    let path = media_path(&app.recorder.dir_of(&row.id), replay.file);
+    let (init, _permit) = app
+        .recorder
+        .read_segment(path.clone(), 0, replay.init_len)
         .await
         .map_err(|e| read_error(&id, e))?;
     let tracks = webm::tracks_of_init(&init).map_err(|e| match e {
@@ -149,46 +143,32 @@ async fn webm_file(
         ),
         WebmError::Mp4(m) => unreadable(&id, &m),
     })?;
-    let segments: Vec<Segment> = main_segments(&index, main);
-    let duration_ms = segments.iter().map(|s| s.duration_us).sum::<u64>() as f64 / 1000.0;
-    let head = webm::header(&tracks, duration_ms);
-    let public = stream.access() == Access::Public && !row.private;
-    let cache = match (public, row.state != "recording") {
-        (false, _) => "private, no-store",
-        (true, true) => "public, max-age=3600",
-        (true, false) => "no-cache",
-    };
-    let part = uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("part="))
-            .map(str::to_string)
-    });
-    if let Some(part) = part {
-        return webm_part(&app, &part, &id, path, &tracks, &segments, head, cache).await;
+    let head = webm::header(&tracks, replay.duration_ms());
+    let cache = super::recordings::cache(&row, &pass, Served::Webm);
+    if let Some(part) = serve::webm_part(uri.query()) {
+        let part = part.map_err(|()| {
+            ApiError::bad_request("bad_part", "part is index, init or a segment number")
+        })?;
+        return webm_part(&app, part, &id, path, &tracks, &replay, head, cache).await;
     }
-    let state = (
-        app.clone(),
-        path,
-        segments.into_iter(),
-        0u64,
-        tracks,
-        id.clone(),
-    );
+    let state = (app.clone(), path, replay, 0, tracks, id.clone());
     let body = futures_util::stream::unfold(
         state,
-        |(app, path, mut segs, start_us, tracks, id)| async move {
-            let seg = segs.next()?;
-            let chunk = read_range(&app, path.clone(), seg.offset, seg.len)
+        |(app, path, replay, n, tracks, id)| async move {
+            let (seg, start_ms) = replay.segment(n)?;
+            let chunk = app
+                .recorder
+                .read_segment(path.clone(), seg.offset, seg.len)
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|(data, _permit)| {
                     let samples = webm::samples_of(&data, &tracks).map_err(|e| e.to_string())?;
-                    Ok(webm::clusters(start_us / 1000, &samples, &data))
+                    Ok(webm::clusters(start_ms, &samples, &data))
                 });
             match chunk {
                 Ok(c) => Some((
                     Ok::<_, std::io::Error>(bytes::Bytes::from(c)),
-                    (app, path, segs, start_us + seg.duration_us, tracks, id),
+                    (app, path, replay, n + 1, tracks, id),
                 )),
                 Err(e) => {
                     if let Some(suppressed) = WEBM_TROUBLE.allow() {
@@ -197,7 +177,7 @@ async fn webm_file(
                     // The connection ends short: the player has what came before.
                     Some((
                         Err(std::io::Error::other(e)),
-                        (app, path, Vec::new().into_iter(), start_us, tracks, id),
+                        (app, path, replay, usize::MAX, tracks, id),
                     ))
                 }
             }
@@ -207,84 +187,54 @@ async fn webm_file(
         futures_util::stream::once(async move { Ok(bytes::Bytes::from(head)) }),
         body,
     );
-    Response::builder()
-        .header(header::CONTENT_TYPE, "video/webm")
-        .header(header::CACHE_CONTROL, cache)
-        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .body(Body::from_stream(body))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    webm_response(Body::from_stream(body), cache)
 }
 
 /// One part of the WebM for Media Source Extensions (see the module docs).
 #[allow(clippy::too_many_arguments)]
 async fn webm_part(
     app: &App,
-    part: &str,
+    part: WebmPart,
     id: &str,
     path: PathBuf,
     tracks: &[webm::Track],
-    segments: &[Segment],
+    replay: &WebmReplay,
     head: Vec<u8>,
     cache: &'static str,
 ) -> Result<Response, ApiError> {
     let body = match part {
-        "index" => {
-            let has_audio = tracks
-                .iter()
-                .any(|t| matches!(t.kind, webm::Kind::Opus { .. }));
-            let video = tracks.iter().find_map(|t| match t.kind {
-                webm::Kind::Video { codec_id, .. } => {
-                    Some(if codec_id == "V_VP9" { "vp9" } else { "vp8" })
-                }
-                _ => None,
-            });
-            let codecs: Vec<&str> = video
-                .into_iter()
-                .chain(has_audio.then_some("opus"))
-                .collect();
-            let index = serde_json::json!({
-                "mime": format!("video/webm; codecs=\"{}\"", codecs.join(", ")),
-                "segments_ms": segments.iter().map(|s| s.duration_us as f64 / 1000.0).collect::<Vec<_>>(),
-            });
-            let mut r = Json(index).into_response();
-            if let Ok(v) = HeaderValue::from_str(cache) {
-                r.headers_mut().insert(header::CACHE_CONTROL, v);
-            }
-            return Ok(r);
+        WebmPart::Index => {
+            let index = replay.parts_index(tracks.iter().map(|t| &t.kind));
+            return Ok(super::with_cache_control(
+                Json(index).into_response(),
+                cache,
+            ));
         }
-        "init" => head,
-        n => {
-            let n: usize = n.parse().map_err(|_| {
-                ApiError::bad_request("bad_part", "part is index, init or a segment number")
-            })?;
-            let seg = segments.get(n).ok_or_else(|| {
+        WebmPart::Init => head,
+        WebmPart::Segment(n) => {
+            let (seg, start_ms) = replay.segment(n).ok_or_else(|| {
                 ApiError::not_found(format!("recording '{id}' has no segment {n}"))
             })?;
-            let start_us: u64 = segments[..n].iter().map(|s| s.duration_us).sum();
-            let (data, _permit) = read_range(app, path, seg.offset, seg.len)
+            let (data, _permit) = app
+                .recorder
+                .read_segment(path, seg.offset, seg.len)
                 .await
                 .map_err(|e| read_error(id, e))?;
             let samples =
                 webm::samples_of(&data, tracks).map_err(|e| unreadable(id, &e.to_string()))?;
-            webm::clusters(start_us / 1000, &samples, &data)
+            webm::clusters(start_ms, &samples, &data)
         }
     };
+    webm_response(Body::from(body), cache)
+}
+
+fn webm_response(body: Body, cache: &'static str) -> Result<Response, ApiError> {
     Response::builder()
         .header(header::CONTENT_TYPE, "video/webm")
         .header(header::CACHE_CONTROL, cache)
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .body(Body::from(body))
+        .body(body)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
-}
-
-/// The segments of `file`, in order (other files hold another codec).
-fn main_segments(index: &Index, file: u32) -> Vec<Segment> {
-    index
-        .segments
-        .iter()
-        .filter(|s| s.file == file)
-        .copied()
-        .collect()
 }
 
 fn unreadable(id: &str, why: &str) -> ApiError {
@@ -298,10 +248,6 @@ fn unreadable(id: &str, why: &str) -> ApiError {
     )
 }
 
-/// Longest segment read into memory (a segment is seconds of media; more
-/// means a damaged index).
-const MAX_SEGMENT_BYTES: u64 = 64 << 20;
-
 /// A segment could not be read, or the server's memory for reads stayed
 /// taken (many WebM replays at once).
 fn read_error(id: &str, e: std::io::Error) -> ApiError {
@@ -314,36 +260,4 @@ fn read_error(id: &str, e: std::io::Error) -> ApiError {
         .retry_after(2);
     }
     unreadable(id, &e.to_string())
-}
-
-/// `len` bytes of `path` from `offset` (one segment: seconds of media),
-/// within the recorder's memory budget for reads (the segment and the
-/// WebM made from it are in memory until sent). The permit goes with the
-/// bytes: held until they are turned into what is sent.
-async fn read_range(
-    app: &App,
-    path: PathBuf,
-    offset: u64,
-    len: u64,
-) -> std::io::Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
-    if len > MAX_SEGMENT_BYTES {
-        return Err(std::io::Error::other(format!(
-            "a segment of {len} bytes is larger than {MAX_SEGMENT_BYTES}"
-        )));
-    }
-    // Twice the segment: its bytes and the Clusters made from them.
-    let Some(permit) = app.recorder.read_permit(len.saturating_mul(2)).await else {
-        return Err(std::io::Error::from(std::io::ErrorKind::WouldBlock));
-    };
-    let data = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(&path)?;
-        f.seek(SeekFrom::Start(offset))?;
-        let mut buf = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
-        f.read_exact(&mut buf)?;
-        Ok::<_, std::io::Error>(buf)
-    })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))??;
-    Ok((data, permit))
 }

@@ -186,7 +186,7 @@ impl Matrix {
                 // to see (the API refuses them the same way).
                 let room_now = stream.as_ref().and_then(|s| s.room());
                 rows.retain(|r| {
-                    crate::recording::access::servable(
+                    crate::admission::recording::servable(
                         r.private,
                         r.room_id.as_deref(),
                         stream.as_ref().map_or(Access::Private, |s| s.access()),

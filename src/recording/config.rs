@@ -29,6 +29,10 @@ pub struct RecordingConfig {
     /// A publisher back within this continues the same recording (with a
     /// discontinuity). Absent: `matrix.golive_delay_ms`, or 5000 without Matrix.
     pub continue_within_ms: Option<u64>,
+    /// A recording this old ends at the next keyframe and the next one
+    /// begins there (`rollover`); 0: a recording lasts as long as its
+    /// broadcast. Hours; fractions allowed.
+    pub max_recording_hours: f64,
 }
 
 impl Default for RecordingConfig {
@@ -43,6 +47,7 @@ impl Default for RecordingConfig {
             admin_token: None,
             segment_secs: 4.0,
             continue_within_ms: None,
+            max_recording_hours: 24.0,
         }
     }
 }
@@ -75,6 +80,19 @@ impl RecordingConfig {
                 "too short; use at least 16 random characters".into(),
             ));
         }
+        let hours = self.max_recording_hours;
+        if !(hours >= 0.0 && hours.is_finite()) {
+            return Err((
+                "recording.max_recording_hours",
+                "must be a number of hours ≥ 0 (0: no limit)".into(),
+            ));
+        }
+        if hours > 0.0 && hours * 3600.0 < 2.0 * self.segment_secs {
+            return Err((
+                "recording.max_recording_hours",
+                "must be 0 (no limit) or at least two segments (2 × recording.segment_secs)".into(),
+            ));
+        }
         if self.continue_within_ms.is_some_and(|ms| ms > 600_000) {
             return Err((
                 "recording.continue_within_ms",
@@ -90,5 +108,29 @@ impl RecordingConfig {
 
     pub fn min_free_bytes(&self) -> u64 {
         (self.min_free_gb * 1e9) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_recording_hours_is_off_or_at_least_two_segments() {
+        let with = |hours: f64| RecordingConfig {
+            max_recording_hours: hours,
+            ..RecordingConfig::default()
+        };
+        assert_eq!(RecordingConfig::default().max_recording_hours, 24.0);
+        for ok in [0.0, 24.0, 0.5, 8.0 / 3600.0] {
+            assert!(with(ok).check().is_ok(), "{ok}");
+        }
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 7.0 / 3600.0] {
+            assert_eq!(
+                with(bad).check().unwrap_err().0,
+                "recording.max_recording_hours",
+                "{bad}"
+            );
+        }
     }
 }

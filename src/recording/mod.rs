@@ -15,15 +15,18 @@
 //! directory that is not writable, deleted files) pauses recording with a
 //! log line and a status in the API and `/metrics`; the next segment is the
 //! retry. At start-up, recordings a crash left open are cut to their last
-//! whole segment and indexed as `interrupted`.
+//! whole segment and indexed as `interrupted`. A recording that reaches
+//! `max_recording_hours` hands over to a new one at a keyframe (`rollover`).
 
-pub mod access;
 pub mod budget;
 pub mod config;
 pub mod files;
 pub mod index;
 pub mod index_cache;
+pub mod reads;
 pub mod retention;
+pub mod rollover;
+pub mod serve;
 pub mod session;
 pub mod sweep;
 
@@ -56,7 +59,8 @@ const SINK_ID_BASE: u64 = 1 << 41;
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Bytes of media a segment in progress may hold (it is in memory until it
 /// ends at a keyframe, at most 10 s): a publisher over it gets its segment
-/// cut here, and the next one starts at a keyframe.
+/// cut here, and the next one starts at a keyframe. Readers (`reads`) refuse
+/// a segment much larger as damaged.
 const MAX_SEGMENT_BYTES: usize = 64 << 20;
 static SEGMENT_CUT_LOG: crate::log_every::LogEvery =
     crate::log_every::LogEvery::new(Duration::from_secs(10));
@@ -143,16 +147,11 @@ pub struct Recorder {
     stopping: watch::Sender<bool>,
     /// Parsed indexes for the HTTP paths (bounded in bytes).
     indexes: index_cache::IndexCache,
-    /// Memory for segments read whole for HTTP (WebM), in KiB.
+    /// Memory for segments read whole for clients (WebM), in KiB (`reads`).
     read_budget: Arc<tokio::sync::Semaphore>,
     /// The cluster bus: choices and deletions reach the other nodes.
     bus: std::sync::OnceLock<Arc<crate::cluster::bus::Bus>>,
 }
-
-/// Segments read whole into memory for HTTP at once, over all clients.
-const READ_BUDGET_KIB: usize = 128 << 10;
-/// How long a request waits for that memory before `503`.
-const READ_BUDGET_WAIT: Duration = Duration::from_secs(10);
 
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -202,7 +201,7 @@ impl Recorder {
             clock: (Instant::now(), SystemTime::now()),
             stopping: watch::channel(false).0,
             indexes: index_cache::IndexCache::new(index_cache::MAX_BYTES),
-            read_budget: Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_KIB)),
+            read_budget: Arc::new(tokio::sync::Semaphore::new(reads::READ_BUDGET_KIB)),
             bus: std::sync::OnceLock::new(),
         })
     }
@@ -265,19 +264,6 @@ impl Recorder {
         Ok(read_index(&self.dir_of(id))
             .await?
             .map(|i| self.indexes.put(id, i, finished, now)))
-    }
-
-    /// Room to read `len` bytes into memory for a client (held until
-    /// dropped); `None` when the server's budget stays taken.
-    pub async fn read_permit(&self, len: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let kib = u32::try_from(len.div_ceil(1024).clamp(1, READ_BUDGET_KIB as u64)).ok()?;
-        tokio::time::timeout(
-            READ_BUDGET_WAIT,
-            self.read_budget.clone().acquire_many_owned(kib),
-        )
-        .await
-        .ok()?
-        .ok()
     }
 
     pub fn enabled(&self) -> bool {
@@ -558,6 +544,22 @@ impl Recorder {
         });
     }
 
+    /// `active` reached its age limit: it leaves `active`, and a new
+    /// recording of `stream` begins now (if the stream is still live and
+    /// wanted), while the old one writes its last segment and ends.
+    fn hand_over(self: &Arc<Self>, stream: &Arc<Stream>, active: &Arc<Active>) {
+        {
+            let mut map = self.active.lock();
+            if map
+                .get(&stream.name)
+                .is_some_and(|a| Arc::ptr_eq(a, active))
+            {
+                map.remove(&stream.name);
+            }
+        }
+        self.control_changed(stream);
+    }
+
     /// Deletes a recording's files and row. A recording being made cannot
     /// be deleted (stop it with `!live record off` first).
     pub async fn delete(&self, id: &str) -> Result<bool, DeleteError> {
@@ -755,6 +757,9 @@ struct Recording {
     audio_base: Option<u32>,
     /// Media bytes given to the segmenter since the last segment was written.
     pending_bytes: usize,
+    /// When it began, and when it hands over to the next (`rollover`).
+    started: Instant,
+    rollover: rollover::Rollover,
 }
 
 impl Recording {
@@ -769,6 +774,7 @@ impl Recording {
             // hold up to 64 MiB each in memory.
             window: 1,
         };
+        let rollover = rollover::Rollover::new(rec.cfg.max_recording_hours);
         let now = ms(SystemTime::now()) as i64;
         let row = RecordingRow {
             id: active.id.clone(),
@@ -806,6 +812,8 @@ impl Recording {
             video_base: None,
             audio_base: None,
             pending_bytes: 0,
+            started: Instant::now(),
+            rollover,
         }
     }
 
@@ -834,6 +842,7 @@ impl Recording {
         self.write_complete().await;
         let mut offline_since: Option<tokio::time::Instant> = None;
         let mut stopping = self.rec.stopping.subscribe();
+        let mut rolled_over = false;
         loop {
             if *stopping.borrow_and_update() {
                 break;
@@ -849,6 +858,16 @@ impl Recording {
                             || last_seeded.is_some_and(|i| f.index <= i)
                         {
                             continue;
+                        }
+                        let can_begin = match f.kind {
+                            Kind::Video => f.keyframe,
+                            Kind::Audio => !self.expect.0,
+                        };
+                        if self.rollover.due(self.started, f.wallclock, can_begin) {
+                            // The next recording begins with this frame
+                            // (the GOP it seeds from starts here).
+                            rolled_over = true;
+                            break;
                         }
                         if overflow.swap(false, Relaxed) {
                             self.rec.metrics.frames_dropped.fetch_add(1, Relaxed);
@@ -879,6 +898,13 @@ impl Recording {
                 _ = tokio::time::sleep_until(end_at.unwrap_or_else(tokio::time::Instant::now)), if end_at.is_some() => break,
                 _ = stopping.changed() => break,
             }
+        }
+        if rolled_over {
+            info!(stream = %self.stream.name, id = %self.row.id, max_hours = self.rec.cfg.max_recording_hours, "recording: reached recording.max_recording_hours; the next recording begins");
+            // Frames are the next recording's now: none queue here while
+            // this one ends (its sink is detached when it has).
+            rx.close();
+            self.rec.hand_over(&self.stream, &self.active);
         }
         self.seg.flush();
         self.write_complete().await;
@@ -1074,7 +1100,7 @@ impl Recording {
         if self.row.room_id.is_none() {
             self.row.room_id = self.stream.room().map(|r| r.room_id);
         }
-        // Private once, private for good (`access::servable`).
+        // Private once, private for good (`admission::recording::servable`).
         self.row.private |= self.stream.access() == crate::hub::Access::Private;
     }
 

@@ -5,108 +5,17 @@
 //
 // Scenarios: watch, chat, embed, multiview, widget, publish, index, hls, hls-codec, ice-fail (see each function),
 // and mx-watch, mx-widget, mx-widget-chat against a real Synapse room (tests/matrix_pages.rs).
-// Every stdout line is one JSON object with a "type": step lines the Rust test
-// reacts to (e.g. {"type":"offline_shown"} → it starts the publisher), "shot"
-// lines naming saved screenshots, "console" lines, and last a "result"
-// {ok, reason, console_errors, ...}. The page's console errors fail a scenario.
-// Waits are conditions with deadlines, never sleeps.
+// Output, waits and main() are harness.mjs's: one JSON object per stdout line
+// (e.g. {"type":"offline_shown"} → the Rust test starts the publisher), last
+// the "result"; the page's console errors fail a scenario; waits are
+// conditions with deadlines, never sleeps.
 
-import { chromium } from 'playwright-core';
 import { createServer } from 'node:http';
-import { mkdirSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-
-const here = dirname(fileURLToPath(import.meta.url));
-const DESKTOP = { width: 1280, height: 800 };
-const PHONE = { width: 390, height: 844 };
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--autoplay-policy=no-user-gesture-required',
-  '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
-];
-
-// --- arguments and output -------------------------------------------------------
-const argv = process.argv.slice(2);
-const scenario = argv[0];
-const opt = (name, dflt = null) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : dflt;
-};
-const has = (name) => argv.includes(`--${name}`);
-const BASE = (opt('base') || '').replace(/\/+$/, '');
-const ARTIFACTS = opt('artifacts', join(here, '..', 'artifacts', 'pages'));
-const TIMEOUT = Number(opt('timeout', '60')) * 1000;
-
-function emit(o) {
-  process.stdout.write(`${JSON.stringify(o)}\n`);
-}
-
-const consoleErrors = [];
-/** Console errors that a scenario expects (e.g. the 404 of an API that is not built yet). */
-const allowedErrors = [];
-
-function watchConsole(page, label) {
-  page.on('console', (msg) => {
-    if (msg.type() !== 'error' && msg.type() !== 'warning') return;
-    const text = msg.text();
-    const url = msg.location()?.url || '';
-    emit({ type: 'console', page: label, level: msg.type(), text, url });
-    if (msg.type() !== 'error') return;
-    if (/favicon/i.test(text + url)) return;
-    if (allowedErrors.some((re) => re.test(`${text} ${url}`))) return;
-    consoleErrors.push(`${label}: ${text} (${url})`);
-  });
-  page.on('pageerror', (err) => {
-    emit({ type: 'console', page: label, level: 'pageerror', text: String(err) });
-    consoleErrors.push(`${label}: ${err}`);
-  });
-}
-
-async function waitFor(what, fn, timeoutMs = TIMEOUT) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      if (e && e.fatal) throw e;
-      last = `error: ${e.message || e}`;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what} (last: ${JSON.stringify(last)})`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function check(cond, message) {
-  if (!cond) throw new Error(message);
-}
-
-async function shot(page, name, opts = {}) {
-  mkdirSync(ARTIFACTS, { recursive: true });
-  const vp = page.viewportSize();
-  const path = join(ARTIFACTS, `${name}-${vp.width}x${vp.height}.png`);
-  await page.screenshot({ path, ...opts });
-  emit({ type: 'shot', name, path });
-  return path;
-}
-
-/** Desktop and phone screenshots of the page as it is now (restores the viewport). */
-async function shots(page, name, ready = async () => true) {
-  const vp = page.viewportSize();
-  for (const size of [DESKTOP, PHONE]) {
-    await page.setViewportSize(size);
-    await waitFor(`${name} to settle at ${size.width}px`, ready, 10000);
-    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
-    await shot(page, name);
-  }
-  await page.setViewportSize(vp);
-}
+import {
+  BASE, DESKTOP, PHONE, allowedErrors, check, emit, has, main, opt, shot, shots, waitFor, watchConsole,
+} from './harness.mjs';
 
 /** A host page server on loopback (another origin than roomcast's): the "other site"
  *  that frames the embed or runs the Matrix client. It has to be a real local server:
@@ -1450,30 +1359,4 @@ async function watchRedirect(browser) {
 
 const SCENARIOS = { 'watch-redirect': watchRedirect, watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget, 'mx-widget-chat': mxWidgetChat, 'mx-chat': mxChat };
 
-async function main() {
-  const result = { type: 'result', scenario, ok: false };
-  let browser = null;
-  const started = Date.now();
-  try {
-    if (!SCENARIOS[scenario] || !BASE) throw new Error(`usage: node pages.mjs {${Object.keys(SCENARIOS).join('|')}} --base URL`);
-    const args = [...CHROMIUM_ARGS];
-    if (scenario === 'publish') args.push('--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream');
-    browser = await chromium.launch({
-      executablePath: process.env.ROOMCAST_TEST_CHROMIUM || '/usr/bin/chromium', headless: true, args, timeout: 60000,
-    });
-    emit({ type: 'start', scenario, browser_version: browser.version() });
-    Object.assign(result, await SCENARIOS[scenario](browser));
-    result.ok = consoleErrors.length === 0;
-    if (!result.ok) result.reason = `console errors: ${consoleErrors.join(' | ')}`;
-  } catch (e) {
-    result.reason = String(e && e.stack ? e.stack : e);
-  } finally {
-    result.console_errors = consoleErrors;
-    result.elapsed_ms = Date.now() - started;
-    emit(result);
-    if (browser) await browser.close().catch(() => {});
-    process.exit(result.ok ? 0 : 1);
-  }
-}
-
-main();
+main(SCENARIOS, (name) => (name === 'publish' ? ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'] : []));

@@ -11,81 +11,10 @@
 //   chat  /watch/NAME?recording=ID (or --path, the bot's replay link): the session's chat beside the player shows, in order,
 //         the messages sent up to the moment on screen (--bodies: JSON array, in the
 //         order they were sent), and seeking moves that moment both ways.
-// Every stdout line is one JSON object (see pages.mjs); the last is the "result".
-// The page's console errors fail a scenario. Waits are conditions with deadlines.
+// Output, waits and main() are harness.mjs's: one JSON object per stdout line, the last
+// the "result"; the page's console errors fail a scenario; waits are conditions with deadlines.
 
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const here = dirname(fileURLToPath(import.meta.url));
-const DESKTOP = { width: 1280, height: 800 };
-const PHONE = { width: 390, height: 844 };
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--autoplay-policy=no-user-gesture-required',
-];
-
-const argv = process.argv.slice(2);
-const scenario = argv[0];
-const opt = (name, dflt = null) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : dflt;
-};
-const BASE = (opt('base') || '').replace(/\/+$/, '');
-const ARTIFACTS = opt('artifacts', join(here, '..', 'artifacts', 'replay'));
-const TIMEOUT = Number(opt('timeout', '60')) * 1000;
-const has = (name) => argv.includes(`--${name}`);
-const emit = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
-const consoleErrors = [];
-
-function watchConsole(page, label) {
-  page.on('console', (msg) => {
-    if (msg.type() !== 'error' && msg.type() !== 'warning') return;
-    const text = msg.text();
-    const url = msg.location()?.url || '';
-    emit({ type: 'console', page: label, level: msg.type(), text, url });
-    if (msg.type() === 'error' && !/favicon/i.test(text + url)) consoleErrors.push(`${label}: ${text} (${url})`);
-  });
-  page.on('pageerror', (err) => {
-    emit({ type: 'console', page: label, level: 'pageerror', text: String(err) });
-    consoleErrors.push(`${label}: ${err}`);
-  });
-}
-
-async function waitFor(what, fn, timeoutMs = TIMEOUT) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      last = `error: ${e.message || e}`;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what} (last: ${JSON.stringify(last)})`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function check(cond, message) {
-  if (!cond) throw new Error(message);
-}
-
-async function shots(page, name) {
-  mkdirSync(ARTIFACTS, { recursive: true });
-  const vp = page.viewportSize();
-  for (const size of [DESKTOP, PHONE]) {
-    await page.setViewportSize(size);
-    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
-    const path = join(ARTIFACTS, `${name}-${size.width}x${size.height}.png`);
-    await page.screenshot({ path });
-    emit({ type: 'shot', name, path });
-  }
-  await page.setViewportSize(vp);
-}
+import { BASE, DESKTOP, check, emit, has, main, opt, shots, waitFor, watchConsole } from './harness.mjs';
 
 /** The replay player's figures. */
 const replayStats = (page) => page.evaluate(() => {
@@ -252,28 +181,4 @@ async function chat(browser) {
 
 const SCENARIOS = { play, chat };
 
-async function main() {
-  const result = { type: 'result', scenario, ok: false };
-  let browser = null;
-  const started = Date.now();
-  try {
-    if (!SCENARIOS[scenario] || !BASE) throw new Error(`usage: node replay.mjs {${Object.keys(SCENARIOS).join('|')}} --base URL`);
-    browser = await chromium.launch({
-      executablePath: process.env.ROOMCAST_TEST_CHROMIUM || '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS, timeout: 60000,
-    });
-    emit({ type: 'start', scenario, browser_version: browser.version() });
-    Object.assign(result, await SCENARIOS[scenario](browser));
-    result.ok = consoleErrors.length === 0;
-    if (!result.ok) result.reason = `console errors: ${consoleErrors.join(' | ')}`;
-  } catch (e) {
-    result.reason = String(e && e.stack ? e.stack : e);
-  } finally {
-    result.console_errors = consoleErrors;
-    result.elapsed_ms = Date.now() - started;
-    emit(result);
-    if (browser) await browser.close().catch(() => {});
-    process.exit(result.ok ? 0 : 1);
-  }
-}
-
-main();
+main(SCENARIOS);

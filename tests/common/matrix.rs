@@ -462,6 +462,43 @@ impl MxUser {
         room
     }
 
+    /// The stream key the bot sends after `!live attach`: joins the bot's
+    /// DM (its first pending invite) and reads the key from the settings
+    /// message there: (the DM's room id, the key).
+    pub fn key_from_bot_dm(&self, bot: &str) -> (String, String) {
+        let dm = wait_until("the bot's DM invite", MX_TIMEOUT, || {
+            self.invites().into_iter().next()
+        });
+        self.join(&dm);
+        let key = key_from_settings(
+            self.wait_message(&dm, bot, "Stream Key: ")["content"]["body"]
+                .as_str()
+                .unwrap(),
+        );
+        (dm, key)
+    }
+
+    /// A new room of this user (`preset`, e.g. `private_chat` for an
+    /// invite-only one, named `title`) where the bot is a moderator, with
+    /// `stream` attached: (room id, stream key).
+    pub fn attach_stream(
+        &self,
+        bot: &str,
+        preset: &str,
+        title: &str,
+        stream: &str,
+    ) -> (String, String) {
+        let room = self.create_room(json!({
+            "preset": preset, "name": title, "invite": [bot],
+            "power_level_content_override": {"users": {bot: 50}},
+        }));
+        self.wait_joined(&room, bot);
+        self.send_text(&room, &format!("!live attach {stream}"));
+        self.wait_message(&room, bot, &format!("Stream '{stream}' is attached"));
+        let (_, key) = self.key_from_bot_dm(bot);
+        (room, key)
+    }
+
     /// An OpenID token as the widget gets it: (access_token, matrix_server_name).
     pub fn openid_token(&self) -> (String, String) {
         let v = self.ok(

@@ -29,6 +29,7 @@ pub mod rtc_client;
 pub mod rtmp;
 pub mod stop;
 pub mod synapse;
+pub mod tls;
 pub mod ws;
 
 use std::collections::hash_map::RandomState;

@@ -288,28 +288,10 @@ pub fn decode_video(ffmpeg: &Path, file: &Path) -> Result<(String, u64), String>
     Ok((codec, frames))
 }
 
-/// A self-signed certificate for 127.0.0.1 (`{name}.crt`, `{name}.key`), as
-/// tests/tls.rs makes them: an end-entity certificate a client can take as
-/// its own trust root.
+/// A self-signed certificate for 127.0.0.1 (`{name}.crt`, `{name}.key`)
+/// for the RTMPS destination.
 pub fn make_cert(dir: &Path, name: &str) {
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=roomcast-restream-test"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(dir.join(format!("{name}.key")))
-        .arg("-out")
-        .arg(dir.join(format!("{name}.crt")))
-        .stdout(Stdio::null())
-        .output()
-        .expect("openssl req (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    super::tls::make_cert(dir, name, "roomcast-restream-test");
 }
 
 /// ffmpeg's complaints while decoding a recording's audio (empty: it decodes).
