@@ -339,7 +339,7 @@ fn standalone_party_page_with_a_party_key() {
     assert!(plan.contains(&out), "widget {refused} vs plan {plan}");
     let text = refused["estimate"]["text"].as_str().unwrap();
     assert!(
-        text.contains("3 members sharing") && text.contains("9 out"),
+        text.contains("3 members would share") && text.contains("3 in, 9 out"),
         "{text}"
     );
     assert!(text.contains("limits.max_egress_mbps = 10"), "{text}");

@@ -152,9 +152,9 @@ export class Party {
     if (!show) return;
     const pct = e.cores * 100;
     const cpu = pct < 1 ? 'under 1 %' : `about ${Math.round(pct)} %`;
-    const who = e.sharers === 1 ? 'you alone sharing' : `${e.sharers} members sharing`;
-    this.estimate.textContent = `If you share: ${who} and watching each other is ${e.streams_in} streams in and ${e.streams_out} out, `
-      + `${e.mbps_out.toFixed(1)} Mbit/s from the server, ${cpu} of one CPU core. Members only watching add ${(e.kbps_per_share / 1000).toFixed(1)} Mbit/s each.`;
+    const who = e.sharers === 1 ? 'you would be the only one sharing' : `${e.sharers} members would share and watch each other`;
+    this.estimate.textContent = `If you share, ${who}: ${e.streams_in} in, ${e.streams_out} out, `
+      + `${e.mbps_out.toFixed(1)} Mbit/s from the server, ${cpu} of one CPU core. Each member only watching adds ${(e.kbps_per_share / 1000).toFixed(1)} Mbit/s per share.`;
     this.estimate.classList.toggle('over', e.over.length > 0);
     if (e.over.length) this.estimate.textContent += ` Sharing is not possible now: ${e.over.join('; ')}.`;
     this.estimate.dataset.mbpsOut = e.mbps_out.toFixed(2);
