@@ -598,6 +598,10 @@ pub struct MatrixConfig {
     /// The bitrate cap (kbit/s) the widget asks a sharer's browser to keep.
     #[serde(default = "default_party_max_kbps")]
     pub party_max_kbps: u32,
+    /// Members sharing at once in one room's party (0: only `[limits]`
+    /// bound it; each share is watched by every other: N² out).
+    #[serde(default)]
+    pub party_max_sharers: usize,
 }
 
 fn default_notice_update_secs() -> u64 {
@@ -626,6 +630,10 @@ pub struct PartyConfig {
     /// Participants at once (each share is watched by every other: N² out).
     #[serde(default = "default_party_participants")]
     pub max_participants: usize,
+    /// Participants sharing at once (0: only `max_participants` and
+    /// `[limits]` bound it).
+    #[serde(default)]
+    pub max_sharers: usize,
 }
 
 fn default_party_participants() -> usize {

@@ -97,6 +97,8 @@ fn members_share_screens_in_the_room_widget() {
     alice.set_display_name("Alice");
     bob.set_display_name("Bob");
     carol.set_display_name("Carol");
+    // alice has an avatar (authenticated media: the page gets it through roomcast).
+    alice.set_avatar(&alice.upload(&png(96, 96, "blue"), "image/png"));
     let room = live_new(&env, &alice, "hangout");
     for u in [&bob, &carol] {
         alice.invite(&room, &u.user_id);
@@ -169,6 +171,21 @@ fn members_share_screens_in_the_room_widget() {
         .as_str()
         .unwrap()
         .to_string();
+    // Carol's grid shows alice's avatar decoded and bob's initial.
+    let carol_tiles = sharing["streams"]["carol"].as_array().unwrap();
+    let tile_of = |u: &MxUser| {
+        carol_tiles
+            .iter()
+            .find(|t| t["user"] == u.user_id.as_str())
+            .unwrap_or_else(|| panic!("{}'s tile in carol's grid", u.user_id))
+    };
+    let a = &tile_of(&alice)["avatar"];
+    // (Synapse picks the thumbnail size; any decoded picture will do.)
+    assert!(
+        a["loaded"] == true && a["width"].as_u64() > Some(0),
+        "alice's avatar: {a}"
+    );
+    assert_eq!(tile_of(&bob)["avatar"]["initial"], "B");
     for bearer in ["not-a-grant-0123456789", carol_token.as_str()] {
         assert_eq!(
             forged_whip(server, &alice_stream, bearer),
@@ -236,8 +253,10 @@ fn members_share_screens_in_the_room_widget() {
 fn standalone_party_page_with_a_party_key() {
     let _serial = serial();
     let key = "friends-party-key-0123456789";
+    // Two shares of 1500 + 64 kbit/s watched by each other are 6.3 Mbit/s out;
+    // a third would be 14.1 (`plan --mode call`): over the 10 Mbit/s cap.
     let server = Server::start(&format!(
-        "[[parties]]\nname = \"friends\"\nkey = \"{key}\"\nmax_kbps = 1500\n"
+        "[limits]\nmax_egress_mbps = 10\n\n[[parties]]\nname = \"friends\"\nkey = \"{key}\"\nmax_kbps = 1500\n"
     ));
     // The API refuses a wrong key, an unknown party and a missing token.
     let party = "/api/v1/parties/friends";
@@ -271,8 +290,8 @@ fn standalone_party_page_with_a_party_key() {
 
     let users = json!([
         {"label": "ann", "display_name": "Ann", "share": true},
-        {"label": "bo", "display_name": "Bo", "share": true},
-        {"label": "cy", "display_name": "Cy", "share": false},
+        {"label": "bo", "display_name": "Bo", "share": true, "close_tab": true},
+        {"label": "cy", "display_name": "Cy", "share": false, "refused": true},
     ]);
     let dir = node_dir();
     let mut cmd =
@@ -302,7 +321,127 @@ fn standalone_party_page_with_a_party_key() {
             "forged WHIP with {bearer}"
         );
     }
+    // Cy saw the estimate of `roomcast plan --mode call` for three sharers,
+    // the cap it passes, and her share was refused with it.
+    let refused = &sharing["refused"]["cy"];
+    // (No ROOMCAST_* of the test tools: the binary reads those as config.)
+    let plan = Command::new(roomcast_bin())
+        .env_clear()
+        .args(["plan", "--mode", "call", "--viewers", "3"])
+        .args(["--video-kbps", "1500", "--audio-kbps", "64"])
+        .output()
+        .expect("roomcast plan");
+    let plan = String::from_utf8_lossy(&plan.stdout).to_string();
+    let out = format!(
+        "out: {:.2} Mbit/s",
+        refused["estimate"]["mbps_out"].as_f64().unwrap()
+    );
+    assert!(plan.contains(&out), "widget {refused} vs plan {plan}");
+    let text = refused["estimate"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("3 members would share") && text.contains("3 in, 9 out"),
+        "{text}"
+    );
+    assert!(text.contains("limits.max_egress_mbps = 10"), "{text}");
+    let status = refused["status"].as_str().unwrap();
+    assert!(status.contains("limits.max_egress_mbps = 10"), "{status}");
     let r = tool.result(PARTY_TIMEOUT);
     println!("standalone party: {r}");
     assert_eq!(r["ok"], true, "party.mjs failed: {}", r["reason"]);
+    // Bo closed his tab: his share ended on the server too (within the
+    // 5 s party.mjs allowed for his tile to go from the others' grids).
+    let bo = r["stopped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["user"] == "bo")
+        .expect("bo stopped");
+    assert_eq!(bo["closed_tab"], true, "{bo}");
+    let after = server.get(&format!(
+        "/api/v1/streams/{}",
+        bo["stream"].as_str().unwrap()
+    ));
+    let live = after.json().unwrap_or(Value::Null);
+    assert!(
+        after.status == 404 || live["live"] == false,
+        "bo's share after his tab closed: {} {live}",
+        after.status
+    );
+}
+
+/// `!live party quiet`: a share posts no notice, only the stream's state
+/// event (live, then ended). The share is the API's grant published by
+/// aiortc, as the widget would.
+#[test]
+fn a_quiet_party_posts_only_the_state_event() {
+    let _serial = serial();
+    let env = MatrixEnv::start("golive_delay_ms = 500");
+    let server = env.server();
+    let bot = env.bot_id();
+    let alice = env.user("alice");
+    alice.set_display_name("Alice");
+    let room = live_new(&env, &alice, "hush");
+    alice.send_text(&room, "!live party quiet");
+    alice.wait_message(&room, &bot, "Screen-share party on, quietly");
+    let party = format!("/api/v1/rooms/{}/party", enc(&room));
+    let (token, server_name) = alice.openid_token();
+    let (status, welcome) = post_json(
+        server,
+        &format!("{party}/session"),
+        None,
+        &json!({"openid_token": token, "matrix_server_name": server_name}),
+    );
+    assert_eq!(status, 200, "{welcome}");
+    let party_token = welcome["party_token"].as_str().unwrap();
+    let (status, grant) = post_json(
+        server,
+        &format!("{party}/share"),
+        Some(party_token),
+        &json!({}),
+    );
+    assert_eq!(status, 201, "{grant}");
+    let stream = grant["stream"].as_str().unwrap();
+    let mut publisher = common::publishers::aiortc_publisher(
+        &server.url(grant["whip_url"].as_str().unwrap()),
+        common::publishers::WhipOpts {
+            codec: "VP8",
+            key: Some(grant["publish_token"].as_str().unwrap().to_string()),
+            width: 320,
+            height: 180,
+            ..Default::default()
+        },
+    );
+    server.wait_live(stream, MX_TIMEOUT);
+    // The state event and a notice leave through the same outbox, together:
+    // once the state says live, a notice would be in the room.
+    wait_until("the share's state event to say live", MX_TIMEOUT, || {
+        alice
+            .state(&room, "io.roomcast.stream", stream)
+            .filter(|s| s["state"] == "live")
+    });
+    let done = publisher.stop(MX_TIMEOUT);
+    assert_eq!(done["ok"], true, "aiortc publisher: {done}");
+    wait_until(
+        "the share's state event to say it ended",
+        MX_TIMEOUT,
+        || {
+            alice
+                .state(&room, "io.roomcast.stream", stream)
+                .filter(|s| s["state"] == "offline")
+        },
+    );
+    let (originals, edits) = party_notices(&alice, &room, &bot);
+    assert!(
+        originals.is_empty() && edits.is_empty(),
+        "a quiet party got notices: {originals:?} {edits:?}"
+    );
+    let any_live = alice.messages_from(&room, &bot).into_iter().find(|m| {
+        m["content"]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("sharing") || b.contains(" is live"))
+    });
+    assert!(
+        any_live.is_none(),
+        "a quiet party got a notice: {any_live:?}"
+    );
 }

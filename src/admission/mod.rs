@@ -13,6 +13,7 @@
 //! sweep ends them when their grounds go away (the room turned private).
 
 pub mod cluster_caps;
+pub mod party_caps;
 pub mod publish_grant;
 pub mod rate;
 pub mod recording;

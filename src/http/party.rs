@@ -60,8 +60,22 @@ fn party_error(e: PartyError) -> Response {
             "party_token_required",
             "join the party first (POST …/join) and send its party_token as Authorization: Bearer",
         ),
+        PartyError::OverCapacity(over) => return over_capacity(&over),
     };
     ApiError::new(status, code, msg).into_response()
+}
+
+/// A share over a cap (the widget's too): 503 with every cap it would pass.
+pub(crate) fn over_capacity(over: &[String]) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "party_over_capacity",
+        format!(
+            "sharing now would go over a limit: {}; try again when someone stops sharing",
+            over.join("; ")
+        ),
+    )
+    .into_response()
 }
 
 #[derive(Deserialize)]
@@ -121,10 +135,14 @@ async fn view(
         });
     };
     let hub = app.hub.clone();
-    match app
-        .parties
-        .view(&name, token, now(), |s| hub.get(s).map(|s| s.is_live()))
-    {
+    let caps = |e: &mut _| app.admission.check_party_share(e);
+    match app.parties.view(
+        &name,
+        token,
+        now(),
+        |s| hub.get(s).map(|s| s.is_live()),
+        caps,
+    ) {
         Ok(v) => Json(v).into_response(),
         Err(e) => party_error(e),
     }
@@ -138,12 +156,19 @@ async fn share(
     let Some(token) = bearer(&headers) else {
         return party_error(PartyError::BadToken);
     };
-    match app.parties.share(&name, token, now()) {
+    let hub = app.hub.clone();
+    let caps = |e: &mut _| app.admission.check_party_share(e);
+    let live_of = |s: &str| hub.get(s).map(|s| s.is_live());
+    match app.parties.share(&name, token, now(), live_of, caps) {
         Ok(g) => {
             // The stream exists (titled with the name) before the WHIP POST.
             app.hub.ensure_stream(&g.stream, Some(&g.display_name));
             tracing::info!(party = %name, stream = %g.stream, "party: share granted");
             (StatusCode::CREATED, Json(g)).into_response()
+        }
+        Err(PartyError::OverCapacity(over)) => {
+            tracing::info!(party = %name, "party: share refused: {}", over.join("; "));
+            over_capacity(&over)
         }
         Err(e) => party_error(e),
     }

@@ -287,6 +287,12 @@ impl Matrix {
         members.set(room, user, Member { name, avatar });
     }
 
+    /// `server/media_id` of a member's avatar as the chat knows it (the
+    /// media proxy serves it for the room's streams).
+    pub(super) fn member_avatar(&self, room: &str, user: &str) -> Option<String> {
+        self.chat.members.lock().get(room, user)?.avatar.clone()
+    }
+
     /// A member event's content (`m.room.member`): a joined member's name
     /// and avatar are kept, one who left or was banned is forgotten.
     pub(super) fn remember_member(&self, room: &str, user: &str, content: &serde_json::Value) {

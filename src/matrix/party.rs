@@ -19,6 +19,8 @@ use tracing::info;
 
 use super::access::{ACCESS_TTL_SECS, OpenIdError};
 use super::{Matrix, MatrixError};
+use crate::party::ShareCaps;
+use crate::party::estimate::{ShareEstimate, checked};
 use crate::store::matrix::MappingRow;
 use crate::store::party::PartyRoom;
 
@@ -59,6 +61,8 @@ pub enum PartyError {
     },
     BadToken,
     Unavailable(String),
+    /// One more share would pass these caps (src/party/estimate.rs).
+    OverCapacity(Vec<String>),
 }
 
 impl From<crate::store::StoreError> for PartyError {
@@ -93,12 +97,19 @@ pub struct Sharer {
     pub live: bool,
     /// A viewer token of the asking member for this stream.
     pub access_token: String,
+    /// `server/media_id` of the member's avatar, served by the media proxy
+    /// (`GET /api/v1/streams/{stream}/media/{server}/{id}?size=avatar` with
+    /// `access_token`): authenticated media needs a token the page has not.
+    pub avatar: Option<String>,
 }
 
 #[derive(Serialize)]
 pub struct PartyView {
     pub enabled: bool,
     pub sharers: Vec<Sharer>,
+    /// What the asking member's share would add (none while they share,
+    /// or without a party token).
+    pub estimate: Option<ShareEstimate>,
 }
 
 #[derive(Serialize)]
@@ -204,9 +215,13 @@ impl Matrix {
         }
     }
 
-    /// The user's display name when joined to `room`.
+    /// The user's display name when joined to `room` (and their member event
+    /// remembered, so their tile's avatar is known to the media proxy).
     async fn joined_name(&self, room: &str, user: &str) -> Result<Option<String>, MatrixError> {
         let ev = self.state_event(room, "m.room.member", user).await?;
+        if let Some(e) = &ev {
+            self.remember_member(room, user, &e["content"]);
+        }
         Ok(ev
             .filter(|e| e["content"]["membership"].as_str() == Some("join"))
             .map(|e| {
@@ -284,10 +299,12 @@ impl Matrix {
     /// revokes what those admit).
     /// Without a token: only whether the room has a party (so the widget
     /// asks for an OpenID token only where it is needed).
+    /// `caps`: the server's caps on one more share (the admission service).
     pub async fn party_view(
         &self,
         room: &str,
         token: Option<&str>,
+        caps: impl ShareCaps,
     ) -> Result<PartyView, PartyError> {
         let enabled = match self.party_of(room).await {
             Ok(_) => true,
@@ -298,6 +315,7 @@ impl Matrix {
             return Ok(PartyView {
                 enabled,
                 sharers: Vec::new(),
+                estimate: None,
             });
         };
         let user = self.party_user(room, token)?;
@@ -308,22 +326,47 @@ impl Matrix {
             .filter(|m| is_party(m))
             .filter_map(|m| {
                 let s = self.hub.get(&m.stream)?;
+                let owner = m.owner.clone().unwrap_or_default();
                 Some(Sharer {
+                    avatar: self.member_avatar(room, &owner),
                     stream: m.stream.clone(),
-                    user_id: m.owner.clone().unwrap_or_default(),
+                    user_id: owner,
                     display_name: s.title(),
                     live: s.is_live(),
                     access_token: self.tokens.sign_for(&m.stream, exp, &user),
                 })
             })
-            .collect();
-        Ok(PartyView { enabled, sharers })
+            .collect::<Vec<_>>();
+        let live = sharers.iter().filter(|s| s.live);
+        let estimate = (enabled && !live.clone().any(|s| s.user_id == user)).then(|| {
+            let n = live.count();
+            checked(n, self.cfg.party_max_kbps, self.cfg.party_max_sharers, caps)
+        });
+        Ok(PartyView {
+            enabled,
+            sharers,
+            estimate,
+        })
+    }
+
+    /// Members of `room` sharing now, `user` aside.
+    fn sharing_except(&self, room: &str, user: &str) -> usize {
+        self.streams_of_room(room)
+            .iter()
+            .filter(|m| is_party(m) && m.owner.as_deref() != Some(user))
+            .filter(|m| self.hub.get(&m.stream).is_some_and(|s| s.is_live()))
+            .count()
     }
 
     /// **Share screen**: the member's personal stream in `room` (made on first
     /// use) and a publish grant for it. Membership and power are asked of the
-    /// homeserver now.
-    pub async fn party_share(&self, room: &str, token: &str) -> Result<ShareGrant, PartyError> {
+    /// homeserver now; then the party's and the server's caps (`caps`).
+    pub async fn party_share(
+        &self,
+        room: &str,
+        token: &str,
+        caps: impl ShareCaps,
+    ) -> Result<ShareGrant, PartyError> {
         let user = self.party_user(room, token)?;
         self.party_of(room).await?;
         let name = self
@@ -334,6 +377,17 @@ impl Matrix {
         let needed = self.cfg.party_power_level;
         if level < needed {
             return Err(PartyError::NoPower { needed });
+        }
+        let sharing = self.sharing_except(room, &user);
+        let e = checked(
+            sharing,
+            self.cfg.party_max_kbps,
+            self.cfg.party_max_sharers,
+            caps,
+        );
+        if !e.over.is_empty() {
+            info!(room = %room, user = %user, "matrix: party share refused: {}", e.over.join("; "));
+            return Err(PartyError::OverCapacity(e.over));
         }
         let stream = party_stream_name(room, &user);
         self.create_stream(room, &stream, Some(PARTY_SLOT), Some(&user))

@@ -6,8 +6,13 @@
 //! WHIP checks through the admission service (this type is its grant
 //! verifier for standalone parties). No I/O here: the HTTP layer drives it.
 //!
+//! Before a share, the party's view carries what one more share would cost
+//! (estimate.rs) and the caps it would pass; a share over a cap is refused.
+//!
 //! Bounded: at most `max_participants` per party; participants neither
 //! sharing nor seen (a poll of the party) for [`IDLE`] are forgotten.
+
+pub mod estimate;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,6 +24,12 @@ use sha2::{Digest, Sha256};
 
 use crate::admission::{AccessTokens, Grant, TokenError, publish_scope};
 use crate::config::PartyConfig;
+use estimate::ShareEstimate;
+
+/// Adds to an estimate's `over` the server's caps it passes (the admission
+/// service's `check_party_share`).
+pub trait ShareCaps: Fn(&mut ShareEstimate) {}
+impl<F: Fn(&mut ShareEstimate)> ShareCaps for F {}
 
 /// How long a party token lasts.
 pub const TOKEN_TTL_SECS: u64 = 12 * 3600;
@@ -34,6 +45,8 @@ pub enum PartyError {
     BadName,
     Full,
     BadToken,
+    /// One more share would pass these caps.
+    OverCapacity(Vec<String>),
 }
 
 struct Participant {
@@ -45,6 +58,7 @@ struct Party {
     key_digest: [u8; 32],
     max_kbps: u32,
     max_participants: usize,
+    max_sharers: usize,
     members: Mutex<HashMap<String, Participant>>,
 }
 
@@ -67,12 +81,16 @@ pub struct Sharer {
     pub live: bool,
     /// Standalone party streams are public (their names are unguessable).
     pub access_token: Option<String>,
+    /// No avatars without Matrix (the tile shows an initial).
+    pub avatar: Option<String>,
 }
 
 #[derive(Serialize, Debug)]
 pub struct View {
     pub enabled: bool,
     pub sharers: Vec<Sharer>,
+    /// What the asking participant's share would add (none while they share).
+    pub estimate: Option<ShareEstimate>,
 }
 
 #[derive(Serialize, Debug)]
@@ -116,6 +134,7 @@ impl Parties {
                             key_digest: digest(&c.key),
                             max_kbps: c.max_kbps,
                             max_participants: c.max_participants,
+                            max_sharers: c.max_sharers,
                             members: Mutex::new(HashMap::new()),
                         },
                     )
@@ -225,8 +244,9 @@ impl Parties {
         token: &str,
         now: u64,
         live_of: impl Fn(&str) -> Option<bool>,
+        caps: impl ShareCaps,
     ) -> Result<View, PartyError> {
-        let (p, _) = self.member(party, token, now)?;
+        let (p, me) = self.member(party, token, now)?;
         let members = p.members.lock();
         let mut sharers: Vec<Sharer> = members
             .iter()
@@ -239,19 +259,47 @@ impl Parties {
                     display_name: m.name.clone(),
                     live,
                     access_token: None,
+                    avatar: None,
                 })
             })
             .collect();
+        drop(members);
         sharers.sort_by(|a, b| a.stream.cmp(&b.stream));
+        let sharing = |s: &&Sharer| s.live;
+        let estimate = (!sharers.iter().filter(sharing).any(|s| s.user_id == me)).then(|| {
+            let n = sharers.iter().filter(sharing).count();
+            estimate::checked(n, p.max_kbps, p.max_sharers, caps)
+        });
         Ok(View {
             enabled: true,
             sharers,
+            estimate,
         })
     }
 
     /// Share screen: the participant's stream name and a publish grant.
-    pub fn share(&self, party: &str, token: &str, now: u64) -> Result<ShareGrant, PartyError> {
+    /// Refused when the share would pass a cap (`caps`), counting the
+    /// participants' live shares (`live_of`) but the asking one's own.
+    pub fn share(
+        &self,
+        party: &str,
+        token: &str,
+        now: u64,
+        live_of: impl Fn(&str) -> Option<bool>,
+        caps: impl ShareCaps,
+    ) -> Result<ShareGrant, PartyError> {
         let (p, id) = self.member(party, token, now)?;
+        let sharing = p
+            .members
+            .lock()
+            .keys()
+            .filter(|other| **other != id)
+            .filter(|other| live_of(&Self::stream_of(party, other)) == Some(true))
+            .count();
+        let e = estimate::checked(sharing, p.max_kbps, p.max_sharers, caps);
+        if !e.over.is_empty() {
+            return Err(PartyError::OverCapacity(e.over));
+        }
         let name = p
             .members
             .lock()
@@ -294,6 +342,7 @@ mod tests {
             key: "a-long-party-key-1234".into(),
             max_kbps: 2000,
             max_participants: 2,
+            max_sharers: 1,
         }])
     }
 
@@ -318,7 +367,9 @@ mod tests {
             .join("friends", "a-long-party-key-1234", " Ann ", 0)
             .unwrap();
         assert_eq!(ann.display_name, "Ann");
-        let grant = p.share("friends", &ann.party_token, 0).unwrap();
+        let grant = p
+            .share("friends", &ann.party_token, 0, |_| None, |_| {})
+            .unwrap();
         assert_eq!(grant.stream, format!("friends-{}", ann.user_id));
         assert!(crate::config::validate_stream_name(&grant.stream).is_ok());
         // The grant is for that stream only, and a party token is no grant.
@@ -339,12 +390,38 @@ mod tests {
         // Another server's secret signs nothing here.
         assert!(parties().check(&scope, &grant.publish_token, 0).is_err());
         let view = p
-            .view("friends", &ann.party_token, 0, |_| Some(true))
+            .view("friends", &ann.party_token, 0, |_| Some(true), |_| {})
             .unwrap();
+        // Ann shares: no estimate for her.
+        assert!(view.estimate.is_none());
         assert_eq!(view.sharers.len(), 1);
         assert_eq!(view.sharers[0].display_name, "Ann");
-        // Bounded: two participants at most.
-        p.join("friends", "a-long-party-key-1234", "Bo", 0).unwrap();
+        // Bounded: two participants at most, one sharing: Bo sees the cap
+        // before sharing and is refused.
+        let bo = p.join("friends", "a-long-party-key-1234", "Bo", 0).unwrap();
+        let ann_live = |s: &str| Some(s.ends_with(&ann.user_id));
+        let view = p
+            .view("friends", &bo.party_token, 0, ann_live, |_| {})
+            .unwrap();
+        let e = view.estimate.expect("Bo's estimate");
+        assert_eq!((e.sharers, e.streams_out), (2, 4));
+        assert_eq!(
+            e.over,
+            vec!["this party allows 1 member sharing at once".to_string()]
+        );
+        let refused = p.share("friends", &bo.party_token, 0, ann_live, |_| {});
+        assert!(
+            matches!(refused, Err(PartyError::OverCapacity(ref o)) if o.len() == 1),
+            "{refused:?}"
+        );
+        // Server caps come from the admission service.
+        let refused = p.share("friends", &ann.party_token, 0, ann_live, |e| {
+            e.over.push("limits".into())
+        });
+        assert_eq!(
+            refused.unwrap_err(),
+            PartyError::OverCapacity(vec!["limits".into()])
+        );
         assert_eq!(
             p.join("friends", "a-long-party-key-1234", "Cy", 0)
                 .unwrap_err(),

@@ -4,12 +4,17 @@
 // matrix-widget-api's ClientWidgetApi around the widget the bot wrote into the room (templated as
 // Element does; OpenID tokens from Synapse). `sharers` press Share screen; every widget must show
 // the others' tiles decoding (never its own share played back); `watchers` must get no button.
+// Each tile shows the sharer's avatar (through roomcast's media proxy) or their initial.
 // Then each sharer presses Stop and the tile goes from every other widget within 2 s.
 //
 //   node party.mjs --base URL --hs URL --room ID --widget JSON --users JSON [--artifacts DIR]
 //   node party.mjs --base URL --standalone NAME --key KEY --users JSON   (the /party/{name} page)
-// users: [{label, user_id, access_token, display_name, share: bool, ended_by_server: bool}]
-// (ended_by_server: instead of pressing Stop, wait for the server to end the share.)
+// users: [{label, user_id, access_token, display_name, share: bool, ended_by_server: bool,
+//          close_tab: bool, refused: bool}]
+// (ended_by_server: instead of pressing Stop, wait for the server to end the share;
+// close_tab: instead of pressing Stop, close the tab: the share must end within 5 s;
+// refused: once the others share, the widget's estimate says a cap is passed, and pressing
+// Share screen is refused with the server's message and gives no tile.)
 // Prints JSON lines; the last is {"type":"result","ok":…}.
 import { chromium } from 'playwright-core';
 import { createServer } from 'node:http';
@@ -66,7 +71,10 @@ function partyState(frame) {
       const p = party && party.players[t.dataset.stream];
       let frames = 0;
       if (p && p.pc) (await p.pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') frames = s.framesDecoded || 0; });
-      tiles.push({ stream: t.dataset.stream, user: t.dataset.user, name: t.querySelector('.pt-name')?.textContent, played: !!p, frames,
+      const av = t.querySelector('.pt-avatar');
+      const avatar = av ? { img: av.tagName === 'IMG', loaded: av.tagName === 'IMG' && av.complete && av.naturalWidth > 0,
+        width: av.naturalWidth || 0, initial: av.classList.contains('is-initial') ? av.textContent : null } : null;
+      tiles.push({ stream: t.dataset.stream, user: t.dataset.user, name: t.querySelector('.pt-label')?.textContent, avatar, played: !!p, frames,
         local: !!t.querySelector('video[aria-label="Your shared screen"]'), volume: !!t.querySelector('.pt-volume') });
     }
     return {
@@ -75,6 +83,8 @@ function partyState(frame) {
       may_share: party && party.me ? party.me.may_share : null,
       button: !!q('.w-share') && !q('.w-share').hidden,
       stop: !!q('.w-share-stop') && !q('.w-share-stop').hidden,
+      estimate: q('.w-estimate') && !q('.w-estimate').hidden
+        ? { text: q('.w-estimate').textContent, over: q('.w-estimate').classList.contains('over'), mbps_out: Number(q('.w-estimate').dataset.mbpsOut) } : null,
       status: q('.w-party-status')?.textContent || '',
       tiles,
     };
@@ -112,7 +122,9 @@ async function main() {
         if (m.type() !== 'error') return;
         const url = m.location()?.url || '';
         emit({ type: 'console', user: u.label, text: m.text(), url });
-        if (!/favicon|status of 403/i.test(`${m.text()} ${url}`)) errors.push(`${u.label}: ${m.text()} (${url})`);
+        // (The wrong key's 403, and a refused share's 503 for the member meant to be refused.)
+        const expected = u.refused ? /favicon|status of 403|status of 503/i : /favicon|status of 403/i;
+        if (!expected.test(`${m.text()} ${url}`)) errors.push(`${u.label}: ${m.text()} (${url})`);
       });
       host.on('pageerror', (e) => errors.push(`${u.label}: ${e}`));
       await host.goto(`${BASE}/party/${standalone}`);
@@ -180,6 +192,7 @@ async function main() {
       if (x.tiles.length !== sharers.length) return null;
       for (const t of x.tiles) {
         const mine = t.user === c.user_id;
+        if (!t.avatar || (t.avatar.img && !t.avatar.loaded)) return null;
         if (mine ? !(t.local && !t.played) : !(t.played && t.frames >= 30 && t.volume)) return null;
       }
       return x;
@@ -194,7 +207,24 @@ async function main() {
   await watcher.frame.click('.w-grid .pt');
   const focused = await watcher.frame.evaluate(() => document.querySelectorAll('.w-grid .pt.focused').length);
   check(focused === 1, `clicking a tile focused ${focused} tiles`);
-  emit({ type: 'sharing', streams: decoded });
+  // Over a cap: the estimate says so before, and the share is refused with the reason.
+  const refused = {};
+  for (const c of clients.filter((x) => x.refused)) {
+    const before = await waitFor(`${c.label}'s estimate to show the cap`, async () => {
+      const x = await partyState(c.frame);
+      return x.estimate && x.estimate.over ? x : null;
+    }, 10000);
+    await c.frame.click('.w-share');
+    const after = await waitFor(`${c.label}'s share to be refused`, async () => {
+      const x = await partyState(c.frame);
+      return /go over a limit/.test(x.status) ? x : null;
+    }, 30000);
+    check(!after.stop && after.button, `${c.label}: refused, yet Stop=${after.stop} button=${after.button}`);
+    check(!after.tiles.some((t) => t.user === c.user_id), `${c.label}: refused, yet has a tile`);
+    refused[c.label] = { estimate: before.estimate, status: after.status };
+    emit({ type: 'refused', user: c.label, estimate: before.estimate, status: after.status });
+  }
+  emit({ type: 'sharing', streams: decoded, refused });
   // Stop: the tile leaves every other widget within 2 s.
   const stopped = [];
   for (const c of sharers) {
@@ -214,14 +244,21 @@ async function main() {
       continue;
     }
     const t0 = Date.now();
-    await c.frame.click('.w-share-stop');
-    for (const o of clients.filter((x) => x !== c)) {
+    if (c.close_tab) {
+      // The tab goes as a user closes it: pagehide, then the page is gone.
+      await c.host.close({ runBeforeUnload: true });
+      await waitFor(`${c.label}'s tab to close`, async () => c.host.isClosed(), 10000);
+    } else {
+      await c.frame.click('.w-share-stop');
+    }
+    const bound = c.close_tab ? 5000 : 2000;
+    for (const o of clients.filter((x) => x !== c && !x.host.isClosed())) {
       await waitFor(`${c.label}'s tile to leave ${o.label}'s grid`, async () => !(await partyState(o.frame)).tiles.some((t) => t.stream === stream), 10000);
     }
     const ms = Date.now() - t0;
-    stopped.push({ user: c.label, stream, tile_gone_ms: ms });
-    check(ms <= 2000, `${c.label}'s tile took ${ms} ms to go`);
-    emit({ type: 'stopped', user: c.label, stream, tile_gone_ms: ms });
+    stopped.push({ user: c.label, stream, tile_gone_ms: ms, closed_tab: !!c.close_tab });
+    check(ms <= bound, `${c.label}'s tile took ${ms} ms to go (bound ${bound} ms)`);
+    emit({ type: 'stopped', user: c.label, stream, tile_gone_ms: ms, closed_tab: !!c.close_tab });
   }
   await browser.close();
   await site.close();

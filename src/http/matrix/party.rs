@@ -68,6 +68,7 @@ fn party_error(e: PartyError) -> Response {
             "not_enough_power",
             format!("sharing your screen here needs power level {needed} in the room"),
         ),
+        PartyError::OverCapacity(over) => return crate::http::party::over_capacity(&over),
     };
     ApiError::new(status, code, msg).into_response()
 }
@@ -130,7 +131,8 @@ async fn view(
     let Some(m) = app.matrix.as_ref() else {
         return Json(serde_json::json!({"enabled": false, "sharers": []})).into_response();
     };
-    match m.party_view(&room, bearer(&headers)).await {
+    let caps = |e: &mut _| app.admission.check_party_share(e);
+    match m.party_view(&room, bearer(&headers), caps).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => party_error(e),
     }
@@ -152,7 +154,8 @@ async fn share(
     let Some(token) = bearer(&headers) else {
         return no_token();
     };
-    match m.party_share(&room, token).await {
+    let caps = |e: &mut _| app.admission.check_party_share(e);
+    match m.party_share(&room, token, caps).await {
         Ok(g) => (StatusCode::CREATED, Json(g)).into_response(),
         Err(e) => party_error(e),
     }

@@ -2,16 +2,29 @@
 // room with `!live party on`, members trade their OpenID token for a party
 // token, see a grid of the members sharing (each tile a WHEP player with its
 // own volume; a click focuses it; their own share shows its local preview,
-// never played back from the server), and, with enough power, get
+// never played back from the server; names and avatars from the room), and, with enough power, get, beside what
+// one more share would cost the server (the view's `estimate`, computed by the
+// server from `roomcast plan`'s call model, with the caps it would pass),
 // **Share screen**: getDisplayMedia (mic optional) published over WHIP with
 // a grant bound to their user and the room. Stop, the shared window closing
 // or the tab closing ends it (DELETE on the WHIP resource).
 import { api } from './api.js';
+import { mediaUrl } from './chat_render.js';
 import { h } from './dom.js';
 import { Player } from './player.js';
 import { whipPublish } from './whip.js';
 
 const POLL_MS = 1000;
+
+/** The sharer's avatar from the room (through roomcast's media proxy, with the viewer
+ *  token the party view handed for their stream), or their initial. */
+function avatarOf(s) {
+  const initial = () => h('span', { class: 'pt-avatar is-initial', 'aria-hidden': 'true', text: String(s.display_name || '?').replace(/^@/, '').slice(0, 1).toUpperCase() });
+  if (!s.avatar || !s.access_token) return initial();
+  const img = h('img', { class: 'pt-avatar', alt: '', width: 20, height: 20, src: mediaUrl(s.stream, s.avatar, 'avatar', s.access_token) });
+  img.addEventListener('error', () => img.replaceWith(initial()));
+  return img;
+}
 
 export class Party {
   /**
@@ -34,9 +47,10 @@ export class Party {
     this.mic = h('input', { type: 'checkbox', name: 'mic' });
     this.micLabel = h('label', { class: 'w-mic', hidden: true }, this.mic, ' with microphone');
     this.status = h('span', { class: 'w-party-status', role: 'status', 'aria-live': 'polite' });
+    this.estimate = h('p', { class: 'w-estimate', hidden: true });
     this.grid = h('div', { class: 'w-grid', 'aria-label': 'Members sharing their screen' });
     this.el = h('section', { class: 'w-party', hidden: true },
-      h('div', { class: 'w-party-bar' }, this.shareBtn, this.micLabel, this.stopBtn, this.status), this.grid);
+      h('div', { class: 'w-party-bar' }, this.shareBtn, this.micLabel, this.stopBtn, this.status), this.estimate, this.grid);
     root.before(this.el);
     window.addEventListener('pagehide', () => this.release(true));
   }
@@ -89,7 +103,7 @@ export class Party {
       if (mine && !this.share) continue; // an old share of ours still ending
       const box = h('div', { class: 'pt-video' });
       const tile = h('figure', { class: 'pt', 'data-stream': s.stream, 'data-user': s.user_id, tabindex: '0' },
-        box, h('figcaption', { class: 'pt-name', text: mine ? `${s.display_name} (you)` : s.display_name }));
+        box, h('figcaption', { class: 'pt-name' }, avatarOf(s), h('span', { class: 'pt-label', text: mine ? `${s.display_name} (you)` : s.display_name })));
       tile.addEventListener('click', (ev) => {
         if (ev.target.closest('input, button')) return;
         const on = !tile.classList.contains('focused');
@@ -128,6 +142,22 @@ export class Party {
       this.shareBtn.hidden = true;
       this.micLabel.hidden = true;
     }
+    this.showEstimate(view.estimate);
+  }
+
+  /** What one more share costs the server (none while we share). */
+  showEstimate(e) {
+    const show = !!e && !!this.me?.may_share && !this.share;
+    this.estimate.hidden = !show;
+    if (!show) return;
+    const pct = e.cores * 100;
+    const cpu = pct < 1 ? 'under 1 %' : `about ${Math.round(pct)} %`;
+    const who = e.sharers === 1 ? 'you would be the only one sharing' : `${e.sharers} members would share and watch each other`;
+    this.estimate.textContent = `If you share, ${who}: ${e.streams_in} in, ${e.streams_out} out, `
+      + `${e.mbps_out.toFixed(1)} Mbit/s from the server, ${cpu} of one CPU core. Each member only watching adds ${(e.kbps_per_share / 1000).toFixed(1)} Mbit/s per share.`;
+    this.estimate.classList.toggle('over', e.over.length > 0);
+    if (e.over.length) this.estimate.textContent += ` Sharing is not possible now: ${e.over.join('; ')}.`;
+    this.estimate.dataset.mbpsOut = e.mbps_out.toFixed(2);
   }
 
   async start() {
@@ -162,10 +192,12 @@ export class Party {
       media.getVideoTracks()[0]?.addEventListener('ended', () => this.stop('The shared screen was closed, so sharing stopped.'));
       this.shareBtn.hidden = true;
       this.micLabel.hidden = true;
+      this.estimate.hidden = true;
       this.stopBtn.hidden = false;
     } catch (e) {
       for (const t of media.getTracks()) t.stop();
-      this.say(e.code === 'not_enough_power' || e.code === 'not_a_member' ? e.message : `Could not share: ${e.message || e}`);
+      const plain = ['not_enough_power', 'not_a_member', 'party_over_capacity'];
+      this.say(plain.includes(e.code) ? e.message : `Could not share: ${e.message || e}`);
     } finally {
       this.shareBtn.disabled = false;
     }

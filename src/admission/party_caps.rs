@@ -1,0 +1,147 @@
+//! Whether one more screen share fits this server (issue 16 item 4): the
+//! party alone against `[limits]` (the `plan --mode call` check), and what the share adds to what this server (and the cluster)
+//! carries now. A forecast, so that a member hears "no" before the grid
+//! overloads the server; each viewer joining still passes the per-viewer caps
+//! of `reserve`/`check_cluster_caps`.
+
+use super::Admission;
+use crate::config::LimitsConfig;
+use crate::party::estimate::ShareEstimate;
+
+/// What this node and the cluster carry now, as the caps count it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InUse {
+    pub egress_mbps: f64,
+    pub viewers: u64,
+    /// Cluster mode: `(max_viewers_per_stream, max_viewers, viewers now)`.
+    pub cluster: Option<(usize, usize, u64)>,
+}
+
+impl Admission {
+    /// Adds to `e.over` the server's and the cluster's caps the share would
+    /// pass (the party's own cap is the party's: estimate.rs).
+    pub fn check_party_share(&self, e: &mut ShareEstimate) {
+        let used = InUse {
+            egress_mbps: (self.egress_mbps)(),
+            viewers: self.engine.viewer_counts("").0 as u64,
+            cluster: self.cluster_caps.get().map(|c| {
+                let now = (c.total)().max(0) as u64;
+                (c.max_viewers_per_stream, c.max_viewers, now)
+            }),
+        };
+        let over = caps_passed(e, &self.limits, &used);
+        e.over.extend(over);
+    }
+}
+
+/// The caps one more share passes: the party alone against `limits` (as
+/// `plan` checks them); for a cap the party alone fits, what the share adds
+/// to what is `used` now; and the cluster's.
+pub fn caps_passed(e: &ShareEstimate, limits: &LimitsConfig, used: &InUse) -> Vec<String> {
+    let mut over = Vec::new();
+    let input = e.plan_input();
+    let alone = crate::plan::check_caps(&input, &crate::plan::plan(&input), limits);
+    let flagged = |key: &str| alone.iter().any(|s| s.contains(&format!("limits.{key} =")));
+    let (sessions, mbps) = e.added();
+    let cap = limits.max_egress_mbps;
+    let now = used.egress_mbps;
+    if cap > 0.0 && !flagged("max_egress_mbps") && now + mbps > cap {
+        over.push(format!(
+            "{now:.1} Mbit/s are in use and this share adds {mbps:.1}: over limits.max_egress_mbps = {cap}"
+        ));
+    }
+    let total = used.viewers;
+    if limits.max_viewers > 0
+        && !flagged("max_viewers")
+        && total + sessions > limits.max_viewers as u64
+    {
+        over.push(format!(
+            "{total} viewers are watching and this share adds {sessions}: over limits.max_viewers = {}",
+            limits.max_viewers
+        ));
+    }
+    over.extend(alone);
+    if let Some((per_stream, max_viewers, now)) = used.cluster {
+        let others = u64::from(e.sharers) - 1;
+        if per_stream > 0 && others > per_stream as u64 {
+            over.push(format!(
+                "{others} members would watch this share: over cluster.max_viewers_per_stream = {per_stream}"
+            ));
+        }
+        if max_viewers > 0 && now + sessions > max_viewers as u64 {
+            over.push(format!(
+                "{now} viewers are watching in the cluster and this share adds {sessions}: over cluster.max_viewers = {max_viewers}"
+            ));
+        }
+    }
+    over
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::party::estimate::estimate;
+
+    #[test]
+    fn no_caps_no_refusal() {
+        let e = estimate(7, 2500);
+        assert!(caps_passed(&e, &LimitsConfig::default(), &InUse::default()).is_empty());
+    }
+
+    #[test]
+    fn the_party_alone_is_said_once_and_load_now_counts() {
+        // Three sharers of 1500 + 64: 9 × 1.564 = 14.08 Mbit/s out.
+        let e = estimate(2, 1500);
+        let limits = LimitsConfig {
+            max_egress_mbps: 10.0,
+            ..LimitsConfig::default()
+        };
+        let over = caps_passed(&e, &limits, &InUse::default());
+        assert_eq!(
+            over,
+            vec!["14.08 Mbit/s out is over limits.max_egress_mbps = 10".to_string()]
+        );
+        // The party alone fits 20 Mbit/s; what other streams use does not.
+        let limits = LimitsConfig {
+            max_egress_mbps: 20.0,
+            max_viewers: 30,
+            ..LimitsConfig::default()
+        };
+        assert!(caps_passed(&e, &limits, &InUse::default()).is_empty());
+        let busy = InUse {
+            egress_mbps: 15.0,
+            viewers: 27,
+            cluster: None,
+        };
+        let over = caps_passed(&e, &limits, &busy);
+        assert_eq!(over.len(), 2, "{over:?}");
+        // The third share adds 5 sessions (9 − 4): 7.8 Mbit/s.
+        assert!(
+            over[0].contains("15.0 Mbit/s are in use and this share adds 7.8"),
+            "{over:?}"
+        );
+        assert!(
+            over[1].contains("27 viewers are watching and this share adds 5"),
+            "{over:?}"
+        );
+    }
+
+    #[test]
+    fn cluster_caps() {
+        let e = estimate(4, 1000);
+        let used = InUse {
+            cluster: Some((3, 100, 95)),
+            ..InUse::default()
+        };
+        let over = caps_passed(&e, &LimitsConfig::default(), &used);
+        assert_eq!(over.len(), 2, "{over:?}");
+        assert!(
+            over[0].contains("4 members would watch this share"),
+            "{over:?}"
+        );
+        assert!(
+            over[1].contains("over cluster.max_viewers = 100"),
+            "{over:?}"
+        );
+    }
+}
