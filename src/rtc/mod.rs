@@ -266,16 +266,16 @@ impl Engine {
             senders.push(tx);
         }
         {
-            let (udp, demux, senders) = (udp.clone(), demux.clone(), senders.clone());
+            let (udp, demux, inbound) = (udp.clone(), demux.clone(), Arc::new(senders.clone()));
             std::thread::Builder::new()
                 .name("rtc-udp-rx".into())
-                .spawn(move || net::run_udp_receiver(udp, udp_local, demux, senders))?;
+                .spawn(move || net::run_udp_receiver(udp, udp_local, demux, inbound))?;
         }
         let ice_tcp = Arc::new(IceTcp {
             local: tcp_local,
             demux: demux.clone(),
             conns: tcp_conns,
-            shards: senders.clone(),
+            inbound: Arc::new(senders.clone()),
         });
         let tcp_task = tokio::spawn(net::run_tcp_listener(
             tcp,

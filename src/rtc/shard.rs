@@ -23,7 +23,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, error, info, warn};
 
 use super::metrics::ShardMetrics;
-use super::net::{Demux, NetOut, SendBatch};
+use super::net::{Datagram, Demux, Inbound, NetOut, SendBatch};
 use super::publish::{NewPublisher, PubPeer};
 use super::replay_policy::{ReplayPolicy, RtxCacheSize, Verdict};
 use crate::hub::{Frame, FrameSink, Kind, Stream};
@@ -103,15 +103,7 @@ pub enum ShardMsg {
     RemovePublisher(u64),
     /// A viewer of the publisher's stream asked for a keyframe.
     PublisherKeyframe(u64),
-    Net {
-        peer: u64,
-        proto: Protocol,
-        source: SocketAddr,
-        destination: SocketAddr,
-        data: Vec<u8>,
-        at: Instant,
-        new_addr: bool,
-    },
+    Net(Datagram),
     Frame {
         stream: usize,
         frame: Arc<Frame>,
@@ -244,13 +236,6 @@ pub fn shard_queues(metrics: Arc<ShardMetrics>, capacity: usize) -> (ShardTx, Sh
     )
 }
 
-#[cfg(test)]
-impl ShardRx {
-    pub fn data_is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-}
-
 impl ShardTx {
     pub fn is_alive(&self) -> bool {
         self.alive.load(Relaxed)
@@ -280,6 +265,15 @@ impl ShardTx {
                 let _ = self.data.try_send(msg);
             }
             Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// The network's view of the shards: their data queues, by index.
+impl Inbound for Vec<ShardTx> {
+    fn deliver(&self, shard: usize, d: Datagram) {
+        if let Some(tx) = self.get(shard) {
+            tx.data(ShardMsg::Net(d));
         }
     }
 }
@@ -673,7 +667,7 @@ impl Shard {
                         // may have come in while this loop ran: take it first,
                         // or the check is dropped and the client retries only
                         // 250 ms later (that was every join's TTFF under load).
-                        if matches!(msg, ShardMsg::Net { new_addr: true, .. })
+                        if matches!(&msg, ShardMsg::Net(d) if d.new_addr)
                             && !self.drain_control(peers, pubs)
                         {
                             return;
@@ -950,22 +944,15 @@ impl Shard {
                     self.earliest.set(Instant::now());
                 }
             }
-            ShardMsg::Net {
-                peer,
-                proto,
-                source,
-                destination,
-                data,
-                at,
-                new_addr,
-            } => {
+            ShardMsg::Net(d) => {
+                let peer = d.peer;
                 let input = NetInput {
-                    proto,
-                    source,
-                    destination,
-                    data: &data,
-                    at,
-                    new_addr,
+                    proto: d.proto,
+                    source: d.source,
+                    destination: d.destination,
+                    data: &d.data,
+                    at: d.at,
+                    new_addr: d.new_addr,
                 };
                 if let Some(p) = peers.get_mut(peer) {
                     if p.dead {
