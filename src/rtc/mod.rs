@@ -14,6 +14,9 @@ pub mod sdp;
 mod shard;
 #[cfg(test)]
 mod tests;
+// Public for the in-memory tests and benches: one viewer, sans I/O.
+#[doc(hidden)]
+pub mod viewer;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -40,7 +43,8 @@ pub use net::IceTcp;
 use net::{Demux, NetOut, Route, TcpConns};
 pub use publish::NewPublisher;
 use publish::VideoTrack;
-use shard::{NewPeer, Registry, Shard, ShardMsg, ShardSink, ShardTx};
+use shard::{Registry, Shard, ShardMsg, ShardSink, ShardTx};
+use viewer::{NewViewer, ReplayPace};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewerError {
@@ -256,9 +260,7 @@ impl Engine {
                 demux: demux.clone(),
                 registry: registry.clone(),
                 metrics: shard_metrics,
-                batch: Default::default(),
-                earliest: std::cell::Cell::new(Instant::now()),
-                replay_pace: shard::ReplayPace::from_mbps(cfg.replay_pace_mbps),
+                replay_pace: ReplayPace::from_mbps(cfg.replay_pace_mbps),
             };
             std::thread::Builder::new()
                 .name(format!("rtc-{index}"))
@@ -485,7 +487,7 @@ impl Engine {
         let (shard, ufrag) = self
             .place(&mut rtc, &self.registry, stream, id)
             .ok_or(ViewerError::Negotiation(NO_WORKER.into()))?;
-        let sent = self.shards[shard].control(ShardMsg::Add(Box::new(NewPeer {
+        let sent = self.shards[shard].control(ShardMsg::Add(Box::new(NewViewer {
             id,
             rtc,
             stream: stream.clone(),

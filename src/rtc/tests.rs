@@ -257,7 +257,7 @@ fn unconnected_offers_are_not_counted_as_viewers() {
     assert!(engine.has_viewer("s", answer.id));
     // ...but it is no viewer of the stream, and goes away unconnected.
     assert_eq!(stream.viewers(), 0);
-    let deadline = Instant::now() + shard::CONNECT_TIMEOUT + Duration::from_secs(5);
+    let deadline = Instant::now() + viewer::CONNECT_TIMEOUT + Duration::from_secs(5);
     while engine.has_viewer("s", answer.id) {
         assert!(
             Instant::now() < deadline,
