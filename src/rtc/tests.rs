@@ -13,9 +13,11 @@ use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use super::engine::{NO_WORKER, shard_of};
 use super::shard::fault;
 use super::*;
-use crate::hub::{AudioInfo, IngestProtocol, VideoInfo};
+use crate::config::WebrtcConfig;
+use crate::hub::{AudioInfo, Hub, IngestProtocol, Stream, VideoInfo};
 
 /// A receiving WebRTC client driven on its own thread.
 struct Client {
