@@ -7,7 +7,8 @@
 //!   timers out); `publish`: a WHIP publisher's;
 //! - `shard`: a worker thread's loop, owning its sessions;
 //! - `net`: the shared sockets (demux, UDP, ICE-TCP), which hand packets
-//!   to the shards through `net::Inbound` and import nothing of them.
+//!   to the shards through `net::Inbound` and import nothing of them;
+//! - `pair` (tests): a str0m client and a `Viewer` in memory on a manual clock.
 
 mod dtls;
 mod engine;
@@ -17,6 +18,8 @@ pub mod negotiate;
 // the WHIP frame path.
 #[doc(hidden)]
 pub mod net;
+#[cfg(test)]
+mod pair;
 #[doc(hidden)]
 pub mod publish;
 mod replay_policy;
