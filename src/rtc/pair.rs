@@ -99,6 +99,9 @@ impl Default for PairOpts {
     }
 }
 
+/// Decides which datagrams to the client are lost.
+pub type Loss = Box<dyn FnMut(&[u8]) -> bool>;
+
 pub struct Pair {
     pub now: Instant,
     start: Instant,
@@ -116,7 +119,7 @@ pub struct Pair {
     pub audio_packets: usize,
     pub client_connected: bool,
     /// Datagrams to the client for which this returns true are lost.
-    pub lose: Box<dyn FnMut(&[u8]) -> bool>,
+    pub lose: Loss,
     /// The client is gone: it sends nothing more.
     pub client_silent: bool,
     video_ssrc: Option<Ssrc>,
@@ -577,7 +580,7 @@ mod tests {
         assert_eq!(arrivals(&p, skipped), 0, "what follows would not decode");
         let key = p.push(true);
         let delta = p.push(false);
-        assert_eq!(p.frames_got().ends_with(&[key, delta]), true);
+        assert!(p.frames_got().ends_with(&[key, delta]));
         assert_eq!(p.wire.laggard_skips, 1);
     }
 
