@@ -546,8 +546,9 @@ mod tests {
     use str0m::change::SdpOffer;
     use str0m::net::TcpType;
 
+    use super::super::pair::publish_media;
     use super::*;
-    use crate::hub::{AudioInfo, Hub, IngestProtocol, Publisher, VideoInfo};
+    use crate::hub::{Hub, Publisher};
 
     // Captured from the clients themselves: Chromium 156 headless (recvonly
     // transceivers as the play page makes them; sendonly canvas and
@@ -591,21 +592,7 @@ mod tests {
     fn stream(codec: &'static str, plid: Option<u32>) -> (Arc<Hub>, Arc<Stream>, Publisher) {
         let hub = Arc::new(Hub::new());
         let s = hub.ensure_stream("s", None);
-        let p = hub.publish(&s, IngestProtocol::Rtmp);
-        p.set_media(|m| {
-            m.video = Some(VideoInfo {
-                codec,
-                profile_level_id: plid,
-                ..Default::default()
-            });
-            m.audio = Some(AudioInfo {
-                codec: "opus",
-                sample_rate: 48_000,
-                channels: 2,
-                source_codec: None,
-            });
-        })
-        .unwrap();
+        let p = publish_media(&hub, &s, codec, plid);
         (hub, s, p)
     }
 

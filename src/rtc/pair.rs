@@ -138,7 +138,7 @@ impl Pair {
         let (client_addr, server_addr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
         let hub = Arc::new(Hub::new());
         let stream = hub.ensure_stream("s", None);
-        let publisher = publish(&hub, &stream, "H264");
+        let publisher = publish_media(&hub, &stream, "H264", Some(0x42e01f));
 
         let mut client = Rtc::builder().set_rtp_mode(true).build(now);
         client.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
@@ -259,7 +259,8 @@ impl Pair {
 
     /// A new publisher takes the stream over, sending `codec`.
     pub fn take_over(&mut self, codec: &'static str) {
-        self.publisher = publish(&self.hub, &self.stream, codec);
+        let plid = (codec == "H264").then_some(0x42e01f);
+        self.publisher = publish_media(&self.hub, &self.stream, codec, plid);
     }
 
     /// The client asks for a keyframe (an RTCP PLI); 20 ms pass (its
@@ -434,13 +435,19 @@ impl Pair {
     }
 }
 
-/// A publisher of `codec` video and Opus audio on `stream`.
-fn publish(hub: &Arc<Hub>, stream: &Arc<Stream>, codec: &'static str) -> Publisher {
+/// A publisher of `codec` video (`profile_level_id` for H.264) and Opus
+/// audio on `stream`.
+pub(super) fn publish_media(
+    hub: &Arc<Hub>,
+    stream: &Arc<Stream>,
+    codec: &'static str,
+    profile_level_id: Option<u32>,
+) -> Publisher {
     let p = hub.publish(stream, IngestProtocol::Rtmp);
     p.set_media(|m| {
         m.video = Some(VideoInfo {
             codec,
-            profile_level_id: (codec == "H264").then_some(0x42e01f),
+            profile_level_id,
             ..Default::default()
         });
         m.audio = Some(AudioInfo {

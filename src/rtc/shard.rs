@@ -728,16 +728,7 @@ impl Worker<'_> {
 
 impl Driver<'_> {
     fn viewer_timers(&mut self, p: &mut Viewer, now: Instant) {
-        let shard = self.shard;
-        p.handle_timeout(
-            now,
-            &mut ShardOut {
-                net: &shard.net,
-                batch: &mut self.batch,
-                metrics: &shard.metrics,
-            },
-        );
-        self.flush_and_schedule(p, now);
+        self.run_viewer(p, now, |p, now, out| p.handle_timeout(now, out));
     }
 
     fn publisher_timers(&mut self, p: &mut PubPeer, now: Instant) {
@@ -804,24 +795,25 @@ impl Driver<'_> {
         if p.dead {
             return;
         }
-        let now = Instant::now();
-        let shard = self.shard;
-        p.drive(
-            now,
-            &mut ShardOut {
-                net: &shard.net,
-                batch: &mut self.batch,
-                metrics: &shard.metrics,
-            },
-        );
-        self.flush_and_schedule(p, now);
+        self.run_viewer(p, Instant::now(), |p, now, out| p.drive(now, out));
     }
 
-    /// Ends a viewer's session, telling it (DTLS close alert).
+    /// Ends a viewer's session.
     fn close(&mut self, p: &mut Viewer) {
-        let now = Instant::now();
+        self.run_viewer(p, Instant::now(), |p, now, out| p.close(now, out));
+    }
+
+    /// Runs `f` on the viewer with the shard's batch as its outbox, then
+    /// sends what it wrote and notes when it needs the loop again.
+    fn run_viewer(
+        &mut self,
+        p: &mut Viewer,
+        now: Instant,
+        f: impl FnOnce(&mut Viewer, Instant, &mut ShardOut),
+    ) {
         let shard = self.shard;
-        p.close(
+        f(
+            p,
             now,
             &mut ShardOut {
                 net: &shard.net,
@@ -829,12 +821,7 @@ impl Driver<'_> {
                 metrics: &shard.metrics,
             },
         );
-        self.flush_and_schedule(p, now);
-    }
-
-    /// Sends what the viewer wrote and notes when it needs the loop again.
-    fn flush_and_schedule(&mut self, p: &Viewer, now: Instant) {
-        self.shard.net.flush(&mut self.batch);
+        shard.net.flush(&mut self.batch);
         let due = if p.dead { now } else { p.next_timeout() };
         self.earliest = self.earliest.min(due);
     }
@@ -956,26 +943,9 @@ impl Driver<'_> {
 #[cfg(test)]
 mod tests {
     use super::super::viewer::FrameGate;
+    use super::super::viewer::tests::frame;
     use super::*;
     use crate::hub::Kind;
-
-    fn frame(index: u64, kind: Kind, keyframe: bool) -> Arc<Frame> {
-        frame_of(index, kind, keyframe, 1)
-    }
-
-    fn frame_of(index: u64, kind: Kind, keyframe: bool, publisher: u64) -> Arc<Frame> {
-        let now = Instant::now();
-        Arc::new(Frame {
-            kind,
-            index,
-            rtp_time: index as u32,
-            wallclock: now,
-            received: now,
-            keyframe,
-            publisher,
-            payloads: Box::new([Arc::from(vec![0u8; 4])]),
-        })
-    }
 
     #[test]
     fn a_full_queue_drops_the_oldest_and_viewers_resume_at_a_keyframe() {

@@ -689,10 +689,11 @@ fn write_packets(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn frame(index: u64, kind: Kind, keyframe: bool) -> Arc<Frame> {
+    /// A frame of publisher 1 with one 4-byte payload.
+    pub(in super::super) fn frame(index: u64, kind: Kind, keyframe: bool) -> Arc<Frame> {
         frame_of(index, kind, keyframe, 1)
     }
 
