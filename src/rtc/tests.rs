@@ -13,9 +13,11 @@ use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use super::engine::{NO_WORKER, shard_of};
 use super::shard::fault;
 use super::*;
-use crate::hub::{AudioInfo, IngestProtocol, VideoInfo};
+use crate::config::WebrtcConfig;
+use crate::hub::{Hub, IngestProtocol, Stream};
 
 /// A receiving WebRTC client driven on its own thread.
 struct Client {
@@ -173,21 +175,7 @@ fn a_panicking_session_ends_alone_and_a_panicking_worker_restarts() {
     let publisher = {
         let (hub, stream, stop) = (hub.clone(), stream.clone(), stop.clone());
         std::thread::spawn(move || {
-            let p = hub.publish(&stream, IngestProtocol::Rtmp);
-            p.set_media(|m| {
-                m.video = Some(VideoInfo {
-                    codec: "H264",
-                    profile_level_id: Some(0x42e01f),
-                    ..Default::default()
-                });
-                m.audio = Some(AudioInfo {
-                    codec: "opus",
-                    sample_rate: 48_000,
-                    channels: 2,
-                    source_codec: None,
-                });
-            })
-            .unwrap();
+            let p = super::pair::publish_media(&hub, &stream, "H264", Some(0x42e01f));
             let mut i: i64 = 0;
             while !stop.load(Ordering::Relaxed) {
                 let key = i % 10 == 0;
@@ -257,7 +245,7 @@ fn unconnected_offers_are_not_counted_as_viewers() {
     assert!(engine.has_viewer("s", answer.id));
     // ...but it is no viewer of the stream, and goes away unconnected.
     assert_eq!(stream.viewers(), 0);
-    let deadline = Instant::now() + shard::CONNECT_TIMEOUT + Duration::from_secs(5);
+    let deadline = Instant::now() + viewer::CONNECT_TIMEOUT + Duration::from_secs(5);
     while engine.has_viewer("s", answer.id) {
         assert!(
             Instant::now() < deadline,

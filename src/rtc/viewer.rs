@@ -1,0 +1,730 @@
+//! One viewer's session, sans I/O: frames from the hub and datagrams from
+//! the network go in; RTP, RTCP and the time of its next timer come out
+//! (through an [`Outbox`] and [`Viewer::next_timeout`]). It decides which
+//! frames a viewer gets (the keyframe gate, a new publisher or codec, a
+//! laggard skipped to the next keyframe) and replays the cached GOP, paced,
+//! when it joins or asks for a keyframe. It never reads the clock: every
+//! call takes `now`, so a test drives it on a manual clock (`tests/pair.rs`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::media::{Mid, Pt};
+use str0m::net::{Protocol, Transmit};
+use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use tracing::{debug, info, warn};
+
+use super::replay_policy::{ReplayPolicy, RtxCacheSize, Verdict};
+use crate::hub::{Frame, Kind, Stream};
+use crate::log_every::LogEvery;
+
+/// A session that has not completed ICE and DTLS by then is dropped. Real
+/// clients connect within a second or two (ICE-lite: no gathering on our
+/// side); an offer that never connects costs a session only this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Offers that never connect are logged at most this often.
+static NEVER_CONNECTED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+/// A connected viewer that sends nothing (no consent checks, no RTCP) for this long is gone.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retransmission cache per viewer: 128 packets are half a second of a
+/// 2.5 Mbit/s stream, enough for NACKs from viewers up to ~300 ms away; each
+/// entry costs str0m ~430 bytes, so this is most of a viewer's memory.
+/// A GOP replay gets a larger one while it is retransmittable
+/// (`replay_policy::RtxCacheSize::for_replay`).
+pub const RTX_CACHE: RtxCacheSize = RtxCacheSize {
+    max_packets: 128,
+    max_age: Duration::from_millis(500),
+};
+/// A paced replay starts with this much at once (about 27 packets, an eighth
+/// of a default 208 KB receive buffer, which holds ~92 datagrams whatever
+/// their size) and then goes at the configured rate.
+const REPLAY_BURST_BYTES: i64 = 32 * 1024;
+/// What a packet costs a paced replay besides its payload (RTP, SRTP, UDP, IP).
+const PACKET_OVERHEAD_BYTES: i64 = 60;
+/// A replay out of credit waits until it has this much (a full packet).
+const REPLAY_RESUME_BYTES: i64 = 1200 + PACKET_OVERHEAD_BYTES;
+/// Live video frames that may queue behind a paced replay; beyond that (a
+/// stream faster than the pace) the rest of the replay goes out at once.
+const REPLAY_MAX_LIVE_FRAMES: usize = 120;
+
+/// How fast a GOP replay is sent to one viewer: a token bucket refilled at
+/// this rate. The replay otherwise leaves at the speed of the CPU (str0m
+/// paces nothing without bandwidth estimation): a 2 s GOP at 4 Mbit/s is
+/// ~800 datagrams within a few milliseconds, and a receiver whose socket
+/// holds ~92 loses the rest.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayPace {
+    /// 0: not paced.
+    bytes_per_ms: i64,
+}
+
+impl ReplayPace {
+    pub fn from_mbps(mbps: u64) -> ReplayPace {
+        ReplayPace {
+            bytes_per_ms: (mbps.min(1_000_000) * 1000 / 8) as i64,
+        }
+    }
+}
+
+/// A negotiated viewer, handed to its shard.
+pub struct NewViewer {
+    pub id: u64,
+    pub rtc: Rtc,
+    pub stream: Arc<Stream>,
+    pub ufrag: String,
+    pub video: Option<(Mid, Pt)>,
+    /// The video codec negotiated ("H264", "VP8", …).
+    pub video_codec: Option<&'static str>,
+    pub audio: Option<(Mid, Pt)>,
+    /// The session ends at this time (SignedPolicy `stream_expire`, webhook `lifetime`).
+    pub expires_at: Option<Instant>,
+    /// Dropped when the session ends (sends the admission webhook's "closing").
+    pub guard: Option<Box<dyn Send>>,
+}
+
+/// Which of a stream's frames a viewer gets: each once, in order; video from
+/// a keyframe of the current publisher on, and again from a keyframe after a
+/// gap (frames dropped from a full queue: what follows would not decode).
+#[derive(Debug, Default)]
+pub(super) struct FrameGate {
+    /// Frames up to this index were sent (or skipped) already.
+    last_index: Option<u64>,
+    publisher: u64,
+    /// Video is sent only from a keyframe on.
+    video_started: bool,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Admit {
+    pub send: bool,
+    pub new_publisher: bool,
+    pub gap: bool,
+}
+
+impl FrameGate {
+    pub(super) fn admit(&mut self, frame: &Frame) -> Admit {
+        let mut a = Admit::default();
+        if self.last_index.is_some_and(|i| frame.index <= i) {
+            return a;
+        }
+        a.gap = self.last_index.is_some_and(|i| frame.index > i + 1);
+        self.last_index = Some(frame.index);
+        if frame.publisher != self.publisher {
+            // A new publisher: its P-frames mean nothing without its keyframe.
+            self.publisher = frame.publisher;
+            self.video_started = false;
+            a.new_publisher = true;
+        }
+        if a.gap {
+            self.video_started = false;
+        }
+        a.send = match frame.kind {
+            Kind::Audio => true,
+            Kind::Video if self.video_started => true,
+            Kind::Video => {
+                self.video_started = frame.keyframe;
+                frame.keyframe
+            }
+        };
+        a
+    }
+}
+
+/// Where a viewer's datagrams go: the shard's GSO batch, or a test's queue.
+pub trait Outbox {
+    /// Takes a datagram; false when the viewer's path is full (its ICE-TCP
+    /// queue): the viewer cannot keep up.
+    fn transmit(&mut self, t: Transmit) -> bool;
+    /// The viewer was skipped ahead to the next keyframe (for metrics).
+    fn laggard_skipped(&mut self) {}
+}
+
+struct TrackOut {
+    mid: Mid,
+    pt: Pt,
+    /// Looked up once: finding a stream by SSRC is cheaper than by mid.
+    ssrc: Option<Ssrc>,
+    next_seq: u64,
+}
+
+/// A viewer's session. The shard owns it (`&mut`, no shared state) and
+/// reads the fields it keeps routing and accounting by.
+pub struct Viewer {
+    pub(super) id: u64,
+    pub(super) rtc: Rtc,
+    pub(super) stream: Arc<Stream>,
+    pub(super) ufrag: String,
+    /// Source addresses learned for this session (for the demux to forget).
+    pub(super) addrs: Vec<(Protocol, SocketAddr)>,
+    video: Option<TrackOut>,
+    video_codec: Option<&'static str>,
+    audio: Option<TrackOut>,
+    connected: bool,
+    /// Counted in the stream's viewers (from ICE/DTLS connected on).
+    pub(super) counted: bool,
+    /// A panic happened inside this session: its `Rtc` is not touched again.
+    pub(super) poisoned: bool,
+    gate: FrameGate,
+    next_timeout: Instant,
+    created: Instant,
+    pub(super) last_input: Instant,
+    /// Whether this viewer gets a GOP replay for a keyframe request.
+    replay_policy: ReplayPolicy,
+    /// The RTX cache now: a replay's until the next live keyframe.
+    rtx_cache: RtxCacheSize,
+    replay: Option<Replay>,
+    pace: ReplayPace,
+    pub(super) dead: bool,
+    expires_at: Option<Instant>,
+    _guard: Option<Box<dyn Send>>,
+}
+
+/// A GOP being sent to one viewer, paced, followed by the live video frames
+/// that arrived meanwhile (they must not overtake it).
+struct Replay {
+    frames: Vec<Arc<Frame>>,
+    /// The first `gop` frames are the cached GOP, sent with RTP times just
+    /// behind `newest_rtp_time`; the rest keep their live times.
+    gop: usize,
+    next: usize,
+    /// The next packet of `frames[next]`.
+    packet: usize,
+    newest_rtp_time: u32,
+    /// Bytes that may be sent now (may go one packet below zero).
+    credit: i64,
+    refilled: Instant,
+    /// More live frames queued than allowed: the rest goes out at once.
+    unpaced: bool,
+}
+
+impl Viewer {
+    /// A viewer from a negotiated session (its tracks set up; nothing sent yet).
+    pub fn new(nv: NewViewer, now: Instant, pace: ReplayPace) -> Viewer {
+        let NewViewer {
+            id,
+            rtc,
+            stream,
+            ufrag,
+            video,
+            video_codec,
+            audio,
+            expires_at,
+            guard,
+        } = nv;
+        let mut rtc = rtc;
+        let track = |rtc: &mut Rtc, (mid, pt): (Mid, Pt)| TrackOut {
+            mid,
+            pt,
+            ssrc: rtc
+                .direct_api()
+                .stream_tx_by_mid(mid, None)
+                .map(|s| s.ssrc()),
+            // Below 2^15 so the SRTP rollover counter starts at zero.
+            next_seq: u64::from(rand::random::<u16>() >> 1),
+        };
+        let video = video.map(|v| track(&mut rtc, v));
+        if let Some(v) = &video {
+            let mut api = rtc.direct_api();
+            if let Some(tx) = api.stream_tx_by_mid(v.mid, None) {
+                // str0m's default (3 s, 2000 packets) costs ~300 KB per viewer.
+                tx.set_rtx_cache(RTX_CACHE.max_packets, RTX_CACHE.max_age, None);
+            }
+        }
+        let audio = audio.map(|a| track(&mut rtc, a));
+        Viewer {
+            id,
+            rtc,
+            stream,
+            ufrag,
+            addrs: Vec::new(),
+            video,
+            video_codec,
+            audio,
+            connected: false,
+            counted: false,
+            poisoned: false,
+            gate: FrameGate::default(),
+            next_timeout: now,
+            created: now,
+            last_input: now,
+            replay_policy: ReplayPolicy::new(now),
+            rtx_cache: RTX_CACHE,
+            replay: None,
+            pace,
+            dead: false,
+            expires_at,
+            _guard: guard,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    /// ICE and DTLS are up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// The session is over (ended, failed, or closed by the peer): the
+    /// shard reaps it.
+    pub fn is_finished(&self) -> bool {
+        self.dead || self.poisoned || !self.rtc.is_alive()
+    }
+
+    /// When [`Viewer::handle_timeout`] must run next (str0m's timers, a paced
+    /// replay, the session's expiry).
+    pub fn next_timeout(&self) -> Instant {
+        match self.expires_at {
+            Some(t) => self.next_timeout.min(t),
+            None => self.next_timeout,
+        }
+    }
+
+    /// Feeds a datagram from the peer (routed to this session); the caller
+    /// then calls [`Viewer::drive`].
+    pub fn handle_receive(&mut self, now: Instant, recv: str0m::net::Receive) {
+        self.last_input = now;
+        if let Err(e) = self.rtc.handle_input(Input::Receive(now, recv)) {
+            debug!(error = %e, "rtc rejected input");
+        }
+    }
+
+    /// Runs the session's state machine until it waits for time or input:
+    /// what it sends goes to `out`, and [`Viewer::next_timeout`] says when
+    /// to come back.
+    pub fn drive(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.dead {
+            return;
+        }
+        // str0m sends written RTP on its next timer input, so a due timeout is
+        // fed at once rather than at the next timer pass; bounded, in case
+        // str0m keeps asking without making progress.
+        let mut idle_feeds = 0;
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    if t <= now && idle_feeds < 2 {
+                        idle_feeds += 1;
+                        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                            debug!(error = %e, "rtc timeout input failed");
+                            self.dead = true;
+                            return;
+                        }
+                        continue;
+                    }
+                    if self.replay.is_some() && self.continue_replay(now) {
+                        idle_feeds = 0;
+                        continue;
+                    }
+                    if self.replay_policy.due().is_some_and(|d| d <= now) {
+                        // A keyframe request that waited for replay credit.
+                        self.replay_gop(now, false);
+                        if self.replay.is_some() {
+                            idle_feeds = 0;
+                            continue;
+                        }
+                    }
+                    // A paced replay waits for credit on the shard's timer
+                    // pass, like str0m's own timers (at most every 2 ms).
+                    self.next_timeout = [self.replay_due(), self.replay_policy.due()]
+                        .into_iter()
+                        .flatten()
+                        .fold(t, Instant::min);
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    idle_feeds = 0;
+                    if !out.transmit(t) && self.gate.video_started {
+                        // A laggard: what it missed breaks its picture anyway,
+                        // so it resumes at the next keyframe instead.
+                        self.gate.video_started = false;
+                        out.laggard_skipped();
+                        debug!(stream = %self.stream.name, "viewer cannot keep up, skipping to the next keyframe");
+                    }
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => {
+                        self.connected = true;
+                        if !self.counted {
+                            // Offers that never connect are not viewers.
+                            self.counted = true;
+                            self.stream.viewer_joined();
+                        }
+                        let elapsed_ms =
+                            now.saturating_duration_since(self.created).as_millis() as u64;
+                        info!(stream = %self.stream.name, elapsed_ms, "viewer connected");
+                        if self.video.is_some() && !self.stream.has_cached_keyframe() {
+                            // Nothing to replay (a publisher that sends keyframes
+                            // only when asked): ask for one.
+                            self.stream.request_keyframe();
+                        }
+                        self.replay_gop(now, true);
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        self.dead = true;
+                    }
+                    Event::KeyframeRequest(req)
+                        if self.video.as_ref().is_some_and(|v| v.mid == req.mid) =>
+                    {
+                        // WebRTC publishers are asked too (rate-limited per
+                        // stream); the replay serves the viewer meanwhile.
+                        self.stream.request_keyframe();
+                        self.replay_gop(now, false);
+                    }
+                    Event::Closed => self.dead = true,
+                    _ => {}
+                },
+                Err(e) => {
+                    warn!(stream = %self.stream.name, error = %e, "webrtc session failed");
+                    self.dead = true;
+                    return;
+                }
+            }
+            if !self.rtc.is_alive() {
+                self.dead = true;
+                return;
+            }
+        }
+    }
+
+    /// Runs what is due at `now`: str0m's timers, the connect and idle
+    /// timeouts, the session's expiry.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.next_timeout <= now {
+            if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                debug!(error = %e, "rtc timeout input failed");
+                self.dead = true;
+            }
+            self.drive(now, out);
+        }
+        if !self.connected && now.duration_since(self.created) > CONNECT_TIMEOUT {
+            // Anyone can make offers that never connect: logged once per interval.
+            if let Some(suppressed) = NEVER_CONNECTED_LOG.allow() {
+                info!(stream = %self.stream.name, suppressed, "viewer never connected (ICE/DTLS), dropping");
+            }
+            self.dead = true;
+        } else if self.connected && now.duration_since(self.last_input) > IDLE_TIMEOUT {
+            info!(stream = %self.stream.name, "viewer went silent, dropping");
+            self.dead = true;
+        } else if self.expires_at.is_some_and(|t| t <= now) {
+            info!(stream = %self.stream.name, "viewer session expired (signed URL or admission lifetime)");
+            self.close(now, out);
+        }
+    }
+
+    /// Ends the session, telling the peer (DTLS close alert).
+    pub fn close(&mut self, now: Instant, out: &mut impl Outbox) {
+        if !self.dead {
+            self.rtc.disconnect();
+            self.drive(now, out);
+        }
+        self.dead = true;
+    }
+
+    /// Takes a live frame of its stream, writing it if the viewer gets it;
+    /// returns how many RTP packets that was. The caller then calls
+    /// [`Viewer::drive`].
+    pub fn on_frame(&mut self, frame: &Arc<Frame>) -> usize {
+        if !self.connected {
+            return 0;
+        }
+        let admit = self.gate.admit(frame);
+        if admit.new_publisher {
+            let now_sends = self.stream.media_info().video.map(|v| v.codec);
+            if let (Some(had), Some(now)) = (self.video_codec, now_sends)
+                && had != now
+            {
+                // This session cannot decode the new codec: end it, so the
+                // player reconnects and negotiates the new one.
+                info!(stream = %self.stream.name, from = had, to = now, "the new publisher sends another video codec; ending the viewer's session");
+                self.rtc.disconnect();
+                self.dead = true;
+                return 0;
+            }
+        }
+        if admit.gap && self.video.is_some() {
+            // Frames were dropped (a full queue): video resumes at the next
+            // keyframe; a WebRTC publisher is asked for one (rate-limited).
+            self.stream.request_keyframe();
+        }
+        if !admit.send {
+            return 0;
+        }
+        if frame.kind == Kind::Video
+            && let Some(r) = self.replay.as_mut()
+        {
+            if r.frames.len() == r.frames.capacity() {
+                r.unpaced = true;
+            }
+            r.frames.push(Arc::clone(frame));
+            return frame.payloads.len();
+        }
+        if frame.kind == Kind::Video && frame.keyframe {
+            // A live keyframe: what came before it needs no retransmission,
+            // so a replay's large RTX cache goes back to the live one.
+            self.replay_policy.keyframe_sent();
+            if self.rtx_cache != RTX_CACHE {
+                self.set_rtx_cache(RTX_CACHE);
+            }
+        }
+        let (track, video) = match frame.kind {
+            Kind::Video => (self.video.as_mut(), true),
+            Kind::Audio => (self.audio.as_mut(), false),
+        };
+        match track {
+            Some(t) => write_frame(&mut self.rtc, t, frame, frame.rtp_time, video),
+            None => 0,
+        }
+    }
+
+    /// Sends the stream's cached GOP so the viewer can decode now instead of at
+    /// the next keyframe, paced (`continue_replay`). The frames get RTP times
+    /// just before the newest one: they are decoded (later frames reference
+    /// them) but the jitter buffer sees them as due now, so playback starts at
+    /// the live edge, not a GOP behind.
+    /// `join`: the replay right after DTLS (see `replay_policy`).
+    fn replay_gop(&mut self, now: Instant, join: bool) {
+        let gop = self.stream.gop_snapshot();
+        let video = gop.iter().filter(|f| f.kind == Kind::Video);
+        let mut frames = Vec::with_capacity(video.clone().count() + REPLAY_MAX_LIVE_FRAMES);
+        frames.extend(video.cloned());
+        let (Some(last), Some(newest), Some(next_seq), None) = (
+            gop.last(),
+            frames.last(),
+            self.video.as_ref().map(|v| v.next_seq),
+            self.replay.as_ref(),
+        ) else {
+            // Nothing to replay (no GOP, no video track), or a replay under
+            // way brings a keyframe already: a waiting request is answered.
+            self.replay_policy.keyframe_sent();
+            return;
+        };
+        match self
+            .replay_policy
+            .request(now, next_seq, self.rtx_cache.max_packets)
+        {
+            Verdict::Replay => {}
+            Verdict::Repair | Verdict::Later(_) => return,
+        }
+        // The replay's packets stay retransmittable for its duration and a
+        // second of round trips (until the next live keyframe makes them moot).
+        let packets = frames.iter().map(|f| f.payloads.len()).sum();
+        let bytes = frames
+            .iter()
+            .flat_map(|f| f.payloads.iter())
+            .map(|p| p.len())
+            .sum();
+        self.set_rtx_cache(RtxCacheSize::for_replay(
+            packets,
+            bytes,
+            self.pace.bytes_per_ms as u64,
+            RTX_CACHE,
+        ));
+        self.replay = Some(Replay {
+            newest_rtp_time: newest.rtp_time,
+            gop: frames.len(),
+            frames,
+            next: 0,
+            packet: 0,
+            credit: REPLAY_BURST_BYTES,
+            refilled: now,
+            unpaced: false,
+        });
+        self.gate.publisher = last.publisher;
+        self.gate.video_started = true;
+        self.gate.last_index = Some(
+            self.gate
+                .last_index
+                .map_or(last.index, |i| i.max(last.index)),
+        );
+        self.replay_policy.replayed(now, next_seq, !join);
+    }
+
+    /// Replaces the video track's RTX cache (str0m starts it empty).
+    fn set_rtx_cache(&mut self, size: RtxCacheSize) {
+        let Some(v) = &self.video else {
+            return;
+        };
+        let mut api = self.rtc.direct_api();
+        let tx = match &v.ssrc {
+            Some(ssrc) => api.stream_tx(ssrc),
+            None => api.stream_tx_by_mid(v.mid, None),
+        };
+        if let Some(tx) = tx {
+            tx.set_rtx_cache(size.max_packets, size.max_age, None);
+            self.rtx_cache = size;
+        }
+    }
+
+    /// Writes what the pace allows of a pending replay, at most the rest of one
+    /// frame; false when it is done or waits for credit (see `replay_due`).
+    /// Called when str0m's queue is empty, so str0m never holds more than one
+    /// frame of it.
+    fn continue_replay(&mut self, now: Instant) -> bool {
+        let pace = self.pace;
+        let (Some(r), Some(track)) = (self.replay.as_mut(), self.video.as_mut()) else {
+            self.replay = None;
+            return false;
+        };
+        let Some(f) = r.frames.get(r.next) else {
+            self.replay = None;
+            return false;
+        };
+        let paced = pace.bytes_per_ms > 0 && !r.unpaced;
+        let mut budget = if paced {
+            let elapsed_us = now.saturating_duration_since(r.refilled).as_micros() as i64;
+            let earned = elapsed_us.saturating_mul(pace.bytes_per_ms) / 1000;
+            r.credit = r.credit.saturating_add(earned).min(REPLAY_BURST_BYTES);
+            r.refilled = now;
+            r.credit
+        } else {
+            i64::MAX
+        };
+        if budget <= 0 {
+            return false;
+        }
+        let rtp_time = if r.next < r.gop {
+            r.newest_rtp_time.wrapping_sub((r.gop - 1 - r.next) as u32)
+        } else {
+            f.rtp_time
+        };
+        let written = write_packets(
+            &mut self.rtc,
+            track,
+            f,
+            r.packet,
+            &mut budget,
+            rtp_time,
+            true,
+        );
+        if paced {
+            r.credit = budget;
+        }
+        r.packet += written;
+        if r.packet >= f.payloads.len() {
+            r.next += 1;
+            r.packet = 0;
+        } else if written == 0 {
+            // Credit but nothing written: the track is gone.
+            self.replay = None;
+            return false;
+        }
+        if r.next >= r.frames.len() {
+            self.replay = None;
+        }
+        true
+    }
+
+    /// When a replay waiting for credit can send its next packet.
+    fn replay_due(&self) -> Option<Instant> {
+        let pace = self.pace;
+        let r = self.replay.as_ref()?;
+        let missing = REPLAY_RESUME_BYTES - r.credit;
+        if pace.bytes_per_ms == 0 || missing <= 0 {
+            return Some(r.refilled);
+        }
+        let us = (missing * 1000 + pace.bytes_per_ms - 1) / pace.bytes_per_ms;
+        Some(r.refilled + Duration::from_micros(us as u64))
+    }
+}
+
+fn write_frame(
+    rtc: &mut Rtc,
+    track: &mut TrackOut,
+    frame: &Frame,
+    rtp_time: u32,
+    video: bool,
+) -> usize {
+    let mut unlimited = i64::MAX;
+    write_packets(rtc, track, frame, 0, &mut unlimited, rtp_time, video)
+}
+
+/// Writes the frame's packets from `first` on while `budget` (bytes) is
+/// positive, taking each packet's size from it; returns how many it wrote.
+fn write_packets(
+    rtc: &mut Rtc,
+    track: &mut TrackOut,
+    frame: &Frame,
+    first: usize,
+    budget: &mut i64,
+    rtp_time: u32,
+    video: bool,
+) -> usize {
+    let mut api = rtc.direct_api();
+    let tx = match &track.ssrc {
+        Some(ssrc) => api.stream_tx(ssrc),
+        None => api.stream_tx_by_mid(track.mid, None),
+    };
+    let Some(tx) = tx else {
+        return 0;
+    };
+    let last = frame.payloads.len().saturating_sub(1);
+    let mut written = 0;
+    for (i, payload) in frame.payloads.iter().enumerate().skip(first) {
+        if *budget <= 0 {
+            break;
+        }
+        *budget = budget.saturating_sub(payload.len() as i64 + PACKET_OVERHEAD_BYTES);
+        let w = RtpWrite::new(
+            track.pt,
+            track.next_seq.into(),
+            rtp_time,
+            frame.wallclock,
+            payload.clone(),
+        )
+        .marker(video && i == last)
+        .nackable(video);
+        tx.write_rtp(w);
+        track.next_seq += 1;
+        written += 1;
+    }
+    written
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A frame of publisher 1 with one 4-byte payload.
+    pub(in super::super) fn frame(index: u64, kind: Kind, keyframe: bool) -> Arc<Frame> {
+        frame_of(index, kind, keyframe, 1)
+    }
+
+    fn frame_of(index: u64, kind: Kind, keyframe: bool, publisher: u64) -> Arc<Frame> {
+        let now = Instant::now();
+        Arc::new(Frame {
+            kind,
+            index,
+            rtp_time: index as u32,
+            wallclock: now,
+            received: now,
+            keyframe,
+            publisher,
+            payloads: Box::new([Arc::from(vec![0u8; 4])]),
+        })
+    }
+
+    #[test]
+    fn the_gate_sends_each_frame_once_and_restarts_video_for_a_new_publisher() {
+        let mut g = FrameGate::default();
+        assert!(!g.admit(&frame(0, Kind::Video, false)).send);
+        assert!(g.admit(&frame(1, Kind::Audio, false)).send);
+        assert!(g.admit(&frame(2, Kind::Video, true)).send);
+        assert!(!g.admit(&frame(2, Kind::Video, true)).send, "a duplicate");
+        assert!(g.admit(&frame(3, Kind::Video, false)).send);
+        let a = g.admit(&frame_of(4, Kind::Video, false, 2));
+        assert!(a.new_publisher && !a.send && !a.gap);
+        // Audio after a gap still passes; video waits for a keyframe.
+        let a = g.admit(&frame_of(9, Kind::Audio, false, 2));
+        assert!(a.gap && a.send);
+        assert!(!g.admit(&frame_of(10, Kind::Video, false, 2)).send);
+        assert!(g.admit(&frame_of(11, Kind::Video, true, 2)).send);
+    }
+}
