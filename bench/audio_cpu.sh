@@ -8,7 +8,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SECS=${1:-30}
 RATE=${2:-44100}
-build_release
+[[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
 start_server
 # CPU time of every thread of the server in ns (schedstat: finer than ticks).
 ticks() { cat /proc/"$SERVER_PID"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }

@@ -241,8 +241,7 @@ impl FlvPipeline {
                     return Ok(());
                 }
                 for p in self.opus_out.drain(..) {
-                    self.publisher
-                        .push_audio(p.samples_48k as i64, Arc::from(&p.payload[..]))?;
+                    self.publisher.push_audio(p.samples_48k as i64, p.payload)?;
                 }
             }
             FlvAudio::Unsupported { sound_format } => {

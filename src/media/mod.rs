@@ -12,5 +12,7 @@ pub mod opus;
 pub mod rtp_h264;
 pub mod rtp_video;
 pub mod transcode;
+#[cfg(test)]
+mod transcode_cost;
 pub mod vp8;
 pub mod vp9;

@@ -4,8 +4,8 @@
 //! with video across gaps and restarts.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
-use bytes::Bytes;
 use rubato::{FftFixedIn, Resampler};
 use symphonia::core::audio::{Audio, GenericAudioBufferRef};
 use symphonia::core::codecs::audio::well_known::CODEC_ID_AAC;
@@ -26,9 +26,15 @@ pub const RESYNC_THRESHOLD_MS: i64 = 200;
 
 // 48 kHz samples per ms.
 const PER_MS: i64 = 48;
-// Opus complexity 0..10: 5 keeps one stream far below 1% of a core with
-// quality close to the default 10 at streaming bitrates.
-const COMPLEXITY: i32 = 3;
+// Opus complexity 0..10, chosen by `transcode_stage_cost` (src/media/
+// transcode_cost.rs): at 96 kbit/s stereo, 0 costs 60 % of 3 and keeps the
+// same round-trip SNR on tones and noise (27–28 dB, 15 dB); only 5 and up
+// gain (32–42 dB) at 1.3–2.3x the cost of 3.
+const COMPLEXITY: i32 = 0;
+// `Audio` rather than `LowDelay` (CELT only): the same cost at complexity 0,
+// 1.5 dB better on tones, for 4 ms more lookahead (dropped at the start, so
+// timestamps stay exact). At 96 kbit/s stereo it stays in CELT mode.
+const APPLICATION: opus::Application = opus::Application::Audio;
 // Recommended maximum Opus packet size.
 const MAX_PACKET: usize = 1500;
 // AAC sample rates from the AudioSpecificConfig table.
@@ -56,8 +62,8 @@ pub enum TranscodeError {
 /// One encoded 20 ms Opus frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpusPacket {
-    /// Opus packet (one frame, 48 kHz stereo).
-    pub payload: Bytes,
+    /// Opus packet (one frame, 48 kHz stereo), shared as the hub takes it.
+    pub payload: Arc<[u8]>,
     /// Media time of the packet start in the stream's ms clock (`samples_48k / 48`).
     pub ms: i64,
     /// 48 kHz sample position of the packet start; advances by 960 per packet
@@ -196,16 +202,7 @@ impl AacToOpus {
             .unwrap_or_default();
 
         let enc_err = |e: opus::Error| TranscodeError::Encode(e.to_string());
-        let mut encoder = opus::Encoder::new(
-            OPUS_RATE,
-            opus::Channels::Stereo,
-            opus::Application::LowDelay,
-        )
-        .map_err(enc_err)?;
-        encoder
-            .set_bitrate(opus::Bitrate::Bits(bitrate_bps))
-            .map_err(enc_err)?;
-        encoder.set_complexity(COMPLEXITY).map_err(enc_err)?;
+        let mut encoder = opus_encoder(bitrate_bps)?;
         let lookahead = usize::try_from(encoder.get_lookahead().map_err(enc_err)?).unwrap_or(0);
         let resampler_delay = resampler.as_ref().map_or(0, |r| r.output_delay());
 
@@ -227,7 +224,7 @@ impl AacToOpus {
         })
     }
 
-    /// Change the Opus encoder complexity (0..=10; default 3). Each step up
+    /// Change the Opus encoder complexity (0..=10; default 0). Each step up
     /// costs roughly 10–20% more CPU for slightly better quality.
     pub fn set_complexity(&mut self, complexity: i32) -> Result<(), TranscodeError> {
         self.encoder
@@ -366,14 +363,14 @@ impl AacToOpus {
             Some(r) => {
                 let chunk = r.input_frames_next();
                 let mut used = 0;
+                let channels = self.fifo_in.len();
                 while self.fifo_in[0].len() - used >= chunk {
-                    let input: Vec<&[f32]> = self
-                        .fifo_in
-                        .iter()
-                        .map(|c| &c[used..used + chunk])
-                        .collect();
+                    // On the stack: no allocation per chunk.
+                    let left = &self.fifo_in[0][used..used + chunk];
+                    let right = self.fifo_in.get(1).map_or(left, |c| &c[used..used + chunk]);
+                    let input = [left, right];
                     let (_, produced) = r
-                        .process_into_buffer(&input, &mut self.resampled, None)
+                        .process_into_buffer(&input[..channels], &mut self.resampled, None)
                         .map_err(|e| TranscodeError::Resample(e.to_string()))?;
                     push_stereo(&mut self.pcm, &mut self.skip, &self.resampled, 0..produced);
                     used += chunk;
@@ -401,7 +398,7 @@ impl AacToOpus {
             t.next_out_48k += OPUS_FRAME_SAMPLES as i64;
             match self.encoder.encode_float(pcm, &mut self.enc_buf) {
                 Ok(n) => out.push(OpusPacket {
-                    payload: Bytes::copy_from_slice(&self.enc_buf[..n]),
+                    payload: Arc::from(&self.enc_buf[..n]),
                     ms: pos.div_euclid(PER_MS),
                     // Only a negative publisher timestamp could make this clamp.
                     samples_48k: pos.max(0) as u64,
@@ -413,6 +410,18 @@ impl AacToOpus {
         self.pcm.drain(..used);
         result
     }
+}
+
+// The 48 kHz stereo encoder with the settings chosen for CPU and quality.
+fn opus_encoder(bitrate_bps: i32) -> Result<opus::Encoder, TranscodeError> {
+    let enc_err = |e: opus::Error| TranscodeError::Encode(e.to_string());
+    let mut encoder =
+        opus::Encoder::new(OPUS_RATE, opus::Channels::Stereo, APPLICATION).map_err(enc_err)?;
+    encoder
+        .set_bitrate(opus::Bitrate::Bits(bitrate_bps))
+        .map_err(enc_err)?;
+    encoder.set_complexity(COMPLEXITY).map_err(enc_err)?;
+    Ok(encoder)
 }
 
 // Append frames `range` of planar `src` (1 or 2 channels) to interleaved
@@ -439,6 +448,7 @@ fn push_stereo(
 mod tests {
     use super::*;
     use crate::media::flv::tests::{AAC44_FLV, AAC48_MONO_FLV, AV_FLV, aac_track};
+    use bytes::Bytes;
 
     // Decode Opus packets to interleaved 48 kHz stereo.
     fn decode_opus(packets: &[OpusPacket]) -> Vec<f32> {
@@ -541,6 +551,42 @@ mod tests {
                 tone_power(tail, ch, 440.0) > 1e-3,
                 "channel {ch} has the tone"
             );
+        }
+    }
+
+    // The encoder settings (complexity, application) were chosen for CPU:
+    // 2 s of 440 Hz left and 660 Hz right (the bench's signal) must still
+    // come through clean. Measured 28–29 dB (transcode_stage_cost); 5 and up
+    // reach 32–42 dB, a bitrate or mode slip would fall well below 25.
+    #[test]
+    fn encoder_settings_keep_tones_clean() {
+        let mut enc = opus_encoder(96_000).unwrap();
+        let lookahead = enc.get_lookahead().unwrap() as usize;
+        let tone = |f: f64, i: usize| {
+            (0.25 * (2.0 * std::f64::consts::PI * f * i as f64 / 48_000.0).sin()) as f32
+        };
+        let pcm: Vec<f32> = (0..96_000)
+            .flat_map(|i| [tone(440.0, i), tone(660.0, i)])
+            .collect();
+        let mut dec = opus::Decoder::new(48_000, opus::Channels::Stereo).unwrap();
+        let (mut buf, mut frame) = (vec![0u8; MAX_PACKET], vec![0f32; 2 * OPUS_FRAME_SAMPLES]);
+        let mut decoded = Vec::new();
+        for chunk in pcm.chunks_exact(2 * OPUS_FRAME_SAMPLES) {
+            let n = enc.encode_float(chunk, &mut buf).unwrap();
+            let m = dec.decode_float(&buf[..n], &mut frame, false).unwrap();
+            decoded.extend_from_slice(&frame[..2 * m]);
+        }
+        // After the first 0.5 s, input sample i is output sample i + lookahead.
+        for ch in 0..2 {
+            let (mut signal, mut noise) = (0.0f64, 0.0f64);
+            for i in (48_000..pcm.len() / 2 - lookahead).map(|i| 2 * i + ch) {
+                let (x, y) = (f64::from(pcm[i]), f64::from(decoded[i + 2 * lookahead]));
+                signal += x * x;
+                noise += (x - y).powi(2);
+            }
+            let snr = 10.0 * (signal / noise).log10();
+            println!("Opus round trip, channel {ch}: SNR {snr:.1} dB");
+            assert!(snr > 25.0, "channel {ch}: SNR {snr:.1} dB");
         }
     }
 
