@@ -287,6 +287,26 @@ fn standalone_party_page_with_a_party_key() {
     );
     assert_eq!(status, 201, "{joined}");
     assert_eq!(joined["max_kbps"], 1500);
+    // The grid's feed: refused without a token; with one as `?access=`
+    // (EventSource cannot set headers) the view at once, then each change.
+    assert_eq!(server.get(&format!("{party}/events")).status, 401);
+    let dan_token = joined["party_token"].as_str().unwrap().to_string();
+    let feed = Sse::open_path(&server, &format!("{party}/events?access={dan_token}"));
+    let views = || -> Vec<Value> {
+        feed.events()
+            .into_iter()
+            .filter(|(n, _)| n == "view")
+            .map(|(_, v)| v)
+            .collect()
+    };
+    let first = wait_until("the feed's first view", Duration::from_secs(10), || {
+        views().into_iter().next()
+    });
+    assert_eq!(
+        (first["enabled"].as_bool(), feed.status()),
+        (Some(true), Some(200)),
+        "{first}"
+    );
 
     let users = json!([
         {"label": "ann", "display_name": "Ann", "share": true},
@@ -348,6 +368,33 @@ fn standalone_party_page_with_a_party_key() {
     let r = tool.result(PARTY_TIMEOUT);
     println!("standalone party: {r}");
     assert_eq!(r["ok"], true, "party.mjs failed: {}", r["reason"]);
+    // Dan's feed (he only watched) saw each share go live and end, as the
+    // changes came, and the open feed kept him in the party.
+    let live_in = |v: &Value| {
+        v["sharers"]
+            .as_array()
+            .map_or(0, |s| s.iter().filter(|s| s["live"] == true).count())
+    };
+    let seen = wait_until(
+        "the feed's view of the ended shares",
+        Duration::from_secs(10),
+        || {
+            let v = views();
+            (v.last().is_some_and(|l| live_in(l) == 0) && v.iter().any(|v| live_in(v) == 2))
+                .then_some(v)
+        },
+    );
+    println!(
+        "dan's feed: {} views, live sharers {:?}",
+        seen.len(),
+        seen.iter().map(live_in).collect::<Vec<_>>()
+    );
+    assert!(!feed.is_closed(), "the feed ended early");
+    // The token in the feed's query is not logged.
+    assert!(
+        !server.log_lines().iter().any(|l| l.contains(&dan_token)),
+        "the party token was logged"
+    );
     // Bo closed his tab: his share ended on the server too (within the
     // 5 s party.mjs allowed for his tile to go from the others' grids).
     let bo = r["stopped"]

@@ -37,12 +37,12 @@ fn chromium_viewers(server: &Server, count: usize) -> JsonTool {
     JsonTool::spawn("chromium viewers", cmd)
 }
 
-/// An SSE subscriber on the stream's feed, past its response head.
-fn sse_subscriber(server: &Server) -> TcpStream {
+/// An SSE subscriber on `path` (a feed), past its response head.
+fn sse_subscriber(server: &Server, path: &str) -> TcpStream {
     let mut s = TcpStream::connect(server.http).unwrap();
     write!(
         s,
-        "GET /api/v1/streams/{STREAM}/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
     )
     .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -75,6 +75,25 @@ fn watch_end(mut s: TcpStream) -> std::thread::JoinHandle<Instant> {
     })
 }
 
+const PARTY_KEY: &str = "shutdown-party-key-0123456789";
+
+/// A participant's token of party `p`.
+fn party_token(server: &Server) -> String {
+    let body = format!(r#"{{"key":"{PARTY_KEY}","display_name":"Sam"}}"#);
+    let r = http::request(
+        "POST",
+        &server.url("/api/v1/parties/p/join"),
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+    )
+    .expect("join");
+    assert_eq!(r.status, 201, "join: {}", r.text());
+    r.json().unwrap()["party_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn sigterm_with_a_publisher_and_20_viewers_stops_cleanly_and_restarts() {
     let _serial = serial();
@@ -91,6 +110,8 @@ fn sigterm_with_a_publisher_and_20_viewers_stops_cleanly_and_restarts() {
                 "shutdown-test-key-abcdefghij".to_string(),
             ),
         ],
+        // A party, for its view's feed.
+        extra_toml: format!("[[parties]]\nname = \"p\"\nkey = \"{PARTY_KEY}\"\n"),
         ..ServerOpts::default()
     };
     // Small frames: 21 decoders share two cores with the server.
@@ -134,7 +155,14 @@ fn sigterm_with_a_publisher_and_20_viewers_stops_cleanly_and_restarts() {
         let n = server.api_stream(STREAM)?["viewers"].as_u64()?;
         (n >= 20).then_some(n)
     });
-    let sse_end = watch_end(sse_subscriber(&server));
+    let sse_end = watch_end(sse_subscriber(
+        &server,
+        &format!("/api/v1/streams/{STREAM}/events"),
+    ));
+    let party_end = watch_end(sse_subscriber(
+        &server,
+        &format!("/api/v1/parties/p/events?access={}", party_token(&server)),
+    ));
     server.assert_healthy("before the signal");
 
     let signalled = Instant::now();
@@ -158,12 +186,14 @@ fn sigterm_with_a_publisher_and_20_viewers_stops_cleanly_and_restarts() {
         "a clean stop; log tail:\n{}",
         server.log_tail(60)
     );
-    // The SSE feed was ended by the stop, not cut after the grace (3 s).
-    let sse_took = sse_end.join().unwrap() - signalled;
-    assert!(
-        sse_took < Duration::from_secs(2),
-        "SSE ended {sse_took:?} after the signal"
-    );
+    // The SSE feeds were ended by the stop, not cut after the grace (3 s).
+    for (what, end) in [("stream", sse_end), ("party", party_end)] {
+        let took = end.join().unwrap() - signalled;
+        assert!(
+            took < Duration::from_secs(2),
+            "the {what} feed ended {took:?} after the signal"
+        );
+    }
     // The publisher's connection was closed: ffmpeg ends on its own.
     assert!(
         publisher.wait_exit(Duration::from_secs(10)).is_some(),

@@ -23,6 +23,7 @@ mod open_graph;
 #[doc(hidden)]
 pub mod pages;
 mod party;
+mod party_events;
 mod recordings;
 mod replay;
 mod restream;

@@ -24,6 +24,10 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/parties/{name}", get(view))
         .route("/api/v1/parties/{name}/join", post(join))
         .route("/api/v1/parties/{name}/share", post(share))
+        .route(
+            "/api/v1/parties/{name}/events",
+            get(crate::http::party_events::standalone),
+        )
 }
 
 fn now() -> u64 {
@@ -33,7 +37,7 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn party_error(e: PartyError) -> Response {
+pub(crate) fn party_error(e: PartyError) -> Response {
     let (status, code, msg) = match e {
         PartyError::UnknownParty => (
             StatusCode::NOT_FOUND,

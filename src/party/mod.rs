@@ -13,6 +13,7 @@
 //! sharing nor seen (a poll of the party) for [`IDLE`] are forgotten.
 
 pub mod estimate;
+pub mod feed;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

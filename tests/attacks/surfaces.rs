@@ -1,6 +1,6 @@
 //! The surfaces added with recording, thumbnails, restreaming, OBS profiles
-//! and parties (session 6): hostile ids, ranges, bearers and bodies get a
-//! 4xx and cost the live stream nothing.
+//! and parties (session 6), and the party view's feed: hostile ids, ranges,
+//! bearers and bodies get a 4xx and cost the live stream nothing.
 
 use crate::common::*;
 use crate::fixture::*;
@@ -18,7 +18,14 @@ fn refused(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]
 
 #[test]
 fn new_surfaces_refuse_hostile_requests() {
-    let mut f = Fixture::start();
+    // Two parties: a token of one must not open the other's feed.
+    let mut f = Fixture::start_with(ServerOpts {
+        extra_toml: format!(
+            "[[parties]]\nname = \"ours\"\nkey = \"{PARTY_KEY}\"\n\n[[parties]]\nname = \"theirs\"\nkey = \"{PARTY_KEY}-b\"\n"
+        ),
+        ..ServerOpts::default()
+    });
+    let theirs = party_token(&f, "theirs", &format!("{PARTY_KEY}-b"));
     let attack = "recordings, thumbnails, restream, OBS profiles, parties: hostile requests";
     let m = f.mark(attack);
     let unknown = "0123456789abcdef0123456789abcdef";
@@ -127,6 +134,52 @@ fn new_surfaces_refuse_hostile_requests() {
             Some(br#"{"key":"guess","name":"x"}"#),
             attack,
         );
+        // The party view's feed: no token, a made-up one, another party's
+        // (as `?access=` and as a Bearer), for a standalone and a room party.
+        let forged = "s1.9999999999.6576652d.00";
+        for path in [
+            "/api/v1/parties/ours/events".to_string(),
+            format!("/api/v1/parties/ours/events?access={forged}"),
+            format!("/api/v1/parties/ours/events?access={theirs}"),
+            format!("/api/v1/parties/ours/events?access={long}"),
+            format!("/api/v1/parties/nosuch/events?access={theirs}"),
+            "/api/v1/rooms/!room:hs/party/events".to_string(),
+            format!("/api/v1/rooms/!room:hs/party/events?access={theirs}"),
+        ] {
+            refused("GET", &url(&path), &[], None, attack);
+        }
+        let bearer = format!("Bearer {theirs}");
+        refused(
+            "GET",
+            &url("/api/v1/parties/ours/events"),
+            &[("Authorization", &bearer)],
+            None,
+            attack,
+        );
     }
+    // Tokens in a feed's query are not logged.
+    assert!(
+        !f.server.log_lines().iter().any(|l| l.contains(&theirs)),
+        "a party token was logged"
+    );
     f.after(m, 20);
+}
+
+const PARTY_KEY: &str = "a-long-party-key-for-attacks";
+
+/// A participant's party token of `party`.
+fn party_token(f: &Fixture, party: &str, key: &str) -> String {
+    let body = serde_json::json!({"key": key, "display_name": "Mallory"}).to_string();
+    let r = http::request(
+        "POST",
+        &f.server.url(&format!("/api/v1/parties/{party}/join")),
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+    )
+    .expect("join");
+    assert_eq!(r.status, 201, "join {party}: {}", r.text());
+    r.json().unwrap()["party_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

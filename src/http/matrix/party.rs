@@ -25,6 +25,10 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/rooms/{room_id}/party", get(view))
         .route("/api/v1/rooms/{room_id}/party/session", post(session))
         .route("/api/v1/rooms/{room_id}/party/share", post(share))
+        .route(
+            "/api/v1/rooms/{room_id}/party/events",
+            get(crate::http::party_events::room),
+        )
 }
 
 #[derive(Deserialize)]
@@ -33,7 +37,7 @@ struct SessionReq {
     matrix_server_name: String,
 }
 
-fn party_error(e: PartyError) -> Response {
+pub(crate) fn party_error(e: PartyError) -> Response {
     let (status, code, msg) = match e {
         PartyError::Off => (
             StatusCode::NOT_FOUND,
@@ -77,7 +81,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     crate::http::extract::bearer(headers)
 }
 
-fn no_token() -> Response {
+pub(crate) fn no_token() -> Response {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "party_token_required",

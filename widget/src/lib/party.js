@@ -8,13 +8,19 @@
 // **Share screen**: getDisplayMedia (mic optional) published over WHIP with
 // a grant bound to their user and the room. Stop, the shared window closing
 // or the tab closing ends it (DELETE on the WHIP resource).
-import { api } from './api.js';
+// The grid follows the view's feed (`<base>/events`, Server-Sent Events: the
+// view at once and whenever it changes), so a tile goes as the share ends;
+// while the feed is down it polls the view, slower, and retries the feed.
+import { api, withQuery } from './api.js';
 import { mediaUrl } from './chat_render.js';
 import { h } from './dom.js';
 import { Player } from './player.js';
 import { whipPublish } from './whip.js';
 
-const POLL_MS = 1000;
+/** Polling while the feed is down (the feed brings changes at once). */
+const FALLBACK_POLL_MS = 5000;
+/** After the browser gave the feed up (the server refused it), try it again this late. */
+const FEED_RETRY_MS = 30000;
 
 /** The sharer's avatar from the room (through roomcast's media proxy, with the viewer
  *  token the party view handed for their stream), or their initial. */
@@ -52,7 +58,10 @@ export class Party {
     this.el = h('section', { class: 'w-party', hidden: true },
       h('div', { class: 'w-party-bar' }, this.shareBtn, this.micLabel, this.stopBtn, this.status), this.estimate, this.grid);
     root.before(this.el);
-    window.addEventListener('pagehide', () => this.release(true));
+    window.addEventListener('pagehide', () => {
+      this.feed?.close();
+      this.release(true);
+    });
   }
 
   say(text) { this.status.textContent = text || ''; }
@@ -70,22 +79,58 @@ export class Party {
     this.shareBtn.hidden = !this.me.may_share;
     this.micLabel.hidden = !this.me.may_share;
     this.say(this.me.may_share ? '' : 'You can watch; sharing needs more power in this room.');
-    this.poll();
+    this.watch();
     return true;
   }
 
+  /** Follows the view's feed; polling stops once a view comes through it. */
+  watch() {
+    this.feed?.close();
+    // EventSource cannot set headers: the party token goes as `?access=`.
+    const es = new EventSource(withQuery(`${this.base}/events`, { access: this.token }));
+    this.feed = es;
+    es.addEventListener('view', (ev) => {
+      let view;
+      try {
+        view = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.render(view);
+    });
+    es.onerror = () => {
+      if (this.feed !== es) return;
+      // A dropped feed is retried by the browser; a refused one is given up
+      // (CLOSED) and retried by poll() later. Polling covers both meanwhile.
+      if (es.readyState === EventSource.CLOSED) {
+        es.close();
+        this.feed = null;
+        this.feedFailed = Date.now();
+      }
+      if (!this.timer) this.timer = setTimeout(() => this.poll(), FALLBACK_POLL_MS);
+    };
+  }
+
+  /** The view without the feed. */
   async poll() {
-    clearTimeout(this.timer);
+    this.timer = null;
     try {
       const view = await api(this.base, { token: this.token });
       this.render(view);
     } catch {
       // The next poll retries.
     }
-    this.timer = setTimeout(() => this.poll(), POLL_MS);
+    if (this.feed && this.feed.readyState === EventSource.OPEN) return;
+    if (!this.feed && Date.now() - this.feedFailed >= FEED_RETRY_MS) this.watch();
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.poll(), FALLBACK_POLL_MS);
   }
 
   render(view) {
+    // Kept to show our own tile when our share starts (its view may have come first).
+    this.lastView = view;
     const live = view.sharers.filter((s) => s.live);
     const want = new Set(live.map((s) => s.stream));
     for (const [stream, tile] of this.tiles) {
@@ -134,9 +179,13 @@ export class Party {
     }
     this.grid.dataset.count = String(this.tiles.size);
     // The server ended our share (we left the room, lost the power, the party is off).
-    if (this.share && this.share.connected && !live.some((s) => s.stream === this.share.grant.stream)
-        && Date.now() - this.share.connected > 3000) {
-      this.stop('Your share was ended by the server.', { ended: true });
+    // Not live in its first 3 s may only be late: look again then, since a feed sends
+    // no view until something changes.
+    clearTimeout(this.lookAgain);
+    if (this.share && this.share.connected && !live.some((s) => s.stream === this.share.grant.stream)) {
+      const young = this.share.connected + 3000 - Date.now();
+      if (young < 0) this.stop('Your share was ended by the server.', { ended: true });
+      else this.lookAgain = setTimeout(() => this.lastView && this.render(this.lastView), young + 100);
     }
     if (!view.enabled) {
       this.shareBtn.hidden = true;
@@ -180,11 +229,13 @@ export class Party {
       const grant = await api(`${this.base}/share`, { method: 'POST', token: this.token });
       const { pc, resource } = await whipPublish(grant.whip_url, grant.publish_token, media, { codec: 'VP8', kbps: grant.max_kbps });
       this.share = { pc, resource, media, grant, connected: 0 };
+      if (this.lastView) this.render(this.lastView);
       pc.onconnectionstatechange = () => {
         if (!this.share || this.share.pc !== pc) return;
         if (pc.connectionState === 'connected') {
           this.share.connected = Date.now();
           this.say('You are sharing your screen.');
+          if (this.lastView) this.render(this.lastView);
         } else if (pc.connectionState === 'failed') {
           this.stop('The connection to the server was lost.');
         }
