@@ -17,8 +17,13 @@ use super::codecs::PushCodecs;
 const OUT_CHUNK_SIZE: u32 = 4096;
 /// Our acknowledgement window (a publisher receives almost nothing).
 const OUR_WINDOW: u32 = 2_500_000;
-/// Largest message a destination may send us: only commands come back.
+/// Largest message of any type a destination may send us: only commands
+/// and control come back, and a legitimate reply is a few hundred bytes.
 const MAX_INBOUND_MESSAGE: u32 = 64 * 1024;
+/// Unfinished messages held at once across the destination's chunk streams.
+const MAX_INBOUND_BUFFERED: usize = 2 * MAX_INBOUND_MESSAGE as usize;
+/// Distinct chunk streams a destination may use (servers use two or three).
+const MAX_INBOUND_CHUNK_STREAMS: usize = 8;
 
 const CSID_CONTROL: u8 = 2;
 const CSID_COMMAND: u8 = 3;
@@ -74,7 +79,7 @@ impl Default for PublishClient {
 impl PublishClient {
     pub fn new() -> Self {
         PublishClient {
-            reader: ChunkReader::new(Limits::new(MAX_INBOUND_MESSAGE)),
+            reader: ChunkReader::new(inbound_limits()),
             state: State::Connecting,
             stream_id: 0,
             window: 0,
@@ -310,6 +315,18 @@ impl PublishClient {
     }
 }
 
+/// The reader's bounds, spelled out: `Limits::new` is the ingest's (large
+/// audio/video, 256 KiB commands, 1 MiB+ buffered), too loose for a peer
+/// that only answers commands.
+fn inbound_limits() -> Limits {
+    Limits {
+        max_message_bytes: MAX_INBOUND_MESSAGE,
+        max_other_bytes: MAX_INBOUND_MESSAGE,
+        max_chunk_streams: MAX_INBOUND_CHUNK_STREAMS,
+        max_buffered_bytes: MAX_INBOUND_BUFFERED,
+    }
+}
+
 /// A destination's text for health and logs: printable and short.
 fn clean(s: &str) -> String {
     s.chars()
@@ -431,6 +448,69 @@ mod tests {
             c.receive(&bad, "k", &mut out, &mut ev),
             Err(ClientError::Refused(code)) if code == "NetStream.Publish.BadName"
         ));
+        // A command over the bound is refused from its header, before
+        // anything is buffered (the ingest's reader would take 256 KiB).
+        let mut c = PublishClient::new();
+        let big = [
+            3,
+            0,
+            0,
+            0,
+            0x01,
+            0x00,
+            0x01,
+            chunk::TYPE_AMF0_COMMAND,
+            0,
+            0,
+            0,
+            0,
+        ];
+        assert!(matches!(
+            c.receive(&big, "k", &mut out, &mut ev),
+            Err(ClientError::Protocol(e)) if e.contains("over the limit of 65536")
+        ));
+        assert_eq!(c.reader.buffered(), 0);
+        // One just under the bound, sent whole, is read (and ignored).
+        let mut c = PublishClient::new();
+        let mut wire = Vec::new();
+        let filler = vec![5u8; MAX_INBOUND_MESSAGE as usize];
+        write_message(&mut wire, 3, chunk::TYPE_AMF0_DATA, 0, 0, &filler, 128);
+        assert_eq!(c.receive(&wire, "k", &mut out, &mut ev), Ok(()));
+        // Unfinished messages interleaved on five chunk streams, each under
+        // the bound: the total held stays bounded and ends in an error.
+        let mut c = PublishClient::new();
+        let mut wire = Vec::new();
+        let declared: u32 = 60_000;
+        for csid in 3..8u8 {
+            let l = declared.to_be_bytes();
+            wire.extend_from_slice(&[
+                csid,
+                0,
+                0,
+                0,
+                l[1],
+                l[2],
+                l[3],
+                chunk::TYPE_AMF0_COMMAND,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            wire.extend_from_slice(&[0u8; 128]);
+        }
+        for _ in 1..(declared / 128) {
+            for csid in 3..8u8 {
+                wire.push(0xc0 | csid);
+                wire.extend_from_slice(&[0u8; 128]);
+            }
+        }
+        let r = c.receive(&wire, "k", &mut out, &mut ev);
+        assert!(
+            matches!(&r, Err(ClientError::Protocol(e)) if e.contains("unfinished messages")),
+            "{r:?}"
+        );
+        assert!(c.reader.buffered() <= MAX_INBOUND_BUFFERED + 128);
         // Random bytes: an error or nothing, never a panic.
         let mut x = 0x1234_5678u32;
         for len in 0..400 {
