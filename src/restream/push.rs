@@ -97,8 +97,9 @@ impl Push {
                         backoff = BACKOFF_FIRST;
                     }
                     attempt += 1;
-                    // The error text never holds the key: it is only in
-                    // the publish command, which no error quotes.
+                    // The error text never holds the key: ours never quote
+                    // the publish command, and a destination's refusal text
+                    // has it replaced (`rtmp_client::clean`).
                     warn!(stream = %self.stream.name, destination = %self.label, attempt, error = %e, "restream push failed; retrying");
                     self.health.set(PushState::Reconnecting {
                         attempt,

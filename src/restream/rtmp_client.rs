@@ -226,7 +226,7 @@ impl PublishClient {
                     .filter(|d| !d.is_empty())
                     .or(field("code"))
                     .unwrap_or("an error without a description");
-                return Err(ClientError::Refused(clean(why)));
+                return Err(ClientError::Refused(clean(why, key)));
             }
             ("onStatus", _) => {
                 let code = field("code").unwrap_or("");
@@ -239,7 +239,7 @@ impl PublishClient {
                         .iter()
                         .any(|w| code.contains(w))
                 {
-                    return Err(ClientError::Refused(clean(code)));
+                    return Err(ClientError::Refused(clean(code, key)));
                 }
             }
             ("close", _) => {
@@ -327,12 +327,38 @@ fn inbound_limits() -> Limits {
     }
 }
 
-/// A destination's text for health and logs: printable and short.
-fn clean(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect::<String>()
+/// A destination's text for health and logs: printable, short, and without
+/// the stream key. The text reaches `warn!` and the public restream health
+/// (`GET /api/v1/streams/{name}`), and a server may quote the stream path it
+/// refused: the key, verbatim or URL-encoded, becomes `…`.
+fn clean(s: &str, key: &str) -> String {
+    let mut text: String = s.chars().filter(|c| !c.is_control()).collect();
+    if !key.is_empty() {
+        let upper = percent_encode(key, true);
+        let lower = percent_encode(key, false);
+        for form in [key, &upper, &lower] {
+            if text.contains(form) {
+                text = text.replace(form, "…");
+            }
+        }
+    }
+    text.chars().take(200).collect()
+}
+
+/// `key` with every byte but RFC 3986's unreserved ones as `%XX`.
+fn percent_encode(key: &str, upper: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(key.len() * 3);
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else if upper {
+            let _ = write!(out, "%{b:02X}");
+        } else {
+            let _ = write!(out, "%{b:02x}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -404,6 +430,48 @@ mod tests {
                 |e| matches!(e, RtmpEvent::Video { timestamp: 40, data } if data[..] == body[..])
             ),
             "{server_events:?}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_quoting_the_stream_key_does_not_repeat_it() {
+        let key = "live_123/sk+x y";
+        let quote = |text: &str| {
+            let mut p = Vec::new();
+            for v in [
+                "_error".into(),
+                2.0.into(),
+                Amf0Value::Null,
+                Amf0Value::Object(vec![("description".into(), text.into())]),
+            ] {
+                amf0::encode(&v, &mut p);
+            }
+            let mut w = Vec::new();
+            write_message(&mut w, 3, chunk::TYPE_AMF0_COMMAND, 0, 0, &p, 128);
+            let mut c = PublishClient::new();
+            match c.receive(&w, key, &mut Vec::new(), &mut Vec::new()) {
+                Err(ClientError::Refused(why)) => why,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            quote("publish live/live_123/sk+x y refused: live_123/sk+x y is taken"),
+            "publish live/… refused: … is taken"
+        );
+        assert_eq!(
+            quote("no stream rtmp://h/live/live_123%2Fsk%2Bx%20y"),
+            "no stream rtmp://h/live/…"
+        );
+        assert_eq!(quote("bad path live_123%2fsk%2bx%20y"), "bad path …");
+        // A key split by a control character is still found.
+        assert_eq!(
+            quote("stream live_123/sk+\nx y rejected"),
+            "stream … rejected"
+        );
+        // Other text is kept.
+        assert_eq!(
+            quote("Connection failed: bad app"),
+            "Connection failed: bad app"
         );
     }
 
