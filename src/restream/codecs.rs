@@ -118,6 +118,48 @@ impl PushCodecs {
     }
 }
 
+/// Whether a destination's connect reply can add `codec` when asked with a
+/// `fourCcList` (what [`OFFERED_FOURCCS`] carries beyond H.264).
+pub fn negotiable(hub_codec: &str) -> bool {
+    hub_codec == "AV1"
+}
+
+/// What a connected push does with a new publisher's frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Send,
+    /// The connection was made without `fourCcList` (the stream was H.264
+    /// then) to a destination without a setting: its reply said nothing
+    /// because nothing was asked. Reconnect offering Enhanced RTMP and let
+    /// that reply decide.
+    ReconnectEnhanced,
+    Refuse(String),
+}
+
+/// The decision for a frame of `codec` on a connection to `label`, made
+/// with (`enhanced`) or without `fourCcList`; `setting` is the
+/// destination's `codecs`, `accepted` what that connection may carry.
+pub fn verdict(
+    label: &str,
+    setting: Option<PushCodecs>,
+    accepted: PushCodecs,
+    codec: &str,
+    enhanced: bool,
+) -> Verdict {
+    if accepted.accepts(codec) {
+        Verdict::Send
+    } else if setting.is_none() && !enhanced && negotiable(codec) {
+        Verdict::ReconnectEnhanced
+    } else {
+        Verdict::Refuse(refusal(
+            label,
+            accepted,
+            codec,
+            setting.is_none() && enhanced,
+        ))
+    }
+}
+
 /// Why `label` gets no push of a `codec` stream, per destination. `asked`:
 /// the destination's connect reply was read and listed no `av01`.
 pub fn refusal(label: &str, accepted: PushCodecs, codec: &str, asked: bool) -> String {
@@ -206,5 +248,47 @@ mod tests {
             r.starts_with("yt needs H.264 or AV1 and this stream is VP9"),
             "{r}"
         );
+    }
+
+    /// An H.264 push taken over by an AV1 publisher, to a destination
+    /// without a setting that is not a known service: the legacy connection
+    /// is no answer; the decision waits for a connect with `fourCcList`.
+    #[test]
+    fn a_takeover_to_av1_asks_again_with_a_fourcc_list_before_refusing() {
+        let h264 = PushCodecs::H264_ONLY;
+        let listed = PushCodecs::from_connect_reply(&[
+            s("_result"),
+            Amf0Value::Number(1.0),
+            Amf0Value::Object(vec![(
+                "fourCcList".into(),
+                Amf0Value::StrictArray(vec![s("av01")]),
+            )]),
+        ])
+        .unwrap();
+        // Connected without fourCcList (H.264 then): H.264 goes, AV1 asks.
+        assert_eq!(verdict("d", None, h264, "H264", false), Verdict::Send);
+        assert_eq!(
+            verdict("d", None, h264, "AV1", false),
+            Verdict::ReconnectEnhanced
+        );
+        // Asked again: a reply listing av01 takes it, one without refuses
+        // clearly (not "add av1 to its codecs").
+        assert_eq!(
+            verdict("d", None, h264.union(listed), "AV1", true),
+            Verdict::Send
+        );
+        let Verdict::Refuse(r) = verdict("d", None, h264, "AV1", true) else {
+            panic!()
+        };
+        assert!(r.contains("lists no av01") && !r.contains("add av1"), "{r}");
+        // An owner's setting is final; VP8 cannot be negotiated.
+        let Verdict::Refuse(r) = verdict("d", Some(h264), h264, "AV1", false) else {
+            panic!()
+        };
+        assert!(r.contains("add av1 to its codecs"), "{r}");
+        assert!(matches!(
+            verdict("d", None, h264, "VP8", false),
+            Verdict::Refuse(r) if r.starts_with("d needs H.264 and this stream is VP8")
+        ));
     }
 }

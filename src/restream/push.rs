@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::{info, warn};
 
-use super::codecs::{OFFERED_FOURCCS, PushCodecs, refusal};
+use super::codecs::{OFFERED_FOURCCS, PushCodecs, Verdict, negotiable, refusal, verdict};
 use super::dest::{SecretKey, Target};
 use super::flv_mux::{FlvMux, Tag};
 use super::health::{Health, PushState};
@@ -66,6 +66,11 @@ enum PushError {
     /// Not retried: the stream's codec cannot go over RTMP.
     #[error("{0}")]
     Codec(String),
+    /// Retried at once with `fourCcList`: a takeover brought a codec the
+    /// destination may take over Enhanced RTMP, and this connection did
+    /// not ask.
+    #[error("the stream is now {0}: reconnecting with Enhanced RTMP")]
+    NeedsEnhanced(&'static str),
 }
 
 impl Push {
@@ -75,6 +80,10 @@ impl Push {
         let mut mux = FlvMux::new();
         let mut attempt: u32 = 0;
         let mut backoff = BACKOFF_FIRST;
+        // Set by a takeover to a codec the legacy connection did not ask
+        // about; the next connection offers `fourCcList` whatever the
+        // stream's codec reads by then.
+        let mut offer_enhanced = false;
         self.health.set(PushState::Connecting);
         loop {
             if let Err(reason) = self.wait_for_pushable_codec().await {
@@ -84,7 +93,16 @@ impl Push {
                 continue;
             }
             let started = Instant::now();
-            match self.session(&mut mux).await {
+            match self
+                .session(&mut mux, std::mem::take(&mut offer_enhanced))
+                .await
+            {
+                Err(PushError::NeedsEnhanced(codec)) => {
+                    info!(stream = %self.stream.name, destination = %self.label, codec, "restream push: a takeover changed the codec; reconnecting with Enhanced RTMP");
+                    offer_enhanced = true;
+                    self.health.set(PushState::Connecting);
+                    continue;
+                }
                 Err(PushError::Codec(reason)) => {
                     self.health.set(PushState::Failed { reason });
                     self.wait_for_new_publisher().await;
@@ -97,8 +115,9 @@ impl Push {
                         backoff = BACKOFF_FIRST;
                     }
                     attempt += 1;
-                    // The error text never holds the key: it is only in
-                    // the publish command, which no error quotes.
+                    // The error text never holds the key: ours never quote
+                    // the publish command, and a destination's refusal text
+                    // has it replaced (`rtmp_client::clean`).
                     warn!(stream = %self.stream.name, destination = %self.label, attempt, error = %e, "restream push failed; retrying");
                     self.health.set(PushState::Reconnecting {
                         attempt,
@@ -122,7 +141,7 @@ impl Push {
     /// Whether a codec may go once connected: known to be accepted, or AV1
     /// to a destination without a setting, whose connect reply decides.
     fn may_accept(&self, codec: &str) -> bool {
-        self.known_codecs().accepts(codec) || (codec == "AV1" && self.codecs.is_none())
+        self.known_codecs().accepts(codec) || (negotiable(codec) && self.codecs.is_none())
     }
 
     /// Waits for the current publisher's video codec to be known; refuses
@@ -196,14 +215,15 @@ impl Push {
     }
 
     /// One connection: set up, then send until it fails.
-    async fn session(&self, mux: &mut FlvMux) -> Result<(), PushError> {
+    async fn session(&self, mux: &mut FlvMux, offer_enhanced: bool) -> Result<(), PushError> {
         // Enhanced RTMP is offered only when the stream needs it: an H.264
         // push connects exactly as a legacy client does.
-        let enhanced = self
-            .stream
-            .media_info()
-            .video
-            .is_some_and(|v| v.codec != "H264");
+        let enhanced = offer_enhanced
+            || self
+                .stream
+                .media_info()
+                .video
+                .is_some_and(|v| v.codec != "H264");
         let (mut io, mut client, mut buf, advertised) =
             timeout(SETUP_TIMEOUT, self.setup(enhanced))
                 .await
@@ -254,13 +274,14 @@ impl Push {
             if let Some(Item::Video(f)) = items.iter().find(|i| matches!(i, Item::Video(_)))
                 && let Some(v) = self.stream.media_info().video
             {
-                if !accepted.accepts(v.codec) && f.publisher != 0 {
-                    return Err(PushError::Codec(refusal(
-                        &self.label,
-                        accepted,
-                        v.codec,
-                        self.codecs.is_none() && enhanced,
-                    )));
+                if f.publisher != 0 {
+                    match verdict(&self.label, self.codecs, accepted, v.codec, enhanced) {
+                        Verdict::Send => {}
+                        Verdict::ReconnectEnhanced => {
+                            return Err(PushError::NeedsEnhanced(v.codec));
+                        }
+                        Verdict::Refuse(reason) => return Err(PushError::Codec(reason)),
+                    }
                 }
                 codec = VideoCodec::from_name(v.codec).unwrap_or(VideoCodec::H264);
             }

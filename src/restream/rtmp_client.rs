@@ -17,8 +17,13 @@ use super::codecs::PushCodecs;
 const OUT_CHUNK_SIZE: u32 = 4096;
 /// Our acknowledgement window (a publisher receives almost nothing).
 const OUR_WINDOW: u32 = 2_500_000;
-/// Largest message a destination may send us: only commands come back.
+/// Largest message of any type a destination may send us: only commands
+/// and control come back, and a legitimate reply is a few hundred bytes.
 const MAX_INBOUND_MESSAGE: u32 = 64 * 1024;
+/// Unfinished messages held at once across the destination's chunk streams.
+const MAX_INBOUND_BUFFERED: usize = 2 * MAX_INBOUND_MESSAGE as usize;
+/// Distinct chunk streams a destination may use (servers use two or three).
+const MAX_INBOUND_CHUNK_STREAMS: usize = 8;
 
 const CSID_CONTROL: u8 = 2;
 const CSID_COMMAND: u8 = 3;
@@ -74,7 +79,7 @@ impl Default for PublishClient {
 impl PublishClient {
     pub fn new() -> Self {
         PublishClient {
-            reader: ChunkReader::new(Limits::new(MAX_INBOUND_MESSAGE)),
+            reader: ChunkReader::new(inbound_limits()),
             state: State::Connecting,
             stream_id: 0,
             window: 0,
@@ -221,7 +226,7 @@ impl PublishClient {
                     .filter(|d| !d.is_empty())
                     .or(field("code"))
                     .unwrap_or("an error without a description");
-                return Err(ClientError::Refused(clean(why)));
+                return Err(ClientError::Refused(clean(why, key)));
             }
             ("onStatus", _) => {
                 let code = field("code").unwrap_or("");
@@ -234,7 +239,7 @@ impl PublishClient {
                         .iter()
                         .any(|w| code.contains(w))
                 {
-                    return Err(ClientError::Refused(clean(code)));
+                    return Err(ClientError::Refused(clean(code, key)));
                 }
             }
             ("close", _) => {
@@ -310,12 +315,50 @@ impl PublishClient {
     }
 }
 
-/// A destination's text for health and logs: printable and short.
-fn clean(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect::<String>()
+/// The reader's bounds, spelled out: `Limits::new` is the ingest's (large
+/// audio/video, 256 KiB commands, 1 MiB+ buffered), too loose for a peer
+/// that only answers commands.
+fn inbound_limits() -> Limits {
+    Limits {
+        max_message_bytes: MAX_INBOUND_MESSAGE,
+        max_other_bytes: MAX_INBOUND_MESSAGE,
+        max_chunk_streams: MAX_INBOUND_CHUNK_STREAMS,
+        max_buffered_bytes: MAX_INBOUND_BUFFERED,
+    }
+}
+
+/// A destination's text for health and logs: printable, short, and without
+/// the stream key. The text reaches `warn!` and the public restream health
+/// (`GET /api/v1/streams/{name}`), and a server may quote the stream path it
+/// refused: the key, verbatim or URL-encoded, becomes `…`.
+fn clean(s: &str, key: &str) -> String {
+    let mut text: String = s.chars().filter(|c| !c.is_control()).collect();
+    if !key.is_empty() {
+        let upper = percent_encode(key, true);
+        let lower = percent_encode(key, false);
+        for form in [key, &upper, &lower] {
+            if text.contains(form) {
+                text = text.replace(form, "…");
+            }
+        }
+    }
+    text.chars().take(200).collect()
+}
+
+/// `key` with every byte but RFC 3986's unreserved ones as `%XX`.
+fn percent_encode(key: &str, upper: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(key.len() * 3);
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else if upper {
+            let _ = write!(out, "%{b:02X}");
+        } else {
+            let _ = write!(out, "%{b:02x}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -391,6 +434,48 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_quoting_the_stream_key_does_not_repeat_it() {
+        let key = "live_123/sk+x y";
+        let quote = |text: &str| {
+            let mut p = Vec::new();
+            for v in [
+                "_error".into(),
+                2.0.into(),
+                Amf0Value::Null,
+                Amf0Value::Object(vec![("description".into(), text.into())]),
+            ] {
+                amf0::encode(&v, &mut p);
+            }
+            let mut w = Vec::new();
+            write_message(&mut w, 3, chunk::TYPE_AMF0_COMMAND, 0, 0, &p, 128);
+            let mut c = PublishClient::new();
+            match c.receive(&w, key, &mut Vec::new(), &mut Vec::new()) {
+                Err(ClientError::Refused(why)) => why,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            quote("publish live/live_123/sk+x y refused: live_123/sk+x y is taken"),
+            "publish live/… refused: … is taken"
+        );
+        assert_eq!(
+            quote("no stream rtmp://h/live/live_123%2Fsk%2Bx%20y"),
+            "no stream rtmp://h/live/…"
+        );
+        assert_eq!(quote("bad path live_123%2fsk%2bx%20y"), "bad path …");
+        // A key split by a control character is still found.
+        assert_eq!(
+            quote("stream live_123/sk+\nx y rejected"),
+            "stream … rejected"
+        );
+        // Other text is kept.
+        assert_eq!(
+            quote("Connection failed: bad app"),
+            "Connection failed: bad app"
+        );
+    }
+
+    #[test]
     fn refusals_and_hostile_replies_are_errors_not_panics() {
         let mut c = PublishClient::new();
         let mut out = Vec::new();
@@ -431,6 +516,69 @@ mod tests {
             c.receive(&bad, "k", &mut out, &mut ev),
             Err(ClientError::Refused(code)) if code == "NetStream.Publish.BadName"
         ));
+        // A command over the bound is refused from its header, before
+        // anything is buffered (the ingest's reader would take 256 KiB).
+        let mut c = PublishClient::new();
+        let big = [
+            3,
+            0,
+            0,
+            0,
+            0x01,
+            0x00,
+            0x01,
+            chunk::TYPE_AMF0_COMMAND,
+            0,
+            0,
+            0,
+            0,
+        ];
+        assert!(matches!(
+            c.receive(&big, "k", &mut out, &mut ev),
+            Err(ClientError::Protocol(e)) if e.contains("over the limit of 65536")
+        ));
+        assert_eq!(c.reader.buffered(), 0);
+        // One just under the bound, sent whole, is read (and ignored).
+        let mut c = PublishClient::new();
+        let mut wire = Vec::new();
+        let filler = vec![5u8; MAX_INBOUND_MESSAGE as usize];
+        write_message(&mut wire, 3, chunk::TYPE_AMF0_DATA, 0, 0, &filler, 128);
+        assert_eq!(c.receive(&wire, "k", &mut out, &mut ev), Ok(()));
+        // Unfinished messages interleaved on five chunk streams, each under
+        // the bound: the total held stays bounded and ends in an error.
+        let mut c = PublishClient::new();
+        let mut wire = Vec::new();
+        let declared: u32 = 60_000;
+        for csid in 3..8u8 {
+            let l = declared.to_be_bytes();
+            wire.extend_from_slice(&[
+                csid,
+                0,
+                0,
+                0,
+                l[1],
+                l[2],
+                l[3],
+                chunk::TYPE_AMF0_COMMAND,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            wire.extend_from_slice(&[0u8; 128]);
+        }
+        for _ in 1..(declared / 128) {
+            for csid in 3..8u8 {
+                wire.push(0xc0 | csid);
+                wire.extend_from_slice(&[0u8; 128]);
+            }
+        }
+        let r = c.receive(&wire, "k", &mut out, &mut ev);
+        assert!(
+            matches!(&r, Err(ClientError::Protocol(e)) if e.contains("unfinished messages")),
+            "{r:?}"
+        );
+        assert!(c.reader.buffered() <= MAX_INBOUND_BUFFERED + 128);
         // Random bytes: an error or nothing, never a panic.
         let mut x = 0x1234_5678u32;
         for len in 0..400 {
