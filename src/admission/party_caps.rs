@@ -37,7 +37,9 @@ impl Admission {
 
 /// The caps one more share passes: the party alone against `limits` (as
 /// `plan` checks them); for a cap the party alone fits, what the share adds
-/// to what is `used` now; and the cluster's.
+/// to what is `used` now; and the cluster's. Every participant reads these
+/// (in a standalone party, anyone with its key): they name the cap and the
+/// party's own figures, never what the server or the cluster carries now.
 pub fn caps_passed(e: &ShareEstimate, limits: &LimitsConfig, used: &InUse) -> Vec<String> {
     let mut over = Vec::new();
     let input = e.plan_input();
@@ -48,7 +50,7 @@ pub fn caps_passed(e: &ShareEstimate, limits: &LimitsConfig, used: &InUse) -> Ve
     let now = used.egress_mbps;
     if cap > 0.0 && !flagged(Limit::MaxEgressMbps) && now + mbps > cap {
         over.push(format!(
-            "{now:.1} Mbit/s are in use and this share adds {mbps:.1}: over limits.max_egress_mbps = {cap}"
+            "this share adds {mbps:.1} Mbit/s out, more than this server has left under limits.max_egress_mbps = {cap}"
         ));
     }
     let total = used.viewers;
@@ -57,7 +59,7 @@ pub fn caps_passed(e: &ShareEstimate, limits: &LimitsConfig, used: &InUse) -> Ve
         && total + sessions > limits.max_viewers as u64
     {
         over.push(format!(
-            "{total} viewers are watching and this share adds {sessions}: over limits.max_viewers = {}",
+            "this share adds {sessions} viewer sessions, more than this server has left under limits.max_viewers = {}",
             limits.max_viewers
         ));
     }
@@ -71,7 +73,7 @@ pub fn caps_passed(e: &ShareEstimate, limits: &LimitsConfig, used: &InUse) -> Ve
         }
         if max_viewers > 0 && now + sessions > max_viewers as u64 {
             over.push(format!(
-                "{now} viewers are watching in the cluster and this share adds {sessions}: over cluster.max_viewers = {max_viewers}"
+                "this share adds {sessions} viewer sessions, more than the cluster has left under cluster.max_viewers = {max_viewers}"
             ));
         }
     }
@@ -115,15 +117,14 @@ mod tests {
             cluster: None,
         };
         let over = caps_passed(&e, &limits, &busy);
-        assert_eq!(over.len(), 2, "{over:?}");
-        // The third share adds 5 sessions (9 − 4): 7.8 Mbit/s.
-        assert!(
-            over[0].contains("15.0 Mbit/s are in use and this share adds 7.8"),
-            "{over:?}"
-        );
-        assert!(
-            over[1].contains("27 viewers are watching and this share adds 5"),
-            "{over:?}"
+        // The third share adds 5 sessions (9 − 4): 7.8 Mbit/s. What the
+        // server carries now (15.0, 27) is nobody's business in the party.
+        assert_eq!(
+            over,
+            vec![
+                "this share adds 7.8 Mbit/s out, more than this server has left under limits.max_egress_mbps = 20".to_string(),
+                "this share adds 5 viewer sessions, more than this server has left under limits.max_viewers = 30".to_string(),
+            ]
         );
     }
 
@@ -164,9 +165,10 @@ mod tests {
             over[0].contains("4 members would watch this share"),
             "{over:?}"
         );
-        assert!(
-            over[1].contains("over cluster.max_viewers = 100"),
-            "{over:?}"
+        assert_eq!(
+            over[1],
+            "this share adds 9 viewer sessions, more than the cluster has left under cluster.max_viewers = 100"
         );
+        assert!(!over.concat().contains("95"), "{over:?}");
     }
 }
