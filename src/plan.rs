@@ -62,20 +62,49 @@ pub fn plan(i: &PlanInput) -> Plan {
     }
 }
 
-/// Which configured caps the plan exceeds, as sentences.
-pub fn check_caps(i: &PlanInput, p: &Plan, limits: &LimitsConfig) -> Vec<String> {
+/// A `[limits]` cap `plan` checks: callers match on this, never on the
+/// sentence (rewording a message must not change what is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    MaxEgressMbps,
+    MaxViewers,
+    MaxViewersPerStream,
+}
+
+/// A cap the plan exceeds, with the sentence `roomcast plan` prints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverCap {
+    pub limit: Limit,
+    pub text: String,
+}
+
+impl std::fmt::Display for OverCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Which configured caps the plan exceeds.
+pub fn caps_over(i: &PlanInput, p: &Plan, limits: &LimitsConfig) -> Vec<OverCap> {
     let mut over = Vec::new();
+    let mut push = |limit, text| over.push(OverCap { limit, text });
     if limits.max_egress_mbps > 0.0 && p.mbps_out > limits.max_egress_mbps {
-        over.push(format!(
-            "{:.2} Mbit/s out is over limits.max_egress_mbps = {}",
-            p.mbps_out, limits.max_egress_mbps
-        ));
+        push(
+            Limit::MaxEgressMbps,
+            format!(
+                "{:.2} Mbit/s out is over limits.max_egress_mbps = {}",
+                p.mbps_out, limits.max_egress_mbps
+            ),
+        );
     }
     if limits.max_viewers > 0 && p.streams_out > limits.max_viewers as u64 {
-        over.push(format!(
-            "{} viewer sessions are over limits.max_viewers = {}",
-            p.streams_out, limits.max_viewers
-        ));
+        push(
+            Limit::MaxViewers,
+            format!(
+                "{} viewer sessions are over limits.max_viewers = {}",
+                p.streams_out, limits.max_viewers
+            ),
+        );
     }
     let per_stream = match i.mode {
         Mode::Solo => p.streams_out,
@@ -83,12 +112,23 @@ pub fn check_caps(i: &PlanInput, p: &Plan, limits: &LimitsConfig) -> Vec<String>
         Mode::Call => u64::from(i.people),
     };
     if limits.max_viewers_per_stream > 0 && per_stream > limits.max_viewers_per_stream as u64 {
-        over.push(format!(
-            "{per_stream} viewers of one stream are over limits.max_viewers_per_stream = {}",
-            limits.max_viewers_per_stream
-        ));
+        push(
+            Limit::MaxViewersPerStream,
+            format!(
+                "{per_stream} viewers of one stream are over limits.max_viewers_per_stream = {}",
+                limits.max_viewers_per_stream
+            ),
+        );
     }
     over
+}
+
+/// Which configured caps the plan exceeds, as sentences.
+pub fn check_caps(i: &PlanInput, p: &Plan, limits: &LimitsConfig) -> Vec<String> {
+    caps_over(i, p, limits)
+        .into_iter()
+        .map(|o| o.text)
+        .collect()
 }
 
 pub fn render(i: &PlanInput, p: &Plan, limits: &LimitsConfig) -> String {
@@ -165,6 +205,16 @@ mod tests {
         let over = check_caps(&i, &p, &limits);
         assert_eq!(over.len(), 3, "{over:?}");
         assert!(over[0].contains("144.38 Mbit/s"), "{over:?}");
+        // The typed caps, in the order of the sentences.
+        let limits_over: Vec<Limit> = caps_over(&i, &p, &limits).iter().map(|o| o.limit).collect();
+        assert_eq!(
+            limits_over,
+            [
+                Limit::MaxEgressMbps,
+                Limit::MaxViewers,
+                Limit::MaxViewersPerStream
+            ]
+        );
         assert!(render(&i, &p, &limits).contains("does not fit"));
     }
 

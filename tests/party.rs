@@ -255,9 +255,37 @@ fn standalone_party_page_with_a_party_key() {
     let key = "friends-party-key-0123456789";
     // Two shares of 1500 + 64 kbit/s watched by each other are 6.3 Mbit/s out;
     // a third would be 14.1 (`plan --mode call`): over the 10 Mbit/s cap.
+    // "solo" allows one sharer: a grant holds that slot before it is used.
     let server = Server::start(&format!(
-        "[limits]\nmax_egress_mbps = 10\n\n[[parties]]\nname = \"friends\"\nkey = \"{key}\"\nmax_kbps = 1500\n"
+        "[limits]\nmax_egress_mbps = 10\n\n[[parties]]\nname = \"friends\"\nkey = \"{key}\"\nmax_kbps = 1500\n\n\
+         [[parties]]\nname = \"solo\"\nkey = \"{key}\"\nmax_sharers = 1\n"
     ));
+    let solo_shares: Vec<(u16, Value)> = ["Ann", "Bo"]
+        .iter()
+        .map(|name| {
+            let (status, j) = post_json(
+                &server,
+                "/api/v1/parties/solo/join",
+                None,
+                &json!({"key": key, "display_name": name}),
+            );
+            assert_eq!(status, 201, "{j}");
+            let token = j["party_token"].as_str().unwrap();
+            post_json(
+                &server,
+                "/api/v1/parties/solo/share",
+                Some(token),
+                &json!({}),
+            )
+        })
+        .collect();
+    assert_eq!(solo_shares[0].0, 201, "{}", solo_shares[0].1);
+    assert_eq!(
+        (solo_shares[1].0, solo_shares[1].1["code"].as_str()),
+        (503, Some("party_over_capacity")),
+        "a second share while the first grant is unused: {}",
+        solo_shares[1].1
+    );
     // The API refuses a wrong key, an unknown party and a missing token.
     let party = "/api/v1/parties/friends";
     let (status, r) = post_json(

@@ -7,6 +7,7 @@
 use super::Admission;
 use crate::config::LimitsConfig;
 use crate::party::estimate::ShareEstimate;
+use crate::plan::Limit;
 
 /// What this node and the cluster carry now, as the caps count it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,31 +37,33 @@ impl Admission {
 
 /// The caps one more share passes: the party alone against `limits` (as
 /// `plan` checks them); for a cap the party alone fits, what the share adds
-/// to what is `used` now; and the cluster's.
+/// to what is `used` now; and the cluster's. Every participant reads these
+/// (in a standalone party, anyone with its key): they name the cap and the
+/// party's own figures, never what the server or the cluster carries now.
 pub fn caps_passed(e: &ShareEstimate, limits: &LimitsConfig, used: &InUse) -> Vec<String> {
     let mut over = Vec::new();
     let input = e.plan_input();
-    let alone = crate::plan::check_caps(&input, &crate::plan::plan(&input), limits);
-    let flagged = |key: &str| alone.iter().any(|s| s.contains(&format!("limits.{key} =")));
+    let alone = crate::plan::caps_over(&input, &crate::plan::plan(&input), limits);
+    let flagged = |limit: Limit| alone.iter().any(|o| o.limit == limit);
     let (sessions, mbps) = e.added();
     let cap = limits.max_egress_mbps;
     let now = used.egress_mbps;
-    if cap > 0.0 && !flagged("max_egress_mbps") && now + mbps > cap {
+    if cap > 0.0 && !flagged(Limit::MaxEgressMbps) && now + mbps > cap {
         over.push(format!(
-            "{now:.1} Mbit/s are in use and this share adds {mbps:.1}: over limits.max_egress_mbps = {cap}"
+            "this share adds {mbps:.1} Mbit/s out, more than this server has left under limits.max_egress_mbps = {cap}"
         ));
     }
     let total = used.viewers;
     if limits.max_viewers > 0
-        && !flagged("max_viewers")
+        && !flagged(Limit::MaxViewers)
         && total + sessions > limits.max_viewers as u64
     {
         over.push(format!(
-            "{total} viewers are watching and this share adds {sessions}: over limits.max_viewers = {}",
+            "this share adds {sessions} viewer sessions, more than this server has left under limits.max_viewers = {}",
             limits.max_viewers
         ));
     }
-    over.extend(alone);
+    over.extend(alone.into_iter().map(|o| o.text));
     if let Some((per_stream, max_viewers, now)) = used.cluster {
         let others = u64::from(e.sharers) - 1;
         if per_stream > 0 && others > per_stream as u64 {
@@ -70,7 +73,7 @@ pub fn caps_passed(e: &ShareEstimate, limits: &LimitsConfig, used: &InUse) -> Ve
         }
         if max_viewers > 0 && now + sessions > max_viewers as u64 {
             over.push(format!(
-                "{now} viewers are watching in the cluster and this share adds {sessions}: over cluster.max_viewers = {max_viewers}"
+                "this share adds {sessions} viewer sessions, more than the cluster has left under cluster.max_viewers = {max_viewers}"
             ));
         }
     }
@@ -114,15 +117,38 @@ mod tests {
             cluster: None,
         };
         let over = caps_passed(&e, &limits, &busy);
-        assert_eq!(over.len(), 2, "{over:?}");
-        // The third share adds 5 sessions (9 − 4): 7.8 Mbit/s.
-        assert!(
-            over[0].contains("15.0 Mbit/s are in use and this share adds 7.8"),
-            "{over:?}"
+        // The third share adds 5 sessions (9 − 4): 7.8 Mbit/s. What the
+        // server carries now (15.0, 27) is nobody's business in the party.
+        assert_eq!(
+            over,
+            vec![
+                "this share adds 7.8 Mbit/s out, more than this server has left under limits.max_egress_mbps = 20".to_string(),
+                "this share adds 5 viewer sessions, more than this server has left under limits.max_viewers = 30".to_string(),
+            ]
         );
-        assert!(
-            over[1].contains("27 viewers are watching and this share adds 5"),
-            "{over:?}"
+    }
+
+    #[test]
+    fn a_cap_the_party_alone_passes_is_not_said_twice() {
+        // Three sharers: 9 sessions, over 5 viewers alone; the per-stream cap
+        // (3 viewers of one stream) is another cap and does not hide it.
+        let e = estimate(2, 1500);
+        let limits = LimitsConfig {
+            max_viewers: 5,
+            max_viewers_per_stream: 2,
+            ..LimitsConfig::default()
+        };
+        let busy = InUse {
+            viewers: 4,
+            ..InUse::default()
+        };
+        let over = caps_passed(&e, &limits, &busy);
+        assert_eq!(
+            over,
+            vec![
+                "9 viewer sessions are over limits.max_viewers = 5".to_string(),
+                "3 viewers of one stream are over limits.max_viewers_per_stream = 2".to_string()
+            ]
         );
     }
 
@@ -139,9 +165,10 @@ mod tests {
             over[0].contains("4 members would watch this share"),
             "{over:?}"
         );
-        assert!(
-            over[1].contains("over cluster.max_viewers = 100"),
-            "{over:?}"
+        assert_eq!(
+            over[1],
+            "this share adds 9 viewer sessions, more than the cluster has left under cluster.max_viewers = 100"
         );
+        assert!(!over.concat().contains("95"), "{over:?}");
     }
 }

@@ -112,7 +112,11 @@ async fn join(
             .into_response();
         }
     };
-    match app.parties.join(&name, &req.key, &req.display_name, now()) {
+    let live_of = |s: &str| app.hub.get(s).map(|s| s.is_live());
+    match app
+        .parties
+        .join(&name, &req.key, &req.display_name, now(), live_of)
+    {
         Ok(j) => {
             tracing::info!(party = %name, participant = %j.user_id, "party: participant joined");
             (StatusCode::CREATED, Json(j)).into_response()

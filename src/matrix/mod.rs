@@ -142,6 +142,8 @@ pub struct Matrix {
     told_encrypted: Mutex<HashSet<String>>,
     /// Party settings of mapped rooms, read at most every few seconds (party.rs).
     party_cache: party::PartyCache,
+    /// Party shares' unused grants by (room, user): they count under the caps.
+    share_slots: crate::party::slots::ShareSlots<(String, String)>,
     notices: notices::Notices,
     /// Leases when other processes share the database (claims.rs).
     claims: claims::Claims,
@@ -219,6 +221,7 @@ impl Matrix {
             replay_chats: replay_chat::ReplayChats::default(),
             told_encrypted: Mutex::new(HashSet::new()),
             party_cache: party::PartyCache::default(),
+            share_slots: Default::default(),
             notices: notices::Notices::default(),
             claims: claims::Claims::new(backend),
             tokens: access::ViewerTokens::new(&secret),

@@ -187,7 +187,10 @@ impl Matrix {
         self.party_cache.put(room, party);
         if !on {
             for m in self.streams_of_room(room).iter().filter(|m| is_party(m)) {
-                self.end_share(&m.stream, m.owner.as_deref().unwrap_or_default());
+                let owner = m.owner.as_deref().unwrap_or_default();
+                self.end_share(&m.stream, owner);
+                self.share_slots
+                    .release(&(room.to_string(), owner.to_string()));
             }
         }
         let text = match (on, notices) {
@@ -349,18 +352,21 @@ impl Matrix {
         })
     }
 
-    /// Members of `room` sharing now, `user` aside.
-    fn sharing_except(&self, room: &str, user: &str) -> usize {
+    /// Members of `room` sharing now, as share slots' keys (room, user).
+    fn live_sharers(&self, room: &str) -> Vec<(String, String)> {
         self.streams_of_room(room)
             .iter()
-            .filter(|m| is_party(m) && m.owner.as_deref() != Some(user))
+            .filter(|m| is_party(m))
             .filter(|m| self.hub.get(&m.stream).is_some_and(|s| s.is_live()))
-            .count()
+            .filter_map(|m| Some((room.to_string(), m.owner.clone()?)))
+            .collect()
     }
 
     /// **Share screen**: the member's personal stream in `room` (made on first
     /// use) and a publish grant for it. Membership and power are asked of the
-    /// homeserver now; then the party's and the server's caps (`caps`).
+    /// homeserver now; then the party's and the server's caps (`caps`),
+    /// counting live shares and unused grants, and the grant takes its slot
+    /// in the same step (src/party/slots.rs).
     pub async fn party_share(
         &self,
         room: &str,
@@ -378,30 +384,48 @@ impl Matrix {
         if level < needed {
             return Err(PartyError::NoPower { needed });
         }
-        let sharing = self.sharing_except(room, &user);
-        let e = checked(
-            sharing,
-            self.cfg.party_max_kbps,
-            self.cfg.party_max_sharers,
-            caps,
-        );
-        if !e.over.is_empty() {
+        let now = super::unix_now();
+        let exp = now + PUBLISH_GRANT_TTL_SECS;
+        let slot = (room.to_string(), user.clone());
+        let live = self.live_sharers(room);
+        let in_room = |k: &(String, String)| k.0 == room;
+        self.share_slots.reserve(&slot, &live, now, exp, in_room, |sharing| {
+            let (kbps, max) = (self.cfg.party_max_kbps, self.cfg.party_max_sharers);
+            let e = checked(sharing, kbps, max, caps);
+            if e.over.is_empty() {
+                return Ok(());
+            }
             info!(room = %room, user = %user, "matrix: party share refused: {}", e.over.join("; "));
-            return Err(PartyError::OverCapacity(e.over));
+            Err(PartyError::OverCapacity(e.over))
+        })?;
+        let granted = self.grant_share(room, &user, &name, exp).await;
+        if granted.is_err() {
+            self.share_slots.release(&slot);
         }
+        granted
+    }
+
+    /// The share's stream, titled with the member's name, and its grant.
+    async fn grant_share(
+        &self,
+        room: &str,
+        user: &str,
+        name: &str,
+        exp: u64,
+    ) -> Result<ShareGrant, PartyError> {
+        let user = user.to_string();
         let stream = party_stream_name(room, &user);
         self.create_stream(room, &stream, Some(PARTY_SLOT), Some(&user))
             .await?;
         // The tile and the notice name the member, not the room.
-        self.store.set_stream_title(&stream, &name).await?;
+        self.store.set_stream_title(&stream, name).await?;
         if let Some(s) = self.hub.get(&stream) {
-            s.set_title(&name);
+            s.set_title(name);
         }
         // A member who left and came back shares again.
         if let Some(hook) = self.tokens.membership_hook() {
             hook(&stream, &user, true);
         }
-        let exp = super::unix_now() + PUBLISH_GRANT_TTL_SECS;
         info!(room = %room, user = %user, stream = %stream, "matrix: party share granted");
         Ok(ShareGrant {
             whip_url: format!("/whip/{stream}"),
@@ -446,6 +470,8 @@ impl Matrix {
             if level < self.cfg.party_power_level {
                 info!(room = %room, user = %user, stream = %m.stream, "matrix: party share ended: the member lost the power to share");
                 self.end_share(&m.stream, user);
+                self.share_slots
+                    .release(&(room.to_string(), user.to_string()));
             }
         }
         Ok(())

@@ -9,11 +9,16 @@
 //! Before a share, the party's view carries what one more share would cost
 //! (estimate.rs) and the caps it would pass; a share over a cap is refused.
 //!
+//! A grant holds its share's place under the caps until it is used or
+//! expires (slots.rs), so members pressing Share at once cannot all pass.
+//!
 //! Bounded: at most `max_participants` per party; participants neither
-//! sharing nor seen (a poll of the party) for [`IDLE`] are forgotten.
+//! sharing (live, or holding an unexpired grant) nor seen (a poll of the
+//! party) for [`IDLE`] are forgotten.
 
 pub mod estimate;
 pub mod feed;
+pub mod slots;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,6 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::admission::{AccessTokens, Grant, TokenError, publish_scope};
 use crate::config::PartyConfig;
 use estimate::ShareEstimate;
+use slots::ShareSlots;
 
 /// Adds to an estimate's `over` the server's caps it passes (the admission
 /// service's `check_party_share`).
@@ -61,6 +67,8 @@ struct Party {
     max_participants: usize,
     max_sharers: usize,
     members: Mutex<HashMap<String, Participant>>,
+    /// Grants issued and not yet live, by participant id.
+    slots: ShareSlots<String>,
 }
 
 /// A joined participant's session.
@@ -137,6 +145,7 @@ impl Parties {
                             max_participants: c.max_participants,
                             max_sharers: c.max_sharers,
                             members: Mutex::new(HashMap::new()),
+                            slots: ShareSlots::default(),
                         },
                     )
                 })
@@ -190,8 +199,16 @@ impl Parties {
         Ok((exp, subject))
     }
 
-    /// A participant proves the key and picks a name.
-    pub fn join(&self, party: &str, key: &str, name: &str, now: u64) -> Result<Joined, PartyError> {
+    /// A participant proves the key and picks a name. Whether a stream is
+    /// live (`live_of`) keeps its sharer a member while their page is away.
+    pub fn join(
+        &self,
+        party: &str,
+        key: &str,
+        name: &str,
+        now: u64,
+        live_of: impl Fn(&str) -> Option<bool>,
+    ) -> Result<Joined, PartyError> {
         let p = self.parties.get(party).ok_or(PartyError::UnknownParty)?;
         // Digests compared: no early exit on the key's bytes.
         if digest(key) != p.key_digest {
@@ -200,7 +217,11 @@ impl Parties {
         let name = display_name(name)?;
         let mut members = p.members.lock();
         let t = Instant::now();
-        members.retain(|_, m| t.duration_since(m.seen) < IDLE);
+        members.retain(|id, m| {
+            t.duration_since(m.seen) < IDLE
+                || p.slots.held(id, now)
+                || live_of(&Self::stream_of(party, id)) == Some(true)
+        });
         if members.len() >= p.max_participants {
             return Err(PartyError::Full);
         }
@@ -280,7 +301,8 @@ impl Parties {
 
     /// Share screen: the participant's stream name and a publish grant.
     /// Refused when the share would pass a cap (`caps`), counting the
-    /// participants' live shares (`live_of`) but the asking one's own.
+    /// participants' live shares (`live_of`) and unused grants but the
+    /// asking one's own; a grant holds its slot until used or expired.
     pub fn share(
         &self,
         party: &str,
@@ -290,17 +312,28 @@ impl Parties {
         caps: impl ShareCaps,
     ) -> Result<ShareGrant, PartyError> {
         let (p, id) = self.member(party, token, now)?;
-        let sharing = p
+        let live: Vec<String> = p
             .members
             .lock()
             .keys()
-            .filter(|other| **other != id)
             .filter(|other| live_of(&Self::stream_of(party, other)) == Some(true))
-            .count();
-        let e = estimate::checked(sharing, p.max_kbps, p.max_sharers, caps);
-        if !e.over.is_empty() {
-            return Err(PartyError::OverCapacity(e.over));
-        }
+            .cloned()
+            .collect();
+        p.slots.reserve(
+            &id,
+            &live,
+            now,
+            now + GRANT_TTL_SECS,
+            |_| true,
+            |sharing| {
+                let e = estimate::checked(sharing, p.max_kbps, p.max_sharers, caps);
+                if e.over.is_empty() {
+                    Ok(())
+                } else {
+                    Err(PartyError::OverCapacity(e.over))
+                }
+            },
+        )?;
         let name = p
             .members
             .lock()
@@ -351,21 +384,21 @@ mod tests {
     fn join_share_and_grants() {
         let p = parties();
         assert_eq!(
-            p.join("friends", "wrong", "Ann", 0).unwrap_err(),
+            p.join("friends", "wrong", "Ann", 0, |_| None).unwrap_err(),
             PartyError::KeyRejected
         );
         assert_eq!(
-            p.join("nope", "a-long-party-key-1234", "Ann", 0)
+            p.join("nope", "a-long-party-key-1234", "Ann", 0, |_| None)
                 .unwrap_err(),
             PartyError::UnknownParty
         );
         assert_eq!(
-            p.join("friends", "a-long-party-key-1234", " \n", 0)
+            p.join("friends", "a-long-party-key-1234", " \n", 0, |_| None)
                 .unwrap_err(),
             PartyError::BadName
         );
         let ann = p
-            .join("friends", "a-long-party-key-1234", " Ann ", 0)
+            .join("friends", "a-long-party-key-1234", " Ann ", 0, |_| None)
             .unwrap();
         assert_eq!(ann.display_name, "Ann");
         let grant = p
@@ -399,7 +432,9 @@ mod tests {
         assert_eq!(view.sharers[0].display_name, "Ann");
         // Bounded: two participants at most, one sharing: Bo sees the cap
         // before sharing and is refused.
-        let bo = p.join("friends", "a-long-party-key-1234", "Bo", 0).unwrap();
+        let bo = p
+            .join("friends", "a-long-party-key-1234", "Bo", 0, |_| None)
+            .unwrap();
         let ann_live = |s: &str| Some(s.ends_with(&ann.user_id));
         let view = p
             .view("friends", &bo.party_token, 0, ann_live, |_| {})
@@ -424,9 +459,53 @@ mod tests {
             PartyError::OverCapacity(vec!["limits".into()])
         );
         assert_eq!(
-            p.join("friends", "a-long-party-key-1234", "Cy", 0)
+            p.join("friends", "a-long-party-key-1234", "Cy", 0, |_| None)
                 .unwrap_err(),
             PartyError::Full
+        );
+    }
+
+    #[test]
+    fn a_grant_holds_its_slot_before_it_is_used() {
+        let p = parties();
+        let key = "a-long-party-key-1234";
+        let ann = p.join("friends", key, "Ann", 0, |_| None).unwrap();
+        let bo = p.join("friends", key, "Bo", 0, |_| None).unwrap();
+        let nobody_live = |_: &str| Some(false);
+        // One sharer at most: Ann's grant, unused yet, keeps Bo out.
+        p.share("friends", &ann.party_token, 0, nobody_live, |_| {})
+            .unwrap();
+        let refused = p.share("friends", &bo.party_token, 1, nobody_live, |_| {});
+        assert_eq!(
+            refused.unwrap_err(),
+            PartyError::OverCapacity(vec![
+                "this party allows 1 member sharing at once".to_string()
+            ])
+        );
+        // Ann publishes: still one slot, hers.
+        let ann_live = |s: &str| Some(s.ends_with(&ann.user_id));
+        assert!(
+            p.share("friends", &bo.party_token, 2, ann_live, |_| {})
+                .is_err()
+        );
+        // Ann's share ended and her grant expired: Bo's turn.
+        p.share(
+            "friends",
+            &bo.party_token,
+            GRANT_TTL_SECS,
+            nobody_live,
+            |_| {},
+        )
+        .unwrap();
+        assert!(
+            p.share(
+                "friends",
+                &ann.party_token,
+                GRANT_TTL_SECS,
+                nobody_live,
+                |_| {}
+            )
+            .is_err()
         );
     }
 }
