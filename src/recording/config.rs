@@ -52,6 +52,9 @@ impl Default for RecordingConfig {
     }
 }
 
+/// The largest `recording.max_recording_hours` (a year).
+pub const MAX_RECORDING_HOURS: f64 = 8760.0;
+
 impl RecordingConfig {
     /// `(key, reason)` of the first bad value.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
@@ -85,6 +88,14 @@ impl RecordingConfig {
             return Err((
                 "recording.max_recording_hours",
                 "must be a number of hours ≥ 0 (0: no limit)".into(),
+            ));
+        }
+        // A year: beyond it the limit means nothing, and far beyond it the
+        // duration overflows.
+        if hours > MAX_RECORDING_HOURS {
+            return Err((
+                "recording.max_recording_hours",
+                format!("must be at most {MAX_RECORDING_HOURS} (a year); 0 for no limit"),
             ));
         }
         if hours > 0.0 && hours * 3600.0 < 2.0 * self.segment_secs {
@@ -125,7 +136,15 @@ mod tests {
         for ok in [0.0, 24.0, 0.5, 8.0 / 3600.0] {
             assert!(with(ok).check().is_ok(), "{ok}");
         }
-        for bad in [-1.0, f64::NAN, f64::INFINITY, 7.0 / 3600.0] {
+        assert!(with(MAX_RECORDING_HOURS).check().is_ok());
+        for bad in [
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            7.0 / 3600.0,
+            MAX_RECORDING_HOURS + 1.0,
+            1e16,
+        ] {
             assert_eq!(
                 with(bad).check().unwrap_err().0,
                 "recording.max_recording_hours",

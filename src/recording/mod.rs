@@ -26,6 +26,8 @@ pub mod index_cache;
 pub mod reads;
 pub mod retention;
 pub mod rollover;
+#[cfg(test)]
+mod rollover_e2e;
 pub mod serve;
 pub mod session;
 pub mod sweep;
@@ -505,7 +507,8 @@ impl Recorder {
         }
     }
 
-    /// Runs the recording `active` (already in `self.active`).
+    /// Runs the recording `active` (already in `self.active`) from a new
+    /// hub sink, seeded with the hub's cached GOP.
     fn start(
         self: &Arc<Self>,
         stream: &Arc<Stream>,
@@ -524,13 +527,35 @@ impl Recorder {
         // Attach first, then snapshot: a frame in both is skipped by index.
         stream.attach_sink(sink_id, &sink);
         let seed = stream.gop_snapshot();
+        let feed = Feed {
+            sink_id,
+            rx,
+            overflow,
+            queued,
+            seed,
+        };
+        self.run_recording(stream, active, live_rx, feed);
+    }
+
+    /// Runs the recording `active` (already in `self.active`) from `feed`,
+    /// and detaches its sink when it ends, unless a successor took it.
+    fn run_recording(
+        self: &Arc<Self>,
+        stream: &Arc<Stream>,
+        active: Arc<Active>,
+        live_rx: watch::Receiver<bool>,
+        feed: Feed,
+    ) {
         self.metrics.recordings_started.fetch_add(1, Relaxed);
         let me = self.clone();
         let stream = stream.clone();
+        let sink_id = feed.sink_id;
         tokio::spawn(async move {
             let task = Recording::new(me.clone(), stream.clone(), active.clone());
-            let _ = tokio::spawn(task.run(rx, live_rx, seed, overflow, queued)).await;
-            stream.detach_sink(sink_id);
+            let handed_over = tokio::spawn(task.run(feed, live_rx)).await.unwrap_or(false);
+            if !handed_over {
+                stream.detach_sink(sink_id);
+            }
             let mut map = me.active.lock();
             if map
                 .get(&stream.name)
@@ -545,19 +570,37 @@ impl Recorder {
     }
 
     /// `active` reached its age limit: it leaves `active`, and a new
-    /// recording of `stream` begins now (if the stream is still live and
-    /// wanted), while the old one writes its last segment and ends.
-    fn hand_over(self: &Arc<Self>, stream: &Arc<Stream>, active: &Arc<Active>) {
+    /// recording of `stream` goes on from `feed` (the same hub sink, from
+    /// the frame the old one ended before), while the old one writes its
+    /// last segment and ends. The same queue, not a new sink and a GOP
+    /// snapshot: what was queued behind that frame, and a stream without
+    /// video (of which the hub caches nothing), would be lost. Even if the
+    /// stream went offline meanwhile, what it queued is recorded. Whether
+    /// the successor took the feed (else the stream is no longer wanted,
+    /// or the server stops: the old recording's sink is detached).
+    fn hand_over(self: &Arc<Self>, stream: &Arc<Stream>, active: &Arc<Active>, feed: Feed) -> bool {
+        let mut map = self.active.lock();
+        if !map
+            .get(&stream.name)
+            .is_some_and(|a| Arc::ptr_eq(a, active))
         {
-            let mut map = self.active.lock();
-            if map
-                .get(&stream.name)
-                .is_some_and(|a| Arc::ptr_eq(a, active))
-            {
-                map.remove(&stream.name);
-            }
+            return false;
         }
-        self.control_changed(stream);
+        map.remove(&stream.name);
+        if !self.wants(&stream.name) || *self.stopping.borrow() {
+            return false;
+        }
+        let (live, live_rx) = watch::channel(stream.is_live());
+        let next = Arc::new(Active {
+            id: new_id(),
+            live,
+            wanted: AtomicBool::new(true),
+            status: Mutex::new(WriteStatus::Ok),
+        });
+        map.insert(stream.name.clone(), next.clone());
+        drop(map);
+        self.run_recording(stream, next, live_rx, feed);
+        true
     }
 
     /// Deletes a recording's files and row. A recording being made cannot
@@ -732,6 +775,17 @@ pub enum DeleteError {
     Io(String),
 }
 
+/// What a recording records from: its hub sink's queue (`sink_id`), and
+/// the frames to begin with (the hub's cached GOP for a new sink; the frame
+/// the predecessor ended before, after a rollover).
+struct Feed {
+    sink_id: u64,
+    rx: mpsc::Receiver<Msg>,
+    overflow: Arc<AtomicBool>,
+    queued: Arc<ByteBudget>,
+    seed: Vec<Arc<Frame>>,
+}
+
 /// One recording's task state.
 struct Recording {
     rec: Arc<Recorder>,
@@ -757,8 +811,8 @@ struct Recording {
     audio_base: Option<u32>,
     /// Media bytes given to the segmenter since the last segment was written.
     pending_bytes: usize,
-    /// When it began, and when it hands over to the next (`rollover`).
-    started: Instant,
+    /// When it hands over to the next: at an age (from `zero`, in media
+    /// time, so a backlog counts as what it is).
     rollover: rollover::Rollover,
 }
 
@@ -812,19 +866,20 @@ impl Recording {
             video_base: None,
             audio_base: None,
             pending_bytes: 0,
-            started: Instant::now(),
             rollover,
         }
     }
 
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Msg>,
-        mut live: watch::Receiver<bool>,
-        seed: Vec<Arc<Frame>>,
-        overflow: Arc<AtomicBool>,
-        queued: Arc<ByteBudget>,
-    ) {
+    /// Records from `feed` until the broadcast ends; whether it handed the
+    /// feed to a successor (`recording.max_recording_hours`).
+    async fn run(mut self, feed: Feed, mut live: watch::Receiver<bool>) -> bool {
+        let Feed {
+            sink_id,
+            mut rx,
+            overflow,
+            queued,
+            seed,
+        } = feed;
         info!(stream = %self.stream.name, id = %self.row.id, "recording: started");
         if let Err(e) = self.rec.store.insert_recording(&self.row).await {
             warn!(id = %self.row.id, "recording: cannot index the recording yet (retried): {e}");
@@ -840,15 +895,19 @@ impl Recording {
             self.stream.request_keyframe();
         }
         self.write_complete().await;
-        let mut offline_since: Option<tokio::time::Instant> = None;
+        // A successor of a stream that went offline while frames queued.
+        let mut offline_since = (!*live.borrow_and_update()).then(tokio::time::Instant::now);
         let mut stopping = self.rec.stopping.subscribe();
-        let mut rolled_over = false;
+        let mut rolled_over = None;
         loop {
             if *stopping.borrow_and_update() {
                 break;
             }
             let end_at = offline_since.map(|t| t + self.rec.continue_within);
             tokio::select! {
+                // Queued frames first: those of a broadcast that ended (or
+                // of a predecessor's queue) are recorded before the end.
+                biased;
                 msg = rx.recv() => match msg {
                     Some(Msg::Frame(f)) => {
                         queued.release(f.bytes());
@@ -863,10 +922,12 @@ impl Recording {
                             Kind::Video => f.keyframe,
                             Kind::Audio => !self.expect.0,
                         };
-                        if self.rollover.due(self.started, f.wallclock, can_begin) {
-                            // The next recording begins with this frame
-                            // (the GOP it seeds from starts here).
-                            rolled_over = true;
+                        if self
+                            .zero
+                            .is_some_and(|zero| self.rollover.due(zero, f.wallclock, can_begin))
+                        {
+                            // The next recording begins with this frame.
+                            rolled_over = Some(f);
                             break;
                         }
                         if overflow.swap(false, Relaxed) {
@@ -899,16 +960,23 @@ impl Recording {
                 _ = stopping.changed() => break,
             }
         }
-        if rolled_over {
+        let mut handed_over = false;
+        if let Some(first) = rolled_over {
             info!(stream = %self.stream.name, id = %self.row.id, max_hours = self.rec.cfg.max_recording_hours, "recording: reached recording.max_recording_hours; the next recording begins");
-            // Frames are the next recording's now: none queue here while
-            // this one ends (its sink is detached when it has).
-            rx.close();
-            self.rec.hand_over(&self.stream, &self.active);
+            // The next recording goes on from this queue, with this frame.
+            let feed = Feed {
+                sink_id,
+                rx,
+                overflow,
+                queued,
+                seed: vec![first],
+            };
+            handed_over = self.rec.hand_over(&self.stream, &self.active, feed);
         }
         self.seg.flush();
         self.write_complete().await;
         self.finish().await;
+        handed_over
     }
 
     fn process(&mut self, f: &Frame) {

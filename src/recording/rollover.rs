@@ -17,10 +17,14 @@ pub struct Rollover {
 }
 
 impl Rollover {
-    /// `max_hours` as configured: 0 turns rollover off.
+    /// `max_hours` as configured: 0 turns rollover off. The config check
+    /// bounds it; a value no `Duration` holds (had it not) is no limit
+    /// rather than a panic in a recording's start.
     pub fn new(max_hours: f64) -> Rollover {
         Rollover {
-            limit: (max_hours > 0.0).then(|| Duration::from_secs_f64(max_hours * 3600.0)),
+            limit: (max_hours > 0.0)
+                .then(|| Duration::try_from_secs_f64(max_hours * 3600.0).ok())
+                .flatten(),
         }
     }
 
@@ -51,6 +55,11 @@ mod tests {
         assert!(!day.due(h(1.0), t0, true));
         // Off.
         assert!(!Rollover::new(0.0).due(t0, h(1000.0), true));
+        // Beyond what a Duration holds (the config check refuses it): no
+        // limit, no panic.
+        for huge in [1e16, f64::INFINITY, f64::NAN] {
+            assert!(!Rollover::new(huge).due(t0, h(1000.0), true), "{huge}");
+        }
         // Fractions of an hour (a test's few seconds).
         let tiny = Rollover::new(0.0025);
         assert!(!tiny.due(t0, t0 + Duration::from_millis(8_999), true));
