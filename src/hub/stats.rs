@@ -8,13 +8,14 @@ const WINDOW: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct RateWindow {
-    samples: VecDeque<(Instant, usize)>,
+    /// Arrival, media time (ms, when known) and size of each frame.
+    samples: VecDeque<(Instant, Option<i64>, usize)>,
 }
 
 impl RateWindow {
-    fn push(&mut self, now: Instant, bytes: usize) {
-        self.samples.push_back((now, bytes));
-        while let Some(&(t, _)) = self.samples.front() {
+    fn push(&mut self, now: Instant, media_ms: Option<i64>, bytes: usize) {
+        self.samples.push_back((now, media_ms, bytes));
+        while let Some(&(t, _, _)) = self.samples.front() {
             if now.saturating_duration_since(t) > WINDOW {
                 self.samples.pop_front();
             } else {
@@ -28,12 +29,12 @@ impl RateWindow {
         let first = self
             .samples
             .iter()
-            .position(|&(t, _)| now.saturating_duration_since(t) <= WINDOW)?;
+            .position(|&(t, _, _)| now.saturating_duration_since(t) <= WINDOW)?;
         let n = self.samples.len() - first;
         if n < 2 {
             return None;
         }
-        let bytes = self.samples.iter().skip(first).map(|&(_, b)| b).sum();
+        let bytes = self.samples.iter().skip(first).map(|&(_, _, b)| b).sum();
         let span = self.samples[self.samples.len() - 1]
             .0
             .saturating_duration_since(self.samples[first].0)
@@ -41,8 +42,28 @@ impl RateWindow {
         (span > 0.0).then_some((n, bytes, span))
     }
 
+    /// Frames per second of media time when the frames carry it: frames that
+    /// arrive in a burst (a publisher catching up after a stall, a busy
+    /// scheduler) are still 1/30 s apart for a 30 fps source. Arrival times
+    /// are the fallback, and are used when the media times are not sane.
     fn per_second(&self, now: Instant) -> Option<f64> {
-        self.live(now).map(|(n, _, span)| (n - 1) as f64 / span)
+        let (n, _, arrival_span) = self.live(now)?;
+        let times = || {
+            self.samples
+                .iter()
+                .skip(self.samples.len() - n)
+                .filter_map(|&(_, m, _)| m)
+        };
+        let media_span_ms = times()
+            .max()
+            .zip(times().min())
+            .map(|(hi, lo)| hi.saturating_sub(lo));
+        let within = |ms: i64| ms > 0 && ms as f64 <= 5.0 * WINDOW.as_millis() as f64;
+        let span = match media_span_ms {
+            Some(ms) if times().count() == n && within(ms) => ms as f64 / 1000.0,
+            _ => arrival_span,
+        };
+        Some((n - 1) as f64 / span)
     }
 
     fn kbps(&self, now: Instant) -> Option<u64> {
@@ -70,7 +91,7 @@ impl StreamStats {
         bytes: usize,
         keyframe: bool,
     ) -> Option<u64> {
-        self.video.push(now, bytes);
+        self.video.push(now, Some(stream_ms), bytes);
         if !keyframe {
             return None;
         }
@@ -85,7 +106,7 @@ impl StreamStats {
     }
 
     pub fn on_audio(&mut self, now: Instant, bytes: usize) {
-        self.audio.push(now, bytes);
+        self.audio.push(now, None, bytes);
     }
 
     pub fn video_fps(&self, now: Instant) -> Option<f64> {
@@ -129,5 +150,28 @@ mod tests {
         let kbps = s.video_kbps(now).unwrap();
         assert!((230..=250).contains(&kbps), "{kbps}");
         assert_eq!(s.keyframe_interval_ms(), Some(1000));
+    }
+
+    #[test]
+    fn a_burst_of_late_frames_keeps_the_sources_frame_rate() {
+        let mut s = StreamStats::default();
+        let t0 = Instant::now();
+        // A 30 fps source 500 ms late for a second, then catching up in one
+        // burst: by arrival the 2 s window holds 2.5 s of frames (37.5 fps).
+        for i in 0..=90u64 {
+            let media = i * 1000 / 30;
+            let arrival = match i {
+                0..30 => media + 500,
+                _ => media.max(1467),
+            };
+            s.on_video(
+                t0 + Duration::from_millis(arrival),
+                media as i64,
+                1000,
+                false,
+            );
+        }
+        let fps = s.video_fps(t0 + Duration::from_millis(3000)).unwrap();
+        assert!((fps - 30.0).abs() < 0.6, "{fps}");
     }
 }
