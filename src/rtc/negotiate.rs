@@ -126,14 +126,7 @@ impl Negotiator {
 
         let mut config = self.viewer_config();
         if let Some((v, _)) = &video {
-            config.codec_config().add_config(
-                v.pt.into(),
-                v.rtx.map(Into::into),
-                codec_of(v.codec),
-                Frequency::NINETY_KHZ,
-                None,
-                FormatParams::parse_line(&v.fmtp),
-            );
+            add_offered_video(&mut config, v);
         }
         if opus.is_some() {
             config = config.enable_opus(true, false);
@@ -337,14 +330,7 @@ impl Negotiator {
             .set_extension_map(ExtensionMap::standard())
             .clear_codecs();
         if let Some(v) = &video {
-            config.codec_config().add_config(
-                v.pt.into(),
-                v.rtx.map(Into::into),
-                codec_of(v.codec),
-                Frequency::NINETY_KHZ,
-                None,
-                FormatParams::parse_line(&v.fmtp),
-            );
+            add_offered_video(&mut config, v);
         }
         if let Some(pt) = opus {
             config.codec_config().add_config(
@@ -454,6 +440,19 @@ fn sending(rtc: &Rtc, mid: &Option<String>) -> Option<Mid> {
 fn sending_mid(rtc: &Rtc, mid: Mid) -> bool {
     rtc.media(mid)
         .is_some_and(|m| matches!(m.direction(), Direction::SendOnly | Direction::SendRecv))
+}
+
+/// The session takes the offer's video format as offered: its payload type,
+/// RTX payload type and fmtp.
+fn add_offered_video(config: &mut RtcConfig, v: &sdp::VideoOffer) {
+    config.codec_config().add_config(
+        v.pt.into(),
+        v.rtx.map(Into::into),
+        codec_of(v.codec),
+        Frequency::NINETY_KHZ,
+        None,
+        FormatParams::parse_line(&v.fmtp),
+    );
 }
 
 fn codec_of(c: VideoCodec) -> Codec {
