@@ -19,36 +19,11 @@
 import { chromium } from 'playwright-core';
 import { createServer } from 'node:http';
 import { mkdirSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { ARTIFACTS, BASE, check, emit, opt, waitFor } from './harness.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const argv = process.argv.slice(2);
-const opt = (name, dflt = null) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : dflt;
-};
-const BASE = (opt('base') || '').replace(/\/+$/, '');
-const ARTIFACTS = opt('artifacts', join(here, '..', 'artifacts', 'party'));
-const emit = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
-const check = (cond, message) => { if (!cond) throw new Error(message); };
 const errors = [];
-
-async function waitFor(what, fn, timeoutMs = 60000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      last = `error: ${e.message || e}`;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what} (last: ${JSON.stringify(last)})`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function hostServer() {
   const pages = new Map();
