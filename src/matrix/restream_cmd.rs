@@ -197,23 +197,29 @@ impl Matrix {
             return;
         };
         let mut told: HashMap<String, u64> = HashMap::new();
+        // Only the first pass (after a start) takes what it finds as already
+        // told; a stream that gains destinations later is news even when its
+        // pushes went live between two polls.
+        let mut first_pass = true;
         loop {
             tokio::time::sleep(HEALTH_POLL).await;
             if !self.is_connected() {
                 continue;
             }
+            let starting = std::mem::take(&mut first_pass);
             for s in self.hub.streams() {
                 let dests = restreamer.status(&s.name);
                 if dests.is_empty() {
                     continue;
                 }
                 let generation = restreamer.news_generation(&s.name);
-                let Some(&last) = told.get(&s.name) else {
+                let last = told.get(&s.name).copied();
+                if last.is_none() && starting {
                     // The room already shows what it was told before a restart.
                     told.insert(s.name.clone(), generation);
                     continue;
-                };
-                if last == generation {
+                }
+                if last == Some(generation) {
                     continue;
                 }
                 let Some((m, _)) = self.rooms.of_stream(&s.name) else {
