@@ -208,8 +208,10 @@ fn an_edge_re_pulls_when_the_origin_dies_and_the_publisher_moves() {
         v["type"] == "whep"
     });
     assert_eq!(whep["status"], 201, "{whep}");
-    wait_until("two viewers on C, one on A", MEDIA_TIMEOUT, || {
-        (viewers(&c, STREAM) == 2 && viewers(&a, STREAM) == 1).then_some(())
+    // Sessions each node serves (the API's `viewers` is the cluster's sum,
+    // 2 on every node once the bus has told them).
+    wait_until("two sessions on C, one (C's pull) on A", MEDIA_TIMEOUT, || {
+        (sessions(&c, STREAM) == 2 && sessions(&a, STREAM) == 1).then_some(())
     });
     let r = chromium.result(MEDIA_TIMEOUT + Duration::from_secs(30));
     println!("Chromium on C: {r}");
@@ -538,12 +540,12 @@ fn bench_origin_cpu() {
         loadgen(&c.whep_url(STREAM), n - n / 2, step),
     );
     wait_until(
-        "N/2 viewers on B and on C, two on A",
+        "N/2 sessions on B and on C, two (the pulls) on A",
         CLUSTER_TIMEOUT,
         || {
-            (viewers(&b, STREAM) == (n / 2) as u64
-                && viewers(&c, STREAM) == (n - n / 2) as u64
-                && viewers(&a, STREAM) == 2)
+            (sessions(&b, STREAM) == (n / 2) as u64
+                && sessions(&c, STREAM) == (n - n / 2) as u64
+                && sessions(&a, STREAM) == 2)
                 .then_some(())
         },
     );

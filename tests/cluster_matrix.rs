@@ -215,13 +215,18 @@ fn a_private_rooms_stream_is_relayed_to_members_only() {
     // The token is valid on every node (one secret in the database): A's
     // API, read with it, counts the cluster's two viewers (the bus's sum,
     // B's pull taken off), while A itself serves one session: B's pull.
-    assert_eq!(stream_with(&b, &alice_token)["viewers"], 2);
-    assert_eq!(stream_with(&b, &alice_token)["ingest"]["protocol"], "relay");
+    // Both wait for the bus: each node counts the other's figures once
+    // they arrive.
     wait_until(
-        "A's API to count the cluster's two viewers",
+        "B's and A's APIs to count the cluster's two viewers",
         CLUSTER_TIMEOUT,
-        || (stream_with(a, &bob_token)["viewers"] == 2).then_some(()),
+        || {
+            (stream_with(&b, &alice_token)["viewers"] == 2
+                && stream_with(a, &bob_token)["viewers"] == 2)
+                .then_some(())
+        },
     );
+    assert_eq!(stream_with(&b, &alice_token)["ingest"]["protocol"], "relay");
     assert_eq!(private_sessions(a), Some(1.0), "A serves B's pull only");
     assert_eq!(relays(&b), Some(1.0));
     let on_a = negotiated(a);
