@@ -316,6 +316,12 @@ fn obs_links_by_dm_are_one_time_and_die_with_the_key() {
 
     alice.send_text(&dm, "!live obs show");
     let first = link_path(None);
+    // The bot sends the DM first and commits the link's key just after
+    // (src/matrix/obs.rs): until then the link answers 404. A person takes
+    // longer than that to click; the test waits for it.
+    wait_until("the link's key committed", MX_TIMEOUT, || {
+        (server.get(&first).status == 200).then_some(())
+    });
     // Opening the link (or a homeserver's URL preview) spends nothing.
     for _ in 0..2 {
         let page = server.get(&first);
