@@ -327,7 +327,8 @@ fn ll_hls_playlist_blocking_reload_media_and_errors_while_whep_plays() {
         400,
         "hls_request_too_far",
     );
-    assert!(t0.elapsed() < Duration::from_secs(1), "{msg}");
+    // At once, not after a hold (at least 3 s): 2 s leaves a loaded machine room.
+    assert!(t0.elapsed() < Duration::from_secs(2), "{msg}");
     assert_error_code(
         &server.get(&format!(
             "{}?_HLS_msn={last}&_HLS_part=500",

@@ -348,13 +348,21 @@ fn second_publisher_takes_over_and_the_viewer_continues() {
         v["type"] == "sample" && v["connectionState"] == "connected" && frames_decoded(v) >= 60
     });
 
-    // A second authenticated publisher while the first still sends.
+    // A second authenticated publisher while the first still sends. The
+    // frames are counted from its takeover: counted from its launch, the
+    // first publisher's alone could make them while ffmpeg starts.
+    let log_from = server.log_len();
+    let _second = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::default());
+    server.wait_for_log_from(
+        log_from,
+        "new publisher takes the stream over",
+        MEDIA_TIMEOUT,
+    );
     let cursor = player.cursor();
     let at_takeover = player
         .last_of("sample")
         .map(|s| frames_decoded(&s))
         .unwrap_or(0);
-    let _second = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::default());
     player.wait_for_from(cursor, "frames after the takeover", MEDIA_TIMEOUT, |v| {
         v["type"] == "sample" && frames_decoded(v) >= at_takeover + 60
     });

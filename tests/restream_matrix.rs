@@ -140,12 +140,13 @@ fn restream_set_from_a_dm_pushes_to_both_destinations_and_the_room_sees_health_c
             .clone();
         (d["attempt"].as_u64()? >= 3).then_some(())
     });
-    let s = restream_state(&alice, &room).expect("state");
-    assert_eq!(
-        dest_state(&s, "nginx").as_deref(),
-        Some("reconnecting"),
-        "{s}"
-    );
+    // The room hears of it through the health watcher (a poll a second,
+    // then a PUT to Synapse): awaited, not read once (nginx stays down
+    // meanwhile).
+    wait_until("nginx reconnecting in the room", MX_TIMEOUT, || {
+        let s = restream_state(&alice, &room)?;
+        (dest_state(&s, "nginx").as_deref() == Some("reconnecting")).then_some(())
+    });
     nginx.run();
     wait_until("nginx live again in the room", MX_TIMEOUT, || {
         let s = restream_state(&alice, &room)?;

@@ -83,8 +83,10 @@ fn assert_closed(server: &mut Server, what: &str, attack: &[u8]) {
     );
     let t = Instant::now();
     server.assert_healthy(&format!("after {what}"));
+    // Not wedged: a stuck server would not answer at all; 5 s leaves a
+    // loaded debug build room (the client itself gives up later).
     assert!(
-        t.elapsed() < Duration::from_secs(1),
+        t.elapsed() < Duration::from_secs(5),
         "{what}: /healthz took {:?}",
         t.elapsed()
     );

@@ -176,8 +176,9 @@ fn sigterm_with_a_publisher_and_20_viewers_stops_cleanly_and_restarts() {
     let took = signalled.elapsed();
     assert!(status.success(), "exit status {status} after SIGTERM");
     eprintln!("stopped {took:?} after SIGTERM");
-    server.wait_for_log("shutting down", Duration::from_secs(1));
-    server.wait_for_log("roomcast stopped", Duration::from_secs(1));
+    // The process has exited; its last lines may still be in the pipe.
+    server.wait_for_log("shutting down", Duration::from_secs(10));
+    server.wait_for_log("roomcast stopped", Duration::from_secs(10));
     assert!(
         !server
             .log_lines()
@@ -241,12 +242,19 @@ fn a_second_signal_exits_at_once() {
     server.wait_for_log_from(from, "shutting down", Duration::from_secs(5));
     let second = Instant::now();
     server.signal("INT");
+    // Exit status 130 is the second signal's exit, not the end of the first
+    // stop's 3 s grace (that exits 0); 2 s leaves a loaded machine room to
+    // schedule the signal handler and stays under that grace.
     let status = server
-        .wait_exit(Duration::from_secs(1))
-        .expect("exited within 1 s of the second signal");
-    assert!(second.elapsed() < Duration::from_secs(1));
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited after the second signal");
+    let took = second.elapsed();
     assert_eq!(status.code(), Some(130), "{status}");
-    server.wait_for_log_from(from, "second signal", Duration::from_secs(1));
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after the second signal"
+    );
+    server.wait_for_log_from(from, "second signal", Duration::from_secs(10));
     drop(pending);
 }
 
@@ -289,6 +297,10 @@ fn closed_by(s: &mut TcpStream, deadline: Instant) -> bool {
 
 #[test]
 fn every_listener_closes_idle_and_over_cap_connections() {
+    // Its bounds are the point (closed at once; open at 1.5 s; closed by
+    // 5 s): not beside the 20-viewer test of this binary, which would
+    // otherwise run at the same time on cargo's second thread.
+    let _serial = serial();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

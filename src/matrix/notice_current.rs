@@ -339,9 +339,12 @@ impl Matrix {
             }
         }
         // Recorded even after a failure: the next try waits for the interval.
+        // Counted from when the sends are done, not from `now`: a slow
+        // upload or homeserver would otherwise bring this edit and the next
+        // closer together in the room than `notice_update_secs`.
         self.notices
             .current
-            .sent(stream, session, Some(viewers), uploaded, now);
+            .sent(stream, session, Some(viewers), uploaded, Instant::now());
         if edited > 0 {
             info!(stream = %stream, viewers, rooms = edited, "matrix: go-live notice edited");
         }
