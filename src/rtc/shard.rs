@@ -59,6 +59,8 @@ pub enum ShardMsg {
     RemovePublisher(u64),
     /// A viewer of the publisher's stream asked for a keyframe.
     PublisherKeyframe(u64),
+    /// A WHEP client restarted ICE (`ice_path::IceRestart`).
+    IceRestart(Box<super::ice_path::IceRestart>),
     Net(Datagram),
     Frame {
         stream: usize,
@@ -667,11 +669,16 @@ impl Worker<'_> {
                     driver.earliest = Instant::now();
                 }
             }
+            ShardMsg::IceRestart(r) => {
+                let id = r.id;
+                r.apply(viewers.get_mut(id), &shard.demux);
+            }
             ShardMsg::Net(d) => {
                 if let Some(p) = viewers.get_mut(d.peer) {
                     if p.dead {
                         return;
                     }
+                    p.heard(d.at, d.proto, d.source, &d.data);
                     if let Err(msg) = driver.feed_isolated(p, &d, Driver::drive) {
                         driver.session_panicked(&p.stream.name, p.id, "network input", &msg);
                         p.dead = true;
