@@ -252,3 +252,100 @@ impl IceRestart {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use str0m::ice::{StunMessage, TransId};
+    use str0m::net::DatagramSend;
+
+    use super::*;
+
+    const SERVER: &str = "10.0.0.1:40000";
+    const A: &str = "10.0.0.2:50000";
+    const B: &str = "10.0.0.3:50001";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A binding request, with USE-CANDIDATE or not (integrity with a dummy
+    /// key: `IcePath` leaves checking it to str0m, which answers only good ones).
+    fn check(use_candidate: bool) -> Vec<u8> {
+        let m = StunMessage::binding_request("s:c", TransId::new(), true, 1, 100, use_candidate);
+        let mut buf = vec![0u8; 200];
+        let n = m.to_bytes(Some(b"pwd"), &mut buf, |_, _| [0; 20]).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn transmit(to: &str, contents: &[u8]) -> Transmit {
+        Transmit {
+            proto: Protocol::Udp,
+            source: addr(SERVER),
+            destination: addr(to),
+            contents: DatagramSend::from(contents.to_vec()),
+        }
+    }
+
+    /// str0m's answer to a check (a binding success response).
+    fn answer(to: &str) -> Transmit {
+        let mut r = vec![0u8; 20];
+        r[..2].copy_from_slice(&[0x01, 0x01]);
+        transmit(to, &r)
+    }
+
+    fn media(to: &str) -> Transmit {
+        transmit(to, &[0x80; 100])
+    }
+
+    /// A path on A with media going there; returns the clock.
+    fn on_a() -> (IcePath, Instant) {
+        let mut p = IcePath::default();
+        let t = Instant::now();
+        p.heard(t, Protocol::Udp, addr(A), &check(true));
+        assert!(p.sent(t, &answer(A)).is_none());
+        assert!(p.sent(t, &media(A)).is_none());
+        (p, t)
+    }
+
+    fn dropped(s: Option<Stale>) -> Vec<SocketAddr> {
+        s.map(|s| s.iter().flatten().map(|(_, a)| *a).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn two_live_nominated_paths_are_not_flipped() {
+        let (mut p, mut t) = on_a();
+        for _ in 0..20 {
+            t += Duration::from_millis(500);
+            p.heard(t, Protocol::Udp, addr(A), &[0x80; 50]);
+            p.heard(t, Protocol::Udp, addr(B), &check(true));
+            assert!(p.sent(t, &answer(B)).is_none(), "A is alive");
+        }
+    }
+
+    #[test]
+    fn a_silent_path_is_dropped_for_a_nominated_one_only() {
+        let (mut p, t) = on_a();
+        let later = t + REBIND_SILENCE;
+        // Checks without USE-CANDIDATE do not move media.
+        p.heard(later, Protocol::Udp, addr(B), &check(false));
+        assert!(p.sent(later, &answer(B)).is_none());
+        p.heard(later, Protocol::Udp, addr(B), &check(true));
+        assert_eq!(dropped(p.sent(later, &answer(B))), [addr(A)]);
+        // B is the path now: its own checks change nothing.
+        assert!(p.sent(later, &answer(B)).is_none());
+    }
+
+    #[test]
+    fn after_a_restart_the_old_paths_go_at_the_first_new_nomination() {
+        let (mut p, t) = on_a();
+        p.heard(t, Protocol::Udp, addr(B), &[0x80; 50]);
+        p.restarted();
+        let soon = t + Duration::from_millis(100);
+        p.heard(soon, Protocol::Udp, addr(A), &[0x80; 50]);
+        p.heard(soon, Protocol::Udp, addr(B), &check(true));
+        // B was heard before the restart but nominated with the new credentials.
+        assert_eq!(dropped(p.sent(soon, &answer(B))), [addr(A)]);
+    }
+}
