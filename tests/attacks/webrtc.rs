@@ -24,6 +24,9 @@ fn patch(url: &str, bearer: Option<&str>) -> HttpResponse {
 /// An ICE restart's fragment (new credentials), as a WHEP client PATCHes it.
 const RESTART: &[u8] = b"a=ice-ufrag:Xy12\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n";
 
+/// What a bad PATCH is, its headers, its body and the status it gets.
+type BadPatch<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [u8], u16);
+
 fn patch_with(url: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
     http::request("PATCH", url, headers, Some(body)).unwrap_or_else(|e| panic!("PATCH {url}: {e}"))
 }
@@ -306,7 +309,7 @@ fn sessions_cannot_be_ended_or_patched_without_their_secret() {
     let first_etag = whep.answer.header("etag").expect("a WHEP ETag").to_string();
     let oversized = [b'a'; 16 * 1024 + 1];
     let frag = [("Content-Type", TRICKLE)];
-    let cases: [(&str, &[(&str, &str)], &[u8], u16); 8] = [
+    let cases: [BadPatch; 8] = [
         ("no content type", &[], RESTART, 415),
         (
             "SDP, not a fragment",
