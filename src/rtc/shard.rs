@@ -678,8 +678,12 @@ impl Worker<'_> {
                     if p.dead {
                         return;
                     }
-                    p.heard(d.at, d.proto, d.source, &d.data);
-                    if let Err(msg) = driver.feed_isolated(p, &d, Driver::drive) {
+                    // Noted before str0m's answer to it leaves (in `drive`).
+                    let heard = |driver: &mut Driver, p: &mut Viewer| {
+                        p.heard(d.at, d.proto, d.source, &d.data);
+                        driver.drive(p);
+                    };
+                    if let Err(msg) = driver.feed_isolated(p, &d, heard) {
                         driver.session_panicked(&p.stream.name, p.id, "network input", &msg);
                         p.dead = true;
                         p.poisoned = true;
