@@ -394,3 +394,57 @@ fn second_publisher_takes_over_and_the_viewer_continues() {
     assert_connected_throughout(&mut player, "takeover");
     server.assert_healthy("after the takeover");
 }
+
+/// Chromium restarts ICE the way a WHEP player does (`pc.restartIce()`, its
+/// new credentials PATCHed with `If-Match: *`, the server's new ones put in
+/// its remote description): video goes on, over a pair of the new
+/// credentials, on the same PeerConnection and DTLS session.
+#[test]
+fn chromium_restarts_ice_and_keeps_playing() {
+    let _serial = serial();
+    let mut server = Server::start("");
+    let _publisher = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::default());
+    server.wait_live(STREAM, LIVE_TIMEOUT);
+    let mut player = chromium_player(
+        &server,
+        BrowserOpts {
+            frames: None,
+            duration_s: Some(60.0),
+            timeout_s: 60.0,
+            ..BrowserOpts::default()
+        },
+    );
+    player.wait_for("30 frames", MEDIA_TIMEOUT, |v| {
+        v["type"] == "sample" && v["connectionState"] == "connected" && frames_decoded(v) >= 30
+    });
+    let cursor = player.cursor();
+    let before = player
+        .last_of("sample")
+        .map(|s| frames_decoded(&s))
+        .unwrap_or(0);
+    player.send_line("restart-ice");
+    let r = player.wait_for_from(cursor, "the ICE restart", Duration::from_secs(15), |v| {
+        v["type"] == "ice_restart"
+    });
+    println!("ICE restart: {r}");
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["content_type"], "application/trickle-ice-sdpfrag", "{r}");
+    let ufrag = r["server_ufrag"]
+        .as_str()
+        .expect("the server's new ufrag")
+        .to_string();
+    let after = player.wait_for_from(
+        cursor,
+        "60 more frames over the new credentials",
+        MEDIA_TIMEOUT,
+        |v| {
+            v["type"] == "sample"
+                && v["pair"]["remote"]["usernameFragment"] == ufrag.as_str()
+                && frames_decoded(v) >= before + 60
+        },
+    );
+    println!("after the restart: {after}");
+    server.wait_for_log("WHEP viewer restarted ICE", Duration::from_secs(5));
+    assert_connected_throughout(&mut player, "ICE restart");
+    server.assert_healthy("after an ICE restart");
+}

@@ -13,9 +13,10 @@ use anyhow::Context;
 use parking_lot::Mutex;
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, TcpType};
-use str0m::{Candidate, Rtc};
+use str0m::{Candidate, IceCreds, Rtc};
 use tracing::info;
 
+use super::ice_path::IceRestart;
 use super::negotiate::{self, Negotiator, ServerOffer};
 use super::net::{self, Demux, IceTcp, NetOut, Route, TcpConns};
 use super::publish::NewPublisher;
@@ -32,6 +33,18 @@ struct PendingViewer {
     stream: Arc<Stream>,
     opts: SessionOpts,
     created: Instant,
+}
+
+/// How long an ICE restart waits for the viewer's shard (it answers within
+/// a loop turn; a stalled worker makes the client retry).
+const ICE_RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IceRestartError {
+    #[error("no such session (it ended)")]
+    NoSession,
+    #[error("the session's worker did not answer in time; try again")]
+    Busy,
 }
 
 /// Every worker is dead (they panicked over and over): nothing can be placed.
@@ -383,6 +396,52 @@ impl Engine {
             return false;
         };
         self.shards[shard].control(ShardMsg::Remove(id))
+    }
+
+    /// Restarts ICE for viewer `id` of `stream` with the client's new
+    /// `remote` credentials (WHEP `PATCH`, RFC 9725 §4.3.2) and returns the
+    /// server's new ones. The new ufrag is routed to the viewer's shard
+    /// before the shard applies it; the session keeps its DTLS and SRTP.
+    pub async fn restart_viewer_ice(
+        &self,
+        stream: &str,
+        id: u64,
+        remote: IceCreds,
+    ) -> Result<IceCreds, IceRestartError> {
+        let shard = shard_of(&self.registry, stream, id).ok_or(IceRestartError::NoSession)?;
+        let local = IceCreds::new();
+        self.demux
+            .add_ufrag(&local.ufrag, &local.pass, Route { shard, peer: id });
+        let (done, applied) = tokio::sync::oneshot::channel();
+        let msg = ShardMsg::IceRestart(Box::new(IceRestart {
+            id,
+            local: local.clone(),
+            remote,
+            done,
+        }));
+        let result = if self.shards[shard].control(msg) {
+            match tokio::time::timeout(ICE_RESTART_WAIT, applied).await {
+                Ok(Ok(true)) => Ok(local.clone()),
+                Ok(_) => Err(IceRestartError::NoSession),
+                Err(_) => Err(IceRestartError::Busy),
+            }
+        } else {
+            Err(IceRestartError::Busy)
+        };
+        if result.is_err() {
+            self.demux.remove(&local.ufrag, &[]);
+        }
+        result
+    }
+
+    /// The server's ICE candidates for a restart's answer (`a=candidate`
+    /// values without `a=`): every one, as in a WHEP answer.
+    pub fn viewer_candidates(&self) -> Vec<String> {
+        self.negotiator
+            .candidates
+            .iter()
+            .map(|c| c.to_sdp_string().trim_start_matches("a=").to_string())
+            .collect()
     }
 
     pub fn has_viewer(&self, stream: &str, id: u64) -> bool {

@@ -8,10 +8,13 @@
 //! - `shard`: a worker thread's loop, owning its sessions;
 //! - `net`: the shared sockets (demux, UDP, ICE-TCP), which hand packets
 //!   to the shards through `net::Inbound` and import nothing of them;
+//! - `ice_path`: follows a viewer's client to a new address (NAT rebinding,
+//!   ICE restart); `sdpfrag`: the ICE restart's `PATCH` bodies;
 //! - `pair` (tests): a str0m client and a `Viewer` in memory on a manual clock.
 
 mod dtls;
 mod engine;
+mod ice_path;
 pub mod metrics;
 pub mod negotiate;
 // Public for the fuzz targets (fuzz/): the ICE-TCP framing, the demux and
@@ -24,6 +27,7 @@ mod pair;
 pub mod publish;
 mod replay_policy;
 pub mod sdp;
+pub mod sdpfrag;
 mod shard;
 #[cfg(test)]
 mod tests;
@@ -31,7 +35,7 @@ pub mod viewer;
 
 use std::time::Instant;
 
-pub use engine::{Bound, Engine};
+pub use engine::{Bound, Engine, IceRestartError};
 pub use net::IceTcp;
 pub use publish::NewPublisher;
 

@@ -557,6 +557,10 @@ mod tests {
     const CHROMIUM_WHIP: &str = include_str!("testdata/chromium_whip_offer.sdp");
     const FIREFOX: &str = include_str!("testdata/firefox_offer.sdp");
     const AIORTC: &str = include_str!("testdata/aiortc_offer.sdp");
+    // OvenPlayer 0.10.54 (npm) in headless Chromium 156, answering roomcast's
+    // OME-signalling offer for an H.264 stream (captured from `tests/ome.rs`,
+    // ovenplayer_plays_over_udp_and_tcp, over UDP).
+    const OVENPLAYER_ANSWER: &str = include_str!("testdata/ovenplayer_answer.sdp");
 
     const VIEWER_OFFERS: [(&str, &str); 3] = [
         ("chromium", CHROMIUM_WHEP),
@@ -712,6 +716,62 @@ mod tests {
                 n.publisher(parse(offer), Instant::now()).is_err(),
                 "{name}'s viewer offer publishes nothing"
             );
+        }
+    }
+
+    /// `a=<name>:` values of `sdp`, in order.
+    fn attr_values<'a>(sdp: &'a str, name: &str) -> Vec<&'a str> {
+        let prefix = format!("a={name}:");
+        sdp.lines()
+            .filter_map(|l| l.trim_end().strip_prefix(prefix.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn ovenplayers_answer_completes_a_server_offer() {
+        let n = negotiator(false);
+        let (_hub, s, _p) = stream("H264", Some(0x42e01f));
+        let offer = n.viewer_offer(&s, Transport::Udp, Instant::now()).unwrap();
+        // The captured answer names the sections of the offer it answered:
+        // give it this offer's mids, in order.
+        let mut answer = OVENPLAYER_ANSWER.to_string();
+        let canned = attr_values(OVENPLAYER_ANSWER, "mid");
+        let ours: Vec<String> = attr_values(&offer.sdp, "mid")
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            canned.len(),
+            ours.len(),
+            "one section each for video and audio"
+        );
+        for (c, o) in canned.iter().zip(&ours) {
+            answer = answer.replace(c, o.as_str());
+        }
+        let offered: Vec<Pt> = offer.video.as_ref().unwrap().1.clone();
+        let offer_sdp = offer.sdp.clone();
+        let v = accept_viewer_answer(offer, &answer).unwrap();
+        let (mid, pt, codec) = v.video.expect("video");
+        assert_eq!(codec, VideoCodec::H264);
+        assert_eq!(mid.to_string(), ours[0]);
+        // The player kept both offered profiles (42e01f and 4d001f, each
+        // with its RTX); the first one it lists is what is sent.
+        let first: u8 = attr_values(&answer, "rtpmap")[0]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(*pt, first);
+        assert!(offered.contains(&pt));
+        assert!(attr_values(&answer, "fmtp").contains(&"103 apt=102"));
+        let (amid, apt) = v.audio.expect("Opus");
+        assert_eq!(amid.to_string(), ours[1]);
+        assert_eq!(*apt, 111);
+        // The extensions it kept (abs-send-time, mid) are the offer's, with
+        // the offer's ids.
+        for ext in attr_values(&answer, "extmap") {
+            assert!(offer_sdp.contains(&format!("a=extmap:{ext}")), "{ext}");
         }
     }
 

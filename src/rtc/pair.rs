@@ -49,7 +49,8 @@ impl FrameSink for Frames {
 /// The viewer's side of the wire.
 #[derive(Default)]
 pub struct Wire {
-    packets: VecDeque<Vec<u8>>,
+    /// Datagrams and where they are sent.
+    packets: VecDeque<(SocketAddr, Vec<u8>)>,
     /// The next this many datagrams are refused, as a full ICE-TCP queue does.
     pub refuse: usize,
     pub laggard_skips: u64,
@@ -61,7 +62,7 @@ impl Outbox for Wire {
             self.refuse -= 1;
             return false;
         }
-        self.packets.push_back(t.contents.into());
+        self.packets.push_back((t.destination, t.contents.into()));
         true
     }
 
@@ -126,8 +127,15 @@ pub struct Pair {
     next_frame: u16,
     pts_ms: i64,
     packets_per_frame: usize,
+    /// Where the client's datagrams come from, as the server sees them
+    /// (a NAT may change it), and the client's own address.
     client_addr: SocketAddr,
+    client_local: SocketAddr,
     server_addr: SocketAddr,
+    /// The viewer's answer (a client's ICE restart reuses it).
+    answer: String,
+    /// Datagrams sent to an address the client is not at: lost.
+    pub misdirected: usize,
 }
 
 impl Pair {
@@ -204,7 +212,10 @@ impl Pair {
             pts_ms: 0,
             packets_per_frame: opts.packets_per_frame,
             client_addr,
+            client_local: client_addr,
             server_addr,
+            answer: v.answer,
+            misdirected: 0,
         }
     }
 
@@ -351,7 +362,9 @@ impl Pair {
         moved |= self.poll_client(trace);
         // The viewer: network input, frames, timers.
         while let Some(d) = self.to_server.pop_front() {
-            let recv = Receive::new(Protocol::Udp, self.client_addr, self.server_addr, &d).unwrap();
+            let (from, to) = (self.client_addr, self.server_addr);
+            self.viewer.heard(self.now, Protocol::Udp, from, &d);
+            let recv = Receive::new(Protocol::Udp, from, to, &d).unwrap();
             self.viewer.handle_receive(self.now, recv);
             self.viewer.drive(self.now, &mut self.wire);
             moved = true;
@@ -367,15 +380,21 @@ impl Pair {
             moved = true;
         }
         // The client's input.
-        while let Some(d) = self.wire.packets.pop_front() {
+        while let Some((to, d)) = self.wire.packets.pop_front() {
             if trace {
-                eprintln!("  viewer sends {} bytes", d.len());
+                eprintln!("  viewer sends {} bytes to {to}", d.len());
             }
             moved = true;
+            if to != self.client_addr {
+                self.misdirected += 1;
+                continue;
+            }
             if (self.lose)(&d) || !self.client.is_alive() {
                 continue;
             }
-            let recv = Receive::new(Protocol::Udp, self.server_addr, self.client_addr, &d).unwrap();
+            // A NAT in between hands it to the client's own address.
+            let recv =
+                Receive::new(Protocol::Udp, self.server_addr, self.client_local, &d).unwrap();
             let _ = self.client.handle_input(Input::Receive(self.now, recv));
             // A client polls after each input, as its event loop does (the
             // DTLS keys it derives apply to the next datagram).
@@ -630,5 +649,214 @@ mod tests {
         assert!(!p.viewer.is_finished());
         p.advance(Duration::from_millis(20));
         assert!(p.viewer.is_finished());
+    }
+}
+
+/// The client moves: a NAT rebinding, and ICE restarts as a WHEP client
+/// makes them (`ice_path.rs`, `sdpfrag.rs`).
+#[cfg(test)]
+mod moves {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use str0m::IceCreds;
+
+    use super::*;
+    use crate::rtc::ice_path::{IceRestart, REBIND_SILENCE};
+    use crate::rtc::net::{Demux, Route};
+    use crate::rtc::sdpfrag;
+
+    const MOVED: &str = "10.0.0.3:50001";
+
+    /// `sdp` with its ICE credentials replaced, as a WHEP client applies a
+    /// restart's answer fragment to its remote description (the candidates
+    /// name the ufrag too).
+    fn with_ice_creds(sdp: &str, ufrag: &str, pwd: &str) -> String {
+        let old = |attr: &str| {
+            sdp.lines()
+                .find_map(|l| l.strip_prefix(attr))
+                .unwrap()
+                .trim_end()
+                .to_string()
+        };
+        sdp.replace(&old("a=ice-ufrag:"), ufrag)
+            .replace(&old("a=ice-pwd:"), pwd)
+    }
+
+    /// Applies an ICE restart the way the engine's message does; whether
+    /// the session took it.
+    fn restart(viewer: Option<&mut Viewer>, remote: IceCreds, local: &IceCreds) -> bool {
+        let demux = Demux::default();
+        demux.add_ufrag(&local.ufrag, &local.pass, Route { shard: 0, peer: 1 });
+        let (done, mut applied) = tokio::sync::oneshot::channel();
+        IceRestart {
+            id: 1,
+            local: local.clone(),
+            remote,
+            done,
+        }
+        .apply(viewer, &demux);
+        applied.try_recv() == Ok(true)
+    }
+
+    impl Pair {
+        /// The client restarts ICE (from `moved_to`, if given): its new
+        /// credentials go in a PATCH's fragment, the server's come back in
+        /// the 200's, and it applies them to the answer it has.
+        fn restart_ice(&mut self, moved_to: Option<SocketAddr>) {
+            let mut api = self.client.sdp_api();
+            let creds = api.ice_restart(moved_to.is_none());
+            let (_, pending) = api.apply().expect("a restart offer");
+            let patch = format!(
+                "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+                creds.ufrag, creds.pass
+            );
+            let frag = sdpfrag::parse(patch.as_bytes()).unwrap();
+            let remote = IceCreds {
+                ufrag: frag.ufrag.unwrap(),
+                pass: frag.pwd.unwrap(),
+            };
+            let local = IceCreds::new();
+            assert!(restart(Some(&mut self.viewer), remote, &local));
+            let reply =
+                sdpfrag::parse(sdpfrag::answer(&local.ufrag, &local.pass, None, &[]).as_bytes())
+                    .unwrap();
+            let answer = with_ice_creds(
+                &self.answer,
+                reply.ufrag.as_deref().unwrap(),
+                reply.pwd.as_deref().unwrap(),
+            );
+            self.client
+                .sdp_api()
+                .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+                .unwrap();
+            if let Some(addr) = moved_to {
+                self.client
+                    .add_local_candidate(Candidate::host(addr, "udp").unwrap());
+                self.client_addr = addr;
+                self.client_local = addr;
+            }
+            self.answer = answer;
+        }
+
+        /// Pushes a frame every 33 ms until the client gets one; how long
+        /// that took.
+        fn frames_until_received(&mut self, limit: Duration) -> Duration {
+            let start = self.now;
+            loop {
+                let n = self.push(false);
+                self.advance(Duration::from_millis(33));
+                if self.frames_got().contains(&n) {
+                    return self.now - start;
+                }
+                assert!(self.now - start < limit, "no frame within {limit:?}");
+            }
+        }
+
+        /// Counts DTLS records sent to the client (a new handshake).
+        fn count_dtls(&mut self) -> Rc<Cell<usize>> {
+            let n = Rc::new(Cell::new(0));
+            let counter = n.clone();
+            self.lose = Box::new(move |d| {
+                if (20..64).contains(&d[0]) {
+                    counter.set(counter.get() + 1);
+                }
+                false
+            });
+            n
+        }
+    }
+
+    /// A GOP after a move: every frame arrives, in one sequence, and nothing
+    /// is sent where the client was.
+    fn media_follows(p: &mut Pair) {
+        p.misdirected = 0;
+        let from = p.got.len();
+        let gop = p.push_gop(3);
+        p.advance(Duration::from_millis(100));
+        assert_eq!(p.frames_got()[p.frames_got().len() - gop.len()..], gop);
+        assert!(
+            p.got[from..].windows(2).all(|w| w[1].seq == w[0].seq + 1),
+            "one RTP sequence, nothing lost"
+        );
+        assert_eq!(p.misdirected, 0, "nothing goes to the old address");
+    }
+
+    #[test]
+    fn an_ice_restart_from_a_new_address_moves_media_there_without_a_new_handshake() {
+        let mut p = Pair::connected(PairOpts::default());
+        p.push_gop(1);
+        let dtls = p.count_dtls();
+        let seq_before = p.got.last().unwrap().seq;
+        p.restart_ice(Some(MOVED.parse().unwrap()));
+        let took = p.frames_until_received(Duration::from_secs(2));
+        assert!(took < Duration::from_millis(500), "moved in {took:?}");
+        media_follows(&mut p);
+        assert_eq!(dtls.get(), 0, "DTLS is not redone");
+        assert!(
+            p.got.last().unwrap().seq > seq_before,
+            "the same SRTP session"
+        );
+        assert!(!p.viewer.is_finished());
+        // And it stays: the old path's pair expiring changes nothing.
+        p.advance(Duration::from_secs(20));
+        media_follows(&mut p);
+    }
+
+    #[test]
+    fn an_ice_restart_at_the_same_address_keeps_the_session() {
+        let mut p = Pair::connected(PairOpts::default());
+        p.push_gop(1);
+        let dtls = p.count_dtls();
+        p.restart_ice(None);
+        p.frames_until_received(Duration::from_millis(200));
+        media_follows(&mut p);
+        p.advance(Duration::from_secs(20));
+        media_follows(&mut p);
+        assert_eq!(dtls.get(), 0);
+    }
+
+    /// The client's NAT maps it to a new address; its credentials stay.
+    /// Without `ice_path`, str0m sent to the old address until the old
+    /// pair expired, 15 s after its last check.
+    #[test]
+    fn after_a_nat_rebinding_media_follows_the_client() {
+        let mut p = Pair::connected(PairOpts::default());
+        p.push_gop(1);
+        p.client_addr = MOVED.parse().unwrap();
+        let took = p.frames_until_received(Duration::from_secs(20));
+        assert!(
+            took < REBIND_SILENCE + Duration::from_secs(3),
+            "media followed after {took:?}"
+        );
+        media_follows(&mut p);
+        p.advance(Duration::from_secs(20));
+        media_follows(&mut p);
+        assert!(!p.viewer.is_finished());
+    }
+
+    #[test]
+    fn an_ice_restart_for_an_unknown_or_ended_session_changes_nothing() {
+        let creds = || IceCreds::new();
+        assert!(!restart(None, creds(), &creds()), "unknown session");
+        let mut p = Pair::connected(PairOpts::default());
+        p.push_gop(1);
+        // The engine stopped waiting (its client got an error): not applied.
+        let (done, applied) = tokio::sync::oneshot::channel();
+        drop(applied);
+        IceRestart {
+            id: 1,
+            local: creds(),
+            remote: creds(),
+            done,
+        }
+        .apply(Some(&mut p.viewer), &Demux::default());
+        media_follows(&mut p);
+        let now = p.now;
+        p.viewer.close(now, &mut p.wire);
+        assert!(
+            !restart(Some(&mut p.viewer), creds(), &creds()),
+            "ended session"
+        );
     }
 }

@@ -59,6 +59,8 @@ pub enum ShardMsg {
     RemovePublisher(u64),
     /// A viewer of the publisher's stream asked for a keyframe.
     PublisherKeyframe(u64),
+    /// A WHEP client restarted ICE (`ice_path::IceRestart`).
+    IceRestart(Box<super::ice_path::IceRestart>),
     Net(Datagram),
     Frame {
         stream: usize,
@@ -667,12 +669,21 @@ impl Worker<'_> {
                     driver.earliest = Instant::now();
                 }
             }
+            ShardMsg::IceRestart(r) => {
+                let id = r.id;
+                r.apply(viewers.get_mut(id), &shard.demux);
+            }
             ShardMsg::Net(d) => {
                 if let Some(p) = viewers.get_mut(d.peer) {
                     if p.dead {
                         return;
                     }
-                    if let Err(msg) = driver.feed_isolated(p, &d, Driver::drive) {
+                    // Noted before str0m's answer to it leaves (in `drive`).
+                    let heard = |driver: &mut Driver, p: &mut Viewer| {
+                        p.heard(d.at, d.proto, d.source, &d.data);
+                        driver.drive(p);
+                    };
+                    if let Err(msg) = driver.feed_isolated(p, &d, heard) {
                         driver.session_panicked(&p.stream.name, p.id, "network input", &msg);
                         p.dead = true;
                         p.poisoned = true;

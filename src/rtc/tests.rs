@@ -362,3 +362,32 @@ fn dead_workers_get_no_sessions() {
         "the refused offer left nothing behind"
     );
 }
+
+/// An ICE restart reaches only a live session of its stream: an unknown id,
+/// another stream's, or an ended session's gets `NoSession`, and a live one
+/// gets new credentials.
+#[test]
+fn ice_restarts_reach_only_live_sessions_of_their_stream() {
+    let (rt, engine, _bound) = start_engine(1);
+    let hub = Arc::new(Hub::new());
+    let stream = hub.ensure_stream("s", None);
+    let answer = engine.add_viewer(&stream, &unconnected_offer()).unwrap();
+    let restart = |stream: &str, id: u64| {
+        let remote = str0m::IceCreds::new();
+        rt.block_on(engine.restart_viewer_ice(stream, id, remote))
+    };
+    assert_eq!(
+        restart("s", answer.id + 1000),
+        Err(IceRestartError::NoSession)
+    );
+    assert_eq!(restart("other", answer.id), Err(IceRestartError::NoSession));
+    let creds = restart("s", answer.id).expect("a live session restarts");
+    assert!(!answer.sdp.contains(&creds.ufrag), "new credentials");
+    assert!(engine.remove_viewer("s", answer.id));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.has_viewer("s", answer.id) {
+        assert!(Instant::now() < deadline, "the session was not removed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(restart("s", answer.id), Err(IceRestartError::NoSession));
+}

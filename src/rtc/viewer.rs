@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Transmit};
 use str0m::rtp::{RtpWrite, Ssrc};
-use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
+use super::ice_path::{self, IcePath};
 use super::replay_policy::{ReplayPolicy, RtxCacheSize, Verdict};
 use crate::hub::{Frame, Kind, Stream};
 use crate::log_every::LogEvery;
@@ -158,6 +159,8 @@ pub struct Viewer {
     pub(super) ufrag: String,
     /// Source addresses learned for this session (for the demux to forget).
     pub(super) addrs: Vec<(Protocol, SocketAddr)>,
+    /// Follows the client to a new address (`ice_path.rs`).
+    path: IcePath,
     video: Option<TrackOut>,
     video_codec: Option<&'static str>,
     audio: Option<TrackOut>,
@@ -239,6 +242,7 @@ impl Viewer {
             stream,
             ufrag,
             addrs: Vec::new(),
+            path: IcePath::default(),
             video,
             video_codec,
             audio,
@@ -285,6 +289,24 @@ impl Viewer {
             Some(t) => self.next_timeout.min(t),
             None => self.next_timeout,
         }
+    }
+
+    /// Notes where a datagram from the peer came from, before it is fed
+    /// (for following the client to a new address, `ice_path.rs`).
+    pub fn heard(&mut self, now: Instant, proto: Protocol, source: SocketAddr, data: &[u8]) {
+        self.path.heard(now, proto, source, data);
+    }
+
+    /// An ICE restart (WHEP `PATCH`): the session answers checks with the
+    /// `local` credentials and expects the client's new `remote` ones; media
+    /// goes on over the old path until the client nominates a new one, and
+    /// DTLS and SRTP carry on. Returns the ufrag it replaced.
+    pub fn restart_ice(&mut self, local: IceCreds, remote: IceCreds) -> String {
+        let mut api = self.rtc.direct_api();
+        api.set_local_ice_credentials(local.clone());
+        api.set_remote_ice_credentials(remote);
+        self.path.restarted();
+        std::mem::replace(&mut self.ufrag, local.ufrag)
     }
 
     /// Feeds a datagram from the peer (routed to this session); the caller
@@ -341,12 +363,17 @@ impl Viewer {
                 }
                 Ok(Output::Transmit(t)) => {
                     idle_feeds = 0;
+                    let stale = self.path.sent(now, &t);
                     if !out.transmit(t) && self.gate.video_started {
                         // A laggard: what it missed breaks its picture anyway,
                         // so it resumes at the next keyframe instead.
                         self.gate.video_started = false;
                         out.laggard_skipped();
                         debug!(stream = %self.stream.name, "viewer cannot keep up, skipping to the next keyframe");
+                    }
+                    if let Some(stale) = stale {
+                        let dropped = ice_path::drop_stale(&mut self.rtc, now, &stale);
+                        debug!(stream = %self.stream.name, dropped, "the client moved; media follows it");
                     }
                 }
                 Ok(Output::Event(e)) => match e {

@@ -1,5 +1,6 @@
 //! WHIP/WHEP attacks: a publisher whose frame never ends, offers with tens of
-//! thousands of lines, and DELETE/PATCH on sessions without their secret.
+//! thousands of lines, DELETE/PATCH (trickle and ICE restart) on sessions
+//! without their secret, and malformed, oversized or stale ICE restarts.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,16 @@ fn patch(url: &str, bearer: Option<&str>) -> HttpResponse {
     }
     http::request("PATCH", url, &h, Some(b"a=end-of-candidates\r\n"))
         .unwrap_or_else(|e| panic!("PATCH {url}: {e}"))
+}
+
+/// An ICE restart's fragment (new credentials), as a WHEP client PATCHes it.
+const RESTART: &[u8] = b"a=ice-ufrag:Xy12\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n";
+
+/// What a bad PATCH is, its headers, its body and the status it gets.
+type BadPatch<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [u8], u16);
+
+fn patch_with(url: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    http::request("PATCH", url, headers, Some(body)).unwrap_or_else(|e| panic!("PATCH {url}: {e}"))
 }
 
 fn delete(url: &str, bearer: Option<&str>) -> HttpResponse {
@@ -239,6 +250,13 @@ fn sessions_cannot_be_ended_or_patched_without_their_secret() {
             let url = f.server.url(&format!("/{proto}/{stream}/{n}"));
             assert_refused(&delete(&url, None), &format!("[{attack}] DELETE {url}"));
             assert_refused(&patch(&url, None), &format!("[{attack}] PATCH {url}"));
+            let r = patch_with(
+                &url,
+                &[("Content-Type", TRICKLE), ("If-Match", "*")],
+                RESTART,
+            );
+            assert_eq!(r.status, 404, "[{attack}] ICE restart on {url}");
+            assert_refused(&r, &format!("[{attack}] ICE restart on {url}"));
         }
     }
     f.after(m, 10);
@@ -280,8 +298,84 @@ fn sessions_cannot_be_ended_or_patched_without_their_secret() {
     for g in &guesses {
         assert_refused(&delete(g, None), &format!("[{attack}] DELETE {g}"));
         assert_refused(&patch(g, None), &format!("[{attack}] PATCH {g}"));
+        let r = patch_with(g, &[("Content-Type", TRICKLE), ("If-Match", "*")], RESTART);
+        assert_eq!(r.status, 404, "[{attack}] ICE restart on {g}");
+        assert_refused(&r, &format!("[{attack}] ICE restart on {g}"));
     }
     f.after(m, 10);
+
+    let attack = "sessions: bad ICE restart PATCHes on the real sessions";
+    let m = f.mark(attack);
+    let first_etag = whep.answer.header("etag").expect("a WHEP ETag").to_string();
+    let oversized = [b'a'; 16 * 1024 + 1];
+    let frag = [("Content-Type", TRICKLE)];
+    let cases: [BadPatch; 8] = [
+        ("no content type", &[], RESTART, 415),
+        (
+            "SDP, not a fragment",
+            &[("Content-Type", "application/sdp")],
+            RESTART,
+            415,
+        ),
+        ("a body over 16 KiB", &frag, &oversized, 413),
+        ("not text", &frag, b"\xff\xfe\x00", 400),
+        ("not SDP", &frag, b"GET / HTTP/1.1\r\n", 400),
+        ("a ufrag without a pwd", &frag, b"a=ice-ufrag:Xy12\r\n", 400),
+        (
+            "a ufrag of forbidden characters",
+            &frag,
+            b"a=ice-ufrag:a;b c\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n",
+            400,
+        ),
+        (
+            "a stale If-Match",
+            &[("Content-Type", TRICKLE), ("If-Match", "\"0000\"")],
+            RESTART,
+            412,
+        ),
+    ];
+    for (what, headers, body, status) in cases {
+        let r = patch_with(&whep.location, headers, body);
+        assert_eq!(r.status, status, "[{attack}] {what}: {}", r.text());
+        assert_refused(&r, &format!("[{attack}] {what}"));
+    }
+    let r = patch_with(
+        &whip.location,
+        &[
+            ("Content-Type", TRICKLE),
+            ("Authorization", &format!("Bearer {key2}")),
+        ],
+        RESTART,
+    );
+    assert_eq!(r.status, 405, "[{attack}] a WHIP ICE restart: {}", r.text());
+    assert_refused(&r, &format!("[{attack}] a WHIP ICE restart"));
+    f.after(m, 10);
+    assert!(
+        !whep.ended() && !whip.ended(),
+        "a session ended under {attack}"
+    );
+
+    // The owner restarts ICE from a new port: video goes on there, without
+    // a new handshake, and the first ETag is stale from then on.
+    let before = whep.video_packets();
+    assert_eq!(whep.restart_ice(), 200, "the owner's ICE restart");
+    wait_until(
+        "video on the restarted path",
+        Duration::from_secs(10),
+        || (whep.video_packets() > before + 100).then_some(()),
+    );
+    assert!(!whep.ended());
+    let r = patch_with(
+        &whep.location,
+        &[("Content-Type", TRICKLE), ("If-Match", &first_etag)],
+        b"a=end-of-candidates\r\n",
+    );
+    assert_eq!(
+        r.status,
+        412,
+        "the ETag from before the restart: {}",
+        r.text()
+    );
 
     // Both sessions are still there for their owners, who can end them.
     assert!(
@@ -308,4 +402,11 @@ fn sessions_cannot_be_ended_or_patched_without_their_secret() {
         200,
         "WHEP owner's DELETE"
     );
+    // An ended session is not restarted.
+    let r = patch_with(
+        &whep.location,
+        &[("Content-Type", TRICKLE), ("If-Match", "*")],
+        RESTART,
+    );
+    assert_eq!(r.status, 404, "an ICE restart after DELETE: {}", r.text());
 }

@@ -20,7 +20,9 @@
 //
 // Modes: --frames N (stop once framesDecoded >= N and audio packetsReceived >= --audio-packets),
 // --duration S (run S seconds); --timeout S bounds both. With --stdin-control, a line
-// "stop" on stdin (or stdin closing) ends the run early, still printing the result.
+// "stop" on stdin (or stdin closing) ends the run early, still printing the result;
+// a line "restart-ice" restarts ICE (pc.restartIce() and the WHEP PATCH) and prints
+// an {"type":"ice_restart"} line.
 // --joins K measures time to first frame instead: K WHEP sessions one after the other in the
 // same page (POST, wait for the first decoded frame, DELETE), then a result with every
 // join's first_decoded_ms/first_frame_ms and their p50/p95/max.
@@ -215,7 +217,7 @@ async function pageStart({ stream, intervalMs, waitIceMs }) {
     for (const k of keys) if (s[k] !== undefined) o[k] = s[k];
     return o;
   };
-  const candKeys = ['protocol', 'candidateType', 'address', 'port', 'tcpType', 'relayProtocol'];
+  const candKeys = ['protocol', 'candidateType', 'address', 'port', 'tcpType', 'relayProtocol', 'usernameFragment'];
   const sample = async () => {
     if (pc.connectionState === 'closed' || window.__pc !== pc) return;
     const stats = await pc.getStats();
@@ -257,6 +259,43 @@ async function pageStart({ stream, intervalMs, waitIceMs }) {
   window.__sampler = setInterval(() => { sample().catch((e) => emit({ type: 'error', message: `getStats: ${e}` })); }, intervalMs);
   window.__sampleNow = sample;
   return { ok: true, ...info };
+}
+
+// Runs inside the page: an ICE restart as a WHEP client makes it (RFC 9725
+// §4.3.2): pc.restartIce(), the new offer's ufrag/pwd PATCHed to the session
+// with If-Match: *, the server's new ones put in the remote description.
+async function pageRestartIce() {
+  const pc = window.__pc;
+  const attr = (sdp, k) => ((new RegExp(`^a=${k}:(.+)$`, 'm')).exec(sdp) || [])[1]?.trim();
+  const t0 = performance.now();
+  pc.restartIce();
+  await pc.setLocalDescription(await pc.createOffer());
+  const offer = pc.localDescription.sdp;
+  const body = `a=ice-ufrag:${attr(offer, 'ice-ufrag')}\r\na=ice-pwd:${attr(offer, 'ice-pwd')}\r\n` +
+    `m=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:${attr(offer, 'mid')}\r\n`;
+  let resp;
+  try {
+    resp = await fetch(window.__location, {
+      method: 'PATCH',
+      headers: { 'Content-Type': 'application/trickle-ice-sdpfrag', 'If-Match': '*' },
+      body,
+    });
+  } catch (e) {
+    return { status: 0, reason: String(e) };
+  }
+  const text = await resp.text();
+  const info = { status: resp.status, etag: resp.headers.get('ETag'), content_type: resp.headers.get('Content-Type') };
+  if (resp.status !== 200) return { ...info, body: text.slice(0, 500) };
+  const old = pc.remoteDescription.sdp;
+  const [ufrag, pwd] = [attr(text, 'ice-ufrag'), attr(text, 'ice-pwd')];
+  // The answer's candidates name the ufrag too.
+  const sdp = old.split(attr(old, 'ice-ufrag')).join(ufrag).split(attr(old, 'ice-pwd')).join(pwd);
+  try {
+    await pc.setRemoteDescription({ type: 'answer', sdp });
+  } catch (e) {
+    return { ...info, reason: `setRemoteDescription: ${e}` };
+  }
+  return { ...info, server_ufrag: ufrag, ms: Math.round(performance.now() - t0) };
 }
 
 async function pageStop() {
@@ -346,6 +385,7 @@ async function main() {
     errors: [],
     whep: null,
     stopRequested: false,
+    restartRequested: false,
   };
   let wake = () => {};
   const record = (obj) => {
@@ -372,7 +412,11 @@ async function main() {
 
   if (opts.stdinControl) {
     const rl = createInterface({ input: process.stdin });
-    rl.on('line', (line) => { if (line.trim() === 'stop') { state.stopRequested = true; wake(); } });
+    rl.on('line', (line) => {
+      if (line.trim() === 'stop') state.stopRequested = true;
+      if (line.trim() === 'restart-ice') state.restartRequested = true;
+      wake();
+    });
     rl.on('close', () => { state.stopRequested = true; wake(); });
   }
   for (const sig of ['SIGTERM', 'SIGINT']) {
@@ -452,6 +496,11 @@ async function main() {
       (state.last?.audio?.packetsReceived ?? 0) >= opts.audioPackets;
     while (!goalMet() && !state.stopRequested && Date.now() < Math.min(deadline, hardDeadline)) {
       if (state.connectionStates.includes('failed') && opts.duration === null) break;
+      if (state.restartRequested) {
+        state.restartRequested = false;
+        const r = await page.evaluate(pageRestartIce).catch((e) => ({ status: 0, reason: String(e) }));
+        emit({ type: 'ice_restart', ...r });
+      }
       await new Promise((resolve) => {
         wake = resolve;
         setTimeout(resolve, 200);

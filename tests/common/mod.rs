@@ -988,6 +988,15 @@ impl JsonTool {
         }
     }
 
+    /// Writes a command line to the tool's stdin.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("the tool's stdin is open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("writing to the tool's stdin");
+    }
+
     /// Asks the tool to finish (stdin "stop" and EOF) and returns its result line.
     pub fn stop(&mut self, timeout: Duration) -> Value {
         if let Some(mut stdin) = self.stdin.take() {

@@ -43,6 +43,10 @@ pub struct Progress {
     pub video_packets: AtomicU64,
     pub keyframes: AtomicU64,
     pub stop: AtomicBool,
+    /// Asks the loop for an ICE restart from a new socket (WHEP PATCH).
+    pub restart: AtomicBool,
+    /// The restart's PATCH status (0 until it was sent).
+    pub restart_status: AtomicU64,
 }
 
 pub struct RtcSession {
@@ -72,6 +76,23 @@ impl RtcSession {
     pub fn keyframes(&self) -> u64 {
         self.progress.keyframes.load(Ordering::SeqCst)
     }
+    /// Restarts ICE from a new UDP socket the way a WHEP client does (RFC
+    /// 9725 §4.3.2: its new credentials PATCHed with `If-Match: *`, the
+    /// server's applied to the answer); the PATCH's status.
+    pub fn restart_ice(&self) -> u16 {
+        self.progress.restart_status.store(0, Ordering::SeqCst);
+        self.progress.restart.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.progress.restart_status.load(Ordering::SeqCst);
+            if s != 0 {
+                return s as u16;
+            }
+            assert!(Instant::now() < deadline, "the ICE restart never ran");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stops the loop; returns why it ended.
     pub fn stop(&mut self) -> String {
         self.progress.stop.store(true, Ordering::SeqCst);
@@ -148,7 +169,8 @@ pub fn start(
     };
     let progress = Arc::new(Progress::default());
     let p = progress.clone();
-    let thread = thread::spawn(move || run(rtc, socket, video, send, &p));
+    let (patch_url, answer_sdp) = (location.clone(), r.text());
+    let thread = thread::spawn(move || run(rtc, socket, video, send, &p, &patch_url, answer_sdp));
     Ok(RtcSession {
         location,
         answer: r,
@@ -157,8 +179,16 @@ pub fn start(
     })
 }
 
-fn run(mut rtc: Rtc, socket: UdpSocket, video: Mid, send: Outgoing, p: &Progress) -> String {
-    let local = socket.local_addr().unwrap();
+fn run(
+    mut rtc: Rtc,
+    mut socket: UdpSocket,
+    video: Mid,
+    send: Outgoing,
+    p: &Progress,
+    location: &str,
+    mut answer: String,
+) -> String {
+    let mut local = socket.local_addr().unwrap();
     let mut buf = vec![0u8; 2000];
     let mut pt = None;
     let mut seq: u64 = 1000;
@@ -166,6 +196,11 @@ fn run(mut rtc: Rtc, socket: UdpSocket, video: Mid, send: Outgoing, p: &Progress
     let why = loop {
         if p.stop.load(Ordering::SeqCst) {
             break "stopped".to_string();
+        }
+        if p.restart.swap(false, Ordering::SeqCst) {
+            let status = restart_ice(&mut rtc, location, &mut answer, &mut socket);
+            local = socket.local_addr().unwrap();
+            p.restart_status.store(status.into(), Ordering::SeqCst);
         }
         // Write what is due before polling, so str0m sends it.
         if let (
@@ -276,6 +311,51 @@ fn run(mut rtc: Rtc, socket: UdpSocket, video: Mid, send: Outgoing, p: &Progress
     };
     p.ended.store(true, Ordering::SeqCst);
     why
+}
+
+/// An ICE restart from a new socket: PATCHes the new credentials, applies
+/// the server's to the answer it has; the PATCH's status.
+fn restart_ice(rtc: &mut Rtc, location: &str, answer: &mut String, socket: &mut UdpSocket) -> u16 {
+    let mut api = rtc.sdp_api();
+    let creds = api.ice_restart(false);
+    let Some((_, pending)) = api.apply() else {
+        return 599;
+    };
+    let frag = format!(
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        creds.ufrag, creds.pass
+    );
+    let r = http::request(
+        "PATCH",
+        location,
+        &[
+            ("Content-Type", "application/trickle-ice-sdpfrag"),
+            ("If-Match", "*"),
+        ],
+        Some(frag.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("PATCH {location}: {e}"));
+    if r.status != 200 {
+        return r.status;
+    }
+    let reply = r.text();
+    let attr = |sdp: &str, name: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {sdp}"))
+    };
+    // The candidates name the ufrag too.
+    *answer = answer
+        .replace(&attr(answer, "a=ice-ufrag:"), &attr(&reply, "a=ice-ufrag:"))
+        .replace(&attr(answer, "a=ice-pwd:"), &attr(&reply, "a=ice-pwd:"));
+    let sdp = str0m::change::SdpAnswer::from_sdp_string(answer).expect("the patched answer");
+    rtc.sdp_api()
+        .accept_answer(pending, sdp)
+        .expect("str0m takes the restart's answer");
+    *socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    rtc.add_local_candidate(Candidate::host(socket.local_addr().unwrap(), "udp").unwrap());
+    r.status
 }
 
 /// Whether an H.264 RTP payload starts an IDR frame: a single IDR NAL unit, a

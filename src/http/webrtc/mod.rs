@@ -1,8 +1,9 @@
 //! WHIP and WHEP, together: publishing and playing over WebRTC with one SDP
 //! offer each. What they share: the session resources
 //! (`/whip|whep/{stream}/{secret}`, see `resources`), reading the offer,
-//! trickle `PATCH`, `DELETE` and `OPTIONS`.
+//! `PATCH` (trickle ICE and ICE restarts, see `patch`), `DELETE` and `OPTIONS`.
 
+mod patch;
 pub mod resources;
 pub mod whep;
 pub mod whip;
@@ -41,7 +42,7 @@ pub fn resource(kind: Kind) -> MethodRouter<Arc<App>> {
               Path((name, secret)): Path<(String, String)>,
               headers: HeaderMap,
               body: Body| async move {
-            trickle(&app, kind, &name, &secret, &headers, body).await
+            patch::handle(&app, kind, &name, &secret, &headers, body).await
         },
     )
     .delete(
@@ -57,31 +58,6 @@ fn protocol(kind: Kind) -> Protocol {
         Kind::Viewer => "WHEP",
         Kind::Publisher => "WHIP",
     }
-}
-
-/// Trickle ICE. The server is ICE-lite: it answers checks from whatever
-/// address they come, so the client's candidates need no action; the fragment
-/// is still read, and bounded.
-async fn trickle(
-    app: &App,
-    kind: Kind,
-    stream: &str,
-    secret: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    if app.resources.find(kind, stream, secret).is_none() {
-        return Err(no_session(protocol(kind), stream));
-    }
-    if !content_type_is(headers, "application/trickle-ice-sdpfrag") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
-        ));
-    }
-    read_body(body, app.config.http.max_body_bytes).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `DELETE` on a session: ends the session the URL's secret names.
@@ -155,8 +131,7 @@ pub fn redirected(location: &str) -> Response {
 }
 
 pub fn created(protocol_path: &str, stream: &str, secret: &str, sdp: String) -> Response {
-    // The ETag names this negotiation without repeating the secret.
-    let etag = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes())[..8]);
+    let etag = resources::first_etag(secret);
     (
         StatusCode::CREATED,
         [

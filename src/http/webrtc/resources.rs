@@ -27,6 +27,25 @@ struct Entry {
     kind: Kind,
     stream: String,
     id: u64,
+    /// The entity-tag of the session's ICE state (RFC 9725 §4.3): changes
+    /// with each ICE restart.
+    etag: String,
+    /// The client's ICE ufrag now (from its offer, then its restarts): a
+    /// `PATCH` with other credentials is a restart.
+    remote_ufrag: Option<String>,
+}
+
+/// What a `PATCH` needs of a live session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: u64,
+    pub etag: String,
+    pub remote_ufrag: Option<String>,
+}
+
+/// The first entity-tag of a session: names it without repeating the secret.
+pub fn first_etag(secret: &str) -> String {
+    hex::encode(&Sha256::digest(secret.as_bytes())[..8])
 }
 
 /// The map from resource secrets to engine sessions.
@@ -68,6 +87,18 @@ impl Resources {
 
     /// Registers engine session `id` and returns its secret (32 hex digits).
     pub fn add(&self, kind: Kind, stream: &str, id: u64) -> String {
+        self.add_with_ufrag(kind, stream, id, None)
+    }
+
+    /// [`Resources::add`] for a session whose client offered ICE ufrag
+    /// `remote_ufrag`.
+    pub fn add_with_ufrag(
+        &self,
+        kind: Kind,
+        stream: &str,
+        id: u64,
+        remote_ufrag: Option<String>,
+    ) -> String {
         let secret = hex::encode(rand::random::<[u8; 16]>());
         let mut inner = self.inner.lock();
         if inner.map.len() >= inner.prune_at {
@@ -80,6 +111,8 @@ impl Resources {
                 kind,
                 stream: stream.to_string(),
                 id,
+                etag: first_etag(&secret),
+                remote_ufrag,
             },
         );
         secret
@@ -98,6 +131,28 @@ impl Resources {
             return None;
         }
         Some(e.id)
+    }
+
+    /// The live session `secret` names under `stream`, with its ICE state.
+    pub fn session(&self, kind: Kind, stream: &str, secret: &str) -> Option<Session> {
+        let id = self.find(kind, stream, secret)?;
+        let inner = self.inner.lock();
+        let e = inner.map.get(&digest(secret))?;
+        Some(Session {
+            id,
+            etag: e.etag.clone(),
+            remote_ufrag: e.remote_ufrag.clone(),
+        })
+    }
+
+    /// Records an ICE restart of the session `secret` names: the client's
+    /// new ufrag, and a new entity-tag, which it returns.
+    pub fn restarted(&self, secret: &str, remote_ufrag: &str) -> Option<String> {
+        let mut inner = self.inner.lock();
+        let e = inner.map.get_mut(&digest(secret))?;
+        e.etag = hex::encode(rand::random::<[u8; 8]>());
+        e.remote_ufrag = Some(remote_ufrag.to_string());
+        Some(e.etag.clone())
     }
 
     /// Forgets `secret` and returns its engine session (live or not).

@@ -18,7 +18,7 @@ use crate::http::extract::{HttpRequest, Tls};
 use crate::http::webrtc as session;
 use crate::http::webrtc::resources::Kind;
 use crate::http::{ApiError, PeerAddr};
-use crate::rtc::{SessionOpts, ViewerError};
+use crate::rtc::{SessionOpts, ViewerError, sdpfrag};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -84,7 +84,12 @@ async fn create(
     app.admission.track(answer.id, &pass);
     let grounds = pass.grounds;
     drop(pass);
-    let secret = app.resources.add(Kind::Viewer, &name, answer.id);
+    let secret = app.resources.add_with_ufrag(
+        Kind::Viewer,
+        &name,
+        answer.id,
+        sdpfrag::ice_ufrag_of(offer).map(str::to_string),
+    );
     info!(stream = %name, viewer = answer.id, ?grounds, "whep viewer negotiated");
     Ok(session::created("whep", &name, &secret, answer.sdp))
 }
