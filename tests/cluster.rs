@@ -210,9 +210,11 @@ fn an_edge_re_pulls_when_the_origin_dies_and_the_publisher_moves() {
     assert_eq!(whep["status"], 201, "{whep}");
     // Sessions each node serves (the API's `viewers` is the cluster's sum,
     // 2 on every node once the bus has told them).
-    wait_until("two sessions on C, one (C's pull) on A", MEDIA_TIMEOUT, || {
-        (sessions(&c, STREAM) == 2 && sessions(&a, STREAM) == 1).then_some(())
-    });
+    wait_until(
+        "two sessions on C, one (C's pull) on A",
+        MEDIA_TIMEOUT,
+        || (sessions(&c, STREAM) == 2 && sessions(&a, STREAM) == 1).then_some(()),
+    );
     let r = chromium.result(MEDIA_TIMEOUT + Duration::from_secs(30));
     println!("Chromium on C: {r}");
     assert_eq!(r["ok"], true, "Chromium on C did not play: {}", r["reason"]);

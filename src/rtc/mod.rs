@@ -5,11 +5,14 @@
 //! - `negotiate` (on `sdp`): offers and answers, pure;
 //! - `viewer`: one viewer's session, sans I/O (frames in; RTP, RTCP and
 //!   timers out); `publish`: a WHIP publisher's;
+//! - `direct` (on `srtp`): an established viewer's media sent with our own
+//!   SRTP straight into the send batch, str0m keeping ICE, DTLS and RTCP;
 //! - `shard`: a worker thread's loop, owning its sessions;
 //! - `net`: the shared sockets (demux, UDP, ICE-TCP), which hand packets
 //!   to the shards through `net::Inbound` and import nothing of them;
 //! - `pair` (tests): a str0m client and a `Viewer` in memory on a manual clock.
 
+mod direct;
 mod dtls;
 mod engine;
 pub mod metrics;
@@ -20,11 +23,14 @@ pub mod negotiate;
 pub mod net;
 #[cfg(test)]
 mod pair;
+#[cfg(test)]
+mod pair_direct;
 #[doc(hidden)]
 pub mod publish;
 mod replay_policy;
 pub mod sdp;
 mod shard;
+mod srtp;
 #[cfg(test)]
 mod tests;
 pub mod viewer;
