@@ -56,6 +56,11 @@ impl SrtpKeys {
     pub fn get(&self) -> Option<&MasterKey> {
         self.0.get()?.as_ref()
     }
+
+    #[cfg(test)]
+    pub fn with(key: MasterKey) -> SrtpKeys {
+        SrtpKeys(Arc::new(OnceLock::from(Some(key))))
+    }
 }
 
 thread_local! {

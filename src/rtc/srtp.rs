@@ -32,6 +32,10 @@ impl Profile {
         }
     }
 
+    pub fn keying_material_len(self) -> usize {
+        2 * (self.key_len() + self.salt_len())
+    }
+
     fn key_len(self) -> usize {
         match self {
             Profile::Aes128CmSha1_80 | Profile::AeadAes128Gcm => 16,

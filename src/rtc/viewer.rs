@@ -384,6 +384,14 @@ impl Viewer {
         self.direct = Some(d);
     }
 
+    /// Restarts the direct path with `key` (tests: a profile DTLS would not pick).
+    #[cfg(test)]
+    pub(super) fn use_direct_key(&mut self, key: super::srtp::MasterKey) {
+        self.srtp_keys = Some(SrtpKeys::with(key));
+        self.direct = None;
+        self.start_direct();
+    }
+
     /// Writes what the direct path queued; a refused datagram makes the
     /// viewer a laggard.
     fn flush_direct(&mut self, out: &mut impl Outbox) {
