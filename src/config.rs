@@ -300,7 +300,7 @@ impl Default for WebrtcConfig {
             workers: 0,
             strict_h264_profile: false,
             replay_pace_mbps: 32,
-            direct_send: false,
+            direct_send: true,
         }
     }
 }
