@@ -112,6 +112,17 @@ enum Job {
     },
 }
 
+/// Packets of a frame to send: `first..first + count`, numbered from
+/// `first_seq`, with `rtp_time`; `live`: not a replayed GOP frame (its time
+/// and wallclock anchor the sender reports).
+pub struct Span {
+    pub first: usize,
+    pub count: usize,
+    pub first_seq: u64,
+    pub rtp_time: u32,
+    pub live: bool,
+}
+
 /// Which sequence numbers carried which packets of which frame.
 struct Sent {
     first_seq: u64,
@@ -177,16 +188,14 @@ impl DirectTx {
 
     /// Queues packets `first..first + count` of `frame`, the first with
     /// sequence number `first_seq`.
-    pub fn queue(
-        &mut self,
-        video: bool,
-        frame: &Arc<Frame>,
-        first: usize,
-        count: usize,
-        first_seq: u64,
-        rtp_time: u32,
-        live: bool,
-    ) {
+    pub fn queue(&mut self, video: bool, frame: &Arc<Frame>, span: Span) {
+        let Span {
+            first,
+            count,
+            first_seq,
+            rtp_time,
+            live,
+        } = span;
         if count == 0 {
             return;
         }

@@ -156,11 +156,8 @@ fn ctr(key: &EncryptingKey, iv: [u8; 16], buf: &mut [u8]) {
 
 /// Session keys for RTP or for RTCP.
 enum Session {
-    Cm {
-        key: EncryptingKey,
-        auth: hmac::Key,
-        salt: [u8; 14],
-    },
+    /// Boxed: aws-lc's HMAC key holds its contexts (~1.7 KB).
+    Cm(Box<CmSession>),
     Gcm {
         key: aead::LessSafeKey,
         salt: [u8; 12],
@@ -179,11 +176,11 @@ impl Session {
                 master.derive(labels[1], &mut auth);
                 let mut salt = [0u8; 14];
                 master.derive(labels[2], &mut salt);
-                Session::Cm {
+                Session::Cm(Box::new(CmSession {
                     key: ctr_key(key),
                     auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
                     salt,
-                }
+                }))
             }
             Profile::AeadAes128Gcm | Profile::AeadAes256Gcm => {
                 let mut salt = [0u8; 12];
@@ -201,6 +198,12 @@ impl Session {
             }
         }
     }
+}
+
+struct CmSession {
+    key: EncryptingKey,
+    auth: hmac::Key,
+    salt: [u8; 14],
 }
 
 /// RFC 3711 §4.1.1: `(salt·2^16) XOR (SSRC·2^64) XOR (index·2^16)`.
@@ -266,7 +269,8 @@ impl SrtpTx {
         let ssrc = be32(&buf[8..12]);
         let seq = u16::from_be_bytes([buf[2], buf[3]]);
         match &self.rtp {
-            Session::Cm { key, auth, salt } => {
+            Session::Cm(cm) => {
+                let CmSession { key, auth, salt } = &**cm;
                 let index = (u64::from(roc) << 16) | u64::from(seq);
                 ctr(key, cm_iv(salt, ssrc, index), &mut buf[header_len..len]);
                 let mut mac = hmac::Context::with_key(auth);
@@ -298,7 +302,8 @@ impl SrtpTx {
         let e_index = (0x8000_0000 | index).to_be_bytes();
         let ssrc = be32(&buf[4..8]);
         match &self.rtcp {
-            Session::Cm { key, auth, salt } => {
+            Session::Cm(cm) => {
+                let CmSession { key, auth, salt } = &**cm;
                 ctr(key, cm_iv(salt, ssrc, u64::from(index)), &mut buf[8..len]);
                 buf[len..len + 4].copy_from_slice(&e_index);
                 let tag = hmac::sign(auth, &buf[..len + 4]);

@@ -16,7 +16,7 @@ use str0m::rtp::{Extension, RawPacket, RtpWrite, Ssrc};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
-use super::direct::{self, DirectOut, DirectTx, Names, Route, TrackTx};
+use super::direct::{self, DirectOut, DirectTx, Names, Route, Span, TrackTx};
 use super::dtls::SrtpKeys;
 use super::replay_policy::{ReplayPolicy, RtxCacheSize, Verdict};
 use crate::hub::{Frame, Kind, Stream};
@@ -654,7 +654,14 @@ impl Viewer {
         match self.direct.as_mut() {
             Some(d) => {
                 let n = frame.payloads.len();
-                d.queue(video, frame, 0, n, t.next_seq, frame.rtp_time, true);
+                let span = Span {
+                    first: 0,
+                    count: n,
+                    first_seq: t.next_seq,
+                    rtp_time: frame.rtp_time,
+                    live: true,
+                };
+                d.queue(video, frame, span);
                 t.next_seq += n as u64;
                 n
             }
@@ -789,7 +796,14 @@ impl Viewer {
                 }
                 // Live frames queued behind the replay keep their times.
                 let live = r.next >= r.gop;
-                d.queue(true, f, r.packet, count, track.next_seq, rtp_time, live);
+                let span = Span {
+                    first: r.packet,
+                    count,
+                    first_seq: track.next_seq,
+                    rtp_time,
+                    live,
+                };
+                d.queue(true, f, span);
                 track.next_seq += count as u64;
                 count
             }
