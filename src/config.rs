@@ -284,6 +284,10 @@ pub struct WebrtcConfig {
     /// fast, after a 32 KB start, so a default 208 KB receive buffer does not
     /// overflow; 0 = all at once.
     pub replay_pace_mbps: u64,
+    /// Established viewers' media goes out through roomcast's own SRTP,
+    /// written straight into the send batch (str0m keeps ICE, DTLS and the
+    /// viewer's RTCP); false: through str0m, as before (to compare).
+    pub direct_send: bool,
 }
 
 impl Default for WebrtcConfig {
@@ -296,6 +300,7 @@ impl Default for WebrtcConfig {
             workers: 0,
             strict_h264_profile: false,
             replay_pace_mbps: 32,
+            direct_send: true,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! Chromium's retransmission timer: ~1.1 s more to DTLS connected in 3-5 of
 //! 10 joins through the impaired relay (tests/faults_network.rs).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,6 +23,9 @@ use str0m::crypto::dtls::{
     DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
+use str0m::{Rtc, RtcConfig};
+
+use super::srtp::{MasterKey, Profile};
 
 /// Early datagrams held per session (a flight has a handful).
 const HELD_DATAGRAMS: usize = 4;
@@ -38,6 +42,38 @@ pub fn crypto_provider() -> CryptoProvider {
     STR0M_DTLS.get_or_init(|| p.dtls_provider);
     p.dtls_provider = &DTLS;
     p
+}
+
+/// A session's sending SRTP master key, set by its DTLS instance when the
+/// handshake exports the keying material (for `direct`: str0m keeps its
+/// copy private). Shared between the instance inside the `Rtc` and the
+/// viewer that owns that `Rtc`.
+#[derive(Clone, Default)]
+pub struct SrtpKeys(Arc<OnceLock<Option<MasterKey>>>);
+
+impl SrtpKeys {
+    /// The key, once DTLS completed (None for a profile we do not send).
+    pub fn get(&self) -> Option<&MasterKey> {
+        self.0.get()?.as_ref()
+    }
+
+    #[cfg(test)]
+    pub fn with(key: MasterKey) -> SrtpKeys {
+        SrtpKeys(Arc::new(OnceLock::from(Some(key))))
+    }
+}
+
+thread_local! {
+    /// The keys of the DTLS instance made last on this thread: `Rtc`
+    /// construction makes its instance synchronously (`build_rtc`).
+    static MADE: RefCell<Option<SrtpKeys>> = const { RefCell::new(None) };
+}
+
+/// Builds an `Rtc` and returns the handle to its SRTP keys.
+pub fn build_rtc(config: RtcConfig, now: Instant) -> (Rtc, Option<SrtpKeys>) {
+    MADE.with(|m| m.borrow_mut().take());
+    let rtc = config.build(now);
+    (rtc, MADE.with(|m| m.borrow_mut().take()))
 }
 
 /// str0m's own provider: it makes the certificate.
@@ -72,6 +108,8 @@ impl DtlsProvider for ReorderTolerantDtls {
                 .map_err(|e| CryptoError::Other(format!("DTLS config: {e}")))?,
         );
         let cert = cert.clone();
+        let keys = SrtpKeys::default();
+        MADE.with(|m| *m.borrow_mut() = Some(keys.clone()));
         let dtls = match version {
             DtlsVersion::Dtls12 => dimpl::Dtls::new_12(config, cert, now),
             DtlsVersion::Dtls13 => dimpl::Dtls::new_13(config, cert, now),
@@ -86,6 +124,7 @@ impl DtlsProvider for ReorderTolerantDtls {
             dtls,
             held: VecDeque::new(),
             connected: false,
+            keys,
         }))
     }
 }
@@ -95,6 +134,7 @@ struct Dtls {
     /// Handshake-time datagrams whose first record is past epoch 0.
     held: VecDeque<Vec<u8>>,
     connected: bool,
+    keys: SrtpKeys,
 }
 
 /// The epoch of a datagram's first DTLS record (bytes 3..5 of its header).
@@ -137,9 +177,18 @@ impl DtlsInstance for Dtls {
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
         let out = self.dtls.poll_output(buf);
-        if matches!(out, DtlsOutput::Connected) {
-            self.connected = true;
-            self.held.clear();
+        match &out {
+            DtlsOutput::Connected => {
+                self.connected = true;
+                self.held.clear();
+            }
+            DtlsOutput::KeyingMaterial(km, profile) => {
+                let key = Profile::from_dtls(*profile).and_then(|p| {
+                    MasterKey::from_keying_material(p, km.as_ref(), self.dtls.is_active())
+                });
+                let _ = self.keys.0.set(key);
+            }
+            _ => {}
         }
         out
     }

@@ -11,13 +11,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use parking_lot::Mutex;
-use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, TcpType};
 use str0m::{Candidate, IceCreds, Rtc};
 use tracing::info;
 
 use super::ice_path::IceRestart;
-use super::negotiate::{self, Negotiator, ServerOffer};
+use super::negotiate::{self, NegotiatedViewer, Negotiator, ServerOffer};
 use super::net::{self, Demux, IceTcp, NetOut, Route, TcpConns};
 use super::publish::NewPublisher;
 use super::shard::{self, Registry, Shard, ShardMsg, ShardSink, ShardTx};
@@ -25,7 +24,6 @@ use super::viewer::{NewViewer, ReplayPace};
 use super::{Answer, PublishError, SessionOpts, ViewerError, ViewerOffer, dtls, metrics, sdp};
 use crate::config::WebrtcConfig;
 use crate::hub::{FrameSink, Hub, IngestProtocol, Stream};
-use crate::media::rtp_video::VideoCodec;
 
 /// A server-made offer waiting for the viewer's answer (OME signalling).
 struct PendingViewer {
@@ -187,6 +185,7 @@ impl Engine {
                 candidates,
                 tcp_force: cfg.tcp_force,
                 strict_h264_profile: cfg.strict_h264_profile,
+                direct_send: cfg.direct_send,
             },
             registry,
             publishers,
@@ -235,21 +234,26 @@ impl Engine {
             .negotiator
             .viewer(stream, offer, opts.transport, Instant::now())?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.hand_viewer(id, v.rtc, stream, v.video, v.audio, opts)?;
-        Ok(Answer { id, sdp: v.answer })
+        let sdp = v.answer.clone();
+        self.hand_viewer(id, v, stream, opts)?;
+        Ok(Answer { id, sdp })
     }
 
     /// Registers a negotiated viewer and hands it to a worker.
     fn hand_viewer(
         &self,
         id: u64,
-        rtc: Rtc,
+        v: NegotiatedViewer,
         stream: &Arc<Stream>,
-        video: Option<(Mid, Pt, VideoCodec)>,
-        audio: Option<(Mid, Pt)>,
         opts: SessionOpts,
     ) -> Result<(), ViewerError> {
-        let mut rtc = rtc;
+        let NegotiatedViewer {
+            mut rtc,
+            video,
+            audio,
+            srtp_keys,
+            ..
+        } = v;
         let (shard, ufrag) = self
             .place(&mut rtc, &self.registry, stream, id)
             .ok_or(ViewerError::Negotiation(NO_WORKER.into()))?;
@@ -263,6 +267,7 @@ impl Engine {
             audio,
             expires_at: opts.expires_at,
             guard: opts.guard,
+            srtp_keys,
         })));
         if !sent {
             // The worker died between placement and now.
@@ -313,7 +318,7 @@ impl Engine {
             .ok_or(ViewerError::NoPendingOffer(id))?;
         let v = negotiate::accept_viewer_answer(p.offer, answer)?;
         // The viewer keeps the offer's id.
-        self.hand_viewer(id, v.rtc, &p.stream, v.video, v.audio, p.opts)
+        self.hand_viewer(id, v, &p.stream, p.opts)
     }
 
     /// Forgets an unanswered offer.

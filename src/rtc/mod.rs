@@ -5,6 +5,8 @@
 //! - `negotiate` (on `sdp`): offers and answers, pure;
 //! - `viewer`: one viewer's session, sans I/O (frames in; RTP, RTCP and
 //!   timers out); `publish`: a WHIP publisher's;
+//! - `direct` (on `srtp`): an established viewer's media sent with our own
+//!   SRTP straight into the send batch, str0m keeping ICE, DTLS and RTCP;
 //! - `shard`: a worker thread's loop, owning its sessions;
 //! - `net`: the shared sockets (demux, UDP, ICE-TCP), which hand packets
 //!   to the shards through `net::Inbound` and import nothing of them;
@@ -12,6 +14,7 @@
 //!   ICE restart); `sdpfrag`: the ICE restart's `PATCH` bodies;
 //! - `pair` (tests): a str0m client and a `Viewer` in memory on a manual clock.
 
+mod direct;
 mod dtls;
 mod engine;
 mod ice_path;
@@ -23,12 +26,15 @@ pub mod negotiate;
 pub mod net;
 #[cfg(test)]
 mod pair;
+#[cfg(test)]
+mod pair_direct;
 #[doc(hidden)]
 pub mod publish;
 mod replay_policy;
 pub mod sdp;
 pub mod sdpfrag;
 mod shard;
+mod srtp;
 #[cfg(test)]
 mod tests;
 pub mod viewer;

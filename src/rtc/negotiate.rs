@@ -15,6 +15,7 @@ use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc, RtcConfig};
 use tracing::info;
 
+use super::dtls::{SrtpKeys, build_rtc};
 use super::publish::VideoTrack;
 use super::{PublishError, Transport, ViewerError, sdp};
 use crate::hub::Stream;
@@ -33,6 +34,9 @@ pub struct Negotiator {
     pub tcp_force: bool,
     /// Refuse viewers whose offer lacks the stream's H.264 profile.
     pub strict_h264_profile: bool,
+    /// Established viewers get their media from roomcast's own SRTP path
+    /// (`direct`), not str0m's.
+    pub direct_send: bool,
 }
 
 /// A negotiated viewer session, ready for a shard.
@@ -42,6 +46,8 @@ pub struct NegotiatedViewer {
     pub answer: String,
     pub video: Option<(Mid, Pt, VideoCodec)>,
     pub audio: Option<(Mid, Pt)>,
+    /// With `direct_send`: the session's SRTP keys once DTLS is up.
+    pub srtp_keys: Option<SrtpKeys>,
 }
 
 /// A negotiated WHIP publisher session.
@@ -64,6 +70,7 @@ pub struct ServerOffer {
     /// The video section and the payload types offered for it, preferred first.
     pub video: Option<(Mid, Vec<Pt>, VideoCodec)>,
     pub audio: Option<(Mid, Pt)>,
+    pub srtp_keys: Option<SrtpKeys>,
 }
 
 impl Negotiator {
@@ -131,7 +138,7 @@ impl Negotiator {
         if opus.is_some() {
             config = config.enable_opus(true, false);
         }
-        let mut rtc = config.build(now);
+        let (mut rtc, srtp_keys) = build_rtc(config, now);
         for c in self.candidates_for(transport) {
             rtc.add_local_candidate(c.clone());
         }
@@ -155,6 +162,7 @@ impl Negotiator {
             answer,
             video,
             audio,
+            srtp_keys: srtp_keys.filter(|_| self.direct_send),
         })
     }
 
@@ -196,12 +204,17 @@ impl Negotiator {
         let mut exts = ExtensionMap::empty();
         exts.set(2, Extension::AbsoluteSendTime);
         exts.set(4, Extension::RtpMid);
-        Rtc::builder()
+        let config = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_dtls_cert(self.cert.clone())
             .set_extension_map(exts)
-            .clear_codecs()
+            .clear_codecs();
+        if self.direct_send {
+            super::direct::configure(config)
+        } else {
+            config
+        }
     }
 
     /// Makes an offer for a viewer of `stream` (OvenPlayer's signalling has the
@@ -239,7 +252,7 @@ impl Negotiator {
             )));
         }
         config = config.enable_opus(true, false);
-        let mut rtc = config.build(now);
+        let (mut rtc, srtp_keys) = build_rtc(config, now);
         let mut candidates = Vec::new();
         for c in self.candidates_for(transport) {
             candidates.push(c.to_sdp_string());
@@ -277,6 +290,7 @@ impl Negotiator {
             mid,
             video: video_mid.zip(video_codec).map(|(m, c)| (m, video_pt, c)),
             audio: Some((audio_mid, opus_pt)),
+            srtp_keys: srtp_keys.filter(|_| self.direct_send),
         })
     }
 
@@ -399,6 +413,7 @@ pub fn accept_viewer_answer(
         pending,
         video,
         audio,
+        srtp_keys,
         ..
     } = offer;
     no_panic(|| rtc.sdp_api().accept_answer(pending, parsed)).map_err(ViewerError::Negotiation)?;
@@ -420,6 +435,7 @@ pub fn accept_viewer_answer(
         answer: answer.to_string(),
         video,
         audio,
+        srtp_keys,
     })
 }
 
@@ -588,6 +604,7 @@ mod tests {
             ],
             tcp_force: false,
             strict_h264_profile,
+            direct_send: true,
         }
     }
 

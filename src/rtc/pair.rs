@@ -88,6 +88,8 @@ pub struct PairOpts {
     pub expires_in: Option<Duration>,
     /// Video packets per frame.
     pub packets_per_frame: usize,
+    /// Media on the direct path (`[webrtc] direct_send`).
+    pub direct: bool,
 }
 
 impl Default for PairOpts {
@@ -96,6 +98,7 @@ impl Default for PairOpts {
             replay_mbps: 0,
             expires_in: None,
             packets_per_frame: 3,
+            direct: true,
         }
     }
 }
@@ -106,7 +109,7 @@ pub type Loss = Box<dyn FnMut(&[u8]) -> bool>;
 pub struct Pair {
     pub now: Instant,
     start: Instant,
-    client: Rtc,
+    pub(super) client: Rtc,
     pub viewer: Viewer,
     pub hub: Arc<Hub>,
     pub stream: Arc<Stream>,
@@ -119,6 +122,8 @@ pub struct Pair {
     pub got: Vec<Got>,
     pub audio_packets: usize,
     pub client_connected: bool,
+    /// Sender reports the client accepted.
+    pub sender_reports: Vec<str0m::media::SenderFeedback>,
     /// Datagrams to the client for which this returns true are lost.
     pub lose: Loss,
     /// The client is gone: it sends nothing more.
@@ -163,6 +168,7 @@ impl Pair {
             candidates: vec![Candidate::host(server_addr, "udp").unwrap()],
             tcp_force: false,
             strict_h264_profile: false,
+            direct_send: opts.direct,
         };
         let offer = sdp::parse_offer(&offer.to_sdp_string()).unwrap();
         let v = negotiator
@@ -183,6 +189,7 @@ impl Pair {
                 audio: v.audio,
                 expires_at: opts.expires_in.map(|d| now + d),
                 guard: None,
+                srtp_keys: v.srtp_keys,
             },
             now,
             ReplayPace::from_mbps(opts.replay_mbps),
@@ -205,6 +212,7 @@ impl Pair {
             got: Vec::new(),
             audio_packets: 0,
             client_connected: false,
+            sender_reports: Vec::new(),
             lose: Box::new(|_| false),
             client_silent: false,
             video_ssrc: None,
@@ -437,6 +445,7 @@ impl Pair {
     fn client_event(&mut self, e: Event) {
         match e {
             Event::Connected => self.client_connected = true,
+            Event::SenderFeedback(f) => self.sender_reports.push(f),
             Event::RtpPacket(p) => match p.payload.first() {
                 Some(&b) if (b == KEY || b == DELTA) && p.payload.len() == VIDEO_PACKET => {
                     self.video_ssrc = Some(p.header.ssrc);

@@ -25,6 +25,7 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, error, info, warn};
 
+use super::direct::Route;
 use super::metrics::ShardMetrics;
 use super::net::{Datagram, Demux, Inbound, NetOut, SendBatch};
 use super::publish::{NewPublisher, PubPeer};
@@ -331,6 +332,18 @@ impl Outbox for ShardOut<'_> {
 
     fn laggard_skipped(&mut self) {
         self.metrics.laggard_skips.fetch_add(1, Relaxed);
+    }
+
+    fn datagram(&mut self, route: &Route, len: usize, write: &mut dyn FnMut(&mut [u8])) -> bool {
+        self.metrics.datagrams.fetch_add(1, Relaxed);
+        self.net.queue_with(
+            self.batch,
+            route.proto,
+            route.source,
+            route.destination,
+            len,
+            write,
+        )
     }
 }
 

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Transmit};
-use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::rtp::{Extension, RawPacket, RtpWrite, Ssrc};
 use str0m::{Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
+use super::direct::{self, DirectOut, DirectTx, Names, Route, Span, TrackTx};
+use super::dtls::SrtpKeys;
 use super::ice_path::{self, IcePath};
 use super::replay_policy::{ReplayPolicy, RtxCacheSize, Verdict};
 use crate::hub::{Frame, Kind, Stream};
@@ -83,6 +85,9 @@ pub struct NewViewer {
     pub expires_at: Option<Instant>,
     /// Dropped when the session ends (sends the admission webhook's "closing").
     pub guard: Option<Box<dyn Send>>,
+    /// Its SRTP keys once DTLS is up: media then goes out on the direct
+    /// path (`direct`). None: through str0m.
+    pub srtp_keys: Option<SrtpKeys>,
 }
 
 /// Which of a stream's frames a viewer gets: each once, in order; video from
@@ -140,6 +145,20 @@ pub trait Outbox {
     fn transmit(&mut self, t: Transmit) -> bool;
     /// The viewer was skipped ahead to the next keyframe (for metrics).
     fn laggard_skipped(&mut self) {}
+    /// Takes a datagram of `len` bytes that `write` fills in place (the
+    /// direct path); false as for `transmit`. By default through `transmit`.
+    fn datagram(&mut self, route: &Route, len: usize, write: &mut dyn FnMut(&mut [u8])) -> bool {
+        self.transmit(direct::transmit(route, len, write))
+    }
+}
+
+/// An [`Outbox`] seen by the direct path.
+struct Direct<'a, O>(&'a mut O);
+
+impl<O: Outbox> DirectOut for Direct<'_, O> {
+    fn datagram(&mut self, route: &Route, len: usize, write: &mut dyn FnMut(&mut [u8])) -> bool {
+        self.0.datagram(route, len, write)
+    }
 }
 
 struct TrackOut {
@@ -182,6 +201,11 @@ pub struct Viewer {
     pub(super) dead: bool,
     expires_at: Option<Instant>,
     _guard: Option<Box<dyn Send>>,
+    srtp_keys: Option<SrtpKeys>,
+    /// The direct path, from DTLS on (with `srtp_keys`).
+    direct: Option<DirectTx>,
+    /// Where str0m's own datagrams went last (the nominated pair).
+    route: Option<Route>,
 }
 
 /// A GOP being sent to one viewer, paced, followed by the live video frames
@@ -215,6 +239,7 @@ impl Viewer {
             audio,
             expires_at,
             guard,
+            srtp_keys,
         } = nv;
         let mut rtc = rtc;
         let track = |rtc: &mut Rtc, (mid, pt): (Mid, Pt)| TrackOut {
@@ -228,7 +253,7 @@ impl Viewer {
             next_seq: u64::from(rand::random::<u16>() >> 1),
         };
         let video = video.map(|v| track(&mut rtc, v));
-        if let Some(v) = &video {
+        if let Some(v) = video.as_ref().filter(|_| srtp_keys.is_none()) {
             let mut api = rtc.direct_api();
             if let Some(tx) = api.stream_tx_by_mid(v.mid, None) {
                 // str0m's default (3 s, 2000 packets) costs ~300 KB per viewer.
@@ -260,6 +285,9 @@ impl Viewer {
             dead: false,
             expires_at,
             _guard: guard,
+            srtp_keys,
+            direct: None,
+            route: None,
         }
     }
 
@@ -285,9 +313,107 @@ impl Viewer {
     /// When [`Viewer::handle_timeout`] must run next (str0m's timers, a paced
     /// replay, the session's expiry).
     pub fn next_timeout(&self) -> Instant {
-        match self.expires_at {
-            Some(t) => self.next_timeout.min(t),
+        let t = match self.direct.as_ref().and_then(DirectTx::next_timeout) {
+            Some(sr) => self.next_timeout.min(sr),
             None => self.next_timeout,
+        };
+        match self.expires_at {
+            Some(e) => t.min(e),
+            None => t,
+        }
+    }
+
+    /// Whether media goes out on the direct path.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Sets up the direct path once DTLS exported the keys (a profile we
+    /// cannot send, or no keys: str0m's path stays).
+    fn start_direct(&mut self) {
+        let Some(key) = self.srtp_keys.as_ref().and_then(SrtpKeys::get) else {
+            return;
+        };
+        if self.direct.is_some() {
+            return;
+        }
+        let rtc = &mut self.rtc;
+        let mid_of = |t: &Option<TrackOut>| t.as_ref().map(|t| t.mid);
+        let any_mid = mid_of(&self.video).or(mid_of(&self.audio));
+        let Some(media) = any_mid.and_then(|m| rtc.media(m)) else {
+            return;
+        };
+        let mid_ext = media.remote_extmap().id_of(Extension::RtpMid);
+        let cname = media.cname().to_string();
+        let video_mid = mid_of(&self.video)
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let audio_mid = mid_of(&self.audio)
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let mut d = DirectTx::new(
+            key,
+            Names {
+                mid_ext,
+                video_mid: &video_mid,
+                audio_mid: &audio_mid,
+                cname: &cname,
+            },
+        );
+        d.route = self.route;
+        if let Some(v) = &self.video {
+            let rtx_pt = rtc
+                .codec_config()
+                .find(|p| p.pt() == v.pt)
+                .and_then(|p| p.resend());
+            let tx = rtc
+                .direct_api()
+                .stream_tx_by_mid(v.mid, None)
+                .map(|s| (s.ssrc(), s.rtx()));
+            if let Some((ssrc, rtx)) = tx {
+                let rtx = rtx.zip(rtx_pt).map(|(s, p)| (*s, *p));
+                d.video = Some(TrackTx::new(*ssrc, *v.pt, 90_000, rtx));
+            }
+        }
+        if let Some(a) = &self.audio {
+            let tx = rtc
+                .direct_api()
+                .stream_tx_by_mid(a.mid, None)
+                .map(|s| s.ssrc());
+            if let Some(ssrc) = tx {
+                d.audio = Some(TrackTx::new(*ssrc, *a.pt, 48_000, None));
+            }
+        }
+        debug!(stream = %self.stream.name, profile = ?key.profile(), "viewer on the direct path");
+        self.direct = Some(d);
+    }
+
+    /// Restarts the direct path with `key` (tests: a profile DTLS would not pick).
+    #[cfg(test)]
+    pub(super) fn use_direct_key(&mut self, key: super::srtp::MasterKey) {
+        self.srtp_keys = Some(SrtpKeys::with(key));
+        self.direct = None;
+        self.start_direct();
+    }
+
+    /// Writes what the direct path queued; a refused datagram makes the
+    /// viewer a laggard.
+    fn flush_direct(&mut self, out: &mut impl Outbox) {
+        let Some(d) = self.direct.as_mut() else {
+            return;
+        };
+        if !d.flush(&mut Direct(out)) {
+            self.lagging(out);
+        }
+    }
+
+    /// The viewer's path is full: what it missed breaks its picture anyway,
+    /// so it resumes at the next keyframe instead.
+    fn lagging(&mut self, out: &mut impl Outbox) {
+        if self.gate.video_started {
+            self.gate.video_started = false;
+            out.laggard_skipped();
+            debug!(stream = %self.stream.name, "viewer cannot keep up, skipping to the next keyframe");
         }
     }
 
@@ -329,9 +455,11 @@ impl Viewer {
         // fed at once rather than at the next timer pass; bounded, in case
         // str0m keeps asking without making progress.
         let mut idle_feeds = 0;
+        self.flush_direct(out);
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
+                    self.flush_direct(out);
                     if t <= now && idle_feeds < 2 {
                         idle_feeds += 1;
                         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
@@ -343,6 +471,7 @@ impl Viewer {
                     }
                     if self.replay.is_some() && self.continue_replay(now) {
                         idle_feeds = 0;
+                        self.flush_direct(out);
                         continue;
                     }
                     if self.replay_policy.due().is_some_and(|d| d <= now) {
@@ -353,6 +482,7 @@ impl Viewer {
                             continue;
                         }
                     }
+                    self.flush_direct(out);
                     // A paced replay waits for credit on the shard's timer
                     // pass, like str0m's own timers (at most every 2 ms).
                     self.next_timeout = [self.replay_due(), self.replay_policy.due()]
@@ -364,12 +494,28 @@ impl Viewer {
                 Ok(Output::Transmit(t)) => {
                     idle_feeds = 0;
                     let stale = self.path.sent(now, &t);
-                    if !out.transmit(t) && self.gate.video_started {
-                        // A laggard: what it missed breaks its picture anyway,
-                        // so it resumes at the next keyframe instead.
-                        self.gate.video_started = false;
-                        out.laggard_skipped();
-                        debug!(stream = %self.stream.name, "viewer cannot keep up, skipping to the next keyframe");
+                    // `t` answers the check that moved the client (IcePath):
+                    // it goes to the new path, and so does our media.
+                    let moved = stale.is_some();
+                    if self.srtp_keys.is_some()
+                        && (moved || direct::follows_nominated_pair(&t.contents))
+                    {
+                        let route = Route {
+                            proto: t.proto,
+                            source: t.source,
+                            destination: t.destination,
+                        };
+                        self.route = Some(route);
+                        if let Some(d) = self.direct.as_mut() {
+                            d.route = Some(route);
+                            if !moved && direct::is_str0m_sender_report(&t.contents) {
+                                // It knows nothing of what we sent.
+                                continue;
+                            }
+                        }
+                    }
+                    if !out.transmit(t) {
+                        self.lagging(out);
                     }
                     if let Some(stale) = stale {
                         let dropped = ice_path::drop_stale(&mut self.rtc, now, &stale);
@@ -378,6 +524,7 @@ impl Viewer {
                 }
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => {
+                        self.start_direct();
                         self.connected = true;
                         if !self.counted {
                             // Offers that never connect are not viewers.
@@ -406,6 +553,24 @@ impl Viewer {
                         self.replay_gop(now, false);
                     }
                     Event::Closed => self.dead = true,
+                    Event::RawPacket(raw) => {
+                        if let (RawPacket::RtcpRx(rtcp), Some(d)) = (&*raw, self.direct.as_mut()) {
+                            d.on_rtcp(rtcp, now);
+                        }
+                    }
+                    Event::PeerStats(s) => {
+                        if let (Some(p), Some(d)) =
+                            (s.selected_candidate_pair, self.direct.as_mut())
+                        {
+                            let route = Route {
+                                proto: p.protocol,
+                                source: p.local.addr,
+                                destination: p.remote.addr,
+                            };
+                            self.route = Some(route);
+                            d.route = Some(route);
+                        }
+                    }
                     _ => {}
                 },
                 Err(e) => {
@@ -424,6 +589,12 @@ impl Viewer {
     /// Runs what is due at `now`: str0m's timers, the connect and idle
     /// timeouts, the session's expiry.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
+        if let Some(d) = self.direct.as_mut()
+            && !self.dead
+            && d.next_timeout().is_some_and(|t| t <= now)
+        {
+            d.handle_timeout(now, &mut Direct(out));
+        }
         if self.next_timeout <= now {
             if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
                 debug!(error = %e, "rtc timeout input failed");
@@ -497,17 +668,36 @@ impl Viewer {
             // A live keyframe: what came before it needs no retransmission,
             // so a replay's large RTX cache goes back to the live one.
             self.replay_policy.keyframe_sent();
-            if self.rtx_cache != RTX_CACHE {
+            if self.rtx_cache != RTX_CACHE && self.direct.is_none() {
                 self.set_rtx_cache(RTX_CACHE);
             }
+        }
+        if self.direct.is_none() && self.srtp_keys.is_some() {
+            // The keys may have come after the Connected event.
+            self.start_direct();
         }
         let (track, video) = match frame.kind {
             Kind::Video => (self.video.as_mut(), true),
             Kind::Audio => (self.audio.as_mut(), false),
         };
-        match track {
-            Some(t) => write_frame(&mut self.rtc, t, frame, frame.rtp_time, video),
-            None => 0,
+        let Some(t) = track else {
+            return 0;
+        };
+        match self.direct.as_mut() {
+            Some(d) => {
+                let n = frame.payloads.len();
+                let span = Span {
+                    first: 0,
+                    count: n,
+                    first_seq: t.next_seq,
+                    rtp_time: frame.rtp_time,
+                    live: true,
+                };
+                d.queue(video, frame, span);
+                t.next_seq += n as u64;
+                n
+            }
+            None => write_frame(&mut self.rtc, t, frame, frame.rtp_time, video),
         }
     }
 
@@ -533,27 +723,31 @@ impl Viewer {
             self.replay_policy.keyframe_sent();
             return;
         };
-        match self
-            .replay_policy
-            .request(now, next_seq, self.rtx_cache.max_packets)
-        {
+        let retransmittable = match &self.direct {
+            Some(d) => d.history_packets(),
+            None => self.rtx_cache.max_packets,
+        };
+        match self.replay_policy.request(now, next_seq, retransmittable) {
             Verdict::Replay => {}
             Verdict::Repair | Verdict::Later(_) => return,
         }
         // The replay's packets stay retransmittable for its duration and a
         // second of round trips (until the next live keyframe makes them moot).
-        let packets = frames.iter().map(|f| f.payloads.len()).sum();
-        let bytes = frames
-            .iter()
-            .flat_map(|f| f.payloads.iter())
-            .map(|p| p.len())
-            .sum();
-        self.set_rtx_cache(RtxCacheSize::for_replay(
-            packets,
-            bytes,
-            self.pace.bytes_per_ms as u64,
-            RTX_CACHE,
-        ));
+        // (The direct path's history indexes the shared frames instead.)
+        if self.direct.is_none() {
+            let packets = frames.iter().map(|f| f.payloads.len()).sum();
+            let bytes = frames
+                .iter()
+                .flat_map(|f| f.payloads.iter())
+                .map(|p| p.len())
+                .sum();
+            self.set_rtx_cache(RtxCacheSize::for_replay(
+                packets,
+                bytes,
+                self.pace.bytes_per_ms as u64,
+                RTX_CACHE,
+            ));
+        }
         self.replay = Some(Replay {
             newest_rtp_time: newest.rtp_time,
             gop: frames.len(),
@@ -622,15 +816,39 @@ impl Viewer {
         } else {
             f.rtp_time
         };
-        let written = write_packets(
-            &mut self.rtc,
-            track,
-            f,
-            r.packet,
-            &mut budget,
-            rtp_time,
-            true,
-        );
+        let written = match self.direct.as_mut() {
+            Some(d) => {
+                let mut count = 0;
+                for p in &f.payloads[r.packet..] {
+                    if budget <= 0 {
+                        break;
+                    }
+                    budget = budget.saturating_sub(p.len() as i64 + PACKET_OVERHEAD_BYTES);
+                    count += 1;
+                }
+                // Live frames queued behind the replay keep their times.
+                let live = r.next >= r.gop;
+                let span = Span {
+                    first: r.packet,
+                    count,
+                    first_seq: track.next_seq,
+                    rtp_time,
+                    live,
+                };
+                d.queue(true, f, span);
+                track.next_seq += count as u64;
+                count
+            }
+            None => write_packets(
+                &mut self.rtc,
+                track,
+                f,
+                r.packet,
+                &mut budget,
+                rtp_time,
+                true,
+            ),
+        };
         if paced {
             r.credit = budget;
         }

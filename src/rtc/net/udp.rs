@@ -64,20 +64,64 @@ impl NetOut {
             return self.send_tcp(t);
         }
         let len = t.contents.len();
-        let joins = batch.destination == Some(t.destination)
+        self.reserve(batch, t.destination, len)
+            .copy_from_slice(&t.contents);
+        true
+    }
+
+    /// Queues a datagram of `len` bytes that `write` fills in place, in the
+    /// batch's buffer (UDP: no buffer of its own, no copy); as `queue`
+    /// otherwise.
+    pub fn queue_with(
+        &self,
+        batch: &mut SendBatch,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        len: usize,
+        write: &mut dyn FnMut(&mut [u8]),
+    ) -> bool {
+        if proto != Protocol::Udp {
+            // ICE-TCP frames go to their connection's writer as owned buffers.
+            let mut contents = vec![0u8; len];
+            write(&mut contents);
+            return self.queue(
+                batch,
+                Transmit {
+                    proto,
+                    source,
+                    destination,
+                    contents: contents.into(),
+                },
+            );
+        }
+        write(self.reserve(batch, destination, len));
+        true
+    }
+
+    /// Room for a datagram of `len` bytes to `destination` at the end of the
+    /// batch, sending the batch first when it cannot join it.
+    fn reserve<'b>(
+        &self,
+        batch: &'b mut SendBatch,
+        destination: SocketAddr,
+        len: usize,
+    ) -> &'b mut [u8] {
+        let joins = batch.destination == Some(destination)
             && !batch.closed
             && len <= batch.segment
             && batch.count < self.max_segments()
             && batch.buf.len() + len <= MAX_BATCH_BYTES;
         if !joins {
             self.flush(batch);
-            batch.destination = Some(t.destination);
+            batch.destination = Some(destination);
             batch.segment = len;
         }
-        batch.buf.extend_from_slice(&t.contents);
+        let start = batch.buf.len();
+        batch.buf.resize(start + len, 0);
         batch.count += 1;
         batch.closed = len < batch.segment;
-        true
+        &mut batch.buf[start..]
     }
 
     /// Sends what is queued.

@@ -1,0 +1,165 @@
+//! The direct path (`direct`) through the in-memory `Pair`: a real str0m
+//! client decrypts what the viewer writes with roomcast's own SRTP, accepts
+//! its sender reports, and gets its NACKs answered from the shared frames.
+//! (The `pair` tests run on the direct path too: `PairOpts::direct`.)
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use str0m::crypto::dtls::{KeyingMaterial, SrtpProfile};
+
+use super::pair::{Pair, PairOpts};
+use super::srtp::{MasterKey, Profile};
+
+/// How many times the client got frame `n`'s first packet.
+fn arrivals(p: &Pair, n: u16) -> usize {
+    p.frames_got().iter().filter(|f| **f == n).count()
+}
+
+/// A video RTP datagram (SRTP: version 2, and large: our test video packets).
+fn is_video(d: &[u8]) -> bool {
+    d.len() > 500 && d[0] & 0xc0 == 0x80
+}
+
+#[test]
+fn a_joining_viewer_gets_the_same_media_on_either_path() {
+    let mut seen = Vec::new();
+    for direct in [false, true] {
+        let mut p = Pair::new(PairOpts {
+            direct,
+            ..Default::default()
+        });
+        let gop = p.push_gop(4);
+        p.run_until(Duration::from_secs(5), |p| {
+            p.frames_got().len() >= gop.len()
+        });
+        assert_eq!(p.viewer.is_direct(), direct);
+        let live = p.push(false);
+        assert_eq!(p.frames_got().last(), Some(&live));
+        assert!(
+            p.got.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+            "one sequence from the replay into the live frames"
+        );
+        assert!(p.audio_packets > 0);
+        seen.push((p.frames_got(), p.got.len()));
+    }
+    assert_eq!(seen[0], seen[1]);
+}
+
+/// DTLS settles on AEAD_AES_256_GCM between two str0m peers; the others are
+/// installed on both sides with str0m's test hook, then media, reports and
+/// NACKs go both ways in that profile.
+#[test]
+fn the_client_decrypts_every_profile() {
+    for (profile, dtls) in [
+        (Profile::Aes128CmSha1_80, SrtpProfile::AES128_CM_SHA1_80),
+        (Profile::AeadAes128Gcm, SrtpProfile::AEAD_AES_128_GCM),
+        (Profile::AeadAes256Gcm, SrtpProfile::AEAD_AES_256_GCM),
+    ] {
+        let mut p = Pair::connected(PairOpts::default());
+        p.push_gop(1);
+        assert!(p.viewer.is_direct());
+        let mat: Vec<u8> = (0..profile.keying_material_len())
+            .map(|i| (i * 37 + 11) as u8)
+            .collect();
+        // The client is the DTLS client (active): the server sends with the
+        // material's second key and salt.
+        p.client
+            ._set_srtp_keys(KeyingMaterial::new(&mat), dtls, true);
+        p.viewer
+            .rtc
+            ._set_srtp_keys(KeyingMaterial::new(&mat), dtls, false);
+        p.viewer
+            .use_direct_key(MasterKey::from_keying_material(profile, &mat, false).unwrap());
+
+        let (got, audio, reports) = (p.got.len(), p.audio_packets, p.sender_reports.len());
+        let key = p.push(true);
+        let delta = p.push(false);
+        assert!(
+            p.frames_got().ends_with(&[key, delta]),
+            "{profile:?}: video decrypted"
+        );
+        assert_eq!(p.got.len(), got + 6);
+        assert!(p.audio_packets >= audio + 2, "{profile:?}: audio decrypted");
+        p.advance(Duration::from_millis(2100));
+        assert!(
+            p.sender_reports.len() > reports,
+            "{profile:?}: SRTCP accepted"
+        );
+
+        let mut video = 0;
+        p.lose = Box::new(move |d| {
+            video += usize::from(is_video(d));
+            is_video(d) && video == 2
+        });
+        let f = p.push(false);
+        let has = |p: &Pair| p.got.iter().any(|g| g.frame == f && g.packet == 1);
+        assert!(!has(&p));
+        p.run_until(Duration::from_millis(500), has);
+        assert_eq!(arrivals(&p, f), 1, "{profile:?}: repaired on NACK");
+    }
+}
+
+#[test]
+fn the_client_accepts_our_sender_reports_with_what_was_sent() {
+    let mut p = Pair::connected(PairOpts::default());
+    assert!(p.viewer.is_direct());
+    let start = SystemTime::now();
+    for i in 0..30 {
+        p.push(i == 0);
+        p.advance(Duration::from_millis(33));
+    }
+    p.advance(Duration::from_millis(1100));
+    // The latest report per track.
+    let mut last = HashMap::new();
+    for f in &p.sender_reports {
+        last.insert(f.mid, f.sender_info);
+    }
+    assert_eq!(last.len(), 2, "video and audio: {:?}", p.sender_reports);
+    let counts: Vec<u32> = last.values().map(|i| i.sender_packet_count).collect();
+    // Nothing was lost: each counts what the client got of its track
+    // (the join's replay included).
+    assert!(counts.contains(&(p.got.len() as u32)), "{counts:?}");
+    assert!(counts.contains(&(p.audio_packets as u32)), "{counts:?}");
+    for i in last.values() {
+        assert!(i.rtp_time.numer() > 0);
+        let ntp = i.ntp_time.duration_since(start).unwrap_or_default();
+        assert!(ntp < Duration::from_secs(60), "NTP time is now-ish");
+    }
+    // Reports keep coming, about one a second per track.
+    let n = p.sender_reports.len();
+    p.advance(Duration::from_secs(3));
+    let more = p.sender_reports.len() - n;
+    assert!((4..=8).contains(&more), "{more} reports in 3 s");
+}
+
+/// A replayed GOP's packets are old frames: their retransmission comes from
+/// the same shared frames as live ones, with the replay's RTP times.
+#[test]
+fn a_packet_lost_from_a_replay_is_repaired_from_the_shared_frames() {
+    let mut p = Pair::new(PairOpts::default());
+    let gop = p.push_gop(4);
+    p.run_until(Duration::from_secs(5), |p| {
+        p.frames_got().len() >= gop.len()
+    });
+    assert!(p.viewer.is_direct());
+    let key = gop[0];
+    let before = p.got.len();
+    // The keyframe's second packet in the replay a PLI gets.
+    let mut video = 0;
+    p.lose = Box::new(move |d| {
+        video += usize::from(is_video(d));
+        is_video(d) && video == 2
+    });
+    p.request_keyframe();
+    let again = |p: &Pair| {
+        p.got[before..]
+            .iter()
+            .any(|g| g.frame == key && g.packet == 1)
+    };
+    p.run_until(Duration::from_millis(500), again);
+    p.advance(Duration::from_millis(300));
+    assert_eq!(arrivals(&p, key), 2, "a repair, not another replay");
+    let replayed = &p.got[before..];
+    assert_eq!(replayed.len(), gop.len() * 3, "the whole GOP");
+}
