@@ -33,7 +33,9 @@
 #   own counts of packets sent to viewers do not count the same thing
 #   (roomcast's leaves out the GOP replayed at join; live777's stream totals
 #   are sampled every 2 s), so they are not used. roomcast repacketizes
-#   H.264 (payloads ≤ 1200 bytes, like the source's);
+#   H.264 (payloads ≤ 1200 bytes, like the source's). livewrk's connected
+#   time starts at the WHEP answer, before ICE and DTLS, so with many
+#   viewers on a busy CPU this reads low for both servers (README);
 # - rcvbuf drops = the rise of the host's Udp RcvbufErrors over the run
 #   (livewrk's sockets, or anything else running on the host).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
