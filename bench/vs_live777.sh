@@ -74,8 +74,8 @@ PY
 cpu_ticks() { awk '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 now() { date +%s.%N; }
-# Datagrams the kernel dropped on full receive buffers, host-wide: here,
-# almost all of them are livewrk's (its viewers fall behind on the shared CPU).
+# Datagrams the kernel dropped on full receive buffers, host-wide (livewrk's
+# sockets, or anything else running on the host).
 udp_rcvbuf_errors() { awk '/^Udp:/ { if (h) { print $6; exit } h = 1 }' /proc/net/snmp; }
 
 encode_source() {
@@ -86,7 +86,6 @@ encode_source() {
     -f mpegts "$WORK/source.ts"
 }
 
-# publish WHIP_URL TOKEN: ffmpeg loops the source as RTP into whipinto.
 # The source's RTP packet rate: one pass of the file through the same RTP
 # muxer settings (at 5× real time) into two counting sockets.
 source_pps() {
@@ -121,6 +120,7 @@ PY
   echo "$n / $secs" | bc -l
 }
 
+# publish_rtp WHIP_URL TOKEN: ffmpeg loops the source as RTP into whipinto.
 publish_rtp() {
   local v a
   v=$(free_rtp_port)
@@ -160,7 +160,7 @@ start_roomcast() {
   taskset -pc 0 "$SERVER_PID" >/dev/null
   for tid in /proc/"$SERVER_PID"/task/*; do taskset -pc 0 "${tid##*/}" >/dev/null; done
   publish_rtp "http://$HTTP/whip/$STREAM" "$KEY"
-  for _ in $(seq 1 150); do
+  for _ in $(seq 1 300); do # 30 s: whipinto's ICE and DTLS on a busy CPU
     curl -fs "http://$HTTP/api/v1/streams/$STREAM" | grep -q '"fps":' && return 0
     sleep 0.1
   done
@@ -185,7 +185,7 @@ TOML
     sleep 0.1
   done
   publish_rtp "http://$L7_HTTP/whip/$STREAM" "$KEY"
-  for _ in $(seq 1 150); do
+  for _ in $(seq 1 300); do # 30 s: whipinto's ICE and DTLS on a busy CPU
     read -r pub _ n <<<"$(live777_stats) x x x"
     [[ "$n" =~ ^[1-9] && "$pub" =~ ^[0-9]+$ && "$pub" -gt 100 ]] && return 0
     sleep 0.1
