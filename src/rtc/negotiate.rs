@@ -817,4 +817,62 @@ mod tests {
             Err(ViewerError::BadAnswer(_))
         ));
     }
+
+    /// livewrk (live777 0.9.0's WHEP load tool, webrtc-rs 0.20 with its
+    /// default codecs) offers every video codec with RTX, H.264 in both
+    /// packetization modes, four audio codecs and a data channel. Captured by
+    /// pointing `livewrk whep --sessions 1` at a one-shot HTTP listener.
+    #[test]
+    fn a_livewrk_offer_gets_the_streams_codec_its_rtx_and_opus() {
+        const LIVEWRK: &str = include_str!("testdata/livewrk_whep_offer.sdp");
+        let n = negotiator(false);
+        // (stream codec, profile-level-id, PT and RTX PT livewrk offers for it)
+        let cases = [
+            // x264's High (bench/vs_live777.sh's source): livewrk's only High is
+            // 640032, packetization-mode=1.
+            ("H264", Some(0x64001f), 123, 124),
+            // Constrained Baseline: 125 (mode 1), not 108 (mode 0).
+            ("H264", Some(0x42e01f), 125, 105),
+            ("VP8", None, 96, 97),
+        ];
+        for (codec, plid, pt, rtx) in cases {
+            let (_hub, s, _p) = stream(codec, plid);
+            let v = n
+                .viewer(&s, parse(LIVEWRK), Transport::Udp, Instant::now())
+                .unwrap_or_else(|e| panic!("{codec}: {e}"));
+            let (_, got, c) = v.video.expect("video");
+            assert_eq!((c.name(), *got), (codec, pt), "{}", v.answer);
+            let (_, opus) = v.audio.expect("audio");
+            assert_eq!(*opus, 111);
+            let line = |prefix: &str| {
+                v.answer
+                    .lines()
+                    .find(|l| l.starts_with(prefix))
+                    .unwrap_or_else(|| panic!("{codec}: no {prefix} in\n{}", v.answer))
+                    .to_string()
+            };
+            // Only the stream's format and its RTX, and only Opus.
+            assert_eq!(
+                line("m=video").split(' ').skip(3).collect::<Vec<_>>(),
+                [pt.to_string(), rtx.to_string()],
+                "{codec}"
+            );
+            assert_eq!(
+                line(&format!("a=fmtp:{rtx} ")),
+                format!("a=fmtp:{rtx} apt={pt}")
+            );
+            assert_eq!(
+                line("m=audio").split(' ').skip(3).collect::<Vec<_>>(),
+                ["111"]
+            );
+            assert_eq!(v.answer.matches("a=sendonly").count(), 2, "{codec}");
+            // str0m accepts the data channel, though roomcast never uses one:
+            // each livewrk viewer gets an SCTP association it does not need.
+            assert!(
+                line("m=application").starts_with("m=application 9 UDP/DTLS/SCTP"),
+                "{codec}: {}",
+                v.answer
+            );
+        }
+    }
 }
