@@ -149,6 +149,8 @@ pub struct DirectTx {
     video_next_seq: u64,
     resends: u32,
     resend_window: Option<Instant>,
+    /// Packets the viewer asked for (NACKed), answered or not.
+    pub nacked: u64,
     /// Maps `Instant`s to wall-clock time for the reports' NTP field.
     clock: (Instant, SystemTime),
 }
@@ -181,6 +183,7 @@ impl DirectTx {
             video_next_seq: 0,
             resends: 0,
             resend_window: None,
+            nacked: 0,
             // Read once: reports map the session's `Instant`s to NTP time.
             clock: (Instant::now(), SystemTime::now()),
         }
@@ -257,6 +260,7 @@ impl DirectTx {
                             continue;
                         }
                         let seq16 = e.pid.wrapping_add(bit);
+                        self.nacked += 1;
                         self.resend(seq16);
                     }
                 }
@@ -280,6 +284,14 @@ impl DirectTx {
     /// Queues the retransmission of the video packet whose sequence number
     /// ends in `seq16`, if the history has it.
     fn resend(&mut self, seq16: u16) {
+        // Without an RTX stream a resend would go out under the packet's own
+        // (SSRC, index) with another header (the mid extension is dropped once
+        // the viewer reports): two plaintexts under one SRTP nonce, which with
+        // AES-GCM gives away the authentication key. str0m does the same: no
+        // RTX payload type, nothing nackable.
+        if self.video.as_ref().is_none_or(|v| v.rtx.is_none()) {
+            return;
+        }
         if self.resends >= RESENDS_PER_SECOND {
             return;
         }
@@ -394,35 +406,26 @@ impl DirectTx {
                     return true;
                 };
                 let marker = packet + 1 == frame.payloads.len();
-                let p = match track.rtx {
-                    // RFC 4588: the RTX stream, the original sequence number first.
-                    Some((ssrc, pt)) => {
-                        let rtx_seq = track.next_rtx_seq;
-                        track.next_rtx_seq += 1;
-                        Packet {
-                            pt,
-                            ssrc,
-                            seq: rtx_seq,
-                            rtp_time,
-                            marker,
-                            mid: self
-                                .mid_ext
-                                .filter(|_| !self.video_mid.is_empty())
-                                .map(|id| (id, &self.video_mid[..])),
-                            osn: Some(seq as u16),
-                            payload,
-                        }
-                    }
-                    None => Packet {
-                        pt: track.pt,
-                        ssrc: track.ssrc,
-                        seq,
-                        rtp_time,
-                        marker,
-                        mid: None,
-                        osn: None,
-                        payload,
-                    },
+                // RFC 4588: the RTX stream, the original sequence number
+                // first; each resend has an index of its own (never the
+                // original's: see `resend`).
+                let Some((ssrc, pt)) = track.rtx else {
+                    return true;
+                };
+                let rtx_seq = track.next_rtx_seq;
+                track.next_rtx_seq += 1;
+                let p = Packet {
+                    pt,
+                    ssrc,
+                    seq: rtx_seq,
+                    rtp_time,
+                    marker,
+                    mid: self
+                        .mid_ext
+                        .filter(|_| !self.video_mid.is_empty())
+                        .map(|id| (id, &self.video_mid[..])),
+                    osn: Some(seq as u16),
+                    payload,
                 };
                 write_packet(&self.srtp, &p, route, out)
             }

@@ -89,6 +89,9 @@ pub struct PairOpts {
     pub packets_per_frame: usize,
     /// Media on the direct path (`[webrtc] direct_send`).
     pub direct: bool,
+    /// The client offers RTX (str0m's default); false: H.264 and Opus only,
+    /// no retransmission payload type.
+    pub rtx: bool,
 }
 
 impl Default for PairOpts {
@@ -98,6 +101,7 @@ impl Default for PairOpts {
             expires_in: None,
             packets_per_frame: 3,
             direct: true,
+            rtx: true,
         }
     }
 }
@@ -127,7 +131,7 @@ pub struct Pair {
     pub lose: Loss,
     /// The client is gone: it sends nothing more.
     pub client_silent: bool,
-    video_ssrc: Option<Ssrc>,
+    pub(super) video_ssrc: Option<Ssrc>,
     next_frame: u16,
     pts_ms: i64,
     packets_per_frame: usize,
@@ -145,7 +149,14 @@ impl Pair {
         let stream = hub.ensure_stream("s", None);
         let publisher = publish_media(&hub, &stream, "H264", Some(0x42e01f));
 
-        let mut client = Rtc::builder().set_rtp_mode(true).build(now);
+        let mut config = Rtc::builder().set_rtp_mode(true);
+        if !opts.rtx {
+            config = config.clear_codecs().enable_opus(true, false);
+            config
+                .codec_config()
+                .add_h264(102.into(), None, true, 0x42e01f);
+        }
+        let mut client = config.build(now);
         client.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
         let mut api = client.sdp_api();
         api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);

@@ -3,7 +3,9 @@
 //! its sender reports, and gets its NACKs answered from the shared frames.
 //! (The `pair` tests run on the direct path too: `PairOpts::direct`.)
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use str0m::crypto::dtls::{KeyingMaterial, SrtpProfile};
@@ -162,4 +164,48 @@ fn a_packet_lost_from_a_replay_is_repaired_from_the_shared_frames() {
     assert_eq!(arrivals(&p, key), 2, "a repair, not another replay");
     let replayed = &p.got[before..];
     assert_eq!(replayed.len(), gop.len() * 3, "the whole GOP");
+}
+
+/// Without an RTX payload type a resend could only reuse the packet's own
+/// (SSRC, index) with another header: an AES-GCM nonce twice. A NACK then
+/// gets nothing, as from str0m, and no index goes out twice.
+#[test]
+fn without_rtx_a_nack_gets_no_resend_and_no_index_is_sent_twice() {
+    let mut p = Pair::connected(PairOpts {
+        rtx: false,
+        ..Default::default()
+    });
+    p.push_gop(1);
+    assert!(p.viewer.is_direct());
+    // str0m would not NACK without an RTX SSRC; this client does.
+    let ssrc = p.video_ssrc.expect("video received");
+    p.client
+        .direct_api()
+        .stream_rx(&ssrc)
+        .expect("the client's video stream")
+        .suppress_nack(false);
+    let sent = Rc::new(RefCell::new(HashMap::<(u32, u16), usize>::new()));
+    let seen = sent.clone();
+    let mut video = 0;
+    p.lose = Box::new(move |d| {
+        // RTP, not RTCP (RFC 5761: packet types 192..=223 are RTCP).
+        if d.len() >= 12 && d[0] & 0xc0 == 0x80 && !(192..=223).contains(&d[1]) {
+            let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+            let seq = u16::from_be_bytes([d[2], d[3]]);
+            *seen.borrow_mut().entry((ssrc, seq)).or_default() += 1;
+        }
+        video += usize::from(is_video(d));
+        is_video(d) && video == 2
+    });
+    let f = p.push(false);
+    p.push(false);
+    p.advance(Duration::from_millis(500));
+    assert!(p.viewer.direct_nacked() > 0, "the client NACKed");
+    assert!(
+        !p.got.iter().any(|g| g.frame == f && g.packet == 1),
+        "no resend"
+    );
+    let sent = sent.borrow();
+    assert!(sent.len() > 6, "{sent:?}");
+    assert!(sent.values().all(|n| *n == 1), "an index twice: {sent:?}");
 }

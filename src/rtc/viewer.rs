@@ -384,6 +384,12 @@ impl Viewer {
         self.direct = Some(d);
     }
 
+    /// Packets the viewer NACKed on the direct path (tests).
+    #[cfg(test)]
+    pub(super) fn direct_nacked(&self) -> u64 {
+        self.direct.as_ref().map_or(0, |d| d.nacked)
+    }
+
     /// Restarts the direct path with `key` (tests: a profile DTLS would not pick).
     #[cfg(test)]
     pub(super) fn use_direct_key(&mut self, key: super::srtp::MasterKey) {
