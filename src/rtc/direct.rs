@@ -33,9 +33,16 @@ const SR_INTERVAL: Duration = Duration::from_secs(1);
 const FIRST_SRTCP_INDEX: u32 = 1 << 30;
 /// NACKable history per viewer, in packets of its video track: ~1 s of a
 /// 10 Mbit/s stream, or a whole replayed GOP of a few seconds at 2.5.
-pub const HISTORY_PACKETS: u64 = 1024;
+const HISTORY_PACKETS: u64 = 1024;
 /// Frames (or parts of frames) the history may index at most.
 const HISTORY_ENTRIES: usize = 512;
+/// While a replay runs the history holds twice its packets (its GOP and the
+/// live frames of as long again), within these bounds. An entry is ~40 bytes
+/// per viewer (the frames are the hub's, shared by every viewer): 4096 are
+/// 160 KiB at most; 16384 packets are ~20 MB of frames pinned at most,
+/// shared, for a GOP bigger than any the hub keeps by default.
+const REPLAY_HISTORY_ENTRIES: usize = 4096;
+const REPLAY_HISTORY_PACKETS: u64 = 16 * 1024;
 /// Retransmissions per viewer per second at most: a NACK flood costs this.
 const RESENDS_PER_SECOND: u32 = 1000;
 /// Largest RTCP packet we build (SR + SDES with a 255-byte CNAME).
@@ -145,6 +152,9 @@ pub struct DirectTx {
     cname: Box<[u8]>,
     jobs: VecDeque<Job>,
     history: VecDeque<Sent>,
+    /// The history's bounds now: the live ones, or a replay's.
+    max_history_packets: u64,
+    max_history_entries: usize,
     /// The next video sequence number (the viewer's, mirrored on write).
     video_next_seq: u64,
     resends: u32,
@@ -180,6 +190,8 @@ impl DirectTx {
             cname: Box::from(&names.cname.as_bytes()[..names.cname.len().min(255)]),
             jobs: VecDeque::new(),
             history: VecDeque::new(),
+            max_history_packets: HISTORY_PACKETS,
+            max_history_entries: HISTORY_ENTRIES,
             video_next_seq: 0,
             resends: 0,
             resend_window: None,
@@ -204,21 +216,26 @@ impl DirectTx {
         }
         if video {
             self.video_next_seq = first_seq + count as u64;
-            if self.history.len() == HISTORY_ENTRIES {
-                self.history.pop_front();
+            match self.history.back_mut() {
+                // The next packets of the same frame (a paced replay sends a
+                // frame in parts): one entry.
+                Some(s)
+                    if Arc::ptr_eq(&s.frame, frame)
+                        && s.first + s.count == first
+                        && s.first_seq + s.count as u64 == first_seq
+                        && s.rtp_time == rtp_time =>
+                {
+                    s.count += count;
+                }
+                _ => self.history.push_back(Sent {
+                    first_seq,
+                    frame: frame.clone(),
+                    first,
+                    count,
+                    rtp_time,
+                }),
             }
-            self.history.push_back(Sent {
-                first_seq,
-                frame: frame.clone(),
-                first,
-                count,
-                rtp_time,
-            });
-            while self.history.front().is_some_and(|s| {
-                self.video_next_seq - (s.first_seq + s.count as u64) > HISTORY_PACKETS
-            }) {
-                self.history.pop_front();
-            }
+            self.trim_history();
         }
         self.jobs.push_back(Job::Media {
             video,
@@ -231,9 +248,42 @@ impl DirectTx {
         });
     }
 
-    /// How many video packets back a NACK can still be answered.
+    /// Drops what is beyond the history's bounds, oldest first.
+    fn trim_history(&mut self) {
+        while self.history.len() > self.max_history_entries
+            || self.history.front().is_some_and(|s| {
+                self.video_next_seq - (s.first_seq + s.count as u64) > self.max_history_packets
+            })
+        {
+            self.history.pop_front();
+        }
+    }
+
+    /// A replay of `packets` video packets in `frames` frames begins: they
+    /// and as many live ones stay NACKable (bounded) until [`Self::live_history`].
+    pub fn replay_history(&mut self, packets: usize, frames: usize) {
+        self.max_history_packets = (2 * packets as u64)
+            .clamp(HISTORY_PACKETS, REPLAY_HISTORY_PACKETS)
+            .max(self.max_history_packets);
+        self.max_history_entries = (2 * frames)
+            .clamp(HISTORY_ENTRIES, REPLAY_HISTORY_ENTRIES)
+            .max(self.max_history_entries);
+    }
+
+    /// A live keyframe went out: what came before needs no repair, the
+    /// history goes back to its live bounds.
+    pub fn live_history(&mut self) {
+        self.max_history_packets = HISTORY_PACKETS;
+        self.max_history_entries = HISTORY_ENTRIES;
+        self.trim_history();
+    }
+
+    /// How many video packets back (from the next) a NACK can be answered:
+    /// what the history holds now.
     pub fn history_packets(&self) -> usize {
-        HISTORY_PACKETS as usize
+        self.history
+            .front()
+            .map_or(0, |s| (self.video_next_seq - s.first_seq) as usize)
     }
 
     /// Feedback from the viewer (decrypted by str0m): NACKs are answered,
@@ -589,4 +639,103 @@ pub fn is_str0m_sender_report(datagram: &[u8]) -> bool {
 /// nominated pair.
 pub fn follows_nominated_pair(datagram: &[u8]) -> bool {
     datagram.first().is_some_and(|b| *b >= 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::srtp::Profile;
+    use super::*;
+    use crate::hub::Kind;
+
+    fn tx() -> DirectTx {
+        let profile = Profile::AeadAes128Gcm;
+        let mat = vec![7u8; profile.keying_material_len()];
+        let key = MasterKey::from_keying_material(profile, &mat, false).unwrap();
+        let names = Names {
+            mid_ext: None,
+            video_mid: "0",
+            audio_mid: "1",
+            cname: "c",
+        };
+        let mut d = DirectTx::new(&key, names);
+        d.video = Some(TrackTx::new(1, 96, 90_000, Some((2, 97))));
+        d
+    }
+
+    fn frame(packets: usize) -> Arc<Frame> {
+        let now = Instant::now();
+        Arc::new(Frame {
+            kind: Kind::Video,
+            index: 0,
+            rtp_time: 0,
+            wallclock: now,
+            received: now,
+            keyframe: false,
+            publisher: 1,
+            payloads: (0..packets).map(|_| Arc::from(vec![0u8; 100])).collect(),
+        })
+    }
+
+    fn span(first: usize, count: usize, first_seq: u64) -> Span {
+        Span {
+            first,
+            count,
+            first_seq,
+            rtp_time: 0,
+            live: false,
+        }
+    }
+
+    fn resends(d: &DirectTx) -> usize {
+        d.jobs
+            .iter()
+            .filter(|j| matches!(j, Job::Resend { .. }))
+            .count()
+    }
+
+    /// A GOP of 1500 packets sent unpaced: its keyframe is still NACKable
+    /// once the rest went out, and no longer after the next live keyframe.
+    #[test]
+    fn a_replay_bigger_than_the_live_history_stays_nackable() {
+        for replay in [false, true] {
+            let mut d = tx();
+            if replay {
+                d.replay_history(1500, 5);
+            }
+            for i in 0..5 {
+                d.queue(true, &frame(300), span(0, 300, 100 + i * 300));
+            }
+            d.resend(101);
+            assert_eq!(resends(&d), usize::from(replay), "replay bounds: {replay}");
+            assert_eq!(d.history_packets(), if replay { 1500 } else { 1200 });
+        }
+        let mut d = tx();
+        d.replay_history(1500, 5);
+        for i in 0..5 {
+            d.queue(true, &frame(300), span(0, 300, 100 + i * 300));
+        }
+        d.live_history();
+        assert!(d.history_packets() <= 1024 + 300);
+        d.resend(101);
+        assert_eq!(resends(&d), 0);
+    }
+
+    /// The history says what it holds: 512 one-packet frames, not the
+    /// 1024 packets it could hold of bigger ones.
+    #[test]
+    fn the_history_reports_what_it_holds() {
+        let mut d = tx();
+        assert_eq!(d.history_packets(), 0);
+        for i in 0..600 {
+            d.queue(true, &frame(1), span(0, 1, i));
+        }
+        assert_eq!(d.history_packets(), 512);
+        // A frame sent in parts (a paced replay) is one entry.
+        let f = frame(30);
+        for part in 0..3 {
+            d.queue(true, &f, span(part * 10, 10, 600 + part as u64 * 10));
+        }
+        assert_eq!(d.history.back().map(|s| s.count), Some(30));
+        assert_eq!(d.history_packets(), 511 + 30);
+    }
 }

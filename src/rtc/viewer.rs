@@ -642,8 +642,10 @@ impl Viewer {
             // A live keyframe: what came before it needs no retransmission,
             // so a replay's large RTX cache goes back to the live one.
             self.replay_policy.keyframe_sent();
-            if self.rtx_cache != RTX_CACHE && self.direct.is_none() {
-                self.set_rtx_cache(RTX_CACHE);
+            match self.direct.as_mut() {
+                Some(d) => d.live_history(),
+                None if self.rtx_cache != RTX_CACHE => self.set_rtx_cache(RTX_CACHE),
+                None => {}
             }
         }
         if self.direct.is_none() && self.srtp_keys.is_some() {
@@ -707,20 +709,23 @@ impl Viewer {
         }
         // The replay's packets stay retransmittable for its duration and a
         // second of round trips (until the next live keyframe makes them moot).
-        // (The direct path's history indexes the shared frames instead.)
-        if self.direct.is_none() {
-            let packets = frames.iter().map(|f| f.payloads.len()).sum();
-            let bytes = frames
-                .iter()
-                .flat_map(|f| f.payloads.iter())
-                .map(|p| p.len())
-                .sum();
-            self.set_rtx_cache(RtxCacheSize::for_replay(
-                packets,
-                bytes,
-                self.pace.bytes_per_ms as u64,
-                RTX_CACHE,
-            ));
+        let packets = frames.iter().map(|f| f.payloads.len()).sum();
+        match self.direct.as_mut() {
+            // The direct path's history indexes the shared frames.
+            Some(d) => d.replay_history(packets, frames.len()),
+            None => {
+                let bytes = frames
+                    .iter()
+                    .flat_map(|f| f.payloads.iter())
+                    .map(|p| p.len())
+                    .sum();
+                self.set_rtx_cache(RtxCacheSize::for_replay(
+                    packets,
+                    bytes,
+                    self.pace.bytes_per_ms as u64,
+                    RTX_CACHE,
+                ));
+            }
         }
         self.replay = Some(Replay {
             newest_rtp_time: newest.rtp_time,
