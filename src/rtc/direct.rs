@@ -611,22 +611,24 @@ pub fn transmit(route: &Route, len: usize, write: &mut dyn FnMut(&mut [u8])) -> 
     }
 }
 
-/// str0m's settings for a viewer on the direct path: the viewer's RTCP is
-/// handed over as raw packets (a few a second; str0m sends no RTP, so none
-/// of its per-packet raw events fire), its own sender reports are as good
-/// as off (and dropped if one comes: `is_str0m_sender_report`), and its
-/// stats say where the nominated pair now points.
+/// str0m's settings for a viewer that may go direct: the viewer's RTCP is
+/// handed over as raw packets (NACKs and receiver reports; str0m has no
+/// events for them). str0m cannot turn raw packets on later, so a keyed
+/// session that stays on str0m's path (rare: a profile we do not send) also
+/// gets a copy of each RTP packet it sends as an event (`Viewer::not_direct`
+/// logs it). str0m's sender reports keep their default interval: on its own
+/// path they give lip sync; on the direct path they are dropped
+/// (`is_str0m_sender_report`) but tell where the nominated pair points now,
+/// every second with video. Its stats are a backstop (an audio-only session
+/// reports every 5 s).
 pub fn configure(config: str0m::RtcConfig) -> str0m::RtcConfig {
-    const DAY: Duration = Duration::from_secs(24 * 3600);
     config
         .enable_raw_packets(true)
-        .set_rtcp_report_interval_audio(DAY)
-        .set_rtcp_report_interval_video(DAY)
         .set_stats_interval(Some(ROUTE_CHECK))
 }
 
-/// How often str0m's stats tell us the nominated pair (str0m sends nothing
-/// to it after DTLS on the direct path; ICE restarts and NAT rebinding move it).
+/// How often str0m's stats tell us the nominated pair (ICE restarts and
+/// NAT rebinding move it).
 const ROUTE_CHECK: Duration = Duration::from_secs(2);
 
 /// An SRTCP packet that begins with a sender report: str0m's, which knows

@@ -28,6 +28,9 @@ use crate::log_every::LogEvery;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Offers that never connect are logged at most this often.
 static NEVER_CONNECTED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+/// Keyed sessions (`[webrtc] direct_send`) left on str0m's path are logged
+/// at most this often: they cost more (see `direct::configure`).
+static NOT_DIRECT_LOG: LogEvery = LogEvery::new(Duration::from_secs(60));
 /// A connected viewer that sends nothing (no consent checks, no RTCP) for this long is gone.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Retransmission cache per viewer: 128 packets are half a second of a
@@ -203,6 +206,8 @@ pub struct Viewer {
     direct: Option<DirectTx>,
     /// Where str0m's own datagrams went last (the nominated pair).
     route: Option<Route>,
+    /// Staying on str0m's path although keyed was logged.
+    not_direct_logged: bool,
 }
 
 /// A GOP being sent to one viewer, paced, followed by the live video frames
@@ -250,10 +255,13 @@ impl Viewer {
             next_seq: u64::from(rand::random::<u16>() >> 1),
         };
         let video = video.map(|v| track(&mut rtc, v));
-        if let Some(v) = video.as_ref().filter(|_| srtp_keys.is_none()) {
+        if let Some(v) = video.as_ref() {
             let mut api = rtc.direct_api();
             if let Some(tx) = api.stream_tx_by_mid(v.mid, None) {
-                // str0m's default (3 s, 2000 packets) costs ~300 KB per viewer.
+                // str0m's default (3 s, 2000 packets) costs ~300 KB per viewer
+                // on its path; on the direct path str0m sends nothing, so the
+                // cache stays empty, and a session that stays on str0m's path
+                // (no key we can send) gets the small one too.
                 tx.set_rtx_cache(RTX_CACHE.max_packets, RTX_CACHE.max_age, None);
             }
         }
@@ -284,6 +292,7 @@ impl Viewer {
             srtp_keys,
             direct: None,
             route: None,
+            not_direct_logged: false,
         }
     }
 
@@ -327,16 +336,23 @@ impl Viewer {
     /// Sets up the direct path once DTLS exported the keys (a profile we
     /// cannot send, or no keys: str0m's path stays).
     fn start_direct(&mut self) {
-        let Some(key) = self.srtp_keys.as_ref().and_then(SrtpKeys::get) else {
-            return;
-        };
         if self.direct.is_some() {
             return;
         }
+        let Some(keys) = &self.srtp_keys else {
+            return;
+        };
+        let Some(key) = keys.get() else {
+            if keys.exported() {
+                self.not_direct("DTLS chose an SRTP profile we do not send");
+            }
+            return;
+        };
         let rtc = &mut self.rtc;
         let mid_of = |t: &Option<TrackOut>| t.as_ref().map(|t| t.mid);
         let any_mid = mid_of(&self.video).or(mid_of(&self.audio));
         let Some(media) = any_mid.and_then(|m| rtc.media(m)) else {
+            self.not_direct("no media in the session");
             return;
         };
         let mid_ext = media.remote_extmap().id_of(Extension::RtpMid);
@@ -388,6 +404,18 @@ impl Viewer {
     #[cfg(test)]
     pub(super) fn direct_nacked(&self) -> u64 {
         self.direct.as_ref().map_or(0, |d| d.nacked)
+    }
+
+    /// A keyed session stays on str0m's path (logged once per session, at
+    /// most once a minute overall).
+    fn not_direct(&mut self, why: &str) {
+        if self.not_direct_logged {
+            return;
+        }
+        self.not_direct_logged = true;
+        if let Some(suppressed) = NOT_DIRECT_LOG.allow() {
+            warn!(stream = %self.stream.name, why, suppressed, "viewer stays on str0m's path although direct_send is on");
+        }
     }
 
     /// Restarts the direct path with `key` (tests: a profile DTLS would not pick).
