@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use str0m::net::{Protocol, Transmit};
 use str0m::rtp::rtcp::Rtcp;
 
+use super::resend_budget::ResendBudget;
 use super::srtp::{MasterKey, SrtpTx};
 use crate::hub::Frame;
 
@@ -43,8 +44,6 @@ const HISTORY_ENTRIES: usize = 512;
 /// shared, for a GOP bigger than any the hub keeps by default.
 const REPLAY_HISTORY_ENTRIES: usize = 4096;
 const REPLAY_HISTORY_PACKETS: u64 = 16 * 1024;
-/// Retransmissions per viewer per second at most: a NACK flood costs this.
-const RESENDS_PER_SECOND: u32 = 1000;
 /// Largest RTCP packet we build (SR + SDES with a 255-byte CNAME).
 const MAX_RTCP: usize = 28 + 12 + 256 + 4;
 
@@ -157,8 +156,8 @@ pub struct DirectTx {
     max_history_entries: usize,
     /// The next video sequence number (the viewer's, mirrored on write).
     video_next_seq: u64,
-    resends: u32,
-    resend_window: Option<Instant>,
+    /// What NACKs may have resent: a share of the media sent.
+    resend_budget: ResendBudget,
     /// Packets the viewer asked for (NACKed), answered or not.
     pub nacked: u64,
     /// Maps `Instant`s to wall-clock time for the reports' NTP field.
@@ -193,8 +192,7 @@ impl DirectTx {
             max_history_packets: HISTORY_PACKETS,
             max_history_entries: HISTORY_ENTRIES,
             video_next_seq: 0,
-            resends: 0,
-            resend_window: None,
+            resend_budget: ResendBudget::default(),
             nacked: 0,
             // Read once: reports map the session's `Instant`s to NTP time.
             clock: (Instant::now(), SystemTime::now()),
@@ -297,13 +295,6 @@ impl DirectTx {
                 if *n.ssrc != v.ssrc {
                     return;
                 }
-                if self
-                    .resend_window
-                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
-                {
-                    self.resend_window = Some(now);
-                    self.resends = 0;
-                }
                 for e in &n.reports {
                     for bit in 0..17u16 {
                         if bit > 0 && e.blp & (1 << (bit - 1)) == 0 {
@@ -311,7 +302,7 @@ impl DirectTx {
                         }
                         let seq16 = e.pid.wrapping_add(bit);
                         self.nacked += 1;
-                        self.resend(seq16);
+                        self.resend(seq16, now);
                     }
                 }
             }
@@ -333,16 +324,13 @@ impl DirectTx {
 
     /// Queues the retransmission of the video packet whose sequence number
     /// ends in `seq16`, if the history has it.
-    fn resend(&mut self, seq16: u16) {
+    fn resend(&mut self, seq16: u16, now: Instant) {
         // Without an RTX stream a resend would go out under the packet's own
         // (SSRC, index) with another header (the mid extension is dropped once
         // the viewer reports): two plaintexts under one SRTP nonce, which with
         // AES-GCM gives away the authentication key. str0m does the same: no
         // RTX payload type, nothing nackable.
         if self.video.as_ref().is_none_or(|v| v.rtx.is_none()) {
-            return;
-        }
-        if self.resends >= RESENDS_PER_SECOND {
             return;
         }
         // The newest sequence number at or below the next with these low bits.
@@ -358,10 +346,14 @@ impl DirectTx {
         if seq >= s.first_seq + s.count as u64 {
             return;
         }
-        self.resends += 1;
+        let packet = s.first + (seq - s.first_seq) as usize;
+        let bytes = s.frame.payloads.get(packet).map_or(0, |p| p.len());
+        if !self.resend_budget.take(now, bytes) {
+            return;
+        }
         self.jobs.push_back(Job::Resend {
             frame: s.frame.clone(),
-            packet: s.first + (seq - s.first_seq) as usize,
+            packet,
             seq,
             rtp_time: s.rtp_time,
         });
@@ -378,7 +370,7 @@ impl DirectTx {
 
     /// Writes what is queued; false if the path refused a datagram (the
     /// rest of that frame is dropped: the viewer is a laggard).
-    pub fn flush(&mut self, out: &mut impl DirectOut) -> bool {
+    pub fn flush(&mut self, now: Instant, out: &mut impl DirectOut) -> bool {
         let Some(route) = self.route else {
             // Not yet known (str0m has not sent since connecting): nothing
             // can be sent, as str0m would hold it too.
@@ -387,12 +379,18 @@ impl DirectTx {
         };
         let mut ok = true;
         while let Some(job) = self.jobs.pop_front() {
-            ok &= self.write_job(job, &route, out);
+            ok &= self.write_job(job, now, &route, out);
         }
         ok
     }
 
-    fn write_job(&mut self, job: Job, route: &Route, out: &mut impl DirectOut) -> bool {
+    fn write_job(
+        &mut self,
+        job: Job,
+        now: Instant,
+        route: &Route,
+        out: &mut impl DirectOut,
+    ) -> bool {
         match job {
             Job::Media {
                 video,
@@ -434,6 +432,9 @@ impl DirectTx {
                     }
                     track.packets = track.packets.wrapping_add(1);
                     track.octets = track.octets.wrapping_add(payload.len() as u32);
+                    if video {
+                        self.resend_budget.sent(now, payload.len());
+                    }
                 }
                 if live {
                     track.last = Some((rtp_time, frame.wallclock));
@@ -707,7 +708,7 @@ mod tests {
             for i in 0..5 {
                 d.queue(true, &frame(300), span(0, 300, 100 + i * 300));
             }
-            d.resend(101);
+            d.resend(101, Instant::now());
             assert_eq!(resends(&d), usize::from(replay), "replay bounds: {replay}");
             assert_eq!(d.history_packets(), if replay { 1500 } else { 1200 });
         }
@@ -718,7 +719,7 @@ mod tests {
         }
         d.live_history();
         assert!(d.history_packets() <= 1024 + 300);
-        d.resend(101);
+        d.resend(101, Instant::now());
         assert_eq!(resends(&d), 0);
     }
 

@@ -28,6 +28,7 @@ mod pair_direct;
 #[doc(hidden)]
 pub mod publish;
 mod replay_policy;
+mod resend_budget;
 pub mod sdp;
 mod shard;
 mod srtp;

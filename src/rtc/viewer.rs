@@ -428,11 +428,11 @@ impl Viewer {
 
     /// Writes what the direct path queued; a refused datagram makes the
     /// viewer a laggard.
-    fn flush_direct(&mut self, out: &mut impl Outbox) {
+    fn flush_direct(&mut self, now: Instant, out: &mut impl Outbox) {
         let Some(d) = self.direct.as_mut() else {
             return;
         };
-        if !d.flush(&mut Direct(out)) {
+        if !d.flush(now, &mut Direct(out)) {
             self.lagging(out);
         }
     }
@@ -467,11 +467,11 @@ impl Viewer {
         // fed at once rather than at the next timer pass; bounded, in case
         // str0m keeps asking without making progress.
         let mut idle_feeds = 0;
-        self.flush_direct(out);
+        self.flush_direct(now, out);
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
-                    self.flush_direct(out);
+                    self.flush_direct(now, out);
                     if t <= now && idle_feeds < 2 {
                         idle_feeds += 1;
                         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
@@ -483,7 +483,7 @@ impl Viewer {
                     }
                     if self.replay.is_some() && self.continue_replay(now) {
                         idle_feeds = 0;
-                        self.flush_direct(out);
+                        self.flush_direct(now, out);
                         continue;
                     }
                     if self.replay_policy.due().is_some_and(|d| d <= now) {
@@ -494,7 +494,7 @@ impl Viewer {
                             continue;
                         }
                     }
-                    self.flush_direct(out);
+                    self.flush_direct(now, out);
                     // A paced replay waits for credit on the shard's timer
                     // pass, like str0m's own timers (at most every 2 ms).
                     self.next_timeout = [self.replay_due(), self.replay_policy.due()]
