@@ -97,6 +97,13 @@ impl TrackTx {
     }
 }
 
+impl TrackTx {
+    #[cfg(test)]
+    pub fn start_rtx_seq_at(&mut self, seq: u64) {
+        self.next_rtx_seq = seq;
+    }
+}
+
 /// What is to be written at the next flush (the viewer queues during
 /// `on_frame` and its replay, the shard drives it right after).
 enum Job {

@@ -418,6 +418,21 @@ impl Viewer {
         }
     }
 
+    /// Numbers the next packets from `seq` (video, audio and the RTX stream;
+    /// tests: a rollover of the SRTP index).
+    #[cfg(test)]
+    pub(super) fn start_seq_at(&mut self, seq: u64) {
+        for t in [self.video.as_mut(), self.audio.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            t.next_seq = seq;
+        }
+        if let Some(v) = self.direct.as_mut().and_then(|d| d.video.as_mut()) {
+            v.start_rtx_seq_at(seq);
+        }
+    }
+
     /// Restarts the direct path with `key` (tests: a profile DTLS would not pick).
     #[cfg(test)]
     pub(super) fn use_direct_key(&mut self, key: super::srtp::MasterKey) {
