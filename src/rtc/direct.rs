@@ -30,7 +30,8 @@ use crate::hub::Frame;
 /// gets the same so lip sync settles as fast).
 const SR_INTERVAL: Duration = Duration::from_secs(1);
 /// Our SRTCP indexes start here: str0m's context, with the same keys,
-/// counts up from 1 and may have sent a report or a BYE.
+/// counts up from 0 with its (dropped) sender reports, about one a second:
+/// decades away from ours.
 const FIRST_SRTCP_INDEX: u32 = 1 << 30;
 /// NACKable history per viewer, in packets of its video track: ~1 s of a
 /// 10 Mbit/s stream, or a whole replayed GOP of a few seconds at 2.5.
@@ -167,7 +168,8 @@ pub struct DirectTx {
     resend_budget: ResendBudget,
     /// Packets the viewer asked for (NACKed), answered or not.
     pub nacked: u64,
-    /// Maps `Instant`s to wall-clock time for the reports' NTP field.
+    /// Maps `Instant`s to wall-clock time for the reports' NTP field: an
+    /// instant and its wall-clock time, read by the driver.
     clock: (Instant, SystemTime),
 }
 
@@ -180,7 +182,9 @@ pub struct Names<'a> {
 }
 
 impl DirectTx {
-    pub fn new(key: &MasterKey, names: Names) -> DirectTx {
+    /// `clock`: an instant and its wall-clock time (the reports' NTP
+    /// times are reckoned from it).
+    pub fn new(key: &MasterKey, names: Names, clock: (Instant, SystemTime)) -> DirectTx {
         let bytes = |s: &str| Box::<[u8]>::from(&s.as_bytes()[..s.len().min(16)]);
         DirectTx {
             srtp: SrtpTx::new(key, FIRST_SRTCP_INDEX),
@@ -201,8 +205,7 @@ impl DirectTx {
             video_next_seq: 0,
             resend_budget: ResendBudget::default(),
             nacked: 0,
-            // Read once: reports map the session's `Instant`s to NTP time.
-            clock: (Instant::now(), SystemTime::now()),
+            clock,
         }
     }
 
@@ -667,7 +670,7 @@ mod tests {
             audio_mid: "1",
             cname: "c",
         };
-        let mut d = DirectTx::new(&key, names);
+        let mut d = DirectTx::new(&key, names, (Instant::now(), SystemTime::now()));
         d.video = Some(TrackTx::new(1, 96, 90_000, Some((2, 97))));
         d
     }

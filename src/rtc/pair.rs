@@ -198,6 +198,7 @@ impl Pair {
                 srtp_keys: v.srtp_keys,
             },
             now,
+            wall_start,
             ReplayPace::from_mbps(opts.replay_mbps),
         );
         let frames = Arc::new(Frames::default());

@@ -142,7 +142,9 @@ fn the_client_accepts_our_sender_reports_with_what_was_sent() {
             .duration_since(now)
             .or_else(|e| Ok::<_, ()>(e.duration()))
             .unwrap();
-        assert!(off < Duration::from_secs(2), "{kind:?}: NTP {off:?} off");
+        // Exact but for the NTP fraction's rounding: the viewer's clock
+        // anchor is the pair's.
+        assert!(off < Duration::from_millis(1), "{kind:?}: NTP {off:?} off");
         let frame = gop
             .iter()
             .rev()

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Transmit};
@@ -206,6 +206,8 @@ pub struct Viewer {
     direct: Option<DirectTx>,
     /// Where str0m's own datagrams went last (the nominated pair).
     route: Option<Route>,
+    /// An instant and its wall-clock time (the direct path's sender reports).
+    clock: (Instant, SystemTime),
     /// Staying on str0m's path although keyed was logged.
     not_direct_logged: bool,
 }
@@ -229,8 +231,9 @@ struct Replay {
 }
 
 impl Viewer {
-    /// A viewer from a negotiated session (its tracks set up; nothing sent yet).
-    pub fn new(nv: NewViewer, now: Instant, pace: ReplayPace) -> Viewer {
+    /// A viewer from a negotiated session (its tracks set up; nothing sent
+    /// yet); `wall` is the wall-clock time of `now`.
+    pub fn new(nv: NewViewer, now: Instant, wall: SystemTime, pace: ReplayPace) -> Viewer {
         let NewViewer {
             id,
             rtc,
@@ -292,6 +295,7 @@ impl Viewer {
             srtp_keys,
             direct: None,
             route: None,
+            clock: (now, wall),
             not_direct_logged: false,
         }
     }
@@ -371,6 +375,7 @@ impl Viewer {
                 audio_mid: &audio_mid,
                 cname: &cname,
             },
+            self.clock,
         );
         d.route = self.route;
         if let Some(v) = &self.video {
