@@ -118,7 +118,7 @@ fn the_client_accepts_our_sender_reports_with_what_was_sent() {
     let mut last_feedback = HashMap::new();
     for f in &p.sender_reports {
         last.insert(f.mid, f.sender_info);
-        last_feedback.insert(f.mid, f.clone());
+        last_feedback.insert(f.mid, *f);
     }
     assert_eq!(last.len(), 2, "video and audio: {:?}", p.sender_reports);
     let counts: Vec<u32> = last.values().map(|i| i.sender_packet_count).collect();
