@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use str0m::net::{Protocol, Transmit};
 use str0m::rtp::rtcp::Rtcp;
 
+use super::resend_budget::ResendBudget;
 use super::srtp::{MasterKey, SrtpTx};
 use crate::hub::Frame;
 
@@ -29,15 +30,21 @@ use crate::hub::Frame;
 /// gets the same so lip sync settles as fast).
 const SR_INTERVAL: Duration = Duration::from_secs(1);
 /// Our SRTCP indexes start here: str0m's context, with the same keys,
-/// counts up from 1 and may have sent a report or a BYE.
+/// counts up from 0 with its (dropped) sender reports, about one a second:
+/// decades away from ours.
 const FIRST_SRTCP_INDEX: u32 = 1 << 30;
 /// NACKable history per viewer, in packets of its video track: ~1 s of a
 /// 10 Mbit/s stream, or a whole replayed GOP of a few seconds at 2.5.
-pub const HISTORY_PACKETS: u64 = 1024;
+const HISTORY_PACKETS: u64 = 1024;
 /// Frames (or parts of frames) the history may index at most.
 const HISTORY_ENTRIES: usize = 512;
-/// Retransmissions per viewer per second at most: a NACK flood costs this.
-const RESENDS_PER_SECOND: u32 = 1000;
+/// While a replay runs the history holds twice its packets (its GOP and the
+/// live frames of as long again), within these bounds. An entry is ~40 bytes
+/// per viewer (the frames are the hub's, shared by every viewer): 4096 are
+/// 160 KiB at most; 16384 packets are ~20 MB of frames pinned at most,
+/// shared, for a GOP bigger than any the hub keeps by default.
+const REPLAY_HISTORY_ENTRIES: usize = 4096;
+const REPLAY_HISTORY_PACKETS: u64 = 16 * 1024;
 /// Largest RTCP packet we build (SR + SDES with a 255-byte CNAME).
 const MAX_RTCP: usize = 28 + 12 + 256 + 4;
 
@@ -88,6 +95,13 @@ impl TrackTx {
             octets: 0,
             next_sr: None,
         }
+    }
+}
+
+impl TrackTx {
+    #[cfg(test)]
+    pub fn start_rtx_seq_at(&mut self, seq: u64) {
+        self.next_rtx_seq = seq;
     }
 }
 
@@ -145,11 +159,17 @@ pub struct DirectTx {
     cname: Box<[u8]>,
     jobs: VecDeque<Job>,
     history: VecDeque<Sent>,
+    /// The history's bounds now: the live ones, or a replay's.
+    max_history_packets: u64,
+    max_history_entries: usize,
     /// The next video sequence number (the viewer's, mirrored on write).
     video_next_seq: u64,
-    resends: u32,
-    resend_window: Option<Instant>,
-    /// Maps `Instant`s to wall-clock time for the reports' NTP field.
+    /// What NACKs may have resent: a share of the media sent.
+    resend_budget: ResendBudget,
+    /// Packets the viewer asked for (NACKed), answered or not.
+    pub nacked: u64,
+    /// Maps `Instant`s to wall-clock time for the reports' NTP field: an
+    /// instant and its wall-clock time, read by the driver.
     clock: (Instant, SystemTime),
 }
 
@@ -162,7 +182,9 @@ pub struct Names<'a> {
 }
 
 impl DirectTx {
-    pub fn new(key: &MasterKey, names: Names) -> DirectTx {
+    /// `clock`: an instant and its wall-clock time (the reports' NTP
+    /// times are reckoned from it).
+    pub fn new(key: &MasterKey, names: Names, clock: (Instant, SystemTime)) -> DirectTx {
         let bytes = |s: &str| Box::<[u8]>::from(&s.as_bytes()[..s.len().min(16)]);
         DirectTx {
             srtp: SrtpTx::new(key, FIRST_SRTCP_INDEX),
@@ -178,11 +200,12 @@ impl DirectTx {
             cname: Box::from(&names.cname.as_bytes()[..names.cname.len().min(255)]),
             jobs: VecDeque::new(),
             history: VecDeque::new(),
+            max_history_packets: HISTORY_PACKETS,
+            max_history_entries: HISTORY_ENTRIES,
             video_next_seq: 0,
-            resends: 0,
-            resend_window: None,
-            // Read once: reports map the session's `Instant`s to NTP time.
-            clock: (Instant::now(), SystemTime::now()),
+            resend_budget: ResendBudget::default(),
+            nacked: 0,
+            clock,
         }
     }
 
@@ -201,21 +224,26 @@ impl DirectTx {
         }
         if video {
             self.video_next_seq = first_seq + count as u64;
-            if self.history.len() == HISTORY_ENTRIES {
-                self.history.pop_front();
+            match self.history.back_mut() {
+                // The next packets of the same frame (a paced replay sends a
+                // frame in parts): one entry.
+                Some(s)
+                    if Arc::ptr_eq(&s.frame, frame)
+                        && s.first + s.count == first
+                        && s.first_seq + s.count as u64 == first_seq
+                        && s.rtp_time == rtp_time =>
+                {
+                    s.count += count;
+                }
+                _ => self.history.push_back(Sent {
+                    first_seq,
+                    frame: frame.clone(),
+                    first,
+                    count,
+                    rtp_time,
+                }),
             }
-            self.history.push_back(Sent {
-                first_seq,
-                frame: frame.clone(),
-                first,
-                count,
-                rtp_time,
-            });
-            while self.history.front().is_some_and(|s| {
-                self.video_next_seq - (s.first_seq + s.count as u64) > HISTORY_PACKETS
-            }) {
-                self.history.pop_front();
-            }
+            self.trim_history();
         }
         self.jobs.push_back(Job::Media {
             video,
@@ -228,9 +256,42 @@ impl DirectTx {
         });
     }
 
-    /// How many video packets back a NACK can still be answered.
+    /// Drops what is beyond the history's bounds, oldest first.
+    fn trim_history(&mut self) {
+        while self.history.len() > self.max_history_entries
+            || self.history.front().is_some_and(|s| {
+                self.video_next_seq - (s.first_seq + s.count as u64) > self.max_history_packets
+            })
+        {
+            self.history.pop_front();
+        }
+    }
+
+    /// A replay of `packets` video packets in `frames` frames begins: they
+    /// and as many live ones stay NACKable (bounded) until [`Self::live_history`].
+    pub fn replay_history(&mut self, packets: usize, frames: usize) {
+        self.max_history_packets = (2 * packets as u64)
+            .clamp(HISTORY_PACKETS, REPLAY_HISTORY_PACKETS)
+            .max(self.max_history_packets);
+        self.max_history_entries = (2 * frames)
+            .clamp(HISTORY_ENTRIES, REPLAY_HISTORY_ENTRIES)
+            .max(self.max_history_entries);
+    }
+
+    /// A live keyframe went out: what came before needs no repair, the
+    /// history goes back to its live bounds.
+    pub fn live_history(&mut self) {
+        self.max_history_packets = HISTORY_PACKETS;
+        self.max_history_entries = HISTORY_ENTRIES;
+        self.trim_history();
+    }
+
+    /// How many video packets back (from the next) a NACK can be answered:
+    /// what the history holds now.
     pub fn history_packets(&self) -> usize {
-        HISTORY_PACKETS as usize
+        self.history
+            .front()
+            .map_or(0, |s| (self.video_next_seq - s.first_seq) as usize)
     }
 
     /// Feedback from the viewer (decrypted by str0m): NACKs are answered,
@@ -244,20 +305,14 @@ impl DirectTx {
                 if *n.ssrc != v.ssrc {
                     return;
                 }
-                if self
-                    .resend_window
-                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
-                {
-                    self.resend_window = Some(now);
-                    self.resends = 0;
-                }
                 for e in &n.reports {
                     for bit in 0..17u16 {
                         if bit > 0 && e.blp & (1 << (bit - 1)) == 0 {
                             continue;
                         }
                         let seq16 = e.pid.wrapping_add(bit);
-                        self.resend(seq16);
+                        self.nacked += 1;
+                        self.resend(seq16, now);
                     }
                 }
             }
@@ -279,8 +334,13 @@ impl DirectTx {
 
     /// Queues the retransmission of the video packet whose sequence number
     /// ends in `seq16`, if the history has it.
-    fn resend(&mut self, seq16: u16) {
-        if self.resends >= RESENDS_PER_SECOND {
+    fn resend(&mut self, seq16: u16, now: Instant) {
+        // Without an RTX stream a resend would go out under the packet's own
+        // (SSRC, index) with another header (the mid extension is dropped once
+        // the viewer reports): two plaintexts under one SRTP nonce, which with
+        // AES-GCM gives away the authentication key. str0m does the same: no
+        // RTX payload type, nothing nackable.
+        if self.video.as_ref().is_none_or(|v| v.rtx.is_none()) {
             return;
         }
         // The newest sequence number at or below the next with these low bits.
@@ -296,10 +356,14 @@ impl DirectTx {
         if seq >= s.first_seq + s.count as u64 {
             return;
         }
-        self.resends += 1;
+        let packet = s.first + (seq - s.first_seq) as usize;
+        let bytes = s.frame.payloads.get(packet).map_or(0, |p| p.len());
+        if !self.resend_budget.take(now, bytes) {
+            return;
+        }
         self.jobs.push_back(Job::Resend {
             frame: s.frame.clone(),
-            packet: s.first + (seq - s.first_seq) as usize,
+            packet,
             seq,
             rtp_time: s.rtp_time,
         });
@@ -316,7 +380,7 @@ impl DirectTx {
 
     /// Writes what is queued; false if the path refused a datagram (the
     /// rest of that frame is dropped: the viewer is a laggard).
-    pub fn flush(&mut self, out: &mut impl DirectOut) -> bool {
+    pub fn flush(&mut self, now: Instant, out: &mut impl DirectOut) -> bool {
         let Some(route) = self.route else {
             // Not yet known (str0m has not sent since connecting): nothing
             // can be sent, as str0m would hold it too.
@@ -325,12 +389,18 @@ impl DirectTx {
         };
         let mut ok = true;
         while let Some(job) = self.jobs.pop_front() {
-            ok &= self.write_job(job, &route, out);
+            ok &= self.write_job(job, now, &route, out);
         }
         ok
     }
 
-    fn write_job(&mut self, job: Job, route: &Route, out: &mut impl DirectOut) -> bool {
+    fn write_job(
+        &mut self,
+        job: Job,
+        now: Instant,
+        route: &Route,
+        out: &mut impl DirectOut,
+    ) -> bool {
         match job {
             Job::Media {
                 video,
@@ -372,6 +442,9 @@ impl DirectTx {
                     }
                     track.packets = track.packets.wrapping_add(1);
                     track.octets = track.octets.wrapping_add(payload.len() as u32);
+                    if video {
+                        self.resend_budget.sent(now, payload.len());
+                    }
                 }
                 if live {
                     track.last = Some((rtp_time, frame.wallclock));
@@ -394,35 +467,26 @@ impl DirectTx {
                     return true;
                 };
                 let marker = packet + 1 == frame.payloads.len();
-                let p = match track.rtx {
-                    // RFC 4588: the RTX stream, the original sequence number first.
-                    Some((ssrc, pt)) => {
-                        let rtx_seq = track.next_rtx_seq;
-                        track.next_rtx_seq += 1;
-                        Packet {
-                            pt,
-                            ssrc,
-                            seq: rtx_seq,
-                            rtp_time,
-                            marker,
-                            mid: self
-                                .mid_ext
-                                .filter(|_| !self.video_mid.is_empty())
-                                .map(|id| (id, &self.video_mid[..])),
-                            osn: Some(seq as u16),
-                            payload,
-                        }
-                    }
-                    None => Packet {
-                        pt: track.pt,
-                        ssrc: track.ssrc,
-                        seq,
-                        rtp_time,
-                        marker,
-                        mid: None,
-                        osn: None,
-                        payload,
-                    },
+                // RFC 4588: the RTX stream, the original sequence number
+                // first; each resend has an index of its own (never the
+                // original's: see `resend`).
+                let Some((ssrc, pt)) = track.rtx else {
+                    return true;
+                };
+                let rtx_seq = track.next_rtx_seq;
+                track.next_rtx_seq += 1;
+                let p = Packet {
+                    pt,
+                    ssrc,
+                    seq: rtx_seq,
+                    rtp_time,
+                    marker,
+                    mid: self
+                        .mid_ext
+                        .filter(|_| !self.video_mid.is_empty())
+                        .map(|id| (id, &self.video_mid[..])),
+                    osn: Some(seq as u16),
+                    payload,
                 };
                 write_packet(&self.srtp, &p, route, out)
             }
@@ -558,22 +622,24 @@ pub fn transmit(route: &Route, len: usize, write: &mut dyn FnMut(&mut [u8])) -> 
     }
 }
 
-/// str0m's settings for a viewer on the direct path: the viewer's RTCP is
-/// handed over as raw packets (a few a second; str0m sends no RTP, so none
-/// of its per-packet raw events fire), its own sender reports are as good
-/// as off (and dropped if one comes: `is_str0m_sender_report`), and its
-/// stats say where the nominated pair now points.
+/// str0m's settings for a viewer that may go direct: the viewer's RTCP is
+/// handed over as raw packets (NACKs and receiver reports; str0m has no
+/// events for them). str0m cannot turn raw packets on later, so a keyed
+/// session that stays on str0m's path (rare: a profile we do not send) also
+/// gets a copy of each RTP packet it sends as an event (`Viewer::not_direct`
+/// logs it). str0m's sender reports keep their default interval: on its own
+/// path they give lip sync; on the direct path they are dropped
+/// (`is_str0m_sender_report`) but tell where the nominated pair points now,
+/// every second with video. Its stats are a backstop (an audio-only session
+/// reports every 5 s).
 pub fn configure(config: str0m::RtcConfig) -> str0m::RtcConfig {
-    const DAY: Duration = Duration::from_secs(24 * 3600);
     config
         .enable_raw_packets(true)
-        .set_rtcp_report_interval_audio(DAY)
-        .set_rtcp_report_interval_video(DAY)
         .set_stats_interval(Some(ROUTE_CHECK))
 }
 
-/// How often str0m's stats tell us the nominated pair (str0m sends nothing
-/// to it after DTLS on the direct path; ICE restarts and NAT rebinding move it).
+/// How often str0m's stats tell us the nominated pair (ICE restarts and
+/// NAT rebinding move it).
 const ROUTE_CHECK: Duration = Duration::from_secs(2);
 
 /// An SRTCP packet that begins with a sender report: str0m's, which knows
@@ -586,4 +652,103 @@ pub fn is_str0m_sender_report(datagram: &[u8]) -> bool {
 /// nominated pair.
 pub fn follows_nominated_pair(datagram: &[u8]) -> bool {
     datagram.first().is_some_and(|b| *b >= 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::srtp::Profile;
+    use super::*;
+    use crate::hub::Kind;
+
+    fn tx() -> DirectTx {
+        let profile = Profile::AeadAes128Gcm;
+        let mat = vec![7u8; profile.keying_material_len()];
+        let key = MasterKey::from_keying_material(profile, &mat, false).unwrap();
+        let names = Names {
+            mid_ext: None,
+            video_mid: "0",
+            audio_mid: "1",
+            cname: "c",
+        };
+        let mut d = DirectTx::new(&key, names, (Instant::now(), SystemTime::now()));
+        d.video = Some(TrackTx::new(1, 96, 90_000, Some((2, 97))));
+        d
+    }
+
+    fn frame(packets: usize) -> Arc<Frame> {
+        let now = Instant::now();
+        Arc::new(Frame {
+            kind: Kind::Video,
+            index: 0,
+            rtp_time: 0,
+            wallclock: now,
+            received: now,
+            keyframe: false,
+            publisher: 1,
+            payloads: (0..packets).map(|_| Arc::from(vec![0u8; 100])).collect(),
+        })
+    }
+
+    fn span(first: usize, count: usize, first_seq: u64) -> Span {
+        Span {
+            first,
+            count,
+            first_seq,
+            rtp_time: 0,
+            live: false,
+        }
+    }
+
+    fn resends(d: &DirectTx) -> usize {
+        d.jobs
+            .iter()
+            .filter(|j| matches!(j, Job::Resend { .. }))
+            .count()
+    }
+
+    /// A GOP of 1500 packets sent unpaced: its keyframe is still NACKable
+    /// once the rest went out, and no longer after the next live keyframe.
+    #[test]
+    fn a_replay_bigger_than_the_live_history_stays_nackable() {
+        for replay in [false, true] {
+            let mut d = tx();
+            if replay {
+                d.replay_history(1500, 5);
+            }
+            for i in 0..5 {
+                d.queue(true, &frame(300), span(0, 300, 100 + i * 300));
+            }
+            d.resend(101, Instant::now());
+            assert_eq!(resends(&d), usize::from(replay), "replay bounds: {replay}");
+            assert_eq!(d.history_packets(), if replay { 1500 } else { 1200 });
+        }
+        let mut d = tx();
+        d.replay_history(1500, 5);
+        for i in 0..5 {
+            d.queue(true, &frame(300), span(0, 300, 100 + i * 300));
+        }
+        d.live_history();
+        assert!(d.history_packets() <= 1024 + 300);
+        d.resend(101, Instant::now());
+        assert_eq!(resends(&d), 0);
+    }
+
+    /// The history says what it holds: 512 one-packet frames, not the
+    /// 1024 packets it could hold of bigger ones.
+    #[test]
+    fn the_history_reports_what_it_holds() {
+        let mut d = tx();
+        assert_eq!(d.history_packets(), 0);
+        for i in 0..600 {
+            d.queue(true, &frame(1), span(0, 1, i));
+        }
+        assert_eq!(d.history_packets(), 512);
+        // A frame sent in parts (a paced replay) is one entry.
+        let f = frame(30);
+        for part in 0..3 {
+            d.queue(true, &f, span(part * 10, 10, 600 + part as u64 * 10));
+        }
+        assert_eq!(d.history.back().map(|s| s.count), Some(30));
+        assert_eq!(d.history_packets(), 511 + 30);
+    }
 }

@@ -57,6 +57,11 @@ impl SrtpKeys {
         self.0.get()?.as_ref()
     }
 
+    /// DTLS completed and exported its keying material (a key or not).
+    pub fn exported(&self) -> bool {
+        self.0.get().is_some()
+    }
+
     #[cfg(test)]
     pub fn with(key: MasterKey) -> SrtpKeys {
         SrtpKeys(Arc::new(OnceLock::from(Some(key))))

@@ -31,6 +31,7 @@ mod pair_direct;
 #[doc(hidden)]
 pub mod publish;
 mod replay_policy;
+mod resend_budget;
 pub mod sdp;
 pub mod sdpfrag;
 mod shard;

@@ -200,9 +200,13 @@ impl Negotiator {
 
     fn viewer_config(&self) -> RtcConfig {
         // No transport-wide congestion control: without bandwidth estimation it
-        // only costs str0m a 1000-entry send history per viewer.
+        // only costs str0m a 1000-entry send history per viewer. Nor
+        // abs-send-time on the direct path, which does not write it: it only
+        // feeds the receiver's REMB estimate, and we ignore REMB.
         let mut exts = ExtensionMap::empty();
-        exts.set(2, Extension::AbsoluteSendTime);
+        if !self.direct_send {
+            exts.set(2, Extension::AbsoluteSendTime);
+        }
         exts.set(4, Extension::RtpMid);
         let config = Rtc::builder()
             .set_ice_lite(true)
@@ -646,6 +650,31 @@ mod tests {
                 assert!(v.answer.contains("127.0.0.1 40000 typ host"), "{name}");
                 assert!(v.answer.contains("tcptype passive"), "{name}");
             }
+        }
+    }
+
+    /// The direct path writes no abs-send-time: it is not negotiated then.
+    #[test]
+    fn abs_send_time_is_offered_only_on_str0ms_path() {
+        for direct_send in [false, true] {
+            let n = Negotiator {
+                direct_send,
+                ..negotiator(false)
+            };
+            let (_hub, s, _p) = stream("H264", Some(0x42e01f));
+            for (name, offer) in VIEWER_OFFERS {
+                let v = n
+                    .viewer(&s, parse(offer), Transport::All, Instant::now())
+                    .unwrap();
+                assert_eq!(
+                    v.answer.contains("abs-send-time"),
+                    !direct_send,
+                    "{name}, direct_send {direct_send}"
+                );
+                assert!(v.answer.contains("sdes:mid"), "{name}");
+            }
+            let offer = n.viewer_offer(&s, Transport::All, Instant::now()).unwrap();
+            assert_eq!(offer.sdp.contains("abs-send-time"), !direct_send);
         }
     }
 

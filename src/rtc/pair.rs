@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use str0m::change::SdpAnswer;
@@ -90,6 +90,9 @@ pub struct PairOpts {
     pub packets_per_frame: usize,
     /// Media on the direct path (`[webrtc] direct_send`).
     pub direct: bool,
+    /// The client offers RTX (str0m's default); false: H.264 and Opus only,
+    /// no retransmission payload type.
+    pub rtx: bool,
 }
 
 impl Default for PairOpts {
@@ -99,6 +102,7 @@ impl Default for PairOpts {
             expires_in: None,
             packets_per_frame: 3,
             direct: true,
+            rtx: true,
         }
     }
 }
@@ -109,6 +113,8 @@ pub type Loss = Box<dyn FnMut(&[u8]) -> bool>;
 pub struct Pair {
     pub now: Instant,
     start: Instant,
+    /// The wall-clock time of `start`.
+    wall_start: SystemTime,
     pub(super) client: Rtc,
     pub viewer: Viewer,
     pub hub: Arc<Hub>,
@@ -128,7 +134,7 @@ pub struct Pair {
     pub lose: Loss,
     /// The client is gone: it sends nothing more.
     pub client_silent: bool,
-    video_ssrc: Option<Ssrc>,
+    pub(super) video_ssrc: Option<Ssrc>,
     next_frame: u16,
     pts_ms: i64,
     packets_per_frame: usize,
@@ -148,12 +154,20 @@ impl Pair {
     pub fn new(opts: PairOpts) -> Pair {
         dtls::crypto_provider().install_process_default();
         let now = Instant::now();
+        let wall_start = SystemTime::now();
         let (client_addr, server_addr) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
         let hub = Arc::new(Hub::new());
         let stream = hub.ensure_stream("s", None);
         let publisher = publish_media(&hub, &stream, "H264", Some(0x42e01f));
 
-        let mut client = Rtc::builder().set_rtp_mode(true).build(now);
+        let mut config = Rtc::builder().set_rtp_mode(true);
+        if !opts.rtx {
+            config = config.clear_codecs().enable_opus(true, false);
+            config
+                .codec_config()
+                .add_h264(102.into(), None, true, 0x42e01f);
+        }
+        let mut client = config.build(now);
         client.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
         let mut api = client.sdp_api();
         api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
@@ -192,6 +206,7 @@ impl Pair {
                 srtp_keys: v.srtp_keys,
             },
             now,
+            wall_start,
             ReplayPace::from_mbps(opts.replay_mbps),
         );
         let frames = Arc::new(Frames::default());
@@ -200,6 +215,7 @@ impl Pair {
         Pair {
             now,
             start: now,
+            wall_start,
             client,
             viewer,
             hub,
@@ -230,6 +246,11 @@ impl Pair {
     /// Time since the pair was made, on its clock.
     pub fn elapsed(&self) -> Duration {
         self.now - self.start
+    }
+
+    /// The wall-clock time of `t` on the pair's clock.
+    pub fn wall_at(&self, t: Instant) -> SystemTime {
+        self.wall_start + t.saturating_duration_since(self.start)
     }
 
     /// A pair whose ICE and DTLS are up (the join's replay delivered).
@@ -493,6 +514,17 @@ pub(super) fn publish_media(
 mod tests {
     use super::*;
 
+    /// Runs `test` on str0m's path and on the direct path.
+    fn on_both_paths(test: impl Fn(PairOpts)) {
+        for direct in [false, true] {
+            eprintln!("on the {} path", if direct { "direct" } else { "str0m" });
+            test(PairOpts {
+                direct,
+                ..Default::default()
+            });
+        }
+    }
+
     /// How many times the client got frame `n`'s first packet.
     fn arrivals(p: &Pair, n: u16) -> usize {
         p.frames_got().iter().filter(|f| **f == n).count()
@@ -500,164 +532,182 @@ mod tests {
 
     #[test]
     fn a_joining_viewer_gets_the_gop_from_its_keyframe_then_live_frames() {
-        let mut p = Pair::new(PairOpts::default());
-        let gop = p.push_gop(4);
-        p.run_until(Duration::from_secs(5), |p| {
-            p.frames_got().len() >= gop.len()
+        on_both_paths(|opts| {
+            let mut p = Pair::new(opts);
+            let gop = p.push_gop(4);
+            p.run_until(Duration::from_secs(5), |p| {
+                p.frames_got().len() >= gop.len()
+            });
+            assert!(p.viewer.is_connected());
+            assert_eq!(p.frames_got(), gop, "the cached GOP, in order");
+            assert!(p.got[0].keyframe);
+            assert_eq!(p.got.len(), gop.len() * 3, "every packet of it");
+            let live = p.push(false);
+            assert_eq!(p.frames_got().last(), Some(&live));
+            assert!(
+                p.got.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+                "one sequence from the replay into the live frames"
+            );
+            assert_eq!(p.stream.viewers(), 1);
         });
-        assert!(p.viewer.is_connected());
-        assert_eq!(p.frames_got(), gop, "the cached GOP, in order");
-        assert!(p.got[0].keyframe);
-        assert_eq!(p.got.len(), gop.len() * 3, "every packet of it");
-        let live = p.push(false);
-        assert_eq!(p.frames_got().last(), Some(&live));
-        assert!(
-            p.got.windows(2).all(|w| w[1].seq == w[0].seq + 1),
-            "one sequence from the replay into the live frames"
-        );
-        assert_eq!(p.stream.viewers(), 1);
     }
 
     #[test]
     fn a_new_publisher_is_sent_from_its_first_keyframe() {
-        let mut p = Pair::connected(PairOpts::default());
-        let first = p.push_gop(2);
-        assert_eq!(p.frames_got(), first);
-        p.take_over("H264");
-        // Its P-frames mean nothing without its keyframe.
-        p.push(false);
-        p.push(false);
-        assert_eq!(p.frames_got(), first);
-        let audio = p.audio_packets;
-        let key = p.push(true);
-        let delta = p.push(false);
-        assert_eq!(p.frames_got()[first.len()..], [key, delta]);
-        assert!(p.audio_packets > audio, "audio goes on");
-        assert!(!p.viewer.is_finished());
+        on_both_paths(|opts| {
+            let mut p = Pair::connected(opts);
+            let first = p.push_gop(2);
+            assert_eq!(p.frames_got(), first);
+            p.take_over("H264");
+            // Its P-frames mean nothing without its keyframe.
+            p.push(false);
+            p.push(false);
+            assert_eq!(p.frames_got(), first);
+            let audio = p.audio_packets;
+            let key = p.push(true);
+            let delta = p.push(false);
+            assert_eq!(p.frames_got()[first.len()..], [key, delta]);
+            assert!(p.audio_packets > audio, "audio goes on");
+            assert!(!p.viewer.is_finished());
+        });
     }
 
     #[test]
     fn a_new_publisher_with_another_codec_ends_the_session() {
-        let mut p = Pair::connected(PairOpts::default());
-        p.push_gop(1);
-        assert!(!p.viewer.is_finished());
-        p.take_over("VP8");
-        p.push(true);
-        assert!(
-            p.viewer.is_finished(),
-            "the player must reconnect to negotiate VP8"
-        );
+        on_both_paths(|opts| {
+            let mut p = Pair::connected(opts);
+            p.push_gop(1);
+            assert!(!p.viewer.is_finished());
+            p.take_over("VP8");
+            p.push(true);
+            assert!(
+                p.viewer.is_finished(),
+                "the player must reconnect to negotiate VP8"
+            );
+        });
     }
 
     #[test]
     fn a_lost_video_packet_is_retransmitted_on_nack() {
-        let mut p = Pair::connected(PairOpts::default());
-        p.push_gop(1);
-        let mut video = 0;
-        // The second video datagram from now on is lost, once.
-        p.lose = Box::new(move |d| {
-            video += usize::from(d.len() > VIDEO_PACKET / 2);
-            d.len() > VIDEO_PACKET / 2 && video == 2
+        on_both_paths(|opts| {
+            let mut p = Pair::connected(opts);
+            p.push_gop(1);
+            let mut video = 0;
+            // The second video datagram from now on is lost, once.
+            p.lose = Box::new(move |d| {
+                video += usize::from(d.len() > VIDEO_PACKET / 2);
+                d.len() > VIDEO_PACKET / 2 && video == 2
+            });
+            let f = p.push(false);
+            p.push(false);
+            let has = |p: &Pair| p.got.iter().any(|g| g.frame == f && g.packet == 1);
+            assert!(!has(&p), "the packet was lost");
+            p.run_until(Duration::from_millis(500), has);
+            assert_eq!(arrivals(&p, f), 1, "a repair, not a replay");
         });
-        let f = p.push(false);
-        p.push(false);
-        let has = |p: &Pair| p.got.iter().any(|g| g.frame == f && g.packet == 1);
-        assert!(!has(&p), "the packet was lost");
-        p.run_until(Duration::from_millis(500), has);
-        assert_eq!(arrivals(&p, f), 1, "a repair, not a replay");
     }
 
     #[test]
     fn keyframe_requests_get_replays_from_a_small_bucket() {
-        let mut p = Pair::new(PairOpts::default());
-        let gop = p.push_gop(2);
-        p.run_until(Duration::from_secs(5), |p| {
-            p.frames_got().len() >= gop.len()
+        on_both_paths(|opts| {
+            let mut p = Pair::new(opts);
+            let gop = p.push_gop(2);
+            p.run_until(Duration::from_secs(5), |p| {
+                p.frames_got().len() >= gop.len()
+            });
+            let joined = p.now;
+            let key = gop[0];
+            assert_eq!(arrivals(&p, key), 1, "the join's replay");
+            // The join's replay may have reached a browser before its SRTP keys:
+            // the first PLI after it gets another at once.
+            p.request_keyframe();
+            assert_eq!(arrivals(&p, key), 2);
+            // That replay's keyframe can be repaired by NACKs: no replay.
+            p.advance(Duration::from_millis(100));
+            p.request_keyframe();
+            p.advance(Duration::from_millis(100));
+            assert_eq!(arrivals(&p, key), 2);
+            // Out of credit (two back to back): the request waits for the refill.
+            p.advance(Duration::from_millis(500));
+            p.request_keyframe();
+            assert!(p.now - joined < Duration::from_millis(900));
+            p.advance(joined + Duration::from_millis(950) - p.now);
+            assert_eq!(arrivals(&p, key), 2, "no replay before the refill");
+            p.run_until(Duration::from_millis(500), |p| arrivals(p, key) == 3);
+            let waited = p.now - joined;
+            assert!(
+                waited >= Duration::from_millis(990) && waited <= Duration::from_millis(1010),
+                "served at the refill, {waited:?} after the join"
+            );
+            // A repaired or refused request is not kept: nothing more comes.
+            p.advance(Duration::from_secs(2));
+            assert_eq!(arrivals(&p, key), 3);
         });
-        let joined = p.now;
-        let key = gop[0];
-        assert_eq!(arrivals(&p, key), 1, "the join's replay");
-        // The join's replay may have reached a browser before its SRTP keys:
-        // the first PLI after it gets another at once.
-        p.request_keyframe();
-        assert_eq!(arrivals(&p, key), 2);
-        // That replay's keyframe can be repaired by NACKs: no replay.
-        p.advance(Duration::from_millis(100));
-        p.request_keyframe();
-        p.advance(Duration::from_millis(100));
-        assert_eq!(arrivals(&p, key), 2);
-        // Out of credit (two back to back): the request waits for the refill.
-        p.advance(Duration::from_millis(500));
-        p.request_keyframe();
-        assert!(p.now - joined < Duration::from_millis(900));
-        p.advance(joined + Duration::from_millis(950) - p.now);
-        assert_eq!(arrivals(&p, key), 2, "no replay before the refill");
-        p.run_until(Duration::from_millis(500), |p| arrivals(p, key) == 3);
-        let waited = p.now - joined;
-        assert!(
-            waited >= Duration::from_millis(990) && waited <= Duration::from_millis(1010),
-            "served at the refill, {waited:?} after the join"
-        );
-        // A repaired or refused request is not kept: nothing more comes.
-        p.advance(Duration::from_secs(2));
-        assert_eq!(arrivals(&p, key), 3);
     }
 
     #[test]
     fn a_laggard_skips_to_the_next_keyframe() {
-        let mut p = Pair::connected(PairOpts::default());
-        p.push_gop(1);
-        // Its path refuses a datagram (a full ICE-TCP queue).
-        p.wire.refuse = 1;
-        p.push(false);
-        assert_eq!(p.wire.laggard_skips, 1);
-        let skipped = p.push(false);
-        assert_eq!(arrivals(&p, skipped), 0, "what follows would not decode");
-        let key = p.push(true);
-        let delta = p.push(false);
-        assert!(p.frames_got().ends_with(&[key, delta]));
-        assert_eq!(p.wire.laggard_skips, 1);
+        on_both_paths(|opts| {
+            let mut p = Pair::connected(opts);
+            p.push_gop(1);
+            // Its path refuses a datagram (a full ICE-TCP queue).
+            p.wire.refuse = 1;
+            p.push(false);
+            assert_eq!(p.wire.laggard_skips, 1);
+            let skipped = p.push(false);
+            assert_eq!(arrivals(&p, skipped), 0, "what follows would not decode");
+            let key = p.push(true);
+            let delta = p.push(false);
+            assert!(p.frames_got().ends_with(&[key, delta]));
+            assert_eq!(p.wire.laggard_skips, 1);
+        });
     }
 
     #[test]
     fn an_offer_that_never_connects_ends_after_the_connect_timeout() {
-        let mut p = Pair::new(PairOpts::default());
-        p.client_silent = true;
-        p.advance(super::super::viewer::CONNECT_TIMEOUT - Duration::from_millis(100));
-        assert!(!p.viewer.is_finished());
-        p.advance(Duration::from_millis(200));
-        assert!(p.viewer.is_finished());
-        assert_eq!(p.stream.viewers(), 0, "never counted");
+        on_both_paths(|opts| {
+            let mut p = Pair::new(opts);
+            p.client_silent = true;
+            p.advance(super::super::viewer::CONNECT_TIMEOUT - Duration::from_millis(100));
+            assert!(!p.viewer.is_finished());
+            p.advance(Duration::from_millis(200));
+            assert!(p.viewer.is_finished());
+            assert_eq!(p.stream.viewers(), 0, "never counted");
+        });
     }
 
     #[test]
     fn a_silent_viewer_is_dropped() {
-        let mut p = Pair::connected(PairOpts::default());
-        p.push_gop(1);
-        p.advance(Duration::from_secs(5));
-        assert!(!p.viewer.is_finished(), "consent checks keep it");
-        p.client_silent = true;
-        let silent = p.now;
-        p.run_until(
-            super::super::viewer::IDLE_TIMEOUT + Duration::from_secs(1),
-            |p| p.viewer.is_finished(),
-        );
-        assert!(p.now - silent > Duration::from_secs(2), "not at once");
+        on_both_paths(|opts| {
+            let mut p = Pair::connected(opts);
+            p.push_gop(1);
+            p.advance(Duration::from_secs(5));
+            assert!(!p.viewer.is_finished(), "consent checks keep it");
+            p.client_silent = true;
+            let silent = p.now;
+            p.run_until(
+                super::super::viewer::IDLE_TIMEOUT + Duration::from_secs(1),
+                |p| p.viewer.is_finished(),
+            );
+            assert!(p.now - silent > Duration::from_secs(2), "not at once");
+        });
     }
 
     /// str0m's `disconnect` only marks the session closed (no DTLS alert
     /// leaves): the client learns it from the silence.
     #[test]
     fn a_session_ends_at_its_expiry() {
-        let mut p = Pair::connected(PairOpts {
-            expires_in: Some(Duration::from_secs(2)),
-            ..Default::default()
+        on_both_paths(|opts| {
+            let mut p = Pair::connected(PairOpts {
+                expires_in: Some(Duration::from_secs(2)),
+                ..opts
+            });
+            p.push_gop(1);
+            p.advance(Duration::from_secs(2) - p.elapsed() - Duration::from_millis(10));
+            assert!(!p.viewer.is_finished());
+            p.advance(Duration::from_millis(20));
+            assert!(p.viewer.is_finished());
         });
-        p.push_gop(1);
-        p.advance(Duration::from_secs(2) - p.elapsed() - Duration::from_millis(10));
-        assert!(!p.viewer.is_finished());
-        p.advance(Duration::from_millis(20));
-        assert!(p.viewer.is_finished());
     }
 }
 

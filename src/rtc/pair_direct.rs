@@ -1,15 +1,19 @@
 //! The direct path (`direct`) through the in-memory `Pair`: a real str0m
 //! client decrypts what the viewer writes with roomcast's own SRTP, accepts
 //! its sender reports, and gets its NACKs answered from the shared frames.
-//! (The `pair` tests run on the direct path too: `PairOpts::direct`.)
+//! (The `pair` tests run on both paths: `on_both_paths`.)
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::rc::Rc;
+use std::time::Duration;
 
 use str0m::crypto::dtls::{KeyingMaterial, SrtpProfile};
+use str0m::media::MediaKind;
 
 use super::pair::{Pair, PairOpts};
 use super::srtp::{MasterKey, Profile};
+use crate::hub::Kind;
 
 /// How many times the client got frame `n`'s first packet.
 fn arrivals(p: &Pair, n: u16) -> usize {
@@ -104,7 +108,6 @@ fn the_client_decrypts_every_profile() {
 fn the_client_accepts_our_sender_reports_with_what_was_sent() {
     let mut p = Pair::connected(PairOpts::default());
     assert!(p.viewer.is_direct());
-    let start = SystemTime::now();
     for i in 0..30 {
         p.push(i == 0);
         p.advance(Duration::from_millis(33));
@@ -112,8 +115,10 @@ fn the_client_accepts_our_sender_reports_with_what_was_sent() {
     p.advance(Duration::from_millis(1100));
     // The latest report per track.
     let mut last = HashMap::new();
+    let mut last_feedback = HashMap::new();
     for f in &p.sender_reports {
         last.insert(f.mid, f.sender_info);
+        last_feedback.insert(f.mid, *f);
     }
     assert_eq!(last.len(), 2, "video and audio: {:?}", p.sender_reports);
     let counts: Vec<u32> = last.values().map(|i| i.sender_packet_count).collect();
@@ -121,10 +126,40 @@ fn the_client_accepts_our_sender_reports_with_what_was_sent() {
     // (the join's replay included).
     assert!(counts.contains(&(p.got.len() as u32)), "{counts:?}");
     assert!(counts.contains(&(p.audio_packets as u32)), "{counts:?}");
-    for i in last.values() {
-        assert!(i.rtp_time.numer() > 0);
-        let ntp = i.ntp_time.duration_since(start).unwrap_or_default();
-        assert!(ntp < Duration::from_secs(60), "NTP time is now-ish");
+    // Each report's NTP time is the pair's wall clock when it was sent (no
+    // delay in the pair), and its RTP time the last frame's advanced by the
+    // time since that frame's wallclock, in its track's clock.
+    let gop = p.stream.gop_snapshot();
+    for f in last_feedback.values() {
+        let kind = p.client.media(f.mid).expect("the report's media").kind();
+        let (frame_kind, rate) = match kind {
+            MediaKind::Video => (Kind::Video, 90_000),
+            MediaKind::Audio => (Kind::Audio, 48_000),
+        };
+        let now = p.wall_at(f.received_at);
+        let ntp = f.sender_info.ntp_time;
+        let off = ntp
+            .duration_since(now)
+            .or_else(|e| Ok::<_, ()>(e.duration()))
+            .unwrap();
+        // Exact but for the NTP fraction's rounding: the viewer's clock
+        // anchor is the pair's.
+        assert!(off < Duration::from_millis(1), "{kind:?}: NTP {off:?} off");
+        let frame = gop
+            .iter()
+            .rev()
+            .find(|fr| fr.kind == frame_kind)
+            .expect("a frame of the track");
+        let elapsed = f.received_at.saturating_duration_since(frame.wallclock);
+        let ticks = (elapsed.as_micros() * rate / 1_000_000) as u32;
+        let expected = frame.rtp_time.wrapping_add(ticks);
+        let got = f.sender_info.rtp_time.numer() as u32;
+        let diff = got.wrapping_sub(expected) as i32;
+        // A millisecond of rounding.
+        assert!(
+            diff.unsigned_abs() <= rate as u32 / 1000,
+            "{kind:?}: RTP time {got}, expected {expected} ({elapsed:?} after the last frame)"
+        );
     }
     // Reports keep coming, about one a second per track.
     let n = p.sender_reports.len();
@@ -162,4 +197,74 @@ fn a_packet_lost_from_a_replay_is_repaired_from_the_shared_frames() {
     assert_eq!(arrivals(&p, key), 2, "a repair, not another replay");
     let replayed = &p.got[before..];
     assert_eq!(replayed.len(), gop.len() * 3, "the whole GOP");
+}
+
+/// Without an RTX payload type a resend could only reuse the packet's own
+/// (SSRC, index) with another header: an AES-GCM nonce twice. A NACK then
+/// gets nothing, as from str0m, and no index goes out twice.
+#[test]
+fn without_rtx_a_nack_gets_no_resend_and_no_index_is_sent_twice() {
+    let mut p = Pair::connected(PairOpts {
+        rtx: false,
+        ..Default::default()
+    });
+    p.push_gop(1);
+    assert!(p.viewer.is_direct());
+    // str0m would not NACK without an RTX SSRC; this client does.
+    let ssrc = p.video_ssrc.expect("video received");
+    p.client
+        .direct_api()
+        .stream_rx(&ssrc)
+        .expect("the client's video stream")
+        .suppress_nack(false);
+    let sent = Rc::new(RefCell::new(HashMap::<(u32, u16), usize>::new()));
+    let seen = sent.clone();
+    let mut video = 0;
+    p.lose = Box::new(move |d| {
+        // RTP, not RTCP (RFC 5761: packet types 192..=223 are RTCP).
+        if d.len() >= 12 && d[0] & 0xc0 == 0x80 && !(192..=223).contains(&d[1]) {
+            let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+            let seq = u16::from_be_bytes([d[2], d[3]]);
+            *seen.borrow_mut().entry((ssrc, seq)).or_default() += 1;
+        }
+        video += usize::from(is_video(d));
+        is_video(d) && video == 2
+    });
+    let f = p.push(false);
+    p.push(false);
+    p.advance(Duration::from_millis(500));
+    assert!(p.viewer.direct_nacked() > 0, "the client NACKed");
+    assert!(
+        !p.got.iter().any(|g| g.frame == f && g.packet == 1),
+        "no resend"
+    );
+    let sent = sent.borrow();
+    assert!(sent.len() > 6, "{sent:?}");
+    assert!(sent.values().all(|n| *n == 1), "an index twice: {sent:?}");
+}
+
+/// The SRTP index's rollover: video, audio and RTX numbered from 0xfff0
+/// cross 65535 and the client still decrypts them all (its rollover
+/// counter follows ours), lost packets repaired over RTX included.
+#[test]
+fn the_client_decrypts_across_the_sequence_number_rollover() {
+    let mut p = Pair::connected(PairOpts::default());
+    assert!(p.viewer.is_direct());
+    p.viewer.start_seq_at(0xfff0);
+    let (got, audio) = (p.got.len(), p.audio_packets);
+    // The second packet of every frame is lost once: 20 resends.
+    let mut video = 0;
+    p.lose = Box::new(move |d| {
+        video += usize::from(is_video(d));
+        is_video(d) && video % 3 == 2 && video <= 60
+    });
+    let frames: Vec<u16> = (0..20).map(|i| p.push(i == 0)).collect();
+    p.run_until(Duration::from_secs(1), |p| p.got.len() >= got + 60);
+    let mut seqs: Vec<u64> = p.got[got..].iter().map(|g| g.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0xfff0..0xfff0 + 60).collect::<Vec<u64>>());
+    for f in frames {
+        assert_eq!(arrivals(&p, f), 1);
+    }
+    assert_eq!(p.audio_packets, audio + 20, "audio across 65535 too");
 }

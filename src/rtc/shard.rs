@@ -17,7 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use parking_lot::Mutex;
@@ -651,7 +651,8 @@ impl Worker<'_> {
                 let (id, ufrag, stream) = (nv.id, nv.ufrag.clone(), nv.stream.clone());
                 let mut made = None;
                 let r = isolate(|| {
-                    let mut viewer = Viewer::new(*nv, Instant::now(), shard.replay_pace);
+                    let mut viewer =
+                        Viewer::new(*nv, Instant::now(), SystemTime::now(), shard.replay_pace);
                     driver.drive(&mut viewer);
                     made = Some(viewer);
                 });

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Transmit};
@@ -29,6 +29,9 @@ use crate::log_every::LogEvery;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Offers that never connect are logged at most this often.
 static NEVER_CONNECTED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
+/// Keyed sessions (`[webrtc] direct_send`) left on str0m's path are logged
+/// at most this often: they cost more (see `direct::configure`).
+static NOT_DIRECT_LOG: LogEvery = LogEvery::new(Duration::from_secs(60));
 /// A connected viewer that sends nothing (no consent checks, no RTCP) for this long is gone.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Retransmission cache per viewer: 128 packets are half a second of a
@@ -206,6 +209,10 @@ pub struct Viewer {
     direct: Option<DirectTx>,
     /// Where str0m's own datagrams went last (the nominated pair).
     route: Option<Route>,
+    /// An instant and its wall-clock time (the direct path's sender reports).
+    clock: (Instant, SystemTime),
+    /// Staying on str0m's path although keyed was logged.
+    not_direct_logged: bool,
 }
 
 /// A GOP being sent to one viewer, paced, followed by the live video frames
@@ -227,8 +234,9 @@ struct Replay {
 }
 
 impl Viewer {
-    /// A viewer from a negotiated session (its tracks set up; nothing sent yet).
-    pub fn new(nv: NewViewer, now: Instant, pace: ReplayPace) -> Viewer {
+    /// A viewer from a negotiated session (its tracks set up; nothing sent
+    /// yet); `wall` is the wall-clock time of `now`.
+    pub fn new(nv: NewViewer, now: Instant, wall: SystemTime, pace: ReplayPace) -> Viewer {
         let NewViewer {
             id,
             rtc,
@@ -253,10 +261,13 @@ impl Viewer {
             next_seq: u64::from(rand::random::<u16>() >> 1),
         };
         let video = video.map(|v| track(&mut rtc, v));
-        if let Some(v) = video.as_ref().filter(|_| srtp_keys.is_none()) {
+        if let Some(v) = video.as_ref() {
             let mut api = rtc.direct_api();
             if let Some(tx) = api.stream_tx_by_mid(v.mid, None) {
-                // str0m's default (3 s, 2000 packets) costs ~300 KB per viewer.
+                // str0m's default (3 s, 2000 packets) costs ~300 KB per viewer
+                // on its path; on the direct path str0m sends nothing, so the
+                // cache stays empty, and a session that stays on str0m's path
+                // (no key we can send) gets the small one too.
                 tx.set_rtx_cache(RTX_CACHE.max_packets, RTX_CACHE.max_age, None);
             }
         }
@@ -288,6 +299,8 @@ impl Viewer {
             srtp_keys,
             direct: None,
             route: None,
+            clock: (now, wall),
+            not_direct_logged: false,
         }
     }
 
@@ -331,16 +344,23 @@ impl Viewer {
     /// Sets up the direct path once DTLS exported the keys (a profile we
     /// cannot send, or no keys: str0m's path stays).
     fn start_direct(&mut self) {
-        let Some(key) = self.srtp_keys.as_ref().and_then(SrtpKeys::get) else {
-            return;
-        };
         if self.direct.is_some() {
             return;
         }
+        let Some(keys) = &self.srtp_keys else {
+            return;
+        };
+        let Some(key) = keys.get() else {
+            if keys.exported() {
+                self.not_direct("DTLS chose an SRTP profile we do not send");
+            }
+            return;
+        };
         let rtc = &mut self.rtc;
         let mid_of = |t: &Option<TrackOut>| t.as_ref().map(|t| t.mid);
         let any_mid = mid_of(&self.video).or(mid_of(&self.audio));
         let Some(media) = any_mid.and_then(|m| rtc.media(m)) else {
+            self.not_direct("no media in the session");
             return;
         };
         let mid_ext = media.remote_extmap().id_of(Extension::RtpMid);
@@ -359,6 +379,7 @@ impl Viewer {
                 audio_mid: &audio_mid,
                 cname: &cname,
             },
+            self.clock,
         );
         d.route = self.route;
         if let Some(v) = &self.video {
@@ -388,6 +409,39 @@ impl Viewer {
         self.direct = Some(d);
     }
 
+    /// Packets the viewer NACKed on the direct path (tests).
+    #[cfg(test)]
+    pub(super) fn direct_nacked(&self) -> u64 {
+        self.direct.as_ref().map_or(0, |d| d.nacked)
+    }
+
+    /// A keyed session stays on str0m's path (logged once per session, at
+    /// most once a minute overall).
+    fn not_direct(&mut self, why: &str) {
+        if self.not_direct_logged {
+            return;
+        }
+        self.not_direct_logged = true;
+        if let Some(suppressed) = NOT_DIRECT_LOG.allow() {
+            warn!(stream = %self.stream.name, why, suppressed, "viewer stays on str0m's path although direct_send is on");
+        }
+    }
+
+    /// Numbers the next packets from `seq` (video, audio and the RTX stream;
+    /// tests: a rollover of the SRTP index).
+    #[cfg(test)]
+    pub(super) fn start_seq_at(&mut self, seq: u64) {
+        for t in [self.video.as_mut(), self.audio.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            t.next_seq = seq;
+        }
+        if let Some(v) = self.direct.as_mut().and_then(|d| d.video.as_mut()) {
+            v.start_rtx_seq_at(seq);
+        }
+    }
+
     /// Restarts the direct path with `key` (tests: a profile DTLS would not pick).
     #[cfg(test)]
     pub(super) fn use_direct_key(&mut self, key: super::srtp::MasterKey) {
@@ -398,11 +452,11 @@ impl Viewer {
 
     /// Writes what the direct path queued; a refused datagram makes the
     /// viewer a laggard.
-    fn flush_direct(&mut self, out: &mut impl Outbox) {
+    fn flush_direct(&mut self, now: Instant, out: &mut impl Outbox) {
         let Some(d) = self.direct.as_mut() else {
             return;
         };
-        if !d.flush(&mut Direct(out)) {
+        if !d.flush(now, &mut Direct(out)) {
             self.lagging(out);
         }
     }
@@ -455,11 +509,11 @@ impl Viewer {
         // fed at once rather than at the next timer pass; bounded, in case
         // str0m keeps asking without making progress.
         let mut idle_feeds = 0;
-        self.flush_direct(out);
+        self.flush_direct(now, out);
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
-                    self.flush_direct(out);
+                    self.flush_direct(now, out);
                     if t <= now && idle_feeds < 2 {
                         idle_feeds += 1;
                         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
@@ -471,7 +525,7 @@ impl Viewer {
                     }
                     if self.replay.is_some() && self.continue_replay(now) {
                         idle_feeds = 0;
-                        self.flush_direct(out);
+                        self.flush_direct(now, out);
                         continue;
                     }
                     if self.replay_policy.due().is_some_and(|d| d <= now) {
@@ -482,7 +536,7 @@ impl Viewer {
                             continue;
                         }
                     }
-                    self.flush_direct(out);
+                    self.flush_direct(now, out);
                     // A paced replay waits for credit on the shard's timer
                     // pass, like str0m's own timers (at most every 2 ms).
                     self.next_timeout = [self.replay_due(), self.replay_policy.due()]
@@ -668,8 +722,10 @@ impl Viewer {
             // A live keyframe: what came before it needs no retransmission,
             // so a replay's large RTX cache goes back to the live one.
             self.replay_policy.keyframe_sent();
-            if self.rtx_cache != RTX_CACHE && self.direct.is_none() {
-                self.set_rtx_cache(RTX_CACHE);
+            match self.direct.as_mut() {
+                Some(d) => d.live_history(),
+                None if self.rtx_cache != RTX_CACHE => self.set_rtx_cache(RTX_CACHE),
+                None => {}
             }
         }
         if self.direct.is_none() && self.srtp_keys.is_some() {
@@ -733,20 +789,23 @@ impl Viewer {
         }
         // The replay's packets stay retransmittable for its duration and a
         // second of round trips (until the next live keyframe makes them moot).
-        // (The direct path's history indexes the shared frames instead.)
-        if self.direct.is_none() {
-            let packets = frames.iter().map(|f| f.payloads.len()).sum();
-            let bytes = frames
-                .iter()
-                .flat_map(|f| f.payloads.iter())
-                .map(|p| p.len())
-                .sum();
-            self.set_rtx_cache(RtxCacheSize::for_replay(
-                packets,
-                bytes,
-                self.pace.bytes_per_ms as u64,
-                RTX_CACHE,
-            ));
+        let packets = frames.iter().map(|f| f.payloads.len()).sum();
+        match self.direct.as_mut() {
+            // The direct path's history indexes the shared frames.
+            Some(d) => d.replay_history(packets, frames.len()),
+            None => {
+                let bytes = frames
+                    .iter()
+                    .flat_map(|f| f.payloads.iter())
+                    .map(|p| p.len())
+                    .sum();
+                self.set_rtx_cache(RtxCacheSize::for_replay(
+                    packets,
+                    bytes,
+                    self.pace.bytes_per_ms as u64,
+                    RTX_CACHE,
+                ));
+            }
         }
         self.replay = Some(Replay {
             newest_rtp_time: newest.rtp_time,

@@ -37,6 +37,30 @@ pub struct SendBatch {
     buf: Vec<u8>,
 }
 
+/// Takes the datagram at `start` back out of the batch when its `write`
+/// panics (`usize::MAX` once written): the batch is shared by the shard's
+/// sessions, and a partly written datagram would go out at the next flush.
+struct Unwritten<'a> {
+    batch: &'a mut SendBatch,
+    start: usize,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        if self.start == usize::MAX {
+            return;
+        }
+        let b = &mut *self.batch;
+        b.buf.truncate(self.start);
+        b.count -= 1;
+        // It could only join an open batch, or began a new one.
+        b.closed = false;
+        if b.count == 0 {
+            b.destination = None;
+        }
+    }
+}
+
 impl NetOut {
     pub fn new(udp: Arc<UdpSocket>, tcp: Arc<TcpConns>) -> std::io::Result<NetOut> {
         let udp_state = quinn_udp::UdpSocketState::new((&*udp).into())?;
@@ -95,7 +119,14 @@ impl NetOut {
                 },
             );
         }
-        write(self.reserve(batch, destination, len));
+        self.reserve(batch, destination, len);
+        let mut guard = Unwritten {
+            start: batch.buf.len() - len,
+            batch,
+        };
+        let start = guard.start;
+        write(&mut guard.batch.buf[start..]);
+        guard.start = usize::MAX;
         true
     }
 
@@ -210,5 +241,45 @@ pub fn run_udp_receiver(
             new_addr: new,
         };
         inbound.deliver(route.shard, d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use super::*;
+
+    /// A session's panic inside `write` leaves the shared batch as it was:
+    /// the next flush sends only the whole datagrams.
+    #[test]
+    fn a_panic_while_writing_leaves_no_partial_datagram() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let out = NetOut::new(tx.clone(), Arc::default()).unwrap();
+        let (src, dst) = (tx.local_addr().unwrap(), rx.local_addr().unwrap());
+        let mut batch = SendBatch::default();
+        let queue = |batch: &mut SendBatch, fill: u8, panics: bool| {
+            out.queue_with(batch, Protocol::Udp, src, dst, 100, &mut |b| {
+                b[..50].fill(fill);
+                assert!(!panics, "a session's bug");
+                b[50..].fill(fill);
+            })
+        };
+        assert!(queue(&mut batch, 1, false));
+        let r = catch_unwind(AssertUnwindSafe(|| queue(&mut batch, 2, true)));
+        assert!(r.is_err());
+        assert_eq!((batch.buf.len(), batch.count), (100, 1));
+        assert!(queue(&mut batch, 3, false));
+        out.flush(&mut batch);
+        let mut buf = [0u8; 2048];
+        for fill in [1, 3] {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[fill; 100][..]);
+        }
+        // A panic in a batch's first datagram leaves it empty.
+        let r = catch_unwind(AssertUnwindSafe(|| queue(&mut batch, 4, true)));
+        assert!(r.is_err());
+        assert!(batch.buf.is_empty() && batch.count == 0 && batch.destination.is_none());
     }
 }
