@@ -13,6 +13,15 @@ start_server
 # CPU time of every thread of the server in ns (schedstat: finer than ticks).
 ticks() { cat /proc/"$SERVER_PID"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }
 HZ=1000000000
+# Context switches (voluntary + involuntary) of every thread: each is a wake-up.
+switches() { cat /proc/"$SERVER_PID"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
+# Per thread: CPU ns and switches, to see which thread wakes (AUDIO_CPU_THREADS=1).
+per_thread() {
+  for t in /proc/"$SERVER_PID"/task/*; do
+    printf '%s %s %s %s\n' "${t##*/}" "$(tr ' ' _ <"$t/comm")" "$(awk '{print $1}' "$t/schedstat")" \
+      "$(awk '/ctxt_switches/ {s += $2} END {print s}' "$t/status")"
+  done | sort -k1,1
+}
 # Baseline: the idle server over the same window, subtracted below.
 sleep 2
 i0=$(ticks); sleep "$SECS"; i1=$(ticks)
@@ -27,10 +36,17 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 sleep 2 # let start-up work finish before the window opens
-t0=$(ticks); s0=$(date +%s.%N)
+[[ -n "${AUDIO_CPU_THREADS:-}" ]] && per_thread >"$WORK/threads0"
+t0=$(ticks); w0=$(switches); s0=$(date +%s.%N)
 sleep "$SECS"
-t1=$(ticks); s1=$(date +%s.%N)
+t1=$(ticks); w1=$(switches); s1=$(date +%s.%N)
+if [[ -n "${AUDIO_CPU_THREADS:-}" ]]; then
+  per_thread >"$WORK/threads1"
+  # thread name, CPU ms and switches over the window (threads alive throughout)
+  join "$WORK/threads0" "$WORK/threads1" |
+    awk '{printf "%-8s %-22s %8.1f ms %6d switches\n", $1, $2, ($6 - $3) / 1e6, $7 - $4}' >&2
+fi
 curl -fs "http://$HTTP/api/v1/streams/$STREAM"; echo
-awk -v t="$((t1 - t0))" -v idle="$((i1 - i0))" -v hz="$HZ" -v s0="$s0" -v s1="$s1" 'BEGIN {
+awk -v t="$((t1 - t0))" -v sw="$((w1 - w0))" -v idle="$((i1 - i0))" -v hz="$HZ" -v s0="$s0" -v s1="$s1" 'BEGIN {
   cpu = t / hz; wall = s1 - s0; base = idle / hz;
-  printf "{\"bench\":\"aac_to_opus\",\"sample_rate\":'"$RATE"',\"window_s\":%.1f,\"server_cpu_s\":%.3f,\"idle_cpu_s\":%.3f,\"percent_of_one_core\":%.2f,\"percent_above_idle\":%.2f}\n", wall, cpu, base, 100 * cpu / wall, 100 * (cpu - base) / wall }'
+  printf "{\"bench\":\"aac_to_opus\",\"sample_rate\":'"$RATE"',\"window_s\":%.1f,\"server_cpu_s\":%.3f,\"idle_cpu_s\":%.3f,\"percent_of_one_core\":%.2f,\"percent_above_idle\":%.2f,\"switches_per_s\":%.0f}\n", wall, cpu, base, 100 * cpu / wall, 100 * (cpu - base) / wall, sw / wall }'
