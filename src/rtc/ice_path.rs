@@ -35,9 +35,6 @@ use std::time::{Duration, Instant};
 use str0m::net::{Protocol, Transmit};
 use str0m::{Candidate, CandidateKind, IceCreds, Rtc};
 
-use super::net::Demux;
-use super::viewer::Viewer;
-
 /// The current path is given up for a nominated new one after this much
 /// silence. Clients send something at least every ~2.5 s on their path
 /// (Chrome's pings on the selected pair every 2.5 s, RTCP receiver reports
@@ -232,25 +229,6 @@ pub struct IceRestart {
     pub local: IceCreds,
     pub remote: IceCreds,
     pub done: tokio::sync::oneshot::Sender<bool>,
-}
-
-impl IceRestart {
-    /// Applies the restart to `viewer` (the session `id` names, if its
-    /// shard has it); a missing or ended one is reported to the engine.
-    pub(super) fn apply(self, viewer: Option<&mut Viewer>, demux: &Demux) {
-        match viewer.filter(|v| !v.is_finished()) {
-            // Not applied if the engine stopped waiting (the client got an
-            // error and keeps its old credentials).
-            Some(v) if !self.done.is_closed() => {
-                let old = v.restart_ice(self.local, self.remote);
-                demux.remove(&old, &[]);
-                let _ = self.done.send(true);
-            }
-            _ => {
-                let _ = self.done.send(false);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -748,13 +748,13 @@ mod moves {
         let demux = Demux::default();
         demux.add_ufrag(&local.ufrag, &local.pass, Route { shard: 0, peer: 1 });
         let (done, mut applied) = tokio::sync::oneshot::channel();
-        IceRestart {
+        let r = IceRestart {
             id: 1,
             local: local.clone(),
             remote,
             done,
-        }
-        .apply(viewer, &demux);
+        };
+        super::super::shard::apply_ice_restart(r, viewer, &demux);
         applied.try_recv() == Ok(true)
     }
 
@@ -903,13 +903,13 @@ mod moves {
         // The engine stopped waiting (its client got an error): not applied.
         let (done, applied) = tokio::sync::oneshot::channel();
         drop(applied);
-        IceRestart {
+        let r = IceRestart {
             id: 1,
             local: creds(),
             remote: creds(),
             done,
-        }
-        .apply(Some(&mut p.viewer), &Demux::default());
+        };
+        super::super::shard::apply_ice_restart(r, Some(&mut p.viewer), &Demux::default());
         media_follows(&mut p);
         let now = p.now;
         p.viewer.close(now, &mut p.wire);

@@ -372,6 +372,29 @@ impl Drop for Worker<'_> {
     }
 }
 
+/// Applies an ICE restart to `viewer` (the session `r.id` names, if this
+/// shard has it); a missing or ended one is reported to the engine.
+pub(super) fn apply_ice_restart(
+    r: super::ice_path::IceRestart,
+    viewer: Option<&mut Viewer>,
+    demux: &Demux,
+) {
+    match viewer.filter(|v| !v.is_finished()) {
+        // Not applied if the engine stopped waiting (the client got an
+        // error and keeps its old credentials).
+        Some(v) if !r.done.is_closed() => {
+            let old = v.restart_ice(r.local, r.remote);
+            demux.remove(&old, &[]);
+            let _ = r.done.send(true);
+        }
+        _ => {
+            let _ = r.done.send(false);
+        }
+    }
+}
+
+/// Test-only fault injection: makes chosen sessions' input, or a shard's
+/// loop, panic. Keyed by the shard (its metrics) so engines of tests
 /// running in parallel do not take each other's faults. Not compiled into
 /// non-test builds.
 #[cfg(test)]
@@ -685,7 +708,7 @@ impl Worker<'_> {
             }
             ShardMsg::IceRestart(r) => {
                 let id = r.id;
-                r.apply(viewers.get_mut(id), &shard.demux);
+                apply_ice_restart(*r, viewers.get_mut(id), &shard.demux);
             }
             ShardMsg::Net(d) => {
                 if let Some(p) = viewers.get_mut(d.peer) {
