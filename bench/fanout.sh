@@ -6,18 +6,27 @@
 # figures are per server core. Usage: bench/fanout.sh [steps] [seconds per step]
 # DIRECT_SEND=false measures str0m's send path instead of roomcast's own SRTP
 # (`[webrtc] direct_send`, default true), with the same binary.
+# WORKERS=N runs N WebRTC workers; SERVER_CPUS and LOADGEN_CPUS (taskset lists,
+# default 0 and 1) move the server and the load generator, e.g. WORKERS=2
+# SERVER_CPUS=0,1 LOADGEN_CPUS=0,1 on a 2-core machine, where the two share
+# both cores (then compare µs per packet, not viewers per core).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 STEPS=${1:-50,100,200,400,600,800,1000,1200,1400,1600}
 SECS=${2:-10}
 [[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
 (cd "$ROOT" && cargo build --release --quiet --example loadgen)
-start_server "workers = 1
+SERVER_CPUS=${SERVER_CPUS:-0}
+LOADGEN_CPUS=${LOADGEN_CPUS:-1}
+# The ramp stops when the server uses this many cores (its workers' worth).
+MAX_CORES=${WORKERS:-1}
+((MAX_CORES > 0)) || MAX_CORES=$(nproc)
+start_server "workers = ${WORKERS:-1}
 direct_send = ${DIRECT_SEND:-true}"
-taskset -pc 0 "$SERVER_PID" >/dev/null
-for tid in /proc/"$SERVER_PID"/task/*; do taskset -pc 0 "${tid##*/}" >/dev/null; done
+taskset -pc "$SERVER_CPUS" "$SERVER_PID" >/dev/null
+for tid in /proc/"$SERVER_PID"/task/*; do taskset -pc "$SERVER_CPUS" "${tid##*/}" >/dev/null; done
 publish 2500
-taskset -pc 1 "$FFMPEG_PID" >/dev/null
+taskset -pc "$LOADGEN_CPUS" "$FFMPEG_PID" >/dev/null
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)" >&2
-taskset -c 1 "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/loadgen" --whep "http://$HTTP/whep/$STREAM" \
+taskset -c "$LOADGEN_CPUS" "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/loadgen" --whep "http://$HTTP/whep/$STREAM" \
   --steps "$STEPS" --step-secs "$SECS" --full 10 --server-pid "$SERVER_PID" \
-  --metrics "http://$HTTP/metrics" --max-cores 1
+  --metrics "http://$HTTP/metrics" --max-cores "$MAX_CORES"

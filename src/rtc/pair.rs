@@ -346,7 +346,9 @@ impl Pair {
                 .client_timeout
                 .min(self.viewer.next_timeout())
                 .min(self.now + MAX_STEP)
-                .clamp(self.now + Duration::from_micros(1), end);
+                // Not `clamp`: a timer may be due less than 1 µs before `end`.
+                .max(self.now + Duration::from_micros(1))
+                .min(end);
             self.now = next;
             if !self.viewer.is_finished() {
                 self.viewer.handle_timeout(self.now, &mut self.wire);
