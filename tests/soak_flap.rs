@@ -116,9 +116,9 @@ fn publisher_flap_keeps_viewers_and_resources() {
 
     let mut baseline = None;
     for cycle in 0..cycles {
-        // Thumbnails made before this publisher: the API may still show the
-        // last publisher's until the thumbnailer's next round (every second)
-        // notices the stream went offline, so that alone says nothing.
+        // Thumbnails made before this publisher: a 200 alone says nothing,
+        // it may still be the last publisher's until the thumbnailer's next
+        // round (every second) notices the stream went offline.
         let made_before = thumbnails_made(&server);
         if publisher.is_none() {
             publisher = Some(start_publisher(&server, cycle));
@@ -141,14 +141,14 @@ fn publisher_flap_keeps_viewers_and_resources() {
             },
         );
         let to_video = started.elapsed();
-        // This publisher's keyframe is decoded to a thumbnail too.
+        // This publisher's keyframe is decoded to a thumbnail too, when
+        // asked for (thumbnails are made on demand): the GET asks.
         wait_until(
             &format!("cycle {cycle}: a thumbnail of this publisher"),
             CYCLE_TIMEOUT,
             || {
-                (thumbnails_made(&server) > made_before
-                    && server.api_stream(STREAM)?.get("thumbnail").is_some())
-                .then_some(())
+                let r = server.get(&format!("/api/v1/streams/{STREAM}/thumbnail.jpg"));
+                (r.status == 200 && thumbnails_made(&server) > made_before).then_some(())
             },
         );
         assert_viewers_alive(&viewers, &format!("in cycle {cycle}"));

@@ -4,7 +4,8 @@
 //! stream's picture, not a blank frame), renewed every interval; the watch
 //! page's Open Graph tags point at it; the index page's cards show it in
 //! Chromium; WHIP H.264 and VP8 streams get one too, a VP9 stream a clear
-//! "no thumbnail" answer.
+//! "no thumbnail" answer. Made on demand: a stream nobody asks about is not
+//! decoded, and the first GET waits for its first picture.
 
 mod common;
 
@@ -112,6 +113,55 @@ fn an_h264_stream_gets_a_jpeg_thumbnail_and_a_link_preview() {
     assert!(page.contains("og:description"), "{page}");
 }
 
+/// Thumbnails are made on demand: a live stream nobody asks about is never
+/// decoded; the first GET waits for the first picture and answers it.
+#[test]
+fn a_stream_nobody_asks_about_is_not_decoded_until_the_first_get() {
+    let _serial = serial();
+    let server = Server::start_with(ServerOpts {
+        extra_toml: THUMBS.to_string(),
+        ..ServerOpts::default()
+    });
+    let _ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), small());
+    server.wait_live(STREAM, LIVE_TIMEOUT);
+    // Live for several intervals (1 s here) with a keyframe every second:
+    // before, each of those rounds decoded one.
+    let live = std::time::Instant::now();
+    let api = wait_until("4 s live with keyframes", Duration::from_secs(20), || {
+        let v = server.api_stream(STREAM)?;
+        (live.elapsed() >= Duration::from_secs(4)
+            && v["video"]["keyframe_interval_ms"]
+                .as_u64()
+                .is_some_and(|ms| ms <= 1500))
+        .then_some(v)
+    });
+    // The JSON names the path (a card asks for it), listing is no ask.
+    assert_eq!(
+        api["thumbnail"],
+        format!("/api/v1/streams/{STREAM}/thumbnail.jpg")
+    );
+    assert_eq!(metric(&server, "roomcast_thumbnails_made_total"), 0.0);
+    assert_eq!(metric(&server, "roomcast_thumbnail_cpu_seconds_total"), 0.0);
+    assert_eq!(metric(&server, "roomcast_thumbnails_wanted"), 0.0);
+
+    let asked = std::time::Instant::now();
+    let r = thumbnail(&server, STREAM);
+    let took = asked.elapsed();
+    assert_eq!(r.status, 200, "the first GET: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/jpeg"));
+    let pic = decode_jpeg(&r.body);
+    assert_eq!((pic.width, pic.height), (320, 180));
+    assert!(took < Duration::from_secs(3), "the first GET took {took:?}");
+    println!("the first GET answered a thumbnail in {took:?}");
+    assert_eq!(metric(&server, "roomcast_thumbnails_made_total"), 1.0);
+    assert_eq!(metric(&server, "roomcast_thumbnails_wanted"), 1.0);
+    assert_eq!(metric(&server, "roomcast_thumbnail_waits_total"), 1.0);
+    assert_eq!(
+        metric(&server, "roomcast_thumbnail_waits_unanswered_total"),
+        0.0
+    );
+}
+
 #[test]
 fn the_index_cards_show_thumbnails_in_chromium() {
     let _serial = serial();
@@ -123,11 +173,14 @@ fn the_index_cards_show_thumbnails_in_chromium() {
     let _b = Publisher::ffmpeg(&server.publish_url(STREAM2), small());
     server.wait_live(STREAM, LIVE_TIMEOUT);
     server.wait_live(STREAM2, LIVE_TIMEOUT);
+    // Nobody asked for these thumbnails yet: the cards' requests do (each
+    // waits for its stream's first picture).
     for s in [STREAM, STREAM2] {
-        wait_until("the thumbnails", Duration::from_secs(20), || {
-            (thumbnail(&server, s).status == 200).then_some(())
+        wait_until("the thumbnail offered", Duration::from_secs(20), || {
+            server.api_stream(s)?.get("thumbnail").map(|_| ())
         });
     }
+    assert_eq!(metric(&server, "roomcast_thumbnails_made_total"), 0.0);
     let live = format!("{STREAM},{STREAM2}");
     let mut tool = pages_scenario(
         &server,
@@ -138,6 +191,7 @@ fn the_index_cards_show_thumbnails_in_chromium() {
     let r = finish_scenario(&mut tool, "index cards", Duration::from_secs(120));
     let thumbs = r["thumbnails"].as_array().expect("thumbnails checked");
     assert_eq!(thumbs.len(), 2, "{r}");
+    assert_eq!(metric(&server, "roomcast_thumbnails_wanted"), 2.0);
     for t in thumbs {
         assert_eq!(
             (t["width"].as_u64(), t["height"].as_u64()),

@@ -14,12 +14,12 @@ use crate::admission::{Purpose, ViewerFacts};
 use crate::http::App;
 use crate::thumbnail::Missing;
 
-/// A stream's API snapshot, with `thumbnail`: the path of its current
-/// thumbnail when it has one (pages show a picture only then, so they never
-/// request one that is not there).
+/// A stream's API snapshot, with `thumbnail`: the path of its thumbnail when
+/// it has one or gets one when asked (live H.264 or VP8). Listing is not an
+/// ask (a monitor polling the list costs no decode): the GET of the JPEG is.
 pub fn with_thumbnail(app: &App, s: &crate::hub::Stream) -> serde_json::Value {
     let mut v = serde_json::to_value(s.snapshot()).unwrap_or_default();
-    if app.thumbnails.get(&s.name).is_ok()
+    if app.thumbnails.offered(&s.name)
         && let Some(o) = v.as_object_mut()
     {
         o.insert(
@@ -50,7 +50,14 @@ async fn thumbnail(
     };
     let pass = app.admission.admit_viewer(facts, Purpose::Look).await?;
     let public = pass.stream.access() == crate::hub::Access::Public;
-    let t = app.thumbnails.get(&name).map_err(|m| {
+    // An ask: the stream's thumbnail is renewed while asked for; the first
+    // ask waits (bounded) for the first picture, so a card or a link
+    // preview gets one on its first request.
+    let t = app
+        .thumbnails
+        .want_within(&name, crate::thumbnail::FIRST_WAIT)
+        .await;
+    let t = t.map_err(|m| {
         let (code, message) = match m {
             Missing::Disabled => (
                 "thumbnails_disabled",

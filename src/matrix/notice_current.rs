@@ -138,6 +138,25 @@ impl Current {
         }
     }
 
+    /// Whether the notice of `session` wants a newer thumbnail now (none
+    /// shown yet, or the shown one is `thumb_every` old): only then does it
+    /// ask for one, so a notice renews the stream's thumbnail about once per
+    /// `notice_thumbnail_secs`, not every `[thumbnails] interval_secs`.
+    pub fn wants_thumbnail(
+        &self,
+        stream: &str,
+        session: &str,
+        now: Instant,
+        thumb_every: Duration,
+    ) -> bool {
+        self.shown
+            .lock()
+            .get(stream)
+            .filter(|s| s.session == session)
+            .and_then(|s| s.thumb.as_ref())
+            .is_none_or(|u| now >= u.at + thumb_every)
+    }
+
     /// The thumbnail the notice of `session` shows.
     pub fn uploaded(&self, stream: &str, session: &str) -> Option<Uploaded> {
         self.shown
@@ -183,13 +202,13 @@ impl Matrix {
         let _ = self.notices.current.thumbnails.set(thumbnails);
     }
 
-    /// The stream's current thumbnail, when it may go to the room.
-    fn notice_thumbnail(&self, stream: &str) -> Option<Arc<Thumbnail>> {
+    /// The thumbnails, when the stream's may go to the room.
+    fn notice_thumbnails(&self, stream: &str) -> Option<&Arc<Thumbnails>> {
         let s = self.hub.get(stream)?;
         if s.access() != Access::Public {
             return None;
         }
-        self.notices.current.thumbnails.get()?.get(stream).ok()
+        self.notices.current.thumbnails.get()
     }
 
     /// Uploads `t` to the media repository.
@@ -214,7 +233,12 @@ impl Matrix {
         if let Some(u) = self.notices.current.uploaded(stream, session) {
             return Some(u);
         }
-        let t = self.notice_thumbnail(stream)?;
+        // An ask: the first thumbnail is made now (waited for, bounded).
+        let t = self
+            .notice_thumbnails(stream)?
+            .want_within(stream, crate::thumbnail::FIRST_WAIT)
+            .await
+            .ok()?;
         match self.upload_thumbnail(stream, &t).await {
             Ok(u) => {
                 self.notices
@@ -270,8 +294,15 @@ impl Matrix {
             return Ok(());
         }
         let viewers = s.cluster_viewers() as u64;
-        let thumb = self.notice_thumbnail(stream);
         let now = Instant::now();
+        let thumb_every = Duration::from_secs(self.cfg.notice_thumbnail_secs);
+        let thumb = self.notice_thumbnails(stream).and_then(|t| {
+            let asks = self
+                .notices
+                .current
+                .wants_thumbnail(stream, session, now, thumb_every);
+            if asks { t.want(stream) } else { t.peek(stream) }.ok()
+        });
         let Some(due) = self.notices.current.due(
             stream,
             session,
@@ -280,7 +311,7 @@ impl Matrix {
             now,
             Cadence {
                 every: Duration::from_secs(self.cfg.notice_update_secs),
-                thumb_every: Duration::from_secs(self.cfg.notice_thumbnail_secs),
+                thumb_every,
             },
         ) else {
             return Ok(());
@@ -430,6 +461,22 @@ mod tests {
             "the thumbnail is renewed every few minutes"
         );
         assert_eq!(due(3, Some(1), THUMB_EVERY), None, "the same thumbnail");
+    }
+
+    #[test]
+    fn the_notice_asks_for_a_thumbnail_only_when_it_would_show_a_newer_one() {
+        let c = Current::default();
+        let t0 = Instant::now();
+        assert!(c.wants_thumbnail("a", "s1", t0, THUMB_EVERY), "none shown");
+        c.sent("a", "s1", None, None, t0);
+        assert!(c.wants_thumbnail("a", "s1", t0, THUMB_EVERY), "none shown");
+        c.sent("a", "s1", None, Some(uploaded(1, t0)), t0);
+        assert!(!c.wants_thumbnail("a", "s1", t0 + EVERY, THUMB_EVERY));
+        assert!(c.wants_thumbnail("a", "s1", t0 + THUMB_EVERY, THUMB_EVERY));
+        assert!(
+            c.wants_thumbnail("a", "s2", t0, THUMB_EVERY),
+            "a new session"
+        );
     }
 
     #[test]

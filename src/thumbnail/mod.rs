@@ -1,26 +1,33 @@
-//! Stream thumbnails: every `interval_secs` each live H.264 or VP8 stream's cached keyframe
-//! (the hub's GOP cache, so nothing is added to the per-packet path) is
-//! decoded to a small JPEG on `max_parallel` long-lived decoder threads: one
-//! decode per stream per interval whatever the number of viewers. The threads
+//! Stream thumbnails, made on demand: while somebody wants a live H.264 or
+//! VP8 stream's thumbnail (asked within `wanted_for_secs`: the JPEG's GET,
+//! the Matrix notice), its cached keyframe (the hub's GOP cache, so nothing
+//! is added to the per-packet path) is decoded to a small JPEG every
+//! `interval_secs` on `max_parallel` long-lived decoder threads: one decode
+//! per stream per interval whatever the number of viewers, none for a
+//! stream nobody looks at (`demand`). The first ask waits, bounded, for the
+//! first picture (`want_within`), so a card or a link preview gets one at
+//! once. The threads
 //! live as long as the server, so the decoders' working memory stays in the
 //! same allocator arenas instead of coming and going with tokio's blocking
 //! threads (which made RSS step by ~8 MB whenever a fresh thread decoded). The latest JPEG of each live stream is kept (bounded bytes: one per
 //! stream, each at most `max_bytes`) for the API, the pages' cards and
 //! Open Graph tags, and the Matrix go-live notice.
 
+pub mod demand;
 pub mod picture;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, warn};
 
+use self::demand::{Demand, Policy, Step};
 use crate::hub::Hub;
 use crate::log_every::LogEvery;
 
@@ -41,6 +48,9 @@ pub struct ThumbnailConfig {
     pub max_parallel: usize,
     /// Pictures with more pixels than this are not decoded.
     pub max_pixels: usize,
+    /// A stream's thumbnail is renewed only while it was asked for within
+    /// this many seconds; 0: every live stream's, always (the old way).
+    pub wanted_for_secs: u64,
 }
 
 impl Default for ThumbnailConfig {
@@ -53,6 +63,7 @@ impl Default for ThumbnailConfig {
             max_bytes: 128 * 1024,
             max_parallel: 1,
             max_pixels: 3840 * 2160,
+            wanted_for_secs: 60,
         }
     }
 }
@@ -78,7 +89,21 @@ impl ThumbnailConfig {
         if self.max_pixels < 16 * 16 {
             return Err(("max_pixels", "must be at least 256".into()));
         }
+        if self.wanted_for_secs > 86_400 {
+            return Err((
+                "wanted_for_secs",
+                "must be 0 (always renew) to 86400".into(),
+            ));
+        }
         Ok(())
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            interval: Duration::from_secs(self.interval_secs),
+            wanted_for: (self.wanted_for_secs > 0)
+                .then(|| Duration::from_secs(self.wanted_for_secs)),
+        }
     }
 
     fn shape(&self) -> picture::Shape {
@@ -118,8 +143,10 @@ struct Entry {
     latest: Option<Arc<Thumbnail>>,
     /// Index of the last keyframe tried, so one keyframe is decoded once.
     tried_index: Option<u64>,
-    tried_at: Option<Instant>,
-    busy: bool,
+    demand: Demand,
+    /// Woken when a decode of this stream ends (made or failed) or the
+    /// stream goes away: what a first ask waits for.
+    ended: Arc<Notify>,
 }
 
 /// Decode counters for `/metrics` (and the bench).
@@ -129,6 +156,10 @@ pub struct ThumbnailStats {
     pub failed: AtomicU64,
     /// CPU time of the decodes and encodes, µs (thread CPU time).
     pub cpu_us: AtomicU64,
+    /// Asks that waited for a stream's first thumbnail, and those of them
+    /// that got none within the wait.
+    pub waits: AtomicU64,
+    pub waits_unanswered: AtomicU64,
 }
 
 /// What a decoder thread answers: the picture (or why not) and its CPU time.
@@ -151,6 +182,11 @@ pub struct Thumbnails {
     pool: Arc<Semaphore>,
     decoders: std::sync::OnceLock<std::sync::mpsc::SyncSender<DecodeJob>>,
     seq: AtomicU64,
+    /// Runs a round now (not at the next tick): a stream became wanted, or
+    /// a decode ended while asks wait. One stored permit: kicks coalesce.
+    kick: Notify,
+    /// Asks waiting for a first thumbnail now (at most `MAX_WAITING`).
+    waiting: AtomicUsize,
     pub stats: ThumbnailStats,
 }
 
@@ -159,6 +195,14 @@ static DECODE_FAILED_LOG: LogEvery = LogEvery::new(Duration::from_secs(60));
 /// How often the driver looks for due streams: a stream that just went live
 /// gets its first thumbnail about this soon after its first keyframe.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How long a first ask waits for a stream's first thumbnail: a decode
+/// takes tens of ms, but the pool may be busy for a round or the stream
+/// may still lack a keyframe.
+pub const FIRST_WAIT: Duration = Duration::from_millis(2500);
+
+/// Asks that may wait at once, server-wide; more answer at once.
+const MAX_WAITING: usize = 256;
 
 impl Thumbnails {
     pub fn new(cfg: ThumbnailConfig, hub: Arc<Hub>) -> Arc<Thumbnails> {
@@ -170,6 +214,8 @@ impl Thumbnails {
             pool,
             decoders: std::sync::OnceLock::new(),
             seq: AtomicU64::new(0),
+            kick: Notify::new(),
+            waiting: AtomicUsize::new(0),
             stats: ThumbnailStats::default(),
         })
     }
@@ -182,8 +228,9 @@ impl Thumbnails {
         Duration::from_secs(self.cfg.interval_secs)
     }
 
-    /// The latest thumbnail of a live stream.
-    pub fn get(&self, stream: &str) -> Result<Arc<Thumbnail>, Missing> {
+    /// Why a stream has no thumbnail to offer (`Missing::NotYet` when it may
+    /// get one), or its live entry.
+    fn check(&self, stream: &str) -> Result<(), Missing> {
         if !self.cfg.enabled {
             return Err(Missing::Disabled);
         }
@@ -191,18 +238,82 @@ impl Thumbnails {
         let Some(s) = s else {
             return Err(Missing::Offline);
         };
-        if let Some(t) = self
-            .entries
+        match s.media_info().video.map(|v| v.codec) {
+            Some(c) if !picture::decodable(c) => Err(Missing::Codec(c)),
+            Some(_) => Ok(()),
+            None => Err(Missing::NotYet),
+        }
+    }
+
+    /// Whether the stream has a thumbnail or gets one when asked (live, H.264
+    /// or VP8): its API snapshot then names the JPEG's path. Not an ask.
+    pub fn offered(&self, stream: &str) -> bool {
+        self.check(stream).is_ok()
+    }
+
+    /// The latest thumbnail of a live stream, without asking for one (its
+    /// renewal is not extended).
+    pub fn peek(&self, stream: &str) -> Result<Arc<Thumbnail>, Missing> {
+        self.check(stream)?;
+        self.entries
             .lock()
             .get(stream)
             .and_then(|e| e.latest.clone())
-        {
-            return Ok(t);
+            .ok_or(Missing::NotYet)
+    }
+
+    /// Asks for the stream's thumbnail: it is renewed for `wanted_for_secs`
+    /// from now. Answers the latest (none yet: `NotYet`, and a round starts
+    /// at once if the stream was not wanted).
+    pub fn want(&self, stream: &str) -> Result<Arc<Thumbnail>, Missing> {
+        self.check(stream)?;
+        let now = Instant::now();
+        let policy = self.cfg.policy();
+        let mut entries = self.entries.lock();
+        let e = entries.entry(stream.to_string()).or_default();
+        if !policy.wanted(&e.demand, now) || e.demand.wanted_at.is_none() {
+            self.kick.notify_one();
         }
-        match s.media_info().video.map(|v| v.codec) {
-            Some(c) if !picture::decodable(c) => Err(Missing::Codec(c)),
-            _ => Err(Missing::NotYet),
+        e.demand.wanted_at = Some(now);
+        e.latest.clone().ok_or(Missing::NotYet)
+    }
+
+    /// [`want`](Self::want), and when the stream has no thumbnail yet, waits
+    /// up to `within` for the decode that is running or starts now to end
+    /// (made or failed). A wait holds no thread; at most `MAX_WAITING` asks
+    /// wait at once (more get `NotYet` at once).
+    pub async fn want_within(
+        &self,
+        stream: &str,
+        within: Duration,
+    ) -> Result<Arc<Thumbnail>, Missing> {
+        match self.want(stream) {
+            Err(Missing::NotYet) => {}
+            r => return r,
         }
+        let Some(_slot) = WaitSlot::take(&self.waiting) else {
+            return Err(Missing::NotYet);
+        };
+        self.stats.waits.fetch_add(1, Ordering::Relaxed);
+        let Some(ended) = self.entries.lock().get(stream).map(|e| e.ended.clone()) else {
+            return self.peek(stream);
+        };
+        let ended = ended.notified();
+        tokio::pin!(ended);
+        // Registered before looking again, so a decode that ends in between
+        // is not missed.
+        ended.as_mut().enable();
+        let r = match self.peek(stream) {
+            Err(Missing::NotYet) => match tokio::time::timeout(within, ended).await {
+                Ok(()) => self.peek(stream),
+                Err(_) => Err(Missing::NotYet),
+            },
+            r => r,
+        };
+        if r.is_err() {
+            self.stats.waits_unanswered.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
 
     pub fn spawn(self: &Arc<Self>) {
@@ -218,7 +329,10 @@ impl Thumbnails {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = me.kick.notified() => {}
+                }
                 me.round(Instant::now());
             }
         });
@@ -238,7 +352,8 @@ impl Thumbnails {
         Ok(())
     }
 
-    /// Starts the decodes that are due, forgets streams that are not live.
+    /// Starts the decodes that are due (`demand::Policy::step`), drops
+    /// pictures nobody wants, forgets streams that are not live.
     fn round(self: &Arc<Self>, now: Instant) {
         let live: Vec<_> = self
             .hub
@@ -246,15 +361,29 @@ impl Thumbnails {
             .into_iter()
             .filter(|s| s.is_live())
             .collect();
-        let interval = self.interval();
+        let policy = self.cfg.policy();
         let mut due = Vec::new();
         {
             let mut entries = self.entries.lock();
-            entries.retain(|name, _| live.iter().any(|s| &s.name == name));
+            entries.retain(|name, e| {
+                let keep = live.iter().any(|s| &s.name == name);
+                if !keep {
+                    e.ended.notify_waiters();
+                }
+                keep
+            });
             for s in &live {
                 let e = entries.entry(s.name.clone()).or_default();
-                if e.busy || e.tried_at.is_some_and(|t| now < t + interval) {
-                    continue;
+                match policy.step(&e.demand, now) {
+                    Step::Wait => continue,
+                    Step::Forget => {
+                        // The next ask decodes the current keyframe again.
+                        e.latest = None;
+                        e.tried_index = None;
+                        e.demand.tried_at = None;
+                        continue;
+                    }
+                    Step::Renew => {}
                 }
                 // The SPS's size is checked before the decoder sees the frame
                 // (and again after: in-band parameter sets may differ).
@@ -283,9 +412,9 @@ impl Thumbnails {
                 break;
             };
             if let Some(e) = self.entries.lock().get_mut(&name) {
-                e.busy = true;
+                e.demand.busy = true;
                 e.tried_index = Some(key.index);
-                e.tried_at = Some(now);
+                e.demand.tried_at = Some(now);
             }
             let (reply, made) = tokio::sync::oneshot::channel();
             let job = DecodeJob {
@@ -311,6 +440,10 @@ impl Thumbnails {
                 };
                 drop(permit);
                 me.finish(&name, made);
+                // A freed decoder may serve a stream an ask waits for.
+                if me.waiting.load(Ordering::Relaxed) > 0 {
+                    me.kick.notify_one();
+                }
             });
         }
     }
@@ -329,7 +462,9 @@ impl Thumbnails {
         let Some(e) = entries.get_mut(name) else {
             return;
         };
-        e.busy = false;
+        e.demand.busy = false;
+        // Wakes after `latest` is set below (the waiters take the lock to read it).
+        let ended = e.ended.clone();
         match result {
             Ok(jpeg) => {
                 self.stats.made.fetch_add(1, Ordering::Relaxed);
@@ -349,16 +484,28 @@ impl Thumbnails {
                 }
             }
         }
+        drop(entries);
+        ended.notify_waiters();
     }
 
     /// Lines for `/metrics`.
     pub fn metrics(&self) -> String {
-        let live = self
-            .entries
-            .lock()
-            .values()
-            .filter(|e| e.latest.is_some())
-            .count();
+        let policy = self.cfg.policy();
+        // `wanted_for_secs = 0`: every live stream is.
+        let all_live = (policy.wanted_for.is_none() && self.cfg.enabled)
+            .then(|| self.hub.streams().iter().filter(|s| s.is_live()).count());
+        let (live, wanted) = {
+            let now = Instant::now();
+            let entries = self.entries.lock();
+            let live = entries.values().filter(|e| e.latest.is_some()).count();
+            let wanted = all_live.unwrap_or_else(|| {
+                entries
+                    .values()
+                    .filter(|e| policy.wanted(&e.demand, now))
+                    .count()
+            });
+            (live, wanted)
+        };
         format!(
             "# HELP roomcast_thumbnails_made_total Thumbnails decoded and encoded.\n\
              # TYPE roomcast_thumbnails_made_total counter\n\
@@ -371,11 +518,42 @@ impl Thumbnails {
              roomcast_thumbnail_cpu_seconds_total {:.6}\n\
              # HELP roomcast_thumbnails_current Live streams with a thumbnail.\n\
              # TYPE roomcast_thumbnails_current gauge\n\
-             roomcast_thumbnails_current {live}\n",
+             roomcast_thumbnails_current {live}\n\
+             # HELP roomcast_thumbnails_wanted Live streams whose thumbnail is renewed (asked for within wanted_for_secs).\n\
+             # TYPE roomcast_thumbnails_wanted gauge\n\
+             roomcast_thumbnails_wanted {wanted}\n\
+             # HELP roomcast_thumbnail_waits_total Asks that waited for a stream's first thumbnail.\n\
+             # TYPE roomcast_thumbnail_waits_total counter\n\
+             roomcast_thumbnail_waits_total {}\n\
+             # HELP roomcast_thumbnail_waits_unanswered_total Waiting asks that got no thumbnail (no keyframe, a failed decode, or none within the wait).\n\
+             # TYPE roomcast_thumbnail_waits_unanswered_total counter\n\
+             roomcast_thumbnail_waits_unanswered_total {}\n",
             self.stats.made.load(Ordering::Relaxed),
             self.stats.failed.load(Ordering::Relaxed),
             self.stats.cpu_us.load(Ordering::Relaxed) as f64 / 1e6,
+            self.stats.waits.load(Ordering::Relaxed),
+            self.stats.waits_unanswered.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// One of the `MAX_WAITING` places for a waiting ask, given back on drop.
+struct WaitSlot<'a>(&'a AtomicUsize);
+
+impl<'a> WaitSlot<'a> {
+    fn take(waiting: &'a AtomicUsize) -> Option<WaitSlot<'a>> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_WAITING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaitSlot(waiting))
+    }
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -446,6 +624,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("thumbnails.interval_secs"), "{e}");
+        assert_eq!(c.thumbnails.wanted_for_secs, 60);
+        let e = Config::load(None, env("WANTED_FOR_SECS", "100000"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("thumbnails.wanted_for_secs"), "{e}");
+        let c = Config::load(None, env("WANTED_FOR_SECS", "0")).unwrap();
+        assert_eq!(c.thumbnails.policy().wanted_for, None);
         let c = Config::load(None, env("ENABLED", "false")).unwrap();
         assert!(!c.thumbnails.enabled);
     }

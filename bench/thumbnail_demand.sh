@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Thumbnails on demand: one 720p30 H.264 stream at 2.5 Mbit/s (ffmpeg -c copy
+# over RTMP, a keyframe every second) with the default [thumbnails] settings
+# (interval_secs = 10), for S seconds each: nobody asking for its thumbnail,
+# a client GETting it every second, and thumbnails off. Prints per run the
+# thumbnails made, their CPU (thread CPU time, from /metrics) and the server's
+# whole CPU use (utime+stime from /proc, % of one core).
+# Usage: bench/thumbnail_demand.sh [seconds]
+# BENCH_SERVER_BIN=path/to/roomcast measures another build (e.g. one from
+# before thumbnails were made on demand: it needs no new config key).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+SECS=${1:-120}
+[[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
+encode 2500 128
+
+metric() { # metric TEXT NAME
+  grep -oP "^$2 \K\S+" <<<"$1" || echo 0
+}
+
+run() { # run LABEL "toml lines" ask(0|1)
+  # start_server waits for "roomcast ready" in this log: not the last run's.
+  rm -f "$WORK/server.log"
+  start_server "[thumbnails]
+$2"
+  loop_publish "$STREAM" "$KEY"; PUBLISHER_PIDS="$LAST_PID"
+  local asker=""
+  if [[ "$3" == 1 ]]; then
+    (while :; do curl -fs -o /dev/null "http://$HTTP/api/v1/streams/$STREAM/thumbnail.jpg" || true; sleep 1; done) &
+    asker=$!
+  fi
+  local tick; tick=$(getconf CLK_TCK)
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$SERVER_PID/stat")
+  local m0; m0=$(curl -fs "http://$HTTP/metrics")
+  sleep "$SECS"
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$SERVER_PID/stat")
+  local m1; m1=$(curl -fs "http://$HTTP/metrics")
+  if [[ -n "$asker" ]]; then kill "$asker" 2>/dev/null || true; wait "$asker" 2>/dev/null || true; fi
+  local made cpu_ms pct
+  made=$(awk -v a="$(metric "$m0" roomcast_thumbnails_made_total)" -v b="$(metric "$m1" roomcast_thumbnails_made_total)" 'BEGIN{print b-a}')
+  cpu_ms=$(awk -v a="$(metric "$m0" roomcast_thumbnail_cpu_seconds_total)" -v b="$(metric "$m1" roomcast_thumbnail_cpu_seconds_total)" 'BEGIN{printf "%.0f", 1000*(b-a)}')
+  pct=$(awk -v t="$tick" -v d=$(( (u1 + s1) - (u0 + s0) )) -v s="$SECS" 'BEGIN{printf "%.2f", 100*d/t/s}')
+  printf '%-28s thumbnails made %3s, thumbnail CPU %5s ms (%.3f %% of a core), server CPU %s %% of a core\n' \
+    "$1" "$made" "$cpu_ms" "$(awk -v c="$cpu_ms" -v s="$SECS" 'BEGIN{print c/10/s}')" "$pct"
+  for p in $PUBLISHER_PIDS; do kill "$p" 2>/dev/null || true; done
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+  PUBLISHER_PIDS=""
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load $(cut -d' ' -f1-3 /proc/loadavg); 1 stream 720p30 2.5 Mbit/s, ${SECS} s per run, $(basename "${BENCH_SERVER_BIN:-release build}")"
+run "nobody asking" "" 0
+run "a GET every second" "" 1
+run "thumbnails off" "enabled = false" 0
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
