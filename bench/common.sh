@@ -21,6 +21,9 @@ build_release() {
 
 # start_server [extra toml]
 start_server() {
+  # Waits below for "roomcast ready" in this log: never the last server's (a
+  # second start could read it before the new server's redirect emptied it).
+  rm -f "$WORK/server.log" "$WORK/stdout.log"
   cat > "$WORK/config.toml" <<TOML
 [http]
 listen = "127.0.0.1:0"

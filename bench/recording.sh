@@ -22,8 +22,6 @@ written() { curl -fs "http://$HTTP/metrics" | awk '/^roomcast_recording_bytes_wr
 
 # run LABEL EXTRA_TOML: prints server cores used and bytes written.
 run() {
-  # A fresh log: start_server waits for its "roomcast ready".
-  rm -f "$WORK/server.log" "$WORK/stdout.log"
   start_server "$2"
   taskset -a -p -c 0 "$SERVER_PID" >/dev/null
   PUBLISHER_PIDS=""

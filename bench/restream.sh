@@ -32,7 +32,6 @@ encode 2500 128
 
 # measure LABEL: publish, wait for the pushes, then one window of CPU time.
 measure() {
-  rm -f "$WORK/server.log" # start_server must not read the previous run's log
   start_server
   if [[ $MODE == whip ]]; then
     "$PY" "$ROOT/tests/py/whip_publisher.py" "http://$HTTP/whip/$STREAM" --key "$KEY" \

@@ -15,8 +15,6 @@ export EXTRA_STREAMS=$((N - 1))
 encode 2500 128
 
 run() { # run "enabled = true|false": sets RESULT="thumbnails ms_per_thumb server_cpu_pct"
-  # start_server waits for "roomcast ready" in this log: not the last run's.
-  rm -f "$WORK/server.log"
   start_server "[thumbnails]
 $1
 interval_secs = 1"

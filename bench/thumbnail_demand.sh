@@ -18,8 +18,6 @@ metric() { # metric TEXT NAME
 }
 
 run() { # run LABEL "toml lines" ask(0|1)
-  # start_server waits for "roomcast ready" in this log: not the last run's.
-  rm -f "$WORK/server.log"
   start_server "[thumbnails]
 $2"
   loop_publish "$STREAM" "$KEY"; PUBLISHER_PIDS="$LAST_PID"
