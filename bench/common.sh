@@ -90,3 +90,21 @@ publish() {
   loop_publish "$STREAM" "$KEY"
   FFMPEG_PID=$LAST_PID
 }
+
+# measure_window SECS: sleeps SECS while the server runs; sets WINDOW_PCT (the
+# server's CPU over it, % of one core) and METRICS0/METRICS1 (/metrics before
+# and after). metric_delta NAME: how much a /metrics series rose over it.
+measure_window() {
+  local tick u0 s0 u1 s1
+  tick=$(getconf CLK_TCK)
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$SERVER_PID/stat")
+  METRICS0=$(curl -fs "http://$HTTP/metrics")
+  sleep "$1"
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$SERVER_PID/stat")
+  METRICS1=$(curl -fs "http://$HTTP/metrics")
+  WINDOW_PCT=$(awk -v t="$tick" -v d=$(( (u1 + s1) - (u0 + s0) )) -v s="$1" 'BEGIN{printf "%.2f", 100*d/t/s}')
+}
+metric_delta() {
+  awk -v a="$(grep -oP "^$1 \K\S+" <<<"$METRICS0" || echo 0)" \
+      -v b="$(grep -oP "^$1 \K\S+" <<<"$METRICS1" || echo 0)" 'BEGIN{print b-a}'
+}

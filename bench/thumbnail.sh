@@ -23,18 +23,10 @@ interval_secs = 1"
   for i in $(seq 1 $((N - 1))); do
     loop_publish "$STREAM$i" "$KEY-$i"; PUBLISHER_PIDS="$PUBLISHER_PIDS $LAST_PID"
   done
-  local tick; tick=$(getconf CLK_TCK)
-  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$SERVER_PID/stat")
-  local m0; m0=$(curl -fs "http://$HTTP/metrics")
-  sleep "$SECS"
-  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$SERVER_PID/stat")
-  local m1; m1=$(curl -fs "http://$HTTP/metrics")
-  local made cpu
-  made=$(( $(grep -oP '^roomcast_thumbnails_made_total \K\d+' <<<"$m1") - $(grep -oP '^roomcast_thumbnails_made_total \K\d+' <<<"$m0") ))
-  cpu=$(awk -v a="$(grep -oP '^roomcast_thumbnail_cpu_seconds_total \K\S+' <<<"$m0")" \
-            -v b="$(grep -oP '^roomcast_thumbnail_cpu_seconds_total \K\S+' <<<"$m1")" 'BEGIN{print b-a}')
-  local server_pct
-  server_pct=$(awk -v t="$tick" -v d=$(( (u1 + s1) - (u0 + s0) )) -v s="$SECS" 'BEGIN{printf "%.1f", 100*d/t/s}')
+  measure_window "$SECS"
+  local made cpu server_pct=$WINDOW_PCT
+  made=$(metric_delta roomcast_thumbnails_made_total)
+  cpu=$(metric_delta roomcast_thumbnail_cpu_seconds_total)
   if (( made > 0 )); then
     RESULT="$made $(awk -v c="$cpu" -v n="$made" 'BEGIN{printf "%.2f", 1000*c/n}') $server_pct"
   else

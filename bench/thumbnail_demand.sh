@@ -13,10 +13,6 @@ SECS=${1:-120}
 [[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
 encode 2500 128
 
-metric() { # metric TEXT NAME
-  grep -oP "^$2 \K\S+" <<<"$1" || echo 0
-}
-
 run() { # run LABEL "toml lines" ask(0|1)
   start_server "[thumbnails]
 $2"
@@ -26,17 +22,11 @@ $2"
     (while :; do curl -fs -o /dev/null "http://$HTTP/api/v1/streams/$STREAM/thumbnail.jpg" || true; sleep 1; done) &
     asker=$!
   fi
-  local tick; tick=$(getconf CLK_TCK)
-  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$SERVER_PID/stat")
-  local m0; m0=$(curl -fs "http://$HTTP/metrics")
-  sleep "$SECS"
-  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$SERVER_PID/stat")
-  local m1; m1=$(curl -fs "http://$HTTP/metrics")
+  measure_window "$SECS"
   if [[ -n "$asker" ]]; then kill "$asker" 2>/dev/null || true; wait "$asker" 2>/dev/null || true; fi
-  local made cpu_ms pct
-  made=$(awk -v a="$(metric "$m0" roomcast_thumbnails_made_total)" -v b="$(metric "$m1" roomcast_thumbnails_made_total)" 'BEGIN{print b-a}')
-  cpu_ms=$(awk -v a="$(metric "$m0" roomcast_thumbnail_cpu_seconds_total)" -v b="$(metric "$m1" roomcast_thumbnail_cpu_seconds_total)" 'BEGIN{printf "%.0f", 1000*(b-a)}')
-  pct=$(awk -v t="$tick" -v d=$(( (u1 + s1) - (u0 + s0) )) -v s="$SECS" 'BEGIN{printf "%.2f", 100*d/t/s}')
+  local made cpu_ms pct=$WINDOW_PCT
+  made=$(metric_delta roomcast_thumbnails_made_total)
+  cpu_ms=$(awk -v c="$(metric_delta roomcast_thumbnail_cpu_seconds_total)" 'BEGIN{printf "%.0f", 1000*c}')
   printf '%-28s thumbnails made %3s, thumbnail CPU %5s ms (%.3f %% of a core), server CPU %s %% of a core\n' \
     "$1" "$made" "$cpu_ms" "$(awk -v c="$cpu_ms" -v s="$SECS" 'BEGIN{print c/10/s}')" "$pct"
   for p in $PUBLISHER_PIDS; do kill "$p" 2>/dev/null || true; done
