@@ -312,8 +312,12 @@ pub struct Shard {
 /// timers run (or a dead one reaped).
 struct Driver<'a> {
     shard: &'a Shard,
-    /// Datagrams of the session being driven, sent together at the end.
+    /// Datagrams of the session being driven, sent together at the end
+    /// (or, while `gathering`, of every session driven until then).
     batch: SendBatch,
+    /// Set while a frame is written to every viewer, or a timer pass runs:
+    /// their datagrams go out in few `sendmmsg`s, not one send per viewer.
+    gathering: bool,
     earliest: Instant,
 }
 
@@ -493,6 +497,7 @@ impl Shard {
                 driver: Driver {
                     shard: &self,
                     batch: SendBatch::default(),
+                    gathering: false,
                     earliest: Instant::now(),
                 },
                 viewers: Viewers::default(),
@@ -583,6 +588,7 @@ impl Worker<'_> {
         } = self;
         let mut earliest = now + Duration::from_secs(1);
         let mut any_dead = false;
+        driver.gathering = true;
         for p in viewers.iter_mut() {
             if !p.dead
                 && let Err(msg) = isolate(|| driver.viewer_timers(p, now))
@@ -594,6 +600,8 @@ impl Worker<'_> {
             earliest = earliest.min(p.next_timeout());
             any_dead |= p.is_finished();
         }
+        driver.gathering = false;
+        driver.shard.net.flush(&mut driver.batch);
         for p in pubs.values_mut() {
             if !p.dead
                 && let Err(msg) = isolate(|| driver.publisher_timers(p, now))
@@ -743,6 +751,7 @@ impl Worker<'_> {
                 let Some(watching) = by_stream.get(&stream) else {
                     return;
                 };
+                driver.gathering = true;
                 for &slot in watching {
                     let Some(p) = slots[slot].as_mut() else {
                         continue;
@@ -769,6 +778,8 @@ impl Worker<'_> {
                         shard.metrics.observe_transit(frame.received.elapsed());
                     }
                 }
+                driver.gathering = false;
+                shard.net.flush(&mut driver.batch);
             }
         }
     }
@@ -830,8 +841,9 @@ impl Driver<'_> {
     /// go on. Logged at most once per interval.
     fn session_panicked(&mut self, stream: &str, id: u64, during: &str, msg: &str) {
         self.shard.metrics.session_panics.fetch_add(1, Relaxed);
-        // A panic may leave a half-built batch behind.
-        self.batch = SendBatch::default();
+        // The batch holds whole datagrams only (a write that panics takes
+        // its datagram back out: `Unwritten`), so what the other sessions
+        // queued in it still goes out.
         self.earliest = Instant::now();
         if let Some(suppressed) = PANIC_LOG.allow() {
             error!(%stream, session = id, during, panic = %msg, suppressed, "webrtc session panicked; ending that session only");
@@ -869,7 +881,9 @@ impl Driver<'_> {
                 metrics: &shard.metrics,
             },
         );
-        shard.net.flush(&mut self.batch);
+        if !self.gathering {
+            shard.net.flush(&mut self.batch);
+        }
         let due = if p.dead { now } else { p.next_timeout() };
         self.earliest = self.earliest.min(due);
     }

@@ -12,29 +12,51 @@ use tracing::debug;
 use super::tcp::TcpConns;
 use super::{Datagram, Demux, Inbound, MAX_DATAGRAM};
 
-const MAX_BATCH_BYTES: usize = 60_000;
+/// Largest run to one destination (one GSO send: the kernel takes < 64 KiB).
+const MAX_RUN_BYTES: usize = 60_000;
+/// Largest batch: runs to this many destinations, this many bytes in all.
+const MAX_RUNS: usize = 64;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Sends str0m's output on the right socket. Shared by every shard.
 ///
 /// A video frame becomes a run of equal-sized SRTP packets to one viewer; they
 /// go out as one `sendmsg` with UDP segmentation offload (GSO) where the kernel
 /// has it, which is most of the per-packet cost saved (the syscall, routing and
-/// skb setup happen once per batch).
+/// skb setup happen once per run). A shard writing a frame to many viewers
+/// queues their runs in one batch and sends them with one `sendmmsg`: for
+/// audio (one datagram per viewer per frame) that was one syscall each.
 pub struct NetOut {
     udp: Arc<UdpSocket>,
     udp_state: quinn_udp::UdpSocketState,
     tcp: Arc<TcpConns>,
 }
 
-/// Datagrams queued for one destination, all `segment` bytes but the last.
+/// Runs of datagrams in one buffer, each run to one destination.
 #[derive(Default)]
 pub struct SendBatch {
-    destination: Option<SocketAddr>,
+    runs: Vec<Run>,
+    buf: Vec<u8>,
+}
+
+/// Datagrams for one destination, all `segment` bytes but the last, at
+/// `start..` of the batch's buffer up to the next run.
+#[derive(Clone, Copy)]
+struct Run {
+    destination: SocketAddr,
+    start: usize,
     segment: usize,
     count: usize,
     /// The last datagram was shorter than `segment`: nothing may follow it.
     closed: bool,
-    buf: Vec<u8>,
+}
+
+impl SendBatch {
+    /// The bytes of run `i`.
+    fn contents(&self, i: usize) -> &[u8] {
+        let end = self.runs.get(i + 1).map_or(self.buf.len(), |r| r.start);
+        &self.buf[self.runs[i].start..end]
+    }
 }
 
 /// Takes the datagram at `start` back out of the batch when its `write`
@@ -52,11 +74,13 @@ impl Drop for Unwritten<'_> {
         }
         let b = &mut *self.batch;
         b.buf.truncate(self.start);
-        b.count -= 1;
-        // It could only join an open batch, or began a new one.
-        b.closed = false;
-        if b.count == 0 {
-            b.destination = None;
+        if let Some(run) = b.runs.last_mut() {
+            run.count -= 1;
+            // It could only join an open run, or began a new one.
+            run.closed = false;
+            if run.count == 0 {
+                b.runs.pop();
+            }
         }
     }
 }
@@ -131,65 +155,143 @@ impl NetOut {
     }
 
     /// Room for a datagram of `len` bytes to `destination` at the end of the
-    /// batch, sending the batch first when it cannot join it.
+    /// batch: in the last run if it can join it, else in a new run (the
+    /// batch sent first when full).
     fn reserve<'b>(
         &self,
         batch: &'b mut SendBatch,
         destination: SocketAddr,
         len: usize,
     ) -> &'b mut [u8] {
-        let joins = batch.destination == Some(destination)
-            && !batch.closed
-            && len <= batch.segment
-            && batch.count < self.max_segments()
-            && batch.buf.len() + len <= MAX_BATCH_BYTES;
+        let end = batch.buf.len();
+        let joins = batch.runs.last().is_some_and(|r| {
+            r.destination == destination
+                && !r.closed
+                && len <= r.segment
+                && r.count < self.max_segments()
+                && end - r.start + len <= MAX_RUN_BYTES
+        });
         if !joins {
-            self.flush(batch);
-            batch.destination = Some(destination);
-            batch.segment = len;
+            if batch.runs.len() == MAX_RUNS || end + len > MAX_BATCH_BYTES {
+                self.flush(batch);
+            }
+            batch.runs.push(Run {
+                destination,
+                start: batch.buf.len(),
+                segment: len,
+                count: 0,
+                closed: false,
+            });
         }
         let start = batch.buf.len();
         batch.buf.resize(start + len, 0);
-        batch.count += 1;
-        batch.closed = len < batch.segment;
+        let run = batch.runs.last_mut().expect("a run was just ensured");
+        run.count += 1;
+        run.closed = len < run.segment;
         &mut batch.buf[start..]
     }
 
-    /// Sends what is queued.
+    /// Sends what is queued: one run with `sendmsg`, several with one
+    /// `sendmmsg`.
     pub fn flush(&self, batch: &mut SendBatch) {
-        let Some(destination) = batch.destination.take() else {
-            return;
-        };
+        match batch.runs.len() {
+            0 => return,
+            1 => self.send_run(batch, 0),
+            _ => self.send_runs(batch),
+        }
+        batch.runs.clear();
+        batch.buf.clear();
+    }
+
+    /// Sends run `i` alone (with GSO when it has several datagrams, one at
+    /// a time if the kernel refuses GSO).
+    fn send_run(&self, batch: &SendBatch, i: usize) {
+        let run = batch.runs[i];
+        let contents = batch.contents(i);
         let t = quinn_udp::Transmit {
-            destination,
+            destination: run.destination,
             ecn: None,
-            contents: &batch.buf,
-            segment_size: (batch.count > 1).then_some(batch.segment),
+            contents,
+            segment_size: (run.count > 1).then_some(run.segment),
             src_ip: None,
         };
         if let Err(e) = self.udp_state.try_send((&*self.udp).into(), &t) {
-            if batch.count > 1 {
+            if run.count > 1 {
                 // quinn-udp turns GSO off when the kernel refuses it; send the
-                // batch again one datagram at a time.
-                for one in batch.buf.chunks(batch.segment) {
+                // run again one datagram at a time.
+                for one in contents.chunks(run.segment) {
                     let t = quinn_udp::Transmit {
-                        destination,
+                        destination: run.destination,
                         ecn: None,
                         contents: one,
                         segment_size: None,
                         src_ip: None,
                     };
                     if let Err(e) = self.udp_state.try_send((&*self.udp).into(), &t) {
-                        debug!(error = %e, to = %destination, "udp send failed");
+                        debug!(error = %e, to = %run.destination, "udp send failed");
                     }
                 }
             } else {
-                debug!(error = %e, to = %destination, "udp send failed");
+                debug!(error = %e, to = %run.destination, "udp send failed");
             }
         }
-        batch.buf.clear();
-        batch.count = 0;
-        batch.closed = false;
+    }
+
+    /// Sends every run with `sendmmsg`; a run the kernel refuses is sent
+    /// alone (`send_run`, which falls back from GSO), and the rest go on.
+    #[cfg(target_os = "linux")]
+    fn send_runs(&self, batch: &SendBatch) {
+        use std::os::fd::AsRawFd;
+        let n = batch.runs.len();
+        let mut names = mmsg::Names::default();
+        let mut iovs = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_RUNS];
+        let mut controls = [mmsg::Control::default(); MAX_RUNS];
+        // SAFETY: mmsghdr is plain data; all-zero is an empty message.
+        let mut msgs: [libc::mmsghdr; MAX_RUNS] = unsafe { std::mem::zeroed() };
+        for (i, run) in batch.runs.iter().enumerate() {
+            let contents = batch.contents(i);
+            iovs[i] = libc::iovec {
+                iov_base: contents.as_ptr() as *mut libc::c_void,
+                iov_len: contents.len(),
+            };
+            let (name, name_len) = names.set(i, run.destination);
+            let hdr = &mut msgs[i].msg_hdr;
+            hdr.msg_name = name;
+            hdr.msg_namelen = name_len;
+            hdr.msg_iov = &mut iovs[i];
+            hdr.msg_iovlen = 1;
+            if run.count > 1 {
+                let segment = u16::try_from(run.segment).unwrap_or(u16::MAX);
+                controls[i].set_segment(hdr, segment);
+            }
+        }
+        let fd = self.udp.as_raw_fd();
+        let mut sent = 0;
+        while sent < n {
+            // SAFETY: msgs[sent..n] point into names, iovs, controls and the
+            // batch's buffer, all alive and unmoved until this call returns.
+            let r = unsafe { libc::sendmmsg(fd, msgs[sent..].as_mut_ptr(), (n - sent) as u32, 0) };
+            if r > 0 {
+                sent += r as usize;
+                continue;
+            }
+            if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The kernel refused the run at `sent` (or sent nothing).
+            self.send_run(batch, sent);
+            sent += 1;
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn send_runs(&self, batch: &SendBatch) {
+        for i in 0..batch.runs.len() {
+            self.send_run(batch, i);
+        }
     }
 
     /// Closes the ICE-TCP connections among a finished session's addresses:
@@ -244,6 +346,83 @@ pub fn run_udp_receiver(
     }
 }
 
+/// The addresses and control messages of a `sendmmsg`, laid out as the
+/// kernel reads them.
+#[cfg(target_os = "linux")]
+mod mmsg {
+    use std::net::SocketAddr;
+
+    use super::MAX_RUNS;
+
+    pub struct Names([libc::sockaddr_storage; MAX_RUNS]);
+
+    impl Default for Names {
+        fn default() -> Self {
+            // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+            Names(unsafe { std::mem::zeroed() })
+        }
+    }
+
+    impl Names {
+        /// Writes `addr` as entry `i`: its pointer and length for msg_name.
+        pub fn set(&mut self, i: usize, addr: SocketAddr) -> (*mut libc::c_void, libc::socklen_t) {
+            let slot = &mut self.0[i] as *mut libc::sockaddr_storage;
+            match addr {
+                SocketAddr::V4(a) => {
+                    let sin = libc::sockaddr_in {
+                        sin_family: libc::AF_INET as libc::sa_family_t,
+                        sin_port: a.port().to_be(),
+                        sin_addr: libc::in_addr {
+                            s_addr: u32::from_ne_bytes(a.ip().octets()),
+                        },
+                        sin_zero: [0; 8],
+                    };
+                    // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                    unsafe { slot.cast::<libc::sockaddr_in>().write(sin) };
+                    (slot.cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t)
+                }
+                SocketAddr::V6(a) => {
+                    let sin6 = libc::sockaddr_in6 {
+                        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                        sin6_port: a.port().to_be(),
+                        sin6_flowinfo: a.flowinfo(),
+                        sin6_addr: libc::in6_addr {
+                            s6_addr: a.ip().octets(),
+                        },
+                        sin6_scope_id: a.scope_id(),
+                    };
+                    // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                    unsafe { slot.cast::<libc::sockaddr_in6>().write(sin6) };
+                    (slot.cast(), size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+                }
+            }
+        }
+    }
+
+    /// Room for one `UDP_SEGMENT` control message (cmsghdr-aligned).
+    #[derive(Clone, Copy, Default)]
+    pub struct Control([u64; 4]);
+
+    impl Control {
+        /// Attaches a `UDP_SEGMENT` of `segment` bytes to `hdr` (GSO).
+        pub fn set_segment(&mut self, hdr: &mut libc::msghdr, segment: u16) {
+            // SAFETY: CMSG_SPACE of a u16 is 24 bytes on Linux, within the
+            // 32 this holds; the header and data are written inside it.
+            unsafe {
+                let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+                debug_assert!(space <= size_of::<Self>());
+                hdr.msg_control = self.0.as_mut_ptr().cast();
+                hdr.msg_controllen = space as _;
+                let cmsg = libc::CMSG_FIRSTHDR(hdr);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                libc::CMSG_DATA(cmsg).cast::<u16>().write_unaligned(segment);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -269,7 +448,7 @@ mod tests {
         assert!(queue(&mut batch, 1, false));
         let r = catch_unwind(AssertUnwindSafe(|| queue(&mut batch, 2, true)));
         assert!(r.is_err());
-        assert_eq!((batch.buf.len(), batch.count), (100, 1));
+        assert_eq!((batch.buf.len(), batch.runs.len(), batch.runs[0].count), (100, 1, 1));
         assert!(queue(&mut batch, 3, false));
         out.flush(&mut batch);
         let mut buf = [0u8; 2048];
@@ -280,6 +459,55 @@ mod tests {
         // A panic in a batch's first datagram leaves it empty.
         let r = catch_unwind(AssertUnwindSafe(|| queue(&mut batch, 4, true)));
         assert!(r.is_err());
-        assert!(batch.buf.is_empty() && batch.count == 0 && batch.destination.is_none());
+        assert!(batch.buf.is_empty() && batch.runs.is_empty());
+    }
+
+    /// Runs to several destinations go out in one `sendmmsg`: each receiver
+    /// gets its own datagrams, whole and in order, GSO runs split by the
+    /// kernel; more runs than one batch holds are sent as the batch fills.
+    #[test]
+    fn a_batch_carries_runs_to_many_destinations() {
+        let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let out = NetOut::new(tx.clone(), Arc::default()).unwrap();
+        let src = tx.local_addr().unwrap();
+        let rx: Vec<UdpSocket> = (0..3).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        for r in &rx {
+            r.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        }
+        let dst: Vec<SocketAddr> = rx.iter().map(|r| r.local_addr().unwrap()).collect();
+        let mut batch = SendBatch::default();
+        let mut want: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+        let mut tag = 0u8;
+        let mut queue = |batch: &mut SendBatch, to: usize, len: usize| {
+            tag = tag.wrapping_add(1);
+            let t = tag;
+            assert!(out.queue_with(batch, Protocol::Udp, src, dst[to], len, &mut |b| b.fill(t)));
+            want[to].push(vec![t; len]);
+        };
+        // A GSO run to 0, one datagram to 1, a run with a short tail to 2,
+        // then 0 again: a new run after the others.
+        for _ in 0..3 {
+            queue(&mut batch, 0, 100);
+        }
+        queue(&mut batch, 1, 50);
+        queue(&mut batch, 2, 80);
+        queue(&mut batch, 2, 80);
+        queue(&mut batch, 2, 30);
+        queue(&mut batch, 0, 100);
+        assert_eq!(batch.runs.len(), 4);
+        // Alternating destinations: every datagram a run of its own, past
+        // MAX_RUNS, so the batch is sent once full and goes on.
+        for i in 0..(MAX_RUNS + 10) {
+            queue(&mut batch, 1 + i % 2, 20);
+        }
+        out.flush(&mut batch);
+        assert!(batch.runs.is_empty() && batch.buf.is_empty());
+        let mut buf = [0u8; 2048];
+        for (r, want) in rx.iter().zip(&want) {
+            for w in want {
+                let n = r.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &w[..]);
+            }
+        }
     }
 }
