@@ -9,8 +9,8 @@ use std::time::Duration;
 /// Upper bounds of the transit histogram's buckets, in microseconds.
 /// Fine around 10 ms, where a keyframe's fan-out to hundreds of viewers lands.
 const BUCKETS_US: [u64; 17] = [
-    50, 100, 250, 500, 1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 25_000,
-    50_000, 100_000, 250_000, 1_000_000,
+    50, 100, 250, 500, 1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 25_000, 50_000,
+    100_000, 250_000, 1_000_000,
 ];
 
 #[derive(Default)]

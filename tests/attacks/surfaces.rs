@@ -2,6 +2,8 @@
 //! and parties (session 6), and the party view's feed: hostile ids, ranges,
 //! bearers and bodies get a 4xx and cost the live stream nothing.
 
+use std::time::{Duration, Instant};
+
 use crate::common::*;
 use crate::fixture::*;
 
@@ -162,6 +164,61 @@ fn new_surfaces_refuse_hostile_requests() {
         !f.server.log_lines().iter().any(|l| l.contains(&theirs)),
         "a party token was logged"
     );
+    f.after(m, 20);
+}
+
+/// Thumbnails are made on demand, and a first ask waits (bounded) for the
+/// first picture: a crowd of anonymous asks at once must cost one decode,
+/// each ask an answer within the wait, and the live stream nothing.
+#[test]
+fn a_crowd_asking_for_a_thumbnail_costs_one_decode() {
+    let mut f = Fixture::start();
+    let attack = "thumbnails: 300 concurrent first asks";
+    let m = f.mark(attack);
+    let made = |f: &Fixture| {
+        f.server
+            .get("/metrics")
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("roomcast_thumbnails_made_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("roomcast_thumbnails_made_total")
+    };
+    let before = made(&f);
+    let url = f
+        .server
+        .url(&format!("/api/v1/streams/{STREAM}/thumbnail.jpg"));
+    let answers: Vec<(u16, Duration)> = std::thread::scope(|s| {
+        let asks: Vec<_> = (0..300)
+            .map(|_| {
+                s.spawn(|| {
+                    let t = Instant::now();
+                    let r = http::request_timeout("GET", &url, &[], None, Duration::from_secs(10))
+                        .unwrap_or_else(|e| panic!("{attack}: no answer: {e}"));
+                    (r.status, t.elapsed())
+                })
+            })
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    // 200 with the picture, or a refusal (not yet, or the per-address
+    // limits): never a hang or a server error.
+    for (status, took) in &answers {
+        assert!(
+            matches!(status, 200 | 404 | 429 | 503),
+            "{attack}: answered {status}"
+        );
+        assert!(
+            *took < Duration::from_secs(6),
+            "{attack}: an ask took {took:?}"
+        );
+    }
+    assert!(
+        answers.iter().any(|(s, _)| *s == 200),
+        "{attack}: nobody got the picture: {answers:?}"
+    );
+    let decodes = made(&f) - before;
+    assert!(decodes <= 1, "{attack}: {decodes} decodes for one crowd");
     f.after(m, 20);
 }
 

@@ -379,7 +379,10 @@ mod mmsg {
                     };
                     // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
                     unsafe { slot.cast::<libc::sockaddr_in>().write(sin) };
-                    (slot.cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t)
+                    (
+                        slot.cast(),
+                        size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
                 }
                 SocketAddr::V6(a) => {
                     let sin6 = libc::sockaddr_in6 {
@@ -393,7 +396,10 @@ mod mmsg {
                     };
                     // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
                     unsafe { slot.cast::<libc::sockaddr_in6>().write(sin6) };
-                    (slot.cast(), size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+                    (
+                        slot.cast(),
+                        size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                    )
                 }
             }
         }
@@ -448,7 +454,10 @@ mod tests {
         assert!(queue(&mut batch, 1, false));
         let r = catch_unwind(AssertUnwindSafe(|| queue(&mut batch, 2, true)));
         assert!(r.is_err());
-        assert_eq!((batch.buf.len(), batch.runs.len(), batch.runs[0].count), (100, 1, 1));
+        assert_eq!(
+            (batch.buf.len(), batch.runs.len(), batch.runs[0].count),
+            (100, 1, 1)
+        );
         assert!(queue(&mut batch, 3, false));
         out.flush(&mut batch);
         let mut buf = [0u8; 2048];
@@ -470,9 +479,12 @@ mod tests {
         let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let out = NetOut::new(tx.clone(), Arc::default()).unwrap();
         let src = tx.local_addr().unwrap();
-        let rx: Vec<UdpSocket> = (0..3).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        let rx: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
         for r in &rx {
-            r.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            r.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
         }
         let dst: Vec<SocketAddr> = rx.iter().map(|r| r.local_addr().unwrap()).collect();
         let mut batch = SendBatch::default();
