@@ -201,6 +201,11 @@ fn a_crowd_asking_for_a_thumbnail_costs_one_decode() {
             .collect();
         asks.into_iter().map(|a| a.join().unwrap()).collect()
     });
+    let mut by_status = std::collections::BTreeMap::new();
+    for (status, _) in &answers {
+        *by_status.entry(*status).or_insert(0) += 1;
+    }
+    println!("{attack}: answers by status {by_status:?}");
     // 200 with the picture, or a refusal (not yet, or the per-address
     // limits): never a hang or a server error.
     for (status, took) in &answers {
