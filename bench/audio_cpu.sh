@@ -5,11 +5,26 @@
 # measurement window. Everything the server does for that stream is counted
 # (RTMP, FLV, decode, resample, encode), so this is an upper bound.
 # Usage: bench/audio_cpu.sh [seconds] [sample_rate]
+# AUDIO_CPU_BUSY=1 keeps every CPU busy with a SCHED_IDLE spinner (it runs
+# only when nothing else wants the CPU, and its time is not counted): on an
+# idle VM every frame's wake-up finds a halted vCPU and cold caches, and the
+# same transcoder costs 2-3x as much per frame as on a busy machine
+# (`transcode_cpu_cost`, README -> Measurements).
+# AUDIO_CPU_CODEC=libmp3lame publishes MP3 instead, which the server parses
+# and drops: what the RTMP ingest alone costs at about the same message rate.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SECS=${1:-30}
 RATE=${2:-44100}
 [[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
 start_server
+BUSY=false
+if [[ -n "${AUDIO_CPU_BUSY:-}" ]]; then
+  BUSY=true
+  for cpu in $(seq 0 $(($(nproc) - 1))); do
+    taskset -c "$cpu" chrt -i 0 bash -c 'while :; do :; done' &
+    BACKGROUND_PIDS="${BACKGROUND_PIDS:-} $!"
+  done
+fi
 # CPU time of every thread of the server in ns (schedstat: finer than ticks).
 ticks() { cat /proc/"$SERVER_PID"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }
 HZ=1000000000
@@ -27,12 +42,13 @@ sleep 2
 i0=$(ticks); sleep "$SECS"; i1=$(ticks)
 ffmpeg -hide_banner -loglevel error -y -f lavfi -i "sine=frequency=440:sample_rate=$RATE" \
   -f lavfi -i "sine=frequency=660:sample_rate=$RATE" -filter_complex amerge=inputs=2 -t 20 \
-  -c:a aac -b:a 128k -ar "$RATE" -ac 2 -f flv "$WORK/audio.flv"
+  -c:a "${AUDIO_CPU_CODEC:-aac}" -b:a 128k -ar "$RATE" -ac 2 -f flv "$WORK/audio.flv"
 ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "$WORK/audio.flv" -c copy \
   -f flv "rtmp://$RTMP/live/$KEY" >"$WORK/ffmpeg.log" 2>&1 &
 FFMPEG_PID=$!
 for _ in $(seq 1 100); do
-  curl -fs "http://$HTTP/api/v1/streams/$STREAM" | grep -q '"transcoded":true' && break
+  if [[ "${AUDIO_CPU_CODEC:-aac}" == aac ]]; then ready='"transcoded":true'; else ready='"live":true'; fi
+  curl -fs "http://$HTTP/api/v1/streams/$STREAM" | grep -q "$ready" && break
   sleep 0.1
 done
 sleep 2 # let start-up work finish before the window opens
@@ -49,4 +65,4 @@ fi
 curl -fs "http://$HTTP/api/v1/streams/$STREAM"; echo
 awk -v t="$((t1 - t0))" -v sw="$((w1 - w0))" -v idle="$((i1 - i0))" -v hz="$HZ" -v s0="$s0" -v s1="$s1" 'BEGIN {
   cpu = t / hz; wall = s1 - s0; base = idle / hz;
-  printf "{\"bench\":\"aac_to_opus\",\"sample_rate\":'"$RATE"',\"window_s\":%.1f,\"server_cpu_s\":%.3f,\"idle_cpu_s\":%.3f,\"percent_of_one_core\":%.2f,\"percent_above_idle\":%.2f,\"switches_per_s\":%.0f}\n", wall, cpu, base, 100 * cpu / wall, 100 * (cpu - base) / wall, sw / wall }'
+  printf "{\"bench\":\"aac_to_opus\",\"codec\":\"'"${AUDIO_CPU_CODEC:-aac}"'\",\"sample_rate\":'"$RATE"',\"busy\":'"$BUSY"',\"window_s\":%.1f,\"server_cpu_s\":%.3f,\"idle_cpu_s\":%.3f,\"percent_of_one_core\":%.2f,\"percent_above_idle\":%.2f,\"switches_per_s\":%.0f}\n", wall, cpu, base, 100 * cpu / wall, 100 * (cpu - base) / wall, sw / wall }'

@@ -8,9 +8,10 @@ KEY="bench-key-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 STREAM=bench
 cleanup() {
   [[ -n "${FFMPEG_PID:-}" ]] && kill "$FFMPEG_PID" 2>/dev/null || true
-  for p in ${PUBLISHER_PIDS:-}; do kill "$p" 2>/dev/null || true; done
+  for p in ${PUBLISHER_PIDS:-} ${BACKGROUND_PIDS:-}; do kill "$p" 2>/dev/null || true; done
   [[ -n "${SERVER_PID:-}" ]] && kill "$SERVER_PID" 2>/dev/null || true
   wait 2>/dev/null || true
+  for d in ${CGROUP_DIRS:-}; do rmdir "$d" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -10,6 +10,11 @@
 # default 0 and 1) move the server and the load generator, e.g. WORKERS=2
 # SERVER_CPUS=0,1 LOADGEN_CPUS=0,1 on a 2-core machine, where the two share
 # both cores (then compare µs per packet, not viewers per core).
+# WORKER_QUOTA=F (e.g. 0.4) caps each WebRTC worker thread at F of a CPU (a
+# cgroup v1 `cpu` group of its own: F × 5 ms of every 5 ms) and pins worker i
+# to CPU i: "cores" of F each, so on a 2-core machine two workers and one can
+# be compared at the same budget per worker with CPU left for the load
+# generator (LOADGEN_CPUS=0,1). The ramp then stops on loss, not on cores.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 STEPS=${1:-50,100,200,400,600,800,1000,1200,1400,1600}
 SECS=${2:-10}
@@ -20,10 +25,30 @@ LOADGEN_CPUS=${LOADGEN_CPUS:-1}
 # The ramp stops when the server uses this many cores (its workers' worth).
 MAX_CORES=${WORKERS:-1}
 ((MAX_CORES > 0)) || MAX_CORES=$(nproc)
+[[ -z "${WORKER_QUOTA:-}" ]] || MAX_CORES=$(nproc)
 start_server "workers = ${WORKERS:-1}
 direct_send = ${DIRECT_SEND:-true}"
 taskset -pc "$SERVER_CPUS" "$SERVER_PID" >/dev/null
 for tid in /proc/"$SERVER_PID"/task/*; do taskset -pc "$SERVER_CPUS" "${tid##*/}" >/dev/null; done
+if [[ -n "${WORKER_QUOTA:-}" ]]; then
+  CPU_CGROUP=/sys/fs/cgroup/cpu
+  [[ -w "$CPU_CGROUP/cgroup.procs" ]] || {
+    echo "WORKER_QUOTA needs a writable cgroup v1 cpu controller at $CPU_CGROUP" >&2
+    exit 1
+  }
+  for tid in /proc/"$SERVER_PID"/task/*; do
+    name=$(cat "$tid/comm")
+    [[ "$name" =~ ^rtc-([0-9]+)$ ]] || continue
+    group="$CPU_CGROUP/roomcast-bench-$$-${BASH_REMATCH[1]}"
+    mkdir "$group"
+    CGROUP_DIRS="${CGROUP_DIRS:-} $group"
+    echo 5000 >"$group/cpu.cfs_period_us"
+    awk -v q="$WORKER_QUOTA" 'BEGIN { printf "%d\n", q * 5000 }' >"$group/cpu.cfs_quota_us"
+    echo "${tid##*/}" >"$group/tasks"
+    taskset -pc "${BASH_REMATCH[1]}" "${tid##*/}" >/dev/null
+    echo "$name capped at $WORKER_QUOTA of CPU ${BASH_REMATCH[1]}" >&2
+  done
+fi
 publish 2500
 taskset -pc "$LOADGEN_CPUS" "$FFMPEG_PID" >/dev/null
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)" >&2

@@ -81,6 +81,8 @@ STAMP="$VENV/.roomcast-requirements"
 if ! [[ -x "$VENV/bin/python" && -f "$STAMP" ]] || ! cmp -s "$REQ" "$STAMP" ||
     ! "$VENV/bin/python" -c "import aiortc, av, synapse, marionette_driver" >/dev/null 2>&1; then
     step "Python venv at .venv with aiortc ($(grep -m1 '^aiortc==' "$REQ")) $(elapsed)"
+    # --clear empties the venv's directory: never one that belongs elsewhere.
+    [[ ! -L "$VENV" ]] || die ".venv is a symlink to $(readlink -f "$VENV") and needs rebuilding; remove the link (another checkout's venv is not ours to clear)"
     python3 -m venv --clear "$VENV" || die "python3 -m venv failed (is python3-venv installed?)"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: --no-binary=mozprofile -r "$REQ" ||
         die "pip install -r tests/py/requirements.txt failed"

@@ -704,16 +704,24 @@ mod tests {
         assert!(out.len() > 400 * 1024 * 50 / 44100 - 5);
     }
 
-    // CPU time this thread has used (Linux schedstat, ns), if available.
-    fn thread_cpu_ns() -> Option<u64> {
-        let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-        s.split_whitespace().next()?.parse().ok()
+    // CPU time this thread has used, in ns.
+    fn thread_cpu_clock_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 
-    /// Release-mode cost figure for the README:
+    /// Release-mode cost figures for the README:
     /// `cargo test --release --lib transcode_cpu_cost -- --ignored --nocapture`
-    /// Uses 10 s of pink noise + tones from ffmpeg (harder than the fixture's
-    /// tones) when ffmpeg is installed, else loops the fixture.
+    /// Uses 10 s of pink noise (harder than the fixture's tones) when ffmpeg
+    /// is installed, else loops the fixture. Three cadences: a burst (warm
+    /// caches), and one frame per 23.2 ms like a live publisher, with the
+    /// thread asleep between frames (an idle machine) or spinning (a busy
+    /// one). Each cadence gets a fresh transcoder.
     #[test]
     #[ignore = "benchmark; run in release mode"]
     fn transcode_cpu_cost() {
@@ -731,34 +739,70 @@ mod tests {
         };
         let _ = std::fs::remove_file(&path);
         let (asc, frames) = aac_track(file);
-        let mut t = AacToOpus::new(&asc, 128_000).unwrap();
-        let mut out = Vec::new();
-        let total_frames = 60 * 44100 / 1024;
-        let cpu0 = thread_cpu_ns();
-        let start = std::time::Instant::now();
-        for k in 0..total_frames {
-            let f = &frames[k % frames.len()].1;
-            t.push(f, (k * 1024 * 1000 / 44100) as i64, &mut out)
-                .unwrap();
+        let frame_time = std::time::Duration::from_nanos(1024 * 1_000_000_000 / 44100);
+        #[derive(Clone, Copy)]
+        enum Cadence {
+            Burst,
+            Asleep,
+            Spinning,
         }
-        let wall = start.elapsed().as_secs_f64();
-        let cpu = thread_cpu_ns()
-            .zip(cpu0)
-            .map(|(b, a)| (b - a) as f64 / 1e9)
-            .unwrap_or(wall);
-        let audio_s = (total_frames * 1024) as f64 / 44100.0;
-        println!(
-            "AAC-LC 44.1 kHz stereo -> Opus 48 kHz stereo 128 kbit/s ({}): {:.2} ms CPU per second of audio \
-             ({:.3}% of one core; wall {:.2} ms/s), {audio_s:.0} s of audio, {} packets",
-            if generated {
-                "pink noise"
-            } else {
-                "fixture tones"
-            },
-            cpu / audio_s * 1000.0,
-            cpu / audio_s * 100.0,
-            wall / audio_s * 1000.0,
-            out.len()
-        );
+        for (cadence, label, seconds) in [
+            (Cadence::Burst, "burst", 60),
+            (Cadence::Asleep, "paced, asleep between frames", 10),
+            (Cadence::Spinning, "paced, spinning between frames", 10),
+        ] {
+            let mut t = AacToOpus::new(&asc, 96_000).unwrap();
+            let mut out = Vec::new();
+            let total_frames = seconds * 44100 / 1024;
+            // CPU ns in decode, resample and encode, timed stage by stage.
+            let mut stage_ns = [0u64; 3];
+            t.anchor(0);
+            let start = std::time::Instant::now();
+            for k in 0..total_frames {
+                let f = &frames[k % frames.len()].1;
+                let c0 = thread_cpu_clock_ns();
+                let n = t.decode(f).unwrap();
+                t.timeline.as_mut().unwrap().in_frames += n as u64;
+                let c1 = thread_cpu_clock_ns();
+                t.resample().unwrap();
+                let c2 = thread_cpu_clock_ns();
+                t.encode(&mut out).unwrap();
+                let c3 = thread_cpu_clock_ns();
+                stage_ns[0] += c1 - c0;
+                stage_ns[1] += c2 - c1;
+                stage_ns[2] += c3 - c2;
+                let due = start + frame_time * (k as u32 + 1);
+                match cadence {
+                    Cadence::Burst => {}
+                    Cadence::Asleep => {
+                        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()))
+                    }
+                    Cadence::Spinning => {
+                        while std::time::Instant::now() < due {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }
+            }
+            let audio_s = (total_frames * 1024) as f64 / 44100.0;
+            let per_frame = |ns: u64| ns as f64 / total_frames as f64 / 1000.0;
+            let busy_ns: u64 = stage_ns.iter().sum();
+            println!(
+                "AAC-LC 44.1 kHz stereo ({}) -> Opus 48 kHz stereo 96 kbit/s, {label}: \
+                 {:.1} us per AAC frame (decode {:.1}, resample {:.1}, encode {:.1}), \
+                 {:.3} % of one core ({audio_s:.0} s of audio, {} packets)",
+                if generated {
+                    "pink noise"
+                } else {
+                    "fixture tones"
+                },
+                per_frame(busy_ns),
+                per_frame(stage_ns[0]),
+                per_frame(stage_ns[1]),
+                per_frame(stage_ns[2]),
+                busy_ns as f64 / audio_s / 1e7,
+                out.len()
+            );
+        }
     }
 }
