@@ -577,15 +577,29 @@ mod tests {
     const CHROMIUM_WHIP: &str = include_str!("testdata/chromium_whip_offer.sdp");
     const FIREFOX: &str = include_str!("testdata/firefox_offer.sdp");
     const AIORTC: &str = include_str!("testdata/aiortc_offer.sdp");
+    // Not captured (Debian's OBS 29 has no WHIP output): written for these
+    // tests in the shape OBS 30–32 sends, libdatachannel's, as public
+    // captures show it. ICE credentials, fingerprint and setup at session
+    // level only, `a=group:LS`, `msid-semantic:WMS *`, `ice-options:ice2`,
+    // Opus before H.264 and no candidates (OBS ≥ 30.2 gathers after the
+    // answer). Values are our own.
+    const OBS_WHIP: &str = include_str!("testdata/obs_whip_offer_modelled.sdp");
+    // Not captured either (no Safari here): the play page's recvonly offer
+    // in the shape Safari 17–18 makes it, from public captures. H.264 first
+    // with Constrained High (640c1f) before Constrained Baseline, each also
+    // with packetization-mode 0, then H.265, VP8, two VP9 profiles, RED and
+    // ULPFEC; no AV1. Values are our own.
+    const SAFARI_WHEP: &str = include_str!("testdata/safari_whep_offer_modelled.sdp");
     // OvenPlayer 0.10.54 (npm) in headless Chromium 156, answering roomcast's
     // OME-signalling offer for an H.264 stream (captured from `tests/ome.rs`,
     // ovenplayer_plays_over_udp_and_tcp, over UDP).
     const OVENPLAYER_ANSWER: &str = include_str!("testdata/ovenplayer_answer.sdp");
 
-    const VIEWER_OFFERS: [(&str, &str); 3] = [
+    const VIEWER_OFFERS: [(&str, &str); 4] = [
         ("chromium", CHROMIUM_WHEP),
         ("firefox", FIREFOX),
         ("aiortc", AIORTC),
+        ("safari (modelled)", SAFARI_WHEP),
     ];
 
     fn negotiator(strict_h264_profile: bool) -> Negotiator {
@@ -650,6 +664,23 @@ mod tests {
                 assert!(v.answer.contains("127.0.0.1 40000 typ host"), "{name}");
                 assert!(v.answer.contains("tcptype passive"), "{name}");
             }
+        }
+    }
+
+    /// Safari lists Constrained High first and each H.264 profile twice:
+    /// roomcast sends FU-A, so only packetization-mode 1 will do, and the
+    /// stream's own profile is preferred when offered.
+    #[test]
+    fn safaris_h264_choice_is_the_streams_profile_in_packetization_mode_1() {
+        let n = negotiator(false);
+        for (plid, pt) in [(0x42e01f, 98), (0x640c1f, 96)] {
+            let (_hub, s, _p) = stream("H264", Some(plid));
+            let v = n
+                .viewer(&s, parse(SAFARI_WHEP), Transport::All, Instant::now())
+                .unwrap();
+            let (_, chosen, _) = v.video.unwrap();
+            assert_eq!(*chosen, pt, "profile {plid:06x}:\n{}", v.answer);
+            assert!(!v.answer.contains("packetization-mode=0"), "{}", v.answer);
         }
     }
 
@@ -763,6 +794,31 @@ mod tests {
                 "{name}'s viewer offer publishes nothing"
             );
         }
+    }
+
+    #[test]
+    fn an_obs_shaped_whip_offer_with_session_level_ice_is_answered() {
+        let n = negotiator(false);
+        let p = n
+            .publisher(parse(OBS_WHIP), Instant::now())
+            .expect("OBS's offer is accepted");
+        let v = p.video.expect("video");
+        assert!(matches!(v.codec, VideoCodec::H264));
+        assert!(p.audio.is_some(), "Opus is taken");
+        // Both sections answered, in the offer's order, receiving only.
+        assert_eq!(attr_values(&p.answer, "mid"), ["0", "1"]);
+        assert_eq!(p.answer.matches("a=recvonly").count(), 2);
+        assert!(p.answer.contains("a=rtpmap:111 opus/48000/2"));
+        assert!(p.answer.contains("a=rtpmap:96 H264/90000"));
+        // DTLS roles: OBS offers actpass, so the answer picks one side.
+        let setup = attr_values(&p.answer, "setup");
+        assert!(
+            !setup.is_empty() && setup.iter().all(|r| *r == "passive" || *r == "active"),
+            "{setup:?}"
+        );
+        // OBS breaks on several candidate kinds: UDP host candidates only.
+        assert!(p.answer.contains("a=candidate:"));
+        assert!(!p.answer.contains("tcptype"));
     }
 
     /// `a=<name>:` values of `sdp`, in order.
