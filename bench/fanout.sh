@@ -14,7 +14,9 @@
 # cgroup v1 `cpu` group of its own: F × 5 ms of every 5 ms) and pins worker i
 # to CPU i: "cores" of F each, so on a 2-core machine two workers and one can
 # be compared at the same budget per worker with CPU left for the load
-# generator (LOADGEN_CPUS=0,1). The ramp then stops on loss, not on cores.
+# generator (LOADGEN_CPUS=0,1). A capped worker falls behind before it drops
+# packets, so the ramp then runs to its last step unless loss passes 1 %: read
+# saturation from the packets per second per viewer and the transit.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 STEPS=${1:-50,100,200,400,600,800,1000,1200,1400,1600}
 SECS=${2:-10}
