@@ -12,10 +12,18 @@
 # (`transcode_cpu_cost`, README -> Measurements).
 # AUDIO_CPU_CODEC=libmp3lame publishes MP3 instead, which the server parses
 # and drops: what the RTMP ingest alone costs at about the same message rate.
+# The JSON also carries this machine's cost of a wake from idle and of a cold
+# 256 KiB working set (bench/wake_cost.c, when a C compiler is present): the
+# figure above scales with them, so compare runs on different hosts with them.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SECS=${1:-30}
 RATE=${2:-44100}
 [[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
+# Measured before the server starts, on an otherwise quiet machine.
+MACHINE='null'
+if command -v cc >/dev/null && cc -O2 -o "$WORK/wake_cost" "$ROOT/bench/wake_cost.c"; then
+  MACHINE=$("$WORK/wake_cost")
+fi
 start_server
 BUSY=false
 if [[ -n "${AUDIO_CPU_BUSY:-}" ]]; then
@@ -64,6 +72,6 @@ if [[ -n "${AUDIO_CPU_THREADS:-}" ]]; then
     awk '{printf "%-8s %-22s %8.1f ms %6d switches\n", $1, $2, ($6 - $3) / 1e6, $7 - $4}' >&2
 fi
 curl -fs "http://$HTTP/api/v1/streams/$STREAM"; echo
-awk -v t="$((t1 - t0))" -v sw="$((w1 - w0))" -v idle="$((i1 - i0))" -v hz="$HZ" -v s0="$s0" -v s1="$s1" 'BEGIN {
+awk -v machine="$MACHINE" -v t="$((t1 - t0))" -v sw="$((w1 - w0))" -v idle="$((i1 - i0))" -v hz="$HZ" -v s0="$s0" -v s1="$s1" 'BEGIN {
   cpu = t / hz; wall = s1 - s0; base = idle / hz;
-  printf "{\"bench\":\"aac_to_opus\",\"codec\":\"'"${AUDIO_CPU_CODEC:-aac}"'\",\"sample_rate\":'"$RATE"',\"busy\":'"$BUSY"',\"window_s\":%.1f,\"server_cpu_s\":%.3f,\"idle_cpu_s\":%.3f,\"percent_of_one_core\":%.2f,\"percent_above_idle\":%.2f,\"switches_per_s\":%.0f}\n", wall, cpu, base, 100 * cpu / wall, 100 * (cpu - base) / wall, sw / wall }'
+  printf "{\"bench\":\"aac_to_opus\",\"codec\":\"'"${AUDIO_CPU_CODEC:-aac}"'\",\"sample_rate\":'"$RATE"',\"busy\":'"$BUSY"',\"window_s\":%.1f,\"server_cpu_s\":%.3f,\"idle_cpu_s\":%.3f,\"percent_of_one_core\":%.2f,\"percent_above_idle\":%.2f,\"switches_per_s\":%.0f,\"machine\":%s}\n", wall, cpu, base, 100 * cpu / wall, 100 * (cpu - base) / wall, sw / wall, machine }'
