@@ -38,13 +38,6 @@ ticks() { cat /proc/"$SERVER_PID"/task/*/schedstat | awk '{s += $1} END {printf 
 HZ=1000000000
 # Context switches (voluntary + involuntary) of every thread: each is a wake-up.
 switches() { cat /proc/"$SERVER_PID"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
-# Per thread: CPU ns and switches, to see which thread wakes (AUDIO_CPU_THREADS=1).
-per_thread() {
-  for t in /proc/"$SERVER_PID"/task/*; do
-    printf '%s %s %s %s\n' "${t##*/}" "$(tr ' ' _ <"$t/comm")" "$(awk '{print $1}' "$t/schedstat")" \
-      "$(awk '/ctxt_switches/ {s += $2} END {print s}' "$t/status")"
-  done | sort -k1,1
-}
 # Baseline: the idle server over the same window, subtracted below.
 sleep 2
 i0=$(ticks); sleep "$SECS"; i1=$(ticks)
@@ -61,12 +54,12 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 sleep 2 # let start-up work finish before the window opens
-[[ -n "${AUDIO_CPU_THREADS:-}" ]] && per_thread >"$WORK/threads0"
+[[ -n "${AUDIO_CPU_THREADS:-}" ]] && server_threads >"$WORK/threads0"
 t0=$(ticks); w0=$(switches); s0=$(date +%s.%N)
 sleep "$SECS"
 t1=$(ticks); w1=$(switches); s1=$(date +%s.%N)
 if [[ -n "${AUDIO_CPU_THREADS:-}" ]]; then
-  per_thread >"$WORK/threads1"
+  server_threads >"$WORK/threads1"
   # thread name, CPU ms and switches over the window (threads alive throughout)
   join "$WORK/threads0" "$WORK/threads1" |
     awk '{printf "%-8s %-22s %8.1f ms %6d switches\n", $1, $2, ($6 - $3) / 1e6, $7 - $4}' >&2

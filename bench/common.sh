@@ -16,6 +16,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# One line per server thread: tid, name, CPU ns so far, context switches
+# (voluntary + involuntary: each is a wake-up), sorted by tid for `join`.
+server_threads() {
+  for t in /proc/"$SERVER_PID"/task/*; do
+    printf '%s %s %s %s\n' "${t##*/}" "$(tr ' ' _ <"$t/comm")" "$(awk '{print $1}' "$t/schedstat")" \
+      "$(awk '/ctxt_switches/ {s += $2} END {print s}' "$t/status")"
+  done | sort -k1,1
+}
+
 build_release() {
   (cd "$ROOT" && cargo build --release --quiet)
 }

@@ -245,10 +245,15 @@ impl Thumbnails {
         }
     }
 
-    /// Whether the stream has a thumbnail or gets one when asked (live, H.264
-    /// or VP8): its API snapshot then names the JPEG's path. Not an ask.
+    /// Whether the stream's API snapshot names the JPEG's path: a live H.264
+    /// or VP8 stream that has a thumbnail, or a keyframe to make one from
+    /// when asked. Before its first keyframe the path is left out, so an
+    /// index card shows its placeholder instead of asking for a picture that
+    /// cannot be made yet (a 404 every browser logs as an error). Not an ask.
     pub fn offered(&self, stream: &str) -> bool {
         self.check(stream).is_ok()
+            && (self.entries.lock().get(stream).is_some_and(|e| e.latest.is_some())
+                || self.hub.get(stream).is_some_and(|s| s.has_cached_keyframe()))
     }
 
     /// The latest thumbnail of a live stream, without asking for one (its
@@ -608,7 +613,38 @@ fn thread_cpu() -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use super::Thumbnails;
     use crate::config::Config;
+    use crate::hub::{Hub, IngestProtocol, VideoInfo};
+
+    /// The stream's JSON names the thumbnail only once a keyframe can make
+    /// one: before that, an index card asking would get a 404.
+    #[test]
+    fn a_live_stream_offers_its_thumbnail_from_its_first_keyframe() {
+        let hub = Arc::new(Hub::default());
+        let c = Config::load(None, Vec::new()).unwrap();
+        let thumbs = Thumbnails::new(c.thumbnails, hub.clone());
+        let s = hub.ensure_stream("a", None);
+        assert!(!thumbs.offered("a"), "offline");
+        let p = hub.publish(&s, IngestProtocol::Rtmp);
+        p.set_media(|m| {
+            m.video = Some(VideoInfo {
+                codec: "H264",
+                ..VideoInfo::default()
+            })
+        })
+        .unwrap();
+        let frame = |n: u8| -> Box<[Arc<[u8]>]> { Box::new([Arc::from(vec![n; 10])]) };
+        p.push_video(0, false, frame(1)).unwrap();
+        assert!(!thumbs.offered("a"), "live, H.264, no keyframe yet");
+        p.push_video(33, true, frame(2)).unwrap();
+        assert!(thumbs.offered("a"), "a keyframe to decode");
+        p.set_media(|m| m.video.as_mut().unwrap().codec = "VP9")
+            .unwrap();
+        assert!(!thumbs.offered("a"), "no VP9 decoder");
+    }
 
     #[test]
     fn the_config_is_checked_and_names_the_key() {
