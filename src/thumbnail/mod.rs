@@ -252,8 +252,15 @@ impl Thumbnails {
     /// cannot be made yet (a 404 every browser logs as an error). Not an ask.
     pub fn offered(&self, stream: &str) -> bool {
         self.check(stream).is_ok()
-            && (self.entries.lock().get(stream).is_some_and(|e| e.latest.is_some())
-                || self.hub.get(stream).is_some_and(|s| s.has_cached_keyframe()))
+            && (self
+                .entries
+                .lock()
+                .get(stream)
+                .is_some_and(|e| e.latest.is_some())
+                || self
+                    .hub
+                    .get(stream)
+                    .is_some_and(|s| s.has_cached_keyframe()))
     }
 
     /// The latest thumbnail of a live stream, without asking for one (its
