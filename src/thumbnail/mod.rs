@@ -229,8 +229,8 @@ impl Thumbnails {
     }
 
     /// Why a stream has no thumbnail to offer (`Missing::NotYet` when it may
-    /// get one), or its live entry.
-    fn check(&self, stream: &str) -> Result<(), Missing> {
+    /// get one), or the live stream.
+    fn check(&self, stream: &str) -> Result<Arc<crate::hub::Stream>, Missing> {
         if !self.cfg.enabled {
             return Err(Missing::Disabled);
         }
@@ -240,7 +240,7 @@ impl Thumbnails {
         };
         match s.media_info().video.map(|v| v.codec) {
             Some(c) if !picture::decodable(c) => Err(Missing::Codec(c)),
-            Some(_) => Ok(()),
+            Some(_) => Ok(s),
             None => Err(Missing::NotYet),
         }
     }
@@ -251,16 +251,15 @@ impl Thumbnails {
     /// index card shows its placeholder instead of asking for a picture that
     /// cannot be made yet (a 404 every browser logs as an error). Not an ask.
     pub fn offered(&self, stream: &str) -> bool {
-        self.check(stream).is_ok()
-            && (self
-                .entries
-                .lock()
-                .get(stream)
-                .is_some_and(|e| e.latest.is_some())
-                || self
-                    .hub
-                    .get(stream)
-                    .is_some_and(|s| s.has_cached_keyframe()))
+        let Ok(s) = self.check(stream) else {
+            return false;
+        };
+        let made = self
+            .entries
+            .lock()
+            .get(stream)
+            .is_some_and(|e| e.latest.is_some());
+        made || s.has_cached_keyframe()
     }
 
     /// The latest thumbnail of a live stream, without asking for one (its
