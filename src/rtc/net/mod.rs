@@ -8,6 +8,7 @@
 //! shard imports it, not the other way round).
 
 mod demux;
+mod packet_buf;
 mod tcp;
 mod udp;
 
@@ -17,6 +18,7 @@ use std::time::Instant;
 use str0m::net::Protocol;
 
 pub use demux::{Demux, Route};
+pub use packet_buf::PacketBuf;
 pub use tcp::{IceTcp, TcpConns, read_frame, run_tcp_listener};
 pub use udp::{NetOut, SendBatch, run_udp_receiver};
 
@@ -29,7 +31,7 @@ pub struct Datagram {
     pub proto: Protocol,
     pub source: SocketAddr,
     pub destination: SocketAddr,
-    pub data: Vec<u8>,
+    pub data: PacketBuf,
     pub at: Instant,
     /// The demux learned `source` with this packet: the session remembers
     /// it, to have it forgotten when the session ends.

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::{Datagram, Demux, Inbound, MAX_DATAGRAM};
+use super::{Datagram, Demux, Inbound, MAX_DATAGRAM, PacketBuf};
 use crate::listener::{Conn, Limits, Shutdown};
 use crate::log_every::LogEvery;
 
@@ -174,14 +174,15 @@ impl Drop for Forget<'_> {
 pub async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
     len_buf: &mut [u8; 2],
-) -> std::io::Result<Option<Vec<u8>>> {
+) -> std::io::Result<Option<PacketBuf>> {
     rd.read_exact(len_buf).await?;
     let len = u16::from_be_bytes(*len_buf) as usize;
     if len > MAX_DATAGRAM {
         return Ok(None);
     }
-    let mut data = vec![0u8; len];
-    rd.read_exact(&mut data).await?;
+    let mut data = PacketBuf::take();
+    rd.read_exact(&mut data.space()[..len]).await?;
+    data.filled(len);
     Ok(Some(data))
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::tcp::TcpConns;
-use super::{Datagram, Demux, Inbound, MAX_DATAGRAM};
+use super::{Datagram, Demux, Inbound, PacketBuf};
 
 /// Largest run to one destination (one GSO send: the kernel takes < 64 KiB).
 const MAX_RUN_BYTES: usize = 60_000;
@@ -319,9 +319,11 @@ pub fn run_udp_receiver(
     demux: Arc<Demux>,
     inbound: Arc<impl Inbound + ?Sized>,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Received into directly and handed over whole; an unroutable datagram's
+    // buffer takes the next one.
+    let mut buf = PacketBuf::take();
     loop {
-        let (n, source) = match socket.recv_from(&mut buf) {
+        let (n, source) = match socket.recv_from(buf.space()) {
             Ok(r) => r,
             Err(e) => {
                 // ICMP port-unreachable from a gone peer surfaces here on Linux.
@@ -329,8 +331,8 @@ pub fn run_udp_receiver(
                 continue;
             }
         };
-        let data = &buf[..n];
-        let Some((route, new)) = demux.route(Protocol::Udp, source, data) else {
+        buf.filled(n);
+        let Some((route, new)) = demux.route(Protocol::Udp, source, &buf) else {
             continue;
         };
         let d = Datagram {
@@ -338,7 +340,7 @@ pub fn run_udp_receiver(
             proto: Protocol::Udp,
             source,
             destination: local,
-            data: data.to_vec(),
+            data: std::mem::replace(&mut buf, PacketBuf::take()),
             at: Instant::now(),
             new_addr: new,
         };
