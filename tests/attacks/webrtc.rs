@@ -1,6 +1,7 @@
 //! WHIP/WHEP attacks: a publisher whose frame never ends, offers with tens of
 //! thousands of lines, DELETE/PATCH (trickle and ICE restart) on sessions
-//! without their secret, and malformed, oversized or stale ICE restarts.
+//! without their secret, malformed, oversized or stale ICE restarts, and a
+//! flood of unauthenticated datagrams at the shared UDP port.
 
 use std::time::{Duration, Instant};
 
@@ -409,4 +410,119 @@ fn sessions_cannot_be_ended_or_patched_without_their_secret() {
         RESTART,
     );
     assert_eq!(r.status, 404, "an ICE restart after DELETE: {}", r.text());
+}
+
+/// What an outsider can aim at the one UDP port every viewer shares without
+/// knowing any session's ICE password: datagram `i` of the flood, from a
+/// small deterministic generator. Random bytes of every length (some over
+/// the 2 048-byte datagram cap), STUN binding requests for made-up users
+/// with a forged MESSAGE-INTEGRITY, and RTP, RTCP and DTLS look-alikes.
+fn flood_datagram(i: u64, buf: &mut Vec<u8>) {
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    buf.clear();
+    let len = match i % 16 {
+        0 => 2049 + (next() % 7000) as usize,
+        _ => 1 + (next() % 1400) as usize,
+    };
+    match i % 5 {
+        // STUN binding request, USERNAME "<ufrag>:<ufrag>", forged integrity.
+        0 => {
+            let user = format!("{:08x}:{:08x}", next() as u32, next() as u32);
+            buf.extend_from_slice(&[0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42]);
+            buf.extend_from_slice(&next().to_be_bytes()[..8]);
+            buf.extend_from_slice(&next().to_be_bytes()[..4]);
+            buf.extend_from_slice(&[0x00, 0x06, 0x00, user.len() as u8]);
+            buf.extend_from_slice(user.as_bytes());
+            buf.extend_from_slice(&[0x00, 0x08, 0x00, 20]);
+            buf.extend((0..20).map(|_| next() as u8));
+            let body = (buf.len() - 20) as u16;
+            buf[2..4].copy_from_slice(&body.to_be_bytes());
+            return;
+        }
+        1 => buf.extend_from_slice(&[0x80, 0x60]), // RTP
+        2 => buf.extend_from_slice(&[0x80, 0xc8]), // RTCP sender report
+        3 => buf.extend_from_slice(&[0x16, 0xfe, 0xfd]), // DTLS handshake
+        _ => {}
+    }
+    while buf.len() < len {
+        buf.extend_from_slice(&next().to_le_bytes());
+    }
+    buf.truncate(len);
+}
+
+/// 100 000 unauthenticated datagrams in about 5 s from 64 source ports at
+/// the shared UDP port, while the fixture's viewer plays: none is answered
+/// (the port reflects nothing to a forged source), none routes anywhere, the
+/// viewer keeps decoding and the server's memory comes back.
+#[test]
+fn a_flood_of_unauthenticated_datagrams_is_dropped_unanswered() {
+    let mut f = Fixture::start();
+    let target = f.server.webrtc_udp.expect("a webrtc-udp port");
+    let attack = "UDP: 100 000 forged STUN, RTP, RTCP, DTLS and random datagrams";
+    let m = f.mark(attack);
+    let sockets: Vec<std::net::UdpSocket> = (0..64)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            s.set_nonblocking(true).expect("nonblocking");
+            s
+        })
+        .collect();
+    let total: u64 = 100_000;
+    let per_tick = 200;
+    let tick = Duration::from_millis(10);
+    let start = Instant::now();
+    let (mut sent, mut answers) = (0u64, 0u64);
+    let mut buf = Vec::with_capacity(9000);
+    let mut reply = [0u8; 2048];
+    let mut i = 0;
+    while i < total {
+        for _ in 0..per_tick {
+            flood_datagram(i, &mut buf);
+            // A full socket buffer (EAGAIN) just loses that one: count what left.
+            if sockets[(i % 64) as usize].send_to(&buf, target).is_ok() {
+                sent += 1;
+            }
+            i += 1;
+        }
+        for s in &sockets {
+            while s.recv_from(&mut reply).is_ok() {
+                answers += 1;
+            }
+        }
+        // Paced by the clock: tick k of the flood starts k ticks after its start.
+        let due = start + tick * (i / per_tick) as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    // Anything the server would send back arrives within a moment: look for
+    // it for one more second, every 20 ms.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        for s in &sockets {
+            while s.recv_from(&mut reply).is_ok() {
+                answers += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "[{attack}] {sent} datagrams sent in {:.1?}, {answers} answered",
+        start.elapsed()
+    );
+    assert!(
+        sent > total * 9 / 10,
+        "[{attack}] the flood did not run: {sent} of {total} sent"
+    );
+    assert_eq!(
+        answers, 0,
+        "[{attack}] the server answered unauthenticated datagrams"
+    );
+    f.after(m, 10);
 }
