@@ -340,14 +340,8 @@ impl Outbox for ShardOut<'_> {
 
     fn datagram(&mut self, route: &Route, len: usize, write: &mut dyn FnMut(&mut [u8])) -> bool {
         self.metrics.datagrams.fetch_add(1, Relaxed);
-        self.net.queue_with(
-            self.batch,
-            route.proto,
-            route.source,
-            route.destination,
-            len,
-            write,
-        )
+        self.net
+            .queue_with(self.batch, route.proto, route.destination, len, write)
     }
 }
 

@@ -44,9 +44,10 @@ pub trait Inbound: Send + Sync + 'static {
 }
 
 /// A binding request as an ICE agent sends it, signed with `pwd`
-/// (USERNAME, MESSAGE-INTEGRITY, FINGERPRINT-like trailer).
-#[cfg(test)]
-pub(crate) fn binding_request(username: &str, pwd: &str) -> Vec<u8> {
+/// (USERNAME, MESSAGE-INTEGRITY, FINGERPRINT-like trailer). For tests and
+/// benchmarks that connect as a peer.
+#[doc(hidden)]
+pub fn binding_request(username: &str, pwd: &str) -> Vec<u8> {
     use aws_lc_rs::hmac;
     let mut attrs = vec![0x00, 0x06];
     attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());

@@ -1,16 +1,22 @@
 //! ICE-TCP (RFC 4571, passive): one connection per peer address, its first
 //! frame a signed STUN check for a live session.
+//!
+//! Sending: a shard frames each packet straight into its connection's
+//! [`TcpOutbox`] (one buffer, bounded in bytes) and wakes the connection's
+//! writer once per flush, which sends everything queued with one write. The
+//! shard finds a connection's outbox in the shared map once, not per packet.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use str0m::net::Protocol;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use super::{Datagram, Demux, Inbound, MAX_DATAGRAM, PacketBuf};
@@ -24,22 +30,205 @@ static TCP_REFUSED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 /// check) within this time.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Packets queued for one TCP peer before new ones are dropped (as UDP would).
-const TCP_QUEUE: usize = 1024;
+/// Framed bytes queued for one peer before its packets are refused (as a
+/// lossy UDP path would lose them; the viewer is skipped ahead to a
+/// keyframe). The writer may hold as much again, being sent.
+const TCP_QUEUE_BYTES: usize = 1024 * 1024;
 
+/// Capacity a connection's buffers keep between bursts: a delta frame's
+/// packets fit; a keyframe grows them for the time it takes to send it.
+const TCP_RETAIN_BYTES: usize = 32 * 1024;
+
+/// A shard keeps the outboxes it found without sweeping out closed ones
+/// until it knows at least this many.
+const KNOWN_SWEEP_MIN: usize = 64;
+
+/// The connections by peer address: written when a connection is made or
+/// ends, read by a shard when it first sends to a peer.
 #[derive(Default)]
 pub struct TcpConns {
-    pub(super) conns: RwLock<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    pub(super) conns: RwLock<HashMap<SocketAddr, Arc<TcpOutbox>>>,
 }
 
 impl TcpConns {
+    /// Ends the connections among a finished session's addresses: each
+    /// writer sends what is queued, then closes its connection.
     pub(super) fn close(&self, addrs: &[(Protocol, SocketAddr)]) {
         if !addrs.iter().any(|(p, _)| *p == Protocol::Tcp) {
             return;
         }
         let mut conns = self.conns.write();
         for (_, a) in addrs.iter().filter(|(p, _)| *p == Protocol::Tcp) {
-            conns.remove(a);
+            if let Some(o) = conns.remove(a) {
+                o.close();
+            }
+        }
+    }
+
+    /// Frames a packet of `len` bytes, which `write` fills in place, into the
+    /// outbox of `destination`'s connection; its writer is woken at the
+    /// shard's next [`TcpConns::wake`]. Without a connection the packet is
+    /// dropped (true). False when the outbox is full: the peer cannot keep
+    /// up.
+    pub(super) fn queue(
+        &self,
+        shard: &mut TcpSends,
+        destination: SocketAddr,
+        len: usize,
+        write: &mut dyn FnMut(&mut [u8]),
+    ) -> bool {
+        let Ok(frame_len) = u16::try_from(len) else {
+            return true; // cannot be framed; str0m's MTU keeps packets far below
+        };
+        if shard.known.get(&destination).is_none_or(|o| o.is_closed()) {
+            let Some(o) = self.conns.read().get(&destination).cloned() else {
+                shard.known.remove(&destination);
+                return true;
+            };
+            shard.remember(destination, o);
+        }
+        let outbox = &shard.known[&destination];
+        let mut q = outbox.queued.lock();
+        if q.closed {
+            return true;
+        }
+        if q.bytes.len() + 2 + len > TCP_QUEUE_BYTES {
+            return false;
+        }
+        let q = &mut *q;
+        let start = q.bytes.len();
+        q.bytes.extend_from_slice(&frame_len.to_be_bytes());
+        q.bytes.resize(start + 2 + len, 0);
+        // A panic in `write` (a session's bug) takes the frame back out: a
+        // partial one would go out at the next wake.
+        let mut frame = Unframed {
+            bytes: &mut q.bytes,
+            start,
+        };
+        write(&mut frame.bytes[start + 2..]);
+        frame.start = usize::MAX;
+        drop(frame);
+        if !q.wake_queued {
+            q.wake_queued = true;
+            shard.to_wake.push(outbox.clone());
+        }
+        true
+    }
+
+    /// Wakes the writers of the outboxes written to since the last wake.
+    pub(super) fn wake(shard: &mut TcpSends) {
+        for o in shard.to_wake.drain(..) {
+            o.queued.lock().wake_queued = false;
+            o.ready.notify_one();
+        }
+    }
+}
+
+/// A shard's side of the ICE-TCP connections: the outboxes it has sent to
+/// (looked up in the shared map once per connection, not per packet), and
+/// those whose writers its next flush wakes.
+#[derive(Default)]
+pub struct TcpSends {
+    known: HashMap<SocketAddr, Arc<TcpOutbox>>,
+    /// How many `known` held after its last sweep of closed outboxes.
+    swept: usize,
+    to_wake: Vec<Arc<TcpOutbox>>,
+}
+
+impl TcpSends {
+    fn remember(&mut self, destination: SocketAddr, outbox: Arc<TcpOutbox>) {
+        // Closed outboxes (gone connections) are swept out once `known` has
+        // doubled, so it stays within twice the live connections.
+        if self.known.len() >= KNOWN_SWEEP_MIN.max(2 * self.swept) {
+            self.known.retain(|_, o| !o.is_closed());
+            self.swept = self.known.len();
+        }
+        self.known.insert(destination, outbox);
+    }
+
+    /// Whether a flush has writers to wake.
+    pub(super) fn is_empty(&self) -> bool {
+        self.to_wake.is_empty()
+    }
+}
+
+/// The framed packets waiting for one connection's writer.
+pub(super) struct TcpOutbox {
+    queued: Mutex<Queued>,
+    /// Set with `Queued::closed`, read without the lock by shards checking
+    /// whether what they remember is still live.
+    closed: AtomicBool,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Queued {
+    /// RFC 4571 frames, in order.
+    bytes: Vec<u8>,
+    /// Nothing more is taken: the writer sends what is here and stops.
+    closed: bool,
+    /// A shard's `to_wake` holds this outbox.
+    wake_queued: bool,
+}
+
+impl TcpOutbox {
+    fn new() -> TcpOutbox {
+        TcpOutbox {
+            queued: Mutex::new(Queued {
+                bytes: Vec::with_capacity(TCP_RETAIN_BYTES),
+                ..Queued::default()
+            }),
+            closed: AtomicBool::new(false),
+            ready: Notify::new(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.queued.lock().closed = true;
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// Sends what shards queue, one write per wake, until closed (what was
+    /// queued before goes out first) or the connection fails.
+    async fn run_writer<W: AsyncWrite + Unpin>(&self, wr: &mut W) {
+        let mut sending = Vec::with_capacity(TCP_RETAIN_BYTES);
+        loop {
+            let closed = {
+                let mut q = self.queued.lock();
+                std::mem::swap(&mut q.bytes, &mut sending);
+                q.closed
+            };
+            if !sending.is_empty() {
+                if wr.write_all(&sending).await.is_err() {
+                    return;
+                }
+                sending.clear();
+                sending.shrink_to(TCP_RETAIN_BYTES);
+            }
+            if closed {
+                return;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// Takes a frame back out of an outbox unless it was written (`start` set to
+/// `usize::MAX`).
+struct Unframed<'a> {
+    bytes: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl Drop for Unframed<'_> {
+    fn drop(&mut self) {
+        if self.start != usize::MAX {
+            self.bytes.truncate(self.start);
         }
     }
 }
@@ -87,29 +276,18 @@ impl IceTcp {
             }
             return Ok(());
         };
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
-        // Weak: closing the session (dropping the map's sender) must end the writer.
-        let ours = tx.downgrade();
-        self.conns.conns.write().insert(peer, tx);
+        let outbox = Arc::new(TcpOutbox::new());
+        if let Some(old) = self.conns.conns.write().insert(peer, outbox.clone()) {
+            old.close();
+        }
         let _forget = Forget {
             conns: &self.conns,
             peer,
-            ours,
+            ours: outbox.clone(),
         };
+        // Ends when the session ends (the outbox is closed) or on error.
         let mut writer = tokio::spawn(async move {
-            let mut out = Vec::with_capacity(MAX_DATAGRAM + 2);
-            // Ends when the session ends (its sender is dropped) or on error.
-            while let Some(pkt) = rx.recv().await {
-                let Ok(len) = u16::try_from(pkt.len()) else {
-                    continue;
-                };
-                out.clear();
-                out.extend_from_slice(&len.to_be_bytes());
-                out.extend_from_slice(&pkt);
-                if wr.write_all(&out).await.is_err() {
-                    break;
-                }
-            }
+            outbox.run_writer(&mut wr).await;
             let _ = wr.shutdown().await;
         });
         let mut route = Some((route, new));
@@ -148,24 +326,29 @@ impl IceTcp {
     }
 }
 
-/// Forgets a connection's sender when its handler ends or is dropped (timeout,
-/// shutdown), unless the address was reused by a newer connection meanwhile;
-/// the writer task ends once its sender is gone.
+/// Forgets a connection's outbox when its handler ends or is dropped
+/// (timeout, shutdown), unless the address was reused by a newer connection
+/// meanwhile, and closes it: shards that remember it drop it, and what it
+/// held is freed.
 struct Forget<'a> {
     conns: &'a TcpConns,
     peer: SocketAddr,
-    ours: mpsc::WeakSender<Vec<u8>>,
+    ours: Arc<TcpOutbox>,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        let mut conns = self.conns.conns.write();
-        if conns
-            .get(&self.peer)
-            .is_some_and(|t| self.ours.upgrade().is_some_and(|o| o.same_channel(t)))
         {
-            conns.remove(&self.peer);
+            let mut conns = self.conns.conns.write();
+            if conns
+                .get(&self.peer)
+                .is_some_and(|o| Arc::ptr_eq(o, &self.ours))
+            {
+                conns.remove(&self.peer);
+            }
         }
+        self.ours.close();
+        self.ours.queued.lock().bytes = Vec::new();
     }
 }
 
@@ -298,6 +481,139 @@ mod tests {
             assert!(Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// An ICE-TCP listener with one session's connection made: the
+    /// server's side, the peer's stream and its address.
+    async fn connected() -> (Arc<IceTcp>, TcpStream, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let demux = Arc::new(Demux::default());
+        demux.add_ufrag("abcd", "secretpassword", Route { shard: 0, peer: 7 });
+        let ice = Arc::new(IceTcp {
+            local: addr,
+            demux,
+            conns: Arc::new(TcpConns::default()),
+            inbound: Arc::new(Received::default()),
+        });
+        tokio::spawn(run_tcp_listener(
+            listener,
+            ice.clone(),
+            crate::listener::Limits::from_config(&Default::default()),
+            crate::listener::Shutdown::default(),
+        ));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let me = c.local_addr().unwrap();
+        c.write_all(&framed(&binding_request("abcd:x", "secretpassword")))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ice.conns.conns.read().contains_key(&me) {
+            assert!(Instant::now() < deadline, "no connection entry");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (ice, c, me)
+    }
+
+    /// The next `n` RFC 4571 frames from the server (5 s at most).
+    async fn frames(c: &mut TcpStream, n: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut len_buf = [0u8; 2];
+        for _ in 0..n {
+            let f = tokio::time::timeout(Duration::from_secs(5), read_frame(c, &mut len_buf))
+                .await
+                .expect("a frame within 5 s")
+                .unwrap()
+                .unwrap();
+            out.push(f.to_vec());
+        }
+        out
+    }
+
+    fn net_out(ice: &IceTcp) -> super::super::NetOut {
+        let udp = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        super::super::NetOut::new(udp, ice.conns.clone()).unwrap()
+    }
+
+    /// A shard's packets reach the peer framed, whole and in order, once it
+    /// flushes (not before); a panic while one is written leaves no partial
+    /// frame; packets to an address without a connection are dropped.
+    #[tokio::test]
+    async fn a_shards_packets_reach_an_ice_tcp_peer_framed_and_in_order_at_its_flush() {
+        let (ice, mut c, me) = connected().await;
+        let net = net_out(&ice);
+        let mut batch = super::super::SendBatch::default();
+        let mut want = Vec::new();
+        for (i, len) in [1200usize, 1200, 1, 500, 1200].into_iter().enumerate() {
+            let fill = i as u8 + 1;
+            assert!(net.queue_with(&mut batch, Protocol::Tcp, me, len, &mut |b| b.fill(fill)));
+            want.push(vec![fill; len]);
+        }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            net.queue_with(&mut batch, Protocol::Tcp, me, 300, &mut |b| {
+                b[..100].fill(9);
+                panic!("a session's bug");
+            })
+        }));
+        assert!(r.is_err());
+        let nobody: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(net.queue_with(&mut batch, Protocol::Tcp, nobody, 100, &mut |b| b.fill(7)));
+        let mut one = [0u8; 1];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), c.peek(&mut one))
+                .await
+                .is_err(),
+            "nothing is sent before the flush"
+        );
+        net.flush(&mut batch);
+        assert_eq!(frames(&mut c, want.len()).await, want);
+        // Again: the writer was woken once more.
+        assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 40, &mut |b| b.fill(8)));
+        net.flush(&mut batch);
+        assert_eq!(frames(&mut c, 1).await, vec![vec![8u8; 40]]);
+    }
+
+    /// A peer that reads nothing fills its outbox: packets are refused once
+    /// its bytes are at the bound (the shard then skips the viewer ahead),
+    /// and what was queued is not lost.
+    #[tokio::test]
+    async fn an_ice_tcp_peer_that_does_not_read_is_refused_at_the_byte_bound() {
+        let (ice, mut c, me) = connected().await;
+        let net = net_out(&ice);
+        let mut batch = super::super::SendBatch::default();
+        // Never flushed: nothing leaves the outbox.
+        let mut queued = 0;
+        while net.queue_with(&mut batch, Protocol::Tcp, me, 1200, &mut |b| b.fill(1)) {
+            queued += 1;
+            assert!(queued <= TCP_QUEUE_BYTES / 1202, "no bound");
+        }
+        assert_eq!(queued, TCP_QUEUE_BYTES / 1202);
+        net.flush(&mut batch);
+        let got = frames(&mut c, queued).await;
+        assert!(got.iter().all(|f| f == &vec![1u8; 1200]));
+        // Drained, it takes packets again.
+        assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 10, &mut |b| b.fill(2)));
+    }
+
+    /// Ending the session sends what was queued, then closes the connection;
+    /// a shard that remembers the connection drops later packets to it, and
+    /// a new connection from the same address gets them.
+    #[tokio::test]
+    async fn a_closed_ice_tcp_connection_sends_what_was_queued_then_closes() {
+        let (ice, mut c, me) = connected().await;
+        let net = net_out(&ice);
+        let mut batch = super::super::SendBatch::default();
+        assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 100, &mut |b| b.fill(3)));
+        ice.conns.close(&[(Protocol::Tcp, me)]);
+        net.flush(&mut batch);
+        assert_eq!(frames(&mut c, 1).await, vec![vec![3u8; 100]]);
+        assert!(closed(&mut c).await, "closed with its session");
+        assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 100, &mut |b| b.fill(4)));
+        // A newer connection from the address (made here without a socket).
+        let newer = Arc::new(TcpOutbox::new());
+        ice.conns.conns.write().insert(me, newer.clone());
+        assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 5, &mut |b| b.fill(5)));
+        assert_eq!(newer.queued.lock().bytes, [0, 5, 5, 5, 5, 5, 5]);
     }
 
     /// Whether the connection is closed already (no waiting for data).

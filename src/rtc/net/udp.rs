@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::net::{Protocol, Transmit};
-use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::tcp::TcpConns;
+use super::tcp::{TcpConns, TcpSends};
 use super::{Datagram, Demux, Inbound, PacketBuf};
 
 /// Largest run to one destination (one GSO send: the kernel takes < 64 KiB).
@@ -32,11 +31,14 @@ pub struct NetOut {
     tcp: Arc<TcpConns>,
 }
 
-/// Runs of datagrams in one buffer, each run to one destination.
+/// A shard's outgoing datagrams until its next flush: UDP runs in one
+/// buffer, each run to one destination, and the ICE-TCP connections written
+/// to (their packets are in their own outboxes already).
 #[derive(Default)]
 pub struct SendBatch {
     runs: Vec<Run>,
     buf: Vec<u8>,
+    tcp: TcpSends,
 }
 
 /// Datagrams for one destination, all `segment` bytes but the last, at
@@ -107,11 +109,14 @@ impl NetOut {
     /// Returns false when the peer is an ICE-TCP peer whose queue is full: it
     /// cannot keep up, and the caller should skip it ahead to a keyframe.
     pub fn queue(&self, batch: &mut SendBatch, t: Transmit) -> bool {
-        if t.proto != Protocol::Udp {
-            self.flush(batch);
-            return self.send_tcp(t);
-        }
         let len = t.contents.len();
+        if t.proto != Protocol::Udp {
+            return self
+                .tcp
+                .queue(&mut batch.tcp, t.destination, len, &mut |b| {
+                    b.copy_from_slice(&t.contents)
+                });
+        }
         self.reserve(batch, t.destination, len)
             .copy_from_slice(&t.contents);
         true
@@ -124,24 +129,12 @@ impl NetOut {
         &self,
         batch: &mut SendBatch,
         proto: Protocol,
-        source: SocketAddr,
         destination: SocketAddr,
         len: usize,
         write: &mut dyn FnMut(&mut [u8]),
     ) -> bool {
         if proto != Protocol::Udp {
-            // ICE-TCP frames go to their connection's writer as owned buffers.
-            let mut contents = vec![0u8; len];
-            write(&mut contents);
-            return self.queue(
-                batch,
-                Transmit {
-                    proto,
-                    source,
-                    destination,
-                    contents: contents.into(),
-                },
-            );
+            return self.tcp.queue(&mut batch.tcp, destination, len, write);
         }
         self.reserve(batch, destination, len);
         let mut guard = Unwritten {
@@ -192,8 +185,11 @@ impl NetOut {
     }
 
     /// Sends what is queued: one run with `sendmsg`, several with one
-    /// `sendmmsg`.
+    /// `sendmmsg`; wakes the writers of the ICE-TCP connections written to.
     pub fn flush(&self, batch: &mut SendBatch) {
+        if !batch.tcp.is_empty() {
+            TcpConns::wake(&mut batch.tcp);
+        }
         match batch.runs.len() {
             0 => return,
             1 => self.send_run(batch, 0),
@@ -298,17 +294,6 @@ impl NetOut {
     /// dropping the sender ends the writer, which ends the connection.
     pub fn close_tcp(&self, addrs: &[(Protocol, SocketAddr)]) {
         self.tcp.close(addrs);
-    }
-
-    fn send_tcp(&self, t: Transmit) -> bool {
-        let conns = self.tcp.conns.read();
-        match conns.get(&t.destination) {
-            Some(tx) => !matches!(
-                tx.try_send(t.contents.into()),
-                Err(mpsc::error::TrySendError::Full(_))
-            ),
-            None => true,
-        }
     }
 }
 
@@ -444,10 +429,10 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let out = NetOut::new(tx.clone(), Arc::default()).unwrap();
-        let (src, dst) = (tx.local_addr().unwrap(), rx.local_addr().unwrap());
+        let dst = rx.local_addr().unwrap();
         let mut batch = SendBatch::default();
         let queue = |batch: &mut SendBatch, fill: u8, panics: bool| {
-            out.queue_with(batch, Protocol::Udp, src, dst, 100, &mut |b| {
+            out.queue_with(batch, Protocol::Udp, dst, 100, &mut |b| {
                 b[..50].fill(fill);
                 assert!(!panics, "a session's bug");
                 b[50..].fill(fill);
@@ -480,7 +465,6 @@ mod tests {
     fn a_batch_carries_runs_to_many_destinations() {
         let tx = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let out = NetOut::new(tx.clone(), Arc::default()).unwrap();
-        let src = tx.local_addr().unwrap();
         let rx: Vec<UdpSocket> = (0..3)
             .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
             .collect();
@@ -495,7 +479,7 @@ mod tests {
         let mut queue = |batch: &mut SendBatch, to: usize, len: usize| {
             tag = tag.wrapping_add(1);
             let t = tag;
-            assert!(out.queue_with(batch, Protocol::Udp, src, dst[to], len, &mut |b| b.fill(t)));
+            assert!(out.queue_with(batch, Protocol::Udp, dst[to], len, &mut |b| b.fill(t)));
             want[to].push(vec![t; len]);
         };
         // A GSO run to 0, one datagram to 1, a run with a short tail to 2,
