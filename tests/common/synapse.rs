@@ -16,11 +16,51 @@ pub const SYNAPSE_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Server name of the test homeserver.
 pub const SERVER_NAME: &str = "localhost";
 
-/// A free TCP port on 127.0.0.1 (Synapse takes no port 0; the small race
-/// with other processes is acceptable on a test machine).
+/// A free TCP port on 127.0.0.1, for a process that must be told its port
+/// (Synapse, nginx, PostgreSQL, a cluster node's peers' addresses).
+///
+/// Taken below the kernel's ephemeral range: a port from `bind(0)` is free
+/// only until someone else binds it, and every outgoing connection and
+/// port-0 listener of the tests and the server draws from that range, so
+/// one could take it before the process that was told it starts. Below the
+/// range only this function hands ports out: each call takes the next one
+/// (per test binary, from an offset of the process id, as test binaries may
+/// run side by side) that binds now.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = outside_ephemeral_range();
+    let span = u32::from(high - low);
+    let base = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((base + i) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
+}
+
+/// Ports `low..high` that the kernel does not hand out on its own: below its
+/// ephemeral range (32768–60999 by default) when there is room, else above.
+fn outside_ephemeral_range() -> (u16, u16) {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = range.split_whitespace().map(|v| v.parse::<u16>().ok());
+    let (first, last) = match (it.next().flatten(), it.next().flatten()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => (32768, 60999),
+    };
+    if first >= 12_000 {
+        (first - 10_000, first)
+    } else {
+        assert!(
+            last < 63_000,
+            "no ports outside the ephemeral range {range}"
+        );
+        (last + 1, 65_535)
+    }
 }
 
 fn base64_unpadded(data: &[u8]) -> String {

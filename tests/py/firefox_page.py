@@ -135,10 +135,32 @@ def emit(o: dict) -> None:
     sys.stdout.flush()
 
 
+_ports_taken = 0
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (see free_port in
+    tests/common/synapse.rs): a port from bind(0) could be taken by any
+    outgoing connection before Firefox binds it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first, last = (int(v) for v in f.read().split())
+    except (OSError, ValueError):
+        first, last = 32768, 60999
+    low, high = (first - 10000, first) if first >= 12000 else (last + 1, 65535)
+    global _ports_taken
+    span = high - low
+    start = (os.getpid() * 7919 + 5003) % span
+    for i in range(span):
+        _ports_taken += 1
+        port = low + (start + _ports_taken) % span
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 def wait_for(what: str, fn, timeout: float):
