@@ -49,6 +49,9 @@ listen = "127.0.0.1:0"
 # Every simulated viewer comes from 127.0.0.1: lift the per-address limits.
 offers_per_minute = 0
 hls_max_blocking_per_address = 0
+[connections]
+# ICE-TCP viewers (bench/fanout.sh TRANSPORT=tcp) are one connection each.
+max_per_address = 4096
 [storage]
 database_url = "sqlite://$WORK/roomcast.db"
 [[streams]]

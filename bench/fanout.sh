@@ -4,6 +4,8 @@
 # passes 1% or the server's core saturates. The server runs one WebRTC worker
 # pinned to CPU 0; the load generator and ffmpeg are pinned to CPU 1, so the
 # figures are per server core. Usage: bench/fanout.sh [steps] [seconds per step]
+# TRANSPORT=tcp has every viewer connect over ICE-TCP (`?transport=tcp`, one
+# TCP connection each, as a browser on a network that blocks UDP).
 # DIRECT_SEND=false measures str0m's send path instead of roomcast's own SRTP
 # (`[webrtc] direct_send`, default true), with the same binary.
 # WORKERS=N runs N WebRTC workers; SERVER_CPUS and LOADGEN_CPUS (taskset lists,
@@ -18,6 +20,7 @@
 # packets, so the ramp then runs to its last step unless loss passes 1 %: read
 # saturation from the packets per second per viewer and the transit.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+[[ "${TRANSPORT:-udp}" =~ ^(udp|tcp)$ ]] || { echo "TRANSPORT must be udp or tcp" >&2; exit 1; }
 STEPS=${1:-50,100,200,400,600,800,1000,1200,1400,1600}
 SECS=${2:-10}
 [[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
@@ -56,4 +59,5 @@ taskset -pc "$LOADGEN_CPUS" "$FFMPEG_PID" >/dev/null
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)" >&2
 taskset -c "$LOADGEN_CPUS" "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/loadgen" --whep "http://$HTTP/whep/$STREAM" \
   --steps "$STEPS" --step-secs "$SECS" --full 10 --server-pid "$SERVER_PID" \
-  --metrics "http://$HTTP/metrics" --max-cores "$MAX_CORES"
+  --metrics "http://$HTTP/metrics" --max-cores "$MAX_CORES" \
+  $([[ "${TRANSPORT:-udp}" == tcp ]] && echo --tcp)

@@ -1,11 +1,12 @@
 //! What sending to ICE-TCP viewers costs the server: a shard thread writes a
 //! 30 fps, 2.5 Mbit/s video stream (9 packets of 1 200 bytes per frame) to
 //! each of 50 viewers connected over real loopback ICE-TCP connections, with
-//! the shard's calls (`NetOut::queue_with`, then `flush` once per frame), and
-//! the connections' writer tasks frame and send them. The figure is the CPU
-//! time of the shard thread and of the writers' runtime threads per packet
-//! delivered (the viewers reading run on threads of their own, not counted),
-//! and every viewer must have received every byte.
+//! the shard's calls (`NetOut::queue_with`, then `flush` once per frame);
+//! the connections' writer tasks send what a socket does not take at once.
+//! The figure is the CPU time of the shard thread and of the server
+//! runtime's threads (writers, listener) per packet delivered (the viewers
+//! reading run on threads of their own, not counted), and every viewer must
+//! have received every byte.
 //!
 //! `cargo bench --bench ice_tcp_out` prints one JSON line per run (3 runs).
 

@@ -1,7 +1,9 @@
 //! Load generator: many WHEP viewers built on str0m, against roomcast on loopback.
 //!
-//! Every viewer has its own UDP socket, completes ICE and DTLS like a browser
-//! and receives RTP. "Full" viewers hand every packet to str0m (SRTP decrypt,
+//! Every viewer has its own UDP socket (or, with `--tcp`, its own ICE-TCP
+//! connection: `?transport=tcp`, RFC 4571 framing, as a browser behind a
+//! firewall that blocks UDP), completes ICE and DTLS like a browser and
+//! receives RTP. "Full" viewers hand every packet to str0m (SRTP decrypt,
 //! NACKs, keyframe detection, PLI when no keyframe arrives); "light" viewers
 //! count RTP from the clear-text header only, so one client core can watch as
 //! many streams as the server can send (decrypting would cost the client as
@@ -10,7 +12,7 @@
 //! ```text
 //! cargo run --release --example loadgen -- --whep http://127.0.0.1:8080/whep/demo \
 //!     --steps 50,100,200,400 --step-secs 10 [--full 10] [--server-pid PID] [--metrics URL] \
-//!     [--max-cores 1] [--max-loss 1]
+//!     [--max-cores 1] [--max-loss 1] [--tcp]
 //! cargo run --release --example loadgen -- --call http://127.0.0.1:8080/whep/s1,...,s8 --step-secs 20
 //! ```
 //! Prints one JSON line per step: viewers, server CPU and RSS (from /proc when
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -57,6 +59,8 @@ struct Args {
     max_cores: f64,
     /// Loss (percent) that ends the ramp; a soak sets it to 100 to keep going.
     max_loss: f64,
+    /// Viewers connect over ICE-TCP instead of UDP.
+    tcp: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -70,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         call: false,
         max_cores: 1.0,
         max_loss: 1.0,
+        tcp: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -94,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
             "--metrics" => a.metrics = Some(v()?),
             "--max-cores" => a.max_cores = v()?.parse().map_err(|e| format!("--max-cores: {e}"))?,
             "--max-loss" => a.max_loss = v()?.parse().map_err(|e| format!("--max-loss: {e}"))?,
+            "--tcp" => a.tcp = true,
             "-h" | "--help" => {
                 println!("see the comment at the top of examples/loadgen.rs");
                 std::process::exit(0);
@@ -186,26 +192,154 @@ impl SeqTrack {
     }
 }
 
+/// A viewer's transport to the server and what it has received.
+enum Link {
+    /// One UDP socket; the kernel hands over runs of same-sized datagrams in
+    /// one buffer (GRO), as a receiving host with offloads would, so the
+    /// client costs little.
+    Udp {
+        sock: UdpSocket,
+        state: quinn_udp::UdpSocketState,
+        buf: Vec<u8>,
+    },
+    /// One ICE-TCP connection: RFC 4571 frames, `buf[..filled]` read and not
+    /// yet taken (a partial frame stays at its start).
+    Tcp {
+        stream: TcpStream,
+        server: std::net::SocketAddr,
+        buf: Vec<u8>,
+        filled: usize,
+        taken: usize,
+    },
+}
+
+impl Link {
+    /// Waits for what the server sends; returns where from, and the ranges
+    /// of `self.received()` holding one datagram each.
+    async fn recv(
+        &mut self,
+        ranges: &mut Vec<std::ops::Range<usize>>,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        ranges.clear();
+        match self {
+            Link::Udp { sock, state, buf } => {
+                let mut meta = [quinn_udp::RecvMeta::default()];
+                loop {
+                    sock.readable().await?;
+                    let r = sock.try_io(tokio::io::Interest::READABLE, || {
+                        let mut bufs = [std::io::IoSliceMut::new(buf)];
+                        state.recv((&*sock).into(), &mut bufs, &mut meta)
+                    });
+                    match r {
+                        Ok(_) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                let stride = meta[0].stride.max(1);
+                let len = meta[0].len;
+                ranges.extend((0..len).step_by(stride).map(|i| i..(i + stride).min(len)));
+                Ok(meta[0].addr)
+            }
+            Link::Tcp {
+                stream,
+                server,
+                buf,
+                filled,
+                taken,
+            } => {
+                // What the last call handed out is gone; keep a partial frame.
+                buf.copy_within(*taken..*filled, 0);
+                *filled -= *taken;
+                *taken = 0;
+                let n = stream.read(&mut buf[*filled..]).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                *filled += n;
+                while *filled - *taken >= 2 {
+                    let len = usize::from(u16::from_be_bytes([buf[*taken], buf[*taken + 1]]));
+                    if *filled - *taken < 2 + len {
+                        break;
+                    }
+                    ranges.push(*taken + 2..*taken + 2 + len);
+                    *taken += 2 + len;
+                }
+                Ok(*server)
+            }
+        }
+    }
+
+    fn received(&self) -> &[u8] {
+        match self {
+            Link::Udp { buf, .. } | Link::Tcp { buf, .. } => buf,
+        }
+    }
+
+    async fn send(&mut self, t: &str0m::net::Transmit) {
+        match self {
+            Link::Udp { sock, .. } => {
+                let _ = sock.send_to(&t.contents, t.destination).await;
+            }
+            Link::Tcp { stream, .. } => {
+                let mut framed = (t.contents.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&t.contents);
+                let _ = stream.write_all(&framed).await;
+            }
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self {
+            Link::Udp { .. } => Protocol::Udp,
+            Link::Tcp { .. } => Protocol::Tcp,
+        }
+    }
+}
+
+/// The address of the server's passive ICE-TCP candidate in an SDP answer.
+fn tcp_candidate(answer: &str) -> Option<std::net::SocketAddr> {
+    answer.lines().find_map(|l| {
+        let c = l.strip_prefix("a=candidate:")?;
+        let f: Vec<&str> = c.split_whitespace().collect();
+        (f.get(2)?.eq_ignore_ascii_case("tcp") && c.contains("tcptype passive"))
+            .then(|| format!("{}:{}", f.get(4)?, f.get(5)?).parse().ok())?
+    })
+}
+
 async fn viewer(
     url: String,
     full: bool,
+    tcp: bool,
     totals: Arc<Totals>,
     stop: Arc<AtomicBool>,
     ttffs: Arc<Mutex<Vec<Duration>>>,
 ) -> Result<(), String> {
-    let sock = UdpSocket::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let local = sock.local_addr().map_err(|e| e.to_string())?;
     let mut rtc = Rtc::builder().set_rtp_mode(true).build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| e.to_string())?);
+    // UDP: the socket is the local candidate. TCP: the connection is made
+    // once the answer names the server's port, and is the candidate then.
+    let udp = if tcp {
+        None
+    } else {
+        let sock = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let local = sock.local_addr().map_err(|e| e.to_string())?;
+        rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| e.to_string())?);
+        Some(sock)
+    };
     let mut api = rtc.sdp_api();
     api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
     let (offer, pending) = api.apply().ok_or("no offer")?;
     let t0 = Instant::now();
+    let post_url = if tcp {
+        format!("{url}?transport=tcp")
+    } else {
+        url.clone()
+    };
     let (status, location, body) =
-        http("POST", &url, "application/sdp", &offer.to_sdp_string()).await?;
+        http("POST", &post_url, "application/sdp", &offer.to_sdp_string()).await?;
     if status == 503 {
         totals.rejected.fetch_add(1, Relaxed);
         return Err("rejected (503)".into());
@@ -235,10 +369,42 @@ async fn viewer(
         })
         .collect();
 
-    // GRO: the kernel hands over runs of same-sized datagrams in one buffer, as
-    // a receiving host with offloads would; the client then costs little.
-    let udp_state = quinn_udp::UdpSocketState::new((&sock).into()).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 65_536];
+    let mut link = match udp {
+        Some(sock) => Link::Udp {
+            state: quinn_udp::UdpSocketState::new((&sock).into()).map_err(|e| e.to_string())?,
+            sock,
+            buf: vec![0u8; 65_536],
+        },
+        None => {
+            let server = tcp_candidate(&body).ok_or("the answer has no passive TCP candidate")?;
+            let stream = TcpStream::connect(server)
+                .await
+                .map_err(|e| format!("ICE-TCP connect to {server}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().map_err(|e| e.to_string())?;
+            rtc.add_local_candidate(
+                Candidate::builder()
+                    .tcp()
+                    .host(local)
+                    .tcptype(TcpType::Active)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
+            Link::Tcp {
+                stream,
+                server,
+                buf: vec![0u8; 65_536],
+                filled: 0,
+                taken: 0,
+            }
+        }
+    };
+    let local = match &link {
+        Link::Udp { sock, .. } => sock.local_addr(),
+        Link::Tcp { stream, .. } => stream.local_addr(),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut ranges = Vec::new();
     let mut seqs: HashMap<u32, SeqTrack> = HashMap::new();
     let mut first_video = false;
     let mut connected = false;
@@ -253,9 +419,7 @@ async fn viewer(
                     next_timeout = t;
                     break;
                 }
-                Output::Transmit(t) => {
-                    let _ = sock.send_to(&t.contents, t.destination).await;
-                }
+                Output::Transmit(t) => link.send(&t).await,
                 Output::Event(Event::Connected) => {
                     connected = true;
                     totals.connected.fetch_add(1, Relaxed);
@@ -285,33 +449,18 @@ async fn viewer(
         let wait = next_timeout
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(200));
-        let mut meta = [quinn_udp::RecvMeta::default()];
-        let recv = async {
-            loop {
-                sock.readable().await?;
-                let r = sock.try_io(tokio::io::Interest::READABLE, || {
-                    let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
-                    udp_state.recv((&sock).into(), &mut bufs, &mut meta)
-                });
-                match r {
-                    Ok(_) => return Ok::<_, std::io::Error>(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        match tokio::time::timeout(wait, recv).await {
+        let from = match tokio::time::timeout(wait, link.recv(&mut ranges)).await {
             Err(_) => {
                 rtc.handle_input(Input::Timeout(Instant::now()))
                     .map_err(|e| e.to_string())?;
                 continue;
             }
             Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(())) => {}
-        }
-        let from = meta[0].addr;
-        let stride = meta[0].stride.max(1);
-        for data in buf[..meta[0].len].chunks(stride) {
+            Ok(Ok(from)) => from,
+        };
+        let proto = link.protocol();
+        for range in ranges.iter().cloned() {
+            let data = &link.received()[range];
             let n = data.len();
             let is_rtp = n >= 12 && data[0] >> 6 == 2 && !(200..=207).contains(&data[1]);
             if is_rtp {
@@ -334,7 +483,7 @@ async fn viewer(
                     continue;
                 }
             }
-            if let Ok(r) = Receive::new(Protocol::Udp, from, local, data) {
+            if let Ok(r) = Receive::new(proto, from, local, data) {
                 let _ = rtc.handle_input(Input::Receive(Instant::now(), r));
             }
         }
@@ -467,8 +616,9 @@ async fn main() {
             let full = running < args.full;
             running += 1;
             let (totals, stop, ttffs) = (totals.clone(), stop.clone(), ttffs.clone());
+            let tcp = args.tcp;
             tasks.push(tokio::spawn(async move {
-                match viewer(url, full, totals.clone(), stop, ttffs).await {
+                match viewer(url, full, tcp, totals.clone(), stop, ttffs).await {
                     Ok(()) => {}
                     Err(e) => {
                         totals.failed.fetch_add(1, Relaxed);

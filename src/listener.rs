@@ -421,6 +421,44 @@ impl Guarded<TcpStream> {
     }
 }
 
+impl GuardedWriteHalf {
+    /// Writes what the socket takes now, without waiting, from any thread (a
+    /// WebRTC shard writing its ICE-TCP viewers' packets): refused once the
+    /// listener has killed the connection, and counted as activity.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        if self.state.killed() {
+            return Err(killed_error());
+        }
+        let n = self.io.try_write(buf)?;
+        if n > 0 {
+            self.state.touch();
+        }
+        Ok(n)
+    }
+
+    /// Resolves once the socket may take more, or with an error once the
+    /// listener kills the connection.
+    pub async fn writable(&self) -> io::Result<()> {
+        let ready = self.io.writable();
+        tokio::pin!(ready);
+        std::future::poll_fn(|cx| {
+            if self.state.killed() {
+                return Poll::Ready(Err(killed_error()));
+            }
+            if let Poll::Ready(r) = ready.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            // Registered before the check: a kill after it wakes us.
+            self.state.write_waker.register(cx.waker());
+            if self.state.killed() {
+                return Poll::Ready(Err(killed_error()));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

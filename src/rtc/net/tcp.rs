@@ -2,9 +2,13 @@
 //! frame a signed STUN check for a live session.
 //!
 //! Sending: a shard frames each packet straight into its connection's
-//! [`TcpOutbox`] (one buffer, bounded in bytes) and wakes the connection's
-//! writer once per flush, which sends everything queued with one write. The
-//! shard finds a connection's outbox in the shared map once, not per packet.
+//! [`TcpOutbox`] and writes the outbox to the socket itself, without
+//! waiting, at its flush (or as soon as a burst reaches `TCP_WRITE_AT_BYTES`),
+//! so a frame's packets to a viewer leave in one `send` and no task is woken.
+//! What the socket does not take stays in the outbox (bounded in bytes) for
+//! the connection's writer task, which waits for the socket to drain; until
+//! it has, shards only append. A shard finds a connection's outbox in the
+//! shared map once, not per packet.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use str0m::net::Protocol;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use super::{Datagram, Demux, Inbound, MAX_DATAGRAM, PacketBuf};
-use crate::listener::{Conn, Limits, Shutdown};
+use crate::listener::{Conn, GuardedStream, GuardedWriteHalf, Limits, Shutdown};
 use crate::log_every::LogEvery;
 
 /// ICE-TCP connections refused (no valid first check) logged at most this often.
@@ -30,14 +34,19 @@ static TCP_REFUSED_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 /// check) within this time.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Framed bytes queued for one peer before its packets are refused (as a
-/// lossy UDP path would lose them; the viewer is skipped ahead to a
-/// keyframe). The writer may hold as much again, being sent.
+/// Framed bytes an outbox holds while its socket is full before the peer's
+/// packets are refused (as a lossy UDP path would lose them; the viewer is
+/// skipped ahead to a keyframe).
 const TCP_QUEUE_BYTES: usize = 1024 * 1024;
 
-/// Capacity a connection's buffers keep between bursts: a delta frame's
-/// packets fit; a keyframe grows them for the time it takes to send it.
-const TCP_RETAIN_BYTES: usize = 32 * 1024;
+/// A shard writes an outbox out once it holds this much, not only at its
+/// flush: a keyframe written to many viewers then never sits whole in every
+/// viewer's buffer at once. A 2.5 Mbit/s stream's delta frame (~10 KB)
+/// still leaves in one write; what an outbox keeps resident is about this.
+const TCP_WRITE_AT_BYTES: usize = 16 * 1024;
+
+/// Capacity an outbox keeps once written out: one burst's worth.
+const TCP_RETAIN_BYTES: usize = TCP_WRITE_AT_BYTES + 2 + MAX_DATAGRAM;
 
 /// A shard keeps the outboxes it found without sweeping out closed ones
 /// until it knows at least this many.
@@ -66,10 +75,10 @@ impl TcpConns {
     }
 
     /// Frames a packet of `len` bytes, which `write` fills in place, into the
-    /// outbox of `destination`'s connection; its writer is woken at the
-    /// shard's next [`TcpConns::wake`]. Without a connection the packet is
-    /// dropped (true). False when the outbox is full: the peer cannot keep
-    /// up.
+    /// outbox of `destination`'s connection, to be written at the shard's
+    /// next [`TcpConns::flush`] (or now, once a burst is large). Without a
+    /// connection the packet is dropped (true). False when the outbox is
+    /// full: the peer cannot keep up.
     pub(super) fn queue(
         &self,
         shard: &mut TcpSends,
@@ -88,19 +97,19 @@ impl TcpConns {
             shard.remember(destination, o);
         }
         let outbox = &shard.known[&destination];
-        let mut q = outbox.queued.lock();
+        let mut guard = outbox.queued.lock();
+        let q = &mut *guard;
         if q.closed {
             return true;
         }
         if q.bytes.len() + 2 + len > TCP_QUEUE_BYTES {
             return false;
         }
-        let q = &mut *q;
         let start = q.bytes.len();
         q.bytes.extend_from_slice(&frame_len.to_be_bytes());
         q.bytes.resize(start + 2 + len, 0);
         // A panic in `write` (a session's bug) takes the frame back out: a
-        // partial one would go out at the next wake.
+        // partial one would go out with the next write.
         let mut frame = Unframed {
             bytes: &mut q.bytes,
             start,
@@ -108,31 +117,42 @@ impl TcpConns {
         write(&mut frame.bytes[start + 2..]);
         frame.start = usize::MAX;
         drop(frame);
-        if !q.wake_queued {
-            q.wake_queued = true;
-            shard.to_wake.push(outbox.clone());
+        let backlog = q.bytes.len() >= TCP_WRITE_AT_BYTES && q.write_now();
+        if !q.flush_queued {
+            q.flush_queued = true;
+            shard.to_flush.push(outbox.clone());
+        }
+        drop(guard);
+        if backlog {
+            outbox.backlog.notify_one();
         }
         true
     }
 
-    /// Wakes the writers of the outboxes written to since the last wake.
-    pub(super) fn wake(shard: &mut TcpSends) {
-        for o in shard.to_wake.drain(..) {
-            o.queued.lock().wake_queued = false;
-            o.ready.notify_one();
+    /// Writes out the outboxes written to since the last flush.
+    pub(super) fn flush(shard: &mut TcpSends) {
+        for o in shard.to_flush.drain(..) {
+            let backlog = {
+                let mut q = o.queued.lock();
+                q.flush_queued = false;
+                q.write_now()
+            };
+            if backlog {
+                o.backlog.notify_one();
+            }
         }
     }
 }
 
 /// A shard's side of the ICE-TCP connections: the outboxes it has sent to
 /// (looked up in the shared map once per connection, not per packet), and
-/// those whose writers its next flush wakes.
+/// those its next flush writes out.
 #[derive(Default)]
 pub struct TcpSends {
     known: HashMap<SocketAddr, Arc<TcpOutbox>>,
     /// How many `known` held after its last sweep of closed outboxes.
     swept: usize,
-    to_wake: Vec<Arc<TcpOutbox>>,
+    to_flush: Vec<Arc<TcpOutbox>>,
 }
 
 impl TcpSends {
@@ -146,40 +166,90 @@ impl TcpSends {
         self.known.insert(destination, outbox);
     }
 
-    /// Whether a flush has writers to wake.
+    /// Whether a flush has outboxes to write out.
     pub(super) fn is_empty(&self) -> bool {
-        self.to_wake.is_empty()
+        self.to_flush.is_empty()
     }
 }
 
-/// The framed packets waiting for one connection's writer.
+impl Drop for TcpSends {
+    /// A shard's loop that ends (or restarts after a panic) with outboxes
+    /// still to flush writes them out: each stays marked as queued until
+    /// then, and would otherwise never be flushed again.
+    fn drop(&mut self) {
+        TcpConns::flush(self);
+    }
+}
+
+/// One connection's framed packets not yet written, and its socket.
 pub(super) struct TcpOutbox {
     queued: Mutex<Queued>,
     /// Set with `Queued::closed`, read without the lock by shards checking
     /// whether what they remember is still live.
     closed: AtomicBool,
-    ready: Notify,
+    /// Wakes the writer: the socket did not take everything, or the outbox
+    /// was closed.
+    backlog: Notify,
 }
 
-#[derive(Default)]
 struct Queued {
     /// RFC 4571 frames, in order.
     bytes: Vec<u8>,
+    /// Taken out when the connection ends, so that a shard still remembering
+    /// the outbox holds no socket open.
+    socket: Option<Arc<GuardedWriteHalf>>,
     /// Nothing more is taken: the writer sends what is here and stops.
     closed: bool,
-    /// A shard's `to_wake` holds this outbox.
-    wake_queued: bool,
+    /// A shard's `to_flush` holds this outbox.
+    flush_queued: bool,
+    /// The writer sends `bytes` as the socket drains (or the outbox closed);
+    /// shards only append.
+    backlogged: bool,
+}
+
+impl Queued {
+    /// Writes what the socket takes now, unless the writer has the bytes.
+    /// True when the writer must take over the rest.
+    fn write_now(&mut self) -> bool {
+        if self.backlogged || self.bytes.is_empty() {
+            return false;
+        }
+        let Some(socket) = &self.socket else {
+            self.bytes.clear();
+            return false;
+        };
+        match socket.try_write(&self.bytes) {
+            Ok(n) if n == self.bytes.len() => {
+                self.bytes.clear();
+                false
+            }
+            Ok(n) => {
+                self.bytes.drain(..n);
+                self.backlogged = true;
+                true
+            }
+            // Full (the writer waits for room), or failed (the writer sees it
+            // too and ends the connection).
+            Err(_) => {
+                self.backlogged = true;
+                true
+            }
+        }
+    }
 }
 
 impl TcpOutbox {
-    fn new() -> TcpOutbox {
+    fn new(socket: GuardedWriteHalf) -> TcpOutbox {
         TcpOutbox {
             queued: Mutex::new(Queued {
                 bytes: Vec::with_capacity(TCP_RETAIN_BYTES),
-                ..Queued::default()
+                socket: Some(Arc::new(socket)),
+                closed: false,
+                flush_queued: false,
+                backlogged: false,
             }),
             closed: AtomicBool::new(false),
-            ready: Notify::new(),
+            backlog: Notify::new(),
         }
     }
 
@@ -187,33 +257,56 @@ impl TcpOutbox {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Takes nothing more; the writer sends what is queued, then ends.
     fn close(&self) {
-        self.queued.lock().closed = true;
+        {
+            let mut q = self.queued.lock();
+            q.closed = true;
+            q.backlogged = true;
+        }
         self.closed.store(true, Ordering::Release);
-        self.ready.notify_one();
+        self.backlog.notify_one();
     }
 
-    /// Sends what shards queue, one write per wake, until closed (what was
-    /// queued before goes out first) or the connection fails.
-    async fn run_writer<W: AsyncWrite + Unpin>(&self, wr: &mut W) {
-        let mut sending = Vec::with_capacity(TCP_RETAIN_BYTES);
+    /// Sends what the socket did not take at a shard's write, as it drains,
+    /// until the outbox is closed and empty or the connection fails.
+    async fn run_writer(&self) {
         loop {
-            let closed = {
+            let socket = {
                 let mut q = self.queued.lock();
-                std::mem::swap(&mut q.bytes, &mut sending);
-                q.closed
-            };
-            if !sending.is_empty() {
-                if wr.write_all(&sending).await.is_err() {
-                    return;
+                if !q.backlogged {
+                    None
+                } else if q.bytes.is_empty() {
+                    if q.closed {
+                        q.socket = None; // the write side shuts down
+                        return;
+                    }
+                    q.backlogged = false;
+                    q.bytes.shrink_to(TCP_RETAIN_BYTES);
+                    None
+                } else {
+                    match &q.socket {
+                        Some(s) => Some(s.clone()),
+                        None => return,
+                    }
                 }
-                sending.clear();
-                sending.shrink_to(TCP_RETAIN_BYTES);
-            }
-            if closed {
+            };
+            let Some(socket) = socket else {
+                self.backlog.notified().await;
+                continue;
+            };
+            if socket.writable().await.is_err() {
                 return;
             }
-            self.ready.notified().await;
+            // Under the lock: shards may be appending meanwhile.
+            let mut q = self.queued.lock();
+            match socket.try_write(&q.bytes) {
+                Ok(n) => {
+                    q.bytes.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
         }
     }
 }
@@ -246,20 +339,14 @@ impl IceTcp {
     /// Serves one accepted connection until it or its session ends. The
     /// first frame must be a STUN check signed for a live session, or the
     /// connection is closed before anything is allocated for it.
-    pub async fn serve<S>(&self, stream: S, peer: SocketAddr)
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
+    pub async fn serve(&self, stream: GuardedStream, peer: SocketAddr) {
         if let Err(e) = self.serve_inner(stream, peer).await {
             debug!(%peer, error = %e, "ice-tcp connection closed");
         }
     }
 
-    async fn serve_inner<S>(&self, stream: S, peer: SocketAddr) -> std::io::Result<()>
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        let (mut rd, mut wr) = tokio::io::split(stream);
+    async fn serve_inner(&self, stream: GuardedStream, peer: SocketAddr) -> std::io::Result<()> {
+        let (mut rd, wr) = stream.into_split();
         let mut len_buf = [0u8; 2];
         // A connection that starts a frame and stalls holds nothing for long.
         let mut data = tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame(&mut rd, &mut len_buf))
@@ -276,7 +363,7 @@ impl IceTcp {
             }
             return Ok(());
         };
-        let outbox = Arc::new(TcpOutbox::new());
+        let outbox = Arc::new(TcpOutbox::new(wr));
         if let Some(old) = self.conns.conns.write().insert(peer, outbox.clone()) {
             old.close();
         }
@@ -286,10 +373,7 @@ impl IceTcp {
             ours: outbox.clone(),
         };
         // Ends when the session ends (the outbox is closed) or on error.
-        let mut writer = tokio::spawn(async move {
-            outbox.run_writer(&mut wr).await;
-            let _ = wr.shutdown().await;
-        });
+        let mut writer = tokio::spawn(async move { outbox.run_writer().await });
         let mut route = Some((route, new));
         let result = loop {
             if let (Some((r, new)), Some(d)) = (route, data.take()) {
@@ -348,7 +432,9 @@ impl Drop for Forget<'_> {
             }
         }
         self.ours.close();
-        self.ours.queued.lock().bytes = Vec::new();
+        let mut q = self.ours.queued.lock();
+        q.bytes = Vec::new();
+        q.socket = None;
     }
 }
 
@@ -395,6 +481,7 @@ pub async fn run_tcp_listener(
 mod tests {
     use super::super::{Route, binding_request};
     use super::*;
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
 
     /// What the listener delivered, by shard and peer.
@@ -428,23 +515,9 @@ mod tests {
 
     #[tokio::test]
     async fn ice_tcp_allocates_nothing_before_a_signed_check_and_closes_with_its_session() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let demux = Arc::new(Demux::default());
-        demux.add_ufrag("abcd", "secretpassword", Route { shard: 0, peer: 7 });
         let rx = Arc::new(Received::default());
-        let ice = Arc::new(IceTcp {
-            local: addr,
-            demux: demux.clone(),
-            conns: Arc::new(TcpConns::default()),
-            inbound: rx.clone(),
-        });
-        tokio::spawn(run_tcp_listener(
-            listener,
-            ice.clone(),
-            crate::listener::Limits::from_config(&Default::default()),
-            crate::listener::Shutdown::default(),
-        ));
+        let ice = serving(rx.clone()).await;
+        let addr = ice.local;
         let conns = || ice.conns.conns.read().len();
 
         // Not STUN, a forged check, a frame longer than a datagram: closed,
@@ -462,16 +535,7 @@ mod tests {
         assert!(rx.0.lock().is_empty());
 
         // A signed check: the connection is the session's, until it ends.
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        let me = c.local_addr().unwrap();
-        c.write_all(&framed(&binding_request("abcd:x", "secretpassword")))
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while conns() == 0 {
-            assert!(Instant::now() < deadline, "no connection entry");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let (mut c, me) = connect(&ice).await;
         assert!(!rx.0.lock().is_empty());
         assert!(!closed_now(&mut c).await, "open while the session runs");
         ice.conns.close(&[(Protocol::Tcp, me)]);
@@ -486,15 +550,21 @@ mod tests {
     /// An ICE-TCP listener with one session's connection made: the
     /// server's side, the peer's stream and its address.
     async fn connected() -> (Arc<IceTcp>, TcpStream, SocketAddr) {
+        let ice = serving(Arc::new(Received::default())).await;
+        let (c, me) = connect(&ice).await;
+        (ice, c, me)
+    }
+
+    /// An ICE-TCP listener for one session (ufrag `abcd`), delivering to `rx`.
+    async fn serving(rx: Arc<Received>) -> Arc<IceTcp> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let demux = Arc::new(Demux::default());
         demux.add_ufrag("abcd", "secretpassword", Route { shard: 0, peer: 7 });
         let ice = Arc::new(IceTcp {
-            local: addr,
+            local: listener.local_addr().unwrap(),
             demux,
             conns: Arc::new(TcpConns::default()),
-            inbound: Arc::new(Received::default()),
+            inbound: rx,
         });
         tokio::spawn(run_tcp_listener(
             listener,
@@ -502,7 +572,12 @@ mod tests {
             crate::listener::Limits::from_config(&Default::default()),
             crate::listener::Shutdown::default(),
         ));
-        let mut c = TcpStream::connect(addr).await.unwrap();
+        ice
+    }
+
+    /// Another connection for the session: the peer's stream and address.
+    async fn connect(ice: &IceTcp) -> (TcpStream, SocketAddr) {
+        let mut c = TcpStream::connect(ice.local).await.unwrap();
         let me = c.local_addr().unwrap();
         c.write_all(&framed(&binding_request("abcd:x", "secretpassword")))
             .await
@@ -512,7 +587,7 @@ mod tests {
             assert!(Instant::now() < deadline, "no connection entry");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        (ice, c, me)
+        (c, me)
     }
 
     /// The next `n` RFC 4571 frames from the server (5 s at most).
@@ -537,7 +612,8 @@ mod tests {
 
     /// A shard's packets reach the peer framed, whole and in order, once it
     /// flushes (not before); a panic while one is written leaves no partial
-    /// frame; packets to an address without a connection are dropped.
+    /// frame; packets to an address without a connection are dropped; a
+    /// batch dropped unflushed still writes its packets out.
     #[tokio::test]
     async fn a_shards_packets_reach_an_ice_tcp_peer_framed_and_in_order_at_its_flush() {
         let (ice, mut c, me) = connected().await;
@@ -567,37 +643,61 @@ mod tests {
         );
         net.flush(&mut batch);
         assert_eq!(frames(&mut c, want.len()).await, want);
-        // Again: the writer was woken once more.
+        // Again, at the next flush.
         assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 40, &mut |b| b.fill(8)));
         net.flush(&mut batch);
         assert_eq!(frames(&mut c, 1).await, vec![vec![8u8; 40]]);
+        // A batch dropped unflushed (a shard's loop restarting) writes out
+        // what it holds, and the next batch flushes that outbox as usual.
+        let mut dropped = super::super::SendBatch::default();
+        assert!(net.queue_with(&mut dropped, Protocol::Tcp, me, 30, &mut |b| b.fill(6)));
+        drop(dropped);
+        assert_eq!(frames(&mut c, 1).await, vec![vec![6u8; 30]]);
+        assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 31, &mut |b| b.fill(5)));
+        net.flush(&mut batch);
+        assert_eq!(frames(&mut c, 1).await, vec![vec![5u8; 31]]);
     }
 
-    /// A peer that reads nothing fills its outbox: packets are refused once
-    /// its bytes are at the bound (the shard then skips the viewer ahead),
-    /// and what was queued is not lost.
+    /// A peer that reads nothing fills the socket's buffers, then its
+    /// outbox: packets are refused once the outbox is at its bound (the
+    /// shard then skips the viewer ahead); what was taken is not lost, and
+    /// the writer sends it as the peer reads.
     #[tokio::test]
     async fn an_ice_tcp_peer_that_does_not_read_is_refused_at_the_byte_bound() {
         let (ice, mut c, me) = connected().await;
         let net = net_out(&ice);
         let mut batch = super::super::SendBatch::default();
-        // Never flushed: nothing leaves the outbox.
-        let mut queued = 0;
-        while net.queue_with(&mut batch, Protocol::Tcp, me, 1200, &mut |b| b.fill(1)) {
+        let mut queued = 0usize;
+        loop {
+            let fill = (queued % 251) as u8;
+            if !net.queue_with(&mut batch, Protocol::Tcp, me, 1200, &mut |b| b.fill(fill)) {
+                break;
+            }
             queued += 1;
-            assert!(queued <= TCP_QUEUE_BYTES / 1202, "no bound");
+            if queued.is_multiple_of(64) {
+                net.flush(&mut batch);
+            }
+            assert!(queued < (64 << 20) / 1202, "no bound within 64 MB");
         }
-        assert_eq!(queued, TCP_QUEUE_BYTES / 1202);
+        let held = ice.conns.conns.read()[&me].queued.lock().bytes.len();
+        assert!(
+            held <= TCP_QUEUE_BYTES && held + 1202 > TCP_QUEUE_BYTES,
+            "{held}"
+        );
         net.flush(&mut batch);
         let got = frames(&mut c, queued).await;
-        assert!(got.iter().all(|f| f == &vec![1u8; 1200]));
-        // Drained, it takes packets again.
+        for (i, f) in got.iter().enumerate() {
+            assert_eq!(f, &vec![(i % 251) as u8; 1200], "frame {i}");
+        }
+        // Drained, it takes packets again, written at the flush.
         assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 10, &mut |b| b.fill(2)));
+        net.flush(&mut batch);
+        assert_eq!(frames(&mut c, 1).await, vec![vec![2u8; 10]]);
     }
 
     /// Ending the session sends what was queued, then closes the connection;
     /// a shard that remembers the connection drops later packets to it, and
-    /// a new connection from the same address gets them.
+    /// a newer connection at the same address gets them.
     #[tokio::test]
     async fn a_closed_ice_tcp_connection_sends_what_was_queued_then_closes() {
         let (ice, mut c, me) = connected().await;
@@ -609,11 +709,14 @@ mod tests {
         assert_eq!(frames(&mut c, 1).await, vec![vec![3u8; 100]]);
         assert!(closed(&mut c).await, "closed with its session");
         assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 100, &mut |b| b.fill(4)));
-        // A newer connection from the address (made here without a socket).
-        let newer = Arc::new(TcpOutbox::new());
-        ice.conns.conns.write().insert(me, newer.clone());
+        // A newer connection at the address: here another peer's outbox,
+        // mapped under it.
+        let (mut c2, me2) = connect(&ice).await;
+        let newer = ice.conns.conns.read()[&me2].clone();
+        ice.conns.conns.write().insert(me, newer);
         assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 5, &mut |b| b.fill(5)));
-        assert_eq!(newer.queued.lock().bytes, [0, 5, 5, 5, 5, 5, 5]);
+        net.flush(&mut batch);
+        assert_eq!(frames(&mut c2, 1).await, vec![vec![5u8; 5]]);
     }
 
     /// Whether the connection is closed already (no waiting for data).

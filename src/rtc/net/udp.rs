@@ -185,10 +185,10 @@ impl NetOut {
     }
 
     /// Sends what is queued: one run with `sendmsg`, several with one
-    /// `sendmmsg`; wakes the writers of the ICE-TCP connections written to.
+    /// `sendmmsg`; writes out the ICE-TCP connections written to.
     pub fn flush(&self, batch: &mut SendBatch) {
         if !batch.tcp.is_empty() {
-            TcpConns::wake(&mut batch.tcp);
+            TcpConns::flush(&mut batch.tcp);
         }
         match batch.runs.len() {
             0 => return,
