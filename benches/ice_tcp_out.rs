@@ -40,28 +40,26 @@ fn cpu_ns(prefix: &str) -> u64 {
     let mut sum = 0;
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with(prefix) {
-            continue;
+        if comm.starts_with(prefix) {
+            sum += schedstat_ns(&task.path().join("schedstat"));
         }
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        sum += stat
-            .split_whitespace()
-            .next()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0);
     }
     sum
 }
 
+/// The CPU ns a `schedstat` file reports (its first field).
+fn schedstat_ns(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 /// CPU ns of the calling thread.
 fn thread_cpu_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    schedstat_ns(std::path::Path::new("/proc/thread-self/schedstat"))
 }
 
 fn frame(data: &[u8]) -> Vec<u8> {

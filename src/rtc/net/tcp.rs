@@ -605,9 +605,18 @@ mod tests {
         out
     }
 
-    fn net_out(ice: &IceTcp) -> super::super::NetOut {
+    /// A connected session (as `connected`) and a shard's sending side.
+    async fn sending() -> (
+        Arc<IceTcp>,
+        TcpStream,
+        SocketAddr,
+        super::super::NetOut,
+        super::super::SendBatch,
+    ) {
+        let (ice, c, me) = connected().await;
         let udp = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
-        super::super::NetOut::new(udp, ice.conns.clone()).unwrap()
+        let net = super::super::NetOut::new(udp, ice.conns.clone()).unwrap();
+        (ice, c, me, net, super::super::SendBatch::default())
     }
 
     /// A shard's packets reach the peer framed, whole and in order, once it
@@ -616,9 +625,7 @@ mod tests {
     /// batch dropped unflushed still writes its packets out.
     #[tokio::test]
     async fn a_shards_packets_reach_an_ice_tcp_peer_framed_and_in_order_at_its_flush() {
-        let (ice, mut c, me) = connected().await;
-        let net = net_out(&ice);
-        let mut batch = super::super::SendBatch::default();
+        let (_ice, mut c, me, net, mut batch) = sending().await;
         let mut want = Vec::new();
         for (i, len) in [1200usize, 1200, 1, 500, 1200].into_iter().enumerate() {
             let fill = i as u8 + 1;
@@ -664,9 +671,7 @@ mod tests {
     /// the writer sends it as the peer reads.
     #[tokio::test]
     async fn an_ice_tcp_peer_that_does_not_read_is_refused_at_the_byte_bound() {
-        let (ice, mut c, me) = connected().await;
-        let net = net_out(&ice);
-        let mut batch = super::super::SendBatch::default();
+        let (ice, mut c, me, net, mut batch) = sending().await;
         let mut queued = 0usize;
         loop {
             let fill = (queued % 251) as u8;
@@ -700,9 +705,7 @@ mod tests {
     /// a newer connection at the same address gets them.
     #[tokio::test]
     async fn a_closed_ice_tcp_connection_sends_what_was_queued_then_closes() {
-        let (ice, mut c, me) = connected().await;
-        let net = net_out(&ice);
-        let mut batch = super::super::SendBatch::default();
+        let (ice, mut c, me, net, mut batch) = sending().await;
         assert!(net.queue_with(&mut batch, Protocol::Tcp, me, 100, &mut |b| b.fill(3)));
         ice.conns.close(&[(Protocol::Tcp, me)]);
         net.flush(&mut batch);
