@@ -12,7 +12,7 @@
 //! ```text
 //! cargo run --release --example loadgen -- --whep http://127.0.0.1:8080/whep/demo \
 //!     --steps 50,100,200,400 --step-secs 10 [--full 10] [--server-pid PID] [--metrics URL] \
-//!     [--max-cores 1] [--max-loss 1] [--tcp]
+//!     [--max-cores 1] [--max-loss 1] [--tcp [--stall]]
 //! cargo run --release --example loadgen -- --call http://127.0.0.1:8080/whep/s1,...,s8 --step-secs 20
 //! ```
 //! Prints one JSON line per step: viewers, server CPU and RSS (from /proc when
@@ -61,6 +61,9 @@ struct Args {
     max_loss: f64,
     /// Viewers connect over ICE-TCP instead of UDP.
     tcp: bool,
+    /// ICE-TCP viewers stop reading once their first video packet arrives
+    /// (with a 4 KiB receive buffer): slow or hostile peers (the attack suite).
+    stall: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -75,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
         max_cores: 1.0,
         max_loss: 1.0,
         tcp: false,
+        stall: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -100,6 +104,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-cores" => a.max_cores = v()?.parse().map_err(|e| format!("--max-cores: {e}"))?,
             "--max-loss" => a.max_loss = v()?.parse().map_err(|e| format!("--max-loss: {e}"))?,
             "--tcp" => a.tcp = true,
+            "--stall" => a.stall = true,
             "-h" | "--help" => {
                 println!("see the comment at the top of examples/loadgen.rs");
                 std::process::exit(0);
@@ -109,6 +114,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.whep.is_empty() {
         return Err("--whep URL or --call URL1,URL2,… is required".into());
+    }
+    if a.stall && !a.tcp {
+        return Err("--stall is for ICE-TCP viewers (--tcp)".into());
     }
     Ok(a)
 }
@@ -311,6 +319,7 @@ async fn viewer(
     url: String,
     full: bool,
     tcp: bool,
+    stall: bool,
     totals: Arc<Totals>,
     stop: Arc<AtomicBool>,
     ttffs: Arc<Mutex<Vec<Duration>>>,
@@ -377,7 +386,15 @@ async fn viewer(
         },
         None => {
             let server = tcp_candidate(&body).ok_or("the answer has no passive TCP candidate")?;
-            let stream = TcpStream::connect(server)
+            let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            if stall {
+                // A small window: the server's side fills at once.
+                socket
+                    .set_recv_buffer_size(4096)
+                    .map_err(|e| e.to_string())?;
+            }
+            let stream = socket
+                .connect(server)
                 .await
                 .map_err(|e| format!("ICE-TCP connect to {server}: {e}"))?;
             let _ = stream.set_nodelay(true);
@@ -433,6 +450,13 @@ async fn viewer(
             }
         }
         if stop.load(Relaxed) {
+            break;
+        }
+        if stall && first_video {
+            // Connected and sent media: from now on nothing is read.
+            while !stop.load(Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             break;
         }
         // A browser asks for a keyframe when none came.
@@ -616,9 +640,9 @@ async fn main() {
             let full = running < args.full;
             running += 1;
             let (totals, stop, ttffs) = (totals.clone(), stop.clone(), ttffs.clone());
-            let tcp = args.tcp;
+            let (tcp, stall) = (args.tcp, args.stall);
             tasks.push(tokio::spawn(async move {
-                match viewer(url, full, tcp, totals.clone(), stop, ttffs).await {
+                match viewer(url, full, tcp, stall, totals.clone(), stop, ttffs).await {
                     Ok(()) => {}
                     Err(e) => {
                         totals.failed.fetch_add(1, Relaxed);

@@ -460,14 +460,8 @@ fn cores_over(nodes: &[&Server], window: Duration) -> Vec<f64> {
 /// `examples/loadgen` (built by bench/cluster_cpu.sh) watching `whep_url`
 /// with `viewers` light str0m viewers for one step of `secs`.
 fn loadgen(whep_url: &str, viewers: usize, secs: u64) -> std::process::Child {
-    let bin = std::env::var_os("CLUSTER_CPU_LOADGEN").map_or_else(
-        || {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| manifest_dir().join("target"), std::path::PathBuf::from);
-            target.join("debug/examples/loadgen")
-        },
-        std::path::PathBuf::from,
-    );
+    let bin = std::env::var_os("CLUSTER_CPU_LOADGEN")
+        .map_or_else(|| example_bin("loadgen"), std::path::PathBuf::from);
     std::process::Command::new(&bin)
         .args(["--whep", whep_url, "--full", "0", "--max-loss", "100"])
         .args([

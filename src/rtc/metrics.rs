@@ -76,6 +76,11 @@ impl EngineMetrics {
                 self.sum(|s| &s.queue_drops),
             ),
             (
+                "roomcast_webrtc_laggard_skips_total",
+                "Times a viewer that could not keep up (its ICE-TCP outbox full) was skipped ahead to the next keyframe.",
+                self.sum(|s| &s.laggard_skips),
+            ),
+            (
                 "roomcast_webrtc_session_panics_total",
                 "WebRTC sessions ended by a panic while handling their input.",
                 self.sum(|s| &s.session_panics),

@@ -175,15 +175,7 @@ fn a_crowd_asking_for_a_thumbnail_costs_one_decode() {
     let mut f = Fixture::start();
     let attack = "thumbnails: 300 concurrent first asks";
     let m = f.mark(attack);
-    let made = |f: &Fixture| {
-        f.server
-            .get("/metrics")
-            .text()
-            .lines()
-            .find_map(|l| l.strip_prefix("roomcast_thumbnails_made_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .expect("roomcast_thumbnails_made_total")
-    };
+    let made = |f: &Fixture| f.server.metric("roomcast_thumbnails_made_total");
     let before = made(&f);
     let url = f
         .server

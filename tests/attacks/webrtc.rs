@@ -1,7 +1,8 @@
 //! WHIP/WHEP attacks: a publisher whose frame never ends, offers with tens of
 //! thousands of lines, DELETE/PATCH (trickle and ICE restart) on sessions
-//! without their secret, malformed, oversized or stale ICE restarts, and a
-//! flood of unauthenticated datagrams at the shared UDP port.
+//! without their secret, malformed, oversized or stale ICE restarts, a
+//! flood of unauthenticated datagrams at the shared UDP port, and ICE-TCP
+//! viewers that stop reading.
 
 use std::time::{Duration, Instant};
 
@@ -525,4 +526,61 @@ fn a_flood_of_unauthenticated_datagrams_is_dropped_unanswered() {
         "[{attack}] the server answered unauthenticated datagrams"
     );
     f.after(m, 10);
+}
+
+/// ICE-TCP viewers that complete ICE and DTLS, take their first video, then
+/// never read again (a 4 KiB receive window): each may hold at most its
+/// outbox's 1 MiB in the server beyond the kernel's socket buffers, is
+/// skipped ahead to a keyframe at that bound, and slows no one (the
+/// fixture's viewer keeps decoding). Unbounded, 16 of them would hold the
+/// whole stream since they stalled, several MB each.
+#[test]
+fn ice_tcp_viewers_that_stop_reading_hold_a_bounded_amount() {
+    let mut f = Fixture::start();
+    let attack = "ICE-TCP: 16 viewers that stop reading";
+    let skips = |f: &Fixture| f.server.metric("roomcast_webrtc_laggard_skips_total");
+    let skipped_before = skips(&f);
+    let m = f.mark(attack);
+    let out = std::process::Command::new(example_bin("loadgen"))
+        .args(["--whep", &f.server.whep_url(STREAM), "--tcp", "--stall"])
+        .args(["--full", "0", "--max-loss", "100", "--steps", "16"])
+        .args(["--step-secs", "8"])
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let step: serde_json::Value = stdout
+        .lines()
+        .find(|l| l.contains("\"step\""))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "[{attack}] no step from loadgen: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    println!("[{attack}] loadgen: {step}");
+    assert_eq!(
+        (step["connected"].as_u64(), step["failed"].as_u64()),
+        (Some(16), Some(0)),
+        "[{attack}] every stalling viewer connects over ICE-TCP first: {step}"
+    );
+    let skipped = skips(&f) - skipped_before;
+    let peak = m.rss.peak_kib();
+    println!(
+        "[{attack}] {skipped} laggard skips; RSS peak {peak} KiB against a baseline of {} KiB",
+        f.baseline_kib
+    );
+    assert!(
+        skipped >= 16,
+        "[{attack}] the stalled viewers were never skipped ahead ({skipped} skips)"
+    );
+    // 1 MiB of outbox each, and as much again for the rest of a session.
+    assert!(
+        peak <= f.baseline_kib + 16 * 2048,
+        "[{attack}] RSS peaked at {peak} KiB, over 2 MiB per stalled viewer above {} KiB",
+        f.baseline_kib
+    );
+    // Each of the 16 sessions logs its negotiation, connection and end (at
+    // most 5 lines); a skip ahead is counted, never logged.
+    f.after(m, 16 * 5 + 10);
 }

@@ -73,6 +73,20 @@ pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// An example's debug binary (`cargo test` builds the examples; a single
+/// `--test` does not: then `cargo build --example NAME`).
+pub fn example_bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| manifest_dir().join("target"), PathBuf::from);
+    let bin = target.join("debug/examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} not found: cargo build --example {name}",
+        bin.display()
+    );
+    bin
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`
 /// naming `what` was awaited.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -628,6 +642,16 @@ impl Server {
     pub fn get(&self, path: &str) -> HttpResponse {
         http::request("GET", &self.url(path), &[], None)
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// The value of an unlabelled counter or gauge in `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        self.get("/metrics")
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
     }
 
     pub fn post_sdp(&self, path: &str, body: &[u8]) -> HttpResponse {

@@ -1,5 +1,5 @@
 //! The send side of the shared sockets (GSO batches over UDP, ICE-TCP
-//! frames to their connection's writer) and the UDP receiver thread.
+//! frames into their connection's outbox) and the UDP receiver thread.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -291,7 +291,7 @@ impl NetOut {
     }
 
     /// Closes the ICE-TCP connections among a finished session's addresses:
-    /// dropping the sender ends the writer, which ends the connection.
+    /// each sends what its outbox holds, then ends.
     pub fn close_tcp(&self, addrs: &[(Protocol, SocketAddr)]) {
         self.tcp.close(addrs);
     }
