@@ -99,7 +99,7 @@ impl TcpConns {
         let outbox = &shard.known[&destination];
         let mut guard = outbox.queued.lock();
         let q = &mut *guard;
-        if q.closed {
+        if outbox.is_closed() {
             return true;
         }
         if q.bytes.len() + 2 + len > TCP_QUEUE_BYTES {
@@ -184,8 +184,9 @@ impl Drop for TcpSends {
 /// One connection's framed packets not yet written, and its socket.
 pub(super) struct TcpOutbox {
     queued: Mutex<Queued>,
-    /// Set with `Queued::closed`, read without the lock by shards checking
-    /// whether what they remember is still live.
+    /// Nothing more is taken: the writer sends what is queued and stops.
+    /// Set under `queued`'s lock; shards also read it without the lock, to
+    /// tell whether what they remember is still live.
     closed: AtomicBool,
     /// Wakes the writer: the socket did not take everything, or the outbox
     /// was closed.
@@ -198,8 +199,6 @@ struct Queued {
     /// Taken out when the connection ends, so that a shard still remembering
     /// the outbox holds no socket open.
     socket: Option<Arc<GuardedWriteHalf>>,
-    /// Nothing more is taken: the writer sends what is here and stops.
-    closed: bool,
     /// A shard's `to_flush` holds this outbox.
     flush_queued: bool,
     /// The writer sends `bytes` as the socket drains (or the outbox closed);
@@ -244,7 +243,6 @@ impl TcpOutbox {
             queued: Mutex::new(Queued {
                 bytes: Vec::with_capacity(TCP_RETAIN_BYTES),
                 socket: Some(Arc::new(socket)),
-                closed: false,
                 flush_queued: false,
                 backlogged: false,
             }),
@@ -261,10 +259,9 @@ impl TcpOutbox {
     fn close(&self) {
         {
             let mut q = self.queued.lock();
-            q.closed = true;
             q.backlogged = true;
+            self.closed.store(true, Ordering::Release);
         }
-        self.closed.store(true, Ordering::Release);
         self.backlog.notify_one();
     }
 
@@ -277,7 +274,7 @@ impl TcpOutbox {
                 if !q.backlogged {
                     None
                 } else if q.bytes.is_empty() {
-                    if q.closed {
+                    if self.is_closed() {
                         q.socket = None; // the write side shuts down
                         return;
                     }
