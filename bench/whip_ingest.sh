@@ -6,6 +6,8 @@
 # Usage: bench/whip_ingest.sh [seconds]
 # PYTHON names a Python with aiortc (default: the test venv, .venv/bin/python);
 # BENCH_SERVER_BIN measures a given binary without building.
+# WORKERS=N runs N WebRTC workers (default: the server's, one per core); with
+# one, the worker reads the UDP socket itself and there is no receiver thread.
 # Prints the window's threads (CPU ms, wake-ups per second) on stderr, then
 # one JSON line: server CPU in % of a core, and wake-ups per second of the
 # UDP receiver, the WebRTC worker(s) and the tokio runtime.
@@ -17,7 +19,7 @@ PY=${PYTHON:-$ROOT/.venv/bin/python}
   exit 1
 }
 [[ -n "${BENCH_SERVER_BIN:-}" ]] || build_release
-start_server
+start_server "${WORKERS:+workers = $WORKERS}"
 SERVER_CPUS=${SERVER_CPUS:-0}
 LOADGEN_CPUS=${LOADGEN_CPUS:-1}
 for tid in /proc/"$SERVER_PID"/task/*; do taskset -pc "$SERVER_CPUS" "${tid##*/}" >/dev/null; done

@@ -122,7 +122,22 @@ fn wait_offline(server: &Server, stream: &str, what: &str) {
 #[test]
 fn aiortc_publishes_h264_and_vp8_over_whip() {
     let _serial = serial();
-    let server = Server::start("");
+    // One WebRTC worker, which then reads the UDP socket itself (a 1-vCPU
+    // server's default); the other tests run one per core, with a receiver
+    // thread handing datagrams over.
+    let server = Server::start_with(ServerOpts {
+        webrtc_extra: "workers = 1".into(),
+        ..ServerOpts::default()
+    });
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    assert!(
+        threads.iter().any(|n| n == "rtc-0") && !threads.iter().any(|n| n == "rtc-udp-rx"),
+        "one worker and no UDP receiver thread: {threads:?}"
+    );
     for codec in ["H264", "VP8"] {
         let what = format!("aiortc {codec}");
         let mut publisher = aiortc_publisher(

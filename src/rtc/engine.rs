@@ -129,17 +129,27 @@ impl Engine {
         let netout = Arc::new(NetOut::new(udp.clone(), tcp_conns.clone())?);
         let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
         let publishers: Registry = Arc::new(Mutex::new(HashMap::new()));
-        let mut senders = Vec::new();
         let mut engine_metrics = metrics::EngineMetrics::default();
-        for index in 0..workers {
+        let mut queues = Vec::new();
+        for _ in 0..workers {
             let shard_metrics = Arc::new(metrics::ShardMetrics::default());
             engine_metrics.shards.push(shard_metrics.clone());
-            let (tx, rx) = shard::shard_queues(shard_metrics.clone(), shard::DATA_QUEUE);
+            let (tx, rx) = shard::shard_queues(shard_metrics.clone(), shard::DATA_QUEUE)?;
+            queues.push((tx, rx, shard_metrics));
+        }
+        let senders: Vec<ShardTx> = queues.iter().map(|(tx, _, _)| tx.clone()).collect();
+        // One shard reads the UDP socket itself, between its other work:
+        // each burst of datagrams then wakes one thread, not a receiver and
+        // then the shard. Several shards get a receiver thread, so that no
+        // shard's work (a keyframe to hundreds of viewers) delays another
+        // shard's packets.
+        let shard_reads_udp = workers == 1;
+        for (index, (tx, rx, shard_metrics)) in queues.into_iter().enumerate() {
             let sink: Arc<dyn FrameSink> = Arc::new(ShardSink { tx: tx.clone() });
             let shard = Shard {
                 index,
                 rx,
-                tx: tx.clone(),
+                tx,
                 publishers: publishers.clone(),
                 sink,
                 net: netout.clone(),
@@ -147,17 +157,18 @@ impl Engine {
                 registry: registry.clone(),
                 metrics: shard_metrics,
                 replay_pace: ReplayPace::from_mbps(cfg.replay_pace_mbps),
+                udp: shard_reads_udp.then(|| (udp.clone(), udp_local)),
             };
             std::thread::Builder::new()
                 .name(format!("rtc-{index}"))
                 .spawn(move || shard.run())?;
-            senders.push(tx);
         }
-        {
-            let (udp, demux, inbound) = (udp.clone(), demux.clone(), Arc::new(senders.clone()));
+        if !shard_reads_udp {
+            let reader = net::UdpReader::new(udp.clone(), udp_local, demux.clone());
+            let inbound = Arc::new(senders.clone());
             std::thread::Builder::new()
                 .name("rtc-udp-rx".into())
-                .spawn(move || net::run_udp_receiver(udp, udp_local, demux, inbound))?;
+                .spawn(move || reader.run(inbound))?;
         }
         let ice_tcp = Arc::new(IceTcp {
             local: tcp_local,

@@ -7,7 +7,8 @@
 //!   timers out); `publish`: a WHIP publisher's;
 //! - `direct` (on `srtp`): an established viewer's media sent with our own
 //!   SRTP straight into the send batch, str0m keeping ICE, DTLS and RTCP;
-//! - `shard`: a worker thread's loop, owning its sessions;
+//! - `shard`: a worker thread's loop, owning its sessions; `doorbell`:
+//!   how it sleeps (its queues, its timers and, alone, the UDP socket);
 //! - `net`: the shared sockets (demux, UDP, ICE-TCP), which hand packets
 //!   to the shards through `net::Inbound` and import nothing of them;
 //! - `ice_path`: follows a viewer's client to a new address (NAT rebinding,
@@ -15,6 +16,7 @@
 //! - `pair` (tests): a str0m client and a `Viewer` in memory on a manual clock.
 
 mod direct;
+mod doorbell;
 mod dtls;
 mod engine;
 mod ice_path;

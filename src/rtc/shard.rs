@@ -19,15 +19,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use parking_lot::Mutex;
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, error, info, warn};
 
 use super::direct::Route;
+use super::doorbell::Doorbell;
 use super::metrics::ShardMetrics;
-use super::net::{Datagram, Demux, Inbound, NetOut, SendBatch};
+use super::net::{Datagram, Demux, Inbound, NetOut, SendBatch, UdpReader};
 use super::publish::{NewPublisher, PubPeer};
 use super::viewer::{CONNECT_TIMEOUT, NewViewer, Outbox, ReplayPace, Viewer};
 use crate::hub::{Frame, FrameSink, Stream};
@@ -50,6 +51,10 @@ static DROP_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 const PUBLISHER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shortest time between two passes over every peer's timers.
 const SCAN_INTERVAL: Duration = Duration::from_millis(2);
+/// Datagrams a shard that reads the UDP socket takes per turn of its loop
+/// before it looks at its queues and timers again (a video frame from a
+/// publisher is a few dozen).
+const UDP_READ_BUDGET: usize = 256;
 
 /// What a shard is sent. `Add`/`Remove`/publisher messages are control
 /// messages (their own queue, never dropped); `Net` and `Frame` are data.
@@ -130,13 +135,16 @@ pub type Registry = Arc<Mutex<HashMap<u64, (usize, String)>>>;
 /// they are never lost, and their number is bounded by the sessions admitted
 /// (and, for keyframe requests, by the hub's per-stream rate limit). Media
 /// and network input share a bounded queue that drops its oldest entry when
-/// full, so neither a publisher nor the UDP receiver ever waits.
+/// full, so neither a publisher nor the UDP receiver ever waits. Each
+/// message rings the shard's doorbell, which costs a write only when the
+/// shard sleeps.
 #[derive(Clone)]
 pub struct ShardTx {
     ctl: Sender<ShardMsg>,
     data: Sender<ShardMsg>,
     /// The data queue's receiving end, to drop its oldest entry.
     data_rx: Receiver<ShardMsg>,
+    doorbell: Arc<Doorbell>,
     /// False once the shard's thread is gone: it gets no new sessions.
     pub alive: Arc<AtomicBool>,
     metrics: Arc<ShardMetrics>,
@@ -146,25 +154,38 @@ pub struct ShardTx {
 pub struct ShardRx {
     ctl: Receiver<ShardMsg>,
     data: Receiver<ShardMsg>,
+    doorbell: Arc<Doorbell>,
 }
 
-pub fn shard_queues(metrics: Arc<ShardMetrics>, capacity: usize) -> (ShardTx, ShardRx) {
+impl ShardRx {
+    fn has_work(&self) -> bool {
+        !self.ctl.is_empty() || !self.data.is_empty()
+    }
+}
+
+pub fn shard_queues(
+    metrics: Arc<ShardMetrics>,
+    capacity: usize,
+) -> std::io::Result<(ShardTx, ShardRx)> {
     let (ctl, ctl_rx) = crossbeam_channel::unbounded();
     let (data, data_rx) = crossbeam_channel::bounded(capacity);
+    let doorbell = Arc::new(Doorbell::new()?);
     let tx = ShardTx {
         ctl,
         data,
         data_rx: data_rx.clone(),
+        doorbell: doorbell.clone(),
         alive: Arc::new(AtomicBool::new(true)),
         metrics,
     };
-    (
+    Ok((
         tx,
         ShardRx {
             ctl: ctl_rx,
             data: data_rx,
+            doorbell,
         },
-    )
+    ))
 }
 
 impl ShardTx {
@@ -175,7 +196,9 @@ impl ShardTx {
     /// Queues a control message; false if the shard is dead (the caller
     /// must undo what it registered for the session).
     pub fn control(&self, msg: ShardMsg) -> bool {
-        self.is_alive() && self.ctl.send(msg).is_ok()
+        let sent = self.is_alive() && self.ctl.send(msg).is_ok();
+        self.doorbell.ring();
+        sent
     }
 
     /// Queues media or network input, dropping the oldest entry when full.
@@ -195,8 +218,9 @@ impl ShardTx {
                 // Another producer may have taken the slot: then this one is dropped.
                 let _ = self.data.try_send(msg);
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => return,
         }
+        self.doorbell.ring();
     }
 }
 
@@ -305,6 +329,9 @@ pub struct Shard {
     pub registry: Registry,
     pub metrics: Arc<ShardMetrics>,
     pub replay_pace: ReplayPace,
+    /// The UDP socket (and its local address), when this shard reads it
+    /// itself: the engine's only shard does (`net::UdpReader`).
+    pub udp: Option<(Arc<std::net::UdpSocket>, SocketAddr)>,
 }
 
 /// What driving a session needs besides the session: the shard, the batch
@@ -530,34 +557,48 @@ impl Worker<'_> {
 
     fn run(&mut self) {
         let shard = self.driver.shard;
-        let mut sel = Select::new();
-        sel.recv(&shard.rx.ctl);
-        sel.recv(&shard.rx.data);
+        let mut reader = shard
+            .udp
+            .as_ref()
+            .map(|(socket, local)| UdpReader::new(socket.clone(), *local, shard.demux.clone()));
+        // Whether the socket may hold datagrams: it may, until a sleep
+        // shows it does not.
+        let mut may_read = reader.is_some();
         let mut last_scan = Instant::now();
         self.driver.earliest = last_scan;
         loop {
             // Timers run at most every SCAN_INTERVAL: str0m's timers tolerate
             // that, and a busy shard does not rescan every peer per packet.
             let deadline = self.driver.earliest.max(last_scan + SCAN_INTERVAL);
-            if deadline > Instant::now() {
-                let _ = sel.ready_deadline(deadline);
+            if !may_read && deadline > Instant::now() {
+                let socket = reader.as_ref().map(UdpReader::socket);
+                may_read = shard
+                    .rx
+                    .doorbell
+                    .sleep(deadline, socket, || shard.rx.has_work());
             }
             // Control first: a session is added before its first packet.
             if !self.drain_control() {
                 return;
             }
+            if let Some(r) = reader.as_mut().filter(|_| may_read) {
+                let mut engine_gone = false;
+                may_read = r.read_waiting(UDP_READ_BUDGET, |to, d| {
+                    // With one shard every route is this one.
+                    if to == shard.index && !engine_gone {
+                        engine_gone = !self.handle_in_order(ShardMsg::Net(d));
+                    }
+                });
+                if engine_gone {
+                    return;
+                }
+            }
             for _ in 0..1024 {
                 match shard.rx.data.try_recv() {
                     Ok(msg) => {
-                        // A packet from a new address is a new session's first
-                        // STUN check, sent as soon as its answer was. Its Add
-                        // may have come in while this loop ran: take it first,
-                        // or the check is dropped and the client retries only
-                        // 250 ms later (that was every join's TTFF under load).
-                        if matches!(&msg, ShardMsg::Net(d) if d.new_addr) && !self.drain_control() {
+                        if !self.handle_in_order(msg) {
                             return;
                         }
-                        self.handle(msg)
                     }
                     Err(_) => break,
                 }
@@ -571,6 +612,20 @@ impl Worker<'_> {
             last_scan = now;
             self.timer_pass(now);
         }
+    }
+
+    /// Handles a data message; false when the engine is gone.
+    fn handle_in_order(&mut self, msg: ShardMsg) -> bool {
+        // A packet from a new address is a new session's first STUN check,
+        // sent as soon as its answer was. Its Add may have come in since the
+        // control queue was drained: take it first, or the check is dropped
+        // and the client retries only 250 ms later (that was every join's
+        // TTFF under load).
+        if matches!(&msg, ShardMsg::Net(d) if d.new_addr) && !self.drain_control() {
+            return false;
+        }
+        self.handle(msg);
+        true
     }
 
     /// Runs every session's due timers and reaps the ended ones.
@@ -1006,7 +1061,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_the_oldest_and_viewers_resume_at_a_keyframe() {
         let metrics = Arc::new(ShardMetrics::default());
-        let (tx, rx) = shard_queues(metrics.clone(), 8);
+        let (tx, rx) = shard_queues(metrics.clone(), 8).unwrap();
         let send = |f: Arc<Frame>| {
             tx.data(ShardMsg::Frame {
                 stream: 1,

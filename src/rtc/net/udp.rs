@@ -1,10 +1,13 @@
 //! The send side of the shared sockets (GSO batches over UDP, ICE-TCP
-//! frames into their connection's outbox) and the UDP receiver thread.
+//! frames into their connection's outbox) and the UDP reader.
 
+use std::mem::MaybeUninit;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
+use socket2::SockRef;
 use str0m::net::{Protocol, Transmit};
 use tracing::debug;
 
@@ -297,40 +300,106 @@ impl NetOut {
     }
 }
 
-/// Receives on the shared UDP socket forever, handing packets to their shard.
-pub fn run_udp_receiver(
+/// Reads the shared UDP socket and routes each datagram to its session
+/// ([`Demux`]). With one worker shard, the shard reads it itself between its
+/// other work ([`UdpReader::read_waiting`]); with several, a thread of its
+/// own does ([`UdpReader::run`]), so that no shard's work delays another's
+/// packets.
+pub struct UdpReader {
     socket: Arc<UdpSocket>,
     local: SocketAddr,
     demux: Arc<Demux>,
-    inbound: Arc<impl Inbound + ?Sized>,
-) {
-    // Received into directly and handed over whole; an unroutable datagram's
-    // buffer takes the next one.
-    let mut buf = PacketBuf::take();
-    loop {
-        let (n, source) = match socket.recv_from(buf.space()) {
-            Ok(r) => r,
-            Err(e) => {
-                // ICMP port-unreachable from a gone peer surfaces here on Linux.
-                debug!(error = %e, "udp receive error");
-                continue;
-            }
-        };
-        buf.filled(n);
-        let Some((route, new)) = demux.route(Protocol::Udp, source, &buf) else {
-            continue;
-        };
-        let d = Datagram {
-            peer: route.peer,
-            proto: Protocol::Udp,
-            source,
-            destination: local,
-            data: std::mem::replace(&mut buf, PacketBuf::take()),
-            at: Instant::now(),
-            new_addr: new,
-        };
-        inbound.deliver(route.shard, d);
+    /// Received into directly and handed over whole; an unroutable
+    /// datagram's buffer takes the next one.
+    buf: PacketBuf,
+}
+
+impl UdpReader {
+    pub fn new(socket: Arc<UdpSocket>, local: SocketAddr, demux: Arc<Demux>) -> UdpReader {
+        UdpReader {
+            socket,
+            local,
+            demux,
+            buf: PacketBuf::take(),
+        }
     }
+
+    /// The socket, to wait for it to be readable.
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Takes up to `max` datagrams that are already waiting, without ever
+    /// blocking, and hands each one routed to a session to `deliver` with
+    /// its shard. Returns true if it stopped at `max` (more may be waiting).
+    pub fn read_waiting(&mut self, max: usize, mut deliver: impl FnMut(usize, Datagram)) -> bool {
+        let UdpReader {
+            socket,
+            local,
+            demux,
+            buf,
+        } = self;
+        let sock = SockRef::from(&**socket);
+        for _ in 0..max {
+            // SAFETY: u8 and MaybeUninit<u8> have the same layout, and the
+            // kernel only writes initialised bytes into the buffer.
+            let space = unsafe { &mut *(buf.space() as *mut [u8] as *mut [MaybeUninit<u8>]) };
+            match sock.recv_from_with_flags(space, libc::MSG_DONTWAIT) {
+                Ok((n, source)) => {
+                    if let Some(source) = source.as_socket()
+                        && let Some((shard, d)) = route(demux, *local, buf, n, source)
+                    {
+                        deliver(shard, d);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                // ICMP port-unreachable from a gone peer surfaces here on Linux.
+                Err(e) => debug!(error = %e, "udp receive error"),
+            }
+        }
+        true
+    }
+
+    /// Receives forever, waiting for each datagram, and hands each one to
+    /// its shard's queue: the receiver thread of an engine with several
+    /// shards.
+    pub fn run(mut self, inbound: Arc<impl Inbound + ?Sized>) {
+        loop {
+            let (n, source) = match self.socket.recv_from(self.buf.space()) {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "udp receive error");
+                    continue;
+                }
+            };
+            if let Some((shard, d)) = route(&self.demux, self.local, &mut self.buf, n, source) {
+                inbound.deliver(shard, d);
+            }
+        }
+    }
+}
+
+/// The datagram of `n` bytes just received into `buf`, with its shard, if it
+/// belongs to a session (`buf` then takes a fresh buffer).
+fn route(
+    demux: &Demux,
+    local: SocketAddr,
+    buf: &mut PacketBuf,
+    n: usize,
+    source: SocketAddr,
+) -> Option<(usize, Datagram)> {
+    buf.filled(n);
+    let (route, new) = demux.route(Protocol::Udp, source, buf)?;
+    let d = Datagram {
+        peer: route.peer,
+        proto: Protocol::Udp,
+        source,
+        destination: local,
+        data: std::mem::replace(buf, PacketBuf::take()),
+        at: Instant::now(),
+        new_addr: new,
+    };
+    Some((route.shard, d))
 }
 
 /// The addresses and control messages of a `sendmmsg`, laid out as the
@@ -421,6 +490,52 @@ mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     use super::*;
+    use crate::rtc::net::{Route, binding_request};
+
+    /// What a shard reading the socket itself gets: every datagram already
+    /// waiting (a session's signed check, then anything from the address it
+    /// taught), up to the budget, never one from an unknown address, and
+    /// an immediate return when nothing waits.
+    #[test]
+    fn a_reader_takes_what_waits_routed_and_never_blocks() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let local = socket.local_addr().unwrap();
+        let demux = Arc::new(Demux::default());
+        demux.add_ufrag("ours", "secret-password", Route { shard: 0, peer: 7 });
+        let mut reader = UdpReader::new(socket.clone(), local, demux);
+        let mut got = Vec::new();
+        let mut take = |max| {
+            let more = reader.read_waiting(max, |shard, d: Datagram| {
+                got.push((shard, d.peer, d.new_addr, d.data.to_vec()));
+            });
+            (more, std::mem::take(&mut got))
+        };
+        // Nothing waits: back at once, with nothing.
+        let t = Instant::now();
+        assert_eq!(take(8), (false, vec![]));
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let check = binding_request("ours:theirs", "secret-password");
+        stranger.send_to(b"not routed", local).unwrap();
+        peer.send_to(&check, local).unwrap();
+        for i in 0..3u8 {
+            peer.send_to(&[i; 100], local).unwrap();
+        }
+        // Loopback delivers within `send_to`: all five wait now.
+        let (more, first) = take(3);
+        assert!(more, "stopped at the budget with more waiting");
+        assert_eq!(first[0], (0, 7, true, check.clone()));
+        assert_eq!(first[1], (0, 7, false, vec![0; 100]));
+        assert_eq!(first.len(), 2, "the stranger's datagram is not handed over");
+        let (more, rest) = take(8);
+        assert!(!more);
+        assert_eq!(
+            rest,
+            vec![(0, 7, false, vec![1; 100]), (0, 7, false, vec![2; 100])]
+        );
+    }
 
     /// A session's panic inside `write` leaves the shared batch as it was:
     /// the next flush sends only the whole datagrams.
