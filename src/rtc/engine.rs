@@ -91,6 +91,16 @@ impl Engine {
         let udp =
             UdpSocket::bind(cfg.udp).with_context(|| format!("binding webrtc.udp {}", cfg.udp))?;
         let udp_addr = udp.local_addr()?;
+        let receive_buffer = net::grow_receive_buffer(&udp, net::UDP_RECEIVE_BUFFER);
+        if let Some(n) = receive_buffer.filter(|&n| n < net::UDP_RECEIVE_BUFFER) {
+            info!(
+                bytes = n,
+                wanted = net::UDP_RECEIVE_BUFFER,
+                "the webrtc UDP socket's receive buffer is capped by net.core.rmem_max; \
+                 raising it (sysctl -w net.core.rmem_max=4194304) keeps bursts that arrive \
+                 while a worker is busy from being dropped"
+            );
+        }
         let udp = Arc::new(udp);
         let tcp = crate::listener::bind(cfg.tcp)
             .await
@@ -185,6 +195,7 @@ impl Engine {
         info!(
             workers,
             gso_segments = netout.max_segments(),
+            udp_receive_buffer = receive_buffer.unwrap_or(0),
             candidates = %candidates.iter().map(|c| c.to_sdp_string()).collect::<Vec<_>>().join(" | "),
             "webrtc engine started"
         );

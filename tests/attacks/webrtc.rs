@@ -460,12 +460,31 @@ fn flood_datagram(i: u64, buf: &mut Vec<u8>) {
 /// 100 000 unauthenticated datagrams in about 5 s from 64 source ports at
 /// the shared UDP port, while the fixture's viewer plays: none is answered
 /// (the port reflects nothing to a forged source), none routes anywhere, the
-/// viewer keeps decoding and the server's memory comes back.
+/// viewer keeps decoding and the server's memory comes back. Twice: read by
+/// the receiver thread of a server with a worker per core, and by the lone
+/// worker of a one-worker server itself, between writing the viewer's
+/// frames.
 #[test]
 fn a_flood_of_unauthenticated_datagrams_is_dropped_unanswered() {
-    let mut f = Fixture::start();
+    for (workers, reader) in [
+        ("", "the receiver thread"),
+        ("workers = 1", "the lone worker"),
+    ] {
+        let f = Fixture::start_with(ServerOpts {
+            webrtc_extra: workers.into(),
+            ..ServerOpts::default()
+        });
+        flood_udp(
+            f,
+            &format!(
+                "UDP read by {reader}: 100 000 forged STUN, RTP, RTCP, DTLS and random datagrams"
+            ),
+        );
+    }
+}
+
+fn flood_udp(mut f: Fixture, attack: &str) {
     let target = f.server.webrtc_udp.expect("a webrtc-udp port");
-    let attack = "UDP: 100 000 forged STUN, RTP, RTCP, DTLS and random datagrams";
     let m = f.mark(attack);
     let sockets: Vec<std::net::UdpSocket> = (0..64)
         .map(|_| {

@@ -20,7 +20,7 @@ use str0m::net::Protocol;
 pub use demux::{Demux, Route};
 pub use packet_buf::PacketBuf;
 pub use tcp::{IceTcp, TcpConns, read_frame, run_tcp_listener};
-pub use udp::{NetOut, SendBatch, UdpReader};
+pub use udp::{NetOut, SendBatch, UDP_RECEIVE_BUFFER, UdpReader, grow_receive_buffer};
 
 /// Largest datagram accepted; WebRTC packets stay under the path MTU.
 const MAX_DATAGRAM: usize = 2048;

@@ -300,6 +300,29 @@ impl NetOut {
     }
 }
 
+/// What the shared UDP socket asks the kernel to hold for it, in datagram
+/// bytes: bursts that arrive while its reader is busy (a lone worker reads
+/// it between writing frames) wait here. Linux caps it at
+/// `net.core.rmem_max` (208 KiB on a stock host: about 90 datagrams).
+pub const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Asks for `bytes` of receive buffer on `socket`; returns what the kernel
+/// granted, in the same unit (Linux reports double what it accounts
+/// datagrams against), or None if it could not be read.
+pub fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) -> Option<usize> {
+    let sock = SockRef::from(socket);
+    if let Err(e) = sock.set_recv_buffer_size(bytes) {
+        debug!(error = %e, "could not set the UDP receive buffer");
+    }
+    let granted = sock.recv_buffer_size().ok()?;
+    // Linux doubles the request (half of it for its bookkeeping).
+    Some(if cfg!(target_os = "linux") {
+        granted / 2
+    } else {
+        granted
+    })
+}
+
 /// Reads the shared UDP socket and routes each datagram to its session
 /// ([`Demux`]). With one worker shard, the shard reads it itself between its
 /// other work ([`UdpReader::read_waiting`]); with several, a thread of its
@@ -491,6 +514,19 @@ mod tests {
 
     use super::*;
     use crate::rtc::net::{Route, binding_request};
+
+    /// The socket gets the receive buffer asked for, up to the kernel's cap.
+    #[test]
+    fn the_receive_buffer_grows_up_to_the_kernels_cap() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let granted = grow_receive_buffer(&socket, UDP_RECEIVE_BUFFER).unwrap();
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(granted, UDP_RECEIVE_BUFFER.min(cap));
+    }
 
     /// What a shard reading the socket itself gets: every datagram already
     /// waiting (a session's signed check, then anything from the address it
