@@ -275,6 +275,8 @@ pub struct WebrtcConfig {
     /// Advertise TCP candidates only.
     pub tcp_force: bool,
     /// Worker threads that run viewers' WebRTC sessions; 0 = one per core.
+    /// A lone worker reads the UDP socket itself; several get a receiver
+    /// thread that hands each datagram to its worker.
     pub workers: usize,
     /// Refuse (422) viewers whose offer lists no H.264 profile containing the
     /// stream's (e.g. only Constrained Baseline for a High stream). Off: they
