@@ -148,7 +148,7 @@ impl Engine {
             queues.push((tx, rx, shard_metrics));
         }
         let senders: Vec<ShardTx> = queues.iter().map(|(tx, _, _)| tx.clone()).collect();
-        // One shard reads the UDP socket itself, between its other work:
+        // A lone shard reads the UDP socket itself, between its other work:
         // each burst of datagrams then wakes one thread, not a receiver and
         // then the shard. Several shards get a receiver thread, so that no
         // shard's work (a keyframe to hundreds of viewers) delays another

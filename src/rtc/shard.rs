@@ -1,7 +1,9 @@
 //! A worker thread that runs the WebRTC sessions (str0m `Rtc`s) of its viewers.
 //!
-//! Each shard owns its peers outright (no locks around an `Rtc`): network input,
-//! frames from the hub, and timers all arrive as messages on one channel. A frame
+//! Each shard owns its peers outright (no locks around an `Rtc`): network input
+//! and frames from the hub arrive on its queues (or, for an engine's only
+//! shard, network input straight from the UDP socket it reads), and one
+//! sleep (`doorbell`) waits for them and the next timer. A frame
 //! reaches a shard once however many of its viewers watch the stream, and each
 //! viewer writes the shared payloads with its own SSRC and sequence numbers; only
 //! SRTP and the send are per viewer.
