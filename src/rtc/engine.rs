@@ -97,8 +97,8 @@ impl Engine {
                 bytes = n,
                 wanted = net::UDP_RECEIVE_BUFFER,
                 "the webrtc UDP socket's receive buffer is capped by net.core.rmem_max; \
-                 raising it (sysctl -w net.core.rmem_max=4194304) keeps bursts that arrive \
-                 while a worker is busy from being dropped"
+                 raising that to `wanted` (sysctl -w net.core.rmem_max=...) keeps bursts \
+                 that arrive while a worker is busy from being dropped"
             );
         }
         let udp = Arc::new(udp);
