@@ -9,6 +9,7 @@
 //!   SRTP straight into the send batch, str0m keeping ICE, DTLS and RTCP;
 //! - `shard`: a worker thread's loop, owning its sessions; `doorbell`:
 //!   how it sleeps (its queues, its timers and, alone, the UDP socket);
+//!   `due`: which timers may wait for the next wake-up;
 //! - `net`: the shared sockets (demux, UDP, ICE-TCP), which hand packets
 //!   to the shards through `net::Inbound` and import nothing of them;
 //! - `ice_path`: follows a viewer's client to a new address (NAT rebinding,
@@ -18,6 +19,7 @@
 mod direct;
 mod doorbell;
 mod dtls;
+mod due;
 mod engine;
 mod ice_path;
 pub mod metrics;

@@ -14,6 +14,7 @@ use str0m::net::Protocol;
 use str0m::rtp::RtpPacket;
 use tracing::{debug, info, warn};
 
+use super::due::Due;
 use crate::hub::{AudioInfo, Hub, IngestProtocol, Publisher, PushError, Stream, VideoInfo};
 use crate::log_every::LogEvery;
 use crate::media::h264;
@@ -79,7 +80,8 @@ pub struct PubPeer {
     pub connected: bool,
     pub created: Instant,
     pub last_input: Instant,
-    pub next_timeout: Instant,
+    /// str0m's next timer.
+    pub(crate) next_timeout: Due,
     pub expires_at: Option<Instant>,
     pub dead: bool,
     /// A panic happened inside this session: its `Rtc` is not touched again.
@@ -121,7 +123,7 @@ impl PubPeer {
             connected: false,
             created: now,
             last_input: now,
-            next_timeout: now,
+            next_timeout: Due::exact(now),
             expires_at: np.expires_at,
             dead: false,
             poisoned: false,
@@ -178,6 +180,17 @@ impl PubPeer {
             rx.request_keyframe(KeyframeRequestKind::Pli);
             self.last_own_pli = Some(now);
         }
+    }
+
+    /// The window the shard must run [`PubPeer`]'s timers in: str0m's
+    /// (its reports, NACK and TWCC checks may wait for the next packet,
+    /// `rtc::due`), the frame assembler's and the session's expiry (exact).
+    pub(crate) fn timers(&self) -> Due {
+        [self.deadline(), self.expires_at]
+            .into_iter()
+            .flatten()
+            .map(Due::exact)
+            .fold(self.next_timeout, Due::min)
     }
 
     /// The next time the frame assembler needs a look (a pending loss).

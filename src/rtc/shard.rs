@@ -3,7 +3,8 @@
 //! Each shard owns its peers outright (no locks around an `Rtc`): network input
 //! and frames from the hub arrive on its queues (or, for an engine's only
 //! shard, network input straight from the UDP socket it reads), and one
-//! sleep (`doorbell`) waits for them and the next timer. A frame
+//! sleep (`doorbell`) waits for them and the next timer that cannot wait
+//! for them (`due`: reports and feedback checks ride other wake-ups). A frame
 //! reaches a shard once however many of its viewers watch the stream, and each
 //! viewer writes the shared payloads with its own SSRC and sequence numbers; only
 //! SRTP and the send are per viewer.
@@ -29,6 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use super::direct::Route;
 use super::doorbell::Doorbell;
+use super::due::Due;
 use super::metrics::ShardMetrics;
 use super::net::{Datagram, Demux, Inbound, NetOut, SendBatch, UdpReader};
 use super::publish::{NewPublisher, PubPeer};
@@ -337,8 +339,8 @@ pub struct Shard {
 }
 
 /// What driving a session needs besides the session: the shard, the batch
-/// its datagrams gather in, and the earliest time any session needs its
-/// timers run (or a dead one reaped).
+/// its datagrams gather in, and when the sessions need their timers run (or
+/// a dead one reaped).
 struct Driver<'a> {
     shard: &'a Shard,
     /// Datagrams of the session being driven, sent together at the end
@@ -347,7 +349,9 @@ struct Driver<'a> {
     /// Set while a frame is written to every viewer, or a timer pass runs:
     /// their datagrams go out in few `sendmmsg`s, not one send per viewer.
     gathering: bool,
-    earliest: Instant,
+    /// A timer pass runs on the first wake-up from `timers.at`; the worker
+    /// sleeps no later than `timers.by`.
+    timers: Due,
 }
 
 /// A viewer's datagrams into the shard's GSO batch, counted.
@@ -521,7 +525,7 @@ impl Shard {
                     shard: &self,
                     batch: SendBatch::default(),
                     gathering: false,
-                    earliest: Instant::now(),
+                    timers: Due::exact(Instant::now()),
                 },
                 viewers: Viewers::default(),
                 pubs: HashMap::new(),
@@ -567,11 +571,12 @@ impl Worker<'_> {
         // shows it does not.
         let mut may_read = reader.is_some();
         let mut last_scan = Instant::now();
-        self.driver.earliest = last_scan;
+        self.driver.timers = Due::exact(last_scan);
         loop {
             // Timers run at most every SCAN_INTERVAL: str0m's timers tolerate
             // that, and a busy shard does not rescan every peer per packet.
-            let deadline = self.driver.earliest.max(last_scan + SCAN_INTERVAL);
+            // Lax ones (reports, stats) wait for a wake-up that comes anyway.
+            let deadline = self.driver.timers.by.max(last_scan + SCAN_INTERVAL);
             if !may_read && deadline > Instant::now() {
                 let socket = reader.as_ref().map(UdpReader::socket);
                 may_read = shard
@@ -608,7 +613,7 @@ impl Worker<'_> {
             #[cfg(test)]
             fault::check_loop(&shard.metrics);
             let now = Instant::now();
-            if now < self.driver.earliest.max(last_scan + SCAN_INTERVAL) {
+            if now < self.driver.timers.at.max(last_scan + SCAN_INTERVAL) {
                 continue;
             }
             last_scan = now;
@@ -637,7 +642,7 @@ impl Worker<'_> {
             viewers,
             pubs,
         } = self;
-        let mut earliest = now + Duration::from_secs(1);
+        let mut timers = Due::exact(now + Duration::from_secs(1));
         let mut any_dead = false;
         driver.gathering = true;
         for p in viewers.iter_mut() {
@@ -648,7 +653,7 @@ impl Worker<'_> {
                 p.dead = true;
                 p.poisoned = true;
             }
-            earliest = earliest.min(p.next_timeout());
+            timers = timers.min(p.timers());
             any_dead |= p.is_finished();
         }
         driver.gathering = false;
@@ -661,17 +666,14 @@ impl Worker<'_> {
                 p.dead = true;
                 p.poisoned = true;
             }
-            earliest = earliest.min(p.next_timeout);
-            for t in [p.deadline(), p.expires_at].into_iter().flatten() {
-                earliest = earliest.min(t);
-            }
+            timers = timers.min(p.timers());
             any_dead |= p.dead || p.poisoned || !p.rtc.is_alive();
         }
         if any_dead {
             driver.reap(viewers);
             driver.reap_publishers(pubs);
         }
-        driver.earliest = earliest;
+        driver.timers = timers;
     }
 
     fn handle(&mut self, msg: ShardMsg) {
@@ -714,7 +716,7 @@ impl Worker<'_> {
                         p.poisoned = true;
                     }
                     p.end("ended by DELETE");
-                    driver.earliest = Instant::now();
+                    driver.timers = Due::exact(Instant::now());
                 }
             }
             ShardMsg::PublisherKeyframe(id) => {
@@ -762,7 +764,7 @@ impl Worker<'_> {
                         p.poisoned = true;
                     }
                     p.dead = true;
-                    driver.earliest = Instant::now();
+                    driver.timers = Due::exact(Instant::now());
                 }
             }
             ShardMsg::IceRestart(r) => {
@@ -842,7 +844,7 @@ impl Driver<'_> {
     }
 
     fn publisher_timers(&mut self, p: &mut PubPeer, now: Instant) {
-        if p.next_timeout <= now {
+        if p.next_timeout.is_due(now) {
             if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                 debug!(error = %e, "rtc timeout input failed");
                 p.end("webrtc failure");
@@ -895,7 +897,7 @@ impl Driver<'_> {
         // The batch holds whole datagrams only (a write that panics takes
         // its datagram back out: `Unwritten`), so what the other sessions
         // queued in it still goes out.
-        self.earliest = Instant::now();
+        self.timers = Due::exact(Instant::now());
         if let Some(suppressed) = PANIC_LOG.allow() {
             error!(%stream, session = id, during, panic = %msg, suppressed, "webrtc session panicked; ending that session only");
         }
@@ -935,8 +937,8 @@ impl Driver<'_> {
         if !self.gathering {
             shard.net.flush(&mut self.batch);
         }
-        let due = if p.dead { now } else { p.next_timeout() };
-        self.earliest = self.earliest.min(due);
+        let due = if p.dead { Due::exact(now) } else { p.timers() };
+        self.timers = self.timers.min(due);
     }
 
     /// Runs a publisher's state machine until it waits for time or input.
@@ -959,7 +961,7 @@ impl Driver<'_> {
                         }
                         continue;
                     }
-                    p.next_timeout = t;
+                    p.next_timeout = Due::of_str0m(t, p.rtc.last_timeout_reason());
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
@@ -993,15 +995,12 @@ impl Driver<'_> {
             }
         }
         net.flush(&mut self.batch);
-        let mut due = if p.dead {
-            Instant::now()
+        let due = if p.dead {
+            Due::exact(Instant::now())
         } else {
-            p.next_timeout
+            p.timers()
         };
-        if let Some(t) = p.deadline() {
-            due = due.min(t);
-        }
-        self.earliest = self.earliest.min(due);
+        self.timers = self.timers.min(due);
     }
 
     fn reap_publishers(&mut self, pubs: &mut HashMap<u64, PubPeer>) {

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::direct::{self, DirectOut, DirectTx, Names, Route, Span, TrackTx};
 use super::dtls::SrtpKeys;
+use super::due::{Due, REPORT_SLACK};
 use super::ice_path::{self, IcePath};
 use super::replay_policy::{ReplayPolicy, RtxCacheSize, Verdict};
 use crate::hub::{Frame, Kind, Stream};
@@ -192,7 +193,8 @@ pub struct Viewer {
     /// A panic happened inside this session: its `Rtc` is not touched again.
     pub(super) poisoned: bool,
     gate: FrameGate,
-    next_timeout: Instant,
+    /// str0m's next timer, or a paced replay's.
+    next_timeout: Due,
     created: Instant,
     pub(super) last_input: Instant,
     /// Whether this viewer gets a GOP replay for a keyframe request.
@@ -286,7 +288,7 @@ impl Viewer {
             counted: false,
             poisoned: false,
             gate: FrameGate::default(),
-            next_timeout: now,
+            next_timeout: Due::exact(now),
             created: now,
             last_input: now,
             replay_policy: ReplayPolicy::new(now),
@@ -324,16 +326,23 @@ impl Viewer {
     }
 
     /// When [`Viewer::handle_timeout`] must run next (str0m's timers, a paced
-    /// replay, the session's expiry).
+    /// replay, our sender reports, the session's expiry).
     pub fn next_timeout(&self) -> Instant {
-        let t = match self.direct.as_ref().and_then(DirectTx::next_timeout) {
-            Some(sr) => self.next_timeout.min(sr),
-            None => self.next_timeout,
-        };
-        match self.expires_at {
-            Some(e) => t.min(e),
-            None => t,
+        self.timers().at
+    }
+
+    /// The window [`Viewer::handle_timeout`] must run in: sender reports
+    /// and str0m's reports and stats may wait for the worker's next
+    /// wake-up (`rtc::due`).
+    pub fn timers(&self) -> Due {
+        let mut due = self.next_timeout;
+        if let Some(sr) = self.direct.as_ref().and_then(DirectTx::next_timeout) {
+            due = due.min(Due::lax(sr, REPORT_SLACK));
         }
+        if let Some(e) = self.expires_at {
+            due = due.min(Due::exact(e));
+        }
+        due
     }
 
     /// Whether media goes out on the direct path.
@@ -539,10 +548,12 @@ impl Viewer {
                     self.flush_direct(now, out);
                     // A paced replay waits for credit on the shard's timer
                     // pass, like str0m's own timers (at most every 2 ms).
+                    let str0m_due = Due::of_str0m(t, self.rtc.last_timeout_reason());
                     self.next_timeout = [self.replay_due(), self.replay_policy.due()]
                         .into_iter()
                         .flatten()
-                        .fold(t, Instant::min);
+                        .map(Due::exact)
+                        .fold(str0m_due, Due::min);
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
@@ -649,7 +660,7 @@ impl Viewer {
         {
             d.handle_timeout(now, &mut Direct(out));
         }
-        if self.next_timeout <= now {
+        if self.next_timeout.is_due(now) {
             if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
                 debug!(error = %e, "rtc timeout input failed");
                 self.dead = true;
