@@ -171,7 +171,9 @@ fn the_client_accepts_our_sender_reports_with_what_was_sent() {
 /// While media flows, a viewer's reports and stats never ask the shard for
 /// a wake-up of their own: each waits for the next frame's (`rtc::due`).
 /// With exact timers the same viewer would wake the shard between frames
-/// several times a second. The reports still go out about once a second.
+/// about twice a second (fewer when timers fall together: the frames'
+/// wall clock, which our sender reports follow, is the real one, not the
+/// pair's). The reports still go out about once a second per track.
 #[test]
 fn a_live_viewers_reports_ride_the_frames_wake_ups() {
     const FRAME: Duration = Duration::from_millis(33);
@@ -181,7 +183,7 @@ fn a_live_viewers_reports_ride_the_frames_wake_ups() {
     p.advance(Duration::from_millis(500));
     let reports = p.sender_reports.len();
     let (mut own_wakes, mut exact_wakes) = (0, 0);
-    for _ in 0..90 {
+    for _ in 0..180 {
         p.push(false);
         // A shard sleeps until the next frame or the viewer's `by`.
         let next_frame = p.now + FRAME;
@@ -192,11 +194,11 @@ fn a_live_viewers_reports_ride_the_frames_wake_ups() {
     }
     assert_eq!(own_wakes, 0, "wake-ups asked for between frames");
     assert!(
-        exact_wakes >= 5,
+        exact_wakes >= 4,
         "{exact_wakes}: exact timers would wake the shard"
     );
     let more = p.sender_reports.len() - reports;
-    assert!((4..=8).contains(&more), "{more} reports in 3 s");
+    assert!((9..=15).contains(&more), "{more} reports in 6 s");
 }
 
 /// A replayed GOP's packets are old frames: their retransmission comes from
