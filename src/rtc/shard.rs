@@ -575,7 +575,8 @@ impl Worker<'_> {
         loop {
             // Timers run at most every SCAN_INTERVAL: str0m's timers tolerate
             // that, and a busy shard does not rescan every peer per packet.
-            // Lax ones (reports, stats) wait for a wake-up that comes anyway.
+            // Lax ones (reports, stats, feedback checks) wait for a wake-up
+            // that comes anyway, up to their slack.
             let deadline = self.driver.timers.by.max(last_scan + SCAN_INTERVAL);
             if !may_read && deadline > Instant::now() {
                 let socket = reader.as_ref().map(UdpReader::socket);
