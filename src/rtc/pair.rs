@@ -344,7 +344,7 @@ impl Pair {
         while self.now < end {
             let next = self
                 .client_timeout
-                .min(self.viewer.next_timeout())
+                .min(self.viewer.timers().at)
                 .min(self.now + MAX_STEP)
                 // Not `clamp`: a timer may be due less than 1 µs before `end`.
                 .max(self.now + Duration::from_micros(1))
@@ -376,9 +376,7 @@ impl Pair {
                 "step t={:?} client_to={:?} viewer_to={:?} to_server={} wire={} got={} audio={}",
                 self.now - self.start,
                 self.client_timeout.saturating_duration_since(self.now),
-                self.viewer
-                    .next_timeout()
-                    .saturating_duration_since(self.now),
+                self.viewer.timers().at.saturating_duration_since(self.now),
                 self.to_server.len(),
                 self.wire.packets.len(),
                 self.got.len(),

@@ -1,6 +1,6 @@
 //! One viewer's session, sans I/O: frames from the hub and datagrams from
-//! the network go in; RTP, RTCP and the time of its next timer come out
-//! (through an [`Outbox`] and [`Viewer::next_timeout`]). It decides which
+//! the network go in; RTP, RTCP and the window of its next timer come out
+//! (through an [`Outbox`] and [`Viewer::timers`]). It decides which
 //! frames a viewer gets (the keyframe gate, a new publisher or codec, a
 //! laggard skipped to the next keyframe) and replays the cached GOP, paced,
 //! when it joins or asks for a keyframe. It never reads the clock: every
@@ -326,14 +326,9 @@ impl Viewer {
     }
 
     /// When [`Viewer::handle_timeout`] must run next (str0m's timers, a paced
-    /// replay, our sender reports, the session's expiry).
-    pub fn next_timeout(&self) -> Instant {
-        self.timers().at
-    }
-
-    /// The window [`Viewer::handle_timeout`] must run in: sender reports
-    /// and str0m's reports and stats may wait for the worker's next
-    /// wake-up (`rtc::due`).
+    /// replay, our sender reports, the session's expiry), as a window:
+    /// sender reports and str0m's reports and stats may wait for the
+    /// worker's next wake-up (`rtc::due`).
     pub fn timers(&self) -> Due {
         let mut due = self.next_timeout;
         if let Some(sr) = self.direct.as_ref().and_then(DirectTx::next_timeout) {
@@ -508,7 +503,7 @@ impl Viewer {
     }
 
     /// Runs the session's state machine until it waits for time or input:
-    /// what it sends goes to `out`, and [`Viewer::next_timeout`] says when
+    /// what it sends goes to `out`, and [`Viewer::timers`] says when
     /// to come back.
     pub fn drive(&mut self, now: Instant, out: &mut impl Outbox) {
         if self.dead {
