@@ -53,9 +53,9 @@ fn federated_member_watches_a_private_room() {
     let ca = TestCa::new();
     let state = TempDir::new("roomcast-fed");
     let regdir = TempDir::new("roomcast-fed-reg");
-    // Held until the Synapses have their ports, so none gets roomcast's.
-    let hold = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let http_port = hold.local_addr().unwrap().port();
+    // All from `free_port` (below the ephemeral range), which never hands a
+    // port out twice and which the server's port-0 listeners cannot draw.
+    let http_port = common::synapse::free_port();
     let fed1_port = common::synapse::free_port();
     let hs1_name = format!("127.0.0.1:{fed1_port}");
 
@@ -99,7 +99,6 @@ fn federated_member_watches_a_private_room() {
     let fed2_port = common::synapse::free_port();
     let well_known = WellKnown::start(&ca, &format!("127.0.0.1:{fed2_port}"));
     let hs2 = FedSynapse::start_named(&ca, None, fed2_port, "localhost");
-    drop(hold);
     let mut server = Server::start_with(ServerOpts {
         streams: vec![],
         http_listen: Some(format!("127.0.0.1:{http_port}")),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::cluster::ClusterSpec;
-use super::synapse::{SERVER_NAME, Synapse};
+use super::synapse::{SERVER_NAME, Synapse, free_port};
 use super::{
     Lines, Server, ServerOpts, TempDir, drain, http, random_hex, roomcast_bin, wait_until,
 };
@@ -88,9 +88,11 @@ impl MatrixEnv {
         cluster: Option<(&ClusterSpec, &str)>,
     ) -> MatrixEnv {
         let state = TempDir::new("roomcast-mx");
-        // Held until Synapse has its port, so the two never get the same one.
-        let hold = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let http_port = hold.local_addr().unwrap().port();
+        // From `free_port` (below the ephemeral range), not a released port-0
+        // bind: the server's own port-0 listeners (WebRTC's ICE-TCP) could
+        // draw that one before it binds http, and Synapse's comes from the
+        // same allocator.
+        let http_port = free_port();
         let registration = state.path().join("registration.yaml");
         let out = Command::new(roomcast_bin())
             .args(["registration", "--url"])
@@ -105,7 +107,6 @@ impl MatrixEnv {
             String::from_utf8_lossy(&out.stderr)
         );
         let synapse = Synapse::start(&registration);
-        drop(hold);
         let mut env = MatrixEnv {
             state,
             http_port,
