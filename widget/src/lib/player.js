@@ -13,7 +13,7 @@
 //   either), it says in plain words why there is no picture.
 // A small label (.rc-path) names the path that plays and why. It keeps its
 // PeerConnection across a publisher reconnect (the server keeps it too).
-import { errorFrom, withQuery } from './api.js';
+import { api, errorFrom, streamPath, withQuery } from './api.js';
 import { h, icon } from './dom.js';
 
 // Answer applied → ICE connected. On a working path ICE connects in well under a
@@ -228,9 +228,28 @@ export class Player extends EventTarget {
     const wait = this.backoff * (0.8 + Math.random() * 0.4);
     this.backoff = Math.min(this.backoff * 2, 15000);
     if (message) this.setState('reconnecting', message);
-    this.timers.retry = setTimeout(() => {
-      if (this.live && this.wanted) this.connect();
-    }, wait);
+    this.timers.retry = setTimeout(() => this.reconnect(), wait);
+  }
+
+  /** A retry: first asks whether the stream is still live. When a stream ends,
+   *  the server ends its viewers' connections, and this page may learn of the
+   *  loss before its feed says "offline": a new offer then would only get a 503
+   *  (which the browser logs as an error). Offline: wait and ask again (the
+   *  feed's "offline" stops this, its "live" connects at once). */
+  async reconnect() {
+    if (!this.live || !this.wanted) return;
+    const gen = this.gen;
+    let live = null; // unknown: try to connect, as before this check
+    try {
+      const token = await this.getToken({ refresh: false });
+      live = (await api(streamPath(this.stream), { token }))?.live;
+    } catch {
+      // A refused or failed look says nothing about the stream: connect,
+      // and let the offer's answer say what is wrong.
+    }
+    if (gen !== this.gen || !this.live || !this.wanted) return;
+    if (live === false) return this.scheduleRetry(null);
+    this.connect();
   }
 
   async connect() {
