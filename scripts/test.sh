@@ -7,7 +7,9 @@
 # wheels only), playwright-core, matrix-widget-api and ovenplayer in tests/browser
 # (npm ci; it drives Debian's Chromium, no browser download) — then runs
 #     cargo clippy --all-targets -- -D warnings
-#     cargo test            (unit tests and the end-to-end tests in tests/)
+#     cargo test            (unit tests and the end-to-end tests in tests/; on a
+#                           whole run the test binaries run side by side,
+#                           scripts/test_lanes.py)
 #     scripts/fuzz.sh ci    (every fuzz target for a fixed time; whole runs only)
 # Extra arguments go to `cargo test`, e.g. ./scripts/test.sh --test media_browser -- --nocapture
 # A second run with everything installed goes straight to clippy and the tests.
@@ -107,8 +109,16 @@ export ROOMCAST_TEST_NODE_DIR="${ROOMCAST_TEST_NODE_DIR:-$BROWSER_DIR}"
 step "cargo clippy --all-targets -- -D warnings $(elapsed)"
 cargo clippy --all-targets -- -D warnings || die "clippy found problems (see above)"
 
-step "cargo test $* $(elapsed)"
-cargo test "$@" || die "tests failed (see above; a failing end-to-end test prints the server's log tail)"
+if [[ $# -eq 0 ]]; then
+    # A whole run: every test binary, ROOMCAST_TEST_LANES (default 2) at a
+    # time (scripts/test_lanes.py; most tests wait on browsers and timeouts).
+    step "cargo test, test binaries side by side (scripts/test_lanes.py) $(elapsed)"
+    python3 ./scripts/test_lanes.py ||
+        die "tests failed (see above; a failing end-to-end test prints the server's log tail)"
+else
+    step "cargo test $* $(elapsed)"
+    cargo test "$@" || die "tests failed (see above; a failing end-to-end test prints the server's log tail)"
+fi
 
 # --- 5. Fuzz targets -----------------------------------------------------------
 # Every parser's fuzz target (fuzz/), each for a fixed time on its seed corpus;
