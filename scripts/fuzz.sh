@@ -3,7 +3,8 @@
 #
 #   scripts/fuzz.sh build                 build every target
 #   scripts/fuzz.sh ci [SECONDS]          build, then run each target SECONDS
-#                                         (default 24) on its seed corpus; fails
+#                                         (default 24) on its seed corpus, one
+#                                         per core (ROOMCAST_FUZZ_JOBS); fails
 #                                         on any crash, timeout or OOM
 #   scripts/fuzz.sh run TARGET|all SECONDS [libFuzzer args…]
 #                                         run longer (what bench/fuzz.sh does),
@@ -55,8 +56,14 @@ build() {
         --cfg fuzzing
         -Cdebug-assertions
     )
+    # The targets fuzz parsers, never the web pages: an empty page table
+    # (build.rs's ROOMCAST_WIDGET_DIST) spares this build npm and esbuild, and
+    # a fresh checkout an `npm ci` in widget/ racing the main build's (CI
+    # builds these beside clippy and the tests).
+    local no_pages="$TARGET_DIR/no-pages"
+    mkdir -p "$no_pages"
     # --target keeps the flags off build scripts and proc macros.
-    RUSTFLAGS="${flags[*]}" cargo build --manifest-path fuzz/Cargo.toml --release \
+    ROOMCAST_WIDGET_DIST="$no_pages" RUSTFLAGS="${flags[*]}" cargo build --manifest-path fuzz/Cargo.toml --release \
         --target "$TRIPLE" --target-dir "$TARGET_DIR" --bins
 }
 
@@ -77,18 +84,39 @@ build)
 ci)
     secs="${2:-24}"
     build
+    # libFuzzer runs one process per target: as many side by side as there
+    # are cores (ROOMCAST_FUZZ_JOBS), each target still gets its SECONDS.
+    jobs="${ROOMCAST_FUZZ_JOBS:-$(nproc)}"
+    results="$(mktemp -d)"
+    ci_one() {
+        local t=$1 work
+        work="$(mktemp -d)"
+        if run_one "$t" "$secs" "$work" -close_fd_mask=1 >"$results/$t.log" 2>&1; then
+            echo ok >"$results/$t.status"
+        fi
+        rm -rf "$work"
+    }
+    running=0
+    for t in $(targets); do
+        if ((running >= jobs)); then
+            wait -n
+            running=$((running - 1))
+        fi
+        ci_one "$t" &
+        running=$((running + 1))
+    done
+    wait
     failed=()
     for t in $(targets); do
-        work="$(mktemp -d)"
         printf '\n==> fuzz %s for %ss\n' "$t" "$secs" >&2
-        if ! run_one "$t" "$secs" "$work" -close_fd_mask=1 2>"$work.log"; then
-            tail -n 60 "$work.log" >&2
-            failed+=("$t")
+        if [[ -f "$results/$t.status" ]]; then
+            grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::peak_rss_mb)' "$results/$t.log" >&2 || true
         else
-            grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::peak_rss_mb)' "$work.log" >&2 || true
+            tail -n 60 "$results/$t.log" >&2
+            failed+=("$t")
         fi
-        rm -rf "$work" "$work.log"
     done
+    rm -rf "$results"
     ((${#failed[@]} == 0)) || die "fuzz targets found problems: ${failed[*]} (inputs in fuzz/artifacts/)"
     ;;
 run)
