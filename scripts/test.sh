@@ -118,7 +118,11 @@ if [[ $# -eq 0 && $FUZZ_SECONDS != 0 ]]; then
     chrt --idle 0 true 2>/dev/null && idle=(chrt --idle 0)
     step "building the fuzz targets in the background on idle CPU (${idle[*]}) $(elapsed)"
     # Its own session, so an early exit stops cargo and every rustc with it.
-    setsid "${idle[@]}" ./scripts/fuzz.sh build >"$FUZZ_BUILD_LOG" 2>&1 &
+    # A new session is also a new autogroup, which the kernel weighs against
+    # the others as nice 0 whatever its tasks' policy: set it to nice 19
+    # (measured: at 0 it doubled clippy's and the tests' cold builds).
+    setsid bash -c 'echo 19 >/proc/self/autogroup 2>/dev/null; exec "$@"' fuzz-build \
+        "${idle[@]}" ./scripts/fuzz.sh build >"$FUZZ_BUILD_LOG" 2>&1 &
     FUZZ_BUILD_PID=$!
     trap '[[ -z $FUZZ_BUILD_PID ]] || kill -- "-$FUZZ_BUILD_PID" 2>/dev/null || true' EXIT
 fi
