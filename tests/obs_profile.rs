@@ -367,7 +367,11 @@ fn obs_links_by_dm_are_one_time_and_die_with_the_key() {
             >= 2)
             .then_some(())
     });
-    assert_eq!(server.get(&second).status, 404);
+    // The rotation, like the link, sends its DM first and commits its key
+    // just after: the link dies at that commit.
+    wait_until("the rotation committed", MX_TIMEOUT, || {
+        (server.get(&second).status == 404).then_some(())
+    });
     assert_eq!(post(server, &second).status, 404);
     // Malformed and unknown links are 404 too.
     assert_eq!(post(server, "/obs/nope").status, 404);
