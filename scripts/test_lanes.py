@@ -7,9 +7,10 @@ end-to-end tests spend their time waiting on a browser, Synapse, ffmpeg or a
 timeout: the machine sat ~80 % idle through a whole run. This builds every
 test binary once (`cargo test --no-run`), then runs them LANES at a time
 (ROOMCAST_TEST_LANES, default 2), longest first by the last run's times
-(kept in the target directory), each in its own process group so a binary
+(kept in the target directory), each in its own process group; a binary
 that overruns ROOMCAST_TEST_BINARY_TIMEOUT (default 1200 s) is killed with
-everything it started. A binary's output is printed whole when it ends, so
+that group and every process under it (a test may start a browser in a
+group of its own). A binary's output is printed whole when it ends, so
 lanes never interleave; failures are listed again at the end.
 
 The test binaries already expect company: ports come from
@@ -93,6 +94,29 @@ def save_times(times):
         print(f"note: could not keep test times in {TIMES_FILE}: {e}", file=sys.stderr)
 
 
+def descendants(root):
+    """Every process under `root` now (children, theirs, ...), from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                stat = f.read()
+            # The fields after the command name (which may hold spaces):
+            # state, then the parent's pid.
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
 class Running:
     def __init__(self, label, argv):
         self.label = label
@@ -111,10 +135,25 @@ class Running:
         return time.monotonic() - self.started
 
     def kill(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Kills the binary, its process group and every process under it:
+        some tests start a browser in a group of its own, which the group
+        kill alone would leave running. The tree is read before any kill,
+        while the parents that link it are still alive."""
+        under = descendants(self.proc.pid)
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in under:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def output(self):
         self.out.seek(0)
