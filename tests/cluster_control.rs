@@ -158,9 +158,8 @@ fn a_rename_through_a_balanced_appservice_reaches_every_node_and_the_notice_goes
     let dm = alice.dm_bot(&bot);
 
     // --- `!live new` on whichever node nginx picks: the stream is on all three ----
-    alice.send_text(&dm, "!live new duo");
     let key = key_from_settings(
-        alice.wait_message(&dm, &bot, "Stream Key: ")["content"]["body"]
+        alice.live_new(&dm, &bot, "duo")["content"]["body"]
             .as_str()
             .unwrap(),
     );

@@ -57,9 +57,8 @@ fn synapse_killed_and_postgres_restarted_mid_stream() {
     let bot = env.bot_id();
     let alice = env.user("alice");
     let dm = alice.dm_bot(&bot);
-    alice.send_text(&dm, "!live new faults");
     let key = key_from_settings(
-        alice.wait_message(&dm, &bot, "Stream Key: ")["content"]["body"]
+        alice.live_new(&dm, &bot, "faults")["content"]["body"]
             .as_str()
             .unwrap(),
     );

@@ -19,9 +19,8 @@ fn golive_notice_survives_a_homeserver_outage() {
     let bot = env.bot_id();
     let alice = env.user("alice");
     let dm = alice.dm_bot(&bot);
-    alice.send_text(&dm, "!live new outage");
     let key = key_from_settings(
-        alice.wait_message(&dm, &bot, "Stream Key: ")["content"]["body"]
+        alice.live_new(&dm, &bot, "outage")["content"]["body"]
             .as_str()
             .unwrap(),
     );

@@ -56,8 +56,7 @@ fn small() -> FfmpegOpts {
 fn live_new(env: &MatrixEnv, user: &MxUser, name: &str) -> (String, String) {
     let bot = env.bot_id();
     let dm = user.dm_bot(&bot);
-    user.send_text(&dm, &format!("!live new {name}"));
-    let settings = user.wait_message(&dm, &bot, "Stream Key: ");
+    let settings = user.live_new(&dm, &bot, name);
     let key = key_from_settings(settings["content"]["body"].as_str().unwrap());
     let room = wait_until("the stream room's alias", MX_TIMEOUT, || {
         user.resolve_alias(&format!("#live_{name}:localhost"))

@@ -29,8 +29,7 @@ fn answers(user: &MxUser, room: &str, bot: &str, needle: &str) -> usize {
 
 /// `!live new <name>` in a DM; returns the new room once its alias resolves.
 fn live_new(user: &MxUser, dm: &str, bot: &str, name: &str) -> String {
-    user.send_text(dm, &format!("!live new {name}"));
-    user.wait_message(dm, bot, &format!("Stream '{name}' — publishing settings"));
+    user.live_new(dm, bot, name);
     wait_until("the new room's alias", MX_TIMEOUT, || {
         user.resolve_alias(&format!("#live_{name}:{SERVER_NAME}"))
     })

@@ -62,8 +62,7 @@ fn the_go_live_notice_shows_the_viewer_count_and_a_thumbnail() {
     let bot = env.bot_id();
     let alice = env.user("alice");
     let dm = alice.dm_bot(&bot);
-    alice.send_text(&dm, "!live new current");
-    let settings = alice.wait_message(&dm, &bot, "Stream 'current'");
+    let settings = alice.live_new(&dm, &bot, "current");
     let key = key_from_settings(settings["content"]["body"].as_str().unwrap());
     let room = wait_until("the room alias", MX_TIMEOUT, || {
         alice.resolve_alias("#live_current:localhost")

@@ -25,8 +25,7 @@ const PARTY_TIMEOUT: Duration = Duration::from_secs(180);
 fn live_new(env: &MatrixEnv, user: &MxUser, name: &str) -> String {
     let bot = env.bot_id();
     let dm = user.dm_bot(&bot);
-    user.send_text(&dm, &format!("!live new {name}"));
-    user.wait_message(&dm, &bot, "Stream Key: ");
+    user.live_new(&dm, &bot, name);
     let room = wait_until("the stream room's alias", MX_TIMEOUT, || {
         user.resolve_alias(&format!("#live_{name}:localhost"))
     });

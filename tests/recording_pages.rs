@@ -184,8 +184,7 @@ fn replay_shows_the_sessions_chat_in_order() {
     bob.set_display_name("Bob");
     let bot = env.bot_id();
     let dm = alice.dm_bot(&bot);
-    alice.send_text(&dm, "!live new show");
-    let settings = alice.wait_message(&dm, &bot, "Stream Key: ");
+    let settings = alice.live_new(&dm, &bot, "show");
     let key = key_from_settings(settings["content"]["body"].as_str().unwrap());
     let room = wait_until("the stream room's alias", MX_TIMEOUT, || {
         alice.resolve_alias("#live_show:localhost")

@@ -65,8 +65,7 @@ fn restream_set_from_a_dm_pushes_to_both_destinations_and_the_room_sees_health_c
     let bot = env.bot_id();
     let alice = env.user("alice");
     let dm = alice.dm_bot(&bot);
-    alice.send_text(&dm, "!live new show");
-    let settings = alice.wait_message(&dm, &bot, "Stream Key: ");
+    let settings = alice.live_new(&dm, &bot, "show");
     let key = key_from_settings(settings["content"]["body"].as_str().unwrap());
     let room = wait_until("the room alias", MX_TIMEOUT, || {
         alice.resolve_alias("#live_show:localhost")
@@ -269,8 +268,7 @@ fn destinations_survive_a_restart_on_postgres_with_keys_sealed() {
     let bot = env.bot_id();
     let alice = env.user("alice");
     let dm = alice.dm_bot(&bot);
-    alice.send_text(&dm, "!live new show");
-    let settings = alice.wait_message(&dm, &bot, "Stream Key: ");
+    let settings = alice.live_new(&dm, &bot, "show");
     let key = key_from_settings(settings["content"]["body"].as_str().unwrap());
     alice.send_text(
         &dm,

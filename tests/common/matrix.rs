@@ -463,6 +463,17 @@ impl MxUser {
         room
     }
 
+    /// `!live new NAME` sent in `dm`: the bot's settings message (with the
+    /// stream key) once the command has finished. The bot sends the key's
+    /// DM first and commits the key just after (src/matrix/keys.rs); its
+    /// "Created …" reply, the command's last step, comes after that commit,
+    /// so the key publishes at once.
+    pub fn live_new(&self, dm: &str, bot: &str, name: &str) -> Value {
+        self.send_text(dm, &format!("!live new {name}"));
+        self.wait_message(dm, bot, &format!("for stream '{name}' and invited you"));
+        self.wait_message(dm, bot, &format!("Stream '{name}' — publishing settings"))
+    }
+
     /// The stream key the bot sends after `!live attach`: joins the bot's
     /// DM (its first pending invite) and reads the key from the settings
     /// message there: (the DM's room id, the key).
@@ -712,8 +723,7 @@ pub fn put_transaction_to(
 /// Stream `name` made with `!live new` from `dm` (the user's DM with the
 /// bot), its room joined: (key, room id).
 pub fn new_stream(user: &MxUser, dm: &str, bot: &str, name: &str) -> (String, String) {
-    user.send_text(dm, &format!("!live new {name}"));
-    let settings = user.wait_message(dm, bot, &format!("/whip/{name}"));
+    let settings = user.live_new(dm, bot, name);
     let key = key_from_settings(settings["content"]["body"].as_str().unwrap_or_default());
     let room = wait_until("the room alias", MX_TIMEOUT, || {
         user.resolve_alias(&format!("#live_{name}:{SERVER_NAME}"))
