@@ -24,7 +24,13 @@ impl RateWindow {
         }
     }
 
-    /// Samples inside the window ending at `now`, and the span they cover.
+    /// Samples inside the window ending at `now`, the bytes that arrived
+    /// over their span, and that span. The first sample's bytes are not
+    /// counted: n samples span n − 1 intervals, and each interval's bytes
+    /// are the frame that ends it. Counting the first too overstated every
+    /// rate, and a new stream's wildly: its keyframe and two frames after
+    /// it, 66 ms apart, read as several times its bitrate, and a viewer cap
+    /// (`limits.max_egress_mbps`) refused viewers of a stream that fitted.
     fn live(&self, now: Instant) -> Option<(usize, usize, f64)> {
         let first = self
             .samples
@@ -34,7 +40,12 @@ impl RateWindow {
         if n < 2 {
             return None;
         }
-        let bytes = self.samples.iter().skip(first).map(|&(_, _, b)| b).sum();
+        let bytes = self
+            .samples
+            .iter()
+            .skip(first + 1)
+            .map(|&(_, _, b)| b)
+            .sum();
         let span = self.samples[self.samples.len() - 1]
             .0
             .saturating_duration_since(self.samples[first].0)
@@ -150,6 +161,41 @@ mod tests {
         let kbps = s.video_kbps(now).unwrap();
         assert!((230..=250).contains(&kbps), "{kbps}");
         assert_eq!(s.keyframe_interval_ms(), Some(1000));
+    }
+
+    #[test]
+    fn a_new_streams_keyframe_does_not_inflate_its_bitrate() {
+        // 1 s GOPs at 30 fps: a 60 KB keyframe and 29 frames of 6 KB, i.e.
+        // 234 KB/s = 1 872 kbit/s. A tenth of a second after the start the
+        // window holds the keyframe and 3 frames; counting the keyframe over
+        // those 100 ms read 6 240 kbit/s.
+        let steady = (60_000 + 29 * 6_000) * 8 / 1000;
+        let mut s = StreamStats::default();
+        let t0 = Instant::now();
+        let mut at = t0;
+        for i in 0..90u64 {
+            at = t0 + Duration::from_millis(i * 100 / 3);
+            let kf = i % 30 == 0;
+            s.on_video(
+                at,
+                (i * 100 / 3) as i64,
+                if kf { 60_000 } else { 6_000 },
+                kf,
+            );
+            if i >= 3 {
+                let kbps = s.video_kbps(at).unwrap();
+                assert!(
+                    kbps <= steady * 11 / 10,
+                    "frame {i}: {kbps} kbit/s, steady {steady}"
+                );
+            }
+        }
+        // Once the window holds whole GOPs, the rate is the stream's.
+        let kbps = s.video_kbps(at).unwrap();
+        assert!(
+            kbps.abs_diff(steady) <= steady / 10,
+            "{kbps} against {steady}"
+        );
     }
 
     #[test]
