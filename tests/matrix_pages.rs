@@ -56,12 +56,7 @@ fn small() -> FfmpegOpts {
 fn live_new(env: &MatrixEnv, user: &MxUser, name: &str) -> (String, String) {
     let bot = env.bot_id();
     let dm = user.dm_bot(&bot);
-    let settings = user.live_new(&dm, &bot, name);
-    let key = key_from_settings(settings["content"]["body"].as_str().unwrap());
-    let room = wait_until("the stream room's alias", MX_TIMEOUT, || {
-        user.resolve_alias(&format!("#live_{name}:localhost"))
-    });
-    user.join(&room);
+    let (key, room) = new_stream(user, &dm, &bot, name);
     (room, key)
 }
 
