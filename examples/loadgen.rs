@@ -18,7 +18,8 @@
 //! Prints one JSON line per step: viewers, server CPU and RSS (from /proc when
 //! --server-pid is given), µs of server CPU per delivered RTP packet, viewers per
 //! core, loss, time to first video p50/p95, and the server's ingest→egress transit
-//! p50/p99 (from the /metrics histogram when --metrics is given).
+//! p50/p99 and the share of writes above 10 ms (from the /metrics histogram
+//! when --metrics is given).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -577,8 +578,9 @@ async fn transit_histogram(url: &str) -> Vec<(f64, u64)> {
         .collect()
 }
 
-fn histogram_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
-    let delta: Vec<(f64, u64)> = after
+/// The window's histogram: `after` less `before`, still cumulative.
+fn histogram_delta(before: &[(f64, u64)], after: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    after
         .iter()
         .map(|(le, v)| {
             (
@@ -586,13 +588,28 @@ fn histogram_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Op
                 v - before.iter().find(|(l, _)| l == le).map_or(0, |x| x.1),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The upper bound of the bucket that holds quantile `q`.
+fn histogram_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let delta = histogram_delta(before, after);
     let total = delta.last()?.1;
     if total == 0 {
         return None;
     }
     let target = (q * total as f64).ceil() as u64;
     delta.iter().find(|(_, v)| *v >= target).map(|(le, _)| *le)
+}
+
+/// The percentage of the window's observations above `bound` (a bucket
+/// bound): finer than a quantile's bucket, e.g. whether p99 ≤ 10 ms holds
+/// with room or barely.
+fn histogram_percent_above(before: &[(f64, u64)], after: &[(f64, u64)], bound: f64) -> Option<f64> {
+    let delta = histogram_delta(before, after);
+    let total = delta.last()?.1;
+    let within = delta.iter().find(|(le, _)| *le >= bound)?.1;
+    (total > 0).then(|| ((total - within) as f64 * 100.0 / total as f64 * 100.0).round() / 100.0)
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Option<f64> {
@@ -704,6 +721,7 @@ async fn main() {
             "ttff_ms_p95": percentile(&step_ttffs, 0.95),
             "transit_ms_p50": histogram_quantile(&hist0, &hist1, 0.5).map(|s| s * 1000.0),
             "transit_ms_p99": histogram_quantile(&hist0, &hist1, 0.99).map(|s| s * 1000.0),
+            "transit_over_10ms_percent": histogram_percent_above(&hist0, &hist1, 0.010),
         });
         println!("{line}");
         // The ramp ends when viewers lose packets or the server runs out of CPU.

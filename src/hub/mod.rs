@@ -80,6 +80,10 @@ pub struct Frame {
     /// Position in the stream, strictly increasing across both kinds. Lets a sink
     /// skip frames it already got from a GOP snapshot.
     pub index: u64,
+    /// Position among the stream's frames of the same kind, consecutive: a
+    /// sink tells lost video (what follows waits for a keyframe) from lost
+    /// audio (nothing waits) with it.
+    pub kind_index: u64,
     /// RTP time in the track's clock (90 kHz video, 48 kHz audio) on the stream's
     /// continuous timeline: it does not jump when a publisher takes over.
     pub rtp_time: u32,
@@ -280,6 +284,8 @@ struct SinkEntry {
 
 struct Fanout {
     next_index: u64,
+    /// The next `kind_index` of video and of audio.
+    next_kind_index: [u64; 2],
     /// Video frames since the last keyframe (starting with it) and the audio between
     /// them, so a joining viewer starts at once instead of waiting for a keyframe.
     gop: Vec<Arc<Frame>>,
@@ -379,6 +385,7 @@ impl Hub {
                     }),
                     fanout: Mutex::new(Fanout {
                         next_index: 0,
+                        next_kind_index: [0; 2],
                         gop: Vec::new(),
                         gop_bytes: 0,
                         sinks: Arc::new(Vec::new()),
@@ -782,6 +789,9 @@ impl Stream {
         let mut f = self.fanout.lock();
         frame.index = f.next_index;
         f.next_index += 1;
+        let by_kind = &mut f.next_kind_index[frame.kind as usize];
+        frame.kind_index = *by_kind;
+        *by_kind += 1;
         let frame = Arc::new(frame);
         if frame.kind == Kind::Video && frame.keyframe {
             f.clear_gop();
@@ -930,6 +940,7 @@ impl Publisher {
         self.stream.fan_out(Frame {
             kind: Kind::Video,
             index: 0,
+            kind_index: 0,
             rtp_time,
             wallclock,
             received,
@@ -956,6 +967,7 @@ impl Publisher {
         self.stream.fan_out(Frame {
             kind: Kind::Audio,
             index: 0,
+            kind_index: 0,
             rtp_time,
             wallclock,
             received,

@@ -314,6 +314,7 @@ mod tests {
         Frame {
             kind: Kind::Video,
             index: 0,
+            kind_index: 0,
             rtp_time: rtp,
             wallclock: Instant::now(),
             received: Instant::now(),

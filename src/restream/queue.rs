@@ -137,6 +137,7 @@ mod tests {
         Arc::new(Frame {
             kind: Kind::Video,
             index: 0,
+            kind_index: 0,
             rtp_time: 0,
             wallclock: Instant::now(),
             received: Instant::now(),

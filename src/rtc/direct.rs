@@ -680,6 +680,7 @@ mod tests {
         Arc::new(Frame {
             kind: Kind::Video,
             index: 0,
+            kind_index: 0,
             rtp_time: 0,
             wallclock: now,
             received: now,

@@ -23,7 +23,9 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use super::negotiate::Negotiator;
 use super::viewer::{NewViewer, Outbox, ReplayPace, Viewer};
 use super::{Transport, dtls, sdp};
-use crate::hub::{AudioInfo, Frame, FrameSink, Hub, IngestProtocol, Publisher, Stream, VideoInfo};
+use crate::hub::{
+    AudioInfo, Frame, FrameSink, Hub, IngestProtocol, Kind, Publisher, Stream, VideoInfo,
+};
 
 const CLIENT: &str = "10.0.0.2:50000";
 const SERVER: &str = "10.0.0.1:40000";
@@ -266,6 +268,16 @@ impl Pair {
     /// Pushes a video frame (and an audio packet) from the current
     /// publisher and delivers it; returns the frame's number.
     pub fn push(&mut self, keyframe: bool) -> u16 {
+        self.push_in_order(keyframe, false)
+    }
+
+    /// As `push`, but the audio packet is lost on its way to the viewer (as
+    /// from a shard's full queue).
+    pub fn push_losing_audio(&mut self, keyframe: bool) -> u16 {
+        self.push_in_order(keyframe, true)
+    }
+
+    fn push_in_order(&mut self, keyframe: bool, lose_audio: bool) -> u16 {
         let n = self.next_frame;
         self.next_frame += 1;
         let payloads: Vec<Arc<[u8]>> = (0..self.packets_per_frame)
@@ -283,6 +295,10 @@ impl Pair {
         self.publisher
             .push_audio(self.pts_ms * 48, Arc::from(vec![0xfcu8; 60]))
             .unwrap();
+        if lose_audio {
+            let lost = self.frames.0.lock().pop_back();
+            assert!(lost.is_some_and(|f| f.kind == Kind::Audio));
+        }
         self.pts_ms += 33;
         self.settle();
         n
@@ -569,6 +585,20 @@ mod tests {
             assert_eq!(p.frames_got()[first.len()..], [key, delta]);
             assert!(p.audio_packets > audio, "audio goes on");
             assert!(!p.viewer.is_finished());
+        });
+    }
+
+    #[test]
+    fn lost_audio_does_not_stop_the_video() {
+        on_both_paths(|opts| {
+            let mut p = Pair::connected(opts);
+            let first = p.push_gop(1);
+            let audio = p.audio_packets;
+            let delta = p.push_losing_audio(false);
+            let next = p.push(false);
+            // Only lost video makes the viewer wait for a keyframe.
+            assert_eq!(p.frames_got()[first.len()..], [delta, next]);
+            assert_eq!(p.audio_packets, audio + 1);
         });
     }
 

@@ -94,13 +94,16 @@ pub struct NewViewer {
     pub srtp_keys: Option<SrtpKeys>,
 }
 
-/// Which of a stream's frames a viewer gets: each once, in order; video from
-/// a keyframe of the current publisher on, and again from a keyframe after a
-/// gap (frames dropped from a full queue: what follows would not decode).
+/// Which of a stream's frames a viewer gets: each once, in order within its
+/// kind; video from a keyframe of the current publisher on, and again from a
+/// keyframe after lost video (frames dropped from a full queue: what follows
+/// would not decode). Audio and video are counted apart (`Frame::kind_index`):
+/// each audio packet decodes alone, so lost audio stops nothing.
 #[derive(Debug, Default)]
 pub(super) struct FrameGate {
-    /// Frames up to this index were sent (or skipped) already.
-    last_index: Option<u64>,
+    /// The last `kind_index` sent (or skipped) of video and of audio.
+    last: [Option<u64>; 2],
+    /// The publisher whose video is sent.
     publisher: u64,
     /// Video is sent only from a keyframe on.
     video_started: bool,
@@ -110,35 +113,43 @@ pub(super) struct FrameGate {
 pub(super) struct Admit {
     pub send: bool,
     pub new_publisher: bool,
+    /// Video frames were lost before this one.
     pub gap: bool,
 }
 
 impl FrameGate {
     pub(super) fn admit(&mut self, frame: &Frame) -> Admit {
         let mut a = Admit::default();
-        if self.last_index.is_some_and(|i| frame.index <= i) {
+        let last = &mut self.last[frame.kind as usize];
+        if last.is_some_and(|i| frame.kind_index <= i) {
             return a;
         }
-        a.gap = self.last_index.is_some_and(|i| frame.index > i + 1);
-        self.last_index = Some(frame.index);
+        let gap = last.is_some_and(|i| frame.kind_index > i + 1);
+        *last = Some(frame.kind_index);
+        if frame.kind == Kind::Audio {
+            a.send = true;
+            return a;
+        }
         if frame.publisher != self.publisher {
             // A new publisher: its P-frames mean nothing without its keyframe.
             self.publisher = frame.publisher;
             self.video_started = false;
             a.new_publisher = true;
         }
-        if a.gap {
+        if gap {
+            a.gap = true;
             self.video_started = false;
         }
-        a.send = match frame.kind {
-            Kind::Audio => true,
-            Kind::Video if self.video_started => true,
-            Kind::Video => {
-                self.video_started = frame.keyframe;
-                frame.keyframe
-            }
-        };
+        a.send = self.video_started || frame.keyframe;
+        self.video_started = a.send;
         a
+    }
+
+    /// Marks `frame` and those of its kind before it as sent (a replay
+    /// brought them).
+    fn sent_through(&mut self, frame: &Frame) {
+        let last = &mut self.last[frame.kind as usize];
+        *last = Some(last.map_or(frame.kind_index, |i| i.max(frame.kind_index)));
     }
 }
 
@@ -774,9 +785,9 @@ impl Viewer {
         let video = gop.iter().filter(|f| f.kind == Kind::Video);
         let mut frames = Vec::with_capacity(video.clone().count() + REPLAY_MAX_LIVE_FRAMES);
         frames.extend(video.cloned());
-        let (Some(last), Some(newest), Some(next_seq), None) = (
-            gop.last(),
-            frames.last(),
+        let last_audio = gop.iter().rev().find(|f| f.kind == Kind::Audio);
+        let (Some(newest), Some(next_seq), None) = (
+            frames.last().cloned(),
             self.video.as_ref().map(|v| v.next_seq),
             self.replay.as_ref(),
         ) else {
@@ -823,13 +834,14 @@ impl Viewer {
             refilled: now,
             unpaced: false,
         });
-        self.gate.publisher = last.publisher;
+        self.gate.publisher = newest.publisher;
         self.gate.video_started = true;
-        self.gate.last_index = Some(
-            self.gate
-                .last_index
-                .map_or(last.index, |i| i.max(last.index)),
-        );
+        self.gate.sent_through(&newest);
+        // Audio queued for this viewer from before the snapshot is behind
+        // the replay: it is skipped.
+        if let Some(audio) = last_audio {
+            self.gate.sent_through(audio);
+        }
         self.replay_policy.replayed(now, next_seq, !join);
     }
 
@@ -1002,7 +1014,8 @@ fn write_packets(
 pub(super) mod tests {
     use super::*;
 
-    /// A frame of publisher 1 with one 4-byte payload.
+    /// A frame of publisher 1 with one 4-byte payload, `index` its position
+    /// both in the stream and among its kind.
     pub(in super::super) fn frame(index: u64, kind: Kind, keyframe: bool) -> Arc<Frame> {
         frame_of(index, kind, keyframe, 1)
     }
@@ -1012,6 +1025,7 @@ pub(super) mod tests {
         Arc::new(Frame {
             kind,
             index,
+            kind_index: index,
             rtp_time: index as u32,
             wallclock: now,
             received: now,
@@ -1023,18 +1037,26 @@ pub(super) mod tests {
 
     #[test]
     fn the_gate_sends_each_frame_once_and_restarts_video_for_a_new_publisher() {
+        use Kind::{Audio, Video};
         let mut g = FrameGate::default();
-        assert!(!g.admit(&frame(0, Kind::Video, false)).send);
-        assert!(g.admit(&frame(1, Kind::Audio, false)).send);
-        assert!(g.admit(&frame(2, Kind::Video, true)).send);
-        assert!(!g.admit(&frame(2, Kind::Video, true)).send, "a duplicate");
-        assert!(g.admit(&frame(3, Kind::Video, false)).send);
-        let a = g.admit(&frame_of(4, Kind::Video, false, 2));
+        // Video and audio count their frames apart.
+        assert!(!g.admit(&frame(0, Video, false)).send, "before a keyframe");
+        assert!(g.admit(&frame(0, Audio, false)).send);
+        assert!(g.admit(&frame(1, Video, true)).send);
+        assert!(!g.admit(&frame(1, Video, true)).send, "a duplicate");
+        assert!(!g.admit(&frame(0, Audio, false)).send, "a duplicate");
+        assert!(g.admit(&frame(2, Video, false)).send);
+        let a = g.admit(&frame_of(3, Video, false, 2));
         assert!(a.new_publisher && !a.send && !a.gap);
-        // Audio after a gap still passes; video waits for a keyframe.
-        let a = g.admit(&frame_of(9, Kind::Audio, false, 2));
-        assert!(a.gap && a.send);
-        assert!(!g.admit(&frame_of(10, Kind::Video, false, 2)).send);
-        assert!(g.admit(&frame_of(11, Kind::Video, true, 2)).send);
+        // Lost audio is no gap: audio goes on, and video is not stopped.
+        let a = g.admit(&frame_of(5, Audio, false, 2));
+        assert!(a.send && !a.gap);
+        assert!(g.admit(&frame_of(4, Video, true, 2)).send);
+        assert!(g.admit(&frame_of(5, Video, false, 2)).send);
+        // Lost video: what follows waits for a keyframe.
+        let a = g.admit(&frame_of(8, Video, false, 2));
+        assert!(a.gap && !a.send);
+        assert!(!g.admit(&frame_of(9, Video, false, 2)).send);
+        assert!(g.admit(&frame_of(10, Video, true, 2)).send);
     }
 }
