@@ -268,16 +268,16 @@ impl Pair {
     /// Pushes a video frame (and an audio packet) from the current
     /// publisher and delivers it; returns the frame's number.
     pub fn push(&mut self, keyframe: bool) -> u16 {
-        self.push_in_order(keyframe, false)
+        self.push_frame(keyframe, false)
     }
 
     /// As `push`, but the audio packet is lost on its way to the viewer (as
     /// from a shard's full queue).
     pub fn push_losing_audio(&mut self, keyframe: bool) -> u16 {
-        self.push_in_order(keyframe, true)
+        self.push_frame(keyframe, true)
     }
 
-    fn push_in_order(&mut self, keyframe: bool, lose_audio: bool) -> u16 {
+    fn push_frame(&mut self, keyframe: bool, lose_audio: bool) -> u16 {
         let n = self.next_frame;
         self.next_frame += 1;
         let payloads: Vec<Arc<[u8]>> = (0..self.packets_per_frame)
