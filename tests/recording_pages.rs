@@ -2,7 +2,8 @@
 //! against the real binary with `[recording]` on: an ffmpeg H.264 broadcast is
 //! listed on the offline watch page, plays through hls.js from its VOD playlist
 //! and seeks to the middle; a WHIP VP8 broadcast (Chromium's fake camera)
-//! plays; with Synapse, the replay opened from the bot's "ended" notice link
+//! plays and seeks, its WebM parts continuous, and an aiortc VP8 broadcast
+//! with a hole in its audio plays on past the hole; with Synapse, the replay opened from the bot's "ended" notice link
 //! shows the session's chat (read by the server from the room's timeline) in
 //! order and in time with the video, and nothing said before or after it. Screenshots go to
 //! tests/artifacts/replay/.
@@ -127,6 +128,69 @@ fn h264_replay_plays_and_seeks_on_the_watch_page() {
     );
 }
 
+/// A WebM replay as Media Source Extensions get it (`?part=init`, then each
+/// `?part=N`), joined as one file and read by ffprobe: the packet times of
+/// its audio and of its video, in seconds. Asserts that each track's packets
+/// come in time order, none stacked on the one before, across part boundaries
+/// too (audio captured before a part's keyframe stays before the part;
+/// stacked at its start, it left a gap in the audio at every boundary).
+fn webm_part_times(server: &Server, id: &str, dir: &TempDir) -> [Vec<f64>; 2] {
+    let path = format!("/recordings/{id}/replay.webm");
+    let index: Value = serde_json::from_slice(&server.get(&format!("{path}?part=index")).body)
+        .expect("the parts index is JSON");
+    let parts = index["segments_ms"].as_array().expect("segments_ms").len();
+    assert!(parts >= 2, "{index}");
+    let mut webm = Vec::new();
+    for part in std::iter::once("init".to_string()).chain((0..parts).map(|n| n.to_string())) {
+        let r = server.get(&format!("{path}?part={part}"));
+        assert_eq!(r.status, 200, "part {part}");
+        webm.extend_from_slice(&r.body);
+    }
+    let file = dir.path().join("parts.webm");
+    std::fs::write(&file, &webm).unwrap();
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "packet=codec_type,pts_time"])
+        .args(["-of", "csv=p=0"])
+        .arg(&file)
+        .output()
+        .expect("run ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    ["audio", "video"].map(|kind| {
+        let times: Vec<f64> = text
+            .lines()
+            .filter_map(|l| l.trim().trim_end_matches(',').split_once(','))
+            .filter(|(k, _)| *k == kind)
+            .filter_map(|(_, t)| t.parse().ok())
+            .collect();
+        assert!(
+            times.len() > 50,
+            "{kind} packets in the parts: {}",
+            times.len()
+        );
+        let stacked = times.windows(2).filter(|w| w[1] <= w[0]).count();
+        println!(
+            "WebM parts: {parts}, {} {kind} packets, largest step {:.0} ms",
+            times.len(),
+            largest_step(&times) * 1000.0
+        );
+        assert_eq!(
+            stacked, 0,
+            "{kind} packets at or before the one before them"
+        );
+        times
+    })
+}
+
+/// The longest time between consecutive packets, in seconds.
+fn largest_step(times: &[f64]) -> f64 {
+    times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
 #[test]
 fn whip_vp8_replay_plays_on_the_watch_page() {
     let _serial = serial();
@@ -158,6 +222,7 @@ fn whip_vp8_replay_plays_on_the_watch_page() {
         "{rec}"
     );
     let id = rec["id"].as_str().unwrap();
+    webm_part_times(&server, id, &rec_dir);
     let mut tool = replay(
         &server,
         "play",
@@ -167,6 +232,65 @@ fn whip_vp8_replay_plays_on_the_watch_page() {
     println!("VP8 replay through {}: {r}", r["mode"]);
     // Through MSE, segment by segment (?part=N), not as one progressive file.
     assert!(r["mse_parts"].as_u64().unwrap_or(0) >= 2, "{r}");
+}
+
+/// A publisher whose audio stopped for a second (its timestamps jump over the
+/// hole) leaves a hole in the replay's audio; through Media Source Extensions
+/// the browser would wait at it for ever. The player jumps over it and plays on.
+#[test]
+fn a_replay_plays_on_past_a_hole_in_the_audio() {
+    let _serial = serial();
+    let rec_dir = TempDir::new("roomcast-replay");
+    let server = Server::start_with(ServerOpts {
+        extra_toml: recording_toml(rec_dir.path()),
+        ..ServerOpts::default()
+    });
+    let mut publisher = common::publishers::aiortc_publisher(
+        &server.whip_url(STREAM),
+        common::publishers::WhipOpts {
+            codec: "VP8",
+            key: Some(server.key(STREAM).to_string()),
+            audio_hole_s: Some((3.0, 1.0)),
+            ..Default::default()
+        },
+    );
+    server.wait_live(STREAM, LIVE_TIMEOUT);
+    let started = wait_recording(&server, STREAM, |r| r["state"] == "recording");
+    let t0 = started["started_ms"].as_u64().unwrap();
+    publisher.wait_for("the hole in the audio", MEDIA_TIMEOUT, |v| {
+        v["type"] == "audio_hole"
+    });
+    wait_clock("8 s recorded", t0 + 8_000);
+    publisher.stop(MEDIA_TIMEOUT);
+    let rec = wait_recording(&server, STREAM, complete);
+    let id = rec["id"].as_str().unwrap();
+    let [audio, _] = webm_part_times(&server, id, &rec_dir);
+    let hole = largest_step(&audio);
+    assert!(
+        hole >= 0.5,
+        "the replay's audio has no hole: largest step {hole} s"
+    );
+    let end = audio.last().copied().unwrap_or(0.0);
+    let mut tool = replay(
+        &server,
+        "play",
+        &[
+            "--stream",
+            STREAM,
+            "--id",
+            id,
+            "--expect-mode",
+            "webm",
+            "--no-seek",
+            "--play-past",
+            &format!("{:.1}", end - 1.0),
+        ],
+    );
+    let r = finish_scenario(&mut tool, "replay past a hole", PAGE_TIMEOUT);
+    println!(
+        "played past a hole of {:.0} ms in the audio: {r}",
+        hole * 1000.0
+    );
 }
 
 #[test]

@@ -295,19 +295,31 @@ pub fn header(tracks: &[Track], duration_ms: f64) -> Vec<u8> {
     out
 }
 
-/// Clusters for one fragment's samples, the first at `start_ms` of the
-/// recording; `data` is the fragment the samples point into. A new Cluster
-/// starts every [`MAX_CLUSTER_MS`] and at video keyframes past it.
+/// Clusters for one fragment's samples, each at `start_ms` of the recording
+/// plus its time from the fragment's first video frame; `data` is the fragment
+/// the samples point into. A new Cluster starts every [`MAX_CLUSTER_MS`] and at
+/// video keyframes past it.
+///
+/// Audio that arrived after the keyframe but was captured before it (negative
+/// time) stays before `start_ms`, where the previous fragment's audio ends:
+/// clamped to `start_ms` instead, every fragment boundary would leave a gap in
+/// the audio as long as that lead, which splits a Media Source buffer's range
+/// and stalls playback there. Only what would fall before the recording's
+/// start is dropped.
 pub fn clusters(start_ms: u64, samples: &[FragmentSample], data: &[u8]) -> Vec<u8> {
+    let start = i64::try_from(start_ms).unwrap_or(i64::MAX);
+    let at = |s: &FragmentSample| start.saturating_add(s.time_ms);
+    // Samples are in time order: those before the recording's start lead.
+    let samples = &samples[samples.partition_point(|s| at(s) < 0)..];
     let mut out = Vec::with_capacity(samples.iter().map(|s| s.len + 8).sum::<usize>() + 64);
     let mut i = 0;
     while i < samples.len() {
-        let base = samples[i].time_ms.max(0) as u64;
+        let base = at(&samples[i]);
         let mut body = Vec::new();
-        uint(&mut body, 0xE7, start_ms + base); // Timestamp
+        uint(&mut body, 0xE7, base as u64); // Timestamp (≥ 0, see above)
         while i < samples.len() {
             let s = samples[i];
-            let rel = s.time_ms.max(0) as u64 - base.min(s.time_ms.max(0) as u64);
+            let rel = (at(&s) - base) as u64; // ≥ 0: in time order
             if rel > MAX_CLUSTER_MS && (s.keyframe || rel > i16::MAX as u64) {
                 break;
             }
@@ -428,6 +440,102 @@ mod tests {
         assert!(h.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]));
         assert!(h.windows(5).any(|w| w == b"V_VP8"));
         assert!(h.windows(8).any(|w| w == b"OpusHead"));
+    }
+
+    /// A fragment of a continuous VP8 + Opus recording: 3 video frames of
+    /// 33⅓ ms from `video_ms` and 5 Opus packets of 20 ms from `audio_ms`.
+    fn fragment_at(video_ms: u64, audio_ms: u64) -> Vec<u8> {
+        let video = [true, false, false].map(|sync| Sample {
+            duration: 3000,
+            size: 1,
+            sync,
+        });
+        let audio = [Sample {
+            duration: 960,
+            size: 1,
+            sync: true,
+        }; 5];
+        fmp4::fragment(
+            1,
+            &[
+                Run {
+                    track_id: fmp4::VIDEO_TRACK,
+                    base_time: 90 * video_ms,
+                    samples: &video,
+                    data: b"Kbb",
+                },
+                Run {
+                    track_id: fmp4::AUDIO_TRACK,
+                    base_time: 48 * audio_ms,
+                    samples: &audio,
+                    data: b"aaaaa",
+                },
+            ],
+        )
+        .unwrap()
+    }
+
+    /// (track, ms) of every SimpleBlock in `clusters`' output.
+    fn block_times(mut c: &[u8]) -> Vec<(u8, u64)> {
+        fn vint(b: &[u8], keep_marker: bool) -> (u64, usize) {
+            let len = b[0].leading_zeros() as usize + 1;
+            let mut v = u64::from(if keep_marker {
+                b[0]
+            } else {
+                b[0] & (0xFF >> len)
+            });
+            for x in &b[1..len] {
+                v = v << 8 | u64::from(*x);
+            }
+            (v, len)
+        }
+        let mut out = Vec::new();
+        while !c.is_empty() {
+            let (_, idl) = vint(c, true);
+            let (len, sl) = vint(&c[idl..], false);
+            let mut body = &c[idl + sl..idl + sl + len as usize];
+            c = &c[idl + sl + len as usize..];
+            let mut cluster_ms = 0;
+            while !body.is_empty() {
+                let (el, idl) = vint(body, true);
+                let (len, sl) = vint(&body[idl..], false);
+                let data = &body[idl + sl..idl + sl + len as usize];
+                match el {
+                    0xE7 => cluster_ms = data.iter().fold(0, |v, x| v << 8 | u64::from(*x)),
+                    0xA3 => {
+                        let rel = i16::from_be_bytes([data[1], data[2]]);
+                        out.push((data[0] & 0x7F, cluster_ms.strict_add_signed(rel.into())));
+                    }
+                    _ => {}
+                }
+                body = &body[idl + sl + len as usize..];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn audio_ahead_of_the_keyframe_stays_before_the_fragment_so_boundaries_have_no_gap() {
+        let (init, _) = vp8_recording();
+        let tracks = tracks_of_init(&init).unwrap();
+        // Audio leads video by 60 ms in every fragment (it arrived after the keyframe).
+        let a = fragment_at(10_000, 9_940);
+        let b = fragment_at(10_100, 10_040); // the next 100 ms
+        let mut blocks = block_times(&clusters(4_000, &samples_of(&a, &tracks).unwrap(), &a));
+        blocks.extend(block_times(&clusters(
+            4_100,
+            &samples_of(&b, &tracks).unwrap(),
+            &b,
+        )));
+        let audio: Vec<u64> = blocks.iter().filter(|b| b.0 == 2).map(|b| b.1).collect();
+        let video: Vec<u64> = blocks.iter().filter(|b| b.0 == 1).map(|b| b.1).collect();
+        // One audio packet every 20 ms across the boundary, none stacked or missing.
+        assert_eq!(audio, (0..10).map(|k| 3_940 + 20 * k).collect::<Vec<_>>());
+        assert_eq!(video, [4_000, 4_033, 4_066, 4_100, 4_133, 4_166]);
+        // At the recording's start, what would lie before 0 is dropped, not stacked at 0.
+        let first = block_times(&clusters(0, &samples_of(&a, &tracks).unwrap(), &a));
+        let audio: Vec<u64> = first.iter().filter(|b| b.0 == 2).map(|b| b.1).collect();
+        assert_eq!(audio, [0, 20]);
     }
 
     #[test]

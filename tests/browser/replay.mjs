@@ -6,7 +6,8 @@
 // Scenarios:
 //   play  the offline watch page lists the stream's past broadcasts; clicking the newest
 //         plays it (--expect-mode hls|mp4|any), at --size WxH, about --duration seconds
-//         long; seeking to the middle plays on from there (not with --no-seek);
+//         long; seeking to the middle plays on from there (not with --no-seek;
+//         then it plays on, past --play-past SECONDS if given);
 //         "Back to the live page" brings the offline live player back.
 //   chat  /watch/NAME?recording=ID (or --path, the bot's replay link): the session's chat beside the player shows, in order,
 //         the messages sent up to the moment on screen (--bodies: JSON array, in the
@@ -26,11 +27,25 @@ const replayStats = (page) => page.evaluate(() => {
     id: cur.rec.id, mode: cur.player.mode, state: cur.player.state, time: v.currentTime, duration: v.duration,
     paused: v.paused, presented: q.totalVideoFrames, width: v.videoWidth, height: v.videoHeight,
     mse_parts: cur.player.parts ? cur.player.parts.loaded.size : null,
+    buffered: Array.from({ length: v.buffered.length }, (_, i) => [v.buffered.start(i), v.buffered.end(i)]),
     error: v.error ? v.error.message || String(v.error.code) : null,
     badge: document.getElementById('state').textContent,
     liveHidden: document.querySelector('.rc-player:not(.rc-replay)')?.hidden ?? null,
   };
 });
+
+/** Waits until `accept` takes the replay's figures; a timeout says the last ones seen. */
+async function waitStats(page, what, accept) {
+  let seen = null;
+  try {
+    return await waitFor(what, async () => {
+      seen = await replayStats(page);
+      return seen && accept(seen) ? seen : null;
+    });
+  } catch (e) {
+    throw new Error(`${e.message}; the replay's last figures: ${JSON.stringify(seen)}`);
+  }
+}
 
 /** play: list → click → plays → seek to the middle → plays on from there. */
 async function play(browser) {
@@ -54,10 +69,8 @@ async function play(browser) {
   const want = opt('id', items[0].id);
   check(items.some((x) => x.id === want), `recording ${want} not listed: ${JSON.stringify(items)}`);
   await page.click(`.replay-item[data-id="${want}"] .replay-link`);
-  const st = await waitFor('the replay to play (30 frames)', async () => {
-    const s = await replayStats(page);
-    return s && s.state === 'playing' && s.presented >= 30 && s.time > 1 ? s : null;
-  });
+  const st = await waitStats(page, 'the replay to play (30 frames)',
+    (s) => s.state === 'playing' && s.presented >= 30 && s.time > 1);
   check(st.id === want && st.badge === 'REPLAY' && st.liveHidden === true, `replay state: ${JSON.stringify(st)}`);
   const url = await page.evaluate(() => location.search);
   check(url.includes(`recording=${want}`), `address: ${url}`);
@@ -69,10 +82,10 @@ async function play(browser) {
   if (Number.isFinite(dur)) check(Math.abs(st.duration - dur) <= 1.5, `duration ${st.duration} s, expected ${dur} ± 1.5`);
   emit({ type: 'playing', stats: st });
   if (has('no-seek')) {
-    await waitFor('playback to go on', async () => {
-      const s = await replayStats(page);
-      return s && !s.paused && s.time > st.time + 2 && s.presented > st.presented + 20 ? s : null;
-    });
+    // --play-past S: on to S seconds at least (past a hole in the media, say).
+    const past = Math.max(st.time + 2, Number(opt('play-past', '0')));
+    await waitStats(page, `playback to go on past ${past.toFixed(1)} s`,
+      (s) => !s.paused && s.time > past && s.presented > st.presented + 20);
     await shots(page, `replay-${stream}`);
     await ctx.close();
     return { mode: st.mode, duration: st.duration, size: `${st.width}x${st.height}`, requests: served.length };
@@ -81,10 +94,8 @@ async function play(browser) {
   // Seek to the middle: playback goes on from there, with new frames.
   const mid = st.duration / 2;
   await page.evaluate((t) => window.roomcast.replays.current.player.seek(t), mid);
-  const after = await waitFor('playback to go on from the middle', async () => {
-    const s = await replayStats(page);
-    return s && !s.paused && s.time >= mid + 1 && s.time < mid + 10 && s.presented > st.presented + 10 ? s : null;
-  });
+  const after = await waitStats(page, 'playback to go on from the middle',
+    (s) => !s.paused && s.time >= mid + 1 && s.time < mid + 10 && s.presented > st.presented + 10);
   emit({ type: 'seeked', to: mid, stats: after });
   await shots(page, `replay-${stream}`);
   // Back to the live page: the replay goes, the live player and OFFLINE come back.

@@ -20,6 +20,8 @@ pub struct WhipOpts {
     pub fps: u32,
     /// Publish this long, then DELETE; None: until [`JsonTool::stop`].
     pub duration_s: Option<f64>,
+    /// (start, length) in seconds: no audio then, its timestamps jump over it.
+    pub audio_hole_s: Option<(f64, f64)>,
 }
 
 impl Default for WhipOpts {
@@ -31,6 +33,7 @@ impl Default for WhipOpts {
             height: 360,
             fps: 30,
             duration_s: None,
+            audio_hole_s: None,
         }
     }
 }
@@ -55,6 +58,9 @@ pub fn aiortc_publisher(url: &str, o: WhipOpts) -> JsonTool {
     }
     if let Some(d) = o.duration_s {
         cmd.arg("--duration").arg(d.to_string());
+    }
+    if let Some((start, len)) = o.audio_hole_s {
+        cmd.arg("--audio-hole").arg(format!("{start}:{len}"));
     }
     JsonTool::spawn("aiortc WHIP publisher", cmd)
 }

@@ -2,7 +2,7 @@
 """WHIP publisher built on aiortc: an independent WebRTC stack for roomcast's tests.
 
 It sends a synthetic video track (a moving gradient with a frame counter bar,
-``--width``x``--height`` at ``--fps``) and a 440 Hz sine on an Opus track, encoded
+``--width``x``--height`` at ``--fps``) and a 440 Hz sine on an Opus track (with a hole in it, ``--audio-hole``), encoded
 by aiortc with the codec chosen by ``--video-codec`` (H264, VP8; forced with
 setCodecPreferences). It POSTs the sendonly offer to the WHIP URL with
 ``Authorization: Bearer KEY`` (``--key``), sets the answer, and publishes until
@@ -110,15 +110,20 @@ class SineAudio(MediaStreamTrack):
     RATE = 48000
     SAMPLES = 960  # 20 ms
 
-    def __init__(self, freq: float = 440.0) -> None:
+    def __init__(self, freq: float = 440.0, hole: tuple[float, float] | None = None) -> None:
         super().__init__()
         self.freq = freq
         self.n = 0
         self.t0: float | None = None
+        # (start, length) in seconds: no audio then, and the timestamps jump over it.
+        self.hole = hole
 
     async def recv(self):  # type: ignore[no-untyped-def]
         if self.t0 is None:
             self.t0 = time.monotonic()
+        if self.hole and self.hole[0] <= self.n * self.SAMPLES / self.RATE < sum(self.hole):
+            self.n = math.ceil(sum(self.hole) * self.RATE / self.SAMPLES)
+            emit({"type": "audio_hole", "start_s": self.hole[0], "length_s": self.hole[1]})
         due = self.t0 + self.n * self.SAMPLES / self.RATE
         delay = due - time.monotonic()
         if delay > 0:
@@ -220,7 +225,7 @@ async def run(args) -> int:  # type: ignore[no-untyped-def]
         video.setCodecPreferences(wanted + rtx)
         count_pli(video.sender)
         if not args.no_audio:
-            pc.addTransceiver(SineAudio(), direction="sendonly")
+            pc.addTransceiver(SineAudio(hole=args.audio_hole), direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
         headers = {"Content-Type": "application/sdp"}
         if args.key:
@@ -297,6 +302,13 @@ def main() -> int:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--no-audio", action="store_true")
+    p.add_argument(
+        "--audio-hole",
+        type=lambda v: tuple(float(x) for x in v.split(":", 1)),
+        default=None,
+        metavar="START:LENGTH",
+        help="send no audio from START for LENGTH seconds (the timestamps jump over it)",
+    )
     p.add_argument("--duration", type=float, default=None, help="publish this long, then stop")
     p.add_argument("--stdin-control", action="store_true")
     p.add_argument("--no-delete", action="store_true", help="do not DELETE the session at the end")

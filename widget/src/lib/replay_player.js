@@ -185,6 +185,12 @@ export class ReplayPlayer extends EventTarget {
 // Seconds buffered ahead of the position; what lies further behind is dropped.
 const AHEAD_S = 30;
 const BEHIND_S = 30;
+// A hole in a recording (a publisher that stalled, frames the recorder had to
+// drop) leaves two buffered ranges, and the browser waits at the end of the
+// first one for ever. Stalled this long at a hole inside the loaded parts,
+// playback jumps to the next range (hls.js's gap controller does the same).
+const STALL_CHECK_MS = 250;
+const STALL_JUMP_MS = 500;
 
 /** A VP8 recording's WebM fed to MSE segment by segment (?part=init, ?part=N):
  *  the segments around the position are fetched, and a seek fetches from the
@@ -206,6 +212,30 @@ class WebmParts {
     this.pump = () => this.fill();
     v.addEventListener('timeupdate', this.pump);
     v.addEventListener('seeking', this.pump);
+    this.stalledSince = null;
+    this.stallTimer = setInterval(() => this.skipHole(), STALL_CHECK_MS);
+  }
+
+  /** Jumps over a hole in the media once playback has waited at it a while. */
+  skipHole() {
+    const v = this.player.video;
+    if (v.paused || v.seeking || v.ended || v.readyState >= HTMLMediaElement.HAVE_FUTURE_DATA) {
+      this.stalledSince = null;
+      return;
+    }
+    const t = v.currentTime;
+    let next = null;
+    for (let i = 0; i < v.buffered.length; i++) {
+      if (v.buffered.start(i) > t) { next = v.buffered.start(i); break; }
+    }
+    // Only a hole in what has arrived: a part still on its way is no hole.
+    if (next === null) return;
+    for (let n = this.at(t); n <= this.at(next); n++) if (!this.loaded.has(n)) return;
+    const now = performance.now();
+    if (this.stalledSince === null) this.stalledSince = now;
+    if (now - this.stalledSince < STALL_JUMP_MS) return;
+    this.stalledSince = null;
+    v.currentTime = next + 0.01;
   }
 
   async open() {
@@ -283,6 +313,7 @@ class WebmParts {
 
   close() {
     this.closed = true;
+    clearInterval(this.stallTimer);
     const v = this.player.video;
     v.removeEventListener('timeupdate', this.pump);
     v.removeEventListener('seeking', this.pump);
