@@ -45,6 +45,13 @@ fn replay(server: &Server, scenario: &str, args: &[&str]) -> JsonTool {
     JsonTool::spawn(&format!("replay.mjs {scenario}"), cmd)
 }
 
+/// replay.mjs play of recording `id` of STREAM through `mode`, with `extra` options.
+fn play_replay(server: &Server, id: &str, mode: &str, extra: &[&str]) -> JsonTool {
+    let mut args = vec!["--stream", STREAM, "--id", id, "--expect-mode", mode];
+    args.extend_from_slice(extra);
+    replay(server, "play", &args)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -105,21 +112,12 @@ fn h264_replay_plays_and_seeks_on_the_watch_page() {
     let duration = rec["duration_s"].as_f64().unwrap();
     assert!(duration > 9.0, "{rec}");
     let id = rec["id"].as_str().unwrap();
-    let mut tool = replay(
+    let duration_s = duration.to_string();
+    let mut tool = play_replay(
         &server,
-        "play",
-        &[
-            "--stream",
-            STREAM,
-            "--id",
-            id,
-            "--expect-mode",
-            "hls",
-            "--size",
-            "640x360",
-            "--duration",
-            &duration.to_string(),
-        ],
+        id,
+        "hls",
+        &["--size", "640x360", "--duration", &duration_s],
     );
     let r = finish_scenario(&mut tool, "H.264 replay", PAGE_TIMEOUT);
     println!(
@@ -223,11 +221,7 @@ fn whip_vp8_replay_plays_on_the_watch_page() {
     );
     let id = rec["id"].as_str().unwrap();
     webm_part_times(&server, id, &rec_dir);
-    let mut tool = replay(
-        &server,
-        "play",
-        &["--stream", STREAM, "--id", id, "--expect-mode", "webm"],
-    );
+    let mut tool = play_replay(&server, id, "webm", &[]);
     let r = finish_scenario(&mut tool, "VP8 replay", PAGE_TIMEOUT);
     println!("VP8 replay through {}: {r}", r["mode"]);
     // Through MSE, segment by segment (?part=N), not as one progressive file.
@@ -271,21 +265,8 @@ fn a_replay_plays_on_past_a_hole_in_the_audio() {
         "the replay's audio has no hole: largest step {hole} s"
     );
     let end = audio.last().copied().unwrap_or(0.0);
-    let mut tool = replay(
-        &server,
-        "play",
-        &[
-            "--stream",
-            STREAM,
-            "--id",
-            id,
-            "--expect-mode",
-            "webm",
-            "--no-seek",
-            "--play-past",
-            &format!("{:.1}", end - 1.0),
-        ],
-    );
+    let past = format!("{:.1}", end - 1.0);
+    let mut tool = play_replay(&server, id, "webm", &["--no-seek", "--play-past", &past]);
     let r = finish_scenario(&mut tool, "replay past a hole", PAGE_TIMEOUT);
     println!(
         "played past a hole of {:.0} ms in the audio: {r}",
