@@ -84,11 +84,14 @@ async function play(browser) {
   if (has('no-seek')) {
     // --play-past S: on to S seconds at least (past a hole in the media, say).
     const past = Math.max(st.time + 2, Number(opt('play-past', '0')));
-    await waitStats(page, `playback to go on past ${past.toFixed(1)} s`,
+    const on = await waitStats(page, `playback to go on past ${past.toFixed(1)} s`,
       (s) => !s.paused && s.time > past && s.presented > st.presented + 20);
     await shots(page, `replay-${stream}`);
     await ctx.close();
-    return { mode: st.mode, duration: st.duration, size: `${st.width}x${st.height}`, requests: served.length };
+    return {
+      mode: st.mode, duration: st.duration, size: `${st.width}x${st.height}`, requests: served.length,
+      buffered: on.buffered,
+    };
   }
 
   // Seek to the middle: playback goes on from there, with new frames.
@@ -111,7 +114,7 @@ async function play(browser) {
   await ctx.close();
   return {
     mode: st.mode, duration: st.duration, size: `${st.width}x${st.height}`, seek: { to: mid, time: after.time },
-    requests: served.length, mse_parts: after.mse_parts,
+    requests: served.length, mse_parts: after.mse_parts, buffered: after.buffered,
   };
 }
 
