@@ -218,24 +218,31 @@ class WebmParts {
 
   /** Jumps over a hole in the media once playback has waited at it a while. */
   skipHole() {
-    const v = this.player.video;
-    if (v.paused || v.seeking || v.ended || v.readyState >= HTMLMediaElement.HAVE_FUTURE_DATA) {
+    const next = this.holeEnd();
+    if (next === null) {
       this.stalledSince = null;
       return;
     }
-    const t = v.currentTime;
-    let next = null;
-    for (let i = 0; i < v.buffered.length; i++) {
-      if (v.buffered.start(i) > t) { next = v.buffered.start(i); break; }
-    }
-    // Only a hole in what has arrived: a part still on its way is no hole.
-    if (next === null) return;
-    for (let n = this.at(t); n <= this.at(next); n++) if (!this.loaded.has(n)) return;
     const now = performance.now();
     if (this.stalledSince === null) this.stalledSince = now;
     if (now - this.stalledSince < STALL_JUMP_MS) return;
     this.stalledSince = null;
-    v.currentTime = next + 0.01;
+    this.player.video.currentTime = next + 0.01;
+  }
+
+  /** Where the media goes on when playback waits at a hole, else null. */
+  holeEnd() {
+    const v = this.player.video;
+    if (v.paused || v.seeking || v.ended || v.readyState >= HTMLMediaElement.HAVE_FUTURE_DATA) return null;
+    const t = v.currentTime;
+    let next = null;
+    for (let i = 0; i < v.buffered.length && next === null; i++) {
+      if (v.buffered.start(i) > t) next = v.buffered.start(i);
+    }
+    // Only a hole in what has arrived: a part still on its way is no hole.
+    if (next === null) return null;
+    for (let n = this.at(t); n <= this.at(next); n++) if (!this.loaded.has(n)) return null;
+    return next;
   }
 
   async open() {
