@@ -960,7 +960,7 @@ impl Publisher {
             let mut st = self.current()?;
             let pub_ms = samples_48k.div_euclid(48);
             let (stream_ms, wallclock) = st.timeline.map(pub_ms, received);
-            st.stats.on_audio(received, payload.len());
+            st.stats.on_audio(received, stream_ms, payload.len());
             let stream_samples = samples_48k + (stream_ms - pub_ms) * 48;
             (stream_samples as u32, wallclock)
         };

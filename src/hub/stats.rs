@@ -25,55 +25,51 @@ impl RateWindow {
     }
 
     /// Samples inside the window ending at `now`, the bytes that arrived
-    /// over their span, and that span. The first sample's bytes are not
-    /// counted: n samples span n − 1 intervals, and each interval's bytes
-    /// are the frame that ends it. Counting the first too overstated every
-    /// rate, and a new stream's wildly: its keyframe and two frames after
-    /// it, 66 ms apart, read as several times its bitrate, and a viewer cap
-    /// (`limits.max_egress_mbps`) refused viewers of a stream that fitted.
+    /// over their span, and that span in seconds. The first sample's bytes
+    /// are not counted: n samples span n − 1 intervals, and each interval's
+    /// bytes are the frame that ends it. Counting the first too overstated
+    /// every rate, and a new stream's wildly: its keyframe and two frames
+    /// after it, 66 ms apart, read as several times its bitrate, and a viewer
+    /// cap (`limits.max_egress_mbps`) refused viewers of a stream that fitted.
+    ///
+    /// The span is the frames' media time when they all carry a sane one:
+    /// frames that arrive in a burst (a publisher catching up after a stall,
+    /// a busy scheduler) are still 1/30 s apart for a 30 fps source, and over
+    /// their arrival span a burst read as a multiple of the stream's rate
+    /// (the same cap refused a party's viewers that way). Arrival times are
+    /// the fallback.
     fn live(&self, now: Instant) -> Option<(usize, usize, f64)> {
         let first = self
             .samples
             .iter()
             .position(|&(t, _, _)| now.saturating_duration_since(t) <= WINDOW)?;
+        let window = || self.samples.iter().skip(first);
         let n = self.samples.len() - first;
         if n < 2 {
             return None;
         }
-        let bytes = self
-            .samples
-            .iter()
-            .skip(first + 1)
-            .map(|&(_, _, b)| b)
-            .sum();
-        let span = self.samples[self.samples.len() - 1]
+        let bytes = window().skip(1).map(|&(_, _, b)| b).sum();
+        let arrival_span = self.samples[self.samples.len() - 1]
             .0
             .saturating_duration_since(self.samples[first].0)
             .as_secs_f64();
-        (span > 0.0).then_some((n, bytes, span))
-    }
-
-    /// Frames per second of media time when the frames carry it: frames that
-    /// arrive in a burst (a publisher catching up after a stall, a busy
-    /// scheduler) are still 1/30 s apart for a 30 fps source. Arrival times
-    /// are the fallback, and are used when the media times are not sane.
-    fn per_second(&self, now: Instant) -> Option<f64> {
-        let (n, _, arrival_span) = self.live(now)?;
-        let times = || {
-            self.samples
-                .iter()
-                .skip(self.samples.len() - n)
-                .filter_map(|&(_, m, _)| m)
-        };
+        let times = || window().filter_map(|&(_, m, _)| m);
         let media_span_ms = times()
             .max()
             .zip(times().min())
             .map(|(hi, lo)| hi.saturating_sub(lo));
-        let within = |ms: i64| ms > 0 && ms as f64 <= 5.0 * WINDOW.as_millis() as f64;
+        let sane = |ms: i64| ms > 0 && ms as f64 <= 5.0 * WINDOW.as_millis() as f64;
         let span = match media_span_ms {
-            Some(ms) if times().count() == n && within(ms) => ms as f64 / 1000.0,
+            Some(ms) if times().count() == n && sane(ms) => ms as f64 / 1000.0,
             _ => arrival_span,
         };
+        (span > 0.0).then_some((n, bytes, span))
+    }
+
+    /// Frames per second over the window (media time when the frames carry
+    /// it, see [`RateWindow::live`]).
+    fn per_second(&self, now: Instant) -> Option<f64> {
+        let (n, _, span) = self.live(now)?;
         Some((n - 1) as f64 / span)
     }
 
@@ -116,8 +112,8 @@ impl StreamStats {
         interval
     }
 
-    pub fn on_audio(&mut self, now: Instant, bytes: usize) {
-        self.audio.push(now, None, bytes);
+    pub fn on_audio(&mut self, now: Instant, stream_ms: i64, bytes: usize) {
+        self.audio.push(now, Some(stream_ms), bytes);
     }
 
     pub fn video_fps(&self, now: Instant) -> Option<f64> {
@@ -217,7 +213,31 @@ mod tests {
                 false,
             );
         }
-        let fps = s.video_fps(t0 + Duration::from_millis(3000)).unwrap();
+        let now = t0 + Duration::from_millis(3000);
+        let fps = s.video_fps(now).unwrap();
         assert!((fps - 30.0).abs() < 0.6, "{fps}");
+        // 1000 bytes a frame at 30 fps: 240 kbit/s, not the burst's rate.
+        let kbps = s.video_kbps(now).unwrap();
+        assert!((230..=250).contains(&kbps), "{kbps}");
+    }
+
+    #[test]
+    fn a_new_streams_first_frames_in_one_burst_read_as_the_streams_rate() {
+        // A publisher's first six frames (the keyframe, then 6 KB each at
+        // 30 fps, 1 440 kbit/s) reach the hub within 5 ms, as a loaded
+        // publisher sends them: over that arrival span they read as 48 Mbit/s.
+        let mut s = StreamStats::default();
+        let t0 = Instant::now();
+        for i in 0..6u64 {
+            let bytes = if i == 0 { 60_000 } else { 6_000 };
+            s.on_video(
+                t0 + Duration::from_millis(i),
+                (i * 100 / 3) as i64,
+                bytes,
+                i == 0,
+            );
+        }
+        let kbps = s.video_kbps(t0 + Duration::from_millis(5)).unwrap();
+        assert!(kbps.abs_diff(1_440) <= 50, "{kbps}");
     }
 }
