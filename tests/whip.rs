@@ -129,11 +129,15 @@ fn aiortc_publishes_h264_and_vp8_over_whip() {
         webrtc_extra: "workers = 1".into(),
         ..ServerOpts::default()
     });
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim().to_string())
-        .collect();
+    // A thread names itself once it runs: wait for the worker's name.
+    let threads: Vec<String> = wait_until("the WebRTC worker thread", LIVE_TIMEOUT, || {
+        let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+            .ok()?
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .collect();
+        names.iter().any(|n| n == "rtc-0").then_some(names)
+    });
     assert!(
         threads.iter().any(|n| n == "rtc-0") && !threads.iter().any(|n| n == "rtc-udp-rx"),
         "one worker and no UDP receiver thread: {threads:?}"
