@@ -29,6 +29,16 @@ fn recording_toml(dir: &Path) -> String {
     )
 }
 
+/// A server recording into a temporary directory (dropped after the server).
+fn recording_server() -> (TempDir, Server) {
+    let rec_dir = TempDir::new("roomcast-replay");
+    let server = Server::start_with(ServerOpts {
+        extra_toml: recording_toml(rec_dir.path()),
+        ..ServerOpts::default()
+    });
+    (rec_dir, server)
+}
+
 /// One scenario of tests/browser/replay.mjs.
 fn replay(server: &Server, scenario: &str, args: &[&str]) -> JsonTool {
     let dir = node_dir();
@@ -86,11 +96,7 @@ fn wait_clock(what: &str, at_ms: u64) {
 #[test]
 fn h264_replay_plays_and_seeks_on_the_watch_page() {
     let _serial = serial();
-    let rec_dir = TempDir::new("roomcast-replay");
-    let server = Server::start_with(ServerOpts {
-        extra_toml: recording_toml(rec_dir.path()),
-        ..ServerOpts::default()
-    });
+    let (_rec_dir, server) = recording_server();
     let mut ffmpeg = Publisher::ffmpeg(
         &server.publish_url(STREAM),
         FfmpegOpts {
@@ -192,11 +198,7 @@ fn largest_step(times: &[f64]) -> f64 {
 #[test]
 fn whip_vp8_replay_plays_on_the_watch_page() {
     let _serial = serial();
-    let rec_dir = TempDir::new("roomcast-replay");
-    let server = Server::start_with(ServerOpts {
-        extra_toml: recording_toml(rec_dir.path()),
-        ..ServerOpts::default()
-    });
+    let (rec_dir, server) = recording_server();
     let key = server.key(STREAM).to_string();
     let mut publisher = common::publishers::chromium_publisher(
         &server.base_url(),
@@ -234,11 +236,7 @@ fn whip_vp8_replay_plays_on_the_watch_page() {
 #[test]
 fn a_replay_plays_on_past_a_hole_in_the_audio() {
     let _serial = serial();
-    let rec_dir = TempDir::new("roomcast-replay");
-    let server = Server::start_with(ServerOpts {
-        extra_toml: recording_toml(rec_dir.path()),
-        ..ServerOpts::default()
-    });
+    let (rec_dir, server) = recording_server();
     let mut publisher = common::publishers::aiortc_publisher(
         &server.whip_url(STREAM),
         common::publishers::WhipOpts {
