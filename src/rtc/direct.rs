@@ -605,8 +605,8 @@ fn write_packet(srtp: &SrtpTx, p: &Packet, route: &Route, out: &mut impl DirectO
         if let Some(osn) = p.osn {
             b[header_len..header_len + 2].copy_from_slice(&osn.to_be_bytes());
         }
-        b[header_len + osn_len..rtp_len].copy_from_slice(p.payload);
-        srtp.protect_rtp(b, header_len, (p.seq >> 16) as u32);
+        // The payload is encrypted from the shared frame into the batch.
+        srtp.protect_rtp(b, header_len, osn_len, p.payload, (p.seq >> 16) as u32);
     })
 }
 

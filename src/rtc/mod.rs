@@ -39,7 +39,8 @@ mod resend_budget;
 pub mod sdp;
 pub mod sdpfrag;
 mod shard;
-mod srtp;
+/// Public for `benches/floor.rs`, which measures its protect.
+pub mod srtp;
 #[cfg(test)]
 mod tests;
 pub mod viewer;

@@ -419,8 +419,9 @@ impl Pair {
                 break;
             };
             if !self.viewer.is_finished() {
+                // As the shard does.
                 self.viewer.on_frame(&f);
-                self.viewer.drive(self.now, &mut self.wire);
+                self.viewer.drive_after_frame(self.now, &mut self.wire);
             }
             moved = true;
         }

@@ -816,7 +816,7 @@ impl Worker<'_> {
                     let mut sent = 0;
                     if let Err(msg) = isolate(|| {
                         sent = p.on_frame(&frame);
-                        driver.drive(p);
+                        driver.drive_after_frame(p);
                     }) {
                         driver.session_panicked(&p.stream.name, p.id, "media write", &msg);
                         p.dead = true;
@@ -910,6 +910,15 @@ impl Driver<'_> {
             return;
         }
         self.run_viewer(p, Instant::now(), |p, now, out| p.drive(now, out));
+    }
+
+    fn drive_after_frame(&mut self, p: &mut Viewer) {
+        if p.dead {
+            return;
+        }
+        self.run_viewer(p, Instant::now(), |p, now, out| {
+            p.drive_after_frame(now, out)
+        });
     }
 
     /// Ends a viewer's session.

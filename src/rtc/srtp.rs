@@ -260,17 +260,32 @@ impl SrtpTx {
         self.profile
     }
 
-    /// Protects the RTP packet in `buf[..len]` in place: `buf` is
-    /// `len + profile.rtp_overhead()` bytes, the tag goes at the end.
-    /// `header_len` covers the fixed header, CSRCs and extensions; `roc` is
-    /// the rollover counter of the packet's sequence number.
-    pub fn protect_rtp(&self, buf: &mut [u8], header_len: usize, roc: u32) {
+    /// Protects an RTP packet into `buf`, which holds its header
+    /// (`buf[..header_len]`: fixed header, CSRCs, extensions) and then
+    /// `prefix_len` plaintext bytes of payload already written (RTX's
+    /// original sequence number, or none); `payload` is the rest of the
+    /// payload, read from where it lies. `buf` is exactly `header_len +
+    /// prefix_len + payload.len() + profile.rtp_overhead()` bytes: the
+    /// ciphertext follows the header and the tag ends it. With AES-GCM the
+    /// payload is encrypted straight from its source into `buf`, so a
+    /// viewer's packet costs one pass over its bytes, not a copy and then a
+    /// pass. `roc` is the rollover counter of the packet's sequence number.
+    pub fn protect_rtp(
+        &self,
+        buf: &mut [u8],
+        header_len: usize,
+        prefix_len: usize,
+        payload: &[u8],
+        roc: u32,
+    ) {
         let len = buf.len() - self.profile.rtp_overhead();
+        debug_assert_eq!(len, header_len + prefix_len + payload.len());
         let ssrc = be32(&buf[8..12]);
         let seq = u16::from_be_bytes([buf[2], buf[3]]);
         match &self.rtp {
             Session::Cm(cm) => {
                 let CmSession { key, auth, salt } = &**cm;
+                buf[header_len + prefix_len..len].copy_from_slice(payload);
                 let index = (u64::from(roc) << 16) | u64::from(seq);
                 ctr(key, cm_iv(salt, ssrc, index), &mut buf[header_len..len]);
                 let mut mac = hmac::Context::with_key(auth);
@@ -282,11 +297,15 @@ impl SrtpTx {
             Session::Gcm { key, salt } => {
                 let nonce = gcm_iv(salt, ssrc, roc, seq);
                 let (head, rest) = buf.split_at_mut(header_len);
-                let (body, tag_out) = rest.split_at_mut(len - header_len);
-                let tag = key
-                    .seal_in_place_separate_tag(nonce, aead::Aad::from(&*head), body)
-                    .expect("AES-GCM seal");
-                tag_out.copy_from_slice(tag.as_ref());
+                let (prefix, payload_and_tag) = rest.split_at_mut(prefix_len);
+                key.seal_in_place_scatter(
+                    nonce,
+                    aead::Aad::from(&*head),
+                    prefix,
+                    payload,
+                    payload_and_tag,
+                )
+                .expect("AES-GCM seal");
             }
         }
     }
@@ -348,6 +367,35 @@ mod tests {
             .collect()
     }
 
+    /// `packet` (a 12-byte header and its payload) protected, the first
+    /// `prefix_len` bytes of the payload written into the buffer ahead and
+    /// the rest read from the packet, as RTX writes its original sequence
+    /// number.
+    fn protect(tx: &SrtpTx, packet: &[u8], prefix_len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; packet.len() + tx.profile().rtp_overhead()];
+        buf[..12 + prefix_len].copy_from_slice(&packet[..12 + prefix_len]);
+        tx.protect_rtp(&mut buf, 12, prefix_len, &packet[12 + prefix_len..], 0);
+        buf
+    }
+
+    /// Where the payload's bytes come from does not change the packet:
+    /// a plaintext prefix written into the buffer ahead (RTX) and the rest
+    /// read from its source give what the whole payload from its source
+    /// gives, with either cipher, whatever the prefix's length.
+    #[test]
+    fn a_prefix_written_ahead_protects_as_part_of_the_payload() {
+        let m = MasterKey::new(Profile::Aes128CmSha1_80, &[7; 16], &[9; 14]);
+        let cm = SrtpTx::new(&m, 0);
+        let gcm = gcm_tx(&[5; 32]);
+        let packet: Vec<u8> = (0..1212u32).map(|i| (i * 7 + 3) as u8).collect();
+        for tx in [&cm, &gcm] {
+            let whole = protect(tx, &packet, 0);
+            for prefix_len in [1, 2, 15, 16, 17, 600] {
+                assert_eq!(protect(tx, &packet, prefix_len), whole, "{prefix_len}");
+            }
+        }
+    }
+
     #[test]
     fn rfc3711_b2_aes_cm_keystream() {
         let key = ctr_key(&hex("2B7E151628AED2A6ABF7158809CF4F3C"));
@@ -404,9 +452,11 @@ mod tests {
             &hex("0EC675AD498AFEEBB6960B3AABE6"),
         );
         let tx = SrtpTx::new(&m, 0);
-        let mut buf = hex("800F1234DECAFBADCAFEBABE ABABABABABABABABABABABABABABABAB");
-        buf.resize(buf.len() + 10, 0);
-        tx.protect_rtp(&mut buf, 12, 0);
+        let buf = protect(
+            &tx,
+            &hex("800F1234DECAFBADCAFEBABE ABABABABABABABABABABABABABABABAB"),
+            0,
+        );
         assert_eq!(
             buf,
             hex("800F1234DECAFBADCAFEBABE 4E55DC4CE79978D88CA4D215949D2402
@@ -447,9 +497,7 @@ mod tests {
     #[test]
     fn rfc7714_16_aead_aes_128_gcm() {
         let tx = gcm_tx(&hex("000102030405060708090a0b0c0d0e0f"));
-        let mut rtp = hex(RFC7714_RTP);
-        rtp.resize(rtp.len() + 16, 0);
-        tx.protect_rtp(&mut rtp, 12, 0);
+        let rtp = protect(&tx, &hex(RFC7714_RTP), 0);
         assert_eq!(
             rtp,
             hex(
@@ -475,9 +523,7 @@ mod tests {
         let tx = gcm_tx(&hex(
             "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
         ));
-        let mut rtp = hex(RFC7714_RTP);
-        rtp.resize(rtp.len() + 16, 0);
-        tx.protect_rtp(&mut rtp, 12, 0);
+        let rtp = protect(&tx, &hex(RFC7714_RTP), 0);
         assert_eq!(
             rtp,
             hex(

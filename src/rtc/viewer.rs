@@ -513,6 +513,22 @@ impl Viewer {
         }
     }
 
+    /// After [`Viewer::on_frame`]: on the direct path the frame went around
+    /// str0m, so str0m has nothing new to say and only the frame's packets
+    /// are written. Polling str0m for every viewer at every frame cost more
+    /// than writing an audio frame; its timers run in the timer pass. A
+    /// replay under way, or str0m's own path, takes the whole drive.
+    pub fn drive_after_frame(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.dead {
+            return;
+        }
+        if self.direct.is_some() && self.replay.is_none() {
+            self.flush_direct(now, out);
+        } else {
+            self.drive(now, out);
+        }
+    }
+
     /// Runs the session's state machine until it waits for time or input:
     /// what it sends goes to `out`, and [`Viewer::timers`] says when
     /// to come back.
@@ -699,7 +715,7 @@ impl Viewer {
 
     /// Takes a live frame of its stream, writing it if the viewer gets it;
     /// returns how many RTP packets that was. The caller then calls
-    /// [`Viewer::drive`].
+    /// [`Viewer::drive_after_frame`].
     pub fn on_frame(&mut self, frame: &Arc<Frame>) -> usize {
         if !self.connected {
             return 0;
