@@ -180,6 +180,8 @@ impl DtlsInstance for Dtls {
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        // The first record's epoch is read whatever its type, as before;
+        // the walk finds a later epoch behind an epoch-0 record.
         let early = !self.connected
             && (first_epoch(packet).is_some_and(|e| e > 0) || has_later_epoch(packet));
         if early {
