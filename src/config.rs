@@ -712,11 +712,20 @@ impl Config {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        apply_env(&mut table, env)?;
+        let from_env = apply_env(&mut table, env)?;
         // Round-trip through text so serde's errors point at the offending key.
         let merged = toml::to_string(&table).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let mut config: Config =
-            toml::from_str(&merged).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config = toml::from_str(&merged).map_err(|e| {
+            // The merged text is not the file: say where else keys came from.
+            let mut msg = e.to_string();
+            if !from_env.is_empty() {
+                msg.push_str(&format!(
+                    "\n(with keys from the environment: {})",
+                    from_env.join(", ")
+                ));
+            }
+            ConfigError::Parse(msg)
+        })?;
         config.dir = path.map(|p| match p.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => std::path::PathBuf::from("."),
@@ -742,7 +751,7 @@ impl Config {
                 ));
             }
             validate_stream_name(&p.name).map_err(|e| invalid(format!("parties[{i}].name"), e))?;
-            if p.key.len() < MIN_KEY_LEN {
+            if p.key.chars().count() < MIN_KEY_LEN {
                 return Err(invalid(
                     format!("parties[{i}].key"),
                     format!("at least {MIN_KEY_LEN} characters"),
@@ -859,6 +868,16 @@ impl Config {
                 return Err(invalid(
                     format!("streams[{i}].key"),
                     "must not contain whitespace, '/' or '?' (it goes into RTMP URLs)",
+                ));
+            }
+            let most = crate::restream::stored::MAX_DESTINATIONS;
+            if s.restream.len() > most {
+                return Err(invalid(
+                    format!("streams[{i}].restream"),
+                    format!(
+                        "{} destinations; a stream has at most {most}",
+                        s.restream.len()
+                    ),
                 ));
             }
             let mut labels = std::collections::HashSet::new();
@@ -1086,19 +1105,26 @@ pub fn validate_stream_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `ROOMCAST_` variables that are not config keys: the log filter, the
+/// widget build's (`build.rs`) and the test and fuzz scripts'. A developer's
+/// shell has them exported; `serve` must not read them as unknown keys.
+fn is_tool_variable(rest: &str) -> bool {
+    rest == "LOG" || rest == "WIDGET_DIST" || rest.starts_with("TEST_") || rest.starts_with("FUZZ_")
+}
+
 /// `ROOMCAST_HTTP__LISTEN=…` sets `http.listen`; `ROOMCAST_PUBLIC_URL` sets
 /// `public_url`. Values are read as TOML (numbers, booleans, arrays) and fall back
-/// to plain strings.
+/// to plain strings. Returns the variables applied, for error messages.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<String>, ConfigError> {
+    let mut applied = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("ROOMCAST_") else {
             continue;
         };
-        // ROOMCAST_LOG is the log filter, not a config key.
-        if rest == "LOG" {
+        if is_tool_variable(rest) {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
@@ -1125,8 +1151,9 @@ fn apply_env(
             };
         }
         target.insert(path[path.len() - 1].clone(), value);
+        applied.push(name);
     }
-    Ok(())
+    Ok(applied)
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -1215,6 +1242,69 @@ mod tests {
         assert_eq!(c.http.listen.port(), 9000);
         assert!(c.webrtc.tcp_force);
         assert_eq!(c.public_url.as_deref(), Some("https://live.example.org"));
+    }
+
+    /// The build's and the test scripts' variables are not keys; a variable
+    /// that names no key is named in the error.
+    #[test]
+    fn tool_variables_are_not_keys_and_a_stray_variable_is_named() {
+        let c = load(
+            "",
+            &[
+                ("ROOMCAST_WIDGET_DIST", "/tmp/widget"),
+                ("ROOMCAST_TEST_LANES", "2"),
+                ("ROOMCAST_FUZZ_JOBS", "2"),
+            ],
+        );
+        assert!(c.is_ok(), "{:?}", c.err());
+        // An array section is replaced whole (README → Configuration).
+        let c = load(
+            "",
+            &[(
+                "ROOMCAST_STREAMS",
+                "[{name = \"a\", key = \"0123456789abcdef\"}]",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.streams.len(), 1);
+        let e = load("", &[("ROOMCAST_HTTP__LISEN", "127.0.0.1:1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lisen") && e.contains("ROOMCAST_HTTP__LISEN"),
+            "{e}"
+        );
+    }
+
+    /// Config-file streams get the same cap on restream destinations as the
+    /// bot's and the API's.
+    #[test]
+    fn a_stream_has_at_most_eight_restream_destinations() {
+        let stream = |n: usize| {
+            let mut t = String::from("[[streams]]\nname = \"a\"\nkey = \"0123456789abcdef\"\n");
+            for i in 0..n {
+                t.push_str(&format!(
+                    "[[streams.restream]]\nlabel = \"d{i}\"\nurl = \"rtmp://example.org/app\"\nkey = \"k\"\n"
+                ));
+            }
+            t
+        };
+        assert!(load(&stream(8), &[]).is_ok());
+        let e = load(&stream(9), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("streams[0].restream") && e.contains("at most 8"),
+            "{e}"
+        );
+    }
+
+    /// A party key is counted in characters, as a stream key is.
+    #[test]
+    fn a_party_key_is_counted_in_characters() {
+        let party = |key: &str| format!("[[parties]]\nname = \"p\"\nkey = \"{key}\"\n");
+        // 8 characters, 16 bytes.
+        let e = load(&party("éééééééé"), &[]).unwrap_err().to_string();
+        assert!(e.contains("parties[0].key"), "{e}");
+        assert!(load(&party("0123456789abcdef"), &[]).is_ok());
     }
 
     #[test]
