@@ -16,7 +16,9 @@
 //!   ICE restart); `sdpfrag`: the ICE restart's `PATCH` bodies;
 //! - `pair` (tests): a str0m client and a `Viewer` in memory on a manual clock.
 
-mod direct;
+// Public for the fuzz targets (fuzz/): a viewer's feedback on the direct path.
+#[doc(hidden)]
+pub mod direct;
 mod doorbell;
 mod dtls;
 mod due;
