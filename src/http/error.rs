@@ -80,6 +80,21 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::By
     })
 }
 
+/// Reads a JSON request body up to `limit` bytes (413 over it) and parses
+/// it (400 `bad_json` with serde's reason).
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "bad_json",
+            format!("the request body is not the expected JSON: {e}"),
+        )
+    })
+}
+
 impl From<&crate::auth::gate::Refusal> for ApiError {
     fn from(r: &crate::auth::gate::Refusal) -> Self {
         let (status, code) = r.status_code();

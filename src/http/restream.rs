@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
@@ -11,6 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::error::read_json;
 use super::{ApiError, PeerAddr};
 use crate::admission::{Purpose, ViewerFacts};
 use crate::http::App;
@@ -62,9 +64,11 @@ async fn put_destination(
     State(app): State<Arc<App>>,
     Path((name, label)): Path<(String, String)>,
     headers: HeaderMap,
-    Json(body): Json<DestinationBody>,
+    body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
+    // The key first: an outsider's body is not read at all.
     authorize(&app, &name, &headers)?;
+    let body: DestinationBody = read_json(body, app.config.http.max_body_bytes).await?;
     app.restream
         .add(&name, &label, &body.url, &body.key, Some("api"))
         .await

@@ -1,6 +1,7 @@
 //! The surfaces added with recording, thumbnails, restreaming, OBS profiles
 //! and parties (session 6), and the party view's feed: hostile ids, ranges,
-//! bearers and bodies get a 4xx and cost the live stream nothing.
+//! bearers and bodies get a 4xx and cost the live stream nothing; WHIP key
+//! guesses are logged at most once per interval.
 
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,20 @@ fn new_surfaces_refuse_hostile_requests() {
             attack,
         );
         refused("DELETE", &url(&dest), &[], None, attack);
+        // WHIP publishes with wrong keys: refused, and logged at most once
+        // per interval (40 guesses here, 20 log lines allowed for the attack).
+        for _ in 0..2 {
+            refused(
+                "POST",
+                &url(&format!("/whip/{STREAM}")),
+                &[
+                    ("Authorization", "Bearer wrong-key-wrong-key"),
+                    ("Content-Type", "application/sdp"),
+                ],
+                Some(b"v=0\r\n"),
+                attack,
+            );
+        }
         // Parties that do not exist, with a made-up key.
         refused(
             "POST",

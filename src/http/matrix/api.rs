@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::http::ApiError;
 use crate::http::App;
-use crate::http::error::read_body;
+use crate::http::error::read_json;
 use crate::matrix::Matrix;
 use crate::matrix::access::{ACCESS_TTL_SECS, OpenIdError};
 use crate::matrix::chat::{GuestError, MAX_GUEST_CHARS};
@@ -72,13 +72,7 @@ fn matrix_of(app: &App) -> Result<&Arc<Matrix>, ApiError> {
 }
 
 async fn json_body<T: for<'de> Deserialize<'de>>(app: &App, body: Body) -> Result<T, ApiError> {
-    let bytes = read_body(body, app.config.http.max_body_bytes).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(
-            "bad_json",
-            format!("the request body is not the expected JSON: {e}"),
-        )
-    })
+    read_json(body, app.config.http.max_body_bytes).await
 }
 
 fn unavailable(detail: &str) -> ApiError {

@@ -17,10 +17,12 @@ use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::http::App;
+use crate::log_every::LogEvery;
 use crate::matrix::{Ev, Matrix};
 
 /// Largest transaction body: 100 events of at most 64 KiB each, and then some.
 const MAX_TXN_BYTES: usize = 16 * 1024 * 1024;
+static WRONG_TOKEN_LOG: LogEvery = LogEvery::new(std::time::Duration::from_secs(10));
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -83,7 +85,13 @@ fn authorize(
     if bool::from(token.as_bytes().ct_eq(m.hs_token().as_bytes())) {
         Ok(m.clone())
     } else {
-        warn!("matrix: appservice request with a wrong hs_token refused");
+        // Anyone can reach this route: logged at most once per interval.
+        if let Some(suppressed) = WRONG_TOKEN_LOG.allow() {
+            warn!(
+                suppressed,
+                "matrix: appservice request with a wrong hs_token refused"
+            );
+        }
         Err(mx_error(
             StatusCode::FORBIDDEN,
             "M_FORBIDDEN",

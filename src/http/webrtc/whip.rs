@@ -23,7 +23,10 @@ use crate::http::webrtc as session;
 use crate::http::webrtc::resources::Kind;
 use crate::http::{ApiError, PeerAddr};
 use crate::hub::IngestProtocol;
+use crate::log_every::LogEvery;
 use crate::rtc::{PublishError, SessionOpts};
+
+static KEY_REJECTED_LOG: LogEvery = LogEvery::new(std::time::Duration::from_secs(10));
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -61,7 +64,10 @@ pub async fn publish(
     let keyed = match key {
         Some(_) if key_ok || granted_to.is_some() => true,
         Some(_) => {
-            warn!(peer = %req.peer, stream = %name, "whip: stream key rejected");
+            // Anyone can try keys: logged at most once per interval.
+            if let Some(suppressed) = KEY_REJECTED_LOG.allow() {
+                warn!(peer = %req.peer, stream = %name, suppressed, "whip: stream key rejected");
+            }
             return Err(refusal_error(&Refusal::KeyRejected));
         }
         None => false,
