@@ -42,6 +42,11 @@ struct Bucket {
     at: Instant,
 }
 
+/// Keys a [`Limiter`] tracks at most, and the one the rest share (guest
+/// ids and addresses are never empty).
+const MAX_BUCKETS: usize = 10_000;
+const OVERFLOW_KEY: &str = "";
+
 pub(super) struct Limiter {
     burst: f64,
     per_sec: f64,
@@ -60,12 +65,21 @@ impl Limiter {
     /// Takes a token, or says how long until one is there.
     pub(super) fn take(&mut self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
-        if self.buckets.len() > 10_000 {
-            // Forget full buckets so the map stays bounded.
+        let new_key = !self.buckets.contains_key(key);
+        if new_key && self.buckets.len() >= MAX_BUCKETS {
+            // Forget full buckets: they would allow the burst anyway.
             let (burst, rate) = (self.burst, self.per_sec);
             self.buckets
                 .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
         }
+        // Still full of keys in use (many guests or addresses at once): new
+        // keys share one bucket, so the map stays bounded and they are still
+        // limited, together.
+        let key = if new_key && self.buckets.len() >= MAX_BUCKETS {
+            OVERFLOW_KEY
+        } else {
+            key
+        };
         let b = self.buckets.entry(key.to_string()).or_insert(Bucket {
             tokens: self.burst,
             at: now,
@@ -795,6 +809,25 @@ mod tests {
         let wait = l.take("a").unwrap_err();
         assert!(wait <= Duration::from_millis(100));
         assert!(l.take("b").is_ok(), "buckets are per key");
+    }
+
+    /// More keys in use than it tracks: the map stops growing and the new
+    /// keys share one bucket (so they are limited together, not let through).
+    #[test]
+    fn a_limiter_full_of_keys_in_use_stays_bounded() {
+        let mut l = Limiter::new(2.0, 0.001);
+        for i in 0..MAX_BUCKETS {
+            assert!(l.take(&format!("k{i}")).is_ok());
+        }
+        assert_eq!(l.buckets.len(), MAX_BUCKETS);
+        // Each new key now draws on the shared bucket: two go through (its
+        // burst), the third waits.
+        assert!(l.take("new-1").is_ok());
+        assert!(l.take("new-2").is_ok());
+        assert!(l.take("new-3").is_err());
+        assert_eq!(l.buckets.len(), MAX_BUCKETS + 1);
+        // Keys already tracked keep their own bucket.
+        assert!(l.take("k0").is_ok());
     }
 
     #[test]
