@@ -6,6 +6,7 @@
 //! by all viewers, nothing is copied per viewer. Ingest never knows who watches and
 //! egress never knows the source protocol.
 
+mod budget;
 mod control;
 mod shared;
 mod side;
@@ -22,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::log_every::LogEvery;
+pub use budget::ByteBudget;
 use control::ControlClock;
 pub use control::{ControlFeed, ControlState, RoomLost};
 pub use side::{SideSink, SourceAac};

@@ -3,7 +3,7 @@
 //! and a progressive download (`http::recordings`).
 //!
 //! The recorder is a hub sink per recorded stream that only enqueues
-//! (bounded in frames and in bytes, `budget`: a full queue drops frames and
+//! (bounded in frames and in bytes, `hub::ByteBudget`: a full queue drops frames and
 //! resumes at the next keyframe, with a discontinuity; viewers are never
 //! slowed). One task per recording
 //! feeds the LL-HLS segmenter (`egress::hls::segmenter`, the same fMP4 the
@@ -18,7 +18,6 @@
 //! whole segment and indexed as `interrupted`. A recording that reaches
 //! `max_recording_hours` hands over to a new one at a keyframe (`rollover`).
 
-pub mod budget;
 pub mod config;
 pub mod files;
 pub mod index;
@@ -45,16 +44,19 @@ use tracing::{info, warn};
 
 use crate::egress::hls::playlist::Params;
 use crate::egress::hls::segmenter::Segmenter;
-use crate::hub::{Frame, FrameSink, Hub, Kind, Stream};
+use crate::hub::{ByteBudget, Frame, FrameSink, Hub, Kind, Stream};
 use crate::media::rtp_video::VideoCodec;
 use crate::store::Store;
 use crate::store::recordings::RecordingRow;
-use budget::ByteBudget;
 use config::RecordingConfig;
 use files::{RecordingFiles, SegmentData};
 
 /// Frames queued between the publisher's task and the recorder.
 const QUEUE: usize = 1024;
+/// Bytes of frames one recording may have queued (a few seconds of any
+/// sane bitrate; a frame over it is dropped and recording resumes at the
+/// next keyframe).
+const QUEUE_MAX_BYTES: usize = 64 << 20;
 /// Sink ids of recordings start here, far from WebRTC's and HLS's.
 const SINK_ID_BASE: u64 = 1 << 41;
 /// Retention runs this often (and no more).
@@ -106,13 +108,10 @@ struct Sink {
 
 impl FrameSink for Sink {
     fn deliver(&self, _stream: &Arc<Stream>, frame: &Arc<Frame>) {
-        let n = frame.bytes();
-        if !self.queued.reserve(n) {
-            self.overflow.store(true, Relaxed);
-            return;
-        }
-        if self.tx.try_send(Msg::Frame(frame.clone())).is_err() {
-            self.queued.release(n);
+        if !self
+            .queued
+            .try_send(&self.tx, Msg::Frame(frame.clone()), frame.bytes())
+        {
             self.overflow.store(true, Relaxed);
         }
     }
@@ -517,7 +516,7 @@ impl Recorder {
     ) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
-        let queued = Arc::new(ByteBudget::new(budget::QUEUE_MAX_BYTES));
+        let queued = Arc::new(ByteBudget::new(QUEUE_MAX_BYTES));
         let sink: Arc<dyn FrameSink> = Arc::new(Sink {
             tx,
             overflow: overflow.clone(),

@@ -27,7 +27,10 @@ const AAC_FRAME: u32 = 1024;
 /// A jump in the Opus clock larger than this (a takeover, lost audio)
 /// restarts the encoder on the new time instead of stretching it.
 const MAX_GAP_SAMPLES: u32 = SAMPLE_RATE / 5;
-/// Opus packets waiting for the transcoder (2 s at 20 ms).
+/// Opus packets waiting for the transcoder (2 s at 20 ms). The hub's audio
+/// frames are single RTP payloads (a WebRTC publisher's, or the AAC→Opus
+/// transcoder's), so this count bounds the bytes too: under 7 MB even of
+/// 64 KiB datagrams.
 const QUEUE: usize = 100;
 
 #[derive(Debug, thiserror::Error)]

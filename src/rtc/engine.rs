@@ -144,7 +144,11 @@ impl Engine {
         for _ in 0..workers {
             let shard_metrics = Arc::new(metrics::ShardMetrics::default());
             engine_metrics.shards.push(shard_metrics.clone());
-            let (tx, rx) = shard::shard_queues(shard_metrics.clone(), shard::DATA_QUEUE)?;
+            let (tx, rx) = shard::shard_queues(
+                shard_metrics.clone(),
+                shard::DATA_QUEUE,
+                shard::DATA_QUEUE_FRAME_BYTES,
+            )?;
             queues.push((tx, rx, shard_metrics));
         }
         let senders: Vec<ShardTx> = queues.iter().map(|(tx, _, _)| tx.clone()).collect();

@@ -35,12 +35,15 @@ use super::metrics::ShardMetrics;
 use super::net::{Datagram, Demux, Inbound, NetOut, SendBatch, UdpReader};
 use super::publish::{NewPublisher, PubPeer};
 use super::viewer::{CONNECT_TIMEOUT, NewViewer, Outbox, ReplayPace, Viewer};
-use crate::hub::{Frame, FrameSink, Stream};
+use crate::hub::{ByteBudget, Frame, FrameSink, Stream};
 use crate::log_every::LogEvery;
 /// Media and network input queued for one shard at most (~6 MB of datagrams).
 /// When full the oldest is dropped: viewers resume at the next keyframe, lost
 /// datagrams are what UDP does anyway. Nothing waits for room.
 pub const DATA_QUEUE: usize = 4096;
+/// And the bytes of the frames among them (each up to
+/// `limits.max_frame_bytes`), dropped oldest first the same way.
+pub const DATA_QUEUE_FRAME_BYTES: usize = 32 << 20;
 /// Source addresses one session may use (ICE candidates it checks from,
 /// and their changes over its life).
 const MAX_ADDRS_PER_SESSION: usize = 32;
@@ -138,8 +141,9 @@ pub type Registry = Arc<Mutex<HashMap<u64, (usize, String)>>>;
 /// The way into a shard. Control messages have their own unbounded queue:
 /// they are never lost, and their number is bounded by the sessions admitted
 /// (and, for keyframe requests, by the hub's per-stream rate limit). Media
-/// and network input share a bounded queue that drops its oldest entry when
-/// full, so neither a publisher nor the UDP receiver ever waits. Each
+/// and network input share a queue bounded in entries and in frame bytes
+/// that drops its oldest entries when full, so neither a publisher nor the
+/// UDP receiver ever waits. Each
 /// message rings the shard's doorbell, which costs a write only when the
 /// shard sleeps.
 #[derive(Clone)]
@@ -148,6 +152,9 @@ pub struct ShardTx {
     data: Sender<ShardMsg>,
     /// The data queue's receiving end, to drop its oldest entry.
     data_rx: Receiver<ShardMsg>,
+    /// Bytes of the frames in the data queue (datagrams are bounded by
+    /// their count: each is one pooled buffer).
+    frame_bytes: Arc<ByteBudget>,
     doorbell: Arc<Doorbell>,
     /// False once the shard's thread is gone: it gets no new sessions.
     pub alive: Arc<AtomicBool>,
@@ -158,6 +165,7 @@ pub struct ShardTx {
 pub struct ShardRx {
     ctl: Receiver<ShardMsg>,
     data: Receiver<ShardMsg>,
+    frame_bytes: Arc<ByteBudget>,
     doorbell: Arc<Doorbell>,
 }
 
@@ -165,19 +173,45 @@ impl ShardRx {
     fn has_work(&self) -> bool {
         !self.ctl.is_empty() || !self.data.is_empty()
     }
+
+    /// The oldest data message, its bytes no longer counted as queued.
+    fn take_data(&self) -> Result<ShardMsg, TryRecvError> {
+        let msg = self.data.try_recv()?;
+        release_frame_bytes(&self.frame_bytes, &msg);
+        Ok(msg)
+    }
 }
 
+fn frame_bytes(msg: &ShardMsg) -> usize {
+    match msg {
+        ShardMsg::Frame { frame, .. } => frame.bytes(),
+        _ => 0,
+    }
+}
+
+fn release_frame_bytes(budget: &ByteBudget, msg: &ShardMsg) {
+    let n = frame_bytes(msg);
+    if n > 0 {
+        budget.release(n);
+    }
+}
+
+/// A shard's queues: `capacity` data messages, of which frames of
+/// `frame_bytes` in all.
 pub fn shard_queues(
     metrics: Arc<ShardMetrics>,
     capacity: usize,
+    frame_bytes: usize,
 ) -> std::io::Result<(ShardTx, ShardRx)> {
     let (ctl, ctl_rx) = crossbeam_channel::unbounded();
     let (data, data_rx) = crossbeam_channel::bounded(capacity);
+    let frame_bytes = Arc::new(ByteBudget::new(frame_bytes));
     let doorbell = Arc::new(Doorbell::new()?);
     let tx = ShardTx {
         ctl,
         data,
         data_rx: data_rx.clone(),
+        frame_bytes: frame_bytes.clone(),
         doorbell: doorbell.clone(),
         alive: Arc::new(AtomicBool::new(true)),
         metrics,
@@ -187,6 +221,7 @@ pub fn shard_queues(
         ShardRx {
             ctl: ctl_rx,
             data: data_rx,
+            frame_bytes,
             doorbell,
         },
     ))
@@ -205,26 +240,57 @@ impl ShardTx {
         sent
     }
 
-    /// Queues media or network input, dropping the oldest entry when full.
+    /// Queues media or network input, dropping the oldest entries when the
+    /// queue is full in entries or in frame bytes.
     pub fn data(&self, msg: ShardMsg) {
+        let bytes = frame_bytes(&msg);
+        if bytes > self.frame_bytes.max() {
+            // Alone over the bound: this frame is what is dropped.
+            self.metrics.queue_drops.fetch_add(1, Relaxed);
+            return;
+        }
+        // A datagram (0 bytes) does not touch the shared count.
+        while bytes > 0 && !self.frame_bytes.reserve(bytes) {
+            if !self.drop_oldest() {
+                // Empty, yet another producer's frame holds the bytes
+                // between its reserve and its send: this one is dropped.
+                self.metrics.queue_drops.fetch_add(1, Relaxed);
+                return;
+            }
+        }
         match self.data.try_send(msg) {
             Ok(()) => {}
             Err(TrySendError::Full(msg)) => {
-                let _ = self.data_rx.try_recv();
-                self.metrics.queue_drops.fetch_add(1, Relaxed);
-                if let Some(suppressed) = DROP_LOG.allow() {
-                    warn!(
-                        capacity = DATA_QUEUE,
-                        suppressed,
-                        "webrtc worker queue full, dropping its oldest input (viewers resume at the next keyframe)"
-                    );
-                }
+                self.drop_oldest();
                 // Another producer may have taken the slot: then this one is dropped.
-                let _ = self.data.try_send(msg);
+                if let Err(e) = self.data.try_send(msg) {
+                    release_frame_bytes(&self.frame_bytes, &e.into_inner());
+                }
             }
-            Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Disconnected(msg)) => {
+                release_frame_bytes(&self.frame_bytes, &msg);
+                return;
+            }
         }
         self.doorbell.ring();
+    }
+
+    /// Drops the queue's oldest data message; false if it was empty.
+    fn drop_oldest(&self) -> bool {
+        let Ok(oldest) = self.data_rx.try_recv() else {
+            return false;
+        };
+        release_frame_bytes(&self.frame_bytes, &oldest);
+        self.metrics.queue_drops.fetch_add(1, Relaxed);
+        if let Some(suppressed) = DROP_LOG.allow() {
+            warn!(
+                capacity = DATA_QUEUE,
+                frame_bytes = DATA_QUEUE_FRAME_BYTES,
+                suppressed,
+                "webrtc worker queue full, dropping its oldest input (viewers resume at the next keyframe)"
+            );
+        }
+        true
     }
 }
 
@@ -602,7 +668,7 @@ impl Worker<'_> {
                 }
             }
             for _ in 0..1024 {
-                match shard.rx.data.try_recv() {
+                match shard.rx.take_data() {
                     Ok(msg) => {
                         if !self.handle_in_order(msg) {
                             return;
@@ -1072,7 +1138,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_the_oldest_and_viewers_resume_at_a_keyframe() {
         let metrics = Arc::new(ShardMetrics::default());
-        let (tx, rx) = shard_queues(metrics.clone(), 8).unwrap();
+        let (tx, rx) = shard_queues(metrics.clone(), 8, DATA_QUEUE_FRAME_BYTES).unwrap();
         let send = |f: Arc<Frame>| {
             tx.data(ShardMsg::Frame {
                 stream: 1,
@@ -1082,7 +1148,7 @@ mod tests {
         let mut gate = FrameGate::default();
         let mut sent = Vec::new();
         let drain = |gate: &mut FrameGate, sent: &mut Vec<u64>| {
-            while let Ok(ShardMsg::Frame { frame, .. }) = rx.data.try_recv() {
+            while let Ok(ShardMsg::Frame { frame, .. }) = rx.take_data() {
                 if gate.admit(&frame).send && frame.kind == Kind::Video {
                     sent.push(frame.index);
                 }
@@ -1109,5 +1175,58 @@ mod tests {
         // A dead shard refuses new sessions.
         tx.alive.store(false, Relaxed);
         assert!(!tx.control(ShardMsg::Remove(1)));
+    }
+    #[test]
+    fn the_queue_is_bounded_in_frame_bytes_too() {
+        let metrics = Arc::new(ShardMetrics::default());
+        // Room for 64 entries but only three 4-byte frames.
+        let (tx, rx) = shard_queues(metrics.clone(), 64, 12).unwrap();
+        let send = |f: Arc<Frame>| {
+            tx.data(ShardMsg::Frame {
+                stream: 1,
+                frame: f,
+            })
+        };
+        for i in 0..10 {
+            send(frame(i, Kind::Video, i == 0));
+        }
+        assert_eq!(rx.data.len(), 3, "the newest frames that fit in 12 bytes");
+        assert_eq!(tx.frame_bytes.used(), 12);
+        assert_eq!(metrics.queue_drops.load(Relaxed), 7);
+        // A frame larger than the whole bound is dropped alone: it does
+        // not empty the queue on its way out.
+        let big = Arc::new(Frame {
+            payloads: Box::new([Arc::from(vec![0u8; 13])]),
+            ..clone_frame(&frame(10, Kind::Video, true))
+        });
+        send(big);
+        assert_eq!(rx.data.len(), 3);
+        assert_eq!(metrics.queue_drops.load(Relaxed), 8);
+        let mut taken = Vec::new();
+        while let Ok(ShardMsg::Frame { frame, .. }) = rx.take_data() {
+            taken.push(frame.index);
+        }
+        assert_eq!(taken, vec![7, 8, 9]);
+        assert_eq!(
+            tx.frame_bytes.used(),
+            0,
+            "taking a frame releases its bytes"
+        );
+        send(frame(11, Kind::Video, true));
+        assert_eq!(tx.frame_bytes.used(), 4);
+    }
+
+    fn clone_frame(f: &Frame) -> Frame {
+        Frame {
+            kind: f.kind,
+            index: f.index,
+            kind_index: f.kind_index,
+            rtp_time: f.rtp_time,
+            wallclock: f.wallclock,
+            received: f.received,
+            keyframe: f.keyframe,
+            publisher: f.publisher,
+            payloads: f.payloads.clone(),
+        }
     }
 }

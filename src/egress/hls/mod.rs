@@ -27,7 +27,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, info};
 
 use crate::config::HlsConfig;
-use crate::hub::{Frame, FrameSink, Hub, HubEvent, Kind, Stream};
+use crate::hub::{ByteBudget, Frame, FrameSink, Hub, HubEvent, Kind, Stream};
 use crate::media::rtp_video::VideoCodec;
 use playlist::Params;
 use segmenter::Segmenter;
@@ -35,6 +35,10 @@ use segmenter::Segmenter;
 /// Frames queued between the publisher's task and the segmenter; a full queue
 /// drops frames and resumes at the next keyframe (never slows the publisher).
 const QUEUE: usize = 1024;
+/// And their bytes: the segmenter keeps up with any real stream, so this
+/// only bounds what a stalled one holds (frames are up to
+/// `limits.max_frame_bytes` each).
+const QUEUE_MAX_BYTES: usize = 32 << 20;
 /// Sink ids of HLS streams start here, far from the WebRTC shards' ids.
 const SINK_ID_BASE: u64 = 1 << 40;
 /// A first playlist request waits this long at least for the first part.
@@ -78,11 +82,16 @@ enum Msg {
 struct Sink {
     tx: mpsc::Sender<Msg>,
     overflow: Arc<AtomicBool>,
+    /// Bytes of frames queued, released by `run` as it takes each.
+    queued: Arc<ByteBudget>,
 }
 
 impl FrameSink for Sink {
     fn deliver(&self, _stream: &Arc<Stream>, frame: &Arc<Frame>) {
-        if self.tx.try_send(Msg::Frame(frame.clone())).is_err() {
+        if !self
+            .queued
+            .try_send(&self.tx, Msg::Frame(frame.clone()), frame.bytes())
+        {
             self.overflow.store(true, Relaxed);
         }
     }
@@ -297,6 +306,7 @@ impl Hls {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(ByteBudget::new(QUEUE_MAX_BYTES));
         let hs = Arc::new(HlsStream {
             stream: stream.clone(),
             session: rand::random::<u32>() & 0x7fff_ffff,
@@ -312,6 +322,7 @@ impl Hls {
         let sink: Arc<dyn FrameSink> = Arc::new(Sink {
             tx,
             overflow: overflow.clone(),
+            queued: queued.clone(),
         });
         // Attach first, then snapshot: a frame in both is skipped by index.
         stream.attach_sink(hs.sink_id, &sink);
@@ -319,7 +330,7 @@ impl Hls {
         streams.insert(stream.name.clone(), hs.clone());
         drop(streams);
         info!(stream = %stream.name, seeded_frames = seed.len(), "hls: started");
-        tokio::spawn(run(hs.clone(), rx, seed, overflow, self.clock));
+        tokio::spawn(run(hs.clone(), rx, seed, (overflow, queued), self.clock));
         Some(hs)
     }
 }
@@ -329,7 +340,7 @@ async fn run(
     hs: Arc<HlsStream>,
     mut rx: mpsc::Receiver<Msg>,
     seed: Vec<Arc<Frame>>,
-    overflow: Arc<AtomicBool>,
+    (overflow, queued): (Arc<AtomicBool>, Arc<ByteBudget>),
     clock: (Instant, SystemTime),
 ) {
     let date = |at: Instant| match at.checked_duration_since(clock.0) {
@@ -400,6 +411,7 @@ async fn run(
     while let Some(msg) = rx.recv().await {
         let changed = match msg {
             Msg::Frame(f) => {
+                queued.release(f.bytes());
                 if last_seeded.is_some_and(|i| f.index <= i) {
                     continue;
                 }
@@ -523,5 +535,48 @@ impl HlsStream {
         let b = Bytes::from(seg.playlist.render(self.session, ""));
         *cached = Some((version, b.clone()));
         b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sink_queues_frames_up_to_its_bytes_then_flags_the_overflow() {
+        let hub = Hub::new();
+        let stream = hub.ensure_stream("s", None);
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let sink = Sink {
+            tx,
+            overflow: Arc::new(AtomicBool::new(false)),
+            queued: Arc::new(ByteBudget::new(8)),
+        };
+        let frame = |index| {
+            let now = Instant::now();
+            Arc::new(Frame {
+                kind: Kind::Video,
+                index,
+                kind_index: index,
+                rtp_time: 0,
+                wallclock: now,
+                received: now,
+                keyframe: true,
+                publisher: 1,
+                payloads: Box::new([Arc::from(vec![0u8; 4])]),
+            })
+        };
+        sink.deliver(&stream, &frame(0));
+        sink.deliver(&stream, &frame(1));
+        assert!(!sink.overflow.load(Relaxed));
+        sink.deliver(&stream, &frame(2));
+        assert!(
+            sink.overflow.load(Relaxed),
+            "a third 4-byte frame is over 8 bytes"
+        );
+        assert_eq!(sink.queued.used(), 8);
+        assert!(matches!(rx.try_recv(), Ok(Msg::Frame(f)) if f.index == 0));
+        assert!(matches!(rx.try_recv(), Ok(Msg::Frame(f)) if f.index == 1));
+        assert!(rx.try_recv().is_err(), "the third was not queued");
     }
 }
