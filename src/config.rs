@@ -349,6 +349,8 @@ pub struct ConnectionsConfig {
     pub idle_timeout_secs: u64,
     /// HTTP: a request head not complete within this is answered with a closed connection.
     pub http_header_timeout_secs: u64,
+    /// HTTP: a request body not complete this long after its head is answered 408.
+    pub http_body_timeout_secs: u64,
     /// On SIGTERM/SIGINT, in-flight requests and sessions get this long to finish.
     pub shutdown_grace_secs: u64,
 }
@@ -362,6 +364,7 @@ impl Default for ConnectionsConfig {
             first_bytes_timeout_secs: 10,
             idle_timeout_secs: 60,
             http_header_timeout_secs: 10,
+            http_body_timeout_secs: 30,
             shutdown_grace_secs: 3,
         }
     }
@@ -776,6 +779,10 @@ impl Config {
             (
                 "connections.http_header_timeout_secs",
                 c.http_header_timeout_secs,
+            ),
+            (
+                "connections.http_body_timeout_secs",
+                c.http_body_timeout_secs,
             ),
         ] {
             if v == 0 {

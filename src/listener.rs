@@ -363,7 +363,7 @@ impl Drop for Slot {
 }
 
 /// Bursts of at least this many connections give their memory back after.
-const RELEASE_AFTER_PEAK: u64 = 256;
+const RELEASE_AFTER_PEAK: u64 = 128;
 
 /// Hands freed heap back to the OS: glibc keeps what thousands of
 /// connections freed in its per-thread arenas, so RSS would stay at the

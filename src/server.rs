@@ -335,7 +335,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let cfg = &app.config;
     let http1: &[&[u8]] = &[b"http/1.1"];
-    let header_timeout = Duration::from_secs(cfg.connections.http_header_timeout_secs);
+    let http_timeouts = (
+        Duration::from_secs(cfg.connections.http_header_timeout_secs),
+        Duration::from_secs(cfg.connections.http_body_timeout_secs),
+    );
     // A reverse proxy carries many clients on one address: only the global
     // cap applies to it. (Leaked once: the listeners live as long as the process.)
     let proxies: &'static [crate::auth::Cidr] =
@@ -348,7 +351,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             router,
             tls,
             http_limits,
-            header_timeout,
+            http_timeouts,
             shutdown.clone(),
         )
     };

@@ -9,6 +9,8 @@
 
 mod common;
 
+#[path = "attacks/bodies.rs"]
+mod bodies;
 #[path = "attacks/fixture.rs"]
 mod fixture;
 #[path = "attacks/floods.rs"]

@@ -69,9 +69,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Reads a request body up to `limit` bytes; larger bodies get a JSON 413.
+/// Reads a request body up to `limit` bytes; larger bodies get a JSON 413,
+/// one not sent within its deadline (`body_deadline`) a 408.
 pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::http::body_deadline::timed_out(&e) {
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", e.to_string());
+        }
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",

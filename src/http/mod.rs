@@ -7,6 +7,7 @@
 //! services (admission, engine, hub, Matrix), and turn answers into responses.
 
 mod api;
+pub mod body_deadline;
 mod cluster;
 pub mod cluster_relay;
 pub mod error;

@@ -12,18 +12,23 @@ use crate::listener::{Conn, Limits, Shutdown};
 /// Serves `router` on `listener`
 /// through the listener core, each connection with hyper's HTTP/1.1 (a timer
 /// for the header timeout, WebSocket upgrades), TLS first when `tls` is given,
-/// and the peer address as `ConnectInfo<PeerAddr>` for the handlers.
+/// the peer address as `ConnectInfo<PeerAddr>` for the handlers, and every
+/// request body a deadline (`body_deadline`).
 pub fn serve_http(
     listener: tokio::net::TcpListener,
     name: &'static str,
     router: axum::Router,
     tls: Option<TlsAcceptor>,
     limits: Limits,
-    header_timeout: Duration,
+    (header_timeout, body_timeout): (Duration, Duration),
     shutdown: Shutdown,
 ) -> JoinHandle<()> {
     use axum::extract::ConnectInfo;
     use tower_layer::Layer;
+    let router = router.layer(axum::middleware::map_request_with_state(
+        body_timeout,
+        crate::http::body_deadline::with_body_deadline,
+    ));
     let on_conn = move |c: Conn| {
         let svc = hyper_util::service::TowerToHyperService::new(
             axum::Extension(ConnectInfo(crate::http::PeerAddr(c.peer))).layer(router.clone()),

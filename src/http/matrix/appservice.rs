@@ -118,12 +118,19 @@ async fn transaction(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_TXN_BYTES).await else {
-        return mx_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "M_TOO_LARGE",
-            "transaction too large",
-        );
+    let bytes = match axum::body::to_bytes(body, MAX_TXN_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(e) if crate::http::body_deadline::timed_out(&e) => {
+            // The homeserver retries the transaction.
+            return mx_error(StatusCode::REQUEST_TIMEOUT, "M_UNKNOWN", &e.to_string());
+        }
+        Err(_) => {
+            return mx_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                "transaction too large",
+            );
+        }
     };
     let http_req = Request::from_parts(parts, bytes.as_ref());
     // Parse the whole transaction before applying anything.
