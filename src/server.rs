@@ -63,6 +63,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     let hub = Arc::new(Hub::with_limits((&config.limits).into()));
+    // Party shares' streams leave the registry once idle (hub/tenure.rs).
+    hub.spawn_sweeper();
     let keys = Arc::new(KeyRing::default());
     for row in store.streams().await? {
         hub.ensure_stream(&row.name, row.title.as_deref());

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use common::http;
 use common::matrix::*;
+use common::rtc_client::{self, Outgoing};
 use common::*;
 use serde_json::{Value, json};
 
@@ -520,4 +521,132 @@ fn a_quiet_party_posts_only_the_state_event() {
         any_live.is_none(),
         "a quiet party got a notice: {any_live:?}"
     );
+}
+
+/// The names in `GET /api/v1/streams` starting with `prefix`.
+fn streams_named(server: &Server, prefix: &str) -> Vec<String> {
+    let r = server.get("/api/v1/streams");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = r.json().expect("the stream list");
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Publishes to a share's grant with the str0m client until the API shows
+/// the stream live, then ends the publish (WHIP DELETE) and waits until the
+/// stream is offline or gone.
+fn share_once(server: &Server, grant: &Value) -> String {
+    let stream = grant["stream"].as_str().expect("stream").to_string();
+    let url = server.url(grant["whip_url"].as_str().expect("whip_url"));
+    let mut session = rtc_client::start(
+        &url,
+        grant["publish_token"].as_str(),
+        true,
+        Outgoing::Nothing,
+    )
+    .unwrap_or_else(|r| panic!("WHIP to {stream}: {} {}", r.status, r.text()));
+    server.wait_live(&stream, Duration::from_secs(20));
+    let r = common::http::request("DELETE", &session.location, &[], None).unwrap();
+    assert!(r.status < 300, "DELETE {}: {}", session.location, r.status);
+    session.stop();
+    wait_until(
+        &format!("{stream} offline"),
+        Duration::from_secs(20),
+        || {
+            server
+                .api_stream(&stream)
+                .is_none_or(|s| s["live"] == false)
+                .then_some(())
+        },
+    );
+    stream
+}
+
+/// Every join and share of a standalone party makes a stream `<party>-<id>`:
+/// anyone with the key could grow the hub's registry without bound. A
+/// share's stream leaves the registry once the share is over and nothing
+/// holds it; a grant not used yet keeps its stream; a viewer of a removed
+/// share gets the unknown-stream answer, and sharing again works.
+#[test]
+fn standalone_party_shares_leave_no_streams_behind() {
+    let _serial = serial();
+    const SHARES: usize = 8;
+    let key = "churn-party-key-0123456789";
+    let server = Server::start(&format!(
+        "[limits]\naccess_per_minute = 0\n\n[[parties]]\nname = \"churn\"\nkey = \"{key}\"\n"
+    ));
+    let declared = server.get("/healthz").json().unwrap()["streams"]
+        .as_u64()
+        .expect("streams in /healthz");
+    let join = |name: &str| -> String {
+        let (status, j) = post_json(
+            &server,
+            "/api/v1/parties/churn/join",
+            None,
+            &json!({"key": key, "display_name": name}),
+        );
+        assert_eq!(status, 201, "join: {j}");
+        j["party_token"].as_str().unwrap().to_string()
+    };
+    let share = |token: &str| -> Value {
+        let (status, g) = post_json(
+            &server,
+            "/api/v1/parties/churn/share",
+            Some(token),
+            &json!({}),
+        );
+        assert_eq!(status, 201, "share: {g}");
+        g
+    };
+    // A member who asks for a grant and never publishes.
+    let waiting = share(&join("Wes"))["stream"].as_str().unwrap().to_string();
+    // Members join, share, stop; each share is a new stream.
+    let mut shared = Vec::new();
+    let mut last_token = String::new();
+    for i in 0..SHARES {
+        last_token = join(&format!("Member {i}"));
+        shared.push(share_once(&server, &share(&last_token)));
+    }
+    // The registry comes back to what was declared and the grant not used
+    // yet: on the API, in the per-stream metrics and in the gauges.
+    let left = || streams_named(&server, "churn-");
+    let bounded = poll_until(Duration::from_secs(30), || left() == [waiting.clone()]);
+    assert!(
+        bounded,
+        "{SHARES} ended shares left streams in the registry: {:?} (the unused grant's is {waiting})",
+        left()
+    );
+    let metrics = server.get("/metrics").text();
+    let per_stream: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("roomcast_stream_live{stream=\"churn-"))
+        .collect();
+    assert_eq!(per_stream.len(), 1, "{per_stream:?}");
+    assert_eq!(server.metric("roomcast_hub_streams"), declared + 1);
+    assert_eq!(server.metric("roomcast_hub_streams_ephemeral"), 1);
+    assert!(server.metric("roomcast_hub_streams_removed_total") >= SHARES as u64);
+    // A removed share is unknown to viewers, as any unknown stream.
+    let gone = &shared[0];
+    assert_eq!(server.api_stream(gone), None);
+    let r = server.post_sdp(&format!("/whep/{gone}"), offer_sdp(&["H264"]).as_bytes());
+    assert_json_error(&r, 404, "a viewer of a removed share");
+    // Sharing again after the removal: a fresh stream of the same name,
+    // titled with the member's name, that goes live and leaves again.
+    let again = share(&last_token);
+    let name = again["stream"].as_str().unwrap().to_string();
+    assert_eq!(&name, shared.last().unwrap());
+    let fresh = server.api_stream(&name).expect("the stream made again");
+    assert_eq!(
+        (fresh["title"].as_str(), fresh["live"].as_bool()),
+        (Some(format!("Member {}", SHARES - 1).as_str()), Some(false)),
+        "{fresh}"
+    );
+    share_once(&server, &again);
+    let bounded = poll_until(Duration::from_secs(30), || left() == [waiting.clone()]);
+    assert!(bounded, "the second share's stream stayed: {:?}", left());
 }

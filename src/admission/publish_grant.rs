@@ -41,10 +41,12 @@ impl Admission {
     }
 
     /// Remembers the WHIP publisher session `id` a grant of `user` admitted.
+    /// Ended sessions are forgotten here, so the map is bounded by the live
+    /// ones (a standalone party's member may never leave a room).
     pub fn track_publisher(&self, stream: &str, user: &str, id: u64) {
-        self.granted_publishers
-            .lock()
-            .insert((stream.to_string(), user.to_string()), id);
+        let mut tracked = self.granted_publishers.lock();
+        tracked.retain(|(stream, _), id| self.engine.has_publisher(stream, *id));
+        tracked.insert((stream.to_string(), user.to_string()), id);
     }
 
     /// Ends `user`'s granted publisher of `stream`, if any (they left).

@@ -588,6 +588,13 @@ impl Bus {
                     });
                 }
             }
+            // Streams that left the registry (idle party shares) leave
+            // the map: it stays bounded by the streams this node has.
+            if feed.take_removed() {
+                self.known
+                    .lock()
+                    .retain(|name, _| self.hub.get(name).is_some());
+            }
         }
     }
 

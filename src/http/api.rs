@@ -127,6 +127,22 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             s.viewers()
         );
     }
+    // Counts only: names are above (public streams) or summed (private).
+    let (declared, ephemeral) = app.hub.stream_counts();
+    let _ = writeln!(
+        out,
+        "# HELP roomcast_hub_streams Streams in the hub's registry, live or not.\n# TYPE roomcast_hub_streams gauge\nroomcast_hub_streams {}",
+        declared + ephemeral
+    );
+    let _ = writeln!(
+        out,
+        "# HELP roomcast_hub_streams_ephemeral Of those, party shares' streams: they leave the registry once idle.\n# TYPE roomcast_hub_streams_ephemeral gauge\nroomcast_hub_streams_ephemeral {ephemeral}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP roomcast_hub_streams_removed_total Idle party shares' streams removed from the registry.\n# TYPE roomcast_hub_streams_removed_total counter\nroomcast_hub_streams_removed_total {}",
+        app.hub.removed_streams()
+    );
     out.push_str("# HELP roomcast_storage_ok Whether the database took the last probe write (0: disk full, read-only or away).\n# TYPE roomcast_storage_ok gauge\n");
     let _ = writeln!(
         out,

@@ -419,7 +419,8 @@ pub async fn all_events(
 }
 
 /// The many-stream feed after its first events. `sent` holds the control
-/// state last sent of each stream shown (bounded by the streams there are).
+/// state last sent of each stream shown (bounded by the streams there are:
+/// those that leave the registry leave it too).
 struct AllFeed<W> {
     rx: broadcast::Receiver<HubEvent>,
     control: ControlFeed,
@@ -440,6 +441,13 @@ impl<W: Fn(&str) -> bool> AllFeed<W> {
                 changed = self.control.changed(&self.app.hub) => {
                     for s in changed? {
                         self.control_changed(&s);
+                    }
+                    if self.control.take_removed() {
+                        // Streams left the registry (idle party shares,
+                        // offline already): forgotten; one made again under
+                        // the name is shown in full.
+                        let hub = &self.app.hub;
+                        self.sent.retain(|name, _| hub.get(name).is_some());
                     }
                 }
                 ev = self.rx.recv() => match ev {

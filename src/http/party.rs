@@ -17,7 +17,7 @@ use crate::http::error::read_body;
 use crate::http::extract::bearer;
 use crate::http::matrix::api::ClientIp;
 use crate::http::{ApiError, App};
-use crate::party::PartyError;
+use crate::party::{PartyError, SHARE_STREAM_HOLD};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -169,8 +169,10 @@ async fn share(
     let live_of = |s: &str| hub.get(s).map(|s| s.is_live());
     match app.parties.share(&name, token, now(), live_of, caps) {
         Ok(g) => {
-            // The stream exists (titled with the name) before the WHIP POST.
-            app.hub.ensure_stream(&g.stream, Some(&g.display_name));
+            // The stream exists (titled with the name) before the WHIP POST,
+            // and leaves the registry once the share is over (hub/tenure.rs).
+            app.hub
+                .ensure_ephemeral(&g.stream, Some(&g.display_name), SHARE_STREAM_HOLD);
             tracing::info!(party = %name, stream = %g.stream, "party: share granted");
             (StatusCode::CREATED, Json(g)).into_response()
         }

@@ -49,6 +49,14 @@ impl ControlClock {
         self.tx.send_replace(*generation);
     }
 
+    /// Wakes every listener without a stream changed (streams left the
+    /// registry: `hub/tenure.rs`).
+    pub(super) fn wake(&self) {
+        let mut generation = self.stamping.lock();
+        *generation += 1;
+        self.tx.send_replace(*generation);
+    }
+
     fn now(&self) -> u64 {
         *self.stamping.lock()
     }
@@ -108,6 +116,10 @@ impl ControlState {
 pub struct ControlFeed {
     rx: watch::Receiver<u64>,
     seen: u64,
+    /// The hub's count of removed streams when last looked at.
+    removals: u64,
+    /// Streams were removed since [`ControlFeed::take_removed`].
+    removed: bool,
 }
 
 impl Hub {
@@ -119,6 +131,8 @@ impl Hub {
         ControlFeed {
             rx,
             seen: self.control.now(),
+            removals: self.removed_streams(),
+            removed: false,
         }
     }
 }
@@ -126,6 +140,8 @@ impl Hub {
 impl ControlFeed {
     /// Waits for control changes and returns the streams changed since the
     /// last call (read their current state). `None` once the hub is gone.
+    /// Also returns (maybe with no stream) when streams left the registry:
+    /// see [`ControlFeed::take_removed`].
     pub async fn changed(&mut self, hub: &Hub) -> Option<Vec<Arc<Stream>>> {
         loop {
             self.rx.changed().await.ok()?;
@@ -136,10 +152,21 @@ impl ControlFeed {
                 .into_iter()
                 .filter(|s| s.control_stamp.load(Ordering::Acquire) > seen)
                 .collect();
-            if !changed.is_empty() {
+            let removals = hub.removed_streams();
+            let removed = std::mem::replace(&mut self.removals, removals) != removals;
+            self.removed |= removed;
+            if !changed.is_empty() || removed {
                 return Some(changed);
             }
         }
+    }
+
+    /// Whether streams left the registry (`hub/tenure.rs`) since the last
+    /// call: a listener that keeps something per stream name then drops
+    /// what it keeps of names the hub no longer has, so that it stays
+    /// bounded by the registry.
+    pub fn take_removed(&mut self) -> bool {
+        std::mem::take(&mut self.removed)
     }
 
     /// Waits until `stream`'s control state changes. `false` once the hub is gone.
@@ -211,6 +238,24 @@ mod tests {
         drop(p);
         let _p = hub.publish(&one, IngestProtocol::Whip);
         assert!(before.restarted(&one.control_state()));
+    }
+
+    #[tokio::test]
+    async fn a_removal_wakes_the_feed_and_is_told_once() {
+        let hub = Hub::new();
+        let a = hub.ensure_stream("a", None);
+        hub.ensure_ephemeral("share", None, std::time::Duration::ZERO);
+        let mut feed = hub.control_feed();
+        assert_eq!(hub.sweep(std::time::Instant::now()), 1);
+        let changed = feed.changed(&hub).await.expect("hub");
+        assert!(changed.is_empty(), "no stream changed, one left");
+        assert!(feed.take_removed());
+        assert!(!feed.take_removed(), "told once");
+        // Later changes come as before, without a removal.
+        a.set_title("t");
+        let changed = feed.changed(&hub).await.expect("hub");
+        assert_eq!(changed.len(), 1);
+        assert!(!feed.take_removed());
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ mod control;
 mod shared;
 mod side;
 mod stats;
+mod tenure;
 mod timeline;
 
 use std::collections::HashMap;
@@ -28,6 +29,8 @@ use control::ControlClock;
 pub use control::{ControlFeed, ControlState, RoomLost};
 pub use side::{SideSink, SourceAac};
 pub use stats::StreamStats;
+pub use tenure::SWEEP_INTERVAL;
+use tenure::Tenure;
 use timeline::Timeline;
 use tracing::warn;
 
@@ -275,6 +278,8 @@ struct StreamState {
     /// Cluster mode: the publish session of the stream's origin when that
     /// is another node (see `hub/shared.rs`).
     elsewhere: Option<String>,
+    /// Whether the registry keeps the stream for good (see `hub/tenure.rs`).
+    tenure: Tenure,
 }
 
 #[derive(Clone)]
@@ -329,6 +334,8 @@ pub struct Hub {
     control: Arc<ControlClock>,
     next_publisher_id: AtomicU64,
     limits: HubLimits,
+    /// Ephemeral streams removed from the registry so far (`hub/tenure.rs`).
+    removed: AtomicU64,
 }
 
 impl Default for Hub {
@@ -351,6 +358,7 @@ impl Hub {
             control: ControlClock::new(),
             next_publisher_id: AtomicU64::new(1),
             limits,
+            removed: AtomicU64::new(0),
         }
     }
 
@@ -358,8 +366,18 @@ impl Hub {
         self.limits
     }
 
-    /// Declares a stream (idempotent); its title defaults to its name.
+    /// Declares a stream (idempotent); its title defaults to its name. A
+    /// declared stream stays in the registry for good (config, database,
+    /// Matrix rooms, a publisher's key); an ephemeral one of that name
+    /// becomes declared (see `hub/tenure.rs`).
     pub fn ensure_stream(&self, name: &str, title: Option<&str>) -> Arc<Stream> {
+        let stream = self.get_or_create(name, title, Tenure::Declared);
+        stream.state.lock().tenure = Tenure::Declared;
+        stream
+    }
+
+    /// The stream `name`, created with `title` and `tenure` if absent.
+    fn get_or_create(&self, name: &str, title: Option<&str>, tenure: Tenure) -> Arc<Stream> {
         if let Some(s) = self.streams.read().get(name) {
             return s.clone();
         }
@@ -384,6 +402,7 @@ impl Hub {
                         room_lost: None,
                         last_protocol: None,
                         elsewhere: None,
+                        tenure,
                     }),
                     fanout: Mutex::new(Fanout {
                         next_index: 0,
@@ -441,6 +460,8 @@ impl Hub {
             st.timeline.new_publisher();
             st.keyframe_requester = None;
             st.last_protocol = Some(protocol);
+            // An ephemeral stream's wait for its first publisher is over.
+            st.tenure.published();
             if !took_over {
                 st.live_sessions += 1;
             }

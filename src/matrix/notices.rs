@@ -44,9 +44,9 @@ const RESTART_GRACE: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct Notices {
     sessions: Mutex<Sessions>,
-    /// Live and live-session count of each stream as last seen on the
-    /// control path (one entry per stream).
-    seen_live: Mutex<HashMap<String, (bool, u64)>>,
+    /// Live-session count of each stream last seen live on the control
+    /// path (offline streams have no entry, so removed ones leave none).
+    seen_live: Mutex<HashMap<String, u64>>,
     wake: Notify,
     /// Streams whose session changed since it was last written.
     dirty: Mutex<HashSet<String>>,
@@ -75,8 +75,13 @@ impl Notices {
     /// in between is reported as offline then live by the caller.
     fn note_control(&self, stream: &str, live: bool, sessions: u64) -> (bool, bool) {
         let mut seen = self.seen_live.lock();
-        let prev = seen.insert(stream.to_string(), (live, sessions));
-        let (was_live, was_sessions) = prev.unwrap_or((false, sessions));
+        let prev = if live {
+            seen.insert(stream.to_string(), sessions)
+        } else {
+            seen.remove(stream)
+        };
+        // Offline before, or never seen: as an offline entry would say.
+        let (was_live, was_sessions) = prev.map_or((false, sessions), |n| (true, n));
         let went_offline = was_live && (!live || sessions != was_sessions);
         let went_live = live && (!was_live || sessions != was_sessions);
         (went_offline, went_live)
@@ -1039,6 +1044,16 @@ mod tests {
         // Offline and live again between two reads.
         assert_eq!(n.note_control("a", true, 2), (true, true));
         assert_eq!(n.note_control("a", false, 2), (true, false));
+        assert_eq!(n.note_control("a", false, 2), (false, false));
+        assert_eq!(n.note_control("a", true, 3), (false, true));
+        // Offline streams keep no entry: streams made and removed again and
+        // again (party shares) leave nothing behind.
+        for i in 0..100 {
+            let name = format!("share-{i}");
+            assert_eq!(n.note_control(&name, true, 1), (false, true));
+            assert_eq!(n.note_control(&name, false, 1), (true, false));
+        }
+        assert_eq!(n.seen_live.lock().len(), 1, "only the live \"a\"");
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub const TOKEN_TTL_SECS: u64 = 12 * 3600;
 pub const GRANT_TTL_SECS: u64 = 300;
 /// A participant not seen for this long (and not live) is forgotten.
 pub const IDLE: Duration = Duration::from_secs(60);
+/// A share's stream is ephemeral in the hub (`hub/tenure.rs`): it waits
+/// this long for its first publisher (the grant's lifetime, and a minute for
+/// grant times in whole seconds), and leaves the registry once idle after.
+pub const SHARE_STREAM_HOLD: Duration = Duration::from_secs(GRANT_TTL_SECS + 60);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum PartyError {
@@ -259,6 +263,30 @@ impl Parties {
         format!("{party}-{id}")
     }
 
+    /// `stream`'s party and participant id, if it is named as a share of a
+    /// party of this server (`<party>-<12 hex>`), whether or not the
+    /// participant is still a member.
+    fn share_of<'a>(&self, stream: &'a str) -> Option<(&Party, &'a str)> {
+        let (party, id) = stream.rsplit_once('-')?;
+        let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+        if id.len() != 12 || !id.chars().all(hex) {
+            return None;
+        }
+        Some((self.parties.get(party)?, id))
+    }
+
+    /// Whether `stream` is named as a share of one of this server's parties:
+    /// such a stream is ephemeral in the hub.
+    pub fn is_share_stream(&self, stream: &str) -> bool {
+        self.share_of(stream).is_some()
+    }
+
+    /// The display name of the member whose share `stream` is.
+    pub fn sharer_name(&self, stream: &str) -> Option<String> {
+        let (p, id) = self.share_of(stream)?;
+        p.members.lock().get(id).map(|m| m.name.clone())
+    }
+
     /// The participants with a stream, and whether it is live (`live_of`).
     pub fn view(
         &self,
@@ -406,6 +434,22 @@ mod tests {
             .unwrap();
         assert_eq!(grant.stream, format!("friends-{}", ann.user_id));
         assert!(crate::config::validate_stream_name(&grant.stream).is_ok());
+        // Named as a share (so ephemeral in the hub), and whose.
+        assert!(p.is_share_stream(&grant.stream));
+        assert_eq!(p.sharer_name(&grant.stream).as_deref(), Some("Ann"));
+        for other in [
+            "friends",
+            "friends-0123",
+            "nope-0123456789ab",
+            "friends-0123456789AB",
+        ] {
+            assert!(!p.is_share_stream(other), "{other}");
+        }
+        assert!(
+            p.is_share_stream("friends-0123456789ab"),
+            "a former member's"
+        );
+        assert_eq!(p.sharer_name("friends-0123456789ab"), None);
         // The grant is for that stream only, and a party token is no grant.
         let scope = publish_scope(&grant.stream);
         assert_eq!(

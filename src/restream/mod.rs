@@ -153,8 +153,12 @@ impl Restreamer {
                     me.reconcile(&s);
                     // Going live: re-read the stored destinations, which
                     // another cluster node may have changed meanwhile.
+                    // Kept for live streams only: one made and removed
+                    // again and again (a party share) leaves nothing here.
                     let n = s.control_state().live_sessions;
-                    if s.is_live() && sessions.insert(s.name.clone(), n) != Some(n) {
+                    if !s.is_live() {
+                        sessions.remove(&s.name);
+                    } else if sessions.insert(s.name.clone(), n) != Some(n) {
                         let me = me.clone();
                         tokio::spawn(async move { me.refresh_stored(&s.name).await });
                     }

@@ -7,6 +7,7 @@
 //! lands in [`publish`] too.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -81,7 +82,16 @@ pub async fn publish(
             ApiError::from(r)
         })?;
     let offer = session::offer_text(&body)?;
-    let stream = app.hub.ensure_stream(&pass.stream, None);
+    // A standalone party share's stream stays ephemeral (hub/tenure.rs); it
+    // is made again if it left the registry since the share (a republish
+    // on the same grant after the share ended).
+    let stream = if granted_to.is_some() && app.parties.is_share_stream(&pass.stream) {
+        let title = app.parties.sharer_name(&pass.stream);
+        app.hub
+            .ensure_ephemeral(&pass.stream, title.as_deref(), Duration::ZERO)
+    } else {
+        app.hub.ensure_stream(&pass.stream, None)
+    };
     let opts = SessionOpts {
         expires_at: pass.expires_at,
         guard: pass.ticket.map(|t| Box::new(t) as Box<dyn Send>),
