@@ -24,6 +24,7 @@ pub fn serve_http(
 ) -> JoinHandle<()> {
     use axum::extract::ConnectInfo;
     use tower_layer::Layer;
+    let handshake_timeout = limits.first_bytes_timeout;
     let on_conn = move |c: Conn| {
         let svc = hyper_util::service::TowerToHyperService::new(
             axum::Extension(ConnectInfo(crate::http::PeerAddr(c.peer))).layer(router.clone()),
@@ -47,7 +48,9 @@ pub fn serve_http(
                     drive_http(conn, &shutdown).await
                 }
                 Some(acceptor) => {
-                    let Some(stream) = crate::tls::handshake(&acceptor, stream, peer).await else {
+                    let Some(stream) =
+                        crate::tls::handshake(&acceptor, stream, peer, handshake_timeout).await
+                    else {
                         return;
                     };
                     let conn = http
