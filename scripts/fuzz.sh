@@ -45,6 +45,13 @@ targets() {
 }
 
 build() {
+    # A target is its file in fuzz/fuzz_targets/; cargo builds it only
+    # with its [[bin]] in fuzz/Cargo.toml.
+    local t
+    for t in $(targets); do
+        grep -qF "path = \"fuzz_targets/$t.rs\"" fuzz/Cargo.toml ||
+            die "fuzz/fuzz_targets/$t.rs has no [[bin]] in fuzz/Cargo.toml (name = \"$t\")"
+    done
     local flags=(
         -Cpasses=sancov-module
         -Cllvm-args=-sanitizer-coverage-level=4

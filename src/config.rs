@@ -343,7 +343,9 @@ pub struct ConnectionsConfig {
     pub max_per_listener: usize,
     /// Open connections per client address (an IPv6 /64 counts as one), per listener.
     pub max_per_address: usize,
-    /// A connection that sent nothing for this long after it was accepted is closed.
+    /// A connection that sent nothing for this long after it was accepted is
+    /// closed; on a TLS port, so is one whose TLS handshake is not done this
+    /// long after its first byte.
     pub first_bytes_timeout_secs: u64,
     /// A connection with no byte in either direction for this long is closed.
     pub idle_timeout_secs: u64,

@@ -22,9 +22,6 @@ use tracing::{debug, info, warn};
 
 use crate::config::TlsConfig;
 
-/// A handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read the certificate {path}: {reason}")]
@@ -146,14 +143,17 @@ impl CertStore {
     }
 }
 
-/// The TLS handshake on an accepted connection, bounded in time. `None`
-/// (logged at debug: scanners do this all day) when it fails.
+/// The TLS handshake on an accepted connection, dropped when it takes
+/// longer than `timeout` (the listener's first-bytes timeout: a TLS client's
+/// first bytes are its handshake). `None` (logged at debug: scanners do
+/// this all day) when it fails.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     acceptor: &TlsAcceptor,
     io: S,
     peer: SocketAddr,
+    timeout: Duration,
 ) -> Option<TlsStream<S>> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+    match tokio::time::timeout(timeout, acceptor.accept(io)).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "tls handshake failed");

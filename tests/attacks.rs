@@ -19,5 +19,7 @@ mod floods;
 mod rtmp;
 #[path = "attacks/surfaces.rs"]
 mod surfaces;
+#[path = "attacks/tls.rs"]
+mod tls_listeners;
 #[path = "attacks/webrtc.rs"]
 mod webrtc;

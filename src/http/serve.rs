@@ -29,6 +29,7 @@ pub fn serve_http(
         body_timeout,
         crate::http::body_deadline::with_body_deadline,
     ));
+    let handshake_timeout = limits.first_bytes_timeout;
     let on_conn = move |c: Conn| {
         let svc = hyper_util::service::TowerToHyperService::new(
             axum::Extension(ConnectInfo(crate::http::PeerAddr(c.peer))).layer(router.clone()),
@@ -52,7 +53,9 @@ pub fn serve_http(
                     drive_http(conn, &shutdown).await
                 }
                 Some(acceptor) => {
-                    let Some(stream) = crate::tls::handshake(&acceptor, stream, peer).await else {
+                    let Some(stream) =
+                        crate::tls::handshake(&acceptor, stream, peer, handshake_timeout).await
+                    else {
                         return;
                     };
                     let conn = http

@@ -28,12 +28,12 @@ use str0m::{Rtc, RtcConfig};
 use super::srtp::{MasterKey, Profile};
 
 /// Early datagrams held per session (a flight has a handful).
-const HELD_DATAGRAMS: usize = 4;
+pub const HELD_DATAGRAMS: usize = 4;
 /// A lost datagram of our flight (ServerHello … ServerHelloDone) costs this
 /// instead of a second; a late answer costs a duplicate flight.
 const FLIGHT_START_RTO: Duration = Duration::from_millis(250);
 /// 250 ms doubling 6 times spans ~32 s, as dimpl's 1 s doubling 4 times does.
-const FLIGHT_RETRIES: usize = 6;
+pub const FLIGHT_RETRIES: usize = 6;
 
 /// str0m's crypto with our DTLS provider.
 pub fn crypto_provider() -> CryptoProvider {
@@ -99,6 +99,31 @@ impl DtlsProvider for ReorderTolerantDtls {
         version: DtlsVersion,
         mtu: Option<usize>,
     ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+        let dtls = Dtls::new(cert, now, version, mtu)?;
+        MADE.with(|m| *m.borrow_mut() = Some(dtls.keys.clone()));
+        Ok(Box::new(dtls))
+    }
+}
+
+/// The DTLS instance str0m gets from [`crypto_provider`] (public for the
+/// `dtls_handshake` fuzz target, which drives one as str0m does).
+pub struct Dtls {
+    dtls: dimpl::Dtls,
+    /// Handshake-time datagrams whose first record is past epoch 0.
+    held: VecDeque<Vec<u8>>,
+    connected: bool,
+    keys: SrtpKeys,
+}
+
+impl Dtls {
+    /// What the provider's `new_dtls` makes (str0m asks for DTLS 1.2 and
+    /// its MTU, `str0m::DATAGRAM_MTU_TARGET`), unboxed.
+    pub fn new(
+        cert: &DtlsCert,
+        now: Instant,
+        version: DtlsVersion,
+        mtu: Option<usize>,
+    ) -> Result<Dtls, CryptoError> {
         // No server cookie: ICE has checked the return path (as str0m does).
         let mut builder = dimpl::Config::builder()
             .use_server_cookie(false)
@@ -113,8 +138,6 @@ impl DtlsProvider for ReorderTolerantDtls {
                 .map_err(|e| CryptoError::Other(format!("DTLS config: {e}")))?,
         );
         let cert = cert.clone();
-        let keys = SrtpKeys::default();
-        MADE.with(|m| *m.borrow_mut() = Some(keys.clone()));
         let dtls = match version {
             DtlsVersion::Dtls12 => dimpl::Dtls::new_12(config, cert, now),
             DtlsVersion::Dtls13 => dimpl::Dtls::new_13(config, cert, now),
@@ -125,25 +148,27 @@ impl DtlsProvider for ReorderTolerantDtls {
                 )));
             }
         };
-        Ok(Box::new(Dtls {
+        Ok(Dtls {
             dtls,
             held: VecDeque::new(),
             connected: false,
-            keys,
-        }))
+            keys: SrtpKeys::default(),
+        })
+    }
+
+    /// How many early datagrams are held (at most [`HELD_DATAGRAMS`]).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The sending SRTP key this instance exports when it connects.
+    pub fn keys(&self) -> &SrtpKeys {
+        &self.keys
     }
 }
 
-struct Dtls {
-    dtls: dimpl::Dtls,
-    /// Handshake-time datagrams whose first record is past epoch 0.
-    held: VecDeque<Vec<u8>>,
-    connected: bool,
-    keys: SrtpKeys,
-}
-
 /// The epoch of a datagram's first DTLS record (bytes 3..5 of its header).
-fn first_epoch(datagram: &[u8]) -> Option<u16> {
+pub fn first_epoch(datagram: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([*datagram.get(3)?, *datagram.get(4)?]))
 }
 
@@ -152,7 +177,7 @@ fn first_epoch(datagram: &[u8]) -> Option<u16> {
 /// Finished (epoch 1), or a fragment of it, often share one, so looking
 /// at the first record alone lost the Finished when that datagram came
 /// before the rest of its flight.
-fn has_later_epoch(datagram: &[u8]) -> bool {
+pub fn has_later_epoch(datagram: &[u8]) -> bool {
     // type (1), version (2), epoch (2), sequence number (6), length (2).
     const HEADER: usize = 13;
     let mut rest = datagram;

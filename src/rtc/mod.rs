@@ -20,7 +20,10 @@
 #[doc(hidden)]
 pub mod direct;
 mod doorbell;
-mod dtls;
+// Public for the fuzz targets (fuzz/): the DTLS instance that holds a
+// flight's early datagrams, and its walk over record headers.
+#[doc(hidden)]
+pub mod dtls;
 mod due;
 mod engine;
 mod ice_path;

@@ -72,6 +72,8 @@ impl RtmpIngest {
         limits: Limits,
         shutdown: Shutdown,
     ) {
+        // A TLS client's first bytes are its handshake.
+        let handshake_timeout = limits.first_bytes_timeout;
         crate::listener::serve(listener, name, limits, shutdown, move |c: Conn| {
             let this = self.clone();
             let acceptor = acceptor.clone();
@@ -81,7 +83,8 @@ impl RtmpIngest {
                     match &acceptor {
                         None => this.handle(c.stream, peer, local, false).await,
                         Some(a) => {
-                            if let Some(tls) = crate::tls::handshake(a, c.stream, peer).await {
+                            let tls = crate::tls::handshake(a, c.stream, peer, handshake_timeout);
+                            if let Some(tls) = tls.await {
                                 this.handle(tls, peer, local, true).await
                             }
                         }
