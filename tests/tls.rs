@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use common::tls::make_cert;
 use common::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
 /// The subject of the certificate a TLS port serves, read by `openssl s_client`.
 fn served_subject(addr: SocketAddr) -> String {
@@ -56,16 +55,7 @@ fn tls_client(
     addr: SocketAddr,
     ca: &Path,
 ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = common::tls::client_config(ca);
     let conn =
         rustls::ClientConnection::new(Arc::new(config), ServerName::IpAddress(addr.ip().into()))
             .map_err(|e| e.to_string())?;

@@ -35,3 +35,20 @@ pub fn make_cert(dir: &Path, name: &str, cn: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A rustls client configuration that trusts only the certificates in
+/// `ca` (a PEM file, e.g. one [`make_cert`] wrote).
+pub fn client_config(ca: &Path) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
