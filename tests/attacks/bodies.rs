@@ -2,7 +2,7 @@
 //! timeout, so only the whole-body deadline (`http_body_timeout_secs`)
 //! ends them.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -83,21 +83,13 @@ fn trickled_request_bodies_are_cut_at_the_body_deadline() {
     });
     let attack = "http: 200 request bodies trickled a byte every 250 ms";
     let m = f.mark(attack);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let slack = Duration::from_secs(5);
     let deadline = Instant::now() + BODY_TIMEOUT + slack + Duration::from_secs(5);
     let addr = f.server.http;
     let results: Vec<Outcome> = rt.block_on(async {
         let tasks: Vec<_> = (0..CONNECTIONS)
-            .map(|i| {
-                let src =
-                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 2 + (i % 100) as u8)), 0);
-                tokio::spawn(trickle(addr, src, deadline))
-            })
+            .map(|i| tokio::spawn(trickle(addr, source(i), deadline)))
             .collect();
         let mut out = Vec::new();
         for t in tasks {

@@ -346,3 +346,19 @@ pub fn hardened_opts() -> ServerOpts {
         ..ServerOpts::default()
     }
 }
+
+/// The runtime the connection floods run their clients on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Source address `127.0.0.(2 + i % 100)`: a flood comes from 100
+/// addresses, so per-address caps alone do not end it; the timeouts must.
+pub fn source(i: usize) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 100) as u8)), 0)
+}

@@ -1,7 +1,7 @@
 //! Many connections at once (tokio tasks in the test): thousands of idle and
 //! half-header connections on every listener, and 1 000 blocking LL-HLS reloads.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -9,20 +9,6 @@ use tokio::net::TcpSocket;
 
 use crate::common::*;
 use crate::fixture::*;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Source address `127.0.0.(2 + i % 100)`: the attack comes from 100
-/// addresses, so per-address caps alone do not end it; the timeouts must.
-fn source(i: usize) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 100) as u8)), 0)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {

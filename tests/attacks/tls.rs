@@ -311,11 +311,7 @@ fn tls_listeners_close_idle_and_half_handshakes_and_keep_their_caps() {
             ))
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
 
     // 1. The flood: per listener, EACH of every kind from 100 addresses,
     //    and PER_ADDRESS + 4 silent ones from one more address; a client
