@@ -168,6 +168,65 @@ fn cluster_mode_refuses_sqlite_and_forged_node_requests() {
     assert_json_error(&r, 401, "a cluster header on a node without [cluster]");
 }
 
+/// Someone who sees the traffic between two nodes (the tap) takes a real
+/// relay pull's header: put on another SDP offer within the minute it is
+/// fresh, or sent again whole, it is refused, so it cannot open a session
+/// that skips the origin's admission.
+#[test]
+fn a_relay_pull_seen_on_the_wire_cannot_be_replayed() {
+    let _serial = serial();
+    let pg = Postgres::start();
+    let spec = ClusterSpec::new(pg.create_database("cluster_replay"));
+    let listen = format!("127.0.0.1:{}", common::synapse::free_port());
+    let tap = common::tap::Tap::start(listen.parse().unwrap());
+    let mut a = spec.start_node_at("a", &listen, &format!("http://{}", tap.addr), "");
+    let b = spec.start_node("b");
+    wait_alive_nodes(&b, &["a", "b"], CLUSTER_TIMEOUT);
+    let _ffmpeg = Publisher::ffmpeg(&a.publish_url(STREAM), FfmpegOpts::default());
+    a.wait_live(STREAM, LIVE_TIMEOUT);
+    wait_origin(&b, STREAM, "a", CLUSTER_TIMEOUT);
+
+    // A viewer on B: B pulls from A, through the tap.
+    let mut viewer = rtc_client::start(&b.whep_url(STREAM), None, false, Outgoing::Nothing)
+        .unwrap_or_else(|r| panic!("viewer on B refused: {} {}", r.status, r.text()));
+    wait_until("video on B, pulled from A", MEDIA_TIMEOUT, || {
+        (viewer.connected() && viewer.video_packets() > 0).then_some(())
+    });
+    let pull = tap.wait_request(&format!("POST /whep/{STREAM} "), LOG_TIMEOUT);
+    let token = pull
+        .header("x-roomcast-cluster")
+        .expect("the pull carries the cluster token")
+        .to_string();
+
+    let replay = |body: &[u8]| {
+        common::http::request(
+            "POST",
+            &a.whep_url(STREAM),
+            &[
+                ("Content-Type", "application/sdp"),
+                ("X-Roomcast-Cluster", &token),
+            ],
+            Some(body),
+        )
+        .unwrap()
+    };
+    // The header on an offer of the eavesdropper's own.
+    let r = replay(offer_sdp(&["H264"]).as_bytes());
+    assert_json_error(&r, 401, "the captured token on another offer");
+    assert!(r.text().contains("signature mismatch"), "{}", r.text());
+    // The whole request again.
+    let r = replay(&pull.body);
+    assert_json_error(&r, 401, "the captured pull sent again");
+    assert!(r.text().contains("already used"), "{}", r.text());
+    // The real pull was not disturbed.
+    let before = viewer.video_packets();
+    wait_until("video on B goes on", MEDIA_TIMEOUT, || {
+        (viewer.video_packets() > before + 30).then_some(())
+    });
+    viewer.stop();
+    a.assert_healthy("after the replays");
+}
+
 /// A WHEP POST posing as another node's relay pull with a made-up token.
 fn forged_pull(server: &Server, offer: &str) -> HttpResponse {
     common::http::request(

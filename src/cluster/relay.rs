@@ -303,14 +303,22 @@ impl Pull {
             .apply()
             .ok_or_else(|| PullError::Answer("no offer was made".into()))?;
 
-        let token = self.auth.sign(url.path(), unix_secs());
+        let offer = offer.to_sdp_string();
+        let token = self.auth.sign(
+            auth::Request {
+                method: "POST",
+                path: url.path(),
+                body: offer.as_bytes(),
+            },
+            unix_secs(),
+        );
         let resp = self
             .http
             .post(url.clone())
             .timeout(ANSWER_TIMEOUT)
             .header("content-type", "application/sdp")
             .header(auth::HEADER, token)
-            .body(offer.to_sdp_string())
+            .body(offer)
             .send()
             .await
             .map_err(|e| PullError::Http(e.to_string()))?;
@@ -348,7 +356,14 @@ impl Pull {
             .await;
         // Frees the origin's session at once rather than at its ICE timeout.
         if let Some(resource) = resource {
-            let token = self.auth.sign(resource.path(), unix_secs());
+            let token = self.auth.sign(
+                auth::Request {
+                    method: "DELETE",
+                    path: resource.path(),
+                    body: b"",
+                },
+                unix_secs(),
+            );
             let _ = self
                 .http
                 .delete(resource)

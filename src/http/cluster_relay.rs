@@ -13,8 +13,14 @@ use crate::log_every::LogEvery;
 
 static BAD_TOKEN_LOG: LogEvery = LogEvery::new(std::time::Duration::from_secs(10));
 
-/// Whether the request is another node's relay pull, authenticated.
-pub fn is_relay_request(app: &Arc<App>, uri: &Uri, headers: &HeaderMap) -> Result<bool, ApiError> {
+/// Whether the POST of `body` to `uri` is another node's relay pull,
+/// authenticated (its token then spent).
+pub fn is_relay_request(
+    app: &Arc<App>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<bool, ApiError> {
     let Some(value) = headers.get(auth::HEADER) else {
         return Ok(false);
     };
@@ -35,7 +41,15 @@ pub fn is_relay_request(app: &Arc<App>, uri: &Uri, headers: &HeaderMap) -> Resul
         .map_or(0, |d| d.as_secs());
     cluster
         .auth
-        .verify(value, uri.path(), now)
+        .verify(
+            value,
+            auth::Request {
+                method: "POST",
+                path: uri.path(),
+                body,
+            },
+            now,
+        )
         .map_err(|e| refuse(e.to_string()))?;
     Ok(true)
 }

@@ -37,14 +37,26 @@ impl ClusterSpec {
     /// Like [`ClusterSpec::start_node`], with more `[cluster]` lines.
     pub fn start_node_with(&self, id: &str, cluster_lines: &str) -> Server {
         let listen = format!("127.0.0.1:{}", free_port());
+        self.start_node_at(id, &listen, &format!("http://{listen}"), cluster_lines)
+    }
+
+    /// Node `id` listening on `listen` (host:port), the other nodes reaching
+    /// it at `internal_url` (e.g. through a [`super::tap::Tap`]).
+    pub fn start_node_at(
+        &self,
+        id: &str,
+        listen: &str,
+        internal_url: &str,
+        cluster_lines: &str,
+    ) -> Server {
         Server::start_with(ServerOpts {
-            http_listen: Some(listen.clone()),
+            http_listen: Some(listen.to_string()),
             database_url: Some(self.database_url.clone()),
             streams: self.streams.clone(),
             extra_toml: format!(
                 "{}\n{}{cluster_lines}\n",
                 self.extra_toml,
-                self.section(id, &listen)
+                self.section_at(id, internal_url)
             ),
             ..ServerOpts::default()
         })
@@ -52,8 +64,12 @@ impl ClusterSpec {
 
     /// The `[cluster]` section of node `id` listening on `listen` (host:port).
     pub fn section(&self, id: &str, listen: &str) -> String {
+        self.section_at(id, &format!("http://{listen}"))
+    }
+
+    fn section_at(&self, id: &str, internal_url: &str) -> String {
         format!(
-            "[cluster]\nnode_id = \"{id}\"\ninternal_url = \"http://{listen}\"\nsecret = \"{}\"\n",
+            "[cluster]\nnode_id = \"{id}\"\ninternal_url = \"{internal_url}\"\nsecret = \"{}\"\n",
             self.secret
         )
     }

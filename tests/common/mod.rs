@@ -29,6 +29,7 @@ pub mod rtc_client;
 pub mod rtmp;
 pub mod stop;
 pub mod synapse;
+pub mod tap;
 pub mod tls;
 pub mod ws;
 

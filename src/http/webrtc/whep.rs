@@ -41,7 +41,7 @@ async fn create(
     let offer = session::offer_text(&body)?;
     // Another node's relay pull is never relayed further (no loops); a
     // viewer at a node without the publisher makes the node pull the stream.
-    let relay = crate::http::cluster_relay::is_relay_request(&app, &uri, &headers)?;
+    let relay = crate::http::cluster_relay::is_relay_request(&app, &uri, &headers, &body)?;
     if let Some(cluster) = &app.cluster {
         if relay {
             // Another node's pull: served by a node that pulls from the
