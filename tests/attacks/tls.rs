@@ -80,7 +80,9 @@ impl Kind {
                 // The handshake has the first-bytes timeout from its first byte.
                 (Kind::HalfHello, _) => FIRST_BYTES_TIMEOUT,
                 (Kind::TlsSilent | Kind::TlsHalf, Proto::Http) => HEADER_TIMEOUT,
-                (Kind::TlsSilent | Kind::TlsHalf, Proto::Rtmp) => RTMP_SETUP_TIMEOUT,
+                // RTMP's first bytes inside TLS get the first-bytes timeout too.
+                (Kind::TlsSilent, Proto::Rtmp) => FIRST_BYTES_TIMEOUT,
+                (Kind::TlsHalf, Proto::Rtmp) => RTMP_SETUP_TIMEOUT,
             }
     }
 }

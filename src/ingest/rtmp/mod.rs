@@ -85,7 +85,10 @@ impl RtmpIngest {
                         Some(a) => {
                             let tls = crate::tls::handshake(a, c.stream, peer, handshake_timeout);
                             if let Some(tls) = tls.await {
-                                this.handle(tls, peer, local, true).await
+                                // The ClientHello were the listener's first
+                                // bytes; RTMP's own get the same timeout.
+                                this.handle_after_tls(tls, peer, local, handshake_timeout)
+                                    .await
                             }
                         }
                     }
@@ -111,7 +114,32 @@ impl RtmpIngest {
         local: Option<SocketAddr>,
         tls: bool,
     ) {
-        match self.connection(sock, peer, local, tls).await {
+        self.handle_within(sock, peer, local, tls, SETUP_TIMEOUT)
+            .await
+    }
+
+    /// [`Self::handle`] for RTMP inside TLS: the first RTMP bytes must come
+    /// within `first_bytes` of the TLS handshake.
+    async fn handle_after_tls<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        sock: S,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        first_bytes: Duration,
+    ) {
+        self.handle_within(sock, peer, local, true, first_bytes)
+            .await
+    }
+
+    async fn handle_within<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        sock: S,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        tls: bool,
+        first_bytes: Duration,
+    ) {
+        match self.connection(sock, peer, local, tls, first_bytes).await {
             Ok(()) => debug!(%peer, tls, "rtmp connection closed"),
             Err(c) => {
                 if log_allowed(c.kind) {
@@ -138,6 +166,7 @@ impl RtmpIngest {
         peer: SocketAddr,
         local: Option<SocketAddr>,
         tls: bool,
+        first_bytes: Duration,
     ) -> Result<(), Close> {
         let mut conn = ServerCore::new(self.max_message_bytes);
         let mut events = Vec::new();
@@ -148,12 +177,16 @@ impl RtmpIngest {
         let mut authorized: Option<Authorized> = None;
         let mut app_name = String::new();
         let started = tokio::time::Instant::now();
+        let mut received = false;
         loop {
             let mut timeout = if pipeline.is_some() {
                 IDLE_TIMEOUT
             } else {
                 SETUP_TIMEOUT.saturating_sub(started.elapsed())
             };
+            if !received {
+                timeout = timeout.min(first_bytes.saturating_sub(started.elapsed()));
+            }
             let expires = authorized.as_ref().and_then(|a| a.expires_at);
             if let Some(at) = expires {
                 timeout = timeout.min(at.saturating_duration_since(tokio::time::Instant::now()));
@@ -168,6 +201,12 @@ impl RtmpIngest {
                 Err(_) if pipeline.is_some() => {
                     return Err(Close::new("idle", "publisher sent nothing for 20 s"));
                 }
+                Err(_) if !received => {
+                    return Err(Close::new(
+                        "silent",
+                        "nothing received within the first-bytes timeout",
+                    ));
+                }
                 Err(_) => {
                     return Err(Close::new(
                         "no publish in time",
@@ -181,7 +220,10 @@ impl RtmpIngest {
                     }
                     return Ok(());
                 }
-                Ok(Ok(n)) => n,
+                Ok(Ok(n)) => {
+                    received = true;
+                    n
+                }
             };
             conn.receive(&buf[..n], &mut events)
                 .map_err(Close::violation)?;
