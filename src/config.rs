@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::hub::DEFAULT_MAX_GOP_CACHE_BYTES;
+use crate::media::DEFAULT_MAX_FRAME_BYTES;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -438,6 +441,23 @@ pub struct RestreamDestinationConfig {
     pub codecs: Option<Vec<String>>,
 }
 
+impl RestreamDestinationConfig {
+    /// The destination this entry of a `[[streams]]` names.
+    pub fn destination(&self) -> crate::restream::dest::Destination {
+        crate::restream::dest::Destination {
+            label: self.label.clone(),
+            url: self.url.clone(),
+            key: crate::restream::dest::SecretKey::new(self.key.clone()),
+            enabled: self.enabled,
+            // Validated with the config.
+            codecs: self
+                .codecs
+                .as_deref()
+                .and_then(|c| crate::restream::codecs::PushCodecs::parse_setting(c).ok()),
+        }
+    }
+}
+
 /// `[restream]`: how pushes behave.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -525,10 +545,14 @@ impl Default for LimitsConfig {
     }
 }
 
-/// 8 MiB: several times a 4K keyframe at a high bitrate.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 << 20;
-/// 32 MiB: a 4 s GOP at 60 Mbit/s.
-pub const DEFAULT_MAX_GOP_CACHE_BYTES: usize = 32 << 20;
+impl From<&LimitsConfig> for crate::hub::HubLimits {
+    fn from(l: &LimitsConfig) -> Self {
+        crate::hub::HubLimits {
+            max_frame_bytes: l.frame_bytes(),
+            max_gop_cache_bytes: l.gop_cache_bytes(),
+        }
+    }
+}
 
 impl LimitsConfig {
     pub fn frame_bytes(&self) -> usize {
@@ -1619,5 +1643,108 @@ impl ClusterConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod restream_tests {
+    use super::*;
+
+    const STREAM: &str = "[[streams]]\nname = \"a\"\nkey = \"0123456789abcdef0123\"\n";
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(&format!("{STREAM}{extra}"), None, Vec::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_destinations_are_validated_without_echoing_keys() {
+        let c = parse(
+            "[[streams.restream]]\nlabel = \"tw\"\nurl = \"rtmps://live.twitch.tv/app\"\nkey = \"live_secret_1\"\n",
+        )
+        .unwrap();
+        let d: Vec<_> = c.streams[0]
+            .restream
+            .iter()
+            .map(|d| d.destination())
+            .collect();
+        assert_eq!((d[0].label.as_str(), d[0].enabled), ("tw", true));
+        for (extra, key) in [
+            (
+                "label = \"a b\"\nurl = \"rtmp://x/app\"\nkey = \"k\"",
+                "label",
+            ),
+            ("label = \"x\"\nurl = \"http://x/app\"\nkey = \"k\"", "url"),
+            ("label = \"x\"\nurl = \"rtmp://x/app\"\nkey = \"\"", "key"),
+        ] {
+            let e = parse(&format!("[[streams.restream]]\n{extra}\n")).unwrap_err();
+            assert!(e.contains(&format!("streams[0].restream[0].{key}")), "{e}");
+        }
+        let dup =
+            "[[streams.restream]]\nlabel = \"x\"\nurl = \"rtmp://x/app\"\nkey = \"secret-one\"\n";
+        let e = parse(&format!("{dup}{dup}")).unwrap_err();
+        assert!(
+            e.contains("restream[1].label") && !e.contains("secret-one"),
+            "{e}"
+        );
+        let c = parse(
+            "[[streams.restream]]\nlabel = \"yt\"\nurl = \"rtmp://x/app\"\nkey = \"k\"\ncodecs = [\"h264\", \"av1\"]\n",
+        )
+        .unwrap();
+        let d: Vec<_> = c.streams[0]
+            .restream
+            .iter()
+            .map(|d| d.destination())
+            .collect();
+        assert!(d[0].codecs.as_ref().unwrap().accepts("AV1"));
+        let e = parse(
+            "[[streams.restream]]\nlabel = \"yt\"\nurl = \"rtmp://x/app\"\nkey = \"k\"\ncodecs = [\"hevc\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("restream[0].codecs") && e.contains("HEVC never reaches"),
+            "{e}"
+        );
+        let e = parse("[restream]\nqueue_bytes = 10\n").unwrap_err();
+        assert!(e.contains("restream.queue_bytes"), "{e}");
+        let e = parse("[restream]\nsecret = \"not-hex-secret\"\n").unwrap_err();
+        assert!(
+            e.contains("restream.secret") && !e.contains("not-hex-secret"),
+            "{e}"
+        );
+        let c = parse(&format!("[restream]\nsecret = \"{}\"\n", "ab".repeat(32))).unwrap();
+        assert_eq!(c.restream.secret_bytes(), Some([0xab; 32]));
+    }
+}
+
+#[cfg(test)]
+mod thumbnail_tests {
+    use super::*;
+
+    #[test]
+    fn the_thumbnails_config_is_checked_and_names_the_key() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert!(c.thumbnails.enabled);
+        assert_eq!(c.thumbnails.interval_secs, 10);
+        let env = |k: &str, v: &str| vec![(format!("ROOMCAST_THUMBNAILS__{k}"), v.to_string())];
+        let e = Config::load(None, env("WIDTH", "8"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("thumbnails.width"), "{e}");
+        let e = Config::load(None, env("INTERVAL_SECS", "0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("thumbnails.interval_secs"), "{e}");
+        assert_eq!(c.thumbnails.wanted_for_secs, 60);
+        let e = Config::load(None, env("WANTED_FOR_SECS", "100000"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("thumbnails.wanted_for_secs"), "{e}");
+        let c = Config::load(None, env("WANTED_FOR_SECS", "0")).unwrap();
+        assert_eq!(
+            c.thumbnails.wanted_for_secs, 0,
+            "0 is allowed: always renewed"
+        );
+        let c = Config::load(None, env("ENABLED", "false")).unwrap();
+        assert!(!c.thumbnails.enabled);
     }
 }

@@ -292,7 +292,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.restream.ca_file.clone(),
     );
     for s in &config.streams {
-        restream.set_config_destinations(&s.name, crate::restream::from_config(&s.restream));
+        restream.set_config_destinations(
+            &s.name,
+            s.restream.iter().map(|d| d.destination()).collect(),
+        );
     }
     let secret = match config.restream.secret_bytes() {
         Some(bytes) => crate::restream::stored::SecretSource::Inline(bytes),

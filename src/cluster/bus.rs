@@ -858,7 +858,7 @@ impl Bus {
                 }
             }
             BusMessage::DeleteRecording { id } => {
-                if crate::recording::valid_id(&id) {
+                if crate::recording::files::valid_id(&id) {
                     self.to_recorder(RecordingEvent::Delete(id));
                 }
             }

@@ -7,6 +7,7 @@
 //! egress never knows the source protocol.
 
 mod budget;
+pub mod chat;
 mod control;
 mod shared;
 mod side;
@@ -25,6 +26,7 @@ use tokio::sync::broadcast;
 
 use crate::log_every::LogEvery;
 pub use budget::ByteBudget;
+pub use chat::ChatMessage;
 use control::ControlClock;
 pub use control::{ControlFeed, ControlState, RoomLost};
 pub use side::{SideSink, SourceAac};
@@ -48,20 +50,14 @@ pub struct HubLimits {
     pub max_gop_cache_bytes: usize,
 }
 
+/// 32 MiB: a 4 s GOP at 60 Mbit/s (`limits.max_gop_cache_bytes`).
+pub const DEFAULT_MAX_GOP_CACHE_BYTES: usize = 32 << 20;
+
 impl Default for HubLimits {
     fn default() -> Self {
         HubLimits {
-            max_frame_bytes: crate::config::DEFAULT_MAX_FRAME_BYTES,
-            max_gop_cache_bytes: crate::config::DEFAULT_MAX_GOP_CACHE_BYTES,
-        }
-    }
-}
-
-impl From<&crate::config::LimitsConfig> for HubLimits {
-    fn from(l: &crate::config::LimitsConfig) -> Self {
-        HubLimits {
-            max_frame_bytes: l.frame_bytes(),
-            max_gop_cache_bytes: l.gop_cache_bytes(),
+            max_frame_bytes: crate::media::DEFAULT_MAX_FRAME_BYTES,
+            max_gop_cache_bytes: DEFAULT_MAX_GOP_CACHE_BYTES,
         }
     }
 }
@@ -184,25 +180,6 @@ pub enum HubEvent {
         stream: String,
         id: String,
     },
-}
-
-/// A chat message of a stream's Matrix room, as pages show it (`rich`: see
-/// `matrix::chat_view`). Deserialized from the cluster bus (`cluster/bus.rs`).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct ChatMessage {
-    /// The Matrix event id.
-    pub id: String,
-    /// Display name.
-    pub sender: String,
-    pub sender_id: String,
-    pub body: String,
-    /// Origin server timestamp, ms since the Unix epoch.
-    pub ts: u64,
-    /// Posted by a guest of the watch page (a puppet user).
-    pub guest: bool,
-    /// What the chat shows beyond the plain text (HTML, reply, media, reactions…).
-    #[serde(flatten)]
-    pub rich: crate::matrix::chat_view::Rich,
 }
 
 /// Who may watch: anyone, or viewers with a token (Matrix room not public).

@@ -8,10 +8,10 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, LazyLock};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::hub::ChatMessage;
+pub use crate::hub::chat::{Media, Reaction, ReplyTo, Rich};
 
 /// Longest relayed message body, in characters (Matrix allows ~64 KB events).
 pub const MAX_BODY_CHARS: usize = 4000;
@@ -23,62 +23,6 @@ const MAX_QUOTE_CHARS: usize = 200;
 const MAX_REACTION_KEY_CHARS: usize = 32;
 /// Distinct reaction keys counted under one message.
 const MAX_REACTION_KEYS: usize = 20;
-
-/// The chat message beyond its plain text (serialized flat into `chat` events).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct Rich {
-    /// `m.text`, `m.emote`, `m.notice`, `m.image`, `m.video`, `m.audio`,
-    /// `m.file`, or `m.sticker` (the event type of a sticker).
-    pub msgtype: String,
-    /// `formatted_body` through the allow-list (reply fallback removed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub html: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reply_to: Option<ReplyTo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub media: Option<Media>,
-    /// The sender's avatar, `{server}/{media_id}` on the media proxy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub avatar: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reactions: Vec<Reaction>,
-    /// Shown with its latest edit (`m.replace`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub edited: bool,
-}
-
-/// The message a reply answers, as the chat quotes it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ReplyTo {
-    pub id: String,
-    /// Absent when the message is not known (too old, or redacted).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sender: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-}
-
-/// An image, sticker or video thumbnail, served by the media proxy.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct Media {
-    /// `{server}/{media_id}`: `GET /api/v1/streams/{stream}/media/{path}`.
-    pub path: String,
-    /// Ask for a thumbnail (`?size=thumb`) rather than the file itself.
-    pub thumbnail: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub w: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub h: Option<u32>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Reaction {
-    pub key: String,
-    pub count: u32,
-}
 
 /// How an event relates to another (`m.relates_to`).
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,10 @@
 //! headers of VP8, VP9 and AV1 key frames, and AAC→Opus transcoding.
 //! Everything here takes bytes in and gives values out, and is unit-tested.
 
+/// 8 MiB: the largest frame taken from a publisher by default
+/// (`limits.max_frame_bytes`), several times a 4K keyframe at a high bitrate.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 << 20;
+
 pub mod av1;
 pub(crate) mod bits;
 pub mod flv;

@@ -550,7 +550,7 @@ pub struct FrameAssembler {
 impl FrameAssembler {
     /// An assembler with the default frame cap (`limits.max_frame_bytes`).
     pub fn new(codec: VideoCodec) -> Self {
-        Self::with_max_frame_bytes(codec, crate::config::DEFAULT_MAX_FRAME_BYTES)
+        Self::with_max_frame_bytes(codec, super::DEFAULT_MAX_FRAME_BYTES)
     }
 
     /// An assembler that gives up on a frame larger than `max_frame_bytes`

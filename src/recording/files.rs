@@ -11,6 +11,19 @@ use bytes::Bytes;
 
 use super::index::{Index, Segment};
 
+/// 128 random bits, hex: unguessable and URL-safe.
+pub fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Whether `id` can be a recording id (before it goes near a path).
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
 pub const INDEX: &str = "index.txt";
 
 pub fn media_path(dir: &Path, file: u32) -> PathBuf {

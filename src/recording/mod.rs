@@ -50,6 +50,7 @@ use crate::store::Store;
 use crate::store::recordings::RecordingRow;
 use config::RecordingConfig;
 use files::{RecordingFiles, SegmentData};
+pub use files::{new_id, valid_id};
 
 /// Frames queued between the publisher's task and the recorder.
 const QUEUE: usize = 1024;
@@ -158,19 +159,6 @@ fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// 128 random bits, hex: unguessable and URL-safe.
-pub fn new_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
-
-/// Whether `id` can be a recording id (before it goes near a path).
-pub fn valid_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 impl Recorder {

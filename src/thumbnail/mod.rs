@@ -621,8 +621,7 @@ fn thread_cpu() -> Duration {
 mod tests {
     use std::sync::Arc;
 
-    use super::Thumbnails;
-    use crate::config::Config;
+    use super::{ThumbnailConfig, Thumbnails};
     use crate::hub::{Hub, IngestProtocol, VideoInfo};
 
     /// The stream's JSON names the thumbnail only once a keyframe can make
@@ -630,8 +629,7 @@ mod tests {
     #[test]
     fn a_live_stream_offers_its_thumbnail_from_its_first_keyframe() {
         let hub = Arc::new(Hub::default());
-        let c = Config::load(None, Vec::new()).unwrap();
-        let thumbs = Thumbnails::new(c.thumbnails, hub.clone());
+        let thumbs = Thumbnails::new(ThumbnailConfig::default(), hub.clone());
         let s = hub.ensure_stream("a", None);
         assert!(!thumbs.offered("a"), "offline");
         let p = hub.publish(&s, IngestProtocol::Rtmp);
@@ -653,27 +651,11 @@ mod tests {
     }
 
     #[test]
-    fn the_config_is_checked_and_names_the_key() {
-        let c = Config::load(None, Vec::new()).unwrap();
-        assert!(c.thumbnails.enabled);
-        assert_eq!(c.thumbnails.interval_secs, 10);
-        let env = |k: &str, v: &str| vec![(format!("ROOMCAST_THUMBNAILS__{k}"), v.to_string())];
-        let e = Config::load(None, env("WIDTH", "8"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("thumbnails.width"), "{e}");
-        let e = Config::load(None, env("INTERVAL_SECS", "0"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("thumbnails.interval_secs"), "{e}");
-        assert_eq!(c.thumbnails.wanted_for_secs, 60);
-        let e = Config::load(None, env("WANTED_FOR_SECS", "100000"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("thumbnails.wanted_for_secs"), "{e}");
-        let c = Config::load(None, env("WANTED_FOR_SECS", "0")).unwrap();
-        assert_eq!(c.thumbnails.policy().wanted_for, None);
-        let c = Config::load(None, env("ENABLED", "false")).unwrap();
-        assert!(!c.thumbnails.enabled);
+    fn wanted_for_zero_renews_every_live_stream() {
+        let c = ThumbnailConfig {
+            wanted_for_secs: 0,
+            ..ThumbnailConfig::default()
+        };
+        assert_eq!(c.policy().wanted_for, None);
     }
 }
