@@ -4,13 +4,15 @@
 //! restart), the chat panel against the contract (Matrix side mocked in the
 //! browser), the embed as an OBS browser source and in an iframe, the four-slot
 //! multi-view layout with four publishers, the Matrix widget inside a
-//! matrix-widget-api client, the publish page with a fake camera, and the index.
+//! matrix-widget-api client, the publish page with a fake camera, and the index;
+//! the player's ICE restart after a network cut (through `common::impair`'s relay).
 //! Screenshots of every page at 1280×800 and 390×844 go to tests/artifacts/pages/.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::impair::{ImpairedRelay, Impairment};
 use common::*;
 use serde_json::Value;
 
@@ -243,4 +245,126 @@ fn watch_page_plays_vp9_and_av1_over_hls() {
         println!("{codec} refused by MSE: {}", r["status"]);
         publisher.stop(MEDIA_TIMEOUT);
     }
+}
+
+/// The server advertising only 127.0.0.2 for UDP, where the test's relay
+/// (`common::impair`, no impairment) listens and forwards to it: the test
+/// can cut the viewer's UDP path while its server session lives on. (The
+/// TCP candidate names 127.0.0.2 too, where nothing listens.)
+fn behind_relay() -> (Server, ImpairedRelay) {
+    let server = Server::start_with(ServerOpts {
+        webrtc_extra: "public_ips = [\"127.0.0.2\"]\n".to_string(),
+        ..ServerOpts::default()
+    });
+    let udp = server.webrtc_udp.expect("a WebRTC UDP listener");
+    let clear = Impairment {
+        loss: 0.0,
+        delay: Duration::ZERO,
+        jitter: Duration::ZERO,
+    };
+    let relay = ImpairedRelay::start(
+        format!("127.0.0.2:{}", udp.port()).parse().unwrap(),
+        udp,
+        clear,
+    );
+    (server, relay)
+}
+
+/// The `viewer=`/`session=` id of a server log line.
+fn id_in(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+        .to_string()
+}
+
+/// The server's "whep viewer negotiated" lines: one per WHEP POST it took.
+fn negotiated(server: &Server) -> Vec<String> {
+    server
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("whep viewer negotiated"))
+        .collect()
+}
+
+/// The watch page plays through the relay; the test black-holes its UDP path
+/// until the player has seen the loss and sent its ICE restart PATCH, then
+/// restores it. The player restarts ICE on the same PeerConnection (the
+/// server logs the restart of the one session it negotiated; no second WHEP
+/// POST) and frames keep being decoded.
+#[test]
+fn watch_page_restarts_ice_after_a_network_cut() {
+    let _serial = serial();
+    let started = Instant::now();
+    let (server, relay) = behind_relay();
+    let _ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), small());
+    server.wait_live(STREAM, LIVE_TIMEOUT);
+    let mut tool = pages(&server, "ice-restart", &["--stream", STREAM]);
+    wait_step(&tool, "playing");
+    relay.black_hole(true);
+    let cut = Instant::now();
+    let restart = wait_step(&tool, "restart_started");
+    relay.black_hole(false);
+    println!(
+        "PATCH sent {:.1?} after the cut (connection states {}); relay: {}",
+        cut.elapsed(),
+        restart["states"],
+        relay.summary()
+    );
+    let r = finish(&mut tool, "ICE restart after a network cut");
+    println!(
+        "icerestart {}; a new frame {} ms after the PATCH was sent; 60 more frames {} ms after the cut",
+        r["restart"], r["frame_after_patch_ms"], r["resumed_after_ms"]
+    );
+    let line = server.wait_for_log("WHEP viewer restarted ICE", Duration::from_secs(5));
+    let posts = negotiated(&server);
+    assert_eq!(posts.len(), 1, "WHEP sessions negotiated: {posts:?}");
+    assert_eq!(
+        id_in(&line, "session"),
+        id_in(&posts[0], "viewer"),
+        "the restarted session is not the one the page made: {line} / {}",
+        posts[0]
+    );
+    println!("run time {:.1?}", started.elapsed());
+}
+
+/// As above, but the test also ends the session on the server (DELETE on its
+/// Location) while the path is cut: the player's restart PATCH gets 404 and
+/// it falls back at once to a new WHEP session, which plays.
+#[test]
+fn watch_page_posts_again_when_its_session_is_gone() {
+    let _serial = serial();
+    let started = Instant::now();
+    let (server, relay) = behind_relay();
+    let _ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), small());
+    server.wait_live(STREAM, LIVE_TIMEOUT);
+    let mut tool = pages(&server, "ice-restart", &["--stream", STREAM, "--gone"]);
+    let playing = wait_step(&tool, "playing");
+    relay.black_hole(true);
+    let resource = playing["resource"]
+        .as_str()
+        .expect("the session's Location");
+    let deleted = common::http::request("DELETE", resource, &[], None).expect("DELETE");
+    assert_eq!(deleted.status, 200, "DELETE {resource}");
+    let restart = wait_step(&tool, "restart_started");
+    relay.black_hole(false);
+    println!(
+        "PATCH sent after {} ms (connection states {})",
+        restart["after_ms"], restart["states"]
+    );
+    let r = finish(&mut tool, "a new session after the old one was deleted");
+    println!(
+        "icerestart {}; the new session's 30th frame {} ms after the cut",
+        r["restart"], r["resumed_after_ms"]
+    );
+    let posts = negotiated(&server);
+    assert_eq!(posts.len(), 2, "WHEP sessions negotiated: {posts:?}");
+    assert!(
+        !server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("WHEP viewer restarted ICE")),
+        "a deleted session restarted ICE"
+    );
+    println!("run time {:.1?}", started.elapsed());
 }

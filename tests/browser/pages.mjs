@@ -3,7 +3,7 @@
 //
 //   node pages.mjs SCENARIO --base http://127.0.0.1:PORT [--artifacts DIR] [options]
 //
-// Scenarios: watch, chat, embed, multiview, widget, publish, index, hls, hls-codec, ice-fail (see each function),
+// Scenarios: watch, chat, embed, multiview, widget, publish, index, hls, hls-codec, ice-fail, ice-restart (see each function),
 // and mx-watch, mx-widget, mx-widget-chat against a real Synapse room (tests/matrix_pages.rs).
 // Output, waits and main() are harness.mjs's: one JSON object per stdout line
 // (e.g. {"type":"offline_shown"} → the Rust test starts the publisher), last
@@ -84,6 +84,8 @@ function playerStats(frame, path = 'roomcast.player') {
       width: p.video.videoWidth,
       height: p.video.videoHeight,
       paused: p.video.paused,
+      // WHEP POSTs made, ICE restarts tried and that reconnected (lib/player.js).
+      counts: p.counts ? { ...p.counts } : null,
     };
   }, path);
 }
@@ -785,6 +787,107 @@ async function iceFail(browser) {
   return { hls_after_ms: after, label, viewers, stats: st };
 }
 
+/** /watch/{stream} of a server behind the test's UDP relay (tests/pages_browser.rs): after
+ *  "playing" the Rust test black-holes the viewer's UDP path, and restores it after
+ *  "restart_started" (the player's PATCH was sent). The player must restart ICE on the
+ *  same PeerConnection (a PATCH, never a second WHEP POST), and the video goes on.
+ *  --gone: the test also DELETEs the session while the path is cut; the PATCH then gets
+ *  404 and the player makes a new session (a second POST) and plays again. */
+async function iceRestart(browser) {
+  const stream = opt('stream', 't1');
+  const gone = has('gone');
+  // The browser logs a 404 answer as a console error: here it is the point.
+  if (gone) allowedErrors.push(/status of 404/);
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  const page = await ctx.newPage();
+  watchConsole(page, 'ice-restart');
+  // Every WHEP request the page makes, as the network sees it: {method, status}.
+  const whep = [];
+  page.on('request', (q) => {
+    if (q.url().includes('/whep/')) whep.push({ method: q.method(), status: null, q });
+  });
+  page.on('response', (r) => {
+    const e = whep.find((w) => w.q === r.request());
+    if (e) e.status = r.status();
+  });
+  const ofMethod = (m) => whep.filter((w) => w.method === m).map((w) => w.status);
+  await page.goto(`${BASE}/watch/${stream}`);
+  await page.evaluate(() => {
+    const p = window.roomcast.player;
+    window.__states = [];
+    window.__restarts = [];
+    p.addEventListener('connectionstate', (e) => window.__states.push(e.detail));
+    p.addEventListener('icerestart', (e) => window.__restarts.push(e.detail));
+  });
+  const before = await waitFor('the page to play over WebRTC (30 frames)', async () => {
+    const x = await playerStats(page);
+    return x && x.mode === 'webrtc' && x.state === 'playing' && x.framesDecoded >= 30 ? x : null;
+  });
+  const info = await page.evaluate(async () => {
+    const p = window.roomcast.player;
+    window.__pc0 = p.pc;
+    // The selected pair's remote address: the relay's, which the server advertises.
+    const stats = await p.pc.getStats();
+    let remote = null;
+    stats.forEach((s) => {
+      if (s.type !== 'transport' || !s.selectedCandidatePairId) return;
+      remote = stats.get(stats.get(s.selectedCandidatePairId)?.remoteCandidateId)?.address ?? null;
+    });
+    return { resource: p.resource, remote };
+  });
+  check(info.remote === '127.0.0.2', `the viewer does not go through the relay: ${JSON.stringify(info)}`);
+  check(ofMethod('POST').length === 1, `WHEP requests before the cut: ${JSON.stringify(ofMethod('POST'))}`);
+  emit({ type: 'playing', resource: info.resource, stats: before });
+
+  // The path is cut: the player sees the loss, waits out its grace and restarts ICE.
+  const t0 = Date.now();
+  await waitFor('the player to restart ICE (a PATCH) after the cut', async () => {
+    if (ofMethod('POST').length > 1) {
+      throw Object.assign(new Error(`a new WHEP POST instead of an ICE restart: ${JSON.stringify(whep.map(({ q, ...w }) => w))}`), { fatal: true });
+    }
+    return ofMethod('PATCH').length > 0;
+  }, 30000);
+  const states = await page.evaluate(() => window.__states);
+  check(states.includes('disconnected') || states.includes('failed'), `connection states: ${JSON.stringify(states)}`);
+  const tPatch = Date.now();
+  const stalled = (await playerStats(page)).framesDecoded;
+  emit({ type: 'restart_started', after_ms: tPatch - t0, states });
+
+  const done = await waitFor('the icerestart event', async () => (await page.evaluate(() => window.__restarts))[0], 15000);
+  if (!gone) {
+    check(done.ok === true, `the ICE restart failed: ${JSON.stringify(done)}`);
+    await waitFor('a new frame decoded', async () => (await playerStats(page)).framesDecoded > stalled, 10000);
+    const frameAfterMs = Date.now() - tPatch;
+    const after = await waitFor('60 more frames on the same PeerConnection', async () => {
+      const same = await page.evaluate(() => window.roomcast.player.pc === window.__pc0);
+      if (!same) throw Object.assign(new Error('the PeerConnection was replaced'), { fatal: true });
+      const x = await playerStats(page);
+      return x.state === 'playing' && x.framesDecoded >= before.framesDecoded + 60 ? x : null;
+    }, 20000);
+    check(JSON.stringify(ofMethod('POST')) === '[201]' && JSON.stringify(ofMethod('PATCH')) === '[200]',
+      `WHEP requests: ${JSON.stringify(whep.map(({ q, ...w }) => w))}`);
+    check(after.counts.whepPosts === 1 && after.counts.iceRestarts === 1 && after.counts.iceRestartsOk === 1,
+      `player counts: ${JSON.stringify(after.counts)}`);
+    await ctx.close();
+    return {
+      restart: done, frame_after_patch_ms: frameAfterMs, resumed_after_ms: Date.now() - t0, states,
+      counts: after.counts, frames: [before.framesDecoded, stalled, after.framesDecoded],
+    };
+  }
+  check(done.ok === false && done.status === 404, `the ICE restart of a deleted session: ${JSON.stringify(done)}`);
+  const after = await waitFor('a new session to play (30 frames)', async () => {
+    const fresh = await page.evaluate(() => window.roomcast.player.pc && window.roomcast.player.pc !== window.__pc0);
+    const x = await playerStats(page);
+    return fresh && x.state === 'playing' && x.framesDecoded >= 30 ? x : null;
+  }, 30000);
+  check(JSON.stringify(ofMethod('PATCH')) === '[404]' && ofMethod('POST').length === 2 && ofMethod('POST')[1] === 201,
+    `WHEP requests: ${JSON.stringify(whep.map(({ q, ...w }) => w))}`);
+  check(after.counts.whepPosts === 2 && after.counts.iceRestarts === 1 && after.counts.iceRestartsOk === 0,
+    `player counts: ${JSON.stringify(after.counts)}`);
+  await ctx.close();
+  return { restart: done, resumed_after_ms: Date.now() - t0, states, counts: after.counts };
+}
+
 // --- with a real Matrix room (tests/matrix_pages.rs: real Synapse, real roomcast, ffmpeg) ---
 
 /** JSON of a `--NAME` argument. */
@@ -1357,6 +1460,6 @@ async function watchRedirect(browser) {
   return { resource };
 }
 
-const SCENARIOS = { 'watch-redirect': watchRedirect, watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'mx-watch': mxWatch, 'mx-widget': mxWidget, 'mx-widget-chat': mxWidgetChat, 'mx-chat': mxChat };
+const SCENARIOS = { 'watch-redirect': watchRedirect, watch, chat, embed, multiview, widget, publish, index, hls, 'hls-codec': hlsCodec, 'ice-fail': iceFail, 'ice-restart': iceRestart, 'mx-watch': mxWatch, 'mx-widget': mxWidget, 'mx-widget-chat': mxWidgetChat, 'mx-chat': mxChat };
 
 main(SCENARIOS, (name) => (name === 'publish' ? ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'] : []));

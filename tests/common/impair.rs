@@ -6,6 +6,8 @@
 //! gets its own upstream socket, like a NAT. Every datagram, both ways, is
 //! dropped with probability `loss` or else delivered after `delay` plus a
 //! uniformly random part of `jitter`, so packets overtake each other.
+//! [`ImpairedRelay::black_hole`] drops everything, both ways, until switched
+//! off again: a viewer's network gone for a while, its server session kept.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -69,6 +71,7 @@ struct Scheduler {
     rng: Mutex<u64>,
     imp: Impairment,
     stats: Arc<RelayStats>,
+    black_hole: AtomicBool,
 }
 
 impl Scheduler {
@@ -91,7 +94,7 @@ impl Scheduler {
                 .entry(data[1] & 0x7f)
                 .or_default() += 1;
         }
-        if self.random() < self.imp.loss {
+        if self.black_hole.load(Ordering::Relaxed) || self.random() < self.imp.loss {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -141,6 +144,7 @@ impl Scheduler {
 
 pub struct ImpairedRelay {
     pub stats: Arc<RelayStats>,
+    sched: Arc<Scheduler>,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
@@ -168,6 +172,7 @@ impl ImpairedRelay {
             rng: Mutex::new(seed | 1),
             imp,
             stats: stats.clone(),
+            black_hole: AtomicBool::new(false),
         });
         let mut threads = Vec::new();
         {
@@ -206,9 +211,16 @@ impl ImpairedRelay {
         }));
         ImpairedRelay {
             stats,
+            sched,
             stop,
             threads,
         }
+    }
+
+    /// `true`: every datagram from now on is dropped, both ways (counted in
+    /// `dropped`); `false`: delivered again.
+    pub fn black_hole(&self, on: bool) {
+        self.sched.black_hole.store(on, Ordering::Relaxed);
     }
 
     pub fn summary(&self) -> String {

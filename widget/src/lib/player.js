@@ -4,8 +4,15 @@
 // Fallback rules:
 // - no RTCPeerConnection, a 422 no_common_codec, or ICE/DTLS failing before the
 //   first WebRTC frame → LL-HLS at once (retrying WebRTC would fail the same way);
-// - after WebRTC played, a loss re-negotiates with backoff, and after
-//   WEBRTC_LOSSES_BEFORE_HLS failed attempts in a row it switches to LL-HLS;
+// - a connection that worked and drops (ICE 'disconnected' past the grace, or
+//   'failed') first restarts ICE on the same PeerConnection (a WHEP PATCH, RFC
+//   9725 §4.3.2: no new session, no GOP replay, the DTLS session goes on);
+// - when that cannot help (the PATCH fails, e.g. 404 for a session the server
+//   ended, the restart does not connect within ICE_RESTART_MS, or
+//   ICE_RESTARTS_IN_A_ROW restarts went by without a frame), or for a loss
+//   before any connection, it re-negotiates (a new WHEP session) with backoff,
+//   and after WEBRTC_LOSSES_BEFORE_HLS failed attempts in a row it switches to
+//   LL-HLS;
 // - while LL-HLS plays because of the network (ICE failed, or losses), it tries
 //   WebRTC again in the background (WEBRTC_PROBE_MS apart), and switches back
 //   once a probe connects and delivers the video track;
@@ -15,13 +22,19 @@
 // PeerConnection across a publisher reconnect (the server keeps it too).
 import { api, errorFrom, streamPath, withQuery } from './api.js';
 import { h, icon } from './dom.js';
+import { SDPFRAG, parseFragment, restartFragment, withIceCredentials } from './sdpfrag.js';
 
 // Answer applied → ICE connected. On a working path ICE connects in well under a
 // second; failing here means LL-HLS (see renegotiate), so keep it short.
 const CONNECT_TIMEOUT_MS = 8000;
-const DISCONNECT_GRACE_MS = 4000; // 'disconnected' this long → re-negotiate
+const DISCONNECT_GRACE_MS = 4000; // 'disconnected' this long → ICE restart (or re-negotiate)
 const OFFLINE_CLOSE_MS = 30000; // offline this long → close the PeerConnection
 const STALL_MS = 10000; // live and connected but no new frame this long → re-negotiate
+// ICE restart started → connected again, or a new session. On a path that works
+// again the PATCH and the new checks take well under a second.
+const ICE_RESTART_MS = 5000;
+// Restarts without a frame in between: more would only delay the new session.
+const ICE_RESTARTS_IN_A_ROW = 2;
 const WEBRTC_LOSSES_BEFORE_HLS = 3;
 // Background WebRTC tries while LL-HLS plays for a network reason: the n-th waits
 // the n-th value (the last one repeats). A probe that never connects is never
@@ -72,6 +85,12 @@ export class Player extends EventTarget {
     this.state = 'idle';
     this.pc = null;
     this.resource = null;
+    this.etag = null; // the session's ETag (If-Match of the next ICE restart)
+    this.connected = false; // this PeerConnection reached 'connected': an ICE restart may save it
+    this.restart = null; // the ICE restart under way
+    this.restarts = 0; // ICE restarts since the last frame
+    // For tests and debugging: WHEP sessions made, ICE restarts tried and that reconnected.
+    this.counts = { whepPosts: 0, iceRestarts: 0, iceRestartsOk: 0 };
     this.hls = null;
     this.mode = 'webrtc';
     this.failures = 0; // failed WebRTC attempts in a row since the last frame
@@ -149,6 +168,7 @@ export class Player extends EventTarget {
     this.played = true;
     this.failures = 0;
     this.probes = 0;
+    this.restarts = 0;
   }
 
   // --- public API ---------------------------------------------------------
@@ -217,6 +237,7 @@ export class Player extends EventTarget {
   }
 
   retryNow() {
+    if (this.restart) return; // back online: the ICE restart under way goes on
     if (this.live && this.wanted && this.state !== 'playing') {
       this.backoff = 1000;
       this.connect();
@@ -289,6 +310,7 @@ export class Player extends EventTarget {
       await pc.setLocalDescription(await pc.createOffer());
       const headers = { 'Content-Type': 'application/sdp' };
       if (token) headers.Authorization = `Bearer ${token}`;
+      this.counts.whepPosts++;
       resp = await fetch(`/whep/${encodeURIComponent(this.stream)}`, {
         method: 'POST', headers, body: pc.localDescription.sdp,
       });
@@ -309,6 +331,7 @@ export class Player extends EventTarget {
     // lives there: resolve against the URL that answered.
     this.resource = loc ? new URL(loc, resp.url || location.href).href : null;
     this.resourceToken = token;
+    this.etag = resp.headers.get('ETag');
     const answer = await resp.text();
     try {
       await pc.setRemoteDescription({ type: 'answer', sdp: answer });
@@ -360,18 +383,102 @@ export class Player extends EventTarget {
     clearTimeout(this.timers.disconnected);
     if (s === 'connected') {
       clearTimeout(this.timers.connect);
+      this.connected = true;
       this.failures = 0;
       this.backoff = 1000;
       this.refreshedToken = false;
+      // A restart is done once the server's new credentials are in (before
+      // that, this is the old ICE generation back: the PATCH is on its way).
+      if (this.restart?.applied) this.restartDone({ ok: true, ms: Math.round(performance.now() - this.restart.t0) });
       if (this.state !== 'playing' && this.live !== false) this.setState('connecting');
       this.startPlayback();
     } else if (s === 'disconnected') {
+      // A restart under way has its own deadline (ICE_RESTART_MS).
+      if (this.restart) return;
       this.timers.disconnected = setTimeout(() => {
-        if (gen === this.gen && pc.connectionState === 'disconnected') this.renegotiate(gen);
+        if (gen === this.gen && pc.connectionState === 'disconnected') this.lost(pc, gen);
       }, DISCONNECT_GRACE_MS);
     } else if (s === 'failed') {
-      this.renegotiate(gen);
+      this.lost(pc, gen);
     }
+  }
+
+  /** The connection dropped ('disconnected' past the grace) or failed: an ICE
+   *  restart when it can save the session, else a new session. */
+  lost(pc, gen) {
+    if (gen !== this.gen || this.restart) return; // a restart's deadline decides
+    // Only a connection that worked: ICE that never connected fails the same
+    // way with new credentials (and a session the server never saw is gone).
+    const canRestart = this.connected && this.resource && this.live && this.mode === 'webrtc'
+      && this.restarts < ICE_RESTARTS_IN_A_ROW;
+    if (canRestart) return this.restartIce(pc, gen);
+    this.renegotiate(gen);
+  }
+
+  /** An ICE restart of the WHEP session (RFC 9725 §4.3.2) on the same
+   *  PeerConnection: the new offer's ufrag and pwd PATCHed to the session, the
+   *  server's new ones put in the remote description. Media goes on over the
+   *  new path without a new session, DTLS handshake or GOP replay. */
+  async restartIce(pc, gen) {
+    const restart = { t0: performance.now(), applied: false };
+    this.restart = restart;
+    this.restarts++;
+    this.counts.iceRestarts++;
+    const current = () => gen === this.gen && this.restart === restart;
+    this.setState('reconnecting', MESSAGES.reconnecting);
+    // One deadline for all of it: a PATCH that hangs counts too.
+    clearTimeout(this.timers.iceRestart);
+    this.timers.iceRestart = setTimeout(() => {
+      if (current()) this.restartDone({ ok: false, reason: 'timeout' });
+    }, ICE_RESTART_MS);
+    let resp;
+    try {
+      if (pc.restartIce) pc.restartIce();
+      await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+      if (!current()) return;
+      // The ETag of the last answer: a 412 means the session's ICE state is
+      // not what this page knows, and a new session is the way out.
+      const headers = { 'Content-Type': SDPFRAG, 'If-Match': this.etag || '*' };
+      if (this.resourceToken) headers.Authorization = `Bearer ${this.resourceToken}`;
+      resp = await fetch(this.resource, {
+        method: 'PATCH', headers, body: restartFragment(pc.localDescription.sdp),
+      });
+    } catch (e) {
+      if (current()) this.restartDone({ ok: false, reason: String(e.message || e) });
+      return;
+    }
+    if (!current()) return;
+    if (resp.status !== 200) {
+      // 404/410: the server ended the session (nothing to DELETE); 412, 5xx,
+      // 405: no restart here. Either way: a new session.
+      if (resp.status === 404 || resp.status === 410) this.resource = null;
+      return this.restartDone({ ok: false, status: resp.status });
+    }
+    try {
+      const frag = parseFragment(await resp.text());
+      if (!current()) return;
+      if (!frag.ufrag || !frag.pwd) throw new Error('no ice-ufrag/ice-pwd in the answer');
+      this.etag = resp.headers.get('ETag') || this.etag;
+      await pc.setRemoteDescription({ type: 'answer', sdp: withIceCredentials(pc.remoteDescription.sdp, frag) });
+      restart.applied = true;
+    } catch (e) {
+      if (current()) this.restartDone({ ok: false, status: 200, reason: String(e.message || e) });
+      return;
+    }
+    // A path that never went away (or the old generation back) is connected already.
+    if (current() && pc.connectionState === 'connected') {
+      this.restartDone({ ok: true, ms: Math.round(performance.now() - restart.t0) });
+    }
+  }
+
+  /** The ICE restart under way ended: `ok` it reconnected, else a new session
+   *  (renegotiate: backoff, and LL-HLS after repeated losses). */
+  restartDone(detail) {
+    clearTimeout(this.timers.iceRestart);
+    this.restart = null;
+    if (detail.ok) this.counts.iceRestartsOk++;
+    this.dispatchEvent(new CustomEvent('icerestart', { detail }));
+    if (!detail.ok) this.renegotiate(this.gen);
   }
 
   /** The connection failed, timed out, dropped or stalled. What counts is whether
@@ -472,7 +579,7 @@ export class Player extends EventTarget {
     const token = await this.getToken({ refresh: false }).catch(() => null);
     if (gen !== this.gen) return;
     const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle' });
-    const probe = { pc, ms: new MediaStream(), resource: null, token, video: false, timer: null };
+    const probe = { pc, ms: new MediaStream(), resource: null, etag: null, token, video: false, timer: null };
     this.probe = probe;
     const done = (ok) => {
       if (this.probe !== probe) return;
@@ -499,12 +606,14 @@ export class Player extends EventTarget {
       await pc.setLocalDescription(await pc.createOffer());
       const headers = { 'Content-Type': 'application/sdp' };
       if (token) headers.Authorization = `Bearer ${token}`;
+      this.counts.whepPosts++;
       const resp = await fetch(`/whep/${encodeURIComponent(this.stream)}`, {
         method: 'POST', headers, body: pc.localDescription.sdp,
       });
       if (resp.status !== 201) return done(false);
       const loc = resp.headers.get('Location');
       probe.resource = loc ? new URL(loc, resp.url || location.href).href : null;
+      probe.etag = resp.headers.get('ETag');
       // Given up meanwhile (timer, teardown): end the session just made.
       if (this.probe !== probe) return closeProbe(probe);
       await pc.setRemoteDescription({ type: 'answer', sdp: await resp.text() });
@@ -524,6 +633,8 @@ export class Player extends EventTarget {
     this.pc = probe.pc;
     this.resource = probe.resource;
     this.resourceToken = probe.token;
+    this.etag = probe.etag;
+    this.connected = true; // adopted once connected
     probe.pc.ontrack = (ev) => {
       if (gen === this.gen) probe.ms.addTrack(ev.track);
     };
@@ -569,7 +680,11 @@ export class Player extends EventTarget {
     this.gen++;
     clearTimeout(this.timers.connect);
     clearTimeout(this.timers.disconnected);
+    clearTimeout(this.timers.iceRestart);
     clearTimeout(this.timers.probe);
+    this.restart = null;
+    this.connected = false;
+    this.etag = null;
     if (this.probe) {
       clearTimeout(this.probe.timer);
       closeProbe(this.probe, unloading);
