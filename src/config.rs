@@ -1656,17 +1656,21 @@ mod restream_tests {
         Config::parse(&format!("{STREAM}{extra}"), None, Vec::new()).map_err(|e| e.to_string())
     }
 
+    fn destinations(c: &Config) -> Vec<crate::restream::dest::Destination> {
+        c.streams[0]
+            .restream
+            .iter()
+            .map(RestreamDestinationConfig::destination)
+            .collect()
+    }
+
     #[test]
     fn config_destinations_are_validated_without_echoing_keys() {
         let c = parse(
             "[[streams.restream]]\nlabel = \"tw\"\nurl = \"rtmps://live.twitch.tv/app\"\nkey = \"live_secret_1\"\n",
         )
         .unwrap();
-        let d: Vec<_> = c.streams[0]
-            .restream
-            .iter()
-            .map(|d| d.destination())
-            .collect();
+        let d = destinations(&c);
         assert_eq!((d[0].label.as_str(), d[0].enabled), ("tw", true));
         for (extra, key) in [
             (
@@ -1690,11 +1694,7 @@ mod restream_tests {
             "[[streams.restream]]\nlabel = \"yt\"\nurl = \"rtmp://x/app\"\nkey = \"k\"\ncodecs = [\"h264\", \"av1\"]\n",
         )
         .unwrap();
-        let d: Vec<_> = c.streams[0]
-            .restream
-            .iter()
-            .map(|d| d.destination())
-            .collect();
+        let d = destinations(&c);
         assert!(d[0].codecs.as_ref().unwrap().accepts("AV1"));
         let e = parse(
             "[[streams.restream]]\nlabel = \"yt\"\nurl = \"rtmp://x/app\"\nkey = \"k\"\ncodecs = [\"hevc\"]\n",

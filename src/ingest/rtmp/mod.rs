@@ -81,13 +81,16 @@ impl RtmpIngest {
                 let (peer, local, stop) = (c.peer, Some(c.local), c.shutdown);
                 let session = async {
                     match &acceptor {
-                        None => this.handle(c.stream, peer, local, false).await,
+                        None => {
+                            this.handle(c.stream, peer, local, false, SETUP_TIMEOUT)
+                                .await
+                        }
                         Some(a) => {
                             let tls = crate::tls::handshake(a, c.stream, peer, handshake_timeout);
                             if let Some(tls) = tls.await {
                                 // The ClientHello were the listener's first
                                 // bytes; RTMP's own get the same timeout.
-                                this.handle_after_tls(tls, peer, local, handshake_timeout)
+                                this.handle(tls, peer, local, true, handshake_timeout)
                                     .await
                             }
                         }
@@ -107,31 +110,9 @@ impl RtmpIngest {
     /// One RTMP(S) connection from `peer`, from its first byte to its close,
     /// for any accept loop: logs why it ended, each kind of failure at most
     /// once per [`LOG_INTERVAL`] (the rest at debug), never a stream key.
+    /// The first RTMP bytes must come within `first_bytes` (inside TLS the
+    /// listener's first bytes were the ClientHello).
     pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        sock: S,
-        peer: SocketAddr,
-        local: Option<SocketAddr>,
-        tls: bool,
-    ) {
-        self.handle_within(sock, peer, local, tls, SETUP_TIMEOUT)
-            .await
-    }
-
-    /// [`Self::handle`] for RTMP inside TLS: the first RTMP bytes must come
-    /// within `first_bytes` of the TLS handshake.
-    async fn handle_after_tls<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        sock: S,
-        peer: SocketAddr,
-        local: Option<SocketAddr>,
-        first_bytes: Duration,
-    ) {
-        self.handle_within(sock, peer, local, true, first_bytes)
-            .await
-    }
-
-    async fn handle_within<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         sock: S,
         peer: SocketAddr,
