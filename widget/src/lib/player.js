@@ -27,7 +27,10 @@ import { SDPFRAG, parseFragment, restartFragment, withIceCredentials } from './s
 // Answer applied → ICE connected. On a working path ICE connects in well under a
 // second; failing here means LL-HLS (see renegotiate), so keep it short.
 const CONNECT_TIMEOUT_MS = 8000;
-const DISCONNECT_GRACE_MS = 4000; // 'disconnected' this long → ICE restart (or re-negotiate)
+const DISCONNECT_GRACE_MS = 4000; // 'disconnected' this long → re-negotiate
+// 'disconnected' this long → ICE restart: it keeps the session, so trying early
+// costs one PATCH, and the browser has already waited seconds for consent.
+const ICE_RESTART_GRACE_MS = 1000;
 const OFFLINE_CLOSE_MS = 30000; // offline this long → close the PeerConnection
 const STALL_MS = 10000; // live and connected but no new frame this long → re-negotiate
 // ICE restart started → connected again, or a new session. On a path that works
@@ -397,7 +400,7 @@ export class Player extends EventTarget {
       if (this.restart) return;
       this.timers.disconnected = setTimeout(() => {
         if (gen === this.gen && pc.connectionState === 'disconnected') this.lost(pc, gen);
-      }, DISCONNECT_GRACE_MS);
+      }, this.canRestartIce() ? ICE_RESTART_GRACE_MS : DISCONNECT_GRACE_MS);
     } else if (s === 'failed') {
       this.lost(pc, gen);
     }
@@ -407,12 +410,15 @@ export class Player extends EventTarget {
    *  restart when it can save the session, else a new session. */
   lost(pc, gen) {
     if (gen !== this.gen || this.restart) return; // a restart's deadline decides
-    // Only a connection that worked: ICE that never connected fails the same
-    // way with new credentials (and a session the server never saw is gone).
-    const canRestart = this.connected && this.resource && this.live && this.mode === 'webrtc'
-      && this.restarts < ICE_RESTARTS_IN_A_ROW;
-    if (canRestart) return this.restartIce(pc, gen);
+    if (this.canRestartIce()) return this.restartIce(pc, gen);
     this.renegotiate(gen);
+  }
+
+  /** Whether an ICE restart can save this session: a connection that worked
+   *  (ICE that never connected fails the same way with new credentials). */
+  canRestartIce() {
+    return Boolean(this.connected && this.resource && this.live && this.mode === 'webrtc'
+      && this.restarts < ICE_RESTARTS_IN_A_ROW);
   }
 
   /** An ICE restart of the WHEP session (RFC 9725 §4.3.2) on the same
