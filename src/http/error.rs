@@ -137,3 +137,109 @@ impl From<crate::admission::Refusal> for ApiError {
         }
     }
 }
+
+impl ApiError {
+    /// A party share over a cap (the widget's too): 503 with every cap it
+    /// would pass.
+    pub fn over_capacity(over: &[String]) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "party_over_capacity",
+            format!(
+                "sharing now would go over a limit: {}; try again when someone stops sharing",
+                over.join("; ")
+            ),
+        )
+    }
+
+    /// A room party's request without its party token.
+    pub fn party_token_required() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "party_token_required",
+            "send the party token (POST …/party/session) as Authorization: Bearer",
+        )
+    }
+}
+
+/// A standalone party's refusals (`src/http/party.rs`).
+impl From<crate::party::PartyError> for ApiError {
+    fn from(e: crate::party::PartyError) -> Self {
+        use crate::party::PartyError as E;
+        let (status, code, msg) = match e {
+            E::UnknownParty => (
+                StatusCode::NOT_FOUND,
+                "unknown_party",
+                "there is no such party on this server",
+            ),
+            E::KeyRejected => (
+                StatusCode::FORBIDDEN,
+                "party_key_rejected",
+                "the party key was rejected",
+            ),
+            E::BadName => (
+                StatusCode::BAD_REQUEST,
+                "bad_name",
+                "a name has 1 to 32 characters and no control characters",
+            ),
+            E::Full => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "party_full",
+                "this party is full; try again later",
+            ),
+            E::BadToken => (
+                StatusCode::UNAUTHORIZED,
+                "party_token_required",
+                "join the party first (POST …/join) and send its party_token as Authorization: Bearer",
+            ),
+            E::OverCapacity(over) => return ApiError::over_capacity(&over),
+        };
+        ApiError::new(status, code, msg)
+    }
+}
+
+/// A room party's refusals (`src/http/matrix/party.rs`).
+impl From<crate::matrix::party::PartyError> for ApiError {
+    fn from(e: crate::matrix::party::PartyError) -> Self {
+        use crate::matrix::access::OpenIdError;
+        use crate::matrix::party::PartyError as E;
+        let (status, code, msg) = match e {
+            E::Off => (
+                StatusCode::NOT_FOUND,
+                "party_off",
+                "screen sharing is off in this room (a room admin says `!live party on`)"
+                    .to_string(),
+            ),
+            E::NoRoom => (
+                StatusCode::NOT_FOUND,
+                "unknown_room",
+                "this room has no roomcast stream".to_string(),
+            ),
+            E::OpenId(OpenIdError::Unavailable(d)) | E::Unavailable(d) => {
+                tracing::warn!("party: homeserver call failed: {d}");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "homeserver_unavailable",
+                    "the chat server is not reachable right now; try again shortly".to_string(),
+                )
+            }
+            E::OpenId(_) | E::BadToken => (
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "your Matrix identity could not be verified; reopen the widget".to_string(),
+            ),
+            E::NotAMember => (
+                StatusCode::FORBIDDEN,
+                "not_a_member",
+                "join the room to take part".to_string(),
+            ),
+            E::NoPower { needed } => (
+                StatusCode::FORBIDDEN,
+                "not_enough_power",
+                format!("sharing your screen here needs power level {needed} in the room"),
+            ),
+            E::OverCapacity(over) => return ApiError::over_capacity(&over),
+        };
+        ApiError::new(status, code, msg)
+    }
+}

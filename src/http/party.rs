@@ -37,51 +37,6 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn party_error(e: PartyError) -> Response {
-    let (status, code, msg) = match e {
-        PartyError::UnknownParty => (
-            StatusCode::NOT_FOUND,
-            "unknown_party",
-            "there is no such party on this server",
-        ),
-        PartyError::KeyRejected => (
-            StatusCode::FORBIDDEN,
-            "party_key_rejected",
-            "the party key was rejected",
-        ),
-        PartyError::BadName => (
-            StatusCode::BAD_REQUEST,
-            "bad_name",
-            "a name has 1 to 32 characters and no control characters",
-        ),
-        PartyError::Full => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "party_full",
-            "this party is full; try again later",
-        ),
-        PartyError::BadToken => (
-            StatusCode::UNAUTHORIZED,
-            "party_token_required",
-            "join the party first (POST …/join) and send its party_token as Authorization: Bearer",
-        ),
-        PartyError::OverCapacity(over) => return over_capacity(&over),
-    };
-    ApiError::new(status, code, msg).into_response()
-}
-
-/// A share over a cap (the widget's too): 503 with every cap it would pass.
-pub(crate) fn over_capacity(over: &[String]) -> Response {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "party_over_capacity",
-        format!(
-            "sharing now would go over a limit: {}; try again when someone stops sharing",
-            over.join("; ")
-        ),
-    )
-    .into_response()
-}
-
 #[derive(Deserialize)]
 struct JoinReq {
     key: String,
@@ -125,7 +80,7 @@ async fn join(
             if e == PartyError::KeyRejected {
                 tracing::info!(party = %name, client = %ip, "party: key rejected");
             }
-            party_error(e)
+            ApiError::from(e).into_response()
         }
     }
 }
@@ -136,11 +91,12 @@ async fn view(
     headers: HeaderMap,
 ) -> Response {
     let Some(token) = bearer(&headers) else {
-        return party_error(if app.parties.exists(&name) {
+        return ApiError::from(if app.parties.exists(&name) {
             PartyError::BadToken
         } else {
             PartyError::UnknownParty
-        });
+        })
+        .into_response();
     };
     let hub = app.hub.clone();
     let caps = |e: &mut _| app.admission.check_party_share(e);
@@ -152,7 +108,7 @@ async fn view(
         caps,
     ) {
         Ok(v) => Json(v).into_response(),
-        Err(e) => party_error(e),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -162,7 +118,7 @@ async fn share(
     headers: HeaderMap,
 ) -> Response {
     let Some(token) = bearer(&headers) else {
-        return party_error(PartyError::BadToken);
+        return ApiError::from(PartyError::BadToken).into_response();
     };
     let hub = app.hub.clone();
     let caps = |e: &mut _| app.admission.check_party_share(e);
@@ -178,8 +134,8 @@ async fn share(
         }
         Err(PartyError::OverCapacity(over)) => {
             tracing::info!(party = %name, "party: share refused: {}", over.join("; "));
-            over_capacity(&over)
+            ApiError::over_capacity(&over).into_response()
         }
-        Err(e) => party_error(e),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }

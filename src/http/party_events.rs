@@ -21,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde_json::Value;
 
-use crate::http::App;
 use crate::http::extract::token_from;
+use crate::http::{ApiError, App};
 use crate::hub::ControlFeed;
 use crate::party::feed::{KEEP_ALIVE, RECHECK, Recheck, SentView};
 
@@ -53,11 +53,12 @@ pub async fn standalone(
     uri: axum::http::Uri,
 ) -> Response {
     let Some(token) = token_from(&headers, uri.query()) else {
-        return super::party::party_error(if app.parties.exists(&name) {
+        return ApiError::from(if app.parties.exists(&name) {
             crate::party::PartyError::BadToken
         } else {
             crate::party::PartyError::UnknownParty
-        });
+        })
+        .into_response();
     };
     // Subscribed before the first view, so no change falls between the two.
     let control = app.hub.control_feed();
@@ -78,7 +79,7 @@ pub async fn standalone(
     // Refused here, before the feed starts, with the view's own answer.
     let first = match compute() {
         Ok(v) => serde_json::to_value(v).unwrap_or_default(),
-        Err(e) => return super::party::party_error(e),
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let prefix = format!("{name}-");
     let source = Source {
@@ -103,10 +104,10 @@ pub async fn room(
 ) -> Response {
     use crate::matrix::party::PartyError;
     let Some(m) = app.matrix.clone() else {
-        return super::matrix::party::party_error(PartyError::NoRoom);
+        return ApiError::from(PartyError::NoRoom).into_response();
     };
     let Some(token) = token_from(&headers, uri.query()) else {
-        return super::matrix::party::no_token();
+        return ApiError::party_token_required().into_response();
     };
     let control = app.hub.control_feed();
     let compute = {
@@ -121,7 +122,7 @@ pub async fn room(
     };
     let first = match compute().await {
         Ok(v) => serde_json::to_value(v).unwrap_or_default(),
-        Err(e) => return super::matrix::party::party_error(e),
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let source = Source {
         view: Box::new(move || {

@@ -17,7 +17,6 @@ use serde::Deserialize;
 use super::api::ClientIp;
 use crate::http::error::read_body;
 use crate::http::{ApiError, App};
-use crate::matrix::access::OpenIdError;
 use crate::matrix::party::PartyError;
 
 pub fn routes() -> Router<Arc<App>> {
@@ -37,57 +36,8 @@ struct SessionReq {
     matrix_server_name: String,
 }
 
-pub(crate) fn party_error(e: PartyError) -> Response {
-    let (status, code, msg) = match e {
-        PartyError::Off => (
-            StatusCode::NOT_FOUND,
-            "party_off",
-            "screen sharing is off in this room (a room admin says `!live party on`)".to_string(),
-        ),
-        PartyError::NoRoom => (
-            StatusCode::NOT_FOUND,
-            "unknown_room",
-            "this room has no roomcast stream".to_string(),
-        ),
-        PartyError::OpenId(OpenIdError::Unavailable(d)) | PartyError::Unavailable(d) => {
-            tracing::warn!("party: homeserver call failed: {d}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "homeserver_unavailable",
-                "the chat server is not reachable right now; try again shortly".to_string(),
-            )
-        }
-        PartyError::OpenId(_) | PartyError::BadToken => (
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "your Matrix identity could not be verified; reopen the widget".to_string(),
-        ),
-        PartyError::NotAMember => (
-            StatusCode::FORBIDDEN,
-            "not_a_member",
-            "join the room to take part".to_string(),
-        ),
-        PartyError::NoPower { needed } => (
-            StatusCode::FORBIDDEN,
-            "not_enough_power",
-            format!("sharing your screen here needs power level {needed} in the room"),
-        ),
-        PartyError::OverCapacity(over) => return crate::http::party::over_capacity(&over),
-    };
-    ApiError::new(status, code, msg).into_response()
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     crate::http::extract::bearer(headers)
-}
-
-pub(crate) fn no_token() -> Response {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "party_token_required",
-        "send the party token (POST …/party/session) as Authorization: Bearer",
-    )
-    .into_response()
 }
 
 async fn session(
@@ -100,7 +50,7 @@ async fn session(
         return ApiError::from(r).into_response();
     }
     let Some(m) = app.matrix.as_ref() else {
-        return party_error(PartyError::NoRoom);
+        return ApiError::from(PartyError::NoRoom).into_response();
     };
     let bytes = match read_body(body, app.config.http.max_body_bytes).await {
         Ok(b) => b,
@@ -121,7 +71,7 @@ async fn session(
         .await
     {
         Ok(w) => Json(w).into_response(),
-        Err(e) => party_error(e),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -138,7 +88,7 @@ async fn view(
     let caps = |e: &mut _| app.admission.check_party_share(e);
     match m.party_view(&room, bearer(&headers), caps).await {
         Ok(v) => Json(v).into_response(),
-        Err(e) => party_error(e),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -153,14 +103,14 @@ async fn share(
         return ApiError::from(r).into_response();
     }
     let Some(m) = app.matrix.as_ref() else {
-        return party_error(PartyError::NoRoom);
+        return ApiError::from(PartyError::NoRoom).into_response();
     };
     let Some(token) = bearer(&headers) else {
-        return no_token();
+        return ApiError::party_token_required().into_response();
     };
     let caps = |e: &mut _| app.admission.check_party_share(e);
     match m.party_share(&room, token, caps).await {
         Ok(g) => (StatusCode::CREATED, Json(g)).into_response(),
-        Err(e) => party_error(e),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
