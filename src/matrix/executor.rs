@@ -14,7 +14,8 @@ use tracing::{info, warn};
 
 use super::commands::{self, Command, Parsed, Slots};
 use super::decisions::{self, AttachFacts, Effect, NewFacts, StatusFacts, Target};
-use super::rooms::{LAYOUT_TYPE, WIDGET_TYPE, raw, room_id, widget_id};
+use super::ids::{raw, room_id};
+use super::rooms::{LAYOUT_TYPE, WIDGET_TYPE, widget_id};
 use super::{Ev, HsError, Matrix, MatrixError};
 use crate::hub::Access;
 use crate::store::matrix::{MappingRow, RoomFlag};
@@ -583,7 +584,7 @@ impl Matrix {
         req.preset = Some(create_room::v3::RoomPreset::PublicChat);
         req.name = Some(name.to_string());
         req.room_alias_name = Some(format!("{}{name}", self.cfg.alias_prefix));
-        req.invite = vec![super::rooms::user_id(owner)?];
+        req.invite = vec![super::ids::user_id(owner)?];
         req.power_level_content_override = Some(raw(&json!({ "users": users }))?);
         match self.client.send(req, None).await {
             Ok(r) => Ok(Ok(r.room_id.to_string())),

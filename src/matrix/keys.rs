@@ -8,8 +8,8 @@ use ruma::api::client::room::create_room;
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::ids::{room_id, user_id};
 use super::notices::html_escape;
-use super::rooms::{room_id, user_id};
 use super::{HsError, Matrix, MatrixError};
 use crate::auth::keys::{generate_key, hash_key_hex};
 

@@ -34,6 +34,7 @@ mod decisions;
 mod executor;
 pub mod federation;
 mod follow;
+mod ids;
 mod keys;
 pub mod media_proxy;
 mod notice_current;

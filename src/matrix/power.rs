@@ -7,8 +7,8 @@ use ruma::api::client::state::get_state_event_for_key;
 use ruma::events::StateEventType;
 use serde_json::{Value, json};
 
+use super::ids::room_id;
 use super::permissions::Level;
-use super::rooms::room_id;
 use super::{Matrix, MatrixError};
 
 /// Room versions where creators have unlimited power and must not be listed

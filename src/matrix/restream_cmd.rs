@@ -15,7 +15,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::commands::Restream;
-use super::rooms::{raw, room_id};
+use super::ids::{raw, room_id};
 use super::{Matrix, MatrixError};
 use crate::restream::health::PushState;
 use crate::restream::{DestinationStatus, Restreamer};

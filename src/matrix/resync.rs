@@ -9,7 +9,7 @@ use std::time::Duration;
 use ruma::api::client::state::get_state_events;
 use tracing::{info, warn};
 
-use super::rooms::room_id;
+use super::ids::room_id;
 use super::{Ev, Matrix, MatrixError};
 use crate::store::matrix::RoomRow;
 

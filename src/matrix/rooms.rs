@@ -8,33 +8,19 @@ use ruma::api::client::membership::{join_room_by_id, leave_room};
 use ruma::api::client::room::create_room;
 use ruma::api::client::state::{get_state_events, send_state_event};
 use ruma::events::StateEventType;
-use ruma::serde::Raw;
-use ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use super::ids::{raw, room_id};
 use super::notices::new_txn_id;
 use super::permissions::Level;
 use super::power::{create_info, creators_privileged};
-use super::{Ev, HsError, Matrix, MatrixError, stream_title};
+use super::{Ev, Matrix, MatrixError, stream_title};
 use crate::auth::keys::{generate_key, hash_key_hex};
 use crate::store::matrix::{MappingRow, RoomFlag, RoomRow, RoomText};
 
 pub const WIDGET_TYPE: &str = "im.vector.modular.widgets";
 pub const LAYOUT_TYPE: &str = "io.element.widgets.layout";
-
-pub(super) fn room_id(s: &str) -> Result<OwnedRoomId, MatrixError> {
-    OwnedRoomId::try_from(s).map_err(|e| HsError::Protocol(format!("bad room id {s}: {e}")).into())
-}
-
-pub(super) fn user_id(s: &str) -> Result<OwnedUserId, MatrixError> {
-    OwnedUserId::try_from(s).map_err(|e| HsError::Protocol(format!("bad user id {s}: {e}")).into())
-}
-
-pub(super) fn raw<T>(v: &Value) -> Result<Raw<T>, MatrixError> {
-    let r = serde_json::value::to_raw_value(v).map_err(|e| HsError::Protocol(e.to_string()))?;
-    Ok(Raw::from_json(r))
-}
 
 impl Matrix {
     // --- events from transactions --------------------------------------------------

@@ -11,7 +11,7 @@ use ruma::api::client::membership::join_room_by_id_or_alias;
 use ruma::{OwnedRoomOrAliasId, OwnedServerName};
 use tracing::{info, warn};
 
-use super::rooms::room_id;
+use super::ids::room_id;
 use super::{Ev, Matrix, MatrixError};
 
 /// The server part of a user id (`@u:server` → `server`).
