@@ -88,7 +88,7 @@ impl RtmpIngest {
                         Some(a) => {
                             let tls = crate::tls::handshake(a, c.stream, peer, handshake_timeout);
                             if let Some(tls) = tls.await {
-                                // The ClientHello were the listener's first
+                                // The ClientHello was the listener's first
                                 // bytes; RTMP's own get the same timeout.
                                 this.handle(tls, peer, local, true, handshake_timeout)
                                     .await
