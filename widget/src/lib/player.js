@@ -4,9 +4,11 @@
 // Fallback rules:
 // - no RTCPeerConnection, a 422 no_common_codec, or ICE/DTLS failing before the
 //   first WebRTC frame → LL-HLS at once (retrying WebRTC would fail the same way);
-// - a connection that worked and drops (ICE 'disconnected' past the grace, or
-//   'failed') first restarts ICE on the same PeerConnection (a WHEP PATCH, RFC
-//   9725 §4.3.2: no new session, no GOP replay, the DTLS session goes on);
+// - a connection that worked and drops (no packet for QUIET_MS, which the
+//   player sees from its own counters seconds before the browser reports ICE
+//   'disconnected'; or 'disconnected' past the grace, or 'failed') first
+//   restarts ICE on the same PeerConnection (a WHEP PATCH, RFC 9725 §4.3.2: no
+//   new session, no GOP replay, the DTLS session goes on);
 // - when that cannot help (the PATCH fails, e.g. 404 for a session the server
 //   ended, the restart does not connect within ICE_RESTART_MS, or
 //   ICE_RESTARTS_IN_A_ROW restarts went by without a frame), or for a loss
@@ -22,6 +24,7 @@
 // PeerConnection across a publisher reconnect (the server keeps it too).
 import { api, errorFrom, streamPath, withQuery } from './api.js';
 import { h, icon } from './dom.js';
+import { PathWatch, pathCounters } from './pathwatch.js';
 import { SDPFRAG, parseFragment, restartFragment, withIceCredentials } from './sdpfrag.js';
 
 // Answer applied → ICE connected. On a working path ICE connects in well under a
@@ -31,6 +34,12 @@ const DISCONNECT_GRACE_MS = 4000; // 'disconnected' this long → re-negotiate
 // 'disconnected' this long → ICE restart: it keeps the session, so trying early
 // costs one PATCH, and the browser has already waited seconds for consent.
 const ICE_RESTART_GRACE_MS = 1000;
+// Live and connected, packets were flowing, and none for this long (audio alone
+// brings 50 a second): the path is gone, though the browser will not say
+// 'disconnected' for seconds yet. An ICE restart then costs one PATCH even when
+// the publisher merely paused, so a short wait is cheap.
+const QUIET_MS = 1500;
+const PATH_WATCH_MS = 500; // how often the packet counters are read
 const OFFLINE_CLOSE_MS = 30000; // offline this long → close the PeerConnection
 const STALL_MS = 10000; // live and connected but no new frame this long → re-negotiate
 // ICE restart started → connected again, or a new session. On a path that works
@@ -92,6 +101,7 @@ export class Player extends EventTarget {
     this.connected = false; // this PeerConnection reached 'connected': an ICE restart may save it
     this.restart = null; // the ICE restart under way
     this.restarts = 0; // ICE restarts since the last frame
+    this.path = null; // PathWatch of this PeerConnection's counters
     // For tests and debugging: WHEP sessions made, ICE restarts tried and that reconnected.
     this.counts = { whepPosts: 0, iceRestarts: 0, iceRestartsOk: 0 };
     this.hls = null;
@@ -110,6 +120,7 @@ export class Player extends EventTarget {
     window.addEventListener('online', () => this.retryNow());
     window.addEventListener('pagehide', () => this.teardown(true));
     this.timers.stall = setInterval(() => this.checkStall(), 2000);
+    this.timers.pathWatch = setInterval(() => this.watchPath(), PATH_WATCH_MS);
     this.render();
   }
 
@@ -297,6 +308,7 @@ export class Player extends EventTarget {
 
     const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle' });
     this.pc = pc;
+    this.path = new PathWatch(QUIET_MS);
     pc.addTransceiver('video', { direction: 'recvonly' });
     pc.addTransceiver('audio', { direction: 'recvonly' });
     const ms = new MediaStream();
@@ -392,26 +404,54 @@ export class Player extends EventTarget {
       this.refreshedToken = false;
       // A restart is done once the server's new credentials are in (before
       // that, this is the old ICE generation back: the PATCH is on its way).
-      if (this.restart?.applied) this.restartDone({ ok: true, ms: Math.round(performance.now() - this.restart.t0) });
+      if (this.restart?.applied) this.restartDone({ ok: true });
       if (this.state !== 'playing' && this.live !== false) this.setState('connecting');
       this.startPlayback();
     } else if (s === 'disconnected') {
       // A restart under way has its own deadline (ICE_RESTART_MS).
       if (this.restart) return;
       this.timers.disconnected = setTimeout(() => {
-        if (gen === this.gen && pc.connectionState === 'disconnected') this.lost(pc, gen);
+        if (gen === this.gen && pc.connectionState === 'disconnected') this.lost(pc, gen, 'disconnected');
       }, this.canRestartIce() ? ICE_RESTART_GRACE_MS : DISCONNECT_GRACE_MS);
     } else if (s === 'failed') {
-      this.lost(pc, gen);
+      this.lost(pc, gen, 'failed');
     }
+  }
+
+  /** Every PATH_WATCH_MS: reads the connection's packet counters. A path gone
+   *  quiet restarts ICE; a restart under way is done once the path answers. */
+  async watchPath() {
+    const pc = this.pc;
+    const gen = this.gen;
+    if (this.mode !== 'webrtc' || !pc || !this.path || !this.connected || this.path.busy) return;
+    const watch = this.path;
+    watch.busy = true;
+    let counters;
+    try {
+      counters = await pathCounters(pc);
+    } catch {
+      return;
+    } finally {
+      watch.busy = false;
+    }
+    if (gen !== this.gen || watch !== this.path) return;
+    const now = performance.now();
+    watch.sample(counters, now);
+    const restart = this.restart;
+    if (restart) {
+      if (restart.applied && watch.answeredSince(restart.t0)) this.restartDone({ ok: true });
+      return;
+    }
+    if (this.live && pc.connectionState === 'connected' && watch.takeQuiet(now)) this.lost(pc, gen, 'quiet');
   }
 
   /** The connection dropped ('disconnected' past the grace) or failed: an ICE
    *  restart when it can save the session, else a new session. */
-  lost(pc, gen) {
+  lost(pc, gen, trigger) {
     if (gen !== this.gen || this.restart) return; // a restart's deadline decides
-    if (this.canRestartIce()) return this.restartIce(pc, gen);
-    this.renegotiate(gen);
+    if (this.canRestartIce()) return this.restartIce(pc, gen, trigger);
+    // A quiet path the browser still calls connected: its own timers decide.
+    if (trigger !== 'quiet') this.renegotiate(gen);
   }
 
   /** Whether an ICE restart can save this session: a connection that worked
@@ -425,8 +465,8 @@ export class Player extends EventTarget {
    *  PeerConnection: the new offer's ufrag and pwd PATCHed to the session, the
    *  server's new ones put in the remote description. Media goes on over the
    *  new path without a new session, DTLS handshake or GOP replay. */
-  async restartIce(pc, gen) {
-    const restart = { t0: performance.now(), applied: false };
+  async restartIce(pc, gen, trigger) {
+    const restart = { t0: performance.now(), applied: false, trigger };
     this.restart = restart;
     this.restarts++;
     this.counts.iceRestarts++;
@@ -471,15 +511,17 @@ export class Player extends EventTarget {
       if (current()) this.restartDone({ ok: false, status: 200, reason: String(e.message || e) });
       return;
     }
-    // A path that never went away (or the old generation back) is connected already.
-    if (current() && pc.connectionState === 'connected') {
-      this.restartDone({ ok: true, ms: Math.round(performance.now() - restart.t0) });
-    }
+    // Done when the path answers: a packet or a STUN response after the start
+    // (watchPath). A browser without those counters: when it calls the path
+    // connected (a path that never went away, or the old generation back).
+    if (current() && !this.path?.reportsResponses && pc.connectionState === 'connected') this.restartDone({ ok: true });
   }
 
   /** The ICE restart under way ended: `ok` it reconnected, else a new session
    *  (renegotiate: backoff, and LL-HLS after repeated losses). */
-  restartDone(detail) {
+  restartDone(outcome) {
+    const { t0, trigger } = this.restart;
+    const detail = { ...outcome, trigger, ms: Math.round(performance.now() - t0) };
     clearTimeout(this.timers.iceRestart);
     this.restart = null;
     if (detail.ok) this.counts.iceRestartsOk++;
@@ -689,6 +731,7 @@ export class Player extends EventTarget {
     clearTimeout(this.timers.iceRestart);
     clearTimeout(this.timers.probe);
     this.restart = null;
+    this.path = null;
     this.connected = false;
     this.etag = null;
     if (this.probe) {
