@@ -763,7 +763,7 @@ impl Matrix {
             .map_err(|e| GuestError::Unavailable(e.to_string()))?;
         let req = send_message_event::v3::Request::new_raw(
             rid,
-            super::notices::new_txn_id().as_str().into(),
+            super::ids::new_txn_id().as_str().into(),
             MessageLikeEventType::RoomMessage,
             Raw::from_json(raw),
         );

@@ -438,7 +438,7 @@ impl Matrix {
                     &format!(
                         "Viewer link for '{}', valid for {}: {url}",
                         m.stream,
-                        super::notices::format_duration(secs)
+                        super::text::format_duration(secs)
                     ),
                 )
                 .await;

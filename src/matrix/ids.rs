@@ -16,6 +16,12 @@ pub(super) fn user_id(s: &str) -> Result<OwnedUserId, MatrixError> {
     OwnedUserId::try_from(s).map_err(|e| HsError::Protocol(format!("bad user id {s}: {e}")).into())
 }
 
+/// A transaction id for a `PUT …/send/…`: random, so a retry after a restart
+/// is never taken for a repeat of another message.
+pub(super) fn new_txn_id() -> String {
+    format!("rc{}", hex::encode(rand::random::<[u8; 12]>()))
+}
+
 pub(super) fn raw<T>(v: &Value) -> Result<Raw<T>, MatrixError> {
     let r = serde_json::value::to_raw_value(v).map_err(|e| HsError::Protocol(e.to_string()))?;
     Ok(Raw::from_json(r))

@@ -9,7 +9,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::ids::{room_id, user_id};
-use super::notices::html_escape;
+use super::text::html_escape;
 use super::{HsError, Matrix, MatrixError};
 use crate::auth::keys::{generate_key, hash_key_hex};
 

@@ -51,6 +51,7 @@ mod resync;
 mod room_lost;
 mod room_map;
 mod rooms;
+mod text;
 mod transactions;
 mod upgrades;
 
@@ -72,7 +73,7 @@ use crate::hub::{Access, ChatMessage, Hub, RoomInfo};
 use crate::store::matrix::{MappingRow, RoomRow};
 use crate::store::{Store, StoreError};
 pub use client::{HsClient, HsError};
-pub use notices::html_escape;
+pub use text::html_escape;
 
 /// Why applying something failed.
 #[derive(Debug, thiserror::Error)]
@@ -407,7 +408,7 @@ impl Matrix {
         self.refresh_room_version().await?;
         let mut ping =
             ruma::api::client::appservice::request_ping::v1::Request::new(self.reg.id.clone());
-        ping.transaction_id = Some(notices::new_txn_id().as_str().into());
+        ping.transaction_id = Some(ids::new_txn_id().as_str().into());
         let r = self.client.send(ping, None).await?;
         Ok(r.duration.as_millis() as u64)
     }

@@ -20,7 +20,8 @@ use ruma::api::client::media::create_content;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::notices::{html_escape, new_txn_id};
+use super::ids::new_txn_id;
+use super::text::html_escape;
 use super::{Matrix, MatrixError};
 use crate::hub::Access;
 use crate::log_every::LogEvery;

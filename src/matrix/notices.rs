@@ -28,6 +28,8 @@ use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{info, warn};
 
+use super::ids::new_txn_id;
+use super::text::{format_duration, html_escape};
 use super::{HsError, Matrix, MatrixError};
 use crate::hub::HubEvent;
 use crate::store::matrix::{GoliveRow, NewOutbox, OutboxRow};
@@ -224,17 +226,6 @@ impl Sessions {
 }
 
 /// "1 h 02 min", "3 min", "45 s".
-pub fn format_duration(secs: u64) -> String {
-    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
-    if h > 0 {
-        format!("{h} h {m:02} min")
-    } else if m > 0 {
-        format!("{m} min")
-    } else {
-        format!("{s} s")
-    }
-}
-
 fn ms_since_epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -948,35 +939,9 @@ where
     }
 }
 
-pub fn new_txn_id() -> String {
-    format!("rc{}", hex::encode(rand::random::<[u8; 12]>()))
-}
-
-pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(format_duration(3720), "1 h 02 min");
-        assert_eq!(format_duration(180), "3 min");
-        assert_eq!(format_duration(45), "45 s");
-    }
 
     #[test]
     fn a_session_is_announced_once_and_ends_after_staying_offline() {
@@ -1054,10 +1019,5 @@ mod tests {
             assert_eq!(n.note_control(&name, false, 1), (true, false));
         }
         assert_eq!(n.seen_live.lock().len(), 1, "only the live \"a\"");
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(html_escape("<b>&\"x'"), "&lt;b&gt;&amp;&quot;x&#39;");
     }
 }

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use super::notices::html_escape;
+use super::text::html_escape;
 use super::{Matrix, MatrixError};
 use crate::auth::keys::hash_key_hex;
 use crate::obs_profile::link;

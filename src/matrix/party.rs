@@ -148,19 +148,19 @@ pub(super) fn share_notice(who: &str) -> (String, String) {
         format!("🔴 {who} is sharing their screen"),
         format!(
             "🔴 <b>{}</b> is sharing their screen",
-            super::notices::html_escape(who)
+            super::text::html_escape(who)
         ),
     )
 }
 
 /// Its edit when the share ends.
 pub(super) fn share_ended_notice(who: &str, secs: u64) -> (String, String) {
-    let took = super::notices::format_duration(secs);
+    let took = super::text::format_duration(secs);
     (
         format!("⚫ {who} shared their screen for {took}"),
         format!(
             "⚫ <b>{}</b> shared their screen for {took}",
-            super::notices::html_escape(who)
+            super::text::html_escape(who)
         ),
     )
 }

@@ -61,7 +61,7 @@ pub fn list_needs_manager(in_dm: bool, access: Option<Access>) -> bool {
 
 /// "1 h 02 min" of a recording.
 fn length(r: &RecordingRow) -> String {
-    super::notices::format_duration((r.duration_ms / 1000) as u64)
+    super::text::format_duration((r.duration_ms / 1000) as u64)
 }
 
 /// The answer to `!live recordings`: newest first, each with its link.

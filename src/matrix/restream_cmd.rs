@@ -182,7 +182,7 @@ impl Matrix {
         let mut req = redact_event::v3::Request::new(
             room_id,
             event_id,
-            super::notices::new_txn_id().as_str().into(),
+            super::ids::new_txn_id().as_str().into(),
         );
         req.reason = Some("a stream key posted in a room".into());
         if let Err(e) = self.client.send(req, None).await {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::notices::new_txn_id;
+use super::ids::new_txn_id;
 use super::{Ev, Matrix, MatrixError};
 use crate::hub::RoomLost;
 use crate::store::matrix::NewOutbox;

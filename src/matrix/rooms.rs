@@ -11,8 +11,7 @@ use ruma::events::StateEventType;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::ids::{raw, room_id};
-use super::notices::new_txn_id;
+use super::ids::{new_txn_id, raw, room_id};
 use super::permissions::Level;
 use super::power::{create_info, creators_privileged};
 use super::{Ev, Matrix, MatrixError, stream_title};
