@@ -38,6 +38,7 @@ export class PathWatch {
     this.answerAt = 0; // when either counter last moved
     this.armed = false; // packets flowed since the last quiet spell was reported
     this.reportsResponses = false;
+    this.busy = false; // a getStats() for this watch is under way (the player's)
   }
 
   /** A new sample at `now` (ms). */
