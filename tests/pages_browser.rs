@@ -328,6 +328,34 @@ fn watch_page_restarts_ice_after_a_network_cut() {
     println!("run time {:.1?}", started.elapsed());
 }
 
+/// A publisher that stalls with its connection open (ffmpeg stopped) also
+/// leaves the path quiet: the player restarts ICE once, the restart is done
+/// on the server's STUN answers alone (no media yet), and when ffmpeg goes
+/// on the same PeerConnection plays. A quiet stream costs one PATCH, never a
+/// new session.
+#[test]
+fn watch_page_restarts_ice_once_while_the_publisher_stalls() {
+    let _serial = serial();
+    // The relay stays clear: only the publisher stops.
+    let (server, _relay) = behind_relay();
+    let ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), small());
+    server.wait_live(STREAM, LIVE_TIMEOUT);
+    let mut tool = pages(&server, "ice-restart", &["--stream", STREAM, "--stall"]);
+    wait_step(&tool, "playing");
+    ffmpeg.pause(true);
+    let paused = Instant::now();
+    let done = wait_step(&tool, "restart_done");
+    println!(
+        "the restart was done {:.1?} after ffmpeg stopped, without media: {}",
+        paused.elapsed(),
+        done["restart"]
+    );
+    ffmpeg.pause(false);
+    let r = finish(&mut tool, "ICE restart while the publisher stalls");
+    println!("counts {}; states {}", r["counts"], r["states"]);
+    assert_eq!(negotiated(&server).len(), 1, "WHEP sessions negotiated");
+}
+
 /// As above, but the test also ends the session on the server (DELETE on its
 /// Location) while the path is cut: the player's restart PATCH gets 404 and
 /// it falls back at once to a new WHEP session, which plays.

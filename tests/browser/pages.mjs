@@ -792,7 +792,10 @@ async function iceFail(browser) {
  *  "restart_started" (the player's PATCH was sent). The player must restart ICE on the
  *  same PeerConnection (a PATCH, never a second WHEP POST), and the video goes on.
  *  --gone: the test also DELETEs the session while the path is cut; the PATCH then gets
- *  404 and the player makes a new session (a second POST) and plays again. */
+ *  404 and the player makes a new session (a second POST) and plays again.
+ *  --stall: the path stays up and the Rust test stops the publisher (ffmpeg) instead,
+ *  until "restart_done": one restart, done on STUN answers alone, then the same
+ *  PeerConnection plays on. */
 async function iceRestart(browser) {
   const stream = opt('stream', 't1');
   const gone = has('gone');
@@ -857,6 +860,9 @@ async function iceRestart(browser) {
   check(done.trigger === 'quiet', `what started the ICE restart: ${JSON.stringify(done)} (connection states ${JSON.stringify(states)})`);
   if (!gone) {
     check(done.ok === true, `the ICE restart failed: ${JSON.stringify(done)}`);
+    // --stall: done while the publisher is still stopped (the server's STUN
+    // answers, no media); the Rust test lets ffmpeg go on now.
+    emit({ type: 'restart_done', restart: done });
     await waitFor('a new frame decoded', async () => (await playerStats(page)).framesDecoded > stalled, 10000);
     const frameAfterMs = Date.now() - tPatch;
     const after = await waitFor('60 more frames on the same PeerConnection', async () => {

@@ -880,6 +880,21 @@ impl Publisher {
         kill_and_wait(&mut self.child, timeout)
     }
 
+    /// Stops ffmpeg where it is (SIGSTOP) or lets it go on (SIGCONT): a
+    /// publisher that pauses with its connection open, as one whose uplink
+    /// stalls does.
+    pub fn pause(&self, paused: bool) {
+        let sig = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: a signal to our own child, which has not been waited for.
+        let r = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(
+            r,
+            0,
+            "kill({sig}) ffmpeg: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// Kills ffmpeg abruptly (no unpublish).
     pub fn kill(&mut self) -> Option<ExitStatus> {
         self.stdin = None;
