@@ -4,9 +4,10 @@
 // stops at once: a player that watches its packet counter can restart ICE
 // seconds earlier, and tell a restart that works from one that does not.
 
-/** Sums of what arrived so far: RTP packets of every inbound stream, and the
- *  STUN responses on the selected candidate pair (`null` when this browser
- *  does not report them). Each only grows while the PeerConnection lives. */
+/** What arrived so far: RTP packets of every inbound stream (only grows),
+ *  and the STUN responses on the selected candidate pair (`null` when this
+ *  browser does not report them; another pair after a restart has its own
+ *  count, so a change of either, not a rise, is what counts). */
 export async function pathCounters(pc) {
   const stats = await pc.getStats();
   let packets = 0;
