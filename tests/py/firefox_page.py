@@ -87,6 +87,9 @@ const out = {
   label: tag && !tag.hidden ? tag.textContent : null,
   status: st && !st.hidden ? st.textContent : null,
   viewers: (() => { const e = document.getElementById('viewers'); return e && !e.hidden ? e.textContent : null; })(),
+  // The player's path watch (lib/pathwatch.js): packets, and STUN responses on
+  // the selected pair when this Firefox reports them.
+  path: p.path ? { packets: p.path.packets, responses: p.path.responses, reportsResponses: p.path.reportsResponses } : null,
 };
 if (!p.pc) return done(out);
 // getStats() of a PeerConnection the page closes meanwhile (the WebRTC attempt
