@@ -420,7 +420,7 @@ impl Pair {
             };
             if !self.viewer.is_finished() {
                 // As the shard does.
-                self.viewer.on_frame(&f);
+                self.viewer.on_frame(&f, self.now);
                 self.viewer.drive_after_frame(self.now, &mut self.wire);
             }
             moved = true;
@@ -673,6 +673,41 @@ mod tests {
             // A repaired or refused request is not kept: nothing more comes.
             p.advance(Duration::from_secs(2));
             assert_eq!(arrivals(&p, key), 3);
+        });
+    }
+
+    /// A publisher that pauses: the browser's keyframe requests (Chromium
+    /// asks every 3 s while no frame comes) get no replay once the viewer has
+    /// the newest frame, so it keeps its last picture instead of seeing the
+    /// last GOP loop; right after the join's replay, or once frames come
+    /// again, a request is served as before.
+    #[test]
+    fn a_still_stream_is_not_replayed_to_a_viewer_that_has_its_newest_frame() {
+        on_both_paths(|opts| {
+            // Joined into a stream that then stops: the join's replay may
+            // not have been decodable, so the first request is served.
+            let mut p = Pair::new(opts);
+            let gop = p.push_gop(2);
+            p.run_until(Duration::from_secs(5), |p| {
+                p.frames_got().len() >= gop.len()
+            });
+            p.advance(Duration::from_secs(3));
+            p.request_keyframe();
+            assert_eq!(arrivals(&p, gop[0]), 2, "a request after the join's replay");
+            // That replay brought the newest frame whole: from now on the
+            // requests are the browser's timer.
+            for _ in 0..3 {
+                p.advance(Duration::from_secs(3));
+                p.request_keyframe();
+                p.advance(Duration::from_millis(500));
+            }
+            assert_eq!(arrivals(&p, gop[0]), 2, "the still stream looped");
+            // The publisher goes on; a request right after a frame is a failed
+            // decode and gets its replay.
+            let next = p.push(false);
+            assert_eq!(p.frames_got().last(), Some(&next));
+            p.request_keyframe();
+            assert_eq!(arrivals(&p, gop[0]), 3, "a request while frames come");
         });
     }
 

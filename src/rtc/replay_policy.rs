@@ -16,6 +16,15 @@
 //! that has no SRTP keys yet, which drops them unseen: it cannot NACK a
 //! keyframe start it never saw. A PLI after the join's replay is served from
 //! the bucket at once.
+//!
+//! A stream that has gone still gets no replay: when the publisher pauses,
+//! the browser asks for a keyframe on its own timer (Chromium every 3 s
+//! while no frame comes), and a replay would only show the viewer the last
+//! GOP again, a second of the past looping every few seconds, each loop
+//! looking like media to the player's path watch. A viewer that was sent the
+//! newest frame whole (live, or in a replay it can NACK) and has seen no
+//! video for [`STILL_AFTER`] keeps its last picture; the publisher is still
+//! asked, and a WebRTC one answers with a keyframe when it goes on.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +36,10 @@ const REFILL: Duration = Duration::from_secs(1);
 /// After a replay's keyframe went out, a keyframe request is left to NACK/RTX
 /// for this long (several round trips; Chromium re-sends a NACK every RTT).
 pub const NACK_REPAIR_WINDOW: Duration = Duration::from_millis(600);
+/// A keyframe request this long after the stream's last video frame is a
+/// browser's timer for a picture that stopped, not a failed decode (those
+/// come within a few hundred ms of the loss).
+pub const STILL_AFTER: Duration = Duration::from_secs(2);
 /// How long a replay's packets stay in the RTX cache after the replay.
 const REPLAY_RTX_MARGIN: Duration = Duration::from_millis(1000);
 /// What one RTX cache entry costs str0m besides its payload (its slot).
@@ -43,6 +56,9 @@ pub enum Verdict {
     Repair,
     /// Out of credit: the request is kept and served at this time.
     Later(Instant),
+    /// The viewer has the newest frame and the stream has been still since:
+    /// a replay would only rewind it.
+    Still,
 }
 
 /// The RTX cache a replay needs: str0m's `set_rtx_cache(max_packets, max_age)`.
@@ -87,6 +103,13 @@ pub struct ReplayPolicy {
     keyframe: Option<(u64, Instant)>,
     /// A request refused for credit, to be served at `refilled + REFILL`.
     pending: bool,
+    /// When the viewer last saw a live video frame of its stream.
+    video_at: Instant,
+    /// It was sent that frame (or a replay's newest) on a path it can repair.
+    has_newest: bool,
+    /// The join's replay went out and no keyframe it can repair since: what
+    /// follows it may not decode (see the module doc).
+    after_join: bool,
 }
 
 impl ReplayPolicy {
@@ -96,7 +119,20 @@ impl ReplayPolicy {
             refilled: now,
             keyframe: None,
             pending: false,
+            video_at: now,
+            has_newest: false,
+            after_join: false,
         }
+    }
+
+    /// A live video frame of the stream reached the viewer at `now`; `sent`:
+    /// the viewer was sent it (its keyframe gate let it through).
+    pub fn live_video(&mut self, now: Instant, sent: bool, keyframe: bool) {
+        self.video_at = now;
+        if sent && keyframe {
+            self.after_join = false;
+        }
+        self.has_newest = sent && !self.after_join;
     }
 
     fn refill(&mut self, now: Instant) {
@@ -112,6 +148,10 @@ impl ReplayPolicy {
     /// A keyframe request. `next_seq` is the sequence number the next video
     /// packet gets, `cache_packets` how many the RTX cache holds now.
     pub fn request(&mut self, now: Instant, next_seq: u64, cache_packets: usize) -> Verdict {
+        if self.has_newest && now.saturating_duration_since(self.video_at) >= STILL_AFTER {
+            self.pending = false;
+            return Verdict::Still;
+        }
         if let Some((seq, at)) = self.keyframe
             && now.saturating_duration_since(at) < NACK_REPAIR_WINDOW
             && next_seq.saturating_sub(seq) < cache_packets as u64
@@ -133,6 +173,8 @@ impl ReplayPolicy {
     /// viewer can NACK all of it (false for the join's, see the module doc).
     pub fn replayed(&mut self, now: Instant, first_seq: u64, nackable: bool) {
         self.keyframe = nackable.then_some((first_seq, now));
+        self.after_join = !nackable;
+        self.has_newest = nackable;
     }
 
     /// When a request refused for credit is due.
@@ -185,6 +227,41 @@ mod tests {
         assert!(matches!(p.request(t, 1500, 1000), Verdict::Later(_)));
         p.keyframe_sent();
         assert_eq!(p.due(), None);
+    }
+
+    #[test]
+    fn a_still_stream_gets_no_replay_once_the_viewer_has_its_newest_frame() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut p = ReplayPolicy::new(t0);
+        p.replayed(t0, 0, false);
+        // After the join's replay, P-frames may not decode: even a still
+        // stream is replayed until a keyframe the viewer can repair.
+        p.live_video(ms(30), true, false);
+        assert_eq!(p.request(ms(3000), 10, 1000), Verdict::Replay);
+        p.replayed(ms(3000), 10, true);
+        // That replay brought the newest frame: the next request while
+        // nothing new comes is the browser's timer.
+        assert_eq!(p.request(ms(6000), 20, 1000), Verdict::Still);
+        assert_eq!(p.due(), None);
+        // The publisher goes on: a keyframe request soon after a frame is a
+        // failed decode, and gets its replay.
+        p.live_video(ms(7000), true, false);
+        assert_eq!(p.request(ms(7100), 30, 1000), Verdict::Replay);
+        p.replayed(ms(7100), 30, true);
+        // A frame the gate held back (waiting for a keyframe): the viewer
+        // has not the newest, so even a still stream is replayed.
+        p.live_video(ms(8000), false, false);
+        assert_eq!(p.request(ms(11_000), 40, 1000), Verdict::Replay);
+        // A live keyframe the viewer was sent counts as whole.
+        let mut p = ReplayPolicy::new(t0);
+        p.replayed(t0, 0, false);
+        p.live_video(ms(1000), true, true);
+        p.live_video(ms(1033), true, false);
+        assert_eq!(p.request(ms(2000), 10, 1000), Verdict::Replay);
+        p.replayed(ms(2000), 10, true);
+        p.live_video(ms(2033), true, false);
+        assert_eq!(p.request(ms(2033) + STILL_AFTER, 20, 1000), Verdict::Still);
     }
 
     #[test]

@@ -872,6 +872,7 @@ impl Worker<'_> {
                     return;
                 };
                 driver.gathering = true;
+                let arrived = Instant::now();
                 for &slot in watching {
                     let Some(p) = slots[slot].as_mut() else {
                         continue;
@@ -881,7 +882,7 @@ impl Worker<'_> {
                     }
                     let mut sent = 0;
                     if let Err(msg) = isolate(|| {
-                        sent = p.on_frame(&frame);
+                        sent = p.on_frame(&frame, arrived);
                         driver.drive_after_frame(p);
                     }) {
                         driver.session_panicked(&p.stream.name, p.id, "media write", &msg);

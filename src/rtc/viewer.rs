@@ -713,14 +713,18 @@ impl Viewer {
         self.dead = true;
     }
 
-    /// Takes a live frame of its stream, writing it if the viewer gets it;
-    /// returns how many RTP packets that was. The caller then calls
-    /// [`Viewer::drive_after_frame`].
-    pub fn on_frame(&mut self, frame: &Arc<Frame>) -> usize {
+    /// Takes a live frame of its stream that reached the shard at `now`,
+    /// writing it if the viewer gets it; returns how many RTP packets that
+    /// was. The caller then calls [`Viewer::drive_after_frame`].
+    pub fn on_frame(&mut self, frame: &Arc<Frame>, now: Instant) -> usize {
         if !self.connected {
             return 0;
         }
         let admit = self.gate.admit(frame);
+        if frame.kind == Kind::Video {
+            self.replay_policy
+                .live_video(now, admit.send, frame.keyframe);
+        }
         if admit.new_publisher {
             let now_sends = self.stream.media_info().video.map(|v| v.codec);
             if let (Some(had), Some(now)) = (self.video_codec, now_sends)
@@ -819,6 +823,10 @@ impl Viewer {
         match self.replay_policy.request(now, next_seq, retransmittable) {
             Verdict::Replay => {}
             Verdict::Repair | Verdict::Later(_) => return,
+            Verdict::Still => {
+                debug!(stream = %self.stream.name, "keyframe request while the stream is still: no replay");
+                return;
+            }
         }
         // The replay's packets stay retransmittable for its duration and a
         // second of round trips (until the next live keyframe makes them moot).

@@ -799,6 +799,7 @@ async function iceFail(browser) {
 async function iceRestart(browser) {
   const stream = opt('stream', 't1');
   const gone = has('gone');
+  const stall = has('stall');
   // The browser logs a 404 answer as a console error: here it is the point.
   if (gone) allowedErrors.push(/status of 404/);
   const ctx = await browser.newContext({ viewport: DESKTOP });
@@ -861,16 +862,22 @@ async function iceRestart(browser) {
   if (!gone) {
     check(done.ok === true, `the ICE restart failed: ${JSON.stringify(done)}`);
     // --stall: done while the publisher is still stopped (the server's STUN
-    // answers, no media); the Rust test lets ffmpeg go on now.
+    // answers, no media), and the page says it waits for the stream, not that
+    // the connection was lost; the Rust test lets ffmpeg go on after longer
+    // than the player's 10 s frame-stall check.
+    if (stall) {
+      const shown = await page.evaluate(() => ({ state: window.roomcast.player.state, text: document.querySelector('.rc-status')?.textContent }));
+      check(shown.state === 'connecting' && /Waiting for the stream/.test(shown.text), `the page during the stall: ${JSON.stringify(shown)}`);
+    }
     emit({ type: 'restart_done', restart: done });
-    await waitFor('a new frame decoded', async () => (await playerStats(page)).framesDecoded > stalled, 10000);
+    await waitFor('a new frame decoded', async () => (await playerStats(page)).framesDecoded > stalled, stall ? 30000 : 10000);
     const frameAfterMs = Date.now() - tPatch;
     const after = await waitFor('60 more frames on the same PeerConnection', async () => {
       const same = await page.evaluate(() => window.roomcast.player.pc === window.__pc0);
       if (!same) throw Object.assign(new Error('the PeerConnection was replaced'), { fatal: true });
       const x = await playerStats(page);
       return x.state === 'playing' && x.framesDecoded >= before.framesDecoded + 60 ? x : null;
-    }, 20000);
+    }, stall ? 40000 : 20000); // --stall: the publisher is stopped for 11 s more
     check(JSON.stringify(ofMethod('POST')) === '[201]' && JSON.stringify(ofMethod('PATCH')) === '[200]',
       `WHEP requests: ${JSON.stringify(whep.map(({ q, ...w }) => w))}`);
     check(after.counts.whepPosts === 1 && after.counts.iceRestarts === 1 && after.counts.iceRestartsOk === 1,

@@ -59,8 +59,9 @@ export class PathWatch {
   }
 
   /** Packets flowed, then none for quietMs: reported once per quiet spell (a
-   *  publisher who pauses costs one needless restart per spell, not one per
-   *  tick; a burst of packets, such as a GOP replay, starts a new spell). */
+   *  publisher who pauses costs one needless restart, not one per tick; the
+   *  server sends nothing while the stream is still, so no new spell starts
+   *  before the publisher goes on). */
   takeQuiet(now) {
     if (!this.armed || now - this.packetAt < this.quietMs) return false;
     this.armed = false;

@@ -72,6 +72,9 @@ const MESSAGES = {
   offline: 'The stream is offline. This page starts playing by itself when it goes live.',
   connecting: 'Connecting…',
   reconnecting: 'Connection lost. Reconnecting…',
+  // An ICE restart worked (the path answers) and no frame came yet: the
+  // publisher may have paused; the connection is fine.
+  waiting: 'Waiting for the stream…',
 };
 
 export class Player extends EventTarget {
@@ -524,7 +527,10 @@ export class Player extends EventTarget {
     const detail = { ...outcome, trigger, ms: Math.round(performance.now() - t0) };
     clearTimeout(this.timers.iceRestart);
     this.restart = null;
-    if (detail.ok) this.counts.iceRestartsOk++;
+    if (detail.ok) {
+      this.counts.iceRestartsOk++;
+      if (this.state === 'reconnecting') this.setState('connecting', MESSAGES.waiting);
+    }
     this.dispatchEvent(new CustomEvent('icerestart', { detail }));
     if (!detail.ok) this.renegotiate(this.gen);
   }
