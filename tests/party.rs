@@ -603,6 +603,8 @@ fn standalone_party_shares_leave_no_streams_behind() {
         assert_eq!(status, 201, "share: {g}");
         g
     };
+    // The many-stream feed a multi-view page keeps open all along.
+    let feed = Sse::open_path(&server, "/api/v1/events");
     // A member who asks for a grant and never publishes.
     let waiting = share(&join("Wes"))["stream"].as_str().unwrap().to_string();
     // Members join, share, stop; each share is a new stream.
@@ -630,6 +632,19 @@ fn standalone_party_shares_leave_no_streams_behind() {
     assert_eq!(server.metric("roomcast_hub_streams"), declared + 1);
     assert_eq!(server.metric("roomcast_hub_streams_ephemeral"), 1);
     assert!(server.metric("roomcast_hub_streams_removed_total") >= SHARES as u64);
+    // The feed showed each share and then told the page it is gone; the
+    // grant not used yet is still there.
+    for name in &shared {
+        feed.wait("live", Duration::from_secs(5), |d| d["name"] == *name);
+        feed.wait("removed", Duration::from_secs(5), |d| d["name"] == *name);
+    }
+    let removed: Vec<Value> = feed
+        .events()
+        .into_iter()
+        .filter(|(n, _)| n == "removed")
+        .map(|(_, d)| d["name"].clone())
+        .collect();
+    assert!(!removed.contains(&json!(waiting)), "{removed:?}");
     // A removed share is unknown to viewers, as any unknown stream.
     let gone = &shared[0];
     assert_eq!(server.api_stream(gone), None);

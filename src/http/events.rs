@@ -52,6 +52,12 @@ fn room_event(stream: &crate::hub::Stream, lost: &Option<RoomLost>) -> Event {
     event("room", json!({"name": stream.name, "room_lost": lost}))
 }
 
+/// The many-stream feed shows this stream no more: it left the registry, or
+/// the feed's access no longer covers it.
+fn removed_event(name: &str) -> Event {
+    event("removed", json!({ "name": name }))
+}
+
 /// A stream's state as a new subscriber gets it: title, viewers, live/offline.
 fn state_events(stream: &crate::hub::Stream) -> [Event; 3] {
     let name = &stream.name;
@@ -344,8 +350,10 @@ pub struct AllEventsQuery {
 
 /// `GET /api/v1/events[?streams=a,b]`: `title`, `viewers`, `live` and
 /// `offline` of many streams, each with the stream's `name`; first the
-/// current state of each (known) stream, then changes. Streams named before
-/// they exist are reported once they do. No chat: that is per stream.
+/// current state of each (known) stream, then changes, and `removed` when a
+/// stream shown leaves the feed (gone from the registry, or turned private
+/// without the feed's access). Streams named before they exist are reported
+/// once they do. No chat: that is per stream.
 pub async fn all_events(
     State(app): State<Arc<App>>,
     axum::extract::Query(q): axum::extract::Query<AllEventsQuery>,
@@ -444,10 +452,18 @@ impl<W: Fn(&str) -> bool> AllFeed<W> {
                     }
                     if self.control.take_removed() {
                         // Streams left the registry (idle party shares,
-                        // offline already): forgotten; one made again under
-                        // the name is shown in full.
+                        // offline already): the page is told and they are
+                        // forgotten; one made again under the name is shown
+                        // in full.
                         let hub = &self.app.hub;
-                        self.sent.retain(|name, _| hub.get(name).is_some());
+                        let pending = &mut self.pending;
+                        self.sent.retain(|name, _| {
+                            let kept = hub.get(name).is_some();
+                            if !kept {
+                                pending.push_back(removed_event(name));
+                            }
+                            kept
+                        });
                     }
                 }
                 ev = self.rx.recv() => match ev {
@@ -472,8 +488,11 @@ impl<W: Fn(&str) -> bool> AllFeed<W> {
 
     fn control_changed(&mut self, s: &crate::hub::Stream) {
         if !(self.wanted)(&s.name) {
-            // Hidden (e.g. turned private): shown in full if it comes back.
-            self.sent.remove(&s.name);
+            // Hidden (e.g. turned private): the page drops it; shown in full
+            // if it comes back.
+            if self.sent.remove(&s.name).is_some() {
+                self.pending.push_back(removed_event(&s.name));
+            }
             return;
         }
         let now = s.control_state();

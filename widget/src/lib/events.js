@@ -3,7 +3,7 @@
 // backoff.
 import { streamPath, withQuery } from './api.js';
 
-const EVENTS = ['title', 'viewers', 'live', 'offline', 'chat', 'redaction', 'description', 'room'];
+const EVENTS = ['title', 'viewers', 'live', 'offline', 'chat', 'redaction', 'description', 'room', 'removed'];
 
 /** One EventSource: handlers[eventName](parsed data), connection(bool). */
 export class EventFeed {

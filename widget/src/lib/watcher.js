@@ -11,6 +11,9 @@ export class LiveWatcher {
       live: (snap) => on(snap.name, { live: true, snapshot: snap, title: snap.title }),
       offline: (d) => on(d.name, { live: false }),
       title: (d) => on(d.name, { title: d.title }),
+      // Gone from the feed (left the registry, or turned private): offline
+      // here; the page shows it again if the feed does.
+      removed: (d) => on(d.name, { live: false }),
     });
   }
 
