@@ -684,18 +684,18 @@ mod tests {
     #[test]
     fn a_still_stream_is_not_replayed_to_a_viewer_that_has_its_newest_frame() {
         on_both_paths(|opts| {
-            // Joined into a stream that then stops: the join's replay may
-            // not have been decodable, so the first request is served.
+            // Joined into a stream that then stops.
             let mut p = Pair::new(opts);
             let gop = p.push_gop(2);
             p.run_until(Duration::from_secs(5), |p| {
                 p.frames_got().len() >= gop.len()
             });
-            p.advance(Duration::from_secs(3));
+            // A request soon after the join's replay may be a browser that
+            // got none of it: served.
+            p.advance(Duration::from_millis(300));
             p.request_keyframe();
             assert_eq!(arrivals(&p, gop[0]), 2, "a request after the join's replay");
-            // That replay brought the newest frame whole: from now on the
-            // requests are the browser's timer.
+            // From now on the requests are the browser's timer.
             for _ in 0..3 {
                 p.advance(Duration::from_secs(3));
                 p.request_keyframe();
@@ -708,6 +708,24 @@ mod tests {
             assert_eq!(p.frames_got().last(), Some(&next));
             p.request_keyframe();
             assert_eq!(arrivals(&p, gop[0]), 3, "a request while frames come");
+        });
+    }
+
+    /// A viewer that joins a stream whose publisher has paused gets the
+    /// GOP once (the join's replay), not again on the browser's timer.
+    #[test]
+    fn a_viewer_joining_a_still_stream_sees_its_gop_once() {
+        on_both_paths(|opts| {
+            let mut p = Pair::new(opts);
+            let gop = p.push_gop(2);
+            p.run_until(Duration::from_secs(5), |p| {
+                p.frames_got().len() >= gop.len()
+            });
+            for _ in 0..3 {
+                p.advance(Duration::from_secs(3));
+                p.request_keyframe();
+            }
+            assert_eq!(arrivals(&p, gop[0]), 1, "the join's replay only");
         });
     }
 

@@ -22,9 +22,11 @@
 //! while no frame comes), and a replay would only show the viewer the last
 //! GOP again, a second of the past looping every few seconds, each loop
 //! looking like media to the player's path watch. A viewer that was sent the
-//! newest frame whole (live, or in a replay it can NACK) and has seen no
-//! video for [`STILL_AFTER`] keeps its last picture; the publisher is still
-//! asked, and a WebRTC one answers with a keyframe when it goes on.
+//! newest frame (live, or in a replay) and has seen no video for
+//! [`STILL_AFTER`] keeps its last picture; the publisher is still asked, and
+//! a WebRTC one answers with a keyframe when it goes on. Right after the
+//! join's replay a request is served as above: it is how a browser that got
+//! none of it asks, within a few hundred ms.
 
 use std::time::{Duration, Instant};
 
@@ -105,11 +107,13 @@ pub struct ReplayPolicy {
     pending: bool,
     /// When the viewer last saw a live video frame of its stream.
     video_at: Instant,
-    /// It was sent that frame (or a replay's newest) on a path it can repair.
-    has_newest: bool,
-    /// The join's replay went out and no keyframe it can repair since: what
-    /// follows it may not decode (see the module doc).
-    after_join: bool,
+    /// It was sent that frame (or the newest, in a replay).
+    sent_newest: bool,
+    /// When the join's replay went out, until a keyframe it can repair: what
+    /// follows may not decode (see the module doc). A browser that got none
+    /// of it asks within a few hundred ms, so after [`STILL_AFTER`] it counts
+    /// as received.
+    joined_at: Option<Instant>,
 }
 
 impl ReplayPolicy {
@@ -120,8 +124,8 @@ impl ReplayPolicy {
             keyframe: None,
             pending: false,
             video_at: now,
-            has_newest: false,
-            after_join: false,
+            sent_newest: false,
+            joined_at: None,
         }
     }
 
@@ -129,10 +133,18 @@ impl ReplayPolicy {
     /// the viewer was sent it (its keyframe gate let it through).
     pub fn live_video(&mut self, now: Instant, sent: bool, keyframe: bool) {
         self.video_at = now;
+        self.sent_newest = sent;
         if sent && keyframe {
-            self.after_join = false;
+            self.joined_at = None;
         }
-        self.has_newest = sent && !self.after_join;
+    }
+
+    /// Whether the viewer has the newest frame, as far as we can know.
+    fn has_newest(&self, now: Instant) -> bool {
+        self.sent_newest
+            && self
+                .joined_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= STILL_AFTER)
     }
 
     fn refill(&mut self, now: Instant) {
@@ -148,7 +160,7 @@ impl ReplayPolicy {
     /// A keyframe request. `next_seq` is the sequence number the next video
     /// packet gets, `cache_packets` how many the RTX cache holds now.
     pub fn request(&mut self, now: Instant, next_seq: u64, cache_packets: usize) -> Verdict {
-        if self.has_newest && now.saturating_duration_since(self.video_at) >= STILL_AFTER {
+        if self.has_newest(now) && now.saturating_duration_since(self.video_at) >= STILL_AFTER {
             self.pending = false;
             return Verdict::Still;
         }
@@ -173,8 +185,8 @@ impl ReplayPolicy {
     /// viewer can NACK all of it (false for the join's, see the module doc).
     pub fn replayed(&mut self, now: Instant, first_seq: u64, nackable: bool) {
         self.keyframe = nackable.then_some((first_seq, now));
-        self.after_join = !nackable;
-        self.has_newest = nackable;
+        self.joined_at = (!nackable).then_some(now);
+        self.sent_newest = true;
     }
 
     /// When a request refused for credit is due.
@@ -234,18 +246,18 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut p = ReplayPolicy::new(t0);
+        assert_eq!(p.request(t0, 0, 1000), Verdict::Replay);
         p.replayed(t0, 0, false);
-        // After the join's replay, P-frames may not decode: even a still
-        // stream is replayed until a keyframe the viewer can repair.
-        p.live_video(ms(30), true, false);
-        assert_eq!(p.request(ms(3000), 10, 1000), Verdict::Replay);
-        p.replayed(ms(3000), 10, true);
-        // That replay brought the newest frame: the next request while
-        // nothing new comes is the browser's timer.
-        assert_eq!(p.request(ms(6000), 20, 1000), Verdict::Still);
+        // Right after the join's replay, a request is how a browser that got
+        // none of it asks, even from a still stream.
+        assert_eq!(p.request(ms(300), 10, 1000), Verdict::Replay);
+        p.replayed(ms(300), 10, true);
+        // That replay brought the newest frame: a request while nothing new
+        // comes is the browser's timer.
+        assert_eq!(p.request(ms(3000), 20, 1000), Verdict::Still);
         assert_eq!(p.due(), None);
-        // The publisher goes on: a keyframe request soon after a frame is a
-        // failed decode, and gets its replay.
+        // The publisher goes on: a request soon after a frame is a failed
+        // decode, and gets its replay.
         p.live_video(ms(7000), true, false);
         assert_eq!(p.request(ms(7100), 30, 1000), Verdict::Replay);
         p.replayed(ms(7100), 30, true);
@@ -253,15 +265,23 @@ mod tests {
         // has not the newest, so even a still stream is replayed.
         p.live_video(ms(8000), false, false);
         assert_eq!(p.request(ms(11_000), 40, 1000), Verdict::Replay);
-        // A live keyframe the viewer was sent counts as whole.
+
+        // Joined into a stream that is still (or stops soon after): once
+        // the join is STILL_AFTER old, its replay counts as received.
         let mut p = ReplayPolicy::new(t0);
         p.replayed(t0, 0, false);
-        p.live_video(ms(1000), true, true);
-        p.live_video(ms(1033), true, false);
-        assert_eq!(p.request(ms(2000), 10, 1000), Verdict::Replay);
-        p.replayed(ms(2000), 10, true);
-        p.live_video(ms(2033), true, false);
-        assert_eq!(p.request(ms(2033) + STILL_AFTER, 20, 1000), Verdict::Still);
+        p.live_video(ms(33), true, false);
+        assert_eq!(p.request(ms(1900), 10, 1000), Verdict::Replay);
+        let mut p = ReplayPolicy::new(t0);
+        p.replayed(t0, 0, false);
+        p.live_video(ms(33), true, false);
+        assert_eq!(p.request(ms(2100), 10, 1000), Verdict::Still);
+        // A live keyframe it was sent ends the join's exception at once.
+        let mut p = ReplayPolicy::new(t0);
+        p.replayed(t0, 0, false);
+        p.live_video(ms(500), true, true);
+        p.live_video(ms(533), true, false);
+        assert_eq!(p.request(ms(533) + STILL_AFTER, 10, 1000), Verdict::Still);
     }
 
     #[test]
