@@ -5,9 +5,12 @@
 // seconds earlier, and tell a restart that works from one that does not.
 
 /** What arrived so far: RTP packets of every inbound stream (only grows),
- *  and the STUN responses on the selected candidate pair (`null` when this
+ *  the STUN responses on the selected candidate pair (`null` when this
  *  browser does not report them; another pair after a restart has its own
- *  count, so a change of either, not a rise, is what counts). */
+ *  count, so a change, not a rise, is what counts), and which pair is
+ *  selected: after an ICE restart a new pair is selected once a check on it
+ *  was answered, and its count may well equal the old one's (Firefox: 1 and
+ *  1, and its next consent answer comes ~5 s later). */
 export async function pathCounters(pc) {
   const stats = await pc.getStats();
   let packets = 0;
@@ -20,10 +23,12 @@ export async function pathCounters(pc) {
     // … and Firefox's (no transport stats; a non-standard `selected`).
     if (s.type === 'candidate-pair' && s.selected === true) pairs.push(s);
   });
-  for (const pair of new Set(pairs)) {
-    if (pair && typeof pair.responsesReceived === 'number') responses = (responses ?? 0) + pair.responsesReceived;
+  const selected = [...new Set(pairs)].filter(Boolean);
+  for (const pair of selected) {
+    if (typeof pair.responsesReceived === 'number') responses = (responses ?? 0) + pair.responsesReceived;
   }
-  return { packets, responses };
+  const pair = selected.map((p) => p.id).sort().join(' ') || null;
+  return { packets, responses, pair };
 }
 
 /** The watch of one PeerConnection: fed a sample of pathCounters every tick,
@@ -35,15 +40,16 @@ export class PathWatch {
     this.quietMs = quietMs;
     this.packets = null;
     this.responses = null;
+    this.pair = null;
     this.packetAt = 0; // when the packet counter last moved
-    this.answerAt = 0; // when either counter last moved
+    this.answerAt = 0; // when the path last answered (a counter moved, another pair)
     this.armed = false; // packets flowed since the last quiet spell was reported
     this.reportsResponses = false;
     this.busy = false; // a getStats() for this watch is under way (the player's)
   }
 
   /** A new sample at `now` (ms). */
-  sample({ packets, responses }, now) {
+  sample({ packets, responses, pair }, now) {
     if (this.packets !== null && packets !== this.packets) {
       this.packetAt = now;
       this.answerAt = now;
@@ -53,9 +59,12 @@ export class PathWatch {
       if (this.responses !== null && responses !== this.responses) this.answerAt = now;
       this.reportsResponses = true;
     }
+    // Another pair selected: a check on it was answered.
+    if (pair && this.pair && pair !== this.pair) this.answerAt = now;
     if (this.packets === null) this.packetAt = now;
     this.packets = packets;
     this.responses = responses;
+    if (pair) this.pair = pair;
   }
 
   /** Packets flowed, then none for quietMs: reported once per quiet spell (a
@@ -68,7 +77,8 @@ export class PathWatch {
     return true;
   }
 
-  /** Whether a packet or a STUN response arrived after `since` (ms). */
+  /** Whether a packet, a STUN response or a newly selected pair came after
+   *  `since` (ms). */
   answeredSince(since) {
     return this.answerAt > since;
   }
