@@ -90,7 +90,6 @@ fn relays(node: &Server) -> Option<f64> {
     })
 }
 
-/// `node`'s "whep viewer negotiated" lines for the stream.
 /// The WebRTC sessions `node` itself serves of its private streams (their
 /// names stay out of `/metrics`): other nodes' pulls included.
 fn private_sessions(node: &Server) -> Option<f64> {
@@ -102,10 +101,12 @@ fn private_sessions(node: &Server) -> Option<f64> {
     })
 }
 
+/// `node`'s "whep viewer negotiated" lines for the stream.
 fn negotiated(node: &Server) -> Vec<String> {
-    node.log_lines()
+    let stream = format!("stream={NAME}");
+    node.whep_negotiated()
         .into_iter()
-        .filter(|l| l.contains("whep viewer negotiated") && l.contains(&format!("stream={NAME}")))
+        .filter(|l| l.contains(&stream))
         .collect()
 }
 

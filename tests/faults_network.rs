@@ -16,7 +16,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::impair::{ImpairedRelay, Impairment};
+use common::impair::{self, ImpairedRelay, Impairment};
 use common::*;
 use serde_json::Value;
 
@@ -83,16 +83,10 @@ fn joins_ttff_ms(server: &Server, n: usize) -> Vec<f64> {
 /// The server with one ffmpeg stream and the relay in front of its UDP port.
 fn impaired_setup() -> (Server, ImpairedRelay, Publisher) {
     let server = Server::start_with(ServerOpts {
-        webrtc_extra: "public_ips = [\"127.0.0.2\"]\n".into(),
         extra_toml: "[limits]\noffers_per_minute = 0\n".into(),
-        ..ServerOpts::default()
+        ..impair::advertising_relay()
     });
-    let udp = server.webrtc_udp.expect("a WebRTC UDP listener");
-    let relay = ImpairedRelay::start(
-        format!("127.0.0.2:{}", udp.port()).parse().unwrap(),
-        udp,
-        impairment(),
-    );
+    let relay = impair::in_front_of(&server, impairment());
     // 640×360: the figures should be the network's, not a 2-core machine's
     // software decoder's.
     let ffmpeg = Publisher::ffmpeg(&server.publish_url(STREAM), FfmpegOpts::small());

@@ -4,15 +4,17 @@
 //! why; a WHIP VP8 stream plays in the same Firefox over WebRTC; ICE that
 //! cannot succeed on VP9 and AV1 WHIP streams falls back to LL-HLS (vp09/av01);
 //! and on a VP8 stream (no LL-HLS: no browser's MSE takes VP8 in MP4) the page
-//! says in plain words why there is no picture.
+//! says in plain words why there is no picture; a network cut under a VP8
+//! WebRTC picture is noticed by the player and mended by an ICE restart.
 //! Needs `firefox-esr` (scripts/test.sh installs it) and marionette-driver in the
 //! test Python (tests/py/requirements.txt).
 
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::impair::{self, Impairment};
 use common::publishers::*;
 use common::*;
 use serde_json::{Value, json};
@@ -188,4 +190,105 @@ fn firefox_ice_failure_falls_back_to_ll_hls_on_vp9_and_av1() {
     for mut p in publishers {
         p.stop(MEDIA_TIMEOUT);
     }
+}
+
+/// A network cut under Firefox's WebRTC picture: the watch page of a WHIP VP8
+/// stream plays through the test's relay (`common::impair`; the publisher's
+/// own path through it is spared), and the test black-holes the page's path
+/// until the player has started its ICE restart. The player must notice the
+/// silence from its own counters (`trigger` `quiet`: Firefox's getStats
+/// names the selected pair differently from Chromium's, `lib/pathwatch.js`),
+/// restart ICE on the same PeerConnection (one WHEP POST, one PATCH, the
+/// server's "WHEP viewer restarted ICE" for that session) and decode 60
+/// more frames.
+#[test]
+fn firefox_restarts_ice_after_a_network_cut() {
+    let _serial = serial();
+    let server = Server::start_with(impair::advertising_relay());
+    let relay = impair::in_front_of(&server, Impairment::CLEAR);
+    let _whip = vp8_publisher(&server);
+    server.wait_live(STREAM2, LIVE_TIMEOUT);
+    // The publisher reached the server through the relay too: its path stays.
+    let publisher = relay.clients();
+    for client in &publisher {
+        relay.spare(*client);
+    }
+    let mut tool = firefox(
+        &server,
+        &[json!({
+            "name": "VP8, network cut", "path": format!("/watch/{STREAM2}"), "mode": "webrtc",
+            "within_s": 5, "label": "^WebRTC$",
+            "ice_restart": {"within_s": 15, "trigger": "quiet"},
+        })],
+    );
+    tool.wait_for("the page playing", FIREFOX_TIMEOUT, |v| {
+        v["type"] == "playing"
+    });
+    relay.black_hole(true);
+    let cut = Instant::now();
+    let started = tool.wait_for("the restart", Duration::from_secs(30), |v| {
+        v["type"] == "restart_started"
+    });
+    relay.black_hole(false);
+    println!(
+        "restart started {:.1?} after the cut ({started}); publisher paths spared {publisher:?}; relay: {}",
+        cut.elapsed(),
+        relay.summary()
+    );
+    let r = finish_scenario(&mut tool, "Firefox, network cut", FIREFOX_TIMEOUT);
+    println!("{}", r["visits"][0]["restart"]);
+    let restarted = server.wait_for_log("WHEP viewer restarted ICE", Duration::from_secs(5));
+    let offers = server.whep_negotiated();
+    assert_eq!(offers.len(), 1, "WHEP sessions negotiated: {offers:?}");
+    assert_eq!(
+        log_field(&restarted, "session"),
+        log_field(&offers[0], "viewer"),
+        "the restarted session is not the page's: {restarted} / {}",
+        offers[0]
+    );
+}
+
+/// A publisher that stalls with its session open (aiortc's media paused, ICE
+/// and RTCP going on), under Firefox's WebRTC picture: the player notices the
+/// silence and restarts ICE once; the path is clear, so the restart must be
+/// done without media, the page saying it waits for the stream, and when the
+/// publisher goes on, after longer than the player's 10 s frame-stall check,
+/// the same PeerConnection plays (one WHEP POST, one PATCH): a stall must
+/// not cost Firefox viewers a new session, nor send them to LL-HLS.
+#[test]
+fn firefox_keeps_its_session_while_the_publisher_stalls() {
+    let _serial = serial();
+    let server = Server::start("");
+    let mut whip = vp8_publisher(&server);
+    server.wait_live(STREAM2, LIVE_TIMEOUT);
+    let mut tool = firefox(
+        &server,
+        &[json!({
+            "name": "VP8, publisher stalls", "path": format!("/watch/{STREAM2}"), "mode": "webrtc",
+            "within_s": 5, "label": "^WebRTC$",
+            "ice_restart": {"within_s": 15, "trigger": "quiet", "stall": true},
+        })],
+    );
+    tool.wait_for("the page playing", FIREFOX_TIMEOUT, |v| {
+        v["type"] == "playing"
+    });
+    whip.send_line("pause");
+    let paused = Instant::now();
+    let done = tool.wait_for("the restart done", Duration::from_secs(30), |v| {
+        v["type"] == "restart_done"
+    });
+    println!(
+        "the restart was done {:.1?} after the publisher paused: {}; on the way (ms, state, path, restart): {}",
+        paused.elapsed(),
+        done["stats"]["counts"],
+        done["stats"]["samples"]
+    );
+    // The stall goes on past the player's 10 s frame-stall check (a fault's
+    // length, not a wait for a condition).
+    std::thread::sleep(Duration::from_secs(11));
+    whip.send_line("resume");
+    let r = finish_scenario(&mut tool, "Firefox, publisher stalls", FIREFOX_TIMEOUT);
+    println!("{}", r["visits"][0]["restart"]);
+    let offers = server.whep_negotiated();
+    assert_eq!(offers.len(), 1, "WHEP sessions negotiated: {offers:?}");
 }

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::impair::{ImpairedRelay, Impairment};
+use common::impair::{self, ImpairedRelay, Impairment};
 use common::*;
 use serde_json::Value;
 
@@ -252,39 +252,9 @@ fn watch_page_plays_vp9_and_av1_over_hls() {
 /// can cut the viewer's UDP path while its server session lives on. (The
 /// TCP candidate names 127.0.0.2 too, where nothing listens.)
 fn behind_relay() -> (Server, ImpairedRelay) {
-    let server = Server::start_with(ServerOpts {
-        webrtc_extra: "public_ips = [\"127.0.0.2\"]\n".to_string(),
-        ..ServerOpts::default()
-    });
-    let udp = server.webrtc_udp.expect("a WebRTC UDP listener");
-    let clear = Impairment {
-        loss: 0.0,
-        delay: Duration::ZERO,
-        jitter: Duration::ZERO,
-    };
-    let relay = ImpairedRelay::start(
-        format!("127.0.0.2:{}", udp.port()).parse().unwrap(),
-        udp,
-        clear,
-    );
+    let server = Server::start_with(impair::advertising_relay());
+    let relay = impair::in_front_of(&server, Impairment::CLEAR);
     (server, relay)
-}
-
-/// The `viewer=`/`session=` id of a server log line.
-fn id_in(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
-        .to_string()
-}
-
-/// The server's "whep viewer negotiated" lines: one per WHEP POST it took.
-fn negotiated(server: &Server) -> Vec<String> {
-    server
-        .log_lines()
-        .into_iter()
-        .filter(|l| l.contains("whep viewer negotiated"))
-        .collect()
 }
 
 /// The watch page plays through the relay; the test black-holes its UDP path
@@ -317,11 +287,11 @@ fn watch_page_restarts_ice_after_a_network_cut() {
         r["restart"], r["frame_after_patch_ms"], r["resumed_after_ms"]
     );
     let line = server.wait_for_log("WHEP viewer restarted ICE", Duration::from_secs(5));
-    let posts = negotiated(&server);
+    let posts = server.whep_negotiated();
     assert_eq!(posts.len(), 1, "WHEP sessions negotiated: {posts:?}");
     assert_eq!(
-        id_in(&line, "session"),
-        id_in(&posts[0], "viewer"),
+        log_field(&line, "session"),
+        log_field(&posts[0], "viewer"),
         "the restarted session is not the one the page made: {line} / {}",
         posts[0]
     );
@@ -360,7 +330,11 @@ fn watch_page_restarts_ice_once_while_the_publisher_stalls() {
     ffmpeg.pause(false);
     let r = finish(&mut tool, "ICE restart while the publisher stalls");
     println!("counts {}; states {}", r["counts"], r["states"]);
-    assert_eq!(negotiated(&server).len(), 1, "WHEP sessions negotiated");
+    assert_eq!(
+        server.whep_negotiated().len(),
+        1,
+        "WHEP sessions negotiated"
+    );
 }
 
 /// As above, but the test also ends the session on the server (DELETE on its
@@ -392,7 +366,7 @@ fn watch_page_posts_again_when_its_session_is_gone() {
         "icerestart {}; the new session's 30th frame {} ms after the cut",
         r["restart"], r["resumed_after_ms"]
     );
-    let posts = negotiated(&server);
+    let posts = server.whep_negotiated();
     assert_eq!(posts.len(), 2, "WHEP sessions negotiated: {posts:?}");
     assert!(
         !server

@@ -8,6 +8,8 @@
 //! uniformly random part of `jitter`, so packets overtake each other.
 //! [`ImpairedRelay::black_hole`] drops everything, both ways, until switched
 //! off again: a viewer's network gone for a while, its server session kept.
+//! Clients [`ImpairedRelay::spare`]d keep their path through it (a publisher
+//! that must reach the server through the same advertised address).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -16,6 +18,26 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// What the server advertises as its address (`webrtc.public_ips`) when a
+/// relay stands in front of it: [`ServerOpts`] that make it do so.
+pub fn advertising_relay() -> super::ServerOpts {
+    super::ServerOpts {
+        webrtc_extra: "public_ips = [\"127.0.0.2\"]\n".into(),
+        ..super::ServerOpts::default()
+    }
+}
+
+/// A relay at the address [`advertising_relay`] makes `server` advertise, in
+/// front of its WebRTC UDP port.
+pub fn in_front_of(server: &super::Server, imp: Impairment) -> ImpairedRelay {
+    let udp = server.webrtc_udp.expect("a WebRTC UDP listener");
+    ImpairedRelay::start(
+        format!("127.0.0.2:{}", udp.port()).parse().unwrap(),
+        udp,
+        imp,
+    )
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct Impairment {
@@ -72,6 +94,10 @@ struct Scheduler {
     imp: Impairment,
     stats: Arc<RelayStats>,
     black_hole: AtomicBool,
+    /// Client addresses the black hole lets through.
+    spared: Mutex<Vec<SocketAddr>>,
+    /// Client addresses in the order they were first seen.
+    clients: Mutex<Vec<SocketAddr>>,
 }
 
 impl Scheduler {
@@ -83,8 +109,16 @@ impl Scheduler {
         (s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Drops or schedules one datagram; `dir` 0 is client→server, 1 the reverse.
-    fn push(&self, dir: usize, socket: &Arc<UdpSocket>, to: SocketAddr, data: &[u8]) {
+    /// Drops or schedules one datagram of `client`'s; `dir` 0 is
+    /// client→server, 1 the reverse.
+    fn push(
+        &self,
+        dir: usize,
+        socket: &Arc<UdpSocket>,
+        to: SocketAddr,
+        client: SocketAddr,
+        data: &[u8],
+    ) {
         if dir == 1 && data.len() >= 12 && data[0] >> 6 == 2 && !(200..=207).contains(&data[1]) {
             *self
                 .stats
@@ -94,7 +128,9 @@ impl Scheduler {
                 .entry(data[1] & 0x7f)
                 .or_default() += 1;
         }
-        if self.black_hole.load(Ordering::Relaxed) || self.random() < self.imp.loss {
+        let cut = self.black_hole.load(Ordering::Relaxed)
+            && !self.spared.lock().unwrap().contains(&client);
+        if cut || self.random() < self.imp.loss {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -149,6 +185,15 @@ pub struct ImpairedRelay {
     threads: Vec<thread::JoinHandle<()>>,
 }
 
+impl Impairment {
+    /// Nothing lost, delayed or reordered (a path to cut with the black hole).
+    pub const CLEAR: Impairment = Impairment {
+        loss: 0.0,
+        delay: Duration::ZERO,
+        jitter: Duration::ZERO,
+    };
+}
+
 impl ImpairedRelay {
     /// Relays datagrams arriving at `listen` to `server` (and the answers
     /// back) with `imp` applied both ways.
@@ -173,6 +218,8 @@ impl ImpairedRelay {
             imp,
             stats: stats.clone(),
             black_hole: AtomicBool::new(false),
+            spared: Mutex::new(Vec::new()),
+            clients: Mutex::new(Vec::new()),
         });
         let mut threads = Vec::new();
         {
@@ -189,6 +236,7 @@ impl ImpairedRelay {
                     continue;
                 };
                 let up = upstream.entry(client).or_insert_with(|| {
+                    sched2.clients.lock().unwrap().push(client);
                     let s = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("bind upstream"));
                     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
                     let (s2, front2, sched3, stop3) =
@@ -197,13 +245,13 @@ impl ImpairedRelay {
                         let mut buf = vec![0u8; 65_536];
                         while !stop3.load(Ordering::Relaxed) {
                             if let Ok((n, _)) = s2.recv_from(&mut buf) {
-                                sched3.push(1, &front2, client, &buf[..n]);
+                                sched3.push(1, &front2, client, client, &buf[..n]);
                             }
                         }
                     }));
                     s
                 });
-                sched2.push(0, up, server, &buf[..n]);
+                sched2.push(0, up, server, client, &buf[..n]);
             }
             for r in readers {
                 let _ = r.join();
@@ -221,6 +269,16 @@ impl ImpairedRelay {
     /// `dropped`); `false`: delivered again.
     pub fn black_hole(&self, on: bool) {
         self.sched.black_hole.store(on, Ordering::Relaxed);
+    }
+
+    /// The client addresses seen so far, in the order they came.
+    pub fn clients(&self) -> Vec<SocketAddr> {
+        self.sched.clients.lock().unwrap().clone()
+    }
+
+    /// The black hole never drops `client`'s datagrams (loss still applies).
+    pub fn spare(&self, client: SocketAddr) {
+        self.sched.spared.lock().unwrap().push(client);
     }
 
     pub fn summary(&self) -> String {

@@ -609,6 +609,13 @@ impl Server {
     pub fn log_lines(&self) -> Vec<String> {
         self.log.snapshot()
     }
+    /// The "whep viewer negotiated" lines: one per WHEP POST the server took.
+    pub fn whep_negotiated(&self) -> Vec<String> {
+        self.log_lines()
+            .into_iter()
+            .filter(|l| l.contains("whep viewer negotiated"))
+            .collect()
+    }
     pub fn log_len(&self) -> usize {
         self.log.len()
     }
@@ -1120,6 +1127,14 @@ pub fn pages_scenario(server: &Server, artifacts: &str, scenario: &str, args: &[
 }
 
 /// Waits for a page scenario's result line and asserts it is ok; returns it.
+/// The value of `key=` in a server log line (`viewer=`, `session=`, …).
+pub fn log_field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+        .to_string()
+}
+
 pub fn finish_scenario(tool: &mut JsonTool, what: &str, timeout: Duration) -> Value {
     let r = tool.result(timeout);
     println!("{what}: {r}");

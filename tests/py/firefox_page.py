@@ -13,7 +13,15 @@ must play in ("hls" or "webrtc"), ``within_s`` from opening the page to playing,
 viewer count that never changed from the first one shown; ``then``: after
 that, ``then.prefs`` are set and the player must switch to ``then.mode``
 within ``then.within_s`` and play there (frames rising), its label matching
-``then.label``. A visit with
+``then.label``; ``ice_restart`` {within_s, trigger}: after playing, the page's
+PeerConnection is marked and a line of type ``playing`` emitted (the test then
+cuts the path); within ``within_s`` the player must start an ICE restart (a
+``restart_started`` line, with the ``trigger`` it reports, which must match when
+given; the test restores the path), finish it and decode 60 more frames on the
+same PeerConnection, with one WHEP POST and one restart in all. With
+``stall`` the test stops the publisher instead of cutting the path: the
+restart must be done without media (a ``restart_done`` line; the page says
+it waits for the stream) before the test lets the publisher go on. A visit with
 ``status`` (a regular expression) expects no picture: that sentence within
 ``within_s``, then for ``hold_s`` no ``never_status`` sentence, no playback and an
 unchanged viewer count. Visits run one after the other in the same
@@ -89,7 +97,12 @@ const out = {
   viewers: (() => { const e = document.getElementById('viewers'); return e && !e.hidden ? e.textContent : null; })(),
   // The player's path watch (lib/pathwatch.js): packets, and STUN responses on
   // the selected pair when this Firefox reports them.
-  path: p.path ? { packets: p.path.packets, responses: p.path.responses, reportsResponses: p.path.reportsResponses } : null,
+  path: p.path ? { packets: p.path.packets, responses: p.path.responses, pair: p.path.pair, reportsResponses: p.path.reportsResponses } : null,
+  counts: { whepPosts: p.counts.whepPosts, iceRestarts: p.counts.iceRestarts, iceRestartsOk: p.counts.iceRestartsOk },
+  // An ICE restart under way: what started it (lib/player.js).
+  restart: p.restart ? { trigger: p.restart.trigger, applied: p.restart.applied } : null,
+  // Still the PeerConnection marked by an ice_restart visit.
+  samePc: Boolean(p.pc) && p.pc === w.__pc0,
 };
 if (!p.pc) return done(out);
 // getStats() of a PeerConnection the page closes meanwhile (the WebRTC attempt
@@ -251,6 +264,61 @@ def no_picture(m: Marionette, v: dict, t0: float) -> dict:
     return out
 
 
+def ice_restart(m: Marionette, want: dict, problems: list) -> dict:
+    """A visit's ``ice_restart``: the test cuts the path after the ``playing``
+    step and restores it after ``restart_started``; the player must restart
+    ICE on the same PeerConnection and play on."""
+    m.execute_script("const w = window.wrappedJSObject; w.__pc0 = w.roomcast.player.pc; return true;")
+    before = stats(m)
+    emit({"type": "playing", "stats": before})
+    t0 = time.monotonic()
+    started = wait_for("the player to start an ICE restart",
+                       lambda: (lambda x: x if x["counts"]["iceRestarts"] >= 1 else None)(stats(m)),
+                       float(want.get("within_s", 15)))
+    started_ms = round((time.monotonic() - t0) * 1000)
+    trigger = (started.get("restart") or {}).get("trigger")
+    emit({"type": "restart_started", "after_ms": started_ms, "trigger": trigger,
+          "connectionState": started["connectionState"]})
+    done_ms = None
+    if want.get("stall"):
+        # The publisher stalls, the path is clear: the restart must be done
+        # without media, the page waiting for the stream; the test lets the
+        # publisher go on after the "restart_done" line.
+        samples = []  # what the player saw on the way: why a restart was slow
+
+        def restart_ended():
+            x = stats(m)
+            samples.append([round((time.monotonic() - t0) * 1000), x["connectionState"], x["path"], x["restart"]])
+            return x if x["counts"]["iceRestartsOk"] >= 1 or x["counts"]["whepPosts"] > 1 else None
+
+        done = wait_for("the restart done without media", restart_ended, 10)
+        done["samples"] = samples
+        done_ms = round((time.monotonic() - t0) * 1000)
+        if done["counts"] != {"whepPosts": 1, "iceRestarts": 1, "iceRestartsOk": 1}:
+            problems.append(f"the restart during the stall did not end well: {done['counts']}")
+        if not re.search("Waiting for the stream", done["status"] or ""):
+            problems.append(f"the page during the stall: {done['state']} {done['status']!r}")
+        emit({"type": "restart_done", "after_ms": done_ms, "stats": done})
+
+    def played_on():
+        x = stats(m)
+        if not x["samePc"]:
+            raise TimeoutError(f"the PeerConnection was replaced: {x}")
+        return x if x["counts"]["iceRestartsOk"] >= 1 and x["framesDecoded"] >= started["framesDecoded"] + 60 else None
+
+    after = wait_for("60 more frames on the same PeerConnection", played_on, 40 if want.get("stall") else 25)
+    # Live frames, not only a replay's burst: they go on coming.
+    wait_for("frames still coming", lambda: (lambda x: x if x["framesDecoded"] >= after["framesDecoded"] + 15 else None)(stats(m)), 5)
+    resumed_ms = round((time.monotonic() - t0) * 1000)
+    counts = after["counts"]
+    if counts != {"whepPosts": 1, "iceRestarts": 1, "iceRestartsOk": 1}:
+        problems.append(f"one POST and one restart expected: {counts}")
+    if want.get("trigger") and trigger != want["trigger"]:
+        problems.append(f"the restart's trigger was {trigger!r}, not {want['trigger']!r}")
+    return {"started_after_ms": started_ms, "trigger": trigger, "done_after_ms": done_ms, "resumed_after_ms": resumed_ms,
+            "counts": counts, "path": after["path"]}
+
+
 def visit(m: Marionette, base: str, v: dict) -> dict:
     url = base + v["path"]
     within = float(v.get("within_s", 5))
@@ -338,9 +406,15 @@ def visit(m: Marionette, base: str, v: dict) -> dict:
                 problems.append(f"label after the switch {x2['label']!r} does not match {then['label']!r}")
         except TimeoutError as e:
             problems.append(str(e))
+    restart = None
+    if v.get("ice_restart") and not problems:
+        try:
+            restart = ice_restart(m, v["ice_restart"], problems)
+        except TimeoutError as e:
+            problems.append(str(e))
     out = {"type": "visit", "name": v.get("name", v["path"]), "after_ms": round(after * 1000),
            "stats": s2, "trace": trace, "viewers": viewers, "switched": switched,
-           "ok": not problems, "problems": problems}
+           "restart": restart, "ok": not problems, "problems": problems}
     emit(out)
     # Leave the page (closing its session) before the next visit.
     m.navigate("about:blank")

@@ -7,7 +7,9 @@ by aiortc with the codec chosen by ``--video-codec`` (H264, VP8; forced with
 setCodecPreferences). It POSTs the sendonly offer to the WHIP URL with
 ``Authorization: Bearer KEY`` (``--key``), sets the answer, and publishes until
 ``--duration`` passes, a line ``stop`` arrives on stdin (``--stdin-control``) or
-stdin closes; then it DELETEs the session (unless ``--no-delete``).
+stdin closes (``pause`` and ``resume`` lines there stop and restart the media,
+ICE and RTCP going on, as a stalled encoder; the timestamps jump over the
+pause); then it DELETEs the session (unless ``--no-delete``).
 
 Every stdout line is a JSON object with a ``type``: ``whip`` (status, location,
 etag, answer candidates, body on error), ``event`` (connection state changes),
@@ -67,6 +69,20 @@ class Counters:
     audio_sent = 0
 
 
+# Set while the media is paused (stdin ``pause``/``resume``).
+PAUSED = threading.Event()
+
+
+async def unpaused(track) -> None:  # type: ignore[no-untyped-def]
+    """Waits out a pause; afterwards the track's frame number catches up
+    with the clock, so its timestamps jump over the pause."""
+    if not PAUSED.is_set():
+        return
+    while PAUSED.is_set():
+        await asyncio.sleep(0.02)
+    track.n = max(track.n, math.ceil((time.monotonic() - track.t0) * track.frames_per_s))
+
+
 class SyntheticVideo(MediaStreamTrack):
     kind = "video"
 
@@ -78,9 +94,14 @@ class SyntheticVideo(MediaStreamTrack):
         # A luma ramp, shifted every frame so the encoder has motion to code.
         self.ramp = bytes((x * 255 // max(1, width - 1)) for x in range(width))
 
+    @property
+    def frames_per_s(self) -> float:
+        return self.fps
+
     async def recv(self):  # type: ignore[no-untyped-def]
         if self.t0 is None:
             self.t0 = time.monotonic()
+        await unpaused(self)
         due = self.t0 + self.n / self.fps
         delay = due - time.monotonic()
         if delay > 0:
@@ -118,9 +139,14 @@ class SineAudio(MediaStreamTrack):
         # (start, length) in seconds: no audio then, and the timestamps jump over it.
         self.hole = hole
 
+    @property
+    def frames_per_s(self) -> float:
+        return self.RATE / self.SAMPLES
+
     async def recv(self):  # type: ignore[no-untyped-def]
         if self.t0 is None:
             self.t0 = time.monotonic()
+        await unpaused(self)
         if self.hole and self.hole[0] <= self.n * self.SAMPLES / self.RATE < sum(self.hole):
             self.n = math.ceil(sum(self.hole) * self.RATE / self.SAMPLES)
             emit({"type": "audio_hole", "start_s": self.hole[0], "length_s": self.hole[1]})
@@ -208,8 +234,12 @@ async def run(args) -> int:  # type: ignore[no-untyped-def]
     if args.stdin_control:
         def read_stdin() -> None:
             for line in sys.stdin:
-                if line.strip() == "stop":
+                cmd = line.strip()
+                if cmd == "stop":
                     break
+                if cmd in ("pause", "resume"):
+                    (PAUSED.set if cmd == "pause" else PAUSED.clear)()
+                    emit({"type": "paused" if cmd == "pause" else "resumed"})
             loop.call_soon_threadsafe(done.set)
 
         threading.Thread(target=read_stdin, daemon=True).start()
