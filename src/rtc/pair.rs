@@ -265,6 +265,17 @@ impl Pair {
         p
     }
 
+    /// A pair that joined a stream whose GOP is a keyframe and `deltas`
+    /// frames: connected, with the join's replay of that GOP delivered.
+    pub fn joined_gop(opts: PairOpts, deltas: usize) -> (Pair, Vec<u16>) {
+        let mut p = Pair::new(opts);
+        let gop = p.push_gop(deltas);
+        p.run_until(Duration::from_secs(5), |p| {
+            p.frames_got().len() >= gop.len()
+        });
+        (p, gop)
+    }
+
     /// Pushes a video frame (and an audio packet) from the current
     /// publisher and delivers it; returns the frame's number.
     pub fn push(&mut self, keyframe: bool) -> u16 {
@@ -550,11 +561,7 @@ mod tests {
     #[test]
     fn a_joining_viewer_gets_the_gop_from_its_keyframe_then_live_frames() {
         on_both_paths(|opts| {
-            let mut p = Pair::new(opts);
-            let gop = p.push_gop(4);
-            p.run_until(Duration::from_secs(5), |p| {
-                p.frames_got().len() >= gop.len()
-            });
+            let (mut p, gop) = Pair::joined_gop(opts, 4);
             assert!(p.viewer.is_connected());
             assert_eq!(p.frames_got(), gop, "the cached GOP, in order");
             assert!(p.got[0].keyframe);
@@ -641,11 +648,7 @@ mod tests {
     #[test]
     fn keyframe_requests_get_replays_from_a_small_bucket() {
         on_both_paths(|opts| {
-            let mut p = Pair::new(opts);
-            let gop = p.push_gop(2);
-            p.run_until(Duration::from_secs(5), |p| {
-                p.frames_got().len() >= gop.len()
-            });
+            let (mut p, gop) = Pair::joined_gop(opts, 2);
             let joined = p.now;
             let key = gop[0];
             assert_eq!(arrivals(&p, key), 1, "the join's replay");
@@ -685,11 +688,7 @@ mod tests {
     fn a_still_stream_is_not_replayed_to_a_viewer_that_has_its_newest_frame() {
         on_both_paths(|opts| {
             // Joined into a stream that then stops.
-            let mut p = Pair::new(opts);
-            let gop = p.push_gop(2);
-            p.run_until(Duration::from_secs(5), |p| {
-                p.frames_got().len() >= gop.len()
-            });
+            let (mut p, gop) = Pair::joined_gop(opts, 2);
             // A request soon after the join's replay may be a browser that
             // got none of it: served.
             p.advance(Duration::from_millis(300));
@@ -716,11 +715,7 @@ mod tests {
     #[test]
     fn a_viewer_joining_a_still_stream_sees_its_gop_once() {
         on_both_paths(|opts| {
-            let mut p = Pair::new(opts);
-            let gop = p.push_gop(2);
-            p.run_until(Duration::from_secs(5), |p| {
-                p.frames_got().len() >= gop.len()
-            });
+            let (mut p, gop) = Pair::joined_gop(opts, 2);
             for _ in 0..3 {
                 p.advance(Duration::from_secs(3));
                 p.request_keyframe();

@@ -616,6 +616,20 @@ impl Server {
             .filter(|l| l.contains("whep viewer negotiated"))
             .collect()
     }
+    /// Waits for the server's "WHEP viewer restarted ICE" and checks that the
+    /// restart was of the one WHEP session it negotiated (a page that kept
+    /// its session, not one that made a new one).
+    pub fn wait_whep_restart_of_the_only_session(&self) {
+        let line = self.wait_for_log("WHEP viewer restarted ICE", Duration::from_secs(5));
+        let posts = self.whep_negotiated();
+        assert_eq!(posts.len(), 1, "WHEP sessions negotiated: {posts:?}");
+        assert_eq!(
+            log_field(&line, "session"),
+            log_field(&posts[0], "viewer"),
+            "the restarted session is not the one the page made: {line} / {}",
+            posts[0]
+        );
+    }
     pub fn log_len(&self) -> usize {
         self.log.len()
     }
